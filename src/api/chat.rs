@@ -1,0 +1,294 @@
+//! `POST {api_prefix}/chat/completions`.
+//!
+//! Order of work, as in the reference: service enabled → key check → (body checks)
+//! → routing → group may use the connection → `before` handlers → upstream call →
+//! log line. The body is checked after the key so that unauthenticated callers
+//! learn nothing about what the gateway accepts.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value};
+
+use crate::context::RequestContext;
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::logging::RequestSummary;
+use crate::providers::UpstreamCall;
+use crate::routing::RouteModel;
+use crate::server::AppState;
+use crate::streaming::{completion_id, encode_sse, unix_now, ChunkStream, StreamIdentity};
+
+/// What the core produced for a request.
+enum Reply {
+    Complete(Value),
+    Stream(ChunkStream),
+}
+
+pub async fn chat_completions(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let gateway = state.gateway();
+    let mut ctx = RequestContext::new(headers, peer.ip().to_string());
+    let result = handle(&gateway, &mut ctx, body).await;
+    let summary = RequestSummary::of(&ctx);
+    match result {
+        Ok(Reply::Complete(answer)) => {
+            summary.log(200, None, "");
+            axum::Json(answer).into_response()
+        }
+        Ok(Reply::Stream(chunks)) => {
+            let identity = StreamIdentity {
+                id: completion_id(),
+                created: unix_now(),
+                model: ctx.model.clone().unwrap_or_default(),
+            };
+            let body = encode_sse(chunks, identity, move |outcome| {
+                let note = if outcome.completed { "" } else { " (client disconnected)" };
+                summary.log(200, outcome.error.as_ref(), note);
+            });
+            (
+                [
+                    (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+                    (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+                    (HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
+                ],
+                Body::from_stream(body),
+            )
+                .into_response()
+        }
+        Err(error) => {
+            summary.log(error.status().as_u16(), Some(&error), "");
+            error.into_response()
+        }
+    }
+}
+
+async fn handle(gateway: &Gateway, ctx: &mut RequestContext, body: Body) -> Result<Reply, ApiError> {
+    if !gateway.config.settings.enabled {
+        return Err(ApiError::ServiceDisabled);
+    }
+    super::models::authenticate(gateway, ctx).await?;
+
+    let bytes = read_body(body, gateway.config.body_limit_bytes()).await?;
+    ctx.request = parse_request(&ctx.http_headers, &bytes)?;
+    let requested = ctx.request["model"].as_str().unwrap_or_default().to_owned();
+
+    let rule = gateway
+        .router
+        .route(&requested)
+        .ok_or_else(|| ApiError::ModelNotFound(requested.clone()))?;
+    let connection = gateway
+        .connections
+        .get(&rule.connection)
+        .ok_or_else(|| ApiError::internal(format!("routed to unknown connection '{}'", rule.connection)))?;
+    ctx.connection = Some(connection.name.clone());
+    let group = ctx.group.as_deref().unwrap_or_default();
+    if !gateway.group_allows(group, &connection.name) {
+        return Err(ApiError::ConnectionNotAllowed(connection.name.clone()));
+    }
+    ctx.model = Some(match &rule.model {
+        RouteModel::PassThrough => requested.clone(),
+        RouteModel::Fixed(name) => name.clone(),
+        RouteModel::ConnectionDefault => connection.default_model.clone().unwrap_or_else(|| requested.clone()),
+    });
+    ctx.llm_params = ctx
+        .request
+        .iter()
+        .filter(|(k, _)| k.as_str() != "model" && k.as_str() != "messages")
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+
+    for handler in &gateway.handlers {
+        handler.before(ctx).await?;
+    }
+
+    let call = upstream_call(ctx)?;
+    let provider = connection.provider.clone();
+    if call.is_stream() {
+        Ok(Reply::Stream(provider.stream(call).await?))
+    } else {
+        Ok(Reply::Complete(provider.complete(call).await?))
+    }
+}
+
+/// Read the body within the size limit: too large → 413, unreadable → 400.
+async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    axum::body::to_bytes(body, limit).await.map_err(|err| {
+        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+        while let Some(e) = source {
+            if e.is::<http_body_util::LengthLimitError>() {
+                return ApiError::RequestTooLarge { limit_bytes: limit };
+            }
+            source = e.source();
+        }
+        ApiError::invalid_request(format!("could not read the request body: {err}"))
+    })
+}
+
+/// Check the body: JSON object with a string `model`, a list of message objects,
+/// and a boolean `stream` if present. Everything else is kept for the upstream.
+pub fn parse_request(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        let essence = content_type
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(ApiError::InvalidRequest {
+                message: format!(
+                    "Unsupported Content-Type '{}': send the request body as application/json.",
+                    content_type.to_str().unwrap_or("(not text)")
+                ),
+                param: None,
+                code: Some("invalid_content_type"),
+            });
+        }
+    }
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid_request(
+            "The request body is empty; expected a JSON object with `model` and `messages`.",
+        ));
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidRequest {
+        message: format!("We could not parse the JSON body of your request: {e}"),
+        param: None,
+        code: Some("invalid_json"),
+    })?;
+    let Value::Object(request) = value else {
+        return Err(ApiError::invalid_request(format!(
+            "The request body must be a JSON object, not {}.",
+            crate::config::json_type(&value)
+        )));
+    };
+    match request.get("model") {
+        None | Some(Value::Null) => return Err(ApiError::invalid_param("model", "you must provide a model parameter")),
+        Some(Value::String(s)) if !s.is_empty() => {}
+        Some(Value::String(_)) => return Err(ApiError::invalid_param("model", "`model` must not be empty")),
+        Some(_) => return Err(ApiError::invalid_param("model", "`model` must be a string")),
+    }
+    match request.get("messages") {
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid_param("messages", "you must provide a messages parameter"))
+        }
+        Some(Value::Array(messages)) => {
+            if messages.is_empty() {
+                return Err(ApiError::invalid_param("messages", "`messages` must contain at least one message"));
+            }
+            for (i, message) in messages.iter().enumerate() {
+                let role_ok = message.get("role").is_some_and(Value::is_string);
+                if !message.is_object() || !role_ok {
+                    return Err(ApiError::invalid_param(
+                        &format!("messages[{i}]"),
+                        format!("messages[{i}] must be an object with a string `role`"),
+                    ));
+                }
+            }
+        }
+        Some(_) => return Err(ApiError::invalid_param("messages", "`messages` must be a list of messages")),
+    }
+    if let Some(stream) = request.get("stream") {
+        if !stream.is_boolean() && !stream.is_null() {
+            return Err(ApiError::invalid_param("stream", "`stream` must be a boolean"));
+        }
+    }
+    Ok(request)
+}
+
+/// The upstream call from the context as handlers left it.
+fn upstream_call(ctx: &RequestContext) -> Result<UpstreamCall, ApiError> {
+    let mut params = Map::with_capacity(ctx.llm_params.len() + 1);
+    if let Some(messages) = ctx.request.get("messages") {
+        params.insert("messages".into(), messages.clone());
+    }
+    let mut headers = HeaderMap::new();
+    for (key, value) in &ctx.llm_params {
+        if key == "extra_headers" {
+            headers = extra_headers(value)?;
+        } else {
+            params.insert(key.clone(), value.clone());
+        }
+    }
+    Ok(UpstreamCall {
+        model: ctx.model.clone().unwrap_or_default(),
+        params,
+        headers,
+    })
+}
+
+/// `llm_params.extra_headers` (set by handlers) as HTTP headers.
+fn extra_headers(value: &Value) -> Result<HeaderMap, ApiError> {
+    let mut headers = HeaderMap::new();
+    let Value::Object(map) = value else {
+        if value.is_null() {
+            return Ok(headers);
+        }
+        return Err(ApiError::internal("llm_params.extra_headers must be a table of strings"));
+    };
+    for (name, value) in map {
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Null => continue,
+            other => other.to_string(),
+        };
+        let name = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| ApiError::internal(format!("invalid header name in extra_headers: {name:?}")))?;
+        let value = HeaderValue::from_str(&text)
+            .map_err(|_| ApiError::internal(format!("invalid header value in extra_headers for {name}")))?;
+        headers.insert(name, value);
+    }
+    Ok(headers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::StatusCode;
+
+    fn parse(body: &str) -> Result<Map<String, Value>, ApiError> {
+        parse_request(&HeaderMap::new(), body.as_bytes())
+    }
+
+    #[test]
+    fn bad_bodies_are_400() {
+        for body in [
+            "",
+            "  ",
+            "{",
+            "[]",
+            "{}",
+            r#"{"model": 1, "messages": []}"#,
+            r#"{"model": "", "messages": [{"role": "user"}]}"#,
+            r#"{"model": "m"}"#,
+            r#"{"model": "m", "messages": {}}"#,
+            r#"{"model": "m", "messages": []}"#,
+            r#"{"model": "m", "messages": ["hi"]}"#,
+            r#"{"model": "m", "messages": [{"content": "hi"}]}"#,
+            r#"{"model": "m", "messages": [{"role": "user"}], "stream": "yes"}"#,
+        ] {
+            let err = parse(body).expect_err(body);
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{body}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
+        let err = parse_request(&headers, br#"{"model":"m","messages":[{"role":"user"}]}"#).unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+    }
+
+    #[test]
+    fn unknown_fields_are_kept() {
+        let req = parse(r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "brand_new": {"a": 1}}"#).unwrap();
+        assert_eq!(req["brand_new"]["a"], 1);
+    }
+}

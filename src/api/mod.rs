@@ -1,0 +1,39 @@
+//! The HTTP endpoints: thin functions that extract, call the core, and respond.
+
+pub mod chat;
+pub mod models;
+
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::error::ApiError;
+
+/// `GET /health`: liveness, no key needed.
+pub async fn health() -> Response {
+    axum::Json(json!({"status": "healthy"})).into_response()
+}
+
+/// Any path we do not serve: an OpenAI-shaped 404.
+pub async fn not_found(method: Method, uri: Uri) -> Response {
+    ApiError::Custom {
+        status: StatusCode::NOT_FOUND,
+        message: format!("Unknown endpoint: {method} {}", uri.path()),
+        error_type: "invalid_request_error".into(),
+        code: Some("unknown_url".into()),
+        headers: Vec::new(),
+    }
+    .into_response()
+}
+
+/// A known path with the wrong method: an OpenAI-shaped 405.
+pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
+    ApiError::Custom {
+        status: StatusCode::METHOD_NOT_ALLOWED,
+        message: format!("Method {method} is not allowed for {}", uri.path()),
+        error_type: "invalid_request_error".into(),
+        code: Some("method_not_allowed".into()),
+        headers: Vec::new(),
+    }
+    .into_response()
+}

@@ -1,0 +1,193 @@
+//! Client authentication: the `KeyCheck` trait, the built-in checks, and `api_key_id`.
+//!
+//! A key check turns the client's key into a grant (group and user info) or a
+//! rejection. Keys from the config live in a hash map keyed by the SHA-256 digest of
+//! the key, so a lookup is O(1) and no plain-text key list is scanned or kept around.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use hmac::{Hmac, Mac};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+use crate::config::{Config, ConfigError, ExtensionSpec, DEFAULT_KEY_CHECK};
+use crate::error::ApiError;
+use crate::extensions::{builtin_name, Builtin, ExtensionResolver};
+
+/// What a successful key check grants.
+#[derive(Debug, Clone, PartialEq)]
+pub struct KeyGrant {
+    pub group: String,
+    /// Free-form information about the caller (logged and visible to handlers).
+    pub user_info: Value,
+}
+
+/// Decides whether a client key is valid and which group it belongs to.
+#[async_trait]
+pub trait KeyCheck: Send + Sync {
+    /// `Ok(None)` rejects the key (403 `invalid_api_key`).
+    async fn check(&self, api_key: &str) -> Result<Option<KeyGrant>, ApiError>;
+}
+
+/// `lm_proxy.api_key_check.check_api_key_in_config`: the first group (in config
+/// order) whose `api_keys` contains the key.
+pub struct InConfigKeys {
+    by_digest: HashMap<[u8; 32], Arc<str>>,
+}
+
+impl InConfigKeys {
+    pub fn from_config(config: &Config) -> Self {
+        let mut by_digest = HashMap::new();
+        for (group, settings) in &config.settings.groups {
+            let group: Arc<str> = Arc::from(group.as_str());
+            for key in &settings.api_keys {
+                by_digest.entry(digest(key)).or_insert_with(|| group.clone());
+            }
+        }
+        InConfigKeys { by_digest }
+    }
+}
+
+fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+#[async_trait]
+impl KeyCheck for InConfigKeys {
+    async fn check(&self, api_key: &str) -> Result<Option<KeyGrant>, ApiError> {
+        Ok(self.by_digest.get(&digest(api_key)).map(|group| KeyGrant {
+            group: group.to_string(),
+            user_info: Value::Null,
+        }))
+    }
+}
+
+/// `lm_proxy.api_key_check.AllowAll(group="default", capture_api_key=True)`: every key
+/// is accepted into one group; with `capture_api_key` the key is put in the user info
+/// (as the reference did) so that handlers can read it.
+pub struct AllowAll {
+    pub group: String,
+    pub capture_api_key: bool,
+}
+
+#[async_trait]
+impl KeyCheck for AllowAll {
+    async fn check(&self, api_key: &str) -> Result<Option<KeyGrant>, ApiError> {
+        let user_info = if self.capture_api_key {
+            json!({ "api_key": api_key })
+        } else {
+            json!({})
+        };
+        Ok(Some(KeyGrant {
+            group: self.group.clone(),
+            user_info,
+        }))
+    }
+}
+
+/// Build the configured key check.
+pub fn build_key_check(
+    config: &Config,
+    resolver: &dyn ExtensionResolver,
+) -> Result<Arc<dyn KeyCheck>, ConfigError> {
+    let default_spec;
+    let spec = match &config.api_key_check {
+        Some(spec) => spec,
+        None => {
+            // An explicitly empty `api_key_check` means the default, as in the reference.
+            default_spec = ExtensionSpec::parse(&Value::String(DEFAULT_KEY_CHECK.into()), "api_key_check")
+                .ok()
+                .flatten()
+                .expect("the default key check is a dotted path");
+            &default_spec
+        }
+    };
+    let err = |problem: String| ConfigError::new(&config.path, &spec.key, problem);
+    match builtin_name(&spec.target) {
+        Some(Builtin::CheckApiKeyInConfig) => {
+            if !spec.kwargs.is_empty() {
+                return Err(err("check_api_key_in_config takes no arguments".into()));
+            }
+            Ok(Arc::new(InConfigKeys::from_config(config)))
+        }
+        Some(Builtin::AllowAll) => {
+            #[derive(serde::Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Args {
+                #[serde(default = "default_group")]
+                group: String,
+                #[serde(default = "yes")]
+                capture_api_key: bool,
+            }
+            fn default_group() -> String {
+                "default".into()
+            }
+            fn yes() -> bool {
+                true
+            }
+            let args: Args = crate::config::deserialize_at(Value::Object(spec.kwargs.clone()), &spec.key, &config.path)?;
+            if !config.settings.groups.contains_key(&args.group) {
+                return Err(ConfigError::new(
+                    &config.path,
+                    format!("{}.group", spec.key),
+                    format!("unknown group '{}'", args.group),
+                ));
+            }
+            Ok(Arc::new(AllowAll {
+                group: args.group,
+                capture_api_key: args.capture_api_key,
+            }))
+        }
+        Some(other) => Err(err(format!("'{}' cannot be used as api_key_check{}", spec.target, other.not_yet_note()))),
+        None => resolver.key_check(spec, config),
+    }
+}
+
+/// `api_key_id`: an HMAC-SHA256 of the client key under `encryption_key`, hex.
+/// Identifies a key in logs and rate limits without revealing it.
+pub fn api_key_id(encryption_key: &str, api_key: &str) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(encryption_key.as_bytes())
+        .expect("HMAC accepts keys of any length");
+    mac.update(api_key.as_bytes());
+    hex::encode(mac.finalize().into_bytes())
+}
+
+/// The client key from `Authorization: Bearer <key>` (scheme case-insensitive);
+/// absent or another scheme → `""`, as in the reference.
+pub fn bearer_key(headers: &http::HeaderMap) -> &str {
+    headers
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let v = v.trim();
+            let (scheme, rest) = v.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+        })
+        .unwrap_or("")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_parsing() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(bearer_key(&h), "");
+        h.insert("authorization", "bearer  abc ".parse().unwrap());
+        assert_eq!(bearer_key(&h), "abc");
+        h.insert("authorization", "Basic abc".parse().unwrap());
+        assert_eq!(bearer_key(&h), "");
+    }
+
+    #[test]
+    fn key_id_is_keyed_and_stable() {
+        let a = api_key_id("k1", "secret");
+        assert_eq!(a, api_key_id("k1", "secret"));
+        assert_ne!(a, api_key_id("k2", "secret"));
+        assert!(!a.contains("secret"));
+        assert_eq!(a.len(), 64);
+    }
+}

@@ -1,0 +1,404 @@
+//! Config loading: file format by extension, `env:` substitution, `.env`, the serde
+//! model, and the checks that stop startup with one clear line
+//! (`<file>: <key>: <problem>`) instead of failing on the first request.
+
+mod env;
+mod error;
+mod model;
+
+use std::path::{Path, PathBuf};
+
+use indexmap::IndexMap;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub use env::load_dotenv;
+pub(crate) use env::push_key;
+pub(crate) use model::lenient;
+pub use error::ConfigError;
+pub use model::{
+    json_type, AllowedConnectionsSpec, ApiType, ConnectionSpec, ExtensionSpec, FileConfig,
+    GroupConfig, ModelListingMode, ProviderSettings, DEFAULT_ENCRYPTION_KEY, DEFAULT_KEY_CHECK,
+};
+
+/// A loaded and checked config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from (used in error messages and for reloads).
+    pub path: PathBuf,
+    /// Top-level settings as written (with defaults filled in).
+    pub settings: FileConfig,
+    /// `api_prefix` normalised: empty, or `/segment...` without a trailing slash.
+    pub api_prefix: String,
+    pub connections: IndexMap<String, ConnectionSpec>,
+    pub api_key_check: Option<ExtensionSpec>,
+    pub before: Vec<ExtensionSpec>,
+    pub loggers: Vec<ExtensionSpec>,
+    pub components: IndexMap<String, ExtensionSpec>,
+}
+
+/// The config formats, chosen by file extension.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Toml,
+    Json,
+    Yaml,
+    /// A Python file exporting `config`; only the Python package can load it.
+    Python,
+}
+
+impl Format {
+    pub fn of(path: &Path) -> Result<Format, ConfigError> {
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
+        match ext.as_str() {
+            "toml" => Ok(Format::Toml),
+            "json" => Ok(Format::Json),
+            "yml" | "yaml" => Ok(Format::Yaml),
+            "py" => Ok(Format::Python),
+            "" => Err(ConfigError::new(
+                path,
+                "",
+                "config file has no extension; use .toml, .json, .yml/.yaml or .py",
+            )),
+            other => Err(ConfigError::new(
+                path,
+                "",
+                format!("unsupported config extension '.{other}'; use .toml, .json, .yml/.yaml or .py"),
+            )),
+        }
+    }
+}
+
+/// Parse config text of a format into a JSON value tree (key order kept).
+pub fn parse_text(text: &str, format: Format, path: &Path) -> Result<Value, ConfigError> {
+    let parsed = match format {
+        Format::Toml => toml::from_str::<Value>(text).map_err(|e| e.to_string()),
+        Format::Json => serde_json::from_str::<Value>(text).map_err(|e| e.to_string()),
+        Format::Yaml => serde_yaml_ng::from_str::<Value>(text).map_err(|e| e.to_string()),
+        Format::Python => Err(python_config_message()),
+    };
+    parsed.map_err(|problem| ConfigError::new(path, "", problem))
+}
+
+pub fn python_config_message() -> String {
+    "a .py config file is executed by Python: install the Python package \
+     (pip install lm-proxy-server) and start the server with its `lm-proxy-server` command"
+        .into()
+}
+
+impl Config {
+    /// Read, substitute and check a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let format = Format::of(path)?;
+        if format == Format::Python {
+            return Err(ConfigError::new(path, "", python_config_message()));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new(path, "", format!("cannot read config file: {e}")))?;
+        let mut tree = parse_text(&text, format, path)?;
+        env::substitute(&mut tree, path)?;
+        Config::from_value(tree, path)
+    }
+
+    /// Build a config from an already parsed tree (`env:` already substituted).
+    /// `path` is used for error messages and relative lookups.
+    pub fn from_value(tree: Value, path: &Path) -> Result<Config, ConfigError> {
+        if !tree.is_object() {
+            return Err(ConfigError::new(
+                path,
+                "",
+                format!("the config must be a table of settings, found {}", json_type(&tree)),
+            ));
+        }
+        let settings: FileConfig = deserialize_at(tree, "", path)?;
+
+        let api_prefix = normalize_prefix(&settings.api_prefix);
+        if api_prefix.contains(['?', '#', '{', '}', '*']) {
+            return Err(ConfigError::new(
+                path,
+                "api_prefix",
+                format!("'{}' is not a valid URL path prefix", settings.api_prefix),
+            ));
+        }
+
+        let mut connections = IndexMap::new();
+        if settings.connections.is_empty() {
+            return Err(ConfigError::new(path, "connections", "at least one connection is required"));
+        }
+        for (name, raw) in &settings.connections {
+            let key = key_of("connections", name);
+            if name.is_empty() || name.contains('.') {
+                return Err(ConfigError::new(
+                    path,
+                    key,
+                    "connection names must be non-empty and contain no '.' (routing values are `connection.model`)",
+                ));
+            }
+            connections.insert(name.clone(), parse_connection(raw, &key, path)?);
+        }
+
+        let api_key_check = ExtensionSpec::parse(&settings.api_key_check, "api_key_check")
+            .map_err(|p| ConfigError::new(path, "api_key_check", p))?;
+        let before = parse_extension_list(&settings.before, "before", path)?;
+        let loggers = parse_extension_list(&settings.loggers, "loggers", path)?;
+        let mut components = IndexMap::new();
+        for (name, raw) in &settings.components {
+            let key = key_of("components", name);
+            if let Some(spec) = ExtensionSpec::parse(raw, &key).map_err(|p| ConfigError::new(path, &key, p))? {
+                components.insert(name.clone(), spec);
+            }
+        }
+
+        let config = Config {
+            path: path.to_path_buf(),
+            api_prefix,
+            connections,
+            api_key_check,
+            before,
+            loggers,
+            components,
+            settings,
+        };
+        config.check_references()?;
+        Ok(config)
+    }
+
+    /// Cross-key checks: routing targets, group connection lists, TLS pair.
+    fn check_references(&self) -> Result<(), ConfigError> {
+        let path = &self.path;
+        let known = || {
+            self.connections
+                .keys()
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        for (pattern, target) in &self.settings.routing {
+            let key = key_of("routing", pattern);
+            let (conn, model) = split_route_target(target);
+            if conn.is_empty() {
+                return Err(ConfigError::new(
+                    path,
+                    key,
+                    format!("'{target}' must be \"connection.model\" or \"connection.*\""),
+                ));
+            }
+            match self.connections.get(conn) {
+                None => {
+                    return Err(ConfigError::new(
+                        path,
+                        key,
+                        format!("unknown connection '{conn}'; defined connections: {}", known()),
+                    ))
+                }
+                Some(ConnectionSpec::Provider(p)) if model.is_none() && p.model.is_none() => {
+                    return Err(ConfigError::new(
+                        path,
+                        key,
+                        format!(
+                            "'{target}' names no model and connection '{conn}' has no `model`; \
+                             write \"{conn}.*\" to pass the client's model name through"
+                        ),
+                    ))
+                }
+                Some(_) => {}
+            }
+        }
+        crate::routing::compile_patterns(self.settings.routing.keys().map(String::as_str))
+            .map_err(|(pattern, problem)| ConfigError::new(path, key_of("routing", &pattern), problem))?;
+
+        for (group, cfg) in &self.settings.groups {
+            if let Some(names) = cfg.allowed_connections.names() {
+                for name in names {
+                    if !self.connections.contains_key(&name) {
+                        return Err(ConfigError::new(
+                            path,
+                            format!("{}.allowed_connections", key_of("groups", group)),
+                            format!("unknown connection '{name}'; defined connections: {}", known()),
+                        ));
+                    }
+                }
+            }
+        }
+
+        match (&self.settings.ssl_keyfile, &self.settings.ssl_certfile) {
+            (Some(_), None) => Err(ConfigError::new(path, "ssl_certfile", "ssl_keyfile is set, so ssl_certfile must be set too")),
+            (None, Some(_)) => Err(ConfigError::new(path, "ssl_keyfile", "ssl_certfile is set, so ssl_keyfile must be set too")),
+            _ => Ok(()),
+        }?;
+        if self.settings.max_request_body_mb <= 0.0 {
+            return Err(ConfigError::new(path, "max_request_body_mb", "must be greater than 0"));
+        }
+        Ok(())
+    }
+
+    /// The request body limit in bytes.
+    pub fn body_limit_bytes(&self) -> usize {
+        (self.settings.max_request_body_mb * 1024.0 * 1024.0) as usize
+    }
+}
+
+/// Split a routing value at the first dot: `conn.model`, `conn.*`, or `conn`
+/// (the connection's own `model`). Returns the model part, `None` for "use the
+/// connection's default".
+pub fn split_route_target(target: &str) -> (&str, Option<&str>) {
+    match target.split_once('.') {
+        Some((conn, model)) if !model.is_empty() => (conn.trim(), Some(model.trim())),
+        Some((conn, _)) => (conn.trim(), None),
+        None => (target.trim(), None),
+    }
+}
+
+fn parse_connection(raw: &Value, key: &str, path: &Path) -> Result<ConnectionSpec, ConfigError> {
+    match raw {
+        Value::Object(map) if map.contains_key("class") => {
+            let spec = ExtensionSpec::parse(raw, key).map_err(|p| ConfigError::new(path, key, p))?;
+            Ok(ConnectionSpec::Extension(spec.expect("a class table is never empty")))
+        }
+        Value::Object(map) if map.contains_key("api_type") => {
+            let settings: ProviderSettings = deserialize_at(raw.clone(), key, path)?;
+            Ok(ConnectionSpec::Provider(settings))
+        }
+        Value::Object(_) => Err(ConfigError::new(
+            path,
+            key,
+            "a connection needs `api_type` (open_ai, anthropic, google, google_vertex_ai, function, mock) or `class`",
+        )),
+        Value::String(s) if !s.trim().is_empty() => Ok(ConnectionSpec::Extension(ExtensionSpec {
+            target: s.trim().to_owned(),
+            kwargs: Default::default(),
+            key: key.to_owned(),
+            is_class_table: false,
+        })),
+        other => Err(ConfigError::new(
+            path,
+            key,
+            format!("expected a table of connection settings or a dotted path, found {}", json_type(other)),
+        )),
+    }
+}
+
+fn parse_extension_list(items: &[Value], name: &str, path: &Path) -> Result<Vec<ExtensionSpec>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, raw) in items.iter().enumerate() {
+        let key = format!("{name}[{i}]");
+        if let Some(spec) = ExtensionSpec::parse(raw, &key).map_err(|p| ConfigError::new(path, &key, p))? {
+            out.push(spec);
+        }
+    }
+    Ok(out)
+}
+
+/// Deserialize a subtree, reporting the failing key as a full dotted path.
+pub fn deserialize_at<T: DeserializeOwned>(tree: Value, prefix: &str, path: &Path) -> Result<T, ConfigError> {
+    serde_path_to_error::deserialize(tree).map_err(|err| {
+        let inner = err.path().to_string();
+        let mut key = prefix.to_owned();
+        if inner != "." && !inner.is_empty() {
+            if !key.is_empty() {
+                key.push('.');
+            }
+            key.push_str(&inner);
+        }
+        ConfigError::new(path, key, err.into_inner().to_string())
+    })
+}
+
+fn key_of(parent: &str, name: &str) -> String {
+    let mut key = parent.to_owned();
+    push_key(&mut key, name);
+    key
+}
+
+fn normalize_prefix(prefix: &str) -> String {
+    let trimmed = prefix.trim().trim_end_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else if trimmed.starts_with('/') {
+        trimmed.to_owned()
+    } else {
+        format!("/{trimmed}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn load(tree: Value) -> Result<Config, ConfigError> {
+        Config::from_value(tree, Path::new("test.toml"))
+    }
+
+    #[test]
+    fn defaults_match_the_reference() {
+        let c = load(json!({"connections": {"m": {"api_type": "mock"}}})).unwrap();
+        let s = &c.settings;
+        assert!(s.enabled);
+        assert_eq!((s.host.as_str(), s.port), ("0.0.0.0", 8000));
+        assert_eq!(c.api_prefix, "/v1");
+        assert!(!s.dev_autoreload);
+        assert!(s.routing.is_empty());
+        assert_eq!(s.groups.keys().collect::<Vec<_>>(), ["default"]);
+        assert_eq!(c.api_key_check.unwrap().target, DEFAULT_KEY_CHECK);
+        assert!(c.loggers.is_empty() && c.before.is_empty() && c.components.is_empty());
+        assert_eq!(s.encryption_key, "Eclipse");
+        assert_eq!(s.model_listing_mode, ModelListingMode::AsIs);
+        assert!(s.model_info.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let err = load(json!({"connections": {"m": {"api_type": "mock"}}, "bogus": 1})).unwrap_err();
+        assert!(err.problem.contains("unknown field `bogus`"), "{err}");
+
+        let err = load(json!({"connections": {"m": {"api_type": "mock"}}, "port": "abc"})).unwrap_err();
+        assert_eq!(err.key, "port");
+
+        let err = load(json!({"connections": {"m": {"api_type": "nope"}}})).unwrap_err();
+        assert_eq!(err.key, "connections.m.api_type");
+
+        let err = load(json!({"connections": {"m": {"api_type": "mock"}}, "routing": {"gpt*": "other.*"}})).unwrap_err();
+        assert_eq!(err.key, "routing.\"gpt*\"");
+        assert!(err.problem.contains("unknown connection 'other'") && err.problem.contains("m"), "{err}");
+
+        let err = load(json!({"connections": {"m": {"api_type": "mock"}}, "routing": {"[abc": "m.*"}})).unwrap_err();
+        assert_eq!(err.key, "routing.\"[abc\"");
+
+        let err = load(json!({"connections": {"m": {"api_type": "mock"}}, "groups": {"g": {"allowed_connections": "m, x"}}})).unwrap_err();
+        assert_eq!(err.key, "groups.g.allowed_connections");
+
+        let err = load(json!({"connections": {"m": {"api_type": "mock"}}, "groups": {"g": {"api_keys": "k"}}})).unwrap_err();
+        assert_eq!(err.key, "groups.g.api_keys");
+    }
+
+    #[test]
+    fn strings_from_env_coerce_to_numbers_and_bools() {
+        let c = load(json!({"connections": {"m": {"api_type": "mock", "timeout": "2.5"}}, "port": "9000", "enabled": "no"})).unwrap();
+        assert_eq!(c.settings.port, 9000);
+        assert!(!c.settings.enabled);
+        match &c.connections["m"] {
+            ConnectionSpec::Provider(p) => assert_eq!(p.timeout, Some(2.5)),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn prefixes_are_normalised() {
+        assert_eq!(normalize_prefix(""), "");
+        assert_eq!(normalize_prefix("/"), "");
+        assert_eq!(normalize_prefix("v1/"), "/v1");
+        assert_eq!(normalize_prefix("/api/v1"), "/api/v1");
+    }
+
+    #[test]
+    fn route_targets_split_at_the_first_dot() {
+        assert_eq!(split_route_target("openai.gpt-4.1"), ("openai", Some("gpt-4.1")));
+        assert_eq!(split_route_target("openai.*"), ("openai", Some("*")));
+        assert_eq!(split_route_target("openai"), ("openai", None));
+    }
+}

@@ -1,0 +1,338 @@
+//! The serde model of the config file: every top-level key of the reference with its
+//! default, plus this project's own settings. Unknown keys are rejected.
+//!
+//! Values that may name a Python callable or a built-in (`api_key_check`, `before`,
+//! `loggers`, `components`, class-based connections) are kept as [`ExtensionSpec`]s
+//! here and resolved by the module that owns that concern.
+
+use std::path::PathBuf;
+
+use indexmap::IndexMap;
+use serde::{Deserialize, Deserializer};
+use serde_json::{Map, Value};
+
+/// Default `api_key_check`: look the key up in the groups of the config.
+pub const DEFAULT_KEY_CHECK: &str = "lm_proxy.api_key_check.check_api_key_in_config";
+/// The reference's default `encryption_key`, kept so that `api_key_id`s stay stable
+/// for users who never set one; its use is warned about at startup.
+pub const DEFAULT_ENCRYPTION_KEY: &str = "Eclipse";
+
+/// The whole config file, as written (after `env:` substitution).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default = "yes", deserialize_with = "lenient::bool")]
+    pub enabled: bool,
+    #[serde(default = "default_host")]
+    pub host: String,
+    #[serde(default = "default_port", deserialize_with = "lenient::u16")]
+    pub port: u16,
+    #[serde(default)]
+    pub ssl_keyfile: Option<PathBuf>,
+    #[serde(default)]
+    pub ssl_certfile: Option<PathBuf>,
+    #[serde(default = "default_api_prefix")]
+    pub api_prefix: String,
+    #[serde(default, deserialize_with = "lenient::bool")]
+    pub dev_autoreload: bool,
+    /// Required: name → connection settings (kept raw; see [`ConnectionSpec`]).
+    pub connections: IndexMap<String, Value>,
+    #[serde(default)]
+    pub routing: IndexMap<String, String>,
+    #[serde(default = "default_groups")]
+    pub groups: IndexMap<String, GroupConfig>,
+    #[serde(default = "default_key_check")]
+    pub api_key_check: Value,
+    #[serde(default)]
+    pub loggers: Vec<Value>,
+    #[serde(default = "default_encryption_key")]
+    pub encryption_key: String,
+    #[serde(default)]
+    pub model_listing_mode: ModelListingMode,
+    #[serde(default)]
+    pub model_info: IndexMap<String, Map<String, Value>>,
+    #[serde(default)]
+    pub components: IndexMap<String, Value>,
+    #[serde(default)]
+    pub before: Vec<Value>,
+
+    // ---- this project's own settings (not in the reference) ----
+    /// Largest accepted request body, in MiB (answered with 413 above it).
+    #[serde(default = "default_body_limit_mb", deserialize_with = "lenient::f64")]
+    pub max_request_body_mb: f64,
+    /// How long open requests and streams may run on after SIGINT/SIGTERM.
+    #[serde(default = "default_grace", deserialize_with = "lenient::f64")]
+    pub shutdown_grace_seconds: f64,
+}
+
+/// A group of client keys and the connections they may use.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupConfig {
+    #[serde(default)]
+    pub api_keys: Vec<String>,
+    #[serde(default)]
+    pub allowed_connections: AllowedConnectionsSpec,
+}
+
+/// `allowed_connections`: `"*"`, a comma-separated string, or a list of names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum AllowedConnectionsSpec {
+    Text(String),
+    List(Vec<String>),
+}
+
+impl Default for AllowedConnectionsSpec {
+    fn default() -> Self {
+        AllowedConnectionsSpec::Text("*".into())
+    }
+}
+
+impl AllowedConnectionsSpec {
+    /// `None` means every connection; otherwise the trimmed, non-empty names.
+    pub fn names(&self) -> Option<Vec<String>> {
+        let items: Vec<String> = match self {
+            AllowedConnectionsSpec::Text(text) => text.split(',').map(str::to_owned).collect(),
+            AllowedConnectionsSpec::List(list) => list.clone(),
+        };
+        let items: Vec<String> = items
+            .iter()
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
+        if items.iter().any(|s| s == "*") {
+            None
+        } else {
+            Some(items)
+        }
+    }
+}
+
+/// How `GET /models` presents routing patterns.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ModelListingMode {
+    #[default]
+    AsIs,
+    IgnoreWildcards,
+    ExpandWildcards,
+}
+
+/// The `api_type` of a provider connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum ApiType {
+    #[serde(rename = "open_ai", alias = "openai")]
+    OpenAi,
+    #[serde(rename = "anthropic")]
+    Anthropic,
+    #[serde(rename = "google", alias = "google_ai_studio")]
+    Google,
+    #[serde(rename = "google_vertex_ai", alias = "vertex_ai")]
+    GoogleVertexAi,
+    /// A Python function (`inference_func`); served by the Python package.
+    #[serde(rename = "function")]
+    Function,
+    /// The built-in deterministic mock (demos, client tests, load tests).
+    #[serde(rename = "mock")]
+    Mock,
+}
+
+impl ApiType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ApiType::OpenAi => "open_ai",
+            ApiType::Anthropic => "anthropic",
+            ApiType::Google => "google",
+            ApiType::GoogleVertexAi => "google_vertex_ai",
+            ApiType::Function => "function",
+            ApiType::Mock => "mock",
+        }
+    }
+}
+
+/// Settings common to every provider connection. Keys that only some providers
+/// understand are collected in `options` and checked by that provider, which
+/// rejects the ones it does not know.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProviderSettings {
+    pub api_type: ApiType,
+    #[serde(default)]
+    pub api_base: Option<String>,
+    #[serde(default)]
+    pub api_key: Option<String>,
+    /// Upstream model used when a routing value names only the connection.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// Static headers sent with every upstream request.
+    #[serde(default)]
+    pub http_headers: IndexMap<String, String>,
+    /// Upstream timeout in seconds (whole request when not streamed; time to the
+    /// response headers and between chunks when streamed).
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub timeout: Option<f64>,
+    /// The reference passed these to the provider's SDK client; the ones with an
+    /// equivalent here (`timeout`, `default_headers`) are honoured, others rejected.
+    #[serde(default)]
+    pub init_params: Map<String, Value>,
+    #[serde(flatten)]
+    pub options: Map<String, Value>,
+}
+
+/// A connection entry: provider settings, or an object to instantiate.
+#[derive(Debug, Clone)]
+pub enum ConnectionSpec {
+    Provider(ProviderSettings),
+    /// A `class = "..."` table (e.g. `lm_proxy.strategies.Fallback`) or a dotted path
+    /// to a Python callable.
+    Extension(ExtensionSpec),
+}
+
+/// A config value that names code: a built-in by its reference name
+/// (`lm_proxy.api_key_check.AllowAll`) or a Python callable (`my_module.fn`),
+/// with keyword arguments when written as a `class = ...` table.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ExtensionSpec {
+    /// The dotted path, as written.
+    pub target: String,
+    /// The other keys of a `class` table.
+    pub kwargs: Map<String, Value>,
+    /// Where in the config it was written, for error messages.
+    pub key: String,
+    /// Whether it was written as a `class` table (instantiate with `kwargs`).
+    pub is_class_table: bool,
+}
+
+impl ExtensionSpec {
+    /// Read an extension value: `null`/`""` → `None`; a string → dotted path; a table
+    /// with `class` → class plus keyword arguments.
+    pub fn parse(value: &Value, key: &str) -> Result<Option<ExtensionSpec>, String> {
+        match value {
+            Value::Null => Ok(None),
+            Value::String(s) if s.trim().is_empty() => Ok(None),
+            Value::String(s) => Ok(Some(ExtensionSpec {
+                target: s.trim().to_owned(),
+                kwargs: Map::new(),
+                key: key.to_owned(),
+                is_class_table: false,
+            })),
+            Value::Object(map) => {
+                let Some(class) = map.get("class") else {
+                    return Err(
+                        "expected a dotted path (\"module.name\") or a table with a `class` key"
+                            .into(),
+                    );
+                };
+                let Some(target) = class.as_str().filter(|s| !s.trim().is_empty()) else {
+                    return Err("`class` must be a non-empty dotted path string".into());
+                };
+                let mut kwargs = map.clone();
+                kwargs.shift_remove("class");
+                Ok(Some(ExtensionSpec {
+                    target: target.trim().to_owned(),
+                    kwargs,
+                    key: key.to_owned(),
+                    is_class_table: true,
+                }))
+            }
+            other => Err(format!(
+                "expected a dotted path or a table with `class`, found {}",
+                json_type(other)
+            )),
+        }
+    }
+}
+
+pub fn json_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "a list",
+        Value::Object(_) => "a table",
+    }
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_host() -> String {
+    "0.0.0.0".into()
+}
+fn default_port() -> u16 {
+    8000
+}
+fn default_api_prefix() -> String {
+    "/v1".into()
+}
+fn default_groups() -> IndexMap<String, GroupConfig> {
+    IndexMap::from([("default".to_owned(), GroupConfig::default())])
+}
+fn default_key_check() -> Value {
+    Value::String(DEFAULT_KEY_CHECK.into())
+}
+fn default_encryption_key() -> String {
+    DEFAULT_ENCRYPTION_KEY.into()
+}
+fn default_body_limit_mb() -> f64 {
+    32.0
+}
+fn default_grace() -> f64 {
+    30.0
+}
+
+/// Deserializers that also accept numbers and booleans written as strings, because
+/// `env:` substitution always yields strings (the reference's pydantic model coerced
+/// them the same way).
+pub(crate) mod lenient {
+    use super::*;
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw<T> {
+        Typed(T),
+        Text(String),
+    }
+
+    fn parse<'de, D, T>(d: D, what: &str) -> Result<T, D::Error>
+    where
+        D: Deserializer<'de>,
+        T: Deserialize<'de> + std::str::FromStr,
+    {
+        match Raw::<T>::deserialize(d).map_err(|_| serde::de::Error::custom(format!("expected {what}")))? {
+            Raw::Typed(v) => Ok(v),
+            Raw::Text(s) => s
+                .trim()
+                .parse()
+                .map_err(|_| serde::de::Error::custom(format!("expected {what}, found \"{s}\""))),
+        }
+    }
+
+    pub fn u16<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
+        parse(d, "a port number (0-65535)")
+    }
+
+    pub fn f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        let v: f64 = parse(d, "a number")?;
+        if v.is_finite() && v >= 0.0 {
+            Ok(v)
+        } else {
+            Err(serde::de::Error::custom("expected a non-negative number"))
+        }
+    }
+
+    pub fn opt_f64<'de, D: Deserializer<'de>>(d: D) -> Result<Option<f64>, D::Error> {
+        f64(d).map(Some)
+    }
+
+    pub fn bool<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+        match Raw::<bool>::deserialize(d)
+            .map_err(|_| serde::de::Error::custom("expected a boolean"))?
+        {
+            Raw::Typed(v) => Ok(v),
+            Raw::Text(s) => crate::cli::parse_truthy(&s)
+                .ok_or_else(|| serde::de::Error::custom(format!("expected a boolean, found \"{s}\""))),
+        }
+    }
+}

@@ -1,0 +1,69 @@
+//! The per-request context: everything known about one chat-completion request as it
+//! moves through key check, routing, handlers, the upstream call and logging. Its
+//! fields are the reference's, so handlers and loggers see what they used to.
+
+use std::time::{Instant, SystemTime};
+
+use http::HeaderMap;
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+#[derive(Debug)]
+pub struct RequestContext {
+    /// uuid4, as in the reference.
+    pub id: String,
+    pub created_at: SystemTime,
+    pub started: Instant,
+    /// The client's request body as received.
+    pub request: Map<String, Value>,
+    /// The client's HTTP headers (never logged as a whole: they carry the key).
+    pub http_headers: HeaderMap,
+    pub remote_addr: String,
+    pub api_key_id: Option<String>,
+    pub group: Option<String>,
+    pub user_info: Value,
+    /// The connection the model was routed to.
+    pub connection: Option<String>,
+    /// The upstream model name.
+    pub model: Option<String>,
+    /// The upstream request fields other than `model` and `messages`; handlers may
+    /// change them, and `extra_headers` (a table) becomes HTTP headers upstream.
+    pub llm_params: Map<String, Value>,
+    /// Free space for handlers.
+    pub extra: Map<String, Value>,
+    pub response: Option<Value>,
+    pub error: Option<ApiError>,
+}
+
+impl RequestContext {
+    pub fn new(http_headers: HeaderMap, remote_addr: String) -> Self {
+        RequestContext {
+            id: uuid::Uuid::new_v4().to_string(),
+            created_at: SystemTime::now(),
+            started: Instant::now(),
+            request: Map::new(),
+            http_headers,
+            remote_addr,
+            api_key_id: None,
+            group: None,
+            user_info: Value::Null,
+            connection: None,
+            model: None,
+            llm_params: Map::new(),
+            extra: Map::new(),
+            response: None,
+            error: None,
+        }
+    }
+
+    /// Seconds since the request arrived.
+    pub fn duration(&self) -> f64 {
+        self.started.elapsed().as_secs_f64()
+    }
+
+    /// Whether the client asked for a streamed answer.
+    pub fn is_stream(&self) -> bool {
+        self.request.get("stream").and_then(Value::as_bool).unwrap_or(false)
+    }
+}

@@ -1,0 +1,111 @@
+//! The compiled, immutable runtime view of one config: routing table, key check,
+//! group permissions, connections and handlers, all built once at startup (and on
+//! reload) so that the request path does no work that could be done in advance.
+//! The server holds it behind an `ArcSwap` and swaps it whole.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::auth::{build_key_check, KeyCheck};
+use crate::config::{Config, ConfigError, ModelListingMode, DEFAULT_ENCRYPTION_KEY};
+use crate::extensions::{builtin_name, ExtensionResolver};
+use crate::handlers::{build_handlers, RequestHandler};
+use crate::providers::{build_connections, Connection};
+use crate::routing::Router;
+
+/// Which connections a group may use.
+#[derive(Debug, Clone)]
+pub enum GroupAccess {
+    All,
+    Only(HashSet<String>),
+}
+
+impl GroupAccess {
+    pub fn allows(&self, connection: &str) -> bool {
+        match self {
+            GroupAccess::All => true,
+            GroupAccess::Only(names) => names.contains(connection),
+        }
+    }
+}
+
+pub struct Gateway {
+    pub config: Config,
+    pub router: Router,
+    pub key_check: Arc<dyn KeyCheck>,
+    pub groups: HashMap<String, GroupAccess>,
+    pub connections: HashMap<String, Connection>,
+    pub handlers: Vec<Arc<dyn RequestHandler>>,
+}
+
+impl Gateway {
+    /// Build everything the request path needs; any config problem stops here.
+    pub fn build(
+        config: Config,
+        client: &reqwest::Client,
+        resolver: &dyn ExtensionResolver,
+    ) -> Result<Gateway, ConfigError> {
+        let router = Router::new(
+            config
+                .settings
+                .routing
+                .iter()
+                .map(|(pattern, target)| (pattern.as_str(), target.as_str())),
+        )
+        .map_err(|(pattern, problem)| ConfigError::new(&config.path, format!("routing.{pattern:?}"), problem))?;
+        let key_check = build_key_check(&config, resolver)?;
+        let groups = config
+            .settings
+            .groups
+            .iter()
+            .map(|(name, group)| {
+                let access = match group.allowed_connections.names() {
+                    None => GroupAccess::All,
+                    Some(names) => GroupAccess::Only(names.into_iter().collect()),
+                };
+                (name.clone(), access)
+            })
+            .collect();
+        let connections = build_connections(&config, client, resolver)?;
+        let handlers = build_handlers(&config, resolver)?;
+        for spec in config.loggers.iter().chain(config.components.values()) {
+            match builtin_name(&spec.target) {
+                Some(builtin) => {
+                    return Err(ConfigError::new(
+                        &config.path,
+                        &spec.key,
+                        format!("'{}' cannot be used here{}", spec.target, builtin.not_yet_note()),
+                    ))
+                }
+                None => resolver.other(spec, &config)?,
+            }
+        }
+
+        if config.settings.encryption_key == DEFAULT_ENCRYPTION_KEY {
+            tracing::warn!(
+                "{}: encryption_key is the public default; set your own so that api_key_id values cannot be reversed by guessing keys",
+                config.path.display()
+            );
+        }
+        if config.settings.model_listing_mode == ModelListingMode::ExpandWildcards {
+            tracing::warn!(
+                "{}: model_listing_mode = \"expand_wildcards\" is not available in this version yet; patterns are listed as written",
+                config.path.display()
+            );
+        }
+        Ok(Gateway {
+            config,
+            router,
+            key_check,
+            groups,
+            connections,
+            handlers,
+        })
+    }
+
+    /// Whether `group` may use `connection`. Unknown groups (a key check returned a
+    /// group that is not configured) may use nothing.
+    pub fn group_allows(&self, group: &str, connection: &str) -> bool {
+        self.groups.get(group).is_some_and(|access| access.allows(connection))
+    }
+}

@@ -1,0 +1,33 @@
+//! lm-proxy: an OpenAI-compatible LLM gateway.
+//!
+//! Module map (see ARCHITECTURE.md for the request path and the reasons):
+//! - [`cli`]: command line shared by the binary and the Python package
+//! - [`config`]: the config file model, loading and checks
+//! - [`gateway`]: the compiled runtime built from a config
+//! - [`server`]: axum router, state, TLS, shutdown
+//! - [`api`]: HTTP endpoints
+//! - [`auth`], [`routing`], [`handlers`], [`providers`], [`streaming`], [`logging`]
+//! - [`extensions`]: built-in names and the resolver for Python callables
+//! - [`error`]: the error type and the OpenAI error envelope
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod context;
+pub mod error;
+pub mod extensions;
+pub mod gateway;
+pub mod handlers;
+pub mod logging;
+pub mod providers;
+pub mod routing;
+pub mod server;
+pub mod streaming;
+
+#[cfg(feature = "python")]
+mod python;
+
+pub use config::{Config, ConfigError};
+pub use error::ApiError;
+pub use gateway::Gateway;

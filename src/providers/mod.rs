@@ -1,0 +1,280 @@
+//! Connections to model providers: the `Provider` trait, the request every provider
+//! receives, and building providers from the config.
+//!
+//! A provider speaks the OpenAI shape to the core on both sides: it takes an
+//! [`UpstreamCall`] (OpenAI request fields) and answers with a `chat.completion`
+//! object or a stream of `chat.completion.chunk` objects. OpenAI-compatible
+//! upstreams get the body passed through; other providers translate.
+
+mod mock;
+mod openai;
+pub(crate) mod upstream_http;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{Map, Value};
+
+use crate::config::{ApiType, Config, ConfigError, ConnectionSpec, ExtensionSpec, ProviderSettings};
+use crate::error::ApiError;
+use crate::extensions::{builtin_name, ExtensionResolver};
+use crate::streaming::ChunkStream;
+
+pub use mock::MockProvider;
+pub use openai::OpenAiProvider;
+
+/// Default upstream timeout when a connection sets none, in seconds.
+pub const DEFAULT_TIMEOUT_SECS: f64 = 600.0;
+
+/// One call to an upstream model.
+#[derive(Debug, Clone)]
+pub struct UpstreamCall {
+    /// The upstream model name (after routing).
+    pub model: String,
+    /// OpenAI request fields, `model` excluded: `messages`, `stream`, `tools`, ...
+    /// and every field this code does not know, in the client's order.
+    pub params: Map<String, Value>,
+    /// Extra HTTP headers for this call (from handlers' `llm_params.extra_headers`).
+    pub headers: http::HeaderMap,
+}
+
+impl UpstreamCall {
+    pub fn is_stream(&self) -> bool {
+        self.params.get("stream").and_then(Value::as_bool).unwrap_or(false)
+    }
+
+    pub fn messages(&self) -> &[Value] {
+        self.params
+            .get("messages")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// `n`, defaulting to 1.
+    pub fn choice_count(&self) -> u64 {
+        self.params.get("n").and_then(Value::as_u64).unwrap_or(1).max(1)
+    }
+
+    pub fn include_usage(&self) -> bool {
+        self.params
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+}
+
+/// A configured connection that can answer chat completions.
+#[async_trait]
+pub trait Provider: Send + Sync {
+    /// A non-streamed answer: a full OpenAI `chat.completion` object.
+    async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError>;
+
+    /// A streamed answer. Returns once the upstream has accepted the request (so
+    /// that early failures still get a proper HTTP status); the stream then yields
+    /// `chat.completion.chunk` objects.
+    async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError>;
+}
+
+/// A connection whose provider this build does not implement yet: requests routed to
+/// it are answered 501 with a message saying so.
+struct NotYetSupported {
+    message: String,
+}
+
+#[async_trait]
+impl Provider for NotYetSupported {
+    async fn complete(&self, _call: UpstreamCall) -> Result<Value, ApiError> {
+        Err(ApiError::NotImplemented(self.message.clone()))
+    }
+    async fn stream(&self, _call: UpstreamCall) -> Result<ChunkStream, ApiError> {
+        Err(ApiError::NotImplemented(self.message.clone()))
+    }
+}
+
+/// A built connection with the settings the core needs around it.
+#[derive(Clone)]
+pub struct Connection {
+    pub name: String,
+    pub provider: Arc<dyn Provider>,
+    /// The connection's `model` setting (used by routes that name only the connection).
+    pub default_model: Option<String>,
+}
+
+/// Build every connection of the config.
+pub fn build_connections(
+    config: &Config,
+    client: &reqwest::Client,
+    resolver: &dyn ExtensionResolver,
+) -> Result<HashMap<String, Connection>, ConfigError> {
+    let mut out = HashMap::new();
+    for (name, spec) in &config.connections {
+        let key = {
+            let mut k = String::from("connections");
+            crate::config::push_key(&mut k, name);
+            k
+        };
+        let (provider, default_model): (Arc<dyn Provider>, Option<String>) = match spec {
+            ConnectionSpec::Provider(settings) => (
+                build_provider(name, &key, settings, config, client, resolver)?,
+                settings.model.clone(),
+            ),
+            ConnectionSpec::Extension(ext) => {
+                if let Some(builtin) = builtin_name(&ext.target) {
+                    return Err(ConfigError::new(
+                        &config.path,
+                        &ext.key,
+                        format!("'{}' cannot be used as a connection{}", ext.target, builtin.not_yet_note()),
+                    ));
+                }
+                (resolver.connection(ext, config)?, None)
+            }
+        };
+        out.insert(
+            name.clone(),
+            Connection {
+                name: name.clone(),
+                provider,
+                default_model,
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Settings shared by HTTP providers, checked once at startup.
+pub struct HttpSettings {
+    pub base: String,
+    pub api_key: Option<String>,
+    pub headers: http::HeaderMap,
+    pub timeout: Duration,
+}
+
+fn build_provider(
+    name: &str,
+    key: &str,
+    settings: &ProviderSettings,
+    config: &Config,
+    client: &reqwest::Client,
+    resolver: &dyn ExtensionResolver,
+) -> Result<Arc<dyn Provider>, ConfigError> {
+    let err = |sub: &str, problem: String| {
+        let full = if sub.is_empty() { key.to_owned() } else { format!("{key}.{sub}") };
+        ConfigError::new(&config.path, full, problem)
+    };
+    match settings.api_type {
+        ApiType::OpenAi => {
+            reject_unknown_options(settings, &[], key, config)?;
+            let http = http_settings(settings, "https://api.openai.com/v1", key, config)?;
+            Ok(Arc::new(OpenAiProvider::new(name, http, client.clone())))
+        }
+        ApiType::Mock => Ok(Arc::new(MockProvider::from_settings(settings, key, config)?)),
+        ApiType::Function => {
+            let target = settings
+                .options
+                .get("inference_func")
+                .and_then(Value::as_str)
+                .ok_or_else(|| err("inference_func", "api_type = \"function\" needs `inference_func = \"module.function\"`".into()))?;
+            let spec = ExtensionSpec {
+                target: target.to_owned(),
+                kwargs: Map::new(),
+                key: format!("{key}.inference_func"),
+                is_class_table: false,
+            };
+            resolver.connection(&spec, config)
+        }
+        ApiType::Anthropic | ApiType::Google | ApiType::GoogleVertexAi => {
+            let message = format!(
+                "connection '{name}' uses api_type '{}', which this version of lm-proxy cannot call yet",
+                settings.api_type.as_str()
+            );
+            tracing::warn!("{}: {key}: {message}; requests routed to it will be answered 501", config.path.display());
+            Ok(Arc::new(NotYetSupported { message }))
+        }
+    }
+}
+
+/// Reject provider-specific keys that this provider does not understand.
+pub(crate) fn reject_unknown_options(
+    settings: &ProviderSettings,
+    allowed: &[&str],
+    key: &str,
+    config: &Config,
+) -> Result<(), ConfigError> {
+    if let Some(unknown) = settings.options.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(ConfigError::new(
+            &config.path,
+            format!("{key}.{unknown}"),
+            format!("unknown setting for api_type '{}'", settings.api_type.as_str()),
+        ));
+    }
+    Ok(())
+}
+
+/// Base URL, key, static headers and timeout of an HTTP provider.
+pub(crate) fn http_settings(
+    settings: &ProviderSettings,
+    default_base: &str,
+    key: &str,
+    config: &Config,
+) -> Result<HttpSettings, ConfigError> {
+    let err = |sub: &str, problem: String| ConfigError::new(&config.path, format!("{key}.{sub}"), problem);
+    let base = settings
+        .api_base
+        .as_deref()
+        .map(str::trim)
+        .filter(|b| !b.is_empty())
+        .unwrap_or(default_base)
+        .trim_end_matches('/')
+        .to_owned();
+    match reqwest::Url::parse(&base) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") => {}
+        _ => return Err(err("api_base", format!("'{base}' is not an http(s) URL"))),
+    }
+
+    let mut timeout = settings.timeout;
+    let mut header_pairs: Vec<(String, String)> = Vec::new();
+    for (k, v) in &settings.init_params {
+        match (k.as_str(), v) {
+            ("timeout", Value::Number(n)) if timeout.is_none() => timeout = n.as_f64(),
+            ("timeout", Value::Number(_)) => {}
+            ("default_headers", Value::Object(map)) => {
+                for (name, value) in map {
+                    let Some(value) = value.as_str() else {
+                        return Err(err(&format!("init_params.default_headers.{name}"), "header values must be strings".into()));
+                    };
+                    header_pairs.push((name.clone(), value.to_owned()));
+                }
+            }
+            _ => {
+                return Err(err(
+                    &format!("init_params.{k}"),
+                    "unsupported init parameter (supported: timeout, default_headers)".into(),
+                ))
+            }
+        }
+    }
+    header_pairs.extend(settings.http_headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let mut headers = http::HeaderMap::new();
+    for (name, value) in header_pairs {
+        let header_name = http::HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| err(&format!("http_headers.{name}"), "invalid HTTP header name".into()))?;
+        let mut header_value = http::HeaderValue::from_str(&value)
+            .map_err(|_| err(&format!("http_headers.{name}"), "invalid HTTP header value".into()))?;
+        header_value.set_sensitive(true);
+        headers.insert(header_name, header_value);
+    }
+    let secs = timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    if secs <= 0.0 {
+        return Err(err("timeout", "must be greater than 0".into()));
+    }
+    Ok(HttpSettings {
+        base,
+        api_key: settings.api_key.clone().filter(|k| !k.is_empty()),
+        headers,
+        timeout: Duration::from_secs_f64(secs),
+    })
+}

@@ -1,0 +1,145 @@
+//! OpenAI and OpenAI-compatible upstreams (vLLM, llama.cpp, Ollama, LM Studio, ...):
+//! the client's body goes upstream with every field intact and `model` replaced, and
+//! the answer comes back with minimal re-framing.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue};
+use serde_json::{Map, Value};
+
+use super::upstream_http::{check_status, send, timeout_error, transport_error};
+use super::{HttpSettings, Provider, UpstreamCall};
+use crate::error::ApiError;
+use crate::streaming::{completion_id, sse_json_events, unix_now, ChunkStream};
+
+pub struct OpenAiProvider {
+    name: String,
+    chat_url: String,
+    authorization: Option<HeaderValue>,
+    headers: HeaderMap,
+    timeout: Duration,
+    client: reqwest::Client,
+}
+
+impl OpenAiProvider {
+    pub fn new(name: &str, settings: HttpSettings, client: reqwest::Client) -> Self {
+        let authorization = settings.api_key.as_deref().and_then(|key| {
+            let mut value = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
+            value.set_sensitive(true);
+            Some(value)
+        });
+        OpenAiProvider {
+            name: name.to_owned(),
+            chat_url: format!("{}/chat/completions", settings.base),
+            authorization,
+            headers: settings.headers,
+            timeout: settings.timeout,
+            client,
+        }
+    }
+
+    fn request(&self, call: &UpstreamCall, stream: bool) -> reqwest::RequestBuilder {
+        let mut body = Map::with_capacity(call.params.len() + 1);
+        body.insert("model".into(), Value::String(call.model.clone()));
+        for (key, value) in &call.params {
+            // OpenAI rejects `stream_options` on a non-streamed request.
+            if key == "model" || (!stream && key == "stream_options") {
+                continue;
+            }
+            body.insert(key.clone(), value.clone());
+        }
+        let bytes = serde_json::to_vec(&body).expect("JSON values always serialize");
+        let mut request = self
+            .client
+            .post(&self.chat_url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .headers(self.headers.clone())
+            .headers(call.headers.clone())
+            .body(bytes);
+        if let Some(auth) = &self.authorization {
+            request = request.header(http::header::AUTHORIZATION, auth.clone());
+        }
+        if stream {
+            request = request.header(http::header::ACCEPT, "text/event-stream");
+        }
+        request
+    }
+}
+
+#[async_trait]
+impl Provider for OpenAiProvider {
+    async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
+        let request = self.request(&call, false);
+        let work = async {
+            let response = send(request, self.timeout).await?;
+            let response = check_status(response, self.timeout).await?;
+            let bytes = response.bytes().await.map_err(transport_error)?;
+            let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::upstream_failure(format!("connection '{}': upstream answer is not JSON: {e}", self.name))
+            })?;
+            normalize_completion(value, &call.model)
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(timeout_error(self.timeout)))
+    }
+
+    async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
+        let request = self.request(&call, true);
+        let response = send(request, self.timeout).await?;
+        let response = check_status(response, self.timeout).await?;
+        let mut identity = ChunkDefaults {
+            id: completion_id(),
+            created: unix_now(),
+            model: call.model.clone(),
+        };
+        let chunks = sse_json_events(response.bytes_stream(), self.timeout)
+            .map(move |item| item.map(|chunk| identity.fill(chunk)));
+        Ok(Box::pin(chunks))
+    }
+}
+
+/// Defaults for chunk fields that some OpenAI-compatible servers leave out.
+struct ChunkDefaults {
+    id: String,
+    created: u64,
+    model: String,
+}
+
+impl ChunkDefaults {
+    fn fill(&mut self, mut chunk: Value) -> Value {
+        if let Value::Object(map) = &mut chunk {
+            if !map.contains_key("id") {
+                map.insert("id".into(), Value::String(self.id.clone()));
+            }
+            if !map.contains_key("object") {
+                map.insert("object".into(), Value::String("chat.completion.chunk".into()));
+            }
+            if !map.contains_key("created") {
+                map.insert("created".into(), self.created.into());
+            }
+            if !map.contains_key("model") {
+                map.insert("model".into(), Value::String(self.model.clone()));
+            }
+        }
+        chunk
+    }
+}
+
+/// Check that an upstream answer is a chat completion and fill the fields that some
+/// OpenAI-compatible servers omit, so clients always get the full object.
+pub fn normalize_completion(value: Value, model: &str) -> Result<Value, ApiError> {
+    let Value::Object(mut map) = value else {
+        return Err(ApiError::upstream_failure("upstream answer is not a JSON object"));
+    };
+    if !map.get("choices").is_some_and(Value::is_array) {
+        return Err(ApiError::upstream_failure("upstream answer has no `choices` list"));
+    }
+    map.entry("id").or_insert_with(|| Value::String(completion_id()));
+    map.entry("object").or_insert_with(|| Value::String("chat.completion".into()));
+    map.entry("created").or_insert_with(|| unix_now().into());
+    map.entry("model").or_insert_with(|| Value::String(model.to_owned()));
+    Ok(Value::Object(map))
+}

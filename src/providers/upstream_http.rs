@@ -1,0 +1,202 @@
+//! HTTP plumbing shared by HTTP providers: sending with a deadline, and turning
+//! upstream failures into [`ApiError`]s (4xx keep their status and message; 5xx and
+//! transport failures are 502; timeouts 504).
+
+use std::time::Duration;
+
+use http::StatusCode;
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// The most of an upstream error body we read (the rest is not needed for a message).
+const ERROR_BODY_LIMIT: usize = 64 * 1024;
+
+/// Send a request and wait for the response headers, within `timeout`.
+pub async fn send(request: reqwest::RequestBuilder, timeout: Duration) -> Result<reqwest::Response, ApiError> {
+    match tokio::time::timeout(timeout, request.send()).await {
+        Err(_) => Err(timeout_error(timeout)),
+        Ok(Err(e)) => Err(transport_error(e)),
+        Ok(Ok(response)) => Ok(response),
+    }
+}
+
+pub fn timeout_error(timeout: Duration) -> ApiError {
+    ApiError::UpstreamTimeout {
+        detail: format!("no answer within {:.1}s", timeout.as_secs_f64()),
+    }
+}
+
+/// A reqwest failure, without the URL (it may carry credentials in some setups).
+pub fn transport_error(e: reqwest::Error) -> ApiError {
+    if e.is_timeout() {
+        return ApiError::UpstreamTimeout {
+            detail: e.without_url().to_string(),
+        };
+    }
+    let kind = if e.is_connect() {
+        "cannot connect to upstream"
+    } else if e.is_body() || e.is_decode() {
+        "upstream answer broke off"
+    } else {
+        "upstream request failed"
+    };
+    let e = e.without_url();
+    let mut detail = format!("{kind}: {e}");
+    let mut source = std::error::Error::source(&e);
+    while let Some(s) = source {
+        detail.push_str(&format!(": {s}"));
+        source = s.source();
+    }
+    ApiError::upstream_failure(detail)
+}
+
+/// Pass a 2xx response on; turn any other status into the matching error.
+pub async fn check_status(response: reqwest::Response, timeout: Duration) -> Result<reqwest::Response, ApiError> {
+    let status = response.status();
+    if status.is_success() {
+        return Ok(response);
+    }
+    let retry_after = response.headers().get(http::header::RETRY_AFTER).cloned();
+    let body = read_limited(response, timeout).await.unwrap_or_default();
+    Err(status_error(status, &body, retry_after))
+}
+
+async fn read_limited(mut response: reqwest::Response, timeout: Duration) -> Option<Vec<u8>> {
+    let mut body = Vec::new();
+    let read = async {
+        while let Ok(Some(chunk)) = response.chunk().await {
+            body.extend_from_slice(&chunk);
+            if body.len() >= ERROR_BODY_LIMIT {
+                body.truncate(ERROR_BODY_LIMIT);
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(timeout, read).await.ok()?;
+    Some(body)
+}
+
+/// Map an upstream error status and body to an error for the client.
+pub fn status_error(status: StatusCode, body: &[u8], retry_after: Option<http::HeaderValue>) -> ApiError {
+    let parsed = parse_error_body(body);
+    let message = parsed
+        .message
+        .unwrap_or_else(|| format!("upstream answered {status} with no error message"));
+    if status.is_client_error() {
+        ApiError::UpstreamRejected {
+            status,
+            message,
+            error_type: parsed.error_type.unwrap_or_else(|| default_error_type(status).into()),
+            code: parsed.code,
+            param: parsed.param,
+            retry_after,
+        }
+    } else {
+        ApiError::upstream_failure(format!("upstream answered {status}: {message}"))
+    }
+}
+
+fn default_error_type(status: StatusCode) -> &'static str {
+    match status.as_u16() {
+        401 => "authentication_error",
+        403 => "permission_error",
+        404 => "not_found_error",
+        429 => "rate_limit_error",
+        _ => "invalid_request_error",
+    }
+}
+
+#[derive(Debug, Default, PartialEq)]
+pub struct ParsedError {
+    pub message: Option<String>,
+    pub error_type: Option<String>,
+    pub code: Option<String>,
+    pub param: Option<String>,
+}
+
+/// Read an error body in any of the shapes upstreams use: OpenAI's nested
+/// `{"error": {...}}`, vLLM's older flat `{"object": "error", "message", "code": 400}`,
+/// `{"error": "text"}`, `{"detail": ...}`, or plain text.
+pub fn parse_error_body(body: &[u8]) -> ParsedError {
+    let text_of = |v: Option<&Value>| -> Option<String> {
+        match v? {
+            Value::String(s) if !s.is_empty() => Some(s.clone()),
+            _ => None,
+        }
+    };
+    match serde_json::from_slice::<Value>(body) {
+        Ok(Value::Object(map)) => {
+            let inner = match map.get("error") {
+                Some(Value::Object(inner)) => inner.clone(),
+                Some(Value::String(s)) => {
+                    return ParsedError {
+                        message: Some(s.clone()),
+                        ..Default::default()
+                    }
+                }
+                _ => map.clone(),
+            };
+            let message = text_of(inner.get("message")).or_else(|| match map.get("detail") {
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(other @ (Value::Object(_) | Value::Array(_))) => Some(other.to_string()),
+                _ => None,
+            });
+            ParsedError {
+                message,
+                error_type: text_of(inner.get("type")),
+                // Integer codes (vLLM's HTTP status) carry nothing the status does not.
+                code: text_of(inner.get("code")),
+                param: text_of(inner.get("param")),
+            }
+        }
+        _ => {
+            let text = String::from_utf8_lossy(body).trim().to_owned();
+            ParsedError {
+                message: (!text.is_empty()).then(|| truncate(&text, 500)),
+                ..Default::default()
+            }
+        }
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_in_every_shape() {
+        let nested = parse_error_body(br#"{"error":{"message":"too long","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#);
+        assert_eq!(nested.message.as_deref(), Some("too long"));
+        assert_eq!(nested.code.as_deref(), Some("context_length_exceeded"));
+        assert_eq!(nested.param.as_deref(), Some("messages"));
+
+        let flat = parse_error_body(br#"{"object":"error","message":"bad","type":"BadRequestError","param":null,"code":400}"#);
+        assert_eq!(flat.message.as_deref(), Some("bad"));
+        assert_eq!(flat.code, None);
+
+        assert_eq!(parse_error_body(br#"{"error":"nope"}"#).message.as_deref(), Some("nope"));
+        assert_eq!(parse_error_body(b"plain text").message.as_deref(), Some("plain text"));
+        assert_eq!(parse_error_body(b"").message, None);
+    }
+
+    #[test]
+    fn statuses_map_to_client_errors_or_502() {
+        let e = status_error(StatusCode::TOO_MANY_REQUESTS, b"{}", Some("3".parse().unwrap()));
+        assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.error_object()["type"], "rate_limit_error");
+        let e = status_error(StatusCode::SERVICE_UNAVAILABLE, b"down", None);
+        assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+    }
+}

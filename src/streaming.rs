@@ -1,0 +1,300 @@
+//! Streaming in both directions.
+//!
+//! Upstream: one SSE reader for every provider (the `eventsource-stream` parser:
+//! LF, CRLF and CR line endings, multi-line `data:`, comment keep-alives), turned
+//! into a stream of JSON chunk objects that ends at `[DONE]` or at the end of the
+//! body, with an idle timeout between events.
+//!
+//! Downstream: the client stream is `data: <json>\n\n` per chunk, then
+//! `data: [DONE]\n\n`. A failure after the first byte becomes one error chunk
+//! (an OpenAI `error` object plus `finish_reason: "error"`), then `[DONE]`.
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use bytes::Bytes;
+use eventsource_stream::Eventsource;
+use futures_util::{Stream, StreamExt};
+use http::StatusCode;
+use serde_json::{json, Value};
+
+use crate::error::ApiError;
+
+/// A stream of OpenAI `chat.completion.chunk` objects, or a failure that ends it.
+pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Value, ApiError>> + Send>>;
+
+/// Read an upstream SSE body as JSON chunks. Each `data:` payload must be JSON;
+/// `[DONE]` ends the stream; an event carrying a top-level `error` object ends it
+/// with that error. `idle_timeout` bounds the silence between two events.
+pub fn sse_json_events<S, E>(body: S, idle_timeout: Duration) -> ChunkStream
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let events = Box::pin(body.eventsource());
+    let stream = futures_util::stream::unfold(Some(events), move |state| async move {
+        let mut events = state?;
+        loop {
+            let next = match tokio::time::timeout(idle_timeout, events.next()).await {
+                Ok(next) => next,
+                Err(_) => {
+                    let err = ApiError::UpstreamTimeout {
+                        detail: format!("no data from upstream for {:.1}s", idle_timeout.as_secs_f64()),
+                    };
+                    return Some((Err(err), None));
+                }
+            };
+            match next {
+                // End of body without `[DONE]`: accepted as the end (some servers omit it).
+                None => return None,
+                Some(Err(e)) => {
+                    let err = ApiError::upstream_failure(format!("upstream stream broke off: {e}"));
+                    return Some((Err(err), None));
+                }
+                Some(Ok(event)) => {
+                    let data = event.data.trim();
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if data == "[DONE]" {
+                        return None;
+                    }
+                    return match serde_json::from_str::<Value>(data) {
+                        Ok(chunk) => match chunk.get("error") {
+                            Some(error) if chunk.get("choices").is_none() => {
+                                Some((Err(mid_stream_error(error)), None))
+                            }
+                            _ => Some((Ok(chunk), Some(events))),
+                        },
+                        Err(e) => Some((
+                            Err(ApiError::upstream_failure(format!("upstream sent a chunk that is not JSON: {e}"))),
+                            None,
+                        )),
+                    };
+                }
+            }
+        }
+    });
+    Box::pin(stream)
+}
+
+/// An error object sent by the upstream inside its stream.
+fn mid_stream_error(error: &Value) -> ApiError {
+    let text = |k: &str| error.get(k).and_then(Value::as_str).map(str::to_owned);
+    ApiError::UpstreamRejected {
+        status: StatusCode::BAD_GATEWAY,
+        message: text("message").unwrap_or_else(|| "upstream reported an error mid-stream".into()),
+        error_type: text("type").unwrap_or_else(|| "upstream_error".into()),
+        code: text("code"),
+        param: text("param"),
+        retry_after: None,
+    }
+}
+
+/// How a client stream ended, reported once to the stream's observer.
+#[derive(Debug, Default)]
+pub struct StreamSummary {
+    pub chunks: usize,
+    /// The failure sent to the client as an error chunk, if any.
+    pub error: Option<ApiError>,
+    /// False when the client went away before the end.
+    pub completed: bool,
+}
+
+/// Calls its closure exactly once: at the end of the stream, or when the stream
+/// is dropped early (client disconnect).
+struct FinishGuard<F: FnOnce(StreamSummary)> {
+    on_finish: Option<F>,
+    summary: StreamSummary,
+}
+
+impl<F: FnOnce(StreamSummary)> FinishGuard<F> {
+    fn finish(&mut self, completed: bool) {
+        if let Some(f) = self.on_finish.take() {
+            self.summary.completed = completed;
+            f(std::mem::take(&mut self.summary));
+        }
+    }
+}
+
+impl<F: FnOnce(StreamSummary)> Drop for FinishGuard<F> {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+/// Identity of a stream, for the error chunk when the failure comes mid-way.
+#[derive(Debug, Clone)]
+pub struct StreamIdentity {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+}
+
+/// Encode chunks as the client's SSE body. `identity` fills the error chunk when the
+/// upstream fails before sending any chunk of its own.
+pub fn encode_sse<F>(
+    chunks: ChunkStream,
+    identity: StreamIdentity,
+    on_finish: F,
+) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send
+where
+    F: FnOnce(StreamSummary) + Send + 'static,
+{
+    struct State<F: FnOnce(StreamSummary)> {
+        chunks: ChunkStream,
+        identity: StreamIdentity,
+        guard: FinishGuard<F>,
+        done: bool,
+    }
+    let state = State {
+        chunks,
+        identity,
+        guard: FinishGuard {
+            on_finish: Some(on_finish),
+            summary: StreamSummary::default(),
+        },
+        done: false,
+    };
+    futures_util::stream::unfold(state, |mut st| async move {
+        if st.done {
+            return None;
+        }
+        match st.chunks.next().await {
+            Some(Ok(chunk)) => {
+                st.guard.summary.chunks += 1;
+                remember_identity(&mut st.identity, &chunk);
+                Some((Ok(sse_data(&chunk)), st))
+            }
+            Some(Err(err)) => {
+                let mut out = sse_data(&error_chunk(&st.identity, &err)).to_vec();
+                out.extend_from_slice(DONE);
+                st.guard.summary.error = Some(err);
+                st.guard.finish(true);
+                st.done = true;
+                Some((Ok(Bytes::from(out)), st))
+            }
+            None => {
+                st.guard.finish(true);
+                st.done = true;
+                Some((Ok(Bytes::from_static(DONE)), st))
+            }
+        }
+    })
+}
+
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// One SSE event carrying a JSON value.
+pub fn sse_data(value: &Value) -> Bytes {
+    let mut out = Vec::with_capacity(256);
+    out.extend_from_slice(b"data: ");
+    // Serializing a `Value` cannot fail.
+    serde_json::to_writer(&mut out, value).expect("JSON values always serialize");
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+fn remember_identity(identity: &mut StreamIdentity, chunk: &Value) {
+    if let Some(id) = chunk.get("id").and_then(Value::as_str) {
+        if id != identity.id {
+            identity.id = id.to_owned();
+        }
+    }
+    if let Some(created) = chunk.get("created").and_then(Value::as_u64) {
+        identity.created = created;
+    }
+    if let Some(model) = chunk.get("model").and_then(Value::as_str) {
+        if model != identity.model {
+            identity.model = model.to_owned();
+        }
+    }
+}
+
+/// The chunk that reports a mid-stream failure: readable by the OpenAI SDK (which
+/// raises on a top-level `error`) and by clients that only look at `finish_reason`.
+pub fn error_chunk(identity: &StreamIdentity, err: &ApiError) -> Value {
+    json!({
+        "id": identity.id,
+        "object": "chat.completion.chunk",
+        "created": identity.created,
+        "model": identity.model,
+        "choices": [{"index": 0, "delta": {}, "finish_reason": "error"}],
+        "error": err.error_object(),
+    })
+}
+
+/// A fresh `chatcmpl-...` id.
+pub fn completion_id() -> String {
+    format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
+}
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn body(parts: &[&str]) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+        let parts: Vec<Result<Bytes, std::io::Error>> =
+            parts.iter().map(|p| Ok(Bytes::from(p.to_string()))).collect();
+        futures_util::stream::iter(parts)
+    }
+
+    async fn collect(stream: ChunkStream) -> Vec<Result<Value, ApiError>> {
+        stream.collect().await
+    }
+
+    #[tokio::test]
+    async fn parses_crlf_split_and_multiline_events() {
+        let s = sse_json_events(
+            body(&[": keep-alive\r\n\r\ndata: {\"a\":", "1}\r\n\r", "\ndata: {\"b\":\ndata: 2}\n\n", "data: [DONE]\n\n", "data: {\"c\":3}\n\n"]),
+            Duration::from_secs(5),
+        );
+        let items = collect(s).await;
+        let values: Vec<Value> = items.into_iter().map(Result::unwrap).collect();
+        assert_eq!(values, vec![json!({"a": 1}), json!({"b": 2})]);
+    }
+
+    #[tokio::test]
+    async fn upstream_error_event_and_bad_json_end_the_stream() {
+        let s = sse_json_events(
+            body(&["data: {\"x\":1}\n\n", "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n", "data: {\"y\":1}\n\n"]),
+            Duration::from_secs(5),
+        );
+        let items = collect(s).await;
+        assert_eq!(items.len(), 2);
+        let err = items[1].as_ref().unwrap_err();
+        assert_eq!(err.error_object()["message"], "overloaded");
+
+        let items = collect(sse_json_events(body(&["data: nope\n\n"]), Duration::from_secs(5))).await;
+        assert!(matches!(items[0], Err(ApiError::UpstreamFailure { .. })));
+    }
+
+    #[tokio::test]
+    async fn encoder_sends_error_chunk_then_done() {
+        let chunks: ChunkStream = Box::pin(futures_util::stream::iter(vec![
+            Ok(json!({"id": "chatcmpl-1", "created": 7, "model": "m", "choices": []})),
+            Err(ApiError::upstream_failure("boom")),
+        ]));
+        let identity = StreamIdentity { id: "x".into(), created: 1, model: "m0".into() };
+        let (tx, rx) = std::sync::mpsc::channel();
+        let out: Vec<Bytes> = encode_sse(chunks, identity, move |s| tx.send(s).unwrap())
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        let text: String = out.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+        assert!(text.ends_with("data: [DONE]\n\n"));
+        assert!(text.contains("\"finish_reason\":\"error\""));
+        assert!(text.contains("\"id\":\"chatcmpl-1\""));
+        let summary = rx.recv().unwrap();
+        assert!(summary.completed && summary.error.is_some());
+        assert_eq!(summary.chunks, 1);
+    }
+}
