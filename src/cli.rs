@@ -100,7 +100,11 @@ where
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() { ExitCode::from(2) } else { ExitCode::SUCCESS };
+            return if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     let env_file = match cli.env.as_deref() {
@@ -132,7 +136,10 @@ where
         config.settings.port = port;
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("lm-proxy-server: cannot start the async runtime: {e}");
@@ -148,7 +155,10 @@ where
     }
 }
 
-async fn serve_until_signal(config: Config, resolver: &dyn ExtensionResolver) -> anyhow::Result<()> {
+async fn serve_until_signal(
+    config: Config,
+    resolver: &dyn ExtensionResolver,
+) -> anyhow::Result<()> {
     let grace = Duration::from_secs_f64(config.settings.shutdown_grace_seconds);
     let config_path = config.path.clone();
     let server = crate::server::start(config, resolver).await?;
@@ -159,7 +169,10 @@ async fn serve_until_signal(config: Config, resolver: &dyn ExtensionResolver) ->
         config_path.display()
     );
     shutdown_signal().await;
-    tracing::info!("shutting down; open requests have {:.0}s to finish", grace.as_secs_f64());
+    tracing::info!(
+        "shutting down; open requests have {:.0}s to finish",
+        grace.as_secs_f64()
+    );
     server.shutdown(grace);
     server.wait().await?;
     tracing::info!("stopped");

@@ -64,6 +64,9 @@ impl RequestContext {
 
     /// Whether the client asked for a streamed answer.
     pub fn is_stream(&self) -> bool {
-        self.request.get("stream").and_then(Value::as_bool).unwrap_or(false)
+        self.request
+            .get("stream")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
     }
 }

@@ -28,6 +28,51 @@ const INVALID_KEY_MESSAGE: &str =
     "Incorrect API key provided: your API key is invalid, expired, or revoked.";
 const UPSTREAM_MESSAGE: &str = "Error processing upstream provider response";
 
+/// A complete error answer: status, OpenAI error fields and extra headers
+/// (boxed inside [`ApiError`] to keep the common `Result`s small).
+#[derive(Debug, Clone)]
+pub struct ErrorBody {
+    pub status: StatusCode,
+    pub message: String,
+    pub error_type: String,
+    pub code: Option<String>,
+    pub param: Option<String>,
+    /// Headers sent with the answer (e.g. `Retry-After`).
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ErrorBody {
+    pub fn new(
+        status: StatusCode,
+        message: impl Into<String>,
+        error_type: impl Into<String>,
+    ) -> Self {
+        ErrorBody {
+            status,
+            message: message.into(),
+            error_type: error_type.into(),
+            code: None,
+            param: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn code(mut self, code: Option<String>) -> Self {
+        self.code = code;
+        self
+    }
+
+    pub fn param(mut self, param: Option<String>) -> Self {
+        self.param = param;
+        self
+    }
+
+    pub fn header(mut self, name: HeaderName, value: HeaderValue) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
 /// An error answered to the client in the OpenAI envelope.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum ApiError {
@@ -57,15 +102,8 @@ pub enum ApiError {
     #[error("{0}")]
     NotImplemented(String),
     /// The upstream answered 4xx: its status and message are passed on.
-    #[error("upstream {status}: {message}")]
-    UpstreamRejected {
-        status: StatusCode,
-        message: String,
-        error_type: String,
-        code: Option<String>,
-        param: Option<String>,
-        retry_after: Option<HeaderValue>,
-    },
+    #[error("upstream {}: {}", .0.status, .0.message)]
+    UpstreamRejected(Box<ErrorBody>),
     /// Transport failure, upstream 5xx, or an unreadable upstream answer (502).
     /// `detail` is shown only in debug mode.
     #[error("upstream failure: {detail}")]
@@ -74,14 +112,8 @@ pub enum ApiError {
     #[error("upstream timeout: {detail}")]
     UpstreamTimeout { detail: String },
     /// An error raised by a request handler or extension with its own status and body.
-    #[error("{message}")]
-    Custom {
-        status: StatusCode,
-        message: String,
-        error_type: String,
-        code: Option<String>,
-        headers: Vec<(HeaderName, HeaderValue)>,
-    },
+    #[error("{}", .0.message)]
+    Custom(Box<ErrorBody>),
     /// A fault inside the gateway (500). `detail` is shown only in debug mode.
     #[error("internal error: {detail}")]
     Internal { detail: String },
@@ -125,7 +157,7 @@ impl ApiError {
             ApiError::ServiceDisabled => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
-            ApiError::UpstreamRejected { status, .. } | ApiError::Custom { status, .. } => *status,
+            ApiError::UpstreamRejected(body) | ApiError::Custom(body) => body.status,
             ApiError::UpstreamFailure { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ApiError::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -192,13 +224,12 @@ impl ApiError {
                     None,
                     Some("not_implemented".into()),
                 ),
-                ApiError::UpstreamRejected {
-                    message,
-                    error_type,
-                    code,
-                    param,
-                    ..
-                } => (message.clone(), error_type.clone(), param.clone(), code.clone()),
+                ApiError::UpstreamRejected(body) | ApiError::Custom(body) => (
+                    body.message.clone(),
+                    body.error_type.clone(),
+                    body.param.clone(),
+                    body.code.clone(),
+                ),
                 ApiError::UpstreamFailure { detail } => (
                     with_detail(UPSTREAM_MESSAGE, detail, debug),
                     "upstream_error".into(),
@@ -206,17 +237,15 @@ impl ApiError {
                     Some("upstream_error".into()),
                 ),
                 ApiError::UpstreamTimeout { detail } => (
-                    with_detail("The upstream provider did not answer in time", detail, debug),
+                    with_detail(
+                        "The upstream provider did not answer in time",
+                        detail,
+                        debug,
+                    ),
                     "timeout_error".into(),
                     None,
                     Some("upstream_timeout".into()),
                 ),
-                ApiError::Custom {
-                    message,
-                    error_type,
-                    code,
-                    ..
-                } => (message.clone(), error_type.clone(), None, code.clone()),
                 ApiError::Internal { detail } => (
                     with_detail("Internal server error", detail, debug),
                     "server_error".into(),
@@ -234,21 +263,10 @@ impl ApiError {
 
     fn extra_headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
-        match self {
-            ApiError::UpstreamRejected {
-                retry_after: Some(value),
-                ..
-            } => {
-                headers.insert(http::header::RETRY_AFTER, value.clone());
+        if let ApiError::UpstreamRejected(body) | ApiError::Custom(body) = self {
+            for (name, value) in &body.headers {
+                headers.append(name.clone(), value.clone());
             }
-            ApiError::Custom {
-                headers: extra, ..
-            } => {
-                for (name, value) in extra {
-                    headers.append(name.clone(), value.clone());
-                }
-            }
-            _ => {}
         }
         headers
     }
@@ -287,7 +305,10 @@ mod tests {
     #[test]
     fn upstream_detail_hidden_without_debug() {
         let err = ApiError::upstream_failure("connection refused to 10.0.0.1");
-        let msg = err.envelope()["error"]["message"].as_str().unwrap().to_owned();
+        let msg = err.envelope()["error"]["message"]
+            .as_str()
+            .unwrap()
+            .to_owned();
         if !debug_details() {
             assert_eq!(msg, UPSTREAM_MESSAGE);
         }

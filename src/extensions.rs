@@ -65,9 +65,21 @@ pub fn builtin_name(target: &str) -> Option<Builtin> {
 
 /// Turns config values that name non-built-in code into core trait objects.
 pub trait ExtensionResolver: Send + Sync {
-    fn key_check(&self, spec: &ExtensionSpec, config: &Config) -> Result<Arc<dyn KeyCheck>, ConfigError>;
-    fn connection(&self, spec: &ExtensionSpec, config: &Config) -> Result<Arc<dyn Provider>, ConfigError>;
-    fn handler(&self, spec: &ExtensionSpec, config: &Config) -> Result<Arc<dyn RequestHandler>, ConfigError>;
+    fn key_check(
+        &self,
+        spec: &ExtensionSpec,
+        config: &Config,
+    ) -> Result<Arc<dyn KeyCheck>, ConfigError>;
+    fn connection(
+        &self,
+        spec: &ExtensionSpec,
+        config: &Config,
+    ) -> Result<Arc<dyn Provider>, ConfigError>;
+    fn handler(
+        &self,
+        spec: &ExtensionSpec,
+        config: &Config,
+    ) -> Result<Arc<dyn RequestHandler>, ConfigError>;
     /// Extension points without a core trait yet (`loggers`, `components`).
     fn other(&self, spec: &ExtensionSpec, config: &Config) -> Result<(), ConfigError>;
 }
@@ -93,15 +105,27 @@ impl NativeResolver {
 }
 
 impl ExtensionResolver for NativeResolver {
-    fn key_check(&self, spec: &ExtensionSpec, config: &Config) -> Result<Arc<dyn KeyCheck>, ConfigError> {
+    fn key_check(
+        &self,
+        spec: &ExtensionSpec,
+        config: &Config,
+    ) -> Result<Arc<dyn KeyCheck>, ConfigError> {
         Err(Self::python_required(spec, config))
     }
 
-    fn connection(&self, spec: &ExtensionSpec, config: &Config) -> Result<Arc<dyn Provider>, ConfigError> {
+    fn connection(
+        &self,
+        spec: &ExtensionSpec,
+        config: &Config,
+    ) -> Result<Arc<dyn Provider>, ConfigError> {
         Err(Self::python_required(spec, config))
     }
 
-    fn handler(&self, spec: &ExtensionSpec, config: &Config) -> Result<Arc<dyn RequestHandler>, ConfigError> {
+    fn handler(
+        &self,
+        spec: &ExtensionSpec,
+        config: &Config,
+    ) -> Result<Arc<dyn RequestHandler>, ConfigError> {
         Err(Self::python_required(spec, config))
     }
 
@@ -116,12 +140,18 @@ mod tests {
 
     #[test]
     fn reference_names_map_to_builtins() {
-        assert_eq!(builtin_name("lm_proxy.api_key_check.AllowAll"), Some(Builtin::AllowAll));
+        assert_eq!(
+            builtin_name("lm_proxy.api_key_check.AllowAll"),
+            Some(Builtin::AllowAll)
+        );
         assert_eq!(
             builtin_name("lm_proxy.api_key_check.with_request.CheckAPIKeyWithRequest"),
             Some(Builtin::CheckApiKeyWithRequest)
         );
-        assert_eq!(builtin_name("lm_proxy.strategies.Fallback"), Some(Builtin::Fallback));
+        assert_eq!(
+            builtin_name("lm_proxy.strategies.Fallback"),
+            Some(Builtin::Fallback)
+        );
         assert_eq!(builtin_name("my_validators.validate_api_key"), None);
         assert_eq!(builtin_name("lm_proxy.nothing.Here"), None);
     }

@@ -52,7 +52,9 @@ impl Gateway {
                 .iter()
                 .map(|(pattern, target)| (pattern.as_str(), target.as_str())),
         )
-        .map_err(|(pattern, problem)| ConfigError::new(&config.path, format!("routing.{pattern:?}"), problem))?;
+        .map_err(|(pattern, problem)| {
+            ConfigError::new(&config.path, format!("routing.{pattern:?}"), problem)
+        })?;
         let key_check = build_key_check(&config, resolver)?;
         let groups = config
             .settings
@@ -74,7 +76,11 @@ impl Gateway {
                     return Err(ConfigError::new(
                         &config.path,
                         &spec.key,
-                        format!("'{}' cannot be used here{}", spec.target, builtin.not_yet_note()),
+                        format!(
+                            "'{}' cannot be used here{}",
+                            spec.target,
+                            builtin.not_yet_note()
+                        ),
                     ))
                 }
                 None => resolver.other(spec, &config)?,
@@ -106,6 +112,8 @@ impl Gateway {
     /// Whether `group` may use `connection`. Unknown groups (a key check returned a
     /// group that is not configured) may use nothing.
     pub fn group_allows(&self, group: &str, connection: &str) -> bool {
-        self.groups.get(group).is_some_and(|access| access.allows(connection))
+        self.groups
+            .get(group)
+            .is_some_and(|access| access.allows(connection))
     }
 }

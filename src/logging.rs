@@ -22,7 +22,11 @@ impl RequestSummary {
     pub fn of(ctx: &RequestContext) -> Self {
         RequestSummary {
             id: ctx.id.clone(),
-            requested_model: ctx.request.get("model").and_then(|m| m.as_str()).map(str::to_owned),
+            requested_model: ctx
+                .request
+                .get("model")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned),
             connection: ctx.connection.clone(),
             upstream_model: ctx.model.clone(),
             group: ctx.group.clone(),
@@ -43,7 +47,10 @@ impl RequestSummary {
             if debug_details() {
                 e.to_string()
             } else {
-                e.error_object()["code"].as_str().unwrap_or("error").to_owned()
+                e.error_object()["code"]
+                    .as_str()
+                    .unwrap_or("error")
+                    .to_owned()
             }
         });
         let server_side = error.is_some_and(ApiError::is_server_side);

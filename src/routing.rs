@@ -37,7 +37,9 @@ pub struct Router {
 impl Router {
     /// Compile `(pattern, "connection.model")` pairs in order. The config layer has
     /// already checked patterns and targets, so errors here are unexpected.
-    pub fn new<'a>(routes: impl IntoIterator<Item = (&'a str, &'a str)>) -> Result<Router, (String, String)> {
+    pub fn new<'a>(
+        routes: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> Result<Router, (String, String)> {
         let mut rules = Vec::new();
         for (pattern, target) in routes {
             let (connection, model) = split_route_target(target);
@@ -72,7 +74,9 @@ impl Router {
 }
 
 /// Compile patterns into one `GlobSet`; on failure returns `(pattern, problem)`.
-pub fn compile_patterns<'a>(patterns: impl IntoIterator<Item = &'a str>) -> Result<GlobSet, (String, String)> {
+pub fn compile_patterns<'a>(
+    patterns: impl IntoIterator<Item = &'a str>,
+) -> Result<GlobSet, (String, String)> {
     let mut builder = GlobSetBuilder::new();
     for pattern in patterns {
         let glob = GlobBuilder::new(&fnmatch_to_globset(pattern))
@@ -80,12 +84,20 @@ pub fn compile_patterns<'a>(patterns: impl IntoIterator<Item = &'a str>) -> Resu
             .backslash_escape(false)
             .case_insensitive(false)
             .build()
-            .map_err(|e| (pattern.to_owned(), format!("invalid model pattern: {}", e.kind())))?;
+            .map_err(|e| {
+                (
+                    pattern.to_owned(),
+                    format!("invalid model pattern: {}", e.kind()),
+                )
+            })?;
         builder.add(glob);
     }
-    builder
-        .build()
-        .map_err(|e| (String::new(), format!("cannot compile routing patterns: {e}")))
+    builder.build().map_err(|e| {
+        (
+            String::new(),
+            format!("cannot compile routing patterns: {e}"),
+        )
+    })
 }
 
 /// Rewrite an fnmatch pattern into globset syntax with the same meaning: braces
@@ -141,7 +153,10 @@ mod tests {
         assert_eq!(r.route("gpt-4o").unwrap().connection, "a");
         assert_eq!(r.route("gpt-3.5").unwrap().connection, "b");
         assert_eq!(r.route("claude").unwrap().connection, "c");
-        assert_eq!(r.route("gpt-4o").unwrap().model, RouteModel::Fixed("gpt-4".into()));
+        assert_eq!(
+            r.route("gpt-4o").unwrap().model,
+            RouteModel::Fixed("gpt-4".into())
+        );
         assert_eq!(r.route("gpt-3.5").unwrap().model, RouteModel::PassThrough);
     }
 
@@ -161,7 +176,11 @@ mod tests {
         assert!(r.route("c-x").is_none());
         assert_eq!(r.route("c-y").unwrap().connection, "neg");
         assert!(r.route("a-y").is_none());
-        assert_eq!(r.route("org/team/model").unwrap().connection, "slash", "* crosses /");
+        assert_eq!(
+            r.route("org/team/model").unwrap().connection,
+            "slash",
+            "* crosses /"
+        );
         assert_eq!(r.route("{lit}").unwrap().connection, "brace");
         assert!(r.route("lit").is_none());
         assert!(r.route("exact").is_none(), "case-sensitive");

@@ -18,7 +18,7 @@ use futures_util::{Stream, StreamExt};
 use http::StatusCode;
 use serde_json::{json, Value};
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 
 /// A stream of OpenAI `chat.completion.chunk` objects, or a failure that ends it.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Value, ApiError>> + Send>>;
@@ -39,7 +39,10 @@ where
                 Ok(next) => next,
                 Err(_) => {
                     let err = ApiError::UpstreamTimeout {
-                        detail: format!("no data from upstream for {:.1}s", idle_timeout.as_secs_f64()),
+                        detail: format!(
+                            "no data from upstream for {:.1}s",
+                            idle_timeout.as_secs_f64()
+                        ),
                     };
                     return Some((Err(err), None));
                 }
@@ -67,7 +70,9 @@ where
                             _ => Some((Ok(chunk), Some(events))),
                         },
                         Err(e) => Some((
-                            Err(ApiError::upstream_failure(format!("upstream sent a chunk that is not JSON: {e}"))),
+                            Err(ApiError::upstream_failure(format!(
+                                "upstream sent a chunk that is not JSON: {e}"
+                            ))),
                             None,
                         )),
                     };
@@ -81,14 +86,14 @@ where
 /// An error object sent by the upstream inside its stream.
 fn mid_stream_error(error: &Value) -> ApiError {
     let text = |k: &str| error.get(k).and_then(Value::as_str).map(str::to_owned);
-    ApiError::UpstreamRejected {
-        status: StatusCode::BAD_GATEWAY,
-        message: text("message").unwrap_or_else(|| "upstream reported an error mid-stream".into()),
-        error_type: text("type").unwrap_or_else(|| "upstream_error".into()),
-        code: text("code"),
-        param: text("param"),
-        retry_after: None,
-    }
+    let body = ErrorBody::new(
+        StatusCode::BAD_GATEWAY,
+        text("message").unwrap_or_else(|| "upstream reported an error mid-stream".into()),
+        text("type").unwrap_or_else(|| "upstream_error".into()),
+    )
+    .code(text("code"))
+    .param(text("param"));
+    ApiError::UpstreamRejected(Box::new(body))
 }
 
 /// How a client stream ended, reported once to the stream's observer.
@@ -242,8 +247,10 @@ mod tests {
     use super::*;
 
     fn body(parts: &[&str]) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-        let parts: Vec<Result<Bytes, std::io::Error>> =
-            parts.iter().map(|p| Ok(Bytes::from(p.to_string()))).collect();
+        let parts: Vec<Result<Bytes, std::io::Error>> = parts
+            .iter()
+            .map(|p| Ok(Bytes::from(p.to_string())))
+            .collect();
         futures_util::stream::iter(parts)
     }
 
@@ -254,7 +261,13 @@ mod tests {
     #[tokio::test]
     async fn parses_crlf_split_and_multiline_events() {
         let s = sse_json_events(
-            body(&[": keep-alive\r\n\r\ndata: {\"a\":", "1}\r\n\r", "\ndata: {\"b\":\ndata: 2}\n\n", "data: [DONE]\n\n", "data: {\"c\":3}\n\n"]),
+            body(&[
+                ": keep-alive\r\n\r\ndata: {\"a\":",
+                "1}\r\n\r",
+                "\ndata: {\"b\":\ndata: 2}\n\n",
+                "data: [DONE]\n\n",
+                "data: {\"c\":3}\n\n",
+            ]),
             Duration::from_secs(5),
         );
         let items = collect(s).await;
@@ -265,7 +278,11 @@ mod tests {
     #[tokio::test]
     async fn upstream_error_event_and_bad_json_end_the_stream() {
         let s = sse_json_events(
-            body(&["data: {\"x\":1}\n\n", "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n", "data: {\"y\":1}\n\n"]),
+            body(&[
+                "data: {\"x\":1}\n\n",
+                "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n",
+                "data: {\"y\":1}\n\n",
+            ]),
             Duration::from_secs(5),
         );
         let items = collect(s).await;
@@ -273,7 +290,11 @@ mod tests {
         let err = items[1].as_ref().unwrap_err();
         assert_eq!(err.error_object()["message"], "overloaded");
 
-        let items = collect(sse_json_events(body(&["data: nope\n\n"]), Duration::from_secs(5))).await;
+        let items = collect(sse_json_events(
+            body(&["data: nope\n\n"]),
+            Duration::from_secs(5),
+        ))
+        .await;
         assert!(matches!(items[0], Err(ApiError::UpstreamFailure { .. })));
     }
 
@@ -283,13 +304,20 @@ mod tests {
             Ok(json!({"id": "chatcmpl-1", "created": 7, "model": "m", "choices": []})),
             Err(ApiError::upstream_failure("boom")),
         ]));
-        let identity = StreamIdentity { id: "x".into(), created: 1, model: "m0".into() };
+        let identity = StreamIdentity {
+            id: "x".into(),
+            created: 1,
+            model: "m0".into(),
+        };
         let (tx, rx) = std::sync::mpsc::channel();
         let out: Vec<Bytes> = encode_sse(chunks, identity, move |s| tx.send(s).unwrap())
             .map(Result::unwrap)
             .collect()
             .await;
-        let text: String = out.iter().map(|b| String::from_utf8_lossy(b).into_owned()).collect();
+        let text: String = out
+            .iter()
+            .map(|b| String::from_utf8_lossy(b).into_owned())
+            .collect();
         assert!(text.ends_with("data: [DONE]\n\n"));
         assert!(text.contains("\"finish_reason\":\"error\""));
         assert!(text.contains("\"id\":\"chatcmpl-1\""));

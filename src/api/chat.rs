@@ -51,14 +51,24 @@ pub async fn chat_completions(
                 model: ctx.model.clone().unwrap_or_default(),
             };
             let body = encode_sse(chunks, identity, move |outcome| {
-                let note = if outcome.completed { "" } else { " (client disconnected)" };
+                let note = if outcome.completed {
+                    ""
+                } else {
+                    " (client disconnected)"
+                };
                 summary.log(200, outcome.error.as_ref(), note);
             });
             (
                 [
-                    (header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream")),
+                    (
+                        header::CONTENT_TYPE,
+                        HeaderValue::from_static("text/event-stream"),
+                    ),
                     (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-                    (HeaderName::from_static("x-accel-buffering"), HeaderValue::from_static("no")),
+                    (
+                        HeaderName::from_static("x-accel-buffering"),
+                        HeaderValue::from_static("no"),
+                    ),
                 ],
                 Body::from_stream(body),
             )
@@ -71,7 +81,11 @@ pub async fn chat_completions(
     }
 }
 
-async fn handle(gateway: &Gateway, ctx: &mut RequestContext, body: Body) -> Result<Reply, ApiError> {
+async fn handle(
+    gateway: &Gateway,
+    ctx: &mut RequestContext,
+    body: Body,
+) -> Result<Reply, ApiError> {
     if !gateway.config.settings.enabled {
         return Err(ApiError::ServiceDisabled);
     }
@@ -85,10 +99,12 @@ async fn handle(gateway: &Gateway, ctx: &mut RequestContext, body: Body) -> Resu
         .router
         .route(&requested)
         .ok_or_else(|| ApiError::ModelNotFound(requested.clone()))?;
-    let connection = gateway
-        .connections
-        .get(&rule.connection)
-        .ok_or_else(|| ApiError::internal(format!("routed to unknown connection '{}'", rule.connection)))?;
+    let connection = gateway.connections.get(&rule.connection).ok_or_else(|| {
+        ApiError::internal(format!(
+            "routed to unknown connection '{}'",
+            rule.connection
+        ))
+    })?;
     ctx.connection = Some(connection.name.clone());
     let group = ctx.group.as_deref().unwrap_or_default();
     if !gateway.group_allows(group, &connection.name) {
@@ -97,7 +113,10 @@ async fn handle(gateway: &Gateway, ctx: &mut RequestContext, body: Body) -> Resu
     ctx.model = Some(match &rule.model {
         RouteModel::PassThrough => requested.clone(),
         RouteModel::Fixed(name) => name.clone(),
-        RouteModel::ConnectionDefault => connection.default_model.clone().unwrap_or_else(|| requested.clone()),
+        RouteModel::ConnectionDefault => connection
+            .default_model
+            .clone()
+            .unwrap_or_else(|| requested.clone()),
     });
     ctx.llm_params = ctx
         .request
@@ -173,18 +192,34 @@ pub fn parse_request(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Va
         )));
     };
     match request.get("model") {
-        None | Some(Value::Null) => return Err(ApiError::invalid_param("model", "you must provide a model parameter")),
+        None | Some(Value::Null) => {
+            return Err(ApiError::invalid_param(
+                "model",
+                "you must provide a model parameter",
+            ))
+        }
         Some(Value::String(s)) if !s.is_empty() => {}
-        Some(Value::String(_)) => return Err(ApiError::invalid_param("model", "`model` must not be empty")),
+        Some(Value::String(_)) => {
+            return Err(ApiError::invalid_param(
+                "model",
+                "`model` must not be empty",
+            ))
+        }
         Some(_) => return Err(ApiError::invalid_param("model", "`model` must be a string")),
     }
     match request.get("messages") {
         None | Some(Value::Null) => {
-            return Err(ApiError::invalid_param("messages", "you must provide a messages parameter"))
+            return Err(ApiError::invalid_param(
+                "messages",
+                "you must provide a messages parameter",
+            ))
         }
         Some(Value::Array(messages)) => {
             if messages.is_empty() {
-                return Err(ApiError::invalid_param("messages", "`messages` must contain at least one message"));
+                return Err(ApiError::invalid_param(
+                    "messages",
+                    "`messages` must contain at least one message",
+                ));
             }
             for (i, message) in messages.iter().enumerate() {
                 let role_ok = message.get("role").is_some_and(Value::is_string);
@@ -196,11 +231,19 @@ pub fn parse_request(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Va
                 }
             }
         }
-        Some(_) => return Err(ApiError::invalid_param("messages", "`messages` must be a list of messages")),
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "messages",
+                "`messages` must be a list of messages",
+            ))
+        }
     }
     if let Some(stream) = request.get("stream") {
         if !stream.is_boolean() && !stream.is_null() {
-            return Err(ApiError::invalid_param("stream", "`stream` must be a boolean"));
+            return Err(ApiError::invalid_param(
+                "stream",
+                "`stream` must be a boolean",
+            ));
         }
     }
     Ok(request)
@@ -234,7 +277,9 @@ fn extra_headers(value: &Value) -> Result<HeaderMap, ApiError> {
         if value.is_null() {
             return Ok(headers);
         }
-        return Err(ApiError::internal("llm_params.extra_headers must be a table of strings"));
+        return Err(ApiError::internal(
+            "llm_params.extra_headers must be a table of strings",
+        ));
     };
     for (name, value) in map {
         let text = match value {
@@ -242,10 +287,12 @@ fn extra_headers(value: &Value) -> Result<HeaderMap, ApiError> {
             Value::Null => continue,
             other => other.to_string(),
         };
-        let name = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| ApiError::internal(format!("invalid header name in extra_headers: {name:?}")))?;
-        let value = HeaderValue::from_str(&text)
-            .map_err(|_| ApiError::internal(format!("invalid header value in extra_headers for {name}")))?;
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            ApiError::internal(format!("invalid header name in extra_headers: {name:?}"))
+        })?;
+        let value = HeaderValue::from_str(&text).map_err(|_| {
+            ApiError::internal(format!("invalid header value in extra_headers for {name}"))
+        })?;
         headers.insert(name, value);
     }
     Ok(headers)
@@ -282,7 +329,8 @@ mod tests {
         }
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_TYPE, "text/plain".parse().unwrap());
-        let err = parse_request(&headers, br#"{"model":"m","messages":[{"role":"user"}]}"#).unwrap_err();
+        let err =
+            parse_request(&headers, br#"{"model":"m","messages":[{"role":"user"}]}"#).unwrap_err();
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
     }
 

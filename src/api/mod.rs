@@ -7,7 +7,7 @@ use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 
 /// `GET /health`: liveness, no key needed.
 pub async fn health() -> Response {
@@ -16,24 +16,22 @@ pub async fn health() -> Response {
 
 /// Any path we do not serve: an OpenAI-shaped 404.
 pub async fn not_found(method: Method, uri: Uri) -> Response {
-    ApiError::Custom {
-        status: StatusCode::NOT_FOUND,
-        message: format!("Unknown endpoint: {method} {}", uri.path()),
-        error_type: "invalid_request_error".into(),
-        code: Some("unknown_url".into()),
-        headers: Vec::new(),
-    }
-    .into_response()
+    let body = ErrorBody::new(
+        StatusCode::NOT_FOUND,
+        format!("Unknown endpoint: {method} {}", uri.path()),
+        "invalid_request_error",
+    )
+    .code(Some("unknown_url".into()));
+    ApiError::Custom(Box::new(body)).into_response()
 }
 
 /// A known path with the wrong method: an OpenAI-shaped 405.
 pub async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    ApiError::Custom {
-        status: StatusCode::METHOD_NOT_ALLOWED,
-        message: format!("Method {method} is not allowed for {}", uri.path()),
-        error_type: "invalid_request_error".into(),
-        code: Some("method_not_allowed".into()),
-        headers: Vec::new(),
-    }
-    .into_response()
+    let body = ErrorBody::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("Method {method} is not allowed for {}", uri.path()),
+        "invalid_request_error",
+    )
+    .code(Some("method_not_allowed".into()));
+    ApiError::Custom(Box::new(body)).into_response()
 }

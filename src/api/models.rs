@@ -23,7 +23,11 @@ use crate::server::AppState;
 /// Check the client key and record the grant in the context.
 pub async fn authenticate(gateway: &Gateway, ctx: &mut RequestContext) -> Result<(), ApiError> {
     let key = bearer_key(&ctx.http_headers).to_owned();
-    let grant = gateway.key_check.check(&key).await?.ok_or(ApiError::InvalidApiKey)?;
+    let grant = gateway
+        .key_check
+        .check(&key)
+        .await?
+        .ok_or(ApiError::InvalidApiKey)?;
     ctx.api_key_id = Some(api_key_id(&gateway.config.settings.encryption_key, &key));
     ctx.group = Some(grant.group);
     ctx.user_info = grant.user_info;
@@ -63,9 +67,10 @@ async fn models(gateway: &Gateway, ctx: &mut RequestContext) -> Result<Value, Ap
                 "created": 0,
                 "owned_by": rule.connection,
             });
-            if let (Some(info), Value::Object(map)) =
-                (gateway.config.settings.model_info.get(&rule.pattern), &mut entry)
-            {
+            if let (Some(info), Value::Object(map)) = (
+                gateway.config.settings.model_info.get(&rule.pattern),
+                &mut entry,
+            ) {
                 for (k, v) in info {
                     map.insert(k.clone(), v.clone());
                 }

@@ -43,7 +43,9 @@ impl InConfigKeys {
         for (group, settings) in &config.settings.groups {
             let group: Arc<str> = Arc::from(group.as_str());
             for key in &settings.api_keys {
-                by_digest.entry(digest(key)).or_insert_with(|| group.clone());
+                by_digest
+                    .entry(digest(key))
+                    .or_insert_with(|| group.clone());
             }
         }
         InConfigKeys { by_digest }
@@ -97,10 +99,11 @@ pub fn build_key_check(
         Some(spec) => spec,
         None => {
             // An explicitly empty `api_key_check` means the default, as in the reference.
-            default_spec = ExtensionSpec::parse(&Value::String(DEFAULT_KEY_CHECK.into()), "api_key_check")
-                .ok()
-                .flatten()
-                .expect("the default key check is a dotted path");
+            default_spec =
+                ExtensionSpec::parse(&Value::String(DEFAULT_KEY_CHECK.into()), "api_key_check")
+                    .ok()
+                    .flatten()
+                    .expect("the default key check is a dotted path");
             &default_spec
         }
     };
@@ -127,7 +130,11 @@ pub fn build_key_check(
             fn yes() -> bool {
                 true
             }
-            let args: Args = crate::config::deserialize_at(Value::Object(spec.kwargs.clone()), &spec.key, &config.path)?;
+            let args: Args = crate::config::deserialize_at(
+                Value::Object(spec.kwargs.clone()),
+                &spec.key,
+                &config.path,
+            )?;
             if !config.settings.groups.contains_key(&args.group) {
                 return Err(ConfigError::new(
                     &config.path,
@@ -140,7 +147,11 @@ pub fn build_key_check(
                 capture_api_key: args.capture_api_key,
             }))
         }
-        Some(other) => Err(err(format!("'{}' cannot be used as api_key_check{}", spec.target, other.not_yet_note()))),
+        Some(other) => Err(err(format!(
+            "'{}' cannot be used as api_key_check{}",
+            spec.target,
+            other.not_yet_note()
+        ))),
         None => resolver.key_check(spec, config),
     }
 }

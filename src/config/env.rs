@@ -88,7 +88,11 @@ fn resolve(spec: &str, path: &str, key: &str, file: &Path) -> Result<String, Con
         None => (spec, false),
     };
     if name.is_empty() {
-        return Err(ConfigError::new(file, path, "`env:` must be followed by a variable name"));
+        return Err(ConfigError::new(
+            file,
+            path,
+            "`env:` must be followed by a variable name",
+        ));
     }
     match std::env::var(name) {
         Ok(value) => Ok(value),
@@ -137,9 +141,13 @@ mod tests {
     fn substitutes_nested_values_and_reports_missing_secrets() {
         std::env::set_var("LMP_TEST_SUBST", "value-1");
         let file = Path::new("c.toml");
-        let mut tree = json!({"a": {"b": ["env:LMP_TEST_SUBST", "plain"]}, "c": "env: LMP_TEST_SUBST"});
+        let mut tree =
+            json!({"a": {"b": ["env:LMP_TEST_SUBST", "plain"]}, "c": "env: LMP_TEST_SUBST"});
         substitute(&mut tree, file).unwrap();
-        assert_eq!(tree, json!({"a": {"b": ["value-1", "plain"]}, "c": "value-1"}));
+        assert_eq!(
+            tree,
+            json!({"a": {"b": ["value-1", "plain"]}, "c": "value-1"})
+        );
 
         let mut tree = json!({"connections": {"x": {"api_key": "env:LMP_TEST_MISSING_1"}}});
         let err = substitute(&mut tree, file).unwrap_err();

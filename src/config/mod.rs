@@ -14,8 +14,8 @@ use serde_json::Value;
 
 pub use env::load_dotenv;
 pub(crate) use env::push_key;
-pub(crate) use model::lenient;
 pub use error::ConfigError;
+pub(crate) use model::lenient;
 pub use model::{
     json_type, AllowedConnectionsSpec, ApiType, ConnectionSpec, ExtensionSpec, FileConfig,
     GroupConfig, ModelListingMode, ProviderSettings, DEFAULT_ENCRYPTION_KEY, DEFAULT_KEY_CHECK,
@@ -67,7 +67,9 @@ impl Format {
             other => Err(ConfigError::new(
                 path,
                 "",
-                format!("unsupported config extension '.{other}'; use .toml, .json, .yml/.yaml or .py"),
+                format!(
+                    "unsupported config extension '.{other}'; use .toml, .json, .yml/.yaml or .py"
+                ),
             )),
         }
     }
@@ -111,7 +113,10 @@ impl Config {
             return Err(ConfigError::new(
                 path,
                 "",
-                format!("the config must be a table of settings, found {}", json_type(&tree)),
+                format!(
+                    "the config must be a table of settings, found {}",
+                    json_type(&tree)
+                ),
             ));
         }
         let settings: FileConfig = deserialize_at(tree, "", path)?;
@@ -127,7 +132,11 @@ impl Config {
 
         let mut connections = IndexMap::new();
         if settings.connections.is_empty() {
-            return Err(ConfigError::new(path, "connections", "at least one connection is required"));
+            return Err(ConfigError::new(
+                path,
+                "connections",
+                "at least one connection is required",
+            ));
         }
         for (name, raw) in &settings.connections {
             let key = key_of("connections", name);
@@ -148,7 +157,9 @@ impl Config {
         let mut components = IndexMap::new();
         for (name, raw) in &settings.components {
             let key = key_of("components", name);
-            if let Some(spec) = ExtensionSpec::parse(raw, &key).map_err(|p| ConfigError::new(path, &key, p))? {
+            if let Some(spec) =
+                ExtensionSpec::parse(raw, &key).map_err(|p| ConfigError::new(path, &key, p))?
+            {
                 components.insert(name.clone(), spec);
             }
         }
@@ -192,7 +203,10 @@ impl Config {
                     return Err(ConfigError::new(
                         path,
                         key,
-                        format!("unknown connection '{conn}'; defined connections: {}", known()),
+                        format!(
+                            "unknown connection '{conn}'; defined connections: {}",
+                            known()
+                        ),
                     ))
                 }
                 Some(ConnectionSpec::Provider(p)) if model.is_none() && p.model.is_none() => {
@@ -209,7 +223,9 @@ impl Config {
             }
         }
         crate::routing::compile_patterns(self.settings.routing.keys().map(String::as_str))
-            .map_err(|(pattern, problem)| ConfigError::new(path, key_of("routing", &pattern), problem))?;
+            .map_err(|(pattern, problem)| {
+                ConfigError::new(path, key_of("routing", &pattern), problem)
+            })?;
 
         for (group, cfg) in &self.settings.groups {
             if let Some(names) = cfg.allowed_connections.names() {
@@ -218,7 +234,10 @@ impl Config {
                         return Err(ConfigError::new(
                             path,
                             format!("{}.allowed_connections", key_of("groups", group)),
-                            format!("unknown connection '{name}'; defined connections: {}", known()),
+                            format!(
+                                "unknown connection '{name}'; defined connections: {}",
+                                known()
+                            ),
                         ));
                     }
                 }
@@ -226,12 +245,24 @@ impl Config {
         }
 
         match (&self.settings.ssl_keyfile, &self.settings.ssl_certfile) {
-            (Some(_), None) => Err(ConfigError::new(path, "ssl_certfile", "ssl_keyfile is set, so ssl_certfile must be set too")),
-            (None, Some(_)) => Err(ConfigError::new(path, "ssl_keyfile", "ssl_certfile is set, so ssl_keyfile must be set too")),
+            (Some(_), None) => Err(ConfigError::new(
+                path,
+                "ssl_certfile",
+                "ssl_keyfile is set, so ssl_certfile must be set too",
+            )),
+            (None, Some(_)) => Err(ConfigError::new(
+                path,
+                "ssl_keyfile",
+                "ssl_certfile is set, so ssl_keyfile must be set too",
+            )),
             _ => Ok(()),
         }?;
         if self.settings.max_request_body_mb <= 0.0 {
-            return Err(ConfigError::new(path, "max_request_body_mb", "must be greater than 0"));
+            return Err(ConfigError::new(
+                path,
+                "max_request_body_mb",
+                "must be greater than 0",
+            ));
         }
         Ok(())
     }
@@ -282,11 +313,17 @@ fn parse_connection(raw: &Value, key: &str, path: &Path) -> Result<ConnectionSpe
     }
 }
 
-fn parse_extension_list(items: &[Value], name: &str, path: &Path) -> Result<Vec<ExtensionSpec>, ConfigError> {
+fn parse_extension_list(
+    items: &[Value],
+    name: &str,
+    path: &Path,
+) -> Result<Vec<ExtensionSpec>, ConfigError> {
     let mut out = Vec::new();
     for (i, raw) in items.iter().enumerate() {
         let key = format!("{name}[{i}]");
-        if let Some(spec) = ExtensionSpec::parse(raw, &key).map_err(|p| ConfigError::new(path, &key, p))? {
+        if let Some(spec) =
+            ExtensionSpec::parse(raw, &key).map_err(|p| ConfigError::new(path, &key, p))?
+        {
             out.push(spec);
         }
     }
@@ -294,7 +331,11 @@ fn parse_extension_list(items: &[Value], name: &str, path: &Path) -> Result<Vec<
 }
 
 /// Deserialize a subtree, reporting the failing key as a full dotted path.
-pub fn deserialize_at<T: DeserializeOwned>(tree: Value, prefix: &str, path: &Path) -> Result<T, ConfigError> {
+pub fn deserialize_at<T: DeserializeOwned>(
+    tree: Value,
+    prefix: &str,
+    path: &Path,
+) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(tree).map_err(|err| {
         let inner = err.path().to_string();
         let mut key = prefix.to_owned();
@@ -353,26 +394,39 @@ mod tests {
 
     #[test]
     fn errors_name_the_key() {
-        let err = load(json!({"connections": {"m": {"api_type": "mock"}}, "bogus": 1})).unwrap_err();
+        let err =
+            load(json!({"connections": {"m": {"api_type": "mock"}}, "bogus": 1})).unwrap_err();
         assert!(err.problem.contains("unknown field `bogus`"), "{err}");
 
-        let err = load(json!({"connections": {"m": {"api_type": "mock"}}, "port": "abc"})).unwrap_err();
+        let err =
+            load(json!({"connections": {"m": {"api_type": "mock"}}, "port": "abc"})).unwrap_err();
         assert_eq!(err.key, "port");
 
         let err = load(json!({"connections": {"m": {"api_type": "nope"}}})).unwrap_err();
         assert_eq!(err.key, "connections.m.api_type");
 
-        let err = load(json!({"connections": {"m": {"api_type": "mock"}}, "routing": {"gpt*": "other.*"}})).unwrap_err();
+        let err = load(
+            json!({"connections": {"m": {"api_type": "mock"}}, "routing": {"gpt*": "other.*"}}),
+        )
+        .unwrap_err();
         assert_eq!(err.key, "routing.\"gpt*\"");
-        assert!(err.problem.contains("unknown connection 'other'") && err.problem.contains("m"), "{err}");
+        assert!(
+            err.problem.contains("unknown connection 'other'") && err.problem.contains("m"),
+            "{err}"
+        );
 
-        let err = load(json!({"connections": {"m": {"api_type": "mock"}}, "routing": {"[abc": "m.*"}})).unwrap_err();
+        let err =
+            load(json!({"connections": {"m": {"api_type": "mock"}}, "routing": {"[abc": "m.*"}}))
+                .unwrap_err();
         assert_eq!(err.key, "routing.\"[abc\"");
 
         let err = load(json!({"connections": {"m": {"api_type": "mock"}}, "groups": {"g": {"allowed_connections": "m, x"}}})).unwrap_err();
         assert_eq!(err.key, "groups.g.allowed_connections");
 
-        let err = load(json!({"connections": {"m": {"api_type": "mock"}}, "groups": {"g": {"api_keys": "k"}}})).unwrap_err();
+        let err = load(
+            json!({"connections": {"m": {"api_type": "mock"}}, "groups": {"g": {"api_keys": "k"}}}),
+        )
+        .unwrap_err();
         assert_eq!(err.key, "groups.g.api_keys");
     }
 
@@ -397,7 +451,10 @@ mod tests {
 
     #[test]
     fn route_targets_split_at_the_first_dot() {
-        assert_eq!(split_route_target("openai.gpt-4.1"), ("openai", Some("gpt-4.1")));
+        assert_eq!(
+            split_route_target("openai.gpt-4.1"),
+            ("openai", Some("gpt-4.1"))
+        );
         assert_eq!(split_route_target("openai.*"), ("openai", Some("*")));
         assert_eq!(split_route_target("openai"), ("openai", None));
     }

@@ -300,7 +300,9 @@ pub(crate) mod lenient {
         D: Deserializer<'de>,
         T: Deserialize<'de> + std::str::FromStr,
     {
-        match Raw::<T>::deserialize(d).map_err(|_| serde::de::Error::custom(format!("expected {what}")))? {
+        match Raw::<T>::deserialize(d)
+            .map_err(|_| serde::de::Error::custom(format!("expected {what}")))?
+        {
             Raw::Typed(v) => Ok(v),
             Raw::Text(s) => s
                 .trim()
@@ -331,8 +333,9 @@ pub(crate) mod lenient {
             .map_err(|_| serde::de::Error::custom("expected a boolean"))?
         {
             Raw::Typed(v) => Ok(v),
-            Raw::Text(s) => crate::cli::parse_truthy(&s)
-                .ok_or_else(|| serde::de::Error::custom(format!("expected a boolean, found \"{s}\""))),
+            Raw::Text(s) => crate::cli::parse_truthy(&s).ok_or_else(|| {
+                serde::de::Error::custom(format!("expected a boolean, found \"{s}\""))
+            }),
         }
     }
 }

@@ -29,7 +29,11 @@ pub fn build_handlers(
                 return Err(ConfigError::new(
                     &config.path,
                     &spec.key,
-                    format!("'{}' cannot be used as a request handler{}", spec.target, builtin.not_yet_note()),
+                    format!(
+                        "'{}' cannot be used as a request handler{}",
+                        spec.target,
+                        builtin.not_yet_note()
+                    ),
                 ))
             }
             None => handlers.push(resolver.handler(spec, config)?),

@@ -40,9 +40,16 @@ pub struct MockProvider {
 }
 
 impl MockProvider {
-    pub fn from_settings(settings: &ProviderSettings, key: &str, config: &Config) -> Result<Self, ConfigError> {
-        let options: MockOptions =
-            crate::config::deserialize_at(Value::Object(settings.options.clone()), key, &config.path)?;
+    pub fn from_settings(
+        settings: &ProviderSettings,
+        key: &str,
+        config: &Config,
+    ) -> Result<Self, ConfigError> {
+        let options: MockOptions = crate::config::deserialize_at(
+            Value::Object(settings.options.clone()),
+            key,
+            &config.path,
+        )?;
         Ok(MockProvider {
             response: options.response,
             chunk_delay: Duration::from_secs_f64(options.chunk_delay_ms / 1000.0),
@@ -52,9 +59,16 @@ impl MockProvider {
     fn plan(&self, call: &UpstreamCall) -> Result<Answer, ApiError> {
         let n = call.choice_count();
         if n > MAX_CHOICES {
-            return Err(ApiError::invalid_param("n", format!("n must be at most {MAX_CHOICES}")));
+            return Err(ApiError::invalid_param(
+                "n",
+                format!("n must be at most {MAX_CHOICES}"),
+            ));
         }
-        let prompt_tokens: usize = call.messages().iter().map(|m| word_count(&message_text(m))).sum();
+        let prompt_tokens: usize = call
+            .messages()
+            .iter()
+            .map(|m| word_count(&message_text(m)))
+            .sum();
         if let Some(tool) = requested_tool(call) {
             return Ok(Answer {
                 n,
@@ -170,15 +184,23 @@ impl Provider for MockProvider {
                 "model": call.model, "choices": choices, "usage": usage,
             })
         };
-        let choice = |index: u64, delta: Value, finish: Value| {
-            json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}])
-        };
+        let choice = |index: u64, delta: Value, finish: Value| json!([{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}]);
         let include_usage = call.include_usage();
 
         // (chunk, whether to wait `chunk_delay` before sending it)
         let mut planned: Vec<(Value, bool)> = Vec::new();
         for index in 0..answer.n {
-            planned.push((chunk(choice(index, json!({"role": "assistant", "content": ""}), Value::Null), Value::Null), false));
+            planned.push((
+                chunk(
+                    choice(
+                        index,
+                        json!({"role": "assistant", "content": ""}),
+                        Value::Null,
+                    ),
+                    Value::Null,
+                ),
+                false,
+            ));
         }
         match &answer.tool {
             Some(name) => {
@@ -186,20 +208,33 @@ impl Provider for MockProvider {
                     let head = json!({"tool_calls": [{"index": 0, "id": answer.tool_call_id(index), "type": "function",
                                                        "function": {"name": name, "arguments": ""}}]});
                     planned.push((chunk(choice(index, head, Value::Null), Value::Null), true));
-                    let args = json!({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]});
+                    let args =
+                        json!({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]});
                     planned.push((chunk(choice(index, args, Value::Null), Value::Null), true));
                 }
             }
             None => {
                 for piece in &answer.pieces {
                     for index in 0..answer.n {
-                        planned.push((chunk(choice(index, json!({"content": piece}), Value::Null), Value::Null), true));
+                        planned.push((
+                            chunk(
+                                choice(index, json!({"content": piece}), Value::Null),
+                                Value::Null,
+                            ),
+                            true,
+                        ));
                     }
                 }
             }
         }
         for index in 0..answer.n {
-            planned.push((chunk(choice(index, json!({}), json!(answer.finish_reason)), Value::Null), false));
+            planned.push((
+                chunk(
+                    choice(index, json!({}), json!(answer.finish_reason)),
+                    Value::Null,
+                ),
+                false,
+            ));
         }
         if include_usage {
             planned.push((chunk(json!([]), answer.usage()), false));

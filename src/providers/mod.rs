@@ -17,7 +17,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{Map, Value};
 
-use crate::config::{ApiType, Config, ConfigError, ConnectionSpec, ExtensionSpec, ProviderSettings};
+use crate::config::{
+    ApiType, Config, ConfigError, ConnectionSpec, ExtensionSpec, ProviderSettings,
+};
 use crate::error::ApiError;
 use crate::extensions::{builtin_name, ExtensionResolver};
 use crate::streaming::ChunkStream;
@@ -42,7 +44,10 @@ pub struct UpstreamCall {
 
 impl UpstreamCall {
     pub fn is_stream(&self) -> bool {
-        self.params.get("stream").and_then(Value::as_bool).unwrap_or(false)
+        self.params
+            .get("stream")
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
     }
 
     pub fn messages(&self) -> &[Value] {
@@ -55,7 +60,11 @@ impl UpstreamCall {
 
     /// `n`, defaulting to 1.
     pub fn choice_count(&self) -> u64 {
-        self.params.get("n").and_then(Value::as_u64).unwrap_or(1).max(1)
+        self.params
+            .get("n")
+            .and_then(Value::as_u64)
+            .unwrap_or(1)
+            .max(1)
     }
 
     pub fn include_usage(&self) -> bool {
@@ -127,7 +136,11 @@ pub fn build_connections(
                     return Err(ConfigError::new(
                         &config.path,
                         &ext.key,
-                        format!("'{}' cannot be used as a connection{}", ext.target, builtin.not_yet_note()),
+                        format!(
+                            "'{}' cannot be used as a connection{}",
+                            ext.target,
+                            builtin.not_yet_note()
+                        ),
                     ));
                 }
                 (resolver.connection(ext, config)?, None)
@@ -162,7 +175,11 @@ fn build_provider(
     resolver: &dyn ExtensionResolver,
 ) -> Result<Arc<dyn Provider>, ConfigError> {
     let err = |sub: &str, problem: String| {
-        let full = if sub.is_empty() { key.to_owned() } else { format!("{key}.{sub}") };
+        let full = if sub.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{key}.{sub}")
+        };
         ConfigError::new(&config.path, full, problem)
     };
     match settings.api_type {
@@ -171,13 +188,21 @@ fn build_provider(
             let http = http_settings(settings, "https://api.openai.com/v1", key, config)?;
             Ok(Arc::new(OpenAiProvider::new(name, http, client.clone())))
         }
-        ApiType::Mock => Ok(Arc::new(MockProvider::from_settings(settings, key, config)?)),
+        ApiType::Mock => Ok(Arc::new(MockProvider::from_settings(
+            settings, key, config,
+        )?)),
         ApiType::Function => {
             let target = settings
                 .options
                 .get("inference_func")
                 .and_then(Value::as_str)
-                .ok_or_else(|| err("inference_func", "api_type = \"function\" needs `inference_func = \"module.function\"`".into()))?;
+                .ok_or_else(|| {
+                    err(
+                        "inference_func",
+                        "api_type = \"function\" needs `inference_func = \"module.function\"`"
+                            .into(),
+                    )
+                })?;
             let spec = ExtensionSpec {
                 target: target.to_owned(),
                 kwargs: Map::new(),
@@ -191,7 +216,10 @@ fn build_provider(
                 "connection '{name}' uses api_type '{}', which this version of lm-proxy cannot call yet",
                 settings.api_type.as_str()
             );
-            tracing::warn!("{}: {key}: {message}; requests routed to it will be answered 501", config.path.display());
+            tracing::warn!(
+                "{}: {key}: {message}; requests routed to it will be answered 501",
+                config.path.display()
+            );
             Ok(Arc::new(NotYetSupported { message }))
         }
     }
@@ -204,11 +232,18 @@ pub(crate) fn reject_unknown_options(
     key: &str,
     config: &Config,
 ) -> Result<(), ConfigError> {
-    if let Some(unknown) = settings.options.keys().find(|k| !allowed.contains(&k.as_str())) {
+    if let Some(unknown) = settings
+        .options
+        .keys()
+        .find(|k| !allowed.contains(&k.as_str()))
+    {
         return Err(ConfigError::new(
             &config.path,
             format!("{key}.{unknown}"),
-            format!("unknown setting for api_type '{}'", settings.api_type.as_str()),
+            format!(
+                "unknown setting for api_type '{}'",
+                settings.api_type.as_str()
+            ),
         ));
     }
     Ok(())
@@ -221,7 +256,9 @@ pub(crate) fn http_settings(
     key: &str,
     config: &Config,
 ) -> Result<HttpSettings, ConfigError> {
-    let err = |sub: &str, problem: String| ConfigError::new(&config.path, format!("{key}.{sub}"), problem);
+    let err = |sub: &str, problem: String| {
+        ConfigError::new(&config.path, format!("{key}.{sub}"), problem)
+    };
     let base = settings
         .api_base
         .as_deref()
@@ -244,7 +281,10 @@ pub(crate) fn http_settings(
             ("default_headers", Value::Object(map)) => {
                 for (name, value) in map {
                     let Some(value) = value.as_str() else {
-                        return Err(err(&format!("init_params.default_headers.{name}"), "header values must be strings".into()));
+                        return Err(err(
+                            &format!("init_params.default_headers.{name}"),
+                            "header values must be strings".into(),
+                        ));
                     };
                     header_pairs.push((name.clone(), value.to_owned()));
                 }
@@ -257,13 +297,26 @@ pub(crate) fn http_settings(
             }
         }
     }
-    header_pairs.extend(settings.http_headers.iter().map(|(k, v)| (k.clone(), v.clone())));
+    header_pairs.extend(
+        settings
+            .http_headers
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone())),
+    );
     let mut headers = http::HeaderMap::new();
     for (name, value) in header_pairs {
-        let header_name = http::HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| err(&format!("http_headers.{name}"), "invalid HTTP header name".into()))?;
-        let mut header_value = http::HeaderValue::from_str(&value)
-            .map_err(|_| err(&format!("http_headers.{name}"), "invalid HTTP header value".into()))?;
+        let header_name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            err(
+                &format!("http_headers.{name}"),
+                "invalid HTTP header name".into(),
+            )
+        })?;
+        let mut header_value = http::HeaderValue::from_str(&value).map_err(|_| {
+            err(
+                &format!("http_headers.{name}"),
+                "invalid HTTP header value".into(),
+            )
+        })?;
         header_value.set_sensitive(true);
         headers.insert(header_name, header_value);
     }

@@ -77,7 +77,10 @@ impl Provider for OpenAiProvider {
             let response = check_status(response, self.timeout).await?;
             let bytes = response.bytes().await.map_err(transport_error)?;
             let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
-                ApiError::upstream_failure(format!("connection '{}': upstream answer is not JSON: {e}", self.name))
+                ApiError::upstream_failure(format!(
+                    "connection '{}': upstream answer is not JSON: {e}",
+                    self.name
+                ))
             })?;
             normalize_completion(value, &call.model)
         };
@@ -115,7 +118,10 @@ impl ChunkDefaults {
                 map.insert("id".into(), Value::String(self.id.clone()));
             }
             if !map.contains_key("object") {
-                map.insert("object".into(), Value::String("chat.completion.chunk".into()));
+                map.insert(
+                    "object".into(),
+                    Value::String("chat.completion.chunk".into()),
+                );
             }
             if !map.contains_key("created") {
                 map.insert("created".into(), self.created.into());
@@ -132,14 +138,21 @@ impl ChunkDefaults {
 /// OpenAI-compatible servers omit, so clients always get the full object.
 pub fn normalize_completion(value: Value, model: &str) -> Result<Value, ApiError> {
     let Value::Object(mut map) = value else {
-        return Err(ApiError::upstream_failure("upstream answer is not a JSON object"));
+        return Err(ApiError::upstream_failure(
+            "upstream answer is not a JSON object",
+        ));
     };
     if !map.get("choices").is_some_and(Value::is_array) {
-        return Err(ApiError::upstream_failure("upstream answer has no `choices` list"));
+        return Err(ApiError::upstream_failure(
+            "upstream answer has no `choices` list",
+        ));
     }
-    map.entry("id").or_insert_with(|| Value::String(completion_id()));
-    map.entry("object").or_insert_with(|| Value::String("chat.completion".into()));
+    map.entry("id")
+        .or_insert_with(|| Value::String(completion_id()));
+    map.entry("object")
+        .or_insert_with(|| Value::String("chat.completion".into()));
     map.entry("created").or_insert_with(|| unix_now().into());
-    map.entry("model").or_insert_with(|| Value::String(model.to_owned()));
+    map.entry("model")
+        .or_insert_with(|| Value::String(model.to_owned()));
     Ok(Value::Object(map))
 }

@@ -7,13 +7,16 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::Value;
 
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 
 /// The most of an upstream error body we read (the rest is not needed for a message).
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// Send a request and wait for the response headers, within `timeout`.
-pub async fn send(request: reqwest::RequestBuilder, timeout: Duration) -> Result<reqwest::Response, ApiError> {
+pub async fn send(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<reqwest::Response, ApiError> {
     match tokio::time::timeout(timeout, request.send()).await {
         Err(_) => Err(timeout_error(timeout)),
         Ok(Err(e)) => Err(transport_error(e)),
@@ -52,7 +55,10 @@ pub fn transport_error(e: reqwest::Error) -> ApiError {
 }
 
 /// Pass a 2xx response on; turn any other status into the matching error.
-pub async fn check_status(response: reqwest::Response, timeout: Duration) -> Result<reqwest::Response, ApiError> {
+pub async fn check_status(
+    response: reqwest::Response,
+    timeout: Duration,
+) -> Result<reqwest::Response, ApiError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
@@ -78,20 +84,26 @@ async fn read_limited(mut response: reqwest::Response, timeout: Duration) -> Opt
 }
 
 /// Map an upstream error status and body to an error for the client.
-pub fn status_error(status: StatusCode, body: &[u8], retry_after: Option<http::HeaderValue>) -> ApiError {
+pub fn status_error(
+    status: StatusCode,
+    body: &[u8],
+    retry_after: Option<http::HeaderValue>,
+) -> ApiError {
     let parsed = parse_error_body(body);
     let message = parsed
         .message
         .unwrap_or_else(|| format!("upstream answered {status} with no error message"));
     if status.is_client_error() {
-        ApiError::UpstreamRejected {
-            status,
-            message,
-            error_type: parsed.error_type.unwrap_or_else(|| default_error_type(status).into()),
-            code: parsed.code,
-            param: parsed.param,
-            retry_after,
+        let error_type = parsed
+            .error_type
+            .unwrap_or_else(|| default_error_type(status).into());
+        let mut body = ErrorBody::new(status, message, error_type)
+            .code(parsed.code)
+            .param(parsed.param);
+        if let Some(value) = retry_after {
+            body = body.header(http::header::RETRY_AFTER, value);
         }
+        ApiError::UpstreamRejected(Box::new(body))
     } else {
         ApiError::upstream_failure(format!("upstream answered {status}: {message}"))
     }
@@ -186,14 +198,24 @@ mod tests {
         assert_eq!(flat.message.as_deref(), Some("bad"));
         assert_eq!(flat.code, None);
 
-        assert_eq!(parse_error_body(br#"{"error":"nope"}"#).message.as_deref(), Some("nope"));
-        assert_eq!(parse_error_body(b"plain text").message.as_deref(), Some("plain text"));
+        assert_eq!(
+            parse_error_body(br#"{"error":"nope"}"#).message.as_deref(),
+            Some("nope")
+        );
+        assert_eq!(
+            parse_error_body(b"plain text").message.as_deref(),
+            Some("plain text")
+        );
         assert_eq!(parse_error_body(b"").message, None);
     }
 
     #[test]
     fn statuses_map_to_client_errors_or_502() {
-        let e = status_error(StatusCode::TOO_MANY_REQUESTS, b"{}", Some("3".parse().unwrap()));
+        let e = status_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            b"{}",
+            Some("3".parse().unwrap()),
+        );
         assert_eq!(e.status(), StatusCode::TOO_MANY_REQUESTS);
         assert_eq!(e.error_object()["type"], "rate_limit_error");
         let e = status_error(StatusCode::SERVICE_UNAVAILABLE, b"down", None);

@@ -71,7 +71,10 @@ pub fn upstream_client() -> anyhow::Result<reqwest::Client> {
 pub fn app(state: Arc<AppState>) -> axum::Router {
     let prefix = state.gateway().config.api_prefix.clone();
     axum::Router::new()
-        .route(&format!("{prefix}/chat/completions"), post(api::chat::chat_completions))
+        .route(
+            &format!("{prefix}/chat/completions"),
+            post(api::chat::chat_completions),
+        )
         .route(&format!("{prefix}/models"), get(api::models::list_models))
         .route("/health", get(api::health))
         .fallback(api::not_found)
@@ -107,24 +110,39 @@ impl RunningServer {
 
     /// Wait until the server has stopped.
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.task.await.context("server task failed")?.context("server stopped with an error")
+        self.task
+            .await
+            .context("server task failed")?
+            .context("server stopped with an error")
     }
 }
 
 /// Build the gateway from a config and start serving on its host and port.
-pub async fn start(config: Config, resolver: &dyn ExtensionResolver) -> anyhow::Result<RunningServer> {
+pub async fn start(
+    config: Config,
+    resolver: &dyn ExtensionResolver,
+) -> anyhow::Result<RunningServer> {
     let client = upstream_client()?;
     let tls = match (&config.settings.ssl_certfile, &config.settings.ssl_keyfile) {
-        (Some(cert), Some(key)) => Some(
-            RustlsConfig::from_pem_file(cert, key)
-                .await
-                .map_err(|e| ConfigError::new(&config.path, "ssl_certfile", format!("cannot load TLS certificate/key: {e}")))?,
-        ),
+        (Some(cert), Some(key)) => {
+            Some(RustlsConfig::from_pem_file(cert, key).await.map_err(|e| {
+                ConfigError::new(
+                    &config.path,
+                    "ssl_certfile",
+                    format!("cannot load TLS certificate/key: {e}"),
+                )
+            })?)
+        }
         _ => None,
     };
     let bind = format!("{}:{}", config.settings.host, config.settings.port);
-    let listener = std::net::TcpListener::bind(&bind)
-        .map_err(|e| ConfigError::new(&config.path, "port", format!("cannot listen on {bind}: {e}")))?;
+    let listener = std::net::TcpListener::bind(&bind).map_err(|e| {
+        ConfigError::new(
+            &config.path,
+            "port",
+            format!("cannot listen on {bind}: {e}"),
+        )
+    })?;
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
 
@@ -136,11 +154,15 @@ pub async fn start(config: Config, resolver: &dyn ExtensionResolver) -> anyhow::
     let task = match tls {
         Some(tls) => {
             let acceptor = RustlsAcceptor::new(tls).acceptor(NoDelayAcceptor);
-            let server = axum_server::from_tcp(listener)?.acceptor(acceptor).handle(handle.clone());
+            let server = axum_server::from_tcp(listener)?
+                .acceptor(acceptor)
+                .handle(handle.clone());
             tokio::spawn(server.serve(service))
         }
         None => {
-            let server = axum_server::from_tcp(listener)?.acceptor(NoDelayAcceptor).handle(handle.clone());
+            let server = axum_server::from_tcp(listener)?
+                .acceptor(NoDelayAcceptor)
+                .handle(handle.clone());
             tokio::spawn(server.serve(service))
         }
     };

@@ -1,0 +1,425 @@
+//! The gateway's own HTTP surface: endpoints, keys and groups, routing, the mock
+//! connection, and bad input. Upstream passthrough lives in `openai_upstream.rs`.
+
+mod common;
+
+use common::{sse_chunks, user, TestGateway};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const BASE: &str = r#"
+encryption_key = "test-encryption-key"
+[connections.mock]
+api_type = "mock"
+[connections.other]
+api_type = "mock"
+response = "from other"
+[routing]
+"fixed-*" = "other.rewritten-name"
+"gpt*" = "mock.*"
+"exact-model" = "other.*"
+[groups.default]
+api_keys = ["key-default", "key-dup"]
+[groups.limited]
+api_keys = ["key-limited", "key-dup"]
+allowed_connections = " other "
+"#;
+
+#[tokio::test]
+async fn non_streamed_answer_is_a_full_openai_object() {
+    let gw = TestGateway::start(BASE).await;
+    let (status, body) = gw
+        .chat_json("key-default", user("gpt-4o", "Hello there"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["created"].as_u64().unwrap() > 1_700_000_000);
+    assert_eq!(body["model"], "gpt-4o");
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "You said: Hello there"
+    );
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+    assert_eq!(body["usage"]["total_tokens"], 6);
+}
+
+#[tokio::test]
+async fn streamed_answer_is_sse_with_role_content_finish_usage_and_done() {
+    let gw = TestGateway::start(BASE).await;
+    let mut req = user("gpt-4o", "one two three");
+    req["stream"] = json!(true);
+    req["stream_options"] = json!({"include_usage": true});
+    let response = gw.chat("key-default", req).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let text = response.text().await.unwrap();
+    let (chunks, done) = sse_chunks(&text);
+    assert!(done, "stream ends with [DONE]: {text}");
+    let id = chunks[0]["id"].as_str().unwrap();
+    assert!(chunks
+        .iter()
+        .all(|c| c["id"] == id && c["object"] == "chat.completion.chunk"));
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "You said: one two three");
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .filter(|c| !c["choices"][0]["finish_reason"].is_null())
+        .collect();
+    assert_eq!(finish.len(), 1);
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    assert_eq!(last["usage"]["completion_tokens"], 5);
+}
+
+#[tokio::test]
+async fn mock_honours_n_max_tokens_and_tool_choice() {
+    let gw = TestGateway::start(BASE).await;
+    let mut req = user("gpt-x", "a b c d e f");
+    req["n"] = json!(3);
+    req["max_tokens"] = json!(2);
+    let (_, body) = gw.chat_json("key-default", req).await;
+    let choices = body["choices"].as_array().unwrap();
+    assert_eq!(choices.len(), 3);
+    for (i, c) in choices.iter().enumerate() {
+        assert_eq!(c["index"], i);
+        assert_eq!(c["finish_reason"], "length");
+        assert_eq!(c["message"]["content"], "You said: ");
+    }
+
+    let mut req = user("gpt-x", "weather?");
+    req["tools"] = json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]);
+    req["tool_choice"] = json!("required");
+    let (_, body) = gw.chat_json("key-default", req.clone()).await;
+    assert_eq!(body["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(
+        body["choices"][0]["message"]["tool_calls"][0]["function"]["name"],
+        "get_weather"
+    );
+    assert_eq!(
+        body["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+        "{}"
+    );
+
+    req["stream"] = json!(true);
+    let text = gw.chat("key-default", req).await.text().await.unwrap();
+    let (chunks, done) = sse_chunks(&text);
+    assert!(done);
+    let args: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str())
+        .collect();
+    assert_eq!(args, "{}");
+}
+
+#[tokio::test]
+async fn invalid_keys_get_the_reference_403() {
+    let gw = TestGateway::start(BASE).await;
+    for key in ["wrong", ""] {
+        let (status, body) = gw.chat_json(key, user("gpt-4o", "hi")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(
+            body,
+            json!({"error": {
+                "message": "Incorrect API key provided: your API key is invalid, expired, or revoked.",
+                "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}})
+        );
+    }
+    // No Authorization header at all.
+    let response = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .json(&user("gpt-4o", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FORBIDDEN);
+    // Lower-case scheme is accepted.
+    let response = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .header("authorization", "bearer key-default")
+        .json(&user("gpt-4o", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn groups_limit_connections_and_first_group_wins() {
+    let gw = TestGateway::start(BASE).await;
+    let (status, body) = gw.chat_json("key-limited", user("gpt-4o", "hi")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"]["code"], "connection_not_allowed");
+    assert_eq!(
+        body["error"]["message"],
+        "Your API key does not allow using the 'mock' connection."
+    );
+
+    let (status, body) = gw.chat_json("key-limited", user("exact-model", "hi")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["choices"][0]["message"]["content"], "from other");
+
+    // A key listed in two groups belongs to the first one (default: all connections).
+    let (status, _) = gw.chat_json("key-dup", user("gpt-4o", "hi")).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn routing_rewrites_passes_through_and_reports_no_match() {
+    let gw = TestGateway::start(BASE).await;
+    let (_, body) = gw
+        .chat_json("key-default", user("fixed-anything", "hi"))
+        .await;
+    assert_eq!(body["model"], "rewritten-name");
+    let (_, body) = gw
+        .chat_json("key-default", user("gpt-3.5-turbo", "hi"))
+        .await;
+    assert_eq!(body["model"], "gpt-3.5-turbo");
+
+    for model in ["claude-3", "GPT-4", "exact-model-2"] {
+        let (status, body) = gw.chat_json("key-default", user(model, "hi")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{model}");
+        assert_eq!(body["error"]["code"], "model_not_found");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(model) && message.contains("\"*\""),
+            "{message}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn models_list_modes_info_and_group_filter() {
+    let config = format!(
+        "model_listing_mode = \"ignore_wildcards\"\n{BASE}\n[model_info.exact-model]\ncontext_window = 8192\nowned_by = \"acme\"\n"
+    );
+    let gw = TestGateway::start(&config).await;
+    let models = |key: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.client
+                .get(gw.url("/v1/models"))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let body = models("key-default").await;
+    assert_eq!(body["object"], "list");
+    assert_eq!(
+        body["data"],
+        json!([{"id": "exact-model", "object": "model", "created": 0, "owned_by": "acme", "context_window": 8192}])
+    );
+
+    let gw2 = TestGateway::start(BASE).await;
+    let list = |body: Value| -> Vec<String> {
+        body["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let all = gw2
+        .client
+        .get(gw2.url("/v1/models"))
+        .bearer_auth("key-default")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        list(all.json().await.unwrap()),
+        ["fixed-*", "gpt*", "exact-model"]
+    );
+    let limited = gw2
+        .client
+        .get(gw2.url("/v1/models"))
+        .bearer_auth("key-limited")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        list(limited.json().await.unwrap()),
+        ["fixed-*", "exact-model"]
+    );
+    let denied = gw2
+        .client
+        .get(gw2.url("/v1/models"))
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn health_and_unknown_paths() {
+    let gw = TestGateway::start(BASE).await;
+    let health = gw.client.get(gw.url("/health")).send().await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK);
+    assert_eq!(health.json::<Value>().await.unwrap()["status"], "healthy");
+    let missing = gw.client.get(gw.url("/v2/whatever")).send().await.unwrap();
+    assert_eq!(missing.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        missing.json::<Value>().await.unwrap()["error"]["code"],
+        "unknown_url"
+    );
+    let wrong_method = gw
+        .client
+        .get(gw.url("/v1/chat/completions"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong_method.status(), StatusCode::METHOD_NOT_ALLOWED);
+}
+
+#[tokio::test]
+async fn api_prefix_is_configurable_including_empty() {
+    for (prefix, path) in [
+        ("", "/chat/completions"),
+        ("/api/v2/", "/api/v2/chat/completions"),
+    ] {
+        let gw = TestGateway::start(&format!("api_prefix = \"{prefix}\"\n{BASE}")).await;
+        let response = gw
+            .client
+            .post(gw.url(path))
+            .bearer_auth("key-default")
+            .json(&user("gpt-4o", "hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK, "prefix {prefix:?}");
+        let models_path = path.replace("chat/completions", "models");
+        let response = gw
+            .client
+            .get(gw.url(&models_path))
+            .bearer_auth("key-default")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let old = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth("key-default")
+            .json(&user("gpt-4o", "hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(old.status(), StatusCode::NOT_FOUND);
+    }
+}
+
+#[tokio::test]
+async fn disabled_service_answers_503() {
+    let gw = TestGateway::start(&format!("enabled = false\n{BASE}")).await;
+    let (status, body) = gw.chat_json("key-default", user("gpt-4o", "hi")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "service_disabled");
+    assert_eq!(body["error"]["type"], "service_unavailable");
+}
+
+#[tokio::test]
+async fn allow_all_key_check_accepts_any_key_into_its_group() {
+    let config = format!(
+        "{}\n[api_key_check]\nclass = \"lm_proxy.api_key_check.AllowAll\"\ngroup = \"limited\"\n",
+        BASE
+    );
+    let gw = TestGateway::start(&config).await;
+    let (status, _) = gw
+        .chat_json("anything-at-all", user("exact-model", "hi"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = gw.chat_json("anything-at-all", user("gpt-4o", "hi")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(body["error"]["code"], "connection_not_allowed");
+}
+
+#[tokio::test]
+async fn bad_input_is_400_in_the_openai_envelope() {
+    let gw = TestGateway::start(BASE).await;
+    let cases: Vec<(&str, Option<&str>)> = vec![
+        ("", Some("application/json")),
+        ("{not json", Some("application/json")),
+        ("[1,2]", Some("application/json")),
+        (
+            r#"{"messages": [{"role": "user", "content": "x"}]}"#,
+            Some("application/json"),
+        ),
+        (
+            r#"{"model": 5, "messages": [{"role": "user", "content": "x"}]}"#,
+            Some("application/json"),
+        ),
+        (r#"{"model": "gpt-4o"}"#, Some("application/json")),
+        (
+            r#"{"model": "gpt-4o", "messages": "hi"}"#,
+            Some("application/json"),
+        ),
+        (
+            r#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "stream": 1}"#,
+            Some("application/json"),
+        ),
+        (
+            r#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}"#,
+            Some("text/plain"),
+        ),
+        (
+            r#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}"#,
+            Some("application/x-www-form-urlencoded"),
+        ),
+    ];
+    for (body, content_type) in cases {
+        let mut request = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth("key-default")
+            .body(body.to_owned());
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "body {body:?} / {content_type:?}"
+        );
+        let value: Value = response.json().await.unwrap();
+        assert_eq!(value["error"]["type"], "invalid_request_error", "{body}");
+        assert!(value["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+    }
+    // Invalid UTF-8 in the body.
+    let response = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("key-default")
+        .header("content-type", "application/json")
+        .body(vec![b'{', 0xff, 0xfe, b'}'])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+}
+
+#[tokio::test]
+async fn oversized_bodies_get_413() {
+    let gw = TestGateway::start(&format!("max_request_body_mb = 0.01\n{BASE}")).await;
+    let big = "x".repeat(20 * 1024);
+    let (status, body) = gw.chat_json("key-default", user("gpt-4o", &big)).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(body["error"]["code"], "request_too_large");
+    let (status, _) = gw.chat_json("key-default", user("gpt-4o", "small")).await;
+    assert_eq!(status, StatusCode::OK);
+}

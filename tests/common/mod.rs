@@ -1,0 +1,377 @@
+//! Test support: an in-process OpenAI-compatible mock upstream (axum on 127.0.0.1:0)
+//! whose behaviour is chosen by the model name it receives, and helpers that start
+//! the real gateway in-process or as the built binary.
+#![allow(dead_code)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+
+use lm_proxy::config::{parse_text, Config, Format};
+use lm_proxy::extensions::NativeResolver;
+use lm_proxy::server::RunningServer;
+
+/// One request the mock upstream received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+}
+
+#[derive(Default)]
+struct UpstreamState {
+    requests: Mutex<Vec<Recorded>>,
+}
+
+/// A mock OpenAI-compatible server. Behaviour by the `model` it receives:
+/// - `status-400`, `status-401`, `status-429` (Retry-After: 7), `status-500`,
+///   `status-503-empty`: that error status;
+/// - `slow`: answers after 3 s;
+/// - `not-json`: 200 with a text body;
+/// - `tools`: streamed parallel tool calls in fragments (and a second choice's text);
+/// - `midstream-fail`: two chunks, then the connection is cut;
+/// - `slow-stream`: five chunks 150 ms apart;
+/// - `stall-stream`: one chunk, then silence for 3 s;
+/// - `no-done`: chunks without `[DONE]`;
+/// - `crlf`: SSE framed with CRLF and a keep-alive comment;
+/// - `error-event`: one chunk, then an OpenAI `error` event;
+/// - anything else: a normal answer whose content names the model.
+pub struct MockUpstream {
+    pub addr: SocketAddr,
+    state: Arc<UpstreamState>,
+}
+
+impl MockUpstream {
+    pub async fn start() -> MockUpstream {
+        let state = Arc::new(UpstreamState::default());
+        let app = axum::Router::new()
+            .route("/v1/chat/completions", post(chat))
+            .route(
+                "/v1/models",
+                get(|| async { axum::Json(json!({"object": "list", "data": []})) }),
+            )
+            .with_state(state.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        MockUpstream { addr, state }
+    }
+
+    /// The `api_base` to configure: `http://127.0.0.1:PORT/v1`.
+    pub fn base(&self) -> String {
+        format!("http://{}/v1", self.addr)
+    }
+
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.state.requests.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Recorded {
+        self.requests()
+            .pop()
+            .expect("the upstream received no request")
+    }
+}
+
+async fn chat(
+    State(state): State<Arc<UpstreamState>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    state.requests.lock().unwrap().push(Recorded {
+        path: "/v1/chat/completions".into(),
+        headers,
+        body: body.clone(),
+    });
+    let model = body["model"].as_str().unwrap_or("").to_owned();
+    let stream = body["stream"].as_bool().unwrap_or(false);
+    match model.as_str() {
+        "status-400" => error(
+            StatusCode::BAD_REQUEST,
+            json!({"error": {"message": "This model's maximum context length is 10 tokens", "type": "invalid_request_error", "param": "messages", "code": "context_length_exceeded"}}),
+        ),
+        "status-401" => error(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": {"message": "Incorrect API key provided: sk-up***", "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}}),
+        ),
+        "status-429" => {
+            let mut r = error(
+                StatusCode::TOO_MANY_REQUESTS,
+                json!({"error": {"message": "Rate limit reached", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}),
+            );
+            r.headers_mut().insert("retry-after", "7".parse().unwrap());
+            r
+        }
+        "status-500" => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": {"message": "internal upstream detail", "type": "server_error"}}),
+        ),
+        "status-503-empty" => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            axum::Json(completion(&model, "late")).into_response()
+        }
+        "not-json" => (StatusCode::OK, "this is not json").into_response(),
+        _ if stream => sse_response(&model, &body),
+        _ => {
+            axum::Json(completion(&model, &format!("upstream answer from {model}"))).into_response()
+        }
+    }
+}
+
+fn error(status: StatusCode, body: Value) -> Response {
+    (status, axum::Json(body)).into_response()
+}
+
+pub fn completion(model: &str, content: &str) -> Value {
+    json!({
+        "id": "chatcmpl-upstream-1",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": model,
+        "system_fingerprint": "fp_test",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": content}, "logprobs": null, "finish_reason": "stop"}],
+        "usage": {"prompt_tokens": 5, "completion_tokens": 4, "total_tokens": 9},
+    })
+}
+
+fn chunk(model: &str, choices: Value) -> Value {
+    json!({"id": "chatcmpl-upstream-s", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": choices})
+}
+
+fn data(v: &Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+/// The SSE events for a streamed request, by model.
+fn sse_events(model: &str, body: &Value) -> Vec<(String, Duration)> {
+    let now = Duration::ZERO;
+    let include_usage = body["stream_options"]["include_usage"]
+        .as_bool()
+        .unwrap_or(false);
+    let role = |i: u64| {
+        chunk(
+            model,
+            json!([{"index": i, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}]),
+        )
+    };
+    let text = |i: u64, t: &str| {
+        chunk(
+            model,
+            json!([{"index": i, "delta": {"content": t}, "finish_reason": null}]),
+        )
+    };
+    let finish = |i: u64, r: &str| {
+        chunk(
+            model,
+            json!([{"index": i, "delta": {}, "finish_reason": r}]),
+        )
+    };
+    let usage = json!({"id": "chatcmpl-upstream-s", "object": "chat.completion.chunk", "created": 1_700_000_000, "model": model, "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 6, "total_tokens": 11}});
+    let mut events: Vec<(String, Duration)> = Vec::new();
+    match model {
+        "tools" => {
+            let tc = |i: u64, delta: Value| {
+                chunk(
+                    model,
+                    json!([{"index": i, "delta": {"tool_calls": [delta]}, "finish_reason": null}]),
+                )
+            };
+            events.push((data(&role(0)), now));
+            events.push((data(&role(1)), now));
+            events.push((data(&tc(0, json!({"index": 0, "id": "call_a", "type": "function", "function": {"name": "get_weather", "arguments": ""}}))), now));
+            events.push((
+                data(&tc(
+                    0,
+                    json!({"index": 0, "function": {"arguments": "{\"city\":"}}),
+                )),
+                now,
+            ));
+            events.push((data(&tc(0, json!({"index": 1, "id": "call_b", "type": "function", "function": {"name": "get_time", "arguments": ""}}))), now));
+            events.push((data(&text(1, "second choice")), now));
+            events.push((
+                data(&tc(
+                    0,
+                    json!({"index": 0, "function": {"arguments": "\"Oslo\"}"}}),
+                )),
+                now,
+            ));
+            events.push((
+                data(&tc(0, json!({"index": 1, "function": {"arguments": "{}"}}))),
+                now,
+            ));
+            events.push((data(&finish(0, "tool_calls")), now));
+            events.push((data(&finish(1, "stop")), now));
+            if include_usage {
+                events.push((data(&usage), now));
+            }
+            events.push(("data: [DONE]\n\n".into(), now));
+        }
+        "slow-stream" => {
+            events.push((data(&role(0)), now));
+            for i in 0..5 {
+                events.push((
+                    data(&text(0, &format!("part{i} "))),
+                    Duration::from_millis(150),
+                ));
+            }
+            events.push((data(&finish(0, "stop")), now));
+            events.push(("data: [DONE]\n\n".into(), now));
+        }
+        "stall-stream" => {
+            events.push((data(&role(0)), now));
+            events.push((data(&text(0, "before the stall")), Duration::from_secs(3)));
+        }
+        "no-done" => {
+            events.push((data(&role(0)), now));
+            events.push((data(&text(0, "no done marker")), now));
+            events.push((data(&finish(0, "stop")), now));
+        }
+        "crlf" => {
+            events.push((": keep-alive\r\n\r\n".into(), now));
+            events.push((format!("data: {}\r\n\r\n", role(0)), now));
+            events.push((format!("data: {}\r\n\r\n", text(0, "crlf works")), now));
+            events.push((format!("data: {}\r\n\r\n", finish(0, "stop")), now));
+            events.push(("data: [DONE]\r\n\r\n".into(), now));
+        }
+        "error-event" => {
+            events.push((data(&role(0)), now));
+            events.push((data(&json!({"error": {"message": "upstream overloaded", "type": "server_error", "param": null, "code": "overloaded"}})), now));
+        }
+        _ => {
+            events.push((data(&role(0)), now));
+            events.push((data(&text(0, "Hello")), now));
+            events.push((data(&text(0, " world")), now));
+            events.push((data(&finish(0, "stop")), now));
+            if include_usage {
+                events.push((data(&usage), now));
+            }
+            events.push(("data: [DONE]\n\n".into(), now));
+        }
+    }
+    events
+}
+
+fn sse_response(model: &str, body: &Value) -> Response {
+    let events = sse_events(model, body);
+    let fail_at_end = model == "midstream-fail";
+    let events = if fail_at_end {
+        let mut e = sse_events("default", body);
+        e.truncate(2);
+        e
+    } else {
+        events
+    };
+    let stream = futures_util::stream::iter(events)
+        .then(|(text, delay)| async move {
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            Ok::<Bytes, std::io::Error>(Bytes::from(text))
+        })
+        .chain(
+            futures_util::stream::iter(fail_at_end.then_some(())).then(|()| async {
+                // Let the first chunks reach the gateway before the connection is cut.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                Err(std::io::Error::other("cut"))
+            }),
+        );
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from_stream(stream))
+        .unwrap()
+}
+
+/// Parse config text (TOML) as if read from `test.toml`.
+pub fn config_from_toml(text: &str) -> Config {
+    let path = Path::new("test.toml");
+    let tree = parse_text(text, Format::Toml, path).expect("test config parses");
+    Config::from_value(tree, path).unwrap_or_else(|e| panic!("test config is valid: {e}"))
+}
+
+/// The gateway running in-process on 127.0.0.1 with a free port.
+pub struct TestGateway {
+    pub server: RunningServer,
+    pub client: reqwest::Client,
+}
+
+impl TestGateway {
+    /// Start from TOML text; `host`/`port` are forced to 127.0.0.1:0.
+    pub async fn start(toml_text: &str) -> TestGateway {
+        let mut config = config_from_toml(toml_text);
+        config.settings.host = "127.0.0.1".into();
+        config.settings.port = 0;
+        let server = lm_proxy::server::start(config, &NativeResolver)
+            .await
+            .expect("gateway starts");
+        TestGateway {
+            server,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.server.url(), path)
+    }
+
+    /// POST a JSON body to `/v1/chat/completions` with a Bearer key.
+    pub async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/chat/completions"))
+            .bearer_auth(key)
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// POST and return (status, JSON body).
+    pub async fn chat_json(&self, key: &str, body: Value) -> (StatusCode, Value) {
+        let response = self.chat(key, body).await;
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        let value = response.json::<Value>().await.unwrap_or(Value::Null);
+        (status, value)
+    }
+}
+
+/// Split an SSE body into its `data:` payloads (`[DONE]` included as a string).
+pub fn sse_payloads(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|event| event.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The JSON chunks of an SSE body, and whether it ended with `[DONE]`.
+pub fn sse_chunks(text: &str) -> (Vec<Value>, bool) {
+    let payloads = sse_payloads(text);
+    let done = payloads.last().map(String::as_str) == Some("[DONE]");
+    let chunks = payloads
+        .iter()
+        .filter(|p| p.as_str() != "[DONE]")
+        .map(|p| serde_json::from_str(p).unwrap_or_else(|e| panic!("chunk is JSON ({e}): {p}")))
+        .collect();
+    (chunks, done)
+}
+
+/// A body stream that never errors, for building responses.
+pub type Infallibly = Result<Bytes, Infallible>;
+
+/// A request body with one user message.
+pub fn user(model: &str, text: &str) -> Value {
+    json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}

@@ -1,0 +1,326 @@
+//! OpenAI-compatible connections against an in-process mock upstream: field
+//! passthrough, headers, model rewriting, streamed chunks (tool-call deltas, several
+//! choices, usage, [DONE]), and every failure mode before and during a stream.
+
+mod common;
+
+use common::{sse_chunks, user, MockUpstream, TestGateway};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+fn config(upstream: &MockUpstream, extra_connection: &str) -> String {
+    format!(
+        r#"
+encryption_key = "test-encryption-key"
+[connections.up]
+api_type = "open_ai"
+api_base = "{base}/"
+api_key = "sk-upstream-SECRET-1234"
+model = "default-upstream-model"
+timeout = 1.5
+{extra_connection}
+[connections.up.http_headers]
+X-Static-Header = "static-value"
+[connections.openai_alias]
+api_type = "openai"
+api_base = "{base}"
+[routing]
+"renamed" = "up.upstream-name"
+"default-route" = "up"
+"alias-*" = "openai_alias.*"
+"*" = "up.*"
+[groups.default]
+api_keys = ["client-key"]
+"#,
+        base = upstream.base()
+    )
+}
+
+async fn setup() -> (MockUpstream, TestGateway) {
+    let upstream = MockUpstream::start().await;
+    let gw = TestGateway::start(&config(&upstream, "")).await;
+    (upstream, gw)
+}
+
+#[tokio::test]
+async fn every_request_field_reaches_the_upstream_intact() {
+    let (upstream, gw) = setup().await;
+    let request = json!({
+        "model": "renamed",
+        "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [{"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "call_1", "content": "42"}
+        ],
+        "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}],
+        "tool_choice": {"type": "function", "function": {"name": "f"}},
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+        "n": 2,
+        "logprobs": true,
+        "top_logprobs": 3,
+        "temperature": 0.3,
+        "seed": 7,
+        "a_field_nobody_has_heard_of": {"nested": [1, 2, {"deep": true}]},
+    });
+    let (status, body) = gw.chat_json("client-key", request.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let received = upstream.last();
+    let mut expected = request.clone();
+    expected["model"] = json!("upstream-name");
+    assert_eq!(received.body, expected, "only `model` changes");
+    assert_eq!(
+        received.headers["authorization"],
+        "Bearer sk-upstream-SECRET-1234"
+    );
+    assert_eq!(received.headers["x-static-header"], "static-value");
+    assert!(received.headers.get("x-static-header").is_some());
+
+    // The full upstream object comes back.
+    assert_eq!(body["id"], "chatcmpl-upstream-1");
+    assert_eq!(body["object"], "chat.completion");
+    assert_eq!(body["created"], 1_700_000_000);
+    assert_eq!(body["model"], "upstream-name");
+    assert_eq!(body["system_fingerprint"], "fp_test");
+    assert_eq!(body["usage"]["total_tokens"], 9);
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        "upstream answer from upstream-name"
+    );
+}
+
+#[tokio::test]
+async fn model_passthrough_default_and_openai_alias() {
+    let (upstream, gw) = setup().await;
+    gw.chat_json("client-key", user("some-client-model", "x"))
+        .await;
+    assert_eq!(upstream.last().body["model"], "some-client-model");
+    gw.chat_json("client-key", user("default-route", "x")).await;
+    assert_eq!(upstream.last().body["model"], "default-upstream-model");
+    let (status, _) = gw.chat_json("client-key", user("alias-m", "x")).await;
+    assert_eq!(status, StatusCode::OK);
+    let last = upstream.last();
+    assert_eq!(last.body["model"], "alias-m");
+    assert!(
+        last.headers.get("authorization").is_none(),
+        "no key configured, none sent"
+    );
+    // The client's own key never goes upstream.
+    assert!(upstream.requests().iter().all(|r| r
+        .headers
+        .get("authorization")
+        .map(|v| v.to_str().unwrap())
+        != Some("Bearer client-key")));
+}
+
+#[tokio::test]
+async fn stream_options_are_dropped_for_non_streamed_calls_only() {
+    let (upstream, gw) = setup().await;
+    let mut req = user("m", "x");
+    req["stream_options"] = json!({"include_usage": true});
+    gw.chat_json("client-key", req.clone()).await;
+    assert!(upstream.last().body.get("stream_options").is_none());
+    req["stream"] = json!(true);
+    gw.chat("client-key", req).await.text().await.unwrap();
+    assert_eq!(
+        upstream.last().body["stream_options"],
+        json!({"include_usage": true})
+    );
+}
+
+#[tokio::test]
+async fn streamed_tool_calls_choices_and_usage_are_forwarded() {
+    let (_upstream, gw) = setup().await;
+    let mut req = user("tools", "weather and time?");
+    req["stream"] = json!(true);
+    req["stream_options"] = json!({"include_usage": true});
+    let response = gw.chat("client-key", req).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let text = response.text().await.unwrap();
+    let (chunks, done) = sse_chunks(&text);
+    assert!(done, "{text}");
+    assert_eq!(
+        chunks.len(),
+        11,
+        "every upstream chunk is forwarded: {text}"
+    );
+
+    // Reassemble as a client would: per choice index, per tool-call index.
+    let mut args: std::collections::BTreeMap<(u64, u64), (String, String, String)> =
+        Default::default();
+    let mut second_choice_text = String::new();
+    let mut finishes = Vec::new();
+    for chunk in &chunks {
+        for choice in chunk["choices"].as_array().unwrap() {
+            let ci = choice["index"].as_u64().unwrap();
+            if let Some(calls) = choice["delta"]["tool_calls"].as_array() {
+                for call in calls {
+                    let entry = args
+                        .entry((ci, call["index"].as_u64().unwrap()))
+                        .or_default();
+                    if let Some(id) = call["id"].as_str() {
+                        entry.0 = id.into();
+                    }
+                    if let Some(name) = call["function"]["name"].as_str() {
+                        entry.1 = name.into();
+                    }
+                    entry
+                        .2
+                        .push_str(call["function"]["arguments"].as_str().unwrap_or(""));
+                }
+            }
+            if let Some(t) = choice["delta"]["content"].as_str() {
+                if ci == 1 {
+                    second_choice_text.push_str(t);
+                }
+            }
+            if let Some(f) = choice["finish_reason"].as_str() {
+                finishes.push((ci, f.to_owned()));
+            }
+        }
+    }
+    assert_eq!(
+        args[&(0, 0)],
+        (
+            "call_a".into(),
+            "get_weather".into(),
+            "{\"city\":\"Oslo\"}".into()
+        )
+    );
+    assert_eq!(
+        args[&(0, 1)],
+        ("call_b".into(), "get_time".into(), "{}".into())
+    );
+    assert_eq!(second_choice_text, "second choice");
+    assert_eq!(
+        finishes,
+        [(0, "tool_calls".to_owned()), (1, "stop".to_owned())]
+    );
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["total_tokens"], 11);
+}
+
+#[tokio::test]
+async fn crlf_framing_and_missing_done_are_read() {
+    let (_upstream, gw) = setup().await;
+    for (model, expected) in [("crlf", "crlf works"), ("no-done", "no done marker")] {
+        let mut req = user(model, "x");
+        req["stream"] = json!(true);
+        let text = gw.chat("client-key", req).await.text().await.unwrap();
+        let (chunks, done) = sse_chunks(&text);
+        assert!(done, "the client always gets [DONE]");
+        let content: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(content, expected);
+        assert!(chunks.iter().all(|c| c.get("error").is_none()), "{text}");
+    }
+}
+
+#[tokio::test]
+async fn upstream_4xx_keeps_status_and_message() {
+    let (_upstream, gw) = setup().await;
+    let (status, body) = gw.chat_json("client-key", user("status-400", "x")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["error"]["message"],
+        "This model's maximum context length is 10 tokens"
+    );
+    assert_eq!(body["error"]["code"], "context_length_exceeded");
+    assert_eq!(body["error"]["param"], "messages");
+
+    let response = gw.chat("client-key", user("status-429", "x")).await;
+    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(response.headers()["retry-after"], "7");
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["error"]["message"], "Rate limit reached");
+
+    let (status, body) = gw.chat_json("client-key", user("status-401", "x")).await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(!body.to_string().contains("SECRET"));
+
+    // Also when the client asked for a stream: the error comes before any byte.
+    let mut req = user("status-400", "x");
+    req["stream"] = json!(true);
+    let (status, body) = gw.chat_json("client-key", req).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["code"], "context_length_exceeded");
+}
+
+#[tokio::test]
+async fn upstream_5xx_bad_bodies_and_refused_connections_are_502() {
+    let (_upstream, gw) = setup().await;
+    for model in ["status-500", "status-503-empty", "not-json"] {
+        let (status, body) = gw.chat_json("client-key", user(model, "x")).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "{model}");
+        assert_eq!(body["error"]["type"], "upstream_error");
+        assert_eq!(body["error"]["code"], "upstream_error");
+        assert_eq!(
+            body["error"]["message"], "Error processing upstream provider response",
+            "no details without debug"
+        );
+    }
+
+    // A port with nothing listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let config = format!(
+        "[connections.dead]\napi_type = \"open_ai\"\napi_base = \"http://127.0.0.1:{dead_port}/v1\"\n[routing]\n\"*\" = \"dead.*\"\n[groups.default]\napi_keys = [\"k\"]\n"
+    );
+    let gw = TestGateway::start(&config).await;
+    let (status, body) = gw.chat_json("k", user("m", "x")).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+    assert_eq!(body["error"]["code"], "upstream_error");
+    let mut req = user("m", "x");
+    req["stream"] = json!(true);
+    let (status, _) = gw.chat_json("k", req).await;
+    assert_eq!(status, StatusCode::BAD_GATEWAY);
+}
+
+#[tokio::test]
+async fn upstream_timeouts_are_504() {
+    let (_upstream, gw) = setup().await;
+    let started = std::time::Instant::now();
+    let (status, body) = gw.chat_json("client-key", user("slow", "x")).await;
+    assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
+    assert_eq!(body["error"]["code"], "upstream_timeout");
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(2900),
+        "the 1.5 s timeout applied"
+    );
+}
+
+#[tokio::test]
+async fn failures_after_the_stream_began_become_an_error_chunk_then_done() {
+    let (_upstream, gw) = setup().await;
+    for (model, expect_message) in [
+        (
+            "midstream-fail",
+            "Error processing upstream provider response",
+        ),
+        ("error-event", "upstream overloaded"),
+        (
+            "stall-stream",
+            "The upstream provider did not answer in time",
+        ),
+    ] {
+        let mut req = user(model, "x");
+        req["stream"] = json!(true);
+        let response = gw.chat("client-key", req).await;
+        assert_eq!(response.status(), StatusCode::OK, "{model}");
+        let text = response.text().await.unwrap();
+        let (chunks, done) = sse_chunks(&text);
+        assert!(done, "{model}: [DONE] after the error: {text}");
+        let last = chunks.last().unwrap();
+        assert_eq!(last["error"]["message"], expect_message, "{model}: {text}");
+        assert_eq!(last["choices"][0]["finish_reason"], "error");
+        assert!(chunks.len() >= 2, "{model}: earlier chunks were delivered");
+        assert_eq!(
+            last["id"], chunks[0]["id"],
+            "the error chunk belongs to the same stream"
+        );
+    }
+}
