@@ -7,9 +7,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::auth::{build_key_check, KeyCheck};
+use crate::client_addr::TrustedProxies;
 use crate::config::{Config, ConfigError, ModelListingMode, DEFAULT_ENCRYPTION_KEY};
-use crate::extensions::{builtin_name, ExtensionResolver};
+use crate::extensions::ExtensionResolver;
 use crate::handlers::{build_handlers, RequestHandler};
+use crate::logging::{build_loggers, LogDispatcher};
 use crate::providers::{build_connections, Connection};
 use crate::routing::Router;
 
@@ -31,6 +33,9 @@ impl GroupAccess {
 
 pub struct Gateway {
     pub config: Config,
+    pub trusted_proxies: TrustedProxies,
+    /// The queue to the configured loggers; `None` when there are none.
+    pub log_dispatcher: Option<Arc<LogDispatcher>>,
     pub router: Router,
     pub key_check: Arc<dyn KeyCheck>,
     pub groups: HashMap<String, GroupAccess>,
@@ -55,7 +60,15 @@ impl Gateway {
         .map_err(|(pattern, problem)| {
             ConfigError::new(&config.path, format!("routing.{pattern:?}"), problem)
         })?;
-        let key_check = build_key_check(&config, resolver)?;
+        let key_check = build_key_check(&config, client, resolver)?;
+        let trusted_proxies =
+            TrustedProxies::parse(&config.settings.trusted_proxies).map_err(|entry| {
+                ConfigError::new(
+                    &config.path,
+                    "trusted_proxies",
+                    format!("'{entry}' is not an IP address or network (e.g. 10.0.0.0/8)"),
+                )
+            })?;
         let groups = config
             .settings
             .groups
@@ -70,22 +83,11 @@ impl Gateway {
             .collect();
         let connections = build_connections(&config, client, resolver)?;
         let handlers = build_handlers(&config, resolver)?;
-        for spec in config.loggers.iter().chain(config.components.values()) {
-            match builtin_name(&spec.target) {
-                Some(builtin) => {
-                    return Err(ConfigError::new(
-                        &config.path,
-                        &spec.key,
-                        format!(
-                            "'{}' cannot be used here{}",
-                            spec.target,
-                            builtin.not_yet_note()
-                        ),
-                    ))
-                }
-                None => resolver.other(spec, &config)?,
-            }
+        for spec in config.components.values() {
+            resolver.component(spec, &config)?;
         }
+        // Last: it starts the logging task, which nothing else may fail after.
+        let log_dispatcher = LogDispatcher::start(build_loggers(&config, resolver)?);
 
         if config.settings.encryption_key == DEFAULT_ENCRYPTION_KEY {
             tracing::warn!(
@@ -101,12 +103,21 @@ impl Gateway {
         }
         Ok(Gateway {
             config,
+            trusted_proxies,
+            log_dispatcher,
             router,
             key_check,
             groups,
             connections,
             handlers,
         })
+    }
+
+    /// Write out every queued log entry (call once the server stopped serving).
+    pub async fn flush_logs(&self) {
+        if let Some(dispatcher) = &self.log_dispatcher {
+            dispatcher.close().await;
+        }
     }
 
     /// Whether `group` may use `connection`. Unknown groups (a key check returned a

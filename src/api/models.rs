@@ -40,7 +40,8 @@ pub async fn list_models(
     headers: HeaderMap,
 ) -> Response {
     let gateway = state.gateway();
-    let mut ctx = RequestContext::new(headers, peer.ip().to_string());
+    let remote_addr = gateway.trusted_proxies.client_addr(&headers, peer.ip());
+    let mut ctx = RequestContext::new(headers, remote_addr);
     match models(&gateway, &mut ctx).await {
         Ok(list) => axum::Json(list).into_response(),
         Err(err) => err.into_response(),
