@@ -716,12 +716,14 @@ fn tool_use_block(call: &Value, at: &str) -> Result<Value, ApiError> {
                     "tool call arguments must be a JSON object",
                 ))
             }
-            Err(e) => return Err(ApiError::invalid_param(
-                &format!("{at}.function.arguments"),
-                format!(
+            Err(e) => {
+                return Err(ApiError::invalid_param(
+                    &format!("{at}.function.arguments"),
+                    format!(
                     "tool call arguments are not valid JSON ({e}); Anthropic needs a JSON object"
                 ),
-            )),
+                ))
+            }
         },
         Some(_) => {
             return Err(ApiError::invalid_param(
