@@ -2,11 +2,13 @@
 //!
 //! This module owns the connection (settings, headers, sending, `n` fan-out);
 //! `request` translates the OpenAI request, `response` the answer and errors,
-//! `stream` the event stream. User documentation: `docs/providers/anthropic.md`.
+//! `stream` the event stream (`messages` and `tools` are parts of `request`). User documentation: `docs/providers/anthropic.md`.
 
+mod messages;
 mod request;
 mod response;
 mod stream;
+mod tools;
 
 use std::time::Duration;
 
