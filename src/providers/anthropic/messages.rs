@@ -9,6 +9,11 @@ use crate::error::ApiError;
 /// Image types Anthropic accepts in base64 sources.
 const IMAGE_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
 
+/// Whether a JSON object (block, tool choice) has this `type`.
+fn type_is(value: &Value, kind: &str) -> bool {
+    value.get("type").and_then(Value::as_str) == Some(kind)
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     User,
@@ -79,7 +84,7 @@ pub fn convert_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Turn>), A
             // Anthropic wants tool results before any other block of the turn.
             let (mut results, rest): (Vec<Value>, Vec<Value>) = std::mem::take(&mut turn.blocks)
                 .into_iter()
-                .partition(|b| b.get("type") == Some(&json!("tool_result")));
+                .partition(|b| type_is(b, "tool_result"));
             results.extend(rest);
             turn.blocks = results;
         }
@@ -98,7 +103,7 @@ pub fn convert_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Turn>), A
     if let Some(last) = turns.last_mut().filter(|t| t.role == Role::Assistant) {
         // A prefill that ends in whitespace is rejected upstream.
         if let Some(Value::Object(block)) = last.blocks.last_mut() {
-            if block.get("type") == Some(&json!("text")) {
+            if block.get("type").and_then(Value::as_str) == Some("text") {
                 if let Some(Value::String(text)) = block.get_mut("text") {
                     let trimmed = text.trim_end().len();
                     text.truncate(trimmed);
@@ -138,7 +143,7 @@ fn add_missing_tool_results(turns: &mut Vec<Turn>) {
         let ids: Vec<String> = turns[i]
             .blocks
             .iter()
-            .filter(|b| b.get("type") == Some(&json!("tool_use")))
+            .filter(|b| type_is(b, "tool_use"))
             .filter_map(|b| b.get("id").and_then(Value::as_str).map(str::to_owned))
             .collect();
         if ids.is_empty() {
@@ -175,7 +180,7 @@ fn add_missing_tool_results(turns: &mut Vec<Turn>) {
         let at = next
             .blocks
             .iter()
-            .take_while(|b| b.get("type") == Some(&json!("tool_result")))
+            .take_while(|b| type_is(b, "tool_result"))
             .count();
         next.blocks.splice(at..at, missing);
         i += 2;

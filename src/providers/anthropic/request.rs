@@ -119,9 +119,17 @@ pub fn translate(
         };
         tool_choice = Some(match client_tool_choice {
             // The client named one of its tools: honour it; it will answer in JSON later.
-            Some(choice) if choice.get("type") == Some(&json!("tool")) => choice,
+            Some(choice)
+                if client_has_tools
+                    && choice.get("type").and_then(Value::as_str) == Some("tool") =>
+            {
+                choice
+            }
             // With tools of its own, the model must call one of them or the JSON tool.
-            Some(choice) if client_has_tools && choice.get("type") != Some(&json!("none")) => {
+            Some(choice)
+                if client_has_tools
+                    && choice.get("type").and_then(Value::as_str) != Some("none") =>
+            {
                 Map::from_iter([("type".to_owned(), json!("any"))])
             }
             None if client_has_tools => Map::from_iter([("type".to_owned(), json!("any"))]),
@@ -141,7 +149,7 @@ pub fn translate(
     if !parallel && !tools.is_empty() {
         let choice =
             tool_choice.get_or_insert_with(|| Map::from_iter([("type".to_owned(), json!("auto"))]));
-        if choice.get("type") != Some(&json!("none")) {
+        if choice.get("type").and_then(Value::as_str) != Some("none") {
             choice.insert("disable_parallel_tool_use".into(), Value::Bool(true));
         }
     }
