@@ -101,7 +101,8 @@ pub enum ApiError {
     /// The route leads to a connection kind this build cannot call (501).
     #[error("{0}")]
     NotImplemented(String),
-    /// The upstream answered 4xx: its status and message are passed on.
+    /// The upstream answered 4xx (or a status a provider maps on purpose, such as
+    /// Anthropic's 529 → 503): its status and message are passed on.
     #[error("upstream {}: {}", .0.status, .0.message)]
     UpstreamRejected(Box<ErrorBody>),
     /// Transport failure, upstream 5xx, or an unreadable upstream answer (502).

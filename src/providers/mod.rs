@@ -4,9 +4,12 @@
 //! A provider speaks the OpenAI shape to the core on both sides: it takes an
 //! [`UpstreamCall`] (OpenAI request fields) and answers with a `chat.completion`
 //! object or a stream of `chat.completion.chunk` objects. OpenAI-compatible
-//! upstreams get the body passed through; other providers translate.
+//! upstreams get the body passed through; other providers translate (Anthropic:
+//! `anthropic/`; `fanout` gives providers without a native `n` their choices).
 
+mod anthropic;
 mod fallback;
+pub(crate) mod fanout;
 mod mock;
 mod openai;
 pub(crate) mod upstream_http;
@@ -25,6 +28,7 @@ use crate::error::ApiError;
 use crate::extensions::{builtin_name, Builtin, ExtensionResolver};
 use crate::streaming::ChunkStream;
 
+pub use anthropic::AnthropicProvider;
 pub use fallback::{Fallback, FallbackMember};
 pub use mock::MockProvider;
 pub use openai::OpenAiProvider;
@@ -302,7 +306,10 @@ fn build_provider(
             };
             resolver.connection(&spec, config)
         }
-        ApiType::Anthropic | ApiType::Google | ApiType::GoogleVertexAi => {
+        ApiType::Anthropic => Ok(Arc::new(AnthropicProvider::from_settings(
+            name, settings, key, config, client,
+        )?)),
+        ApiType::Google | ApiType::GoogleVertexAi => {
             let message = format!(
                 "connection '{name}' uses api_type '{}', which this version of lm-proxy cannot call yet",
                 settings.api_type.as_str()

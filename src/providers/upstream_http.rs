@@ -59,13 +59,24 @@ pub async fn check_status(
     response: reqwest::Response,
     timeout: Duration,
 ) -> Result<reqwest::Response, ApiError> {
+    check_status_with(response, timeout, status_error).await
+}
+
+/// [`check_status`] with a provider's own mapping of status, error body and
+/// `Retry-After` to an error (for providers whose statuses need more than
+/// [`status_error`], e.g. Anthropic's 529).
+pub async fn check_status_with(
+    response: reqwest::Response,
+    timeout: Duration,
+    map: fn(StatusCode, &[u8], Option<http::HeaderValue>) -> ApiError,
+) -> Result<reqwest::Response, ApiError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
     }
     let retry_after = response.headers().get(http::header::RETRY_AFTER).cloned();
     let body = read_limited(response, timeout).await.unwrap_or_default();
-    Err(status_error(status, &body, retry_after))
+    Err(map(status, &body, retry_after))
 }
 
 async fn read_limited(mut response: reqwest::Response, timeout: Duration) -> Option<Vec<u8>> {
