@@ -6,6 +6,7 @@
 //! object or a stream of `chat.completion.chunk` objects. OpenAI-compatible
 //! upstreams get the body passed through; other providers translate.
 
+mod google;
 mod mock;
 mod openai;
 pub(crate) mod upstream_http;
@@ -24,6 +25,7 @@ use crate::error::ApiError;
 use crate::extensions::{builtin_name, ExtensionResolver};
 use crate::streaming::ChunkStream;
 
+pub use google::GoogleProvider;
 pub use mock::MockProvider;
 pub use openai::OpenAiProvider;
 
@@ -211,7 +213,15 @@ fn build_provider(
             };
             resolver.connection(&spec, config)
         }
-        ApiType::Anthropic | ApiType::Google | ApiType::GoogleVertexAi => {
+        ApiType::Google | ApiType::GoogleVertexAi => Ok(Arc::new(GoogleProvider::from_settings(
+            name,
+            key,
+            settings,
+            config,
+            client,
+            &google::Environment::process(),
+        )?)),
+        ApiType::Anthropic => {
             let message = format!(
                 "connection '{name}' uses api_type '{}', which this version of lm-proxy cannot call yet",
                 settings.api_type.as_str()
