@@ -74,7 +74,7 @@ enum Auth {
     /// stay out of access logs.
     ApiKey(HeaderValue),
     /// `Authorization: Bearer` from a token source (Vertex).
-    OAuth(Arc<TokenSource>),
+    Tokens(Arc<TokenSource>),
 }
 
 pub struct GoogleProvider {
@@ -147,8 +147,8 @@ impl GoogleProvider {
             Project::Fixed(id) => Ok(id),
             Project::Metadata { host, cell } => cell
                 .get_or_try_init(|| async {
-                    let id =
-                        vertex_auth::metadata_project_id(&self.client, host, self.timeout).await?;
+                    let timeout = self.timeout.min(settings::TOKEN_TIMEOUT);
+                    let id = vertex_auth::metadata_project_id(&self.client, host, timeout).await?;
                     settings::checked_project(&id).map_err(ApiError::upstream_failure)
                 })
                 .await
@@ -181,7 +181,7 @@ impl GoogleProvider {
             match &self.auth {
                 Auth::None => {}
                 Auth::ApiKey(key) => request = request.header("x-goog-api-key", key.clone()),
-                Auth::OAuth(tokens) => {
+                Auth::Tokens(tokens) => {
                     let bearer = tokens.bearer().await?;
                     request = request.header(http::header::AUTHORIZATION, bearer.clone());
                     used_token = Some((tokens, bearer));

@@ -135,34 +135,26 @@ fn clean(
     for (key, value) in map {
         match key.as_str() {
             "type" => apply_type(&mut out, value),
-            "format" => {
-                if value.as_str().is_some_and(|f| STRING_FORMATS.contains(&f)) {
-                    out.insert(key.clone(), value.clone());
-                }
+            "format" if value.as_str().is_some_and(|f| STRING_FORMATS.contains(&f)) => {
+                out.insert(key.clone(), value.clone());
             }
-            "title" | "description" | "pattern" => {
-                if value.is_string() {
-                    out.insert(key.clone(), value.clone());
-                }
+            "title" | "description" | "pattern" if value.is_string() => {
+                out.insert(key.clone(), value.clone());
             }
-            "nullable" => {
-                if value.is_boolean() {
-                    out.insert(key.clone(), value.clone());
-                }
+            "nullable" if value.is_boolean() => {
+                out.insert(key.clone(), value.clone());
             }
             "minItems" | "maxItems" | "minLength" | "maxLength" | "minProperties"
-            | "maxProperties" | "minimum" | "maximum" => {
-                if value.is_number() {
-                    out.insert(key.clone(), value.clone());
-                }
+            | "maxProperties" | "minimum" | "maximum"
+                if value.is_number() =>
+            {
+                out.insert(key.clone(), value.clone());
             }
             "default" | "example" => {
                 out.insert(key.clone(), value.clone());
             }
-            "propertyOrdering" => {
-                if value.is_array() {
-                    out.insert(key.clone(), value.clone());
-                }
+            "propertyOrdering" if value.is_array() => {
+                out.insert(key.clone(), value.clone());
             }
             "enum" => {
                 if let Some(values) = value.as_array() {
@@ -171,10 +163,8 @@ fn clean(
                     }
                 }
             }
-            "const" => {
-                if value.is_string() && !map.contains_key("enum") {
-                    out.insert("enum".into(), Value::Array(vec![value.clone()]));
-                }
+            "const" if value.is_string() && !map.contains_key("enum") => {
+                out.insert("enum".into(), Value::Array(vec![value.clone()]));
             }
             "properties" => {
                 let Some(properties) = value.as_object() else {
@@ -208,10 +198,8 @@ fn clean(
                 }
                 out.insert("required".into(), Value::Array(merged));
             }
-            "items" => {
-                if value.is_object() {
-                    out.insert(key.clone(), clean(value, defs, depth + 1, stack)?);
-                }
+            "items" if value.is_object() => {
+                out.insert(key.clone(), clean(value, defs, depth + 1, stack)?);
             }
             "anyOf" | "oneOf" => {
                 let Some(branches) = value.as_array() else {
@@ -271,7 +259,7 @@ fn apply_type(out: &mut Map<String, Value>, value: &Value) {
         }
         Value::Array(types) => {
             let mut names: Vec<&str> = types.iter().filter_map(Value::as_str).collect();
-            if names.iter().any(|t| *t == "null") {
+            if names.contains(&"null") {
                 names.retain(|t| *t != "null");
                 if names.is_empty() {
                     out.insert("type".into(), Value::String("null".into()));

@@ -496,7 +496,7 @@ pub fn build(
             location: location.to_owned(),
             project,
         },
-        auth: Auth::OAuth(Arc::new(tokens)),
+        auth: Auth::Tokens(Arc::new(tokens)),
         headers: http.headers,
         timeout: http.timeout,
         client: client.clone(),
@@ -505,8 +505,8 @@ pub fn build(
     })
 }
 
-/// The longest a token request may take.
-const TOKEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// The longest a token (or metadata) request may take.
+pub const TOKEN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Project ids are lowercase letters, digits and hyphens; older domain-scoped ones
 /// look like `example.com:project`. Anything else would change the URL path.

@@ -72,7 +72,8 @@ pub struct AuthorizedUser {
 
 /// A parsed credentials JSON file.
 pub enum CredentialsFile {
-    ServiceAccount(ServiceAccount),
+    // Boxed: the parsed RSA key makes this variant several times larger.
+    ServiceAccount(Box<ServiceAccount>),
     AuthorizedUser(AuthorizedUser),
 }
 
@@ -103,13 +104,13 @@ impl CredentialsFile {
                     .get("private_key")
                     .and_then(Value::as_str)
                     .ok_or("`private_key` is missing")?;
-                Ok(CredentialsFile::ServiceAccount(ServiceAccount {
+                Ok(CredentialsFile::ServiceAccount(Box::new(ServiceAccount {
                     client_email: required("client_email")?,
                     private_key_id: field("private_key_id"),
                     key: rsa_key_from_pem(pem)?,
                     token_uri: field("token_uri").unwrap_or_else(|| DEFAULT_TOKEN_URI.into()),
                     project_id: field("project_id"),
-                }))
+                })))
             }
             Some("authorized_user") => Ok(CredentialsFile::AuthorizedUser(AuthorizedUser {
                 client_id: required("client_id")?,
@@ -296,7 +297,7 @@ pub async fn metadata_project_id(
 pub enum Credential {
     /// A fixed token (`google_vertex_access_token`); never refreshed.
     Static(HeaderValue),
-    ServiceAccount(ServiceAccount),
+    ServiceAccount(Box<ServiceAccount>),
     AuthorizedUser(AuthorizedUser),
     /// The metadata server at this host.
     Metadata {
