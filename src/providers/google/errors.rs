@@ -17,10 +17,7 @@ use http::{HeaderValue, StatusCode};
 use serde_json::Value;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::providers::upstream_http::{self, transport_error};
-
-/// The most of an error body we read.
-const ERROR_BODY_LIMIT: usize = 64 * 1024;
+use crate::providers::upstream_http::{self, read_limited};
 
 /// Pass a 2xx response on; turn any other into the matching error.
 pub async fn check_status(
@@ -34,29 +31,6 @@ pub async fn check_status(
     let retry_after = response.headers().get(http::header::RETRY_AFTER).cloned();
     let body = read_limited(response, timeout).await.unwrap_or_default();
     Err(google_error(status, &body, retry_after))
-}
-
-async fn read_limited(mut response: reqwest::Response, timeout: Duration) -> Option<Vec<u8>> {
-    let mut body = Vec::new();
-    let read = async {
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    body.extend_from_slice(&chunk);
-                    if body.len() >= ERROR_BODY_LIMIT {
-                        body.truncate(ERROR_BODY_LIMIT);
-                        return Ok(());
-                    }
-                }
-                Ok(None) => return Ok(()),
-                Err(e) => return Err(transport_error(e)),
-            }
-        }
-    };
-    match tokio::time::timeout(timeout, read).await {
-        Ok(Ok(())) => Some(body),
-        _ => None,
-    }
 }
 
 /// The parts of a Google error body we use.

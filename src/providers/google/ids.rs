@@ -35,7 +35,10 @@ pub fn response_stem(response: &Value) -> String {
         .take(64)
         .collect();
     if from_response.is_empty() {
-        uuid::Uuid::new_v4().simple().to_string()[..16].to_owned()
+        let mut random = uuid::Uuid::new_v4().simple().to_string();
+        // 32 hex digits; 16 are plenty to tell answers apart.
+        random.truncate(16);
+        random
     } else {
         from_response
     }

@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use super::ids;
 use super::response::{
     blocked_prompt_error, candidate_index, completion_id_for, finish_reason, model_name,
-    read_parts, usage, validation_error, AnswerContext,
+    read_parts, tool_call_values, usage, validation_error, AnswerContext,
 };
 use crate::error::ApiError;
 use crate::streaming::unix_now;
@@ -31,13 +31,21 @@ struct Choice {
     finished: bool,
 }
 
+/// What every chunk of one stream shares.
+struct Identity {
+    id: String,
+    model: String,
+    /// Stem of the tool-call ids (see `ids::response_stem`).
+    stem: String,
+}
+
 /// The per-stream translation state.
 pub struct StreamTranslator {
     ctx: AnswerContext,
     include_usage: bool,
     created: u64,
     /// Set from the first event: one id, model and tool-call stem for the stream.
-    identity: Option<(String, String, String)>,
+    identity: Option<Identity>,
     choices: BTreeMap<u64, Choice>,
     last_usage: Option<Value>,
     events: usize,
@@ -57,9 +65,10 @@ impl StreamTranslator {
     }
 
     fn chunk(&self, index: u64, delta: Value, finish: Option<&str>) -> Value {
-        let (id, model, _) = self.identity.as_ref().map_or(("", "", ""), |(i, m, s)| {
-            (i.as_str(), m.as_str(), s.as_str())
-        });
+        let (id, model) = self
+            .identity
+            .as_ref()
+            .map_or(("", ""), |i| (i.id.as_str(), i.model.as_str()));
         json!({
             "id": id,
             "object": "chat.completion.chunk",
@@ -76,11 +85,11 @@ impl StreamTranslator {
             return Err(error);
         }
         if self.identity.is_none() {
-            self.identity = Some((
-                completion_id_for(event),
-                model_name(event, &self.ctx.model),
-                ids::response_stem(event),
-            ));
+            self.identity = Some(Identity {
+                id: completion_id_for(event),
+                model: model_name(event, &self.ctx.model),
+                stem: ids::response_stem(event),
+            });
         }
         if let Some(meta) = event.get("usageMetadata") {
             self.last_usage = Some(meta.clone());
@@ -88,7 +97,7 @@ impl StreamTranslator {
         let stem = self
             .identity
             .as_ref()
-            .map(|(_, _, s)| s.clone())
+            .map(|i| i.stem.clone())
             .unwrap_or_default();
 
         let mut out = Vec::new();
@@ -123,21 +132,17 @@ impl StreamTranslator {
                 out.push(self.chunk(index, json!({"content": text}), None));
             }
             if !parts.calls.is_empty() {
-                // Gemini sends each call whole: one delta with id, name and all arguments.
-                let deltas: Vec<Value> = parts
-                    .calls
-                    .iter()
-                    .enumerate()
-                    .map(|(k, (name, args, signature))| {
-                        let ordinal = first_ordinal + k;
-                        json!({
-                            "index": ordinal,
-                            "id": ids::tool_call_id(&stem, index, ordinal, signature.as_deref()),
-                            "type": "function",
-                            "function": {"name": name, "arguments": args},
+                // Gemini sends each call whole: one delta with id, name and all
+                // arguments; `index` is the call's position in the choice.
+                let deltas: Vec<Value> =
+                    tool_call_values(&stem, index, first_ordinal, &parts.calls)
+                        .into_iter()
+                        .zip(first_ordinal..)
+                        .map(|(mut call, ordinal)| {
+                            call["index"] = ordinal.into();
+                            call
                         })
-                    })
-                    .collect();
+                        .collect();
                 out.push(self.chunk(index, json!({"tool_calls": deltas}), None));
             }
             if let Some(finish) = finish_reason(reason, had_calls) {
