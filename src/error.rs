@@ -98,9 +98,6 @@ pub enum ApiError {
     /// No routing rule matched the requested model (404).
     #[error("no route for model '{0}'")]
     ModelNotFound(String),
-    /// The route leads to a connection kind this build cannot call (501).
-    #[error("{0}")]
-    NotImplemented(String),
     /// The upstream answered 4xx (or a status a provider maps on purpose, such as
     /// Anthropic's 529 → 503): its status and message are passed on.
     #[error("upstream {}: {}", .0.status, .0.message)]
@@ -157,7 +154,6 @@ impl ApiError {
             ApiError::InvalidApiKey | ApiError::ConnectionNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::ServiceDisabled => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::UpstreamRejected(body) | ApiError::Custom(body) => body.status,
             ApiError::UpstreamFailure { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -218,12 +214,6 @@ impl ApiError {
                     "invalid_request_error".into(),
                     Some("model".into()),
                     Some("model_not_found".into()),
-                ),
-                ApiError::NotImplemented(message) => (
-                    message.clone(),
-                    "invalid_request_error".into(),
-                    None,
-                    Some("not_implemented".into()),
                 ),
                 ApiError::UpstreamRejected(body) | ApiError::Custom(body) => (
                     body.message.clone(),

@@ -10,6 +10,7 @@
 mod anthropic;
 mod fallback;
 pub(crate) mod fanout;
+mod google;
 mod mock;
 mod openai;
 pub(crate) mod upstream_http;
@@ -30,6 +31,7 @@ use crate::streaming::ChunkStream;
 
 pub use anthropic::AnthropicProvider;
 pub use fallback::{Fallback, FallbackMember};
+pub use google::GoogleProvider;
 pub use mock::MockProvider;
 pub use openai::OpenAiProvider;
 
@@ -92,22 +94,6 @@ pub trait Provider: Send + Sync {
     /// that early failures still get a proper HTTP status); the stream then yields
     /// `chat.completion.chunk` objects.
     async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError>;
-}
-
-/// A connection whose provider this build does not implement yet: requests routed to
-/// it are answered 501 with a message saying so.
-struct NotYetSupported {
-    message: String,
-}
-
-#[async_trait]
-impl Provider for NotYetSupported {
-    async fn complete(&self, _call: UpstreamCall) -> Result<Value, ApiError> {
-        Err(ApiError::NotImplemented(self.message.clone()))
-    }
-    async fn stream(&self, _call: UpstreamCall) -> Result<ChunkStream, ApiError> {
-        Err(ApiError::NotImplemented(self.message.clone()))
-    }
 }
 
 /// A built connection with the settings the core needs around it.
@@ -309,17 +295,14 @@ fn build_provider(
         ApiType::Anthropic => Ok(Arc::new(AnthropicProvider::from_settings(
             name, settings, key, config, client,
         )?)),
-        ApiType::Google | ApiType::GoogleVertexAi => {
-            let message = format!(
-                "connection '{name}' uses api_type '{}', which this version of lm-proxy cannot call yet",
-                settings.api_type.as_str()
-            );
-            tracing::warn!(
-                "{}: {key}: {message}; requests routed to it will be answered 501",
-                config.path.display()
-            );
-            Ok(Arc::new(NotYetSupported { message }))
-        }
+        ApiType::Google | ApiType::GoogleVertexAi => Ok(Arc::new(GoogleProvider::from_settings(
+            name,
+            key,
+            settings,
+            config,
+            client,
+            &google::Environment::process(),
+        )?)),
     }
 }
 

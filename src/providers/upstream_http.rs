@@ -79,7 +79,11 @@ pub async fn check_status_with(
     Err(map(status, &body, retry_after))
 }
 
-async fn read_limited(mut response: reqwest::Response, timeout: Duration) -> Option<Vec<u8>> {
+/// Read at most `ERROR_BODY_LIMIT` bytes of an error answer within `timeout`.
+pub(crate) async fn read_limited(
+    mut response: reqwest::Response,
+    timeout: Duration,
+) -> Option<Vec<u8>> {
     let mut body = Vec::new();
     let read = async {
         while let Ok(Some(chunk)) = response.chunk().await {
