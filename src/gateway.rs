@@ -5,10 +5,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::auth::{build_key_check, KeyCheck};
 use crate::client_addr::TrustedProxies;
-use crate::config::{Config, ConfigError, ModelListingMode, DEFAULT_ENCRYPTION_KEY};
+use crate::config::{Config, ConfigError, DEFAULT_ENCRYPTION_KEY};
+use crate::error::ApiError;
 use crate::extensions::ExtensionResolver;
 use crate::handlers::{build_handlers, RequestHandler};
 use crate::logging::{build_loggers, LogDispatcher};
@@ -41,6 +43,8 @@ pub struct Gateway {
     pub groups: HashMap<String, GroupAccess>,
     pub connections: HashMap<String, Connection>,
     pub handlers: Vec<Arc<dyn RequestHandler>>,
+    /// Connection name → the model ids its upstream offers (`expand_wildcards`).
+    model_lists: moka::future::Cache<String, Arc<Vec<String>>>,
 }
 
 impl Gateway {
@@ -95,13 +99,14 @@ impl Gateway {
                 config.path.display()
             );
         }
-        if config.settings.model_listing_mode == ModelListingMode::ExpandWildcards {
-            tracing::warn!(
-                "{}: model_listing_mode = \"expand_wildcards\" is not available in this version yet; patterns are listed as written",
-                config.path.display()
-            );
-        }
+        let model_lists = moka::future::Cache::builder()
+            .max_capacity(1024)
+            .time_to_live(Duration::from_secs_f64(
+                config.settings.model_listing_cache_seconds.max(0.001),
+            ))
+            .build();
         Ok(Gateway {
+            model_lists,
             config,
             trusted_proxies,
             log_dispatcher,
@@ -111,6 +116,23 @@ impl Gateway {
             connections,
             handlers,
         })
+    }
+
+    /// The model ids of a connection's upstream, cached for
+    /// `model_listing_cache_seconds`; concurrent askers share one upstream call and
+    /// failures are not cached.
+    pub async fn models_of(&self, connection: &str) -> Result<Arc<Vec<String>>, ApiError> {
+        let provider = self
+            .connections
+            .get(connection)
+            .map(|c| c.provider.clone())
+            .ok_or_else(|| ApiError::internal(format!("unknown connection '{connection}'")))?;
+        self.model_lists
+            .try_get_with(connection.to_owned(), async move {
+                provider.list_models().await.map(Arc::new)
+            })
+            .await
+            .map_err(|e: Arc<ApiError>| (*e).clone())
     }
 
     /// Write out every queued log entry (call once the server stopped serving).

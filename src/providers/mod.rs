@@ -94,6 +94,15 @@ pub trait Provider: Send + Sync {
     /// that early failures still get a proper HTTP status); the stream then yields
     /// `chat.completion.chunk` objects.
     async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError>;
+
+    /// The model ids the upstream offers (for `model_listing_mode =
+    /// "expand_wildcards"`). Connections that cannot list say so with an error;
+    /// their routing patterns are then listed as written.
+    async fn list_models(&self) -> Result<Vec<String>, ApiError> {
+        Err(ApiError::upstream_failure(
+            "this connection cannot list its models",
+        ))
+    }
 }
 
 /// A built connection with the settings the core needs around it.

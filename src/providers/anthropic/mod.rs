@@ -17,8 +17,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
-use super::fanout;
 use super::upstream_http::{check_status_with, send, timeout_error, transport_error};
+use super::{fanout, upstream_http};
 use super::{http_settings, reject_unknown_options, Provider, UpstreamCall};
 use crate::config::{Config, ConfigError, ProviderSettings};
 use crate::error::ApiError;
@@ -40,6 +40,7 @@ const OPTIONS: [&str; 2] = ["anthropic_version", "max_tokens"];
 pub struct AnthropicProvider {
     name: String,
     messages_url: String,
+    models_url: String,
     /// `anthropic-version`, the static `http_headers`, then `x-api-key`.
     headers: HeaderMap,
     timeout: Duration,
@@ -103,6 +104,7 @@ impl AnthropicProvider {
         Ok(AnthropicProvider {
             name: name.to_owned(),
             messages_url: format!("{}/v1/messages", http.base),
+            models_url: format!("{}/v1/models", http.base),
             headers,
             timeout: http.timeout,
             default_max_tokens,
@@ -184,6 +186,36 @@ impl AnthropicProvider {
 
 #[async_trait]
 impl Provider for AnthropicProvider {
+    /// `GET /v1/models`, following `has_more` / `last_id` pages (at most 20).
+    async fn list_models(&self) -> Result<Vec<String>, ApiError> {
+        let mut ids = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..20 {
+            let mut request = self
+                .client
+                .get(&self.models_url)
+                .headers(self.headers.clone());
+            request = request.query(&[("limit", "1000")]);
+            if let Some(after) = &after {
+                request = request.query(&[("after_id", after.as_str())]);
+            }
+            let page = upstream_http::get_json(request, self.timeout).await?;
+            ids.extend(upstream_http::data_ids(&page));
+            let more = page
+                .get("has_more")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            after = page
+                .get("last_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            if !more || after.is_none() {
+                break;
+            }
+        }
+        Ok(ids)
+    }
+
     async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
         let n = fanout::requested_n(&call.params, MAX_CHOICES)?;
         let (body, translated) = self.body(&call, false)?;

@@ -232,6 +232,64 @@ fn model_path(model: &str) -> Result<(&'static str, &str), ApiError> {
 
 #[async_trait]
 impl Provider for GoogleProvider {
+    /// AI Studio's `GET /v1beta/models` (pages followed, at most 20), keeping models
+    /// that can `generateContent`, without the `models/` prefix. Vertex has no
+    /// equivalent list of publisher models for a project, so it cannot list.
+    async fn list_models(&self) -> Result<Vec<String>, ApiError> {
+        let Endpoint::AiStudio { root } = &self.endpoint else {
+            return Err(ApiError::upstream_failure(
+                "Vertex AI connections cannot list their models",
+            ));
+        };
+        let mut ids = Vec::new();
+        let mut page_token: Option<String> = None;
+        for _ in 0..20 {
+            let mut request = self
+                .client
+                .get(format!("{root}/models"))
+                .headers(self.headers.clone())
+                .query(&[("pageSize", "1000")]);
+            if let Some(token) = &page_token {
+                request = request.query(&[("pageToken", token.as_str())]);
+            }
+            if let Auth::ApiKey(key) = &self.auth {
+                request = request.header("x-goog-api-key", key.clone());
+            }
+            let response = send(request, self.timeout).await?;
+            let response = errors::check_status(response, self.timeout).await?;
+            let page: Value = response.json().await.map_err(|e| {
+                ApiError::upstream_failure(format!("model list is not JSON: {}", e.without_url()))
+            })?;
+            for model in page
+                .get("models")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let generates = model
+                    .get("supportedGenerationMethods")
+                    .and_then(Value::as_array)
+                    .is_none_or(|methods| methods.iter().any(|m| m == "generateContent"));
+                if let Some(name) = model
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .filter(|_| generates)
+                {
+                    ids.push(name.strip_prefix("models/").unwrap_or(name).to_owned());
+                }
+            }
+            page_token = page
+                .get("nextPageToken")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
+            if page_token.is_none() {
+                break;
+            }
+        }
+        Ok(ids)
+    }
+
     async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
         let work = async {
             let response = self.post(&call, false).await?;
