@@ -198,6 +198,36 @@ fn truncate(text: &str, max: usize) -> String {
     format!("{}...", &text[..end])
 }
 
+/// GET a JSON document (model lists), within `timeout`, errors mapped as for chat calls.
+pub async fn get_json(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<Value, ApiError> {
+    let work = async {
+        let response = send(request, timeout).await?;
+        let response = check_status(response, timeout).await?;
+        let bytes = response.bytes().await.map_err(transport_error)?;
+        serde_json::from_slice::<Value>(&bytes)
+            .map_err(|e| ApiError::upstream_failure(format!("model list is not JSON: {e}")))
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| Err(timeout_error(timeout)))
+}
+
+/// The `id`s of `data[]` in an OpenAI- or Anthropic-shaped model list.
+pub fn data_ids(list: &Value) -> Vec<String> {
+    list.get("data")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -236,34 +266,4 @@ mod tests {
         let e = status_error(StatusCode::SERVICE_UNAVAILABLE, b"down", None);
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
     }
-}
-
-/// GET a JSON document (model lists), within `timeout`, errors mapped as for chat calls.
-pub async fn get_json(
-    request: reqwest::RequestBuilder,
-    timeout: Duration,
-) -> Result<Value, ApiError> {
-    let work = async {
-        let response = send(request, timeout).await?;
-        let response = check_status(response, timeout).await?;
-        let bytes = response.bytes().await.map_err(transport_error)?;
-        serde_json::from_slice::<Value>(&bytes)
-            .map_err(|e| ApiError::upstream_failure(format!("model list is not JSON: {e}")))
-    };
-    tokio::time::timeout(timeout, work)
-        .await
-        .unwrap_or_else(|_| Err(timeout_error(timeout)))
-}
-
-/// The `id`s of `data[]` in an OpenAI- or Anthropic-shaped model list.
-pub fn data_ids(list: &Value) -> Vec<String> {
-    list.get("data")
-        .and_then(Value::as_array)
-        .map(|items| {
-            items
-                .iter()
-                .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_owned))
-                .collect()
-        })
-        .unwrap_or_default()
 }
