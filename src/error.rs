@@ -254,6 +254,11 @@ impl ApiError {
 
     fn extra_headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
+        if let ApiError::RequestTooLarge { .. } = self {
+            // The rest of the body was not read, so this connection cannot carry
+            // another request; say so rather than let the client find out.
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let ApiError::UpstreamRejected(body) | ApiError::Custom(body) = self {
             for (name, value) in &body.headers {
                 headers.append(name.clone(), value.clone());

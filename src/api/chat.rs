@@ -2,8 +2,9 @@
 //!
 //! Order of work, as in the reference: service enabled → key check → (body checks)
 //! → routing → group may use the connection → `before` handlers → upstream call →
-//! log line. The body is checked after the key so that unauthenticated callers
-//! learn nothing about what the gateway accepts.
+//! log line. The body is read first (so the connection stays reusable whatever the
+//! answer) but only checked after the key, so that unauthenticated callers learn
+//! nothing about what the gateway accepts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -106,12 +107,14 @@ async fn handle(
     ctx: &mut RequestContext,
     body: Body,
 ) -> Result<Reply, ApiError> {
+    // The body is read (within the limit) before anything can reject the request:
+    // an HTTP/1 connection whose request body was left unread cannot be reused, and
+    // clients that keep connections alive would see the next request fail.
+    let bytes = read_body(body, gateway.config.body_limit_bytes()).await?;
     if !gateway.config.settings.enabled {
         return Err(ApiError::ServiceDisabled);
     }
     super::models::authenticate(gateway, ctx).await?;
-
-    let bytes = read_body(body, gateway.config.body_limit_bytes()).await?;
     ctx.request = parse_request(&ctx.http_headers, &bytes)?;
     let requested = ctx.request["model"].as_str().unwrap_or_default().to_owned();
 
