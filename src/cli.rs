@@ -7,10 +7,13 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use clap::Parser;
 
 use crate::config::{load_dotenv, Config};
 use crate::extensions::{ExtensionResolver, NativeResolver};
+use crate::server::reload::Overrides;
 
 /// OpenAI-compatible LLM gateway.
 #[derive(Debug, Parser)]
@@ -86,12 +89,12 @@ pub fn init_tracing(debug: bool) {
 
 /// Run the native binary.
 pub fn main_native() -> ExitCode {
-    run(std::env::args_os(), &NativeResolver)
+    run(std::env::args_os(), Arc::new(NativeResolver))
 }
 
 /// Parse `args` (program name first), then serve until a shutdown signal.
 /// Startup problems print one line to stderr and give exit code 1.
-pub fn run<I, T>(args: I, resolver: &dyn ExtensionResolver) -> ExitCode
+pub fn run<I, T>(args: I, resolver: Arc<dyn ExtensionResolver>) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -129,12 +132,11 @@ where
             return ExitCode::from(1);
         }
     };
-    if let Some(host) = cli.host {
-        config.settings.host = host;
-    }
-    if let Some(port) = cli.port {
-        config.settings.port = port;
-    }
+    let overrides = Overrides {
+        host: cli.host,
+        port: cli.port,
+    };
+    overrides.apply(&mut config);
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -146,7 +148,7 @@ where
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve_until_signal(config, resolver)) {
+    match runtime.block_on(serve_until_signal(config, resolver, overrides)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lm-proxy-server: {e:#}");
@@ -157,11 +159,12 @@ where
 
 async fn serve_until_signal(
     config: Config,
-    resolver: &dyn ExtensionResolver,
+    resolver: Arc<dyn ExtensionResolver>,
+    overrides: Overrides,
 ) -> anyhow::Result<()> {
     let grace = Duration::from_secs_f64(config.settings.shutdown_grace_seconds);
     let config_path = config.path.clone();
-    let server = crate::server::start(config, resolver).await?;
+    let server = crate::server::start(config, resolver, overrides).await?;
     tracing::info!(
         "lm-proxy {} listening on {} (config: {})",
         env!("CARGO_PKG_VERSION"),

@@ -62,6 +62,46 @@ impl RequestContext {
         self.started.elapsed().as_secs_f64()
     }
 
+    /// The JSON view of the context that loggers receive: every field of the
+    /// reference's context except the HTTP request (headers carry the client key).
+    /// `created_at` is ISO 8601, `duration` seconds.
+    pub fn to_log_json(&self) -> Value {
+        let text = |v: &Option<String>| v.clone().map(Value::String).unwrap_or(Value::Null);
+        let error = self.error.as_ref().map(|e| {
+            let mut object = e.error_object();
+            if let Value::Object(map) = &mut object {
+                map.insert("status".into(), e.status().as_u16().into());
+            }
+            object
+        });
+        let mut map = Map::new();
+        map.insert("id".into(), Value::String(self.id.clone()));
+        map.insert("request".into(), Value::Object(self.request.clone()));
+        map.insert(
+            "response".into(),
+            self.response.clone().unwrap_or(Value::Null),
+        );
+        map.insert("error".into(), error.unwrap_or(Value::Null));
+        map.insert("group".into(), text(&self.group));
+        map.insert("connection".into(), text(&self.connection));
+        map.insert("model".into(), text(&self.model));
+        map.insert("llm_params".into(), Value::Object(self.llm_params.clone()));
+        map.insert("api_key_id".into(), text(&self.api_key_id));
+        map.insert(
+            "remote_addr".into(),
+            Value::String(self.remote_addr.clone()),
+        );
+        map.insert(
+            "created_at".into(),
+            Value::String(humantime::format_rfc3339_micros(self.created_at).to_string()),
+        );
+        map.insert("duration".into(), self.duration().into());
+        map.insert("user_info".into(), self.user_info.clone());
+        map.insert("extra".into(), Value::Object(self.extra.clone()));
+        crate::logging::redact_context(&mut map);
+        Value::Object(map)
+    }
+
     /// Whether the client asked for a streamed answer.
     pub fn is_stream(&self) -> bool {
         self.request

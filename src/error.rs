@@ -98,10 +98,8 @@ pub enum ApiError {
     /// No routing rule matched the requested model (404).
     #[error("no route for model '{0}'")]
     ModelNotFound(String),
-    /// The route leads to a connection kind this build cannot call (501).
-    #[error("{0}")]
-    NotImplemented(String),
-    /// The upstream answered 4xx: its status and message are passed on.
+    /// The upstream answered 4xx (or a status a provider maps on purpose, such as
+    /// Anthropic's 529 → 503): its status and message are passed on.
     #[error("upstream {}: {}", .0.status, .0.message)]
     UpstreamRejected(Box<ErrorBody>),
     /// Transport failure, upstream 5xx, or an unreadable upstream answer (502).
@@ -156,7 +154,6 @@ impl ApiError {
             ApiError::InvalidApiKey | ApiError::ConnectionNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::ServiceDisabled => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
-            ApiError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             ApiError::UpstreamRejected(body) | ApiError::Custom(body) => body.status,
             ApiError::UpstreamFailure { .. } => StatusCode::BAD_GATEWAY,
             ApiError::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
@@ -218,12 +215,6 @@ impl ApiError {
                     Some("model".into()),
                     Some("model_not_found".into()),
                 ),
-                ApiError::NotImplemented(message) => (
-                    message.clone(),
-                    "invalid_request_error".into(),
-                    None,
-                    Some("not_implemented".into()),
-                ),
                 ApiError::UpstreamRejected(body) | ApiError::Custom(body) => (
                     body.message.clone(),
                     body.error_type.clone(),
@@ -263,6 +254,11 @@ impl ApiError {
 
     fn extra_headers(&self) -> HeaderMap {
         let mut headers = HeaderMap::new();
+        if let ApiError::RequestTooLarge { .. } = self {
+            // The rest of the body was not read, so this connection cannot carry
+            // another request; say so rather than let the client find out.
+            headers.insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
         if let ApiError::UpstreamRejected(body) | ApiError::Custom(body) = self {
             for (name, value) in &body.headers {
                 headers.append(name.clone(), value.clone());

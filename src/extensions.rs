@@ -11,6 +11,7 @@ use std::sync::Arc;
 use crate::auth::KeyCheck;
 use crate::config::{Config, ConfigError, ExtensionSpec};
 use crate::handlers::RequestHandler;
+use crate::logging::{LogWriter, Logger};
 use crate::providers::Provider;
 
 /// The built-ins known by their reference names.
@@ -25,17 +26,6 @@ pub enum Builtin {
     JsonLogWriter,
     LogEntryTransformer,
     Fallback,
-}
-
-impl Builtin {
-    /// Built-ins that are named in the reference but not yet implemented here
-    /// say so in the startup error instead of being mistaken for Python code.
-    pub fn not_yet_note(self) -> &'static str {
-        match self {
-            Builtin::CheckApiKeyInConfig | Builtin::AllowAll => "",
-            _ => " (this built-in is not available in this version of lm-proxy yet)",
-        }
-    }
 }
 
 /// Map a dotted path to a built-in. Both the short names the reference documents
@@ -80,8 +70,15 @@ pub trait ExtensionResolver: Send + Sync {
         spec: &ExtensionSpec,
         config: &Config,
     ) -> Result<Arc<dyn RequestHandler>, ConfigError>;
-    /// Extension points without a core trait yet (`loggers`, `components`).
-    fn other(&self, spec: &ExtensionSpec, config: &Config) -> Result<(), ConfigError>;
+    fn logger(&self, spec: &ExtensionSpec, config: &Config)
+        -> Result<Arc<dyn Logger>, ConfigError>;
+    fn log_writer(
+        &self,
+        spec: &ExtensionSpec,
+        config: &Config,
+    ) -> Result<Arc<dyn LogWriter>, ConfigError>;
+    /// `components` entries (arbitrary objects shared with user code).
+    fn component(&self, spec: &ExtensionSpec, config: &Config) -> Result<(), ConfigError>;
 }
 
 /// The native binary's resolver: no Python, so every non-built-in name is an error
@@ -129,7 +126,23 @@ impl ExtensionResolver for NativeResolver {
         Err(Self::python_required(spec, config))
     }
 
-    fn other(&self, spec: &ExtensionSpec, config: &Config) -> Result<(), ConfigError> {
+    fn logger(
+        &self,
+        spec: &ExtensionSpec,
+        config: &Config,
+    ) -> Result<Arc<dyn Logger>, ConfigError> {
+        Err(Self::python_required(spec, config))
+    }
+
+    fn log_writer(
+        &self,
+        spec: &ExtensionSpec,
+        config: &Config,
+    ) -> Result<Arc<dyn LogWriter>, ConfigError> {
+        Err(Self::python_required(spec, config))
+    }
+
+    fn component(&self, spec: &ExtensionSpec, config: &Config) -> Result<(), ConfigError> {
         Err(Self::python_required(spec, config))
     }
 }

@@ -5,11 +5,15 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::auth::{build_key_check, KeyCheck};
-use crate::config::{Config, ConfigError, ModelListingMode, DEFAULT_ENCRYPTION_KEY};
-use crate::extensions::{builtin_name, ExtensionResolver};
+use crate::client_addr::TrustedProxies;
+use crate::config::{Config, ConfigError, DEFAULT_ENCRYPTION_KEY};
+use crate::error::ApiError;
+use crate::extensions::ExtensionResolver;
 use crate::handlers::{build_handlers, RequestHandler};
+use crate::logging::{build_loggers, LogDispatcher};
 use crate::providers::{build_connections, Connection};
 use crate::routing::Router;
 
@@ -31,11 +35,16 @@ impl GroupAccess {
 
 pub struct Gateway {
     pub config: Config,
+    pub trusted_proxies: TrustedProxies,
+    /// The queue to the configured loggers; `None` when there are none.
+    pub log_dispatcher: Option<Arc<LogDispatcher>>,
     pub router: Router,
     pub key_check: Arc<dyn KeyCheck>,
     pub groups: HashMap<String, GroupAccess>,
     pub connections: HashMap<String, Connection>,
     pub handlers: Vec<Arc<dyn RequestHandler>>,
+    /// Connection name → the model ids its upstream offers (`expand_wildcards`).
+    model_lists: moka::future::Cache<String, Arc<Vec<String>>>,
 }
 
 impl Gateway {
@@ -55,7 +64,15 @@ impl Gateway {
         .map_err(|(pattern, problem)| {
             ConfigError::new(&config.path, format!("routing.{pattern:?}"), problem)
         })?;
-        let key_check = build_key_check(&config, resolver)?;
+        let key_check = build_key_check(&config, client, resolver)?;
+        let trusted_proxies =
+            TrustedProxies::parse(&config.settings.trusted_proxies).map_err(|entry| {
+                ConfigError::new(
+                    &config.path,
+                    "trusted_proxies",
+                    format!("'{entry}' is not an IP address or network (e.g. 10.0.0.0/8)"),
+                )
+            })?;
         let groups = config
             .settings
             .groups
@@ -70,22 +87,11 @@ impl Gateway {
             .collect();
         let connections = build_connections(&config, client, resolver)?;
         let handlers = build_handlers(&config, resolver)?;
-        for spec in config.loggers.iter().chain(config.components.values()) {
-            match builtin_name(&spec.target) {
-                Some(builtin) => {
-                    return Err(ConfigError::new(
-                        &config.path,
-                        &spec.key,
-                        format!(
-                            "'{}' cannot be used here{}",
-                            spec.target,
-                            builtin.not_yet_note()
-                        ),
-                    ))
-                }
-                None => resolver.other(spec, &config)?,
-            }
+        for spec in config.components.values() {
+            resolver.component(spec, &config)?;
         }
+        // Last: it starts the logging task, which nothing else may fail after.
+        let log_dispatcher = LogDispatcher::start(build_loggers(&config, resolver)?);
 
         if config.settings.encryption_key == DEFAULT_ENCRYPTION_KEY {
             tracing::warn!(
@@ -93,20 +99,47 @@ impl Gateway {
                 config.path.display()
             );
         }
-        if config.settings.model_listing_mode == ModelListingMode::ExpandWildcards {
-            tracing::warn!(
-                "{}: model_listing_mode = \"expand_wildcards\" is not available in this version yet; patterns are listed as written",
-                config.path.display()
-            );
-        }
+        let model_lists = moka::future::Cache::builder()
+            .max_capacity(1024)
+            .time_to_live(Duration::from_secs_f64(
+                config.settings.model_listing_cache_seconds.max(0.001),
+            ))
+            .build();
         Ok(Gateway {
+            model_lists,
             config,
+            trusted_proxies,
+            log_dispatcher,
             router,
             key_check,
             groups,
             connections,
             handlers,
         })
+    }
+
+    /// The model ids of a connection's upstream, cached for
+    /// `model_listing_cache_seconds`; concurrent askers share one upstream call and
+    /// failures are not cached.
+    pub async fn models_of(&self, connection: &str) -> Result<Arc<Vec<String>>, ApiError> {
+        let provider = self
+            .connections
+            .get(connection)
+            .map(|c| c.provider.clone())
+            .ok_or_else(|| ApiError::internal(format!("unknown connection '{connection}'")))?;
+        self.model_lists
+            .try_get_with(connection.to_owned(), async move {
+                provider.list_models().await.map(Arc::new)
+            })
+            .await
+            .map_err(|e: Arc<ApiError>| (*e).clone())
+    }
+
+    /// Write out every queued log entry (call once the server stopped serving).
+    pub async fn flush_logs(&self) {
+        if let Some(dispatcher) = &self.log_dispatcher {
+            dispatcher.close().await;
+        }
     }
 
     /// Whether `group` may use `connection`. Unknown groups (a key check returned a

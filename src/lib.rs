@@ -13,6 +13,7 @@
 pub mod api;
 pub mod auth;
 pub mod cli;
+pub mod client_addr;
 pub mod config;
 pub mod context;
 pub mod error;

@@ -60,12 +60,13 @@ impl Router {
 
     /// The first rule (in config order) whose pattern matches the whole model name.
     pub fn route(&self, model: &str) -> Option<&Rule> {
+        self.route_index(model).map(|index| &self.rules[index])
+    }
+
+    /// The position of the rule [`Router::route`] picks.
+    pub fn route_index(&self, model: &str) -> Option<usize> {
         // `matches` returns every matching index; the smallest is the first rule.
-        self.set
-            .matches(model)
-            .into_iter()
-            .min()
-            .map(|index| &self.rules[index])
+        self.set.matches(model).into_iter().min()
     }
 
     pub fn rules(&self) -> &[Rule] {

@@ -100,6 +100,9 @@ fn mid_stream_error(error: &Value) -> ApiError {
 #[derive(Debug, Default)]
 pub struct StreamSummary {
     pub chunks: usize,
+    /// The answer assembled from the chunks (a `chat.completion` object), when
+    /// assembling was asked for.
+    pub response: Option<Value>,
     /// The failure sent to the client as an error chunk, if any.
     pub error: Option<ApiError>,
     /// False when the client went away before the end.
@@ -111,12 +114,16 @@ pub struct StreamSummary {
 struct FinishGuard<F: FnOnce(StreamSummary)> {
     on_finish: Option<F>,
     summary: StreamSummary,
+    accumulator: Option<StreamAccumulator>,
 }
 
 impl<F: FnOnce(StreamSummary)> FinishGuard<F> {
     fn finish(&mut self, completed: bool) {
         if let Some(f) = self.on_finish.take() {
             self.summary.completed = completed;
+            if let Some(acc) = self.accumulator.take() {
+                self.summary.response = Some(acc.into_response());
+            }
             f(std::mem::take(&mut self.summary));
         }
     }
@@ -137,10 +144,12 @@ pub struct StreamIdentity {
 }
 
 /// Encode chunks as the client's SSE body. `identity` fills the error chunk when the
-/// upstream fails before sending any chunk of its own.
+/// upstream fails before sending any chunk of its own. With `assemble`, the chunks
+/// are also put together into the whole answer, handed to `on_finish` (for loggers).
 pub fn encode_sse<F>(
     chunks: ChunkStream,
     identity: StreamIdentity,
+    assemble: bool,
     on_finish: F,
 ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send
 where
@@ -158,6 +167,7 @@ where
         guard: FinishGuard {
             on_finish: Some(on_finish),
             summary: StreamSummary::default(),
+            accumulator: assemble.then(StreamAccumulator::default),
         },
         done: false,
     };
@@ -169,6 +179,9 @@ where
             Some(Ok(chunk)) => {
                 st.guard.summary.chunks += 1;
                 remember_identity(&mut st.identity, &chunk);
+                if let Some(acc) = &mut st.guard.accumulator {
+                    acc.add(&chunk);
+                }
                 Some((Ok(sse_data(&chunk)), st))
             }
             Some(Err(err)) => {
@@ -189,6 +202,124 @@ where
 }
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// Puts streamed chunks back together into one `chat.completion` object: text,
+/// reasoning and tool calls per choice, finish reasons, usage.
+#[derive(Debug, Default)]
+pub struct StreamAccumulator {
+    id: Option<Value>,
+    created: Option<Value>,
+    model: Option<Value>,
+    choices: std::collections::BTreeMap<u64, ChoiceParts>,
+    usage: Option<Value>,
+}
+
+#[derive(Debug, Default)]
+struct ChoiceParts {
+    content: String,
+    reasoning: String,
+    /// tool-call index → (id, name, arguments)
+    tool_calls: std::collections::BTreeMap<u64, (Value, Value, String)>,
+    finish_reason: Option<Value>,
+}
+
+impl StreamAccumulator {
+    pub fn add(&mut self, chunk: &Value) {
+        for (slot, key) in [
+            (&mut self.id, "id"),
+            (&mut self.created, "created"),
+            (&mut self.model, "model"),
+        ] {
+            if slot.is_none() {
+                *slot = chunk.get(key).cloned();
+            }
+        }
+        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(usage.clone());
+        }
+        let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
+            return;
+        };
+        for choice in choices {
+            let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let parts = self.choices.entry(index).or_default();
+            let delta = choice.get("delta");
+            if let Some(text) = delta.and_then(|d| d.get("content")).and_then(Value::as_str) {
+                parts.content.push_str(text);
+            }
+            if let Some(text) = delta
+                .and_then(|d| d.get("reasoning_content"))
+                .and_then(Value::as_str)
+            {
+                parts.reasoning.push_str(text);
+            }
+            if let Some(calls) = delta
+                .and_then(|d| d.get("tool_calls"))
+                .and_then(Value::as_array)
+            {
+                for call in calls {
+                    let slot = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+                    let entry = parts.tool_calls.entry(slot).or_insert((
+                        Value::Null,
+                        Value::Null,
+                        String::new(),
+                    ));
+                    if let Some(id) = call.get("id").filter(|v| !v.is_null()) {
+                        entry.0 = id.clone();
+                    }
+                    if let Some(name) = call.pointer("/function/name").filter(|v| !v.is_null()) {
+                        entry.1 = name.clone();
+                    }
+                    if let Some(args) = call.pointer("/function/arguments").and_then(Value::as_str)
+                    {
+                        entry.2.push_str(args);
+                    }
+                }
+            }
+            if let Some(reason) = choice.get("finish_reason").filter(|v| !v.is_null()) {
+                parts.finish_reason = Some(reason.clone());
+            }
+        }
+    }
+
+    pub fn into_response(self) -> Value {
+        let choices: Vec<Value> = self
+            .choices
+            .into_iter()
+            .map(|(index, parts)| {
+                let mut message = serde_json::Map::new();
+                message.insert("role".into(), "assistant".into());
+                let has_tools = !parts.tool_calls.is_empty();
+                message.insert(
+                    "content".into(),
+                    if parts.content.is_empty() && has_tools { Value::Null } else { parts.content.into() },
+                );
+                if !parts.reasoning.is_empty() {
+                    message.insert("reasoning_content".into(), parts.reasoning.into());
+                }
+                if has_tools {
+                    let calls: Vec<Value> = parts
+                        .tool_calls
+                        .into_values()
+                        .map(|(id, name, args)| {
+                            json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})
+                        })
+                        .collect();
+                    message.insert("tool_calls".into(), calls.into());
+                }
+                json!({"index": index, "message": message, "finish_reason": parts.finish_reason})
+            })
+            .collect();
+        json!({
+            "id": self.id,
+            "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": self.usage,
+        })
+    }
+}
 
 /// One SSE event carrying a JSON value.
 pub fn sse_data(value: &Value) -> Bytes {
@@ -245,6 +376,29 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn accumulator_reassembles_text_tools_and_usage() {
+        let mut acc = StreamAccumulator::default();
+        for chunk in [
+            json!({"id": "c1", "created": 5, "model": "m", "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}}]}),
+            json!({"id": "c1", "choices": [{"index": 0, "delta": {"content": "Hel"}}, {"index": 1, "delta": {"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "f", "arguments": "{\"a\""}}]}}]}),
+            json!({"id": "c1", "choices": [{"index": 0, "delta": {"content": "lo"}, "finish_reason": "stop"}, {"index": 1, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ":1}"}}]}, "finish_reason": "tool_calls"}]}),
+            json!({"id": "c1", "choices": [], "usage": {"total_tokens": 3}}),
+        ] {
+            acc.add(&chunk);
+        }
+        let r = acc.into_response();
+        assert_eq!(r["id"], "c1");
+        assert_eq!(r["choices"][0]["message"]["content"], "Hello");
+        assert_eq!(r["choices"][0]["finish_reason"], "stop");
+        assert_eq!(r["choices"][1]["message"]["content"], Value::Null);
+        assert_eq!(
+            r["choices"][1]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{\"a\":1}"
+        );
+        assert_eq!(r["usage"]["total_tokens"], 3);
+    }
 
     fn body(parts: &[&str]) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
         let parts: Vec<Result<Bytes, std::io::Error>> = parts
@@ -310,7 +464,7 @@ mod tests {
             model: "m0".into(),
         };
         let (tx, rx) = std::sync::mpsc::channel();
-        let out: Vec<Bytes> = encode_sse(chunks, identity, move |s| tx.send(s).unwrap())
+        let out: Vec<Bytes> = encode_sse(chunks, identity, true, move |s| tx.send(s).unwrap())
             .map(Result::unwrap)
             .collect()
             .await;
@@ -324,5 +478,6 @@ mod tests {
         let summary = rx.recv().unwrap();
         assert!(summary.completed && summary.error.is_some());
         assert_eq!(summary.chunks, 1);
+        assert_eq!(summary.response.unwrap()["id"], "chatcmpl-1");
     }
 }

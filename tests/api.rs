@@ -417,7 +417,14 @@ async fn bad_input_is_400_in_the_openai_envelope() {
 async fn oversized_bodies_get_413() {
     let gw = TestGateway::start(&format!("max_request_body_mb = 0.01\n{BASE}")).await;
     let big = "x".repeat(20 * 1024);
-    let (status, body) = gw.chat_json("key-default", user("gpt-4o", &big)).await;
+    let response = gw.chat("key-default", user("gpt-4o", &big)).await;
+    assert_eq!(
+        response.headers()["connection"],
+        "close",
+        "the unread rest of the body ends the connection"
+    );
+    let status = response.status();
+    let body: Value = response.json().await.unwrap();
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
     assert_eq!(body["error"]["code"], "request_too_large");
     let (status, _) = gw.chat_json("key-default", user("gpt-4o", "small")).await;

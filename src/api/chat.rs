@@ -2,8 +2,9 @@
 //!
 //! Order of work, as in the reference: service enabled → key check → (body checks)
 //! → routing → group may use the connection → `before` handlers → upstream call →
-//! log line. The body is checked after the key so that unauthenticated callers
-//! learn nothing about what the gateway accepts.
+//! log line. The body is read first (so the connection stays reusable whatever the
+//! answer) but only checked after the key, so that unauthenticated callers learn
+//! nothing about what the gateway accepts.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -36,13 +37,19 @@ pub async fn chat_completions(
     body: Body,
 ) -> Response {
     let gateway = state.gateway();
-    let mut ctx = RequestContext::new(headers, peer.ip().to_string());
+    let remote_addr = gateway.trusted_proxies.client_addr(&headers, peer.ip());
+    let mut ctx = RequestContext::new(headers, remote_addr);
     let result = handle(&gateway, &mut ctx, body).await;
     let summary = RequestSummary::of(&ctx);
     match result {
         Ok(Reply::Complete(answer)) => {
             summary.log(200, None, "");
-            axum::Json(answer).into_response()
+            let response = axum::Json(&answer).into_response();
+            if let Some(dispatcher) = &gateway.log_dispatcher {
+                ctx.response = Some(answer);
+                dispatcher.submit(ctx.to_log_json());
+            }
+            response
         }
         Ok(Reply::Stream(chunks)) => {
             let identity = StreamIdentity {
@@ -50,13 +57,22 @@ pub async fn chat_completions(
                 created: unix_now(),
                 model: ctx.model.clone().unwrap_or_default(),
             };
-            let body = encode_sse(chunks, identity, move |outcome| {
+            let dispatcher = gateway.log_dispatcher.clone();
+            let body = encode_sse(chunks, identity, dispatcher.is_some(), move |outcome| {
                 let note = if outcome.completed {
                     ""
                 } else {
                     " (client disconnected)"
                 };
                 summary.log(200, outcome.error.as_ref(), note);
+                if let Some(dispatcher) = dispatcher {
+                    ctx.response = outcome.response;
+                    ctx.error = outcome.error;
+                    if !outcome.completed {
+                        ctx.extra.insert("client_disconnected".into(), true.into());
+                    }
+                    dispatcher.submit(ctx.to_log_json());
+                }
             });
             (
                 [
@@ -76,7 +92,12 @@ pub async fn chat_completions(
         }
         Err(error) => {
             summary.log(error.status().as_u16(), Some(&error), "");
-            error.into_response()
+            let response = error.clone().into_response();
+            if let Some(dispatcher) = &gateway.log_dispatcher {
+                ctx.error = Some(error);
+                dispatcher.submit(ctx.to_log_json());
+            }
+            response
         }
     }
 }
@@ -86,12 +107,14 @@ async fn handle(
     ctx: &mut RequestContext,
     body: Body,
 ) -> Result<Reply, ApiError> {
+    // The body is read (within the limit) before anything can reject the request:
+    // an HTTP/1 connection whose request body was left unread cannot be reused, and
+    // clients that keep connections alive would see the next request fail.
+    let bytes = read_body(body, gateway.config.body_limit_bytes()).await?;
     if !gateway.config.settings.enabled {
         return Err(ApiError::ServiceDisabled);
     }
     super::models::authenticate(gateway, ctx).await?;
-
-    let bytes = read_body(body, gateway.config.body_limit_bytes()).await?;
     ctx.request = parse_request(&ctx.http_headers, &bytes)?;
     let requested = ctx.request["model"].as_str().unwrap_or_default().to_owned();
 

@@ -1,11 +1,16 @@
 //! `GET {api_prefix}/models`, and the key check shared with chat completions.
 //!
 //! The list is built from the routing rules whose connection the caller's group may
-//! use: one entry per pattern (`as_is`), or only literal names (`ignore_wildcards`),
-//! each merged with `model_info[pattern]`.
+//! use: one entry per pattern (`as_is`), only literal names (`ignore_wildcards`), or,
+//! for `connection.*` rules with wildcards, the upstream's own models that the rule
+//! routes (`expand_wildcards`; a connection that cannot list keeps its pattern, with
+//! a warning). Entries are merged with `model_info`.
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::Arc;
+
+use futures_util::future::join_all;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::HeaderMap;
@@ -17,7 +22,7 @@ use crate::config::ModelListingMode;
 use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
-use crate::routing::has_wildcards;
+use crate::routing::{has_wildcards, RouteModel, Rule};
 use crate::server::AppState;
 
 /// Check the client key and record the grant in the context.
@@ -40,7 +45,8 @@ pub async fn list_models(
     headers: HeaderMap,
 ) -> Response {
     let gateway = state.gateway();
-    let mut ctx = RequestContext::new(headers, peer.ip().to_string());
+    let remote_addr = gateway.trusted_proxies.client_addr(&headers, peer.ip());
+    let mut ctx = RequestContext::new(headers, remote_addr);
     match models(&gateway, &mut ctx).await {
         Ok(list) => axum::Json(list).into_response(),
         Err(err) => err.into_response(),
@@ -54,29 +60,100 @@ async fn models(gateway: &Gateway, ctx: &mut RequestContext) -> Result<Value, Ap
     authenticate(gateway, ctx).await?;
     let group = ctx.group.as_deref().unwrap_or_default();
     let mode = gateway.config.settings.model_listing_mode;
-    let data: Vec<Value> = gateway
+    let rules: Vec<(usize, &Rule)> = gateway
         .router
         .rules()
         .iter()
-        .filter(|rule| gateway.group_allows(group, &rule.connection))
-        .filter(|rule| mode != ModelListingMode::IgnoreWildcards || !has_wildcards(&rule.pattern))
-        .map(|rule| {
-            let mut entry = json!({
-                "id": rule.pattern,
-                "object": "model",
-                "created": 0,
-                "owned_by": rule.connection,
-            });
-            if let (Some(info), Value::Object(map)) = (
-                gateway.config.settings.model_info.get(&rule.pattern),
-                &mut entry,
-            ) {
-                for (k, v) in info {
-                    map.insert(k.clone(), v.clone());
-                }
-            }
-            entry
+        .enumerate()
+        .filter(|(_, rule)| gateway.group_allows(group, &rule.connection))
+        .filter(|(_, rule)| {
+            mode != ModelListingMode::IgnoreWildcards || !has_wildcards(&rule.pattern)
         })
         .collect();
+
+    // Expansion asks each connection once (concurrently), through the cache.
+    let expandable = |rule: &Rule| {
+        mode == ModelListingMode::ExpandWildcards
+            && has_wildcards(&rule.pattern)
+            && rule.model == RouteModel::PassThrough
+    };
+    let mut to_list: Vec<&str> = rules
+        .iter()
+        .filter(|(_, rule)| expandable(rule))
+        .map(|(_, rule)| rule.connection.as_str())
+        .collect();
+    to_list.sort_unstable();
+    to_list.dedup();
+    let lists: HashMap<&str, Result<Arc<Vec<String>>, ApiError>> = join_all(
+        to_list
+            .iter()
+            .map(|conn| async move { (*conn, gateway.models_of(conn).await) }),
+    )
+    .await
+    .into_iter()
+    .collect();
+
+    let mut seen = HashSet::new();
+    let mut data = Vec::new();
+    for (index, rule) in rules {
+        match lists
+            .get(rule.connection.as_str())
+            .filter(|_| expandable(rule))
+        {
+            Some(Ok(ids)) => {
+                // Only the ids that this rule would actually route (first match wins).
+                for id in ids
+                    .iter()
+                    .filter(|id| gateway.router.route_index(id) == Some(index))
+                {
+                    if seen.insert(id.clone()) {
+                        data.push(entry(gateway, id, &rule.pattern, &rule.connection));
+                    }
+                }
+            }
+            Some(Err(e)) => {
+                tracing::warn!(
+                    "model listing: connection '{}' could not list its models ({e}); listing '{}' as written",
+                    rule.connection,
+                    rule.pattern
+                );
+                if seen.insert(rule.pattern.clone()) {
+                    data.push(entry(
+                        gateway,
+                        &rule.pattern,
+                        &rule.pattern,
+                        &rule.connection,
+                    ));
+                }
+            }
+            None => {
+                if seen.insert(rule.pattern.clone()) {
+                    data.push(entry(
+                        gateway,
+                        &rule.pattern,
+                        &rule.pattern,
+                        &rule.connection,
+                    ));
+                }
+            }
+        }
+    }
     Ok(json!({"object": "list", "data": data}))
+}
+
+/// A `/models` entry, merged with `model_info` for the id (or else its pattern).
+fn entry(gateway: &Gateway, id: &str, pattern: &str, connection: &str) -> Value {
+    let mut entry = json!({"id": id, "object": "model", "created": 0, "owned_by": connection});
+    let info = gateway
+        .config
+        .settings
+        .model_info
+        .get(id)
+        .or_else(|| gateway.config.settings.model_info.get(pattern));
+    if let (Some(info), Value::Object(map)) = (info, &mut entry) {
+        for (k, v) in info {
+            map.insert(k.clone(), v.clone());
+        }
+    }
+    entry
 }

@@ -16,6 +16,9 @@ use crate::config::{Config, ConfigError, ExtensionSpec, DEFAULT_KEY_CHECK};
 use crate::error::ApiError;
 use crate::extensions::{builtin_name, Builtin, ExtensionResolver};
 
+mod with_request;
+pub use with_request::{CheckApiKeyWithRequest, WithRequestArgs};
+
 /// What a successful key check grants.
 #[derive(Debug, Clone, PartialEq)]
 pub struct KeyGrant {
@@ -92,6 +95,7 @@ impl KeyCheck for AllowAll {
 /// Build the configured key check.
 pub fn build_key_check(
     config: &Config,
+    client: &reqwest::Client,
     resolver: &dyn ExtensionResolver,
 ) -> Result<Arc<dyn KeyCheck>, ConfigError> {
     let default_spec;
@@ -147,10 +151,26 @@ pub fn build_key_check(
                 capture_api_key: args.capture_api_key,
             }))
         }
-        Some(other) => Err(err(format!(
-            "'{}' cannot be used as api_key_check{}",
-            spec.target,
-            other.not_yet_note()
+        Some(Builtin::CheckApiKeyWithRequest) => {
+            let args: WithRequestArgs = crate::config::deserialize_at(
+                Value::Object(spec.kwargs.clone()),
+                &spec.key,
+                &config.path,
+            )?;
+            let check = CheckApiKeyWithRequest::new(args, client.clone()).map_err(|p| {
+                let (sub, problem) = p.split_once(": ").unwrap_or(("", p.as_str()));
+                let key = if sub.is_empty() {
+                    spec.key.clone()
+                } else {
+                    format!("{}.{sub}", spec.key)
+                };
+                ConfigError::new(&config.path, key, problem)
+            })?;
+            Ok(Arc::new(check))
+        }
+        Some(_) => Err(err(format!(
+            "'{}' cannot be used as api_key_check",
+            spec.target
         ))),
         None => resolver.key_check(spec, config),
     }

@@ -60,6 +60,13 @@ pub struct FileConfig {
     /// Largest accepted request body, in MiB (answered with 413 above it).
     #[serde(default = "default_body_limit_mb", deserialize_with = "lenient::f64")]
     pub max_request_body_mb: f64,
+    /// How long a connection's model list is kept (`expand_wildcards`), in seconds.
+    #[serde(default = "default_listing_cache", deserialize_with = "lenient::f64")]
+    pub model_listing_cache_seconds: f64,
+    /// Peers whose `X-Forwarded-For` / `X-Real-IP` / `Forwarded` headers are believed
+    /// (addresses or CIDR networks). Default: loopback.
+    #[serde(default = "default_trusted_proxies")]
+    pub trusted_proxies: Vec<String>,
     /// How long open requests and streams may run on after SIGINT/SIGTERM.
     #[serde(default = "default_grace", deserialize_with = "lenient::f64")]
     pub shutdown_grace_seconds: f64,
@@ -277,6 +284,15 @@ fn default_encryption_key() -> String {
 }
 fn default_body_limit_mb() -> f64 {
     32.0
+}
+fn default_listing_cache() -> f64 {
+    300.0
+}
+fn default_trusted_proxies() -> Vec<String> {
+    crate::client_addr::DEFAULT_TRUSTED_PROXIES
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
 fn default_grace() -> f64 {
     30.0

@@ -1,15 +1,23 @@
-//! Users' request hooks (`before` in the config): the `RequestHandler` trait and
-//! building the configured list. Handlers run in order after routing and before the
-//! upstream call; each may change `ctx.llm_params` or end the request with an error.
+//! Users' request hooks (`before` in the config): the `RequestHandler` trait, the
+//! built-ins (`RateLimiter`, `HTTPHeadersForwarder`) and building the configured
+//! list. Handlers run in order after routing and before the upstream call; each may
+//! change `ctx.llm_params` or end the request with an error.
+
+mod headers_forwarder;
+mod rate_limiter;
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use serde_json::Value;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{deserialize_at, Config, ConfigError};
 use crate::context::RequestContext;
 use crate::error::ApiError;
-use crate::extensions::{builtin_name, ExtensionResolver};
+use crate::extensions::{builtin_name, Builtin, ExtensionResolver};
+
+pub use headers_forwarder::{ForwarderArgs, HttpHeadersForwarder, SENSITIVE_HEADERS};
+pub use rate_limiter::{RateLimiter, RateLimiterArgs, Scope};
 
 #[async_trait]
 pub trait RequestHandler: Send + Sync {
@@ -22,22 +30,31 @@ pub fn build_handlers(
     config: &Config,
     resolver: &dyn ExtensionResolver,
 ) -> Result<Vec<Arc<dyn RequestHandler>>, ConfigError> {
-    let mut handlers = Vec::new();
+    let mut handlers: Vec<Arc<dyn RequestHandler>> = Vec::new();
     for spec in &config.before {
-        match builtin_name(&spec.target) {
-            Some(builtin) => {
+        let kwargs = Value::Object(spec.kwargs.clone());
+        let handler: Arc<dyn RequestHandler> = match builtin_name(&spec.target) {
+            Some(Builtin::RateLimiter) => {
+                let args: RateLimiterArgs = deserialize_at(kwargs, &spec.key, &config.path)?;
+                Arc::new(
+                    RateLimiter::new(args)
+                        .map_err(|p| ConfigError::new(&config.path, &spec.key, p))?,
+                )
+            }
+            Some(Builtin::HttpHeadersForwarder) => {
+                let args: ForwarderArgs = deserialize_at(kwargs, &spec.key, &config.path)?;
+                Arc::new(HttpHeadersForwarder::new(args))
+            }
+            Some(_) => {
                 return Err(ConfigError::new(
                     &config.path,
                     &spec.key,
-                    format!(
-                        "'{}' cannot be used as a request handler{}",
-                        spec.target,
-                        builtin.not_yet_note()
-                    ),
+                    format!("'{}' cannot be used as a request handler", spec.target),
                 ))
             }
-            None => handlers.push(resolver.handler(spec, config)?),
-        }
+            None => resolver.handler(spec, config)?,
+        };
+        handlers.push(handler);
     }
     Ok(handlers)
 }

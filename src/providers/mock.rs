@@ -7,6 +7,7 @@
 //! `max_tokens` / `max_completion_tokens` (finish_reason `length`),
 //! `stream_options.include_usage`, and answers with a call to the requested tool when
 //! `tool_choice` is `"required"` or names a function. Token counts are word counts.
+//! Its `models` setting is what it reports to `expand_wildcards` listings.
 
 use std::time::Duration;
 
@@ -32,11 +33,15 @@ struct MockOptions {
     /// Delay before each streamed content chunk, in milliseconds.
     #[serde(default, deserialize_with = "crate::config::lenient::f64")]
     chunk_delay_ms: f64,
+    /// Model ids reported to `expand_wildcards` listings.
+    #[serde(default)]
+    models: Option<Vec<String>>,
 }
 
 pub struct MockProvider {
     response: Option<String>,
     chunk_delay: Duration,
+    models: Option<Vec<String>>,
 }
 
 impl MockProvider {
@@ -53,6 +58,7 @@ impl MockProvider {
         Ok(MockProvider {
             response: options.response,
             chunk_delay: Duration::from_secs_f64(options.chunk_delay_ms / 1000.0),
+            models: options.models,
         })
     }
 
@@ -145,6 +151,12 @@ impl Answer {
 
 #[async_trait]
 impl Provider for MockProvider {
+    async fn list_models(&self) -> Result<Vec<String>, ApiError> {
+        self.models
+            .clone()
+            .ok_or_else(|| ApiError::upstream_failure("this mock connection has no `models` list"))
+    }
+
     async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
         let answer = self.plan(&call)?;
         let choices: Vec<Value> = (0..answer.n)

@@ -4,8 +4,13 @@
 //! A provider speaks the OpenAI shape to the core on both sides: it takes an
 //! [`UpstreamCall`] (OpenAI request fields) and answers with a `chat.completion`
 //! object or a stream of `chat.completion.chunk` objects. OpenAI-compatible
-//! upstreams get the body passed through; other providers translate.
+//! upstreams get the body passed through; other providers translate (Anthropic:
+//! `anthropic/`; `fanout` gives providers without a native `n` their choices).
 
+mod anthropic;
+mod fallback;
+pub(crate) mod fanout;
+mod google;
 mod mock;
 mod openai;
 pub(crate) mod upstream_http;
@@ -21,9 +26,12 @@ use crate::config::{
     ApiType, Config, ConfigError, ConnectionSpec, ExtensionSpec, ProviderSettings,
 };
 use crate::error::ApiError;
-use crate::extensions::{builtin_name, ExtensionResolver};
+use crate::extensions::{builtin_name, Builtin, ExtensionResolver};
 use crate::streaming::ChunkStream;
 
+pub use anthropic::AnthropicProvider;
+pub use fallback::{Fallback, FallbackMember};
+pub use google::GoogleProvider;
 pub use mock::MockProvider;
 pub use openai::OpenAiProvider;
 
@@ -86,21 +94,14 @@ pub trait Provider: Send + Sync {
     /// that early failures still get a proper HTTP status); the stream then yields
     /// `chat.completion.chunk` objects.
     async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError>;
-}
 
-/// A connection whose provider this build does not implement yet: requests routed to
-/// it are answered 501 with a message saying so.
-struct NotYetSupported {
-    message: String,
-}
-
-#[async_trait]
-impl Provider for NotYetSupported {
-    async fn complete(&self, _call: UpstreamCall) -> Result<Value, ApiError> {
-        Err(ApiError::NotImplemented(self.message.clone()))
-    }
-    async fn stream(&self, _call: UpstreamCall) -> Result<ChunkStream, ApiError> {
-        Err(ApiError::NotImplemented(self.message.clone()))
+    /// The model ids the upstream offers (for `model_listing_mode =
+    /// "expand_wildcards"`). Connections that cannot list say so with an error;
+    /// their routing patterns are then listed as written.
+    async fn list_models(&self) -> Result<Vec<String>, ApiError> {
+        Err(ApiError::upstream_failure(
+            "this connection cannot list its models",
+        ))
     }
 }
 
@@ -120,6 +121,8 @@ pub fn build_connections(
     resolver: &dyn ExtensionResolver,
 ) -> Result<HashMap<String, Connection>, ConfigError> {
     let mut out = HashMap::new();
+    // Fallbacks are made of other connections, so they are built last.
+    let mut fallbacks = Vec::new();
     for (name, spec) in &config.connections {
         let key = {
             let mut k = String::from("connections");
@@ -131,20 +134,20 @@ pub fn build_connections(
                 build_provider(name, &key, settings, config, client, resolver)?,
                 settings.model.clone(),
             ),
-            ConnectionSpec::Extension(ext) => {
-                if let Some(builtin) = builtin_name(&ext.target) {
+            ConnectionSpec::Extension(ext) => match builtin_name(&ext.target) {
+                Some(Builtin::Fallback) => {
+                    fallbacks.push((name, ext));
+                    continue;
+                }
+                Some(_) => {
                     return Err(ConfigError::new(
                         &config.path,
                         &ext.key,
-                        format!(
-                            "'{}' cannot be used as a connection{}",
-                            ext.target,
-                            builtin.not_yet_note()
-                        ),
-                    ));
+                        format!("'{}' cannot be used as a connection", ext.target),
+                    ))
                 }
-                (resolver.connection(ext, config)?, None)
-            }
+                None => (resolver.connection(ext, config)?, None),
+            },
         };
         out.insert(
             name.clone(),
@@ -155,7 +158,94 @@ pub fn build_connections(
             },
         );
     }
+    for (name, ext) in fallbacks {
+        let provider = build_fallback(name, ext, &out, config)?;
+        out.insert(
+            name.clone(),
+            Connection {
+                name: name.clone(),
+                provider: Arc::new(provider),
+                default_model: None,
+            },
+        );
+    }
     Ok(out)
+}
+
+/// `connections = ["a", "b.model"]` or `connections = {a = {}, b = {model = "x", temperature = 0}}`.
+fn build_fallback(
+    name: &str,
+    ext: &ExtensionSpec,
+    built: &HashMap<String, Connection>,
+    config: &Config,
+) -> Result<Fallback, ConfigError> {
+    let key = format!("{}.connections", ext.key);
+    let err = |problem: String| ConfigError::new(&config.path, &key, problem);
+    if let Some(unknown) = ext.kwargs.keys().find(|k| k.as_str() != "connections") {
+        return Err(ConfigError::new(
+            &config.path,
+            format!("{}.{unknown}", ext.key),
+            "unknown argument of Fallback (connections)",
+        ));
+    }
+    let entries: Vec<(String, Option<String>, Map<String, Value>)> =
+        match ext.kwargs.get("connections") {
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| {
+                    let text = item.as_str().ok_or_else(|| {
+                        err("list items must be \"name\" or \"name.model\"".into())
+                    })?;
+                    let (conn, model) = crate::config::split_route_target(text);
+                    Ok((conn.to_owned(), model.map(str::to_owned), Map::new()))
+                })
+                .collect::<Result<_, ConfigError>>()?,
+            Some(Value::Object(map)) => map
+                .iter()
+                .map(|(conn, overrides)| {
+                    let mut overrides = match overrides {
+                        Value::Object(o) => o.clone(),
+                        Value::Null => Map::new(),
+                        _ => return Err(err(format!("overrides for '{conn}' must be a table"))),
+                    };
+                    let model = match overrides.shift_remove("model") {
+                        Some(Value::String(m)) => Some(m),
+                        None => None,
+                        Some(_) => return Err(err(format!("'{conn}'.model must be a string"))),
+                    };
+                    Ok((conn.clone(), model, overrides))
+                })
+                .collect::<Result<_, ConfigError>>()?,
+            _ => {
+                return Err(err(
+                    "a list or table of at least two connections is required".into(),
+                ))
+            }
+        };
+    if entries.len() < 2 {
+        return Err(err(format!(
+            "Fallback needs at least two connections, found {}",
+            entries.len()
+        )));
+    }
+    let mut members = Vec::new();
+    for (conn, model, overrides) in entries {
+        let Some(connection) = built.get(&conn) else {
+            let problem = if config.connections.contains_key(&conn) {
+                format!("'{conn}' is itself a Fallback; list the connections it is made of instead")
+            } else {
+                format!("unknown connection '{conn}'")
+            };
+            return Err(err(problem));
+        };
+        members.push(FallbackMember {
+            name: conn,
+            provider: connection.provider.clone(),
+            model,
+            overrides,
+        });
+    }
+    Ok(Fallback::new(name, members))
 }
 
 /// Settings shared by HTTP providers, checked once at startup.
@@ -211,17 +301,17 @@ fn build_provider(
             };
             resolver.connection(&spec, config)
         }
-        ApiType::Anthropic | ApiType::Google | ApiType::GoogleVertexAi => {
-            let message = format!(
-                "connection '{name}' uses api_type '{}', which this version of lm-proxy cannot call yet",
-                settings.api_type.as_str()
-            );
-            tracing::warn!(
-                "{}: {key}: {message}; requests routed to it will be answered 501",
-                config.path.display()
-            );
-            Ok(Arc::new(NotYetSupported { message }))
-        }
+        ApiType::Anthropic => Ok(Arc::new(AnthropicProvider::from_settings(
+            name, settings, key, config, client,
+        )?)),
+        ApiType::Google | ApiType::GoogleVertexAi => Ok(Arc::new(GoogleProvider::from_settings(
+            name,
+            key,
+            settings,
+            config,
+            client,
+            &google::Environment::process(),
+        )?)),
     }
 }
 

@@ -9,7 +9,9 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 
-use super::upstream_http::{check_status, send, timeout_error, transport_error};
+use super::upstream_http::{
+    check_status, data_ids, get_json, send, timeout_error, transport_error,
+};
 use super::{HttpSettings, Provider, UpstreamCall};
 use crate::error::ApiError;
 use crate::streaming::{completion_id, sse_json_events, unix_now, ChunkStream};
@@ -17,6 +19,7 @@ use crate::streaming::{completion_id, sse_json_events, unix_now, ChunkStream};
 pub struct OpenAiProvider {
     name: String,
     chat_url: String,
+    models_url: String,
     authorization: Option<HeaderValue>,
     headers: HeaderMap,
     timeout: Duration,
@@ -33,6 +36,7 @@ impl OpenAiProvider {
         OpenAiProvider {
             name: name.to_owned(),
             chat_url: format!("{}/chat/completions", settings.base),
+            models_url: format!("{}/models", settings.base),
             authorization,
             headers: settings.headers,
             timeout: settings.timeout,
@@ -70,6 +74,17 @@ impl OpenAiProvider {
 
 #[async_trait]
 impl Provider for OpenAiProvider {
+    async fn list_models(&self) -> Result<Vec<String>, ApiError> {
+        let mut request = self
+            .client
+            .get(&self.models_url)
+            .headers(self.headers.clone());
+        if let Some(auth) = &self.authorization {
+            request = request.header(http::header::AUTHORIZATION, auth.clone());
+        }
+        Ok(data_ids(&get_json(request, self.timeout).await?))
+    }
+
     async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
         let request = self.request(&call, false);
         let work = async {

@@ -59,16 +59,31 @@ pub async fn check_status(
     response: reqwest::Response,
     timeout: Duration,
 ) -> Result<reqwest::Response, ApiError> {
+    check_status_with(response, timeout, status_error).await
+}
+
+/// [`check_status`] with a provider's own mapping of status, error body and
+/// `Retry-After` to an error (for providers whose statuses need more than
+/// [`status_error`], e.g. Anthropic's 529).
+pub async fn check_status_with(
+    response: reqwest::Response,
+    timeout: Duration,
+    map: fn(StatusCode, &[u8], Option<http::HeaderValue>) -> ApiError,
+) -> Result<reqwest::Response, ApiError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
     }
     let retry_after = response.headers().get(http::header::RETRY_AFTER).cloned();
     let body = read_limited(response, timeout).await.unwrap_or_default();
-    Err(status_error(status, &body, retry_after))
+    Err(map(status, &body, retry_after))
 }
 
-async fn read_limited(mut response: reqwest::Response, timeout: Duration) -> Option<Vec<u8>> {
+/// Read at most `ERROR_BODY_LIMIT` bytes of an error answer within `timeout`.
+pub(crate) async fn read_limited(
+    mut response: reqwest::Response,
+    timeout: Duration,
+) -> Option<Vec<u8>> {
     let mut body = Vec::new();
     let read = async {
         while let Ok(Some(chunk)) = response.chunk().await {
@@ -181,6 +196,36 @@ fn truncate(text: &str, max: usize) -> String {
         end -= 1;
     }
     format!("{}...", &text[..end])
+}
+
+/// GET a JSON document (model lists), within `timeout`, errors mapped as for chat calls.
+pub async fn get_json(
+    request: reqwest::RequestBuilder,
+    timeout: Duration,
+) -> Result<Value, ApiError> {
+    let work = async {
+        let response = send(request, timeout).await?;
+        let response = check_status(response, timeout).await?;
+        let bytes = response.bytes().await.map_err(transport_error)?;
+        serde_json::from_slice::<Value>(&bytes)
+            .map_err(|e| ApiError::upstream_failure(format!("model list is not JSON: {e}")))
+    };
+    tokio::time::timeout(timeout, work)
+        .await
+        .unwrap_or_else(|_| Err(timeout_error(timeout)))
+}
+
+/// The `id`s of `data[]` in an OpenAI- or Anthropic-shaped model list.
+pub fn data_ids(list: &Value) -> Vec<String> {
+    list.get("data")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|m| m.get("id").and_then(Value::as_str).map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[cfg(test)]

@@ -14,7 +14,7 @@ use crate::extensions::NativeResolver;
 #[pyfunction]
 fn run_cli(py: Python<'_>, argv: Vec<String>) -> i32 {
     py.detach(|| {
-        let code = crate::cli::run(argv, &NativeResolver);
+        let code = crate::cli::run(argv, std::sync::Arc::new(NativeResolver));
         if code == std::process::ExitCode::SUCCESS {
             0
         } else {

@@ -14,6 +14,8 @@ use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use axum_server::Handle;
 use tokio::task::JoinHandle;
 
+pub mod reload;
+
 use crate::api;
 use crate::config::{Config, ConfigError};
 use crate::extensions::ExtensionResolver;
@@ -108,19 +110,22 @@ impl RunningServer {
         self.handle.graceful_shutdown(Some(grace));
     }
 
-    /// Wait until the server has stopped.
+    /// Wait until the server has stopped, then write out queued log entries.
     pub async fn wait(self) -> anyhow::Result<()> {
-        self.task
-            .await
-            .context("server task failed")?
-            .context("server stopped with an error")
+        let result = match self.task.await {
+            Ok(served) => served.context("server stopped with an error"),
+            Err(e) => Err(anyhow::Error::new(e).context("server task failed")),
+        };
+        self.state.gateway().flush_logs().await;
+        result
     }
 }
 
 /// Build the gateway from a config and start serving on its host and port.
 pub async fn start(
     config: Config,
-    resolver: &dyn ExtensionResolver,
+    resolver: Arc<dyn ExtensionResolver>,
+    overrides: reload::Overrides,
 ) -> anyhow::Result<RunningServer> {
     let client = upstream_client()?;
     let tls = match (&config.settings.ssl_certfile, &config.settings.ssl_keyfile) {
@@ -146,8 +151,9 @@ pub async fn start(
     listener.set_nonblocking(true)?;
     let addr = listener.local_addr()?;
 
-    let gateway = Gateway::build(config, &client, resolver)?;
+    let gateway = Gateway::build(config, &client, resolver.as_ref())?;
     let state = Arc::new(AppState::new(gateway, client));
+    reload::spawn_reloader(state.clone(), resolver, overrides);
     let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let handle = Handle::new();
     let is_tls = tls.is_some();

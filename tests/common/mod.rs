@@ -3,6 +3,8 @@
 //! the real gateway in-process or as the built binary.
 #![allow(dead_code)]
 
+pub mod process;
+
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -315,9 +317,31 @@ impl TestGateway {
         let mut config = config_from_toml(toml_text);
         config.settings.host = "127.0.0.1".into();
         config.settings.port = 0;
-        let server = lm_proxy::server::start(config, &NativeResolver)
-            .await
-            .expect("gateway starts");
+        let server = lm_proxy::server::start(
+            config,
+            std::sync::Arc::new(NativeResolver),
+            Default::default(),
+        )
+        .await
+        .expect("gateway starts");
+        TestGateway {
+            server,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    /// Start from a config file on disk (needed for reloads).
+    pub async fn start_file(path: &Path) -> TestGateway {
+        let mut config = Config::load(path).unwrap_or_else(|e| panic!("test config is valid: {e}"));
+        config.settings.host = "127.0.0.1".into();
+        config.settings.port = 0;
+        let server = lm_proxy::server::start(
+            config,
+            std::sync::Arc::new(NativeResolver),
+            Default::default(),
+        )
+        .await
+        .expect("gateway starts");
         TestGateway {
             server,
             client: reqwest::Client::new(),

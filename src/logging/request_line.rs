@@ -1,4 +1,4 @@
-//! Request logging through `tracing`: one INFO line per finished request with its
+//! The per-request `tracing` line: one INFO line per finished request with its
 //! status, model, connection and duration, and no secret in it (the client key is
 //! never logged; `api_key_id` stands for it). Debug mode adds error details.
 //! Streams are logged when they end, including when the client goes away.

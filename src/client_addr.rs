@@ -1,0 +1,196 @@
+//! The client's address (`remote_addr`), which per-IP rate limits and logs rely on.
+//!
+//! The reference believed `X-Forwarded-For`, `X-Real-IP` and `Forwarded` from anyone,
+//! so a client could pick its own address and dodge per-IP limits. Here those headers
+//! count only when the TCP peer is a configured trusted proxy (`trusted_proxies`,
+//! default: loopback). `X-Forwarded-For` is read from the right: the first address
+//! that is not itself a trusted proxy is the client.
+
+use std::net::IpAddr;
+
+use http::HeaderMap;
+use ipnet::IpNet;
+
+#[derive(Debug, Clone)]
+pub struct TrustedProxies {
+    nets: Vec<IpNet>,
+}
+
+/// The default: proxies on the same machine.
+pub const DEFAULT_TRUSTED_PROXIES: [&str; 2] = ["127.0.0.0/8", "::1/128"];
+
+impl TrustedProxies {
+    /// Parse addresses (`10.0.0.1`) and networks (`10.0.0.0/8`); returns the
+    /// offending entry on failure.
+    pub fn parse<S: AsRef<str>>(entries: &[S]) -> Result<Self, String> {
+        let mut nets = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let text = entry.as_ref().trim();
+            let net = match text.parse::<IpNet>() {
+                Ok(net) => net,
+                Err(_) => match text.parse::<IpAddr>() {
+                    Ok(ip) => IpNet::from(ip),
+                    Err(_) => return Err(text.to_owned()),
+                },
+            };
+            nets.push(net);
+        }
+        Ok(TrustedProxies { nets })
+    }
+
+    pub fn trusts(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.nets.iter().any(|net| net.contains(&ip))
+    }
+
+    /// The client address for a request that arrived from `peer`.
+    pub fn client_addr(&self, headers: &HeaderMap, peer: IpAddr) -> String {
+        let peer = canonical(peer);
+        if !self.trusts(peer) {
+            return peer.to_string();
+        }
+        let forwarded_for: Vec<IpAddr> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(parse_ip)
+            .collect();
+        if let Some(ip) = self.rightmost_untrusted(&forwarded_for) {
+            return ip.to_string();
+        }
+        if let Some(ip) = headers
+            .get("x-real-ip")
+            .and_then(|v| v.to_str().ok())
+            .and_then(parse_ip)
+        {
+            return ip.to_string();
+        }
+        let forwarded: Vec<IpAddr> = headers
+            .get_all("forwarded")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|element| {
+                element.split(';').find_map(|pair| {
+                    let (key, value) = pair.split_once('=')?;
+                    key.trim()
+                        .eq_ignore_ascii_case("for")
+                        .then(|| parse_ip(value))
+                        .flatten()
+                })
+            })
+            .collect();
+        if let Some(ip) = self.rightmost_untrusted(&forwarded) {
+            return ip.to_string();
+        }
+        peer.to_string()
+    }
+
+    fn rightmost_untrusted(&self, chain: &[IpAddr]) -> Option<IpAddr> {
+        chain
+            .iter()
+            .rev()
+            .find(|ip| !self.trusts(**ip))
+            .or_else(|| chain.first())
+            .copied()
+    }
+}
+
+/// IPv4-mapped IPv6 addresses (`::ffff:1.2.3.4`) compare as IPv4.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// An address as proxies write it: `1.2.3.4`, `1.2.3.4:567`, `"[::1]:80"`, `::1`.
+fn parse_ip(text: &str) -> Option<IpAddr> {
+    let text = text.trim().trim_matches('"');
+    if let Ok(ip) = text.parse::<IpAddr>() {
+        return Some(canonical(ip));
+    }
+    if let Some(rest) = text.strip_prefix('[') {
+        return rest
+            .split(']')
+            .next()?
+            .parse::<IpAddr>()
+            .ok()
+            .map(canonical);
+    }
+    let (host, _port) = text.rsplit_once(':')?;
+    host.parse::<IpAddr>().ok().map(canonical)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                v.parse().unwrap(),
+            );
+        }
+        h
+    }
+
+    #[test]
+    fn forwarding_headers_count_only_from_trusted_peers() {
+        let trusted = TrustedProxies::parse(&DEFAULT_TRUSTED_PROXIES).unwrap();
+        let forged = headers(&[("x-forwarded-for", "6.6.6.6")]);
+        assert_eq!(
+            trusted.client_addr(&forged, "203.0.113.9".parse().unwrap()),
+            "203.0.113.9"
+        );
+        assert_eq!(
+            trusted.client_addr(&forged, "127.0.0.1".parse().unwrap()),
+            "6.6.6.6"
+        );
+    }
+
+    #[test]
+    fn rightmost_untrusted_hop_wins() {
+        let trusted = TrustedProxies::parse(&["127.0.0.1", "10.0.0.0/8"]).unwrap();
+        let h = headers(&[("x-forwarded-for", "6.6.6.6, 198.51.100.7, 10.1.2.3")]);
+        assert_eq!(
+            trusted.client_addr(&h, "127.0.0.1".parse().unwrap()),
+            "198.51.100.7"
+        );
+        let h = headers(&[("x-real-ip", "198.51.100.8")]);
+        assert_eq!(
+            trusted.client_addr(&h, "10.9.9.9".parse().unwrap()),
+            "198.51.100.8"
+        );
+        let h = headers(&[(
+            "forwarded",
+            "for=\"[2001:db8::1]:4711\";proto=https, for=10.0.0.2",
+        )]);
+        assert_eq!(
+            trusted.client_addr(&h, "127.0.0.1".parse().unwrap()),
+            "2001:db8::1"
+        );
+        let h = headers(&[("x-forwarded-for", "not-an-ip")]);
+        assert_eq!(
+            trusted.client_addr(&h, "127.0.0.1".parse().unwrap()),
+            "127.0.0.1"
+        );
+    }
+
+    #[test]
+    fn empty_list_trusts_nobody_and_bad_entries_are_reported() {
+        let none = TrustedProxies::parse::<&str>(&[]).unwrap();
+        let h = headers(&[("x-forwarded-for", "6.6.6.6")]);
+        assert_eq!(
+            none.client_addr(&h, "127.0.0.1".parse().unwrap()),
+            "127.0.0.1"
+        );
+        assert_eq!(
+            TrustedProxies::parse(&["10.0.0.0/33"]).unwrap_err(),
+            "10.0.0.0/33"
+        );
+    }
+}

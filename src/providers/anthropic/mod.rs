@@ -1,0 +1,244 @@
+//! `api_type = "anthropic"`: the Anthropic Messages API behind the OpenAI shape.
+//!
+//! This module owns the connection (settings, headers, sending, `n` fan-out);
+//! `request` translates the OpenAI request, `response` the answer and errors,
+//! `stream` the event stream (`messages` and `tools` are parts of `request`). User documentation: `docs/providers/anthropic.md`.
+
+mod messages;
+mod request;
+mod response;
+mod stream;
+mod tools;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use serde_json::Value;
+
+use super::upstream_http::{check_status_with, send, timeout_error, transport_error};
+use super::{fanout, upstream_http};
+use super::{http_settings, reject_unknown_options, Provider, UpstreamCall};
+use crate::config::{Config, ConfigError, ProviderSettings};
+use crate::error::ApiError;
+use crate::streaming::{sse_json_events, ChunkStream};
+
+/// The SDK's default base; requests go to `{api_base}/v1/messages`.
+pub const DEFAULT_API_BASE: &str = "https://api.anthropic.com";
+/// The `anthropic-version` header sent unless the connection sets another.
+pub const DEFAULT_VERSION: &str = "2023-06-01";
+/// `max_tokens` when neither the client nor the connection sets one (Anthropic
+/// requires it).
+pub const DEFAULT_MAX_TOKENS: u64 = 4096;
+/// Largest `n`: each choice is a separate upstream call, so this caps the fan-out.
+pub const MAX_CHOICES: u64 = 8;
+
+/// Connection keys this provider reads besides the common ones.
+const OPTIONS: [&str; 2] = ["anthropic_version", "max_tokens"];
+
+pub struct AnthropicProvider {
+    name: String,
+    messages_url: String,
+    models_url: String,
+    /// `anthropic-version`, the static `http_headers`, then `x-api-key`.
+    headers: HeaderMap,
+    timeout: Duration,
+    default_max_tokens: u64,
+    client: reqwest::Client,
+}
+
+impl AnthropicProvider {
+    /// Build from the connection settings; bad or unknown keys stop startup with
+    /// the key named.
+    pub fn from_settings(
+        name: &str,
+        settings: &ProviderSettings,
+        key: &str,
+        config: &Config,
+        client: &reqwest::Client,
+    ) -> Result<Self, ConfigError> {
+        reject_unknown_options(settings, &OPTIONS, key, config)?;
+        let err = |sub: &str, problem: &str| {
+            ConfigError::new(&config.path, format!("{key}.{sub}"), problem.to_owned())
+        };
+        let version = match settings.options.get("anthropic_version") {
+            None | Some(Value::Null) => HeaderValue::from_static(DEFAULT_VERSION),
+            Some(Value::String(v)) if !v.trim().is_empty() => HeaderValue::from_str(v.trim())
+                .map_err(|_| err("anthropic_version", "not a valid HTTP header value"))?,
+            Some(_) => {
+                return Err(err(
+                    "anthropic_version",
+                    "must be a non-empty string such as \"2023-06-01\"",
+                ))
+            }
+        };
+        let default_max_tokens = match settings.options.get("max_tokens") {
+            None | Some(Value::Null) => DEFAULT_MAX_TOKENS,
+            Some(v) => v
+                .as_u64()
+                .filter(|n| *n >= 1)
+                .ok_or_else(|| err("max_tokens", "must be a positive integer"))?,
+        };
+        let http = http_settings(settings, DEFAULT_API_BASE, key, config)?;
+        if http.base.ends_with("/v1") {
+            tracing::warn!(
+                "{}: {key}.api_base: '{}' ends in /v1, so requests go to {}/v1/messages; \
+                 api_base is the provider root (as the Anthropic SDK takes it), e.g. https://api.anthropic.com",
+                config.path.display(),
+                http.base,
+                http.base
+            );
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(HeaderName::from_static("anthropic-version"), version);
+        for (name, value) in &http.headers {
+            headers.insert(name.clone(), value.clone());
+        }
+        if let Some(api_key) = &http.api_key {
+            let mut value = HeaderValue::from_str(api_key)
+                .map_err(|_| err("api_key", "not a valid HTTP header value"))?;
+            value.set_sensitive(true);
+            headers.insert(HeaderName::from_static("x-api-key"), value);
+        }
+        Ok(AnthropicProvider {
+            name: name.to_owned(),
+            messages_url: format!("{}/v1/messages", http.base),
+            models_url: format!("{}/v1/models", http.base),
+            headers,
+            timeout: http.timeout,
+            default_max_tokens,
+            client: client.clone(),
+        })
+    }
+
+    /// The translated body, with `stream` set, as bytes shared by every fan-out call.
+    fn body(
+        &self,
+        call: &UpstreamCall,
+        stream: bool,
+    ) -> Result<(Bytes, request::Translated), ApiError> {
+        let mut translated =
+            request::translate(&call.model, &call.params, self.default_max_tokens)?;
+        if stream {
+            translated.body.insert("stream".into(), Value::Bool(true));
+        }
+        let bytes = serde_json::to_vec(&translated.body).map_err(|e| {
+            ApiError::internal(format!("could not serialize the Anthropic request: {e}"))
+        })?;
+        Ok((Bytes::from(bytes), translated))
+    }
+
+    fn request(&self, body: Bytes, call: &UpstreamCall, stream: bool) -> reqwest::RequestBuilder {
+        let mut request = self
+            .client
+            .post(&self.messages_url)
+            .header(http::header::CONTENT_TYPE, "application/json")
+            .headers(self.headers.clone())
+            .headers(call.headers.clone())
+            .body(body);
+        if stream {
+            request = request.header(http::header::ACCEPT, "text/event-stream");
+        }
+        request
+    }
+
+    /// One non-streamed call, bounded by the connection timeout as a whole.
+    async fn complete_one(
+        &self,
+        call: &UpstreamCall,
+        body: Bytes,
+        json_mode: Option<request::JsonMode>,
+    ) -> Result<Value, ApiError> {
+        let work = async {
+            let response = send(self.request(body, call, false), self.timeout).await?;
+            let response =
+                check_status_with(response, self.timeout, response::status_to_error).await?;
+            let bytes = response.bytes().await.map_err(transport_error)?;
+            let message: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::upstream_failure(format!(
+                    "connection '{}': upstream answer is not JSON: {e}",
+                    self.name
+                ))
+            })?;
+            response::completion(&message, &call.model, json_mode, &self.name)
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(timeout_error(self.timeout)))
+    }
+
+    /// One streamed call: returns once Anthropic accepted it.
+    async fn open_one(
+        &self,
+        call: &UpstreamCall,
+        body: Bytes,
+        json_mode: Option<request::JsonMode>,
+        include_usage: bool,
+    ) -> Result<ChunkStream, ApiError> {
+        let response = send(self.request(body, call, true), self.timeout).await?;
+        let response = check_status_with(response, self.timeout, response::status_to_error).await?;
+        let events = sse_json_events(response.bytes_stream(), self.timeout);
+        let translator = stream::Translator::new(&call.model, &self.name, include_usage, json_mode);
+        Ok(stream::translate(events, translator))
+    }
+}
+
+#[async_trait]
+impl Provider for AnthropicProvider {
+    /// `GET /v1/models`, following `has_more` / `last_id` pages (at most 20).
+    async fn list_models(&self) -> Result<Vec<String>, ApiError> {
+        let mut ids = Vec::new();
+        let mut after: Option<String> = None;
+        for _ in 0..20 {
+            let mut request = self
+                .client
+                .get(&self.models_url)
+                .headers(self.headers.clone());
+            request = request.query(&[("limit", "1000")]);
+            if let Some(after) = &after {
+                request = request.query(&[("after_id", after.as_str())]);
+            }
+            let page = upstream_http::get_json(request, self.timeout).await?;
+            ids.extend(upstream_http::data_ids(&page));
+            let more = page
+                .get("has_more")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
+            after = page
+                .get("last_id")
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            if !more || after.is_none() {
+                break;
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
+        let n = fanout::requested_n(&call.params, MAX_CHOICES)?;
+        let (body, translated) = self.body(&call, false)?;
+        let json_mode = translated.json_mode;
+        if n == 1 {
+            return self.complete_one(&call, body, json_mode).await;
+        }
+        let answers =
+            fanout::run_all(n, |_| self.complete_one(&call, body.clone(), json_mode)).await?;
+        Ok(fanout::merge_completions(answers))
+    }
+
+    async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
+        let n = fanout::requested_n(&call.params, MAX_CHOICES)?;
+        let (body, translated) = self.body(&call, true)?;
+        let json_mode = translated.json_mode;
+        let include_usage = call.include_usage();
+        if n == 1 {
+            return self.open_one(&call, body, json_mode, include_usage).await;
+        }
+        // Sub-streams always report usage so that the merged stream can sum it.
+        let streams =
+            fanout::run_all(n, |_| self.open_one(&call, body.clone(), json_mode, true)).await?;
+        Ok(fanout::multiplex(streams, include_usage))
+    }
+}

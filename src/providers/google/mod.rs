@@ -1,0 +1,399 @@
+//! Gemini connections: `api_type = "google"` (Gemini API on AI Studio,
+//! `generativelanguage.googleapis.com`, key in `x-goog-api-key`) and
+//! `api_type = "google_vertex_ai"` (Gemini on Vertex AI, OAuth2 bearer tokens).
+//!
+//! This module owns the provider: URLs, authentication headers, the one retry after a
+//! Vertex 401, and the plumbing of answers and streams. The pieces:
+//! - [`settings`]: connection keys → provider (startup checks, credentials, project);
+//! - [`request`] (+ [`schema`], [`ids`]): OpenAI request → Gemini request;
+//! - [`response`]: Gemini answer → `chat.completion`; [`stream`]: SSE events → chunks;
+//! - [`errors`]: Google error bodies → OpenAI errors;
+//! - [`vertex_auth`]: credential files, ADC lookup, token fetching and caching.
+//!
+//! User documentation: docs/providers/google.md and docs/providers/vertex.md.
+
+mod errors;
+mod ids;
+mod request;
+mod response;
+mod schema;
+mod settings;
+mod stream;
+mod vertex_auth;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_util::StreamExt;
+use http::{HeaderMap, HeaderValue, StatusCode};
+use serde_json::Value;
+
+use super::upstream_http::{send, timeout_error, transport_error};
+use super::{Provider, UpstreamCall};
+use crate::config::{Config, ConfigError, ProviderSettings};
+use crate::error::ApiError;
+use crate::streaming::{sse_json_events, unix_now, ChunkStream};
+use request::RequestOptions;
+use response::AnswerContext;
+use stream::StreamTranslator;
+use vertex_auth::TokenSource;
+
+pub use settings::Environment;
+
+/// Where requests go.
+enum Endpoint {
+    /// `{root}/models/{model}:generateContent` (root = base + `/v1beta`).
+    AiStudio { root: String },
+    /// `{root}/projects/{p}/locations/{l}/publishers/google/models/{model}:...`
+    /// (root = base + `/v1`).
+    Vertex {
+        root: String,
+        location: String,
+        project: Project,
+    },
+    /// Vertex express mode (API key): `{root}/publishers/google/models/{model}:...`.
+    VertexExpress { root: String },
+}
+
+/// The Vertex project: known at startup, or asked of the metadata server once.
+enum Project {
+    Fixed(String),
+    Metadata {
+        host: String,
+        cell: tokio::sync::OnceCell<String>,
+    },
+}
+
+enum Auth {
+    /// No credentials (an AI Studio base behind a proxy that adds them).
+    None,
+    /// `x-goog-api-key` (AI Studio, Vertex express mode). Never in the URL, so keys
+    /// stay out of access logs.
+    ApiKey(HeaderValue),
+    /// `Authorization: Bearer` from a token source (Vertex).
+    Tokens(Arc<TokenSource>),
+}
+
+pub struct GoogleProvider {
+    name: String,
+    endpoint: Endpoint,
+    auth: Auth,
+    /// Static headers (`http_headers`, `init_params.default_headers`,
+    /// `x-goog-user-project`).
+    headers: HeaderMap,
+    timeout: Duration,
+    client: reqwest::Client,
+    request_options: RequestOptions,
+    /// `google_vertex_response_validation`.
+    validate: bool,
+}
+
+impl GoogleProvider {
+    /// Build from a connection's settings; problems stop startup.
+    pub fn from_settings(
+        name: &str,
+        key: &str,
+        settings: &ProviderSettings,
+        config: &Config,
+        client: &reqwest::Client,
+        env: &Environment,
+    ) -> Result<GoogleProvider, ConfigError> {
+        settings::build(name, key, settings, config, client, env)
+    }
+
+    fn answer_context(&self, call: &UpstreamCall) -> AnswerContext {
+        AnswerContext {
+            model: call.model.clone(),
+            validate: self.validate,
+        }
+    }
+
+    async fn url(&self, model: &str, stream: bool) -> Result<String, ApiError> {
+        let method = if stream {
+            "streamGenerateContent?alt=sse"
+        } else {
+            "generateContent"
+        };
+        let (collection, id) = model_path(model)?;
+        Ok(match &self.endpoint {
+            Endpoint::AiStudio { root } => format!("{root}/{collection}/{id}:{method}"),
+            Endpoint::Vertex {
+                root,
+                location,
+                project,
+            } => {
+                if collection != "models" {
+                    return Err(ApiError::invalid_param(
+                        "model",
+                        format!("'{model}': Vertex connections serve publisher models only"),
+                    ));
+                }
+                let project = self.project(project).await?;
+                format!(
+                    "{root}/projects/{project}/locations/{location}/publishers/google/models/{id}:{method}"
+                )
+            }
+            Endpoint::VertexExpress { root } => {
+                format!("{root}/publishers/google/models/{id}:{method}")
+            }
+        })
+    }
+
+    async fn project<'a>(&'a self, project: &'a Project) -> Result<&'a str, ApiError> {
+        match project {
+            Project::Fixed(id) => Ok(id),
+            Project::Metadata { host, cell } => cell
+                .get_or_try_init(|| async {
+                    let timeout = self.timeout.min(settings::TOKEN_TIMEOUT);
+                    let id = vertex_auth::metadata_project_id(&self.client, host, timeout).await?;
+                    settings::checked_project(&id).map_err(ApiError::upstream_failure)
+                })
+                .await
+                .map(String::as_str),
+        }
+    }
+
+    /// POST the translated request; on a Vertex 401 get a new token and retry once.
+    /// Returns the 2xx response; anything else is mapped to an error.
+    async fn post(&self, call: &UpstreamCall, stream: bool) -> Result<reqwest::Response, ApiError> {
+        let body = request::build_request(call, &self.request_options)?;
+        let body = Bytes::from(
+            serde_json::to_vec(&body)
+                .map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?,
+        );
+        let url = self.url(&call.model, stream).await?;
+        let mut retried = false;
+        loop {
+            let mut request = self
+                .client
+                .post(&url)
+                .header(http::header::CONTENT_TYPE, "application/json")
+                .headers(self.headers.clone())
+                .headers(call.headers.clone())
+                .body(body.clone());
+            if stream {
+                request = request.header(http::header::ACCEPT, "text/event-stream");
+            }
+            let mut used_token = None;
+            match &self.auth {
+                Auth::None => {}
+                Auth::ApiKey(key) => request = request.header("x-goog-api-key", key.clone()),
+                Auth::Tokens(tokens) => {
+                    let bearer = tokens.bearer().await?;
+                    request = request.header(http::header::AUTHORIZATION, bearer.clone());
+                    used_token = Some((tokens, bearer));
+                }
+            }
+            let response = send(request, self.timeout).await?;
+            if response.status() == StatusCode::UNAUTHORIZED && !retried {
+                if let Some((tokens, bearer)) = used_token.filter(|(t, _)| t.can_refresh()) {
+                    tracing::info!(
+                        "connection '{}': Vertex refused the access token (401); fetching a new one and retrying once",
+                        self.name
+                    );
+                    tokens.invalidate(&bearer);
+                    retried = true;
+                    continue;
+                }
+            }
+            return errors::check_status(response, self.timeout).await;
+        }
+    }
+}
+
+/// `(collection, id)` for the URL: `models/x` and `x` → `("models", "x")`;
+/// `tunedModels/x` → `("tunedModels", "x")`. Only characters of real model ids are
+/// accepted, so a client's model name cannot change the URL path.
+fn model_path(model: &str) -> Result<(&'static str, &str), ApiError> {
+    let (collection, id) = if let Some(id) = model.strip_prefix("models/") {
+        ("models", id)
+    } else if let Some(id) = model.strip_prefix("tunedModels/") {
+        ("tunedModels", id)
+    } else {
+        ("models", model)
+    };
+    let valid = !id.is_empty()
+        && !id.starts_with('.')
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '@'));
+    if valid {
+        Ok((collection, id))
+    } else {
+        Err(ApiError::invalid_param(
+            "model",
+            format!("'{model}' is not a valid Gemini model id"),
+        ))
+    }
+}
+
+#[async_trait]
+impl Provider for GoogleProvider {
+    /// AI Studio's `GET /v1beta/models` (pages followed, at most 20), keeping models
+    /// that can `generateContent`, without the `models/` prefix. Vertex has no
+    /// equivalent list of publisher models for a project, so it cannot list.
+    async fn list_models(&self) -> Result<Vec<String>, ApiError> {
+        let Endpoint::AiStudio { root } = &self.endpoint else {
+            return Err(ApiError::upstream_failure(
+                "Vertex AI connections cannot list their models",
+            ));
+        };
+        let mut ids = Vec::new();
+        let mut page_token: Option<String> = None;
+        for _ in 0..20 {
+            let mut request = self
+                .client
+                .get(format!("{root}/models"))
+                .headers(self.headers.clone())
+                .query(&[("pageSize", "1000")]);
+            if let Some(token) = &page_token {
+                request = request.query(&[("pageToken", token.as_str())]);
+            }
+            if let Auth::ApiKey(key) = &self.auth {
+                request = request.header("x-goog-api-key", key.clone());
+            }
+            let response = send(request, self.timeout).await?;
+            let response = errors::check_status(response, self.timeout).await?;
+            let page: Value = response.json().await.map_err(|e| {
+                ApiError::upstream_failure(format!("model list is not JSON: {}", e.without_url()))
+            })?;
+            for model in page
+                .get("models")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                let generates = model
+                    .get("supportedGenerationMethods")
+                    .and_then(Value::as_array)
+                    .is_none_or(|methods| methods.iter().any(|m| m == "generateContent"));
+                if let Some(name) = model
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .filter(|_| generates)
+                {
+                    ids.push(name.strip_prefix("models/").unwrap_or(name).to_owned());
+                }
+            }
+            page_token = page
+                .get("nextPageToken")
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+                .map(str::to_owned);
+            if page_token.is_none() {
+                break;
+            }
+        }
+        Ok(ids)
+    }
+
+    async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
+        let work = async {
+            let response = self.post(&call, false).await?;
+            let bytes = response.bytes().await.map_err(transport_error)?;
+            let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
+                ApiError::upstream_failure(format!(
+                    "connection '{}': Gemini answer is not JSON: {e}",
+                    self.name
+                ))
+            })?;
+            response::to_completion(&value, &self.answer_context(&call), unix_now())
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_| Err(timeout_error(self.timeout)))
+    }
+
+    async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
+        let response = self.post(&call, true).await?;
+        let mut events = sse_json_events(response.bytes_stream(), self.timeout);
+        let mut translator =
+            StreamTranslator::new(self.answer_context(&call), call.include_usage());
+
+        // Read the first event before answering, so that a blocked prompt or an error
+        // Gemini reports at once still gets a real HTTP status instead of a 200 stream
+        // that fails in its first chunk.
+        let mut pending: VecDeque<Value> = VecDeque::new();
+        match events.next().await {
+            Some(Ok(event)) => pending.extend(translator.on_event(&event)?),
+            Some(Err(error)) => return Err(error),
+            None => pending.extend(translator.finish()?),
+        }
+
+        struct State {
+            events: ChunkStream,
+            translator: StreamTranslator,
+            pending: VecDeque<Value>,
+            ended: bool,
+        }
+        let state = State {
+            events,
+            translator,
+            pending,
+            ended: false,
+        };
+        let chunks = futures_util::stream::unfold(state, |mut st| async move {
+            loop {
+                if let Some(chunk) = st.pending.pop_front() {
+                    return Some((Ok(chunk), st));
+                }
+                if st.ended {
+                    return None;
+                }
+                let produced = match st.events.next().await {
+                    Some(Ok(event)) => st.translator.on_event(&event),
+                    Some(Err(error)) => Err(error),
+                    None => {
+                        st.ended = true;
+                        st.translator.finish()
+                    }
+                };
+                match produced {
+                    Ok(chunks) => st.pending.extend(chunks),
+                    Err(error) => {
+                        st.ended = true;
+                        st.pending.clear();
+                        return Some((Err(error), st));
+                    }
+                }
+            }
+        });
+        Ok(Box::pin(chunks))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_ids_cannot_change_the_path() {
+        assert_eq!(
+            model_path("gemini-2.5-flash").unwrap(),
+            ("models", "gemini-2.5-flash")
+        );
+        assert_eq!(
+            model_path("models/gemini-2.0-flash-001").unwrap(),
+            ("models", "gemini-2.0-flash-001")
+        );
+        assert_eq!(
+            model_path("tunedModels/my-model").unwrap(),
+            ("tunedModels", "my-model")
+        );
+        for bad in [
+            "",
+            "../secrets",
+            "a/b",
+            "x:streamGenerateContent",
+            "x?key=1",
+            "models/",
+            "a b",
+        ] {
+            let err = model_path(bad).unwrap_err();
+            assert_eq!(err.status(), StatusCode::BAD_REQUEST, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,424 @@
+//! JSON Schema (as OpenAI clients write it for tool `parameters` and
+//! `response_format.json_schema.schema`) → the OpenAPI-3 subset Gemini's `Schema`
+//! accepts.
+//!
+//! Gemini answers 400 "Invalid JSON payload received. Unknown name ..." for keywords
+//! outside its subset (reference §3.2, §5.10), so the schema is rebuilt from an allow
+//! list instead of being passed through:
+//!
+//! - kept: `type`, `format` (only `date-time`, `enum`, `int32`, `int64`, `float`,
+//!   `double`), `title`, `description`, `nullable`, `enum` (only when every value is
+//!   a string), `items`, `properties`, `required` (only names that are in
+//!   `properties`), `minItems`, `maxItems`, `minimum`, `maximum`, `minLength`,
+//!   `maxLength`, `minProperties`, `maxProperties`, `pattern`, `anyOf`,
+//!   `propertyOrdering`, `default`, `example`;
+//! - rewritten: `$ref` to `#/$defs/..` or `#/definitions/..` is inlined (recursive
+//!   references are refused with a 400, Gemini cannot express them); `allOf` is merged
+//!   into its parent; `oneOf` becomes `anyOf`; a `{"type": "null"}` branch of
+//!   `anyOf` becomes `nullable: true`; `type: [T, "null"]` becomes `type: T,
+//!   nullable: true` (several non-null types become an `anyOf`); a string `const`
+//!   becomes a one-value `enum`;
+//! - dropped: everything else, notably `$schema`, `$id`, `$defs`, `definitions`,
+//!   `additionalProperties`, `unevaluatedProperties`, `patternProperties`,
+//!   `propertyNames`, `exclusiveMinimum`, `exclusiveMaximum`, `multipleOf`,
+//!   `uniqueItems`, `contains`, `prefixItems`, `not`, `if`/`then`/`else`,
+//!   `dependentRequired`, `examples`, `readOnly`, `writeOnly`, `deprecated`,
+//!   `$comment`, non-string `const`/`enum`, and empty `properties`/`required`
+//!   (Gemini rejects an OBJECT with an empty `properties` map).
+
+use serde_json::{Map, Value};
+
+/// Deepest nesting accepted (Gemini has its own, lower limits; this guards the
+/// recursion against hostile input).
+const MAX_DEPTH: usize = 64;
+
+const STRING_FORMATS: &[&str] = &["date-time", "enum", "int32", "int64", "float", "double"];
+
+/// Sanitize a schema. `Err` carries a one-line reason for the client.
+pub fn sanitize(schema: &Value) -> Result<Value, String> {
+    let defs = collect_defs(schema);
+    let mut stack = Vec::new();
+    clean(schema, &defs, 0, &mut stack)
+}
+
+/// Sanitize a function's `parameters`: `None` when the function takes no arguments,
+/// in which case the declaration must carry no `parameters` key at all (an empty
+/// OBJECT is rejected, reference §3.2 and §5.3).
+pub fn sanitize_parameters(schema: &Value) -> Result<Option<Value>, String> {
+    if schema.is_null() {
+        return Ok(None);
+    }
+    if !schema.is_object() {
+        return Err("must be a JSON Schema object".into());
+    }
+    let Value::Object(mut cleaned) = sanitize(schema)? else {
+        return Err("must be a JSON Schema object".into());
+    };
+    match cleaned.get("type").and_then(Value::as_str) {
+        None => {
+            cleaned.insert("type".into(), Value::String("object".into()));
+        }
+        Some(t) if t.eq_ignore_ascii_case("object") => {}
+        Some(t) => return Err(format!("must have type \"object\", not \"{t}\"")),
+    }
+    if cleaned.contains_key("properties") {
+        Ok(Some(Value::Object(cleaned)))
+    } else {
+        Ok(None)
+    }
+}
+
+fn collect_defs(schema: &Value) -> Map<String, Value> {
+    let mut defs = Map::new();
+    for key in ["definitions", "$defs"] {
+        if let Some(Value::Object(map)) = schema.get(key) {
+            for (name, value) in map {
+                defs.insert(format!("#/{key}/{name}"), value.clone());
+            }
+        }
+    }
+    defs
+}
+
+fn clean(
+    node: &Value,
+    defs: &Map<String, Value>,
+    depth: usize,
+    stack: &mut Vec<String>,
+) -> Result<Value, String> {
+    if depth > MAX_DEPTH {
+        return Err(format!("is nested more than {MAX_DEPTH} levels deep"));
+    }
+    let map = match node {
+        Value::Object(map) => map,
+        // `true` (anything goes) and `{}` are the same schema.
+        Value::Bool(true) => return Ok(Value::Object(Map::new())),
+        other => return Err(format!("contains a schema that is not an object: {other}")),
+    };
+
+    let mut out = Map::new();
+
+    // Inline `$ref` first; keys written next to it refine the referenced schema.
+    if let Some(reference) = map.get("$ref") {
+        let Some(reference) = reference.as_str() else {
+            return Err("has a `$ref` that is not a string".into());
+        };
+        let Some(target) = defs.get(reference) else {
+            return Err(format!(
+                "has `$ref: \"{reference}\"`, which is not a local #/$defs or #/definitions entry"
+            ));
+        };
+        if stack.iter().any(|r| r == reference) {
+            return Err(format!(
+                "is recursive through `{reference}`, which Gemini cannot express"
+            ));
+        }
+        stack.push(reference.to_owned());
+        let resolved = clean(target, defs, depth + 1, stack)?;
+        stack.pop();
+        if let Value::Object(resolved) = resolved {
+            out = resolved;
+        }
+    }
+
+    for sub in map
+        .get("allOf")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Value::Object(part) = clean(sub, defs, depth + 1, stack)? {
+            merge_into(&mut out, part);
+        }
+    }
+
+    for (key, value) in map {
+        match key.as_str() {
+            "type" => apply_type(&mut out, value),
+            "format" if value.as_str().is_some_and(|f| STRING_FORMATS.contains(&f)) => {
+                out.insert(key.clone(), value.clone());
+            }
+            "title" | "description" | "pattern" if value.is_string() => {
+                out.insert(key.clone(), value.clone());
+            }
+            "nullable" if value.is_boolean() => {
+                out.insert(key.clone(), value.clone());
+            }
+            "minItems" | "maxItems" | "minLength" | "maxLength" | "minProperties"
+            | "maxProperties" | "minimum" | "maximum"
+                if value.is_number() =>
+            {
+                out.insert(key.clone(), value.clone());
+            }
+            "default" | "example" => {
+                out.insert(key.clone(), value.clone());
+            }
+            "propertyOrdering" if value.is_array() => {
+                out.insert(key.clone(), value.clone());
+            }
+            "enum" => {
+                if let Some(values) = value.as_array() {
+                    if !values.is_empty() && values.iter().all(Value::is_string) {
+                        out.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+            "const" if value.is_string() && !map.contains_key("enum") => {
+                out.insert("enum".into(), Value::Array(vec![value.clone()]));
+            }
+            "properties" => {
+                let Some(properties) = value.as_object() else {
+                    return Err("has `properties` that is not an object".into());
+                };
+                let mut cleaned = match out.remove("properties") {
+                    Some(Value::Object(existing)) => existing,
+                    _ => Map::new(),
+                };
+                for (name, schema) in properties {
+                    cleaned.insert(name.clone(), clean(schema, defs, depth + 1, stack)?);
+                }
+                out.insert("properties".into(), Value::Object(cleaned));
+            }
+            "required" => {
+                let names: Vec<Value> = value
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|v| v.is_string())
+                    .cloned()
+                    .collect();
+                let mut merged = match out.remove("required") {
+                    Some(Value::Array(existing)) => existing,
+                    _ => Vec::new(),
+                };
+                for name in names {
+                    if !merged.contains(&name) {
+                        merged.push(name);
+                    }
+                }
+                out.insert("required".into(), Value::Array(merged));
+            }
+            "items" if value.is_object() => {
+                out.insert(key.clone(), clean(value, defs, depth + 1, stack)?);
+            }
+            "anyOf" | "oneOf" => {
+                let Some(branches) = value.as_array() else {
+                    return Err(format!("has `{key}` that is not a list"));
+                };
+                let mut kept = Vec::new();
+                for branch in branches {
+                    let cleaned = clean(branch, defs, depth + 1, stack)?;
+                    if is_null_schema(&cleaned) {
+                        out.insert("nullable".into(), Value::Bool(true));
+                    } else {
+                        kept.push(cleaned);
+                    }
+                }
+                match kept.len() {
+                    0 => {}
+                    // `anyOf: [X, null]`, the usual Optional[X]: just X, nullable.
+                    1 => {
+                        if let Some(Value::Object(only)) = kept.pop() {
+                            merge_into(&mut out, only);
+                        }
+                    }
+                    _ => {
+                        out.insert("anyOf".into(), Value::Array(kept));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    // Gemini rejects an empty `properties` map and `required` names it does not know.
+    let property_names: Vec<String> = match out.get("properties") {
+        Some(Value::Object(p)) if !p.is_empty() => p.keys().cloned().collect(),
+        _ => {
+            out.remove("properties");
+            Vec::new()
+        }
+    };
+    if let Some(Value::Array(required)) = out.get_mut("required") {
+        required.retain(|r| {
+            r.as_str()
+                .is_some_and(|r| property_names.iter().any(|p| p == r))
+        });
+        if required.is_empty() {
+            out.remove("required");
+        }
+    }
+    Ok(Value::Object(out))
+}
+
+/// `type` as Gemini wants it: one type name; `["T", "null"]` → `T` + `nullable`.
+fn apply_type(out: &mut Map<String, Value>, value: &Value) {
+    match value {
+        Value::String(_) => {
+            out.insert("type".into(), value.clone());
+        }
+        Value::Array(types) => {
+            let mut names: Vec<&str> = types.iter().filter_map(Value::as_str).collect();
+            if names.contains(&"null") {
+                names.retain(|t| *t != "null");
+                if names.is_empty() {
+                    out.insert("type".into(), Value::String("null".into()));
+                    return;
+                }
+                out.insert("nullable".into(), Value::Bool(true));
+            }
+            match names.as_slice() {
+                [] => {}
+                [one] => {
+                    out.insert("type".into(), Value::String((*one).to_owned()));
+                }
+                several => {
+                    let branches = several
+                        .iter()
+                        .map(|t| {
+                            let mut branch = Map::new();
+                            branch.insert("type".into(), Value::String((*t).to_owned()));
+                            Value::Object(branch)
+                        })
+                        .collect();
+                    out.insert("anyOf".into(), Value::Array(branches));
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+fn is_null_schema(schema: &Value) -> bool {
+    schema
+        .get("type")
+        .and_then(Value::as_str)
+        .is_some_and(|t| t.eq_ignore_ascii_case("null"))
+        && schema.as_object().is_some_and(|m| m.len() == 1)
+}
+
+/// Merge `part` into `out`: properties and required lists are unioned, other keys
+/// keep the value already in `out`.
+fn merge_into(out: &mut Map<String, Value>, part: Map<String, Value>) {
+    for (key, value) in part {
+        match (key.as_str(), out.get_mut(&key), value) {
+            ("properties", Some(Value::Object(existing)), Value::Object(more)) => {
+                for (name, schema) in more {
+                    existing.entry(name).or_insert(schema);
+                }
+            }
+            ("required", Some(Value::Array(existing)), Value::Array(more)) => {
+                for name in more {
+                    if !existing.contains(&name) {
+                        existing.push(name);
+                    }
+                }
+            }
+            (_, Some(_), _) => {}
+            (_, None, value) => {
+                out.insert(key, value);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn drops_unknown_keywords_and_rewrites_nullable_types() {
+        let schema = json!({
+            "$schema": "http://json-schema.org/draft-07/schema#",
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {
+                "city": {"type": ["string", "null"], "format": "uri", "description": "name"},
+                "unit": {"const": "celsius"},
+                "count": {"type": "integer", "exclusiveMinimum": 0, "minimum": 1, "format": "int32"},
+                "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": true},
+                "mode": {"type": "integer", "enum": [1, 2]}
+            },
+            "required": ["city", "ghost"]
+        });
+        let cleaned = sanitize(&schema).unwrap();
+        assert_eq!(
+            cleaned,
+            json!({
+                "type": "object",
+                "properties": {
+                    "city": {"type": "string", "nullable": true, "description": "name"},
+                    "unit": {"enum": ["celsius"]},
+                    "count": {"type": "integer", "minimum": 1, "format": "int32"},
+                    "tags": {"type": "array", "items": {"type": "string"}},
+                    "mode": {"type": "integer"}
+                },
+                "required": ["city"]
+            })
+        );
+    }
+
+    #[test]
+    fn inlines_refs_merges_all_of_and_flattens_optional_any_of() {
+        let schema = json!({
+            "type": "object",
+            "$defs": {"Point": {"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]}},
+            "properties": {
+                "p": {"$ref": "#/$defs/Point", "description": "a point"},
+                "q": {"anyOf": [{"$ref": "#/$defs/Point"}, {"type": "null"}]},
+                "r": {"oneOf": [{"type": "string"}, {"type": "number"}]},
+                "s": {"allOf": [{"type": "object", "properties": {"a": {"type": "string"}}}, {"properties": {"b": {"type": "string"}}, "required": ["b"]}]}
+            }
+        });
+        let cleaned = sanitize(&schema).unwrap();
+        let point =
+            json!({"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]});
+        let mut described = point.clone();
+        described["description"] = json!("a point");
+        let mut nullable = point.clone();
+        nullable["nullable"] = json!(true);
+        assert_eq!(cleaned["properties"]["p"], described);
+        assert_eq!(cleaned["properties"]["q"], nullable);
+        assert_eq!(
+            cleaned["properties"]["r"],
+            json!({"anyOf": [{"type": "string"}, {"type": "number"}]})
+        );
+        assert_eq!(
+            cleaned["properties"]["s"],
+            json!({"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "string"}}, "required": ["b"]})
+        );
+        assert!(cleaned.get("$defs").is_none());
+    }
+
+    #[test]
+    fn recursive_refs_and_bad_shapes_are_refused() {
+        let recursive = json!({
+            "$defs": {"Node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}}}},
+            "$ref": "#/$defs/Node"
+        });
+        assert!(sanitize(&recursive).unwrap_err().contains("recursive"));
+        assert!(sanitize(&json!({"$ref": "https://example.com/s.json"})).is_err());
+        assert!(sanitize(&json!({"properties": []})).is_err());
+        assert!(sanitize(&json!("string")).is_err());
+    }
+
+    #[test]
+    fn argument_less_parameters_are_omitted() {
+        assert_eq!(sanitize_parameters(&Value::Null).unwrap(), None);
+        assert_eq!(
+            sanitize_parameters(&json!({"type": "object", "properties": {}})).unwrap(),
+            None
+        );
+        assert_eq!(
+            sanitize_parameters(&json!({"type": "object", "additionalProperties": false})).unwrap(),
+            None
+        );
+        assert_eq!(
+            sanitize_parameters(&json!({"properties": {"a": {"type": "string"}}})).unwrap(),
+            Some(json!({"properties": {"a": {"type": "string"}}, "type": "object"}))
+        );
+        assert!(sanitize_parameters(&json!({"type": "string"})).is_err());
+        assert!(sanitize_parameters(&json!([1])).is_err());
+    }
+}
