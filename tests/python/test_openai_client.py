@@ -268,13 +268,6 @@ def test_bad_key_is_permission_denied(gateway: GatewayProcess) -> None:
         assert raised.value.code == "invalid_api_key"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ConnectionError,
-    reason="gateway bug: a POST rejected before its body is read (403 invalid_api_key) "
-    "closes the keep-alive connection without `Connection: close`, so a client that "
-    "reuses it at once fails with 'Server disconnected without sending a response'",
-)
 def test_rejected_request_keeps_connection_usable(gateway: GatewayProcess) -> None:
     host, port = gateway.url.removeprefix("http://").split(":")
     body = json.dumps({"model": "mock-model", "messages": MESSAGES}).encode()
