@@ -366,3 +366,27 @@ fn a_broken_certificate_path_stops_startup() {
     assert_eq!(code, 1);
     assert!(stderr.contains("ssl_keyfile"), "{stderr}");
 }
+
+#[test]
+fn the_default_encryption_key_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "config.toml",
+        &MOCK_CONFIG.replace("encryption_key = \"test-encryption-key\"\n", ""),
+    );
+    let proc = Proc::start(dir.path(), &["--env", ""], &[]);
+    assert!(
+        proc.log().contains("encryption_key is the public default"),
+        "{}",
+        proc.log()
+    );
+    drop(proc);
+    write(dir.path(), "config.toml", MOCK_CONFIG);
+    let proc = Proc::start(dir.path(), &["--env", ""], &[]);
+    assert!(
+        !proc.log().contains("encryption_key is the public default"),
+        "{}",
+        proc.log()
+    );
+}
