@@ -214,61 +214,7 @@ pub fn parse_request(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Va
             crate::config::json_type(&value)
         )));
     };
-    match request.get("model") {
-        None | Some(Value::Null) => {
-            return Err(ApiError::invalid_param(
-                "model",
-                "you must provide a model parameter",
-            ))
-        }
-        Some(Value::String(s)) if !s.is_empty() => {}
-        Some(Value::String(_)) => {
-            return Err(ApiError::invalid_param(
-                "model",
-                "`model` must not be empty",
-            ))
-        }
-        Some(_) => return Err(ApiError::invalid_param("model", "`model` must be a string")),
-    }
-    match request.get("messages") {
-        None | Some(Value::Null) => {
-            return Err(ApiError::invalid_param(
-                "messages",
-                "you must provide a messages parameter",
-            ))
-        }
-        Some(Value::Array(messages)) => {
-            if messages.is_empty() {
-                return Err(ApiError::invalid_param(
-                    "messages",
-                    "`messages` must contain at least one message",
-                ));
-            }
-            for (i, message) in messages.iter().enumerate() {
-                let role_ok = message.get("role").is_some_and(Value::is_string);
-                if !message.is_object() || !role_ok {
-                    return Err(ApiError::invalid_param(
-                        &format!("messages[{i}]"),
-                        format!("messages[{i}] must be an object with a string `role`"),
-                    ));
-                }
-            }
-        }
-        Some(_) => {
-            return Err(ApiError::invalid_param(
-                "messages",
-                "`messages` must be a list of messages",
-            ))
-        }
-    }
-    if let Some(stream) = request.get("stream") {
-        if !stream.is_boolean() && !stream.is_null() {
-            return Err(ApiError::invalid_param(
-                "stream",
-                "`stream` must be a boolean",
-            ));
-        }
-    }
+    super::validate::validate_request(&request)?;
     Ok(request)
 }
 

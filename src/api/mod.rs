@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod models;
+pub mod validate;
 
 use axum::http::{Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};

@@ -1,0 +1,335 @@
+//! Shape checks of a chat-completion request body, so that malformed or hostile
+//! input is answered with a 400 naming the field instead of reaching a provider (or
+//! a translator) in a shape it cannot handle.
+//!
+//! Only fields of the OpenAI API are checked, and mostly for their JSON type;
+//! ranges are enforced only where a value would be absurd for any upstream (`n`,
+//! token limits). Unknown fields are not looked at: they pass through untouched.
+
+use serde_json::{Map, Value};
+
+use crate::error::ApiError;
+
+/// Most choices a single request may ask for.
+pub const MAX_N: u64 = 128;
+/// Largest token limit accepted (no model comes near it; larger is a mistake).
+pub const MAX_TOKENS: u64 = 100_000_000;
+/// Longest accepted `model` name.
+pub const MAX_MODEL_LEN: usize = 256;
+
+const ROLES: &[&str] = &[
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
+fn bad(param: &str, message: impl Into<String>) -> ApiError {
+    ApiError::invalid_param(param, message)
+}
+
+/// Check the whole request body (already known to be a JSON object).
+pub fn validate_request(request: &Map<String, Value>) -> Result<(), ApiError> {
+    match request.get("model") {
+        None | Some(Value::Null) => return Err(bad("model", "you must provide a model parameter")),
+        Some(Value::String(s)) if s.is_empty() => {
+            return Err(bad("model", "`model` must not be empty"))
+        }
+        Some(Value::String(s)) if s.len() > MAX_MODEL_LEN => {
+            return Err(bad(
+                "model",
+                format!("`model` must be at most {MAX_MODEL_LEN} characters"),
+            ))
+        }
+        Some(Value::String(s)) if s.chars().any(char::is_control) => {
+            return Err(bad("model", "`model` must not contain control characters"))
+        }
+        Some(Value::String(_)) => {}
+        Some(_) => return Err(bad("model", "`model` must be a string")),
+    }
+    match request.get("messages") {
+        None | Some(Value::Null) => {
+            return Err(bad("messages", "you must provide a messages parameter"))
+        }
+        Some(Value::Array(messages)) if messages.is_empty() => {
+            return Err(bad(
+                "messages",
+                "`messages` must contain at least one message",
+            ))
+        }
+        Some(Value::Array(messages)) => {
+            for (i, message) in messages.iter().enumerate() {
+                validate_message(message, &format!("messages[{i}]"))?;
+            }
+        }
+        Some(_) => return Err(bad("messages", "`messages` must be a list of messages")),
+    }
+
+    for key in ["stream", "logprobs", "parallel_tool_calls", "store"] {
+        optional(request, key, Value::is_boolean, "a boolean")?;
+    }
+    for key in [
+        "temperature",
+        "top_p",
+        "presence_penalty",
+        "frequency_penalty",
+    ] {
+        optional(request, key, Value::is_number, "a number")?;
+    }
+    optional(request, "seed", |v| v.is_i64() || v.is_u64(), "an integer")?;
+    optional(request, "user", Value::is_string, "a string")?;
+    optional(request, "metadata", Value::is_object, "an object")?;
+    optional(request, "logit_bias", Value::is_object, "an object")?;
+    optional(request, "stream_options", Value::is_object, "an object")?;
+    optional(
+        request,
+        "response_format",
+        |v| v.get("type").is_some_and(Value::is_string),
+        "an object with a string `type`",
+    )?;
+    integer_in(request, "n", 1, MAX_N)?;
+    integer_in(request, "max_tokens", 1, MAX_TOKENS)?;
+    integer_in(request, "max_completion_tokens", 1, MAX_TOKENS)?;
+    integer_in(request, "top_logprobs", 0, 20)?;
+
+    match request.get("stop") {
+        None | Some(Value::Null) | Some(Value::String(_)) => {}
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
+        Some(_) => return Err(bad("stop", "`stop` must be a string or a list of strings")),
+    }
+    if let Some(tools) = request.get("tools").filter(|v| !v.is_null()) {
+        let Value::Array(tools) = tools else {
+            return Err(bad("tools", "`tools` must be a list"));
+        };
+        for (i, tool) in tools.iter().enumerate() {
+            let param = format!("tools[{i}]");
+            let Value::Object(tool) = tool else {
+                return Err(bad(&param, format!("{param} must be an object")));
+            };
+            if !tool.get("type").is_some_and(Value::is_string) {
+                return Err(bad(&param, format!("{param}.type must be a string")));
+            }
+            if tool.get("type").and_then(Value::as_str) == Some("function")
+                && !tool
+                    .get("function")
+                    .and_then(|f| f.get("name"))
+                    .is_some_and(Value::is_string)
+            {
+                return Err(bad(
+                    &param,
+                    format!("{param}.function.name must be a string"),
+                ));
+            }
+        }
+    }
+    match request.get("tool_choice") {
+        None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Object(_)) => {}
+        Some(_) => {
+            return Err(bad(
+                "tool_choice",
+                "`tool_choice` must be a string or an object",
+            ))
+        }
+    }
+    Ok(())
+}
+
+fn optional(
+    request: &Map<String, Value>,
+    key: &str,
+    ok: impl Fn(&Value) -> bool,
+    what: &str,
+) -> Result<(), ApiError> {
+    match request.get(key) {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) if ok(v) => Ok(()),
+        Some(_) => Err(bad(key, format!("`{key}` must be {what}"))),
+    }
+}
+
+fn integer_in(request: &Map<String, Value>, key: &str, min: u64, max: u64) -> Result<(), ApiError> {
+    match request.get(key) {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) => match v.as_u64() {
+            Some(n) if (min..=max).contains(&n) => Ok(()),
+            _ => Err(bad(
+                key,
+                format!("`{key}` must be an integer from {min} to {max}"),
+            )),
+        },
+    }
+}
+
+fn validate_message(message: &Value, param: &str) -> Result<(), ApiError> {
+    let Value::Object(message) = message else {
+        return Err(bad(
+            param,
+            format!("{param} must be an object with a string `role`"),
+        ));
+    };
+    let role = match message.get("role") {
+        Some(Value::String(role)) => role.as_str(),
+        _ => {
+            return Err(bad(
+                param,
+                format!("{param} must be an object with a string `role`"),
+            ))
+        }
+    };
+    if !ROLES.contains(&role) {
+        return Err(bad(
+            &format!("{param}.role"),
+            format!("{param}.role '{role}' is not one of {}", ROLES.join(", ")),
+        ));
+    }
+    match message.get("content") {
+        None | Some(Value::Null) => {
+            // Only an assistant turn (with tool calls) or a legacy function turn may
+            // come without content.
+            if !matches!(role, "assistant" | "function") {
+                return Err(bad(
+                    &format!("{param}.content"),
+                    format!("{param}.content is required for role '{role}'"),
+                ));
+            }
+        }
+        Some(Value::String(_)) => {}
+        Some(Value::Array(parts)) => {
+            for (j, part) in parts.iter().enumerate() {
+                validate_part(part, &format!("{param}.content[{j}]"))?;
+            }
+        }
+        Some(_) => {
+            return Err(bad(
+                &format!("{param}.content"),
+                format!("{param}.content must be a string or a list of content parts"),
+            ))
+        }
+    }
+    if let Some(calls) = message.get("tool_calls").filter(|v| !v.is_null()) {
+        let Value::Array(calls) = calls else {
+            return Err(bad(
+                &format!("{param}.tool_calls"),
+                format!("{param}.tool_calls must be a list"),
+            ));
+        };
+        for (j, call) in calls.iter().enumerate() {
+            let p = format!("{param}.tool_calls[{j}]");
+            let function = call.get("function");
+            let ok = call.is_object()
+                && function
+                    .and_then(|f| f.get("name"))
+                    .is_some_and(Value::is_string)
+                && function
+                    .and_then(|f| f.get("arguments"))
+                    .is_none_or(|a| a.is_string() || a.is_null());
+            if !ok {
+                return Err(bad(
+                    &p,
+                    format!("{p} must have `function.name` and string `function.arguments`"),
+                ));
+            }
+        }
+    }
+    if role == "tool" && !message.get("tool_call_id").is_some_and(Value::is_string) {
+        return Err(bad(
+            &format!("{param}.tool_call_id"),
+            format!("{param}.tool_call_id must be a string"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_part(part: &Value, param: &str) -> Result<(), ApiError> {
+    let Some(kind) = part.get("type").and_then(Value::as_str) else {
+        return Err(bad(
+            param,
+            format!("{param} must be an object with a string `type`"),
+        ));
+    };
+    let ok = match kind {
+        "text" => part.get("text").is_some_and(Value::is_string),
+        "image_url" => part
+            .get("image_url")
+            .and_then(|i| i.get("url"))
+            .is_some_and(|u| u.as_str().is_some_and(|s| !s.is_empty())),
+        "input_audio" => part.get("input_audio").is_some_and(Value::is_object),
+        "file" => part.get("file").is_some_and(Value::is_object),
+        "refusal" => part.get("refusal").is_some_and(Value::is_string),
+        // Newer part types pass through to the upstream, which knows them.
+        _ => true,
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(bad(
+            param,
+            format!("{param} is not a valid '{kind}' content part"),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn check(v: Value) -> Result<(), ApiError> {
+        validate_request(v.as_object().unwrap())
+    }
+
+    #[test]
+    fn ordinary_requests_pass() {
+        check(json!({"model": "m", "messages": [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": [{"type": "text", "text": "t"}, {"type": "image_url", "image_url": {"url": "data:x"}}]},
+            {"role": "assistant", "content": null, "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+            {"role": "tool", "tool_call_id": "c", "content": "r"}
+        ], "n": 2, "max_tokens": 10, "stop": ["x"], "tools": [{"type": "function", "function": {"name": "f"}}],
+           "tool_choice": "auto", "stream": false, "temperature": 0.5, "unknown_field": [1, 2]}))
+        .unwrap();
+    }
+
+    #[test]
+    fn absurd_values_are_rejected() {
+        for (field, value) in [
+            ("n", json!(0)),
+            ("n", json!(100000)),
+            ("n", json!("2")),
+            ("max_tokens", json!(-1)),
+            ("max_tokens", json!(1e20)),
+            ("temperature", json!("hot")),
+            ("stop", json!(5)),
+            ("tools", json!({})),
+            ("tools", json!([{"type": "function"}])),
+            ("top_logprobs", json!(50)),
+        ] {
+            let mut req = json!({"model": "m", "messages": [{"role": "user", "content": "x"}]});
+            req[field] = value.clone();
+            let err = check(req).expect_err(&format!("{field}={value}"));
+            let param = err.error_object()["param"].as_str().unwrap().to_owned();
+            assert!(param.starts_with(field), "{param} names {field}");
+        }
+    }
+
+    #[test]
+    fn bad_messages_are_rejected() {
+        for message in [
+            json!({"role": "wizard", "content": "x"}),
+            json!({"role": "user"}),
+            json!({"role": "user", "content": 5}),
+            json!({"role": "user", "content": [{"text": "no type"}]}),
+            json!({"role": "user", "content": [{"type": "text"}]}),
+            json!({"role": "user", "content": [{"type": "image_url", "image_url": {}}]}),
+            json!({"role": "tool", "content": "r"}),
+            json!({"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}),
+        ] {
+            assert!(
+                check(json!({"model": "m", "messages": [message.clone()]})).is_err(),
+                "{message}"
+            );
+        }
+    }
+}
