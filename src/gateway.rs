@@ -16,6 +16,7 @@ use crate::handlers::{build_handlers, RequestHandler};
 use crate::logging::{build_loggers, LogDispatcher};
 use crate::providers::{build_connections, Connection};
 use crate::routing::Router;
+use crate::secrets::Redactor;
 
 /// Which connections a group may use.
 #[derive(Debug, Clone)]
@@ -43,6 +44,8 @@ pub struct Gateway {
     pub groups: HashMap<String, GroupAccess>,
     pub connections: HashMap<String, Connection>,
     pub handlers: Vec<Arc<dyn RequestHandler>>,
+    /// Removes configured secrets from errors before they are answered or logged.
+    pub redactor: Arc<Redactor>,
     /// Connection name → the model ids its upstream offers (`expand_wildcards`).
     model_lists: moka::future::Cache<String, Arc<Vec<String>>>,
 }
@@ -105,7 +108,9 @@ impl Gateway {
                 config.settings.model_listing_cache_seconds.max(0.001),
             ))
             .build();
+        let redactor = Arc::new(Redactor::from_config(&config));
         Ok(Gateway {
+            redactor,
             model_lists,
             config,
             trusted_proxies,

@@ -23,6 +23,7 @@ pub mod handlers;
 pub mod logging;
 pub mod providers;
 pub mod routing;
+pub mod secrets;
 pub mod server;
 pub mod streaming;
 

@@ -13,6 +13,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
+use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
 use crate::context::RequestContext;
@@ -58,6 +59,9 @@ pub async fn chat_completions(
                 model: ctx.model.clone().unwrap_or_default(),
             };
             let dispatcher = gateway.log_dispatcher.clone();
+            let redactor = gateway.redactor.clone();
+            let chunks: ChunkStream =
+                Box::pin(chunks.map(move |item| item.map_err(|e| redactor.redact(e))));
             let body = encode_sse(chunks, identity, dispatcher.is_some(), move |outcome| {
                 let note = if outcome.completed {
                     ""
@@ -91,6 +95,8 @@ pub async fn chat_completions(
                 .into_response()
         }
         Err(error) => {
+            let client_key = crate::auth::bearer_key(&ctx.http_headers).to_owned();
+            let error = gateway.redactor.with(&client_key).redact(error);
             summary.log(error.status().as_u16(), Some(&error), "");
             let response = error.clone().into_response();
             if let Some(dispatcher) = &gateway.log_dispatcher {

@@ -115,7 +115,8 @@ async fn models(gateway: &Gateway, ctx: &mut RequestContext) -> Result<Value, Ap
                 tracing::warn!(
                     "model listing: connection '{}' could not list its models ({e}); listing '{}' as written",
                     rule.connection,
-                    rule.pattern
+                    rule.pattern,
+                    e = gateway.redactor.redact(e.clone())
                 );
                 if seen.insert(rule.pattern.clone()) {
                     data.push(entry(

@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::{Provider, UpstreamCall};
 use crate::error::ApiError;
+use crate::secrets::Redactor;
 use crate::streaming::ChunkStream;
 
 /// One connection of the chain with what it changes in the call.
@@ -27,13 +28,16 @@ pub struct FallbackMember {
 pub struct Fallback {
     name: String,
     members: Vec<FallbackMember>,
+    /// Failures are logged; upstream messages may echo credentials.
+    redactor: Redactor,
 }
 
 impl Fallback {
-    pub fn new(name: &str, members: Vec<FallbackMember>) -> Self {
+    pub fn new(name: &str, members: Vec<FallbackMember>, redactor: Redactor) -> Self {
         Fallback {
             name: name.to_owned(),
             members,
+            redactor,
         }
     }
 
@@ -49,6 +53,7 @@ impl Fallback {
     }
 
     fn log_failure(&self, member: &FallbackMember, error: &ApiError, has_next: bool) {
+        let error = self.redactor.redact_text(&error.to_string());
         if has_next {
             tracing::warn!(
                 "fallback '{}': connection '{}' failed ({}), trying the next one",

@@ -245,7 +245,11 @@ fn build_fallback(
             overrides,
         });
     }
-    Ok(Fallback::new(name, members))
+    Ok(Fallback::new(
+        name,
+        members,
+        crate::secrets::Redactor::from_config(config),
+    ))
 }
 
 /// Settings shared by HTTP providers, checked once at startup.

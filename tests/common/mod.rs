@@ -101,6 +101,19 @@ async fn chat(
     });
     let model = body["model"].as_str().unwrap_or("").to_owned();
     let stream = body["stream"].as_bool().unwrap_or(false);
+    // A careless upstream that echoes the credentials it received.
+    let auth = state
+        .requests
+        .lock()
+        .unwrap()
+        .last()
+        .and_then(|r| {
+            r.headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
     match model.as_str() {
         "status-400" => error(
             StatusCode::BAD_REQUEST,
@@ -118,6 +131,22 @@ async fn chat(
             r.headers_mut().insert("retry-after", "7".parse().unwrap());
             r
         }
+        "echo-auth-401" => error(
+            StatusCode::UNAUTHORIZED,
+            json!({"error": {"message": format!("Incorrect API key provided: {auth}"), "type": "invalid_request_error"}}),
+        ),
+        "echo-auth-500" => error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": {"message": format!("crashed while handling {auth}"), "type": "server_error"}}),
+        ),
+        "echo-auth-stream" => Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Body::from(format!(
+                "data: {}\n\ndata: {}\n\n",
+                chunk(&model, json!([{"index": 0, "delta": {"role": "assistant", "content": ""}}])),
+                json!({"error": {"message": format!("stream failed for {auth}"), "type": "server_error"}})
+            )))
+            .unwrap(),
         "status-500" => error(
             StatusCode::INTERNAL_SERVER_ERROR,
             json!({"error": {"message": "internal upstream detail", "type": "server_error"}}),
