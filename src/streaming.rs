@@ -321,6 +321,67 @@ impl StreamAccumulator {
     }
 }
 
+/// A whole `chat.completion` as the chunks a stream would have carried: per choice a
+/// role chunk, its content, its tool calls, its finish reason; then usage if asked.
+pub fn completion_to_chunks(completion: &Value, include_usage: bool) -> Vec<Value> {
+    let head = |choices: Value| {
+        json!({
+            "id": completion.get("id").cloned().unwrap_or(Value::Null),
+            "object": "chat.completion.chunk",
+            "created": completion.get("created").cloned().unwrap_or(Value::Null),
+            "model": completion.get("model").cloned().unwrap_or(Value::Null),
+            "choices": choices,
+        })
+    };
+    let mut chunks = Vec::new();
+    for choice in completion
+        .get("choices")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let index = choice.get("index").cloned().unwrap_or(json!(0));
+        let message = choice.get("message").cloned().unwrap_or(json!({}));
+        let mut delta = json!({"role": "assistant"});
+        if let Some(content) = message.get("content").filter(|c| !c.is_null()) {
+            delta["content"] = content.clone();
+        }
+        if let Some(reasoning) = message.get("reasoning_content").filter(|c| !c.is_null()) {
+            delta["reasoning_content"] = reasoning.clone();
+        }
+        if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
+            let calls: Vec<Value> = calls
+                .iter()
+                .enumerate()
+                .map(|(i, call)| {
+                    let mut call = call.clone();
+                    call["index"] = json!(i);
+                    call
+                })
+                .collect();
+            delta["tool_calls"] = Value::Array(calls);
+        }
+        chunks.push(head(
+            json!([{"index": index, "delta": delta, "finish_reason": null}]),
+        ));
+        let finish = choice
+            .get("finish_reason")
+            .cloned()
+            .unwrap_or(json!("stop"));
+        chunks.push(head(
+            json!([{"index": index, "delta": {}, "finish_reason": finish}]),
+        ));
+    }
+    if include_usage {
+        if let Some(usage) = completion.get("usage").filter(|u| u.is_object()) {
+            let mut last = head(json!([]));
+            last["usage"] = usage.clone();
+            chunks.push(last);
+        }
+    }
+    chunks
+}
+
 /// One SSE event carrying a JSON value.
 pub fn sse_data(value: &Value) -> Bytes {
     let mut out = Vec::with_capacity(256);

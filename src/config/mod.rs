@@ -292,7 +292,7 @@ fn parse_connection(raw: &Value, key: &str, path: &Path) -> Result<ConnectionSpe
         }
         Value::Object(map) if map.contains_key("api_type") => {
             let settings: ProviderSettings = deserialize_at(raw.clone(), key, path)?;
-            Ok(ConnectionSpec::Provider(settings))
+            Ok(ConnectionSpec::Provider(Box::new(settings)))
         }
         Value::Object(_) => Err(ConfigError::new(
             path,

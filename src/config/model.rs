@@ -178,6 +178,15 @@ pub struct ProviderSettings {
     /// response headers and between chunks when streamed).
     #[serde(default, deserialize_with = "lenient::opt_f64")]
     pub timeout: Option<f64>,
+    /// Seconds to establish the TCP (and TLS) connection. Default 10.
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub connect_timeout: Option<f64>,
+    /// Seconds until the upstream's response headers arrive. Default: `timeout`.
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub first_byte_timeout: Option<f64>,
+    /// Longest silence between two streamed chunks, in seconds. Default: `timeout`.
+    #[serde(default, deserialize_with = "lenient::opt_f64")]
+    pub chunk_timeout: Option<f64>,
     /// The reference passed these to the provider's SDK client; the ones with an
     /// equivalent here (`timeout`, `default_headers`) are honoured, others rejected.
     #[serde(default)]
@@ -189,7 +198,7 @@ pub struct ProviderSettings {
 /// A connection entry: provider settings, or an object to instantiate.
 #[derive(Debug, Clone)]
 pub enum ConnectionSpec {
-    Provider(ProviderSettings),
+    Provider(Box<ProviderSettings>),
     /// A `class = "..."` table (e.g. `lm_proxy.strategies.Fallback`) or a dotted path
     /// to a Python callable.
     Extension(ExtensionSpec),

@@ -257,7 +257,12 @@ pub struct HttpSettings {
     pub base: String,
     pub api_key: Option<String>,
     pub headers: http::HeaderMap,
+    /// The whole call when not streamed.
     pub timeout: Duration,
+    /// Until the response headers arrive (streamed or not).
+    pub first_byte_timeout: Duration,
+    /// Between two streamed chunks.
+    pub chunk_timeout: Duration,
 }
 
 fn build_provider(
@@ -275,6 +280,17 @@ fn build_provider(
             format!("{key}.{sub}")
         };
         ConfigError::new(&config.path, full, problem)
+    };
+    // A connection with its own connect timeout gets its own pool; all others share one.
+    let own_client;
+    let client = match settings.connect_timeout {
+        Some(secs) if secs > 0.0 => {
+            own_client = crate::server::upstream_client_with(Duration::from_secs_f64(secs))
+                .map_err(|e| err("connect_timeout", format!("{e:#}")))?;
+            &own_client
+        }
+        Some(_) => return Err(err("connect_timeout", "must be greater than 0".into())),
+        None => client,
     };
     match settings.api_type {
         ApiType::OpenAi => {
@@ -415,13 +431,24 @@ pub(crate) fn http_settings(
         headers.insert(header_name, header_value);
     }
     let secs = timeout.unwrap_or(DEFAULT_TIMEOUT_SECS);
+    let positive = |name: &str, value: Option<f64>| -> Result<Duration, ConfigError> {
+        match value {
+            None => Ok(Duration::from_secs_f64(secs)),
+            Some(v) if v > 0.0 => Ok(Duration::from_secs_f64(v)),
+            Some(_) => Err(err(name, "must be greater than 0".into())),
+        }
+    };
     if secs <= 0.0 {
         return Err(err("timeout", "must be greater than 0".into()));
     }
+    let first_byte_timeout = positive("first_byte_timeout", settings.first_byte_timeout)?;
+    let chunk_timeout = positive("chunk_timeout", settings.chunk_timeout)?;
     Ok(HttpSettings {
         base,
         api_key: settings.api_key.clone().filter(|k| !k.is_empty()),
         headers,
         timeout: Duration::from_secs_f64(secs),
+        first_byte_timeout,
+        chunk_timeout,
     })
 }

@@ -14,7 +14,9 @@ use super::upstream_http::{
 };
 use super::{HttpSettings, Provider, UpstreamCall};
 use crate::error::ApiError;
-use crate::streaming::{completion_id, sse_json_events, unix_now, ChunkStream};
+use crate::streaming::{
+    completion_id, completion_to_chunks, sse_json_events, unix_now, ChunkStream, StreamAccumulator,
+};
 
 pub struct OpenAiProvider {
     name: String,
@@ -23,6 +25,8 @@ pub struct OpenAiProvider {
     authorization: Option<HeaderValue>,
     headers: HeaderMap,
     timeout: Duration,
+    first_byte_timeout: Duration,
+    chunk_timeout: Duration,
     client: reqwest::Client,
 }
 
@@ -40,6 +44,8 @@ impl OpenAiProvider {
             authorization,
             headers: settings.headers,
             timeout: settings.timeout,
+            first_byte_timeout: settings.first_byte_timeout,
+            chunk_timeout: settings.chunk_timeout,
             client,
         }
     }
@@ -88,8 +94,17 @@ impl Provider for OpenAiProvider {
     async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
         let request = self.request(&call, false);
         let work = async {
-            let response = send(request, self.timeout).await?;
+            let response = send(request, self.first_byte_timeout).await?;
             let response = check_status(response, self.timeout).await?;
+            if declares(&response, "text/event-stream") {
+                // Some servers stream whatever was asked: put the answer together.
+                let mut events = sse_json_events(response.bytes_stream(), self.chunk_timeout);
+                let mut answer = StreamAccumulator::default();
+                while let Some(chunk) = events.next().await {
+                    answer.add(&chunk?);
+                }
+                return normalize_completion(answer.into_response(), &call.model);
+            }
             let bytes = response.bytes().await.map_err(transport_error)?;
             let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
                 ApiError::upstream_failure(format!(
@@ -106,17 +121,48 @@ impl Provider for OpenAiProvider {
 
     async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
         let request = self.request(&call, true);
-        let response = send(request, self.timeout).await?;
-        let response = check_status(response, self.timeout).await?;
+        let response = send(request, self.first_byte_timeout).await?;
+        let response = check_status(response, self.chunk_timeout).await?;
         let mut identity = ChunkDefaults {
             id: completion_id(),
             created: unix_now(),
             model: call.model.clone(),
         };
-        let chunks = sse_json_events(response.bytes_stream(), self.timeout)
+        if declares(&response, "application/json") {
+            // A server that ignored `stream: true` and answered with one JSON object:
+            // replay it as chunks rather than lose it.
+            let bytes = tokio::time::timeout(self.timeout, response.bytes())
+                .await
+                .map_err(|_| timeout_error(self.timeout))?
+                .map_err(transport_error)?;
+            let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
+                ApiError::upstream_failure(format!(
+                    "connection '{}': a streamed answer declared JSON but is not JSON",
+                    self.name
+                ))
+            })?;
+            let completion = normalize_completion(value, &call.model)?;
+            let chunks: Vec<Result<Value, ApiError>> =
+                completion_to_chunks(&completion, call.include_usage())
+                    .into_iter()
+                    .map(Ok)
+                    .collect();
+            return Ok(Box::pin(futures_util::stream::iter(chunks)));
+        }
+        let chunks = sse_json_events(response.bytes_stream(), self.chunk_timeout)
             .map(move |item| item.map(|chunk| identity.fill(chunk)));
         Ok(Box::pin(chunks))
     }
+}
+
+/// Whether the answer declares this media type (parameters ignored). Answers without
+/// a content type are taken as what was asked for.
+fn declares(response: &reqwest::Response, media_type: &str) -> bool {
+    response
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with(media_type))
 }
 
 /// Defaults for chunk fields that some OpenAI-compatible servers leave out.

@@ -58,10 +58,18 @@ pub fn install_crypto_provider() {
 /// The one pooled upstream client: keep-alive connections reused across requests,
 /// `TCP_NODELAY` so small SSE writes are not held back by Nagle's algorithm.
 pub fn upstream_client() -> anyhow::Result<reqwest::Client> {
+    upstream_client_with(DEFAULT_CONNECT_TIMEOUT)
+}
+
+/// Time allowed to open an upstream connection when the connection sets none.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The upstream client with a given connect timeout (for connections that set one).
+pub fn upstream_client_with(connect_timeout: Duration) -> anyhow::Result<reqwest::Client> {
     install_crypto_provider();
     reqwest::Client::builder()
         .tcp_nodelay(true)
-        .connect_timeout(Duration::from_secs(30))
+        .connect_timeout(connect_timeout)
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(1024)
         .user_agent(concat!("lm-proxy/", env!("CARGO_PKG_VERSION")))

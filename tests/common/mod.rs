@@ -34,6 +34,9 @@ pub struct Recorded {
 #[derive(Default)]
 struct UpstreamState {
     requests: Mutex<Vec<Recorded>>,
+    /// Streamed answers whose body was dropped before it was fully sent (the
+    /// gateway closed the connection).
+    aborted_streams: std::sync::atomic::AtomicUsize,
 }
 
 /// A mock OpenAI-compatible server. Behaviour by the `model` it receives:
@@ -79,6 +82,13 @@ impl MockUpstream {
 
     pub fn requests(&self) -> Vec<Recorded> {
         self.state.requests.lock().unwrap().clone()
+    }
+
+    /// How many streamed answers the gateway abandoned before their end.
+    pub fn aborted_streams(&self) -> usize {
+        self.state
+            .aborted_streams
+            .load(std::sync::atomic::Ordering::SeqCst)
     }
 
     pub fn last(&self) -> Recorded {
@@ -157,7 +167,25 @@ async fn chat(
             axum::Json(completion(&model, "late")).into_response()
         }
         "not-json" => (StatusCode::OK, "this is not json").into_response(),
-        _ if stream => sse_response(&model, &body),
+        // Ignores `stream: true` and answers with one JSON object.
+        "ignores-stream" => axum::Json(completion(&model, "one JSON answer")).into_response(),
+        // Streams even when not asked to.
+        "always-stream" if !stream => sse_response(&model, &body, state.clone()),
+        // A JSON body cut off after a few bytes.
+        "cut-short" => Response::builder()
+            .header("content-type", "application/json")
+            .body(Body::from_stream(futures_util::stream::iter(vec![
+                Ok(Bytes::from_static(b"{\"id\": \"chatcmpl-cut\", \"choi")),
+                Err(std::io::Error::other("cut")),
+            ])))
+            .unwrap(),
+        // The wrong content type for a chat answer.
+        "html" => (
+            [("content-type", "text/html")],
+            "<html><body>502 Bad Gateway</body></html>",
+        )
+            .into_response(),
+        _ if stream => sse_response(&model, &body, state.clone()),
         _ => {
             axum::Json(completion(&model, &format!("upstream answer from {model}"))).into_response()
         }
@@ -297,7 +325,23 @@ fn sse_events(model: &str, body: &Value) -> Vec<(String, Duration)> {
     events
 }
 
-fn sse_response(model: &str, body: &Value) -> Response {
+/// Counts a streamed body as aborted when it is dropped before its last event.
+struct AbortWatch {
+    state: Arc<UpstreamState>,
+    finished: bool,
+}
+
+impl Drop for AbortWatch {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.state
+                .aborted_streams
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
+fn sse_response(model: &str, body: &Value, state: Arc<UpstreamState>) -> Response {
     let events = sse_events(model, body);
     let fail_at_end = model == "midstream-fail";
     let events = if fail_at_end {
@@ -321,6 +365,17 @@ fn sse_response(model: &str, body: &Value) -> Response {
                 Err(std::io::Error::other("cut"))
             }),
         );
+    // Travels with the body: dropped early when the gateway closes the connection.
+    let mut watch = AbortWatch {
+        state,
+        finished: false,
+    };
+    let stream = stream.chain(futures_util::stream::poll_fn(move |_| {
+        // Borrow the whole guard, so that the closure owns it (not a copy of the flag).
+        let watch = &mut watch;
+        watch.finished = true;
+        std::task::Poll::Ready(None)
+    }));
     Response::builder()
         .header("content-type", "text/event-stream")
         .body(Body::from_stream(stream))

@@ -44,6 +44,8 @@ pub struct AnthropicProvider {
     /// `anthropic-version`, the static `http_headers`, then `x-api-key`.
     headers: HeaderMap,
     timeout: Duration,
+    first_byte_timeout: Duration,
+    chunk_timeout: Duration,
     default_max_tokens: u64,
     client: reqwest::Client,
 }
@@ -107,6 +109,8 @@ impl AnthropicProvider {
             models_url: format!("{}/v1/models", http.base),
             headers,
             timeout: http.timeout,
+            first_byte_timeout: http.first_byte_timeout,
+            chunk_timeout: http.chunk_timeout,
             default_max_tokens,
             client: client.clone(),
         })
@@ -151,7 +155,7 @@ impl AnthropicProvider {
         json_mode: Option<request::JsonMode>,
     ) -> Result<Value, ApiError> {
         let work = async {
-            let response = send(self.request(body, call, false), self.timeout).await?;
+            let response = send(self.request(body, call, false), self.first_byte_timeout).await?;
             let response =
                 check_status_with(response, self.timeout, response::status_to_error).await?;
             let bytes = response.bytes().await.map_err(transport_error)?;
@@ -176,9 +180,10 @@ impl AnthropicProvider {
         json_mode: Option<request::JsonMode>,
         include_usage: bool,
     ) -> Result<ChunkStream, ApiError> {
-        let response = send(self.request(body, call, true), self.timeout).await?;
-        let response = check_status_with(response, self.timeout, response::status_to_error).await?;
-        let events = sse_json_events(response.bytes_stream(), self.timeout);
+        let response = send(self.request(body, call, true), self.first_byte_timeout).await?;
+        let response =
+            check_status_with(response, self.chunk_timeout, response::status_to_error).await?;
+        let events = sse_json_events(response.bytes_stream(), self.chunk_timeout);
         let translator = stream::Translator::new(&call.model, &self.name, include_usage, json_mode);
         Ok(stream::translate(events, translator))
     }

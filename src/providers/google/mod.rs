@@ -85,6 +85,8 @@ pub struct GoogleProvider {
     /// `x-goog-user-project`).
     headers: HeaderMap,
     timeout: Duration,
+    first_byte_timeout: Duration,
+    chunk_timeout: Duration,
     client: reqwest::Client,
     request_options: RequestOptions,
     /// `google_vertex_response_validation`.
@@ -187,7 +189,7 @@ impl GoogleProvider {
                     used_token = Some((tokens, bearer));
                 }
             }
-            let response = send(request, self.timeout).await?;
+            let response = send(request, self.first_byte_timeout).await?;
             if response.status() == StatusCode::UNAUTHORIZED && !retried {
                 if let Some((tokens, bearer)) = used_token.filter(|(t, _)| t.can_refresh()) {
                     tracing::info!(
@@ -309,7 +311,7 @@ impl Provider for GoogleProvider {
 
     async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
         let response = self.post(&call, true).await?;
-        let mut events = sse_json_events(response.bytes_stream(), self.timeout);
+        let mut events = sse_json_events(response.bytes_stream(), self.chunk_timeout);
         let mut translator =
             StreamTranslator::new(self.answer_context(&call), call.include_usage());
 

@@ -1,0 +1,242 @@
+//! Upstream faults, one by one: each gets the right status or error chunk, the
+//! gateway stays healthy, and the request's log entry records the error. Also the
+//! per-connection timeouts (connect, first byte, between chunks, total) and a client
+//! that goes away mid-stream.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{sse_chunks, user, MockUpstream, TestGateway};
+use serde_json::{json, Value};
+
+fn config(upstream: &MockUpstream, log: &std::path::Path, extra_connections: &str) -> String {
+    format!(
+        r#"
+[connections.up]
+api_type = "open_ai"
+api_base = "{base}"
+timeout = 2
+first_byte_timeout = 0.5
+chunk_timeout = 0.5
+{extra_connections}
+[routing]
+{routes}"*" = "up.*"
+[groups.default]
+api_keys = ["k"]
+[[loggers]]
+class = "lm_proxy.loggers.BaseLogger"
+log_writer = {{ class = "lm_proxy.loggers.JsonLogWriter", file_name = {log:?} }}
+"#,
+        base = upstream.base(),
+        log = log.to_str().unwrap(),
+        routes = if extra_connections.is_empty() {
+            ""
+        } else {
+            "\"refused\" = \"refused.*\"\n\"blackhole\" = \"blackhole.*\"\n"
+        }
+    )
+}
+
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A listener whose accept queue is full, so new connections hang in the handshake
+/// (connect timeout) without leaving the machine.
+fn blackhole() -> (socket2::Socket, Vec<std::net::TcpStream>, u16) {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    let addr: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    socket.bind(&addr.into()).unwrap();
+    socket.listen(0).unwrap();
+    let port = socket.local_addr().unwrap().as_socket().unwrap().port();
+    // Fill the queue; these connections are never accepted.
+    let mut fillers = Vec::new();
+    for _ in 0..4 {
+        let s = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+        s.set_nonblocking(true).unwrap();
+        let _ = s.connect(&std::net::SocketAddr::from(([127, 0, 0, 1], port)).into());
+        fillers.push(std::net::TcpStream::from(s));
+    }
+    std::thread::sleep(Duration::from_millis(50));
+    (socket, fillers, port)
+}
+
+#[tokio::test]
+async fn each_upstream_fault_gets_the_right_answer_and_a_log_entry() {
+    let upstream = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("faults.log");
+    let (_hole, _fillers, hole_port) = blackhole();
+    let extra = format!(
+        "[connections.refused]\napi_type = \"open_ai\"\napi_base = \"http://127.0.0.1:{}/v1\"\n\
+         [connections.blackhole]\napi_type = \"open_ai\"\napi_base = \"http://127.0.0.1:{hole_port}/v1\"\nconnect_timeout = 0.3\n",
+        free_port()
+    );
+    let gw = TestGateway::start(&config(&upstream, &log, &extra)).await;
+
+    // (model, stream, expected status, expected error code in the body or chunk)
+    let cases: Vec<(&str, bool, u16, &str)> = vec![
+        ("refused", false, 502, "upstream_error"),
+        ("refused", true, 502, "upstream_error"),
+        ("blackhole", false, 504, "upstream_timeout"),
+        ("slow", false, 504, "upstream_timeout"),
+        ("slow", true, 504, "upstream_timeout"),
+        ("stall-stream", true, 200, "upstream_timeout"),
+        ("status-500", false, 502, "upstream_error"),
+        ("status-429", false, 429, "rate_limit_exceeded"),
+        ("status-401", false, 401, "invalid_api_key"),
+        ("not-json", false, 502, "upstream_error"),
+        ("cut-short", false, 502, "upstream_error"),
+        ("html", false, 502, "upstream_error"),
+        ("midstream-fail", true, 200, "upstream_error"),
+        ("error-event", true, 200, "overloaded"),
+    ];
+    for (model, stream, status, code) in &cases {
+        let mut body = user(model, "x");
+        if *stream {
+            body["stream"] = json!(true);
+        }
+        let started = Instant::now();
+        let response = gw.chat("k", body).await;
+        assert_eq!(
+            response.status().as_u16(),
+            *status,
+            "{model} stream={stream}"
+        );
+        if *model == "status-429" {
+            assert_eq!(
+                response.headers()["retry-after"],
+                "7",
+                "Retry-After is passed on"
+            );
+        }
+        let text = response.text().await.unwrap();
+        if *status == 200 {
+            let (chunks, done) = sse_chunks(&text);
+            assert!(done, "{model}: [DONE] after the error chunk");
+            assert_eq!(
+                chunks.last().unwrap()["error"]["code"],
+                *code,
+                "{model}: {text}"
+            );
+        } else {
+            let body: Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(body["error"]["code"], *code, "{model}: {text}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{model}: answered within the timeouts"
+        );
+    }
+
+    // Still healthy.
+    let (status, _) = gw.chat_json("k", user("fine", "x")).await;
+    assert_eq!(status, 200);
+
+    gw.server.shutdown(Duration::from_secs(5));
+    gw.server.wait().await.unwrap();
+    let entries: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), cases.len() + 1);
+    for ((model, stream, _, code), entry) in cases.iter().zip(&entries) {
+        assert_eq!(
+            entry["error"]["code"], *code,
+            "{model} stream={stream}: the log records the error"
+        );
+    }
+    assert_eq!(entries.last().unwrap()["error"], Value::Null);
+}
+
+#[tokio::test]
+async fn odd_content_types_are_understood_not_lost() {
+    let upstream = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = TestGateway::start(&config(&upstream, &dir.path().join("l.log"), "")).await;
+
+    // Asked to stream, the upstream answered with one JSON object: replayed as chunks.
+    let mut body = user("ignores-stream", "x");
+    body["stream"] = json!(true);
+    body["stream_options"] = json!({"include_usage": true});
+    let text = gw.chat("k", body).await.text().await.unwrap();
+    let (chunks, done) = sse_chunks(&text);
+    assert!(done);
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "one JSON answer");
+    assert_eq!(chunks.last().unwrap()["usage"]["total_tokens"], 9);
+
+    // Not asked to stream, the upstream streamed: put together into one answer.
+    let (status, body) = gw.chat_json("k", user("always-stream", "x")).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["choices"][0]["message"]["content"], "Hello world");
+    assert_eq!(body["choices"][0]["finish_reason"], "stop");
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_closes_the_upstream_and_is_logged() {
+    let upstream = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("gone.log");
+    let gw = TestGateway::start(&config(&upstream, &log, "")).await;
+    let mut body = user("slow-stream", "x");
+    body["stream"] = json!(true);
+    // A stream read to its end is not counted as abandoned...
+    assert!(sse_chunks(&gw.chat("k", body.clone()).await.text().await.unwrap()).1);
+    assert_eq!(upstream.aborted_streams(), 0);
+    // ...one the client leaves is.
+    let mut response = gw.chat("k", body).await;
+    assert!(response.chunk().await.unwrap().is_some());
+    drop(response);
+
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while upstream.aborted_streams() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream request was not dropped within a second"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    gw.server.shutdown(Duration::from_secs(5));
+    gw.server.wait().await.unwrap();
+    let entries: Vec<Value> = std::fs::read_to_string(&log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(entries.len(), 2);
+    assert_eq!(entries[0]["extra"].get("client_disconnected"), None);
+    assert_eq!(entries[1]["extra"]["client_disconnected"], true);
+}
+
+#[test]
+fn timeouts_must_be_positive() {
+    for key in [
+        "timeout",
+        "connect_timeout",
+        "first_byte_timeout",
+        "chunk_timeout",
+    ] {
+        let text = format!("[connections.up]\napi_type = \"open_ai\"\n{key} = 0\n");
+        let path = std::path::Path::new("t.toml");
+        let tree =
+            lm_proxy::config::parse_text(&text, lm_proxy::config::Format::Toml, path).unwrap();
+        let config = lm_proxy::Config::from_value(tree, path).unwrap();
+        let client = lm_proxy::server::upstream_client().unwrap();
+        let err = match lm_proxy::Gateway::build(
+            config,
+            &client,
+            &lm_proxy::extensions::NativeResolver,
+        ) {
+            Err(e) => e,
+            Ok(_) => panic!("{key} = 0 was accepted"),
+        };
+        assert_eq!(err.key, format!("connections.up.{key}"), "{err}");
+    }
+}
