@@ -25,6 +25,7 @@ pub mod providers;
 pub mod routing;
 pub mod secrets;
 pub mod server;
+pub mod shared_state;
 pub mod streaming;
 
 #[cfg(feature = "python")]

@@ -20,7 +20,7 @@ mod with_request;
 pub use with_request::{CheckApiKeyWithRequest, WithRequestArgs};
 
 /// What a successful key check grants.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct KeyGrant {
     pub group: String,
     /// Free-form information about the caller (logged and visible to handlers).

@@ -20,6 +20,7 @@ use sha2::{Digest, Sha256};
 
 use super::{KeyCheck, KeyGrant};
 use crate::error::ApiError;
+use crate::shared_state::RedisStore;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -51,6 +52,10 @@ pub struct WithRequestArgs {
         deserialize_with = "crate::config::lenient::f64"
     )]
     pub timeout: f64,
+    /// A `redis://` URL: with `use_cache`, answers are shared by every replica (the
+    /// in-process cache still sits in front of it).
+    #[serde(default)]
+    pub cache_backend: Option<String>,
 }
 
 fn default_method() -> String {
@@ -81,6 +86,7 @@ pub struct CheckApiKeyWithRequest {
     method: reqwest::Method,
     client: reqwest::Client,
     cache: Option<moka::future::Cache<[u8; 32], Option<KeyGrant>>>,
+    shared: Option<RedisStore>,
 }
 
 impl CheckApiKeyWithRequest {
@@ -100,11 +106,19 @@ impl CheckApiKeyWithRequest {
                 .time_to_live(Duration::from_secs_f64(args.cache_ttl.max(0.001)))
                 .build()
         });
+        let shared = match args.cache_backend.as_deref().map(str::trim) {
+            None | Some("") | Some("memory") => None,
+            Some(url) => Some(RedisStore::new(url).map_err(|p| format!("cache_backend: {p}"))?),
+        };
+        if shared.is_some() && !args.use_cache {
+            return Err("cache_backend: set use_cache = true to use a cache backend".into());
+        }
         Ok(CheckApiKeyWithRequest {
             args,
             method,
             client,
             cache,
+            shared,
         })
     }
 
@@ -148,6 +162,38 @@ impl CheckApiKeyWithRequest {
     }
 }
 
+impl CheckApiKeyWithRequest {
+    /// With a shared cache: its answer if it has one, else ask the service and store
+    /// the answer there. A shared cache that cannot be reached is skipped (logged).
+    async fn ask_through_shared(
+        &self,
+        api_key: &str,
+        digest: &[u8; 32],
+    ) -> Result<Option<KeyGrant>, Unavailable> {
+        let Some(store) = &self.shared else {
+            return self.ask(api_key).await;
+        };
+        let key = format!("lm-proxy:keycheck:{}", hex::encode(digest));
+        match store.get(&key).await {
+            Ok(Some(text)) => match serde_json::from_str::<Option<KeyGrant>>(&text) {
+                Ok(grant) => return Ok(grant),
+                Err(e) => {
+                    tracing::warn!("key check cache: unreadable entry ({e}); asking the service")
+                }
+            },
+            Ok(None) => {}
+            Err(e) => tracing::warn!("key check cache: {e}; asking the service"),
+        }
+        let grant = self.ask(api_key).await?;
+        let text = serde_json::to_string(&grant).unwrap_or_else(|_| "null".into());
+        let ttl = Duration::from_secs_f64(self.args.cache_ttl.max(0.001));
+        if let Err(e) = store.set_with_ttl(&key, &text, ttl).await {
+            tracing::warn!("key check cache: {e}; the answer is cached in this process only");
+        }
+        Ok(grant)
+    }
+}
+
 #[async_trait]
 impl KeyCheck for CheckApiKeyWithRequest {
     async fn check(&self, api_key: &str) -> Result<Option<KeyGrant>, ApiError> {
@@ -156,7 +202,7 @@ impl KeyCheck for CheckApiKeyWithRequest {
             Some(cache) => {
                 let digest: [u8; 32] = Sha256::digest(api_key.as_bytes()).into();
                 cache
-                    .try_get_with(digest, self.ask(api_key))
+                    .try_get_with(digest, self.ask_through_shared(api_key, &digest))
                     .await
                     .map_err(|e: Arc<Unavailable>| (*e).clone())
             }

@@ -17,7 +17,7 @@ use crate::error::ApiError;
 use crate::extensions::{builtin_name, Builtin, ExtensionResolver};
 
 pub use headers_forwarder::{ForwarderArgs, HttpHeadersForwarder, SENSITIVE_HEADERS};
-pub use rate_limiter::{RateLimiter, RateLimiterArgs, Scope};
+pub use rate_limiter::{BackendPolicy, RateLimiter, RateLimiterArgs, Scope};
 
 #[async_trait]
 pub trait RequestHandler: Send + Sync {

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use super::RequestHandler;
 use crate::context::RequestContext;
 use crate::error::{ApiError, ErrorBody};
+use crate::shared_state::RedisStore;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -44,6 +45,23 @@ pub struct RateLimiterArgs {
     pub per: Scope,
     #[serde(default = "default_max_buckets")]
     pub max_buckets: usize,
+    /// `"memory"` (default) or a `redis://` URL shared by several replicas.
+    #[serde(default)]
+    pub backend: Option<String>,
+    /// What to do when the shared backend cannot be reached.
+    #[serde(default)]
+    pub on_backend_error: BackendPolicy,
+}
+
+/// `on_backend_error`: admit requests while the backend is down (fail open) or
+/// answer 503 (fail closed, the default: a limit that silently stops limiting is
+/// worse than a visible outage).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendPolicy {
+    Allow,
+    #[default]
+    Deny,
 }
 
 fn default_max_requests() -> usize {
@@ -70,6 +88,9 @@ pub struct RateLimiter {
     per: Scope,
     max_buckets: usize,
     buckets: Mutex<HashMap<String, Bucket>>,
+    /// Shared windows (several replicas); `None` keeps them in `buckets`.
+    shared: Option<RedisStore>,
+    on_backend_error: BackendPolicy,
 }
 
 impl RateLimiter {
@@ -83,12 +104,26 @@ impl RateLimiter {
         if args.max_buckets == 0 {
             return Err("max_buckets must be at least 1".into());
         }
+        let shared = match args.backend.as_deref().map(str::trim) {
+            None | Some("") | Some("memory") => None,
+            Some(url) if url.starts_with("redis://") || url.starts_with("rediss://") => {
+                Some(RedisStore::new(url).map_err(|p| format!("backend: {p}"))?)
+            }
+            Some(other) => {
+                return Err(format!(
+                    "backend: '{}' is neither \"memory\" nor a redis:// URL",
+                    crate::shared_state::redact_url(other)
+                ))
+            }
+        };
         Ok(RateLimiter {
             max_requests: args.max_requests,
             window: Duration::from_secs_f64(args.window_seconds),
             per: args.per,
             max_buckets: args.max_buckets,
             buckets: Mutex::new(HashMap::new()),
+            shared,
+            on_backend_error: args.on_backend_error,
         })
     }
 
@@ -167,7 +202,39 @@ impl RateLimiter {
 impl RequestHandler for RateLimiter {
     async fn before(&self, ctx: &mut RequestContext) -> Result<(), ApiError> {
         let key = self.bucket_key(ctx);
-        match self.try_admit(&key, Instant::now()) {
+        let verdict = match &self.shared {
+            None => self.try_admit(&key, Instant::now()),
+            Some(store) => {
+                // Limiters with different settings must not share a window.
+                let shared_key = format!(
+                    "lm-proxy:ratelimit:{:?}:{}:{}:{key}",
+                    self.per,
+                    self.max_requests,
+                    self.window.as_millis()
+                );
+                match store
+                    .admit(&shared_key, self.window, self.max_requests)
+                    .await
+                {
+                    Ok(verdict) => verdict,
+                    Err(e) if self.on_backend_error == BackendPolicy::Allow => {
+                        tracing::warn!("rate limiter: {e}; admitting the request (on_backend_error = \"allow\")");
+                        Ok(())
+                    }
+                    Err(e) => {
+                        tracing::error!("rate limiter: {e}; rejecting the request (on_backend_error = \"deny\")");
+                        let body = ErrorBody::new(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            "Rate limiting is unavailable; try again shortly.",
+                            "service_unavailable",
+                        )
+                        .code(Some("rate_limiter_unavailable".into()));
+                        return Err(ApiError::Custom(Box::new(body)));
+                    }
+                }
+            }
+        };
+        match verdict {
             Ok(()) => Ok(()),
             Err(wait) => {
                 // Whole seconds, rounded up, never 0 (a client retrying at once would fail).
@@ -198,6 +265,8 @@ mod tests {
             window_seconds: window,
             per: Scope::ApiKey,
             max_buckets,
+            backend: None,
+            on_backend_error: BackendPolicy::Deny,
         })
         .unwrap()
     }

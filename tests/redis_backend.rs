@@ -1,0 +1,228 @@
+//! Shared state across replicas on a real `redis-server` (started here on a free
+//! port, stopped at the end): one rate limit enforced across two lm-proxy instances,
+//! atomically under concurrency; the fail-open / fail-closed policy when Redis is
+//! unreachable; and a key-check cache shared by both instances.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{user, TestGateway};
+
+/// A throwaway redis-server; killed on drop.
+struct Redis {
+    child: Child,
+    port: u16,
+}
+
+impl Redis {
+    fn start() -> Redis {
+        let port = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            listener.local_addr().unwrap().port()
+        };
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start redis-server ({e}); install it (apt-get install redis-server) — scripts/test does")
+            });
+        let redis = Redis { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !redis.ping() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not answer PING"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    fn ping(&self) -> bool {
+        let Ok(mut stream) = TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let _ = stream.set_read_timeout(Some(Duration::from_secs(1)));
+        let mut answer = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut answer).is_ok()
+            && &answer == b"+PONG\r\n"
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn limited(backend: &str, max: usize, policy: &str) -> String {
+    format!(
+        r#"
+[connections.mock]
+api_type = "mock"
+[routing]
+"*" = "mock.*"
+[groups.default]
+api_keys = ["k"]
+[[before]]
+class = "lm_proxy.handlers.RateLimiter"
+max_requests = {max}
+window_seconds = 60
+per = "global"
+backend = "{backend}"
+on_backend_error = "{policy}"
+"#
+    )
+}
+
+async fn statuses(
+    gateways: &[Arc<TestGateway>],
+    requests: usize,
+    concurrent: bool,
+) -> (usize, usize) {
+    let mut codes = Vec::new();
+    if concurrent {
+        let tasks: Vec<_> = (0..requests)
+            .map(|i| {
+                let gw = gateways[i % gateways.len()].clone();
+                tokio::spawn(async move { gw.chat("k", user("m", "x")).await.status().as_u16() })
+            })
+            .collect();
+        for task in tasks {
+            codes.push(task.await.unwrap());
+        }
+    } else {
+        for i in 0..requests {
+            codes.push(
+                gateways[i % gateways.len()]
+                    .chat("k", user("m", "x"))
+                    .await
+                    .status()
+                    .as_u16(),
+            );
+        }
+    }
+    let ok = codes.iter().filter(|c| **c == 200).count();
+    let limited = codes.iter().filter(|c| **c == 429).count();
+    assert_eq!(
+        ok + limited,
+        requests,
+        "only 200 and 429 expected: {codes:?}"
+    );
+    (ok, limited)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_limit_is_enforced_across_two_instances() {
+    let redis = Redis::start();
+    let a = Arc::new(TestGateway::start(&limited(&redis.url(), 5, "deny")).await);
+    let b = Arc::new(TestGateway::start(&limited(&redis.url(), 5, "deny")).await);
+    assert_eq!(statuses(&[a.clone(), b.clone()], 20, false).await, (5, 15));
+
+    // Atomic under concurrency: 60 requests at once over both instances (a limiter
+    // with other settings uses its own window).
+    let c = Arc::new(TestGateway::start(&limited(&redis.url(), 7, "deny")).await);
+    let d = Arc::new(TestGateway::start(&limited(&redis.url(), 7, "deny")).await);
+    assert_eq!(statuses(&[c, d], 60, true).await, (7, 53));
+
+    // The 429 carries Retry-After from the shared window.
+    let response = a.chat("k", user("m", "x")).await;
+    assert_eq!(response.status(), 429);
+    let retry: u64 = response.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&retry));
+}
+
+#[tokio::test]
+async fn unreachable_redis_follows_the_configured_policy() {
+    let dead = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        format!(
+            "redis://127.0.0.1:{}/",
+            listener.local_addr().unwrap().port()
+        )
+    };
+    let open = TestGateway::start(&limited(&dead, 1, "allow")).await;
+    for _ in 0..3 {
+        assert_eq!(
+            open.chat("k", user("m", "x")).await.status(),
+            200,
+            "fail open admits"
+        );
+    }
+    let closed = TestGateway::start(&limited(&dead, 1, "deny")).await;
+    let (status, body) = closed.chat_json("k", user("m", "x")).await;
+    assert_eq!(status, 503, "fail closed rejects");
+    assert_eq!(body["error"]["code"], "rate_limiter_unavailable");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn key_check_cache_is_shared_by_instances() {
+    let redis = Redis::start();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counter = calls.clone();
+    let app = axum::Router::new().route(
+        "/check",
+        axum::routing::get(move |headers: axum::http::HeaderMap| {
+            let counter = counter.clone();
+            async move {
+                counter.fetch_add(1, Ordering::SeqCst);
+                let ok = headers.get("x-key").is_some_and(|v| v == "valid-key");
+                if ok {
+                    axum::http::StatusCode::OK
+                } else {
+                    axum::http::StatusCode::UNAUTHORIZED
+                }
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let auth_url = format!("http://{}/check", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let config = format!(
+        r#"
+[connections.mock]
+api_type = "mock"
+[routing]
+"*" = "mock.*"
+[api_key_check]
+class = "lm_proxy.api_key_check.CheckAPIKeyWithRequest"
+url = "{auth_url}"
+use_cache = true
+cache_ttl = 60
+cache_backend = "{redis}"
+[api_key_check.headers]
+X-Key = "{{api_key}}"
+"#,
+        redis = redis.url()
+    );
+    let a = TestGateway::start(&config).await;
+    let b = TestGateway::start(&config).await;
+    assert_eq!(a.chat("valid-key", user("m", "x")).await.status(), 200);
+    assert_eq!(b.chat("valid-key", user("m", "x")).await.status(), 200);
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the second instance used the shared answer"
+    );
+    assert_eq!(a.chat("bad-key", user("m", "x")).await.status(), 403);
+    assert_eq!(b.chat("bad-key", user("m", "x")).await.status(), 403);
+    assert_eq!(calls.load(Ordering::SeqCst), 2, "rejections are shared too");
+}
