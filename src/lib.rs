@@ -31,6 +31,9 @@ pub mod streaming;
 #[cfg(feature = "python")]
 mod python;
 
+#[cfg(test)]
+mod proptests;
+
 pub use config::{Config, ConfigError};
 pub use error::ApiError;
 pub use gateway::Gateway;

@@ -7,10 +7,10 @@
 //! upstreams get the body passed through; other providers translate (Anthropic:
 //! `anthropic/`; `fanout` gives providers without a native `n` their choices).
 
-mod anthropic;
+pub(crate) mod anthropic;
 mod fallback;
 pub(crate) mod fanout;
-mod google;
+pub(crate) mod google;
 mod mock;
 mod openai;
 pub(crate) mod upstream_http;

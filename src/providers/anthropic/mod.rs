@@ -5,7 +5,7 @@
 //! `stream` the event stream (`messages` and `tools` are parts of `request`). User documentation: `docs/providers/anthropic.md`.
 
 mod messages;
-mod request;
+pub(crate) mod request;
 mod response;
 mod stream;
 mod tools;

@@ -14,7 +14,7 @@
 
 mod errors;
 mod ids;
-mod request;
+pub(crate) mod request;
 mod response;
 mod schema;
 mod settings;
