@@ -20,7 +20,9 @@ fn arb_json() -> impl Strategy<Value = Value> {
         Just(Value::Null),
         any::<bool>().prop_map(Value::Bool),
         any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
+        any::<f64>()
+            .prop_filter("finite", |f| f.is_finite())
+            .prop_map(|f| json!(f)),
         "[a-z \\u{e9}\\u{1F600}{}\":]{0,12}".prop_map(Value::String),
     ];
     leaf.prop_recursive(4, 48, 6, |inner| {
@@ -37,7 +39,8 @@ fn arb_json() -> impl Strategy<Value = Value> {
         ];
         prop_oneof![
             prop::collection::vec(inner.clone(), 0..5).prop_map(Value::Array),
-            prop::collection::vec((key, inner), 0..5).prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+            prop::collection::vec((key, inner), 0..5)
+                .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
         ]
     })
 }
@@ -89,20 +92,23 @@ fn arb_message() -> impl Strategy<Value = Value> {
             .prop_map(|(id, name, args)| json!({"id": id, "type": "function", "function": {"name": name, "arguments": args}})),
         0..3,
     ));
-    (role, content, tool_calls, prop::option::of("[a-z_]{0,6}")).prop_map(|(role, content, calls, call_id)| {
-        let mut m = json!({"role": role, "content": content});
-        if let Some(calls) = calls {
-            m["tool_calls"] = Value::Array(calls);
-        }
-        if let Some(id) = call_id {
-            m["tool_call_id"] = json!(id);
-        }
-        m
-    })
+    (role, content, tool_calls, prop::option::of("[a-z_]{0,6}")).prop_map(
+        |(role, content, calls, call_id)| {
+            let mut m = json!({"role": role, "content": content});
+            if let Some(calls) = calls {
+                m["tool_calls"] = Value::Array(calls);
+            }
+            if let Some(id) = call_id {
+                m["tool_call_id"] = json!(id);
+            }
+            m
+        },
+    )
 }
 
 fn arb_request() -> impl Strategy<Value = Map<String, Value>> {
-    let tool = "[a-z_]{1,8}".prop_map(|name| json!({"type": "function", "function": {"name": name}}));
+    let tool =
+        "[a-z_]{1,8}".prop_map(|name| json!({"type": "function", "function": {"name": name}}));
     let extras = prop::collection::vec(
         (
             prop_oneof![
@@ -156,8 +162,15 @@ fn call_of(request: &Map<String, Value>) -> UpstreamCall {
 }
 
 fn collect_events(parts: Vec<Vec<u8>>) -> Vec<Result<Value, crate::error::ApiError>> {
-    let body = futures_util::stream::iter(parts.into_iter().map(|p| Ok::<_, std::io::Error>(Bytes::from(p))));
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_time().build().expect("runtime");
+    let body = futures_util::stream::iter(
+        parts
+            .into_iter()
+            .map(|p| Ok::<_, std::io::Error>(Bytes::from(p))),
+    );
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("runtime");
     runtime.block_on(sse_json_events(body, std::time::Duration::from_secs(5)).collect())
 }
 

@@ -38,6 +38,17 @@ log_writer = {{ class = "lm_proxy.loggers.JsonLogWriter", file_name = {log:?} }}
     )
 }
 
+/// Stop the gateway (which flushes its log) and read the JSON log entries.
+async fn stop_and_read_log(gw: TestGateway, log: &std::path::Path) -> Vec<Value> {
+    gw.server.shutdown(Duration::from_secs(5));
+    gw.server.wait().await.unwrap();
+    std::fs::read_to_string(log)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
@@ -135,13 +146,7 @@ async fn each_upstream_fault_gets_the_right_answer_and_a_log_entry() {
     let (status, _) = gw.chat_json("k", user("fine", "x")).await;
     assert_eq!(status, 200);
 
-    gw.server.shutdown(Duration::from_secs(5));
-    gw.server.wait().await.unwrap();
-    let entries: Vec<Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let entries = stop_and_read_log(gw, &log).await;
     assert_eq!(entries.len(), cases.len() + 1);
     for ((model, stream, _, code), entry) in cases.iter().zip(&entries) {
         assert_eq!(
@@ -203,13 +208,7 @@ async fn a_client_that_leaves_mid_stream_closes_the_upstream_and_is_logged() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    gw.server.shutdown(Duration::from_secs(5));
-    gw.server.wait().await.unwrap();
-    let entries: Vec<Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let entries = stop_and_read_log(gw, &log).await;
     assert_eq!(entries.len(), 2);
     assert_eq!(entries[0]["extra"].get("client_disconnected"), None);
     assert_eq!(entries[1]["extra"]["client_disconnected"], true);
