@@ -3,7 +3,7 @@
 //! logging, load the config, serve until SIGINT/SIGTERM.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use clap::Parser;
 use crate::config::{load_dotenv, Config};
 use crate::extensions::{ExtensionResolver, NativeResolver};
 use crate::server::reload::Overrides;
+use crate::server::RunningServer;
 
 /// OpenAI-compatible LLM gateway.
 #[derive(Debug, Parser)]
@@ -92,9 +93,19 @@ pub fn main_native() -> ExitCode {
     run(std::env::args_os(), Arc::new(NativeResolver))
 }
 
-/// Parse `args` (program name first), then serve until a shutdown signal.
-/// Startup problems print one line to stderr and give exit code 1.
-pub fn run<I, T>(args: I, resolver: Arc<dyn ExtensionResolver>) -> ExitCode
+/// What a command line asks for, once `.env`, debug mode and logging are set up and
+/// the config is loaded.
+pub struct Launch {
+    pub config: Config,
+    pub overrides: Overrides,
+    pub debug: bool,
+}
+
+/// Parse `args` (program name first), load `.env`, set debug mode and logging, and
+/// load the config through `resolver`. `Err` carries the exit code to end with: 0
+/// after `--help` / `--version`, 2 for bad arguments, 1 for startup problems (already
+/// printed as one line on stderr).
+pub fn prepare<I, T>(args: I, resolver: &dyn ExtensionResolver) -> Result<Launch, ExitCode>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -103,11 +114,11 @@ where
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
+            return Err(if e.use_stderr() {
                 ExitCode::from(2)
             } else {
                 ExitCode::SUCCESS
-            };
+            });
         }
     };
     let env_file = match cli.env.as_deref() {
@@ -118,18 +129,18 @@ where
     if let Some(explicit) = env_file {
         if let Err(problem) = load_dotenv(explicit.as_deref()) {
             eprintln!("lm-proxy-server: cannot load environment file {problem}");
-            return ExitCode::from(1);
+            return Err(ExitCode::from(1));
         }
     }
     let debug = cli.debug_mode();
     crate::error::set_debug_details(debug);
     init_tracing(debug);
 
-    let mut config = match Config::load(&cli.config) {
+    let mut config = match resolver.load_config(&cli.config) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("lm-proxy-server: config error: {e}");
-            return ExitCode::from(1);
+            return Err(ExitCode::from(1));
         }
     };
     let overrides = Overrides {
@@ -137,7 +148,24 @@ where
         port: cli.port,
     };
     overrides.apply(&mut config);
+    Ok(Launch {
+        config,
+        overrides,
+        debug,
+    })
+}
 
+/// Parse `args` (program name first), then serve until a shutdown signal.
+/// Startup problems print one line to stderr and give exit code 1.
+pub fn run<I, T>(args: I, resolver: Arc<dyn ExtensionResolver>) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let launch = match prepare(args, resolver.as_ref()) {
+        Ok(launch) => launch,
+        Err(code) => return code,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -148,13 +176,27 @@ where
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve_until_signal(config, resolver, overrides)) {
+    match runtime.block_on(serve_until_signal(
+        launch.config,
+        resolver,
+        launch.overrides,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lm-proxy-server: {e:#}");
             ExitCode::from(1)
         }
     }
+}
+
+/// The line that says the server is ready (tests and scripts wait for it).
+pub fn announce(server: &RunningServer, config_path: &Path) {
+    tracing::info!(
+        "lm-proxy {} listening on {} (config: {})",
+        env!("CARGO_PKG_VERSION"),
+        server.url(),
+        config_path.display()
+    );
 }
 
 async fn serve_until_signal(
@@ -165,12 +207,7 @@ async fn serve_until_signal(
     let grace = Duration::from_secs_f64(config.settings.shutdown_grace_seconds);
     let config_path = config.path.clone();
     let server = crate::server::start(config, resolver, overrides).await?;
-    tracing::info!(
-        "lm-proxy {} listening on {} (config: {})",
-        env!("CARGO_PKG_VERSION"),
-        server.url(),
-        config_path.display()
-    );
+    announce(&server, &config_path);
     shutdown_signal().await;
     tracing::info!(
         "shutting down; open requests have {:.0}s to finish",
