@@ -102,10 +102,10 @@ pub struct Launch {
 }
 
 /// Parse `args` (program name first), load `.env`, set debug mode and logging, and
-/// load the config through `resolver`. `Err` carries the exit code to end with: 0
+/// load the config through `resolver`. `Err` carries the exit status to end with: 0
 /// after `--help` / `--version`, 2 for bad arguments, 1 for startup problems (already
 /// printed as one line on stderr).
-pub fn prepare<I, T>(args: I, resolver: &dyn ExtensionResolver) -> Result<Launch, ExitCode>
+pub fn prepare<I, T>(args: I, resolver: &dyn ExtensionResolver) -> Result<Launch, u8>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -114,11 +114,7 @@ where
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return Err(if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            });
+            return Err(if e.use_stderr() { 2 } else { 0 });
         }
     };
     let env_file = match cli.env.as_deref() {
@@ -129,7 +125,7 @@ where
     if let Some(explicit) = env_file {
         if let Err(problem) = load_dotenv(explicit.as_deref()) {
             eprintln!("lm-proxy-server: cannot load environment file {problem}");
-            return Err(ExitCode::from(1));
+            return Err(1);
         }
     }
     let debug = cli.debug_mode();
@@ -140,7 +136,7 @@ where
         Ok(config) => config,
         Err(e) => {
             eprintln!("lm-proxy-server: config error: {e}");
-            return Err(ExitCode::from(1));
+            return Err(1);
         }
     };
     let overrides = Overrides {
@@ -164,7 +160,7 @@ where
 {
     let launch = match prepare(args, resolver.as_ref()) {
         Ok(launch) => launch,
-        Err(code) => return code,
+        Err(code) => return ExitCode::from(code),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
