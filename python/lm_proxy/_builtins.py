@@ -21,7 +21,12 @@ class Builtin:
     target: str = ""
 
     def __init__(self, **kwargs: Any) -> None:
-        self.kwargs = kwargs
+        # Only what differs from the defaults is kept, so that the table equals the
+        # one a config file with the same settings gives.
+        defaults = _defaults(type(self))
+        self.kwargs = {
+            k: v for k, v in kwargs.items() if k not in defaults or defaults[k] != v
+        }
 
     def _lm_proxy_table_(self) -> dict[str, Any] | None:
         return {"class": self.target, **self.kwargs}
@@ -45,6 +50,14 @@ class RustOnly(Builtin):
             f"{type(self).__name__} runs inside the lm-proxy server (in Rust): use it as a "
             "value in a Config (api_key_check, before, loggers or connections)"
         )
+
+
+def _defaults(cls: type) -> dict[str, Any]:
+    try:
+        params = inspect.signature(cls.__init__).parameters.values()  # type: ignore[misc]
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
 def builtin_table(value: Any) -> dict[str, Any] | None:

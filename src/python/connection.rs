@@ -230,12 +230,14 @@ impl ChunkIterator {
             py,
             async move {
                 let mut state = state.lock().await;
-                if let StreamState::Pending(provider, call) =
-                    std::mem::replace(&mut *state, StreamState::Done)
-                {
-                    match provider.stream(*call).await {
-                        Ok(stream) => *state = StreamState::Open(stream),
-                        Err(e) => return Err(Some(e)),
+                if matches!(*state, StreamState::Pending(..)) {
+                    if let StreamState::Pending(provider, call) =
+                        std::mem::replace(&mut *state, StreamState::Done)
+                    {
+                        match provider.stream(*call).await {
+                            Ok(stream) => *state = StreamState::Open(stream),
+                            Err(e) => return Err(Some(e)),
+                        }
                     }
                 }
                 let StreamState::Open(stream) = &mut *state else {

@@ -55,6 +55,14 @@ pub fn api_error(py: Python<'_>, err: PyErr, role: Role, label: &str) -> ApiErro
         }
     }
     let text = summary(py, &err);
+    if err.is_instance_of::<pyo3::exceptions::asyncio::CancelledError>(py) {
+        // Cancelled by us: the client went away or the server is stopping.
+        tracing::debug!("{label} was cancelled");
+        return match role {
+            Role::Connection => ApiError::upstream_failure(format!("{label} was cancelled")),
+            Role::KeyCheck | Role::Handler => ApiError::internal(format!("{label} was cancelled")),
+        };
+    }
     tracing::error!("{label} raised {text}");
     if tracing::enabled!(tracing::Level::DEBUG) {
         tracing::debug!("{label}: {}", traceback(py, &err));

@@ -17,5 +17,5 @@ class AllowAll(Builtin):
         super().__init__(group=group, capture_api_key=capture_api_key)
 
     def __call__(self, api_key: str | None) -> tuple[str, dict[str, Any]]:
-        info = {"api_key": api_key} if self.kwargs["capture_api_key"] else {}
-        return self.kwargs["group"], info
+        info = {"api_key": api_key} if self.kwargs.get("capture_api_key", True) else {}
+        return self.kwargs.get("group", "default"), info

@@ -19,7 +19,7 @@ class CheckAPIKeyWithRequest(RustOnly):
         self,
         url: str,
         method: str = "get",
-        headers: dict[str, str] | None = None,
+        headers: dict[str, str] = {},  # noqa: B006 - never mutated
         response_as_user_info: bool = False,
         group_field: str | None = None,
         default_group: str = "default",
@@ -32,7 +32,7 @@ class CheckAPIKeyWithRequest(RustOnly):
         super().__init__(
             url=url,
             method=method,
-            headers=dict(headers or {}),
+            headers=dict(headers),
             response_as_user_info=response_as_user_info,
             group_field=group_field,
             default_group=default_group,

@@ -23,11 +23,10 @@ class HTTPHeadersForwarder(RustOnly):
 
     def __init__(
         self,
-        ignore_headers: Iterable[str] = (),
-        white_list_headers: Iterable[str] = (),
+        ignore_headers: Iterable[str] = [],  # noqa: B006 - never mutated
+        white_list_headers: Iterable[str] = [],  # noqa: B006
     ) -> None:
-        extra = sorted(h.lower() for h in ignore_headers if h.lower() not in SENSITIVE_HEADERS)
         super().__init__(
-            ignore_headers=extra,
+            ignore_headers=sorted(h.lower() for h in ignore_headers if h.lower() not in SENSITIVE_HEADERS),
             white_list_headers=sorted(h.lower() for h in white_list_headers),
         )
