@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import contextvars
 import dataclasses
 import enum
@@ -21,7 +22,7 @@ import traceback
 import uuid
 import weakref
 from collections.abc import Iterator, Mapping
-from datetime import date, datetime, time, timezone
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -102,10 +103,8 @@ def register_server(server: Any) -> None:
 def _at_exit() -> None:
     # Servers first (they may still call into the loop), then the loop.
     for server in list(_servers):
-        try:
+        with contextlib.suppress(BaseException):  # exiting anyway
             server.stop(grace=1.0)
-        except BaseException:  # noqa: BLE001 - exiting anyway
-            pass
     _lm_proxy.stop_bridge(2.0)
 
 
@@ -171,10 +170,8 @@ def abandon(
     async def close() -> None:
         if pending is not None and not pending.done():
             pending.cancel()
-            try:
+            with contextlib.suppress(BaseException):  # cancelled on purpose
                 await pending
-            except BaseException:  # noqa: BLE001 - it was cancelled on purpose
-                pass
         aclose = getattr(iterator, "aclose", None)
         if aclose is not None:
             try:
@@ -326,7 +323,7 @@ def handler_context(fields: dict[str, Any], headers: list[tuple[str, str]]) -> R
         llm_params={"model": model, **fields["llm_params"]},
         api_key_id=fields["api_key_id"],
         remote_addr=fields["remote_addr"],
-        created_at=datetime.fromtimestamp(fields["created_at"], tz=timezone.utc),
+        created_at=datetime.fromtimestamp(fields["created_at"], tz=UTC),
         duration=fields["duration"],
         user_info=fields["user_info"] if fields["user_info"] is not None else {},
         extra=fields["extra"],

@@ -24,9 +24,7 @@ class Builtin:
         # Only what differs from the defaults is kept, so that the table equals the
         # one a config file with the same settings gives.
         defaults = _defaults(type(self))
-        self.kwargs = {
-            k: v for k, v in kwargs.items() if k not in defaults or defaults[k] != v
-        }
+        self.kwargs = {k: v for k, v in kwargs.items() if k not in defaults or defaults[k] != v}
 
     def _lm_proxy_table_(self) -> dict[str, Any] | None:
         return {"class": self.target, **self.kwargs}

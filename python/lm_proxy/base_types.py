@@ -14,7 +14,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 __all__ = [
@@ -54,11 +54,41 @@ class Message(AttrDict):
 
 # The OpenAI request fields: read as attributes, the ones a client did not send are None.
 _REQUEST_FIELDS = frozenset(
-    """model messages stream max_tokens max_completion_tokens temperature top_p n stop
-    presence_penalty frequency_penalty logit_bias logprobs top_logprobs user tools
-    tool_choice parallel_tool_calls response_format seed metadata modalities audio
-    prediction reasoning_effort service_tier store stream_options verbosity
-    web_search_options prompt_cache_key prompt_cache_retention safety_identifier""".split()
+    [
+        "model",
+        "messages",
+        "stream",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "user",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "seed",
+        "metadata",
+        "modalities",
+        "audio",
+        "prediction",
+        "reasoning_effort",
+        "service_tier",
+        "store",
+        "stream_options",
+        "verbosity",
+        "web_search_options",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "safety_identifier",
+    ]
 )
 
 
@@ -182,7 +212,7 @@ def _new_id() -> str:
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 @dataclass

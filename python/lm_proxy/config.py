@@ -9,6 +9,7 @@ tree (see ``_to_tree``), where it is checked exactly like a config file.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import os
 import secrets
@@ -23,15 +24,12 @@ __all__ = ["DEFAULT_KEY_CHECK", "Config", "Group", "ModelListingMode"]
 DEFAULT_KEY_CHECK = "lm_proxy.api_key_check.check_api_key_in_config"
 
 
-class ModelListingMode(str, enum.Enum):
+class ModelListingMode(enum.StrEnum):
     """How ``GET /models`` shows routing patterns."""
 
     AS_IS = "as_is"
     IGNORE_WILDCARDS = "ignore_wildcards"
     EXPAND_WILDCARDS = "expand_wildcards"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 class Group:
@@ -72,7 +70,9 @@ class Group:
         return isinstance(other, Group) and self.to_dict() == other.to_dict()
 
     def __repr__(self) -> str:
-        return f"Group(api_keys={self.api_keys!r}, allowed_connections={self.allowed_connections!r})"
+        return (
+            f"Group(api_keys={self.api_keys!r}, allowed_connections={self.allowed_connections!r})"
+        )
 
 
 def _default_trusted_proxies() -> list[str]:
@@ -161,14 +161,11 @@ class Config:
             self.groups = {"default": Group()}
         if not isinstance(self.groups, Mapping):
             raise TypeError("groups must be a dict of name -> Group")
-        self.groups = {
-            name: _group(name, group) for name, group in dict(self.groups).items()
-        }
+        self.groups = {name: _group(name, group) for name, group in dict(self.groups).items()}
         if isinstance(self.model_listing_mode, str):
-            try:
+            # An unknown mode is reported with the file and key when the config is checked.
+            with contextlib.suppress(ValueError):
                 self.model_listing_mode = ModelListingMode(self.model_listing_mode)
-            except ValueError:
-                pass  # reported with the file and key when the config is checked
         for name in ("loggers", "before", "trusted_proxies"):
             value = getattr(self, name)
             if isinstance(value, tuple):

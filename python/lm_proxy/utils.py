@@ -45,14 +45,18 @@ def resolve_callable(path: str) -> Any:
         except ModuleNotFoundError as e:
             # Only a missing module of the path itself means "try a shorter prefix";
             # an import failing inside an existing module is the user's error.
-            if e.name is not None and (module_name == e.name or module_name.startswith(e.name + ".")):
+            if e.name is not None and (
+                module_name == e.name or module_name.startswith(e.name + ".")
+            ):
                 continue
             raise
         for attr in parts[split:]:
             try:
                 obj = getattr(obj, attr)
             except AttributeError:
-                raise ImportError(f"module '{module_name}' has no attribute '{attr}' ({path})") from None
+                raise ImportError(
+                    f"module '{module_name}' has no attribute '{attr}' ({path})"
+                ) from None
         return obj
     raise ModuleNotFoundError(f"cannot import '{path}': no module named '{parts[0]}'")
 
@@ -70,7 +74,9 @@ def resolve_instance_or_callable(
         return None
     if isinstance(item, Mapping):
         if class_key not in item:
-            raise ValueError(f"'{class_key}' key is missing in {debug_name or 'item'} config: {item}")
+            raise ValueError(
+                f"'{class_key}' key is missing in {debug_name or 'item'} config: {item}"
+            )
         args = dict(item)
         target = args.pop(class_key)
         constructor = resolve_callable(target) if isinstance(target, str) else target

@@ -206,7 +206,9 @@ def test_load_gives_equal_configs_for_every_format(
     (tmp_path / "c.yaml").write_text(YAML)
     (tmp_path / "c.py").write_text(PY)
     as_dict = Config.load(tmp_path / "c.toml").to_dict()
-    (tmp_path / "c.json").write_text(json.dumps({**as_dict, "encryption_key": "env:LMP_TEST_SECRET"}))
+    (tmp_path / "c.json").write_text(
+        json.dumps({**as_dict, "encryption_key": "env:LMP_TEST_SECRET"})
+    )
 
     toml = Config.load(tmp_path / "c.toml")
     assert toml.encryption_key == "s3cret"
@@ -240,12 +242,12 @@ def test_load_errors_name_file_and_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="bogus"):
         Config.load(unknown)
 
-    with pytest.raises(ConfigError, match="unsupported config extension '.ini'"):
+    with pytest.raises(ConfigError, match=r"unsupported config extension '\.ini'"):
         Config.load(tmp_path / "x.ini")
 
     empty = tmp_path / "empty.py"
     empty.write_text("x = 1\n")
-    with pytest.raises(ConfigError, match="must define `config"):
+    with pytest.raises(ConfigError, match=r"must define `config"):
         Config.load(empty)
 
     broken = tmp_path / "broken.py"

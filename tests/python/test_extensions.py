@@ -107,9 +107,7 @@ def test_key_check_function(serve_config: Any, upstream: MockUpstream, check: An
         ),
         debug=False,
     )
-    answer = client_for(server.url, "good").chat.completions.create(
-        model="m", messages=MESSAGES
-    )
+    answer = client_for(server.url, "good").chat.completions.create(model="m", messages=MESSAGES)
     assert answer.choices[0].message.content == "You said: Hello there"
     client_for(server.url, "vip").chat.completions.create(model="m", messages=MESSAGES)
     assert seen == [("default", {}), ("vip", {"tier": "gold"})]
@@ -128,9 +126,11 @@ class PrefixCheck:
         self.group = group
 
     async def __call__(self, api_key: str) -> Any:
-        return (self.group, {"key_tail": api_key[len(self.prefix) :]}) if api_key.startswith(
-            self.prefix
-        ) else None
+        return (
+            (self.group, {"key_tail": api_key[len(self.prefix) :]})
+            if api_key.startswith(self.prefix)
+            else None
+        )
 
 
 def test_key_check_class_table_with_kwargs(serve_config: Any, upstream: MockUpstream) -> None:
@@ -387,7 +387,9 @@ def test_loggers_sync_async_and_failing(serve_config: Any, upstream: MockUpstrea
     assert len(async_seen) == 3 and all(d >= 0 for d in async_seen)
 
 
-def test_base_logger_with_python_writer(serve_config: Any, upstream: MockUpstream, tmp_path: Path) -> None:
+def test_base_logger_with_python_writer(
+    serve_config: Any, upstream: MockUpstream, tmp_path: Path
+) -> None:
     written: list[dict[str, Any]] = []
     transformed: list[dict[str, Any]] = []
     config = make_config(
@@ -403,7 +405,9 @@ def test_base_logger_with_python_writer(serve_config: Any, upstream: MockUpstrea
             # All Rust.
             BaseLogger(
                 log_writer=JsonLogWriter(file_name=str(tmp_path / "logs" / "all.jsonl")),
-                entry_transformer=LogEntryTransformer(model="request.model", prompt="request.messages"),
+                entry_transformer=LogEntryTransformer(
+                    model="request.model", prompt="request.messages"
+                ),
             ),
             # A Python transformer: the whole logger runs in Python.
             BaseLogger(
@@ -526,7 +530,13 @@ def test_connection_gets_model_and_params(serve_config: Any, upstream: MockUpstr
         model="alias", messages=MESSAGES, temperature=0.3, max_tokens=5, stream=False
     )
     assert calls == [
-        {"messages": MESSAGES, "model": "real-model", "temperature": 0.3, "max_tokens": 5, "stream": False}
+        {
+            "messages": MESSAGES,
+            "model": "real-model",
+            "temperature": 0.3,
+            "max_tokens": 5,
+            "stream": False,
+        }
     ]
 
 
@@ -625,7 +635,10 @@ def test_connection_errors(serve_config: Any, upstream: MockUpstream) -> None:
         for chunk in stream:
             received.extend(c.delta.content or "" for c in chunk.choices)
     assert "first" in "".join(received)
-    assert client.chat.completions.create(model="py-ok", messages=MESSAGES).choices[0].message.content == "fine"
+    assert (
+        client.chat.completions.create(model="py-ok", messages=MESSAGES).choices[0].message.content
+        == "fine"
+    )
 
 
 # ---- components ----------------------------------------------------------------------

@@ -23,9 +23,9 @@ from conftest import (
 
 lm_proxy = import_lm_proxy()
 from lm_proxy import Config, Group, OpenAIHTTPException, Server  # noqa: E402
+from lm_proxy.api_key_check import AllowAll  # noqa: E402
 from lm_proxy.base_types import LLMResponse, RequestContext  # noqa: E402
 from lm_proxy.bootstrap import bootstrap, env  # noqa: E402
-from lm_proxy.api_key_check import AllowAll  # noqa: E402
 from lm_proxy.strategies import Fallback  # noqa: E402
 
 MESSAGES = [{"role": "user", "content": "Hello there"}]

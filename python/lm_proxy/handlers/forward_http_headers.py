@@ -8,10 +8,31 @@ from .._builtins import RustOnly
 
 # Never forwarded, whatever the lists say (the Rust built-in adds a few credentials).
 SENSITIVE_HEADERS = frozenset(
-    """authorization www-authenticate content-length content-type transfer-encoding
-    connection keep-alive upgrade cache-control etag if-none-match proxy-authorization
-    proxy-connection strict-transport-security host range if-range :method :path
-    :scheme :authority te trailer""".split()
+    [
+        "authorization",
+        "www-authenticate",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "keep-alive",
+        "upgrade",
+        "cache-control",
+        "etag",
+        "if-none-match",
+        "proxy-authorization",
+        "proxy-connection",
+        "strict-transport-security",
+        "host",
+        "range",
+        "if-range",
+        ":method",
+        ":path",
+        ":scheme",
+        ":authority",
+        "te",
+        "trailer",
+    ]
 )
 
 
@@ -23,10 +44,12 @@ class HTTPHeadersForwarder(RustOnly):
 
     def __init__(
         self,
-        ignore_headers: Iterable[str] = [],  # noqa: B006 - never mutated
-        white_list_headers: Iterable[str] = [],  # noqa: B006
+        ignore_headers: Iterable[str] = [],
+        white_list_headers: Iterable[str] = [],
     ) -> None:
         super().__init__(
-            ignore_headers=sorted(h.lower() for h in ignore_headers if h.lower() not in SENSITIVE_HEADERS),
+            ignore_headers=sorted(
+                h.lower() for h in ignore_headers if h.lower() not in SENSITIVE_HEADERS
+            ),
             white_list_headers=sorted(h.lower() for h in white_list_headers),
         )

@@ -7,7 +7,7 @@ import enum
 from .._builtins import RustOnly
 
 
-class RateLimitScope(str, enum.Enum):
+class RateLimitScope(enum.StrEnum):
     API_KEY = "api_key"
     CONNECTION = "connection"
     GROUP = "group"

@@ -8,7 +8,12 @@ callable, a subclass of ``BaseLogger``, or any callable taking the
 :class:`~lm_proxy.base_types.RequestContext` runs in Python (off the request path).
 """
 
-from .base_logger import AbstractLogEntryTransformer, AbstractLogWriter, BaseLogger, LogEntryTransformer
+from .base_logger import (
+    AbstractLogEntryTransformer,
+    AbstractLogWriter,
+    BaseLogger,
+    LogEntryTransformer,
+)
 from .log_writers import JsonLogWriter
 
 __all__ = [

@@ -79,6 +79,8 @@ class BaseLogger(Builtin):
 
 
 def _names_transformer(name: Any) -> bool:
-    return isinstance(name, str) and name.startswith("lm_proxy.loggers.") and name.endswith(
-        ".LogEntryTransformer"
+    return (
+        isinstance(name, str)
+        and name.startswith("lm_proxy.loggers.")
+        and name.endswith(".LogEntryTransformer")
     )
