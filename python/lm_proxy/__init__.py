@@ -7,8 +7,9 @@ module ``lm_proxy._lm_proxy``); this package is its Python face:
   callables as values; ``Config.load(path)`` for every file format;
 - :class:`Server`, :func:`serve` (:mod:`lm_proxy.server`): serving in the background
   or until Ctrl+C / SIGTERM;
-- :func:`bootstrap`, ``env`` (:mod:`lm_proxy.bootstrap`): the connections of a config
-  for library use;
+- ``lm_proxy.bootstrap.bootstrap()`` and ``lm_proxy.bootstrap.env``: the connections
+  of a config for library use (not re-exported here: ``lm_proxy.bootstrap`` stays the
+  module, as in the reference);
 - :class:`RequestContext` (:mod:`lm_proxy.base_types`) and
   :class:`OpenAIHTTPException` (:mod:`lm_proxy.errors`) for handlers;
 - the reference's built-ins, which run in Rust: :mod:`lm_proxy.api_key_check`,
@@ -17,7 +18,7 @@ module ``lm_proxy._lm_proxy``); this package is its Python face:
 
 from ._lm_proxy import __version__
 from .base_types import LLMResponse, RequestContext
-from .bootstrap import Env, bootstrap, env
+from .bootstrap import Env
 from .config import Config, Group, ModelListingMode
 from .errors import ConfigError, OpenAIHTTPException
 from .server import Server, serve
@@ -33,7 +34,5 @@ __all__ = [
     "RequestContext",
     "Server",
     "__version__",
-    "bootstrap",
-    "env",
     "serve",
 ]
