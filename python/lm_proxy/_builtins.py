@@ -30,7 +30,9 @@ class Builtin:
         return {"class": self.target, **self.kwargs}
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Builtin) and type(other) is type(self) and other.kwargs == self.kwargs
+        return (
+            isinstance(other, Builtin) and type(other) is type(self) and other.kwargs == self.kwargs
+        )
 
     def __hash__(self) -> int:
         return hash((type(self), repr(sorted(self.kwargs.items(), key=lambda kv: kv[0]))))
