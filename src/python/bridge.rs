@@ -100,10 +100,13 @@ impl Drain {
     }
 }
 
+/// What runs once an asyncio task is done (with the GIL, on the loop thread).
+type OnDone = Box<dyn for<'py> FnOnce(Python<'py>, &Bound<'py, PyAny>) + Send>;
+
 /// Calls a Rust closure once with the finished asyncio task.
 #[pyclass(module = "lm_proxy._lm_proxy")]
 struct DoneCallback {
-    f: Mutex<Option<Box<dyn for<'py> FnOnce(Python<'py>, &Bound<'py, PyAny>) + Send>>>,
+    f: Mutex<Option<OnDone>>,
 }
 
 #[pymethods]

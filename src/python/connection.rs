@@ -65,20 +65,18 @@ impl RustConnection {
             }
         };
         let mut headers = http::HeaderMap::new();
-        if let Some(extra) = params.shift_remove("extra_headers") {
-            if let Value::Object(map) = extra {
-                for (name, value) in map {
-                    let text = match value {
-                        Value::String(s) => s,
-                        Value::Null => continue,
-                        other => other.to_string(),
-                    };
-                    let name = http::HeaderName::from_bytes(name.as_bytes())
-                        .map_err(|_| PyValueError::new_err(format!("bad header name {name:?}")))?;
-                    let value = http::HeaderValue::from_str(&text)
-                        .map_err(|_| PyValueError::new_err(format!("bad value for {name}")))?;
-                    headers.insert(name, value);
-                }
+        if let Some(Value::Object(map)) = params.shift_remove("extra_headers") {
+            for (name, value) in map {
+                let text = match value {
+                    Value::String(s) => s,
+                    Value::Null => continue,
+                    other => other.to_string(),
+                };
+                let name = http::HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| PyValueError::new_err(format!("bad header name {name:?}")))?;
+                let value = http::HeaderValue::from_str(&text)
+                    .map_err(|_| PyValueError::new_err(format!("bad value for {name}")))?;
+                headers.insert(name, value);
             }
         }
         let messages = match from_py(messages)? {
