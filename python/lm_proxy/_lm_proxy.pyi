@@ -16,13 +16,22 @@ __version__: str
 #: handed to the Rust core.
 OBJECT_REF_PREFIX: str
 
-def run_cli(argv: list[str]) -> int:
+def run_cli(argv: list[str], flag: SignalFlag | None = None) -> int:
     """Run the server's command line with ``argv`` (program name first).
 
     Blocks until the server stops, with the GIL released; Python's signal handlers
-    run every 100 ms, and a ``KeyboardInterrupt`` or ``SystemExit`` they raise starts
-    a graceful shutdown. Returns the process exit status.
+    run every 100 ms. A signal recorded by ``flag`` (or a ``KeyboardInterrupt`` /
+    ``SystemExit`` another handler raises) starts a graceful shutdown; a second one
+    returns at once. Returns the process exit status.
     """
+
+class SignalFlag:
+    """A signal handler that only records the signal: ``signal.signal(SIGINT, flag)``."""
+
+    def __init__(self) -> None: ...
+    def __call__(self, signum: int, frame: object = None) -> None: ...
+    @property
+    def signal(self) -> int | None: ...
 
 def bootstrap(config: Config, env: Env, debug: bool = False) -> None:
     """Build ``config``'s connections and components into ``env`` without serving,
@@ -59,11 +68,13 @@ class Server:
     def running(self) -> bool: ...
     @property
     def grace(self) -> float: ...
-    def stop(self, grace: float | None = None) -> None:
-        """Stop gracefully and wait (GIL released) until stopped and logs written."""
+    def stop(self, grace: float | None = None, flag: SignalFlag | None = None) -> int | None:
+        """Stop gracefully and wait (GIL released) until stopped and logs written;
+        returns the signal ``flag`` recorded if one ended the wait early."""
 
-    def wait(self) -> None:
-        """Wait until the server stops; exceptions from signal handlers propagate."""
+    def wait(self, flag: SignalFlag | None = None) -> int | None:
+        """Wait until the server stops, or until ``flag`` records a signal (returned);
+        exceptions other signal handlers raise propagate."""
 
 class Connection:
     """A connection served by Rust, as ``env.connections[name]``."""

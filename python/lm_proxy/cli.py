@@ -2,9 +2,10 @@
 
 The same command line as the native binary (argument parsing, ``.env``, config
 loading and serving happen in Rust), with two differences: configs may name Python
-callables (or be ``.py`` files), and Python owns the signals: Ctrl+C and SIGTERM
-reach Python's handlers, and the Rust side, which waits with the GIL released in
-short slices, notices them and shuts down gracefully.
+callables (or be ``.py`` files), and Python owns the signals: Ctrl+C and SIGTERM go
+to a Python handler that records them, and the Rust side, which waits with the GIL
+released in short slices, sees them and shuts down gracefully (a second signal
+exits at once).
 """
 
 from __future__ import annotations
@@ -12,11 +13,12 @@ from __future__ import annotations
 import sys
 
 from . import _lm_proxy
-from .server import terminate_raises_system_exit
+from .server import route_signals
 
 
 def main() -> None:
     """Run the gateway's command line with this process's arguments and exit."""
-    with terminate_raises_system_exit():
-        code = _lm_proxy.run_cli(["lm-proxy-server", *sys.argv[1:]])
+    flag = _lm_proxy.SignalFlag()
+    with route_signals(flag):
+        code = _lm_proxy.run_cli(["lm-proxy-server", *sys.argv[1:]], flag)
     sys.exit(code)

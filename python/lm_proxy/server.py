@@ -12,7 +12,7 @@ import os
 import signal
 import threading
 from collections.abc import Iterator
-from types import FrameType, TracebackType
+from types import TracebackType
 from typing import Any
 
 from . import _bridge, _lm_proxy
@@ -70,8 +70,18 @@ class Server:
         self._server.stop(grace)
 
     def wait(self) -> None:
-        """Block until the server stops; signal handlers run meanwhile."""
-        self._server.wait()
+        """Block until the server stops (``stop()`` from another thread).
+
+        Ctrl+C raises ``KeyboardInterrupt`` here and SIGTERM ``SystemExit(0)`` (where
+        the application kept Python's default handlers); the server keeps running.
+        """
+        flag = _lm_proxy.SignalFlag()
+        with route_signals(flag):
+            signum = self._server.wait(flag)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if signum is not None:
+            raise SystemExit(0)
 
     def __enter__(self) -> Server:
         return self
@@ -97,32 +107,41 @@ def serve(
     debug: bool | None = None,
     env_file: str | os.PathLike[str] | None = None,
 ) -> None:
-    """Serve until Ctrl+C or SIGTERM, then stop gracefully and return."""
-    with terminate_raises_system_exit():
+    """Serve until Ctrl+C or SIGTERM, then stop gracefully and return.
+
+    Open requests get ``shutdown_grace_seconds``; a second signal returns at once.
+    """
+    flag = _lm_proxy.SignalFlag()
+    with route_signals(flag):
         server = Server(config, host=host, port=port, debug=debug, env_file=env_file)
-        try:
-            server.wait()
-        except (KeyboardInterrupt, SystemExit):
-            server.stop()
+        if server._server.wait(flag) is not None:
+            server._server.stop(None, flag)
 
 
 @contextlib.contextmanager
-def terminate_raises_system_exit() -> Iterator[None]:
-    """While serving from the main thread, SIGTERM raises ``SystemExit(0)`` (instead
-    of killing the process), so that the server can shut down gracefully."""
+def route_signals(flag: Any) -> Iterator[None]:
+    """Let ``flag`` (a ``SignalFlag``) handle SIGINT and SIGTERM for a while.
+
+    Only from the main thread (where Python runs signal handlers), and only for
+    signals whose handler is still Python's default: an application's own handlers
+    keep working (what they raise ends the wait). The flag records the signal
+    instead of raising, so that the serving loop always sees it.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous not in (signal.SIG_DFL, None):
-        yield  # the application has its own SIGTERM handling
-        return
-
-    def on_terminate(signum: int, frame: FrameType | None) -> Any:
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, on_terminate)
+    defaults: dict[int, Any] = {
+        signal.SIGINT: signal.default_int_handler,
+        signal.SIGTERM: signal.SIG_DFL,
+    }
+    replaced: dict[int, Any] = {}
+    for signum, default in defaults.items():
+        current = signal.getsignal(signum)
+        if current is default or current is None:
+            replaced[signum] = current if current is not None else default
+            signal.signal(signum, flag)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, previous in replaced.items():
+            signal.signal(signum, previous)

@@ -92,6 +92,7 @@ fn _lm_proxy(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_dotenv, m)?)?;
     m.add_function(wrap_pyfunction!(stop_bridge, m)?)?;
     m.add_class::<server::Server>()?;
+    m.add_class::<server::SignalFlag>()?;
     m.add_class::<connection::RustConnection>()?;
     m.add_class::<connection::ChunkIterator>()?;
     Ok(())

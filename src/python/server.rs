@@ -1,13 +1,18 @@
 //! Serving from Python: the `Server` class (`lm_proxy.Server` wraps it), the command
 //! line of the wheel (`run_cli`), and `bootstrap()` for library use.
 //!
-//! Python owns the signals: nothing here installs a SIGINT/SIGTERM handler. Blocking
+//! Python owns the signals: nothing here installs an OS signal handler. Blocking
 //! waits happen with the GIL released, in slices of 100 ms, after each of which
-//! `check_signals()` runs the Python handlers; an exception they raise (Ctrl+C's
-//! `KeyboardInterrupt`, SIGTERM's `SystemExit` from the package's handler) starts a
-//! graceful shutdown.
+//! `check_signals()` runs the Python handlers. While serving, the package installs a
+//! [`SignalFlag`] as the Python handler of SIGINT and SIGTERM (where the application
+//! kept the defaults): it only records the signal, which the wait loop then sees.
+//! A handler that raises would not do: Python runs signal handlers wherever the main
+//! thread next runs bytecode, which can be a weakref callback run when the GIL is
+//! taken back, and an exception raised there is printed and dropped. Exceptions that
+//! other handlers raise from `check_signals()` still end the wait.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -124,14 +129,66 @@ impl Running {
         }
     }
 
-    /// Wait for the server to stop, without the GIL, checking signals between slices.
-    fn wait(&self, py: Python<'_>) -> PyResult<Result<(), String>> {
+    /// Wait for the server to stop, without the GIL, running signal handlers between
+    /// slices. Ends early when `flag` records a signal (or a handler raises).
+    fn wait(&self, py: Python<'_>, flag: Option<&SignalFlag>) -> PyResult<Waited> {
         loop {
             let finished = self.finished.clone();
             if let Some(outcome) = py.detach(move || finished.wait(SLICE)) {
-                return Ok(outcome);
+                return Ok(Waited::Stopped(outcome));
             }
             py.check_signals()?;
+            if let Some(signal) = flag.and_then(SignalFlag::take) {
+                return Ok(Waited::Signal(signal));
+            }
+        }
+    }
+}
+
+/// How a wait ended.
+enum Waited {
+    Stopped(Result<(), String>),
+    Signal(i32),
+}
+
+/// A Python signal handler that only records the signal: `signal.signal(SIGINT,
+/// flag)`. The serving loops look at it between their waits.
+#[pyclass(module = "lm_proxy._lm_proxy", frozen)]
+pub struct SignalFlag {
+    signal: AtomicI32,
+}
+
+impl SignalFlag {
+    fn take(&self) -> Option<i32> {
+        match self.signal.swap(0, Ordering::AcqRel) {
+            0 => None,
+            signal => Some(signal),
+        }
+    }
+}
+
+#[pymethods]
+impl SignalFlag {
+    #[new]
+    fn new() -> Self {
+        SignalFlag {
+            signal: AtomicI32::new(0),
+        }
+    }
+
+    /// The handler: `(signum, frame)`.
+    #[pyo3(signature = (signum, frame=None))]
+    fn __call__(&self, signum: i32, frame: Option<&Bound<'_, PyAny>>) {
+        let _ = frame;
+        self.signal.store(signum, Ordering::Release);
+    }
+
+    /// The last signal recorded and not yet seen, if any (does not clear it).
+    #[getter]
+    fn signal(&self) -> Option<i32> {
+        match self.signal.load(Ordering::Acquire) {
+            0 => None,
+            signal => Some(signal),
         }
     }
 }
@@ -199,25 +256,39 @@ impl Server {
 
     /// Stop accepting connections, give open requests `grace` seconds (default: the
     /// config's `shutdown_grace_seconds`), and wait until the server has stopped and
-    /// its request log is written.
-    #[pyo3(signature = (grace=None))]
-    fn stop(&self, py: Python<'_>, grace: Option<f64>) -> PyResult<()> {
+    /// its request log is written. Returns None then, or the signal recorded by
+    /// `flag` that ended the wait early (the shutdown goes on in the background).
+    #[pyo3(signature = (grace=None, flag=None))]
+    fn stop(
+        &self,
+        py: Python<'_>,
+        grace: Option<f64>,
+        flag: Option<&SignalFlag>,
+    ) -> PyResult<Option<i32>> {
         let grace = grace
             .filter(|g| g.is_finite() && *g >= 0.0)
             .map(Duration::from_secs_f64)
             .unwrap_or(self.running.grace);
         self.running.request_stop(grace);
-        self.running
-            .wait(py)?
-            .map_err(|e| PyRuntimeError::new_err(format!("the server stopped with an error: {e}")))
+        finished_or_signal(self.running.wait(py, flag)?)
     }
 
     /// Block until the server stops (after `stop()` from another thread). Signal
-    /// handlers run meanwhile; an exception they raise is raised here.
-    fn wait(&self, py: Python<'_>) -> PyResult<()> {
-        self.running
-            .wait(py)?
-            .map_err(|e| PyRuntimeError::new_err(format!("the server stopped with an error: {e}")))
+    /// handlers run meanwhile: returns the signal `flag` recorded, if one ends the
+    /// wait; an exception another handler raises is raised here.
+    #[pyo3(signature = (flag=None))]
+    fn wait(&self, py: Python<'_>, flag: Option<&SignalFlag>) -> PyResult<Option<i32>> {
+        finished_or_signal(self.running.wait(py, flag)?)
+    }
+}
+
+fn finished_or_signal(waited: Waited) -> PyResult<Option<i32>> {
+    match waited {
+        Waited::Stopped(Ok(())) => Ok(None),
+        Waited::Stopped(Err(e)) => Err(PyRuntimeError::new_err(format!(
+            "the server stopped with an error: {e}"
+        ))),
+        Waited::Signal(signal) => Ok(Some(signal)),
     }
 }
 
@@ -231,10 +302,12 @@ fn config_path(config: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
 }
 
 /// The wheel's `lm-proxy-server`, `lm-proxy` and `python -m lm_proxy`: the native
-/// binary's command line, with Python callables allowed and Python owning signals.
-/// Returns the exit status.
+/// binary's command line, with Python callables allowed and Python owning signals
+/// (`flag` is the handler the package installed for SIGINT and SIGTERM). Returns
+/// the exit status.
 #[pyfunction]
-pub fn run_cli(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
+#[pyo3(signature = (argv, flag=None))]
+pub fn run_cli(py: Python<'_>, argv: Vec<String>, flag: Option<&SignalFlag>) -> PyResult<i32> {
     let resolver = PyResolver::new(py, None)?;
     let prepare_resolver = resolver.clone();
     let launch = match py.detach(move || crate::cli::prepare(argv, prepare_resolver.as_ref())) {
@@ -252,33 +325,42 @@ pub fn run_cli(py: Python<'_>, argv: Vec<String>) -> PyResult<i32> {
             return Ok(1);
         }
     };
-    let outcome = match running.wait(py) {
-        Ok(outcome) => outcome,
-        Err(signal) if is_stop_signal(py, &signal) => {
-            tracing::info!(
-                "shutting down; open requests have {:.0}s to finish",
-                running.grace.as_secs_f64()
-            );
-            running.request_stop(running.grace);
-            match running.wait(py) {
-                Ok(outcome) => outcome,
-                Err(again) if is_stop_signal(py, &again) => {
-                    tracing::warn!("second signal: exiting without waiting for open requests");
-                    return Ok(0);
-                }
-                Err(other) => return Err(other),
-            }
-        }
-        Err(other) => return Err(other),
+    let stop_requested = match running.wait(py, flag) {
+        Ok(Waited::Stopped(outcome)) => return Ok(exit_status(outcome)),
+        Ok(Waited::Signal(_)) => true,
+        Err(e) if is_stop_signal(py, &e) => true,
+        Err(e) => return Err(e),
     };
+    if stop_requested {
+        tracing::info!(
+            "shutting down; open requests have {:.0}s to finish",
+            running.grace.as_secs_f64()
+        );
+        running.request_stop(running.grace);
+    }
+    match running.wait(py, flag) {
+        Ok(Waited::Stopped(outcome)) => Ok(exit_status(outcome)),
+        Ok(Waited::Signal(_)) => {
+            tracing::warn!("second signal: exiting without waiting for open requests");
+            Ok(0)
+        }
+        Err(e) if is_stop_signal(py, &e) => {
+            tracing::warn!("second signal: exiting without waiting for open requests");
+            Ok(0)
+        }
+        Err(e) => Err(e),
+    }
+}
+
+fn exit_status(outcome: Result<(), String>) -> i32 {
     match outcome {
         Ok(()) => {
             tracing::info!("stopped");
-            Ok(0)
+            0
         }
         Err(e) => {
             eprintln!("lm-proxy-server: {e}");
-            Ok(1)
+            1
         }
     }
 }

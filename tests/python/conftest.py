@@ -470,8 +470,15 @@ def start_python_gateway() -> Iterator[Callable[..., GatewayProcess]]:
     try:
         yield start
     finally:
+        unclean = []
         for gateway in started:
             gateway.stop()
+            # SIGTERM must stop the Python command line gracefully (exit status 0),
+            # never by the kill that follows a timeout.
+            if gateway.process.returncode != 0:
+                unclean.append(f"exit {gateway.process.returncode}:\n{gateway.stderr_text()}")
+        if unclean:
+            pytest.fail("gateway did not stop cleanly on SIGTERM: " + "\n".join(unclean))
 
 
 @pytest.fixture

@@ -214,3 +214,30 @@ def test_serve_returns_on_signal(tmp_path: Path, sig: int) -> None:
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+@pytest.mark.parametrize("launcher", ["lm-proxy-server", "python -m lm_proxy"])
+def test_signal_after_requests_on_a_kept_alive_connection(
+    tmp_path: Path, start_python_gateway: Any, launcher: str
+) -> None:
+    """Repeated: after requests whose connection the client keeps open, SIGINT or
+    SIGTERM always stops the server promptly (a signal must never get lost)."""
+    config = tmp_path / "config.toml"
+    config.write_text(
+        CONFIG.replace('inference_func = "slow_stream.slow"', 'inference_func = "echo.answer"')
+    )
+    (tmp_path / "echo.py").write_text("async def answer(messages, **params):\n    return 'ok'\n")
+    for round_ in range(6):
+        gateway = start_python_gateway(config, launcher=launcher, cwd=tmp_path)
+        with httpx.Client(trust_env=False, timeout=10.0) as client:
+            for _ in range(3):
+                response = client.post(
+                    f"{gateway.url}/v1/chat/completions",
+                    json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                    headers={"Authorization": "Bearer x"},
+                )
+                assert response.json()["choices"][0]["message"]["content"] == "ok"
+            started = time.monotonic()
+            gateway.process.send_signal(signal.SIGINT if round_ % 2 else signal.SIGTERM)
+            assert gateway.process.wait(timeout=10) == 0
+            assert time.monotonic() - started < STOP_WITHIN_S
