@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +18,7 @@ import openai
 import pytest
 from conftest import (
     CLIENT_KEY,
+    STARTUP_TIMEOUT_S,
     UPSTREAM_CONTENT,
     MockUpstream,
     client_for,
@@ -447,3 +450,39 @@ def test_rate_limiter_object_is_the_rust_builtin() -> None:
     assert tree["before"] == [
         {"class": "lm_proxy.handlers.RateLimiter", "max_requests": 2, "window_seconds": 2}
     ]
+
+
+def test_sighup_reloads_a_py_config(tmp_path: Path, start_python_gateway: Any) -> None:
+    """A reload (SIGHUP) executes the .py config again and swaps the new gateway in;
+    the Python objects are resolved off the runtime's workers."""
+    config = tmp_path / "config.py"
+    source = textwrap.dedent(
+        """
+        from lm_proxy.config import Config
+
+        def check(api_key):
+            return "default" if api_key == "{key}" else None
+
+        async def answer(messages, **params):
+            return "{text}"
+
+        config = Config(host="127.0.0.1", port=0, api_key_check=check,
+                        connections={{"py": answer}}, routing={{"*": "py.*"}})
+        """
+    )
+    config.write_text(source.format(key="old-key", text="first"))
+    gateway = start_python_gateway(config, cwd=tmp_path)
+    old = client_for(gateway.url, "old-key").chat.completions.create(model="m", messages=MESSAGES)
+    assert old.choices[0].message.content == "first"
+
+    config.write_text(source.format(key="new-key", text="second"))
+    gateway.process.send_signal(signal.SIGHUP)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while not any("config reloaded" in line for line in gateway.lines):
+        assert time.monotonic() < deadline, gateway.stderr_text()
+        assert gateway.process.poll() is None, gateway.stderr_text()
+        time.sleep(0.05)
+    new = client_for(gateway.url, "new-key").chat.completions.create(model="m", messages=MESSAGES)
+    assert new.choices[0].message.content == "second"
+    with pytest.raises(openai.PermissionDeniedError):
+        client_for(gateway.url, "old-key").chat.completions.create(model="m", messages=MESSAGES)
