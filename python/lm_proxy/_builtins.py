@@ -60,8 +60,8 @@ def _defaults(cls: type) -> dict[str, Any]:
     return {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
 
 
-def builtin_table(value: Any) -> dict[str, Any] | None:
-    """The ``class`` table of a built-in value, or None for any other object.
+def builtin_table(value: Any) -> dict[str, Any] | str | None:
+    """The ``class`` table (or dotted name) of a built-in value, None for any other object.
 
     Built-in classes given uninstantiated are instantiated with their defaults (as
     the reference instantiates classes named without arguments); functions marked
@@ -74,5 +74,5 @@ def builtin_table(value: Any) -> dict[str, Any] | None:
         return table()  # type: ignore[no-any-return]
     name = getattr(value, "_lm_proxy_builtin_", None)
     if isinstance(name, str) and not inspect.isclass(value):
-        return {"class": name}
+        return name
     return None
