@@ -19,6 +19,6 @@ from .server import route_signals
 def main() -> None:
     """Run the gateway's command line with this process's arguments and exit."""
     flag = _lm_proxy.SignalFlag()
-    with route_signals(flag):
+    with route_signals(flag, take_ignored=True):
         code = _lm_proxy.run_cli(["lm-proxy-server", *sys.argv[1:]], flag)
     sys.exit(code)

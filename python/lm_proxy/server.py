@@ -119,13 +119,15 @@ def serve(
 
 
 @contextlib.contextmanager
-def route_signals(flag: Any) -> Iterator[None]:
+def route_signals(flag: Any, take_ignored: bool = False) -> Iterator[None]:
     """Let ``flag`` (a ``SignalFlag``) handle SIGINT and SIGTERM for a while.
 
     Only from the main thread (where Python runs signal handlers), and only for
     signals whose handler is still Python's default: an application's own handlers
-    keep working (what they raise ends the wait). The flag records the signal
-    instead of raising, so that the serving loop always sees it.
+    keep working (what they raise ends the wait). With ``take_ignored`` (the command
+    line, which behaves like the native binary), signals inherited as ignored (a
+    process started with ``&`` by a shell script) are taken too. The flag records
+    the signal instead of raising, so that the serving loop always sees it.
     """
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -137,7 +139,7 @@ def route_signals(flag: Any) -> Iterator[None]:
     replaced: dict[int, Any] = {}
     for signum, default in defaults.items():
         current = signal.getsignal(signum)
-        if current is default or current is None:
+        if current is default or current is None or (take_ignored and current == signal.SIG_IGN):
             replaced[signum] = current if current is not None else default
             signal.signal(signum, flag)
     try:

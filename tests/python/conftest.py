@@ -52,6 +52,16 @@ MAIN_ROUTES = {
 STRICT_ROUTES = {"mock-*": "mock.*"}
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell starts background jobs with SIGINT ignored, and children inherit that:
+    # give the gateways and scripts these tests start the disposition a terminal
+    # would, so that the Ctrl+C tests mean the same everywhere.
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 # --------------------------------------------------------------------------------------
 # Mock OpenAI-compatible upstream
 # --------------------------------------------------------------------------------------

@@ -18,7 +18,13 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import READY_LINE, STARTUP_TIMEOUT_S, GatewayProcess, import_lm_proxy
+from conftest import (
+    READY_LINE,
+    STARTUP_TIMEOUT_S,
+    GatewayProcess,
+    console_script,
+    import_lm_proxy,
+)
 
 import_lm_proxy()
 
@@ -241,3 +247,29 @@ def test_signal_after_requests_on_a_kept_alive_connection(
             gateway.process.send_signal(signal.SIGINT if round_ % 2 else signal.SIGTERM)
             assert gateway.process.wait(timeout=10) == 0
             assert time.monotonic() - started < STOP_WITHIN_S
+
+
+def test_command_line_takes_sigint_even_if_started_ignoring_it(
+    tmp_path: Path, start_python_gateway: Any
+) -> None:
+    """Started from a shell script with `&`, a process inherits SIGINT ignored; the
+    command line still stops on it, as the native binary does."""
+    ignore_then_exec = (
+        "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+        "os.execv(sys.argv[1], sys.argv[1:])"
+    )
+    script = console_script("lm-proxy-server")[0]
+    gateway = GatewayProcess(
+        [sys.executable, "-c", ignore_then_exec, script],
+        write_files(tmp_path),
+        cwd=tmp_path,
+        extra_env={"LMP_MARKER": str(tmp_path / "marker.txt")},
+    )
+    try:
+        gateway.wait_ready()
+        started = time.monotonic()
+        gateway.process.send_signal(signal.SIGINT)
+        assert gateway.process.wait(timeout=10) == 0
+        assert time.monotonic() - started < STOP_WITHIN_S
+    finally:
+        gateway.stop()
