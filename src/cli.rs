@@ -203,8 +203,11 @@ async fn serve_until_signal(
     let grace = Duration::from_secs_f64(config.settings.shutdown_grace_seconds);
     let config_path = config.path.clone();
     let server = crate::server::start(config, resolver, overrides).await?;
+    // Listen before saying "listening": a signal sent as soon as the line appears
+    // must find the handler in place, not the default action (termination).
+    let signals = shutdown_signal();
     announce(&server, &config_path);
-    shutdown_signal().await;
+    signals.await;
     tracing::info!(
         "shutting down; open requests have {:.0}s to finish",
         grace.as_secs_f64()
@@ -215,25 +218,34 @@ async fn serve_until_signal(
     Ok(())
 }
 
-/// Resolves on SIGINT (Ctrl+C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT (Ctrl+C) or SIGTERM. The handlers are installed when this is
+/// called (inside the runtime), not when the future is first polled.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        let terminate = signal(SignalKind::terminate()).ok();
+        async move {
+            let wait = |sig: Option<tokio::signal::unix::Signal>| async move {
+                match sig {
+                    Some(mut sig) => {
+                        sig.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = wait(interrupt) => {},
+                _ = wait(terminate) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 
