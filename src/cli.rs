@@ -3,7 +3,7 @@
 //! logging, load the config, serve until SIGINT/SIGTERM.
 
 use std::ffi::OsString;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -14,6 +14,7 @@ use clap::Parser;
 use crate::config::{load_dotenv, Config};
 use crate::extensions::{ExtensionResolver, NativeResolver};
 use crate::server::reload::Overrides;
+use crate::server::RunningServer;
 
 /// OpenAI-compatible LLM gateway.
 #[derive(Debug, Parser)]
@@ -92,9 +93,19 @@ pub fn main_native() -> ExitCode {
     run(std::env::args_os(), Arc::new(NativeResolver))
 }
 
-/// Parse `args` (program name first), then serve until a shutdown signal.
-/// Startup problems print one line to stderr and give exit code 1.
-pub fn run<I, T>(args: I, resolver: Arc<dyn ExtensionResolver>) -> ExitCode
+/// What a command line asks for, once `.env`, debug mode and logging are set up and
+/// the config is loaded.
+pub struct Launch {
+    pub config: Config,
+    pub overrides: Overrides,
+    pub debug: bool,
+}
+
+/// Parse `args` (program name first), load `.env`, set debug mode and logging, and
+/// load the config through `resolver`. `Err` carries the exit status to end with: 0
+/// after `--help` / `--version`, 2 for bad arguments, 1 for startup problems (already
+/// printed as one line on stderr).
+pub fn prepare<I, T>(args: I, resolver: &dyn ExtensionResolver) -> Result<Launch, u8>
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -103,11 +114,7 @@ where
         Ok(cli) => cli,
         Err(e) => {
             let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(2)
-            } else {
-                ExitCode::SUCCESS
-            };
+            return Err(if e.use_stderr() { 2 } else { 0 });
         }
     };
     let env_file = match cli.env.as_deref() {
@@ -118,18 +125,18 @@ where
     if let Some(explicit) = env_file {
         if let Err(problem) = load_dotenv(explicit.as_deref()) {
             eprintln!("lm-proxy-server: cannot load environment file {problem}");
-            return ExitCode::from(1);
+            return Err(1);
         }
     }
     let debug = cli.debug_mode();
     crate::error::set_debug_details(debug);
     init_tracing(debug);
 
-    let mut config = match Config::load(&cli.config) {
+    let mut config = match resolver.load_config(&cli.config) {
         Ok(config) => config,
         Err(e) => {
             eprintln!("lm-proxy-server: config error: {e}");
-            return ExitCode::from(1);
+            return Err(1);
         }
     };
     let overrides = Overrides {
@@ -137,7 +144,24 @@ where
         port: cli.port,
     };
     overrides.apply(&mut config);
+    Ok(Launch {
+        config,
+        overrides,
+        debug,
+    })
+}
 
+/// Parse `args` (program name first), then serve until a shutdown signal.
+/// Startup problems print one line to stderr and give exit code 1.
+pub fn run<I, T>(args: I, resolver: Arc<dyn ExtensionResolver>) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let launch = match prepare(args, resolver.as_ref()) {
+        Ok(launch) => launch,
+        Err(code) => return ExitCode::from(code),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -148,13 +172,27 @@ where
             return ExitCode::from(1);
         }
     };
-    match runtime.block_on(serve_until_signal(config, resolver, overrides)) {
+    match runtime.block_on(serve_until_signal(
+        launch.config,
+        resolver,
+        launch.overrides,
+    )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("lm-proxy-server: {e:#}");
             ExitCode::from(1)
         }
     }
+}
+
+/// The line that says the server is ready (tests and scripts wait for it).
+pub fn announce(server: &RunningServer, config_path: &Path) {
+    tracing::info!(
+        "lm-proxy {} listening on {} (config: {})",
+        env!("CARGO_PKG_VERSION"),
+        server.url(),
+        config_path.display()
+    );
 }
 
 async fn serve_until_signal(
@@ -165,13 +203,11 @@ async fn serve_until_signal(
     let grace = Duration::from_secs_f64(config.settings.shutdown_grace_seconds);
     let config_path = config.path.clone();
     let server = crate::server::start(config, resolver, overrides).await?;
-    tracing::info!(
-        "lm-proxy {} listening on {} (config: {})",
-        env!("CARGO_PKG_VERSION"),
-        server.url(),
-        config_path.display()
-    );
-    shutdown_signal().await;
+    // Listen before saying "listening": a signal sent as soon as the line appears
+    // must find the handler in place, not the default action (termination).
+    let signals = shutdown_signal();
+    announce(&server, &config_path);
+    signals.await;
     tracing::info!(
         "shutting down; open requests have {:.0}s to finish",
         grace.as_secs_f64()
@@ -182,25 +218,34 @@ async fn serve_until_signal(
     Ok(())
 }
 
-/// Resolves on SIGINT (Ctrl+C) or SIGTERM.
-pub async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
+/// Resolves on SIGINT (Ctrl+C) or SIGTERM. The handlers are installed when this is
+/// called (inside the runtime), not when the future is first polled.
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut sig) => {
-                sig.recv().await;
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let interrupt = signal(SignalKind::interrupt()).ok();
+        let terminate = signal(SignalKind::terminate()).ok();
+        async move {
+            let wait = |sig: Option<tokio::signal::unix::Signal>| async move {
+                match sig {
+                    Some(mut sig) => {
+                        sig.recv().await;
+                    }
+                    None => std::future::pending::<()>().await,
+                }
+            };
+            tokio::select! {
+                _ = wait(interrupt) => {},
+                _ = wait(terminate) => {},
             }
-            Err(_) => std::future::pending::<()>().await,
         }
-    };
+    }
     #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = terminate => {},
+    {
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }
 

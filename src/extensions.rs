@@ -6,10 +6,12 @@
 //! startup saying so; the Python package supplies an [`ExtensionResolver`] that
 //! wraps such callables in the core traits.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use crate::auth::KeyCheck;
 use crate::config::{Config, ConfigError, ExtensionSpec};
+use crate::gateway::Gateway;
 use crate::handlers::RequestHandler;
 use crate::logging::{LogWriter, Logger};
 use crate::providers::Provider;
@@ -79,6 +81,17 @@ pub trait ExtensionResolver: Send + Sync {
     ) -> Result<Arc<dyn LogWriter>, ConfigError>;
     /// `components` entries (arbitrary objects shared with user code).
     fn component(&self, spec: &ExtensionSpec, config: &Config) -> Result<(), ConfigError>;
+
+    /// Read the config file at `path` (at startup and on every reload). The native
+    /// resolver reads TOML, JSON and YAML; the Python one also executes `.py` files.
+    fn load_config(&self, path: &Path) -> Result<Config, ConfigError> {
+        Config::load(path)
+    }
+
+    /// Called once a gateway has been built from `gateway.config` with this resolver
+    /// (at startup and after each reload), before it serves: the Python resolver
+    /// publishes its connections and components to Python code here.
+    fn gateway_built(&self, _gateway: &Gateway) {}
 }
 
 /// The native binary's resolver: no Python, so every non-built-in name is an error

@@ -67,6 +67,11 @@ impl Gateway {
         .map_err(|(pattern, problem)| {
             ConfigError::new(&config.path, format!("routing.{pattern:?}"), problem)
         })?;
+        // Components first, as in the reference: connections, handlers and loggers
+        // written in Python may look them up while they are built.
+        for spec in config.components.values() {
+            resolver.component(spec, &config)?;
+        }
         let key_check = build_key_check(&config, client, resolver)?;
         let trusted_proxies =
             TrustedProxies::parse(&config.settings.trusted_proxies).map_err(|entry| {
@@ -90,9 +95,6 @@ impl Gateway {
             .collect();
         let connections = build_connections(&config, client, resolver)?;
         let handlers = build_handlers(&config, resolver)?;
-        for spec in config.components.values() {
-            resolver.component(spec, &config)?;
-        }
         // Last: it starts the logging task, which nothing else may fail after.
         let log_dispatcher = LogDispatcher::start(build_loggers(&config, resolver)?);
 
@@ -109,7 +111,7 @@ impl Gateway {
             ))
             .build();
         let redactor = Arc::new(Redactor::from_config(&config));
-        Ok(Gateway {
+        let gateway = Gateway {
             redactor,
             model_lists,
             config,
@@ -120,7 +122,9 @@ impl Gateway {
             groups,
             connections,
             handlers,
-        })
+        };
+        resolver.gateway_built(&gateway);
+        Ok(gateway)
     }
 
     /// The model ids of a connection's upstream, cached for

@@ -1,20 +1,24 @@
 """The ``lm-proxy-server`` / ``lm-proxy`` console scripts and ``python -m lm_proxy``.
 
-Argument parsing, configuration and serving all happen in Rust (``run_cli``); this
-module only hands over ``sys.argv`` and turns the result into the exit status.
+The same command line as the native binary (argument parsing, ``.env``, config
+loading and serving happen in Rust), with two differences: configs may name Python
+callables (or be ``.py`` files), and Python owns the signals: Ctrl+C and SIGTERM go
+to a Python handler that records them, and the Rust side, which waits with the GIL
+released in short slices, sees them and shuts down gracefully (a second signal
+exits at once).
 """
 
-import signal
+from __future__ import annotations
+
 import sys
 
 from . import _lm_proxy
+from .server import route_signals
 
 
 def main() -> None:
     """Run the gateway's command line with this process's arguments and exit."""
-    # The Rust server handles SIGINT and SIGTERM itself and shuts down gracefully. With
-    # Python's own SIGINT handler left in place, Ctrl+C does not reach the server (it
-    # keeps running) and a KeyboardInterrupt traceback follows once it stops, so give
-    # SIGINT back its default disposition before handing over to Rust.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    sys.exit(_lm_proxy.run_cli(["lm-proxy-server", *sys.argv[1:]]))
+    flag = _lm_proxy.SignalFlag()
+    with route_signals(flag, take_ignored=True):
+        code = _lm_proxy.run_cli(["lm-proxy-server", *sys.argv[1:]], flag)
+    sys.exit(code)

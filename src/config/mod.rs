@@ -86,6 +86,21 @@ pub fn parse_text(text: &str, format: Format, path: &Path) -> Result<Value, Conf
     parsed.map_err(|problem| ConfigError::new(path, "", problem))
 }
 
+/// Read a TOML, JSON or YAML config file into a value tree with `env:` substituted
+/// (not yet checked; see [`Config::from_value`]). `.py` files are refused: only the
+/// Python package can execute them.
+pub fn load_tree(path: &Path) -> Result<Value, ConfigError> {
+    let format = Format::of(path)?;
+    if format == Format::Python {
+        return Err(ConfigError::new(path, "", python_config_message()));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(path, "", format!("cannot read config file: {e}")))?;
+    let mut tree = parse_text(&text, format, path)?;
+    env::substitute(&mut tree, path)?;
+    Ok(tree)
+}
+
 pub fn python_config_message() -> String {
     "a .py config file is executed by Python: install the Python package \
      (pip install lm-proxy-server) and start the server with its `lm-proxy-server` command"
@@ -95,15 +110,7 @@ pub fn python_config_message() -> String {
 impl Config {
     /// Read, substitute and check a config file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let format = Format::of(path)?;
-        if format == Format::Python {
-            return Err(ConfigError::new(path, "", python_config_message()));
-        }
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ConfigError::new(path, "", format!("cannot read config file: {e}")))?;
-        let mut tree = parse_text(&text, format, path)?;
-        env::substitute(&mut tree, path)?;
-        Config::from_value(tree, path)
+        Config::from_value(load_tree(path)?, path)
     }
 
     /// Build a config from an already parsed tree (`env:` already substituted).

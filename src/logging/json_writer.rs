@@ -29,8 +29,9 @@ impl JsonLogWriter {
     }
 }
 
+#[async_trait::async_trait]
 impl LogWriter for JsonLogWriter {
-    fn write(&self, entry: &Value) -> std::io::Result<()> {
+    async fn write(&self, entry: &Value) -> std::io::Result<()> {
         let mut line = serde_json::to_vec(entry)?;
         line.push(b'\n');
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());

@@ -42,9 +42,12 @@ pub trait Logger: Send + Sync {
     }
 }
 
-/// Where a `BaseLogger` writes its entries.
+/// Where a `BaseLogger` writes its entries. Runs on the logging task; `write` is
+/// async so that writers which are not plain files (a Python callable through the
+/// bridge) can wait without holding up a runtime thread.
+#[async_trait]
 pub trait LogWriter: Send + Sync {
-    fn write(&self, entry: &Value) -> std::io::Result<()>;
+    async fn write(&self, entry: &Value) -> std::io::Result<()>;
     fn flush(&self) -> std::io::Result<()>;
 }
 
@@ -68,8 +71,8 @@ impl BaseLogger {
 impl Logger for BaseLogger {
     async fn log(&self, context: &Value) -> anyhow::Result<()> {
         match &self.transformer {
-            Some(t) => self.writer.write(&t.apply(context))?,
-            None => self.writer.write(context)?,
+            Some(t) => self.writer.write(&t.apply(context)).await?,
+            None => self.writer.write(context).await?,
         }
         Ok(())
     }

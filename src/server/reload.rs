@@ -47,7 +47,7 @@ pub async fn reload(
 ) -> bool {
     let current = state.gateway();
     let path = current.config.path.clone();
-    let mut config = match Config::load(&path) {
+    let mut config = match resolver.load_config(&path) {
         Ok(config) => config,
         Err(e) => {
             tracing::error!("config reload rejected, the previous config stays in force: {e}");

@@ -1,8 +1,12 @@
-"""Fixtures for the client-compatibility tests: the native gateway binary as a child
-process, a recording mock OpenAI-compatible upstream, and `openai` clients.
+"""Fixtures for the Python tests: a recording mock OpenAI-compatible upstream, the
+native gateway binary as a child process, the installed ``lm_proxy`` package (its
+in-process ``Server`` and its console scripts as child processes), and `openai`
+clients.
 
 The binary comes from ``LM_PROXY_BIN`` (default ``<repo>/target/debug/lm-proxy-server``);
-build it first (``cargo build --bin lm-proxy-server``, or run ``scripts/test``).
+build it first (``cargo build --bin lm-proxy-server``, or run ``scripts/test``). The
+package is whatever ``import lm_proxy`` finds: ``scripts/test`` installs the wheel
+with ``pip install .`` first.
 """
 
 from __future__ import annotations
@@ -11,13 +15,15 @@ import json
 import os
 import re
 import subprocess
+import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 
@@ -44,6 +50,16 @@ MAIN_ROUTES = {
 }
 # A gateway without a catch-all rule, for "no route" errors.
 STRICT_ROUTES = {"mock-*": "mock.*"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # A shell starts background jobs with SIGINT ignored, and children inherit that:
+    # give the gateways and scripts these tests start the disposition a terminal
+    # would, so that the Ctrl+C tests mean the same everywhere.
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # --------------------------------------------------------------------------------------
@@ -158,6 +174,10 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
             self._send_json(404, {"error": {"message": "unknown path", "type": "not_found"}})
             return
         model = str(body.get("model", ""))
+        if model.startswith("fail-"):
+            # An upstream outage, for fallback tests.
+            self._send_json(500, {"error": {"message": "upstream is down", "type": "server_error"}})
+            return
         if not body.get("stream"):
             self._send_json(200, _completion(model))
             return
@@ -258,10 +278,21 @@ def gateway_binary() -> Path:
 
 
 class GatewayProcess:
-    """A running `lm-proxy-server`; its stderr is drained by a thread for its lifetime."""
+    """A running `lm-proxy-server`; its stderr is drained by a thread for its lifetime.
 
-    def __init__(self, binary: Path, config_path: Path) -> None:
+    ``command`` is the binary, or the argv prefix of another launcher (the Python
+    package's console scripts, ``python -m lm_proxy``).
+    """
+
+    def __init__(
+        self,
+        command: Path | Sequence[str],
+        config_path: Path,
+        cwd: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> None:
         env = dict(os.environ)
+        env.update(extra_env or {})
         # The readiness line is logged at INFO; make sure a RUST_LOG from the caller's
         # environment cannot hide it.
         env["RUST_LOG"] = "info"
@@ -271,13 +302,15 @@ class GatewayProcess:
         self.lines: list[str] = []
         self.url: str | None = None
         self._ready = threading.Event()
-        argv = [str(binary), "--config", str(config_path), "--port", "0", "--env", "", "--no-debug"]
+        prefix = [str(command)] if isinstance(command, Path) else list(command)
+        argv = [*prefix, "--config", str(config_path), "--port", "0", "--env", "", "--no-debug"]
         self.process = subprocess.Popen(
             argv,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=env,
+            cwd=cwd,
             text=True,
             errors="replace",
         )
@@ -389,3 +422,114 @@ def make_async_client(gateway: GatewayProcess, api_key: str = CLIENT_KEY) -> ope
 def client(gateway: GatewayProcess) -> Iterator[openai.OpenAI]:
     with make_client(gateway) as sync_client:
         yield sync_client
+
+
+# --------------------------------------------------------------------------------------
+# The installed Python package
+# --------------------------------------------------------------------------------------
+
+
+def import_lm_proxy() -> Any:
+    """The installed package; fails the test (not skips) when it is missing."""
+    try:
+        import lm_proxy
+    except ImportError as e:  # pragma: no cover - a broken installation
+        pytest.fail(
+            f"the lm_proxy package is not installed ({e}); run `pip install .` "
+            "(or scripts/test, which does)",
+            pytrace=False,
+        )
+    return lm_proxy
+
+
+def console_script(name: str) -> list[str]:
+    """The argv of one of the package's console scripts, next to this interpreter."""
+    script = Path(sys.executable).parent / name
+    if not script.exists():
+        pytest.fail(f"console script {name} not found next to {sys.executable}", pytrace=False)
+    return [str(script)]
+
+
+PYTHON_LAUNCHERS = {
+    "lm-proxy-server": lambda: console_script("lm-proxy-server"),
+    "lm-proxy": lambda: console_script("lm-proxy"),
+    "python -m lm_proxy": lambda: [sys.executable, "-m", "lm_proxy"],
+}
+
+
+@pytest.fixture
+def start_python_gateway() -> Iterator[Callable[..., GatewayProcess]]:
+    """A factory: run the package's command line (``launcher`` of
+    ``PYTHON_LAUNCHERS``) on a config file; every process is stopped at the end."""
+    import_lm_proxy()
+    started: list[GatewayProcess] = []
+
+    def start(
+        config_path: Path,
+        launcher: str = "lm-proxy-server",
+        cwd: Path | None = None,
+        extra_env: dict[str, str] | None = None,
+        wait: bool = True,
+    ) -> GatewayProcess:
+        gateway = GatewayProcess(PYTHON_LAUNCHERS[launcher](), config_path, cwd, extra_env)
+        started.append(gateway)
+        if wait:
+            gateway.wait_ready()
+        return gateway
+
+    try:
+        yield start
+    finally:
+        unclean = []
+        for gateway in started:
+            gateway.stop()
+            # SIGTERM must stop the Python command line gracefully (exit status 0),
+            # never by the kill that follows a timeout.
+            if gateway.process.returncode != 0:
+                unclean.append(f"exit {gateway.process.returncode}:\n{gateway.stderr_text()}")
+        if unclean:
+            pytest.fail("gateway did not stop cleanly on SIGTERM: " + "\n".join(unclean))
+
+
+@pytest.fixture
+def serve_config() -> Iterator[Callable[..., Any]]:
+    """A factory: serve a ``lm_proxy.Config`` (or config path) in this process with
+    ``lm_proxy.Server``; every server is stopped at the end."""
+    lm_proxy = import_lm_proxy()
+    started: list[Any] = []
+
+    def start(config: Any, **kwargs: Any) -> Any:
+        server = lm_proxy.Server(config, **kwargs)
+        started.append(server)
+        return server
+
+    try:
+        yield start
+    finally:
+        for server in started:
+            server.stop(grace=0)
+
+
+def client_for(url: str, api_key: str = CLIENT_KEY, prefix: str = "/v1") -> openai.OpenAI:
+    """A sync client for a gateway at ``url``: no retries, no proxies."""
+    return openai.OpenAI(
+        base_url=f"{url}{prefix}",
+        api_key=api_key,
+        max_retries=0,
+        timeout=30.0,
+        http_client=openai.DefaultHttpxClient(trust_env=False),
+    )
+
+
+def async_client_for(url: str, api_key: str = CLIENT_KEY) -> openai.AsyncOpenAI:
+    """An async client for a gateway at ``url``; create it inside its event loop."""
+    return openai.AsyncOpenAI(
+        base_url=f"{url}/v1",
+        api_key=api_key,
+        max_retries=0,
+        timeout=60.0,
+        http_client=openai.DefaultAsyncHttpxClient(
+            trust_env=False,
+            limits=httpx.Limits(max_connections=1000, max_keepalive_connections=1000),
+        ),
+    )

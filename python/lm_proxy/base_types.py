@@ -1,0 +1,244 @@
+"""The request context that handlers and loggers receive, and the types around it.
+
+Field for field the reference's ``RequestContext``: ``id``, ``request``,
+``http_request``, ``response``, ``error``, ``group``, ``connection``, ``model``,
+``llm_params``, ``api_key_id``, ``remote_addr``, ``created_at``, ``duration``,
+``user_info``, ``extra``, and ``to_dict()``. The server builds one from its Rust
+context before a Python handler runs and reads ``llm_params`` (``model`` and
+``extra_headers`` included), ``request.messages``, ``extra`` and ``user_info`` back
+afterwards.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, NamedTuple
+
+__all__ = [
+    "Address",
+    "AttrDict",
+    "ChatCompletionRequest",
+    "HTTPRequest",
+    "Headers",
+    "LLMResponse",
+    "Message",
+    "RequestContext",
+]
+
+
+class AttrDict(dict):  # type: ignore[type-arg]
+    """A dict whose keys can also be read and written as attributes."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        self[name] = value
+
+    def __delattr__(self, name: str) -> None:
+        try:
+            del self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class Message(AttrDict):
+    """A chat message: ``msg["content"]`` or ``msg.content``."""
+
+
+# The OpenAI request fields: read as attributes, the ones a client did not send are None.
+_REQUEST_FIELDS = frozenset(
+    [
+        "model",
+        "messages",
+        "stream",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "logit_bias",
+        "logprobs",
+        "top_logprobs",
+        "user",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "seed",
+        "metadata",
+        "modalities",
+        "audio",
+        "prediction",
+        "reasoning_effort",
+        "service_tier",
+        "store",
+        "stream_options",
+        "verbosity",
+        "web_search_options",
+        "prompt_cache_key",
+        "prompt_cache_retention",
+        "safety_identifier",
+    ]
+)
+
+
+class ChatCompletionRequest(AttrDict):
+    """The client's request body: ``ctx.request.model``, ``ctx.request.messages``, ...
+
+    A dict (every field the client sent is kept, known or not) with attribute access;
+    known OpenAI fields the client left out read as None, as on the reference's
+    pydantic model.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        if name in self:
+            return self[name]
+        if name in _REQUEST_FIELDS:
+            return None
+        raise AttributeError(name)
+
+    @classmethod
+    def wrap(cls, body: Mapping[str, Any]) -> ChatCompletionRequest:
+        request = cls(body)
+        messages = request.get("messages")
+        if isinstance(messages, list):
+            dict.__setitem__(
+                request,
+                "messages",
+                [Message(m) if isinstance(m, dict) else m for m in messages],
+            )
+        return request
+
+    def model_dump(self, mode: str = "python", exclude_none: bool = False) -> dict[str, Any]:
+        """The body as a plain dict (the reference's pydantic spelling)."""
+        del mode
+        out = {k: v for k, v in self.items() if not (exclude_none and v is None)}
+        if isinstance(out.get("messages"), list):
+            out["messages"] = [dict(m) if isinstance(m, dict) else m for m in out["messages"]]
+        return out
+
+
+class Headers(Mapping[str, str]):
+    """The client's HTTP headers, case-insensitive, several values per name possible."""
+
+    def __init__(self, items: Iterable[tuple[str, str]] = ()) -> None:
+        self._items = [(str(k), str(v)) for k, v in items]
+        self._first: dict[str, str] = {}
+        for key, value in self._items:
+            self._first.setdefault(key.lower(), value)
+
+    def __getitem__(self, key: str) -> str:
+        return self._first[key.lower()]
+
+    def __contains__(self, key: object) -> bool:
+        return isinstance(key, str) and key.lower() in self._first
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._first)
+
+    def __len__(self) -> int:
+        return len(self._first)
+
+    def getlist(self, key: str) -> list[str]:
+        """Every value of a header that was sent several times."""
+        key = key.lower()
+        return [v for k, v in self._items if k.lower() == key]
+
+    def raw(self) -> list[tuple[str, str]]:
+        return list(self._items)
+
+    def __repr__(self) -> str:
+        return f"Headers({self._items!r})"
+
+
+class Address(NamedTuple):
+    host: str | None
+    port: int | None
+
+
+@dataclass
+class HTTPRequest:
+    """What is known of the HTTP request: headers and the client's address.
+
+    ``client.host`` is ``remote_addr`` (forwarding headers are believed only from
+    ``trusted_proxies``).
+    """
+
+    headers: Headers = field(default_factory=Headers)
+    client: Address | None = None
+    method: str = "POST"
+
+
+class LLMResponse(str):
+    """An answer's text (a ``str``) that keeps the whole ``chat.completion`` object.
+
+    What awaiting ``env.connections[...]`` returns. A connection function that returns
+    it hands the whole completion (usage, tool calls) to the client.
+    """
+
+    _lm_proxy_completion: dict[str, Any] | None
+
+    def __new__(cls, text: str, completion: dict[str, Any] | None = None) -> LLMResponse:
+        obj = super().__new__(cls, text)
+        obj._lm_proxy_completion = completion
+        return obj
+
+    @property
+    def completion(self) -> dict[str, Any] | None:
+        return self._lm_proxy_completion
+
+    @classmethod
+    def from_completion(cls, completion: dict[str, Any]) -> LLMResponse:
+        text = ""
+        choices = completion.get("choices") or []
+        if choices:
+            message = choices[0].get("message") or {}
+            text = message.get("content") or ""
+        return cls(text, completion)
+
+
+def _new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class RequestContext:
+    """One chat-completion request as it moves through the gateway."""
+
+    id: str | None = field(default_factory=_new_id)
+    request: ChatCompletionRequest | None = None
+    http_request: HTTPRequest | None = None
+    response: Any = None
+    error: BaseException | None = None
+    group: str | None = None
+    connection: str | None = None
+    model: str | None = None
+    llm_params: dict[str, Any] = field(default_factory=dict)
+    api_key_id: str | None = None
+    remote_addr: str | None = None
+    created_at: datetime | None = field(default_factory=_now)
+    duration: float | None = None
+    user_info: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field but ``http_request`` (its headers carry the client key)."""
+        data = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
+        data.pop("http_request", None)
+        if isinstance(self.request, ChatCompletionRequest):
+            data["request"] = self.request.model_dump()
+        return data

@@ -1,0 +1,5 @@
+"""Connection strategies of the reference, served by the Rust core."""
+
+from .fallback import Fallback
+
+__all__ = ["Fallback"]

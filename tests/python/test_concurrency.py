@@ -1,0 +1,194 @@
+"""Concurrency: many requests through Python extensions at once, and proof that
+Python code never holds up the Rust runtime that serves everything else."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import Any
+
+import pytest
+from conftest import async_client_for, client_for, import_lm_proxy
+
+import_lm_proxy()
+from lm_proxy import Config, Group  # noqa: E402
+from lm_proxy.base_types import RequestContext  # noqa: E402
+
+REQUESTS = 200
+DEADLINE_S = 120.0
+
+
+def sync_check(api_key: str) -> Any:
+    return ("default", {"key": api_key[-3:]}) if api_key.startswith("user-") else None
+
+
+async def async_check(api_key: str) -> Any:
+    await asyncio.sleep(0.001)
+    return sync_check(api_key)
+
+
+def sync_handler(ctx: RequestContext) -> None:
+    ctx.llm_params["temperature"] = 0.5
+    ctx.extra["n"] = ctx.request.messages[-1]["content"]
+
+
+async def async_handler(ctx: RequestContext) -> None:
+    await asyncio.sleep(0.001)
+    sync_handler(ctx)
+
+
+async def async_gen_connection(messages: list[dict[str, Any]], **params: Any) -> Any:
+    for word in messages[-1]["content"].split():
+        await asyncio.sleep(0.001)
+        yield word + " "
+
+
+def sync_callback_connection(
+    messages: list[dict[str, Any]], callback: Any = None, **params: Any
+) -> str:
+    words = [w + " " for w in messages[-1]["content"].split()]
+    if callback is not None:
+        for word in words:
+            callback(word)
+    return "".join(words)
+
+
+FLAVOURS = {
+    "sync-check-async-handler-asyncgen": (sync_check, async_handler, async_gen_connection, False),
+    "async-check-sync-handler-callback": (
+        async_check,
+        sync_handler,
+        sync_callback_connection,
+        True,
+    ),
+}
+
+
+@pytest.mark.parametrize("flavour", list(FLAVOURS))
+def test_concurrent_requests_through_python(serve_config: Any, flavour: str) -> None:
+    check, handler, connection, async_logger = FLAVOURS[flavour]
+    logged: list[Any] = []
+    lock = threading.Lock()
+
+    def sync_log(ctx: RequestContext) -> None:
+        with lock:
+            logged.append((ctx.extra.get("n"), ctx.response is not None, ctx.error))
+
+    async def async_log(ctx: RequestContext) -> None:
+        await asyncio.sleep(0)
+        sync_log(ctx)
+
+    server = serve_config(
+        Config(
+            host="127.0.0.1",
+            port=0,
+            encryption_key="concurrency",
+            connections={"py": connection},
+            routing={"*": "py.*"},
+            groups={"default": Group()},
+            api_key_check=check,
+            before=[handler],
+            loggers=[async_log if async_logger else sync_log],
+        ),
+        debug=False,
+    )
+
+    async def one(client: Any, i: int) -> str:
+        prompt = f"request number {i}"
+        if i % 2:
+            stream = await client.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": prompt}], stream=True
+            )
+            text = ""
+            async for chunk in stream:
+                for choice in chunk.choices:
+                    text += choice.delta.content or ""
+            return text
+        answer = await client.chat.completions.create(
+            model="m", messages=[{"role": "user", "content": prompt}]
+        )
+        return answer.choices[0].message.content or ""
+
+    async def all_of_them() -> list[str]:
+        async with async_client_for(server.url, "user-123") as client:
+            return await asyncio.wait_for(
+                asyncio.gather(*(one(client, i) for i in range(REQUESTS))), DEADLINE_S
+            )
+
+    started = time.monotonic()
+    answers = asyncio.run(all_of_them())
+    elapsed = time.monotonic() - started
+    assert answers == [f"request number {i} " for i in range(REQUESTS)]
+    server.stop()
+    assert len(logged) == REQUESTS
+    assert sorted(n for n, _, _ in logged) == sorted(f"request number {i}" for i in range(REQUESTS))
+    assert all(has_response and error is None for _, has_response, error in logged)
+    print(f"{REQUESTS} requests through Python extensions in {elapsed:.2f}s")
+
+
+def test_python_never_holds_up_the_runtime(serve_config: Any) -> None:
+    """Slow sync handlers (sleeping, or spinning with the GIL) on one server must not
+    slow down another server of the same process that needs no Python: the Rust
+    runtime (two workers on CI) is never blocked waiting for Python or the GIL."""
+
+    release = threading.Event()
+
+    def slow(ctx: RequestContext) -> None:
+        if ctx.request.model == "sleep":
+            release.wait(5)
+        elif ctx.request.model == "spin":
+            end = time.monotonic() + 1.0
+            while time.monotonic() < end and not release.is_set():
+                pass  # holds the GIL most of the time
+
+    python_server = serve_config(
+        Config(
+            host="127.0.0.1",
+            port=0,
+            connections={"mock": {"api_type": "mock"}},
+            routing={"*": "mock.*"},
+            groups={"default": Group(api_keys=["k"])},
+            before=[slow],
+        ),
+        debug=False,
+    )
+    rust_server = serve_config(
+        Config(
+            host="127.0.0.1",
+            port=0,
+            connections={"mock": {"api_type": "mock"}},
+            routing={"*": "mock.*"},
+            groups={"default": Group(api_keys=["k"])},
+        ),
+        debug=False,
+    )
+
+    async def scenario() -> list[float]:
+        async with (
+            async_client_for(python_server.url, "k") as blocked,
+            async_client_for(rust_server.url, "k") as free,
+        ):
+            msg = [{"role": "user", "content": "hi"}]
+            stuck = [
+                asyncio.create_task(blocked.chat.completions.create(model=model, messages=msg))
+                for model in ["sleep"] * 8 + ["spin"] * 2
+            ]
+            await asyncio.sleep(0.2)  # let them reach the handler
+            latencies = []
+            for _ in range(20):
+                t0 = time.monotonic()
+                await free.chat.completions.create(model="m", messages=msg)
+                latencies.append(time.monotonic() - t0)
+            release.set()
+            await asyncio.wait_for(asyncio.gather(*stuck), 30)
+            return latencies
+
+    latencies = asyncio.run(scenario())
+    assert max(latencies) < 0.5, f"requests needing no Python were held up: {latencies}"
+    # And the Python server itself is fine afterwards.
+    assert (
+        client_for(python_server.url, "k")
+        .chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+        .choices
+    )
