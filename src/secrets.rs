@@ -49,13 +49,6 @@ impl Redactor {
         Redactor::new(secrets)
     }
 
-    /// Add a secret learned at run time (e.g. the client key of this request).
-    pub fn with(&self, extra: &str) -> Redactor {
-        let mut secrets = self.secrets.clone();
-        secrets.push(extra.to_owned());
-        Redactor::new(secrets)
-    }
-
     pub fn redact_text(&self, text: &str) -> String {
         let mut out = text.to_owned();
         for secret in &self.secrets {

@@ -95,8 +95,7 @@ pub async fn chat_completions(
                 .into_response()
         }
         Err(error) => {
-            let client_key = crate::auth::bearer_key(&ctx.http_headers).to_owned();
-            let error = gateway.redactor.with(&client_key).redact(error);
+            let error = gateway.redactor.redact(error);
             summary.log(error.status().as_u16(), Some(&error), "");
             let response = error.clone().into_response();
             if let Some(dispatcher) = &gateway.log_dispatcher {
