@@ -71,15 +71,8 @@ impl Cli {
     }
 }
 
-/// Keeps the log-writing thread alive; dropped by [`flush_logs`].
-static LOG_WRITER: std::sync::Mutex<Option<tracing_appender::non_blocking::WorkerGuard>> =
-    std::sync::Mutex::new(None);
-
 /// Set up `tracing` on stderr: INFO, or DEBUG in debug mode; `RUST_LOG` overrides.
-///
-/// Lines are written by a dedicated thread (buffered, flushed whenever it has caught
-/// up, never dropped), so a request never waits on a `write` to stderr; call
-/// [`flush_logs`] before the process exits.
+/// Lines that arrive together share one write (see `logging::stderr`).
 pub fn init_tracing(debug: bool) {
     let default = if debug {
         "debug,hyper=info,hyper_util=info,h2=info,rustls=info,reqwest=info"
@@ -88,25 +81,11 @@ pub fn init_tracing(debug: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
-        .thread_name("lm-proxy-log")
-        .finish(std::io::BufWriter::new(std::io::stderr()));
-    let installed = tracing_subscriber::fmt()
+    let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(writer)
+        .with_writer(crate::logging::stderr::CombiningStderr::default)
         .with_ansi(false)
-        .try_init()
-        .is_ok();
-    if installed {
-        *LOG_WRITER.lock().unwrap_or_else(|e| e.into_inner()) = Some(guard);
-    }
-}
-
-/// Write out the log lines still queued and stop the log thread.
-pub fn flush_logs() {
-    let guard = LOG_WRITER.lock().unwrap_or_else(|e| e.into_inner()).take();
-    drop(guard);
+        .try_init();
 }
 
 /// Run the native binary.
@@ -146,14 +125,6 @@ where
     let debug = cli.debug_mode();
     crate::error::set_debug_details(debug);
     init_tracing(debug);
-    // Every return below leaves through here: queued log lines are written first.
-    struct FlushLogs;
-    impl Drop for FlushLogs {
-        fn drop(&mut self) {
-            flush_logs();
-        }
-    }
-    let _flush_logs = FlushLogs;
 
     let mut config = match Config::load(&cli.config) {
         Ok(config) => config,

@@ -11,6 +11,7 @@
 
 mod json_writer;
 pub mod request_line;
+pub mod stderr;
 mod transformer;
 
 use std::sync::{Arc, Mutex};
