@@ -62,11 +62,11 @@ class Scenario:
     model: str
     conns: int
     threads: int = 2
-    # Which servers run it (direct is listed when the scenario has its own direct run).
+    # Servers that run it, in the order they take turns (see TARGETS).
     targets: tuple[str, ...] = ("direct", "lm-proxy", "reference", "litellm")
-    # lm-proxy config variant.
+    # lm-proxy (and reference) config variant: default, python_ext, json_logger, metrics_off.
     variant: str = "default"
-    # Scenario whose direct (and lm-proxy) results are the baseline of the ratios.
+    # Scenario whose direct run is the baseline of this one's ratios.
     baseline: str | None = None
     # Upstream wire format for the direct run.
     direct_api: str = "openai"
@@ -74,6 +74,7 @@ class Scenario:
     note: str = ""
 
 
+ONE_WORKER_NOTE = "`lm-proxy, 1 worker thread` is the same binary with TOKIO_WORKER_THREADS=1"
 SCENARIOS = [
     Scenario(
         "latency-c1",
@@ -82,6 +83,8 @@ SCENARIOS = [
         model="bench",
         conns=1,
         threads=1,
+        targets=("direct", "lm-proxy", "lm-proxy-1w", "reference", "litellm"),
+        note=ONE_WORKER_NOTE,
     ),
     Scenario(
         "throughput-c64",
@@ -89,6 +92,8 @@ SCENARIOS = [
         stream=False,
         model="bench",
         conns=64,
+        targets=("direct", "lm-proxy", "lm-proxy-1w", "reference", "litellm"),
+        note=ONE_WORKER_NOTE,
     ),
     Scenario(
         "stream-c64",
@@ -96,6 +101,8 @@ SCENARIOS = [
         stream=True,
         model=f"bench-s{CHUNKS}",
         conns=64,
+        targets=("direct", "lm-proxy", "lm-proxy-1w", "reference", "litellm"),
+        note=ONE_WORKER_NOTE,
     ),
     Scenario(
         "streams-1000",
@@ -104,6 +111,8 @@ SCENARIOS = [
         model=f"bench-s{CHUNKS}-d10",
         conns=1000,
         timeout_s=30,
+        note="wrk counts a request when its stream has ended; streams still open when "
+        "the run stops are not counted (the peers' streams take longer than the run)",
     ),
     Scenario(
         "anthropic-stream-c64",
@@ -132,40 +141,54 @@ SCENARIOS = [
         stream=False,
         model="bench",
         conns=64,
-        targets=("lm-proxy", "reference"),
+        targets=("lm-proxy-default", "lm-proxy", "reference"),
         variant="json_logger",
         baseline="throughput-c64",
     ),
     Scenario(
         "metrics-off-c64",
-        "As throughput-c64 with `[metrics] enabled = false` (cost of /metrics)",
+        "Cost of /metrics: throughput-c64 with `[metrics] enabled = false`",
         stream=False,
         model="bench",
         conns=64,
-        targets=("lm-proxy",),
+        targets=("lm-proxy-default", "lm-proxy"),
         variant="metrics_off",
         baseline="throughput-c64",
     ),
     Scenario(
         "metrics-off-stream-c64",
-        "As stream-c64 with `[metrics] enabled = false` (cost of /metrics)",
+        "Cost of /metrics: stream-c64 with `[metrics] enabled = false`",
         stream=True,
         model=f"bench-s{CHUNKS}",
         conns=64,
-        targets=("lm-proxy",),
+        targets=("lm-proxy-default", "lm-proxy"),
         variant="metrics_off",
         baseline="stream-c64",
     ),
 ]
 
-TARGET_TITLES = {
-    "direct": "direct (mock)",
-    "lm-proxy": "lm-proxy",
-    "lm-proxy-python": "lm-proxy (Python package)",
-    "reference": "reference Python lm-proxy",
-    "litellm": "LiteLLM",
+VARIANT_TITLES = {
+    "python_ext": "Python extensions",
+    "json_logger": "JSON logger",
+    "metrics_off": "metrics off",
 }
 PEERS = ("reference", "litellm")
+OURS = ("lm-proxy", "lm-proxy-1w", "lm-proxy-default", "lm-proxy-python")
+
+
+def title_of(target: str, scenario: Scenario) -> str:
+    variant = VARIANT_TITLES.get(scenario.variant)
+    titles = {
+        "direct": "direct (mock)",
+        "lm-proxy": f"lm-proxy ({variant})" if variant else "lm-proxy",
+        "lm-proxy-1w": "lm-proxy, 1 worker thread",
+        "lm-proxy-default": "lm-proxy (default config)",
+        "lm-proxy-python": "lm-proxy Python package",
+        "reference": "reference Python lm-proxy"
+        + (f" ({variant})" if variant and scenario.variant != "metrics_off" else ""),
+        "litellm": "LiteLLM",
+    }
+    return titles[target]
 
 
 # --------------------------------------------------------------------------- processes
@@ -216,8 +239,9 @@ class Server:
         )
         Server.running.append(self)
 
-    def wait_ready(self, timeout: float) -> None:
-        """Poll the health endpoint until it answers 200 (or the process dies)."""
+    def wait_ready(self, timeout: float, any_status: bool = False) -> None:
+        """Poll the health endpoint until it answers 200 (any status with `any_status`),
+        or the process dies."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -226,7 +250,7 @@ class Server:
                 )
             try:
                 status, _ = http_get(self.port, self.health, timeout=1.0)
-                if status == 200:
+                if status == 200 or any_status:
                     return
             except OSError:
                 pass
@@ -339,7 +363,8 @@ def lm_proxy_config(port: int, upstream: int, variant: str, work: Path) -> Path:
             "[[loggers]]",
             'class = "lm_proxy.loggers.BaseLogger"',
             "[loggers.log_writer]",
-            'class = "lm_proxy.loggers.log_writers.JsonLogWriter"',
+            # The reference's module path; lm-proxy accepts it and the log_writers form.
+            'class = "lm_proxy.loggers.JsonLogWriter"',
             f'file_name = "{work / "json.log"}"',
         ]
     if variant == "metrics_off":
@@ -486,6 +511,21 @@ class Result:
     idle_rss_kib: int = 0
     cpu_us_per_req: float = 0.0
     raw: dict = field(default_factory=dict)
+    # Over the repeated runs: how many, and the range of requests/s.
+    runs: int = 1
+    rps_min: float = 0.0
+    rps_max: float = 0.0
+
+
+def python_package(python: str) -> str:
+    """Version and install time of this project's lm_proxy package for `python`."""
+    code = (
+        "import datetime, os, lm_proxy, lm_proxy._lm_proxy as m; "
+        "t = datetime.datetime.fromtimestamp(os.path.getmtime(m.__file__), datetime.UTC); "
+        "print(lm_proxy.__version__, 'installed', t.strftime('%Y-%m-%d %H:%M UTC'))"
+    )
+    out = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    return out.stdout.strip() if out.returncode == 0 else "not installed"
 
 
 def python_ext_support(python: str) -> str | None:
@@ -498,6 +538,21 @@ def python_ext_support(python: str) -> str | None:
     if probe.returncode != 0:
         return f"this project's lm_proxy package is not installed for {python}"
     return None
+
+
+def median_run(runs: list[Result], by_latency: bool) -> Result:
+    """The middle run by requests/s (by p50 for latency scenarios), with the range."""
+    ok = [r for r in runs if r.status == "ok"]
+    if not ok:
+        return runs[-1]
+    ok.sort(key=(lambda r: r.p50_us) if by_latency else (lambda r: r.rps))
+    mid = ok[(len(ok) - 1) // 2] if by_latency else ok[len(ok) // 2]
+    mid.runs = len(ok)
+    mid.rps_min = min(r.rps for r in ok)
+    mid.rps_max = max(r.rps for r in ok)
+    mid.raw["p50_runs"] = sorted(r.p50_us for r in ok)
+    mid.raw["rps_runs"] = sorted(r.rps for r in ok)
+    return mid
 
 
 def start_target(
@@ -514,13 +569,18 @@ def start_target(
     if scenario.stream:
         body["stream"] = True
     auth = {"Authorization": f"Bearer {KEY}"}
-    if target in ("lm-proxy", "lm-proxy-python"):
-        config = lm_proxy_config(port, upstream, scenario.variant, work)
-        if target == "lm-proxy":
-            argv = [str(PROXY_BIN), "--config", str(config), "--env", ""]
-        else:
+    if target in OURS:
+        variant = "default" if target == "lm-proxy-default" else scenario.variant
+        config = lm_proxy_config(port, upstream, variant, work)
+        env = {"PYTHONPATH": str(BENCH)}
+        if target == "lm-proxy-python":
             argv = [args.ext_python, "-m", "lm_proxy", "--config", str(config), "--env", ""]
-        server = Server(tag, argv, port, "/health", log_dir, env={"PYTHONPATH": str(BENCH)})
+        else:
+            argv = [str(PROXY_BIN), "--config", str(config), "--env", ""]
+        if target == "lm-proxy-1w":
+            # tokio reads its worker count from this variable.
+            env["TOKIO_WORKER_THREADS"] = "1"
+        server = Server(tag, argv, port, "/health", log_dir, env=env)
         server.wait_ready(30)
         return server, Request(port, "/v1/chat/completions", body, auth)
     if target == "reference":
@@ -530,7 +590,7 @@ def start_target(
         config.write_text(text)
         argv = [str(REF_VENV / "bin" / "lm-proxy"), "--config", str(config), "--env", ""]
         server = Server(tag, argv, port, "/v1/models", log_dir, env={"PYTHONPATH": str(BENCH)})
-        server.wait_ready(60)
+        server.wait_ready(60, any_status=True)
         return server, Request(port, "/v1/chat/completions", body, auth)
     if target == "litellm":
         models = sorted({s.model for s in SCENARIOS})
@@ -543,8 +603,10 @@ def start_target(
             "127.0.0.1",
             "--port",
             str(port),
+            # One process per CPU (LiteLLM's advice for production); Python is
+            # single-threaded per process.
             "--num_workers",
-            "1",
+            str(os.cpu_count() or 1),
         ]
         env = {
             "LITELLM_LOCAL_MODEL_COST_MAP": "True",
@@ -620,7 +682,7 @@ def run_one(
         result.rps, result.p50_us, result.p99_us = out["rps"], out["p50"], out["p99"]
         result.errors, result.requests, result.raw = out["errors"], out["requests"], out
         result.cpu_us_per_req = cpu * 1e6 / max(out["requests"], 1)
-        if target == "lm-proxy" and scenario.variant != "metrics_off":
+        if target in OURS and not (target == "lm-proxy" and scenario.variant == "metrics_off"):
             result.raw["metrics"] = proxy_metrics(req.port)
     except Exception as e:  # reported in the results
         result.status, result.reason = "failed", str(e)[:400]
@@ -712,32 +774,43 @@ def ratio(a: float, b: float) -> str:
     return f"{a / b:.2f}x" if a and b else "-"
 
 
+def fmt_rps(r: Result) -> str:
+    if r.runs > 1:
+        return f"{r.rps:,.0f} ({r.rps_min:,.0f}..{r.rps_max:,.0f})"
+    return f"{r.rps:,.0f}"
+
+
 def report(results: dict[tuple[str, str], Result], meta: dict, args: argparse.Namespace) -> str:
     def get(scenario: str, target: str) -> Result | None:
         r = results.get((scenario, target))
         return r if r and r.status == "ok" else None
 
+    m = meta["machine"]
+    lb, la = meta["load_before"], meta["load_after"]
     lines = [
         "# Benchmark results",
         "",
         f"- Date: {meta['date']}",
-        f"- Machine: {meta['machine']['nproc']} CPUs ({meta['machine']['cpu']}), "
-        f"{meta['machine']['memory_gib']} GiB RAM, Linux {meta['machine']['kernel']}; "
-        "load generator, mock upstream and proxy share these CPUs",
-        f"- Load average: {meta['load_before'][0]:.2f} / {meta['load_before'][1]:.2f} / "
-        f"{meta['load_before'][2]:.2f} before, {meta['load_after'][0]:.2f} / "
-        f"{meta['load_after'][1]:.2f} / {meta['load_after'][2]:.2f} after "
-        "(1/5/15 min; other work on the machine counts)",
+        f"- Machine: {m['nproc']} CPUs ({m['cpu']}), {m['memory_gib']} GiB RAM, "
+        f"Linux {m['kernel']}; load generator, mock upstream and server share these CPUs",
+        f"- Load average (1/5/15 min): {lb[0]:.2f} / {lb[1]:.2f} / {lb[2]:.2f} before, "
+        f"{la[0]:.2f} / {la[1]:.2f} / {la[2]:.2f} after; other work on the machine "
+        "(other engineers' builds) shares the CPUs and adds noise",
         f"- Command: `{meta['command']}`",
         f"- lm-proxy: {meta['lm_proxy']}; reference lm-proxy: {meta['reference']}; "
         f"LiteLLM: {meta['litellm']}; load: {meta['wrk']}",
-        f"- Each run: {args.warmup:g} s warm-up, then {args.duration:g} s measured; "
-        "HTTP/1.1 keep-alive; every server restarted per scenario",
+        f"- lm-proxy Python package (Python-extension scenario): `{meta['python_package']}` "
+        f"for `{args.ext_python}`; it is whatever wheel is installed there (built from the "
+        "Python-bridge branch), not this checkout",
+        f"- Each run: {args.warmup:g} s warm-up, then {args.duration:g} s measured; HTTP/1.1 "
+        "keep-alive; every server started afresh for each run. The mock and lm-proxy "
+        f"configurations take turns {args.repeat} times per scenario and the median run is "
+        "shown, with the range of requests/s over the runs; the peers run once",
         "",
-        "Columns: requests/s; latency p50 and p99 (wrk); errors (connect, read, write, "
-        "timeout, non-2xx); peak RSS of the server process tree during the run "
-        "(VmRSS sampled every 20 ms); CPU time of the server per request; ratios of "
-        "requests/s to direct and, for lm-proxy, to each peer.",
+        "Columns: requests/s (median, range); latency p50 and p99 (wrk); errors (connect, "
+        "read, write, timeout, non-2xx); peak RSS of the server's process tree during the "
+        "run (VmRSS sampled every 20 ms); CPU time of the server per request; requests/s "
+        "relative to direct and, for lm-proxy, to each peer.",
         "",
     ]
     for scenario in SCENARIOS:
@@ -748,49 +821,47 @@ def report(results: dict[tuple[str, str], Result], meta: dict, args: argparse.Na
         lines += [f"## {scenario.name}: {scenario.title}", ""]
         if scenario.note:
             lines += [f"{scenario.note}.", ""]
-        if scenario.baseline:
-            lines += [f"Ratios to direct use the direct run of `{scenario.baseline}`.", ""]
         lines += [
             "| server | req/s | p50 | p99 | errors | peak RSS | CPU/req | vs direct "
             "| vs reference | vs LiteLLM |",
             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         targets = list(scenario.targets)
-        if "direct" not in targets and direct:
+        if "direct" not in targets:
             targets.insert(0, "direct")
         for target in targets:
-            r = results.get((scenario.name if target != "direct" else base, target))
-            title = TARGET_TITLES[target]
-            if target == "direct" and scenario.baseline:
-                title += f" ({scenario.baseline})"
+            key = (base, target) if target == "direct" else (scenario.name, target)
+            r = results.get(key)
             if r is None:
                 continue
+            title = title_of(target, scenario)
+            if target == "direct" and scenario.baseline:
+                title += f", from {scenario.baseline}"
             if r.status != "ok":
                 lines.append(f"| {title} | {r.status}: {r.reason} | | | | | | | | |")
                 continue
             peer_cols = []
             for peer in PEERS:
                 p = get(scenario.name, peer)
-                is_ours = target in ("lm-proxy", "lm-proxy-python")
-                peer_cols.append(ratio(r.rps, p.rps) if p and is_ours else "-")
+                peer_cols.append(ratio(r.rps, p.rps) if p and target in OURS else "-")
+            vs_direct = ratio(r.rps, direct.rps) if direct and target != "direct" else "-"
             lines.append(
-                f"| {title} | {r.rps:,.0f} | {fmt_us(r.p50_us)} | {fmt_us(r.p99_us)} "
+                f"| {title} | {fmt_rps(r)} | {fmt_us(r.p50_us)} | {fmt_us(r.p99_us)} "
                 f"| {r.errors} | {fmt_rss(r.peak_rss_kib)} | {fmt_us(r.cpu_us_per_req)} "
-                f"| {ratio(r.rps, direct.rps) if direct and target != 'direct' else '-'} "
-                f"| {peer_cols[0]} | {peer_cols[1]} |"
+                f"| {vs_direct} | {peer_cols[0]} | {peer_cols[1]} |"
             )
         lines.append("")
-        ours = get(scenario.name, "lm-proxy")
+        ours = get(scenario.name, "lm-proxy") or get(scenario.name, "lm-proxy-default")
         if ours and ours.raw.get("metrics"):
-            m = ours.raw["metrics"]
-            count = m.get("lm_proxy_overhead_seconds_count", 0)
+            mt = ours.raw["metrics"]
+            count = mt.get("lm_proxy_overhead_seconds_count", 0)
             if count:
-                avg = m["lm_proxy_overhead_seconds_sum"] / count * 1e6
+                avg = mt["lm_proxy_overhead_seconds_sum"] / count * 1e6
                 lines += [
-                    f"lm-proxy's own /metrics after the run: mean overhead "
-                    f"{avg:.0f} µs per request (whole request minus upstream time), "
-                    f"open streams {m.get('lm_proxy_open_streams', 0):.0f}, upstream errors "
-                    f"{m.get('lm_proxy_upstream_errors_total', 0):.0f}.",
+                    "lm-proxy's own /metrics after its median run: mean overhead "
+                    f"{avg:.0f} µs per request (whole request minus time waiting on the "
+                    f"upstream), open streams {mt.get('lm_proxy_open_streams', 0):.0f}, "
+                    f"upstream errors {mt.get('lm_proxy_upstream_errors_total', 0):.0f}.",
                     "",
                 ]
     lines += targets_section(results, get)
@@ -807,9 +878,12 @@ def targets_section(results, get) -> list[str]:
     d, o = get("latency-c1", "direct"), get("latency-c1", "lm-proxy")
     if d and o:
         delta = o.p50_us - d.p50_us
+        runs = ", ".join(f"{x:.0f}" for x in o.raw.get("p50_runs", []))
+        druns = ", ".join(f"{x:.0f}" for x in d.raw.get("p50_runs", []))
         row(
             "concurrency-1 p50 within 100 µs of direct",
-            f"+{delta:.0f} µs ({fmt_us(o.p50_us)} vs {fmt_us(d.p50_us)})",
+            f"+{delta:.0f} µs (median p50 {fmt_us(o.p50_us)} vs {fmt_us(d.p50_us)}; "
+            f"runs: lm-proxy {runs} µs, direct {druns} µs)",
             delta <= 100,
         )
     for scenario, floor in (("throughput-c64", 0.35), ("stream-c64", 0.40)):
@@ -822,48 +896,47 @@ def targets_section(results, get) -> list[str]:
             )
     for scenario in ("throughput-c64", "stream-c64"):
         o, ref = get(scenario, "lm-proxy"), get(scenario, "reference")
+        name = f"{scenario}: at least 50x the reference's throughput"
         if o and ref:
             row(
-                f"{scenario}: at least 50x the reference's throughput",
-                f"{o.rps / ref.rps:.0f}x",
+                name,
+                f"{o.rps / ref.rps:.0f}x ({o.rps:,.0f} vs {ref.rps:,.0f} req/s)",
                 o.rps / ref.rps >= 50,
             )
         elif o:
-            row(f"{scenario}: at least 50x the reference's throughput", "reference not run", None)
+            row(name, "reference not run", None)
     o = get("throughput-c64", "lm-proxy")
     if o:
-        row("idle RSS under 25 MB", fmt_rss(o.idle_rss_kib), o.idle_rss_kib < 25 * 1024)
+        row(
+            "idle RSS under 25 MB",
+            f"{fmt_rss(o.idle_rss_kib)} (after start, before load)",
+            o.idle_rss_kib < 25 * 1024,
+        )
     o = get("streams-1000", "lm-proxy")
     if o:
         row(
             "1,000 open streams under 100 MB, zero errors",
-            f"{fmt_rss(o.peak_rss_kib)}, {o.errors} errors",
+            f"peak {fmt_rss(o.peak_rss_kib)}, {o.errors} errors",
             o.peak_rss_kib < 100 * 1024 and o.errors == 0,
         )
     r = results.get(("python-ext-c64", "lm-proxy-python"))
+    name = "Python validator + handler: at least 5,000 req/s"
     if r and r.status == "ok":
-        row(
-            "Python validator + handler: at least 5,000 req/s", f"{r.rps:,.0f} req/s", r.rps >= 5000
-        )
+        row(name, f"{r.rps:,.0f} req/s", r.rps >= 5000)
     else:
-        row(
-            "Python validator + handler: at least 5,000 req/s",
-            f"not run: {r.reason if r else 'not selected'}",
-            None,
-        )
-    on, off = get("throughput-c64", "lm-proxy"), get("metrics-off-c64", "lm-proxy")
-    if on and off:
-        lines.append("")
-        lines.append(
-            f"Metrics cost: non-streamed c64 {on.rps:,.0f} req/s with /metrics on, "
-            f"{off.rps:,.0f} off ({(on.rps / off.rps - 1) * 100:+.1f} %)."
-        )
-        on_s, off_s = get("stream-c64", "lm-proxy"), get("metrics-off-stream-c64", "lm-proxy")
-        if on_s and off_s:
-            lines.append(
-                f"Streamed c64 {on_s.rps:,.0f} req/s on, {off_s.rps:,.0f} off "
-                f"({(on_s.rps / off_s.rps - 1) * 100:+.1f} %)."
+        row(name, f"not run: {r.reason if r else 'not selected'}", None)
+    costs = []
+    for scenario in ("metrics-off-c64", "metrics-off-stream-c64"):
+        on, off = get(scenario, "lm-proxy-default"), get(scenario, "lm-proxy")
+        if on and off:
+            costs.append(
+                f"{scenario}: {on.rps:,.0f} req/s with /metrics, {off.rps:,.0f} without "
+                f"({(on.rps / off.rps - 1) * 100:+.1f} %), CPU per request "
+                f"{fmt_us(on.cpu_us_per_req)} vs {fmt_us(off.cpu_us_per_req)}."
             )
+    if costs:
+        lines += ["", "Cost of metrics (same scenario, runs taking turns):", ""]
+        lines += [f"- {c}" for c in costs]
     return [*lines, ""]
 
 
@@ -877,19 +950,23 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2, help="warm-up seconds per run")
     parser.add_argument(
-        "--only", type=lambda s: s.split(","), default=None, help="comma-separated scenario names"
+        "--repeat", type=int, default=3, help="runs of the mock and lm-proxy per scenario"
+    )
+    parser.add_argument(
+        "--only", type=lambda s: s.split(","), default=None, help="comma-separated scenarios"
     )
     parser.add_argument(
         "--targets",
         type=lambda s: s.split(","),
         default=None,
-        help="comma-separated: direct,lm-proxy,lm-proxy-python,reference,litellm",
+        help="comma-separated: direct, lm-proxy, lm-proxy-1w, lm-proxy-default, "
+        "lm-proxy-python, reference, litellm",
     )
     parser.add_argument(
         "--ext-python",
         default=shutil.which("python3") or "python3",
-        help="interpreter whose lm_proxy package runs the Python-extension "
-        "scenario (default: python3 on PATH)",
+        help="interpreter whose lm_proxy package runs the Python-extension scenario "
+        "(default: python3 on PATH)",
     )
     parser.add_argument("--out", default=str(BENCH / "RESULTS.md"))
     parser.add_argument("--command", default=None, help=argparse.SUPPRESS)
@@ -921,10 +998,15 @@ def main() -> int:
         + version_of(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"]),
         "reference": pip_version(REF_VENV, "lm-proxy"),
         "litellm": pip_version(LITELLM_VENV, "litellm"),
+        "python_package": python_package(args.ext_python),
         "wrk": version_of(["wrk", "--version"]).split(" [")[0],
     }
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     results: dict[tuple[str, str], Result] = {}
+
+    def wanted(target: str) -> bool:
+        return not args.targets or target in args.targets
+
     try:
         upstream_port = free_port()
         upstream = Server(
@@ -938,42 +1020,53 @@ def main() -> int:
         for scenario in SCENARIOS:
             if args.only and scenario.name not in args.only:
                 continue
-            targets = list(scenario.targets)
-            base_name = scenario.baseline
-            if (
-                base_name
-                and (base_name, "direct") not in results
-                and (not args.targets or "direct" in args.targets)
-            ):
+            targets = [t for t in scenario.targets if wanted(t)]
+            base = scenario.baseline
+            if base and wanted("direct") and (base, "direct") not in results:
                 # The baseline scenario was not part of this run: measure its direct run.
-                base = next(s for s in SCENARIOS if s.name == base_name)
-                print(f"[{base.name}] direct (baseline) ...", flush=True)
-                results[(base.name, "direct")] = run_one(
-                    base, "direct", upstream_port, upstream, work, log_dir, args
-                )
-            for target in targets:
-                if args.targets and target not in args.targets:
-                    continue
+                targets.insert(0, "direct")
+            runs: dict[str, list[Result]] = {t: [] for t in targets}
+            for target in list(targets):
                 why_not = available(target, args)
                 if why_not:
+                    targets.remove(target)
                     results[(scenario.name, target)] = Result(
                         scenario.name, target, "not run", why_not
                     )
                     print(f"[{scenario.name}] {target}: not run ({why_not})", flush=True)
-                    continue
-                print(f"[{scenario.name}] {target} ...", end="", flush=True)
-                r = run_one(scenario, target, upstream_port, upstream, work, log_dir, args)
-                if r.status == "failed" and target == "lm-proxy-python":
-                    r.status = "not run"
-                results[(scenario.name, target)] = r
-                if r.status == "ok":
-                    print(
-                        f" {r.rps:,.0f} req/s, p50 {fmt_us(r.p50_us)}, p99 {fmt_us(r.p99_us)},"
-                        f" errors {r.errors}, peak RSS {fmt_rss(r.peak_rss_kib)}",
-                        flush=True,
+            for round_ in range(args.repeat):
+                for target in list(targets):
+                    if target in PEERS and round_ > 0:
+                        continue
+                    measured = (
+                        next(x for x in SCENARIOS if x.name == base)
+                        if (target == "direct" and base)
+                        else scenario
                     )
-                else:
-                    print(f" {r.status}: {r.reason}", flush=True)
+                    print(f"[{measured.name}] {target} #{round_ + 1} ...", end="", flush=True)
+                    r = run_one(measured, target, upstream_port, upstream, work, log_dir, args)
+                    runs[target].append(r)
+                    if r.status == "ok":
+                        print(
+                            f" {r.rps:,.0f} req/s, p50 {fmt_us(r.p50_us)}, p99 "
+                            f"{fmt_us(r.p99_us)}, errors {r.errors}, peak RSS "
+                            f"{fmt_rss(r.peak_rss_kib)}",
+                            flush=True,
+                        )
+                    else:
+                        print(f" {r.status}: {r.reason}", flush=True)
+                    if r.status != "ok" and target == "lm-proxy-python":
+                        # This project's package without Python support: say so, once.
+                        r.status = "not run"
+                        r.reason = r.reason.split(" | ")[-1][:300]
+                        targets.remove(target)
+            for target, target_runs in runs.items():
+                if not target_runs:
+                    continue
+                key_scenario = base if (target == "direct" and base) else scenario.name
+                results[(key_scenario, target)] = median_run(
+                    target_runs, by_latency=(scenario.conns == 1)
+                )
     finally:
         stop_all()
         shutil.rmtree(work, ignore_errors=True)
