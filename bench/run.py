@@ -683,7 +683,17 @@ def run_one(
         result.errors, result.requests, result.raw = out["errors"], out["requests"], out
         result.cpu_us_per_req = cpu * 1e6 / max(out["requests"], 1)
         if target in OURS and not (target == "lm-proxy" and scenario.variant == "metrics_off"):
-            result.raw["metrics"] = proxy_metrics(req.port)
+            # wrk cuts the streams still open when it stops; the gauge must come back
+            # to 0 once the proxy has noticed (a leak would keep it up).
+            deadline = time.monotonic() + 15
+            metrics = proxy_metrics(req.port)
+            open_at_end = metrics.get("lm_proxy_open_streams", 0)
+            while metrics.get("lm_proxy_open_streams", 0) > 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+                metrics = proxy_metrics(req.port)
+            metrics["open_at_end"] = open_at_end
+            metrics["drained_s"] = 15 - max(0.0, deadline - time.monotonic())
+            result.raw["metrics"] = metrics
     except Exception as e:  # reported in the results
         result.status, result.reason = "failed", str(e)[:400]
     finally:
@@ -845,6 +855,12 @@ def report(results: dict[tuple[str, str], Result], meta: dict, args: argparse.Na
                 p = get(scenario.name, peer)
                 peer_cols.append(ratio(r.rps, p.rps) if p and target in OURS else "-")
             vs_direct = ratio(r.rps, direct.rps) if direct and target != "direct" else "-"
+            if r.requests == 0:
+                lines.append(
+                    f"| {title} | 0 (no request completed within the run) | - | - "
+                    f"| {r.errors} | {fmt_rss(r.peak_rss_kib)} | - | - | - | - |"
+                )
+                continue
             lines.append(
                 f"| {title} | {fmt_rps(r)} | {fmt_us(r.p50_us)} | {fmt_us(r.p99_us)} "
                 f"| {r.errors} | {fmt_rss(r.peak_rss_kib)} | {fmt_us(r.cpu_us_per_req)} "
@@ -857,11 +873,18 @@ def report(results: dict[tuple[str, str], Result], meta: dict, args: argparse.Na
             count = mt.get("lm_proxy_overhead_seconds_count", 0)
             if count:
                 avg = mt["lm_proxy_overhead_seconds_sum"] / count * 1e6
+                streams = ""
+                if mt.get("open_at_end"):
+                    streams = (
+                        f"; {mt['open_at_end']:.0f} streams were open when wrk stopped, "
+                        f"{mt.get('lm_proxy_open_streams', 0):.0f} still open "
+                        f"{mt['drained_s']:.1f} s later"
+                    )
                 lines += [
                     "lm-proxy's own /metrics after its median run: mean overhead "
                     f"{avg:.0f} µs per request (whole request minus time waiting on the "
-                    f"upstream), open streams {mt.get('lm_proxy_open_streams', 0):.0f}, "
-                    f"upstream errors {mt.get('lm_proxy_upstream_errors_total', 0):.0f}.",
+                    "upstream), upstream errors "
+                    f"{mt.get('lm_proxy_upstream_errors_total', 0):.0f}{streams}.",
                     "",
                 ]
     lines += targets_section(results, get)

@@ -72,7 +72,6 @@ impl Cli {
 }
 
 /// Set up `tracing` on stderr: INFO, or DEBUG in debug mode; `RUST_LOG` overrides.
-/// Lines that arrive together share one write (see `logging::stderr`).
 pub fn init_tracing(debug: bool) {
     let default = if debug {
         "debug,hyper=info,hyper_util=info,h2=info,rustls=info,reqwest=info"
@@ -83,7 +82,7 @@ pub fn init_tracing(debug: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(crate::logging::stderr::CombiningStderr::default)
+        .with_writer(std::io::stderr)
         .with_ansi(false)
         .try_init();
 }

@@ -11,7 +11,6 @@
 
 mod json_writer;
 pub mod request_line;
-pub mod stderr;
 mod transformer;
 
 use std::sync::{Arc, Mutex};
