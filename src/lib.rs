@@ -7,6 +7,7 @@
 //! - [`server`]: axum router, state, TLS, shutdown
 //! - [`api`]: HTTP endpoints
 //! - [`auth`], [`routing`], [`handlers`], [`providers`], [`streaming`], [`logging`]
+//! - [`metrics`]: `GET /metrics` (Prometheus), per server
 //! - [`extensions`]: built-in names and the resolver for Python callables
 //! - [`error`]: the error type and the OpenAI error envelope
 
@@ -21,6 +22,7 @@ pub mod extensions;
 pub mod gateway;
 pub mod handlers;
 pub mod logging;
+pub mod metrics;
 pub mod providers;
 pub mod routing;
 pub mod secrets;

@@ -171,7 +171,7 @@ where
         },
         done: false,
     };
-    futures_util::stream::unfold(state, |mut st| async move {
+    let events = futures_util::stream::unfold(state, |mut st| async move {
         if st.done {
             return None;
         }
@@ -198,6 +198,80 @@ where
                 Some((Ok(Bytes::from_static(DONE)), st))
             }
         }
+    });
+    coalesce(events)
+}
+
+/// Most bytes gathered into one write.
+const COALESCE_LIMIT: usize = 16 * 1024;
+/// Scheduler turns without a new event after which the gathered events are sent.
+const COALESCE_IDLE_TURNS: u32 = 4;
+
+/// Sends the events that are ready together, in one write. hyper flushes whenever
+/// the body stream has nothing ready, and an upstream's body reaches us one frame at
+/// a time from its connection task, so without this every event was its own write
+/// (and TCP segment) even when the upstream sent a burst. After taking an event the
+/// task yields (`yield_now`: woken once its worker has run the other ready tasks,
+/// such as the upstream connection handing over its next frame; no timer) and goes
+/// on gathering while that brings more. The upstream connection may be running on
+/// another worker, so the events are sent after [`COALESCE_IDLE_TURNS`] turns in a
+/// row bring nothing: a lone event waits a few scheduler turns (microseconds), never
+/// a timer tick.
+fn coalesce<S>(events: S) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send
+where
+    S: Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
+{
+    use std::task::Poll;
+    enum Drained {
+        More,
+        Nothing,
+        Full,
+        End,
+    }
+    let state = (Box::pin(events), false);
+    futures_util::stream::unfold(state, |(mut events, mut ended)| async move {
+        if ended {
+            return None;
+        }
+        let Ok(first) = events.next().await?;
+        if first.len() >= COALESCE_LIMIT {
+            return Some((Ok(first), (events, ended)));
+        }
+        let mut buf = Vec::with_capacity(first.len() * 4);
+        buf.extend_from_slice(&first);
+        let mut idle_turns = 0;
+        loop {
+            tokio::task::yield_now().await;
+            let drained = std::future::poll_fn(|cx| {
+                let mut got = false;
+                loop {
+                    match events.as_mut().poll_next(cx) {
+                        Poll::Ready(Some(Ok(bytes))) => {
+                            buf.extend_from_slice(&bytes);
+                            got = true;
+                            if buf.len() >= COALESCE_LIMIT {
+                                return Poll::Ready(Drained::Full);
+                            }
+                        }
+                        Poll::Ready(Some(Err(never))) => match never {},
+                        Poll::Ready(None) => return Poll::Ready(Drained::End),
+                        Poll::Pending if got => return Poll::Ready(Drained::More),
+                        Poll::Pending => return Poll::Ready(Drained::Nothing),
+                    }
+                }
+            })
+            .await;
+            match drained {
+                Drained::More => idle_turns = 0,
+                Drained::Nothing if idle_turns + 1 < COALESCE_IDLE_TURNS => idle_turns += 1,
+                Drained::Nothing | Drained::Full => break,
+                Drained::End => {
+                    ended = true;
+                    break;
+                }
+            }
+        }
+        Some((Ok(Bytes::from(buf)), (events, ended)))
     })
 }
 
@@ -511,6 +585,21 @@ mod tests {
         ))
         .await;
         assert!(matches!(items[0], Err(ApiError::UpstreamFailure { .. })));
+    }
+
+    #[tokio::test]
+    async fn ready_events_go_out_together_and_late_ones_alone() {
+        let event = |i: u64| Ok::<_, std::convert::Infallible>(Bytes::from(format!("e{i};")));
+        let burst = futures_util::stream::iter((0..5).map(event));
+        let out: Vec<Bytes> = coalesce(burst).map(Result::unwrap).collect().await;
+        assert_eq!(out, vec![Bytes::from("e0;e1;e2;e3;e4;")]);
+
+        let paced = futures_util::stream::iter(0..3).then(move |i| async move {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            event(i)
+        });
+        let out: Vec<Bytes> = coalesce(paced).map(Result::unwrap).collect().await;
+        assert_eq!(out, vec!["e0;", "e1;", "e2;"]);
     }
 
     #[tokio::test]

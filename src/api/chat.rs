@@ -40,11 +40,16 @@ pub async fn chat_completions(
     let gateway = state.gateway();
     let remote_addr = gateway.trusted_proxies.client_addr(&headers, peer.ip());
     let mut ctx = RequestContext::new(headers, remote_addr);
-    let result = handle(&gateway, &mut ctx, body).await;
+    let mut upstream_time = None;
+    let result = handle(&gateway, &mut ctx, body, &mut upstream_time).await;
     let summary = RequestSummary::of(&ctx);
+    let metrics = state.metrics().map(|m| m.request(&ctx, upstream_time));
     match result {
         Ok(Reply::Complete(answer)) => {
             summary.log(200, None, "");
+            if let Some(metrics) = metrics {
+                metrics.completed(&answer);
+            }
             let response = axum::Json(&answer).into_response();
             if let Some(dispatcher) = &gateway.log_dispatcher {
                 ctx.response = Some(answer);
@@ -53,6 +58,10 @@ pub async fn chat_completions(
             response
         }
         Ok(Reply::Stream(chunks)) => {
+            let chunks = match metrics {
+                Some(metrics) => metrics.stream(chunks),
+                None => chunks,
+            };
             let identity = StreamIdentity {
                 id: completion_id(),
                 created: unix_now(),
@@ -97,6 +106,9 @@ pub async fn chat_completions(
         Err(error) => {
             let error = gateway.redactor.redact(error);
             summary.log(error.status().as_u16(), Some(&error), "");
+            if let Some(metrics) = metrics {
+                metrics.failed(&error);
+            }
             let response = error.clone().into_response();
             if let Some(dispatcher) = &gateway.log_dispatcher {
                 ctx.error = Some(error);
@@ -107,10 +119,12 @@ pub async fn chat_completions(
     }
 }
 
+/// `upstream_time` is set to how long the provider call took, once it was made.
 async fn handle(
     gateway: &Gateway,
     ctx: &mut RequestContext,
     body: Body,
+    upstream_time: &mut Option<std::time::Duration>,
 ) -> Result<Reply, ApiError> {
     // The body is read (within the limit) before anything can reject the request:
     // an HTTP/1 connection whose request body was left unread cannot be reused, and
@@ -159,11 +173,14 @@ async fn handle(
 
     let call = upstream_call(ctx)?;
     let provider = connection.provider.clone();
-    if call.is_stream() {
-        Ok(Reply::Stream(provider.stream(call).await?))
+    let upstream_started = std::time::Instant::now();
+    let reply = if call.is_stream() {
+        provider.stream(call).await.map(Reply::Stream)
     } else {
-        Ok(Reply::Complete(provider.complete(call).await?))
-    }
+        provider.complete(call).await.map(Reply::Complete)
+    };
+    *upstream_time = Some(upstream_started.elapsed());
+    reply
 }
 
 /// Read the body within the size limit: too large → 413, unreadable → 400.

@@ -18,7 +18,8 @@ pub use error::ConfigError;
 pub(crate) use model::lenient;
 pub use model::{
     json_type, AllowedConnectionsSpec, ApiType, ConnectionSpec, ExtensionSpec, FileConfig,
-    GroupConfig, ModelListingMode, ProviderSettings, DEFAULT_ENCRYPTION_KEY, DEFAULT_KEY_CHECK,
+    GroupConfig, MetricsConfig, ModelListingMode, ProviderSettings, DEFAULT_ENCRYPTION_KEY,
+    DEFAULT_KEY_CHECK,
 };
 
 /// A loaded and checked config.
@@ -271,7 +272,36 @@ impl Config {
                 "must be greater than 0",
             ));
         }
-        Ok(())
+        self.check_metrics_path()
+    }
+
+    /// `metrics.path` must be a plain path that no other endpoint uses.
+    fn check_metrics_path(&self) -> Result<(), ConfigError> {
+        let metrics = &self.settings.metrics;
+        if !metrics.enabled {
+            return Ok(());
+        }
+        let p = metrics.path.as_str();
+        let taken = [
+            "/health".to_owned(),
+            format!("{}/chat/completions", self.api_prefix),
+            format!("{}/models", self.api_prefix),
+        ];
+        let problem = if !p.starts_with('/') || p.len() < 2 {
+            Some(format!(
+                "'{p}' must be a path starting with '/', such as \"/metrics\""
+            ))
+        } else if p.contains(['?', '#', '{', '}', '*', ' ']) || p.ends_with('/') {
+            Some(format!("'{p}' is not a valid URL path"))
+        } else if taken.iter().any(|t| t == p) {
+            Some(format!("'{p}' is already used by another endpoint"))
+        } else {
+            None
+        };
+        match problem {
+            Some(problem) => Err(ConfigError::new(&self.path, "metrics.path", problem)),
+            None => Ok(()),
+        }
     }
 
     /// The request body limit in bytes.

@@ -70,6 +70,40 @@ pub struct FileConfig {
     /// How long open requests and streams may run on after SIGINT/SIGTERM.
     #[serde(default = "default_grace", deserialize_with = "lenient::f64")]
     pub shutdown_grace_seconds: f64,
+    /// `GET /metrics` (Prometheus): on by default, optionally behind a bearer token.
+    #[serde(default)]
+    pub metrics: MetricsConfig,
+}
+
+/// The `[metrics]` table. `enabled` and `path` are read at startup; `token` is
+/// reread on reload.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    #[serde(default = "yes", deserialize_with = "lenient::bool")]
+    pub enabled: bool,
+    #[serde(default = "default_metrics_path")]
+    pub path: String,
+    /// When set (non-empty), scrapes must send `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: Option<String>,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            enabled: true,
+            path: default_metrics_path(),
+            token: None,
+        }
+    }
+}
+
+impl MetricsConfig {
+    /// The token scrapes must present, if any (an empty string means none).
+    pub fn token(&self) -> Option<&str> {
+        self.token.as_deref().filter(|t| !t.is_empty())
+    }
 }
 
 /// A group of client keys and the connections they may use.
@@ -305,6 +339,9 @@ fn default_trusted_proxies() -> Vec<String> {
 }
 fn default_grace() -> f64 {
     30.0
+}
+fn default_metrics_path() -> String {
+    "/metrics".into()
 }
 
 /// Deserializers that also accept numbers and booleans written as strings, because

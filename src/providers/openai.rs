@@ -20,7 +20,8 @@ use crate::streaming::{
 
 pub struct OpenAiProvider {
     name: String,
-    chat_url: String,
+    /// Parsed once: `post(&str)` would parse (and IDNA-check) the URL on every call.
+    chat_url: reqwest::Url,
     models_url: String,
     authorization: Option<HeaderValue>,
     headers: HeaderMap,
@@ -39,7 +40,8 @@ impl OpenAiProvider {
         });
         OpenAiProvider {
             name: name.to_owned(),
-            chat_url: format!("{}/chat/completions", settings.base),
+            chat_url: reqwest::Url::parse(&format!("{}/chat/completions", settings.base))
+                .expect("api_base was checked to be an http(s) URL when the config loaded"),
             models_url: format!("{}/models", settings.base),
             authorization,
             headers: settings.headers,
@@ -51,19 +53,15 @@ impl OpenAiProvider {
     }
 
     fn request(&self, call: &UpstreamCall, stream: bool) -> reqwest::RequestBuilder {
-        let mut body = Map::with_capacity(call.params.len() + 1);
-        body.insert("model".into(), Value::String(call.model.clone()));
-        for (key, value) in &call.params {
-            // OpenAI rejects `stream_options` on a non-streamed request.
-            if key == "model" || (!stream && key == "stream_options") {
-                continue;
-            }
-            body.insert(key.clone(), value.clone());
-        }
+        let body = UpstreamBody {
+            model: &call.model,
+            params: &call.params,
+            stream,
+        };
         let bytes = serde_json::to_vec(&body).expect("JSON values always serialize");
         let mut request = self
             .client
-            .post(&self.chat_url)
+            .post(self.chat_url.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .headers(self.headers.clone())
             .headers(call.headers.clone())
@@ -163,6 +161,30 @@ fn declares(response: &reqwest::Response, media_type: &str) -> bool {
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with(media_type))
+}
+
+/// The upstream body: the client's fields in their order with `model` replaced
+/// (first), serialized straight from the call without copying it.
+struct UpstreamBody<'a> {
+    model: &'a str,
+    params: &'a Map<String, Value>,
+    stream: bool,
+}
+
+impl serde::Serialize for UpstreamBody<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("model", self.model)?;
+        for (key, value) in self.params {
+            // OpenAI rejects `stream_options` on a non-streamed request.
+            if key == "model" || (!self.stream && key == "stream_options") {
+                continue;
+            }
+            map.serialize_entry(key, value)?;
+        }
+        map.end()
+    }
 }
 
 /// Defaults for chunk fields that some OpenAI-compatible servers leave out.

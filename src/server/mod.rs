@@ -20,19 +20,33 @@ use crate::api;
 use crate::config::{Config, ConfigError};
 use crate::extensions::ExtensionResolver;
 use crate::gateway::Gateway;
+use crate::metrics::Metrics;
 
 /// State shared by every request.
 pub struct AppState {
     gateway: ArcSwap<Gateway>,
     client: reqwest::Client,
+    /// This server's metrics (`[metrics] enabled`, read at startup); they outlive reloads.
+    metrics: Option<Arc<Metrics>>,
 }
 
 impl AppState {
     pub fn new(gateway: Gateway, client: reqwest::Client) -> Self {
+        let metrics = gateway
+            .config
+            .settings
+            .metrics
+            .enabled
+            .then(|| Arc::new(Metrics::new()));
         AppState {
             gateway: ArcSwap::from_pointee(gateway),
             client,
+            metrics,
         }
+    }
+
+    pub fn metrics(&self) -> Option<&Arc<Metrics>> {
+        self.metrics.as_ref()
     }
 
     /// The gateway in force now (a cheap `Arc` clone; a reload swaps it whole).
@@ -79,14 +93,22 @@ pub fn upstream_client_with(connect_timeout: Duration) -> anyhow::Result<reqwest
 
 /// The router for a prefix; tests serve it directly.
 pub fn app(state: Arc<AppState>) -> axum::Router {
-    let prefix = state.gateway().config.api_prefix.clone();
-    axum::Router::new()
+    let gateway = state.gateway();
+    let prefix = &gateway.config.api_prefix;
+    let mut router = axum::Router::new()
         .route(
             &format!("{prefix}/chat/completions"),
             post(api::chat::chat_completions),
         )
         .route(&format!("{prefix}/models"), get(api::models::list_models))
-        .route("/health", get(api::health))
+        .route("/health", get(api::health));
+    if state.metrics.is_some() {
+        router = router.route(
+            &gateway.config.settings.metrics.path,
+            get(crate::metrics::serve),
+        );
+    }
+    router
         .fallback(api::not_found)
         .method_not_allowed_fallback(api::method_not_allowed)
         .with_state(state)

@@ -95,6 +95,12 @@ fn keep_listener_settings(old: &Config, new: &mut Config) {
         warn("api_prefix");
         new.api_prefix = old.api_prefix.clone();
     }
+    let (old_m, new_m) = (&old.settings.metrics, &mut new.settings.metrics);
+    if new_m.enabled != old_m.enabled || new_m.path != old_m.path {
+        warn("metrics.enabled/metrics.path");
+        new_m.enabled = old_m.enabled;
+        new_m.path = old_m.path.clone();
+    }
 }
 
 /// Run reloads for the life of the server: on SIGHUP always, and on file changes

@@ -39,7 +39,8 @@ const OPTIONS: [&str; 2] = ["anthropic_version", "max_tokens"];
 
 pub struct AnthropicProvider {
     name: String,
-    messages_url: String,
+    /// Parsed once (`post(&str)` would parse it on every call).
+    messages_url: reqwest::Url,
     models_url: String,
     /// `anthropic-version`, the static `http_headers`, then `x-api-key`.
     headers: HeaderMap,
@@ -105,7 +106,8 @@ impl AnthropicProvider {
         }
         Ok(AnthropicProvider {
             name: name.to_owned(),
-            messages_url: format!("{}/v1/messages", http.base),
+            messages_url: reqwest::Url::parse(&format!("{}/v1/messages", http.base))
+                .map_err(|e| err("api_base", &format!("not a valid URL: {e}")))?,
             models_url: format!("{}/v1/models", http.base),
             headers,
             timeout: http.timeout,
@@ -136,7 +138,7 @@ impl AnthropicProvider {
     fn request(&self, body: Bytes, call: &UpstreamCall, stream: bool) -> reqwest::RequestBuilder {
         let mut request = self
             .client
-            .post(&self.messages_url)
+            .post(self.messages_url.clone())
             .header(http::header::CONTENT_TYPE, "application/json")
             .headers(self.headers.clone())
             .headers(call.headers.clone())

@@ -1,0 +1,374 @@
+//! `bench-upstream`: a zero-latency mock LLM upstream for the benchmarks in `bench/`.
+//!
+//! It speaks just enough of three wire formats to be proxied:
+//! - OpenAI: `POST /v1/chat/completions` (JSON, or SSE with `"stream": true`;
+//!   a usage chunk when `stream_options.include_usage` is set), `GET /v1/models`;
+//! - Anthropic: `POST /v1/messages` (JSON or its SSE event sequence);
+//! - Gemini: `POST /v1beta/models/{model}:generateContent` and
+//!   `:streamGenerateContent?alt=sse`;
+//! - `GET /health` for readiness.
+//!
+//! What a stream looks like is chosen by the model name, so that the same model
+//! name works through any proxy: `-s<N>` gives N content chunks (default
+//! `--chunks`, 20), `-d<MS>` waits MS milliseconds before each content chunk
+//! (default 0). Example: `bench-s20-d10`. Non-streamed answers carry N words.
+//!
+//! Accepted sockets get `TCP_NODELAY`; answers are built with plain `format!`
+//! (no JSON tree), so the mock costs as little CPU as possible next to the proxy
+//! it measures. Usage: `bench-upstream [--port P] [--chunks N] [--threads T]`;
+//! prints `listening on 127.0.0.1:PORT` once it accepts connections.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use futures_util::StreamExt;
+use serde::Deserialize;
+
+#[derive(Clone, Copy)]
+struct Defaults {
+    chunks: usize,
+}
+
+/// The fields of any of the three request shapes that the mock looks at.
+#[derive(Deserialize)]
+struct Request {
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    stream: bool,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// What the model name asks for.
+struct Plan {
+    chunks: usize,
+    delay: Duration,
+}
+
+impl Plan {
+    fn of(model: &str, defaults: Defaults) -> Plan {
+        let mut plan = Plan {
+            chunks: defaults.chunks,
+            delay: Duration::ZERO,
+        };
+        for part in model.split('-') {
+            if let Some(n) = part.strip_prefix('s').and_then(|n| n.parse().ok()) {
+                plan.chunks = n;
+            } else if let Some(ms) = part.strip_prefix('d').and_then(|n| n.parse().ok()) {
+                plan.delay = Duration::from_millis(ms);
+            }
+        }
+        plan
+    }
+}
+
+fn main() {
+    let mut port: u16 = 0;
+    let mut chunks: usize = 20;
+    let mut threads: usize = 0;
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or_else(|| usage(&format!("{name} needs a number")))
+        };
+        match arg.as_str() {
+            "--port" => port = value("--port") as u16,
+            "--chunks" => chunks = value("--chunks"),
+            "--threads" => threads = value("--threads"),
+            "-h" | "--help" => usage(""),
+            other => usage(&format!("unknown argument {other}")),
+        }
+    }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        runtime.worker_threads(threads);
+    }
+    let runtime = runtime.enable_all().build().expect("tokio runtime");
+    runtime.block_on(serve(port, Defaults { chunks }));
+}
+
+fn usage(problem: &str) -> ! {
+    if !problem.is_empty() {
+        eprintln!("bench-upstream: {problem}");
+    }
+    eprintln!("usage: bench-upstream [--port P] [--chunks N] [--threads T]");
+    std::process::exit(2)
+}
+
+async fn serve(port: u16, defaults: Defaults) {
+    let app = axum::Router::new()
+        .route("/health", get(|| async { "ok" }))
+        .route("/v1/chat/completions", post(openai))
+        .route("/v1/models", get(models))
+        .route("/v1/messages", post(anthropic))
+        .route("/v1beta/models/{*call}", post(gemini))
+        .with_state(defaults);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| {
+            eprintln!("bench-upstream: cannot listen on 127.0.0.1:{port}: {e}");
+            std::process::exit(1)
+        });
+    let addr = listener.local_addr().expect("bound address");
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    println!("listening on {addr}");
+    axum::serve(listener, app).await.expect("server runs");
+}
+
+fn parse(body: &[u8]) -> Result<Request, (StatusCode, String)> {
+    serde_json::from_slice(body).map_err(|e| (StatusCode::BAD_REQUEST, format!("bad JSON: {e}")))
+}
+
+fn json(body: String) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body,
+    )
+        .into_response()
+}
+
+/// An SSE response from pre-rendered events; `paced` events wait `delay` first.
+fn sse(events: Vec<(String, bool)>, delay: Duration) -> Response {
+    let body = if delay.is_zero() {
+        let frames = events
+            .into_iter()
+            .map(|(e, _)| Ok::<_, Infallible>(Bytes::from(e)));
+        Body::from_stream(futures_util::stream::iter(frames))
+    } else {
+        let frames = futures_util::stream::iter(events).then(move |(event, paced)| async move {
+            if paced {
+                tokio::time::sleep(delay).await;
+            }
+            Ok::<_, Infallible>(Bytes::from(event))
+        });
+        Body::from_stream(frames)
+    };
+    (
+        [
+            (
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("text/event-stream"),
+            ),
+            (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// Model names come from clients of the proxies; keep them JSON-safe.
+fn safe(model: &str) -> String {
+    model
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-_.:/".contains(*c))
+        .collect()
+}
+
+fn words(n: usize) -> String {
+    let mut text = String::with_capacity(n * 4);
+    for i in 0..n {
+        text.push_str(if i == 0 { "tok" } else { " tok" });
+    }
+    text
+}
+
+async fn models() -> Response {
+    json(r#"{"object":"list","data":[{"id":"bench","object":"model","created":1700000000,"owned_by":"bench"}]}"#.into())
+}
+
+async fn openai(State(defaults): State<Defaults>, body: Bytes) -> Response {
+    let request = match parse(&body) {
+        Ok(r) => r,
+        Err(problem) => return problem.into_response(),
+    };
+    let model = safe(&request.model);
+    let plan = Plan::of(&model, defaults);
+    let n = plan.chunks;
+    if !request.stream {
+        return json(format!(
+            r#"{{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"{model}","system_fingerprint":"fp_bench","choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}"}},"logprobs":null,"finish_reason":"stop"}}],"usage":{{"prompt_tokens":10,"completion_tokens":{n},"total_tokens":{total}}}}}"#,
+            text = words(n),
+            total = 10 + n,
+        ));
+    }
+    let head = format!(
+        r#"{{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"{model}","system_fingerprint":"fp_bench","choices":["#
+    );
+    let mut events = Vec::with_capacity(n + 4);
+    events.push((
+        format!(
+            "data: {head}{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
+        ),
+        false,
+    ));
+    for i in 0..n {
+        let text = if i == 0 { "tok" } else { " tok" };
+        events.push((
+            format!(
+                "data: {head}{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
+            ),
+            true,
+        ));
+    }
+    events.push((
+        format!(
+            "data: {head}{{\"index\":0,\"delta\":{{}},\"logprobs\":null,\"finish_reason\":\"stop\"}}]}}\n\n"
+        ),
+        false,
+    ));
+    if request.stream_options.is_some_and(|o| o.include_usage) {
+        events.push((
+            format!(
+                "data: {head}],\"usage\":{{\"prompt_tokens\":10,\"completion_tokens\":{n},\"total_tokens\":{}}}}}\n\n",
+                10 + n
+            ),
+            false,
+        ));
+    }
+    events.push(("data: [DONE]\n\n".into(), false));
+    sse(events, plan.delay)
+}
+
+async fn anthropic(State(defaults): State<Defaults>, body: Bytes) -> Response {
+    let request = match parse(&body) {
+        Ok(r) => r,
+        Err(problem) => return problem.into_response(),
+    };
+    let model = safe(&request.model);
+    let plan = Plan::of(&model, defaults);
+    let n = plan.chunks;
+    if !request.stream {
+        return json(format!(
+            r#"{{"id":"msg_bench","type":"message","role":"assistant","model":"{model}","content":[{{"type":"text","text":"{text}"}}],"stop_reason":"end_turn","stop_sequence":null,"usage":{{"input_tokens":10,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":{n}}}}}"#,
+            text = words(n),
+        ));
+    }
+    let event = |name: &str, data: String| format!("event: {name}\ndata: {data}\n\n");
+    let mut events = Vec::with_capacity(n + 6);
+    events.push((
+        event(
+            "message_start",
+            format!(
+                r#"{{"type":"message_start","message":{{"id":"msg_bench","type":"message","role":"assistant","model":"{model}","content":[],"stop_reason":null,"stop_sequence":null,"usage":{{"input_tokens":10,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":1}}}}}}"#
+            ),
+        ),
+        false,
+    ));
+    events.push((
+        event(
+            "content_block_start",
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#
+                .into(),
+        ),
+        false,
+    ));
+    for i in 0..n {
+        let text = if i == 0 { "tok" } else { " tok" };
+        events.push((
+            event(
+                "content_block_delta",
+                format!(
+                    r#"{{"type":"content_block_delta","index":0,"delta":{{"type":"text_delta","text":"{text}"}}}}"#
+                ),
+            ),
+            true,
+        ));
+    }
+    events.push((
+        event(
+            "content_block_stop",
+            r#"{"type":"content_block_stop","index":0}"#.into(),
+        ),
+        false,
+    ));
+    events.push((
+        event(
+            "message_delta",
+            format!(
+                r#"{{"type":"message_delta","delta":{{"stop_reason":"end_turn","stop_sequence":null}},"usage":{{"output_tokens":{n}}}}}"#
+            ),
+        ),
+        false,
+    ));
+    events.push((
+        event("message_stop", r#"{"type":"message_stop"}"#.into()),
+        false,
+    ));
+    sse(events, plan.delay)
+}
+
+async fn gemini(
+    State(defaults): State<Defaults>,
+    Path(call): Path<String>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Response {
+    let Some((model, method)) = call.rsplit_once(':') else {
+        return (StatusCode::NOT_FOUND, "expected models/{model}:{method}").into_response();
+    };
+    let model = safe(model);
+    let plan = Plan::of(&model, defaults);
+    let n = plan.chunks;
+    let usage = |candidates: usize| {
+        format!(
+            r#""usageMetadata":{{"promptTokenCount":10,"candidatesTokenCount":{candidates},"totalTokenCount":{}}}"#,
+            10 + candidates
+        )
+    };
+    match method {
+        "generateContent" => json(format!(
+            r#"{{"candidates":[{{"content":{{"role":"model","parts":[{{"text":"{text}"}}]}},"finishReason":"STOP","index":0}}],{usage},"modelVersion":"{model}","responseId":"bench"}}"#,
+            text = words(n),
+            usage = usage(n),
+        )),
+        "streamGenerateContent" => {
+            if !query.unwrap_or_default().contains("alt=sse") {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    "bench-upstream streams only with alt=sse",
+                )
+                    .into_response();
+            }
+            let _ = body;
+            let mut events = Vec::with_capacity(n + 1);
+            for i in 0..n {
+                let text = if i == 0 { "tok" } else { " tok" };
+                events.push((
+                    format!(
+                        "data: {{\"candidates\":[{{\"content\":{{\"role\":\"model\",\"parts\":[{{\"text\":\"{text}\"}}]}},\"index\":0}}],\"modelVersion\":\"{model}\",\"responseId\":\"bench\"}}\r\n\r\n"
+                    ),
+                    true,
+                ));
+            }
+            events.push((
+                format!(
+                    "data: {{\"candidates\":[{{\"content\":{{\"role\":\"model\",\"parts\":[{{\"text\":\"\"}}]}},\"finishReason\":\"STOP\",\"index\":0}}],{},\"modelVersion\":\"{model}\",\"responseId\":\"bench\"}}\r\n\r\n",
+                    usage(n)
+                ),
+                false,
+            ));
+            sse(events, plan.delay)
+        }
+        _ => (StatusCode::NOT_FOUND, "unknown Gemini method").into_response(),
+    }
+}

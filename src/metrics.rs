@@ -1,0 +1,565 @@
+//! `GET /metrics`: Prometheus metrics of one server, in the OpenMetrics text format
+//! (which Prometheus scrapes natively).
+//!
+//! The registry belongs to the server's `AppState`, not to the process, so several
+//! servers in one process (tests) count independently, and it outlives config
+//! reloads. The request path reports through [`RequestMetrics`]: one call when a
+//! non-streamed request ends, or a wrapper around the chunk stream that reports
+//! when the stream is dropped (end, error or client disconnect: exactly once).
+//!
+//! Label values that clients choose (model names) or that extensions may invent
+//! (groups) are capped per server: past [`MAX_LABEL_VALUES`] distinct values, new
+//! ones are counted as `other`, so a client cannot grow the series without bound.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use futures_util::Stream;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+use serde_json::Value;
+
+use crate::context::RequestContext;
+use crate::error::{ApiError, ErrorBody};
+use crate::server::AppState;
+use crate::streaming::ChunkStream;
+
+/// Most distinct values kept per capped label (model, group, connection).
+pub const MAX_LABEL_VALUES: usize = 100;
+/// The value that stands for every label value past the cap.
+pub const OTHER: &str = "other";
+/// The value for a label that does not apply (no model, no group yet, ...).
+pub const NONE: &str = "-";
+
+const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// Whole request, time to first token, upstream part: 0.5 ms ... 2 min.
+const LATENCY_BUCKETS: [f64; 17] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0,
+];
+/// The proxy's own share: 25 µs ... 1 s.
+const OVERHEAD_BUCKETS: [f64; 14] = [
+    0.000025, 0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    1.0,
+];
+
+type Label = Arc<str>;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RequestLabels {
+    status: u16,
+    connection: Label,
+    model: Label,
+    group: Label,
+    stream: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimingLabels {
+    connection: Label,
+    stream: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StreamLabel {
+    stream: bool,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConnectionLabel {
+    connection: Label,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TokenLabels {
+    connection: Label,
+    model: Label,
+    r#type: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct UpstreamErrorLabels {
+    connection: Label,
+    kind: &'static str,
+}
+
+#[derive(Clone)]
+struct Buckets(&'static [f64]);
+
+impl MetricConstructor<Histogram> for Buckets {
+    fn new_metric(&self) -> Histogram {
+        Histogram::new(self.0.iter().copied())
+    }
+}
+
+/// Interns label values up to a cap; everything past it becomes `other`.
+struct LabelCap {
+    values: RwLock<HashMap<Box<str>, Label>>,
+    other: Label,
+    none: Label,
+}
+
+impl LabelCap {
+    fn new() -> Self {
+        LabelCap {
+            values: RwLock::new(HashMap::new()),
+            other: Arc::from(OTHER),
+            none: Arc::from(NONE),
+        }
+    }
+
+    fn get(&self, value: Option<&str>) -> Label {
+        let Some(value) = value.filter(|v| !v.is_empty()) else {
+            return self.none.clone();
+        };
+        // A poisoned lock only means a panic elsewhere mid-insert of a whole entry.
+        let values = self.values.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(label) = values.get(value) {
+            return label.clone();
+        }
+        let full = values.len() >= MAX_LABEL_VALUES;
+        drop(values);
+        if full {
+            return self.other.clone();
+        }
+        let mut values = self.values.write().unwrap_or_else(|e| e.into_inner());
+        if values.len() >= MAX_LABEL_VALUES {
+            return self.other.clone();
+        }
+        values
+            .entry(value.into())
+            .or_insert_with(|| Arc::from(value))
+            .clone()
+    }
+}
+
+/// The metrics of one server.
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<TimingLabels, Histogram, Buckets>,
+    upstream_duration: Family<TimingLabels, Histogram, Buckets>,
+    overhead: Family<StreamLabel, Histogram, Buckets>,
+    time_to_first_token: Family<ConnectionLabel, Histogram, Buckets>,
+    tokens: Family<TokenLabels, Counter>,
+    open_streams: Gauge,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    models: LabelCap,
+    groups: LabelCap,
+    connections: LabelCap,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("lm_proxy");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Chat completion requests by HTTP status, connection, requested model, group and stream",
+            requests.clone(),
+        );
+        let request_duration = Family::new_with_constructor(Buckets(&LATENCY_BUCKETS));
+        registry.register_with_unit(
+            "request_duration",
+            "Whole request, from arrival to the answer (streams: to the end of the stream)",
+            Unit::Seconds,
+            request_duration.clone(),
+        );
+        let upstream_duration = Family::new_with_constructor(Buckets(&LATENCY_BUCKETS));
+        registry.register_with_unit(
+            "upstream_duration",
+            "Time spent waiting on the upstream (streams: to its headers plus the waits for chunks)",
+            Unit::Seconds,
+            upstream_duration.clone(),
+        );
+        let overhead = Family::new_with_constructor(Buckets(&OVERHEAD_BUCKETS));
+        registry.register_with_unit(
+            "overhead",
+            "The proxy's own time for requests that reached the upstream: whole request minus upstream",
+            Unit::Seconds,
+            overhead.clone(),
+        );
+        let time_to_first_token = Family::new_with_constructor(Buckets(&LATENCY_BUCKETS));
+        registry.register_with_unit(
+            "time_to_first_token",
+            "Streams: from arrival of the request to the first chunk from the upstream",
+            Unit::Seconds,
+            time_to_first_token.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register(
+            "tokens",
+            "Tokens reported in the upstream's usage, by type (prompt, completion)",
+            tokens.clone(),
+        );
+        let open_streams = Gauge::default();
+        registry.register(
+            "open_streams",
+            "Streamed answers in progress",
+            open_streams.clone(),
+        );
+        let upstream_errors = Family::<UpstreamErrorLabels, Counter>::default();
+        registry.register(
+            "upstream_errors",
+            "Failed upstream calls by kind: timeout, transport, status_4xx, status_5xx, invalid_response",
+            upstream_errors.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            upstream_duration,
+            overhead,
+            time_to_first_token,
+            tokens,
+            open_streams,
+            upstream_errors,
+            models: LabelCap::new(),
+            groups: LabelCap::new(),
+            connections: LabelCap::new(),
+        }
+    }
+
+    /// The exposition text.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+
+    /// Start reporting one request whose handling is over (answer, stream or error).
+    /// `upstream` is how long the provider call took, `None` if it was not reached.
+    pub fn request(
+        self: &Arc<Self>,
+        ctx: &RequestContext,
+        upstream: Option<Duration>,
+    ) -> RequestMetrics {
+        let model = ctx.request.get("model").and_then(Value::as_str);
+        RequestMetrics {
+            metrics: self.clone(),
+            connection: self.connections.get(ctx.connection.as_deref()),
+            model: self.models.get(model),
+            group: self.groups.get(ctx.group.as_deref()),
+            stream: ctx.is_stream(),
+            started: ctx.started,
+            upstream,
+        }
+    }
+
+    fn count_tokens(&self, connection: &Label, model: &Label, usage: &Value) {
+        for (field, kind) in [
+            ("prompt_tokens", "prompt"),
+            ("completion_tokens", "completion"),
+        ] {
+            if let Some(n) = usage.get(field).and_then(Value::as_u64) {
+                self.tokens
+                    .get_or_create(&TokenLabels {
+                        connection: connection.clone(),
+                        model: model.clone(),
+                        r#type: kind,
+                    })
+                    .inc_by(n);
+            }
+        }
+    }
+}
+
+/// What one request reports; see [`Metrics::request`].
+pub struct RequestMetrics {
+    metrics: Arc<Metrics>,
+    connection: Label,
+    model: Label,
+    group: Label,
+    stream: bool,
+    started: Instant,
+    upstream: Option<Duration>,
+}
+
+impl RequestMetrics {
+    /// A non-streamed answer was produced.
+    pub fn completed(self, answer: &Value) {
+        if let Some(usage) = answer.get("usage") {
+            self.metrics
+                .count_tokens(&self.connection, &self.model, usage);
+        }
+        self.finish(200, self.upstream);
+    }
+
+    /// The request failed before any byte of an answer was sent.
+    pub fn failed(self, error: &ApiError) {
+        if self.upstream.is_some() {
+            self.upstream_error(error);
+        }
+        self.finish(error.status().as_u16(), self.upstream);
+    }
+
+    /// Wrap a stream's chunks so that the stream reports when it is dropped.
+    pub fn stream(self, chunks: ChunkStream) -> ChunkStream {
+        self.metrics.open_streams.inc();
+        Box::pin(ObservedStream {
+            chunks,
+            report: self,
+            waiting_since: None,
+            upstream_wait: Duration::ZERO,
+            first_chunk: false,
+            usage: None,
+        })
+    }
+
+    fn upstream_error(&self, error: &ApiError) {
+        if let Some(kind) = upstream_error_kind(error) {
+            self.metrics
+                .upstream_errors
+                .get_or_create(&UpstreamErrorLabels {
+                    connection: self.connection.clone(),
+                    kind,
+                })
+                .inc();
+        }
+    }
+
+    fn finish(&self, status: u16, upstream: Option<Duration>) {
+        let m = &self.metrics;
+        let total = self.started.elapsed();
+        m.requests
+            .get_or_create(&RequestLabels {
+                status,
+                connection: self.connection.clone(),
+                model: self.model.clone(),
+                group: self.group.clone(),
+                stream: self.stream,
+            })
+            .inc();
+        let timing = TimingLabels {
+            connection: self.connection.clone(),
+            stream: self.stream,
+        };
+        m.request_duration
+            .get_or_create(&timing)
+            .observe(total.as_secs_f64());
+        if let Some(upstream) = upstream {
+            m.upstream_duration
+                .get_or_create(&timing)
+                .observe(upstream.as_secs_f64());
+            m.overhead
+                .get_or_create(&StreamLabel {
+                    stream: self.stream,
+                })
+                .observe(total.saturating_sub(upstream).as_secs_f64());
+        }
+    }
+}
+
+/// Classify an upstream failure; `None` for errors that are not the upstream's.
+pub fn upstream_error_kind(error: &ApiError) -> Option<&'static str> {
+    match error {
+        ApiError::UpstreamTimeout { .. } => Some("timeout"),
+        ApiError::UpstreamRejected(body) if body.status.is_client_error() => Some("status_4xx"),
+        ApiError::UpstreamRejected(_) => Some("status_5xx"),
+        ApiError::UpstreamFailure { detail } => Some(failure_kind(detail)),
+        _ => None,
+    }
+}
+
+/// `UpstreamFailure`s carry only their detail text; these prefixes are the ones
+/// `providers::upstream_http` (and the stream readers) write.
+fn failure_kind(detail: &str) -> &'static str {
+    const TRANSPORT: [&str; 6] = [
+        "cannot connect",
+        "upstream request failed",
+        "upstream answer broke off",
+        "upstream stream broke off",
+        "cannot get a Google access token",
+        "metadata server",
+    ];
+    if detail.starts_with("upstream answered ") {
+        "status_5xx"
+    } else if TRANSPORT.iter().any(|t| detail.contains(t)) {
+        "transport"
+    } else {
+        "invalid_response"
+    }
+}
+
+/// The chunk stream of one answer, timed: how long it waits on the upstream, when
+/// the first chunk comes, the usage it carries. Reports once, when dropped.
+struct ObservedStream {
+    chunks: ChunkStream,
+    report: RequestMetrics,
+    waiting_since: Option<Instant>,
+    upstream_wait: Duration,
+    first_chunk: bool,
+    usage: Option<Value>,
+}
+
+impl Stream for ObservedStream {
+    type Item = Result<Value, ApiError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        // Time from the upstream saying "not yet" to the poll after the wake-up; the
+        // poll that then parses the chunk is the proxy's own work.
+        if let Some(since) = this.waiting_since.take() {
+            this.upstream_wait += since.elapsed();
+        }
+        let item = this.chunks.as_mut().poll_next(cx);
+        match &item {
+            Poll::Pending => this.waiting_since = Some(Instant::now()),
+            Poll::Ready(Some(Ok(chunk))) => {
+                if !this.first_chunk {
+                    this.first_chunk = true;
+                    this.report
+                        .metrics
+                        .time_to_first_token
+                        .get_or_create(&ConnectionLabel {
+                            connection: this.report.connection.clone(),
+                        })
+                        .observe(this.report.started.elapsed().as_secs_f64());
+                }
+                if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+                    this.usage = Some(usage.clone());
+                }
+            }
+            Poll::Ready(Some(Err(err))) => this.report.upstream_error(err),
+            Poll::Ready(None) => {}
+        }
+        item
+    }
+}
+
+impl Drop for ObservedStream {
+    fn drop(&mut self) {
+        let report = &self.report;
+        if let Some(usage) = &self.usage {
+            report
+                .metrics
+                .count_tokens(&report.connection, &report.model, usage);
+        }
+        let upstream = report.upstream.map(|u| u + self.upstream_wait);
+        report.finish(200, upstream);
+        report.metrics.open_streams.dec();
+    }
+}
+
+/// `GET {metrics.path}`: the exposition, behind the bearer token when one is set.
+pub async fn serve(State(state): State<Arc<AppState>>, uri: Uri, headers: HeaderMap) -> Response {
+    let Some(metrics) = state.metrics() else {
+        return crate::api::not_found(Method::GET, uri).await;
+    };
+    let gateway = state.gateway();
+    if let Some(token) = gateway.config.settings.metrics.token() {
+        if !bearer_matches(&headers, token) {
+            let body = ErrorBody::new(
+                StatusCode::UNAUTHORIZED,
+                "The metrics endpoint needs `Authorization: Bearer <metrics token>`.",
+                "invalid_request_error",
+            )
+            .code(Some("invalid_api_key".into()))
+            .header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return ApiError::Custom(Box::new(body)).into_response();
+        }
+    }
+    (
+        [(header::CONTENT_TYPE, HeaderValue::from_static(CONTENT_TYPE))],
+        Body::from(metrics.encode()),
+    )
+        .into_response()
+}
+
+/// Whether `Authorization: Bearer <token>` carries `token` (compared in constant time).
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    let Some(value) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let Some((scheme, given)) = value.trim().split_once(' ') else {
+        return false;
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return false;
+    }
+    let (a, b) = (given.trim().as_bytes(), token.as_bytes());
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_capped() {
+        let cap = LabelCap::new();
+        for i in 0..MAX_LABEL_VALUES {
+            assert_eq!(&*cap.get(Some(&format!("m{i}"))), format!("m{i}"));
+        }
+        assert_eq!(&*cap.get(Some("one-too-many")), OTHER);
+        assert_eq!(&*cap.get(Some("m3")), "m3");
+        assert_eq!(&*cap.get(None), NONE);
+        assert_eq!(&*cap.get(Some("")), NONE);
+    }
+
+    #[test]
+    fn upstream_failures_are_classified() {
+        use crate::providers::upstream_http::status_error;
+        let e = status_error(StatusCode::SERVICE_UNAVAILABLE, b"down", None);
+        assert_eq!(upstream_error_kind(&e), Some("status_5xx"));
+        let e = status_error(StatusCode::TOO_MANY_REQUESTS, b"{}", None);
+        assert_eq!(upstream_error_kind(&e), Some("status_4xx"));
+        let e = ApiError::upstream_failure("cannot connect to upstream: refused");
+        assert_eq!(upstream_error_kind(&e), Some("transport"));
+        let e = ApiError::upstream_failure("upstream stream broke off: reset");
+        assert_eq!(upstream_error_kind(&e), Some("transport"));
+        let e = ApiError::upstream_failure("connection 'x': upstream answer is not JSON: eof");
+        assert_eq!(upstream_error_kind(&e), Some("invalid_response"));
+        let e = ApiError::UpstreamTimeout {
+            detail: "slow".into(),
+        };
+        assert_eq!(upstream_error_kind(&e), Some("timeout"));
+        assert_eq!(upstream_error_kind(&ApiError::InvalidApiKey), None);
+    }
+
+    #[test]
+    fn bearer_tokens() {
+        let mut headers = HeaderMap::new();
+        assert!(!bearer_matches(&headers, "s3cret"));
+        headers.insert(header::AUTHORIZATION, "Bearer s3cret".parse().unwrap());
+        assert!(bearer_matches(&headers, "s3cret"));
+        assert!(!bearer_matches(&headers, "s3cre"));
+        headers.insert(header::AUTHORIZATION, "bearer wrong!".parse().unwrap());
+        assert!(!bearer_matches(&headers, "s3cret"));
+    }
+
+    #[test]
+    fn exposition_names() {
+        let m = Metrics::new();
+        m.open_streams.inc();
+        let text = m.encode();
+        assert!(
+            text.contains("# TYPE lm_proxy_open_streams gauge"),
+            "{text}"
+        );
+        assert!(text.contains("lm_proxy_open_streams 1"), "{text}");
+        assert!(text.ends_with("# EOF\n"));
+    }
+}
