@@ -398,25 +398,16 @@ pub struct TestGateway {
 impl TestGateway {
     /// Start from TOML text; `host`/`port` are forced to 127.0.0.1:0.
     pub async fn start(toml_text: &str) -> TestGateway {
-        let mut config = config_from_toml(toml_text);
-        config.settings.host = "127.0.0.1".into();
-        config.settings.port = 0;
-        let server = lm_proxy::server::start(
-            config,
-            std::sync::Arc::new(NativeResolver),
-            Default::default(),
-        )
-        .await
-        .expect("gateway starts");
-        TestGateway {
-            server,
-            client: reqwest::Client::new(),
-        }
+        Self::serve(config_from_toml(toml_text)).await
     }
 
     /// Start from a config file on disk (needed for reloads).
     pub async fn start_file(path: &Path) -> TestGateway {
-        let mut config = Config::load(path).unwrap_or_else(|e| panic!("test config is valid: {e}"));
+        Self::serve(Config::load(path).unwrap_or_else(|e| panic!("test config is valid: {e}")))
+            .await
+    }
+
+    async fn serve(mut config: Config) -> TestGateway {
         config.settings.host = "127.0.0.1".into();
         config.settings.port = 0;
         let server = lm_proxy::server::start(
