@@ -66,7 +66,7 @@ class Scenario:
     targets: tuple[str, ...] = ("direct", "lm-proxy", "reference", "litellm")
     # lm-proxy (and reference) config variant: default, python_ext, json_logger, metrics_off.
     variant: str = "default"
-    # Scenario whose direct run is the baseline of this one's ratios.
+    # Scenario whose request the direct run sends (a variant of that scenario).
     baseline: str | None = None
     # Upstream wire format for the direct run.
     direct_api: str = "openai"
@@ -822,12 +822,15 @@ def report(results: dict[tuple[str, str], Result], meta: dict, args: argparse.Na
         "run (VmRSS sampled every 20 ms); CPU time of the server per request; requests/s "
         "relative to direct and, for lm-proxy, to each peer.",
         "",
+        "What was changed after profiling and what limits lm-proxy on this machine: "
+        "[README.md](README.md#findings-what-was-changed-and-what-limits-lm-proxy-here).",
+        "",
     ]
     for scenario in SCENARIOS:
         if args.only and scenario.name not in args.only:
             continue
         base = scenario.baseline or scenario.name
-        direct = get(base, "direct")
+        direct = get(scenario.name, "direct") or get(base, "direct")
         lines += [f"## {scenario.name}: {scenario.title}", ""]
         if scenario.note:
             lines += [f"{scenario.note}.", ""]
@@ -840,13 +843,14 @@ def report(results: dict[tuple[str, str], Result], meta: dict, args: argparse.Na
         if "direct" not in targets:
             targets.insert(0, "direct")
         for target in targets:
-            key = (base, target) if target == "direct" else (scenario.name, target)
-            r = results.get(key)
+            r = results.get((scenario.name, target))
+            if r is None and target == "direct":
+                r = results.get((base, target))
             if r is None:
                 continue
             title = title_of(target, scenario)
             if target == "direct" and scenario.baseline:
-                title += f", from {scenario.baseline}"
+                title += f", {scenario.baseline}'s request"
             if r.status != "ok":
                 lines.append(f"| {title} | {r.status}: {r.reason} | | | | | | | | |")
                 continue
@@ -1045,8 +1049,9 @@ def main() -> int:
                 continue
             targets = [t for t in scenario.targets if wanted(t)]
             base = scenario.baseline
-            if base and wanted("direct") and (base, "direct") not in results:
-                # The baseline scenario was not part of this run: measure its direct run.
+            if base and wanted("direct"):
+                # The direct run of the baseline's request, taking turns with the others
+                # here, so that a change in the machine's load hits both sides alike.
                 targets.insert(0, "direct")
             runs: dict[str, list[Result]] = {t: [] for t in targets}
             for target in list(targets):
@@ -1086,8 +1091,7 @@ def main() -> int:
             for target, target_runs in runs.items():
                 if not target_runs:
                     continue
-                key_scenario = base if (target == "direct" and base) else scenario.name
-                results[(key_scenario, target)] = median_run(
+                results[(scenario.name, target)] = median_run(
                     target_runs, by_latency=(scenario.conns == 1)
                 )
     finally:
