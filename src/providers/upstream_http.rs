@@ -80,10 +80,7 @@ pub async fn check_status_with(
 }
 
 /// Read at most `ERROR_BODY_LIMIT` bytes of an error answer within `timeout`.
-pub(crate) async fn read_limited(
-    mut response: reqwest::Response,
-    timeout: Duration,
-) -> Option<Vec<u8>> {
+async fn read_limited(mut response: reqwest::Response, timeout: Duration) -> Option<Vec<u8>> {
     let mut body = Vec::new();
     let read = async {
         while let Ok(Some(chunk)) = response.chunk().await {

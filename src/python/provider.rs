@@ -297,29 +297,41 @@ impl Inner {
                 )
                 .await
                 .map_err(|_| self.failure())?;
-            match step {
-                Ok(None) => {
-                    guard.finished = true;
-                    return Ok(());
-                }
-                Err(e) => {
-                    guard.finished = true;
-                    return Err(e);
-                }
-                Ok(Some(Classified::Events(events))) => {
-                    for event in events {
-                        if out.send(event).await.is_err() {
-                            return Ok(());
-                        }
+            if let Some(end) = self.deliver(step, &mut guard, out).await {
+                return end;
+            }
+        }
+    }
+
+    /// Send one step's events on; `Some(result)` when the stream is over (the
+    /// iterator ended or failed, the client left, or it yielded something unusable).
+    async fn deliver(
+        &self,
+        step: Result<Option<Classified>, ApiError>,
+        guard: &mut IterGuard,
+        out: &mpsc::Sender<Event>,
+    ) -> Option<Result<(), ApiError>> {
+        match step {
+            Ok(None) => {
+                guard.finished = true;
+                Some(Ok(()))
+            }
+            Err(e) => {
+                guard.finished = true;
+                Some(Err(e))
+            }
+            Ok(Some(Classified::Events(events))) => {
+                for event in events {
+                    if out.send(event).await.is_err() {
+                        return Some(Ok(()));
                     }
                 }
-                Ok(Some(_)) => {
-                    return Err(ApiError::upstream_failure(format!(
-                        "{}: a stream must yield text, delta dicts or chunk dicts",
-                        self.callable.label
-                    )))
-                }
+                None
             }
+            Ok(Some(_)) => Some(Err(ApiError::upstream_failure(format!(
+                "{}: a stream must yield text, delta dicts or chunk dicts",
+                self.callable.label
+            )))),
         }
     }
 
@@ -359,28 +371,8 @@ impl Inner {
             })
             .await
             .ok_or_else(|| self.failure())?;
-            match step {
-                Ok(None) => {
-                    guard.finished = true;
-                    return Ok(());
-                }
-                Err(e) => {
-                    guard.finished = true;
-                    return Err(e);
-                }
-                Ok(Some(Classified::Events(events))) => {
-                    for event in events {
-                        if out.send(event).await.is_err() {
-                            return Ok(());
-                        }
-                    }
-                }
-                Ok(Some(_)) => {
-                    return Err(ApiError::upstream_failure(format!(
-                        "{}: a stream must yield text, delta dicts or chunk dicts",
-                        self.callable.label
-                    )))
-                }
+            if let Some(end) = self.deliver(step, &mut guard, out).await {
+                return end;
             }
         }
     }

@@ -17,20 +17,14 @@ use http::{HeaderValue, StatusCode};
 use serde_json::Value;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::providers::upstream_http::{self, read_limited};
+use crate::providers::upstream_http;
 
 /// Pass a 2xx response on; turn any other into the matching error.
 pub async fn check_status(
     response: reqwest::Response,
     timeout: Duration,
 ) -> Result<reqwest::Response, ApiError> {
-    let status = response.status();
-    if status.is_success() {
-        return Ok(response);
-    }
-    let retry_after = response.headers().get(http::header::RETRY_AFTER).cloned();
-    let body = read_limited(response, timeout).await.unwrap_or_default();
-    Err(google_error(status, &body, retry_after))
+    upstream_http::check_status_with(response, timeout, google_error).await
 }
 
 /// The parts of a Google error body we use.

@@ -94,6 +94,30 @@ pub struct GoogleProvider {
 }
 
 impl GoogleProvider {
+    /// The provider from its parts; the HTTP settings give headers and timeouts.
+    fn assemble(
+        name: &str,
+        endpoint: Endpoint,
+        auth: Auth,
+        http: super::HttpSettings,
+        client: &reqwest::Client,
+        request_options: RequestOptions,
+        validate: bool,
+    ) -> GoogleProvider {
+        GoogleProvider {
+            name: name.to_owned(),
+            endpoint,
+            auth,
+            headers: http.headers,
+            timeout: http.timeout,
+            first_byte_timeout: http.first_byte_timeout,
+            chunk_timeout: http.chunk_timeout,
+            client: client.clone(),
+            request_options,
+            validate,
+        }
+    }
+
     /// Build from a connection's settings; problems stop startup.
     pub fn from_settings(
         name: &str,

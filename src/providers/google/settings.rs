@@ -254,20 +254,17 @@ pub fn build(
                 ))
             }
         };
-        return Ok(GoogleProvider {
-            name: name.to_owned(),
-            endpoint: Endpoint::AiStudio {
+        return Ok(GoogleProvider::assemble(
+            name,
+            Endpoint::AiStudio {
                 root: versioned(&http.base, "v1beta"),
             },
             auth,
-            headers: http.headers,
-            timeout: http.timeout,
-            first_byte_timeout: http.first_byte_timeout,
-            chunk_timeout: http.chunk_timeout,
-            client: client.clone(),
+            http,
+            client,
             request_options,
-            validate: false,
-        });
+            false,
+        ));
     }
 
     let location = one_of(
@@ -353,20 +350,17 @@ pub fn build(
         }
         let http = http_settings(settings, "https://aiplatform.googleapis.com", key, config)?;
         let api_key = http.api_key.as_deref().unwrap_or_default();
-        return Ok(GoogleProvider {
-            name: name.to_owned(),
-            endpoint: Endpoint::VertexExpress {
+        return Ok(GoogleProvider::assemble(
+            name,
+            Endpoint::VertexExpress {
                 root: versioned(&http.base, "v1"),
             },
-            auth: Auth::ApiKey(api_key_header(api_key, &errors)?),
-            headers: http.headers,
-            timeout: http.timeout,
-            first_byte_timeout: http.first_byte_timeout,
-            chunk_timeout: http.chunk_timeout,
-            client: client.clone(),
+            Auth::ApiKey(api_key_header(api_key, &errors)?),
+            http,
+            client,
             request_options,
             validate,
-        });
+        ));
     }
 
     let mut http = http_settings(settings, &default_base, key, config)?;
@@ -493,22 +487,19 @@ pub fn build(
         // (long) generation timeout.
         http.timeout.min(TOKEN_TIMEOUT),
     );
-    Ok(GoogleProvider {
-        name: name.to_owned(),
-        endpoint: Endpoint::Vertex {
+    Ok(GoogleProvider::assemble(
+        name,
+        Endpoint::Vertex {
             root: versioned(&http.base, "v1"),
             location: location.to_owned(),
             project,
         },
-        auth: Auth::Tokens(Arc::new(tokens)),
-        headers: http.headers,
-        timeout: http.timeout,
-        first_byte_timeout: http.first_byte_timeout,
-        chunk_timeout: http.chunk_timeout,
-        client: client.clone(),
+        Auth::Tokens(Arc::new(tokens)),
+        http,
+        client,
         request_options,
         validate,
-    })
+    ))
 }
 
 /// The longest a token (or metadata) request may take.
