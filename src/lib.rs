@@ -23,6 +23,7 @@ pub mod gateway;
 pub mod handlers;
 pub mod logging;
 pub mod metrics;
+pub mod payload;
 pub mod providers;
 pub mod routing;
 pub mod secrets;

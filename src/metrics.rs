@@ -32,8 +32,8 @@ use serde_json::Value;
 
 use crate::context::RequestContext;
 use crate::error::{ApiError, ErrorBody};
+use crate::payload::{Payload, PayloadStream};
 use crate::server::AppState;
-use crate::streaming::ChunkStream;
 
 /// Most distinct values kept per capped label (model, group, connection).
 pub const MAX_LABEL_VALUES: usize = 100;
@@ -296,8 +296,8 @@ pub struct RequestMetrics {
 
 impl RequestMetrics {
     /// A non-streamed answer was produced.
-    pub fn completed(self, answer: &Value) {
-        if let Some(usage) = answer.get("usage") {
+    pub fn completed(self, usage: Option<&Value>) {
+        if let Some(usage) = usage {
             self.metrics
                 .count_tokens(&self.connection, &self.model, usage);
         }
@@ -313,7 +313,7 @@ impl RequestMetrics {
     }
 
     /// Wrap a stream's chunks so that the stream reports when it is dropped.
-    pub fn stream(self, chunks: ChunkStream) -> ChunkStream {
+    pub fn stream(self, chunks: PayloadStream) -> PayloadStream {
         self.metrics.open_streams.inc();
         Box::pin(ObservedStream {
             chunks,
@@ -403,7 +403,7 @@ fn failure_kind(detail: &str) -> &'static str {
 /// The chunk stream of one answer, timed: how long it waits on the upstream, when
 /// the first chunk comes, the usage it carries. Reports once, when dropped.
 struct ObservedStream {
-    chunks: ChunkStream,
+    chunks: PayloadStream,
     report: RequestMetrics,
     waiting_since: Option<Instant>,
     upstream_wait: Duration,
@@ -412,7 +412,7 @@ struct ObservedStream {
 }
 
 impl Stream for ObservedStream {
-    type Item = Result<Value, ApiError>;
+    type Item = Result<Payload, ApiError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -435,7 +435,7 @@ impl Stream for ObservedStream {
                         })
                         .observe(this.report.started.elapsed().as_secs_f64());
                 }
-                if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+                if let Some(usage) = chunk.usage() {
                     this.usage = Some(usage.clone());
                 }
             }

@@ -14,14 +14,65 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use eventsource_stream::Eventsource;
-use futures_util::{Stream, StreamExt};
+use futures_util::{Future, Stream, StreamExt};
 use http::StatusCode;
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, ErrorBody};
+use crate::payload::{Payload, PayloadStream};
 
 /// A stream of OpenAI `chat.completion.chunk` objects, or a failure that ends it.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Value, ApiError>> + Send>>;
+
+/// The `data` of each event of an upstream SSE body, as written. Ends at `[DONE]`
+/// or at the end of the body; events without data (comments, keep-alives) are
+/// skipped. `idle_timeout` bounds the silence between two events.
+pub type DataStream = Pin<Box<dyn Stream<Item = Result<String, ApiError>> + Send>>;
+
+pub fn sse_data_events<S, E>(body: S, idle_timeout: Duration) -> DataStream
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+{
+    let events = IdleTimeout::new(Box::pin(body.eventsource()), idle_timeout);
+    let stream = futures_util::stream::unfold(Some(events), move |state| async move {
+        let mut events = state?;
+        loop {
+            match events.next().await {
+                // End of body without `[DONE]`: accepted as the end (some servers omit it).
+                None => return None,
+                Some(Err(IdleError::Timeout)) => {
+                    let err = ApiError::UpstreamTimeout {
+                        detail: format!(
+                            "no data from upstream for {:.1}s",
+                            idle_timeout.as_secs_f64()
+                        ),
+                    };
+                    return Some((Err(err), None));
+                }
+                Some(Err(IdleError::Inner(e))) => {
+                    let err = ApiError::upstream_failure(format!("upstream stream broke off: {e}"));
+                    return Some((Err(err), None));
+                }
+                Some(Ok(event)) => {
+                    let mut data = event.data;
+                    let trimmed = data.trim();
+                    if trimmed.is_empty() {
+                        continue;
+                    }
+                    if trimmed == "[DONE]" {
+                        return None;
+                    }
+                    if trimmed.len() != data.len() {
+                        data = trimmed.to_owned();
+                    }
+                    return Some((Ok(data), Some(events)));
+                }
+            }
+        }
+    });
+    Box::pin(stream)
+}
 
 /// Read an upstream SSE body as JSON chunks. Each `data:` payload must be JSON;
 /// `[DONE]` ends the stream; an event carrying a top-level `error` object ends it
@@ -31,56 +82,104 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
-    let events = Box::pin(body.eventsource());
-    let stream = futures_util::stream::unfold(Some(events), move |state| async move {
-        let mut events = state?;
-        loop {
-            let next = match tokio::time::timeout(idle_timeout, events.next()).await {
-                Ok(next) => next,
-                Err(_) => {
-                    let err = ApiError::UpstreamTimeout {
-                        detail: format!(
-                            "no data from upstream for {:.1}s",
-                            idle_timeout.as_secs_f64()
-                        ),
-                    };
-                    return Some((Err(err), None));
-                }
-            };
-            match next {
-                // End of body without `[DONE]`: accepted as the end (some servers omit it).
-                None => return None,
-                Some(Err(e)) => {
-                    let err = ApiError::upstream_failure(format!("upstream stream broke off: {e}"));
-                    return Some((Err(err), None));
-                }
-                Some(Ok(event)) => {
-                    let data = event.data.trim();
-                    if data.is_empty() {
-                        continue;
-                    }
-                    if data == "[DONE]" {
-                        return None;
-                    }
-                    return match serde_json::from_str::<Value>(data) {
-                        Ok(chunk) => match chunk.get("error") {
-                            Some(error) if chunk.get("choices").is_none() => {
-                                Some((Err(mid_stream_error(error)), None))
-                            }
-                            _ => Some((Ok(chunk), Some(events))),
-                        },
-                        Err(e) => Some((
-                            Err(ApiError::upstream_failure(format!(
-                                "upstream sent a chunk that is not JSON: {e}"
-                            ))),
-                            None,
-                        )),
-                    };
-                }
-            }
+    let chunks =
+        sse_data_events(body, idle_timeout).map(|item| item.and_then(|data| json_chunk(&data)));
+    Box::pin(end_after_error(chunks))
+}
+
+/// Ends a stream after the first error it yields (the error is passed on).
+pub fn end_after_error<S, T>(stream: S) -> impl Stream<Item = Result<T, ApiError>> + Send
+where
+    S: Stream<Item = Result<T, ApiError>> + Send,
+    T: Send,
+{
+    stream.scan(false, |failed, item| {
+        let next = if *failed {
+            None
+        } else {
+            *failed = item.is_err();
+            Some(item)
+        };
+        std::future::ready(next)
+    })
+}
+
+/// One upstream event's data as a JSON chunk, or the error it reports.
+pub fn json_chunk(data: &str) -> Result<Value, ApiError> {
+    match serde_json::from_str::<Value>(data) {
+        Ok(chunk) => match chunk.get("error") {
+            Some(error) if chunk.get("choices").is_none() => Err(mid_stream_error(error)),
+            _ => Ok(chunk),
+        },
+        Err(e) => Err(ApiError::upstream_failure(format!(
+            "upstream sent a chunk that is not JSON: {e}"
+        ))),
+    }
+}
+
+/// Why [`IdleTimeout`] ended a stream.
+enum IdleError<E> {
+    Timeout,
+    Inner(E),
+}
+
+/// A stream that fails when its source stays silent for `idle`. The timer is not
+/// re-armed per item (that was a timer-wheel removal and insertion per streamed
+/// event): each item only notes the time, and when the timer fires it is moved to
+/// `last item + idle` if something came in the meantime. The timer is made at the
+/// first wait (inside the runtime, and never for a source that is always ready).
+struct IdleTimeout<S> {
+    inner: S,
+    idle: Duration,
+    last_item: Option<tokio::time::Instant>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> IdleTimeout<S> {
+    fn new(inner: S, idle: Duration) -> Self {
+        IdleTimeout {
+            inner,
+            idle,
+            last_item: None,
+            timer: None,
         }
-    });
-    Box::pin(stream)
+    }
+}
+
+impl<S, T, E> Stream for IdleTimeout<S>
+where
+    S: Stream<Item = Result<T, E>> + Unpin,
+{
+    type Item = Result<T, IdleError<E>>;
+
+    fn poll_next(
+        mut self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if let Poll::Ready(item) = this.inner.poll_next_unpin(cx) {
+            this.last_item = Some(tokio::time::Instant::now());
+            return Poll::Ready(item.map(|r| r.map_err(IdleError::Inner)));
+        }
+        let since = *this.last_item.get_or_insert_with(tokio::time::Instant::now);
+        let deadline = since + this.idle;
+        let timer = this
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            let deadline = this.last_item.unwrap_or(since) + this.idle;
+            if tokio::time::Instant::now() >= deadline {
+                return Poll::Ready(Some(Err(IdleError::Timeout)));
+            }
+            // Items came since the timer was set: move it and poll it again, so
+            // that it registers for the new deadline.
+            timer.as_mut().reset(deadline);
+        }
+    }
 }
 
 /// An error object sent by the upstream inside its stream.
@@ -147,7 +246,7 @@ pub struct StreamIdentity {
 /// upstream fails before sending any chunk of its own. With `assemble`, the chunks
 /// are also put together into the whole answer, handed to `on_finish` (for loggers).
 pub fn encode_sse<F>(
-    chunks: ChunkStream,
+    chunks: PayloadStream,
     identity: StreamIdentity,
     assemble: bool,
     on_finish: F,
@@ -156,14 +255,18 @@ where
     F: FnOnce(StreamSummary) + Send + 'static,
 {
     struct State<F: FnOnce(StreamSummary)> {
-        chunks: ChunkStream,
+        chunks: PayloadStream,
         identity: StreamIdentity,
+        /// The last chunk passed through as upstream text: its identity is read
+        /// only if an error chunk needs it.
+        last_raw: Option<Payload>,
         guard: FinishGuard<F>,
         done: bool,
     }
     let state = State {
         chunks,
         identity,
+        last_raw: None,
         guard: FinishGuard {
             on_finish: Some(on_finish),
             summary: StreamSummary::default(),
@@ -178,14 +281,25 @@ where
         match st.chunks.next().await {
             Some(Ok(chunk)) => {
                 st.guard.summary.chunks += 1;
-                remember_identity(&mut st.identity, &chunk);
                 if let Some(acc) = &mut st.guard.accumulator {
-                    acc.add(&chunk);
+                    acc.add(&chunk.to_value());
                 }
-                Some((Ok(sse_data(&chunk)), st))
+                let event = sse_event(&chunk);
+                match chunk {
+                    Payload::Value(value) => {
+                        remember_identity(&mut st.identity, &value);
+                        st.last_raw = None;
+                    }
+                    raw @ Payload::Raw(_) => st.last_raw = Some(raw),
+                }
+                Some((Ok(event), st))
             }
             Some(Err(err)) => {
-                let mut out = sse_data(&error_chunk(&st.identity, &err)).to_vec();
+                if let Some(raw) = st.last_raw.take() {
+                    remember_identity(&mut st.identity, &raw.into_value());
+                }
+                let error_chunk = Payload::Value(error_chunk(&st.identity, &err));
+                let mut out = sse_event(&error_chunk).to_vec();
                 out.extend_from_slice(DONE);
                 st.guard.summary.error = Some(err);
                 st.guard.finish(true);
@@ -456,12 +570,11 @@ pub fn completion_to_chunks(completion: &Value, include_usage: bool) -> Vec<Valu
     chunks
 }
 
-/// One SSE event carrying a JSON value.
-pub fn sse_data(value: &Value) -> Bytes {
+/// One SSE event carrying a JSON payload.
+fn sse_event(payload: &Payload) -> Bytes {
     let mut out = Vec::with_capacity(256);
     out.extend_from_slice(b"data: ");
-    // Serializing a `Value` cannot fail.
-    serde_json::to_writer(&mut out, value).expect("JSON values always serialize");
+    payload.write_json(&mut out);
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
 }
@@ -604,8 +717,8 @@ mod tests {
 
     #[tokio::test]
     async fn encoder_sends_error_chunk_then_done() {
-        let chunks: ChunkStream = Box::pin(futures_util::stream::iter(vec![
-            Ok(json!({"id": "chatcmpl-1", "created": 7, "model": "m", "choices": []})),
+        let chunks: PayloadStream = Box::pin(futures_util::stream::iter(vec![
+            Ok(json!({"id": "chatcmpl-1", "created": 7, "model": "m", "choices": []}).into()),
             Err(ApiError::upstream_failure("boom")),
         ]));
         let identity = StreamIdentity {

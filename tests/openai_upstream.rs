@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{sse_chunks, user, MockUpstream, TestGateway};
+use common::{
+    sse_chunks, sse_payloads, user, MockUpstream, TestGateway, VERBATIM_COMPLETION, VERBATIM_STREAM,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -323,4 +325,55 @@ async fn failures_after_the_stream_began_become_an_error_chunk_then_done() {
             "the error chunk belongs to the same stream"
         );
     }
+}
+
+/// Complete answers and chunks are handed on as the upstream wrote them (no
+/// re-serialization: spacing, key order and number spelling survive); chunks that
+/// lack fields are still filled in. Logging and metrics read them all the same.
+#[tokio::test]
+async fn complete_upstream_json_reaches_the_client_byte_for_byte() {
+    let upstream = MockUpstream::start().await;
+    let gw = TestGateway::start(&format!(
+        "{}\n[metrics]\nenabled = true\n",
+        config(&upstream, "")
+    ))
+    .await;
+    let response = gw.chat("client-key", user("verbatim", "x")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"].to_str().unwrap(),
+        "application/json"
+    );
+    assert_eq!(response.text().await.unwrap(), VERBATIM_COMPLETION);
+
+    let mut request = user("verbatim", "x");
+    request["stream"] = json!(true);
+    let text = gw.chat("client-key", request).await.text().await.unwrap();
+    let payloads = sse_payloads(&text);
+    let upstream_payloads = sse_payloads(VERBATIM_STREAM);
+    assert_eq!(payloads[0], upstream_payloads[0], "{text}");
+    assert_eq!(payloads[1], upstream_payloads[1].trim(), "{text}");
+    let filled: Value = serde_json::from_str(&payloads[2]).unwrap();
+    assert_eq!(filled["object"], "chat.completion.chunk");
+    assert!(filled["id"].as_str().unwrap().starts_with("chatcmpl-"));
+    assert_eq!(filled["model"], "verbatim");
+    assert_eq!(filled["choices"][0]["finish_reason"], "stop");
+    assert_eq!(payloads.last().map(String::as_str), Some("[DONE]"));
+
+    // Usage from both answers was counted (read without a JSON tree).
+    let metrics = reqwest::get(gw.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let prompt_tokens = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("lm_proxy_tokens_total{")
+                && l.contains(r#"model="verbatim""#)
+                && l.contains(r#"type="prompt""#)
+        })
+        .unwrap_or_else(|| panic!("no prompt token count in {metrics}"));
+    assert!(prompt_tokens.ends_with(" 6"), "{prompt_tokens}");
 }

@@ -20,15 +20,16 @@ use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::logging::RequestSummary;
+use crate::payload::{Payload, PayloadStream};
 use crate::providers::UpstreamCall;
 use crate::routing::RouteModel;
 use crate::server::AppState;
-use crate::streaming::{completion_id, encode_sse, unix_now, ChunkStream, StreamIdentity};
+use crate::streaming::{completion_id, encode_sse, unix_now, StreamIdentity};
 
 /// What the core produced for a request.
 enum Reply {
-    Complete(Value),
-    Stream(ChunkStream),
+    Complete(Payload),
+    Stream(PayloadStream),
 }
 
 pub async fn chat_completions(
@@ -48,11 +49,22 @@ pub async fn chat_completions(
         Ok(Reply::Complete(answer)) => {
             summary.log(200, None, "");
             if let Some(metrics) = metrics {
-                metrics.completed(&answer);
+                metrics.completed(answer.usage());
             }
-            let response = axum::Json(&answer).into_response();
+            let log_answer = gateway
+                .log_dispatcher
+                .as_ref()
+                .map(|_| answer.to_value().into_owned());
+            let response = (
+                [(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static("application/json"),
+                )],
+                answer.into_json_bytes(),
+            )
+                .into_response();
             if let Some(dispatcher) = &gateway.log_dispatcher {
-                ctx.response = Some(answer);
+                ctx.response = log_answer;
                 dispatcher.submit(ctx.to_log_json());
             }
             response
@@ -69,7 +81,7 @@ pub async fn chat_completions(
             };
             let dispatcher = gateway.log_dispatcher.clone();
             let redactor = gateway.redactor.clone();
-            let chunks: ChunkStream =
+            let chunks: PayloadStream =
                 Box::pin(chunks.map(move |item| item.map_err(|e| redactor.redact(e))));
             let body = encode_sse(chunks, identity, dispatcher.is_some(), move |outcome| {
                 let note = if outcome.completed {
@@ -175,9 +187,9 @@ async fn handle(
     let provider = connection.provider.clone();
     let upstream_started = std::time::Instant::now();
     let reply = if call.is_stream() {
-        provider.stream(call).await.map(Reply::Stream)
+        provider.stream_payload(call).await.map(Reply::Stream)
     } else {
-        provider.complete(call).await.map(Reply::Complete)
+        provider.complete_payload(call).await.map(Reply::Complete)
     };
     *upstream_time = Some(upstream_started.elapsed());
     reply

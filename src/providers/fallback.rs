@@ -12,6 +12,7 @@ use serde_json::{Map, Value};
 
 use super::{Provider, UpstreamCall};
 use crate::error::ApiError;
+use crate::payload::{Payload, PayloadStream};
 use crate::secrets::Redactor;
 use crate::streaming::ChunkStream;
 
@@ -75,9 +76,22 @@ impl Fallback {
 #[async_trait]
 impl Provider for Fallback {
     async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
+        self.complete_payload(call).await.map(Payload::into_value)
+    }
+
+    async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
+        let chunks = self.stream_payload(call).await?;
+        Ok(Box::pin(chunks.map(|item| item.map(Payload::into_value))))
+    }
+
+    async fn complete_payload(&self, call: UpstreamCall) -> Result<Payload, ApiError> {
         let mut last_error = None;
         for (i, member) in self.members.iter().enumerate() {
-            match member.provider.complete(self.call_for(member, &call)).await {
+            match member
+                .provider
+                .complete_payload(self.call_for(member, &call))
+                .await
+            {
                 Ok(answer) => return Ok(answer),
                 Err(e) => {
                     self.log_failure(member, &e, i + 1 < self.members.len());
@@ -88,11 +102,12 @@ impl Provider for Fallback {
         Err(last_error.unwrap_or_else(|| ApiError::internal("fallback without connections")))
     }
 
-    async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
+    async fn stream_payload(&self, call: UpstreamCall) -> Result<PayloadStream, ApiError> {
         let mut last_error = None;
         for (i, member) in self.members.iter().enumerate() {
             let has_next = i + 1 < self.members.len();
-            let mut stream = match member.provider.stream(self.call_for(member, &call)).await {
+            let call = self.call_for(member, &call);
+            let mut stream = match member.provider.stream_payload(call).await {
                 Ok(stream) => stream,
                 Err(e) => {
                     self.log_failure(member, &e, has_next);

@@ -27,6 +27,7 @@ use crate::config::{
 };
 use crate::error::ApiError;
 use crate::extensions::{builtin_name, Builtin, ExtensionResolver};
+use crate::payload::{Payload, PayloadStream};
 use crate::streaming::ChunkStream;
 
 pub use anthropic::AnthropicProvider;
@@ -94,6 +95,21 @@ pub trait Provider: Send + Sync {
     /// that early failures still get a proper HTTP status); the stream then yields
     /// `chat.completion.chunk` objects.
     async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError>;
+
+    /// What the core calls for a non-streamed answer: [`Provider::complete`]'s tree,
+    /// unless the provider can hand on the upstream's own text ([`Payload::Raw`];
+    /// OpenAI-compatible upstreams).
+    async fn complete_payload(&self, call: UpstreamCall) -> Result<Payload, ApiError> {
+        self.complete(call).await.map(Payload::Value)
+    }
+
+    /// What the core calls for a streamed answer: [`Provider::stream`]'s chunks,
+    /// unless the provider can hand on the upstream's own chunk text.
+    async fn stream_payload(&self, call: UpstreamCall) -> Result<PayloadStream, ApiError> {
+        use futures_util::StreamExt;
+        let chunks = self.stream(call).await?;
+        Ok(Box::pin(chunks.map(|item| item.map(Payload::Value))))
+    }
 
     /// The model ids the upstream offers (for `model_listing_mode =
     /// "expand_wildcards"`). Connections that cannot list say so with an error;

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
@@ -14,8 +15,10 @@ use super::upstream_http::{
 };
 use super::{HttpSettings, Provider, UpstreamCall};
 use crate::error::ApiError;
+use crate::payload::{Payload, PayloadStream, RawJson};
 use crate::streaming::{
-    completion_id, completion_to_chunks, sse_json_events, unix_now, ChunkStream, StreamAccumulator,
+    completion_id, completion_to_chunks, end_after_error, json_chunk, sse_data_events,
+    sse_json_events, unix_now, ChunkStream, StreamAccumulator,
 };
 
 pub struct OpenAiProvider {
@@ -90,6 +93,15 @@ impl Provider for OpenAiProvider {
     }
 
     async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
+        self.complete_payload(call).await.map(Payload::into_value)
+    }
+
+    async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
+        let chunks = self.stream_payload(call).await?;
+        Ok(Box::pin(chunks.map(|item| item.map(Payload::into_value))))
+    }
+
+    async fn complete_payload(&self, call: UpstreamCall) -> Result<Payload, ApiError> {
         let request = self.request(&call, false);
         let work = async {
             let response = send(request, self.first_byte_timeout).await?;
@@ -101,23 +113,28 @@ impl Provider for OpenAiProvider {
                 while let Some(chunk) = events.next().await {
                     answer.add(&chunk?);
                 }
-                return normalize_completion(answer.into_response(), &call.model);
+                return normalize_completion(answer.into_response(), &call.model)
+                    .map(Payload::Value);
             }
             let bytes = response.bytes().await.map_err(transport_error)?;
+            let bytes = match RawJson::completion(bytes) {
+                Ok(raw) => return Ok(Payload::Raw(raw)),
+                Err(bytes) => bytes,
+            };
             let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
                 ApiError::upstream_failure(format!(
                     "connection '{}': upstream answer is not JSON: {e}",
                     self.name
                 ))
             })?;
-            normalize_completion(value, &call.model)
+            normalize_completion(value, &call.model).map(Payload::Value)
         };
         tokio::time::timeout(self.timeout, work)
             .await
             .unwrap_or_else(|_| Err(timeout_error(self.timeout)))
     }
 
-    async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
+    async fn stream_payload(&self, call: UpstreamCall) -> Result<PayloadStream, ApiError> {
         let request = self.request(&call, true);
         let response = send(request, self.first_byte_timeout).await?;
         let response = check_status(response, self.chunk_timeout).await?;
@@ -140,16 +157,26 @@ impl Provider for OpenAiProvider {
                 ))
             })?;
             let completion = normalize_completion(value, &call.model)?;
-            let chunks: Vec<Result<Value, ApiError>> =
+            let chunks: Vec<Result<Payload, ApiError>> =
                 completion_to_chunks(&completion, call.include_usage())
                     .into_iter()
-                    .map(Ok)
+                    .map(|chunk| Ok(Payload::Value(chunk)))
                     .collect();
             return Ok(Box::pin(futures_util::stream::iter(chunks)));
         }
-        let chunks = sse_json_events(response.bytes_stream(), self.chunk_timeout)
-            .map(move |item| item.map(|chunk| identity.fill(chunk)));
-        Ok(Box::pin(chunks))
+        // Chunks that have every field go to the client as the upstream wrote them;
+        // the others are parsed, filled in, or end the stream with their error.
+        let chunks =
+            sse_data_events(response.bytes_stream(), self.chunk_timeout).map(move |item| {
+                item.and_then(|data| match RawJson::chunk(Bytes::from(data)) {
+                    Ok(raw) => Ok(Payload::Raw(raw)),
+                    Err(text) => {
+                        let text = std::str::from_utf8(&text).unwrap_or_default();
+                        json_chunk(text).map(|chunk| Payload::Value(identity.fill(chunk)))
+                    }
+                })
+            });
+        Ok(Box::pin(end_after_error(chunks)))
     }
 }
 

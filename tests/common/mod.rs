@@ -167,6 +167,17 @@ async fn chat(
             axum::Json(completion(&model, "late")).into_response()
         }
         "not-json" => (StatusCode::OK, "this is not json").into_response(),
+        // Answers whose exact text must reach the client unchanged (odd spacing, key
+        // order, a number serde would print differently, an unknown member).
+        "verbatim" if !stream => (
+            [("content-type", "application/json")],
+            VERBATIM_COMPLETION,
+        )
+            .into_response(),
+        "verbatim" => Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(Body::from(VERBATIM_STREAM))
+            .unwrap(),
         // Ignores `stream: true` and answers with one JSON object.
         "ignores-stream" => axum::Json(completion(&model, "one JSON answer")).into_response(),
         // Streams even when not asked to.
@@ -191,6 +202,10 @@ async fn chat(
         }
     }
 }
+
+pub const VERBATIM_COMPLETION: &str = "{ \"model\" : \"verbatim\", \"id\":\"chatcmpl-v\",\"object\":\"chat.completion\",\"created\":1.0e3,\n  \"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"caf\\u00e9\"},\"finish_reason\":\"stop\"}],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4},\"vendor_extra\":{\"z\":1,\"a\":2}}";
+/// Two chunks written as the upstream would, then one that lacks fields (filled in).
+pub const VERBATIM_STREAM: &str = "data: {\"model\":\"verbatim\",\"id\":\"chatcmpl-v\",\"object\":\"chat.completion.chunk\",\"created\":1.0e3,\"choices\":[{\"index\":0,\"delta\":{\"content\":\"caf\\u00e9\"}}]}\n\ndata:  {\"id\":\"chatcmpl-v\",\"object\":\"chat.completion.chunk\",\"created\":1000,\"model\":\"verbatim\",\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":1,\"total_tokens\":4}}\n\ndata: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
 
 fn error(status: StatusCode, body: Value) -> Response {
     (status, axum::Json(body)).into_response()

@@ -1,0 +1,264 @@
+//! What the core sends the client for one answer or one streamed chunk: a JSON tree
+//! built here (translated answers, error chunks, Python connections), or the JSON
+//! text an OpenAI-compatible upstream wrote, passed on byte for byte.
+//!
+//! Why: parsing an upstream's answer into a `serde_json::Value` and serializing it
+//! again was the largest part of lm-proxy's own work per request, and per event of a
+//! stream (bench/README.md). An OpenAI-compatible answer that already has every field
+//! the client needs goes out as it came; a light check ([`RawJson::completion`],
+//! [`RawJson::chunk`]) reads it once without building a tree, to make sure it is a
+//! JSON object of the right shape and to pick up its `usage` for metrics. Anything
+//! that does not pass the check takes the tree path, which fills what is missing and
+//! reports what is wrong, as before. The tree is built from the text only when
+//! somebody needs it (a logger, the stream assembler).
+
+use std::borrow::Cow;
+use std::pin::Pin;
+
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+use crate::error::ApiError;
+
+/// One JSON object for the client (a `chat.completion` or a `chat.completion.chunk`).
+#[derive(Debug, Clone)]
+pub enum Payload {
+    /// A tree built or normalized here.
+    Value(Value),
+    /// An upstream's own text, checked by [`RawJson`].
+    Raw(RawJson),
+}
+
+/// A stream of `chat.completion.chunk` payloads, or a failure that ends it.
+pub type PayloadStream = Pin<Box<dyn Stream<Item = Result<Payload, ApiError>> + Send>>;
+
+impl From<Value> for Payload {
+    fn from(value: Value) -> Self {
+        Payload::Value(value)
+    }
+}
+
+impl Payload {
+    /// The `usage` object, if the payload carries one.
+    pub fn usage(&self) -> Option<&Value> {
+        match self {
+            Payload::Value(value) => value.get("usage").filter(|u| u.is_object()),
+            Payload::Raw(raw) => raw.usage.as_ref(),
+        }
+    }
+
+    /// The payload as a tree (parsed from the text for raw payloads).
+    pub fn to_value(&self) -> Cow<'_, Value> {
+        match self {
+            Payload::Value(value) => Cow::Borrowed(value),
+            Payload::Raw(raw) => Cow::Owned(raw.to_value()),
+        }
+    }
+
+    pub fn into_value(self) -> Value {
+        match self {
+            Payload::Value(value) => value,
+            Payload::Raw(raw) => raw.to_value(),
+        }
+    }
+
+    /// Append the payload's JSON text to `out`.
+    pub fn write_json(&self, out: &mut Vec<u8>) {
+        match self {
+            // Serializing a `Value` into a Vec cannot fail.
+            Payload::Value(value) => {
+                serde_json::to_writer(out, value).expect("JSON values always serialize")
+            }
+            Payload::Raw(raw) => out.extend_from_slice(&raw.text),
+        }
+    }
+
+    /// The payload's JSON text.
+    pub fn into_json_bytes(self) -> Bytes {
+        match self {
+            Payload::Raw(raw) => raw.text,
+            value => {
+                let mut out = Vec::with_capacity(512);
+                value.write_json(&mut out);
+                Bytes::from(out)
+            }
+        }
+    }
+}
+
+/// An upstream's JSON text that passed the check for being sent on unchanged.
+#[derive(Debug, Clone)]
+pub struct RawJson {
+    text: Bytes,
+    /// The `usage` object, parsed (it is small, and metrics count its tokens).
+    usage: Option<Value>,
+}
+
+/// The top-level members the check looks at. Other members are skipped without
+/// being built; a duplicate key or a member of an unexpected type fails the check,
+/// which sends the text down the tree path.
+#[derive(Deserialize)]
+struct Probe<'a> {
+    #[serde(borrow, default)]
+    id: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    object: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    created: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    model: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    choices: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    usage: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    error: Option<&'a RawValue>,
+}
+
+impl<'a> Probe<'a> {
+    fn of(text: &'a [u8]) -> Option<Probe<'a>> {
+        // Only objects: `serde` would also map a JSON array onto the struct.
+        if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return None;
+        }
+        serde_json::from_slice(text).ok()
+    }
+
+    /// `id`, `object`, `created` and `model` are all there (not null), so nothing
+    /// needs filling in.
+    fn has_identity(&self) -> bool {
+        self.id.is_some() && self.object.is_some() && self.created.is_some() && self.model.is_some()
+    }
+
+    fn usage(&self) -> Option<Option<Value>> {
+        match self.usage {
+            None => Some(None),
+            Some(raw) if raw.get().starts_with('{') => {
+                serde_json::from_str(raw.get()).ok().map(Some)
+            }
+            // `usage: 0` or similar: leave it to the tree path.
+            Some(_) => None,
+        }
+    }
+}
+
+impl RawJson {
+    /// An OpenAI-compatible `chat.completion` that can go to the client as written:
+    /// a JSON object with `id`, `object`, `created`, `model` and a `choices` list.
+    /// `Err` gives the text back for the tree path (which fills gaps and reports
+    /// errors).
+    pub fn completion(text: Bytes) -> Result<RawJson, Bytes> {
+        let usage = Probe::of(&text).and_then(|probe| {
+            let choices_is_list = probe.choices.is_some_and(|c| c.get().starts_with('['));
+            if !choices_is_list || !probe.has_identity() {
+                return None;
+            }
+            probe.usage()
+        });
+        match usage {
+            Some(usage) => Ok(RawJson { text, usage }),
+            None => Err(text),
+        }
+    }
+
+    /// An OpenAI-compatible `chat.completion.chunk` that can go to the client as
+    /// written: a JSON object with `id`, `object`, `created` and `model`, and not an
+    /// error event (an `error` member without `choices`). `Err` gives the text back.
+    pub fn chunk(text: Bytes) -> Result<RawJson, Bytes> {
+        let usage = Probe::of(&text).and_then(|probe| {
+            if !probe.has_identity() || (probe.error.is_some() && probe.choices.is_none()) {
+                return None;
+            }
+            probe.usage()
+        });
+        match usage {
+            Some(usage) => Ok(RawJson { text, usage }),
+            None => Err(text),
+        }
+    }
+
+    fn to_value(&self) -> Value {
+        // The text was checked to be a JSON object when this was made.
+        serde_json::from_slice(&self.text).unwrap_or(Value::Null)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn raw_completion(text: &str) -> Option<RawJson> {
+        let result = RawJson::completion(Bytes::from(text.to_owned()));
+        if let Err(back) = &result {
+            assert_eq!(back, text.as_bytes(), "the text comes back whole");
+        }
+        result.ok()
+    }
+
+    fn raw_chunk(text: &str) -> Option<RawJson> {
+        RawJson::chunk(Bytes::from(text.to_owned())).ok()
+    }
+
+    #[test]
+    fn complete_answers_pass_through_unchanged() {
+        let text = r#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3},"x-extra":[1.5e300]}"#;
+        let raw = raw_completion(text).expect("a complete answer passes");
+        let payload = Payload::Raw(raw);
+        assert_eq!(payload.usage().unwrap()["total_tokens"], 3);
+        assert_eq!(payload.to_value()["choices"][0]["message"]["content"], "hi");
+        assert_eq!(payload.into_json_bytes(), text.as_bytes());
+    }
+
+    #[test]
+    fn answers_that_need_filling_or_are_odd_take_the_tree_path() {
+        for text in [
+            r#"{"object":"chat.completion","created":1,"model":"m","choices":[]}"#,
+            r#"{"id":null,"object":"chat.completion","created":1,"model":"m","choices":[]}"#,
+            r#"{"id":"c","object":"chat.completion","created":1,"model":"m"}"#,
+            r#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":{}}"#,
+            r#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[],"usage":7}"#,
+            r#"{"id":"c","id":"d","object":"chat.completion","created":1,"model":"m","choices":[]}"#,
+            r#"["c","chat.completion",1,"m",[]]"#,
+            r#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[]} trailing"#,
+            "not json",
+            "",
+        ] {
+            assert!(raw_completion(text).is_none(), "{text}");
+        }
+    }
+
+    #[test]
+    fn chunks_pass_unless_they_need_filling_or_report_an_error() {
+        let text = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"a"}}]}"#;
+        assert!(raw_chunk(text).unwrap().usage.is_none());
+        let usage = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"total_tokens":4}}"#;
+        assert_eq!(
+            raw_chunk(usage).unwrap().usage,
+            Some(json!({"total_tokens": 4}))
+        );
+        assert!(raw_chunk(r#"{"choices":[]}"#).is_none());
+        assert!(raw_chunk(
+            r#"{"id":"c","object":"o","created":1,"model":"m","error":{"message":"x"}}"#
+        )
+        .is_none());
+        // An error member next to choices is part of a normal chunk, as before.
+        assert!(raw_chunk(
+            r#"{"id":"c","object":"o","created":1,"model":"m","choices":[],"error":{"message":"x"}}"#
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn trees_serialize_as_before() {
+        let payload = Payload::from(json!({"b": 1, "a": [true, null]}));
+        assert_eq!(payload.usage(), None);
+        assert_eq!(
+            payload.into_json_bytes(),
+            r#"{"b":1,"a":[true,null]}"#.as_bytes()
+        );
+    }
+}
