@@ -416,14 +416,25 @@ impl Stream for ObservedStream {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
-        // Time from the upstream saying "not yet" to the poll after the wake-up; the
-        // poll that then parses the chunk is the proxy's own work.
-        if let Some(since) = this.waiting_since.take() {
-            this.upstream_wait += since.elapsed();
-        }
+        // Upstream wait: from the first poll that found nothing ready to the end of
+        // the poll that delivered the next item (reading that one chunk counts as
+        // waiting). The clock is read twice per wait, not at every poll in between:
+        // a stream is polled several times per chunk.
         let item = this.chunks.as_mut().poll_next(cx);
         match &item {
-            Poll::Pending => this.waiting_since = Some(Instant::now()),
+            Poll::Pending => {
+                if this.waiting_since.is_none() {
+                    this.waiting_since = Some(Instant::now());
+                }
+            }
+            _ => {
+                if let Some(since) = this.waiting_since.take() {
+                    this.upstream_wait += since.elapsed();
+                }
+            }
+        }
+        match &item {
+            Poll::Pending => {}
             Poll::Ready(Some(Ok(chunk))) => {
                 if !this.first_chunk {
                     this.first_chunk = true;

@@ -123,24 +123,30 @@ enum IdleError<E> {
     Inner(E),
 }
 
-/// A stream that fails when its source stays silent for `idle`. The timer is not
-/// re-armed per item (that was a timer-wheel removal and insertion per streamed
-/// event): each item only notes the time, and when the timer fires it is moved to
-/// `last item + idle` if something came in the meantime. The timer is made at the
-/// first wait (inside the runtime, and never for a source that is always ready).
+/// A stream that fails when its source stays silent for `idle`. Nothing per item
+/// touches the clock or the timer (re-arming a timer per streamed event was a
+/// timer-wheel removal and insertion each time): an item only sets a flag, and a
+/// timer that ticks every quarter of `idle` counts the quiet ticks. Silence is
+/// reported after `idle` to `idle * 5/4`. The timer is made at the first wait
+/// (inside the runtime, and never for a source that is always ready).
 struct IdleTimeout<S> {
     inner: S,
-    idle: Duration,
-    last_item: Option<tokio::time::Instant>,
+    tick: Duration,
+    item_since_tick: bool,
+    quiet_ticks: u32,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// Quiet ticks in a row that make `idle`.
+const IDLE_TICKS: u32 = 4;
 
 impl<S> IdleTimeout<S> {
     fn new(inner: S, idle: Duration) -> Self {
         IdleTimeout {
             inner,
-            idle,
-            last_item: None,
+            tick: idle / IDLE_TICKS,
+            item_since_tick: false,
+            quiet_ticks: 0,
             timer: None,
         }
     }
@@ -159,26 +165,26 @@ where
         use std::task::Poll;
         let this = &mut *self;
         if let Poll::Ready(item) = this.inner.poll_next_unpin(cx) {
-            this.last_item = Some(tokio::time::Instant::now());
+            this.item_since_tick = true;
             return Poll::Ready(item.map(|r| r.map_err(IdleError::Inner)));
         }
-        let since = *this.last_item.get_or_insert_with(tokio::time::Instant::now);
-        let deadline = since + this.idle;
+        let tick = this.tick;
         let timer = this
             .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
-        loop {
-            if timer.as_mut().poll(cx).is_pending() {
-                return Poll::Pending;
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(tick)));
+        while timer.as_mut().poll(cx).is_ready() {
+            if std::mem::take(&mut this.item_since_tick) {
+                this.quiet_ticks = 0;
+            } else {
+                this.quiet_ticks += 1;
+                if this.quiet_ticks >= IDLE_TICKS {
+                    return Poll::Ready(Some(Err(IdleError::Timeout)));
+                }
             }
-            let deadline = this.last_item.unwrap_or(since) + this.idle;
-            if tokio::time::Instant::now() >= deadline {
-                return Poll::Ready(Some(Err(IdleError::Timeout)));
-            }
-            // Items came since the timer was set: move it and poll it again, so
-            // that it registers for the new deadline.
-            timer.as_mut().reset(deadline);
+            // Polled again by the loop, so that it registers for the next tick.
+            timer.as_mut().reset(tokio::time::Instant::now() + tick);
         }
+        Poll::Pending
     }
 }
 
@@ -698,6 +704,33 @@ mod tests {
         ))
         .await;
         assert!(matches!(items[0], Err(ApiError::UpstreamFailure { .. })));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_is_reported_after_the_idle_time_not_before() {
+        let idle = Duration::from_secs(8);
+        // Items 6 s apart never trip an 8 s idle timeout, however long the stream.
+        let steady = futures_util::stream::iter(0..5).then(|i| async move {
+            tokio::time::sleep(Duration::from_secs(6)).await;
+            Ok::<_, std::io::Error>(i)
+        });
+        let items: Vec<_> = IdleTimeout::new(Box::pin(steady), idle).collect().await;
+        assert_eq!(items.len(), 5);
+        assert!(items.iter().all(Result::is_ok));
+
+        // After the last item, silence ends the stream between 8 and 10 s later.
+        let stalls = futures_util::stream::iter(0..2)
+            .then(|i| async move { Ok::<_, std::io::Error>(i) })
+            .chain(futures_util::stream::pending());
+        let started = tokio::time::Instant::now();
+        let items: Vec<_> = IdleTimeout::new(Box::pin(stalls), idle)
+            .take(3)
+            .collect()
+            .await;
+        let waited = started.elapsed();
+        assert_eq!(items.len(), 3);
+        assert!(matches!(items[2], Err(IdleError::Timeout)));
+        assert!(waited >= idle && waited <= idle * 5 / 4, "{waited:?}");
     }
 
     #[tokio::test]
