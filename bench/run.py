@@ -2,7 +2,11 @@
 """Run every benchmark scenario in one go and write bench/RESULTS.md.
 
 For each scenario, the same load (wrk, HTTP/1.1 keep-alive) goes to:
-  direct     the mock upstream itself (bench-upstream), the floor;
+  direct     the mock upstream itself (bench-upstream), no proxy at all;
+  floor      bench-floor-proxy: a do-nothing proxy on lm-proxy's stack (axum/hyper,
+             reqwest, tokio) that forwards the bytes (OpenAI scenarios only);
+  nginx      nginx as a plain reverse proxy to the mock, when nginx is installed
+             (OpenAI scenarios only);
   lm-proxy   the release build of this project (target/release/lm-proxy-server);
   reference  the Python lm-proxy from PyPI, when installed in bench/.venv-ref;
   litellm    the LiteLLM proxy, when installed in bench/.venv-litellm;
@@ -22,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import datetime as dt
+import functools
 import http.client
 import json
 import os
@@ -42,6 +47,7 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PROXY_BIN = ROOT / "target" / "release" / "lm-proxy-server"
 UPSTREAM_BIN = ROOT / "target" / "release" / "bench-upstream"
+FLOOR_BIN = ROOT / "target" / "release" / "bench-floor-proxy"
 REF_VENV = BENCH / ".venv-ref"
 LITELLM_VENV = BENCH / ".venv-litellm"
 
@@ -72,6 +78,8 @@ class Scenario:
     direct_api: str = "openai"
     timeout_s: int = 10
     note: str = ""
+    # Why the floor proxy and nginx do not run here (when they do not).
+    no_floor: str = ""
 
 
 ONE_WORKER_NOTE = "`lm-proxy, 1 worker thread` is the same binary with TOKIO_WORKER_THREADS=1"
@@ -83,7 +91,7 @@ SCENARIOS = [
         model="bench",
         conns=1,
         threads=1,
-        targets=("direct", "lm-proxy", "lm-proxy-1w", "reference", "litellm"),
+        targets=("direct", "floor", "nginx", "lm-proxy", "lm-proxy-1w", "reference", "litellm"),
         note=ONE_WORKER_NOTE,
     ),
     Scenario(
@@ -92,7 +100,7 @@ SCENARIOS = [
         stream=False,
         model="bench",
         conns=64,
-        targets=("direct", "lm-proxy", "lm-proxy-1w", "reference", "litellm"),
+        targets=("direct", "floor", "nginx", "lm-proxy", "lm-proxy-1w", "reference", "litellm"),
         note=ONE_WORKER_NOTE,
     ),
     Scenario(
@@ -101,7 +109,7 @@ SCENARIOS = [
         stream=True,
         model=f"bench-s{CHUNKS}",
         conns=64,
-        targets=("direct", "lm-proxy", "lm-proxy-1w", "reference", "litellm"),
+        targets=("direct", "floor", "nginx", "lm-proxy", "lm-proxy-1w", "reference", "litellm"),
         note=ONE_WORKER_NOTE,
     ),
     Scenario(
@@ -110,6 +118,7 @@ SCENARIOS = [
         stream=True,
         model=f"bench-s{CHUNKS}-d10",
         conns=1000,
+        targets=("direct", "floor", "nginx", "lm-proxy", "reference", "litellm"),
         timeout_s=30,
         note="wrk counts a request when its stream has ended; streams still open when "
         "the run stops are not counted (the peers' streams take longer than the run)",
@@ -123,6 +132,7 @@ SCENARIOS = [
         direct_api="anthropic",
         note="direct = the same stream in Anthropic's own format from the mock; "
         "the proxies translate it to OpenAI chunks",
+        no_floor="they forward bytes as they are and cannot translate an Anthropic stream",
     ),
     Scenario(
         "python-ext-c64",
@@ -134,6 +144,8 @@ SCENARIOS = [
         variant="python_ext",
         baseline="throughput-c64",
         note="bench/bench_ext.py: `validate` as api_key_check, `tag_request` in `before`",
+        no_floor="this scenario measures Python code run by the proxy; throughput-c64 "
+        "has both on the same request",
     ),
     Scenario(
         "json-logger-c64",
@@ -141,7 +153,7 @@ SCENARIOS = [
         stream=False,
         model="bench",
         conns=64,
-        targets=("lm-proxy-default", "lm-proxy", "reference"),
+        targets=("floor", "lm-proxy-default", "lm-proxy", "reference"),
         variant="json_logger",
         baseline="throughput-c64",
     ),
@@ -151,7 +163,7 @@ SCENARIOS = [
         stream=False,
         model="bench",
         conns=64,
-        targets=("lm-proxy-default", "lm-proxy"),
+        targets=("floor", "lm-proxy-default", "lm-proxy"),
         variant="metrics_off",
         baseline="throughput-c64",
     ),
@@ -161,7 +173,7 @@ SCENARIOS = [
         stream=True,
         model=f"bench-s{CHUNKS}",
         conns=64,
-        targets=("lm-proxy-default", "lm-proxy"),
+        targets=("floor", "lm-proxy-default", "lm-proxy"),
         variant="metrics_off",
         baseline="stream-c64",
     ),
@@ -174,12 +186,33 @@ VARIANT_TITLES = {
 }
 PEERS = ("reference", "litellm")
 OURS = ("lm-proxy", "lm-proxy-1w", "lm-proxy-default", "lm-proxy-python")
+# Proxies without application logic, run in every round like the mock and lm-proxy.
+BARE = ("floor", "nginx")
+
+
+@functools.cache
+def nginx_bin() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx",) if os.access(p, os.X_OK)), None
+    )
+
+
+@functools.cache
+def nginx_version() -> str:
+    """`1.22.1` from `nginx -v` (which prints to stderr), or "not installed"."""
+    binary = nginx_bin()
+    if not binary:
+        return "not installed"
+    return version_of([binary, "-v"]).rsplit("/", 1)[-1]
 
 
 def title_of(target: str, scenario: Scenario) -> str:
     variant = VARIANT_TITLES.get(scenario.variant)
+    nginx = ".".join(nginx_version().split(".")[:2])
     titles = {
         "direct": "direct (mock)",
+        "floor": "floor: do-nothing proxy on lm-proxy's stack (bench-floor-proxy)",
+        "nginx": f"nginx {nginx} reverse proxy (C, no app logic)",
         "lm-proxy": f"lm-proxy ({variant})" if variant else "lm-proxy",
         "lm-proxy-1w": "lm-proxy, 1 worker thread",
         "lm-proxy-default": "lm-proxy (default config)",
@@ -370,6 +403,63 @@ def lm_proxy_config(port: int, upstream: int, variant: str, work: Path) -> Path:
     if variant == "metrics_off":
         lines += ["[metrics]", "enabled = false"]
     path = work / f"lm-proxy-{variant}.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def nginx_config(port: int, upstream: int, work: Path) -> Path:
+    """A plain reverse proxy to the mock: no logging, upstream keep-alive, no buffering.
+
+    Everything it writes (pid, temp directories) stays in its own directory under the
+    run's work dir; the error log is stderr (the server's log file here)."""
+    prefix = work / f"nginx-{port}"
+    prefix.mkdir()
+    lines = [f"worker_processes {os.cpu_count() or 1};", "daemon off;"]
+    if os.geteuid() == 0:
+        # Workers as an unprivileged user (nginx's compiled-in default group, "nobody",
+        # does not exist everywhere); request bodies here never reach its temp files.
+        import grp
+        import pwd
+
+        nobody = pwd.getpwnam("nobody")
+        lines.append(f"user nobody {grp.getgrgid(nobody.pw_gid).gr_name};")
+    lines += [
+        f"pid {prefix / 'nginx.pid'};",
+        "error_log stderr warn;",
+        # Two connections per proxied request (client and upstream), up to 1,000 clients.
+        "events { worker_connections 4096; }",
+        "http {",
+        "    access_log off;",
+        # Never close a client or upstream connection after N requests (the default
+        # 1,000 would make wrk reconnect; the other servers keep connections open).
+        "    keepalive_requests 1000000;",
+    ]
+    # The temp paths of the modules built in, so that nothing is created under /var.
+    configure = version_of_all([nginx_bin() or "nginx", "-V"])
+    for module in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        option = "client-body" if module == "client_body" else module
+        if f"--http-{option}-temp-path" in configure and (
+            f"--without-http_{module}_module" not in configure
+        ):
+            lines.append(f"    {module}_temp_path {prefix / module};")
+    lines += [
+        "    upstream mock {",
+        f"        server 127.0.0.1:{upstream};",
+        "        keepalive 128;",
+        "        keepalive_requests 1000000;",
+        "    }",
+        "    server {",
+        f"        listen 127.0.0.1:{port};",
+        "        location / {",
+        "            proxy_pass http://mock;",
+        "            proxy_http_version 1.1;",
+        '            proxy_set_header Connection "";',
+        "            proxy_buffering off;",
+        "        }",
+        "    }",
+        "}",
+    ]
+    path = prefix / "nginx.conf"
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -569,6 +659,26 @@ def start_target(
     if scenario.stream:
         body["stream"] = True
     auth = {"Authorization": f"Bearer {KEY}"}
+    if target == "floor":
+        argv = [
+            str(FLOOR_BIN),
+            "--port",
+            str(port),
+            "--upstream",
+            f"http://127.0.0.1:{upstream}/v1",
+        ]
+        server = Server(tag, argv, port, "/health", log_dir)
+        server.wait_ready(30)
+        return server, Request(port, "/v1/chat/completions", body, {})
+    if target == "nginx":
+        config = nginx_config(port, upstream, work)
+        # In the foreground (daemon off in the config): the master is this script's
+        # child and its workers are the master's children, so the process-tree
+        # sampling sees them all. -e: the error log before the config is read.
+        argv = [nginx_bin() or "nginx", "-c", str(config), "-p", str(config.parent), "-e", "stderr"]
+        server = Server(tag, argv, port, "/health", log_dir)
+        server.wait_ready(30)
+        return server, Request(port, "/v1/chat/completions", body, {})
     if target in OURS:
         variant = "default" if target == "lm-proxy-default" else scenario.variant
         config = lm_proxy_config(port, upstream, variant, work)
@@ -647,6 +757,10 @@ def available(target: str, args: argparse.Namespace) -> str | None:
         return "not installed (bench/run.sh --install-peers puts it in bench/.venv-litellm)"
     if target == "lm-proxy-python":
         return python_ext_support(args.ext_python)
+    if target == "floor" and not FLOOR_BIN.exists():
+        return f"missing {FLOOR_BIN.relative_to(ROOT)} (cargo build --release --bins)"
+    if target == "nginx" and not nginx_bin():
+        return "not installed (bench/run.sh --install-peers runs apt-get install nginx-light)"
     return None
 
 
@@ -753,11 +867,16 @@ def machine() -> dict:
 
 
 def version_of(argv: list[str]) -> str:
+    text = version_of_all(argv).splitlines()
+    return text[0] if text else "?"
+
+
+def version_of_all(argv: list[str]) -> str:
+    """Everything `argv` prints (stdout and stderr), or "" if it cannot run."""
     with contextlib.suppress(Exception):
         out = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        text = (out.stdout + out.stderr).strip().splitlines()
-        return text[0] if text else "?"
-    return "?"
+        return (out.stdout + out.stderr).strip()
+    return ""
 
 
 def pip_version(venv: Path, package: str) -> str:
@@ -808,19 +927,29 @@ def report(results: dict[tuple[str, str], Result], meta: dict, args: argparse.Na
         "(other engineers' builds) shares the CPUs and adds noise",
         f"- Command: `{meta['command']}`",
         f"- lm-proxy: {meta['lm_proxy']}; reference lm-proxy: {meta['reference']}; "
-        f"LiteLLM: {meta['litellm']}; load: {meta['wrk']}",
+        f"LiteLLM: {meta['litellm']}; nginx: {meta['nginx']}; load: {meta['wrk']}",
         f"- lm-proxy Python package (Python-extension scenario): `{meta['python_package']}` "
         f"for `{args.ext_python}`; it is whatever wheel is installed there (built from the "
         "Python-bridge branch), not this checkout",
         f"- Each run: {args.warmup:g} s warm-up, then {args.duration:g} s measured; HTTP/1.1 "
-        "keep-alive; every server started afresh for each run. The mock and lm-proxy "
-        f"configurations take turns {args.repeat} times per scenario and the median run is "
-        "shown, with the range of requests/s over the runs; the peers run once",
+        "keep-alive; every server started afresh for each run. The mock, the floor proxy, "
+        f"nginx and the lm-proxy configurations take turns {args.repeat} times per scenario "
+        "and the median run is shown, with the range of requests/s over the runs; the "
+        "peers run once",
+        "",
+        "Rows besides lm-proxy and its peers: *direct* is the mock itself, no proxy; "
+        "*floor* is `bench-floor-proxy`, the least a proxy on lm-proxy's stack "
+        "(axum/hyper, reqwest, tokio) can do: it forwards the request's bytes to the mock "
+        "and streams the answer back, no auth, no parsing; *nginx* is nginx as a plain "
+        "reverse proxy to the mock (upstream keep-alive, no buffering, no access log, one "
+        "worker per CPU). Floor and nginx show what the second hop costs any proxy on this "
+        "machine; what lm-proxy costs above the floor is its own work.",
         "",
         "Columns: requests/s (median, range); latency p50 and p99 (wrk); errors (connect, "
         "read, write, timeout, non-2xx); peak RSS of the server's process tree during the "
-        "run (VmRSS sampled every 20 ms); CPU time of the server per request; requests/s "
-        "relative to direct and, for lm-proxy, to each peer.",
+        "run (VmRSS sampled every 20 ms; nginx's master and workers); CPU time of the "
+        "server's process tree per request; requests/s relative to direct and, for "
+        "lm-proxy, to the floor proxy and to each peer.",
         "",
         "What was changed after profiling and what limits lm-proxy on this machine: "
         "[README.md](README.md#findings-what-was-changed-and-what-limits-lm-proxy-here).",
@@ -834,10 +963,13 @@ def report(results: dict[tuple[str, str], Result], meta: dict, args: argparse.Na
         lines += [f"## {scenario.name}: {scenario.title}", ""]
         if scenario.note:
             lines += [f"{scenario.note}.", ""]
+        if scenario.no_floor:
+            lines += [f"Floor proxy and nginx: not applicable ({scenario.no_floor}).", ""]
+        floor = get(scenario.name, "floor")
         lines += [
             "| server | req/s | p50 | p99 | errors | peak RSS | CPU/req | vs direct "
-            "| vs reference | vs LiteLLM |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+            "| vs floor | vs reference | vs LiteLLM |",
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         ]
         targets = list(scenario.targets)
         if "direct" not in targets:
@@ -852,23 +984,24 @@ def report(results: dict[tuple[str, str], Result], meta: dict, args: argparse.Na
             if target == "direct" and scenario.baseline:
                 title += f", {scenario.baseline}'s request"
             if r.status != "ok":
-                lines.append(f"| {title} | {r.status}: {r.reason} | | | | | | | | |")
+                lines.append(f"| {title} | {r.status}: {r.reason} | | | | | | | | | |")
                 continue
             peer_cols = []
             for peer in PEERS:
                 p = get(scenario.name, peer)
                 peer_cols.append(ratio(r.rps, p.rps) if p and target in OURS else "-")
             vs_direct = ratio(r.rps, direct.rps) if direct and target != "direct" else "-"
+            vs_floor = ratio(r.rps, floor.rps) if floor and target in OURS else "-"
             if r.requests == 0:
                 lines.append(
                     f"| {title} | 0 (no request completed within the run) | - | - "
-                    f"| {r.errors} | {fmt_rss(r.peak_rss_kib)} | - | - | - | - |"
+                    f"| {r.errors} | {fmt_rss(r.peak_rss_kib)} | - | - | - | - | - |"
                 )
                 continue
             lines.append(
                 f"| {title} | {fmt_rps(r)} | {fmt_us(r.p50_us)} | {fmt_us(r.p99_us)} "
                 f"| {r.errors} | {fmt_rss(r.peak_rss_kib)} | {fmt_us(r.cpu_us_per_req)} "
-                f"| {vs_direct} | {peer_cols[0]} | {peer_cols[1]} |"
+                f"| {vs_direct} | {vs_floor} | {peer_cols[0]} | {peer_cols[1]} |"
             )
         lines.append("")
         ours = get(scenario.name, "lm-proxy") or get(scenario.name, "lm-proxy-default")
@@ -896,11 +1029,28 @@ def report(results: dict[tuple[str, str], Result], meta: dict, args: argparse.Na
 
 
 def targets_section(results, get) -> list[str]:
-    lines = ["## Targets", "", "| target | measured | met |", "|---|---|---|"]
+    lines = [
+        "## Targets",
+        "",
+        "Targets are lm-proxy's; next to each, what the floor proxy (floor) and nginx "
+        "reached in the same run, for scale.",
+        "",
+        "| target | measured | met |",
+        "|---|---|---|",
+    ]
 
     def row(name: str, measured: str, ok: bool | None) -> None:
         mark = {True: "yes", False: "**no**", None: "not run"}[ok]
         lines.append(f"| {name} | {measured} | {mark} |")
+
+    def bare(scenario: str, describe: typing.Callable[[Result], str]) -> str:
+        """`; floor ...; nginx ...` for the proxies without app logic that ran."""
+        out = ""
+        for target in BARE:
+            r = get(scenario, target)
+            if r:
+                out += f"; {target} {describe(r)}"
+        return out
 
     d, o = get("latency-c1", "direct"), get("latency-c1", "lm-proxy")
     if d and o:
@@ -909,17 +1059,22 @@ def targets_section(results, get) -> list[str]:
         druns = ", ".join(f"{x:.0f}" for x in d.raw.get("p50_runs", []))
         row(
             "concurrency-1 p50 within 100 µs of direct",
-            f"+{delta:.0f} µs (median p50 {fmt_us(o.p50_us)} vs {fmt_us(d.p50_us)}; "
-            f"runs: lm-proxy {runs} µs, direct {druns} µs)",
+            f"lm-proxy +{delta:.0f} µs (median p50 {fmt_us(o.p50_us)} vs {fmt_us(d.p50_us)}; "
+            f"runs: lm-proxy {runs} µs, direct {druns} µs)"
+            + bare(
+                "latency-c1",
+                lambda r: f"+{r.p50_us - d.p50_us:.0f} µs (p50 {fmt_us(r.p50_us)})",
+            ),
             delta <= 100,
         )
-    for scenario, floor in (("throughput-c64", 0.35), ("stream-c64", 0.40)):
+    for scenario, share in (("throughput-c64", 0.35), ("stream-c64", 0.40)):
         d, o = get(scenario, "direct"), get(scenario, "lm-proxy")
         if d and o:
             row(
-                f"{scenario}: at least {floor:.0%} of direct",
-                f"{o.rps / d.rps:.0%} ({o.rps:,.0f} vs {d.rps:,.0f} req/s)",
-                o.rps / d.rps >= floor,
+                f"{scenario}: at least {share:.0%} of direct",
+                f"lm-proxy {o.rps / d.rps:.0%} ({o.rps:,.0f} vs {d.rps:,.0f} req/s)"
+                + bare(scenario, lambda r, d=d: f"{r.rps / d.rps:.0%} ({r.rps:,.0f} req/s)"),
+                o.rps / d.rps >= share,
             )
     for scenario in ("throughput-c64", "stream-c64"):
         o, ref = get(scenario, "lm-proxy"), get(scenario, "reference")
@@ -927,7 +1082,8 @@ def targets_section(results, get) -> list[str]:
         if o and ref:
             row(
                 name,
-                f"{o.rps / ref.rps:.0f}x ({o.rps:,.0f} vs {ref.rps:,.0f} req/s)",
+                f"lm-proxy {o.rps / ref.rps:.0f}x ({o.rps:,.0f} vs {ref.rps:,.0f} req/s)"
+                + bare(scenario, lambda r, ref=ref: f"{r.rps / ref.rps:.0f}x"),
                 o.rps / ref.rps >= 50,
             )
         elif o:
@@ -936,14 +1092,16 @@ def targets_section(results, get) -> list[str]:
     if o:
         row(
             "idle RSS under 25 MB",
-            f"{fmt_rss(o.idle_rss_kib)} (after start, before load)",
+            f"lm-proxy {fmt_rss(o.idle_rss_kib)} (after start, before load)"
+            + bare("throughput-c64", lambda r: fmt_rss(r.idle_rss_kib)),
             o.idle_rss_kib < 25 * 1024,
         )
     o = get("streams-1000", "lm-proxy")
     if o:
         row(
             "1,000 open streams under 100 MB, zero errors",
-            f"peak {fmt_rss(o.peak_rss_kib)}, {o.errors} errors",
+            f"lm-proxy peak {fmt_rss(o.peak_rss_kib)}, {o.errors} errors"
+            + bare("streams-1000", lambda r: f"{fmt_rss(r.peak_rss_kib)}, {r.errors} errors"),
             o.peak_rss_kib < 100 * 1024 and o.errors == 0,
         )
     r = results.get(("python-ext-c64", "lm-proxy-python"))
@@ -977,7 +1135,10 @@ def main() -> int:
     parser.add_argument("--duration", type=float, default=10, help="measured seconds per run")
     parser.add_argument("--warmup", type=float, default=2, help="warm-up seconds per run")
     parser.add_argument(
-        "--repeat", type=int, default=3, help="runs of the mock and lm-proxy per scenario"
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of the mock, floor, nginx and lm-proxy per scenario",
     )
     parser.add_argument(
         "--only", type=lambda s: s.split(","), default=None, help="comma-separated scenarios"
@@ -986,8 +1147,8 @@ def main() -> int:
         "--targets",
         type=lambda s: s.split(","),
         default=None,
-        help="comma-separated: direct, lm-proxy, lm-proxy-1w, lm-proxy-default, "
-        "lm-proxy-python, reference, litellm",
+        help="comma-separated: direct, floor, nginx, lm-proxy, lm-proxy-1w, "
+        "lm-proxy-default, lm-proxy-python, reference, litellm",
     )
     parser.add_argument(
         "--ext-python",
@@ -1027,6 +1188,7 @@ def main() -> int:
         "litellm": pip_version(LITELLM_VENV, "litellm"),
         "python_package": python_package(args.ext_python),
         "wrk": version_of(["wrk", "--version"]).split(" [")[0],
+        "nginx": nginx_version(),
     }
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     results: dict[tuple[str, str], Result] = {}

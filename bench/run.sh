@@ -4,7 +4,7 @@
 # write bench/RESULTS.md. Options are passed to bench/run.py (see --help).
 #
 #   bench/run.sh                    # all scenarios, every installed peer
-#   bench/run.sh --install-peers    # first install wrk, the reference lm-proxy and LiteLLM
+#   bench/run.sh --install-peers    # first install wrk, nginx, the reference lm-proxy and LiteLLM
 #   bench/run.sh --only latency-c1,stream-c64 --duration 5
 #
 # Benchmarks are not tests: this is not part of scripts/test or CI.
@@ -15,6 +15,10 @@ command_line="bench/run.sh $*"
 if [[ "${1:-}" == "--install-peers" ]]; then
     shift
     command -v wrk >/dev/null || { apt-get update && apt-get install -y wrk; }
+    # nginx: the industry reference reverse proxy, a row in the OpenAI scenarios.
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || {
+        apt-get update && { apt-get install -y nginx-light || apt-get install -y nginx; }
+    }
     [[ -x bench/.venv-ref/bin/lm-proxy ]] || {
         python3 -m venv bench/.venv-ref
         bench/.venv-ref/bin/pip install -q lm-proxy anthropic
