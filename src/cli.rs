@@ -73,6 +73,8 @@ impl Cli {
 }
 
 /// Set up `tracing` on stderr: INFO, or DEBUG in debug mode; `RUST_LOG` overrides.
+/// Request lines are batched (`logging::output`): whoever ends the process cleanly
+/// calls `logging::flush_request_log()` first; `run` does.
 pub fn init_tracing(debug: bool) {
     let default = if debug {
         "debug,hyper=info,hyper_util=info,h2=info,rustls=info,reqwest=info"
@@ -83,7 +85,7 @@ pub fn init_tracing(debug: bool) {
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(crate::logging::output::stderr_output())
         .with_ansi(false)
         .try_init();
 }
@@ -152,8 +154,19 @@ where
 }
 
 /// Parse `args` (program name first), then serve until a shutdown signal.
-/// Startup problems print one line to stderr and give exit code 1.
+/// Startup problems print one line to stderr and give exit code 1. Every way out
+/// writes the request lines still waiting in the log batch.
 pub fn run<I, T>(args: I, resolver: Arc<dyn ExtensionResolver>) -> ExitCode
+where
+    I: IntoIterator<Item = T>,
+    T: Into<OsString> + Clone,
+{
+    let code = run_until_stopped(args, resolver);
+    crate::logging::flush_request_log();
+    code
+}
+
+fn run_until_stopped<I, T>(args: I, resolver: Arc<dyn ExtensionResolver>) -> ExitCode
 where
     I: IntoIterator<Item = T>,
     T: Into<OsString> + Clone,
@@ -179,6 +192,8 @@ where
     )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // The request lines of the run come before the error that ended it.
+            crate::logging::flush_request_log();
             eprintln!("lm-proxy-server: {e:#}");
             ExitCode::from(1)
         }
@@ -214,6 +229,8 @@ async fn serve_until_signal(
     );
     server.shutdown(grace);
     server.wait().await?;
+    // Any line but a request line writes the waiting request lines first, so they
+    // are all out before "stopped" (and `run` flushes again on the way out).
     tracing::info!("stopped");
     Ok(())
 }

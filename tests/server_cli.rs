@@ -279,6 +279,85 @@ fn sigterm_stops_the_binary_cleanly() {
     assert!(proc.wait_for_log("stopped").contains("stopped"));
 }
 
+/// Request lines are batched (src/logging/output.rs): none is lost or written twice
+/// when the server stops, and each is a whole line.
+#[test]
+fn sigterm_writes_every_request_line_exactly_once() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "config.toml", MOCK_CONFIG);
+    let mut proc = Proc::start(dir.path(), &["--env", ""], &[]);
+    let client = reqwest::blocking::Client::new();
+    const N: usize = 60;
+    for i in 0..N {
+        let mut body = user("gpt-4", &format!("request {i}"));
+        if i % 3 == 0 {
+            body["stream"] = json!(true);
+        }
+        let response = client
+            .post(format!("{}/v1/chat/completions", proc.url))
+            .bearer_auth(if i % 5 == 0 {
+                "wrong-key"
+            } else {
+                "client-key-abc"
+            })
+            .json(&body)
+            .send()
+            .unwrap();
+        let status = response.status().as_u16();
+        let _ = response.text().unwrap();
+        assert_eq!(status, if i % 5 == 0 { 403 } else { 200 }, "request {i}");
+    }
+    proc.signal("-TERM");
+    assert!(proc.wait_exit(Duration::from_secs(15)).success());
+    let log = proc.log_after_exit();
+    let lines: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("lm_proxy::request"))
+        .collect();
+    assert_eq!(lines.len(), N, "one request line per request:\n{log}");
+    for line in &lines {
+        assert!(
+            line.contains("chat completion") && line.contains(" error="),
+            "a whole line: {line}"
+        );
+    }
+    let forbidden = lines.iter().filter(|l| l.contains("status=403")).count();
+    assert_eq!(forbidden, N / 5, "{log}");
+    // Every request line is out before the server says it stopped.
+    let stopped = log.find(" stopped").expect("stopped line");
+    assert_eq!(log[..stopped].matches("lm_proxy::request").count(), N);
+}
+
+/// A request line reaches stderr on its own (the background flush), while the server
+/// keeps running and logs nothing else.
+#[test]
+fn a_request_line_shows_up_while_the_server_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "config.toml", MOCK_CONFIG);
+    let mut proc = Proc::start(dir.path(), &["--env", ""], &[]);
+    let status = reqwest::blocking::Client::new()
+        .post(format!("{}/v1/chat/completions", proc.url))
+        .bearer_auth("client-key-abc")
+        .json(&user("gpt-4", "x"))
+        .send()
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !proc.log().contains("lm_proxy::request") {
+        assert!(
+            Instant::now() < deadline,
+            "no request line within 5 s: {}",
+            proc.log()
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let log = proc.log();
+    assert_eq!(log.matches("lm_proxy::request").count(), 1, "{log}");
+    assert!(log.contains("status=200"), "{log}");
+    assert!(proc.child.try_wait().unwrap().is_none(), "still serving");
+}
+
 #[tokio::test]
 async fn graceful_shutdown_lets_open_streams_finish() {
     let upstream = MockUpstream::start().await;

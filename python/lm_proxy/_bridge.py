@@ -101,11 +101,15 @@ def register_server(server: Any) -> None:
 
 @atexit.register
 def _at_exit() -> None:
-    # Servers first (they may still call into the loop), then the loop.
+    # Servers first (they may still call into the loop), then the loop; last, the
+    # request log lines still waiting in the stderr batch (up to 100 ms of them).
     for server in list(_servers):
         with contextlib.suppress(BaseException):  # exiting anyway
             server.stop(grace=1.0)
-    _lm_proxy.stop_bridge(2.0)
+    try:
+        _lm_proxy.stop_bridge(2.0)
+    finally:
+        _lm_proxy.flush_request_log()
 
 
 # --------------------------------------------------------------- calling user code

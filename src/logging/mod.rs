@@ -1,8 +1,10 @@
 //! Request logging.
 //!
-//! Two kinds: the `tracing` line every request gets ([`request_line`]), and the
-//! configured `loggers` (the reference's `BaseLogger` + `JsonLogWriter` +
-//! `LogEntryTransformer`, or Python callables through the bridge). Configured loggers
+//! Two kinds: the `tracing` line every request gets ([`request_line`]; written to
+//! stderr in batches by [`output`], so it may appear up to [`output::FLUSH_PERIOD`]
+//! late), and the configured `loggers` (the reference's `BaseLogger` +
+//! `JsonLogWriter` + `LogEntryTransformer`, or Python callables through the bridge;
+//! not batched by [`output`]). Configured loggers
 //! never run on the request path: the request hands a JSON snapshot of its context to
 //! a [`LogDispatcher`], whose background task feeds every logger and flushes the
 //! writers whenever the queue runs dry. The queue is bounded; when it is full the
@@ -10,6 +12,7 @@
 //! those tasks and the queue to drain, so N requests leave exactly N entries.
 
 mod json_writer;
+pub mod output;
 pub mod request_line;
 mod transformer;
 
@@ -24,6 +27,7 @@ use crate::config::{Config, ConfigError, ExtensionSpec};
 use crate::extensions::{builtin_name, Builtin, ExtensionResolver};
 
 pub use json_writer::JsonLogWriter;
+pub use output::flush_request_log;
 pub use request_line::RequestSummary;
 pub use transformer::{lookup_path, EntryTransformer};
 

@@ -2,6 +2,10 @@
 //! status, model, connection and duration, and no secret in it (the client key is
 //! never logged; `api_key_id` stands for it). Debug mode adds error details.
 //! Streams are logged when they end, including when the client goes away.
+//!
+//! The line's target, `lm_proxy::request` ([`super::output::REQUEST_TARGET`]), is
+//! what sends it through the batching stderr output ([`super::output`]): it reaches
+//! stderr up to 100 ms later, in one `write` with other request lines.
 
 use crate::context::RequestContext;
 use crate::error::{debug_details, ApiError};
@@ -57,7 +61,7 @@ impl RequestSummary {
         macro_rules! line {
             ($level:ident) => {
                 tracing::$level!(
-                    target: "lm_proxy::request",
+                    target: super::output::REQUEST_TARGET,
                     id = %self.id,
                     status,
                     model,

@@ -81,6 +81,13 @@ fn stop_bridge(py: Python<'_>, timeout: f64) -> PyResult<()> {
     }
 }
 
+/// Write the request log lines still waiting in the stderr batch (called at
+/// interpreter exit; servers write theirs when they stop).
+#[pyfunction]
+fn flush_request_log(py: Python<'_>) {
+    py.detach(crate::logging::flush_request_log);
+}
+
 #[pymodule]
 fn _lm_proxy(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -91,6 +98,7 @@ fn _lm_proxy(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(check_config, m)?)?;
     m.add_function(wrap_pyfunction!(load_dotenv, m)?)?;
     m.add_function(wrap_pyfunction!(stop_bridge, m)?)?;
+    m.add_function(wrap_pyfunction!(flush_request_log, m)?)?;
     m.add_class::<server::Server>()?;
     m.add_class::<server::SignalFlag>()?;
     m.add_class::<connection::RustConnection>()?;

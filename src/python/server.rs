@@ -111,6 +111,9 @@ impl Running {
             resolver.begin_shutdown(grace);
             server.shutdown(grace);
             let outcome = server.wait().await.map_err(|e| format!("{e:#}"));
+            // Stopped: its last request lines are written before anyone is told
+            // (`Server.stop()`, `serve()` and the command line return after this).
+            crate::logging::flush_request_log();
             done.set(outcome);
         });
         Ok(Running {
@@ -308,6 +311,18 @@ fn config_path(config: &Bound<'_, PyAny>) -> PyResult<PathBuf> {
 #[pyfunction]
 #[pyo3(signature = (argv, flag=None))]
 pub fn run_cli(py: Python<'_>, argv: Vec<String>, flag: Option<&SignalFlag>) -> PyResult<i32> {
+    let result = run_cli_until_stopped(py, argv, flag);
+    // Every way out (also a second signal, which does not wait for the server) writes
+    // the request lines still waiting in the log batch.
+    py.detach(crate::logging::flush_request_log);
+    result
+}
+
+fn run_cli_until_stopped(
+    py: Python<'_>,
+    argv: Vec<String>,
+    flag: Option<&SignalFlag>,
+) -> PyResult<i32> {
     let resolver = PyResolver::new(py, None)?;
     let prepare_resolver = resolver.clone();
     let launch = match py.detach(move || crate::cli::prepare(argv, prepare_resolver.as_ref())) {
@@ -359,6 +374,8 @@ fn exit_status(outcome: Result<(), String>) -> i32 {
             0
         }
         Err(e) => {
+            // The request lines of the run come before the error that ended it.
+            crate::logging::flush_request_log();
             eprintln!("lm-proxy-server: {e}");
             1
         }

@@ -14,6 +14,8 @@ pub struct Proc {
     pub child: Child,
     pub url: String,
     stderr: Arc<Mutex<Vec<String>>>,
+    /// The thread reading stderr; it ends at EOF, once the process has exited.
+    reader: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Proc {
@@ -36,7 +38,7 @@ impl Proc {
         let lines = Arc::new(Mutex::new(Vec::new()));
         let (tx, rx) = std::sync::mpsc::channel();
         let sink = lines.clone();
-        std::thread::spawn(move || {
+        let reader = std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
                 if let Some(pos) = line.find("listening on ") {
                     let url = line[pos + 13..]
@@ -63,6 +65,7 @@ impl Proc {
             child,
             url,
             stderr: lines,
+            reader: Some(reader),
         }
     }
 
@@ -70,7 +73,20 @@ impl Proc {
         self.stderr.lock().unwrap().join("\n")
     }
 
-    /// Wait until a log line contains `needle` (log lines are written after the answer).
+    /// All of stderr, once the process has exited (waits for the reader to see EOF).
+    pub fn log_after_exit(&mut self) -> String {
+        assert!(
+            self.child.try_wait().unwrap().is_some(),
+            "log_after_exit: the process is still running"
+        );
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        self.log()
+    }
+
+    /// Wait until a log line contains `needle` (log lines are written after the answer;
+    /// request lines up to 100 ms later, in batches).
     pub fn wait_for_log(&self, needle: &str) -> String {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

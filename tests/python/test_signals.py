@@ -273,3 +273,90 @@ def test_command_line_takes_sigint_even_if_started_ignoring_it(
         assert time.monotonic() - started < STOP_WITHIN_S
     finally:
         gateway.stop()
+
+
+# --------------------------------------------------------------- request log lines
+
+ECHO_CONFIG = CONFIG.replace(
+    'inference_func = "slow_stream.slow"', 'inference_func = "echo.answer"'
+)
+
+
+def write_echo_files(folder: Path) -> Path:
+    (folder / "echo.py").write_text("async def answer(messages, **params):\n    return 'ok'\n")
+    config = folder / "config.toml"
+    config.write_text(ECHO_CONFIG)
+    return config
+
+
+def request_lines(lines: list[str]) -> list[str]:
+    return [line for line in lines if "lm_proxy::request" in line]
+
+
+@pytest.mark.parametrize("launcher", ["lm-proxy-server", "python -m lm_proxy"])
+def test_command_line_writes_every_request_line_by_exit(
+    tmp_path: Path, start_python_gateway: Any, launcher: str
+) -> None:
+    """Request lines are written to stderr in batches; when the command line stops
+    on SIGTERM, every one of them is out, exactly once."""
+    gateway = start_python_gateway(write_echo_files(tmp_path), launcher=launcher, cwd=tmp_path)
+    count = 25
+    with httpx.Client(trust_env=False, timeout=10.0) as client:
+        for _ in range(count):
+            response = client.post(
+                f"{gateway.url}/v1/chat/completions",
+                json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                headers={"Authorization": "Bearer x"},
+            )
+            assert response.status_code == 200
+    gateway.process.send_signal(signal.SIGTERM)
+    assert gateway.process.wait(timeout=10) == 0
+    gateway.stop()  # joins the stderr reader, which has seen EOF
+    assert len(request_lines(gateway.lines)) == count, gateway.stderr_text()
+
+
+LIBRARY_SCRIPT = """
+import sys
+
+import httpx
+import lm_proxy
+
+server = lm_proxy.Server(sys.argv[1])
+with httpx.Client(trust_env=False, timeout=10.0) as client:
+    for _ in range(int(sys.argv[2])):
+        response = client.post(
+            server.url + "/v1/chat/completions",
+            json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+            headers={"Authorization": "Bearer x"},
+        )
+        response.raise_for_status()
+if sys.argv[3] == "stop":
+    server.stop()
+    print("after stop", file=sys.stderr, flush=True)
+# "exit": leave with the server running; the package stops it at interpreter exit.
+"""
+
+
+@pytest.mark.parametrize("how", ["stop", "exit"])
+def test_library_server_writes_every_request_line(tmp_path: Path, how: str) -> None:
+    """`Server.stop()` returns once the server's request lines are on stderr; a
+    program that exits with its server running gets them written at exit too."""
+    config = write_echo_files(tmp_path)
+    script = tmp_path / "library_server.py"
+    script.write_text(LIBRARY_SCRIPT)
+    env = {**os.environ, "RUST_LOG": "info"}
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    count = 25
+    result = subprocess.run(
+        [sys.executable, str(script), str(config), str(count), how],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    if how == "stop":
+        lines = lines[: lines.index("after stop")]
+    assert len(request_lines(lines)) == count, result.stderr
