@@ -929,8 +929,8 @@ def report(results: dict[tuple[str, str], Result], meta: dict, args: argparse.Na
         f"- lm-proxy: {meta['lm_proxy']}; reference lm-proxy: {meta['reference']}; "
         f"LiteLLM: {meta['litellm']}; nginx: {meta['nginx']}; load: {meta['wrk']}",
         f"- lm-proxy Python package (Python-extension scenario): `{meta['python_package']}` "
-        f"for `{args.ext_python}`; it is whatever wheel is installed there (built from the "
-        "Python-bridge branch), not this checkout",
+        f"for `{args.ext_python}`; it is whatever wheel is installed there (`pip install .` "
+        "or `bash scripts/test` puts this checkout's there), which this run does not rebuild",
         f"- Each run: {args.warmup:g} s warm-up, then {args.duration:g} s measured; HTTP/1.1 "
         "keep-alive; every server started afresh for each run. The mock, the floor proxy, "
         f"nginx and the lm-proxy configurations take turns {args.repeat} times per scenario "
