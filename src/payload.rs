@@ -124,6 +124,9 @@ impl<'a> Probe<'a> {
         if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
             return None;
         }
+        // serde_json skips the members it ignores without checking their UTF-8;
+        // text that goes to the client unchanged must be valid JSON throughout.
+        std::str::from_utf8(text).ok()?;
         serde_json::from_slice(text).ok()
     }
 
@@ -229,6 +232,13 @@ mod tests {
         ] {
             assert!(raw_completion(text).is_none(), "{text}");
         }
+        // Invalid UTF-8 in a member the check would otherwise skip.
+        let mut bad =
+            br#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[],"x":""#
+                .to_vec();
+        bad.extend_from_slice(b"\xff\"}");
+        assert!(RawJson::completion(Bytes::from(bad.clone())).is_err());
+        assert!(RawJson::chunk(Bytes::from(bad)).is_err());
     }
 
     #[test]
