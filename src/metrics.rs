@@ -421,17 +421,10 @@ impl Stream for ObservedStream {
         // waiting). The clock is read twice per wait, not at every poll in between:
         // a stream is polled several times per chunk.
         let item = this.chunks.as_mut().poll_next(cx);
-        match &item {
-            Poll::Pending => {
-                if this.waiting_since.is_none() {
-                    this.waiting_since = Some(Instant::now());
-                }
-            }
-            _ => {
-                if let Some(since) = this.waiting_since.take() {
-                    this.upstream_wait += since.elapsed();
-                }
-            }
+        if item.is_pending() {
+            this.waiting_since.get_or_insert_with(Instant::now);
+        } else if let Some(since) = this.waiting_since.take() {
+            this.upstream_wait += since.elapsed();
         }
         match &item {
             Poll::Pending => {}

@@ -16,12 +16,13 @@ use std::borrow::Cow;
 use std::pin::Pin;
 
 use bytes::Bytes;
-use futures_util::Stream;
+use futures_util::{Stream, StreamExt};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::streaming::ChunkStream;
 
 /// One JSON object for the client (a `chat.completion` or a `chat.completion.chunk`).
 #[derive(Debug, Clone)]
@@ -34,6 +35,16 @@ pub enum Payload {
 
 /// A stream of `chat.completion.chunk` payloads, or a failure that ends it.
 pub type PayloadStream = Pin<Box<dyn Stream<Item = Result<Payload, ApiError>> + Send>>;
+
+/// Trees of a payload stream, for callers that read chunks as JSON values.
+pub fn into_chunk_stream(payloads: PayloadStream) -> ChunkStream {
+    Box::pin(payloads.map(|item| item.map(Payload::into_value)))
+}
+
+/// A stream of chunk trees as payloads.
+pub fn from_chunk_stream(chunks: ChunkStream) -> PayloadStream {
+    Box::pin(chunks.map(|item| item.map(Payload::Value)))
+}
 
 impl From<Value> for Payload {
     fn from(value: Value) -> Self {

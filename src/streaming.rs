@@ -24,11 +24,12 @@ use crate::payload::{Payload, PayloadStream};
 /// A stream of OpenAI `chat.completion.chunk` objects, or a failure that ends it.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Value, ApiError>> + Send>>;
 
+/// A stream of upstream SSE event data, or a failure that ends it.
+pub type DataStream = Pin<Box<dyn Stream<Item = Result<String, ApiError>> + Send>>;
+
 /// The `data` of each event of an upstream SSE body, as written. Ends at `[DONE]`
 /// or at the end of the body; events without data (comments, keep-alives) are
 /// skipped. `idle_timeout` bounds the silence between two events.
-pub type DataStream = Pin<Box<dyn Stream<Item = Result<String, ApiError>> + Send>>;
-
 pub fn sse_data_events<S, E>(body: S, idle_timeout: Duration) -> DataStream
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,

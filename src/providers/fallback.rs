@@ -12,7 +12,7 @@ use serde_json::{Map, Value};
 
 use super::{Provider, UpstreamCall};
 use crate::error::ApiError;
-use crate::payload::{Payload, PayloadStream};
+use crate::payload::{into_chunk_stream, Payload, PayloadStream};
 use crate::secrets::Redactor;
 use crate::streaming::ChunkStream;
 
@@ -80,8 +80,7 @@ impl Provider for Fallback {
     }
 
     async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
-        let chunks = self.stream_payload(call).await?;
-        Ok(Box::pin(chunks.map(|item| item.map(Payload::into_value))))
+        self.stream_payload(call).await.map(into_chunk_stream)
     }
 
     async fn complete_payload(&self, call: UpstreamCall) -> Result<Payload, ApiError> {

@@ -106,9 +106,9 @@ pub trait Provider: Send + Sync {
     /// What the core calls for a streamed answer: [`Provider::stream`]'s chunks,
     /// unless the provider can hand on the upstream's own chunk text.
     async fn stream_payload(&self, call: UpstreamCall) -> Result<PayloadStream, ApiError> {
-        use futures_util::StreamExt;
-        let chunks = self.stream(call).await?;
-        Ok(Box::pin(chunks.map(|item| item.map(Payload::Value))))
+        self.stream(call)
+            .await
+            .map(crate::payload::from_chunk_stream)
     }
 
     /// The model ids the upstream offers (for `model_listing_mode =

@@ -15,7 +15,7 @@ use super::upstream_http::{
 };
 use super::{HttpSettings, Provider, UpstreamCall};
 use crate::error::ApiError;
-use crate::payload::{Payload, PayloadStream, RawJson};
+use crate::payload::{into_chunk_stream, Payload, PayloadStream, RawJson};
 use crate::streaming::{
     completion_id, completion_to_chunks, end_after_error, json_chunk, sse_data_events,
     sse_json_events, unix_now, ChunkStream, StreamAccumulator,
@@ -97,8 +97,7 @@ impl Provider for OpenAiProvider {
     }
 
     async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
-        let chunks = self.stream_payload(call).await?;
-        Ok(Box::pin(chunks.map(|item| item.map(Payload::into_value))))
+        self.stream_payload(call).await.map(into_chunk_stream)
     }
 
     async fn complete_payload(&self, call: UpstreamCall) -> Result<Payload, ApiError> {
