@@ -54,7 +54,7 @@ impl Gateway {
     /// Build everything the request path needs; any config problem stops here.
     pub fn build(
         config: Config,
-        client: &reqwest::Client,
+        client: &crate::upstream::UpstreamClient,
         resolver: &dyn ExtensionResolver,
     ) -> Result<Gateway, ConfigError> {
         let router = Router::new(

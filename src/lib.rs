@@ -30,6 +30,7 @@ pub mod secrets;
 pub mod server;
 pub mod shared_state;
 pub mod streaming;
+pub mod upstream;
 
 #[cfg(feature = "python")]
 mod python;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use eventsource_stream::Eventsource;
-use futures_util::{Future, Stream, StreamExt};
+use futures_util::{Future, FutureExt, Stream, StreamExt};
 use http::StatusCode;
 use serde_json::{json, Value};
 
@@ -62,6 +62,7 @@ where
                         continue;
                     }
                     if trimmed == "[DONE]" {
+                        finish_body(events);
                         return None;
                     }
                     if trimmed.len() != data.len() {
@@ -73,6 +74,33 @@ where
         }
     });
     Box::pin(stream)
+}
+
+/// How long an upstream may keep a body open after its `[DONE]` event before the
+/// connection is closed instead of being kept for the next request.
+const AFTER_DONE_GRACE: Duration = Duration::from_secs(2);
+
+/// After `[DONE]`, read what is left of the body (normally just the end of its
+/// chunked encoding, already received) so that its keep-alive connection goes back to
+/// the pool rather than being closed. What has not arrived yet is awaited in a task
+/// of its own for [`AFTER_DONE_GRACE`], so that the client's stream ends at once.
+fn finish_body<S>(mut events: S)
+where
+    S: Stream + Unpin + Send + 'static,
+{
+    loop {
+        match events.next().now_or_never() {
+            Some(Some(_)) => continue,
+            Some(None) => return,
+            None => break,
+        }
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(AFTER_DONE_GRACE, async {
+            while events.next().await.is_some() {}
+        })
+        .await;
+    });
 }
 
 /// Read an upstream SSE body as JSON chunks. Each `data:` payload must be JSON;

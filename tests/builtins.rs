@@ -694,6 +694,8 @@ fn sighup_and_dev_autoreload_reread_the_config() {
             "dev_autoreload = {autoreload}\n[connections.mock]\napi_type = \"mock\"\n[routing]\n\"*\" = \"mock.*\"\n[groups.default]\napi_keys = [\"{key}\"]\n"
         )
     };
+    // reqwest is built without a default TLS provider; the client needs one installed.
+    lm_proxy::server::install_crypto_provider();
     let client = reqwest::blocking::Client::new();
     let status = |proc: &Proc, key: &str| {
         client

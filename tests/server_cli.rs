@@ -469,3 +469,60 @@ fn the_default_encryption_key_is_warned_about() {
         proc.log()
     );
 }
+
+/// With `HTTP_PROXY` set, plain-`http` upstreams are reached through the proxy (the
+/// in-task pool is for direct connections only); `NO_PROXY` exempts hosts.
+#[tokio::test(flavor = "multi_thread")]
+async fn http_upstreams_go_through_the_proxy_named_in_the_environment() {
+    // The mock upstream plays the proxy: it answers the absolute-form request itself.
+    let proxy = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "c.toml",
+        "[connections.far]\napi_type = \"open_ai\"\napi_base = \"http://upstream.invalid/v1\"\n\
+         [routing]\n\"*\" = \"far.*\"\n[groups.default]\napi_keys = [\"client-key-abc\"]\n",
+    );
+    let proxy_url = format!("http://{}", proxy.addr);
+    let chat = |proc: &Proc| {
+        let url = format!("{}/v1/chat/completions", proc.url);
+        async move {
+            reqwest::Client::new()
+                .post(url)
+                .bearer_auth("client-key-abc")
+                .json(&user("gpt-x", "via proxy"))
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+
+    let proc = Proc::start(
+        dir.path(),
+        &["--config", "c.toml", "--env", ""],
+        &[("HTTP_PROXY", &proxy_url), ("NO_PROXY", "")],
+    );
+    let response = chat(&proc).await;
+    assert_eq!(response.status(), 200);
+    let body: Value = response.json().await.unwrap();
+    assert!(
+        body["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap()
+            .contains("gpt-x"),
+        "{body}"
+    );
+    let seen = proxy.last();
+    assert_eq!(seen.headers["host"], "upstream.invalid");
+    drop(proc);
+
+    // Exempted by NO_PROXY: a direct connection to a host that does not exist fails.
+    let proc = Proc::start(
+        dir.path(),
+        &["--config", "c.toml", "--env", ""],
+        &[("HTTP_PROXY", &proxy_url), ("NO_PROXY", "upstream.invalid")],
+    );
+    let before = proxy.requests().len();
+    assert_eq!(chat(&proc).await.status(), 502);
+    assert_eq!(proxy.requests().len(), before, "the proxy was not asked");
+}

@@ -95,7 +95,7 @@ impl KeyCheck for AllowAll {
 /// Build the configured key check.
 pub fn build_key_check(
     config: &Config,
-    client: &reqwest::Client,
+    client: &crate::upstream::UpstreamClient,
     resolver: &dyn ExtensionResolver,
 ) -> Result<Arc<dyn KeyCheck>, ConfigError> {
     let default_spec;
@@ -157,15 +157,16 @@ pub fn build_key_check(
                 &spec.key,
                 &config.path,
             )?;
-            let check = CheckApiKeyWithRequest::new(args, client.clone()).map_err(|p| {
-                let (sub, problem) = p.split_once(": ").unwrap_or(("", p.as_str()));
-                let key = if sub.is_empty() {
-                    spec.key.clone()
-                } else {
-                    format!("{}.{sub}", spec.key)
-                };
-                ConfigError::new(&config.path, key, problem)
-            })?;
+            let check =
+                CheckApiKeyWithRequest::new(args, client.reqwest().clone()).map_err(|p| {
+                    let (sub, problem) = p.split_once(": ").unwrap_or(("", p.as_str()));
+                    let key = if sub.is_empty() {
+                        spec.key.clone()
+                    } else {
+                        format!("{}.{sub}", spec.key)
+                    };
+                    ConfigError::new(&config.path, key, problem)
+                })?;
             Ok(Arc::new(check))
         }
         Some(_) => Err(err(format!(

@@ -133,7 +133,7 @@ pub struct Connection {
 /// Build every connection of the config.
 pub fn build_connections(
     config: &Config,
-    client: &reqwest::Client,
+    client: &crate::upstream::UpstreamClient,
     resolver: &dyn ExtensionResolver,
 ) -> Result<HashMap<String, Connection>, ConfigError> {
     let mut out = HashMap::new();
@@ -286,7 +286,7 @@ fn build_provider(
     key: &str,
     settings: &ProviderSettings,
     config: &Config,
-    client: &reqwest::Client,
+    client: &crate::upstream::UpstreamClient,
     resolver: &dyn ExtensionResolver,
 ) -> Result<Arc<dyn Provider>, ConfigError> {
     let err = |sub: &str, problem: String| {
@@ -301,7 +301,7 @@ fn build_provider(
     let own_client;
     let client = match settings.connect_timeout {
         Some(secs) if secs > 0.0 => {
-            own_client = crate::server::upstream_client_with(Duration::from_secs_f64(secs))
+            own_client = crate::upstream::UpstreamClient::new(Duration::from_secs_f64(secs))
                 .map_err(|e| err("connect_timeout", format!("{e:#}")))?;
             &own_client
         }

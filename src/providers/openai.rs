@@ -10,9 +10,7 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue};
 use serde_json::{Map, Value};
 
-use super::upstream_http::{
-    check_status, data_ids, get_json, send, timeout_error, transport_error,
-};
+use super::upstream_http::{check_status, data_ids, get_json, send, timeout_error};
 use super::{HttpSettings, Provider, UpstreamCall};
 use crate::error::ApiError;
 use crate::payload::{into_chunk_stream, Payload, PayloadStream, RawJson};
@@ -20,22 +18,23 @@ use crate::streaming::{
     completion_id, completion_to_chunks, end_after_error, json_chunk, sse_data_events,
     sse_json_events, unix_now, ChunkStream, StreamAccumulator,
 };
+use crate::upstream::{merge_headers, Target, UpstreamClient, UpstreamError, UpstreamResponse};
 
 pub struct OpenAiProvider {
     name: String,
-    /// Parsed once: `post(&str)` would parse (and IDNA-check) the URL on every call.
-    chat_url: reqwest::Url,
+    /// Prepared once: parsing (and IDNA-checking) the URL per call costs.
+    chat: Target,
     models_url: String,
     authorization: Option<HeaderValue>,
     headers: HeaderMap,
     timeout: Duration,
     first_byte_timeout: Duration,
     chunk_timeout: Duration,
-    client: reqwest::Client,
+    client: UpstreamClient,
 }
 
 impl OpenAiProvider {
-    pub fn new(name: &str, settings: HttpSettings, client: reqwest::Client) -> Self {
+    pub fn new(name: &str, settings: HttpSettings, client: UpstreamClient) -> Self {
         let authorization = settings.api_key.as_deref().and_then(|key| {
             let mut value = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
             value.set_sensitive(true);
@@ -43,7 +42,8 @@ impl OpenAiProvider {
         });
         OpenAiProvider {
             name: name.to_owned(),
-            chat_url: reqwest::Url::parse(&format!("{}/chat/completions", settings.base))
+            chat: client
+                .target(&format!("{}/chat/completions", settings.base))
                 .expect("api_base was checked to be an http(s) URL when the config loaded"),
             models_url: format!("{}/models", settings.base),
             authorization,
@@ -55,27 +55,35 @@ impl OpenAiProvider {
         }
     }
 
-    fn request(&self, call: &UpstreamCall, stream: bool) -> reqwest::RequestBuilder {
+    /// Send the chat request (the client's body with `model` replaced).
+    async fn post(
+        &self,
+        call: &UpstreamCall,
+        stream: bool,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let body = UpstreamBody {
             model: &call.model,
             params: &call.params,
             stream,
         };
         let bytes = serde_json::to_vec(&body).expect("JSON values always serialize");
-        let mut request = self
-            .client
-            .post(self.chat_url.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .headers(self.headers.clone())
-            .headers(call.headers.clone())
-            .body(bytes);
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        merge_headers(&mut headers, &self.headers);
+        merge_headers(&mut headers, &call.headers);
         if let Some(auth) = &self.authorization {
-            request = request.header(http::header::AUTHORIZATION, auth.clone());
+            headers.insert(http::header::AUTHORIZATION, auth.clone());
         }
         if stream {
-            request = request.header(http::header::ACCEPT, "text/event-stream");
+            headers.insert(
+                http::header::ACCEPT,
+                HeaderValue::from_static("text/event-stream"),
+            );
         }
-        request
+        self.chat.post(headers, Bytes::from(bytes)).await
     }
 }
 
@@ -84,6 +92,7 @@ impl Provider for OpenAiProvider {
     async fn list_models(&self) -> Result<Vec<String>, ApiError> {
         let mut request = self
             .client
+            .reqwest()
             .get(&self.models_url)
             .headers(self.headers.clone());
         if let Some(auth) = &self.authorization {
@@ -101,9 +110,8 @@ impl Provider for OpenAiProvider {
     }
 
     async fn complete_payload(&self, call: UpstreamCall) -> Result<Payload, ApiError> {
-        let request = self.request(&call, false);
         let work = async {
-            let response = send(request, self.first_byte_timeout).await?;
+            let response = send(self.post(&call, false), self.first_byte_timeout).await?;
             let response = check_status(response, self.timeout).await?;
             if declares(&response, "text/event-stream") {
                 // Some servers stream whatever was asked: put the answer together.
@@ -115,7 +123,10 @@ impl Provider for OpenAiProvider {
                 return normalize_completion(answer.into_response(), &call.model)
                     .map(Payload::Value);
             }
-            let bytes = response.bytes().await.map_err(transport_error)?;
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(UpstreamError::into_api_error)?;
             let bytes = match RawJson::completion(bytes) {
                 Ok(raw) => return Ok(Payload::Raw(raw)),
                 Err(bytes) => bytes,
@@ -134,8 +145,7 @@ impl Provider for OpenAiProvider {
     }
 
     async fn stream_payload(&self, call: UpstreamCall) -> Result<PayloadStream, ApiError> {
-        let request = self.request(&call, true);
-        let response = send(request, self.first_byte_timeout).await?;
+        let response = send(self.post(&call, true), self.first_byte_timeout).await?;
         let response = check_status(response, self.chunk_timeout).await?;
         let mut identity = ChunkDefaults {
             id: completion_id(),
@@ -148,7 +158,7 @@ impl Provider for OpenAiProvider {
             let bytes = tokio::time::timeout(self.timeout, response.bytes())
                 .await
                 .map_err(|_| timeout_error(self.timeout))?
-                .map_err(transport_error)?;
+                .map_err(UpstreamError::into_api_error)?;
             let value: Value = serde_json::from_slice(&bytes).map_err(|_| {
                 ApiError::upstream_failure(format!(
                     "connection '{}': a streamed answer declared JSON but is not JSON",
@@ -181,7 +191,7 @@ impl Provider for OpenAiProvider {
 
 /// Whether the answer declares this media type (parameters ignored). Answers without
 /// a content type are taken as what was asked for.
-fn declares(response: &reqwest::Response, media_type: &str) -> bool {
+fn declares(response: &UpstreamResponse, media_type: &str) -> bool {
     response
         .headers()
         .get(http::header::CONTENT_TYPE)

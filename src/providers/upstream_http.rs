@@ -1,4 +1,5 @@
-//! HTTP plumbing shared by HTTP providers: sending with a deadline, and turning
+//! HTTP plumbing shared by HTTP providers (over `crate::upstream`): sending with a
+//! deadline, and turning
 //! upstream failures into [`ApiError`]s (4xx keep their status and message; 5xx and
 //! transport failures are 502; timeouts 504).
 
@@ -7,13 +8,29 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::Value;
 
+use futures_util::StreamExt;
+
 use crate::error::{ApiError, ErrorBody};
+use crate::upstream::{UpstreamError, UpstreamResponse};
 
 /// The most of an upstream error body we read (the rest is not needed for a message).
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
-/// Send a request and wait for the response headers, within `timeout`.
+/// Wait for the response head of a sent request, within `timeout`.
 pub async fn send(
+    request: impl std::future::Future<Output = Result<UpstreamResponse, UpstreamError>>,
+    timeout: Duration,
+) -> Result<UpstreamResponse, ApiError> {
+    match tokio::time::timeout(timeout, request).await {
+        Err(_) => Err(timeout_error(timeout)),
+        Ok(Err(e)) => Err(e.into_api_error()),
+        Ok(Ok(response)) => Ok(response),
+    }
+}
+
+/// [`send`] for a reqwest request (token and metadata calls), giving reqwest's
+/// response.
+pub async fn send_reqwest(
     request: reqwest::RequestBuilder,
     timeout: Duration,
 ) -> Result<reqwest::Response, ApiError> {
@@ -32,33 +49,14 @@ pub fn timeout_error(timeout: Duration) -> ApiError {
 
 /// A reqwest failure, without the URL (it may carry credentials in some setups).
 pub fn transport_error(e: reqwest::Error) -> ApiError {
-    if e.is_timeout() {
-        return ApiError::UpstreamTimeout {
-            detail: e.without_url().to_string(),
-        };
-    }
-    let kind = if e.is_connect() {
-        "cannot connect to upstream"
-    } else if e.is_body() || e.is_decode() {
-        "upstream answer broke off"
-    } else {
-        "upstream request failed"
-    };
-    let e = e.without_url();
-    let mut detail = format!("{kind}: {e}");
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        detail.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    ApiError::upstream_failure(detail)
+    UpstreamError::reqwest(e).into_api_error()
 }
 
 /// Pass a 2xx response on; turn any other status into the matching error.
 pub async fn check_status(
-    response: reqwest::Response,
+    response: UpstreamResponse,
     timeout: Duration,
-) -> Result<reqwest::Response, ApiError> {
+) -> Result<UpstreamResponse, ApiError> {
     check_status_with(response, timeout, status_error).await
 }
 
@@ -66,10 +64,10 @@ pub async fn check_status(
 /// `Retry-After` to an error (for providers whose statuses need more than
 /// [`status_error`], e.g. Anthropic's 529).
 pub async fn check_status_with(
-    response: reqwest::Response,
+    response: UpstreamResponse,
     timeout: Duration,
     map: fn(StatusCode, &[u8], Option<http::HeaderValue>) -> ApiError,
-) -> Result<reqwest::Response, ApiError> {
+) -> Result<UpstreamResponse, ApiError> {
     let status = response.status();
     if status.is_success() {
         return Ok(response);
@@ -80,10 +78,11 @@ pub async fn check_status_with(
 }
 
 /// Read at most `ERROR_BODY_LIMIT` bytes of an error answer within `timeout`.
-async fn read_limited(mut response: reqwest::Response, timeout: Duration) -> Option<Vec<u8>> {
+async fn read_limited(response: UpstreamResponse, timeout: Duration) -> Option<Vec<u8>> {
     let mut body = Vec::new();
+    let mut pieces = response.bytes_stream();
     let read = async {
-        while let Ok(Some(chunk)) = response.chunk().await {
+        while let Some(Ok(chunk)) = pieces.next().await {
             body.extend_from_slice(&chunk);
             if body.len() >= ERROR_BODY_LIMIT {
                 body.truncate(ERROR_BODY_LIMIT);
@@ -201,9 +200,16 @@ pub async fn get_json(
     timeout: Duration,
 ) -> Result<Value, ApiError> {
     let work = async {
-        let response = send(request, timeout).await?;
+        let sent = async {
+            let response = request.send().await.map_err(UpstreamError::reqwest)?;
+            Ok(UpstreamResponse::from_reqwest(response))
+        };
+        let response = send(sent, timeout).await?;
         let response = check_status(response, timeout).await?;
-        let bytes = response.bytes().await.map_err(transport_error)?;
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(UpstreamError::into_api_error)?;
         serde_json::from_slice::<Value>(&bytes)
             .map_err(|e| ApiError::upstream_failure(format!("model list is not JSON: {e}")))
     };

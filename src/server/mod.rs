@@ -21,17 +21,18 @@ use crate::config::{Config, ConfigError};
 use crate::extensions::ExtensionResolver;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::upstream::UpstreamClient;
 
 /// State shared by every request.
 pub struct AppState {
     gateway: ArcSwap<Gateway>,
-    client: reqwest::Client,
+    client: UpstreamClient,
     /// This server's metrics (`[metrics] enabled`, read at startup); they outlive reloads.
     metrics: Option<Arc<Metrics>>,
 }
 
 impl AppState {
-    pub fn new(gateway: Gateway, client: reqwest::Client) -> Self {
+    pub fn new(gateway: Gateway, client: UpstreamClient) -> Self {
         let metrics = gateway
             .config
             .settings
@@ -59,7 +60,7 @@ impl AppState {
         self.gateway.store(Arc::new(gateway));
     }
 
-    pub fn client(&self) -> &reqwest::Client {
+    pub fn client(&self) -> &UpstreamClient {
         &self.client
     }
 }
@@ -69,9 +70,10 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
-/// The one pooled upstream client: keep-alive connections reused across requests,
-/// `TCP_NODELAY` so small SSE writes are not held back by Nagle's algorithm.
-pub fn upstream_client() -> anyhow::Result<reqwest::Client> {
+/// The one pooled upstream client (`crate::upstream`): keep-alive connections reused
+/// across requests, `TCP_NODELAY` so small SSE writes are not held back by Nagle's
+/// algorithm.
+pub fn upstream_client() -> anyhow::Result<UpstreamClient> {
     upstream_client_with(DEFAULT_CONNECT_TIMEOUT)
 }
 
@@ -79,16 +81,8 @@ pub fn upstream_client() -> anyhow::Result<reqwest::Client> {
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The upstream client with a given connect timeout (for connections that set one).
-pub fn upstream_client_with(connect_timeout: Duration) -> anyhow::Result<reqwest::Client> {
-    install_crypto_provider();
-    reqwest::Client::builder()
-        .tcp_nodelay(true)
-        .connect_timeout(connect_timeout)
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(1024)
-        .user_agent(concat!("lm-proxy/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .context("cannot create the upstream HTTP client")
+pub fn upstream_client_with(connect_timeout: Duration) -> anyhow::Result<UpstreamClient> {
+    UpstreamClient::new(connect_timeout)
 }
 
 /// The router for a prefix; tests serve it directly.

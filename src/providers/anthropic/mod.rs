@@ -17,12 +17,13 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use serde_json::Value;
 
-use super::upstream_http::{check_status_with, send, timeout_error, transport_error};
+use super::upstream_http::{check_status_with, send, timeout_error};
 use super::{fanout, upstream_http};
 use super::{http_settings, reject_unknown_options, Provider, UpstreamCall};
 use crate::config::{Config, ConfigError, ProviderSettings};
 use crate::error::ApiError;
 use crate::streaming::{sse_json_events, ChunkStream};
+use crate::upstream::{merge_headers, Target, UpstreamClient, UpstreamError, UpstreamResponse};
 
 /// The SDK's default base; requests go to `{api_base}/v1/messages`.
 pub const DEFAULT_API_BASE: &str = "https://api.anthropic.com";
@@ -39,8 +40,8 @@ const OPTIONS: [&str; 2] = ["anthropic_version", "max_tokens"];
 
 pub struct AnthropicProvider {
     name: String,
-    /// Parsed once (`post(&str)` would parse it on every call).
-    messages_url: reqwest::Url,
+    /// Prepared once (parsing the URL per call costs).
+    messages: Target,
     models_url: String,
     /// `anthropic-version`, the static `http_headers`, then `x-api-key`.
     headers: HeaderMap,
@@ -48,7 +49,7 @@ pub struct AnthropicProvider {
     first_byte_timeout: Duration,
     chunk_timeout: Duration,
     default_max_tokens: u64,
-    client: reqwest::Client,
+    client: UpstreamClient,
 }
 
 impl AnthropicProvider {
@@ -59,7 +60,7 @@ impl AnthropicProvider {
         settings: &ProviderSettings,
         key: &str,
         config: &Config,
-        client: &reqwest::Client,
+        client: &crate::upstream::UpstreamClient,
     ) -> Result<Self, ConfigError> {
         reject_unknown_options(settings, &OPTIONS, key, config)?;
         let err = |sub: &str, problem: &str| {
@@ -106,7 +107,8 @@ impl AnthropicProvider {
         }
         Ok(AnthropicProvider {
             name: name.to_owned(),
-            messages_url: reqwest::Url::parse(&format!("{}/v1/messages", http.base))
+            messages: client
+                .target(&format!("{}/v1/messages", http.base))
                 .map_err(|e| err("api_base", &format!("not a valid URL: {e}")))?,
             models_url: format!("{}/v1/models", http.base),
             headers,
@@ -135,18 +137,26 @@ impl AnthropicProvider {
         Ok((Bytes::from(bytes), translated))
     }
 
-    fn request(&self, body: Bytes, call: &UpstreamCall, stream: bool) -> reqwest::RequestBuilder {
-        let mut request = self
-            .client
-            .post(self.messages_url.clone())
-            .header(http::header::CONTENT_TYPE, "application/json")
-            .headers(self.headers.clone())
-            .headers(call.headers.clone())
-            .body(body);
+    async fn post(
+        &self,
+        body: Bytes,
+        call: &UpstreamCall,
+        stream: bool,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        merge_headers(&mut headers, &self.headers);
+        merge_headers(&mut headers, &call.headers);
         if stream {
-            request = request.header(http::header::ACCEPT, "text/event-stream");
+            headers.insert(
+                http::header::ACCEPT,
+                HeaderValue::from_static("text/event-stream"),
+            );
         }
-        request
+        self.messages.post(headers, body).await
     }
 
     /// One non-streamed call, bounded by the connection timeout as a whole.
@@ -157,10 +167,13 @@ impl AnthropicProvider {
         json_mode: Option<request::JsonMode>,
     ) -> Result<Value, ApiError> {
         let work = async {
-            let response = send(self.request(body, call, false), self.first_byte_timeout).await?;
+            let response = send(self.post(body, call, false), self.first_byte_timeout).await?;
             let response =
                 check_status_with(response, self.timeout, response::status_to_error).await?;
-            let bytes = response.bytes().await.map_err(transport_error)?;
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(UpstreamError::into_api_error)?;
             let message: Value = serde_json::from_slice(&bytes).map_err(|e| {
                 ApiError::upstream_failure(format!(
                     "connection '{}': upstream answer is not JSON: {e}",
@@ -182,7 +195,7 @@ impl AnthropicProvider {
         json_mode: Option<request::JsonMode>,
         include_usage: bool,
     ) -> Result<ChunkStream, ApiError> {
-        let response = send(self.request(body, call, true), self.first_byte_timeout).await?;
+        let response = send(self.post(body, call, true), self.first_byte_timeout).await?;
         let response =
             check_status_with(response, self.chunk_timeout, response::status_to_error).await?;
         let events = sse_json_events(response.bytes_stream(), self.chunk_timeout);
@@ -200,6 +213,7 @@ impl Provider for AnthropicProvider {
         for _ in 0..20 {
             let mut request = self
                 .client
+                .reqwest()
                 .get(&self.models_url)
                 .headers(self.headers.clone());
             request = request.query(&[("limit", "1000")]);

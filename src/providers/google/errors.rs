@@ -18,12 +18,13 @@ use serde_json::Value;
 
 use crate::error::{ApiError, ErrorBody};
 use crate::providers::upstream_http;
+use crate::upstream::UpstreamResponse;
 
 /// Pass a 2xx response on; turn any other into the matching error.
 pub async fn check_status(
-    response: reqwest::Response,
+    response: UpstreamResponse,
     timeout: Duration,
-) -> Result<reqwest::Response, ApiError> {
+) -> Result<UpstreamResponse, ApiError> {
     upstream_http::check_status_with(response, timeout, google_error).await
 }
 

@@ -31,11 +31,12 @@ use futures_util::StreamExt;
 use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::Value;
 
-use super::upstream_http::{send, timeout_error, transport_error};
+use super::upstream_http::{send, timeout_error};
 use super::{Provider, UpstreamCall};
 use crate::config::{Config, ConfigError, ProviderSettings};
 use crate::error::ApiError;
 use crate::streaming::{sse_json_events, unix_now, ChunkStream};
+use crate::upstream::{merge_headers, UpstreamClient, UpstreamError, UpstreamResponse};
 use request::RequestOptions;
 use response::AnswerContext;
 use stream::StreamTranslator;
@@ -87,7 +88,7 @@ pub struct GoogleProvider {
     timeout: Duration,
     first_byte_timeout: Duration,
     chunk_timeout: Duration,
-    client: reqwest::Client,
+    client: UpstreamClient,
     request_options: RequestOptions,
     /// `google_vertex_response_validation`.
     validate: bool,
@@ -100,7 +101,7 @@ impl GoogleProvider {
         endpoint: Endpoint,
         auth: Auth,
         http: super::HttpSettings,
-        client: &reqwest::Client,
+        client: &crate::upstream::UpstreamClient,
         request_options: RequestOptions,
         validate: bool,
     ) -> GoogleProvider {
@@ -124,7 +125,7 @@ impl GoogleProvider {
         key: &str,
         settings: &ProviderSettings,
         config: &Config,
-        client: &reqwest::Client,
+        client: &crate::upstream::UpstreamClient,
         env: &Environment,
     ) -> Result<GoogleProvider, ConfigError> {
         settings::build(name, key, settings, config, client, env)
@@ -174,7 +175,8 @@ impl GoogleProvider {
             Project::Metadata { host, cell } => cell
                 .get_or_try_init(|| async {
                     let timeout = self.timeout.min(settings::TOKEN_TIMEOUT);
-                    let id = vertex_auth::metadata_project_id(&self.client, host, timeout).await?;
+                    let id = vertex_auth::metadata_project_id(self.client.reqwest(), host, timeout)
+                        .await?;
                     settings::checked_project(&id).map_err(ApiError::upstream_failure)
                 })
                 .await
@@ -184,7 +186,7 @@ impl GoogleProvider {
 
     /// POST the translated request; on a Vertex 401 get a new token and retry once.
     /// Returns the 2xx response; anything else is mapped to an error.
-    async fn post(&self, call: &UpstreamCall, stream: bool) -> Result<reqwest::Response, ApiError> {
+    async fn post(&self, call: &UpstreamCall, stream: bool) -> Result<UpstreamResponse, ApiError> {
         let body = request::build_request(call, &self.request_options)?;
         let body = Bytes::from(
             serde_json::to_vec(&body)
@@ -193,27 +195,33 @@ impl GoogleProvider {
         let url = self.url(&call.model, stream).await?;
         let mut retried = false;
         loop {
-            let mut request = self
-                .client
-                .post(&url)
-                .header(http::header::CONTENT_TYPE, "application/json")
-                .headers(self.headers.clone())
-                .headers(call.headers.clone())
-                .body(body.clone());
+            let mut headers = HeaderMap::new();
+            headers.insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            merge_headers(&mut headers, &self.headers);
+            merge_headers(&mut headers, &call.headers);
             if stream {
-                request = request.header(http::header::ACCEPT, "text/event-stream");
+                headers.insert(
+                    http::header::ACCEPT,
+                    HeaderValue::from_static("text/event-stream"),
+                );
             }
             let mut used_token = None;
             match &self.auth {
                 Auth::None => {}
-                Auth::ApiKey(key) => request = request.header("x-goog-api-key", key.clone()),
+                Auth::ApiKey(key) => {
+                    headers.insert("x-goog-api-key", key.clone());
+                }
                 Auth::Tokens(tokens) => {
                     let bearer = tokens.bearer().await?;
-                    request = request.header(http::header::AUTHORIZATION, bearer.clone());
+                    headers.insert(http::header::AUTHORIZATION, bearer.clone());
                     used_token = Some((tokens, bearer));
                 }
             }
-            let response = send(request, self.first_byte_timeout).await?;
+            let sent = self.client.post(&url, headers, body.clone());
+            let response = send(sent, self.first_byte_timeout).await?;
             if response.status() == StatusCode::UNAUTHORIZED && !retried {
                 if let Some((tokens, bearer)) = used_token.filter(|(t, _)| t.can_refresh()) {
                     tracing::info!(
@@ -272,6 +280,7 @@ impl Provider for GoogleProvider {
         for _ in 0..20 {
             let mut request = self
                 .client
+                .reqwest()
                 .get(format!("{root}/models"))
                 .headers(self.headers.clone())
                 .query(&[("pageSize", "1000")]);
@@ -281,11 +290,18 @@ impl Provider for GoogleProvider {
             if let Auth::ApiKey(key) = &self.auth {
                 request = request.header("x-goog-api-key", key.clone());
             }
-            let response = send(request, self.timeout).await?;
+            let sent = async {
+                let response = request.send().await.map_err(UpstreamError::reqwest)?;
+                Ok(UpstreamResponse::from_reqwest(response))
+            };
+            let response = send(sent, self.timeout).await?;
             let response = errors::check_status(response, self.timeout).await?;
-            let page: Value = response.json().await.map_err(|e| {
-                ApiError::upstream_failure(format!("model list is not JSON: {}", e.without_url()))
-            })?;
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(UpstreamError::into_api_error)?;
+            let page: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| ApiError::upstream_failure(format!("model list is not JSON: {e}")))?;
             for model in page
                 .get("models")
                 .and_then(Value::as_array)
@@ -319,7 +335,10 @@ impl Provider for GoogleProvider {
     async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
         let work = async {
             let response = self.post(&call, false).await?;
-            let bytes = response.bytes().await.map_err(transport_error)?;
+            let bytes = response
+                .bytes()
+                .await
+                .map_err(UpstreamError::into_api_error)?;
             let value: Value = serde_json::from_slice(&bytes).map_err(|e| {
                 ApiError::upstream_failure(format!(
                     "connection '{}': Gemini answer is not JSON: {e}",

@@ -220,7 +220,7 @@ pub fn build(
     key: &str,
     settings: &ProviderSettings,
     config: &Config,
-    client: &reqwest::Client,
+    client: &crate::upstream::UpstreamClient,
     env: &Environment,
 ) -> Result<GoogleProvider, ConfigError> {
     let errors = Errors { key, config };
@@ -482,7 +482,7 @@ pub fn build(
         name,
         credential,
         token_uri,
-        client.clone(),
+        client.reqwest().clone(),
         // Token endpoints answer fast; do not let a hung one hold requests for the
         // (long) generation timeout.
         http.timeout.min(TOKEN_TIMEOUT),

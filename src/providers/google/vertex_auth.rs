@@ -34,7 +34,7 @@ use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::providers::upstream_http::{send, transport_error};
+use crate::providers::upstream_http::{send_reqwest, transport_error};
 use crate::streaming::unix_now;
 
 pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -275,7 +275,7 @@ pub async fn metadata_project_id(
         tracing::warn!("{detail}");
         ApiError::upstream_failure(detail)
     };
-    let response = send(request, timeout)
+    let response = send_reqwest(request, timeout)
         .await
         .map_err(|e| failure(e.to_string()))?;
     let status = response.status();
@@ -458,7 +458,7 @@ impl TokenSource {
             ),
         };
 
-        let response = send(request, self.timeout)
+        let response = send_reqwest(request, self.timeout)
             .await
             .map_err(|e| self.failure(&format!("{what} cannot be reached: {e}")))?;
         let status = response.status();

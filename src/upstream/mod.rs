@@ -1,0 +1,386 @@
+//! The upstream HTTP client of the providers: where a request to an upstream goes
+//! out and how its answer comes back.
+//!
+//! Two transports behind one type:
+//!
+//! - **In-task HTTP/1.1 pool** ([`pool`]) for plain `http://` upstreams: local and
+//!   LAN OpenAI-compatible servers (vLLM, llama.cpp, Ollama, LM Studio), where the
+//!   upstream is fast and the proxy's own cost shows. The request's task reads and
+//!   writes the upstream socket itself; no hand-off to a connection task.
+//! - **reqwest** for everything else: `https://` upstreams (HTTP/2 by ALPN, the
+//!   platform's certificates), and every upstream when the environment names an
+//!   HTTP proxy (`HTTP_PROXY`, `ALL_PROXY`, lower or upper case), whose rules
+//!   (including `NO_PROXY`) reqwest applies. Model lists, key-check calls and token
+//!   fetches use reqwest too ([`UpstreamClient::reqwest`]).
+//!
+//! A provider turns its URL into a [`Target`] once, at startup, and sends with
+//! [`Target::post`].
+
+mod pool;
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use futures_util::stream::BoxStream;
+use futures_util::{Stream, StreamExt};
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::Full;
+
+use crate::error::ApiError;
+use pool::{Pool, PooledBody};
+
+/// How long an unused keep-alive connection is kept.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+/// Most idle connections kept per upstream origin.
+const MAX_IDLE_PER_ORIGIN: usize = 1024;
+/// What lm-proxy calls itself upstream.
+const USER_AGENT: &str = concat!("lm-proxy/", env!("CARGO_PKG_VERSION"));
+
+/// The pooled upstream client; cheap to clone (all clones share the pools).
+#[derive(Clone)]
+pub struct UpstreamClient {
+    inner: Arc<ClientInner>,
+}
+
+type PoolsByOrigin = Mutex<HashMap<(String, u16), Arc<Pool>>>;
+
+struct ClientInner {
+    reqwest: reqwest::Client,
+    /// In-task pools by `host:port`; `None` when a proxy is configured in the
+    /// environment (then every request goes through reqwest, which applies it).
+    pools: Option<PoolsByOrigin>,
+    connect_timeout: Duration,
+}
+
+impl UpstreamClient {
+    /// A client whose new connections must open within `connect_timeout`.
+    pub fn new(connect_timeout: Duration) -> anyhow::Result<UpstreamClient> {
+        Self::with_proxy_env(connect_timeout, proxy_in_environment())
+    }
+
+    fn with_proxy_env(connect_timeout: Duration, proxied: bool) -> anyhow::Result<Self> {
+        crate::server::install_crypto_provider();
+        let reqwest = reqwest::Client::builder()
+            .tcp_nodelay(true)
+            .connect_timeout(connect_timeout)
+            .pool_idle_timeout(IDLE_TIMEOUT)
+            .pool_max_idle_per_host(MAX_IDLE_PER_ORIGIN)
+            .user_agent(USER_AGENT)
+            .build()
+            .context("cannot create the upstream HTTP client")?;
+        Ok(UpstreamClient {
+            inner: Arc::new(ClientInner {
+                reqwest,
+                pools: (!proxied).then(Default::default),
+                connect_timeout,
+            }),
+        })
+    }
+
+    /// The reqwest client, for calls off the chat path (model lists, key checks,
+    /// access tokens).
+    pub fn reqwest(&self) -> &reqwest::Client {
+        &self.inner.reqwest
+    }
+
+    /// POST to a URL that changes from call to call (see [`Target::post`]).
+    pub async fn post(
+        &self,
+        url: &str,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let target = self.target(url).map_err(UpstreamError::BadUrl)?;
+        target.post(headers, body).await
+    }
+
+    /// Prepare a URL for repeated requests: parsed once, its pool looked up once.
+    pub fn target(&self, url: &str) -> Result<Target, String> {
+        let parsed = reqwest::Url::parse(url).map_err(|e| format!("'{url}' is not a URL: {e}"))?;
+        let route = match (&self.inner.pools, parsed.scheme(), parsed.host_str()) {
+            (Some(pools), "http", Some(host)) if parsed.username().is_empty() => {
+                let port = parsed.port_or_known_default().unwrap_or(80);
+                // `[::1]` in a URL is `::1` to connect to.
+                let connect_host = host.trim_start_matches('[').trim_end_matches(']');
+                let key = (connect_host.to_owned(), port);
+                let pool = pools
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .entry(key)
+                    .or_insert_with(|| {
+                        Arc::new(Pool::new(
+                            connect_host.to_owned(),
+                            port,
+                            self.inner.connect_timeout,
+                            IDLE_TIMEOUT,
+                            MAX_IDLE_PER_ORIGIN,
+                        ))
+                    })
+                    .clone();
+                let authority = match parsed.port() {
+                    Some(port) => format!("{host}:{port}"),
+                    None => host.to_owned(),
+                };
+                let mut path = parsed.path().to_owned();
+                if let Some(query) = parsed.query() {
+                    path.push('?');
+                    path.push_str(query);
+                }
+                Route::Pooled {
+                    pool,
+                    uri: path
+                        .parse()
+                        .map_err(|e| format!("'{url}': bad path: {e}"))?,
+                    host: HeaderValue::from_str(&authority)
+                        .map_err(|e| format!("'{url}': bad host: {e}"))?,
+                }
+            }
+            _ => Route::Reqwest(self.inner.reqwest.clone()),
+        };
+        Ok(Target { url: parsed, route })
+    }
+}
+
+/// Set every header of `from` in `into`, replacing the values `into` had for that
+/// name (as reqwest's `RequestBuilder::headers` does); names with several values
+/// keep them all.
+pub fn merge_headers(into: &mut HeaderMap, from: &HeaderMap) {
+    let mut last = None;
+    for (name, value) in from {
+        if last != Some(name) {
+            into.insert(name, value.clone());
+            last = Some(name);
+        } else {
+            into.append(name, value.clone());
+        }
+    }
+}
+
+/// Whether the environment names an HTTP proxy for plain-`http` URLs.
+fn proxy_in_environment() -> bool {
+    ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
+}
+
+/// A prepared upstream URL (see [`UpstreamClient::target`]).
+pub struct Target {
+    url: reqwest::Url,
+    route: Route,
+}
+
+enum Route {
+    Pooled {
+        pool: Arc<Pool>,
+        /// Path and query (origin form, as HTTP/1.1 sends it).
+        uri: http::Uri,
+        /// The `Host` header: the URL's host and port as written.
+        host: HeaderValue,
+    },
+    Reqwest(reqwest::Client),
+}
+
+impl Target {
+    /// The URL as configured.
+    pub fn url(&self) -> &reqwest::Url {
+        &self.url
+    }
+
+    /// POST `body` with `headers` (which should include the content type); resolves
+    /// with the response head. Headers not set here get the client's defaults
+    /// (`user-agent: lm-proxy/...`, `accept: */*`).
+    pub async fn post(
+        &self,
+        mut headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        match &self.route {
+            Route::Pooled { pool, uri, host } => {
+                headers.insert(http::header::HOST, host.clone());
+                if !headers.contains_key(http::header::USER_AGENT) {
+                    headers.insert(
+                        http::header::USER_AGENT,
+                        HeaderValue::from_static(USER_AGENT),
+                    );
+                }
+                if !headers.contains_key(http::header::ACCEPT) {
+                    headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
+                }
+                let mut request = http::Request::new(Full::new(body));
+                *request.method_mut() = http::Method::POST;
+                *request.uri_mut() = uri.clone();
+                *request.headers_mut() = headers;
+                let (head, body) = pool.send(request).await?;
+                Ok(UpstreamResponse {
+                    status: head.status,
+                    headers: head.headers,
+                    body: ResponseBody::Pooled(body),
+                })
+            }
+            Route::Reqwest(client) => {
+                let response = client
+                    .post(self.url.clone())
+                    .headers(headers)
+                    .body(body)
+                    .send()
+                    .await
+                    .map_err(UpstreamError::reqwest)?;
+                Ok(UpstreamResponse::from_reqwest(response))
+            }
+        }
+    }
+}
+
+/// An upstream answer: its head, and a body still to be read.
+pub struct UpstreamResponse {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: ResponseBody,
+}
+
+enum ResponseBody {
+    Pooled(PooledBody),
+    Reqwest(BoxStream<'static, reqwest::Result<Bytes>>),
+}
+
+impl UpstreamResponse {
+    /// A response that reqwest received.
+    pub fn from_reqwest(response: reqwest::Response) -> UpstreamResponse {
+        UpstreamResponse {
+            status: response.status(),
+            headers: response.headers().clone(),
+            body: ResponseBody::Reqwest(response.bytes_stream().boxed()),
+        }
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The body as it arrives.
+    pub fn bytes_stream(self) -> BodyStream {
+        BodyStream(self.body)
+    }
+
+    /// The whole body.
+    pub async fn bytes(self) -> Result<Bytes, UpstreamError> {
+        let mut stream = self.bytes_stream();
+        let Some(first) = stream.next().await.transpose()? else {
+            return Ok(Bytes::new());
+        };
+        let Some(second) = stream.next().await.transpose()? else {
+            return Ok(first);
+        };
+        let mut all = Vec::with_capacity(first.len() + second.len());
+        all.extend_from_slice(&first);
+        all.extend_from_slice(&second);
+        while let Some(more) = stream.next().await.transpose()? {
+            all.extend_from_slice(&more);
+        }
+        Ok(Bytes::from(all))
+    }
+}
+
+/// An upstream body as a stream of byte pieces.
+pub struct BodyStream(ResponseBody);
+
+impl Stream for BodyStream {
+    type Item = Result<Bytes, UpstreamError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        match &mut self.0 {
+            ResponseBody::Pooled(body) => body.poll_data(cx),
+            ResponseBody::Reqwest(stream) => stream
+                .poll_next_unpin(cx)
+                .map(|item| item.map(|r| r.map_err(UpstreamError::reqwest))),
+        }
+    }
+}
+
+/// Why an upstream call failed before an answer could be read.
+#[derive(Debug)]
+pub enum UpstreamError {
+    BadUrl(String),
+    Connect(std::io::Error),
+    ConnectTimeout(Duration),
+    /// Sending the request or reading the response head.
+    Request(hyper::Error),
+    /// The upstream closed the connection before answering.
+    Closed,
+    /// Reading the body.
+    Body(hyper::Error),
+    /// From the reqwest transport, with the URL taken out.
+    Reqwest(reqwest::Error),
+}
+
+impl std::fmt::Display for UpstreamError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The error with its causes (reqwest's carry no URL, see `reqwest`).
+        fn chain(f: &mut std::fmt::Formatter<'_>, e: &dyn std::error::Error) -> std::fmt::Result {
+            write!(f, "{e}")?;
+            let mut source = e.source();
+            while let Some(s) = source {
+                write!(f, ": {s}")?;
+                source = s.source();
+            }
+            Ok(())
+        }
+        match self {
+            UpstreamError::BadUrl(problem) => f.write_str(problem),
+            UpstreamError::Closed => f.write_str("the upstream closed the connection"),
+            UpstreamError::Connect(e) => chain(f, e),
+            UpstreamError::ConnectTimeout(t) => {
+                write!(f, "no connection within {:.1}s", t.as_secs_f64())
+            }
+            UpstreamError::Request(e) | UpstreamError::Body(e) => chain(f, e),
+            UpstreamError::Reqwest(e) => chain(f, e),
+        }
+    }
+}
+
+impl UpstreamError {
+    /// A reqwest failure, without the URL (it may carry credentials in some setups).
+    pub fn reqwest(e: reqwest::Error) -> UpstreamError {
+        UpstreamError::Reqwest(e.without_url())
+    }
+
+    /// The error for the client: a timeout is 504, anything else 502; the text says
+    /// which step failed (connect, request, answer), as `metrics` classifies it.
+    pub fn into_api_error(self) -> ApiError {
+        let kind = match &self {
+            UpstreamError::ConnectTimeout(_) => {
+                return ApiError::UpstreamTimeout {
+                    detail: format!("cannot connect to upstream: {self}"),
+                }
+            }
+            UpstreamError::Reqwest(e) if e.is_timeout() => {
+                return ApiError::UpstreamTimeout {
+                    detail: self.to_string(),
+                }
+            }
+            UpstreamError::Connect(_) => "cannot connect to upstream",
+            UpstreamError::Reqwest(e) if e.is_connect() => "cannot connect to upstream",
+            UpstreamError::Body(_) => "upstream answer broke off",
+            UpstreamError::Reqwest(e) if e.is_body() || e.is_decode() => {
+                "upstream answer broke off"
+            }
+            UpstreamError::BadUrl(_)
+            | UpstreamError::Request(_)
+            | UpstreamError::Closed
+            | UpstreamError::Reqwest(_) => "upstream request failed",
+        };
+        ApiError::upstream_failure(format!("{kind}: {self}"))
+    }
+}
+
+#[cfg(test)]
+mod tests;

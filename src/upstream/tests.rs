@@ -1,0 +1,312 @@
+//! The in-task pool against a raw HTTP/1.1 upstream on 127.0.0.1:0 that counts the
+//! connections it accepts and can close them in the ways real servers do.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+use super::*;
+
+#[derive(Clone, Copy, PartialEq)]
+enum After {
+    /// Keep the connection open for the next request.
+    KeepAlive,
+    /// Answer with `Connection: close`, then close.
+    AnnounceClose,
+    /// Close without a word when told to, after the answer (an idle timeout on the
+    /// upstream, while the connection sits in the pool).
+    SilentClose,
+}
+
+struct RawUpstream {
+    url: String,
+    accepted: Arc<AtomicUsize>,
+    /// Request heads as received.
+    heads: Arc<Mutex<Vec<String>>>,
+    /// One message per connection the upstream closed.
+    closed: mpsc::UnboundedReceiver<()>,
+    /// Tells a `SilentClose` upstream to close the connection it answered on.
+    close_now: Arc<tokio::sync::Notify>,
+}
+
+/// Answers every request with `{"n": <request number on this connection>}`; a
+/// request whose body is `stream` gets `one two three` in three chunked frames.
+async fn raw_upstream(after: After) -> RawUpstream {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/v1/chat/completions",
+        listener.local_addr().unwrap()
+    );
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let (closed_tx, closed) = mpsc::unbounded_channel();
+    let close_now = Arc::new(tokio::sync::Notify::new());
+    let (count, seen, close_signal) = (accepted.clone(), heads.clone(), close_now.clone());
+    tokio::spawn(async move {
+        loop {
+            let (socket, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let (seen, closed_tx) = (seen.clone(), closed_tx.clone());
+            let close_signal = close_signal.clone();
+            tokio::spawn(async move {
+                let mut socket = socket;
+                serve_connection(&mut socket, after, &seen).await;
+                if after == After::SilentClose {
+                    close_signal.notified().await;
+                }
+                drop(socket);
+                let _ = closed_tx.send(());
+            });
+        }
+    });
+    RawUpstream {
+        url,
+        accepted,
+        heads,
+        closed,
+        close_now,
+    }
+}
+
+async fn serve_connection(socket: &mut TcpStream, after: After, seen: &Mutex<Vec<String>>) {
+    let mut buffer = Vec::new();
+    let mut served = 0;
+    loop {
+        let head_end = loop {
+            if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+            let mut chunk = [0u8; 4096];
+            match socket.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+            }
+        };
+        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+        let length: usize = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length:")
+                    .map(|v| v.trim().parse().unwrap())
+            })
+            .unwrap_or(0);
+        while buffer.len() < head_end + length {
+            let mut chunk = [0u8; 4096];
+            let n = socket.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "request body cut short");
+            buffer.extend_from_slice(&chunk[..n]);
+        }
+        let body = buffer[head_end..head_end + length].to_vec();
+        buffer.drain(..head_end + length);
+        seen.lock().unwrap().push(head);
+        served += 1;
+        let close = if after == After::AnnounceClose {
+            "connection: close\r\n"
+        } else {
+            ""
+        };
+        if body == b"stream" {
+            let head = format!("HTTP/1.1 200 OK\r\n{close}transfer-encoding: chunked\r\n\r\n");
+            socket.write_all(head.as_bytes()).await.unwrap();
+            for piece in ["one ", "two ", "three"] {
+                let frame = format!("{:x}\r\n{piece}\r\n", piece.len());
+                if socket.write_all(frame.as_bytes()).await.is_err() {
+                    return;
+                }
+            }
+            if socket.write_all(b"0\r\n\r\n").await.is_err() {
+                return;
+            }
+        } else {
+            let answer = format!("{{\"n\":{served}}}");
+            let text = format!(
+                "HTTP/1.1 200 OK\r\n{close}content-type: application/json\r\ncontent-length: {}\r\n\r\n{answer}",
+                answer.len()
+            );
+            socket.write_all(text.as_bytes()).await.unwrap();
+        }
+        if after != After::KeepAlive {
+            return;
+        }
+    }
+}
+
+fn client() -> UpstreamClient {
+    UpstreamClient::with_proxy_env(Duration::from_secs(5), false).unwrap()
+}
+
+async fn post_text(target: &Target, body: &'static str) -> Result<String, UpstreamError> {
+    let response = target
+        .post(HeaderMap::new(), Bytes::from_static(body.as_bytes()))
+        .await?;
+    assert_eq!(response.status(), StatusCode::OK);
+    let bytes = response.bytes().await?;
+    Ok(String::from_utf8(bytes.to_vec()).unwrap())
+}
+
+#[tokio::test]
+async fn one_connection_carries_request_after_request() {
+    let upstream = raw_upstream(After::KeepAlive).await;
+    let target = client().target(&upstream.url).unwrap();
+    assert!(matches!(target.route, Route::Pooled { .. }));
+    for n in 1..=5 {
+        assert_eq!(
+            post_text(&target, "{}").await.unwrap(),
+            format!("{{\"n\":{n}}}")
+        );
+    }
+    // A streamed body read to its end also gives its connection back.
+    let response = target
+        .post(HeaderMap::new(), Bytes::from_static(b"stream"))
+        .await
+        .unwrap();
+    let pieces: Vec<Bytes> = response.bytes_stream().map(|p| p.unwrap()).collect().await;
+    assert_eq!(pieces.concat(), b"one two three");
+    assert_eq!(post_text(&target, "{}").await.unwrap(), "{\"n\":7}");
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn requests_carry_host_user_agent_and_the_given_headers() {
+    let upstream = raw_upstream(After::KeepAlive).await;
+    let target = client().target(&upstream.url).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert("x-custom", HeaderValue::from_static("yes"));
+    let response = target
+        .post(headers, Bytes::from_static(b"{}"))
+        .await
+        .unwrap();
+    response.bytes().await.unwrap();
+    let head = upstream.heads.lock().unwrap()[0].to_ascii_lowercase();
+    let port = upstream
+        .url
+        .split(':')
+        .nth(2)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap();
+    assert!(
+        head.starts_with("post /v1/chat/completions http/1.1\r\n"),
+        "{head}"
+    );
+    assert!(
+        head.contains(&format!("host: 127.0.0.1:{port}\r\n")),
+        "{head}"
+    );
+    assert!(head.contains("user-agent: lm-proxy/"), "{head}");
+    assert!(head.contains("x-custom: yes\r\n"), "{head}");
+    assert!(
+        head.contains("content-type: application/json\r\n"),
+        "{head}"
+    );
+    assert!(head.contains("content-length: 2\r\n"), "{head}");
+}
+
+#[tokio::test]
+async fn a_connection_the_upstream_announced_closing_is_not_reused() {
+    let upstream = raw_upstream(After::AnnounceClose).await;
+    let target = client().target(&upstream.url).unwrap();
+    for _ in 0..3 {
+        assert_eq!(post_text(&target, "{}").await.unwrap(), "{\"n\":1}");
+    }
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn an_idle_connection_the_upstream_closed_is_replaced() {
+    let mut upstream = raw_upstream(After::SilentClose).await;
+    let target = client().target(&upstream.url).unwrap();
+    for round in 1..=3 {
+        assert_eq!(post_text(&target, "{}").await.unwrap(), "{\"n\":1}");
+        assert_eq!(upstream.accepted.load(Ordering::SeqCst), round);
+        // The answer is read and its connection back in the pool: now the upstream
+        // closes it. Let the runtime's I/O driver see that (a yield polls the driver
+        // before the task runs again); the next request must not fail on it.
+        upstream.close_now.notify_one();
+        upstream.closed.recv().await.unwrap();
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(post_text(&target, "{}").await.unwrap(), "{\"n\":1}");
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 4);
+}
+
+#[tokio::test]
+async fn a_body_dropped_before_its_end_closes_its_connection() {
+    let mut upstream = raw_upstream(After::KeepAlive).await;
+    let target = client().target(&upstream.url).unwrap();
+    let response = target
+        .post(HeaderMap::new(), Bytes::from_static(b"stream"))
+        .await
+        .unwrap();
+    drop(response);
+    // The upstream sees its connection end, and the next request gets a new one.
+    upstream.closed.recv().await.unwrap();
+    assert_eq!(post_text(&target, "{}").await.unwrap(), "{\"n\":1}");
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test]
+async fn connect_failures_are_502_and_connect_timeouts_504() {
+    // A port nobody listens on: refused at once.
+    let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/v1/chat/completions", free.local_addr().unwrap());
+    drop(free);
+    let target = client().target(&url).unwrap();
+    let error = target
+        .post(HeaderMap::new(), Bytes::new())
+        .await
+        .err()
+        .unwrap();
+    let error = error.into_api_error();
+    assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
+    assert!(
+        error.to_string().contains("cannot connect to upstream"),
+        "{error}"
+    );
+
+    let error = UpstreamError::ConnectTimeout(Duration::from_millis(300)).into_api_error();
+    assert_eq!(error.status(), StatusCode::GATEWAY_TIMEOUT);
+}
+
+#[test]
+fn https_and_proxied_upstreams_go_through_reqwest() {
+    let direct = client();
+    assert!(matches!(
+        direct.target("https://api.example.com/v1").unwrap().route,
+        Route::Reqwest(_)
+    ));
+    assert!(matches!(
+        direct.target("http://[::1]:8000/v1").unwrap().route,
+        Route::Pooled { .. }
+    ));
+    let proxied = UpstreamClient::with_proxy_env(Duration::from_secs(5), true).unwrap();
+    assert!(matches!(
+        proxied.target("http://127.0.0.1:8000/v1").unwrap().route,
+        Route::Reqwest(_)
+    ));
+}
+
+#[test]
+fn merged_headers_replace_by_name_and_keep_every_value() {
+    let mut into = HeaderMap::new();
+    into.insert("a", HeaderValue::from_static("old"));
+    into.insert("b", HeaderValue::from_static("kept"));
+    let mut from = HeaderMap::new();
+    from.append("a", HeaderValue::from_static("new1"));
+    from.append("a", HeaderValue::from_static("new2"));
+    merge_headers(&mut into, &from);
+    let a: Vec<_> = into.get_all("a").iter().collect();
+    assert_eq!(a, ["new1", "new2"]);
+    assert_eq!(into["b"], "kept");
+}
