@@ -14,7 +14,7 @@ use clap::Parser;
 use crate::config::{load_dotenv, Config};
 use crate::extensions::{ExtensionResolver, NativeResolver};
 use crate::server::reload::Overrides;
-use crate::server::RunningServer;
+use crate::server::{RunningServer, Serving};
 
 /// OpenAI-compatible LLM gateway.
 #[derive(Debug, Parser)]
@@ -44,6 +44,12 @@ pub struct Cli {
     /// Port to listen on (overrides `port` in the config; 0 picks a free port).
     #[arg(long)]
     pub port: Option<u16>,
+
+    /// Serving threads, each with its own runtime and listening socket (SO_REUSEPORT).
+    /// 0: one shared multi-threaded runtime. Default: one per CPU for the native
+    /// binary; 0 for the Python package (where Python code runs on the shared runtime).
+    #[arg(long, env = "LM_PROXY_THREADS", value_name = "N")]
+    pub threads: Option<usize>,
 }
 
 /// The reference's truthy words (case-insensitive): 1, true, yes, on, enabled, y, +.
@@ -87,6 +93,7 @@ pub fn init_tracing(debug: bool) {
         .with_env_filter(filter)
         .with_writer(crate::logging::output::stderr_output())
         .with_ansi(false)
+        .event_format(crate::logging::RequestLineFormat::default())
         .try_init();
 }
 
@@ -101,6 +108,8 @@ pub struct Launch {
     pub config: Config,
     pub overrides: Overrides,
     pub debug: bool,
+    /// `--threads` (or `LM_PROXY_THREADS`), when given.
+    pub threads: Option<usize>,
 }
 
 /// Parse `args` (program name first), load `.env`, set debug mode and logging, and
@@ -150,6 +159,7 @@ where
         config,
         overrides,
         debug,
+        threads: cli.threads,
     })
 }
 
@@ -185,10 +195,14 @@ where
             return ExitCode::from(1);
         }
     };
+    let serving = launch
+        .threads
+        .map_or_else(Serving::per_cpu, Serving::threads);
     match runtime.block_on(serve_until_signal(
         launch.config,
         resolver,
         launch.overrides,
+        serving,
     )) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -214,10 +228,11 @@ async fn serve_until_signal(
     config: Config,
     resolver: Arc<dyn ExtensionResolver>,
     overrides: Overrides,
+    serving: Serving,
 ) -> anyhow::Result<()> {
     let grace = Duration::from_secs_f64(config.settings.shutdown_grace_seconds);
     let config_path = config.path.clone();
-    let server = crate::server::start(config, resolver, overrides).await?;
+    let server = crate::server::start_serving(config, resolver, overrides, serving).await?;
     // Listen before saying "listening": a signal sent as soon as the line appears
     // must find the handler in place, not the default action (termination).
     let signals = shutdown_signal();

@@ -131,14 +131,18 @@ struct Probe<'a> {
 
 impl<'a> Probe<'a> {
     fn of(text: &'a [u8]) -> Option<Probe<'a>> {
-        // Only objects: `serde` would also map a JSON array onto the struct.
-        if text.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
-            return None;
-        }
         // serde_json skips the members it ignores without checking their UTF-8;
         // text that goes to the client unchanged must be valid JSON throughout.
-        std::str::from_utf8(text).ok()?;
-        serde_json::from_slice(text).ok()
+        Probe::of_str(std::str::from_utf8(text).ok()?)
+    }
+
+    /// [`Probe::of`] for text already known to be UTF-8.
+    fn of_str(text: &'a str) -> Option<Probe<'a>> {
+        // Only objects: `serde` would also map a JSON array onto the struct.
+        if text.bytes().find(|b| !b.is_ascii_whitespace()) != Some(b'{') {
+            return None;
+        }
+        serde_json::from_str(text).ok()
     }
 
     /// `id`, `object`, `created` and `model` are all there (not null), so nothing
@@ -182,16 +186,31 @@ impl RawJson {
     /// written: a JSON object with `id`, `object`, `created` and `model`, and not an
     /// error event (an `error` member without `choices`). `Err` gives the text back.
     pub fn chunk(text: Bytes) -> Result<RawJson, Bytes> {
-        let usage = Probe::of(&text).and_then(|probe| {
-            if !probe.has_identity() || (probe.error.is_some() && probe.choices.is_none()) {
-                return None;
-            }
-            probe.usage()
-        });
-        match usage {
+        match Self::chunk_usage(Probe::of(&text)) {
             Some(usage) => Ok(RawJson { text, usage }),
             None => Err(text),
         }
+    }
+
+    /// [`RawJson::chunk`] for an SSE event's data, which the SSE reader has already
+    /// checked to be UTF-8.
+    pub fn chunk_str(text: String) -> Result<RawJson, String> {
+        match Self::chunk_usage(Probe::of_str(&text)) {
+            Some(usage) => Ok(RawJson {
+                text: Bytes::from(text),
+                usage,
+            }),
+            None => Err(text),
+        }
+    }
+
+    /// `Some(usage)` when the probed text is a chunk that can pass unchanged.
+    fn chunk_usage(probe: Option<Probe<'_>>) -> Option<Option<Value>> {
+        let probe = probe?;
+        if !probe.has_identity() || (probe.error.is_some() && probe.choices.is_none()) {
+            return None;
+        }
+        probe.usage()
     }
 
     fn to_value(&self) -> Value {
@@ -213,8 +232,17 @@ mod tests {
         result.ok()
     }
 
+    /// Both entry points (bytes, and SSE data already checked as UTF-8) decide alike
+    /// and give rejected text back whole.
     fn raw_chunk(text: &str) -> Option<RawJson> {
-        RawJson::chunk(Bytes::from(text.to_owned())).ok()
+        let from_str = RawJson::chunk_str(text.to_owned());
+        match &from_str {
+            Ok(raw) => assert_eq!(raw.text, text.as_bytes()),
+            Err(back) => assert_eq!(back, text, "the text comes back whole"),
+        }
+        let from_bytes = RawJson::chunk(Bytes::from(text.to_owned()));
+        assert_eq!(from_str.is_ok(), from_bytes.is_ok(), "{text}");
+        from_bytes.ok()
     }
 
     #[test]

@@ -1,6 +1,6 @@
 //! Streaming in both directions.
 //!
-//! Upstream: one SSE reader for every provider (the `eventsource-stream` parser:
+//! Upstream: one SSE reader for every provider (the `eventsource-stream2` parser:
 //! LF, CRLF and CR line endings, multi-line `data:`, comment keep-alives), turned
 //! into a stream of JSON chunk objects that ends at `[DONE]` or at the end of the
 //! body, with an idle timeout between events.
@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use eventsource_stream::Eventsource;
+use eventsource_stream2::Eventsource;
 use futures_util::{Future, FutureExt, Stream, StreamExt};
 use http::StatusCode;
 use serde_json::{json, Value};

@@ -28,7 +28,7 @@ use crate::extensions::{builtin_name, Builtin, ExtensionResolver};
 
 pub use json_writer::JsonLogWriter;
 pub use output::flush_request_log;
-pub use request_line::RequestSummary;
+pub use request_line::{RequestLineFormat, RequestSummary};
 pub use transformer::{lookup_path, EntryTransformer};
 
 /// How many entries may wait in the queue before senders start waiting.
@@ -94,6 +94,9 @@ enum Message {
 /// The queue in front of the logging task.
 pub struct LogDispatcher {
     tx: mpsc::Sender<Message>,
+    /// The runtime of the logging task: entries that wait for room in a full queue
+    /// wait there, not on a serving thread's runtime, which may end before `close`.
+    runtime: tokio::runtime::Handle,
     overflow: TaskTracker,
     closed: Mutex<bool>,
 }
@@ -109,6 +112,7 @@ impl LogDispatcher {
         tokio::spawn(run_loggers(rx, loggers));
         Some(Arc::new(LogDispatcher {
             tx,
+            runtime: tokio::runtime::Handle::current(),
             overflow: TaskTracker::new(),
             closed: Mutex::new(false),
         }))
@@ -120,9 +124,12 @@ impl LogDispatcher {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(message)) => {
                 let tx = self.tx.clone();
-                self.overflow.spawn(async move {
-                    let _ = tx.send(message).await;
-                });
+                self.overflow.spawn_on(
+                    async move {
+                        let _ = tx.send(message).await;
+                    },
+                    &self.runtime,
+                );
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 tracing::error!("log entry lost: the logging task has stopped");

@@ -177,11 +177,10 @@ impl Provider for OpenAiProvider {
         // the others are parsed, filled in, or end the stream with their error.
         let chunks =
             sse_data_events(response.bytes_stream(), self.chunk_timeout).map(move |item| {
-                item.and_then(|data| match RawJson::chunk(Bytes::from(data)) {
+                item.and_then(|data| match RawJson::chunk_str(data) {
                     Ok(raw) => Ok(Payload::Raw(raw)),
                     Err(text) => {
-                        let text = std::str::from_utf8(&text).unwrap_or_default();
-                        json_chunk(text).map(|chunk| Payload::Value(identity.fill(chunk)))
+                        json_chunk(&text).map(|chunk| Payload::Value(identity.fill(chunk)))
                     }
                 })
             });

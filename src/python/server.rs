@@ -24,6 +24,7 @@ use crate::config::{Config, ConfigError};
 use crate::extensions::ExtensionResolver;
 use crate::gateway::Gateway;
 use crate::server::reload::Overrides;
+use crate::server::Serving;
 
 use super::errors::raise_config_error;
 use super::resolver::PyResolver;
@@ -89,13 +90,21 @@ impl Running {
         config: Config,
         resolver: Arc<PyResolver>,
         overrides: Overrides,
+        serving: Serving,
     ) -> Result<Running, StartError> {
         let rt = runtime().map_err(|e| StartError::Other(e.to_string()))?;
         let grace = Duration::from_secs_f64(config.settings.shutdown_grace_seconds);
         let config_path = config.path.clone();
         let dyn_resolver: Arc<dyn ExtensionResolver> = resolver.clone();
         let server = py
-            .detach(|| rt.block_on(crate::server::start(config, dyn_resolver, overrides)))
+            .detach(|| {
+                rt.block_on(crate::server::start_serving(
+                    config,
+                    dyn_resolver,
+                    overrides,
+                    serving,
+                ))
+            })
             .map_err(|e| match e.downcast::<ConfigError>() {
                 Ok(config_error) => StartError::Config(config_error),
                 Err(other) => StartError::Other(format!("{other:#}")),
@@ -234,8 +243,8 @@ impl Server {
             .map_err(|e| raise_config_error(py, &e))?;
         let overrides = Overrides { host, port };
         overrides.apply(&mut rust_config);
-        let running =
-            Running::start(py, rust_config, resolver, overrides).map_err(|e| e.into_py(py))?;
+        let running = Running::start(py, rust_config, resolver, overrides, Serving::CallerRuntime)
+            .map_err(|e| e.into_py(py))?;
         Ok(Server { running })
     }
 
@@ -329,7 +338,9 @@ fn run_cli_until_stopped(
         Ok(launch) => launch,
         Err(code) => return Ok(i32::from(code)),
     };
-    let running = match Running::start(py, launch.config, resolver, launch.overrides) {
+    // Python code runs on the shared runtime; serving threads only when asked for.
+    let serving = Serving::threads(launch.threads.unwrap_or(0));
+    let running = match Running::start(py, launch.config, resolver, launch.overrides, serving) {
         Ok(running) => running,
         Err(StartError::Config(e)) => {
             eprintln!("lm-proxy-server: {e}");

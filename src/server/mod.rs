@@ -108,13 +108,71 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
         .with_state(state)
 }
 
+/// Where a server's connections are served.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Serving {
+    /// On the runtime that calls [`start_serving`] (the Python package: its shared
+    /// multi-threaded runtime, where Python calls are made).
+    CallerRuntime,
+    /// On this many threads, each with a single-threaded runtime and a listening
+    /// socket of its own on the same address (`SO_REUSEPORT`): the kernel spreads new
+    /// connections over them, and a connection, its requests and their upstream
+    /// connections stay on one thread from accept to close. No task moves between
+    /// threads and no thread wakes another on the request path, which is what a
+    /// work-stealing runtime costs on every request (bench/README.md). The native
+    /// binary's default, with one thread per CPU (`--threads`).
+    ThreadPerCore(usize),
+}
+
+impl Serving {
+    /// `--threads N`: N serving threads; 0 serves on the caller's runtime.
+    pub fn threads(n: usize) -> Serving {
+        match n {
+            0 => Serving::CallerRuntime,
+            n => Serving::ThreadPerCore(n),
+        }
+    }
+
+    /// One serving thread per CPU.
+    pub fn per_cpu() -> Serving {
+        Serving::ThreadPerCore(std::thread::available_parallelism().map_or(1, |n| n.get()))
+    }
+}
+
 /// A server that is accepting connections.
 pub struct RunningServer {
     pub addr: SocketAddr,
     pub tls: bool,
     pub state: Arc<AppState>,
-    handle: Handle<SocketAddr>,
+    /// One per serving thread (one in all for [`Serving::CallerRuntime`]).
+    handles: Vec<Handle<SocketAddr>>,
+    /// Ends when every connection is closed after a shutdown.
     task: JoinHandle<std::io::Result<()>>,
+}
+
+/// How far ahead the timer anchor keeps tokio's timer driver planning to wake up.
+pub const TIMER_ANCHOR_PERIOD: Duration = Duration::from_secs(1);
+
+/// Keep one timer pending, due within [`TIMER_ANCHOR_PERIOD`], for as long as the
+/// server runs.
+///
+/// Why: tokio's timer driver interrupts its own sleep (a write to the I/O driver's
+/// eventfd, and on the multi-threaded runtime the wake-up of a parked worker
+/// thread) whenever a timer is registered that is due before the driver's planned
+/// wake-up. Every request registers its timeouts (first byte, whole call), and
+/// between requests no timer is pending, so every request paid that interruption:
+/// two eventfd writes per request, and a thread wake-up (strace at concurrency 1).
+/// With this timer always due sooner than any request's timeout (they are 1 s or
+/// more unless configured lower), registering one never interrupts anything; the
+/// price is one wake-up per period.
+fn spawn_timer_anchor() -> JoinHandle<()> {
+    tokio::spawn(async {
+        let mut ticks = tokio::time::interval(TIMER_ANCHOR_PERIOD / 2);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+        loop {
+            ticks.tick().await;
+        }
+    })
 }
 
 impl RunningServer {
@@ -131,7 +189,9 @@ impl RunningServer {
     /// Stop accepting; let open requests and streams finish within `grace`, then
     /// close what remains.
     pub fn shutdown(&self, grace: Duration) {
-        self.handle.graceful_shutdown(Some(grace));
+        for handle in &self.handles {
+            handle.graceful_shutdown(Some(grace));
+        }
     }
 
     /// Wait until the server has stopped, then write out queued log entries.
@@ -145,11 +205,23 @@ impl RunningServer {
     }
 }
 
-/// Build the gateway from a config and start serving on its host and port.
+/// Build the gateway from a config and start serving on its host and port, on the
+/// caller's runtime.
 pub async fn start(
     config: Config,
     resolver: Arc<dyn ExtensionResolver>,
     overrides: reload::Overrides,
+) -> anyhow::Result<RunningServer> {
+    start_serving(config, resolver, overrides, Serving::CallerRuntime).await
+}
+
+/// Build the gateway from a config and start serving on its host and port, as
+/// `serving` says.
+pub async fn start_serving(
+    config: Config,
+    resolver: Arc<dyn ExtensionResolver>,
+    overrides: reload::Overrides,
+    serving: Serving,
 ) -> anyhow::Result<RunningServer> {
     let client = upstream_client()?;
     let tls = match (&config.settings.ssl_certfile, &config.settings.ssl_keyfile) {
@@ -164,43 +236,170 @@ pub async fn start(
         }
         _ => None,
     };
-    let bind = format!("{}:{}", config.settings.host, config.settings.port);
-    let listener = std::net::TcpListener::bind(&bind).map_err(|e| {
-        ConfigError::new(
-            &config.path,
-            "port",
-            format!("cannot listen on {bind}: {e}"),
-        )
-    })?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
+    let threads = match serving {
+        Serving::CallerRuntime => 1,
+        Serving::ThreadPerCore(n) => n.max(1),
+    };
+    let listeners = bind(&config, threads)?;
+    let addr = listeners[0].local_addr()?;
 
     let gateway = Gateway::build(config, &client, resolver.as_ref())?;
     let state = Arc::new(AppState::new(gateway, client));
     reload::spawn_reloader(state.clone(), resolver, overrides);
-    let service = app(state.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let handle = Handle::new();
     let is_tls = tls.is_some();
-    let task = match tls {
-        Some(tls) => {
-            let acceptor = RustlsAcceptor::new(tls).acceptor(NoDelayAcceptor);
-            let server = axum_server::from_tcp(listener)?
-                .acceptor(acceptor)
-                .handle(handle.clone());
-            tokio::spawn(server.serve(service))
+    let mut handles = Vec::new();
+    let task = match serving {
+        Serving::CallerRuntime => {
+            let listener = listeners
+                .into_iter()
+                .next()
+                .expect("one listener was bound");
+            let handle = Handle::new();
+            handles.push(handle.clone());
+            let served = serve(listener, tls, handle, state.clone());
+            tokio::spawn(async move {
+                let anchor = spawn_timer_anchor();
+                let result = served.await;
+                anchor.abort();
+                result
+            })
         }
-        None => {
-            let server = axum_server::from_tcp(listener)?
-                .acceptor(NoDelayAcceptor)
-                .handle(handle.clone());
-            tokio::spawn(server.serve(service))
+        Serving::ThreadPerCore(_) => {
+            let mut threads = Vec::new();
+            for (index, listener) in listeners.into_iter().enumerate() {
+                let handle = Handle::new();
+                handles.push(handle.clone());
+                let (tls, state) = (tls.clone(), state.clone());
+                let thread = std::thread::Builder::new()
+                    .name(format!("lm-proxy-serve-{index}"))
+                    .spawn(move || serve_on_own_runtime(index, listener, tls, handle, state))
+                    .context("cannot start a serving thread")?;
+                threads.push(thread);
+            }
+            tokio::task::spawn_blocking(move || {
+                let mut result = Ok(());
+                for thread in threads {
+                    let outcome = thread.join().unwrap_or_else(|_| {
+                        Err(std::io::Error::other("a serving thread panicked"))
+                    });
+                    if result.is_ok() {
+                        result = outcome;
+                    }
+                }
+                result
+            })
         }
     };
     Ok(RunningServer {
         addr,
         tls: is_tls,
         state,
-        handle,
+        handles,
         task,
     })
+}
+
+/// A serving thread's life: a single-threaded runtime that serves one listener
+/// until the server is shut down and its connections have closed.
+fn serve_on_own_runtime(
+    index: usize,
+    listener: std::net::TcpListener,
+    tls: Option<RustlsConfig>,
+    handle: Handle<SocketAddr>,
+    state: Arc<AppState>,
+) -> std::io::Result<()> {
+    // Upstream connections made here are kept for this thread's requests.
+    crate::upstream::set_pool_shard(index + 1);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let anchor = spawn_timer_anchor();
+        let result = serve(listener, tls, handle, state).await;
+        anchor.abort();
+        result
+    })
+}
+
+/// Serve one listening socket (plain or TLS) until `handle` shuts it down.
+fn serve(
+    listener: std::net::TcpListener,
+    tls: Option<RustlsConfig>,
+    handle: Handle<SocketAddr>,
+    state: Arc<AppState>,
+) -> impl std::future::Future<Output = std::io::Result<()>> + Send + 'static {
+    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
+    async move {
+        match tls {
+            Some(tls) => {
+                let acceptor = RustlsAcceptor::new(tls).acceptor(NoDelayAcceptor);
+                axum_server::from_tcp(listener)?
+                    .acceptor(acceptor)
+                    .handle(handle)
+                    .serve(service)
+                    .await
+            }
+            None => {
+                axum_server::from_tcp(listener)?
+                    .acceptor(NoDelayAcceptor)
+                    .handle(handle)
+                    .serve(service)
+                    .await
+            }
+        }
+    }
+}
+
+/// `count` listening sockets on the config's host and port (the first one picks
+/// the port when it is 0). Several are bound with `SO_REUSEPORT`, so that they
+/// share the address. A failure names the key.
+fn bind(config: &Config, count: usize) -> Result<Vec<std::net::TcpListener>, ConfigError> {
+    let bind = format!("{}:{}", config.settings.host, config.settings.port);
+    let failed = |e: &dyn std::fmt::Display| {
+        ConfigError::new(
+            &config.path,
+            "port",
+            format!("cannot listen on {bind}: {e}"),
+        )
+    };
+    let candidates: Vec<SocketAddr> = std::net::ToSocketAddrs::to_socket_addrs(&bind)
+        .map_err(|e| ConfigError::new(&config.path, "host", format!("cannot resolve {bind}: {e}")))?
+        .collect();
+    let mut last_error = None;
+    for candidate in candidates {
+        match bind_all(candidate, count) {
+            Ok(listeners) => return Ok(listeners),
+            Err(e) => last_error = Some(e),
+        }
+    }
+    Err(match last_error {
+        Some(e) => failed(&e),
+        None => failed(&"the host resolves to no address"),
+    })
+}
+
+fn bind_all(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let mut listeners: Vec<std::net::TcpListener> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let at = match listeners.first() {
+            Some(first) => first.local_addr()?,
+            None => addr,
+        };
+        let socket = socket2::Socket::new(
+            socket2::Domain::for_address(at),
+            socket2::Type::STREAM,
+            Some(socket2::Protocol::TCP),
+        )?;
+        // As std's `TcpListener::bind` does: a restarted server can bind at once.
+        socket.set_reuse_address(true)?;
+        if count > 1 {
+            #[cfg(unix)]
+            socket.set_reuse_port(true)?;
+        }
+        socket.bind(&at.into())?;
+        socket.listen(1024)?;
+        socket.set_nonblocking(true)?;
+        listeners.push(socket.into());
+    }
+    Ok(listeners)
 }

@@ -32,6 +32,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::Full;
 
 use crate::error::ApiError;
+pub use pool::set_pool_shard;
 use pool::{Pool, PooledBody};
 
 /// How long an unused keep-alive connection is kept.

@@ -16,10 +16,11 @@
 //! back; an answer that is dropped before its end takes the connection with it
 //! (closing the socket, which is how an upstream learns that the client left).
 
+use std::cell::Cell;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -101,14 +102,42 @@ struct Idle {
     since: Instant,
 }
 
-/// The idle connections to one origin (host and port), most recently used last.
+thread_local! {
+    /// Which of a pool's shards this thread uses (see [`set_pool_shard`]).
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Shards per pool: one for each serving thread a machine is likely to run, and
+/// shard 0 for every other thread.
+fn shard_count() -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(63)
+            + 1
+    })
+}
+
+/// Keep this thread's idle upstream connections apart from other threads' (a
+/// serving thread of `server::Serving::ThreadPerCore` calls this with its number,
+/// from 1). A socket belongs to the runtime whose I/O driver it was registered with:
+/// used from another thread's runtime it still works, but every readiness event
+/// then has to cross threads, which is what thread-per-core serving avoids.
+pub fn set_pool_shard(index: usize) {
+    SHARD.with(|shard| shard.set(index));
+}
+
+/// The idle connections to one origin (host and port), most recently used last,
+/// per shard (see [`set_pool_shard`]).
 pub(super) struct Pool {
     host: String,
     port: u16,
     connect_timeout: Duration,
     idle_timeout: Duration,
+    /// Per shard.
     max_idle: usize,
-    idle: Mutex<VecDeque<Idle>>,
+    shards: Box<[Mutex<VecDeque<Idle>>]>,
 }
 
 impl Pool {
@@ -125,14 +154,22 @@ impl Pool {
             connect_timeout,
             idle_timeout,
             max_idle,
-            idle: Mutex::new(VecDeque::new()),
+            shards: (0..shard_count())
+                .map(|_| Mutex::new(VecDeque::new()))
+                .collect(),
         }
+    }
+
+    /// This thread's idle connections.
+    fn idle(&self) -> MutexGuard<'_, VecDeque<Idle>> {
+        let shard = &self.shards[SHARD.with(Cell::get) % self.shards.len()];
+        shard.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The most recently used idle connection that has not been idle too long (the
     /// likeliest to be still open; stale ones are dropped, closing them).
     fn checkout(&self) -> Option<Box<PooledConnection>> {
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle();
         let fresh = idle.pop_back()?;
         if fresh.since.elapsed() < self.idle_timeout {
             return Some(fresh.connection);
@@ -147,7 +184,7 @@ impl Pool {
             return;
         }
         let now = Instant::now();
-        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        let mut idle = self.idle();
         while idle
             .front()
             .is_some_and(|oldest| now.duration_since(oldest.since) >= self.idle_timeout)
