@@ -3,8 +3,9 @@
 
 For each scenario, the same load (wrk, HTTP/1.1 keep-alive) goes to:
   direct     the mock upstream itself (bench-upstream), no proxy at all;
-  floor      bench-floor-proxy: a do-nothing proxy on lm-proxy's stack (axum/hyper,
-             reqwest, tokio) that forwards the bytes (OpenAI scenarios only);
+  floor      bench-floor-proxy: a do-nothing proxy built the usual way on the same
+             crates (axum/hyper, reqwest, tokio's multi-threaded runtime) that
+             forwards the bytes (OpenAI scenarios only);
   nginx      nginx as a plain reverse proxy to the mock, when nginx is installed
              (OpenAI scenarios only);
   lm-proxy   the release build of this project (target/release/lm-proxy-server);
@@ -82,7 +83,11 @@ class Scenario:
     no_floor: str = ""
 
 
-ONE_WORKER_NOTE = "`lm-proxy, 1 worker thread` is the same binary with TOKIO_WORKER_THREADS=1"
+SHARED_NOTE = (
+    "`lm-proxy` serves on one thread per CPU, each with its own runtime and listening socket "
+    "(the native binary's default); `lm-proxy, shared runtime` is the same binary with "
+    "`--threads 0`: one multi-threaded work-stealing tokio runtime, as the Python package serves"
+)
 SCENARIOS = [
     Scenario(
         "latency-c1",
@@ -91,8 +96,8 @@ SCENARIOS = [
         model="bench",
         conns=1,
         threads=1,
-        targets=("direct", "floor", "nginx", "lm-proxy", "lm-proxy-1w", "reference", "litellm"),
-        note=ONE_WORKER_NOTE,
+        targets=("direct", "floor", "nginx", "lm-proxy", "lm-proxy-shared", "reference", "litellm"),
+        note=SHARED_NOTE,
     ),
     Scenario(
         "throughput-c64",
@@ -100,8 +105,8 @@ SCENARIOS = [
         stream=False,
         model="bench",
         conns=64,
-        targets=("direct", "floor", "nginx", "lm-proxy", "lm-proxy-1w", "reference", "litellm"),
-        note=ONE_WORKER_NOTE,
+        targets=("direct", "floor", "nginx", "lm-proxy", "lm-proxy-shared", "reference", "litellm"),
+        note=SHARED_NOTE,
     ),
     Scenario(
         "stream-c64",
@@ -109,8 +114,8 @@ SCENARIOS = [
         stream=True,
         model=f"bench-s{CHUNKS}",
         conns=64,
-        targets=("direct", "floor", "nginx", "lm-proxy", "lm-proxy-1w", "reference", "litellm"),
-        note=ONE_WORKER_NOTE,
+        targets=("direct", "floor", "nginx", "lm-proxy", "lm-proxy-shared", "reference", "litellm"),
+        note=SHARED_NOTE,
     ),
     Scenario(
         "streams-1000",
@@ -185,7 +190,7 @@ VARIANT_TITLES = {
     "metrics_off": "metrics off",
 }
 PEERS = ("reference", "litellm")
-OURS = ("lm-proxy", "lm-proxy-1w", "lm-proxy-default", "lm-proxy-python")
+OURS = ("lm-proxy", "lm-proxy-shared", "lm-proxy-default", "lm-proxy-python")
 # Proxies without application logic, run in every round like the mock and lm-proxy.
 BARE = ("floor", "nginx")
 
@@ -211,10 +216,10 @@ def title_of(target: str, scenario: Scenario) -> str:
     nginx = ".".join(nginx_version().split(".")[:2])
     titles = {
         "direct": "direct (mock)",
-        "floor": "floor: do-nothing proxy on lm-proxy's stack (bench-floor-proxy)",
+        "floor": "floor: do-nothing proxy, axum + reqwest (bench-floor-proxy)",
         "nginx": f"nginx {nginx} reverse proxy (C, no app logic)",
         "lm-proxy": f"lm-proxy ({variant})" if variant else "lm-proxy",
-        "lm-proxy-1w": "lm-proxy, 1 worker thread",
+        "lm-proxy-shared": "lm-proxy, shared runtime (--threads 0)",
         "lm-proxy-default": "lm-proxy (default config)",
         "lm-proxy-python": "lm-proxy Python package",
         "reference": "reference Python lm-proxy"
@@ -687,9 +692,8 @@ def start_target(
             argv = [args.ext_python, "-m", "lm_proxy", "--config", str(config), "--env", ""]
         else:
             argv = [str(PROXY_BIN), "--config", str(config), "--env", ""]
-        if target == "lm-proxy-1w":
-            # tokio reads its worker count from this variable.
-            env["TOKIO_WORKER_THREADS"] = "1"
+        if target == "lm-proxy-shared":
+            argv += ["--threads", "0"]
         server = Server(tag, argv, port, "/health", log_dir, env=env)
         server.wait_ready(30)
         return server, Request(port, "/v1/chat/completions", body, auth)
@@ -938,12 +942,14 @@ def report(results: dict[tuple[str, str], Result], meta: dict, args: argparse.Na
         "peers run once",
         "",
         "Rows besides lm-proxy and its peers: *direct* is the mock itself, no proxy; "
-        "*floor* is `bench-floor-proxy`, the least a proxy on lm-proxy's stack "
-        "(axum/hyper, reqwest, tokio) can do: it forwards the request's bytes to the mock "
-        "and streams the answer back, no auth, no parsing; *nginx* is nginx as a plain "
-        "reverse proxy to the mock (upstream keep-alive, no buffering, no access log, one "
-        "worker per CPU). Floor and nginx show what the second hop costs any proxy on this "
-        "machine; what lm-proxy costs above the floor is its own work.",
+        "*floor* is `bench-floor-proxy`, a proxy that does nothing, built the usual way on "
+        "the crates lm-proxy uses (axum/hyper, reqwest's pooled client, tokio's "
+        "multi-threaded runtime): it forwards the request's bytes to the mock and streams "
+        "the answer back, no auth, no parsing; *nginx* is nginx as a plain reverse proxy "
+        "to the mock (upstream keep-alive, no buffering, no access log, one worker per "
+        "CPU). Floor and nginx show what the second hop costs a proxy on this machine; "
+        "lm-proxy does all its own work (key check, routing, JSON, logging, metrics) on "
+        "top, with its own upstream client and one runtime per thread.",
         "",
         "Columns: requests/s (median, range); latency p50 and p99 (wrk); errors (connect, "
         "read, write, timeout, non-2xx); peak RSS of the server's process tree during the "
@@ -1147,7 +1153,7 @@ def main() -> int:
         "--targets",
         type=lambda s: s.split(","),
         default=None,
-        help="comma-separated: direct, floor, nginx, lm-proxy, lm-proxy-1w, "
+        help="comma-separated: direct, floor, nginx, lm-proxy, lm-proxy-shared, "
         "lm-proxy-default, lm-proxy-python, reference, litellm",
     )
     parser.add_argument(

@@ -299,6 +299,23 @@ mod tests {
             r#"{"id":"c","object":"o","created":1,"model":"m","choices":[],"error":{"message":"x"}}"#
         )
         .is_some());
+        // `choices: null` is no choices: with an error, an error event.
+        assert!(raw_chunk(
+            r#"{"id":"c","object":"o","created":1,"model":"m","choices":null,"error":{"message":"x"}}"#
+        )
+        .is_none());
+        // `usage: null` is no usage; unknown members of any shape are skipped.
+        let odd = r#"{"id":"c","object":"o","created":1,"model":"m","usage":null,"x":{"y":[1,{"z":"\u00e9\n"}],"w":-1.5e3},"choices":[{"delta":{}}]}"#;
+        assert_eq!(raw_chunk(odd).unwrap().usage, None);
+        // Text that is not valid JSON anywhere, even in a skipped member, is not passed.
+        for bad in [
+            r#"{"id":"c","object":"o","created":1,"model":"m","choices":[],"x":"\q"}"#,
+            "{\"id\":\"c\",\"object\":\"o\",\"created\":1,\"model\":\"m\",\"choices\":[],\"x\":\"a\u{1}b\"}",
+            r#"{"id":"c","object":"o","created":1,"model":"m","choices":[1,]}"#,
+            r#"{"id":"c","object":"o","created":1,"model":"m","choices":[],"model":"n"}"#,
+        ] {
+            assert!(raw_chunk(bad).is_none(), "{bad}");
+        }
     }
 
     #[test]
