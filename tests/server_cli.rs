@@ -526,3 +526,46 @@ async fn http_upstreams_go_through_the_proxy_named_in_the_environment() {
     assert_eq!(chat(&proc).await.status(), 502);
     assert_eq!(proxy.requests().len(), before, "the proxy was not asked");
 }
+
+/// Serving threads: any count serves (each thread its own listener on the same
+/// port), `--threads 0` serves on the shared runtime, and all stop cleanly.
+#[test]
+fn every_serving_thread_count_serves_and_stops_cleanly() {
+    let dir = tempfile::tempdir().unwrap();
+    write(dir.path(), "config.toml", MOCK_CONFIG);
+    for (threads, env) in [("0", None), ("1", None), ("3", None), ("", Some("2"))] {
+        let mut args = vec!["--config", "config.toml", "--env", ""];
+        if !threads.is_empty() {
+            args.extend(["--threads", threads]);
+        }
+        let envs: Vec<(&str, &str)> = env.map(|n| ("LM_PROXY_THREADS", n)).into_iter().collect();
+        let mut proc = Proc::start(dir.path(), &args, &envs);
+        // A new client (so a new connection) each time: they land on different threads.
+        for i in 0..8 {
+            let answer: Value = reqwest::blocking::Client::new()
+                .post(format!("{}/v1/chat/completions", proc.url))
+                .bearer_auth("client-key-abc")
+                .json(&user("gpt-4", &format!("hello {i}")))
+                .send()
+                .unwrap()
+                .json()
+                .unwrap();
+            assert_eq!(
+                answer["choices"][0]["message"]["content"],
+                format!("You said: hello {i}"),
+                "threads={threads:?} env={env:?}"
+            );
+        }
+        proc.signal("-TERM");
+        assert!(proc.wait_exit(Duration::from_secs(15)).success());
+        let log = proc.log_after_exit();
+        assert_eq!(log.matches("lm_proxy::request").count(), 8, "{log}");
+    }
+    let (code, _, stderr) = run_to_exit(
+        dir.path(),
+        &["--config", "config.toml", "--threads", "many"],
+        &[],
+    );
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--threads"), "{stderr}");
+}
