@@ -217,10 +217,11 @@ where
 /// The line that says the server is ready (tests and scripts wait for it).
 pub fn announce(server: &RunningServer, config_path: &Path) {
     tracing::info!(
-        "lm-proxy {} listening on {} (config: {})",
+        "lm-proxy {} listening on {} (config: {}; {})",
         env!("CARGO_PKG_VERSION"),
         server.url(),
-        config_path.display()
+        config_path.display(),
+        server.serving_description()
     );
 }
 

@@ -540,6 +540,13 @@ fn every_serving_thread_count_serves_and_stops_cleanly() {
         }
         let envs: Vec<(&str, &str)> = env.map(|n| ("LM_PROXY_THREADS", n)).into_iter().collect();
         let mut proc = Proc::start(dir.path(), &args, &envs);
+        let expected = match env.unwrap_or(threads) {
+            "0" => "shared runtime".to_owned(),
+            "1" => "1 serving thread)".to_owned(),
+            n => format!("{n} serving threads"),
+        };
+        let log = proc.wait_for_log(&expected);
+        assert!(log.contains(&expected), "{expected}: {log}");
         // A new client (so a new connection) each time: they land on different threads.
         for i in 0..8 {
             let answer: Value = reqwest::blocking::Client::new()

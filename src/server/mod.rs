@@ -144,6 +144,7 @@ pub struct RunningServer {
     pub addr: SocketAddr,
     pub tls: bool,
     pub state: Arc<AppState>,
+    serving: Serving,
     /// One per serving thread (one in all for [`Serving::CallerRuntime`]).
     handles: Vec<Handle<SocketAddr>>,
     /// Ends when every connection is closed after a shutdown.
@@ -184,6 +185,15 @@ impl RunningServer {
             addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
         }
         format!("{scheme}://{addr}")
+    }
+
+    /// "2 serving threads" or "shared runtime", for the startup line.
+    pub fn serving_description(&self) -> String {
+        match self.serving {
+            Serving::CallerRuntime => "shared runtime".to_owned(),
+            Serving::ThreadPerCore(0 | 1) => "1 serving thread".to_owned(),
+            Serving::ThreadPerCore(n) => format!("{n} serving threads"),
+        }
     }
 
     /// Stop accepting; let open requests and streams finish within `grace`, then
@@ -294,6 +304,7 @@ pub async fn start_serving(
         addr,
         tls: is_tls,
         state,
+        serving,
         handles,
         task,
     })

@@ -317,6 +317,28 @@ def test_dotted_path_next_to_the_config(
         client_for(gateway.url, "nobody").chat.completions.create(model="up-a", messages=MESSAGES)
 
 
+def test_serving_threads_run_python_validators(
+    tmp_path: Path, upstream: MockUpstream, start_python_gateway: Any
+) -> None:
+    """`--threads N` (here through LM_PROXY_THREADS) serves on N threads of their own,
+    and Python validators still run for requests on any of them."""
+    (tmp_path / "my_validators.py").write_text(VALIDATORS)
+    config = write_validator_config(tmp_path, upstream, "my_validators.validate_api_key")
+    gateway = start_python_gateway(config, extra_env={"LM_PROXY_THREADS": "2"})
+    assert "2 serving threads" in gateway.stderr_text()
+    # A new client (a new connection) per request: they land on different threads.
+    for n in range(6):
+        key = "secret-key" if n % 2 else f"user-{n}"
+        answer = client_for(gateway.url, key).chat.completions.create(
+            model="up-a", messages=MESSAGES
+        )
+        assert answer.choices[0].message.content == UPSTREAM_CONTENT
+        with pytest.raises(openai.PermissionDeniedError):
+            client_for(gateway.url, "nobody").chat.completions.create(
+                model="up-a", messages=MESSAGES
+            )
+
+
 def test_module_in_the_working_directory(
     tmp_path: Path, upstream: MockUpstream, start_python_gateway: Any
 ) -> None:
