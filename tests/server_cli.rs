@@ -427,6 +427,35 @@ async fn https_when_certificate_and_key_are_configured() {
         .map(|r| r.status().is_success())
         .unwrap_or(false);
     assert!(!plain_ok, "plain HTTP is not served on the TLS port");
+
+    // The binary, on its serving threads (one TLS acceptor each).
+    write(dir.path(), "tls.toml", &config);
+    let proc = Proc::start(
+        dir.path(),
+        &["--config", "tls.toml", "--env", "", "--threads", "2"],
+        &[],
+    );
+    assert!(proc.url.starts_with("https://"), "{}", proc.url);
+    for i in 0..4 {
+        // A new client each time: a new connection, on either thread.
+        let body: Value = reqwest::Client::builder()
+            .tls_danger_accept_invalid_certs(true)
+            .build()
+            .unwrap()
+            .post(format!("{}/v1/chat/completions", proc.url))
+            .bearer_auth("client-key-abc")
+            .json(&user("m", &format!("tls {i}")))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            body["choices"][0]["message"]["content"],
+            format!("You said: tls {i}")
+        );
+    }
 }
 
 #[test]
