@@ -18,7 +18,7 @@ use crate::streaming::{
     completion_id, completion_to_chunks, end_after_error, json_chunk, sse_data_events,
     sse_json_events, unix_now, ChunkStream, StreamAccumulator,
 };
-use crate::upstream::{merge_headers, Target, UpstreamClient, UpstreamError, UpstreamResponse};
+use crate::upstream::{json_post_headers, Target, UpstreamClient, UpstreamError, UpstreamResponse};
 
 pub struct OpenAiProvider {
     name: String,
@@ -67,21 +67,9 @@ impl OpenAiProvider {
             stream,
         };
         let bytes = serde_json::to_vec(&body).expect("JSON values always serialize");
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        merge_headers(&mut headers, &self.headers);
-        merge_headers(&mut headers, &call.headers);
+        let mut headers = json_post_headers(&self.headers, &call.headers, stream);
         if let Some(auth) = &self.authorization {
             headers.insert(http::header::AUTHORIZATION, auth.clone());
-        }
-        if stream {
-            headers.insert(
-                http::header::ACCEPT,
-                HeaderValue::from_static("text/event-stream"),
-            );
         }
         self.chat.post(headers, Bytes::from(bytes)).await
     }

@@ -74,16 +74,11 @@ pub fn install_crypto_provider() {
 /// across requests, `TCP_NODELAY` so small SSE writes are not held back by Nagle's
 /// algorithm.
 pub fn upstream_client() -> anyhow::Result<UpstreamClient> {
-    upstream_client_with(DEFAULT_CONNECT_TIMEOUT)
+    UpstreamClient::new(DEFAULT_CONNECT_TIMEOUT)
 }
 
 /// Time allowed to open an upstream connection when the connection sets none.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The upstream client with a given connect timeout (for connections that set one).
-pub fn upstream_client_with(connect_timeout: Duration) -> anyhow::Result<UpstreamClient> {
-    UpstreamClient::new(connect_timeout)
-}
 
 /// The router for a prefix; tests serve it directly.
 pub fn app(state: Arc<AppState>) -> axum::Router {

@@ -147,6 +147,27 @@ impl UpstreamClient {
     }
 }
 
+/// The headers of a JSON POST to an upstream: `content-type: application/json`,
+/// then the connection's static headers, then the call's (each replacing what came
+/// before under the same name), and `accept: text/event-stream` for a stream.
+/// Providers add their credentials after this.
+pub fn json_post_headers(connection: &HeaderMap, call: &HeaderMap, stream: bool) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    merge_headers(&mut headers, connection);
+    merge_headers(&mut headers, call);
+    if stream {
+        headers.insert(
+            http::header::ACCEPT,
+            HeaderValue::from_static("text/event-stream"),
+        );
+    }
+    headers
+}
+
 /// Set every header of `from` in `into`, replacing the values `into` had for that
 /// name (as reqwest's `RequestBuilder::headers` does); names with several values
 /// keep them all.
@@ -187,11 +208,6 @@ enum Route {
 }
 
 impl Target {
-    /// The URL as configured.
-    pub fn url(&self) -> &reqwest::Url {
-        &self.url
-    }
-
     /// POST `body` with `headers` (which should include the content type); resolves
     /// with the response head. Headers not set here get the client's defaults
     /// (`user-agent: lm-proxy/...`, `accept: */*`).

@@ -23,7 +23,7 @@ use super::{http_settings, reject_unknown_options, Provider, UpstreamCall};
 use crate::config::{Config, ConfigError, ProviderSettings};
 use crate::error::ApiError;
 use crate::streaming::{sse_json_events, ChunkStream};
-use crate::upstream::{merge_headers, Target, UpstreamClient, UpstreamError, UpstreamResponse};
+use crate::upstream::{json_post_headers, Target, UpstreamClient, UpstreamError, UpstreamResponse};
 
 /// The SDK's default base; requests go to `{api_base}/v1/messages`.
 pub const DEFAULT_API_BASE: &str = "https://api.anthropic.com";
@@ -143,19 +143,7 @@ impl AnthropicProvider {
         call: &UpstreamCall,
         stream: bool,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let mut headers = HeaderMap::new();
-        headers.insert(
-            http::header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        merge_headers(&mut headers, &self.headers);
-        merge_headers(&mut headers, &call.headers);
-        if stream {
-            headers.insert(
-                http::header::ACCEPT,
-                HeaderValue::from_static("text/event-stream"),
-            );
-        }
+        let headers = json_post_headers(&self.headers, &call.headers, stream);
         self.messages.post(headers, body).await
     }
 

@@ -36,7 +36,7 @@ use super::{Provider, UpstreamCall};
 use crate::config::{Config, ConfigError, ProviderSettings};
 use crate::error::ApiError;
 use crate::streaming::{sse_json_events, unix_now, ChunkStream};
-use crate::upstream::{merge_headers, UpstreamClient, UpstreamError, UpstreamResponse};
+use crate::upstream::{json_post_headers, UpstreamClient, UpstreamError, UpstreamResponse};
 use request::RequestOptions;
 use response::AnswerContext;
 use stream::StreamTranslator;
@@ -195,19 +195,7 @@ impl GoogleProvider {
         let url = self.url(&call.model, stream).await?;
         let mut retried = false;
         loop {
-            let mut headers = HeaderMap::new();
-            headers.insert(
-                http::header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            merge_headers(&mut headers, &self.headers);
-            merge_headers(&mut headers, &call.headers);
-            if stream {
-                headers.insert(
-                    http::header::ACCEPT,
-                    HeaderValue::from_static("text/event-stream"),
-                );
-            }
+            let mut headers = json_post_headers(&self.headers, &call.headers, stream);
             let mut used_token = None;
             match &self.auth {
                 Auth::None => {}
