@@ -8,8 +8,11 @@
 
 use std::net::IpAddr;
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderName};
 use ipnet::IpNet;
+
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 #[derive(Debug, Clone)]
 pub struct TrustedProxies {
@@ -50,7 +53,7 @@ impl TrustedProxies {
             return peer.to_string();
         }
         let forwarded_for: Vec<IpAddr> = headers
-            .get_all("x-forwarded-for")
+            .get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
@@ -60,14 +63,14 @@ impl TrustedProxies {
             return ip.to_string();
         }
         if let Some(ip) = headers
-            .get("x-real-ip")
+            .get(X_REAL_IP)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_ip)
         {
             return ip.to_string();
         }
         let forwarded: Vec<IpAddr> = headers
-            .get_all("forwarded")
+            .get_all(http::header::FORWARDED)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))

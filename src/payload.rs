@@ -17,11 +17,10 @@ use std::pin::Pin;
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use serde::Deserialize;
-use serde_json::value::RawValue;
 use serde_json::Value;
 
 use crate::error::ApiError;
+use crate::json_scan::{scan_object, Shape, TopLevel};
 use crate::streaming::ChunkStream;
 
 /// One JSON object for the client (a `chat.completion` or a `chat.completion.chunk`).
@@ -108,57 +107,34 @@ pub struct RawJson {
     usage: Option<Value>,
 }
 
-/// The top-level members the check looks at. Other members are skipped without
-/// being built; a duplicate key or a member of an unexpected type fails the check,
-/// which sends the text down the tree path.
-#[derive(Deserialize)]
-struct Probe<'a> {
-    #[serde(borrow, default)]
-    id: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    object: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    created: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    model: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    choices: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    usage: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    error: Option<&'a RawValue>,
-}
+/// The check's findings about one text ([`crate::json_scan`]).
+struct Probe(TopLevel);
 
-impl<'a> Probe<'a> {
-    fn of(text: &'a [u8]) -> Option<Probe<'a>> {
-        // serde_json skips the members it ignores without checking their UTF-8;
-        // text that goes to the client unchanged must be valid JSON throughout.
+impl Probe {
+    fn of(text: &[u8]) -> Option<Probe> {
+        // Text that goes to the client unchanged must be valid JSON throughout,
+        // UTF-8 included.
         Probe::of_str(std::str::from_utf8(text).ok()?)
     }
 
     /// [`Probe::of`] for text already known to be UTF-8.
-    fn of_str(text: &'a str) -> Option<Probe<'a>> {
-        // Only objects: `serde` would also map a JSON array onto the struct.
-        if text.bytes().find(|b| !b.is_ascii_whitespace()) != Some(b'{') {
-            return None;
-        }
-        serde_json::from_str(text).ok()
+    fn of_str(text: &str) -> Option<Probe> {
+        scan_object(text).map(Probe)
     }
 
     /// `id`, `object`, `created` and `model` are all there (not null), so nothing
     /// needs filling in.
     fn has_identity(&self) -> bool {
-        self.id.is_some() && self.object.is_some() && self.created.is_some() && self.model.is_some()
+        let top = &self.0;
+        top.id && top.object && top.created && top.model
     }
 
-    fn usage(&self) -> Option<Option<Value>> {
-        match self.usage {
-            None => Some(None),
-            Some(raw) if raw.get().starts_with('{') => {
-                serde_json::from_str(raw.get()).ok().map(Some)
-            }
+    fn usage(self) -> Option<Option<Value>> {
+        match self.0.usage {
+            Shape::Absent => Some(None),
+            Shape::Expected(usage) => Some(Some(usage)),
             // `usage: 0` or similar: leave it to the tree path.
-            Some(_) => None,
+            Shape::Other => None,
         }
     }
 }
@@ -170,7 +146,7 @@ impl RawJson {
     /// errors).
     pub fn completion(text: Bytes) -> Result<RawJson, Bytes> {
         let usage = Probe::of(&text).and_then(|probe| {
-            let choices_is_list = probe.choices.is_some_and(|c| c.get().starts_with('['));
+            let choices_is_list = probe.0.choices == Shape::Expected(());
             if !choices_is_list || !probe.has_identity() {
                 return None;
             }
@@ -205,9 +181,9 @@ impl RawJson {
     }
 
     /// `Some(usage)` when the probed text is a chunk that can pass unchanged.
-    fn chunk_usage(probe: Option<Probe<'_>>) -> Option<Option<Value>> {
+    fn chunk_usage(probe: Option<Probe>) -> Option<Option<Value>> {
         let probe = probe?;
-        if !probe.has_identity() || (probe.error.is_some() && probe.choices.is_none()) {
+        if !probe.has_identity() || (probe.0.error && probe.0.choices == Shape::Absent) {
             return None;
         }
         probe.usage()

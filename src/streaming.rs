@@ -280,6 +280,17 @@ pub struct StreamIdentity {
 /// Encode chunks as the client's SSE body. `identity` fills the error chunk when the
 /// upstream fails before sending any chunk of its own. With `assemble`, the chunks
 /// are also put together into the whole answer, handed to `on_finish` (for loggers).
+///
+/// The events that are ready are written into one buffer and sent together, in one
+/// write: hyper flushes whenever the body has nothing ready, so without this every
+/// event was its own write (and TCP segment) even when the upstream sent a burst.
+/// After the chunk stream runs dry the task yields ([`tokio::task::yield_now`]:
+/// woken once its runtime has polled for I/O and run the other ready tasks, such as
+/// an upstream connection task handing over its next frame; no timer) and goes on
+/// gathering while that brings more. The events gathered are sent after
+/// [`COALESCE_IDLE_TURNS`] turns in a row bring nothing, or at [`COALESCE_LIMIT`]
+/// bytes: a lone event waits a few scheduler turns (microseconds), never a timer
+/// tick.
 pub fn encode_sse<F>(
     chunks: PayloadStream,
     identity: StreamIdentity,
@@ -289,17 +300,7 @@ pub fn encode_sse<F>(
 where
     F: FnOnce(StreamSummary) + Send + 'static,
 {
-    struct State<F: FnOnce(StreamSummary)> {
-        chunks: PayloadStream,
-        identity: StreamIdentity,
-        /// The last chunk passed through as upstream text: its identity is read
-        /// only if an error chunk needs it.
-        last_raw: Option<Payload>,
-        guard: FinishGuard<F>,
-        done: bool,
-    }
-    let state = State {
-        chunks,
+    let encoder = SseEncoder {
         identity,
         last_raw: None,
         guard: FinishGuard {
@@ -307,121 +308,89 @@ where
             summary: StreamSummary::default(),
             accumulator: assemble.then(StreamAccumulator::default),
         },
-        done: false,
     };
-    let events = futures_util::stream::unfold(state, |mut st| async move {
-        if st.done {
-            return None;
-        }
-        match st.chunks.next().await {
-            Some(Ok(chunk)) => {
-                st.guard.summary.chunks += 1;
-                if let Some(acc) = &mut st.guard.accumulator {
-                    acc.add(&chunk.to_value());
+    futures_util::stream::unfold(Some((chunks, encoder)), |state| async move {
+        let (mut chunks, mut encoder) = state?;
+        let mut buf = Vec::with_capacity(1024);
+        let first = chunks.next().await;
+        let mut ended = encoder.write(first, &mut buf);
+        let mut idle_turns = 0;
+        while !ended && buf.len() < COALESCE_LIMIT {
+            tokio::task::yield_now().await;
+            let mut got = false;
+            // Everything that is ready now, without waiting.
+            while let Some(item) = chunks.next().now_or_never() {
+                got = true;
+                ended = encoder.write(item, &mut buf);
+                if ended || buf.len() >= COALESCE_LIMIT {
+                    break;
                 }
-                let event = sse_event(&chunk);
-                match chunk {
-                    Payload::Value(value) => {
-                        remember_identity(&mut st.identity, &value);
-                        st.last_raw = None;
-                    }
-                    raw @ Payload::Raw(_) => st.last_raw = Some(raw),
-                }
-                Some((Ok(event), st))
             }
-            Some(Err(err)) => {
-                if let Some(raw) = st.last_raw.take() {
-                    remember_identity(&mut st.identity, &raw.into_value());
+            if got {
+                idle_turns = 0;
+            } else {
+                idle_turns += 1;
+                if idle_turns >= COALESCE_IDLE_TURNS {
+                    break;
                 }
-                let error_chunk = Payload::Value(error_chunk(&st.identity, &err));
-                let mut out = sse_event(&error_chunk).to_vec();
-                out.extend_from_slice(DONE);
-                st.guard.summary.error = Some(err);
-                st.guard.finish(true);
-                st.done = true;
-                Some((Ok(Bytes::from(out)), st))
-            }
-            None => {
-                st.guard.finish(true);
-                st.done = true;
-                Some((Ok(Bytes::from_static(DONE)), st))
             }
         }
-    });
-    coalesce(events)
+        let next = (!ended).then_some((chunks, encoder));
+        Some((Ok(Bytes::from(buf)), next))
+    })
 }
 
 /// Most bytes gathered into one write.
 const COALESCE_LIMIT: usize = 16 * 1024;
 /// Scheduler turns without a new event after which the gathered events are sent.
-const COALESCE_IDLE_TURNS: u32 = 4;
+const COALESCE_IDLE_TURNS: u32 = 2;
 
-/// Sends the events that are ready together, in one write. hyper flushes whenever
-/// the body stream has nothing ready, and an upstream's body reaches us one frame at
-/// a time from its connection task, so without this every event was its own write
-/// (and TCP segment) even when the upstream sent a burst. After taking an event the
-/// task yields (`yield_now`: woken once its worker has run the other ready tasks,
-/// such as the upstream connection handing over its next frame; no timer) and goes
-/// on gathering while that brings more. The upstream connection may be running on
-/// another worker, so the events are sent after [`COALESCE_IDLE_TURNS`] turns in a
-/// row bring nothing: a lone event waits a few scheduler turns (microseconds), never
-/// a timer tick.
-fn coalesce<S>(events: S) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send
-where
-    S: Stream<Item = Result<Bytes, std::convert::Infallible>> + Send + 'static,
-{
-    use std::task::Poll;
-    enum Drained {
-        More,
-        Nothing,
-        Full,
-        End,
-    }
-    let state = (Box::pin(events), false);
-    futures_util::stream::unfold(state, |(mut events, mut ended)| async move {
-        if ended {
-            return None;
-        }
-        let Ok(first) = events.next().await?;
-        if first.len() >= COALESCE_LIMIT {
-            return Some((Ok(first), (events, ended)));
-        }
-        let mut buf = Vec::with_capacity(first.len() * 4);
-        buf.extend_from_slice(&first);
-        let mut idle_turns = 0;
-        loop {
-            tokio::task::yield_now().await;
-            let drained = std::future::poll_fn(|cx| {
-                let mut got = false;
-                loop {
-                    match events.as_mut().poll_next(cx) {
-                        Poll::Ready(Some(Ok(bytes))) => {
-                            buf.extend_from_slice(&bytes);
-                            got = true;
-                            if buf.len() >= COALESCE_LIMIT {
-                                return Poll::Ready(Drained::Full);
-                            }
-                        }
-                        Poll::Ready(Some(Err(never))) => match never {},
-                        Poll::Ready(None) => return Poll::Ready(Drained::End),
-                        Poll::Pending if got => return Poll::Ready(Drained::More),
-                        Poll::Pending => return Poll::Ready(Drained::Nothing),
+/// Writes a client stream's events and keeps what its end needs.
+struct SseEncoder<F: FnOnce(StreamSummary)> {
+    identity: StreamIdentity,
+    /// The last chunk passed through as upstream text: its identity is read only if
+    /// an error chunk needs it.
+    last_raw: Option<Payload>,
+    guard: FinishGuard<F>,
+}
+
+impl<F: FnOnce(StreamSummary)> SseEncoder<F> {
+    /// Append what one item of the chunk stream becomes on the wire; true when
+    /// the stream has ended (`[DONE]` written).
+    fn write(&mut self, item: Option<Result<Payload, ApiError>>, out: &mut Vec<u8>) -> bool {
+        match item {
+            Some(Ok(chunk)) => {
+                self.guard.summary.chunks += 1;
+                if let Some(acc) = &mut self.guard.accumulator {
+                    acc.add(&chunk.to_value());
+                }
+                write_event(&chunk, out);
+                match chunk {
+                    Payload::Value(value) => {
+                        remember_identity(&mut self.identity, &value);
+                        self.last_raw = None;
                     }
+                    raw @ Payload::Raw(_) => self.last_raw = Some(raw),
                 }
-            })
-            .await;
-            match drained {
-                Drained::More => idle_turns = 0,
-                Drained::Nothing if idle_turns + 1 < COALESCE_IDLE_TURNS => idle_turns += 1,
-                Drained::Nothing | Drained::Full => break,
-                Drained::End => {
-                    ended = true;
-                    break;
+                false
+            }
+            Some(Err(err)) => {
+                if let Some(raw) = self.last_raw.take() {
+                    remember_identity(&mut self.identity, &raw.into_value());
                 }
+                write_event(&Payload::Value(error_chunk(&self.identity, &err)), out);
+                out.extend_from_slice(DONE);
+                self.guard.summary.error = Some(err);
+                self.guard.finish(true);
+                true
+            }
+            None => {
+                out.extend_from_slice(DONE);
+                self.guard.finish(true);
+                true
             }
         }
-        Some((Ok(Bytes::from(buf)), (events, ended)))
-    })
+    }
 }
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
@@ -605,13 +574,11 @@ pub fn completion_to_chunks(completion: &Value, include_usage: bool) -> Vec<Valu
     chunks
 }
 
-/// One SSE event carrying a JSON payload.
-fn sse_event(payload: &Payload) -> Bytes {
-    let mut out = Vec::with_capacity(256);
+/// Append one SSE event carrying a JSON payload.
+fn write_event(payload: &Payload, out: &mut Vec<u8>) {
     out.extend_from_slice(b"data: ");
-    payload.write_json(&mut out);
+    payload.write_json(out);
     out.extend_from_slice(b"\n\n");
-    Bytes::from(out)
 }
 
 fn remember_identity(identity: &mut StreamIdentity, chunk: &Value) {
@@ -762,19 +729,60 @@ mod tests {
         assert!(waited >= idle && waited <= idle * 5 / 4, "{waited:?}");
     }
 
+    fn identity() -> StreamIdentity {
+        StreamIdentity {
+            id: "x".into(),
+            created: 1,
+            model: "m0".into(),
+        }
+    }
+
     #[tokio::test]
     async fn ready_events_go_out_together_and_late_ones_alone() {
-        let event = |i: u64| Ok::<_, std::convert::Infallible>(Bytes::from(format!("e{i};")));
-        let burst = futures_util::stream::iter((0..5).map(event));
-        let out: Vec<Bytes> = coalesce(burst).map(Result::unwrap).collect().await;
-        assert_eq!(out, vec![Bytes::from("e0;e1;e2;e3;e4;")]);
+        let chunk = |i: u64| Ok::<Payload, ApiError>(json!({ "n": i }).into());
+        let burst: PayloadStream = Box::pin(futures_util::stream::iter((0..5).map(chunk)));
+        let out: Vec<Bytes> = encode_sse(burst, identity(), false, |_| {})
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        let all: String = (0..5).map(|i| format!("data: {{\"n\":{i}}}\n\n")).collect();
+        assert_eq!(out, vec![Bytes::from(all + "data: [DONE]\n\n")]);
 
-        let paced = futures_util::stream::iter(0..3).then(move |i| async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            event(i)
-        });
-        let out: Vec<Bytes> = coalesce(paced).map(Result::unwrap).collect().await;
-        assert_eq!(out, vec!["e0;", "e1;", "e2;"]);
+        let paced: PayloadStream =
+            Box::pin(futures_util::stream::iter(0..3).then(move |i| async move {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                chunk(i)
+            }));
+        let out: Vec<Bytes> = encode_sse(paced, identity(), false, |_| {})
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        let expected = [
+            "data: {\"n\":0}\n\n",
+            "data: {\"n\":1}\n\n",
+            // The end is written with the last event.
+            "data: {\"n\":2}\n\ndata: [DONE]\n\n",
+        ];
+        assert_eq!(out, expected.map(Bytes::from));
+    }
+
+    #[tokio::test]
+    async fn a_big_burst_goes_out_in_writes_of_bounded_size() {
+        let text = "y".repeat(1000);
+        let chunks: PayloadStream = Box::pin(futures_util::stream::iter(
+            (0..40).map(move |_| Ok(json!({ "t": text }).into())),
+        ));
+        let out: Vec<Bytes> = encode_sse(chunks, identity(), false, |_| {})
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        assert!(out.len() >= 3, "{} writes", out.len());
+        assert!(out.iter().all(|b| b.len() < COALESCE_LIMIT + 1100));
+        let total: usize = out.iter().map(Bytes::len).sum();
+        assert_eq!(
+            total,
+            40 * (1000 + "data: {\"t\":\"\"}\n\n".len()) + DONE.len()
+        );
     }
 
     #[tokio::test]
@@ -783,13 +791,8 @@ mod tests {
             Ok(json!({"id": "chatcmpl-1", "created": 7, "model": "m", "choices": []}).into()),
             Err(ApiError::upstream_failure("boom")),
         ]));
-        let identity = StreamIdentity {
-            id: "x".into(),
-            created: 1,
-            model: "m0".into(),
-        };
         let (tx, rx) = std::sync::mpsc::channel();
-        let out: Vec<Bytes> = encode_sse(chunks, identity, true, move |s| tx.send(s).unwrap())
+        let out: Vec<Bytes> = encode_sse(chunks, identity(), true, move |s| tx.send(s).unwrap())
             .map(Result::unwrap)
             .collect()
             .await;

@@ -33,7 +33,10 @@ pub async fn authenticate(gateway: &Gateway, ctx: &mut RequestContext) -> Result
         .check(&key)
         .await?
         .ok_or(ApiError::InvalidApiKey)?;
-    ctx.api_key_id = Some(api_key_id(&gateway.config.settings.encryption_key, &key));
+    ctx.api_key_id = Some(match grant.api_key_id {
+        Some(id) => id.to_string(),
+        None => api_key_id(&gateway.config.settings.encryption_key, &key),
+    });
     ctx.group = Some(grant.group);
     ctx.user_info = grant.user_info;
     Ok(())

@@ -67,98 +67,106 @@ pub fn validate_request(request: &Map<String, Value>) -> Result<(), ApiError> {
         Some(_) => return Err(bad("messages", "`messages` must be a list of messages")),
     }
 
-    for key in ["stream", "logprobs", "parallel_tool_calls", "store"] {
-        optional(request, key, Value::is_boolean, "a boolean")?;
+    // The other fields in one pass over the body, rather than one hashed lookup
+    // per known field (most requests carry few of them).
+    for (key, value) in request {
+        check_field(key, value)?;
     }
-    for key in [
-        "temperature",
-        "top_p",
-        "presence_penalty",
-        "frequency_penalty",
-    ] {
-        optional(request, key, Value::is_number, "a number")?;
-    }
-    optional(request, "seed", |v| v.is_i64() || v.is_u64(), "an integer")?;
-    optional(request, "user", Value::is_string, "a string")?;
-    optional(request, "metadata", Value::is_object, "an object")?;
-    optional(request, "logit_bias", Value::is_object, "an object")?;
-    optional(request, "stream_options", Value::is_object, "an object")?;
-    optional(
-        request,
-        "response_format",
-        |v| v.get("type").is_some_and(Value::is_string),
-        "an object with a string `type`",
-    )?;
-    integer_in(request, "n", 1, MAX_N)?;
-    integer_in(request, "max_tokens", 1, MAX_TOKENS)?;
-    integer_in(request, "max_completion_tokens", 1, MAX_TOKENS)?;
-    integer_in(request, "top_logprobs", 0, 20)?;
+    Ok(())
+}
 
-    match request.get("stop") {
-        None | Some(Value::Null) | Some(Value::String(_)) => {}
-        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {}
-        Some(_) => return Err(bad("stop", "`stop` must be a string or a list of strings")),
+/// The check of one optional top-level field; unknown fields pass.
+fn check_field(key: &str, value: &Value) -> Result<(), ApiError> {
+    if value.is_null() {
+        return Ok(());
     }
-    if let Some(tools) = request.get("tools").filter(|v| !v.is_null()) {
-        let Value::Array(tools) = tools else {
-            return Err(bad("tools", "`tools` must be a list"));
-        };
-        for (i, tool) in tools.iter().enumerate() {
-            let param = format!("tools[{i}]");
-            let Value::Object(tool) = tool else {
-                return Err(bad(&param, format!("{param} must be an object")));
-            };
-            if !tool.get("type").is_some_and(Value::is_string) {
-                return Err(bad(&param, format!("{param}.type must be a string")));
-            }
-            if tool.get("type").and_then(Value::as_str) == Some("function")
-                && !tool
-                    .get("function")
-                    .and_then(|f| f.get("name"))
-                    .is_some_and(Value::is_string)
-            {
-                return Err(bad(
-                    &param,
-                    format!("{param}.function.name must be a string"),
-                ));
-            }
+    match key {
+        "stream" | "logprobs" | "parallel_tool_calls" | "store" => {
+            optional(key, value, Value::is_boolean, "a boolean")
         }
-    }
-    match request.get("tool_choice") {
-        None | Some(Value::Null) | Some(Value::String(_)) | Some(Value::Object(_)) => {}
-        Some(_) => {
-            return Err(bad(
+        "temperature" | "top_p" | "presence_penalty" | "frequency_penalty" => {
+            optional(key, value, Value::is_number, "a number")
+        }
+        "seed" => optional(key, value, |v| v.is_i64() || v.is_u64(), "an integer"),
+        "user" => optional(key, value, Value::is_string, "a string"),
+        "metadata" | "logit_bias" | "stream_options" => {
+            optional(key, value, Value::is_object, "an object")
+        }
+        "response_format" => optional(
+            key,
+            value,
+            |v| v.get("type").is_some_and(Value::is_string),
+            "an object with a string `type`",
+        ),
+        "n" => integer_in(key, value, 1, MAX_N),
+        "max_tokens" | "max_completion_tokens" => integer_in(key, value, 1, MAX_TOKENS),
+        "top_logprobs" => integer_in(key, value, 0, 20),
+        "stop" => match value {
+            Value::String(_) => Ok(()),
+            Value::Array(items) if items.iter().all(Value::is_string) => Ok(()),
+            _ => Err(bad("stop", "`stop` must be a string or a list of strings")),
+        },
+        "tools" => check_tools(value),
+        "tool_choice" => match value {
+            Value::String(_) | Value::Object(_) => Ok(()),
+            _ => Err(bad(
                 "tool_choice",
                 "`tool_choice` must be a string or an object",
-            ))
+            )),
+        },
+        _ => Ok(()),
+    }
+}
+
+fn check_tools(tools: &Value) -> Result<(), ApiError> {
+    let Value::Array(tools) = tools else {
+        return Err(bad("tools", "`tools` must be a list"));
+    };
+    for (i, tool) in tools.iter().enumerate() {
+        let Value::Object(tool) = tool else {
+            let param = format!("tools[{i}]");
+            return Err(bad(&param, format!("{param} must be an object")));
+        };
+        if !tool.get("type").is_some_and(Value::is_string) {
+            let param = format!("tools[{i}]");
+            return Err(bad(&param, format!("{param}.type must be a string")));
+        }
+        if tool.get("type").and_then(Value::as_str) == Some("function")
+            && !tool
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .is_some_and(Value::is_string)
+        {
+            let param = format!("tools[{i}]");
+            return Err(bad(
+                &param,
+                format!("{param}.function.name must be a string"),
+            ));
         }
     }
     Ok(())
 }
 
 fn optional(
-    request: &Map<String, Value>,
     key: &str,
+    value: &Value,
     ok: impl Fn(&Value) -> bool,
     what: &str,
 ) -> Result<(), ApiError> {
-    match request.get(key) {
-        None | Some(Value::Null) => Ok(()),
-        Some(v) if ok(v) => Ok(()),
-        Some(_) => Err(bad(key, format!("`{key}` must be {what}"))),
+    if ok(value) {
+        Ok(())
+    } else {
+        Err(bad(key, format!("`{key}` must be {what}")))
     }
 }
 
-fn integer_in(request: &Map<String, Value>, key: &str, min: u64, max: u64) -> Result<(), ApiError> {
-    match request.get(key) {
-        None | Some(Value::Null) => Ok(()),
-        Some(v) => match v.as_u64() {
-            Some(n) if (min..=max).contains(&n) => Ok(()),
-            _ => Err(bad(
-                key,
-                format!("`{key}` must be an integer from {min} to {max}"),
-            )),
-        },
+fn integer_in(key: &str, value: &Value, min: u64, max: u64) -> Result<(), ApiError> {
+    match value.as_u64() {
+        Some(n) if (min..=max).contains(&n) => Ok(()),
+        _ => Err(bad(
+            key,
+            format!("`{key}` must be an integer from {min} to {max}"),
+        )),
     }
 }
 
@@ -216,7 +224,6 @@ fn validate_message(message: &Value, param: &str) -> Result<(), ApiError> {
             ));
         };
         for (j, call) in calls.iter().enumerate() {
-            let p = format!("{param}.tool_calls[{j}]");
             let function = call.get("function");
             let ok = call.is_object()
                 && function
@@ -226,6 +233,7 @@ fn validate_message(message: &Value, param: &str) -> Result<(), ApiError> {
                     .and_then(|f| f.get("arguments"))
                     .is_none_or(|a| a.is_string() || a.is_null());
             if !ok {
+                let p = format!("{param}.tool_calls[{j}]");
                 return Err(bad(
                     &p,
                     format!("{p} must have `function.name` and string `function.arguments`"),

@@ -25,6 +25,10 @@ pub struct KeyGrant {
     pub group: String,
     /// Free-form information about the caller (logged and visible to handlers).
     pub user_info: Value,
+    /// The key's `api_key_id`, when the check knows it already (in-config keys are
+    /// hashed once at startup rather than per request); otherwise it is computed.
+    #[serde(skip)]
+    pub api_key_id: Option<Arc<str>>,
 }
 
 /// Decides whether a client key is valid and which group it belongs to.
@@ -37,7 +41,8 @@ pub trait KeyCheck: Send + Sync {
 /// `lm_proxy.api_key_check.check_api_key_in_config`: the first group (in config
 /// order) whose `api_keys` contains the key.
 pub struct InConfigKeys {
-    by_digest: HashMap<[u8; 32], Arc<str>>,
+    /// Digest of the key → (group, `api_key_id`).
+    by_digest: HashMap<[u8; 32], (Arc<str>, Arc<str>)>,
 }
 
 impl InConfigKeys {
@@ -46,9 +51,10 @@ impl InConfigKeys {
         for (group, settings) in &config.settings.groups {
             let group: Arc<str> = Arc::from(group.as_str());
             for key in &settings.api_keys {
-                by_digest
-                    .entry(digest(key))
-                    .or_insert_with(|| group.clone());
+                by_digest.entry(digest(key)).or_insert_with(|| {
+                    let id = api_key_id(&config.settings.encryption_key, key);
+                    (group.clone(), Arc::from(id))
+                });
             }
         }
         InConfigKeys { by_digest }
@@ -62,10 +68,14 @@ fn digest(key: &str) -> [u8; 32] {
 #[async_trait]
 impl KeyCheck for InConfigKeys {
     async fn check(&self, api_key: &str) -> Result<Option<KeyGrant>, ApiError> {
-        Ok(self.by_digest.get(&digest(api_key)).map(|group| KeyGrant {
-            group: group.to_string(),
-            user_info: Value::Null,
-        }))
+        Ok(self
+            .by_digest
+            .get(&digest(api_key))
+            .map(|(group, id)| KeyGrant {
+                group: group.to_string(),
+                user_info: Value::Null,
+                api_key_id: Some(id.clone()),
+            }))
     }
 }
 
@@ -88,6 +98,7 @@ impl KeyCheck for AllowAll {
         Ok(Some(KeyGrant {
             group: self.group.clone(),
             user_info,
+            api_key_id: None,
         }))
     }
 }
@@ -221,5 +232,26 @@ mod tests {
         assert_ne!(a, api_key_id("k2", "secret"));
         assert!(!a.contains("secret"));
         assert_eq!(a.len(), 64);
+    }
+
+    #[tokio::test]
+    async fn in_config_keys_carry_their_id_worked_out_once() {
+        let tree = json!({
+            "encryption_key": "site-secret",
+            "connections": {"c": {"api_type": "open_ai", "api_base": "http://127.0.0.1:9/v1"}},
+            "routing": {"*": "c.*"},
+            "groups": {"a": {"api_keys": ["k-a"]}, "b": {"api_keys": ["k-b", "k-a"]}},
+        });
+        let config = Config::from_value(tree, std::path::Path::new("t.json")).unwrap();
+        let keys = InConfigKeys::from_config(&config);
+        let grant = keys.check("k-b").await.unwrap().unwrap();
+        assert_eq!(grant.group, "b");
+        assert_eq!(
+            grant.api_key_id.as_deref(),
+            Some(api_key_id("site-secret", "k-b").as_str())
+        );
+        // A key listed twice belongs to its first group.
+        assert_eq!(keys.check("k-a").await.unwrap().unwrap().group, "a");
+        assert!(keys.check("k-c").await.unwrap().is_none());
     }
 }

@@ -144,6 +144,7 @@ impl CheckApiKeyWithRequest {
             return Ok(Some(KeyGrant {
                 group: self.args.default_group.clone(),
                 user_info: Value::Null,
+                api_key_id: None,
             }));
         }
         let user_info: Value = response
@@ -158,7 +159,11 @@ impl CheckApiKeyWithRequest {
             .and_then(Value::as_str)
             .map(str::to_owned)
             .unwrap_or_else(|| self.args.default_group.clone());
-        Ok(Some(KeyGrant { group, user_info }))
+        Ok(Some(KeyGrant {
+            group,
+            user_info,
+            api_key_id: None,
+        }))
     }
 }
 

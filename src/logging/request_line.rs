@@ -87,8 +87,9 @@ impl RequestSummary {
     /// `chat completion<note> id=... status=... model="..." connection="..."
     /// upstream_model="..." group="..." stream=... duration_ms=... error="..."`.
     fn line(&self, status: u16, error: Option<&str>, note: &str) -> String {
-        let duration_ms = self.started.elapsed().as_secs_f64() * 1000.0;
-        let text = |v: &Option<String>| v.as_deref().unwrap_or("-").to_owned();
+        fn text(v: &Option<String>) -> &str {
+            v.as_deref().unwrap_or("-")
+        }
         let mut line = String::with_capacity(200);
         line.push_str("chat completion");
         line.push_str(note);
@@ -103,14 +104,20 @@ impl RequestSummary {
             (" group=", text(&self.group)),
         ] {
             line.push_str(key);
-            push_quoted(&mut line, &value);
+            push_quoted(&mut line, value);
         }
         line.push_str(if self.stream {
             " stream=true"
         } else {
             " stream=false"
         });
-        let _ = write!(line, " duration_ms={duration_ms:.1} error=");
+        // Milliseconds with one decimal, rounded, without float formatting.
+        let tenths = (self.started.elapsed().as_micros() + 50) / 100;
+        line.push_str(" duration_ms=");
+        line.push_str(itoa::Buffer::new().format(tenths / 10));
+        line.push('.');
+        line.push_str(itoa::Buffer::new().format(tenths % 10));
+        line.push_str(" error=");
         push_quoted(&mut line, error.unwrap_or(""));
         line
     }

@@ -75,6 +75,7 @@ fn grant_of(value: &Bound<'_, PyAny>) -> PyResult<Option<KeyGrant>> {
     Ok(Some(KeyGrant {
         group: name.to_cow()?.into_owned(),
         user_info,
+        api_key_id: None,
     }))
 }
 

@@ -1,0 +1,630 @@
+//! The check that lets an upstream's JSON object go to the client byte for byte: a
+//! single validating pass over the text that also reports the few top-level members
+//! the gateway looks at (see `payload::RawJson`).
+//!
+//! Why it is written here rather than taken from a crate: it runs on every streamed
+//! chunk and every answer, and the alternatives measured (bench/README.md) were
+//! either slower or let through text that `serde_json::from_slice::<Value>` rejects:
+//! deserializing into `Option<&RawValue>` fields (what this replaced, 60 % more
+//! instructions per chunk) skips members without rejecting lone surrogates,
+//! out-of-range numbers or unbounded nesting; sonic-rs and jiter skip some checks
+//! too. The contract is exact agreement with serde_json's `Value` parser (with the
+//! `float_roundtrip` feature this crate builds with): the differential tests below
+//! compare the two on truncations and byte edits of every sample at every position.
+
+use serde_json::Value;
+
+/// Deepest nesting accepted, counting the top-level object: serde_json's `Value`
+/// parser stops at 128 levels.
+const MAX_DEPTH: u32 = 127;
+
+/// A top-level member's shape, for the members whose type matters.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Shape<T> {
+    /// Absent, or `null`.
+    Absent,
+    Expected(T),
+    /// Present with another type.
+    Other,
+}
+
+/// What the scan reports about a JSON object it accepted.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopLevel {
+    /// `id`, `object`, `created` and `model` are each present and not `null`.
+    pub id: bool,
+    pub object: bool,
+    pub created: bool,
+    pub model: bool,
+    /// `error` is present and not `null`.
+    pub error: bool,
+    /// `Expected(())` when `choices` is a list.
+    pub choices: Shape<()>,
+    /// `Expected(tree)` when `usage` is an object (it is small; metrics read it).
+    pub usage: Shape<Value>,
+}
+
+impl Default for TopLevel {
+    fn default() -> Self {
+        TopLevel {
+            id: false,
+            object: false,
+            created: false,
+            model: false,
+            error: false,
+            choices: Shape::Absent,
+            usage: Shape::Absent,
+        }
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Member {
+    Id,
+    Object,
+    Created,
+    Model,
+    Choices,
+    Usage,
+    Error,
+    Other,
+}
+
+impl Member {
+    fn of(key: &[u8]) -> Member {
+        match key {
+            b"id" => Member::Id,
+            b"object" => Member::Object,
+            b"created" => Member::Created,
+            b"model" => Member::Model,
+            b"choices" => Member::Choices,
+            b"usage" => Member::Usage,
+            b"error" => Member::Error,
+            _ => Member::Other,
+        }
+    }
+}
+
+/// Check that `text` is one JSON object, valid throughout (as serde_json's `Value`
+/// parser would accept it), in which none of the members above appears twice, and
+/// report those members. `None` for anything else.
+pub fn scan_object(text: &str) -> Option<TopLevel> {
+    let bytes = text.as_bytes();
+    let mut scan = Scanner { text: bytes, at: 0 };
+    let mut found = TopLevel::default();
+    let mut seen = 0u8;
+    scan.skip_whitespace();
+    if scan.peek()? != b'{' {
+        return None;
+    }
+    scan.at += 1;
+    scan.skip_whitespace();
+    if scan.peek()? == b'}' {
+        scan.at += 1;
+    } else {
+        loop {
+            if scan.peek()? != b'"' {
+                return None;
+            }
+            let key_start = scan.at;
+            let escaped = scan.string()?;
+            let member = if escaped {
+                // Rare: let serde_json decode the escapes.
+                let key: String = serde_json::from_slice(&bytes[key_start..scan.at]).ok()?;
+                Member::of(key.as_bytes())
+            } else {
+                Member::of(&bytes[key_start + 1..scan.at - 1])
+            };
+            if member != Member::Other {
+                let bit = 1u8 << (member as u8);
+                if seen & bit != 0 {
+                    return None;
+                }
+                seen |= bit;
+            }
+            scan.skip_whitespace();
+            if scan.peek()? != b':' {
+                return None;
+            }
+            scan.at += 1;
+            scan.skip_whitespace();
+            let value_start = scan.at;
+            let first = scan.peek()?;
+            scan.value()?;
+            // A value that starts with `n` and passed is `null`.
+            let present = first != b'n';
+            match member {
+                Member::Id => found.id = present,
+                Member::Object => found.object = present,
+                Member::Created => found.created = present,
+                Member::Model => found.model = present,
+                Member::Error => found.error = present,
+                Member::Choices => {
+                    found.choices = match first {
+                        b'n' => Shape::Absent,
+                        b'[' => Shape::Expected(()),
+                        _ => Shape::Other,
+                    }
+                }
+                Member::Usage => {
+                    found.usage = match first {
+                        b'n' => Shape::Absent,
+                        b'{' => {
+                            Shape::Expected(serde_json::from_str(&text[value_start..scan.at]).ok()?)
+                        }
+                        _ => Shape::Other,
+                    }
+                }
+                Member::Other => {}
+            }
+            scan.skip_whitespace();
+            match scan.peek()? {
+                b',' => {
+                    scan.at += 1;
+                    scan.skip_whitespace();
+                }
+                b'}' => {
+                    scan.at += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    scan.skip_whitespace();
+    (scan.at == bytes.len()).then_some(found)
+}
+
+/// A position in text that is already known to be UTF-8, so only the ASCII structure
+/// is checked here.
+struct Scanner<'a> {
+    text: &'a [u8],
+    at: usize,
+}
+
+impl Scanner<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.text.get(self.at).copied()
+    }
+
+    fn skip_whitespace(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.text.get(self.at) {
+            self.at += 1;
+        }
+    }
+
+    /// At a `"`: moves past the string. `Some(true)` when it contains escapes.
+    fn string(&mut self) -> Option<bool> {
+        const ONES: u64 = 0x0101_0101_0101_0101;
+        const HIGH: u64 = 0x8080_8080_8080_8080;
+        let text = self.text;
+        let mut i = self.at + 1;
+        let mut escaped = false;
+        loop {
+            // Eight bytes at a time up to the first quote, backslash or control
+            // character (the lowest flagged byte is exact; higher flags may be false).
+            while let Some(word) = text.get(i..i + 8) {
+                let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+                let quote = word ^ (ONES * u64::from(b'"'));
+                let backslash = word ^ (ONES * u64::from(b'\\'));
+                let flags = ((quote.wrapping_sub(ONES) & !quote)
+                    | (backslash.wrapping_sub(ONES) & !backslash)
+                    | (word.wrapping_sub(ONES * 0x20) & !word))
+                    & HIGH;
+                if flags != 0 {
+                    i += (flags.trailing_zeros() / 8) as usize;
+                    break;
+                }
+                i += 8;
+            }
+            match *text.get(i)? {
+                b'"' => {
+                    self.at = i + 1;
+                    return Some(escaped);
+                }
+                b'\\' => {
+                    escaped = true;
+                    match *text.get(i + 1)? {
+                        b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
+                        b'u' => {
+                            let unit = hex4(text, i + 2)?;
+                            i += 6;
+                            if (0xD800..0xDC00).contains(&unit) {
+                                // A high surrogate must be followed by a low one.
+                                if text.get(i..i + 2)? != b"\\u" {
+                                    return None;
+                                }
+                                if !(0xDC00..0xE000).contains(&hex4(text, i + 2)?) {
+                                    return None;
+                                }
+                                i += 6;
+                            } else if (0xDC00..0xE000).contains(&unit) {
+                                return None;
+                            }
+                        }
+                        _ => return None,
+                    }
+                }
+                0..=0x1f => return None,
+                _ => i += 1,
+            }
+        }
+    }
+
+    /// A number, rejecting what serde_json would not fit in an `f64`.
+    fn number(&mut self) -> Option<()> {
+        let text = self.text;
+        let start = self.at;
+        let mut i = start;
+        if text.get(i) == Some(&b'-') {
+            i += 1;
+        }
+        let digits_start = i;
+        match *text.get(i)? {
+            b'0' => i += 1,
+            b'1'..=b'9' => {
+                i += 1;
+                while let Some(b'0'..=b'9') = text.get(i) {
+                    i += 1;
+                }
+            }
+            _ => return None,
+        }
+        let int_digits = i - digits_start;
+        // Only very long or large-exponent numbers can overflow; those are parsed.
+        let mut check_range = int_digits > 300;
+        if text.get(i) == Some(&b'.') {
+            i += 1;
+            if !text.get(i)?.is_ascii_digit() {
+                return None;
+            }
+            while let Some(b'0'..=b'9') = text.get(i) {
+                i += 1;
+            }
+        }
+        if let Some(b'e' | b'E') = text.get(i) {
+            i += 1;
+            if let Some(b'+' | b'-') = text.get(i) {
+                i += 1;
+            }
+            let exponent_start = i;
+            if !text.get(i)?.is_ascii_digit() {
+                return None;
+            }
+            while let Some(b'0'..=b'9') = text.get(i) {
+                i += 1;
+            }
+            if i - exponent_start > 2 || int_digits > 200 {
+                check_range = true;
+            }
+        }
+        self.at = i;
+        if check_range {
+            let number = std::str::from_utf8(&text[start..i]).ok()?;
+            if !number.parse::<f64>().ok()?.is_finite() {
+                return None;
+            }
+        }
+        Some(())
+    }
+
+    fn literal(&mut self, word: &[u8]) -> Option<()> {
+        if self.text.get(self.at..self.at + word.len())? != word {
+            return None;
+        }
+        self.at += word.len();
+        Some(())
+    }
+
+    /// At an object's key: past the key, the colon and the whitespace after it.
+    fn key_and_colon(&mut self) -> Option<()> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        self.string()?;
+        self.skip_whitespace();
+        if self.peek()? != b':' {
+            return None;
+        }
+        self.at += 1;
+        self.skip_whitespace();
+        Some(())
+    }
+
+    /// One value of a top-level member. Iterative: the open containers are bits of
+    /// `open` (1 = object), so hostile nesting cannot exhaust the stack.
+    fn value(&mut self) -> Option<()> {
+        let mut open: u128 = 0;
+        // The top-level object is level 1.
+        let mut depth: u32 = 1;
+        loop {
+            match self.peek()? {
+                b'"' => {
+                    self.string()?;
+                }
+                opening @ (b'{' | b'[') => {
+                    depth += 1;
+                    if depth > MAX_DEPTH {
+                        return None;
+                    }
+                    let is_object = opening == b'{';
+                    open = open << 1 | u128::from(is_object);
+                    self.at += 1;
+                    self.skip_whitespace();
+                    // `{` + 2 is `}`, `[` + 2 is `]`: an empty container.
+                    if self.peek()? == opening + 2 {
+                        self.at += 1;
+                        depth -= 1;
+                        open >>= 1;
+                    } else {
+                        if is_object {
+                            self.key_and_colon()?;
+                        }
+                        continue;
+                    }
+                }
+                b't' => self.literal(b"true")?,
+                b'f' => self.literal(b"false")?,
+                b'n' => self.literal(b"null")?,
+                _ => self.number()?,
+            }
+            // After a complete value: a comma and the next one, or closing brackets.
+            loop {
+                if depth == 1 {
+                    return Some(());
+                }
+                self.skip_whitespace();
+                let next = self.peek()?;
+                self.at += 1;
+                let in_object = open & 1 == 1;
+                match next {
+                    b',' => {
+                        self.skip_whitespace();
+                        if in_object {
+                            self.key_and_colon()?;
+                        }
+                        break;
+                    }
+                    b'}' if in_object => {}
+                    b']' if !in_object => {}
+                    _ => return None,
+                }
+                depth -= 1;
+                open >>= 1;
+            }
+        }
+    }
+}
+
+fn hex4(text: &[u8], at: usize) -> Option<u32> {
+    let digits = text.get(at..at + 4)?;
+    let mut unit = 0u32;
+    for &digit in digits {
+        let value = match digit {
+            b'0'..=b'9' => digit - b'0',
+            b'a'..=b'f' => digit - b'a' + 10,
+            b'A'..=b'F' => digit - b'A' + 10,
+            _ => return None,
+        };
+        unit = unit << 4 | u32::from(value);
+    }
+    Some(unit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde::de::{IgnoredAny, MapAccess, Visitor};
+
+    /// What the scan must answer, worked out with serde_json: the text parses as a
+    /// `Value`, is an object, and names none of the members twice.
+    fn reference(text: &[u8]) -> Option<TopLevel> {
+        let value: Value = serde_json::from_slice(text).ok()?;
+        let map = value.as_object()?;
+        struct Keys;
+        impl<'de> Visitor<'de> for Keys {
+            type Value = Vec<String>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
+                let mut keys = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    map.next_value::<IgnoredAny>()?;
+                    keys.push(key);
+                }
+                Ok(keys)
+            }
+        }
+        let keys = serde::Deserializer::deserialize_map(
+            &mut serde_json::Deserializer::from_slice(text),
+            Keys,
+        )
+        .expect("valid as a Value");
+        for known in [
+            "id", "object", "created", "model", "choices", "usage", "error",
+        ] {
+            if keys.iter().filter(|key| *key == known).count() > 1 {
+                return None;
+            }
+        }
+        let present = |key: &str| map.get(key).is_some_and(|v| !v.is_null());
+        Some(TopLevel {
+            id: present("id"),
+            object: present("object"),
+            created: present("created"),
+            model: present("model"),
+            error: present("error"),
+            choices: match map.get("choices") {
+                None | Some(Value::Null) => Shape::Absent,
+                Some(Value::Array(_)) => Shape::Expected(()),
+                Some(_) => Shape::Other,
+            },
+            usage: match map.get("usage") {
+                None | Some(Value::Null) => Shape::Absent,
+                Some(usage @ Value::Object(_)) => Shape::Expected(usage.clone()),
+                Some(_) => Shape::Other,
+            },
+        })
+    }
+
+    fn agrees(text: &[u8]) {
+        let scanned = std::str::from_utf8(text).ok().and_then(scan_object);
+        assert_eq!(
+            scanned,
+            reference(text),
+            "{:?}",
+            String::from_utf8_lossy(text)
+        );
+    }
+
+    const SAMPLES: &[&str] = &[
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1700000000,"model":"m","system_fingerprint":"fp","choices":[{"index":0,"delta":{"content":"word7 "},"logprobs":null,"finish_reason":null}]}"#,
+        r#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi","refusal":null,"annotations":[]},"finish_reason":"stop"}],"usage":{"prompt_tokens":25,"completion_tokens":20,"total_tokens":45,"prompt_tokens_details":{"cached_tokens":0}},"service_tier":"default"}"#,
+        r#"{"id":"c","object":"o","created":1,"model":"m","usage":null,"x":{"y":[1,{"z":"\u00e9\n"}],"w":-1.5e3},"choices":[{"delta":{}}]}"#,
+        r#"{"id":"c","object":"o","created":1,"model":"m","choices":null,"error":{"message":"x"}}"#,
+        " {\"id\" : \"c\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\", \"x\":[true,false,null,0,-0,1.5,1e5,2E-3,-0.0e+0,\"é😀\"] ,\"model\":\"m\"}\n",
+        "{}",
+    ];
+
+    #[test]
+    fn samples_truncated_and_edited_anywhere_are_judged_as_serde_json_judges_them() {
+        let edits: &[u8] = b"\"\\,}]{[:x\x01\xff 0e-.";
+        for sample in SAMPLES {
+            let bytes = sample.as_bytes();
+            agrees(bytes);
+            for end in 0..bytes.len() {
+                agrees(&bytes[..end]);
+            }
+            for at in 0..bytes.len() {
+                let mut deleted = bytes.to_vec();
+                deleted.remove(at);
+                agrees(&deleted);
+                for &edit in edits {
+                    let mut edited = bytes.to_vec();
+                    edited[at] = edit;
+                    agrees(&edited);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn odd_values_anywhere_are_judged_as_serde_json_judges_them() {
+        let values = [
+            r#""\x""#,
+            r#""\u12""#,
+            r#""\u12g4""#,
+            r#""\ud800""#,
+            r#""\udc00""#,
+            r#""\ud800\u0041""#,
+            r#""\ud800\udbff""#,
+            r#""\ud83d\ude00""#,
+            "\"\t\"",
+            "\"\u{7f}\"",
+            "01",
+            "1.",
+            "-",
+            "1e",
+            "1e+",
+            ".5",
+            "+1",
+            "-0",
+            "1e309",
+            "-1e400",
+            "1.7976931348623157e308",
+            "1.7976931348623159e308",
+            "1e-400",
+            &"9".repeat(310),
+            &format!("0.{}", "1".repeat(400)),
+            "tru",
+            "nul",
+            "[1,]",
+            "[,1]",
+            "{\"a\":1,}",
+            "{\"a\" 1}",
+            "{1:2}",
+            "[1 2]",
+            "{}",
+            "[]",
+            "[[[]]]",
+            "{\"\\u0041\":{}}",
+        ];
+        let frame = |member: &str| {
+            [
+                format!(
+                    r#"{{"id":"c","object":"o","created":1,"model":"m","choices":[],"x":{member}}}"#
+                ),
+                format!(r#"{{"id":"c","choices":[{member}],"usage":{{"u":{member}}}}}"#),
+                format!(r#"{{"id":{member},"model":"m"}}"#),
+                member.to_owned(),
+            ]
+        };
+        for value in values {
+            for text in frame(value) {
+                agrees(text.as_bytes());
+            }
+        }
+        // Escaped keys are decoded before they are compared.
+        agrees(br#"{"\u0069d":"c","id":"d"}"#);
+        agrees(br#"{"\u0069d":null,"choices":[]}"#);
+        // Whitespace serde_json does not take, and bytes after the object.
+        agrees(b"\x0c{}");
+        agrees("\u{feff}{}".as_bytes());
+        agrees(b"{} {}");
+        agrees(b"{}\n\r\t ");
+    }
+
+    #[test]
+    fn nesting_is_bounded_like_serde_json_and_never_overflows() {
+        for depth in [100, 125, 126, 127, 128, 129, 200, 100_000] {
+            let array = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            agrees(format!(r#"{{"x":{array}}}"#).as_bytes());
+            let objects = format!("{}1{}", r#"{"a":"#.repeat(depth), "}".repeat(depth));
+            agrees(format!(r#"{{"x":{objects}}}"#).as_bytes());
+        }
+    }
+
+    #[test]
+    fn random_edits_of_samples_are_judged_as_serde_json_judges_them() {
+        // A fixed-seed generator, so that a failure reproduces.
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let pieces: &[&[u8]] = &[
+            b"\"",
+            b"\\",
+            b"\\u",
+            b"d800",
+            b",",
+            b"{",
+            b"}",
+            b"[",
+            b"]",
+            b":",
+            b"1e400",
+            b"null",
+            b" ",
+            "é".as_bytes(),
+            b"\x00",
+            b"\xc3",
+        ];
+        for _ in 0..30_000 {
+            let sample = SAMPLES[next() as usize % SAMPLES.len()].as_bytes();
+            let mut text = sample.to_vec();
+            for _ in 0..1 + next() % 3 {
+                let at = next() as usize % (text.len() + 1);
+                let piece = pieces[next() as usize % pieces.len()];
+                if next() % 2 == 0 && at < text.len() {
+                    text.remove(at);
+                }
+                text.splice(at..at, piece.iter().copied());
+            }
+            agrees(&text);
+        }
+    }
+}
