@@ -40,8 +40,26 @@ pub struct TopLevel {
     pub error: bool,
     /// `Expected(())` when `choices` is a list.
     pub choices: Shape<()>,
-    /// `Expected(tree)` when `usage` is an object (it is small; metrics read it).
-    pub usage: Shape<Value>,
+    /// `Expected(counts)` when `usage` is an object.
+    pub usage: Shape<TokenCounts>,
+}
+
+/// The token counts of a `usage` object that metrics count: each is the member's
+/// value when it is an unsigned integer, as `Value::as_u64` reads it.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct TokenCounts {
+    pub prompt: Option<u64>,
+    pub completion: Option<u64>,
+}
+
+impl TokenCounts {
+    /// The counts of a `usage` tree.
+    pub fn of(usage: &Value) -> TokenCounts {
+        TokenCounts {
+            prompt: usage.get("prompt_tokens").and_then(Value::as_u64),
+            completion: usage.get("completion_tokens").and_then(Value::as_u64),
+        }
+    }
 }
 
 impl Default for TopLevel {
@@ -150,7 +168,11 @@ pub fn scan_object(text: &str) -> Option<TopLevel> {
                     found.usage = match first {
                         b'n' => Shape::Absent,
                         b'{' => {
-                            Shape::Expected(serde_json::from_str(&text[value_start..scan.at]).ok()?)
+                            let mut usage = Scanner {
+                                text: &bytes[..scan.at],
+                                at: value_start,
+                            };
+                            Shape::Expected(usage.token_counts()?)
                         }
                         _ => Shape::Other,
                     }
@@ -331,6 +353,57 @@ impl Scanner<'_> {
         Some(())
     }
 
+    /// At the `{` of an object already checked by [`Scanner::value`]: the token
+    /// counts among its members (the last of a repeated key, as in a `Value`).
+    fn token_counts(&mut self) -> Option<TokenCounts> {
+        let mut counts = TokenCounts::default();
+        self.at += 1;
+        self.skip_whitespace();
+        if self.peek()? == b'}' {
+            return Some(counts);
+        }
+        loop {
+            let key_start = self.at;
+            let escaped = self.string()?;
+            let key = &self.text[key_start..self.at];
+            let key: std::borrow::Cow<'_, [u8]> = if escaped {
+                let decoded: String = serde_json::from_slice(key).ok()?;
+                decoded.into_bytes().into()
+            } else {
+                key[1..key.len() - 1].into()
+            };
+            self.skip_whitespace();
+            self.at += 1; // the colon
+            self.skip_whitespace();
+            let value_start = self.at;
+            self.value()?;
+            let count = self.unsigned(value_start);
+            match &*key {
+                b"prompt_tokens" => counts.prompt = count,
+                b"completion_tokens" => counts.completion = count,
+                _ => {}
+            }
+            self.skip_whitespace();
+            let next = self.peek()?;
+            self.at += 1;
+            if next == b'}' {
+                return Some(counts);
+            }
+            self.skip_whitespace();
+        }
+    }
+
+    /// The checked value from `start` to here as `Value::as_u64` reads it: digits
+    /// only (no sign, fraction or exponent; serde_json reads `-0` as a float) that
+    /// fit a `u64`.
+    fn unsigned(&self, start: usize) -> Option<u64> {
+        std::str::from_utf8(&self.text[start..self.at])
+            .ok()?
+            .parse::<u64>()
+            .ok()
+            .filter(|_| self.text[start].is_ascii_digit())
+    }
+
     /// One value of a top-level member. Iterative: the open containers are bits of
     /// `open` (1 = object), so hostile nesting cannot exhaust the stack.
     fn value(&mut self) -> Option<()> {
@@ -462,7 +535,7 @@ mod tests {
             },
             usage: match map.get("usage") {
                 None | Some(Value::Null) => Shape::Absent,
-                Some(usage @ Value::Object(_)) => Shape::Expected(usage.clone()),
+                Some(usage @ Value::Object(_)) => Shape::Expected(TokenCounts::of(usage)),
                 Some(_) => Shape::Other,
             },
         })
@@ -485,6 +558,9 @@ mod tests {
         r#"{"id":"c","object":"o","created":1,"model":"m","choices":null,"error":{"message":"x"}}"#,
         " {\"id\" : \"c\\\"\\\\\\/\\b\\f\\n\\r\\t\\u00e9\\ud83d\\ude00\", \"x\":[true,false,null,0,-0,1.5,1e5,2E-3,-0.0e+0,\"é😀\"] ,\"model\":\"m\"}\n",
         "{}",
+        r#"{"usage":{"prompt_tokens":18446744073709551615,"completion_tokens":-0,"x":{"prompt_tokens":1},"completion_tokens":7, "total_tokens":2.5}}"#,
+        r#"{"usage":{"prompt_tokens":18446744073709551616,"completion_tokens":1e2,"\u0070rompt_tokens":3}}"#,
+        r#"{"usage":{"prompt_tokens":"5","completion_tokens":-1},"choices":[]}"#,
     ];
 
     #[test]

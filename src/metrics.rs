@@ -22,6 +22,8 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
+
+use crate::json_scan::TokenCounts;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
@@ -265,12 +267,9 @@ impl Metrics {
         }
     }
 
-    fn count_tokens(&self, connection: &Label, model: &Label, usage: &Value) {
-        for (field, kind) in [
-            ("prompt_tokens", "prompt"),
-            ("completion_tokens", "completion"),
-        ] {
-            if let Some(n) = usage.get(field).and_then(Value::as_u64) {
+    fn count_tokens(&self, connection: &Label, model: &Label, usage: TokenCounts) {
+        for (count, kind) in [(usage.prompt, "prompt"), (usage.completion, "completion")] {
+            if let Some(n) = count {
                 self.tokens
                     .get_or_create(&TokenLabels {
                         connection: connection.clone(),
@@ -296,7 +295,7 @@ pub struct RequestMetrics {
 
 impl RequestMetrics {
     /// A non-streamed answer was produced.
-    pub fn completed(self, usage: Option<&Value>) {
+    pub fn completed(self, usage: Option<TokenCounts>) {
         if let Some(usage) = usage {
             self.metrics
                 .count_tokens(&self.connection, &self.model, usage);
@@ -408,7 +407,7 @@ struct ObservedStream {
     waiting_since: Option<Instant>,
     upstream_wait: Duration,
     first_chunk: bool,
-    usage: Option<Value>,
+    usage: Option<TokenCounts>,
 }
 
 impl Stream for ObservedStream {
@@ -440,7 +439,7 @@ impl Stream for ObservedStream {
                         .observe(this.report.started.elapsed().as_secs_f64());
                 }
                 if let Some(usage) = chunk.usage() {
-                    this.usage = Some(usage.clone());
+                    this.usage = Some(usage);
                 }
             }
             Poll::Ready(Some(Err(err))) => this.report.upstream_error(err),
@@ -453,7 +452,7 @@ impl Stream for ObservedStream {
 impl Drop for ObservedStream {
     fn drop(&mut self) {
         let report = &self.report;
-        if let Some(usage) = &self.usage {
+        if let Some(usage) = self.usage {
             report
                 .metrics
                 .count_tokens(&report.connection, &report.model, usage);

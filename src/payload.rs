@@ -20,7 +20,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::json_scan::{scan_object, Shape, TopLevel};
+use crate::json_scan::{scan_object, Shape, TokenCounts, TopLevel};
 use crate::streaming::ChunkStream;
 
 /// One JSON object for the client (a `chat.completion` or a `chat.completion.chunk`).
@@ -52,11 +52,14 @@ impl From<Value> for Payload {
 }
 
 impl Payload {
-    /// The `usage` object, if the payload carries one.
-    pub fn usage(&self) -> Option<&Value> {
+    /// The token counts of the payload's `usage` object, if it carries one.
+    pub fn usage(&self) -> Option<TokenCounts> {
         match self {
-            Payload::Value(value) => value.get("usage").filter(|u| u.is_object()),
-            Payload::Raw(raw) => raw.usage.as_ref(),
+            Payload::Value(value) => value
+                .get("usage")
+                .filter(|u| u.is_object())
+                .map(TokenCounts::of),
+            Payload::Raw(raw) => raw.usage,
         }
     }
 
@@ -103,8 +106,8 @@ impl Payload {
 #[derive(Debug, Clone)]
 pub struct RawJson {
     text: Bytes,
-    /// The `usage` object, parsed (it is small, and metrics count its tokens).
-    usage: Option<Value>,
+    /// The token counts of its `usage` object (metrics count them).
+    usage: Option<TokenCounts>,
 }
 
 /// The check's findings about one text ([`crate::json_scan`]).
@@ -129,7 +132,7 @@ impl Probe {
         top.id && top.object && top.created && top.model
     }
 
-    fn usage(self) -> Option<Option<Value>> {
+    fn usage(self) -> Option<Option<TokenCounts>> {
         match self.0.usage {
             Shape::Absent => Some(None),
             Shape::Expected(usage) => Some(Some(usage)),
@@ -181,7 +184,7 @@ impl RawJson {
     }
 
     /// `Some(usage)` when the probed text is a chunk that can pass unchanged.
-    fn chunk_usage(probe: Option<Probe>) -> Option<Option<Value>> {
+    fn chunk_usage(probe: Option<Probe>) -> Option<Option<TokenCounts>> {
         let probe = probe?;
         if !probe.has_identity() || (probe.0.error && probe.0.choices == Shape::Absent) {
             return None;
@@ -226,7 +229,8 @@ mod tests {
         let text = r#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"hi"}}],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3},"x-extra":[1.5e300]}"#;
         let raw = raw_completion(text).expect("a complete answer passes");
         let payload = Payload::Raw(raw);
-        assert_eq!(payload.usage().unwrap()["total_tokens"], 3);
+        let counts = payload.usage().unwrap();
+        assert_eq!((counts.prompt, counts.completion), (Some(1), Some(2)));
         assert_eq!(payload.to_value()["choices"][0]["message"]["content"], "hi");
         assert_eq!(payload.into_json_bytes(), text.as_bytes());
     }
@@ -263,7 +267,7 @@ mod tests {
         let usage = r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[],"usage":{"total_tokens":4}}"#;
         assert_eq!(
             raw_chunk(usage).unwrap().usage,
-            Some(json!({"total_tokens": 4}))
+            Some(TokenCounts::default())
         );
         assert!(raw_chunk(r#"{"choices":[]}"#).is_none());
         assert!(raw_chunk(

@@ -10,7 +10,7 @@
 use std::fmt::Write as _;
 
 use tracing_subscriber::fmt::format::{Format, FormatEvent, FormatFields, Full, Writer};
-use tracing_subscriber::fmt::time::{FormatTime, SystemTime};
+use tracing_subscriber::fmt::time::SystemTime;
 use tracing_subscriber::fmt::FmtContext;
 use tracing_subscriber::registry::LookupSpan;
 
@@ -149,8 +149,23 @@ where
         if !is_request_line {
             return self.default.format_event(ctx, writer, event);
         }
-        SystemTime.format_time(&mut writer)?;
-        write!(writer, " {:>5} {}: ", metadata.level(), metadata.target())?;
+        // The default format's text (`<RFC 3339 time, µs> <level padded to 5>
+        // <target>: `) without its generic formatting, which was a quarter of the
+        // cost of a request line.
+        write!(
+            writer,
+            "{}",
+            humantime::format_rfc3339_micros(std::time::SystemTime::now())
+        )?;
+        writer.write_str(match *metadata.level() {
+            tracing::Level::WARN => "  WARN ",
+            tracing::Level::ERROR => " ERROR ",
+            tracing::Level::DEBUG => " DEBUG ",
+            tracing::Level::TRACE => " TRACE ",
+            _ => "  INFO ",
+        })?;
+        writer.write_str(REQUEST_TARGET)?;
+        writer.write_str(": ")?;
         let mut visitor = LineVisitor {
             writer: &mut writer,
             result: Ok(()),
@@ -265,9 +280,18 @@ mod tests {
         let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
+        // The default format's time: RFC 3339 in UTC with microseconds.
+        let default_time = lines[2].split_once(' ').unwrap().0;
         for (line, level, status) in [(lines[0], " INFO", 200), (lines[1], " WARN", 502)] {
             let (time, rest) = line.split_once(' ').unwrap();
             assert!(time.ends_with('Z') && time.contains('T'), "{line}");
+            assert_eq!(time.len(), default_time.len(), "{time} vs {default_time}");
+            assert_eq!(
+                time.find('.'),
+                default_time.find('.'),
+                "{time} vs {default_time}"
+            );
+            humantime::parse_rfc3339(time).unwrap();
             let expected = format!(
                 "{level} lm_proxy::request: chat completion id=abc status={status} model=\"m\\u{{1b}}[31m\""
             );
