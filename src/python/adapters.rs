@@ -1,6 +1,6 @@
 //! The core's extension traits over Python callables: key checks, `before`
 //! handlers, loggers and log writers. Each call goes through [`Scope::call`], so sync
-//! callables run on the blocking pool and async ones on the bridge's loop.
+//! callables run on caller threads (callers.rs) and async ones on the bridge's loop.
 
 use std::sync::Arc;
 use std::time::UNIX_EPOCH;

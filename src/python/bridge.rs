@@ -1,6 +1,7 @@
 //! How Rust calls Python code without ever blocking a tokio worker on the GIL.
 //!
-//! - Sync callables run on tokio's blocking pool (`spawn_blocking` + attach).
+//! - Sync callables run on caller threads that keep their Python thread state
+//!   (`callers.rs`).
 //! - Async callables, async generators and other awaitables run on ONE asyncio event
 //!   loop owned by the bridge: a Python thread running `loop.run_forever()`. Rust
 //!   hands it work through a job queue and a socket pair: pushing a job and writing
@@ -401,14 +402,18 @@ impl Drop for CancelGuard {
     }
 }
 
-/// Run a sync Python call on the blocking pool and wait for it without blocking a
-/// worker. `None` when the blocking task could not run to the end (a panic).
+/// Run a sync Python call on a caller thread ([`super::callers`]) and wait for it
+/// without blocking a worker. `None` when the call could not run to the end (a
+/// panic, or no thread to run it).
 pub async fn blocking<T: Send + 'static>(
     f: impl for<'py> FnOnce(Python<'py>) -> T + Send + 'static,
 ) -> Option<T> {
-    tokio::task::spawn_blocking(move || Python::attach(f))
-        .await
-        .ok()
+    let (done, result) = oneshot::channel();
+    super::callers::submit(Box::new(move || {
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| Python::attach(f)));
+        let _ = done.send(outcome.ok());
+    }));
+    result.await.ok().flatten()
 }
 
 /// Call `func(*args, **kwargs)` with the lm-proxy environment `env` current.

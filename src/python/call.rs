@@ -1,4 +1,4 @@
-//! Calling one user callable from the request path: sync ones on the blocking pool,
+//! Calling one user callable from the request path: sync ones on a caller thread,
 //! async ones (and awaitables a sync one returns) on the bridge's event loop, always
 //! with the server's `lm_proxy.bootstrap.env` current.
 
@@ -13,7 +13,7 @@ use super::bridge::{blocking, call_in_env, Bridge, Shared, Stopped, TaskSlot};
 /// How a callable is called.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
-    /// A plain function or object: called on the blocking pool; an awaitable it
+    /// A plain function or object: called on a caller thread; an awaitable it
     /// returns is awaited on the loop.
     Sync,
     /// `async def` or an async generator function: called on the loop.

@@ -4,8 +4,9 @@
 //!   (dotted paths, class tables, objects of a Python `Config`) into the core's traits;
 //! - [`adapters`], [`provider`]: those trait implementations (key checks, handlers,
 //!   loggers, log writers, connections);
-//! - [`bridge`], [`call`]: how Rust calls Python without blocking a tokio worker on
-//!   the GIL (blocking pool for sync callables, one asyncio loop for async ones);
+//! - [`bridge`], [`call`], [`callers`]: how Rust calls Python without blocking a
+//!   tokio worker on the GIL (caller threads that keep their Python thread state
+//!   for sync callables, one asyncio loop for async ones);
 //! - [`connection`]: Rust connections as awaitable callables (`env.connections`);
 //! - [`server`]: `Server`, `run_cli`, `bootstrap`: serving with Python owning signals;
 //! - [`convert`], [`errors`], [`runtime`]: JSON ⇄ Python, exceptions → answers, the
@@ -16,6 +17,7 @@
 mod adapters;
 mod bridge;
 mod call;
+mod callers;
 mod connection;
 mod convert;
 mod errors;

@@ -192,3 +192,57 @@ def test_python_never_holds_up_the_runtime(serve_config: Any) -> None:
         .chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
         .choices
     )
+
+
+def test_sync_calls_run_side_by_side_on_threads_that_keep_their_state(
+    serve_config: Any,
+) -> None:
+    """Sync validators run on caller threads: several at once (six calls meet at a
+    barrier, which a pool running them one by one would never reach), and each
+    thread keeps its Python thread state between calls (`threading.local` data set
+    by one call is still there for a later call on the same thread)."""
+    parties = 6
+    barrier = threading.Barrier(parties, timeout=20)
+    local = threading.local()
+    calls_seen: list[int] = []
+    lock = threading.Lock()
+
+    def check(api_key: str) -> Any:
+        if api_key == "meet":
+            barrier.wait()
+        local.calls = getattr(local, "calls", 0) + 1
+        with lock:
+            calls_seen.append(local.calls)
+        return "default"
+
+    server = serve_config(
+        Config(
+            host="127.0.0.1",
+            port=0,
+            connections={"mock": {"api_type": "mock"}},
+            routing={"*": "mock.*"},
+            groups={"default": Group()},
+            api_key_check=check,
+        ),
+        debug=False,
+    )
+    msg = [{"role": "user", "content": "hi"}]
+
+    async def meet() -> None:
+        async with async_client_for(server.url, "meet") as client:
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        client.chat.completions.create(model="m", messages=msg)
+                        for _ in range(parties)
+                    )
+                ),
+                30,
+            )
+
+    asyncio.run(meet())
+    # One at a time now: an idle thread is reused, with its thread state.
+    for _ in range(10):
+        client_for(server.url, "again").chat.completions.create(model="m", messages=msg)
+    assert len(calls_seen) == parties + 10
+    assert max(calls_seen) > 1, calls_seen
