@@ -22,8 +22,6 @@ use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use futures_util::Stream;
-
-use crate::json_scan::TokenCounts;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
@@ -34,6 +32,7 @@ use serde_json::Value;
 
 use crate::context::RequestContext;
 use crate::error::{ApiError, ErrorBody};
+use crate::json_scan::TokenCounts;
 use crate::payload::{Payload, PayloadStream};
 use crate::server::AppState;
 

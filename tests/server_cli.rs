@@ -388,6 +388,23 @@ async fn graceful_shutdown_lets_open_streams_finish() {
     assert!(reqwest::get(url).await.is_err(), "no longer accepting");
 }
 
+/// One chat request on a new connection that accepts the test's self-signed certificate.
+async fn chat_over_tls(url: &str, text: &str) -> Value {
+    reqwest::Client::builder()
+        .tls_danger_accept_invalid_certs(true)
+        .build()
+        .unwrap()
+        .post(url)
+        .bearer_auth("client-key-abc")
+        .json(&user("m", text))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn https_when_certificate_and_key_are_configured() {
     let dir = tempfile::tempdir().unwrap();
@@ -402,20 +419,7 @@ async fn https_when_certificate_and_key_are_configured() {
     );
     let gw = TestGateway::start(&config).await;
     assert!(gw.server.url().starts_with("https://"));
-    let client = reqwest::Client::builder()
-        .tls_danger_accept_invalid_certs(true)
-        .build()
-        .unwrap();
-    let body: Value = client
-        .post(gw.url("/v1/chat/completions"))
-        .bearer_auth("client-key-abc")
-        .json(&user("m", "over tls"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body = chat_over_tls(&gw.url("/v1/chat/completions"), "over tls").await;
     assert_eq!(
         body["choices"][0]["message"]["content"],
         "You said: over tls"
@@ -438,19 +442,8 @@ async fn https_when_certificate_and_key_are_configured() {
     assert!(proc.url.starts_with("https://"), "{}", proc.url);
     for i in 0..4 {
         // A new client each time: a new connection, on either thread.
-        let body: Value = reqwest::Client::builder()
-            .tls_danger_accept_invalid_certs(true)
-            .build()
-            .unwrap()
-            .post(format!("{}/v1/chat/completions", proc.url))
-            .bearer_auth("client-key-abc")
-            .json(&user("m", &format!("tls {i}")))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let url = format!("{}/v1/chat/completions", proc.url);
+        let body = chat_over_tls(&url, &format!("tls {i}")).await;
         assert_eq!(
             body["choices"][0]["message"]["content"],
             format!("You said: tls {i}")

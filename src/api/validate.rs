@@ -123,13 +123,16 @@ fn check_tools(tools: &Value) -> Result<(), ApiError> {
         return Err(bad("tools", "`tools` must be a list"));
     };
     for (i, tool) in tools.iter().enumerate() {
-        let Value::Object(tool) = tool else {
+        // Named only in an error, so built only then.
+        let fail = |problem: &str| {
             let param = format!("tools[{i}]");
-            return Err(bad(&param, format!("{param} must be an object")));
+            Err(bad(&param, format!("{param}{problem}")))
+        };
+        let Value::Object(tool) = tool else {
+            return fail(" must be an object");
         };
         if !tool.get("type").is_some_and(Value::is_string) {
-            let param = format!("tools[{i}]");
-            return Err(bad(&param, format!("{param}.type must be a string")));
+            return fail(".type must be a string");
         }
         if tool.get("type").and_then(Value::as_str) == Some("function")
             && !tool
@@ -137,11 +140,7 @@ fn check_tools(tools: &Value) -> Result<(), ApiError> {
                 .and_then(|f| f.get("name"))
                 .is_some_and(Value::is_string)
         {
-            let param = format!("tools[{i}]");
-            return Err(bad(
-                &param,
-                format!("{param}.function.name must be a string"),
-            ));
+            return fail(".function.name must be a string");
         }
     }
     Ok(())
