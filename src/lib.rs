@@ -6,7 +6,7 @@
 //! - [`gateway`]: the compiled runtime built from a config
 //! - [`server`]: axum router, state, TLS, shutdown
 //! - [`api`]: HTTP endpoints
-//! - [`auth`], [`routing`], [`handlers`], [`providers`], [`streaming`], [`logging`]
+//! - [`auth`], [`routing`], [`handlers`], [`providers`], [`sse`], [`streaming`], [`logging`]
 //! - [`metrics`]: `GET /metrics` (Prometheus), per server
 //! - [`extensions`]: built-in names and the resolver for Python callables
 //! - [`error`]: the error type and the OpenAI error envelope
@@ -30,6 +30,7 @@ pub mod routing;
 pub mod secrets;
 pub mod server;
 pub mod shared_state;
+pub mod sse;
 pub mod streaming;
 pub mod upstream;
 

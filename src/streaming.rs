@@ -1,7 +1,6 @@
 //! Streaming in both directions.
 //!
-//! Upstream: one SSE reader for every provider (the `eventsource-stream2` parser:
-//! LF, CRLF and CR line endings, multi-line `data:`, comment keep-alives), turned
+//! Upstream: every provider's SSE body is read by [`crate::sse`] and turned here
 //! into a stream of JSON chunk objects that ends at `[DONE]` or at the end of the
 //! body, with an idle timeout between events.
 //!
@@ -13,13 +12,13 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
-use eventsource_stream2::Eventsource;
-use futures_util::{Future, FutureExt, Stream, StreamExt};
+use futures_util::{FutureExt, Stream, StreamExt};
 use http::StatusCode;
 use serde_json::{json, Value};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::payload::{Payload, PayloadStream};
+use crate::sse::SseDataEvents;
 
 /// A stream of OpenAI `chat.completion.chunk` objects, or a failure that ends it.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Value, ApiError>> + Send>>;
@@ -27,80 +26,13 @@ pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Value, ApiError>> + Send
 /// A stream of upstream SSE event data, or a failure that ends it.
 pub type DataStream = Pin<Box<dyn Stream<Item = Result<String, ApiError>> + Send>>;
 
-/// The `data` of each event of an upstream SSE body, as written. Ends at `[DONE]`
-/// or at the end of the body; events without data (comments, keep-alives) are
-/// skipped. `idle_timeout` bounds the silence between two events.
+/// The `data` of each event of an upstream SSE body (see [`SseDataEvents`]).
 pub fn sse_data_events<S, E>(body: S, idle_timeout: Duration) -> DataStream
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
-    let events = IdleTimeout::new(Box::pin(body.eventsource()), idle_timeout);
-    let stream = futures_util::stream::unfold(Some(events), move |state| async move {
-        let mut events = state?;
-        loop {
-            match events.next().await {
-                // End of body without `[DONE]`: accepted as the end (some servers omit it).
-                None => return None,
-                Some(Err(IdleError::Timeout)) => {
-                    let err = ApiError::UpstreamTimeout {
-                        detail: format!(
-                            "no data from upstream for {:.1}s",
-                            idle_timeout.as_secs_f64()
-                        ),
-                    };
-                    return Some((Err(err), None));
-                }
-                Some(Err(IdleError::Inner(e))) => {
-                    let err = ApiError::upstream_failure(format!("upstream stream broke off: {e}"));
-                    return Some((Err(err), None));
-                }
-                Some(Ok(event)) => {
-                    let mut data = event.data;
-                    let trimmed = data.trim();
-                    if trimmed.is_empty() {
-                        continue;
-                    }
-                    if trimmed == "[DONE]" {
-                        finish_body(events);
-                        return None;
-                    }
-                    if trimmed.len() != data.len() {
-                        data = trimmed.to_owned();
-                    }
-                    return Some((Ok(data), Some(events)));
-                }
-            }
-        }
-    });
-    Box::pin(stream)
-}
-
-/// How long an upstream may keep a body open after its `[DONE]` event before the
-/// connection is closed instead of being kept for the next request.
-const AFTER_DONE_GRACE: Duration = Duration::from_secs(2);
-
-/// After `[DONE]`, read what is left of the body (normally just the end of its
-/// chunked encoding, already received) so that its keep-alive connection goes back to
-/// the pool rather than being closed. What has not arrived yet is awaited in a task
-/// of its own for [`AFTER_DONE_GRACE`], so that the client's stream ends at once.
-fn finish_body<S>(mut events: S)
-where
-    S: Stream + Unpin + Send + 'static,
-{
-    loop {
-        match events.next().now_or_never() {
-            Some(Some(_)) => continue,
-            Some(None) => return,
-            None => break,
-        }
-    }
-    tokio::spawn(async move {
-        let _ = tokio::time::timeout(AFTER_DONE_GRACE, async {
-            while events.next().await.is_some() {}
-        })
-        .await;
-    });
+    Box::pin(SseDataEvents::new(body, idle_timeout))
 }
 
 /// Read an upstream SSE body as JSON chunks. Each `data:` payload must be JSON;
@@ -143,77 +75,6 @@ pub fn json_chunk(data: &str) -> Result<Value, ApiError> {
         Err(e) => Err(ApiError::upstream_failure(format!(
             "upstream sent a chunk that is not JSON: {e}"
         ))),
-    }
-}
-
-/// Why [`IdleTimeout`] ended a stream.
-enum IdleError<E> {
-    Timeout,
-    Inner(E),
-}
-
-/// A stream that fails when its source stays silent for `idle`. Nothing per item
-/// touches the clock or the timer (re-arming a timer per streamed event was a
-/// timer-wheel removal and insertion each time): an item only sets a flag, and a
-/// timer that ticks every quarter of `idle` counts the quiet ticks. Silence is
-/// reported after `idle` to `idle * 5/4`. The timer is made at the first wait
-/// (inside the runtime, and never for a source that is always ready).
-struct IdleTimeout<S> {
-    inner: S,
-    tick: Duration,
-    item_since_tick: bool,
-    quiet_ticks: u32,
-    timer: Option<Pin<Box<tokio::time::Sleep>>>,
-}
-
-/// Quiet ticks in a row that make `idle`.
-const IDLE_TICKS: u32 = 4;
-
-impl<S> IdleTimeout<S> {
-    fn new(inner: S, idle: Duration) -> Self {
-        IdleTimeout {
-            inner,
-            tick: idle / IDLE_TICKS,
-            item_since_tick: false,
-            quiet_ticks: 0,
-            timer: None,
-        }
-    }
-}
-
-impl<S, T, E> Stream for IdleTimeout<S>
-where
-    S: Stream<Item = Result<T, E>> + Unpin,
-{
-    type Item = Result<T, IdleError<E>>;
-
-    fn poll_next(
-        mut self: Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Self::Item>> {
-        use std::task::Poll;
-        let this = &mut *self;
-        if let Poll::Ready(item) = this.inner.poll_next_unpin(cx) {
-            this.item_since_tick = true;
-            return Poll::Ready(item.map(|r| r.map_err(IdleError::Inner)));
-        }
-        let tick = this.tick;
-        let timer = this
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep(tick)));
-        while timer.as_mut().poll(cx).is_ready() {
-            if std::mem::take(&mut this.item_since_tick) {
-                this.quiet_ticks = 0;
-            } else {
-                this.quiet_ticks += 1;
-                if this.quiet_ticks >= IDLE_TICKS {
-                    return Poll::Ready(Some(Err(IdleError::Timeout)));
-                }
-            }
-            // Polled again by the loop, so that it registers for the next tick.
-            timer.as_mut().reset(tokio::time::Instant::now() + tick);
-        }
-        Poll::Pending
     }
 }
 
@@ -700,33 +561,6 @@ mod tests {
         ))
         .await;
         assert!(matches!(items[0], Err(ApiError::UpstreamFailure { .. })));
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn silence_is_reported_after_the_idle_time_not_before() {
-        let idle = Duration::from_secs(8);
-        // Items 6 s apart never trip an 8 s idle timeout, however long the stream.
-        let steady = futures_util::stream::iter(0..5).then(|i| async move {
-            tokio::time::sleep(Duration::from_secs(6)).await;
-            Ok::<_, std::io::Error>(i)
-        });
-        let items: Vec<_> = IdleTimeout::new(Box::pin(steady), idle).collect().await;
-        assert_eq!(items.len(), 5);
-        assert!(items.iter().all(Result::is_ok));
-
-        // After the last item, silence ends the stream between 8 and 10 s later.
-        let stalls = futures_util::stream::iter(0..2)
-            .then(|i| async move { Ok::<_, std::io::Error>(i) })
-            .chain(futures_util::stream::pending());
-        let started = tokio::time::Instant::now();
-        let items: Vec<_> = IdleTimeout::new(Box::pin(stalls), idle)
-            .take(3)
-            .collect()
-            .await;
-        let waited = started.elapsed();
-        assert_eq!(items.len(), 3);
-        assert!(matches!(items[2], Err(IdleError::Timeout)));
-        assert!(waited >= idle && waited <= idle * 5 / 4, "{waited:?}");
     }
 
     fn identity() -> StreamIdentity {
