@@ -46,11 +46,16 @@ impl TrustedProxies {
         self.nets.iter().any(|net| net.contains(&ip))
     }
 
-    /// The client address for a request that arrived from `peer`.
+    /// The client address for a request that arrived from `peer`, as text.
     pub fn client_addr(&self, headers: &HeaderMap, peer: IpAddr) -> String {
+        ip_text(self.client_ip(headers, peer))
+    }
+
+    /// The client address for a request that arrived from `peer`.
+    fn client_ip(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
         let peer = canonical(peer);
         if !self.trusts(peer) {
-            return peer.to_string();
+            return peer;
         }
         let forwarded_for: Vec<IpAddr> = headers
             .get_all(X_FORWARDED_FOR)
@@ -60,14 +65,14 @@ impl TrustedProxies {
             .filter_map(parse_ip)
             .collect();
         if let Some(ip) = self.rightmost_untrusted(&forwarded_for) {
-            return ip.to_string();
+            return ip;
         }
         if let Some(ip) = headers
             .get(X_REAL_IP)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_ip)
         {
-            return ip.to_string();
+            return ip;
         }
         let forwarded: Vec<IpAddr> = headers
             .get_all(http::header::FORWARDED)
@@ -85,9 +90,9 @@ impl TrustedProxies {
             })
             .collect();
         if let Some(ip) = self.rightmost_untrusted(&forwarded) {
-            return ip.to_string();
+            return ip;
         }
-        peer.to_string()
+        peer
     }
 
     fn rightmost_untrusted(&self, chain: &[IpAddr]) -> Option<IpAddr> {
@@ -97,6 +102,24 @@ impl TrustedProxies {
             .find(|ip| !self.trusts(**ip))
             .or_else(|| chain.first())
             .copied()
+    }
+}
+
+/// An address as `Display` writes it, without the formatting machinery for IPv4
+/// (this runs for every request).
+fn ip_text(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => {
+            let mut text = String::with_capacity(15);
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    text.push('.');
+                }
+                text.push_str(itoa::Buffer::new().format(octet));
+            }
+            text
+        }
+        IpAddr::V6(v6) => v6.to_string(),
     }
 }
 
@@ -129,6 +152,21 @@ fn parse_ip(text: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn addresses_are_written_as_display_writes_them() {
+        for text in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.200.3.45",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::7",
+        ] {
+            let ip: IpAddr = text.parse().unwrap();
+            assert_eq!(ip_text(ip), ip.to_string());
+        }
+    }
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

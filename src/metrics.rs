@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -160,6 +160,7 @@ pub struct Metrics {
     models: LabelCap,
     groups: LabelCap,
     connections: LabelCap,
+    series: SeriesCache,
 }
 
 impl Default for Metrics {
@@ -236,6 +237,7 @@ impl Metrics {
             models: LabelCap::new(),
             groups: LabelCap::new(),
             connections: LabelCap::new(),
+            series: SeriesCache::default(),
         }
     }
 
@@ -254,40 +256,173 @@ impl Metrics {
         ctx: &RequestContext,
         upstream: Option<Duration>,
     ) -> RequestMetrics {
-        let model = ctx.request.get("model").and_then(Value::as_str);
+        let key = SeriesRef {
+            connection: ctx.connection.as_deref(),
+            model: ctx.request.get("model").and_then(Value::as_str),
+            group: ctx.group.as_deref(),
+            stream: ctx.is_stream(),
+        };
         RequestMetrics {
             metrics: self.clone(),
-            connection: self.connections.get(ctx.connection.as_deref()),
-            model: self.models.get(model),
-            group: self.groups.get(ctx.group.as_deref()),
-            stream: ctx.is_stream(),
+            series: self.series.get(key, || self.new_series(key)),
             started: ctx.started,
             upstream,
         }
     }
 
-    fn count_tokens(&self, connection: &Label, model: &Label, usage: TokenCounts) {
-        for (count, kind) in [(usage.prompt, "prompt"), (usage.completion, "completion")] {
-            if let Some(n) = count {
-                self.tokens
-                    .get_or_create(&TokenLabels {
-                        connection: connection.clone(),
-                        model: model.clone(),
-                        r#type: kind,
-                    })
-                    .inc_by(n);
+    /// The series of requests with these labels, none of them made yet.
+    fn new_series(&self, key: SeriesRef<'_>) -> Series {
+        Series {
+            connection: self.connections.get(key.connection),
+            model: self.models.get(key.model),
+            group: self.groups.get(key.group),
+            stream: key.stream,
+            ok: OnceLock::new(),
+            request_duration: OnceLock::new(),
+            upstream_duration: OnceLock::new(),
+            overhead: OnceLock::new(),
+            time_to_first_token: OnceLock::new(),
+            prompt_tokens: OnceLock::new(),
+            completion_tokens: OnceLock::new(),
+        }
+    }
+}
+
+/// Most label combinations whose [`Series`] are kept; requests with others (only
+/// possible when clients send that many model names) look their series up each time.
+const MAX_CACHED_SERIES: usize = 1000;
+
+/// The [`Series`] of each combination of the raw label values seen, so that a request
+/// finds all its metrics with one lookup (with `foldhash`) instead of one SipHash
+/// lookup and lock per metric family and capped label.
+#[derive(Default)]
+struct SeriesCache {
+    map: RwLock<hashbrown::HashMap<SeriesKey, Arc<Series>>>,
+}
+
+impl SeriesCache {
+    fn get(&self, key: SeriesRef<'_>, make: impl FnOnce() -> Series) -> Arc<Series> {
+        // A poisoned lock only means a panic elsewhere mid-insert of a whole entry.
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        if let Some(series) = map.get(&key) {
+            return series.clone();
+        }
+        let full = map.len() >= MAX_CACHED_SERIES;
+        drop(map);
+        let series = Arc::new(make());
+        if !full {
+            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            if map.len() < MAX_CACHED_SERIES {
+                return map.entry(key.to_owned()).or_insert(series).clone();
             }
         }
+        series
+    }
+}
+
+/// The raw label values of a request, as looked up.
+#[derive(Clone, Copy, Hash, PartialEq, Eq)]
+struct SeriesRef<'a> {
+    connection: Option<&'a str>,
+    model: Option<&'a str>,
+    group: Option<&'a str>,
+    stream: bool,
+}
+
+impl SeriesRef<'_> {
+    fn to_owned(self) -> SeriesKey {
+        SeriesKey {
+            connection: self.connection.map(Box::from),
+            model: self.model.map(Box::from),
+            group: self.group.map(Box::from),
+            stream: self.stream,
+        }
+    }
+}
+
+/// [`SeriesRef`] as kept in the cache. Hashes as the `SeriesRef` of its values.
+#[derive(PartialEq, Eq)]
+struct SeriesKey {
+    connection: Option<Box<str>>,
+    model: Option<Box<str>>,
+    group: Option<Box<str>>,
+    stream: bool,
+}
+
+impl SeriesKey {
+    fn as_ref(&self) -> SeriesRef<'_> {
+        SeriesRef {
+            connection: self.connection.as_deref(),
+            model: self.model.as_deref(),
+            group: self.group.as_deref(),
+            stream: self.stream,
+        }
+    }
+}
+
+impl std::hash::Hash for SeriesKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_ref().hash(state);
+    }
+}
+
+impl hashbrown::Equivalent<SeriesKey> for SeriesRef<'_> {
+    fn equivalent(&self, key: &SeriesKey) -> bool {
+        *self == key.as_ref()
+    }
+}
+
+/// The metrics that requests with one set of labels report to: handles taken from
+/// the families the first time each is needed (so a series shows in the exposition
+/// only once it has something in it), then kept.
+struct Series {
+    connection: Label,
+    model: Label,
+    group: Label,
+    stream: bool,
+    /// `requests` with status 200 (other statuses go through the family).
+    ok: OnceLock<Counter>,
+    request_duration: OnceLock<Histogram>,
+    upstream_duration: OnceLock<Histogram>,
+    overhead: OnceLock<Histogram>,
+    time_to_first_token: OnceLock<Histogram>,
+    prompt_tokens: OnceLock<Counter>,
+    completion_tokens: OnceLock<Counter>,
+}
+
+impl Series {
+    fn request_labels(&self, status: u16) -> RequestLabels {
+        RequestLabels {
+            status,
+            connection: self.connection.clone(),
+            model: self.model.clone(),
+            group: self.group.clone(),
+            stream: self.stream,
+        }
+    }
+
+    fn timing_labels(&self) -> TimingLabels {
+        TimingLabels {
+            connection: self.connection.clone(),
+            stream: self.stream,
+        }
+    }
+
+    fn token_counter(&self, family: &Family<TokenLabels, Counter>, kind: &'static str) -> Counter {
+        family
+            .get_or_create(&TokenLabels {
+                connection: self.connection.clone(),
+                model: self.model.clone(),
+                r#type: kind,
+            })
+            .clone()
     }
 }
 
 /// What one request reports; see [`Metrics::request`].
 pub struct RequestMetrics {
     metrics: Arc<Metrics>,
-    connection: Label,
-    model: Label,
-    group: Label,
-    stream: bool,
+    series: Arc<Series>,
     started: Instant,
     upstream: Option<Duration>,
 }
@@ -296,8 +431,7 @@ impl RequestMetrics {
     /// A non-streamed answer was produced.
     pub fn completed(self, usage: Option<TokenCounts>) {
         if let Some(usage) = usage {
-            self.metrics
-                .count_tokens(&self.connection, &self.model, usage);
+            self.count_tokens(usage);
         }
         self.finish(200, self.upstream);
     }
@@ -328,39 +462,65 @@ impl RequestMetrics {
             self.metrics
                 .upstream_errors
                 .get_or_create(&UpstreamErrorLabels {
-                    connection: self.connection.clone(),
+                    connection: self.series.connection.clone(),
                     kind,
                 })
                 .inc();
         }
     }
 
-    fn finish(&self, status: u16, upstream: Option<Duration>) {
-        let m = &self.metrics;
-        let total = self.started.elapsed();
-        m.requests
-            .get_or_create(&RequestLabels {
-                status,
-                connection: self.connection.clone(),
-                model: self.model.clone(),
-                group: self.group.clone(),
-                stream: self.stream,
+    fn count_tokens(&self, usage: TokenCounts) {
+        let (m, s) = (&self.metrics, &self.series);
+        if let Some(n) = usage.prompt {
+            s.prompt_tokens
+                .get_or_init(|| s.token_counter(&m.tokens, "prompt"))
+                .inc_by(n);
+        }
+        if let Some(n) = usage.completion {
+            s.completion_tokens
+                .get_or_init(|| s.token_counter(&m.tokens, "completion"))
+                .inc_by(n);
+        }
+    }
+
+    fn first_chunk(&self) {
+        let (m, s) = (&self.metrics, &self.series);
+        s.time_to_first_token
+            .get_or_init(|| {
+                m.time_to_first_token
+                    .get_or_create(&ConnectionLabel {
+                        connection: s.connection.clone(),
+                    })
+                    .clone()
             })
-            .inc();
-        let timing = TimingLabels {
-            connection: self.connection.clone(),
-            stream: self.stream,
-        };
-        m.request_duration
-            .get_or_create(&timing)
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+
+    fn finish(&self, status: u16, upstream: Option<Duration>) {
+        let (m, s) = (&self.metrics, &self.series);
+        let total = self.started.elapsed();
+        if status == 200 {
+            s.ok.get_or_init(|| m.requests.get_or_create(&s.request_labels(200)).clone())
+                .inc();
+        } else {
+            m.requests.get_or_create(&s.request_labels(status)).inc();
+        }
+        s.request_duration
+            .get_or_init(|| m.request_duration.get_or_create(&s.timing_labels()).clone())
             .observe(total.as_secs_f64());
         if let Some(upstream) = upstream {
-            m.upstream_duration
-                .get_or_create(&timing)
+            s.upstream_duration
+                .get_or_init(|| {
+                    m.upstream_duration
+                        .get_or_create(&s.timing_labels())
+                        .clone()
+                })
                 .observe(upstream.as_secs_f64());
-            m.overhead
-                .get_or_create(&StreamLabel {
-                    stream: self.stream,
+            s.overhead
+                .get_or_init(|| {
+                    m.overhead
+                        .get_or_create(&StreamLabel { stream: s.stream })
+                        .clone()
                 })
                 .observe(total.saturating_sub(upstream).as_secs_f64());
         }
@@ -429,13 +589,7 @@ impl Stream for ObservedStream {
             Poll::Ready(Some(Ok(chunk))) => {
                 if !this.first_chunk {
                     this.first_chunk = true;
-                    this.report
-                        .metrics
-                        .time_to_first_token
-                        .get_or_create(&ConnectionLabel {
-                            connection: this.report.connection.clone(),
-                        })
-                        .observe(this.report.started.elapsed().as_secs_f64());
+                    this.report.first_chunk();
                 }
                 if let Some(usage) = chunk.usage() {
                     this.usage = Some(usage);
@@ -452,9 +606,7 @@ impl Drop for ObservedStream {
     fn drop(&mut self) {
         let report = &self.report;
         if let Some(usage) = self.usage {
-            report
-                .metrics
-                .count_tokens(&report.connection, &report.model, usage);
+            report.count_tokens(usage);
         }
         let upstream = report.upstream.map(|u| u + self.upstream_wait);
         report.finish(200, upstream);
@@ -519,6 +671,41 @@ mod tests {
         assert_eq!(&*cap.get(Some("m3")), "m3");
         assert_eq!(&*cap.get(None), NONE);
         assert_eq!(&*cap.get(Some("")), NONE);
+    }
+
+    #[test]
+    fn series_are_found_again_and_the_cache_is_bounded() {
+        let m = Metrics::new();
+        fn key(model: &str) -> SeriesRef<'_> {
+            SeriesRef {
+                connection: Some("c"),
+                model: Some(model),
+                group: None,
+                stream: false,
+            }
+        }
+        let first = m.series.get(key("a"), || m.new_series(key("a")));
+        let again = m.series.get(key("a"), || unreachable!("cached"));
+        assert!(Arc::ptr_eq(&first, &again));
+        assert_eq!(&*first.group, NONE);
+        let streamed = SeriesRef {
+            stream: true,
+            ..key("a")
+        };
+        let other = m.series.get(streamed, || m.new_series(streamed));
+        assert!(!Arc::ptr_eq(&first, &other));
+
+        for i in 0..MAX_CACHED_SERIES + 10 {
+            let name = format!("m{i}");
+            let series = m.series.get(key(&name), || m.new_series(key(&name)));
+            let expected = if i < MAX_LABEL_VALUES - 1 {
+                name.as_str()
+            } else {
+                OTHER
+            };
+            assert_eq!(&*series.model, expected, "{i}");
+        }
+        assert_eq!(m.series.map.read().unwrap().len(), MAX_CACHED_SERIES);
     }
 
     #[test]
