@@ -205,10 +205,12 @@ struct Scanner<'a> {
 }
 
 impl Scanner<'_> {
+    #[inline(always)]
     fn peek(&self) -> Option<u8> {
         self.text.get(self.at).copied()
     }
 
+    #[inline(always)]
     fn skip_whitespace(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.text.get(self.at) {
             self.at += 1;
@@ -216,6 +218,7 @@ impl Scanner<'_> {
     }
 
     /// At a `"`: moves past the string. `Some(true)` when it contains escapes.
+    #[inline(always)]
     fn string(&mut self) -> Option<bool> {
         const ONES: u64 = 0x0101_0101_0101_0101;
         const HIGH: u64 = 0x8080_8080_8080_8080;
@@ -274,6 +277,7 @@ impl Scanner<'_> {
     }
 
     /// A number, rejecting what serde_json would not fit in an `f64`.
+    #[inline(always)]
     fn number(&mut self) -> Option<()> {
         let text = self.text;
         let start = self.at;
@@ -330,6 +334,7 @@ impl Scanner<'_> {
         Some(())
     }
 
+    #[inline(always)]
     fn literal(&mut self, word: &[u8]) -> Option<()> {
         if self.text.get(self.at..self.at + word.len())? != word {
             return None;
@@ -339,6 +344,7 @@ impl Scanner<'_> {
     }
 
     /// At an object's key: past the key, the colon and the whitespace after it.
+    #[inline(always)]
     fn key_and_colon(&mut self) -> Option<()> {
         if self.peek()? != b'"' {
             return None;

@@ -8,7 +8,7 @@ use std::time::Duration;
 use http::StatusCode;
 use serde_json::Value;
 
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::upstream::{UpstreamError, UpstreamResponse};
@@ -17,15 +17,18 @@ use crate::upstream::{UpstreamError, UpstreamResponse};
 const ERROR_BODY_LIMIT: usize = 64 * 1024;
 
 /// Wait for the response head of a sent request, within `timeout`.
-pub async fn send(
+///
+/// Not an `async fn`: that would keep both the request future and the timeout
+/// wrapping it in its state (twice the size, moved on every await up the stack).
+pub fn send(
     request: impl std::future::Future<Output = Result<UpstreamResponse, UpstreamError>>,
     timeout: Duration,
-) -> Result<UpstreamResponse, ApiError> {
-    match tokio::time::timeout(timeout, request).await {
+) -> impl std::future::Future<Output = Result<UpstreamResponse, ApiError>> {
+    tokio::time::timeout(timeout, request).map(move |result| match result {
         Err(_) => Err(timeout_error(timeout)),
         Ok(Err(e)) => Err(e.into_api_error()),
         Ok(Ok(response)) => Ok(response),
-    }
+    })
 }
 
 /// [`send`] for a reqwest request (token and metadata calls), giving reqwest's

@@ -240,13 +240,14 @@ impl Target {
                 })
             }
             Route::Reqwest(client) => {
-                let response = client
+                // Boxed: reqwest's future is large, and inline it would make every
+                // call's future (and each move of it) that large, pooled ones too.
+                let send = client
                     .post(self.url.clone())
                     .headers(headers)
                     .body(body)
-                    .send()
-                    .await
-                    .map_err(UpstreamError::reqwest)?;
+                    .send();
+                let response = Box::pin(send).await.map_err(UpstreamError::reqwest)?;
                 Ok(UpstreamResponse::from_reqwest(response))
             }
         }

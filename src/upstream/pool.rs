@@ -230,7 +230,9 @@ impl Pool {
         loop {
             let (mut connection, reused) = match self.checkout() {
                 Some(connection) => (connection, true),
-                None => (self.connect().await?, false),
+                // Boxed: connecting is rare, and its future inline would make every
+                // request's future larger.
+                None => (Box::pin(self.connect()).await?, false),
             };
             if let Err(e) = connection.ready().await {
                 if reused {
