@@ -35,9 +35,12 @@ enum Reply {
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
-    body: Body,
+    request: axum::extract::Request,
 ) -> Response {
+    // Taken whole and split, so that the headers are moved, not copied (the
+    // `HeaderMap` extractor clones them).
+    let (parts, body) = request.into_parts();
+    let headers = parts.headers;
     let gateway = state.gateway();
     let remote_addr = gateway.trusted_proxies.client_addr(&headers, peer.ip());
     let mut ctx = RequestContext::new(headers, remote_addr);
@@ -183,7 +186,7 @@ async fn handle(
         handler.before(ctx).await?;
     }
 
-    let call = upstream_call(ctx)?;
+    let call = upstream_call(ctx, gateway.log_dispatcher.is_some())?;
     let provider = connection.provider.clone();
     let upstream_started = std::time::Instant::now();
     let reply = if call.is_stream() {
@@ -252,18 +255,31 @@ pub fn parse_request(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Va
     Ok(request)
 }
 
-/// The upstream call from the context as handlers left it.
-fn upstream_call(ctx: &RequestContext) -> Result<UpstreamCall, ApiError> {
-    let mut params = Map::with_capacity(ctx.llm_params.len() + 1);
-    if let Some(messages) = ctx.request.get("messages") {
-        params.insert("messages".into(), messages.clone());
+/// The upstream call from the context as handlers left it. Unless the request is
+/// still to be logged whole (`keep_request`: a JSON logger is configured), the
+/// messages and parameters are moved into the call instead of copied (a deep copy
+/// of the whole conversation): after this, only the model and `stream` are read.
+fn upstream_call(ctx: &mut RequestContext, keep_request: bool) -> Result<UpstreamCall, ApiError> {
+    let llm_params = if keep_request {
+        ctx.llm_params.clone()
+    } else {
+        std::mem::take(&mut ctx.llm_params)
+    };
+    let mut params = Map::with_capacity(llm_params.len() + 1);
+    if let Some(messages) = ctx.request.get_mut("messages") {
+        let messages = if keep_request {
+            messages.clone()
+        } else {
+            messages.take()
+        };
+        params.insert("messages".into(), messages);
     }
     let mut headers = HeaderMap::new();
-    for (key, value) in &ctx.llm_params {
+    for (key, value) in llm_params {
         if key == "extra_headers" {
-            headers = extra_headers(value)?;
+            headers = extra_headers(&value)?;
         } else {
-            params.insert(key.clone(), value.clone());
+            params.insert(key, value);
         }
     }
     Ok(UpstreamCall {
