@@ -212,7 +212,11 @@ impl Scanner<'_> {
 
     #[inline(always)]
     fn skip_whitespace(&mut self) {
-        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.text.get(self.at) {
+        // Most calls find none: one comparison for them (whitespace is below `!`).
+        while let Some(&byte) = self.text.get(self.at) {
+            if byte > b' ' || !matches!(byte, b' ' | b'\t' | b'\n' | b'\r') {
+                return;
+            }
             self.at += 1;
         }
     }
@@ -383,10 +387,9 @@ impl Scanner<'_> {
             self.skip_whitespace();
             let value_start = self.at;
             self.value()?;
-            let count = self.unsigned(value_start);
             match &*key {
-                b"prompt_tokens" => counts.prompt = count,
-                b"completion_tokens" => counts.completion = count,
+                b"prompt_tokens" => counts.prompt = self.unsigned(value_start),
+                b"completion_tokens" => counts.completion = self.unsigned(value_start),
                 _ => {}
             }
             self.skip_whitespace();
@@ -403,16 +406,34 @@ impl Scanner<'_> {
     /// only (no sign, fraction or exponent; serde_json reads `-0` as a float) that
     /// fit a `u64`.
     fn unsigned(&self, start: usize) -> Option<u64> {
-        std::str::from_utf8(&self.text[start..self.at])
-            .ok()?
-            .parse::<u64>()
-            .ok()
-            .filter(|_| self.text[start].is_ascii_digit())
+        let digits = &self.text[start..self.at];
+        if digits.is_empty() {
+            return None;
+        }
+        digits.iter().try_fold(0u64, |n, &d| {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
     }
 
-    /// One value of a top-level member. Iterative: the open containers are bits of
-    /// `open` (1 = object), so hostile nesting cannot exhaust the stack.
+    /// One value of a top-level member.
     fn value(&mut self) -> Option<()> {
+        // Scalars directly: most members are, and the loop below has more to set up.
+        match self.peek()? {
+            b'"' => self.string().map(|_| ()),
+            b'{' | b'[' => self.container(),
+            b't' => self.literal(b"true"),
+            b'f' => self.literal(b"false"),
+            b'n' => self.literal(b"null"),
+            _ => self.number(),
+        }
+    }
+
+    /// At a `{` or `[`: one whole container. Iterative: the open containers are bits
+    /// of `open` (1 = object), so hostile nesting cannot exhaust the stack.
+    fn container(&mut self) -> Option<()> {
         let mut open: u128 = 0;
         // The top-level object is level 1.
         let mut depth: u32 = 1;
