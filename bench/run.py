@@ -249,7 +249,7 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
 
 
 class Server:
-    """A process this script started (in its own session), with its log file."""
+    """A process this script started (in its own process group), with its log file."""
 
     running: typing.ClassVar[list[Server]] = []
 
@@ -273,7 +273,12 @@ class Server:
             stdin=subprocess.DEVNULL,
             env={**os.environ, **(env or {})},
             cwd=cwd or ROOT,
-            start_new_session=True,
+            # Its own process group (so that stop() reaches its workers) but not its
+            # own session: with the kernel's autogroup scheduling
+            # (/proc/sys/kernel/sched_autogroup_enabled), each session gets an equal
+            # share of the CPU when all are busy, which capped the proxy (the busiest
+            # process) at the share of the load generator or the mock.
+            process_group=0,
         )
         Server.running.append(self)
 
