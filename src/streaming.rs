@@ -161,7 +161,9 @@ pub fn encode_sse<F>(
 where
     F: FnOnce(StreamSummary) + Send + 'static,
 {
-    let encoder = SseEncoder {
+    // Boxed: the unfold below moves its state in and out of each write's future,
+    // and the encoder (with the closure and what it captured) is large.
+    let encoder = Box::new(SseEncoder {
         identity,
         last_raw: None,
         guard: FinishGuard {
@@ -169,7 +171,7 @@ where
             summary: StreamSummary::default(),
             accumulator: assemble.then(StreamAccumulator::default),
         },
-    };
+    });
     futures_util::stream::unfold(Some((chunks, encoder)), |state| async move {
         let (mut chunks, mut encoder) = state?;
         let mut buf = Vec::with_capacity(1024);
