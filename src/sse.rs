@@ -44,8 +44,10 @@ pub struct SseDataEvents<S> {
     /// How far past `start` is known to hold no line end: where the next search
     /// resumes, so a long line arriving in many pieces is searched once.
     scanned: usize,
-    /// The `data` lines of the event being read, each followed by LF.
+    /// The `data` lines of the event being read, joined with LF.
     data: Vec<u8>,
+    /// How many `data` lines that is (an empty one still makes an event).
+    data_lines: usize,
     /// Whether the start of the body has been checked for a byte-order mark.
     bom_checked: bool,
     idle: IdleClock,
@@ -59,6 +61,7 @@ impl<S> SseDataEvents<S> {
             start: 0,
             scanned: 0,
             data: Vec::new(),
+            data_lines: 0,
             bom_checked: false,
             idle: IdleClock::new(idle_timeout),
         }
@@ -97,12 +100,11 @@ impl<S> SseDataEvents<S> {
             if line.is_empty() {
                 self.start += next_line;
                 self.scanned = 0;
-                if self.data.is_empty() {
+                if self.data_lines == 0 {
                     continue;
                 }
-                let mut data = std::mem::take(&mut self.data);
-                data.pop(); // the LF after the last data line
-                return Some(data);
+                self.data_lines = 0;
+                return Some(std::mem::take(&mut self.data));
             }
             if line[0] != b':' {
                 let (field, value) = match memchr::memchr(b':', line) {
@@ -113,10 +115,15 @@ impl<S> SseDataEvents<S> {
                     None => (line, &[][..]),
                 };
                 if field == b"data" {
-                    // Sized for the usual one-line event at once (no growth by the LF).
-                    self.data.reserve(value.len() + 1);
+                    if self.data_lines == 0 {
+                        // The usual one-line event fills its buffer exactly, so that
+                        // it becomes the chunk's `Bytes` without another allocation.
+                        self.data.reserve_exact(value.len());
+                    } else {
+                        self.data.push(b'\n');
+                    }
                     self.data.extend_from_slice(value);
-                    self.data.push(b'\n');
+                    self.data_lines += 1;
                 }
             }
             self.start += next_line;
@@ -141,6 +148,7 @@ impl<S> SseDataEvents<S> {
         self.start = 0;
         self.scanned = 0;
         self.data = Vec::new();
+        self.data_lines = 0;
         self.body.take()
     }
 }

@@ -174,7 +174,8 @@ where
     });
     futures_util::stream::unfold(Some((chunks, encoder)), |state| async move {
         let (mut chunks, mut encoder) = state?;
-        let mut buf = Vec::with_capacity(1024);
+        // Room for a burst of typical events without growing more than once.
+        let mut buf = Vec::with_capacity(4096);
         let first = chunks.next().await;
         let mut ended = encoder.write(first, &mut buf);
         let mut idle_turns = 0;
