@@ -178,11 +178,14 @@ where
         let mut buf = Vec::with_capacity(4096);
         let first = chunks.next().await;
         let mut ended = encoder.write(first, &mut buf);
+        // Turns of the scheduler taken so far without a new event.
         let mut idle_turns = 0;
         while !ended && buf.len() < COALESCE_LIMIT {
-            tokio::task::yield_now().await;
+            // Everything that is ready now, without waiting: taken before the first
+            // yield, so that events that came together (and, at the start, the
+            // response head, which hyper writes when the body first waits) go out
+            // in one write.
             let mut got = false;
-            // Everything that is ready now, without waiting.
             while let Some(item) = chunks.next().now_or_never() {
                 got = true;
                 ended = encoder.write(item, &mut buf);
@@ -190,14 +193,16 @@ where
                     break;
                 }
             }
+            if ended || buf.len() >= COALESCE_LIMIT {
+                break;
+            }
             if got {
                 idle_turns = 0;
-            } else {
-                idle_turns += 1;
-                if idle_turns >= COALESCE_IDLE_TURNS {
-                    break;
-                }
+            } else if idle_turns == COALESCE_IDLE_TURNS {
+                break;
             }
+            idle_turns += 1;
+            tokio::task::yield_now().await;
         }
         let next = (!ended).then_some((chunks, encoder));
         Some((Ok(Bytes::from(buf)), next))
@@ -601,6 +606,21 @@ mod tests {
             "data: {\"n\":2}\n\ndata: [DONE]\n\n",
         ];
         assert_eq!(out, expected.map(Bytes::from));
+    }
+
+    /// Events that are all there at the first poll come out of that poll, with no
+    /// wait in between: hyper writes the response head when the body first waits,
+    /// so a wait there cost a write of its own.
+    #[tokio::test]
+    async fn events_ready_at_once_come_out_of_the_first_poll() {
+        let burst: PayloadStream = Box::pin(futures_util::stream::iter(
+            (0..3).map(|i| Ok::<Payload, ApiError>(json!({ "n": i }).into())),
+        ));
+        let mut body = Box::pin(encode_sse(burst, identity(), false, |_| {}));
+        match futures_util::poll!(body.next()) {
+            std::task::Poll::Ready(Some(Ok(bytes))) => assert!(bytes.ends_with(DONE)),
+            other => panic!("the first poll gave {other:?}"),
+        }
     }
 
     #[tokio::test]
