@@ -161,6 +161,20 @@ fn call_of(request: &Map<String, Value>) -> UpstreamCall {
     }
 }
 
+/// `text` cut at `positions` (none past its end, in any order): the pieces in which
+/// a body may arrive from the network.
+pub(crate) fn cut_at(text: &[u8], mut positions: Vec<usize>) -> Vec<Vec<u8>> {
+    positions.sort_unstable();
+    let mut parts = Vec::with_capacity(positions.len() + 1);
+    let mut last = 0;
+    for p in positions {
+        parts.push(text[last..p].to_vec());
+        last = p;
+    }
+    parts.push(text[last..].to_vec());
+    parts
+}
+
 fn collect_events(parts: Vec<Vec<u8>>) -> Vec<Result<Value, crate::error::ApiError>> {
     let body = futures_util::stream::iter(
         parts
@@ -191,16 +205,7 @@ proptest! {
         }
         text.push_str(&format!("data: [DONE]{newline}{newline}"));
         let bytes = text.into_bytes();
-        let mut positions: Vec<usize> = cuts.iter().map(|i| i.index(bytes.len() + 1)).collect();
-        positions.sort_unstable();
-        positions.dedup();
-        let mut parts = Vec::new();
-        let mut last = 0;
-        for p in positions {
-            parts.push(bytes[last..p].to_vec());
-            last = p;
-        }
-        parts.push(bytes[last..].to_vec());
+        let parts = cut_at(&bytes, cuts.iter().map(|i| i.index(bytes.len() + 1)).collect());
         let got: Vec<Value> = collect_events(parts).into_iter().map(|r| r.expect("valid events")).collect();
         prop_assert_eq!(got, objects);
     }

@@ -373,17 +373,10 @@ mod tests {
         })
     }
 
+    /// `text` cut at each of `cuts` (taken modulo its length + 1).
     fn cut(text: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
-        let mut positions: Vec<usize> = cuts.iter().map(|c| c % (text.len() + 1)).collect();
-        positions.sort_unstable();
-        let mut parts = Vec::new();
-        let mut last = 0;
-        for p in positions {
-            parts.push(text[last..p].to_vec());
-            last = p;
-        }
-        parts.push(text[last..].to_vec());
-        parts
+        let positions = cuts.iter().map(|c| c % (text.len() + 1)).collect();
+        crate::proptests::cut_at(text, positions)
     }
 
     #[test]
