@@ -30,11 +30,19 @@ use crate::error::ApiError;
 /// UTF-8 byte-order mark, skipped at the start of a body.
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// The most bytes one event may take while it is being read (its unfinished line
+/// plus the `data` gathered so far). An upstream that never ends its event (no
+/// blank line, or no line end at all) would otherwise grow the buffer without
+/// bound; past this the stream ends with an upstream error. A streamed chunk is a
+/// few hundred bytes; even a whole answer in one event is far below this.
+pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
+
 /// The `data` of each event of an upstream SSE body, trimmed, as written. Ends at
 /// `[DONE]` (what is left of the body is then read in the background so that its
 /// connection can be reused) or at the end of the body; events whose data is empty
 /// or only whitespace are skipped. A failure (the body breaking off, an event that
-/// is not UTF-8, `idle_timeout` without an event) is the stream's last item.
+/// is not UTF-8 or longer than [`MAX_EVENT_BYTES`], `idle_timeout` without an event)
+/// is the stream's last item.
 pub struct SseDataEvents<S> {
     /// `None` once the stream has ended.
     body: Option<Pin<Box<S>>>,
@@ -50,6 +58,8 @@ pub struct SseDataEvents<S> {
     data_lines: usize,
     /// Whether the start of the body has been checked for a byte-order mark.
     bom_checked: bool,
+    /// [`MAX_EVENT_BYTES`], smaller in tests.
+    max_event: usize,
     idle: IdleClock,
 }
 
@@ -63,8 +73,15 @@ impl<S> SseDataEvents<S> {
             data: Vec::new(),
             data_lines: 0,
             bom_checked: false,
+            max_event: MAX_EVENT_BYTES,
             idle: IdleClock::new(idle_timeout),
         }
+    }
+
+    /// The bytes held for the event being read, once every complete event in the
+    /// buffer has been framed: its unfinished line and its `data` so far.
+    fn pending_event_bytes(&self) -> usize {
+        self.buf.len() - self.start + self.data.len()
     }
 
     /// Frame the buffered bytes up to the next dispatched event's data, if they hold
@@ -202,6 +219,16 @@ where
                 if let Some(item) = this.deliver(data) {
                     return Poll::Ready(item);
                 }
+            }
+            // Every complete event is out: what is held belongs to the one being read
+            // (nothing once the stream has ended).
+            if this.pending_event_bytes() > this.max_event {
+                let limit = this.max_event;
+                this.end();
+                let err = ApiError::upstream_failure(format!(
+                    "upstream sent a stream event longer than {limit} bytes"
+                ));
+                return Poll::Ready(Some(Err(err)));
             }
             let Some(body) = this.body.as_mut() else {
                 return Poll::Ready(None);
@@ -428,6 +455,41 @@ mod tests {
         assert_eq!(all.len(), 2);
         let message = all[1].as_ref().unwrap_err().to_string();
         assert!(message.contains("broke off: connection reset"), "{message}");
+    }
+
+    #[test]
+    fn an_event_longer_than_the_limit_ends_the_stream_with_an_error() {
+        let read_capped = |parts: Vec<&[u8]>| -> Vec<Result<String, String>> {
+            let mut events = SseDataEvents::new(
+                body(parts.into_iter().map(<[u8]>::to_vec).collect()),
+                Duration::from_secs(5),
+            );
+            events.max_event = 64;
+            block_on(events.map(|item| item.map_err(|e| e.to_string())).collect())
+        };
+        let line = b"data: 0123456789abcdef\n\n";
+        // Many complete events in one piece, far more than the limit together: fine.
+        let many: Vec<u8> = line.repeat(20);
+        assert_eq!(read_capped(vec![&many]).len(), 20);
+        // One event of data lines that never ends (no blank line)...
+        let mut parts: Vec<&[u8]> = vec![b"data: ok\n\n"];
+        parts.extend(std::iter::repeat_n(&b"data: 0123456789abcdef\n"[..], 10));
+        parts.push(b"\n");
+        let all = read_capped(parts);
+        assert_eq!(all[0], Ok("ok".to_owned()));
+        assert_eq!(all.len(), 2, "{all:?}");
+        let message = all[1].as_ref().unwrap_err();
+        assert!(message.contains("longer than 64 bytes"), "{message}");
+        // ...or one line that never ends.
+        let all = read_capped(vec![b"data: ", &[b'x'; 40], &[b'x'; 40], b"\n\n"]);
+        assert_eq!(all.len(), 1, "{all:?}");
+        assert!(all[0]
+            .as_ref()
+            .unwrap_err()
+            .contains("longer than 64 bytes"));
+        // Under the limit, the same shapes are read.
+        let all = read_capped(vec![b"data: ", &[b'x'; 20], &[b'x'; 20], b"\n\n"]);
+        assert_eq!(all, [Ok("x".repeat(40))]);
     }
 
     #[tokio::test(start_paused = true)]

@@ -377,3 +377,57 @@ async fn complete_upstream_json_reaches_the_client_byte_for_byte() {
         .unwrap_or_else(|| panic!("no prompt token count in {metrics}"));
     assert!(prompt_tokens.ends_with(" 6"), "{prompt_tokens}");
 }
+
+/// Both sockets of the gateway on the request path have `TCP_NODELAY` (the one it
+/// accepted from the client and the one it opened to the upstream): request heads
+/// and small SSE writes must not wait on Nagle's algorithm. Read from this test
+/// process's own open sockets, where the in-process gateway keeps both open
+/// (keep-alive on each side) after a request.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn client_and_upstream_sockets_have_tcp_nodelay() {
+    use std::os::fd::BorrowedFd;
+
+    let (upstream, gw) = setup().await;
+    let (status, _) = gw.chat_json("client-key", user("gpt-x", "hi")).await;
+    assert_eq!(status, StatusCode::OK);
+    let (gateway_port, upstream_port) = (gw.server.addr.port(), upstream.addr.port());
+    let (mut accepted, mut to_upstream) = (Vec::new(), Vec::new());
+    for entry in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let is_socket = std::fs::read_link(entry.path())
+            .is_ok_and(|target| target.to_string_lossy().starts_with("socket:"));
+        if !is_socket {
+            continue;
+        }
+        // SAFETY: the descriptor was just listed as an open socket and is only
+        // borrowed for getsockname/getpeername/getsockopt; if it were closed (or
+        // reused) meanwhile, those calls fail or describe another socket, which the
+        // port checks below skip.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+        let socket = socket2::SockRef::from(&fd);
+        let (Ok(local), Ok(peer)) = (socket.local_addr(), socket.peer_addr()) else {
+            continue;
+        };
+        let (Some(local), Some(peer)) = (local.as_socket(), peer.as_socket()) else {
+            continue;
+        };
+        let Ok(nodelay) = socket.tcp_nodelay() else {
+            continue;
+        };
+        if local.port() == gateway_port {
+            accepted.push(nodelay);
+        } else if peer.port() == upstream_port {
+            to_upstream.push(nodelay);
+        }
+    }
+    assert!(!accepted.is_empty(), "no accepted client connection found");
+    assert!(!to_upstream.is_empty(), "no upstream connection found");
+    assert!(accepted.iter().all(|&on| on), "accepted: {accepted:?}");
+    assert!(
+        to_upstream.iter().all(|&on| on),
+        "to upstream: {to_upstream:?}"
+    );
+}
