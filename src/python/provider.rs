@@ -11,6 +11,10 @@
 //!   or whole `chat.completion.chunk` dicts: streamed as they come;
 //! - pieces handed to `callback(piece)` while it runs (the reference's way).
 //!
+//! `n > 1` calls the function `n` times at once, each without `n` (one choice
+//! each), and merges the answers or multiplexes the streams (`providers::fanout`,
+//! as for Anthropic): the reference returned one choice whatever `n` said.
+//!
 //! Streams are produced by a task that pulls from Python and pushes chunks into a
 //! small channel: the client's pace holds the generator back, a client that goes
 //! away cancels the pending step and closes the generator (`aclose()`, so its
@@ -29,7 +33,7 @@ use serde_json::{json, Map, Value};
 use tokio::sync::{mpsc, watch};
 
 use crate::error::{ApiError, ErrorBody};
-use crate::providers::{Provider, UpstreamCall};
+use crate::providers::{fanout, Provider, UpstreamCall};
 use crate::streaming::{completion_id, unix_now, ChunkStream, StreamAccumulator};
 
 use super::bridge::{blocking, call_in_env, Shared, TaskSlot};
@@ -620,9 +624,44 @@ fn shutting_down() -> ApiError {
     ))
 }
 
+/// The most choices one request may ask of a Python connection: each is a call of
+/// the function, running at the same time as the others.
+pub const MAX_CHOICES: u64 = 8;
+
+/// The call each of `n` fanned-out calls makes: the same, without `n`, so that a
+/// function that honours `n` itself still gives one choice per call.
+fn single_choice(mut call: UpstreamCall) -> UpstreamCall {
+    call.params.shift_remove("n");
+    call
+}
+
 #[async_trait]
 impl Provider for PyProvider {
     async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
+        let n = fanout::requested_n(&call.params, MAX_CHOICES)?;
+        if n == 1 {
+            return self.complete_one(call).await;
+        }
+        let call = single_choice(call);
+        let answers = fanout::run_all(n, |_| self.complete_one(call.clone())).await?;
+        Ok(fanout::merge_completions(answers))
+    }
+
+    async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
+        let n = fanout::requested_n(&call.params, MAX_CHOICES)?;
+        if n == 1 {
+            return self.stream_one(call).await;
+        }
+        let include_usage = call.include_usage();
+        let call = single_choice(call);
+        let streams = fanout::run_all(n, |_| self.stream_one(call.clone())).await?;
+        Ok(fanout::multiplex(streams, include_usage))
+    }
+}
+
+impl PyProvider {
+    /// One call of the function, its answer put together.
+    async fn complete_one(&self, call: UpstreamCall) -> Result<Value, ApiError> {
         let (tx, mut rx) = mpsc::channel::<Event>(16);
         let producer = self.inner.clone().drive(call.clone(), false, tx);
         let collector = async {
@@ -652,7 +691,8 @@ impl Provider for PyProvider {
         Ok(fill_completion(acc.into_response(), &call))
     }
 
-    async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
+    /// One call of the function, streamed.
+    async fn stream_one(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
         let (chunk_tx, mut chunk_rx) = mpsc::channel::<Result<Value, ApiError>>(8);
         let inner = self.inner.clone();
         tokio::spawn(async move {

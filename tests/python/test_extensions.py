@@ -540,6 +540,49 @@ def test_connection_gets_model_and_params(serve_config: Any, upstream: MockUpstr
     ]
 
 
+def test_connection_n_choices_fan_out(serve_config: Any, upstream: MockUpstream) -> None:
+    """`n > 1`: the function is called `n` times, each without `n`, and the answers
+    are merged (or the streams multiplexed) into `n` choices."""
+    calls: list[dict[str, Any]] = []
+
+    async def numbered(messages: list[dict[str, Any]], **params: Any) -> Any:
+        calls.append(params)
+        number = len(calls)
+        for piece in ["choice", f" {number}"]:
+            await asyncio.sleep(0)
+            yield piece
+
+    server = serve_config(python_connection_config(upstream, numbered), debug=False)
+    client = client_for(server.url)
+
+    whole = client.chat.completions.create(model="py-n", messages=MESSAGES, n=3)
+    assert [c.index for c in whole.choices] == [0, 1, 2]
+    assert {c.message.content for c in whole.choices} == {"choice 1", "choice 2", "choice 3"}
+    assert all(c.finish_reason == "stop" for c in whole.choices)
+    assert len(calls) == 3 and all("n" not in call for call in calls), calls
+
+    chunks = list(client.chat.completions.create(model="py-n", messages=MESSAGES, n=2, stream=True))
+    texts: dict[int, str] = {}
+    finished: dict[int, str | None] = {}
+    for chunk in chunks:
+        for choice in chunk.choices:
+            texts[choice.index] = texts.get(choice.index, "") + (choice.delta.content or "")
+            if choice.finish_reason is not None:
+                finished[choice.index] = choice.finish_reason
+    assert sorted(texts.values()) == ["choice 4", "choice 5"], texts
+    assert finished == {0: "stop", 1: "stop"}
+    assert len({c.id for c in chunks}) == 1
+    assert len(calls) == 5 and all("n" not in call for call in calls[3:]), calls
+
+    # n = 1 is passed on as the client sent it; too many choices is a 400 naming `n`.
+    client.chat.completions.create(model="py-n", messages=MESSAGES, n=1)
+    assert calls[-1]["n"] == 1
+    with pytest.raises(openai.BadRequestError) as too_many:
+        client.chat.completions.create(model="py-n", messages=MESSAGES, n=9)
+    assert too_many.value.body["param"] == "n"
+    assert len(calls) == 6
+
+
 def test_connection_returns_openai_dict(serve_config: Any, upstream: MockUpstream) -> None:
     def answer(messages: list[dict[str, Any]], **params: Any) -> dict[str, Any]:
         return {
