@@ -175,18 +175,17 @@ async fn handle(
             .clone()
             .unwrap_or_else(|| requested.clone()),
     });
-    ctx.llm_params = ctx
-        .request
-        .iter()
-        .filter(|(k, _)| k.as_str() != "model" && k.as_str() != "messages")
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
+    let keep_request = gateway.log_dispatcher.is_some();
+    ctx.llm_params = llm_params(
+        &mut ctx.request,
+        gateway.handlers.is_empty() && !keep_request,
+    );
 
     for handler in &gateway.handlers {
         handler.before(ctx).await?;
     }
 
-    let call = upstream_call(ctx, gateway.log_dispatcher.is_some())?;
+    let call = upstream_call(ctx, keep_request)?;
     let provider = connection.provider.clone();
     let upstream_started = std::time::Instant::now();
     let reply = if call.is_stream() {
@@ -253,6 +252,37 @@ pub fn parse_request(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Va
     };
     super::validate::validate_request(&request)?;
     Ok(request)
+}
+
+/// The request's members other than `model` and `messages`: the upstream call's
+/// parameters, which handlers may change. When no handler or logger will see the
+/// request (`unseen`), they are moved out of it rather than copied (a `tools` list
+/// with its JSON schemas can be tens of kilobytes); `model` and `stream` stay, as the
+/// request line and metrics read them, and `messages` is taken by `upstream_call`.
+fn llm_params(request: &mut Map<String, Value>, unseen: bool) -> Map<String, Value> {
+    let is_param = |key: &str| key != "model" && key != "messages";
+    // Only `stream` (a bool) or nothing besides: copying costs nothing.
+    let worth_moving = unseen && request.keys().any(|k| is_param(k) && k != "stream");
+    if !worth_moving {
+        return request
+            .iter()
+            .filter(|(k, _)| is_param(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+    }
+    let whole = std::mem::take(request);
+    let mut params = Map::with_capacity(whole.len());
+    for (key, value) in whole {
+        if !is_param(&key) {
+            request.insert(key, value);
+        } else if key == "stream" {
+            request.insert(key.clone(), value.clone());
+            params.insert(key, value);
+        } else {
+            params.insert(key, value);
+        }
+    }
+    params
 }
 
 /// The upstream call from the context as handlers left it. Unless the request is
@@ -324,6 +354,40 @@ mod tests {
 
     fn parse(body: &str) -> Result<Map<String, Value>, ApiError> {
         parse_request(&HeaderMap::new(), body.as_bytes())
+    }
+
+    #[test]
+    fn parameters_are_moved_only_when_nobody_sees_the_request() {
+        let body = r#"{"temperature": 0.5, "model": "m", "stream": true,
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "messages": [{"role": "user", "content": "hi"}], "seed": 7}"#;
+        let expected_params = ["temperature", "stream", "tools", "seed"];
+
+        // Seen by a handler or logger: copied, the request stays whole.
+        let mut request = parse(body).unwrap();
+        let params = llm_params(&mut request, false);
+        assert_eq!(params.keys().collect::<Vec<_>>(), expected_params);
+        assert_eq!(request, parse(body).unwrap());
+
+        // Unseen: moved out in the client's order; model, messages and stream stay.
+        let mut request = parse(body).unwrap();
+        let params = llm_params(&mut request, true);
+        assert_eq!(params.keys().collect::<Vec<_>>(), expected_params);
+        assert_eq!(params["tools"][0]["function"]["name"], "f");
+        assert_eq!(params["stream"], true);
+        assert_eq!(
+            request.keys().collect::<Vec<_>>(),
+            ["model", "stream", "messages"]
+        );
+        assert_eq!(request["messages"][0]["content"], "hi");
+
+        // Nothing worth moving: the same as a copy.
+        let minimal =
+            r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": false}"#;
+        let mut request = parse(minimal).unwrap();
+        let params = llm_params(&mut request, true);
+        assert_eq!(params.keys().collect::<Vec<_>>(), ["stream"]);
+        assert_eq!(request, parse(minimal).unwrap());
     }
 
     #[test]
