@@ -431,3 +431,34 @@ async fn client_and_upstream_sockets_have_tcp_nodelay() {
         "to upstream: {to_upstream:?}"
     );
 }
+
+/// `extra_headers` in the body is refused: it would become upstream HTTP headers
+/// (`llm_params.extra_headers` is the handlers' channel), letting a client set any
+/// header, framing ones included. The openai SDKs send their `extra_headers` as
+/// HTTP headers, which are unaffected.
+#[tokio::test]
+async fn extra_headers_in_the_body_are_refused_before_the_upstream() {
+    let (upstream, gw) = setup().await;
+    for headers in [
+        json!({"content-length": "5"}),
+        json!({"OpenAI-Project": "proj_other"}),
+    ] {
+        let mut body = user("gpt-x", "hi");
+        body["extra_headers"] = headers;
+        let (status, error) = gw.chat_json("client-key", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+        assert_eq!(error["error"]["param"], "extra_headers", "{error}");
+    }
+    assert!(upstream.requests().is_empty());
+    // As HTTP headers (what the SDKs do), they are no concern of the body check.
+    let response = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .bearer_auth("client-key")
+        .header("X-Tenant", "acme")
+        .json(&user("gpt-x", "hi"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+}

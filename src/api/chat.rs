@@ -319,6 +319,21 @@ fn upstream_call(ctx: &mut RequestContext, keep_request: bool) -> Result<Upstrea
     })
 }
 
+/// Headers that describe the upstream request's framing or connection, which hyper
+/// writes from the body it sends: one set by a handler would make the request
+/// malformed (a `content-length` shorter than the body cuts it off).
+const GATEWAY_SET_HEADERS: [HeaderName; 9] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::HOST,
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
 /// `llm_params.extra_headers` (set by handlers) as HTTP headers.
 fn extra_headers(value: &Value) -> Result<HeaderMap, ApiError> {
     let mut headers = HeaderMap::new();
@@ -339,6 +354,12 @@ fn extra_headers(value: &Value) -> Result<HeaderMap, ApiError> {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
             ApiError::internal(format!("invalid header name in extra_headers: {name:?}"))
         })?;
+        if GATEWAY_SET_HEADERS.contains(&name) {
+            return Err(ApiError::internal(format!(
+                "llm_params.extra_headers may not set `{name}`: the gateway writes the \
+                 upstream request's framing and connection headers itself"
+            )));
+        }
         let value = HeaderValue::from_str(&text).map_err(|_| {
             ApiError::internal(format!("invalid header value in extra_headers for {name}"))
         })?;
@@ -388,6 +409,27 @@ mod tests {
         let params = llm_params(&mut request, true);
         assert_eq!(params.keys().collect::<Vec<_>>(), ["stream"]);
         assert_eq!(request, parse(minimal).unwrap());
+    }
+
+    #[test]
+    fn extra_headers_may_not_set_framing_headers() {
+        let ok = extra_headers(&serde_json::json!({"X-Tenant": "acme", "X-Count": 3})).unwrap();
+        assert_eq!(ok["x-tenant"], "acme");
+        assert_eq!(ok["x-count"], "3");
+        for name in [
+            "Content-Length",
+            "transfer-encoding",
+            "Host",
+            "Connection",
+            "keep-alive",
+        ] {
+            let err = extra_headers(&serde_json::json!({ name: "5" })).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.contains(&name.to_ascii_lowercase()),
+                "{name}: {message}"
+            );
+        }
     }
 
     #[test]

@@ -107,6 +107,15 @@ fn check_field(key: &str, value: &Value) -> Result<(), ApiError> {
             _ => Err(bad("stop", "`stop` must be a string or a list of strings")),
         },
         "tools" => check_tools(value),
+        // The openai SDKs' `extra_headers` is sent as HTTP headers, never in the body.
+        // In the body it would reach `llm_params.extra_headers`, which handlers set and
+        // which becomes upstream HTTP headers: a client could set any header there
+        // (`OpenAI-Project`, framing headers), past what `HTTPHeadersForwarder` allows.
+        "extra_headers" => Err(bad(
+            "extra_headers",
+            "`extra_headers` is not a request field: send headers as HTTP headers \
+             (the gateway forwards the ones its configuration allows)",
+        )),
         "tool_choice" => match value {
             Value::String(_) | Value::Object(_) => Ok(()),
             _ => Err(bad(
