@@ -56,6 +56,37 @@ KEY = "bench-key"
 LITELLM_KEY = "sk-bench-key"
 CHUNKS = 20
 PROMPT = [{"role": "user", "content": "Hello! Please answer with twenty words."}]
+# What an agent client sends along: 20 function tools with JSON schemas (about 11 KB).
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": f"directory_lookup_{i}",
+            "description": "Looks up records in the company directory by several criteria "
+            "and returns the matching entries.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "query": {"type": "string", "description": "free text"},
+                    "limit": {"type": "integer", "minimum": 1, "maximum": 100},
+                    "fields": {
+                        "type": "array",
+                        "items": {
+                            "type": "string",
+                            "enum": ["name", "email", "phone", "team", "office"],
+                        },
+                    },
+                    "filters": {
+                        "type": "object",
+                        "properties": {"team": {"type": "string"}, "office": {"type": "string"}},
+                    },
+                },
+                "required": ["query"],
+            },
+        },
+    }
+    for i in range(20)
+]
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -81,6 +112,8 @@ class Scenario:
     note: str = ""
     # Why the floor proxy and nginx do not run here (when they do not).
     no_floor: str = ""
+    # Request members besides model, messages and stream (sent to every target).
+    extra: dict | None = None
 
 
 SHARED_NOTE = (
@@ -116,6 +149,17 @@ SCENARIOS = [
         conns=64,
         targets=("direct", "floor", "nginx", "lm-proxy", "lm-proxy-shared", "reference", "litellm"),
         note=SHARED_NOTE,
+    ),
+    Scenario(
+        "tools-c64",
+        "Non-streamed with 20 tools in the request (11 KB, as agent clients send), concurrency 64",
+        stream=False,
+        model="bench",
+        conns=64,
+        targets=("direct", "floor", "nginx", "lm-proxy"),
+        extra={"tools": TOOLS, "temperature": 0.2, "max_tokens": 256},
+        note="the mock ignores the tools; lm-proxy parses and checks them and writes them "
+        "to the upstream again, the floor and nginx forward the bytes",
     ),
     Scenario(
         "streams-1000",
@@ -427,7 +471,8 @@ def nginx_config(port: int, upstream: int, work: Path) -> Path:
     lines = [f"worker_processes {os.cpu_count() or 1};", "daemon off;"]
     if os.geteuid() == 0:
         # Workers as an unprivileged user (nginx's compiled-in default group, "nobody",
-        # does not exist everywhere); request bodies here never reach its temp files.
+        # does not exist everywhere); request bodies stay in memory (below), never in
+        # its temp files, which that user could not write.
         import grp
         import pwd
 
@@ -443,6 +488,9 @@ def nginx_config(port: int, upstream: int, work: Path) -> Path:
         # Never close a client or upstream connection after N requests (the default
         # 1,000 would make wrk reconnect; the other servers keep connections open).
         "    keepalive_requests 1000000;",
+        # Request bodies up to 64 KB in memory, as the other servers keep them (the
+        # default 8 KB sends tools-c64's 11 KB body to a temp file).
+        "    client_body_buffer_size 64k;",
     ]
     # The temp paths of the modules built in, so that nothing is created under /var.
     configure = version_of_all([nginx_bin() or "nginx", "-V"])
@@ -665,7 +713,7 @@ def start_target(
 ) -> tuple[Server, Request]:
     port = free_port()
     tag = f"{scenario.name}-{target}"
-    body = {"model": scenario.model, "messages": PROMPT}
+    body = {"model": scenario.model, "messages": PROMPT, **(scenario.extra or {})}
     if scenario.stream:
         body["stream"] = True
     auth = {"Authorization": f"Bearer {KEY}"}
@@ -752,7 +800,7 @@ def direct_request(scenario: Scenario, upstream: int) -> Request:
             body,
             {"x-api-key": "upstream-key", "anthropic-version": "2023-06-01"},
         )
-    body = {"model": scenario.model, "messages": PROMPT}
+    body = {"model": scenario.model, "messages": PROMPT, **(scenario.extra or {})}
     if scenario.stream:
         body["stream"] = True
     return Request(upstream, "/v1/chat/completions", body, {"Authorization": "Bearer upstream-key"})
