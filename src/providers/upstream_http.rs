@@ -118,6 +118,13 @@ pub fn status_error(
             body = body.header(http::header::RETRY_AFTER, value);
         }
         ApiError::UpstreamRejected(Box::new(body))
+    } else if status.is_redirection() {
+        // Redirects are never followed (they would carry the provider key and the
+        // prompt to another host; see `upstream::UpstreamClient`).
+        ApiError::upstream_failure(format!(
+            "upstream answered {status}, a redirect, which lm-proxy does not follow: \
+             set the connection's api_base to the final URL"
+        ))
     } else {
         ApiError::upstream_failure(format!("upstream answered {status}: {message}"))
     }

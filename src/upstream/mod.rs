@@ -72,6 +72,12 @@ impl UpstreamClient {
             .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_max_idle_per_host(MAX_IDLE_PER_ORIGIN)
             .user_agent(USER_AGENT)
+            // Never follow redirects: reqwest would resend the provider key headers
+            // (`x-api-key`, `x-goog-api-key`, static `http_headers`) and the prompt to
+            // whatever host the `Location` names. A 3xx is an upstream error instead
+            // (`upstream_http::status_error`), for chat calls, model lists, key checks
+            // and token requests alike.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("cannot create the upstream HTTP client")?;
         Ok(UpstreamClient {
