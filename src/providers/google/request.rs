@@ -64,7 +64,9 @@ pub fn build_request(
     if !system.is_empty() {
         body.insert("systemInstruction".into(), json!({ "parts": system }));
     }
-    let (declarations, mode) = tools_and_choice(params)?;
+    // One `$ref` inlining allowance for every schema of the request.
+    let mut budget = schema::Budget::default();
+    let (declarations, mode) = tools_and_choice(params, &mut budget)?;
     if !declarations.is_empty() {
         body.insert(
             "tools".into(),
@@ -80,7 +82,7 @@ pub fn build_request(
     if let Some(settings) = &options.safety_settings {
         body.insert("safetySettings".into(), settings.clone());
     }
-    let generation = generation_config(params)?;
+    let generation = generation_config(params, &mut budget)?;
     if !generation.is_empty() {
         body.insert("generationConfig".into(), Value::Object(generation));
     }
@@ -532,7 +534,10 @@ pub fn tool_response(text: &str) -> Value {
 // Tools
 
 /// Function declarations and the function-calling config.
-fn tools_and_choice(params: &Map<String, Value>) -> Result<(Vec<Value>, Option<Value>), ApiError> {
+fn tools_and_choice(
+    params: &Map<String, Value>,
+    budget: &mut schema::Budget,
+) -> Result<(Vec<Value>, Option<Value>), ApiError> {
     let mut declarations: Vec<Value> = Vec::new();
     let mut names: Vec<String> = Vec::new();
 
@@ -555,7 +560,7 @@ fn tools_and_choice(params: &Map<String, Value>) -> Result<(Vec<Value>, Option<V
             let function = tool
                 .get("function")
                 .ok_or_else(|| ApiError::invalid_param(&at, format!("{at} needs `function`")))?;
-            let declaration = declaration(function, &at)?;
+            let declaration = declaration(function, &at, budget)?;
             names.push(declaration["name"].as_str().unwrap_or_default().to_owned());
             declarations.push(declaration);
         }
@@ -565,7 +570,7 @@ fn tools_and_choice(params: &Map<String, Value>) -> Result<(Vec<Value>, Option<V
             .as_array()
             .ok_or_else(|| ApiError::invalid_param("functions", "`functions` must be a list"))?;
         for (i, function) in list.iter().enumerate() {
-            let declaration = declaration(function, &format!("functions[{i}]"))?;
+            let declaration = declaration(function, &format!("functions[{i}]"), budget)?;
             names.push(declaration["name"].as_str().unwrap_or_default().to_owned());
             declarations.push(declaration);
         }
@@ -692,7 +697,7 @@ fn tools_and_choice(params: &Map<String, Value>) -> Result<(Vec<Value>, Option<V
     Ok((declarations, Some(config)))
 }
 
-fn declaration(function: &Value, at: &str) -> Result<Value, ApiError> {
+fn declaration(function: &Value, at: &str, budget: &mut schema::Budget) -> Result<Value, ApiError> {
     let name = function_name(function, at)?;
     let mut declaration = Map::new();
     declaration.insert("name".into(), Value::String(name.to_owned()));
@@ -704,7 +709,7 @@ fn declaration(function: &Value, at: &str) -> Result<Value, ApiError> {
         declaration.insert("description".into(), Value::String(description.to_owned()));
     }
     let parameters = function.get("parameters").unwrap_or(&Value::Null);
-    let cleaned = schema::sanitize_parameters(parameters).map_err(|problem| {
+    let cleaned = schema::sanitize_parameters(parameters, budget).map_err(|problem| {
         ApiError::invalid_param(
             &format!("{at}.parameters"),
             format!("{at}.parameters {problem}"),
@@ -748,7 +753,10 @@ fn integer(params: &Map<String, Value>, key: &str, min: i64) -> Result<Option<i6
     }
 }
 
-fn generation_config(params: &Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
+fn generation_config(
+    params: &Map<String, Value>,
+    budget: &mut schema::Budget,
+) -> Result<Map<String, Value>, ApiError> {
     let mut config = Map::new();
     for (openai, gemini) in [
         ("temperature", "temperature"),
@@ -808,12 +816,16 @@ fn generation_config(params: &Map<String, Value>) -> Result<Map<String, Value>, 
         config.insert("seed".into(), seed.clone());
     }
     if let Some(format) = present(params, "response_format") {
-        apply_response_format(format, &mut config)?;
+        apply_response_format(format, &mut config, budget)?;
     }
     Ok(config)
 }
 
-fn apply_response_format(format: &Value, config: &mut Map<String, Value>) -> Result<(), ApiError> {
+fn apply_response_format(
+    format: &Value,
+    config: &mut Map<String, Value>,
+    budget: &mut schema::Budget,
+) -> Result<(), ApiError> {
     let kind = format.get("type").and_then(Value::as_str).unwrap_or("");
     match kind {
         "text" => {}
@@ -827,7 +839,7 @@ fn apply_response_format(format: &Value, config: &mut Map<String, Value>) -> Res
                 .and_then(|s| s.get("schema"))
                 .filter(|s| !s.is_null());
             if let Some(schema) = schema {
-                let cleaned = schema::sanitize(schema).map_err(|problem| {
+                let cleaned = schema::sanitize(schema, budget).map_err(|problem| {
                     ApiError::invalid_param(
                         "response_format.json_schema.schema",
                         format!("response_format.json_schema.schema {problem}"),
@@ -1123,5 +1135,86 @@ mod tests {
         )
         .unwrap();
         assert_eq!(body["safetySettings"][0]["threshold"], json!("BLOCK_NONE"));
+    }
+
+    /// Definitions that each refer to the one below twice: 2^depth copies once
+    /// inlined (a 2 KB request became a 31 MB upstream body before the budget).
+    fn doubling_schema(levels: usize) -> Value {
+        let mut defs = Map::new();
+        defs.insert(
+            "D0".into(),
+            json!({"type": "string", "description": "leaf"}),
+        );
+        for i in 1..=levels {
+            let below = format!("#/$defs/D{}", i - 1);
+            defs.insert(
+                format!("D{i}"),
+                json!({"type": "object", "properties": {"a": {"$ref": below}, "b": {"$ref": below}}}),
+            );
+        }
+        json!({"type": "object", "$defs": defs,
+               "properties": {"x": {"$ref": format!("#/$defs/D{levels}")}}})
+    }
+
+    #[test]
+    fn ref_expansion_is_bounded_per_request_and_names_the_schema() {
+        let bomb = doubling_schema(30);
+        assert!(bomb.to_string().len() < 3_000);
+        let started = std::time::Instant::now();
+        let err = build(json!({"messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": bomb}}]}))
+        .unwrap_err();
+        assert_eq!(err.status(), http::StatusCode::BAD_REQUEST);
+        let error = err.error_object();
+        assert_eq!(error["param"], "tools[0].parameters", "{error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("`$ref`s are inlined"),
+            "{error}"
+        );
+        // Refused early, not after building the copies.
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+
+        // The same in a response schema.
+        let err = build(json!({"messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "r", "schema": doubling_schema(30)}}}))
+        .unwrap_err();
+        assert_eq!(
+            err.error_object()["param"],
+            "response_format.json_schema.schema"
+        );
+
+        // A few levels are fine, and the allowance is per request: many tools that
+        // each stay under it can still exceed it together.
+        let small = doubling_schema(6);
+        assert!(build(json!({"messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": small}}]}))
+        .is_ok());
+        let tools: Vec<Value> = (0..200)
+            .map(|i| json!({"type": "function", "function": {"name": format!("f{i}"), "parameters": doubling_schema(6)}}))
+            .collect();
+        let err = build(json!({"messages": [{"role": "user", "content": "x"}], "tools": tools}))
+            .unwrap_err();
+        assert!(err.error_object()["param"]
+            .as_str()
+            .unwrap()
+            .ends_with("].parameters"));
+    }
+
+    #[test]
+    fn ref_expansion_counts_the_bytes_it_copies() {
+        // Few nodes, but a 64 KB description copied once per reference.
+        let refs: Map<String, Value> = (0..40)
+            .map(|i| (format!("p{i}"), json!({"$ref": "#/$defs/Big"})))
+            .collect();
+        let schema = json!({"type": "object",
+            "$defs": {"Big": {"type": "string", "description": "d".repeat(64 * 1024)}},
+            "properties": refs});
+        let err = build(json!({"messages": [{"role": "user", "content": "x"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": schema}}]}))
+        .unwrap_err();
+        assert_eq!(err.status(), http::StatusCode::BAD_REQUEST);
     }
 }

@@ -13,7 +13,9 @@
 //!   `maxLength`, `minProperties`, `maxProperties`, `pattern`, `anyOf`,
 //!   `propertyOrdering`, `default`, `example`;
 //! - rewritten: `$ref` to `#/$defs/..` or `#/definitions/..` is inlined (recursive
-//!   references are refused with a 400, Gemini cannot express them); `allOf` is merged
+//!   references are refused with a 400, Gemini cannot express them, and so is a
+//!   request whose references would inline to more than [`MAX_INLINED_NODES`] nodes or
+//!   [`MAX_INLINED_BYTES`] bytes, see [`Budget`]); `allOf` is merged
 //!   into its parent; `oneOf` becomes `anyOf`; a `{"type": "null"}` branch of
 //!   `anyOf` becomes `nullable: true`; `type: [T, "null"]` becomes `type: T,
 //!   nullable: true` (several non-null types become an `anyOf`); a string `const`
@@ -32,26 +34,85 @@ use serde_json::{Map, Value};
 /// recursion against hostile input).
 const MAX_DEPTH: usize = 64;
 
+/// How much inlining `$ref`s may add to the schemas of one request, in schema
+/// nodes and in (approximate) bytes of copied values. Each nesting level of a
+/// definition that refers to the one below it twice doubles the output, so without
+/// a bound a 2 KB request became a 31 MB upstream body; real schemas stay far
+/// below these (the largest generated ones inline to a few hundred nodes).
+pub const MAX_INLINED_NODES: usize = 20_000;
+pub const MAX_INLINED_BYTES: usize = 1 << 20;
+
+/// What is left of a request's `$ref` inlining allowance ([`MAX_INLINED_NODES`],
+/// [`MAX_INLINED_BYTES`]); one per request, shared by all of its schemas. Only what
+/// references add is charged: the rest is bounded by the request body limit.
+#[derive(Debug)]
+pub struct Budget {
+    nodes: usize,
+    bytes: usize,
+}
+
+impl Default for Budget {
+    fn default() -> Self {
+        Budget {
+            nodes: MAX_INLINED_NODES,
+            bytes: MAX_INLINED_BYTES,
+        }
+    }
+}
+
+impl Budget {
+    fn charge(&mut self, nodes: usize, bytes: usize) -> Result<(), String> {
+        match (self.nodes.checked_sub(nodes), self.bytes.checked_sub(bytes)) {
+            (Some(n), Some(b)) => {
+                self.nodes = n;
+                self.bytes = b;
+                Ok(())
+            }
+            _ => Err(format!(
+                "grows past {MAX_INLINED_NODES} schema nodes or {} KiB once its `$ref`s \
+                 are inlined (Gemini takes no references, so every use is a copy): \
+                 simplify the schema or refer to large definitions fewer times",
+                MAX_INLINED_BYTES / 1024
+            )),
+        }
+    }
+}
+
+/// About how many bytes `value` takes when serialized (enough to bound copies).
+fn approximate_size(value: &Value) -> usize {
+    match value {
+        Value::String(s) => s.len() + 2,
+        Value::Array(items) => 2 + items.iter().map(approximate_size).sum::<usize>(),
+        Value::Object(map) => {
+            2 + map
+                .iter()
+                .map(|(k, v)| k.len() + 3 + approximate_size(v))
+                .sum::<usize>()
+        }
+        _ => 8,
+    }
+}
+
 const STRING_FORMATS: &[&str] = &["date-time", "enum", "int32", "int64", "float", "double"];
 
 /// Sanitize a schema. `Err` carries a one-line reason for the client.
-pub fn sanitize(schema: &Value) -> Result<Value, String> {
+pub fn sanitize(schema: &Value, budget: &mut Budget) -> Result<Value, String> {
     let defs = collect_defs(schema);
     let mut stack = Vec::new();
-    clean(schema, &defs, 0, &mut stack)
+    clean(schema, &defs, 0, &mut stack, budget)
 }
 
 /// Sanitize a function's `parameters`: `None` when the function takes no arguments,
 /// in which case the declaration must carry no `parameters` key at all (an empty
 /// OBJECT is rejected, reference §3.2 and §5.3).
-pub fn sanitize_parameters(schema: &Value) -> Result<Option<Value>, String> {
+pub fn sanitize_parameters(schema: &Value, budget: &mut Budget) -> Result<Option<Value>, String> {
     if schema.is_null() {
         return Ok(None);
     }
     if !schema.is_object() {
         return Err("must be a JSON Schema object".into());
     }
-    let Value::Object(mut cleaned) = sanitize(schema)? else {
+    let Value::Object(mut cleaned) = sanitize(schema, budget)? else {
         return Err("must be a JSON Schema object".into());
     };
     match cleaned.get("type").and_then(Value::as_str) {
@@ -85,9 +146,22 @@ fn clean(
     defs: &Map<String, Value>,
     depth: usize,
     stack: &mut Vec<String>,
+    budget: &mut Budget,
 ) -> Result<Value, String> {
     if depth > MAX_DEPTH {
         return Err(format!("is nested more than {MAX_DEPTH} levels deep"));
+    }
+    // Inside a `$ref`, every node is a copy: charge it and the values it copies.
+    if !stack.is_empty() {
+        let copied: usize = match node {
+            Value::Object(map) => map
+                .iter()
+                .filter(|(_, v)| !v.is_object())
+                .map(|(k, v)| k.len() + approximate_size(v))
+                .sum(),
+            _ => 0,
+        };
+        budget.charge(1, copied)?;
     }
     let map = match node {
         Value::Object(map) => map,
@@ -114,7 +188,7 @@ fn clean(
             ));
         }
         stack.push(reference.to_owned());
-        let resolved = clean(target, defs, depth + 1, stack)?;
+        let resolved = clean(target, defs, depth + 1, stack, budget)?;
         stack.pop();
         if let Value::Object(resolved) = resolved {
             out = resolved;
@@ -127,7 +201,7 @@ fn clean(
         .into_iter()
         .flatten()
     {
-        if let Value::Object(part) = clean(sub, defs, depth + 1, stack)? {
+        if let Value::Object(part) = clean(sub, defs, depth + 1, stack, budget)? {
             merge_into(&mut out, part);
         }
     }
@@ -175,7 +249,7 @@ fn clean(
                     _ => Map::new(),
                 };
                 for (name, schema) in properties {
-                    cleaned.insert(name.clone(), clean(schema, defs, depth + 1, stack)?);
+                    cleaned.insert(name.clone(), clean(schema, defs, depth + 1, stack, budget)?);
                 }
                 out.insert("properties".into(), Value::Object(cleaned));
             }
@@ -199,7 +273,7 @@ fn clean(
                 out.insert("required".into(), Value::Array(merged));
             }
             "items" if value.is_object() => {
-                out.insert(key.clone(), clean(value, defs, depth + 1, stack)?);
+                out.insert(key.clone(), clean(value, defs, depth + 1, stack, budget)?);
             }
             "anyOf" | "oneOf" => {
                 let Some(branches) = value.as_array() else {
@@ -207,7 +281,7 @@ fn clean(
                 };
                 let mut kept = Vec::new();
                 for branch in branches {
-                    let cleaned = clean(branch, defs, depth + 1, stack)?;
+                    let cleaned = clean(branch, defs, depth + 1, stack, budget)?;
                     if is_null_schema(&cleaned) {
                         out.insert("nullable".into(), Value::Bool(true));
                     } else {
@@ -342,7 +416,7 @@ mod tests {
             },
             "required": ["city", "ghost"]
         });
-        let cleaned = sanitize(&schema).unwrap();
+        let cleaned = sanitize(&schema, &mut Budget::default()).unwrap();
         assert_eq!(
             cleaned,
             json!({
@@ -371,7 +445,7 @@ mod tests {
                 "s": {"allOf": [{"type": "object", "properties": {"a": {"type": "string"}}}, {"properties": {"b": {"type": "string"}}, "required": ["b"]}]}
             }
         });
-        let cleaned = sanitize(&schema).unwrap();
+        let cleaned = sanitize(&schema, &mut Budget::default()).unwrap();
         let point =
             json!({"type": "object", "properties": {"x": {"type": "number"}}, "required": ["x"]});
         let mut described = point.clone();
@@ -397,28 +471,49 @@ mod tests {
             "$defs": {"Node": {"type": "object", "properties": {"next": {"$ref": "#/$defs/Node"}}}},
             "$ref": "#/$defs/Node"
         });
-        assert!(sanitize(&recursive).unwrap_err().contains("recursive"));
-        assert!(sanitize(&json!({"$ref": "https://example.com/s.json"})).is_err());
-        assert!(sanitize(&json!({"properties": []})).is_err());
-        assert!(sanitize(&json!("string")).is_err());
+        assert!(sanitize(&recursive, &mut Budget::default())
+            .unwrap_err()
+            .contains("recursive"));
+        assert!(sanitize(
+            &json!({"$ref": "https://example.com/s.json"}),
+            &mut Budget::default()
+        )
+        .is_err());
+        assert!(sanitize(&json!({"properties": []}), &mut Budget::default()).is_err());
+        assert!(sanitize(&json!("string"), &mut Budget::default()).is_err());
     }
 
     #[test]
     fn argument_less_parameters_are_omitted() {
-        assert_eq!(sanitize_parameters(&Value::Null).unwrap(), None);
         assert_eq!(
-            sanitize_parameters(&json!({"type": "object", "properties": {}})).unwrap(),
+            sanitize_parameters(&Value::Null, &mut Budget::default()).unwrap(),
             None
         );
         assert_eq!(
-            sanitize_parameters(&json!({"type": "object", "additionalProperties": false})).unwrap(),
+            sanitize_parameters(
+                &json!({"type": "object", "properties": {}}),
+                &mut Budget::default()
+            )
+            .unwrap(),
             None
         );
         assert_eq!(
-            sanitize_parameters(&json!({"properties": {"a": {"type": "string"}}})).unwrap(),
+            sanitize_parameters(
+                &json!({"type": "object", "additionalProperties": false}),
+                &mut Budget::default()
+            )
+            .unwrap(),
+            None
+        );
+        assert_eq!(
+            sanitize_parameters(
+                &json!({"properties": {"a": {"type": "string"}}}),
+                &mut Budget::default()
+            )
+            .unwrap(),
             Some(json!({"properties": {"a": {"type": "string"}}, "type": "object"}))
         );
-        assert!(sanitize_parameters(&json!({"type": "string"})).is_err());
-        assert!(sanitize_parameters(&json!([1])).is_err());
+        assert!(sanitize_parameters(&json!({"type": "string"}), &mut Budget::default()).is_err());
+        assert!(sanitize_parameters(&json!([1]), &mut Budget::default()).is_err());
     }
 }
