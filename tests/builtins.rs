@@ -182,6 +182,89 @@ white_list_headers = ["X-Tenant", "x-trace-id", "Authorization"]
     );
 }
 
+#[tokio::test]
+async fn forwarded_client_headers_never_replace_the_operators_headers() {
+    let upstream = MockUpstream::start().await;
+    // A minimal Anthropic Messages API that records the headers it was sent.
+    let anthropic_seen = Arc::new(std::sync::Mutex::new(Vec::<HeaderMap>::new()));
+    let sink = anthropic_seen.clone();
+    let app = axum::Router::new().route(
+        "/v1/messages",
+        axum::routing::post(move |headers: HeaderMap| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(headers);
+                axum::Json(
+                    json!({"id": "msg_1", "type": "message", "role": "assistant",
+                    "model": "claude-x", "content": [{"type": "text", "text": "hi"}],
+                    "stop_reason": "end_turn", "usage": {"input_tokens": 1, "output_tokens": 1}}),
+                )
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let anthropic = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let config = format!(
+        r#"
+[connections.up]
+api_type = "open_ai"
+api_base = "{}"
+api_key = "sk-upstream"
+[connections.up.http_headers]
+OpenAI-Organization = "org-operator"
+OpenAI-Project = "proj-operator"
+[connections.ant]
+api_type = "anthropic"
+api_base = "http://{anthropic}"
+api_key = "sk-ant-upstream"
+anthropic_version = "2023-06-01"
+[routing]
+"claude-*" = "ant.*"
+"*" = "up.*"
+[groups.default]
+api_keys = ["client-key"]
+[[before]]
+class = "lm_proxy.handlers.HTTPHeadersForwarder"
+"#,
+        upstream.base()
+    );
+    let gw = TestGateway::start(&config).await;
+    for model in ["gpt-x", "claude-x"] {
+        let response = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth("client-key")
+            .header("OpenAI-Organization", "org-attacker")
+            .header("OpenAI-Project", "proj-attacker")
+            .header("anthropic-version", "1999-01-01")
+            .header("x-goog-user-project", "attacker-project")
+            .header("X-Forwarded-For", "6.6.6.6")
+            .header("Forwarded", "for=6.6.6.6")
+            .header("X-Real-IP", "6.6.6.6")
+            .header("x-tenant", "acme")
+            .json(&user(model, "x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200, "{model}");
+    }
+    let seen = upstream.last().headers;
+    assert_eq!(seen["openai-organization"], "org-operator");
+    assert_eq!(seen["openai-project"], "proj-operator");
+    assert_eq!(seen["authorization"], "Bearer sk-upstream");
+    assert_eq!(seen["x-tenant"], "acme", "ordinary headers still pass");
+    let ant = anthropic_seen.lock().unwrap().pop().unwrap();
+    assert_eq!(ant["anthropic-version"], "2023-06-01");
+    assert_eq!(ant["x-api-key"], "sk-ant-upstream");
+    assert_eq!(ant["x-tenant"], "acme");
+    for seen in [&seen, &ant] {
+        for name in ["x-forwarded-for", "forwarded", "x-real-ip"] {
+            assert!(seen.get(name).is_none(), "{name} was forwarded: {seen:?}");
+        }
+    }
+}
+
 // ---------------------------------------------------- CheckAPIKeyWithRequest
 
 struct AuthService {

@@ -1,6 +1,9 @@
 //! `lm_proxy.handlers.HTTPHeadersForwarder`: copies the client's request headers to
 //! the upstream request (through `llm_params.extra_headers`), never the sensitive
 //! ones: above all the client's `Authorization`, which carries its lm-proxy key.
+//! The headers the connection sets itself (static `http_headers`, provider
+//! versions and projects, credentials) win over copied ones
+//! (`upstream::json_post_headers`).
 
 use std::collections::HashSet;
 
@@ -12,18 +15,26 @@ use super::RequestHandler;
 use crate::context::RequestContext;
 use crate::error::ApiError;
 
-/// Never forwarded, whatever the config says: credentials, hop-by-hop and framing
-/// headers, caching and range headers (the reference's set, plus `x-api-key`,
-/// `cookie` and `forwarded` headers that would leak client details upstream).
+/// Never forwarded, whatever the config says (a white list cannot reopen them):
+/// - credentials: the client's lm-proxy key above all, in any header it may use;
+/// - hop-by-hop and framing headers, which describe the client's connection to the
+///   gateway, not the gateway's to the upstream (also any header the client's
+///   `Connection` header names, see [`HttpHeadersForwarder::before`]);
+/// - client-address headers: the upstream would take the client's word for where
+///   it is (the gateway works the address out itself, `client_addr.rs`);
+/// - caching and range headers (the reference's set).
 pub const SENSITIVE_HEADERS: &[&str] = &[
+    // credentials
     "authorization",
     "www-authenticate",
     "proxy-authorization",
     "proxy-authenticate",
     "x-api-key",
     "api-key",
+    "x-goog-api-key",
     "cookie",
     "set-cookie",
+    // hop-by-hop and framing
     "content-length",
     "content-type",
     "content-encoding",
@@ -31,19 +42,37 @@ pub const SENSITIVE_HEADERS: &[&str] = &[
     "connection",
     "keep-alive",
     "upgrade",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "expect",
+    "host",
+    "accept-encoding",
+    "http2-settings",
+    // client addresses and proxy chains
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-host",
+    "x-forwarded-proto",
+    "x-forwarded-port",
+    "x-forwarded-server",
+    "x-forwarded-prefix",
+    "x-real-ip",
+    "x-client-ip",
+    "x-cluster-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "fastly-client-ip",
+    "x-original-forwarded-for",
+    "via",
+    // caching and ranges
     "cache-control",
     "etag",
     "if-none-match",
     "if-modified-since",
-    "proxy-connection",
     "strict-transport-security",
-    "host",
     "range",
     "if-range",
-    "te",
-    "trailer",
-    "expect",
-    "accept-encoding",
 ];
 
 #[derive(Debug, Default, Deserialize)]
@@ -88,9 +117,18 @@ impl HttpHeadersForwarder {
 #[async_trait]
 impl RequestHandler for HttpHeadersForwarder {
     async fn before(&self, ctx: &mut RequestContext) -> Result<(), ApiError> {
+        // Headers the client declared hop-by-hop (`Connection: close, x-foo`).
+        let hop_by_hop: HashSet<String> = ctx
+            .http_headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|name| name.trim().to_ascii_lowercase())
+            .collect();
         let mut forwarded = Map::new();
         for (name, value) in &ctx.http_headers {
-            if !self.forwards(name.as_str()) {
+            if !self.forwards(name.as_str()) || hop_by_hop.contains(name.as_str()) {
                 continue;
             }
             let Ok(text) = value.to_str() else { continue };
@@ -166,6 +204,51 @@ mod tests {
             ("authorization", "Bearer k"),
             ("x-tenant", "acme"),
             ("x-other", "1"),
+        ]);
+        f.before(&mut c).await.unwrap();
+        assert_eq!(
+            c.llm_params["extra_headers"],
+            serde_json::json!({"x-tenant": "acme"})
+        );
+    }
+
+    #[tokio::test]
+    async fn client_address_and_hop_by_hop_headers_are_never_forwarded() {
+        let f = HttpHeadersForwarder::new(ForwarderArgs {
+            ignore_headers: vec![],
+            white_list_headers: vec![],
+        });
+        let mut c = ctx(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("forwarded", "for=6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("true-client-ip", "6.6.6.6"),
+            ("via", "1.1 evil"),
+            ("x-goog-api-key", "k"),
+            ("te", "trailers"),
+            ("connection", "keep-alive, X-Hop"),
+            ("x-hop", "1"),
+            ("x-tenant", "acme"),
+        ]);
+        f.before(&mut c).await.unwrap();
+        assert_eq!(
+            c.llm_params["extra_headers"],
+            serde_json::json!({"x-tenant": "acme"})
+        );
+
+        // A white list cannot reopen them either.
+        let f = HttpHeadersForwarder::new(ForwarderArgs {
+            ignore_headers: vec![],
+            white_list_headers: vec![
+                "X-Forwarded-For".into(),
+                "X-Real-IP".into(),
+                "x-tenant".into(),
+            ],
+        });
+        let mut c = ctx(&[
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("x-tenant", "acme"),
         ]);
         f.before(&mut c).await.unwrap();
         assert_eq!(

@@ -153,18 +153,21 @@ impl UpstreamClient {
     }
 }
 
-/// The headers of a JSON POST to an upstream: `content-type: application/json`,
-/// then the connection's static headers, then the call's (each replacing what came
-/// before under the same name), and `accept: text/event-stream` for a stream.
-/// Providers add their credentials after this.
+/// The headers of a JSON POST to an upstream: the call's (from handlers'
+/// `llm_params.extra_headers`), then the connection's static headers replacing any
+/// of the same name, then `content-type: application/json` and, for a stream,
+/// `accept: text/event-stream`. Providers add their credentials after this.
 pub fn json_post_headers(connection: &HeaderMap, call: &HeaderMap, stream: bool) -> HeaderMap {
-    let mut headers = HeaderMap::new();
+    // The call's headers first, then the connection's over them: what the operator
+    // configured on the connection (static `http_headers`, `anthropic-version`,
+    // `x-goog-user-project`, ...) is never replaced by a per-request header, which
+    // may have been copied from the client (`HTTPHeadersForwarder`).
+    let mut headers = call.clone();
+    merge_headers(&mut headers, connection);
     headers.insert(
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    merge_headers(&mut headers, connection);
-    merge_headers(&mut headers, call);
     if stream {
         headers.insert(
             http::header::ACCEPT,
