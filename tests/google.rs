@@ -654,6 +654,28 @@ HARM_CATEGORY_HARASSMENT = "BLOCK_ONLY_HIGH""#,
     );
 }
 
+#[tokio::test]
+async fn gcs_uris_are_refused_unless_the_connection_allows_them() {
+    let body = json!({"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": "gs://operator-bucket/secret.pdf"}}]}]});
+    let (mock, gw) = studio("").await;
+    let (status, error) = gw.chat_json(KEY, body.clone()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{error}");
+    assert_eq!(error["error"]["param"], "messages[0].content[0]", "{error}");
+    assert!(
+        mock.requests().is_empty(),
+        "refused before any upstream call"
+    );
+
+    let (mock, gw) = studio("allow_gcs_uris = true").await;
+    let (status, answer) = gw.chat_json(KEY, body).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        mock.last().body["contents"][0]["parts"][0]["fileData"]["fileUri"],
+        "gs://operator-bucket/secret.pdf"
+    );
+}
+
 // ---------------------------------------------------------------------------------
 // Startup checks
 

@@ -43,6 +43,10 @@ const MAX_STOP_SEQUENCES: usize = 5;
 pub struct RequestOptions {
     /// `safetySettings`, as configured (already checked to be a list).
     pub safety_settings: Option<Value>,
+    /// `allow_gcs_uris`: whether clients may name `gs://` objects as media. Off by
+    /// default: Google reads them with the connection's credentials, so a client
+    /// could have the model read any object the gateway's account can.
+    pub allow_gcs_uris: bool,
 }
 
 /// Build the Gemini request body for a call.
@@ -51,7 +55,7 @@ pub fn build_request(
     options: &RequestOptions,
 ) -> Result<Map<String, Value>, ApiError> {
     let params = &call.params;
-    let (system, contents) = convert_messages(call.messages(), &call.model)?;
+    let (system, contents) = convert_messages(call.messages(), &call.model, options)?;
     if contents.is_empty() {
         return Err(ApiError::invalid_param(
             "messages",
@@ -99,7 +103,11 @@ struct Turn {
 }
 
 /// System parts and contents, in order, same-role neighbours merged.
-fn convert_messages(messages: &[Value], model: &str) -> Result<(Vec<Value>, Vec<Value>), ApiError> {
+fn convert_messages(
+    messages: &[Value],
+    model: &str,
+    options: &RequestOptions,
+) -> Result<(Vec<Value>, Vec<Value>), ApiError> {
     let mut system: Vec<Value> = Vec::new();
     let mut turns: Vec<Turn> = Vec::new();
     // tool_call_id → function name, from the assistant messages seen so far.
@@ -117,7 +125,7 @@ fn convert_messages(messages: &[Value], model: &str) -> Result<(Vec<Value>, Vec<
                     }
                 }
             }
-            "user" => push_turn(&mut turns, "user", user_parts(content, &param)?),
+            "user" => push_turn(&mut turns, "user", user_parts(content, &param, options)?),
             "assistant" => {
                 let parts = assistant_parts(message, &param, &mut call_names)?;
                 push_turn(&mut turns, "model", parts);
@@ -200,7 +208,11 @@ fn text_only(content: &Value, param: &str) -> Result<Vec<String>, ApiError> {
     }
 }
 
-fn user_parts(content: &Value, param: &str) -> Result<Vec<Value>, ApiError> {
+fn user_parts(
+    content: &Value,
+    param: &str,
+    options: &RequestOptions,
+) -> Result<Vec<Value>, ApiError> {
     match content {
         Value::Null => Ok(Vec::new()),
         Value::String(s) if s.is_empty() => Ok(Vec::new()),
@@ -209,7 +221,7 @@ fn user_parts(content: &Value, param: &str) -> Result<Vec<Value>, ApiError> {
             let mut out = Vec::with_capacity(parts.len());
             for (j, part) in parts.iter().enumerate() {
                 let at = format!("{param}.content[{j}]");
-                if let Some(part) = user_part(part, &at)? {
+                if let Some(part) = user_part(part, &at, options)? {
                     out.push(part);
                 }
             }
@@ -222,7 +234,7 @@ fn user_parts(content: &Value, param: &str) -> Result<Vec<Value>, ApiError> {
     }
 }
 
-fn user_part(part: &Value, at: &str) -> Result<Option<Value>, ApiError> {
+fn user_part(part: &Value, at: &str, options: &RequestOptions) -> Result<Option<Value>, ApiError> {
     let bad = |message: String| ApiError::invalid_param(at, message);
     match part.get("type").and_then(Value::as_str) {
         Some("text") => {
@@ -240,7 +252,7 @@ fn user_part(part: &Value, at: &str) -> Result<Option<Value>, ApiError> {
                 None => None,
             }
             .ok_or_else(|| bad(format!("{at} needs `image_url.url`")))?;
-            media_part(url, at).map(Some)
+            media_part(url, at, options.allow_gcs_uris).map(Some)
         }
         Some("input_audio") => {
             let audio = part.get("input_audio");
@@ -268,7 +280,7 @@ fn user_part(part: &Value, at: &str) -> Result<Option<Value>, ApiError> {
         Some("file") => {
             let file = part.get("file");
             match file.and_then(|f| f.get("file_data")).and_then(Value::as_str) {
-                Some(data) if data.starts_with("data:") => media_part(data, at).map(Some),
+                Some(data) if data.starts_with("data:") => media_part(data, at, false).map(Some),
                 Some(_) => Err(bad(format!(
                     "{at}: `file.file_data` must be a data URL (data:<mime>;base64,...)"
                 ))),
@@ -285,8 +297,9 @@ fn user_part(part: &Value, at: &str) -> Result<Option<Value>, ApiError> {
 }
 
 /// An image or file reference: `data:` URL → `inlineData`; `http(s)://` or `gs://` →
-/// `fileData` with the MIME type guessed from the extension.
-pub fn media_part(url: &str, at: &str) -> Result<Value, ApiError> {
+/// `fileData` with the MIME type guessed from the extension; `gs://` only when the
+/// connection allows it (`allow_gcs_uris`).
+pub fn media_part(url: &str, at: &str, allow_gcs: bool) -> Result<Value, ApiError> {
     if let Some(rest) = url.strip_prefix("data:") {
         let (meta, data) = rest.split_once(',').ok_or_else(|| {
             ApiError::invalid_param(at, format!("{at}: malformed data URL (no comma)"))
@@ -314,6 +327,15 @@ pub fn media_part(url: &str, at: &str) -> Result<Value, ApiError> {
         return Ok(json!({ "inlineData": { "mimeType": mime, "data": data } }));
     }
     let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    if lower.starts_with("gs://") && !allow_gcs {
+        return Err(ApiError::invalid_param(
+            at,
+            format!(
+                "{at}: gs:// URLs are not accepted by this connection (set allow_gcs_uris = true \
+                 on it to let clients name Cloud Storage objects); send the file as a data URL"
+            ),
+        ));
+    }
     if lower.starts_with("https://") || lower.starts_with("http://") || lower.starts_with("gs://") {
         let Some(mime) = guess_mime(url) else {
             return Err(ApiError::invalid_param(
@@ -907,11 +929,31 @@ mod tests {
     }
 
     #[test]
+    fn gcs_uris_only_where_the_connection_allows_them() {
+        for url in ["gs://bucket/doc.pdf", "GS://bucket/doc.pdf"] {
+            let params = json!({"messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": url}]}]});
+            let err = build(params.clone()).unwrap_err();
+            assert_eq!(err.status(), http::StatusCode::BAD_REQUEST);
+            assert_eq!(err.error_object()["param"], "messages[0].content[0]");
+            assert!(err_message(Err(err)).contains("allow_gcs_uris"));
+            let allowed = RequestOptions {
+                allow_gcs_uris: true,
+                ..Default::default()
+            };
+            let body = build_request(&call(params), &allowed).unwrap();
+            assert_eq!(
+                body["contents"][0]["parts"],
+                json!([{"fileData": {"mimeType": "application/pdf", "fileUri": url}}])
+            );
+        }
+    }
+
+    #[test]
     fn images_audio_and_files() {
         let body = build(json!({"messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo="}},
             {"type": "image_url", "image_url": {"url": "https://example.com/cat.JPG?size=large", "detail": "low"}},
-            {"type": "image_url", "image_url": "gs://bucket/doc.pdf"},
             {"type": "input_audio", "input_audio": {"data": "UklGRg==", "format": "mp3"}},
             {"type": "file", "file": {"file_data": "data:application/pdf;base64,JVBERi0=", "filename": "a.pdf"}}
         ]}]}))
@@ -921,7 +963,6 @@ mod tests {
             json!([
                 {"inlineData": {"mimeType": "image/png", "data": "iVBORw0KGgo="}},
                 {"fileData": {"mimeType": "image/jpeg", "fileUri": "https://example.com/cat.JPG?size=large"}},
-                {"fileData": {"mimeType": "application/pdf", "fileUri": "gs://bucket/doc.pdf"}},
                 {"inlineData": {"mimeType": "audio/mp3", "data": "UklGRg=="}},
                 {"inlineData": {"mimeType": "application/pdf", "data": "JVBERi0="}}
             ])
@@ -1128,6 +1169,7 @@ mod tests {
             safety_settings: Some(
                 json!([{"category": "HARM_CATEGORY_HARASSMENT", "threshold": "BLOCK_NONE"}]),
             ),
+            ..Default::default()
         };
         let body = build_request(
             &call(json!({"messages": [{"role": "user", "content": "x"}]})),

@@ -28,12 +28,17 @@ pub const DEFAULT_GOOGLE_BASE: &str = "https://generativelanguage.googleapis.com
 pub const DEFAULT_VERTEX_LOCATION: &str = "us-central1";
 
 /// Keys `api_type = "google"` accepts besides the common ones.
-const GOOGLE_OPTIONS: &[&str] = &["google_gemini_safety_settings", "safety_settings"];
+const GOOGLE_OPTIONS: &[&str] = &[
+    "google_gemini_safety_settings",
+    "safety_settings",
+    "allow_gcs_uris",
+];
 
 /// Keys `api_type = "google_vertex_ai"` accepts besides the common ones.
 const VERTEX_OPTIONS: &[&str] = &[
     "google_gemini_safety_settings",
     "safety_settings",
+    "allow_gcs_uris",
     "google_vertex_project_id",
     "google_cloud_project_id",
     "google_vertex_location",
@@ -54,6 +59,8 @@ struct RawOptions {
     google_gemini_safety_settings: Option<Value>,
     #[serde(default)]
     safety_settings: Option<Value>,
+    #[serde(default, deserialize_with = "opt_bool")]
+    allow_gcs_uris: Option<bool>,
     #[serde(default)]
     google_vertex_project_id: Option<String>,
     #[serde(default)]
@@ -239,6 +246,7 @@ pub fn build(
         crate::config::deserialize_at(Value::Object(settings.options.clone()), key, &config.path)?;
     let request_options = RequestOptions {
         safety_settings: safety_settings(&raw, &errors)?,
+        allow_gcs_uris: raw.allow_gcs_uris.unwrap_or(false),
     };
 
     if !vertex {
