@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{sse_chunks, user, TestGateway};
+use common::{sse_chunks, user, MockUpstream, TestGateway};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 
@@ -429,4 +429,50 @@ async fn oversized_bodies_get_413() {
     assert_eq!(body["error"]["code"], "request_too_large");
     let (status, _) = gw.chat_json("key-default", user("gpt-4o", "small")).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// A page on another site can make a browser POST here without a CORS preflight only
+/// as a "simple" request: no content type, or a form or text one. Behind `AllowAll`
+/// (or a network-position trust), that would be a free completion for any site, so
+/// the chat door requires a JSON content type.
+#[tokio::test]
+async fn cross_site_simple_posts_are_refused_even_with_allow_all() {
+    let upstream = MockUpstream::start().await;
+    let gw = TestGateway::start(&format!(
+        "[connections.up]\napi_type = \"open_ai\"\napi_base = \"{}\"\n[routing]\n\"*\" = \"up.*\"\n\
+         [api_key_check]\nclass = \"lm_proxy.api_key_check.AllowAll\"\n",
+        upstream.base()
+    ))
+    .await;
+    let body = r#"{"model": "m", "messages": [{"role": "user", "content": "x"}]}"#;
+    for content_type in [
+        None,
+        Some("text/plain"),
+        Some("application/x-www-form-urlencoded"),
+        Some("multipart/form-data; boundary=x"),
+    ] {
+        let mut request = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .header("origin", "https://evil.example")
+            .body(body);
+        if let Some(ct) = content_type {
+            request = request.header("content-type", ct);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{content_type:?}");
+        let error: Value = response.json().await.unwrap();
+        assert_eq!(error["error"]["code"], "invalid_content_type", "{error}");
+    }
+    assert!(upstream.requests().is_empty(), "nothing reached the upstream");
+    // With JSON it is served.
+    let response = gw
+        .client
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
 }

@@ -214,7 +214,20 @@ async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
 /// Check the body: JSON object with a string `model`, a list of message objects,
 /// and a boolean `stream` if present. Everything else is kept for the upstream.
 pub fn parse_request(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
-    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+    // A JSON content type is required, not just accepted: a web page can make a
+    // browser send a cross-site POST without a preflight only with no content type
+    // or a form/text one, so requiring JSON keeps such requests off a gateway that
+    // takes any key (`AllowAll`) or relies on the client's network position.
+    let Some(content_type) = headers.get(header::CONTENT_TYPE) else {
+        return Err(ApiError::InvalidRequest {
+            message: "The request has no Content-Type: send the body as JSON with \
+                      `Content-Type: application/json`."
+                .into(),
+            param: None,
+            code: Some("invalid_content_type"),
+        });
+    };
+    {
         let essence = content_type
             .to_str()
             .unwrap_or("")
@@ -374,7 +387,9 @@ mod tests {
     use axum::http::StatusCode;
 
     fn parse(body: &str) -> Result<Map<String, Value>, ApiError> {
-        parse_request(&HeaderMap::new(), body.as_bytes())
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, "application/json".parse().unwrap());
+        parse_request(&headers, body.as_bytes())
     }
 
     #[test]
@@ -457,6 +472,29 @@ mod tests {
         let err =
             parse_request(&headers, br#"{"model":"m","messages":[{"role":"user"}]}"#).unwrap_err();
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        // No content type at all: what a cross-site "simple" request can send.
+        let err = parse_request(
+            &HeaderMap::new(),
+            br#"{"model":"m","messages":[{"role":"user"}]}"#,
+        )
+        .unwrap_err();
+        assert_eq!(err.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(err.error_object()["code"], "invalid_content_type");
+        for ok in [
+            "application/json",
+            "application/json; charset=utf-8",
+            "application/vnd.x+json",
+        ] {
+            headers.insert(header::CONTENT_TYPE, ok.parse().unwrap());
+            assert!(
+                parse_request(
+                    &headers,
+                    br#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#
+                )
+                .is_ok(),
+                "{ok}"
+            );
+        }
     }
 
     #[test]
