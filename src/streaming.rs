@@ -416,7 +416,11 @@ pub fn completion_to_chunks(completion: &Value, include_usage: bool) -> Vec<Valu
                 .enumerate()
                 .map(|(i, call)| {
                     let mut call = call.clone();
-                    call["index"] = json!(i);
+                    // Indexing a non-object `Value` mutably panics; an upstream's
+                    // malformed call is passed on as it came.
+                    if let Some(fields) = call.as_object_mut() {
+                        fields.insert("index".into(), json!(i));
+                    }
                     call
                 })
                 .collect();

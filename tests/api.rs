@@ -460,11 +460,18 @@ async fn cross_site_simple_posts_are_refused_even_with_allow_all() {
             request = request.header("content-type", ct);
         }
         let response = request.send().await.unwrap();
-        assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{content_type:?}");
+        assert_eq!(
+            response.status(),
+            StatusCode::BAD_REQUEST,
+            "{content_type:?}"
+        );
         let error: Value = response.json().await.unwrap();
         assert_eq!(error["error"]["code"], "invalid_content_type", "{error}");
     }
-    assert!(upstream.requests().is_empty(), "nothing reached the upstream");
+    assert!(
+        upstream.requests().is_empty(),
+        "nothing reached the upstream"
+    );
     // With JSON it is served.
     let response = gw
         .client
