@@ -60,8 +60,16 @@ struct Canned {
 #[derive(Clone, Debug)]
 struct Case {
     provider: Provider,
-    stream: bool,
+    /// A chat request (streamed or not), or a model list (`GET /v1/models` with
+    /// `expand_wildcards`: every connection asks the upstream for its models).
+    request: Request,
     answer: Canned,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Request {
+    Chat { stream: bool },
+    Models,
 }
 
 type Slot = Arc<Mutex<Option<Canned>>>;
@@ -98,6 +106,8 @@ impl Harness {
         tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
         let gateway = TestGateway::start(&format!(
             r#"
+model_listing_mode = "expand_wildcards"
+model_listing_cache_seconds = 0
 [connections.openai]
 api_type = "open_ai"
 api_base = "http://{addr}/v1"
@@ -134,10 +144,14 @@ api_keys = ["fuzz-key"]
 
     async fn check(&self, case: Case) -> Result<(), TestCaseError> {
         *self.slot.lock().unwrap() = Some(case.answer.clone());
+        let stream = match case.request {
+            Request::Chat { stream } => stream,
+            Request::Models => return self.check_models().await,
+        };
         let request = json!({
             "model": case.provider.model(),
             "messages": [{"role": "user", "content": "hi"}],
-            "stream": case.stream,
+            "stream": stream,
         });
         let response = self
             .client
@@ -170,7 +184,7 @@ api_keys = ["fuzz-key"]
             return Ok(());
         }
         ANSWERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        if !case.stream {
+        if !stream {
             let answer: Value = serde_json::from_str(&body)
                 .map_err(|e| TestCaseError::fail(format!("200 not JSON ({e}): {body}")))?;
             prop_assert!(answer["choices"].is_array(), "{body}");
@@ -197,6 +211,63 @@ api_keys = ["fuzz-key"]
         }
         Ok(())
     }
+}
+
+impl Harness {
+    /// Whatever the upstreams list, `/v1/models` answers 200 with a `data` list
+    /// (a connection whose list fails keeps its routing pattern).
+    async fn check_models(&self) -> Result<(), TestCaseError> {
+        let response = self
+            .client
+            .get(self.gateway.url("/v1/models"))
+            .bearer_auth("fuzz-key")
+            .send()
+            .await
+            .map_err(|e| TestCaseError::fail(format!("no answer: {e}")))?;
+        let status = response.status().as_u16();
+        let body = response
+            .text()
+            .await
+            .map_err(|e| TestCaseError::fail(format!("body not read: {e}")))?;
+        prop_assert_eq!(status, 200, "{}", body);
+        let list: Value = serde_json::from_str(&body)
+            .map_err(|e| TestCaseError::fail(format!("not JSON ({e}): {body}")))?;
+        prop_assert!(list["data"].is_array(), "{body}");
+        ANSWERED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+}
+
+fn model_list() -> BoxedStrategy<Value> {
+    let id = || or_junk("[a-z0-9./-]{0,16}".prop_map(Value::String));
+    prop_oneof![
+        prop::collection::vec(
+            or_junk(id().prop_map(|id| json!({"id": id, "object": "model"}))),
+            0..4
+        )
+        .prop_map(|data| json!({"object": "list", "data": data})),
+        (
+            prop::collection::vec(
+                or_junk(id().prop_map(|id| json!({"id": id, "type": "model"}))),
+                0..4
+            ),
+            any::<bool>(),
+            id()
+        )
+            .prop_map(
+                |(data, more, last)| json!({"data": data, "has_more": more, "last_id": last})
+            ),
+        (
+            prop::collection::vec(
+                or_junk(id().prop_map(|name| json!({"name": name,
+            "supportedGenerationMethods": ["generateContent"]}))),
+                0..4
+            ),
+            or_junk(Just(json!("next")))
+        )
+            .prop_map(|(models, token)| json!({"models": models, "nextPageToken": token})),
+    ]
+    .boxed()
 }
 
 // ------------------------------------------------------------------ strategies
@@ -440,10 +511,15 @@ fn case() -> impl Strategy<Value = Case> {
         Just(Provider::Anthropic),
         Just(Provider::Gemini)
     ];
-    (provider, any::<bool>()).prop_flat_map(|(provider, stream)| {
+    let request = prop_oneof![
+        4 => any::<bool>().prop_map(|stream| Request::Chat { stream }),
+        1 => Just(Request::Models),
+    ];
+    (provider, request).prop_flat_map(|(provider, request)| {
         let body = prop_oneof![
             3 => stream_body(provider),
             3 => answer_body(provider),
+            1 => model_list().prop_map(|v| v.to_string().into_bytes()),
             1 => arb_json().prop_map(|v| v.to_string().into_bytes()),
             1 => prop::collection::vec(any::<u8>(), 0..300),
         ];
@@ -455,7 +531,7 @@ fn case() -> impl Strategy<Value = Case> {
             prop::sample::select(vec!["application/json", "text/event-stream", "text/plain"]);
         (status, content_type, body).prop_map(move |(status, content_type, body)| Case {
             provider,
-            stream,
+            request,
             answer: Canned {
                 status,
                 content_type,
