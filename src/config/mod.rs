@@ -77,14 +77,113 @@ impl Format {
 }
 
 /// Parse config text of a format into a JSON value tree (key order kept).
+///
+/// A syntax error names the line and column (and, for TOML, the key on that line)
+/// but never quotes the text: the line may hold a secret (`api_key = "sk-...` with
+/// its closing quote missing), and the toml crate's message prints it.
 pub fn parse_text(text: &str, format: Format, path: &Path) -> Result<Value, ConfigError> {
-    let parsed = match format {
-        Format::Toml => toml::from_str::<Value>(text).map_err(|e| e.to_string()),
-        Format::Json => serde_json::from_str::<Value>(text).map_err(|e| e.to_string()),
-        Format::Yaml => serde_yaml_ng::from_str::<Value>(text).map_err(|e| e.to_string()),
-        Format::Python => Err(python_config_message()),
+    match format {
+        Format::Toml => toml::from_str::<Value>(text).map_err(|e| {
+            let at = e.span().map(|span| span.start);
+            let key = at.map(|at| toml_key_at(text, at)).unwrap_or_default();
+            let place = at.map(|at| {
+                let (line, column) = line_column(text, at);
+                format!(" at line {line}, column {column}")
+            });
+            ConfigError::new(
+                path,
+                key,
+                format!(
+                    "TOML syntax error{}: {}",
+                    place.unwrap_or_default(),
+                    scrub_values(e.message())
+                ),
+            )
+        }),
+        Format::Json => serde_json::from_str::<Value>(text)
+            .map_err(|e| ConfigError::new(path, "", format!("JSON syntax error: {e}"))),
+        Format::Yaml => serde_yaml_ng::from_str::<Value>(text).map_err(|e| {
+            let place = e
+                .location()
+                .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+                .unwrap_or_default();
+            // The message is cut at its location (which is given above): what
+            // follows it can be the parser's context, and the text is never quoted.
+            let message = e.to_string();
+            let message = message.split(" at line ").next().unwrap_or_default();
+            ConfigError::new(
+                path,
+                "",
+                format!("YAML syntax error{place}: {}", scrub_values(message)),
+            )
+        }),
+        Format::Python => Err(ConfigError::new(path, "", python_config_message())),
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let at = at.min(text.len());
+    let at = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+/// The dotted key written on the line holding byte `at` of a TOML text, under the
+/// last `[table]` header above it, when the line reads `key = ...`; else "".
+fn toml_key_at(text: &str, at: usize) -> String {
+    let at = at.min(text.len());
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let is_key = |k: &str| {
+        !k.is_empty()
+            && k
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' ' | '"'))
     };
-    parsed.map_err(|problem| ConfigError::new(path, "", problem))
+    let Some(key) = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| is_key(k)) else {
+        return String::new();
+    };
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(['[', ']']).trim())
+        .filter(|t| is_key(t));
+    let key = key.replace(' ', "");
+    match table {
+        Some(table) => format!("{}.{key}", table.replace(' ', "")),
+        None => key,
+    }
+}
+
+/// Drop the values that parser and serde messages quote (`invalid type: string
+/// "sk-...", expected ...`, `unknown variant `sk-...``): the key path says where the
+/// mistake is, and the value may be a secret. Backquoted field names and the
+/// expected variants stay.
+pub(crate) fn scrub_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find('"') {
+        out.push_str(&rest[..start]);
+        out.push_str("a string");
+        rest = match rest[start + 1..].find('"') {
+            Some(len) => &rest[start + 1 + len + 1..],
+            None => "",
+        };
+    }
+    out.push_str(rest);
+    let mut out = out.replace("string a string", "a string");
+    if let Some(at) = out.find("unknown variant `") {
+        let from = at + "unknown variant `".len();
+        if let Some(len) = out[from..].find('`') {
+            out.replace_range(at..from + len + 1, "unknown value");
+        }
+    }
+    out
 }
 
 /// Read a TOML, JSON or YAML config file into a value tree with `env:` substituted
@@ -127,7 +226,8 @@ impl Config {
                 ),
             ));
         }
-        let settings: FileConfig = deserialize_at(tree, "", path)?;
+        let mut settings: FileConfig = deserialize_at(tree, "", path)?;
+        check_gate_secrets(&mut settings, path)?;
 
         let api_prefix = normalize_prefix(&settings.api_prefix);
         if api_prefix.contains(['?', '#', '{', '}', '*']) {
@@ -155,7 +255,11 @@ impl Config {
                     "connection names must be non-empty and contain no '.' (routing values are `connection.model`)",
                 ));
             }
-            connections.insert(name.clone(), parse_connection(raw, &key, path)?);
+            let mut spec = parse_connection(raw, &key, path)?;
+            if let ConnectionSpec::Provider(provider) = &mut spec {
+                provider.api_key = check_provider_key(provider.api_key.take(), &key, path)?;
+            }
+            connections.insert(name.clone(), spec);
         }
 
         let api_key_check = ExtensionSpec::parse(&settings.api_key_check, "api_key_check")
@@ -310,6 +414,91 @@ impl Config {
     }
 }
 
+/// Client keys (`groups.*.api_keys`) and the metrics token open the gateway, so an
+/// empty one is a startup error rather than a key that matches "no key" (or a token
+/// that means "no token"). Surrounding whitespace (a file's last newline) is removed
+/// with a warning, since clients' keys are compared trimmed; a value that no client
+/// could send (whitespace or control characters inside) is an error. Messages name the
+/// key, never the value.
+fn check_gate_secrets(settings: &mut FileConfig, path: &Path) -> Result<(), ConfigError> {
+    for (group, cfg) in settings.groups.iter_mut() {
+        for (i, api_key) in cfg.api_keys.iter_mut().enumerate() {
+            let key = format!("{}.api_keys[{i}]", key_of("groups", group));
+            *api_key = gate_secret(api_key, &key, path, "remove it, or write \"env:NAME?\" for a key that may be absent")?;
+        }
+    }
+    if let Some(token) = settings.metrics.token.as_mut() {
+        *token = gate_secret(token, "metrics.token", path, "leave `token` out to serve metrics without one")?;
+    }
+    Ok(())
+}
+
+fn gate_secret(value: &str, key: &str, path: &Path, advice: &str) -> Result<String, ConfigError> {
+    let trimmed = trim_secret(value, key, path);
+    if trimmed.is_empty() {
+        return Err(ConfigError::new(
+            path,
+            key,
+            format!("is empty, which would let requests without a key in; {advice}"),
+        ));
+    }
+    if !trimmed.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(ConfigError::new(
+            path,
+            key,
+            "contains whitespace, control or non-ASCII characters, which no client can send in `Authorization: Bearer`",
+        ));
+    }
+    Ok(trimmed)
+}
+
+/// The value without surrounding whitespace, warned about (key named, value not).
+fn trim_secret(value: &str, key: &str, path: &Path) -> String {
+    let trimmed = value.trim();
+    if trimmed.len() != value.len() && !trimmed.is_empty() {
+        tracing::warn!(
+            "{}: {key}: whitespace around the value (such as the newline at the end of a file or variable) was removed",
+            path.display()
+        );
+    }
+    trimmed.to_owned()
+}
+
+/// A provider `api_key` goes into an HTTP header (`Authorization: Bearer ...`,
+/// `x-api-key`, ...). One with a trailing newline (read from a file or a variable)
+/// made no valid header, and the key was silently not sent: it is trimmed, with a
+/// warning. `""` still means "no key" (local servers); a blank value or one with
+/// control characters inside stops startup.
+fn check_provider_key(
+    api_key: Option<String>,
+    parent: &str,
+    path: &Path,
+) -> Result<Option<String>, ConfigError> {
+    let Some(value) = api_key else {
+        return Ok(None);
+    };
+    if value.is_empty() {
+        return Ok(Some(value));
+    }
+    let key = format!("{parent}.api_key");
+    let trimmed = trim_secret(&value, &key, path);
+    if trimmed.is_empty() {
+        return Err(ConfigError::new(
+            path,
+            key,
+            "is blank (only whitespace); leave it out to send no key",
+        ));
+    }
+    if trimmed.chars().any(char::is_control) || http::HeaderValue::from_str(&trimmed).is_err() {
+        return Err(ConfigError::new(
+            path,
+            key,
+            "contains control or non-ASCII characters, which no HTTP header can carry",
+        ));
+    }
+    Ok(Some(trimmed))
+}
+
 /// Split a routing value at the first dot: `conn.model`, `conn.*`, or `conn`
 /// (the connection's own `model`). Returns the model part, `None` for "use the
 /// connection's default".
@@ -382,7 +571,7 @@ pub fn deserialize_at<T: DeserializeOwned>(
             }
             key.push_str(&inner);
         }
-        ConfigError::new(path, key, err.into_inner().to_string())
+        ConfigError::new(path, key, scrub_values(&err.into_inner().to_string()))
     })
 }
 
