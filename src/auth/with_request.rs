@@ -143,6 +143,20 @@ impl UrlTemplate {
         Ok(UrlTemplate { parts })
     }
 
+    /// Whether a client key may be sent to the service at all. Real keys (API keys,
+    /// JWTs, opaque tokens) are visible ASCII; in a URL they also have none of the
+    /// characters that would change which resource is asked (a segment of dots
+    /// only is `.`/`..` even when encoded, and the URL parser removes it).
+    fn accepts(&self, api_key: &str) -> bool {
+        if api_key.is_empty() || !api_key.bytes().all(|b| b.is_ascii_graphic()) {
+            return false;
+        }
+        if self.has_key() && api_key.contains(['/', '#', '?', '%', '\\']) {
+            return false;
+        }
+        !(self.has_path_key() && api_key.bytes().all(|b| b == b'.'))
+    }
+
     fn has_key(&self) -> bool {
         self.parts.iter().any(|(_, place)| place.is_some())
     }
@@ -151,7 +165,7 @@ impl UrlTemplate {
         self.parts.iter().any(|(_, place)| *place == Some(Place::Path))
     }
 
-    /// The URL for a key that passed [`CheckApiKeyWithRequest::acceptable`].
+    /// The URL for a key that [`UrlTemplate::accepts`].
     fn render(&self, key: &str) -> String {
         let mut url = String::new();
         for (literal, place) in &self.parts {
@@ -223,20 +237,6 @@ impl CheckApiKeyWithRequest {
             cache,
             shared,
         })
-    }
-
-    /// Whether a client key may be sent to the service at all. Real keys (API keys,
-    /// JWTs, opaque tokens) are visible ASCII; in a URL they also have none of the
-    /// characters that would change which resource is asked (a segment of dots
-    /// only is `.`/`..` even when encoded, and the URL parser removes it).
-    fn acceptable(&self, api_key: &str) -> bool {
-        if api_key.is_empty() || !api_key.bytes().all(|b| b.is_ascii_graphic()) {
-            return false;
-        }
-        if self.url.has_key() && api_key.contains(['/', '#', '?', '%', '\\']) {
-            return false;
-        }
-        !(self.url.has_path_key() && api_key.bytes().all(|b| b == b'.'))
     }
 
     async fn ask(&self, api_key: &str) -> Result<Option<KeyGrant>, Unavailable> {
@@ -319,7 +319,7 @@ impl CheckApiKeyWithRequest {
 #[async_trait]
 impl KeyCheck for CheckApiKeyWithRequest {
     async fn check(&self, api_key: &str) -> Result<Option<KeyGrant>, ApiError> {
-        if !self.acceptable(api_key) {
+        if !self.url.accepts(api_key) {
             tracing::debug!("API key check: a key with characters no key has was refused without asking the service");
             return Ok(None);
         }
@@ -339,6 +339,54 @@ impl KeyCheck for CheckApiKeyWithRequest {
                 tracing::warn!("API key check service unavailable, key rejected: {reason}");
                 Ok(None)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_could_change_the_url_are_refused() {
+        let t = UrlTemplate::parse("http://auth/keys/{api_key}/valid", "{api_key}").unwrap();
+        for key in [
+            "../../health#",
+            "x/../../health#",
+            "%2e%2e/%2e%2e/health#",
+            "..",
+            ".",
+            "a?b",
+            "a\\b",
+            "a b",
+            "a\nb",
+            "",
+            "ключ",
+        ] {
+            assert!(!t.accepts(key), "{key:?}");
+        }
+        assert!(t.accepts("sk-abc.DEF_123~"));
+        assert_eq!(
+            t.render("a+b=c&d"),
+            "http://auth/keys/a%2Bb%3Dc%26d/valid"
+        );
+        // Only in a header: `/` (base64) is fine, whitespace never.
+        let t = UrlTemplate::parse("http://auth/userinfo", "{api_key}").unwrap();
+        assert!(t.accepts("ab/cd=="));
+        assert!(!t.accepts("ab cd"));
+        let t = UrlTemplate::parse("http://auth/check?k={api_key}&x=1", "{api_key}").unwrap();
+        assert_eq!(t.render("a+b"), "http://auth/check?k=a%2Bb&x=1");
+        assert!(t.accepts(".."), "dots are harmless in a query");
+    }
+
+    #[test]
+    fn the_placeholder_may_not_choose_the_host() {
+        for url in [
+            "http://{api_key}.auth/x",
+            "http://u:{api_key}@auth/x",
+            "http://auth/x#{api_key}",
+        ] {
+            assert!(UrlTemplate::parse(url, "{api_key}").is_err(), "{url}");
         }
     }
 }
