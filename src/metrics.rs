@@ -671,7 +671,10 @@ mod tests {
         assert!(!bearer_matches(&headers, ""));
         headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
         assert!(!bearer_matches(&headers, ""));
-        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer t0k"));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer t0k"),
+        );
         assert!(bearer_matches(&headers, "t0k"));
     }
 

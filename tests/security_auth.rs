@@ -119,9 +119,11 @@ async fn with_request_keys_that_rewrite_the_url_are_refused_before_any_call() {
 #[tokio::test]
 async fn with_request_key_in_a_query_is_sent_encoded() {
     let auth = AuthService::start().await;
-    let gw =
-        TestGateway::start(&with_request_config(&format!("{}/check?key={{api_key}}", auth.url)))
-            .await;
+    let gw = TestGateway::start(&with_request_config(&format!(
+        "{}/check?key={{api_key}}",
+        auth.url
+    )))
+    .await;
     let (status, body) = gw.chat_json("a+b=c&d!", user("m", "x")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert_eq!(auth.seen(), ["/check?key=a%2Bb%3Dc%26d%21"]);
@@ -131,13 +133,10 @@ async fn with_request_key_in_a_query_is_sent_encoded() {
 async fn with_request_placeholder_in_the_host_is_a_config_error() {
     let config = config_from_toml(&with_request_config("http://{api_key}.auth.example/x"));
     let client = lm_proxy_client();
-    let err = lm_proxy::gateway::Gateway::build(
-        config,
-        &client,
-        &lm_proxy::extensions::NativeResolver,
-    )
-    .err()
-    .expect("refused");
+    let err =
+        lm_proxy::gateway::Gateway::build(config, &client, &lm_proxy::extensions::NativeResolver)
+            .err()
+            .expect("refused");
     assert_eq!(err.key, "api_key_check.url");
     assert!(err.problem.contains("path or the query"), "{err}");
 }
@@ -188,7 +187,10 @@ fn an_empty_client_key_is_a_startup_error() {
     let err = result.unwrap_err();
     assert_eq!(err.key, "groups.team.api_keys[0]");
     assert!(err.to_string().contains("empty-env.toml"), "{err}");
-    assert!(err.problem.contains("LMP_SEC_TEAM_KEY_EMPTY is empty"), "{err}");
+    assert!(
+        err.problem.contains("LMP_SEC_TEAM_KEY_EMPTY is empty"),
+        "{err}"
+    );
 
     let (_dir, result) = load_file(
         "empty-literal.toml",
@@ -281,7 +283,12 @@ fn a_toml_syntax_error_names_the_key_not_the_line() {
     // The closing quote is missing: the toml crate's message quotes the line.
     let text = "[connections.openai]\napi_type = \"open_ai\"\napi_key = \"sk-live-SECRET-1234\n";
     let err = parse_text(text, Format::Toml, Path::new("bad.toml")).unwrap_err();
-    assert_clean(&err, "bad.toml", "connections.openai.api_key", "SECRET-1234");
+    assert_clean(
+        &err,
+        "bad.toml",
+        "connections.openai.api_key",
+        "SECRET-1234",
+    );
     assert!(err.problem.contains("line 3"), "{err}");
 
     let text = "api_keys: [\"client-SECRET-77\"\nport: 1\n";
@@ -297,11 +304,19 @@ fn serde_errors_do_not_quote_values() {
     assert_clean(&err, "type.toml", "groups.team.api_keys", "SECRET-42");
     assert!(err.problem.contains("invalid type"), "{err}");
 
-    let text = "[connections.x]\napi_type = \"sk-SECRET-in-the-wrong-place\"\n";
-    let (_dir, result) = load_file("variant.toml", text);
-    let err = result.unwrap_err();
-    assert_clean(&err, "variant.toml", "connections.x.api_type", "SECRET-in");
-    assert!(err.problem.contains("open_ai"), "still lists what is expected: {err}");
+    // A key written where a group's table belongs.
+    let text = format!("{MOCK}[groups]\nteam = \"client-SECRET-43\"\n");
+    let (_dir, result) = load_file("table.toml", &text);
+    assert_clean(
+        &result.unwrap_err(),
+        "table.toml",
+        "groups.team",
+        "SECRET-43",
+    );
+
+    // Values that are not secrets stay in the message: they help.
+    let (_dir, result) = load_file("port.toml", &format!("port = \"eighty\"\n{MOCK}"));
+    assert!(result.unwrap_err().problem.contains("eighty"));
 }
 
 #[tokio::test]

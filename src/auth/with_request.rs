@@ -162,7 +162,9 @@ impl UrlTemplate {
     }
 
     fn has_path_key(&self) -> bool {
-        self.parts.iter().any(|(_, place)| *place == Some(Place::Path))
+        self.parts
+            .iter()
+            .any(|(_, place)| *place == Some(Place::Path))
     }
 
     /// The URL for a key that [`UrlTemplate::accepts`].
@@ -366,10 +368,7 @@ mod tests {
             assert!(!t.accepts(key), "{key:?}");
         }
         assert!(t.accepts("sk-abc.DEF_123~"));
-        assert_eq!(
-            t.render("a+b=c&d"),
-            "http://auth/keys/a%2Bb%3Dc%26d/valid"
-        );
+        assert_eq!(t.render("a+b=c&d"), "http://auth/keys/a%2Bb%3Dc%26d/valid");
         // Only in a header: `/` (base64) is fine, whitespace never.
         let t = UrlTemplate::parse("http://auth/userinfo", "{api_key}").unwrap();
         assert!(t.accepts("ab/cd=="));

@@ -55,26 +55,6 @@ pub(crate) fn strip_userinfo(text: &str) -> String {
     out
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn user_info_is_removed_from_urls() {
-        assert_eq!(
-            strip_userinfo("'htp://bob:s3cret@example.com:8/v1' is not an http(s) URL"),
-            "'htp://***@example.com:8/v1' is not an http(s) URL"
-        );
-        assert_eq!(
-            strip_userinfo("a http://h/x?u=a@b and ftp://p@q"),
-            "a http://h/x?u=a@b and ftp://***@q"
-        );
-        assert_eq!(strip_userinfo("http://u:p/w@h/v1"), "http://***@h/v1");
-        let err = ConfigError::new(std::path::Path::new("c.toml"), "k", "x http://u:pw@h");
-        assert_eq!(err.to_string(), "c.toml: k: x http://***@h");
-    }
-}
-
 /// Collapse a multi-line parser message (toml and yaml print code frames) to one line.
 fn one_line(text: &str) -> String {
     text.split('\n')
@@ -95,3 +75,23 @@ impl fmt::Display for ConfigError {
 }
 
 impl std::error::Error for ConfigError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_info_is_removed_from_urls() {
+        assert_eq!(
+            strip_userinfo("'htp://bob:s3cret@example.com:8/v1' is not an http(s) URL"),
+            "'htp://***@example.com:8/v1' is not an http(s) URL"
+        );
+        assert_eq!(
+            strip_userinfo("a http://h/x?u=a@b and ftp://p@q"),
+            "a http://h/x?u=a@b and ftp://***@q"
+        );
+        assert_eq!(strip_userinfo("http://u:p/w@h/v1"), "http://***@h/v1");
+        let err = ConfigError::new(std::path::Path::new("c.toml"), "k", "x http://u:pw@h");
+        assert_eq!(err.to_string(), "c.toml: k: x http://***@h");
+    }
+}

@@ -124,7 +124,10 @@ pub fn parse_text(text: &str, format: Format, path: &Path) -> Result<Value, Conf
 /// 1-based line and column (in characters) of a byte offset.
 fn line_column(text: &str, at: usize) -> (usize, usize) {
     let at = at.min(text.len());
-    let at = (0..=at).rev().find(|i| text.is_char_boundary(*i)).unwrap_or(0);
+    let at = (0..=at)
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
     let before = &text[..at];
     let line = before.matches('\n').count() + 1;
     let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
@@ -139,11 +142,14 @@ fn toml_key_at(text: &str, at: usize) -> String {
     let line = text[line_start..].lines().next().unwrap_or("");
     let is_key = |k: &str| {
         !k.is_empty()
-            && k
-                .chars()
+            && k.chars()
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' ' | '"'))
     };
-    let Some(key) = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| is_key(k)) else {
+    let Some(key) = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| is_key(k))
+    else {
         return String::new();
     };
     let table = text[..line_start]
@@ -160,6 +166,23 @@ fn toml_key_at(text: &str, at: usize) -> String {
     }
 }
 
+/// Whether a serde message about `key` may quote a secret: the key names one
+/// (`groups.team.api_keys`, `metrics.token`, `http_headers.Authorization`), or a
+/// plain value stands where a table or a list belongs (`[groups]` `team = "sk-..."`).
+/// Elsewhere the value helps (`port = "eighty"`, `api_type = "telepathy"`) and stays.
+fn may_quote_a_secret(key: &str, problem: &str) -> bool {
+    key.split(['.', '[']).any(env::is_secret_key)
+        || [
+            "expected struct",
+            "expected a map",
+            "expected a sequence",
+            "expected a table",
+            "expected a list",
+        ]
+        .iter()
+        .any(|e| problem.contains(e))
+}
+
 /// Drop the values that parser and serde messages quote (`invalid type: string
 /// "sk-...", expected ...`, `unknown variant `sk-...``): the key path says where the
 /// mistake is, and the value may be a secret. Backquoted field names and the
@@ -167,13 +190,19 @@ fn toml_key_at(text: &str, at: usize) -> String {
 pub(crate) fn scrub_values(message: &str) -> String {
     let mut out = String::with_capacity(message.len());
     let mut rest = message;
-    while let Some(start) = rest.find('"') {
+    while let Some(start) = rest.find(['"', '`']) {
         out.push_str(&rest[..start]);
-        out.push_str("a string");
-        rest = match rest[start + 1..].find('"') {
-            Some(len) => &rest[start + 1 + len + 1..],
-            None => "",
-        };
+        let quote = &rest[start..start + 1];
+        let close = rest[start + 1..].find(quote).map(|len| start + 1 + len + 1);
+        if quote == "`" {
+            // A name (or an expected token such as `"`): kept as written.
+            let end = close.unwrap_or(rest.len());
+            out.push_str(&rest[start..end]);
+            rest = &rest[end..];
+        } else {
+            out.push_str("a string");
+            rest = close.map_or("", |end| &rest[end..]);
+        }
     }
     out.push_str(rest);
     let mut out = out.replace("string a string", "a string");
@@ -424,11 +453,21 @@ fn check_gate_secrets(settings: &mut FileConfig, path: &Path) -> Result<(), Conf
     for (group, cfg) in settings.groups.iter_mut() {
         for (i, api_key) in cfg.api_keys.iter_mut().enumerate() {
             let key = format!("{}.api_keys[{i}]", key_of("groups", group));
-            *api_key = gate_secret(api_key, &key, path, "remove it, or write \"env:NAME?\" for a key that may be absent")?;
+            *api_key = gate_secret(
+                api_key,
+                &key,
+                path,
+                "remove it, or write \"env:NAME?\" for a key that may be absent",
+            )?;
         }
     }
     if let Some(token) = settings.metrics.token.as_mut() {
-        *token = gate_secret(token, "metrics.token", path, "leave `token` out to serve metrics without one")?;
+        *token = gate_secret(
+            token,
+            "metrics.token",
+            path,
+            "leave `token` out to serve metrics without one",
+        )?;
     }
     Ok(())
 }
@@ -571,7 +610,13 @@ pub fn deserialize_at<T: DeserializeOwned>(
             }
             key.push_str(&inner);
         }
-        ConfigError::new(path, key, scrub_values(&err.into_inner().to_string()))
+        let problem = err.into_inner().to_string();
+        let problem = if may_quote_a_secret(&key, &problem) {
+            scrub_values(&problem)
+        } else {
+            problem
+        };
+        ConfigError::new(path, key, problem)
     })
 }
 
@@ -683,5 +728,35 @@ mod tests {
         );
         assert_eq!(split_route_target("openai.*"), ("openai", Some("*")));
         assert_eq!(split_route_target("openai"), ("openai", None));
+    }
+
+    #[test]
+    fn messages_lose_quoted_values_but_keep_names() {
+        assert_eq!(
+            scrub_values("invalid type: string \"client-abc\", expected a sequence"),
+            "invalid type: a string, expected a sequence"
+        );
+        assert_eq!(
+            scrub_values("invalid basic string, expected `\"`"),
+            "invalid basic string, expected `\"`"
+        );
+        assert_eq!(
+            scrub_values("unknown variant `sk-123`, expected one of `a`, `b`"),
+            "unknown value, expected one of `a`, `b`"
+        );
+        assert_eq!(
+            scrub_values("unknown field `bogus`, expected `x`"),
+            "unknown field `bogus`, expected `x`"
+        );
+        assert_eq!(scrub_values("found \"sk-unclosed"), "found a string");
+    }
+
+    #[test]
+    fn toml_errors_name_the_key_on_their_line() {
+        let text = "a = 1\n[connections.x]\napi_key = \"sk-secret-1\n";
+        let err = parse_text(text, Format::Toml, Path::new("c.toml")).unwrap_err();
+        assert_eq!(err.key, "connections.x.api_key");
+        assert!(err.problem.contains("line 3"), "{err}");
+        assert!(!err.to_string().contains("sk-secret"), "{err}");
     }
 }
