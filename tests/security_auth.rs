@@ -406,3 +406,23 @@ fn the_binary_warns_about_a_trimmed_key_without_printing_it() {
     );
     assert!(!log.contains("SECRET-55"), "{log}");
 }
+
+#[test]
+fn a_rejected_reload_does_not_print_the_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write(dir.path(), "config.toml", MOCK);
+    let proc = Proc::start(
+        dir.path(),
+        &["--config", path.to_str().unwrap(), "--env", ""],
+        &[],
+    );
+    write(
+        dir.path(),
+        "config.toml",
+        &format!("{MOCK}[groups.default]\napi_keys = \"client-SECRET-reload\"\n"),
+    );
+    proc.signal("-HUP");
+    let log = proc.wait_for_log("config reload rejected");
+    assert!(log.contains("groups.default.api_keys"), "{log}");
+    assert!(!log.contains("SECRET-reload"), "{log}");
+}

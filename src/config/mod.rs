@@ -14,6 +14,7 @@ use serde_json::Value;
 
 pub use env::load_dotenv;
 pub(crate) use env::push_key;
+pub(crate) use error::strip_userinfo;
 pub use error::ConfigError;
 pub(crate) use model::lenient;
 pub use model::{
