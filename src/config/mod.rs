@@ -448,7 +448,7 @@ impl Config {
 /// empty one is a startup error rather than a key that matches "no key" (or a token
 /// that means "no token"). Surrounding whitespace (a file's last newline) is removed
 /// with a warning, since clients' keys are compared trimmed; a value that no client
-/// could send (whitespace or control characters inside) is an error. Messages name the
+/// could send (control or non-ASCII characters) is an error. Messages name the
 /// key, never the value.
 fn check_gate_secrets(settings: &mut FileConfig, path: &Path) -> Result<(), ConfigError> {
     for (group, cfg) in settings.groups.iter_mut() {
@@ -482,11 +482,13 @@ fn gate_secret(value: &str, key: &str, path: &Path, advice: &str) -> Result<Stri
             format!("is empty, which would let requests without a key in; {advice}"),
         ));
     }
-    if !trimmed.bytes().all(|b| b.is_ascii_graphic()) {
+    // What a client can send in a header value, and so match: visible ASCII and
+    // spaces (inside the key; `Bearer` values are trimmed).
+    if !trimmed.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
         return Err(ConfigError::new(
             path,
             key,
-            "contains whitespace, control or non-ASCII characters, which no client can send in `Authorization: Bearer`",
+            "contains control or non-ASCII characters, which no client can send in `Authorization: Bearer`",
         ));
     }
     Ok(trimmed)
@@ -759,5 +761,26 @@ mod tests {
         assert_eq!(err.key, "connections.x.api_key");
         assert!(err.problem.contains("line 3"), "{err}");
         assert!(!err.to_string().contains("sk-secret"), "{err}");
+    }
+
+    #[test]
+    fn gate_secrets_are_trimmed_and_checked() {
+        let base = |groups: Value, metrics: Value| {
+            load(
+                json!({"connections": {"m": {"api_type": "mock"}}, "groups": groups, "metrics": metrics}),
+            )
+        };
+        let c = base(
+            json!({"g": {"api_keys": [" key-1\n", "two words"]}}),
+            json!({"token": "t0k\n"}),
+        )
+        .unwrap();
+        assert_eq!(c.settings.groups["g"].api_keys, ["key-1", "two words"]);
+        assert_eq!(c.settings.metrics.token.as_deref(), Some("t0k"));
+        let err = base(json!({"g": {"api_keys": ["a\u{1}b"]}}), json!({})).unwrap_err();
+        assert_eq!(err.key, "groups.g.api_keys[0]");
+        assert!(!err.to_string().contains("a\u{1}b"));
+        let err = base(json!({"g": {"api_keys": []}}), json!({"token": " "})).unwrap_err();
+        assert_eq!(err.key, "metrics.token");
     }
 }
