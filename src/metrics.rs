@@ -640,7 +640,11 @@ pub async fn serve(State(state): State<Arc<AppState>>, uri: Uri, headers: Header
 }
 
 /// Whether `Authorization: Bearer <token>` carries `token` (compared in constant time).
+/// An empty token matches nothing, not a missing header.
 fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    if token.is_empty() {
+        return false;
+    }
     let Some(value) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -660,6 +664,19 @@ fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_empty_metrics_token_matches_nothing() {
+        let mut headers = HeaderMap::new();
+        assert!(!bearer_matches(&headers, ""));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer "));
+        assert!(!bearer_matches(&headers, ""));
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer t0k"),
+        );
+        assert!(bearer_matches(&headers, "t0k"));
+    }
 
     #[test]
     fn label_values_are_capped() {

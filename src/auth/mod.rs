@@ -50,7 +50,9 @@ impl InConfigKeys {
         let mut by_digest = HashMap::new();
         for (group, settings) in &config.settings.groups {
             let group: Arc<str> = Arc::from(group.as_str());
-            for key in &settings.api_keys {
+            // The config refuses empty keys; skipping them here as well keeps a
+            // config built another way from letting a request without a key in.
+            for key in settings.api_keys.iter().filter(|k| !k.is_empty()) {
                 by_digest.entry(digest(key)).or_insert_with(|| {
                     let id = api_key_id(&config.settings.encryption_key, key);
                     (group.clone(), Arc::from(id))
@@ -68,6 +70,10 @@ fn digest(key: &str) -> [u8; 32] {
 #[async_trait]
 impl KeyCheck for InConfigKeys {
     async fn check(&self, api_key: &str) -> Result<Option<KeyGrant>, ApiError> {
+        // No key (no `Authorization` header) never matches.
+        if api_key.is_empty() {
+            return Ok(None);
+        }
         Ok(self
             .by_digest
             .get(&digest(api_key))

@@ -8,6 +8,14 @@
 //! itself). Concurrent checks of one uncached key share a single upstream call.
 //! Transport failures are not cached, so a flapping service does not lock users out
 //! for a whole TTL.
+//!
+//! The key comes from the client, so it is checked and encoded before it goes
+//! anywhere: a key outside visible ASCII (control characters, whitespace, non-ASCII)
+//! is refused, and so is one with `/ # ? % \` (or made of dots only) when the
+//! placeholder is in the URL; in the URL the key is percent-encoded for its place
+//! (every byte but `A-Z a-z 0-9 - . _ ~`). A refused key gets the ordinary
+//! invalid-key answer and no call is made. Without this, `../../health#` made the
+//! gateway ask the service's `/health`, which answered 200.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -81,8 +89,112 @@ fn default_timeout() -> f64 {
 #[derive(Debug, Clone)]
 struct Unavailable(String);
 
+/// Where in the URL template the key placeholder stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Place {
+    Path,
+    Query,
+}
+
+/// The URL template cut at the placeholders: literal text, and where a key goes.
+#[derive(Debug)]
+struct UrlTemplate {
+    parts: Vec<(String, Option<Place>)>,
+}
+
+impl UrlTemplate {
+    /// Cut `url` at every `placeholder`. The key may stand in the path or the query;
+    /// in the scheme, the host (or user info) or the fragment it is refused, since
+    /// there it would choose where the request goes, or never be sent.
+    fn parse(url: &str, placeholder: &str) -> Result<UrlTemplate, String> {
+        let mut parts = Vec::new();
+        let mut rest = url;
+        let mut consumed = 0;
+        // The end of the authority: the first `/`, `?` or `#` after `scheme://`.
+        let authority_end = url
+            .find("://")
+            .map(|i| i + 3)
+            .map(|start| {
+                url[start..]
+                    .find(['/', '?', '#'])
+                    .map_or(url.len(), |j| start + j)
+            })
+            .unwrap_or(0);
+        while !placeholder.is_empty() {
+            let Some(at) = rest.find(placeholder) else {
+                break;
+            };
+            let pos = consumed + at;
+            let before = &url[..pos];
+            let place = if before.contains('#') {
+                return Err("url: the key placeholder may not stand in the fragment (after '#'), which is never sent".into());
+            } else if before.contains('?') {
+                Place::Query
+            } else if pos < authority_end || !url.contains("://") {
+                return Err("url: the key placeholder may stand in the path or the query, not in the scheme or host".into());
+            } else {
+                Place::Path
+            };
+            parts.push((rest[..at].to_owned(), Some(place)));
+            rest = &rest[at + placeholder.len()..];
+            consumed = pos + placeholder.len();
+        }
+        parts.push((rest.to_owned(), None));
+        Ok(UrlTemplate { parts })
+    }
+
+    /// Whether a client key may be sent to the service at all. Real keys (API keys,
+    /// JWTs, opaque tokens) are visible ASCII; in a URL they also have none of the
+    /// characters that would change which resource is asked (a segment of dots
+    /// only is `.`/`..` even when encoded, and the URL parser removes it).
+    fn accepts(&self, api_key: &str) -> bool {
+        if api_key.is_empty() || !api_key.bytes().all(|b| b.is_ascii_graphic()) {
+            return false;
+        }
+        if self.has_key() && api_key.contains(['/', '#', '?', '%', '\\']) {
+            return false;
+        }
+        !(self.has_path_key() && api_key.bytes().all(|b| b == b'.'))
+    }
+
+    fn has_key(&self) -> bool {
+        self.parts.iter().any(|(_, place)| place.is_some())
+    }
+
+    fn has_path_key(&self) -> bool {
+        self.parts
+            .iter()
+            .any(|(_, place)| *place == Some(Place::Path))
+    }
+
+    /// The URL for a key that [`UrlTemplate::accepts`].
+    fn render(&self, key: &str) -> String {
+        let mut url = String::new();
+        for (literal, place) in &self.parts {
+            url.push_str(literal);
+            if place.is_some() {
+                percent_encode_into(&mut url, key);
+            }
+        }
+        url
+    }
+}
+
+/// Percent-encode every byte but the unreserved characters of RFC 3986, which is
+/// right in a path segment and in a query value alike (`&`, `=`, `+`, `/` encoded).
+fn percent_encode_into(out: &mut String, text: &str) {
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(byte as char);
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+}
+
 pub struct CheckApiKeyWithRequest {
     args: WithRequestArgs,
+    url: UrlTemplate,
     method: reqwest::Method,
     client: reqwest::Client,
     cache: Option<moka::future::Cache<[u8; 32], Option<KeyGrant>>>,
@@ -94,8 +206,14 @@ impl CheckApiKeyWithRequest {
         let method =
             reqwest::Method::from_bytes(args.method.trim().to_ascii_uppercase().as_bytes())
                 .map_err(|_| format!("method: '{}' is not an HTTP method", args.method))?;
-        if reqwest::Url::parse(&args.url.replace(&args.key_placeholder, "key")).is_err() {
-            return Err(format!("url: '{}' is not a URL", args.url));
+        if args.key_placeholder.is_empty() {
+            return Err("key_placeholder: must not be empty".into());
+        }
+        let url = UrlTemplate::parse(&args.url, &args.key_placeholder)?;
+        // The URL is not repeated: it may hold a credential of its own (user info, a
+        // token in the query).
+        if let Err(e) = reqwest::Url::parse(&url.render("key")) {
+            return Err(format!("url: not a valid URL ({e})"));
         }
         if args.timeout <= 0.0 {
             return Err("timeout: must be greater than 0".into());
@@ -115,6 +233,7 @@ impl CheckApiKeyWithRequest {
         }
         Ok(CheckApiKeyWithRequest {
             args,
+            url,
             method,
             client,
             cache,
@@ -124,7 +243,7 @@ impl CheckApiKeyWithRequest {
 
     async fn ask(&self, api_key: &str) -> Result<Option<KeyGrant>, Unavailable> {
         let placeholder = &self.args.key_placeholder;
-        let url = self.args.url.replace(placeholder, api_key);
+        let url = self.url.render(api_key);
         let mut request = self
             .client
             .request(self.method.clone(), &url)
@@ -202,6 +321,10 @@ impl CheckApiKeyWithRequest {
 #[async_trait]
 impl KeyCheck for CheckApiKeyWithRequest {
     async fn check(&self, api_key: &str) -> Result<Option<KeyGrant>, ApiError> {
+        if !self.url.accepts(api_key) {
+            tracing::debug!("API key check: a key with characters no key has was refused without asking the service");
+            return Ok(None);
+        }
         let result = match &self.cache {
             None => self.ask(api_key).await,
             Some(cache) => {
@@ -218,6 +341,51 @@ impl KeyCheck for CheckApiKeyWithRequest {
                 tracing::warn!("API key check service unavailable, key rejected: {reason}");
                 Ok(None)
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_that_could_change_the_url_are_refused() {
+        let t = UrlTemplate::parse("http://auth/keys/{api_key}/valid", "{api_key}").unwrap();
+        for key in [
+            "../../health#",
+            "x/../../health#",
+            "%2e%2e/%2e%2e/health#",
+            "..",
+            ".",
+            "a?b",
+            "a\\b",
+            "a b",
+            "a\nb",
+            "",
+            "ключ",
+        ] {
+            assert!(!t.accepts(key), "{key:?}");
+        }
+        assert!(t.accepts("sk-abc.DEF_123~"));
+        assert_eq!(t.render("a+b=c&d"), "http://auth/keys/a%2Bb%3Dc%26d/valid");
+        // Only in a header: `/` (base64) is fine, whitespace never.
+        let t = UrlTemplate::parse("http://auth/userinfo", "{api_key}").unwrap();
+        assert!(t.accepts("ab/cd=="));
+        assert!(!t.accepts("ab cd"));
+        let t = UrlTemplate::parse("http://auth/check?k={api_key}&x=1", "{api_key}").unwrap();
+        assert_eq!(t.render("a+b"), "http://auth/check?k=a%2Bb&x=1");
+        assert!(t.accepts(".."), "dots are harmless in a query");
+    }
+
+    #[test]
+    fn the_placeholder_may_not_choose_the_host() {
+        for url in [
+            "http://{api_key}.auth/x",
+            "http://u:{api_key}@auth/x",
+            "http://auth/x#{api_key}",
+        ] {
+            assert!(UrlTemplate::parse(url, "{api_key}").is_err(), "{url}");
         }
     }
 }

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 pub use env::load_dotenv;
 pub(crate) use env::push_key;
+pub(crate) use error::strip_userinfo;
 pub use error::ConfigError;
 pub(crate) use model::lenient;
 pub use model::{
@@ -77,14 +78,142 @@ impl Format {
 }
 
 /// Parse config text of a format into a JSON value tree (key order kept).
+///
+/// A syntax error names the line and column (and, for TOML, the key on that line)
+/// but never quotes the text: the line may hold a secret (`api_key = "sk-...` with
+/// its closing quote missing), and the toml crate's message prints it.
 pub fn parse_text(text: &str, format: Format, path: &Path) -> Result<Value, ConfigError> {
-    let parsed = match format {
-        Format::Toml => toml::from_str::<Value>(text).map_err(|e| e.to_string()),
-        Format::Json => serde_json::from_str::<Value>(text).map_err(|e| e.to_string()),
-        Format::Yaml => serde_yaml_ng::from_str::<Value>(text).map_err(|e| e.to_string()),
-        Format::Python => Err(python_config_message()),
+    match format {
+        Format::Toml => toml::from_str::<Value>(text).map_err(|e| {
+            let at = e.span().map(|span| span.start);
+            let key = at.map(|at| toml_key_at(text, at)).unwrap_or_default();
+            let place = at.map(|at| {
+                let (line, column) = line_column(text, at);
+                format!(" at line {line}, column {column}")
+            });
+            ConfigError::new(
+                path,
+                key,
+                format!(
+                    "TOML syntax error{}: {}",
+                    place.unwrap_or_default(),
+                    scrub_values(e.message())
+                ),
+            )
+        }),
+        Format::Json => serde_json::from_str::<Value>(text)
+            .map_err(|e| ConfigError::new(path, "", format!("JSON syntax error: {e}"))),
+        Format::Yaml => serde_yaml_ng::from_str::<Value>(text).map_err(|e| {
+            let place = e
+                .location()
+                .map(|l| format!(" at line {}, column {}", l.line(), l.column()))
+                .unwrap_or_default();
+            // The message is cut at its location (which is given above): what
+            // follows it can be the parser's context, and the text is never quoted.
+            let message = e.to_string();
+            let message = message.split(" at line ").next().unwrap_or_default();
+            ConfigError::new(
+                path,
+                "",
+                format!("YAML syntax error{place}: {}", scrub_values(message)),
+            )
+        }),
+        Format::Python => Err(ConfigError::new(path, "", python_config_message())),
+    }
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let at = at.min(text.len());
+    let at = (0..=at)
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    let before = &text[..at];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+/// The dotted key written on the line holding byte `at` of a TOML text, under the
+/// last `[table]` header above it, when the line reads `key = ...`; else "".
+fn toml_key_at(text: &str, at: usize) -> String {
+    let at = at.min(text.len());
+    let line_start = text[..at].rfind('\n').map_or(0, |i| i + 1);
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let is_key = |k: &str| {
+        !k.is_empty()
+            && k.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ' ' | '"'))
     };
-    parsed.map_err(|problem| ConfigError::new(path, "", problem))
+    let Some(key) = line
+        .split_once('=')
+        .map(|(k, _)| k.trim())
+        .filter(|k| is_key(k))
+    else {
+        return String::new();
+    };
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(['[', ']']).trim())
+        .filter(|t| is_key(t));
+    let key = key.replace(' ', "");
+    match table {
+        Some(table) => format!("{}.{key}", table.replace(' ', "")),
+        None => key,
+    }
+}
+
+/// Whether a serde message about `key` may quote a secret: the key names one
+/// (`groups.team.api_keys`, `metrics.token`, `http_headers.Authorization`), or a
+/// plain value stands where a table or a list belongs (`[groups]` `team = "sk-..."`).
+/// Elsewhere the value helps (`port = "eighty"`, `api_type = "telepathy"`) and stays.
+fn may_quote_a_secret(key: &str, problem: &str) -> bool {
+    key.split(['.', '[']).any(env::is_secret_key)
+        || [
+            "expected struct",
+            "expected a map",
+            "expected a sequence",
+            "expected a table",
+            "expected a list",
+        ]
+        .iter()
+        .any(|e| problem.contains(e))
+}
+
+/// Drop the values that parser and serde messages quote (`invalid type: string
+/// "sk-...", expected ...`, `unknown variant `sk-...``): the key path says where the
+/// mistake is, and the value may be a secret. Backquoted field names and the
+/// expected variants stay.
+pub(crate) fn scrub_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(start) = rest.find(['"', '`']) {
+        out.push_str(&rest[..start]);
+        let quote = &rest[start..start + 1];
+        let close = rest[start + 1..].find(quote).map(|len| start + 1 + len + 1);
+        if quote == "`" {
+            // A name (or an expected token such as `"`): kept as written.
+            let end = close.unwrap_or(rest.len());
+            out.push_str(&rest[start..end]);
+            rest = &rest[end..];
+        } else {
+            out.push_str("a string");
+            rest = close.map_or("", |end| &rest[end..]);
+        }
+    }
+    out.push_str(rest);
+    let mut out = out.replace("string a string", "a string");
+    if let Some(at) = out.find("unknown variant `") {
+        let from = at + "unknown variant `".len();
+        if let Some(len) = out[from..].find('`') {
+            out.replace_range(at..from + len + 1, "unknown value");
+        }
+    }
+    out
 }
 
 /// Read a TOML, JSON or YAML config file into a value tree with `env:` substituted
@@ -127,7 +256,8 @@ impl Config {
                 ),
             ));
         }
-        let settings: FileConfig = deserialize_at(tree, "", path)?;
+        let mut settings: FileConfig = deserialize_at(tree, "", path)?;
+        check_gate_secrets(&mut settings, path)?;
 
         let api_prefix = normalize_prefix(&settings.api_prefix);
         if api_prefix.contains(['?', '#', '{', '}', '*']) {
@@ -155,7 +285,11 @@ impl Config {
                     "connection names must be non-empty and contain no '.' (routing values are `connection.model`)",
                 ));
             }
-            connections.insert(name.clone(), parse_connection(raw, &key, path)?);
+            let mut spec = parse_connection(raw, &key, path)?;
+            if let ConnectionSpec::Provider(provider) = &mut spec {
+                provider.api_key = check_provider_key(provider.api_key.take(), &key, path)?;
+            }
+            connections.insert(name.clone(), spec);
         }
 
         let api_key_check = ExtensionSpec::parse(&settings.api_key_check, "api_key_check")
@@ -310,6 +444,103 @@ impl Config {
     }
 }
 
+/// Client keys (`groups.*.api_keys`) and the metrics token open the gateway, so an
+/// empty one is a startup error rather than a key that matches "no key" (or a token
+/// that means "no token"). Surrounding whitespace (a file's last newline) is removed
+/// with a warning, since clients' keys are compared trimmed; a value that no client
+/// could send (control or non-ASCII characters) is an error. Messages name the
+/// key, never the value.
+fn check_gate_secrets(settings: &mut FileConfig, path: &Path) -> Result<(), ConfigError> {
+    for (group, cfg) in settings.groups.iter_mut() {
+        for (i, api_key) in cfg.api_keys.iter_mut().enumerate() {
+            let key = format!("{}.api_keys[{i}]", key_of("groups", group));
+            *api_key = gate_secret(
+                api_key,
+                &key,
+                path,
+                "remove it, or write \"env:NAME?\" for a key that may be absent",
+            )?;
+        }
+    }
+    if let Some(token) = settings.metrics.token.as_mut() {
+        *token = gate_secret(
+            token,
+            "metrics.token",
+            path,
+            "leave `token` out to serve metrics without one",
+        )?;
+    }
+    Ok(())
+}
+
+fn gate_secret(value: &str, key: &str, path: &Path, advice: &str) -> Result<String, ConfigError> {
+    let trimmed = trim_secret(value, key, path);
+    if trimmed.is_empty() {
+        return Err(ConfigError::new(
+            path,
+            key,
+            format!("is empty, which would let requests without a key in; {advice}"),
+        ));
+    }
+    // What a client can send in a header value, and so match: visible ASCII and
+    // spaces (inside the key; `Bearer` values are trimmed).
+    if !trimmed.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        return Err(ConfigError::new(
+            path,
+            key,
+            "contains control or non-ASCII characters, which no client can send in `Authorization: Bearer`",
+        ));
+    }
+    Ok(trimmed)
+}
+
+/// The value without surrounding whitespace, warned about (key named, value not).
+fn trim_secret(value: &str, key: &str, path: &Path) -> String {
+    let trimmed = value.trim();
+    if trimmed.len() != value.len() && !trimmed.is_empty() {
+        tracing::warn!(
+            "{}: {key}: whitespace around the value (such as the newline at the end of a file or variable) was removed",
+            path.display()
+        );
+    }
+    trimmed.to_owned()
+}
+
+/// A provider `api_key` goes into an HTTP header (`Authorization: Bearer ...`,
+/// `x-api-key`, ...). One with a trailing newline (read from a file or a variable)
+/// made no valid header, and the key was silently not sent: it is trimmed, with a
+/// warning. `""` still means "no key" (local servers); a blank value or one with
+/// control characters inside stops startup.
+fn check_provider_key(
+    api_key: Option<String>,
+    parent: &str,
+    path: &Path,
+) -> Result<Option<String>, ConfigError> {
+    let Some(value) = api_key else {
+        return Ok(None);
+    };
+    if value.is_empty() {
+        return Ok(Some(value));
+    }
+    let key = format!("{parent}.api_key");
+    let trimmed = trim_secret(&value, &key, path);
+    if trimmed.is_empty() {
+        return Err(ConfigError::new(
+            path,
+            key,
+            "is blank (only whitespace); leave it out to send no key",
+        ));
+    }
+    if trimmed.chars().any(char::is_control) || http::HeaderValue::from_str(&trimmed).is_err() {
+        return Err(ConfigError::new(
+            path,
+            key,
+            "contains control or non-ASCII characters, which no HTTP header can carry",
+        ));
+    }
+    Ok(Some(trimmed))
+}
+
 /// Split a routing value at the first dot: `conn.model`, `conn.*`, or `conn`
 /// (the connection's own `model`). Returns the model part, `None` for "use the
 /// connection's default".
@@ -382,7 +613,13 @@ pub fn deserialize_at<T: DeserializeOwned>(
             }
             key.push_str(&inner);
         }
-        ConfigError::new(path, key, err.into_inner().to_string())
+        let problem = err.into_inner().to_string();
+        let problem = if may_quote_a_secret(&key, &problem) {
+            scrub_values(&problem)
+        } else {
+            problem
+        };
+        ConfigError::new(path, key, problem)
     })
 }
 
@@ -494,5 +731,56 @@ mod tests {
         );
         assert_eq!(split_route_target("openai.*"), ("openai", Some("*")));
         assert_eq!(split_route_target("openai"), ("openai", None));
+    }
+
+    #[test]
+    fn messages_lose_quoted_values_but_keep_names() {
+        assert_eq!(
+            scrub_values("invalid type: string \"client-abc\", expected a sequence"),
+            "invalid type: a string, expected a sequence"
+        );
+        assert_eq!(
+            scrub_values("invalid basic string, expected `\"`"),
+            "invalid basic string, expected `\"`"
+        );
+        assert_eq!(
+            scrub_values("unknown variant `sk-123`, expected one of `a`, `b`"),
+            "unknown value, expected one of `a`, `b`"
+        );
+        assert_eq!(
+            scrub_values("unknown field `bogus`, expected `x`"),
+            "unknown field `bogus`, expected `x`"
+        );
+        assert_eq!(scrub_values("found \"sk-unclosed"), "found a string");
+    }
+
+    #[test]
+    fn toml_errors_name_the_key_on_their_line() {
+        let text = "a = 1\n[connections.x]\napi_key = \"sk-secret-1\n";
+        let err = parse_text(text, Format::Toml, Path::new("c.toml")).unwrap_err();
+        assert_eq!(err.key, "connections.x.api_key");
+        assert!(err.problem.contains("line 3"), "{err}");
+        assert!(!err.to_string().contains("sk-secret"), "{err}");
+    }
+
+    #[test]
+    fn gate_secrets_are_trimmed_and_checked() {
+        let base = |groups: Value, metrics: Value| {
+            load(
+                json!({"connections": {"m": {"api_type": "mock"}}, "groups": groups, "metrics": metrics}),
+            )
+        };
+        let c = base(
+            json!({"g": {"api_keys": [" key-1\n", "two words"]}}),
+            json!({"token": "t0k\n"}),
+        )
+        .unwrap();
+        assert_eq!(c.settings.groups["g"].api_keys, ["key-1", "two words"]);
+        assert_eq!(c.settings.metrics.token.as_deref(), Some("t0k"));
+        let err = base(json!({"g": {"api_keys": ["a\u{1}b"]}}), json!({})).unwrap_err();
+        assert_eq!(err.key, "groups.g.api_keys[0]");
+        assert!(!err.to_string().contains("a\u{1}b"));
+        let err = base(json!({"g": {"api_keys": []}}), json!({"token": " "})).unwrap_err();
+        assert_eq!(err.key, "metrics.token");
     }
 }

@@ -84,7 +84,9 @@ pub struct MetricsConfig {
     pub enabled: bool,
     #[serde(default = "default_metrics_path")]
     pub path: String,
-    /// When set (non-empty), scrapes must send `Authorization: Bearer <token>`.
+    /// When set, scrapes must send `Authorization: Bearer <token>`. An empty token is
+    /// a startup error (it used to mean "no token", so `METRICS_TOKEN=` left the
+    /// endpoint open); `env:NAME?` leaves the setting out when NAME is missing or empty.
     #[serde(default)]
     pub token: Option<String>,
 }
@@ -100,9 +102,10 @@ impl Default for MetricsConfig {
 }
 
 impl MetricsConfig {
-    /// The token scrapes must present, if any (an empty string means none).
+    /// The token scrapes must present, if any. An empty one (a config built without
+    /// the loader's checks) is returned as is and matches nothing: fail closed.
     pub fn token(&self) -> Option<&str> {
-        self.token.as_deref().filter(|t| !t.is_empty())
+        self.token.as_deref()
     }
 }
 

@@ -86,12 +86,14 @@ impl AnthropicProvider {
         };
         let http = http_settings(settings, DEFAULT_API_BASE, key, config)?;
         if http.base.ends_with("/v1") {
+            // The base may carry `user:password@`: not for the log.
+            let base = crate::config::strip_userinfo(&http.base);
             tracing::warn!(
                 "{}: {key}.api_base: '{}' ends in /v1, so requests go to {}/v1/messages; \
                  api_base is the provider root (as the Anthropic SDK takes it), e.g. https://api.anthropic.com",
                 config.path.display(),
-                http.base,
-                http.base
+                base,
+                base
             );
         }
         let mut headers = HeaderMap::new();
