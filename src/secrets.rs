@@ -92,6 +92,24 @@ fn lower_hex(encoded: &str) -> String {
     out
 }
 
+/// `text` cut to at most `max` bytes, followed by `...` when cut. The cut also drops
+/// the word it falls in (a run of the characters keys and tokens are made of): a
+/// secret cut in two would no longer be recognised by the redactor, and its first
+/// part would go out.
+pub fn truncate_text(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let kept = text[..end].trim_end_matches(|c: char| {
+        c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '/' | '+' | '%' | '~' | '\\')
+    });
+    format!("{kept}...")
+}
+
 /// One search for every form of every secret of a set.
 struct Matcher {
     automaton: AhoCorasick,
@@ -492,6 +510,17 @@ mod tests {
         let r = Redactor::new([pem.to_owned()]);
         let echoed = json!({ "detail": pem }).to_string();
         assert_eq!(r.redact_text(&echoed), r#"{"detail":"***"}"#);
+    }
+
+    #[test]
+    fn cut_text_never_ends_in_part_of_a_word() {
+        assert_eq!(truncate_text("short", 10), "short");
+        assert_eq!(
+            truncate_text("key=sk-abc/def%2F0123 rest", 12),
+            "key=..."
+        );
+        assert_eq!(truncate_text("a b c", 4), "a b ...");
+        assert_eq!(truncate_text("caf\u{e9}\u{e9}", 5), "...");
     }
 
     #[test]

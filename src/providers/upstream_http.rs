@@ -205,15 +205,10 @@ pub fn parse_error_body(body: &[u8]) -> ParsedError {
     }
 }
 
+/// Cut without leaving part of a word at the end (a cut secret would escape the
+/// redactor).
 fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
+    crate::secrets::truncate_text(text, max)
 }
 
 /// GET a JSON document (model lists), within `timeout`, errors mapped as for chat calls.
