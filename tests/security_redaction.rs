@@ -93,7 +93,8 @@ async fn openai(headers: HeaderMap, body: Bytes) -> Response {
     let model = body["model"].as_str().unwrap_or("").to_owned();
     let auth = bearer(&headers, "authorization");
     let e = echo(&auth);
-    let chunk_head = r#""id":"chatcmpl-r","object":"chat.completion.chunk","created":1700000000,"model":"m""#;
+    let chunk_head =
+        r#""id":"chatcmpl-r","object":"chat.completion.chunk","created":1700000000,"model":"m""#;
     match model.as_str() {
         // Every field of the error, and the Retry-After header.
         "fields-429" => {
@@ -143,7 +144,8 @@ async fn anthropic(headers: HeaderMap, body: Bytes) -> Response {
     let error = json!({"type": "error", "error": {"type": e, "message": e}});
     if body["stream"].as_bool() == Some(true) {
         let start = json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude", "content": [], "stop_reason": null, "usage": {"input_tokens": 1, "output_tokens": 0}}});
-        let text = format!("event: message_start\ndata: {start}\n\nevent: error\ndata: {error}\n\n");
+        let text =
+            format!("event: message_start\ndata: {start}\n\nevent: error\ndata: {error}\n\n");
         return Response::builder()
             .header("content-type", "text/event-stream")
             .body(Body::from(text))
@@ -405,10 +407,7 @@ api_keys = ["{CLIENT_KEY}"]
     })
     .await
     .unwrap();
-    let warnings: Vec<&str> = log
-        .lines()
-        .filter(|l| l.contains("finishReason"))
-        .collect();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains("finishReason")).collect();
     assert_eq!(warnings.len(), 2, "one WARN line per answer:\n{log}");
     for line in log.lines() {
         assert!(
@@ -421,7 +420,8 @@ api_keys = ["{CLIENT_KEY}"]
         );
     }
     assert!(
-        warnings[0].contains(r"STOP\n2026-01-01T00:00:00.000000Z  INFO lm_proxy::request: FORGED\r"),
+        warnings[0]
+            .contains(r"STOP\n2026-01-01T00:00:00.000000Z  INFO lm_proxy::request: FORGED\r"),
         "{}",
         warnings[0]
     );

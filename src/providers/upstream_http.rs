@@ -292,7 +292,14 @@ mod tests {
         for ok in ["7", "120", "Wed, 21 Oct 2015 07:28:00 GMT"] {
             assert!(is_retry_after(&ok.parse().unwrap()), "{ok}");
         }
-        for bad in ["", "7 sk-secret", "Bearer sk-abcdef", "-1", "12345678901", "x GMT"] {
+        for bad in [
+            "",
+            "7 sk-secret",
+            "Bearer sk-abcdef",
+            "-1",
+            "12345678901",
+            "x GMT",
+        ] {
             assert!(!is_retry_after(&bad.parse().unwrap()), "{bad}");
         }
     }
