@@ -29,6 +29,10 @@ const GEMINI_KEY: &str = "AIza-GEMINI-SECRET-55aa";
 const CLIENT_KEY: &str = "client-SECRET-44d1e0b7";
 const VERTEX_CLIENT_SECRET: &str = "vtx-CLIENT-SECRET-d00d";
 const VERTEX_REFRESH_TOKEN: &str = "1//vtx-REFRESH/SECRET+tok";
+/// A throwaway service-account key (tests/fixtures/README.md).
+const TEST_KEY_PEM: &str = include_str!("fixtures/vertex-test-key.pem");
+/// Signed assertions the token endpoint received (each a credential for an hour).
+static ASSERTIONS: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 /// What a forged log line would start with.
 const FORGED: &str = "2026-01-01T00:00:00.000000Z  INFO lm_proxy::request: FORGED";
 
@@ -189,15 +193,19 @@ async fn gemini(Path(action): Path<String>, headers: HeaderMap) -> Response {
 /// received (refresh token percent-encoded) and each field decoded.
 async fn token(body: Bytes) -> Response {
     let form: HashMap<String, String> = form_urlencoded::parse(&body).into_owned().collect();
+    if let Some(assertion) = form.get("assertion") {
+        ASSERTIONS.lock().unwrap().push(assertion.clone());
+    }
     let received = String::from_utf8_lossy(&body).into_owned();
     json_response(
         StatusCode::BAD_REQUEST,
         json!({
             "error": "invalid_grant",
             "error_description": format!(
-                "bad grant {received} (secret {} token {})",
+                "bad grant {received} (secret {} token {} assertion {})",
                 form.get("client_secret").cloned().unwrap_or_default(),
-                form.get("refresh_token").cloned().unwrap_or_default()
+                form.get("refresh_token").cloned().unwrap_or_default(),
+                form.get("assertion").cloned().unwrap_or_default()
             ),
         }),
     )
@@ -232,6 +240,7 @@ const CASES: &[(&str, bool, u16)] = &[
     ("gem-error", true, 429),
     ("vtx-x", false, 502),
     ("vtx-x", true, 502),
+    ("vsa-x", false, 502),
 ];
 
 #[tokio::test(flavor = "multi_thread")]
@@ -245,6 +254,13 @@ async fn echoed_credentials_never_leave_in_any_field_or_encoding() {
         &json!({"type": "authorized_user", "client_id": "vtx-client-id",
             "client_secret": VERTEX_CLIENT_SECRET, "refresh_token": VERTEX_REFRESH_TOKEN,
             "token_uri": format!("http://{addr}/token")})
+        .to_string(),
+    );
+    let service_account = write(
+        dir.path(),
+        "sa.json",
+        &json!({"type": "service_account", "client_email": "proxy@p.iam.gserviceaccount.com",
+            "private_key": TEST_KEY_PEM, "token_uri": format!("http://{addr}/token")})
         .to_string(),
     );
     let config = format!(
@@ -270,10 +286,17 @@ api_base = "http://{addr}"
 google_vertex_project_id = "p"
 google_vertex_credentials = {credentials:?}
 timeout = 5
+[connections.vsa]
+api_type = "google_vertex_ai"
+api_base = "http://{addr}"
+google_vertex_project_id = "p"
+google_vertex_credentials = {service_account:?}
+timeout = 5
 [routing]
 "ant-*" = "ant.*"
 "gem-*" = "gem.*"
 "vtx-*" = "vtx.*"
+"vsa-*" = "vsa.*"
 "*" = "up.*"
 [groups.default]
 api_keys = ["{CLIENT_KEY}"]
@@ -282,11 +305,10 @@ class = "lm_proxy.loggers.BaseLogger"
 log_writer = {{ class = "lm_proxy.loggers.JsonLogWriter", file_name = {log:?} }}
 "#,
         credentials = credentials.to_str().unwrap(),
+        service_account = service_account.to_str().unwrap(),
         log = log_path.to_str().unwrap()
     );
     write(dir.path(), "config.toml", &config);
-    let secrets = all_secret_forms();
-
     for debug in ["0", "1"] {
         let dir_path = dir.path().to_path_buf();
         let (answers, log) = tokio::task::spawn_blocking(move || {
@@ -323,6 +345,16 @@ log_writer = {{ class = "lm_proxy.loggers.JsonLogWriter", file_name = {log:?} }}
         .await
         .unwrap();
 
+        let assertions = ASSERTIONS.lock().unwrap().clone();
+        assert!(
+            !assertions.is_empty(),
+            "the service account asked for a token"
+        );
+        let secrets: Vec<String> = all_secret_forms()
+            .into_iter()
+            .chain(assertions.iter().flat_map(|a| forms(a)))
+            .chain(["BEGIN PRIVATE KEY".to_owned()])
+            .collect();
         // Every leak is listed (not only the first), so a failure shows them all.
         let mut leaks = Vec::new();
         let mut check = |place: &str, text: &str| {
@@ -356,6 +388,10 @@ log_writer = {{ class = "lm_proxy.loggers.JsonLogWriter", file_name = {log:?} }}
             "debug={debug}: no token WARN line:\n{log}"
         );
     }
+    let secrets: Vec<String> = all_secret_forms()
+        .into_iter()
+        .chain(ASSERTIONS.lock().unwrap().iter().flat_map(|a| forms(a)))
+        .collect();
     let entries = std::fs::read_to_string(&log_path).unwrap();
     assert_eq!(entries.lines().count(), CASES.len() * 2);
     for secret in &secrets {
