@@ -247,6 +247,11 @@ impl Redactor {
                 // Trimmed too: that is how a key with stray whitespace is sent.
                 upstream.extend(settings.api_key.iter().map(|k| k.trim().to_owned()));
                 upstream.extend(settings.http_headers.values().cloned());
+                // `init_params.default_headers` are sent like `http_headers`.
+                collect_strings(
+                    &serde_json::Value::Object(settings.init_params.clone()),
+                    &mut upstream,
+                );
                 collect_strings(
                     &serde_json::Value::Object(settings.options.clone()),
                     &mut upstream,
