@@ -192,7 +192,13 @@ impl RawJson {
         probe.usage()
     }
 
-    fn to_value(&self) -> Value {
+    /// The JSON text as the upstream wrote it.
+    pub fn text(&self) -> &[u8] {
+        &self.text
+    }
+
+    /// The text as a tree.
+    pub fn to_value(&self) -> Value {
         // The text was checked to be a JSON object when this was made.
         serde_json::from_slice(&self.text).unwrap_or(Value::Null)
     }

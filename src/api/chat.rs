@@ -50,6 +50,7 @@ pub async fn chat_completions(
     let metrics = state.metrics().map(|m| m.request(&ctx, upstream_time));
     match result {
         Ok(Reply::Complete(answer)) => {
+            let answer = gateway.redactor.redact_payload(answer);
             summary.log(200, None, "");
             if let Some(metrics) = metrics {
                 metrics.completed(answer.usage());
@@ -84,8 +85,10 @@ pub async fn chat_completions(
             };
             let dispatcher = gateway.log_dispatcher.clone();
             let redactor = gateway.redactor.clone();
-            let chunks: PayloadStream =
-                Box::pin(chunks.map(move |item| item.map_err(|e| redactor.redact(e))));
+            let chunks: PayloadStream = Box::pin(chunks.map(move |item| match item {
+                Ok(chunk) => Ok(redactor.redact_payload(chunk)),
+                Err(e) => Err(redactor.redact(e)),
+            }));
             let body = encode_sse(chunks, identity, dispatcher.is_some(), move |outcome| {
                 let note = if outcome.completed {
                     ""

@@ -147,7 +147,7 @@ where
         let is_request_line = metadata.target() == REQUEST_TARGET
             && metadata.fields().iter().any(|f| f.name() == LINE_FIELD);
         if !is_request_line {
-            return self.default.format_event(ctx, writer, event);
+            return write_escaped_event(&self.default, ctx, writer, event);
         }
         // The default format's text (`<RFC 3339 time, µs> <level padded to 5>
         // <target>: `) without its generic formatting, which was a quarter of the
@@ -177,6 +177,53 @@ where
 }
 
 const LINE_FIELD: &str = "line";
+
+/// An event in the default format, on one line whatever its text holds: values
+/// that reach a log line may come from upstreams or clients (an upstream's error
+/// message, a Gemini `finishReason`), and a line break in one of them would start
+/// a forged log line. tracing-subscriber escapes ESC in messages, not line breaks;
+/// so the event is formatted into a buffer and its control characters (C0, DEL,
+/// C1) and Unicode line separators are written as Rust escapes (`\n`, `\r`,
+/// `\u{1b}`), as the request line's quoted values are. Not the request line's
+/// path: those events are rare (startup, warnings, debug output).
+fn write_escaped_event<S, N>(
+    format: &Format<Full, SystemTime>,
+    ctx: &FmtContext<'_, S, N>,
+    mut writer: Writer<'_>,
+    event: &tracing::Event<'_>,
+) -> std::fmt::Result
+where
+    S: tracing::Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    let mut text = String::with_capacity(256);
+    format.format_event(ctx, Writer::new(&mut text), event)?;
+    let body = text.strip_suffix('\n').unwrap_or(&text);
+    if !body.chars().any(needs_escape) {
+        return writer.write_str(&text);
+    }
+    let mut escaped = String::with_capacity(body.len() + 16);
+    push_escaped(&mut escaped, body);
+    escaped.push('\n');
+    writer.write_str(&escaped)
+}
+
+/// Characters that must not reach a log line as they are: they end the line,
+/// move the cursor or start a terminal escape sequence.
+fn needs_escape(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
+}
+
+/// `text` with every [`needs_escape`] character written as Rust escapes it.
+pub fn push_escaped(out: &mut String, text: &str) {
+    for c in text.chars() {
+        if needs_escape(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+}
 
 /// Writes the `line` field's text.
 struct LineVisitor<'a, 'w> {
@@ -252,6 +299,57 @@ mod tests {
         fn flush(&mut self) -> std::io::Result<()> {
             Ok(())
         }
+    }
+
+    /// Upstream text with line breaks and terminal escapes in a message or a field
+    /// stays on its event's line, escaped.
+    #[test]
+    fn every_event_is_one_line_with_control_characters_escaped() {
+        let out = Captured::default();
+        let sink = out.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || sink.clone())
+            .with_ansi(false)
+            .event_format(RequestLineFormat::default())
+            .finish();
+        let forged = "STOP\n2026-01-01T00:00:00.000000Z  INFO lm_proxy::cli: forged\r\u{1b}[2K\u{9b}x\u{2028}y";
+        let summary = RequestSummary {
+            id: "abc".into(),
+            requested_model: Some(forged.into()),
+            connection: None,
+            upstream_model: None,
+            group: Some(forged.into()),
+            stream: false,
+            started: std::time::Instant::now(),
+        };
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::warn!("unknown Gemini finishReason '{forged}'");
+            tracing::warn!(reason = %forged, "display field");
+            tracing::error!(reason = ?forged, "debug field");
+            summary.log(200, None, "");
+            summary.log(
+                502,
+                Some(&ApiError::upstream_failure(forged.to_owned())),
+                "",
+            );
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<&str> = text.split_terminator('\n').collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(text.ends_with('\n'));
+        for line in &lines {
+            assert!(
+                !line.chars().any(needs_escape),
+                "a control character in {line:?}"
+            );
+            assert!(!line.contains("\u{2028}"), "{line:?}");
+        }
+        assert!(
+            lines[0].ends_with(r"finishReason 'STOP\n2026-01-01T00:00:00.000000Z  INFO lm_proxy::cli: forged\r\x1b[2K\u{9b}x\u{2028}y'"),
+            "{}",
+            lines[0]
+        );
+        assert!(lines[1].contains(r"reason=STOP\n2026"), "{}", lines[1]);
     }
 
     #[test]

@@ -75,9 +75,28 @@ pub async fn check_status_with(
     if status.is_success() {
         return Ok(response);
     }
-    let retry_after = response.headers().get(http::header::RETRY_AFTER).cloned();
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .filter(|v| is_retry_after(v))
+        .cloned();
     let body = read_limited(response, timeout).await.unwrap_or_default();
     Err(map(status, &body, retry_after))
+}
+
+/// Whether an upstream's `Retry-After` has one of the two forms HTTP allows
+/// (delta-seconds, or an HTTP-date such as `Wed, 21 Oct 2015 07:28:00 GMT`), so
+/// that only such a value is passed on to the client: anything else (an upstream
+/// echoing a request header there) is dropped. Values are redacted as well.
+fn is_retry_after(value: &http::HeaderValue) -> bool {
+    let bytes = value.as_bytes();
+    let seconds = !bytes.is_empty() && bytes.len() <= 10 && bytes.iter().all(u8::is_ascii_digit);
+    let date = (20..=40).contains(&bytes.len())
+        && bytes.ends_with(b" GMT")
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b' ' | b',' | b':'));
+    seconds || date
 }
 
 /// Read at most `ERROR_BODY_LIMIT` bytes of an error answer within `timeout`.
@@ -193,15 +212,10 @@ pub fn parse_error_body(body: &[u8]) -> ParsedError {
     }
 }
 
+/// Cut without leaving part of a word at the end (a cut secret would escape the
+/// redactor).
 fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_owned();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    format!("{}...", &text[..end])
+    crate::secrets::truncate_text(text, max)
 }
 
 /// GET a JSON document (model lists), within `timeout`, errors mapped as for chat calls.
@@ -278,5 +292,22 @@ mod tests {
         assert_eq!(e.error_object()["type"], "rate_limit_error");
         let e = status_error(StatusCode::SERVICE_UNAVAILABLE, b"down", None);
         assert_eq!(e.status(), StatusCode::BAD_GATEWAY);
+    }
+
+    #[test]
+    fn only_well_formed_retry_after_values_are_passed_on() {
+        for ok in ["7", "120", "Wed, 21 Oct 2015 07:28:00 GMT"] {
+            assert!(is_retry_after(&ok.parse().unwrap()), "{ok}");
+        }
+        for bad in [
+            "",
+            "7 sk-secret",
+            "Bearer sk-abcdef",
+            "-1",
+            "12345678901",
+            "x GMT",
+        ] {
+            assert!(!is_retry_after(&bad.parse().unwrap()), "{bad}");
+        }
     }
 }

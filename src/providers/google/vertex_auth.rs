@@ -18,8 +18,13 @@
 //! if the refresh fails. After an upstream 401 the provider calls
 //! [`TokenSource::invalidate`] with the token it used and retries once.
 //!
-//! No secret (private key, client secret, refresh or access token) is ever put in a
-//! log line or an error message; types holding them have no `Debug`.
+//! No secret (private key, client secret, refresh or access token, signed
+//! assertion) is ever put in a log line or an error message; types holding them have
+//! no `Debug`. A token endpoint may echo what it was sent (the form body, with the
+//! refresh token percent-encoded): so each source registers its credential's
+//! secrets and the latest ones it obtained or signed as [`RuntimeSecrets`], which
+//! every redactor removes in every encoding (raw, form/percent-encoded,
+//! JSON-escaped), here in the WARN line and at the door for clients.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -35,6 +40,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::providers::upstream_http::{send_reqwest, transport_error};
+use crate::secrets::RuntimeSecrets;
 use crate::streaming::unix_now;
 
 pub const CLOUD_PLATFORM_SCOPE: &str = "https://www.googleapis.com/auth/cloud-platform";
@@ -47,6 +53,10 @@ const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 const ASSERTION_LIFETIME_SECS: u64 = 3600;
 /// Cap on how much of a token endpoint's answer is read into an error message.
 const ERROR_TEXT_LIMIT: usize = 300;
+/// How many obtained secrets (access tokens, assertions, rotated refresh tokens) a
+/// source keeps registered for redaction besides its credential's own: an access
+/// token lives an hour, so the last few are all that can still be in use.
+const RECENT_SECRETS: usize = 6;
 
 // ---------------------------------------------------------------------------------
 // Credential files
@@ -56,6 +66,8 @@ pub struct ServiceAccount {
     pub client_email: String,
     pub private_key_id: Option<String>,
     key: RsaKeyPair,
+    /// The key as the file holds it, only to be redacted should it ever be echoed.
+    private_key_pem: String,
     pub token_uri: String,
     pub project_id: Option<String>,
 }
@@ -108,6 +120,7 @@ impl CredentialsFile {
                     client_email: required("client_email")?,
                     private_key_id: field("private_key_id"),
                     key: rsa_key_from_pem(pem)?,
+                    private_key_pem: pem.to_owned(),
                     token_uri: field("token_uri").unwrap_or_else(|| DEFAULT_TOKEN_URI.into()),
                     project_id: field("project_id"),
                 })))
@@ -313,6 +326,23 @@ impl Credential {
         }
     }
 
+    /// The secrets this credential holds, to be redacted wherever they show up.
+    fn secrets(&self) -> Vec<String> {
+        match self {
+            Credential::Static(value) => {
+                let text = String::from_utf8_lossy(value.as_bytes()).into_owned();
+                let token = text.strip_prefix("Bearer ").unwrap_or(&text).to_owned();
+                vec![token, text]
+            }
+            Credential::ServiceAccount(sa) => vec![sa.private_key_pem.clone()],
+            Credential::AuthorizedUser(user) => vec![
+                user.client_secret.clone(),
+                lock(&user.refresh_token).clone(),
+            ],
+            Credential::Metadata { .. } => Vec::new(),
+        }
+    }
+
     /// A fixed bearer token.
     pub fn fixed(token: &str) -> Result<Credential, String> {
         let mut value = HeaderValue::from_str(&format!("Bearer {}", token.trim()))
@@ -339,6 +369,11 @@ pub struct TokenSource {
     timeout: Duration,
     current: ArcSwapOption<Token>,
     refresh: tokio::sync::Mutex<()>,
+    /// Registered for redaction: the credential's secrets, then the latest ones
+    /// obtained or signed.
+    redacted: RuntimeSecrets,
+    fixed_secrets: Vec<String>,
+    recent_secrets: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
 
 impl TokenSource {
@@ -349,8 +384,12 @@ impl TokenSource {
         client: reqwest::Client,
         timeout: Duration,
     ) -> TokenSource {
+        let fixed_secrets = credential.secrets();
         TokenSource {
             connection: connection.to_owned(),
+            redacted: RuntimeSecrets::new(fixed_secrets.clone()),
+            fixed_secrets,
+            recent_secrets: std::sync::Mutex::new(std::collections::VecDeque::new()),
             credential,
             token_uri_override,
             client,
@@ -415,6 +454,27 @@ impl TokenSource {
         }
     }
 
+    /// Register a secret obtained or about to be sent (an access token, a signed
+    /// assertion, the current refresh token) for redaction, as the most recent one.
+    fn remember(&self, secret: &str) {
+        let mut recent = lock(&self.recent_secrets);
+        if recent.back().is_some_and(|s| s == secret) {
+            return;
+        }
+        recent.retain(|s| s != secret);
+        recent.push_back(secret.to_owned());
+        while recent.len() > RECENT_SECRETS {
+            recent.pop_front();
+        }
+        self.redacted.set(
+            self.fixed_secrets
+                .iter()
+                .chain(recent.iter())
+                .cloned()
+                .collect(),
+        );
+    }
+
     fn token_uri<'a>(&'a self, from_file: &'a str) -> &'a str {
         self.token_uri_override.as_deref().unwrap_or(from_file)
     }
@@ -430,6 +490,8 @@ impl TokenSource {
                 let assertion = sa
                     .assertion(uri, unix_now())
                     .map_err(|problem| self.failure(&problem))?;
+                // Registered before it is sent: an endpoint may echo it.
+                self.remember(&assertion);
                 let form = form_urlencoded::Serializer::new(String::new())
                     .append_pair("grant_type", JWT_BEARER_GRANT)
                     .append_pair("assertion", &assertion)
@@ -439,6 +501,7 @@ impl TokenSource {
             Credential::AuthorizedUser(user) => {
                 let uri = self.token_uri(&user.token_uri);
                 let refresh_token = lock(&user.refresh_token).clone();
+                self.remember(&refresh_token);
                 let form = form_urlencoded::Serializer::new(String::new())
                     .append_pair("grant_type", "refresh_token")
                     .append_pair("client_id", &user.client_id)
@@ -483,6 +546,7 @@ impl TokenSource {
             .and_then(Value::as_str)
             .filter(|t| !t.is_empty())
             .ok_or_else(|| self.failure(&format!("{what} answered without an access_token")))?;
+        self.remember(access_token);
         let mut bearer =
             HeaderValue::from_str(&format!("Bearer {access_token}")).map_err(|_| {
                 self.failure(&format!(
@@ -500,6 +564,7 @@ impl TokenSource {
             value.get("refresh_token").and_then(Value::as_str),
         ) {
             if !new.is_empty() {
+                self.remember(new);
                 *lock(&user.refresh_token) = new.to_owned();
             }
         }
@@ -530,12 +595,15 @@ impl TokenSource {
     }
 
     /// A token failure: logged (it is a configuration problem the operator must see)
-    /// and answered 502; the detail reaches clients only in debug mode.
+    /// and answered 502; the detail reaches clients only in debug mode. Any
+    /// credential the endpoint echoed is redacted first (the gateway's redactor
+    /// does it again at the door).
     fn failure(&self, problem: &str) -> ApiError {
         let detail = format!(
             "connection '{}': cannot get a Google access token: {problem}",
             self.connection
         );
+        let detail = RuntimeSecrets::redact(&detail).into_owned();
         tracing::warn!("{detail}");
         ApiError::upstream_failure(detail)
     }
@@ -567,15 +635,9 @@ fn token_error_text(value: &Value, body: &[u8]) -> String {
             None => String::from_utf8_lossy(body).trim().to_owned(),
         },
     };
-    let mut message = message.replace(['\n', '\r'], " ");
-    if message.len() > ERROR_TEXT_LIMIT {
-        let mut end = ERROR_TEXT_LIMIT;
-        while !message.is_char_boundary(end) {
-            end -= 1;
-        }
-        message.truncate(end);
-        message.push_str("...");
-    }
+    // Redacted before it is cut: a secret cut in two would not be recognised.
+    let message = RuntimeSecrets::redact(&message).replace(['\n', '\r'], " ");
+    let message = crate::secrets::truncate_text(&message, ERROR_TEXT_LIMIT);
     if message.is_empty() {
         "(no details)".into()
     } else {
