@@ -4,6 +4,7 @@
 
 mod env;
 mod error;
+mod limits;
 mod model;
 
 use std::path::{Path, PathBuf};
@@ -15,6 +16,7 @@ use serde_json::Value;
 pub use env::load_dotenv;
 pub(crate) use env::push_key;
 pub use error::ConfigError;
+pub use limits::Limits;
 pub(crate) use model::lenient;
 pub use model::{
     json_type, AllowedConnectionsSpec, ApiType, ConnectionSpec, ExtensionSpec, FileConfig,
