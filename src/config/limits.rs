@@ -72,6 +72,31 @@ impl Limits {
     pub fn http2_keepalive_timeout(&self) -> std::time::Duration {
         seconds(self.http2_keepalive_timeout_seconds)
     }
+    /// Cross-checks with the rest of the config: the body budget must hold at least
+    /// one body of the largest size allowed.
+    pub fn check(&self, max_request_body_mb: f64, path: &std::path::Path) -> Result<(), super::ConfigError> {
+        if self.max_body_memory_mb < max_request_body_mb {
+            return Err(super::ConfigError::new(
+                path,
+                "limits.max_body_memory_mb",
+                format!(
+                    "must be at least max_request_body_mb ({max_request_body_mb}), or no \
+                     body of the largest allowed size could ever be received"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The settings read only at startup (all but the body timeout and budget).
+    pub fn same_connection_settings(&self, other: &Limits) -> bool {
+        self.header_timeout_seconds == other.header_timeout_seconds
+            && self.idle_timeout_seconds == other.idle_timeout_seconds
+            && self.max_connections == other.max_connections
+            && self.http2_keepalive_interval_seconds == other.http2_keepalive_interval_seconds
+            && self.http2_keepalive_timeout_seconds == other.http2_keepalive_timeout_seconds
+    }
+
     /// `max_body_memory_mb` in bytes.
     pub fn body_memory_bytes(&self) -> usize {
         (self.max_body_memory_mb * 1024.0 * 1024.0) as usize

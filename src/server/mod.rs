@@ -239,6 +239,10 @@ pub async fn start_serving(
     overrides: reload::Overrides,
     serving: Serving,
 ) -> anyhow::Result<RunningServer> {
+    config
+        .settings
+        .limits
+        .check(config.settings.max_request_body_mb, &config.path)?;
     let client = upstream_client()?;
     let tls = match (&config.settings.ssl_certfile, &config.settings.ssl_keyfile) {
         (Some(cert), Some(key)) => {
