@@ -74,7 +74,11 @@ impl Limits {
     }
     /// Cross-checks with the rest of the config: the body budget must hold at least
     /// one body of the largest size allowed.
-    pub fn check(&self, max_request_body_mb: f64, path: &std::path::Path) -> Result<(), super::ConfigError> {
+    pub fn check(
+        &self,
+        max_request_body_mb: f64,
+        path: &std::path::Path,
+    ) -> Result<(), super::ConfigError> {
         if self.max_body_memory_mb < max_request_body_mb {
             return Err(super::ConfigError::new(
                 path,
@@ -162,7 +166,10 @@ mod tests {
         let limits: Limits =
             serde_json::from_str(r#"{"header_timeout_seconds": "0.5", "max_connections": "100"}"#)
                 .unwrap();
-        assert_eq!(limits.header_timeout(), std::time::Duration::from_millis(500));
+        assert_eq!(
+            limits.header_timeout(),
+            std::time::Duration::from_millis(500)
+        );
         assert_eq!(limits.max_connections, 100);
         for bad in [
             r#"{"header_timeout_seconds": 0}"#,

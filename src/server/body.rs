@@ -150,8 +150,7 @@ async fn collect(
                 limit_bytes: rules.limit,
             });
         }
-        if total > reservation.bytes && !reservation.grow(total - reservation.bytes, rules.memory)
-        {
+        if total > reservation.bytes && !reservation.grow(total - reservation.bytes, rules.memory) {
             return Err(busy());
         }
         match (&mut first, &mut gathered) {
@@ -250,12 +249,18 @@ mod tests {
         drop(held);
         assert_eq!(budget.held(), 0);
         // Without a declared length the budget is taken as bytes arrive.
-        let chunks = futures_util::stream::iter(["abcd", "efgh", "ijkl"].map(|s| {
-            Ok::<_, std::io::Error>(Bytes::from_static(s.as_bytes()))
-        }));
-        let err = read(Body::from_stream(chunks), &HeaderMap::new(), rules(100, 10), &budget)
-            .await
-            .unwrap_err();
+        let chunks = futures_util::stream::iter(
+            ["abcd", "efgh", "ijkl"]
+                .map(|s| Ok::<_, std::io::Error>(Bytes::from_static(s.as_bytes()))),
+        );
+        let err = read(
+            Body::from_stream(chunks),
+            &HeaderMap::new(),
+            rules(100, 10),
+            &budget,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(budget.held(), 0);
     }
@@ -265,7 +270,8 @@ mod tests {
         let budget = BodyBudget::default();
         let mut headers = HeaderMap::new();
         headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("101"));
-        let never = Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>());
+        let never =
+            Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>());
         let err = read(never, &headers, rules(100, 1000), &budget)
             .await
             .unwrap_err();
@@ -275,7 +281,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_body_that_never_ends_times_out() {
         let budget = BodyBudget::default();
-        let never = Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>());
+        let never =
+            Body::from_stream(futures_util::stream::pending::<Result<Bytes, std::io::Error>>());
         let err = read(never, &HeaderMap::new(), rules(100, 1000), &budget)
             .await
             .unwrap_err();

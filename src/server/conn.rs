@@ -124,8 +124,10 @@ impl Shared {
 
     /// Stop accepting, let open requests finish within `grace`, then close the rest.
     pub fn shutdown(&self, grace: Duration) {
-        self.grace_ms
-            .store(grace.as_millis().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+        self.grace_ms.store(
+            grace.as_millis().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
         self.stopping.cancel();
     }
 
@@ -219,8 +221,7 @@ impl ConnState {
     /// Is the connection waiting for nothing but its client (no request in
     /// progress, no head being received), and since when?
     fn idle_since(&self) -> Option<u64> {
-        if self.active.load(Ordering::Relaxed) > 0 || self.close.load(Ordering::Relaxed) != KEEP
-        {
+        if self.active.load(Ordering::Relaxed) > 0 || self.close.load(Ordering::Relaxed) != KEEP {
             return None;
         }
         let since = self.since.load(Ordering::Relaxed);
@@ -510,7 +511,10 @@ pub(crate) async fn serve(
     // Shutdown: graceful close for every connection, then a hard one after the grace.
     registry.close_all(CLOSE_SHUTDOWN);
     let grace = Duration::from_millis(shared.grace_ms.load(Ordering::Relaxed));
-    if tokio::time::timeout(grace, registry.drained()).await.is_err() {
+    if tokio::time::timeout(grace, registry.drained())
+        .await
+        .is_err()
+    {
         registry.close_all(CLOSE_NOW);
         registry.drained().await;
     }
@@ -519,8 +523,12 @@ pub(crate) async fn serve(
 }
 
 /// Serve HTTP on one connection until it ends or is told to close.
-async fn drive<I>(builder: &auto::Builder<TokioExecutor>, io: I, service: ConnService, conn: &ConnState)
-where
+async fn drive<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: ConnService,
+    conn: &ConnState,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);

@@ -262,9 +262,10 @@ pub async fn start_serving(
     };
     let listeners = bind(&config, threads)?;
     let addr = listeners[0].local_addr()?;
-    let connections = conn::Shared::new(connection_limits(&config.settings.limits));
 
     let gateway = Gateway::build(config, &client, resolver.as_ref())?;
+    // Logged once the config is known to be good (a config error is one line).
+    let connections = conn::Shared::new(connection_limits(&gateway.config.settings.limits));
     let state = Arc::new(AppState::new(gateway, client));
     reload::spawn_reloader(state.clone(), resolver, overrides);
     let is_tls = tls.is_some();
