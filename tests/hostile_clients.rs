@@ -203,6 +203,38 @@ async fn an_idle_http2_connection_is_closed() {
         .ok();
 }
 
+/// Over HTTP/2: a body that never ends gets 408, and one without a key gets 403
+/// without being read.
+#[tokio::test]
+async fn http2_bodies_are_bounded_too() {
+    use futures_util::StreamExt as _;
+    let gateway = TestGateway::start(&config(SHORT)).await;
+    let stream = connect(&gateway).await;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    for (key, status) in [("good-key", 408), ("wrong-key", 403)] {
+        let first = hyper::body::Frame::data(bytes::Bytes::from_static(b"{\"model\": "));
+        let unending = futures_util::stream::iter([Ok::<_, std::io::Error>(first)])
+            .chain(futures_util::stream::pending());
+        let request = http::Request::post(format!("{}/v1/chat/completions", gateway.server.url()))
+            .header("authorization", format!("Bearer {key}"))
+            .header("content-type", "application/json")
+            .body(http_body_util::StreamBody::new(unending))
+            .unwrap();
+        let response = tokio::time::timeout(BOUND, sender.send_request(request))
+            .await
+            .expect("an answer should have come")
+            .unwrap();
+        assert_eq!(response.status(), status);
+    }
+    assert_eq!(gateway.server.state.bodies().held(), 0);
+}
+
 #[tokio::test]
 async fn an_unauthenticated_body_is_not_read() {
     let gateway = TestGateway::start(&config("body_timeout_seconds = 30")).await;

@@ -382,9 +382,9 @@ fn is_connection_error(e: &io::Error) -> bool {
 /// The hyper connection builder for these limits.
 fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
-    // HTTP/1 head and keep-alive deadlines are the sweeper's (hyper's own
-    // `header_read_timeout` needs a timer, which this builder's HTTP/1 side is not
-    // given, so its default does not apply).
+    // HTTP/1 head and keep-alive deadlines are the sweeper's: hyper's own
+    // `header_read_timeout` uses one duration for the head and the keep-alive wait.
+    builder.http1().header_read_timeout(None);
     let mut http2 = builder.http2();
     http2.timer(TokioTimer::new());
     if let Some(interval) = limits.http2_keepalive_interval {
