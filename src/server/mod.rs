@@ -354,6 +354,12 @@ fn serve(
 fn connection_limits(limits: &crate::config::Limits) -> conn::ConnLimits {
     let open_files = conn::raise_open_files_limit();
     let max = conn::max_connections(limits.max_connections, open_files);
+    if let Some(open_files) = open_files.filter(|&n| limits.max_connections > n) {
+        tracing::warn!(
+            "limits.max_connections ({max}) is above the open files limit ({open_files}): \
+             accepting will fail for lack of descriptors before the cap is reached"
+        );
+    }
     tracing::info!(
         "open files limit {}; at most {max} client connections (limits.max_connections)",
         open_files.map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
