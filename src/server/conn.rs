@@ -418,15 +418,17 @@ pub(crate) async fn serve(
         // (new connections wait in the listen backlog meanwhile).
         while shared.open.load(Ordering::Acquire) >= shared.limits.max_connections {
             let evicted = registry.evict_idle();
-            if !evicted {
-                at_cap.warn(|| {
-                    format!(
-                        "client connection limit reached ({} open, limits.max_connections); \
-                         new connections wait until one closes",
-                        shared.limits.max_connections
-                    )
-                });
-            }
+            at_cap.warn(|| {
+                format!(
+                    "client connection limit reached ({} open, limits.max_connections); {}",
+                    shared.limits.max_connections,
+                    if evicted {
+                        "closing the longest-idle connections to make room"
+                    } else {
+                        "none is idle: new connections wait until one closes"
+                    }
+                )
+            });
             let wait = if evicted { 5 } else { 50 };
             tokio::select! {
                 _ = stopping.cancelled() => break,
