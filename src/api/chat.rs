@@ -2,14 +2,16 @@
 //!
 //! Order of work, as in the reference: service enabled → key check → (body checks)
 //! → routing → group may use the connection → `before` handlers → upstream call →
-//! log line. The body is read first (so the connection stays reusable whatever the
-//! answer) but only checked after the key, so that unauthenticated callers learn
-//! nothing about what the gateway accepts.
+//! log line. The key is checked from the headers before the body is read, so that
+//! clients without a key cannot make the gateway receive and hold their uploads;
+//! the body is then read within the size limit, the body timeout and the server's
+//! memory budget (`server::body`). A refused request's body is left unread (a small
+//! HTTP/1 one is dropped so the connection stays reusable).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::body::{Body, Bytes};
+use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
 use axum::response::{IntoResponse, Response};
@@ -23,7 +25,7 @@ use crate::logging::RequestSummary;
 use crate::payload::{Payload, PayloadStream};
 use crate::providers::UpstreamCall;
 use crate::routing::RouteModel;
-use crate::server::AppState;
+use crate::server::{body, AppState};
 use crate::streaming::{completion_id, encode_sse, unix_now, StreamIdentity};
 
 /// What the core produced for a request.
@@ -45,7 +47,12 @@ pub async fn chat_completions(
     let remote_addr = gateway.trusted_proxies.client_addr(&headers, peer.ip());
     let mut ctx = RequestContext::new(headers, remote_addr);
     let mut upstream_time = None;
-    let result = handle(&gateway, &mut ctx, body, &mut upstream_time).await;
+    let mut body = Some(body);
+    let result = handle(&state, &gateway, &mut ctx, &mut body, &mut upstream_time).await;
+    if let Some(unread) = body {
+        let timeout = gateway.config.settings.limits.body_timeout();
+        body::discard_refused(unread, &ctx.http_headers, parts.version, timeout).await;
+    }
     let summary = RequestSummary::of(&ctx);
     let metrics = state.metrics().map(|m| m.request(&ctx, upstream_time));
     match result {
@@ -138,21 +145,28 @@ pub async fn chat_completions(
 }
 
 /// `upstream_time` is set to how long the provider call took, once it was made.
+/// `body` is taken when it is read; left there, the request was refused before.
 async fn handle(
+    state: &AppState,
     gateway: &Gateway,
     ctx: &mut RequestContext,
-    body: Body,
+    body: &mut Option<Body>,
     upstream_time: &mut Option<std::time::Duration>,
 ) -> Result<Reply, ApiError> {
-    // The body is read (within the limit) before anything can reject the request:
-    // an HTTP/1 connection whose request body was left unread cannot be reused, and
-    // clients that keep connections alive would see the next request fail.
-    let bytes = read_body(body, gateway.config.body_limit_bytes()).await?;
     if !gateway.config.settings.enabled {
         return Err(ApiError::ServiceDisabled);
     }
     super::models::authenticate(gateway, ctx).await?;
+    let rules = body::BodyRules {
+        limit: gateway.config.body_limit_bytes(),
+        timeout: gateway.config.settings.limits.body_timeout(),
+        memory: gateway.config.settings.limits.body_memory_bytes(),
+    };
+    let body = body.take().unwrap_or_default();
+    let (bytes, held) = body::read(body, &ctx.http_headers, rules, state.bodies()).await?;
     ctx.request = parse_request(&ctx.http_headers, &bytes)?;
+    // The parsed request is what is kept from here on.
+    drop((bytes, held));
     let requested = ctx.request["model"].as_str().unwrap_or_default().to_owned();
 
     let rule = gateway
@@ -198,20 +212,6 @@ async fn handle(
     };
     *upstream_time = Some(upstream_started.elapsed());
     reply
-}
-
-/// Read the body within the size limit: too large → 413, unreadable → 400.
-async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    axum::body::to_bytes(body, limit).await.map_err(|err| {
-        let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
-        while let Some(e) = source {
-            if e.is::<http_body_util::LengthLimitError>() {
-                return ApiError::RequestTooLarge { limit_bytes: limit };
-            }
-            source = e.source();
-        }
-        ApiError::invalid_request(format!("could not read the request body: {err}"))
-    })
 }
 
 /// Check the body: JSON object with a string `model`, a list of message objects,

@@ -4,6 +4,7 @@
 
 mod env;
 mod error;
+mod limits;
 mod model;
 
 use std::path::{Path, PathBuf};
@@ -16,6 +17,7 @@ pub use env::load_dotenv;
 pub(crate) use env::push_key;
 pub(crate) use error::strip_userinfo;
 pub use error::ConfigError;
+pub use limits::Limits;
 pub(crate) use model::lenient;
 pub use model::{
     json_type, AllowedConnectionsSpec, ApiType, ConnectionSpec, ExtensionSpec, FileConfig,

@@ -73,6 +73,9 @@ pub struct FileConfig {
     /// `GET /metrics` (Prometheus): on by default, optionally behind a bearer token.
     #[serde(default)]
     pub metrics: MetricsConfig,
+    /// Client timeouts, connection cap and request body memory (`[limits]`).
+    #[serde(default)]
+    pub limits: super::Limits,
 }
 
 /// The `[metrics]` table. `enabled` and `path` are read at startup; `token` is

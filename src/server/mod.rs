@@ -9,11 +9,11 @@ use std::time::Duration;
 use anyhow::Context as _;
 use arc_swap::ArcSwap;
 use axum::routing::{get, post};
-use axum_server::accept::NoDelayAcceptor;
-use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
-use axum_server::Handle;
+use axum_server::tls_rustls::RustlsConfig;
 use tokio::task::JoinHandle;
 
+pub mod body;
+mod conn;
 pub mod reload;
 
 use crate::api;
@@ -29,6 +29,8 @@ pub struct AppState {
     client: UpstreamClient,
     /// This server's metrics (`[metrics] enabled`, read at startup); they outlive reloads.
     metrics: Option<Arc<Metrics>>,
+    /// Request body bytes being received or held now (`limits.max_body_memory_mb`).
+    bodies: body::BodyBudget,
 }
 
 impl AppState {
@@ -43,7 +45,13 @@ impl AppState {
             gateway: ArcSwap::from_pointee(gateway),
             client,
             metrics,
+            bodies: body::BodyBudget::default(),
         }
+    }
+
+    /// The memory budget shared by the request bodies of this server.
+    pub fn bodies(&self) -> &body::BodyBudget {
+        &self.bodies
     }
 
     pub fn metrics(&self) -> Option<&Arc<Metrics>> {
@@ -140,8 +148,8 @@ pub struct RunningServer {
     pub tls: bool,
     pub state: Arc<AppState>,
     serving: Serving,
-    /// One per serving thread (one in all for [`Serving::CallerRuntime`]).
-    handles: Vec<Handle<SocketAddr>>,
+    /// Connection counts and shutdown, shared by the serving threads.
+    connections: Arc<conn::Shared>,
     /// Ends when every connection is closed after a shutdown.
     task: JoinHandle<std::io::Result<()>>,
 }
@@ -194,9 +202,12 @@ impl RunningServer {
     /// Stop accepting; let open requests and streams finish within `grace`, then
     /// close what remains.
     pub fn shutdown(&self, grace: Duration) {
-        for handle in &self.handles {
-            handle.graceful_shutdown(Some(grace));
-        }
+        self.connections.shutdown(grace);
+    }
+
+    /// Client connections open now.
+    pub fn open_connections(&self) -> usize {
+        self.connections.open_connections()
     }
 
     /// Wait until the server has stopped, then write out queued log entries.
@@ -228,6 +239,10 @@ pub async fn start_serving(
     overrides: reload::Overrides,
     serving: Serving,
 ) -> anyhow::Result<RunningServer> {
+    config
+        .settings
+        .limits
+        .check(config.settings.max_request_body_mb, &config.path)?;
     let client = upstream_client()?;
     let tls = match (&config.settings.ssl_certfile, &config.settings.ssl_keyfile) {
         (Some(cert), Some(key)) => {
@@ -249,19 +264,18 @@ pub async fn start_serving(
     let addr = listeners[0].local_addr()?;
 
     let gateway = Gateway::build(config, &client, resolver.as_ref())?;
+    // Logged once the config is known to be good (a config error is one line).
+    let connections = conn::Shared::new(connection_limits(&gateway.config.settings.limits));
     let state = Arc::new(AppState::new(gateway, client));
     reload::spawn_reloader(state.clone(), resolver, overrides);
     let is_tls = tls.is_some();
-    let mut handles = Vec::new();
     let task = match serving {
         Serving::CallerRuntime => {
             let listener = listeners
                 .into_iter()
                 .next()
                 .expect("one listener was bound");
-            let handle = Handle::new();
-            handles.push(handle.clone());
-            let served = serve(listener, tls, handle, state.clone());
+            let served = serve(listener, tls, connections.clone(), state.clone());
             tokio::spawn(async move {
                 let anchor = spawn_timer_anchor();
                 let result = served.await;
@@ -272,12 +286,10 @@ pub async fn start_serving(
         Serving::ThreadPerCore(_) => {
             let mut threads = Vec::new();
             for (index, listener) in listeners.into_iter().enumerate() {
-                let handle = Handle::new();
-                handles.push(handle.clone());
-                let (tls, state) = (tls.clone(), state.clone());
+                let (tls, state, shared) = (tls.clone(), state.clone(), connections.clone());
                 let thread = std::thread::Builder::new()
                     .name(format!("lm-proxy-serve-{index}"))
-                    .spawn(move || serve_on_own_runtime(index, listener, tls, handle, state))
+                    .spawn(move || serve_on_own_runtime(index, listener, tls, shared, state))
                     .context("cannot start a serving thread")?;
                 threads.push(thread);
             }
@@ -300,7 +312,7 @@ pub async fn start_serving(
         tls: is_tls,
         state,
         serving,
-        handles,
+        connections,
         task,
     })
 }
@@ -311,7 +323,7 @@ fn serve_on_own_runtime(
     index: usize,
     listener: std::net::TcpListener,
     tls: Option<RustlsConfig>,
-    handle: Handle<SocketAddr>,
+    connections: Arc<conn::Shared>,
     state: Arc<AppState>,
 ) -> std::io::Result<()> {
     // Upstream connections made here are kept for this thread's requests.
@@ -321,39 +333,38 @@ fn serve_on_own_runtime(
         .build()?;
     runtime.block_on(async move {
         let anchor = spawn_timer_anchor();
-        let result = serve(listener, tls, handle, state).await;
+        let result = serve(listener, tls, connections, state).await;
         anchor.abort();
         result
     })
 }
 
-/// Serve one listening socket (plain or TLS) until `handle` shuts it down.
+/// Serve one listening socket (plain or TLS) until the server shuts down.
 fn serve(
     listener: std::net::TcpListener,
     tls: Option<RustlsConfig>,
-    handle: Handle<SocketAddr>,
+    connections: Arc<conn::Shared>,
     state: Arc<AppState>,
 ) -> impl std::future::Future<Output = std::io::Result<()>> + Send + 'static {
-    let service = app(state).into_make_service_with_connect_info::<SocketAddr>();
-    async move {
-        match tls {
-            Some(tls) => {
-                let acceptor = RustlsAcceptor::new(tls).acceptor(NoDelayAcceptor);
-                axum_server::from_tcp(listener)?
-                    .acceptor(acceptor)
-                    .handle(handle)
-                    .serve(service)
-                    .await
-            }
-            None => {
-                axum_server::from_tcp(listener)?
-                    .acceptor(NoDelayAcceptor)
-                    .handle(handle)
-                    .serve(service)
-                    .await
-            }
-        }
+    conn::serve(listener, tls, app(state), connections)
+}
+
+/// The connection settings from `[limits]`, with the open-files limit raised to its
+/// hard limit first (logged, with the connection cap derived from it).
+fn connection_limits(limits: &crate::config::Limits) -> conn::ConnLimits {
+    let open_files = conn::raise_open_files_limit();
+    let max = conn::max_connections(limits.max_connections, open_files);
+    if let Some(open_files) = open_files.filter(|&n| limits.max_connections > n) {
+        tracing::warn!(
+            "limits.max_connections ({max}) is above the open files limit ({open_files}): \
+             accepting will fail for lack of descriptors before the cap is reached"
+        );
     }
+    tracing::info!(
+        "open files limit {}; at most {max} client connections (limits.max_connections)",
+        open_files.map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
+    );
+    conn::ConnLimits::new(limits, max)
 }
 
 /// `count` listening sockets on the config's host and port (the first one picks

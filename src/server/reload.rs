@@ -56,6 +56,11 @@ pub async fn reload(
     };
     overrides.apply(&mut config);
     keep_listener_settings(&current.config, &mut config);
+    let limits = &config.settings.limits;
+    if let Err(e) = limits.check(config.settings.max_request_body_mb, &config.path) {
+        tracing::error!("config reload rejected, the previous config stays in force: {e}");
+        return false;
+    }
     match Gateway::build(config, state.client(), resolver) {
         Ok(gateway) => {
             state.replace_gateway(gateway);
@@ -94,6 +99,14 @@ fn keep_listener_settings(old: &Config, new: &mut Config) {
     if new.api_prefix != old.api_prefix {
         warn("api_prefix");
         new.api_prefix = old.api_prefix.clone();
+    }
+    let (old_l, new_l) = (&old.settings.limits, &mut new.settings.limits);
+    if !new_l.same_connection_settings(old_l) {
+        warn("limits (timeouts, max_connections, http2 keep-alive)");
+        let (body_timeout, body_memory) = (new_l.body_timeout_seconds, new_l.max_body_memory_mb);
+        *new_l = old_l.clone();
+        new_l.body_timeout_seconds = body_timeout;
+        new_l.max_body_memory_mb = body_memory;
     }
     let (old_m, new_m) = (&old.settings.metrics, &mut new.settings.metrics);
     if new_m.enabled != old_m.enabled || new_m.path != old_m.path {

@@ -1,0 +1,791 @@
+//! Client connections: the accept loop, the connection cap, and the timeouts that
+//! keep slow, silent and idle clients from holding sockets.
+//!
+//! Why our own loop instead of `axum_server`'s: that one retries a failed `accept`
+//! every 50 ms without a word (EMFILE locked every client out, silently), has no cap
+//! on open connections, and applies no timeout before a request head (hyper-util's
+//! protocol detection waits for the first bytes forever; hyper's HTTP/1
+//! `header_read_timeout` uses one duration for both the head and the keep-alive wait,
+//! and nothing covers HTTP/2 connections without streams).
+//!
+//! How the timeouts are kept without a timer per request: each connection has a
+//! [`ConnState`] of a few atomics that the connection updates as it goes (a request
+//! starts, its response ends, bytes arrive while nothing is in progress), stamped
+//! with a coarse clock. A sweeper task per serving thread reads them every tick
+//! (an eighth of the shortest timeout, at most 0.5 s) and tells overdue connections
+//! to close. The request path pays a few relaxed atomic operations on memory the
+//! connection owns.
+//!
+//! Phases of a connection, and the deadline the sweeper applies:
+//! - `FIRST`: accepted, no request yet (TLS handshake included): closed when no
+//!   request head is complete `header_timeout` after the accept;
+//! - `BUSY`: requests in progress: no deadline here (the body read is bounded by
+//!   the handler, `limits.body_timeout_seconds`);
+//! - `IDLE`: no request in progress: closed (gracefully, HTTP/2 with GOAWAY) after
+//!   `idle_timeout`;
+//! - `HEAD`: HTTP/1, bytes of a next request arrived after `IDLE`: closed when that
+//!   head is not complete within `header_timeout` of its first byte.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use axum::extract::ConnectInfo;
+use axum::Router;
+use axum_server::accept::Accept;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use futures_util::task::AtomicWaker;
+use hyper::body::{Frame, Incoming, SizeHint};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::Limits;
+
+/// Connection phases (see the module documentation).
+const FIRST: u8 = 0;
+const BUSY: u8 = 1;
+const IDLE: u8 = 2;
+const HEAD: u8 = 3;
+
+/// Close requests, in increasing force.
+const KEEP: u8 = 0;
+/// Idle or overdue for its idle time: graceful close (HTTP/2 GOAWAY), bounded.
+const CLOSE_IDLE: u8 = 1;
+/// Server shutdown: graceful close, until the grace period ends.
+const CLOSE_SHUTDOWN: u8 = 2;
+/// Drop the connection now (header timeout, end of the grace period).
+const CLOSE_NOW: u8 = 3;
+
+/// The client-connection settings of one server, fixed at startup.
+#[derive(Clone, Debug)]
+pub(crate) struct ConnLimits {
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_connections: usize,
+    pub http2_keepalive_interval: Option<Duration>,
+    pub http2_keepalive_timeout: Duration,
+}
+
+impl ConnLimits {
+    pub fn new(limits: &Limits, max_connections: usize) -> Self {
+        ConnLimits {
+            header_timeout: limits.header_timeout(),
+            idle_timeout: limits.idle_timeout(),
+            max_connections,
+            http2_keepalive_interval: limits.http2_keepalive_interval(),
+            http2_keepalive_timeout: limits.http2_keepalive_timeout(),
+        }
+    }
+
+    /// How often the sweeper looks: an eighth of the shortest timeout, so that a
+    /// deadline is kept within about 12 %, between 5 ms and 0.5 s.
+    fn tick(&self) -> Duration {
+        (self.header_timeout.min(self.idle_timeout) / 8)
+            .clamp(Duration::from_millis(5), Duration::from_millis(500))
+    }
+}
+
+/// What all serving threads of one server share.
+pub(crate) struct Shared {
+    limits: ConnLimits,
+    /// Open client connections, all threads.
+    open: AtomicUsize,
+    /// Woken when a connection closes while the cap was reached.
+    room: tokio::sync::Notify,
+    /// Milliseconds since `start`, advanced by every sweeper tick and accept.
+    clock_ms: AtomicU64,
+    start: Instant,
+    /// Stop accepting; connections finish within `grace_ms`.
+    stopping: tokio_util::sync::CancellationToken,
+    grace_ms: AtomicU64,
+}
+
+impl Shared {
+    pub fn new(limits: ConnLimits) -> Arc<Shared> {
+        Arc::new(Shared {
+            limits,
+            open: AtomicUsize::new(0),
+            room: tokio::sync::Notify::new(),
+            clock_ms: AtomicU64::new(0),
+            start: Instant::now(),
+            stopping: tokio_util::sync::CancellationToken::new(),
+            grace_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// Stop accepting, let open requests finish within `grace`, then close the rest.
+    pub fn shutdown(&self, grace: Duration) {
+        self.grace_ms.store(
+            grace.as_millis().min(u64::MAX as u128) as u64,
+            Ordering::Relaxed,
+        );
+        self.stopping.cancel();
+    }
+
+    /// Open client connections now (all threads).
+    pub fn open_connections(&self) -> usize {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn now(&self) -> u64 {
+        self.clock_ms.load(Ordering::Relaxed)
+    }
+
+    fn advance_clock(&self) -> u64 {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.clock_ms.fetch_max(now, Ordering::Relaxed).max(now)
+    }
+}
+
+/// One connection's progress, written by the connection and read by the sweeper.
+struct ConnState {
+    shared: Arc<Shared>,
+    /// Requests in progress (HTTP/2: open streams being answered).
+    active: AtomicU32,
+    phase: AtomicU8,
+    /// Clock (ms) when the phase began.
+    since: AtomicU64,
+    http2: AtomicBool,
+    close: AtomicU8,
+    waker: AtomicWaker,
+}
+
+impl ConnState {
+    fn new(shared: Arc<Shared>, now: u64) -> Self {
+        ConnState {
+            shared,
+            active: AtomicU32::new(0),
+            phase: AtomicU8::new(FIRST),
+            since: AtomicU64::new(now),
+            http2: AtomicBool::new(false),
+            close: AtomicU8::new(KEEP),
+            waker: AtomicWaker::new(),
+        }
+    }
+
+    fn request_started(&self, http2: bool) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.phase.store(BUSY, Ordering::Relaxed);
+        if http2 {
+            self.http2.store(true, Ordering::Relaxed);
+        }
+    }
+
+    fn request_ended(&self) {
+        if self.active.fetch_sub(1, Ordering::Relaxed) == 1 {
+            self.since.store(self.shared.now(), Ordering::Relaxed);
+            self.phase.store(IDLE, Ordering::Relaxed);
+        }
+    }
+
+    /// Bytes arrived: after an idle time, the head of a next request has begun.
+    #[inline]
+    fn bytes_read(&self) {
+        if self.phase.load(Ordering::Relaxed) == IDLE {
+            self.since.store(self.shared.now(), Ordering::Relaxed);
+            self.phase.store(HEAD, Ordering::Relaxed);
+        }
+    }
+
+    /// Ask the connection to close (a stronger request replaces a weaker one).
+    fn request_close(&self, how: u8) {
+        if self.close.fetch_max(how, Ordering::AcqRel) < how {
+            self.waker.wake();
+        }
+    }
+
+    /// Resolves with the close request once it is at least `at_least`.
+    fn closing(&self, at_least: u8) -> impl Future<Output = u8> + '_ {
+        std::future::poll_fn(move |cx| {
+            let how = self.close.load(Ordering::Acquire);
+            if how >= at_least {
+                return Poll::Ready(how);
+            }
+            self.waker.register(cx.waker());
+            match self.close.load(Ordering::Acquire) {
+                how if how >= at_least => Poll::Ready(how),
+                _ => Poll::Pending,
+            }
+        })
+    }
+
+    /// Is the connection waiting for nothing but its client (no request in
+    /// progress, no head being received), and since when?
+    fn idle_since(&self) -> Option<u64> {
+        if self.active.load(Ordering::Relaxed) > 0 || self.close.load(Ordering::Relaxed) != KEEP {
+            return None;
+        }
+        let since = self.since.load(Ordering::Relaxed);
+        match self.phase.load(Ordering::Relaxed) {
+            IDLE | BUSY => Some(since),
+            HEAD if self.http2.load(Ordering::Relaxed) => Some(since),
+            // Accepted, silent: as good as idle once it has had a moment to speak.
+            FIRST if self.shared.now().saturating_sub(since) >= 100 => Some(since),
+            _ => None,
+        }
+    }
+
+    /// The close the sweeper owes this connection at `now`, if any.
+    fn overdue(&self, now: u64) -> Option<u8> {
+        if self.active.load(Ordering::Relaxed) > 0 {
+            return None;
+        }
+        let limits = &self.shared.limits;
+        let age = Duration::from_millis(now.saturating_sub(self.since.load(Ordering::Relaxed)));
+        match self.phase.load(Ordering::Relaxed) {
+            FIRST => (age > limits.header_timeout).then_some(CLOSE_NOW),
+            HEAD if !self.http2.load(Ordering::Relaxed) => {
+                (age > limits.header_timeout).then_some(CLOSE_NOW)
+            }
+            _ => (age > limits.idle_timeout).then_some(CLOSE_IDLE),
+        }
+    }
+}
+
+/// The connections of one serving thread (one listener).
+#[derive(Default)]
+struct Registry {
+    conns: Mutex<HashMap<u64, Arc<ConnState>>>,
+    next_id: AtomicU64,
+    /// Woken when a connection of this registry closes (shutdown waits on it).
+    closed: tokio::sync::Notify,
+}
+
+impl Registry {
+    fn insert(&self, conn: Arc<ConnState>) -> u64 {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        self.conns.lock().expect("registry lock").insert(id, conn);
+        id
+    }
+
+    fn remove(&self, id: u64) {
+        self.conns.lock().expect("registry lock").remove(&id);
+        self.closed.notify_waiters();
+    }
+
+    fn is_empty(&self) -> bool {
+        self.conns.lock().expect("registry lock").is_empty()
+    }
+
+    fn close_all(&self, how: u8) {
+        for conn in self.conns.lock().expect("registry lock").values() {
+            conn.request_close(how);
+        }
+    }
+
+    /// Close the connection idle the longest, to make room; false when none is idle.
+    fn evict_idle(&self) -> bool {
+        let conns = self.conns.lock().expect("registry lock");
+        let oldest = conns
+            .values()
+            .filter_map(|c| c.idle_since().map(|since| (since, c)))
+            .min_by_key(|(since, _)| *since);
+        match oldest {
+            Some((_, conn)) => {
+                conn.request_close(CLOSE_NOW);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Wait until every connection has closed.
+    async fn drained(&self) {
+        loop {
+            let notified = self.closed.notified();
+            if self.is_empty() {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+/// Removes a connection from the counts when its task ends, however it ends.
+struct Registration {
+    registry: Arc<Registry>,
+    shared: Arc<Shared>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.registry.remove(self.id);
+        let before = self.shared.open.fetch_sub(1, Ordering::AcqRel);
+        if before >= self.shared.limits.max_connections {
+            self.shared.room.notify_waiters();
+        }
+    }
+}
+
+/// A log line at most every 10 s, with the count of those left out.
+struct RateLimitedLog {
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    const EVERY: Duration = Duration::from_secs(10);
+
+    fn new() -> Self {
+        RateLimitedLog {
+            last: None,
+            suppressed: 0,
+        }
+    }
+
+    fn warn(&mut self, message: impl FnOnce() -> String) {
+        if self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            self.suppressed += 1;
+            return;
+        }
+        let suppressed = std::mem::take(&mut self.suppressed);
+        self.last = Some(Instant::now());
+        if suppressed > 0 {
+            tracing::warn!("{} ({suppressed} more since the last report)", message());
+        } else {
+            tracing::warn!("{}", message());
+        }
+    }
+}
+
+/// Accept errors that mean "out of a resource" (descriptors, memory): retrying at
+/// once would spin, so the loop backs off and makes room.
+fn is_resource_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
+    )
+}
+
+/// Errors about one connection that died in the backlog: just accept the next.
+fn is_connection_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::Interrupted
+            | io::ErrorKind::WouldBlock
+    ) || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM))
+}
+
+/// The hyper connection builder for these limits.
+fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    // HTTP/1 head and keep-alive deadlines are the sweeper's: hyper's own
+    // `header_read_timeout` uses one duration for the head and the keep-alive wait.
+    builder.http1().header_read_timeout(None);
+    let mut http2 = builder.http2();
+    http2.timer(TokioTimer::new());
+    if let Some(interval) = limits.http2_keepalive_interval {
+        http2
+            .keep_alive_interval(interval)
+            .keep_alive_timeout(limits.http2_keepalive_timeout);
+    }
+    builder
+}
+
+/// Serve one listening socket (plain or TLS) until `shared` is shut down, then let
+/// the connections finish within the grace period.
+pub(crate) async fn serve(
+    listener: std::net::TcpListener,
+    tls: Option<RustlsConfig>,
+    router: Router,
+    shared: Arc<Shared>,
+) -> io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    let registry = Arc::new(Registry::default());
+    let builder = Arc::new(builder(&shared.limits));
+    let tls = tls.map(RustlsAcceptor::new);
+    let sweeper = tokio::spawn(sweep(registry.clone(), shared.clone()));
+
+    let mut accept_errors = RateLimitedLog::new();
+    let mut at_cap = RateLimitedLog::new();
+    let mut backoff = Duration::from_millis(5);
+    let stopping = shared.stopping.clone();
+    loop {
+        // At the cap: make room by closing an idle connection, or wait for one to end
+        // (new connections wait in the listen backlog meanwhile).
+        while shared.open.load(Ordering::Acquire) >= shared.limits.max_connections {
+            let evicted = registry.evict_idle();
+            at_cap.warn(|| {
+                format!(
+                    "client connection limit reached ({} open, limits.max_connections); {}",
+                    shared.limits.max_connections,
+                    if evicted {
+                        "closing the longest-idle connections to make room"
+                    } else {
+                        "none is idle: new connections wait until one closes"
+                    }
+                )
+            });
+            let wait = if evicted { 5 } else { 50 };
+            tokio::select! {
+                _ = stopping.cancelled() => break,
+                _ = shared.room.notified() => {}
+                _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+            }
+        }
+        let accepted = tokio::select! {
+            biased;
+            _ = stopping.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(accepted) => {
+                backoff = Duration::from_millis(5);
+                accepted
+            }
+            Err(e) if is_connection_error(&e) => continue,
+            Err(e) => {
+                let resource = is_resource_error(&e);
+                accept_errors.warn(|| {
+                    format!(
+                        "cannot accept connections: {e}{}; retrying in {} ms",
+                        if resource {
+                            " (file descriptors or memory exhausted; idle connections are \
+                             closed to make room, see limits.max_connections)"
+                        } else {
+                            ""
+                        },
+                        backoff.as_millis()
+                    )
+                });
+                if resource {
+                    registry.evict_idle();
+                }
+                tokio::select! {
+                    _ = stopping.cancelled() => break,
+                    _ = tokio::time::sleep(backoff) => {}
+                }
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+                continue;
+            }
+        };
+        // Small writes (SSE chunks) must not wait for Nagle's algorithm.
+        let _ = stream.set_nodelay(true);
+        shared.open.fetch_add(1, Ordering::AcqRel);
+        let conn = Arc::new(ConnState::new(shared.clone(), shared.advance_clock()));
+        let id = registry.insert(conn.clone());
+        let registration = Registration {
+            registry: registry.clone(),
+            shared: shared.clone(),
+            id,
+        };
+        let service = ConnService {
+            router: router.clone(),
+            peer,
+            conn: conn.clone(),
+        };
+        let io = TrackedIo {
+            inner: stream,
+            conn: conn.clone(),
+        };
+        let (builder, tls) = (builder.clone(), tls.clone());
+        tokio::spawn(async move {
+            let _registration = registration;
+            match tls {
+                None => drive(&builder, io, service, &conn).await,
+                Some(tls) => {
+                    let accepted = tokio::select! {
+                        accepted = tls.accept(io, ()) => accepted,
+                        _ = conn.closing(CLOSE_IDLE) => return,
+                    };
+                    if let Ok((stream, ())) = accepted {
+                        drive(&builder, stream, service, &conn).await;
+                    }
+                }
+            }
+        });
+    }
+    drop(listener);
+
+    // Shutdown: graceful close for every connection, then a hard one after the grace.
+    registry.close_all(CLOSE_SHUTDOWN);
+    let grace = Duration::from_millis(shared.grace_ms.load(Ordering::Relaxed));
+    if tokio::time::timeout(grace, registry.drained())
+        .await
+        .is_err()
+    {
+        registry.close_all(CLOSE_NOW);
+        registry.drained().await;
+    }
+    sweeper.abort();
+    Ok(())
+}
+
+/// Serve HTTP on one connection until it ends or is told to close.
+async fn drive<I>(
+    builder: &auto::Builder<TokioExecutor>,
+    io: I,
+    service: ConnService,
+    conn: &ConnState,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    let how = tokio::select! {
+        biased;
+        _ = connection.as_mut() => return,
+        how = conn.closing(CLOSE_IDLE) => how,
+    };
+    if how == CLOSE_NOW {
+        return;
+    }
+    // Idle HTTP/1 connections close at once; HTTP/2 sends GOAWAY and lets open
+    // streams finish. An idle close is bounded, as the client may never answer.
+    connection.as_mut().graceful_shutdown();
+    let bound = match how {
+        CLOSE_IDLE => conn.shared.limits.header_timeout,
+        _ => Duration::from_secs(86_400 * 365),
+    };
+    tokio::select! {
+        _ = connection.as_mut() => {}
+        _ = conn.closing(CLOSE_NOW) => {}
+        _ = tokio::time::sleep(bound) => {}
+    }
+}
+
+/// Every tick: advance the clock, close overdue connections.
+async fn sweep(registry: Arc<Registry>, shared: Arc<Shared>) {
+    let mut ticks = tokio::time::interval(shared.limits.tick());
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        ticks.tick().await;
+        let now = shared.advance_clock();
+        let conns = registry.conns.lock().expect("registry lock");
+        for conn in conns.values() {
+            if let Some(how) = conn.overdue(now) {
+                conn.request_close(how);
+            }
+        }
+    }
+}
+
+/// The socket, noting when bytes arrive on an idle connection.
+struct TrackedIo {
+    inner: TcpStream,
+    conn: Arc<ConnState>,
+}
+
+impl AsyncRead for TrackedIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.conn.bytes_read();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for TrackedIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The router for one connection: adds the peer address (`ConnectInfo`) and counts
+/// the request as in progress until its response body is done or dropped.
+#[derive(Clone)]
+struct ConnService {
+    router: Router,
+    peer: SocketAddr,
+    conn: Arc<ConnState>,
+}
+
+impl hyper::service::Service<http::Request<Incoming>> for ConnService {
+    type Response = http::Response<TrackedBody>;
+    type Error = Infallible;
+    type Future = TrackedFuture;
+
+    fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
+        self.conn
+            .request_started(request.version() == http::Version::HTTP_2);
+        request.extensions_mut().insert(ConnectInfo(self.peer));
+        let mut router = self.router.clone();
+        TrackedFuture {
+            inner: tower_service::Service::call(&mut router, request),
+            guard: Some(InProgress(self.conn.clone())),
+        }
+    }
+}
+
+/// Marks one request in progress while alive.
+struct InProgress(Arc<ConnState>);
+
+impl Drop for InProgress {
+    fn drop(&mut self) {
+        self.0.request_ended();
+    }
+}
+
+struct TrackedFuture {
+    inner: axum::routing::future::RouteFuture<Infallible>,
+    guard: Option<InProgress>,
+}
+
+impl Future for TrackedFuture {
+    type Output = Result<http::Response<TrackedBody>, Infallible>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let response = match Pin::new(&mut self.inner).poll(cx) {
+            Poll::Ready(Ok(response)) => response,
+            Poll::Ready(Err(never)) => match never {},
+            Poll::Pending => return Poll::Pending,
+        };
+        let guard = self.guard.take();
+        Poll::Ready(Ok(response.map(|inner| TrackedBody {
+            inner,
+            _guard: guard,
+        })))
+    }
+}
+
+/// A response body that ends its request's "in progress" mark when dropped.
+pub(crate) struct TrackedBody {
+    inner: axum::body::Body,
+    _guard: Option<InProgress>,
+}
+
+impl hyper::body::Body for TrackedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    #[inline]
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Raise the soft limit on open files to the hard limit (a server needs one per
+/// connection; distributions often start services with a soft limit of 1024) and
+/// return it.
+pub(crate) fn raise_open_files_limit() -> Option<u64> {
+    // SAFETY: getrlimit/setrlimit only read and write the struct given.
+    unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit.rlim_cur = limit.rlim_max;
+            }
+        }
+        Some(limit.rlim_cur as u64)
+    }
+}
+
+/// `limits.max_connections`, or when 0, what the descriptor limit allows: each
+/// client connection in progress usually holds an upstream connection too, and
+/// some descriptors are kept for listeners, files and the rest.
+pub(crate) fn max_connections(configured: u64, open_files: Option<u64>) -> usize {
+    if configured > 0 {
+        return configured.min(usize::MAX as u64) as usize;
+    }
+    match open_files {
+        Some(n) => (n.saturating_sub(64) / 2).clamp(16, 1 << 20) as usize,
+        None => 1 << 20,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn derived_connection_cap() {
+        assert_eq!(max_connections(0, Some(1024)), 480);
+        assert_eq!(max_connections(0, Some(100)), 18);
+        assert_eq!(max_connections(0, Some(10)), 16);
+        assert_eq!(max_connections(300, Some(1024)), 300);
+        assert_eq!(max_connections(0, Some(u64::MAX)), 1 << 20);
+    }
+
+    #[test]
+    fn phases_and_deadlines() {
+        let limits = ConnLimits {
+            header_timeout: Duration::from_millis(100),
+            idle_timeout: Duration::from_millis(1000),
+            max_connections: 10,
+            http2_keepalive_interval: None,
+            http2_keepalive_timeout: Duration::from_secs(1),
+        };
+        let shared = Shared::new(limits);
+        let conn = ConnState::new(shared.clone(), 0);
+        assert_eq!(conn.overdue(100), None);
+        assert_eq!(conn.overdue(101), Some(CLOSE_NOW));
+        conn.request_started(false);
+        assert_eq!(conn.overdue(5000), None);
+        shared.clock_ms.store(200, Ordering::Relaxed);
+        conn.request_ended();
+        assert_eq!(conn.overdue(1100), None);
+        assert_eq!(conn.overdue(1201), Some(CLOSE_IDLE));
+        shared.clock_ms.store(300, Ordering::Relaxed);
+        conn.bytes_read();
+        assert_eq!(conn.overdue(400), None);
+        assert_eq!(conn.overdue(401), Some(CLOSE_NOW));
+        // HTTP/2: bytes between streams are frames, not a head: idle deadline only.
+        let conn = ConnState::new(shared.clone(), 0);
+        conn.request_started(true);
+        conn.request_ended();
+        conn.bytes_read();
+        assert_eq!(conn.overdue(1000), None);
+        assert_eq!(conn.overdue(1301), Some(CLOSE_IDLE));
+    }
+}
