@@ -24,7 +24,7 @@ use crate::payload::{Payload, PayloadStream};
 use crate::providers::UpstreamCall;
 use crate::routing::RouteModel;
 use crate::server::AppState;
-use crate::streaming::{completion_id, encode_sse, unix_now, StreamIdentity};
+use crate::streaming::{completion_id, encode_sse_assembling, unix_now, StreamIdentity};
 
 /// What the core produced for a request.
 enum Reply {
@@ -86,7 +86,11 @@ pub async fn chat_completions(
             let redactor = gateway.redactor.clone();
             let chunks: PayloadStream =
                 Box::pin(chunks.map(move |item| item.map_err(|e| redactor.redact(e))));
-            let body = encode_sse(chunks, identity, dispatcher.is_some(), move |outcome| {
+            // The loggers' copy of the answer is capped like any answer held whole.
+            let assemble = dispatcher
+                .as_ref()
+                .map(|_| gateway.config.settings.max_response_body_bytes());
+            let body = encode_sse_assembling(chunks, identity, assemble, move |outcome| {
                 let note = if outcome.completed {
                     ""
                 } else {
