@@ -481,7 +481,10 @@ fn the_caps_have_defaults_and_refuse_zero() {
         ("max_response_body_mb = 0\n", "max_response_body_mb"),
         ("[log_queue]\nmax_entries = 0\n", "max_entries"),
         ("[log_queue]\nmax_mb = -1\n", "max_mb"),
-        ("[log_queue]\nflush_timeout_seconds = 0\n", "flush_timeout_seconds"),
+        (
+            "[log_queue]\nflush_timeout_seconds = 0\n",
+            "flush_timeout_seconds",
+        ),
         ("[log_queue]\nqueue = 1\n", "queue"),
     ] {
         let error = load(&format!("{text}{base}")).unwrap_err().to_string();

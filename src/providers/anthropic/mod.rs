@@ -190,7 +190,8 @@ impl AnthropicProvider {
         let response =
             check_status_with(response, self.chunk_timeout, response::status_to_error).await?;
         let events = sse_json_events(response.bytes_stream(), self.chunk_timeout);
-        let translator = stream::Translator::new(&call.model, &self.name, include_usage, json_mode);
+        let translator = stream::Translator::new(&call.model, &self.name, include_usage, json_mode)
+            .with_buffer_limit(self.max_response_body);
         Ok(stream::translate(events, translator))
     }
 }
