@@ -13,7 +13,7 @@ use crate::config::{Config, ConfigError, DEFAULT_ENCRYPTION_KEY};
 use crate::error::ApiError;
 use crate::extensions::ExtensionResolver;
 use crate::handlers::{build_handlers, RequestHandler};
-use crate::logging::{build_loggers, LogDispatcher};
+use crate::logging::{build_loggers, LogDispatcher, QueueLimits};
 use crate::providers::{build_connections, Connection};
 use crate::routing::Router;
 use crate::secrets::Redactor;
@@ -96,7 +96,10 @@ impl Gateway {
         let connections = build_connections(&config, client, resolver)?;
         let handlers = build_handlers(&config, resolver)?;
         // Last: it starts the logging task, which nothing else may fail after.
-        let log_dispatcher = LogDispatcher::start(build_loggers(&config, resolver)?);
+        let log_dispatcher = LogDispatcher::start(
+            build_loggers(&config, resolver)?,
+            QueueLimits::from_config(&config.settings.log_queue),
+        );
 
         if config.settings.encryption_key == DEFAULT_ENCRYPTION_KEY {
             tracing::warn!(

@@ -157,6 +157,7 @@ pub struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     open_streams: Gauge,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    log_entries_dropped: Counter,
     models: LabelCap,
     groups: LabelCap,
     connections: LabelCap,
@@ -224,7 +225,14 @@ impl Metrics {
             "Failed upstream calls by kind: timeout, transport, status_4xx, status_5xx, invalid_response",
             upstream_errors.clone(),
         );
+        let log_entries_dropped = Counter::default();
+        registry.register(
+            "log_entries_dropped",
+            "Request log entries dropped: the log queue was full ([log_queue]), or they were still unwritten when shutdown's flush timed out",
+            log_entries_dropped.clone(),
+        );
         Metrics {
+            log_entries_dropped,
             registry,
             requests,
             request_duration,
@@ -239,6 +247,11 @@ impl Metrics {
             connections: LabelCap::new(),
             series: SeriesCache::default(),
         }
+    }
+
+    /// The counter of dropped request log entries, for the log dispatcher.
+    pub fn log_entries_dropped(&self) -> Counter {
+        self.log_entries_dropped.clone()
     }
 
     /// The exposition text.
@@ -532,6 +545,12 @@ pub fn upstream_error_kind(error: &ApiError) -> Option<&'static str> {
     match error {
         ApiError::UpstreamTimeout { .. } => Some("timeout"),
         ApiError::UpstreamRejected(body) if body.status.is_client_error() => Some("status_4xx"),
+        // A 200 whose body passed `max_response_body_mb`: the answer is the problem.
+        ApiError::UpstreamRejected(body)
+            if body.code.as_deref() == Some(crate::upstream::RESPONSE_TOO_LARGE) =>
+        {
+            Some("invalid_response")
+        }
         ApiError::UpstreamRejected(_) => Some("status_5xx"),
         ApiError::UpstreamFailure { detail } => Some(failure_kind(detail)),
         _ => None,

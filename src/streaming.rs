@@ -117,6 +117,12 @@ impl<F: FnOnce(StreamSummary)> FinishGuard<F> {
         if let Some(f) = self.on_finish.take() {
             self.summary.completed = completed;
             if let Some(acc) = self.accumulator.take() {
+                if acc.is_truncated() {
+                    tracing::warn!(
+                        "a streamed answer passed max_response_body_mb ({}): the client got all of it, the request log only its beginning (marked \"truncated\": true)",
+                        crate::upstream::describe_limit(acc.limit())
+                    );
+                }
                 self.summary.response = Some(acc.into_response());
             }
             f(std::mem::take(&mut self.summary));
@@ -161,6 +167,22 @@ pub fn encode_sse<F>(
 where
     F: FnOnce(StreamSummary) + Send + 'static,
 {
+    let limit = assemble.then_some(crate::config::DEFAULT_MAX_RESPONSE_BODY);
+    encode_sse_assembling(chunks, identity, limit, on_finish)
+}
+
+/// [`encode_sse`] that assembles the answer (when `assemble` is set) keeping at most
+/// that many bytes of it (`max_response_body_mb`): past it the assembled copy is cut
+/// and marked `"truncated": true`; the client's stream is not affected.
+pub fn encode_sse_assembling<F>(
+    chunks: PayloadStream,
+    identity: StreamIdentity,
+    assemble: Option<usize>,
+    on_finish: F,
+) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send
+where
+    F: FnOnce(StreamSummary) + Send + 'static,
+{
     // Boxed: the unfold below moves its state in and out of each write's future,
     // and the encoder (with the closure and what it captured) is large.
     let encoder = Box::new(SseEncoder {
@@ -169,7 +191,7 @@ where
         guard: FinishGuard {
             on_finish: Some(on_finish),
             summary: StreamSummary::default(),
-            accumulator: assemble.then(StreamAccumulator::default),
+            accumulator: assemble.map(StreamAccumulator::with_limit),
         },
     });
     futures_util::stream::unfold(Some((chunks, encoder)), |state| async move {
@@ -266,13 +288,28 @@ const DONE: &[u8] = b"data: [DONE]\n\n";
 
 /// Puts streamed chunks back together into one `chat.completion` object: text,
 /// reasoning and tool calls per choice, finish reasons, usage.
-#[derive(Debug, Default)]
+///
+/// What it keeps is bounded by its limit (`max_response_body_mb`): text, and a fixed
+/// cost per choice and tool call, count against it. Past the limit nothing more is
+/// kept (the text kept is the answer's beginning) and the answer is marked
+/// truncated; a non-streamed call served from a stream fails instead (see
+/// [`StreamAccumulator::is_truncated`]). Without the bound an upstream could make
+/// one request hold several times an unbounded stream's size.
+#[derive(Debug)]
 pub struct StreamAccumulator {
     id: Option<Value>,
     created: Option<Value>,
     model: Option<Value>,
     choices: std::collections::BTreeMap<u64, ChoiceParts>,
     usage: Option<Value>,
+    budget: Budget,
+}
+
+impl Default for StreamAccumulator {
+    /// Bounded by the default `max_response_body_mb`.
+    fn default() -> Self {
+        StreamAccumulator::with_limit(crate::config::DEFAULT_MAX_RESPONSE_BODY)
+    }
 }
 
 #[derive(Debug, Default)]
@@ -284,18 +321,91 @@ struct ChoiceParts {
     finish_reason: Option<Value>,
 }
 
+/// What an accumulator may still keep.
+#[derive(Debug)]
+struct Budget {
+    limit: usize,
+    held: usize,
+    truncated: bool,
+}
+
+/// The cost counted for each choice and each tool call kept, besides its text.
+const ENTRY_COST: usize = 64;
+
+impl Budget {
+    /// Count `n` bytes if they fit; once something did not, nothing more does.
+    fn take(&mut self, n: usize) -> bool {
+        if self.truncated {
+            return false;
+        }
+        match self.held.checked_add(n) {
+            Some(total) if total <= self.limit => {
+                self.held = total;
+                true
+            }
+            _ => {
+                self.truncated = true;
+                false
+            }
+        }
+    }
+
+    fn push(&mut self, into: &mut String, text: &str) {
+        if self.take(text.len()) {
+            into.push_str(text);
+        }
+    }
+
+    /// A value (an id, a name) kept whole if it fits.
+    fn value(&mut self, value: &Value) -> Option<Value> {
+        let size = match value {
+            Value::String(s) => s.len(),
+            other => crate::logging::approx_size(other),
+        };
+        self.take(size).then(|| value.clone())
+    }
+}
+
 impl StreamAccumulator {
+    /// An accumulator that keeps at most about `limit` bytes.
+    pub fn with_limit(limit: usize) -> Self {
+        StreamAccumulator {
+            id: None,
+            created: None,
+            model: None,
+            choices: Default::default(),
+            usage: None,
+            budget: Budget {
+                limit,
+                held: 0,
+                truncated: false,
+            },
+        }
+    }
+
+    /// Whether something was left out because the limit was reached.
+    pub fn is_truncated(&self) -> bool {
+        self.budget.truncated
+    }
+
+    /// The limit it was made with.
+    pub fn limit(&self) -> usize {
+        self.budget.limit
+    }
+
     pub fn add(&mut self, chunk: &Value) {
+        let budget = &mut self.budget;
         for (slot, key) in [
             (&mut self.id, "id"),
             (&mut self.created, "created"),
             (&mut self.model, "model"),
         ] {
             if slot.is_none() {
-                *slot = chunk.get(key).cloned();
+                *slot = chunk.get(key).and_then(|v| budget.value(v));
             }
         }
         if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+            // Replaced, never added up: one event's worth at most.
             self.usage = Some(usage.clone());
         }
         let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
@@ -303,16 +413,24 @@ impl StreamAccumulator {
         };
         for choice in choices {
             let index = choice.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let parts = self.choices.entry(index).or_default();
+            let parts = match self.choices.entry(index) {
+                std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::btree_map::Entry::Vacant(e) => {
+                    if !budget.take(ENTRY_COST) {
+                        continue;
+                    }
+                    e.insert(ChoiceParts::default())
+                }
+            };
             let delta = choice.get("delta");
             if let Some(text) = delta.and_then(|d| d.get("content")).and_then(Value::as_str) {
-                parts.content.push_str(text);
+                budget.push(&mut parts.content, text);
             }
             if let Some(text) = delta
                 .and_then(|d| d.get("reasoning_content"))
                 .and_then(Value::as_str)
             {
-                parts.reasoning.push_str(text);
+                budget.push(&mut parts.reasoning, text);
             }
             if let Some(calls) = delta
                 .and_then(|d| d.get("tool_calls"))
@@ -320,20 +438,28 @@ impl StreamAccumulator {
             {
                 for call in calls {
                     let slot = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-                    let entry = parts.tool_calls.entry(slot).or_insert((
-                        Value::Null,
-                        Value::Null,
-                        String::new(),
-                    ));
+                    let entry = match parts.tool_calls.entry(slot) {
+                        std::collections::btree_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::btree_map::Entry::Vacant(e) => {
+                            if !budget.take(ENTRY_COST) {
+                                continue;
+                            }
+                            e.insert((Value::Null, Value::Null, String::new()))
+                        }
+                    };
                     if let Some(id) = call.get("id").filter(|v| !v.is_null()) {
-                        entry.0 = id.clone();
+                        if let Some(id) = budget.value(id) {
+                            entry.0 = id;
+                        }
                     }
                     if let Some(name) = call.pointer("/function/name").filter(|v| !v.is_null()) {
-                        entry.1 = name.clone();
+                        if let Some(name) = budget.value(name) {
+                            entry.1 = name;
+                        }
                     }
                     if let Some(args) = call.pointer("/function/arguments").and_then(Value::as_str)
                     {
-                        entry.2.push_str(args);
+                        budget.push(&mut entry.2, args);
                     }
                 }
             }
@@ -371,14 +497,18 @@ impl StreamAccumulator {
                 json!({"index": index, "message": message, "finish_reason": parts.finish_reason})
             })
             .collect();
-        json!({
+        let mut answer = json!({
             "id": self.id,
             "object": "chat.completion",
             "created": self.created,
             "model": self.model,
             "choices": choices,
             "usage": self.usage,
-        })
+        });
+        if self.budget.truncated {
+            answer["truncated"] = true.into();
+        }
+        answer
     }
 }
 
@@ -668,5 +798,50 @@ mod tests {
         assert!(summary.completed && summary.error.is_some());
         assert_eq!(summary.chunks, 1);
         assert_eq!(summary.response.unwrap()["id"], "chatcmpl-1");
+    }
+}
+
+#[cfg(test)]
+mod accumulator_limit_tests {
+    use super::*;
+
+    fn text_chunk(index: u64, text: &str) -> Value {
+        json!({"id": "c", "choices": [{"index": index, "delta": {"content": text}}]})
+    }
+
+    #[test]
+    fn the_beginning_is_kept_up_to_the_limit_and_the_answer_marked() {
+        let mut acc = StreamAccumulator::with_limit(ENTRY_COST + 1 + 10);
+        for piece in ["12345", "67890", "abcde", "f"] {
+            acc.add(&text_chunk(0, piece));
+        }
+        assert!(acc.is_truncated());
+        let answer = acc.into_response();
+        assert_eq!(answer["choices"][0]["message"]["content"], "1234567890");
+        assert_eq!(answer["truncated"], true);
+
+        let mut acc = StreamAccumulator::with_limit(1000);
+        acc.add(&text_chunk(0, "fits"));
+        assert!(!acc.is_truncated());
+        assert!(acc.into_response().get("truncated").is_none());
+    }
+
+    /// Many tiny choices or tool calls cost their entries, not only their text.
+    #[test]
+    fn entries_count_against_the_limit() {
+        let mut acc = StreamAccumulator::with_limit(10 * ENTRY_COST);
+        for index in 0..1000 {
+            acc.add(&text_chunk(index, ""));
+            acc.add(&json!({"choices": [{"index": 0, "delta": {"tool_calls": [{"index": index, "function": {"arguments": ""}}]}}]}));
+        }
+        assert!(acc.is_truncated());
+        assert!(acc.choices.len() < 10);
+        assert!(
+            acc.choices
+                .values()
+                .map(|c| c.tool_calls.len())
+                .sum::<usize>()
+                < 10
+        );
     }
 }

@@ -26,7 +26,7 @@ use crate::payload::{Payload, PayloadStream};
 use crate::providers::UpstreamCall;
 use crate::routing::RouteModel;
 use crate::server::{body, AppState};
-use crate::streaming::{completion_id, encode_sse, unix_now, StreamIdentity};
+use crate::streaming::{completion_id, encode_sse_assembling, unix_now, StreamIdentity};
 
 /// What the core produced for a request.
 enum Reply {
@@ -96,7 +96,11 @@ pub async fn chat_completions(
                 Ok(chunk) => Ok(redactor.redact_payload(chunk)),
                 Err(e) => Err(redactor.redact(e)),
             }));
-            let body = encode_sse(chunks, identity, dispatcher.is_some(), move |outcome| {
+            // The loggers' copy of the answer is capped like any answer held whole.
+            let assemble = dispatcher
+                .as_ref()
+                .map(|_| gateway.config.settings.max_response_body_bytes());
+            let body = encode_sse_assembling(chunks, identity, assemble, move |outcome| {
                 let note = if outcome.completed {
                     ""
                 } else {

@@ -266,10 +266,12 @@ impl CheckApiKeyWithRequest {
                 api_key_id: None,
             }));
         }
-        let user_info: Value = response
-            .json()
+        // Bounded like every answer read whole (a key check's answer is small).
+        let body = crate::upstream::reqwest_bytes(response, crate::upstream::SMALL_ANSWER_LIMIT)
             .await
-            .map_err(|e| Unavailable(format!("unreadable answer: {}", e.without_url())))?;
+            .map_err(|e| Unavailable(format!("unreadable answer: {e}")))?;
+        let user_info: Value = serde_json::from_slice(&body)
+            .map_err(|e| Unavailable(format!("unreadable answer: {e}")))?;
         let group = self
             .args
             .group_field

@@ -24,6 +24,7 @@ pub use model::{
     GroupConfig, MetricsConfig, ModelListingMode, ProviderSettings, DEFAULT_ENCRYPTION_KEY,
     DEFAULT_KEY_CHECK,
 };
+pub use model::{LogQueueConfig, DEFAULT_MAX_RESPONSE_BODY};
 
 /// A loaded and checked config.
 #[derive(Debug, Clone)]

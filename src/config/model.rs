@@ -76,6 +76,82 @@ pub struct FileConfig {
     /// Client timeouts, connection cap and request body memory (`[limits]`).
     #[serde(default)]
     pub limits: super::Limits,
+    /// Most of one upstream answer held per request, in MiB: a non-streamed answer
+    /// past it is a 502; a streamed answer's copy for the loggers stops there.
+    #[serde(
+        default = "default_response_limit_mb",
+        deserialize_with = "lenient::positive_f64"
+    )]
+    pub max_response_body_mb: f64,
+    /// The queue between finished requests and the configured loggers.
+    #[serde(default)]
+    pub log_queue: LogQueueConfig,
+}
+
+impl FileConfig {
+    /// `max_response_body_mb` in bytes.
+    pub fn max_response_body_bytes(&self) -> usize {
+        mib_to_bytes(self.max_response_body_mb)
+    }
+}
+
+/// The `[log_queue]` table: how much may wait for slow loggers (entries past it are
+/// dropped and counted), and how long shutdown waits for them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogQueueConfig {
+    #[serde(
+        default = "default_log_queue_entries",
+        deserialize_with = "lenient::positive_usize"
+    )]
+    pub max_entries: usize,
+    #[serde(
+        default = "default_log_queue_mb",
+        deserialize_with = "lenient::positive_f64"
+    )]
+    pub max_mb: f64,
+    #[serde(
+        default = "default_log_flush_seconds",
+        deserialize_with = "lenient::positive_f64"
+    )]
+    pub flush_timeout_seconds: f64,
+}
+
+impl Default for LogQueueConfig {
+    fn default() -> Self {
+        LogQueueConfig {
+            max_entries: default_log_queue_entries(),
+            max_mb: default_log_queue_mb(),
+            flush_timeout_seconds: default_log_flush_seconds(),
+        }
+    }
+}
+
+impl LogQueueConfig {
+    /// `max_mb` in bytes.
+    pub fn max_bytes(&self) -> usize {
+        mib_to_bytes(self.max_mb)
+    }
+}
+
+/// Default `max_response_body_mb`, in bytes (also the cap of answers gathered where
+/// no config reaches, e.g. Python connections' streams).
+pub const DEFAULT_MAX_RESPONSE_BODY: usize = 64 * 1024 * 1024;
+
+fn mib_to_bytes(mib: f64) -> usize {
+    ((mib * 1024.0 * 1024.0) as usize).max(1)
+}
+fn default_response_limit_mb() -> f64 {
+    (DEFAULT_MAX_RESPONSE_BODY / (1024 * 1024)) as f64
+}
+fn default_log_queue_entries() -> usize {
+    8192
+}
+fn default_log_queue_mb() -> f64 {
+    256.0
+}
+fn default_log_flush_seconds() -> f64 {
+    10.0
 }
 
 /// The `[metrics]` table. `enabled` and `path` are read at startup; `token` is
@@ -389,6 +465,23 @@ pub(crate) mod lenient {
             Ok(v)
         } else {
             Err(serde::de::Error::custom("expected a non-negative number"))
+        }
+    }
+
+    /// A number greater than 0 (a cap of 0 would refuse everything).
+    pub fn positive_f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        match f64(d)? {
+            v if v > 0.0 => Ok(v),
+            _ => Err(serde::de::Error::custom("expected a number greater than 0")),
+        }
+    }
+
+    pub fn positive_usize<'de, D: Deserializer<'de>>(d: D) -> Result<usize, D::Error> {
+        match parse::<D, usize>(d, "a whole number greater than 0")? {
+            0 => Err(serde::de::Error::custom(
+                "expected a whole number greater than 0",
+            )),
+            v => Ok(v),
         }
     }
 

@@ -7,23 +7,30 @@
 //! not batched by [`output`]). Configured loggers
 //! never run on the request path: the request hands a JSON snapshot of its context to
 //! a [`LogDispatcher`], whose background task feeds every logger and flushes the
-//! writers whenever the queue runs dry. The queue is bounded; when it is full the
-//! entry waits in a tracked task instead of being dropped, and shutdown waits for
-//! those tasks and the queue to drain, so N requests leave exactly N entries.
+//! writers whenever the queue runs dry. The logging task runs on a thread of its
+//! own, so a writer that blocks (a log file on a pipe nobody reads, a full disk)
+//! holds up no serving thread and no shutdown. The queue is bounded in entries and
+//! in bytes (`[log_queue]`): past either bound an entry is dropped, counted
+//! (`lm_proxy_log_entries_dropped_total`) and reported in a warning at most every
+//! [`DROP_WARNING_PERIOD`]. Shutdown drains the queue for at most
+//! `log_queue.flush_timeout_seconds`; what is still unwritten then is counted and
+//! reported the same way.
 
 mod json_writer;
 pub mod output;
 pub mod request_line;
 mod transformer;
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use prometheus_client::metrics::counter::Counter;
 use serde_json::{Map, Value};
 use tokio::sync::{mpsc, oneshot};
-use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, ConfigError, ExtensionSpec};
+use crate::config::{Config, ConfigError, ExtensionSpec, LogQueueConfig};
 use crate::extensions::{builtin_name, Builtin, ExtensionResolver};
 
 pub use json_writer::JsonLogWriter;
@@ -31,8 +38,9 @@ pub use output::flush_request_log;
 pub use request_line::{RequestLineFormat, RequestSummary};
 pub use transformer::{lookup_path, EntryTransformer};
 
-/// How many entries may wait in the queue before senders start waiting.
-const QUEUE_CAPACITY: usize = 8192;
+/// At most one warning about dropped entries per this period (the count of all
+/// dropped since the last warning is in it).
+pub const DROP_WARNING_PERIOD: Duration = Duration::from_secs(10);
 
 /// How long the logging task waits after writing a batch before it takes the next
 /// one (entries reach their file at most this much later; see `run_loggers`).
@@ -90,77 +98,218 @@ impl Logger for BaseLogger {
     }
 }
 
-enum Message {
-    Entry(Value),
-    Close(oneshot::Sender<()>),
+/// The bounds of the queue in front of the loggers (`[log_queue]`).
+#[derive(Debug, Clone, Copy)]
+pub struct QueueLimits {
+    pub max_entries: usize,
+    /// About how much the queued entries may hold (see [`approx_size`]).
+    pub max_bytes: usize,
+    /// How long [`LogDispatcher::close`] waits for the loggers.
+    pub flush_timeout: Duration,
 }
 
-/// The queue in front of the logging task.
+impl QueueLimits {
+    pub fn from_config(config: &LogQueueConfig) -> QueueLimits {
+        QueueLimits {
+            max_entries: config.max_entries.max(1),
+            max_bytes: config.max_bytes(),
+            flush_timeout: Duration::from_secs_f64(config.flush_timeout_seconds),
+        }
+    }
+}
+
+impl Default for QueueLimits {
+    fn default() -> Self {
+        QueueLimits::from_config(&LogQueueConfig::default())
+    }
+}
+
+/// One queued entry and the bytes it was counted for.
+struct Queued {
+    entry: Value,
+    size: usize,
+}
+
+/// What the request side and the logging thread share.
+struct QueueState {
+    /// Sum of the sizes of entries accepted and not yet handled.
+    queued_bytes: AtomicUsize,
+    /// Entries accepted and not yet handled (the one being written included).
+    pending: AtomicUsize,
+    dropped: AtomicU64,
+    /// Dropped since the last warning.
+    unreported: AtomicU64,
+    /// Milliseconds after `epoch` before which no new warning is written.
+    next_warning_ms: AtomicU64,
+    epoch: Instant,
+    /// The server's `lm_proxy_log_entries_dropped` (set once a server serves it).
+    metric: OnceLock<Counter>,
+}
+
+/// The queue in front of the logging thread.
 pub struct LogDispatcher {
-    tx: mpsc::Sender<Message>,
-    /// The runtime of the logging task: entries that wait for room in a full queue
-    /// wait there, not on a serving thread's runtime, which may end before `close`.
-    runtime: tokio::runtime::Handle,
-    overflow: TaskTracker,
-    closed: Mutex<bool>,
+    tx: mpsc::Sender<Queued>,
+    state: Arc<QueueState>,
+    limits: QueueLimits,
+    /// Taken by the first `close`: the signal to the logging thread, and its answer
+    /// once every queued entry is written and flushed.
+    closing: Mutex<Option<(oneshot::Sender<()>, oneshot::Receiver<()>)>>,
 }
 
 impl LogDispatcher {
-    /// Start the logging task; `None` when no logger is configured (nothing to do
-    /// per request). Must be called inside a tokio runtime.
-    pub fn start(loggers: Vec<Arc<dyn Logger>>) -> Option<Arc<LogDispatcher>> {
+    /// Start the logging thread; `None` when no logger is configured (nothing to do
+    /// per request).
+    pub fn start(loggers: Vec<Arc<dyn Logger>>, limits: QueueLimits) -> Option<Arc<LogDispatcher>> {
         if loggers.is_empty() {
             return None;
         }
-        let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-        tokio::spawn(run_loggers(rx, loggers));
+        let (tx, rx) = mpsc::channel(limits.max_entries.max(1));
+        let (close_tx, close_rx) = oneshot::channel();
+        let (done_tx, done_rx) = oneshot::channel();
+        let state = Arc::new(QueueState {
+            queued_bytes: AtomicUsize::new(0),
+            pending: AtomicUsize::new(0),
+            dropped: AtomicU64::new(0),
+            unreported: AtomicU64::new(0),
+            next_warning_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            metric: OnceLock::new(),
+        });
+        let task_state = state.clone();
+        // A thread of its own (not a task on a serving runtime): a writer that blocks
+        // in a system call then blocks only this thread, and nothing waits to join
+        // it, so neither serving nor the end of the process can be held up by it.
+        let started = std::thread::Builder::new()
+            .name("lm-proxy-log".into())
+            .spawn(move || {
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(e) => {
+                        tracing::error!("request logging is off: cannot start its runtime: {e}");
+                        return;
+                    }
+                };
+                runtime.block_on(run_loggers(rx, close_rx, loggers, task_state));
+                let _ = done_tx.send(());
+            });
+        if let Err(e) = started {
+            // The receiver is gone with the closure: every entry counts as dropped.
+            tracing::error!("request logging is off: cannot start its thread: {e}");
+        }
         Some(Arc::new(LogDispatcher {
             tx,
-            runtime: tokio::runtime::Handle::current(),
-            overflow: TaskTracker::new(),
-            closed: Mutex::new(false),
+            state,
+            limits,
+            closing: Mutex::new(Some((close_tx, done_rx))),
         }))
     }
 
-    /// Queue an entry without waiting.
+    /// Count dropped entries in this server's metrics too (from now on).
+    pub fn count_drops_in(&self, counter: Counter) {
+        let _ = self.state.metric.set(counter);
+    }
+
+    /// Entries dropped so far (queue full, logging stopped, or unwritten at close).
+    pub fn dropped(&self) -> u64 {
+        self.state.dropped.load(Ordering::Relaxed)
+    }
+
+    /// Entries waiting in the queue or being written now.
+    pub fn pending(&self) -> usize {
+        self.state.pending.load(Ordering::Relaxed)
+    }
+
+    /// Queue an entry without waiting; drop it (counted) when the queue is full.
     pub fn submit(&self, context: Value) {
-        match self.tx.try_send(Message::Entry(context)) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(message)) => {
-                let tx = self.tx.clone();
-                self.overflow.spawn_on(
-                    async move {
-                        let _ = tx.send(message).await;
-                    },
-                    &self.runtime,
-                );
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::error!("log entry lost: the logging task has stopped");
-            }
+        let size = approx_size(&context);
+        let state = &self.state;
+        let before = state.queued_bytes.fetch_add(size, Ordering::Relaxed);
+        // An entry larger than the whole bound still goes in when nothing else waits:
+        // otherwise a big answer would never be logged at all.
+        if before > 0 && before.saturating_add(size) > self.limits.max_bytes {
+            state.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+            self.note_dropped(1, "the log queue is full");
+            return;
+        }
+        state.pending.fetch_add(1, Ordering::Relaxed);
+        let why = match self.tx.try_send(Queued {
+            entry: context,
+            size,
+        }) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(_)) => "the log queue is full",
+            Err(mpsc::error::TrySendError::Closed(_)) => "request logging has stopped",
+        };
+        state.pending.fetch_sub(1, Ordering::Relaxed);
+        state.queued_bytes.fetch_sub(size, Ordering::Relaxed);
+        self.note_dropped(1, why);
+    }
+
+    fn note_dropped(&self, count: u64, why: &str) {
+        let state = &self.state;
+        state.dropped.fetch_add(count, Ordering::Relaxed);
+        if let Some(metric) = state.metric.get() {
+            metric.inc_by(count);
+        }
+        state.unreported.fetch_add(count, Ordering::Relaxed);
+        let now = state.epoch.elapsed().as_millis() as u64;
+        let next = state.next_warning_ms.load(Ordering::Relaxed);
+        let period = DROP_WARNING_PERIOD.as_millis() as u64;
+        if now >= next
+            && state
+                .next_warning_ms
+                .compare_exchange(next, now + period, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let n = state.unreported.swap(0, Ordering::Relaxed);
+            tracing::warn!(
+                "{n} request log entries dropped: {why} (log_queue: max_entries = {}, max_mb = {}); the loggers are not keeping up (a log file on a pipe nobody reads, a full disk, a slow Python logger?). At most one such warning per {}s",
+                self.limits.max_entries,
+                self.limits.max_bytes as f64 / (1024.0 * 1024.0),
+                DROP_WARNING_PERIOD.as_secs()
+            );
         }
     }
 
-    /// Wait until every submitted entry is written and flushed, then stop the task.
-    /// Call after the server stopped accepting requests.
+    /// Write and flush every queued entry, then stop the logging thread; give up
+    /// after `log_queue.flush_timeout_seconds` (the entries left are counted as
+    /// dropped and reported). Call after the server stopped accepting requests.
     pub async fn close(&self) {
+        let Some((close_tx, done_rx)) = self
+            .closing
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        else {
+            return;
+        };
+        let _ = close_tx.send(());
+        if tokio::time::timeout(self.limits.flush_timeout, done_rx)
+            .await
+            .is_err()
         {
-            let mut closed = self.closed.lock().unwrap_or_else(|e| e.into_inner());
-            if *closed {
-                return;
+            let lost = self.state.pending.load(Ordering::Relaxed) as u64;
+            self.state.dropped.fetch_add(lost, Ordering::Relaxed);
+            if let Some(metric) = self.state.metric.get() {
+                metric.inc_by(lost);
             }
-            *closed = true;
-        }
-        self.overflow.close();
-        self.overflow.wait().await;
-        let (done_tx, done_rx) = oneshot::channel();
-        if self.tx.send(Message::Close(done_tx)).await.is_ok() {
-            let _ = done_rx.await;
+            tracing::error!(
+                "{lost} request log entries not written: the loggers did not finish within log_queue.flush_timeout_seconds ({}s) of shutdown",
+                self.limits.flush_timeout.as_secs_f64()
+            );
         }
     }
 }
 
-async fn run_loggers(mut rx: mpsc::Receiver<Message>, loggers: Vec<Arc<dyn Logger>>) {
+async fn run_loggers(
+    mut rx: mpsc::Receiver<Queued>,
+    mut close: oneshot::Receiver<()>,
+    loggers: Vec<Arc<dyn Logger>>,
+    state: Arc<QueueState>,
+) {
     let flush = |loggers: &[Arc<dyn Logger>]| {
         for logger in loggers {
             if let Err(e) = logger.flush() {
@@ -168,33 +317,67 @@ async fn run_loggers(mut rx: mpsc::Receiver<Message>, loggers: Vec<Arc<dyn Logge
             }
         }
     };
-    while let Some(message) = rx.recv().await {
-        let mut next = Some(message);
-        // Handle everything already queued, then flush once.
-        while let Some(message) = next.take() {
-            match message {
-                Message::Entry(context) => {
-                    for logger in &loggers {
-                        if let Err(e) = logger.log(&context).await {
-                            tracing::error!("request logger failed: {e:#}");
-                        }
-                    }
-                }
-                Message::Close(done) => {
-                    flush(&loggers);
-                    let _ = done.send(());
-                    return;
+    let handle = |queued: Queued| {
+        let (loggers, state) = (&loggers, &state);
+        async move {
+            for logger in loggers {
+                if let Err(e) = logger.log(&queued.entry).await {
+                    tracing::error!("request logger failed: {e:#}");
                 }
             }
-            next = rx.try_recv().ok();
+            drop(queued.entry);
+            state.queued_bytes.fetch_sub(queued.size, Ordering::Relaxed);
+            state.pending.fetch_sub(1, Ordering::Relaxed);
+        }
+    };
+    loop {
+        let first = tokio::select! {
+            biased;
+            // Closing (or the dispatcher dropped): what is queued now is the rest.
+            _ = &mut close => break,
+            next = rx.recv() => match next {
+                Some(queued) => queued,
+                None => break,
+            },
+        };
+        // Handle everything already queued, then flush once.
+        handle(first).await;
+        while let Ok(queued) = rx.try_recv() {
+            handle(queued).await;
         }
         flush(&loggers);
-        // Let entries gather before the next batch: under load this task then wakes
-        // (and writes) a few dozen times a second instead of once per request, each
-        // wake-up a thread switch away from the serving threads.
+        // Let entries gather before the next batch: under load this thread then wakes
+        // (and writes) a few dozen times a second instead of once per request.
         tokio::time::sleep(BATCH_PAUSE).await;
     }
+    while let Ok(queued) = rx.try_recv() {
+        handle(queued).await;
+    }
     flush(&loggers);
+}
+
+/// About how many bytes a JSON value holds in memory: strings by their length, every
+/// value and member by a fixed overhead. Counted against `log_queue.max_mb`.
+pub fn approx_size(value: &Value) -> usize {
+    // Roughly a `Value` plus its share of its container's table.
+    const NODE: usize = 48;
+    let mut size = 0usize;
+    let mut stack = vec![value];
+    while let Some(value) = stack.pop() {
+        size = size.saturating_add(NODE);
+        match value {
+            Value::String(s) => size = size.saturating_add(s.len()),
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                for (key, item) in map {
+                    size = size.saturating_add(key.len() + NODE);
+                    stack.push(item);
+                }
+            }
+            _ => {}
+        }
+    }
+    size
 }
 
 /// Build the configured loggers (built-ins here; others through the resolver).
@@ -322,5 +505,110 @@ pub fn redact_context(context: &mut Map<String, Value>) {
         if let Some(key) = user_info.get_mut("api_key") {
             *key = Value::String("***".into());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::sync::atomic::AtomicBool;
+
+    /// Blocks its thread (as a write to a full pipe does) until released.
+    struct Blocking {
+        release: Arc<AtomicBool>,
+        written: Arc<AtomicUsize>,
+    }
+
+    #[async_trait]
+    impl Logger for Blocking {
+        async fn log(&self, _context: &Value) -> anyhow::Result<()> {
+            while !self.release.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            self.written.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+    }
+
+    fn limits(max_entries: usize, max_bytes: usize) -> QueueLimits {
+        QueueLimits {
+            max_entries,
+            max_bytes,
+            flush_timeout: Duration::from_millis(200),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_drops_and_counts_and_close_gives_up_at_its_deadline() {
+        let release = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicUsize::new(0));
+        let logger = Arc::new(Blocking {
+            release: release.clone(),
+            written: written.clone(),
+        });
+        let dispatcher = LogDispatcher::start(vec![logger], limits(3, usize::MAX)).unwrap();
+        let counter = Counter::default();
+        dispatcher.count_drops_in(counter.clone());
+        for i in 0..50 {
+            dispatcher.submit(json!({ "n": i }));
+        }
+        // At most 3 waiting and 1 being written.
+        assert!(dispatcher.pending() <= 4, "{}", dispatcher.pending());
+        assert!(dispatcher.dropped() >= 46);
+        assert_eq!(counter.get(), dispatcher.dropped());
+        let started = Instant::now();
+        dispatcher.close().await;
+        assert!(started.elapsed() < Duration::from_secs(10));
+        // Whatever was not written is counted: every entry is written or dropped.
+        assert_eq!(dispatcher.dropped(), 50);
+        release.store(true, Ordering::SeqCst);
+    }
+
+    #[tokio::test]
+    async fn the_byte_bound_drops_but_one_big_entry_alone_still_goes_in() {
+        let release = Arc::new(AtomicBool::new(false));
+        let written = Arc::new(AtomicUsize::new(0));
+        let logger = Arc::new(Blocking {
+            release: release.clone(),
+            written: written.clone(),
+        });
+        let dispatcher = LogDispatcher::start(vec![logger], limits(100, 1000)).unwrap();
+        dispatcher.submit(json!({ "big": "x".repeat(5000) }));
+        dispatcher.submit(json!({ "small": 1 }));
+        assert_eq!(dispatcher.dropped(), 1);
+        release.store(true, Ordering::SeqCst);
+        dispatcher.close().await;
+        assert_eq!(written.load(Ordering::SeqCst), 1);
+        assert_eq!(dispatcher.dropped(), 1);
+        // Once written, its bytes are free again.
+        assert_eq!(dispatcher.state.queued_bytes.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn close_writes_everything_queued() {
+        let written = Arc::new(AtomicUsize::new(0));
+        let logger = Arc::new(Blocking {
+            release: Arc::new(AtomicBool::new(true)),
+            written: written.clone(),
+        });
+        let dispatcher = LogDispatcher::start(vec![logger], limits(100, usize::MAX)).unwrap();
+        for i in 0..60 {
+            dispatcher.submit(json!({ "n": i }));
+        }
+        dispatcher.close().await;
+        assert_eq!(written.load(Ordering::SeqCst), 60);
+        assert_eq!(dispatcher.dropped(), 0);
+        // A second close returns at once.
+        dispatcher.close().await;
+    }
+
+    #[test]
+    fn sizes_count_text_and_structure() {
+        let small = approx_size(&json!({"a": 1}));
+        let text = approx_size(&json!({"a": "x".repeat(1000)}));
+        assert!(text >= 1000 && text < 1000 + 4 * small, "{small} {text}");
+        let nested = approx_size(&json!([[[[1]]]]));
+        assert!(nested > approx_size(&json!(1)) * 4);
     }
 }

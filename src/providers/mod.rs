@@ -279,6 +279,8 @@ pub struct HttpSettings {
     pub first_byte_timeout: Duration,
     /// Between two streamed chunks.
     pub chunk_timeout: Duration,
+    /// `max_response_body_mb` in bytes: the most of one answer read whole.
+    pub max_response_body: usize,
 }
 
 fn build_provider(
@@ -466,5 +468,6 @@ pub(crate) fn http_settings(
         timeout: Duration::from_secs_f64(secs),
         first_byte_timeout,
         chunk_timeout,
+        max_response_body: config.settings.max_response_body_bytes(),
     })
 }

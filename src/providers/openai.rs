@@ -18,7 +18,9 @@ use crate::streaming::{
     completion_id, completion_to_chunks, end_after_error, json_chunk, sse_data_events,
     sse_json_events, unix_now, ChunkStream, StreamAccumulator,
 };
-use crate::upstream::{json_post_headers, Target, UpstreamClient, UpstreamError, UpstreamResponse};
+use crate::upstream::{
+    json_post_headers, too_large_error, Target, UpstreamClient, UpstreamError, UpstreamResponse,
+};
 
 pub struct OpenAiProvider {
     name: String,
@@ -30,6 +32,8 @@ pub struct OpenAiProvider {
     timeout: Duration,
     first_byte_timeout: Duration,
     chunk_timeout: Duration,
+    /// `max_response_body_mb` in bytes.
+    max_response_body: usize,
     client: UpstreamClient,
 }
 
@@ -51,6 +55,7 @@ impl OpenAiProvider {
             timeout: settings.timeout,
             first_byte_timeout: settings.first_byte_timeout,
             chunk_timeout: settings.chunk_timeout,
+            max_response_body: settings.max_response_body,
             client,
         }
     }
@@ -86,7 +91,9 @@ impl Provider for OpenAiProvider {
         if let Some(auth) = &self.authorization {
             request = request.header(http::header::AUTHORIZATION, auth.clone());
         }
-        Ok(data_ids(&get_json(request, self.timeout).await?))
+        Ok(data_ids(
+            &get_json(request, self.timeout, self.max_response_body).await?,
+        ))
     }
 
     async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
@@ -104,15 +111,18 @@ impl Provider for OpenAiProvider {
             if declares(&response, "text/event-stream") {
                 // Some servers stream whatever was asked: put the answer together.
                 let mut events = sse_json_events(response.bytes_stream(), self.chunk_timeout);
-                let mut answer = StreamAccumulator::default();
+                let mut answer = StreamAccumulator::with_limit(self.max_response_body);
                 while let Some(chunk) = events.next().await {
                     answer.add(&chunk?);
+                    if answer.is_truncated() {
+                        return Err(too_large_error(self.max_response_body));
+                    }
                 }
                 return normalize_completion(answer.into_response(), &call.model)
                     .map(Payload::Value);
             }
             let bytes = response
-                .bytes()
+                .bytes(self.max_response_body)
                 .await
                 .map_err(UpstreamError::into_api_error)?;
             let bytes = match RawJson::completion(bytes) {
@@ -143,7 +153,7 @@ impl Provider for OpenAiProvider {
         if declares(&response, "application/json") {
             // A server that ignored `stream: true` and answered with one JSON object:
             // replay it as chunks rather than lose it.
-            let bytes = tokio::time::timeout(self.timeout, response.bytes())
+            let bytes = tokio::time::timeout(self.timeout, response.bytes(self.max_response_body))
                 .await
                 .map_err(|_| timeout_error(self.timeout))?
                 .map_err(UpstreamError::into_api_error)?;

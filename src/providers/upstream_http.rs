@@ -218,10 +218,12 @@ fn truncate(text: &str, max: usize) -> String {
     crate::secrets::truncate_text(text, max)
 }
 
-/// GET a JSON document (model lists), within `timeout`, errors mapped as for chat calls.
+/// GET a JSON document (model lists), within `timeout` and at most `limit` bytes
+/// (`max_response_body_mb`), errors mapped as for chat calls.
 pub async fn get_json(
     request: reqwest::RequestBuilder,
     timeout: Duration,
+    limit: usize,
 ) -> Result<Value, ApiError> {
     let work = async {
         let sent = async {
@@ -231,7 +233,7 @@ pub async fn get_json(
         let response = send(sent, timeout).await?;
         let response = check_status(response, timeout).await?;
         let bytes = response
-            .bytes()
+            .bytes(limit)
             .await
             .map_err(UpstreamError::into_api_error)?;
         serde_json::from_slice::<Value>(&bytes)

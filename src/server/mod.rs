@@ -41,6 +41,7 @@ impl AppState {
             .metrics
             .enabled
             .then(|| Arc::new(Metrics::new()));
+        count_log_drops(&gateway, metrics.as_deref());
         AppState {
             gateway: ArcSwap::from_pointee(gateway),
             client,
@@ -65,11 +66,19 @@ impl AppState {
 
     /// Replace the gateway; requests already running keep the one they started with.
     pub fn replace_gateway(&self, gateway: Gateway) {
+        count_log_drops(&gateway, self.metrics.as_deref());
         self.gateway.store(Arc::new(gateway));
     }
 
     pub fn client(&self) -> &UpstreamClient {
         &self.client
+    }
+}
+
+/// Dropped log entries count in this server's metrics, across reloads.
+fn count_log_drops(gateway: &Gateway, metrics: Option<&Metrics>) {
+    if let (Some(dispatcher), Some(metrics)) = (&gateway.log_dispatcher, metrics) {
+        dispatcher.count_drops_in(metrics.log_entries_dropped());
     }
 }
 

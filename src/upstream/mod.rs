@@ -39,6 +39,9 @@ use pool::{Pool, PooledBody};
 const IDLE_TIMEOUT: Duration = Duration::from_secs(90);
 /// Most idle connections kept per upstream origin.
 const MAX_IDLE_PER_ORIGIN: usize = 1024;
+/// The most read of answers that are small by nature: access tokens, metadata
+/// server values, key-check answers.
+pub const SMALL_ANSWER_LIMIT: usize = 1024 * 1024;
 /// What lm-proxy calls itself upstream.
 const USER_AGENT: &str = concat!("lm-proxy/", env!("CARGO_PKG_VERSION"));
 
@@ -298,23 +301,62 @@ impl UpstreamResponse {
         BodyStream(self.body)
     }
 
-    /// The whole body.
-    pub async fn bytes(self) -> Result<Bytes, UpstreamError> {
+    /// The whole body, refused once it passes `limit` bytes: at once when its
+    /// `Content-Length` says so, otherwise as soon as what arrived passes it, so that
+    /// an upstream cannot make a request hold more than `limit` (an unbounded
+    /// answer once took the process to 4.2 GB for a 3 GB body). The buffer grows
+    /// no further than `limit` either.
+    pub async fn bytes(self, limit: usize) -> Result<Bytes, UpstreamError> {
+        let too_large = || UpstreamError::TooLarge { limit };
+        let declared = self
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|n| n > limit as u64) {
+            // Dropping the unread body closes its connection (it cannot be reused).
+            return Err(too_large());
+        }
         let mut stream = self.bytes_stream();
         let Some(first) = stream.next().await.transpose()? else {
             return Ok(Bytes::new());
         };
+        if first.len() > limit {
+            return Err(too_large());
+        }
         let Some(second) = stream.next().await.transpose()? else {
             return Ok(first);
         };
-        let mut all = Vec::with_capacity(first.len() + second.len());
-        all.extend_from_slice(&first);
-        all.extend_from_slice(&second);
+        let mut all = Vec::new();
+        for piece in [first, second] {
+            append_within(&mut all, &piece, limit).ok_or_else(too_large)?;
+        }
         while let Some(more) = stream.next().await.transpose()? {
-            all.extend_from_slice(&more);
+            append_within(&mut all, &more, limit).ok_or_else(too_large)?;
         }
         Ok(Bytes::from(all))
     }
+}
+
+/// Append `piece` unless that takes `all` past `limit` (`None` then). Capacity
+/// doubles as usual but never past `limit`.
+fn append_within(all: &mut Vec<u8>, piece: &[u8], limit: usize) -> Option<()> {
+    let needed = all.len().checked_add(piece.len()).filter(|&n| n <= limit)?;
+    if needed > all.capacity() {
+        let target = (all.capacity() * 2).max(needed).min(limit);
+        all.reserve_exact(target - all.len());
+    }
+    all.extend_from_slice(piece);
+    Some(())
+}
+
+/// Read a whole reqwest answer (token and metadata calls, key checks), refused past
+/// `limit` bytes as [`UpstreamResponse::bytes`] does.
+pub async fn reqwest_bytes(
+    response: reqwest::Response,
+    limit: usize,
+) -> Result<Bytes, UpstreamError> {
+    UpstreamResponse::from_reqwest(response).bytes(limit).await
 }
 
 /// An upstream body as a stream of byte pieces.
@@ -347,6 +389,10 @@ pub enum UpstreamError {
     Body(hyper::Error),
     /// From the reqwest transport, with the URL taken out.
     Reqwest(reqwest::Error),
+    /// The answer is larger than the most a request may hold (`max_response_body_mb`).
+    TooLarge {
+        limit: usize,
+    },
 }
 
 impl std::fmt::Display for UpstreamError {
@@ -370,6 +416,11 @@ impl std::fmt::Display for UpstreamError {
             }
             UpstreamError::Request(e) | UpstreamError::Body(e) => chain(f, e),
             UpstreamError::Reqwest(e) => chain(f, e),
+            UpstreamError::TooLarge { limit } => write!(
+                f,
+                "the upstream's answer is larger than max_response_body_mb ({})",
+                describe_limit(*limit)
+            ),
         }
     }
 }
@@ -384,6 +435,7 @@ impl UpstreamError {
     /// which step failed (connect, request, answer), as `metrics` classifies it.
     pub fn into_api_error(self) -> ApiError {
         let kind = match &self {
+            UpstreamError::TooLarge { limit } => return too_large_error(*limit),
             UpstreamError::ConnectTimeout(_) => {
                 return ApiError::UpstreamTimeout {
                     detail: format!("cannot connect to upstream: {self}"),
@@ -406,6 +458,38 @@ impl UpstreamError {
             | UpstreamError::Reqwest(_) => "upstream request failed",
         };
         ApiError::upstream_failure(format!("{kind}: {self}"))
+    }
+}
+
+/// The error for an upstream answer past the cap: 502, `upstream_error`, with a
+/// message that names the setting and its value even with debug off (the operator's
+/// limit is no secret, and the client needs to know why a 200 became a 502).
+pub fn too_large_error(limit: usize) -> ApiError {
+    let body = crate::error::ErrorBody::new(
+        StatusCode::BAD_GATEWAY,
+        format!(
+            "The upstream's answer is larger than max_response_body_mb ({}), the most this gateway holds per request.",
+            describe_limit(limit)
+        ),
+        "upstream_error",
+    )
+    .code(Some(RESPONSE_TOO_LARGE.into()));
+    ApiError::UpstreamRejected(Box::new(body))
+}
+
+/// The `code` of [`too_large_error`] (metrics count it as `invalid_response`).
+pub const RESPONSE_TOO_LARGE: &str = "upstream_response_too_large";
+
+/// A byte count as the setting is written: `64 MiB`, `0.5 MiB`, or bytes when tiny.
+pub fn describe_limit(limit: usize) -> String {
+    const MIB: f64 = 1024.0 * 1024.0;
+    let mib = limit as f64 / MIB;
+    if limit >= 1024 * 1024 && limit % (1024 * 1024) == 0 {
+        format!("{} MiB", limit / (1024 * 1024))
+    } else if mib >= 0.01 {
+        format!("{mib:.2} MiB")
+    } else {
+        format!("{limit} bytes")
     }
 }
 

@@ -146,7 +146,7 @@ async fn post_text(target: &Target, body: &'static str) -> Result<String, Upstre
         .post(HeaderMap::new(), Bytes::from_static(body.as_bytes()))
         .await?;
     assert_eq!(response.status(), StatusCode::OK);
-    let bytes = response.bytes().await?;
+    let bytes = response.bytes(usize::MAX).await?;
     Ok(String::from_utf8(bytes.to_vec()).unwrap())
 }
 
@@ -186,7 +186,7 @@ async fn requests_carry_host_user_agent_and_the_given_headers() {
         .post(headers, Bytes::from_static(b"{}"))
         .await
         .unwrap();
-    response.bytes().await.unwrap();
+    response.bytes(usize::MAX).await.unwrap();
     let head = upstream.heads.lock().unwrap()[0].to_ascii_lowercase();
     let port = upstream
         .url
@@ -309,4 +309,78 @@ fn merged_headers_replace_by_name_and_keep_every_value() {
     let a: Vec<_> = into.get_all("a").iter().collect();
     assert_eq!(a, ["new1", "new2"]);
     assert_eq!(into["b"], "kept");
+}
+
+/// Over the cap: refused from `Content-Length` before any of the body is read, and
+/// for a chunked body as soon as it passes; the connection is not reused. At the
+/// cap exactly: read whole. Both transports.
+#[tokio::test]
+async fn answers_past_the_cap_are_refused_and_their_connection_closed() {
+    for proxied in [false, true] {
+        let mut upstream = raw_upstream(After::KeepAlive).await;
+        let client = UpstreamClient::with_proxy_env(Duration::from_secs(5), proxied).unwrap();
+        let target = client.target(&upstream.url).unwrap();
+        let read = |body: &'static str, limit: usize| {
+            let target = &target;
+            async move {
+                let response = target
+                    .post(HeaderMap::new(), Bytes::from_static(body.as_bytes()))
+                    .await
+                    .unwrap();
+                response.bytes(limit).await
+            }
+        };
+        // `{"n":1}` is 7 bytes, declared; `one two three` is 13, chunked.
+        let declared = read("x", 6).await.unwrap_err();
+        assert!(
+            matches!(declared, UpstreamError::TooLarge { limit: 6 }),
+            "{declared}"
+        );
+        if !proxied {
+            // (reqwest may keep a connection whose small body it had already read.)
+            tokio::time::timeout(Duration::from_secs(10), upstream.closed.recv())
+                .await
+                .expect("the connection of a refused answer is closed");
+        }
+        let chunked = read("stream", 8).await.unwrap_err();
+        assert!(
+            matches!(chunked, UpstreamError::TooLarge { limit: 8 }),
+            "{chunked}"
+        );
+        // (`n` counts the requests on its connection.)
+        assert!(read("x", 7).await.unwrap().starts_with(b"{\"n\":"));
+        assert_eq!(&read("stream", 13).await.unwrap()[..], b"one two three");
+
+        let error = chunked.into_api_error();
+        assert_eq!(error.status(), StatusCode::BAD_GATEWAY);
+        let object = error.error_object();
+        assert_eq!(object["type"], "upstream_error");
+        assert_eq!(object["code"], RESPONSE_TOO_LARGE);
+        assert!(
+            object["message"]
+                .as_str()
+                .unwrap()
+                .contains("max_response_body_mb (8 bytes)"),
+            "{object}"
+        );
+    }
+}
+
+#[test]
+fn limits_are_described_as_the_setting_is_written() {
+    assert_eq!(describe_limit(64 * 1024 * 1024), "64 MiB");
+    assert_eq!(describe_limit(512 * 1024), "0.50 MiB");
+    assert_eq!(describe_limit(100), "100 bytes");
+}
+
+#[test]
+fn the_buffer_never_grows_past_the_cap() {
+    let mut all = Vec::new();
+    for _ in 0..9 {
+        append_within(&mut all, &[0; 100], 1000).unwrap();
+    }
+    assert!(append_within(&mut all, &[0; 101], 1000).is_none());
+    append_within(&mut all, &[0; 100], 1000).unwrap();
+    assert_eq!(all.len(), 1000);
+    assert!(all.capacity() <= 1000, "{}", all.capacity());
 }

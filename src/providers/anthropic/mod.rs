@@ -49,6 +49,8 @@ pub struct AnthropicProvider {
     first_byte_timeout: Duration,
     chunk_timeout: Duration,
     default_max_tokens: u64,
+    /// `max_response_body_mb` in bytes.
+    max_response_body: usize,
     client: UpstreamClient,
 }
 
@@ -118,6 +120,7 @@ impl AnthropicProvider {
             first_byte_timeout: http.first_byte_timeout,
             chunk_timeout: http.chunk_timeout,
             default_max_tokens,
+            max_response_body: http.max_response_body,
             client: client.clone(),
         })
     }
@@ -161,7 +164,7 @@ impl AnthropicProvider {
             let response =
                 check_status_with(response, self.timeout, response::status_to_error).await?;
             let bytes = response
-                .bytes()
+                .bytes(self.max_response_body)
                 .await
                 .map_err(UpstreamError::into_api_error)?;
             let message: Value = serde_json::from_slice(&bytes).map_err(|e| {
@@ -189,7 +192,8 @@ impl AnthropicProvider {
         let response =
             check_status_with(response, self.chunk_timeout, response::status_to_error).await?;
         let events = sse_json_events(response.bytes_stream(), self.chunk_timeout);
-        let translator = stream::Translator::new(&call.model, &self.name, include_usage, json_mode);
+        let translator = stream::Translator::new(&call.model, &self.name, include_usage, json_mode)
+            .with_buffer_limit(self.max_response_body);
         Ok(stream::translate(events, translator))
     }
 }
@@ -210,7 +214,8 @@ impl Provider for AnthropicProvider {
             if let Some(after) = &after {
                 request = request.query(&[("after_id", after.as_str())]);
             }
-            let page = upstream_http::get_json(request, self.timeout).await?;
+            let page =
+                upstream_http::get_json(request, self.timeout, self.max_response_body).await?;
             ids.extend(upstream_http::data_ids(&page));
             let more = page
                 .get("has_more")

@@ -52,9 +52,21 @@ pub struct Translator {
     next_tool: u64,
     usage: Usage,
     stop_reason: Option<String>,
+    /// Most bytes a wrapped JSON answer may gather before it is unwrapped
+    /// (`max_response_body_mb`); past it the stream ends with the 502 of an answer
+    /// too large.
+    buffer_limit: usize,
+    too_large: bool,
 }
 
 impl Translator {
+    /// Bound the wrapped JSON answer gathered for unwrapping (default: the default
+    /// `max_response_body_mb`).
+    pub fn with_buffer_limit(mut self, limit: usize) -> Self {
+        self.buffer_limit = limit;
+        self
+    }
+
     pub fn new(
         model: &str,
         connection: &str,
@@ -74,6 +86,8 @@ impl Translator {
             next_tool: 0,
             usage: Usage::default(),
             stop_reason: None,
+            buffer_limit: crate::config::DEFAULT_MAX_RESPONSE_BODY,
+            too_large: false,
         }
     }
 
@@ -293,6 +307,9 @@ impl Translator {
             // ping, and event types added after this was written.
             _ => {}
         }
+        if self.too_large {
+            return Err(crate::upstream::too_large_error(self.buffer_limit));
+        }
         Ok(out)
     }
 
@@ -308,7 +325,11 @@ impl Translator {
         if let Some(Block::Json { args_seen, buffer }) = self.blocks.get_mut(&index) {
             *args_seen = true;
             if let Some(buffer) = buffer {
-                buffer.push_str(fragment);
+                if buffer.len().saturating_add(fragment.len()) > self.buffer_limit {
+                    self.too_large = true;
+                } else {
+                    buffer.push_str(fragment);
+                }
                 return;
             }
         }
@@ -500,6 +521,18 @@ mod tests {
             .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
             .collect();
         assert_eq!(text, "[1]");
+
+        // A wrapped answer is gathered whole before it is unwrapped: bounded.
+        let mut t = Translator::new("m", "c", false, Some(JsonMode { wrapped: true }))
+            .with_buffer_limit(16);
+        for event in [start(), tool(0), frag("{\"values\":")] {
+            t.on_event(&event).unwrap();
+        }
+        let error = t.on_event(&frag("[1, 2, 3]}")).unwrap_err();
+        assert_eq!(
+            error.error_object()["code"],
+            crate::upstream::RESPONSE_TOO_LARGE
+        );
     }
 
     #[tokio::test]

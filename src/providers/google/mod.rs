@@ -88,6 +88,8 @@ pub struct GoogleProvider {
     timeout: Duration,
     first_byte_timeout: Duration,
     chunk_timeout: Duration,
+    /// `max_response_body_mb` in bytes.
+    max_response_body: usize,
     client: UpstreamClient,
     request_options: RequestOptions,
     /// `google_vertex_response_validation`.
@@ -113,6 +115,7 @@ impl GoogleProvider {
             timeout: http.timeout,
             first_byte_timeout: http.first_byte_timeout,
             chunk_timeout: http.chunk_timeout,
+            max_response_body: http.max_response_body,
             client: client.clone(),
             request_options,
             validate,
@@ -285,7 +288,7 @@ impl Provider for GoogleProvider {
             let response = send(sent, self.timeout).await?;
             let response = errors::check_status(response, self.timeout).await?;
             let bytes = response
-                .bytes()
+                .bytes(self.max_response_body)
                 .await
                 .map_err(UpstreamError::into_api_error)?;
             let page: Value = serde_json::from_slice(&bytes)
@@ -324,7 +327,7 @@ impl Provider for GoogleProvider {
         let work = async {
             let response = self.post(&call, false).await?;
             let bytes = response
-                .bytes()
+                .bytes(self.max_response_body)
                 .await
                 .map_err(UpstreamError::into_api_error)?;
             let value: Value = serde_json::from_slice(&bytes).map_err(|e| {

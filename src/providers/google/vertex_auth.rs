@@ -39,7 +39,7 @@ use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::providers::upstream_http::{send_reqwest, transport_error};
+use crate::providers::upstream_http::send_reqwest;
 use crate::secrets::RuntimeSecrets;
 use crate::streaming::unix_now;
 
@@ -292,10 +292,10 @@ pub async fn metadata_project_id(
         .await
         .map_err(|e| failure(e.to_string()))?;
     let status = response.status();
-    let text = response
-        .text()
+    let text = crate::upstream::reqwest_bytes(response, crate::upstream::SMALL_ANSWER_LIMIT)
         .await
-        .map_err(|e| failure(transport_error(e).to_string()))?;
+        .map_err(|e| failure(e.to_string()))?;
+    let text = String::from_utf8_lossy(&text);
     let project = text.trim();
     if !status.is_success() || project.is_empty() {
         return Err(failure(format!("answered {status}")));
@@ -525,15 +525,11 @@ impl TokenSource {
             .await
             .map_err(|e| self.failure(&format!("{what} cannot be reached: {e}")))?;
         let status = response.status();
-        let body = tokio::time::timeout(self.timeout, response.bytes())
+        let read = crate::upstream::reqwest_bytes(response, crate::upstream::SMALL_ANSWER_LIMIT);
+        let body = tokio::time::timeout(self.timeout, read)
             .await
             .map_err(|_| self.failure(&format!("{what} did not answer in time")))?
-            .map_err(|e| {
-                self.failure(&format!(
-                    "reading the answer of {what}: {}",
-                    transport_error(e)
-                ))
-            })?;
+            .map_err(|e| self.failure(&format!("reading the answer of {what}: {e}")))?;
         let value: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         if !status.is_success() {
             return Err(self.failure(&format!(
