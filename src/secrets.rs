@@ -240,7 +240,32 @@ impl Redactor {
         for group in config.settings.groups.values() {
             local.extend(group.api_keys.iter().cloned());
         }
+        local.extend(config.settings.metrics.token.iter().cloned());
         let mut upstream = Vec::new();
+        // The key-check service's own credentials (`[api_key_check.headers]`, e.g.
+        // a service token next to the client key's placeholder) go upstream too.
+        if let Some(Value::Object(headers)) = config
+            .api_key_check
+            .as_ref()
+            .and_then(|spec| spec.kwargs.get("headers"))
+        {
+            for value in headers.values().filter_map(Value::as_str) {
+                let placeholder = config
+                    .api_key_check
+                    .as_ref()
+                    .and_then(|spec| spec.kwargs.get("key_placeholder"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("{api_key}");
+                // The parts around the client key's placeholder are the secret.
+                upstream.extend(
+                    value
+                        .split(placeholder)
+                        .map(str::trim)
+                        .filter(|part| !part.is_empty() && !part.eq_ignore_ascii_case("bearer"))
+                        .map(str::to_owned),
+                );
+            }
+        }
         for spec in config.connections.values() {
             if let ConnectionSpec::Provider(settings) = spec {
                 upstream.extend(settings.api_key.iter().cloned());
@@ -536,6 +561,32 @@ mod tests {
     use super::*;
     use http::StatusCode;
     use serde_json::json;
+
+    #[test]
+    fn the_metrics_token_and_key_check_credentials_are_secrets() {
+        let path = std::path::Path::new("t.toml");
+        let tree = crate::config::parse_text(
+            r#"
+[metrics]
+token = "metrics-token-4e5f"
+[api_key_check]
+class = "lm_proxy.api_key_check.CheckAPIKeyWithRequest"
+url = "http://auth/check"
+[api_key_check.headers]
+Authorization = "Bearer {api_key}"
+X-Service-Token = "service-token-9a8b"
+"#,
+            crate::config::Format::Toml,
+            path,
+        )
+        .unwrap();
+        let config = Config::from_value(tree, path).unwrap();
+        let r = Redactor::from_config(&config);
+        assert_eq!(
+            r.redact_text("metrics-token-4e5f and service-token-9a8b, Bearer stays"),
+            "*** and ***, Bearer stays"
+        );
+    }
 
     #[test]
     fn secrets_are_replaced_everywhere() {
