@@ -591,6 +591,22 @@ async fn errors_before_and_during_a_stream() {
     assert_eq!(last["error"]["message"], "The model is overloaded.");
 }
 
+/// A 200 whose body is not Gemini's JSON is an upstream error (a 502: streamed too,
+/// since the first event is read before the client is answered), never an empty
+/// answer.
+#[tokio::test]
+async fn google_ok_answers_that_are_not_json_are_upstream_errors() {
+    let (_mock, gw) = studio("").await;
+    for stream in [false, true] {
+        let mut request = user("ok-not-json", "x");
+        request["stream"] = json!(stream);
+        let (status, body) = gw.chat_json(KEY, request).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "stream={stream}: {body}");
+        assert_eq!(body["error"]["code"], "upstream_error", "{body}");
+        assert!(body.get("choices").is_none(), "{body}");
+    }
+}
+
 #[tokio::test]
 async fn google_errors_keep_message_and_get_a_sensible_status() {
     let (_mock, gw) = studio("").await;
