@@ -204,18 +204,42 @@ async fn images_system_prompts_and_generation_config_are_translated() {
 async fn bad_inputs_are_400_before_any_upstream_call() {
     let (mock, gw) = studio("").await;
     let cases = [
-        json!({"model": "g", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/photo"}}]}]}),
-        json!({"model": "g", "messages": [{"role": "user", "content": "x"}], "stop": ["1", "2", "3", "4", "5", "6"]}),
-        json!({"model": "g", "messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "function", "function": {"name": "missing"}}, "tools": [{"type": "function", "function": {"name": "f"}}]}),
-        json!({"model": "g", "messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]}),
-        json!({"model": "g", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"$ref": "#/$defs/A", "$defs": {"A": {"properties": {"a": {"$ref": "#/$defs/A"}}}}}}}]}),
-        json!({"model": "../../v1/secrets", "messages": [{"role": "user", "content": "x"}]}),
-        json!({"model": "g", "messages": [{"role": "system", "content": "only a system prompt"}]}),
+        (
+            json!({"model": "g", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/photo"}}]}]}),
+            "messages[0].content[0]",
+        ),
+        (
+            json!({"model": "g", "messages": [{"role": "user", "content": "x"}], "stop": ["1", "2", "3", "4", "5", "6"]}),
+            "stop",
+        ),
+        (
+            json!({"model": "g", "messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "function", "function": {"name": "missing"}}, "tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tool_choice",
+        ),
+        (
+            json!({"model": "g", "messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]}),
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+        (
+            json!({"model": "g", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"$ref": "#/$defs/A", "$defs": {"A": {"properties": {"a": {"$ref": "#/$defs/A"}}}}}}}]}),
+            "tools[0].parameters",
+        ),
+        (
+            json!({"model": "../../v1/secrets", "messages": [{"role": "user", "content": "x"}]}),
+            "model",
+        ),
+        (
+            json!({"model": "g", "messages": [{"role": "system", "content": "only a system prompt"}]}),
+            "messages",
+        ),
     ];
-    for case in cases {
+    // Each names the field at fault, so a case refused for another reason fails.
+    for (case, param) in cases {
         let (status, body) = gw.chat_json(KEY, case.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{case} → {body}");
         assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        assert_eq!(body["error"]["param"], param, "{case} → {body}");
+        assert_eq!(body["error"]["code"], "invalid_value", "{body}");
         assert!(body["error"]["message"].as_str().unwrap().len() > 10);
     }
     assert!(mock.requests().is_empty());
