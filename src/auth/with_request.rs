@@ -467,7 +467,11 @@ mod tests {
             head.starts_with("GET /keys/sk-abc?also={api_key} HTTP/1.1\r\n"),
             "{head}"
         );
-        assert!(head.to_ascii_lowercase().contains("x-key: token sk-abc\r\n"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("x-key: token sk-abc\r\n"),
+            "{head}"
+        );
         // An empty placeholder is refused at startup.
         let args: WithRequestArgs =
             serde_json::from_value(json!({"url": svc.url, "key_placeholder": ""})).unwrap();
@@ -499,12 +503,19 @@ mod tests {
         let group = |grant: Option<KeyGrant>| grant.expect("admitted").group;
         assert_eq!(group(with_field.check("k1").await.unwrap()), "admins");
         assert_eq!(group(with_field.check("k2").await.unwrap()), "basic");
-        assert_eq!(group(with_field.check("k3").await.unwrap()), "basic", "not a string");
+        assert_eq!(
+            group(with_field.check("k3").await.unwrap()),
+            "basic",
+            "not a string"
+        );
         // Without user info, every valid key is in the default group.
         let svc = service(|_| Some((204, ""))).await;
         let plain = check(json!({"url": svc.url, "default_group": "basic"}));
         let grant = plain.check("k").await.unwrap().expect("admitted");
-        assert_eq!((grant.group.as_str(), &grant.user_info), ("basic", &Value::Null));
+        assert_eq!(
+            (grant.group.as_str(), &grant.user_info),
+            ("basic", &Value::Null)
+        );
     }
 
     #[tokio::test]
@@ -543,8 +554,14 @@ mod tests {
         .await;
         let check = check(json!({"url": svc.url, "use_cache": true, "cache_ttl": 600}));
         assert!(check.check("k").await.unwrap().is_none(), "cut: rejected");
-        assert!(check.check("k").await.unwrap().is_some(), "asked again, admitted");
-        assert!(check.check("k").await.unwrap().is_some(), "now from the cache");
+        assert!(
+            check.check("k").await.unwrap().is_some(),
+            "asked again, admitted"
+        );
+        assert!(
+            check.check("k").await.unwrap().is_some(),
+            "now from the cache"
+        );
         assert_eq!(svc.calls.load(Ordering::SeqCst), 2);
         // A refusal (401) for another key is cached.
         assert!(check.check("other").await.unwrap().is_none());

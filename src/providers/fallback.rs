@@ -228,7 +228,10 @@ mod tests {
     }
 
     fn calls(fakes: &[Arc<Fake>]) -> Vec<usize> {
-        fakes.iter().map(|f| f.calls.load(Ordering::SeqCst)).collect()
+        fakes
+            .iter()
+            .map(|f| f.calls.load(Ordering::SeqCst))
+            .collect()
     }
 
     async fn collect(stream: PayloadStream) -> Vec<Value> {

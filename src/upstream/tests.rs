@@ -368,9 +368,7 @@ async fn a_request_written_upstream_is_never_sent_twice() {
                 let mut buffer = Vec::new();
                 let mut served = 0;
                 while let Some((_, body)) = read_request(&mut socket, &mut buffer).await {
-                    seen.lock()
-                        .unwrap()
-                        .push(String::from_utf8(body).unwrap());
+                    seen.lock().unwrap().push(String::from_utf8(body).unwrap());
                     served += 1;
                     if served == 2 {
                         return; // drops the socket: read, never answered
@@ -394,7 +392,11 @@ async fn a_request_written_upstream_is_never_sent_twice() {
         ["first", "second"],
         "the upstream got the second request exactly once"
     );
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "no new connection for a resend");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "no new connection for a resend"
+    );
     // The pool is not stuck: the next request gets a new connection.
     assert_eq!(post_text(&target, "third").await.unwrap(), "{\"n\":1}");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);

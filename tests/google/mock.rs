@@ -375,8 +375,16 @@ fn answer(candidates: Value, usage_metadata: Value) -> Value {
 fn scenario(model: &str, _body: &Value, stream: bool) -> Response {
     // A 200 that is not Gemini's JSON (a captive portal, a proxy's page).
     if model == "ok-not-json" {
-        let content_type = if stream { "text/event-stream" } else { "application/json" };
-        let body = if stream { "data: <html>proxy page</html>\n\n" } else { "<html>proxy page</html>" };
+        let content_type = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let body = if stream {
+            "data: <html>proxy page</html>\n\n"
+        } else {
+            "<html>proxy page</html>"
+        };
         return (StatusCode::OK, [("content-type", content_type)], body).into_response();
     }
     if let Some(code) = model.strip_prefix("error-") {
