@@ -234,8 +234,9 @@ def test_signal_after_requests_on_a_kept_alive_connection(
     SIGTERM always stops the server promptly (a signal must never get lost)."""
     config = tmp_path / "config.toml"
     config.write_text(
-        CONFIG.replace('inference_func = "slow_stream.slow"', 'inference_func = "echo.answer"')
-        .replace("shutdown_grace_seconds = 1", IDLE_GRACE)
+        CONFIG.replace(
+            'inference_func = "slow_stream.slow"', 'inference_func = "echo.answer"'
+        ).replace("shutdown_grace_seconds = 1", IDLE_GRACE)
     )
     (tmp_path / "echo.py").write_text("async def answer(messages, **params):\n    return 'ok'\n")
     for round_ in range(6):

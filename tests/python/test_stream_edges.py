@@ -119,7 +119,7 @@ def test_the_callback_raises_once_the_client_has_left(
                 callback("tick ")
                 time.sleep(0.01)
             return "never"
-        except Exception as e:  # noqa: BLE001 - what the callback raised is the point
+        except Exception as e:  # what the callback raised is the point
             raised.append(e)
             return "stopped"
         finally:
@@ -140,9 +140,7 @@ def test_the_callback_raises_once_the_client_has_left(
         finally:
             done.set()
 
-    server = serve_config(
-        config_with(async_pieces if asynchronous else sync_pieces), debug=False
-    )
+    server = serve_config(config_with(async_pieces if asynchronous else sync_pieces), debug=False)
     read_first_piece_and_leave(server.url)
     wait_until(done.is_set, "the function stopped")
     assert len(raised) == 1, raised
@@ -198,9 +196,9 @@ def test_a_key_check_naming_an_unconfigured_group_gets_nothing(serve_config: Any
         return {"good": "default", "ghost": "ghosts"}.get(api_key)
 
     server = serve_config(
-        config_with(lambda messages, **params: "ok", api_key_check=check, groups={
-            "default": Group()
-        }),
+        config_with(
+            lambda messages, **params: "ok", api_key_check=check, groups={"default": Group()}
+        ),
         debug=False,
     )
     assert (
