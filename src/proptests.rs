@@ -452,3 +452,122 @@ fn mixed_requests_pass_validation_often_enough_to_test_the_translators() {
     assert!(passed * 3 >= cases as usize, "only {passed} of {cases}");
     assert!(passed < cases as usize, "validation refused nothing");
 }
+
+/// A config that loads, and the keys (path, and the name a `ConfigError` gives it)
+/// that the test below sets to other values.
+fn base_config() -> Value {
+    json!({
+        "host": "127.0.0.1", "port": 8000, "api_prefix": "/v1", "enabled": true,
+        "max_request_body_mb": 4, "shutdown_grace_seconds": 5, "model_listing_mode": "as_is",
+        "connections": {
+            "m": {"api_type": "mock"},
+            "up": {"api_type": "open_ai", "api_base": "http://127.0.0.1:9/v1",
+                   "api_key": "sk-prop-SECRET-1", "timeout": 5},
+        },
+        "routing": {"*": "up.*", "mock-*": "m.*"},
+        "groups": {"default": {"api_keys": ["client-prop-SECRET-2"], "allowed_connections": "*"}},
+    })
+}
+
+const CONFIG_KEYS: &[(&[&str], &str)] = &[
+    (&["host"], "host"),
+    (&["port"], "port"),
+    (&["api_prefix"], "api_prefix"),
+    (&["enabled"], "enabled"),
+    (&["max_request_body_mb"], "max_request_body_mb"),
+    (&["shutdown_grace_seconds"], "shutdown_grace_seconds"),
+    (&["model_listing_mode"], "model_listing_mode"),
+    (&["trusted_proxies"], "trusted_proxies"),
+    (&["metrics"], "metrics"),
+    (&["connections", "m"], "connections.m"),
+    (
+        &["connections", "up", "api_type"],
+        "connections.up.api_type",
+    ),
+    (
+        &["connections", "up", "api_base"],
+        "connections.up.api_base",
+    ),
+    (&["connections", "up", "api_key"], "connections.up.api_key"),
+    (&["connections", "up", "timeout"], "connections.up.timeout"),
+    (&["connections", "up", "model"], "connections.up.model"),
+    (&["routing"], "routing"),
+    (&["routing", "*"], "routing.\"*\""),
+    (&["groups", "default"], "groups.default"),
+    (
+        &["groups", "default", "api_keys"],
+        "groups.default.api_keys",
+    ),
+    (
+        &["groups", "default", "allowed_connections"],
+        "groups.default.allowed_connections",
+    ),
+];
+
+/// Values of the shapes config keys take, right and wrong, and anything else.
+fn arb_config_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        2 => prop_oneof![Just(-1i64), Just(0), Just(1), Just(8080), Just(70000)].prop_map(|n| json!(n)),
+        1 => prop_oneof![Just(0.5f64), Just(-2.5), Just(1e9)].prop_map(|f| json!(f)),
+        1 => any::<bool>().prop_map(Value::Bool),
+        3 => prop_oneof![
+            Just(""), Just(" "), Just("m"), Just("up.*"), Just("m.*"), Just("nope.*"), Just("*"),
+            Just("m, up"), Just("/api"), Just("/a?b"), Just("http://127.0.0.1:1/v1"), Just("ftp://x"),
+            Just("mock"), Just("open_ai"), Just("as_is"), Just("10.0.0.0/8"), Just("5"), Just("yes"),
+        ].prop_map(|s| json!(s)),
+        1 => prop::collection::vec(prop_oneof![Just("k1"), Just("m"), Just(""), Just("10.0.0.1")], 0..3)
+            .prop_map(|v| json!(v)),
+        1 => Just(json!({"api_type": "mock"})),
+        1 => Just(json!({})),
+        2 => arb_json(),
+    ]
+}
+
+/// Config keys set to values right and wrong: each tree either loads or is refused
+/// with a `ConfigError` naming that key (or a key inside it), and never with a
+/// secret of the config in the message. Both outcomes occur in a good share.
+#[test]
+fn config_keys_with_wrong_values_are_refused_naming_the_key() {
+    let loaded = std::sync::atomic::AtomicUsize::new(0);
+    let refused = std::sync::atomic::AtomicUsize::new(0);
+    let cases = 512;
+    let strategy = (0..CONFIG_KEYS.len(), arb_config_value());
+    runner(cases)
+        .run(&strategy, |(which, value)| {
+            let (path, key) = CONFIG_KEYS[which];
+            let mut tree = base_config();
+            let (last, parents) = path.split_last().unwrap();
+            let mut node = &mut tree;
+            for part in parents {
+                node = &mut node[*part];
+            }
+            node[*last] = value.clone();
+            match crate::config::Config::from_value(tree, std::path::Path::new("prop.toml")) {
+                Ok(_) => {
+                    loaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => {
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let named = e.key == key
+                        || e.key.starts_with(&format!("{key}."))
+                        || e.key.starts_with(&format!("{key}["));
+                    prop_assert!(
+                        named,
+                        "{} = {}: refused naming {:?}: {}",
+                        key,
+                        value,
+                        e.key,
+                        e
+                    );
+                    let text = e.to_string();
+                    prop_assert!(!text.contains("SECRET"), "{} = {}: {}", key, value, text);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (loaded, refused) = (loaded.into_inner(), refused.into_inner());
+    eprintln!("{loaded} loaded, {refused} refused of {cases}");
+    assert!(loaded * 10 >= cases as usize, "only {loaded} loaded");
+    assert!(refused * 5 >= cases as usize, "only {refused} refused");
+}

@@ -605,13 +605,21 @@ pub fn deserialize_at<T: DeserializeOwned>(
     path: &Path,
 ) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(tree).map_err(|err| {
-        let inner = err.path().to_string();
+        // Segment by segment, quoted as every other config error quotes keys
+        // (`routing."gpt-*"`, not `routing.gpt-*`), so one key has one name.
         let mut key = prefix.to_owned();
-        if inner != "." && !inner.is_empty() {
-            if !key.is_empty() {
-                key.push('.');
+        for segment in err.path().iter() {
+            match segment {
+                serde_path_to_error::Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+                serde_path_to_error::Segment::Map { key: name }
+                | serde_path_to_error::Segment::Enum { variant: name } => push_key(&mut key, name),
+                serde_path_to_error::Segment::Unknown => {
+                    if !key.is_empty() {
+                        key.push('.');
+                    }
+                    key.push('?');
+                }
             }
-            key.push_str(&inner);
         }
         let problem = err.into_inner().to_string();
         let problem = if may_quote_a_secret(&key, &problem) {
