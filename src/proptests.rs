@@ -106,10 +106,9 @@ fn arb_message() -> impl Strategy<Value = Value> {
     )
 }
 
-fn arb_request() -> impl Strategy<Value = Map<String, Value>> {
-    let tool =
-        "[a-z_]{1,8}".prop_map(|name| json!({"type": "function", "function": {"name": name}}));
-    let extras = prop::collection::vec(
+/// Request fields with arbitrary values (most of them invalid).
+fn arb_extras() -> impl Strategy<Value = Vec<(&'static str, Value)>> {
+    prop::collection::vec(
         (
             prop_oneof![
                 Just("n"),
@@ -131,11 +130,16 @@ fn arb_request() -> impl Strategy<Value = Map<String, Value>> {
             arb_json(),
         ),
         0..5,
-    );
+    )
+}
+
+fn arb_request() -> impl Strategy<Value = Map<String, Value>> {
+    let tool =
+        "[a-z_]{1,8}".prop_map(|name| json!({"type": "function", "function": {"name": name}}));
     (
         prop::collection::vec(arb_message(), 1..6),
         prop::option::of(prop::collection::vec(tool, 0..3)),
-        extras,
+        arb_extras(),
     )
         .prop_map(|(messages, tools, extras)| {
             let mut request = Map::new();
@@ -219,7 +223,7 @@ proptest! {
     /// Validation never panics, and whatever it lets through, both translators either
     /// translate or refuse with a client error: never a panic, never a 5xx.
     #[test]
-    fn translators_never_fail_on_validated_requests(request in arb_request()) {
+    fn translators_never_fail_on_validated_requests(request in arb_mixed_request()) {
         if validate_request(&request).is_ok() {
             let call = call_of(&request);
             match crate::providers::anthropic::request::translate("m", &call.params, 1024) {
@@ -250,4 +254,320 @@ proptest! {
             let _ = crate::config::parse_text(&text, format, std::path::Path::new("fuzz"));
         }
     }
+}
+
+/// Requests made to pass validation: an optional system prompt, user/assistant
+/// turns of plain text, tools with distinct names and, optionally, one call of the
+/// first tool with its result. Every text is unique (numbered), so each can be found
+/// in a translation.
+fn arb_valid_request() -> impl Strategy<Value = Map<String, Value>> {
+    let text = "[a-z]{1,8}( [a-z]{1,8}){0,3}";
+    (
+        prop::option::of(text),
+        prop::collection::vec((text, text), 1..4),
+        text,
+        prop::collection::btree_set("[a-z][a-z_]{0,7}", 0..4),
+        any::<bool>(),
+        any::<bool>(),
+    )
+        .prop_map(|(system, turns, last, tools, call_a_tool, parts)| {
+            let mut n = 0;
+            let mut unique = |t: &str| {
+                n += 1;
+                format!("{t} #{n}")
+            };
+            let content = |t: String| {
+                if parts {
+                    json!([{"type": "text", "text": t}])
+                } else {
+                    json!(t)
+                }
+            };
+            let mut messages = Vec::new();
+            if let Some(system) = system {
+                messages.push(json!({"role": "system", "content": unique(&system)}));
+            }
+            for (user, assistant) in turns {
+                messages.push(json!({"role": "user", "content": content(unique(&user))}));
+                messages.push(json!({"role": "assistant", "content": unique(&assistant)}));
+            }
+            let tools: Vec<String> = tools.into_iter().map(|t| format!("tool_{t}")).collect();
+            if let (true, Some(first)) = (call_a_tool, tools.first()) {
+                let arguments = json!({"q": unique("argument")}).to_string();
+                messages.push(json!({"role": "user", "content": unique("use the tool")}));
+                messages.push(json!({"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "call_1", "type": "function", "function": {"name": first, "arguments": arguments}}
+                ]}));
+                messages.push(json!({"role": "tool", "tool_call_id": "call_1", "content": unique("tool result")}));
+            }
+            messages.push(json!({"role": "user", "content": content(unique(&last))}));
+            let mut request = Map::new();
+            request.insert("model".into(), json!("m"));
+            request.insert("messages".into(), Value::Array(messages));
+            if !tools.is_empty() {
+                let tools: Vec<Value> = tools
+                    .iter()
+                    .map(|name| json!({"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {"q": {"type": "string"}}}}}))
+                    .collect();
+                request.insert("tools".into(), Value::Array(tools));
+            }
+            request
+        })
+}
+
+/// Every string leaf of a JSON tree (object keys excluded).
+fn strings_in(value: &Value, out: &mut Vec<String>) {
+    match value {
+        Value::String(s) => out.push(s.clone()),
+        Value::Array(items) => items.iter().for_each(|v| strings_in(v, out)),
+        Value::Object(map) => map.values().for_each(|v| strings_in(v, out)),
+        _ => {}
+    }
+}
+
+/// The texts (message contents, tool call arguments) and tool names a translation
+/// must carry over, one by one.
+fn expected_strings(request: &Map<String, Value>) -> (Vec<String>, Vec<String>) {
+    let mut texts = Vec::new();
+    for message in request["messages"].as_array().unwrap() {
+        match &message["content"] {
+            Value::String(s) => texts.push(s.clone()),
+            Value::Array(parts) => texts.extend(
+                parts
+                    .iter()
+                    .filter_map(|p| p["text"].as_str().map(str::to_owned)),
+            ),
+            _ => {}
+        }
+        for call in message["tool_calls"].as_array().into_iter().flatten() {
+            let arguments: Value =
+                serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+            texts.push(arguments["q"].as_str().unwrap().to_owned());
+        }
+    }
+    let tools = request
+        .get("tools")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|t| t["function"]["name"].as_str().unwrap().to_owned())
+        .collect();
+    (texts, tools)
+}
+
+/// A runner with a fixed seed, so that the shares counted below are the same on
+/// every run.
+fn runner(cases: u32) -> proptest::test_runner::TestRunner {
+    use proptest::test_runner::{RngAlgorithm, TestRng, TestRunner};
+    TestRunner::new_with_rng(
+        ProptestConfig {
+            cases,
+            failure_persistence: None,
+            ..ProptestConfig::default()
+        },
+        TestRng::deterministic_rng(RngAlgorithm::ChaCha),
+    )
+}
+
+/// What goes in comes out: for requests that pass validation (all of these), both
+/// translators succeed and every text and every tool reaches the upstream body.
+#[test]
+fn translations_carry_every_message_and_tool_to_the_upstream_body() {
+    let translated = std::sync::atomic::AtomicUsize::new(0);
+    let with_tools = std::sync::atomic::AtomicUsize::new(0);
+    runner(256)
+        .run(&arb_valid_request(), |request| {
+            validate_request(&request)
+                .map_err(|e| TestCaseError::fail(format!("not valid: {e:?}")))?;
+            let call = call_of(&request);
+            let (texts, tools) = expected_strings(&request);
+            let anthropic =
+                crate::providers::anthropic::request::translate("m", &call.params, 1024)
+                    .map_err(|e| TestCaseError::fail(format!("anthropic: {e:?}")))?;
+            let gemini =
+                crate::providers::google::request::build_request(&call, &Default::default())
+                    .map_err(|e| TestCaseError::fail(format!("gemini: {e:?}")))?;
+            for (name, body) in [
+                ("anthropic", Value::Object(anthropic.body)),
+                ("gemini", Value::Object(gemini)),
+            ] {
+                let mut found = Vec::new();
+                strings_in(&body, &mut found);
+                for text in texts.iter().chain(&tools) {
+                    prop_assert!(
+                        found.contains(text),
+                        "{}: {:?} missing from {}",
+                        name,
+                        text,
+                        body
+                    );
+                }
+            }
+            translated.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            if !tools.is_empty() {
+                with_tools.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (translated, with_tools) = (translated.into_inner(), with_tools.into_inner());
+    assert_eq!(translated, 256);
+    assert!(with_tools > 64, "{with_tools} of 256 cases had tools");
+}
+
+/// What `translators_never_fail_on_validated_requests` feeds the translators: fully
+/// arbitrary requests (which pass validation only about 4 % of the time), valid
+/// ones, and valid ones with arbitrary extra fields.
+fn arb_mixed_request() -> impl Strategy<Value = Map<String, Value>> {
+    prop_oneof![
+        arb_request(),
+        arb_valid_request(),
+        (arb_valid_request(), arb_extras()).prop_map(|(mut request, extras)| {
+            for (key, value) in extras {
+                request.insert(key.into(), value);
+            }
+            request
+        }),
+    ]
+}
+
+/// The requests of `translators_never_fail_on_validated_requests` reach the
+/// translators in a known share of cases (else that test would prove little), and
+/// validation still refuses some.
+#[test]
+fn mixed_requests_pass_validation_often_enough_to_test_the_translators() {
+    let passed = std::sync::atomic::AtomicUsize::new(0);
+    let cases = 512;
+    runner(cases)
+        .run(&arb_mixed_request(), |request| {
+            if validate_request(&request).is_ok() {
+                passed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Ok(())
+        })
+        .unwrap();
+    let passed = passed.into_inner();
+    eprintln!("{passed} of {cases} mixed requests passed validation");
+    // About half: every valid request, some of those with extras, a few arbitrary.
+    assert!(passed * 3 >= cases as usize, "only {passed} of {cases}");
+    assert!(passed < cases as usize, "validation refused nothing");
+}
+
+/// A config that loads, and the keys (path, and the name a `ConfigError` gives it)
+/// that the test below sets to other values.
+fn base_config() -> Value {
+    json!({
+        "host": "127.0.0.1", "port": 8000, "api_prefix": "/v1", "enabled": true,
+        "max_request_body_mb": 4, "shutdown_grace_seconds": 5, "model_listing_mode": "as_is",
+        "connections": {
+            "m": {"api_type": "mock"},
+            "up": {"api_type": "open_ai", "api_base": "http://127.0.0.1:9/v1",
+                   "api_key": "sk-prop-SECRET-1", "timeout": 5},
+        },
+        "routing": {"*": "up.*", "mock-*": "m.*"},
+        "groups": {"default": {"api_keys": ["client-prop-SECRET-2"], "allowed_connections": "*"}},
+    })
+}
+
+const CONFIG_KEYS: &[(&[&str], &str)] = &[
+    (&["host"], "host"),
+    (&["port"], "port"),
+    (&["api_prefix"], "api_prefix"),
+    (&["enabled"], "enabled"),
+    (&["max_request_body_mb"], "max_request_body_mb"),
+    (&["shutdown_grace_seconds"], "shutdown_grace_seconds"),
+    (&["model_listing_mode"], "model_listing_mode"),
+    (&["trusted_proxies"], "trusted_proxies"),
+    (&["metrics"], "metrics"),
+    (&["connections", "m"], "connections.m"),
+    (
+        &["connections", "up", "api_type"],
+        "connections.up.api_type",
+    ),
+    (
+        &["connections", "up", "api_base"],
+        "connections.up.api_base",
+    ),
+    (&["connections", "up", "api_key"], "connections.up.api_key"),
+    (&["connections", "up", "timeout"], "connections.up.timeout"),
+    (&["connections", "up", "model"], "connections.up.model"),
+    (&["routing"], "routing"),
+    (&["routing", "*"], "routing.\"*\""),
+    (&["groups", "default"], "groups.default"),
+    (
+        &["groups", "default", "api_keys"],
+        "groups.default.api_keys",
+    ),
+    (
+        &["groups", "default", "allowed_connections"],
+        "groups.default.allowed_connections",
+    ),
+];
+
+/// Values of the shapes config keys take, right and wrong, and anything else.
+fn arb_config_value() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        2 => prop_oneof![Just(-1i64), Just(0), Just(1), Just(8080), Just(70000)].prop_map(|n| json!(n)),
+        1 => prop_oneof![Just(0.5f64), Just(-2.5), Just(1e9)].prop_map(|f| json!(f)),
+        1 => any::<bool>().prop_map(Value::Bool),
+        3 => prop_oneof![
+            Just(""), Just(" "), Just("m"), Just("up.*"), Just("m.*"), Just("nope.*"), Just("*"),
+            Just("m, up"), Just("/api"), Just("/a?b"), Just("http://127.0.0.1:1/v1"), Just("ftp://x"),
+            Just("mock"), Just("open_ai"), Just("as_is"), Just("10.0.0.0/8"), Just("5"), Just("yes"),
+        ].prop_map(|s| json!(s)),
+        1 => prop::collection::vec(prop_oneof![Just("k1"), Just("m"), Just(""), Just("10.0.0.1")], 0..3)
+            .prop_map(|v| json!(v)),
+        1 => Just(json!({"api_type": "mock"})),
+        1 => Just(json!({})),
+        2 => arb_json(),
+    ]
+}
+
+/// Config keys set to values right and wrong: each tree either loads or is refused
+/// with a `ConfigError` naming that key (or a key inside it), and never with a
+/// secret of the config in the message. Both outcomes occur in a good share.
+#[test]
+fn config_keys_with_wrong_values_are_refused_naming_the_key() {
+    let loaded = std::sync::atomic::AtomicUsize::new(0);
+    let refused = std::sync::atomic::AtomicUsize::new(0);
+    let cases = 512;
+    let strategy = (0..CONFIG_KEYS.len(), arb_config_value());
+    runner(cases)
+        .run(&strategy, |(which, value)| {
+            let (path, key) = CONFIG_KEYS[which];
+            let mut tree = base_config();
+            let (last, parents) = path.split_last().unwrap();
+            let mut node = &mut tree;
+            for part in parents {
+                node = &mut node[*part];
+            }
+            node[*last] = value.clone();
+            match crate::config::Config::from_value(tree, std::path::Path::new("prop.toml")) {
+                Ok(_) => {
+                    loaded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+                Err(e) => {
+                    refused.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let named = e.key == key
+                        || e.key.starts_with(&format!("{key}."))
+                        || e.key.starts_with(&format!("{key}["));
+                    prop_assert!(
+                        named,
+                        "{} = {}: refused naming {:?}: {}",
+                        key,
+                        value,
+                        e.key,
+                        e
+                    );
+                    let text = e.to_string();
+                    prop_assert!(!text.contains("SECRET"), "{} = {}: {}", key, value, text);
+                }
+            }
+            Ok(())
+        })
+        .unwrap();
+    let (loaded, refused) = (loaded.into_inner(), refused.into_inner());
+    eprintln!("{loaded} loaded, {refused} refused of {cases}");
+    assert!(loaded * 10 >= cases as usize, "only {loaded} loaded");
+    assert!(refused * 5 >= cases as usize, "only {refused} refused");
 }

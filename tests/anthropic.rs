@@ -121,6 +121,14 @@ mod mock {
                 ),
             ],
             "noargs" => vec![tool("toolu_01C", "get_time", json!({}), &[])],
+            // The whole input in content_block_start, no input_json_delta (some
+            // Anthropic-compatible servers).
+            "early-input" => vec![tool(
+                "toolu_01E",
+                "get_weather",
+                json!({"city": "Oslo", "days": 2}),
+                &[],
+            )],
             "json" => vec![tool(
                 "toolu_01J",
                 "json_tool_call",
@@ -147,7 +155,7 @@ mod mock {
             return reason.to_owned();
         }
         match scenario {
-            "tools" | "noargs" | "json" => "tool_use".into(),
+            "tools" | "noargs" | "json" | "early-input" => "tool_use".into(),
             _ => "end_turn".into(),
         }
     }
@@ -201,7 +209,18 @@ mod mock {
             }
             "status-500" => return anthropic_error(500, "api_error", "Internal server error"),
             "status-529" => return anthropic_error(529, "overloaded_error", "Overloaded"),
-            "slow" => tokio::time::sleep(Duration::from_secs(3)).await,
+            "slow" => tokio::time::sleep(Duration::from_secs(60)).await,
+            // 200 answers that are not a message.
+            "ok-not-json" => return (StatusCode::OK, "<html>upstream proxy page</html>").into_response(),
+            "ok-no-content" => {
+                return axum::Json(json!({"id": "msg_x", "type": "message", "role": "assistant", "model": model, "stop_reason": "end_turn"})).into_response()
+            }
+            "ok-error-body" => {
+                return axum::Json(json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded right now"}})).into_response()
+            }
+            "ok-error-body-other" => {
+                return axum::Json(json!({"type": "error", "error": {"type": "not_found_error", "message": "model: gone"}})).into_response()
+            }
             _ => {}
         }
         let id = format!("msg_{scenario}_{k}");
@@ -236,6 +255,7 @@ mod mock {
             match block["type"].as_str().unwrap() {
                 "text" => start["text"] = json!(""),
                 "thinking" => start["thinking"] = json!(""),
+                _ if scenario == "early-input" => {}
                 _ => start["input"] = json!({}),
             }
             events.push(event(
@@ -1053,5 +1073,55 @@ async fn timeout_applies_to_anthropic_calls() {
     let (status, body) = gw.chat_json("client-key", user("tuned-slow", "x")).await;
     assert_eq!(status, StatusCode::GATEWAY_TIMEOUT);
     assert_eq!(body["error"]["code"], "upstream_timeout");
-    assert!(started.elapsed() < std::time::Duration::from_millis(2500));
+    // The mock answers after 60 s; the connection's 1 s timeout cut it short.
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+}
+
+/// 200 answers that are not an Anthropic message: each is an upstream failure with
+/// its own status and code, never a 200 with an empty or made-up completion.
+#[tokio::test]
+async fn ok_answers_that_are_not_a_message_are_upstream_errors() {
+    let (_upstream, gw) = setup().await;
+    for (model, status, code, message) in [
+        ("ok-not-json", 502, json!("upstream_error"), None),
+        ("ok-no-content", 502, json!("upstream_error"), None),
+        (
+            "ok-error-body",
+            503,
+            json!("overloaded"),
+            Some("Overloaded right now"),
+        ),
+        (
+            "ok-error-body-other",
+            502,
+            json!("model_not_found"),
+            Some("model: gone"),
+        ),
+    ] {
+        let (got, body) = gw.chat_json("client-key", user(model, "x")).await;
+        assert_eq!(got.as_u16(), status, "{model}: {body}");
+        assert_eq!(body["error"]["code"], code, "{model}: {body}");
+        if let Some(message) = message {
+            assert_eq!(body["error"]["message"], message, "{model}: {body}");
+        }
+        assert!(body.get("choices").is_none(), "{model}: {body}");
+    }
+}
+
+#[tokio::test]
+async fn tool_input_given_whole_at_the_block_start_is_streamed_as_its_arguments() {
+    let (_upstream, gw) = setup().await;
+    let (status, chunks, done) = stream(&gw, user("early-input", "weather?")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(done);
+    let calls = tool_deltas(&chunks);
+    assert_eq!(calls.len(), 1, "{chunks:?}");
+    let (id, name, fragments) = &calls[&0];
+    assert_eq!((id.as_str(), name.as_str()), ("toolu_01E", "get_weather"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&fragments.concat()).unwrap(),
+        json!({"city": "Oslo", "days": 2}),
+        "{fragments:?}"
+    );
+    assert_eq!(finish_of(&chunks, 0), ["tool_calls"]);
 }

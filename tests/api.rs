@@ -349,37 +349,57 @@ async fn allow_all_key_check_accepts_any_key_into_its_group() {
 #[tokio::test]
 async fn bad_input_is_400_in_the_openai_envelope() {
     let gw = TestGateway::start(BASE).await;
-    let cases: Vec<(&str, Option<&str>)> = vec![
-        ("", Some("application/json")),
-        ("{not json", Some("application/json")),
-        ("[1,2]", Some("application/json")),
+    // Each with what names the reason: its `param`, its `code`, or (where the answer
+    // has neither) a phrase of its message.
+    let cases: Vec<(&str, Option<&str>, (&str, &str))> = vec![
+        ("", Some("application/json"), ("message", "empty")),
+        (
+            "{not json",
+            Some("application/json"),
+            ("code", "invalid_json"),
+        ),
+        (
+            "[1,2]",
+            Some("application/json"),
+            ("message", "JSON object"),
+        ),
         (
             r#"{"messages": [{"role": "user", "content": "x"}]}"#,
             Some("application/json"),
+            ("param", "model"),
         ),
         (
             r#"{"model": 5, "messages": [{"role": "user", "content": "x"}]}"#,
             Some("application/json"),
+            ("param", "model"),
         ),
-        (r#"{"model": "gpt-4o"}"#, Some("application/json")),
+        (
+            r#"{"model": "gpt-4o"}"#,
+            Some("application/json"),
+            ("param", "messages"),
+        ),
         (
             r#"{"model": "gpt-4o", "messages": "hi"}"#,
             Some("application/json"),
+            ("param", "messages"),
         ),
         (
             r#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}], "stream": 1}"#,
             Some("application/json"),
+            ("param", "stream"),
         ),
         (
             r#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}"#,
             Some("text/plain"),
+            ("code", "invalid_content_type"),
         ),
         (
             r#"{"model": "gpt-4o", "messages": [{"role": "user", "content": "x"}]}"#,
             Some("application/x-www-form-urlencoded"),
+            ("code", "invalid_content_type"),
         ),
     ];
-    for (body, content_type) in cases {
+    for (body, content_type, (field, reason)) in cases {
         let mut request = gw
             .client
             .post(gw.url("/v1/chat/completions"))
@@ -396,6 +416,13 @@ async fn bad_input_is_400_in_the_openai_envelope() {
         );
         let value: Value = response.json().await.unwrap();
         assert_eq!(value["error"]["type"], "invalid_request_error", "{body}");
+        let named = match field {
+            "message" => value["error"]["message"]
+                .as_str()
+                .is_some_and(|m| m.contains(reason)),
+            _ => value["error"][field] == reason,
+        };
+        assert!(named, "body {body:?}: expected {field} {reason:?}: {value}");
         assert!(value["error"]["message"]
             .as_str()
             .is_some_and(|m| !m.is_empty()));

@@ -204,18 +204,42 @@ async fn images_system_prompts_and_generation_config_are_translated() {
 async fn bad_inputs_are_400_before_any_upstream_call() {
     let (mock, gw) = studio("").await;
     let cases = [
-        json!({"model": "g", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/photo"}}]}]}),
-        json!({"model": "g", "messages": [{"role": "user", "content": "x"}], "stop": ["1", "2", "3", "4", "5", "6"]}),
-        json!({"model": "g", "messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "function", "function": {"name": "missing"}}, "tools": [{"type": "function", "function": {"name": "f"}}]}),
-        json!({"model": "g", "messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]}),
-        json!({"model": "g", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"$ref": "#/$defs/A", "$defs": {"A": {"properties": {"a": {"$ref": "#/$defs/A"}}}}}}}]}),
-        json!({"model": "../../v1/secrets", "messages": [{"role": "user", "content": "x"}]}),
-        json!({"model": "g", "messages": [{"role": "system", "content": "only a system prompt"}]}),
+        (
+            json!({"model": "g", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "https://example.com/photo"}}]}]}),
+            "messages[0].content[0]",
+        ),
+        (
+            json!({"model": "g", "messages": [{"role": "user", "content": "x"}], "stop": ["1", "2", "3", "4", "5", "6"]}),
+            "stop",
+        ),
+        (
+            json!({"model": "g", "messages": [{"role": "user", "content": "x"}], "tool_choice": {"type": "function", "function": {"name": "missing"}}, "tools": [{"type": "function", "function": {"name": "f"}}]}),
+            "tool_choice",
+        ),
+        (
+            json!({"model": "g", "messages": [{"role": "assistant", "tool_calls": [{"id": "c", "type": "function", "function": {"name": "f", "arguments": "{oops"}}]}]}),
+            "messages[0].tool_calls[0].function.arguments",
+        ),
+        (
+            json!({"model": "g", "messages": [{"role": "user", "content": "x"}], "tools": [{"type": "function", "function": {"name": "f", "parameters": {"$ref": "#/$defs/A", "$defs": {"A": {"properties": {"a": {"$ref": "#/$defs/A"}}}}}}}]}),
+            "tools[0].parameters",
+        ),
+        (
+            json!({"model": "../../v1/secrets", "messages": [{"role": "user", "content": "x"}]}),
+            "model",
+        ),
+        (
+            json!({"model": "g", "messages": [{"role": "system", "content": "only a system prompt"}]}),
+            "messages",
+        ),
     ];
-    for case in cases {
+    // Each names the field at fault, so a case refused for another reason fails.
+    for (case, param) in cases {
         let (status, body) = gw.chat_json(KEY, case.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{case} → {body}");
         assert_eq!(body["error"]["type"], "invalid_request_error", "{body}");
+        assert_eq!(body["error"]["param"], param, "{case} → {body}");
+        assert_eq!(body["error"]["code"], "invalid_value", "{body}");
         assert!(body["error"]["message"].as_str().unwrap().len() > 10);
     }
     assert!(mock.requests().is_empty());
@@ -591,6 +615,22 @@ async fn errors_before_and_during_a_stream() {
     assert_eq!(last["error"]["message"], "The model is overloaded.");
 }
 
+/// A 200 whose body is not Gemini's JSON is an upstream error (a 502: streamed too,
+/// since the first event is read before the client is answered), never an empty
+/// answer.
+#[tokio::test]
+async fn google_ok_answers_that_are_not_json_are_upstream_errors() {
+    let (_mock, gw) = studio("").await;
+    for stream in [false, true] {
+        let mut request = user("ok-not-json", "x");
+        request["stream"] = json!(stream);
+        let (status, body) = gw.chat_json(KEY, request).await;
+        assert_eq!(status, StatusCode::BAD_GATEWAY, "stream={stream}: {body}");
+        assert_eq!(body["error"]["code"], "upstream_error", "{body}");
+        assert!(body.get("choices").is_none(), "{body}");
+    }
+}
+
 #[tokio::test]
 async fn google_errors_keep_message_and_get_a_sensible_status() {
     let (_mock, gw) = studio("").await;
@@ -690,6 +730,8 @@ fn startup_error(toml_text: &str) -> String {
 
 #[test]
 fn unknown_or_conflicting_keys_stop_startup_with_the_key_named() {
+    // Some of these Vertex configs name no project: GOOGLE_CLOUD_PROJECT is read.
+    let _env = ENV_LOCK.blocking_read();
     let base = |api_type: &str, extra: &str| {
         format!("[connections.g]\napi_type = \"{api_type}\"\napi_key = \"k\"\n{extra}\n[routing]\n\"*\" = \"g.*\"\n")
     };
@@ -737,6 +779,10 @@ fn unknown_or_conflicting_keys_stop_startup_with_the_key_named() {
 
 // ---------------------------------------------------------------------------------
 // Vertex
+
+/// Held for writing by the tests that change the ADC environment variables, for
+/// reading by every other test that starts a Vertex connection.
+static ENV_LOCK: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
 
 fn service_account(token_uri: &str, project: Option<&str>) -> String {
     let mut sa = json!({
@@ -792,6 +838,7 @@ async fn vertex_with_service_account(
 
 #[tokio::test]
 async fn vertex_service_account_jwt_and_request() {
+    let _env = ENV_LOCK.read().await;
     let (mock, gw, _file) = vertex_with_service_account("").await;
     let (status, body) = gw.chat_json(KEY, user("gemini-2.5-flash", "hi")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -853,6 +900,7 @@ async fn vertex_service_account_jwt_and_request() {
 
 #[tokio::test]
 async fn vertex_tokens_are_cached_and_shared_by_concurrent_requests() {
+    let _env = ENV_LOCK.read().await;
     let mock = GoogleMock::start().await;
     mock.set_token_delay(150);
     let file = temp_json(&service_account(&mock.token_url(), None));
@@ -890,6 +938,7 @@ async fn vertex_tokens_are_cached_and_shared_by_concurrent_requests() {
 
 #[tokio::test]
 async fn vertex_refreshes_before_expiry_and_after_401() {
+    let _env = ENV_LOCK.read().await;
     let (mock, gw, _file) = vertex_with_service_account("").await;
     // Tokens that expire within the refresh margin are refreshed on the next request.
     mock.set_expires_in(120);
@@ -929,6 +978,7 @@ async fn vertex_refreshes_before_expiry_and_after_401() {
 
 #[tokio::test]
 async fn vertex_token_failures_are_502_without_secrets() {
+    let _env = ENV_LOCK.read().await;
     let (mock, gw, _file) = vertex_with_service_account("").await;
     mock.reject_grants(true);
     let (status, body) = gw.chat_json(KEY, user("gemini-2.5-flash", "x")).await;
@@ -952,6 +1002,7 @@ async fn vertex_token_failures_are_502_without_secrets() {
 
 #[tokio::test]
 async fn vertex_token_uri_override_and_response_validation() {
+    let _env = ENV_LOCK.read().await;
     let mock = GoogleMock::start().await;
     // The file names Google's real endpoint; `token_uri` moves it to the mock.
     let file = temp_json(&service_account(
@@ -978,6 +1029,7 @@ async fn vertex_token_uri_override_and_response_validation() {
 
 #[tokio::test]
 async fn vertex_authorized_user_refresh_and_quota_project() {
+    let _env = ENV_LOCK.read().await;
     let mock = GoogleMock::start().await;
     mock.set_expires_in(60);
     let file = temp_json(
@@ -1018,6 +1070,7 @@ async fn vertex_authorized_user_refresh_and_quota_project() {
 
 #[tokio::test]
 async fn vertex_fixed_access_token_and_express_mode() {
+    let _env = ENV_LOCK.read().await;
     let mock = GoogleMock::start().await;
     // A fixed token is sent as is; a 401 is not retried (nothing to refresh).
     let gw = TestGateway::start(&vertex_config(
@@ -1049,10 +1102,10 @@ async fn vertex_fixed_access_token_and_express_mode() {
 
 // ---------------------------------------------------------------------------------
 // Vertex: environment (ADC lookup and project precedence). These change process
-// environment variables, so they run one at a time under a lock; every other Vertex
-// test names its credentials and project explicitly and does not read them.
-
-static ENV_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+// environment variables, so they hold ENV_LOCK for writing; every other test that
+// starts a Vertex connection (which reads GOOGLE_CLOUD_PROJECT and the ADC
+// variables when the project or credentials are not named) holds it for reading,
+// so none sees another's environment.
 
 /// Sets environment variables and puts the old values back when dropped.
 struct EnvVars(Vec<(&'static str, Option<OsString>)>);
@@ -1105,7 +1158,7 @@ async fn start_with_env(config: &str, vars: &[(&'static str, &str)]) -> TestGate
 
 #[tokio::test]
 async fn vertex_project_id_precedence() {
-    let _lock = ENV_LOCK.lock().await;
+    let _lock = ENV_LOCK.write().await;
     let mock = GoogleMock::start().await;
     let file = temp_json(&service_account(&mock.token_url(), Some("file-project")));
     let path = file.path().display().to_string();
@@ -1164,7 +1217,7 @@ async fn vertex_project_id_precedence() {
 
 #[tokio::test]
 async fn vertex_application_default_credentials() {
-    let _lock = ENV_LOCK.lock().await;
+    let _lock = ENV_LOCK.write().await;
     let mock = GoogleMock::start().await;
     let empty_gcloud_dir = tempfile::tempdir().unwrap();
     let gcloud_dir = empty_gcloud_dir.path().display().to_string();

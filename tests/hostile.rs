@@ -23,6 +23,9 @@ struct Case {
     body: Vec<u8>,
     content_type: Option<&'static str>,
     authorization: Option<Vec<u8>>,
+    /// The field the answer's `param` must name (or a part of it), where the case
+    /// breaks exactly one field: a case refused for another reason then fails.
+    param: Option<String>,
 }
 
 fn case(name: &str, body: impl Into<Vec<u8>>) -> Case {
@@ -31,6 +34,7 @@ fn case(name: &str, body: impl Into<Vec<u8>>) -> Case {
         body: body.into(),
         content_type: Some("application/json"),
         authorization: Some(b"Bearer good-key".to_vec()),
+        param: None,
     }
 }
 
@@ -38,19 +42,25 @@ fn case(name: &str, body: impl Into<Vec<u8>>) -> Case {
 fn with_field(field: &str, value: Value) -> Case {
     let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
     body[field] = value.clone();
-    case(
-        &format!("{field} = {value}"),
-        serde_json::to_vec(&body).unwrap(),
-    )
+    Case {
+        param: Some(field.to_owned()),
+        ..case(
+            &format!("{field} = {value}"),
+            serde_json::to_vec(&body).unwrap(),
+        )
+    }
 }
 
 /// A valid request with one message replaced.
 fn with_message(message: Value) -> Case {
     let body = json!({"model": "m", "messages": [message.clone()]});
-    case(
-        &format!("message {message}"),
-        serde_json::to_vec(&body).unwrap(),
-    )
+    Case {
+        param: Some("messages".to_owned()),
+        ..case(
+            &format!("message {message}"),
+            serde_json::to_vec(&body).unwrap(),
+        )
+    }
 }
 
 fn corpus() -> Vec<Case> {
@@ -166,6 +176,7 @@ fn corpus() -> Vec<Case> {
             body: valid.clone(),
             content_type: Some("application/json"),
             authorization: auth,
+            param: None,
         });
     }
     for content_type in [
@@ -179,6 +190,7 @@ fn corpus() -> Vec<Case> {
             body: valid.clone(),
             content_type: Some(content_type),
             authorization: Some(b"Bearer good-key".to_vec()),
+            param: None,
         });
     }
     cases
@@ -224,7 +236,14 @@ async fn every_hostile_request_is_a_4xx_in_the_openai_envelope() {
             && body["error"]["type"].is_string()
             && body["error"].get("param").is_some()
             && body["error"].get("code").is_some();
-        if !(400..500).contains(&status) || !shaped {
+        let reason_named = case.param.as_deref().is_none_or(|field| {
+            body["error"]["param"].as_str().is_some_and(|p| {
+                p == field
+                    || p.starts_with(&format!("{field}["))
+                    || p.starts_with(&format!("{field}."))
+            })
+        });
+        if !(400..500).contains(&status) || !shaped || !reason_named {
             failures.push(format!("{}: {status} {body}", case.name));
         }
     }

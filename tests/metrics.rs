@@ -79,7 +79,8 @@ fn total(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 /// Scrape until `check` holds (streams report when the server drops them, which
 /// may be a moment after the client has read the last byte).
 async fn eventually(gw: &TestGateway, check: impl Fn(&str) -> bool) -> String {
-    for _ in 0..100 {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
         let text = scrape(gw).await;
         if check(&text) {
             return text;
@@ -224,7 +225,11 @@ async fn streams_count_tokens_time_to_first_token_and_close_the_gauge() {
         &[("stream", "true")],
     )
     .unwrap();
-    assert!(overhead_sum < 0.3, "{overhead_sum}");
+    // Were the upstream's wait counted as overhead, the overhead would exceed it.
+    assert!(
+        overhead_sum < upstream_sum,
+        "{overhead_sum} >= {upstream_sum}"
+    );
 }
 
 #[tokio::test]

@@ -390,4 +390,184 @@ mod tests {
             assert!(UrlTemplate::parse(url, "{api_key}").is_err(), "{url}");
         }
     }
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use serde_json::json;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A raw HTTP service: connection number `n` (from 0) gets `answer(n)`, or is
+    /// closed without an answer (a transport failure) when that is `None`. Every
+    /// request head is recorded.
+    struct Service {
+        url: String,
+        calls: Arc<AtomicUsize>,
+        heads: Arc<Mutex<Vec<String>>>,
+    }
+
+    async fn service(answer: fn(usize) -> Option<(u16, &'static str)>) -> Service {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let heads = Arc::new(Mutex::new(Vec::new()));
+        let (count, seen) = (calls.clone(), heads.clone());
+        tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let seen = seen.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut byte = [0u8; 1];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match socket.read(&mut byte).await {
+                            Ok(1) => head.push(byte[0]),
+                            _ => return,
+                        }
+                    }
+                    seen.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&head).into_owned());
+                    let Some((status, body)) = answer(n) else {
+                        return; // dropped: the client sees the connection closed
+                    };
+                    let text = format!(
+                        "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = socket.write_all(text.as_bytes()).await;
+                });
+            }
+        });
+        Service { url, calls, heads }
+    }
+
+    fn client() -> reqwest::Client {
+        crate::server::install_crypto_provider();
+        reqwest::Client::new()
+    }
+
+    fn check(args: Value) -> CheckApiKeyWithRequest {
+        let args: WithRequestArgs = serde_json::from_value(args).unwrap();
+        CheckApiKeyWithRequest::new(args, client()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_custom_key_placeholder_is_replaced_in_the_url_and_headers() {
+        let svc = service(|_| Some((200, "{}"))).await;
+        let check = check(json!({
+            "url": format!("{}/keys/<<KEY>>?also={{api_key}}", svc.url),
+            "key_placeholder": "<<KEY>>",
+            "headers": {"X-Key": "Token <<KEY>>"},
+        }));
+        let grant = check.check("sk-abc").await.unwrap().expect("admitted");
+        assert_eq!(grant.group, "default");
+        let head = svc.heads.lock().unwrap()[0].clone();
+        // The default `{api_key}` is just text when another placeholder is set.
+        assert!(
+            head.starts_with("GET /keys/sk-abc?also={api_key} HTTP/1.1\r\n"),
+            "{head}"
+        );
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("x-key: token sk-abc\r\n"),
+            "{head}"
+        );
+        // An empty placeholder is refused at startup.
+        let args: WithRequestArgs =
+            serde_json::from_value(json!({"url": svc.url, "key_placeholder": ""})).unwrap();
+        let Err(problem) = CheckApiKeyWithRequest::new(args, client()) else {
+            panic!("an empty key_placeholder was accepted");
+        };
+        assert_eq!(problem, "key_placeholder: must not be empty");
+    }
+
+    #[tokio::test]
+    async fn the_default_group_applies_unless_the_answer_names_one() {
+        let svc = service(|n| {
+            Some((
+                200,
+                match n {
+                    0 => r#"{"sub": "a", "role": "admins"}"#,
+                    1 => r#"{"sub": "b"}"#,
+                    _ => r#"{"sub": "c", "role": 7}"#,
+                },
+            ))
+        })
+        .await;
+        let with_field = check(json!({
+            "url": format!("{}/u", svc.url),
+            "response_as_user_info": true,
+            "group_field": "role",
+            "default_group": "basic",
+        }));
+        let group = |grant: Option<KeyGrant>| grant.expect("admitted").group;
+        assert_eq!(group(with_field.check("k1").await.unwrap()), "admins");
+        assert_eq!(group(with_field.check("k2").await.unwrap()), "basic");
+        assert_eq!(
+            group(with_field.check("k3").await.unwrap()),
+            "basic",
+            "not a string"
+        );
+        // Without user info, every valid key is in the default group.
+        let svc = service(|_| Some((204, ""))).await;
+        let plain = check(json!({"url": svc.url, "default_group": "basic"}));
+        let grant = plain.check("k").await.unwrap().expect("admitted");
+        assert_eq!(
+            (grant.group.as_str(), &grant.user_info),
+            ("basic", &Value::Null)
+        );
+    }
+
+    #[tokio::test]
+    async fn the_cache_holds_at_most_cache_size_keys() {
+        let svc = service(|_| Some((200, "{}"))).await;
+        let check = check(json!({"url": svc.url, "use_cache": true, "cache_size": 2}));
+        for key in ["k1", "k2", "k3", "k4", "k5"] {
+            assert!(check.check(key).await.unwrap().is_some());
+        }
+        let cache = check.cache.as_ref().unwrap();
+        cache.run_pending_tasks().await;
+        assert!(cache.entry_count() <= 2, "{} entries", cache.entry_count());
+        // A cached key is not asked again.
+        let before = svc.calls.load(Ordering::SeqCst);
+        let cached: Vec<_> = ["k1", "k2", "k3", "k4", "k5"]
+            .into_iter()
+            .filter(|k| cache.contains_key(&<[u8; 32]>::from(Sha256::digest(k.as_bytes()))))
+            .collect();
+        assert!(!cached.is_empty());
+        for key in &cached {
+            check.check(key).await.unwrap();
+        }
+        assert_eq!(svc.calls.load(Ordering::SeqCst), before);
+    }
+
+    /// A service that cannot be reached (or cuts the connection) rejects the key
+    /// now, but that is not remembered: the next request asks again. A real
+    /// refusal is remembered for the TTL.
+    #[tokio::test]
+    async fn transport_failures_are_not_cached_but_refusals_are() {
+        let svc = service(|n| match n {
+            0 => None,
+            1 => Some((200, "{}")),
+            _ => Some((401, "{}")),
+        })
+        .await;
+        let check = check(json!({"url": svc.url, "use_cache": true, "cache_ttl": 600}));
+        assert!(check.check("k").await.unwrap().is_none(), "cut: rejected");
+        assert!(
+            check.check("k").await.unwrap().is_some(),
+            "asked again, admitted"
+        );
+        assert!(
+            check.check("k").await.unwrap().is_some(),
+            "now from the cache"
+        );
+        assert_eq!(svc.calls.load(Ordering::SeqCst), 2);
+        // A refusal (401) for another key is cached.
+        assert!(check.check("other").await.unwrap().is_none());
+        assert!(check.check("other").await.unwrap().is_none());
+        assert_eq!(svc.calls.load(Ordering::SeqCst), 3);
+    }
 }

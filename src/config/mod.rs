@@ -608,13 +608,21 @@ pub fn deserialize_at<T: DeserializeOwned>(
     path: &Path,
 ) -> Result<T, ConfigError> {
     serde_path_to_error::deserialize(tree).map_err(|err| {
-        let inner = err.path().to_string();
+        // Segment by segment, quoted as every other config error quotes keys
+        // (`routing."gpt-*"`, not `routing.gpt-*`), so one key has one name.
         let mut key = prefix.to_owned();
-        if inner != "." && !inner.is_empty() {
-            if !key.is_empty() {
-                key.push('.');
+        for segment in err.path().iter() {
+            match segment {
+                serde_path_to_error::Segment::Seq { index } => key.push_str(&format!("[{index}]")),
+                serde_path_to_error::Segment::Map { key: name }
+                | serde_path_to_error::Segment::Enum { variant: name } => push_key(&mut key, name),
+                serde_path_to_error::Segment::Unknown => {
+                    if !key.is_empty() {
+                        key.push('.');
+                    }
+                    key.push('?');
+                }
             }
-            key.push_str(&inner);
         }
         let problem = err.into_inner().to_string();
         let problem = if may_quote_a_secret(&key, &problem) {
@@ -785,5 +793,75 @@ mod tests {
         assert!(!err.to_string().contains("a\u{1}b"));
         let err = base(json!({"g": {"api_keys": []}}), json!({"token": " "})).unwrap_err();
         assert_eq!(err.key, "metrics.token");
+    }
+
+    /// Each structural check names its key and says what is wrong, and the value
+    /// just inside the limit is accepted (so the check is not over-eager either).
+    #[test]
+    fn structural_mistakes_stop_loading_with_the_key_named() {
+        let mock = json!({"api_type": "mock"});
+        let cases = [
+            (
+                json!({"connections": {"a.b": mock}}),
+                "connections.\"a.b\"",
+                "contain no '.'",
+            ),
+            (
+                json!({"connections": {"": mock}}),
+                "connections.\"\"",
+                "non-empty",
+            ),
+            (
+                json!({"connections": {"m": mock}, "routing": {"*": "m"}}),
+                "routing.\"*\"",
+                "names no model and connection 'm' has no `model`",
+            ),
+            (
+                json!({"connections": {"m": mock}, "routing": {"*": "m."}}),
+                "routing.\"*\"",
+                "names no model",
+            ),
+            (
+                json!({"connections": {"m": mock}, "routing": {"*": ".gpt"}}),
+                "routing.\"*\"",
+                "must be \"connection.model\"",
+            ),
+            (
+                json!({"connections": {"m": mock}, "api_prefix": "/v1?x=1"}),
+                "api_prefix",
+                "not a valid URL path prefix",
+            ),
+            (
+                json!({"connections": {"m": mock}, "api_prefix": "/{id}"}),
+                "api_prefix",
+                "not a valid URL path prefix",
+            ),
+            (
+                json!({"connections": {"m": mock}, "max_request_body_mb": 0}),
+                "max_request_body_mb",
+                "must be greater than 0",
+            ),
+            (
+                json!({"connections": {"m": mock}, "max_request_body_mb": -1.5}),
+                "max_request_body_mb",
+                "expected a non-negative number",
+            ),
+        ];
+        for (tree, key, problem) in cases {
+            let err = load(tree.clone()).unwrap_err();
+            assert_eq!(err.key, key, "{tree}: {err}");
+            assert!(err.problem.contains(problem), "{tree}: {err}");
+        }
+        // Just inside: a route naming no model of a connection that has one, a
+        // prefix of plain segments, the smallest positive body limit.
+        let c = load(json!({
+            "connections": {"m": {"api_type": "mock", "model": "dflt"}},
+            "routing": {"*": "m"},
+            "api_prefix": "api/v2/",
+            "max_request_body_mb": 0.001
+        }))
+        .unwrap();
+        assert_eq!(c.api_prefix, "/api/v2");
+        assert_eq!(c.body_limit_bytes(), 1048);
     }
 }

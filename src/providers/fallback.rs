@@ -129,3 +129,216 @@ impl Provider for Fallback {
         Err(last_error.unwrap_or_else(|| ApiError::internal("fallback without connections")))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Mutex;
+
+    use serde_json::json;
+
+    use super::*;
+
+    const SECRET: &str = "sk-fallback-secret-1234";
+
+    /// What a fake member does with a call.
+    #[derive(Clone, Copy)]
+    enum Act {
+        /// Answers (one chunk when streamed).
+        Answer,
+        /// Fails before answering.
+        Refuse,
+        /// Streams an error as its first item.
+        FirstChunkError,
+        /// Streams nothing at all.
+        Empty,
+    }
+
+    struct Fake {
+        name: &'static str,
+        act: Act,
+        calls: AtomicUsize,
+    }
+
+    impl Fake {
+        fn failure(&self) -> ApiError {
+            // Upstream errors may echo the credential they were sent.
+            ApiError::upstream_failure(format!("{} said: bad key {SECRET}", self.name))
+        }
+    }
+
+    #[async_trait]
+    impl Provider for Fake {
+        async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            match self.act {
+                Act::Answer => Ok(json!({"from": self.name, "model": call.model})),
+                _ => Err(self.failure()),
+            }
+        }
+
+        async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let items: Vec<Result<Value, ApiError>> = match self.act {
+                Act::Answer => vec![
+                    Ok(json!({"from": self.name, "model": call.model})),
+                    Ok(json!({"from": self.name, "n": 2})),
+                ],
+                Act::Refuse => return Err(self.failure()),
+                Act::FirstChunkError => vec![Err(self.failure()), Ok(json!({"never": "read"}))],
+                Act::Empty => vec![],
+            };
+            Ok(Box::pin(futures_util::stream::iter(items)))
+        }
+    }
+
+    fn chain(acts: &[Act]) -> (Fallback, Vec<Arc<Fake>>) {
+        const NAMES: [&str; 3] = ["first", "second", "third"];
+        let fakes: Vec<Arc<Fake>> = acts
+            .iter()
+            .zip(NAMES)
+            .map(|(act, name)| {
+                Arc::new(Fake {
+                    name,
+                    act: *act,
+                    calls: AtomicUsize::new(0),
+                })
+            })
+            .collect();
+        let members = fakes
+            .iter()
+            .map(|fake| FallbackMember {
+                name: fake.name.to_owned(),
+                provider: fake.clone(),
+                model: Some(format!("{}-model", fake.name)),
+                overrides: Map::new(),
+            })
+            .collect();
+        let fallback = Fallback::new("chain", members, Redactor::new([SECRET.to_owned()]));
+        (fallback, fakes)
+    }
+
+    fn call() -> UpstreamCall {
+        UpstreamCall {
+            model: "asked".into(),
+            params: Map::from_iter([("stream".to_owned(), json!(true))]),
+            headers: http::HeaderMap::new(),
+        }
+    }
+
+    fn calls(fakes: &[Arc<Fake>]) -> Vec<usize> {
+        fakes
+            .iter()
+            .map(|f| f.calls.load(Ordering::SeqCst))
+            .collect()
+    }
+
+    async fn collect(stream: PayloadStream) -> Vec<Value> {
+        stream
+            .map(|item| item.expect("no error after the first chunk").into_value())
+            .collect()
+            .await
+    }
+
+    /// Log lines written while `f` runs on this thread.
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Captured {
+        fn start(&self) -> tracing::subscriber::DefaultGuard {
+            let writer = self.clone();
+            let subscriber = tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_ansi(false)
+                .finish();
+            tracing::subscriber::set_default(subscriber)
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_first_chunk_that_is_an_error_falls_over_to_the_next_member() {
+        let log = Captured::default();
+        let _guard = log.start();
+        let (fallback, fakes) = chain(&[Act::FirstChunkError, Act::Answer]);
+        let chunks = collect(fallback.stream_payload(call()).await.unwrap()).await;
+        assert_eq!(
+            chunks,
+            [
+                json!({"from": "second", "model": "second-model"}),
+                json!({"from": "second", "n": 2})
+            ]
+        );
+        assert_eq!(calls(&fakes), [1, 1]);
+        // The failure fallen over is logged, without the key the upstream echoed.
+        let text = log.text();
+        assert!(
+            text.contains("fallback 'chain': connection 'first' failed")
+                && text.contains("trying the next one")
+                && text.contains("first said: bad key ***"),
+            "{text}"
+        );
+        assert!(!text.contains(SECRET), "{text}");
+    }
+
+    #[tokio::test]
+    async fn when_every_first_chunk_is_an_error_the_last_error_is_the_answer() {
+        let log = Captured::default();
+        let _guard = log.start();
+        let (fallback, fakes) = chain(&[Act::Refuse, Act::FirstChunkError]);
+        let Err(error) = fallback.stream_payload(call()).await else {
+            panic!("an answer from failing members");
+        };
+        // Nothing reached the client yet, so the error gets a status, not a chunk.
+        assert!(
+            matches!(&error, ApiError::UpstreamFailure { detail } if detail.starts_with("second said")),
+            "{error:?}"
+        );
+        assert_eq!(calls(&fakes), [1, 1]);
+        let text = log.text();
+        assert!(text.contains("connection 'first' failed"), "{text}");
+        assert!(
+            text.contains("connection 'second' failed") && text.contains("the last one"),
+            "{text}"
+        );
+        assert!(!text.contains(SECRET), "{text}");
+    }
+
+    /// An empty stream is what the member answered (as the reference's Fallback,
+    /// which only falls over on exceptions): it is passed on, and the next member
+    /// is not asked.
+    #[tokio::test]
+    async fn an_empty_stream_is_passed_on_without_falling_over() {
+        let (fallback, fakes) = chain(&[Act::Empty, Act::Answer]);
+        let chunks = collect(fallback.stream_payload(call()).await.unwrap()).await;
+        assert!(chunks.is_empty(), "{chunks:?}");
+        assert_eq!(calls(&fakes), [1, 0]);
+    }
+
+    #[tokio::test]
+    async fn non_streamed_calls_take_the_first_success_with_the_members_model() {
+        let log = Captured::default();
+        let _guard = log.start();
+        let (fallback, fakes) = chain(&[Act::Refuse, Act::Refuse, Act::Answer]);
+        let answer = fallback.complete(call()).await.unwrap();
+        assert_eq!(answer, json!({"from": "third", "model": "third-model"}));
+        assert_eq!(calls(&fakes), [1, 1, 1]);
+        let text = log.text();
+        assert_eq!(text.matches("trying the next one").count(), 2, "{text}");
+        assert!(!text.contains(SECRET), "{text}");
+    }
+}

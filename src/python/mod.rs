@@ -25,6 +25,8 @@ mod provider;
 mod resolver;
 mod runtime;
 mod server;
+#[cfg(test)]
+mod tests;
 
 use std::path::{Path, PathBuf};
 

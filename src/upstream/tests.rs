@@ -383,4 +383,94 @@ fn the_buffer_never_grows_past_the_cap() {
     append_within(&mut all, &[0; 100], 1000).unwrap();
     assert_eq!(all.len(), 1000);
     assert!(all.capacity() <= 1000, "{}", all.capacity());
+
+/// Read one request (head and Content-Length body) from `socket`; `None` at EOF.
+async fn read_request(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
+    let head_end = loop {
+        if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at + 4;
+        }
+        let mut chunk = [0u8; 4096];
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    };
+    let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    while buffer.len() < head_end + length {
+        let mut chunk = [0u8; 4096];
+        match socket.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buffer.extend_from_slice(&chunk[..n]),
+        }
+    }
+    let body = buffer[head_end..head_end + length].to_vec();
+    buffer.drain(..head_end + length);
+    Some((head, body))
+}
+
+/// A request that reached the upstream may have been acted on (a completion billed,
+/// a tool run), so when the connection then fails it must not be sent again on
+/// another, even though it went out on a reused keep-alive connection (the case in
+/// which an unsent request *is* retried). The upstream here answers the first
+/// request of a connection, then reads the second whole and closes without a word.
+#[tokio::test]
+async fn a_request_written_upstream_is_never_sent_twice() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "http://{}/v1/chat/completions",
+        listener.local_addr().unwrap()
+    );
+    let bodies = Arc::new(Mutex::new(Vec::<String>::new()));
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (seen, count) = (bodies.clone(), accepted.clone());
+    tokio::spawn(async move {
+        loop {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut served = 0;
+                while let Some((_, body)) = read_request(&mut socket, &mut buffer).await {
+                    seen.lock().unwrap().push(String::from_utf8(body).unwrap());
+                    served += 1;
+                    if served == 2 {
+                        return; // drops the socket: read, never answered
+                    }
+                    let answer = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{{\"n\":{served}}}",
+                        format!("{{\"n\":{served}}}").len()
+                    );
+                    socket.write_all(answer.as_bytes()).await.unwrap();
+                }
+            });
+        }
+    });
+    let target = client().target(&url).unwrap();
+    assert_eq!(post_text(&target, "first").await.unwrap(), "{\"n\":1}");
+    // The second goes out on the pooled connection, which then fails.
+    let outcome = post_text(&target, "second").await;
+    assert!(outcome.is_err(), "answered: {outcome:?}");
+    assert_eq!(
+        *bodies.lock().unwrap(),
+        ["first", "second"],
+        "the upstream got the second request exactly once"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "no new connection for a resend"
+    );
+    // The pool is not stuck: the next request gets a new connection.
+    assert_eq!(post_text(&target, "third").await.unwrap(), "{\"n\":1}");
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }

@@ -42,12 +42,13 @@ struct UpstreamState {
 /// A mock OpenAI-compatible server. Behaviour by the `model` it receives:
 /// - `status-400`, `status-401`, `status-429` (Retry-After: 7), `status-500`,
 ///   `status-503-empty`: that error status;
-/// - `slow`: answers after 3 s;
+/// - `slow`: answers after 60 s (longer than any timeout a test sets, so a test
+///   bound far below 60 s shows the timeout applied, on any machine);
 /// - `not-json`: 200 with a text body;
 /// - `tools`: streamed parallel tool calls in fragments (and a second choice's text);
 /// - `midstream-fail`: two chunks, then the connection is cut;
 /// - `slow-stream`: five chunks 150 ms apart;
-/// - `stall-stream`: one chunk, then silence for 3 s;
+/// - `stall-stream`: one chunk, then silence for 60 s;
 /// - `no-done`: chunks without `[DONE]`;
 /// - `crlf`: SSE framed with CRLF and a keep-alive comment;
 /// - `error-event`: one chunk, then an OpenAI `error` event;
@@ -163,7 +164,7 @@ async fn chat(
         ),
         "status-503-empty" => StatusCode::SERVICE_UNAVAILABLE.into_response(),
         "slow" => {
-            tokio::time::sleep(Duration::from_secs(3)).await;
+            tokio::time::sleep(Duration::from_secs(60)).await;
             axum::Json(completion(&model, "late")).into_response()
         }
         "not-json" => (StatusCode::OK, "this is not json").into_response(),
@@ -308,7 +309,7 @@ fn sse_events(model: &str, body: &Value) -> Vec<(String, Duration)> {
         }
         "stall-stream" => {
             events.push((data(&role(0)), now));
-            events.push((data(&text(0, "before the stall")), Duration::from_secs(3)));
+            events.push((data(&text(0, "before the stall")), Duration::from_secs(60)));
         }
         "no-done" => {
             events.push((data(&role(0)), now));

@@ -91,9 +91,15 @@ impl Proc {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let log = self.log();
-            if log.contains(needle) || Instant::now() > deadline {
+            if log.contains(needle) {
                 return log;
             }
+            // Returning quietly here would leave the caller asserting on a log that
+            // is merely incomplete; say what was awaited instead.
+            assert!(
+                Instant::now() < deadline,
+                "no {needle:?} in the log within 10 s:\n{log}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }

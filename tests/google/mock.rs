@@ -373,6 +373,20 @@ fn answer(candidates: Value, usage_metadata: Value) -> Value {
 /// - `crlf`: the default stream, framed with CRLF;
 /// - anything else: "Hello world" (streamed in three events, usage on each).
 fn scenario(model: &str, _body: &Value, stream: bool) -> Response {
+    // A 200 that is not Gemini's JSON (a captive portal, a proxy's page).
+    if model == "ok-not-json" {
+        let content_type = if stream {
+            "text/event-stream"
+        } else {
+            "application/json"
+        };
+        let body = if stream {
+            "data: <html>proxy page</html>\n\n"
+        } else {
+            "<html>proxy page</html>"
+        };
+        return (StatusCode::OK, [("content-type", content_type)], body).into_response();
+    }
     if let Some(code) = model.strip_prefix("error-") {
         let code: u16 = code.parse().unwrap_or(500);
         let (status, message) = match code {

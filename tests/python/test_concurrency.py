@@ -133,12 +133,17 @@ def test_python_never_holds_up_the_runtime(serve_config: Any) -> None:
     runtime (two workers on CI) is never blocked waiting for Python or the GIL."""
 
     release = threading.Event()
+    entered = []  # one item per handler call that has started (list.append is atomic)
 
+    # Until released (or 60 s), which a blocked runtime never does: the free
+    # server's latencies then tell "held up" (tens of seconds) from "not held up"
+    # with a bound that no loaded machine reaches.
     def slow(ctx: RequestContext) -> None:
+        entered.append(ctx.request.model)
         if ctx.request.model == "sleep":
-            release.wait(5)
+            release.wait(60)
         elif ctx.request.model == "spin":
-            end = time.monotonic() + 1.0
+            end = time.monotonic() + 60
             while time.monotonic() < end and not release.is_set():
                 pass  # holds the GIL most of the time
 
@@ -174,18 +179,24 @@ def test_python_never_holds_up_the_runtime(serve_config: Any) -> None:
                 asyncio.create_task(blocked.chat.completions.create(model=model, messages=msg))
                 for model in ["sleep"] * 8 + ["spin"] * 2
             ]
-            await asyncio.sleep(0.2)  # let them reach the handler
-            latencies = []
-            for _ in range(20):
-                t0 = time.monotonic()
-                await free.chat.completions.create(model="m", messages=msg)
-                latencies.append(time.monotonic() - t0)
-            release.set()
+            try:
+                # Wait until all of them are in the handler.
+                deadline = time.monotonic() + 30
+                while len(entered) < len(stuck):
+                    assert time.monotonic() < deadline, f"{len(entered)} reached the handler"
+                    await asyncio.sleep(0.01)
+                latencies = []
+                for _ in range(20):
+                    t0 = time.monotonic()
+                    await free.chat.completions.create(model="m", messages=msg)
+                    latencies.append(time.monotonic() - t0)
+            finally:
+                release.set()
             await asyncio.wait_for(asyncio.gather(*stuck), 30)
             return latencies
 
     latencies = asyncio.run(scenario())
-    assert max(latencies) < 0.5, f"requests needing no Python were held up: {latencies}"
+    assert max(latencies) < 10, f"requests needing no Python were held up: {latencies}"
     # And the Python server itself is fine afterwards.
     assert (
         client_for(python_server.url, "k")

@@ -344,8 +344,26 @@ MODELS = [("claude-sonnet-4", "Hello from Claude."), ("gemini-2.5-flash", "Hello
 
 
 @pytest.mark.parametrize(("model", "text"), MODELS)
-def test_text_answers(client: openai.OpenAI, model: str, text: str) -> None:
+def test_text_answers(
+    client: openai.OpenAI, provider_upstream: ThreadingHTTPServer, model: str, text: str
+) -> None:
+    provider_upstream.received.clear()  # type: ignore[attr-defined]
     completion = client.chat.completions.create(model=model, messages=MESSAGES)
+    # What the provider got: its own endpoint, key header and request shape.
+    [(path, headers, body)] = provider_upstream.received  # type: ignore[attr-defined]
+    headers = {name.lower(): value for name, value in headers.items()}
+    if model.startswith("claude"):
+        assert path == "/v1/messages"
+        assert headers["x-api-key"] == ANTHROPIC_KEY
+        assert body["model"] == model
+        assert body["system"] == [{"type": "text", "text": "Be brief."}]
+        assert body["messages"] == [{"role": "user", "content": [{"type": "text", "text": "Hi"}]}]
+    else:
+        assert path == f"/v1beta/models/{model}:generateContent"
+        assert headers["x-goog-api-key"] == GEMINI_KEY
+        assert body["contents"] == [{"role": "user", "parts": [{"text": "Hi"}]}]
+        assert body["systemInstruction"] == {"parts": [{"text": "Be brief."}]}
+    assert "authorization" not in headers
     assert completion.object == "chat.completion"
     assert completion.choices[0].message.content == text
     assert completion.choices[0].finish_reason == "stop"
