@@ -383,6 +383,7 @@ fn the_buffer_never_grows_past_the_cap() {
     append_within(&mut all, &[0; 100], 1000).unwrap();
     assert_eq!(all.len(), 1000);
     assert!(all.capacity() <= 1000, "{}", all.capacity());
+}
 
 /// Read one request (head and Content-Length body) from `socket`; `None` at EOF.
 async fn read_request(socket: &mut TcpStream, buffer: &mut Vec<u8>) -> Option<(String, Vec<u8>)> {
