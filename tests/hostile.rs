@@ -26,6 +26,9 @@ struct Case {
     /// The field the answer's `param` must name (or a part of it), where the case
     /// breaks exactly one field: a case refused for another reason then fails.
     param: Option<String>,
+    /// For a case that breaks no single field: the error `code` it must get, or
+    /// (`message:...`) a phrase its message must hold.
+    reason: Option<&'static str>,
 }
 
 fn case(name: &str, body: impl Into<Vec<u8>>) -> Case {
@@ -35,6 +38,15 @@ fn case(name: &str, body: impl Into<Vec<u8>>) -> Case {
         content_type: Some("application/json"),
         authorization: Some(b"Bearer good-key".to_vec()),
         param: None,
+        reason: None,
+    }
+}
+
+/// A case refused for the reason `reason` names (see [`Case::reason`]).
+fn because(reason: &'static str, name: &str, body: impl Into<Vec<u8>>) -> Case {
+    Case {
+        reason: Some(reason),
+        ..case(name, body)
     }
 }
 
@@ -66,35 +78,94 @@ fn with_message(message: Value) -> Case {
 fn corpus() -> Vec<Case> {
     let mut cases = vec![
         // Not JSON, or not an object.
-        case("empty body", ""),
-        case("whitespace", " \n\t "),
-        case("open brace", "{"),
-        case("close brace", "}"),
-        case("truncated", r#"{"model": "m", "messages": [{"role": "us"#),
-        case("missing value", r#"{"model": }"#),
-        case("trailing comma", r#"{"model": "m", "messages": [],}"#),
-        case("single quotes", "{'model': 'm'}"),
-        case("NaN", r#"{"model": "m", "temperature": NaN}"#),
-        case("byte order mark", "\u{feff}{\"model\": \"m\"}"),
-        case("a string", r#""hello""#),
-        case("a number", "42"),
-        case("null", "null"),
-        case("an array", "[1, 2, 3]"),
-        case("huge number", format!(r#"{{"model": "m", "messages": [], "seed": 1e{}}}"#, "9".repeat(400))),
-        case("lone surrogate", r#"{"model": "\ud800", "messages": [{"role": "user", "content": "x"}]}"#),
-        case("invalid utf-8 in string", b"{\"model\": \"m\xff\xfe\", \"messages\": []}".to_vec()),
-        case("overlong utf-8", b"{\"model\": \"\xc0\xaf\", \"messages\": []}".to_vec()),
-        case("nul bytes", b"\0\0\0\0".to_vec()),
-        // Deep nesting.
-        case("deep arrays", format!("{}{}", "[".repeat(100_000), "]".repeat(100_000))),
-        case(
-            "deep objects in an unknown field",
-            format!(r#"{{"model": "m", "messages": [{{"role": "user", "content": "x"}}], "x": {}1{}}}"#, "{\"a\":".repeat(5000), "}".repeat(5000)),
+        because("message:body is empty", "empty body", ""),
+        because("message:body is empty", "whitespace", " \n\t "),
+        because("invalid_json", "open brace", "{"),
+        because("invalid_json", "close brace", "}"),
+        because(
+            "invalid_json",
+            "truncated",
+            r#"{"model": "m", "messages": [{"role": "us"#,
         ),
-        case("deep messages", format!(r#"{{"model": "m", "messages": {}{}}}"#, "[".repeat(10_000), "]".repeat(10_000))),
+        because("invalid_json", "missing value", r#"{"model": }"#),
+        because(
+            "invalid_json",
+            "trailing comma",
+            r#"{"model": "m", "messages": [],}"#,
+        ),
+        because("invalid_json", "single quotes", "{'model': 'm'}"),
+        because(
+            "invalid_json",
+            "NaN",
+            r#"{"model": "m", "temperature": NaN}"#,
+        ),
+        because(
+            "invalid_json",
+            "byte order mark",
+            "\u{feff}{\"model\": \"m\"}",
+        ),
+        because("message:must be a JSON object", "a string", r#""hello""#),
+        because("message:must be a JSON object", "a number", "42"),
+        because("message:must be a JSON object", "null", "null"),
+        because("message:must be a JSON object", "an array", "[1, 2, 3]"),
+        because(
+            "invalid_json",
+            "huge number",
+            format!(
+                r#"{{"model": "m", "messages": [], "seed": 1e{}}}"#,
+                "9".repeat(400)
+            ),
+        ),
+        because(
+            "invalid_json",
+            "lone surrogate",
+            r#"{"model": "\ud800", "messages": [{"role": "user", "content": "x"}]}"#,
+        ),
+        because(
+            "invalid_json",
+            "invalid utf-8 in string",
+            b"{\"model\": \"m\xff\xfe\", \"messages\": []}".to_vec(),
+        ),
+        because(
+            "invalid_json",
+            "overlong utf-8",
+            b"{\"model\": \"\xc0\xaf\", \"messages\": []}".to_vec(),
+        ),
+        because("invalid_json", "nul bytes", b"\0\0\0\0".to_vec()),
+        // Deep nesting.
+        because(
+            "invalid_json",
+            "deep arrays",
+            format!("{}{}", "[".repeat(100_000), "]".repeat(100_000)),
+        ),
+        because(
+            "invalid_json",
+            "deep objects in an unknown field",
+            format!(
+                r#"{{"model": "m", "messages": [{{"role": "user", "content": "x"}}], "x": {}1{}}}"#,
+                "{\"a\":".repeat(5000),
+                "}".repeat(5000)
+            ),
+        ),
+        because(
+            "invalid_json",
+            "deep messages",
+            format!(
+                r#"{{"model": "m", "messages": {}{}}}"#,
+                "[".repeat(10_000),
+                "]".repeat(10_000)
+            ),
+        ),
         // Too large for the 1 MiB limit.
-        case("oversized body", format!(r#"{{"model": "m", "messages": [{{"role": "user", "content": "{}"}}]}}"#, "a".repeat(2 * 1024 * 1024))),
-        case("huge model name", serde_json::to_vec(&json!({"model": "m".repeat(100_000), "messages": [{"role": "user", "content": "x"}]})).unwrap()),
+        because(
+            "request_too_large",
+            "oversized body",
+            format!(
+                r#"{{"model": "m", "messages": [{{"role": "user", "content": "{}"}}]}}"#,
+                "a".repeat(2 * 1024 * 1024)
+            ),
+        ),
+        with_field("model", json!("m".repeat(100_000))),
         // Wrong types.
         with_field("model", json!(1)),
         with_field("model", json!(["m"])),
@@ -143,12 +214,18 @@ fn corpus() -> Vec<Case> {
         with_message(json!({"role": "user", "content": [{"type": "text"}]})),
         with_message(json!({"role": "user", "content": [{"type": "text", "text": 5}]})),
         with_message(json!({"role": "user", "content": [{"type": "image_url"}]})),
-        with_message(json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": ""}}]})),
+        with_message(
+            json!({"role": "user", "content": [{"type": "image_url", "image_url": {"url": ""}}]}),
+        ),
         with_message(json!({"role": "user", "content": ["plain string part"]})),
         with_message(json!({"role": "tool", "content": "result without id"})),
         with_message(json!({"role": "assistant", "tool_calls": "none"})),
-        with_message(json!({"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]})),
-        with_message(json!({"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]})),
+        with_message(
+            json!({"role": "assistant", "tool_calls": [{"function": {"arguments": "{}"}}]}),
+        ),
+        with_message(
+            json!({"role": "assistant", "tool_calls": [{"function": {"name": "f", "arguments": {"a": 1}}}]}),
+        ),
     ];
 
     // Header tricks.
@@ -177,6 +254,7 @@ fn corpus() -> Vec<Case> {
             content_type: Some("application/json"),
             authorization: auth,
             param: None,
+            reason: Some("invalid_api_key"),
         });
     }
     for content_type in [
@@ -191,6 +269,7 @@ fn corpus() -> Vec<Case> {
             content_type: Some(content_type),
             authorization: Some(b"Bearer good-key".to_vec()),
             param: None,
+            reason: Some("invalid_content_type"),
         });
     }
     cases
@@ -202,6 +281,15 @@ async fn every_hostile_request_is_a_4xx_in_the_openai_envelope() {
     let cases = corpus();
     assert!(cases.len() >= 50, "the corpus has {} cases", cases.len());
     let mut failures = Vec::new();
+    let unexplained: Vec<&str> = cases
+        .iter()
+        .filter(|c| c.param.is_none() && c.reason.is_none())
+        .map(|c| c.name.as_str())
+        .collect();
+    assert!(
+        unexplained.is_empty(),
+        "cases that say not why they fail: {unexplained:?}"
+    );
     for case in &cases {
         let mut request = gw
             .client
@@ -243,7 +331,15 @@ async fn every_hostile_request_is_a_4xx_in_the_openai_envelope() {
                     || p.starts_with(&format!("{field}."))
             })
         });
-        if !(400..500).contains(&status) || !shaped || !reason_named {
+        let reason_given = case
+            .reason
+            .is_none_or(|reason| match reason.strip_prefix("message:") {
+                Some(phrase) => body["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(phrase)),
+                None => body["error"]["code"] == reason,
+            });
+        if !(400..500).contains(&status) || !shaped || !reason_named || !reason_given {
             failures.push(format!("{}: {status} {body}", case.name));
         }
     }
