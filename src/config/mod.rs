@@ -272,11 +272,13 @@ impl Config {
         }
 
         let mut connections = IndexMap::new();
-        if settings.connections.is_empty() {
+        // A disabled service answers 503 on the API without routing anywhere, so
+        // (as in the reference) it needs no connection; an enabled one does.
+        if settings.connections.is_empty() && settings.enabled {
             return Err(ConfigError::new(
                 path,
                 "connections",
-                "at least one connection is required",
+                "at least one connection is required (unless `enabled = false`)",
             ));
         }
         for (name, raw) in &settings.connections {
@@ -675,6 +677,20 @@ mod tests {
         assert_eq!(s.encryption_key, "Eclipse");
         assert_eq!(s.model_listing_mode, ModelListingMode::AsIs);
         assert!(s.model_info.is_empty());
+    }
+
+    #[test]
+    fn only_a_disabled_service_may_have_no_connections() {
+        let c = load(json!({"enabled": false})).unwrap();
+        assert!(!c.settings.enabled && c.connections.is_empty());
+        let c = load(json!({"enabled": false, "connections": {}})).unwrap();
+        assert!(c.connections.is_empty());
+
+        let err = load(json!({"connections": {}})).unwrap_err();
+        assert_eq!(err.key, "connections");
+        assert!(err.problem.contains("at least one connection"), "{err}");
+        let err = load(json!({"enabled": true})).unwrap_err();
+        assert_eq!(err.key, "connections");
     }
 
     #[test]

@@ -35,7 +35,9 @@ pub struct FileConfig {
     pub api_prefix: String,
     #[serde(default, deserialize_with = "lenient::bool")]
     pub dev_autoreload: bool,
-    /// Required: name → connection settings (kept raw; see [`ConnectionSpec`]).
+    /// Name → connection settings (kept raw; see [`ConnectionSpec`]). Required
+    /// (non-empty) unless `enabled = false`; checked in `Config::from_value`.
+    #[serde(default)]
     pub connections: IndexMap<String, Value>,
     #[serde(default)]
     pub routing: IndexMap<String, String>,
