@@ -403,6 +403,10 @@ fn bad_metrics_settings_stop_startup() {
         ("[metrics]\npath = \"metrics\"", "must be a path"),
         ("[metrics]\npath = \"/v1/models\"", "already used"),
         ("[metrics]\npath = \"/health\"", "already used"),
+        (
+            "[metrics]\npath = \"/v1/models/metrics\"",
+            "retrieved by id",
+        ),
         ("[metrics]\nunknown = 1", "unknown field"),
     ] {
         let text =

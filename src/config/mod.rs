@@ -434,6 +434,12 @@ impl Config {
             Some(format!("'{p}' is not a valid URL path"))
         } else if taken.iter().any(|t| t == p) {
             Some(format!("'{p}' is already used by another endpoint"))
+        } else if p.starts_with(&format!("{}/models/", self.api_prefix)) {
+            // `{api_prefix}/models/{id}` takes every path below it (ids may hold `/`).
+            Some(format!(
+                "'{p}' is under {}/models/, where models are retrieved by id",
+                self.api_prefix
+            ))
         } else {
             None
         };
