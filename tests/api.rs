@@ -116,38 +116,53 @@ async fn mock_honours_n_max_tokens_and_tool_choice() {
     assert_eq!(args, "{}");
 }
 
+/// A wrong, empty or missing key is 401 `invalid_api_key`, as OpenAI answers (its
+/// clients raise `AuthenticationError` only for 401); `invalid_api_key_status =
+/// 403` restores the reference's status, with the same body.
 #[tokio::test]
-async fn invalid_keys_get_the_reference_403() {
-    let gw = TestGateway::start(BASE).await;
-    for key in ["wrong", ""] {
-        let (status, body) = gw.chat_json(key, user("gpt-4o", "hi")).await;
+async fn invalid_keys_get_401_or_the_configured_403() {
+    let envelope = json!({"error": {
+        "message": "Incorrect API key provided: your API key is invalid, expired, or revoked.",
+        "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}});
+    for (extra, expected) in [
+        ("", StatusCode::UNAUTHORIZED),
+        ("invalid_api_key_status = 403\n", StatusCode::FORBIDDEN),
+    ] {
+        let gw = TestGateway::start(&format!("{extra}{BASE}")).await;
+        for key in ["wrong", ""] {
+            let (status, body) = gw.chat_json(key, user("gpt-4o", "hi")).await;
+            assert_eq!(status, expected, "{extra:?} key {key:?}");
+            assert_eq!(body, envelope);
+        }
+        // No Authorization header at all, on both API doors.
+        let response = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .json(&user("gpt-4o", "hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected);
+        for path in ["/v1/models", "/v1/models/gpt-4o"] {
+            let response = gw.client.get(gw.url(path)).send().await.unwrap();
+            assert_eq!(response.status(), expected, "{path}");
+            assert_eq!(response.json::<Value>().await.unwrap(), envelope);
+        }
+        // Lower-case scheme is accepted.
+        let response = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .header("authorization", "bearer key-default")
+            .json(&user("gpt-4o", "hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        // A group that may not use the connection stays 403 either way.
+        let (status, body) = gw.chat_json("key-limited", user("gpt-4o", "hi")).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
-        assert_eq!(
-            body,
-            json!({"error": {
-                "message": "Incorrect API key provided: your API key is invalid, expired, or revoked.",
-                "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}})
-        );
+        assert_eq!(body["error"]["code"], "connection_not_allowed");
     }
-    // No Authorization header at all.
-    let response = gw
-        .client
-        .post(gw.url("/v1/chat/completions"))
-        .json(&user("gpt-4o", "hi"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    // Lower-case scheme is accepted.
-    let response = gw
-        .client
-        .post(gw.url("/v1/chat/completions"))
-        .header("authorization", "bearer key-default")
-        .json(&user("gpt-4o", "hi"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -260,7 +275,7 @@ async fn models_list_modes_info_and_group_filter() {
         .send()
         .await
         .unwrap();
-    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]

@@ -105,7 +105,7 @@ async fn counters_latencies_and_tokens_move_with_requests() {
         assert_eq!(status, 200);
     }
     let (status, _) = gw.chat_json("wrong-key", user("gpt-x", "hi")).await;
-    assert_eq!(status, 403);
+    assert_eq!(status, 401);
 
     let text = scrape(&gw).await;
     let ok = [
@@ -116,7 +116,7 @@ async fn counters_latencies_and_tokens_move_with_requests() {
         ("stream", "false"),
     ];
     assert_eq!(sample(&text, "lm_proxy_requests_total", &ok), Some(2.0));
-    let denied = [("status", "403"), ("connection", "-"), ("group", "-")];
+    let denied = [("status", "401"), ("connection", "-"), ("group", "-")];
     assert_eq!(sample(&text, "lm_proxy_requests_total", &denied), Some(1.0));
 
     let timing = [("connection", "up"), ("stream", "false")];

@@ -33,7 +33,9 @@ pub async fn authenticate(gateway: &Gateway, ctx: &mut RequestContext) -> Result
         .key_check
         .check(&key)
         .await?
-        .ok_or(ApiError::InvalidApiKey)?;
+        .ok_or_else(|| ApiError::InvalidApiKey {
+            status: gateway.config.invalid_api_key_status(),
+        })?;
     ctx.api_key_id = Some(match grant.api_key_id {
         Some(id) => id.to_string(),
         None => api_key_id(&gateway.config.settings.encryption_key, &key),

@@ -404,6 +404,16 @@ impl Config {
             )),
             _ => Ok(()),
         }?;
+        if !matches!(self.settings.invalid_api_key_status, 401 | 403) {
+            return Err(ConfigError::new(
+                path,
+                "invalid_api_key_status",
+                format!(
+                    "must be 401 (as OpenAI answers; the default) or 403 (as the Python lm-proxy did), found {}",
+                    self.settings.invalid_api_key_status
+                ),
+            ));
+        }
         if self.settings.max_request_body_mb <= 0.0 {
             return Err(ConfigError::new(
                 path,
@@ -447,6 +457,13 @@ impl Config {
             Some(problem) => Err(ConfigError::new(&self.path, "metrics.path", problem)),
             None => Ok(()),
         }
+    }
+
+    /// The status answered for a missing or unknown client key (401 or 403, checked
+    /// at load).
+    pub fn invalid_api_key_status(&self) -> http::StatusCode {
+        http::StatusCode::from_u16(self.settings.invalid_api_key_status)
+            .unwrap_or(http::StatusCode::UNAUTHORIZED)
     }
 
     /// The request body limit in bytes.
@@ -697,6 +714,24 @@ mod tests {
         assert!(err.problem.contains("at least one connection"), "{err}");
         let err = load(json!({"enabled": true})).unwrap_err();
         assert_eq!(err.key, "connections");
+    }
+
+    #[test]
+    fn invalid_api_key_status_is_401_or_403() {
+        let base = json!({"connections": {"m": {"api_type": "mock"}}});
+        let c = load(base.clone()).unwrap();
+        assert_eq!(c.invalid_api_key_status(), http::StatusCode::UNAUTHORIZED);
+        for (value, status) in [(json!(403), 403), (json!("403"), 403), (json!(401), 401)] {
+            let mut tree = base.clone();
+            tree["invalid_api_key_status"] = value;
+            assert_eq!(load(tree).unwrap().invalid_api_key_status(), status);
+        }
+        for value in [json!(400), json!(404), json!(0), json!("x")] {
+            let mut tree = base.clone();
+            tree["invalid_api_key_status"] = value.clone();
+            let err = load(tree).unwrap_err();
+            assert_eq!(err.key, "invalid_api_key_status", "{value}: {err}");
+        }
     }
 
     #[test]

@@ -88,6 +88,13 @@ pub struct FileConfig {
     /// The queue between finished requests and the configured loggers.
     #[serde(default)]
     pub log_queue: LogQueueConfig,
+    /// Status of a missing or unknown client key (`invalid_api_key`): 401 as OpenAI
+    /// answers, or 403 as the reference did. Checked in `Config::from_value`.
+    #[serde(
+        default = "default_invalid_api_key_status",
+        deserialize_with = "lenient::u16"
+    )]
+    pub invalid_api_key_status: u16,
 }
 
 impl FileConfig {
@@ -396,6 +403,9 @@ fn default_host() -> String {
 }
 fn default_port() -> u16 {
     8000
+}
+fn default_invalid_api_key_status() -> u16 {
+    401
 }
 fn default_api_prefix() -> String {
     "/v1".into()
