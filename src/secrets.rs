@@ -567,6 +567,8 @@ mod tests {
         let path = std::path::Path::new("t.toml");
         let tree = crate::config::parse_text(
             r#"
+[connections.m]
+api_type = "mock"
 [metrics]
 token = "metrics-token-4e5f"
 [api_key_check]
