@@ -86,9 +86,11 @@ pub enum ApiError {
     /// The body is larger than the configured limit (413).
     #[error("request body too large")]
     RequestTooLarge { limit_bytes: usize },
-    /// The key check rejected the client key (403, as the reference does).
+    /// The key check rejected the client key, or none was sent: 401 as OpenAI
+    /// answers (clients map only 401 to an authentication error), or 403 (the
+    /// reference's status) with `invalid_api_key_status = 403`.
     #[error("invalid api key")]
-    InvalidApiKey,
+    InvalidApiKey { status: StatusCode },
     /// The caller's group may not use the routed connection (403).
     #[error("connection '{0}' not allowed")]
     ConnectionNotAllowed(String),
@@ -151,7 +153,8 @@ impl ApiError {
         match self {
             ApiError::InvalidRequest { .. } => StatusCode::BAD_REQUEST,
             ApiError::RequestTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ApiError::InvalidApiKey | ApiError::ConnectionNotAllowed(_) => StatusCode::FORBIDDEN,
+            ApiError::InvalidApiKey { status } => *status,
+            ApiError::ConnectionNotAllowed(_) => StatusCode::FORBIDDEN,
             ApiError::ServiceDisabled => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::ModelNotFound(_) => StatusCode::NOT_FOUND,
             ApiError::UpstreamRejected(body) | ApiError::Custom(body) => body.status,
@@ -188,7 +191,7 @@ impl ApiError {
                     None,
                     Some("request_too_large".into()),
                 ),
-                ApiError::InvalidApiKey => (
+                ApiError::InvalidApiKey { .. } => (
                     INVALID_KEY_MESSAGE.into(),
                     "invalid_request_error".into(),
                     None,
@@ -290,12 +293,20 @@ mod tests {
 
     #[test]
     fn invalid_key_has_reference_body() {
-        let body = ApiError::InvalidApiKey.envelope();
+        let err = ApiError::InvalidApiKey {
+            status: StatusCode::UNAUTHORIZED,
+        };
+        let body = err.envelope();
         assert_eq!(body["error"]["code"], "invalid_api_key");
         assert_eq!(body["error"]["type"], "invalid_request_error");
         assert_eq!(body["error"]["param"], Value::Null);
         assert_eq!(body["error"]["message"], INVALID_KEY_MESSAGE);
-        assert_eq!(ApiError::InvalidApiKey.status(), StatusCode::FORBIDDEN);
+        assert_eq!(err.status(), StatusCode::UNAUTHORIZED);
+        let forbidden = ApiError::InvalidApiKey {
+            status: StatusCode::FORBIDDEN,
+        };
+        assert_eq!(forbidden.status(), StatusCode::FORBIDDEN);
+        assert_eq!(forbidden.envelope(), body);
     }
 
     #[test]

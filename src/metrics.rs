@@ -761,7 +761,10 @@ mod tests {
             detail: "slow".into(),
         };
         assert_eq!(upstream_error_kind(&e), Some("timeout"));
-        assert_eq!(upstream_error_kind(&ApiError::InvalidApiKey), None);
+        let e = ApiError::InvalidApiKey {
+            status: http::StatusCode::UNAUTHORIZED,
+        };
+        assert_eq!(upstream_error_kind(&e), None);
     }
 
     #[test]

@@ -387,7 +387,7 @@ impl Redactor {
                 ApiError::ConnectionNotAllowed(self.redact_text(&name))
             }
             other @ (ApiError::RequestTooLarge { .. }
-            | ApiError::InvalidApiKey
+            | ApiError::InvalidApiKey { .. }
             | ApiError::ServiceDisabled) => other,
         }
     }

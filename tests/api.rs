@@ -116,38 +116,53 @@ async fn mock_honours_n_max_tokens_and_tool_choice() {
     assert_eq!(args, "{}");
 }
 
+/// A wrong, empty or missing key is 401 `invalid_api_key`, as OpenAI answers (its
+/// clients raise `AuthenticationError` only for 401); `invalid_api_key_status =
+/// 403` restores the reference's status, with the same body.
 #[tokio::test]
-async fn invalid_keys_get_the_reference_403() {
-    let gw = TestGateway::start(BASE).await;
-    for key in ["wrong", ""] {
-        let (status, body) = gw.chat_json(key, user("gpt-4o", "hi")).await;
+async fn invalid_keys_get_401_or_the_configured_403() {
+    let envelope = json!({"error": {
+        "message": "Incorrect API key provided: your API key is invalid, expired, or revoked.",
+        "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}});
+    for (extra, expected) in [
+        ("", StatusCode::UNAUTHORIZED),
+        ("invalid_api_key_status = 403\n", StatusCode::FORBIDDEN),
+    ] {
+        let gw = TestGateway::start(&format!("{extra}{BASE}")).await;
+        for key in ["wrong", ""] {
+            let (status, body) = gw.chat_json(key, user("gpt-4o", "hi")).await;
+            assert_eq!(status, expected, "{extra:?} key {key:?}");
+            assert_eq!(body, envelope);
+        }
+        // No Authorization header at all, on both API doors.
+        let response = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .json(&user("gpt-4o", "hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), expected);
+        for path in ["/v1/models", "/v1/models/gpt-4o"] {
+            let response = gw.client.get(gw.url(path)).send().await.unwrap();
+            assert_eq!(response.status(), expected, "{path}");
+            assert_eq!(response.json::<Value>().await.unwrap(), envelope);
+        }
+        // Lower-case scheme is accepted.
+        let response = gw
+            .client
+            .post(gw.url("/v1/chat/completions"))
+            .header("authorization", "bearer key-default")
+            .json(&user("gpt-4o", "hi"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        // A group that may not use the connection stays 403 either way.
+        let (status, body) = gw.chat_json("key-limited", user("gpt-4o", "hi")).await;
         assert_eq!(status, StatusCode::FORBIDDEN);
-        assert_eq!(
-            body,
-            json!({"error": {
-                "message": "Incorrect API key provided: your API key is invalid, expired, or revoked.",
-                "type": "invalid_request_error", "param": null, "code": "invalid_api_key"}})
-        );
+        assert_eq!(body["error"]["code"], "connection_not_allowed");
     }
-    // No Authorization header at all.
-    let response = gw
-        .client
-        .post(gw.url("/v1/chat/completions"))
-        .json(&user("gpt-4o", "hi"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::FORBIDDEN);
-    // Lower-case scheme is accepted.
-    let response = gw
-        .client
-        .post(gw.url("/v1/chat/completions"))
-        .header("authorization", "bearer key-default")
-        .json(&user("gpt-4o", "hi"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::OK);
 }
 
 #[tokio::test]
@@ -260,7 +275,7 @@ async fn models_list_modes_info_and_group_filter() {
         .send()
         .await
         .unwrap();
-    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    assert_eq!(denied.status(), StatusCode::UNAUTHORIZED);
 }
 
 #[tokio::test]
@@ -328,6 +343,96 @@ async fn disabled_service_answers_503() {
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(body["error"]["code"], "service_disabled");
     assert_eq!(body["error"]["type"], "service_unavailable");
+}
+
+/// `client.models.retrieve(id)`: the `/models` entry with that id (same shape,
+/// `model_info` merged, the group's permissions applied), ids with `/` included, or
+/// a 404 `model_not_found` in the OpenAI envelope.
+#[tokio::test]
+async fn model_retrieve_answers_the_listed_entry_or_404() {
+    let config = format!("{BASE}\n[model_info.\"meta-llama/Llama-3-8B\"]\ncontext_window = 8192\n")
+        .replace(
+            "[routing]\n",
+            "[routing]\n\"meta-llama/Llama-3-8B\" = \"mock.*\"\n",
+        );
+    let gw = TestGateway::start(&config).await;
+    let get = |path: String, key: &'static str| {
+        let gw = &gw;
+        async move {
+            let response = gw
+                .client
+                .get(gw.url(&path))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.json::<Value>().await.unwrap())
+        }
+    };
+    let (_, list) = get("/v1/models".into(), "key-default").await;
+    let listed = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["id"] == "meta-llama/Llama-3-8B")
+        .unwrap()
+        .clone();
+    assert_eq!(listed["context_window"], 8192);
+
+    for path in [
+        "/v1/models/meta-llama/Llama-3-8B",
+        "/v1/models/meta-llama%2FLlama-3-8B",
+    ] {
+        let (status, model) = get(path.into(), "key-default").await;
+        assert_eq!(status, StatusCode::OK, "{path}: {model}");
+        assert_eq!(model, listed, "{path}");
+    }
+    let (status, model) = get("/v1/models/exact-model".into(), "key-limited").await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(
+        model,
+        json!({"id": "exact-model", "object": "model", "created": 0, "owned_by": "other"})
+    );
+
+    // Not listed for this group (its connection is not allowed), or not at all.
+    for (path, key) in [
+        ("/v1/models/meta-llama/Llama-3-8B", "key-limited"),
+        ("/v1/models/no-such-model", "key-default"),
+        ("/v1/models/meta-llama", "key-default"),
+    ] {
+        let (status, body) = get(path.into(), key).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path} {key}: {body}");
+        assert_eq!(body["error"]["code"], "model_not_found", "{body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error");
+        assert_eq!(body["error"]["param"], "model");
+    }
+    // The key check comes first, as for the list.
+    let (status, body) = get("/v1/models/exact-model".into(), "nope").await;
+    assert!(status.is_client_error() && status != StatusCode::NOT_FOUND);
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+}
+
+/// As in the reference, a disabled service needs no connection: it loads, starts
+/// and answers 503 on the API doors (an enabled one without connections is refused
+/// at load, see `config::tests`).
+#[tokio::test]
+async fn disabled_service_without_connections_starts_and_answers_503() {
+    let gw = TestGateway::start("enabled = false\n").await;
+    let (status, body) = gw.chat_json("any-key", user("gpt-4o", "hi")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["error"]["code"], "service_disabled");
+    let response = gw
+        .client
+        .get(gw.url("/v1/models"))
+        .bearer_auth("any-key")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    let gw = TestGateway::start("enabled = false\n[connections]\n").await;
+    let (status, _) = gw.chat_json("any-key", user("gpt-4o", "hi")).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
 }
 
 #[tokio::test]

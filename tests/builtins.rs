@@ -352,7 +352,7 @@ async fn key_check_with_request_substitutes_the_key_and_reads_the_group() {
         200
     );
     let (status, body) = gw.chat_json("bad-key", user("m", "x")).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["code"], "invalid_api_key");
     assert_eq!(
         auth.calls.load(Ordering::SeqCst),
@@ -433,7 +433,7 @@ async fn key_check_fails_closed() {
     drop(dead);
     let gw = TestGateway::start(&with_request_config(&dead_url, "")).await;
     let (status, body) = gw.chat_json("good-alice", user("m", "x")).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(body["error"]["code"], "invalid_api_key");
 
     // A service slower than the timeout rejects too.
@@ -441,7 +441,7 @@ async fn key_check_fails_closed() {
     let gw = TestGateway::start(&with_request_config(&slow.url, "timeout = 0.3")).await;
     let started = Instant::now();
     let (status, _) = gw.chat_json("good-alice", user("m", "x")).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     // Far below the service's 60 s: the 0.3 s timeout applied.
     assert!(started.elapsed() < Duration::from_secs(30));
 }
@@ -524,7 +524,7 @@ async fn json_logger_writes_one_transformed_line_per_request() {
         .await;
     assert_eq!(status, 502);
     let (status, _) = gw.chat_json("wrong-key", user("m", "x")).await;
-    assert_eq!(status, 403);
+    assert_eq!(status, 401);
 
     gw.server.shutdown(Duration::from_secs(5));
     gw.server.wait().await.unwrap();
@@ -786,7 +786,7 @@ async fn reload_swaps_valid_configs_and_keeps_streams_alive() {
         lm_proxy::server::reload::reload(&gw.server.state, &resolver, &Default::default()).await
     );
     assert_eq!(gw.chat("new-key", user("m", "x")).await.status(), 200);
-    assert_eq!(gw.chat("old-key", user("m", "x")).await.status(), 403);
+    assert_eq!(gw.chat("old-key", user("m", "x")).await.status(), 401);
 
     // An invalid config is rejected and the current one keeps serving.
     write(dir.path(), "config.toml", &format!("{base}[routing2]\n"));
@@ -847,7 +847,7 @@ fn sighup_and_dev_autoreload_reread_the_config() {
     proc.signal("-HUP");
     wait_for(&proc, "config reloaded", 1);
     assert_eq!(status(&proc, "key-2"), 200);
-    assert_eq!(status(&proc, "key-1"), 403);
+    assert_eq!(status(&proc, "key-1"), 401);
     write(dir.path(), "config.toml", "this is = not valid toml [");
     proc.signal("-HUP");
     wait_for(&proc, "reload rejected", 1);

@@ -533,6 +533,26 @@ async fn streamed_text_with_and_without_usage() {
     );
 }
 
+/// Parallel calls that Gemini sends in one event go out one per chunk, each with
+/// its own `index`, as OpenAI streams them (llama-index reads one call per chunk).
+#[tokio::test]
+async fn streamed_parallel_calls_go_one_per_chunk() {
+    let (_mock, gw) = studio("").await;
+    let (status, chunks, done) = stream(&gw, user("parallel", "weather and time?")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(done);
+    let per_chunk: Vec<usize> = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].as_array())
+        .map(Vec::len)
+        .collect();
+    assert_eq!(per_chunk, [1, 1], "{chunks:?}");
+    let (_, _, calls, finishes) = assemble(&chunks, 0);
+    let names: Vec<(u64, &str)> = calls.iter().map(|c| (c.0, c.2.as_str())).collect();
+    assert_eq!(names, [(0, "get_weather"), (1, "get_time")]);
+    assert_eq!(finishes, ["tool_calls"]);
+}
+
 #[tokio::test]
 async fn streamed_function_calls() {
     let (_mock, gw) = studio("").await;

@@ -203,7 +203,7 @@ async fn an_idle_http2_connection_is_closed() {
         .ok();
 }
 
-/// Over HTTP/2: a body that never ends gets 408, and one without a key gets 403
+/// Over HTTP/2: a body that never ends gets 408, and one without a key gets 401
 /// without being read.
 #[tokio::test]
 async fn http2_bodies_are_bounded_too() {
@@ -217,7 +217,7 @@ async fn http2_bodies_are_bounded_too() {
     .await
     .unwrap();
     tokio::spawn(connection);
-    for (key, status) in [("good-key", 408), ("wrong-key", 403)] {
+    for (key, status) in [("good-key", 408), ("wrong-key", 401)] {
         let first = hyper::body::Frame::data(bytes::Bytes::from_static(b"{\"model\": "));
         let unending = futures_util::stream::iter([Ok::<_, std::io::Error>(first)])
             .chain(futures_util::stream::pending());
@@ -246,7 +246,7 @@ async fn an_unauthenticated_body_is_not_read() {
         .unwrap();
     stream.write_all(&[b' '; 1024]).await.unwrap();
     let (head, body) = read_response(&mut stream).await;
-    assert!(head.starts_with("HTTP/1.1 403"), "{head}");
+    assert!(head.starts_with("HTTP/1.1 401"), "{head}");
     assert!(
         body.contains("invalid_api_key") || body.contains("API key"),
         "{body}"
@@ -261,7 +261,7 @@ async fn a_small_refused_body_keeps_the_connection_usable() {
     let gateway = TestGateway::start(&config(SHORT)).await;
     let mut stream = connect(&gateway).await;
     let body = small_request();
-    for (key, status) in [("wrong-key", "403"), ("good-key", "200")] {
+    for (key, status) in [("wrong-key", "401"), ("good-key", "200")] {
         stream
             .write_all(chat_head(key, body.len(), "").as_bytes())
             .await

@@ -105,7 +105,7 @@ async fn counters_latencies_and_tokens_move_with_requests() {
         assert_eq!(status, 200);
     }
     let (status, _) = gw.chat_json("wrong-key", user("gpt-x", "hi")).await;
-    assert_eq!(status, 403);
+    assert_eq!(status, 401);
 
     let text = scrape(&gw).await;
     let ok = [
@@ -116,7 +116,7 @@ async fn counters_latencies_and_tokens_move_with_requests() {
         ("stream", "false"),
     ];
     assert_eq!(sample(&text, "lm_proxy_requests_total", &ok), Some(2.0));
-    let denied = [("status", "403"), ("connection", "-"), ("group", "-")];
+    let denied = [("status", "401"), ("connection", "-"), ("group", "-")];
     assert_eq!(sample(&text, "lm_proxy_requests_total", &denied), Some(1.0));
 
     let timing = [("connection", "up"), ("stream", "false")];
@@ -403,6 +403,10 @@ fn bad_metrics_settings_stop_startup() {
         ("[metrics]\npath = \"metrics\"", "must be a path"),
         ("[metrics]\npath = \"/v1/models\"", "already used"),
         ("[metrics]\npath = \"/health\"", "already used"),
+        (
+            "[metrics]\npath = \"/v1/models/metrics\"",
+            "retrieved by id",
+        ),
         ("[metrics]\nunknown = 1", "unknown field"),
     ] {
         let text =

@@ -170,3 +170,42 @@ async fn listings_are_refetched_after_the_cache_time() {
     ids(&gw, "k").await;
     assert_eq!(calls.load(Ordering::SeqCst), 8);
 }
+
+/// `GET /v1/models/{id}` honours `expand_wildcards`: an upstream id that a rule
+/// routes is found (with its `model_info`), within the group's connections only.
+#[tokio::test]
+async fn retrieve_finds_expanded_ids_for_the_group() {
+    let (base, _calls) = lists().await;
+    let gw = TestGateway::start(&config(&base, dead_port(), "")).await;
+    let get = |id: &'static str, key: &'static str| {
+        let gw = &gw;
+        async move {
+            let response = gw
+                .client
+                .get(gw.url(&format!("/v1/models/{id}")))
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap();
+            (
+                response.status().as_u16(),
+                response.json::<Value>().await.unwrap(),
+            )
+        }
+    };
+    let (status, model) = get("gemini-2.5-pro", "k").await;
+    assert_eq!(status, 200, "{model}");
+    assert_eq!(
+        model,
+        json!({"id": "gemini-2.5-pro", "object": "model", "created": 0, "owned_by": "google"})
+    );
+    let (status, model) = get("gpt-4o", "k2").await;
+    assert_eq!((status, &model["context_window"]), (200, &json!(128000)));
+    // Routed by `gemini-*`, but the group may not use google; and an id the
+    // upstream does not have is not invented from the pattern.
+    for (id, key) in [("gemini-2.5-pro", "k2"), ("gemini-9", "k")] {
+        let (status, body) = get(id, key).await;
+        assert_eq!(status, 404, "{id}: {body}");
+        assert_eq!(body["error"]["code"], "model_not_found");
+    }
+}

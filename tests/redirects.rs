@@ -181,7 +181,7 @@ Authorization = "Bearer {{api_key}}"
     ))
     .await;
     let (status, body) = gw.chat_json("client-key-123", user("m", "hi")).await;
-    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    assert_eq!(status, StatusCode::UNAUTHORIZED, "{body}");
     assert_eq!(body["error"]["code"], "invalid_api_key", "{body}");
     let seen = seen.lock().unwrap();
     assert!(seen.is_empty(), "the redirect target received {seen:?}");

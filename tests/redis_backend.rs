@@ -222,7 +222,7 @@ X-Key = "{{api_key}}"
         1,
         "the second instance used the shared answer"
     );
-    assert_eq!(a.chat("bad-key", user("m", "x")).await.status(), 403);
-    assert_eq!(b.chat("bad-key", user("m", "x")).await.status(), 403);
+    assert_eq!(a.chat("bad-key", user("m", "x")).await.status(), 401);
+    assert_eq!(b.chat("bad-key", user("m", "x")).await.status(), 401);
     assert_eq!(calls.load(Ordering::SeqCst), 2, "rejections are shared too");
 }

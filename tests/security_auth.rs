@@ -100,7 +100,7 @@ async fn with_request_keys_that_rewrite_the_url_are_refused_before_any_call() {
         "a\\b",
     ] {
         let (status, body) = gw.chat_json(key, user("m", "x")).await;
-        assert_eq!(status, StatusCode::FORBIDDEN, "{key}: {body}");
+        assert_eq!(status, StatusCode::UNAUTHORIZED, "{key}: {body}");
         assert_eq!(body["error"]["code"], "invalid_api_key", "{key}");
     }
     assert_eq!(
@@ -112,7 +112,7 @@ async fn with_request_keys_that_rewrite_the_url_are_refused_before_any_call() {
     let (status, body) = gw.chat_json("good-key", user("m", "x")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let (status, _) = gw.chat_json("bad-key", user("m", "x")).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
     assert_eq!(auth.seen(), ["/keys/good-key/valid", "/keys/bad-key/valid"]);
 }
 
@@ -215,7 +215,7 @@ async fn an_optional_empty_client_key_is_left_out() {
 #[tokio::test]
 async fn no_key_never_matches_an_empty_configured_key() {
     // A config built past the loader's checks (as an embedding program might) with
-    // an empty key: a request without Authorization still gets 403.
+    // an empty key: a request without Authorization still gets 401.
     let mut config = config_from_toml(&format!(
         "{MOCK}[groups.default]\napi_keys = [\"real-key-1\"]\n"
     ));
@@ -228,9 +228,9 @@ async fn no_key_never_matches_an_empty_configured_key() {
         .send()
         .await
         .unwrap();
-    assert_eq!(response.status(), 403);
+    assert_eq!(response.status(), 401);
     let (status, _) = gw.chat_json("", user("m", "x")).await;
-    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! `GET {api_prefix}/models`, and the key check shared with chat completions.
+//! `GET {api_prefix}/models`, `GET {api_prefix}/models/{id}`, and the key check
+//! shared with chat completions.
 //!
 //! The list is built from the routing rules whose connection the caller's group may
 //! use: one entry per pattern (`as_is`), only literal names (`ignore_wildcards`), or,
@@ -12,15 +13,15 @@ use std::sync::Arc;
 
 use futures_util::future::join_all;
 
-use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
 use crate::auth::{api_key_id, bearer_key};
 use crate::config::ModelListingMode;
 use crate::context::RequestContext;
-use crate::error::ApiError;
+use crate::error::{ApiError, ErrorBody};
 use crate::gateway::Gateway;
 use crate::routing::{has_wildcards, RouteModel, Rule};
 use crate::server::AppState;
@@ -32,7 +33,9 @@ pub async fn authenticate(gateway: &Gateway, ctx: &mut RequestContext) -> Result
         .key_check
         .check(&key)
         .await?
-        .ok_or(ApiError::InvalidApiKey)?;
+        .ok_or_else(|| ApiError::InvalidApiKey {
+            status: gateway.config.invalid_api_key_status(),
+        })?;
     ctx.api_key_id = Some(match grant.api_key_id {
         Some(id) => id.to_string(),
         None => api_key_id(&gateway.config.settings.encryption_key, &key),
@@ -54,6 +57,52 @@ pub async fn list_models(
         Ok(list) => axum::Json(list).into_response(),
         Err(err) => err.into_response(),
     }
+}
+
+/// `client.models.retrieve(id)`: the entry of the caller's `/models` list with that
+/// id, or 404 `model_not_found`. The route takes the rest of the path, since model
+/// ids may contain `/` (`meta-llama/Llama-3-8B`).
+pub async fn retrieve_model(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let gateway = state.gateway();
+    let remote_addr = gateway.trusted_proxies.client_addr(&headers, peer.ip());
+    let mut ctx = RequestContext::new(headers, remote_addr);
+    match retrieve(&gateway, &mut ctx, &id).await {
+        Ok(model) => axum::Json(model).into_response(),
+        Err(err) => err.into_response(),
+    }
+}
+
+async fn retrieve(
+    gateway: &Gateway,
+    ctx: &mut RequestContext,
+    id: &str,
+) -> Result<Value, ApiError> {
+    // Built from the same list, so the shape, the group's permissions and the
+    // listing mode (expanded upstream ids included) are exactly those of `/models`.
+    let list = models(gateway, ctx).await?;
+    list["data"]
+        .as_array()
+        .and_then(|data| data.iter().find(|entry| entry["id"] == id))
+        .cloned()
+        .ok_or_else(|| model_not_found(id))
+}
+
+/// OpenAI's answer for an unknown model id.
+fn model_not_found(id: &str) -> ApiError {
+    ApiError::Custom(Box::new(
+        ErrorBody::new(
+            StatusCode::NOT_FOUND,
+            format!("The model '{id}' does not exist or you do not have access to it."),
+            "invalid_request_error",
+        )
+        .param(Some("model".into()))
+        .code(Some("model_not_found".into())),
+    ))
 }
 
 async fn models(gateway: &Gateway, ctx: &mut RequestContext) -> Result<Value, ApiError> {

@@ -34,7 +34,7 @@ pub struct KeyGrant {
 /// Decides whether a client key is valid and which group it belongs to.
 #[async_trait]
 pub trait KeyCheck: Send + Sync {
-    /// `Ok(None)` rejects the key (403 `invalid_api_key`).
+    /// `Ok(None)` rejects the key (401 `invalid_api_key`, or 403 per `invalid_api_key_status`).
     async fn check(&self, api_key: &str) -> Result<Option<KeyGrant>, ApiError>;
 }
 

@@ -272,11 +272,13 @@ impl Config {
         }
 
         let mut connections = IndexMap::new();
-        if settings.connections.is_empty() {
+        // A disabled service answers 503 on the API without routing anywhere, so
+        // (as in the reference) it needs no connection; an enabled one does.
+        if settings.connections.is_empty() && settings.enabled {
             return Err(ConfigError::new(
                 path,
                 "connections",
-                "at least one connection is required",
+                "at least one connection is required (unless `enabled = false`)",
             ));
         }
         for (name, raw) in &settings.connections {
@@ -402,6 +404,16 @@ impl Config {
             )),
             _ => Ok(()),
         }?;
+        if !matches!(self.settings.invalid_api_key_status, 401 | 403) {
+            return Err(ConfigError::new(
+                path,
+                "invalid_api_key_status",
+                format!(
+                    "must be 401 (as OpenAI answers; the default) or 403 (as the Python lm-proxy did), found {}",
+                    self.settings.invalid_api_key_status
+                ),
+            ));
+        }
         if self.settings.max_request_body_mb <= 0.0 {
             return Err(ConfigError::new(
                 path,
@@ -432,6 +444,12 @@ impl Config {
             Some(format!("'{p}' is not a valid URL path"))
         } else if taken.iter().any(|t| t == p) {
             Some(format!("'{p}' is already used by another endpoint"))
+        } else if p.starts_with(&format!("{}/models/", self.api_prefix)) {
+            // `{api_prefix}/models/{id}` takes every path below it (ids may hold `/`).
+            Some(format!(
+                "'{p}' is under {}/models/, where models are retrieved by id",
+                self.api_prefix
+            ))
         } else {
             None
         };
@@ -439,6 +457,13 @@ impl Config {
             Some(problem) => Err(ConfigError::new(&self.path, "metrics.path", problem)),
             None => Ok(()),
         }
+    }
+
+    /// The status answered for a missing or unknown client key (401 or 403, checked
+    /// at load).
+    pub fn invalid_api_key_status(&self) -> http::StatusCode {
+        http::StatusCode::from_u16(self.settings.invalid_api_key_status)
+            .unwrap_or(http::StatusCode::UNAUTHORIZED)
     }
 
     /// The request body limit in bytes.
@@ -675,6 +700,38 @@ mod tests {
         assert_eq!(s.encryption_key, "Eclipse");
         assert_eq!(s.model_listing_mode, ModelListingMode::AsIs);
         assert!(s.model_info.is_empty());
+    }
+
+    #[test]
+    fn only_a_disabled_service_may_have_no_connections() {
+        let c = load(json!({"enabled": false})).unwrap();
+        assert!(!c.settings.enabled && c.connections.is_empty());
+        let c = load(json!({"enabled": false, "connections": {}})).unwrap();
+        assert!(c.connections.is_empty());
+
+        let err = load(json!({"connections": {}})).unwrap_err();
+        assert_eq!(err.key, "connections");
+        assert!(err.problem.contains("at least one connection"), "{err}");
+        let err = load(json!({"enabled": true})).unwrap_err();
+        assert_eq!(err.key, "connections");
+    }
+
+    #[test]
+    fn invalid_api_key_status_is_401_or_403() {
+        let base = json!({"connections": {"m": {"api_type": "mock"}}});
+        let c = load(base.clone()).unwrap();
+        assert_eq!(c.invalid_api_key_status(), http::StatusCode::UNAUTHORIZED);
+        for (value, status) in [(json!(403), 403), (json!("403"), 403), (json!(401), 401)] {
+            let mut tree = base.clone();
+            tree["invalid_api_key_status"] = value;
+            assert_eq!(load(tree).unwrap().invalid_api_key_status(), status);
+        }
+        for value in [json!(400), json!(404), json!(0), json!("x")] {
+            let mut tree = base.clone();
+            tree["invalid_api_key_status"] = value.clone();
+            let err = load(tree).unwrap_err();
+            assert_eq!(err.key, "invalid_api_key_status", "{value}: {err}");
+        }
     }
 
     #[test]

@@ -35,7 +35,9 @@ pub struct FileConfig {
     pub api_prefix: String,
     #[serde(default, deserialize_with = "lenient::bool")]
     pub dev_autoreload: bool,
-    /// Required: name → connection settings (kept raw; see [`ConnectionSpec`]).
+    /// Name → connection settings (kept raw; see [`ConnectionSpec`]). Required
+    /// (non-empty) unless `enabled = false`; checked in `Config::from_value`.
+    #[serde(default)]
     pub connections: IndexMap<String, Value>,
     #[serde(default)]
     pub routing: IndexMap<String, String>,
@@ -86,6 +88,13 @@ pub struct FileConfig {
     /// The queue between finished requests and the configured loggers.
     #[serde(default)]
     pub log_queue: LogQueueConfig,
+    /// Status of a missing or unknown client key (`invalid_api_key`): 401 as OpenAI
+    /// answers, or 403 as the reference did. Checked in `Config::from_value`.
+    #[serde(
+        default = "default_invalid_api_key_status",
+        deserialize_with = "lenient::u16"
+    )]
+    pub invalid_api_key_status: u16,
 }
 
 impl FileConfig {
@@ -394,6 +403,9 @@ fn default_host() -> String {
 }
 fn default_port() -> u16 {
     8000
+}
+fn default_invalid_api_key_status() -> u16 {
+    401
 }
 fn default_api_prefix() -> String {
     "/v1".into()

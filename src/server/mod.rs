@@ -107,6 +107,11 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
             post(api::chat::chat_completions),
         )
         .route(&format!("{prefix}/models"), get(api::models::list_models))
+        // A catch-all: model ids may contain `/`.
+        .route(
+            &format!("{prefix}/models/{{*id}}"),
+            get(api::models::retrieve_model),
+        )
         .route("/health", get(api::health));
     if state.metrics.is_some() {
         router = router.route(

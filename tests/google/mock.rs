@@ -443,6 +443,14 @@ fn scenario(model: &str, _body: &Value, stream: bool) -> Response {
                 usage(20, 9),
             ),
         ],
+        // Parallel calls in one event, streamed or not.
+        "parallel" => vec![answer(
+            json!([{"content": {"role": "model", "parts": [
+                {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}},
+                {"functionCall": {"name": "get_time", "args": {}}}
+            ]}, "finishReason": "STOP", "index": 0}]),
+            usage(20, 9),
+        )],
         "tools" => vec![answer(
             json!([{"content": {"role": "model", "parts": [
                 {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}, "thoughtSignature": "c2lnbmF0dXJlLTE="},

@@ -2,9 +2,9 @@
 //! (reference §3.4, §3.8 "Streaming state machine").
 //!
 //! Each SSE event is a whole `GenerateContentResponse` carrying only new text. Per
-//! candidate: a role chunk first, then text / reasoning deltas, one tool-call delta
-//! per function call (Gemini sends calls whole; `index` counts calls per choice
-//! across events), a finish chunk when `finishReason` arrives. `usageMetadata` is
+//! candidate: a role chunk first, then text / reasoning deltas, one chunk per
+//! function call, each with one whole tool-call delta (Gemini sends calls whole;
+//! `index` counts calls per choice across events), a finish chunk when `finishReason` arrives. `usageMetadata` is
 //! repeated (partially) on many events, so the last one is kept and sent as the
 //! `choices: []` usage chunk at the end, only when the client asked for
 //! `stream_options.include_usage`. A blocked prompt is an error.
@@ -131,19 +131,16 @@ impl StreamTranslator {
             if let Some(text) = parts.text {
                 out.push(self.chunk(index, json!({"content": text}), None));
             }
-            if !parts.calls.is_empty() {
-                // Gemini sends each call whole: one delta with id, name and all
-                // arguments; `index` is the call's position in the choice.
-                let deltas: Vec<Value> =
-                    tool_call_values(&stem, index, first_ordinal, &parts.calls)
-                        .into_iter()
-                        .zip(first_ordinal..)
-                        .map(|(mut call, ordinal)| {
-                            call["index"] = ordinal.into();
-                            call
-                        })
-                        .collect();
-                out.push(self.chunk(index, json!({"tool_calls": deltas}), None));
+            // Gemini sends each call whole: one delta with id, name and all
+            // arguments; `index` is the call's position in the choice. One chunk per
+            // call, as OpenAI streams them: clients such as llama-index read only
+            // the first tool call of a chunk and would drop parallel calls.
+            for (mut call, ordinal) in tool_call_values(&stem, index, first_ordinal, &parts.calls)
+                .into_iter()
+                .zip(first_ordinal..)
+            {
+                call["index"] = ordinal.into();
+                out.push(self.chunk(index, json!({"tool_calls": [call]}), None));
             }
             if let Some(finish) = finish_reason(reason, had_calls) {
                 out.push(self.chunk(index, json!({}), Some(finish)));
@@ -246,16 +243,23 @@ mod tests {
         assert_eq!(d[0].1, json!({"role": "assistant", "content": ""}));
         assert_eq!(d[1].1, json!({"content": "Hel"}));
         assert_eq!(d[2].1, json!({"content": "lo"}));
+        // Parallel calls of one event go out one per chunk, as OpenAI sends them.
         assert_eq!(
             d[3].1,
             json!({"tool_calls": [
-                {"index": 0, "id": "call_r1_0_0", "type": "function", "function": {"name": "a", "arguments": "{\"x\":1}"}},
+                {"index": 0, "id": "call_r1_0_0", "type": "function", "function": {"name": "a", "arguments": "{\"x\":1}"}}
+            ]})
+        );
+        assert_eq!(
+            d[4].1,
+            json!({"tool_calls": [
                 {"index": 1, "id": "call_r1_0_1", "type": "function", "function": {"name": "b", "arguments": "{}"}}
             ]})
         );
-        assert_eq!(d[4].1["tool_calls"][0]["index"], 2);
-        assert_eq!(d[4].1["tool_calls"][0]["id"], "call_r1_0_2");
-        assert_eq!(d[5], (0, json!({}), json!("tool_calls")));
+        assert_eq!(d[5].1["tool_calls"].as_array().unwrap().len(), 1);
+        assert_eq!(d[5].1["tool_calls"][0]["index"], 2);
+        assert_eq!(d[5].1["tool_calls"][0]["id"], "call_r1_0_2");
+        assert_eq!(d[6], (0, json!({}), json!("tool_calls")));
         let usage = chunks.last().unwrap();
         assert_eq!(usage["choices"], json!([]));
         assert_eq!(usage["usage"]["completion_tokens"], 43);
