@@ -7,7 +7,7 @@ config file (the working directory works too). Run:
     lm-proxy-server --config examples/custom_validator.toml
 
 A key check returns a group name, ``(group, user_info)``, or None to reject the key
-(403 ``invalid_api_key``). It may be ``async def`` too; raise
+(401 ``invalid_api_key``). It may be ``async def`` too; raise
 ``lm_proxy.errors.OpenAIHTTPException`` to answer with another status.
 """
 

@@ -103,6 +103,13 @@ _FIELDS: dict[str, Callable[[], Any]] = {
     "model_listing_cache_seconds": lambda: 300,
     "trusted_proxies": _default_trusted_proxies,
     "shutdown_grace_seconds": lambda: 30,
+    "invalid_api_key_status": lambda: 401,
+    "max_response_body_mb": lambda: 64,
+    # Tables whose keys and defaults the core defines (README: `[metrics]`,
+    # `[limits]`, `[log_queue]`); empty means "the defaults".
+    "metrics": dict,
+    "limits": dict,
+    "log_queue": dict,
 }
 
 
@@ -138,6 +145,11 @@ class Config:
     model_listing_cache_seconds: float
     trusted_proxies: list[str]
     shutdown_grace_seconds: float
+    invalid_api_key_status: int
+    max_response_body_mb: float
+    metrics: dict[str, Any]
+    limits: dict[str, Any]
+    log_queue: dict[str, Any]
 
     def __init__(self, **settings: Any) -> None:
         if "check_api_key" in settings:

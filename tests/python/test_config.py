@@ -313,7 +313,7 @@ def test_dotted_path_next_to_the_config(
             model="up-a", messages=MESSAGES
         )
         assert answer.choices[0].message.content == UPSTREAM_CONTENT
-    with pytest.raises(openai.PermissionDeniedError):
+    with pytest.raises(openai.AuthenticationError):
         client_for(gateway.url, "nobody").chat.completions.create(model="up-a", messages=MESSAGES)
 
 
@@ -333,7 +333,7 @@ def test_serving_threads_run_python_validators(
             model="up-a", messages=MESSAGES
         )
         assert answer.choices[0].message.content == UPSTREAM_CONTENT
-        with pytest.raises(openai.PermissionDeniedError):
+        with pytest.raises(openai.AuthenticationError):
             client_for(gateway.url, "nobody").chat.completions.create(
                 model="up-a", messages=MESSAGES
             )
@@ -506,5 +506,5 @@ def test_sighup_reloads_a_py_config(tmp_path: Path, start_python_gateway: Any) -
         time.sleep(0.05)
     new = client_for(gateway.url, "new-key").chat.completions.create(model="m", messages=MESSAGES)
     assert new.choices[0].message.content == "second"
-    with pytest.raises(openai.PermissionDeniedError):
+    with pytest.raises(openai.AuthenticationError):
         client_for(gateway.url, "old-key").chat.completions.create(model="m", messages=MESSAGES)

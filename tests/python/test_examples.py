@@ -36,7 +36,7 @@ def test_custom_validator(serve_config: Any) -> None:
             model="demo", messages=MESSAGES
         )
     assert revoked.value.body["code"] == "key_revoked"
-    with pytest.raises(openai.PermissionDeniedError):
+    with pytest.raises(openai.AuthenticationError):
         client_for(server.url, "stranger").chat.completions.create(model="demo", messages=MESSAGES)
 
 

@@ -112,9 +112,9 @@ def test_key_check_function(serve_config: Any, upstream: MockUpstream, check: An
     client_for(server.url, "vip").chat.completions.create(model="m", messages=MESSAGES)
     assert seen == [("default", {}), ("vip", {"tier": "gold"})]
 
-    with pytest.raises(openai.PermissionDeniedError) as denied:
+    with pytest.raises(openai.AuthenticationError) as denied:
         client_for(server.url, "bad").chat.completions.create(model="m", messages=MESSAGES)
-    assert denied.value.status_code == 403
+    assert denied.value.status_code == 401
     assert denied.value.body["code"] == "invalid_api_key"
 
 
@@ -146,7 +146,7 @@ def test_key_check_class_table_with_kwargs(serve_config: Any, upstream: MockUpst
     )
     client_for(server.url, "tok-abc").chat.completions.create(model="m", messages=MESSAGES)
     assert seen == [("team", {"key_tail": "abc"})]
-    with pytest.raises(openai.PermissionDeniedError):
+    with pytest.raises(openai.AuthenticationError):
         client_for(server.url, "nope").chat.completions.create(model="m", messages=MESSAGES)
 
 
@@ -374,7 +374,7 @@ def test_loggers_sync_async_and_failing(serve_config: Any, upstream: MockUpstrea
     client.chat.completions.create(model="m1", messages=MESSAGES)
     stream = client.chat.completions.create(model="m2", messages=MESSAGES, stream=True)
     assert stream_text(stream)[0] == "You said: Hello there"
-    with pytest.raises(openai.PermissionDeniedError):
+    with pytest.raises(openai.AuthenticationError):
         client_for(server.url, "bad-key").chat.completions.create(model="m3", messages=MESSAGES)
     server.stop()  # writes out every queued entry
 
@@ -382,7 +382,7 @@ def test_loggers_sync_async_and_failing(serve_config: Any, upstream: MockUpstrea
     assert sync_seen[0]["content"] == sync_seen[1]["content"] == "You said: Hello there"
     assert isinstance(sync_seen[0]["created_at"], datetime)
     assert isinstance(sync_seen[2]["error"], OpenAIHTTPException)
-    assert sync_seen[2]["error"].status_code == 403
+    assert sync_seen[2]["error"].status_code == 401
     assert sync_seen[2]["error"].code == "invalid_api_key"
     assert len(async_seen) == 3 and all(d >= 0 for d in async_seen)
 

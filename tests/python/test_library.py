@@ -9,6 +9,7 @@ import textwrap
 from pathlib import Path
 from typing import Any
 
+import httpx
 import openai
 import pytest
 from conftest import (
@@ -22,7 +23,7 @@ from conftest import (
 )
 
 lm_proxy = import_lm_proxy()
-from lm_proxy import Config, Group, OpenAIHTTPException, Server  # noqa: E402
+from lm_proxy import Config, ConfigError, Group, OpenAIHTTPException, Server  # noqa: E402
 from lm_proxy.api_key_check import AllowAll  # noqa: E402
 from lm_proxy.base_types import LLMResponse, RequestContext  # noqa: E402
 from lm_proxy.bootstrap import bootstrap, env  # noqa: E402
@@ -146,7 +147,7 @@ def test_reference_load_balancer_example(
     assert chunks[-1].choices[0].finish_reason == "stop"
     assert upstream.only_request().body["stream"] is True
 
-    with pytest.raises(openai.PermissionDeniedError):
+    with pytest.raises(openai.AuthenticationError):
         client_for(server.url, "other").chat.completions.create(model="x", messages=MESSAGES)
 
 
@@ -329,3 +330,59 @@ def test_serve_in_background_script(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["QUIET", "stopped"]
+
+
+def test_config_objects_take_this_projects_tables(
+    tmp_path: Path, upstream: MockUpstream, serve_config: Any
+) -> None:
+    """`Config` knows every top-level setting the core does, so a config file with
+    `[metrics]`, `[limits]`, `[log_queue]` loads as a `Config`, and a `Config` built
+    in Python can set them (it rejected them as unknown keys)."""
+    path = tmp_path / "c.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            invalid_api_key_status = 403
+            max_response_body_mb = 8
+            [connections.up]
+            api_type = "open_ai"
+            api_base = "{upstream.api_base}"
+            api_key = "{UPSTREAM_KEY}"
+            [routing]
+            "*" = "up.*"
+            [groups.default]
+            api_keys = ["KEY1"]
+            [metrics]
+            enabled = false
+            [limits]
+            header_timeout_seconds = 5
+            [log_queue]
+            max_entries = 16
+            """
+        )
+    )
+    loaded = Config.load(path)
+    assert loaded.invalid_api_key_status == 403
+    assert loaded.limits == {"header_timeout_seconds": 5}
+    assert loaded.log_queue == {"max_entries": 16}
+    assert loaded.metrics == {"enabled": False}
+    assert Config.load(path) == loaded
+
+    built = Config(
+        connections={"up": upstream_connection(upstream)},
+        routing={"*": "up.*"},
+        groups={"default": Group(api_keys=["KEY1"])},
+        invalid_api_key_status=403,
+        limits={"idle_timeout_seconds": 30},
+        metrics={"enabled": False},
+    )
+    server = serve_config(built)
+    answer = client_for(server.url, "KEY1").chat.completions.create(model="m", messages=MESSAGES)
+    assert answer.choices[0].message.content == UPSTREAM_CONTENT
+    with pytest.raises(openai.PermissionDeniedError) as refused:
+        client_for(server.url, "other").chat.completions.create(model="m", messages=MESSAGES)
+    assert refused.value.status_code == 403, "the configured status, not the default 401"
+    metrics = httpx.get(f"{server.url}/metrics", trust_env=False)
+    assert metrics.status_code == 404, "metrics disabled from the Config object"
+    with pytest.raises(ConfigError, match="limits"):
+        Config(connections={"up": upstream_connection(upstream)}, limits={"nope": 1}).check()

@@ -253,18 +253,18 @@ def test_models_list(client: openai.OpenAI) -> None:
     assert all(model.object == "model" for model in models)
 
 
-def test_bad_key_is_permission_denied(gateway: GatewayProcess) -> None:
+def test_bad_key_is_an_authentication_error(gateway: GatewayProcess) -> None:
     with make_client(gateway, api_key="not-a-valid-key") as bad_client:
         # GET first: see test_rejected_request_keeps_connection_usable for why a rejected
         # POST is the last request made on this client.
-        with pytest.raises(openai.PermissionDeniedError) as raised:
+        with pytest.raises(openai.AuthenticationError) as raised:
             bad_client.models.list()
-        assert raised.value.status_code == 403
+        assert raised.value.status_code == 401
         assert raised.value.code == "invalid_api_key"
 
-        with pytest.raises(openai.PermissionDeniedError) as raised:
+        with pytest.raises(openai.AuthenticationError) as raised:
             bad_client.chat.completions.create(model="mock-model", messages=MESSAGES)
-        assert raised.value.status_code == 403
+        assert raised.value.status_code == 401
         assert raised.value.code == "invalid_api_key"
 
 
@@ -284,7 +284,7 @@ def test_rejected_request_keeps_connection_usable(gateway: GatewayProcess) -> No
         connection.send(body)
         response = connection.getresponse()
         response.read()
-        assert response.status == 403
+        assert response.status == 401
         # The claim is that the connection stays usable: announcing a close would
         # make clients open a new one (and http.client would do so silently).
         assert (response.getheader("Connection") or "").lower() != "close"
