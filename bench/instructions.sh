@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Instructions per request of one or more lm-proxy binaries, counted by callgrind:
+# repeatable to a few hundred instructions whatever else the machine is doing, so
+# it can separate a 3 % change that wall-clock runs on a shared VM cannot.
+#
+#   bench/instructions.sh target/release/lm-proxy-server /tmp/old/lm-proxy-server
+#
+# For each binary and scenario (non-streamed, a 20-chunk pass-through stream, a
+# 20-chunk Anthropic stream translated to OpenAI chunks) the gateway runs under
+# callgrind with one serving thread while sequential keep-alive requests go through
+# it; the instructions of N2 requests minus those of N1 requests, divided by N2-N1,
+# leave out startup and shutdown. Needs valgrind and a release build
+# (`cargo build --release --bins` makes bench-upstream too). Not part of CI.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+[[ $# -ge 1 ]] || { sed -n 2,12p "$0"; exit 2; }
+command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
+UPSTREAM=target/release/bench-upstream
+[[ -x $UPSTREAM ]] || cargo build --release --locked --bins
+N1=${N1:-200}
+N2=${N2:-1200}
+work=$(mktemp -d)
+upstream_port=18431
+gateway_port=18432
+cleanup() { kill "${upstream_pid:-}" 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+wait_for() { for _ in $(seq 600); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; return 1; }
+
+"$UPSTREAM" --port $upstream_port >"$work/upstream.log" 2>&1 &
+upstream_pid=$!
+wait_for "http://127.0.0.1:$upstream_port/health"
+cat >"$work/gateway.toml" <<CFG
+host = "127.0.0.1"
+port = $gateway_port
+[connections.mock]
+api_type = "open_ai"
+api_base = "http://127.0.0.1:$upstream_port/v1"
+api_key = "upstream-key"
+[connections.claude]
+api_type = "anthropic"
+api_base = "http://127.0.0.1:$upstream_port"
+api_key = "upstream-key"
+[routing]
+"claude*" = "claude.*"
+"*" = "mock.*"
+[groups.default]
+api_keys = ["bench-key"]
+CFG
+cat >"$work/load.py" <<'PY'
+import http.client, sys
+port, n, body = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode()
+connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+headers = {"Authorization": "Bearer bench-key", "Content-Type": "application/json"}
+for _ in range(n):
+    connection.request("POST", "/v1/chat/completions", body, headers)
+    response = connection.getresponse()
+    data = response.read()
+    assert response.status == 200, (response.status, data[:200])
+PY
+
+# instructions BINARY BODY N: the callgrind total of a run serving N requests.
+instructions() {
+    valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
+        "$1" --config "$work/gateway.toml" --threads 1 >"$work/gateway.log" 2>&1 &
+    local pid=$!
+    wait_for "http://127.0.0.1:$gateway_port/health"
+    python3 "$work/load.py" $gateway_port "$3" "$2"
+    kill -INT $pid
+    wait $pid 2>/dev/null || true
+    awk '/^(summary|totals):/ {print $2; exit}' "$work/cg.out"
+}
+
+declare -A bodies=(
+    [non-streamed]='{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
+    [stream-20]='{"model":"bench-s20","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    [anthropic-stream-20]='{"model":"claude-bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
+)
+printf '%-22s %-50s %s\n' scenario binary instructions/request
+for scenario in non-streamed stream-20 anthropic-stream-20; do
+    for binary in "$@"; do
+        first=$(instructions "$binary" "${bodies[$scenario]}" "$N1")
+        second=$(instructions "$binary" "${bodies[$scenario]}" "$N2")
+        printf '%-22s %-50s %d\n' "$scenario" "$binary" $(((second - first) / (N2 - N1)))
+    done
+done
