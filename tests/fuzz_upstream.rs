@@ -27,9 +27,9 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use common::{sse_payloads, TestGateway};
+use common::{fuzz, sse_payloads, TestGateway};
 use proptest::prelude::*;
-use proptest::test_runner::{Config, RngAlgorithm, TestCaseError, TestRng, TestRunner};
+use proptest::test_runner::TestCaseError;
 use serde_json::{json, Value};
 
 #[derive(Clone, Copy, Debug)]
@@ -272,38 +272,16 @@ fn model_list() -> BoxedStrategy<Value> {
 
 // ------------------------------------------------------------------ strategies
 
-/// Any JSON value, a few levels deep, with strings that look like the ones the
-/// parsers look for.
+/// Strings the parsers under test look for.
+const WORDS: &[&str] = &["text", "tool_use", "message_stop", "STOP", "MAX_TOKENS"];
+
 fn arb_json() -> impl Strategy<Value = Value> {
-    let leaf = prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        any::<i64>().prop_map(|n| json!(n)),
-        any::<f64>()
-            .prop_filter("finite", |f| f.is_finite())
-            .prop_map(|f| json!(f)),
-        prop_oneof![
-            Just("text".to_owned()),
-            Just("tool_use".to_owned()),
-            Just("message_stop".to_owned()),
-            Just("STOP".to_owned()),
-            Just("MAX_TOKENS".to_owned()),
-            "\\PC{0,12}",
-        ]
-        .prop_map(Value::String),
-    ];
-    leaf.prop_recursive(4, 40, 5, |inner| {
-        prop_oneof![
-            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
-            prop::collection::vec(("[a-zA-Z_]{1,10}", inner), 0..4)
-                .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
-        ]
-    })
+    fuzz::arb_json(WORDS)
 }
 
 /// Mostly `good`, sometimes anything.
 fn or_junk<S: Strategy<Value = Value> + 'static>(good: S) -> BoxedStrategy<Value> {
-    prop_oneof![6 => good, 1 => arb_json()].boxed()
+    fuzz::sometimes_junk(good, 6, WORDS)
 }
 
 fn text() -> BoxedStrategy<Value> {
@@ -549,35 +527,11 @@ fn any_upstream_answer_gives_the_client_a_well_formed_result() {
         .build()
         .unwrap();
     let harness = runtime.block_on(Harness::start());
-    // The default run (CI) replays the same cases every time; a long run asked for
-    // with PROPTEST_CASES explores new ones.
-    let long_run: Option<u32> = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|n| n.parse().ok());
-    let config = Config {
-        cases: long_run.unwrap_or(192),
-        failure_persistence: None,
-        ..Config::default()
-    };
-    let mut runner = match long_run {
-        Some(_) => TestRunner::new(config),
-        None => TestRunner::new_with_rng(config, TestRng::deterministic_rng(RngAlgorithm::ChaCha)),
-    };
-    let result = runner.run(&case(), |case| {
+    fuzz::run(&case(), &ANSWERED, |case| {
         runtime.block_on(async {
             tokio::time::timeout(Duration::from_secs(30), harness.check(case))
                 .await
                 .map_err(|_| TestCaseError::fail("the gateway did not finish within 30 s"))?
         })
     });
-    if let Err(failure) = result {
-        panic!("{failure}");
-    }
-    let cases = long_run.unwrap_or(192) as usize;
-    let answered = ANSWERED.load(std::sync::atomic::Ordering::Relaxed);
-    eprintln!("{answered} of {cases} cases answered 200");
-    assert!(
-        answered * 10 >= cases,
-        "only {answered} cases were answered: the generator is too far off"
-    );
 }

@@ -3,6 +3,7 @@
 //! the real gateway in-process or as the built binary.
 #![allow(dead_code)]
 
+pub mod fuzz;
 pub mod process;
 
 use std::convert::Infallible;
