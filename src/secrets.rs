@@ -244,18 +244,13 @@ impl Redactor {
         let mut upstream = Vec::new();
         // The key-check service's own credentials (`[api_key_check.headers]`, e.g.
         // a service token next to the client key's placeholder) go upstream too.
-        if let Some(Value::Object(headers)) = config
-            .api_key_check
-            .as_ref()
-            .and_then(|spec| spec.kwargs.get("headers"))
-        {
+        let key_check = config.api_key_check.as_ref().map(|spec| &spec.kwargs);
+        if let Some(Value::Object(headers)) = key_check.and_then(|kwargs| kwargs.get("headers")) {
+            let placeholder = key_check
+                .and_then(|kwargs| kwargs.get("key_placeholder"))
+                .and_then(Value::as_str)
+                .unwrap_or("{api_key}");
             for value in headers.values().filter_map(Value::as_str) {
-                let placeholder = config
-                    .api_key_check
-                    .as_ref()
-                    .and_then(|spec| spec.kwargs.get("key_placeholder"))
-                    .and_then(Value::as_str)
-                    .unwrap_or("{api_key}");
                 // The parts around the client key's placeholder are the secret.
                 upstream.extend(
                     value

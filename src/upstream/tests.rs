@@ -77,33 +77,9 @@ async fn serve_connection(socket: &mut TcpStream, after: After, seen: &Mutex<Vec
     let mut buffer = Vec::new();
     let mut served = 0;
     loop {
-        let head_end = loop {
-            if let Some(at) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                break at + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            match socket.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buffer.extend_from_slice(&chunk[..n]),
-            }
+        let Some((head, body)) = read_request(socket, &mut buffer).await else {
+            return;
         };
-        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
-        let length: usize = head
-            .lines()
-            .find_map(|l| {
-                l.to_ascii_lowercase()
-                    .strip_prefix("content-length:")
-                    .map(|v| v.trim().parse().unwrap())
-            })
-            .unwrap_or(0);
-        while buffer.len() < head_end + length {
-            let mut chunk = [0u8; 4096];
-            let n = socket.read(&mut chunk).await.unwrap();
-            assert!(n > 0, "request body cut short");
-            buffer.extend_from_slice(&chunk[..n]);
-        }
-        let body = buffer[head_end..head_end + length].to_vec();
-        buffer.drain(..head_end + length);
         seen.lock().unwrap().push(head);
         served += 1;
         let close = if after == After::AnnounceClose {
