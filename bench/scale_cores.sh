@@ -1,0 +1,114 @@
+#!/usr/bin/env bash
+# CPU per request and per stream as serving cores grow (issue "Speed on every core").
+#
+#   bench/scale_cores.sh [GATEWAY_BIN] [UPSTREAM_BIN]
+#
+# For 1, 2, 4 and 6 serving threads (--threads N, pinned with taskset to N cores of
+# their own) it drives the gateway with wrk (pinned to other cores; the mock on
+# others again) for SECONDS each: non-streamed, a 20-chunk pass-through stream and a
+# 20-chunk Anthropic stream translated to OpenAI chunks. It prints requests per
+# second and the gateway's CPU time per request (utime+stime of its process over the
+# run, from /proc), so a contended path shows as CPU per request that grows with
+# cores instead of staying flat. Needs >= 12 cores, wrk and taskset; not part of CI.
+# WRK=path overrides the wrk binary (e.g. one carried to a machine without it).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+GATEWAY=${1:-target/release/lm-proxy-server}
+UPSTREAM=${2:-target/release/bench-upstream}
+WRK=${WRK:-wrk}
+SECONDS_PER_RUN=${SECONDS_PER_RUN:-5}
+CORES=$(nproc)
+THREAD_COUNTS=${THREAD_COUNTS:-1 2 4 6}
+work=$(mktemp -d)
+upstream_port=18531
+gateway_port=18532
+cleanup() {
+    kill "${gateway_pid:-}" "${upstream_pid:-}" 2>/dev/null || true
+    wait 2>/dev/null || true
+    rm -rf "$work"
+}
+trap cleanup EXIT
+
+wait_for() { for _ in $(seq 300); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; return 1; }
+# cpu_ticks PID: utime + stime of the process (all threads), in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+TICK=$(getconf CLK_TCK)
+
+# Cores: the mock gets the last quarter, wrk the quarter before it, the gateway
+# the first N (N <= 6). Below 12 cores nothing is pinned apart (a smoke test only:
+# THREAD_COUNTS=1 SECONDS_PER_RUN=1 checks that the script works).
+if [[ $CORES -ge 12 ]]; then
+    mock_cores="$((CORES * 3 / 4))-$((CORES - 1))"
+    wrk_cores="$((CORES / 2))-$((CORES * 3 / 4 - 1))"
+    wrk_threads=$((CORES / 4))
+else
+    echo "fewer than 12 cores ($CORES): nothing pinned apart, figures mean little" >&2
+    mock_cores="0-$((CORES - 1))"
+    wrk_cores=$mock_cores
+    wrk_threads=1
+fi
+gateway_cores() { if [[ $CORES -ge 12 ]]; then echo "0-$(($1 - 1))"; else echo "0-$((CORES - 1))"; fi; }
+
+taskset -c "$mock_cores" "$UPSTREAM" --port $upstream_port >"$work/upstream.log" 2>&1 &
+upstream_pid=$!
+wait_for "http://127.0.0.1:$upstream_port/health"
+cat >"$work/gateway.toml" <<CFG
+host = "127.0.0.1"
+port = $gateway_port
+[connections.mock]
+api_type = "open_ai"
+api_base = "http://127.0.0.1:$upstream_port/v1"
+api_key = "upstream-key"
+[connections.claude]
+api_type = "anthropic"
+api_base = "http://127.0.0.1:$upstream_port"
+api_key = "upstream-key"
+[routing]
+"claude*" = "claude.*"
+"*" = "mock.*"
+[groups.default]
+api_keys = ["bench-key"]
+CFG
+
+declare -A bodies=(
+    [non-streamed]='{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
+    [stream-20]='{"model":"bench-s20","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    [anthropic-stream-20]='{"model":"claude-bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
+)
+
+printf '%-20s %5s %12s %14s %8s %7s\n' scenario cores "req/s" "CPU us/req" "p99 ms" errors
+for threads in $THREAD_COUNTS; do
+    taskset -c "$(gateway_cores "$threads")" "$GATEWAY" --config "$work/gateway.toml" --threads "$threads" \
+        >"$work/gateway.log" 2>&1 &
+    gateway_pid=$!
+    wait_for "http://127.0.0.1:$gateway_port/health"
+    for scenario in non-streamed stream-20 anthropic-stream-20; do
+        cat >"$work/wrk.lua" <<LUA
+wrk.method = "POST"
+wrk.body = [==[${bodies[$scenario]}]==]
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer bench-key"
+done = function(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format("BENCH %d %d %d %d\n", summary.requests, summary.duration,
+    latency:percentile(99), e.connect + e.read + e.write + e.status + e.timeout))
+end
+LUA
+        # Warm up (connections, pools), then measure.
+        taskset -c "$wrk_cores" "$WRK" -t"$wrk_threads" -c256 -d1s -s "$work/wrk.lua" \
+            "http://127.0.0.1:$gateway_port/v1/chat/completions" >/dev/null
+        before=$(cpu_ticks $gateway_pid)
+        line=$(taskset -c "$wrk_cores" "$WRK" -t"$wrk_threads" -c256 -d"${SECONDS_PER_RUN}s" \
+            --timeout 10s -s "$work/wrk.lua" "http://127.0.0.1:$gateway_port/v1/chat/completions" |
+            grep '^BENCH')
+        after=$(cpu_ticks $gateway_pid)
+        read -r _ requests duration_us p99_us errors <<<"$line"
+        awk -v s="$scenario" -v t="$threads" -v r="$requests" -v d="$duration_us" \
+            -v p="$p99_us" -v e="$errors" -v c=$((after - before)) -v tick="$TICK" \
+            'BEGIN { printf "%-20s %5d %12.0f %14.1f %8.1f %7d\n", s, t, r / (d / 1e6),
+                     (c / tick * 1e6) / r, p / 1000, e }'
+    done
+    kill -INT $gateway_pid
+    wait $gateway_pid 2>/dev/null || true
+    gateway_pid=
+done
