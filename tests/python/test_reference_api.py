@@ -310,6 +310,35 @@ def test_the_built_ins_stay_rust_built_ins_as_config_values(
         )
 
 
+class _CountingLimiter(RateLimiter):
+    calls = 0
+
+    async def __call__(self, ctx: Any) -> None:
+        type(self).calls += 1
+        await super().__call__(ctx)
+
+
+def test_a_built_in_subclass_that_changes_the_call_runs_in_python(serve_config: Any) -> None:
+    limiter = _CountingLimiter(max_requests=1, window_seconds=60)
+    config = Config(
+        host="127.0.0.1",
+        port=0,
+        connections={"m": {"api_type": "mock"}},
+        routing={"*": "m.*"},
+        groups={"default": Group(api_keys=[CLIENT_KEY])},
+        before=[limiter, RateLimiter(max_requests=5)],
+    )
+    _tree, objects = config._to_tree()
+    assert list(objects.values()) == [limiter], "the plain RateLimiter stays in Rust"
+    server = serve_config(config)
+    with client_for(server.url) as client:
+        client.chat.completions.create(model="x", messages=MESSAGES)
+        with pytest.raises(openai.RateLimitError) as limited:
+            client.chat.completions.create(model="x", messages=MESSAGES)
+    assert 1 <= int(limited.value.response.headers["retry-after"]) <= 60
+    assert _CountingLimiter.calls == 2
+
+
 def test_allow_all_rate_limiter_and_forwarder_called_from_python() -> None:
     assert AllowAll()("k1") == ("default", {"api_key": "k1"})
     assert AllowAll(group="g", capture_api_key=False)("k1") == ("g", {})
