@@ -397,6 +397,18 @@ def test_allow_all_rate_limiter_and_forwarder_called_from_python() -> None:
     asyncio.run(HTTPHeadersForwarder()(nothing))
     assert nothing.llm_params == {}
 
+    # Any request with a headers mapping, such as a Starlette request (whose headers
+    # have a `raw` list of byte pairs).
+    class StarletteLikeHeaders(dict[str, str]):
+        raw = ((b"x-a", b"1"), (b"cookie", b"c"))
+
+    other = RequestContext()
+    other.http_request = SimpleNamespace(  # type: ignore[assignment]
+        headers=StarletteLikeHeaders({"x-a": "1", "cookie": "c"})
+    )
+    asyncio.run(HTTPHeadersForwarder()(other))
+    assert other.llm_params == {"extra_headers": {"x-a": "1"}}
+
 
 # --------------------------------------------------------------------------------------
 # Point 10: the reference's helper modules

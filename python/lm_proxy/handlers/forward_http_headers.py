@@ -6,6 +6,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from .._builtins import Builtin
+from ..base_types import Headers
 
 # Never forwarded, whatever the lists say (the reference's set; the Rust built-in
 # adds the names in _ALSO_NEVER_FORWARDED).
@@ -102,7 +103,8 @@ class HTTPHeadersForwarder(Builtin):
             return
         ignore = SENSITIVE_HEADERS | _ALSO_NEVER_FORWARDED | set(self._args["ignore_headers"])
         white_list = set(self._args["white_list_headers"])
-        pairs = headers.raw() if hasattr(headers, "raw") else list(headers.items())
+        # Every (name, value) as sent; a Starlette request's headers.items() has them too.
+        pairs = headers.raw() if isinstance(headers, Headers) else list(headers.items())
         # Headers the client declared hop-by-hop (`Connection: close, x-foo`).
         hop_by_hop = {
             name.strip().lower()
