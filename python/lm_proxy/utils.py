@@ -181,9 +181,10 @@ def get_client_ip(request: Any, trusted_proxies: Iterable[str] | None = None) ->
     def trusted(ip: _Address) -> bool:
         return any(ip in net for net in nets)
 
-    # Without a peer (a request that came through a local socket) the headers count.
-    if peer is not None and not trusted(peer[0]):
-        return peer[1]
+    # Without a peer (a request that came through a local socket) the headers count;
+    # a peer that is not an address ("testclient") is no trusted proxy.
+    if peer_text and (peer is None or not trusted(peer[0])):
+        return peer[1] if peer is not None else str(peer_text)
 
     def chain(name: str, extract: Any) -> list[tuple[_Address, str]]:
         found = []
@@ -216,7 +217,7 @@ def get_client_ip(request: Any, trusted_proxies: Iterable[str] | None = None) ->
         found = rightmost_untrusted(chain("forwarded", forwarded_for))
     if found is not None:
         return found
-    return peer[1] if peer is not None else (str(peer_text) if peer_text else "unknown")
+    return peer[1] if peer is not None else "unknown"
 
 
 def _header_values(request: Any, name: str) -> list[str]:

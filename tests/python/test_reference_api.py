@@ -507,6 +507,7 @@ def test_utils_helpers(monkeypatch: pytest.MonkeyPatch) -> None:
     assert get_client_ip(_request(None, **forwarded)) == "2001:DB8::1", "as written"
     assert get_client_ip(_request(None, host="::1")) == "::1"
     assert get_client_ip(SimpleNamespace(headers={}, client=None)) == "unknown"
+    assert get_client_ip(_request(None, host="testclient", **xff)) == "testclient"
     # The package's own request type works too.
     http_request = HTTPRequest(
         headers=Headers([("x-forwarded-for", "203.0.113.7")]), client=Address("127.0.0.1", 1)
