@@ -25,8 +25,35 @@ class Builtin:
         # one a config file with the same settings gives.
         defaults = _defaults(type(self))
         self.kwargs = {k: v for k, v in kwargs.items() if k not in defaults or defaults[k] != v}
+        # Every setting, defaults included, for the Python implementations of calls.
+        self._args: dict[str, Any] = {**defaults, **kwargs}
+        self._init_runtime()
+
+    #: Attributes holding the run-time state of direct calls (locks, caches, windows).
+    _runtime_attrs: tuple[str, ...] = ()
+
+    def _init_runtime(self) -> None:
+        """Create the run-time state of direct calls (see ``_runtime_attrs``)."""
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Copies (Config.model_copy(deep=True)) and pickles get fresh run-time state:
+        # locks cannot be copied, and windows or caches must not be shared.
+        state = dict(self.__dict__)
+        for name in self._runtime_attrs:
+            state.pop(name, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
 
     def _lm_proxy_table_(self) -> dict[str, Any] | None:
+        # A subclass that changes what a call does is Python code: it runs in Python.
+        mro = type(self).__mro__
+        builtin = next(k for k in mro if "target" in vars(k))
+        caller = next((k for k in mro if "__call__" in vars(k)), object)
+        if caller not in builtin.__mro__:
+            return None
         return {"class": self.target, **self.kwargs}
 
     def __eq__(self, other: object) -> bool:

@@ -1,20 +1,34 @@
-"""The config as Python objects: ``Config`` and ``Group``, with the reference's fields
-and defaults, whose values may be Python callables.
+"""The config as Python objects: ``Config`` and ``Group``, pydantic v2 models with the
+reference's fields and defaults, whose values may be Python callables.
 
 A ``.py`` config file builds a ``Config`` and exports it as ``config``; TOML, JSON
 and YAML files load into the same class with :meth:`Config.load`, so equivalent
 files give equal objects. Serving a ``Config`` hands it to the Rust core as a JSON
-tree (see ``_to_tree``), where it is checked exactly like a config file.
+tree (see ``_to_tree``), where it is checked exactly like a config file: the models
+check the shapes the reference's models checked, the core everything else.
+
+As in the reference, ``model_dump``, ``model_validate``, ``model_copy`` and
+``model_json_schema`` work; ``Config.model_validate(config.model_dump())`` is an
+equal config that serves the same gateway.
 """
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import os
 import secrets
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, Union
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from . import _lm_proxy
 from .errors import ConfigError
@@ -32,7 +46,7 @@ class ModelListingMode(enum.StrEnum):
     EXPAND_WILDCARDS = "expand_wildcards"
 
 
-class Group:
+class Group(BaseModel):
     """A group of client keys and the connections they may use.
 
     ``allowed_connections`` is ``"*"``, comma-separated names, or a list of names.
@@ -40,17 +54,35 @@ class Group:
     write ``Group(connections="*")``).
     """
 
+    model_config = ConfigDict(extra="forbid")
+
+    api_keys: list[str] = Field(default_factory=list)
+    allowed_connections: str | list[str] = "*"
+
     def __init__(
         self,
         api_keys: list[str] | None = None,
-        allowed_connections: str | list[str] = "*",
-        *,
-        connections: str | list[str] | None = None,
+        allowed_connections: str | list[str] | None = None,
+        **data: Any,
     ) -> None:
-        self.api_keys: list[str] = list(api_keys or [])
-        self.allowed_connections: str | list[str] = (
-            connections if connections is not None else allowed_connections
-        )
+        # Positional arguments as before this was a pydantic model.
+        if api_keys is not None:
+            data["api_keys"] = api_keys
+        if allowed_connections is not None:
+            data["allowed_connections"] = allowed_connections
+        super().__init__(**data)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aliases(cls, data: Any) -> Any:
+        # Also for model_validate, which does not go through __init__.
+        if isinstance(data, Mapping):
+            data = dict(data)
+            if "connections" in data:
+                data["allowed_connections"] = data.pop("connections")
+            if data.get("api_keys", ()) is None:
+                data["api_keys"] = []
+        return data
 
     def allows_connecting_to(self, connection_name: str) -> bool:
         names = self.allowed_connections
@@ -79,41 +111,18 @@ def _default_trusted_proxies() -> list[str]:
     return ["127.0.0.0/8", "::1/128"]
 
 
-# name -> default factory, in the order of the reference (then this project's own).
-_FIELDS: dict[str, Callable[[], Any]] = {
-    "enabled": lambda: True,
-    "host": lambda: "0.0.0.0",
-    "port": lambda: 8000,
-    "ssl_keyfile": lambda: None,
-    "ssl_certfile": lambda: None,
-    "api_prefix": lambda: "/v1",
-    "dev_autoreload": lambda: False,
-    "connections": dict,
-    "routing": dict,
-    "groups": lambda: {"default": Group()},
-    "api_key_check": lambda: DEFAULT_KEY_CHECK,
-    "loggers": list,
-    "encryption_key": lambda: "Eclipse",
-    "model_listing_mode": lambda: ModelListingMode.AS_IS,
-    "model_info": dict,
-    "components": dict,
-    "before": list,
-    # This project's additions.
-    "max_request_body_mb": lambda: 32,
-    "model_listing_cache_seconds": lambda: 300,
-    "trusted_proxies": _default_trusted_proxies,
-    "shutdown_grace_seconds": lambda: 30,
-    "invalid_api_key_status": lambda: 401,
-    "max_response_body_mb": lambda: 64,
-    # Tables whose keys and defaults the core defines (README: `[metrics]`,
-    # `[limits]`, `[log_queue]`); empty means "the defaults".
-    "metrics": dict,
-    "limits": dict,
-    "log_queue": dict,
-}
+# A config value that names code: a dotted path, a `{"class": ..., **kwargs}` table or
+# the object itself (the reference's `Union[str, Callable, dict]`).
+CodeValue = Union[str, dict[str, Any], Callable[..., Any]]  # noqa: UP007 - pydantic reads it
+# Numbers of this project's settings keep the type they were given (the core wants
+# whole numbers for some); the core checks the ranges.
+Number = Union[int, float]  # noqa: UP007
+
+# Fields whose values may hold code objects; JSON dumps write the built-ins as tables.
+_CODE_FIELDS = ("connections", "api_key_check", "loggers", "components", "before")
 
 
-class Config:
+class Config(BaseModel):
     """Everything a gateway needs; keyword arguments only, unknown keys rejected.
 
     Values that name code (``api_key_check``, ``before``, ``loggers``,
@@ -124,65 +133,91 @@ class Config:
     :mod:`lm_proxy.strategies`, which run in Rust.
     """
 
-    enabled: bool
-    host: str
-    port: int
-    ssl_keyfile: str | None
-    ssl_certfile: str | None
-    api_prefix: str
-    dev_autoreload: bool
-    connections: dict[str, Any]
-    routing: dict[str, str]
-    groups: dict[str, Group]
-    api_key_check: Any
-    loggers: list[Any]
-    encryption_key: str
-    model_listing_mode: ModelListingMode | str
-    model_info: dict[str, dict[str, Any]]
-    components: dict[str, Any]
-    before: list[Any]
-    max_request_body_mb: float
-    model_listing_cache_seconds: float
-    trusted_proxies: list[str]
-    shutdown_grace_seconds: float
-    invalid_api_key_status: int
-    max_response_body_mb: float
-    metrics: dict[str, Any]
-    limits: dict[str, Any]
-    log_queue: dict[str, Any]
+    model_config = ConfigDict(
+        extra="forbid",
+        arbitrary_types_allowed=True,
+        # `model_listing_mode` and `model_info` are the reference's names.
+        protected_namespaces=(),
+    )
+
+    enabled: bool = True
+    host: str = "0.0.0.0"
+    port: int = 8000
+    ssl_keyfile: str | None = None
+    ssl_certfile: str | None = None
+    api_prefix: str = "/v1"
+    dev_autoreload: bool = False
+    connections: dict[str, CodeValue]
+    routing: dict[str, str] = Field(default_factory=dict)
+    groups: dict[str, Group] = Field(default_factory=lambda: {"default": Group()})
+    api_key_check: CodeValue | None = DEFAULT_KEY_CHECK
+    loggers: list[CodeValue] = Field(default_factory=list)
+    encryption_key: str = "Eclipse"
+    model_listing_mode: ModelListingMode | str = ModelListingMode.AS_IS
+    model_info: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Components may be any object (a database, a client), not only callables.
+    components: dict[str, Any] = Field(default_factory=dict)
+    before: list[CodeValue] = Field(default_factory=list)
+    # This project's additions.
+    max_request_body_mb: Number = 32
+    model_listing_cache_seconds: Number = 300
+    trusted_proxies: list[str] = Field(default_factory=_default_trusted_proxies)
+    shutdown_grace_seconds: Number = 30
+    invalid_api_key_status: int = 401
+    max_response_body_mb: Number = 64
+    # Tables whose keys and defaults the core defines (README: `[metrics]`,
+    # `[limits]`, `[log_queue]`); empty means "the defaults".
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    limits: dict[str, Any] = Field(default_factory=dict)
+    log_queue: dict[str, Any] = Field(default_factory=dict)
+
+    _source: str | None = PrivateAttr(default=None)
 
     def __init__(self, **settings: Any) -> None:
-        if "check_api_key" in settings:
+        super().__init__(**settings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _settings(cls, data: Any) -> Any:
+        # TypeError (not a ValidationError) for the mistakes a call makes, as before
+        # Config was a pydantic model; model_validate goes through here too.
+        if not isinstance(data, Mapping):
+            return data
+        data = dict(data)
+        if "check_api_key" in data:
             # The reference's earlier name of `api_key_check`.
-            if "api_key_check" in settings:
+            if "api_key_check" in data:
                 raise TypeError("give api_key_check or check_api_key, not both")
-            settings["api_key_check"] = settings.pop("check_api_key")
-        unknown = sorted(set(settings) - set(_FIELDS))
+            data["api_key_check"] = data.pop("check_api_key")
+        unknown = sorted(set(data) - set(cls.model_fields))
         if unknown:
             raise TypeError(
-                f"unknown config key(s): {', '.join(unknown)}; known keys: {', '.join(_FIELDS)}"
+                f"unknown config key(s): {', '.join(unknown)}; "
+                f"known keys: {', '.join(cls.model_fields)}"
             )
-        if "connections" not in settings:
+        if "connections" not in data:
             raise TypeError("Config() needs `connections`")
-        for name, default in _FIELDS.items():
-            value = settings[name] if name in settings else default()
-            setattr(self, name, value)
-        if not isinstance(self.connections, Mapping):
-            raise TypeError("connections must be a dict of name -> connection")
-        if self.groups is None or self.groups == {}:
-            self.groups = {"default": Group()}
-        if not isinstance(self.groups, Mapping):
-            raise TypeError("groups must be a dict of name -> Group")
-        self.groups = {name: _group(name, group) for name, group in dict(self.groups).items()}
-        if isinstance(self.model_listing_mode, str):
-            # An unknown mode is reported with the file and key when the config is checked.
-            with contextlib.suppress(ValueError):
-                self.model_listing_mode = ModelListingMode(self.model_listing_mode)
-        for name in ("loggers", "before", "trusted_proxies"):
-            value = getattr(self, name)
-            if isinstance(value, tuple):
-                setattr(self, name, list(value))
-        self._source: str | None = None
+        if data.get("groups") is None or data.get("groups") == {}:
+            data["groups"] = {"default": Group()}
+        for name in ("ssl_keyfile", "ssl_certfile"):
+            if isinstance(data.get(name), os.PathLike):
+                data[name] = os.fspath(data[name])
+        return data
+
+    @field_validator("model_listing_mode")
+    @classmethod
+    def _listing_mode(cls, value: ModelListingMode | str) -> ModelListingMode | str:
+        # An unknown mode is reported with the file and key when the config is checked.
+        try:
+            return ModelListingMode(value)
+        except ValueError:
+            return value
+
+    @field_serializer(*_CODE_FIELDS, when_used="json")
+    def _code_as_json(self, value: Any) -> Any:
+        # The built-ins as the tables a config file would hold, so that a JSON dump
+        # loads back into the same gateway; other objects stay for pydantic to report.
+        return _tables(value)
 
     # ------------------------------------------------------------------ loading
 
@@ -225,7 +260,7 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """The settings as a dict (``Group`` objects as dicts; objects as they are)."""
         out = {}
-        for name in _FIELDS:
+        for name in type(self).model_fields:
             value = getattr(self, name)
             if name == "groups":
                 value = {k: g.to_dict() for k, g in value.items()}
@@ -235,6 +270,7 @@ class Config:
         return out
 
     def __eq__(self, other: object) -> bool:
+        # The settings only: where a config was loaded from does not matter.
         return isinstance(other, Config) and self.to_dict() == other.to_dict()
 
     def __repr__(self) -> str:
@@ -280,19 +316,22 @@ class Config:
                 return convert(table)
             return ref(value)
 
-        tree = {name: convert(getattr(self, name)) for name in _FIELDS}
+        tree = {name: convert(getattr(self, name)) for name in type(self).model_fields}
         return tree, objects
 
 
-def _group(name: str, value: Any) -> Group:
-    if isinstance(value, Group):
+def _tables(value: Any) -> Any:
+    """``value`` with the package's built-ins replaced by their config tables."""
+    if value is None or isinstance(value, (str, bool, int, float)):
         return value
     if isinstance(value, Mapping):
-        try:
-            return Group(**dict(value))
-        except TypeError as e:
-            raise TypeError(f"groups.{name}: {e}") from None
-    raise TypeError(f"groups.{name} must be a Group or a dict, not {type(value).__name__}")
+        return {k: _tables(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_tables(v) for v in value]
+    from ._builtins import builtin_table
+
+    table = builtin_table(value)
+    return value if table is None else _tables(table)
 
 
 def load(config_path: str | os.PathLike[str] = "config.toml") -> Config:

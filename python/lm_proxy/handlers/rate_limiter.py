@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import enum
+import math
+import threading
+import time
+from collections import OrderedDict
+from typing import Any
 
-from .._builtins import RustOnly
+from .._builtins import Builtin
+from ..errors import OpenAIHTTPException
 
 
 class RateLimitScope(enum.StrEnum):
@@ -15,9 +21,14 @@ class RateLimitScope(enum.StrEnum):
     GLOBAL = "global"
 
 
-class RateLimiter(RustOnly):
+class RateLimiter(Builtin):
     """Sliding-window rate limit: over ``max_requests`` per ``window_seconds`` (per
-    key, IP, connection, group or globally) the answer is 429 with ``Retry-After``."""
+    key, IP, connection, group or globally) the answer is 429 with ``Retry-After``.
+
+    As a config value it runs in Rust. Called from Python (``await limiter(ctx)``, as
+    the reference's) it keeps its own windows and raises the same
+    :class:`~lm_proxy.errors.OpenAIHTTPException` (429) over the limit.
+    """
 
     target = "lm_proxy.handlers.RateLimiter"
 
@@ -34,3 +45,56 @@ class RateLimiter(RustOnly):
             per=RateLimitScope(per).value,
             max_buckets=max_buckets,
         )
+
+    _runtime_attrs = ("_buckets", "_lock")
+
+    def _init_runtime(self) -> None:
+        # bucket key -> admission times (monotonic clock), least recently used first.
+        self._buckets: OrderedDict[str, list[float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def _bucket(self, ctx: Any) -> str:
+        per = RateLimitScope(self._args["per"])
+        if per is RateLimitScope.GLOBAL:
+            return ""
+        field = {
+            RateLimitScope.API_KEY: "api_key_id",
+            RateLimitScope.IP: "remote_addr",
+            RateLimitScope.CONNECTION: "connection",
+            RateLimitScope.GROUP: "group",
+        }[per]
+        return str(getattr(ctx, field, None) or "")
+
+    async def __call__(self, ctx: Any) -> None:
+        max_requests = int(self._args["max_requests"])
+        window = float(self._args["window_seconds"])
+        key = self._bucket(ctx)
+        now = time.monotonic()
+        cutoff = now - window
+        with self._lock:
+            admitted = [t for t in self._buckets.get(key, ()) if t > cutoff]
+            if len(admitted) >= max_requests:
+                self._buckets[key] = admitted
+                # Whole seconds, rounded up, never 0 (a client retrying at once would fail).
+                retry_after = max(math.ceil(admitted[0] - cutoff), 1) if admitted else 1
+                raise OpenAIHTTPException(
+                    message=f"Rate limit exceeded: {max_requests}/{_seconds(window)}s",
+                    status_code=429,
+                    error_type="rate_limit_error",
+                    code="rate_limit_exceeded",
+                    headers={"Retry-After": str(retry_after)},
+                )
+            admitted.append(now)
+            self._buckets[key] = admitted
+            self._buckets.move_to_end(key)
+            limit = max(int(self._args["max_buckets"]), 1)
+            if len(self._buckets) > limit:
+                # Expired windows first, then the least recently used.
+                for name in [k for k, v in self._buckets.items() if not v or v[-1] <= cutoff]:
+                    del self._buckets[name]
+                while len(self._buckets) > limit:
+                    self._buckets.popitem(last=False)
+
+
+def _seconds(window: float) -> str:
+    return str(int(window)) if float(window).is_integer() else str(window)

@@ -18,6 +18,10 @@ class JsonLogWriter(Builtin):
 
     def __init__(self, file_name: str | os.PathLike[str]) -> None:
         super().__init__(file_name=os.fspath(file_name))
+
+    _runtime_attrs = ("_lock",)
+
+    def _init_runtime(self) -> None:
         self._lock = threading.Lock()
 
     @property
