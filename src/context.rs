@@ -96,7 +96,12 @@ impl RequestContext {
             Value::String(humantime::format_rfc3339_micros(self.created_at).to_string()),
         );
         map.insert("duration".into(), self.duration().into());
-        map.insert("user_info".into(), self.user_info.clone());
+        // `{}` when the key check gave none, as the reference's README promises.
+        let user_info = match &self.user_info {
+            Value::Null => Value::Object(Map::new()),
+            other => other.clone(),
+        };
+        map.insert("user_info".into(), user_info);
         map.insert("extra".into(), Value::Object(self.extra.clone()));
         crate::logging::redact_context(&mut map);
         Value::Object(map)

@@ -7,9 +7,10 @@ use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::Mutex;
 
+use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::Value;
 
-use super::LogWriter;
+use super::{answer_text, FieldKind, FieldKinds, LogWriter};
 
 pub struct JsonLogWriter {
     // Only the logging task writes; the mutex is never contended.
@@ -31,8 +32,8 @@ impl JsonLogWriter {
 
 #[async_trait::async_trait]
 impl LogWriter for JsonLogWriter {
-    async fn write(&self, entry: &Value) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(entry)?;
+    async fn write(&self, entry: &Value, kinds: &FieldKinds) -> std::io::Result<()> {
+        let mut line = serde_json::to_vec(&Rendered { entry, kinds })?;
         line.push(b'\n');
         let mut file = self.file.lock().unwrap_or_else(|e| e.into_inner());
         file.write_all(&line)
@@ -40,5 +41,32 @@ impl LogWriter for JsonLogWriter {
 
     fn flush(&self) -> std::io::Result<()> {
         self.file.lock().unwrap_or_else(|e| e.into_inner()).flush()
+    }
+}
+
+/// An entry as the reference's `JsonLogWriter` wrote it: `json.dumps` of the
+/// reference's context wrote the answer (microcore's `LLMResponse`, a `str`) as its
+/// text. Serialized in place: the entry is not copied.
+struct Rendered<'a> {
+    entry: &'a Value,
+    kinds: &'a FieldKinds,
+}
+
+impl Serialize for Rendered<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Value::Object(map) = self.entry else {
+            return self.entry.serialize(serializer);
+        };
+        let mut out = serializer.serialize_map(Some(map.len()))?;
+        for (key, value) in map {
+            let kind = self.kinds.iter().find(|(k, _)| k == key).map(|(_, kind)| kind);
+            match (kind, value) {
+                (Some(FieldKind::Response), Value::Object(_)) => {
+                    out.serialize_entry(key, &answer_text(value))?
+                }
+                _ => out.serialize_entry(key, value)?,
+            }
+        }
+        out.end()
     }
 }
