@@ -115,3 +115,17 @@ impl RequestContext {
             .unwrap_or(false)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `{}` when the key check gave none (the README's promise; the issue found None).
+    #[test]
+    fn log_json_user_info_is_an_empty_table_without_one() {
+        let mut ctx = RequestContext::new(HeaderMap::new(), "127.0.0.1".into());
+        assert_eq!(ctx.to_log_json()["user_info"], serde_json::json!({}));
+        ctx.user_info = serde_json::json!({"tier": "gold"});
+        assert_eq!(ctx.to_log_json()["user_info"]["tier"], "gold");
+    }
+}

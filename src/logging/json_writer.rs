@@ -70,3 +70,71 @@ impl Serialize for Rendered<'_> {
         out.end()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logging::{BaseLogger, EntryTransformer, Logger};
+    use serde_json::json;
+    use std::sync::Arc;
+
+    fn completion() -> Value {
+        json!({
+            "id": "chatcmpl-1",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "the answer"}}],
+            "usage": {"completion_tokens": 2}
+        })
+    }
+
+    fn lines(path: &Path) -> Vec<Value> {
+        std::fs::read_to_string(path)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    }
+
+    /// As the reference's `json.dumps` of its context: the answer is its text, also
+    /// when a transformer maps `response` itself; paths into it reach the completion.
+    #[tokio::test]
+    async fn the_answer_is_written_as_its_text() {
+        let dir = tempfile::tempdir().unwrap();
+        let (whole, mapped) = (dir.path().join("whole"), dir.path().join("mapped"));
+        let context = json!({
+            "id": "x", "response": completion(), "created_at": "2026-01-01T00:00:00Z",
+            "user_info": {}, "extra": {"response": {"kept": true}}
+        });
+        let writer = |p: &Path| Arc::new(JsonLogWriter::open(p.to_str().unwrap()).unwrap());
+        let plain = BaseLogger::new(writer(&whole), None);
+        let kwargs = json!({"answer": "response", "tokens": "response.usage.completion_tokens", "raw": "extra.response"});
+        let transformer = EntryTransformer::from_kwargs(kwargs.as_object().unwrap()).unwrap();
+        let with_transformer = BaseLogger::new(writer(&mapped), Some(transformer));
+        for logger in [&plain, &with_transformer] {
+            logger.log(&context).await.unwrap();
+            logger.log(&json!({"id": "failed", "response": null})).await.unwrap();
+            logger.flush().unwrap();
+        }
+        let whole = lines(&whole);
+        assert_eq!(whole[0]["response"], "the answer");
+        assert_eq!(whole[0]["extra"], json!({"response": {"kept": true}}));
+        assert_eq!(whole[0]["created_at"], "2026-01-01T00:00:00Z");
+        assert_eq!(whole[1]["response"], Value::Null);
+        let mapped = lines(&mapped);
+        assert_eq!(mapped[0], json!({"answer": "the answer", "tokens": 2, "raw": {"kept": true}}));
+        assert_eq!(mapped[1]["answer"], Value::Null);
+    }
+
+    #[test]
+    fn answer_text_is_choice_zero_content() {
+        use crate::logging::answer_text;
+        assert_eq!(answer_text(&completion()), "the answer");
+        let parts = json!({"choices": [
+            {"index": 1, "message": {"content": "other"}},
+            {"index": 0, "message": {"content": [{"type": "text", "text": "a"}, {"type": "image_url"}, {"text": "b"}]}}
+        ]});
+        assert_eq!(answer_text(&parts), "ab");
+        let tools = json!({"choices": [{"message": {"content": null, "tool_calls": []}}]});
+        assert_eq!(answer_text(&tools), "");
+        assert_eq!(answer_text(&json!({})), "");
+    }
+}
