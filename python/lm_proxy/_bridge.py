@@ -540,10 +540,22 @@ async def call_connection(conn: Any, messages: Any, params: dict[str, Any]) -> L
         return LLMResponse.from_completion(completion)
     params.pop("stream", None)
     parts: list[str] = []
+    # The stream's identity, choice 0's finish reason and the usage, so that the
+    # answer carries a completion as a non-streamed one does.
+    completion: dict[str, Any] = {}
+    finish_reason = None
+    tool_calls: dict[int, dict[str, Any]] = {}
     async for chunk in conn.stream(messages, params):
+        for key in ("id", "created", "model"):
+            if key in chunk and key not in completion:
+                completion[key] = chunk[key]
+        if chunk.get("usage"):
+            completion["usage"] = chunk["usage"]
         for choice in chunk.get("choices") or []:
             if choice.get("index", 0) != 0:
                 continue
+            finish_reason = choice.get("finish_reason") or finish_reason
+            _add_tool_call_deltas(tool_calls, (choice.get("delta") or {}).get("tool_calls"))
             text = (choice.get("delta") or {}).get("content")
             if text:
                 parts.append(text)
@@ -551,7 +563,33 @@ async def call_connection(conn: Any, messages: Any, params: dict[str, Any]) -> L
                     result = callback(text)
                     if inspect.isawaitable(result):
                         await result
-    return LLMResponse("".join(parts))
+    text = "".join(parts)
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = [tool_calls[i] for i in sorted(tool_calls)]
+    completion["object"] = "chat.completion"
+    completion["choices"] = [
+        {"index": 0, "message": message, "finish_reason": finish_reason or "stop"}
+    ]
+    return LLMResponse(text, completion)
+
+
+def _add_tool_call_deltas(calls: dict[int, dict[str, Any]], deltas: Any) -> None:
+    """Streamed tool-call pieces put together by their ``index`` (arguments joined)."""
+    for delta in deltas or []:
+        if not isinstance(delta, Mapping):
+            continue
+        call = calls.setdefault(
+            int(delta.get("index") or 0),
+            {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+        )
+        if delta.get("id"):
+            call["id"] = delta["id"]
+        if delta.get("type"):
+            call["type"] = delta["type"]
+        function = delta.get("function") or {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
 
 
 class _Done:

@@ -330,3 +330,23 @@ def test_callback_stream_ends_with_the_returned_tool_calls_and_usage(serve_confi
     assert finish == ["tool_calls"]
     usage = [c.usage for c in chunks if c.usage is not None]
     assert len(usage) == 1 and usage[0].total_tokens == 10
+
+
+def test_streamed_rust_connection_answer_carries_its_completion() -> None:
+    """``await env.connections[...](..., stream=True)``: the joined text carrying the
+    stream's finish reason and usage, as a non-streamed answer carries its own."""
+    import asyncio
+
+    from lm_proxy.bootstrap import bootstrap, env
+
+    bootstrap(config(), env_file=None)
+
+    async def use() -> Any:
+        return await env.connections["mock"](
+            MESSAGES, model="echo", stream=True, stream_options={"include_usage": True}
+        )
+
+    answer = asyncio.run(use())
+    assert isinstance(answer, LLMResponse) and answer == ANSWER
+    assert answer.choices[0].finish_reason == "stop"
+    assert answer.usage.completion_tokens > 0 and answer.model == "echo"
