@@ -536,8 +536,7 @@ async def call_connection(conn: Any, messages: Any, params: dict[str, Any]) -> L
     """``await env.connections[name](messages, **params)`` for a Rust connection."""
     callback = params.pop("callback", None)
     if callback is None and not params.get("stream"):
-        completion = await conn.complete(messages, params)
-        return LLMResponse.from_completion(completion)
+        return LLMResponse.from_completion(await conn.complete(messages, params))
     params.pop("stream", None)
     parts: list[str] = []
     # The stream's identity, choice 0's finish reason and the usage, so that the

@@ -257,7 +257,7 @@ class LLMResponse(str):
             return completion[name]
         raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
 
-    def __getitem__(self, key: Any) -> Any:  # type: ignore[override]
+    def __getitem__(self, key: Any) -> Any:
         if isinstance(key, str):
             completion = self.__dict__.get("_lm_proxy_completion")
             if completion is None:

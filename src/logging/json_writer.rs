@@ -59,7 +59,11 @@ impl Serialize for Rendered<'_> {
         };
         let mut out = serializer.serialize_map(Some(map.len()))?;
         for (key, value) in map {
-            let kind = self.kinds.iter().find(|(k, _)| k == key).map(|(_, kind)| kind);
+            let kind = self
+                .kinds
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, kind)| kind);
             match (kind, value) {
                 (Some(FieldKind::Response), Value::Object(_)) => {
                     out.serialize_entry(key, &answer_text(value))?
@@ -111,7 +115,10 @@ mod tests {
         let with_transformer = BaseLogger::new(writer(&mapped), Some(transformer));
         for logger in [&plain, &with_transformer] {
             logger.log(&context).await.unwrap();
-            logger.log(&json!({"id": "failed", "response": null})).await.unwrap();
+            logger
+                .log(&json!({"id": "failed", "response": null}))
+                .await
+                .unwrap();
             logger.flush().unwrap();
         }
         let whole = lines(&whole);
@@ -120,7 +127,10 @@ mod tests {
         assert_eq!(whole[0]["created_at"], "2026-01-01T00:00:00Z");
         assert_eq!(whole[1]["response"], Value::Null);
         let mapped = lines(&mapped);
-        assert_eq!(mapped[0], json!({"answer": "the answer", "tokens": 2, "raw": {"kept": true}}));
+        assert_eq!(
+            mapped[0],
+            json!({"answer": "the answer", "tokens": 2, "raw": {"kept": true}})
+        );
         assert_eq!(mapped[1]["answer"], Value::Null);
     }
 

@@ -96,7 +96,10 @@ pub fn answer_text(completion: &Value) -> String {
         .iter()
         .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
         .or(choices.first());
-    match choice.and_then(|c| c.get("message")).and_then(|m| m.get("content")) {
+    match choice
+        .and_then(|c| c.get("message"))
+        .and_then(|m| m.get("content"))
+    {
         Some(Value::String(text)) => text.clone(),
         Some(Value::Array(parts)) => parts
             .iter()

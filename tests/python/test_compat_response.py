@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from conftest import CLIENT_KEY, MockUpstream, client_for, import_lm_proxy
+from conftest import CLIENT_KEY, client_for, import_lm_proxy
 
 lm_proxy = import_lm_proxy()
 from lm_proxy import Config, Group  # noqa: E402
@@ -91,7 +91,9 @@ def test_loggers_get_the_answer_as_text_carrying_the_completion(serve_config: An
     run_requests(server.url)
     server.stop()  # writes out every queued entry
 
-    plain, streamed, tools = sorted(seen, key=lambda ctx: ["plain", "streamed", "tools"].index(ctx.model or ""))
+    plain, streamed, tools = sorted(
+        seen, key=lambda ctx: ["plain", "streamed", "tools"].index(ctx.model or "")
+    )
     assert_is_answer(plain.response, "plain")
     # Streamed: the joined text of the stream, with the assembled completion.
     assert_is_answer(streamed.response, "streamed")
@@ -108,9 +110,7 @@ def test_loggers_get_the_answer_as_text_carrying_the_completion(serve_config: An
     # What the add-on's DBLogger does with it: a text column takes it.
     db = sqlite3.connect(":memory:")
     db.execute("create table log (response text, created_at text)")
-    db.execute(
-        "insert into log values (?, ?)", (plain.response, plain.created_at.isoformat())
-    )
+    db.execute("insert into log values (?, ?)", (plain.response, plain.created_at.isoformat()))
     assert db.execute("select response from log").fetchone() == (ANSWER,)
 
 
@@ -326,7 +326,9 @@ def test_callback_stream_ends_with_the_returned_tool_calls_and_usage(serve_confi
     assert text == "Let me check."  # the returned text is not sent a second time
     calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
     assert [tc.function.name for tc in calls] == ["get_weather"]
-    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finish == ["tool_calls"]
     usage = [c.usage for c in chunks if c.usage is not None]
     assert len(usage) == 1 and usage[0].total_tokens == 10

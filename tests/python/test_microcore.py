@@ -117,7 +117,9 @@ def mc_upstream() -> Iterator[tuple[str, list[dict[str, Any]]]]:
 
 @pytest.fixture
 def mc_server(
-    serve_config: Any, mc_upstream: tuple[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+    serve_config: Any,
+    mc_upstream: tuple[str, list[dict[str, Any]]],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[Any, list[RequestContext], list[dict[str, Any]]]]:
     """A gateway whose only connection is microcore's ``llm_async_function``, as the
     reference's bootstrap built it, and a logger that keeps each context."""
@@ -194,7 +196,9 @@ def test_microcore_streamed(mc_server: Any, include_usage: bool) -> None:
     chunks = list(stream)
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == TEXT  # the pieces, not the returned text a second time
-    finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason]
+    finish = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
     assert finish == ["stop"]
     usage = [c.usage for c in chunks if c.usage is not None]
     if include_usage:
