@@ -96,7 +96,12 @@ impl RequestContext {
             Value::String(humantime::format_rfc3339_micros(self.created_at).to_string()),
         );
         map.insert("duration".into(), self.duration().into());
-        map.insert("user_info".into(), self.user_info.clone());
+        // `{}` when the key check gave none, as the reference's README promises.
+        let user_info = match &self.user_info {
+            Value::Null => Value::Object(Map::new()),
+            other => other.clone(),
+        };
+        map.insert("user_info".into(), user_info);
         map.insert("extra".into(), Value::Object(self.extra.clone()));
         crate::logging::redact_context(&mut map);
         Value::Object(map)
@@ -108,5 +113,19 @@ impl RequestContext {
             .get("stream")
             .and_then(Value::as_bool)
             .unwrap_or(false)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `{}` when the key check gave none (the README's promise; the issue found None).
+    #[test]
+    fn log_json_user_info_is_an_empty_table_without_one() {
+        let mut ctx = RequestContext::new(HeaderMap::new(), "127.0.0.1".into());
+        assert_eq!(ctx.to_log_json()["user_info"], serde_json::json!({}));
+        ctx.user_info = serde_json::json!({"tier": "gold"});
+        assert_eq!(ctx.to_log_json()["user_info"]["tier"], "gold");
     }
 }

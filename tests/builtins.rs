@@ -611,6 +611,8 @@ async fn default_log_entry_is_the_whole_context_without_http_request() {
         assert!(keys.contains(&key), "{key} in {keys:?}");
     }
     assert!(!keys.contains(&"http_request"));
+    // The answer as the reference's JSON log wrote it: its text.
+    assert_eq!(lines[0]["response"], "You said: x");
     assert_eq!(
         lines[0]["user_info"]["api_key"], "***",
         "AllowAll's captured key is redacted in logs"

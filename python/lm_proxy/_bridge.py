@@ -30,7 +30,6 @@ from typing import Any
 from . import _lm_proxy
 from .base_types import (
     Address,
-    AttrDict,
     ChatCompletionRequest,
     Headers,
     HTTPRequest,
@@ -201,8 +200,8 @@ def classify(value: Any, yielded: bool) -> tuple[str, Any]:
     if value is None:
         return "none", None
     if isinstance(value, str):
-        completion = getattr(value, "_lm_proxy_completion", None)
-        if completion is not None and not yielded:
+        completion = None if yielded else completion_of_text(value)
+        if completion is not None:
             return "completion", completion
         return "text", str(value)
     if isinstance(value, bytes):
@@ -224,6 +223,82 @@ def classify(value: Any, yielded: bool) -> tuple[str, Any]:
         f"a connection {'yielded' if yielded else 'returned'} {type(value).__name__}; expected "
         "text, an OpenAI-shaped dict, or (to stream) an async generator or iterator"
     )
+
+
+# What a str subclass may carry besides its text (ai-microcore's LLMResponse sets the
+# OpenAI answer's fields as attributes): the completion's top-level fields.
+_COMPLETION_FIELDS = ("id", "object", "created", "model", "system_fingerprint", "service_tier")
+
+
+def _plain(value: Any) -> Any:
+    """A JSON tree from what a connection's answer holds (pydantic models included)."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "model_dump"):
+        try:
+            return _plain(value.model_dump(exclude_none=True, mode="json"))
+        except TypeError:
+            return _plain(value.model_dump())
+    return _plain(to_jsonable(value))
+
+
+def _carried(value: str, name: str) -> Any:
+    # Instance attributes first: microcore's ExtendedString answers unknown attribute
+    # names with functions from its caller's globals.
+    attrs = getattr(value, "__dict__", None) or {}
+    if name in attrs:
+        return attrs[name]
+    try:
+        return getattr(value, name, None)
+    except Exception:
+        return None
+
+
+def completion_of_text(value: str) -> dict[str, Any] | None:
+    """The whole ``chat.completion`` a ``str`` answer carries, or None for plain text.
+
+    Our ``LLMResponse`` keeps it whole; other ``str`` subclasses (ai-microcore's
+    ``LLMResponse``, as ``mc.env().llm_async_function`` returns it) carry ``choices``
+    (message, tool calls, finish reasons) and ``usage`` as attributes. One that carries
+    only ``usage`` (microcore's streamed answers) gives its text as choice 0.
+    """
+    if type(value) is str:
+        return None
+    completion = value.__dict__.get("_lm_proxy_completion")
+    if isinstance(completion, Mapping):
+        return dict(completion)
+    choices = _carried(value, "choices")
+    usage = _carried(value, "usage")
+    raw = _carried(value, "response")
+    raw_usage = _carried(raw, "usage") if raw is not None and not isinstance(raw, str) else None
+    if raw_usage is None and isinstance(raw, Mapping):
+        raw_usage = raw.get("usage")
+    if not isinstance(choices, (list, tuple)) and usage is None:
+        return None
+    out: dict[str, Any] = {}
+    for name in _COMPLETION_FIELDS:
+        field_value = _carried(value, name)
+        if isinstance(field_value, (str, int, float)) and not isinstance(field_value, bool):
+            out[name] = field_value
+    if isinstance(choices, (list, tuple)) and choices:
+        out["choices"] = _plain(list(choices))
+    else:
+        out["choices"] = [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": str(value)},
+                "finish_reason": "stop",
+            }
+        ]
+    # The upstream's own usage (OpenAI's shape) over microcore's normalized copy.
+    usage = raw_usage if raw_usage is not None else usage
+    if usage is not None:
+        out["usage"] = _plain(usage)
+    return out
 
 
 def to_jsonable(o: Any) -> Any:
@@ -361,11 +436,8 @@ def handler_changes(ctx: RequestContext) -> dict[str, Any]:
 
 def log_context(entry: dict[str, Any]) -> RequestContext:
     """The context a Python logger gets, rebuilt from the log entry."""
-    created = entry.get("created_at")
-    try:
-        created_at = datetime.fromisoformat(created) if isinstance(created, str) else None
-    except ValueError:
-        created_at = None
+    created = _timestamp(entry.get("created_at"))
+    created_at = created if isinstance(created, datetime) else None
     error = entry.get("error")
     if isinstance(error, Mapping):
         error = OpenAIHTTPException(
@@ -377,11 +449,12 @@ def log_context(entry: dict[str, Any]) -> RequestContext:
         )
     response = entry.get("response")
     request = entry.get("request")
+    user_info = entry.get("user_info")
     return RequestContext(
         id=entry.get("id"),
         request=ChatCompletionRequest.wrap(request) if isinstance(request, Mapping) else None,
         http_request=None,
-        response=AttrDict(response) if isinstance(response, Mapping) else response,
+        response=_response(response),
         error=error,
         group=entry.get("group"),
         connection=entry.get("connection"),
@@ -391,9 +464,41 @@ def log_context(entry: dict[str, Any]) -> RequestContext:
         remote_addr=entry.get("remote_addr"),
         created_at=created_at,
         duration=entry.get("duration"),
-        user_info=entry.get("user_info"),
+        user_info=user_info if user_info is not None else {},
         extra=dict(entry.get("extra") or {}),
     )
+
+
+def _response(value: Any) -> Any:
+    """The answer as the reference's loggers got it: its text carrying the completion."""
+    if isinstance(value, Mapping):
+        return LLMResponse.from_completion(value)
+    return value
+
+
+def _timestamp(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            return datetime.fromisoformat(value)
+        except ValueError:
+            return value
+    return value
+
+
+def log_entry(entry: Any, kinds: list[tuple[str, str]]) -> Any:
+    """A log entry as a Python log writer gets it: the answer an ``LLMResponse`` and
+    timestamps timezone-aware ``datetime`` objects, as the reference's ``BaseLogger``
+    handed them over. ``kinds`` names those fields (``response`` / ``timestamp``)."""
+    if not isinstance(entry, dict):
+        return entry
+    for key, field_kind in kinds:
+        if key not in entry:
+            continue
+        if field_kind == "response":
+            entry[key] = _response(entry[key])
+        elif field_kind == "timestamp":
+            entry[key] = _timestamp(entry[key])
+    return entry
 
 
 # ---------------------------------------------------------------------- environment
@@ -431,14 +536,25 @@ async def call_connection(conn: Any, messages: Any, params: dict[str, Any]) -> L
     """``await env.connections[name](messages, **params)`` for a Rust connection."""
     callback = params.pop("callback", None)
     if callback is None and not params.get("stream"):
-        completion = await conn.complete(messages, params)
-        return LLMResponse.from_completion(completion)
+        return LLMResponse.from_completion(await conn.complete(messages, params))
     params.pop("stream", None)
     parts: list[str] = []
+    # The stream's identity, choice 0's finish reason and the usage, so that the
+    # answer carries a completion as a non-streamed one does.
+    completion: dict[str, Any] = {}
+    finish_reason = None
+    tool_calls: dict[int, dict[str, Any]] = {}
     async for chunk in conn.stream(messages, params):
+        for key in ("id", "created", "model"):
+            if key in chunk and key not in completion:
+                completion[key] = chunk[key]
+        if chunk.get("usage"):
+            completion["usage"] = chunk["usage"]
         for choice in chunk.get("choices") or []:
             if choice.get("index", 0) != 0:
                 continue
+            finish_reason = choice.get("finish_reason") or finish_reason
+            _add_tool_call_deltas(tool_calls, (choice.get("delta") or {}).get("tool_calls"))
             text = (choice.get("delta") or {}).get("content")
             if text:
                 parts.append(text)
@@ -446,7 +562,33 @@ async def call_connection(conn: Any, messages: Any, params: dict[str, Any]) -> L
                     result = callback(text)
                     if inspect.isawaitable(result):
                         await result
-    return LLMResponse("".join(parts))
+    text = "".join(parts)
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message["tool_calls"] = [tool_calls[i] for i in sorted(tool_calls)]
+    completion["object"] = "chat.completion"
+    completion["choices"] = [
+        {"index": 0, "message": message, "finish_reason": finish_reason or "stop"}
+    ]
+    return LLMResponse(text, completion)
+
+
+def _add_tool_call_deltas(calls: dict[int, dict[str, Any]], deltas: Any) -> None:
+    """Streamed tool-call pieces put together by their ``index`` (arguments joined)."""
+    for delta in deltas or []:
+        if not isinstance(delta, Mapping):
+            continue
+        call = calls.setdefault(
+            int(delta.get("index") or 0),
+            {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+        )
+        if delta.get("id"):
+            call["id"] = delta["id"]
+        if delta.get("type"):
+            call["type"] = delta["type"]
+        function = delta.get("function") or {}
+        call["function"]["name"] += function.get("name") or ""
+        call["function"]["arguments"] += function.get("arguments") or ""
 
 
 class _Done:

@@ -179,32 +179,104 @@ class HTTPRequest:
     method: str = "POST"
 
 
-class LLMResponse(str):
-    """An answer's text (a ``str``) that keeps the whole ``chat.completion`` object.
+def _attr_tree(value: Any) -> Any:
+    """A JSON tree with every dict made an ``AttrDict`` (``choices[0].message.content``
+    as on the OpenAI client's objects, ``["message"]["content"]`` as on dicts)."""
+    if isinstance(value, Mapping):
+        return AttrDict({k: _attr_tree(v) for k, v in value.items()})
+    if isinstance(value, list):
+        return [_attr_tree(v) for v in value]
+    return value
 
-    What awaiting ``env.connections[...]`` returns. A connection function that returns
-    it hands the whole completion (usage, tool calls) to the client.
+
+def completion_text(completion: Mapping[str, Any] | None) -> str:
+    """The answer's text: the content of choice 0 (text parts joined), or ``""``.
+
+    The same rule as the Rust side's (``logging::answer_text``), so a JSON log line and
+    a Python logger see the same text.
+    """
+    if not isinstance(completion, Mapping):
+        return ""
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices:
+        return ""
+    choice = next(
+        (c for c in choices if isinstance(c, Mapping) and c.get("index", 0) == 0), choices[0]
+    )
+    message = choice.get("message") if isinstance(choice, Mapping) else None
+    content = message.get("content") if isinstance(message, Mapping) else None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(
+            part["text"]
+            for part in content
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+class LLMResponse(str):
+    """An answer as the reference's microcore ``LLMResponse`` was: its text (a real
+    ``str``, so it can be printed, compared, or written into a text column) that also
+    carries the whole ``chat.completion``.
+
+    The completion's fields are attributes (``.choices``, ``.usage``, ``.id``,
+    ``.model``, ...; nested dicts read as attributes too), and string keys index it
+    (``resp["usage"]``) while ints and slices index the text. ``.content`` is the text
+    and ``.role`` ``"assistant"``, as in microcore. What loggers get as
+    ``ctx.response`` and what awaiting ``env.connections[...]`` returns; a connection
+    function that returns one hands the whole completion (usage, tool calls) to the
+    client.
     """
 
-    _lm_proxy_completion: dict[str, Any] | None
+    _lm_proxy_completion: AttrDict | None
 
-    def __new__(cls, text: str, completion: dict[str, Any] | None = None) -> LLMResponse:
+    def __new__(cls, text: str, completion: Mapping[str, Any] | None = None) -> LLMResponse:
         obj = super().__new__(cls, text)
-        obj._lm_proxy_completion = completion
+        obj._lm_proxy_completion = _attr_tree(completion) if completion is not None else None
         return obj
 
     @property
     def completion(self) -> dict[str, Any] | None:
-        return self._lm_proxy_completion
+        """The whole ``chat.completion`` (a dict), or None for text alone."""
+        return self.__dict__.get("_lm_proxy_completion")
+
+    @property
+    def content(self) -> str:
+        return str(self)
+
+    @property
+    def role(self) -> str:
+        return "assistant"
+
+    def __getattr__(self, name: str) -> Any:
+        # Only called for names that are not real attributes: the completion's fields.
+        completion = self.__dict__.get("_lm_proxy_completion")
+        if completion is not None and not name.startswith("_") and name in completion:
+            return completion[name]
+        raise AttributeError(f"'{type(self).__name__}' object has no attribute '{name}'")
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, str):
+            completion = self.__dict__.get("_lm_proxy_completion")
+            if completion is None:
+                raise KeyError(key)
+            return completion[key]
+        return str.__getitem__(self, key)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        """``completion.get(key, default)``: the dict spelling loggers used before."""
+        completion = self.__dict__.get("_lm_proxy_completion")
+        return default if completion is None else completion.get(key, default)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        completion = self.__dict__.get("_lm_proxy_completion")
+        return (type(self), (str(self), completion))
 
     @classmethod
-    def from_completion(cls, completion: dict[str, Any]) -> LLMResponse:
-        text = ""
-        choices = completion.get("choices") or []
-        if choices:
-            message = choices[0].get("message") or {}
-            text = message.get("content") or ""
-        return cls(text, completion)
+    def from_completion(cls, completion: Mapping[str, Any]) -> LLMResponse:
+        return cls(completion_text(completion), completion)
 
 
 def _new_id() -> str:
@@ -232,7 +304,7 @@ class RequestContext:
     remote_addr: str | None = None
     created_at: datetime | None = field(default_factory=_now)
     duration: float | None = None
-    user_info: dict[str, Any] | None = None
+    user_info: dict[str, Any] | None = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:

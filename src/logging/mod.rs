@@ -58,13 +58,55 @@ pub trait Logger: Send + Sync {
     }
 }
 
+/// Entry fields that the reference's `BaseLogger` handed over as Python objects, not
+/// JSON values. The entry holds them as JSON (the answer as its whole completion, so
+/// that paths such as `response.usage.completion_tokens` resolve); each writer renders
+/// them: a JSON file as the reference's `json.dumps` did, a Python writer as the
+/// objects themselves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldKind {
+    /// The answer (microcore's `LLMResponse`: a `str` carrying the completion): its
+    /// text in a JSON file ([`answer_text`]), an `lm_proxy.base_types.LLMResponse`
+    /// in Python.
+    Response,
+    /// `created_at`: ISO 8601 in a JSON file, a timezone-aware `datetime` in Python.
+    Timestamp,
+}
+
+/// The entry's keys that hold a [`FieldKind`] value.
+pub type FieldKinds = [(String, FieldKind)];
+
 /// Where a `BaseLogger` writes its entries. Runs on the logging task; `write` is
 /// async so that writers which are not plain files (a Python callable through the
 /// bridge) can wait without holding up a runtime thread.
 #[async_trait]
 pub trait LogWriter: Send + Sync {
-    async fn write(&self, entry: &Value) -> std::io::Result<()>;
+    /// `kinds` names the entry's fields to render specially (see [`FieldKind`]).
+    async fn write(&self, entry: &Value, kinds: &FieldKinds) -> std::io::Result<()>;
     fn flush(&self) -> std::io::Result<()>;
+}
+
+/// The answer's text, as the reference's loggers saw `str(ctx.response)`: the content
+/// of choice 0 (text parts joined); `""` when it has none (tool calls only).
+pub fn answer_text(completion: &Value) -> String {
+    let Some(choices) = completion.get("choices").and_then(Value::as_array) else {
+        return String::new();
+    };
+    let choice = choices
+        .iter()
+        .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
+        .or(choices.first());
+    match choice
+        .and_then(|c| c.get("message"))
+        .and_then(|m| m.get("content"))
+    {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => String::new(),
+    }
 }
 
 /// `lm_proxy.loggers.BaseLogger(log_writer, entry_transformer=None)`: turns the
@@ -72,13 +114,31 @@ pub trait LogWriter: Send + Sync {
 pub struct BaseLogger {
     writer: Arc<dyn LogWriter>,
     transformer: Option<EntryTransformer>,
+    kinds: Vec<(String, FieldKind)>,
 }
 
 impl BaseLogger {
     pub fn new(writer: Arc<dyn LogWriter>, transformer: Option<EntryTransformer>) -> Self {
+        // The whole context, or the transformer's fields whose path is one of these.
+        let kind_of = |path: &[String]| match path {
+            [only] if only == "response" => Some(FieldKind::Response),
+            [only] if only == "created_at" => Some(FieldKind::Timestamp),
+            _ => None,
+        };
+        let kinds = match &transformer {
+            None => vec![
+                ("response".to_owned(), FieldKind::Response),
+                ("created_at".to_owned(), FieldKind::Timestamp),
+            ],
+            Some(t) => t
+                .fields()
+                .filter_map(|(name, path)| Some((name.to_owned(), kind_of(path)?)))
+                .collect(),
+        };
         BaseLogger {
             writer,
             transformer,
+            kinds,
         }
     }
 }
@@ -87,8 +147,8 @@ impl BaseLogger {
 impl Logger for BaseLogger {
     async fn log(&self, context: &Value) -> anyhow::Result<()> {
         match &self.transformer {
-            Some(t) => self.writer.write(&t.apply(context)).await?,
-            None => self.writer.write(context).await?,
+            Some(t) => self.writer.write(&t.apply(context), &self.kinds).await?,
+            None => self.writer.write(context, &self.kinds).await?,
         }
         Ok(())
     }

@@ -23,6 +23,11 @@ impl EntryTransformer {
         Ok(EntryTransformer { fields })
     }
 
+    /// Each output key and the path it reads.
+    pub fn fields(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.fields.iter().map(|(n, p)| (n.as_str(), p.as_slice()))
+    }
+
     pub fn apply(&self, context: &Value) -> Value {
         let mut entry = Map::with_capacity(self.fields.len());
         for (name, path) in &self.fields {

@@ -14,7 +14,7 @@ use crate::auth::{KeyCheck, KeyGrant};
 use crate::context::RequestContext;
 use crate::error::ApiError;
 use crate::handlers::RequestHandler;
-use crate::logging::{LogWriter, Logger};
+use crate::logging::{FieldKind, FieldKinds, LogWriter, Logger};
 
 use super::call::{Callable, Scope};
 use super::convert::{from_py, map_from_py, map_to_py, to_py};
@@ -237,7 +237,7 @@ impl Logger for PyLogger {
 }
 
 /// A log writer written in Python (`BaseLogger(log_writer=...)`): called with each
-/// entry as a dict.
+/// entry as a dict, its answer and timestamps as Python objects (see `FieldKind`).
 pub struct PyLogWriter {
     pub scope: Arc<Scope>,
     pub callable: Callable,
@@ -245,14 +245,30 @@ pub struct PyLogWriter {
 
 #[async_trait]
 impl LogWriter for PyLogWriter {
-    async fn write(&self, entry: &Value) -> std::io::Result<()> {
+    async fn write(&self, entry: &Value, kinds: &FieldKinds) -> std::io::Result<()> {
         let entry = entry.clone();
+        let kinds: Vec<(String, &'static str)> = kinds
+            .iter()
+            .map(|(key, kind)| {
+                let kind = match kind {
+                    FieldKind::Response => "response",
+                    FieldKind::Timestamp => "timestamp",
+                };
+                (key.clone(), kind)
+            })
+            .collect();
         let label = self.callable.label.clone();
         self.scope
             .call(
                 &self.callable,
                 move |py| {
+                    // The answer as an `LLMResponse`, timestamps as `datetime`s: what
+                    // the reference's writers got (a text column takes the answer).
                     let entry = to_py(py, &entry)?;
+                    let entry = helpers(py)?
+                        .log_entry
+                        .bind(py)
+                        .call1((entry, PyList::new(py, kinds)?))?;
                     Ok((PyTuple::new(py, [entry])?, None::<Bound<'_, PyDict>>, ()))
                 },
                 move |py, _, outcome| {

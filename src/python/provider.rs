@@ -49,6 +49,9 @@ enum Event {
     Delta(Map<String, Value>),
     Chunk(Value),
     Completion(Value),
+    /// What a completion returned after its text was streamed through `callback` adds:
+    /// choice 0's tool calls, finish reason and the usage.
+    Tail(Value),
 }
 
 /// What a call (or one step of an iterator) gave back.
@@ -234,12 +237,16 @@ impl Inner {
             classified = match classified {
                 Classified::Events(events) => {
                     // A function that streamed through `callback` usually also returns
-                    // the whole text: that is not sent a second time.
-                    if !streamed_by_callback {
-                        for event in events {
-                            if out.send(event).await.is_err() {
-                                return Ok(());
-                            }
+                    // the whole text: that is not sent a second time, but the rest of a
+                    // completion it returned is (ai-microcore's answer carries usage).
+                    for event in events {
+                        let event = match event {
+                            Event::Completion(c) if streamed_by_callback => Event::Tail(c),
+                            _ if streamed_by_callback => continue,
+                            event => event,
+                        };
+                        if out.send(event).await.is_err() {
+                            return Ok(());
                         }
                     }
                     return Ok(());
@@ -496,6 +503,7 @@ impl Chunks {
                 self.started = true;
                 return self.completion_chunks(completion);
             }
+            Event::Tail(completion) => return self.tail_chunks(completion),
         };
         let mut out = Vec::with_capacity(2);
         if !self.started {
@@ -542,14 +550,57 @@ impl Chunks {
             out.push(first);
             out.push(last);
         }
-        if self.include_usage {
-            if let Some(usage) = completion.get("usage").filter(|u| u.is_object()) {
-                let mut chunk = self.chunk(Value::Null, Value::Null);
-                chunk["choices"] = json!([]);
-                chunk["usage"] = usage.clone();
-                out.push(chunk);
+        out.extend(self.usage_chunk(&completion));
+        out
+    }
+
+    /// The usage chunk of a completion, when the client asked for usage.
+    fn usage_chunk(&self, completion: &Value) -> Option<Value> {
+        let usage = completion.get("usage").filter(|u| u.is_object())?;
+        if !self.include_usage {
+            return None;
+        }
+        let mut chunk = self.chunk(Value::Null, Value::Null);
+        chunk["choices"] = json!([]);
+        chunk["usage"] = usage.clone();
+        Some(chunk)
+    }
+
+    /// The end of a stream whose text went through `callback`: choice 0's tool calls
+    /// (not streamed), its finish reason and the usage of the returned completion.
+    fn tail_chunks(&mut self, completion: Value) -> Vec<Value> {
+        let mut out = Vec::new();
+        if !self.started {
+            out.push(self.chunk(json!({"role": "assistant", "content": ""}), Value::Null));
+        }
+        self.started = true;
+        self.raw = true;
+        let choice = completion
+            .get("choices")
+            .and_then(Value::as_array)
+            .and_then(|c| c.first())
+            .cloned()
+            .unwrap_or_default();
+        let mut calls = choice
+            .pointer("/message/tool_calls")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        for (i, call) in calls.iter_mut().enumerate() {
+            if let Value::Object(call) = call {
+                call.entry("index").or_insert_with(|| i.into());
             }
         }
+        let finish = match choice.get("finish_reason").filter(|v| !v.is_null()) {
+            Some(reason) => reason.clone(),
+            None if !calls.is_empty() => "tool_calls".into(),
+            None => "stop".into(),
+        };
+        if !calls.is_empty() {
+            out.push(self.chunk(json!({ "tool_calls": calls }), Value::Null));
+        }
+        out.push(self.chunk(json!({}), finish));
+        out.extend(self.usage_chunk(&completion));
         out
     }
 

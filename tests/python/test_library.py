@@ -70,6 +70,8 @@ def test_bootstrap_and_awaiting_connections(upstream: MockUpstream, tmp_path: Pa
     assert "".join(pieces) == streamed == "You said: Hello there"
     assert len(pieces) == 4, "one piece per streamed chunk"
     assert tool_stream == ""  # the upstream streams a tool call, no text
+    assert tool_stream.choices[0].finish_reason == "tool_calls"
+    assert tool_stream.choices[0].message.tool_calls[0].function.name == "get_weather"
     assert received[1].body["stream"] is True
 
     async def failing() -> None:
@@ -144,7 +146,11 @@ def test_reference_load_balancer_example(
     upstream.clear()
     stream = client.chat.completions.create(model="anything", messages=MESSAGES, stream=True)
     chunks = list(stream)
-    assert chunks[-1].choices[0].finish_reason == "stop"
+    # The upstream streams a tool call: it reaches the client through the balancer's
+    # returned answer (the pieces given to `callback` are text only).
+    assert chunks[-1].choices[0].finish_reason == "tool_calls"
+    calls = [tc for c in chunks if c.choices for tc in c.choices[0].delta.tool_calls or []]
+    assert [tc.function.arguments for tc in calls] == ['{"city": "Paris", "unit": "celsius"}']
     assert upstream.only_request().body["stream"] is True
 
     with pytest.raises(openai.AuthenticationError):
