@@ -156,84 +156,112 @@ def test_addon_installed_against_this_package(addon_venv: Path) -> None:
 # The add-on's configuration, logging a mixed run
 # --------------------------------------------------------------------------------------
 
-# The add-on's README: the `init_db` component with `db_url`, its `DBLogWriter` as
-# the `log_writer` of the built-in `BaseLogger` (default columns), and its `DBLogger`
-# with the column mapping of its "Database Logger" example.
+# The add-on's own configuration (its README and the config.yml of its tests): the
+# `init_db` component with `db_url`; its `DBLogger` with the columns its tests use
+# (table llm_logs); and, as its README's TOML example writes it, its `DBLogWriter`
+# as the `log_writer` of the built-in `BaseLogger` (table llm_entries). The writer
+# gets the whole entry, which has `model` and `llm_params` besides the writer's
+# default columns (so in the reference too: SQLAlchemy refuses an insert with
+# unknown columns), so its columns are the defaults plus those two.
+def column(kind: str, **options: object) -> dict[str, object]:
+    return {"type": kind, **options}
+
+
 DB_LOGGER_COLUMNS = {
-    "id": {"type": "string", "primary_key": True, "length": 36},
-    "request": {"type": "json", "src": "request.messages"},
-    "response": {"type": "text"},
-    "created_at": {"type": "datetime", "default": "now"},
-    "completion_tokens": {"type": "integer", "src": "response.usage.completion_tokens"},
+    "id": column("string", primary_key=True, length=36),
+    "request": column("json", src="request.messages"),
+    "response": column("text", nullable=True),
+    "error": column("text", nullable=True),
+    "group": column("string", length=255),
+    "connection": column("string", length=255),
+    "api_key_id": column("string", length=255),
+    "remote_addr": column("string", length=255, nullable=True),
+    "created_at": column("datetime", default="now"),
+    "duration": column("float", nullable=True),
+    "user_info": column("json", nullable=True),
+    "completion_tokens": column(
+        "integer", src="response.usage.completion_tokens", nullable=True
+    ),
+    "prompt_tokens": column("integer", src="response.usage.prompt_tokens", nullable=True),
+    "extra": column("json", nullable=True),
 }
+DB_WRITER_COLUMNS = {
+    "id": column("string", primary_key=True, length=36),
+    "request": column("json", nullable=False),
+    "response": column("text", nullable=True),
+    "error": column("text", nullable=True),
+    "group": column("string", length=255, nullable=True),
+    "connection": column("string", length=255, nullable=True),
+    "model": column("string", length=255, nullable=True),
+    "llm_params": column("json", nullable=True),
+    "api_key_id": column("string", length=255, nullable=True),
+    "remote_addr": column("string", length=255, nullable=True),
+    "created_at": column("datetime", default="now"),
+    "duration": column("float", nullable=True),
+    "user_info": column("json", nullable=True),
+    "extra": column("json", nullable=True),
+}
+TABLES = ("llm_logs", "llm_entries")
 
 
-def yaml_config(upstream: MockUpstream, db_url: str) -> str:
-    # JSON is YAML: the structure below is exactly the README's YAML example, plus
-    # the connection, routing and key of a gateway.
-    config = {
+def addon_config(upstream: MockUpstream, db_url: str) -> dict[str, object]:
+    return {
         "host": "127.0.0.1",
         "shutdown_grace_seconds": 2,
-        "connections": {"upstream": {"api_type": "openai", "api_base": upstream.api_base,
-                                     "api_key": "sk-upstream"}},
+        "connections": {
+            "upstream": {
+                "api_type": "openai",
+                "api_base": upstream.api_base,
+                "api_key": "sk-upstream",
+            }
+        },
         "routing": {"*": "upstream.*"},
         "groups": {"default": {"api_keys": [CLIENT_KEY]}},
-        "components": {"db": {"class": "lm_proxy_db_connector.init_db", "db_url": db_url}},
         "loggers": [
+            {
+                "class": "lm_proxy_db_connector.logging.DBLogger",
+                "table_name": "llm_logs",
+                "columns": DB_LOGGER_COLUMNS,
+            },
             {
                 "class": "lm_proxy.loggers.BaseLogger",
                 "log_writer": {
                     "class": "lm_proxy_db_connector.logging.DBLogWriter",
-                    "table_name": "llm_logs",
+                    "table_name": "llm_entries",
+                    "columns": DB_WRITER_COLUMNS,
                 },
             },
-            {
-                "class": "lm_proxy_db_connector.logging.DBLogger",
-                "table_name": "llm_requests",
-                "columns": DB_LOGGER_COLUMNS,
-            },
         ],
+        "components": {"db": {"class": "lm_proxy_db_connector.init_db", "db_url": db_url}},
     }
-    return json.dumps(config, indent=2)
 
 
-def toml_config(upstream: MockUpstream, db_url: str) -> str:
-    columns = "\n".join(
-        f"{name} = {{ {', '.join(f'{k} = {json.dumps(v)}' for k, v in spec.items())} }}"
-        for name, spec in DB_LOGGER_COLUMNS.items()
-    )
-    return textwrap.dedent(
-        f"""\
-        host = "127.0.0.1"
-        shutdown_grace_seconds = 2
+def to_toml(table: dict[str, object], path: tuple[str, ...] = ()) -> str:
+    """Just enough TOML for the config above: tables as [sections], lists of tables
+    as [[arrays]], scalars and lists of strings as values."""
 
-        [connections.upstream]
-        api_type = "openai"
-        api_base = {json.dumps(upstream.api_base)}
-        api_key = "sk-upstream"
+    def key(name: str) -> str:
+        return name if name.replace("_", "").isalnum() else json.dumps(name)
 
-        [routing]
-        "*" = "upstream.*"
+    def value(item: object) -> str:
+        if isinstance(item, bool):
+            return "true" if item else "false"
+        if isinstance(item, list):
+            return "[" + ", ".join(value(x) for x in item) + "]"
+        return json.dumps(item)  # strings (TOML basic strings), ints and floats
 
-        [groups.default]
-        api_keys = [{json.dumps(CLIENT_KEY)}]
-
-        [components.db]
-        class = "lm_proxy_db_connector.init_db"
-        db_url = {json.dumps(db_url)}
-
-        [[loggers]]
-        class = "lm_proxy.loggers.BaseLogger"
-        [loggers.log_writer]
-        class = "lm_proxy_db_connector.logging.DBLogWriter"
-        table_name = "llm_logs"
-
-        [[loggers]]
-        class = "lm_proxy_db_connector.logging.DBLogger"
-        table_name = "llm_requests"
-        [loggers.columns]
-        """
-    ) + columns + "\n"
+    lines: list[str] = []
+    nested: list[str] = []
+    for name, item in table.items():
+        child = (*path, key(name))
+        if isinstance(item, dict):
+            nested.append(f"\n[{'.'.join(child)}]\n" + to_toml(item, child))
+        elif isinstance(item, list) and item and all(isinstance(x, dict) for x in item):
+            for element in item:
+                nested.append(f"\n[[{'.'.join(child)}]]\n" + to_toml(element, child))
+        else:
+            lines.append(f"{key(name)} = {value(item)}\n")
+    return "".join(lines) + "".join(nested)
 
 
 # Waits (polling the tables, up to a deadline) until both hold `expected` rows,
@@ -246,7 +274,7 @@ engine = sqlalchemy.create_engine(url)
 def counts():
     out = {}
     with engine.connect() as conn:
-        for table in ("llm_logs", "llm_requests"):
+        for table in sys.argv[4].split(","):
             try:
                 out[table] = conn.execute(sqlalchemy.text(f"SELECT count(*) FROM {table}")).scalar()
             except sqlalchemy.exc.DBAPIError:
@@ -260,7 +288,7 @@ while True:
     time.sleep(0.05)
 texts = {}
 with engine.connect() as conn:
-    for table in ("llm_logs", "llm_requests"):
+    for table in sys.argv[4].split(","):
         if seen[table]:
             rows = conn.execute(sqlalchemy.text(f"SELECT response FROM {table}")).scalars()
             texts[table] = sorted(str(r) for r in rows)
@@ -301,11 +329,13 @@ def logs_every_request(venv: Path, config_path: Path, db_url: str) -> None:
         gateway.wait_ready()
         run_mixed(gateway)
         total = 2 * REQUESTS_OF_EACH_KIND
-        rows = run_in_venv(venv, PROBE_ROWS, db_url, str(total), str(ROWS_DEADLINE_S))
+        rows = run_in_venv(
+            venv, PROBE_ROWS, db_url, str(total), str(ROWS_DEADLINE_S), ",".join(TABLES)
+        )
     finally:
         gateway.stop()
     assert isinstance(rows, dict)
-    expected = {"llm_logs": total, "llm_requests": total}
+    expected = dict.fromkeys(TABLES, total)
     assert rows["counts"] == expected, (
         f"rows: {rows}\ngateway stderr:\n{gateway.stderr_text()[-6000:]}"
     )
@@ -318,7 +348,8 @@ def test_db_connector_logs_to_sqlite(
 ) -> None:
     db_url = f"sqlite:///{tmp_path / 'llm.db'}"
     config_path = tmp_path / "config.yml"
-    config_path.write_text(yaml_config(upstream, db_url))
+    # JSON is YAML: the add-on's tests configure it in YAML.
+    config_path.write_text(json.dumps(addon_config(upstream, db_url), indent=2))
     logs_every_request(addon_venv, config_path, db_url)
 
 
@@ -420,5 +451,5 @@ def test_db_connector_logs_to_postgresql(
     addon_venv: Path, upstream: MockUpstream, postgres: Postgres, tmp_path: Path
 ) -> None:
     config_path = tmp_path / "config.toml"
-    config_path.write_text(toml_config(upstream, postgres.url))
+    config_path.write_text(to_toml(addon_config(upstream, postgres.url)))
     logs_every_request(addon_venv, config_path, postgres.url)
