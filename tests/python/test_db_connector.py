@@ -31,10 +31,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import openai
 import pytest
 from conftest import CLIENT_KEY, REPO_ROOT, UPSTREAM_CONTENT, GatewayProcess, MockUpstream
-
-import openai
 
 ADDON_VENV_VARIABLE = "LM_PROXY_ADDON_VENV"
 REQUESTS_OF_EACH_KIND = 5
@@ -156,6 +155,7 @@ def test_addon_installed_against_this_package(addon_venv: Path) -> None:
 # The add-on's configuration, logging a mixed run
 # --------------------------------------------------------------------------------------
 
+
 # The add-on's own configuration (its README and the config.yml of its tests): the
 # `init_db` component with `db_url`; its `DBLogger` with the columns its tests use
 # (table llm_logs); and, as its README's TOML example writes it, its `DBLogWriter`
@@ -179,9 +179,7 @@ DB_LOGGER_COLUMNS = {
     "created_at": column("datetime", default="now"),
     "duration": column("float", nullable=True),
     "user_info": column("json", nullable=True),
-    "completion_tokens": column(
-        "integer", src="response.usage.completion_tokens", nullable=True
-    ),
+    "completion_tokens": column("integer", src="response.usage.completion_tokens", nullable=True),
     "prompt_tokens": column("integer", src="response.usage.prompt_tokens", nullable=True),
     "extra": column("json", nullable=True),
 }
@@ -323,8 +321,9 @@ def run_mixed(gateway: GatewayProcess) -> None:
 
 
 def logs_every_request(venv: Path, config_path: Path, db_url: str) -> None:
-    gateway = GatewayProcess([str(venv / "bin" / "lm-proxy-server")], config_path,
-                             cwd=config_path.parent)
+    gateway = GatewayProcess(
+        [str(venv / "bin" / "lm-proxy-server")], config_path, cwd=config_path.parent
+    )
     try:
         gateway.wait_ready()
         run_mixed(gateway)
@@ -400,8 +399,10 @@ def postgres(addon_venv: Path) -> Iterator[Postgres]:
         try:
             owner = pwd.getpwnam("postgres")
         except KeyError:
-            pytest.fail("running as root needs the `postgres` user (the postgresql "
-                        "package creates it)", pytrace=False)
+            pytest.fail(
+                "running as root needs the `postgres` user (the postgresql package creates it)",
+                pytrace=False,
+            )
         as_user = ["runuser", "-u", "postgres", "--"]
     root = Path(tempfile.mkdtemp(prefix="lm-proxy-pg-"))
     if owner is not None:
@@ -409,41 +410,81 @@ def postgres(addon_venv: Path) -> Iterator[Postgres]:
     data = root / "data"
 
     def run(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run([*as_user, *argv], capture_output=True, text=True,
-                                timeout=PG_TIMEOUT_S, cwd=root)
+        result = subprocess.run(
+            [*as_user, *argv], capture_output=True, text=True, timeout=PG_TIMEOUT_S, cwd=root
+        )
         if check and result.returncode != 0:
             log = (root / "server.log").read_text() if (root / "server.log").exists() else ""
-            pytest.fail(f"{argv[0]} failed ({result.returncode}):\n{result.stdout}\n"
-                        f"{result.stderr}\n{log}", pytrace=False)
+            pytest.fail(
+                f"{argv[0]} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n{log}",
+                pytrace=False,
+            )
         return result
 
     user = "lmproxy"
     started = False
     try:
-        run(str(bindir / "initdb"), "-D", str(data), "-U", user, "--auth=trust",
-            "-E", "UTF8", "--no-sync")
+        run(
+            str(bindir / "initdb"),
+            "-D",
+            str(data),
+            "-U",
+            user,
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        )
         # The port is free when chosen; another process may take it before the
         # server binds it, so try a few.
         for _ in range(3):
             port = free_port()
             options = f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off"
             # -w: pg_ctl returns once the server accepts connections (or failed).
-            result = run(str(bindir / "pg_ctl"), "-D", str(data), "-l", str(root / "server.log"),
-                         "-w", "-t", str(PG_TIMEOUT_S), "-o", options, "start", check=False)
+            result = run(
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-l",
+                str(root / "server.log"),
+                "-w",
+                "-t",
+                str(PG_TIMEOUT_S),
+                "-o",
+                options,
+                "start",
+                check=False,
+            )
             if result.returncode == 0:
                 started = True
                 break
         if not started:
             log = (root / "server.log").read_text() if (root / "server.log").exists() else ""
             pytest.fail(f"PostgreSQL did not start:\n{log}", pytrace=False)
-        ready = run(str(bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(port),
-                    "-t", str(PG_TIMEOUT_S), check=False)
+        ready = run(
+            str(bindir / "pg_isready"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-t",
+            str(PG_TIMEOUT_S),
+            check=False,
+        )
         assert ready.returncode == 0, ready.stdout + ready.stderr
         yield Postgres(port=port, user=user)
     finally:
         if started:
-            run(str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop",
-                check=False)
+            run(
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(data),
+                "-m",
+                "immediate",
+                "-w",
+                "stop",
+                check=False,
+            )
         shutil.rmtree(root, ignore_errors=True)
 
 
