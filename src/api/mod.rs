@@ -2,6 +2,7 @@
 
 pub mod chat;
 pub mod core;
+pub mod messages;
 pub mod models;
 pub mod validate;
 
