@@ -262,7 +262,9 @@ pub fn member_str<'a>(text: &'a str, key: &str) -> Option<std::borrow::Cow<'a, s
     let raw = &text[span];
     let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
     if inner.contains('\\') {
-        serde_json::from_str::<String>(raw).ok().map(std::borrow::Cow::Owned)
+        serde_json::from_str::<String>(raw)
+            .ok()
+            .map(std::borrow::Cow::Owned)
     } else {
         Some(std::borrow::Cow::Borrowed(inner))
     }
@@ -815,7 +817,10 @@ mod member_tests {
         assert_eq!(values, ["\"m-1\"", "3"]);
         assert_eq!(member_spans(text, "model", 1).unwrap().len(), 1);
         assert_eq!(member_str(text, "model").as_deref(), Some("m-1"));
-        assert_eq!(member_str(r#"{"type":"a\"b"}"#, "type").as_deref(), Some("a\"b"));
+        assert_eq!(
+            member_str(r#"{"type":"a\"b"}"#, "type").as_deref(),
+            Some("a\"b")
+        );
         assert_eq!(member_str(r#"{"type":1}"#, "type"), None);
         assert_eq!(member_spans("[]", "model", 1), None);
         assert_eq!(member_spans("{}", "model", 1), Some(vec![]));

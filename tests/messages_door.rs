@@ -37,7 +37,12 @@ struct Seen(Arc<Mutex<Vec<(String, HeaderMap, Bytes)>>>);
 
 impl Seen {
     fn last(&self) -> (String, HeaderMap, Bytes) {
-        self.0.lock().unwrap().last().cloned().expect("no upstream request")
+        self.0
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("no upstream request")
     }
 }
 
@@ -57,7 +62,11 @@ async fn anthropic_upstream() -> (String, Seen) {
             .unwrap()
             .push((uri.path().to_owned(), headers, body.clone()));
         if uri.path().ends_with("/count_tokens") {
-            return ([("content-type", "application/json")], "{\"input_tokens\":12}").into_response();
+            return (
+                [("content-type", "application/json")],
+                "{\"input_tokens\":12}",
+            )
+                .into_response();
         }
         let request: Value = serde_json::from_slice(&body).unwrap();
         let error = |status: u16, kind: &str| {
@@ -212,8 +221,13 @@ async fn pass_through_streams_every_event_as_written() {
 async fn count_tokens_passes_through_and_needs_an_anthropic_connection() {
     let (gw, seen, _openai) = setup("").await;
     let body = r#"{"model":"claude-alias","messages":[{"role":"user","content":"hi"}]}"#;
-    let (status, _, answer) =
-        post_raw(&gw, "/v1/messages/count_tokens", &[JSON, ("x-api-key", "k1")], body).await;
+    let (status, _, answer) = post_raw(
+        &gw,
+        "/v1/messages/count_tokens",
+        &[JSON, ("x-api-key", "k1")],
+        body,
+    )
+    .await;
     assert_eq!(status, 200);
     assert_eq!(&answer[..], b"{\"input_tokens\":12}");
     let (path, _, sent) = seen.last();
@@ -223,8 +237,13 @@ async fn count_tokens_passes_through_and_needs_an_anthropic_connection() {
         body.replace("claude-alias", "claude-real")
     );
     let body = r#"{"model":"gpt-x","messages":[{"role":"user","content":"hi"}]}"#;
-    let (status, _, answer) =
-        post_raw(&gw, "/v1/messages/count_tokens", &[JSON, ("x-api-key", "k1")], body).await;
+    let (status, _, answer) = post_raw(
+        &gw,
+        "/v1/messages/count_tokens",
+        &[JSON, ("x-api-key", "k1")],
+        body,
+    )
+    .await;
     assert_eq!(status, 400);
     let error: Value = serde_json::from_slice(&answer).unwrap();
     assert_eq!(error["error"]["type"], "invalid_request_error");
@@ -236,8 +255,13 @@ async fn translation_for_an_openai_compatible_upstream() {
     let body = json!({"model": "gpt-x", "max_tokens": 20, "system": "Be brief.",
         "messages": [{"role": "user", "content": "hi"}], "stop_sequences": ["END"],
         "metadata": {"user_id": "u-7"}});
-    let (status, _, answer) =
-        post_raw(&gw, "/v1/messages", &[JSON, ("x-api-key", "k1")], body.to_string()).await;
+    let (status, _, answer) = post_raw(
+        &gw,
+        "/v1/messages",
+        &[JSON, ("x-api-key", "k1")],
+        body.to_string(),
+    )
+    .await;
     assert_eq!(status, 200, "{answer:?}");
     let message: Value = serde_json::from_slice(&answer).unwrap();
     assert_eq!(message["type"], "message");
@@ -279,16 +303,20 @@ async fn translation_for_an_openai_compatible_upstream() {
     assert_eq!(openai.last().body["stream_options"]["include_usage"], true);
 }
 
+/// Request headers, body, expected status and Anthropic error type.
+type Case<'a> = (Vec<(&'a str, &'a str)>, String, u16, &'a str);
+
 #[tokio::test]
 async fn every_bad_input_is_a_4xx_in_anthropics_envelope() {
     let (gw, _seen, _openai) = setup("").await;
-    let ok = r#"{"model":"claude-real","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+    let ok =
+        r#"{"model":"claude-real","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
     let key = ("x-api-key", "k1");
     let big = format!(
         r#"{{"model":"claude-real","max_tokens":5,"messages":[{{"role":"user","content":"{}"}}]}}"#,
         "x".repeat(20_000)
     );
-    let cases: Vec<(Vec<(&str, &str)>, String, u16, &str)> = vec![
+    let cases: Vec<Case> = vec![
         (vec![key], ok.into(), 400, "invalid_request_error"),
         (vec![JSON, key], "{".into(), 400, "invalid_request_error"),
         (vec![JSON, key], "".into(), 400, "invalid_request_error"),
@@ -311,7 +339,8 @@ async fn every_bad_input_is_a_4xx_in_anthropics_envelope() {
         (vec![JSON, key], ok.replace("claude-real", "claude-400"), 400, "invalid_request_error"),
     ];
     for (headers, body, status, kind) in cases {
-        let (got, response_headers, answer) = post_raw(&gw, "/v1/messages", &headers, body.clone()).await;
+        let (got, response_headers, answer) =
+            post_raw(&gw, "/v1/messages", &headers, body.clone()).await;
         let shown = &body[..body.len().min(120)];
         assert_eq!(got, status, "{shown}: {answer:?}");
         let error: Value = serde_json::from_slice(&answer)
@@ -336,7 +365,8 @@ async fn the_log_entry_and_metrics_know_the_door() {
         log.to_str().unwrap()
     );
     let (gw, _seen, _openai) = setup(&extra).await;
-    let body = r#"{"model":"claude-real","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+    let body =
+        r#"{"model":"claude-real","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
     let (status, _, _) = post_raw(&gw, "/v1/messages", &[JSON, ("x-api-key", "k1")], body).await;
     assert_eq!(status, 200);
     let stream = r#"{"model":"gpt-x","max_tokens":5,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
@@ -368,7 +398,10 @@ async fn the_log_entry_and_metrics_know_the_door() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    let endpoints: Vec<&str> = lines.iter().map(|l| l["endpoint"].as_str().unwrap()).collect();
+    let endpoints: Vec<&str> = lines
+        .iter()
+        .map(|l| l["endpoint"].as_str().unwrap())
+        .collect();
     assert_eq!(endpoints.len(), 3);
     assert_eq!(endpoints.iter().filter(|e| **e == "messages").count(), 2);
     assert!(endpoints.contains(&"chat/completions"));

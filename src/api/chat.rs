@@ -104,10 +104,7 @@ pub fn parse_request(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Va
 }
 
 /// The body as a JSON object, sent as JSON (every door's first check).
-pub fn json_object_body(
-    headers: &HeaderMap,
-    bytes: &[u8],
-) -> Result<Map<String, Value>, ApiError> {
+pub fn json_object_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
     // A JSON content type is required, not just accepted: a web page can make a
     // browser send a cross-site POST without a preflight only with no content type
     // or a form/text one, so requiring JSON keeps such requests off a gateway that

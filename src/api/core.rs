@@ -82,7 +82,10 @@ pub async fn admit<'s>(
 
 /// Route `ctx.request.model`: the first matching rule, the group's permission for
 /// its connection, and the upstream model name (`ctx.connection`, `ctx.model`).
-pub fn route<'g>(gateway: &'g Gateway, ctx: &mut RequestContext) -> Result<&'g Connection, ApiError> {
+pub fn route<'g>(
+    gateway: &'g Gateway,
+    ctx: &mut RequestContext,
+) -> Result<&'g Connection, ApiError> {
     let requested = ctx
         .request
         .get("model")
@@ -284,8 +287,7 @@ impl Ending {
     /// removed, for the door to answer in its envelope.
     pub fn failed(self, gateway: &Gateway, mut ctx: RequestContext, error: ApiError) -> ApiError {
         let error = gateway.redactor.redact(error);
-        self.summary
-            .log(error.status().as_u16(), Some(&error), "");
+        self.summary.log(error.status().as_u16(), Some(&error), "");
         if let Some(metrics) = self.metrics {
             metrics.failed(&error);
         }

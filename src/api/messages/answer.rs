@@ -36,7 +36,10 @@ pub fn usage(usage: Option<&Value>) -> Value {
         .min(prompt);
     let mut out = Map::new();
     out.insert("input_tokens".into(), (prompt - cached).into());
-    out.insert("output_tokens".into(), get("completion_tokens").unwrap_or(0).into());
+    out.insert(
+        "output_tokens".into(),
+        get("completion_tokens").unwrap_or(0).into(),
+    );
     if cached > 0 {
         out.insert("cache_read_input_tokens".into(), cached.into());
     }

@@ -52,9 +52,7 @@ pub fn error_object(error: &ApiError) -> Value {
     // An upstream's own Anthropic type is kept when it agrees with the status class
     // (a 4xx type on a 4xx answer); otherwise the status decides.
     let upstream_type = match error {
-        ApiError::UpstreamRejected(body) | ApiError::Custom(body) => {
-            Some(body.error_type.as_str())
-        }
+        ApiError::UpstreamRejected(body) | ApiError::Custom(body) => Some(body.error_type.as_str()),
         _ => None,
     }
     .filter(|t| ANTHROPIC_TYPES.contains(t))
@@ -103,7 +101,10 @@ mod tests {
                 },
                 "authentication_error",
             ),
-            (ApiError::ConnectionNotAllowed("c".into()), "permission_error"),
+            (
+                ApiError::ConnectionNotAllowed("c".into()),
+                "permission_error",
+            ),
             (ApiError::ModelNotFound("m".into()), "not_found_error"),
             (ApiError::invalid_request("bad"), "invalid_request_error"),
             (

@@ -237,9 +237,10 @@ fn native_call(
         if same_but_model(&original, &rebuilt) {
             with_model(bytes, &model)?
         } else {
-            Bytes::from(serde_json::to_vec(&rebuilt).map_err(|e| {
-                ApiError::internal(format!("could not write the request: {e}"))
-            })?)
+            Bytes::from(
+                serde_json::to_vec(&rebuilt)
+                    .map_err(|e| ApiError::internal(format!("could not write the request: {e}")))?,
+            )
         }
     };
     Ok(NativeCall {

@@ -128,7 +128,10 @@ pub fn validate(request: &Map<String, Value>, count_tokens: bool) -> Result<(), 
 /// The canonical request (chat-completions fields, `model` excluded) for an
 /// Anthropic request's `messages` and other members (`params`, as the handlers
 /// left them).
-pub fn to_canonical(messages: &Value, params: Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
+pub fn to_canonical(
+    messages: &Value,
+    params: Map<String, Value>,
+) -> Result<Map<String, Value>, ApiError> {
     let mut out = Map::new();
     let mut chat = Vec::new();
     if let Some(system) = params.get("system") {
@@ -137,7 +140,13 @@ pub fn to_canonical(messages: &Value, params: Map<String, Value>) -> Result<Map<
             chat.push(json!({"role": "system", "content": text}));
         }
     }
-    for (i, message) in messages.as_array().map(Vec::as_slice).unwrap_or(&[]).iter().enumerate() {
+    for (i, message) in messages
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+    {
         convert_message(message, i, &mut chat)?;
     }
     out.insert("messages".into(), Value::Array(chat));
@@ -193,7 +202,9 @@ fn system_text(system: &Value) -> Result<String, ApiError> {
                     _ => {
                         return Err(bad(
                             &format!("system[{i}].type"),
-                            format!("system[{i}]: only text blocks can be passed on to this connection"),
+                            format!(
+                                "system[{i}]: only text blocks can be passed on to this connection"
+                            ),
                         ))
                     }
                 }
@@ -202,7 +213,10 @@ fn system_text(system: &Value) -> Result<String, ApiError> {
         }
         other => Err(bad(
             "system",
-            format!("`system` must be a string or a list of text blocks, not {}", type_name(other)),
+            format!(
+                "`system` must be a string or a list of text blocks, not {}",
+                type_name(other)
+            ),
         )),
     }
 }
@@ -219,14 +233,22 @@ fn text_of(block: &Value, at: &str) -> Result<String, ApiError> {
 /// become `tool` messages, before the rest of the turn).
 fn convert_message(message: &Value, i: usize, chat: &mut Vec<Value>) -> Result<(), ApiError> {
     let at = format!("messages[{i}]");
-    let role = message.get("role").and_then(Value::as_str).unwrap_or("user");
+    let role = message
+        .get("role")
+        .and_then(Value::as_str)
+        .unwrap_or("user");
     let blocks = match message.get("content") {
         Some(Value::String(text)) => {
             chat.push(json!({"role": role, "content": text}));
             return Ok(());
         }
         Some(Value::Array(blocks)) => blocks,
-        _ => return Err(bad(&format!("{at}.content"), "content must be a string or a list")),
+        _ => {
+            return Err(bad(
+                &format!("{at}.content"),
+                "content must be a string or a list",
+            ))
+        }
     };
     if role == "assistant" {
         let mut text = String::new();
@@ -345,7 +367,10 @@ fn document(block: &Value, at: &str) -> Result<Value, ApiError> {
             Ok(json!({"type": "text", "text": text}))
         }
         Some("base64") => {
-            let media = source.get("media_type").and_then(Value::as_str).unwrap_or("");
+            let media = source
+                .get("media_type")
+                .and_then(Value::as_str)
+                .unwrap_or("");
             let data = source.get("data").and_then(Value::as_str).unwrap_or("");
             let mut file = Map::new();
             file.insert(
@@ -388,7 +413,10 @@ fn tool_result(block: &Value, at: &str) -> Result<Value, ApiError> {
         Some(other) => {
             return Err(bad(
                 &format!("{at}.content"),
-                format!("must be a string or a list of blocks, not {}", type_name(other)),
+                format!(
+                    "must be a string or a list of blocks, not {}",
+                    type_name(other)
+                ),
             ))
         }
     };
@@ -402,7 +430,13 @@ fn tool_result(block: &Value, at: &str) -> Result<Value, ApiError> {
 /// (a `type` other than `custom`) run only on Anthropic.
 fn tools(value: &Value) -> Result<Vec<Value>, ApiError> {
     let mut out = Vec::new();
-    for (i, tool) in value.as_array().map(Vec::as_slice).unwrap_or(&[]).iter().enumerate() {
+    for (i, tool) in value
+        .as_array()
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
+        .iter()
+        .enumerate()
+    {
         let at = format!("tools[{i}]");
         if let Some(kind) = tool.get("type").and_then(Value::as_str) {
             if kind != "custom" {
@@ -438,10 +472,12 @@ fn tool_choice(value: &Value, out: &mut Map<String, Value>) -> Result<(), ApiErr
         "any" => json!("required"),
         "none" => json!("none"),
         "tool" => {
-            let name = value
-                .get("name")
-                .and_then(Value::as_str)
-                .ok_or_else(|| bad("tool_choice.name", "a `tool` choice needs the tool's `name`"))?;
+            let name = value.get("name").and_then(Value::as_str).ok_or_else(|| {
+                bad(
+                    "tool_choice.name",
+                    "a `tool` choice needs the tool's `name`",
+                )
+            })?;
             json!({"type": "function", "function": {"name": name}})
         }
         other => {
@@ -452,7 +488,11 @@ fn tool_choice(value: &Value, out: &mut Map<String, Value>) -> Result<(), ApiErr
         }
     };
     out.insert("tool_choice".into(), choice);
-    if value.get("disable_parallel_tool_use").and_then(Value::as_bool) == Some(true) {
+    if value
+        .get("disable_parallel_tool_use")
+        .and_then(Value::as_bool)
+        == Some(true)
+    {
         out.insert("parallel_tool_calls".into(), false.into());
     }
     Ok(())
@@ -590,7 +630,8 @@ mod tests {
 
     #[test]
     fn bad_bodies_are_rejected_with_the_field() {
-        let ok = json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
+        let ok =
+            json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]});
         let check = |v: Value, count: bool| {
             validate(v.as_object().unwrap(), count).map_err(|e| e.error_object()["param"].clone())
         };
@@ -607,9 +648,18 @@ mod tests {
             (json!({"messages": []}), "messages"),
             (json!({"messages": {}}), "messages"),
             (json!({"messages": ["hi"]}), "messages[0]"),
-            (json!({"messages": [{"role": "system", "content": "x"}]}), "messages[0].role"),
-            (json!({"messages": [{"role": "user"}]}), "messages[0].content"),
-            (json!({"messages": [{"role": "user", "content": [1]}]}), "messages[0].content[0]"),
+            (
+                json!({"messages": [{"role": "system", "content": "x"}]}),
+                "messages[0].role",
+            ),
+            (
+                json!({"messages": [{"role": "user"}]}),
+                "messages[0].content",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [1]}]}),
+                "messages[0].content[0]",
+            ),
             (json!({"stream": "yes"}), "stream"),
             (json!({"temperature": "hot"}), "temperature"),
             (json!({"stop_sequences": [1]}), "stop_sequences"),

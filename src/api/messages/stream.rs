@@ -121,7 +121,11 @@ impl Translator {
             self.delta(json!({"type": "thinking_delta", "thinking": thinking}), out);
         }
         for key in ["content", "refusal"] {
-            if let Some(text) = delta.get(key).and_then(Value::as_str).filter(|t| !t.is_empty()) {
+            if let Some(text) = delta
+                .get(key)
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+            {
                 if self.block != Block::Text {
                     self.open(Block::Text, json!({"type": "text", "text": ""}), out);
                 }
@@ -163,7 +167,10 @@ impl Translator {
                 .and_then(Value::as_str)
                 .filter(|f| !f.is_empty())
             {
-                self.delta(json!({"type": "input_json_delta", "partial_json": fragment}), out);
+                self.delta(
+                    json!({"type": "input_json_delta", "partial_json": fragment}),
+                    out,
+                );
             }
         }
         if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
@@ -202,33 +209,36 @@ pub fn translate(chunks: PayloadStream, translator: Translator) -> PayloadStream
         pending: VecDeque::new(),
         ended: false,
     };
-    Box::pin(futures_util::stream::unfold(state, |mut state| async move {
-        loop {
-            if let Some(item) = state.pending.pop_front() {
-                return Some((item, state));
-            }
-            if state.ended {
-                return None;
-            }
-            let mut out = Vec::new();
-            let failure = match state.chunks.next().await {
-                Some(Ok(chunk)) => state.translator.chunk(&chunk.to_value(), &mut out).err(),
-                Some(Err(e)) => Some(e),
-                None => {
-                    state.translator.finish(&mut out);
-                    state.ended = true;
-                    None
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |mut state| async move {
+            loop {
+                if let Some(item) = state.pending.pop_front() {
+                    return Some((item, state));
                 }
-            };
-            state
-                .pending
-                .extend(out.into_iter().map(|v| Ok(Payload::Value(v))));
-            if let Some(e) = failure {
-                state.pending.push_back(Err(e));
-                state.ended = true;
+                if state.ended {
+                    return None;
+                }
+                let mut out = Vec::new();
+                let failure = match state.chunks.next().await {
+                    Some(Ok(chunk)) => state.translator.chunk(&chunk.to_value(), &mut out).err(),
+                    Some(Err(e)) => Some(e),
+                    None => {
+                        state.translator.finish(&mut out);
+                        state.ended = true;
+                        None
+                    }
+                };
+                state
+                    .pending
+                    .extend(out.into_iter().map(|v| Ok(Payload::Value(v))));
+                if let Some(e) = failure {
+                    state.pending.push_back(Err(e));
+                    state.ended = true;
+                }
             }
-        }
-    }))
+        },
+    ))
 }
 
 /// Puts a stream's events back together into one `message`, for the loggers;
@@ -268,11 +278,9 @@ impl Assembler {
         let index = event.get("index").and_then(Value::as_u64).unwrap_or(0) as usize;
         match event.get("type").and_then(Value::as_str).unwrap_or("") {
             "message_start" => self.message = event.get("message").cloned().unwrap_or(Value::Null),
-            "content_block_start" => {
-                if index == self.blocks.len() && self.room(64) {
-                    self.blocks
-                        .push(event.get("content_block").cloned().unwrap_or(Value::Null));
-                }
+            "content_block_start" if index == self.blocks.len() && self.room(64) => {
+                self.blocks
+                    .push(event.get("content_block").cloned().unwrap_or(Value::Null));
             }
             "content_block_delta" => {
                 let delta = event.get("delta").unwrap_or(&Value::Null);
@@ -447,7 +455,10 @@ fn write<F: FnOnce(StreamSummary)>(
                     write_event(&kind, text, out);
                 }
                 Payload::Value(value) => {
-                    let kind = value.get("type").and_then(Value::as_str).unwrap_or("message");
+                    let kind = value
+                        .get("type")
+                        .and_then(Value::as_str)
+                        .unwrap_or("message");
                     let mut data = Vec::with_capacity(256);
                     event.write_json(&mut data);
                     write_event(kind, &data, out);
@@ -491,12 +502,24 @@ mod tests {
     #[test]
     fn thinking_text_and_tool_calls_follow_the_grammar() {
         let events = events_of(&[
-            chunk(json!({"role": "assistant", "reasoning_content": "Hm"}), None),
+            chunk(
+                json!({"role": "assistant", "reasoning_content": "Hm"}),
+                None,
+            ),
             chunk(json!({"content": "Hi"}), None),
             chunk(json!({"content": " there"}), None),
-            chunk(json!({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "get", "arguments": ""}}]}), None),
-            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"q\":"}}]}), None),
-            chunk(json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}), None),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "get", "arguments": ""}}]}),
+                None,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"q\":"}}]}),
+                None,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+                None,
+            ),
             chunk(json!({}), Some("tool_calls")),
             json!({"id": "chatcmpl-9", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 7}}),
         ]);
@@ -534,7 +557,10 @@ mod tests {
         assert_eq!(events[8]["index"], 2);
         let delta = &events[12];
         assert_eq!(delta["delta"]["stop_reason"], "tool_use");
-        assert_eq!(delta["usage"], json!({"input_tokens": 5, "output_tokens": 7}));
+        assert_eq!(
+            delta["usage"],
+            json!({"input_tokens": 5, "output_tokens": 7})
+        );
 
         // The assembled message (for loggers) is the same as a whole answer's.
         let mut assembler = Assembler::new(1 << 20);

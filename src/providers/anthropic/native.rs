@@ -92,7 +92,10 @@ impl AnthropicProvider {
         // version its body is written for); one set on the connection wins over it.
         if !self.version_pinned {
             if let Some(version) = call.client_headers.get("anthropic-version") {
-                headers.insert(HeaderName::from_static("anthropic-version"), version.clone());
+                headers.insert(
+                    HeaderName::from_static("anthropic-version"),
+                    version.clone(),
+                );
             }
         }
         headers
