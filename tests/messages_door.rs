@@ -60,7 +60,7 @@ async fn anthropic_upstream() -> (String, Seen) {
         seen.0
             .lock()
             .unwrap()
-            .push((uri.path().to_owned(), headers, body.clone()));
+            .push((uri.path().to_owned(), headers.clone(), body.clone()));
         if uri.path().ends_with("/count_tokens") {
             return (
                 [("content-type", "application/json")],
@@ -76,6 +76,20 @@ async fn anthropic_upstream() -> (String, Seen) {
             r
         };
         match request["model"].as_str().unwrap_or("") {
+            "claude-echo-key" => {
+                // An upstream that echoes the key it was sent in its error message.
+                let key = headers["x-api-key"].to_str().unwrap().to_owned();
+                let body = json!({"type": "error", "error": {"type": "authentication_error", "message": format!("invalid x-api-key: {key}")}});
+                return (StatusCode::UNAUTHORIZED, axum::Json(body)).into_response();
+            }
+            "claude-midfail" => {
+                let text = format!(
+                    "event: message_start\ndata: {}\n\nevent: error\ndata: {}\n\n",
+                    EVENTS[0].1,
+                    r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+                );
+                return ([("content-type", "text/event-stream")], text).into_response();
+            }
             "claude-429" => return error(429, "rate_limit_error"),
             "claude-529" => return error(529, "overloaded_error"),
             "claude-400" => return error(400, "invalid_request_error"),
@@ -414,4 +428,48 @@ async fn the_log_entry_and_metrics_know_the_door() {
     assert_eq!(streamed["response"]["content"][0]["type"], "text");
     let native = lines.iter().find(|l| l["connection"] == "anth").unwrap();
     assert_eq!(native["response"]["zz_future_field"]["a"], json!([]));
+}
+
+#[tokio::test]
+async fn upstream_failures_mid_stream_and_echoed_secrets() {
+    let (gw, _seen, _openai) = setup("").await;
+    let key = ("x-api-key", "k1");
+    let body = r#"{"model":"claude-midfail","max_tokens":5,"stream":true,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, _, answer) = post_raw(&gw, "/v1/messages", &[JSON, key], body).await;
+    assert_eq!(status, 200);
+    let text = std::str::from_utf8(&answer).unwrap();
+    let expected_start = format!("event: message_start\ndata: {}\n\n", EVENTS[0].1);
+    assert!(text.starts_with(&expected_start), "{text}");
+    let error = text
+        .strip_prefix(&expected_start)
+        .and_then(|rest| rest.strip_prefix("event: error\ndata: "))
+        .unwrap_or_else(|| panic!("no error event: {text}"));
+    let error: Value = serde_json::from_str(error.trim_end()).unwrap();
+    assert_eq!(
+        error,
+        json!({"type": "error", "error": {"type": "overloaded_error", "message": "Overloaded"}})
+    );
+
+    let body =
+        r#"{"model":"claude-echo-key","max_tokens":5,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, _, answer) = post_raw(&gw, "/v1/messages", &[JSON, key], body).await;
+    assert_eq!(status, 401);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(!text.contains("sk-ant-upstream-secret"), "{text}");
+    let error: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(error["error"]["type"], "authentication_error");
+}
+
+#[tokio::test]
+async fn with_handlers_the_body_still_goes_up_as_written_unless_changed() {
+    // A handler that changes nothing (the rate limiter) keeps the pass-through exact.
+    let extra = "[[before]]\nclass = \"lm_proxy.handlers.RateLimiter\"\nmax_requests = 100\nwindow_seconds = 60\nper = \"api_key\"\n";
+    let (gw, seen, _openai) = setup(extra).await;
+    let body = "{\"model\":\"claude-alias\", \"max_tokens\":5,\"messages\":[{\"role\":\"user\",\"content\":\"hi\"}],\"x\":1.50}";
+    let (status, _, _) = post_raw(&gw, "/v1/messages", &[JSON, ("x-api-key", "k1")], body).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        std::str::from_utf8(&seen.last().2).unwrap(),
+        body.replace("claude-alias", "claude-real")
+    );
 }
