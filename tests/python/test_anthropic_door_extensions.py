@@ -4,6 +4,7 @@ it through the translation (non-streamed and streamed)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -82,3 +83,52 @@ def test_handlers_and_loggers_see_the_door_and_python_connections_answer(
     # Loggers get the Anthropic door's answers in its own shape.
     shapes = [r.get("type") for e, r in logged if e == "messages"]
     assert shapes == ["message", "message"]
+
+
+def test_a_handler_that_edits_the_request_reaches_an_anthropic_upstream(
+    serve_config: Any,
+) -> None:
+    from test_anthropic_client import ANSWER, _AnthropicHandler, _serve
+
+    def handler(ctx: RequestContext) -> None:
+        assert ctx.endpoint == "messages"
+        ctx.llm_params["max_tokens"] = 7
+        ctx.llm_params["extra_headers"] = {"x-tenant": "acme"}
+
+    for upstream in _serve(_AnthropicHandler):
+        config = Config(
+            host="127.0.0.1",
+            port=0,
+            shutdown_grace_seconds=2,
+            connections={
+                "anth": {"api_type": "anthropic", "api_base": upstream.base, "api_key": "sk-up"}
+            },
+            routing={"*": "anth.claude-real"},
+            groups={"default": Group(api_keys=[CLIENT_KEY])},
+            before=[handler],
+        )
+        server = serve_config(config, debug=False)
+        client = anthropic.Anthropic(
+            base_url=server.url,
+            api_key=CLIENT_KEY,
+            max_retries=0,
+            timeout=10,
+            http_client=anthropic.DefaultHttpxClient(trust_env=False),
+        )
+        raw = client.messages.with_raw_response.create(
+            model="any",
+            max_tokens=100,
+            messages=[{"role": "user", "content": "hi"}],
+            metadata={"user_id": "u-1"},
+        )
+        # The answer still comes back as written; the request is written out again.
+        assert raw.http_response.content == ANSWER.encode()
+        _, headers, body = upstream.last()
+        assert json.loads(body) == {
+            "model": "claude-real",
+            "messages": [{"role": "user", "content": "hi"}],
+            "max_tokens": 7,
+            "metadata": {"user_id": "u-1"},
+        }
+        assert headers["x-tenant"] == "acme"
+        server.stop(grace=5)
