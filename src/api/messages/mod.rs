@@ -111,14 +111,15 @@ async fn serve(
         }
         Ok(DoorReply::Events(events)) => {
             let (events, finish) = ending.stream(&gateway, ctx, events);
-            let body = stream::encode(events, assemble, finish);
+            // Anthropic sends its own pings; they are passed on like any event.
+            let body = stream::encode(events, assemble, None, finish);
             (core::sse_headers(), Body::from_stream(body)).into_response()
         }
         Ok(DoorReply::Chunks(chunks, translator)) => {
             // Metrics and redaction see the canonical chunks (their usage).
             let (chunks, finish) = ending.stream(&gateway, ctx, chunks);
             let events = stream::translate(chunks, translator);
-            let body = stream::encode(events, assemble, finish);
+            let body = stream::encode(events, assemble, Some(stream::PING_EVERY), finish);
             (core::sse_headers(), Body::from_stream(body)).into_response()
         }
         Err(error) => errors::response(ending.failed(&gateway, ctx, error)),

@@ -402,12 +402,31 @@ pub fn error_event(error: &ApiError) -> Value {
     super::errors::envelope(error)
 }
 
+/// How often a translated stream that has sent nothing gets a `ping` event.
+pub const PING_EVERY: std::time::Duration = std::time::Duration::from_secs(15);
+
+const PING: &[u8] = b"event: ping\ndata: {\"type\": \"ping\"}\n\n";
+
+/// The keep-alive clock of a stream: one timer for the whole stream, re-armed only
+/// when it fires (not per event); a `ping` goes out when no write happened since
+/// the last time it fired, so after 1-2 periods of silence. Anthropic's API sends
+/// such pings itself; translated upstreams do not, and idle connections get cut by
+/// proxies and load balancers in between.
+struct KeepAlive {
+    every: std::time::Duration,
+    timer: std::pin::Pin<Box<tokio::time::Sleep>>,
+    /// `writes` when the timer last fired.
+    seen: u64,
+}
+
 /// Anthropic events → the client's SSE body, each event written as soon as it comes
 /// (events that are ready together share a write). `assemble`: also put the
 /// message together for the loggers, keeping at most that many bytes of it.
+/// `keep_alive`: send `ping` events when the stream is silent that long.
 pub fn encode<F>(
     events: PayloadStream,
     assemble: Option<usize>,
+    keep_alive: Option<std::time::Duration>,
     on_finish: F,
 ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send
 where
@@ -418,17 +437,44 @@ where
         summary: StreamSummary::default(),
         assembler: assemble.map(Assembler::new),
     };
-    futures_util::stream::unfold(Some((events, finish)), |state| async move {
-        let (mut events, mut finish) = state?;
+    let keep_alive = keep_alive.map(|every| KeepAlive {
+        every,
+        timer: Box::pin(tokio::time::sleep(every)),
+        seen: 0,
+    });
+    let state = (events, finish, keep_alive, 0u64);
+    futures_util::stream::unfold(Some(state), |state| async move {
+        let (mut events, mut finish, mut keep_alive, mut writes) = state?;
+        let first = match &mut keep_alive {
+            None => events.next().await,
+            Some(clock) => loop {
+                tokio::select! {
+                    biased;
+                    item = events.next() => break item,
+                    () = clock.timer.as_mut() => {
+                        let idle = clock.seen == writes;
+                        clock.seen = writes;
+                        let next = tokio::time::Instant::now() + clock.every;
+                        clock.timer.as_mut().reset(next);
+                        if idle {
+                            writes += 1;
+                            let state = (events, finish, keep_alive, writes);
+                            return Some((Ok(Bytes::from_static(PING)), Some(state)));
+                        }
+                    }
+                }
+            },
+        };
         let mut buf = Vec::with_capacity(1024);
-        let mut ended = write(events.next().await, &mut finish, &mut buf);
+        let mut ended = write(first, &mut finish, &mut buf);
         while !ended && buf.len() < 16 * 1024 {
             match events.next().now_or_never() {
                 Some(item) => ended = write(item, &mut finish, &mut buf),
                 None => break,
             }
         }
-        let next = (!ended).then_some((events, finish));
+        writes += 1;
+        let next = (!ended).then_some((events, finish, keep_alive, writes));
         Some((Ok(Bytes::from(buf)), next))
     })
 }
@@ -589,7 +635,7 @@ mod tests {
             Err(ApiError::upstream_failure("gone")),
         ]));
         let events = translate(chunks, Translator::new("m", "c"));
-        let body: Vec<u8> = encode(events, None, |_| {})
+        let body: Vec<u8> = encode(events, None, None, |_| {})
             .map(|b| b.unwrap().to_vec())
             .concat()
             .await;
@@ -602,5 +648,31 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("message_stop"), "{text}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_translated_stream_gets_pings() {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel::<Result<Payload, ApiError>>();
+        let events: PayloadStream = Box::pin(futures_util::stream::unfold(rx, |mut rx| async {
+            rx.recv().await.map(|item| (item, rx))
+        }));
+        let every = std::time::Duration::from_secs(15);
+        let mut body = Box::pin(encode(events, None, Some(every), |_| {}));
+        tx.send(Ok(Payload::Value(json!({"type": "message_start"}))))
+            .unwrap();
+        let first = body.next().await.unwrap().unwrap();
+        assert!(first.starts_with(b"event: message_start\n"));
+        // Written just before the timer's first tick: that tick sends nothing, the
+        // next one (nothing written in between) a ping.
+        let started = tokio::time::Instant::now();
+        let ping = body.next().await.unwrap().unwrap();
+        assert_eq!(&ping[..], PING);
+        assert_eq!(started.elapsed(), 2 * every);
+        tx.send(Ok(Payload::Value(json!({"type": "message_stop"}))))
+            .unwrap();
+        drop(tx);
+        let last = body.next().await.unwrap().unwrap();
+        assert!(last.starts_with(b"event: message_stop\n"));
+        assert!(body.next().await.is_none());
     }
 }
