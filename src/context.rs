@@ -1,4 +1,4 @@
-//! The per-request context: everything known about one chat-completion request as it
+//! The per-request context: everything known about one request (any door) as it
 //! moves through key check, routing, handlers, the upstream call and logging. Its
 //! fields are the reference's, so handlers and loggers see what they used to.
 
@@ -9,10 +9,36 @@ use serde_json::{Map, Value};
 
 use crate::error::ApiError;
 
+/// The door a request came in through: which client API it speaks. Handlers,
+/// loggers, the JSON log entry, the request line and `/metrics` see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Endpoint {
+    /// `POST {api_prefix}/chat/completions` (OpenAI Chat Completions).
+    #[default]
+    ChatCompletions,
+    /// `POST {api_prefix}/messages` (Anthropic Messages).
+    Messages,
+    /// `POST {api_prefix}/messages/count_tokens` (Anthropic).
+    CountTokens,
+}
+
+impl Endpoint {
+    /// The path under `api_prefix`, as handlers and logs name the door.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Endpoint::ChatCompletions => "chat/completions",
+            Endpoint::Messages => "messages",
+            Endpoint::CountTokens => "messages/count_tokens",
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct RequestContext {
     /// uuid4, as in the reference.
     pub id: String,
+    /// The door the request came in through.
+    pub endpoint: Endpoint,
     pub created_at: SystemTime,
     pub started: Instant,
     /// The client's request body as received.
@@ -40,6 +66,7 @@ impl RequestContext {
     pub fn new(http_headers: HeaderMap, remote_addr: String) -> Self {
         RequestContext {
             id: uuid::Uuid::new_v4().to_string(),
+            endpoint: Endpoint::ChatCompletions,
             created_at: SystemTime::now(),
             started: Instant::now(),
             request: Map::new(),
@@ -76,6 +103,7 @@ impl RequestContext {
         });
         let mut map = Map::new();
         map.insert("id".into(), Value::String(self.id.clone()));
+        map.insert("endpoint".into(), self.endpoint.as_str().into());
         map.insert("request".into(), Value::Object(self.request.clone()));
         map.insert(
             "response".into(),

@@ -197,6 +197,79 @@ pub fn scan_object(text: &str) -> Option<TopLevel> {
     (scan.at == bytes.len()).then_some(found)
 }
 
+/// Where the values of `text`'s top-level members named `key` are, as byte ranges
+/// of `text`, in order; at most `limit` of them (the scan stops at the last one it
+/// needs). For a door that passes its client's request or its upstream's events on
+/// as written but must read or replace one member (the Anthropic door: `model` in
+/// the body, `type` of each event). `None` when `text` does not start as a JSON
+/// object; the text is expected to have been checked already (by serde_json or
+/// [`scan_object`]).
+pub fn member_spans(text: &str, key: &str, limit: usize) -> Option<Vec<std::ops::Range<usize>>> {
+    let bytes = text.as_bytes();
+    let mut scan = Scanner { text: bytes, at: 0 };
+    let mut spans = Vec::new();
+    scan.skip_whitespace();
+    if scan.peek()? != b'{' {
+        return None;
+    }
+    scan.at += 1;
+    scan.skip_whitespace();
+    if scan.peek()? == b'}' {
+        return Some(spans);
+    }
+    loop {
+        if scan.peek()? != b'"' {
+            return None;
+        }
+        let key_start = scan.at;
+        let escaped = scan.string()?;
+        let matches = if escaped {
+            let decoded: String = serde_json::from_slice(&bytes[key_start..scan.at]).ok()?;
+            decoded == key
+        } else {
+            &bytes[key_start + 1..scan.at - 1] == key.as_bytes()
+        };
+        scan.skip_whitespace();
+        if scan.peek()? != b':' {
+            return None;
+        }
+        scan.at += 1;
+        scan.skip_whitespace();
+        let value_start = scan.at;
+        scan.value()?;
+        if matches {
+            spans.push(value_start..scan.at);
+            if spans.len() >= limit {
+                return Some(spans);
+            }
+        }
+        scan.skip_whitespace();
+        match scan.peek()? {
+            b',' => {
+                scan.at += 1;
+                scan.skip_whitespace();
+            }
+            b'}' => return Some(spans),
+            _ => return None,
+        }
+    }
+}
+
+/// The string value of `text`'s first top-level member `key`, when it is a string
+/// (escapes decoded only when there are any).
+pub fn member_str<'a>(text: &'a str, key: &str) -> Option<std::borrow::Cow<'a, str>> {
+    let span = member_spans(text, key, 1)?.pop()?;
+    let raw = &text[span];
+    let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
+    if inner.contains('\\') {
+        serde_json::from_str::<String>(raw)
+            .ok()
+            .map(std::borrow::Cow::Owned)
+    } else {
+        Some(std::borrow::Cow::Borrowed(inner))
+    }
+}
+
 /// A position in text that is already known to be UTF-8, so only the ASCII structure
 /// is checked here.
 struct Scanner<'a> {
@@ -729,5 +802,27 @@ mod tests {
             }
             agrees(&text);
         }
+    }
+}
+
+#[cfg(test)]
+mod member_tests {
+    use super::*;
+
+    #[test]
+    fn member_spans_find_top_level_values_only() {
+        let text = r#"{"a": {"model": "inner"}, "model" : "m-1", "x": [1, {"model": 2}], "mo\u0064el": 3}"#;
+        let spans = member_spans(text, "model", usize::MAX).unwrap();
+        let values: Vec<&str> = spans.iter().map(|r| &text[r.clone()]).collect();
+        assert_eq!(values, ["\"m-1\"", "3"]);
+        assert_eq!(member_spans(text, "model", 1).unwrap().len(), 1);
+        assert_eq!(member_str(text, "model").as_deref(), Some("m-1"));
+        assert_eq!(
+            member_str(r#"{"type":"a\"b"}"#, "type").as_deref(),
+            Some("a\"b")
+        );
+        assert_eq!(member_str(r#"{"type":1}"#, "type"), None);
+        assert_eq!(member_spans("[]", "model", 1), None);
+        assert_eq!(member_spans("{}", "model", 1), Some(vec![]));
     }
 }

@@ -60,6 +60,7 @@ type Label = Arc<str>;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct RequestLabels {
+    endpoint: &'static str,
     status: u16,
     connection: Label,
     model: Label,
@@ -176,7 +177,7 @@ impl Metrics {
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
-            "Chat completion requests by HTTP status, connection, requested model, group and stream",
+            "Requests by door (endpoint), HTTP status, connection, requested model, group and stream",
             requests.clone(),
         );
         let request_duration = Family::new_with_constructor(Buckets(&LATENCY_BUCKETS));
@@ -270,6 +271,7 @@ impl Metrics {
         upstream: Option<Duration>,
     ) -> RequestMetrics {
         let key = SeriesRef {
+            endpoint: ctx.endpoint.as_str(),
             connection: ctx.connection.as_deref(),
             model: ctx.request.get("model").and_then(Value::as_str),
             group: ctx.group.as_deref(),
@@ -286,6 +288,7 @@ impl Metrics {
     /// The series of requests with these labels, none of them made yet.
     fn new_series(&self, key: SeriesRef<'_>) -> Series {
         Series {
+            endpoint: key.endpoint,
             connection: self.connections.get(key.connection),
             model: self.models.get(key.model),
             group: self.groups.get(key.group),
@@ -336,6 +339,7 @@ impl SeriesCache {
 /// The raw label values of a request, as looked up.
 #[derive(Clone, Copy, Hash, PartialEq, Eq)]
 struct SeriesRef<'a> {
+    endpoint: &'static str,
     connection: Option<&'a str>,
     model: Option<&'a str>,
     group: Option<&'a str>,
@@ -345,6 +349,7 @@ struct SeriesRef<'a> {
 impl SeriesRef<'_> {
     fn to_owned(self) -> SeriesKey {
         SeriesKey {
+            endpoint: self.endpoint,
             connection: self.connection.map(Box::from),
             model: self.model.map(Box::from),
             group: self.group.map(Box::from),
@@ -356,6 +361,7 @@ impl SeriesRef<'_> {
 /// [`SeriesRef`] as kept in the cache. Hashes as the `SeriesRef` of its values.
 #[derive(PartialEq, Eq)]
 struct SeriesKey {
+    endpoint: &'static str,
     connection: Option<Box<str>>,
     model: Option<Box<str>>,
     group: Option<Box<str>>,
@@ -365,6 +371,7 @@ struct SeriesKey {
 impl SeriesKey {
     fn as_ref(&self) -> SeriesRef<'_> {
         SeriesRef {
+            endpoint: self.endpoint,
             connection: self.connection.as_deref(),
             model: self.model.as_deref(),
             group: self.group.as_deref(),
@@ -389,6 +396,7 @@ impl hashbrown::Equivalent<SeriesKey> for SeriesRef<'_> {
 /// the families the first time each is needed (so a series shows in the exposition
 /// only once it has something in it), then kept.
 struct Series {
+    endpoint: &'static str,
     connection: Label,
     model: Label,
     group: Label,
@@ -406,6 +414,7 @@ struct Series {
 impl Series {
     fn request_labels(&self, status: u16) -> RequestLabels {
         RequestLabels {
+            endpoint: self.endpoint,
             status,
             connection: self.connection.clone(),
             model: self.model.clone(),
@@ -714,6 +723,7 @@ mod tests {
         let m = Metrics::new();
         fn key(model: &str) -> SeriesRef<'_> {
             SeriesRef {
+                endpoint: "chat/completions",
                 connection: Some("c"),
                 model: Some(model),
                 group: None,

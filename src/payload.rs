@@ -183,6 +183,17 @@ impl RawJson {
         }
     }
 
+    /// Any one JSON object an upstream wrote in the client's own API, for a door
+    /// that passes such answers and events on as written (the Anthropic door with
+    /// an Anthropic upstream); `usage` is what the caller read from it, in the
+    /// metrics' terms. `Err` gives the text back when it is not one valid object.
+    pub fn object(text: Bytes, usage: Option<TokenCounts>) -> Result<RawJson, Bytes> {
+        match Probe::of(&text) {
+            Some(_) => Ok(RawJson { text, usage }),
+            None => Err(text),
+        }
+    }
+
     /// `Some(usage)` when the probed text is a chunk that can pass unchanged.
     fn chunk_usage(probe: Option<Probe>) -> Option<Option<TokenCounts>> {
         let probe = probe?;

@@ -392,6 +392,7 @@ def handler_context(fields: dict[str, Any], headers: list[tuple[str, str]]) -> R
     model = fields["model"]
     ctx = RequestContext(
         id=fields["id"],
+        endpoint=fields.get("endpoint"),
         request=ChatCompletionRequest.wrap(fields["request"]),
         http_request=HTTPRequest(
             headers=Headers(headers), client=Address(fields["remote_addr"], None)
@@ -452,6 +453,7 @@ def log_context(entry: dict[str, Any]) -> RequestContext:
     user_info = entry.get("user_info")
     return RequestContext(
         id=entry.get("id"),
+        endpoint=entry.get("endpoint"),
         request=ChatCompletionRequest.wrap(request) if isinstance(request, Mapping) else None,
         http_request=None,
         response=_response(response),

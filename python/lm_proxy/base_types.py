@@ -306,6 +306,9 @@ class RequestContext:
     duration: float | None = None
     user_info: dict[str, Any] | None = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
+    # The door the request came in through ("chat/completions", "messages",
+    # "messages/count_tokens"); an lm-proxy addition, last so positional use holds.
+    endpoint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Every field but ``http_request`` (its headers carry the client key)."""

@@ -1,6 +1,8 @@
 //! The HTTP endpoints: thin functions that extract, call the core, and respond.
 
 pub mod chat;
+pub mod core;
+pub mod messages;
 pub mod models;
 pub mod validate;
 

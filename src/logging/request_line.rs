@@ -22,6 +22,7 @@ use crate::error::{debug_details, ApiError};
 #[derive(Debug, Clone)]
 pub struct RequestSummary {
     pub id: String,
+    pub endpoint: crate::context::Endpoint,
     pub requested_model: Option<String>,
     pub connection: Option<String>,
     pub upstream_model: Option<String>,
@@ -34,6 +35,7 @@ impl RequestSummary {
     pub fn of(ctx: &RequestContext) -> Self {
         RequestSummary {
             id: ctx.id.clone(),
+            endpoint: ctx.endpoint,
             requested_model: ctx
                 .request
                 .get("model")
@@ -91,7 +93,12 @@ impl RequestSummary {
             v.as_deref().unwrap_or("-")
         }
         let mut line = String::with_capacity(200);
-        line.push_str("chat completion");
+        // The chat door's lines read as they always have; other doors name theirs.
+        line.push_str(match self.endpoint {
+            crate::context::Endpoint::ChatCompletions => "chat completion",
+            crate::context::Endpoint::Messages => "messages",
+            crate::context::Endpoint::CountTokens => "messages count_tokens",
+        });
         line.push_str(note);
         line.push_str(" id=");
         line.push_str(&self.id);
@@ -267,6 +274,7 @@ mod tests {
     #[test]
     fn the_line_has_every_field_with_strings_quoted() {
         let summary = RequestSummary {
+            endpoint: crate::context::Endpoint::ChatCompletions,
             id: "abc".into(),
             requested_model: Some("gpt-4o".into()),
             connection: Some("openai".into()),
@@ -314,6 +322,7 @@ mod tests {
             .finish();
         let forged = "STOP\n2026-01-01T00:00:00.000000Z  INFO lm_proxy::cli: forged\r\u{1b}[2K\u{9b}x\u{2028}y";
         let summary = RequestSummary {
+            endpoint: crate::context::Endpoint::ChatCompletions,
             id: "abc".into(),
             requested_model: Some(forged.into()),
             connection: None,
@@ -362,6 +371,7 @@ mod tests {
             .event_format(RequestLineFormat::default())
             .finish();
         let summary = RequestSummary {
+            endpoint: crate::context::Endpoint::ChatCompletions,
             id: "abc".into(),
             requested_model: Some("m\u{1b}[31m".into()),
             connection: None,

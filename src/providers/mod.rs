@@ -111,6 +111,13 @@ pub trait Provider: Send + Sync {
             .map(crate::payload::from_chunk_stream)
     }
 
+    /// The connection as an Anthropic Messages API upstream, for the Anthropic
+    /// door's pass-through; `None` for every other kind (those get the door's
+    /// requests translated into the canonical call).
+    fn anthropic(&self) -> Option<&AnthropicProvider> {
+        None
+    }
+
     /// The model ids the upstream offers (for `model_listing_mode =
     /// "expand_wildcards"`). Connections that cannot list say so with an error;
     /// their routing patterns are then listed as written.

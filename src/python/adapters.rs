@@ -103,6 +103,7 @@ impl Snapshot {
             .unwrap_or(0.0);
         let mut fields = Map::new();
         fields.insert("id".into(), Value::String(ctx.id.clone()));
+        fields.insert("endpoint".into(), ctx.endpoint.as_str().into());
         fields.insert("created_at".into(), created.into());
         fields.insert("duration".into(), ctx.duration().into());
         fields.insert("request".into(), Value::Object(ctx.request.clone()));

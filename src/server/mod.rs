@@ -106,6 +106,11 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
             &format!("{prefix}/chat/completions"),
             post(api::chat::chat_completions),
         )
+        .route(&format!("{prefix}/messages"), post(api::messages::messages))
+        .route(
+            &format!("{prefix}/messages/count_tokens"),
+            post(api::messages::count_tokens),
+        )
         .route(&format!("{prefix}/models"), get(api::models::list_models))
         // A catch-all: model ids may contain `/`.
         .route(

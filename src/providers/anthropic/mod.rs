@@ -5,6 +5,7 @@
 //! `stream` the event stream (`messages` and `tools` are parts of `request`). User documentation: `docs/providers/anthropic.md`.
 
 mod messages;
+pub mod native;
 pub(crate) mod request;
 mod response;
 mod stream;
@@ -42,6 +43,11 @@ pub struct AnthropicProvider {
     name: String,
     /// Prepared once (parsing the URL per call costs).
     messages: Target,
+    /// `{api_base}/v1/messages/count_tokens` (the Anthropic door's pass-through).
+    count_tokens: Target,
+    /// Whether the connection sets `anthropic_version` (then a client's does not
+    /// replace it on the pass-through).
+    version_pinned: bool,
     models_url: String,
     /// `anthropic-version`, the static `http_headers`, then `x-api-key`.
     headers: HeaderMap,
@@ -68,6 +74,10 @@ impl AnthropicProvider {
         let err = |sub: &str, problem: &str| {
             ConfigError::new(&config.path, format!("{key}.{sub}"), problem.to_owned())
         };
+        let version_pinned = !matches!(
+            settings.options.get("anthropic_version"),
+            None | Some(Value::Null)
+        );
         let version = match settings.options.get("anthropic_version") {
             None | Some(Value::Null) => HeaderValue::from_static(DEFAULT_VERSION),
             Some(Value::String(v)) if !v.trim().is_empty() => HeaderValue::from_str(v.trim())
@@ -114,6 +124,10 @@ impl AnthropicProvider {
             messages: client
                 .target(&format!("{}/v1/messages", http.base))
                 .map_err(|e| err("api_base", &format!("not a valid URL: {e}")))?,
+            count_tokens: client
+                .target(&format!("{}/v1/messages/count_tokens", http.base))
+                .map_err(|e| err("api_base", &format!("not a valid URL: {e}")))?,
+            version_pinned,
             models_url: format!("{}/v1/models", http.base),
             headers,
             timeout: http.timeout,
@@ -200,6 +214,10 @@ impl AnthropicProvider {
 
 #[async_trait]
 impl Provider for AnthropicProvider {
+    fn anthropic(&self) -> Option<&AnthropicProvider> {
+        Some(self)
+    }
+
     /// `GET /v1/models`, following `has_more` / `last_id` pages (at most 20).
     async fn list_models(&self) -> Result<Vec<String>, ApiError> {
         let mut ids = Vec::new();

@@ -1,0 +1,454 @@
+//! The core every door shares: what happens to a request between the door that
+//! parsed it and the door that answers it, whatever client API it speaks.
+//!
+//! Order of work, as in the reference: service enabled → key check → (the door's
+//! body checks) → routing → group may use the connection → `before` handlers →
+//! provider call → metrics, log line, loggers. The key is checked from the headers
+//! before the body is read, so that clients without a key cannot make the gateway
+//! receive and hold their uploads; the body is then read within the size limit, the
+//! body timeout and the server's memory budget (`server::body`).
+//!
+//! A door (`chat.rs`, `messages/`) calls [`admit`], parses the bytes into
+//! `ctx.request`, calls [`route`] and [`run_handlers`], builds its provider call, and
+//! ends the request through an [`Ending`], which writes the request line, reports
+//! metrics and hands the context to the loggers exactly once. The context knows its
+//! door (`ctx.endpoint`), so handlers, loggers, the log line and `/metrics` see it.
+
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::context::{Endpoint, RequestContext};
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::json_scan::TokenCounts;
+use crate::logging::RequestSummary;
+use crate::metrics::RequestMetrics;
+use crate::payload::{Payload, PayloadStream};
+use crate::providers::{Connection, UpstreamCall};
+use crate::routing::RouteModel;
+use crate::server::{body, AppState};
+use crate::streaming::StreamSummary;
+
+/// What a provider produced for a request.
+pub enum Reply {
+    Complete(Payload),
+    Stream(PayloadStream),
+}
+
+/// The client key as the door's clients send it: `Authorization: Bearer` on every
+/// door; on the Anthropic door also `x-api-key` (what the Anthropic SDKs and Claude
+/// Code with `ANTHROPIC_API_KEY` send), which wins when both are there.
+pub fn client_key(ctx: &RequestContext) -> &str {
+    if matches!(ctx.endpoint, Endpoint::Messages | Endpoint::CountTokens) {
+        if let Some(key) = ctx
+            .http_headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+        {
+            return key;
+        }
+    }
+    crate::auth::bearer_key(&ctx.http_headers)
+}
+
+/// Service enabled → key check → body read within the limits. The bytes come with
+/// the share of the server's body budget they hold; keep it while they are held.
+/// `body` is taken when it is read; left there, the request was refused before.
+pub async fn admit<'s>(
+    state: &'s AppState,
+    gateway: &Gateway,
+    ctx: &mut RequestContext,
+    body: &mut Option<Body>,
+) -> Result<(Bytes, body::Reservation<'s>), ApiError> {
+    if !gateway.config.settings.enabled {
+        return Err(ApiError::ServiceDisabled);
+    }
+    let key = client_key(ctx).to_owned();
+    super::models::authenticate_key(gateway, ctx, &key).await?;
+    let rules = body::BodyRules {
+        limit: gateway.config.body_limit_bytes(),
+        timeout: gateway.config.settings.limits.body_timeout(),
+        memory: gateway.config.settings.limits.body_memory_bytes(),
+    };
+    let body = body.take().unwrap_or_default();
+    body::read(body, &ctx.http_headers, rules, state.bodies()).await
+}
+
+/// Route `ctx.request.model`: the first matching rule, the group's permission for
+/// its connection, and the upstream model name (`ctx.connection`, `ctx.model`).
+pub fn route<'g>(
+    gateway: &'g Gateway,
+    ctx: &mut RequestContext,
+) -> Result<&'g Connection, ApiError> {
+    let requested = ctx
+        .request
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let rule = gateway
+        .router
+        .route(requested)
+        .ok_or_else(|| ApiError::ModelNotFound(requested.to_owned()))?;
+    let connection = gateway.connections.get(&rule.connection).ok_or_else(|| {
+        ApiError::internal(format!(
+            "routed to unknown connection '{}'",
+            rule.connection
+        ))
+    })?;
+    let model = match &rule.model {
+        RouteModel::PassThrough => requested.to_owned(),
+        RouteModel::Fixed(name) => name.clone(),
+        RouteModel::ConnectionDefault => connection
+            .default_model
+            .clone()
+            .unwrap_or_else(|| requested.to_owned()),
+    };
+    ctx.connection = Some(connection.name.clone());
+    let group = ctx.group.as_deref().unwrap_or_default();
+    if !gateway.group_allows(group, &connection.name) {
+        return Err(ApiError::ConnectionNotAllowed(connection.name.clone()));
+    }
+    ctx.model = Some(model);
+    Ok(connection)
+}
+
+/// Fill `ctx.llm_params` from the request and run the `before` handlers, which may
+/// change them. Returns whether the request must be kept whole afterwards (a JSON
+/// logger will see it), which decides whether the call may take it apart.
+pub async fn run_handlers(gateway: &Gateway, ctx: &mut RequestContext) -> Result<bool, ApiError> {
+    let keep_request = gateway.log_dispatcher.is_some();
+    ctx.llm_params = llm_params(
+        &mut ctx.request,
+        gateway.handlers.is_empty() && !keep_request,
+    );
+    for handler in &gateway.handlers {
+        handler.before(ctx).await?;
+    }
+    Ok(keep_request)
+}
+
+/// Call the connection's provider; `upstream_time` is set to how long it took.
+pub async fn call_provider(
+    connection: &Connection,
+    call: UpstreamCall,
+    upstream_time: &mut Option<Duration>,
+) -> Result<Reply, ApiError> {
+    let provider = connection.provider.clone();
+    let upstream_started = std::time::Instant::now();
+    let reply = if call.is_stream() {
+        provider.stream_payload(call).await.map(Reply::Stream)
+    } else {
+        provider.complete_payload(call).await.map(Reply::Complete)
+    };
+    *upstream_time = Some(upstream_started.elapsed());
+    reply
+}
+
+/// The request's members other than `model` and `messages`: the upstream call's
+/// parameters, which handlers may change. When no handler or logger will see the
+/// request (`unseen`), they are moved out of it rather than copied (a `tools` list
+/// with its JSON schemas can be tens of kilobytes); `model` and `stream` stay, as the
+/// request line and metrics read them, and `messages` is taken by `upstream_call`.
+pub fn llm_params(request: &mut Map<String, Value>, unseen: bool) -> Map<String, Value> {
+    let is_param = |key: &str| key != "model" && key != "messages";
+    // Only `stream` (a bool) or nothing besides: copying costs nothing.
+    let worth_moving = unseen && request.keys().any(|k| is_param(k) && k != "stream");
+    if !worth_moving {
+        return request
+            .iter()
+            .filter(|(k, _)| is_param(k))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+    }
+    let whole = std::mem::take(request);
+    let mut params = Map::with_capacity(whole.len());
+    for (key, value) in whole {
+        if !is_param(&key) {
+            request.insert(key, value);
+        } else if key == "stream" {
+            request.insert(key.clone(), value.clone());
+            params.insert(key, value);
+        } else {
+            params.insert(key, value);
+        }
+    }
+    params
+}
+
+/// The upstream call from the context as handlers left it. Unless the request is
+/// still to be logged whole (`keep_request`: a JSON logger is configured), the
+/// messages and parameters are moved into the call instead of copied (a deep copy
+/// of the whole conversation): after this, only the model and `stream` are read.
+pub fn upstream_call(
+    ctx: &mut RequestContext,
+    keep_request: bool,
+) -> Result<UpstreamCall, ApiError> {
+    let llm_params = if keep_request {
+        ctx.llm_params.clone()
+    } else {
+        std::mem::take(&mut ctx.llm_params)
+    };
+    let mut params = Map::with_capacity(llm_params.len() + 1);
+    if let Some(messages) = ctx.request.get_mut("messages") {
+        let messages = if keep_request {
+            messages.clone()
+        } else {
+            messages.take()
+        };
+        params.insert("messages".into(), messages);
+    }
+    let mut headers = HeaderMap::new();
+    for (key, value) in llm_params {
+        if key == "extra_headers" {
+            headers = extra_headers(&value)?;
+        } else {
+            params.insert(key, value);
+        }
+    }
+    Ok(UpstreamCall {
+        model: ctx.model.clone().unwrap_or_default(),
+        params,
+        headers,
+    })
+}
+
+/// Headers that describe the upstream request's framing or connection, which hyper
+/// writes from the body it sends: one set by a handler would make the request
+/// malformed (a `content-length` shorter than the body cuts it off).
+const GATEWAY_SET_HEADERS: [HeaderName; 9] = [
+    header::CONTENT_LENGTH,
+    header::TRANSFER_ENCODING,
+    header::HOST,
+    header::CONNECTION,
+    header::TE,
+    header::TRAILER,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// `llm_params.extra_headers` (set by handlers) as HTTP headers.
+pub fn extra_headers(value: &Value) -> Result<HeaderMap, ApiError> {
+    let mut headers = HeaderMap::new();
+    let Value::Object(map) = value else {
+        if value.is_null() {
+            return Ok(headers);
+        }
+        return Err(ApiError::internal(
+            "llm_params.extra_headers must be a table of strings",
+        ));
+    };
+    for (name, value) in map {
+        let text = match value {
+            Value::String(s) => s.clone(),
+            Value::Null => continue,
+            other => other.to_string(),
+        };
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+            ApiError::internal(format!("invalid header name in extra_headers: {name:?}"))
+        })?;
+        if GATEWAY_SET_HEADERS.contains(&name) {
+            return Err(ApiError::internal(format!(
+                "llm_params.extra_headers may not set `{name}`: the gateway writes the \
+                 upstream request's framing and connection headers itself"
+            )));
+        }
+        let value = HeaderValue::from_str(&text).map_err(|_| {
+            ApiError::internal(format!("invalid header value in extra_headers for {name}"))
+        })?;
+        headers.insert(name, value);
+    }
+    Ok(headers)
+}
+
+/// The end of one request, whatever the door: the request line, the metrics and
+/// the loggers' entry, each exactly once. Made when the core's work is over (the
+/// context then has every field it will get before the answer).
+pub struct Ending {
+    summary: RequestSummary,
+    metrics: Option<RequestMetrics>,
+}
+
+impl Ending {
+    pub fn new(state: &AppState, ctx: &RequestContext, upstream_time: Option<Duration>) -> Self {
+        Ending {
+            summary: RequestSummary::of(ctx),
+            metrics: state.metrics().map(|m| m.request(ctx, upstream_time)),
+        }
+    }
+
+    /// The request failed before any byte of an answer: the error with secrets
+    /// removed, for the door to answer in its envelope.
+    pub fn failed(self, gateway: &Gateway, mut ctx: RequestContext, error: ApiError) -> ApiError {
+        let error = gateway.redactor.redact(error);
+        self.summary.log(error.status().as_u16(), Some(&error), "");
+        if let Some(metrics) = self.metrics {
+            metrics.failed(&error);
+        }
+        if let Some(dispatcher) = &gateway.log_dispatcher {
+            ctx.error = Some(error.clone());
+            dispatcher.submit(ctx.to_log_json());
+        }
+        error
+    }
+
+    /// A whole answer is being sent. `log_answer` makes the loggers' copy of it (in
+    /// the door's shape); it is called only when loggers are configured.
+    pub fn completed(
+        self,
+        gateway: &Gateway,
+        mut ctx: RequestContext,
+        usage: Option<TokenCounts>,
+        log_answer: impl FnOnce() -> Value,
+    ) {
+        self.summary.log(200, None, "");
+        if let Some(metrics) = self.metrics {
+            metrics.completed(usage);
+        }
+        if let Some(dispatcher) = &gateway.log_dispatcher {
+            ctx.response = Some(log_answer());
+            dispatcher.submit(ctx.to_log_json());
+        }
+    }
+
+    /// A stream is starting: the provider's payloads, observed by the metrics and
+    /// with secrets removed from their errors, and the closure the door's encoder
+    /// calls once when the stream ends (end, error or client disconnect).
+    pub fn stream(
+        self,
+        gateway: &Gateway,
+        mut ctx: RequestContext,
+        payloads: PayloadStream,
+    ) -> (PayloadStream, impl FnOnce(StreamSummary) + Send + 'static) {
+        use futures_util::StreamExt;
+        let payloads = match self.metrics {
+            Some(metrics) => metrics.stream(payloads),
+            None => payloads,
+        };
+        let redactor = gateway.redactor.clone();
+        let payloads: PayloadStream = Box::pin(payloads.map(move |item| match item {
+            Ok(payload) => Ok(redactor.redact_payload(payload)),
+            Err(e) => Err(redactor.redact(e)),
+        }));
+        let dispatcher = gateway.log_dispatcher.clone();
+        let summary = self.summary;
+        let finish = move |outcome: StreamSummary| {
+            let note = if outcome.completed {
+                ""
+            } else {
+                " (client disconnected)"
+            };
+            summary.log(200, outcome.error.as_ref(), note);
+            if let Some(dispatcher) = dispatcher {
+                ctx.response = outcome.response;
+                ctx.error = outcome.error;
+                if !outcome.completed {
+                    ctx.extra.insert("client_disconnected".into(), true.into());
+                }
+                dispatcher.submit(ctx.to_log_json());
+            }
+        };
+        (payloads, finish)
+    }
+}
+
+/// The headers of a client SSE answer.
+pub fn sse_headers() -> [(HeaderName, HeaderValue); 3] {
+    [
+        (
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        ),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+        (
+            HeaderName::from_static("x-accel-buffering"),
+            HeaderValue::from_static("no"),
+        ),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(body: &str) -> Map<String, Value> {
+        serde_json::from_str(body).unwrap()
+    }
+
+    #[test]
+    fn parameters_are_moved_only_when_nobody_sees_the_request() {
+        let body = r#"{"temperature": 0.5, "model": "m", "stream": true,
+            "tools": [{"type": "function", "function": {"name": "f"}}],
+            "messages": [{"role": "user", "content": "hi"}], "seed": 7}"#;
+        let expected_params = ["temperature", "stream", "tools", "seed"];
+
+        // Seen by a handler or logger: copied, the request stays whole.
+        let mut request = parse(body);
+        let params = llm_params(&mut request, false);
+        assert_eq!(params.keys().collect::<Vec<_>>(), expected_params);
+        assert_eq!(request, parse(body));
+
+        // Unseen: moved out in the client's order; model, messages and stream stay.
+        let mut request = parse(body);
+        let params = llm_params(&mut request, true);
+        assert_eq!(params.keys().collect::<Vec<_>>(), expected_params);
+        assert_eq!(params["tools"][0]["function"]["name"], "f");
+        assert_eq!(params["stream"], true);
+        assert_eq!(
+            request.keys().collect::<Vec<_>>(),
+            ["model", "stream", "messages"]
+        );
+        assert_eq!(request["messages"][0]["content"], "hi");
+
+        // Nothing worth moving: the same as a copy.
+        let minimal =
+            r#"{"model": "m", "messages": [{"role": "user", "content": "x"}], "stream": false}"#;
+        let mut request = parse(minimal);
+        let params = llm_params(&mut request, true);
+        assert_eq!(params.keys().collect::<Vec<_>>(), ["stream"]);
+        assert_eq!(request, parse(minimal));
+    }
+
+    #[test]
+    fn extra_headers_may_not_set_framing_headers() {
+        let ok = extra_headers(&serde_json::json!({"X-Tenant": "acme", "X-Count": 3})).unwrap();
+        assert_eq!(ok["x-tenant"], "acme");
+        assert_eq!(ok["x-count"], "3");
+        for name in [
+            "Content-Length",
+            "transfer-encoding",
+            "Host",
+            "Connection",
+            "keep-alive",
+        ] {
+            let err = extra_headers(&serde_json::json!({ name: "5" })).unwrap_err();
+            let message = err.to_string();
+            assert!(
+                message.contains(&name.to_ascii_lowercase()),
+                "{name}: {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_anthropic_door_takes_x_api_key_and_bearer_the_chat_door_only_bearer() {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-api-key", "sk-x".parse().unwrap());
+        let mut ctx = RequestContext::new(headers, "127.0.0.1".into());
+        assert_eq!(client_key(&ctx), "");
+        ctx.endpoint = Endpoint::Messages;
+        assert_eq!(client_key(&ctx), "sk-x");
+        ctx.http_headers.remove("x-api-key");
+        ctx.http_headers
+            .insert(header::AUTHORIZATION, "Bearer sk-b".parse().unwrap());
+        assert_eq!(client_key(&ctx), "sk-b");
+        ctx.endpoint = Endpoint::CountTokens;
+        assert_eq!(client_key(&ctx), "sk-b");
+    }
+}
