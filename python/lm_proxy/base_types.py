@@ -198,7 +198,19 @@ def completion_text(completion: Mapping[str, Any] | None) -> str:
     if not isinstance(completion, Mapping):
         return ""
     choices = completion.get("choices")
-    if not isinstance(choices, list) or not choices:
+    if not isinstance(choices, list):
+        # An answer of the Anthropic door: a Messages API ``message`` with blocks.
+        blocks = completion.get("content")
+        if not isinstance(blocks, list):
+            return ""
+        return "".join(
+            block["text"]
+            for block in blocks
+            if isinstance(block, Mapping)
+            and block.get("type") == "text"
+            and isinstance(block.get("text"), str)
+        )
+    if not choices:
         return ""
     choice = next(
         (c for c in choices if isinstance(c, Mapping) and c.get("index", 0) == 0), choices[0]

@@ -146,5 +146,13 @@ mod tests {
         let tools = json!({"choices": [{"message": {"content": null, "tool_calls": []}}]});
         assert_eq!(answer_text(&tools), "");
         assert_eq!(answer_text(&json!({})), "");
+        // An answer of the Anthropic door: its text blocks, not thinking or tool_use.
+        let message = json!({"type": "message", "content": [
+            {"type": "thinking", "thinking": "hmm", "signature": "s"},
+            {"type": "text", "text": "Hello"},
+            {"type": "tool_use", "id": "t", "name": "f", "input": {}},
+            {"type": "text", "text": " there"}
+        ]});
+        assert_eq!(answer_text(&message), "Hello there");
     }
 }

@@ -90,7 +90,16 @@ pub trait LogWriter: Send + Sync {
 /// of choice 0 (text parts joined); `""` when it has none (tool calls only).
 pub fn answer_text(completion: &Value) -> String {
     let Some(choices) = completion.get("choices").and_then(Value::as_array) else {
-        return String::new();
+        // An answer of the Anthropic door is a Messages API `message`: its text is
+        // that of its `text` blocks (thinking and tool_use blocks are not the text).
+        return match completion.get("content") {
+            Some(Value::Array(blocks)) => blocks
+                .iter()
+                .filter(|b| b.get("type").and_then(Value::as_str) == Some("text"))
+                .filter_map(|b| b.get("text").and_then(Value::as_str))
+                .collect(),
+            _ => String::new(),
+        };
     };
     let choice = choices
         .iter()

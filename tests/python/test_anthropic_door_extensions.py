@@ -83,6 +83,9 @@ def test_handlers_and_loggers_see_the_door_and_python_connections_answer(
     # Loggers get the Anthropic door's answers in its own shape.
     shapes = [r.get("type") for e, r in logged if e == "messages"]
     assert shapes == ["message", "message"]
+    # ... and as the answer's text, like chat answers (what a text column stores).
+    texts = sorted(str(r) for e, r in logged if e == "messages")
+    assert texts == ["Python heard: bonjour", "Python heard: salut"]
 
 
 def test_a_handler_that_edits_the_request_reaches_an_anthropic_upstream(
