@@ -20,6 +20,10 @@ pub enum Endpoint {
     Messages,
     /// `POST {api_prefix}/messages/count_tokens` (Anthropic).
     CountTokens,
+    /// `POST {api_prefix}/embeddings` (OpenAI Embeddings).
+    Embeddings,
+    /// `POST {api_prefix}/completions` (OpenAI legacy text completions).
+    Completions,
 }
 
 impl Endpoint {
@@ -29,6 +33,8 @@ impl Endpoint {
             Endpoint::ChatCompletions => "chat/completions",
             Endpoint::Messages => "messages",
             Endpoint::CountTokens => "messages/count_tokens",
+            Endpoint::Embeddings => "embeddings",
+            Endpoint::Completions => "completions",
         }
     }
 }

@@ -82,6 +82,24 @@ pub trait ExtensionResolver: Send + Sync {
     /// `components` entries (arbitrary objects shared with user code).
     fn component(&self, spec: &ExtensionSpec, config: &Config) -> Result<(), ConfigError>;
 
+    /// A function connection's `embed_func`: a callable that embeds texts.
+    fn embedder(
+        &self,
+        spec: &ExtensionSpec,
+        config: &Config,
+    ) -> Result<Arc<dyn crate::providers::doors::Embedder>, ConfigError> {
+        Err(ConfigError::new(
+            &config.path,
+            &spec.key,
+            format!(
+                "'{}' names a Python callable; the native lm-proxy-server runs without \
+                 Python. Install the Python package (pip install lm-proxy-server) and run its \
+                 `lm-proxy-server` command to use Python extensions",
+                spec.target
+            ),
+        ))
+    }
+
     /// Read the config file at `path` (at startup and on every reload). The native
     /// resolver reads TOML, JSON and YAML; the Python one also executes `.py` files.
     fn load_config(&self, path: &Path) -> Result<Config, ConfigError> {

@@ -1,7 +1,9 @@
 //! The HTTP endpoints: thin functions that extract, call the core, and respond.
 
 pub mod chat;
+pub mod completions;
 pub mod core;
+pub mod embeddings;
 pub mod messages;
 pub mod models;
 pub mod validate;

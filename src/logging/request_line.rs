@@ -98,6 +98,8 @@ impl RequestSummary {
             crate::context::Endpoint::ChatCompletions => "chat completion",
             crate::context::Endpoint::Messages => "messages",
             crate::context::Endpoint::CountTokens => "messages count_tokens",
+            crate::context::Endpoint::Embeddings => "embeddings",
+            crate::context::Endpoint::Completions => "text completion",
         });
         line.push_str(note);
         line.push_str(" id=");

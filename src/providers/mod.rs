@@ -8,6 +8,7 @@
 //! `anthropic/`; `fanout` gives providers without a native `n` their choices).
 
 pub(crate) mod anthropic;
+pub mod doors;
 mod fallback;
 pub(crate) mod fanout;
 pub(crate) mod google;
@@ -116,6 +117,21 @@ pub trait Provider: Send + Sync {
     /// requests translated into the canonical call).
     fn anthropic(&self) -> Option<&AnthropicProvider> {
         None
+    }
+
+    /// `POST /embeddings`. Connections that cannot embed answer 400 naming the
+    /// connection.
+    async fn embeddings(&self, call: doors::DoorCall) -> Result<doors::Embeddings, ApiError> {
+        Err(doors::cannot_serve(&call.connection, "embeddings"))
+    }
+
+    /// `POST /completions` (legacy text completions). Connections that cannot serve
+    /// them answer 400 naming the connection.
+    async fn text_completion(
+        &self,
+        call: doors::DoorCall,
+    ) -> Result<doors::TextCompletion, ApiError> {
+        Err(doors::cannot_serve(&call.connection, "text completions"))
     }
 
     /// The model ids the upstream offers (for `model_listing_mode =
@@ -327,24 +343,38 @@ fn build_provider(
             settings, key, config,
         )?)),
         ApiType::Function => {
-            let target = settings
-                .options
-                .get("inference_func")
-                .and_then(Value::as_str)
-                .ok_or_else(|| {
-                    err(
-                        "inference_func",
-                        "api_type = \"function\" needs `inference_func = \"module.function\"`"
-                            .into(),
-                    )
-                })?;
-            let spec = ExtensionSpec {
-                target: target.to_owned(),
-                kwargs: Map::new(),
-                key: format!("{key}.inference_func"),
-                is_class_table: false,
+            let target = |name: &str| match settings.options.get(name) {
+                None => Ok(None),
+                Some(Value::String(t)) if !t.trim().is_empty() => Ok(Some(ExtensionSpec {
+                    target: t.clone(),
+                    kwargs: Map::new(),
+                    key: format!("{key}.{name}"),
+                    is_class_table: false,
+                })),
+                Some(_) => Err(err(name, "must be \"module.function\"".into())),
             };
-            resolver.connection(&spec, config)
+            let chat = target("inference_func")?;
+            let embed = target("embed_func")?;
+            let chat = match (chat, &embed) {
+                (Some(spec), _) => Some(resolver.connection(&spec, config)?),
+                (None, Some(_)) => None,
+                (None, None) => {
+                    return Err(err(
+                        "inference_func",
+                        "api_type = \"function\" needs `inference_func = \"module.function\"` \
+                         (or `embed_func` for an embeddings-only connection)"
+                            .into(),
+                    ))
+                }
+            };
+            match embed {
+                Some(spec) => Ok(Arc::new(doors::EmbeddingConnection {
+                    name: name.to_owned(),
+                    chat,
+                    embedder: resolver.embedder(&spec, config)?,
+                })),
+                None => Ok(chat.expect("checked above")),
+            }
         }
         ApiType::Anthropic => Ok(Arc::new(AnthropicProvider::from_settings(
             name, settings, key, config, client,

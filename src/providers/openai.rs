@@ -2,6 +2,8 @@
 //! the client's body goes upstream with every field intact and `model` replaced, and
 //! the answer comes back with minimal re-framing.
 
+mod doors;
+
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,6 +28,8 @@ pub struct OpenAiProvider {
     name: String,
     /// Prepared once: parsing (and IDNA-checking) the URL per call costs.
     chat: Target,
+    /// The embeddings and legacy completions doors' URLs (`doors.rs`).
+    doors: doors::Targets,
     models_url: String,
     authorization: Option<HeaderValue>,
     headers: HeaderMap,
@@ -49,6 +53,7 @@ impl OpenAiProvider {
             chat: client
                 .target(&format!("{}/chat/completions", settings.base))
                 .expect("api_base was checked to be an http(s) URL when the config loaded"),
+            doors: doors::Targets::new(&client, &settings.base),
             models_url: format!("{}/models", settings.base),
             authorization,
             headers: settings.headers,
@@ -98,6 +103,17 @@ impl Provider for OpenAiProvider {
 
     async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
         self.complete_payload(call).await.map(Payload::into_value)
+    }
+
+    async fn embeddings(&self, call: super::doors::DoorCall) -> Result<super::doors::Embeddings, ApiError> {
+        self.door_embeddings(call).await
+    }
+
+    async fn text_completion(
+        &self,
+        call: super::doors::DoorCall,
+    ) -> Result<super::doors::TextCompletion, ApiError> {
+        self.door_completion(call).await
     }
 
     async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {

@@ -20,6 +20,7 @@ mod call;
 mod callers;
 mod connection;
 mod convert;
+mod embed;
 mod errors;
 mod provider;
 mod resolver;

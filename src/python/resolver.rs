@@ -223,6 +223,18 @@ impl ExtensionResolver for PyResolver {
         )))
     }
 
+    fn embedder(
+        &self,
+        spec: &ExtensionSpec,
+        config: &Config,
+    ) -> Result<Arc<dyn crate::providers::doors::Embedder>, ConfigError> {
+        let resolved = self.resolve(spec, config, true)?;
+        Ok(Arc::new(super::embed::PyEmbedder {
+            scope: self.scope.clone(),
+            callable: self.callable(resolved),
+        }))
+    }
+
     fn handler(
         &self,
         spec: &ExtensionSpec,

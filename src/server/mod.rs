@@ -111,6 +111,14 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
             &format!("{prefix}/messages/count_tokens"),
             post(api::messages::count_tokens),
         )
+        .route(
+            &format!("{prefix}/embeddings"),
+            post(api::embeddings::embeddings),
+        )
+        .route(
+            &format!("{prefix}/completions"),
+            post(api::completions::completions),
+        )
         .route(&format!("{prefix}/models"), get(api::models::list_models))
         // A catch-all: model ids may contain `/`.
         .route(

@@ -276,7 +276,7 @@ fn same_but_model(a: &Map<String, Value>, b: &Map<String, Value>) -> bool {
 
 /// The client's body with the value of its `model` member replaced; the bytes
 /// themselves when the upstream model is the one the client named.
-fn with_model(bytes: Bytes, model: &str) -> Result<Bytes, ApiError> {
+pub(crate) fn with_model(bytes: Bytes, model: &str) -> Result<Bytes, ApiError> {
     // The body was parsed as JSON already, so it is UTF-8.
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::invalid_request("The request body is not UTF-8."))?;

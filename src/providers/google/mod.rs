@@ -12,6 +12,7 @@
 //!
 //! User documentation: docs/providers/google.md and docs/providers/vertex.md.
 
+mod embed;
 mod errors;
 mod ids;
 pub(crate) mod request;
@@ -147,6 +148,12 @@ impl GoogleProvider {
         } else {
             "generateContent"
         };
+        self.method_url(model, method).await
+    }
+
+    /// The URL of `method` (`generateContent`, `batchEmbedContents`, `predict`, ...)
+    /// of `model`.
+    async fn method_url(&self, model: &str, method: &str) -> Result<String, ApiError> {
         let (collection, id) = model_path(model)?;
         Ok(match &self.endpoint {
             Endpoint::AiStudio { root } => format!("{root}/{collection}/{id}:{method}"),
@@ -191,14 +198,26 @@ impl GoogleProvider {
     /// Returns the 2xx response; anything else is mapped to an error.
     async fn post(&self, call: &UpstreamCall, stream: bool) -> Result<UpstreamResponse, ApiError> {
         let body = request::build_request(call, &self.request_options)?;
+        let url = self.url(&call.model, stream).await?;
+        self.post_to(&url, &body, &call.headers, stream).await
+    }
+
+    /// POST `body` to `url` with the connection's credentials; on a Vertex 401 get a
+    /// new token and retry once.
+    async fn post_to(
+        &self,
+        url: &str,
+        body: &impl serde::Serialize,
+        call_headers: &HeaderMap,
+        stream: bool,
+    ) -> Result<UpstreamResponse, ApiError> {
         let body = Bytes::from(
-            serde_json::to_vec(&body)
+            serde_json::to_vec(body)
                 .map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?,
         );
-        let url = self.url(&call.model, stream).await?;
         let mut retried = false;
         loop {
-            let mut headers = json_post_headers(&self.headers, &call.headers, stream);
+            let mut headers = json_post_headers(&self.headers, call_headers, stream);
             let mut used_token = None;
             match &self.auth {
                 Auth::None => {}
@@ -211,7 +230,7 @@ impl GoogleProvider {
                     used_token = Some((tokens, bearer));
                 }
             }
-            let sent = self.client.post(&url, headers, body.clone());
+            let sent = self.client.post(url, headers, body.clone());
             let response = send(sent, self.first_byte_timeout).await?;
             if response.status() == StatusCode::UNAUTHORIZED && !retried {
                 if let Some((tokens, bearer)) = used_token.filter(|(t, _)| t.can_refresh()) {
@@ -257,6 +276,13 @@ fn model_path(model: &str) -> Result<(&'static str, &str), ApiError> {
 
 #[async_trait]
 impl Provider for GoogleProvider {
+    async fn embeddings(
+        &self,
+        call: super::doors::DoorCall,
+    ) -> Result<super::doors::Embeddings, ApiError> {
+        self.embed(call).await
+    }
+
     /// AI Studio's `GET /v1beta/models` (pages followed, at most 20), keeping models
     /// that can `generateContent`, without the `models/` prefix. Vertex has no
     /// equivalent list of publisher models for a project, so it cannot list.
