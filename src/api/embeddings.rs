@@ -259,6 +259,11 @@ pub fn inputs(input: Option<&Value>) -> Result<Vec<EmbeddingInput>, ApiError> {
             items.len()
         )));
     }
+    if !(items.iter().all(Value::is_string) || items.iter().all(Value::is_array)) {
+        return Err(bad(
+            "items of `input` must be all strings or all lists of token ids.",
+        ));
+    }
     items
         .iter()
         .map(|item| match item {

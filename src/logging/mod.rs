@@ -105,6 +105,10 @@ pub fn answer_text(completion: &Value) -> String {
         .iter()
         .find(|c| c.get("index").and_then(Value::as_u64).unwrap_or(0) == 0)
         .or(choices.first());
+    // A legacy completion's choice has its `text` instead of a message.
+    if let Some(Value::String(text)) = choice.and_then(|c| c.get("text")) {
+        return text.clone();
+    }
     match choice
         .and_then(|c| c.get("message"))
         .and_then(|m| m.get("content"))
