@@ -109,7 +109,7 @@ DEFAULT_MAX_TOKENS = 256
 _models: dict[str, tuple[Any, Any]] = {}
 _load_lock = threading.Lock()
 # One semaphore per event loop (asyncio primitives belong to the loop they run on).
-_slots: dict[asyncio.AbstractEventLoop, asyncio.Semaphore] = {}
+_slots: dict[tuple[asyncio.AbstractEventLoop, int], asyncio.Semaphore] = {}
 _running = 0
 _running_lock = threading.Lock()
 
@@ -289,9 +289,10 @@ async def torch_generate(
         min_tokens = max_tokens
 
     loop = asyncio.get_running_loop()
-    slots = _slots.get(loop)
+    limit = max_concurrency()
+    slots = _slots.get((loop, limit))
     if slots is None:
-        slots = _slots[loop] = asyncio.Semaphore(max_concurrency())
+        slots = _slots[(loop, limit)] = asyncio.Semaphore(limit)
     tokenizer, model = await asyncio.to_thread(load, model_id)
     input_ids, attention_mask = _encode(tokenizer, messages)
     prompt_tokens = int(input_ids.shape[-1])
