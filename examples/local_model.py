@@ -437,3 +437,60 @@ async def torch_generate(
             # Also reached when the client went away (the gateway closes this
             # generator): the thread stops before its next token.
             stop_flag.set()
+
+
+# --- Embeddings (for the embeddings door of issue 16, which will call `embed`) -----
+
+_encoders: dict[str, tuple[Any, Any]] = {}
+
+
+def load_encoder(model_id: str) -> tuple[Any, Any]:
+    """The tokenizer and the base model (hidden states, no LM head), loaded once."""
+    with _load_lock:
+        if model_id not in _encoders:
+            from transformers import AutoModel, AutoTokenizer
+
+            tokenizer = AutoTokenizer.from_pretrained(model_id)
+            if tokenizer.pad_token is None:  # decoder-only tokenizers often have none
+                tokenizer.pad_token = tokenizer.eos_token
+            # Padding after the text: a causal model's positions and attention for the
+            # real tokens are then the same batched or alone.
+            tokenizer.padding_side = "right"
+            model = AutoModel.from_pretrained(model_id).to(device_name()).eval()
+            _encoders[model_id] = (tokenizer, model)
+        return _encoders[model_id]
+
+
+def mean_pool(hidden: Any, attention_mask: Any, normalize: bool = True) -> Any:
+    """Sentence-transformers' "mean" pooling: the average of each text's token
+    vectors, padding left out, then scaled to length 1 (cosine = dot product)."""
+    import torch
+
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    summed = (hidden * mask).sum(dim=1)
+    pooled = summed / mask.sum(dim=1).clamp(min=1e-9)
+    if normalize:
+        pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=-1)
+    return pooled
+
+
+async def embed(
+    texts: list[str], model_id: str | None = None, normalize: bool = True
+) -> tuple[list[list[float]], int]:
+    """One vector per text from a local model's last hidden states, and the number
+    of tokens read (for `usage.prompt_tokens`). The model is
+    `LOCAL_EMBEDDING_MODEL`, else `LOCAL_MODEL`, unless one is given."""
+    import torch
+
+    model_id = model_id or os.environ.get("LOCAL_EMBEDDING_MODEL") or os.environ["LOCAL_MODEL"]
+    tokenizer, model = await asyncio.to_thread(load_encoder, model_id)
+
+    def run() -> tuple[list[list[float]], int]:
+        batch = tokenizer(texts, padding=True, truncation=True, return_tensors="pt")
+        batch = {k: v.to(model.device) for k, v in batch.items() if k != "token_type_ids"}
+        with torch.inference_mode():
+            hidden = model(**batch).last_hidden_state
+        pooled = mean_pool(hidden, batch["attention_mask"], normalize)
+        return pooled.float().cpu().tolist(), int(batch["attention_mask"].sum())
+
+    return await asyncio.to_thread(run)

@@ -319,3 +319,19 @@ def test_sixteen_concurrent_streams_all_finish_within_the_bound(
     assert len(running) == 16
     assert max(running) <= 4, "LOCAL_MODEL_MAX_CONCURRENCY bounds the generation threads"
     assert max(running) >= 2, "generations run side by side"
+
+
+def test_embedding_pooling_of_the_local_model(model_dir: Path) -> None:
+    # The function the embeddings door (issue 16) will call; until that door
+    # exists it is checked directly on the same real model.
+    import asyncio
+
+    texts = ["tell me about the model", "one two", "red green blue fast slow big small"]
+    together, tokens = asyncio.run(local_model.embed(texts, str(model_dir)))
+    alone = [asyncio.run(local_model.embed([t], str(model_dir)))[0][0] for t in texts]
+    assert tokens == sum(len(t.split()) for t in texts)
+    assert len(together) == 3
+    for batched, single in zip(together, alone, strict=True):
+        assert sum(x * x for x in batched) == pytest.approx(1.0, abs=1e-4)
+        assert batched == pytest.approx(single, abs=1e-4), "padding does not change a vector"
+    assert together[0] != pytest.approx(together[1], abs=1e-3)
