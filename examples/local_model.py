@@ -164,11 +164,15 @@ def _text_of(content: Any) -> str:
 
 
 def _stop_strings(stop: Any) -> list[str]:
+    from lm_proxy.errors import OpenAIHTTPException
+
     if stop is None:
         return []
     if isinstance(stop, str):
         return [stop] if stop else []
-    return [s for s in stop if isinstance(s, str) and s]
+    if not isinstance(stop, list) or not all(isinstance(s, str) for s in stop):
+        raise OpenAIHTTPException("stop must be a string or a list of strings", param="stop")
+    return [s for s in stop if s]
 
 
 def _held_back(text: str, stops: list[str]) -> int:

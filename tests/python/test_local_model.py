@@ -187,6 +187,13 @@ def test_stop_strings_cut_the_text(local: openai.OpenAI) -> None:
         assert finish == "stop"
 
 
+def test_bad_sampling_fields_are_a_400(local: openai.OpenAI) -> None:
+    for bad in ({"min_tokens": "many"}, {"stop": [1, 2]}, {"top_p": 3}):
+        with pytest.raises(openai.BadRequestError) as refused:
+            local.chat.completions.create(model="local", messages=MESSAGES, extra_body=bad)
+        assert refused.value.body["param"] in bad, refused.value.body
+
+
 def test_seed_gives_the_same_text_at_temperature_one(local: openai.OpenAI) -> None:
     def sample(seed: int) -> str:
         answer = local.chat.completions.create(
