@@ -368,20 +368,21 @@ async def torch_generate(
             _running += 1
             log.debug("generations running: %d", _running)
         outcome = "finished"
+        last: Any = done
         try:
             with torch.inference_mode():
                 model.generate(**kwargs)
         except BaseException as e:  # handed to the client's side, not lost in the thread
             outcome = f"failed ({type(e).__name__})"
-            send(e)
-        else:
-            send(done)
+            last = e
         finally:
+            # Counted out before the slot can be handed on (when `last` arrives).
             with _running_lock:
                 _running -= 1
             if stop_flag.is_set() and outcome == "finished":
                 outcome = "stopped"
             log.info("generation %s after %d tokens", outcome, streamer.tokens)
+            send(last)
 
     eos = model.generation_config.eos_token_id
     eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])

@@ -36,10 +36,18 @@ async def silent_after_first(messages: list[dict[str, Any]], **params: Any) -> A
         closed.set()
 
 
+release = threading.Event()
+returned = threading.Event()
+
+
 def silent_whole(messages: list[dict[str, Any]], **params: Any) -> str:
-    """A sync function that takes longer than its deadline."""
-    time.sleep(3)
-    return "too late"
+    """A sync function that takes longer than its deadline (until the test releases
+    it: a caller thread still inside Python when the interpreter exits crashes it)."""
+    try:
+        release.wait(30)
+        return "too late"
+    finally:
+        returned.set()
 
 
 def serve(serve_config: Any, connection: dict[str, Any]) -> openai.OpenAI:
@@ -90,9 +98,15 @@ def test_chunk_timeout_ends_the_stream_with_an_error_chunk(serve_config: Any) ->
 
 def test_timeout_applies_to_a_slow_sync_function(serve_config: Any) -> None:
     client = serve(serve_config, {"inference_func": silent_whole, "timeout": 0.5})
-    with pytest.raises(openai.APIStatusError) as late:
-        client.chat.completions.create(model="m", messages=MESSAGES)
-    assert late.value.status_code == 504
+    release.clear()
+    returned.clear()
+    try:
+        with pytest.raises(openai.APIStatusError) as late:
+            client.chat.completions.create(model="m", messages=MESSAGES)
+        assert late.value.status_code == 504
+    finally:
+        release.set()
+    assert returned.wait(20)
 
 
 def test_timeouts_must_be_positive(serve_config: Any) -> None:
