@@ -37,6 +37,7 @@ once streaming), and a client that goes away closes this generator, whose
 from __future__ import annotations
 
 import asyncio
+import atexit
 import itertools
 import logging
 import os
@@ -112,6 +113,16 @@ _load_lock = threading.Lock()
 _slots: dict[tuple[asyncio.AbstractEventLoop, int], asyncio.Semaphore] = {}
 _running = 0
 _running_lock = threading.Lock()
+# Generations in progress: at exit they are told to stop and given a moment to, as a
+# thread still inside torch when the interpreter goes away aborts the process.
+_active: dict[threading.Thread, threading.Event] = {}
+
+
+@atexit.register
+def _stop_all() -> None:
+    for thread, flag in list(_active.items()):
+        flag.set()
+        thread.join(timeout=5)
 
 
 def max_concurrency() -> int:
@@ -382,6 +393,7 @@ async def torch_generate(
             if stop_flag.is_set() and outcome == "finished":
                 outcome = "stopped"
             log.info("generation %s after %d tokens", outcome, streamer.tokens)
+            _active.pop(threading.current_thread(), None)
             send(last)
 
     eos = model.generation_config.eos_token_id
@@ -404,6 +416,7 @@ async def torch_generate(
 
     async with slots:
         worker = threading.Thread(target=work, name="local-model-generate", daemon=True)
+        _active[worker] = stop_flag
         worker.start()
         try:
             while finish is None:
