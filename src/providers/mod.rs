@@ -8,6 +8,7 @@
 //! `anthropic/`; `fanout` gives providers without a native `n` their choices).
 
 pub(crate) mod anthropic;
+mod deadline;
 mod fallback;
 pub(crate) mod fanout;
 pub(crate) mod google;
@@ -169,7 +170,15 @@ pub fn build_connections(
                         format!("'{}' cannot be used as a connection", ext.target),
                     ))
                 }
-                None => (resolver.connection(ext, config)?, None),
+                // A bare callable has no settings: the default deadlines keep it
+                // from holding a client forever.
+                None => (
+                    deadline::WithDeadlines::wrap(
+                        resolver.connection(ext, config)?,
+                        deadline::Deadlines::default(),
+                    ),
+                    None,
+                ),
             },
         };
         out.insert(
@@ -344,7 +353,11 @@ fn build_provider(
                 key: format!("{key}.inference_func"),
                 is_class_table: false,
             };
-            resolver.connection(&spec, config)
+            let deadlines = function_deadlines(settings, key, config)?;
+            Ok(deadline::WithDeadlines::wrap(
+                resolver.connection(&spec, config)?,
+                deadlines,
+            ))
         }
         ApiType::Anthropic => Ok(Arc::new(AnthropicProvider::from_settings(
             name, settings, key, config, client,
@@ -358,6 +371,39 @@ fn build_provider(
             &google::Environment::process(),
         )?)),
     }
+}
+
+/// `timeout`, `first_byte_timeout` and `chunk_timeout` of a function connection,
+/// with the defaults and checks of HTTP connections.
+fn function_deadlines(
+    settings: &ProviderSettings,
+    key: &str,
+    config: &Config,
+) -> Result<deadline::Deadlines, ConfigError> {
+    let seconds = |name: &str, value: Option<f64>, default: f64| {
+        let secs = value.unwrap_or(default);
+        match Duration::try_from_secs_f64(secs) {
+            Ok(d) if secs > 0.0 => Ok(d),
+            _ => Err(ConfigError::new(
+                &config.path,
+                format!("{key}.{name}"),
+                "must be a number of seconds greater than 0",
+            )),
+        }
+    };
+    let timeout = seconds("timeout", settings.timeout, DEFAULT_TIMEOUT_SECS)?;
+    Ok(deadline::Deadlines {
+        first_byte: seconds(
+            "first_byte_timeout",
+            settings.first_byte_timeout,
+            timeout.as_secs_f64(),
+        )?,
+        chunk: seconds(
+            "chunk_timeout",
+            settings.chunk_timeout,
+            timeout.as_secs_f64(),
+        )?,
+    })
 }
 
 /// Reject provider-specific keys that this provider does not understand.
