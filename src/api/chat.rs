@@ -31,7 +31,8 @@ use crate::streaming::{completion_id, encode_sse_assembling, unix_now, StreamIde
 /// What the core produced for a request.
 enum Reply {
     Complete(Payload),
-    Stream(PayloadStream),
+    /// The chunks, and whether usage is to be kept from the client (it did not ask).
+    Stream(PayloadStream, bool),
 }
 
 pub async fn chat_completions(
@@ -80,7 +81,7 @@ pub async fn chat_completions(
             }
             response
         }
-        Ok(Reply::Stream(chunks)) => {
+        Ok(Reply::Stream(chunks, hide_usage)) => {
             let chunks = match metrics {
                 Some(metrics) => metrics.stream(chunks),
                 None => chunks,
@@ -100,22 +101,23 @@ pub async fn chat_completions(
             let assemble = dispatcher
                 .as_ref()
                 .map(|_| gateway.config.settings.max_response_body_bytes());
-            let body = encode_sse_assembling(chunks, identity, assemble, move |outcome| {
-                let note = if outcome.completed {
-                    ""
-                } else {
-                    " (client disconnected)"
-                };
-                summary.log(200, outcome.error.as_ref(), note);
-                if let Some(dispatcher) = dispatcher {
-                    ctx.response = outcome.response;
-                    ctx.error = outcome.error;
-                    if !outcome.completed {
-                        ctx.extra.insert("client_disconnected".into(), true.into());
+            let body =
+                encode_sse_assembling(chunks, identity, assemble, hide_usage, move |outcome| {
+                    let note = if outcome.completed {
+                        ""
+                    } else {
+                        " (client disconnected)"
+                    };
+                    summary.log(200, outcome.error.as_ref(), note);
+                    if let Some(dispatcher) = dispatcher {
+                        ctx.response = outcome.response;
+                        ctx.error = outcome.error;
+                        if !outcome.completed {
+                            ctx.extra.insert("client_disconnected".into(), true.into());
+                        }
+                        dispatcher.submit(ctx.to_log_json());
                     }
-                    dispatcher.submit(ctx.to_log_json());
-                }
-            });
+                });
             (
                 [
                     (
@@ -210,7 +212,11 @@ async fn handle(
     let provider = connection.provider.clone();
     let upstream_started = std::time::Instant::now();
     let reply = if call.is_stream() {
-        provider.stream_payload(call).await.map(Reply::Stream)
+        let hide_usage = !call.client_include_usage();
+        provider
+            .stream_payload(call)
+            .await
+            .map(|chunks| Reply::Stream(chunks, hide_usage))
     } else {
         provider.complete_payload(call).await.map(Reply::Complete)
     };
@@ -336,6 +342,9 @@ fn upstream_call(ctx: &mut RequestContext, keep_request: bool) -> Result<Upstrea
         model: ctx.model.clone().unwrap_or_default(),
         params,
         headers,
+        // Streams always bring usage to loggers and metrics; the client sees it
+        // only if it asked (`chat_completions` hides it otherwise).
+        gateway_usage: true,
     })
 }
 

@@ -891,6 +891,7 @@ mod tests {
             model: "gemini-2.5-flash".into(),
             params: params.as_object().unwrap().clone(),
             headers: http::HeaderMap::new(),
+            gateway_usage: false,
         }
     }
 
