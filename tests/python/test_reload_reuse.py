@@ -19,7 +19,7 @@ MESSAGES = [{"role": "user", "content": "which objects?"}]
 
 # `Database` behaves as the add-on's component: one instance per process. The
 # connection answers with the identities of the objects the server uses now.
-MODULE = '''
+MODULE = """
 from lm_proxy.bootstrap import env
 
 created = []
@@ -46,7 +46,7 @@ class Answer:
         db = env.components["db"]
         tag = env.components["tag"]
         return f"{self.prefix} {id(db)} {id(tag)} {tag.name} {id(self)}"
-'''
+"""
 
 CONFIG = """
 [connections.py]
