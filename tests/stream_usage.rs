@@ -63,6 +63,13 @@ async fn answer(State(bodies): State<Arc<Mutex<Vec<Value>>>>, body: Bytes) -> Re
         )
             .into_response();
     }
+    if model == "context-too-long" {
+        return (
+            StatusCode::BAD_REQUEST,
+            axum::Json(json!({"error": {"message": "This model's maximum context length is 10 tokens", "type": "invalid_request_error"}})),
+        )
+            .into_response();
+    }
     let usage = body["stream_options"]["include_usage"] == true;
     let mut events = String::new();
     for (delta, finish) in [
@@ -237,6 +244,12 @@ async fn stream_usage_can_be_turned_off_and_a_refusal_is_explained() {
     );
     assert!(message.contains("stream_usage = false"), "{message}");
     assert!(message.contains("'up'"), "{message}");
+    // Other 400s are left as the upstream worded them.
+    let response = gw.chat("k", streamed("context-too-long", None)).await;
+    assert_eq!(response.status(), 400);
+    let error: Value = response.json().await.unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert_eq!(message, "This model's maximum context length is 10 tokens");
     gw.server.shutdown(Duration::from_secs(5));
     gw.server.wait().await.unwrap();
 

@@ -162,7 +162,7 @@ impl Provider for OpenAiProvider {
         let response = send(self.post(&call, true), self.first_byte_timeout).await?;
         let response = match check_status(response, self.chunk_timeout).await {
             Ok(response) => response,
-            Err(error) if self.adds_usage(&call) && error.status() == StatusCode::BAD_REQUEST => {
+            Err(error) if self.adds_usage(&call) && refuses_stream_options(&error) => {
                 return Err(self.explain_stream_options(error))
             }
             Err(error) => return Err(error),
@@ -232,6 +232,30 @@ impl OpenAiProvider {
             other => other,
         }
     }
+}
+
+/// A 400 whose message points at the member added (named, or an "extra" or
+/// unknown field as strict servers word it); other 400s (context length, a bad
+/// message) go to the client as they are.
+fn refuses_stream_options(error: &ApiError) -> bool {
+    if error.status() != StatusCode::BAD_REQUEST {
+        return false;
+    }
+    let ApiError::UpstreamRejected(body) = error else {
+        return false;
+    };
+    let message = body.message.to_ascii_lowercase();
+    [
+        "stream_options",
+        "include_usage",
+        "extra",
+        "unrecognized",
+        "not permitted",
+        "unknown field",
+        "unexpected",
+    ]
+    .iter()
+    .any(|word| message.contains(word))
 }
 
 /// Whether the answer declares this media type (parameters ignored). Answers without
