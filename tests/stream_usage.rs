@@ -292,3 +292,29 @@ fn stream_usage_must_be_a_bool() {
     };
     assert!(refused.contains("connections.up.stream_usage"), "{refused}");
 }
+
+/// With neither loggers nor metrics nobody needs a stream's usage: nothing is added
+/// to the upstream request (no cost, no risk with strict servers); with metrics only,
+/// usage is asked for.
+#[tokio::test]
+async fn usage_is_asked_for_only_when_loggers_or_metrics_need_it() {
+    let upstream = OpenAiLike::start().await;
+    // Metrics are on by default.
+    for (extra, asked) in [("[metrics]\nenabled = false\n", false), ("", true)] {
+        let gw = TestGateway::start(&format!(
+            "[connections.up]\napi_type = \"open_ai\"\napi_base = \"{}\"\n[routing]\n\"*\" = \"up.*\"\n[groups.default]\napi_keys = [\"k\"]\n{extra}",
+            upstream.base
+        ))
+        .await;
+        let (chunks, text) = stream(&gw, streamed("gpt", None)).await;
+        assert_eq!(text_of(&chunks), "Hello world");
+        assert!(!text.contains("usage"), "{text}");
+        assert_eq!(
+            upstream.last_body().get("stream_options").is_some(),
+            asked,
+            "{extra}"
+        );
+        gw.server.shutdown(Duration::from_secs(5));
+        gw.server.wait().await.unwrap();
+    }
+}

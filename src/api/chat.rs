@@ -208,7 +208,10 @@ async fn handle(
         handler.before(ctx).await?;
     }
 
-    let call = upstream_call(ctx, keep_request)?;
+    // Streams bring usage to loggers and metrics whether or not the client asked
+    // for it; with neither, nobody needs it and nothing is asked for.
+    let want_usage = keep_request || state.metrics().is_some();
+    let call = upstream_call(ctx, keep_request, want_usage)?;
     let provider = connection.provider.clone();
     let upstream_started = std::time::Instant::now();
     let reply = if call.is_stream() {
@@ -315,7 +318,11 @@ fn llm_params(request: &mut Map<String, Value>, unseen: bool) -> Map<String, Val
 /// still to be logged whole (`keep_request`: a JSON logger is configured), the
 /// messages and parameters are moved into the call instead of copied (a deep copy
 /// of the whole conversation): after this, only the model and `stream` are read.
-fn upstream_call(ctx: &mut RequestContext, keep_request: bool) -> Result<UpstreamCall, ApiError> {
+fn upstream_call(
+    ctx: &mut RequestContext,
+    keep_request: bool,
+    want_usage: bool,
+) -> Result<UpstreamCall, ApiError> {
     let llm_params = if keep_request {
         ctx.llm_params.clone()
     } else {
@@ -342,9 +349,9 @@ fn upstream_call(ctx: &mut RequestContext, keep_request: bool) -> Result<Upstrea
         model: ctx.model.clone().unwrap_or_default(),
         params,
         headers,
-        // Streams always bring usage to loggers and metrics; the client sees it
-        // only if it asked (`chat_completions` hides it otherwise).
-        gateway_usage: true,
+        // The client sees usage only if it asked (`chat_completions` hides it
+        // otherwise).
+        gateway_usage: want_usage,
     })
 }
 
