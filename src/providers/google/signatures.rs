@@ -137,7 +137,7 @@ impl SignatureStore {
                 let Some(id) = tool_call.get("id").and_then(Value::as_str) else {
                     continue;
                 };
-                if id.is_empty() || id.contains(SIGNATURE_SEPARATOR) || restored.contains_key(id) {
+                if !is_gateway_id(id) || restored.contains_key(id) {
                     continue;
                 }
                 if let Some(signature) = self.find(id).await {
@@ -164,6 +164,23 @@ impl SignatureStore {
         }
         Some(call)
     }
+}
+
+/// An id this gateway makes (`call_<stem>_<candidate>_<ordinal>`, see `ids`) without
+/// a signature: only those can have one kept, so others cost no lookup (a round trip
+/// each with a shared backend).
+fn is_gateway_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix("call_") else {
+        return false;
+    };
+    if id.contains(SIGNATURE_SEPARATOR) {
+        return false;
+    }
+    let mut parts = rest.rsplitn(3, '_');
+    let numeric = |part: Option<&str>| {
+        part.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    };
+    numeric(parts.next()) && numeric(parts.next()) && parts.next().is_some_and(|s| !s.is_empty())
 }
 
 fn rewrite(id: Option<&mut Value>, restored: &HashMap<String, String>) {
@@ -213,6 +230,16 @@ mod tests {
             signature_from_call_id(messages[1]["tool_calls"][0]["id"].as_str().unwrap()).as_deref(),
             Some("CiQB4/H+abc=")
         );
+        assert!(is_gateway_id("call_resp-42_0_1"));
+        for other in [
+            "call_abc",
+            "toolu_01",
+            "call_x_1_y",
+            "call__0_0",
+            "call_s_0_0__thought__AA",
+        ] {
+            assert!(!is_gateway_id(other), "{other}");
+        }
         // Ids that still carry their signature, or none known: nothing to do.
         let mut untouched = call.clone();
         untouched.params["messages"][1]["tool_calls"][0]["id"] = json!(signed);
