@@ -50,6 +50,11 @@ pub struct UpstreamCall {
     pub params: Map<String, Value>,
     /// Extra HTTP headers for this call (from handlers' `llm_params.extra_headers`).
     pub headers: http::HeaderMap,
+    /// The gateway wants a stream's usage (for loggers and metrics) whether or not
+    /// the client asked for it: providers send the usage chunk as if asked
+    /// ([`UpstreamCall::include_usage`]), and the core keeps it from a client that
+    /// did not ask ([`UpstreamCall::client_include_usage`]).
+    pub gateway_usage: bool,
 }
 
 impl UpstreamCall {
@@ -77,7 +82,14 @@ impl UpstreamCall {
             .max(1)
     }
 
+    /// Whether the stream ends with a usage chunk: the client asked for it, or the
+    /// gateway wants it for its loggers and metrics.
     pub fn include_usage(&self) -> bool {
+        self.gateway_usage || self.client_include_usage()
+    }
+
+    /// Whether the client asked for usage (`stream_options.include_usage`).
+    pub fn client_include_usage(&self) -> bool {
         self.params
             .get("stream_options")
             .and_then(|o| o.get("include_usage"))
@@ -328,9 +340,19 @@ fn build_provider(
     };
     match settings.api_type {
         ApiType::OpenAi => {
-            reject_unknown_options(settings, &[], key, config)?;
+            reject_unknown_options(settings, &["stream_usage"], key, config)?;
+            let stream_usage = match settings.options.get("stream_usage") {
+                None => true,
+                Some(Value::Bool(on)) => *on,
+                Some(_) => return Err(err("stream_usage", "must be true or false".into())),
+            };
             let http = http_settings(settings, "https://api.openai.com/v1", key, config)?;
-            Ok(Arc::new(OpenAiProvider::new(name, http, client.clone())))
+            Ok(Arc::new(OpenAiProvider::new(
+                name,
+                http,
+                stream_usage,
+                client.clone(),
+            )))
         }
         ApiType::Mock => Ok(Arc::new(MockProvider::from_settings(
             settings, key, config,
