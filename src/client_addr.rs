@@ -46,18 +46,23 @@ impl TrustedProxies {
         self.nets.iter().any(|net| net.contains(&ip))
     }
 
-    /// The client address for a request that arrived from `peer`, as text.
+    /// The client address for a request that arrived from `peer`, as text: an
+    /// address taken from a forwarding header as the proxy wrote it (as the
+    /// reference gave it: `2001:DB8:0::1` stays so), the peer's as `Display` writes it.
     pub fn client_addr(&self, headers: &HeaderMap, peer: IpAddr) -> String {
-        ip_text(self.client_ip(headers, peer))
+        match self.client_ip(headers, peer) {
+            Found::Peer(ip) => ip_text(ip),
+            Found::Written(_, text) => text.to_owned(),
+        }
     }
 
     /// The client address for a request that arrived from `peer`.
-    fn client_ip(&self, headers: &HeaderMap, peer: IpAddr) -> IpAddr {
+    fn client_ip<'h>(&self, headers: &'h HeaderMap, peer: IpAddr) -> Found<'h> {
         let peer = canonical(peer);
         if !self.trusts(peer) {
-            return peer;
+            return Found::Peer(peer);
         }
-        let forwarded_for: Vec<IpAddr> = headers
+        let forwarded_for: Vec<Found<'h>> = headers
             .get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -67,14 +72,14 @@ impl TrustedProxies {
         if let Some(ip) = self.rightmost_untrusted(&forwarded_for) {
             return ip;
         }
-        if let Some(ip) = headers
+        if let Some(found) = headers
             .get(X_REAL_IP)
             .and_then(|v| v.to_str().ok())
             .and_then(parse_ip)
         {
-            return ip;
+            return found;
         }
-        let forwarded: Vec<IpAddr> = headers
+        let forwarded: Vec<Found<'h>> = headers
             .get_all(http::header::FORWARDED)
             .iter()
             .filter_map(|v| v.to_str().ok())
@@ -92,16 +97,34 @@ impl TrustedProxies {
         if let Some(ip) = self.rightmost_untrusted(&forwarded) {
             return ip;
         }
-        peer
+        Found::Peer(peer)
     }
 
-    fn rightmost_untrusted(&self, chain: &[IpAddr]) -> Option<IpAddr> {
+    fn rightmost_untrusted<'h>(&self, chain: &[Found<'h>]) -> Option<Found<'h>> {
         chain
             .iter()
             .rev()
-            .find(|ip| !self.trusts(**ip))
+            .find(|found| !self.trusts(found.ip()))
             .or_else(|| chain.first())
             .copied()
+    }
+}
+
+/// Where the client address came from.
+#[derive(Clone, Copy)]
+enum Found<'h> {
+    /// The TCP peer.
+    Peer(IpAddr),
+    /// A forwarding header: the address, and its text as written there (without
+    /// quotes, brackets or port).
+    Written(IpAddr, &'h str),
+}
+
+impl Found<'_> {
+    fn ip(&self) -> IpAddr {
+        match *self {
+            Found::Peer(ip) | Found::Written(ip, _) => ip,
+        }
     }
 }
 
@@ -131,22 +154,19 @@ fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// An address as proxies write it: `1.2.3.4`, `1.2.3.4:567`, `"[::1]:80"`, `::1`.
-fn parse_ip(text: &str) -> Option<IpAddr> {
+/// An address as proxies write it: `1.2.3.4`, `1.2.3.4:567`, `"[::1]:80"`, `::1`;
+/// with the address's own text.
+fn parse_ip(text: &str) -> Option<Found<'_>> {
     let text = text.trim().trim_matches('"');
-    if let Ok(ip) = text.parse::<IpAddr>() {
-        return Some(canonical(ip));
-    }
-    if let Some(rest) = text.strip_prefix('[') {
-        return rest
-            .split(']')
-            .next()?
-            .parse::<IpAddr>()
-            .ok()
-            .map(canonical);
-    }
-    let (host, _port) = text.rsplit_once(':')?;
-    host.parse::<IpAddr>().ok().map(canonical)
+    let address = if text.parse::<IpAddr>().is_ok() {
+        text
+    } else if let Some(rest) = text.strip_prefix('[') {
+        rest.split(']').next()?
+    } else {
+        text.rsplit_once(':')?.0
+    };
+    let ip = address.parse::<IpAddr>().ok()?;
+    Some(Found::Written(canonical(ip), address))
 }
 
 #[cfg(test)]
@@ -213,6 +233,17 @@ mod tests {
         assert_eq!(
             trusted.client_addr(&h, "127.0.0.1".parse().unwrap()),
             "2001:db8::1"
+        );
+        // Addresses from headers keep the form the proxy wrote.
+        let h = headers(&[("x-forwarded-for", " 2001:DB8:0:0::1 , 10.0.0.2")]);
+        assert_eq!(
+            trusted.client_addr(&h, "127.0.0.1".parse().unwrap()),
+            "2001:DB8:0:0::1"
+        );
+        let h = headers(&[("x-forwarded-for", "::ffff:198.51.100.9")]);
+        assert_eq!(
+            trusted.client_addr(&h, "127.0.0.1".parse().unwrap()),
+            "::ffff:198.51.100.9"
         );
         let h = headers(&[("x-forwarded-for", "not-an-ip")]);
         assert_eq!(

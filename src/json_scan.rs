@@ -38,10 +38,15 @@ pub struct TopLevel {
     pub model: bool,
     /// `error` is present and not `null`.
     pub error: bool,
-    /// `Expected(())` when `choices` is a list.
-    pub choices: Shape<()>,
+    /// `Expected(empty)` when `choices` is a list (`true`: the empty list, as in a
+    /// stream's usage-only chunk).
+    pub choices: Shape<bool>,
     /// `Expected(counts)` when `usage` is an object.
     pub usage: Shape<TokenCounts>,
+    /// Where the `usage` member (key to the end of its value, `null` included) lies
+    /// in the text, so that it can be cut out without parsing the text again
+    /// (`payload::RawJson::without_usage`).
+    pub usage_member: Option<(usize, usize)>,
 }
 
 /// The token counts of a `usage` object that metrics count: each is the member's
@@ -72,6 +77,7 @@ impl Default for TopLevel {
             error: false,
             choices: Shape::Absent,
             usage: Shape::Absent,
+            usage_member: None,
         }
     }
 }
@@ -160,11 +166,17 @@ pub fn scan_object(text: &str) -> Option<TopLevel> {
                 Member::Choices => {
                     found.choices = match first {
                         b'n' => Shape::Absent,
-                        b'[' => Shape::Expected(()),
+                        // Empty when only whitespace lies between the brackets.
+                        b'[' => Shape::Expected(
+                            bytes[value_start + 1..scan.at - 1]
+                                .iter()
+                                .all(u8::is_ascii_whitespace),
+                        ),
                         _ => Shape::Other,
                     }
                 }
                 Member::Usage => {
+                    found.usage_member = Some((key_start, scan.at));
                     found.usage = match first {
                         b'n' => Shape::Absent,
                         b'{' => {
@@ -630,7 +642,7 @@ mod tests {
             error: present("error"),
             choices: match map.get("choices") {
                 None | Some(Value::Null) => Shape::Absent,
-                Some(Value::Array(_)) => Shape::Expected(()),
+                Some(Value::Array(list)) => Shape::Expected(list.is_empty()),
                 Some(_) => Shape::Other,
             },
             usage: match map.get("usage") {
@@ -638,11 +650,19 @@ mod tests {
                 Some(usage @ Value::Object(_)) => Shape::Expected(TokenCounts::of(usage)),
                 Some(_) => Shape::Other,
             },
+            usage_member: None,
         })
     }
 
     fn agrees(text: &[u8]) {
-        let scanned = std::str::from_utf8(text).ok().and_then(scan_object);
+        // Where `usage` lies is checked on its own (`the_usage_member_is_located`).
+        let scanned = std::str::from_utf8(text)
+            .ok()
+            .and_then(scan_object)
+            .map(|top| TopLevel {
+                usage_member: None,
+                ..top
+            });
         assert_eq!(
             scanned,
             reference(text),
@@ -749,6 +769,26 @@ mod tests {
         agrees("\u{feff}{}".as_bytes());
         agrees(b"{} {}");
         agrees(b"{}\n\r\t ");
+    }
+
+    #[test]
+    fn the_usage_member_is_located() {
+        for (text, member) in [
+            (r#"{"usage":null}"#, Some(r#""usage":null"#)),
+            (
+                r#"{"id":"c", "usage" : {"a":[1]} ,"x":1}"#,
+                Some(r#""usage" : {"a":[1]}"#),
+            ),
+            (r#"{"usage":7}"#, Some(r#""usage":7"#)),
+            (r#"{"id":"c","x":{"usage":1}}"#, None),
+        ] {
+            let top = scan_object(text).unwrap();
+            assert_eq!(top.usage_member.map(|(a, b)| &text[a..b]), member, "{text}");
+        }
+        let top = scan_object(r#"{"choices":[ ]}"#).unwrap();
+        assert_eq!(top.choices, Shape::Expected(true));
+        let top = scan_object(r#"{"choices":[{}]}"#).unwrap();
+        assert_eq!(top.choices, Shape::Expected(false));
     }
 
     #[test]

@@ -63,6 +63,44 @@ impl Payload {
         }
     }
 
+    /// A stream's usage-only chunk: a `usage` object and no choices (`choices`
+    /// empty or absent), what OpenAI sends last when `stream_options.include_usage`
+    /// is set.
+    pub fn is_usage_only(&self) -> bool {
+        match self {
+            Payload::Value(value) => {
+                value.get("usage").is_some_and(Value::is_object)
+                    && match value.get("choices") {
+                        None | Some(Value::Null) => true,
+                        Some(Value::Array(list)) => list.is_empty(),
+                        Some(_) => false,
+                    }
+            }
+            Payload::Raw(raw) => raw.usage_only,
+        }
+    }
+
+    /// The payload without its `usage` member (`null` included), for a client that
+    /// did not ask for usage; the rest of a raw payload's text is kept as written.
+    pub fn without_usage(self) -> Payload {
+        match self {
+            Payload::Value(Value::Object(mut map)) => {
+                map.shift_remove("usage");
+                Payload::Value(Value::Object(map))
+            }
+            Payload::Raw(raw) => Payload::Raw(raw.without_usage()),
+            other => other,
+        }
+    }
+
+    /// Whether the payload has a top-level `usage` member, `null` included.
+    pub fn has_usage_member(&self) -> bool {
+        match self {
+            Payload::Value(value) => value.get("usage").is_some(),
+            Payload::Raw(raw) => raw.usage_member.is_some(),
+        }
+    }
+
     /// The payload as a tree (parsed from the text for raw payloads).
     pub fn to_value(&self) -> Cow<'_, Value> {
         match self {
@@ -108,6 +146,10 @@ pub struct RawJson {
     text: Bytes,
     /// The token counts of its `usage` object (metrics count them).
     usage: Option<TokenCounts>,
+    /// A usage-only chunk ([`Payload::is_usage_only`]).
+    usage_only: bool,
+    /// Where its `usage` member lies in `text`, if it has one.
+    usage_member: Option<(usize, usize)>,
 }
 
 /// The check's findings about one text ([`crate::json_scan`]).
@@ -132,12 +174,40 @@ impl Probe {
         top.id && top.object && top.created && top.model
     }
 
-    fn usage(self) -> Option<Option<TokenCounts>> {
-        match self.0.usage {
-            Shape::Absent => Some(None),
-            Shape::Expected(usage) => Some(Some(usage)),
+    /// The findings kept with a payload that passed: its usage, whether it is a
+    /// usage-only chunk, where its `usage` member lies.
+    fn usage(self) -> Option<Found> {
+        let usage_only = matches!(self.0.usage, Shape::Expected(_))
+            && matches!(self.0.choices, Shape::Absent | Shape::Expected(true));
+        let usage_member = self.0.usage_member;
+        let usage = match self.0.usage {
+            Shape::Absent => None,
+            Shape::Expected(usage) => Some(usage),
             // `usage: 0` or similar: leave it to the tree path.
-            Shape::Other => None,
+            Shape::Other => return None,
+        };
+        Some(Found {
+            usage,
+            usage_only,
+            usage_member,
+        })
+    }
+}
+
+/// What [`Probe::usage`] keeps.
+struct Found {
+    usage: Option<TokenCounts>,
+    usage_only: bool,
+    usage_member: Option<(usize, usize)>,
+}
+
+impl Found {
+    fn with_text(self, text: Bytes) -> RawJson {
+        RawJson {
+            text,
+            usage: self.usage,
+            usage_only: self.usage_only,
+            usage_member: self.usage_member,
         }
     }
 }
@@ -148,15 +218,15 @@ impl RawJson {
     /// `Err` gives the text back for the tree path (which fills gaps and reports
     /// errors).
     pub fn completion(text: Bytes) -> Result<RawJson, Bytes> {
-        let usage = Probe::of(&text).and_then(|probe| {
-            let choices_is_list = probe.0.choices == Shape::Expected(());
+        let found = Probe::of(&text).and_then(|probe| {
+            let choices_is_list = matches!(probe.0.choices, Shape::Expected(_));
             if !choices_is_list || !probe.has_identity() {
                 return None;
             }
             probe.usage()
         });
-        match usage {
-            Some(usage) => Ok(RawJson { text, usage }),
+        match found {
+            Some(found) => Ok(found.with_text(text)),
             None => Err(text),
         }
     }
@@ -166,7 +236,7 @@ impl RawJson {
     /// error event (an `error` member without `choices`). `Err` gives the text back.
     pub fn chunk(text: Bytes) -> Result<RawJson, Bytes> {
         match Self::chunk_usage(Probe::of(&text)) {
-            Some(usage) => Ok(RawJson { text, usage }),
+            Some(found) => Ok(found.with_text(text)),
             None => Err(text),
         }
     }
@@ -175,10 +245,7 @@ impl RawJson {
     /// checked to be UTF-8.
     pub fn chunk_str(text: String) -> Result<RawJson, String> {
         match Self::chunk_usage(Probe::of_str(&text)) {
-            Some(usage) => Ok(RawJson {
-                text: Bytes::from(text),
-                usage,
-            }),
+            Some(found) => Ok(found.with_text(Bytes::from(text))),
             None => Err(text),
         }
     }
@@ -189,18 +256,60 @@ impl RawJson {
     /// metrics' terms. `Err` gives the text back when it is not one valid object.
     pub fn object(text: Bytes, usage: Option<TokenCounts>) -> Result<RawJson, Bytes> {
         match Probe::of(&text) {
-            Some(_) => Ok(RawJson { text, usage }),
+            // Not a chat chunk: nothing in it is ever hidden from the client.
+            Some(_) => Ok(RawJson {
+                text,
+                usage,
+                usage_only: false,
+                usage_member: None,
+            }),
             None => Err(text),
         }
     }
 
     /// `Some(usage)` when the probed text is a chunk that can pass unchanged.
-    fn chunk_usage(probe: Option<Probe>) -> Option<Option<TokenCounts>> {
+    fn chunk_usage(probe: Option<Probe>) -> Option<Found> {
         let probe = probe?;
         if !probe.has_identity() || (probe.0.error && probe.0.choices == Shape::Absent) {
             return None;
         }
         probe.usage()
+    }
+
+    /// The text with its `usage` member cut out (with the comma that joined it to
+    /// its neighbour), the rest as written.
+    fn without_usage(self) -> RawJson {
+        let Some((start, end)) = self.usage_member else {
+            return self;
+        };
+        let text = &self.text;
+        let is_space = |b: &u8| b.is_ascii_whitespace();
+        // The text is a valid object, so the member is preceded by `{` or `,`
+        // (after whitespace) and followed by `,` or `}`.
+        let before = text[..start].iter().rposition(|b| !is_space(b));
+        let (cut_from, cut_to) = match before {
+            Some(at) if text[at] == b',' => (at, end),
+            _ => {
+                let after = text[end..]
+                    .iter()
+                    .position(|b| !is_space(b))
+                    .map_or(end, |i| end + i);
+                if text.get(after) == Some(&b',') {
+                    (start, after + 1)
+                } else {
+                    (start, end)
+                }
+            }
+        };
+        let mut out = Vec::with_capacity(text.len() - (cut_to - cut_from));
+        out.extend_from_slice(&text[..cut_from]);
+        out.extend_from_slice(&text[cut_to..]);
+        RawJson {
+            text: Bytes::from(out),
+            usage: None,
+            usage_only: false,
+            usage_member: None,
+        }
     }
 
     /// The JSON text as the upstream wrote it.
@@ -313,6 +422,58 @@ mod tests {
         ] {
             assert!(raw_chunk(bad).is_none(), "{bad}");
         }
+    }
+
+    #[test]
+    fn usage_only_chunks_are_recognised_and_usage_members_cut_out() {
+        let usage_only = r#"{"id":"c","object":"o","created":1,"model":"m","choices":[ ],"usage":{"prompt_tokens":2}}"#;
+        let payload = Payload::Raw(raw_chunk(usage_only).unwrap());
+        assert!(payload.is_usage_only());
+        let tree = Payload::Value(serde_json::from_str(usage_only).unwrap());
+        assert!(tree.is_usage_only());
+        for text in [
+            r#"{"id":"c","object":"o","created":1,"model":"m","choices":[{"delta":{}}],"usage":{"prompt_tokens":2}}"#,
+            r#"{"id":"c","object":"o","created":1,"model":"m","choices":[],"usage":null}"#,
+            r#"{"id":"c","object":"o","created":1,"model":"m","choices":[]}"#,
+        ] {
+            assert!(
+                !Payload::Raw(raw_chunk(text).unwrap()).is_usage_only(),
+                "{text}"
+            );
+            let tree = Payload::Value(serde_json::from_str(text).unwrap());
+            assert!(!tree.is_usage_only(), "{text}");
+        }
+        // Cut wherever the member stands; the rest stays as written.
+        for (text, expected) in [
+            (
+                r#"{"id":"c","object":"o","created":1,"model":"m","choices":[],"usage":null}"#,
+                r#"{"id":"c","object":"o","created":1,"model":"m","choices":[]}"#,
+            ),
+            (
+                r#"{ "usage" : null , "id":"c","object":"o","created":1,"model":"m","choices":[]}"#,
+                r#"{  "id":"c","object":"o","created":1,"model":"m","choices":[]}"#,
+            ),
+            (
+                r#"{"id":"c","object":"o","usage":{"prompt_tokens":1},"created":1.0e3,"model":"m","choices":[]}"#,
+                r#"{"id":"c","object":"o","created":1.0e3,"model":"m","choices":[]}"#,
+            ),
+        ] {
+            let payload = Payload::Raw(raw_chunk(text).unwrap());
+            assert!(payload.has_usage_member());
+            let cut = payload.without_usage();
+            assert!(!cut.has_usage_member());
+            assert_eq!(cut.into_json_bytes(), expected.as_bytes());
+        }
+        let only = r#"{"usage":null}"#;
+        let raw = RawJson {
+            text: Bytes::from_static(only.as_bytes()),
+            usage: None,
+            usage_only: false,
+            usage_member: Some((1, 13)),
+        };
+        assert_eq!(&raw.without_usage().text[..], b"{}");
+        let tree = Payload::Value(json!({"b": 1, "usage": null, "a": 2})).without_usage();
+        assert_eq!(tree.into_json_bytes(), r#"{"b":1,"a":2}"#.as_bytes());
     }
 
     #[test]

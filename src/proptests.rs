@@ -162,6 +162,7 @@ fn call_of(request: &Map<String, Value>) -> UpstreamCall {
         model: "m".into(),
         params,
         headers: http::HeaderMap::new(),
+        gateway_usage: false,
     }
 }
 

@@ -168,16 +168,20 @@ where
     F: FnOnce(StreamSummary) + Send + 'static,
 {
     let limit = assemble.then_some(crate::config::DEFAULT_MAX_RESPONSE_BODY);
-    encode_sse_assembling(chunks, identity, limit, on_finish)
+    encode_sse_assembling(chunks, identity, limit, false, on_finish)
 }
 
 /// [`encode_sse`] that assembles the answer (when `assemble` is set) keeping at most
 /// that many bytes of it (`max_response_body_mb`): past it the assembled copy is cut
 /// and marked `"truncated": true`; the client's stream is not affected.
+///
+/// With `hide_usage` (the client did not ask for usage, the gateway did), usage-only
+/// chunks are assembled but not sent, and other chunks lose their `usage` member.
 pub fn encode_sse_assembling<F>(
     chunks: PayloadStream,
     identity: StreamIdentity,
     assemble: Option<usize>,
+    hide_usage: bool,
     on_finish: F,
 ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send
 where
@@ -187,6 +191,7 @@ where
     // and the encoder (with the closure and what it captured) is large.
     let encoder = Box::new(SseEncoder {
         identity,
+        hide_usage,
         last_raw: None,
         guard: FinishGuard {
             on_finish: Some(on_finish),
@@ -239,6 +244,8 @@ const COALESCE_IDLE_TURNS: u32 = 2;
 /// Writes a client stream's events and keeps what its end needs.
 struct SseEncoder<F: FnOnce(StreamSummary)> {
     identity: StreamIdentity,
+    /// Keep usage the client did not ask for out of its stream.
+    hide_usage: bool,
     /// The last chunk passed through as upstream text: its identity is read only if
     /// an error chunk needs it.
     last_raw: Option<Payload>,
@@ -255,6 +262,15 @@ impl<F: FnOnce(StreamSummary)> SseEncoder<F> {
                 if let Some(acc) = &mut self.guard.accumulator {
                     acc.add(&chunk.to_value());
                 }
+                // One field test per chunk when nothing is to be hidden.
+                let chunk = if self.hide_usage && chunk.has_usage_member() {
+                    if chunk.is_usage_only() {
+                        return false;
+                    }
+                    chunk.without_usage()
+                } else {
+                    chunk
+                };
                 write_event(&chunk, out);
                 match chunk {
                     Payload::Value(value) => {

@@ -1315,3 +1315,79 @@ async fn vertex_application_default_credentials() {
         .path
         .starts_with("/v1/projects/metadata-project/"));
 }
+
+/// A client that strips the thought signature from tool-call ids (LiteLLM does,
+/// for model names without "gemini") still gets it to Gemini on the next turn:
+/// the gateway kept it, keyed by the call (issue 19, point 11). An id the gateway
+/// never gave out gets Google's placeholder on a Gemini 3 model, as before.
+#[tokio::test]
+async fn thought_signatures_survive_clients_that_strip_them_from_ids() {
+    let (mock, gw) = studio("").await;
+    let tools = json!([
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}},
+        {"type": "function", "function": {"name": "get_time"}}
+    ]);
+    for streamed_first_turn in [true, false] {
+        let first = json!({"model": "tools", "tools": tools, "messages": [{"role": "user", "content": "Weather in Oslo?"}]});
+        let ids: Vec<String> = if streamed_first_turn {
+            let (status, chunks, _) = stream(&gw, first).await;
+            assert_eq!(status, StatusCode::OK);
+            assemble(&chunks, 0).2.into_iter().map(|c| c.1).collect()
+        } else {
+            let (status, body) = gw.chat_json(KEY, first).await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+            body["choices"][0]["message"]["tool_calls"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        assert!(ids[0].contains("__thought__"), "{ids:?}");
+        // What LiteLLM sends back: the ids cut at the separator.
+        let stripped: Vec<&str> = ids
+            .iter()
+            .map(|id| id.split("__thought__").next().unwrap())
+            .collect();
+        let second = json!({"model": "gemini-3-pro-preview", "tools": tools, "messages": [
+            {"role": "user", "content": "Weather in Oslo?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": stripped[0], "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\":\"Oslo\"}"}},
+                {"id": stripped[1], "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+            ]},
+            {"role": "tool", "tool_call_id": stripped[1], "content": "12:00"},
+            {"role": "tool", "tool_call_id": stripped[0], "content": "{\"temp_c\": 3}"}
+        ]});
+        let (status, body) = gw.chat_json(KEY, second).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let contents = mock.last().body["contents"].clone();
+        assert_eq!(
+            contents[1]["parts"],
+            json!([
+                {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}}, "thoughtSignature": "c2lnbmF0dXJlLTE="},
+                {"functionCall": {"name": "get_time", "args": {}}}
+            ]),
+            "streamed first turn: {streamed_first_turn}"
+        );
+        // The results still find their calls.
+        assert_eq!(
+            contents[2]["parts"][0]["functionResponse"]["name"],
+            "get_time"
+        );
+    }
+
+    // A call id the gateway never handed out: the documented placeholder.
+    let unknown = json!({"model": "gemini-3-pro-preview", "messages": [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_from_elsewhere_1", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+        ]},
+        {"role": "tool", "tool_call_id": "call_from_elsewhere_1", "content": "12:00"}
+    ]});
+    let (status, body) = gw.chat_json(KEY, unknown).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        mock.last().body["contents"][1]["parts"][0]["thoughtSignature"],
+        "skip_thought_signature_validator"
+    );
+}

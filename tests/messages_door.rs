@@ -374,9 +374,16 @@ async fn every_bad_input_is_a_4xx_in_anthropics_envelope() {
 async fn the_log_entry_and_metrics_know_the_door() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("requests.log");
+    // A second logger reads the door's answer shape through a transformer (the whole
+    // entry's `response` is the answer's text).
+    let shapes = dir.path().join("shapes.log");
     let extra = format!(
-        "[[loggers]]\nclass = \"lm_proxy.loggers.BaseLogger\"\nlog_writer = {{class = \"lm_proxy.loggers.JsonLogWriter\", file_name = {:?}}}\n",
-        log.to_str().unwrap()
+        "[[loggers]]\nclass = \"lm_proxy.loggers.BaseLogger\"\nlog_writer = {{class = \"lm_proxy.loggers.JsonLogWriter\", file_name = {:?}}}\n\
+         [[loggers]]\nclass = \"lm_proxy.loggers.BaseLogger\"\nlog_writer = {{class = \"lm_proxy.loggers.JsonLogWriter\", file_name = {:?}}}\n\
+         [loggers.entry_transformer]\nclass = \"lm_proxy.loggers.LogEntryTransformer\"\n\
+         connection = \"connection\"\nstream = \"request.stream\"\nshape = \"response.type\"\nfuture = \"response.zz_future_field\"\n",
+        log.to_str().unwrap(),
+        shapes.to_str().unwrap()
     );
     let (gw, _seen, _openai) = setup(&extra).await;
     let body =
@@ -419,15 +426,26 @@ async fn the_log_entry_and_metrics_know_the_door() {
     assert_eq!(endpoints.len(), 3);
     assert_eq!(endpoints.iter().filter(|e| **e == "messages").count(), 2);
     assert!(endpoints.contains(&"chat/completions"));
-    // The loggers get the answers in the door's shape, streams assembled.
+    // The whole entry's `response` is the answer's text (as on the chat door), streams
+    // assembled; the loggers get the answers in the door's shape (the transformer's
+    // paths), an upstream's unknown field included.
     let streamed = lines
         .iter()
         .find(|l| l["request"]["stream"] == true)
         .unwrap();
-    assert_eq!(streamed["response"]["type"], "message", "{streamed}");
-    assert_eq!(streamed["response"]["content"][0]["type"], "text");
+    assert_eq!(streamed["response"], "Hello world", "{streamed}");
     let native = lines.iter().find(|l| l["connection"] == "anth").unwrap();
-    assert_eq!(native["response"]["zz_future_field"]["a"], json!([]));
+    assert_eq!(native["response"], "Hi!", "{native}");
+    let shapes: Vec<Value> = std::fs::read_to_string(&shapes)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(shapes.len(), 3);
+    let streamed = shapes.iter().find(|l| l["stream"] == true).unwrap();
+    assert_eq!(streamed["shape"], "message", "{streamed}");
+    let native = shapes.iter().find(|l| l["connection"] == "anth").unwrap();
+    assert_eq!(native["future"]["a"], json!([]), "{native}");
 }
 
 #[tokio::test]

@@ -348,6 +348,8 @@ async fn complete_upstream_json_reaches_the_client_byte_for_byte() {
 
     let mut request = user("verbatim", "x");
     request["stream"] = json!(true);
+    // Asked for, so that the usage chunk reaches the client (as written).
+    request["stream_options"] = json!({"include_usage": true});
     let text = gw.chat("client-key", request).await.text().await.unwrap();
     let payloads = sse_payloads(&text);
     let upstream_payloads = sse_payloads(VERBATIM_STREAM);

@@ -226,3 +226,98 @@ X-Key = "{{api_key}}"
     assert_eq!(b.chat("bad-key", user("m", "x")).await.status(), 401);
     assert_eq!(calls.load(Ordering::SeqCst), 2, "rejections are shared too");
 }
+
+#[path = "google/mock.rs"]
+#[allow(dead_code)]
+mod google_mock;
+
+impl Redis {
+    /// Send one command (RESP array of bulk strings); the reply's first line.
+    fn command(&self, args: &[&str]) -> String {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let mut request = format!("*{}\r\n", args.len());
+        for arg in args {
+            request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
+        }
+        stream.write_all(request.as_bytes()).unwrap();
+        let mut reply = Vec::new();
+        let mut byte = [0u8; 1];
+        // `$-1` (none) or `$<n>` then the value: read two lines at most.
+        let mut lines = 0;
+        while lines < 2 {
+            stream.read_exact(&mut byte).unwrap();
+            reply.push(byte[0]);
+            if reply.ends_with(b"\r\n") {
+                lines += 1;
+                if reply.starts_with(b"$-1") || !reply.starts_with(b"$") {
+                    break;
+                }
+            }
+        }
+        let text = String::from_utf8(reply).unwrap();
+        text.lines().last().unwrap_or_default().to_owned()
+    }
+}
+
+/// Thought signatures handed out by one replica are found by every replica that
+/// shares the backend (issue 19, point 11): written under the call's id, read when
+/// a client sends the id back without its signature.
+#[tokio::test(flavor = "multi_thread")]
+async fn thought_signatures_are_shared_through_the_backend() {
+    let redis = Redis::start();
+    let mock = google_mock::GoogleMock::start().await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[connections.gemini]
+api_type = "google"
+api_base = "{base}"
+api_key = "{key}"
+thought_signature_backend = "{url}"
+[routing]
+"*" = "gemini.*"
+[groups.default]
+api_keys = ["k"]
+"#,
+        base = mock.base(),
+        key = google_mock::GOOD_KEY,
+        url = redis.url()
+    ))
+    .await;
+
+    // Another replica handed out this call: only the backend knows its signature.
+    redis.command(&[
+        "SET",
+        "lm-proxy:thought-signature:call_otherreplica_0_0",
+        "c2lnbmF0dXJlLTk=",
+    ]);
+    let body = serde_json::json!({"model": "gemini-3-pro-preview", "messages": [
+        {"role": "user", "content": "x"},
+        {"role": "assistant", "content": null, "tool_calls": [
+            {"id": "call_otherreplica_0_0", "type": "function", "function": {"name": "get_time", "arguments": "{}"}}
+        ]},
+        {"role": "tool", "tool_call_id": "call_otherreplica_0_0", "content": "12:00"}
+    ]});
+    let response = gw.chat("k", body).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        mock.last().body["contents"][1]["parts"][0]["thoughtSignature"],
+        "c2lnbmF0dXJlLTk="
+    );
+
+    // What this replica hands out reaches the backend.
+    let first = serde_json::json!({"model": "tools", "messages": [{"role": "user", "content": "Weather?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather"}}, {"type": "function", "function": {"name": "get_time"}}]});
+    assert_eq!(gw.chat("k", first).await.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let stored = redis.command(&["GET", "lm-proxy:thought-signature:call_resp-42_0_0"]);
+        if stored == "c2lnbmF0dXJlLTE=" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not stored: {stored}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

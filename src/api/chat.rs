@@ -43,7 +43,7 @@ pub async fn chat_completions(
     }
     let ending = Ending::new(&state, &ctx, upstream_time);
     match result {
-        Ok(Reply::Complete(answer)) => {
+        Ok((Reply::Complete(answer), _)) => {
             let answer = gateway.redactor.redact_payload(answer);
             ending.completed(&gateway, ctx, answer.usage(), || {
                 answer.to_value().into_owned()
@@ -57,7 +57,7 @@ pub async fn chat_completions(
             )
                 .into_response()
         }
-        Ok(Reply::Stream(chunks)) => {
+        Ok((Reply::Stream(chunks), hide_usage)) => {
             let identity = StreamIdentity {
                 id: completion_id(),
                 created: unix_now(),
@@ -69,7 +69,7 @@ pub async fn chat_completions(
                 .as_ref()
                 .map(|_| gateway.config.settings.max_response_body_bytes());
             let (chunks, finish) = ending.stream(&gateway, ctx, chunks);
-            let body = encode_sse_assembling(chunks, identity, assemble, finish);
+            let body = encode_sse_assembling(chunks, identity, assemble, hide_usage, finish);
             (core::sse_headers(), Body::from_stream(body)).into_response()
         }
         Err(error) => ending.failed(&gateway, ctx, error).into_response(),
@@ -78,21 +78,28 @@ pub async fn chat_completions(
 
 /// `upstream_time` is set to how long the provider call took, once it was made.
 /// `body` is taken when it is read; left there, the request was refused before.
+/// With the reply: whether the stream's usage is to be kept from the client (the
+/// gateway asked for it, the client did not).
 async fn handle(
     state: &AppState,
     gateway: &Gateway,
     ctx: &mut RequestContext,
     body: &mut Option<Body>,
     upstream_time: &mut Option<std::time::Duration>,
-) -> Result<Reply, ApiError> {
+) -> Result<(Reply, bool), ApiError> {
     let (bytes, held) = core::admit(state, gateway, ctx, body).await?;
     ctx.request = parse_request(&ctx.http_headers, &bytes)?;
     // The parsed request is what is kept from here on.
     drop((bytes, held));
     let connection = core::route(gateway, ctx)?;
     let keep_request = core::run_handlers(gateway, ctx).await?;
-    let call = core::upstream_call(ctx, keep_request)?;
-    core::call_provider(connection, call, upstream_time).await
+    // Streams bring usage to loggers and metrics whether or not the client asked
+    // for it; with neither, nobody needs it and nothing is asked for.
+    let want_usage = keep_request || state.metrics().is_some();
+    let call = core::upstream_call(ctx, keep_request, want_usage)?;
+    let hide_usage = call.is_stream() && !call.client_include_usage();
+    let reply = core::call_provider(connection, call, upstream_time).await?;
+    Ok((reply, hide_usage))
 }
 
 /// Check the body: JSON object with a string `model`, a list of message objects,

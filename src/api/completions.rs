@@ -61,7 +61,7 @@ pub async fn completions(
             // The chat door's assembler reads chat chunks; loggers of this door get
             // the stream's outcome without an assembled answer.
             let (chunks, finish) = ending.stream(&gateway, ctx, chunks);
-            let body = encode_sse_assembling(chunks, identity, None, finish);
+            let body = encode_sse_assembling(chunks, identity, None, false, finish);
             (core::sse_headers(), Body::from_stream(body)).into_response()
         }
         Err(error) => ending.failed(&gateway, ctx, error).into_response(),

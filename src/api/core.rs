@@ -181,13 +181,15 @@ pub fn llm_params(request: &mut Map<String, Value>, unseen: bool) -> Map<String,
     params
 }
 
-/// The upstream call from the context as handlers left it. Unless the request is
+/// The upstream call from the context as handlers left it; `want_usage`: the gateway
+/// needs the stream's usage (loggers or metrics) whether or not the client asked. Unless the request is
 /// still to be logged whole (`keep_request`: a JSON logger is configured), the
 /// messages and parameters are moved into the call instead of copied (a deep copy
 /// of the whole conversation): after this, only the model and `stream` are read.
 pub fn upstream_call(
     ctx: &mut RequestContext,
     keep_request: bool,
+    want_usage: bool,
 ) -> Result<UpstreamCall, ApiError> {
     let llm_params = if keep_request {
         ctx.llm_params.clone()
@@ -215,6 +217,9 @@ pub fn upstream_call(
         model: ctx.model.clone().unwrap_or_default(),
         params,
         headers,
+        // Streams bring usage to loggers and metrics whether or not the client asked;
+        // the door hides what the client did not ask for.
+        gateway_usage: want_usage,
     })
 }
 

@@ -117,6 +117,9 @@ pub struct EmbeddingConnection {
     pub name: String,
     pub chat: Option<Arc<dyn Provider>>,
     pub embedder: Arc<dyn Embedder>,
+    /// The most one embedding call may take (504 past it; the call is dropped,
+    /// which cancels an async callable).
+    pub timeout: std::time::Duration,
 }
 
 impl EmbeddingConnection {
@@ -154,7 +157,10 @@ impl Provider for EmbeddingConnection {
     }
 
     async fn embeddings(&self, call: DoorCall) -> Result<Embeddings, ApiError> {
-        let (vectors, prompt_tokens) = self.embedder.embed(&call).await?;
+        let (vectors, prompt_tokens) =
+            tokio::time::timeout(self.timeout, self.embedder.embed(&call))
+                .await
+                .map_err(|_| super::upstream_http::timeout_error(self.timeout))??;
         Ok(Embeddings::Vectors {
             vectors,
             prompt_tokens,

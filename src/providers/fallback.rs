@@ -224,6 +224,7 @@ mod tests {
             model: "asked".into(),
             params: Map::from_iter([("stream".to_owned(), json!(true))]),
             headers: http::HeaderMap::new(),
+            gateway_usage: false,
         }
     }
 

@@ -8,6 +8,7 @@
 //! `anthropic/`; `fanout` gives providers without a native `n` their choices).
 
 pub(crate) mod anthropic;
+mod deadline;
 pub mod doors;
 mod fallback;
 pub(crate) mod fanout;
@@ -50,6 +51,11 @@ pub struct UpstreamCall {
     pub params: Map<String, Value>,
     /// Extra HTTP headers for this call (from handlers' `llm_params.extra_headers`).
     pub headers: http::HeaderMap,
+    /// The gateway wants a stream's usage (for loggers and metrics) whether or not
+    /// the client asked for it: providers send the usage chunk as if asked
+    /// ([`UpstreamCall::include_usage`]), and the core keeps it from a client that
+    /// did not ask ([`UpstreamCall::client_include_usage`]).
+    pub gateway_usage: bool,
 }
 
 impl UpstreamCall {
@@ -77,7 +83,14 @@ impl UpstreamCall {
             .max(1)
     }
 
+    /// Whether the stream ends with a usage chunk: the client asked for it, or the
+    /// gateway wants it for its loggers and metrics.
     pub fn include_usage(&self) -> bool {
+        self.gateway_usage || self.client_include_usage()
+    }
+
+    /// Whether the client asked for usage (`stream_options.include_usage`).
+    pub fn client_include_usage(&self) -> bool {
         self.params
             .get("stream_options")
             .and_then(|o| o.get("include_usage"))
@@ -185,7 +198,15 @@ pub fn build_connections(
                         format!("'{}' cannot be used as a connection", ext.target),
                     ))
                 }
-                None => (resolver.connection(ext, config)?, None),
+                // A bare callable has no settings: the default deadlines keep it
+                // from holding a client forever.
+                None => (
+                    deadline::WithDeadlines::wrap(
+                        resolver.connection(ext, config)?,
+                        deadline::Deadlines::default(),
+                    ),
+                    None,
+                ),
             },
         };
         out.insert(
@@ -335,9 +356,19 @@ fn build_provider(
     };
     match settings.api_type {
         ApiType::OpenAi => {
-            reject_unknown_options(settings, &[], key, config)?;
+            reject_unknown_options(settings, &["stream_usage"], key, config)?;
+            let stream_usage = match settings.options.get("stream_usage") {
+                None => true,
+                Some(Value::Bool(on)) => *on,
+                Some(_) => return Err(err("stream_usage", "must be true or false".into())),
+            };
             let http = http_settings(settings, "https://api.openai.com/v1", key, config)?;
-            Ok(Arc::new(OpenAiProvider::new(name, http, client.clone())))
+            Ok(Arc::new(OpenAiProvider::new(
+                name,
+                http,
+                stream_usage,
+                client.clone(),
+            )))
         }
         ApiType::Mock => Ok(Arc::new(MockProvider::from_settings(
             settings, key, config,
@@ -353,10 +384,14 @@ fn build_provider(
                 })),
                 Some(_) => Err(err(name, "must be \"module.function\"".into())),
             };
+            let deadlines = function_deadlines(settings, key, config)?;
             let chat = target("inference_func")?;
             let embed = target("embed_func")?;
             let chat = match (chat, &embed) {
-                (Some(spec), _) => Some(resolver.connection(&spec, config)?),
+                (Some(spec), _) => Some(deadline::WithDeadlines::wrap(
+                    resolver.connection(&spec, config)?,
+                    deadlines,
+                )),
                 (None, Some(_)) => None,
                 (None, None) => {
                     return Err(err(
@@ -372,6 +407,9 @@ fn build_provider(
                     name: name.to_owned(),
                     chat,
                     embedder: resolver.embedder(&spec, config)?,
+                    // The whole call of an embedding callable, as `timeout` bounds a
+                    // whole HTTP answer.
+                    timeout: deadlines.first_byte,
                 })),
                 None => Ok(chat.expect("checked above")),
             }
@@ -388,6 +426,39 @@ fn build_provider(
             &google::Environment::process(),
         )?)),
     }
+}
+
+/// `timeout`, `first_byte_timeout` and `chunk_timeout` of a function connection,
+/// with the defaults and checks of HTTP connections.
+fn function_deadlines(
+    settings: &ProviderSettings,
+    key: &str,
+    config: &Config,
+) -> Result<deadline::Deadlines, ConfigError> {
+    let seconds = |name: &str, value: Option<f64>, default: f64| {
+        let secs = value.unwrap_or(default);
+        match Duration::try_from_secs_f64(secs) {
+            Ok(d) if secs > 0.0 => Ok(d),
+            _ => Err(ConfigError::new(
+                &config.path,
+                format!("{key}.{name}"),
+                "must be a number of seconds greater than 0",
+            )),
+        }
+    };
+    let timeout = seconds("timeout", settings.timeout, DEFAULT_TIMEOUT_SECS)?;
+    Ok(deadline::Deadlines {
+        first_byte: seconds(
+            "first_byte_timeout",
+            settings.first_byte_timeout,
+            timeout.as_secs_f64(),
+        )?,
+        chunk: seconds(
+            "chunk_timeout",
+            settings.chunk_timeout,
+            timeout.as_secs_f64(),
+        )?,
+    })
 }
 
 /// Reject provider-specific keys that this provider does not understand.

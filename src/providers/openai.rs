@@ -9,7 +9,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderValue, StatusCode};
 use serde_json::{Map, Value};
 
 use super::upstream_http::{check_status, data_ids, get_json, send, timeout_error};
@@ -38,11 +38,19 @@ pub struct OpenAiProvider {
     chunk_timeout: Duration,
     /// `max_response_body_mb` in bytes.
     max_response_body: usize,
+    /// `stream_usage`: ask the upstream for a stream's usage when the client did not
+    /// (off for servers that reject `stream_options`).
+    stream_usage: bool,
     client: UpstreamClient,
 }
 
 impl OpenAiProvider {
-    pub fn new(name: &str, settings: HttpSettings, client: UpstreamClient) -> Self {
+    pub fn new(
+        name: &str,
+        settings: HttpSettings,
+        stream_usage: bool,
+        client: UpstreamClient,
+    ) -> Self {
         let authorization = settings.api_key.as_deref().and_then(|key| {
             let mut value = HeaderValue::from_str(&format!("Bearer {key}")).ok()?;
             value.set_sensitive(true);
@@ -61,8 +69,15 @@ impl OpenAiProvider {
             first_byte_timeout: settings.first_byte_timeout,
             chunk_timeout: settings.chunk_timeout,
             max_response_body: settings.max_response_body,
+            stream_usage,
             client,
         }
+    }
+
+    /// Whether this streamed call gets `stream_options.include_usage` added: the
+    /// gateway wants usage, the client did not ask, and the connection allows it.
+    fn adds_usage(&self, call: &UpstreamCall) -> bool {
+        self.stream_usage && call.gateway_usage && !call.client_include_usage()
     }
 
     /// Send the chat request (the client's body with `model` replaced).
@@ -75,6 +90,7 @@ impl OpenAiProvider {
             model: &call.model,
             params: &call.params,
             stream,
+            add_usage: stream && self.adds_usage(call),
         };
         let bytes = serde_json::to_vec(&body).expect("JSON values always serialize");
         let mut headers = json_post_headers(&self.headers, &call.headers, stream);
@@ -160,7 +176,13 @@ impl Provider for OpenAiProvider {
 
     async fn stream_payload(&self, call: UpstreamCall) -> Result<PayloadStream, ApiError> {
         let response = send(self.post(&call, true), self.first_byte_timeout).await?;
-        let response = check_status(response, self.chunk_timeout).await?;
+        let response = match check_status(response, self.chunk_timeout).await {
+            Ok(response) => response,
+            Err(error) if self.adds_usage(&call) && refuses_stream_options(&error) => {
+                return Err(self.explain_stream_options(error))
+            }
+            Err(error) => return Err(error),
+        };
         let mut identity = ChunkDefaults {
             id: completion_id(),
             created: unix_now(),
@@ -202,6 +224,56 @@ impl Provider for OpenAiProvider {
     }
 }
 
+impl OpenAiProvider {
+    /// A 400 to a stream that the gateway added `stream_options` to: some
+    /// OpenAI-compatible servers reject the member, so say that it was added and how
+    /// to stop it, next to the upstream's own message.
+    fn explain_stream_options(&self, error: ApiError) -> ApiError {
+        tracing::warn!(
+            "connection '{}' refused a stream with 400; the gateway had added \
+             stream_options.include_usage to it: if this server rejects \
+             stream_options, set stream_usage = false for the connection",
+            self.name
+        );
+        match error {
+            ApiError::UpstreamRejected(mut body) => {
+                body.message = format!(
+                    "{} (lm-proxy added stream_options.include_usage to this streamed \
+                     request so that its usage is logged; if the upstream rejects \
+                     stream_options, set stream_usage = false on connection '{}')",
+                    body.message, self.name
+                );
+                ApiError::UpstreamRejected(body)
+            }
+            other => other,
+        }
+    }
+}
+
+/// A 400 whose message points at the member added (named, or an "extra" or
+/// unknown field as strict servers word it); other 400s (context length, a bad
+/// message) go to the client as they are.
+fn refuses_stream_options(error: &ApiError) -> bool {
+    if error.status() != StatusCode::BAD_REQUEST {
+        return false;
+    }
+    let ApiError::UpstreamRejected(body) = error else {
+        return false;
+    };
+    let message = body.message.to_ascii_lowercase();
+    [
+        "stream_options",
+        "include_usage",
+        "extra",
+        "unrecognized",
+        "not permitted",
+        "unknown field",
+        "unexpected",
+    ]
+    .iter()
+    .any(|word| message.contains(word))
+}
+
 /// Whether the answer declares this media type (parameters ignored). Answers without
 /// a content type are taken as what was asked for.
 fn declares(response: &UpstreamResponse, media_type: &str) -> bool {
@@ -218,6 +290,9 @@ struct UpstreamBody<'a> {
     model: &'a str,
     params: &'a Map<String, Value>,
     stream: bool,
+    /// Ask for the stream's usage: `stream_options.include_usage = true`, the
+    /// client's other stream options kept.
+    add_usage: bool,
 }
 
 impl serde::Serialize for UpstreamBody<'_> {
@@ -230,7 +305,19 @@ impl serde::Serialize for UpstreamBody<'_> {
             if key == "model" || (!self.stream && key == "stream_options") {
                 continue;
             }
+            if key == "stream_options" && self.add_usage {
+                let mut options = value.as_object().cloned().unwrap_or_default();
+                options.insert("include_usage".into(), Value::Bool(true));
+                map.serialize_entry(key, &options)?;
+                continue;
+            }
             map.serialize_entry(key, value)?;
+        }
+        if self.add_usage && !self.params.contains_key("stream_options") {
+            map.serialize_entry(
+                "stream_options",
+                &serde_json::json!({"include_usage": true}),
+            )?;
         }
         map.end()
     }

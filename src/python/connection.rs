@@ -104,6 +104,8 @@ impl RustConnection {
             model,
             params: all,
             headers,
+            // Python asked for what it wants; the gateway adds nothing.
+            gateway_usage: false,
         })
     }
 }

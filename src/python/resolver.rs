@@ -49,9 +49,34 @@ pub struct PyResolver {
     resolved: Mutex<HashMap<String, Shared>>,
     /// The Python `Config` the current gateway comes from (`env.config`).
     py_config: Mutex<Option<Shared>>,
+    /// Every object resolved for the gateways built so far, by config key, so that a
+    /// reload reuses each one whose configuration is unchanged instead of building
+    /// it again (components such as a database connector refuse a second
+    /// instance, and rebuilding would drop their state).
+    built: Mutex<Built>,
+}
+
+/// The objects resolved for the current and the build under way.
+#[derive(Default)]
+struct Built {
+    entries: HashMap<String, BuiltEntry>,
+    /// Counts gateway builds; entries not used by the last completed build are
+    /// dropped when the next one completes.
+    generation: u64,
+}
+
+struct BuiltEntry {
+    /// What it was built from: the spec (target, arguments, key), the folder that
+    /// dotted paths were imported from, and whether it had to be callable.
+    spec: ExtensionSpec,
+    base: std::path::PathBuf,
+    require_callable: bool,
+    resolved: Resolved,
+    generation: u64,
 }
 
 /// A resolved object and how to call it.
+#[derive(Clone)]
 struct Resolved {
     object: Shared,
     kind: Kind,
@@ -77,6 +102,7 @@ impl PyResolver {
             registry: Mutex::new(HashMap::new()),
             resolved: Mutex::new(HashMap::new()),
             py_config: Mutex::new(None),
+            built: Mutex::new(Built::default()),
         }))
     }
 
@@ -126,7 +152,45 @@ impl PyResolver {
         }
     }
 
+    /// The object a spec names: the one built for the same key from the same spec
+    /// by an earlier build (a reload of an unchanged entry), or a new one.
     fn resolve(
+        &self,
+        spec: &ExtensionSpec,
+        config: &Config,
+        require_callable: bool,
+    ) -> Result<Resolved, ConfigError> {
+        let base = config.path.parent().unwrap_or(Path::new("")).to_path_buf();
+        {
+            let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+            let generation = built.generation;
+            if let Some(entry) = built.entries.get_mut(&spec.key) {
+                if entry.spec == *spec
+                    && entry.base == base
+                    && entry.require_callable == require_callable
+                {
+                    entry.generation = generation;
+                    return Ok(entry.resolved.clone());
+                }
+            }
+        }
+        let resolved = self.resolve_new(spec, config, require_callable)?;
+        let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+        let generation = built.generation;
+        built.entries.insert(
+            spec.key.clone(),
+            BuiltEntry {
+                spec: spec.clone(),
+                base,
+                require_callable,
+                resolved: resolved.clone(),
+                generation,
+            },
+        );
+        Ok(resolved)
+    }
+
+    fn resolve_new(
         &self,
         spec: &ExtensionSpec,
         config: &Config,
@@ -308,6 +372,15 @@ impl ExtensionResolver for PyResolver {
     }
 
     fn gateway_built(&self, gateway: &Gateway) {
+        {
+            // What this build did not use (removed or changed entries) is let go.
+            let mut built = self.built.lock().unwrap_or_else(|e| e.into_inner());
+            let generation = built.generation;
+            built
+                .entries
+                .retain(|_, entry| entry.generation == generation);
+            built.generation += 1;
+        }
         let resolved = self
             .resolved
             .lock()

@@ -75,6 +75,13 @@ impl UpstreamClient {
             .pool_idle_timeout(IDLE_TIMEOUT)
             .pool_max_idle_per_host(MAX_IDLE_PER_ORIGIN)
             .user_agent(USER_AGENT)
+            // HTTP/1.1 header names in title case (`X-Custom-Header`, not the
+            // lowercase `http::HeaderName` keeps): the reference's clients (httpx) sent
+            // names as users wrote them, and some servers match names by case.
+            // Exact spellings cannot be kept here: `HeaderMap` stores names lowercase,
+            // hyper's map of original spellings is private, and reqwest builds its own
+            // hyper request without the caller's extensions. HTTP/2 is lowercase by spec.
+            .http1_title_case_headers()
             // Never follow redirects: reqwest would resend the provider key headers
             // (`x-api-key`, `x-goog-api-key`, static `http_headers`) and the prompt to
             // whatever host the `Location` names. A 3xx is an upstream error instead

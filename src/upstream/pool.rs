@@ -209,7 +209,11 @@ impl Pool {
         };
         // Small SSE writes must not wait on Nagle's algorithm.
         tcp.set_nodelay(true).map_err(UpstreamError::Connect)?;
-        let (sender, connection) = http1::handshake(TokioIo::new(tcp))
+        // Header names go out in title case (`X-Custom-Header`), as the reference's
+        // clients sent the names users write, not lowercased (see `UpstreamClient`).
+        let (sender, connection) = http1::Builder::new()
+            .title_case_headers(true)
+            .handshake(TokioIo::new(tcp))
             .await
             .map_err(UpstreamError::Request)?;
         Ok(Box::new(PooledConnection {

@@ -322,6 +322,9 @@ fn translated_call(ctx: &mut RequestContext, keep_request: bool) -> Result<Upstr
         model: ctx.model.clone().unwrap_or_default(),
         params,
         headers,
+        // The canonical request already asks for usage (`stream_options`): the
+        // Messages API's `message_delta` carries it, so nothing is hidden here.
+        gateway_usage: false,
     })
 }
 

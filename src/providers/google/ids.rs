@@ -20,7 +20,7 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine as _;
 use serde_json::Value;
 
-const SIGNATURE_SEPARATOR: &str = "__thought__";
+pub(super) const SIGNATURE_SEPARATOR: &str = "__thought__";
 const SIGNATURE_PLACEHOLDER: &str = "skip_thought_signature_validator";
 
 /// The stem shared by the ids of one answer: Gemini's `responseId` with anything
@@ -53,6 +53,15 @@ pub fn tool_call_id(stem: &str, candidate: u64, ordinal: usize, signature: Optio
         id.push_str(&encoded);
     }
     id
+}
+
+/// `id` with `signature` appended after the separator (`id` unchanged when the
+/// signature is not base64).
+pub fn with_signature(id: &str, signature: &str) -> String {
+    match encode_signature(signature) {
+        Some(encoded) => format!("{id}{SIGNATURE_SEPARATOR}{encoded}"),
+        None => id.to_owned(),
+    }
 }
 
 /// Gemini's signature (standard base64 bytes) as url-safe base64 without padding, so

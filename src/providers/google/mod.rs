@@ -19,6 +19,7 @@ pub(crate) mod request;
 mod response;
 mod schema;
 mod settings;
+mod signatures;
 mod stream;
 mod vertex_auth;
 
@@ -197,7 +198,10 @@ impl GoogleProvider {
     /// POST the translated request; on a Vertex 401 get a new token and retry once.
     /// Returns the 2xx response; anything else is mapped to an error.
     async fn post(&self, call: &UpstreamCall, stream: bool) -> Result<UpstreamResponse, ApiError> {
-        let body = request::build_request(call, &self.request_options)?;
+        // Signatures of calls whose ids came back without them (see `signatures`).
+        let restored = self.request_options.signatures.restore(call).await;
+        let body =
+            request::build_request(restored.as_ref().unwrap_or(call), &self.request_options)?;
         let url = self.url(&call.model, stream).await?;
         self.post_to(&url, &body, &call.headers, stream).await
     }
@@ -362,7 +366,10 @@ impl Provider for GoogleProvider {
                     self.name
                 ))
             })?;
-            response::to_completion(&value, &self.answer_context(&call), unix_now())
+            let completion =
+                response::to_completion(&value, &self.answer_context(&call), unix_now())?;
+            self.request_options.signatures.remember(&completion);
+            Ok(completion)
         };
         tokio::time::timeout(self.timeout, work)
             .await
@@ -421,6 +428,12 @@ impl Provider for GoogleProvider {
                         return Some((Err(error), st));
                     }
                 }
+            }
+        });
+        let signatures = self.request_options.signatures.clone();
+        let chunks = chunks.inspect(move |item| {
+            if let Ok(chunk) = item {
+                signatures.remember(chunk);
             }
         });
         Ok(Box::pin(chunks))

@@ -47,6 +47,8 @@ pub struct RequestOptions {
     /// default: Google reads them with the connection's credentials, so a client
     /// could have the model read any object the gateway's account can.
     pub allow_gcs_uris: bool,
+    /// Where thought signatures are kept for clients that strip them from ids.
+    pub signatures: super::signatures::SignatureStore,
 }
 
 /// Build the Gemini request body for a call.
@@ -891,6 +893,7 @@ mod tests {
             model: "gemini-2.5-flash".into(),
             params: params.as_object().unwrap().clone(),
             headers: http::HeaderMap::new(),
+            gateway_usage: false,
         }
     }
 

@@ -19,6 +19,7 @@ use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
 use super::request::RequestOptions;
+use super::signatures::SignatureStore;
 use super::vertex_auth::{find_adc, AdcSource, Credential, CredentialsFile, TokenSource};
 use super::{Auth, Endpoint, GoogleProvider, Project};
 use crate::config::{ApiType, Config, ConfigError, ProviderSettings};
@@ -32,6 +33,7 @@ const GOOGLE_OPTIONS: &[&str] = &[
     "google_gemini_safety_settings",
     "safety_settings",
     "allow_gcs_uris",
+    "thought_signature_backend",
 ];
 
 /// Keys `api_type = "google_vertex_ai"` accepts besides the common ones.
@@ -39,6 +41,7 @@ const VERTEX_OPTIONS: &[&str] = &[
     "google_gemini_safety_settings",
     "safety_settings",
     "allow_gcs_uris",
+    "thought_signature_backend",
     "google_vertex_project_id",
     "google_cloud_project_id",
     "google_vertex_location",
@@ -61,6 +64,9 @@ struct RawOptions {
     safety_settings: Option<Value>,
     #[serde(default, deserialize_with = "opt_bool")]
     allow_gcs_uris: Option<bool>,
+    /// `redis://...`: thought signatures shared by every replica.
+    #[serde(default)]
+    thought_signature_backend: Option<String>,
     #[serde(default)]
     google_vertex_project_id: Option<String>,
     #[serde(default)]
@@ -247,6 +253,13 @@ pub fn build(
     let request_options = RequestOptions {
         safety_settings: safety_settings(&raw, &errors)?,
         allow_gcs_uris: raw.allow_gcs_uris.unwrap_or(false),
+        signatures: SignatureStore::new(match text(&raw.thought_signature_backend) {
+            None => None,
+            Some(url) => Some(
+                crate::shared_state::RedisStore::new(url)
+                    .map_err(|problem| errors.at("thought_signature_backend", problem))?,
+            ),
+        }),
     };
 
     if !vertex {
