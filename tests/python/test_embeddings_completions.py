@@ -317,3 +317,48 @@ def test_python_embed_func_sync_and_async(serve_config: Any, tmp_path: Path) -> 
     with pytest.raises(openai.APIStatusError) as wrong:
         client.embeddings.create(model="wrong", input="x")
     assert wrong.value.status_code == 502
+
+
+def test_a_local_model_serves_embeddings_through_the_gateway(
+    serve_config: Any, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The real path of issue 21 point 6: examples/local_model.embed (mean pooling of
+    # the last hidden states) on real torch and transformers, with the tiny model that
+    # test_local_model writes itself (no download), through the gateway and the SDK.
+    import asyncio
+
+    import test_local_model
+    from lm_proxy import Config
+
+    model_dir = test_local_model.build_model(tmp_path_factory.mktemp("tiny-encoder"))
+    monkeypatch.setenv("LOCAL_EMBEDDING_MODEL", str(model_dir))
+    monkeypatch.setenv("LOCAL_MODEL_DEVICE", "cpu")
+    folder = tmp_path_factory.mktemp("local-embed")
+    (folder / "config.toml").write_text(
+        f"""
+host = "127.0.0.1"
+port = 0
+[connections.local]
+api_type = "function"
+embed_func = "local_model.embed"
+[routing]
+"*" = "local.*"
+[groups.default]
+api_keys = [{json.dumps(CLIENT_KEY)}]
+"""
+    )
+    config = Config.load(folder / "config.toml")
+    client = client_for(serve_config(config).url)
+    texts = ["tell me about the model", "one two", "red green blue fast slow big small"]
+    direct, tokens = asyncio.run(test_local_model.local_model.embed(texts, str(model_dir)))
+    floats = client.embeddings.create(model="local-encoder", input=texts, encoding_format="float")
+    assert len(floats.data) == 3
+    assert len(floats.data[0].embedding) == 32, "the tiny model's hidden size"
+    for got, expected in zip(floats.data, direct, strict=True):
+        assert got.embedding == pytest.approx(expected, abs=1e-5)
+    assert floats.usage.prompt_tokens == tokens == sum(len(t.split()) for t in texts)
+    decoded = client.embeddings.create(model="local-encoder", input=texts[0])
+    assert decoded.data[0].embedding == pytest.approx(direct[0], abs=1e-5)
+    short = client.embeddings.create(model="local-encoder", input=texts[1], dimensions=8)
+    assert len(short.data[0].embedding) == 8
+    assert sum(x * x for x in short.data[0].embedding) == pytest.approx(1.0, abs=1e-4)
