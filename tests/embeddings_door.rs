@@ -304,3 +304,30 @@ async fn the_log_entry_and_metrics_know_the_door() {
         assert_eq!(line["request"]["input"].as_str().is_some(), true, "{line}");
     }
 }
+
+#[tokio::test]
+async fn handlers_apply_and_an_unchanged_request_still_goes_byte_for_byte() {
+    // A rate limit of two requests and a header forwarder: both doors' `before`
+    // handlers run; the forwarder changes no field, so the bytes still pass as written.
+    let extra = "[[before]]\nclass = \"lm_proxy.handlers.RateLimiter\"\nmax_requests = 2\nwindow_seconds = 60\nper = \"api_key\"\n[[before]]\nclass = \"lm_proxy.handlers.HTTPHeadersForwarder\"\nwhite_list_headers = [\"x-trace\"]\n";
+    let (gw, seen) = setup(extra).await;
+    let body = "{\"model\":\"text-embedding-3-small\",  \"input\":\"x\"}";
+    let send = || {
+        gw.client
+            .post(gw.url("/v1/embeddings"))
+            .bearer_auth("k1")
+            .header("content-type", "application/json")
+            .header("x-trace", "t-1")
+            .body(body)
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 200);
+    let (_, headers, sent) = seen.last();
+    assert_eq!(std::str::from_utf8(&sent).unwrap(), body);
+    assert_eq!(headers["x-trace"], "t-1");
+    let (status, _) = post(&gw, "k1", r#"{"model":"mock","input":"x"}"#).await;
+    assert_eq!(status, 200);
+    let third = send().await.unwrap();
+    assert_eq!(third.status(), 429);
+}

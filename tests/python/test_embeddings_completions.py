@@ -70,7 +70,12 @@ class Upstream:
                     "created": 1,
                     "model": body["model"],
                     "choices": [
-                        {"index": 0, "text": COMPLETION_TEXT, "logprobs": None, "finish_reason": "stop"}
+                        {
+                            "index": 0,
+                            "text": COMPLETION_TEXT,
+                            "logprobs": None,
+                            "finish_reason": "stop",
+                        }
                     ],
                 }
                 if not body.get("stream"):
@@ -172,12 +177,16 @@ def test_mock_embeddings_float_base64_and_dimensions(client: openai.OpenAI) -> N
     decoded = client.embeddings.create(model="mock-embed", input=["hello world", "other"])
     for a, b in zip(decoded.data, floats.data, strict=True):
         assert a.embedding == pytest.approx(b.embedding, abs=1e-6)
-    explicit = client.embeddings.create(model="mock-embed", input="hello world", encoding_format="base64")
+    explicit = client.embeddings.create(
+        model="mock-embed", input="hello world", encoding_format="base64"
+    )
     raw = base64.b64decode(str(explicit.data[0].embedding))
     assert list(struct.unpack("<16f", raw)) == pytest.approx(floats.data[0].embedding, abs=1e-6)
     short = client.embeddings.create(model="mock-embed", input="hello world", dimensions=8)
     assert len(short.data[0].embedding) == 8
-    tokens = client.embeddings.create(model="mock-embed", input=[[1, 2, 3]], encoding_format="float")
+    tokens = client.embeddings.create(
+        model="mock-embed", input=[[1, 2, 3]], encoding_format="float"
+    )
     assert len(tokens.data[0].embedding) == 16
 
 
@@ -239,7 +248,7 @@ def test_a_connection_that_cannot_serve_the_door_is_a_400_naming_it(client: open
 # A Python connection's embed_func (the package)
 # --------------------------------------------------------------------------------------
 
-EMBEDDERS = '''
+EMBEDDERS = """
 import asyncio
 
 def sync_embed(texts):
@@ -257,7 +266,7 @@ def broken(texts):
 
 def wrong(texts):
     return ["not", "vectors"]
-'''
+"""
 
 
 def serve_embedders(serve_config: Any, folder: Path) -> openai.OpenAI:
@@ -302,10 +311,14 @@ def test_python_embed_func_sync_and_async(serve_config: Any, tmp_path: Path) -> 
     decoded = client.embeddings.create(model="async-e", input="abcd")
     assert decoded.data[0].embedding == [0.0, 2.0, 4.0]
     assert decoded.usage.prompt_tokens == 11
-    cut = client.embeddings.create(model="async-e", input="abcd", dimensions=2, encoding_format="float")
+    cut = client.embeddings.create(
+        model="async-e", input="abcd", dimensions=2, encoding_format="float"
+    )
     assert cut.data[0].embedding == pytest.approx([0.0, 1.0]), "cut to 2 and scaled to unit length"
     # The same connection still answers chat; an embeddings-only one says so.
-    chat = client.chat.completions.create(model="sync-c", messages=[{"role": "user", "content": "x"}])
+    chat = client.chat.completions.create(
+        model="sync-c", messages=[{"role": "user", "content": "x"}]
+    )
     assert chat.choices[0].message.content == "chat still works"
     with pytest.raises(openai.BadRequestError, match="embeddings only"):
         client.chat.completions.create(model="async-c", messages=[{"role": "user", "content": "x"}])
