@@ -77,24 +77,42 @@ async fn streams_are_forwarded_as_written() {
 #[tokio::test]
 async fn a_stream_that_fails_midway_ends_with_an_error_event_and_done() {
     let (gw, _seen) = setup("").await;
-    let (status, _, text) = post(&gw, "k1", r#"{"model":"midfail","prompt":"a","stream":true}"#).await;
+    let (status, _, text) = post(
+        &gw,
+        "k1",
+        r#"{"model":"midfail","prompt":"a","stream":true}"#,
+    )
+    .await;
     assert_eq!(status, 200);
     let events = sse_payloads(&text);
     assert_eq!(events[0], upstream::COMPLETION_EVENTS[0]);
     let error: Value = serde_json::from_str(&events[1]).unwrap();
-    assert!(error["error"]["message"].as_str().unwrap().contains("overloaded"), "{error}");
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("overloaded"),
+        "{error}"
+    );
     assert_eq!(events.last().unwrap(), "[DONE]");
 }
 
 #[tokio::test]
 async fn the_mock_completes_streamed_and_not() {
     let (gw, _seen) = setup("").await;
-    let (status, answer) = post_json(&gw, json!({"model": "mock", "prompt": "hello there", "max_tokens": 2})).await;
+    let (status, answer) = post_json(
+        &gw,
+        json!({"model": "mock", "prompt": "hello there", "max_tokens": 2}),
+    )
+    .await;
     assert_eq!(status, 200, "{answer}");
     assert_eq!(answer["object"], "text_completion");
     assert_eq!(answer["choices"][0]["text"], "You said: ");
     assert_eq!(answer["choices"][0]["finish_reason"], "length");
-    assert_eq!(answer["usage"], json!({"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4}));
+    assert_eq!(
+        answer["usage"],
+        json!({"prompt_tokens": 2, "completion_tokens": 2, "total_tokens": 4})
+    );
 
     let (status, _, text) = post(
         &gw,
@@ -126,7 +144,11 @@ async fn the_mock_completes_streamed_and_not() {
 #[tokio::test]
 async fn other_kinds_answer_400_naming_the_connection() {
     let (gw, seen) = setup("").await;
-    for (model, connection) in [("claude-x", "'anth'"), ("gemini-2.5-flash", "'gemini'"), ("vertex-x", "'vertex'")] {
+    for (model, connection) in [
+        ("claude-x", "'anth'"),
+        ("gemini-2.5-flash", "'gemini'"),
+        ("vertex-x", "'vertex'"),
+    ] {
         let (status, answer) = post_json(&gw, json!({"model": model, "prompt": "hi"})).await;
         assert_eq!(status, 400, "{answer}");
         assert_eq!(answer["error"]["type"], "invalid_request_error");
@@ -144,7 +166,10 @@ async fn bad_inputs_are_4xx_in_openai_envelope() {
         ("{\"model\":\"m\",\"prompt\":{}}", Some("prompt")),
         ("{\"model\":\"m\",\"prompt\":[\"a\",1]}", Some("prompt")),
         ("{\"prompt\":\"x\"}", Some("model")),
-        ("{\"model\":\"m\",\"prompt\":\"x\",\"stream\":1}", Some("stream")),
+        (
+            "{\"model\":\"m\",\"prompt\":\"x\",\"stream\":1}",
+            Some("stream"),
+        ),
         ("{\"model\":", None),
         ("\"x\"", None),
     ] {
@@ -180,7 +205,12 @@ async fn the_log_entry_and_metrics_know_the_door() {
     let (gw, _seen) = setup(&extra).await;
     let (status, _) = post_json(&gw, json!({"model": "mock", "prompt": "one two"})).await;
     assert_eq!(status, 200);
-    let (status, _, _) = post(&gw, "k1", r#"{"model":"gpt-3.5-turbo-instruct","prompt":"x","stream":true}"#).await;
+    let (status, _, _) = post(
+        &gw,
+        "k1",
+        r#"{"model":"gpt-3.5-turbo-instruct","prompt":"x","stream":true}"#,
+    )
+    .await;
     assert_eq!(status, 200);
     let metrics = gw
         .client

@@ -131,17 +131,31 @@ async fn gemini_batch_embed_contents_is_translated() {
     assert_eq!(answer["data"][1]["index"], 1);
     assert_eq!(answer["data"][1]["object"], "embedding");
     assert_eq!(answer["data"][1]["embedding"], json!([1.0, 0.5, -0.25]));
-    assert_eq!(answer["usage"], json!({"prompt_tokens": 0, "total_tokens": 0}));
+    assert_eq!(
+        answer["usage"],
+        json!({"prompt_tokens": 0, "total_tokens": 0})
+    );
 
     // base64 is encoded by the gateway.
-    let (_, answer) = post_json(&gw, json!({"model": "gemini-embedding-001", "input": "a", "encoding_format": "base64"})).await;
+    let (_, answer) = post_json(
+        &gw,
+        json!({"model": "gemini-embedding-001", "input": "a", "encoding_format": "base64"}),
+    )
+    .await;
     assert_eq!(decode(&answer["data"][0]["embedding"]), [0.0, 0.5, -0.25]);
 
     // Token ids cannot go to Google.
-    let (status, answer) = post_json(&gw, json!({"model": "gemini-embedding-001", "input": [1, 2]})).await;
+    let (status, answer) = post_json(
+        &gw,
+        json!({"model": "gemini-embedding-001", "input": [1, 2]}),
+    )
+    .await;
     assert_eq!(status, 400, "{answer}");
     assert_eq!(answer["error"]["param"], "input");
-    assert!(answer["error"]["message"].as_str().unwrap().contains("'gemini'"));
+    assert!(answer["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("'gemini'"));
 }
 
 #[tokio::test]
@@ -165,7 +179,10 @@ async fn vertex_predict_is_translated_with_usage() {
         json!({"instances": [{"content": "a"}, {"content": "b"}], "parameters": {"outputDimensionality": 2}})
     );
     assert_eq!(answer["data"][1]["embedding"], json!([1.0, 1.0]));
-    assert_eq!(answer["usage"], json!({"prompt_tokens": 6, "total_tokens": 6}));
+    assert_eq!(
+        answer["usage"],
+        json!({"prompt_tokens": 6, "total_tokens": 6})
+    );
 }
 
 #[tokio::test]
@@ -188,13 +205,23 @@ async fn the_mock_gives_stable_vectors_of_the_asked_length() {
     assert_eq!(first["usage"]["prompt_tokens"], 6);
     // Token ids embed as their ids written out with spaces.
     let (_, tokens) = post_json(&gw, json!({"model": "mock", "input": [[1, 2, 3]]})).await;
-    assert_eq!(tokens["data"][0]["embedding"], first["data"][2]["embedding"]);
+    assert_eq!(
+        tokens["data"][0]["embedding"],
+        first["data"][2]["embedding"]
+    );
     assert_eq!(tokens["usage"]["prompt_tokens"], 3);
     // Pinned: the same numbers in every run (the mock's unit test pins one too).
-    let (_, short) = post_json(&gw, json!({"model": "mock", "input": "hello", "dimensions": 4})).await;
+    let (_, short) = post_json(
+        &gw,
+        json!({"model": "mock", "input": "hello", "dimensions": 4}),
+    )
+    .await;
     let short = short["data"][0]["embedding"].as_array().unwrap().clone();
     assert_eq!(short.len(), 4);
-    assert!((short[0].as_f64().unwrap() - 0.746_528).abs() < 1e-5, "{short:?}");
+    assert!(
+        (short[0].as_f64().unwrap() - 0.746_528).abs() < 1e-5,
+        "{short:?}"
+    );
     let (_, b64) = post_json(
         &gw,
         json!({"model": "mock", "input": "hello", "dimensions": 4, "encoding_format": "base64"}),
@@ -213,7 +240,10 @@ async fn a_connection_that_cannot_embed_answers_400_naming_it() {
     assert_eq!(status, 400, "{answer}");
     assert_eq!(answer["error"]["type"], "invalid_request_error");
     assert!(
-        answer["error"]["message"].as_str().unwrap().contains("'anth'"),
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("'anth'"),
         "{answer}"
     );
     assert_eq!(seen.count(), 0);
@@ -228,9 +258,18 @@ async fn bad_inputs_are_4xx_in_openai_envelope() {
         ("{\"model\":\"m\",\"input\":[]}", Some("input")),
         ("{\"model\":\"m\",\"input\":[\"a\",[1]]}", Some("input")),
         ("{\"model\":\"m\",\"input\":{}}", Some("input")),
-        ("{\"model\":\"m\",\"input\":\"x\",\"encoding_format\":\"int8\"}", Some("encoding_format")),
-        ("{\"model\":\"m\",\"input\":\"x\",\"dimensions\":-3}", Some("dimensions")),
-        ("{\"model\":\"m\",\"input\":\"x\",\"user\":[]}", Some("user")),
+        (
+            "{\"model\":\"m\",\"input\":\"x\",\"encoding_format\":\"int8\"}",
+            Some("encoding_format"),
+        ),
+        (
+            "{\"model\":\"m\",\"input\":\"x\",\"dimensions\":-3}",
+            Some("dimensions"),
+        ),
+        (
+            "{\"model\":\"m\",\"input\":\"x\",\"user\":[]}",
+            Some("user"),
+        ),
         ("{\"input\":\"x\"}", Some("model")),
         ("{\"model\":\"m\",", None),
         ("[1]", None),
@@ -258,7 +297,10 @@ async fn bad_inputs_are_4xx_in_openai_envelope() {
     let (status, _) = post(&gw, "k1", &big).await;
     assert_eq!(status, 413);
     let upstream_calls = seen.count();
-    assert_eq!(upstream_calls, 2, "only the two upstream-error cases went up");
+    assert_eq!(
+        upstream_calls, 2,
+        "only the two upstream-error cases went up"
+    );
 }
 
 #[tokio::test]
@@ -272,7 +314,11 @@ async fn the_log_entry_and_metrics_know_the_door() {
     let (gw, _seen) = setup(&extra).await;
     let (status, _) = post_json(&gw, json!({"model": "mock", "input": "one two"})).await;
     assert_eq!(status, 200);
-    let (status, _) = post_json(&gw, json!({"model": "text-embedding-3-small", "input": "x"})).await;
+    let (status, _) = post_json(
+        &gw,
+        json!({"model": "text-embedding-3-small", "input": "x"}),
+    )
+    .await;
     assert_eq!(status, 200);
     let metrics = gw
         .client
@@ -301,7 +347,7 @@ async fn the_log_entry_and_metrics_know_the_door() {
         assert_eq!(line["endpoint"], "embeddings", "{line}");
         // The reference's BaseLogger logs an answer's text; embeddings have none.
         assert_eq!(line["response"], "", "{line}");
-        assert_eq!(line["request"]["input"].as_str().is_some(), true, "{line}");
+        assert!(line["request"]["input"].as_str().is_some(), "{line}");
     }
 }
 

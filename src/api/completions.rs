@@ -125,7 +125,12 @@ pub fn validate(request: &Map<String, Value>) -> Result<(), ApiError> {
         ));
     }
     for (name, ok) in [
-        ("stream", request.get("stream").is_none_or(|v| v.is_boolean() || v.is_null())),
+        (
+            "stream",
+            request
+                .get("stream")
+                .is_none_or(|v| v.is_boolean() || v.is_null()),
+        ),
         (
             "stream_options",
             request
@@ -170,8 +175,14 @@ mod tests {
             (json!({"model": "m"}), "prompt"),
             (json!({"model": "m", "prompt": 5}), "prompt"),
             (json!({"model": "m", "prompt": ["a", 1]}), "prompt"),
-            (json!({"model": "m", "prompt": "x", "stream": "yes"}), "stream"),
-            (json!({"model": "m", "prompt": "x", "max_tokens": -1}), "max_tokens"),
+            (
+                json!({"model": "m", "prompt": "x", "stream": "yes"}),
+                "stream",
+            ),
+            (
+                json!({"model": "m", "prompt": "x", "max_tokens": -1}),
+                "max_tokens",
+            ),
         ] {
             let err = validate(bad.as_object().unwrap()).expect_err(&bad.to_string());
             assert_eq!(err.status(), 400, "{bad}");

@@ -182,7 +182,12 @@ pub(crate) fn door_call(
 pub fn validate(request: &Map<String, Value>) -> Result<(), ApiError> {
     match request.get("model") {
         Some(Value::String(m)) if !m.is_empty() => {}
-        Some(_) => return Err(ApiError::invalid_param("model", "`model` must be a non-empty string.")),
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "model",
+                "`model` must be a non-empty string.",
+            ))
+        }
         None => return Err(ApiError::invalid_param("model", "`model` is required.")),
     }
     inputs(request.get("input"))?;
@@ -236,17 +241,16 @@ pub fn inputs(input: Option<&Value>) -> Result<Vec<EmbeddingInput>, ApiError> {
             .collect::<Result<Vec<_>, _>>()
             .map(EmbeddingInput::Tokens)
     };
-    let items = match input {
-        None | Some(Value::Null) => return Err(bad("`input` is required.")),
-        Some(Value::String(s)) => return Ok(vec![text(s)?]),
-        Some(Value::Array(items)) => items,
-        Some(_) => {
-            return Err(bad(
+    let items =
+        match input {
+            None | Some(Value::Null) => return Err(bad("`input` is required.")),
+            Some(Value::String(s)) => return Ok(vec![text(s)?]),
+            Some(Value::Array(items)) => items,
+            Some(_) => return Err(bad(
                 "`input` must be a string, a list of strings, a list of token ids or a list of \
                  lists of token ids.",
-            ))
-        }
-    };
+            )),
+        };
     if items.is_empty() {
         return Err(bad("`input` may not be an empty list."));
     }
@@ -379,9 +383,18 @@ mod tests {
             (json!({"model": "m", "input": [-1]}), "input"),
             (json!({"model": "m", "input": [1.5]}), "input"),
             (json!({"model": "m", "input": {"a": 1}}), "input"),
-            (json!({"model": "m", "input": "x", "encoding_format": "int8"}), "encoding_format"),
-            (json!({"model": "m", "input": "x", "dimensions": 0}), "dimensions"),
-            (json!({"model": "m", "input": "x", "dimensions": "8"}), "dimensions"),
+            (
+                json!({"model": "m", "input": "x", "encoding_format": "int8"}),
+                "encoding_format",
+            ),
+            (
+                json!({"model": "m", "input": "x", "dimensions": 0}),
+                "dimensions",
+            ),
+            (
+                json!({"model": "m", "input": "x", "dimensions": "8"}),
+                "dimensions",
+            ),
             (json!({"model": "m", "input": "x", "user": 5}), "user"),
         ] {
             let err = check(bad.clone()).expect_err(&bad.to_string());
@@ -398,7 +411,10 @@ mod tests {
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(encoded)
             .unwrap();
-        assert_eq!(bytes, [1.0f32.to_le_bytes(), (-2.5f32).to_le_bytes()].concat());
+        assert_eq!(
+            bytes,
+            [1.0f32.to_le_bytes(), (-2.5f32).to_le_bytes()].concat()
+        );
     }
 
     #[test]
@@ -414,8 +430,14 @@ mod tests {
     fn floats_from_an_upstream_are_encoded_when_base64_was_asked() {
         let floats = Payload::Value(json!({"data": [{"embedding": [1.0, -2.5]}]}));
         let out = encode_floats(floats).into_value();
-        assert_eq!(out["data"][0]["embedding"], encode_vector([1.0f32, -2.5].into_iter()));
+        assert_eq!(
+            out["data"][0]["embedding"],
+            encode_vector([1.0f32, -2.5].into_iter())
+        );
         let already = Payload::Value(json!({"data": [{"embedding": "AACAPw=="}]}));
-        assert_eq!(encode_floats(already).into_value()["data"][0]["embedding"], "AACAPw==");
+        assert_eq!(
+            encode_floats(already).into_value()["data"][0]["embedding"],
+            "AACAPw=="
+        );
     }
 }

@@ -61,10 +61,7 @@ impl EmbeddingInput {
         match self {
             EmbeddingInput::Text(text) => std::borrow::Cow::Borrowed(text),
             EmbeddingInput::Tokens(ids) => std::borrow::Cow::Owned(
-                ids.iter()
-                    .map(u64::to_string)
-                    .collect::<Vec<_>>()
-                    .join(" "),
+                ids.iter().map(u64::to_string).collect::<Vec<_>>().join(" "),
             ),
         }
     }

@@ -18,9 +18,9 @@ use serde_json::{json, Value};
 
 use super::doors::{DoorCall, EmbeddingInput, Embeddings, TextCompletion};
 use super::{Provider, UpstreamCall};
-use crate::payload::Payload;
 use crate::config::{Config, ConfigError, ProviderSettings};
 use crate::error::ApiError;
+use crate::payload::Payload;
 use crate::streaming::{completion_id, unix_now, ChunkStream};
 
 /// Largest `n` the mock answers (a guard against absurd requests).
@@ -398,7 +398,12 @@ fn text_completion(
     call: DoorCall,
 ) -> Result<TextCompletion, ApiError> {
     let prompts = prompts(call.params.get("prompt"));
-    let n = call.params.get("n").and_then(Value::as_u64).unwrap_or(1).max(1);
+    let n = call
+        .params
+        .get("n")
+        .and_then(Value::as_u64)
+        .unwrap_or(1)
+        .max(1);
     if n.saturating_mul(prompts.len() as u64) > MAX_CHOICES {
         return Err(ApiError::invalid_param(
             "n",
@@ -443,9 +448,7 @@ fn text_completion(
         json!({"id": id, "object": "text_completion", "created": created, "model": model,
                "choices": choices, "usage": usage})
     };
-    let choice = |index: usize, text: &str, finish: Value| {
-        json!({"index": index, "text": text, "logprobs": null, "finish_reason": finish})
-    };
+    let choice = |index: usize, text: &str, finish: Value| json!({"index": index, "text": text, "logprobs": null, "finish_reason": finish});
     if !call.stream {
         let all = choices
             .iter()
@@ -467,11 +470,17 @@ fn text_completion(
     let mut planned = Vec::new();
     for (i, (pieces, _)) in choices.iter().enumerate() {
         for piece in pieces {
-            planned.push((object(json!([choice(i, piece, Value::Null)]), Value::Null), true));
+            planned.push((
+                object(json!([choice(i, piece, Value::Null)]), Value::Null),
+                true,
+            ));
         }
     }
     for (i, (_, finish)) in choices.iter().enumerate() {
-        planned.push((object(json!([choice(i, "", json!(finish))]), Value::Null), false));
+        planned.push((
+            object(json!([choice(i, "", json!(finish))]), Value::Null),
+            false,
+        ));
     }
     if include_usage {
         planned.push((object(json!([]), usage), false));
@@ -499,7 +508,10 @@ mod tests {
         let norm: f32 = a.iter().map(|x| x * x).sum();
         assert!((norm - 1.0).abs() < 1e-5, "{norm}");
         // Pinned: the same numbers in every run and on every machine.
-        assert_eq!(format!("{:.6}", mock_vector("hello", 4)[0]), format!("{:.6}", PINNED));
+        assert_eq!(
+            format!("{:.6}", mock_vector("hello", 4)[0]),
+            format!("{:.6}", PINNED)
+        );
     }
 
     const PINNED: f32 = 0.746_528;

@@ -121,7 +121,10 @@ impl Provider for OpenAiProvider {
         self.complete_payload(call).await.map(Payload::into_value)
     }
 
-    async fn embeddings(&self, call: super::doors::DoorCall) -> Result<super::doors::Embeddings, ApiError> {
+    async fn embeddings(
+        &self,
+        call: super::doors::DoorCall,
+    ) -> Result<super::doors::Embeddings, ApiError> {
         self.door_embeddings(call).await
     }
 

@@ -17,7 +17,7 @@ use pyo3::types::{PyList, PyTuple};
 use super::call::{Callable, Scope};
 use super::errors::{api_error, bridge_failure, Role};
 use crate::error::ApiError;
-use crate::providers::doors::{DoorCall, EmbeddingInput, Embedder};
+use crate::providers::doors::{DoorCall, Embedder, EmbeddingInput};
 
 pub struct PyEmbedder {
     pub scope: Arc<Scope>,

@@ -86,7 +86,9 @@ async fn handle(State(seen): State<Seen>, uri: Uri, headers: HeaderMap, body: By
         let mut text = String::new();
         if model == "midfail" {
             text.push_str(&format!("data: {}\n\n", COMPLETION_EVENTS[0]));
-            text.push_str("data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n");
+            text.push_str(
+                "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n",
+            );
         } else {
             for data in COMPLETION_EVENTS {
                 text.push_str(&format!("data: {data}\n\n"));
