@@ -377,3 +377,22 @@ async fn handlers_apply_and_an_unchanged_request_still_goes_byte_for_byte() {
     let third = send().await.unwrap();
     assert_eq!(third.status(), 429);
 }
+
+#[tokio::test]
+async fn a_fallback_embeds_with_its_first_member_that_can() {
+    let (base, seen) = upstream::start().await;
+    let config = upstream::config(&base, "")
+        .replace(
+            "[routing]",
+            "[connections.chain]\nclass = \"lm_proxy.strategies.Fallback\"\nconnections = [\"anth\", \"oai.text-embedding-3-large\"]\n[routing]\n\"chained\" = \"chain\"",
+        );
+    let gw = TestGateway::start(&config).await;
+    let (status, text) = post(&gw, "k1", "{\"model\":\"chained\", \"input\":\"x\"}").await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(text, upstream::EMBEDDINGS_ANSWER);
+    let (_, _, sent) = seen.last();
+    assert_eq!(
+        std::str::from_utf8(&sent).unwrap(),
+        "{\"model\":\"text-embedding-3-large\", \"input\":\"x\"}"
+    );
+}

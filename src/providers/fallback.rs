@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use futures_util::StreamExt;
 use serde_json::{Map, Value};
 
+use super::doors::{DoorCall, Embeddings, TextCompletion};
 use super::{Provider, UpstreamCall};
 use crate::error::ApiError;
 use crate::payload::{into_chunk_stream, Payload, PayloadStream};
@@ -53,6 +54,34 @@ impl Fallback {
         call
     }
 
+    /// A member's door call: its model and overrides, in the fields and in the body
+    /// (only `model` replaced on the client's bytes when there are no overrides).
+    fn door_call_for(
+        &self,
+        member: &FallbackMember,
+        call: &DoorCall,
+    ) -> Result<DoorCall, ApiError> {
+        let mut call = call.clone();
+        call.connection = member.name.clone();
+        if let Some(model) = &member.model {
+            call.model = model.clone();
+        }
+        if member.overrides.is_empty() {
+            call.body = crate::api::messages::with_model(call.body, &call.model)?;
+            return Ok(call);
+        }
+        for (k, v) in &member.overrides {
+            call.params.insert(k.clone(), v.clone());
+        }
+        let mut body = Map::with_capacity(call.params.len() + 1);
+        body.insert("model".into(), call.model.clone().into());
+        body.extend(call.params.iter().map(|(k, v)| (k.clone(), v.clone())));
+        call.body = serde_json::to_vec(&body)
+            .map_err(|e| ApiError::internal(format!("could not write the request: {e}")))?
+            .into();
+        Ok(call)
+    }
+
     fn log_failure(&self, member: &FallbackMember, error: &ApiError, has_next: bool) {
         let error = self.redactor.redact_text(&error.to_string());
         if has_next {
@@ -81,6 +110,46 @@ impl Provider for Fallback {
 
     async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
         self.stream_payload(call).await.map(into_chunk_stream)
+    }
+
+    /// The first member that embeds (a member that cannot, such as an Anthropic
+    /// connection, is fallen over like one that fails).
+    async fn embeddings(&self, call: DoorCall) -> Result<Embeddings, ApiError> {
+        let mut last_error = None;
+        for (i, member) in self.members.iter().enumerate() {
+            let answer = match self.door_call_for(member, &call) {
+                Ok(call) => member.provider.embeddings(call).await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(answer) => return Ok(answer),
+                Err(e) => {
+                    self.log_failure(member, &e, i + 1 < self.members.len());
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ApiError::internal("fallback without connections")))
+    }
+
+    /// The first member that answers; a stream falls over only until the upstream
+    /// accepted it.
+    async fn text_completion(&self, call: DoorCall) -> Result<TextCompletion, ApiError> {
+        let mut last_error = None;
+        for (i, member) in self.members.iter().enumerate() {
+            let answer = match self.door_call_for(member, &call) {
+                Ok(call) => member.provider.text_completion(call).await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(answer) => return Ok(answer),
+                Err(e) => {
+                    self.log_failure(member, &e, i + 1 < self.members.len());
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ApiError::internal("fallback without connections")))
     }
 
     async fn complete_payload(&self, call: UpstreamCall) -> Result<Payload, ApiError> {
