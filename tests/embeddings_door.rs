@@ -210,6 +210,13 @@ async fn the_mock_gives_stable_vectors_of_the_asked_length() {
         first["data"][2]["embedding"]
     );
     assert_eq!(tokens["usage"]["prompt_tokens"], 3);
+    // A request for an absurd answer is refused.
+    let (status, _) = post_json(
+        &gw,
+        json!({"model": "mock", "input": vec!["x"; 2048], "dimensions": 8192}),
+    )
+    .await;
+    assert_eq!(status, 400);
     // Pinned: the same numbers in every run (the mock's unit test pins one too).
     let (_, short) = post_json(
         &gw,

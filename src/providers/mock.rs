@@ -29,6 +29,9 @@ const MAX_CHOICES: u64 = 128;
 const MOCK_DIMENSIONS: usize = 16;
 /// Longest embedding the mock makes.
 const MAX_DIMENSIONS: u64 = 8192;
+/// Most numbers in one mock embeddings answer (a few MB of JSON), so that one small
+/// request cannot make it write hundreds of megabytes.
+const MAX_NUMBERS: usize = 1 << 20;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -174,6 +177,12 @@ impl Provider for MockProvider {
             Some(d) => d as usize,
             None => MOCK_DIMENSIONS,
         };
+        if dimensions.saturating_mul(call.inputs.len()) > MAX_NUMBERS {
+            return Err(ApiError::invalid_param(
+                "dimensions",
+                format!("the mock makes at most {MAX_NUMBERS} numbers per request"),
+            ));
+        }
         let vectors = call
             .inputs
             .iter()
