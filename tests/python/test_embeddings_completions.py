@@ -266,6 +266,11 @@ def broken(texts):
 
 def wrong(texts):
     return ["not", "vectors"]
+
+def shout(ctx):
+    # A before handler on the embeddings door: it sees the door and may change input.
+    if ctx.endpoint == "embeddings" and ctx.request.get("model") == "sync-h":
+        ctx.llm_params["input"] = [t + "!" for t in ctx.llm_params["input"]]
 """
 
 
@@ -276,6 +281,7 @@ def serve_embedders(serve_config: Any, folder: Path) -> openai.OpenAI:
         f"""
 host = "127.0.0.1"
 port = 0
+before = ["doors_embedders.shout"]
 [connections.sync]
 api_type = "function"
 embed_func = "doors_embedders.sync_embed"
@@ -308,6 +314,8 @@ def test_python_embed_func_sync_and_async(serve_config: Any, tmp_path: Path) -> 
     sync = client.embeddings.create(model="sync-e", input=["abc", "de"], encoding_format="float")
     assert [d.embedding for d in sync.data] == [[3.0, 1.0, 0.0], [2.0, 1.0, 0.0]]
     assert sync.usage.prompt_tokens == 0
+    shouted = client.embeddings.create(model="sync-h", input=["abc"], encoding_format="float")
+    assert shouted.data[0].embedding == [4.0, 1.0, 0.0], "the handler's input was embedded"
     decoded = client.embeddings.create(model="async-e", input="abcd")
     assert decoded.data[0].embedding == [0.0, 2.0, 4.0]
     assert decoded.usage.prompt_tokens == 11
