@@ -324,9 +324,12 @@ class RequestContext:
     endpoint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        """Every field but ``http_request`` (its headers carry the client key)."""
+        """Every field of the reference's context but ``http_request`` (its headers
+        carry the client key): exactly the reference's keys, so writers that map them
+        to table columns keep working; ``endpoint`` (an addition) is left out."""
         data = {k: v for k, v in self.__dict__.items() if not k.startswith("_")}
         data.pop("http_request", None)
+        data.pop("endpoint", None)
         if isinstance(self.request, ChatCompletionRequest):
             data["request"] = self.request.model_dump()
         return data

@@ -84,7 +84,20 @@ pub trait LogWriter: Send + Sync {
     /// `kinds` names the entry's fields to render specially (see [`FieldKind`]).
     async fn write(&self, entry: &Value, kinds: &FieldKinds) -> std::io::Result<()>;
     fn flush(&self) -> std::io::Result<()>;
+    /// Whether a whole-context entry must hold exactly the reference's keys. Python
+    /// writers do: the reference's add-ons map each key to a table column and refuse
+    /// one they do not know (the door, `endpoint`, is an addition); a JSON file
+    /// takes any key, and a transformer picks its own.
+    fn reference_keys_only(&self) -> bool {
+        false
+    }
 }
+
+/// Keys of the whole-context entry ([`RequestContext::to_log_json`]) that the
+/// reference's context did not have.
+///
+/// [`RequestContext::to_log_json`]: crate::context::RequestContext::to_log_json
+const ADDED_CONTEXT_KEYS: [&str; 1] = ["endpoint"];
 
 /// The answer's text, as the reference's loggers saw `str(ctx.response)`: the content
 /// of choice 0 (text parts joined); `""` when it has none (tool calls only).
@@ -161,6 +174,15 @@ impl Logger for BaseLogger {
     async fn log(&self, context: &Value) -> anyhow::Result<()> {
         match &self.transformer {
             Some(t) => self.writer.write(&t.apply(context), &self.kinds).await?,
+            None if self.writer.reference_keys_only() => {
+                let mut entry = context.clone();
+                if let Value::Object(map) = &mut entry {
+                    for key in ADDED_CONTEXT_KEYS {
+                        map.shift_remove(key);
+                    }
+                }
+                self.writer.write(&entry, &self.kinds).await?
+            }
             None => self.writer.write(context, &self.kinds).await?,
         }
         Ok(())
@@ -683,5 +705,77 @@ mod tests {
         assert!(text >= 1000 && text < 1000 + 4 * small, "{small} {text}");
         let nested = approx_size(&json!([[[[1]]]]));
         assert!(nested > approx_size(&json!(1)) * 4);
+    }
+
+    /// Keeps what it is given; `reference` says whether it wants the reference's keys.
+    struct Collecting {
+        reference: bool,
+        seen: std::sync::Mutex<Vec<Value>>,
+    }
+
+    #[async_trait]
+    impl LogWriter for Collecting {
+        async fn write(&self, entry: &Value, _kinds: &FieldKinds) -> std::io::Result<()> {
+            self.seen.lock().unwrap().push(entry.clone());
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn reference_keys_only(&self) -> bool {
+            self.reference
+        }
+    }
+
+    #[tokio::test]
+    async fn writers_that_map_keys_to_columns_get_only_the_reference_keys() {
+        let context =
+            crate::context::RequestContext::new(http::HeaderMap::new(), "127.0.0.1".into())
+                .to_log_json();
+        assert!(
+            context.get("endpoint").is_some(),
+            "the JSON view names the door"
+        );
+        for reference in [true, false] {
+            let writer = Arc::new(Collecting {
+                reference,
+                seen: Default::default(),
+            });
+            BaseLogger::new(writer.clone(), None)
+                .log(&context)
+                .await
+                .unwrap();
+            let seen = writer.seen.lock().unwrap();
+            let keys: Vec<&str> = seen[0]
+                .as_object()
+                .unwrap()
+                .keys()
+                .map(String::as_str)
+                .collect();
+            if reference {
+                // The reference's RequestContext.to_dict(): its fields but http_request.
+                assert_eq!(
+                    keys,
+                    [
+                        "id",
+                        "request",
+                        "response",
+                        "error",
+                        "group",
+                        "connection",
+                        "model",
+                        "llm_params",
+                        "api_key_id",
+                        "remote_addr",
+                        "created_at",
+                        "duration",
+                        "user_info",
+                        "extra"
+                    ]
+                );
+            } else {
+                assert!(keys.contains(&"endpoint"), "{keys:?}");
+            }
+        }
     }
 }

@@ -282,6 +282,10 @@ impl LogWriter for PyLogWriter {
             .map_err(|e| std::io::Error::other(format!("{}: {e}", self.callable.label)))?
     }
 
+    fn reference_keys_only(&self) -> bool {
+        true
+    }
+
     fn flush(&self) -> std::io::Result<()> {
         Ok(())
     }
