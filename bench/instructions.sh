@@ -6,7 +6,9 @@
 #   bench/instructions.sh target/release/lm-proxy-server /tmp/old/lm-proxy-server
 #
 # For each binary and scenario (non-streamed, a 20-chunk pass-through stream, a
-# 20-chunk Anthropic stream translated to OpenAI chunks) the gateway runs under
+# 20-chunk Anthropic stream translated to OpenAI chunks; on the Anthropic door
+# (/v1/messages) a 20-event stream from an Anthropic upstream passed through and a
+# 20-chunk OpenAI stream translated to Anthropic events) the gateway runs under
 # callgrind with one serving thread while sequential keep-alive requests go through
 # it; the instructions of N2 requests minus those of N1 requests, divided by N2-N1,
 # leave out startup and shutdown. Needs valgrind and a release build
@@ -50,22 +52,23 @@ CFG
 cat >"$work/load.py" <<'PY'
 import http.client, sys
 port, n, body = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode()
+path = sys.argv[4]
 connection = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
 headers = {"Authorization": "Bearer bench-key", "Content-Type": "application/json"}
 for _ in range(n):
-    connection.request("POST", "/v1/chat/completions", body, headers)
+    connection.request("POST", path, body, headers)
     response = connection.getresponse()
     data = response.read()
     assert response.status == 200, (response.status, data[:200])
 PY
 
-# instructions BINARY BODY N: the callgrind total of a run serving N requests.
+# instructions BINARY BODY N PATH: the callgrind total of a run serving N requests.
 instructions() {
     valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
         "$1" --config "$work/gateway.toml" --threads 1 >"$work/gateway.log" 2>&1 &
     local pid=$!
     wait_for "http://127.0.0.1:$gateway_port/health"
-    python3 "$work/load.py" $gateway_port "$3" "$2"
+    python3 "$work/load.py" $gateway_port "$3" "$2" "$4"
     kill -INT $pid
     wait $pid 2>/dev/null || true
     awk '/^(summary|totals):/ {print $2; exit}' "$work/cg.out"
@@ -75,12 +78,22 @@ declare -A bodies=(
     [non-streamed]='{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
     [stream-20]='{"model":"bench-s20","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [anthropic-stream-20]='{"model":"claude-bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
+    [messages-passthrough-20]='{"model":"claude-bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
+    [messages-translated-20]='{"model":"bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
 )
-printf '%-22s %-50s %s\n' scenario binary instructions/request
-for scenario in non-streamed stream-20 anthropic-stream-20; do
+declare -A paths=(
+    [non-streamed]=/v1/chat/completions
+    [stream-20]=/v1/chat/completions
+    [anthropic-stream-20]=/v1/chat/completions
+    [messages-passthrough-20]=/v1/messages
+    [messages-translated-20]=/v1/messages
+)
+SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 messages-passthrough-20 messages-translated-20}
+printf '%-24s %-50s %s\n' scenario binary instructions/request
+for scenario in $SCENARIOS; do
     for binary in "$@"; do
-        first=$(instructions "$binary" "${bodies[$scenario]}" "$N1")
-        second=$(instructions "$binary" "${bodies[$scenario]}" "$N2")
-        printf '%-22s %-50s %d\n' "$scenario" "$binary" $(((second - first) / (N2 - N1)))
+        first=$(instructions "$binary" "${bodies[$scenario]}" "$N1" "${paths[$scenario]}")
+        second=$(instructions "$binary" "${bodies[$scenario]}" "$N2" "${paths[$scenario]}")
+        printf '%-24s %-50s %d\n' "$scenario" "$binary" $(((second - first) / (N2 - N1)))
     done
 done

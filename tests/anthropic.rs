@@ -142,6 +142,23 @@ mod mock {
                 ),
                 text("42"),
             ],
+            // A signed thinking block and a tool call, both unique to the answer.
+            "think-tool" => vec![
+                (
+                    json!({"type": "thinking", "thinking": format!("Think {k}."), "signature": format!("sig-{k}")}),
+                    vec!["Think ".into(), format!("{k}.")],
+                ),
+                (
+                    json!({"type": "redacted_thinking", "data": format!("opaque-{k}")}),
+                    vec![],
+                ),
+                tool(
+                    &format!("toolu_think_{k}"),
+                    "get_weather",
+                    json!({"city": "Oslo"}),
+                    &["{\"city\": \"Oslo\"}"],
+                ),
+            ],
             "n" => vec![text(&format!("answer {k}"))],
             _ => vec![(
                 json!({"type": "text", "text": "Hello world"}),
@@ -155,7 +172,7 @@ mod mock {
             return reason.to_owned();
         }
         match scenario {
-            "tools" | "noargs" | "json" | "early-input" => "tool_use".into(),
+            "tools" | "noargs" | "json" | "early-input" | "think-tool" => "tool_use".into(),
             _ => "end_turn".into(),
         }
     }
@@ -254,7 +271,11 @@ mod mock {
             let mut start = block.clone();
             match block["type"].as_str().unwrap() {
                 "text" => start["text"] = json!(""),
-                "thinking" => start["thinking"] = json!(""),
+                "thinking" => {
+                    start["thinking"] = json!("");
+                    start["signature"] = json!("");
+                }
+                "redacted_thinking" => {}
                 _ if scenario == "early-input" => {}
                 _ => start["input"] = json!({}),
             }
@@ -275,7 +296,7 @@ mod mock {
                 ));
             }
             if block["type"] == "thinking" {
-                events.push(event(json!({"type": "content_block_delta", "index": i, "delta": {"type": "signature_delta", "signature": "sig"}})));
+                events.push(event(json!({"type": "content_block_delta", "index": i, "delta": {"type": "signature_delta", "signature": block["signature"]}})));
             }
             events.push(event(json!({"type": "content_block_stop", "index": i})));
         }
@@ -817,6 +838,92 @@ async fn thinking_is_surfaced_as_reasoning_content() {
         .collect();
     assert_eq!(reasoning, "Let me think.");
     assert_eq!(content_of(&chunks, 0), "42");
+}
+
+/// The second turn of a tool loop, as an OpenAI client sends it: the assistant
+/// turn with only its content and tool calls.
+fn second_turn(tool_call_id: &str, assistant_extra: Value) -> Value {
+    let mut assistant = json!({"role": "assistant", "content": null, "tool_calls": [
+        {"id": tool_call_id, "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]});
+    for (k, v) in assistant_extra.as_object().unwrap() {
+        assistant[k] = v.clone();
+    }
+    json!({"model": "think-tool", "reasoning_effort": "low", "messages": [
+        {"role": "user", "content": "Weather in Oslo?"},
+        assistant,
+        {"role": "tool", "tool_call_id": tool_call_id, "content": "3°C"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]})
+}
+
+#[tokio::test]
+async fn signed_thinking_survives_a_tool_loop_on_the_chat_door() {
+    let (upstream, gw) = setup().await;
+    let first = json!({"model": "think-tool", "reasoning_effort": "low",
+        "messages": [{"role": "user", "content": "Weather in Oslo?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]});
+
+    // Non-streamed: the answer shows the reasoning and carries the signed blocks.
+    let (status, body) = gw.chat_json("client-key", first.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        upstream.last().body["thinking"],
+        json!({"type": "enabled", "budget_tokens": 2048})
+    );
+    let message = &body["choices"][0]["message"];
+    assert_eq!(message["reasoning_content"], "Think 0.");
+    let signed = json!([{"type": "thinking", "thinking": "Think 0.", "signature": "sig-0"},
+                        {"type": "redacted_thinking", "data": "opaque-0"}]);
+    assert_eq!(message["thinking_blocks"], signed);
+    let id = message["tool_calls"][0]["id"].as_str().unwrap().to_owned();
+    // The client sends back only content and tool calls: restored from the store.
+    let (status, _) = gw
+        .chat_json("client-key", second_turn(&id, json!({})))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let sent = upstream.last().body;
+    assert_eq!(sent["messages"][1]["content"][0], signed[0]);
+    assert_eq!(sent["messages"][1]["content"][1], signed[1]);
+    assert_eq!(sent["messages"][1]["content"][2]["type"], "tool_use");
+    assert_eq!(sent["thinking"]["budget_tokens"], 2048);
+
+    // Streamed: reasoning deltas, and the blocks kept when the stream ends.
+    let (status, chunks, done) = stream(&gw, first).await;
+    assert!(status == StatusCode::OK && done);
+    let reasoning: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["reasoning_content"].as_str())
+        .collect();
+    assert_eq!(reasoning, "Think 2.");
+    let id = tool_deltas(&chunks)[&0].0.clone();
+    assert_eq!(id, "toolu_think_2");
+    // This time the client keeps the reasoning text but no tool-call id matches
+    // (a client that renamed its ids): found by the reasoning text.
+    let (status, _) = gw
+        .chat_json(
+            "client-key",
+            second_turn("call_renamed", json!({"reasoning_content": "Think 2."})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let sent = upstream.last().body;
+    assert_eq!(
+        sent["messages"][1]["content"][0],
+        json!({"type": "thinking", "thinking": "Think 2.", "signature": "sig-2"})
+    );
+    assert_eq!(
+        sent["messages"][1]["content"][1],
+        json!({"type": "redacted_thinking", "data": "opaque-2"})
+    );
+
+    // An unknown turn: no thinking block invented, and thinking left out so that
+    // Anthropic does not refuse the loop.
+    let (status, _) = gw
+        .chat_json("client-key", second_turn("call_unknown", json!({})))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let sent = upstream.last().body;
+    assert_eq!(sent["messages"][1]["content"][0]["type"], "tool_use");
+    assert!(sent.get("thinking").is_none());
 }
 
 #[tokio::test]

@@ -415,6 +415,27 @@ async fn thoughts_become_reasoning_and_count_as_completion_tokens() {
 }
 
 #[tokio::test]
+async fn reasoning_effort_asks_gemini_for_its_thoughts() {
+    let (mock, gw) = studio("").await;
+    let mut request = user("thinking", "x");
+    request["reasoning_effort"] = json!("high");
+    let (status, body) = gw.chat_json(KEY, request.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(
+        mock.last().body["generationConfig"]["thinkingConfig"],
+        json!({"thinkingBudget": 24576, "includeThoughts": true})
+    );
+    assert_eq!(
+        body["choices"][0]["message"]["reasoning_content"],
+        "Let me think."
+    );
+    request["reasoning_effort"] = json!("sometimes");
+    let (status, body) = gw.chat_json(KEY, request).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["error"]["param"], "reasoning_effort");
+}
+
+#[tokio::test]
 async fn n_2_uses_candidate_count() {
     let (mock, gw) = studio("").await;
     let mut request = user("two", "x");

@@ -232,7 +232,7 @@ async fn pass_through_streams_every_event_as_written() {
 }
 
 #[tokio::test]
-async fn count_tokens_passes_through_and_needs_an_anthropic_connection() {
+async fn count_tokens_passes_through_to_anthropic_connections() {
     let (gw, seen, _openai) = setup("").await;
     let body = r#"{"model":"claude-alias","messages":[{"role":"user","content":"hi"}]}"#;
     let (status, _, answer) = post_raw(
@@ -250,12 +250,52 @@ async fn count_tokens_passes_through_and_needs_an_anthropic_connection() {
         std::str::from_utf8(&sent).unwrap(),
         body.replace("claude-alias", "claude-real")
     );
-    let body = r#"{"model":"gpt-x","messages":[{"role":"user","content":"hi"}]}"#;
+}
+
+#[tokio::test]
+async fn count_tokens_is_estimated_for_other_connections() {
+    let (gw, _seen, openai) = setup("").await;
+    let count = |body: Value| {
+        let gw = &gw;
+        async move {
+            let (status, _, answer) = post_raw(
+                gw,
+                "/v1/messages/count_tokens",
+                &[JSON, ("x-api-key", "k1")],
+                body.to_string(),
+            )
+            .await;
+            assert_eq!(status, 200, "{}", String::from_utf8_lossy(&answer));
+            let answer: Value = serde_json::from_slice(&answer).unwrap();
+            assert_eq!(answer.as_object().unwrap().len(), 1, "{answer}");
+            answer["input_tokens"].as_u64().unwrap()
+        }
+    };
+    // "Hello, world!" is 4 tokens of o200k_base, plus 3 of message framing.
+    let hello = count(
+        json!({"model": "gpt-x", "messages": [{"role": "user", "content": "Hello, world!"}]}),
+    )
+    .await;
+    assert_eq!(hello, 7);
+    let system = count(
+        json!({"model": "gpt-x", "system": "Answer in French, briefly.",
+        "messages": [{"role": "user", "content": "Hello, world!"}]}),
+    )
+    .await;
+    assert!(system > hello, "{system}");
+    let tools = count(json!({"model": "gpt-x", "system": "Answer in French, briefly.",
+        "messages": [{"role": "user", "content": "Hello, world!"}],
+        "tools": [{"name": "get_weather", "description": "The weather in a city.",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}]})).await;
+    assert!(tools > system + 15, "{tools}");
+    // Nothing went upstream.
+    assert!(openai.requests().is_empty());
+    // Still checked like any request.
     let (status, _, answer) = post_raw(
         &gw,
         "/v1/messages/count_tokens",
         &[JSON, ("x-api-key", "k1")],
-        body,
+        r#"{"model":"gpt-x","messages":[]}"#,
     )
     .await;
     assert_eq!(status, 400);

@@ -405,6 +405,26 @@ def test_count_tokens_passes_through(url: str, anthropic_upstream: Recorder) -> 
 # ---- translated for an OpenAI-compatible upstream --------------------------------------
 
 
+def test_count_tokens_is_estimated_for_other_upstreams(url: str, openai_upstream: Recorder) -> None:
+    client = client_for(url)
+    with openai_upstream.lock:
+        before = len(openai_upstream.requests)
+    hello = client.messages.count_tokens(
+        model="gpt-x", messages=[{"role": "user", "content": "Hello, world!"}]
+    )
+    # 4 tokens of text (o200k_base) and 3 of message framing.
+    assert hello.input_tokens == 7
+    with_tools = client.messages.count_tokens(
+        model="gpt-x",
+        system="Answer briefly.",
+        messages=[{"role": "user", "content": "Hello, world!"}],
+        tools=[WEATHER_TOOL],  # type: ignore[list-item]
+    )
+    assert with_tools.input_tokens > hello.input_tokens + 15
+    with openai_upstream.lock:
+        assert len(openai_upstream.requests) == before
+
+
 def _tool_loop(client: anthropic.Anthropic, streamed: bool) -> list[anthropic.types.Message]:
     messages: list[Any] = [{"role": "user", "content": "What is the weather in Paris?"}]
     answers = []

@@ -19,6 +19,7 @@
 //! Errors are answered in Anthropic's envelope (`errors`).
 
 pub mod answer;
+pub mod count;
 pub mod errors;
 pub mod request;
 pub mod stream;
@@ -142,12 +143,22 @@ async fn handle(
         // Only the parsed request is kept from here on.
         drop((bytes, held));
         if count_tokens {
-            return Err(ApiError::invalid_request(format!(
-                "count_tokens is answered by Anthropic connections only; the model '{}' is \
-                 routed to '{}', which is not one",
-                ctx.model.as_deref().unwrap_or_default(),
-                connection.name
-            )));
+            // No upstream counts Anthropic's way: an estimate (`count`).
+            core::run_handlers(gateway, ctx).await?;
+            // The handlers' view: parameters (system, tools) in `llm_params`, the
+            // messages in the request.
+            let mut request = ctx.llm_params.clone();
+            if let Some(messages) = ctx.request.get("messages") {
+                request.insert("messages".into(), messages.clone());
+            }
+            // Tokenizing is CPU work (and the first call loads the ranks).
+            let n = tokio::task::spawn_blocking(move || count::estimate(&request))
+                .await
+                .map_err(|e| ApiError::internal(format!("count_tokens failed: {e}")))?;
+            return Ok(DoorReply::Json {
+                answer: Payload::Value(serde_json::json!({ "input_tokens": n })),
+                usage: None,
+            });
         }
         let keep_request = core::run_handlers(gateway, ctx).await?;
         let call = translated_call(ctx, keep_request)?;

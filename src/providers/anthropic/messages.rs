@@ -10,7 +10,7 @@ use crate::error::ApiError;
 const IMAGE_TYPES: [&str; 4] = ["image/jpeg", "image/png", "image/gif", "image/webp"];
 
 /// Whether a JSON object (block, tool choice) has this `type`.
-fn type_is(value: &Value, kind: &str) -> bool {
+pub(super) fn type_is(value: &Value, kind: &str) -> bool {
     value.get("type").and_then(Value::as_str) == Some(kind)
 }
 
@@ -405,7 +405,52 @@ fn assistant_blocks(message: &Value, at: &str) -> Result<Vec<Value>, ApiError> {
             ))
         }
     }
+    let mut thinking = earlier_thinking(message, at)?;
+    if !thinking.is_empty() {
+        // Anthropic wants a turn's reasoning before its text and tool calls.
+        thinking.extend(blocks);
+        blocks = thinking;
+    }
     Ok(blocks)
+}
+
+/// The signed thinking blocks of an assistant turn coming back: the message's own
+/// `thinking_blocks` (as our answers carry them), else the ones kept for its tool
+/// calls or its `reasoning_content` (see `thinking`). Unsigned reasoning is left
+/// out, as Anthropic would refuse it.
+fn earlier_thinking(message: &Value, at: &str) -> Result<Vec<Value>, ApiError> {
+    match message.get("thinking_blocks") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(list)) => {
+            let signed: Vec<Value> = list
+                .iter()
+                .filter_map(super::thinking::signed_block)
+                .collect();
+            if !signed.is_empty() {
+                return Ok(signed);
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                &format!("{at}.thinking_blocks"),
+                "`thinking_blocks` must be a list of thinking blocks",
+            ))
+        }
+    }
+    let ids: Vec<&str> = message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .map(|calls| {
+            calls
+                .iter()
+                .filter_map(|c| c.get("id").and_then(Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default();
+    let reasoning = ["reasoning_content", "reasoning"]
+        .iter()
+        .find_map(|k| message.get(*k).and_then(Value::as_str));
+    Ok(super::thinking::recall(ids, reasoning).unwrap_or_default())
 }
 
 /// An OpenAI tool call → a `tool_use` block. `arguments` is JSON text: `""` means

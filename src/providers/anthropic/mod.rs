@@ -9,6 +9,7 @@ pub mod native;
 pub(crate) mod request;
 mod response;
 mod stream;
+pub(crate) mod thinking;
 mod tools;
 
 use std::time::Duration;

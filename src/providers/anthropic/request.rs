@@ -7,7 +7,7 @@
 
 use serde_json::{json, Map, Value};
 
-use super::messages::convert_messages;
+use super::messages::{convert_messages, type_is, Role};
 use super::tools::{convert_tool_choice, convert_tools, json_tool};
 use crate::error::ApiError;
 
@@ -20,7 +20,9 @@ const PLACEHOLDER_TOOL_NAME: &str = "no_tools_available";
 
 /// Request fields this translation reads; every other field is dropped (logged at
 /// debug level), because Anthropic rejects unknown fields.
-const USED_FIELDS: [&str; 15] = [
+const USED_FIELDS: [&str; 17] = [
+    "reasoning_effort",
+    "thinking",
     "messages",
     "stream",
     "stream_options",
@@ -154,12 +156,46 @@ pub fn translate(
         }
     }
 
+    let client_max = max_tokens(params)?;
+    let mut thinking = thinking(params, client_max)?;
+    if thinking.is_some() {
+        let forced = tool_choice
+            .as_ref()
+            .and_then(|c| c.get("type"))
+            .and_then(Value::as_str)
+            .is_some_and(|t| t == "any" || t == "tool");
+        // Anthropic refuses thinking with a forced tool (also how `response_format`
+        // is answered), and a tool-use loop whose last assistant turn lost its
+        // signed thinking: the request is served without thinking rather than refused.
+        let unsigned_loop = turns
+            .iter()
+            .rev()
+            .find(|t| t.role == Role::Assistant)
+            .is_some_and(|t| {
+                t.blocks.iter().any(|b| type_is(b, "tool_use"))
+                    && !t
+                        .blocks
+                        .first()
+                        .is_some_and(|b| type_is(b, "thinking") || type_is(b, "redacted_thinking"))
+            });
+        if forced || unsigned_loop {
+            tracing::debug!(
+                forced,
+                unsigned_loop,
+                "thinking left out: Anthropic refuses it with this request"
+            );
+            thinking = None;
+        }
+    }
     let mut body = Map::new();
     body.insert("model".into(), Value::String(model.to_owned()));
-    body.insert(
-        "max_tokens".into(),
-        max_tokens(params)?.unwrap_or(default_max_tokens).into(),
-    );
+    let max = match (&thinking, client_max) {
+        (_, Some(max)) => max,
+        // The budget is part of `max_tokens`: the default answer length comes on top.
+        (Some(t), None) => default_max_tokens.saturating_add(t.budget),
+        (None, None) => default_max_tokens,
+    };
+    body.insert("max_tokens".into(), max.into());
     if !system.is_empty() {
         body.insert("system".into(), Value::Array(system));
     }
@@ -182,22 +218,32 @@ pub fn translate(
         body.insert("stop_sequences".into(), stop);
     }
     let temperature = number(params, "temperature")?;
-    if let Some(t) = temperature {
+    let top_p = number(params, "top_p")?;
+    if let Some(t) = &thinking {
+        // With thinking Anthropic takes no temperature or top_k, and top_p only from
+        // 0.95: the sampling settings give way to the reasoning the client asked for.
+        body.insert("thinking".into(), t.value.clone());
+        if let Some(p) = top_p.filter(|p| *p >= 0.95) {
+            body.insert("top_p".into(), json_f64(p));
+        }
+    } else if let Some(t) = temperature {
         // Anthropic accepts 0..1 where OpenAI takes 0..2: clamped, not rejected, so
         // clients tuned for OpenAI keep working.
         body.insert("temperature".into(), json_f64(t.clamp(0.0, 1.0)));
     }
-    if let Some(p) = number(params, "top_p")? {
+    if let Some(p) = top_p {
         // Recent Claude models reject `temperature` and `top_p` together; the
         // temperature wins (reference §5.12).
-        if temperature.is_none() {
+        if temperature.is_none() && thinking.is_none() {
             body.insert("top_p".into(), json_f64(p));
         }
     }
     match params.get("top_k") {
         None | Some(Value::Null) => {}
         Some(v) if v.as_u64().is_some() => {
-            body.insert("top_k".into(), v.clone());
+            if thinking.is_none() {
+                body.insert("top_k".into(), v.clone());
+            }
         }
         Some(_) => {
             return Err(ApiError::invalid_param(
@@ -225,6 +271,86 @@ pub fn translate(
         tracing::debug!(fields = ?dropped, "request fields Anthropic has no equivalent for are dropped");
     }
     Ok(Translated { body, json_mode })
+}
+
+/// `reasoning_effort` → Anthropic's `budget_tokens` (the inverse of the Anthropic
+/// door's mapping: below 4096 is `low`, below 16384 `medium`).
+pub const THINKING_BUDGETS: [(&str, u64); 5] = [
+    ("minimal", 1024),
+    ("low", 2048),
+    ("medium", 8192),
+    ("high", 24576),
+    ("xhigh", 32768),
+];
+/// Anthropic's smallest thinking budget.
+const MIN_THINKING_BUDGET: u64 = 1024;
+
+/// The `thinking` setting of a request and its budget.
+struct Thinking {
+    value: Value,
+    budget: u64,
+}
+
+/// The client's own Anthropic `thinking` object, or one made from
+/// `reasoning_effort`; `none` (or neither) is no thinking. The budget must stay
+/// below `max_tokens`: it is lowered to fit, and a `max_tokens` too small to
+/// think at all is a 400.
+fn thinking(params: &Map<String, Value>, max: Option<u64>) -> Result<Option<Thinking>, ApiError> {
+    if let Some(value) = params.get("thinking").filter(|v| !v.is_null()) {
+        if !value.is_object() {
+            return Err(ApiError::invalid_param(
+                "thinking",
+                "`thinking` must be an object such as {\"type\": \"enabled\", \"budget_tokens\": 2048}",
+            ));
+        }
+        if value.get("type").and_then(Value::as_str) == Some("disabled") {
+            return Ok(None);
+        }
+        let budget = value
+            .get("budget_tokens")
+            .and_then(Value::as_u64)
+            .unwrap_or(0);
+        return Ok(Some(Thinking {
+            value: value.clone(),
+            budget,
+        }));
+    }
+    let effort = match params.get("reasoning_effort") {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(effort)) => effort.as_str(),
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "reasoning_effort",
+                "`reasoning_effort` must be a string",
+            ))
+        }
+    };
+    if effort == "none" {
+        return Ok(None);
+    }
+    let Some(mut budget) = THINKING_BUDGETS
+        .iter()
+        .find(|(name, _)| *name == effort)
+        .map(|(_, b)| *b)
+    else {
+        return Err(ApiError::invalid_param(
+            "reasoning_effort",
+            format!("unknown `reasoning_effort` '{effort}' (expected none, minimal, low, medium, high or xhigh)"),
+        ));
+    };
+    if let Some(max) = max {
+        if max <= MIN_THINKING_BUDGET {
+            return Err(ApiError::invalid_param(
+                "reasoning_effort",
+                format!("`reasoning_effort` needs `max_tokens` above {MIN_THINKING_BUDGET} on Anthropic models (thinking counts towards it)"),
+            ));
+        }
+        budget = budget.min(max - 1);
+    }
+    Ok(Some(Thinking {
+        value: json!({"type": "enabled", "budget_tokens": budget}),
+        budget,
+    }))
 }
 
 fn json_f64(x: f64) -> Value {
@@ -596,6 +722,109 @@ mod tests {
             .is_none());
         err(
             json!({"messages": [{"role": "user", "content": "x"}], "response_format": {"type": "yaml"}}),
+        );
+    }
+
+    #[test]
+    fn reasoning_effort_becomes_a_thinking_budget() {
+        let ask = |extra: Value| {
+            let mut p = json!({"messages": [{"role": "user", "content": "x"}]});
+            for (k, v) in extra.as_object().unwrap() {
+                p[k] = v.clone();
+            }
+            p
+        };
+        let body = tr(ask(
+            json!({"reasoning_effort": "medium", "temperature": 0.2, "top_k": 3, "top_p": 0.97}),
+        ));
+        assert_eq!(
+            body["thinking"],
+            json!({"type": "enabled", "budget_tokens": 8192})
+        );
+        assert_eq!(
+            body["max_tokens"],
+            4096 + 8192,
+            "the default answer length on top of the budget"
+        );
+        assert!(body.get("temperature").is_none() && body.get("top_k").is_none());
+        assert_eq!(body["top_p"], 0.97);
+        let body = tr(ask(
+            json!({"reasoning_effort": "high", "max_completion_tokens": 3000}),
+        ));
+        assert_eq!(
+            body["thinking"]["budget_tokens"], 2999,
+            "lowered below max_tokens"
+        );
+        assert_eq!(body["max_tokens"], 3000);
+        for effort in [json!("none"), Value::Null] {
+            let body = tr(ask(json!({"reasoning_effort": effort, "temperature": 0.5})));
+            assert!(body.get("thinking").is_none());
+            assert_eq!(body["temperature"], 0.5);
+        }
+        assert_eq!(
+            err(ask(json!({"reasoning_effort": "extreme"})))["param"],
+            "reasoning_effort"
+        );
+        assert_eq!(
+            err(ask(json!({"reasoning_effort": "low", "max_tokens": 1000})))["param"],
+            "reasoning_effort"
+        );
+        // The client's own Anthropic setting wins.
+        let body = tr(ask(
+            json!({"thinking": {"type": "enabled", "budget_tokens": 1500}, "reasoning_effort": "high"}),
+        ));
+        assert_eq!(
+            body["thinking"],
+            json!({"type": "enabled", "budget_tokens": 1500})
+        );
+        // A forced tool (here the JSON answer) cannot think.
+        let body = tr(ask(
+            json!({"reasoning_effort": "low", "response_format": {"type": "json_object"}}),
+        ));
+        assert!(body.get("thinking").is_none());
+        assert_eq!(body["max_tokens"], 4096);
+    }
+
+    #[test]
+    fn signed_thinking_goes_back_on_its_turn() {
+        let history = |assistant: Value| {
+            json!({"reasoning_effort": "low", "messages": [
+                {"role": "user", "content": "weather?"},
+                assistant,
+                {"role": "tool", "tool_call_id": "toolu_req_1", "content": "3°C"},
+            ], "tools": [{"type": "function", "function": {"name": "w"}}]})
+        };
+        let call = json!([{"id": "toolu_req_1", "type": "function", "function": {"name": "w", "arguments": "{}"}}]);
+        // Carried by the client in `thinking_blocks` (unsigned ones are left out).
+        let body = tr(history(
+            json!({"role": "assistant", "content": "Checking.", "tool_calls": call,
+            "thinking_blocks": [{"type": "thinking", "thinking": "t", "signature": "sig-1"}, {"type": "thinking", "thinking": "u"}]}),
+        ));
+        assert_eq!(
+            body["messages"][1]["content"][0],
+            json!({"type": "thinking", "thinking": "t", "signature": "sig-1"})
+        );
+        assert_eq!(body["messages"][1]["content"][1]["type"], "text");
+        assert_eq!(body["thinking"]["budget_tokens"], 2048);
+        // Not carried and not kept: the turn goes without it, and so does thinking.
+        let body = tr(history(
+            json!({"role": "assistant", "reasoning_content": "never seen", "tool_calls": call}),
+        ));
+        assert_eq!(body["messages"][1]["content"][0]["type"], "tool_use");
+        assert!(body.get("thinking").is_none());
+        // Kept server-side for its tool call.
+        super::super::thinking::remember(
+            vec![json!({"type": "thinking", "thinking": "kept", "signature": "sig-kept"})],
+            ["toolu_req_1"],
+        );
+        let body = tr(history(json!({"role": "assistant", "tool_calls": call})));
+        assert_eq!(body["messages"][1]["content"][0]["signature"], "sig-kept");
+        assert_eq!(body["thinking"]["budget_tokens"], 2048);
+        assert_eq!(
+            err(history(
+                json!({"role": "assistant", "content": "x", "thinking_blocks": "sig"})
+            ))["param"],
+            "messages[1].thinking_blocks"
         );
     }
 

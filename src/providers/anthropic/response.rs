@@ -6,6 +6,7 @@ use http::{HeaderValue, StatusCode};
 use serde_json::{json, Map, Value};
 
 use super::request::{JsonMode, JSON_TOOL_NAME};
+use super::thinking;
 use crate::error::{ApiError, ErrorBody};
 use crate::providers::upstream_http::{parse_error_body, status_error};
 use crate::streaming::unix_now;
@@ -116,6 +117,7 @@ pub fn completion(
     let mut text = String::new();
     let mut has_text = false;
     let mut reasoning = String::new();
+    let mut signed = Vec::new();
     let mut tool_calls = Vec::new();
     for block in blocks {
         match block.get("type").and_then(Value::as_str) {
@@ -140,8 +142,10 @@ pub fn completion(
             }
             Some("thinking") => {
                 reasoning.push_str(block.get("thinking").and_then(Value::as_str).unwrap_or(""));
+                signed.extend(thinking::signed_block(block));
             }
-            // redacted_thinking, server tool blocks, citations...: nothing to show.
+            Some("redacted_thinking") => signed.extend(thinking::signed_block(block)),
+            // Server tool blocks, citations...: nothing to show.
             _ => {}
         }
     }
@@ -166,6 +170,17 @@ pub fn completion(
     );
     if !reasoning.is_empty() {
         msg.insert("reasoning_content".into(), Value::String(reasoning));
+    }
+    if !signed.is_empty() {
+        // Kept for the next turn (see `thinking`), and shown where clients that
+        // send the whole message back keep it.
+        msg.insert("thinking_blocks".into(), Value::Array(signed.clone()));
+        thinking::remember(
+            signed,
+            tool_calls
+                .iter()
+                .filter_map(|c| c.get("id").and_then(Value::as_str)),
+        );
     }
     if !tool_calls.is_empty() {
         msg.insert("tool_calls".into(), Value::Array(tool_calls));

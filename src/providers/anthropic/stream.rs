@@ -19,7 +19,13 @@ use crate::streaming::{completion_id, unix_now, ChunkStream};
 #[derive(Debug)]
 enum Block {
     Text,
-    Thinking,
+    /// Reasoning: its text and signature, kept for the next turn (`thinking`).
+    Thinking {
+        text: String,
+        signature: String,
+    },
+    /// Redacted reasoning: nothing to show, its data kept for the next turn.
+    Redacted(Value),
     /// A client tool call: its OpenAI tool-call index, and whether any argument
     /// text was sent (if not, `"{}"` is sent at the block's end).
     Tool {
@@ -50,6 +56,8 @@ pub struct Translator {
     /// Next OpenAI tool-call index: counts client tool calls only, independent of
     /// Anthropic's block index (which also counts text and thinking blocks).
     next_tool: u64,
+    /// The ids of the client tool calls, for the kept thinking blocks.
+    tool_ids: Vec<String>,
     usage: Usage,
     stop_reason: Option<String>,
     /// Most bytes a wrapped JSON answer may gather before it is unwrapped
@@ -84,6 +92,7 @@ impl Translator {
             finished: false,
             blocks: HashMap::new(),
             next_tool: 0,
+            tool_ids: Vec::new(),
             usage: Usage::default(),
             stop_reason: None,
             buffer_limit: crate::config::DEFAULT_MAX_RESPONSE_BODY,
@@ -167,8 +176,17 @@ impl Translator {
                         self.content(text_of("text"), &mut out);
                     }
                     "thinking" => {
-                        self.blocks.insert(index, Block::Thinking);
+                        self.blocks.insert(
+                            index,
+                            Block::Thinking {
+                                text: text_of("thinking").to_owned(),
+                                signature: text_of("signature").to_owned(),
+                            },
+                        );
                         self.reasoning(text_of("thinking"), &mut out);
+                    }
+                    "redacted_thinking" => {
+                        self.blocks.insert(index, Block::Redacted(block.clone()));
                     }
                     "tool_use" if self.json_mode.is_some() && text_of("name") == JSON_TOOL_NAME => {
                         let wrapped = self.json_mode.is_some_and(|m| m.wrapped);
@@ -187,6 +205,9 @@ impl Translator {
                     "tool_use" => {
                         let tool_index = self.next_tool;
                         self.next_tool += 1;
+                        if let Some(id) = block.get("id").and_then(Value::as_str) {
+                            self.tool_ids.push(id.to_owned());
+                        }
                         self.start(&mut out);
                         out.push(self.chunk(
                             json!({"tool_calls": [{
@@ -219,7 +240,18 @@ impl Translator {
                 let field = |k: &str| delta.get(k).and_then(Value::as_str).unwrap_or("");
                 match delta.get("type").and_then(Value::as_str).unwrap_or("") {
                     "text_delta" => self.content(field("text"), &mut out),
-                    "thinking_delta" => self.reasoning(field("thinking"), &mut out),
+                    "thinking_delta" => {
+                        if let Some(Block::Thinking { text, .. }) = self.blocks.get_mut(&index) {
+                            text.push_str(field("thinking"));
+                        }
+                        self.reasoning(field("thinking"), &mut out)
+                    }
+                    "signature_delta" => {
+                        if let Some(Block::Thinking { signature, .. }) = self.blocks.get_mut(&index)
+                        {
+                            signature.push_str(field("signature"));
+                        }
+                    }
                     "input_json_delta" => {
                         let fragment = field("partial_json");
                         if fragment.is_empty() {
@@ -240,7 +272,7 @@ impl Translator {
                             _ => {}
                         }
                     }
-                    // signature_delta, citations_delta, future delta types.
+                    // citations_delta, future delta types.
                     _ => {}
                 }
             }
@@ -283,6 +315,7 @@ impl Translator {
             }
             "message_stop" => {
                 self.finished = true;
+                self.remember_thinking();
                 self.start(&mut out);
                 let mut finish = finish_reason(self.stop_reason.as_deref(), &self.connection);
                 if self.next_tool > 0 {
@@ -311,6 +344,31 @@ impl Translator {
             return Err(crate::upstream::too_large_error(self.buffer_limit));
         }
         Ok(out)
+    }
+
+    /// Keep the answer's signed thinking blocks, in their order, for the next turn.
+    fn remember_thinking(&mut self) {
+        let mut indexed: Vec<(u64, Value)> = self
+            .blocks
+            .iter()
+            .filter_map(|(i, block)| {
+                let value = match block {
+                    Block::Thinking { text, signature } => json!(
+                        {"type": "thinking", "thinking": text, "signature": signature}),
+                    Block::Redacted(value) => value.clone(),
+                    _ => return None,
+                };
+                super::thinking::signed_block(&value).map(|v| (*i, v))
+            })
+            .collect();
+        if indexed.is_empty() {
+            return;
+        }
+        indexed.sort_by_key(|(i, _)| *i);
+        super::thinking::remember(
+            indexed.into_iter().map(|(_, v)| v).collect(),
+            self.tool_ids.iter().map(String::as_str),
+        );
     }
 
     fn reasoning(&mut self, text: &str, out: &mut Vec<Value>) {

@@ -22,8 +22,10 @@
 //!   (at most 5), `n`, `seed`, `presence_penalty`, `frequency_penalty`,
 //!   `response_format` → `generationConfig`.
 //!
+//! `reasoning_effort` → `generationConfig.thinkingConfig` ([`thinking_config`]).
+//!
 //! OpenAI-only fields (`logit_bias`, `logprobs`, `top_logprobs`, `user`, `metadata`,
-//! `store`, `service_tier`, `parallel_tool_calls`, `reasoning_effort`, `modalities`,
+//! `store`, `service_tier`, `parallel_tool_calls`, `modalities`,
 //! `audio`, `prediction`, ...) and unknown fields are not sent to Gemini.
 
 use std::collections::HashMap;
@@ -88,7 +90,10 @@ pub fn build_request(
     if let Some(settings) = &options.safety_settings {
         body.insert("safetySettings".into(), settings.clone());
     }
-    let generation = generation_config(params, &mut budget)?;
+    let mut generation = generation_config(params, &mut budget)?;
+    if let Some(thinking) = thinking_config(params, &call.model)? {
+        generation.insert("thinkingConfig".into(), thinking);
+    }
     if !generation.is_empty() {
         body.insert("generationConfig".into(), Value::Object(generation));
     }
@@ -845,6 +850,63 @@ fn generation_config(
     Ok(config)
 }
 
+/// `reasoning_effort` → Gemini's thinking budget (2.x models) in tokens.
+pub const THINKING_BUDGETS: [(&str, i64); 5] = [
+    ("minimal", 512),
+    ("low", 1024),
+    ("medium", 8192),
+    ("high", 24576),
+    ("xhigh", 32768),
+];
+
+/// `reasoning_effort` → `thinkingConfig`, with `includeThoughts` so that the
+/// thoughts come back as `reasoning_content`. Gemini 3 takes a `thinkingLevel`
+/// (`low` / `high`; Flash models also `minimal` / `medium`), earlier models a
+/// `thinkingBudget`; `none` turns thinking off where the model allows it
+/// (budget 0; 128, the least, on 2.5 Pro; level `minimal` on Gemini 3 Flash, `low`
+/// on other Gemini 3 models).
+fn thinking_config(params: &Map<String, Value>, model: &str) -> Result<Option<Value>, ApiError> {
+    let effort = match present(params, "reasoning_effort") {
+        None => return Ok(None),
+        Some(Value::String(effort)) => effort.as_str(),
+        Some(_) => {
+            return Err(ApiError::invalid_param(
+                "reasoning_effort",
+                "`reasoning_effort` must be a string",
+            ))
+        }
+    };
+    let budget = THINKING_BUDGETS
+        .iter()
+        .find(|(name, _)| *name == effort)
+        .map(|(_, b)| *b);
+    if budget.is_none() && effort != "none" {
+        return Err(ApiError::invalid_param(
+            "reasoning_effort",
+            format!("unknown `reasoning_effort` '{effort}' (expected none, minimal, low, medium, high or xhigh)"),
+        ));
+    }
+    let model = model.trim_start_matches("models/").to_ascii_lowercase();
+    if model.starts_with("gemini-3") {
+        let flash = model.contains("flash");
+        let level = match effort {
+            "none" | "minimal" if flash => "minimal",
+            "medium" if flash => "medium",
+            "none" | "minimal" | "low" => "low",
+            _ => "high",
+        };
+        return Ok(Some(
+            json!({"thinkingLevel": level, "includeThoughts": effort != "none"}),
+        ));
+    }
+    Ok(Some(match budget {
+        Some(budget) => json!({"thinkingBudget": budget, "includeThoughts": true}),
+        // 2.5 Pro cannot stop thinking: its smallest budget instead.
+        None if model.contains("pro") => json!({"thinkingBudget": 128}),
+        None => json!({"thinkingBudget": 0}),
+    }))
+}
+
 fn apply_response_format(
     format: &Value,
     config: &mut Map<String, Value>,
@@ -1164,6 +1226,49 @@ mod tests {
             build(json!({"messages": [{"role": "system", "content": "only system"}]})).is_err()
         );
         assert!(build(json!({"messages": [{"role": "narrator", "content": "x"}]})).is_err());
+    }
+
+    #[test]
+    fn reasoning_effort_becomes_a_thinking_config() {
+        let with = |model: &str, effort: Value| {
+            let mut c = call(
+                json!({"messages": [{"role": "user", "content": "x"}], "reasoning_effort": effort}),
+            );
+            c.model = model.to_owned();
+            build_request(&c, &RequestOptions::default())
+                .map(|b| Value::Object(b)["generationConfig"]["thinkingConfig"].clone())
+        };
+        assert_eq!(
+            with("gemini-2.5-flash", json!("medium")).unwrap(),
+            json!({"thinkingBudget": 8192, "includeThoughts": true})
+        );
+        assert_eq!(
+            with("gemini-2.5-flash", json!("none")).unwrap(),
+            json!({"thinkingBudget": 0})
+        );
+        assert_eq!(
+            with("models/gemini-3-pro-preview", json!("medium")).unwrap(),
+            json!({"thinkingLevel": "high", "includeThoughts": true})
+        );
+        assert_eq!(
+            with("gemini-3-pro-preview", json!("minimal")).unwrap(),
+            json!({"thinkingLevel": "low", "includeThoughts": true})
+        );
+        assert_eq!(
+            with("gemini-3-flash-preview", json!("medium")).unwrap(),
+            json!({"thinkingLevel": "medium", "includeThoughts": true})
+        );
+        assert_eq!(
+            with("gemini-3-flash-preview", json!("none")).unwrap(),
+            json!({"thinkingLevel": "minimal", "includeThoughts": false})
+        );
+        assert_eq!(
+            with("gemini-2.5-pro", json!("none")).unwrap(),
+            json!({"thinkingBudget": 128})
+        );
+        assert_eq!(with("gemini-2.5-pro", Value::Null).unwrap(), Value::Null);
+        assert!(err_message(with("gemini-2.5-pro", json!("max"))).contains("reasoning_effort"));
+        assert!(with("gemini-2.5-pro", json!(3)).is_err());
     }
 
     #[test]
