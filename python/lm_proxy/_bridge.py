@@ -20,6 +20,7 @@ import sys
 import threading
 import traceback
 import uuid
+import warnings
 import weakref
 from collections.abc import Iterator, Mapping
 from datetime import UTC, date, datetime, time
@@ -108,6 +109,10 @@ def _at_exit() -> None:
     try:
         _lm_proxy.stop_bridge(2.0)
     finally:
+        # Sync calls still running (a handler, a connection that timed out but whose
+        # function still runs) must end before the interpreter finalizes under them.
+        if not _lm_proxy.drain_python_calls(5.0):
+            warnings.warn("lm-proxy: Python calls still running at exit", stacklevel=1)
         _lm_proxy.flush_request_log()
 
 

@@ -51,6 +51,9 @@ def load_dotenv(path: str | os.PathLike[str] | None = None) -> None:
 def stop_bridge(timeout: float = 2.0) -> None:
     """Stop the bridge's asyncio loop (at interpreter exit)."""
 
+def drain_python_calls(timeout: float = 5.0) -> bool:
+    """Refuse new sync Python calls, wait for the running ones (at interpreter exit)."""
+
 def flush_request_log() -> None:
     """Write the request log lines waiting in the stderr batch (at interpreter exit)."""
 

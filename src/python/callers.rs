@@ -14,11 +14,15 @@
 //! so calls that wait on I/O or sleep (and so release the GIL) still run side by
 //! side, up to [`MAX_CALLERS`]; beyond that calls wait their turn. A thread ends
 //! after [`IDLE_TIMEOUT`] without work.
+//!
+//! At interpreter exit [`drain`] refuses new calls and waits for the running ones:
+//! a call still running Python when the interpreter finalizes aborts the process
+//! (its thread state is gone when the call gives the GIL back).
 
 use std::collections::VecDeque;
 use std::sync::mpsc::{self, RecvTimeoutError};
-use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
@@ -42,22 +46,57 @@ struct State {
     /// Calls waiting for a thread (all [`MAX_CALLERS`] busy).
     backlog: VecDeque<Job>,
     next_id: u64,
+    /// Calls running now.
+    running: usize,
+    /// The interpreter is exiting ([`drain`]): new calls are refused.
+    closing: bool,
+}
+
+fn state() -> &'static (Mutex<State>, Condvar) {
+    static STATE: OnceLock<(Mutex<State>, Condvar)> = OnceLock::new();
+    STATE.get_or_init(Default::default)
 }
 
 fn lock_state() -> MutexGuard<'static, State> {
-    static STATE: OnceLock<Mutex<State>> = OnceLock::new();
-    STATE
-        .get_or_init(Mutex::default)
+    state()
+        .0
         .lock()
         // Nothing here panics while holding the lock; a poisoned lock is usable.
         .unwrap_or_else(|e| e.into_inner())
+}
+
+/// Refuse new calls and wait up to `timeout` for the running ones and those waiting
+/// for a thread to end; `true` when none is left. Called with the GIL released
+/// (the calls need it to finish).
+pub fn drain(timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    let (_, ended) = state();
+    let mut state = lock_state();
+    state.closing = true;
+    while state.running > 0 || !state.backlog.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        state = ended
+            .wait_timeout(state, left)
+            .unwrap_or_else(|e| e.into_inner())
+            .0;
+    }
+    true
 }
 
 /// Run `job` on a caller thread. A job that cannot be started (no thread could be
 /// created) is dropped, which its caller sees as a failed call.
 pub fn submit(job: Job) {
     let mut state = lock_state();
+    if state.closing {
+        // Dropping the job fails the call: the interpreter is going away.
+        return;
+    }
     if let Some((_, thread)) = state.idle.pop() {
+        // Counted from here, so that `drain` never misses a call on its way.
+        state.running += 1;
         drop(state);
         // A thread taken off the idle list always receives (see `serve`).
         let _ = thread.send(job);
@@ -68,6 +107,7 @@ pub fn submit(job: Job) {
         return;
     }
     state.threads += 1;
+    state.running += 1;
     let id = state.next_id;
     state.next_id += 1;
     drop(state);
@@ -75,9 +115,18 @@ pub fn submit(job: Job) {
         .name("lm-proxy-python".into())
         .spawn(move || Python::attach(|py| py.detach(move || serve(id, job))));
     if let Err(err) = started {
-        lock_state().threads -= 1;
+        let mut state = lock_state();
+        state.threads -= 1;
+        state.running -= 1;
+        drop(state);
+        state_changed();
         tracing::error!("cannot start a thread for Python calls: {err}");
     }
+}
+
+/// Wake [`drain`] to look again.
+fn state_changed() {
+    state().1.notify_all();
 }
 
 /// A caller thread's life, attached to Python (thread state kept) but without the
@@ -91,6 +140,11 @@ fn serve(id: u64, first: Job) {
         if let Some(next) = state.backlog.pop_front() {
             job = next;
             continue;
+        }
+        // A thread taking the next job from the backlog stays counted as running.
+        state.running -= 1;
+        if state.closing {
+            state_changed();
         }
         state.idle.push((id, sender.clone()));
         drop(state);

@@ -86,6 +86,16 @@ fn stop_bridge(py: Python<'_>, timeout: f64) -> PyResult<()> {
     }
 }
 
+/// Refuse new sync Python calls and wait up to `timeout` seconds for the running
+/// ones (called at interpreter exit: a call still running when the interpreter
+/// finalizes would abort the process). `True` when none is left.
+#[pyfunction]
+#[pyo3(signature = (timeout=5.0))]
+fn drain_python_calls(py: Python<'_>, timeout: f64) -> bool {
+    let timeout = std::time::Duration::try_from_secs_f64(timeout).unwrap_or_default();
+    py.detach(|| callers::drain(timeout))
+}
+
 /// Write the request log lines still waiting in the stderr batch (called at
 /// interpreter exit; servers write theirs when they stop).
 #[pyfunction]
@@ -104,6 +114,7 @@ fn _lm_proxy(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(load_dotenv, m)?)?;
     m.add_function(wrap_pyfunction!(stop_bridge, m)?)?;
     m.add_function(wrap_pyfunction!(flush_request_log, m)?)?;
+    m.add_function(wrap_pyfunction!(drain_python_calls, m)?)?;
     m.add_class::<server::Server>()?;
     m.add_class::<server::SignalFlag>()?;
     m.add_class::<connection::RustConnection>()?;

@@ -112,3 +112,51 @@ def test_timeout_applies_to_a_slow_sync_function(serve_config: Any) -> None:
 def test_timeouts_must_be_positive(serve_config: Any) -> None:
     with pytest.raises(Exception, match=r"connections\.slow\.chunk_timeout"):
         serve(serve_config, {"inference_func": silent_whole, "chunk_timeout": 0})
+
+
+EXIT_SCRIPT = """
+import sys, time, urllib.request, urllib.error
+from lm_proxy import Config, Server
+
+started = time.monotonic()
+
+def slow(messages, **params):
+    time.sleep(1.5)
+    print("function returned", flush=True)
+    return "too late"
+
+config = Config(
+    connections={"slow": {"api_type": "function", "model": "slow",
+                          "inference_func": slow, "timeout": 0.2}},
+    routing={"*": "slow.*"},
+    groups={"default": {"api_keys": ["k"]}},
+    host="127.0.0.1",
+    port=0,
+)
+server = Server(config)
+request = urllib.request.Request(
+    server.url + "/v1/chat/completions",
+    data=b'{"model": "m", "messages": [{"role": "user", "content": "hi"}]}',
+    headers={"Authorization": "Bearer k", "Content-Type": "application/json"},
+)
+try:
+    urllib.request.urlopen(request, timeout=10)
+except urllib.error.HTTPError as error:
+    print("status", error.code, flush=True)
+# Exit while `slow` still sleeps on its caller thread.
+"""
+
+
+def test_exiting_while_a_sync_call_runs_waits_for_it(tmp_path: Any) -> None:
+    """The interpreter exits while a timed-out sync function still runs on its caller
+    thread: exit waits for it instead of aborting (`PyGILState_Release` on a thread
+    state the finalizing interpreter already freed, exit status 134/139)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "exit_while_running.py"
+    script.write_text(EXIT_SCRIPT)
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert "status 504" in done.stdout, done.stdout + done.stderr
+    assert done.returncode == 0, f"exit {done.returncode}\n{done.stdout}\n{done.stderr}"
+    assert "function returned" in done.stdout, done.stdout + done.stderr
