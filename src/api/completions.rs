@@ -17,12 +17,12 @@ use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
-use super::core::{self, Ending};
+use super::core;
 use crate::context::{Endpoint, RequestContext};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::providers::doors::TextCompletion;
-use crate::server::{body, AppState};
+use crate::server::AppState;
 use crate::streaming::{encode_sse_assembling, unix_now, StreamIdentity};
 
 pub async fn completions(
@@ -30,20 +30,16 @@ pub async fn completions(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: axum::extract::Request,
 ) -> Response {
-    let (parts, body) = request.into_parts();
-    let headers = parts.headers;
-    let gateway = state.gateway();
-    let remote_addr = gateway.trusted_proxies.client_addr(&headers, peer.ip());
-    let mut ctx = RequestContext::new(headers, remote_addr);
-    ctx.endpoint = Endpoint::Completions;
-    let mut upstream_time = None;
-    let mut body = Some(body);
-    let result = handle(&state, &gateway, &mut ctx, &mut body, &mut upstream_time).await;
-    if let Some(unread) = body {
-        let timeout = gateway.config.settings.limits.body_timeout();
-        body::discard_refused(unread, &ctx.http_headers, parts.version, timeout).await;
-    }
-    let ending = Ending::new(&state, &ctx, upstream_time);
+    let mut incoming = core::Incoming::new(&state, peer, request, Endpoint::Completions);
+    let result = handle(
+        &state,
+        &incoming.gateway,
+        &mut incoming.ctx,
+        &mut incoming.body,
+        &mut incoming.upstream_time,
+    )
+    .await;
+    let (gateway, ctx, ending) = incoming.finish(&state).await;
     match result {
         Ok(TextCompletion::Complete(answer)) => {
             let answer = gateway.redactor.redact_payload(answer);

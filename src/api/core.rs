@@ -14,6 +14,7 @@
 //! metrics and hands the context to the loggers exactly once. The context knows its
 //! door (`ctx.endpoint`), so handlers, loggers, the log line and `/metrics` see it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -270,6 +271,56 @@ pub fn extra_headers(value: &Value) -> Result<HeaderMap, ApiError> {
         headers.insert(name, value);
     }
     Ok(headers)
+}
+
+/// One request as every door receives it: the context (its door named, the client's
+/// address resolved), the body not read yet, and the provider call's time once made.
+/// A door's handler reads `body` (through [`admit`]) and sets `upstream_time`; then
+/// [`Incoming::finish`] deals with a body left unread and starts the [`Ending`].
+pub struct Incoming {
+    pub gateway: Arc<Gateway>,
+    pub ctx: RequestContext,
+    /// Taken when it is read; left there, the request was refused before.
+    pub body: Option<Body>,
+    pub upstream_time: Option<Duration>,
+    version: axum::http::Version,
+}
+
+impl Incoming {
+    pub fn new(
+        state: &AppState,
+        peer: std::net::SocketAddr,
+        request: axum::extract::Request,
+        endpoint: Endpoint,
+    ) -> Incoming {
+        // Taken whole and split, so that the headers are moved, not copied (the
+        // `HeaderMap` extractor clones them).
+        let (parts, body) = request.into_parts();
+        let gateway = state.gateway();
+        let remote_addr = gateway
+            .trusted_proxies
+            .client_addr(&parts.headers, peer.ip());
+        let mut ctx = RequestContext::new(parts.headers, remote_addr);
+        ctx.endpoint = endpoint;
+        Incoming {
+            gateway,
+            ctx,
+            body: Some(body),
+            upstream_time: None,
+            version: parts.version,
+        }
+    }
+
+    /// The door's work is over: a body it refused unread is drained within the body
+    /// timeout (or the connection closed), and the request's [`Ending`] begins.
+    pub async fn finish(self, state: &AppState) -> (Arc<Gateway>, RequestContext, Ending) {
+        if let Some(unread) = self.body {
+            let timeout = self.gateway.config.settings.limits.body_timeout();
+            body::discard_refused(unread, &self.ctx.http_headers, self.version, timeout).await;
+        }
+        let ending = Ending::new(state, &self.ctx, self.upstream_time);
+        (self.gateway, self.ctx, ending)
+    }
 }
 
 /// The end of one request, whatever the door: the request line, the metrics and

@@ -28,7 +28,7 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::payload::Payload;
 use crate::providers::doors::{DoorCall, EmbeddingInput, Embeddings};
-use crate::server::{body, AppState};
+use crate::server::AppState;
 
 /// Most items in one `input` list (OpenAI's limit).
 pub const MAX_INPUTS: usize = 2048;
@@ -38,20 +38,16 @@ pub async fn embeddings(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: axum::extract::Request,
 ) -> Response {
-    let (parts, body) = request.into_parts();
-    let headers = parts.headers;
-    let gateway = state.gateway();
-    let remote_addr = gateway.trusted_proxies.client_addr(&headers, peer.ip());
-    let mut ctx = RequestContext::new(headers, remote_addr);
-    ctx.endpoint = Endpoint::Embeddings;
-    let mut upstream_time = None;
-    let mut body = Some(body);
-    let result = handle(&state, &gateway, &mut ctx, &mut body, &mut upstream_time).await;
-    if let Some(unread) = body {
-        let timeout = gateway.config.settings.limits.body_timeout();
-        body::discard_refused(unread, &ctx.http_headers, parts.version, timeout).await;
-    }
-    let ending = core::Ending::new(&state, &ctx, upstream_time);
+    let mut incoming = core::Incoming::new(&state, peer, request, Endpoint::Embeddings);
+    let result = handle(
+        &state,
+        &incoming.gateway,
+        &mut incoming.ctx,
+        &mut incoming.body,
+        &mut incoming.upstream_time,
+    )
+    .await;
+    let (gateway, ctx, ending) = incoming.finish(&state).await;
     match result {
         Ok(answer) => {
             let answer = gateway.redactor.redact_payload(answer);

@@ -82,6 +82,30 @@ impl Fallback {
         Ok(call)
     }
 
+    /// The first member's answer to a door call (`ask` calls that member's provider);
+    /// a member that fails, or cannot serve the door, is fallen over.
+    async fn first_door_answer<T, F, Fut>(&self, call: &DoorCall, ask: F) -> Result<T, ApiError>
+    where
+        F: Fn(Arc<dyn Provider>, DoorCall) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ApiError>>,
+    {
+        let mut last_error = None;
+        for (i, member) in self.members.iter().enumerate() {
+            let answer = match self.door_call_for(member, call) {
+                Ok(call) => ask(member.provider.clone(), call).await,
+                Err(e) => Err(e),
+            };
+            match answer {
+                Ok(answer) => return Ok(answer),
+                Err(e) => {
+                    self.log_failure(member, &e, i + 1 < self.members.len());
+                    last_error = Some(e);
+                }
+            }
+        }
+        Err(last_error.unwrap_or_else(|| ApiError::internal("fallback without connections")))
+    }
+
     fn log_failure(&self, member: &FallbackMember, error: &ApiError, has_next: bool) {
         let error = self.redactor.redact_text(&error.to_string());
         if has_next {
@@ -115,41 +139,19 @@ impl Provider for Fallback {
     /// The first member that embeds (a member that cannot, such as an Anthropic
     /// connection, is fallen over like one that fails).
     async fn embeddings(&self, call: DoorCall) -> Result<Embeddings, ApiError> {
-        let mut last_error = None;
-        for (i, member) in self.members.iter().enumerate() {
-            let answer = match self.door_call_for(member, &call) {
-                Ok(call) => member.provider.embeddings(call).await,
-                Err(e) => Err(e),
-            };
-            match answer {
-                Ok(answer) => return Ok(answer),
-                Err(e) => {
-                    self.log_failure(member, &e, i + 1 < self.members.len());
-                    last_error = Some(e);
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| ApiError::internal("fallback without connections")))
+        self.first_door_answer(&call, |provider, call| async move {
+            provider.embeddings(call).await
+        })
+        .await
     }
 
     /// The first member that answers; a stream falls over only until the upstream
     /// accepted it.
     async fn text_completion(&self, call: DoorCall) -> Result<TextCompletion, ApiError> {
-        let mut last_error = None;
-        for (i, member) in self.members.iter().enumerate() {
-            let answer = match self.door_call_for(member, &call) {
-                Ok(call) => member.provider.text_completion(call).await,
-                Err(e) => Err(e),
-            };
-            match answer {
-                Ok(answer) => return Ok(answer),
-                Err(e) => {
-                    self.log_failure(member, &e, i + 1 < self.members.len());
-                    last_error = Some(e);
-                }
-            }
-        }
-        Err(last_error.unwrap_or_else(|| ApiError::internal("fallback without connections")))
+        self.first_door_answer(&call, |provider, call| async move {
+            provider.text_completion(call).await
+        })
+        .await
     }
 
     async fn complete_payload(&self, call: UpstreamCall) -> Result<Payload, ApiError> {

@@ -34,7 +34,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use super::core::{self, Ending, Reply};
+use super::core::{self, Reply};
 use crate::context::{Endpoint, RequestContext};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -42,7 +42,7 @@ use crate::json_scan::{member_spans, TokenCounts};
 use crate::payload::{Payload, PayloadStream};
 use crate::providers::anthropic::native::{NativeCall, NativeReply, CLIENT_HEADERS};
 use crate::providers::{AnthropicProvider, UpstreamCall};
-use crate::server::{body, AppState};
+use crate::server::AppState;
 
 /// What the door answers with.
 enum DoorReply {
@@ -79,20 +79,16 @@ async fn serve(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     request: axum::extract::Request,
 ) -> Response {
-    let (parts, body) = request.into_parts();
-    let headers = parts.headers;
-    let gateway = state.gateway();
-    let remote_addr = gateway.trusted_proxies.client_addr(&headers, peer.ip());
-    let mut ctx = RequestContext::new(headers, remote_addr);
-    ctx.endpoint = endpoint;
-    let mut upstream_time = None;
-    let mut body = Some(body);
-    let result = handle(&state, &gateway, &mut ctx, &mut body, &mut upstream_time).await;
-    if let Some(unread) = body {
-        let timeout = gateway.config.settings.limits.body_timeout();
-        body::discard_refused(unread, &ctx.http_headers, parts.version, timeout).await;
-    }
-    let ending = Ending::new(&state, &ctx, upstream_time);
+    let mut incoming = core::Incoming::new(&state, peer, request, endpoint);
+    let result = handle(
+        &state,
+        &incoming.gateway,
+        &mut incoming.ctx,
+        &mut incoming.body,
+        &mut incoming.upstream_time,
+    )
+    .await;
+    let (gateway, ctx, ending) = incoming.finish(&state).await;
     let assemble = gateway
         .log_dispatcher
         .as_ref()
