@@ -16,121 +16,10 @@ mod common;
 
 use std::time::Duration;
 
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderValue, Uri};
-use axum::response::Response;
 use common::{fuzz, TestGateway};
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
 use serde_json::{json, Map, Value};
-
-/// One mock for the three provider APIs: a good answer in the format the path asks
-/// for, streamed when the request asks for a stream.
-async fn answer(uri: Uri, body: Bytes) -> Response {
-    let request: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let path = uri.path();
-    let (content_type, text) = if path.ends_with("/chat/completions") {
-        if request["stream"] == true {
-            let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": "m",
-                "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]});
-            (
-                "text/event-stream",
-                format!("data: {chunk}\n\ndata: [DONE]\n\n"),
-            )
-        } else {
-            (
-                "application/json",
-                common::completion("m", "hi").to_string(),
-            )
-        }
-    } else if path.ends_with("/v1/messages") {
-        let message = json!({"id": "msg_1", "type": "message", "role": "assistant", "model": "claude",
-            "content": [{"type": "text", "text": "hi"}], "stop_reason": "end_turn",
-            "usage": {"input_tokens": 1, "output_tokens": 1}});
-        if request["stream"] == true {
-            let mut start = message.clone();
-            start["content"] = json!([]);
-            let events = [
-                (
-                    "message_start",
-                    json!({"type": "message_start", "message": start}),
-                ),
-                (
-                    "content_block_start",
-                    json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
-                ),
-                (
-                    "content_block_delta",
-                    json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}}),
-                ),
-                (
-                    "content_block_stop",
-                    json!({"type": "content_block_stop", "index": 0}),
-                ),
-                (
-                    "message_delta",
-                    json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 1}}),
-                ),
-                ("message_stop", json!({"type": "message_stop"})),
-            ];
-            let text: String = events
-                .iter()
-                .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
-                .collect();
-            ("text/event-stream", text)
-        } else {
-            ("application/json", message.to_string())
-        }
-    } else {
-        let answer = json!({"candidates": [{"content": {"role": "model", "parts": [{"text": "hi"}]},
-            "finishReason": "STOP", "index": 0}],
-            "usageMetadata": {"promptTokenCount": 1, "candidatesTokenCount": 1}, "modelVersion": "gemini"});
-        if path.contains("streamGenerateContent") {
-            ("text/event-stream", format!("data: {answer}\n\n"))
-        } else {
-            ("application/json", answer.to_string())
-        }
-    };
-    let mut response = Response::new(Body::from(text));
-    response.headers_mut().insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static(content_type),
-    );
-    response
-}
-
-async fn start() -> TestGateway {
-    let app = axum::Router::new().fallback(answer);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    TestGateway::start(&format!(
-        r#"
-[connections.openai]
-api_type = "open_ai"
-api_base = "http://{addr}/v1"
-api_key = "sk-fuzz"
-[connections.anthropic]
-api_type = "anthropic"
-api_base = "http://{addr}"
-api_key = "sk-ant-fuzz"
-[connections.gemini]
-api_type = "google"
-api_base = "http://{addr}"
-api_key = "gemini-fuzz"
-[connections.mock]
-api_type = "mock"
-[routing]
-"o-*" = "openai.*"
-"a-*" = "anthropic.*"
-"g-*" = "gemini.*"
-"*" = "mock.*"
-[groups.default]
-api_keys = ["fuzz-key"]
-"#
-    ))
-    .await
-}
 
 // ------------------------------------------------------------------ strategies
 
@@ -366,7 +255,7 @@ fn any_request_body_gets_a_200_or_a_client_error() {
         .enable_all()
         .build()
         .unwrap();
-    let gw = runtime.block_on(start());
+    let gw = runtime.block_on(fuzz::start_gateway());
     let client = reqwest::Client::builder()
         .timeout(Duration::from_secs(20))
         .build()
