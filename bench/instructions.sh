@@ -15,6 +15,7 @@
 # (`cargo build --release --bins` makes bench-upstream too). Not part of CI.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source bench/lib.sh
 [[ $# -ge 1 ]] || { sed -n 2,12p "$0"; exit 2; }
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
 UPSTREAM=target/release/bench-upstream
@@ -27,28 +28,11 @@ gateway_port=18432
 cleanup() { kill "${upstream_pid:-}" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
-wait_for() { for _ in $(seq 600); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; return 1; }
 
 "$UPSTREAM" --port $upstream_port >"$work/upstream.log" 2>&1 &
 upstream_pid=$!
 wait_for "http://127.0.0.1:$upstream_port/health"
-cat >"$work/gateway.toml" <<CFG
-host = "127.0.0.1"
-port = $gateway_port
-[connections.mock]
-api_type = "open_ai"
-api_base = "http://127.0.0.1:$upstream_port/v1"
-api_key = "upstream-key"
-[connections.claude]
-api_type = "anthropic"
-api_base = "http://127.0.0.1:$upstream_port"
-api_key = "upstream-key"
-[routing]
-"claude*" = "claude.*"
-"*" = "mock.*"
-[groups.default]
-api_keys = ["bench-key"]
-CFG
+write_gateway_config "$work/gateway.toml" $upstream_port $gateway_port
 cat >"$work/load.py" <<'PY'
 import http.client, sys
 port, n, body = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode()

@@ -13,6 +13,7 @@
 # WRK=path overrides the wrk binary (e.g. one carried to a machine without it).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source bench/lib.sh
 GATEWAY=${1:-target/release/lm-proxy-server}
 UPSTREAM=${2:-target/release/bench-upstream}
 WRK=${WRK:-wrk}
@@ -29,7 +30,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-wait_for() { for _ in $(seq 300); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; return 1; }
 # cpu_ticks PID: utime + stime of the process (all threads), in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
@@ -52,23 +52,7 @@ gateway_cores() { if [[ $CORES -ge 12 ]]; then echo "0-$(($1 - 1))"; else echo "
 taskset -c "$mock_cores" "$UPSTREAM" --port $upstream_port >"$work/upstream.log" 2>&1 &
 upstream_pid=$!
 wait_for "http://127.0.0.1:$upstream_port/health"
-cat >"$work/gateway.toml" <<CFG
-host = "127.0.0.1"
-port = $gateway_port
-[connections.mock]
-api_type = "open_ai"
-api_base = "http://127.0.0.1:$upstream_port/v1"
-api_key = "upstream-key"
-[connections.claude]
-api_type = "anthropic"
-api_base = "http://127.0.0.1:$upstream_port"
-api_key = "upstream-key"
-[routing]
-"claude*" = "claude.*"
-"*" = "mock.*"
-[groups.default]
-api_keys = ["bench-key"]
-CFG
+write_gateway_config "$work/gateway.toml" $upstream_port $gateway_port
 
 declare -A bodies=(
     [non-streamed]='{"model":"bench","messages":[{"role":"user","content":"hi"}]}'

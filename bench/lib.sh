@@ -1,0 +1,27 @@
+# Shared by the bench shell scripts (sourced, not run).
+
+# wait_for URL: poll until it answers (60 s at most).
+wait_for() { for _ in $(seq 600); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; return 1; }
+
+# write_gateway_config FILE UPSTREAM_PORT GATEWAY_PORT: the gateway in front of
+# bench-upstream, `claude*` to its Anthropic API, anything else to its OpenAI API;
+# the client key is `bench-key`.
+write_gateway_config() {
+    cat >"$1" <<CFG
+host = "127.0.0.1"
+port = $3
+[connections.mock]
+api_type = "open_ai"
+api_base = "http://127.0.0.1:$2/v1"
+api_key = "upstream-key"
+[connections.claude]
+api_type = "anthropic"
+api_base = "http://127.0.0.1:$2"
+api_key = "upstream-key"
+[routing]
+"claude*" = "claude.*"
+"*" = "mock.*"
+[groups.default]
+api_keys = ["bench-key"]
+CFG
+}
