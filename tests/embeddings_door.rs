@@ -327,15 +327,7 @@ async fn the_log_entry_and_metrics_know_the_door() {
     )
     .await;
     assert_eq!(status, 200);
-    let metrics = gw
-        .client
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     for needle in [
         r#"endpoint="embeddings",status="200",connection="mock""#,
         r#"endpoint="embeddings",status="200",connection="oai""#,
@@ -344,11 +336,7 @@ async fn the_log_entry_and_metrics_know_the_door() {
     }
     gw.server.shutdown(Duration::from_secs(5));
     gw.server.wait().await.unwrap();
-    let lines: Vec<Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = common::json_lines(&log);
     assert_eq!(lines.len(), 2);
     for line in &lines {
         assert_eq!(line["endpoint"], "embeddings", "{line}");

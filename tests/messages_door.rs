@@ -436,15 +436,7 @@ async fn the_log_entry_and_metrics_know_the_door() {
     let (status, _) = gw.chat_json("k1", common::user("gpt-x", "hi")).await;
     assert_eq!(status, 200);
 
-    let metrics = gw
-        .client
-        .get(gw.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = gw.metrics().await;
     for needle in [
         r#"endpoint="messages",status="200",connection="anth""#,
         r#"endpoint="chat/completions",status="200",connection="oai""#,
@@ -454,11 +446,7 @@ async fn the_log_entry_and_metrics_know_the_door() {
 
     gw.server.shutdown(Duration::from_secs(5));
     gw.server.wait().await.unwrap();
-    let lines: Vec<Value> = std::fs::read_to_string(&log)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let lines = common::json_lines(&log);
     let endpoints: Vec<&str> = lines
         .iter()
         .map(|l| l["endpoint"].as_str().unwrap())
@@ -476,11 +464,7 @@ async fn the_log_entry_and_metrics_know_the_door() {
     assert_eq!(streamed["response"], "Hello world", "{streamed}");
     let native = lines.iter().find(|l| l["connection"] == "anth").unwrap();
     assert_eq!(native["response"], "Hi!", "{native}");
-    let shapes: Vec<Value> = std::fs::read_to_string(&shapes)
-        .unwrap()
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
+    let shapes = common::json_lines(&shapes);
     assert_eq!(shapes.len(), 3);
     let streamed = shapes.iter().find(|l| l["stream"] == true).unwrap();
     assert_eq!(streamed["shape"], "message", "{streamed}");

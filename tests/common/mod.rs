@@ -440,6 +440,12 @@ impl TestGateway {
         }
     }
 
+    /// The `/metrics` page (no token configured).
+    pub async fn metrics(&self) -> String {
+        let page = self.client.get(self.url("/metrics")).send().await.unwrap();
+        page.text().await.unwrap()
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.server.url(), path)
     }
@@ -490,4 +496,13 @@ pub type Infallibly = Result<Bytes, Infallible>;
 /// A request body with one user message.
 pub fn user(model: &str, text: &str) -> Value {
     json!({"model": model, "messages": [{"role": "user", "content": text}]})
+}
+
+/// The JSON objects of a JSON-lines file (a `JsonLogWriter`'s log).
+pub fn json_lines(path: &Path) -> Vec<Value> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
 }
