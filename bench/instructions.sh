@@ -13,6 +13,7 @@
 # it; the instructions of N2 requests minus those of N1 requests, divided by N2-N1,
 # leave out startup and shutdown. Needs valgrind and a release build
 # (`cargo build --release --bins` makes bench-upstream too). Not part of CI.
+# UPSTREAM_PORT and GATEWAY_PORT (default 18431, 18432) let two runs share a machine.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source bench/lib.sh
@@ -23,8 +24,8 @@ UPSTREAM=target/release/bench-upstream
 N1=${N1:-200}
 N2=${N2:-1200}
 work=$(mktemp -d)
-upstream_port=18431
-gateway_port=18432
+upstream_port=${UPSTREAM_PORT:-18431}
+gateway_port=${GATEWAY_PORT:-18432}
 cleanup() { kill "${upstream_pid:-}" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
