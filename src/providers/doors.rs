@@ -35,6 +35,8 @@ pub struct DoorCall {
     pub inputs: Vec<EmbeddingInput>,
     /// Extra HTTP headers for this call (from handlers' `llm_params.extra_headers`).
     pub headers: http::HeaderMap,
+    /// The names of `headers` as the handlers spelled them (where not title case).
+    pub header_case: crate::upstream::HeaderCase,
     /// Completions: the answer is streamed.
     pub stream: bool,
 }

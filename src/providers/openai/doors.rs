@@ -14,7 +14,7 @@ use crate::error::ApiError;
 use crate::json_scan::{member_spans, TokenCounts};
 use crate::payload::{Payload, RawJson};
 use crate::streaming::{end_after_error, json_chunk, sse_data_events};
-use crate::upstream::{json_post_headers, Target, UpstreamError, UpstreamResponse};
+use crate::upstream::{Target, UpstreamError, UpstreamResponse};
 
 /// The two doors' upstream URLs, prepared once.
 pub(super) struct Targets {
@@ -42,11 +42,8 @@ impl OpenAiProvider {
         target: &Target,
         call: &DoorCall,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let mut headers = json_post_headers(&self.headers, &call.headers, call.stream);
-        if let Some(auth) = &self.authorization {
-            headers.insert(http::header::AUTHORIZATION, auth.clone());
-        }
-        target.post(headers, call.body.clone()).await
+        let (headers, case) = self.headers_for(&call.headers, &call.header_case, call.stream);
+        target.post_spelled(headers, &case, call.body.clone()).await
     }
 
     /// A whole JSON answer of the upstream, within the connection's timeout.
