@@ -167,7 +167,8 @@ fn lines_named<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
 }
 
 /// Exact spellings (issue 19, point 9): a connection's `http_headers` arrive as the
-/// config wrote them, on the chat door and the two OpenAI-only doors; headers set
+/// config wrote them, from the chat door, the two OpenAI-only doors and the
+/// Anthropic door (translated); headers set
 /// through `llm_params.extra_headers` arrive as written there (the forwarder writes
 /// the names as the reference's did: lowercase, the form ASGI servers hand over);
 /// the provider's key and the gateway's own headers keep title case.
@@ -204,6 +205,11 @@ white_list_headers = ["X-Client-Trace", "x-lower-case"]
         ),
         ("/v1/embeddings", json!({"model": "m", "input": "hi"})),
         ("/v1/completions", json!({"model": "m", "prompt": "hi"})),
+        // The Anthropic door, translated for the OpenAI-compatible connection.
+        (
+            "/v1/messages",
+            json!({"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
     ] {
         let before = heads.lock().unwrap().len();
         // The answers of this mock fit only the plain chat call; the heads are what
@@ -247,7 +253,10 @@ white_list_headers = ["X-Client-Trace", "x-lower-case"]
             "{path}: {head}"
         );
         for gateway_set in ["Content-Type", "Host", "Content-Length"] {
-            assert!(names.contains(&gateway_set), "{path}: {gateway_set} in\n{head}");
+            assert!(
+                names.contains(&gateway_set),
+                "{path}: {gateway_set} in\n{head}"
+            );
         }
     }
     gw.server.shutdown(Duration::from_secs(5));

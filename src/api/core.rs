@@ -30,10 +30,10 @@ use crate::logging::RequestSummary;
 use crate::metrics::RequestMetrics;
 use crate::payload::{Payload, PayloadStream};
 use crate::providers::{Connection, UpstreamCall};
-use crate::upstream::HeaderCase;
 use crate::routing::RouteModel;
 use crate::server::{body, AppState};
 use crate::streaming::StreamSummary;
+use crate::upstream::HeaderCase;
 
 /// What a provider produced for a request.
 pub enum Reply {

@@ -126,7 +126,10 @@ pub(crate) fn door_call(
         std::mem::take(&mut ctx.llm_params)
     };
     let (headers, header_case) = match params.shift_remove("extra_headers") {
-        Some(value) => (core::extra_headers(&value)?, core::extra_header_case(&value)),
+        Some(value) => (
+            core::extra_headers(&value)?,
+            core::extra_header_case(&value),
+        ),
         None => (HeaderMap::new(), Default::default()),
     };
     params.shift_remove("model");

@@ -98,7 +98,9 @@ impl OpenAiProvider {
         };
         let bytes = serde_json::to_vec(&body).expect("JSON values always serialize");
         let (headers, case) = self.headers_for(&call.headers, &call.header_case, stream);
-        self.chat.post_spelled(headers, &case, Bytes::from(bytes)).await
+        self.chat
+            .post_spelled(headers, &case, Bytes::from(bytes))
+            .await
     }
 
     /// The headers of a request to this upstream (a call's, the connection's, the

@@ -65,32 +65,30 @@ impl HeaderCase {
     /// The spellings among `names` that are not title case. A name given twice (in
     /// any case) is spelled as its last use, as the last value is the one a
     /// `HeaderMap::insert` keeps; names that are not valid header names are left
-    /// out. Sets seen before come from a bounded cache; a new one costs the parse
-    /// of one small request head. Names all in title case cost one pass over them.
+    /// out. Names all in title case cost one pass over them and no allocation;
+    /// other sets seen before cost one key string and a cache lookup; a new one the
+    /// parse of one small request head.
     pub fn of<'a, I>(names: I) -> HeaderCase
     where
         I: IntoIterator<Item = &'a str>,
         I::IntoIter: Clone,
     {
         let names = names.into_iter();
-        let mut spelled: Vec<(HeaderName, Box<str>)> = Vec::new();
+        let mut key = String::new();
         for (index, name) in names.clone().enumerate() {
-            if is_title_case(name)
-                || names
+            let kept = !is_title_case(name)
+                && is_token(name)
+                && spellable(name)
+                && !names
                     .clone()
                     .skip(index + 1)
-                    .any(|later| later.eq_ignore_ascii_case(name))
-            {
-                continue;
-            }
-            let Ok(lower) = HeaderName::from_bytes(name.as_bytes()) else {
-                continue;
-            };
-            if spellable(&lower) {
-                spelled.push((lower, name.into()));
+                    .any(|later| later.eq_ignore_ascii_case(name));
+            if kept {
+                key.push_str(name);
+                key.push('\n');
             }
         }
-        Self::cached(spelled)
+        Self::cached(key)
     }
 
     /// Whether any name has a spelling of its own.
@@ -115,7 +113,9 @@ impl HeaderCase {
         // request carries exactly its values.
         let uses = |index: usize, name: &HeaderName| {
             let from = sources[index].1;
-            !sources[..index].iter().any(|(_, earlier)| earlier.contains_key(name))
+            !sources[..index]
+                .iter()
+                .any(|(_, earlier)| earlier.contains_key(name))
                 && request.get_all(name).iter().eq(from.get_all(name).iter())
         };
         let mut spelled = (0..sources.len()).filter(|&i| !sources[i].0.is_none());
@@ -128,15 +128,16 @@ impl HeaderCase {
         if spelled.next().is_none() && case.spellings().all(|(name, _)| uses(only, name)) {
             return case.clone();
         }
-        let mut names: Vec<(HeaderName, Box<str>)> = Vec::new();
+        let mut key = String::new();
         for (index, (case, _)) in sources.iter().enumerate() {
             for (name, spelling) in case.spellings() {
                 if uses(index, name) {
-                    names.push((name.clone(), spelling.into()));
+                    key.push_str(spelling);
+                    key.push('\n');
                 }
             }
         }
-        Self::cached(names)
+        Self::cached(key)
     }
 
     /// Put hyper's map into a request that is about to be sent.
@@ -146,18 +147,26 @@ impl HeaderCase {
         }
     }
 
-    fn cached(names: Vec<(HeaderName, Box<str>)>) -> HeaderCase {
-        if names.is_empty() {
+    /// The case for `key`: spellings, each followed by a newline (never part of a
+    /// header name), all of them valid and spellable.
+    fn cached(key: String) -> HeaderCase {
+        if key.is_empty() {
             return HeaderCase::NONE;
         }
-        static CACHE: OnceLock<Mutex<HashMap<Vec<Box<str>>, HeaderCase>>> = OnceLock::new();
-        let key: Vec<Box<str>> = names.iter().map(|(_, s)| s.clone()).collect();
+        static CACHE: OnceLock<Mutex<HashMap<String, HeaderCase>>> = OnceLock::new();
         let cache = CACHE.get_or_init(Default::default);
         if let Some(hit) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(&key) {
             return hit.clone();
         }
         // Built outside the lock: parsing takes microseconds, and two threads that
         // race build the same thing.
+        let names: Vec<(HeaderName, Box<str>)> = key
+            .lines()
+            .filter_map(|spelling| {
+                let name = HeaderName::from_bytes(spelling.as_bytes()).ok()?;
+                Some((name, spelling.into()))
+            })
+            .collect();
         let Some(extensions) = parsed_case_map(&names) else {
             return HeaderCase::NONE;
         };
@@ -188,16 +197,25 @@ fn is_title_case(name: &str) -> bool {
 
 /// Names whose placeholder value in the synthesized head would change how hyper
 /// parses it (framing, upgrades): they keep title case.
-fn spellable(name: &HeaderName) -> bool {
-    use http::header;
+fn spellable(name: &str) -> bool {
     ![
-        header::CONTENT_LENGTH,
-        header::TRANSFER_ENCODING,
-        header::CONNECTION,
-        header::UPGRADE,
-        header::EXPECT,
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "expect",
     ]
-    .contains(name)
+    .iter()
+    .any(|framing| framing.eq_ignore_ascii_case(name))
+}
+
+/// Whether `name` is a valid header name (an HTTP token), checked without building
+/// a `HeaderName` (which allocates for names it does not know).
+fn is_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// hyper's `HeaderCaseMap` for `names`, inside the extensions of a request that its
@@ -223,7 +241,9 @@ fn parsed_case_map(names: &[(HeaderName, Box<str>)]) -> Option<http::Extensions>
     let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
         *keep.lock().unwrap_or_else(|e| e.into_inner()) =
             Some(std::mem::take(request.extensions_mut()));
-        std::future::ready(Ok::<_, Infallible>(http::Response::new(Empty::<Bytes>::new())))
+        std::future::ready(Ok::<_, Infallible>(http::Response::new(
+            Empty::<Bytes>::new(),
+        )))
     });
     let connection = http1::Builder::new()
         .preserve_header_case(true)
@@ -252,7 +272,13 @@ mod tests {
         for name in ["X-Custom-Header", "Content-Type", "A", "X-1-Ab", "Te"] {
             assert!(is_title_case(name), "{name}");
         }
-        for name in ["x-lower-case", "X-API-key", "X-Api-KEY", "content-type", "X-a"] {
+        for name in [
+            "x-lower-case",
+            "X-API-key",
+            "X-Api-KEY",
+            "content-type",
+            "X-a",
+        ] {
             assert!(!is_title_case(name), "{name}");
         }
     }
@@ -260,6 +286,7 @@ mod tests {
     #[test]
     fn only_spellings_other_than_title_case_are_kept() {
         assert!(HeaderCase::of(["X-Custom-Header", "Accept"]).is_none());
+        assert!(HeaderCase::of(["content-length", "Transfer-encoding", "bad name", ""]).is_none());
         let case = HeaderCase::of([
             "X-Custom-Header",
             "x-lower-case",
@@ -307,7 +334,11 @@ mod tests {
 
         // The call's x-api-key lost to the connection's; the provider replaced
         // x-lower-case: neither spelling is used for it.
-        let sent = headers(&[("x-api-key", "c"), ("x-lower-case", "provider"), ("x-tenant", "t")]);
+        let sent = headers(&[
+            ("x-api-key", "c"),
+            ("x-lower-case", "provider"),
+            ("x-tenant", "t"),
+        ]);
         let resolved = HeaderCase::resolve(&sent, &sources);
         let kept: Vec<_> = resolved.spellings().map(|(_, s)| s).collect();
         assert_eq!(kept, ["X-API-key", "x-TENANT"]);
