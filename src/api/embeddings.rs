@@ -175,6 +175,8 @@ pub(crate) fn door_call(
         headers,
         header_case,
         stream,
+        // Set by the completions door when it wants a stream's usage.
+        gateway_usage: false,
     })
 }
 
