@@ -285,7 +285,11 @@ async fn streams_bring_usage_and_the_answer_to_loggers_and_metrics() {
     assert_eq!(status, 200, "{text}");
     assert_eq!(sse_payloads(&text), events_without_usage());
     let sent: Value = serde_json::from_slice(&seen.last().2).unwrap();
-    assert_eq!(sent["stream_options"], json!({"include_usage": true}), "{sent}");
+    assert_eq!(
+        sent["stream_options"],
+        json!({"include_usage": true}),
+        "{sent}"
+    );
     assert_eq!(sent["prompt"], "a");
     assert_eq!(sent["stream"], true);
 
