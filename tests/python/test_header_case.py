@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from conftest import (
@@ -53,3 +54,27 @@ def test_handler_and_config_spellings_reach_the_upstream(
         assert spelled in names, names
     assert "Authorization" in names and "Content-Type" in names, names
     assert upstream.only_request().headers["authorization"] == f"Bearer {UPSTREAM_KEY}"
+
+
+def test_extra_headers_of_an_awaited_connection_keep_their_spelling(
+    upstream: MockUpstream,
+) -> None:
+    """``await env.connections[...](..., extra_headers=...)`` from extension code."""
+    from lm_proxy.bootstrap import bootstrap, env
+
+    config = Config(
+        connections={
+            "up": {"api_type": "openai", "api_base": upstream.api_base, "api_key": UPSTREAM_KEY}
+        },
+        routing={"*": "up.*"},
+    )
+    bootstrap(config, env_file=None)
+
+    async def call() -> Any:
+        return await env.connections["up"](
+            MESSAGES, model="m", extra_headers={"X-Request-ID": "r-1", "x-lower": "l"}
+        )
+
+    asyncio.run(call())
+    names = upstream.only_request().header_names
+    assert "X-Request-ID" in names and "x-lower" in names, names
