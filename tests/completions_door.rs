@@ -350,3 +350,30 @@ async fn stream_usage_false_sends_the_completion_request_as_written() {
     assert_eq!(lines[0]["answer"], "Hello", "{}", lines[0]);
     assert!(lines[0]["completion_tokens"].is_null(), "{}", lines[0]);
 }
+
+/// A server that refuses the `stream_options` the gateway added: the 400 says so and
+/// names the setting that stops it.
+#[tokio::test]
+async fn a_refused_stream_options_names_the_setting() {
+    let (base, _seen) = upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.log");
+    let gw = TestGateway::start(&usage_config(&base, &log, "")).await;
+    let (status, _, text) = post(
+        &gw,
+        "k1",
+        r#"{"model":"strict","prompt":"a","stream":true}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    let error: Value = serde_json::from_str(&text).unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Unrecognized request argument"),
+        "{message}"
+    );
+    assert!(message.contains("stream_usage = false"), "{message}");
+    assert!(message.contains("'oai'"), "{message}");
+    gw.server.shutdown(Duration::from_secs(5));
+    gw.server.wait().await.unwrap();
+}

@@ -70,6 +70,11 @@ async fn handle(State(seen): State<Seen>, uri: Uri, headers: HeaderMap, body: By
         return json_answer(json!({"predictions": predictions}).to_string());
     }
     let model = request["model"].as_str().unwrap_or("");
+    // Some OpenAI-compatible servers refuse `stream_options`.
+    if model == "strict" && request.get("stream_options").is_some() {
+        let body = json!({"error": {"message": "Unrecognized request argument supplied: stream_options", "type": "invalid_request_error", "param": null, "code": null}});
+        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
     if model == "upstream-400" {
         let body = json!({"error": {"message": "upstream says no", "type": "invalid_request_error", "param": "input", "code": null}});
         return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
