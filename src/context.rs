@@ -66,6 +66,14 @@ pub struct RequestContext {
     pub extra: Map<String, Value>,
     pub response: Option<Value>,
     pub error: Option<ApiError>,
+    /// The extensions of the client's HTTP/1.x request, kept only while the server
+    /// records header name spellings in them (an HTTPHeadersForwarder is
+    /// configured): read by the forwarder (`upstream::case::client_spellings`).
+    pub client_head: Option<http::Extensions>,
+    /// Headers the forwarder copied whose client spelling is not lowercase: the
+    /// spelling and the value copied. The copy goes out in that spelling while
+    /// `llm_params.extra_headers` still holds that value under the lowercase name.
+    pub forwarded_spellings: Vec<(Box<str>, Value)>,
 }
 
 impl RequestContext {
@@ -87,6 +95,8 @@ impl RequestContext {
             extra: Map::new(),
             response: None,
             error: None,
+            client_head: None,
+            forwarded_spellings: Vec::new(),
         }
     }
 

@@ -44,6 +44,8 @@ pub struct Gateway {
     pub groups: HashMap<String, GroupAccess>,
     pub connections: HashMap<String, Connection>,
     pub handlers: Vec<Arc<dyn RequestHandler>>,
+    /// A handler reads the client's header name spellings: the server records them.
+    pub client_spellings: bool,
     /// Removes configured secrets from errors before they are answered or logged.
     pub redactor: Arc<Redactor>,
     /// Connection name → the model ids its upstream offers (`expand_wildcards`).
@@ -95,6 +97,7 @@ impl Gateway {
             .collect();
         let connections = build_connections(&config, client, resolver)?;
         let handlers = build_handlers(&config, resolver)?;
+        let client_spellings = crate::handlers::uses_client_spellings(&config);
         // Last: it starts the logging task, which nothing else may fail after.
         let log_dispatcher = LogDispatcher::start(
             build_loggers(&config, resolver)?,
@@ -125,6 +128,7 @@ impl Gateway {
             groups,
             connections,
             handlers,
+            client_spellings,
         };
         resolver.gateway_built(&gateway);
         Ok(gateway)

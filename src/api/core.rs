@@ -212,7 +212,7 @@ pub fn upstream_call(
     for (key, value) in llm_params {
         if key == "extra_headers" {
             headers = extra_headers(&value)?;
-            header_case = extra_header_case(&value);
+            header_case = extra_header_case(&value, &ctx.forwarded_spellings);
         } else {
             params.insert(key, value);
         }
@@ -244,12 +244,27 @@ const GATEWAY_SET_HEADERS: [HeaderName; 9] = [
 ];
 
 /// How the handlers spelled the names of `llm_params.extra_headers` (the table's
-/// keys, as [`extra_headers`] reads it), for upstreams that keep spellings.
-pub fn extra_header_case(value: &Value) -> HeaderCase {
-    match value {
-        Value::Object(map) => HeaderCase::of(map.keys().map(String::as_str)),
-        _ => HeaderCase::NONE,
+/// keys, as [`extra_headers`] reads it), for upstreams that keep spellings. A header
+/// the forwarder copied (`forwarded`: the client's spelling and the value copied)
+/// takes the client's spelling while the table still holds that value under the
+/// forwarder's lowercase name; a handler that replaced the value spells it.
+pub fn extra_header_case(value: &Value, forwarded: &[(Box<str>, Value)]) -> HeaderCase {
+    let Value::Object(map) = value else {
+        return HeaderCase::NONE;
+    };
+    if forwarded.is_empty() {
+        return HeaderCase::of(map.keys().map(String::as_str));
     }
+    HeaderCase::of(map.iter().map(|(name, value)| {
+        forwarded
+            .iter()
+            .find(|(spelling, copied)| {
+                copied == value
+                    && spelling.eq_ignore_ascii_case(name)
+                    && !name.bytes().any(|b| b.is_ascii_uppercase())
+            })
+            .map_or(name.as_str(), |(spelling, _)| &**spelling)
+    }))
 }
 
 /// `llm_params.extra_headers` (set by handlers) as HTTP headers.
@@ -315,6 +330,10 @@ impl Incoming {
             .client_addr(&parts.headers, peer.ip());
         let mut ctx = RequestContext::new(parts.headers, remote_addr);
         ctx.endpoint = endpoint;
+        // Where the forwarder will read the client's spellings (HTTP/2 has none).
+        if gateway.client_spellings && parts.version <= axum::http::Version::HTTP_11 {
+            ctx.client_head = Some(parts.extensions);
+        }
         Incoming {
             gateway,
             ctx,

@@ -128,7 +128,7 @@ pub(crate) fn door_call(
     let (headers, header_case) = match params.shift_remove("extra_headers") {
         Some(value) => (
             core::extra_headers(&value)?,
-            core::extra_header_case(&value),
+            core::extra_header_case(&value, &ctx.forwarded_spellings),
         ),
         None => (HeaderMap::new(), Default::default()),
     };

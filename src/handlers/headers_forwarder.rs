@@ -146,6 +146,19 @@ impl RequestHandler for HttpHeadersForwarder {
         if forwarded.is_empty() {
             return Ok(());
         }
+        // The names stay lowercase in `extra_headers` (what the reference's handlers
+        // after this one read); the client's spellings are kept beside them, for the
+        // upstreams that write spellings.
+        if let Some(client) = &ctx.client_head {
+            let names: Vec<&str> = forwarded.keys().map(String::as_str).collect();
+            let spelled = crate::upstream::client_spellings(&names, client);
+            for (name, spelling) in names.iter().zip(spelled) {
+                if *name != &*spelling {
+                    let copied = forwarded[*name].clone();
+                    ctx.forwarded_spellings.push((spelling, copied));
+                }
+            }
+        }
         let extra = ctx
             .llm_params
             .entry("extra_headers")

@@ -25,6 +25,16 @@ pub trait RequestHandler: Send + Sync {
     async fn before(&self, ctx: &mut RequestContext) -> Result<(), ApiError>;
 }
 
+/// Whether a configured handler reads how the client spelled its header names (the
+/// built-in HTTPHeadersForwarder, which sends them on as spelled): only then does the
+/// server record the spellings, which costs a map per request.
+pub fn uses_client_spellings(config: &Config) -> bool {
+    config
+        .before
+        .iter()
+        .any(|spec| builtin_name(&spec.target) == Some(Builtin::HttpHeadersForwarder))
+}
+
 /// Build the `before` handlers in config order.
 pub fn build_handlers(
     config: &Config,

@@ -379,12 +379,17 @@ fn is_connection_error(e: &io::Error) -> bool {
     ) || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM))
 }
 
-/// The hyper connection builder for these limits.
-fn builder(limits: &ConnLimits) -> auto::Builder<TokioExecutor> {
+/// The hyper connection builder for these limits; `client_spellings`: HTTP/1 requests
+/// carry how the client spelled its header names (a map per request, for the
+/// HTTPHeadersForwarder, `upstream::client_spellings`).
+fn builder(limits: &ConnLimits, client_spellings: bool) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     // HTTP/1 head and keep-alive deadlines are the sweeper's: hyper's own
     // `header_read_timeout` uses one duration for the head and the keep-alive wait.
-    builder.http1().header_read_timeout(None);
+    builder
+        .http1()
+        .header_read_timeout(None)
+        .preserve_header_case(client_spellings);
     let mut http2 = builder.http2();
     http2.timer(TokioTimer::new());
     if let Some(interval) = limits.http2_keepalive_interval {
@@ -402,10 +407,12 @@ pub(crate) async fn serve(
     tls: Option<RustlsConfig>,
     router: Router,
     shared: Arc<Shared>,
+    client_spellings: Arc<AtomicBool>,
 ) -> io::Result<()> {
     let listener = TcpListener::from_std(listener)?;
     let registry = Arc::new(Registry::default());
-    let builder = Arc::new(builder(&shared.limits));
+    // Chosen per connection: the config in force when it is accepted decides.
+    let builders = [false, true].map(|keep| Arc::new(builder(&shared.limits, keep)));
     let tls = tls.map(RustlsAcceptor::new);
     let sweeper = tokio::spawn(sweep(registry.clone(), shared.clone()));
 
@@ -491,7 +498,8 @@ pub(crate) async fn serve(
             inner: stream,
             conn: conn.clone(),
         };
-        let (builder, tls) = (builder.clone(), tls.clone());
+        let builder = builders[usize::from(client_spellings.load(Ordering::Relaxed))].clone();
+        let tls = tls.clone();
         tokio::spawn(async move {
             let _registration = registration;
             match tls {

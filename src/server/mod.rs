@@ -3,6 +3,7 @@
 //! and graceful shutdown with a grace period for open streams.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -31,6 +32,9 @@ pub struct AppState {
     metrics: Option<Arc<Metrics>>,
     /// Request body bytes being received or held now (`limits.max_body_memory_mb`).
     bodies: body::BodyBudget,
+    /// The gateway in force reads the client's header name spellings: connections
+    /// accepted while it is set record them (`conn::serve`).
+    client_spellings: Arc<AtomicBool>,
 }
 
 impl AppState {
@@ -43,6 +47,7 @@ impl AppState {
             .then(|| Arc::new(Metrics::new()));
         count_log_drops(&gateway, metrics.as_deref());
         AppState {
+            client_spellings: Arc::new(AtomicBool::new(gateway.client_spellings)),
             gateway: ArcSwap::from_pointee(gateway),
             client,
             metrics,
@@ -67,7 +72,14 @@ impl AppState {
     /// Replace the gateway; requests already running keep the one they started with.
     pub fn replace_gateway(&self, gateway: Gateway) {
         count_log_drops(&gateway, self.metrics.as_deref());
+        self.client_spellings
+            .store(gateway.client_spellings, Ordering::Relaxed);
         self.gateway.store(Arc::new(gateway));
+    }
+
+    /// Whether connections accepted now record the client's header name spellings.
+    pub fn records_client_spellings(&self) -> bool {
+        self.client_spellings.load(Ordering::Relaxed)
     }
 
     pub fn client(&self) -> &UpstreamClient {
@@ -373,7 +385,8 @@ fn serve(
     connections: Arc<conn::Shared>,
     state: Arc<AppState>,
 ) -> impl std::future::Future<Output = std::io::Result<()>> + Send + 'static {
-    conn::serve(listener, tls, app(state), connections)
+    let client_spellings = state.client_spellings.clone();
+    conn::serve(listener, tls, app(state), connections, client_spellings)
 }
 
 /// The connection settings from `[limits]`, with the open-files limit raised to its

@@ -263,6 +263,82 @@ fn parsed_case_map(names: &[(HeaderName, Box<str>)]) -> Option<http::Extensions>
     extensions
 }
 
+/// How the client spelled `names` (lowercase names of headers its request carried),
+/// from `client`, the extensions of that request as hyper's HTTP/1.1 server handed it
+/// over. The server records the spellings there only with `preserve_header_case`
+/// (`server::conn` turns it on while an HTTPHeadersForwarder is configured), in a map
+/// private to hyper; its HTTP/1.1 client, though, writes a request's names from that
+/// map. So a request with these names (empty values) and a copy of the client's
+/// extensions is written into an in-memory pipe by a client connection (no socket,
+/// no runtime), and the names are read back from the head. One spelling per name, in
+/// the order given; a name the map lacks (an HTTP/2 request, a connection accepted
+/// before a reload turned recording on) comes back as given. Names and their count
+/// are the client's, already bounded by the server's head limits.
+pub fn client_spellings(names: &[&str], client: &http::Extensions) -> Vec<Box<str>> {
+    let mut request = http::Request::new(Empty::<Bytes>::new());
+    let mut size = 64;
+    for name in names {
+        if let Ok(header) = HeaderName::from_bytes(name.as_bytes()) {
+            request
+                .headers_mut()
+                .append(header, http::HeaderValue::from_static(""));
+            size += name.len() + 3;
+        }
+    }
+    *request.extensions_mut() = client.clone();
+    let head = written_head(request, size).unwrap_or_default();
+    let written: Vec<&[u8]> = head
+        .split(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| Some(&line[..line.iter().position(|&b| b == b':')?]))
+        .collect();
+    names
+        .iter()
+        .map(|name| {
+            let spelled = written
+                .iter()
+                .find(|w| w.eq_ignore_ascii_case(name.as_bytes()))
+                .and_then(|w| std::str::from_utf8(w).ok())
+                .unwrap_or(name);
+            spelled.into()
+        })
+        .collect()
+}
+
+/// The head hyper's HTTP/1.1 client writes for `request` (at most `size` bytes): the
+/// pipe holds it whole, so one poll of the connection writes it without waiting.
+fn written_head(request: http::Request<Empty<Bytes>>, size: usize) -> Option<Vec<u8>> {
+    let (mut ours, theirs) = tokio::io::duplex(size);
+    let mut cx = Context::from_waker(Waker::noop());
+    let handshake = hyper::client::conn::http1::handshake(TokioIo::new(theirs));
+    let Poll::Ready(Ok((mut sender, connection))) = std::pin::pin!(handshake).poll(&mut cx) else {
+        return None;
+    };
+    // Kept until the head is read: dropping it would cancel the request unwritten.
+    let _answer = sender.send_request(request);
+    let mut connection = std::pin::pin!(connection);
+    let mut head = vec![0u8; size];
+    let mut filled = 0;
+    // One poll encodes and writes the head; a few more are only a guard.
+    for _ in 0..4 {
+        let ended = connection.as_mut().poll(&mut cx).is_ready();
+        let mut buf = tokio::io::ReadBuf::new(&mut head[filled..]);
+        if let Poll::Ready(Ok(())) =
+            tokio::io::AsyncRead::poll_read(std::pin::Pin::new(&mut ours), &mut cx, &mut buf)
+        {
+            filled += buf.filled().len();
+        }
+        if head[..filled].ends_with(b"\r\n\r\n") {
+            head.truncate(filled - 4);
+            return Some(head);
+        }
+        if ended || filled == head.len() {
+            return None;
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -344,6 +420,26 @@ mod tests {
         assert_eq!(kept, ["X-API-key", "x-TENANT"]);
 
         assert!(HeaderCase::resolve(&sent, &[]).is_none());
+    }
+
+    #[test]
+    fn client_spellings_come_from_the_map_hyper_s_server_recorded() {
+        let recorded = parsed_case_map(&[
+            ("x-trace-id".parse().unwrap(), "X-Trace-ID".into()),
+            ("x-request-source".parse().unwrap(), "x-request-source".into()),
+            ("x-tenant".parse().unwrap(), "X-TENANT".into()),
+        ])
+        .unwrap();
+        let names = ["x-request-source", "x-trace-id", "x-not-sent", "x-tenant"];
+        let spelled = client_spellings(&names, &recorded);
+        assert_eq!(
+            spelled.iter().map(|s| &**s).collect::<Vec<_>>(),
+            ["x-request-source", "X-Trace-ID", "x-not-sent", "X-TENANT"]
+        );
+        // Nothing recorded (HTTP/2, recording off): the names as given.
+        let spelled = client_spellings(&names, &http::Extensions::new());
+        assert_eq!(spelled.iter().map(|s| &**s).collect::<Vec<_>>(), names);
+        assert!(client_spellings(&[], &recorded).is_empty());
     }
 
     #[test]

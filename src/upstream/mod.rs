@@ -33,7 +33,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::Full;
 
 use crate::error::ApiError;
-pub use case::HeaderCase;
+pub use case::{client_spellings, HeaderCase};
 pub use pool::set_pool_shard;
 use pool::{Pool, PooledBody};
 

@@ -317,7 +317,7 @@ fn translated_call(ctx: &mut RequestContext, keep_request: bool) -> Result<Upstr
     let (headers, header_case) = match params.shift_remove("extra_headers") {
         Some(value) => (
             core::extra_headers(&value)?,
-            core::extra_header_case(&value),
+            core::extra_header_case(&value, &ctx.forwarded_spellings),
         ),
         None => (HeaderMap::new(), Default::default()),
     };
