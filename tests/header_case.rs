@@ -262,3 +262,175 @@ white_list_headers = ["X-Client-Trace", "x-lower-case"]
     gw.server.shutdown(Duration::from_secs(5));
     gw.server.wait().await.unwrap();
 }
+
+/// One request written as bytes on `socket` (keep-alive), so that its header names
+/// keep the spellings given here: HTTP client libraries title-case or lowercase
+/// them. Returns the response's status code once the response has been read whole.
+async fn raw_request(
+    socket: &mut tokio::net::TcpStream,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &Value,
+) -> u16 {
+    let body = body.to_string();
+    let mut request = format!(
+        "POST {path} HTTP/1.1\r\nHost: gateway\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(&body);
+    socket.write_all(request.as_bytes()).await.unwrap();
+
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let read = |buf: &[u8]| -> Option<usize> {
+        let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+        if let Some(length) = lines_named(&head, "content-length").first() {
+            let length: usize = length.split_once(':').unwrap().1.trim().parse().unwrap();
+            return (buf.len() >= head_end + length).then_some(head_end);
+        }
+        buf.ends_with(b"\r\n0\r\n\r\n").then_some(head_end)
+    };
+    loop {
+        if let Some(head_end) = read(&buf) {
+            let head = String::from_utf8_lossy(&buf[..head_end]);
+            return head.split(' ').nth(1).unwrap().parse().unwrap();
+        }
+        let n = socket.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the gateway closed the connection mid-response");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// The header names of a client that spells them its own way.
+const CLIENT_SPELLED: [(&str, &str); 5] = [
+    ("AUTHORIZATION", "Bearer k"),
+    ("X-Trace-ID", "1"),
+    ("x-request-source", "a"),
+    ("X-TENANT", "acme"),
+    // A name the connection sets itself: the connection's value and spelling win.
+    ("X-Lower-Case", "from-client"),
+];
+
+/// The client's own spellings (issue 19, point 9: "the case the config or the client
+/// gave them"): headers HTTPHeadersForwarder copies reach a plain-http upstream as the
+/// client wrote them, from the chat door (plain and streamed), the OpenAI-only doors
+/// and the Anthropic door; the provider's key and the connection's own headers keep
+/// theirs.
+#[tokio::test]
+async fn forwarded_headers_keep_the_client_s_spelling() {
+    let (base, heads) = raw_upstream().await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[connections.up]
+api_type = "open_ai"
+api_base = "{base}"
+api_key = "sk-upstream"
+[connections.up.http_headers]
+x-lower-case = "configured"
+[routing]
+"*" = "up.*"
+[groups.default]
+api_keys = ["k"]
+[[before]]
+class = "lm_proxy.handlers.HTTPHeadersForwarder"
+"#
+    ))
+    .await;
+    assert!(gw.server.state.records_client_spellings());
+    let address = gw.server.addr;
+    let mut socket = tokio::net::TcpStream::connect(address).await.unwrap();
+    for (path, body) in [
+        ("/v1/chat/completions", user("m", "hi")),
+        (
+            "/v1/chat/completions",
+            json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        ("/v1/embeddings", json!({"model": "m", "input": "hi"})),
+        ("/v1/completions", json!({"model": "m", "prompt": "hi"})),
+        (
+            "/v1/messages",
+            json!({"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+    ] {
+        let before = heads.lock().unwrap().len();
+        // The mock's answer fits only the plain chat call; the heads are what matters.
+        let status = raw_request(&mut socket, path, &CLIENT_SPELLED, &body).await;
+        if path == "/v1/chat/completions" && body.get("stream").is_none() {
+            assert_eq!(status, 200);
+        }
+        let head = heads.lock().unwrap()[before].clone();
+        for (name, line) in [
+            ("x-trace-id", "X-Trace-ID: 1"),
+            ("x-request-source", "x-request-source: a"),
+            ("x-tenant", "X-TENANT: acme"),
+            ("x-lower-case", "x-lower-case: configured"),
+            ("authorization", "Authorization: Bearer sk-upstream"),
+        ] {
+            assert_eq!(lines_named(&head, name), [line], "{path}: {head}");
+        }
+    }
+    gw.server.shutdown(Duration::from_secs(5));
+    gw.server.wait().await.unwrap();
+}
+
+/// Recording the client's spellings costs a map per request, so the server records
+/// them only while the config has a forwarder, decided per connection when it is
+/// accepted: a connection accepted before a reload added the forwarder sends its
+/// copies lowercase, a later one in the client's spelling; a reload that removes the
+/// forwarder turns recording off.
+#[tokio::test]
+async fn spellings_are_recorded_only_while_a_forwarder_is_configured() {
+    let (base, heads) = raw_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config.toml");
+    let without = format!(
+        r#"
+[connections.up]
+api_type = "open_ai"
+api_base = "{base}"
+[routing]
+"*" = "up.*"
+[groups.default]
+api_keys = ["k"]
+"#
+    );
+    let with = format!(
+        "{without}\n[[before]]\nclass = \"lm_proxy.handlers.HTTPHeadersForwarder\"\n"
+    );
+    std::fs::write(&path, &without).unwrap();
+    let gw = TestGateway::start_file(&path).await;
+    assert!(!gw.server.state.records_client_spellings());
+    let reload = || async {
+        let resolver = lm_proxy::extensions::NativeResolver;
+        assert!(
+            lm_proxy::server::reload::reload(&gw.server.state, &resolver, &Default::default())
+                .await
+        );
+    };
+    let trace = |head: &str| lines_named(head, "x-trace-id").join("|");
+
+    let mut early = tokio::net::TcpStream::connect(gw.server.addr).await.unwrap();
+    let chat = user("m", "hi");
+    assert_eq!(raw_request(&mut early, "/v1/chat/completions", &CLIENT_SPELLED, &chat).await, 200);
+    assert_eq!(trace(heads.lock().unwrap().last().unwrap()), "");
+
+    std::fs::write(&path, &with).unwrap();
+    reload().await;
+    assert!(gw.server.state.records_client_spellings());
+    assert_eq!(raw_request(&mut early, "/v1/chat/completions", &CLIENT_SPELLED, &chat).await, 200);
+    assert_eq!(trace(heads.lock().unwrap().last().unwrap()), "x-trace-id: 1");
+    let mut late = tokio::net::TcpStream::connect(gw.server.addr).await.unwrap();
+    assert_eq!(raw_request(&mut late, "/v1/chat/completions", &CLIENT_SPELLED, &chat).await, 200);
+    assert_eq!(trace(heads.lock().unwrap().last().unwrap()), "X-Trace-ID: 1");
+
+    std::fs::write(&path, &without).unwrap();
+    reload().await;
+    assert!(!gw.server.state.records_client_spellings());
+    gw.server.shutdown(Duration::from_secs(5));
+    gw.server.wait().await.unwrap();
+}

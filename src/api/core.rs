@@ -504,6 +504,29 @@ mod tests {
     }
 
     #[test]
+    fn a_client_spelling_holds_while_the_copied_value_is_sent() {
+        let forwarded: Vec<(Box<str>, Value)> = vec![
+            ("X-Trace-ID".into(), "1".into()),
+            ("X-Tenant-ID".into(), "acme".into()),
+            ("X-Source".into(), "a".into()),
+        ];
+        // x-tenant-id: a later handler replaced the copied value; X-SOURCE: a handler
+        // wrote the name its own way.
+        let table = serde_json::json!({
+            "x-trace-id": "1", "x-tenant-id": "other", "X-SOURCE": "a", "x-own": "b"
+        });
+        let case = extra_header_case(&table, &forwarded);
+        let spelled: Vec<_> = case.spellings().map(|(_, s)| s).collect();
+        assert_eq!(spelled, ["X-Trace-ID", "x-tenant-id", "X-SOURCE", "x-own"]);
+        // No copies recorded: the table's names, as before.
+        let spelled: Vec<_> = extra_header_case(&table, &[])
+            .spellings()
+            .map(|(_, s)| s.to_owned())
+            .collect();
+        assert_eq!(spelled, ["x-trace-id", "x-tenant-id", "X-SOURCE", "x-own"]);
+    }
+
+    #[test]
     fn extra_headers_may_not_set_framing_headers() {
         let ok = extra_headers(&serde_json::json!({"X-Tenant": "acme", "X-Count": 3})).unwrap();
         assert_eq!(ok["x-tenant"], "acme");
