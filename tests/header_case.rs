@@ -169,8 +169,8 @@ fn lines_named<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
 /// Exact spellings (issue 19, point 9): a connection's `http_headers` arrive as the
 /// config wrote them, from the chat door, the two OpenAI-only doors and the
 /// Anthropic door (translated); headers set
-/// through `llm_params.extra_headers` arrive as written there (the forwarder writes
-/// the names as the reference's did: lowercase, the form ASGI servers hand over);
+/// through `llm_params.extra_headers` arrive as written there (reqwest sends the
+/// client's names lowercase, and the forwarder keeps the client's spelling);
 /// the provider's key and the gateway's own headers keep title case.
 #[tokio::test]
 async fn configured_and_handler_set_spellings_arrive_exactly() {
@@ -399,9 +399,8 @@ api_base = "{base}"
 api_keys = ["k"]
 "#
     );
-    let with = format!(
-        "{without}\n[[before]]\nclass = \"lm_proxy.handlers.HTTPHeadersForwarder\"\n"
-    );
+    let with =
+        format!("{without}\n[[before]]\nclass = \"lm_proxy.handlers.HTTPHeadersForwarder\"\n");
     std::fs::write(&path, &without).unwrap();
     let gw = TestGateway::start_file(&path).await;
     assert!(!gw.server.state.records_client_spellings());
@@ -414,19 +413,38 @@ api_keys = ["k"]
     };
     let trace = |head: &str| lines_named(head, "x-trace-id").join("|");
 
-    let mut early = tokio::net::TcpStream::connect(gw.server.addr).await.unwrap();
+    let mut early = tokio::net::TcpStream::connect(gw.server.addr)
+        .await
+        .unwrap();
     let chat = user("m", "hi");
-    assert_eq!(raw_request(&mut early, "/v1/chat/completions", &CLIENT_SPELLED, &chat).await, 200);
+    assert_eq!(
+        raw_request(&mut early, "/v1/chat/completions", &CLIENT_SPELLED, &chat).await,
+        200
+    );
     assert_eq!(trace(heads.lock().unwrap().last().unwrap()), "");
 
     std::fs::write(&path, &with).unwrap();
     reload().await;
     assert!(gw.server.state.records_client_spellings());
-    assert_eq!(raw_request(&mut early, "/v1/chat/completions", &CLIENT_SPELLED, &chat).await, 200);
-    assert_eq!(trace(heads.lock().unwrap().last().unwrap()), "x-trace-id: 1");
-    let mut late = tokio::net::TcpStream::connect(gw.server.addr).await.unwrap();
-    assert_eq!(raw_request(&mut late, "/v1/chat/completions", &CLIENT_SPELLED, &chat).await, 200);
-    assert_eq!(trace(heads.lock().unwrap().last().unwrap()), "X-Trace-ID: 1");
+    assert_eq!(
+        raw_request(&mut early, "/v1/chat/completions", &CLIENT_SPELLED, &chat).await,
+        200
+    );
+    assert_eq!(
+        trace(heads.lock().unwrap().last().unwrap()),
+        "x-trace-id: 1"
+    );
+    let mut late = tokio::net::TcpStream::connect(gw.server.addr)
+        .await
+        .unwrap();
+    assert_eq!(
+        raw_request(&mut late, "/v1/chat/completions", &CLIENT_SPELLED, &chat).await,
+        200
+    );
+    assert_eq!(
+        trace(heads.lock().unwrap().last().unwrap()),
+        "X-Trace-ID: 1"
+    );
 
     std::fs::write(&path, &without).unwrap();
     reload().await;

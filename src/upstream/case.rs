@@ -11,6 +11,10 @@
 //! spellings, over an in-memory pipe (no socket, no runtime), and keeps the parsed
 //! request's extensions to be cloned into each request that needs them.
 //!
+//! The client's own spellings, which the server records in that same private map
+//! while an HTTPHeadersForwarder is configured, are read back the other way round
+//! ([`client_spellings`]): hyper's HTTP/1.1 client writes a head from the map.
+//!
 //! Only names whose spelling differs from title case are kept: the common case (no
 //! configured or handler-set name, or all in title case) is [`HeaderCase::NONE`],
 //! and sending then costs nothing more than before.
@@ -426,7 +430,10 @@ mod tests {
     fn client_spellings_come_from_the_map_hyper_s_server_recorded() {
         let recorded = parsed_case_map(&[
             ("x-trace-id".parse().unwrap(), "X-Trace-ID".into()),
-            ("x-request-source".parse().unwrap(), "x-request-source".into()),
+            (
+                "x-request-source".parse().unwrap(),
+                "x-request-source".into(),
+            ),
             ("x-tenant".parse().unwrap(), "X-TENANT".into()),
         ])
         .unwrap();
