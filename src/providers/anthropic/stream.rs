@@ -421,8 +421,17 @@ pub fn translate(events: ChunkStream, translator: Translator) -> ChunkStream {
                 Some(Ok(event)) => match st.translator.on_event(&event) {
                     Ok(chunks) => {
                         st.pending.extend(chunks);
-                        // Nothing comes after message_stop: do not wait for the body's end.
-                        st.done = st.translator.is_finished();
+                        // Nothing comes after message_stop: the client's stream ends
+                        // without waiting for the body's end, which is read off the
+                        // client's path so that the connection is kept.
+                        if st.translator.is_finished() {
+                            st.done = true;
+                            let events = std::mem::replace(
+                                &mut st.events,
+                                Box::pin(futures_util::stream::empty()),
+                            );
+                            read_to_end(events);
+                        }
                         continue;
                     }
                     Err(err) => err,
@@ -443,6 +452,32 @@ pub fn translate(events: ChunkStream, translator: Translator) -> ChunkStream {
             return Some((Err(failure), st));
         }
     }))
+}
+
+/// How long the rest of a body may take after `message_stop` before its connection
+/// is closed instead of kept.
+const AFTER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Read what is left of an upstream stream after `message_stop` (normally only the
+/// end of the chunked body, already received), so that its keep-alive connection
+/// goes back to the pool: dropped unread, the connection was closed, and every
+/// translated stream opened a new one (connect, accept and a socket in TIME_WAIT
+/// per stream). What has not arrived yet is awaited in a task of its own, bounded.
+fn read_to_end(mut events: ChunkStream) {
+    use futures_util::FutureExt;
+    loop {
+        match events.next().now_or_never() {
+            Some(Some(_)) => continue,
+            Some(None) => return,
+            None => break,
+        }
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(AFTER_STOP_GRACE, async {
+            while events.next().await.is_some() {}
+        })
+        .await;
+    });
 }
 
 #[cfg(test)]
