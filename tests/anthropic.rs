@@ -506,7 +506,11 @@ async fn streams_reuse_the_upstream_connection() {
         assert!(done);
         assert_eq!(finish_of(&chunks, 0), ["stop"]);
     }
-    assert_eq!(upstream.connections(), 1, "one connection for three streams");
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "one connection for three streams"
+    );
 }
 
 #[tokio::test]

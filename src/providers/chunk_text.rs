@@ -93,7 +93,6 @@ impl ChunkWriter {
     /// One chunk with one choice: `{"index":…,"delta":<delta>,"logprobs":null,
     /// "finish_reason":…}`, the delta written by `delta` (a JSON object). `hint`: about
     /// how many bytes the delta takes.
-    #[allow(clippy::too_many_arguments)]
     pub fn choice(
         &mut self,
         (id, created, model): (&str, u64, &str),

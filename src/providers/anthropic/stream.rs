@@ -353,9 +353,7 @@ impl Translator {
                         }]});
                         let chunk = self.chunk(
                             128,
-                            |buf| {
-                                serde_json::to_writer(buf, &call).expect("JSON values serialize")
-                            },
+                            |buf| serde_json::to_writer(buf, &call).expect("JSON values serialize"),
                             None,
                         );
                         out.push_back(chunk);
@@ -752,8 +750,24 @@ mod tests {
             }
             assert_eq!(texts(a), texts(b), "{event}");
             assert_eq!(
-                format!("{:?}", (&fast.blocks.len(), fast.usage, &fast.stop_reason, fast.finished)),
-                format!("{:?}", (&tree.blocks.len(), tree.usage, &tree.stop_reason, tree.finished)),
+                format!(
+                    "{:?}",
+                    (
+                        &fast.blocks.len(),
+                        fast.usage,
+                        &fast.stop_reason,
+                        fast.finished
+                    )
+                ),
+                format!(
+                    "{:?}",
+                    (
+                        &tree.blocks.len(),
+                        tree.usage,
+                        &tree.stop_reason,
+                        tree.finished
+                    )
+                ),
                 "{event}"
             );
         }
@@ -800,7 +814,9 @@ mod tests {
             [
                 chunk(json!({"role": "assistant", "content": ""})),
                 chunk(json!({"content": "a\"b"})),
-                chunk(json!({"tool_calls": [{"index": 2, "function": {"arguments": "{\"x\":1}"}}]})),
+                chunk(
+                    json!({"tool_calls": [{"index": 2, "function": {"arguments": "{\"x\":1}"}}]})
+                ),
                 chunk(json!({"reasoning_content": "r"})),
             ]
         );

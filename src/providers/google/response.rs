@@ -230,7 +230,10 @@ pub fn completion_id_of(response_id: Option<&str>) -> String {
 
 /// The model name to report: Gemini's `modelVersion`, else the requested model.
 pub fn model_name(response: &Value, requested: &str) -> String {
-    model_name_of(response.get("modelVersion").and_then(Value::as_str), requested)
+    model_name_of(
+        response.get("modelVersion").and_then(Value::as_str),
+        requested,
+    )
 }
 
 /// [`model_name`] of a `modelVersion` already read.
