@@ -162,6 +162,7 @@ fn call_of(request: &Map<String, Value>) -> UpstreamCall {
         model: "m".into(),
         params,
         headers: http::HeaderMap::new(),
+        header_case: Default::default(),
         gateway_usage: false,
     }
 }

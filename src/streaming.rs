@@ -318,6 +318,9 @@ pub struct StreamAccumulator {
     model: Option<Value>,
     choices: std::collections::BTreeMap<u64, ChoiceParts>,
     usage: Option<Value>,
+    /// The chunks are a legacy completion's (`text_completion`, `choices[].text`):
+    /// the answer is put together in that shape.
+    text_completion: bool,
     budget: Budget,
 }
 
@@ -391,6 +394,7 @@ impl StreamAccumulator {
             model: None,
             choices: Default::default(),
             usage: None,
+            text_completion: false,
             budget: Budget {
                 limit,
                 held: 0,
@@ -424,6 +428,9 @@ impl StreamAccumulator {
             // Replaced, never added up: one event's worth at most.
             self.usage = Some(usage.clone());
         }
+        if chunk.get("object").and_then(Value::as_str) == Some("text_completion") {
+            self.text_completion = true;
+        }
         let Some(choices) = chunk.get("choices").and_then(Value::as_array) else {
             return;
         };
@@ -440,6 +447,10 @@ impl StreamAccumulator {
             };
             let delta = choice.get("delta");
             if let Some(text) = delta.and_then(|d| d.get("content")).and_then(Value::as_str) {
+                budget.push(&mut parts.content, text);
+            }
+            // A legacy completion's piece of text.
+            if let Some(text) = choice.get("text").and_then(Value::as_str) {
                 budget.push(&mut parts.content, text);
             }
             if let Some(text) = delta
@@ -486,6 +497,9 @@ impl StreamAccumulator {
     }
 
     pub fn into_response(self) -> Value {
+        if self.text_completion {
+            return self.into_text_completion();
+        }
         let choices: Vec<Value> = self
             .choices
             .into_iter()
@@ -516,6 +530,33 @@ impl StreamAccumulator {
         let mut answer = json!({
             "id": self.id,
             "object": "chat.completion",
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": self.usage,
+        });
+        if self.budget.truncated {
+            answer["truncated"] = true.into();
+        }
+        answer
+    }
+}
+
+impl StreamAccumulator {
+    /// The answer as a legacy completion (`text_completion`), as the completions
+    /// door's non-streamed answers are.
+    fn into_text_completion(self) -> Value {
+        let choices: Vec<Value> = self
+            .choices
+            .into_iter()
+            .map(|(index, parts)| {
+                json!({"index": index, "text": parts.content, "logprobs": null,
+                       "finish_reason": parts.finish_reason})
+            })
+            .collect();
+        let mut answer = json!({
+            "id": self.id,
+            "object": "text_completion",
             "created": self.created,
             "model": self.model,
             "choices": choices,

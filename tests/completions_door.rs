@@ -1,7 +1,8 @@
 //! The legacy completions door (`POST /v1/completions`): pass-through to an
 //! OpenAI-compatible upstream, streamed (events forwarded as written) and not, the
 //! mock's completions, other kinds refused with a 400 naming the connection, bad
-//! inputs in OpenAI's envelope, and the door in the metrics and the log entry.
+//! inputs in OpenAI's envelope, the door in the metrics and the log entry, and
+//! streams' usage and answer for loggers and metrics (issue 16).
 
 mod common;
 #[path = "doors/upstream.rs"]
@@ -226,4 +227,153 @@ async fn the_log_entry_and_metrics_know_the_door() {
     assert!(lines.iter().all(|l| l["endpoint"] == "completions"));
     let plain = lines.iter().find(|l| l["connection"] == "mock").unwrap();
     assert_eq!(plain["response"], "You said: one two", "{plain}");
+}
+
+/// One OpenAI-compatible connection on the mock (`extra` in its table) and a logger
+/// whose entries carry a stream's token counts and answer text.
+fn usage_config(base: &str, log: &std::path::Path, extra: &str) -> String {
+    format!(
+        r#"
+[connections.oai]
+api_type = "open_ai"
+api_base = "{base}/v1"
+{extra}
+[routing]
+"*" = "oai.*"
+[groups.default]
+api_keys = ["k1"]
+[[loggers]]
+class = "lm_proxy.loggers.BaseLogger"
+[loggers.log_writer]
+class = "lm_proxy.loggers.log_writers.JsonLogWriter"
+file_name = {log:?}
+[loggers.entry_transformer]
+class = "lm_proxy.loggers.LogEntryTransformer"
+prompt_tokens = "response.usage.prompt_tokens"
+completion_tokens = "response.usage.completion_tokens"
+answer = "response.choices.0.text"
+object = "response.object"
+"#,
+        log = log.to_str().unwrap()
+    )
+}
+
+/// The data of the upstream's events but the usage-only one, and `[DONE]`.
+fn events_without_usage() -> Vec<String> {
+    let mut events: Vec<String> = upstream::COMPLETION_EVENTS[..2]
+        .iter()
+        .map(|e| e.to_string())
+        .collect();
+    events.push("[DONE]".into());
+    events
+}
+
+/// A streamed completion asks the upstream for usage when the client did not, so
+/// that loggers and metrics get token counts, and the client does not see it; a
+/// client that asked gets exactly what the upstream sent; other stream options
+/// are kept. Loggers get the streamed answer's text.
+#[tokio::test]
+async fn streams_bring_usage_and_the_answer_to_loggers_and_metrics() {
+    let (base, seen) = upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.log");
+    let gw = TestGateway::start(&usage_config(&base, &log, "")).await;
+
+    // Not asked by the client: asked upstream, hidden from the client.
+    let body = r#" {"model":"gpt-3.5-turbo-instruct","prompt":"a","stream":true}"#;
+    let (status, _, text) = post(&gw, "k1", body).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(sse_payloads(&text), events_without_usage());
+    let sent: Value = serde_json::from_slice(&seen.last().2).unwrap();
+    assert_eq!(
+        sent["stream_options"],
+        json!({"include_usage": true}),
+        "{sent}"
+    );
+    assert_eq!(sent["prompt"], "a");
+    assert_eq!(sent["stream"], true);
+
+    // Asked by the client: the body goes as written, the usage chunk comes back.
+    let body = r#"{"model":"gpt-3.5-turbo-instruct","prompt":"a","stream":true,"stream_options":{"include_usage":true}}"#;
+    let (status, _, text) = post(&gw, "k1", body).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(sse_payloads(&text).len(), 4, "{text}");
+    assert_eq!(std::str::from_utf8(&seen.last().2).unwrap(), body);
+
+    // Other stream options: kept, usage added.
+    let body = r#"{"model":"gpt-3.5-turbo-instruct","prompt":"a","stream":true,"stream_options":{"continuous_usage_stats":false}}"#;
+    let (status, _, text) = post(&gw, "k1", body).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(sse_payloads(&text), events_without_usage());
+    let sent: Value = serde_json::from_slice(&seen.last().2).unwrap();
+    assert_eq!(
+        sent["stream_options"],
+        json!({"continuous_usage_stats": false, "include_usage": true})
+    );
+
+    let metrics = gw.metrics().await;
+    let completion_tokens = metrics
+        .lines()
+        .find(|l| l.starts_with("lm_proxy_tokens_total{") && l.contains(r#"type="completion""#))
+        .unwrap_or_else(|| panic!("no completion token count in {metrics}"));
+    assert!(completion_tokens.ends_with(" 6"), "{completion_tokens}");
+
+    gw.server.shutdown(Duration::from_secs(5));
+    gw.server.wait().await.unwrap();
+    let lines = common::json_lines(&log);
+    assert_eq!(lines.len(), 3);
+    for line in &lines {
+        assert_eq!(line["prompt_tokens"], 2, "{line}");
+        assert_eq!(line["completion_tokens"], 2, "{line}");
+        assert_eq!(line["answer"], "Hello", "{line}");
+        assert_eq!(line["object"], "text_completion", "{line}");
+    }
+}
+
+/// `stream_usage = false` (for servers that refuse `stream_options`): the client's
+/// request goes as written.
+#[tokio::test]
+async fn stream_usage_false_sends_the_completion_request_as_written() {
+    let (base, seen) = upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.log");
+    let gw = TestGateway::start(&usage_config(&base, &log, "stream_usage = false")).await;
+    let body = r#"{"model":"gpt-3.5-turbo-instruct","prompt":"a","stream":true}"#;
+    let (status, _, text) = post(&gw, "k1", body).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(sse_payloads(&text), events_without_usage());
+    assert_eq!(std::str::from_utf8(&seen.last().2).unwrap(), body);
+    gw.server.shutdown(Duration::from_secs(5));
+    gw.server.wait().await.unwrap();
+    let lines = common::json_lines(&log);
+    // No usage, but the answer.
+    assert_eq!(lines[0]["answer"], "Hello", "{}", lines[0]);
+    assert!(lines[0]["completion_tokens"].is_null(), "{}", lines[0]);
+}
+
+/// A server that refuses the `stream_options` the gateway added: the 400 says so and
+/// names the setting that stops it.
+#[tokio::test]
+async fn a_refused_stream_options_names_the_setting() {
+    let (base, _seen) = upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("requests.log");
+    let gw = TestGateway::start(&usage_config(&base, &log, "")).await;
+    let (status, _, text) = post(
+        &gw,
+        "k1",
+        r#"{"model":"strict","prompt":"a","stream":true}"#,
+    )
+    .await;
+    assert_eq!(status, 400, "{text}");
+    let error: Value = serde_json::from_str(&text).unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("Unrecognized request argument"),
+        "{message}"
+    );
+    assert!(message.contains("stream_usage = false"), "{message}");
+    assert!(message.contains("'oai'"), "{message}");
+    gw.server.shutdown(Duration::from_secs(5));
+    gw.server.wait().await.unwrap();
 }

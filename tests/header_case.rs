@@ -155,3 +155,110 @@ remote_addr = "remote_addr"
     .unwrap();
     assert_eq!(line["remote_addr"], "2001:DB8:0::1");
 }
+
+/// The lines of a request head whose name is `name` in any case.
+fn lines_named<'a>(head: &'a str, name: &str) -> Vec<&'a str> {
+    head.lines()
+        .filter(|l| {
+            l.split_once(':')
+                .is_some_and(|(n, _)| n.eq_ignore_ascii_case(name))
+        })
+        .collect()
+}
+
+/// Exact spellings (issue 19, point 9): a connection's `http_headers` arrive as the
+/// config wrote them, from the chat door, the two OpenAI-only doors and the
+/// Anthropic door (translated); headers set
+/// through `llm_params.extra_headers` arrive as written there (the forwarder writes
+/// the names as the reference's did: lowercase, the form ASGI servers hand over);
+/// the provider's key and the gateway's own headers keep title case.
+#[tokio::test]
+async fn configured_and_handler_set_spellings_arrive_exactly() {
+    let (base, heads) = raw_upstream().await;
+    let gw = TestGateway::start(&format!(
+        r#"
+[connections.up]
+api_type = "open_ai"
+api_base = "{base}"
+api_key = "sk-upstream"
+[connections.up.http_headers]
+X-Custom-Header = "configured"
+x-lower-case = "configured"
+X-API-key = "configured"
+[routing]
+"*" = "up.*"
+[groups.default]
+api_keys = ["k"]
+[[before]]
+class = "lm_proxy.handlers.HTTPHeadersForwarder"
+white_list_headers = ["X-Client-Trace", "x-lower-case"]
+"#
+    ))
+    .await;
+
+    let mut sent = Vec::new();
+    for (path, body) in [
+        ("/v1/chat/completions", user("m", "hi")),
+        (
+            "/v1/chat/completions",
+            json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+        ("/v1/embeddings", json!({"model": "m", "input": "hi"})),
+        ("/v1/completions", json!({"model": "m", "prompt": "hi"})),
+        // The Anthropic door, translated for the OpenAI-compatible connection.
+        (
+            "/v1/messages",
+            json!({"model": "m", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}),
+        ),
+    ] {
+        let before = heads.lock().unwrap().len();
+        // The answers of this mock fit only the plain chat call; the heads are what
+        // matters here.
+        let _ = gw
+            .client
+            .post(gw.url(path))
+            .bearer_auth("k")
+            .header("X-Client-Trace", "t-1")
+            // A client's value for a name the connection sets: the connection wins,
+            // with the config's spelling.
+            .header("X-Lower-Case", "from-client")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await;
+        let seen = heads.lock().unwrap();
+        assert_eq!(seen.len(), before + 1, "{path}");
+        sent.push((path, seen[before].clone()));
+    }
+    for (path, head) in &sent {
+        let names = header_names(head);
+        for spelled in ["X-Custom-Header", "x-lower-case", "X-API-key"] {
+            assert!(names.contains(&spelled), "{path}: {spelled} in\n{head}");
+        }
+        assert_eq!(
+            lines_named(head, "x-lower-case"),
+            ["x-lower-case: configured"],
+            "{path}: {head}"
+        );
+        assert_eq!(
+            lines_named(head, "authorization"),
+            ["Authorization: Bearer sk-upstream"],
+            "{path}: {head}"
+        );
+        assert_eq!(
+            lines_named(head, "x-client-trace"),
+            ["x-client-trace: t-1"],
+            "{path}: {head}"
+        );
+        for gateway_set in ["Content-Type", "Host", "Content-Length"] {
+            assert!(
+                names.contains(&gateway_set),
+                "{path}: {gateway_set} in\n{head}"
+            );
+        }
+    }
+    gw.server.shutdown(Duration::from_secs(5));
+    gw.server.wait().await.unwrap();
+}

@@ -8,6 +8,10 @@
 //! answer or stream events are passed on as written; the mock answers itself; other
 //! kinds answer 400 naming the connection. Errors are OpenAI's envelope; a stream
 //! that fails midway ends with an error event and `[DONE]`, as on the chat door.
+//! Streams bring usage to loggers and metrics as chat streams do (the upstream is
+//! asked for it unless the connection says `stream_usage = false`; a client that
+//! did not ask does not see it), and loggers get the streamed answer put together
+//! as one `text_completion`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -41,49 +45,59 @@ pub async fn completions(
     .await;
     let (gateway, ctx, ending) = incoming.finish(&state).await;
     match result {
-        Ok(TextCompletion::Complete(answer)) => {
+        Ok((TextCompletion::Complete(answer), _)) => {
             let answer = gateway.redactor.redact_payload(answer);
             ending.completed(&gateway, ctx, answer.usage(), || {
                 answer.to_value().into_owned()
             });
             super::embeddings::json_response(answer.into_json_bytes())
         }
-        Ok(TextCompletion::Stream(chunks)) => {
+        Ok((TextCompletion::Stream(chunks), hide_usage)) => {
             let identity = StreamIdentity {
                 id: format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
                 created: unix_now(),
                 model: ctx.model.clone().unwrap_or_default(),
             };
-            // The chat door's assembler reads chat chunks; loggers of this door get
-            // the stream's outcome without an assembled answer.
+            // Loggers get the answer put together (a `text_completion`), capped like
+            // any answer held whole.
+            let assemble = gateway
+                .log_dispatcher
+                .as_ref()
+                .map(|_| gateway.config.settings.max_response_body_bytes());
             let (chunks, finish) = ending.stream(&gateway, ctx, chunks);
-            let body = encode_sse_assembling(chunks, identity, None, false, finish);
+            let body = encode_sse_assembling(chunks, identity, assemble, hide_usage, finish);
             (core::sse_headers(), Body::from_stream(body)).into_response()
         }
         Err(error) => ending.failed(&gateway, ctx, error).into_response(),
     }
 }
 
+/// With the answer: whether a stream's usage is to be kept from the client (the
+/// gateway asked for it, the client did not), as on the chat door.
 async fn handle(
     state: &AppState,
     gateway: &Gateway,
     ctx: &mut RequestContext,
     body: &mut Option<Body>,
     upstream_time: &mut Option<std::time::Duration>,
-) -> Result<TextCompletion, ApiError> {
+) -> Result<(TextCompletion, bool), ApiError> {
     let (bytes, held) = core::admit(state, gateway, ctx, body).await?;
     ctx.request = super::chat::json_object_body(&ctx.http_headers, &bytes)?;
     validate(&ctx.request)?;
     let connection = core::route(gateway, ctx)?;
     let keep_request = core::run_handlers(gateway, ctx).await?;
-    let call =
+    let mut call =
         super::embeddings::door_call(gateway, ctx, bytes, keep_request, &connection.name, false)?;
     drop(held);
+    // Streams bring usage to loggers and metrics whether or not the client asked
+    // for it; with neither, nobody needs it and nothing is asked for.
+    call.gateway_usage = keep_request || state.metrics().is_some();
+    let hide_usage = call.stream && !call.client_include_usage();
     let provider = connection.provider.clone();
     let started = std::time::Instant::now();
     let answer = provider.text_completion(call).await;
     *upstream_time = Some(started.elapsed());
-    answer
+    Ok((answer?, hide_usage))
 }
 
 /// The checks of a legacy completions request, in OpenAI's terms; everything else

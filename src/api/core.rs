@@ -33,6 +33,7 @@ use crate::providers::{Connection, UpstreamCall};
 use crate::routing::RouteModel;
 use crate::server::{body, AppState};
 use crate::streaming::StreamSummary;
+use crate::upstream::HeaderCase;
 
 /// What a provider produced for a request.
 pub enum Reply {
@@ -207,9 +208,11 @@ pub fn upstream_call(
         params.insert("messages".into(), messages);
     }
     let mut headers = HeaderMap::new();
+    let mut header_case = HeaderCase::NONE;
     for (key, value) in llm_params {
         if key == "extra_headers" {
             headers = extra_headers(&value)?;
+            header_case = extra_header_case(&value);
         } else {
             params.insert(key, value);
         }
@@ -218,6 +221,7 @@ pub fn upstream_call(
         model: ctx.model.clone().unwrap_or_default(),
         params,
         headers,
+        header_case,
         // Streams bring usage to loggers and metrics whether or not the client asked;
         // the door hides what the client did not ask for.
         gateway_usage: want_usage,
@@ -238,6 +242,15 @@ const GATEWAY_SET_HEADERS: [HeaderName; 9] = [
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
 ];
+
+/// How the handlers spelled the names of `llm_params.extra_headers` (the table's
+/// keys, as [`extra_headers`] reads it), for upstreams that keep spellings.
+pub fn extra_header_case(value: &Value) -> HeaderCase {
+    match value {
+        Value::Object(map) => HeaderCase::of(map.keys().map(String::as_str)),
+        _ => HeaderCase::NONE,
+    }
+}
 
 /// `llm_params.extra_headers` (set by handlers) as HTTP headers.
 pub fn extra_headers(value: &Value) -> Result<HeaderMap, ApiError> {

@@ -125,9 +125,12 @@ pub(crate) fn door_call(
     } else {
         std::mem::take(&mut ctx.llm_params)
     };
-    let headers = match params.shift_remove("extra_headers") {
-        Some(value) => core::extra_headers(&value)?,
-        None => HeaderMap::new(),
+    let (headers, header_case) = match params.shift_remove("extra_headers") {
+        Some(value) => (
+            core::extra_headers(&value)?,
+            core::extra_header_case(&value),
+        ),
+        None => (HeaderMap::new(), Default::default()),
     };
     params.shift_remove("model");
     params.shift_remove("messages");
@@ -170,7 +173,10 @@ pub(crate) fn door_call(
         params,
         inputs,
         headers,
+        header_case,
         stream,
+        // Set by the completions door when it wants a stream's usage.
+        gateway_usage: false,
     })
 }
 

@@ -150,6 +150,7 @@ mod tests {
             model: "m".into(),
             params: Map::new(),
             headers: http::HeaderMap::new(),
+            header_case: Default::default(),
             gateway_usage: false,
         }
     }

@@ -35,11 +35,31 @@ pub struct DoorCall {
     pub inputs: Vec<EmbeddingInput>,
     /// Extra HTTP headers for this call (from handlers' `llm_params.extra_headers`).
     pub headers: http::HeaderMap,
+    /// The names of `headers` as the handlers spelled them (where not title case).
+    pub header_case: crate::upstream::HeaderCase,
     /// Completions: the answer is streamed.
     pub stream: bool,
+    /// Completions: the gateway wants a stream's usage (for loggers and metrics)
+    /// whether or not the client asked for it, as for chat
+    /// (`UpstreamCall::gateway_usage`); the door hides what the client did not ask for.
+    pub gateway_usage: bool,
 }
 
 impl DoorCall {
+    /// Whether the client asked for a stream's usage (`stream_options.include_usage`).
+    pub fn client_include_usage(&self) -> bool {
+        self.params
+            .get("stream_options")
+            .and_then(|o| o.get("include_usage"))
+            .and_then(Value::as_bool)
+            .unwrap_or(false)
+    }
+
+    /// Whether a stream's usage is wanted, by the client or the gateway.
+    pub fn include_usage(&self) -> bool {
+        self.gateway_usage || self.client_include_usage()
+    }
+
     /// The positive `dimensions` the client asked for.
     pub fn dimensions(&self) -> Option<u64> {
         self.params.get("dimensions").and_then(Value::as_u64)

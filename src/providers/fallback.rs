@@ -295,6 +295,7 @@ mod tests {
             model: "asked".into(),
             params: Map::from_iter([("stream".to_owned(), json!(true))]),
             headers: http::HeaderMap::new(),
+            header_case: Default::default(),
             gateway_usage: false,
         }
     }

@@ -469,12 +469,9 @@ fn text_completion(
             usage,
         ))));
     }
-    let include_usage = call
-        .params
-        .get("stream_options")
-        .and_then(|o| o.get("include_usage"))
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
+    // Asked by the client, or by the gateway for loggers and metrics (the door then
+    // hides it from a client that did not ask).
+    let include_usage = call.include_usage();
     // (chunk, whether to wait `delay` before sending it)
     let mut planned = Vec::new();
     for (i, (pieces, _)) in choices.iter().enumerate() {

@@ -52,6 +52,8 @@ pub struct UpstreamCall {
     pub params: Map<String, Value>,
     /// Extra HTTP headers for this call (from handlers' `llm_params.extra_headers`).
     pub headers: http::HeaderMap,
+    /// The names of `headers` as the handlers spelled them (where not title case).
+    pub header_case: crate::upstream::HeaderCase,
     /// The gateway wants a stream's usage (for loggers and metrics) whether or not
     /// the client asked for it: providers send the usage chunk as if asked
     /// ([`UpstreamCall::include_usage`]), and the core keeps it from a client that
@@ -318,6 +320,8 @@ pub struct HttpSettings {
     pub base: String,
     pub api_key: Option<String>,
     pub headers: http::HeaderMap,
+    /// The names of `headers` as the config spells them (where not title case).
+    pub header_case: crate::upstream::HeaderCase,
     /// The whole call when not streamed.
     pub timeout: Duration,
     /// Until the response headers arrive (streamed or not).
@@ -540,6 +544,7 @@ pub(crate) fn http_settings(
             .iter()
             .map(|(k, v)| (k.clone(), v.clone())),
     );
+    let header_case = crate::upstream::HeaderCase::of(header_pairs.iter().map(|(n, _)| n.as_str()));
     let mut headers = http::HeaderMap::new();
     for (name, value) in header_pairs {
         let header_name = http::HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
@@ -574,6 +579,7 @@ pub(crate) fn http_settings(
         base,
         api_key: settings.api_key.clone().filter(|k| !k.is_empty()),
         headers,
+        header_case,
         timeout: Duration::from_secs_f64(secs),
         first_byte_timeout,
         chunk_timeout,

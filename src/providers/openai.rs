@@ -21,7 +21,8 @@ use crate::streaming::{
     sse_json_events, unix_now, ChunkStream, StreamAccumulator,
 };
 use crate::upstream::{
-    json_post_headers, too_large_error, Target, UpstreamClient, UpstreamError, UpstreamResponse,
+    json_post_headers, too_large_error, HeaderCase, Target, UpstreamClient, UpstreamError,
+    UpstreamResponse,
 };
 
 pub struct OpenAiProvider {
@@ -33,6 +34,8 @@ pub struct OpenAiProvider {
     models_url: String,
     authorization: Option<HeaderValue>,
     headers: HeaderMap,
+    /// How the config spells the names of `headers` (`case.rs`).
+    header_case: HeaderCase,
     timeout: Duration,
     first_byte_timeout: Duration,
     chunk_timeout: Duration,
@@ -65,6 +68,7 @@ impl OpenAiProvider {
             models_url: format!("{}/models", settings.base),
             authorization,
             headers: settings.headers,
+            header_case: settings.header_case,
             timeout: settings.timeout,
             first_byte_timeout: settings.first_byte_timeout,
             chunk_timeout: settings.chunk_timeout,
@@ -93,11 +97,30 @@ impl OpenAiProvider {
             add_usage: stream && self.adds_usage(call),
         };
         let bytes = serde_json::to_vec(&body).expect("JSON values always serialize");
-        let mut headers = json_post_headers(&self.headers, &call.headers, stream);
+        let (headers, case) = self.headers_for(&call.headers, &call.header_case, stream);
+        self.chat
+            .post_spelled(headers, &case, Bytes::from(bytes))
+            .await
+    }
+
+    /// The headers of a request to this upstream (a call's, the connection's, the
+    /// key) and how their names are spelled: as the config spelled the
+    /// connection's, as handlers spelled theirs, where those values went out.
+    fn headers_for(
+        &self,
+        call: &HeaderMap,
+        call_case: &HeaderCase,
+        stream: bool,
+    ) -> (HeaderMap, HeaderCase) {
+        let mut headers = json_post_headers(&self.headers, call, stream);
         if let Some(auth) = &self.authorization {
             headers.insert(http::header::AUTHORIZATION, auth.clone());
         }
-        self.chat.post(headers, Bytes::from(bytes)).await
+        let case = HeaderCase::resolve(
+            &headers,
+            &[(&self.header_case, &self.headers), (call_case, call)],
+        );
+        (headers, case)
     }
 }
 

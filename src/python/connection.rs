@@ -65,7 +65,9 @@ impl RustConnection {
             }
         };
         let mut headers = http::HeaderMap::new();
+        let mut header_case = crate::upstream::HeaderCase::NONE;
         if let Some(Value::Object(map)) = params.shift_remove("extra_headers") {
+            header_case = crate::upstream::HeaderCase::of(map.keys().map(String::as_str));
             for (name, value) in map {
                 let text = match value {
                     Value::String(s) => s,
@@ -104,6 +106,7 @@ impl RustConnection {
             model,
             params: all,
             headers,
+            header_case,
             // Python asked for what it wants; the gateway adds nothing.
             gateway_usage: false,
         })

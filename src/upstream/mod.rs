@@ -16,6 +16,7 @@
 //! A provider turns its URL into a [`Target`] once, at startup, and sends with
 //! [`Target::post`].
 
+mod case;
 mod pool;
 
 use std::collections::HashMap;
@@ -32,6 +33,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 use http_body_util::Full;
 
 use crate::error::ApiError;
+pub use case::HeaderCase;
 pub use pool::set_pool_shard;
 use pool::{Pool, PooledBody};
 
@@ -78,9 +80,10 @@ impl UpstreamClient {
             // HTTP/1.1 header names in title case (`X-Custom-Header`, not the
             // lowercase `http::HeaderName` keeps): the reference's clients (httpx) sent
             // names as users wrote them, and some servers match names by case.
-            // Exact spellings cannot be kept here: `HeaderMap` stores names lowercase,
-            // hyper's map of original spellings is private, and reqwest builds its own
-            // hyper request without the caller's extensions. HTTP/2 is lowercase by spec.
+            // Exact spellings (`X-API-key`, `x-lower-case`; see `case.rs`) reach only
+            // the in-task pool's upstreams: reqwest 0.13 builds its own hyper request
+            // and drops the caller's extensions, where hyper's map of spellings would
+            // have to travel. HTTP/2 (https by ALPN) is lowercase by spec.
             .http1_title_case_headers()
             // Never follow redirects: reqwest would resend the provider key headers
             // (`x-api-key`, `x-goog-api-key`, static `http_headers`) and the prompt to
@@ -232,7 +235,18 @@ impl Target {
     /// (`user-agent: lm-proxy/...`, `accept: */*`).
     pub async fn post(
         &self,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        self.post_spelled(headers, &HeaderCase::NONE, body).await
+    }
+
+    /// [`Target::post`] with header names spelled as `case` says where the transport
+    /// allows it (the in-task pool; reqwest and HTTP/2 cannot, see `case.rs`).
+    pub async fn post_spelled(
+        &self,
         mut headers: HeaderMap,
+        case: &HeaderCase,
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
         match &self.route {
@@ -251,6 +265,7 @@ impl Target {
                 *request.method_mut() = http::Method::POST;
                 *request.uri_mut() = uri.clone();
                 *request.headers_mut() = headers;
+                case.apply(&mut request);
                 let (head, body) = pool.send(request).await?;
                 Ok(UpstreamResponse {
                     status: head.status,

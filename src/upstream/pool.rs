@@ -210,7 +210,12 @@ impl Pool {
         // Small SSE writes must not wait on Nagle's algorithm.
         tcp.set_nodelay(true).map_err(UpstreamError::Connect)?;
         // Header names go out in title case (`X-Custom-Header`), as the reference's
-        // clients sent the names users write, not lowercased (see `UpstreamClient`).
+        // clients sent the names users write, not lowercased (see `UpstreamClient`),
+        // unless the request's extensions carry hyper's map of exact spellings
+        // (`HeaderCase::apply`): hyper 1.x writes a request's names from that map
+        // whatever the connection's settings, title case for names not in it.
+        // `preserve_header_case` is not set: it only makes hyper record the spellings
+        // of every *response* it parses, a map per answer that nothing reads.
         let (sender, connection) = http1::Builder::new()
             .title_case_headers(true)
             .handshake(TokioIo::new(tcp))

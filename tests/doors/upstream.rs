@@ -20,7 +20,9 @@ pub const EMBEDDINGS_BASE64_ANSWER: &str = "{\"object\":\"list\",\"data\":[{\"ob
 
 pub const COMPLETION_ANSWER: &str = "{\"id\":\"cmpl-1\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":\"instruct-real\",\"choices\":[{\"text\":\" there\\u2026\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"length\"}],\"usage\":{\"prompt_tokens\":2,\"completion_tokens\":1,\"total_tokens\":3}, \"zz_new\":1.50}";
 
-/// The data of each event of a streamed completion, as the upstream writes them.
+/// The data of each event of a streamed completion, as the upstream writes them; the
+/// last (usage-only) one only when the request asks for it
+/// (`stream_options.include_usage`), as OpenAI does.
 pub const COMPLETION_EVENTS: [&str; 3] = [
     "{\"id\":\"cmpl-2\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":\"instruct-real\",\"choices\":[{\"text\":\"Hel\",\"index\":0,\"logprobs\":null,\"finish_reason\":null}], \"zz\":1.50}",
     "{\"id\":\"cmpl-2\",\"object\":\"text_completion\",\"created\":1700000000,\"model\":\"instruct-real\",\"choices\":[{\"text\":\"lo\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"stop\"}]}",
@@ -68,6 +70,11 @@ async fn handle(State(seen): State<Seen>, uri: Uri, headers: HeaderMap, body: By
         return json_answer(json!({"predictions": predictions}).to_string());
     }
     let model = request["model"].as_str().unwrap_or("");
+    // Some OpenAI-compatible servers refuse `stream_options`.
+    if model == "strict" && request.get("stream_options").is_some() {
+        let body = json!({"error": {"message": "Unrecognized request argument supplied: stream_options", "type": "invalid_request_error", "param": null, "code": null}});
+        return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
+    }
     if model == "upstream-400" {
         let body = json!({"error": {"message": "upstream says no", "type": "invalid_request_error", "param": "input", "code": null}});
         return (StatusCode::BAD_REQUEST, axum::Json(body)).into_response();
@@ -90,7 +97,13 @@ async fn handle(State(seen): State<Seen>, uri: Uri, headers: HeaderMap, body: By
                 "data: {\"error\":{\"message\":\"overloaded\",\"type\":\"server_error\"}}\n\n",
             );
         } else {
-            for data in COMPLETION_EVENTS {
+            let usage_asked = request["stream_options"]["include_usage"] == true;
+            let events = if usage_asked {
+                &COMPLETION_EVENTS[..]
+            } else {
+                &COMPLETION_EVENTS[..2]
+            };
+            for data in events {
                 text.push_str(&format!("data: {data}\n\n"));
             }
             text.push_str("data: [DONE]\n\n");

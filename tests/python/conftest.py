@@ -74,6 +74,8 @@ class RecordedRequest:
     path: str
     headers: dict[str, str]
     body: dict[str, Any]
+    # The header names as spelled on the wire.
+    header_names: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -168,7 +170,11 @@ class _UpstreamHandler(BaseHTTPRequestHandler):
             self._send_json(400, {"error": {"message": "body is not JSON", "type": "bad"}})
             return
         headers = {name.lower(): value for name, value in self.headers.items()}
-        self.upstream.record(RecordedRequest(path=self.path, headers=headers, body=body))
+        self.upstream.record(
+            RecordedRequest(
+                path=self.path, headers=headers, body=body, header_names=list(self.headers.keys())
+            )
+        )
 
         if self.path != "/v1/chat/completions":
             self._send_json(404, {"error": {"message": "unknown path", "type": "not_found"}})

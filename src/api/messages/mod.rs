@@ -314,9 +314,12 @@ fn translated_call(ctx: &mut RequestContext, keep_request: bool) -> Result<Upstr
     } else {
         std::mem::take(&mut ctx.llm_params)
     };
-    let headers = match params.shift_remove("extra_headers") {
-        Some(value) => core::extra_headers(&value)?,
-        None => HeaderMap::new(),
+    let (headers, header_case) = match params.shift_remove("extra_headers") {
+        Some(value) => (
+            core::extra_headers(&value)?,
+            core::extra_header_case(&value),
+        ),
+        None => (HeaderMap::new(), Default::default()),
     };
     params.shift_remove("model");
     let messages = match ctx.request.get_mut("messages") {
@@ -329,6 +332,7 @@ fn translated_call(ctx: &mut RequestContext, keep_request: bool) -> Result<Upstr
         model: ctx.model.clone().unwrap_or_default(),
         params,
         headers,
+        header_case,
         // The canonical request already asks for usage (`stream_options`): the
         // Messages API's `message_delta` carries it, so nothing is hidden here.
         gateway_usage: false,

@@ -955,6 +955,7 @@ mod tests {
             model: "gemini-2.5-flash".into(),
             params: params.as_object().unwrap().clone(),
             headers: http::HeaderMap::new(),
+            header_case: Default::default(),
             gateway_usage: false,
         }
     }

@@ -218,6 +218,7 @@ mod tests {
             .unwrap()
             .clone(),
             headers: http::HeaderMap::new(),
+            header_case: Default::default(),
             gateway_usage: false,
         };
         let restored = store.restore(&call).await.expect("one id restored");

@@ -9,12 +9,12 @@ use serde_json::Value;
 
 use super::super::doors::{DoorCall, Embeddings, TextCompletion};
 use super::super::upstream_http::{check_status, send, timeout_error};
-use super::{declares, OpenAiProvider};
+use super::{declares, refuses_stream_options, OpenAiProvider};
 use crate::error::ApiError;
 use crate::json_scan::{member_spans, TokenCounts};
 use crate::payload::{Payload, RawJson};
 use crate::streaming::{end_after_error, json_chunk, sse_data_events};
-use crate::upstream::{json_post_headers, Target, UpstreamError, UpstreamResponse};
+use crate::upstream::{Target, UpstreamError, UpstreamResponse};
 
 /// The two doors' upstream URLs, prepared once.
 pub(super) struct Targets {
@@ -41,18 +41,26 @@ impl OpenAiProvider {
         &self,
         target: &Target,
         call: &DoorCall,
+        body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let mut headers = json_post_headers(&self.headers, &call.headers, call.stream);
-        if let Some(auth) = &self.authorization {
-            headers.insert(http::header::AUTHORIZATION, auth.clone());
-        }
-        target.post(headers, call.body.clone()).await
+        let (headers, case) = self.headers_for(&call.headers, &call.header_case, call.stream);
+        target.post_spelled(headers, &case, body).await
+    }
+
+    /// Whether this streamed completion gets `stream_options.include_usage` added
+    /// (as chat streams do, see `OpenAiProvider::adds_usage`).
+    fn door_adds_usage(&self, call: &DoorCall) -> bool {
+        self.stream_usage && call.stream && call.gateway_usage && !call.client_include_usage()
     }
 
     /// A whole JSON answer of the upstream, within the connection's timeout.
     async fn door_json(&self, target: &Target, call: &DoorCall) -> Result<Bytes, ApiError> {
         let work = async {
-            let response = send(self.post_door(target, call), self.first_byte_timeout).await?;
+            let response = send(
+                self.post_door(target, call, call.body.clone()),
+                self.first_byte_timeout,
+            )
+            .await?;
             let response = check_status(response, self.timeout).await?;
             response
                 .bytes(self.max_response_body)
@@ -88,12 +96,24 @@ impl OpenAiProvider {
                 Err(_) => Err(self.not_json("completions")),
             };
         }
+        let adds_usage = self.door_adds_usage(&call);
+        let body = if adds_usage {
+            with_usage_asked(&call)
+        } else {
+            call.body.clone()
+        };
         let response = send(
-            self.post_door(&self.doors.completions, &call),
+            self.post_door(&self.doors.completions, &call, body),
             self.first_byte_timeout,
         )
         .await?;
-        let response = check_status(response, self.chunk_timeout).await?;
+        let response = match check_status(response, self.chunk_timeout).await {
+            Ok(response) => response,
+            Err(error) if adds_usage && refuses_stream_options(&error) => {
+                return Err(self.explain_stream_options(error))
+            }
+            Err(error) => return Err(error),
+        };
         if declares(&response, "application/json") {
             // A server that ignored `stream: true`: its one answer as the one chunk.
             let bytes = tokio::time::timeout(self.timeout, response.bytes(self.max_response_body))
@@ -123,6 +143,32 @@ impl OpenAiProvider {
             self.name
         ))
     }
+}
+
+/// A streamed completion's body with `stream_options.include_usage = true`: the
+/// client's text with the member put in front when it sent no `stream_options`
+/// (no parse of a prompt that may be large), written out again from the call's
+/// fields when it sent other options, which are kept.
+fn with_usage_asked(call: &DoorCall) -> Bytes {
+    let body = &call.body;
+    let opening = body.iter().position(|b| !b.is_ascii_whitespace());
+    if !call.params.contains_key("stream_options") {
+        if let Some(at) = opening.filter(|&at| body[at] == b'{') {
+            const MEMBER: &[u8] = br#""stream_options":{"include_usage":true},"#;
+            let mut out = Vec::with_capacity(body.len() + MEMBER.len());
+            out.extend_from_slice(&body[..=at]);
+            out.extend_from_slice(MEMBER);
+            out.extend_from_slice(&body[at + 1..]);
+            return Bytes::from(out);
+        }
+    }
+    let rebuilt = super::UpstreamBody {
+        model: &call.model,
+        params: &call.params,
+        stream: true,
+        add_usage: true,
+    };
+    Bytes::from(serde_json::to_vec(&rebuilt).expect("JSON values always serialize"))
 }
 
 /// The token counts of the `usage` member of a JSON object's text, if any.
