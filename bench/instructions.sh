@@ -6,7 +6,8 @@
 #   bench/instructions.sh target/release/lm-proxy-server /tmp/old/lm-proxy-server
 #
 # For each binary and scenario (non-streamed, a 20-chunk pass-through stream, a
-# 20-chunk Anthropic stream translated to OpenAI chunks; on the Anthropic door
+# 20-chunk Anthropic stream and a Gemini stream of 20 text events translated to OpenAI
+# chunks; on the Anthropic door
 # (/v1/messages) a 20-event stream from an Anthropic upstream passed through and a
 # 20-chunk OpenAI stream translated to Anthropic events) the gateway runs under
 # callgrind with one serving thread while sequential keep-alive requests go through
@@ -17,7 +18,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source bench/lib.sh
-[[ $# -ge 1 ]] || { sed -n 2,12p "$0"; exit 2; }
+[[ $# -ge 1 ]] || { sed -n 2,13p "$0"; exit 2; }
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)" >&2; exit 1; }
 UPSTREAM=target/release/bench-upstream
 [[ -x $UPSTREAM ]] || cargo build --release --locked --bins
@@ -63,6 +64,7 @@ declare -A bodies=(
     [non-streamed]='{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
     [stream-20]='{"model":"bench-s20","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [anthropic-stream-20]='{"model":"claude-bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
+    [gemini-stream-20]='{"model":"gemini-bench-s20","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [messages-passthrough-20]='{"model":"claude-bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
     [messages-translated-20]='{"model":"bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
 )
@@ -70,10 +72,11 @@ declare -A paths=(
     [non-streamed]=/v1/chat/completions
     [stream-20]=/v1/chat/completions
     [anthropic-stream-20]=/v1/chat/completions
+    [gemini-stream-20]=/v1/chat/completions
     [messages-passthrough-20]=/v1/messages
     [messages-translated-20]=/v1/messages
 )
-SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 messages-passthrough-20 messages-translated-20}
+SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20}
 printf '%-24s %-50s %s\n' scenario binary instructions/request
 for scenario in $SCENARIOS; do
     for binary in "$@"; do

@@ -4,8 +4,8 @@
 wait_for() { for _ in $(seq 600); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; return 1; }
 
 # write_gateway_config FILE UPSTREAM_PORT GATEWAY_PORT: the gateway in front of
-# bench-upstream, `claude*` to its Anthropic API, anything else to its OpenAI API;
-# the client key is `bench-key`.
+# bench-upstream, `claude*` to its Anthropic API, `gemini*` to its Gemini API,
+# anything else to its OpenAI API; the client key is `bench-key`.
 write_gateway_config() {
     cat >"$1" <<CFG
 host = "127.0.0.1"
@@ -18,8 +18,13 @@ api_key = "upstream-key"
 api_type = "anthropic"
 api_base = "http://127.0.0.1:$2"
 api_key = "upstream-key"
+[connections.gemini]
+api_type = "google"
+api_base = "http://127.0.0.1:$2"
+api_key = "upstream-key"
 [routing]
 "claude*" = "claude.*"
+"gemini*" = "gemini.*"
 "*" = "mock.*"
 [groups.default]
 api_keys = ["bench-key"]

@@ -267,6 +267,18 @@ impl RawJson {
         }
     }
 
+    /// A chunk the gateway wrote itself (a translated stream's, see
+    /// `providers::chunk_text`): one JSON object by construction and without a
+    /// `usage` member, so it is not checked again.
+    pub fn built_chunk(text: Bytes) -> RawJson {
+        RawJson {
+            text,
+            usage: None,
+            usage_only: false,
+            usage_member: None,
+        }
+    }
+
     /// `Some(usage)` when the probed text is a chunk that can pass unchanged.
     fn chunk_usage(probe: Option<Probe>) -> Option<Found> {
         let probe = probe?;

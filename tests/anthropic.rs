@@ -38,6 +38,8 @@ mod mock {
     struct Shared {
         requests: Mutex<Vec<Recorded>>,
         served: AtomicUsize,
+        /// TCP connections accepted.
+        connections: AtomicUsize,
     }
 
     pub struct Anthropic {
@@ -53,10 +55,19 @@ mod mock {
                 .with_state(shared.clone());
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
+            let counted = shared.clone();
+            let listener = axum::serve::ListenerExt::tap_io(listener, move |_| {
+                counted.connections.fetch_add(1, Ordering::SeqCst);
+            });
             tokio::spawn(async move {
                 axum::serve(listener, app).await.unwrap();
             });
             Anthropic { addr, shared }
+        }
+
+        /// TCP connections the gateway opened to the mock so far.
+        pub fn connections(&self) -> usize {
+            self.shared.connections.load(Ordering::SeqCst)
         }
 
         /// The provider root, as `api_base` takes it.
@@ -480,6 +491,25 @@ async fn plain_text_stream() {
     assert!(
         chunks.iter().all(|c| c.get("usage").is_none()),
         "no usage chunk unless asked"
+    );
+}
+
+/// A translated stream ends at `message_stop`; the rest of the upstream body (the
+/// end of its chunked encoding) is still read, so the next stream reuses the
+/// connection instead of opening one per stream.
+#[tokio::test]
+async fn streams_reuse_the_upstream_connection() {
+    let (upstream, gw) = setup().await;
+    for _ in 0..3 {
+        let (status, chunks, done) = stream(&gw, user("claude-text", "Hi")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(done);
+        assert_eq!(finish_of(&chunks, 0), ["stop"]);
+    }
+    assert_eq!(
+        upstream.connections(),
+        1,
+        "one connection for three streams"
     );
 }
 

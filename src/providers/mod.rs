@@ -8,6 +8,7 @@
 //! `anthropic/`; `fanout` gives providers without a native `n` their choices).
 
 pub(crate) mod anthropic;
+pub(crate) mod chunk_text;
 mod deadline;
 pub mod doors;
 mod fallback;

@@ -24,7 +24,8 @@ use super::{fanout, upstream_http};
 use super::{http_settings, reject_unknown_options, Provider, UpstreamCall};
 use crate::config::{Config, ConfigError, ProviderSettings};
 use crate::error::ApiError;
-use crate::streaming::{sse_json_events, ChunkStream};
+use crate::payload::{from_chunk_stream, into_chunk_stream, PayloadStream};
+use crate::streaming::{sse_data_events, ChunkStream};
 use crate::upstream::{json_post_headers, Target, UpstreamClient, UpstreamError, UpstreamResponse};
 
 /// The SDK's default base; requests go to `{api_base}/v1/messages`.
@@ -202,11 +203,11 @@ impl AnthropicProvider {
         body: Bytes,
         json_mode: Option<request::JsonMode>,
         include_usage: bool,
-    ) -> Result<ChunkStream, ApiError> {
+    ) -> Result<PayloadStream, ApiError> {
         let response = send(self.post(body, call, true), self.first_byte_timeout).await?;
         let response =
             check_status_with(response, self.chunk_timeout, response::status_to_error).await?;
-        let events = sse_json_events(response.bytes_stream(), self.chunk_timeout);
+        let events = sse_data_events(response.bytes_stream(), self.chunk_timeout);
         let translator = stream::Translator::new(&call.model, &self.name, include_usage, json_mode)
             .with_buffer_limit(self.max_response_body);
         Ok(stream::translate(events, translator))
@@ -264,6 +265,12 @@ impl Provider for AnthropicProvider {
     }
 
     async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
+        self.stream_payload(call).await.map(into_chunk_stream)
+    }
+
+    /// The chunks as written by the translator (text, see `stream`); `n > 1` merges
+    /// the choices' streams as trees.
+    async fn stream_payload(&self, call: UpstreamCall) -> Result<PayloadStream, ApiError> {
         let n = fanout::requested_n(&call.params, MAX_CHOICES)?;
         let (body, translated) = self.body(&call, true)?;
         let json_mode = translated.json_mode;
@@ -272,8 +279,12 @@ impl Provider for AnthropicProvider {
             return self.open_one(&call, body, json_mode, include_usage).await;
         }
         // Sub-streams always report usage so that the merged stream can sum it.
-        let streams =
-            fanout::run_all(n, |_| self.open_one(&call, body.clone(), json_mode, true)).await?;
-        Ok(fanout::multiplex(streams, include_usage))
+        let streams = fanout::run_all(n, |_| async {
+            self.open_one(&call, body.clone(), json_mode, true)
+                .await
+                .map(into_chunk_stream)
+        })
+        .await?;
+        Ok(from_chunk_stream(fanout::multiplex(streams, include_usage)))
     }
 }

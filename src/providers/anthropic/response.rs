@@ -20,21 +20,42 @@ pub struct Usage {
     pub output: u64,
 }
 
+/// The counts of an Anthropic `usage` object that are present, as a stream's typed
+/// event view reads them (any other member makes the view give way to the tree).
+#[derive(Debug, Clone, Copy, Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UsageCounts {
+    input_tokens: Option<u64>,
+    cache_read_input_tokens: Option<u64>,
+    cache_creation_input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+}
+
 impl Usage {
     /// Take every count present in an Anthropic `usage` object. Streams report the
     /// cumulative output in each `message_delta`, so values replace, never add.
     pub fn update(&mut self, usage: &Value) {
         let field = |k: &str| usage.get(k).and_then(Value::as_u64);
-        if let Some(n) = field("input_tokens") {
+        self.merge(UsageCounts {
+            input_tokens: field("input_tokens"),
+            cache_read_input_tokens: field("cache_read_input_tokens"),
+            cache_creation_input_tokens: field("cache_creation_input_tokens"),
+            output_tokens: field("output_tokens"),
+        });
+    }
+
+    /// [`Usage::update`] with the counts already read.
+    pub fn merge(&mut self, counts: UsageCounts) {
+        if let Some(n) = counts.input_tokens {
             self.input = n;
         }
-        if let Some(n) = field("cache_read_input_tokens") {
+        if let Some(n) = counts.cache_read_input_tokens {
             self.cache_read = n;
         }
-        if let Some(n) = field("cache_creation_input_tokens") {
+        if let Some(n) = counts.cache_creation_input_tokens {
             self.cache_creation = n;
         }
-        if let Some(n) = field("output_tokens") {
+        if let Some(n) = counts.output_tokens {
             self.output = n;
         }
     }

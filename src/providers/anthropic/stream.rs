@@ -4,16 +4,33 @@
 //! delta is forwarded as soon as it arrives; the only thing ever held back is the
 //! answer of a wrapped `response_format` schema, which must be unwrapped whole.
 //! A stream that ends before `message_stop` is a failure, never a fake finish.
+//!
+//! The events of every stream (`content_block_delta`, `content_block_stop`,
+//! `message_delta`, `message_stop`, `ping`) are read into a typed view that borrows
+//! from the event's text ([`FastEvent`]), and chunks are written as text
+//! ([`ChunkWriter`]); the rest (`message_start`, block starts, errors, anything the
+//! view does not know) takes the tree path, which decides exactly as before. The
+//! view admits only members it knows, of the types it expects, so whatever it
+//! accepts the tree path would have read the same way.
 
 use std::collections::{HashMap, VecDeque};
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
-use futures_util::StreamExt;
+use futures_util::{Stream, StreamExt};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::request::{JsonMode, JSON_TOOL_NAME};
-use super::response::{error_event, finish_reason, json_answer, mid_stream_error, Usage};
+use super::response::{
+    error_event, finish_reason, json_answer, mid_stream_error, Usage, UsageCounts,
+};
 use crate::error::ApiError;
-use crate::streaming::{completion_id, unix_now, ChunkStream};
+use crate::payload::{Payload, PayloadStream};
+use crate::providers::chunk_text::{
+    empty_delta, role_delta, string_delta, text_or_empty, write_str, ChunkWriter, Text,
+};
+use crate::streaming::{completion_id, json_chunk, unix_now, DataStream};
 
 /// What an Anthropic content block (by its block index) turned into.
 #[derive(Debug)]
@@ -41,6 +58,53 @@ enum Block {
     Other,
 }
 
+/// The typed view of the events that make up most of a stream. Unknown members
+/// (`message`, `content_block`, `error`, `choices`, ...) or members of another type
+/// make it fail, and the event then takes the tree path.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastEvent<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Text<'a>>,
+    index: Option<u64>,
+    #[serde(borrow)]
+    delta: Option<FastDelta<'a>>,
+    usage: Option<UsageCounts>,
+}
+
+/// `delta` of a `content_block_delta` (text, thinking, signature, tool arguments)
+/// or of a `message_delta` (stop reason).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastDelta<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: Option<Text<'a>>,
+    #[serde(borrow)]
+    text: Option<Text<'a>>,
+    #[serde(borrow)]
+    thinking: Option<Text<'a>>,
+    #[serde(borrow)]
+    signature: Option<Text<'a>>,
+    #[serde(borrow)]
+    partial_json: Option<Text<'a>>,
+    #[serde(borrow)]
+    stop_reason: Option<Text<'a>>,
+    /// Sent by Anthropic, not used: admitted as a string or null, so that the view
+    /// accepts only what the tree path would have parsed.
+    #[serde(borrow)]
+    #[allow(dead_code)]
+    stop_sequence: Option<Text<'a>>,
+}
+
+/// The fields of a `content_block_delta`'s delta, `""` where absent.
+struct DeltaFields<'a> {
+    kind: &'a str,
+    text: &'a str,
+    thinking: &'a str,
+    signature: &'a str,
+    partial_json: &'a str,
+}
+
 /// The per-choice translation state.
 #[derive(Debug)]
 pub struct Translator {
@@ -65,7 +129,10 @@ pub struct Translator {
     /// too large.
     buffer_limit: usize,
     too_large: bool,
+    writer: ChunkWriter,
 }
+
+type Out = VecDeque<Payload>;
 
 impl Translator {
     /// Bound the wrapped JSON answer gathered for unwrapping (default: the default
@@ -97,6 +164,7 @@ impl Translator {
             stop_reason: None,
             buffer_limit: crate::config::DEFAULT_MAX_RESPONSE_BODY,
             too_large: false,
+            writer: ChunkWriter::default(),
         }
     }
 
@@ -105,43 +173,109 @@ impl Translator {
         self.finished
     }
 
-    fn chunk(&self, delta: Value, finish: Option<&str>) -> Value {
-        json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        })
+    /// One chunk of the choice; `hint`: about how long the delta's text is.
+    fn chunk(
+        &mut self,
+        hint: usize,
+        delta: impl FnOnce(&mut Vec<u8>),
+        finish: Option<&str>,
+    ) -> Payload {
+        let Translator {
+            writer,
+            id,
+            created,
+            model,
+            ..
+        } = self;
+        writer.choice((id, *created, model), 0, hint, delta, finish)
     }
 
     /// The role chunk, once, before anything else of the choice.
-    fn start(&mut self, out: &mut Vec<Value>) {
+    fn start(&mut self, out: &mut Out) {
         if !self.started {
             self.started = true;
-            out.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
+            let chunk = self.chunk(0, role_delta, None);
+            out.push_back(chunk);
         }
     }
 
-    fn content(&mut self, text: &str, out: &mut Vec<Value>) {
+    fn content(&mut self, text: &str, out: &mut Out) {
         if !text.is_empty() {
             self.start(out);
-            out.push(self.chunk(json!({"content": text}), None));
+            let chunk = self.chunk(text.len(), string_delta("content", text), None);
+            out.push_back(chunk);
         }
     }
 
-    fn tool_args(&mut self, index: u64, args: &str, out: &mut Vec<Value>) {
-        out.push(self.chunk(
-            json!({"tool_calls": [{"index": index, "function": {"arguments": args}}]}),
+    fn tool_args(&mut self, index: u64, args: &str, out: &mut Out) {
+        // {"tool_calls":[{"index":N,"function":{"arguments":"..."}}]}
+        let chunk = self.chunk(
+            args.len() + 48,
+            |buf| {
+                buf.extend_from_slice(b"{\"tool_calls\":[{\"index\":");
+                buf.extend_from_slice(itoa::Buffer::new().format(index).as_bytes());
+                buf.extend_from_slice(b",\"function\":{\"arguments\":");
+                write_str(buf, args);
+                buf.extend_from_slice(b"}}]}");
+            },
             None,
-        ));
+        );
+        out.push_back(chunk);
     }
 
-    /// Translate one upstream event into zero or more chunks.
-    pub fn on_event(&mut self, event: &Value) -> Result<Vec<Value>, ApiError> {
-        let mut out = Vec::new();
+    /// Translate one upstream event's data (one SSE `data`) into zero or more chunks.
+    pub fn on_data(&mut self, data: &str, out: &mut Out) -> Result<(), ApiError> {
         if self.finished {
-            return Ok(out);
+            return Ok(());
+        }
+        if let Ok(event) = serde_json::from_str::<FastEvent>(data) {
+            if self.on_fast(&event, out) {
+                return self.check_size();
+            }
+        }
+        // What the shared reader decided for every provider: not JSON is a failure,
+        // a top-level `error` member (without `choices`) reports the upstream's error.
+        let event = match json_chunk(data) {
+            Ok(event) => event,
+            Err(ApiError::UpstreamRejected(body)) => {
+                return Err(mid_stream_error(body.message, &body.error_type))
+            }
+            Err(err) => return Err(err),
+        };
+        self.on_value(&event, out)
+    }
+
+    /// The events the typed view reads; false (nothing done) for the others.
+    fn on_fast(&mut self, event: &FastEvent, out: &mut Out) -> bool {
+        let index = event.index.unwrap_or(0);
+        match text_or_empty(&event.kind) {
+            "content_block_delta" => {
+                let d = event.delta.as_ref();
+                let fields = DeltaFields {
+                    kind: d.map_or("", |d| text_or_empty(&d.kind)),
+                    text: d.map_or("", |d| text_or_empty(&d.text)),
+                    thinking: d.map_or("", |d| text_or_empty(&d.thinking)),
+                    signature: d.map_or("", |d| text_or_empty(&d.signature)),
+                    partial_json: d.map_or("", |d| text_or_empty(&d.partial_json)),
+                };
+                self.on_delta(index, &fields, out);
+            }
+            "content_block_stop" => self.on_block_stop(index, out),
+            "message_delta" => {
+                let reason = event.delta.as_ref().and_then(|d| d.stop_reason.as_ref());
+                self.on_message_delta(reason.map(Text::as_str), event.usage);
+            }
+            "message_stop" => self.on_message_stop(out),
+            "ping" => {}
+            _ => return false,
+        }
+        true
+    }
+
+    /// Translate one upstream event (as a tree) into zero or more chunks.
+    fn on_value(&mut self, event: &Value, out: &mut Out) -> Result<(), ApiError> {
+        if self.finished {
+            return Ok(());
         }
         let str_of = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).map(str::to_owned);
         let index = event.get("index").and_then(Value::as_u64).unwrap_or(0);
@@ -151,15 +285,17 @@ impl Translator {
                 if !self.started {
                     if let Some(id) = str_of(message, "id") {
                         self.id = id;
+                        self.writer.reset();
                     }
                     if let Some(model) = str_of(message, "model") {
                         self.model = model;
+                        self.writer.reset();
                     }
                 }
                 if let Some(usage) = message.get("usage") {
                     self.usage.update(usage);
                 }
-                self.start(&mut out);
+                self.start(out);
             }
             "content_block_start" => {
                 let block = event.get("content_block").unwrap_or(&Value::Null);
@@ -173,7 +309,7 @@ impl Translator {
                 match kind {
                     "text" => {
                         self.blocks.insert(index, Block::Text);
-                        self.content(text_of("text"), &mut out);
+                        self.content(text_of("text"), out);
                     }
                     "thinking" => {
                         self.blocks.insert(
@@ -183,7 +319,7 @@ impl Translator {
                                 signature: text_of("signature").to_owned(),
                             },
                         );
-                        self.reasoning(text_of("thinking"), &mut out);
+                        self.reasoning(text_of("thinking"), out);
                     }
                     "redacted_thinking" => {
                         self.blocks.insert(index, Block::Redacted(block.clone()));
@@ -197,9 +333,9 @@ impl Translator {
                                 buffer: wrapped.then(String::new),
                             },
                         );
-                        self.start(&mut out);
+                        self.start(out);
                         if let Some(input) = early_input {
-                            self.json_fragment(index, &input, &mut out);
+                            self.json_fragment(index, &input, out);
                         }
                     }
                     "tool_use" => {
@@ -208,19 +344,22 @@ impl Translator {
                         if let Some(id) = block.get("id").and_then(Value::as_str) {
                             self.tool_ids.push(id.to_owned());
                         }
-                        self.start(&mut out);
-                        out.push(self.chunk(
-                            json!({"tool_calls": [{
-                                "index": tool_index,
-                                "id": block.get("id").cloned().unwrap_or(Value::Null),
-                                "type": "function",
-                                "function": {"name": text_of("name"), "arguments": ""},
-                            }]}),
+                        self.start(out);
+                        let call = json!({"tool_calls": [{
+                            "index": tool_index,
+                            "id": block.get("id").cloned().unwrap_or(Value::Null),
+                            "type": "function",
+                            "function": {"name": text_of("name"), "arguments": ""},
+                        }]});
+                        let chunk = self.chunk(
+                            128,
+                            |buf| serde_json::to_writer(buf, &call).expect("JSON values serialize"),
                             None,
-                        ));
+                        );
+                        out.push_back(chunk);
                         let args_seen = early_input.is_some();
                         if let Some(input) = early_input {
-                            self.tool_args(tool_index, &input, &mut out);
+                            self.tool_args(tool_index, &input, out);
                         }
                         self.blocks.insert(
                             index,
@@ -238,112 +377,138 @@ impl Translator {
             "content_block_delta" => {
                 let delta = event.get("delta").unwrap_or(&Value::Null);
                 let field = |k: &str| delta.get(k).and_then(Value::as_str).unwrap_or("");
-                match delta.get("type").and_then(Value::as_str).unwrap_or("") {
-                    "text_delta" => self.content(field("text"), &mut out),
-                    "thinking_delta" => {
-                        if let Some(Block::Thinking { text, .. }) = self.blocks.get_mut(&index) {
-                            text.push_str(field("thinking"));
-                        }
-                        self.reasoning(field("thinking"), &mut out)
-                    }
-                    "signature_delta" => {
-                        if let Some(Block::Thinking { signature, .. }) = self.blocks.get_mut(&index)
-                        {
-                            signature.push_str(field("signature"));
-                        }
-                    }
-                    "input_json_delta" => {
-                        let fragment = field("partial_json");
-                        if fragment.is_empty() {
-                            return Ok(out);
-                        }
-                        match self.blocks.get_mut(&index) {
-                            Some(Block::Tool {
-                                index: ti,
-                                args_seen,
-                            }) => {
-                                *args_seen = true;
-                                let ti = *ti;
-                                self.tool_args(ti, fragment, &mut out);
-                            }
-                            Some(Block::Json { .. }) => {
-                                self.json_fragment(index, fragment, &mut out)
-                            }
-                            _ => {}
-                        }
-                    }
-                    // citations_delta, future delta types.
-                    _ => {}
-                }
+                let fields = DeltaFields {
+                    kind: field("type"),
+                    text: field("text"),
+                    thinking: field("thinking"),
+                    signature: field("signature"),
+                    partial_json: field("partial_json"),
+                };
+                self.on_delta(index, &fields, out);
             }
-            "content_block_stop" => match self.blocks.get(&index) {
-                Some(Block::Tool {
-                    index: ti,
-                    args_seen: false,
-                }) => {
-                    // A tool without arguments may get no input_json_delta at all;
-                    // clients parse `arguments`, so they get "{}" rather than "".
-                    let ti = *ti;
-                    self.tool_args(ti, "{}", &mut out);
-                }
-                Some(Block::Json { args_seen, buffer }) => {
-                    let text = match (buffer, self.json_mode) {
-                        (Some(buffer), Some(mode)) if !buffer.is_empty() => {
-                            match serde_json::from_str::<Value>(buffer) {
-                                Ok(input) => json_answer(&input, mode),
-                                Err(_) => buffer.clone(),
-                            }
-                        }
-                        _ if !args_seen => "{}".to_owned(),
-                        _ => String::new(),
-                    };
-                    self.content(&text, &mut out);
-                }
-                _ => {}
-            },
+            "content_block_stop" => self.on_block_stop(index, out),
             "message_delta" => {
-                if let Some(reason) = event
+                let reason = event
                     .get("delta")
                     .and_then(|d| d.get("stop_reason"))
-                    .and_then(Value::as_str)
-                {
-                    self.stop_reason = Some(reason.to_owned());
-                }
+                    .and_then(Value::as_str);
+                self.on_message_delta(reason, None);
                 if let Some(usage) = event.get("usage") {
                     self.usage.update(usage);
                 }
             }
-            "message_stop" => {
-                self.finished = true;
-                self.remember_thinking();
-                self.start(&mut out);
-                let mut finish = finish_reason(self.stop_reason.as_deref(), &self.connection);
-                if self.next_tool > 0 {
-                    finish = "tool_calls";
-                } else if finish == "tool_calls" {
-                    // Only the JSON answer tool was called: that is a plain answer.
-                    finish = "stop";
-                }
-                out.push(self.chunk(json!({}), Some(finish)));
-                if self.include_usage {
-                    out.push(json!({
-                        "id": self.id,
-                        "object": "chat.completion.chunk",
-                        "created": self.created,
-                        "model": self.model,
-                        "choices": [],
-                        "usage": self.usage.to_openai(),
-                    }));
-                }
-            }
+            "message_stop" => self.on_message_stop(out),
             "error" => return Err(error_event(event)),
             // ping, and event types added after this was written.
             _ => {}
         }
+        self.check_size()
+    }
+
+    fn check_size(&self) -> Result<(), ApiError> {
         if self.too_large {
             return Err(crate::upstream::too_large_error(self.buffer_limit));
         }
-        Ok(out)
+        Ok(())
+    }
+
+    fn on_delta(&mut self, index: u64, delta: &DeltaFields, out: &mut Out) {
+        match delta.kind {
+            "text_delta" => self.content(delta.text, out),
+            "thinking_delta" => {
+                if let Some(Block::Thinking { text, .. }) = self.blocks.get_mut(&index) {
+                    text.push_str(delta.thinking);
+                }
+                self.reasoning(delta.thinking, out)
+            }
+            "signature_delta" => {
+                if let Some(Block::Thinking { signature, .. }) = self.blocks.get_mut(&index) {
+                    signature.push_str(delta.signature);
+                }
+            }
+            "input_json_delta" => {
+                let fragment = delta.partial_json;
+                if fragment.is_empty() {
+                    return;
+                }
+                match self.blocks.get_mut(&index) {
+                    Some(Block::Tool {
+                        index: ti,
+                        args_seen,
+                    }) => {
+                        *args_seen = true;
+                        let ti = *ti;
+                        self.tool_args(ti, fragment, out);
+                    }
+                    Some(Block::Json { .. }) => self.json_fragment(index, fragment, out),
+                    _ => {}
+                }
+            }
+            // citations_delta, future delta types.
+            _ => {}
+        }
+    }
+
+    fn on_block_stop(&mut self, index: u64, out: &mut Out) {
+        match self.blocks.get(&index) {
+            Some(Block::Tool {
+                index: ti,
+                args_seen: false,
+            }) => {
+                // A tool without arguments may get no input_json_delta at all;
+                // clients parse `arguments`, so they get "{}" rather than "".
+                let ti = *ti;
+                self.tool_args(ti, "{}", out);
+            }
+            Some(Block::Json { args_seen, buffer }) => {
+                let text = match (buffer, self.json_mode) {
+                    (Some(buffer), Some(mode)) if !buffer.is_empty() => {
+                        match serde_json::from_str::<Value>(buffer) {
+                            Ok(input) => json_answer(&input, mode),
+                            Err(_) => buffer.clone(),
+                        }
+                    }
+                    _ if !args_seen => "{}".to_owned(),
+                    _ => String::new(),
+                };
+                self.content(&text, out);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_message_delta(&mut self, stop_reason: Option<&str>, usage: Option<UsageCounts>) {
+        if let Some(reason) = stop_reason {
+            self.stop_reason = Some(reason.to_owned());
+        }
+        if let Some(usage) = usage {
+            self.usage.merge(usage);
+        }
+    }
+
+    fn on_message_stop(&mut self, out: &mut Out) {
+        self.finished = true;
+        self.remember_thinking();
+        self.start(out);
+        let mut finish = finish_reason(self.stop_reason.as_deref(), &self.connection);
+        if self.next_tool > 0 {
+            finish = "tool_calls";
+        } else if finish == "tool_calls" {
+            // Only the JSON answer tool was called: that is a plain answer.
+            finish = "stop";
+        }
+        let chunk = self.chunk(0, empty_delta, Some(finish));
+        out.push_back(chunk);
+        if self.include_usage {
+            out.push_back(Payload::Value(json!({
+                "id": self.id,
+                "object": "chat.completion.chunk",
+                "created": self.created,
+                "model": self.model,
+                "choices": [],
+                "usage": self.usage.to_openai(),
+            })));
+        }
     }
 
     /// Keep the answer's signed thinking blocks, in their order, for the next turn.
@@ -371,15 +536,16 @@ impl Translator {
         );
     }
 
-    fn reasoning(&mut self, text: &str, out: &mut Vec<Value>) {
+    fn reasoning(&mut self, text: &str, out: &mut Out) {
         if !text.is_empty() {
             self.start(out);
-            out.push(self.chunk(json!({"reasoning_content": text}), None));
+            let chunk = self.chunk(text.len(), string_delta("reasoning_content", text), None);
+            out.push_back(chunk);
         }
     }
 
     /// Part of the JSON answer: forwarded as content, or kept for unwrapping.
-    fn json_fragment(&mut self, index: u64, fragment: &str, out: &mut Vec<Value>) {
+    fn json_fragment(&mut self, index: u64, fragment: &str, out: &mut Out) {
         if let Some(Block::Json { args_seen, buffer }) = self.blocks.get_mut(&index) {
             *args_seen = true;
             if let Some(buffer) = buffer {
@@ -395,59 +561,266 @@ impl Translator {
     }
 }
 
-/// Translate an Anthropic event stream (from `sse_json_events`) into chunks.
-pub fn translate(events: ChunkStream, translator: Translator) -> ChunkStream {
-    struct State {
-        events: ChunkStream,
-        translator: Translator,
-        pending: VecDeque<Value>,
-        done: bool,
-    }
-    let state = State {
-        events,
+/// Translate an Anthropic event stream (each event's data, from `sse_data_events`)
+/// into chunks.
+pub fn translate(events: DataStream, translator: Translator) -> PayloadStream {
+    Box::pin(Translate {
+        events: Some(events),
         translator,
         pending: VecDeque::new(),
         done: false,
-    };
-    Box::pin(futures_util::stream::unfold(state, |mut st| async move {
+    })
+}
+
+/// The stream [`translate`] returns: polled in place (an `unfold` moved its whole
+/// state in and out of a future for every chunk).
+struct Translate {
+    /// `None` once the rest of the body was handed to [`read_to_end`].
+    events: Option<DataStream>,
+    translator: Translator,
+    pending: Out,
+    done: bool,
+}
+
+impl Stream for Translate {
+    type Item = Result<Payload, ApiError>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let st = self.get_mut();
         loop {
             if let Some(chunk) = st.pending.pop_front() {
-                return Some((Ok(chunk), st));
+                return Poll::Ready(Some(Ok(chunk)));
             }
             if st.done {
-                return None;
+                return Poll::Ready(None);
             }
-            let failure = match st.events.next().await {
-                Some(Ok(event)) => match st.translator.on_event(&event) {
-                    Ok(chunks) => {
-                        st.pending.extend(chunks);
-                        // Nothing comes after message_stop: do not wait for the body's end.
-                        st.done = st.translator.is_finished();
+            let Some(events) = st.events.as_mut() else {
+                return Poll::Ready(None);
+            };
+            let failure = match futures_util::ready!(events.poll_next_unpin(cx)) {
+                Some(Ok(data)) => match st.translator.on_data(&data, &mut st.pending) {
+                    Ok(()) => {
+                        // Nothing comes after message_stop: the client's stream ends
+                        // without waiting for the body's end, which is read off the
+                        // client's path so that the connection is kept.
+                        if st.translator.is_finished() {
+                            st.done = true;
+                            if let Some(events) = st.events.take() {
+                                read_to_end(events);
+                            }
+                        }
                         continue;
                     }
                     Err(err) => err,
                 },
-                // An `error` event (read by the shared SSE reader): Anthropic's type
-                // and message, with overloads reported like a 529.
-                Some(Err(ApiError::UpstreamRejected(body))) => {
-                    mid_stream_error(body.message, &body.error_type)
-                }
                 Some(Err(err)) => err,
-                None if st.translator.is_finished() => return None,
+                None if st.translator.is_finished() => return Poll::Ready(None),
                 None => ApiError::upstream_failure(format!(
                     "connection '{}': the Anthropic stream ended before message_stop",
                     st.translator.connection
                 )),
             };
             st.done = true;
-            return Some((Err(failure), st));
+            st.events = None;
+            return Poll::Ready(Some(Err(failure)));
         }
-    }))
+    }
+}
+
+/// How long the rest of a body may take after `message_stop` before its connection
+/// is closed instead of kept.
+const AFTER_STOP_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Read what is left of an upstream stream after `message_stop` (normally only the
+/// end of the chunked body, already received), so that its keep-alive connection
+/// goes back to the pool: dropped unread, the connection was closed, and every
+/// translated stream opened a new one (connect, accept and a socket in TIME_WAIT
+/// per stream). What has not arrived yet is awaited in a task of its own, bounded.
+fn read_to_end(mut events: DataStream) {
+    use futures_util::FutureExt;
+    loop {
+        match events.next().now_or_never() {
+            Some(Some(_)) => continue,
+            Some(None) => return,
+            None => break,
+        }
+    }
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(AFTER_STOP_GRACE, async {
+            while events.next().await.is_some() {}
+        })
+        .await;
+    });
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    impl Translator {
+        /// An event's text through [`Translator::on_data`], its chunks as trees.
+        fn on_event(&mut self, event: &Value) -> Result<Vec<Value>, ApiError> {
+            let mut out = VecDeque::new();
+            self.on_data(&event.to_string(), &mut out)?;
+            Ok(out.into_iter().map(Payload::into_value).collect())
+        }
+    }
+
+    fn texts(out: Out) -> Vec<String> {
+        out.into_iter()
+            .map(|p| String::from_utf8(p.into_json_bytes().to_vec()).unwrap())
+            .collect()
+    }
+
+    /// The typed view and the tree path translate every event alike: same chunks,
+    /// byte for byte, same errors, same state after it (events of a whole stream,
+    /// and odd ones that the view must leave to the tree or read the same way).
+    #[test]
+    fn typed_view_and_tree_path_agree() {
+        let events = [
+            r#"{"type":"message_start","message":{"id":"msg_1","model":"claude-x","usage":{"input_tokens":3}}}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"plain"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"esc \"q\" \n \u00e9 \ud83d\ude00 \u2028 </x>"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"ünï 😀"}}"#,
+            r#"{ "index" : 0 , "delta" : { "text" : "spaced" , "type" : "text_delta" } , "type" : "content_block_delta" }"#,
+            r#"{"type":"content_block_delta","index":null,"delta":{"type":"text_delta","text":"null index"}}"#,
+            r#"{"type":"content_block_delta","index":"0","delta":{"type":"text_delta","text":"string index"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":7}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":null}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":null}"#,
+            r#"{"type":"content_block_delta","index":0}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"dup","text":"licate"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x","extra":[1,{"a":"\ud800"}]}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"},"extra":1e400}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"citations_delta","citation":{}}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"\ud800"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"},"error":null}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"},"error":{"message":"m"},"choices":[]}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}} trailing"#,
+            r#"{"type":"ping"}"#,
+            r#"{"type":"some_future_event","index":2}"#,
+            r#"{"type":7}"#,
+            r#"[1]"#,
+            r#"{}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"thinking","thinking":""}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"signature_delta","signature":"sig"}}"#,
+            r#"{"type":"content_block_stop","index":1}"#,
+            r#"{"type":"content_block_start","index":2,"content_block":{"type":"tool_use","id":"toolu_1","name":"f","input":{}}}"#,
+            r#"{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"{\"a\":"}}"#,
+            r#"{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":""}}"#,
+            r#"{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"1}"}}"#,
+            r#"{"type":"content_block_stop","index":2}"#,
+            r#"{"type":"content_block_start","index":3,"content_block":{"type":"tool_use","id":5,"name":"g","input":{}}}"#,
+            r#"{"type":"content_block_stop","index":3}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":9}}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":null},"usage":{"output_tokens":10,"server_tool_use":{"web_search_requests":1}}}"#,
+            r#"{"type":"message_delta","usage":{"output_tokens":1.5}}"#,
+            r#"{"type":"message_delta","usage":null}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"input_tokens":4,"cache_read_input_tokens":2,"cache_creation_input_tokens":1,"output_tokens":11}}"#,
+            r#"{"type":"error"}"#,
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"busy"}}"#,
+            r#"not json"#,
+            r#"{"type":"message_stop"}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"after the end"}}"#,
+        ];
+        let mut fast = Translator::new("m", "c", true, None);
+        let mut tree = Translator::new("m", "c", true, None);
+        tree.id = fast.id.clone();
+        tree.created = fast.created;
+        for event in events {
+            let (mut a, mut b) = (VecDeque::new(), VecDeque::new());
+            let ra = fast.on_data(event, &mut a);
+            let rb = match json_chunk(event) {
+                Ok(value) => tree.on_value(&value, &mut b),
+                Err(ApiError::UpstreamRejected(body)) => {
+                    Err(mid_stream_error(body.message, &body.error_type))
+                }
+                Err(err) => Err(err),
+            };
+            match (ra, rb) {
+                (Ok(()), Ok(())) => {}
+                (Err(ea), Err(eb)) => {
+                    assert_eq!(ea.status(), eb.status(), "{event}");
+                    assert_eq!(ea.error_object(), eb.error_object(), "{event}");
+                }
+                (ra, rb) => panic!("{event}: {ra:?} against {rb:?}"),
+            }
+            assert_eq!(texts(a), texts(b), "{event}");
+            assert_eq!(
+                format!(
+                    "{:?}",
+                    (
+                        &fast.blocks.len(),
+                        fast.usage,
+                        &fast.stop_reason,
+                        fast.finished
+                    )
+                ),
+                format!(
+                    "{:?}",
+                    (
+                        &tree.blocks.len(),
+                        tree.usage,
+                        &tree.stop_reason,
+                        tree.finished
+                    )
+                ),
+                "{event}"
+            );
+        }
+        assert!(fast.is_finished());
+    }
+
+    /// The events that make up most of a stream, as Anthropic writes them, are read
+    /// by the typed view (the others by the tree path).
+    #[test]
+    fn common_events_take_the_typed_view() {
+        for event in [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi \"there\"\n"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"x"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"s"}}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}}"#,
+            r#"{"type":"message_stop"}"#,
+            r#"{"type":"ping"}"#,
+        ] {
+            let view = serde_json::from_str::<FastEvent>(event);
+            assert!(view.is_ok(), "{event}: {:?}", view.err());
+        }
+    }
+
+    /// The chunks' text is what serializing the trees built before gave.
+    #[test]
+    fn chunks_are_the_former_trees_serialized() {
+        let mut t = Translator::new("m", "c", false, None);
+        t.id = "msg_1".into();
+        t.created = 5;
+        let mut out = VecDeque::new();
+        t.start(&mut out);
+        t.content("a\"b", &mut out);
+        t.tool_args(2, "{\"x\":1}", &mut out);
+        t.reasoning("r", &mut out);
+        let chunk = |delta: Value| {
+            json!({"id": "msg_1", "object": "chat.completion.chunk", "created": 5, "model": "m",
+                   "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": null}]})
+            .to_string()
+        };
+        assert_eq!(
+            texts(out),
+            [
+                chunk(json!({"role": "assistant", "content": ""})),
+                chunk(json!({"content": "a\"b"})),
+                chunk(
+                    json!({"tool_calls": [{"index": 2, "function": {"arguments": "{\"x\":1}"}}]})
+                ),
+                chunk(json!({"reasoning_content": "r"})),
+            ]
+        );
+    }
 
     fn run(events: &[Value], include_usage: bool, json_mode: Option<JsonMode>) -> Vec<Value> {
         let mut t = Translator::new("m", "c", include_usage, json_mode);
@@ -595,8 +968,9 @@ mod tests {
 
     #[tokio::test]
     async fn early_end_is_an_error() {
-        let events: ChunkStream = Box::pin(futures_util::stream::iter(vec![Ok(start())]));
-        let out: Vec<Result<Value, ApiError>> =
+        let events: DataStream =
+            Box::pin(futures_util::stream::iter(vec![Ok(start().to_string())]));
+        let out: Vec<Result<Payload, ApiError>> =
             translate(events, Translator::new("m", "c", false, None))
                 .collect()
                 .await;

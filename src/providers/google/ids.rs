@@ -26,9 +26,12 @@ const SIGNATURE_PLACEHOLDER: &str = "skip_thought_signature_validator";
 /// The stem shared by the ids of one answer: Gemini's `responseId` with anything
 /// outside `[A-Za-z0-9_-]` dropped, or a random one when there is none.
 pub fn response_stem(response: &Value) -> String {
-    let from_response: String = response
-        .get("responseId")
-        .and_then(Value::as_str)
+    stem_of(response.get("responseId").and_then(Value::as_str))
+}
+
+/// [`response_stem`] of a `responseId` already read.
+pub fn stem_of(response_id: Option<&str>) -> String {
+    let from_response: String = response_id
         .unwrap_or("")
         .chars()
         .filter(|c| c.is_ascii_alphanumeric() || *c == '-')

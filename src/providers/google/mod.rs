@@ -37,7 +37,8 @@ use super::upstream_http::{send, timeout_error};
 use super::{Provider, UpstreamCall};
 use crate::config::{Config, ConfigError, ProviderSettings};
 use crate::error::ApiError;
-use crate::streaming::{sse_json_events, unix_now, ChunkStream};
+use crate::payload::{into_chunk_stream, Payload, PayloadStream};
+use crate::streaming::{sse_data_events, unix_now, ChunkStream, DataStream};
 use crate::upstream::{json_post_headers, UpstreamClient, UpstreamError, UpstreamResponse};
 use request::RequestOptions;
 use response::AnswerContext;
@@ -377,66 +378,74 @@ impl Provider for GoogleProvider {
     }
 
     async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
+        self.stream_payload(call).await.map(into_chunk_stream)
+    }
+
+    /// The chunks as the translator writes them (text; see `stream::StreamTranslator`).
+    async fn stream_payload(&self, call: UpstreamCall) -> Result<PayloadStream, ApiError> {
         let response = self.post(&call, true).await?;
-        let mut events = sse_json_events(response.bytes_stream(), self.chunk_timeout);
+        let mut events = sse_data_events(response.bytes_stream(), self.chunk_timeout);
         let mut translator =
-            StreamTranslator::new(self.answer_context(&call), call.include_usage());
+            StreamTranslator::new(self.answer_context(&call), call.include_usage())
+                .with_signatures(self.request_options.signatures.clone());
 
         // Read the first event before answering, so that a blocked prompt or an error
         // Gemini reports at once still gets a real HTTP status instead of a 200 stream
         // that fails in its first chunk.
-        let mut pending: VecDeque<Value> = VecDeque::new();
+        let mut pending = VecDeque::new();
         match events.next().await {
-            Some(Ok(event)) => pending.extend(translator.on_event(&event)?),
+            Some(Ok(event)) => translator.on_data(&event, &mut pending)?,
             Some(Err(error)) => return Err(error),
-            None => pending.extend(translator.finish()?),
+            None => translator.finish(&mut pending)?,
         }
-
-        struct State {
-            events: ChunkStream,
-            translator: StreamTranslator,
-            pending: VecDeque<Value>,
-            ended: bool,
-        }
-        let state = State {
+        Ok(Box::pin(Translate {
             events,
             translator,
             pending,
             ended: false,
-        };
-        let chunks = futures_util::stream::unfold(state, |mut st| async move {
-            loop {
-                if let Some(chunk) = st.pending.pop_front() {
-                    return Some((Ok(chunk), st));
-                }
-                if st.ended {
-                    return None;
-                }
-                let produced = match st.events.next().await {
-                    Some(Ok(event)) => st.translator.on_event(&event),
-                    Some(Err(error)) => Err(error),
-                    None => {
-                        st.ended = true;
-                        st.translator.finish()
-                    }
-                };
-                match produced {
-                    Ok(chunks) => st.pending.extend(chunks),
-                    Err(error) => {
-                        st.ended = true;
-                        st.pending.clear();
-                        return Some((Err(error), st));
-                    }
-                }
+        }))
+    }
+}
+
+/// The chunk stream of a Gemini stream: polled in place (an `unfold` moved its whole
+/// state in and out of a future for every chunk).
+struct Translate {
+    events: DataStream,
+    translator: StreamTranslator,
+    pending: VecDeque<Payload>,
+    ended: bool,
+}
+
+impl futures_util::Stream for Translate {
+    type Item = Result<Payload, ApiError>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let st = self.get_mut();
+        loop {
+            if let Some(chunk) = st.pending.pop_front() {
+                return Poll::Ready(Some(Ok(chunk)));
             }
-        });
-        let signatures = self.request_options.signatures.clone();
-        let chunks = chunks.inspect(move |item| {
-            if let Ok(chunk) = item {
-                signatures.remember(chunk);
+            if st.ended {
+                return Poll::Ready(None);
             }
-        });
-        Ok(Box::pin(chunks))
+            let produced = match futures_util::ready!(st.events.poll_next_unpin(cx)) {
+                Some(Ok(event)) => st.translator.on_data(&event, &mut st.pending),
+                Some(Err(error)) => Err(error),
+                None => {
+                    st.ended = true;
+                    st.translator.finish(&mut st.pending)
+                }
+            };
+            if let Err(error) = produced {
+                st.ended = true;
+                st.pending.clear();
+                return Poll::Ready(Some(Err(error)));
+            }
+        }
     }
 }
 

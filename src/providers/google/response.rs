@@ -207,7 +207,12 @@ pub fn usage(meta: &Value) -> Value {
 
 /// `chatcmpl-<responseId>`, or a fresh id.
 pub fn completion_id_for(response: &Value) -> String {
-    match response.get("responseId").and_then(Value::as_str) {
+    completion_id_of(response.get("responseId").and_then(Value::as_str))
+}
+
+/// [`completion_id_for`] of a `responseId` already read.
+pub fn completion_id_of(response_id: Option<&str>) -> String {
+    match response_id {
         Some(id) if !id.is_empty() => {
             let clean: String = id
                 .chars()
@@ -225,9 +230,15 @@ pub fn completion_id_for(response: &Value) -> String {
 
 /// The model name to report: Gemini's `modelVersion`, else the requested model.
 pub fn model_name(response: &Value, requested: &str) -> String {
-    response
-        .get("modelVersion")
-        .and_then(Value::as_str)
+    model_name_of(
+        response.get("modelVersion").and_then(Value::as_str),
+        requested,
+    )
+}
+
+/// [`model_name`] of a `modelVersion` already read.
+pub fn model_name_of(model_version: Option<&str>, requested: &str) -> String {
+    model_version
         .filter(|m| !m.is_empty())
         .unwrap_or(requested)
         .to_owned()

@@ -8,18 +8,29 @@
 //! repeated (partially) on many events, so the last one is kept and sent as the
 //! `choices: []` usage chunk at the end, only when the client asked for
 //! `stream_options.include_usage`. A blocked prompt is an error.
+//!
+//! Events of text and reasoning (the bulk of a stream) are read into a typed view
+//! that borrows from the event's text ([`FastResponse`]) and chunks are written as
+//! text ([`ChunkWriter`]); events with anything else (function calls, prompt
+//! feedback, safety ratings, members of unexpected types) take the tree path, which
+//! decides exactly as before. The view admits only members it knows, of the types
+//! it expects, so whatever it accepts the tree path would have read the same way.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::ids;
 use super::response::{
-    blocked_prompt_error, candidate_index, completion_id_for, finish_reason, model_name,
-    read_parts, tool_call_values, usage, validation_error, AnswerContext,
+    blocked_prompt_error, candidate_index, completion_id_of, finish_reason, model_name_of,
+    read_parts, tool_call_values, usage, validation_error, AnswerContext, Parts,
 };
+use super::signatures::SignatureStore;
 use crate::error::ApiError;
-use crate::streaming::unix_now;
+use crate::payload::Payload;
+use crate::providers::chunk_text::{empty_delta, role_delta, string_delta, ChunkWriter, Text};
+use crate::streaming::{json_chunk, unix_now};
 
 #[derive(Debug, Default)]
 struct Choice {
@@ -39,6 +50,84 @@ struct Identity {
     stem: String,
 }
 
+/// The typed view of an event of text or reasoning. Unknown members or members of
+/// another type make it fail, and the event then takes the tree path.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FastResponse<'a> {
+    #[serde(borrow)]
+    candidates: Option<Vec<FastCandidate<'a>>>,
+    #[serde(borrow)]
+    model_version: Option<Text<'a>>,
+    #[serde(borrow)]
+    response_id: Option<Text<'a>>,
+    /// Kept whole (as the tree path keeps it); `Some(Null)` for `null`, as there.
+    #[serde(default, deserialize_with = "present")]
+    usage_metadata: Option<Value>,
+}
+
+fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<Value>, D::Error> {
+    Value::deserialize(deserializer).map(Some)
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FastCandidate<'a> {
+    #[serde(borrow)]
+    content: Option<FastContent<'a>>,
+    index: Option<u64>,
+    #[serde(borrow)]
+    finish_reason: Option<Text<'a>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FastContent<'a> {
+    /// Admitted as a string or null, not used.
+    #[serde(borrow)]
+    #[allow(dead_code)]
+    role: Option<Text<'a>>,
+    #[serde(borrow)]
+    parts: Option<Vec<FastPart<'a>>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct FastPart<'a> {
+    #[serde(borrow)]
+    text: Option<Text<'a>>,
+    thought: Option<bool>,
+    /// Admitted as a string or null; a text part's signature is not passed on.
+    #[serde(borrow)]
+    #[allow(dead_code)]
+    thought_signature: Option<Text<'a>>,
+}
+
+impl FastCandidate<'_> {
+    /// `read_parts` for a candidate without function calls.
+    fn parts(&self) -> Parts {
+        let mut out = Parts::default();
+        let parts = self.content.as_ref().and_then(|c| c.parts.as_ref());
+        for part in parts.into_iter().flatten() {
+            let Some(text) = part.text.as_ref().map(Text::as_str) else {
+                continue;
+            };
+            if text.is_empty() {
+                continue;
+            }
+            let slot = if part.thought == Some(true) {
+                &mut out.reasoning
+            } else {
+                &mut out.text
+            };
+            slot.get_or_insert_with(String::new).push_str(text);
+        }
+        out
+    }
+}
+
+type Out = VecDeque<Payload>;
+
 /// The per-stream translation state.
 pub struct StreamTranslator {
     ctx: AnswerContext,
@@ -49,6 +138,9 @@ pub struct StreamTranslator {
     choices: BTreeMap<u64, Choice>,
     last_usage: Option<Value>,
     events: usize,
+    writer: ChunkWriter,
+    /// Where the signatures of the tool calls handed out are remembered.
+    signatures: Option<SignatureStore>,
 }
 
 impl StreamTranslator {
@@ -61,10 +153,34 @@ impl StreamTranslator {
             choices: BTreeMap::new(),
             last_usage: None,
             events: 0,
+            writer: ChunkWriter::default(),
+            signatures: None,
         }
     }
 
-    fn chunk(&self, index: u64, delta: Value, finish: Option<&str>) -> Value {
+    /// Remember the thought signatures of the tool calls sent in `store`.
+    pub fn with_signatures(mut self, store: SignatureStore) -> Self {
+        self.signatures = Some(store);
+        self
+    }
+
+    fn chunk(
+        &mut self,
+        index: u64,
+        hint: usize,
+        delta: impl FnOnce(&mut Vec<u8>),
+        finish: Option<&str>,
+    ) -> Payload {
+        let (id, model) = self
+            .identity
+            .as_ref()
+            .map_or(("", ""), |i| (i.id.as_str(), i.model.as_str()));
+        self.writer
+            .choice((id, self.created, model), index, hint, delta, finish)
+    }
+
+    /// The chunk as a tree (the usage chunk).
+    fn chunk_value(&self, index: u64, delta: Value, finish: Option<&str>) -> Value {
         let (id, model) = self
             .identity
             .as_ref()
@@ -78,19 +194,55 @@ impl StreamTranslator {
         })
     }
 
-    /// Translate one upstream event into zero or more chunks.
-    pub fn on_event(&mut self, event: &Value) -> Result<Vec<Value>, ApiError> {
+    fn set_identity(&mut self, response_id: Option<&str>, model_version: Option<&str>) {
+        if self.identity.is_none() {
+            self.identity = Some(Identity {
+                id: completion_id_of(response_id),
+                model: model_name_of(model_version, &self.ctx.model),
+                stem: ids::stem_of(response_id),
+            });
+        }
+    }
+
+    /// Translate one upstream event's data (one SSE `data`) into zero or more chunks.
+    pub fn on_data(&mut self, data: &str, out: &mut Out) -> Result<(), ApiError> {
+        if let Ok(event) = serde_json::from_str::<FastResponse>(data) {
+            return self.on_fast(event, out);
+        }
+        self.on_value(&json_chunk(data)?, out)
+    }
+
+    /// An event of text and reasoning only, read by the typed view.
+    fn on_fast(&mut self, event: FastResponse, out: &mut Out) -> Result<(), ApiError> {
+        self.events += 1;
+        // No `promptFeedback` in the view: never a blocked prompt.
+        self.set_identity(
+            event.response_id.as_ref().map(Text::as_str),
+            event.model_version.as_ref().map(Text::as_str),
+        );
+        if let Some(meta) = event.usage_metadata {
+            self.last_usage = Some(meta);
+        }
+        for (position, candidate) in event.candidates.iter().flatten().enumerate() {
+            let index = candidate.index.unwrap_or(position as u64);
+            let reason = candidate.finish_reason.as_ref().map(Text::as_str);
+            // No `finishMessage` in the view: what `validation_error` reads is absent.
+            let parts = candidate.parts();
+            self.on_candidate(index, reason, &Value::Null, parts, "", out)?;
+        }
+        Ok(())
+    }
+
+    /// Translate one upstream event (as a tree) into zero or more chunks.
+    fn on_value(&mut self, event: &Value, out: &mut Out) -> Result<(), ApiError> {
         self.events += 1;
         if let Some(error) = blocked_prompt_error(event) {
             return Err(error);
         }
-        if self.identity.is_none() {
-            self.identity = Some(Identity {
-                id: completion_id_for(event),
-                model: model_name(event, &self.ctx.model),
-                stem: ids::response_stem(event),
-            });
-        }
+        self.set_identity(
+            event.get("responseId").and_then(Value::as_str),
+            event.get("modelVersion").and_then(Value::as_str),
+        );
         if let Some(meta) = event.get("usageMetadata") {
             self.last_usage = Some(meta.clone());
         }
@@ -99,65 +251,91 @@ impl StreamTranslator {
             .as_ref()
             .map(|i| i.stem.clone())
             .unwrap_or_default();
-
-        let mut out = Vec::new();
         let candidates = event.get("candidates").and_then(Value::as_array);
         for (position, candidate) in candidates.into_iter().flatten().enumerate() {
             let index = candidate_index(candidate, position);
             let reason = candidate.get("finishReason").and_then(Value::as_str);
-            let state = self.choices.entry(index).or_default();
-            if state.finished {
-                continue;
-            }
-            if self.ctx.validate {
-                if let Some(error) = reason.and_then(|r| validation_error(r, candidate)) {
-                    return Err(error);
-                }
-            }
             let parts = read_parts(candidate);
-            let first_ordinal = state.tool_calls;
-            state.tool_calls += parts.calls.len();
-            let had_calls = state.tool_calls > 0;
-            let send_role = !state.started;
-            state.started = true;
-            state.finished = reason.is_some();
+            self.on_candidate(index, reason, candidate, parts, &stem, out)?;
+        }
+        Ok(())
+    }
 
-            if send_role {
-                out.push(self.chunk(index, json!({"role": "assistant", "content": ""}), None));
-            }
-            if let Some(reasoning) = parts.reasoning {
-                out.push(self.chunk(index, json!({"reasoning_content": reasoning}), None));
-            }
-            if let Some(text) = parts.text {
-                out.push(self.chunk(index, json!({"content": text}), None));
-            }
-            // Gemini sends each call whole: one delta with id, name and all
-            // arguments; `index` is the call's position in the choice. One chunk per
-            // call, as OpenAI streams them: clients such as llama-index read only
-            // the first tool call of a chunk and would drop parallel calls.
-            for (mut call, ordinal) in tool_call_values(&stem, index, first_ordinal, &parts.calls)
-                .into_iter()
-                .zip(first_ordinal..)
-            {
-                call["index"] = ordinal.into();
-                out.push(self.chunk(index, json!({"tool_calls": [call]}), None));
-            }
-            if let Some(finish) = finish_reason(reason, had_calls) {
-                out.push(self.chunk(index, json!({}), Some(finish)));
+    /// One candidate of an event: `candidate` is read only for a failed validation.
+    fn on_candidate(
+        &mut self,
+        index: u64,
+        reason: Option<&str>,
+        candidate: &Value,
+        parts: Parts,
+        stem: &str,
+        out: &mut Out,
+    ) -> Result<(), ApiError> {
+        let state = self.choices.entry(index).or_default();
+        if state.finished {
+            return Ok(());
+        }
+        if self.ctx.validate {
+            if let Some(error) = reason.and_then(|r| validation_error(r, candidate)) {
+                return Err(error);
             }
         }
-        Ok(out)
+        let first_ordinal = state.tool_calls;
+        state.tool_calls += parts.calls.len();
+        let had_calls = state.tool_calls > 0;
+        let send_role = !state.started;
+        state.started = true;
+        state.finished = reason.is_some();
+
+        if send_role {
+            let chunk = self.chunk(index, 0, role_delta, None);
+            out.push_back(chunk);
+        }
+        if let Some(reasoning) = parts.reasoning {
+            let delta = string_delta("reasoning_content", &reasoning);
+            let chunk = self.chunk(index, reasoning.len(), delta, None);
+            out.push_back(chunk);
+        }
+        if let Some(text) = parts.text {
+            let chunk = self.chunk(index, text.len(), string_delta("content", &text), None);
+            out.push_back(chunk);
+        }
+        // Gemini sends each call whole: one delta with id, name and all
+        // arguments; `index` is the call's position in the choice. One chunk per
+        // call, as OpenAI streams them: clients such as llama-index read only
+        // the first tool call of a chunk and would drop parallel calls.
+        for (mut call, ordinal) in tool_call_values(stem, index, first_ordinal, &parts.calls)
+            .into_iter()
+            .zip(first_ordinal..)
+        {
+            call["index"] = ordinal.into();
+            let delta = json!({"tool_calls": [call]});
+            if let Some(store) = &self.signatures {
+                store.remember(&json!({"choices": [{"delta": &delta}]}));
+            }
+            let chunk = self.chunk(
+                index,
+                256,
+                |buf| serde_json::to_writer(buf, &delta).expect("JSON values serialize"),
+                None,
+            );
+            out.push_back(chunk);
+        }
+        if let Some(finish) = finish_reason(reason, had_calls) {
+            let chunk = self.chunk(index, 0, empty_delta, Some(finish));
+            out.push_back(chunk);
+        }
+        Ok(())
     }
 
     /// The chunks after the upstream's last event: finish chunks for choices Gemini
     /// left open, then the usage chunk if asked for.
-    pub fn finish(&mut self) -> Result<Vec<Value>, ApiError> {
+    pub fn finish(&mut self, out: &mut Out) -> Result<(), ApiError> {
         if self.events == 0 {
             return Err(ApiError::upstream_failure(
                 "Gemini ended the stream without sending anything",
             ));
         }
-        let mut out = Vec::new();
         let open: Vec<(u64, bool)> = self
             .choices
             .iter()
@@ -167,7 +345,8 @@ impl StreamTranslator {
         for (index, had_calls) in open {
             tracing::warn!("Gemini stream ended without a finishReason for candidate {index}");
             let finish = if had_calls { "tool_calls" } else { "stop" };
-            out.push(self.chunk(index, json!({}), Some(finish)));
+            let chunk = self.chunk(index, 0, empty_delta, Some(finish));
+            out.push_back(chunk);
         }
         if self.include_usage {
             let usage = match &self.last_usage {
@@ -177,18 +356,116 @@ impl StreamTranslator {
                     usage(&Value::Null)
                 }
             };
-            let mut chunk = self.chunk(0, json!({}), None);
+            let mut chunk = self.chunk_value(0, json!({}), None);
             chunk["choices"] = json!([]);
             chunk["usage"] = usage;
-            out.push(chunk);
+            out.push_back(Payload::Value(chunk));
         }
-        Ok(out)
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn values(out: Out) -> Vec<Value> {
+        out.into_iter().map(Payload::into_value).collect()
+    }
+
+    fn texts(out: Out) -> Vec<String> {
+        out.into_iter()
+            .map(|p| String::from_utf8(p.into_json_bytes().to_vec()).unwrap())
+            .collect()
+    }
+
+    impl StreamTranslator {
+        /// An event's text through [`StreamTranslator::on_data`], its chunks as trees.
+        fn on_event(&mut self, event: &Value) -> Result<Vec<Value>, ApiError> {
+            let mut out = VecDeque::new();
+            self.on_data(&event.to_string(), &mut out)?;
+            Ok(values(out))
+        }
+
+        fn end(&mut self) -> Result<Vec<Value>, ApiError> {
+            let mut out = VecDeque::new();
+            self.finish(&mut out)?;
+            Ok(values(out))
+        }
+    }
+
+    /// The typed view and the tree path translate every event alike: same chunks,
+    /// byte for byte, same errors, same state after it.
+    #[test]
+    fn typed_view_and_tree_path_agree() {
+        let events = [
+            r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"tok"}]},"index":0}],"modelVersion":"gemini-x","responseId":"r.1/2"}"#,
+            r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"esc \"q\" \n \u00e9 \ud83d\ude00"},{"text":" more"}]},"index":0}],"usageMetadata":{"promptTokenCount":3}}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"think","thought":true},{"text":"","thoughtSignature":"AAAA"},{"text":null},{"thought":false}]},"index":0}],"usageMetadata":null}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"a"}]}},{"content":{"parts":[{"text":"b"}]},"index":1}]}"#,
+            r#"{"candidates":[{"content":null,"index":2,"finishReason":"MAX_TOKENS"}]}"#,
+            r#"{"candidates":[{"content":{"parts":null},"index":3}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"x","thought":"yes"}]},"index":0}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"x"}]},"index":"0"}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"x","text":"y"}]},"index":0}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"x"}]},"index":0,"safetyRatings":[{"a":"\ud800"}]}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{"a":1}},"thoughtSignature":"AAAA"}]},"index":0}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"x"}]},"index":0}],"extra":1e400}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"\ud800"}]},"index":0}]}"#,
+            r#"{"candidates":{},"responseId":"r"}"#,
+            r#"{"candidates":null}"#,
+            r#"{"candidates":[]}"#,
+            r#"{"promptFeedback":{"blockReason":"SAFETY"}}"#,
+            r#"{"error":{"message":"quota","code":429}}"#,
+            r#"not json"#,
+            r#"[1]"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"end"}]},"finishReason":"STOP","index":0}],"usageMetadata":{"promptTokenCount":3,"candidatesTokenCount":4,"totalTokenCount":7}}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"after"}]},"index":0}]}"#,
+        ];
+        for validate in [false, true] {
+            let ctx = AnswerContext {
+                model: "m".into(),
+                validate,
+            };
+            let mut fast = StreamTranslator::new(ctx.clone(), true);
+            let mut tree = StreamTranslator::new(ctx, true);
+            tree.created = fast.created;
+            for event in events {
+                let (mut a, mut b) = (VecDeque::new(), VecDeque::new());
+                let ra = fast.on_data(event, &mut a);
+                let rb = json_chunk(event).and_then(|value| tree.on_value(&value, &mut b));
+                match (ra, rb) {
+                    (Ok(()), Ok(())) => {}
+                    (Err(ea), Err(eb)) => {
+                        assert_eq!(ea.error_object(), eb.error_object(), "{event}")
+                    }
+                    (ra, rb) => panic!("{event}: {ra:?} against {rb:?}"),
+                }
+                assert_eq!(texts(a), texts(b), "{event}");
+                assert_eq!(
+                    format!("{:?} {:?} {}", fast.choices, fast.last_usage, fast.events),
+                    format!("{:?} {:?} {}", tree.choices, tree.last_usage, tree.events),
+                    "{event}"
+                );
+            }
+            let (mut a, mut b) = (VecDeque::new(), VecDeque::new());
+            fast.finish(&mut a).unwrap();
+            tree.finish(&mut b).unwrap();
+            assert_eq!(texts(a), texts(b));
+        }
+    }
+
+    /// Events of text, as Gemini writes them, are read by the typed view.
+    #[test]
+    fn text_events_take_the_typed_view() {
+        for event in [
+            r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"Hi \"x\"\n"}]},"index":0}],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":1,"totalTokenCount":6,"promptTokensDetails":[{"modality":"TEXT","tokenCount":5}]},"modelVersion":"gemini-2.5-flash","responseId":"abc"}"#,
+            r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"","thoughtSignature":"AAAA"}]},"finishReason":"STOP","index":0}],"modelVersion":"gemini-2.5-flash","responseId":"abc"}"#,
+        ] {
+            let view = serde_json::from_str::<FastResponse>(event);
+            assert!(view.is_ok(), "{event}: {:?}", view.err());
+        }
+    }
 
     fn translator(include_usage: bool) -> StreamTranslator {
         StreamTranslator::new(
@@ -237,7 +514,7 @@ mod tests {
             "usageMetadata": {"promptTokenCount": 5, "candidatesTokenCount": 3, "thoughtsTokenCount": 40, "totalTokenCount": 48}}))
             .unwrap(),
         );
-        chunks.extend(t.finish().unwrap());
+        chunks.extend(t.end().unwrap());
         assert!(chunks.iter().all(|c| c["id"] == "chatcmpl-r1"));
         let d = deltas(&chunks);
         assert_eq!(d[0].1, json!({"role": "assistant", "content": ""}));
@@ -275,7 +552,7 @@ mod tests {
                 {"content": {"parts": [{"text": "b"}]}, "index": 1, "finishReason": "MAX_TOKENS"}
             ]}))
             .unwrap();
-        chunks.extend(t.finish().unwrap());
+        chunks.extend(t.end().unwrap());
         let d = deltas(&chunks);
         assert_eq!(
             d.iter().filter(|x| x.1.get("role").is_some()).count(),
@@ -295,7 +572,7 @@ mod tests {
             .on_event(&json!({"promptFeedback": {"blockReason": "SAFETY"}}))
             .unwrap_err();
         assert_eq!(err.error_object()["code"], "content_filter");
-        assert!(translator(false).finish().is_err());
+        assert!(translator(false).end().is_err());
         let mut strict = StreamTranslator::new(
             AnswerContext {
                 model: "m".into(),
