@@ -28,8 +28,24 @@ use crate::json_scan::member_str;
 /// `text` must be a JSON object already checked to be valid (and so UTF-8).
 pub fn event_type(text: &[u8]) -> Option<Cow<'_, str>> {
     const HEAD: &[u8] = br#"{"type":""#;
+    /// Anthropic's event types, the most frequent first.
+    const KNOWN: [&str; 8] = [
+        "content_block_delta",
+        "content_block_start",
+        "content_block_stop",
+        "message_start",
+        "message_delta",
+        "message_stop",
+        "ping",
+        "error",
+    ];
     if let Some(rest) = text.strip_prefix(HEAD) {
-        // The value ends at the first quote unless an escape or a control
+        for kind in KNOWN {
+            if rest.starts_with(kind.as_bytes()) && rest.get(kind.len()) == Some(&b'"') {
+                return Some(Cow::Borrowed(kind));
+            }
+        }
+        // Another type: it ends at the first quote unless an escape or a control
         // character (which the slow path rejects) comes first.
         if let Some(end) = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20) {
             if rest[end] == b'"' {
@@ -520,6 +536,10 @@ mod tests {
             (r#"{ "type": "ping"}"#, Some("ping")),
             (r#"{"index":0,"type":"message_stop"}"#, Some("message_stop")),
             (r#"{"type":"a\"b"}"#, Some("a\"b")),
+            (r#"{"type":"message_stopped"}"#, Some("message_stopped")),
+            (r#"{"type":"ping","x":"y"}"#, Some("ping")),
+            (r#"{"type":"pin"}"#, Some("pin")),
+            (r#"{"type":"error\n"}"#, Some("error\n")),
             (r#"{"type":"\u0070ing"}"#, Some("ping")),
             (r#"{"type":7}"#, None),
             (r#"{"other":1}"#, None),

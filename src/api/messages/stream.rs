@@ -912,6 +912,85 @@ mod tests {
         assert_eq!(events[1]["delta"]["stop_reason"], "end_turn");
     }
 
+    /// Stream translation cases no door test covered: a refusal, cached tokens,
+    /// text that needs escaping, and chunks of odd shapes (read through the tree,
+    /// alike either way).
+    #[test]
+    fn refusals_cached_tokens_escapes_and_odd_chunks() {
+        let events = events_of(&[
+            chunk(json!({"role": "assistant", "content": "a\"b\n\u{1}\u{e9}\u{1f600}</"}), None),
+            json!({"id": "chatcmpl-9", "choices": [null]}),
+            json!({"id": "chatcmpl-9", "choices": [{"delta": {"content": 5, "refusal": "no"}}], "usage": 7}),
+            chunk(json!({"content": ""}), Some("stop")),
+            json!({"id": "chatcmpl-9", "choices": [], "usage": {"prompt_tokens": 10, "completion_tokens": 3,
+                   "prompt_tokens_details": {"cached_tokens": 4}}}),
+            json!({"id": "x", "choices": [{"delta": {"content": 1.5}}], "usage": {"prompt_tokens": 1.0}}),
+        ]);
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "message_start",
+                "content_block_start",
+                "content_block_delta",
+                "content_block_delta",
+                "content_block_stop",
+                "message_delta",
+                "message_stop"
+            ]
+        );
+        assert_eq!(events[2]["delta"]["text"], "a\"b\n\u{1}\u{e9}\u{1f600}</");
+        assert_eq!(events[3]["delta"]["text"], "no");
+        // The refusal decides the stop reason; the last usage object (its
+        // non-integer count read as none) gives the counts.
+        assert_eq!(events[5]["delta"]["stop_reason"], "refusal");
+        assert_eq!(events[5]["usage"], json!({"input_tokens": 0, "output_tokens": 0}));
+        let events = events_of(&[json!({"id": "c", "choices": [], "usage": {"prompt_tokens": 10,
+            "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 4}}})]);
+        assert_eq!(
+            events[1]["usage"],
+            json!({"input_tokens": 6, "output_tokens": 3, "cache_read_input_tokens": 4})
+        );
+
+        // A member written twice: the tree's reading (the last one) wins.
+        let text = br#"{"id":"c","choices":[{"delta":{"content":"a","content":"b"}}]}"#;
+        let raw = crate::payload::RawJson::object(Bytes::from_static(text), None).unwrap();
+        let mut t = Translator::new("m", "c");
+        let mut out = Vec::new();
+        t.payload(&Payload::Raw(raw), &mut |e: Event<'_>| out.push(e.to_value()))
+            .unwrap();
+        assert_eq!(out[2]["delta"]["text"], "b");
+    }
+
+    #[tokio::test]
+    async fn a_tool_call_resumed_after_another_began_ends_with_an_error_event() {
+        let call = |index: u64, args: &str| {
+            Ok(Payload::Value(chunk(
+                json!({"tool_calls": [{"index": index, "id": format!("call_{index}"),
+                    "function": {"name": "f", "arguments": args}}]}),
+                None,
+            )))
+        };
+        let chunks: PayloadStream = Box::pin(futures_util::stream::iter(vec![
+            call(0, "{}"),
+            call(1, "{"),
+            call(0, "}"),
+        ]));
+        let body: Vec<u8> =
+            encode_translated(chunks, Translator::new("m", "c"), None, None, |_| {})
+                .map(|b| b.unwrap().to_vec())
+                .concat()
+                .await;
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.contains(r#""content_block":{"type":"tool_use","id":"call_1","name":"f","input":{}}"#), "{text}");
+        assert!(
+            text.ends_with("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"Error processing upstream provider response\"}}\n\n")
+                || text.contains("event: error\n"),
+            "{text}"
+        );
+        assert!(!text.contains("message_stop"), "{text}");
+    }
+
     #[tokio::test]
     async fn a_failure_mid_stream_is_an_error_event() {
         let chunks: PayloadStream = Box::pin(futures_util::stream::iter(vec![
