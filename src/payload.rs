@@ -279,6 +279,20 @@ impl RawJson {
         }
     }
 
+    /// [`RawJson::object`] for an SSE event's data, which the SSE reader has already
+    /// checked to be UTF-8. `Err` gives the text back.
+    pub fn object_str(text: String, usage: Option<TokenCounts>) -> Result<RawJson, String> {
+        match Probe::of_str(&text) {
+            Some(_) => Ok(RawJson {
+                text: Bytes::from(text),
+                usage,
+                usage_only: false,
+                usage_member: None,
+            }),
+            None => Err(text),
+        }
+    }
+
     /// `Some(usage)` when the probed text is a chunk that can pass unchanged.
     fn chunk_usage(probe: Option<Probe>) -> Option<Found> {
         let probe = probe?;

@@ -21,6 +21,7 @@
 pub mod answer;
 pub mod count;
 pub mod errors;
+pub mod fast;
 pub mod request;
 pub mod stream;
 
@@ -115,8 +116,13 @@ async fn serve(
         Ok(DoorReply::Chunks(chunks, translator)) => {
             // Metrics and redaction see the canonical chunks (their usage).
             let (chunks, finish) = ending.stream(&gateway, ctx, chunks);
-            let events = stream::translate(chunks, translator);
-            let body = stream::encode(events, assemble, Some(stream::PING_EVERY), finish);
+            let body = stream::encode_translated(
+                chunks,
+                translator,
+                assemble,
+                Some(stream::PING_EVERY),
+                finish,
+            );
             (core::sse_headers(), Body::from_stream(body)).into_response()
         }
         Err(error) => errors::response(ending.failed(&gateway, ctx, error)),
@@ -177,7 +183,13 @@ async fn handle(
     core::run_handlers(gateway, ctx).await?;
     let call = native_call(gateway, ctx, bytes, count_tokens)?;
     // The client's bytes are held (and counted in the body budget) until sent.
-    let reply = timed(upstream_time, native_reply(native, call, count_tokens)).await;
+    // Boxed: the upstream call's state is large, and this future is moved whole
+    // as the request's future (a copy of it per move).
+    let reply = timed(
+        upstream_time,
+        Box::pin(native_reply(native, call, count_tokens)),
+    )
+    .await;
     drop(held);
     reply
 }

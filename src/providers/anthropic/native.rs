@@ -6,8 +6,6 @@
 //! the metrics. Nothing here translates, so fields nobody here knows (thinking
 //! signatures, citations, server tools, beta fields) survive byte for byte.
 
-use std::borrow::Cow;
-
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName};
@@ -16,6 +14,7 @@ use serde_json::Value;
 
 use super::upstream_http::{check_status_with, send, timeout_error};
 use super::{response, AnthropicProvider};
+use crate::api::messages::fast::event_type;
 use crate::error::ApiError;
 use crate::json_scan::{member_spans, member_str, TokenCounts};
 use crate::payload::{Payload, PayloadStream, RawJson};
@@ -177,9 +176,8 @@ impl AnthropicProvider {
         let mut prompt = None;
         let events = events.map(move |item| {
             let text = item?;
-            let kind = member_str(&text, "type").map(Cow::into_owned);
             let mut usage = None;
-            match kind.as_deref() {
+            match event_type(text.as_bytes()).as_deref() {
                 Some("message_start") => {
                     prompt = member_spans(&text, "message", 1)
                         .and_then(|mut spans| spans.pop())
@@ -203,7 +201,7 @@ impl AnthropicProvider {
                 }
                 _ => {}
             }
-            RawJson::object(Bytes::from(text), usage)
+            RawJson::object_str(text, usage)
                 .map(Payload::Raw)
                 .map_err(|_| {
                     ApiError::upstream_failure(format!(
