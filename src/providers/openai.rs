@@ -41,7 +41,18 @@ pub struct OpenAiProvider {
     /// `stream_usage`: ask the upstream for a stream's usage when the client did not
     /// (off for servers that reject `stream_options`).
     stream_usage: bool,
+    /// `responses_api`: the upstream speaks the Responses API, so the Responses
+    /// door passes requests through (`doors.rs`).
+    pub(super) responses_api: bool,
     client: UpstreamClient,
+}
+
+/// Whether an `api_base` is OpenAI's own API (the default `responses_api = true`).
+pub(super) fn is_openai_host(base: &str) -> bool {
+    reqwest::Url::parse(base)
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_ascii_lowercase))
+        .is_some_and(|host| host == "api.openai.com")
 }
 
 impl OpenAiProvider {
@@ -70,6 +81,7 @@ impl OpenAiProvider {
             chunk_timeout: settings.chunk_timeout,
             max_response_body: settings.max_response_body,
             stream_usage,
+            responses_api: false,
             client,
         }
     }
@@ -133,6 +145,17 @@ impl Provider for OpenAiProvider {
         call: super::doors::DoorCall,
     ) -> Result<super::doors::TextCompletion, ApiError> {
         self.door_completion(call).await
+    }
+
+    fn speaks_responses(&self) -> bool {
+        self.responses_api
+    }
+
+    async fn responses(
+        &self,
+        call: super::doors::DoorCall,
+    ) -> Result<super::doors::TextCompletion, ApiError> {
+        self.door_responses(call).await
     }
 
     async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {

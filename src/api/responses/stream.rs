@@ -1,0 +1,793 @@
+//! Streams on the Responses door: canonical chunks → Responses events (translated
+//! connections), and Responses events → the client's SSE body (every connection).
+//!
+//! The grammar the SDKs parse (`openai.lib.streaming.responses` rebuilds the
+//! response from it by `output_index` and `content_index`): `response.created`,
+//! `response.in_progress`; per output item `response.output_item.added`, then for a
+//! message `response.content_part.added`, `response.output_text.delta`s,
+//! `response.output_text.done`, `response.content_part.done`; for a function call
+//! `response.function_call_arguments.delta`s and `.done`; for reasoning
+//! `response.reasoning_summary_part.added`, `response.reasoning_summary_text.delta`s,
+//! `.done`, `response.reasoning_summary_part.done`; then
+//! `response.output_item.done`; last `response.completed` (or
+//! `response.incomplete` for a length stop) with the whole response and its usage,
+//! or `response.failed`. Every event has its `sequence_number`.
+//!
+//! Translation goes chunk by chunk: each chunk's pieces go out as soon as it
+//! arrives. The `.done` events and the final response repeat the whole text, so the
+//! text of the answer is kept, up to `max_response_body_mb` (past it the stream
+//! fails).
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, Stream, StreamExt};
+use serde_json::{json, Map, Value};
+
+use super::answer;
+use crate::error::ApiError;
+use crate::json_scan::member_str;
+use crate::payload::{Payload, PayloadStream};
+use crate::streaming::StreamSummary;
+
+/// The output item being streamed.
+enum Open {
+    None,
+    Reasoning {
+        id: String,
+        text: String,
+    },
+    Text {
+        id: String,
+        text: String,
+    },
+    Refusal {
+        id: String,
+        text: String,
+    },
+    /// A function call: the upstream's tool call index, and the item.
+    Tool {
+        index: u64,
+        id: String,
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+}
+
+/// Chunks → events, one chunk at a time.
+pub struct Translator {
+    /// The response object as it stands (its `output` filled at the end).
+    response: Map<String, Value>,
+    connection: String,
+    sequence: u64,
+    started: bool,
+    output: Vec<Value>,
+    open: Open,
+    /// Tool calls already closed (their arguments can no longer be added).
+    closed_tools: Vec<u64>,
+    finish_reason: Option<String>,
+    usage: Option<Value>,
+    /// Bytes of text kept, and the most that may be.
+    kept: usize,
+    limit: usize,
+}
+
+impl Translator {
+    pub fn new(skeleton: Map<String, Value>, connection: &str, limit: usize) -> Self {
+        Translator {
+            response: skeleton,
+            connection: connection.to_owned(),
+            sequence: 0,
+            started: false,
+            output: Vec::new(),
+            open: Open::None,
+            closed_tools: Vec::new(),
+            finish_reason: None,
+            usage: None,
+            kept: 0,
+            limit,
+        }
+    }
+
+    /// One event: its `type` and `sequence_number` put first.
+    fn event(&mut self, kind: &str, fields: Value, out: &mut Vec<Value>) {
+        let mut event = Map::new();
+        event.insert("type".into(), kind.into());
+        event.insert("sequence_number".into(), self.sequence.into());
+        self.sequence += 1;
+        if let Value::Object(fields) = fields {
+            event.extend(fields);
+        }
+        out.push(Value::Object(event));
+    }
+
+    fn start(&mut self, out: &mut Vec<Value>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        let snapshot = Value::Object(self.response.clone());
+        self.event("response.created", json!({"response": snapshot}), out);
+        self.event("response.in_progress", json!({"response": snapshot}), out);
+    }
+
+    fn keep(&mut self, text: &str) -> Result<(), ApiError> {
+        self.kept += text.len();
+        if self.kept > self.limit {
+            return Err(crate::upstream::too_large_error(self.limit));
+        }
+        Ok(())
+    }
+
+    fn item_status(&self) -> &'static str {
+        match answer::status(self.finish_reason.as_deref()).0 {
+            "completed" => "completed",
+            _ => "incomplete",
+        }
+    }
+
+    /// Open an item (closing the one before); `item` is its `added` form.
+    fn open(&mut self, open: Open, item: Value, out: &mut Vec<Value>) {
+        self.close(out);
+        let index = self.output.len();
+        self.event(
+            "response.output_item.added",
+            json!({"output_index": index, "item": item}),
+            out,
+        );
+        let item_id = match &open {
+            Open::Reasoning { id, .. } | Open::Text { id, .. } | Open::Refusal { id, .. } => {
+                id.clone()
+            }
+            Open::Tool { .. } | Open::None => String::new(),
+        };
+        match &open {
+            Open::Reasoning { .. } => self.event(
+                "response.reasoning_summary_part.added",
+                json!({"item_id": item_id, "output_index": index, "summary_index": 0,
+                       "part": {"type": "summary_text", "text": ""}}),
+                out,
+            ),
+            Open::Text { .. } => self.event(
+                "response.content_part.added",
+                json!({"item_id": item_id, "output_index": index, "content_index": 0,
+                       "part": answer::text_part("")}),
+                out,
+            ),
+            Open::Refusal { .. } => self.event(
+                "response.content_part.added",
+                json!({"item_id": item_id, "output_index": index, "content_index": 0,
+                       "part": answer::refusal_part("")}),
+                out,
+            ),
+            Open::Tool { .. } | Open::None => {}
+        }
+        self.open = open;
+    }
+
+    /// Close the open item: its `.done` events and `response.output_item.done`.
+    fn close(&mut self, out: &mut Vec<Value>) {
+        let index = self.output.len();
+        let status = self.item_status();
+        let item = match std::mem::replace(&mut self.open, Open::None) {
+            Open::None => return,
+            Open::Reasoning { id, text } => {
+                self.event(
+                    "response.reasoning_summary_text.done",
+                    json!({"item_id": id, "output_index": index, "summary_index": 0, "text": text}),
+                    out,
+                );
+                self.event(
+                    "response.reasoning_summary_part.done",
+                    json!({"item_id": id, "output_index": index, "summary_index": 0,
+                           "part": {"type": "summary_text", "text": text}}),
+                    out,
+                );
+                answer::reasoning_item(&id, &text)
+            }
+            Open::Text { id, text } => {
+                self.event(
+                    "response.output_text.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0,
+                           "text": text, "logprobs": []}),
+                    out,
+                );
+                let part = answer::text_part(&text);
+                self.event(
+                    "response.content_part.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
+                    out,
+                );
+                answer::message_item(&id, status, vec![part])
+            }
+            Open::Refusal { id, text } => {
+                self.event(
+                    "response.refusal.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "refusal": text}),
+                    out,
+                );
+                let part = answer::refusal_part(&text);
+                self.event(
+                    "response.content_part.done",
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
+                    out,
+                );
+                answer::message_item(&id, status, vec![part])
+            }
+            Open::Tool {
+                index: k,
+                id,
+                call_id,
+                name,
+                arguments,
+            } => {
+                self.closed_tools.push(k);
+                self.event(
+                    "response.function_call_arguments.done",
+                    json!({"item_id": id, "output_index": index, "name": name, "arguments": arguments}),
+                    out,
+                );
+                answer::function_call_item(&id, &call_id, &name, &arguments, "completed")
+            }
+        };
+        self.event(
+            "response.output_item.done",
+            json!({"output_index": index, "item": item}),
+            out,
+        );
+        self.output.push(item);
+    }
+
+    /// A piece of text for the open reasoning, text or refusal item.
+    fn text_delta(
+        &mut self,
+        kind: &str,
+        delta: &str,
+        out: &mut Vec<Value>,
+    ) -> Result<(), ApiError> {
+        self.keep(delta)?;
+        let index = self.output.len();
+        let (event, fields) = match &mut self.open {
+            Open::Reasoning { id, text } if kind == "reasoning" => {
+                text.push_str(delta);
+                (
+                    "response.reasoning_summary_text.delta",
+                    json!({"item_id": id, "output_index": index, "summary_index": 0, "delta": delta}),
+                )
+            }
+            Open::Text { id, text } if kind == "text" => {
+                text.push_str(delta);
+                (
+                    "response.output_text.delta",
+                    json!({"item_id": id, "output_index": index, "content_index": 0,
+                           "delta": delta, "logprobs": []}),
+                )
+            }
+            Open::Refusal { id, text } if kind == "refusal" => {
+                text.push_str(delta);
+                (
+                    "response.refusal.delta",
+                    json!({"item_id": id, "output_index": index, "content_index": 0, "delta": delta}),
+                )
+            }
+            _ => {
+                let (open, item) = match kind {
+                    "reasoning" => {
+                        let id = answer::new_id("rs");
+                        let item = json!({"id": id, "type": "reasoning", "summary": []});
+                        (
+                            Open::Reasoning {
+                                id,
+                                text: String::new(),
+                            },
+                            item,
+                        )
+                    }
+                    "text" => {
+                        let id = answer::new_id("msg");
+                        let item = answer::message_item(&id, "in_progress", Vec::new());
+                        (
+                            Open::Text {
+                                id,
+                                text: String::new(),
+                            },
+                            item,
+                        )
+                    }
+                    _ => {
+                        let id = answer::new_id("msg");
+                        let item = answer::message_item(&id, "in_progress", Vec::new());
+                        (
+                            Open::Refusal {
+                                id,
+                                text: String::new(),
+                            },
+                            item,
+                        )
+                    }
+                };
+                self.open(open, item, out);
+                self.kept -= delta.len();
+                return self.text_delta(kind, delta, out);
+            }
+        };
+        self.event(event, fields, out);
+        Ok(())
+    }
+
+    /// The events one chunk becomes.
+    pub fn chunk(&mut self, chunk: &Value, out: &mut Vec<Value>) -> Result<(), ApiError> {
+        self.start(out);
+        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+            self.usage = Some(usage.clone());
+        }
+        let Some(choice) = chunk.get("choices").and_then(|c| c.get(0)) else {
+            return Ok(());
+        };
+        let delta = choice.get("delta").unwrap_or(&Value::Null);
+        if let Some(thinking) = crate::api::messages::answer::reasoning_text(delta) {
+            self.text_delta("reasoning", thinking, out)?;
+        }
+        for (key, kind) in [("content", "text"), ("refusal", "refusal")] {
+            if let Some(text) = delta
+                .get(key)
+                .and_then(Value::as_str)
+                .filter(|t| !t.is_empty())
+            {
+                self.text_delta(kind, text, out)?;
+            }
+        }
+        for call in delta
+            .get("tool_calls")
+            .and_then(Value::as_array)
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+        {
+            let k = call.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let function = call.get("function").unwrap_or(&Value::Null);
+            let is_open = matches!(self.open, Open::Tool { index, .. } if index == k);
+            if !is_open {
+                if self.closed_tools.contains(&k) {
+                    return Err(ApiError::upstream_failure(format!(
+                        "connection '{}': tool call {k} continued after another one began",
+                        self.connection
+                    )));
+                }
+                let id = answer::new_id("fc");
+                let call_id = call
+                    .get("id")
+                    .and_then(Value::as_str)
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| answer::new_id("call"));
+                let name = function
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                self.keep(&name)?;
+                let item = answer::function_call_item(&id, &call_id, &name, "", "in_progress");
+                let open = Open::Tool {
+                    index: k,
+                    id,
+                    call_id,
+                    name,
+                    arguments: String::new(),
+                };
+                self.open(open, item, out);
+            }
+            if let Some(fragment) = function
+                .get("arguments")
+                .and_then(Value::as_str)
+                .filter(|f| !f.is_empty())
+            {
+                self.keep(fragment)?;
+                let index = self.output.len();
+                if let Open::Tool { id, arguments, .. } = &mut self.open {
+                    arguments.push_str(fragment);
+                    let fields = json!({"item_id": id, "output_index": index, "delta": fragment});
+                    self.event("response.function_call_arguments.delta", fields, out);
+                }
+            }
+        }
+        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+            if self.finish_reason.is_none() {
+                self.finish_reason = Some(reason.to_owned());
+            }
+            self.close(out);
+        }
+        Ok(())
+    }
+
+    /// The events that end the response: `response.completed`, or
+    /// `response.incomplete` after a length stop.
+    pub fn finish(&mut self, out: &mut Vec<Value>) {
+        self.start(out);
+        self.close(out);
+        let (status, incomplete) = answer::status(self.finish_reason.as_deref());
+        let mut response = std::mem::take(&mut self.response);
+        response.insert("status".into(), status.into());
+        response.insert("incomplete_details".into(), incomplete);
+        response.insert(
+            "output".into(),
+            Value::Array(std::mem::take(&mut self.output)),
+        );
+        response.insert("usage".into(), answer::usage(self.usage.as_ref()));
+        let kind = if status == "completed" {
+            "response.completed"
+        } else {
+            "response.incomplete"
+        };
+        self.event(kind, json!({"response": response}), out);
+    }
+
+    /// `response.failed` for a failure after the stream started: the items already
+    /// finished, and the error as the client may see it.
+    pub fn fail(&mut self, error: &ApiError, out: &mut Vec<Value>) {
+        self.start(out);
+        self.open = Open::None;
+        let object = error.error_object();
+        let mut response = std::mem::take(&mut self.response);
+        response.insert("status".into(), "failed".into());
+        response.insert(
+            "error".into(),
+            json!({"code": failure_code(error), "message": object["message"]}),
+        );
+        response.insert(
+            "output".into(),
+            Value::Array(std::mem::take(&mut self.output)),
+        );
+        if let Some(usage) = &self.usage {
+            response.insert("usage".into(), answer::usage(Some(usage)));
+        }
+        self.event("response.failed", json!({"response": response}), out);
+    }
+}
+
+/// The Responses API's error code for a failure (`server_error`, or
+/// `rate_limit_exceeded` for a 429).
+fn failure_code(error: &ApiError) -> &'static str {
+    if error.status().as_u16() == 429 {
+        "rate_limit_exceeded"
+    } else {
+        "server_error"
+    }
+}
+
+/// Canonical chunks → Responses events (as trees). A failure becomes
+/// `response.failed`, then is passed on (for the log line) and ends the stream.
+pub fn translate(chunks: PayloadStream, translator: Translator) -> PayloadStream {
+    struct State {
+        chunks: PayloadStream,
+        translator: Translator,
+        pending: VecDeque<Result<Payload, ApiError>>,
+        ended: bool,
+    }
+    let state = State {
+        chunks,
+        translator,
+        pending: VecDeque::new(),
+        ended: false,
+    };
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |mut state| async move {
+            loop {
+                if let Some(item) = state.pending.pop_front() {
+                    return Some((item, state));
+                }
+                if state.ended {
+                    return None;
+                }
+                let mut out = Vec::new();
+                let failure = match state.chunks.next().await {
+                    Some(Ok(chunk)) => state.translator.chunk(&chunk.to_value(), &mut out).err(),
+                    Some(Err(e)) => Some(e),
+                    None => {
+                        state.translator.finish(&mut out);
+                        state.ended = true;
+                        None
+                    }
+                };
+                if let Some(error) = failure {
+                    // What the chunk gave before it failed is not sent: the failure
+                    // replaces it.
+                    out.clear();
+                    state.translator.fail(&error, &mut out);
+                    state.ended = true;
+                    state
+                        .pending
+                        .extend(out.drain(..).map(|e| Ok(Payload::Value(e))));
+                    state.pending.push_back(Err(error));
+                    continue;
+                }
+                state
+                    .pending
+                    .extend(out.into_iter().map(|e| Ok(Payload::Value(e))));
+            }
+        },
+    ))
+}
+
+/// The event types that end a response stream.
+fn is_terminal(kind: &str) -> bool {
+    matches!(
+        kind,
+        "response.completed" | "response.incomplete" | "response.failed"
+    )
+}
+
+/// Calls the stream's finish closure exactly once (end, error or drop).
+struct Finish<F: FnOnce(StreamSummary)> {
+    on_finish: Option<F>,
+    summary: StreamSummary,
+}
+
+impl<F: FnOnce(StreamSummary)> Finish<F> {
+    fn finish(&mut self, completed: bool) {
+        if let Some(f) = self.on_finish.take() {
+            self.summary.completed = completed;
+            f(std::mem::take(&mut self.summary));
+        }
+    }
+}
+
+impl<F: FnOnce(StreamSummary)> Drop for Finish<F> {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+struct Encoder<F: FnOnce(StreamSummary)> {
+    finish: Finish<F>,
+    /// Give the loggers the final response (from the terminal event).
+    assemble: bool,
+    /// Events written: the next `sequence_number` (both OpenAI and the translator
+    /// number from 0).
+    written: u64,
+    /// A terminal event was written (a failure after it needs no event of its own).
+    terminal: bool,
+}
+
+impl<F: FnOnce(StreamSummary)> Encoder<F> {
+    /// Write one item; true when the stream has ended.
+    fn write(&mut self, item: Option<Result<Payload, ApiError>>, out: &mut Vec<u8>) -> bool {
+        match item {
+            Some(Ok(event)) => {
+                self.finish.summary.chunks += 1;
+                self.written += 1;
+                let kind = match &event {
+                    Payload::Raw(raw) => std::str::from_utf8(raw.text())
+                        .ok()
+                        .and_then(|t| member_str(t, "type"))
+                        .map(std::borrow::Cow::into_owned),
+                    Payload::Value(value) => {
+                        value.get("type").and_then(Value::as_str).map(str::to_owned)
+                    }
+                };
+                let kind = kind.unwrap_or_else(|| "message".to_owned());
+                if is_terminal(&kind) {
+                    self.terminal = true;
+                    if self.assemble {
+                        self.finish.summary.response = event.to_value().get("response").cloned();
+                    }
+                }
+                let mut data = Vec::with_capacity(256);
+                event.write_json(&mut data);
+                write_event(&kind, &data, out);
+                false
+            }
+            Some(Err(error)) => {
+                if !self.terminal {
+                    let object = error.error_object();
+                    let event = json!({
+                        "type": "error",
+                        "sequence_number": self.written,
+                        "code": object.get("code").cloned().unwrap_or(Value::Null),
+                        "message": object["message"],
+                        "param": object.get("param").cloned().unwrap_or(Value::Null),
+                    });
+                    let data = serde_json::to_vec(&event).unwrap_or_default();
+                    write_event("error", &data, out);
+                }
+                self.finish.summary.error = Some(error);
+                self.finish.finish(true);
+                true
+            }
+            None => {
+                self.finish.finish(true);
+                true
+            }
+        }
+    }
+}
+
+/// Append one event: `event: <type>` and its data as written.
+fn write_event(kind: &str, data: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// Responses events → the client's SSE body, each event written as soon as it comes
+/// (events that are ready together share a write). `assemble`: hand the final
+/// response to `on_finish` (for the loggers). A failure before any terminal event
+/// is an `error` event. No `[DONE]`: the Responses API ends with its terminal event.
+pub fn encode<F>(
+    events: PayloadStream,
+    assemble: bool,
+    on_finish: F,
+) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send
+where
+    F: FnOnce(StreamSummary) + Send + 'static,
+{
+    let encoder = Box::new(Encoder {
+        finish: Finish {
+            on_finish: Some(on_finish),
+            summary: StreamSummary::default(),
+        },
+        assemble,
+        written: 0,
+        terminal: false,
+    });
+    futures_util::stream::unfold(Some((events, encoder)), |state| async move {
+        let (mut events, mut encoder) = state?;
+        let mut buf = Vec::with_capacity(2048);
+        let first = events.next().await;
+        let mut ended = encoder.write(first, &mut buf);
+        while !ended && buf.len() < 16 * 1024 {
+            match events.next().now_or_never() {
+                Some(item) => ended = encoder.write(item, &mut buf),
+                None => break,
+            }
+        }
+        let next = (!ended).then_some((events, encoder));
+        Some((Ok(Bytes::from(buf)), next))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(delta: Value, finish: Option<&str>) -> Value {
+        json!({"id": "chatcmpl-9", "model": "up", "object": "chat.completion.chunk", "created": 1,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    }
+
+    fn events_of(chunks: &[Value]) -> Vec<Value> {
+        let mut t = Translator::new(Map::new(), "c", 1 << 20);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            t.chunk(chunk, &mut out).unwrap();
+        }
+        t.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn reasoning_text_and_tool_calls_follow_the_grammar() {
+        let events = events_of(&[
+            chunk(
+                json!({"role": "assistant", "reasoning_content": "Hm"}),
+                None,
+            ),
+            chunk(json!({"content": "Hi"}), None),
+            chunk(json!({"content": " there"}), None),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "get", "arguments": ""}}]}),
+                None,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"q\":"}}]}),
+                None,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+                None,
+            ),
+            chunk(json!({}), Some("tool_calls")),
+            json!({"id": "chatcmpl-9", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 7}}),
+        ]);
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.reasoning_summary_part.added",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.done",
+                "response.reasoning_summary_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        for (i, event) in events.iter().enumerate() {
+            assert_eq!(event["sequence_number"], i as u64, "{event}");
+        }
+        assert_eq!(events[10]["output_index"], 1);
+        assert_eq!(events[12]["text"], "Hi there");
+        assert_eq!(events[15]["item"]["call_id"], "call_1");
+        assert_eq!(events[15]["output_index"], 2);
+        assert_eq!(events[18]["arguments"], "{\"q\":1}");
+        let response = &events[20]["response"];
+        assert_eq!(response["status"], "completed");
+        assert_eq!(response["output"].as_array().unwrap().len(), 3);
+        assert_eq!(response["output"][1]["content"][0]["text"], "Hi there");
+        assert_eq!(response["usage"]["input_tokens"], 5);
+        assert_eq!(response["usage"]["output_tokens"], 7);
+    }
+
+    #[test]
+    fn a_length_stop_is_incomplete_and_too_much_text_fails() {
+        let events = events_of(&[chunk(json!({"content": "Hel"}), Some("length"))]);
+        let last = events.last().unwrap();
+        assert_eq!(last["type"], "response.incomplete");
+        assert_eq!(
+            last["response"]["incomplete_details"]["reason"],
+            "max_output_tokens"
+        );
+        assert_eq!(last["response"]["output"][0]["status"], "incomplete");
+
+        let mut t = Translator::new(Map::new(), "c", 4);
+        let mut out = Vec::new();
+        assert!(t
+            .chunk(&chunk(json!({"content": "12345"}), None), &mut out)
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn a_failure_mid_stream_is_response_failed() {
+        let chunks: PayloadStream = Box::pin(futures_util::stream::iter(vec![
+            Ok(Payload::Value(chunk(json!({"content": "Hi"}), None))),
+            Err(ApiError::upstream_failure("gone")),
+        ]));
+        let events = translate(chunks, Translator::new(Map::new(), "c", 1 << 20));
+        let body: Vec<u8> = encode(events, false, |summary| assert!(summary.error.is_some()))
+            .map(|b| b.unwrap().to_vec())
+            .concat()
+            .await;
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.starts_with("event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,"), "{text}");
+        assert!(
+            text.contains("event: response.output_text.delta\n"),
+            "{text}"
+        );
+        assert!(text.contains("event: response.failed\n"), "{text}");
+        assert!(!text.contains("event: error\n"), "{text}");
+        assert!(!text.contains("response.completed"), "{text}");
+
+        // A pass-through stream cut short: an `error` event numbered after the rest.
+        let raw: PayloadStream = Box::pin(futures_util::stream::iter(vec![
+            Ok(Payload::Value(
+                json!({"type": "response.created", "sequence_number": 0}),
+            )),
+            Err(ApiError::upstream_failure("gone")),
+        ]));
+        let body: Vec<u8> = encode(raw, false, |_| {})
+            .map(|b| b.unwrap().to_vec())
+            .concat()
+            .await;
+        let text = String::from_utf8(body).unwrap();
+        assert!(
+            text.contains("event: error\ndata: {\"type\":\"error\",\"sequence_number\":1,"),
+            "{text}"
+        );
+    }
+}
