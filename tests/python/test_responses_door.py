@@ -349,9 +349,7 @@ def test_a_function_calling_loop_of_two_turns(client: openai.OpenAI, upstream: U
     assert sent["tools"][0]["function"]["name"] == "get_weather"
 
     # The mock calls the tool when it must.
-    forced = client.responses.create(
-        model="mock", input="x", tools=tools, tool_choice="required"
-    )
+    forced = client.responses.create(model="mock", input="x", tools=tools, tool_choice="required")
     assert forced.output[0].type == "function_call"
 
 
@@ -361,9 +359,7 @@ class Weather(pydantic.BaseModel):
 
 
 @pytest.mark.parametrize("model", ["chat-json", "mockjson"])
-def test_parse_with_a_pydantic_model(
-    client: openai.OpenAI, upstream: Upstream, model: str
-) -> None:
+def test_parse_with_a_pydantic_model(client: openai.OpenAI, upstream: Upstream, model: str) -> None:
     parsed = client.responses.parse(model=model, input="Weather?", text_format=Weather)
     assert parsed.output_parsed == Weather(city="Paris", temperature=21)
     if model == "chat-json":
