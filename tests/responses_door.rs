@@ -109,6 +109,20 @@ async fn handle(State(seen): State<Seen>, uri: Uri, headers: HeaderMap, body: By
         }
         return ([("content-type", "text/event-stream")], text).into_response();
     }
+    if uri.path() == "/v1/messages" {
+        return anthropic_answer(&model, stream);
+    }
+    if uri.path().contains("GenerateContent") || uri.path().contains("generateContent") {
+        return gemini_answer(uri.path().contains("streamGenerateContent"));
+    }
+    if model == "chat-500" {
+        let body = json!({"error": {"message": "down", "type": "server_error"}});
+        return (
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            axum::Json(body),
+        )
+            .into_response();
+    }
     let (message, finish) = scripted(&model, &request);
     let usage = json!({"prompt_tokens": 6, "completion_tokens": 3, "total_tokens": 9});
     if !stream {
@@ -162,6 +176,56 @@ async fn handle(State(seen): State<Seen>, uri: Uri, headers: HeaderMap, body: By
     ([("content-type", "text/event-stream")], text).into_response()
 }
 
+/// An Anthropic Messages API answer: "Hi from Claude".
+fn anthropic_answer(model: &str, stream: bool) -> Response {
+    let usage = json!({"input_tokens": 4, "output_tokens": 3});
+    if !stream {
+        return axum::Json(
+            json!({"id": "msg_a1", "type": "message", "role": "assistant",
+            "model": model, "content": [{"type": "text", "text": "Hi from Claude"}],
+            "stop_reason": "end_turn", "stop_sequence": null, "usage": usage}),
+        )
+        .into_response();
+    }
+    let events = [
+        json!({"type": "message_start", "message": {"id": "msg_a2", "type": "message", "role": "assistant",
+            "model": model, "content": [], "stop_reason": null, "stop_sequence": null, "usage": usage}}),
+        json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi from "}}),
+        json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Claude"}}),
+        json!({"type": "content_block_stop", "index": 0}),
+        json!({"type": "message_delta", "delta": {"stop_reason": "end_turn", "stop_sequence": null}, "usage": {"output_tokens": 3}}),
+        json!({"type": "message_stop"}),
+    ];
+    let text: String = events
+        .iter()
+        .map(|e| format!("event: {}\ndata: {e}\n\n", e["type"].as_str().unwrap()))
+        .collect();
+    ([("content-type", "text/event-stream")], text).into_response()
+}
+
+/// A Gemini answer: "Hi from Gemini".
+fn gemini_answer(stream: bool) -> Response {
+    let answer = |text: &str, finish: Option<&str>| {
+        let mut candidate =
+            json!({"content": {"role": "model", "parts": [{"text": text}]}, "index": 0});
+        if let Some(finish) = finish {
+            candidate["finishReason"] = finish.into();
+        }
+        json!({"candidates": [candidate],
+               "usageMetadata": {"promptTokenCount": 4, "candidatesTokenCount": 3, "totalTokenCount": 7}})
+    };
+    if !stream {
+        return axum::Json(answer("Hi from Gemini", Some("STOP"))).into_response();
+    }
+    let text = format!(
+        "data: {}\n\ndata: {}\n\n",
+        answer("Hi from ", None),
+        answer("Gemini", Some("STOP"))
+    );
+    ([("content-type", "text/event-stream")], text).into_response()
+}
+
 async fn start_upstream() -> (String, Seen) {
     let seen = Seen::default();
     let app = axum::Router::new()
@@ -189,7 +253,21 @@ fn config(base: &str, extra: &str) -> String {
         responses_api = true
         [connections.mock]
         api_type = "mock"
+        [connections.anth]
+        api_type = "anthropic"
+        api_base = "{base}"
+        api_key = "sk-ant"
+        [connections.gemini]
+        api_type = "google"
+        api_base = "{base}"
+        api_key = "AIza-test-key"
+        [connections.fb]
+        class = "lm_proxy.strategies.Fallback"
+        connections = ["chat.chat-500", "mock"]
         [routing]
+        "claude*" = "anth.*"
+        "gemini*" = "gemini.*"
+        "fb*" = "fb.*"
         "mock*" = "mock.*"
         "gpt-*" = "native.*"
         "*" = "chat.*"
@@ -484,6 +562,43 @@ async fn the_mock_serves_the_door_deterministically() {
     assert_eq!(response["output"][0]["type"], "function_call", "{response}");
     assert_eq!(response["output"][0]["name"], "f");
     assert_eq!(seen.count(), 0, "the mock needs no upstream");
+}
+
+#[tokio::test]
+async fn anthropic_gemini_and_fallback_connections_are_translated_too() {
+    let (gw, seen) = setup("").await;
+    for (model, text, path) in [
+        ("claude-x", "Hi from Claude", "/v1/messages"),
+        ("gemini-x", "Hi from Gemini", "GenerateContent"),
+        ("fb-x", "You said: Hi", "/v1/chat/completions"),
+    ] {
+        let (status, response) = post_json(&gw, json!({"model": model, "input": "Hi"})).await;
+        assert_eq!(status, 200, "{model}: {response}");
+        assert_eq!(output_text(&response), text, "{model}");
+        assert!(
+            response["usage"]["output_tokens"].as_u64().unwrap() > 0,
+            "{model}"
+        );
+        assert!(
+            seen.last().0.to_lowercase().contains(&path.to_lowercase()),
+            "{model}: {}",
+            seen.last().0
+        );
+        let (status, _, body) = post(
+            &gw,
+            "k1",
+            &json!({"model": model, "input": "Hi", "stream": true}).to_string(),
+        )
+        .await;
+        assert_eq!(status, 200, "{model}: {body}");
+        let events = sse_events(&body);
+        for (i, event) in events.iter().enumerate() {
+            assert_eq!(event["sequence_number"], i as u64, "{model}: {event}");
+        }
+        let last = events.last().unwrap();
+        assert_eq!(last["type"], "response.completed", "{model}: {body}");
+        assert_eq!(output_text(&last["response"]), text, "{model}");
+    }
 }
 
 #[tokio::test]
