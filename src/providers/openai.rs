@@ -401,3 +401,19 @@ pub fn normalize_completion(value: Value, model: &str) -> Result<Value, ApiError
         .or_insert_with(|| Value::String(model.to_owned()));
     Ok(Value::Object(map))
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_openai_itself_speaks_the_responses_api_by_default() {
+        for (base, expected) in [
+            ("https://api.openai.com/v1", true),
+            ("https://API.OpenAI.com/v1/", true),
+            ("http://127.0.0.1:8000/v1", false),
+            ("https://api.openai.com.example.net/v1", false),
+            ("https://openrouter.ai/api/v1", false),
+        ] {
+            assert_eq!(super::is_openai_host(base), expected, "{base}");
+        }
+    }
+}

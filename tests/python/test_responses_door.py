@@ -16,6 +16,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -431,3 +432,57 @@ def test_an_agent_run_with_a_function_tool(gateway: str, upstream: Upstream) -> 
     _, sent = upstream.last()
     tool_message = next(m for m in sent["messages"] if m["role"] == "tool")
     assert tool_message["content"] == "sunny in Paris"
+
+
+# --------------------------------------------------------------------------------------
+# A Python connection and a before handler (the package)
+# --------------------------------------------------------------------------------------
+
+FUNCTIONS = """
+def answer(messages, **params):
+    # What the connection got, so the test can see the translated request.
+    system = [m["content"] for m in messages if m["role"] == "system"]
+    return "python says: " + " | ".join(system) + " / " + messages[-1]["content"]
+
+async def stream(messages, **params):
+    for piece in ["py", "thon ", "streams"]:
+        yield piece
+
+def brief(ctx):
+    # A before handler sees the door and the Responses-shaped parameters.
+    if ctx.endpoint == "responses":
+        ctx.llm_params["instructions"] = "Be brief."
+"""
+
+
+def test_a_python_connection_through_the_responses_door(serve_config: Any, tmp_path: Path) -> None:
+    (tmp_path / "responses_functions.py").write_text(FUNCTIONS)
+    config = tmp_path / "config.toml"
+    config.write_text(
+        f"""
+host = "127.0.0.1"
+port = 0
+before = ["responses_functions.brief"]
+[connections.py]
+api_type = "function"
+inference_func = "responses_functions.answer"
+[connections.pystream]
+api_type = "function"
+inference_func = "responses_functions.stream"
+[routing]
+"stream*" = "pystream.*"
+"*" = "py.*"
+[groups.default]
+api_keys = [{json.dumps(CLIENT_KEY)}]
+"""
+    )
+    server = serve_config(str(config))
+    client = client_for(server.url)
+    response = client.responses.create(model="local", input="Hi")
+    assert response.output_text == "python says: Be brief. / Hi"
+    assert response.instructions == "Be brief.", "the handler's change is echoed"
+    with client.responses.stream(model="stream-local", input="Hi") as events:
+        kinds = [e.type for e in events]
+        final = events.get_final_response()
+    assert final.output_text == "python streams"
+    assert kinds[-1] == "response.completed"
