@@ -490,9 +490,8 @@ pub fn translate(chunks: PayloadStream, translator: Translator) -> PayloadStream
                     }
                 };
                 if let Some(error) = failure {
-                    // What the chunk gave before it failed is not sent: the failure
-                    // replaces it.
-                    out.clear();
+                    // What the chunk gave before it failed goes out first (its events
+                    // are numbered already), then the failure.
                     state.translator.fail(&error, &mut out);
                     state.ended = true;
                     state
@@ -750,6 +749,29 @@ mod tests {
         assert!(t
             .chunk(&chunk(json!({"content": "12345"}), None), &mut out)
             .is_err());
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_the_limit_fails_with_every_event_numbered() {
+        let chunks: PayloadStream = Box::pin(futures_util::stream::iter(vec![
+            Ok(Payload::Value(chunk(json!({"content": "Hi"}), None))),
+            // Its reasoning fits, its text does not: the reasoning's events were
+            // numbered before the failure.
+            Ok(Payload::Value(chunk(
+                json!({"reasoning_content": "ok", "content": "there, and on"}),
+                None,
+            ))),
+        ]));
+        let events: Vec<Value> = translate(chunks, Translator::new(Map::new(), "c", 8))
+            .filter_map(|e| async move { e.ok().map(Payload::into_value) })
+            .collect()
+            .await;
+        for (i, event) in events.iter().enumerate() {
+            assert_eq!(event["sequence_number"], i as u64, "{event}");
+        }
+        let last = events.last().unwrap();
+        assert_eq!(last["type"], "response.failed");
+        assert_eq!(last["response"]["error"]["code"], "server_error");
     }
 
     #[tokio::test]
