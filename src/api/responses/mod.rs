@@ -81,6 +81,7 @@ pub async fn responses(
         }
         Ok(DoorReply::Events(events)) => {
             let (events, finish) = ending.stream(&gateway, ctx, events);
+            let events = stream::passed_through(events, assemble);
             let body = stream::encode(events, assemble, finish);
             (core::sse_headers(), Body::from_stream(body)).into_response()
         }

@@ -22,6 +22,9 @@ use std::collections::VecDeque;
 
 use bytes::Bytes;
 use futures_util::{FutureExt, Stream, StreamExt};
+use std::borrow::Cow;
+
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::answer;
@@ -29,6 +32,141 @@ use crate::error::ApiError;
 use crate::json_scan::member_str;
 use crate::payload::{Payload, PayloadStream};
 use crate::streaming::StreamSummary;
+
+/// What the translation reads of a chat chunk, deserialized straight from its text
+/// (strings borrowed where they have no escapes): a tree of the whole chunk costs
+/// several times more, most of it hashing its keys.
+#[derive(Deserialize)]
+pub struct Chunk<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<ChoiceDelta<'a>>>,
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceDelta<'a> {
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default)]
+    content: Option<MaybeText<'a>>,
+    #[serde(borrow, default)]
+    refusal: Option<MaybeText<'a>>,
+    /// vLLM, DeepSeek.
+    #[serde(borrow, default)]
+    reasoning_content: Option<MaybeText<'a>>,
+    /// OpenRouter, Ollama.
+    #[serde(borrow, default)]
+    reasoning: Option<MaybeText<'a>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+}
+
+/// A text member, or anything else (ignored, as the tree path ignored it).
+struct MaybeText<'a>(Option<Cow<'a, str>>);
+
+impl MaybeText<'_> {
+    fn text(&self) -> Option<&str> {
+        self.0.as_deref().filter(|t| !t.is_empty())
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for MaybeText<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = MaybeText<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or anything")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(MaybeText(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MaybeText(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(MaybeText(Some(Cow::Owned(v))))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(MaybeText(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(MaybeText(None))
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
+}
+
+#[derive(Deserialize)]
+struct ToolCallDelta<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    function: Option<FunctionDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+impl<'a> Chunk<'a> {
+    fn not_understood(connection: &str, e: serde_json::Error) -> ApiError {
+        ApiError::upstream_failure(format!(
+            "connection '{connection}': a streamed chunk is not a chat.completion.chunk: {e}"
+        ))
+    }
+
+    pub fn of_value(value: &'a Value, connection: &str) -> Result<Chunk<'a>, ApiError> {
+        Chunk::deserialize(value).map_err(|e| Self::not_understood(connection, e))
+    }
+
+    pub fn of_text(text: &'a [u8], connection: &str) -> Result<Chunk<'a>, ApiError> {
+        serde_json::from_slice(text).map_err(|e| Self::not_understood(connection, e))
+    }
+}
 
 /// The output item being streamed.
 enum Open {
@@ -53,6 +191,47 @@ enum Open {
         name: String,
         arguments: String,
     },
+}
+
+/// One event for the client: its type and its JSON text; the terminal events also
+/// carry the final response as a tree (for the loggers).
+pub struct Event {
+    pub kind: std::borrow::Cow<'static, str>,
+    pub data: Bytes,
+    pub response: Option<Value>,
+}
+
+/// A stream of events for the client, or a failure that ends it.
+pub type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, ApiError>> + Send>>;
+
+/// The start of an event's JSON text: its `type` and `sequence_number`, written
+/// directly (the text deltas are most of a stream's events; building a tree per
+/// event and serializing it was most of the translation's cost).
+fn event_head(kind: &str, sequence: u64, capacity: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(capacity);
+    data.extend_from_slice(b"{\"type\":\"");
+    data.extend_from_slice(kind.as_bytes());
+    data.extend_from_slice(b"\",\"sequence_number\":");
+    data.extend_from_slice(itoa::Buffer::new().format(sequence).as_bytes());
+    data
+}
+
+/// `,"name":` and the value as a JSON string (escaped as serde_json does).
+fn push_str_field(data: &mut Vec<u8>, name: &str, value: &str) {
+    data.push(b',');
+    data.push(b'"');
+    data.extend_from_slice(name.as_bytes());
+    data.extend_from_slice(b"\":");
+    serde_json::to_writer(&mut *data, value).expect("strings always serialize");
+}
+
+/// `,"name":` and a number.
+fn push_number_field(data: &mut Vec<u8>, name: &str, value: u64) {
+    data.push(b',');
+    data.push(b'"');
+    data.extend_from_slice(name.as_bytes());
+    data.extend_from_slice(b"\":");
+    data.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
 }
 
 /// Chunks → events, one chunk at a time.
@@ -90,19 +269,66 @@ impl Translator {
         }
     }
 
-    /// One event: its `type` and `sequence_number` put first.
-    fn event(&mut self, kind: &str, fields: Value, out: &mut Vec<Value>) {
-        let mut event = Map::new();
-        event.insert("type".into(), kind.into());
-        event.insert("sequence_number".into(), self.sequence.into());
+    /// One event: its `type` and `sequence_number` first, then `fields` (an
+    /// object).
+    fn event(&mut self, kind: &'static str, fields: Value, out: &mut Vec<Event>) {
+        let response = if matches!(
+            kind,
+            "response.completed" | "response.incomplete" | "response.failed"
+        ) {
+            fields.get("response").cloned()
+        } else {
+            None
+        };
+        let mut data = event_head(kind, self.sequence, 256);
         self.sequence += 1;
-        if let Value::Object(fields) = fields {
-            event.extend(fields);
+        let mut rest = Vec::with_capacity(256);
+        serde_json::to_writer(&mut rest, &fields).expect("JSON values always serialize");
+        // `rest` is `{...}`: its members follow the head's.
+        if rest.len() > 2 {
+            data.push(b',');
+            data.extend_from_slice(&rest[1..]);
+        } else {
+            data.push(b'}');
         }
-        out.push(Value::Object(event));
+        out.push(Event {
+            kind: std::borrow::Cow::Borrowed(kind),
+            data: Bytes::from(data),
+            response,
+        });
     }
 
-    fn start(&mut self, out: &mut Vec<Value>) {
+    /// A delta event, written directly: `item_id`, `output_index`, the index named
+    /// `part_field` (0), `delta`, and `"logprobs":[]` for text.
+    fn delta_event(
+        &mut self,
+        kind: &'static str,
+        item_id: &str,
+        part_field: Option<&str>,
+        delta: &str,
+        logprobs: bool,
+        out: &mut Vec<Event>,
+    ) {
+        let mut data = event_head(kind, self.sequence, 128 + delta.len());
+        self.sequence += 1;
+        push_str_field(&mut data, "item_id", item_id);
+        push_number_field(&mut data, "output_index", self.output.len() as u64);
+        if let Some(part_field) = part_field {
+            push_number_field(&mut data, part_field, 0);
+        }
+        push_str_field(&mut data, "delta", delta);
+        if logprobs {
+            data.extend_from_slice(b",\"logprobs\":[]");
+        }
+        data.push(b'}');
+        out.push(Event {
+            kind: std::borrow::Cow::Borrowed(kind),
+            data: Bytes::from(data),
+            response: None,
+        });
+    }
+
+    fn start(&mut self, out: &mut Vec<Event>) {
         if self.started {
             return;
         }
@@ -128,7 +354,7 @@ impl Translator {
     }
 
     /// Open an item (closing the one before); `item` is its `added` form.
-    fn open(&mut self, open: Open, item: Value, out: &mut Vec<Value>) {
+    fn open(&mut self, open: Open, item: Value, out: &mut Vec<Event>) {
         self.close(out);
         let index = self.output.len();
         self.event(
@@ -167,7 +393,7 @@ impl Translator {
     }
 
     /// Close the open item: its `.done` events and `response.output_item.done`.
-    fn close(&mut self, out: &mut Vec<Value>) {
+    fn close(&mut self, out: &mut Vec<Event>) {
         let index = self.output.len();
         let status = self.item_status();
         let item = match std::mem::replace(&mut self.open, Open::None) {
@@ -244,32 +470,24 @@ impl Translator {
         &mut self,
         kind: &str,
         delta: &str,
-        out: &mut Vec<Value>,
+        out: &mut Vec<Event>,
     ) -> Result<(), ApiError> {
         self.keep(delta)?;
-        let index = self.output.len();
-        let (event, fields) = match &mut self.open {
+        let (event, part_field, logprobs, id) = match &mut self.open {
             Open::Reasoning { id, text } if kind == "reasoning" => {
                 text.push_str(delta);
-                (
-                    "response.reasoning_summary_text.delta",
-                    json!({"item_id": id, "output_index": index, "summary_index": 0, "delta": delta}),
-                )
+                let event = "response.reasoning_summary_text.delta";
+                (event, "summary_index", false, std::mem::take(id))
             }
             Open::Text { id, text } if kind == "text" => {
                 text.push_str(delta);
-                (
-                    "response.output_text.delta",
-                    json!({"item_id": id, "output_index": index, "content_index": 0,
-                           "delta": delta, "logprobs": []}),
-                )
+                let event = "response.output_text.delta";
+                (event, "content_index", true, std::mem::take(id))
             }
             Open::Refusal { id, text } if kind == "refusal" => {
                 text.push_str(delta);
-                (
-                    "response.refusal.delta",
-                    json!({"item_id": id, "output_index": index, "content_index": 0, "delta": delta}),
-                )
+                let event = "response.refusal.delta";
+                (event, "content_index", false, std::mem::take(id))
             }
             _ => {
                 let (open, item) = match kind {
@@ -312,96 +530,114 @@ impl Translator {
                 return self.text_delta(kind, delta, out);
             }
         };
-        self.event(event, fields, out);
+        self.delta_event(event, &id, Some(part_field), delta, logprobs, out);
+        // The id was taken to write the event while the item was borrowed: back.
+        if let Open::Reasoning { id: slot, .. }
+        | Open::Text { id: slot, .. }
+        | Open::Refusal { id: slot, .. } = &mut self.open
+        {
+            *slot = id;
+        }
         Ok(())
     }
 
     /// The events one chunk becomes.
-    pub fn chunk(&mut self, chunk: &Value, out: &mut Vec<Value>) -> Result<(), ApiError> {
+    pub fn chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Event>) -> Result<(), ApiError> {
         self.start(out);
-        if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
+        if let Some(usage) = chunk.usage.as_ref().filter(|u| u.is_object()) {
             self.usage = Some(usage.clone());
         }
-        let Some(choice) = chunk.get("choices").and_then(|c| c.get(0)) else {
+        let Some(choice) = chunk.choices.as_ref().and_then(|c| c.first()) else {
             return Ok(());
         };
-        let delta = choice.get("delta").unwrap_or(&Value::Null);
-        if let Some(thinking) = crate::api::messages::answer::reasoning_text(delta) {
-            self.text_delta("reasoning", thinking, out)?;
-        }
-        for (key, kind) in [("content", "text"), ("refusal", "refusal")] {
-            if let Some(text) = delta
-                .get(key)
-                .and_then(Value::as_str)
-                .filter(|t| !t.is_empty())
-            {
-                self.text_delta(kind, text, out)?;
+        if let Some(delta) = &choice.delta {
+            let reasoning = [&delta.reasoning_content, &delta.reasoning]
+                .into_iter()
+                .find_map(|r| r.as_ref().and_then(MaybeText::text));
+            if let Some(thinking) = reasoning {
+                self.text_delta("reasoning", thinking, out)?;
             }
-        }
-        for call in delta
-            .get("tool_calls")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
-        {
-            let k = call.get("index").and_then(Value::as_u64).unwrap_or(0);
-            let function = call.get("function").unwrap_or(&Value::Null);
-            let is_open = matches!(self.open, Open::Tool { index, .. } if index == k);
-            if !is_open {
-                if self.closed_tools.contains(&k) {
-                    return Err(ApiError::upstream_failure(format!(
-                        "connection '{}': tool call {k} continued after another one began",
-                        self.connection
-                    )));
-                }
-                let id = answer::new_id("fc");
-                let call_id = call
-                    .get("id")
-                    .and_then(Value::as_str)
-                    .map(str::to_owned)
-                    .unwrap_or_else(|| answer::new_id("call"));
-                let name = function
-                    .get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned();
-                self.keep(&name)?;
-                let item = answer::function_call_item(&id, &call_id, &name, "", "in_progress");
-                let open = Open::Tool {
-                    index: k,
-                    id,
-                    call_id,
-                    name,
-                    arguments: String::new(),
-                };
-                self.open(open, item, out);
-            }
-            if let Some(fragment) = function
-                .get("arguments")
-                .and_then(Value::as_str)
-                .filter(|f| !f.is_empty())
-            {
-                self.keep(fragment)?;
-                let index = self.output.len();
-                if let Open::Tool { id, arguments, .. } = &mut self.open {
-                    arguments.push_str(fragment);
-                    let fields = json!({"item_id": id, "output_index": index, "delta": fragment});
-                    self.event("response.function_call_arguments.delta", fields, out);
+            for (text, kind) in [(&delta.content, "text"), (&delta.refusal, "refusal")] {
+                if let Some(text) = text.as_ref().and_then(MaybeText::text) {
+                    self.text_delta(kind, text, out)?;
                 }
             }
+            for call in delta.tool_calls.iter().flatten() {
+                self.tool_call(call, out)?;
+            }
         }
-        if let Some(reason) = choice.get("finish_reason").and_then(Value::as_str) {
+        if let Some(reason) = &choice.finish_reason {
             if self.finish_reason.is_none() {
-                self.finish_reason = Some(reason.to_owned());
+                self.finish_reason = Some(reason.to_string());
             }
             self.close(out);
         }
         Ok(())
     }
 
+    /// A chunk given as a tree (tests; the stream reads chunks with [`Chunk`]).
+    pub fn chunk_value(&mut self, chunk: &Value, out: &mut Vec<Event>) -> Result<(), ApiError> {
+        let chunk = Chunk::of_value(chunk, &self.connection)?;
+        self.chunk(&chunk, out)
+    }
+
+    fn tool_call(
+        &mut self,
+        call: &ToolCallDelta<'_>,
+        out: &mut Vec<Event>,
+    ) -> Result<(), ApiError> {
+        let k = call.index.unwrap_or(0);
+        let function = call.function.as_ref();
+        let is_open = matches!(self.open, Open::Tool { index, .. } if index == k);
+        if !is_open {
+            if self.closed_tools.contains(&k) {
+                return Err(ApiError::upstream_failure(format!(
+                    "connection '{}': tool call {k} continued after another one began",
+                    self.connection
+                )));
+            }
+            let id = answer::new_id("fc");
+            let call_id = call
+                .id
+                .as_deref()
+                .map(str::to_owned)
+                .unwrap_or_else(|| answer::new_id("call"));
+            let name = function
+                .and_then(|f| f.name.as_deref())
+                .unwrap_or_default()
+                .to_owned();
+            self.keep(&name)?;
+            let item = answer::function_call_item(&id, &call_id, &name, "", "in_progress");
+            let open = Open::Tool {
+                index: k,
+                id,
+                call_id,
+                name,
+                arguments: String::new(),
+            };
+            self.open(open, item, out);
+        }
+        if let Some(fragment) = function
+            .and_then(|f| f.arguments.as_deref())
+            .filter(|f| !f.is_empty())
+        {
+            self.keep(fragment)?;
+            if let Open::Tool { id, arguments, .. } = &mut self.open {
+                arguments.push_str(fragment);
+                let id = std::mem::take(id);
+                let kind = "response.function_call_arguments.delta";
+                self.delta_event(kind, &id, None, fragment, false, out);
+                if let Open::Tool { id: slot, .. } = &mut self.open {
+                    *slot = id;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The events that end the response: `response.completed`, or
     /// `response.incomplete` after a length stop.
-    pub fn finish(&mut self, out: &mut Vec<Value>) {
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
         self.start(out);
         self.close(out);
         let (status, incomplete) = answer::status(self.finish_reason.as_deref());
@@ -423,7 +659,7 @@ impl Translator {
 
     /// `response.failed` for a failure after the stream started: the items already
     /// finished, and the error as the client may see it.
-    pub fn fail(&mut self, error: &ApiError, out: &mut Vec<Value>) {
+    pub fn fail(&mut self, error: &ApiError, out: &mut Vec<Event>) {
         self.start(out);
         self.open = Open::None;
         let object = error.error_object();
@@ -456,11 +692,11 @@ fn failure_code(error: &ApiError) -> &'static str {
 
 /// Canonical chunks → Responses events (as trees). A failure becomes
 /// `response.failed`, then is passed on (for the log line) and ends the stream.
-pub fn translate(chunks: PayloadStream, translator: Translator) -> PayloadStream {
+pub fn translate(chunks: PayloadStream, translator: Translator) -> EventStream {
     struct State {
         chunks: PayloadStream,
         translator: Translator,
-        pending: VecDeque<Result<Payload, ApiError>>,
+        pending: VecDeque<Result<Event, ApiError>>,
         ended: bool,
     }
     let state = State {
@@ -481,7 +717,16 @@ pub fn translate(chunks: PayloadStream, translator: Translator) -> PayloadStream
                 }
                 let mut out = Vec::new();
                 let failure = match state.chunks.next().await {
-                    Some(Ok(chunk)) => state.translator.chunk(&chunk.to_value(), &mut out).err(),
+                    Some(Ok(payload)) => {
+                        let translator = &mut state.translator;
+                        let parsed = match &payload {
+                            Payload::Raw(raw) => Chunk::of_text(raw.text(), &translator.connection),
+                            Payload::Value(value) => Chunk::of_value(value, &translator.connection),
+                        };
+                        parsed
+                            .and_then(|chunk| translator.chunk(&chunk, &mut out))
+                            .err()
+                    }
                     Some(Err(e)) => Some(e),
                     None => {
                         state.translator.finish(&mut out);
@@ -494,18 +739,43 @@ pub fn translate(chunks: PayloadStream, translator: Translator) -> PayloadStream
                     // are numbered already), then the failure.
                     state.translator.fail(&error, &mut out);
                     state.ended = true;
-                    state
-                        .pending
-                        .extend(out.drain(..).map(|e| Ok(Payload::Value(e))));
+                    state.pending.extend(out.drain(..).map(Ok));
                     state.pending.push_back(Err(error));
                     continue;
                 }
-                state
-                    .pending
-                    .extend(out.into_iter().map(|e| Ok(Payload::Value(e))));
+                state.pending.extend(out.into_iter().map(Ok));
             }
         },
     ))
+}
+
+/// Events of an upstream that speaks the Responses API, as it wrote them; the
+/// terminal one's response is read for the loggers when `assemble` is set.
+pub fn passed_through(events: PayloadStream, assemble: bool) -> EventStream {
+    Box::pin(events.map(move |item| {
+        item.map(|payload| {
+            let kind = match &payload {
+                Payload::Raw(raw) => std::str::from_utf8(raw.text())
+                    .ok()
+                    .and_then(|t| member_str(t, "type"))
+                    .map(Cow::into_owned),
+                Payload::Value(value) => {
+                    value.get("type").and_then(Value::as_str).map(str::to_owned)
+                }
+            };
+            let kind = kind.unwrap_or_else(|| "message".to_owned());
+            let response = if assemble && is_terminal(&kind) {
+                payload.to_value().get("response").cloned()
+            } else {
+                None
+            };
+            Event {
+                kind: Cow::Owned(kind),
+                data: payload.into_json_bytes(),
+                response,
+            }
+        })
+    }))
 }
 
 /// The event types that end a response stream.
@@ -550,30 +820,18 @@ struct Encoder<F: FnOnce(StreamSummary)> {
 
 impl<F: FnOnce(StreamSummary)> Encoder<F> {
     /// Write one item; true when the stream has ended.
-    fn write(&mut self, item: Option<Result<Payload, ApiError>>, out: &mut Vec<u8>) -> bool {
+    fn write(&mut self, item: Option<Result<Event, ApiError>>, out: &mut Vec<u8>) -> bool {
         match item {
             Some(Ok(event)) => {
                 self.finish.summary.chunks += 1;
                 self.written += 1;
-                let kind = match &event {
-                    Payload::Raw(raw) => std::str::from_utf8(raw.text())
-                        .ok()
-                        .and_then(|t| member_str(t, "type"))
-                        .map(std::borrow::Cow::into_owned),
-                    Payload::Value(value) => {
-                        value.get("type").and_then(Value::as_str).map(str::to_owned)
-                    }
-                };
-                let kind = kind.unwrap_or_else(|| "message".to_owned());
-                if is_terminal(&kind) {
+                if is_terminal(&event.kind) {
                     self.terminal = true;
                     if self.assemble {
-                        self.finish.summary.response = event.to_value().get("response").cloned();
+                        self.finish.summary.response = event.response;
                     }
                 }
-                let mut data = Vec::with_capacity(256);
-                event.write_json(&mut data);
-                write_event(&kind, &data, out);
+                write_event(&event.kind, &event.data, out);
                 false
             }
             Some(Err(error)) => {
@@ -615,7 +873,7 @@ fn write_event(kind: &str, data: &[u8], out: &mut Vec<u8>) {
 /// response to `on_finish` (for the loggers). A failure before any terminal event
 /// is an `error` event. No `[DONE]`: the Responses API ends with its terminal event.
 pub fn encode<F>(
-    events: PayloadStream,
+    events: EventStream,
     assemble: bool,
     on_finish: F,
 ) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send
@@ -656,14 +914,20 @@ mod tests {
                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
     }
 
+    fn tree(event: &Event) -> Value {
+        let value: Value = serde_json::from_slice(&event.data).unwrap();
+        assert_eq!(value["type"], event.kind.as_ref(), "{value}");
+        value
+    }
+
     fn events_of(chunks: &[Value]) -> Vec<Value> {
         let mut t = Translator::new(Map::new(), "c", 1 << 20);
         let mut out = Vec::new();
         for chunk in chunks {
-            t.chunk(chunk, &mut out).unwrap();
+            t.chunk_value(chunk, &mut out).unwrap();
         }
         t.finish(&mut out);
-        out
+        out.iter().map(tree).collect()
     }
 
     #[test]
@@ -721,6 +985,9 @@ mod tests {
             assert_eq!(event["sequence_number"], i as u64, "{event}");
         }
         assert_eq!(events[10]["output_index"], 1);
+        assert_eq!(events[10]["item_id"], events[8]["item"]["id"]);
+        assert_eq!(events[16]["item_id"], events[15]["item"]["id"]);
+        assert_eq!(events[4]["item_id"], events[2]["item"]["id"]);
         assert_eq!(events[12]["text"], "Hi there");
         assert_eq!(events[15]["item"]["call_id"], "call_1");
         assert_eq!(events[15]["output_index"], 2);
@@ -747,7 +1014,7 @@ mod tests {
         let mut t = Translator::new(Map::new(), "c", 4);
         let mut out = Vec::new();
         assert!(t
-            .chunk(&chunk(json!({"content": "12345"}), None), &mut out)
+            .chunk_value(&chunk(json!({"content": "12345"}), None), &mut out)
             .is_err());
     }
 
@@ -763,7 +1030,7 @@ mod tests {
             ))),
         ]));
         let events: Vec<Value> = translate(chunks, Translator::new(Map::new(), "c", 8))
-            .filter_map(|e| async move { e.ok().map(Payload::into_value) })
+            .filter_map(|e| async move { e.ok().map(|e| tree(&e)) })
             .collect()
             .await;
         for (i, event) in events.iter().enumerate() {
@@ -802,7 +1069,7 @@ mod tests {
             )),
             Err(ApiError::upstream_failure("gone")),
         ]));
-        let body: Vec<u8> = encode(raw, false, |_| {})
+        let body: Vec<u8> = encode(passed_through(raw, false), false, |_| {})
             .map(|b| b.unwrap().to_vec())
             .concat()
             .await;
