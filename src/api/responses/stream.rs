@@ -225,6 +225,24 @@ fn push_str_field(data: &mut Vec<u8>, name: &str, value: &str) {
     serde_json::to_writer(&mut *data, value).expect("strings always serialize");
 }
 
+/// `,"name":` and JSON text as it is.
+fn push_raw_field(data: &mut Vec<u8>, name: &str, json: &[u8]) {
+    data.push(b',');
+    data.push(b'"');
+    data.extend_from_slice(name.as_bytes());
+    data.extend_from_slice(b"\":");
+    data.extend_from_slice(json);
+}
+
+/// `,"name":` and a tree.
+fn push_value_field(data: &mut Vec<u8>, name: &str, value: &Value) {
+    data.push(b',');
+    data.push(b'"');
+    data.extend_from_slice(name.as_bytes());
+    data.extend_from_slice(b"\":");
+    serde_json::to_writer(&mut *data, value).expect("JSON values always serialize");
+}
+
 /// `,"name":` and a number.
 fn push_number_field(data: &mut Vec<u8>, name: &str, value: u64) {
     data.push(b',');
@@ -269,30 +287,23 @@ impl Translator {
         }
     }
 
-    /// One event: its `type` and `sequence_number` first, then `fields` (an
-    /// object).
-    fn event(&mut self, kind: &'static str, fields: Value, out: &mut Vec<Event>) {
-        let response = if matches!(
-            kind,
-            "response.completed" | "response.incomplete" | "response.failed"
-        ) {
-            fields.get("response").cloned()
-        } else {
-            None
-        };
-        let mut data = event_head(kind, self.sequence, 256);
+    /// One event: its `type` and `sequence_number` first, then what `fields`
+    /// writes (members, each after a comma), written directly as text. A terminal
+    /// event keeps its `response` tree for the loggers.
+    fn event(
+        &mut self,
+        kind: &'static str,
+        capacity: usize,
+        fields: impl FnOnce(&mut Vec<u8>),
+        response: Option<Value>,
+        out: &mut Vec<Event>,
+    ) {
+        let mut data = event_head(kind, self.sequence, capacity);
         self.sequence += 1;
-        let mut rest = Vec::with_capacity(256);
-        serde_json::to_writer(&mut rest, &fields).expect("JSON values always serialize");
-        // `rest` is `{...}`: its members follow the head's.
-        if rest.len() > 2 {
-            data.push(b',');
-            data.extend_from_slice(&rest[1..]);
-        } else {
-            data.push(b'}');
-        }
+        fields(&mut data);
+        data.push(b'}');
         out.push(Event {
-            kind: std::borrow::Cow::Borrowed(kind),
+            kind: Cow::Borrowed(kind),
             data: Bytes::from(data),
             response,
         });
@@ -333,9 +344,12 @@ impl Translator {
             return;
         }
         self.started = true;
-        let snapshot = Value::Object(self.response.clone());
-        self.event("response.created", json!({"response": snapshot}), out);
-        self.event("response.in_progress", json!({"response": snapshot}), out);
+        // Written once for both events.
+        let snapshot = serde_json::to_vec(&self.response).expect("JSON maps always serialize");
+        for kind in ["response.created", "response.in_progress"] {
+            let fields = |d: &mut Vec<u8>| push_raw_field(d, "response", &snapshot);
+            self.event(kind, snapshot.len() + 64, fields, None, out);
+        }
     }
 
     fn keep(&mut self, text: &str) -> Result<(), ApiError> {
@@ -356,90 +370,120 @@ impl Translator {
     /// Open an item (closing the one before); `item` is its `added` form.
     fn open(&mut self, open: Open, item: Value, out: &mut Vec<Event>) {
         self.close(out);
-        let index = self.output.len();
-        self.event(
-            "response.output_item.added",
-            json!({"output_index": index, "item": item}),
-            out,
-        );
-        let item_id = match &open {
-            Open::Reasoning { id, .. } | Open::Text { id, .. } | Open::Refusal { id, .. } => {
-                id.clone()
-            }
-            Open::Tool { .. } | Open::None => String::new(),
+        let index = self.output.len() as u64;
+        let fields = |d: &mut Vec<u8>| {
+            push_number_field(d, "output_index", index);
+            push_value_field(d, "item", &item);
         };
-        match &open {
-            Open::Reasoning { .. } => self.event(
+        self.event("response.output_item.added", 256, fields, None, out);
+        let (kind, part_field, part): (_, _, &[u8]) = match &open {
+            Open::Reasoning { .. } => (
                 "response.reasoning_summary_part.added",
-                json!({"item_id": item_id, "output_index": index, "summary_index": 0,
-                       "part": {"type": "summary_text", "text": ""}}),
-                out,
+                "summary_index",
+                br#"{"type":"summary_text","text":""}"#,
             ),
-            Open::Text { .. } => self.event(
+            Open::Text { .. } => (
                 "response.content_part.added",
-                json!({"item_id": item_id, "output_index": index, "content_index": 0,
-                       "part": answer::text_part("")}),
-                out,
+                "content_index",
+                br#"{"type":"output_text","text":"","annotations":[],"logprobs":[]}"#,
             ),
-            Open::Refusal { .. } => self.event(
+            Open::Refusal { .. } => (
                 "response.content_part.added",
-                json!({"item_id": item_id, "output_index": index, "content_index": 0,
-                       "part": answer::refusal_part("")}),
-                out,
+                "content_index",
+                br#"{"type":"refusal","refusal":""}"#,
             ),
-            Open::Tool { .. } | Open::None => {}
+            Open::Tool { .. } | Open::None => {
+                self.open = open;
+                return;
+            }
+        };
+        if let Open::Reasoning { id, .. } | Open::Text { id, .. } | Open::Refusal { id, .. } = &open
+        {
+            let fields = |d: &mut Vec<u8>| {
+                push_str_field(d, "item_id", id);
+                push_number_field(d, "output_index", index);
+                push_number_field(d, part_field, 0);
+                push_raw_field(d, "part", part);
+            };
+            self.event(kind, 256, fields, None, out);
         }
         self.open = open;
     }
 
     /// Close the open item: its `.done` events and `response.output_item.done`.
     fn close(&mut self, out: &mut Vec<Event>) {
-        let index = self.output.len();
+        let index = self.output.len() as u64;
         let status = self.item_status();
+        // `"item_id":..,"output_index":..` and the part's index.
+        let head = |d: &mut Vec<u8>, id: &str, part_field: Option<&str>| {
+            push_str_field(d, "item_id", id);
+            push_number_field(d, "output_index", index);
+            if let Some(part_field) = part_field {
+                push_number_field(d, part_field, 0);
+            }
+        };
         let item = match std::mem::replace(&mut self.open, Open::None) {
             Open::None => return,
             Open::Reasoning { id, text } => {
+                let capacity = text.len() + 128;
+                let fields = |d: &mut Vec<u8>| {
+                    head(d, &id, Some("summary_index"));
+                    push_str_field(d, "text", &text);
+                };
                 self.event(
                     "response.reasoning_summary_text.done",
-                    json!({"item_id": id, "output_index": index, "summary_index": 0, "text": text}),
+                    capacity,
+                    fields,
+                    None,
                     out,
                 );
+                let fields = |d: &mut Vec<u8>| {
+                    head(d, &id, Some("summary_index"));
+                    d.extend_from_slice(br#","part":{"type":"summary_text""#);
+                    push_str_field(d, "text", &text);
+                    d.push(b'}');
+                };
                 self.event(
                     "response.reasoning_summary_part.done",
-                    json!({"item_id": id, "output_index": index, "summary_index": 0,
-                           "part": {"type": "summary_text", "text": text}}),
+                    capacity,
+                    fields,
+                    None,
                     out,
                 );
                 answer::reasoning_item(&id, &text)
             }
             Open::Text { id, text } => {
-                self.event(
-                    "response.output_text.done",
-                    json!({"item_id": id, "output_index": index, "content_index": 0,
-                           "text": text, "logprobs": []}),
-                    out,
-                );
-                let part = answer::text_part(&text);
-                self.event(
-                    "response.content_part.done",
-                    json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
-                    out,
-                );
-                answer::message_item(&id, status, vec![part])
+                let capacity = text.len() + 160;
+                let fields = |d: &mut Vec<u8>| {
+                    head(d, &id, Some("content_index"));
+                    push_str_field(d, "text", &text);
+                    d.extend_from_slice(br#","logprobs":[]"#);
+                };
+                self.event("response.output_text.done", capacity, fields, None, out);
+                let fields = |d: &mut Vec<u8>| {
+                    head(d, &id, Some("content_index"));
+                    d.extend_from_slice(br#","part":{"type":"output_text""#);
+                    push_str_field(d, "text", &text);
+                    d.extend_from_slice(br#","annotations":[],"logprobs":[]}"#);
+                };
+                self.event("response.content_part.done", capacity, fields, None, out);
+                answer::message_item(&id, status, vec![answer::text_part(&text)])
             }
             Open::Refusal { id, text } => {
-                self.event(
-                    "response.refusal.done",
-                    json!({"item_id": id, "output_index": index, "content_index": 0, "refusal": text}),
-                    out,
-                );
-                let part = answer::refusal_part(&text);
-                self.event(
-                    "response.content_part.done",
-                    json!({"item_id": id, "output_index": index, "content_index": 0, "part": part}),
-                    out,
-                );
-                answer::message_item(&id, status, vec![part])
+                let capacity = text.len() + 160;
+                let fields = |d: &mut Vec<u8>| {
+                    head(d, &id, Some("content_index"));
+                    push_str_field(d, "refusal", &text);
+                };
+                self.event("response.refusal.done", capacity, fields, None, out);
+                let fields = |d: &mut Vec<u8>| {
+                    head(d, &id, Some("content_index"));
+                    d.extend_from_slice(br#","part":{"type":"refusal""#);
+                    push_str_field(d, "refusal", &text);
+                    d.push(b'}');
+                };
+                self.event("response.content_part.done", capacity, fields, None, out);
+                answer::message_item(&id, status, vec![answer::refusal_part(&text)])
             }
             Open::Tool {
                 index: k,
@@ -449,19 +493,27 @@ impl Translator {
                 arguments,
             } => {
                 self.closed_tools.push(k);
+                let fields = |d: &mut Vec<u8>| {
+                    head(d, &id, None);
+                    push_str_field(d, "name", &name);
+                    push_str_field(d, "arguments", &arguments);
+                };
+                let capacity = arguments.len() + 160;
                 self.event(
                     "response.function_call_arguments.done",
-                    json!({"item_id": id, "output_index": index, "name": name, "arguments": arguments}),
+                    capacity,
+                    fields,
+                    None,
                     out,
                 );
                 answer::function_call_item(&id, &call_id, &name, &arguments, "completed")
             }
         };
-        self.event(
-            "response.output_item.done",
-            json!({"output_index": index, "item": item}),
-            out,
-        );
+        let fields = |d: &mut Vec<u8>| {
+            push_number_field(d, "output_index", index);
+            push_value_field(d, "item", &item);
+        };
+        self.event("response.output_item.done", 512, fields, None, out);
         self.output.push(item);
     }
 
@@ -654,7 +706,19 @@ impl Translator {
         } else {
             "response.incomplete"
         };
-        self.event(kind, json!({"response": response}), out);
+        self.terminal(kind, response, out);
+    }
+
+    /// A terminal event: the whole response, kept as a tree for the loggers too.
+    fn terminal(&mut self, kind: &'static str, response: Map<String, Value>, out: &mut Vec<Event>) {
+        let response = Value::Object(response);
+        let fields = |d: &mut Vec<u8>| push_value_field(d, "response", &response);
+        let mut events = Vec::with_capacity(1);
+        self.event(kind, 2048, fields, None, &mut events);
+        if let Some(mut event) = events.pop() {
+            event.response = Some(response);
+            out.push(event);
+        }
     }
 
     /// `response.failed` for a failure after the stream started: the items already
@@ -676,7 +740,7 @@ impl Translator {
         if let Some(usage) = &self.usage {
             response.insert("usage".into(), answer::usage(Some(usage)));
         }
-        self.event("response.failed", json!({"response": response}), out);
+        self.terminal("response.failed", response, out);
     }
 }
 
