@@ -131,6 +131,10 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
             &format!("{prefix}/completions"),
             post(api::completions::completions),
         )
+        .route(
+            &format!("{prefix}/responses"),
+            post(api::responses::responses),
+        )
         .route(&format!("{prefix}/models"), get(api::models::list_models))
         // A catch-all: model ids may contain `/`.
         .route(
