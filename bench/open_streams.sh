@@ -7,7 +7,7 @@
 # For each count N: a fresh gateway (so that its peak is this run's) in front of
 # bench-upstream; a few streams to warm it up; its idle VmRSS; then N slow streams
 # opened at once by bench/open_streams.py (raw sockets, asyncio), each CHUNKS chunks
-# DELAY_MS apart (20 and 250: five seconds a stream, longer than it takes to open
+# DELAY_MS apart (20 and 500: ten seconds a stream, longer than it takes to open
 # them all). Reported: the gateway's peak RSS (VmHWM) minus idle, divided by N; the
 # RSS when all N were open; `lm_proxy_open_streams` then (N when they really were
 # all open at once); errors. Each count runs in well under a minute.
@@ -23,7 +23,7 @@ UPSTREAM=target/release/bench-upstream
 [[ -x $GATEWAY && -x $UPSTREAM ]] || cargo build --release --locked --bins
 THREADS=${THREADS:-2}
 CHUNKS=${CHUNKS:-20}
-DELAY_MS=${DELAY_MS:-250}
+DELAY_MS=${DELAY_MS:-500}
 upstream_port=${UPSTREAM_PORT:-18441}
 gateway_port=${GATEWAY_PORT:-18442}
 counts=("$@")
