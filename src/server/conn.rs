@@ -482,22 +482,26 @@ pub(crate) async fn serve(
             inner: stream,
             conn: conn.clone(),
         };
-        let (builder, tls) = (builder.clone(), tls.clone());
-        tokio::spawn(async move {
-            let _registration = registration;
-            match tls {
-                None => drive(&builder, io, service, &conn).await,
-                Some(tls) => {
-                    let accepted = tokio::select! {
-                        accepted = tls.accept(io, ()) => accepted,
-                        _ = conn.closing(CLOSE_IDLE) => return,
-                    };
-                    if let Ok((stream, ())) = accepted {
-                        drive(&builder, stream, service, &conn).await;
-                    }
+        let builder = builder.clone();
+        // One task type per transport: a task is as large as its future's largest
+        // state, and the TLS states (handshake, TLS stream) would make every plain
+        // connection's task that large too.
+        match tls.clone() {
+            None => tokio::spawn(async move {
+                let _registration = registration;
+                drive(&builder, io, service, &conn).await;
+            }),
+            Some(tls) => tokio::spawn(async move {
+                let _registration = registration;
+                let accepted = tokio::select! {
+                    accepted = tls.accept(io, ()) => accepted,
+                    _ = conn.closing(CLOSE_IDLE) => return,
+                };
+                if let Ok((stream, ())) = accepted {
+                    drive(&builder, stream, service, &conn).await;
                 }
-            }
-        });
+            }),
+        };
     }
     drop(listener);
 
