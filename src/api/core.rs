@@ -411,7 +411,7 @@ impl Ending {
     pub fn stream(
         self,
         gateway: &Gateway,
-        mut ctx: RequestContext,
+        ctx: RequestContext,
         payloads: PayloadStream,
     ) -> (PayloadStream, impl FnOnce(StreamSummary) + Send + 'static) {
         use futures_util::StreamExt;
@@ -425,6 +425,10 @@ impl Ending {
             Err(e) => Err(redactor.redact(e)),
         }));
         let dispatcher = gateway.log_dispatcher.clone();
+        // Only the loggers need the context at the end; without them it is dropped
+        // now rather than held (the request tree, the client's headers and the read
+        // buffer they share) for as long as the stream lasts.
+        let ctx = dispatcher.is_some().then_some(ctx);
         let summary = self.summary;
         let finish = move |outcome: StreamSummary| {
             let note = if outcome.completed {
@@ -433,7 +437,7 @@ impl Ending {
                 " (client disconnected)"
             };
             summary.log(200, outcome.error.as_ref(), note);
-            if let Some(dispatcher) = dispatcher {
+            if let (Some(dispatcher), Some(mut ctx)) = (dispatcher, ctx) {
                 ctx.response = outcome.response;
                 ctx.error = outcome.error;
                 if !outcome.completed {

@@ -19,6 +19,7 @@
 mod json_writer;
 pub mod output;
 pub mod request_line;
+pub mod throttle;
 mod transformer;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};

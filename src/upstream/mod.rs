@@ -456,6 +456,10 @@ impl UpstreamError {
     /// The error for the client: a timeout is 504, anything else 502; the text says
     /// which step failed (connect, request, answer), as `metrics` classifies it.
     pub fn into_api_error(self) -> ApiError {
+        // Out of descriptors, memory or ports here: 503, not the upstream's fault.
+        if let Some(error) = exhausted::answer(&self) {
+            return error;
+        }
         let kind = match &self {
             UpstreamError::TooLarge { limit } => return too_large_error(*limit),
             UpstreamError::ConnectTimeout(_) => {
@@ -514,6 +518,8 @@ pub fn describe_limit(limit: usize) -> String {
         format!("{limit} bytes")
     }
 }
+
+pub mod exhausted;
 
 #[cfg(test)]
 mod tests;
