@@ -11,7 +11,9 @@
 //! What a stream looks like is chosen by the model name, so that the same model
 //! name works through any proxy: `-s<N>` gives N content chunks (default
 //! `--chunks`, 20), `-d<MS>` waits MS milliseconds before each content chunk
-//! (default 0). Example: `bench-s20-d10`. Non-streamed answers carry N words.
+//! (default 0), `-w<MS>` waits MS milliseconds before answering at all (a model's
+//! latency for non-streamed answers; default 0). Example: `bench-s20-d10`,
+//! `bench-w20`. Non-streamed answers carry N words.
 //!
 //! Accepted sockets get `TCP_NODELAY`; answers are built with plain `format!`
 //! (no JSON tree), so the mock costs as little CPU as possible next to the proxy
@@ -56,6 +58,7 @@ struct StreamOptions {
 struct Plan {
     chunks: usize,
     delay: Duration,
+    wait: Duration,
 }
 
 impl Plan {
@@ -63,15 +66,25 @@ impl Plan {
         let mut plan = Plan {
             chunks: defaults.chunks,
             delay: Duration::ZERO,
+            wait: Duration::ZERO,
         };
         for part in model.split('-') {
             if let Some(n) = part.strip_prefix('s').and_then(|n| n.parse().ok()) {
                 plan.chunks = n;
             } else if let Some(ms) = part.strip_prefix('d').and_then(|n| n.parse().ok()) {
                 plan.delay = Duration::from_millis(ms);
+            } else if let Some(ms) = part.strip_prefix('w').and_then(|n| n.parse().ok()) {
+                plan.wait = Duration::from_millis(ms);
             }
         }
         plan
+    }
+
+    /// The `-w` wait, before any answer (the head of a stream included).
+    async fn wait(&self) {
+        if !self.wait.is_zero() {
+            tokio::time::sleep(self.wait).await;
+        }
     }
 }
 
@@ -203,6 +216,7 @@ async fn openai(State(defaults): State<Defaults>, body: Bytes) -> Response {
     };
     let model = safe(&request.model);
     let plan = Plan::of(&model, defaults);
+    plan.wait().await;
     let n = plan.chunks;
     if !request.stream {
         return json(format!(
@@ -256,6 +270,7 @@ async fn anthropic(State(defaults): State<Defaults>, body: Bytes) -> Response {
     };
     let model = safe(&request.model);
     let plan = Plan::of(&model, defaults);
+    plan.wait().await;
     let n = plan.chunks;
     if !request.stream {
         return json(format!(
@@ -328,6 +343,7 @@ async fn gemini(
     };
     let model = safe(model);
     let plan = Plan::of(&model, defaults);
+    plan.wait().await;
     let n = plan.chunks;
     let usage = |candidates: usize| {
         format!(
