@@ -162,9 +162,12 @@ fn translated_call(
     } else {
         std::mem::take(&mut ctx.llm_params)
     };
-    let headers = match params.shift_remove("extra_headers") {
-        Some(value) => core::extra_headers(&value)?,
-        None => HeaderMap::new(),
+    let (headers, header_case) = match params.shift_remove("extra_headers") {
+        Some(value) => (
+            core::extra_headers(&value)?,
+            core::extra_header_case(&value, &ctx.forwarded_spellings),
+        ),
+        None => (HeaderMap::new(), Default::default()),
     };
     params.shift_remove("model");
     let model = ctx.model.clone().unwrap_or_default();
@@ -175,6 +178,7 @@ fn translated_call(
             model,
             params,
             headers,
+            header_case,
             // The canonical request already asks for usage (`stream_options`):
             // `response.completed` carries it, so nothing is hidden here.
             gateway_usage: false,

@@ -155,7 +155,7 @@ impl OpenAiProvider {
             };
         }
         let response = send(
-            self.post_door(&self.doors.responses, &call),
+            self.post_door(&self.doors.responses, &call, call.body.clone()),
             self.first_byte_timeout,
         )
         .await?;
