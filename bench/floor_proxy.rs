@@ -32,7 +32,11 @@ struct Upstream {
     embeddings_url: reqwest::Url,
 }
 
-async fn forward_chat(State(up): State<Arc<Upstream>>, headers: HeaderMap, body: Bytes) -> Response {
+async fn forward_chat(
+    State(up): State<Arc<Upstream>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     forward(&up, up.chat_url.clone(), headers, body).await
 }
 

@@ -60,6 +60,8 @@ instructions() {
     kill -INT $pid
     wait $pid 2>/dev/null || true
     awk '/^(summary|totals):/ {print $2; exit}' "$work/cg.out"
+    # KEEP=DIR keeps each profile (for callgrind_annotate) as DIR/<n>-<binary name>.out.
+    if [[ -n ${KEEP:-} ]]; then mkdir -p "$KEEP" && cp "$work/cg.out" "$KEEP/$3-$(basename "$1").out"; fi
 }
 
 declare -A bodies=(
@@ -70,6 +72,7 @@ declare -A bodies=(
     [messages-passthrough-20]='{"model":"claude-bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
     [messages-translated-20]='{"model":"bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
     [responses-translated-20]='{"model":"bench-s20","stream":true,"input":"hi"}'
+    [embeddings-1536]='{"model":"bench-embed","input":"The gateway checks virtual API keys."}'
 )
 declare -A paths=(
     [non-streamed]=/v1/chat/completions
@@ -79,8 +82,9 @@ declare -A paths=(
     [messages-passthrough-20]=/v1/messages
     [messages-translated-20]=/v1/messages
     [responses-translated-20]=/v1/responses
+    [embeddings-1536]=/v1/embeddings
 )
-SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20}
+SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536}
 printf '%-24s %-50s %s\n' scenario binary instructions/request
 for scenario in $SCENARIOS; do
     for binary in "$@"; do

@@ -172,14 +172,29 @@ SCENARIOS = [
     ),
     Scenario(
         "embeddings-c64",
-        "Embeddings, one input, 1,536 floats per vector (32 KB answers), concurrency 64",
+        "Embeddings, one input, 1,536 dimensions as base64 (the openai SDK's default), "
+        "concurrency 64",
         stream=False,
         model="bench-embed",
         conns=64,
         targets=("direct", "floor", "nginx", "lm-proxy"),
         door="embeddings",
-        note="POST /v1/embeddings to an OpenAI-compatible connection: lm-proxy passes the "
-        "answer through (no parse of the vectors); `encoding_format` unset, so floats",
+        extra={"encoding_format": "base64"},
+        note="POST /v1/embeddings to an OpenAI-compatible connection, as the openai Python "
+        "SDK sends it (`encoding_format` base64 unless the caller asks for floats; an 8 KB "
+        "answer): lm-proxy checks the answer is JSON, reads its usage and passes it on",
+    ),
+    Scenario(
+        "embeddings-float-c64",
+        "Embeddings, one input, 1,536 floats (a 21 KB answer), concurrency 64",
+        stream=False,
+        model="bench-embed",
+        conns=64,
+        targets=("direct", "floor", "nginx", "lm-proxy"),
+        door="embeddings",
+        extra={"encoding_format": "float"},
+        note="as embeddings-c64 with `encoding_format` float: every number of the answer "
+        "is checked by lm-proxy's one pass over it",
     ),
     Scenario(
         "tools-c64",

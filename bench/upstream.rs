@@ -295,7 +295,10 @@ async fn embeddings(body: Bytes) -> Response {
         _ => 1,
     };
     let dimensions = request.dimensions.unwrap_or(1536).clamp(1, MAX_DIMENSIONS);
-    let vector = vector_text(dimensions, request.encoding_format.as_deref() == Some("base64"));
+    let vector = vector_text(
+        dimensions,
+        request.encoding_format.as_deref() == Some("base64"),
+    );
     let mut data = String::with_capacity(count * (vector.len() + 64));
     for index in 0..count {
         if index > 0 {
@@ -319,14 +322,22 @@ fn vector_text(dimensions: usize, base64: bool) -> std::sync::Arc<str> {
     use std::sync::{Arc, Mutex, OnceLock};
     static MADE: OnceLock<Mutex<HashMap<(usize, bool), Arc<str>>>> = OnceLock::new();
     let made = MADE.get_or_init(Default::default);
-    if let Some(text) = made.lock().expect("vector cache").get(&(dimensions, base64)) {
+    if let Some(text) = made
+        .lock()
+        .expect("vector cache")
+        .get(&(dimensions, base64))
+    {
         return text.clone();
     }
     let values = (0..dimensions).map(|i| ((i * 7919 % 2000) as f32 - 1000.0) / 31_250.0);
     let text: Arc<str> = if base64 {
         use base64::Engine;
         let bytes: Vec<u8> = values.flat_map(f32::to_le_bytes).collect();
-        format!("\"{}\"", base64::engine::general_purpose::STANDARD.encode(bytes)).into()
+        format!(
+            "\"{}\"",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        )
+        .into()
     } else {
         let floats: Vec<String> = values.map(|v| format!("{v:.10}")).collect();
         format!("[{}]", floats.join(",")).into()

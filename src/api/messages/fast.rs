@@ -47,7 +47,10 @@ pub fn event_type(text: &[u8]) -> Option<Cow<'_, str>> {
         }
         // Another type: it ends at the first quote unless an escape or a control
         // character (which the slow path rejects) comes first.
-        if let Some(end) = rest.iter().position(|&b| b == b'"' || b == b'\\' || b < 0x20) {
+        if let Some(end) = rest
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        {
             if rest[end] == b'"' {
                 // Cut at ASCII bytes of UTF-8 text: still UTF-8.
                 return std::str::from_utf8(&rest[..end]).ok().map(Cow::Borrowed);
@@ -378,30 +381,35 @@ struct Function<'a> {
     arguments: Option<Text<'a>>,
 }
 
-map_visitor!(ToolCallVisitor, ToolCall<'de>, "a tool call object", |map| {
-    let (mut index, mut id, mut function) = (None, None, None);
-    while let Some(key) = map.next_key::<Text<'de>>()? {
-        match &*key {
-            "index" => once(&mut index, &mut map)?,
-            "id" => once(&mut id, &mut map)?,
-            "function" => once::<_, Function<'de>>(&mut function, &mut map)?,
-            _ => {
-                map.next_value::<IgnoredAny>()?;
+map_visitor!(
+    ToolCallVisitor,
+    ToolCall<'de>,
+    "a tool call object",
+    |map| {
+        let (mut index, mut id, mut function) = (None, None, None);
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            match &*key {
+                "index" => once(&mut index, &mut map)?,
+                "id" => once(&mut id, &mut map)?,
+                "function" => once::<_, Function<'de>>(&mut function, &mut map)?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
         }
+        let function = function.flatten();
+        let (name, arguments) = match function {
+            Some(f) => (f.name, f.arguments),
+            None => (None, None),
+        };
+        Ok(ToolCall {
+            index: index.flatten().unwrap_or(0),
+            id: id.flatten(),
+            name,
+            arguments,
+        })
     }
-    let function = function.flatten();
-    let (name, arguments) = match function {
-        Some(f) => (f.name, f.arguments),
-        None => (None, None),
-    };
-    Ok(ToolCall {
-        index: index.flatten().unwrap_or(0),
-        id: id.flatten(),
-        name,
-        arguments,
-    })
-});
+);
 
 map_visitor!(FunctionVisitor, Function<'de>, "a function object", |map| {
     let (mut name, mut arguments) = (None, None);
@@ -468,8 +476,20 @@ mod tests {
     #[test]
     fn odd_shapes_are_read_as_the_tree_reads_them_or_left_to_it() {
         const ODD: [&str; 14] = [
-            "null", "0", "7", "-1", "1.5", "1e400", "18446744073709551616", "\"\"", "\"x\"",
-            "true", "[]", "[1, 2]", "{}", r#"{"cached_tokens": 2, "index": 3}"#,
+            "null",
+            "0",
+            "7",
+            "-1",
+            "1.5",
+            "1e400",
+            "18446744073709551616",
+            "\"\"",
+            "\"x\"",
+            "true",
+            "[]",
+            "[1, 2]",
+            "{}",
+            r#"{"cached_tokens": 2, "index": 3}"#,
         ];
         let mut taken = 0;
         let mut left = 0;
@@ -513,7 +533,11 @@ mod tests {
         match value {
             Value::Object(map) => {
                 for (k, v) in map {
-                    collect_pointers(v, format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")), out);
+                    collect_pointers(
+                        v,
+                        format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                        out,
+                    );
                 }
             }
             Value::Array(list) => {
@@ -535,7 +559,10 @@ mod tests {
     #[test]
     fn event_types_are_read_off_the_front_or_found() {
         for (text, kind) in [
-            (r#"{"type":"content_block_delta","index":0}"#, Some("content_block_delta")),
+            (
+                r#"{"type":"content_block_delta","index":0}"#,
+                Some("content_block_delta"),
+            ),
             (r#"{ "type": "ping"}"#, Some("ping")),
             (r#"{"index":0,"type":"message_stop"}"#, Some("message_stop")),
             (r#"{"type":"a\"b"}"#, Some("a\"b")),

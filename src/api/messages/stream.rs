@@ -94,10 +94,7 @@ impl DeltaKind {
 /// of the same `usage` object.
 fn usage_numbers(usage: Option<&fast::Usage>) -> (u64, u64, u64) {
     let prompt = usage.and_then(|u| u.prompt_tokens).unwrap_or(0);
-    let cached = usage
-        .and_then(|u| u.cached_tokens)
-        .unwrap_or(0)
-        .min(prompt);
+    let cached = usage.and_then(|u| u.cached_tokens).unwrap_or(0).min(prompt);
     let output = usage.and_then(|u| u.completion_tokens).unwrap_or(0);
     (prompt - cached, output, cached)
 }
@@ -186,9 +183,8 @@ impl Event<'_> {
                 write_u64(index, out);
                 out.extend_from_slice(br#","content_block":"#);
                 match block {
-                    BlockStart::Thinking => out.extend_from_slice(
-                        br#"{"type":"thinking","thinking":"","signature":""}"#,
-                    ),
+                    BlockStart::Thinking => out
+                        .extend_from_slice(br#"{"type":"thinking","thinking":"","signature":""}"#),
                     BlockStart::Text => out.extend_from_slice(br#"{"type":"text","text":""}"#),
                     BlockStart::ToolUse { id, name } => {
                         out.extend_from_slice(br#"{"type":"tool_use","id":"#);
@@ -744,8 +740,7 @@ fn write<F: FnOnce(StreamSummary)>(
         (Some(Err(error)), _) => error,
         (None, translator) => {
             if let Some(translator) = translator {
-                let mut emit =
-                    |event: Event<'_>| write_translated(event, summary, assembler, out);
+                let mut emit = |event: Event<'_>| write_translated(event, summary, assembler, out);
                 translator.finish(&mut emit);
             }
             finish.finish(true);
@@ -782,7 +777,11 @@ mod tests {
             }
             events
         };
-        assert_eq!(made_up(&trees), made_up(&text), "view and tree readings agree");
+        assert_eq!(
+            made_up(&trees),
+            made_up(&text),
+            "view and tree readings agree"
+        );
         trees
     }
 
@@ -918,7 +917,10 @@ mod tests {
     #[test]
     fn refusals_cached_tokens_escapes_and_odd_chunks() {
         let events = events_of(&[
-            chunk(json!({"role": "assistant", "content": "a\"b\n\u{1}\u{e9}\u{1f600}</"}), None),
+            chunk(
+                json!({"role": "assistant", "content": "a\"b\n\u{1}\u{e9}\u{1f600}</"}),
+                None,
+            ),
             json!({"id": "chatcmpl-9", "choices": [null]}),
             json!({"id": "chatcmpl-9", "choices": [{"delta": {"content": 5, "refusal": "no"}}], "usage": 7}),
             chunk(json!({"content": ""}), Some("stop")),
@@ -944,9 +946,14 @@ mod tests {
         // The refusal decides the stop reason; the last usage object (its
         // non-integer count read as none) gives the counts.
         assert_eq!(events[5]["delta"]["stop_reason"], "refusal");
-        assert_eq!(events[5]["usage"], json!({"input_tokens": 0, "output_tokens": 0}));
-        let events = events_of(&[json!({"id": "c", "choices": [], "usage": {"prompt_tokens": 10,
-            "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 4}}})]);
+        assert_eq!(
+            events[5]["usage"],
+            json!({"input_tokens": 0, "output_tokens": 0})
+        );
+        let events = events_of(&[
+            json!({"id": "c", "choices": [], "usage": {"prompt_tokens": 10,
+            "completion_tokens": 3, "prompt_tokens_details": {"cached_tokens": 4}}}),
+        ]);
         assert_eq!(
             events[1]["usage"],
             json!({"input_tokens": 6, "output_tokens": 3, "cache_read_input_tokens": 4})
@@ -957,8 +964,10 @@ mod tests {
         let raw = crate::payload::RawJson::object(Bytes::from_static(text), None).unwrap();
         let mut t = Translator::new("m", "c");
         let mut out = Vec::new();
-        t.payload(&Payload::Raw(raw), &mut |e: Event<'_>| out.push(e.to_value()))
-            .unwrap();
+        t.payload(&Payload::Raw(raw), &mut |e: Event<'_>| {
+            out.push(e.to_value())
+        })
+        .unwrap();
         assert_eq!(out[2]["delta"]["text"], "b");
     }
 
@@ -982,7 +991,12 @@ mod tests {
                 .concat()
                 .await;
         let text = String::from_utf8(body).unwrap();
-        assert!(text.contains(r#""content_block":{"type":"tool_use","id":"call_1","name":"f","input":{}}"#), "{text}");
+        assert!(
+            text.contains(
+                r#""content_block":{"type":"tool_use","id":"call_1","name":"f","input":{}}"#
+            ),
+            "{text}"
+        );
         assert!(
             text.ends_with("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"api_error\",\"message\":\"Error processing upstream provider response\"}}\n\n")
                 || text.contains("event: error\n"),
@@ -997,10 +1011,11 @@ mod tests {
             Ok(Payload::Value(chunk(json!({"content": "Hi"}), None))),
             Err(ApiError::upstream_failure("gone")),
         ]));
-        let body: Vec<u8> = encode_translated(chunks, Translator::new("m", "c"), None, None, |_| {})
-            .map(|b| b.unwrap().to_vec())
-            .concat()
-            .await;
+        let body: Vec<u8> =
+            encode_translated(chunks, Translator::new("m", "c"), None, None, |_| {})
+                .map(|b| b.unwrap().to_vec())
+                .concat()
+                .await;
         let text = String::from_utf8(body).unwrap();
         assert!(text.starts_with("event: message_start\ndata: {"), "{text}");
         assert!(text.contains("event: content_block_delta\n"), "{text}");

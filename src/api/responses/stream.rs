@@ -164,7 +164,14 @@ impl<'a> Chunk<'a> {
     }
 
     pub fn of_text(text: &'a [u8], connection: &str) -> Result<Chunk<'a>, ApiError> {
-        serde_json::from_slice(text).map_err(|e| Self::not_understood(connection, e))
+        // One UTF-8 check for the whole chunk: read as `str`, serde_json does not
+        // check each string and key again (it did, once per string, from bytes).
+        let text = std::str::from_utf8(text).map_err(|e| {
+            ApiError::upstream_failure(format!(
+                "connection '{connection}': a streamed chunk is not UTF-8: {e}"
+            ))
+        })?;
+        serde_json::from_str(text).map_err(|e| Self::not_understood(connection, e))
     }
 }
 

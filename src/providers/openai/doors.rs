@@ -76,8 +76,7 @@ impl OpenAiProvider {
 
     pub(super) async fn door_embeddings(&self, call: DoorCall) -> Result<Embeddings, ApiError> {
         let bytes = self.door_json(&self.doors.embeddings, &call).await?;
-        let usage = usage_of(&bytes);
-        match RawJson::object(bytes, usage) {
+        match RawJson::object_with_usage(bytes) {
             Ok(raw) => Ok(Embeddings::Answer(Payload::Raw(raw))),
             Err(_) => Err(self.not_json("embeddings")),
         }
@@ -92,8 +91,7 @@ impl OpenAiProvider {
             };
             // Not every field there (some servers leave out `id` or `created`): still
             // one JSON object, passed on as it is.
-            let usage = usage_of(&bytes);
-            return match RawJson::object(bytes, usage) {
+            return match RawJson::object_with_usage(bytes) {
                 Ok(raw) => Ok(TextCompletion::Complete(Payload::Raw(raw))),
                 Err(_) => Err(self.not_json("completions")),
             };
@@ -122,8 +120,8 @@ impl OpenAiProvider {
                 .await
                 .map_err(|_| timeout_error(self.timeout))?
                 .map_err(UpstreamError::into_api_error)?;
-            let usage = usage_of(&bytes);
-            let raw = RawJson::object(bytes, usage).map_err(|_| self.not_json("completions"))?;
+            let raw =
+                RawJson::object_with_usage(bytes).map_err(|_| self.not_json("completions"))?;
             let one = futures_util::stream::iter([Ok(Payload::Raw(raw))]);
             return Ok(TextCompletion::Stream(Box::pin(one)));
         }
@@ -216,14 +214,6 @@ fn with_usage_asked(call: &DoorCall) -> Bytes {
         add_usage: true,
     };
     Bytes::from(serde_json::to_vec(&rebuilt).expect("JSON values always serialize"))
-}
-
-/// The token counts of the `usage` member of a JSON object's text, if any.
-fn usage_of(bytes: &[u8]) -> Option<TokenCounts> {
-    let text = std::str::from_utf8(bytes).ok()?;
-    let span = member_spans(text, "usage", 1)?.pop()?;
-    let usage: Value = serde_json::from_str(&text[span]).ok()?;
-    usage.is_object().then(|| TokenCounts::of(&usage))
 }
 
 /// The usage of a Responses stream's final event (`response.completed`,
