@@ -320,7 +320,9 @@ async fn embeddings(body: Bytes) -> Response {
 fn vector_text(dimensions: usize, base64: bool) -> std::sync::Arc<str> {
     use std::collections::HashMap;
     use std::sync::{Arc, Mutex, OnceLock};
-    static MADE: OnceLock<Mutex<HashMap<(usize, bool), Arc<str>>>> = OnceLock::new();
+    /// Vector texts by dimensions and whether they are base64.
+    type Made = Mutex<HashMap<(usize, bool), Arc<str>>>;
+    static MADE: OnceLock<Made> = OnceLock::new();
     let made = MADE.get_or_init(Default::default);
     if let Some(text) = made
         .lock()

@@ -452,3 +452,70 @@ api_keys = ["k"]
     gw.server.shutdown(Duration::from_secs(5));
     gw.server.wait().await.unwrap();
 }
+
+/// Anthropic and Gemini connections send their `http_headers` as the config spelled
+/// them too (they went out in title case before): the chat door translated to each,
+/// and the Anthropic door passed through to the Anthropic connection; the keys
+/// (`x-api-key`, `x-goog-api-key`) and the gateway's own headers keep their usual
+/// spelling.
+#[tokio::test]
+async fn anthropic_and_gemini_connections_send_configured_spellings() {
+    let (base, heads) = raw_upstream().await;
+    let root = base.trim_end_matches("/v1");
+    let gw = TestGateway::start(&format!(
+        r#"
+[connections.claude]
+api_type = "anthropic"
+api_base = "{root}"
+api_key = "sk-ant-upstream"
+[connections.claude.http_headers]
+X-Custom-Header = "configured"
+x-lower-case = "configured"
+[connections.gemini]
+api_type = "google"
+api_base = "{root}"
+api_key = "gemini-upstream"
+[connections.gemini.http_headers]
+X-Custom-Header = "configured"
+x-lower-case = "configured"
+[routing]
+"claude*" = "claude.*"
+"gemini*" = "gemini.*"
+[groups.default]
+api_keys = ["k"]
+"#
+    ))
+    .await;
+    let messages = json!({"model": "claude-x", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]});
+    for (path, body) in [
+        ("/v1/chat/completions", user("claude-x", "hi")),
+        ("/v1/messages", messages),
+        ("/v1/chat/completions", user("gemini-x", "hi")),
+    ] {
+        let before = heads.lock().unwrap().len();
+        // The mock answers in OpenAI's shape; only the heads matter here.
+        let _ = gw
+            .client
+            .post(gw.url(path))
+            .bearer_auth("k")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await;
+        let seen = heads.lock().unwrap();
+        assert_eq!(seen.len(), before + 1, "{path}");
+        let head = &seen[before];
+        let names = header_names(head);
+        for spelled in ["X-Custom-Header", "x-lower-case", "Content-Type"] {
+            assert!(names.contains(&spelled), "{path}: {spelled} in\n{head}");
+        }
+        let key = if head.contains(":generateContent") {
+            "X-Goog-Api-Key"
+        } else {
+            "X-Api-Key"
+        };
+        assert!(names.contains(&key), "{path}: {key} in\n{head}");
+    }
+}

@@ -3,15 +3,19 @@
 //!
 //! Two transports behind one type:
 //!
-//! - **In-task HTTP/1.1 pool** ([`pool`]) for plain `http://` upstreams: local and
-//!   LAN OpenAI-compatible servers (vLLM, llama.cpp, Ollama, LM Studio), where the
-//!   upstream is fast and the proxy's own cost shows. The request's task reads and
-//!   writes the upstream socket itself; no hand-off to a connection task.
-//! - **reqwest** for everything else: `https://` upstreams (HTTP/2 by ALPN, the
-//!   platform's certificates), and every upstream when the environment names an
-//!   HTTP proxy (`HTTP_PROXY`, `ALL_PROXY`, lower or upper case), whose rules
-//!   (including `NO_PROXY`) reqwest applies. Model lists, key-check calls and token
-//!   fetches use reqwest too ([`UpstreamClient::reqwest`]).
+//! - **In-task HTTP/1.1 pool** ([`pool`]) for `http://` and `https://` upstreams
+//!   (TLS with ALPN `http/1.1` and the platform's certificates, as reqwest checks
+//!   them): local and LAN OpenAI-compatible servers (vLLM, llama.cpp, Ollama, LM
+//!   Studio), where the upstream is fast and the proxy's own cost shows, and the
+//!   providers. The request's task reads and writes the upstream socket itself; no
+//!   hand-off to a connection task. HTTP/1.1, as the reference's httpx client spoke
+//!   it, is what lets header names keep the spelling the config, a handler or the
+//!   client gave them (`case.rs`); HTTP/2 would send them in lowercase.
+//! - **reqwest** for every upstream when the environment names an HTTP proxy
+//!   (`HTTP_PROXY`, `ALL_PROXY`, lower or upper case), whose rules (including
+//!   `NO_PROXY`) reqwest applies, and for URLs with credentials in them. Model
+//!   lists, key-check calls and token fetches use reqwest too
+//!   ([`UpstreamClient::reqwest`]).
 //!
 //! A provider turns its URL into a [`Target`] once, at startup, and sends with
 //! [`Target::post`].
@@ -53,7 +57,8 @@ pub struct UpstreamClient {
     inner: Arc<ClientInner>,
 }
 
-type PoolsByOrigin = Mutex<HashMap<(String, u16), Arc<Pool>>>;
+/// Pools by host, port and whether the origin is `https`.
+type PoolsByOrigin = Mutex<HashMap<(String, u16, bool), Arc<Pool>>>;
 
 struct ClientInner {
     reqwest: reqwest::Client,
@@ -81,9 +86,10 @@ impl UpstreamClient {
             // lowercase `http::HeaderName` keeps): the reference's clients (httpx) sent
             // names as users wrote them, and some servers match names by case.
             // Exact spellings (`X-API-key`, `x-lower-case`; see `case.rs`) reach only
-            // the in-task pool's upstreams: reqwest 0.13 builds its own hyper request
-            // and drops the caller's extensions, where hyper's map of spellings would
-            // have to travel. HTTP/2 (https by ALPN) is lowercase by spec.
+            // the in-task pool's upstreams (every `http` and `https` one unless a proxy
+            // is configured): reqwest 0.13 builds its own hyper request and drops the
+            // caller's extensions, where hyper's map of spellings would have to travel.
+            // HTTP/2 (https by ALPN, here only through a proxy) is lowercase by spec.
             .http1_title_case_headers()
             // Never follow redirects: reqwest would resend the provider key headers
             // (`x-api-key`, `x-goog-api-key`, static `http_headers`) and the prompt to
@@ -115,33 +121,95 @@ impl UpstreamClient {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        self.post_spelled(url, headers, &HeaderCase::NONE, body)
+            .await
+    }
+
+    /// [`UpstreamClient::post`] with header names spelled as `case` says (see
+    /// [`Target::post_spelled`]).
+    pub async fn post_spelled(
+        &self,
+        url: &str,
+        headers: HeaderMap,
+        case: &HeaderCase,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let target = self.target(url).map_err(UpstreamError::BadUrl)?;
-        target.post(headers, body).await
+        target.post_spelled(headers, case, body).await
+    }
+
+    /// How connections to an `https` host start TLS: the TLS settings (ALPN
+    /// `http/1.1`, the platform's certificates) and the host's name for SNI and the
+    /// certificate check.
+    fn tls_origin(host: &str, url: &str) -> Result<pool::TlsOrigin, String> {
+        // Made once per process, at the first `https` origin: loading the platform's
+        // certificates takes a while and they do not change while it runs.
+        static CONNECTOR: std::sync::OnceLock<Result<tokio_rustls::TlsConnector, String>> =
+            std::sync::OnceLock::new();
+        let connector = CONNECTOR
+            .get_or_init(|| {
+                use rustls_platform_verifier::BuilderVerifierExt;
+                crate::server::install_crypto_provider();
+                let mut config = rustls::ClientConfig::builder()
+                    .with_platform_verifier()
+                    .map_err(|e| format!("cannot load the platform's certificates: {e}"))?
+                    .with_no_client_auth();
+                // HTTP/1.1 only: the pool speaks nothing else (see the module docs).
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+            })
+            .clone()?;
+        let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| format!("'{url}': the host is not a name TLS can check: {e}"))?;
+        Ok(pool::TlsOrigin {
+            connector,
+            server_name,
+        })
     }
 
     /// Prepare a URL for repeated requests: parsed once, its pool looked up once.
     pub fn target(&self, url: &str) -> Result<Target, String> {
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("'{url}' is not a URL: {e}"))?;
         let route = match (&self.inner.pools, parsed.scheme(), parsed.host_str()) {
-            (Some(pools), "http", Some(host)) if parsed.username().is_empty() => {
-                let port = parsed.port_or_known_default().unwrap_or(80);
+            (Some(pools), scheme @ ("http" | "https"), Some(host))
+                if parsed.username().is_empty() && parsed.password().is_none() =>
+            {
+                let https = scheme == "https";
+                let port = parsed
+                    .port_or_known_default()
+                    .unwrap_or(if https { 443 } else { 80 });
                 // `[::1]` in a URL is `::1` to connect to.
                 let connect_host = host.trim_start_matches('[').trim_end_matches(']');
-                let key = (connect_host.to_owned(), port);
-                let pool = pools
+                let key = (connect_host.to_owned(), port, https);
+                let existing = pools
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .entry(key)
-                    .or_insert_with(|| {
-                        Arc::new(Pool::new(
+                    .get(&key)
+                    .cloned();
+                let pool = match existing {
+                    Some(pool) => pool,
+                    None => {
+                        let tls = if https {
+                            Some(Self::tls_origin(connect_host, url)?)
+                        } else {
+                            None
+                        };
+                        let made = Arc::new(Pool::new(
                             connect_host.to_owned(),
                             port,
+                            tls,
                             self.inner.connect_timeout,
                             IDLE_TIMEOUT,
                             MAX_IDLE_PER_ORIGIN,
-                        ))
-                    })
-                    .clone();
+                        ));
+                        pools
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(key)
+                            .or_insert(made)
+                            .clone()
+                    }
+                };
                 let authority = match parsed.port() {
                     Some(port) => format!("{host}:{port}"),
                     None => host.to_owned(),

@@ -231,9 +231,12 @@ fn native_call(
     count_tokens: bool,
 ) -> Result<NativeCall, ApiError> {
     let model = ctx.model.clone().unwrap_or_default();
-    let extra_headers = match ctx.llm_params.get("extra_headers") {
-        Some(value) => core::extra_headers(value)?,
-        None => HeaderMap::new(),
+    let (extra_headers, extra_header_case) = match ctx.llm_params.get("extra_headers") {
+        Some(value) => (
+            core::extra_headers(value)?,
+            core::extra_header_case(value, &ctx.forwarded_spellings),
+        ),
+        None => (HeaderMap::new(), Default::default()),
     };
     let stream = !count_tokens
         && ctx
@@ -268,6 +271,7 @@ fn native_call(
         stream,
         client_headers,
         extra_headers,
+        extra_header_case,
     })
 }
 

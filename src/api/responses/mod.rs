@@ -53,8 +53,9 @@ enum DoorReply {
     },
     /// Responses events from an upstream that speaks the Responses API.
     Events(PayloadStream),
-    /// Canonical chunks, to be translated.
-    Chunks(PayloadStream, stream::Translator),
+    /// Canonical chunks, to be translated (the translator boxed: it is large, and
+    /// the other replies small).
+    Chunks(PayloadStream, Box<stream::Translator>),
 }
 
 pub async fn responses(
@@ -88,7 +89,7 @@ pub async fn responses(
         Ok(DoorReply::Chunks(chunks, translator)) => {
             // Metrics and redaction see the canonical chunks (their usage).
             let (chunks, finish) = ending.stream(&gateway, ctx, chunks);
-            let events = stream::translate(chunks, translator);
+            let events = stream::translate(chunks, *translator);
             let body = stream::encode(events, assemble, finish);
             (core::sse_headers(), Body::from_stream(body)).into_response()
         }
@@ -146,7 +147,7 @@ async fn handle(
                 usage,
             })
         }
-        Reply::Stream(chunks) => Ok(DoorReply::Chunks(chunks, translator)),
+        Reply::Stream(chunks) => Ok(DoorReply::Chunks(chunks, Box::new(translator))),
     }
 }
 

@@ -19,7 +19,7 @@ use crate::error::ApiError;
 use crate::json_scan::{member_spans, member_str, TokenCounts};
 use crate::payload::{Payload, PayloadStream, RawJson};
 use crate::streaming::sse_data_events;
-use crate::upstream::{json_post_headers, Target, UpstreamError};
+use crate::upstream::{json_post_headers, HeaderCase, Target, UpstreamError};
 
 /// Client headers an Anthropic upstream is told about: the API version the client
 /// speaks and the beta features it asked for.
@@ -34,6 +34,9 @@ pub struct NativeCall {
     pub client_headers: HeaderMap,
     /// Headers set by `before` handlers (`llm_params.extra_headers`).
     pub extra_headers: HeaderMap,
+    /// The names of `extra_headers` as the handlers (or the client, for copies)
+    /// spelled them.
+    pub extra_header_case: HeaderCase,
 }
 
 /// What the upstream answered.
@@ -79,7 +82,9 @@ fn usage_of(text: &str) -> Option<Usage> {
 }
 
 impl AnthropicProvider {
-    fn native_headers(&self, call: &NativeCall) -> HeaderMap {
+    /// The headers of a pass-through request and how their names are spelled: the
+    /// connection's as configured, the handlers' as they wrote them.
+    fn native_headers(&self, call: &NativeCall) -> (HeaderMap, HeaderCase) {
         let mut from_call = call.extra_headers.clone();
         for name in CLIENT_HEADERS {
             if let Some(value) = call.client_headers.get(name) {
@@ -97,7 +102,14 @@ impl AnthropicProvider {
                 );
             }
         }
-        headers
+        let case = HeaderCase::resolve(
+            &headers,
+            &[
+                (&self.header_case, &self.headers),
+                (&call.extra_header_case, &call.extra_headers),
+            ],
+        );
+        (headers, case)
     }
 
     /// `POST /v1/messages` with the client's body.
@@ -119,9 +131,13 @@ impl AnthropicProvider {
 
     /// One JSON answer, bounded by the connection timeout as a whole.
     async fn native_json(&self, target: &Target, call: NativeCall) -> Result<Payload, ApiError> {
-        let headers = self.native_headers(&call);
+        let (headers, case) = self.native_headers(&call);
         let work = async {
-            let response = send(target.post(headers, call.body), self.first_byte_timeout).await?;
+            let response = send(
+                target.post_spelled(headers, &case, call.body),
+                self.first_byte_timeout,
+            )
+            .await?;
             let response =
                 check_status_with(response, self.timeout, response::status_to_error).await?;
             let bytes = response
@@ -161,9 +177,9 @@ impl AnthropicProvider {
     /// A stream, returned once Anthropic accepted the request: each event's data as
     /// written; an `error` event ends it as a failure.
     async fn native_stream(&self, call: NativeCall) -> Result<PayloadStream, ApiError> {
-        let headers = self.native_headers(&call);
+        let (headers, case) = self.native_headers(&call);
         let response = send(
-            self.messages.post(headers, call.body),
+            self.messages.post_spelled(headers, &case, call.body),
             self.first_byte_timeout,
         )
         .await?;

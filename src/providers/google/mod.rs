@@ -39,7 +39,9 @@ use crate::config::{Config, ConfigError, ProviderSettings};
 use crate::error::ApiError;
 use crate::payload::{into_chunk_stream, Payload, PayloadStream};
 use crate::streaming::{sse_data_events, unix_now, ChunkStream, DataStream};
-use crate::upstream::{json_post_headers, UpstreamClient, UpstreamError, UpstreamResponse};
+use crate::upstream::{
+    json_post_headers, HeaderCase, UpstreamClient, UpstreamError, UpstreamResponse,
+};
 use request::RequestOptions;
 use response::AnswerContext;
 use stream::StreamTranslator;
@@ -97,6 +99,8 @@ pub struct GoogleProvider {
     request_options: RequestOptions,
     /// `google_vertex_response_validation`.
     validate: bool,
+    /// The names of `headers` from the config (`http_headers`) as it spells them.
+    header_case: HeaderCase,
 }
 
 impl GoogleProvider {
@@ -122,6 +126,7 @@ impl GoogleProvider {
             client: client.clone(),
             request_options,
             validate,
+            header_case: http.header_case,
         }
     }
 
@@ -204,7 +209,8 @@ impl GoogleProvider {
         let body =
             request::build_request(restored.as_ref().unwrap_or(call), &self.request_options)?;
         let url = self.url(&call.model, stream).await?;
-        self.post_to(&url, &body, &call.headers, stream).await
+        self.post_to(&url, &body, (&call.headers, &call.header_case), stream)
+            .await
     }
 
     /// POST `body` to `url` with the connection's credentials; on a Vertex 401 get a
@@ -213,7 +219,7 @@ impl GoogleProvider {
         &self,
         url: &str,
         body: &impl serde::Serialize,
-        call_headers: &HeaderMap,
+        (call_headers, call_case): (&HeaderMap, &HeaderCase),
         stream: bool,
     ) -> Result<UpstreamResponse, ApiError> {
         let body = Bytes::from(
@@ -235,7 +241,14 @@ impl GoogleProvider {
                     used_token = Some((tokens, bearer));
                 }
             }
-            let sent = self.client.post(url, headers, body.clone());
+            let case = HeaderCase::resolve(
+                &headers,
+                &[
+                    (&self.header_case, &self.headers),
+                    (call_case, call_headers),
+                ],
+            );
+            let sent = self.client.post_spelled(url, headers, &case, body.clone());
             let response = send(sent, self.first_byte_timeout).await?;
             if response.status() == StatusCode::UNAUTHORIZED && !retried {
                 if let Some((tokens, bearer)) = used_token.filter(|(t, _)| t.can_refresh()) {
