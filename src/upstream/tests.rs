@@ -255,20 +255,43 @@ async fn connect_failures_are_502_and_connect_timeouts_504() {
     assert_eq!(error.status(), StatusCode::GATEWAY_TIMEOUT);
 }
 
+/// http and https upstreams go through the in-task pool (one pool per origin and
+/// scheme), proxied ones and URLs with credentials through reqwest.
 #[test]
-fn https_and_proxied_upstreams_go_through_reqwest() {
+fn http_and_https_upstreams_are_pooled_and_proxied_ones_go_through_reqwest() {
     let direct = client();
     assert!(matches!(
         direct.target("https://api.example.com/v1").unwrap().route,
-        Route::Reqwest(_)
+        Route::Pooled { .. }
     ));
     assert!(matches!(
         direct.target("http://[::1]:8000/v1").unwrap().route,
         Route::Pooled { .. }
     ));
+    assert!(matches!(
+        direct
+            .target("https://user:secret@api.example.com/v1")
+            .unwrap()
+            .route,
+        Route::Reqwest(_)
+    ));
+    let pools =
+        |client: &UpstreamClient| client.inner.pools.as_ref().unwrap().lock().unwrap().len();
+    let before = pools(&direct);
+    direct.target("http://api.example.com:443/v1").unwrap();
+    direct.target("https://api.example.com:443/v2").unwrap();
+    assert_eq!(
+        pools(&direct),
+        before + 1,
+        "http on 443 is another origin than https"
+    );
     let proxied = UpstreamClient::with_proxy_env(Duration::from_secs(5), true).unwrap();
     assert!(matches!(
         proxied.target("http://127.0.0.1:8000/v1").unwrap().route,
+        Route::Reqwest(_)
+    ));
+    assert!(matches!(
+        proxied.target("https://api.example.com/v1").unwrap().route,
         Route::Reqwest(_)
     ));
 }

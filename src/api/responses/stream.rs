@@ -275,6 +275,9 @@ pub struct Translator {
     /// Bytes of text kept, and the most that may be.
     kept: usize,
     limit: usize,
+    /// The members every delta event of one item repeats, written once per item:
+    /// the item's id, and `,"item_id":..,"output_index":..,"<part>":0,"delta":`.
+    delta_members: (String, Vec<u8>),
 }
 
 impl Translator {
@@ -291,6 +294,7 @@ impl Translator {
             usage: None,
             kept: 0,
             limit,
+            delta_members: (String::new(), Vec::new()),
         }
     }
 
@@ -327,14 +331,24 @@ impl Translator {
         logprobs: bool,
         out: &mut Vec<Event>,
     ) {
-        let mut data = event_head(kind, self.sequence, 128 + delta.len());
-        self.sequence += 1;
-        push_str_field(&mut data, "item_id", item_id);
-        push_number_field(&mut data, "output_index", self.output.len() as u64);
-        if let Some(part_field) = part_field {
-            push_number_field(&mut data, part_field, 0);
+        // Most events of a stream are these: what they repeat is written once per
+        // item, and each is allocated once at its size (escapes aside).
+        if self.delta_members.0 != item_id || self.delta_members.1.is_empty() {
+            let mut members = Vec::with_capacity(item_id.len() + 64);
+            push_str_field(&mut members, "item_id", item_id);
+            push_number_field(&mut members, "output_index", self.output.len() as u64);
+            if let Some(part_field) = part_field {
+                push_number_field(&mut members, part_field, 0);
+            }
+            members.extend_from_slice(b",\"delta\":");
+            self.delta_members = (item_id.to_owned(), members);
         }
-        push_str_field(&mut data, "delta", delta);
+        let members = &self.delta_members.1;
+        let capacity = 64 + kind.len() + members.len() + delta.len() + 16;
+        let mut data = event_head(kind, self.sequence, capacity);
+        self.sequence += 1;
+        data.extend_from_slice(members);
+        serde_json::to_writer(&mut data, delta).expect("strings always serialize");
         if logprobs {
             data.extend_from_slice(b",\"logprobs\":[]");
         }
