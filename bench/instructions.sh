@@ -73,6 +73,7 @@ declare -A bodies=(
     [messages-translated-20]='{"model":"bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
     [responses-translated-20]='{"model":"bench-s20","stream":true,"input":"hi"}'
     [embeddings-1536]='{"model":"bench-embed","input":"The gateway checks virtual API keys."}'
+    [embeddings-base64]='{"model":"bench-embed","input":"The gateway checks virtual API keys.","encoding_format":"base64"}'
 )
 declare -A paths=(
     [non-streamed]=/v1/chat/completions
@@ -83,8 +84,9 @@ declare -A paths=(
     [messages-translated-20]=/v1/messages
     [responses-translated-20]=/v1/responses
     [embeddings-1536]=/v1/embeddings
+    [embeddings-base64]=/v1/embeddings
 )
-SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536}
+SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64}
 printf '%-24s %-50s %s\n' scenario binary instructions/request
 for scenario in $SCENARIOS; do
     for binary in "$@"; do

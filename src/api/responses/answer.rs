@@ -16,7 +16,9 @@ pub fn new_id(prefix: &str) -> String {
 /// made once from the request as the handlers left it.
 pub fn skeleton(params: &Map<String, Value>, model: &str) -> Map<String, Value> {
     let get = |key: &str| params.get(key).filter(|v| !v.is_null()).cloned();
-    let mut out = Map::new();
+    // Sized for every member below (and `output_text` / `usage` added later), so the
+    // map is never grown.
+    let mut out = Map::with_capacity(28);
     out.insert("id".into(), new_id("resp").into());
     out.insert("object".into(), "response".into());
     out.insert("created_at".into(), crate::streaming::unix_now().into());
@@ -76,21 +78,45 @@ pub fn skeleton(params: &Map<String, Value>, model: &str) -> Map<String, Value> 
 
 /// OpenAI chat `usage` → the Responses API's.
 pub fn usage(usage: Option<&Value>) -> Value {
-    let get = |path: &str| {
-        usage
-            .and_then(|u| u.pointer(path))
+    let count = |object: Option<&Value>, key: &str| {
+        object
+            .and_then(|o| o.get(key))
             .and_then(Value::as_u64)
             .unwrap_or(0)
     };
-    let input = get("/prompt_tokens");
-    let output = get("/completion_tokens");
-    json!({
-        "input_tokens": input,
-        "input_tokens_details": {"cached_tokens": get("/prompt_tokens_details/cached_tokens")},
-        "output_tokens": output,
-        "output_tokens_details": {"reasoning_tokens": get("/completion_tokens_details/reasoning_tokens")},
-        "total_tokens": usage.and_then(|u| u.get("total_tokens")).and_then(Value::as_u64).unwrap_or(input + output),
-    })
+    let details = |key: &str| usage.and_then(|u| u.get(key));
+    let input = count(usage, "prompt_tokens");
+    let output = count(usage, "completion_tokens");
+    let total = usage
+        .and_then(|u| u.get("total_tokens"))
+        .and_then(Value::as_u64)
+        .unwrap_or(input + output);
+    // Built member by member into maps of their final size (`json!` grows each map
+    // as it goes): this runs at the end of every translated stream.
+    let one = |key: &str, value: u64| {
+        let mut map = Map::with_capacity(1);
+        map.insert(key.into(), value.into());
+        Value::Object(map)
+    };
+    let mut out = Map::with_capacity(5);
+    out.insert("input_tokens".into(), input.into());
+    out.insert(
+        "input_tokens_details".into(),
+        one(
+            "cached_tokens",
+            count(details("prompt_tokens_details"), "cached_tokens"),
+        ),
+    );
+    out.insert("output_tokens".into(), output.into());
+    out.insert(
+        "output_tokens_details".into(),
+        one(
+            "reasoning_tokens",
+            count(details("completion_tokens_details"), "reasoning_tokens"),
+        ),
+    );
+    out.insert("total_tokens".into(), total.into());
+    Value::Object(out)
 }
 
 /// The Responses API's `usage` in the metrics' terms.
@@ -111,20 +137,46 @@ pub fn status(finish_reason: Option<&str>) -> (&'static str, Value) {
     }
 }
 
+/// A JSON object of these members in this order, its map allocated at its size
+/// (`json!` grows the map as it inserts; these are made for every streamed item).
+fn object<const N: usize>(members: [(&str, Value); N]) -> Value {
+    let mut map = Map::with_capacity(N);
+    for (key, value) in members {
+        map.insert(key.to_owned(), value);
+    }
+    Value::Object(map)
+}
+
 pub fn reasoning_item(id: &str, text: &str) -> Value {
-    json!({"id": id, "type": "reasoning", "summary": [{"type": "summary_text", "text": text}]})
+    let summary = object([("type", "summary_text".into()), ("text", text.into())]);
+    object([
+        ("id", id.into()),
+        ("type", "reasoning".into()),
+        ("summary", Value::Array(vec![summary])),
+    ])
 }
 
 pub fn text_part(text: &str) -> Value {
-    json!({"type": "output_text", "text": text, "annotations": [], "logprobs": []})
+    object([
+        ("type", "output_text".into()),
+        ("text", text.into()),
+        ("annotations", Value::Array(Vec::new())),
+        ("logprobs", Value::Array(Vec::new())),
+    ])
 }
 
 pub fn refusal_part(text: &str) -> Value {
-    json!({"type": "refusal", "refusal": text})
+    object([("type", "refusal".into()), ("refusal", text.into())])
 }
 
 pub fn message_item(id: &str, status: &str, content: Vec<Value>) -> Value {
-    json!({"id": id, "type": "message", "role": "assistant", "status": status, "content": content})
+    object([
+        ("id", id.into()),
+        ("type", "message".into()),
+        ("role", "assistant".into()),
+        ("status", status.into()),
+        ("content", Value::Array(content)),
+    ])
 }
 
 pub fn function_call_item(
@@ -134,8 +186,14 @@ pub fn function_call_item(
     arguments: &str,
     status: &str,
 ) -> Value {
-    json!({"id": id, "type": "function_call", "call_id": call_id, "name": name,
-           "arguments": arguments, "status": status})
+    object([
+        ("id", id.into()),
+        ("type", "function_call".into()),
+        ("call_id", call_id.into()),
+        ("name", name.into()),
+        ("arguments", arguments.into()),
+        ("status", status.into()),
+    ])
 }
 
 /// A `chat.completion` → a `response` (its first choice), on the request's skeleton.
@@ -212,6 +270,23 @@ pub fn response(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn usage_counts_default_to_zero_and_the_total_to_their_sum() {
+        let zero = json!({"input_tokens": 0, "input_tokens_details": {"cached_tokens": 0},
+                          "output_tokens": 0, "output_tokens_details": {"reasoning_tokens": 0},
+                          "total_tokens": 0});
+        assert_eq!(usage(None), zero);
+        let partial =
+            json!({"prompt_tokens": 5, "completion_tokens": 7, "prompt_tokens_details": null});
+        let converted = usage(Some(&partial));
+        assert_eq!(converted["total_tokens"], 12);
+        assert_eq!(converted["input_tokens_details"]["cached_tokens"], 0);
+        assert_eq!(
+            serde_json::to_string(&converted).unwrap(),
+            r#"{"input_tokens":5,"input_tokens_details":{"cached_tokens":0},"output_tokens":7,"output_tokens_details":{"reasoning_tokens":0},"total_tokens":12}"#
+        );
+    }
 
     #[test]
     fn a_completion_becomes_a_response() {
