@@ -100,7 +100,7 @@ def main() -> int:
     parser.add_argument("--scenarios", default="latency,rate,ttft,streams")
     parser.add_argument(
         "--rates",
-        default="500,1000,2000,3000,4000,6000,8000,12000,16000",
+        default="1000,2000,4000,8000,12000,16000,20000,24000,32000",
         help="rate sweep, requests/s",
     )
     parser.add_argument("--levels", default="64,128,256,512,1024,2048,4096")

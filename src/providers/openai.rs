@@ -139,16 +139,14 @@ impl OpenAiProvider {
 #[async_trait]
 impl Provider for OpenAiProvider {
     async fn list_models(&self) -> Result<Vec<String>, ApiError> {
-        let mut request = self
-            .client
-            .reqwest()
-            .get(&self.models_url)
-            .headers(self.headers.clone());
+        let mut headers = self.headers.clone();
         if let Some(auth) = &self.authorization {
-            request = request.header(http::header::AUTHORIZATION, auth.clone());
+            headers.insert(http::header::AUTHORIZATION, auth.clone());
         }
+        let case = HeaderCase::resolve(&headers, &[(&self.header_case, &self.headers)]);
+        let sent = self.client.get_spelled(&self.models_url, headers, &case);
         Ok(data_ids(
-            &get_json(request, self.timeout, self.max_response_body).await?,
+            &get_json(sent, self.timeout, self.max_response_body).await?,
         ))
     }
 

@@ -13,9 +13,9 @@
 //!   client gave them (`case.rs`); HTTP/2 would send them in lowercase.
 //! - **reqwest** for every upstream when the environment names an HTTP proxy
 //!   (`HTTP_PROXY`, `ALL_PROXY`, lower or upper case), whose rules (including
-//!   `NO_PROXY`) reqwest applies, and for URLs with credentials in them. Model
-//!   lists, key-check calls and token fetches use reqwest too
-//!   ([`UpstreamClient::reqwest`]).
+//!   `NO_PROXY`) reqwest applies, and for URLs with credentials in them. Key-check
+//!   calls and token fetches use reqwest too ([`UpstreamClient::reqwest`]); model
+//!   lists take the pool ([`UpstreamClient::get_spelled`]).
 //!
 //! A provider turns its URL into a [`Target`] once, at startup, and sends with
 //! [`Target::post`].
@@ -123,6 +123,18 @@ impl UpstreamClient {
     ) -> Result<UpstreamResponse, UpstreamError> {
         self.post_spelled(url, headers, &HeaderCase::NONE, body)
             .await
+    }
+
+    /// GET from a URL that changes from call to call (model list pages), header
+    /// names spelled as `case` says (see [`Target::post_spelled`]).
+    pub async fn get_spelled(
+        &self,
+        url: &str,
+        headers: HeaderMap,
+        case: &HeaderCase,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let target = self.target(url).map_err(UpstreamError::BadUrl)?;
+        target.get_spelled(headers, case).await
     }
 
     /// [`UpstreamClient::post`] with header names spelled as `case` says (see
@@ -313,6 +325,28 @@ impl Target {
     /// allows it (the in-task pool; reqwest and HTTP/2 cannot, see `case.rs`).
     pub async fn post_spelled(
         &self,
+        headers: HeaderMap,
+        case: &HeaderCase,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        self.send_spelled(http::Method::POST, headers, case, body)
+            .await
+    }
+
+    /// GET (model lists), header names spelled as `case` says where the transport
+    /// allows it.
+    pub async fn get_spelled(
+        &self,
+        headers: HeaderMap,
+        case: &HeaderCase,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        self.send_spelled(http::Method::GET, headers, case, Bytes::new())
+            .await
+    }
+
+    async fn send_spelled(
+        &self,
+        method: http::Method,
         mut headers: HeaderMap,
         case: &HeaderCase,
         body: Bytes,
@@ -330,7 +364,7 @@ impl Target {
                     headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
                 }
                 let mut request = http::Request::new(Full::new(body));
-                *request.method_mut() = http::Method::POST;
+                *request.method_mut() = method;
                 *request.uri_mut() = uri.clone();
                 *request.headers_mut() = headers;
                 case.apply(&mut request);
@@ -344,12 +378,13 @@ impl Target {
             Route::Reqwest(client) => {
                 // Boxed: reqwest's future is large, and inline it would make every
                 // call's future (and each move of it) that large, pooled ones too.
-                let send = client
-                    .post(self.url.clone())
-                    .headers(headers)
-                    .body(body)
-                    .send();
-                let response = Box::pin(send).await.map_err(UpstreamError::reqwest)?;
+                let mut request = client.request(method, self.url.clone()).headers(headers);
+                if !body.is_empty() {
+                    request = request.body(body);
+                }
+                let response = Box::pin(request.send())
+                    .await
+                    .map_err(UpstreamError::reqwest)?;
                 Ok(UpstreamResponse::from_reqwest(response))
             }
         }

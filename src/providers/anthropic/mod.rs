@@ -237,17 +237,18 @@ impl Provider for AnthropicProvider {
         let mut ids = Vec::new();
         let mut after: Option<String> = None;
         for _ in 0..20 {
-            let mut request = self
-                .client
-                .reqwest()
-                .get(&self.models_url)
-                .headers(self.headers.clone());
-            request = request.query(&[("limit", "1000")]);
+            let mut url = reqwest::Url::parse(&self.models_url)
+                .map_err(|e| ApiError::internal(format!("the models URL: {e}")))?;
+            url.query_pairs_mut().append_pair("limit", "1000");
             if let Some(after) = &after {
-                request = request.query(&[("after_id", after.as_str())]);
+                // Encoded: the id comes from the upstream's previous page.
+                url.query_pairs_mut().append_pair("after_id", after);
             }
-            let page =
-                upstream_http::get_json(request, self.timeout, self.max_response_body).await?;
+            let case = HeaderCase::resolve(&self.headers, &[(&self.header_case, &self.headers)]);
+            let sent = self
+                .client
+                .get_spelled(url.as_str(), self.headers.clone(), &case);
+            let page = upstream_http::get_json(sent, self.timeout, self.max_response_body).await?;
             ids.extend(upstream_http::data_ids(&page));
             let more = page
                 .get("has_more")

@@ -313,22 +313,19 @@ impl Provider for GoogleProvider {
         let mut ids = Vec::new();
         let mut page_token: Option<String> = None;
         for _ in 0..20 {
-            let mut request = self
-                .client
-                .reqwest()
-                .get(format!("{root}/models"))
-                .headers(self.headers.clone())
-                .query(&[("pageSize", "1000")]);
+            let mut url = reqwest::Url::parse(&format!("{root}/models"))
+                .map_err(|e| ApiError::internal(format!("the models URL: {e}")))?;
+            url.query_pairs_mut().append_pair("pageSize", "1000");
             if let Some(token) = &page_token {
-                request = request.query(&[("pageToken", token.as_str())]);
+                // Encoded: the token comes from the upstream's previous page.
+                url.query_pairs_mut().append_pair("pageToken", token);
             }
+            let mut headers = self.headers.clone();
             if let Auth::ApiKey(key) = &self.auth {
-                request = request.header("x-goog-api-key", key.clone());
+                headers.insert("x-goog-api-key", key.clone());
             }
-            let sent = async {
-                let response = request.send().await.map_err(UpstreamError::reqwest)?;
-                Ok(UpstreamResponse::from_reqwest(response))
-            };
+            let case = HeaderCase::resolve(&headers, &[(&self.header_case, &self.headers)]);
+            let sent = self.client.get_spelled(url.as_str(), headers, &case);
             let response = send(sent, self.timeout).await?;
             let response = errors::check_status(response, self.timeout).await?;
             let bytes = response
