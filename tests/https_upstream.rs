@@ -4,6 +4,9 @@
 //! them), the connection is kept alive between requests, ALPN offers `http/1.1`
 //! only, and a certificate the platform does not trust is a 502 that says so.
 //!
+//! Through an `http://` proxy (`HTTPS_PROXY`), the same goes through a `CONNECT`
+//! tunnel carrying the proxy's credentials.
+//!
 //! The upstream is a raw-bytes server behind TLS (an HTTP library would lowercase
 //! the names it reports) with a certificate from a CA made here, which the gateway
 //! trusts through `SSL_CERT_FILE` (read by the platform verifier on Linux). This file
@@ -107,6 +110,47 @@ async fn tls_upstream(cert: Vec<u8>, key: Vec<u8>) -> (u16, Arc<Seen>) {
     (port, seen)
 }
 
+/// An HTTP proxy on 127.0.0.1 that serves `CONNECT` only: it keeps each tunnel
+/// request's head, answers 200 and copies bytes both ways.
+async fn connect_proxy() -> (u16, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let seen = heads.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut client, _) = listener.accept().await.unwrap();
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if client.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.push(byte[0]);
+                }
+                let head = String::from_utf8_lossy(&head).into_owned();
+                let target = head
+                    .split_whitespace()
+                    .nth(1)
+                    .unwrap_or_default()
+                    .to_owned();
+                seen.lock().unwrap().push(head);
+                let Ok(mut upstream) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                client
+                    .write_all(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    .await
+                    .unwrap();
+                let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+            });
+        }
+    });
+    (port, heads)
+}
+
 fn gateway_config(port: u16) -> String {
     format!(
         r#"
@@ -134,7 +178,8 @@ fn header_names(head: &str) -> Vec<&str> {
 }
 
 #[tokio::test]
-async fn https_upstreams_get_exact_spellings_over_one_kept_alive_tls_connection() {
+async fn https_upstreams_get_exact_spellings_over_one_kept_alive_tls_connection_and_through_a_proxy(
+) {
     // A CA of this test's own, trusted through SSL_CERT_FILE, and a certificate for
     // 127.0.0.1 signed by it.
     let ca_key = KeyPair::generate().unwrap();
@@ -205,4 +250,44 @@ async fn https_upstreams_get_exact_spellings_over_one_kept_alive_tls_connection(
     assert!(!text.contains("upstream-secret"), "{text}");
     assert_eq!(seen.connections.load(Ordering::SeqCst), 0);
     assert!(seen.heads.lock().unwrap().is_empty());
+
+    // Through an http proxy named by HTTPS_PROXY: a CONNECT tunnel with the proxy's
+    // credentials, and inside it the same spellings.
+    let (port, seen) = tls_upstream(leaf.der().to_vec(), leaf_key.serialize_der()).await;
+    let (proxy_port, tunnels) = connect_proxy().await;
+    std::env::set_var(
+        "HTTPS_PROXY",
+        format!("http://proxy-user:proxy-pass@127.0.0.1:{proxy_port}"),
+    );
+    std::env::remove_var("NO_PROXY");
+    std::env::remove_var("no_proxy");
+    let gw = TestGateway::start(&gateway_config(port)).await;
+    for _ in 0..2 {
+        let (status, answer) = gw.chat_json("k", user("m", "hi")).await;
+        assert_eq!(status, 200, "{answer}");
+        assert_eq!(answer["choices"][0]["message"]["content"], "over tls");
+    }
+    let tunnels = tunnels.lock().unwrap().clone();
+    assert_eq!(tunnels.len(), 1, "one kept-alive tunnel: {tunnels:?}");
+    assert!(
+        tunnels[0].starts_with(&format!("CONNECT 127.0.0.1:{port} HTTP/1.1\r\n")),
+        "{}",
+        tunnels[0]
+    );
+    // base64("proxy-user:proxy-pass")
+    assert!(
+        tunnels[0].contains("Proxy-Authorization: Basic cHJveHktdXNlcjpwcm94eS1wYXNz\r\n"),
+        "{}",
+        tunnels[0]
+    );
+    let heads = seen.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 2);
+    for spelled in ["X-API-key", "x-lower-case", "OpenAI-Organization"] {
+        assert!(
+            header_names(&heads[1]).contains(&spelled),
+            "{spelled} in {}",
+            heads[1]
+        );
+    }
+    assert!(!heads[1].contains("Proxy-Authorization"), "{}", heads[1]);
 }

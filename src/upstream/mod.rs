@@ -11,11 +11,14 @@
 //!   hand-off to a connection task. HTTP/1.1, as the reference's httpx client spoke
 //!   it, is what lets header names keep the spelling the config, a handler or the
 //!   client gave them (`case.rs`); HTTP/2 would send them in lowercase.
-//! - **reqwest** for every upstream when the environment names an HTTP proxy
-//!   (`HTTP_PROXY`, `ALL_PROXY`, lower or upper case), whose rules (including
-//!   `NO_PROXY`) reqwest applies, and for URLs with credentials in them. Key-check
-//!   calls and token fetches use reqwest too ([`UpstreamClient::reqwest`]); model
-//!   lists take the pool ([`UpstreamClient::get_spelled`]).
+//!   The proxies the environment names (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`,
+//!   `NO_PROXY`, either case; hyper-util's matcher, as reqwest reads them) are used
+//!   when they are `http://` ones: plain-http requests in absolute form with the
+//!   proxy's credentials, https ones through a `CONNECT` tunnel.
+//! - **reqwest** for origins behind an `https://` or SOCKS proxy and URLs with
+//!   credentials in them. Key-check calls and token fetches use reqwest too
+//!   ([`UpstreamClient::reqwest`]); model lists take the pool
+//!   ([`UpstreamClient::get_spelled`]).
 //!
 //! A provider turns its URL into a [`Target`] once, at startup, and sends with
 //! [`Target::post`].
@@ -57,24 +60,38 @@ pub struct UpstreamClient {
     inner: Arc<ClientInner>,
 }
 
-/// Pools by host, port and whether the origin is `https`.
-type PoolsByOrigin = Mutex<HashMap<(String, u16, bool), Arc<Pool>>>;
+/// Pools by origin (host, port, whether it is `https`) and the HTTP proxy they go
+/// through, if any (its host and port).
+type PoolKey = (String, u16, bool, Option<(String, u16)>);
+type PoolsByOrigin = Mutex<HashMap<PoolKey, Arc<Pool>>>;
 
 struct ClientInner {
     reqwest: reqwest::Client,
-    /// In-task pools by `host:port`; `None` when a proxy is configured in the
-    /// environment (then every request goes through reqwest, which applies it).
+    /// In-task pools; `None` only in tests that exercise the reqwest transport.
     pools: Option<PoolsByOrigin>,
+    /// The proxies the environment names (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`,
+    /// `NO_PROXY`, either case, read as curl and reqwest read them).
+    proxies: hyper_util::client::proxy::matcher::Matcher,
     connect_timeout: Duration,
 }
 
 impl UpstreamClient {
     /// A client whose new connections must open within `connect_timeout`.
     pub fn new(connect_timeout: Duration) -> anyhow::Result<UpstreamClient> {
-        Self::with_proxy_env(connect_timeout, proxy_in_environment())
+        Self::with_transport(
+            connect_timeout,
+            false,
+            hyper_util::client::proxy::matcher::Matcher::from_system(),
+        )
     }
 
-    fn with_proxy_env(connect_timeout: Duration, proxied: bool) -> anyhow::Result<Self> {
+    /// `reqwest_only`: every call through reqwest (tests of that transport);
+    /// `proxies`: which proxy each origin goes through.
+    fn with_transport(
+        connect_timeout: Duration,
+        reqwest_only: bool,
+        proxies: hyper_util::client::proxy::matcher::Matcher,
+    ) -> anyhow::Result<Self> {
         crate::server::install_crypto_provider();
         let reqwest = reqwest::Client::builder()
             .tcp_nodelay(true)
@@ -86,10 +103,10 @@ impl UpstreamClient {
             // lowercase `http::HeaderName` keeps): the reference's clients (httpx) sent
             // names as users wrote them, and some servers match names by case.
             // Exact spellings (`X-API-key`, `x-lower-case`; see `case.rs`) reach only
-            // the in-task pool's upstreams (every `http` and `https` one unless a proxy
-            // is configured): reqwest 0.13 builds its own hyper request and drops the
-            // caller's extensions, where hyper's map of spellings would have to travel.
-            // HTTP/2 (https by ALPN, here only through a proxy) is lowercase by spec.
+            // the in-task pool's upstreams (every `http` and `https` one, through an
+            // `http://` proxy too): reqwest 0.13 builds its own hyper request and drops
+            // the caller's extensions, where hyper's map of spellings would have to
+            // travel. HTTP/2 (https by ALPN) is lowercase by spec.
             .http1_title_case_headers()
             // Never follow redirects: reqwest would resend the provider key headers
             // (`x-api-key`, `x-goog-api-key`, static `http_headers`) and the prompt to
@@ -102,7 +119,8 @@ impl UpstreamClient {
         Ok(UpstreamClient {
             inner: Arc::new(ClientInner {
                 reqwest,
-                pools: (!proxied).then(Default::default),
+                pools: (!reqwest_only).then(Default::default),
+                proxies,
                 connect_timeout,
             }),
         })
@@ -179,6 +197,34 @@ impl UpstreamClient {
         })
     }
 
+    /// The proxy the environment names for `url`: `Some(None)` for none (or one
+    /// that `NO_PROXY` exempts), `Some(Some(..))` for an `http://` proxy, `None` for
+    /// one the pool cannot use (`https://` or SOCKS; reqwest takes those calls).
+    fn proxy_for(&self, url: &reqwest::Url) -> Result<Option<Option<pool::Proxy>>, String> {
+        let uri: http::Uri = url.as_str().parse().map_err(|e| format!("'{url}': {e}"))?;
+        let Some(intercept) = self.inner.proxies.intercept(&uri) else {
+            return Ok(Some(None));
+        };
+        let proxy = intercept.uri();
+        if proxy.scheme_str() != Some("http") {
+            return Ok(None);
+        }
+        let Some(host) = proxy.host() else {
+            return Ok(None);
+        };
+        Ok(Some(Some(pool::Proxy {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port: proxy.port_u16().unwrap_or(80),
+            authorization: intercept.basic_auth().cloned().map(|mut value| {
+                value.set_sensitive(true);
+                value
+            }),
+        })))
+    }
+
     /// Prepare a URL for repeated requests: parsed once, its pool looked up once.
     pub fn target(&self, url: &str) -> Result<Target, String> {
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("'{url}' is not a URL: {e}"))?;
@@ -192,12 +238,30 @@ impl UpstreamClient {
                     .unwrap_or(if https { 443 } else { 80 });
                 // `[::1]` in a URL is `::1` to connect to.
                 let connect_host = host.trim_start_matches('[').trim_end_matches(']');
-                let key = (connect_host.to_owned(), port, https);
+                let Some(proxy) = self.proxy_for(&parsed)? else {
+                    // A proxy the pool cannot speak to (https or SOCKS): reqwest.
+                    return Ok(Target {
+                        url: parsed,
+                        route: Route::Reqwest(self.inner.reqwest.clone()),
+                    });
+                };
+                let key = (
+                    connect_host.to_owned(),
+                    port,
+                    https,
+                    proxy.as_ref().map(|p| (p.host.clone(), p.port)),
+                );
                 let existing = pools
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&key)
                     .cloned();
+                // Plain http through a proxy: requests in absolute form, with the
+                // proxy's credentials (https tunnels carry them in CONNECT).
+                let through_proxy = match &proxy {
+                    Some(proxy) if !https => Some(proxy.authorization.clone()),
+                    _ => None,
+                };
                 let pool = match existing {
                     Some(pool) => pool,
                     None => {
@@ -210,6 +274,7 @@ impl UpstreamClient {
                             connect_host.to_owned(),
                             port,
                             tls,
+                            proxy,
                             self.inner.connect_timeout,
                             IDLE_TIMEOUT,
                             MAX_IDLE_PER_ORIGIN,
@@ -226,7 +291,11 @@ impl UpstreamClient {
                     Some(port) => format!("{host}:{port}"),
                     None => host.to_owned(),
                 };
-                let mut path = parsed.path().to_owned();
+                let mut path = if through_proxy.is_some() {
+                    format!("{scheme}://{authority}{}", parsed.path())
+                } else {
+                    parsed.path().to_owned()
+                };
                 if let Some(query) = parsed.query() {
                     path.push('?');
                     path.push_str(query);
@@ -238,6 +307,7 @@ impl UpstreamClient {
                         .map_err(|e| format!("'{url}': bad path: {e}"))?,
                     host: HeaderValue::from_str(&authority)
                         .map_err(|e| format!("'{url}': bad host: {e}"))?,
+                    proxy_authorization: through_proxy.flatten(),
                 }
             }
             _ => Route::Reqwest(self.inner.reqwest.clone()),
@@ -285,13 +355,6 @@ pub fn merge_headers(into: &mut HeaderMap, from: &HeaderMap) {
     }
 }
 
-/// Whether the environment names an HTTP proxy for plain-`http` URLs.
-fn proxy_in_environment() -> bool {
-    ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
-        .iter()
-        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
-}
-
 /// A prepared upstream URL (see [`UpstreamClient::target`]).
 pub struct Target {
     url: reqwest::Url,
@@ -305,6 +368,8 @@ enum Route {
         uri: http::Uri,
         /// The `Host` header: the URL's host and port as written.
         host: HeaderValue,
+        /// `Proxy-Authorization` for a plain-http origin reached through a proxy.
+        proxy_authorization: Option<HeaderValue>,
     },
     Reqwest(reqwest::Client),
 }
@@ -352,8 +417,16 @@ impl Target {
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
         match &self.route {
-            Route::Pooled { pool, uri, host } => {
+            Route::Pooled {
+                pool,
+                uri,
+                host,
+                proxy_authorization,
+            } => {
                 headers.insert(http::header::HOST, host.clone());
+                if let Some(credentials) = proxy_authorization {
+                    headers.insert(http::header::PROXY_AUTHORIZATION, credentials.clone());
+                }
                 if !headers.contains_key(http::header::USER_AGENT) {
                     headers.insert(
                         http::header::USER_AGENT,

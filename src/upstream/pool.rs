@@ -101,6 +101,65 @@ impl tokio::io::AsyncWrite for Socket {
     }
 }
 
+/// An `http://` proxy the environment names for an origin: connections go to it,
+/// plain-http requests in absolute form, https ones through a `CONNECT` tunnel.
+pub(super) struct Proxy {
+    pub(super) host: String,
+    pub(super) port: u16,
+    /// `Proxy-Authorization` (Basic, from the proxy URL's user and password).
+    pub(super) authorization: Option<http::HeaderValue>,
+}
+
+/// The longest answer to `CONNECT` read (its head; a proxy sends no body with 2xx).
+const MAX_CONNECT_ANSWER: usize = 16 * 1024;
+
+/// Open a tunnel to `authority` through a proxy connection: `CONNECT`, then its
+/// answer's head, which must be 2xx. The proxy's refusal is the error's text.
+async fn tunnel(
+    tcp: &mut TcpStream,
+    authority: &str,
+    authorization: Option<&http::HeaderValue>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n").into_bytes();
+    if let Some(credentials) = authorization {
+        head.extend_from_slice(b"Proxy-Authorization: ");
+        head.extend_from_slice(credentials.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    tcp.write_all(&head).await?;
+    let mut answer = Vec::with_capacity(256);
+    let mut chunk = [0u8; 1024];
+    // Read byte runs until the head ends; nothing past it is sent before TLS starts.
+    let end = loop {
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::other(
+                "the proxy closed the connection before answering CONNECT",
+            ));
+        }
+        answer.extend_from_slice(&chunk[..n]);
+        if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+        if answer.len() > MAX_CONNECT_ANSWER {
+            return Err(std::io::Error::other(
+                "the proxy's answer to CONNECT is too long",
+            ));
+        }
+    };
+    let status_line = String::from_utf8_lossy(&answer[..end]);
+    let status_line = status_line.lines().next().unwrap_or_default();
+    let status = status_line.split_whitespace().nth(1).unwrap_or_default();
+    if !status.starts_with('2') || end + 4 != answer.len() {
+        return Err(std::io::Error::other(format!(
+            "the proxy refused the tunnel: {status_line}"
+        )));
+    }
+    Ok(())
+}
+
 /// How an `https` origin's connections start TLS: the shared client settings and
 /// the name its certificate must carry (SNI).
 pub(super) struct TlsOrigin {
@@ -208,6 +267,8 @@ pub(super) struct Pool {
     port: u16,
     /// `Some` for an `https` origin.
     tls: Option<TlsOrigin>,
+    /// The proxy its connections go through, if the environment names one.
+    proxy: Option<Proxy>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     /// Per shard.
@@ -220,6 +281,7 @@ impl Pool {
         host: String,
         port: u16,
         tls: Option<TlsOrigin>,
+        proxy: Option<Proxy>,
         connect_timeout: Duration,
         idle_timeout: Duration,
         max_idle: usize,
@@ -228,6 +290,7 @@ impl Pool {
             host,
             port,
             tls,
+            proxy,
             connect_timeout,
             idle_timeout,
             max_idle,
@@ -280,12 +343,23 @@ impl Pool {
     /// connect timeout covers the TLS handshake of an `https` origin too.
     async fn connect(&self) -> Result<Box<PooledConnection>, UpstreamError> {
         let open = async {
-            let tcp = TcpStream::connect((self.host.as_str(), self.port)).await?;
+            let mut tcp = match &self.proxy {
+                None => TcpStream::connect((self.host.as_str(), self.port)).await?,
+                Some(proxy) => TcpStream::connect((proxy.host.as_str(), proxy.port)).await?,
+            };
             // Small SSE writes must not wait on Nagle's algorithm.
             tcp.set_nodelay(true)?;
             match &self.tls {
                 None => Ok(Socket::Plain(tcp)),
                 Some(tls) => {
+                    if let Some(proxy) = &self.proxy {
+                        let authority = if self.host.contains(':') {
+                            format!("[{}]:{}", self.host, self.port)
+                        } else {
+                            format!("{}:{}", self.host, self.port)
+                        };
+                        tunnel(&mut tcp, &authority, proxy.authorization.as_ref()).await?;
+                    }
                     let stream = tls.connector.connect(tls.server_name.clone(), tcp).await?;
                     Ok(Socket::Tls(Box::new(stream)))
                 }
