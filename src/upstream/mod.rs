@@ -16,9 +16,9 @@
 //!   when they are `http://` ones: plain-http requests in absolute form with the
 //!   proxy's credentials, https ones through a `CONNECT` tunnel.
 //! - **reqwest** for origins behind an `https://` or SOCKS proxy and URLs with
-//!   credentials in them. Key-check calls and token fetches use reqwest too
-//!   ([`UpstreamClient::reqwest`]); model lists take the pool
-//!   ([`UpstreamClient::get_spelled`]).
+//!   credentials in them. Vertex AI's token and metadata fetches use reqwest too
+//!   ([`UpstreamClient::reqwest`]); model lists and `CheckAPIKeyWithRequest` calls
+//!   take the pool ([`UpstreamClient::get_spelled`], [`UpstreamClient::request_spelled`]).
 //!
 //! A provider turns its URL into a [`Target`] once, at startup, and sends with
 //! [`Target::post`].
@@ -153,6 +153,20 @@ impl UpstreamClient {
     ) -> Result<UpstreamResponse, UpstreamError> {
         let target = self.target(url).map_err(UpstreamError::BadUrl)?;
         target.get_spelled(headers, case).await
+    }
+
+    /// Any method to a URL that changes from call to call (key checks), header
+    /// names spelled as `case` says (see [`Target::post_spelled`]).
+    pub async fn request_spelled(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: HeaderMap,
+        case: &HeaderCase,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let target = self.target(url).map_err(UpstreamError::BadUrl)?;
+        target.send_spelled(method, headers, case, body).await
     }
 
     /// [`UpstreamClient::post`] with header names spelled as `case` says (see
