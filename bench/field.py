@@ -193,21 +193,27 @@ def render(results, targets: list[str], scenarios: list[str], quick: bool) -> st
         rss_text = f"{int(rss) / 1024:.0f} MB" if rss.isdigit() else rss
         return f"| {target} | {figure} | {extra} | {cpu} | {rss_text} |"
 
-    if "latency" in scenarios:
-        direct = num(results.get(("latency", "direct"), {}), "p99_us")
-        lines += [
-            "## Added p99 latency, concurrency 1 (non-streamed)",
-            f"Board's best: {BOARD['latency']}.",
-            "",
-            "| server | p50 / p99 µs | added p99 µs | CPU µs per request | peak RSS |",
-            "|---|---|---|---|---|",
-        ]
+    def added_p99_section(scenario: str, title: str, per: str) -> None:
+        """A table of p50 / p99 and p99 above direct's (latency, TTFT)."""
+        direct = num(results.get((scenario, "direct"), {}), "p99_us")
+        lines.extend(
+            [
+                f"## {title}",
+                f"Board's best: {BOARD[scenario]}.",
+                "",
+                f"| server | p50 / p99 µs | added p99 µs | CPU µs per {per} | peak RSS |",
+                "|---|---|---|---|---|",
+            ]
+        )
         for t in targets:
-            f = results.get(("latency", t), {})
+            f = results.get((scenario, t), {})
             p99 = num(f, "p99_us")
             added = "" if t == "direct" or p99 is None or direct is None else f"{p99 - direct:.0f}"
             lines.append(row(t, f"{f.get('p50_us', '?')} / {f.get('p99_us', '?')}", added, f))
         lines.append("")
+
+    if "latency" in scenarios:
+        added_p99_section("latency", "Added p99 latency, concurrency 1 (non-streamed)", "request")
     if "rate" in scenarios:
         lines += [
             "## Highest sustained rate, upstream answering after 20 ms",
@@ -224,20 +230,11 @@ def render(results, targets: list[str], scenarios: list[str], quick: bool) -> st
             lines.append(row(t, f.get("sustained_rps", "?"), f.get("broke_at", "?"), last))
         lines.append("")
     if "ttft" in scenarios:
-        direct = num(results.get(("ttft", "direct"), {}), "p99_us")
-        lines += [
-            "## Added time to first token, p99 (64 deltas 20 ms apart, 32 streams at a time)",
-            f"Board's best: {BOARD['ttft']}.",
-            "",
-            "| server | p50 / p99 µs | added p99 µs | CPU µs per stream | peak RSS |",
-            "|---|---|---|---|---|",
-        ]
-        for t in targets:
-            f = results.get(("ttft", t), {})
-            p99 = num(f, "p99_us")
-            added = "" if t == "direct" or p99 is None or direct is None else f"{p99 - direct:.0f}"
-            lines.append(row(t, f"{f.get('p50_us', '?')} / {f.get('p99_us', '?')}", added, f))
-        lines.append("")
+        added_p99_section(
+            "ttft",
+            "Added time to first token, p99 (64 deltas 20 ms apart, 32 streams at a time)",
+            "stream",
+        )
     if "streams" in scenarios:
         lines += [
             "## Streams held without a stall (64 deltas 20 ms apart), swept to 4,096",
