@@ -211,8 +211,7 @@ pub fn upstream_call(
     let mut header_case = HeaderCase::NONE;
     for (key, value) in llm_params {
         if key == "extra_headers" {
-            headers = extra_headers(&value)?;
-            header_case = extra_header_case(&value, &ctx.forwarded_spellings);
+            (headers, header_case) = spelled_extra_headers(Some(&value), &ctx.forwarded_spellings)?;
         } else {
             params.insert(key, value);
         }
@@ -242,6 +241,19 @@ const GATEWAY_SET_HEADERS: [HeaderName; 9] = [
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
 ];
+
+/// `llm_params.extra_headers` (`value`, when there is one) as headers, with how the
+/// handlers or the client spelled their names ([`extra_headers`],
+/// [`extra_header_case`]): what every door's upstream call carries.
+pub fn spelled_extra_headers(
+    value: Option<&Value>,
+    forwarded: &[(Box<str>, Value)],
+) -> Result<(HeaderMap, HeaderCase), ApiError> {
+    match value {
+        Some(value) => Ok((extra_headers(value)?, extra_header_case(value, forwarded))),
+        None => Ok((HeaderMap::new(), HeaderCase::NONE)),
+    }
+}
 
 /// How the handlers spelled the names of `llm_params.extra_headers` (the table's
 /// keys, as [`extra_headers`] reads it), for upstreams that keep spellings. A header

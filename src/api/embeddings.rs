@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
@@ -125,13 +125,10 @@ pub(crate) fn door_call(
     } else {
         std::mem::take(&mut ctx.llm_params)
     };
-    let (headers, header_case) = match params.shift_remove("extra_headers") {
-        Some(value) => (
-            core::extra_headers(&value)?,
-            core::extra_header_case(&value, &ctx.forwarded_spellings),
-        ),
-        None => (HeaderMap::new(), Default::default()),
-    };
+    let (headers, header_case) = core::spelled_extra_headers(
+        params.shift_remove("extra_headers").as_ref(),
+        &ctx.forwarded_spellings,
+    )?;
     params.shift_remove("model");
     params.shift_remove("messages");
     let body = if gateway.handlers.is_empty() {

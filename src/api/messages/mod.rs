@@ -231,13 +231,10 @@ fn native_call(
     count_tokens: bool,
 ) -> Result<NativeCall, ApiError> {
     let model = ctx.model.clone().unwrap_or_default();
-    let (extra_headers, extra_header_case) = match ctx.llm_params.get("extra_headers") {
-        Some(value) => (
-            core::extra_headers(value)?,
-            core::extra_header_case(value, &ctx.forwarded_spellings),
-        ),
-        None => (HeaderMap::new(), Default::default()),
-    };
+    let (extra_headers, extra_header_case) = core::spelled_extra_headers(
+        ctx.llm_params.get("extra_headers"),
+        &ctx.forwarded_spellings,
+    )?;
     let stream = !count_tokens
         && ctx
             .llm_params
@@ -330,13 +327,10 @@ fn translated_call(ctx: &mut RequestContext, keep_request: bool) -> Result<Upstr
     } else {
         std::mem::take(&mut ctx.llm_params)
     };
-    let (headers, header_case) = match params.shift_remove("extra_headers") {
-        Some(value) => (
-            core::extra_headers(&value)?,
-            core::extra_header_case(&value, &ctx.forwarded_spellings),
-        ),
-        None => (HeaderMap::new(), Default::default()),
-    };
+    let (headers, header_case) = core::spelled_extra_headers(
+        params.shift_remove("extra_headers").as_ref(),
+        &ctx.forwarded_spellings,
+    )?;
     params.shift_remove("model");
     let messages = match ctx.request.get_mut("messages") {
         Some(messages) if keep_request => messages.clone(),

@@ -30,7 +30,6 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
@@ -163,13 +162,10 @@ fn translated_call(
     } else {
         std::mem::take(&mut ctx.llm_params)
     };
-    let (headers, header_case) = match params.shift_remove("extra_headers") {
-        Some(value) => (
-            core::extra_headers(&value)?,
-            core::extra_header_case(&value, &ctx.forwarded_spellings),
-        ),
-        None => (HeaderMap::new(), Default::default()),
-    };
+    let (headers, header_case) = core::spelled_extra_headers(
+        params.shift_remove("extra_headers").as_ref(),
+        &ctx.forwarded_spellings,
+    )?;
     params.shift_remove("model");
     let model = ctx.model.clone().unwrap_or_default();
     let skeleton = answer::skeleton(&params, &model);
