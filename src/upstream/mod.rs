@@ -151,8 +151,8 @@ impl UpstreamClient {
         headers: HeaderMap,
         case: &HeaderCase,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let target = self.target(url).map_err(UpstreamError::BadUrl)?;
-        target.get_spelled(headers, case).await
+        self.request_spelled(http::Method::GET, url, headers, case, Bytes::new())
+            .await
     }
 
     /// Any method to a URL that changes from call to call (key checks), header
@@ -409,17 +409,6 @@ impl Target {
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
         self.send_spelled(http::Method::POST, headers, case, body)
-            .await
-    }
-
-    /// GET (model lists), header names spelled as `case` says where the transport
-    /// allows it.
-    pub async fn get_spelled(
-        &self,
-        headers: HeaderMap,
-        case: &HeaderCase,
-    ) -> Result<UpstreamResponse, UpstreamError> {
-        self.send_spelled(http::Method::GET, headers, case, Bytes::new())
             .await
     }
 

@@ -333,7 +333,7 @@ impl Translator {
     ) {
         // Most events of a stream are these: what they repeat is written once per
         // item, and each is allocated once at its size (escapes aside).
-        if self.delta_members.0 != item_id || self.delta_members.1.is_empty() {
+        if self.delta_members.0 != item_id {
             let mut members = Vec::with_capacity(item_id.len() + 64);
             push_str_field(&mut members, "item_id", item_id);
             push_number_field(&mut members, "output_index", self.output.len() as u64);

@@ -244,10 +244,10 @@ impl Provider for AnthropicProvider {
                 // Encoded: the id comes from the upstream's previous page.
                 url.query_pairs_mut().append_pair("after_id", after);
             }
-            let case = HeaderCase::resolve(&self.headers, &[(&self.header_case, &self.headers)]);
-            let sent = self
-                .client
-                .get_spelled(url.as_str(), self.headers.clone(), &case);
+            // Only the connection's headers: spelled as the config spells them.
+            let sent =
+                self.client
+                    .get_spelled(url.as_str(), self.headers.clone(), &self.header_case);
             let page = upstream_http::get_json(sent, self.timeout, self.max_response_body).await?;
             ids.extend(upstream_http::data_ids(&page));
             let more = page
