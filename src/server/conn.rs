@@ -362,25 +362,70 @@ fn is_connection_error(e: &io::Error) -> bool {
     ) || matches!(e.raw_os_error(), Some(libc::EPROTO | libc::EPERM))
 }
 
-/// The hyper connection builder for these limits; `client_spellings`: HTTP/1 requests
+/// The hyper connection builders for these limits; `client_spellings`: HTTP/1 requests
 /// carry how the client spelled its header names (a map per request, for the
 /// HTTPHeadersForwarder, `upstream::client_spellings`).
-fn builder(limits: &ConnLimits, client_spellings: bool) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+struct Builders {
+    /// Either protocol, told apart by reading the first bytes (TLS connections and
+    /// plain ones that may be HTTP/2).
+    auto: auto::Builder<TokioExecutor>,
+    /// Plain connections whose first bytes are not HTTP/2's preface (see [`sniff`]).
+    http1: hyper::server::conn::http1::Builder,
+}
+
+fn builders(limits: &ConnLimits, client_spellings: bool) -> Builders {
+    let mut auto = auto::Builder::new(TokioExecutor::new());
     // HTTP/1 head and keep-alive deadlines are the sweeper's: hyper's own
     // `header_read_timeout` uses one duration for the head and the keep-alive wait.
-    builder
-        .http1()
+    auto.http1()
         .header_read_timeout(None)
         .preserve_header_case(client_spellings);
-    let mut http2 = builder.http2();
+    let mut http2 = auto.http2();
     http2.timer(TokioTimer::new());
     if let Some(interval) = limits.http2_keepalive_interval {
         http2
             .keep_alive_interval(interval)
             .keep_alive_timeout(limits.http2_keepalive_timeout);
     }
-    builder
+    let mut http1 = hyper::server::conn::http1::Builder::new();
+    http1
+        .timer(TokioTimer::new())
+        .header_read_timeout(None)
+        .preserve_header_case(client_spellings);
+    Builders { auto, http1 }
+}
+
+/// What a plain connection's first bytes say it speaks, read with a peek so that
+/// they stay in the socket. Why not let hyper-util's auto builder tell: it reads
+/// them itself and hands them back through a rewind buffer, so hyper's HTTP/1 read
+/// buffer sees a first read of a few bytes, then must reserve its full 8 KiB on top
+/// of them and doubles to 16 KiB, which the connection keeps for its lifetime
+/// (measured with heaptrack: the largest single cost of an open stream). Served
+/// directly, an HTTP/1 connection reads its request into one 8 KiB buffer.
+#[derive(Debug, PartialEq, Eq)]
+enum Sniffed {
+    Http1,
+    /// HTTP/2 with prior knowledge, or too few bytes yet to rule it out.
+    MaybeHttp2,
+    Closed,
+}
+
+const HTTP2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+async fn sniff(stream: &TcpStream) -> Sniffed {
+    let mut first = [0u8; HTTP2_PREFACE.len()];
+    match stream.peek(&mut first).await {
+        Ok(0) | Err(_) => Sniffed::Closed,
+        Ok(n) => classify(&first[..n]),
+    }
+}
+
+fn classify(first: &[u8]) -> Sniffed {
+    if HTTP2_PREFACE.starts_with(first) || first.starts_with(HTTP2_PREFACE) {
+        Sniffed::MaybeHttp2
+    } else {
+        Sniffed::Http1
+    }
 }
 
 /// Serve one listening socket (plain or TLS) until `shared` is shut down, then let
@@ -395,7 +440,7 @@ pub(crate) async fn serve(
     let listener = TcpListener::from_std(listener)?;
     let registry = Arc::new(Registry::default());
     // Chosen per connection: the config in force when it is accepted decides.
-    let builders = [false, true].map(|keep| Arc::new(builder(&shared.limits, keep)));
+    let builders = [false, true].map(|keep| Arc::new(builders(&shared.limits, keep)));
     let tls = tls.map(RustlsAcceptor::new);
     let sweeper = tokio::spawn(sweep(registry.clone(), shared.clone()));
 
@@ -496,7 +541,27 @@ pub(crate) async fn serve(
         match tls.clone() {
             None => tokio::spawn(async move {
                 let _registration = registration;
-                drive(&builder, io, service, &conn).await;
+                // A client that sends nothing is closed by the sweeper (`FIRST`).
+                let sniffed = tokio::select! {
+                    sniffed = sniff(&io.inner) => sniffed,
+                    _ = conn.closing(CLOSE_IDLE) => return,
+                };
+                match sniffed {
+                    Sniffed::Http1 => {
+                        let connection = builder
+                            .http1
+                            .serve_connection(TokioIo::new(io), service)
+                            .with_upgrades();
+                        drive(connection, &conn).await;
+                    }
+                    Sniffed::MaybeHttp2 => {
+                        let connection = builder
+                            .auto
+                            .serve_connection_with_upgrades(TokioIo::new(io), service);
+                        drive(connection, &conn).await;
+                    }
+                    Sniffed::Closed => {}
+                }
             }),
             Some(tls) => tokio::spawn(async move {
                 let _registration = registration;
@@ -505,7 +570,10 @@ pub(crate) async fn serve(
                     _ = conn.closing(CLOSE_IDLE) => return,
                 };
                 if let Ok((stream, ())) = accepted {
-                    drive(&builder, stream, service, &conn).await;
+                    let connection = builder
+                        .auto
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                    drive(connection, &conn).await;
                 }
             }),
         };
@@ -526,16 +594,32 @@ pub(crate) async fn serve(
     Ok(())
 }
 
-/// Serve HTTP on one connection until it ends or is told to close.
-async fn drive<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    service: ConnService,
-    conn: &ConnState,
-) where
-    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+/// A hyper connection of either builder: it runs to its end, or is asked to stop
+/// taking requests.
+trait ServedConnection: Future {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I> ServedConnection for hyper::server::conn::http1::UpgradeableConnection<I, ConnService>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http1::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+impl<I> ServedConnection for auto::UpgradeableConnection<'_, I, ConnService, TokioExecutor>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        auto::UpgradeableConnection::graceful_shutdown(self)
+    }
+}
+
+/// Serve HTTP on one connection until it ends or is told to close.
+async fn drive(connection: impl ServedConnection, conn: &ConnState) {
     tokio::pin!(connection);
     let how = tokio::select! {
         biased;
@@ -764,6 +848,38 @@ pub(crate) fn max_connections(configured: u64, open_files: Option<u64>) -> usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn first_bytes_tell_http1_from_http2() {
+        assert_eq!(
+            classify(b"POST /v1/chat/completions HTTP/1.1\r\n"),
+            Sniffed::Http1
+        );
+        assert_eq!(classify(b"G"), Sniffed::Http1);
+        // Too few bytes to rule HTTP/2 out: the auto builder reads on and decides.
+        assert_eq!(classify(b"P"), Sniffed::MaybeHttp2);
+        assert_eq!(classify(b"PRI * HTTP/2.0\r\n"), Sniffed::MaybeHttp2);
+        assert_eq!(classify(HTTP2_PREFACE), Sniffed::MaybeHttp2);
+        assert_eq!(classify(b"PUT /x HTTP/1.1\r\n"), Sniffed::Http1);
+    }
+
+    /// The peek leaves the bytes in the socket for hyper to read, and sees EOF.
+    #[tokio::test]
+    async fn sniffing_consumes_nothing() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        client.write_all(b"GET / HTTP/1.1\r\n\r\n").await.unwrap();
+        assert_eq!(sniff(&server).await, Sniffed::Http1);
+        let mut read = [0u8; 18];
+        server.read_exact(&mut read).await.unwrap();
+        assert_eq!(&read, b"GET / HTTP/1.1\r\n\r\n");
+        drop(client);
+        assert_eq!(sniff(&server).await, Sniffed::Closed);
+    }
 
     #[test]
     fn derived_connection_cap() {
