@@ -150,6 +150,9 @@ pub struct RawJson {
     usage_only: bool,
     /// Where its `usage` member lies in `text`, if it has one.
     usage_member: Option<(usize, usize)>,
+    /// Some string in `text` may hold a backslash escape (`false` only when the
+    /// check found none), so that a search of the raw text for a spelling is exact.
+    may_hold_escapes: bool,
 }
 
 /// The check's findings about one text ([`crate::json_scan`]).
@@ -208,6 +211,7 @@ impl Found {
             usage: self.usage,
             usage_only: self.usage_only,
             usage_member: self.usage_member,
+            may_hold_escapes: true,
         }
     }
 }
@@ -262,6 +266,7 @@ impl RawJson {
                 usage,
                 usage_only: false,
                 usage_member: None,
+                may_hold_escapes: true,
             }),
             None => Err(text),
         }
@@ -273,11 +278,14 @@ impl RawJson {
     /// 20 KB vector answer twice). `Err` gives the text back when it is not one
     /// valid object or has a member the probe reads twice.
     pub fn object_with_usage(text: Bytes) -> Result<RawJson, Bytes> {
-        let usage = match Probe::of(&text) {
-            Some(probe) => match probe.0.usage {
-                Shape::Expected(usage) => Some(usage),
-                Shape::Absent | Shape::Other => None,
-            },
+        let (usage, escapes) = match Probe::of(&text) {
+            Some(probe) => (
+                match probe.0.usage {
+                    Shape::Expected(usage) => Some(usage),
+                    Shape::Absent | Shape::Other => None,
+                },
+                probe.0.escapes,
+            ),
             None => return Err(text),
         };
         Ok(RawJson {
@@ -285,6 +293,7 @@ impl RawJson {
             usage,
             usage_only: false,
             usage_member: None,
+            may_hold_escapes: escapes,
         })
     }
 
@@ -297,6 +306,7 @@ impl RawJson {
             usage: None,
             usage_only: false,
             usage_member: None,
+            may_hold_escapes: true,
         }
     }
 
@@ -309,6 +319,7 @@ impl RawJson {
                 usage,
                 usage_only: false,
                 usage_member: None,
+                may_hold_escapes: true,
             }),
             None => Err(text),
         }
@@ -356,12 +367,20 @@ impl RawJson {
             usage: None,
             usage_only: false,
             usage_member: None,
+            may_hold_escapes: self.may_hold_escapes,
         }
     }
 
     /// The JSON text as the upstream wrote it.
     pub fn text(&self) -> &[u8] {
         &self.text
+    }
+
+    /// Whether a string of the text may hold a backslash escape: `false` only when
+    /// the check found none ([`RawJson::object_with_usage`]), so that a search of
+    /// the text for a key as spelled cannot miss one spelled with escapes.
+    pub fn may_hold_escapes(&self) -> bool {
+        self.may_hold_escapes
     }
 
     /// The text as a tree.
@@ -517,6 +536,7 @@ mod tests {
             usage: None,
             usage_only: false,
             usage_member: Some((1, 13)),
+            may_hold_escapes: true,
         };
         assert_eq!(&raw.without_usage().text[..], b"{}");
         let tree = Payload::Value(json!({"b": 1, "usage": null, "a": 2})).without_usage();

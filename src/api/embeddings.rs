@@ -335,7 +335,7 @@ fn encode_floats(answer: Payload) -> Payload {
     // The usual case, a base64 answer passed on as written, needs no tree: parsing
     // one for the check was a quarter of such a request's instructions.
     if let Payload::Raw(raw) = &answer {
-        if !may_hold_float_vectors(raw.text()) {
+        if !may_hold_float_vectors(raw.text(), raw.may_hold_escapes()) {
             return answer;
         }
     }
@@ -360,11 +360,12 @@ fn encode_floats(answer: Payload) -> Payload {
 }
 
 /// Whether an answer's text (checked JSON) may give an `embedding` as a list: a
-/// member named `embedding` whose value starts with `[`. Text with a `\u` escape
-/// anywhere (a key could be spelled with one) counts as maybe.
-fn may_hold_float_vectors(text: &[u8]) -> bool {
+/// member named `embedding` whose value starts with `[`. Text that may hold escapes
+/// (a key could be spelled with one; the check that accepted the text knows)
+/// counts as maybe.
+fn may_hold_float_vectors(text: &[u8], may_hold_escapes: bool) -> bool {
     const KEY: &[u8] = b"\"embedding\"";
-    if memchr::memmem::find(text, b"\\u").is_some() {
+    if may_hold_escapes {
         return true;
     }
     memchr::memmem::find_iter(text, KEY).any(|at| {
@@ -391,9 +392,16 @@ mod tests {
             (r#"{"data":[{"embedding":[0.5]}]}"#, true),
             ("{\"data\":[{\"embedding\" :\n [0.5]}]}", true),
             (r#"{"data":[{"\u0065mbedding":[0.5]}]}"#, true),
+            // An escape anywhere counts (the check does not say where it was).
+            (r#"{"data":[{"embedding":"AA\/AA=="}]}"#, true),
             (r#"{"data":[]}"#, false),
         ] {
-            assert_eq!(may_hold_float_vectors(text.as_bytes()), maybe, "{text}");
+            let raw = crate::payload::RawJson::object_with_usage(bytes::Bytes::from(text)).unwrap();
+            assert_eq!(
+                may_hold_float_vectors(raw.text(), raw.may_hold_escapes()),
+                maybe,
+                "{text}"
+            );
         }
         // A base64 answer comes back as the very payload it was.
         let text = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":"AACAPw=="}],"model":"m","usage":{"prompt_tokens":1,"total_tokens":1}}"#;
