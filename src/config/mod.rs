@@ -3,7 +3,7 @@
 //! (`<file>: <key>: <problem>`) instead of failing on the first request.
 
 mod env;
-mod error;
+pub(crate) mod error;
 mod limits;
 mod model;
 
@@ -421,6 +421,10 @@ impl Config {
                 "must be greater than 0",
             ));
         }
+        if let Some(database) = &self.settings.database {
+            database.check(path)?;
+        }
+        crate::usage::prices::Prices::check(&self.settings.pricing, path)?;
         self.check_metrics_path()
     }
 

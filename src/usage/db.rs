@@ -1,0 +1,208 @@
+//! The ledger's database: SQLite or PostgreSQL through sqlx, one pool behind an
+//! enum (sqlx's `Any` driver would hide the types both backends share anyway, and
+//! the SQL of the migrations differs). Migrations live in `migrations/<backend>/`,
+//! are embedded in the binary and applied on the first connection (sqlx's
+//! `_sqlx_migrations` table keeps track of them).
+
+use std::borrow::Cow;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+use sqlx::{PgPool, QueryBuilder, SqlitePool};
+
+use super::Row;
+
+/// The same `VALUES` list for either backend's query builder.
+macro_rules! push_rows {
+    ($query:ident, $rows:expr) => {
+        $query.push_values($rows, |mut b, row| {
+            b.push_bind(row.created_at_ms)
+                .push_bind(row.request_id.clone())
+                .push_bind(row.api_key_id.clone())
+                .push_bind(row.key_name.clone())
+                .push_bind(row.group.clone())
+                .push_bind(row.connection.clone())
+                .push_bind(row.requested_model.clone())
+                .push_bind(row.model.clone())
+                .push_bind(row.door)
+                .push_bind(row.status)
+                .push_bind(row.stream)
+                .push_bind(row.prompt_tokens)
+                .push_bind(row.completion_tokens)
+                .push_bind(row.cached_tokens)
+                .push_bind(row.reasoning_tokens)
+                .push_bind(row.cost_usd)
+                .push_bind(row.duration_ms)
+                .push_bind(row.ttft_ms)
+                .push_bind(row.error_type.clone());
+        });
+    };
+}
+
+/// Embedded migrations: (version, description, SQL) per backend.
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "usage ledger",
+    include_str!("../../migrations/sqlite/0001_usage_ledger.sql"),
+)];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
+    1,
+    "usage ledger",
+    include_str!("../../migrations/postgres/0001_usage_ledger.sql"),
+)];
+
+#[derive(Debug)]
+struct Embedded(&'static [(i64, &'static str, &'static str)]);
+
+impl<'s> MigrationSource<'s> for Embedded {
+    fn resolve(
+        self,
+    ) -> futures_util::future::BoxFuture<'s, Result<Vec<Migration>, sqlx::error::BoxDynError>> {
+        let migrations = self
+            .0
+            .iter()
+            .map(|(version, description, sql)| {
+                Migration::new(
+                    *version,
+                    Cow::Borrowed(*description),
+                    MigrationType::Simple,
+                    Cow::Borrowed(*sql),
+                    false,
+                )
+            })
+            .collect();
+        Box::pin(async move { Ok(migrations) })
+    }
+}
+
+/// Where the ledger goes, parsed from `[database] url` (checked at config load).
+#[derive(Debug, Clone)]
+pub enum Target {
+    Sqlite(SqliteConnectOptions),
+    Postgres(PgConnectOptions),
+}
+
+impl Target {
+    /// Parse a URL with a `sqlite://` or `postgres://` (`postgresql://`) scheme. A
+    /// relative SQLite path is taken from `base` (the config file's folder).
+    pub fn parse(url: &str, base: &std::path::Path) -> Result<Target, String> {
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            let path = path.split('?').next().unwrap_or_default();
+            if path.is_empty() {
+                return Err("a sqlite URL needs a file path: sqlite://lm-proxy.db".into());
+            }
+            let path = base.join(path);
+            let options = SqliteConnectOptions::new()
+                .filename(path)
+                .create_if_missing(true)
+                // Readers never wait on the writer; one fsync per batch.
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(Duration::from_secs(5));
+            Ok(Target::Sqlite(options))
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            let options = PgConnectOptions::from_str(url).map_err(|e| {
+                crate::config::error::strip_userinfo(&format!("not a valid PostgreSQL URL: {e}"))
+            })?;
+            Ok(Target::Postgres(
+                options.application_name("lm-proxy"),
+            ))
+        } else {
+            Err(
+                "must start with sqlite:// (a file beside the config) or postgres:// (a server)"
+                    .into(),
+            )
+        }
+    }
+
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Target::Sqlite(_) => "sqlite",
+            Target::Postgres(_) => "postgres",
+        }
+    }
+}
+
+/// A connected, migrated database.
+pub enum Db {
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+impl Db {
+    /// Connect (one attempt, bounded by `timeout`) and apply the migrations.
+    pub async fn connect(target: &Target, max_connections: u32, timeout: Duration) -> Result<Db, String> {
+        let attempt = async {
+            match target {
+                Target::Sqlite(options) => {
+                    let pool = SqlitePoolOptions::new()
+                        .max_connections(max_connections)
+                        .acquire_timeout(timeout)
+                        .connect_with(options.clone())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    migrator(SQLITE_MIGRATIONS).await?.run(&pool).await.map_err(|e| e.to_string())?;
+                    Ok(Db::Sqlite(pool))
+                }
+                Target::Postgres(options) => {
+                    let pool = PgPoolOptions::new()
+                        .max_connections(max_connections)
+                        .acquire_timeout(timeout)
+                        .connect_with(options.clone())
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    migrator(POSTGRES_MIGRATIONS).await?.run(&pool).await.map_err(|e| e.to_string())?;
+                    Ok(Db::Postgres(pool))
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, attempt).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
+    /// Insert rows in one statement (the caller keeps batches under the backends'
+    /// parameter limits).
+    pub async fn insert(&self, rows: &[Row], timeout: Duration) -> Result<(), String> {
+        let write = async {
+            match self {
+                Db::Sqlite(pool) => {
+                    let mut query = QueryBuilder::new(INSERT);
+                    push_rows!(query, rows);
+                    query.build().execute(pool).await.map(drop)
+                }
+                Db::Postgres(pool) => {
+                    let mut query = QueryBuilder::new(INSERT);
+                    push_rows!(query, rows);
+                    query.build().execute(pool).await.map(drop)
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, write).await {
+            Ok(result) => result.map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
+    pub async fn close(&self) {
+        match self {
+            Db::Sqlite(pool) => pool.close().await,
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+async fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Result<Migrator, String> {
+    Migrator::new(Embedded(set)).await.map_err(|e| e.to_string())
+}
+
+const INSERT: &str = "INSERT INTO usage_ledger (created_at, request_id, api_key_id, key_name, \
+    group_name, connection, requested_model, model, door, status, stream, prompt_tokens, \
+    completion_tokens, cached_tokens, reasoning_tokens, cost_usd, duration_ms, ttft_ms, error_type) ";
+
+/// Columns per row in [`INSERT`]; batches stay under SQLite's 32766 parameters.
+pub const COLUMNS: usize = 19;
+
