@@ -1,7 +1,7 @@
 //! `bench-floor-proxy`: the least a proxy built on lm-proxy's stack can do, for the
 //! benchmarks in `bench/`: the floor under lm-proxy's own figures.
 //!
-//! It forwards `POST /v1/chat/completions` to the upstream as it came (body bytes,
+//! It forwards `POST /v1/chat/completions` and `POST /v1/embeddings` to the upstream as it came (body bytes,
 //! content type; no parsing, no key check, no routing, no logging) and streams the
 //! upstream's answer back as it arrives. It is built from the same parts as
 //! lm-proxy: axum-server with `TCP_NODELAY` on accepted sockets, one pooled reqwest
@@ -29,10 +29,27 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Upstream {
     client: reqwest::Client,
     chat_url: reqwest::Url,
+    embeddings_url: reqwest::Url,
 }
 
-async fn forward(State(up): State<Arc<Upstream>>, headers: HeaderMap, body: Bytes) -> Response {
-    let mut request = up.client.post(up.chat_url.clone()).body(body);
+async fn forward_chat(
+    State(up): State<Arc<Upstream>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    forward(&up, up.chat_url.clone(), headers, body).await
+}
+
+async fn forward_embeddings(
+    State(up): State<Arc<Upstream>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    forward(&up, up.embeddings_url.clone(), headers, body).await
+}
+
+async fn forward(up: &Upstream, url: reqwest::Url, headers: HeaderMap, body: Bytes) -> Response {
+    let mut request = up.client.post(url).body(body);
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         request = request.header(header::CONTENT_TYPE, content_type.clone());
     }
@@ -71,15 +88,15 @@ fn main() -> anyhow::Result<()> {
         .tcp_nodelay(true)
         .pool_max_idle_per_host(1024)
         .build()?;
+    let base = upstream.trim_end_matches('/');
     let state = Arc::new(Upstream {
         client,
-        chat_url: reqwest::Url::parse(&format!(
-            "{}/chat/completions",
-            upstream.trim_end_matches('/')
-        ))?,
+        chat_url: reqwest::Url::parse(&format!("{base}/chat/completions"))?,
+        embeddings_url: reqwest::Url::parse(&format!("{base}/embeddings"))?,
     });
     let app = axum::Router::new()
-        .route("/v1/chat/completions", post(forward))
+        .route("/v1/chat/completions", post(forward_chat))
+        .route("/v1/embeddings", post(forward_embeddings))
         .route("/health", get(|| async { "ok" }))
         .with_state(state);
     tokio::runtime::Builder::new_multi_thread()

@@ -9,7 +9,9 @@
 # 20-chunk Anthropic stream and a Gemini stream of 20 text events translated to OpenAI
 # chunks; on the Anthropic door
 # (/v1/messages) a 20-event stream from an Anthropic upstream passed through and a
-# 20-chunk OpenAI stream translated to Anthropic events) the gateway runs under
+# 20-chunk OpenAI stream translated to Anthropic events; on the Responses door
+# (/v1/responses) a 20-chunk OpenAI stream translated to Responses events) the
+# gateway runs under
 # callgrind with one serving thread while sequential keep-alive requests go through
 # it; the instructions of N2 requests minus those of N1 requests, divided by N2-N1,
 # leave out startup and shutdown. Needs valgrind and a release build
@@ -58,6 +60,8 @@ instructions() {
     kill -INT $pid
     wait $pid 2>/dev/null || true
     awk '/^(summary|totals):/ {print $2; exit}' "$work/cg.out"
+    # KEEP=DIR keeps each profile (for callgrind_annotate) as DIR/<n>-<binary name>.out.
+    if [[ -n ${KEEP:-} ]]; then mkdir -p "$KEEP" && cp "$work/cg.out" "$KEEP/$3-$(basename "$1").out"; fi
 }
 
 declare -A bodies=(
@@ -67,6 +71,9 @@ declare -A bodies=(
     [gemini-stream-20]='{"model":"gemini-bench-s20","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [messages-passthrough-20]='{"model":"claude-bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
     [messages-translated-20]='{"model":"bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
+    [responses-translated-20]='{"model":"bench-s20","stream":true,"input":"hi"}'
+    [embeddings-1536]='{"model":"bench-embed","input":"The gateway checks virtual API keys."}'
+    [embeddings-base64]='{"model":"bench-embed","input":"The gateway checks virtual API keys.","encoding_format":"base64"}'
 )
 declare -A paths=(
     [non-streamed]=/v1/chat/completions
@@ -75,8 +82,11 @@ declare -A paths=(
     [gemini-stream-20]=/v1/chat/completions
     [messages-passthrough-20]=/v1/messages
     [messages-translated-20]=/v1/messages
+    [responses-translated-20]=/v1/responses
+    [embeddings-1536]=/v1/embeddings
+    [embeddings-base64]=/v1/embeddings
 )
-SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20}
+SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64}
 printf '%-24s %-50s %s\n' scenario binary instructions/request
 for scenario in $SCENARIOS; do
     for binary in "$@"; do

@@ -56,6 +56,8 @@ KEY = "bench-key"
 LITELLM_KEY = "sk-bench-key"
 CHUNKS = 20
 PROMPT = [{"role": "user", "content": "Hello! Please answer with twenty words."}]
+# A sentence as RAG applications embed it (a chunk of a document).
+EMBEDDING_INPUT = "The gateway checks virtual API keys, routes model names and records usage."
 # What an agent client sends along: 20 function tools with JSON schemas (about 11 KB).
 TOOLS = [
     {
@@ -114,6 +116,24 @@ class Scenario:
     no_floor: str = ""
     # Request members besides model, messages and stream (sent to every target).
     extra: dict | None = None
+    # The OpenAI door the requests go to: "chat" (/v1/chat/completions, a chat body)
+    # or "embeddings" (/v1/embeddings, an `input` body).
+    door: str = "chat"
+
+    @property
+    def path(self) -> str:
+        return "/v1/embeddings" if self.door == "embeddings" else "/v1/chat/completions"
+
+    def body(self) -> dict:
+        """The request every target gets (the direct run of an OpenAI scenario too)."""
+        if self.door == "embeddings":
+            body = {"model": self.model, "input": EMBEDDING_INPUT}
+        else:
+            body = {"model": self.model, "messages": PROMPT}
+        body.update(self.extra or {})
+        if self.stream:
+            body["stream"] = True
+        return body
 
 
 SHARED_NOTE = (
@@ -149,6 +169,32 @@ SCENARIOS = [
         conns=64,
         targets=("direct", "floor", "nginx", "lm-proxy", "lm-proxy-shared", "reference", "litellm"),
         note=SHARED_NOTE,
+    ),
+    Scenario(
+        "embeddings-c64",
+        "Embeddings, one input, 1,536 dimensions as base64 (the openai SDK's default), "
+        "concurrency 64",
+        stream=False,
+        model="bench-embed",
+        conns=64,
+        targets=("direct", "floor", "nginx", "lm-proxy"),
+        door="embeddings",
+        extra={"encoding_format": "base64"},
+        note="POST /v1/embeddings to an OpenAI-compatible connection, as the openai Python "
+        "SDK sends it (`encoding_format` base64 unless the caller asks for floats; an 8 KB "
+        "answer): lm-proxy checks the answer is JSON, reads its usage and passes it on",
+    ),
+    Scenario(
+        "embeddings-float-c64",
+        "Embeddings, one input, 1,536 floats (a 21 KB answer), concurrency 64",
+        stream=False,
+        model="bench-embed",
+        conns=64,
+        targets=("direct", "floor", "nginx", "lm-proxy"),
+        door="embeddings",
+        extra={"encoding_format": "float"},
+        note="as embeddings-c64 with `encoding_format` float: every number of the answer "
+        "is checked by lm-proxy's one pass over it",
     ),
     Scenario(
         "tools-c64",
@@ -623,7 +669,7 @@ def check_answer(req: Request, stream: bool) -> str | None:
         return f"HTTP {response.status}: {body[:300]}"
     if not stream:
         data = json.loads(body)
-        ok = "choices" in data or "content" in data
+        ok = "choices" in data or "content" in data or "data" in data
         return None if ok else f"unexpected answer: {body[:300]}"
     if "anthropic" in req.path or req.path.endswith("/messages"):
         return None if "message_stop" in body else f"incomplete stream: {body[-300:]}"
@@ -713,9 +759,8 @@ def start_target(
 ) -> tuple[Server, Request]:
     port = free_port()
     tag = f"{scenario.name}-{target}"
-    body = {"model": scenario.model, "messages": PROMPT, **(scenario.extra or {})}
-    if scenario.stream:
-        body["stream"] = True
+    body = scenario.body()
+    path = scenario.path
     auth = {"Authorization": f"Bearer {KEY}"}
     if target == "floor":
         argv = [
@@ -727,7 +772,7 @@ def start_target(
         ]
         server = Server(tag, argv, port, "/health", log_dir)
         server.wait_ready(30)
-        return server, Request(port, "/v1/chat/completions", body, {})
+        return server, Request(port, path, body, {})
     if target == "nginx":
         config = nginx_config(port, upstream, work)
         # In the foreground (daemon off in the config): the master is this script's
@@ -736,7 +781,7 @@ def start_target(
         argv = [nginx_bin() or "nginx", "-c", str(config), "-p", str(config.parent), "-e", "stderr"]
         server = Server(tag, argv, port, "/health", log_dir)
         server.wait_ready(30)
-        return server, Request(port, "/v1/chat/completions", body, {})
+        return server, Request(port, path, body, {})
     if target in OURS:
         variant = "default" if target == "lm-proxy-default" else scenario.variant
         config = lm_proxy_config(port, upstream, variant, work)
@@ -749,7 +794,7 @@ def start_target(
             argv += ["--threads", "0"]
         server = Server(tag, argv, port, "/health", log_dir, env=env)
         server.wait_ready(30)
-        return server, Request(port, "/v1/chat/completions", body, auth)
+        return server, Request(port, path, body, auth)
     if target == "reference":
         config = lm_proxy_config(port, upstream, scenario.variant, work)
         # The reference reads the same config keys; it has no [metrics] table.
@@ -800,10 +845,9 @@ def direct_request(scenario: Scenario, upstream: int) -> Request:
             body,
             {"x-api-key": "upstream-key", "anthropic-version": "2023-06-01"},
         )
-    body = {"model": scenario.model, "messages": PROMPT, **(scenario.extra or {})}
-    if scenario.stream:
-        body["stream"] = True
-    return Request(upstream, "/v1/chat/completions", body, {"Authorization": "Bearer upstream-key"})
+    return Request(
+        upstream, scenario.path, scenario.body(), {"Authorization": "Bearer upstream-key"}
+    )
 
 
 def available(target: str, args: argparse.Namespace) -> str | None:

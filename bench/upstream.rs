@@ -3,6 +3,8 @@
 //! It speaks just enough of three wire formats to be proxied:
 //! - OpenAI: `POST /v1/chat/completions` (JSON, or SSE with `"stream": true`;
 //!   a usage chunk when `stream_options.include_usage` is set), `GET /v1/models`;
+//! - OpenAI: `POST /v1/embeddings` (`input` a string or a list; `dimensions`,
+//!   default 1536; `encoding_format` `float` or `base64`);
 //! - Anthropic: `POST /v1/messages` (JSON or its SSE event sequence);
 //! - Gemini: `POST /v1beta/models/{model}:generateContent` and
 //!   `:streamGenerateContent?alt=sse`;
@@ -11,7 +13,9 @@
 //! What a stream looks like is chosen by the model name, so that the same model
 //! name works through any proxy: `-s<N>` gives N content chunks (default
 //! `--chunks`, 20), `-d<MS>` waits MS milliseconds before each content chunk
-//! (default 0). Example: `bench-s20-d10`. Non-streamed answers carry N words.
+//! (default 0), `-w<MS>` waits MS milliseconds before answering at all (a model's
+//! latency for non-streamed answers; default 0). Example: `bench-s20-d10`,
+//! `bench-w20`. Non-streamed answers carry N words.
 //!
 //! Accepted sockets get `TCP_NODELAY`; answers are built with plain `format!`
 //! (no JSON tree), so the mock costs as little CPU as possible next to the proxy
@@ -56,6 +60,7 @@ struct StreamOptions {
 struct Plan {
     chunks: usize,
     delay: Duration,
+    wait: Duration,
 }
 
 impl Plan {
@@ -63,15 +68,25 @@ impl Plan {
         let mut plan = Plan {
             chunks: defaults.chunks,
             delay: Duration::ZERO,
+            wait: Duration::ZERO,
         };
         for part in model.split('-') {
             if let Some(n) = part.strip_prefix('s').and_then(|n| n.parse().ok()) {
                 plan.chunks = n;
             } else if let Some(ms) = part.strip_prefix('d').and_then(|n| n.parse().ok()) {
                 plan.delay = Duration::from_millis(ms);
+            } else if let Some(ms) = part.strip_prefix('w').and_then(|n| n.parse().ok()) {
+                plan.wait = Duration::from_millis(ms);
             }
         }
         plan
+    }
+
+    /// The `-w` wait, before any answer (the head of a stream included).
+    async fn wait(&self) {
+        if !self.wait.is_zero() {
+            tokio::time::sleep(self.wait).await;
+        }
     }
 }
 
@@ -115,6 +130,7 @@ async fn serve(port: u16, defaults: Defaults) {
         .route("/health", get(|| async { "ok" }))
         .route("/v1/chat/completions", post(openai))
         .route("/v1/models", get(models))
+        .route("/v1/embeddings", post(embeddings))
         .route("/v1/messages", post(anthropic))
         .route("/v1beta/models/{*call}", post(gemini))
         .with_state(defaults);
@@ -203,6 +219,7 @@ async fn openai(State(defaults): State<Defaults>, body: Bytes) -> Response {
     };
     let model = safe(&request.model);
     let plan = Plan::of(&model, defaults);
+    plan.wait().await;
     let n = plan.chunks;
     if !request.stream {
         return json(format!(
@@ -249,6 +266,90 @@ async fn openai(State(defaults): State<Defaults>, body: Bytes) -> Response {
     sse(events, plan.delay)
 }
 
+/// The fields of an embeddings request that the mock looks at.
+#[derive(Deserialize)]
+struct EmbeddingsRequest {
+    #[serde(default)]
+    model: String,
+    #[serde(default)]
+    input: serde_json::Value,
+    #[serde(default)]
+    dimensions: Option<usize>,
+    #[serde(default)]
+    encoding_format: Option<String>,
+}
+
+/// Largest `dimensions` the mock answers (text-embedding-3-large has 3,072).
+const MAX_DIMENSIONS: usize = 4096;
+
+/// One vector per input, of `dimensions` floats (1536 by default, as
+/// text-embedding-3-small), each written with OpenAI's precision; base64 is the
+/// little-endian f32 bytes, as OpenAI sends.
+async fn embeddings(body: Bytes) -> Response {
+    let request: EmbeddingsRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return (StatusCode::BAD_REQUEST, format!("bad JSON: {e}")).into_response(),
+    };
+    let count = match &request.input {
+        serde_json::Value::Array(items) if items.iter().all(|i| !i.is_number()) => items.len(),
+        _ => 1,
+    };
+    let dimensions = request.dimensions.unwrap_or(1536).clamp(1, MAX_DIMENSIONS);
+    let vector = vector_text(
+        dimensions,
+        request.encoding_format.as_deref() == Some("base64"),
+    );
+    let mut data = String::with_capacity(count * (vector.len() + 64));
+    for index in 0..count {
+        if index > 0 {
+            data.push(',');
+        }
+        data.push_str(&format!(
+            r#"{{"object":"embedding","index":{index},"embedding":{vector}}}"#
+        ));
+    }
+    let tokens = 8 * count;
+    json(format!(
+        r#"{{"object":"list","data":[{data}],"model":"{model}","usage":{{"prompt_tokens":{tokens},"total_tokens":{tokens}}}}}"#,
+        model = safe(&request.model),
+    ))
+}
+
+/// The JSON text of the mock's vector (a float array or a base64 string), made once
+/// per shape so that the mock's CPU per answer stays small next to the proxy's.
+fn vector_text(dimensions: usize, base64: bool) -> std::sync::Arc<str> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    /// Vector texts by dimensions and whether they are base64.
+    type Made = Mutex<HashMap<(usize, bool), Arc<str>>>;
+    static MADE: OnceLock<Made> = OnceLock::new();
+    let made = MADE.get_or_init(Default::default);
+    if let Some(text) = made
+        .lock()
+        .expect("vector cache")
+        .get(&(dimensions, base64))
+    {
+        return text.clone();
+    }
+    let values = (0..dimensions).map(|i| ((i * 7919 % 2000) as f32 - 1000.0) / 31_250.0);
+    let text: Arc<str> = if base64 {
+        use base64::Engine;
+        let bytes: Vec<u8> = values.flat_map(f32::to_le_bytes).collect();
+        format!(
+            "\"{}\"",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        )
+        .into()
+    } else {
+        let floats: Vec<String> = values.map(|v| format!("{v:.10}")).collect();
+        format!("[{}]", floats.join(",")).into()
+    };
+    made.lock()
+        .expect("vector cache")
+        .insert((dimensions, base64), text.clone());
+    text
+}
+
 async fn anthropic(State(defaults): State<Defaults>, body: Bytes) -> Response {
     let request = match parse(&body) {
         Ok(r) => r,
@@ -256,6 +357,7 @@ async fn anthropic(State(defaults): State<Defaults>, body: Bytes) -> Response {
     };
     let model = safe(&request.model);
     let plan = Plan::of(&model, defaults);
+    plan.wait().await;
     let n = plan.chunks;
     if !request.stream {
         return json(format!(
@@ -328,6 +430,7 @@ async fn gemini(
     };
     let model = safe(model);
     let plan = Plan::of(&model, defaults);
+    plan.wait().await;
     let n = plan.chunks;
     let usage = |candidates: usize| {
         format!(

@@ -24,6 +24,8 @@ pub enum Endpoint {
     Embeddings,
     /// `POST {api_prefix}/completions` (OpenAI legacy text completions).
     Completions,
+    /// `POST {api_prefix}/responses` (OpenAI Responses, stateless).
+    Responses,
 }
 
 impl Endpoint {
@@ -35,6 +37,7 @@ impl Endpoint {
             Endpoint::CountTokens => "messages/count_tokens",
             Endpoint::Embeddings => "embeddings",
             Endpoint::Completions => "completions",
+            Endpoint::Responses => "responses",
         }
     }
 }

@@ -97,6 +97,11 @@ struct UpstreamErrorLabels {
     kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CauseLabel {
+    cause: &'static str,
+}
+
 #[derive(Clone)]
 struct Buckets(&'static [f64]);
 
@@ -158,6 +163,8 @@ pub struct Metrics {
     tokens: Family<TokenLabels, Counter>,
     open_streams: Gauge,
     upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    upstream_connect_errors: Family<CauseLabel, Counter>,
+    accept_errors: Family<CauseLabel, Counter>,
     log_entries_dropped: Counter,
     models: LabelCap,
     groups: LabelCap,
@@ -226,6 +233,19 @@ impl Metrics {
             "Failed upstream calls by kind: timeout, transport, status_4xx, status_5xx, invalid_response",
             upstream_errors.clone(),
         );
+        let upstream_connect_errors = Family::<CauseLabel, Counter>::default();
+        registry.register(
+            "upstream_connect_errors",
+            "Upstream connections that could not be opened, by cause: descriptors, memory, \
+             ports (this machine ran out; answered 503), timeout, other",
+            upstream_connect_errors.clone(),
+        );
+        let accept_errors = Family::<CauseLabel, Counter>::default();
+        registry.register(
+            "accept_errors",
+            "Failed accepts of client connections, by cause: descriptors, memory, other",
+            accept_errors.clone(),
+        );
         let log_entries_dropped = Counter::default();
         registry.register(
             "log_entries_dropped",
@@ -243,6 +263,8 @@ impl Metrics {
             tokens,
             open_streams,
             upstream_errors,
+            upstream_connect_errors,
+            accept_errors,
             models: LabelCap::new(),
             groups: LabelCap::new(),
             connections: LabelCap::new(),
@@ -253,6 +275,13 @@ impl Metrics {
     /// The counter of dropped request log entries, for the log dispatcher.
     pub fn log_entries_dropped(&self) -> Counter {
         self.log_entries_dropped.clone()
+    }
+
+    /// A client connection could not be accepted (`cause`: descriptors, memory, other).
+    pub fn accept_error(&self, cause: &'static str) {
+        self.accept_errors
+            .get_or_create(&CauseLabel { cause })
+            .inc();
     }
 
     /// The exposition text.
@@ -480,6 +509,12 @@ impl RequestMetrics {
     }
 
     fn upstream_error(&self, error: &ApiError) {
+        if let Some(cause) = connect_error_cause(error) {
+            self.metrics
+                .upstream_connect_errors
+                .get_or_create(&CauseLabel { cause })
+                .inc();
+        }
         if let Some(kind) = upstream_error_kind(error) {
             self.metrics
                 .upstream_errors
@@ -562,6 +597,20 @@ pub fn upstream_error_kind(error: &ApiError) -> Option<&'static str> {
         }
         ApiError::UpstreamRejected(_) => Some("status_5xx"),
         ApiError::UpstreamFailure { detail } => Some(failure_kind(detail)),
+        _ => None,
+    }
+}
+
+/// Why an upstream connection could not be opened, when that is why `error` came.
+pub fn connect_error_cause(error: &ApiError) -> Option<&'static str> {
+    // The prefix `UpstreamError::into_api_error` writes for connect failures.
+    const CONNECT: &str = "cannot connect to upstream";
+    match error {
+        ApiError::Custom(_) => {
+            crate::upstream::exhausted::Cause::of_answer(error).map(|c| c.label())
+        }
+        ApiError::UpstreamTimeout { detail } if detail.starts_with(CONNECT) => Some("timeout"),
+        ApiError::UpstreamFailure { detail } if detail.starts_with(CONNECT) => Some("other"),
         _ => None,
     }
 }

@@ -267,6 +267,27 @@ impl RawJson {
         }
     }
 
+    /// [`RawJson::object`] whose usage is the token counts of its top-level `usage`
+    /// object, read in the same single pass that checks the text (an embeddings or
+    /// completions answer passed on as written: reading the usage apart scanned a
+    /// 20 KB vector answer twice). `Err` gives the text back when it is not one
+    /// valid object or has a member the probe reads twice.
+    pub fn object_with_usage(text: Bytes) -> Result<RawJson, Bytes> {
+        let usage = match Probe::of(&text) {
+            Some(probe) => match probe.0.usage {
+                Shape::Expected(usage) => Some(usage),
+                Shape::Absent | Shape::Other => None,
+            },
+            None => return Err(text),
+        };
+        Ok(RawJson {
+            text,
+            usage,
+            usage_only: false,
+            usage_member: None,
+        })
+    }
+
     /// A chunk the gateway wrote itself (a translated stream's, see
     /// `providers::chunk_text`): one JSON object by construction and without a
     /// `usage` member, so it is not checked again.
@@ -276,6 +297,20 @@ impl RawJson {
             usage: None,
             usage_only: false,
             usage_member: None,
+        }
+    }
+
+    /// [`RawJson::object`] for an SSE event's data, which the SSE reader has already
+    /// checked to be UTF-8. `Err` gives the text back.
+    pub fn object_str(text: String, usage: Option<TokenCounts>) -> Result<RawJson, String> {
+        match Probe::of_str(&text) {
+            Some(_) => Ok(RawJson {
+                text: Bytes::from(text),
+                usage,
+                usage_only: false,
+                usage_member: None,
+            }),
+            None => Err(text),
         }
     }
 
@@ -486,6 +521,29 @@ mod tests {
         assert_eq!(&raw.without_usage().text[..], b"{}");
         let tree = Payload::Value(json!({"b": 1, "usage": null, "a": 2})).without_usage();
         assert_eq!(tree.into_json_bytes(), r#"{"b":1,"a":2}"#.as_bytes());
+    }
+
+    #[test]
+    fn objects_with_usage_are_checked_and_counted_in_one_pass() {
+        let counts = |text: &str| {
+            let raw = RawJson::object_with_usage(Bytes::from(text.to_owned())).expect(text);
+            assert_eq!(raw.text, text.as_bytes(), "passed on as written");
+            raw.usage.map(|u| (u.prompt, u.completion))
+        };
+        let embeddings = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":[0.1,-2e-3]}],"model":"m","usage":{"prompt_tokens":8,"total_tokens":8}}"#;
+        assert_eq!(counts(embeddings), Some((Some(8), None)));
+        assert_eq!(counts(r#"{"data":[],"usage":null}"#), None);
+        assert_eq!(counts(r#"{"data":[],"usage":5}"#), None);
+        assert_eq!(counts(r#"{"data":[]}"#), None);
+        for bad in [
+            r#"{"data":[0.1,]}"#,
+            r#"[{"usage":{}}]"#,
+            r#"{"usage":{},"usage":{}}"#,
+            "",
+        ] {
+            let back = RawJson::object_with_usage(Bytes::from(bad)).expect_err(bad);
+            assert_eq!(back, bad.as_bytes(), "the text comes back whole");
+        }
     }
 
     #[test]

@@ -201,9 +201,11 @@ where
     });
     futures_util::stream::unfold(Some((chunks, encoder)), |state| async move {
         let (mut chunks, mut encoder) = state?;
-        // Room for a burst of typical events without growing more than once.
-        let mut buf = Vec::with_capacity(4096);
         let first = chunks.next().await;
+        // Room for a burst of typical events without growing more than once, taken
+        // once there is an event to write: a stream waiting for its next event (most
+        // of a slow stream's life) holds no buffer.
+        let mut buf = Vec::with_capacity(4096);
         let mut ended = encoder.write(first, &mut buf);
         // Turns of the scheduler taken so far without a new event.
         let mut idle_turns = 0;

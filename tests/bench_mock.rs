@@ -119,3 +119,40 @@ async fn each_wire_format_answers_and_streams_through_the_gateway() {
         );
     }
 }
+
+/// The field's scenarios (bench/field.sh): `-w<MS>` makes a non-streamed answer wait
+/// (an upstream that answers after 20 ms), and a stream brings 64 deltas.
+#[tokio::test]
+async fn a_wait_in_the_model_name_delays_the_answer_and_streams_bring_64_deltas() {
+    let mock = BenchUpstream::start();
+    let gw = gateway(&mock).await;
+    let started = std::time::Instant::now();
+    let (status, answer) = gw.chat_json("client-key", user("bench-w300", "hi")).await;
+    assert_eq!(status, StatusCode::OK, "{answer}");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "tok tok tok tok"
+    );
+    // A lower bound only: the mock sleeps at least this long before answering.
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "answered after {:?}",
+        started.elapsed()
+    );
+
+    let mut body = user("bench-s64-d1", "hi");
+    body["stream"] = json!(true);
+    let response = gw.chat("client-key", body).await;
+    assert_eq!(response.status(), 200);
+    let (chunks, done) = sse_chunks(&response.text().await.unwrap());
+    assert!(done);
+    let deltas = chunks
+        .iter()
+        .filter(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|t| !t.is_empty())
+        })
+        .count();
+    assert_eq!(deltas, 64);
+}

@@ -1,7 +1,8 @@
-//! Header names reach HTTP/1.1 upstreams in title case rather than lowercased
+//! Header names reach upstreams as the config, handlers or clients spelled them
 //! (issue 19, point 9: a configured `X-Custom-Header` arrived as `x-custom-header`),
-//! on the gateway's own pool (plain http) and through reqwest (model lists, https,
-//! proxies); and a client address from `X-Forwarded-For` keeps its written form.
+//! on the gateway's own pool (chat and door calls, model lists; title case only
+//! through reqwest, which serves proxied upstreams); and a client address from
+//! `X-Forwarded-For` keeps its written form.
 //! The mock here reads raw bytes: an HTTP server library would lowercase the names.
 
 mod common;
@@ -93,6 +94,7 @@ api_type = "open_ai"
 api_base = "{base}"
 [connections.up.http_headers]
 X-Custom-Header = "configured"
+x-lower-case = "configured"
 [routing]
 "*" = "up.*"
 [groups.default]
@@ -127,7 +129,7 @@ remote_addr = "remote_addr"
     assert!(names.contains(&"Content-Type"), "{chat}");
     assert!(!names.contains(&"x-custom-header"), "{chat}");
 
-    // The model list goes through reqwest.
+    // The model list (a GET on the same pool) keeps the spellings too.
     let listed: Value = gw
         .client
         .get(gw.url("/v1/models"))
@@ -142,6 +144,7 @@ remote_addr = "remote_addr"
     let list = heads.lock().unwrap().last().cloned().unwrap();
     assert!(list.starts_with("GET"), "{list}");
     assert!(header_names(&list).contains(&"X-Custom-Header"), "{list}");
+    assert!(header_names(&list).contains(&"x-lower-case"), "{list}");
 
     gw.server.shutdown(Duration::from_secs(5));
     gw.server.wait().await.unwrap();
@@ -451,4 +454,94 @@ api_keys = ["k"]
     assert!(!gw.server.state.records_client_spellings());
     gw.server.shutdown(Duration::from_secs(5));
     gw.server.wait().await.unwrap();
+}
+
+/// Anthropic and Gemini connections send their `http_headers` as the config spelled
+/// them too (they went out in title case before): the chat door translated to each,
+/// and the Anthropic door passed through to the Anthropic connection; the keys
+/// (`x-api-key`, `x-goog-api-key`) and the gateway's own headers keep their usual
+/// spelling.
+#[tokio::test]
+async fn anthropic_and_gemini_connections_send_configured_spellings() {
+    let (base, heads) = raw_upstream().await;
+    let root = base.trim_end_matches("/v1");
+    let gw = TestGateway::start(&format!(
+        r#"
+model_listing_mode = "expand_wildcards"
+[connections.claude]
+api_type = "anthropic"
+api_base = "{root}"
+api_key = "sk-ant-upstream"
+[connections.claude.http_headers]
+X-Custom-Header = "configured"
+x-lower-case = "configured"
+[connections.gemini]
+api_type = "google"
+api_base = "{root}"
+api_key = "gemini-upstream"
+[connections.gemini.http_headers]
+X-Custom-Header = "configured"
+x-lower-case = "configured"
+[routing]
+"claude*" = "claude.*"
+"gemini*" = "gemini.*"
+[groups.default]
+api_keys = ["k"]
+"#
+    ))
+    .await;
+    // The Anthropic connection's model list (a GET with a query) keeps them too.
+    let listed = gw
+        .client
+        .get(gw.url("/v1/models"))
+        .bearer_auth("k")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.status(), 200);
+    let list = heads
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|h| h.starts_with("GET /v1/models?limit=1000 "))
+        .cloned()
+        .expect("the Anthropic model list was asked for");
+    for spelled in ["X-Custom-Header", "x-lower-case"] {
+        assert!(
+            header_names(&list).contains(&spelled),
+            "{spelled} in\n{list}"
+        );
+    }
+    let messages = json!({"model": "claude-x", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]});
+    for (path, body) in [
+        ("/v1/chat/completions", user("claude-x", "hi")),
+        ("/v1/messages", messages),
+        ("/v1/chat/completions", user("gemini-x", "hi")),
+    ] {
+        let before = heads.lock().unwrap().len();
+        // The mock answers in OpenAI's shape; only the heads matter here.
+        let _ = gw
+            .client
+            .post(gw.url(path))
+            .bearer_auth("k")
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await;
+        let seen = heads.lock().unwrap();
+        assert_eq!(seen.len(), before + 1, "{path}");
+        let head = &seen[before];
+        let names = header_names(head);
+        for spelled in ["X-Custom-Header", "x-lower-case", "Content-Type"] {
+            assert!(names.contains(&spelled), "{path}: {spelled} in\n{head}");
+        }
+        let key = if head.contains(":generateContent") {
+            "X-Goog-Api-Key"
+        } else {
+            "X-Api-Key"
+        };
+        assert!(names.contains(&key), "{path}: {key} in\n{head}");
+    }
 }

@@ -492,8 +492,8 @@ fn the_default_encryption_key_is_warned_about() {
     );
 }
 
-/// With `HTTP_PROXY` set, plain-`http` upstreams are reached through the proxy (the
-/// in-task pool is for direct connections only); `NO_PROXY` exempts hosts.
+/// With `HTTP_PROXY` set, plain-`http` upstreams are reached through the proxy
+/// (requests in absolute form); `NO_PROXY` exempts hosts.
 #[tokio::test(flavor = "multi_thread")]
 async fn http_upstreams_go_through_the_proxy_named_in_the_environment() {
     // The mock upstream plays the proxy: it answers the absolute-form request itself.

@@ -319,8 +319,8 @@ class RequestContext:
     user_info: dict[str, Any] | None = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
     # The door the request came in through ("chat/completions", "messages",
-    # "messages/count_tokens", "embeddings", "completions"); an lm-proxy addition,
-    # last so positional use holds.
+    # "messages/count_tokens", "embeddings", "completions", "responses"); an
+    # lm-proxy addition, last so positional use holds.
     endpoint: str | None = None
 
     def to_dict(self) -> dict[str, Any]:

@@ -211,8 +211,7 @@ pub fn upstream_call(
     let mut header_case = HeaderCase::NONE;
     for (key, value) in llm_params {
         if key == "extra_headers" {
-            headers = extra_headers(&value)?;
-            header_case = extra_header_case(&value, &ctx.forwarded_spellings);
+            (headers, header_case) = spelled_extra_headers(Some(&value), &ctx.forwarded_spellings)?;
         } else {
             params.insert(key, value);
         }
@@ -242,6 +241,19 @@ const GATEWAY_SET_HEADERS: [HeaderName; 9] = [
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
 ];
+
+/// `llm_params.extra_headers` (`value`, when there is one) as headers, with how the
+/// handlers or the client spelled their names ([`extra_headers`],
+/// [`extra_header_case`]): what every door's upstream call carries.
+pub fn spelled_extra_headers(
+    value: Option<&Value>,
+    forwarded: &[(Box<str>, Value)],
+) -> Result<(HeaderMap, HeaderCase), ApiError> {
+    match value {
+        Some(value) => Ok((extra_headers(value)?, extra_header_case(value, forwarded))),
+        None => Ok((HeaderMap::new(), HeaderCase::NONE)),
+    }
+}
 
 /// How the handlers spelled the names of `llm_params.extra_headers` (the table's
 /// keys, as [`extra_headers`] reads it), for upstreams that keep spellings. A header
@@ -411,7 +423,7 @@ impl Ending {
     pub fn stream(
         self,
         gateway: &Gateway,
-        mut ctx: RequestContext,
+        ctx: RequestContext,
         payloads: PayloadStream,
     ) -> (PayloadStream, impl FnOnce(StreamSummary) + Send + 'static) {
         use futures_util::StreamExt;
@@ -425,6 +437,10 @@ impl Ending {
             Err(e) => Err(redactor.redact(e)),
         }));
         let dispatcher = gateway.log_dispatcher.clone();
+        // Only the loggers need the context at the end; without them it is dropped
+        // now rather than held (the request tree, the client's headers and the read
+        // buffer they share) for as long as the stream lasts.
+        let ctx = dispatcher.is_some().then_some(ctx);
         let summary = self.summary;
         let finish = move |outcome: StreamSummary| {
             let note = if outcome.completed {
@@ -433,7 +449,7 @@ impl Ending {
                 " (client disconnected)"
             };
             summary.log(200, outcome.error.as_ref(), note);
-            if let Some(dispatcher) = dispatcher {
+            if let (Some(dispatcher), Some(mut ctx)) = (dispatcher, ctx) {
                 ctx.response = outcome.response;
                 ctx.error = outcome.error;
                 if !outcome.completed {

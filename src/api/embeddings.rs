@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
@@ -125,13 +125,10 @@ pub(crate) fn door_call(
     } else {
         std::mem::take(&mut ctx.llm_params)
     };
-    let (headers, header_case) = match params.shift_remove("extra_headers") {
-        Some(value) => (
-            core::extra_headers(&value)?,
-            core::extra_header_case(&value, &ctx.forwarded_spellings),
-        ),
-        None => (HeaderMap::new(), Default::default()),
-    };
+    let (headers, header_case) = core::spelled_extra_headers(
+        params.shift_remove("extra_headers").as_ref(),
+        &ctx.forwarded_spellings,
+    )?;
     params.shift_remove("model");
     params.shift_remove("messages");
     let body = if gateway.handlers.is_empty() {
@@ -335,6 +332,13 @@ pub fn encode_vector(values: impl Iterator<Item = f32>) -> String {
 /// floats anyway (some OpenAI-compatible servers ignore `encoding_format`), which
 /// are then encoded here.
 fn encode_floats(answer: Payload) -> Payload {
+    // The usual case, a base64 answer passed on as written, needs no tree: parsing
+    // one for the check was a quarter of such a request's instructions.
+    if let Payload::Raw(raw) = &answer {
+        if !may_hold_float_vectors(raw.text()) {
+            return answer;
+        }
+    }
     let mut value = answer.to_value().into_owned();
     let mut changed = false;
     if let Some(items) = value.get_mut("data").and_then(Value::as_array_mut) {
@@ -355,9 +359,50 @@ fn encode_floats(answer: Payload) -> Payload {
     }
 }
 
+/// Whether an answer's text (checked JSON) may give an `embedding` as a list: a
+/// member named `embedding` whose value starts with `[`. Text with a `\u` escape
+/// anywhere (a key could be spelled with one) counts as maybe.
+fn may_hold_float_vectors(text: &[u8]) -> bool {
+    const KEY: &[u8] = b"\"embedding\"";
+    if memchr::memmem::find(text, b"\\u").is_some() {
+        return true;
+    }
+    memchr::memmem::find_iter(text, KEY).any(|at| {
+        let after_key = text[at + KEY.len()..].trim_ascii_start();
+        match after_key.split_first() {
+            Some((b':', value)) => value.trim_ascii_start().first() == Some(&b'['),
+            _ => false,
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_answers_that_may_hold_float_vectors_are_read_as_trees() {
+        for (text, maybe) in [
+            (r#"{"data":[{"embedding":"AACAPw=="}]}"#, false),
+            (
+                r#"{"data":[{"embedding" : "AACAPw=="}],"model":"embedding"}"#,
+                false,
+            ),
+            (r#"{"data":[{"embedding":[0.5]}]}"#, true),
+            ("{\"data\":[{\"embedding\" :\n [0.5]}]}", true),
+            (r#"{"data":[{"\u0065mbedding":[0.5]}]}"#, true),
+            (r#"{"data":[]}"#, false),
+        ] {
+            assert_eq!(may_hold_float_vectors(text.as_bytes()), maybe, "{text}");
+        }
+        // A base64 answer comes back as the very payload it was.
+        let text = r#"{"object":"list","data":[{"object":"embedding","index":0,"embedding":"AACAPw=="}],"model":"m","usage":{"prompt_tokens":1,"total_tokens":1}}"#;
+        let raw = crate::payload::RawJson::object_with_usage(bytes::Bytes::from(text)).unwrap();
+        match encode_floats(Payload::Raw(raw)) {
+            Payload::Raw(raw) => assert_eq!(raw.text(), text.as_bytes()),
+            Payload::Value(_) => panic!("a base64 answer was read as a tree"),
+        }
+    }
 
     fn check(body: Value) -> Result<(), ApiError> {
         validate(body.as_object().unwrap())

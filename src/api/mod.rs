@@ -6,6 +6,7 @@ pub mod core;
 pub mod embeddings;
 pub mod messages;
 pub mod models;
+pub mod responses;
 pub mod validate;
 
 use axum::http::{Method, StatusCode, Uri};

@@ -174,16 +174,15 @@ pub fn build_key_check(
                 &spec.key,
                 &config.path,
             )?;
-            let check =
-                CheckApiKeyWithRequest::new(args, client.reqwest().clone()).map_err(|p| {
-                    let (sub, problem) = p.split_once(": ").unwrap_or(("", p.as_str()));
-                    let key = if sub.is_empty() {
-                        spec.key.clone()
-                    } else {
-                        format!("{}.{sub}", spec.key)
-                    };
-                    ConfigError::new(&config.path, key, problem)
-                })?;
+            let check = CheckApiKeyWithRequest::new(args, client.clone()).map_err(|p| {
+                let (sub, problem) = p.split_once(": ").unwrap_or(("", p.as_str()));
+                let key = if sub.is_empty() {
+                    spec.key.clone()
+                } else {
+                    format!("{}.{sub}", spec.key)
+                };
+                ConfigError::new(&config.path, key, problem)
+            })?;
             Ok(Arc::new(check))
         }
         Some(_) => Err(err(format!(

@@ -196,13 +196,18 @@ pub struct CheckApiKeyWithRequest {
     args: WithRequestArgs,
     url: UrlTemplate,
     method: reqwest::Method,
-    client: reqwest::Client,
+    client: crate::upstream::UpstreamClient,
+    /// The names of `headers` as the config spells them.
+    header_case: crate::upstream::HeaderCase,
     cache: Option<moka::future::Cache<[u8; 32], Option<KeyGrant>>>,
     shared: Option<RedisStore>,
 }
 
 impl CheckApiKeyWithRequest {
-    pub fn new(args: WithRequestArgs, client: reqwest::Client) -> Result<Self, String> {
+    pub fn new(
+        args: WithRequestArgs,
+        client: crate::upstream::UpstreamClient,
+    ) -> Result<Self, String> {
         let method =
             reqwest::Method::from_bytes(args.method.trim().to_ascii_uppercase().as_bytes())
                 .map_err(|_| format!("method: '{}' is not an HTTP method", args.method))?;
@@ -231,11 +236,18 @@ impl CheckApiKeyWithRequest {
         if shared.is_some() && !args.use_cache {
             return Err("cache_backend: set use_cache = true to use a cache backend".into());
         }
+        for name in args.headers.keys() {
+            if http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+                return Err(format!("headers: '{name}' is not a valid header name"));
+            }
+        }
+        let header_case = crate::upstream::HeaderCase::of(args.headers.keys().map(String::as_str));
         Ok(CheckApiKeyWithRequest {
             args,
             url,
             method,
             client,
+            header_case,
             cache,
             shared,
         })
@@ -244,18 +256,36 @@ impl CheckApiKeyWithRequest {
     async fn ask(&self, api_key: &str) -> Result<Option<KeyGrant>, Unavailable> {
         let placeholder = &self.args.key_placeholder;
         let url = self.url.render(api_key);
-        let mut request = self
-            .client
-            .request(self.method.clone(), &url)
-            .timeout(Duration::from_secs_f64(self.args.timeout));
+        let mut headers = http::HeaderMap::with_capacity(self.args.headers.len());
         for (name, value) in &self.args.headers {
-            request = request.header(name.as_str(), value.replace(placeholder, api_key));
+            let name = http::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| Unavailable(format!("'{name}' is not a valid header name")))?;
+            // The value holds the key: it is not repeated in the message.
+            let mut value = http::HeaderValue::from_str(&value.replace(placeholder, api_key))
+                .map_err(|_| Unavailable(format!("the value of '{name}' is not a valid header")))?;
+            value.set_sensitive(true);
+            headers.append(name, value);
         }
-        // Errors are reported without the URL, which may contain the key.
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Unavailable(e.without_url().to_string()))?;
+        // On the gateway's own pool: header names as configured. Errors are
+        // reported without the URL, which may contain the key.
+        let sent = self.client.request_spelled(
+            self.method.clone(),
+            &url,
+            headers,
+            &self.header_case,
+            bytes::Bytes::new(),
+        );
+        let timeout = Duration::from_secs_f64(self.args.timeout);
+        let response = match tokio::time::timeout(timeout, sent).await {
+            Err(_) => return Err(Unavailable(format!("no answer within {timeout:?}"))),
+            Ok(Err(crate::upstream::UpstreamError::BadUrl(_))) => {
+                return Err(Unavailable(
+                    "the URL with the key in it is not valid".into(),
+                ))
+            }
+            Ok(Err(e)) => return Err(Unavailable(e.to_string())),
+            Ok(Ok(response)) => response,
+        };
         if !response.status().is_success() {
             return Ok(None);
         }
@@ -267,9 +297,11 @@ impl CheckApiKeyWithRequest {
             }));
         }
         // Bounded like every answer read whole (a key check's answer is small).
-        let body = crate::upstream::reqwest_bytes(response, crate::upstream::SMALL_ANSWER_LIMIT)
-            .await
-            .map_err(|e| Unavailable(format!("unreadable answer: {e}")))?;
+        let body =
+            tokio::time::timeout(timeout, response.bytes(crate::upstream::SMALL_ANSWER_LIMIT))
+                .await
+                .map_err(|_| Unavailable(format!("no whole answer within {timeout:?}")))?
+                .map_err(|e| Unavailable(format!("unreadable answer: {e}")))?;
         let user_info: Value = serde_json::from_slice(&body)
             .map_err(|e| Unavailable(format!("unreadable answer: {e}")))?;
         let group = self
@@ -443,14 +475,30 @@ mod tests {
         Service { url, calls, heads }
     }
 
-    fn client() -> reqwest::Client {
-        crate::server::install_crypto_provider();
-        reqwest::Client::new()
+    fn client() -> crate::upstream::UpstreamClient {
+        crate::upstream::UpstreamClient::new(Duration::from_secs(5)).unwrap()
     }
 
     fn check(args: Value) -> CheckApiKeyWithRequest {
         let args: WithRequestArgs = serde_json::from_value(args).unwrap();
         CheckApiKeyWithRequest::new(args, client()).unwrap()
+    }
+
+    /// The service gets the configured header names as spelled (issue 19, point 9),
+    /// over the gateway's own pool.
+    #[tokio::test]
+    async fn configured_header_names_reach_the_service_as_spelled() {
+        let svc = service(|_| Some((200, "{}"))).await;
+        let check = check(json!({
+            "url": format!("{}/check", svc.url),
+            "method": "post",
+            "headers": {"X-API-key": "{api_key}", "x-lower-case": "v"},
+        }));
+        check.check("sk-abc").await.unwrap().expect("admitted");
+        let head = svc.heads.lock().unwrap()[0].clone();
+        assert!(head.starts_with("POST /check HTTP/1.1\r\n"), "{head}");
+        assert!(head.contains("\r\nX-API-key: sk-abc\r\n"), "{head}");
+        assert!(head.contains("\r\nx-lower-case: v\r\n"), "{head}");
     }
 
     #[tokio::test]

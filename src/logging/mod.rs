@@ -19,6 +19,7 @@
 mod json_writer;
 pub mod output;
 pub mod request_line;
+pub mod throttle;
 mod transformer;
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -102,6 +103,21 @@ const ADDED_CONTEXT_KEYS: [&str; 1] = ["endpoint"];
 /// The answer's text, as the reference's loggers saw `str(ctx.response)`: the content
 /// of choice 0 (text parts joined); `""` when it has none (tool calls only).
 pub fn answer_text(completion: &Value) -> String {
+    if completion.get("object").and_then(Value::as_str) == Some("response") {
+        // An answer of the Responses door: the `output_text` parts of its messages
+        // (what the SDKs call `output_text`).
+        return completion
+            .get("output")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|item| item.get("type").and_then(Value::as_str) == Some("message"))
+            .filter_map(|item| item.get("content").and_then(Value::as_array))
+            .flatten()
+            .filter(|p| p.get("type").and_then(Value::as_str) == Some("output_text"))
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect();
+    }
     let Some(choices) = completion.get("choices").and_then(Value::as_array) else {
         // An answer of the Anthropic door is a Messages API `message`: its text is
         // that of its `text` blocks (thinking and tool_use blocks are not the text).

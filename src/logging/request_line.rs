@@ -100,6 +100,7 @@ impl RequestSummary {
             crate::context::Endpoint::CountTokens => "messages count_tokens",
             crate::context::Endpoint::Embeddings => "embeddings",
             crate::context::Endpoint::Completions => "text completion",
+            crate::context::Endpoint::Responses => "responses",
         });
         line.push_str(note);
         line.push_str(" id=");

@@ -100,11 +100,13 @@ pub enum Embeddings {
     },
 }
 
-/// What a provider answers a legacy completions call with.
+/// What a provider answers a legacy completions call (or a Responses call passed
+/// through) with.
 pub enum TextCompletion {
-    /// A `text_completion` object.
+    /// A `text_completion` object (a `response` object).
     Complete(Payload),
-    /// Its chunks, each a `text_completion` object, as the upstream wrote them.
+    /// Its chunks, each a `text_completion` object (Responses events), as the
+    /// upstream wrote them.
     Stream(PayloadStream),
 }
 

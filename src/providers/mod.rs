@@ -135,6 +135,23 @@ pub trait Provider: Send + Sync {
         None
     }
 
+    /// Whether the connection's upstream speaks the Responses API, so that the
+    /// Responses door passes requests through ([`Provider::responses`]) instead of
+    /// translating them into the canonical call.
+    fn speaks_responses(&self) -> bool {
+        false
+    }
+
+    /// `POST /responses` passed through (only called when
+    /// [`Provider::speaks_responses`]): the answer or the events as the upstream
+    /// wrote them.
+    async fn responses(&self, call: doors::DoorCall) -> Result<doors::TextCompletion, ApiError> {
+        Err(ApiError::internal(format!(
+            "connection '{}' does not speak the Responses API",
+            call.connection
+        )))
+    }
+
     /// `POST /embeddings`. Connections that cannot embed answer 400 naming the
     /// connection.
     async fn embeddings(&self, call: doors::DoorCall) -> Result<doors::Embeddings, ApiError> {
@@ -361,19 +378,20 @@ fn build_provider(
     };
     match settings.api_type {
         ApiType::OpenAi => {
-            reject_unknown_options(settings, &["stream_usage"], key, config)?;
-            let stream_usage = match settings.options.get("stream_usage") {
-                None => true,
-                Some(Value::Bool(on)) => *on,
-                Some(_) => return Err(err("stream_usage", "must be true or false".into())),
+            reject_unknown_options(settings, &["stream_usage", "responses_api"], key, config)?;
+            let flag = |name: &str, default: bool| match settings.options.get(name) {
+                None => Ok(default),
+                Some(Value::Bool(on)) => Ok(*on),
+                Some(_) => Err(err(name, "must be true or false".into())),
             };
+            let stream_usage = flag("stream_usage", true)?;
             let http = http_settings(settings, "https://api.openai.com/v1", key, config)?;
-            Ok(Arc::new(OpenAiProvider::new(
-                name,
-                http,
-                stream_usage,
-                client.clone(),
-            )))
+            // OpenAI itself speaks the Responses API; OpenAI-compatible servers
+            // mostly do not (or only in part), so they get it translated unless set.
+            let responses_api = flag("responses_api", openai::is_openai_host(&http.base))?;
+            let mut provider = OpenAiProvider::new(name, http, stream_usage, client.clone());
+            provider.responses_api = responses_api;
+            Ok(Arc::new(provider))
         }
         ApiType::Mock => Ok(Arc::new(MockProvider::from_settings(
             settings, key, config,

@@ -44,7 +44,18 @@ pub struct OpenAiProvider {
     /// `stream_usage`: ask the upstream for a stream's usage when the client did not
     /// (off for servers that reject `stream_options`).
     stream_usage: bool,
+    /// `responses_api`: the upstream speaks the Responses API, so the Responses
+    /// door passes requests through (`doors.rs`).
+    pub(super) responses_api: bool,
     client: UpstreamClient,
+}
+
+/// Whether an `api_base` is OpenAI's own API (the default `responses_api = true`).
+pub(super) fn is_openai_host(base: &str) -> bool {
+    reqwest::Url::parse(base)
+        .ok()
+        .and_then(|url| url.host_str().map(str::to_ascii_lowercase))
+        .is_some_and(|host| host == "api.openai.com")
 }
 
 impl OpenAiProvider {
@@ -74,6 +85,7 @@ impl OpenAiProvider {
             chunk_timeout: settings.chunk_timeout,
             max_response_body: settings.max_response_body,
             stream_usage,
+            responses_api: false,
             client,
         }
     }
@@ -127,16 +139,14 @@ impl OpenAiProvider {
 #[async_trait]
 impl Provider for OpenAiProvider {
     async fn list_models(&self) -> Result<Vec<String>, ApiError> {
-        let mut request = self
-            .client
-            .reqwest()
-            .get(&self.models_url)
-            .headers(self.headers.clone());
+        let mut headers = self.headers.clone();
         if let Some(auth) = &self.authorization {
-            request = request.header(http::header::AUTHORIZATION, auth.clone());
+            headers.insert(http::header::AUTHORIZATION, auth.clone());
         }
+        let case = HeaderCase::resolve(&headers, &[(&self.header_case, &self.headers)]);
+        let sent = self.client.get_spelled(&self.models_url, headers, &case);
         Ok(data_ids(
-            &get_json(request, self.timeout, self.max_response_body).await?,
+            &get_json(sent, self.timeout, self.max_response_body).await?,
         ))
     }
 
@@ -156,6 +166,17 @@ impl Provider for OpenAiProvider {
         call: super::doors::DoorCall,
     ) -> Result<super::doors::TextCompletion, ApiError> {
         self.door_completion(call).await
+    }
+
+    fn speaks_responses(&self) -> bool {
+        self.responses_api
+    }
+
+    async fn responses(
+        &self,
+        call: super::doors::DoorCall,
+    ) -> Result<super::doors::TextCompletion, ApiError> {
+        self.door_responses(call).await
     }
 
     async fn stream(&self, call: UpstreamCall) -> Result<ChunkStream, ApiError> {
@@ -400,4 +421,20 @@ pub fn normalize_completion(value: Value, model: &str) -> Result<Value, ApiError
     map.entry("model")
         .or_insert_with(|| Value::String(model.to_owned()));
     Ok(Value::Object(map))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_openai_itself_speaks_the_responses_api_by_default() {
+        for (base, expected) in [
+            ("https://api.openai.com/v1", true),
+            ("https://API.OpenAI.com/v1/", true),
+            ("http://127.0.0.1:8000/v1", false),
+            ("https://api.openai.com.example.net/v1", false),
+            ("https://openrouter.ai/api/v1", false),
+        ] {
+            assert_eq!(super::is_openai_host(base), expected, "{base}");
+        }
+    }
 }

@@ -221,15 +221,11 @@ fn truncate(text: &str, max: usize) -> String {
 /// GET a JSON document (model lists), within `timeout` and at most `limit` bytes
 /// (`max_response_body_mb`), errors mapped as for chat calls.
 pub async fn get_json(
-    request: reqwest::RequestBuilder,
+    sent: impl std::future::Future<Output = Result<UpstreamResponse, UpstreamError>>,
     timeout: Duration,
     limit: usize,
 ) -> Result<Value, ApiError> {
     let work = async {
-        let sent = async {
-            let response = request.send().await.map_err(UpstreamError::reqwest)?;
-            Ok(UpstreamResponse::from_reqwest(response))
-        };
         let response = send(sent, timeout).await?;
         let response = check_status(response, timeout).await?;
         let bytes = response

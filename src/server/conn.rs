@@ -49,6 +49,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Limits;
+use crate::logging::throttle::Throttled;
+use crate::metrics::Metrics;
 
 /// Connection phases (see the module documentation).
 const FIRST: u8 = 0;
@@ -107,11 +109,21 @@ pub(crate) struct Shared {
     /// Stop accepting; connections finish within `grace_ms`.
     stopping: tokio_util::sync::CancellationToken,
     grace_ms: AtomicU64,
+    /// This server's metrics, for failed accepts.
+    metrics: Option<Arc<Metrics>>,
+    /// Failed accepts, all serving threads: one line per second at most.
+    accept_log: Throttled,
+    /// The cap reached, all serving threads: one line per 10 s at most (a normal
+    /// state under load, not a fault).
+    cap_log: Throttled,
 }
 
 impl Shared {
-    pub fn new(limits: ConnLimits) -> Arc<Shared> {
+    pub fn new(limits: ConnLimits, metrics: Option<Arc<Metrics>>) -> Arc<Shared> {
         Arc::new(Shared {
+            metrics,
+            accept_log: Throttled::new(Duration::from_secs(1)),
+            cap_log: Throttled::new(Duration::from_secs(10)),
             limits,
             open: AtomicUsize::new(0),
             room: tokio::sync::Notify::new(),
@@ -327,44 +339,15 @@ impl Drop for Registration {
     }
 }
 
-/// A log line at most every 10 s, with the count of those left out.
-struct RateLimitedLog {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl RateLimitedLog {
-    const EVERY: Duration = Duration::from_secs(10);
-
-    fn new() -> Self {
-        RateLimitedLog {
-            last: None,
-            suppressed: 0,
-        }
-    }
-
-    fn warn(&mut self, message: impl FnOnce() -> String) {
-        if self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
-            self.suppressed += 1;
-            return;
-        }
-        let suppressed = std::mem::take(&mut self.suppressed);
-        self.last = Some(Instant::now());
-        if suppressed > 0 {
-            tracing::warn!("{} ({suppressed} more since the last report)", message());
-        } else {
-            tracing::warn!("{}", message());
-        }
-    }
-}
-
 /// Accept errors that mean "out of a resource" (descriptors, memory): retrying at
-/// once would spin, so the loop backs off and makes room.
-fn is_resource_error(e: &io::Error) -> bool {
-    matches!(
-        e.raw_os_error(),
-        Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM)
-    )
+/// once would spin, so the loop backs off and makes room. The `cause` label of
+/// `lm_proxy_accept_errors_total`.
+fn resource_cause(e: &io::Error) -> Option<&'static str> {
+    match e.raw_os_error()? {
+        libc::EMFILE | libc::ENFILE => Some("descriptors"),
+        libc::ENOBUFS | libc::ENOMEM => Some("memory"),
+        _ => None,
+    }
 }
 
 /// Errors about one connection that died in the backlog: just accept the next.
@@ -416,8 +399,6 @@ pub(crate) async fn serve(
     let tls = tls.map(RustlsAcceptor::new);
     let sweeper = tokio::spawn(sweep(registry.clone(), shared.clone()));
 
-    let mut accept_errors = RateLimitedLog::new();
-    let mut at_cap = RateLimitedLog::new();
     let mut backoff = Duration::from_millis(5);
     let stopping = shared.stopping.clone();
     loop {
@@ -425,7 +406,7 @@ pub(crate) async fn serve(
         // (new connections wait in the listen backlog meanwhile).
         while shared.open.load(Ordering::Acquire) >= shared.limits.max_connections {
             let evicted = registry.evict_idle();
-            at_cap.warn(|| {
+            shared.cap_log.warn(|| {
                 format!(
                     "client connection limit reached ({} open, limits.max_connections); {}",
                     shared.limits.max_connections,
@@ -455,20 +436,30 @@ pub(crate) async fn serve(
             }
             Err(e) if is_connection_error(&e) => continue,
             Err(e) => {
-                let resource = is_resource_error(&e);
-                accept_errors.warn(|| {
+                let cause = resource_cause(&e);
+                if let Some(metrics) = &shared.metrics {
+                    metrics.accept_error(cause.unwrap_or("other"));
+                }
+                // Open connections are served meanwhile; new ones wait in the backlog.
+                shared.accept_log.warn(|| {
                     format!(
-                        "cannot accept connections: {e}{}; retrying in {} ms",
-                        if resource {
-                            " (file descriptors or memory exhausted; idle connections are \
-                             closed to make room, see limits.max_connections)"
-                        } else {
-                            ""
+                        "cannot accept connections: {e}{}; open connections are still \
+                         served, new ones wait; retrying in {} ms",
+                        match cause {
+                            Some("descriptors") => {
+                                " (out of file descriptors: idle connections are closed to \
+                                 make room; raise the open-files limit or lower \
+                                 limits.max_connections)"
+                            }
+                            Some(_) => {
+                                " (out of memory: idle connections are closed to make room)"
+                            }
+                            None => "",
                         },
                         backoff.as_millis()
                     )
                 });
-                if resource {
+                if cause.is_some() {
                     registry.evict_idle();
                 }
                 tokio::select! {
@@ -499,22 +490,25 @@ pub(crate) async fn serve(
             conn: conn.clone(),
         };
         let builder = builders[usize::from(client_spellings.load(Ordering::Relaxed))].clone();
-        let tls = tls.clone();
-        tokio::spawn(async move {
-            let _registration = registration;
-            match tls {
-                None => drive(&builder, io, service, &conn).await,
-                Some(tls) => {
-                    let accepted = tokio::select! {
-                        accepted = tls.accept(io, ()) => accepted,
-                        _ = conn.closing(CLOSE_IDLE) => return,
-                    };
-                    if let Ok((stream, ())) = accepted {
-                        drive(&builder, stream, service, &conn).await;
-                    }
+        // One task type per transport: a task is as large as its future's largest
+        // state, and the TLS states (handshake, TLS stream) would make every plain
+        // connection's task that large too.
+        match tls.clone() {
+            None => tokio::spawn(async move {
+                let _registration = registration;
+                drive(&builder, io, service, &conn).await;
+            }),
+            Some(tls) => tokio::spawn(async move {
+                let _registration = registration;
+                let accepted = tokio::select! {
+                    accepted = tls.accept(io, ()) => accepted,
+                    _ = conn.closing(CLOSE_IDLE) => return,
+                };
+                if let Ok((stream, ())) = accepted {
+                    drive(&builder, stream, service, &conn).await;
                 }
-            }
-        });
+            }),
+        };
     }
     drop(listener);
 
@@ -716,16 +710,27 @@ impl hyper::body::Body for TrackedBody {
     }
 }
 
+/// The open-files limit (`RLIMIT_NOFILE`) as found at startup and as left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct OpenFiles {
+    /// The soft limit found.
+    pub before: u64,
+    /// The soft limit in force now.
+    pub soft: u64,
+    pub hard: u64,
+}
+
 /// Raise the soft limit on open files to the hard limit (a server needs one per
 /// connection; distributions often start services with a soft limit of 1024) and
-/// return it.
-pub(crate) fn raise_open_files_limit() -> Option<u64> {
+/// say what it was and is; `None` when the limit cannot be read.
+pub(crate) fn raise_open_files_limit() -> Option<OpenFiles> {
     // SAFETY: getrlimit/setrlimit only read and write the struct given.
     unsafe {
         let mut limit = std::mem::zeroed::<libc::rlimit>();
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return None;
         }
+        let before = limit.rlim_cur as u64;
         if limit.rlim_cur < limit.rlim_max {
             let raised = libc::rlimit {
                 rlim_cur: limit.rlim_max,
@@ -735,7 +740,11 @@ pub(crate) fn raise_open_files_limit() -> Option<u64> {
                 limit.rlim_cur = limit.rlim_max;
             }
         }
-        Some(limit.rlim_cur as u64)
+        Some(OpenFiles {
+            before,
+            soft: limit.rlim_cur as u64,
+            hard: limit.rlim_max as u64,
+        })
     }
 }
 
@@ -774,7 +783,7 @@ mod tests {
             http2_keepalive_interval: None,
             http2_keepalive_timeout: Duration::from_secs(1),
         };
-        let shared = Shared::new(limits);
+        let shared = Shared::new(limits, None);
         let conn = ConnState::new(shared.clone(), 0);
         assert_eq!(conn.overdue(100), None);
         assert_eq!(conn.overdue(101), Some(CLOSE_NOW));

@@ -131,6 +131,10 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
             &format!("{prefix}/completions"),
             post(api::completions::completions),
         )
+        .route(
+            &format!("{prefix}/responses"),
+            post(api::responses::responses),
+        )
         .route(&format!("{prefix}/models"), get(api::models::list_models))
         // A catch-all: model ids may contain `/`.
         .route(
@@ -304,8 +308,9 @@ pub async fn start_serving(
 
     let gateway = Gateway::build(config, &client, resolver.as_ref())?;
     // Logged once the config is known to be good (a config error is one line).
-    let connections = conn::Shared::new(connection_limits(&gateway.config.settings.limits));
+    let limits = connection_limits(&gateway.config.settings.limits);
     let state = Arc::new(AppState::new(gateway, client));
+    let connections = conn::Shared::new(limits, state.metrics().cloned());
     reload::spawn_reloader(state.clone(), resolver, overrides);
     let is_tls = tls.is_some();
     let task = match serving {
@@ -390,9 +395,10 @@ fn serve(
 }
 
 /// The connection settings from `[limits]`, with the open-files limit raised to its
-/// hard limit first (logged, with the connection cap derived from it).
+/// hard limit first (logged with both figures, and the connection cap derived).
 fn connection_limits(limits: &crate::config::Limits) -> conn::ConnLimits {
-    let open_files = conn::raise_open_files_limit();
+    let files = conn::raise_open_files_limit();
+    let open_files = files.map(|f| f.soft);
     let max = conn::max_connections(limits.max_connections, open_files);
     if let Some(open_files) = open_files.filter(|&n| limits.max_connections > n) {
         tracing::warn!(
@@ -400,9 +406,24 @@ fn connection_limits(limits: &crate::config::Limits) -> conn::ConnLimits {
              accepting will fail for lack of descriptors before the cap is reached"
         );
     }
+    let files = match files {
+        None => "unknown".to_owned(),
+        Some(f) if f.before < f.soft => {
+            format!(
+                "{} (soft limit raised from {} to the hard limit)",
+                f.soft, f.before
+            )
+        }
+        Some(f) if f.soft < f.hard => {
+            format!(
+                "{} (could not raise it to the hard limit {})",
+                f.soft, f.hard
+            )
+        }
+        Some(f) => format!("{} (the hard limit {})", f.soft, f.hard),
+    };
     tracing::info!(
-        "open files limit {}; at most {max} client connections (limits.max_connections)",
-        open_files.map_or_else(|| "unknown".to_owned(), |n| n.to_string()),
+        "open files limit {files}; at most {max} client connections (limits.max_connections)"
     );
     conn::ConnLimits::new(limits, max)
 }
@@ -454,7 +475,10 @@ fn bind_all(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::Tcp
             socket.set_reuse_port(true)?;
         }
         socket.bind(&at.into())?;
-        socket.listen(1024)?;
+        // The backlog is where connections wait while the gateway is at
+        // `limits.max_connections` or out of descriptors: as long as the kernel allows
+        // (it caps this at net.core.somaxconn), so that they are held, not refused.
+        socket.listen(65_535)?;
         socket.set_nonblocking(true)?;
         listeners.push(socket.into());
     }

@@ -3,15 +3,22 @@
 //!
 //! Two transports behind one type:
 //!
-//! - **In-task HTTP/1.1 pool** ([`pool`]) for plain `http://` upstreams: local and
-//!   LAN OpenAI-compatible servers (vLLM, llama.cpp, Ollama, LM Studio), where the
-//!   upstream is fast and the proxy's own cost shows. The request's task reads and
-//!   writes the upstream socket itself; no hand-off to a connection task.
-//! - **reqwest** for everything else: `https://` upstreams (HTTP/2 by ALPN, the
-//!   platform's certificates), and every upstream when the environment names an
-//!   HTTP proxy (`HTTP_PROXY`, `ALL_PROXY`, lower or upper case), whose rules
-//!   (including `NO_PROXY`) reqwest applies. Model lists, key-check calls and token
-//!   fetches use reqwest too ([`UpstreamClient::reqwest`]).
+//! - **In-task HTTP/1.1 pool** ([`pool`]) for `http://` and `https://` upstreams
+//!   (TLS with ALPN `http/1.1` and the platform's certificates, as reqwest checks
+//!   them): local and LAN OpenAI-compatible servers (vLLM, llama.cpp, Ollama, LM
+//!   Studio), where the upstream is fast and the proxy's own cost shows, and the
+//!   providers. The request's task reads and writes the upstream socket itself; no
+//!   hand-off to a connection task. HTTP/1.1, as the reference's httpx client spoke
+//!   it, is what lets header names keep the spelling the config, a handler or the
+//!   client gave them (`case.rs`); HTTP/2 would send them in lowercase.
+//!   The proxies the environment names (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`,
+//!   `NO_PROXY`, either case; hyper-util's matcher, as reqwest reads them) are used
+//!   when they are `http://` ones: plain-http requests in absolute form with the
+//!   proxy's credentials, https ones through a `CONNECT` tunnel.
+//! - **reqwest** for origins behind an `https://` or SOCKS proxy and URLs with
+//!   credentials in them. Vertex AI's token and metadata fetches use reqwest too
+//!   ([`UpstreamClient::reqwest`]); model lists and `CheckAPIKeyWithRequest` calls
+//!   take the pool ([`UpstreamClient::get_spelled`], [`UpstreamClient::request_spelled`]).
 //!
 //! A provider turns its URL into a [`Target`] once, at startup, and sends with
 //! [`Target::post`].
@@ -53,23 +60,38 @@ pub struct UpstreamClient {
     inner: Arc<ClientInner>,
 }
 
-type PoolsByOrigin = Mutex<HashMap<(String, u16), Arc<Pool>>>;
+/// Pools by origin (host, port, whether it is `https`) and the HTTP proxy they go
+/// through, if any (its host and port).
+type PoolKey = (String, u16, bool, Option<(String, u16)>);
+type PoolsByOrigin = Mutex<HashMap<PoolKey, Arc<Pool>>>;
 
 struct ClientInner {
     reqwest: reqwest::Client,
-    /// In-task pools by `host:port`; `None` when a proxy is configured in the
-    /// environment (then every request goes through reqwest, which applies it).
+    /// In-task pools; `None` only in tests that exercise the reqwest transport.
     pools: Option<PoolsByOrigin>,
+    /// The proxies the environment names (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`,
+    /// `NO_PROXY`, either case, read as curl and reqwest read them).
+    proxies: hyper_util::client::proxy::matcher::Matcher,
     connect_timeout: Duration,
 }
 
 impl UpstreamClient {
     /// A client whose new connections must open within `connect_timeout`.
     pub fn new(connect_timeout: Duration) -> anyhow::Result<UpstreamClient> {
-        Self::with_proxy_env(connect_timeout, proxy_in_environment())
+        Self::with_transport(
+            connect_timeout,
+            false,
+            hyper_util::client::proxy::matcher::Matcher::from_system(),
+        )
     }
 
-    fn with_proxy_env(connect_timeout: Duration, proxied: bool) -> anyhow::Result<Self> {
+    /// `reqwest_only`: every call through reqwest (tests of that transport);
+    /// `proxies`: which proxy each origin goes through.
+    fn with_transport(
+        connect_timeout: Duration,
+        reqwest_only: bool,
+        proxies: hyper_util::client::proxy::matcher::Matcher,
+    ) -> anyhow::Result<Self> {
         crate::server::install_crypto_provider();
         let reqwest = reqwest::Client::builder()
             .tcp_nodelay(true)
@@ -81,9 +103,10 @@ impl UpstreamClient {
             // lowercase `http::HeaderName` keeps): the reference's clients (httpx) sent
             // names as users wrote them, and some servers match names by case.
             // Exact spellings (`X-API-key`, `x-lower-case`; see `case.rs`) reach only
-            // the in-task pool's upstreams: reqwest 0.13 builds its own hyper request
-            // and drops the caller's extensions, where hyper's map of spellings would
-            // have to travel. HTTP/2 (https by ALPN) is lowercase by spec.
+            // the in-task pool's upstreams (every `http` and `https` one, through an
+            // `http://` proxy too): reqwest 0.13 builds its own hyper request and drops
+            // the caller's extensions, where hyper's map of spellings would have to
+            // travel. HTTP/2 (https by ALPN) is lowercase by spec.
             .http1_title_case_headers()
             // Never follow redirects: reqwest would resend the provider key headers
             // (`x-api-key`, `x-goog-api-key`, static `http_headers`) and the prompt to
@@ -96,7 +119,8 @@ impl UpstreamClient {
         Ok(UpstreamClient {
             inner: Arc::new(ClientInner {
                 reqwest,
-                pools: (!proxied).then(Default::default),
+                pools: (!reqwest_only).then(Default::default),
+                proxies,
                 connect_timeout,
             }),
         })
@@ -115,38 +139,177 @@ impl UpstreamClient {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        self.post_spelled(url, headers, &HeaderCase::NONE, body)
+            .await
+    }
+
+    /// GET from a URL that changes from call to call (model list pages), header
+    /// names spelled as `case` says (see [`Target::post_spelled`]).
+    pub async fn get_spelled(
+        &self,
+        url: &str,
+        headers: HeaderMap,
+        case: &HeaderCase,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        self.request_spelled(http::Method::GET, url, headers, case, Bytes::new())
+            .await
+    }
+
+    /// Any method to a URL that changes from call to call (key checks), header
+    /// names spelled as `case` says (see [`Target::post_spelled`]).
+    pub async fn request_spelled(
+        &self,
+        method: http::Method,
+        url: &str,
+        headers: HeaderMap,
+        case: &HeaderCase,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
         let target = self.target(url).map_err(UpstreamError::BadUrl)?;
-        target.post(headers, body).await
+        target.send_spelled(method, headers, case, body).await
+    }
+
+    /// [`UpstreamClient::post`] with header names spelled as `case` says (see
+    /// [`Target::post_spelled`]).
+    pub async fn post_spelled(
+        &self,
+        url: &str,
+        headers: HeaderMap,
+        case: &HeaderCase,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let target = self.target(url).map_err(UpstreamError::BadUrl)?;
+        target.post_spelled(headers, case, body).await
+    }
+
+    /// How connections to an `https` host start TLS: the TLS settings (ALPN
+    /// `http/1.1`, the platform's certificates) and the host's name for SNI and the
+    /// certificate check.
+    fn tls_origin(host: &str, url: &str) -> Result<pool::TlsOrigin, String> {
+        // Made once per process, at the first `https` origin: loading the platform's
+        // certificates takes a while and they do not change while it runs.
+        static CONNECTOR: std::sync::OnceLock<Result<tokio_rustls::TlsConnector, String>> =
+            std::sync::OnceLock::new();
+        let connector = CONNECTOR
+            .get_or_init(|| {
+                use rustls_platform_verifier::BuilderVerifierExt;
+                crate::server::install_crypto_provider();
+                let mut config = rustls::ClientConfig::builder()
+                    .with_platform_verifier()
+                    .map_err(|e| format!("cannot load the platform's certificates: {e}"))?
+                    .with_no_client_auth();
+                // HTTP/1.1 only: the pool speaks nothing else (see the module docs).
+                config.alpn_protocols = vec![b"http/1.1".to_vec()];
+                Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+            })
+            .clone()?;
+        let server_name = rustls::pki_types::ServerName::try_from(host.to_owned())
+            .map_err(|e| format!("'{url}': the host is not a name TLS can check: {e}"))?;
+        Ok(pool::TlsOrigin {
+            connector,
+            server_name,
+        })
+    }
+
+    /// The proxy the environment names for `url`: `Some(None)` for none (or one
+    /// that `NO_PROXY` exempts), `Some(Some(..))` for an `http://` proxy, `None` for
+    /// one the pool cannot use (`https://` or SOCKS; reqwest takes those calls).
+    fn proxy_for(&self, url: &reqwest::Url) -> Result<Option<Option<pool::Proxy>>, String> {
+        let uri: http::Uri = url.as_str().parse().map_err(|e| format!("'{url}': {e}"))?;
+        let Some(intercept) = self.inner.proxies.intercept(&uri) else {
+            return Ok(Some(None));
+        };
+        let proxy = intercept.uri();
+        if proxy.scheme_str() != Some("http") {
+            return Ok(None);
+        }
+        let Some(host) = proxy.host() else {
+            return Ok(None);
+        };
+        Ok(Some(Some(pool::Proxy {
+            host: host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_owned(),
+            port: proxy.port_u16().unwrap_or(80),
+            authorization: intercept.basic_auth().cloned().map(|mut value| {
+                value.set_sensitive(true);
+                value
+            }),
+        })))
     }
 
     /// Prepare a URL for repeated requests: parsed once, its pool looked up once.
     pub fn target(&self, url: &str) -> Result<Target, String> {
         let parsed = reqwest::Url::parse(url).map_err(|e| format!("'{url}' is not a URL: {e}"))?;
         let route = match (&self.inner.pools, parsed.scheme(), parsed.host_str()) {
-            (Some(pools), "http", Some(host)) if parsed.username().is_empty() => {
-                let port = parsed.port_or_known_default().unwrap_or(80);
+            (Some(pools), scheme @ ("http" | "https"), Some(host))
+                if parsed.username().is_empty() && parsed.password().is_none() =>
+            {
+                let https = scheme == "https";
+                let port = parsed
+                    .port_or_known_default()
+                    .unwrap_or(if https { 443 } else { 80 });
                 // `[::1]` in a URL is `::1` to connect to.
                 let connect_host = host.trim_start_matches('[').trim_end_matches(']');
-                let key = (connect_host.to_owned(), port);
-                let pool = pools
+                let Some(proxy) = self.proxy_for(&parsed)? else {
+                    // A proxy the pool cannot speak to (https or SOCKS): reqwest.
+                    return Ok(Target {
+                        url: parsed,
+                        route: Route::Reqwest(self.inner.reqwest.clone()),
+                    });
+                };
+                let key = (
+                    connect_host.to_owned(),
+                    port,
+                    https,
+                    proxy.as_ref().map(|p| (p.host.clone(), p.port)),
+                );
+                let existing = pools
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
-                    .entry(key)
-                    .or_insert_with(|| {
-                        Arc::new(Pool::new(
+                    .get(&key)
+                    .cloned();
+                // Plain http through a proxy: requests in absolute form, with the
+                // proxy's credentials (https tunnels carry them in CONNECT).
+                let through_proxy = match &proxy {
+                    Some(proxy) if !https => Some(proxy.authorization.clone()),
+                    _ => None,
+                };
+                let pool = match existing {
+                    Some(pool) => pool,
+                    None => {
+                        let tls = if https {
+                            Some(Self::tls_origin(connect_host, url)?)
+                        } else {
+                            None
+                        };
+                        let made = Arc::new(Pool::new(
                             connect_host.to_owned(),
                             port,
+                            tls,
+                            proxy,
                             self.inner.connect_timeout,
                             IDLE_TIMEOUT,
                             MAX_IDLE_PER_ORIGIN,
-                        ))
-                    })
-                    .clone();
+                        ));
+                        pools
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .entry(key)
+                            .or_insert(made)
+                            .clone()
+                    }
+                };
                 let authority = match parsed.port() {
                     Some(port) => format!("{host}:{port}"),
                     None => host.to_owned(),
                 };
-                let mut path = parsed.path().to_owned();
+                let mut path = if through_proxy.is_some() {
+                    format!("{scheme}://{authority}{}", parsed.path())
+                } else {
+                    parsed.path().to_owned()
+                };
                 if let Some(query) = parsed.query() {
                     path.push('?');
                     path.push_str(query);
@@ -158,6 +321,7 @@ impl UpstreamClient {
                         .map_err(|e| format!("'{url}': bad path: {e}"))?,
                     host: HeaderValue::from_str(&authority)
                         .map_err(|e| format!("'{url}': bad host: {e}"))?,
+                    proxy_authorization: through_proxy.flatten(),
                 }
             }
             _ => Route::Reqwest(self.inner.reqwest.clone()),
@@ -205,13 +369,6 @@ pub fn merge_headers(into: &mut HeaderMap, from: &HeaderMap) {
     }
 }
 
-/// Whether the environment names an HTTP proxy for plain-`http` URLs.
-fn proxy_in_environment() -> bool {
-    ["http_proxy", "HTTP_PROXY", "all_proxy", "ALL_PROXY"]
-        .iter()
-        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()))
-}
-
 /// A prepared upstream URL (see [`UpstreamClient::target`]).
 pub struct Target {
     url: reqwest::Url,
@@ -225,6 +382,8 @@ enum Route {
         uri: http::Uri,
         /// The `Host` header: the URL's host and port as written.
         host: HeaderValue,
+        /// `Proxy-Authorization` for a plain-http origin reached through a proxy.
+        proxy_authorization: Option<HeaderValue>,
     },
     Reqwest(reqwest::Client),
 }
@@ -245,13 +404,32 @@ impl Target {
     /// allows it (the in-task pool; reqwest and HTTP/2 cannot, see `case.rs`).
     pub async fn post_spelled(
         &self,
+        headers: HeaderMap,
+        case: &HeaderCase,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        self.send_spelled(http::Method::POST, headers, case, body)
+            .await
+    }
+
+    async fn send_spelled(
+        &self,
+        method: http::Method,
         mut headers: HeaderMap,
         case: &HeaderCase,
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
         match &self.route {
-            Route::Pooled { pool, uri, host } => {
+            Route::Pooled {
+                pool,
+                uri,
+                host,
+                proxy_authorization,
+            } => {
                 headers.insert(http::header::HOST, host.clone());
+                if let Some(credentials) = proxy_authorization {
+                    headers.insert(http::header::PROXY_AUTHORIZATION, credentials.clone());
+                }
                 if !headers.contains_key(http::header::USER_AGENT) {
                     headers.insert(
                         http::header::USER_AGENT,
@@ -262,7 +440,7 @@ impl Target {
                     headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
                 }
                 let mut request = http::Request::new(Full::new(body));
-                *request.method_mut() = http::Method::POST;
+                *request.method_mut() = method;
                 *request.uri_mut() = uri.clone();
                 *request.headers_mut() = headers;
                 case.apply(&mut request);
@@ -276,12 +454,13 @@ impl Target {
             Route::Reqwest(client) => {
                 // Boxed: reqwest's future is large, and inline it would make every
                 // call's future (and each move of it) that large, pooled ones too.
-                let send = client
-                    .post(self.url.clone())
-                    .headers(headers)
-                    .body(body)
-                    .send();
-                let response = Box::pin(send).await.map_err(UpstreamError::reqwest)?;
+                let mut request = client.request(method, self.url.clone()).headers(headers);
+                if !body.is_empty() {
+                    request = request.body(body);
+                }
+                let response = Box::pin(request.send())
+                    .await
+                    .map_err(UpstreamError::reqwest)?;
                 Ok(UpstreamResponse::from_reqwest(response))
             }
         }
@@ -456,6 +635,10 @@ impl UpstreamError {
     /// The error for the client: a timeout is 504, anything else 502; the text says
     /// which step failed (connect, request, answer), as `metrics` classifies it.
     pub fn into_api_error(self) -> ApiError {
+        // Out of descriptors, memory or ports here: 503, not the upstream's fault.
+        if let Some(error) = exhausted::answer(&self) {
+            return error;
+        }
         let kind = match &self {
             UpstreamError::TooLarge { limit } => return too_large_error(*limit),
             UpstreamError::ConnectTimeout(_) => {
@@ -514,6 +697,8 @@ pub fn describe_limit(limit: usize) -> String {
         format!("{limit} bytes")
     }
 }
+
+pub mod exhausted;
 
 #[cfg(test)]
 mod tests;

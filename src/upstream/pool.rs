@@ -1,5 +1,5 @@
-//! Keep-alive HTTP/1.1 connections to one plain-`http` upstream origin, driven from
-//! the task of the request that uses them.
+//! Keep-alive HTTP/1.1 connections to one upstream origin (`http`, or `https` over
+//! TLS with ALPN `http/1.1`), driven from the task of the request that uses them.
 //!
 //! hyper's client connection is two halves: a `SendRequest` handle and the
 //! `Connection` future that reads and writes the socket. reqwest (through
@@ -33,7 +33,139 @@ use tokio::net::TcpStream;
 
 use super::UpstreamError;
 
-type Connection = http1::Connection<TokioIo<TcpStream>, Full<Bytes>>;
+type Connection = http1::Connection<TokioIo<Socket>, Full<Bytes>>;
+
+/// What a pooled connection reads and writes: the TCP socket, or TLS over it for
+/// an `https` origin (boxed: the TLS state is large and plain origins are the
+/// common case here).
+enum Socket {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl tokio::io::AsyncRead for Socket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(tcp) => Pin::new(tcp).poll_read(cx, buf),
+            Socket::Tls(tls) => Pin::new(tls.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl tokio::io::AsyncWrite for Socket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Plain(tcp) => Pin::new(tcp).poll_write(cx, buf),
+            Socket::Tls(tls) => Pin::new(tls.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Socket::Plain(tcp) => Pin::new(tcp).poll_write_vectored(cx, bufs),
+            Socket::Tls(tls) => Pin::new(tls.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Socket::Plain(tcp) => tcp.is_write_vectored(),
+            Socket::Tls(tls) => tls.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(tcp) => Pin::new(tcp).poll_flush(cx),
+            Socket::Tls(tls) => Pin::new(tls.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Socket::Plain(tcp) => Pin::new(tcp).poll_shutdown(cx),
+            Socket::Tls(tls) => Pin::new(tls.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// An `http://` proxy the environment names for an origin: connections go to it,
+/// plain-http requests in absolute form, https ones through a `CONNECT` tunnel.
+pub(super) struct Proxy {
+    pub(super) host: String,
+    pub(super) port: u16,
+    /// `Proxy-Authorization` (Basic, from the proxy URL's user and password).
+    pub(super) authorization: Option<http::HeaderValue>,
+}
+
+/// The longest answer to `CONNECT` read (its head; a proxy sends no body with 2xx).
+const MAX_CONNECT_ANSWER: usize = 16 * 1024;
+
+/// Open a tunnel to `authority` through a proxy connection: `CONNECT`, then its
+/// answer's head, which must be 2xx. The proxy's refusal is the error's text.
+async fn tunnel(
+    tcp: &mut TcpStream,
+    authority: &str,
+    authorization: Option<&http::HeaderValue>,
+) -> std::io::Result<()> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut head = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n").into_bytes();
+    if let Some(credentials) = authorization {
+        head.extend_from_slice(b"Proxy-Authorization: ");
+        head.extend_from_slice(credentials.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    tcp.write_all(&head).await?;
+    let mut answer = Vec::with_capacity(256);
+    let mut chunk = [0u8; 1024];
+    // Read byte runs until the head ends; nothing past it is sent before TLS starts.
+    let end = loop {
+        let n = tcp.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::other(
+                "the proxy closed the connection before answering CONNECT",
+            ));
+        }
+        answer.extend_from_slice(&chunk[..n]);
+        if let Some(at) = answer.windows(4).position(|w| w == b"\r\n\r\n") {
+            break at;
+        }
+        if answer.len() > MAX_CONNECT_ANSWER {
+            return Err(std::io::Error::other(
+                "the proxy's answer to CONNECT is too long",
+            ));
+        }
+    };
+    let status_line = String::from_utf8_lossy(&answer[..end]);
+    let status_line = status_line.lines().next().unwrap_or_default();
+    let status = status_line.split_whitespace().nth(1).unwrap_or_default();
+    if !status.starts_with('2') || end + 4 != answer.len() {
+        return Err(std::io::Error::other(format!(
+            "the proxy refused the tunnel: {status_line}"
+        )));
+    }
+    Ok(())
+}
+
+/// How an `https` origin's connections start TLS: the shared client settings and
+/// the name its certificate must carry (SNI).
+pub(super) struct TlsOrigin {
+    pub(super) connector: tokio_rustls::TlsConnector,
+    pub(super) server_name: rustls::pki_types::ServerName<'static>,
+}
 type Request = http::Request<Full<Bytes>>;
 
 /// A request that failed, and the request itself when it was never sent.
@@ -133,6 +265,10 @@ pub fn set_pool_shard(index: usize) {
 pub(super) struct Pool {
     host: String,
     port: u16,
+    /// `Some` for an `https` origin.
+    tls: Option<TlsOrigin>,
+    /// The proxy its connections go through, if the environment names one.
+    proxy: Option<Proxy>,
     connect_timeout: Duration,
     idle_timeout: Duration,
     /// Per shard.
@@ -144,6 +280,8 @@ impl Pool {
     pub(super) fn new(
         host: String,
         port: u16,
+        tls: Option<TlsOrigin>,
+        proxy: Option<Proxy>,
         connect_timeout: Duration,
         idle_timeout: Duration,
         max_idle: usize,
@@ -151,6 +289,8 @@ impl Pool {
         Pool {
             host,
             port,
+            tls,
+            proxy,
             connect_timeout,
             idle_timeout,
             max_idle,
@@ -199,16 +339,37 @@ impl Pool {
         }
     }
 
-    /// A new connection (boxed: it is large, and moves in and out of the pool).
+    /// A new connection (boxed: it is large, and moves in and out of the pool). The
+    /// connect timeout covers the TLS handshake of an `https` origin too.
     async fn connect(&self) -> Result<Box<PooledConnection>, UpstreamError> {
-        let connect = TcpStream::connect((self.host.as_str(), self.port));
-        let tcp = match tokio::time::timeout(self.connect_timeout, connect).await {
+        let open = async {
+            let mut tcp = match &self.proxy {
+                None => TcpStream::connect((self.host.as_str(), self.port)).await?,
+                Some(proxy) => TcpStream::connect((proxy.host.as_str(), proxy.port)).await?,
+            };
+            // Small SSE writes must not wait on Nagle's algorithm.
+            tcp.set_nodelay(true)?;
+            match &self.tls {
+                None => Ok(Socket::Plain(tcp)),
+                Some(tls) => {
+                    if let Some(proxy) = &self.proxy {
+                        let authority = if self.host.contains(':') {
+                            format!("[{}]:{}", self.host, self.port)
+                        } else {
+                            format!("{}:{}", self.host, self.port)
+                        };
+                        tunnel(&mut tcp, &authority, proxy.authorization.as_ref()).await?;
+                    }
+                    let stream = tls.connector.connect(tls.server_name.clone(), tcp).await?;
+                    Ok(Socket::Tls(Box::new(stream)))
+                }
+            }
+        };
+        let socket = match tokio::time::timeout(self.connect_timeout, open).await {
             Err(_) => return Err(UpstreamError::ConnectTimeout(self.connect_timeout)),
             Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
-            Ok(Ok(tcp)) => tcp,
+            Ok(Ok(socket)) => socket,
         };
-        // Small SSE writes must not wait on Nagle's algorithm.
-        tcp.set_nodelay(true).map_err(UpstreamError::Connect)?;
         // Header names go out in title case (`X-Custom-Header`), as the reference's
         // clients sent the names users write, not lowercased (see `UpstreamClient`),
         // unless the request's extensions carry hyper's map of exact spellings
@@ -218,7 +379,7 @@ impl Pool {
         // of every *response* it parses, a map per answer that nothing reads.
         let (sender, connection) = http1::Builder::new()
             .title_case_headers(true)
-            .handshake(TokioIo::new(tcp))
+            .handshake(TokioIo::new(socket))
             .await
             .map_err(UpstreamError::Request)?;
         Ok(Box::new(PooledConnection {

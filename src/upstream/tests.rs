@@ -11,6 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
 use super::*;
+use hyper_util::client::proxy::matcher::Matcher;
 
 #[derive(Clone, Copy, PartialEq)]
 enum After {
@@ -114,7 +115,11 @@ async fn serve_connection(socket: &mut TcpStream, after: After, seen: &Mutex<Vec
 }
 
 fn client() -> UpstreamClient {
-    UpstreamClient::with_proxy_env(Duration::from_secs(5), false).unwrap()
+    UpstreamClient::with_transport(Duration::from_secs(5), false, no_proxies()).unwrap()
+}
+
+fn no_proxies() -> Matcher {
+    Matcher::builder().build()
 }
 
 async fn post_text(target: &Target, body: &'static str) -> Result<String, UpstreamError> {
@@ -255,20 +260,89 @@ async fn connect_failures_are_502_and_connect_timeouts_504() {
     assert_eq!(error.status(), StatusCode::GATEWAY_TIMEOUT);
 }
 
+/// http and https upstreams go through the in-task pool (one pool per origin,
+/// scheme and proxy), through an `http://` proxy too; URLs with credentials and
+/// origins behind an https or SOCKS proxy through reqwest.
 #[test]
-fn https_and_proxied_upstreams_go_through_reqwest() {
+fn upstreams_are_pooled_through_http_proxies_and_others_go_through_reqwest() {
     let direct = client();
     assert!(matches!(
         direct.target("https://api.example.com/v1").unwrap().route,
-        Route::Reqwest(_)
+        Route::Pooled { .. }
     ));
     assert!(matches!(
         direct.target("http://[::1]:8000/v1").unwrap().route,
         Route::Pooled { .. }
     ));
-    let proxied = UpstreamClient::with_proxy_env(Duration::from_secs(5), true).unwrap();
     assert!(matches!(
-        proxied.target("http://127.0.0.1:8000/v1").unwrap().route,
+        direct
+            .target("https://user:secret@api.example.com/v1")
+            .unwrap()
+            .route,
+        Route::Reqwest(_)
+    ));
+    let pools =
+        |client: &UpstreamClient| client.inner.pools.as_ref().unwrap().lock().unwrap().len();
+    let before = pools(&direct);
+    direct.target("http://api.example.com:443/v1").unwrap();
+    direct.target("https://api.example.com:443/v2").unwrap();
+    assert_eq!(
+        pools(&direct),
+        before + 1,
+        "http on 443 is another origin than https"
+    );
+
+    let proxies = Matcher::builder()
+        .http("http://user:pass@proxy.internal:3128")
+        .https("http://proxy.internal:3128")
+        .no("localhost,.corp.example")
+        .build();
+    let proxied = UpstreamClient::with_transport(Duration::from_secs(5), false, proxies).unwrap();
+    // Plain http through the proxy: absolute form and the proxy's credentials.
+    match proxied
+        .target("http://vllm.lan:8000/v1/chat/completions?x=1")
+        .unwrap()
+        .route
+    {
+        Route::Pooled {
+            uri,
+            host,
+            proxy_authorization,
+            ..
+        } => {
+            assert_eq!(uri, "http://vllm.lan:8000/v1/chat/completions?x=1");
+            assert_eq!(host, "vllm.lan:8000");
+            assert_eq!(proxy_authorization.unwrap(), "Basic dXNlcjpwYXNz");
+        }
+        Route::Reqwest(_) => panic!("an http proxy is the pool's"),
+    }
+    // https through the proxy: a tunnel, so the request is in origin form.
+    match proxied
+        .target("https://api.example.com/v1/models")
+        .unwrap()
+        .route
+    {
+        Route::Pooled {
+            uri,
+            proxy_authorization,
+            ..
+        } => {
+            assert_eq!(uri, "/v1/models");
+            assert!(proxy_authorization.is_none());
+        }
+        Route::Reqwest(_) => panic!("an http proxy is the pool's"),
+    }
+    // NO_PROXY: direct, in its own pool.
+    match proxied.target("http://gpu.corp.example/v1").unwrap().route {
+        Route::Pooled { uri, .. } => assert_eq!(uri, "/v1"),
+        Route::Reqwest(_) => panic!("a direct origin is the pool's"),
+    }
+    let socks = Matcher::builder()
+        .all("socks5://proxy.internal:1080")
+        .build();
+    let socks = UpstreamClient::with_transport(Duration::from_secs(5), false, socks).unwrap();
+    assert!(matches!(
+        socks.target("https://api.example.com/v1").unwrap().route,
         Route::Reqwest(_)
     ));
 }
@@ -292,9 +366,11 @@ fn merged_headers_replace_by_name_and_keep_every_value() {
 /// cap exactly: read whole. Both transports.
 #[tokio::test]
 async fn answers_past_the_cap_are_refused_and_their_connection_closed() {
-    for proxied in [false, true] {
+    for reqwest_only in [false, true] {
         let mut upstream = raw_upstream(After::KeepAlive).await;
-        let client = UpstreamClient::with_proxy_env(Duration::from_secs(5), proxied).unwrap();
+        let client =
+            UpstreamClient::with_transport(Duration::from_secs(5), reqwest_only, no_proxies())
+                .unwrap();
         let target = client.target(&upstream.url).unwrap();
         let read = |body: &'static str, limit: usize| {
             let target = &target;
@@ -312,7 +388,7 @@ async fn answers_past_the_cap_are_refused_and_their_connection_closed() {
             matches!(declared, UpstreamError::TooLarge { limit: 6 }),
             "{declared}"
         );
-        if !proxied {
+        if !reqwest_only {
             // (reqwest may keep a connection whose small body it had already read.)
             tokio::time::timeout(Duration::from_secs(10), upstream.closed.recv())
                 .await

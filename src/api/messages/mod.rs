@@ -21,6 +21,7 @@
 pub mod answer;
 pub mod count;
 pub mod errors;
+pub mod fast;
 pub mod request;
 pub mod stream;
 
@@ -115,8 +116,13 @@ async fn serve(
         Ok(DoorReply::Chunks(chunks, translator)) => {
             // Metrics and redaction see the canonical chunks (their usage).
             let (chunks, finish) = ending.stream(&gateway, ctx, chunks);
-            let events = stream::translate(chunks, translator);
-            let body = stream::encode(events, assemble, Some(stream::PING_EVERY), finish);
+            let body = stream::encode_translated(
+                chunks,
+                translator,
+                assemble,
+                Some(stream::PING_EVERY),
+                finish,
+            );
             (core::sse_headers(), Body::from_stream(body)).into_response()
         }
         Err(error) => errors::response(ending.failed(&gateway, ctx, error)),
@@ -177,7 +183,13 @@ async fn handle(
     core::run_handlers(gateway, ctx).await?;
     let call = native_call(gateway, ctx, bytes, count_tokens)?;
     // The client's bytes are held (and counted in the body budget) until sent.
-    let reply = timed(upstream_time, native_reply(native, call, count_tokens)).await;
+    // Boxed: the upstream call's state is large, and this future is moved whole
+    // as the request's future (a copy of it per move).
+    let reply = timed(
+        upstream_time,
+        Box::pin(native_reply(native, call, count_tokens)),
+    )
+    .await;
     drop(held);
     reply
 }
@@ -219,10 +231,10 @@ fn native_call(
     count_tokens: bool,
 ) -> Result<NativeCall, ApiError> {
     let model = ctx.model.clone().unwrap_or_default();
-    let extra_headers = match ctx.llm_params.get("extra_headers") {
-        Some(value) => core::extra_headers(value)?,
-        None => HeaderMap::new(),
-    };
+    let (extra_headers, extra_header_case) = core::spelled_extra_headers(
+        ctx.llm_params.get("extra_headers"),
+        &ctx.forwarded_spellings,
+    )?;
     let stream = !count_tokens
         && ctx
             .llm_params
@@ -256,6 +268,7 @@ fn native_call(
         stream,
         client_headers,
         extra_headers,
+        extra_header_case,
     })
 }
 
@@ -314,13 +327,10 @@ fn translated_call(ctx: &mut RequestContext, keep_request: bool) -> Result<Upstr
     } else {
         std::mem::take(&mut ctx.llm_params)
     };
-    let (headers, header_case) = match params.shift_remove("extra_headers") {
-        Some(value) => (
-            core::extra_headers(&value)?,
-            core::extra_header_case(&value, &ctx.forwarded_spellings),
-        ),
-        None => (HeaderMap::new(), Default::default()),
-    };
+    let (headers, header_case) = core::spelled_extra_headers(
+        params.shift_remove("extra_headers").as_ref(),
+        &ctx.forwarded_spellings,
+    )?;
     params.shift_remove("model");
     let messages = match ctx.request.get_mut("messages") {
         Some(messages) if keep_request => messages.clone(),

@@ -26,7 +26,9 @@ use crate::config::{Config, ConfigError, ProviderSettings};
 use crate::error::ApiError;
 use crate::payload::{from_chunk_stream, into_chunk_stream, PayloadStream};
 use crate::streaming::{sse_data_events, ChunkStream};
-use crate::upstream::{json_post_headers, Target, UpstreamClient, UpstreamError, UpstreamResponse};
+use crate::upstream::{
+    json_post_headers, HeaderCase, Target, UpstreamClient, UpstreamError, UpstreamResponse,
+};
 
 /// The SDK's default base; requests go to `{api_base}/v1/messages`.
 pub const DEFAULT_API_BASE: &str = "https://api.anthropic.com";
@@ -60,6 +62,8 @@ pub struct AnthropicProvider {
     /// `max_response_body_mb` in bytes.
     max_response_body: usize,
     client: UpstreamClient,
+    /// The names of `headers` from the config (`http_headers`) as it spells them.
+    header_case: HeaderCase,
 }
 
 impl AnthropicProvider {
@@ -138,6 +142,7 @@ impl AnthropicProvider {
             default_max_tokens,
             max_response_body: http.max_response_body,
             client: client.clone(),
+            header_case: http.header_case,
         })
     }
 
@@ -165,7 +170,14 @@ impl AnthropicProvider {
         stream: bool,
     ) -> Result<UpstreamResponse, UpstreamError> {
         let headers = json_post_headers(&self.headers, &call.headers, stream);
-        self.messages.post(headers, body).await
+        let case = HeaderCase::resolve(
+            &headers,
+            &[
+                (&self.header_case, &self.headers),
+                (&call.header_case, &call.headers),
+            ],
+        );
+        self.messages.post_spelled(headers, &case, body).await
     }
 
     /// One non-streamed call, bounded by the connection timeout as a whole.
@@ -225,17 +237,18 @@ impl Provider for AnthropicProvider {
         let mut ids = Vec::new();
         let mut after: Option<String> = None;
         for _ in 0..20 {
-            let mut request = self
-                .client
-                .reqwest()
-                .get(&self.models_url)
-                .headers(self.headers.clone());
-            request = request.query(&[("limit", "1000")]);
+            let mut url = reqwest::Url::parse(&self.models_url)
+                .map_err(|e| ApiError::internal(format!("the models URL: {e}")))?;
+            url.query_pairs_mut().append_pair("limit", "1000");
             if let Some(after) = &after {
-                request = request.query(&[("after_id", after.as_str())]);
+                // Encoded: the id comes from the upstream's previous page.
+                url.query_pairs_mut().append_pair("after_id", after);
             }
-            let page =
-                upstream_http::get_json(request, self.timeout, self.max_response_body).await?;
+            // Only the connection's headers: spelled as the config spells them.
+            let sent =
+                self.client
+                    .get_spelled(url.as_str(), self.headers.clone(), &self.header_case);
+            let page = upstream_http::get_json(sent, self.timeout, self.max_response_body).await?;
             ids.extend(upstream_http::data_ids(&page));
             let more = page
                 .get("has_more")

@@ -6,8 +6,6 @@
 //! the metrics. Nothing here translates, so fields nobody here knows (thinking
 //! signatures, citations, server tools, beta fields) survive byte for byte.
 
-use std::borrow::Cow;
-
 use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName};
@@ -16,11 +14,12 @@ use serde_json::Value;
 
 use super::upstream_http::{check_status_with, send, timeout_error};
 use super::{response, AnthropicProvider};
+use crate::api::messages::fast::event_type;
 use crate::error::ApiError;
 use crate::json_scan::{member_spans, member_str, TokenCounts};
 use crate::payload::{Payload, PayloadStream, RawJson};
 use crate::streaming::sse_data_events;
-use crate::upstream::{json_post_headers, Target, UpstreamError};
+use crate::upstream::{json_post_headers, HeaderCase, Target, UpstreamError};
 
 /// Client headers an Anthropic upstream is told about: the API version the client
 /// speaks and the beta features it asked for.
@@ -35,6 +34,9 @@ pub struct NativeCall {
     pub client_headers: HeaderMap,
     /// Headers set by `before` handlers (`llm_params.extra_headers`).
     pub extra_headers: HeaderMap,
+    /// The names of `extra_headers` as the handlers (or the client, for copies)
+    /// spelled them.
+    pub extra_header_case: HeaderCase,
 }
 
 /// What the upstream answered.
@@ -80,7 +82,9 @@ fn usage_of(text: &str) -> Option<Usage> {
 }
 
 impl AnthropicProvider {
-    fn native_headers(&self, call: &NativeCall) -> HeaderMap {
+    /// The headers of a pass-through request and how their names are spelled: the
+    /// connection's as configured, the handlers' as they wrote them.
+    fn native_headers(&self, call: &NativeCall) -> (HeaderMap, HeaderCase) {
         let mut from_call = call.extra_headers.clone();
         for name in CLIENT_HEADERS {
             if let Some(value) = call.client_headers.get(name) {
@@ -98,7 +102,14 @@ impl AnthropicProvider {
                 );
             }
         }
-        headers
+        let case = HeaderCase::resolve(
+            &headers,
+            &[
+                (&self.header_case, &self.headers),
+                (&call.extra_header_case, &call.extra_headers),
+            ],
+        );
+        (headers, case)
     }
 
     /// `POST /v1/messages` with the client's body.
@@ -120,9 +131,13 @@ impl AnthropicProvider {
 
     /// One JSON answer, bounded by the connection timeout as a whole.
     async fn native_json(&self, target: &Target, call: NativeCall) -> Result<Payload, ApiError> {
-        let headers = self.native_headers(&call);
+        let (headers, case) = self.native_headers(&call);
         let work = async {
-            let response = send(target.post(headers, call.body), self.first_byte_timeout).await?;
+            let response = send(
+                target.post_spelled(headers, &case, call.body),
+                self.first_byte_timeout,
+            )
+            .await?;
             let response =
                 check_status_with(response, self.timeout, response::status_to_error).await?;
             let bytes = response
@@ -162,9 +177,9 @@ impl AnthropicProvider {
     /// A stream, returned once Anthropic accepted the request: each event's data as
     /// written; an `error` event ends it as a failure.
     async fn native_stream(&self, call: NativeCall) -> Result<PayloadStream, ApiError> {
-        let headers = self.native_headers(&call);
+        let (headers, case) = self.native_headers(&call);
         let response = send(
-            self.messages.post(headers, call.body),
+            self.messages.post_spelled(headers, &case, call.body),
             self.first_byte_timeout,
         )
         .await?;
@@ -177,9 +192,8 @@ impl AnthropicProvider {
         let mut prompt = None;
         let events = events.map(move |item| {
             let text = item?;
-            let kind = member_str(&text, "type").map(Cow::into_owned);
             let mut usage = None;
-            match kind.as_deref() {
+            match event_type(text.as_bytes()).as_deref() {
                 Some("message_start") => {
                     prompt = member_spans(&text, "message", 1)
                         .and_then(|mut spans| spans.pop())
@@ -203,7 +217,7 @@ impl AnthropicProvider {
                 }
                 _ => {}
             }
-            RawJson::object(Bytes::from(text), usage)
+            RawJson::object_str(text, usage)
                 .map(Payload::Raw)
                 .map_err(|_| {
                     ApiError::upstream_failure(format!(

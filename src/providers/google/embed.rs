@@ -58,7 +58,9 @@ impl GoogleProvider {
             )
         };
         let work = async {
-            let response = self.post_to(&url, &body, &call.headers, false).await?;
+            let response = self
+                .post_to(&url, &body, (&call.headers, &call.header_case), false)
+                .await?;
             response
                 .bytes(self.max_response_body)
                 .await

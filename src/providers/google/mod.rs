@@ -39,7 +39,9 @@ use crate::config::{Config, ConfigError, ProviderSettings};
 use crate::error::ApiError;
 use crate::payload::{into_chunk_stream, Payload, PayloadStream};
 use crate::streaming::{sse_data_events, unix_now, ChunkStream, DataStream};
-use crate::upstream::{json_post_headers, UpstreamClient, UpstreamError, UpstreamResponse};
+use crate::upstream::{
+    json_post_headers, HeaderCase, UpstreamClient, UpstreamError, UpstreamResponse,
+};
 use request::RequestOptions;
 use response::AnswerContext;
 use stream::StreamTranslator;
@@ -97,6 +99,8 @@ pub struct GoogleProvider {
     request_options: RequestOptions,
     /// `google_vertex_response_validation`.
     validate: bool,
+    /// The names of `headers` from the config (`http_headers`) as it spells them.
+    header_case: HeaderCase,
 }
 
 impl GoogleProvider {
@@ -122,6 +126,7 @@ impl GoogleProvider {
             client: client.clone(),
             request_options,
             validate,
+            header_case: http.header_case,
         }
     }
 
@@ -204,7 +209,8 @@ impl GoogleProvider {
         let body =
             request::build_request(restored.as_ref().unwrap_or(call), &self.request_options)?;
         let url = self.url(&call.model, stream).await?;
-        self.post_to(&url, &body, &call.headers, stream).await
+        self.post_to(&url, &body, (&call.headers, &call.header_case), stream)
+            .await
     }
 
     /// POST `body` to `url` with the connection's credentials; on a Vertex 401 get a
@@ -213,7 +219,7 @@ impl GoogleProvider {
         &self,
         url: &str,
         body: &impl serde::Serialize,
-        call_headers: &HeaderMap,
+        (call_headers, call_case): (&HeaderMap, &HeaderCase),
         stream: bool,
     ) -> Result<UpstreamResponse, ApiError> {
         let body = Bytes::from(
@@ -235,7 +241,14 @@ impl GoogleProvider {
                     used_token = Some((tokens, bearer));
                 }
             }
-            let sent = self.client.post(url, headers, body.clone());
+            let case = HeaderCase::resolve(
+                &headers,
+                &[
+                    (&self.header_case, &self.headers),
+                    (call_case, call_headers),
+                ],
+            );
+            let sent = self.client.post_spelled(url, headers, &case, body.clone());
             let response = send(sent, self.first_byte_timeout).await?;
             if response.status() == StatusCode::UNAUTHORIZED && !retried {
                 if let Some((tokens, bearer)) = used_token.filter(|(t, _)| t.can_refresh()) {
@@ -300,22 +313,19 @@ impl Provider for GoogleProvider {
         let mut ids = Vec::new();
         let mut page_token: Option<String> = None;
         for _ in 0..20 {
-            let mut request = self
-                .client
-                .reqwest()
-                .get(format!("{root}/models"))
-                .headers(self.headers.clone())
-                .query(&[("pageSize", "1000")]);
+            let mut url = reqwest::Url::parse(&format!("{root}/models"))
+                .map_err(|e| ApiError::internal(format!("the models URL: {e}")))?;
+            url.query_pairs_mut().append_pair("pageSize", "1000");
             if let Some(token) = &page_token {
-                request = request.query(&[("pageToken", token.as_str())]);
+                // Encoded: the token comes from the upstream's previous page.
+                url.query_pairs_mut().append_pair("pageToken", token);
             }
+            let mut headers = self.headers.clone();
             if let Auth::ApiKey(key) = &self.auth {
-                request = request.header("x-goog-api-key", key.clone());
+                headers.insert("x-goog-api-key", key.clone());
             }
-            let sent = async {
-                let response = request.send().await.map_err(UpstreamError::reqwest)?;
-                Ok(UpstreamResponse::from_reqwest(response))
-            };
+            let case = HeaderCase::resolve(&headers, &[(&self.header_case, &self.headers)]);
+            let sent = self.client.get_spelled(url.as_str(), headers, &case);
             let response = send(sent, self.timeout).await?;
             let response = errors::check_status(response, self.timeout).await?;
             let bytes = response

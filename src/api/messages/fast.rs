@@ -1,0 +1,583 @@
+//! Cheap reads for the Anthropic door's streams, where every event counts
+//! (bench/README.md, "Session 9"):
+//!
+//! - [`event_type`]: the `type` of an Anthropic event, which names its SSE event.
+//!   Anthropic writes it first (`{"type":"content_block_delta",...`), so it is read
+//!   straight off the front of the text; anything else takes [`member_str`].
+//! - [`Chunk`]: what the translation to Anthropic events reads from an OpenAI
+//!   chunk, deserialized from the upstream's text as a borrowed view (strings
+//!   point into the text unless they hold escapes; members nobody reads are
+//!   skipped) instead of a `serde_json::Value` tree, which was about 40 % of a
+//!   translated stream's instructions. The view reads exactly what the tree reads
+//!   ([`Chunk::from_value`] is the tree reading, used for chunks that are trees
+//!   already): where the text has a shape the tree reading would tolerate but the
+//!   view does not (a number where a string was expected, a member twice), the
+//!   view fails and the caller falls back to the tree.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::ops::Deref;
+
+use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::json_scan::member_str;
+
+/// The value of an event's first top-level `type` member, when it is a string.
+/// `text` must be a JSON object already checked to be valid (and so UTF-8).
+pub fn event_type(text: &[u8]) -> Option<Cow<'_, str>> {
+    const HEAD: &[u8] = br#"{"type":""#;
+    /// Anthropic's event types, the most frequent first.
+    const KNOWN: [&str; 8] = [
+        "content_block_delta",
+        "content_block_start",
+        "content_block_stop",
+        "message_start",
+        "message_delta",
+        "message_stop",
+        "ping",
+        "error",
+    ];
+    if let Some(rest) = text.strip_prefix(HEAD) {
+        for kind in KNOWN {
+            if rest.starts_with(kind.as_bytes()) && rest.get(kind.len()) == Some(&b'"') {
+                return Some(Cow::Borrowed(kind));
+            }
+        }
+        // Another type: it ends at the first quote unless an escape or a control
+        // character (which the slow path rejects) comes first.
+        if let Some(end) = rest
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+        {
+            if rest[end] == b'"' {
+                // Cut at ASCII bytes of UTF-8 text: still UTF-8.
+                return std::str::from_utf8(&rest[..end]).ok().map(Cow::Borrowed);
+            }
+        }
+    }
+    member_str(std::str::from_utf8(text).ok()?, "type")
+}
+
+/// A JSON string, borrowed from the text when it holds no escapes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Text<'a>(pub Cow<'a, str>);
+
+impl Deref for Text<'_> {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl<'de> Deserialize<'de> for Text<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Text<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(V)
+    }
+}
+
+/// What the translation reads from one OpenAI chunk.
+#[derive(Debug, Default, PartialEq)]
+pub struct Chunk<'a> {
+    pub id: Option<Text<'a>>,
+    pub model: Option<Text<'a>>,
+    /// The counts of a `usage` object (absent when `usage` is not an object).
+    pub usage: Option<Usage>,
+    /// The first element of `choices`, if there is one (`null` reads as empty).
+    pub choice: Option<Choice<'a>>,
+}
+
+/// The token counts of an OpenAI `usage` object, each when it is an unsigned
+/// integer (as `Value::as_u64` reads it).
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct Usage {
+    pub prompt_tokens: Option<u64>,
+    pub completion_tokens: Option<u64>,
+    /// `prompt_tokens_details.cached_tokens`.
+    pub cached_tokens: Option<u64>,
+}
+
+/// What the translation reads from a choice.
+#[derive(Debug, Default, PartialEq)]
+pub struct Choice<'a> {
+    /// `delta.reasoning_content`, else `delta.reasoning` (the first that is a
+    /// string), when not empty.
+    pub reasoning: Option<Text<'a>>,
+    pub content: Option<Text<'a>>,
+    pub refusal: Option<Text<'a>>,
+    pub tool_calls: Vec<ToolCall<'a>>,
+    pub finish_reason: Option<Text<'a>>,
+}
+
+/// A tool call fragment of a delta.
+#[derive(Debug, Default, PartialEq)]
+pub struct ToolCall<'a> {
+    /// `index`, 0 when it is missing or not an unsigned integer.
+    pub index: u64,
+    pub id: Option<Text<'a>>,
+    pub name: Option<Text<'a>>,
+    pub arguments: Option<Text<'a>>,
+}
+
+impl<'a> Chunk<'a> {
+    /// The view of an upstream's chunk text; `None` when the text has a shape that
+    /// only the tree reading ([`Chunk::from_value`]) takes.
+    pub fn from_text(text: &'a [u8]) -> Option<Chunk<'a>> {
+        // One UTF-8 check of the whole text: read as bytes, serde_json would check
+        // each string (and each key) on its own, at a higher cost.
+        serde_json::from_str(std::str::from_utf8(text).ok()?).ok()
+    }
+
+    /// The same reading from a tree.
+    pub fn from_value(chunk: &'a Value) -> Chunk<'a> {
+        let text = |v: Option<&'a Value>| v.and_then(Value::as_str).map(|s| Text(Cow::Borrowed(s)));
+        let usage = chunk.get("usage").filter(|u| u.is_object()).map(|u| Usage {
+            prompt_tokens: u.get("prompt_tokens").and_then(Value::as_u64),
+            completion_tokens: u.get("completion_tokens").and_then(Value::as_u64),
+            cached_tokens: u
+                .pointer("/prompt_tokens_details/cached_tokens")
+                .and_then(Value::as_u64),
+        });
+        let choice = chunk.get("choices").and_then(|c| c.get(0)).map(|choice| {
+            let delta = choice.get("delta").unwrap_or(&Value::Null);
+            let tool_calls = delta
+                .get("tool_calls")
+                .and_then(Value::as_array)
+                .map(Vec::as_slice)
+                .unwrap_or(&[])
+                .iter()
+                .map(|call| {
+                    let function = call.get("function").unwrap_or(&Value::Null);
+                    ToolCall {
+                        index: call.get("index").and_then(Value::as_u64).unwrap_or(0),
+                        id: text(call.get("id")),
+                        name: text(function.get("name")),
+                        arguments: text(function.get("arguments")),
+                    }
+                })
+                .collect();
+            Choice {
+                reasoning: super::answer::reasoning_text(delta).map(|s| Text(Cow::Borrowed(s))),
+                content: text(delta.get("content")),
+                refusal: text(delta.get("refusal")),
+                tool_calls,
+                finish_reason: text(choice.get("finish_reason")),
+            }
+        });
+        Chunk {
+            id: text(chunk.get("id")),
+            model: text(chunk.get("model")),
+            usage,
+            choice,
+        }
+    }
+}
+
+// The typed reading. Each object is read by a map visitor only (serde's derive
+// would also take an array as the fields in order, which the tree reading does
+// not), and a member seen twice is an error (the tree keeps the last one).
+
+/// Read the next value into `slot` (`None` for `null`); an error if `slot` was
+/// filled before.
+#[inline]
+fn once<'de, A, T>(slot: &mut Option<Option<T>>, map: &mut A) -> Result<(), A::Error>
+where
+    A: MapAccess<'de>,
+    T: Deserialize<'de>,
+{
+    if slot.is_some() {
+        return Err(de::Error::custom("a member appears twice"));
+    }
+    *slot = Some(map.next_value::<Option<T>>()?);
+    Ok(())
+}
+
+macro_rules! map_visitor {
+    ($name:ident, $out:ty, $expecting:literal, |$map:ident| $body:block) => {
+        impl<'de> Deserialize<'de> for $out {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct $name;
+                impl<'de> Visitor<'de> for $name {
+                    type Value = $out;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str($expecting)
+                    }
+                    fn visit_map<A: MapAccess<'de>>(
+                        self,
+                        mut $map: A,
+                    ) -> Result<Self::Value, A::Error> {
+                        $body
+                    }
+                }
+                deserializer.deserialize_map($name)
+            }
+        }
+    };
+}
+
+map_visitor!(ChunkVisitor, Chunk<'de>, "a chunk object", |map| {
+    let (mut id, mut model, mut usage, mut choices) = (None, None, None, None);
+    while let Some(key) = map.next_key::<Text<'de>>()? {
+        match &*key {
+            "id" => once(&mut id, &mut map)?,
+            "model" => once(&mut model, &mut map)?,
+            "usage" => once::<_, UsageMember>(&mut usage, &mut map)?,
+            "choices" => once::<_, FirstChoice<'de>>(&mut choices, &mut map)?,
+            _ => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+    }
+    Ok(Chunk {
+        id: id.flatten(),
+        model: model.flatten(),
+        usage: usage.flatten().map(|u| u.0),
+        choice: choices.flatten().and_then(|c| c.0),
+    })
+});
+
+/// `usage`: an object (any other non-null value fails the view).
+struct UsageMember(Usage);
+
+/// `prompt_tokens_details`.
+struct Details(Option<u64>);
+
+map_visitor!(UsageVisitor, UsageMember, "a usage object", |map| {
+    let (mut prompt, mut completion, mut details) = (None, None, None);
+    while let Some(key) = map.next_key::<Text<'de>>()? {
+        match &*key {
+            "prompt_tokens" => once(&mut prompt, &mut map)?,
+            "completion_tokens" => once(&mut completion, &mut map)?,
+            "prompt_tokens_details" => once::<_, Details>(&mut details, &mut map)?,
+            _ => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+    }
+    Ok(UsageMember(Usage {
+        prompt_tokens: prompt.flatten(),
+        completion_tokens: completion.flatten(),
+        cached_tokens: details.flatten().and_then(|d| d.0),
+    }))
+});
+
+map_visitor!(DetailsVisitor, Details, "a details object", |map| {
+    let mut cached = None;
+    while let Some(key) = map.next_key::<Text<'de>>()? {
+        match &*key {
+            "cached_tokens" => once(&mut cached, &mut map)?,
+            _ => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+    }
+    Ok(Details(cached.flatten()))
+});
+
+/// `choices`: a list, of which only the first element is read (an object, or
+/// `null`); the others are skipped.
+struct FirstChoice<'a>(Option<Choice<'a>>);
+
+impl<'de> Deserialize<'de> for FirstChoice<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = FirstChoice<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a list of choices")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                // `null` reads as a choice with nothing in it, as in the tree.
+                let first = seq
+                    .next_element::<Option<Choice<'de>>>()?
+                    .map(Option::unwrap_or_default);
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(FirstChoice(first))
+            }
+        }
+        deserializer.deserialize_seq(V)
+    }
+}
+
+/// A delta as read: both reasoning members, resolved in [`Choice`].
+#[derive(Default)]
+struct Delta<'a> {
+    reasoning_content: Option<Text<'a>>,
+    reasoning: Option<Text<'a>>,
+    content: Option<Text<'a>>,
+    refusal: Option<Text<'a>>,
+    tool_calls: Vec<ToolCall<'a>>,
+}
+
+map_visitor!(ChoiceVisitor, Choice<'de>, "a choice object", |map| {
+    let (mut delta, mut finish_reason) = (None, None);
+    while let Some(key) = map.next_key::<Text<'de>>()? {
+        match &*key {
+            "delta" => once::<_, Delta<'de>>(&mut delta, &mut map)?,
+            "finish_reason" => once(&mut finish_reason, &mut map)?,
+            _ => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+    }
+    let delta = delta.flatten().unwrap_or_default();
+    Ok(Choice {
+        // The first of the two that is a string, if it is not empty.
+        reasoning: delta
+            .reasoning_content
+            .or(delta.reasoning)
+            .filter(|t| !t.is_empty()),
+        content: delta.content,
+        refusal: delta.refusal,
+        tool_calls: delta.tool_calls,
+        finish_reason: finish_reason.flatten(),
+    })
+});
+
+map_visitor!(DeltaVisitor, Delta<'de>, "a delta object", |map| {
+    let (mut reasoning_content, mut reasoning, mut content, mut refusal, mut tool_calls) =
+        (None, None, None, None, None);
+    while let Some(key) = map.next_key::<Text<'de>>()? {
+        match &*key {
+            "reasoning_content" => once(&mut reasoning_content, &mut map)?,
+            "reasoning" => once(&mut reasoning, &mut map)?,
+            "content" => once(&mut content, &mut map)?,
+            "refusal" => once(&mut refusal, &mut map)?,
+            "tool_calls" => once::<_, Vec<ToolCall<'de>>>(&mut tool_calls, &mut map)?,
+            _ => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+    }
+    Ok(Delta {
+        reasoning_content: reasoning_content.flatten(),
+        reasoning: reasoning.flatten(),
+        content: content.flatten(),
+        refusal: refusal.flatten(),
+        tool_calls: tool_calls.flatten().unwrap_or_default(),
+    })
+});
+
+/// `function` of a tool call.
+struct Function<'a> {
+    name: Option<Text<'a>>,
+    arguments: Option<Text<'a>>,
+}
+
+map_visitor!(
+    ToolCallVisitor,
+    ToolCall<'de>,
+    "a tool call object",
+    |map| {
+        let (mut index, mut id, mut function) = (None, None, None);
+        while let Some(key) = map.next_key::<Text<'de>>()? {
+            match &*key {
+                "index" => once(&mut index, &mut map)?,
+                "id" => once(&mut id, &mut map)?,
+                "function" => once::<_, Function<'de>>(&mut function, &mut map)?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let function = function.flatten();
+        let (name, arguments) = match function {
+            Some(f) => (f.name, f.arguments),
+            None => (None, None),
+        };
+        Ok(ToolCall {
+            index: index.flatten().unwrap_or(0),
+            id: id.flatten(),
+            name,
+            arguments,
+        })
+    }
+);
+
+map_visitor!(FunctionVisitor, Function<'de>, "a function object", |map| {
+    let (mut name, mut arguments) = (None, None);
+    while let Some(key) = map.next_key::<Text<'de>>()? {
+        match &*key {
+            "name" => once(&mut name, &mut map)?,
+            "arguments" => once(&mut arguments, &mut map)?,
+            _ => {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+    }
+    Ok(Function {
+        name: name.flatten(),
+        arguments: arguments.flatten(),
+    })
+});
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The view of a text, when it takes the text, reads what the tree reads.
+    fn agrees(text: &str) -> bool {
+        let tree: Value = serde_json::from_str(text).expect(text);
+        match Chunk::from_text(text.as_bytes()) {
+            Some(view) => {
+                assert_eq!(view, Chunk::from_value(&tree), "{text}");
+                true
+            }
+            None => false,
+        }
+    }
+
+    const SAMPLES: [&str; 6] = [
+        r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"up","system_fingerprint":"fp","choices":[{"index":0,"delta":{"role":"assistant","content":"Hi"},"logprobs":null,"finish_reason":null}]}"#,
+        r#"{"id":"c","model":"m","choices":[{"index":0,"delta":{"reasoning_content":"think","reasoning":"other"}}]}"#,
+        r#"{"id":"c","choices":[{"delta":{"tool_calls":[{"index":1,"id":"call_1","type":"function","function":{"name":"get","arguments":"{\"q\":"}},{"index":2,"function":{"arguments":"1}"}}]},"finish_reason":"tool_calls"},{"index":1,"delta":7}]}"#,
+        r#"{"id":"c","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":3,"total_tokens":13,"prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0}}}"#,
+        r#"{"id":"c","choices":[{"delta":{"content":"","refusal":"no","reasoning":""},"finish_reason":"content_filter"}],"usage":null}"#,
+        r#"{"i\u0064":"a\"b","mod\u0065l":"\u00e9","choices":[{"delta":{"cont\u0065nt":"\ud83d\ude00 \n"}}]}"#,
+    ];
+
+    #[test]
+    fn the_view_reads_the_samples_as_the_tree_does() {
+        for text in SAMPLES {
+            assert!(agrees(text), "the view takes {text}");
+        }
+        let view = Chunk::from_text(SAMPLES[2].as_bytes()).unwrap();
+        let calls = &view.choice.unwrap().tool_calls;
+        assert_eq!(calls.len(), 2);
+        assert_eq!(calls[0].arguments.as_deref(), Some("{\"q\":"));
+        // Strings without escapes point into the text.
+        let view = Chunk::from_text(SAMPLES[0].as_bytes()).unwrap();
+        assert!(matches!(view.model, Some(Text(Cow::Borrowed("up")))));
+        let view = Chunk::from_text(SAMPLES[5].as_bytes()).unwrap();
+        assert_eq!(view.id.as_deref(), Some("a\"b"));
+    }
+
+    /// Every member value of every sample, at every depth, replaced by values of
+    /// other shapes, and every member written twice: where the view takes the
+    /// text, it reads what the tree reads; where it does not, the caller uses the
+    /// tree.
+    #[test]
+    fn odd_shapes_are_read_as_the_tree_reads_them_or_left_to_it() {
+        const ODD: [&str; 14] = [
+            "null",
+            "0",
+            "7",
+            "-1",
+            "1.5",
+            "1e400",
+            "18446744073709551616",
+            "\"\"",
+            "\"x\"",
+            "true",
+            "[]",
+            "[1, 2]",
+            "{}",
+            r#"{"cached_tokens": 2, "index": 3}"#,
+        ];
+        let mut taken = 0;
+        let mut left = 0;
+        for sample in SAMPLES {
+            let tree: Value = serde_json::from_str(sample).unwrap();
+            let mut pointers = Vec::new();
+            collect_pointers(&tree, String::new(), &mut pointers);
+            for pointer in &pointers {
+                for odd in ODD {
+                    let Ok(odd) = serde_json::from_str::<Value>(odd) else {
+                        continue; // 1e400: not JSON the tree takes
+                    };
+                    let mut changed = tree.clone();
+                    *changed.pointer_mut(pointer).unwrap() = odd;
+                    let text = serde_json::to_string(&changed).unwrap();
+                    if agrees(&text) {
+                        taken += 1;
+                    } else {
+                        left += 1;
+                    }
+                }
+            }
+            // Each object member written twice (the tree keeps the second).
+            for (at, _) in sample.match_indices("\":") {
+                let key_start = sample[..at].rfind('"').unwrap();
+                let value_end = value_end(sample, at + 2);
+                let member = &sample[key_start..value_end];
+                let text = format!("{}{member},{}", &sample[..key_start], &sample[key_start..]);
+                if serde_json::from_str::<Value>(&text).is_ok() && agrees(&text) {
+                    taken += 1;
+                }
+            }
+        }
+        assert!(taken > 100 && left > 100, "{taken} taken, {left} left");
+    }
+
+    fn collect_pointers(value: &Value, at: String, out: &mut Vec<String>) {
+        if !at.is_empty() {
+            out.push(at.clone());
+        }
+        match value {
+            Value::Object(map) => {
+                for (k, v) in map {
+                    collect_pointers(
+                        v,
+                        format!("{at}/{}", k.replace('~', "~0").replace('/', "~1")),
+                        out,
+                    );
+                }
+            }
+            Value::Array(list) => {
+                for (i, v) in list.iter().enumerate() {
+                    collect_pointers(v, format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Where the JSON value starting at `start` ends (the text is valid JSON).
+    fn value_end(text: &str, start: usize) -> usize {
+        let mut de = serde_json::Deserializer::from_str(&text[start..]).into_iter::<IgnoredAny>();
+        de.next();
+        start + de.byte_offset()
+    }
+
+    #[test]
+    fn event_types_are_read_off_the_front_or_found() {
+        for (text, kind) in [
+            (
+                r#"{"type":"content_block_delta","index":0}"#,
+                Some("content_block_delta"),
+            ),
+            (r#"{ "type": "ping"}"#, Some("ping")),
+            (r#"{"index":0,"type":"message_stop"}"#, Some("message_stop")),
+            (r#"{"type":"a\"b"}"#, Some("a\"b")),
+            (r#"{"type":"message_stopped"}"#, Some("message_stopped")),
+            (r#"{"type":"ping","x":"y"}"#, Some("ping")),
+            (r#"{"type":"pin"}"#, Some("pin")),
+            (r#"{"type":"error\n"}"#, Some("error\n")),
+            (r#"{"type":"\u0070ing"}"#, Some("ping")),
+            (r#"{"type":7}"#, None),
+            (r#"{"other":1}"#, None),
+            ("{\"type\":\"a\u{1}b\"}", None),
+        ] {
+            assert_eq!(event_type(text.as_bytes()).as_deref(), kind, "{text}");
+            let slow = member_str(text, "type");
+            assert_eq!(event_type(text.as_bytes()), slow, "{text}");
+        }
+    }
+}

@@ -1,0 +1,185 @@
+//! `POST {api_prefix}/responses`: the OpenAI Responses API door (the OpenAI SDKs'
+//! `responses.create` / `.stream` / `.parse`, the OpenAI Agents SDK, Codex), stateless.
+//!
+//! The door checks the body in OpenAI's terms (`request::validate`), then the
+//! shared core does what it does for every door (key, body limits, routing by
+//! `model`, group rules, `before` handlers, metrics, log line, loggers;
+//! `ctx.endpoint` is `responses`). Then one of two paths:
+//!
+//! - the route ends at an OpenAI connection whose upstream speaks the Responses
+//!   API (`responses_api`, on by default for api.openai.com): **pass-through**. The
+//!   client's bytes go upstream with only `model` replaced (unless a handler changed
+//!   the request: then it is written out again from the context), and the answer
+//!   or each stream event comes back as the upstream wrote it, so built-in tools,
+//!   `previous_response_id` and `store` work there;
+//! - any other connection: **translation**. The request becomes the canonical
+//!   (chat-completions) request (`request::to_canonical`; what needs server-side
+//!   state is a 400 that says so), the provider answers as it does for the chat
+//!   door, and the answer (`answer`) or the chunk stream (`stream`) is turned into
+//!   the Responses API's shapes.
+//!
+//! Errors are OpenAI's envelope; a stream that fails midway ends with
+//! `response.failed` (translated) or an `error` event (pass-through).
+
+pub mod answer;
+pub mod request;
+pub mod stream;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::response::{IntoResponse, Response};
+use serde_json::Value;
+
+use super::core::{self, Reply};
+use crate::context::{Endpoint, RequestContext};
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::json_scan::TokenCounts;
+use crate::payload::{Payload, PayloadStream};
+use crate::providers::doors::TextCompletion;
+use crate::providers::UpstreamCall;
+use crate::server::AppState;
+
+/// What the door answers with.
+enum DoorReply {
+    /// A whole `response` object, with the token counts the metrics take.
+    Json {
+        answer: Payload,
+        usage: Option<TokenCounts>,
+    },
+    /// Responses events from an upstream that speaks the Responses API.
+    Events(PayloadStream),
+    /// Canonical chunks, to be translated (the translator boxed: it is large, and
+    /// the other replies small).
+    Chunks(PayloadStream, Box<stream::Translator>),
+}
+
+pub async fn responses(
+    State(state): State<Arc<AppState>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    request: axum::extract::Request,
+) -> Response {
+    let mut incoming = core::Incoming::new(&state, peer, request, Endpoint::Responses);
+    let result = handle(
+        &state,
+        &incoming.gateway,
+        &mut incoming.ctx,
+        &mut incoming.body,
+        &mut incoming.upstream_time,
+    )
+    .await;
+    let (gateway, ctx, ending) = incoming.finish(&state).await;
+    let assemble = gateway.log_dispatcher.is_some();
+    match result {
+        Ok(DoorReply::Json { answer, usage }) => {
+            let answer = gateway.redactor.redact_payload(answer);
+            ending.completed(&gateway, ctx, usage, || answer.to_value().into_owned());
+            super::embeddings::json_response(answer.into_json_bytes())
+        }
+        Ok(DoorReply::Events(events)) => {
+            let (events, finish) = ending.stream(&gateway, ctx, events);
+            let events = stream::passed_through(events, assemble);
+            let body = stream::encode(events, assemble, finish);
+            (core::sse_headers(), Body::from_stream(body)).into_response()
+        }
+        Ok(DoorReply::Chunks(chunks, translator)) => {
+            // Metrics and redaction see the canonical chunks (their usage).
+            let (chunks, finish) = ending.stream(&gateway, ctx, chunks);
+            let events = stream::translate(chunks, *translator);
+            let body = stream::encode(events, assemble, finish);
+            (core::sse_headers(), Body::from_stream(body)).into_response()
+        }
+        Err(error) => ending.failed(&gateway, ctx, error).into_response(),
+    }
+}
+
+async fn handle(
+    state: &AppState,
+    gateway: &Gateway,
+    ctx: &mut RequestContext,
+    body: &mut Option<Body>,
+    upstream_time: &mut Option<std::time::Duration>,
+) -> Result<DoorReply, ApiError> {
+    let (bytes, held) = core::admit(state, gateway, ctx, body).await?;
+    ctx.request = super::chat::json_object_body(&ctx.http_headers, &bytes)?;
+    request::validate(&ctx.request)?;
+    let connection = core::route(gateway, ctx)?;
+    let keep_request = core::run_handlers(gateway, ctx).await?;
+    if connection.provider.speaks_responses() {
+        let call = super::embeddings::door_call(
+            gateway,
+            ctx,
+            bytes,
+            keep_request,
+            &connection.name,
+            false,
+        )?;
+        drop(held);
+        let provider = connection.provider.clone();
+        let started = std::time::Instant::now();
+        let reply = provider.responses(call).await;
+        *upstream_time = Some(started.elapsed());
+        return Ok(match reply? {
+            TextCompletion::Complete(answer) => DoorReply::Json {
+                usage: answer.usage(),
+                answer,
+            },
+            TextCompletion::Stream(events) => DoorReply::Events(events),
+        });
+    }
+    // Only the parsed request is kept from here on.
+    drop((bytes, held));
+    let (call, skeleton) = translated_call(ctx, keep_request)?;
+    let limit = gateway.config.settings.max_response_body_bytes();
+    let translator = stream::Translator::new(skeleton.clone(), &connection.name, limit);
+    let name = connection.name.clone();
+    match core::call_provider(connection, call, upstream_time).await? {
+        Reply::Complete(canonical) => {
+            let usage = canonical.usage();
+            let canonical = gateway.redactor.redact_payload(canonical).into_value();
+            let response = answer::response(&canonical, skeleton, &name)?;
+            Ok(DoorReply::Json {
+                answer: Payload::Value(response),
+                usage,
+            })
+        }
+        Reply::Stream(chunks) => Ok(DoorReply::Chunks(chunks, Box::new(translator))),
+    }
+}
+
+/// The canonical call for a translated connection and the response's skeleton,
+/// from the context as handlers left it (moved out of it unless a logger still
+/// needs the request whole).
+fn translated_call(
+    ctx: &mut RequestContext,
+    keep_request: bool,
+) -> Result<(UpstreamCall, serde_json::Map<String, Value>), ApiError> {
+    let mut params = if keep_request {
+        ctx.llm_params.clone()
+    } else {
+        std::mem::take(&mut ctx.llm_params)
+    };
+    let (headers, header_case) = core::spelled_extra_headers(
+        params.shift_remove("extra_headers").as_ref(),
+        &ctx.forwarded_spellings,
+    )?;
+    params.shift_remove("model");
+    let model = ctx.model.clone().unwrap_or_default();
+    let skeleton = answer::skeleton(&params, &model);
+    let params = request::to_canonical(params)?;
+    Ok((
+        UpstreamCall {
+            model,
+            params,
+            headers,
+            header_case,
+            // The canonical request already asks for usage (`stream_options`):
+            // `response.completed` carries it, so nothing is hidden here.
+            gateway_usage: false,
+        },
+        skeleton,
+    ))
+}

@@ -1,0 +1,1167 @@
+//! Streams on the Responses door: canonical chunks → Responses events (translated
+//! connections), and Responses events → the client's SSE body (every connection).
+//!
+//! The grammar the SDKs parse (`openai.lib.streaming.responses` rebuilds the
+//! response from it by `output_index` and `content_index`): `response.created`,
+//! `response.in_progress`; per output item `response.output_item.added`, then for a
+//! message `response.content_part.added`, `response.output_text.delta`s,
+//! `response.output_text.done`, `response.content_part.done`; for a function call
+//! `response.function_call_arguments.delta`s and `.done`; for reasoning
+//! `response.reasoning_summary_part.added`, `response.reasoning_summary_text.delta`s,
+//! `.done`, `response.reasoning_summary_part.done`; then
+//! `response.output_item.done`; last `response.completed` (or
+//! `response.incomplete` for a length stop) with the whole response and its usage,
+//! or `response.failed`. Every event has its `sequence_number`.
+//!
+//! Translation goes chunk by chunk: each chunk's pieces go out as soon as it
+//! arrives. The `.done` events and the final response repeat the whole text, so the
+//! text of the answer is kept, up to `max_response_body_mb` (past it the stream
+//! fails).
+
+use std::collections::VecDeque;
+
+use bytes::Bytes;
+use futures_util::{FutureExt, Stream, StreamExt};
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::answer;
+use crate::error::ApiError;
+use crate::json_scan::member_str;
+use crate::payload::{Payload, PayloadStream};
+use crate::streaming::StreamSummary;
+
+/// What the translation reads of a chat chunk, deserialized straight from its text
+/// (strings borrowed where they have no escapes): a tree of the whole chunk costs
+/// several times more, most of it hashing its keys.
+#[derive(Deserialize)]
+pub struct Chunk<'a> {
+    #[serde(borrow, default)]
+    choices: Option<Vec<ChoiceDelta<'a>>>,
+    #[serde(default)]
+    usage: Option<Value>,
+}
+
+#[derive(Deserialize)]
+struct ChoiceDelta<'a> {
+    #[serde(borrow, default)]
+    delta: Option<Delta<'a>>,
+    #[serde(borrow, default)]
+    finish_reason: Option<Cow<'a, str>>,
+}
+
+#[derive(Deserialize)]
+struct Delta<'a> {
+    #[serde(borrow, default)]
+    content: Option<MaybeText<'a>>,
+    #[serde(borrow, default)]
+    refusal: Option<MaybeText<'a>>,
+    /// vLLM, DeepSeek.
+    #[serde(borrow, default)]
+    reasoning_content: Option<MaybeText<'a>>,
+    /// OpenRouter, Ollama.
+    #[serde(borrow, default)]
+    reasoning: Option<MaybeText<'a>>,
+    #[serde(borrow, default)]
+    tool_calls: Option<Vec<ToolCallDelta<'a>>>,
+}
+
+/// A text member, or anything else (ignored, as the tree path ignored it).
+struct MaybeText<'a>(Option<Cow<'a, str>>);
+
+impl MaybeText<'_> {
+    fn text(&self) -> Option<&str> {
+        self.0.as_deref().filter(|t| !t.is_empty())
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for MaybeText<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit;
+        impl<'de> serde::de::Visitor<'de> for Visit {
+            type Value = MaybeText<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string or anything")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(MaybeText(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MaybeText(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(MaybeText(Some(Cow::Owned(v))))
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<Self::Value, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<Self::Value, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<Self::Value, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<Self::Value, E> {
+                Ok(MaybeText(None))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: A,
+            ) -> Result<Self::Value, A::Error> {
+                while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {}
+                Ok(MaybeText(None))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                while map
+                    .next_entry::<serde::de::IgnoredAny, serde::de::IgnoredAny>()?
+                    .is_some()
+                {}
+                Ok(MaybeText(None))
+            }
+        }
+        deserializer.deserialize_any(Visit)
+    }
+}
+
+#[derive(Deserialize)]
+struct ToolCallDelta<'a> {
+    #[serde(default)]
+    index: Option<u64>,
+    #[serde(borrow, default)]
+    id: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    function: Option<FunctionDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+impl<'a> Chunk<'a> {
+    fn not_understood(connection: &str, e: serde_json::Error) -> ApiError {
+        ApiError::upstream_failure(format!(
+            "connection '{connection}': a streamed chunk is not a chat.completion.chunk: {e}"
+        ))
+    }
+
+    pub fn of_value(value: &'a Value, connection: &str) -> Result<Chunk<'a>, ApiError> {
+        Chunk::deserialize(value).map_err(|e| Self::not_understood(connection, e))
+    }
+
+    pub fn of_text(text: &'a [u8], connection: &str) -> Result<Chunk<'a>, ApiError> {
+        // One UTF-8 check for the whole chunk: read as `str`, serde_json does not
+        // check each string and key again (it did, once per string, from bytes).
+        let text = std::str::from_utf8(text).map_err(|e| {
+            ApiError::upstream_failure(format!(
+                "connection '{connection}': a streamed chunk is not UTF-8: {e}"
+            ))
+        })?;
+        serde_json::from_str(text).map_err(|e| Self::not_understood(connection, e))
+    }
+}
+
+/// The output item being streamed.
+enum Open {
+    None,
+    Reasoning {
+        id: String,
+        text: String,
+    },
+    Text {
+        id: String,
+        text: String,
+    },
+    Refusal {
+        id: String,
+        text: String,
+    },
+    /// A function call: the upstream's tool call index, and the item.
+    Tool {
+        index: u64,
+        id: String,
+        call_id: String,
+        name: String,
+        arguments: String,
+    },
+}
+
+/// One event for the client: its type and its JSON text; the terminal events also
+/// carry the final response as a tree (for the loggers).
+pub struct Event {
+    pub kind: std::borrow::Cow<'static, str>,
+    pub data: Bytes,
+    pub response: Option<Value>,
+}
+
+/// A stream of events for the client, or a failure that ends it.
+pub type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, ApiError>> + Send>>;
+
+/// The start of an event's JSON text: its `type` and `sequence_number`, written
+/// directly (the text deltas are most of a stream's events; building a tree per
+/// event and serializing it was most of the translation's cost).
+fn event_head(kind: &str, sequence: u64, capacity: usize) -> Vec<u8> {
+    let mut data = Vec::with_capacity(capacity);
+    data.extend_from_slice(b"{\"type\":\"");
+    data.extend_from_slice(kind.as_bytes());
+    data.extend_from_slice(b"\",\"sequence_number\":");
+    data.extend_from_slice(itoa::Buffer::new().format(sequence).as_bytes());
+    data
+}
+
+/// `,"name":` and the value as a JSON string (escaped as serde_json does).
+fn push_str_field(data: &mut Vec<u8>, name: &str, value: &str) {
+    data.push(b',');
+    data.push(b'"');
+    data.extend_from_slice(name.as_bytes());
+    data.extend_from_slice(b"\":");
+    serde_json::to_writer(&mut *data, value).expect("strings always serialize");
+}
+
+/// `,"name":` and JSON text as it is.
+fn push_raw_field(data: &mut Vec<u8>, name: &str, json: &[u8]) {
+    data.push(b',');
+    data.push(b'"');
+    data.extend_from_slice(name.as_bytes());
+    data.extend_from_slice(b"\":");
+    data.extend_from_slice(json);
+}
+
+/// `,"name":` and a tree.
+fn push_value_field(data: &mut Vec<u8>, name: &str, value: &Value) {
+    data.push(b',');
+    data.push(b'"');
+    data.extend_from_slice(name.as_bytes());
+    data.extend_from_slice(b"\":");
+    serde_json::to_writer(&mut *data, value).expect("JSON values always serialize");
+}
+
+/// `,"name":` and a number.
+fn push_number_field(data: &mut Vec<u8>, name: &str, value: u64) {
+    data.push(b',');
+    data.push(b'"');
+    data.extend_from_slice(name.as_bytes());
+    data.extend_from_slice(b"\":");
+    data.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// Chunks → events, one chunk at a time.
+pub struct Translator {
+    /// The response object as it stands (its `output` filled at the end).
+    response: Map<String, Value>,
+    connection: String,
+    sequence: u64,
+    started: bool,
+    output: Vec<Value>,
+    open: Open,
+    /// Tool calls already closed (their arguments can no longer be added).
+    closed_tools: Vec<u64>,
+    finish_reason: Option<String>,
+    usage: Option<Value>,
+    /// Bytes of text kept, and the most that may be.
+    kept: usize,
+    limit: usize,
+    /// The members every delta event of one item repeats, written once per item:
+    /// the item's id, and `,"item_id":..,"output_index":..,"<part>":0,"delta":`.
+    delta_members: (String, Vec<u8>),
+}
+
+impl Translator {
+    pub fn new(skeleton: Map<String, Value>, connection: &str, limit: usize) -> Self {
+        Translator {
+            response: skeleton,
+            connection: connection.to_owned(),
+            sequence: 0,
+            started: false,
+            output: Vec::new(),
+            open: Open::None,
+            closed_tools: Vec::new(),
+            finish_reason: None,
+            usage: None,
+            kept: 0,
+            limit,
+            delta_members: (String::new(), Vec::new()),
+        }
+    }
+
+    /// One event: its `type` and `sequence_number` first, then what `fields`
+    /// writes (members, each after a comma), written directly as text. A terminal
+    /// event keeps its `response` tree for the loggers.
+    fn event(
+        &mut self,
+        kind: &'static str,
+        capacity: usize,
+        fields: impl FnOnce(&mut Vec<u8>),
+        response: Option<Value>,
+        out: &mut Vec<Event>,
+    ) {
+        let mut data = event_head(kind, self.sequence, capacity);
+        self.sequence += 1;
+        fields(&mut data);
+        data.push(b'}');
+        out.push(Event {
+            kind: Cow::Borrowed(kind),
+            data: Bytes::from(data),
+            response,
+        });
+    }
+
+    /// A delta event, written directly: `item_id`, `output_index`, the index named
+    /// `part_field` (0), `delta`, and `"logprobs":[]` for text.
+    fn delta_event(
+        &mut self,
+        kind: &'static str,
+        item_id: &str,
+        part_field: Option<&str>,
+        delta: &str,
+        logprobs: bool,
+        out: &mut Vec<Event>,
+    ) {
+        // Most events of a stream are these: what they repeat is written once per
+        // item, and each is allocated once at its size (escapes aside).
+        if self.delta_members.0 != item_id {
+            let mut members = Vec::with_capacity(item_id.len() + 64);
+            push_str_field(&mut members, "item_id", item_id);
+            push_number_field(&mut members, "output_index", self.output.len() as u64);
+            if let Some(part_field) = part_field {
+                push_number_field(&mut members, part_field, 0);
+            }
+            members.extend_from_slice(b",\"delta\":");
+            self.delta_members = (item_id.to_owned(), members);
+        }
+        let members = &self.delta_members.1;
+        let capacity = 64 + kind.len() + members.len() + delta.len() + 16;
+        let mut data = event_head(kind, self.sequence, capacity);
+        self.sequence += 1;
+        data.extend_from_slice(members);
+        serde_json::to_writer(&mut data, delta).expect("strings always serialize");
+        if logprobs {
+            data.extend_from_slice(b",\"logprobs\":[]");
+        }
+        data.push(b'}');
+        out.push(Event {
+            kind: std::borrow::Cow::Borrowed(kind),
+            data: Bytes::from(data),
+            response: None,
+        });
+    }
+
+    fn start(&mut self, out: &mut Vec<Event>) {
+        if self.started {
+            return;
+        }
+        self.started = true;
+        // Written once for both events.
+        let snapshot = serde_json::to_vec(&self.response).expect("JSON maps always serialize");
+        for kind in ["response.created", "response.in_progress"] {
+            let fields = |d: &mut Vec<u8>| push_raw_field(d, "response", &snapshot);
+            self.event(kind, snapshot.len() + 64, fields, None, out);
+        }
+    }
+
+    fn keep(&mut self, text: &str) -> Result<(), ApiError> {
+        self.kept += text.len();
+        if self.kept > self.limit {
+            return Err(crate::upstream::too_large_error(self.limit));
+        }
+        Ok(())
+    }
+
+    fn item_status(&self) -> &'static str {
+        match answer::status(self.finish_reason.as_deref()).0 {
+            "completed" => "completed",
+            _ => "incomplete",
+        }
+    }
+
+    /// Open an item (closing the one before); `item` is its `added` form.
+    fn open(&mut self, open: Open, item: Value, out: &mut Vec<Event>) {
+        self.close(out);
+        let index = self.output.len() as u64;
+        let fields = |d: &mut Vec<u8>| {
+            push_number_field(d, "output_index", index);
+            push_value_field(d, "item", &item);
+        };
+        self.event("response.output_item.added", 256, fields, None, out);
+        let (kind, part_field, part): (_, _, &[u8]) = match &open {
+            Open::Reasoning { .. } => (
+                "response.reasoning_summary_part.added",
+                "summary_index",
+                br#"{"type":"summary_text","text":""}"#,
+            ),
+            Open::Text { .. } => (
+                "response.content_part.added",
+                "content_index",
+                br#"{"type":"output_text","text":"","annotations":[],"logprobs":[]}"#,
+            ),
+            Open::Refusal { .. } => (
+                "response.content_part.added",
+                "content_index",
+                br#"{"type":"refusal","refusal":""}"#,
+            ),
+            Open::Tool { .. } | Open::None => {
+                self.open = open;
+                return;
+            }
+        };
+        if let Open::Reasoning { id, .. } | Open::Text { id, .. } | Open::Refusal { id, .. } = &open
+        {
+            let fields = |d: &mut Vec<u8>| {
+                push_str_field(d, "item_id", id);
+                push_number_field(d, "output_index", index);
+                push_number_field(d, part_field, 0);
+                push_raw_field(d, "part", part);
+            };
+            self.event(kind, 256, fields, None, out);
+        }
+        self.open = open;
+    }
+
+    /// Close the open item: its `.done` events and `response.output_item.done`.
+    fn close(&mut self, out: &mut Vec<Event>) {
+        let index = self.output.len() as u64;
+        let status = self.item_status();
+        // `"item_id":..,"output_index":..` and the part's index.
+        let head = |d: &mut Vec<u8>, id: &str, part_field: Option<&str>| {
+            push_str_field(d, "item_id", id);
+            push_number_field(d, "output_index", index);
+            if let Some(part_field) = part_field {
+                push_number_field(d, part_field, 0);
+            }
+        };
+        let item = match std::mem::replace(&mut self.open, Open::None) {
+            Open::None => return,
+            Open::Reasoning { id, text } => {
+                let capacity = text.len() + 128;
+                let fields = |d: &mut Vec<u8>| {
+                    head(d, &id, Some("summary_index"));
+                    push_str_field(d, "text", &text);
+                };
+                self.event(
+                    "response.reasoning_summary_text.done",
+                    capacity,
+                    fields,
+                    None,
+                    out,
+                );
+                let fields = |d: &mut Vec<u8>| {
+                    head(d, &id, Some("summary_index"));
+                    d.extend_from_slice(br#","part":{"type":"summary_text""#);
+                    push_str_field(d, "text", &text);
+                    d.push(b'}');
+                };
+                self.event(
+                    "response.reasoning_summary_part.done",
+                    capacity,
+                    fields,
+                    None,
+                    out,
+                );
+                answer::reasoning_item(&id, &text)
+            }
+            Open::Text { id, text } => {
+                let capacity = text.len() + 160;
+                let fields = |d: &mut Vec<u8>| {
+                    head(d, &id, Some("content_index"));
+                    push_str_field(d, "text", &text);
+                    d.extend_from_slice(br#","logprobs":[]"#);
+                };
+                self.event("response.output_text.done", capacity, fields, None, out);
+                let fields = |d: &mut Vec<u8>| {
+                    head(d, &id, Some("content_index"));
+                    d.extend_from_slice(br#","part":{"type":"output_text""#);
+                    push_str_field(d, "text", &text);
+                    d.extend_from_slice(br#","annotations":[],"logprobs":[]}"#);
+                };
+                self.event("response.content_part.done", capacity, fields, None, out);
+                answer::message_item(&id, status, vec![answer::text_part(&text)])
+            }
+            Open::Refusal { id, text } => {
+                let capacity = text.len() + 160;
+                let fields = |d: &mut Vec<u8>| {
+                    head(d, &id, Some("content_index"));
+                    push_str_field(d, "refusal", &text);
+                };
+                self.event("response.refusal.done", capacity, fields, None, out);
+                let fields = |d: &mut Vec<u8>| {
+                    head(d, &id, Some("content_index"));
+                    d.extend_from_slice(br#","part":{"type":"refusal""#);
+                    push_str_field(d, "refusal", &text);
+                    d.push(b'}');
+                };
+                self.event("response.content_part.done", capacity, fields, None, out);
+                answer::message_item(&id, status, vec![answer::refusal_part(&text)])
+            }
+            Open::Tool {
+                index: k,
+                id,
+                call_id,
+                name,
+                arguments,
+            } => {
+                self.closed_tools.push(k);
+                let fields = |d: &mut Vec<u8>| {
+                    head(d, &id, None);
+                    push_str_field(d, "name", &name);
+                    push_str_field(d, "arguments", &arguments);
+                };
+                let capacity = arguments.len() + 160;
+                self.event(
+                    "response.function_call_arguments.done",
+                    capacity,
+                    fields,
+                    None,
+                    out,
+                );
+                answer::function_call_item(&id, &call_id, &name, &arguments, "completed")
+            }
+        };
+        let fields = |d: &mut Vec<u8>| {
+            push_number_field(d, "output_index", index);
+            push_value_field(d, "item", &item);
+        };
+        self.event("response.output_item.done", 512, fields, None, out);
+        self.output.push(item);
+    }
+
+    /// A piece of text for the open reasoning, text or refusal item.
+    fn text_delta(
+        &mut self,
+        kind: &str,
+        delta: &str,
+        out: &mut Vec<Event>,
+    ) -> Result<(), ApiError> {
+        self.keep(delta)?;
+        let (event, part_field, logprobs, id) = match &mut self.open {
+            Open::Reasoning { id, text } if kind == "reasoning" => {
+                text.push_str(delta);
+                let event = "response.reasoning_summary_text.delta";
+                (event, "summary_index", false, std::mem::take(id))
+            }
+            Open::Text { id, text } if kind == "text" => {
+                text.push_str(delta);
+                let event = "response.output_text.delta";
+                (event, "content_index", true, std::mem::take(id))
+            }
+            Open::Refusal { id, text } if kind == "refusal" => {
+                text.push_str(delta);
+                let event = "response.refusal.delta";
+                (event, "content_index", false, std::mem::take(id))
+            }
+            _ => {
+                let (open, item) = match kind {
+                    "reasoning" => {
+                        let id = answer::new_id("rs");
+                        let item = json!({"id": id, "type": "reasoning", "summary": []});
+                        (
+                            Open::Reasoning {
+                                id,
+                                text: String::new(),
+                            },
+                            item,
+                        )
+                    }
+                    "text" => {
+                        let id = answer::new_id("msg");
+                        let item = answer::message_item(&id, "in_progress", Vec::new());
+                        (
+                            Open::Text {
+                                id,
+                                text: String::new(),
+                            },
+                            item,
+                        )
+                    }
+                    _ => {
+                        let id = answer::new_id("msg");
+                        let item = answer::message_item(&id, "in_progress", Vec::new());
+                        (
+                            Open::Refusal {
+                                id,
+                                text: String::new(),
+                            },
+                            item,
+                        )
+                    }
+                };
+                self.open(open, item, out);
+                self.kept -= delta.len();
+                return self.text_delta(kind, delta, out);
+            }
+        };
+        self.delta_event(event, &id, Some(part_field), delta, logprobs, out);
+        // The id was taken to write the event while the item was borrowed: back.
+        if let Open::Reasoning { id: slot, .. }
+        | Open::Text { id: slot, .. }
+        | Open::Refusal { id: slot, .. } = &mut self.open
+        {
+            *slot = id;
+        }
+        Ok(())
+    }
+
+    /// The events one chunk becomes.
+    pub fn chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Event>) -> Result<(), ApiError> {
+        self.start(out);
+        if let Some(usage) = chunk.usage.as_ref().filter(|u| u.is_object()) {
+            self.usage = Some(usage.clone());
+        }
+        let Some(choice) = chunk.choices.as_ref().and_then(|c| c.first()) else {
+            return Ok(());
+        };
+        if let Some(delta) = &choice.delta {
+            let reasoning = [&delta.reasoning_content, &delta.reasoning]
+                .into_iter()
+                .find_map(|r| r.as_ref().and_then(MaybeText::text));
+            if let Some(thinking) = reasoning {
+                self.text_delta("reasoning", thinking, out)?;
+            }
+            for (text, kind) in [(&delta.content, "text"), (&delta.refusal, "refusal")] {
+                if let Some(text) = text.as_ref().and_then(MaybeText::text) {
+                    self.text_delta(kind, text, out)?;
+                }
+            }
+            for call in delta.tool_calls.iter().flatten() {
+                self.tool_call(call, out)?;
+            }
+        }
+        if let Some(reason) = &choice.finish_reason {
+            if self.finish_reason.is_none() {
+                self.finish_reason = Some(reason.to_string());
+            }
+            self.close(out);
+        }
+        Ok(())
+    }
+
+    /// A chunk given as a tree (tests; the stream reads chunks with [`Chunk`]).
+    pub fn chunk_value(&mut self, chunk: &Value, out: &mut Vec<Event>) -> Result<(), ApiError> {
+        let chunk = Chunk::of_value(chunk, &self.connection)?;
+        self.chunk(&chunk, out)
+    }
+
+    fn tool_call(
+        &mut self,
+        call: &ToolCallDelta<'_>,
+        out: &mut Vec<Event>,
+    ) -> Result<(), ApiError> {
+        let k = call.index.unwrap_or(0);
+        let function = call.function.as_ref();
+        let is_open = matches!(self.open, Open::Tool { index, .. } if index == k);
+        if !is_open {
+            if self.closed_tools.contains(&k) {
+                return Err(ApiError::upstream_failure(format!(
+                    "connection '{}': tool call {k} continued after another one began",
+                    self.connection
+                )));
+            }
+            let id = answer::new_id("fc");
+            let call_id = call
+                .id
+                .as_deref()
+                .map(str::to_owned)
+                .unwrap_or_else(|| answer::new_id("call"));
+            let name = function
+                .and_then(|f| f.name.as_deref())
+                .unwrap_or_default()
+                .to_owned();
+            self.keep(&name)?;
+            let item = answer::function_call_item(&id, &call_id, &name, "", "in_progress");
+            let open = Open::Tool {
+                index: k,
+                id,
+                call_id,
+                name,
+                arguments: String::new(),
+            };
+            self.open(open, item, out);
+        }
+        if let Some(fragment) = function
+            .and_then(|f| f.arguments.as_deref())
+            .filter(|f| !f.is_empty())
+        {
+            self.keep(fragment)?;
+            if let Open::Tool { id, arguments, .. } = &mut self.open {
+                arguments.push_str(fragment);
+                let id = std::mem::take(id);
+                let kind = "response.function_call_arguments.delta";
+                self.delta_event(kind, &id, None, fragment, false, out);
+                if let Open::Tool { id: slot, .. } = &mut self.open {
+                    *slot = id;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The events that end the response: `response.completed`, or
+    /// `response.incomplete` after a length stop.
+    pub fn finish(&mut self, out: &mut Vec<Event>) {
+        self.start(out);
+        self.close(out);
+        let (status, incomplete) = answer::status(self.finish_reason.as_deref());
+        let mut response = std::mem::take(&mut self.response);
+        response.insert("status".into(), status.into());
+        response.insert("incomplete_details".into(), incomplete);
+        response.insert(
+            "output".into(),
+            Value::Array(std::mem::take(&mut self.output)),
+        );
+        response.insert("usage".into(), answer::usage(self.usage.as_ref()));
+        let kind = if status == "completed" {
+            "response.completed"
+        } else {
+            "response.incomplete"
+        };
+        self.terminal(kind, response, out);
+    }
+
+    /// A terminal event: the whole response, kept as a tree for the loggers too.
+    fn terminal(&mut self, kind: &'static str, response: Map<String, Value>, out: &mut Vec<Event>) {
+        let response = Value::Object(response);
+        let fields = |d: &mut Vec<u8>| push_value_field(d, "response", &response);
+        let mut events = Vec::with_capacity(1);
+        self.event(kind, 2048, fields, None, &mut events);
+        if let Some(mut event) = events.pop() {
+            event.response = Some(response);
+            out.push(event);
+        }
+    }
+
+    /// `response.failed` for a failure after the stream started: the items already
+    /// finished, and the error as the client may see it.
+    pub fn fail(&mut self, error: &ApiError, out: &mut Vec<Event>) {
+        self.start(out);
+        self.open = Open::None;
+        let object = error.error_object();
+        let mut response = std::mem::take(&mut self.response);
+        response.insert("status".into(), "failed".into());
+        response.insert(
+            "error".into(),
+            json!({"code": failure_code(error), "message": object["message"]}),
+        );
+        response.insert(
+            "output".into(),
+            Value::Array(std::mem::take(&mut self.output)),
+        );
+        if let Some(usage) = &self.usage {
+            response.insert("usage".into(), answer::usage(Some(usage)));
+        }
+        self.terminal("response.failed", response, out);
+    }
+}
+
+/// The Responses API's error code for a failure (`server_error`, or
+/// `rate_limit_exceeded` for a 429).
+fn failure_code(error: &ApiError) -> &'static str {
+    if error.status().as_u16() == 429 {
+        "rate_limit_exceeded"
+    } else {
+        "server_error"
+    }
+}
+
+/// Canonical chunks → Responses events (as trees). A failure becomes
+/// `response.failed`, then is passed on (for the log line) and ends the stream.
+pub fn translate(chunks: PayloadStream, translator: Translator) -> EventStream {
+    struct State {
+        chunks: PayloadStream,
+        translator: Translator,
+        pending: VecDeque<Result<Event, ApiError>>,
+        ended: bool,
+    }
+    let state = State {
+        chunks,
+        translator,
+        pending: VecDeque::new(),
+        ended: false,
+    };
+    Box::pin(futures_util::stream::unfold(
+        state,
+        |mut state| async move {
+            loop {
+                if let Some(item) = state.pending.pop_front() {
+                    return Some((item, state));
+                }
+                if state.ended {
+                    return None;
+                }
+                let mut out = Vec::new();
+                let failure = match state.chunks.next().await {
+                    Some(Ok(payload)) => {
+                        let translator = &mut state.translator;
+                        let parsed = match &payload {
+                            Payload::Raw(raw) => Chunk::of_text(raw.text(), &translator.connection),
+                            Payload::Value(value) => Chunk::of_value(value, &translator.connection),
+                        };
+                        parsed
+                            .and_then(|chunk| translator.chunk(&chunk, &mut out))
+                            .err()
+                    }
+                    Some(Err(e)) => Some(e),
+                    None => {
+                        state.translator.finish(&mut out);
+                        state.ended = true;
+                        None
+                    }
+                };
+                if let Some(error) = failure {
+                    // What the chunk gave before it failed goes out first (its events
+                    // are numbered already), then the failure.
+                    state.translator.fail(&error, &mut out);
+                    state.ended = true;
+                    state.pending.extend(out.drain(..).map(Ok));
+                    state.pending.push_back(Err(error));
+                    continue;
+                }
+                state.pending.extend(out.into_iter().map(Ok));
+            }
+        },
+    ))
+}
+
+/// Events of an upstream that speaks the Responses API, as it wrote them; the
+/// terminal one's response is read for the loggers when `assemble` is set.
+pub fn passed_through(events: PayloadStream, assemble: bool) -> EventStream {
+    Box::pin(events.map(move |item| {
+        item.map(|payload| {
+            let kind = match &payload {
+                Payload::Raw(raw) => std::str::from_utf8(raw.text())
+                    .ok()
+                    .and_then(|t| member_str(t, "type"))
+                    .map(Cow::into_owned),
+                Payload::Value(value) => {
+                    value.get("type").and_then(Value::as_str).map(str::to_owned)
+                }
+            };
+            let kind = kind.unwrap_or_else(|| "message".to_owned());
+            let response = if assemble && is_terminal(&kind) {
+                payload.to_value().get("response").cloned()
+            } else {
+                None
+            };
+            Event {
+                kind: Cow::Owned(kind),
+                data: payload.into_json_bytes(),
+                response,
+            }
+        })
+    }))
+}
+
+/// The event types that end a response stream.
+fn is_terminal(kind: &str) -> bool {
+    matches!(
+        kind,
+        "response.completed" | "response.incomplete" | "response.failed"
+    )
+}
+
+/// Calls the stream's finish closure exactly once (end, error or drop).
+struct Finish<F: FnOnce(StreamSummary)> {
+    on_finish: Option<F>,
+    summary: StreamSummary,
+}
+
+impl<F: FnOnce(StreamSummary)> Finish<F> {
+    fn finish(&mut self, completed: bool) {
+        if let Some(f) = self.on_finish.take() {
+            self.summary.completed = completed;
+            f(std::mem::take(&mut self.summary));
+        }
+    }
+}
+
+impl<F: FnOnce(StreamSummary)> Drop for Finish<F> {
+    fn drop(&mut self) {
+        self.finish(false);
+    }
+}
+
+struct Encoder<F: FnOnce(StreamSummary)> {
+    finish: Finish<F>,
+    /// Give the loggers the final response (from the terminal event).
+    assemble: bool,
+    /// Events written: the next `sequence_number` (both OpenAI and the translator
+    /// number from 0).
+    written: u64,
+    /// A terminal event was written (a failure after it needs no event of its own).
+    terminal: bool,
+}
+
+impl<F: FnOnce(StreamSummary)> Encoder<F> {
+    /// Write one item; true when the stream has ended.
+    fn write(&mut self, item: Option<Result<Event, ApiError>>, out: &mut Vec<u8>) -> bool {
+        match item {
+            Some(Ok(event)) => {
+                self.finish.summary.chunks += 1;
+                self.written += 1;
+                if is_terminal(&event.kind) {
+                    self.terminal = true;
+                    if self.assemble {
+                        self.finish.summary.response = event.response;
+                    }
+                }
+                write_event(&event.kind, &event.data, out);
+                false
+            }
+            Some(Err(error)) => {
+                if !self.terminal {
+                    let object = error.error_object();
+                    let event = json!({
+                        "type": "error",
+                        "sequence_number": self.written,
+                        "code": object.get("code").cloned().unwrap_or(Value::Null),
+                        "message": object["message"],
+                        "param": object.get("param").cloned().unwrap_or(Value::Null),
+                    });
+                    let data = serde_json::to_vec(&event).unwrap_or_default();
+                    write_event("error", &data, out);
+                }
+                self.finish.summary.error = Some(error);
+                self.finish.finish(true);
+                true
+            }
+            None => {
+                self.finish.finish(true);
+                true
+            }
+        }
+    }
+}
+
+/// Append one event: `event: <type>` and its data as written.
+fn write_event(kind: &str, data: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(kind.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\n\n");
+}
+
+/// Responses events → the client's SSE body, each event written as soon as it comes
+/// (events that are ready together share a write). `assemble`: hand the final
+/// response to `on_finish` (for the loggers). A failure before any terminal event
+/// is an `error` event. No `[DONE]`: the Responses API ends with its terminal event.
+pub fn encode<F>(
+    events: EventStream,
+    assemble: bool,
+    on_finish: F,
+) -> impl Stream<Item = Result<Bytes, std::convert::Infallible>> + Send
+where
+    F: FnOnce(StreamSummary) + Send + 'static,
+{
+    let encoder = Box::new(Encoder {
+        finish: Finish {
+            on_finish: Some(on_finish),
+            summary: StreamSummary::default(),
+        },
+        assemble,
+        written: 0,
+        terminal: false,
+    });
+    futures_util::stream::unfold(Some((events, encoder)), |state| async move {
+        let (mut events, mut encoder) = state?;
+        let mut buf = Vec::with_capacity(2048);
+        let first = events.next().await;
+        let mut ended = encoder.write(first, &mut buf);
+        while !ended && buf.len() < 16 * 1024 {
+            match events.next().now_or_never() {
+                Some(item) => ended = encoder.write(item, &mut buf),
+                None => break,
+            }
+        }
+        let next = (!ended).then_some((events, encoder));
+        Some((Ok(Bytes::from(buf)), next))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chunk(delta: Value, finish: Option<&str>) -> Value {
+        json!({"id": "chatcmpl-9", "model": "up", "object": "chat.completion.chunk", "created": 1,
+               "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]})
+    }
+
+    fn tree(event: &Event) -> Value {
+        let value: Value = serde_json::from_slice(&event.data).unwrap();
+        assert_eq!(value["type"], event.kind.as_ref(), "{value}");
+        value
+    }
+
+    fn events_of(chunks: &[Value]) -> Vec<Value> {
+        let mut t = Translator::new(Map::new(), "c", 1 << 20);
+        let mut out = Vec::new();
+        for chunk in chunks {
+            t.chunk_value(chunk, &mut out).unwrap();
+        }
+        t.finish(&mut out);
+        out.iter().map(tree).collect()
+    }
+
+    #[test]
+    fn reasoning_text_and_tool_calls_follow_the_grammar() {
+        let events = events_of(&[
+            chunk(
+                json!({"role": "assistant", "reasoning_content": "Hm"}),
+                None,
+            ),
+            chunk(json!({"content": "Hi"}), None),
+            chunk(json!({"content": " there"}), None),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "get", "arguments": ""}}]}),
+                None,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "{\"q\":"}}]}),
+                None,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+                None,
+            ),
+            chunk(json!({}), Some("tool_calls")),
+            json!({"id": "chatcmpl-9", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 7}}),
+        ]);
+        let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+        assert_eq!(
+            kinds,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.output_item.added",
+                "response.reasoning_summary_part.added",
+                "response.reasoning_summary_text.delta",
+                "response.reasoning_summary_text.done",
+                "response.reasoning_summary_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.content_part.added",
+                "response.output_text.delta",
+                "response.output_text.delta",
+                "response.output_text.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "response.output_item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "response.completed",
+            ]
+        );
+        for (i, event) in events.iter().enumerate() {
+            assert_eq!(event["sequence_number"], i as u64, "{event}");
+        }
+        assert_eq!(events[10]["output_index"], 1);
+        assert_eq!(events[10]["item_id"], events[8]["item"]["id"]);
+        assert_eq!(events[16]["item_id"], events[15]["item"]["id"]);
+        assert_eq!(events[4]["item_id"], events[2]["item"]["id"]);
+        assert_eq!(events[12]["text"], "Hi there");
+        assert_eq!(events[15]["item"]["call_id"], "call_1");
+        assert_eq!(events[15]["output_index"], 2);
+        assert_eq!(events[18]["arguments"], "{\"q\":1}");
+        let response = &events[20]["response"];
+        assert_eq!(response["status"], "completed");
+        assert_eq!(response["output"].as_array().unwrap().len(), 3);
+        assert_eq!(response["output"][1]["content"][0]["text"], "Hi there");
+        assert_eq!(response["usage"]["input_tokens"], 5);
+        assert_eq!(response["usage"]["output_tokens"], 7);
+    }
+
+    #[test]
+    fn a_length_stop_is_incomplete_and_too_much_text_fails() {
+        let events = events_of(&[chunk(json!({"content": "Hel"}), Some("length"))]);
+        let last = events.last().unwrap();
+        assert_eq!(last["type"], "response.incomplete");
+        assert_eq!(
+            last["response"]["incomplete_details"]["reason"],
+            "max_output_tokens"
+        );
+        assert_eq!(last["response"]["output"][0]["status"], "incomplete");
+
+        let mut t = Translator::new(Map::new(), "c", 4);
+        let mut out = Vec::new();
+        assert!(t
+            .chunk_value(&chunk(json!({"content": "12345"}), None), &mut out)
+            .is_err());
+    }
+
+    #[tokio::test]
+    async fn an_answer_past_the_limit_fails_with_every_event_numbered() {
+        let chunks: PayloadStream = Box::pin(futures_util::stream::iter(vec![
+            Ok(Payload::Value(chunk(json!({"content": "Hi"}), None))),
+            // Its reasoning fits, its text does not: the reasoning's events were
+            // numbered before the failure.
+            Ok(Payload::Value(chunk(
+                json!({"reasoning_content": "ok", "content": "there, and on"}),
+                None,
+            ))),
+        ]));
+        let events: Vec<Value> = translate(chunks, Translator::new(Map::new(), "c", 8))
+            .filter_map(|e| async move { e.ok().map(|e| tree(&e)) })
+            .collect()
+            .await;
+        for (i, event) in events.iter().enumerate() {
+            assert_eq!(event["sequence_number"], i as u64, "{event}");
+        }
+        let last = events.last().unwrap();
+        assert_eq!(last["type"], "response.failed");
+        assert_eq!(last["response"]["error"]["code"], "server_error");
+    }
+
+    #[tokio::test]
+    async fn a_failure_mid_stream_is_response_failed() {
+        let chunks: PayloadStream = Box::pin(futures_util::stream::iter(vec![
+            Ok(Payload::Value(chunk(json!({"content": "Hi"}), None))),
+            Err(ApiError::upstream_failure("gone")),
+        ]));
+        let events = translate(chunks, Translator::new(Map::new(), "c", 1 << 20));
+        let body: Vec<u8> = encode(events, false, |summary| assert!(summary.error.is_some()))
+            .map(|b| b.unwrap().to_vec())
+            .concat()
+            .await;
+        let text = String::from_utf8(body).unwrap();
+        assert!(text.starts_with("event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,"), "{text}");
+        assert!(
+            text.contains("event: response.output_text.delta\n"),
+            "{text}"
+        );
+        assert!(text.contains("event: response.failed\n"), "{text}");
+        assert!(!text.contains("event: error\n"), "{text}");
+        assert!(!text.contains("response.completed"), "{text}");
+
+        // A pass-through stream cut short: an `error` event numbered after the rest.
+        let raw: PayloadStream = Box::pin(futures_util::stream::iter(vec![
+            Ok(Payload::Value(
+                json!({"type": "response.created", "sequence_number": 0}),
+            )),
+            Err(ApiError::upstream_failure("gone")),
+        ]));
+        let body: Vec<u8> = encode(passed_through(raw, false), false, |_| {})
+            .map(|b| b.unwrap().to_vec())
+            .concat()
+            .await;
+        let text = String::from_utf8(body).unwrap();
+        assert!(
+            text.contains("event: error\ndata: {\"type\":\"error\",\"sequence_number\":1,"),
+            "{text}"
+        );
+    }
+}
