@@ -22,6 +22,8 @@ CREATE TABLE usage_ledger (
     ttft_ms DOUBLE PRECISION,
     error_type TEXT
 );
+-- Unique: a batch written again after a timeout adds no second row.
+CREATE UNIQUE INDEX usage_ledger_request_id ON usage_ledger (request_id);
 CREATE INDEX usage_ledger_created_at ON usage_ledger (created_at);
 CREATE INDEX usage_ledger_key ON usage_ledger (api_key_id, created_at);
 CREATE INDEX usage_ledger_group ON usage_ledger (group_name, created_at);

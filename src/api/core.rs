@@ -34,6 +34,7 @@ use crate::routing::RouteModel;
 use crate::server::{body, AppState};
 use crate::streaming::StreamSummary;
 use crate::upstream::HeaderCase;
+use crate::usage::PendingRow;
 
 /// What a provider produced for a request.
 pub enum Reply {
@@ -373,6 +374,8 @@ impl Incoming {
 pub struct Ending {
     summary: RequestSummary,
     metrics: Option<RequestMetrics>,
+    /// The usage ledger's row (`[database]`), written into its buffer at the end.
+    ledger: Option<PendingRow>,
 }
 
 impl Ending {
@@ -380,6 +383,7 @@ impl Ending {
         Ending {
             summary: RequestSummary::of(ctx),
             metrics: state.metrics().map(|m| m.request(ctx, upstream_time)),
+            ledger: state.ledger().map(|l| l.begin(ctx)),
         }
     }
 
@@ -390,6 +394,9 @@ impl Ending {
         self.summary.log(error.status().as_u16(), Some(&error), "");
         if let Some(metrics) = self.metrics {
             metrics.failed(&error);
+        }
+        if let Some(row) = self.ledger {
+            row.failed(&error);
         }
         if let Some(dispatcher) = &gateway.log_dispatcher {
             ctx.error = Some(error.clone());
@@ -411,6 +418,9 @@ impl Ending {
         if let Some(metrics) = self.metrics {
             metrics.completed(usage);
         }
+        if let Some(row) = self.ledger {
+            row.completed(usage);
+        }
         if let Some(dispatcher) = &gateway.log_dispatcher {
             ctx.response = Some(log_answer());
             dispatcher.submit(ctx.to_log_json());
@@ -429,6 +439,12 @@ impl Ending {
         use futures_util::StreamExt;
         let payloads = match self.metrics {
             Some(metrics) => metrics.stream(payloads),
+            None => payloads,
+        };
+        // Outside the metrics' wrapper: both see every chunk; each reports when
+        // dropped, with the stream.
+        let payloads = match self.ledger {
+            Some(row) => row.stream(payloads),
             None => payloads,
         };
         let redactor = gateway.redactor.clone();

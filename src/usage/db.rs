@@ -106,9 +106,7 @@ impl Target {
             let options = PgConnectOptions::from_str(url).map_err(|e| {
                 crate::config::error::strip_userinfo(&format!("not a valid PostgreSQL URL: {e}"))
             })?;
-            Ok(Target::Postgres(
-                options.application_name("lm-proxy"),
-            ))
+            Ok(Target::Postgres(options.application_name("lm-proxy")))
         } else {
             Err(
                 "must start with sqlite:// (a file beside the config) or postgres:// (a server)"
@@ -133,7 +131,11 @@ pub enum Db {
 
 impl Db {
     /// Connect (one attempt, bounded by `timeout`) and apply the migrations.
-    pub async fn connect(target: &Target, max_connections: u32, timeout: Duration) -> Result<Db, String> {
+    pub async fn connect(
+        target: &Target,
+        max_connections: u32,
+        timeout: Duration,
+    ) -> Result<Db, String> {
         let attempt = async {
             match target {
                 Target::Sqlite(options) => {
@@ -143,7 +145,11 @@ impl Db {
                         .connect_with(options.clone())
                         .await
                         .map_err(|e| e.to_string())?;
-                    migrator(SQLITE_MIGRATIONS).await?.run(&pool).await.map_err(|e| e.to_string())?;
+                    migrator(SQLITE_MIGRATIONS)
+                        .await?
+                        .run(&pool)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     Ok(Db::Sqlite(pool))
                 }
                 Target::Postgres(options) => {
@@ -153,7 +159,11 @@ impl Db {
                         .connect_with(options.clone())
                         .await
                         .map_err(|e| e.to_string())?;
-                    migrator(POSTGRES_MIGRATIONS).await?.run(&pool).await.map_err(|e| e.to_string())?;
+                    migrator(POSTGRES_MIGRATIONS)
+                        .await?
+                        .run(&pool)
+                        .await
+                        .map_err(|e| e.to_string())?;
                     Ok(Db::Postgres(pool))
                 }
             }
@@ -172,11 +182,13 @@ impl Db {
                 Db::Sqlite(pool) => {
                     let mut query = QueryBuilder::new(INSERT);
                     push_rows!(query, rows);
+                    query.push(ON_CONFLICT);
                     query.build().execute(pool).await.map(drop)
                 }
                 Db::Postgres(pool) => {
                     let mut query = QueryBuilder::new(INSERT);
                     push_rows!(query, rows);
+                    query.push(ON_CONFLICT);
                     query.build().execute(pool).await.map(drop)
                 }
             }
@@ -196,13 +208,18 @@ impl Db {
 }
 
 async fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Result<Migrator, String> {
-    Migrator::new(Embedded(set)).await.map_err(|e| e.to_string())
+    Migrator::new(Embedded(set))
+        .await
+        .map_err(|e| e.to_string())
 }
 
 const INSERT: &str = "INSERT INTO usage_ledger (created_at, request_id, api_key_id, key_name, \
     group_name, connection, requested_model, model, door, status, stream, prompt_tokens, \
     completion_tokens, cached_tokens, reasoning_tokens, cost_usd, duration_ms, ttft_ms, error_type) ";
 
+/// A batch written twice (its first write timed out after the database took it)
+/// adds nothing the second time.
+const ON_CONFLICT: &str = " ON CONFLICT (request_id) DO NOTHING";
+
 /// Columns per row in [`INSERT`]; batches stay under SQLite's 32766 parameters.
 pub const COLUMNS: usize = 19;
-

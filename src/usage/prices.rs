@@ -21,10 +21,13 @@ const BUILT_IN: &str = include_str!("../../data/prices.toml");
 #[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PriceConfig {
+    // Lenient: `env:` substitution yields strings.
+    #[serde(deserialize_with = "crate::config::lenient::f64")]
     pub input: f64,
+    #[serde(deserialize_with = "crate::config::lenient::f64")]
     pub output: f64,
     /// Prompt tokens read from the provider's cache; `input` when absent.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::config::lenient::opt_f64")]
     pub cached_input: Option<f64>,
 }
 
@@ -43,7 +46,9 @@ impl PriceConfig {
         let cached = tokens.cached.min(tokens.prompt);
         let fresh = tokens.prompt - cached;
         let cached_price = self.cached_input.unwrap_or(self.input);
-        (fresh as f64 * self.input + cached as f64 * cached_price + tokens.completion as f64 * self.output)
+        (fresh as f64 * self.input
+            + cached as f64 * cached_price
+            + tokens.completion as f64 * self.output)
             / 1_000_000.0
     }
 
@@ -145,7 +150,12 @@ mod tests {
             let name = pattern.trim_end_matches('*');
             assert_eq!(prices.find(&[name]), Some(*price), "{pattern}");
         }
-        for model in ["gpt-4o", "claude-sonnet-4-5", "gemini-2.5-flash", "gpt-4o-mini-2024-07-18"] {
+        for model in [
+            "gpt-4o",
+            "claude-sonnet-4-5",
+            "gemini-2.5-flash",
+            "gpt-4o-mini-2024-07-18",
+        ] {
             assert!(prices.find(&[model]).is_some(), "{model}");
         }
     }
@@ -153,8 +163,16 @@ mod tests {
     #[test]
     fn config_patterns_come_first_in_their_order_and_costs_add_up() {
         let mut pricing = IndexMap::new();
-        let own = PriceConfig { input: 1.0, output: 2.0, cached_input: Some(0.5) };
-        let broad = PriceConfig { input: 9.0, output: 9.0, cached_input: None };
+        let own = PriceConfig {
+            input: 1.0,
+            output: 2.0,
+            cached_input: Some(0.5),
+        };
+        let broad = PriceConfig {
+            input: 9.0,
+            output: 9.0,
+            cached_input: None,
+        };
         pricing.insert("gpt-4o-mini".to_owned(), own);
         pricing.insert("gpt-4o*".to_owned(), broad);
         pricing.insert("my-*".to_owned(), broad);
@@ -162,10 +180,17 @@ mod tests {
         assert_eq!(prices.find(&["gpt-4o-mini"]), Some(own));
         assert_eq!(prices.find(&["gpt-4o-2024-08-06"]), Some(broad));
         // Not overridden: the built-in price.
-        assert_eq!(prices.find(&["claude-3-5-haiku-latest"]).unwrap().input, 0.80);
+        assert_eq!(
+            prices.find(&["claude-3-5-haiku-latest"]).unwrap().input,
+            0.80
+        );
         // The upstream model first, then the requested one.
         assert_eq!(prices.find(&["unknown", "my-model"]), Some(broad));
-        let tokens = Tokens { prompt: 1_000_000, completion: 500_000, cached: 200_000 };
+        let tokens = Tokens {
+            prompt: 1_000_000,
+            completion: 500_000,
+            cached: 200_000,
+        };
         // 800k fresh at 1.0 + 200k cached at 0.5 + 500k out at 2.0
         assert!((own.cost(tokens) - (0.8 + 0.1 + 1.0)).abs() < 1e-9);
         assert_eq!(prices.cost(&["nothing-known"], tokens), 0.0);
@@ -174,11 +199,25 @@ mod tests {
     #[test]
     fn bad_pricing_entries_name_the_key() {
         let mut pricing = IndexMap::new();
-        pricing.insert("gpt[".to_owned(), PriceConfig { input: 1.0, output: 1.0, cached_input: None });
+        pricing.insert(
+            "gpt[".to_owned(),
+            PriceConfig {
+                input: 1.0,
+                output: 1.0,
+                cached_input: None,
+            },
+        );
         let err = Prices::check(&pricing, Path::new("c.toml")).unwrap_err();
         assert!(err.to_string().contains("pricing.\"gpt[\""), "{err}");
         let mut pricing = IndexMap::new();
-        pricing.insert("m".to_owned(), PriceConfig { input: -1.0, output: 1.0, cached_input: None });
+        pricing.insert(
+            "m".to_owned(),
+            PriceConfig {
+                input: -1.0,
+                output: 1.0,
+                cached_input: None,
+            },
+        );
         let err = Prices::check(&pricing, Path::new("c.toml")).unwrap_err();
         assert!(err.to_string().contains("non-negative"), "{err}");
     }
