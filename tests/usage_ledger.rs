@@ -30,6 +30,8 @@ use sqlx::Row as _;
 use common::process::{run_to_exit, write, Proc};
 
 const KEY: &str = "client-key-ledger-1";
+/// A key of the group without a budget.
+const FREE_KEY: &str = "client-key-free-1";
 
 /// The chat usage the mock reports: 1000 prompt tokens (400 from cache), 200
 /// completion tokens (50 of them reasoning).
@@ -136,6 +138,11 @@ impl Rt {
 }
 
 fn config(upstream: &str, database: &str) -> String {
+    config_with(upstream, database, "")
+}
+
+/// `group`: more lines for `[groups.default]` (a budget).
+fn config_with(upstream: &str, database: &str, group: &str) -> String {
     format!(
         r#"
 encryption_key = "ledger-test-key"
@@ -147,6 +154,9 @@ api_key = "sk-upstream-secret"
 "*" = "up.*"
 [groups.default]
 api_keys = ["{KEY}"]
+{group}
+[groups.free]
+api_keys = ["{FREE_KEY}"]
 [metrics]
 enabled = true
 {database}
@@ -580,6 +590,21 @@ fn config_mistakes_in_database_and_pricing_stop_startup_naming_the_key() {
             "pricing",
             "non-negative",
         ),
+        (
+            "[groups.team]\nbudget = { usd = 5 }\n",
+            "groups.team.budget",
+            "add a [database] section",
+        ),
+        (
+            "[database]\n[groups.team]\nbudget = { usd = 5, tokens = 10 }\n",
+            "groups.team.budget",
+            "one of `usd` or `tokens`",
+        ),
+        (
+            "[database]\n[groups.team]\nbudget = { usd = 5, period = \"year\" }\n",
+            "groups.team",
+            "period",
+        ),
     ] {
         let text = format!(
             "[connections.up]\napi_type = \"open_ai\"\napi_base = \"http://127.0.0.1:9/v1\"\n\
@@ -808,4 +833,197 @@ fn postgres_rows_match_every_door_and_survive_the_database_stopping_mid_run() {
     let all: Vec<Expected> = all.into_iter().chain(third).collect();
     let rows = rt.runtime.block_on(postgres_rows(&pg.url()));
     check_rows(&rows, &all);
+}
+
+fn chat(client: &reqwest::blocking::Client, url: &str, key: &str) -> (u16, Value, Option<String>) {
+    let response = client
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(key)
+        .json(&json!({"model": "priced-chat", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .unwrap();
+    let status = response.status().as_u16();
+    let retry_after = response
+        .headers()
+        .get("retry-after")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (status, response.json().unwrap(), retry_after)
+}
+
+#[test]
+fn a_group_budget_stops_at_the_right_request_in_every_door_and_holds_across_a_restart() {
+    let rt = Rt::start();
+    let dir = tempfile::tempdir().unwrap();
+    // Each chat request uses 1200 tokens: 3 fit under 3000 (the third ends above).
+    let budget = r#"budget = { tokens = 3000, period = "month" }"#;
+    let text = config_with(
+        &rt.upstream,
+        "[database]\nflush_interval_seconds = 0.05\n",
+        budget,
+    );
+    write(dir.path(), "config.toml", &text);
+    let mut proc = Proc::start(dir.path(), &["--env", ""], &[]);
+    // Ready: the spend to date has been read.
+    proc.wait_for_log("usage ledger: sqlite database ready");
+    let client = reqwest::blocking::Client::new();
+    for _ in 0..3 {
+        assert_eq!(chat(&client, &proc.url, KEY).0, 200);
+    }
+    let (status, body, retry_after) = chat(&client, &proc.url, KEY);
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["type"], "insufficient_quota", "{body}");
+    assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("group 'default'")
+            && message.contains("3600 tokens of 3000 tokens used this month")
+            && message.contains("resets at 20")
+            && message.ends_with("T00:00:00Z."),
+        "{message}"
+    );
+    let retry_after: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!(
+        retry_after > 0 && retry_after <= 31 * 86_400,
+        "{retry_after}"
+    );
+    // Every door, in its own envelope.
+    let messages = client
+        .post(format!("{}/v1/messages", proc.url))
+        .bearer_auth(KEY)
+        .json(&json!({"model": "priced-m", "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .unwrap();
+    assert_eq!(messages.status(), 429);
+    let body: Value = messages.json().unwrap();
+    assert_eq!(body["type"], "error", "Anthropic's envelope: {body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("budget of group 'default'"));
+    for (path, body) in [
+        ("embeddings", json!({"model": "cheap-embed", "input": "x"})),
+        ("completions", json!({"model": "priced-c", "prompt": "x"})),
+        ("responses", json!({"model": "priced-r", "input": "x"})),
+    ] {
+        let response = client
+            .post(format!("{}/v1/{path}", proc.url))
+            .bearer_auth(KEY)
+            .json(&body)
+            .send()
+            .unwrap();
+        assert_eq!(response.status(), 429, "{path}");
+        let body: Value = response.json().unwrap();
+        assert_eq!(body["error"]["code"], "budget_exceeded", "{path}: {body}");
+    }
+    // Another group is not held back.
+    assert_eq!(chat(&client, &proc.url, FREE_KEY).0, 200);
+    proc.signal("-TERM");
+    assert!(proc.wait_exit(Duration::from_secs(20)).success());
+
+    // A restart reads the spend from the ledger: still refused.
+    let mut proc = Proc::start(dir.path(), &["--env", ""], &[]);
+    proc.wait_for_log("usage ledger: sqlite database ready");
+    let (status, body, _) = chat(&client, &proc.url, KEY);
+    assert_eq!(status, 429, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("3600 tokens of 3000 tokens"));
+    proc.signal("-TERM");
+    assert!(proc.wait_exit(Duration::from_secs(20)).success());
+    // The refusals have rows too.
+    let rows = rt
+        .runtime
+        .block_on(sqlite_rows(&dir.path().join("lm-proxy.db")));
+    let refused = rows
+        .iter()
+        .filter(|r| r.status == 429 && r.error_type.as_deref() == Some("budget_exceeded"))
+        .count();
+    assert_eq!(refused, 6, "{rows:#?}");
+}
+
+#[test]
+fn fifty_concurrent_requests_against_a_nearly_spent_budget_overshoot_by_at_most_those_in_flight() {
+    let rt = Rt::start();
+    let dir = tempfile::tempdir().unwrap();
+    let budget = r#"budget = { tokens = 10000, period = "day" }"#;
+    let text = config_with(
+        &rt.upstream,
+        "[database]\nflush_interval_seconds = 0.05\n",
+        budget,
+    );
+    write(dir.path(), "config.toml", &text);
+    let mut proc = Proc::start(dir.path(), &["--env", ""], &[]);
+    proc.wait_for_log("usage ledger: sqlite database ready");
+    let client = reqwest::blocking::Client::new();
+    // 7 × 1200 = 8400 spent: 1600 left, less than two requests.
+    for _ in 0..7 {
+        assert_eq!(chat(&client, &proc.url, KEY).0, 200);
+    }
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(50));
+    let threads: Vec<_> = (0..50)
+        .map(|_| {
+            let (client, url, barrier) = (client.clone(), proc.url.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                chat(&client, &url, KEY)
+            })
+        })
+        .collect();
+    let results: Vec<(u16, Value, Option<String>)> =
+        threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let admitted = results.iter().filter(|r| r.0 == 200).count();
+    let refused = results
+        .iter()
+        .filter(|r| r.0 == 429 && r.1["error"]["code"] == "budget_exceeded")
+        .count();
+    assert_eq!(admitted + refused, 50, "{results:?}");
+    // Each admitted request reserved the average request (1200 tokens): with 1600
+    // left, the first two are admitted and nobody else, however they interleave.
+    assert_eq!(admitted, 2, "{results:?}");
+    proc.signal("-TERM");
+    assert!(proc.wait_exit(Duration::from_secs(20)).success());
+    let rows = rt
+        .runtime
+        .block_on(sqlite_rows(&dir.path().join("lm-proxy.db")));
+    assert_eq!(rows.len(), 57);
+    let spent: i64 = rows
+        .iter()
+        .filter(|r| r.status == 200)
+        .map(|r| r.tokens[0].unwrap() + r.tokens[1].unwrap())
+        .sum();
+    // 10800: over by 800, less than the one request that was in flight past the
+    // limit.
+    assert_eq!(spent, 10_800);
+}
+
+#[test]
+fn budgets_fail_closed_or_open_while_the_database_is_unreachable() {
+    let rt = Rt::start();
+    for (policy, expected) in [("closed", 503), ("open", 200)] {
+        let dir = tempfile::tempdir().unwrap();
+        let database = format!(
+            "[database]\nurl = \"postgres://lm@127.0.0.1:{}/lm\"\ntimeout_seconds = 0.5\n\
+             flush_timeout_seconds = 0.5\nbudgets_when_unreachable = \"{policy}\"\n",
+            free_port()
+        );
+        let budget = r#"budget = { usd = 5 }"#;
+        write(
+            dir.path(),
+            "config.toml",
+            &config_with(&rt.upstream, &database, budget),
+        );
+        let mut proc = Proc::start(dir.path(), &["--env", ""], &[]);
+        proc.wait_for_log("usage ledger: cannot open the postgres database");
+        let client = reqwest::blocking::Client::new();
+        let (status, body, _) = chat(&client, &proc.url, KEY);
+        assert_eq!(status, expected, "{policy}: {body}");
+        if expected == 503 {
+            assert_eq!(body["error"]["code"], "budget_unavailable", "{body}");
+        }
+        // A group without a budget is never held back.
+        assert_eq!(chat(&client, &proc.url, FREE_KEY).0, 200);
+        proc.signal("-TERM");
+        assert!(proc.wait_exit(Duration::from_secs(20)).success());
+    }
 }

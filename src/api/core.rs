@@ -124,7 +124,15 @@ pub fn route<'g>(
 /// Fill `ctx.llm_params` from the request and run the `before` handlers, which may
 /// change them. Returns whether the request must be kept whole afterwards (a JSON
 /// logger will see it), which decides whether the call may take it apart.
-pub async fn run_handlers(gateway: &Gateway, ctx: &mut RequestContext) -> Result<bool, ApiError> {
+///
+/// Then, the last step before the upstream call on every door, the group's budget
+/// (`usage::budget`): refused when spent, otherwise a reservation the request's end
+/// settles. `count_tokens` spends nothing and is not checked.
+pub async fn run_handlers(
+    state: &AppState,
+    gateway: &Gateway,
+    ctx: &mut RequestContext,
+) -> Result<bool, ApiError> {
     let keep_request = gateway.log_dispatcher.is_some();
     ctx.llm_params = llm_params(
         &mut ctx.request,
@@ -132,6 +140,17 @@ pub async fn run_handlers(gateway: &Gateway, ctx: &mut RequestContext) -> Result
     );
     for handler in &gateway.handlers {
         handler.before(ctx).await?;
+    }
+    if let (Some(ledger), Some(group)) = (state.ledger(), ctx.group.as_deref()) {
+        let budget = gateway
+            .config
+            .settings
+            .groups
+            .get(group)
+            .and_then(|g| g.budget.as_ref());
+        if let Some(budget) = budget.filter(|_| ctx.endpoint != Endpoint::CountTokens) {
+            ctx.budget_hold = ledger.budgets.reserve(group, budget)?;
+        }
     }
     Ok(keep_request)
 }
@@ -363,8 +382,10 @@ impl Incoming {
             let timeout = self.gateway.config.settings.limits.body_timeout();
             body::discard_refused(unread, &self.ctx.http_headers, self.version, timeout).await;
         }
-        let ending = Ending::new(state, &self.ctx, self.upstream_time);
-        (self.gateway, self.ctx, ending)
+        let mut ctx = self.ctx;
+        let hold = ctx.budget_hold.take();
+        let ending = Ending::new(state, &ctx, self.upstream_time, hold);
+        (self.gateway, ctx, ending)
     }
 }
 
@@ -379,11 +400,17 @@ pub struct Ending {
 }
 
 impl Ending {
-    pub fn new(state: &AppState, ctx: &RequestContext, upstream_time: Option<Duration>) -> Self {
+    /// `hold`: the budget reservation, settled with the row (released if none).
+    pub fn new(
+        state: &AppState,
+        ctx: &RequestContext,
+        upstream_time: Option<Duration>,
+        hold: Option<crate::usage::budget::Hold>,
+    ) -> Self {
         Ending {
             summary: RequestSummary::of(ctx),
             metrics: state.metrics().map(|m| m.request(ctx, upstream_time)),
-            ledger: state.ledger().map(|l| l.begin(ctx)),
+            ledger: state.ledger().map(|l| l.begin(ctx, hold)),
         }
     }
 

@@ -211,6 +211,10 @@ pub struct GroupConfig {
     pub api_keys: Vec<String>,
     #[serde(default)]
     pub allowed_connections: AllowedConnectionsSpec,
+    /// Spend cap (`{ usd = 50, period = "month" }` or `tokens = N`); needs
+    /// `[database]`.
+    #[serde(default)]
+    pub budget: Option<crate::usage::budget::BudgetConfig>,
 }
 
 /// `allowed_connections`: `"*"`, a comma-separated string, or a list of names.

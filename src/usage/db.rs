@@ -199,6 +199,46 @@ impl Db {
         }
     }
 
+    /// Per group, the USD and tokens (prompt + completion) of the rows from each
+    /// period's start to `until` (Unix ms): the budgets' spend before this process.
+    pub async fn spend_before(
+        &self,
+        periods: &[(super::budget::Period, i64)],
+        until: i64,
+        timeout: Duration,
+    ) -> Result<super::budget::Before, String> {
+        let read = async {
+            let mut before = super::budget::Before::new();
+            for &(period, since) in periods {
+                let rows: Vec<(String, f64, f64)> = match self {
+                    Db::Sqlite(pool) => {
+                        sqlx::query_as(&SPEND.replace("$1", "?1").replace("$2", "?2"))
+                            .bind(since)
+                            .bind(until)
+                            .fetch_all(pool)
+                            .await
+                    }
+                    Db::Postgres(pool) => {
+                        sqlx::query_as(SPEND)
+                            .bind(since)
+                            .bind(until)
+                            .fetch_all(pool)
+                            .await
+                    }
+                }
+                .map_err(|e| e.to_string())?;
+                for (group, usd, tokens) in rows {
+                    before.insert((period, group), (usd, tokens));
+                }
+            }
+            Ok(before)
+        };
+        match tokio::time::timeout(timeout, read).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
     pub async fn close(&self) {
         match self {
             Db::Sqlite(pool) => pool.close().await,
@@ -216,6 +256,12 @@ async fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Result<M
 const INSERT: &str = "INSERT INTO usage_ledger (created_at, request_id, api_key_id, key_name, \
     group_name, connection, requested_model, model, door, status, stream, prompt_tokens, \
     completion_tokens, cached_tokens, reasoning_tokens, cost_usd, duration_ms, ttft_ms, error_type) ";
+
+/// Spend per group in `[$1, $2)`; both backends read `DOUBLE PRECISION` as a float.
+const SPEND: &str = "SELECT group_name, CAST(SUM(cost_usd) AS DOUBLE PRECISION), \
+    CAST(SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)) AS DOUBLE PRECISION) \
+    FROM usage_ledger WHERE created_at >= $1 AND created_at < $2 AND group_name IS NOT NULL \
+    GROUP BY group_name";
 
 /// A batch written twice (its first write timed out after the database took it)
 /// adds nothing the second time.

@@ -14,6 +14,7 @@
 //! database took it) is written again, and the unique `request_id` makes the
 //! second copy a no-op.
 
+pub mod budget;
 pub mod db;
 pub mod prices;
 
@@ -80,6 +81,10 @@ pub struct DatabaseConfig {
         deserialize_with = "lenient::positive_f64"
     )]
     pub timeout_seconds: f64,
+    /// Group budgets while the spend to date cannot be read (the database not
+    /// reached since startup): `open` (admit) or `closed` (503).
+    #[serde(default)]
+    pub budgets_when_unreachable: budget::WhenUnreachable,
     /// How long a clean stop waits for the buffered rows to be written.
     #[serde(
         default = "default_flush_timeout",
@@ -175,6 +180,7 @@ pub struct Row {
 /// The ledger of one server: the buffer, the writer task and the prices.
 pub struct Ledger {
     shared: Arc<Shared>,
+    pub budgets: Arc<budget::Budgets>,
     prices: ArcSwap<Prices>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     flush_timeout: Duration,
@@ -224,8 +230,10 @@ impl Ledger {
             dropped_metric,
             written_metric,
         });
+        let budgets = Arc::new(budget::Budgets::new(config.budgets_when_unreachable));
         let writer = Writer {
             shared: shared.clone(),
+            budgets: budgets.clone(),
             target,
             max_connections: config.max_connections as u32,
             interval: Duration::from_secs_f64(config.flush_interval_seconds),
@@ -234,6 +242,7 @@ impl Ledger {
         let handle = tokio::spawn(writer.run());
         Ok(Arc::new(Ledger {
             shared,
+            budgets,
             prices: ArcSwap::from_pointee(Prices::new(pricing)),
             writer: Mutex::new(Some(handle)),
             flush_timeout: Duration::from_secs_f64(config.flush_timeout_seconds),
@@ -256,7 +265,7 @@ impl Ledger {
     }
 
     /// Start the row of a request whose handling is over.
-    pub fn begin(self: &Arc<Self>, ctx: &RequestContext) -> PendingRow {
+    pub fn begin(self: &Arc<Self>, ctx: &RequestContext, hold: Option<budget::Hold>) -> PendingRow {
         let created_at_ms = ctx
             .created_at
             .duration_since(UNIX_EPOCH)
@@ -269,6 +278,7 @@ impl Ledger {
             .map(|n| n.chars().take(200).collect());
         PendingRow {
             ledger: self.clone(),
+            hold,
             started: ctx.started,
             row: Row {
                 created_at_ms,
@@ -391,6 +401,7 @@ impl Shared {
 /// The writer task's settings.
 struct Writer {
     shared: Arc<Shared>,
+    budgets: Arc<budget::Budgets>,
     target: Target,
     max_connections: u32,
     interval: Duration,
@@ -413,6 +424,26 @@ impl Writer {
                 Some(database) => database,
                 None => match Db::connect(&self.target, self.max_connections, self.timeout).await {
                     Ok(connected) => {
+                        // The budgets' spend to date: the rows before this process.
+                        if !self.budgets.is_loaded() {
+                            let periods = self.budgets.periods_to_load();
+                            match connected
+                                .spend_before(&periods, self.budgets.start_ms, self.timeout)
+                                .await
+                            {
+                                Ok(before) => self.budgets.loaded(before),
+                                Err(e) => {
+                                    let e = crate::config::strip_userinfo(&e);
+                                    UNREACHABLE.warn(|| {
+                                        format!("usage ledger: cannot read the spend to date ({e})")
+                                    });
+                                    connected.close().await;
+                                    backoff = next_backoff(backoff);
+                                    tokio::time::sleep(backoff).await;
+                                    continue;
+                                }
+                            }
+                        }
                         tracing::info!("usage ledger: {} database ready", self.target.backend());
                         backoff = Duration::ZERO;
                         db.insert(connected)
@@ -491,6 +522,7 @@ fn next_backoff(backoff: Duration) -> Duration {
 /// The row of one request, waiting for its outcome.
 pub struct PendingRow {
     ledger: Arc<Ledger>,
+    hold: Option<budget::Hold>,
     started: Instant,
     row: Row,
 }
@@ -549,6 +581,10 @@ impl PendingRow {
                 row.requested_model.as_deref().unwrap_or(""),
             ];
             row.cost_usd = self.ledger.prices.load().cost(&models, tokens);
+        }
+        if let Some(hold) = self.hold.take() {
+            let tokens = row.prompt_tokens.unwrap_or(0) + row.completion_tokens.unwrap_or(0);
+            hold.settle(row.cost_usd, tokens.max(0) as u64);
         }
         self.ledger.push(self.row);
     }
