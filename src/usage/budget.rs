@@ -193,17 +193,35 @@ pub struct Budgets {
     groups: Mutex<HashMap<String, Spend>>,
 }
 
-/// One group's running figures, for one period.
+const PERIODS: [Period; 4] = [Period::Day, Period::Week, Period::Month, Period::Total];
+
+/// One group's running figures. What this process settled is kept for every kind
+/// of period at once, so that a reload that changes the budget's period or unit
+/// keeps counting what was spent since the start.
 #[derive(Debug, Default)]
 struct Spend {
-    period: Option<(Period, i64)>,
-    /// Settled by this process in the period.
-    settled: f64,
-    /// Reserved by requests in flight.
-    reserved: f64,
-    /// Moving average of a settled request: what the next one reserves.
-    average: f64,
+    /// Per kind of period (in `PERIODS` order): the start of the period the
+    /// figures belong to, USD, tokens settled by this process in it.
+    settled: [(i64, f64, f64); 4],
+    /// Reserved by requests in flight: USD, tokens.
+    reserved: (f64, f64),
+    /// Moving average of a settled request (USD, tokens): what the next one
+    /// reserves.
+    average: (f64, f64),
     settled_requests: u64,
+}
+
+impl Spend {
+    /// The figures of `period` now (a new period starts at 0).
+    fn settled(&mut self, period: Period, now: i64) -> &mut (i64, f64, f64) {
+        let index = PERIODS.iter().position(|p| *p == period).unwrap_or(0);
+        let start = period.bounds(now).0;
+        let figures = &mut self.settled[index];
+        if figures.0 != start {
+            *figures = (start, 0.0, 0.0);
+        }
+        figures
+    }
 }
 
 impl Budgets {
@@ -219,7 +237,7 @@ impl Budgets {
 
     /// The period starts whose earlier rows must be summed: those holding the start.
     pub fn periods_to_load(&self) -> Vec<(Period, i64)> {
-        [Period::Day, Period::Week, Period::Month, Period::Total]
+        PERIODS
             .into_iter()
             .map(|p| (p, p.bounds(self.start_ms).0))
             .collect()
@@ -275,14 +293,14 @@ impl Budgets {
         let limit = budget.limit();
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         let spend = groups.entry(group.to_owned()).or_default();
-        if spend.period != Some((budget.period, start)) {
-            // A new period (or a changed budget): this process's spend starts over.
-            spend.period = Some((budget.period, start));
-            spend.settled = 0.0;
-            spend.reserved = 0.0;
-        }
-        let used = before + spend.settled;
-        if used + spend.reserved >= limit {
+        let usd = budget.usd.is_some();
+        let &mut (_, settled_usd, settled_tokens) = spend.settled(budget.period, now);
+        let (used, reserved) = if usd {
+            (before + settled_usd, spend.reserved.0)
+        } else {
+            (before + settled_tokens, spend.reserved.1)
+        };
+        if used + reserved >= limit {
             let resets = match next {
                 Some(next) => format!("it resets at {}", rfc3339(next)),
                 None => "it does not reset (period \"total\")".to_owned(),
@@ -307,12 +325,11 @@ impl Budgets {
             return Err(ApiError::Custom(Box::new(body)));
         }
         let estimate = spend.average;
-        spend.reserved += estimate;
+        spend.reserved.0 += estimate.0;
+        spend.reserved.1 += estimate.1;
         Ok(Some(Hold {
             budgets: self.clone(),
             group: group.to_owned(),
-            period: (budget.period, start),
-            usd: budget.usd.is_some(),
             estimate,
             settled: false,
         }))
@@ -324,9 +341,8 @@ impl Budgets {
 pub struct Hold {
     budgets: Arc<Budgets>,
     group: String,
-    period: (Period, i64),
-    usd: bool,
-    estimate: f64,
+    /// USD, tokens.
+    estimate: (f64, f64),
     settled: bool,
 }
 
@@ -342,13 +358,14 @@ impl std::fmt::Debug for Hold {
 impl Hold {
     /// The request's real spend: `cost` USD, `tokens` prompt + completion.
     pub fn settle(mut self, cost: f64, tokens: u64) {
-        self.finish(Some(if self.usd { cost } else { tokens as f64 }));
+        self.finish(Some((cost, tokens as f64)));
     }
 
-    fn finish(&mut self, actual: Option<f64>) {
+    fn finish(&mut self, actual: Option<(f64, f64)>) {
         if std::mem::replace(&mut self.settled, true) {
             return;
         }
+        let now = now_ms();
         let mut groups = self
             .budgets
             .groups
@@ -357,19 +374,22 @@ impl Hold {
         let Some(spend) = groups.get_mut(&self.group) else {
             return;
         };
-        if spend.period != Some(self.period) {
-            // The period turned while it was in flight: the new one starts clean.
+        spend.reserved.0 = (spend.reserved.0 - self.estimate.0).max(0.0);
+        spend.reserved.1 = (spend.reserved.1 - self.estimate.1).max(0.0);
+        let Some((usd, tokens)) = actual else {
             return;
+        };
+        for period in PERIODS {
+            let figures = spend.settled(period, now);
+            figures.1 += usd;
+            figures.2 += tokens;
         }
-        spend.reserved = (spend.reserved - self.estimate).max(0.0);
-        if let Some(actual) = actual {
-            spend.settled += actual;
-            // Failed requests (no usage) do not pull the estimate down.
-            if actual > 0.0 {
-                spend.settled_requests += 1;
-                let weight = 1.0 / (spend.settled_requests.min(20) as f64);
-                spend.average += (actual - spend.average) * weight;
-            }
+        // Failed requests (no usage) do not pull the estimate down.
+        if usd > 0.0 || tokens > 0.0 {
+            spend.settled_requests += 1;
+            let weight = 1.0 / (spend.settled_requests.min(20) as f64);
+            spend.average.0 += (usd - spend.average.0) * weight;
+            spend.average.1 += (tokens - spend.average.1) * weight;
         }
     }
 }
@@ -460,6 +480,17 @@ mod tests {
         drop(holds);
         // Released unsettled: the budget is as it was.
         assert!(budgets.reserve("g", &budget).is_ok());
+        // A reload that makes it a daily budget keeps what was spent today.
+        let daily = BudgetConfig {
+            tokens: Some(3000),
+            period: Period::Day,
+            ..budget
+        };
+        let err = budgets.reserve("g", &daily).unwrap_err();
+        assert!(err.error_object()["message"]
+            .as_str()
+            .unwrap()
+            .contains("3600 tokens of 3000 tokens used today"));
     }
 
     #[test]
