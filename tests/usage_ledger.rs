@@ -60,6 +60,33 @@ async fn upstream(uri: Uri, body: Bytes) -> Response {
             json_answer(json!({"error": {"message": "context too long", "type": "invalid_request_error", "code": "context_length_exceeded"}})),
         )
             .into_response(),
+        // One chunk, then an error event.
+        "/v1/chat/completions" if stream && model.starts_with("breaks") => {
+            let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hel"}, "finish_reason": null}]});
+            let error = json!({"error": {"message": "overloaded", "type": "server_error", "code": "overloaded"}});
+            let text = format!("data: {chunk}\n\ndata: {error}\n\n");
+            ([("content-type", "text/event-stream")], text).into_response()
+        }
+        // A chunk every 20 ms, for as long as someone reads (a client that leaves).
+        "/v1/chat/completions" if stream && model.starts_with("endless") => {
+            let chunk = json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model,
+                "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": null}]});
+            let event = Bytes::from(format!("data: {chunk}\n\n"));
+            let events = futures_util::stream::unfold(0u32, move |n| {
+                let event = event.clone();
+                async move {
+                    if n > 0 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                    (n < 3000).then(|| (Ok::<_, std::io::Error>(event), n + 1))
+                }
+            });
+            Response::builder()
+                .header("content-type", "text/event-stream")
+                .body(axum::body::Body::from_stream(events))
+                .unwrap()
+        }
         "/v1/chat/completions" if stream => {
             let chunk = |choices: Value| {
                 json!({"id": "c1", "object": "chat.completion.chunk", "created": 1, "model": model, "choices": choices})
@@ -81,6 +108,49 @@ async fn upstream(uri: Uri, body: Bytes) -> Response {
             "usage": usage,
         }))
         .into_response(),
+        // Anthropic's Messages API, for the messages door's pass-through.
+        "/v1/messages" if stream => {
+            let events = [
+                ("message_start", json!({"type": "message_start", "message": {"id": "msg_1", "type": "message", "role": "assistant", "model": model, "content": [], "stop_reason": null, "usage": {"input_tokens": 100, "cache_read_input_tokens": 50, "output_tokens": 1}}})),
+                ("content_block_start", json!({"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}})),
+                ("content_block_delta", json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "Hi"}})),
+                ("content_block_stop", json!({"type": "content_block_stop", "index": 0})),
+                ("message_delta", json!({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": {"output_tokens": 20}})),
+                ("message_stop", json!({"type": "message_stop"})),
+            ];
+            let text: String = events
+                .iter()
+                .map(|(name, data)| format!("event: {name}\ndata: {data}\n\n"))
+                .collect();
+            ([("content-type", "text/event-stream")], text).into_response()
+        }
+        "/v1/messages" => json_answer(json!({
+            "id": "msg_1", "type": "message", "role": "assistant", "model": model,
+            "content": [{"type": "text", "text": "Hi"}], "stop_reason": "end_turn",
+            "usage": {"input_tokens": 100, "cache_read_input_tokens": 50, "output_tokens": 20},
+        }))
+        .into_response(),
+        // The Responses API, for the responses door's pass-through.
+        "/v1/responses" => {
+            let response = json!({
+                "id": "resp_1", "object": "response", "created_at": 1, "status": "completed", "model": model,
+                "output": [{"type": "message", "id": "m1", "role": "assistant", "status": "completed",
+                            "content": [{"type": "output_text", "text": "Hi", "annotations": []}]}],
+                "usage": {"input_tokens": 300, "input_tokens_details": {"cached_tokens": 100},
+                          "output_tokens": 40, "output_tokens_details": {"reasoning_tokens": 10}, "total_tokens": 340},
+            });
+            if stream {
+                let created = json!({"type": "response.created", "sequence_number": 0,
+                                     "response": {"id": "resp_1", "object": "response", "status": "in_progress", "model": model}});
+                let done = json!({"type": "response.completed", "sequence_number": 1, "response": response});
+                let text = format!(
+                    "event: response.created\ndata: {created}\n\nevent: response.completed\ndata: {done}\n\n"
+                );
+                ([("content-type", "text/event-stream")], text).into_response()
+            } else {
+                json_answer(response).into_response()
+            }
+        }
         "/v1/embeddings" => json_answer(json!({
             "object": "list", "model": model,
             "data": [{"object": "embedding", "index": 0, "embedding": [0.5, 1.0]}],
@@ -150,7 +220,18 @@ encryption_key = "ledger-test-key"
 api_type = "open_ai"
 api_base = "{upstream}"
 api_key = "sk-upstream-secret"
+[connections.anth]
+api_type = "anthropic"
+api_base = "{anthropic}"
+api_key = "sk-upstream-secret"
+[connections.resp]
+api_type = "open_ai"
+api_base = "{upstream}"
+api_key = "sk-upstream-secret"
+responses_api = true
 [routing]
+"claude-native-*" = "anth.*"
+"native-resp-*" = "resp.*"
 "*" = "up.*"
 [groups.default]
 api_keys = ["{KEY}"]
@@ -163,7 +244,10 @@ enabled = true
 [pricing]
 "priced-*" = {{ input = 2.0, output = 10.0, cached_input = 0.5 }}
 "cheap-embed*" = {{ input = 1.0, output = 0.0 }}
-"#
+"claude-native-*" = {{ input = 3.0, output = 15.0, cached_input = 0.3 }}
+"native-resp-*" = {{ input = 1.0, output = 4.0, cached_input = 0.25 }}
+"#,
+        anthropic = upstream.trim_end_matches("/v1"),
     )
 }
 
@@ -171,6 +255,7 @@ enabled = true
 #[derive(Debug, Clone)]
 struct Expected {
     model: String,
+    connection: &'static str,
     door: &'static str,
     stream: bool,
     status: i32,
@@ -226,6 +311,7 @@ fn exercise(url: &str, tag: &str) -> Vec<Expected> {
     };
     let row = |model: String, door, stream, tokens, cost| Expected {
         model,
+        connection: "up",
         door,
         stream,
         status: 200,
@@ -264,6 +350,37 @@ fn exercise(url: &str, tag: &str) -> Vec<Expected> {
                 CHAT_TOKENS,
                 PRICED_CHAT_COST,
             ),
+        );
+        // Pass-through: the client's API spoken by the upstream too.
+        let m = format!("claude-native-{mode}-{tag}");
+        send(
+            "messages",
+            json!({"model": m, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}], "stream": stream}),
+            Expected {
+                connection: "anth",
+                ..row(
+                    m.clone(),
+                    "messages",
+                    stream,
+                    [Some(150), Some(20), Some(50), None],
+                    (100.0 * 3.0 + 50.0 * 0.3 + 20.0 * 15.0) / 1e6,
+                )
+            },
+        );
+        let m = format!("native-resp-{mode}-{tag}");
+        send(
+            "responses",
+            json!({"model": m, "input": "hi", "stream": stream}),
+            Expected {
+                connection: "resp",
+                ..row(
+                    m.clone(),
+                    "responses",
+                    stream,
+                    [Some(300), Some(40), Some(100), Some(10)],
+                    (200.0 * 1.0 + 100.0 * 0.25 + 40.0 * 4.0) / 1e6,
+                )
+            },
         );
         let m = format!("priced-completions-{mode}-{tag}");
         send(
@@ -310,6 +427,16 @@ fn exercise(url: &str, tag: &str) -> Vec<Expected> {
         json!({"model": m, "messages": [{"role": "user", "content": "hi"}], "stream": true}),
         row(m.clone(), "chat/completions", true, CHAT_TOKENS, 0.0),
     );
+    // A stream that fails after its first chunk.
+    let m = format!("breaks-{tag}");
+    send(
+        "chat/completions",
+        json!({"model": m, "messages": [{"role": "user", "content": "hi"}], "stream": true}),
+        Expected {
+            error_type: Some("overloaded"),
+            ..row(m.clone(), "chat/completions", true, [None; 4], 0.0)
+        },
+    );
     // Failures have rows too: the upstream's 400, and a wrong key.
     let m = format!("fails-upstream-{tag}");
     send(
@@ -317,6 +444,7 @@ fn exercise(url: &str, tag: &str) -> Vec<Expected> {
         json!({"model": "fails-upstream", "messages": [{"role": "user", "content": m}]}),
         Expected {
             model: "fails-upstream".into(),
+            connection: "up",
             door: "chat/completions",
             stream: false,
             status: 400,
@@ -331,6 +459,7 @@ fn exercise(url: &str, tag: &str) -> Vec<Expected> {
         json!({"model": m, "input": "x"}),
         Expected {
             model: String::new(),
+            connection: "up",
             door: "embeddings",
             stream: false,
             status: 401,
@@ -339,6 +468,23 @@ fn exercise(url: &str, tag: &str) -> Vec<Expected> {
             error_type: Some("invalid_api_key"),
         },
     );
+    // A client that leaves a stream after its first bytes.
+    let m = format!("endless-{tag}");
+    let mut response = client
+        .post(format!("{url}/v1/chat/completions"))
+        .bearer_auth(KEY)
+        .json(&json!({"model": m, "messages": [{"role": "user", "content": "hi"}], "stream": true}))
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut first = [0u8; 64];
+    let n = std::io::Read::read(&mut response, &mut first).unwrap();
+    assert!(n > 0);
+    drop(response);
+    expected.push(Expected {
+        error_type: Some("client_disconnected"),
+        ..row(m.clone(), "chat/completions", true, [None; 4], 0.0)
+    });
     expected
 }
 
@@ -448,7 +594,7 @@ fn check_rows(rows: &[Stored], expected: &[Expected]) {
             "{row:?}"
         );
         assert_eq!(row.group.as_deref(), Some("default"), "{row:?}");
-        assert_eq!(row.connection.as_deref(), Some("up"), "{row:?}");
+        assert_eq!(row.connection.as_deref(), Some(want.connection), "{row:?}");
         assert_eq!(row.model.as_deref(), Some(want.model.as_str()), "{row:?}");
         if want.stream {
             let ttft = row.ttft_ms.expect("streams have a time to first token");
