@@ -468,17 +468,17 @@ impl Ending {
             Some(metrics) => metrics.stream(payloads),
             None => payloads,
         };
-        // Outside the metrics' wrapper: both see every chunk; each reports when
-        // dropped, with the stream.
-        let payloads = match self.ledger {
-            Some(row) => row.stream(payloads),
-            None => payloads,
-        };
         let redactor = gateway.redactor.clone();
         let payloads: PayloadStream = Box::pin(payloads.map(move |item| match item {
             Ok(payload) => Ok(redactor.redact_payload(payload)),
             Err(e) => Err(redactor.redact(e)),
         }));
+        // Outside the redaction: the row records errors as the client sees them.
+        // Like the metrics' wrapper, it reports when dropped, with the stream.
+        let payloads = match self.ledger {
+            Some(row) => row.stream(payloads),
+            None => payloads,
+        };
         let dispatcher = gateway.log_dispatcher.clone();
         // Only the loggers need the context at the end; without them it is dropped
         // now rather than held (the request tree, the client's headers and the read

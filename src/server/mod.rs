@@ -108,6 +108,13 @@ impl AppState {
     /// Replace the gateway; requests already running keep the one they started with.
     pub fn replace_gateway(&self, gateway: Gateway) {
         count_log_drops(&gateway, self.metrics.as_deref());
+        let database = |g: &Gateway| g.config.settings.database.clone();
+        if database(&gateway) != database(&self.gateway.load()) {
+            tracing::warn!(
+                "the [database] section changed: it takes effect at the next restart \
+                 ([pricing] and budgets follow the reload)"
+            );
+        }
         if let Some(ledger) = &self.ledger {
             ledger.set_prices(&gateway.config.settings.pricing);
         }

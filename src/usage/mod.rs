@@ -42,7 +42,7 @@ use db::{Db, Target};
 use prices::{Prices, Tokens};
 
 /// The `[database]` table. Present (even empty): the ledger is on.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     /// `sqlite://PATH` (relative to the config's folder) or `postgres://...`;
@@ -590,7 +590,8 @@ impl PendingRow {
     }
 }
 
-/// The `code` of an error's OpenAI object, or its `type` when it has none.
+/// The `code` of an error's OpenAI object, or its `type` when it has none (an
+/// upstream's own code may be anything: at most 100 characters are kept).
 fn error_code(error: &ApiError) -> String {
     let object = error.error_object();
     object
@@ -598,7 +599,9 @@ fn error_code(error: &ApiError) -> String {
         .and_then(|c| c.as_str())
         .or_else(|| object.get("type").and_then(|t| t.as_str()))
         .unwrap_or("error")
-        .to_owned()
+        .chars()
+        .take(100)
+        .collect()
 }
 
 /// A stream's chunks on their way to the client, watched for the ledger.
