@@ -77,6 +77,9 @@ pub struct RequestContext {
     /// spelling and the value copied. The copy goes out in that spelling while
     /// `llm_params.extra_headers` still holds that value under the lowercase name.
     pub forwarded_spellings: Vec<(Box<str>, Value)>,
+    /// The group budget's reservation (`usage::budget`), settled when the request
+    /// ends.
+    pub budget_hold: Option<crate::usage::budget::Hold>,
 }
 
 impl RequestContext {
@@ -100,6 +103,7 @@ impl RequestContext {
             error: None,
             client_head: None,
             forwarded_spellings: Vec::new(),
+            budget_hold: None,
         }
     }
 

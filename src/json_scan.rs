@@ -58,14 +58,29 @@ pub struct TopLevel {
 pub struct TokenCounts {
     pub prompt: Option<u64>,
     pub completion: Option<u64>,
+    /// Part of `prompt` read from the provider's cache
+    /// (`prompt_tokens_details.cached_tokens`); the usage ledger prices it apart.
+    pub cached: Option<u64>,
+    /// Part of `completion` spent reasoning
+    /// (`completion_tokens_details.reasoning_tokens`), recorded by the ledger.
+    pub reasoning: Option<u64>,
 }
 
 impl TokenCounts {
     /// The counts of a `usage` tree.
     pub fn of(usage: &Value) -> TokenCounts {
+        let detail = |object: &str, member: &str| {
+            usage
+                .get(object)
+                .filter(|d| d.is_object())
+                .and_then(|d| d.get(member))
+                .and_then(Value::as_u64)
+        };
         TokenCounts {
             prompt: usage.get("prompt_tokens").and_then(Value::as_u64),
             completion: usage.get("completion_tokens").and_then(Value::as_u64),
+            cached: detail("prompt_tokens_details", "cached_tokens"),
+            reasoning: detail("completion_tokens_details", "reasoning_tokens"),
         }
     }
 }
@@ -528,6 +543,12 @@ impl<'a> Scanner<'a> {
             match &*key {
                 b"prompt_tokens" => counts.prompt = self.unsigned(value_start),
                 b"completion_tokens" => counts.completion = self.unsigned(value_start),
+                b"prompt_tokens_details" => {
+                    counts.cached = self.detail(value_start, b"cached_tokens")?;
+                }
+                b"completion_tokens_details" => {
+                    counts.reasoning = self.detail(value_start, b"reasoning_tokens")?;
+                }
                 _ => {}
             }
             self.skip_whitespace();
@@ -537,6 +558,52 @@ impl<'a> Scanner<'a> {
                 return Some(counts);
             }
             self.skip_whitespace();
+        }
+    }
+
+    /// The member `name` of the value from `start` to here (already checked) when
+    /// that value is an object, as `Value::as_u64` reads it; `Some(None)` when it is
+    /// absent or not such a number. Used for the two `*_details` objects of a
+    /// `usage`, so it is not on the path of chunks without usage.
+    fn detail(&self, start: usize, name: &[u8]) -> Option<Option<u64>> {
+        if self.text.get(start) != Some(&b'{') {
+            return Some(None);
+        }
+        let mut scan = Scanner {
+            text: &self.text[..self.at],
+            at: start + 1,
+        };
+        let mut found = None;
+        scan.skip_whitespace();
+        if scan.peek()? == b'}' {
+            return Some(None);
+        }
+        loop {
+            let key_start = scan.at;
+            let escaped = scan.string()?;
+            let key = &scan.text[key_start..scan.at];
+            let key: std::borrow::Cow<'_, [u8]> = if escaped {
+                let decoded: String = serde_json::from_slice(key).ok()?;
+                decoded.into_bytes().into()
+            } else {
+                key[1..key.len() - 1].into()
+            };
+            scan.skip_whitespace();
+            scan.at += 1; // the colon
+            scan.skip_whitespace();
+            let value_start = scan.at;
+            scan.value()?;
+            if *key == *name {
+                // The last of a repeated key, as in a `Value`.
+                found = scan.unsigned(value_start);
+            }
+            scan.skip_whitespace();
+            let next = scan.peek()?;
+            scan.at += 1;
+            if next == b'}' {
+                return Some(found);
+            }
+            scan.skip_whitespace();
         }
     }
 

@@ -33,6 +33,7 @@ pub mod shared_state;
 pub mod sse;
 pub mod streaming;
 pub mod upstream;
+pub mod usage;
 
 #[cfg(feature = "python")]
 mod python;

@@ -166,6 +166,8 @@ pub struct Metrics {
     upstream_connect_errors: Family<CauseLabel, Counter>,
     accept_errors: Family<CauseLabel, Counter>,
     log_entries_dropped: Counter,
+    ledger_rows_dropped: Counter,
+    ledger_rows_written: Counter,
     models: LabelCap,
     groups: LabelCap,
     connections: LabelCap,
@@ -252,8 +254,24 @@ impl Metrics {
             "Request log entries dropped: the log queue was full ([log_queue]), or they were still unwritten when shutdown's flush timed out",
             log_entries_dropped.clone(),
         );
+        let ledger_rows_dropped = Counter::default();
+        registry.register(
+            "ledger_rows_dropped",
+            "Usage ledger rows dropped: the buffer was full while the database could not keep up or \
+             was unreachable ([database] buffer_rows), or they were still unwritten when a stop's \
+             flush timed out",
+            ledger_rows_dropped.clone(),
+        );
+        let ledger_rows_written = Counter::default();
+        registry.register(
+            "ledger_rows_written",
+            "Usage ledger rows written to the database",
+            ledger_rows_written.clone(),
+        );
         Metrics {
             log_entries_dropped,
+            ledger_rows_dropped,
+            ledger_rows_written,
             registry,
             requests,
             request_duration,
@@ -275,6 +293,14 @@ impl Metrics {
     /// The counter of dropped request log entries, for the log dispatcher.
     pub fn log_entries_dropped(&self) -> Counter {
         self.log_entries_dropped.clone()
+    }
+
+    /// The usage ledger's counters: rows dropped, rows written.
+    pub fn ledger_rows(&self) -> (Counter, Counter) {
+        (
+            self.ledger_rows_dropped.clone(),
+            self.ledger_rows_written.clone(),
+        )
     }
 
     /// A client connection could not be accepted (`cause`: descriptors, memory, other).

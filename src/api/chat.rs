@@ -87,7 +87,7 @@ async fn handle(
     // The parsed request is what is kept from here on.
     drop((bytes, held));
     let connection = core::route(gateway, ctx)?;
-    let keep_request = core::run_handlers(gateway, ctx).await?;
+    let keep_request = core::run_handlers(state, gateway, ctx).await?;
     // Streams bring usage to loggers and metrics whether or not the client asked
     // for it; with neither, nobody needs it and nothing is asked for.
     let want_usage = keep_request || state.metrics().is_some();

@@ -85,7 +85,7 @@ async fn handle(
     ctx.request = super::chat::json_object_body(&ctx.http_headers, &bytes)?;
     validate(&ctx.request)?;
     let connection = core::route(gateway, ctx)?;
-    let keep_request = core::run_handlers(gateway, ctx).await?;
+    let keep_request = core::run_handlers(state, gateway, ctx).await?;
     let mut call =
         super::embeddings::door_call(gateway, ctx, bytes, keep_request, &connection.name, false)?;
     drop(held);

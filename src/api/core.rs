@@ -34,6 +34,7 @@ use crate::routing::RouteModel;
 use crate::server::{body, AppState};
 use crate::streaming::StreamSummary;
 use crate::upstream::HeaderCase;
+use crate::usage::PendingRow;
 
 /// What a provider produced for a request.
 pub enum Reply {
@@ -123,7 +124,15 @@ pub fn route<'g>(
 /// Fill `ctx.llm_params` from the request and run the `before` handlers, which may
 /// change them. Returns whether the request must be kept whole afterwards (a JSON
 /// logger will see it), which decides whether the call may take it apart.
-pub async fn run_handlers(gateway: &Gateway, ctx: &mut RequestContext) -> Result<bool, ApiError> {
+///
+/// Then, the last step before the upstream call on every door, the group's budget
+/// (`usage::budget`): refused when spent, otherwise a reservation the request's end
+/// settles. `count_tokens` spends nothing and is not checked.
+pub async fn run_handlers(
+    state: &AppState,
+    gateway: &Gateway,
+    ctx: &mut RequestContext,
+) -> Result<bool, ApiError> {
     let keep_request = gateway.log_dispatcher.is_some();
     ctx.llm_params = llm_params(
         &mut ctx.request,
@@ -131,6 +140,17 @@ pub async fn run_handlers(gateway: &Gateway, ctx: &mut RequestContext) -> Result
     );
     for handler in &gateway.handlers {
         handler.before(ctx).await?;
+    }
+    if let (Some(ledger), Some(group)) = (state.ledger(), ctx.group.as_deref()) {
+        let budget = gateway
+            .config
+            .settings
+            .groups
+            .get(group)
+            .and_then(|g| g.budget.as_ref());
+        if let Some(budget) = budget.filter(|_| ctx.endpoint != Endpoint::CountTokens) {
+            ctx.budget_hold = ledger.budgets.reserve(group, budget)?;
+        }
     }
     Ok(keep_request)
 }
@@ -362,8 +382,10 @@ impl Incoming {
             let timeout = self.gateway.config.settings.limits.body_timeout();
             body::discard_refused(unread, &self.ctx.http_headers, self.version, timeout).await;
         }
-        let ending = Ending::new(state, &self.ctx, self.upstream_time);
-        (self.gateway, self.ctx, ending)
+        let mut ctx = self.ctx;
+        let hold = ctx.budget_hold.take();
+        let ending = Ending::new(state, &ctx, self.upstream_time, hold);
+        (self.gateway, ctx, ending)
     }
 }
 
@@ -373,13 +395,22 @@ impl Incoming {
 pub struct Ending {
     summary: RequestSummary,
     metrics: Option<RequestMetrics>,
+    /// The usage ledger's row (`[database]`), written into its buffer at the end.
+    ledger: Option<PendingRow>,
 }
 
 impl Ending {
-    pub fn new(state: &AppState, ctx: &RequestContext, upstream_time: Option<Duration>) -> Self {
+    /// `hold`: the budget reservation, settled with the row (released if none).
+    pub fn new(
+        state: &AppState,
+        ctx: &RequestContext,
+        upstream_time: Option<Duration>,
+        hold: Option<crate::usage::budget::Hold>,
+    ) -> Self {
         Ending {
             summary: RequestSummary::of(ctx),
             metrics: state.metrics().map(|m| m.request(ctx, upstream_time)),
+            ledger: state.ledger().map(|l| l.begin(ctx, hold)),
         }
     }
 
@@ -390,6 +421,9 @@ impl Ending {
         self.summary.log(error.status().as_u16(), Some(&error), "");
         if let Some(metrics) = self.metrics {
             metrics.failed(&error);
+        }
+        if let Some(row) = self.ledger {
+            row.failed(&error);
         }
         if let Some(dispatcher) = &gateway.log_dispatcher {
             ctx.error = Some(error.clone());
@@ -410,6 +444,9 @@ impl Ending {
         self.summary.log(200, None, "");
         if let Some(metrics) = self.metrics {
             metrics.completed(usage);
+        }
+        if let Some(row) = self.ledger {
+            row.completed(usage);
         }
         if let Some(dispatcher) = &gateway.log_dispatcher {
             ctx.response = Some(log_answer());
@@ -436,6 +473,12 @@ impl Ending {
             Ok(payload) => Ok(redactor.redact_payload(payload)),
             Err(e) => Err(redactor.redact(e)),
         }));
+        // Outside the redaction: the row records errors as the client sees them.
+        // Like the metrics' wrapper, it reports when dropped, with the stream.
+        let payloads = match self.ledger {
+            Some(row) => row.stream(payloads),
+            None => payloads,
+        };
         let dispatcher = gateway.log_dispatcher.clone();
         // Only the loggers need the context at the end; without them it is dropped
         // now rather than held (the request tree, the client's headers and the read

@@ -82,7 +82,7 @@ async fn handle(
     ctx.request = super::chat::json_object_body(&ctx.http_headers, &bytes)?;
     validate(&ctx.request)?;
     let connection = core::route(gateway, ctx)?;
-    let keep_request = core::run_handlers(gateway, ctx).await?;
+    let keep_request = core::run_handlers(state, gateway, ctx).await?;
     let call = door_call(gateway, ctx, bytes, keep_request, &connection.name, true)?;
     drop(held);
     let base64 = call.params.get("encoding_format").and_then(Value::as_str) == Some("base64");

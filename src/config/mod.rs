@@ -3,7 +3,7 @@
 //! (`<file>: <key>: <problem>`) instead of failing on the first request.
 
 mod env;
-mod error;
+pub(crate) mod error;
 mod limits;
 mod model;
 
@@ -421,6 +421,23 @@ impl Config {
                 "must be greater than 0",
             ));
         }
+        if let Some(database) = &self.settings.database {
+            database.check(path)?;
+        }
+        for (group, cfg) in &self.settings.groups {
+            if let Some(budget) = &cfg.budget {
+                let key = format!("{}.budget", key_of("groups", group));
+                budget.check(path, &key)?;
+                if self.settings.database.is_none() {
+                    return Err(ConfigError::new(
+                        path,
+                        &key,
+                        "a budget needs the usage ledger: add a [database] section",
+                    ));
+                }
+            }
+        }
+        crate::usage::prices::Prices::check(&self.settings.pricing, path)?;
         self.check_metrics_path()
     }
 

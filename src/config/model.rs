@@ -95,6 +95,12 @@ pub struct FileConfig {
         deserialize_with = "lenient::u16"
     )]
     pub invalid_api_key_status: u16,
+    /// The usage ledger's database (`[database]`); absent: no ledger.
+    #[serde(default)]
+    pub database: Option<crate::usage::DatabaseConfig>,
+    /// Prices by model glob (`[pricing]`), before the built-in table.
+    #[serde(default)]
+    pub pricing: IndexMap<String, crate::usage::prices::PriceConfig>,
 }
 
 impl FileConfig {
@@ -205,6 +211,10 @@ pub struct GroupConfig {
     pub api_keys: Vec<String>,
     #[serde(default)]
     pub allowed_connections: AllowedConnectionsSpec,
+    /// Spend cap (`{ usd = 50, period = "month" }` or `tokens = N`); needs
+    /// `[database]`.
+    #[serde(default)]
+    pub budget: Option<crate::usage::budget::BudgetConfig>,
 }
 
 /// `allowed_connections`: `"*"`, a comma-separated string, or a list of names.

@@ -23,6 +23,7 @@ use crate::extensions::ExtensionResolver;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
 use crate::upstream::UpstreamClient;
+use crate::usage::Ledger;
 
 /// State shared by every request.
 pub struct AppState {
@@ -30,6 +31,9 @@ pub struct AppState {
     client: UpstreamClient,
     /// This server's metrics (`[metrics] enabled`, read at startup); they outlive reloads.
     metrics: Option<Arc<Metrics>>,
+    /// The usage ledger (`[database]`, read at startup: a change needs a restart;
+    /// `[pricing]` follows reloads).
+    ledger: Option<Arc<Ledger>>,
     /// Request body bytes being received or held now (`limits.max_body_memory_mb`).
     bodies: body::BodyBudget,
     /// The gateway in force reads the client's header name spellings: connections
@@ -38,6 +42,7 @@ pub struct AppState {
 }
 
 impl AppState {
+    /// The state of a server without a usage ledger (tests; [`AppState::with_ledger`]).
     pub fn new(gateway: Gateway, client: UpstreamClient) -> Self {
         let metrics = gateway
             .config
@@ -45,8 +50,35 @@ impl AppState {
             .metrics
             .enabled
             .then(|| Arc::new(Metrics::new()));
+        Self::with_metrics(gateway, client, metrics, None)
+    }
+
+    /// The state of a server, with its usage ledger when `[database]` is set: the
+    /// ledger's writer starts on the current runtime.
+    pub fn with_ledger(gateway: Gateway, client: UpstreamClient) -> Result<Self, ConfigError> {
+        let settings = &gateway.config.settings;
+        let metrics = settings.metrics.enabled.then(|| Arc::new(Metrics::new()));
+        let ledger = match &settings.database {
+            Some(database) => Some(Ledger::start(
+                database,
+                &gateway.config.path,
+                &settings.pricing,
+                metrics.as_ref().map(|m| m.ledger_rows()),
+            )?),
+            None => None,
+        };
+        Ok(Self::with_metrics(gateway, client, metrics, ledger))
+    }
+
+    fn with_metrics(
+        gateway: Gateway,
+        client: UpstreamClient,
+        metrics: Option<Arc<Metrics>>,
+        ledger: Option<Arc<Ledger>>,
+    ) -> Self {
         count_log_drops(&gateway, metrics.as_deref());
         AppState {
+            ledger,
             client_spellings: Arc::new(AtomicBool::new(gateway.client_spellings)),
             gateway: ArcSwap::from_pointee(gateway),
             client,
@@ -64,6 +96,10 @@ impl AppState {
         self.metrics.as_ref()
     }
 
+    pub fn ledger(&self) -> Option<&Arc<Ledger>> {
+        self.ledger.as_ref()
+    }
+
     /// The gateway in force now (a cheap `Arc` clone; a reload swaps it whole).
     pub fn gateway(&self) -> Arc<Gateway> {
         self.gateway.load_full()
@@ -72,6 +108,16 @@ impl AppState {
     /// Replace the gateway; requests already running keep the one they started with.
     pub fn replace_gateway(&self, gateway: Gateway) {
         count_log_drops(&gateway, self.metrics.as_deref());
+        let database = |g: &Gateway| g.config.settings.database.clone();
+        if database(&gateway) != database(&self.gateway.load()) {
+            tracing::warn!(
+                "the [database] section changed: it takes effect at the next restart \
+                 ([pricing] and budgets follow the reload)"
+            );
+        }
+        if let Some(ledger) = &self.ledger {
+            ledger.set_prices(&gateway.config.settings.pricing);
+        }
         self.client_spellings
             .store(gateway.client_spellings, Ordering::Relaxed);
         self.gateway.store(Arc::new(gateway));
@@ -260,6 +306,10 @@ impl RunningServer {
             Err(e) => Err(anyhow::Error::new(e).context("server task failed")),
         };
         self.state.gateway().flush_logs().await;
+        // After the loggers: the last requests' rows are in the buffer by now.
+        if let Some(ledger) = self.state.ledger() {
+            ledger.close().await;
+        }
         result
     }
 }
@@ -309,7 +359,7 @@ pub async fn start_serving(
     let gateway = Gateway::build(config, &client, resolver.as_ref())?;
     // Logged once the config is known to be good (a config error is one line).
     let limits = connection_limits(&gateway.config.settings.limits);
-    let state = Arc::new(AppState::new(gateway, client));
+    let state = Arc::new(AppState::with_ledger(gateway, client)?);
     let connections = conn::Shared::new(limits, state.metrics().cloned());
     reload::spawn_reloader(state.clone(), resolver, overrides);
     let is_tls = tls.is_some();

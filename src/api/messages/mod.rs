@@ -146,7 +146,7 @@ async fn handle(
         drop((bytes, held));
         if count_tokens {
             // No upstream counts Anthropic's way: an estimate (`count`).
-            core::run_handlers(gateway, ctx).await?;
+            core::run_handlers(state, gateway, ctx).await?;
             // The handlers' view: parameters (system, tools) in `llm_params`, the
             // messages in the request.
             let mut request = ctx.llm_params.clone();
@@ -162,7 +162,7 @@ async fn handle(
                 usage: None,
             });
         }
-        let keep_request = core::run_handlers(gateway, ctx).await?;
+        let keep_request = core::run_handlers(state, gateway, ctx).await?;
         let call = translated_call(ctx, keep_request)?;
         let translator = stream::Translator::new(&call.model, &connection.name);
         let name = connection.name.clone();
@@ -180,7 +180,7 @@ async fn handle(
             Reply::Stream(chunks) => Ok(DoorReply::Chunks(chunks, translator)),
         };
     };
-    core::run_handlers(gateway, ctx).await?;
+    core::run_handlers(state, gateway, ctx).await?;
     let call = native_call(gateway, ctx, bytes, count_tokens)?;
     // The client's bytes are held (and counted in the body budget) until sent.
     // Boxed: the upstream call's state is large, and this future is moved whole

@@ -121,9 +121,17 @@ pub fn usage(usage: Option<&Value>) -> Value {
 
 /// The Responses API's `usage` in the metrics' terms.
 pub fn token_counts(usage: &Value) -> TokenCounts {
+    let detail = |object: &str, member: &str| {
+        usage
+            .get(object)
+            .and_then(|d| d.get(member))
+            .and_then(Value::as_u64)
+    };
     TokenCounts {
         prompt: usage.get("input_tokens").and_then(Value::as_u64),
         completion: usage.get("output_tokens").and_then(Value::as_u64),
+        cached: detail("input_tokens_details", "cached_tokens"),
+        reasoning: detail("output_tokens_details", "reasoning_tokens"),
     }
 }
 

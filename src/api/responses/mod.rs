@@ -107,7 +107,7 @@ async fn handle(
     ctx.request = super::chat::json_object_body(&ctx.http_headers, &bytes)?;
     request::validate(&ctx.request)?;
     let connection = core::route(gateway, ctx)?;
-    let keep_request = core::run_handlers(gateway, ctx).await?;
+    let keep_request = core::run_handlers(state, gateway, ctx).await?;
     if connection.provider.speaks_responses() {
         let call = super::embeddings::door_call(
             gateway,

@@ -168,6 +168,8 @@ impl AnthropicProvider {
         let usage = usage_of(text).map(|u| TokenCounts {
             prompt: u.prompt(),
             completion: u.output_tokens,
+            cached: u.cache_read_input_tokens,
+            reasoning: None,
         });
         RawJson::object(bytes, usage)
             .map(Payload::Raw)
@@ -190,18 +192,21 @@ impl AnthropicProvider {
         // Input tokens come in `message_start`, output tokens in `message_delta`:
         // the latter carries both, as the metrics keep a stream's last counts.
         let mut prompt = None;
+        let mut cached = None;
         let events = events.map(move |item| {
             let text = item?;
             let mut usage = None;
             match event_type(text.as_bytes()).as_deref() {
                 Some("message_start") => {
-                    prompt = member_spans(&text, "message", 1)
+                    let start = member_spans(&text, "message", 1)
                         .and_then(|mut spans| spans.pop())
-                        .and_then(|span| usage_of(&text[span]))
-                        .and_then(|u| u.prompt());
+                        .and_then(|span| usage_of(&text[span]));
+                    prompt = start.as_ref().and_then(Usage::prompt);
+                    cached = start.and_then(|u| u.cache_read_input_tokens);
                     usage = Some(TokenCounts {
                         prompt,
-                        completion: None,
+                        cached,
+                        ..TokenCounts::default()
                     });
                 }
                 Some("message_delta") => {
@@ -209,6 +214,8 @@ impl AnthropicProvider {
                     usage = Some(TokenCounts {
                         prompt: delta.prompt().or(prompt),
                         completion: delta.output_tokens,
+                        cached: delta.cache_read_input_tokens.or(cached),
+                        reasoning: None,
                     });
                 }
                 Some("error") => {

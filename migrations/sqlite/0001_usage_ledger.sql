@@ -1,0 +1,29 @@
+-- The usage ledger: one row per request, whatever the door (docs/usage-ledger.md).
+-- Times are Unix milliseconds (UTC); costs USD.
+CREATE TABLE usage_ledger (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    created_at BIGINT NOT NULL,
+    request_id TEXT NOT NULL,
+    api_key_id TEXT,
+    key_name TEXT,
+    group_name TEXT,
+    connection TEXT,
+    requested_model TEXT,
+    model TEXT,
+    door TEXT NOT NULL,
+    status INTEGER NOT NULL,
+    stream BOOLEAN NOT NULL,
+    prompt_tokens BIGINT,
+    completion_tokens BIGINT,
+    cached_tokens BIGINT,
+    reasoning_tokens BIGINT,
+    cost_usd DOUBLE PRECISION NOT NULL,
+    duration_ms DOUBLE PRECISION NOT NULL,
+    ttft_ms DOUBLE PRECISION,
+    error_type TEXT
+);
+-- Unique: a batch written again after a timeout adds no second row.
+CREATE UNIQUE INDEX usage_ledger_request_id ON usage_ledger (request_id);
+CREATE INDEX usage_ledger_created_at ON usage_ledger (created_at);
+CREATE INDEX usage_ledger_key ON usage_ledger (api_key_id, created_at);
+CREATE INDEX usage_ledger_group ON usage_ledger (group_name, created_at);
