@@ -572,6 +572,7 @@ impl<'a> Scanner<'a> {
         let mut scan = Scanner {
             text: &self.text[..self.at],
             at: start + 1,
+            escapes: false,
         };
         let mut found = None;
         scan.skip_whitespace();
