@@ -17,6 +17,8 @@
 # leave out startup and shutdown. Needs valgrind and a release build
 # (`cargo build --release --bins` makes bench-upstream too). Not part of CI.
 # UPSTREAM_PORT and GATEWAY_PORT (default 18431, 18432) let two runs share a machine.
+# EXTRA=FILE appends FILE's TOML to the gateway's config (`{work}` in it becomes the
+# run's scratch folder), e.g. bench/ledger-sqlite.toml: the usage ledger and a budget.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source bench/lib.sh
@@ -37,6 +39,7 @@ trap cleanup EXIT
 upstream_pid=$!
 wait_for "http://127.0.0.1:$upstream_port/health"
 write_gateway_config "$work/gateway.toml" $upstream_port $gateway_port
+if [[ -n ${EXTRA:-} ]]; then sed "s|{work}|$work|g" "$EXTRA" >>"$work/gateway.toml"; fi
 cat >"$work/load.py" <<'PY'
 import http.client, sys
 port, n, body = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3].encode()

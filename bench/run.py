@@ -253,6 +253,32 @@ SCENARIOS = [
         baseline="throughput-c64",
     ),
     Scenario(
+        "ledger-sqlite-c64",
+        "Usage ledger on (SQLite) with a group budget far from spent: throughput-c64",
+        stream=False,
+        model="bench",
+        conns=64,
+        targets=("lm-proxy-default", "lm-proxy"),
+        variant="ledger_sqlite",
+        baseline="throughput-c64",
+        note="`lm-proxy (default config)` has no ledger: the ratio between them is the "
+        "ledger's cost (issue 17: within 10 %)",
+        no_floor="this scenario measures the ledger against the same binary without it",
+    ),
+    Scenario(
+        "ledger-postgres-c64",
+        "Usage ledger on (PostgreSQL, a throwaway local cluster) with a group budget "
+        "far from spent: throughput-c64",
+        stream=False,
+        model="bench",
+        conns=64,
+        targets=("lm-proxy-default", "lm-proxy"),
+        variant="ledger_postgres",
+        baseline="throughput-c64",
+        note="the cluster runs on the same CPUs as everything else",
+        no_floor="this scenario measures the ledger against the same binary without it",
+    ),
+    Scenario(
         "metrics-off-c64",
         "Cost of /metrics: throughput-c64 with `[metrics] enabled = false`",
         stream=False,
@@ -275,6 +301,8 @@ SCENARIOS = [
 ]
 
 VARIANT_TITLES = {
+    "ledger_sqlite": "ledger on, SQLite",
+    "ledger_postgres": "ledger on, PostgreSQL",
     "python_ext": "Python extensions",
     "json_logger": "JSON logger",
     "metrics_off": "metrics off",
@@ -444,6 +472,57 @@ class Server:
 def stop_all() -> None:
     for server in list(reversed(Server.running)):
         server.stop()
+    for stop in reversed(CLEANUPS):
+        stop()
+    CLEANUPS.clear()
+
+
+CLEANUPS: list[typing.Callable[[], None]] = []
+
+
+def postgres_bindir() -> Path:
+    """initdb and pg_ctl: on PATH, or in Debian's versioned folder."""
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).parent
+    for bindir in sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True):
+        if (bindir / "pg_ctl").exists():
+            return bindir
+    raise SystemExit("ledger-postgres-c64 needs PostgreSQL (apt-get install postgresql)")
+
+
+@functools.cache
+def postgres_url(work: Path) -> str:
+    """A throwaway cluster for this run (stopped by stop_all), as a URL."""
+    bindir = postgres_bindir()
+    data = work / "pg"
+    port = free_port()
+    # PostgreSQL refuses to run as root: the cluster belongs to `nobody` then.
+    as_user: list[str] = []
+    if os.geteuid() == 0:
+        as_user = ["runuser", "-u", "nobody", "--"]
+        data.mkdir()
+        shutil.chown(data, "nobody")
+        os.chmod(work, 0o755)
+    subprocess.run(
+        [*as_user, str(bindir / "initdb"), "-D", str(data), "-U", "bench", "--auth=trust"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run(
+        [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-o", opts, "-w", "start"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    CLEANUPS.append(
+        lambda: subprocess.run(
+            [*as_user, str(bindir / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"],
+            check=False,
+            stdout=subprocess.DEVNULL,
+        )
+    )
+    return f"postgres://bench@127.0.0.1:{port}/postgres"
 
 
 class RssSampler(threading.Thread):
@@ -491,6 +570,12 @@ def lm_proxy_config(port: int, upstream: int, variant: str, work: Path) -> Path:
         "[groups.default]",
         f'api_keys = ["{KEY}"]',
     ]
+    if variant in ("ledger_sqlite", "ledger_postgres"):
+        # A budget far from spent: every request reserves and settles it, which is
+        # the request path's only contact with the ledger besides its row.
+        lines.append('budget = { usd = 1000000, period = "month" }')
+        url = f"sqlite://{work / 'ledger.db'}" if variant == "ledger_sqlite" else postgres_url(work)
+        lines += ["[database]", f'url = "{url}"']
     if variant == "json_logger":
         lines += [
             "[[loggers]]",

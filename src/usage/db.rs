@@ -10,36 +10,104 @@ use std::time::Duration;
 
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-use sqlx::{PgPool, QueryBuilder, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{PgPool, SqlitePool};
 
 use super::Row;
 
-/// The same `VALUES` list for either backend's query builder.
-macro_rules! push_rows {
-    ($query:ident, $rows:expr) => {
-        $query.push_values($rows, |mut b, row| {
-            b.push_bind(row.created_at_ms)
-                .push_bind(row.request_id.clone())
-                .push_bind(row.api_key_id.clone())
-                .push_bind(row.key_name.clone())
-                .push_bind(row.group.clone())
-                .push_bind(row.connection.clone())
-                .push_bind(row.requested_model.clone())
-                .push_bind(row.model.clone())
-                .push_bind(row.door)
-                .push_bind(row.status)
-                .push_bind(row.stream)
-                .push_bind(row.prompt_tokens)
-                .push_bind(row.completion_tokens)
-                .push_bind(row.cached_tokens)
-                .push_bind(row.reasoning_tokens)
-                .push_bind(row.cost_usd)
-                .push_bind(row.duration_ms)
-                .push_bind(row.ttft_ms)
-                .push_bind(row.error_type.clone());
-        });
-    };
+/// Bind one row's values, in [`INSERT`]'s column order, to either backend's query.
+/// Strings are bound by reference: the rows outlive the statement.
+macro_rules! bind_row {
+    ($query:expr, $row:expr) => {{
+        let row: &Row = $row;
+        $query
+            .bind(row.created_at_ms)
+            .bind(row.request_id.as_str())
+            .bind(row.api_key_id.as_deref())
+            .bind(row.key_name.as_deref())
+            .bind(row.group.as_deref())
+            .bind(row.connection.as_deref())
+            .bind(row.requested_model.as_deref())
+            .bind(row.model.as_deref())
+            .bind(row.door)
+            .bind(row.status)
+            .bind(row.stream)
+            .bind(row.prompt_tokens)
+            .bind(row.completion_tokens)
+            .bind(row.cached_tokens)
+            .bind(row.reasoning_tokens)
+            .bind(row.cost_usd)
+            .bind(row.duration_ms)
+            .bind(row.ttft_ms)
+            .bind(row.error_type.as_deref())
+    }};
+}
+
+/// The sizes of the statements a batch is written with, largest first: a batch of
+/// any length is cut into pieces of these sizes, so that only these few statements
+/// exist and each is prepared once per connection and then reused (a statement
+/// for every batch length was parsed anew nearly every time: SQLite's parser was a
+/// fifth of the ledger's cost per row).
+const STATEMENT_ROWS: [usize; 4] = [128, 16, 4, 1];
+
+/// `batch` cut into pieces of the [`STATEMENT_ROWS`] sizes.
+fn pieces(batch: &[Row]) -> impl Iterator<Item = &[Row]> {
+    let mut rest = batch;
+    std::iter::from_fn(move || {
+        let size = *STATEMENT_ROWS.iter().find(|&&n| n <= rest.len())?;
+        let (piece, tail) = rest.split_at(size);
+        rest = tail;
+        Some(piece)
+    })
+}
+
+/// The insert of `rows` rows, SQLite's (`?` placeholders) or PostgreSQL's (`$n`; a
+/// row already written is skipped, and the shared budget figures are updated in
+/// the same statement).
+fn insert_sql(postgres: bool, rows: usize) -> String {
+    let mut sql = String::with_capacity(INSERT.len() + rows * COLUMNS * 5 + 1024);
+    if postgres {
+        sql.push_str("WITH inserted AS (");
+    }
+    sql.push_str(INSERT);
+    sql.push_str("VALUES ");
+    for row in 0..rows {
+        sql.push_str(if row == 0 { "(" } else { ", (" });
+        for column in 0..COLUMNS {
+            if column > 0 {
+                sql.push_str(", ");
+            }
+            if postgres {
+                sql.push('$');
+                sql.push_str(&(row * COLUMNS + column + 1).to_string());
+            } else {
+                sql.push('?');
+            }
+        }
+        sql.push(')');
+    }
+    if postgres {
+        sql.push_str(ON_CONFLICT);
+        sql.push_str(POSTGRES_BUDGET_USAGE);
+    }
+    sql
+}
+
+/// [`insert_sql`] for each of the [`STATEMENT_ROWS`] sizes, made once.
+fn statements(postgres: bool) -> &'static [String; 4] {
+    static SQLITE: std::sync::OnceLock<[String; 4]> = std::sync::OnceLock::new();
+    static POSTGRES: std::sync::OnceLock<[String; 4]> = std::sync::OnceLock::new();
+    let cell = if postgres { &POSTGRES } else { &SQLITE };
+    cell.get_or_init(|| STATEMENT_ROWS.map(|rows| insert_sql(postgres, rows)))
+}
+
+/// The statement for a piece of `rows` rows.
+fn statement(postgres: bool, rows: usize) -> &'static str {
+    let at = STATEMENT_ROWS
+        .iter()
+        .position(|&n| n == rows)
+        .expect("pieces have the sizes of STATEMENT_ROWS");
+    &statements(postgres)[at]
 }
 
 /// Embedded migrations: (version, description, SQL) per backend.
@@ -107,6 +175,10 @@ impl Target {
                 .create_if_missing(true)
                 // Readers never wait on the writer; one fsync per batch.
                 .journal_mode(SqliteJournalMode::Wal)
+                // WAL's usual pairing: a commit is not synced to disk at once
+                // (the database stays consistent; a power cut may lose the last
+                // batches), which a ledger written every second can afford.
+                .synchronous(SqliteSynchronous::Normal)
                 .busy_timeout(Duration::from_secs(5));
             Ok(Target::Sqlite(options))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -181,31 +253,45 @@ impl Db {
         }
     }
 
-    /// Insert rows in one statement (the caller keeps batches under the backends'
-    /// parameter limits).
+    /// Insert a batch in one transaction, as pieces of the [`STATEMENT_ROWS`] sizes
+    /// (prepared statements reused from one batch to the next).
     pub async fn insert(&self, rows: &[Row], timeout: Duration) -> Result<(), String> {
-        let write = async {
-            match self {
-                Db::Sqlite(pool) => {
-                    let mut query = QueryBuilder::new(INSERT);
-                    push_rows!(query, rows);
-                    query.push(ON_CONFLICT);
-                    query.build().execute(pool).await.map(drop)
-                }
-                Db::Postgres(pool) => {
-                    // The rows and the shared budget figures in one statement.
-                    let mut query = QueryBuilder::new("WITH inserted AS (");
-                    query.push(INSERT);
-                    push_rows!(query, rows);
-                    query.push(ON_CONFLICT);
-                    query.push(POSTGRES_BUDGET_USAGE);
-                    query.build().execute(pool).await.map(drop)
+        match self {
+            // No timeout: abandoning a write whose COMMIT is already running in
+            // sqlx's SQLite thread could commit it anyway, and the retry would write
+            // the rows twice (SQLite's schema has no unique request_id to stop that,
+            // see its migration). Lock waits are bounded by the busy timeout.
+            Db::Sqlite(pool) => {
+                let write = async {
+                    let mut transaction = pool.begin().await?;
+                    for piece in pieces(rows) {
+                        let mut query = sqlx::query(statement(false, piece.len()));
+                        for row in piece {
+                            query = bind_row!(query, row);
+                        }
+                        query.execute(&mut *transaction).await?;
+                    }
+                    transaction.commit().await
+                };
+                write.await.map_err(|e: sqlx::Error| e.to_string())
+            }
+            Db::Postgres(pool) => {
+                let write = async {
+                    let mut transaction = pool.begin().await?;
+                    for piece in pieces(rows) {
+                        let mut query = sqlx::query(statement(true, piece.len()));
+                        for row in piece {
+                            query = bind_row!(query, row);
+                        }
+                        query.execute(&mut *transaction).await?;
+                    }
+                    transaction.commit().await
+                };
+                match tokio::time::timeout(timeout, write).await {
+                    Ok(result) => result.map_err(|e: sqlx::Error| e.to_string()),
+                    Err(_) => Err(format!("no answer within {timeout:?}")),
                 }
             }
-        };
-        match tokio::time::timeout(timeout, write).await {
-            Ok(result) => result.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("no answer within {timeout:?}")),
         }
     }
 
@@ -329,9 +415,51 @@ const SPEND: &str = "SELECT group_name, CAST(SUM(cost_usd) AS DOUBLE PRECISION),
     FROM usage_ledger WHERE created_at >= $1 AND created_at < $2 AND group_name IS NOT NULL \
     GROUP BY group_name";
 
-/// A batch written twice (its first write timed out after the database took it)
-/// adds nothing the second time.
+/// PostgreSQL: a batch written twice (its first write timed out after the database
+/// took it) adds nothing the second time.
 const ON_CONFLICT: &str = " ON CONFLICT (request_id) DO NOTHING";
 
-/// Columns per row in [`INSERT`]; batches stay under SQLite's 32766 parameters.
+/// Columns per row in [`INSERT`] (the largest piece binds 128 x 19 values, under
+/// SQLite's 32766 parameters).
 pub const COLUMNS: usize = 19;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batches_of_any_length_are_cut_into_the_few_prepared_sizes() {
+        let row = |i: usize| Row {
+            request_id: format!("r{i}"),
+            ..Row::default()
+        };
+        for len in [0, 1, 3, 4, 5, 16, 17, 127, 128, 129, 300, 1000] {
+            let batch: Vec<Row> = (0..len).map(row).collect();
+            let sizes: Vec<usize> = pieces(&batch).map(<[Row]>::len).collect();
+            assert!(
+                sizes.iter().all(|n| STATEMENT_ROWS.contains(n)),
+                "{len}: {sizes:?}"
+            );
+            assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{len}: {sizes:?}");
+            let ids: Vec<&str> = pieces(&batch)
+                .flatten()
+                .map(|r| r.request_id.as_str())
+                .collect();
+            let expected: Vec<String> = (0..len).map(|i| format!("r{i}")).collect();
+            assert_eq!(ids, expected, "every row once, in order");
+        }
+    }
+
+    #[test]
+    fn statements_have_one_placeholder_per_value() {
+        for rows in STATEMENT_ROWS {
+            let sqlite = statement(false, rows);
+            assert_eq!(sqlite.matches('?').count(), rows * COLUMNS);
+            let postgres = statement(true, rows);
+            let last = format!("${}", rows * COLUMNS);
+            assert!(postgres.contains(&format!("{last})")), "{rows}");
+            assert!(!postgres.contains(&format!("${}", rows * COLUMNS + 1)));
+            assert!(postgres.contains("INSERT INTO budget_usage"));
+        }
+    }
+}

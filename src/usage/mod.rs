@@ -10,9 +10,11 @@
 //! rate-limited warning. A clean stop writes what is buffered, within
 //! `flush_timeout_seconds`.
 //!
-//! Writes are idempotent: a batch whose outcome is unknown (a timeout after the
-//! database took it) is written again, and the unique `request_id` makes the
-//! second copy a no-op.
+//! No row is written twice. PostgreSQL: a batch whose outcome is unknown (a
+//! timeout after the database took it) is written again, and the unique
+//! `request_id` makes the second copy a no-op. SQLite: writes are never abandoned
+//! (its schema has no request_id index, which random ids made the writer's largest
+//! cost), so a batch is either committed or rolled back.
 
 pub mod budget;
 pub mod db;
@@ -148,7 +150,7 @@ impl DatabaseConfig {
 }
 
 /// One ledger row (the columns of `usage_ledger`).
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Row {
     /// Unix milliseconds (UTC) when the request arrived.
     pub created_at_ms: i64,
