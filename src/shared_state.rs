@@ -21,6 +21,8 @@ pub struct RedisStore {
     display: String,
     connection: OnceCell<ConnectionManager>,
     window_script: redis::Script,
+    tokens_spent_script: redis::Script,
+    spend_tokens_script: redis::Script,
 }
 
 /// Why a shared-state operation did not complete.
@@ -51,6 +53,43 @@ local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
 return {0, tonumber(oldest[2]) + window - now}
 ";
 
+/// A token window: a sorted set of `tokens-time-nonce` members scored by when they
+/// were spent (Redis' clock). `{1, 0}` when under `limit`; `{0, wait_ms}` when
+/// spent, the wait being until enough tokens leave the window.
+const TOKENS_SPENT_SCRIPT: &str = r"
+local key = KEYS[1]
+local window = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', key, '-inf', now - window)
+local spent = redis.call('ZRANGE', key, 0, -1, 'WITHSCORES')
+local total = 0
+for i = 1, #spent, 2 do
+  total = total + tonumber(string.match(spent[i], '^(%d+)'))
+end
+if total < limit then
+  return {1, 0}
+end
+for i = 1, #spent, 2 do
+  total = total - tonumber(string.match(spent[i], '^(%d+)'))
+  if total < limit then
+    return {0, tonumber(spent[i + 1]) + window - now}
+  end
+end
+return {1, 0}
+";
+
+/// Add a finished request's tokens to a token window.
+const SPEND_TOKENS_SCRIPT: &str = r"
+local key = KEYS[1]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', key, now, ARGV[2] .. '-' .. now .. '-' .. t[2] .. '-' .. ARGV[3])
+redis.call('PEXPIRE', key, ARGV[1])
+return 1
+";
+
 impl RedisStore {
     /// Check the URL (no connection is made yet).
     pub fn new(url: &str) -> Result<RedisStore, String> {
@@ -61,6 +100,8 @@ impl RedisStore {
             display: redact_url(url),
             connection: OnceCell::new(),
             window_script: redis::Script::new(WINDOW_SCRIPT),
+            tokens_spent_script: redis::Script::new(TOKENS_SPENT_SCRIPT),
+            spend_tokens_script: redis::Script::new(SPEND_TOKENS_SCRIPT),
         })
     }
 
@@ -120,6 +161,55 @@ impl RedisStore {
         } else {
             Err(Duration::from_millis(wait_ms.max(0) as u64))
         })
+    }
+
+    /// Whether the token window `key` is under `limit`: `Ok(Err(wait))` when it is
+    /// spent (wait until enough tokens leave the window).
+    pub async fn tokens_spent(
+        &self,
+        key: &str,
+        window: Duration,
+        limit: u64,
+    ) -> Result<Result<(), Duration>, BackendError> {
+        let window_ms = window.as_millis().max(1) as u64;
+        let (under, wait_ms): (i64, i64) = self
+            .run(|mut connection| async move {
+                self.tokens_spent_script
+                    .key(key)
+                    .arg(window_ms)
+                    .arg(limit)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok(if under == 1 {
+            Ok(())
+        } else {
+            Err(Duration::from_millis(wait_ms.max(0) as u64))
+        })
+    }
+
+    /// Add `tokens` spent now to the token window `key`.
+    pub async fn spend_tokens(
+        &self,
+        key: &str,
+        window: Duration,
+        tokens: u64,
+    ) -> Result<(), BackendError> {
+        let window_ms = window.as_millis().max(1) as u64;
+        let nonce: u64 = rand::random();
+        let _: i64 = self
+            .run(|mut connection| async move {
+                self.spend_tokens_script
+                    .key(key)
+                    .arg(window_ms)
+                    .arg(tokens)
+                    .arg(nonce)
+                    .invoke_async(&mut connection)
+                    .await
+            })
+            .await?;
+        Ok(())
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<String>, BackendError> {

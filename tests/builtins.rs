@@ -81,6 +81,70 @@ async fn rate_limiter_reference_scenario() {
     assert_eq!(body["error"]["message"], "Rate limit exceeded: 4/60s");
 }
 
+/// `max_tokens`: the usage of finished answers (streamed or not) counts against the
+/// key's window; once spent, requests get 429 before the upstream is called, and
+/// other keys are unaffected. No request limit applies when only tokens are set.
+#[tokio::test]
+async fn rate_limiter_counts_tokens_from_usage() {
+    let config = r#"
+[connections.mock]
+api_type = "mock"
+[routing]
+"*" = "mock.*"
+[groups.default]
+api_keys = ["key-a", "key-b"]
+[[before]]
+class = "lm_proxy.handlers.RateLimiter"
+max_tokens = 60
+window_seconds = 60
+per = "api_key"
+"#;
+    let gw = TestGateway::start(config).await;
+    let mut spent = 0;
+    let mut answered = 0;
+    while spent < 60 {
+        let response = gw.chat("key-a", user("m", "count these words")).await;
+        assert_eq!(response.status(), 200, "under the limit ({spent} spent)");
+        let body: Value = response.json().await.unwrap();
+        let usage = &body["usage"];
+        spent +=
+            usage["prompt_tokens"].as_u64().unwrap() + usage["completion_tokens"].as_u64().unwrap();
+        answered += 1;
+        assert!(answered < 100, "the mock's answers spend tokens");
+    }
+    let refused = gw.chat("key-a", user("m", "x")).await;
+    assert_eq!(refused.status(), 429);
+    assert!(refused.headers().contains_key("retry-after"));
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+    assert_eq!(
+        body["error"]["message"],
+        "Token rate limit exceeded: 60 tokens/60s"
+    );
+
+    // Streams count too: key-b streams until its window is spent (the client did
+    // not ask for usage; the gateway asks the upstream for it).
+    let mut streams = 0;
+    loop {
+        let mut request = user("m", "count these words");
+        request["stream"] = json!(true);
+        let response = gw.chat("key-b", request).await;
+        if response.status() == 429 {
+            break;
+        }
+        assert_eq!(response.status(), 200);
+        let text = response.text().await.unwrap();
+        assert!(
+            !text.contains("\"usage\":{"),
+            "no usage chunk the client did not ask for"
+        );
+        streams += 1;
+        assert!(streams < 100, "streams must spend the window");
+    }
+    assert!(streams >= 1);
+    assert_eq!(gw.chat("key-a", user("m", "x")).await.status(), 429);
+}
+
 #[tokio::test]
 async fn rate_limiter_never_admits_more_than_the_limit_under_concurrency() {
     let config = LIMITED

@@ -150,6 +150,62 @@ async fn one_limit_is_enforced_across_two_instances() {
     assert!((1..=60).contains(&retry));
 }
 
+/// `max_tokens` with the Redis backend: what one instance's answers spend closes
+/// the window for the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_token_limit_holds_across_two_instances() {
+    let redis = Redis::start();
+    let config = format!(
+        r#"
+[connections.mock]
+api_type = "mock"
+[routing]
+"*" = "mock.*"
+[groups.default]
+api_keys = ["k"]
+[[before]]
+class = "lm_proxy.handlers.RateLimiter"
+max_tokens = 40
+window_seconds = 60
+per = "global"
+backend = "{}"
+"#,
+        redis.url()
+    );
+    let a = TestGateway::start(&config).await;
+    let b = TestGateway::start(&config).await;
+    // Tokens are added when each answer ends (asynchronously), so a may answer a
+    // request or two more than the limit before it sees them: it must refuse soon.
+    let mut answered = 0;
+    loop {
+        let status = a.chat("k", user("m", "count these words")).await.status();
+        if status == 429 {
+            break;
+        }
+        assert_eq!(status, 200);
+        answered += 1;
+        assert!(answered < 50, "the spent tokens never closed the window");
+    }
+    assert!(
+        answered >= 2,
+        "40 tokens are more than one answer's: {answered}"
+    );
+    // a saw the window spent in Redis: so does b, at once.
+    let refused = b.chat("k", user("m", "x")).await;
+    assert_eq!(refused.status(), 429);
+    let retry: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(
+        body["error"]["message"],
+        "Token rate limit exceeded: 40 tokens/60s"
+    );
+    assert!((1..=60).contains(&retry));
+}
+
 #[tokio::test]
 async fn unreachable_redis_follows_the_configured_policy() {
     let dead = {

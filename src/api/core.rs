@@ -25,6 +25,7 @@ use serde_json::{Map, Value};
 use crate::context::{Endpoint, RequestContext};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
+use crate::handlers::TokenMeter;
 use crate::json_scan::TokenCounts;
 use crate::logging::RequestSummary;
 use crate::metrics::RequestMetrics;
@@ -384,7 +385,13 @@ impl Incoming {
         }
         let mut ctx = self.ctx;
         let hold = ctx.budget_hold.take();
-        let ending = Ending::new(state, &ctx, self.upstream_time, hold);
+        let mut ending = Ending::new(state, &ctx, self.upstream_time, hold);
+        ending.meters = self
+            .gateway
+            .handlers
+            .iter()
+            .filter_map(|handler| handler.token_meter(&ctx))
+            .collect();
         (self.gateway, ctx, ending)
     }
 }
@@ -397,6 +404,52 @@ pub struct Ending {
     metrics: Option<RequestMetrics>,
     /// The usage ledger's row (`[database]`), written into its buffer at the end.
     ledger: Option<PendingRow>,
+    /// Handlers that count the tokens spent (`RateLimiter` with `max_tokens`).
+    meters: Vec<TokenMeter>,
+}
+
+/// Prompt + completion tokens, for the token meters.
+fn tokens_spent(usage: &TokenCounts) -> u64 {
+    usage
+        .prompt
+        .unwrap_or(0)
+        .saturating_add(usage.completion.unwrap_or(0))
+}
+
+/// A stream's payloads, passed on unchanged; the last usage among them goes to the
+/// token meters when the stream ends or is dropped (the client left).
+struct MeteredStream {
+    payloads: PayloadStream,
+    usage: Option<TokenCounts>,
+    meters: Vec<TokenMeter>,
+}
+
+impl futures_util::Stream for MeteredStream {
+    type Item = Result<Payload, ApiError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = self.payloads.as_mut().poll_next(cx);
+        if let std::task::Poll::Ready(Some(Ok(payload))) = &polled {
+            if let Some(usage) = payload.usage() {
+                self.usage = Some(usage);
+            }
+        }
+        polled
+    }
+}
+
+impl Drop for MeteredStream {
+    fn drop(&mut self) {
+        if let Some(usage) = &self.usage {
+            let tokens = tokens_spent(usage);
+            for meter in self.meters.drain(..) {
+                meter(tokens);
+            }
+        }
+    }
 }
 
 impl Ending {
@@ -411,6 +464,7 @@ impl Ending {
             summary: RequestSummary::of(ctx),
             metrics: state.metrics().map(|m| m.request(ctx, upstream_time)),
             ledger: state.ledger().map(|l| l.begin(ctx, hold)),
+            meters: Vec::new(),
         }
     }
 
@@ -448,6 +502,12 @@ impl Ending {
         if let Some(row) = self.ledger {
             row.completed(usage);
         }
+        if let Some(usage) = &usage {
+            let tokens = tokens_spent(usage);
+            for meter in self.meters {
+                meter(tokens);
+            }
+        }
         if let Some(dispatcher) = &gateway.log_dispatcher {
             ctx.response = Some(log_answer());
             dispatcher.submit(ctx.to_log_json());
@@ -478,6 +538,15 @@ impl Ending {
         let payloads = match self.ledger {
             Some(row) => row.stream(payloads),
             None => payloads,
+        };
+        let payloads: PayloadStream = if self.meters.is_empty() {
+            payloads
+        } else {
+            Box::pin(MeteredStream {
+                payloads,
+                usage: None,
+                meters: self.meters,
+            })
         };
         let dispatcher = gateway.log_dispatcher.clone();
         // Only the loggers need the context at the end; without them it is dropped

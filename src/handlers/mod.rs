@@ -19,10 +19,21 @@ use crate::extensions::{builtin_name, Builtin, ExtensionResolver};
 pub use headers_forwarder::{ForwarderArgs, HttpHeadersForwarder, SENSITIVE_HEADERS};
 pub use rate_limiter::{BackendPolicy, RateLimiter, RateLimiterArgs, Scope};
 
+/// Told the tokens (prompt + completion) a request spent, once, when its answer
+/// ends with a usage.
+pub type TokenMeter = Box<dyn FnOnce(u64) + Send>;
+
 #[async_trait]
 pub trait RequestHandler: Send + Sync {
     /// Runs before the upstream call. An error ends the request with that answer.
     async fn before(&self, ctx: &mut RequestContext) -> Result<(), ApiError>;
+
+    /// For a handler that counts tokens (`RateLimiter` with `max_tokens`): what to
+    /// tell when this request's answer ends with a usage. Asked once the request
+    /// has passed every handler.
+    fn token_meter(&self, _ctx: &RequestContext) -> Option<TokenMeter> {
+        None
+    }
 }
 
 /// Whether a configured handler reads how the client spelled its header names (the

@@ -24,26 +24,36 @@ class RateLimitScope(enum.StrEnum):
 class RateLimiter(Builtin):
     """Sliding-window rate limit: over ``max_requests`` per ``window_seconds`` (per
     key, IP, connection, group or globally) the answer is 429 with ``Retry-After``.
+    ``max_tokens`` limits the tokens (prompt + completion, from the answers' usage)
+    spent in the window too; ``max_requests`` is 60 unless only ``max_tokens`` is
+    given.
 
     As a config value it runs in Rust. Called from Python (``await limiter(ctx)``, as
-    the reference's) it keeps its own windows and raises the same
-    :class:`~lm_proxy.errors.OpenAIHTTPException` (429) over the limit.
+    the reference's) it keeps its own request windows and raises the same
+    :class:`~lm_proxy.errors.OpenAIHTTPException` (429) over the limit; it does not
+    see answers there, so ``max_tokens`` applies only to the config value.
     """
 
     target = "lm_proxy.handlers.RateLimiter"
 
     def __init__(
         self,
-        max_requests: int = 60,
+        max_requests: int | None = None,
         window_seconds: float = 60.0,
         per: RateLimitScope | str = RateLimitScope.API_KEY,
         max_buckets: int = 10000,
+        max_tokens: int | None = None,
     ) -> None:
+        limits: dict[str, int] = {}
+        if max_requests is not None or max_tokens is None:
+            limits["max_requests"] = 60 if max_requests is None else max_requests
+        if max_tokens is not None:
+            limits["max_tokens"] = max_tokens
         super().__init__(
-            max_requests=max_requests,
             window_seconds=window_seconds,
             per=RateLimitScope(per).value,
             max_buckets=max_buckets,
+            **limits,
         )
 
     _runtime_attrs = ("_buckets", "_lock")
@@ -66,6 +76,8 @@ class RateLimiter(Builtin):
         return str(getattr(ctx, field, None) or "")
 
     async def __call__(self, ctx: Any) -> None:
+        if self._args.get("max_requests") is None:
+            return  # tokens only: counted where answers are seen (the config value)
         max_requests = int(self._args["max_requests"])
         window = float(self._args["window_seconds"])
         key = self._bucket(ctx)
