@@ -437,6 +437,13 @@ impl Config {
                 }
             }
         }
+        if self.settings.admin.is_some() && self.settings.database.is_none() {
+            return Err(ConfigError::new(
+                path,
+                "admin",
+                "the admin API keeps managed keys in the usage database: add a [database] section",
+            ));
+        }
         crate::usage::prices::Prices::check(&self.settings.pricing, path)?;
         self.check_metrics_path()
     }
@@ -514,6 +521,27 @@ fn check_gate_secrets(settings: &mut FileConfig, path: &Path) -> Result<(), Conf
             path,
             "leave `token` out to serve metrics without one",
         )?;
+    }
+    if let Some(admin) = settings.admin.as_mut() {
+        admin.token = gate_secret(
+            &admin.token,
+            "admin.token",
+            path,
+            "leave [admin] out to serve no admin API",
+        )?;
+        // The admin token must not open the client doors, nor a client key the
+        // admin API.
+        if settings
+            .groups
+            .values()
+            .any(|g| g.api_keys.iter().any(|k| *k == admin.token))
+        {
+            return Err(ConfigError::new(
+                path,
+                "admin.token",
+                "is also a client key in [groups]; give the admin API a token of its own",
+            ));
+        }
     }
     Ok(())
 }

@@ -191,6 +191,9 @@ pub struct Budgets {
     loaded: AtomicU8,
     before: Mutex<Before>,
     groups: Mutex<HashMap<String, Spend>>,
+    /// What the budgets belong to, in messages: "group", or "key" for the managed
+    /// keys' budgets (`usage::keys`, a `Budgets` of their own keyed by key id).
+    subject: &'static str,
 }
 
 const PERIODS: [Period; 4] = [Period::Day, Period::Week, Period::Month, Period::Total];
@@ -232,6 +235,16 @@ impl Budgets {
             loaded: AtomicU8::new(0),
             before: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
+            subject: "group",
+        }
+    }
+
+    /// The budgets of managed keys: the same reserve / settle, named "key" in
+    /// messages; the names are key ids.
+    pub fn for_keys(policy: WhenUnreachable) -> Budgets {
+        Budgets {
+            subject: "key",
+            ..Budgets::new(policy)
         }
     }
 
@@ -267,8 +280,9 @@ impl Budgets {
                 ErrorBody::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
-                        "The budget of group '{group}' cannot be checked: the usage database \
-                         has not been reached yet (budgets fail closed)."
+                        "The budget of {} '{group}' cannot be checked: the usage database \
+                         has not been reached yet (budgets fail closed).",
+                        self.subject
                     ),
                     "server_error",
                 )
@@ -308,7 +322,8 @@ impl Budgets {
             let mut body = ErrorBody::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
-                    "The budget of group '{group}' is exhausted: {} of {} used {}; {resets}.",
+                    "The budget of {} '{group}' is exhausted: {} of {} used {}; {resets}.",
+                    self.subject,
                     budget.unit(used),
                     budget.unit(limit),
                     budget.period.as_str(),
@@ -332,6 +347,7 @@ impl Budgets {
             group: group.to_owned(),
             estimate,
             settled: false,
+            then: None,
         }))
     }
 }
@@ -344,6 +360,9 @@ pub struct Hold {
     /// USD, tokens.
     estimate: (f64, f64),
     settled: bool,
+    /// Another budget the same request holds (a managed key's, next to its
+    /// group's): settled or released with this one.
+    then: Option<Box<Hold>>,
 }
 
 impl std::fmt::Debug for Hold {
@@ -359,6 +378,23 @@ impl Hold {
     /// The request's real spend: `cost` USD, `tokens` prompt + completion.
     pub fn settle(mut self, cost: f64, tokens: u64) {
         self.finish(Some((cost, tokens as f64)));
+        if let Some(then) = self.then.take() {
+            then.settle(cost, tokens);
+        }
+    }
+
+    /// One hold for two budgets (`a`'s and then `b`'s), so that the request's
+    /// single settlement reaches both; either may be absent.
+    pub fn join(a: Option<Hold>, b: Option<Hold>) -> Option<Hold> {
+        match (a, b) {
+            (Some(mut a), b) => {
+                // `a` holds at most one other budget: a group's and a key's.
+                debug_assert!(a.then.is_none());
+                a.then = b.map(Box::new);
+                Some(a)
+            }
+            (None, b) => b,
+        }
     }
 
     fn finish(&mut self, actual: Option<(f64, f64)>) {

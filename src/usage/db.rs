@@ -43,16 +43,32 @@ macro_rules! push_rows {
 }
 
 /// Embedded migrations: (version, description, SQL) per backend.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "usage ledger",
-    include_str!("../../migrations/sqlite/0001_usage_ledger.sql"),
-)];
-const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "usage ledger",
-    include_str!("../../migrations/postgres/0001_usage_ledger.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "usage ledger",
+        include_str!("../../migrations/sqlite/0001_usage_ledger.sql"),
+    ),
+    // Managed keys (usage::keys); version 10 leaves 2-9 to the ledger's own.
+    (
+        10,
+        "managed keys",
+        include_str!("../../migrations/sqlite/0010_managed_keys.sql"),
+    ),
+];
+const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "usage ledger",
+        include_str!("../../migrations/postgres/0001_usage_ledger.sql"),
+    ),
+    // Managed keys (usage::keys); version 10 leaves 2-9 to the ledger's own.
+    (
+        10,
+        "managed keys",
+        include_str!("../../migrations/postgres/0010_managed_keys.sql"),
+    ),
+];
 
 #[derive(Debug)]
 struct Embedded(&'static [(i64, &'static str, &'static str)]);

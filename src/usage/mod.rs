@@ -15,7 +15,9 @@
 //! second copy a no-op.
 
 pub mod budget;
+pub mod commands;
 pub mod db;
+pub mod keys;
 pub mod prices;
 
 use std::collections::VecDeque;
