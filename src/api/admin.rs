@@ -60,16 +60,26 @@ fn key_error(e: KeyError) -> Response {
 
 /// The managed keys, when the admin API is on and the token is right; otherwise
 /// the answer to give (404 as any unknown route when `[admin]` is gone, 401).
+/// Who calls, for the log: the client's address (forwarding headers believed
+/// from trusted proxies only, as everywhere).
+fn caller(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> String {
+    state
+        .gateway()
+        .trusted_proxies
+        .client_addr(headers, peer.ip())
+}
+
 fn authorize(
     state: &AppState,
     headers: &HeaderMap,
     method: &Method,
     uri: &Uri,
-) -> Result<Arc<ManagedKeys>, Response> {
+    who: &str,
+) -> Result<Arc<ManagedKeys>, Box<Response>> {
     let gateway = state.gateway();
     let (Some(admin), Some(managed)) = (&gateway.config.settings.admin, state.managed_keys())
     else {
-        return Err(not_found(method, uri));
+        return Err(Box::new(not_found(method, uri)));
     };
     let given = crate::auth::bearer_key(headers);
     // Digests of equal length, compared without an early exit.
@@ -83,6 +93,11 @@ fn authorize(
         .fold(0u8, |acc, (x, y)| acc | (x ^ y))
         == 0;
     if given.is_empty() || !same {
+        tracing::warn!(
+            "admin API: {who} refused ({} token): {method} {}",
+            if given.is_empty() { "no" } else { "a wrong" },
+            uri.path()
+        );
         let body = ErrorBody::new(
             StatusCode::UNAUTHORIZED,
             "The admin API needs `Authorization: Bearer <admin token>` ([admin] token).",
@@ -90,7 +105,7 @@ fn authorize(
         )
         .code(Some("invalid_api_key".into()))
         .header(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return Err(ApiError::Custom(Box::new(body)).into_response());
+        return Err(Box::new(ApiError::Custom(Box::new(body)).into_response()));
     }
     Ok(managed.clone())
 }
@@ -114,9 +129,10 @@ pub async fn create_key(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    let managed = match authorize(&state, &headers, &method, &uri) {
+    let who = caller(&state, &headers, peer);
+    let managed = match authorize(&state, &headers, &method, &uri, &who) {
         Ok(m) => m,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     if body.len() > MAX_BODY {
         return error(
@@ -145,7 +161,7 @@ pub async fn create_key(
         Ok((record, key)) => {
             tracing::info!(
                 "admin API: {} created managed key {} (name {:?}, group '{}')",
-                peer.ip(),
+                who,
                 record.id,
                 record.name,
                 record.group
@@ -166,17 +182,14 @@ pub async fn list_keys(
     uri: Uri,
     headers: HeaderMap,
 ) -> Response {
-    let managed = match authorize(&state, &headers, &method, &uri) {
+    let who = caller(&state, &headers, peer);
+    let managed = match authorize(&state, &headers, &method, &uri, &who) {
         Ok(m) => m,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     match keys::list(managed.db()).await {
         Ok(list) => {
-            tracing::info!(
-                "admin API: {} listed managed keys ({})",
-                peer.ip(),
-                list.len()
-            );
+            tracing::info!("admin API: {} listed managed keys ({})", who, list.len());
             let data: Vec<Value> = list
                 .iter()
                 .map(|(record, spend)| record.to_json(Some(spend)))
@@ -197,16 +210,17 @@ pub async fn revoke_key(
     headers: HeaderMap,
     Path(id): Path<String>,
 ) -> Response {
-    let managed = match authorize(&state, &headers, &method, &uri) {
+    let who = caller(&state, &headers, peer);
+    let managed = match authorize(&state, &headers, &method, &uri, &who) {
         Ok(m) => m,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     match keys::revoke(managed.db(), &id).await {
         Ok(record) => {
             managed.forget(&record.id);
             tracing::info!(
                 "admin API: {} revoked managed key {} (name {:?}, group '{}')",
-                peer.ip(),
+                who,
                 record.id,
                 record.name,
                 record.group
@@ -238,9 +252,10 @@ pub async fn usage(
     headers: HeaderMap,
     query: Result<Query<UsageQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Response {
-    let managed = match authorize(&state, &headers, &method, &uri) {
+    let who = caller(&state, &headers, peer);
+    let managed = match authorize(&state, &headers, &method, &uri, &who) {
         Ok(m) => m,
-        Err(answer) => return answer,
+        Err(answer) => return *answer,
     };
     let bad = |m: String| {
         error(
@@ -276,7 +291,7 @@ pub async fn usage(
         Ok(lines) => {
             tracing::info!(
                 "admin API: {} read usage by {} ({} to {})",
-                peer.ip(),
+                who,
                 by.as_str(),
                 keys::rfc3339(since),
                 keys::rfc3339(until)

@@ -459,6 +459,9 @@ impl Config {
             "/health".to_owned(),
             format!("{}/chat/completions", self.api_prefix),
             format!("{}/models", self.api_prefix),
+            // The admin API's (`api::admin`), routed with `[admin]`.
+            "/admin/keys".to_owned(),
+            "/admin/usage".to_owned(),
         ];
         let problem = if !p.starts_with('/') || p.len() < 2 {
             Some(format!(
@@ -468,6 +471,8 @@ impl Config {
             Some(format!("'{p}' is not a valid URL path"))
         } else if taken.iter().any(|t| t == p) {
             Some(format!("'{p}' is already used by another endpoint"))
+        } else if p.starts_with("/admin/keys/") {
+            Some(format!("'{p}' is under /admin/keys/, the admin API's"))
         } else if p.starts_with(&format!("{}/models/", self.api_prefix)) {
             // `{api_prefix}/models/{id}` takes every path below it (ids may hold `/`).
             Some(format!(
@@ -534,7 +539,7 @@ fn check_gate_secrets(settings: &mut FileConfig, path: &Path) -> Result<(), Conf
         if settings
             .groups
             .values()
-            .any(|g| g.api_keys.iter().any(|k| *k == admin.token))
+            .any(|g| g.api_keys.contains(&admin.token))
         {
             return Err(ConfigError::new(
                 path,
