@@ -1173,3 +1173,57 @@ fn budgets_fail_closed_or_open_while_the_database_is_unreachable() {
         assert!(proc.wait_exit(Duration::from_secs(20)).success());
     }
 }
+
+#[test]
+fn two_replicas_on_one_postgres_database_share_one_budget() {
+    let rt = Rt::start();
+    let pg = Postgres::start();
+    let dir_a = tempfile::tempdir().unwrap();
+    let dir_b = tempfile::tempdir().unwrap();
+    let database = format!(
+        "[database]\nurl = \"{}\"\nflush_interval_seconds = 0.05\ntimeout_seconds = 2\n",
+        pg.url()
+    );
+    let budget = r#"budget = { tokens = 3000, period = "month" }"#;
+    for dir in [&dir_a, &dir_b] {
+        write(
+            dir.path(),
+            "config.toml",
+            &config_with(&rt.upstream, &database, budget),
+        );
+    }
+    // Debug lines say when a replica's view of the shared figures changes.
+    let debug = [("RUST_LOG", "lm_proxy=debug")];
+    let mut a = Proc::start(dir_a.path(), &["--env", ""], &debug);
+    let mut b = Proc::start(dir_b.path(), &["--env", ""], &debug);
+    a.wait_for_log("usage ledger: postgres database ready");
+    b.wait_for_log("usage ledger: postgres database ready");
+    let client = reqwest::blocking::Client::new();
+    // Replica A spends 2400 of 3000 tokens (2 × 1200; $0.0034 each).
+    for _ in 0..2 {
+        assert_eq!(chat(&client, &a.url, KEY).0, 200);
+    }
+    // Replica B sees them once A has written them and B has read the figures.
+    b.wait_for_log("default Month usd=0.006800 tokens=2400");
+    assert_eq!(chat(&client, &b.url, KEY).0, 200);
+    // 3600 spent: B refuses at once (its own request counts before it is written).
+    let (status, body, _) = chat(&client, &b.url, KEY);
+    assert_eq!(status, 429, "{body}");
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("3600 tokens of 3000 tokens used this month"));
+    // And A, once B's request has reached the shared figures.
+    a.wait_for_log("default Month usd=0.010200 tokens=3600");
+    let (status, body, _) = chat(&client, &a.url, KEY);
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "budget_exceeded");
+    for proc in [&mut a, &mut b] {
+        proc.signal("-TERM");
+        assert!(proc.wait_exit(Duration::from_secs(20)).success());
+    }
+    // A third replica started later reads the same figures.
+    let c = Proc::start(dir_a.path(), &["--env", ""], &[]);
+    c.wait_for_log("usage ledger: postgres database ready");
+    assert_eq!(chat(&client, &c.url, KEY).0, 429);
+}

@@ -1,19 +1,26 @@
 //! Group budgets (`[groups.NAME] budget = { usd = 50, period = "month" }` or
 //! `tokens = N`): checked before the upstream call by reserving an estimate, settled
-//! on the real usage when the request ends (issue 17, point 4, for one replica).
+//! on the real usage when the request ends (issue 17, point 4).
 //!
-//! Spend to date = the ledger's rows of the current period written before this
-//! process started (summed once, when the database is first reached) + what this
-//! process has settled since. Rows of this process are never counted twice: they
-//! all have `created_at` at or after the start. A request is admitted while spend +
-//! reservations is below the limit, and then reserves the group's average request
-//! (a moving average of settled requests), so a burst of concurrent requests
-//! against a nearly spent budget is cut off after about the requests the rest
-//! can pay for; the overshoot is at most what the admitted requests spend beyond
-//! their estimates, and never more than the requests in flight.
+//! Spend to date, with SQLite: the ledger's rows of the current period written
+//! before this process started (summed once, when the database is first reached),
+//! plus what this process has settled since (rows of this process all have
+//! `created_at` at or after the start, so none is counted twice). With PostgreSQL:
+//! the shared figures of `budget_usage` (every replica adds its rows' spend in the
+//! statement that inserts them; each writer reads the current periods' figures back
+//! after each write, every `flush_interval_seconds`), plus what this process settled
+//! and has not written yet. So replicas share one budget, each seeing the others'
+//! spend about two flush intervals late. The request path never waits on the
+//! database: the check is answered from memory.
 //!
-//! Not built yet: a budget shared by several replicas (each replica counts its own
-//! requests on top of the rows written before it started), budgets on managed keys.
+//! A request is admitted while spend + reservations is below the limit, and then
+//! reserves the group's average request (a moving average of settled requests),
+//! so a burst of concurrent requests against a nearly spent budget is cut off after
+//! about the requests the rest can pay for; the overshoot is at most what the
+//! admitted requests spend beyond their estimates, and never more than the
+//! requests in flight. Reservations are per replica: replicas with requests in
+//! flight at once may together overshoot by those requests, plus what the others
+//! spent in their last flush intervals. Not built yet: budgets on managed keys.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -177,9 +184,10 @@ pub enum WhenUnreachable {
     Closed,
 }
 
-/// Spend of each group in the period of each kind, from the rows written before
-/// this process started.
-pub type Before = HashMap<(Period, String), (f64, f64)>;
+/// Spend of each group in the period of each kind: (period start, USD, tokens).
+/// SQLite: the rows written before this process started; PostgreSQL: the shared
+/// figures of every replica's written rows, read again about once a second.
+pub type Before = HashMap<(Period, String), (i64, f64, f64)>;
 
 /// The budgets of one server.
 pub struct Budgets {
@@ -189,7 +197,8 @@ pub struct Budgets {
     policy: WhenUnreachable,
     /// 0: not loaded yet; 1: loaded.
     loaded: AtomicU8,
-    before: Mutex<Before>,
+    /// The spend not counted in `groups`: see [`Before`].
+    base: Mutex<Before>,
     groups: Mutex<HashMap<String, Spend>>,
     /// What the budgets belong to, in messages: "group", or "key" for the managed
     /// keys' budgets (`usage::keys`, a `Budgets` of their own keyed by key id).
@@ -233,7 +242,7 @@ impl Budgets {
             start_ms: now_ms(),
             policy,
             loaded: AtomicU8::new(0),
-            before: Mutex::new(HashMap::new()),
+            base: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
             subject: "group",
         }
@@ -256,9 +265,42 @@ impl Budgets {
             .collect()
     }
 
-    /// The sums of the rows written before the start, once read.
+    /// The sums of the rows written before the start, once read (SQLite).
     pub fn loaded(&self, before: Before) {
-        *self.before.lock().unwrap_or_else(|e| e.into_inner()) = before;
+        *self.base.lock().unwrap_or_else(|e| e.into_inner()) = before;
+        self.loaded.store(1, Ordering::Release);
+    }
+
+    /// PostgreSQL: the shared figures, read after this process's rows whose spend
+    /// is in `written` (per group: USD, tokens) were inserted. That spend is now in
+    /// the figures, so it leaves this process's own count; what is still
+    /// unwritten stays there. Logged at debug level when the figures change.
+    pub fn refreshed(&self, figures: Before, written: &HashMap<String, (f64, f64)>) {
+        let now = now_ms();
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        for (group, &(usd, tokens)) in written {
+            if let Some(spend) = groups.get_mut(group) {
+                for period in PERIODS {
+                    let figures = spend.settled(period, now);
+                    figures.1 = (figures.1 - usd).max(0.0);
+                    figures.2 = (figures.2 - tokens).max(0.0);
+                }
+            }
+        }
+        let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+        if *base != figures && tracing::enabled!(tracing::Level::DEBUG) {
+            let mut list: Vec<String> = figures
+                .iter()
+                .map(|((period, group), (_, usd, tokens))| {
+                    format!("{group} {period:?} usd={usd:.6} tokens={tokens}")
+                })
+                .collect();
+            list.sort();
+            tracing::debug!("usage ledger: shared budget figures: {}", list.join(", "));
+        }
+        *base = figures;
+        drop(base);
+        drop(groups);
         self.loaded.store(1, Ordering::Release);
     }
 
@@ -289,12 +331,17 @@ impl Budgets {
                 .code(Some("budget_unavailable".into())),
             )));
         }
-        // Rows before the start count only while the start lies in this period.
-        let before = if loaded && start <= self.start_ms {
-            let before = self.before.lock().unwrap_or_else(|e| e.into_inner());
-            let (usd, tokens) = before
+        // The group's figures are locked before the base is read, as `refreshed`
+        // does: a refresh moves spend from one to the other, and a check between
+        // its two halves would miss it.
+        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        // Figures of an earlier period count for nothing now.
+        let before = if loaded {
+            let base = self.base.lock().unwrap_or_else(|e| e.into_inner());
+            let (_, usd, tokens) = base
                 .get(&(budget.period, group.to_owned()))
                 .copied()
+                .filter(|(period_start, _, _)| *period_start == start)
                 .unwrap_or_default();
             if budget.usd.is_some() {
                 usd
@@ -305,7 +352,6 @@ impl Budgets {
             0.0
         };
         let limit = budget.limit();
-        let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
         let spend = groups.entry(group.to_owned()).or_default();
         let usd = budget.usd.is_some();
         let &mut (_, settled_usd, settled_tokens) = spend.settled(budget.period, now);
@@ -540,7 +586,8 @@ mod tests {
         let err = budgets.reserve("g", &budget).unwrap_err();
         assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
         let mut before = HashMap::new();
-        before.insert((Period::Day, "g".to_owned()), (0.5, 0.0));
+        let today = Period::Day.bounds(now_ms()).0;
+        before.insert((Period::Day, "g".to_owned()), (today, 0.5, 0.0));
         budgets.loaded(before);
         budgets
             .reserve("g", &budget)

@@ -62,6 +62,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         "usage ledger",
         include_str!("../../migrations/postgres/0001_usage_ledger.sql"),
     ),
+    (
+        2,
+        "budget usage",
+        include_str!("../../migrations/postgres/0002_budget_usage.sql"),
+    ),
     // Managed keys (usage::keys); version 10 leaves 2-9 to the ledger's own.
     (
         10,
@@ -202,9 +207,12 @@ impl Db {
                     query.build().execute(pool).await.map(drop)
                 }
                 Db::Postgres(pool) => {
-                    let mut query = QueryBuilder::new(INSERT);
+                    // The rows and the shared budget figures in one statement.
+                    let mut query = QueryBuilder::new("WITH inserted AS (");
+                    query.push(INSERT);
                     push_rows!(query, rows);
                     query.push(ON_CONFLICT);
+                    query.push(POSTGRES_BUDGET_USAGE);
                     query.build().execute(pool).await.map(drop)
                 }
             }
@@ -244,7 +252,7 @@ impl Db {
                 }
                 .map_err(|e| e.to_string())?;
                 for (group, usd, tokens) in rows {
-                    before.insert((period, group), (usd, tokens));
+                    before.insert((period, group), (since, usd, tokens));
                 }
             }
             Ok(before)
@@ -253,6 +261,44 @@ impl Db {
             Ok(result) => result,
             Err(_) => Err(format!("no answer within {timeout:?}")),
         }
+    }
+
+    /// PostgreSQL: the shared figures of the periods holding `now` (Unix ms):
+    /// (group, period, period start, USD, tokens). `None` for SQLite.
+    pub async fn shared_figures(
+        &self,
+        now: i64,
+        timeout: Duration,
+    ) -> Result<Option<super::budget::Before>, String> {
+        use super::budget::Period;
+        let Db::Postgres(pool) = self else {
+            return Ok(None);
+        };
+        let start = |p: Period| p.bounds(now).0;
+        let read = sqlx::query_as::<_, (String, String, i64, f64, f64)>(POSTGRES_FIGURES)
+            .bind(start(Period::Day))
+            .bind(start(Period::Week))
+            .bind(start(Period::Month))
+            .fetch_all(pool);
+        let rows = match tokio::time::timeout(timeout, read).await {
+            Ok(rows) => rows.map_err(|e| e.to_string())?,
+            Err(_) => return Err(format!("no answer within {timeout:?}")),
+        };
+        let mut figures = super::budget::Before::new();
+        for (group, period, period_start, usd, tokens) in rows {
+            let period = match period.as_str() {
+                "day" => Period::Day,
+                "week" => Period::Week,
+                "month" => Period::Month,
+                _ => Period::Total,
+            };
+            figures.insert((period, group), (period_start, usd, tokens));
+        }
+        Ok(Some(figures))
+    }
+
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Db::Postgres(_))
     }
 
     pub async fn close(&self) {
@@ -272,6 +318,24 @@ async fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Result<M
 const INSERT: &str = "INSERT INTO usage_ledger (created_at, request_id, api_key_id, key_name, \
     group_name, connection, requested_model, model, door, status, stream, prompt_tokens, \
     completion_tokens, cached_tokens, reasoning_tokens, cost_usd, duration_ms, ttft_ms, error_type) ";
+
+/// The rest of the PostgreSQL insert: the inserted rows' spend added to
+/// `budget_usage` for each kind of period (in key order, so that two replicas'
+/// batches lock the figures they share in the same order).
+const POSTGRES_BUDGET_USAGE: &str = " RETURNING group_name, cost_usd, \
+    COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) AS tokens, created_at) \
+    INSERT INTO budget_usage (group_name, period, period_start, usd, tokens) \
+    SELECT group_name, p.period, lm_proxy_period_start(p.period, created_at), SUM(cost_usd), \
+    SUM(tokens) FROM inserted CROSS JOIN (VALUES ('day'), ('week'), ('month'), ('total')) \
+    AS p (period) WHERE group_name IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 \
+    ON CONFLICT (group_name, period, period_start) DO UPDATE SET \
+    usd = budget_usage.usd + EXCLUDED.usd, tokens = budget_usage.tokens + EXCLUDED.tokens";
+
+/// The shared figures of the current periods (PostgreSQL).
+const POSTGRES_FIGURES: &str = "SELECT group_name, period, period_start, usd, \
+    CAST(tokens AS DOUBLE PRECISION) FROM budget_usage WHERE (period = 'day' AND period_start = $1) \
+    OR (period = 'week' AND period_start = $2) OR (period = 'month' AND period_start = $3) \
+    OR period = 'total'";
 
 /// Spend per group in `[$1, $2)`; both backends read `DOUBLE PRECISION` as a float.
 const SPEND: &str = "SELECT group_name, CAST(SUM(cost_usd) AS DOUBLE PRECISION), \

@@ -862,7 +862,7 @@ impl ManagedKeys {
             .map_err(|_| format!("no answer within {:?}", self.timeout))?
             .map_err(|e| e.to_string())?;
             for (id, usd, tokens) in rows {
-                before.insert((period, id), (usd, tokens));
+                before.insert((period, id), (since, usd, tokens));
             }
         }
         Ok(before)

@@ -20,7 +20,7 @@ pub mod db;
 pub mod keys;
 pub mod prices;
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -206,6 +206,9 @@ struct Shared {
 static DROPPED: Throttled = Throttled::new(Duration::from_secs(10));
 /// The database-unreachable warning: at most one line per 30 s.
 static UNREACHABLE: Throttled = Throttled::new(Duration::from_secs(30));
+/// The same for reading the shared budget figures (its own line: the read fails
+/// first when the database goes away between batches).
+static FIGURES: Throttled = Throttled::new(Duration::from_secs(30));
 
 impl Ledger {
     /// Start the ledger's writer on the current tokio runtime. It connects (and
@@ -414,6 +417,9 @@ impl Writer {
     async fn run(self) {
         let shared = &self.shared;
         let mut db: Option<Db> = None;
+        // PostgreSQL: this process's spend written since the shared budget figures
+        // were last read (per group: USD, tokens).
+        let mut written: HashMap<String, (f64, f64)> = HashMap::new();
         // Retry delay after a failure: doubles from 100 ms up to 5 s; 0 once it works.
         let mut backoff = Duration::ZERO;
         loop {
@@ -426,25 +432,16 @@ impl Writer {
                 Some(database) => database,
                 None => match Db::connect(&self.target, self.max_connections, self.timeout).await {
                     Ok(connected) => {
-                        // The budgets' spend to date: the rows before this process.
-                        if !self.budgets.is_loaded() {
-                            let periods = self.budgets.periods_to_load();
-                            match connected
-                                .spend_before(&periods, self.budgets.start_ms, self.timeout)
-                                .await
-                            {
-                                Ok(before) => self.budgets.loaded(before),
-                                Err(e) => {
-                                    let e = crate::config::strip_userinfo(&e);
-                                    UNREACHABLE.warn(|| {
-                                        format!("usage ledger: cannot read the spend to date ({e})")
-                                    });
-                                    connected.close().await;
-                                    backoff = next_backoff(backoff);
-                                    tokio::time::sleep(backoff).await;
-                                    continue;
-                                }
-                            }
+                        // The budgets' spend to date, before any row is written.
+                        if let Err(e) = self.read_spend(&connected, &mut written).await {
+                            let e = crate::config::strip_userinfo(&e);
+                            UNREACHABLE.warn(|| {
+                                format!("usage ledger: cannot read the spend to date ({e})")
+                            });
+                            connected.close().await;
+                            backoff = next_backoff(backoff);
+                            tokio::time::sleep(backoff).await;
+                            continue;
                         }
                         tracing::info!("usage ledger: {} database ready", self.target.backend());
                         backoff = Duration::ZERO;
@@ -482,6 +479,17 @@ impl Writer {
                 match database.insert(&batch, self.timeout).await {
                     Ok(()) => {
                         backoff = Duration::ZERO;
+                        if database.is_shared() {
+                            for row in &batch {
+                                if let Some(group) = &row.group {
+                                    let tokens = row.prompt_tokens.unwrap_or(0)
+                                        + row.completion_tokens.unwrap_or(0);
+                                    let entry = written.entry(group.clone()).or_default();
+                                    entry.0 += row.cost_usd;
+                                    entry.1 += tokens as f64;
+                                }
+                            }
+                        }
                         shared.written.fetch_add(n, Ordering::Relaxed);
                         if let Some(metric) = &shared.written_metric {
                             metric.inc_by(n);
@@ -509,12 +517,52 @@ impl Writer {
             if failed {
                 backoff = next_backoff(backoff);
                 tokio::time::sleep(backoff).await;
+            } else if database.is_shared() && !shared.stopping.load(Ordering::Acquire) {
+                // Every replica's spend, this one's just written included.
+                if let Err(e) = self.read_spend(database, &mut written).await {
+                    let e = crate::config::strip_userinfo(&e);
+                    FIGURES.warn(|| {
+                        format!(
+                            "usage ledger: cannot read the shared budget figures ({e}); \
+                             budgets count on with the last figures read"
+                        )
+                    });
+                    backoff = next_backoff(backoff);
+                    tokio::time::sleep(backoff).await;
+                }
             }
         }
         if let Some(db) = db {
             db.close().await;
         }
     }
+
+    /// PostgreSQL: the shared budget figures (and this process's `written` spend
+    /// leaves its own count). SQLite: once, the rows written before the start.
+    async fn read_spend(
+        &self,
+        db: &Db,
+        written: &mut HashMap<String, (f64, f64)>,
+    ) -> Result<(), String> {
+        if let Some(figures) = db.shared_figures(budget_now(), self.timeout).await? {
+            self.budgets.refreshed(figures, written);
+            written.clear();
+        } else if !self.budgets.is_loaded() {
+            let periods = self.budgets.periods_to_load();
+            let before = db
+                .spend_before(&periods, self.budgets.start_ms, self.timeout)
+                .await?;
+            self.budgets.loaded(before);
+        }
+        Ok(())
+    }
+}
+
+fn budget_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
 }
 
 fn next_backoff(backoff: Duration) -> Duration {
