@@ -592,7 +592,13 @@ fn the_command_line_creates_lists_revokes_and_reports_usage() {
     let (code, out, err) = within_cli(
         dir.path(),
         &["usage", "--since", "2020-01-01", "--by", "key"],
-        |out| out.contains(&id),
+        // Both requests' rows (they may be written in two batches).
+        |out| {
+            out.contains(&id)
+                && out
+                    .lines()
+                    .any(|l| l.starts_with("TOTAL") && l.split_whitespace().nth(1) == Some("2"))
+        },
     );
     assert_eq!(code, 0, "{err}");
     let line = out.lines().find(|l| l.starts_with(&id)).unwrap();
