@@ -830,3 +830,60 @@ fn postgres_keys_made_used_listed_reported_and_revoked_across_two_replicas() {
     lifecycle("postgres", dir_a.path(), dir_b.path());
     drop(rt.runtime);
 }
+
+#[test]
+fn postgres_two_replicas_share_a_keys_budget() {
+    let rt = Rt::start();
+    let pg = Postgres::start();
+    let section = format!(
+        "[database]\nurl = \"{}\"\nflush_interval_seconds = 0.05\ntimeout_seconds = 2\n",
+        pg.url()
+    );
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    for dir in [&dir_a, &dir_b] {
+        write(
+            dir.path(),
+            "config.toml",
+            &config(&rt.upstream, &section, true),
+        );
+    }
+    // Debug lines say when a replica's view of the shared figures changes.
+    let envs = [
+        ("LMP_TEST_ADMIN_TOKEN", ADMIN_TOKEN),
+        ("RUST_LOG", "lm_proxy=debug"),
+    ];
+    let a = Proc::start(dir_a.path(), &["--env", ""], &envs);
+    let b = Proc::start(dir_b.path(), &["--env", ""], &envs);
+    a.wait_for_log("usage ledger: postgres database ready");
+    b.wait_for_log("usage ledger: postgres database ready");
+    let (id, key) = create_key(
+        &a.url,
+        json!({"group": "default", "name": "shared", "budget": {"tokens": 3000, "period": "day"}}),
+    );
+    // A spends 2400 of the key's 3000 tokens.
+    assert_eq!(chat(&a.url, &key, "priced-1").0, 200);
+    assert_eq!(chat(&a.url, &key, "priced-2").0, 200);
+    // B sees them once A has written them and B has read the shared figures.
+    b.wait_for_log(&format!("key:{id} Day usd=0.008000 tokens=2400"));
+    assert_eq!(chat(&b.url, &key, "priced-3").0, 200);
+    // 3600: B refuses at once; A once B's request has reached the figures.
+    let (status, body) = chat(&b.url, &key, "priced-4");
+    assert_eq!(status, 429, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains(&format!("key '{id}'")), "{message}");
+    assert!(
+        message.contains("3600 tokens of 3000 tokens used today"),
+        "{message}"
+    );
+    a.wait_for_log(&format!("key:{id} Day usd=0.012000 tokens=3600"));
+    let (status, body) = chat(&a.url, &key, "priced-5");
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "budget_exceeded");
+    // The group has no budget: its config keys go on, on both.
+    assert_eq!(chat(&a.url, KEY, "priced-6").0, 200);
+    assert_eq!(chat(&b.url, KEY, "priced-7").0, 200);
+    for proc in [&a, &b] {
+        assert!(!proc.log().contains(&key));
+    }
+    drop(rt.runtime);
+}

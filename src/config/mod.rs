@@ -425,6 +425,15 @@ impl Config {
             database.check(path)?;
         }
         for (group, cfg) in &self.settings.groups {
+            // Managed keys' budgets are named `key:<id>` among the groups' (the
+            // ledger's sums, PostgreSQL's `budget_usage`).
+            if group.starts_with(crate::usage::budget::KEY_PREFIX) {
+                return Err(ConfigError::new(
+                    path,
+                    key_of("groups", group),
+                    "group names may not start with \"key:\" (it names managed keys' budgets)",
+                ));
+            }
             if let Some(budget) = &cfg.budget {
                 let key = format!("{}.budget", key_of("groups", group));
                 budget.check(path, &key)?;

@@ -200,9 +200,19 @@ pub struct Budgets {
     /// The spend not counted in `groups`: see [`Before`].
     base: Mutex<Before>,
     groups: Mutex<HashMap<String, Spend>>,
-    /// What the budgets belong to, in messages: "group", or "key" for the managed
-    /// keys' budgets (`usage::keys`, a `Budgets` of their own keyed by key id).
-    subject: &'static str,
+}
+
+/// The budget name of a managed key (`usage::keys`): its id behind a prefix no
+/// config group may start with, so keys and groups share one set of budgets, the
+/// ledger's spend sums and PostgreSQL's shared figures (`budget_usage`).
+pub const KEY_PREFIX: &str = "key:";
+
+/// `key:<id>` → ("key", id); a group's name → ("group", name): for messages.
+fn subject(name: &str) -> (&'static str, &str) {
+    match name.strip_prefix(KEY_PREFIX) {
+        Some(id) => ("key", id),
+        None => ("group", name),
+    }
 }
 
 const PERIODS: [Period; 4] = [Period::Day, Period::Week, Period::Month, Period::Total];
@@ -244,16 +254,6 @@ impl Budgets {
             loaded: AtomicU8::new(0),
             base: Mutex::new(HashMap::new()),
             groups: Mutex::new(HashMap::new()),
-            subject: "group",
-        }
-    }
-
-    /// The budgets of managed keys: the same reserve / settle, named "key" in
-    /// messages; the names are key ids.
-    pub fn for_keys(policy: WhenUnreachable) -> Budgets {
-        Budgets {
-            subject: "key",
-            ..Budgets::new(policy)
         }
     }
 
@@ -322,9 +322,10 @@ impl Budgets {
                 ErrorBody::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
-                        "The budget of {} '{group}' cannot be checked: the usage database \
+                        "The budget of {} '{}' cannot be checked: the usage database \
                          has not been reached yet (budgets fail closed).",
-                        self.subject
+                        subject(group).0,
+                        subject(group).1
                     ),
                     "server_error",
                 )
@@ -368,8 +369,9 @@ impl Budgets {
             let mut body = ErrorBody::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
-                    "The budget of {} '{group}' is exhausted: {} of {} used {}; {resets}.",
-                    self.subject,
+                    "The budget of {} '{}' is exhausted: {} of {} used {}; {resets}.",
+                    subject(group).0,
+                    subject(group).1,
                     budget.unit(used),
                     budget.unit(limit),
                     budget.period.as_str(),

@@ -19,8 +19,10 @@
 //! the managed prefix are ever looked up. While the database cannot be read, the
 //! keys read last stay in force.
 //!
-//! A key's budget is enforced by the same reserve / settle as group budgets
-//! (`usage::budget`), in a `Budgets` of its own whose names are key ids.
+//! A key's budget is enforced by the same reserve / settle as group budgets, in
+//! the ledger's `Budgets` under the name `key:<id>` (`budget::KEY_PREFIX`): the
+//! spend to date comes from the ledger by `api_key_id`, and with PostgreSQL from
+//! the figures every replica shares (`budget_usage`), as for groups.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,7 +37,7 @@ use sha2::{Digest, Sha256};
 use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::SqlitePoolOptions;
 
-use super::budget::{Before, BudgetConfig, Budgets, Period};
+use super::budget::{BudgetConfig, Period};
 use super::db::{Db, Target};
 use super::DatabaseConfig;
 use crate::auth::KeyGrant;
@@ -643,14 +645,12 @@ impl Known {
 }
 
 /// The managed keys of one gateway: the active keys in memory, read again every
-/// [`REFRESH`], and the budgets of those that have one.
+/// [`REFRESH`].
 pub struct ManagedKeys {
     db: Db,
     known: ArcSwap<Known>,
     /// Digests looked up and found nowhere, for [`MISS_TTL`].
     misses: moka::sync::Cache<[u8; 32], ()>,
-    pub budgets: Arc<Budgets>,
-    start_ms: i64,
     timeout: Duration,
     refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -678,7 +678,6 @@ impl ManagedKeys {
                     .connect_lazy_with(options),
             ),
         };
-        let budgets = Arc::new(Budgets::for_keys(config.budgets_when_unreachable));
         let keys = Arc::new(ManagedKeys {
             db,
             known: ArcSwap::from_pointee(Known::default()),
@@ -686,8 +685,6 @@ impl ManagedKeys {
                 .max_capacity(100_000)
                 .time_to_live(MISS_TTL)
                 .build(),
-            start_ms: budgets.start_ms,
-            budgets,
             timeout,
             refresher: Mutex::new(None),
         });
@@ -795,7 +792,7 @@ impl ManagedKeys {
         })
     }
 
-    /// Read the active keys (and, once, the key budgets' spend before this start).
+    /// Read the active keys.
     async fn refresh(&self) -> Result<(), String> {
         let now = now_ms();
         type WithDigest = (
@@ -830,42 +827,7 @@ impl ManagedKeys {
             known.insert(d, Arc::new(active(record(stored))));
         }
         self.known.store(Arc::new(known));
-        if !self.budgets.is_loaded() {
-            let before = self.spend_before().await?;
-            self.budgets.loaded(before);
-        }
         Ok(())
-    }
-
-    /// Per key and kind of period: the spend of the ledger's rows from the period's
-    /// start to this process's start (what this process settles is counted by the
-    /// budgets themselves).
-    async fn spend_before(&self) -> Result<Before, String> {
-        let mut before = Before::new();
-        for period in [Period::Day, Period::Week, Period::Month, Period::Total] {
-            let since = period.bounds(self.start_ms).0;
-            let rows: Vec<(String, f64, f64)> = tokio::time::timeout(self.timeout, async {
-                fetch!(
-                    &self.db,
-                    (String, f64, f64),
-                    "SELECT api_key_id, CAST(SUM(cost_usd) AS DOUBLE PRECISION), \
-                     CAST(SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)) \
-                     AS DOUBLE PRECISION) FROM usage_ledger \
-                     WHERE created_at >= $1 AND created_at < $2 \
-                     AND api_key_id IN (SELECT id FROM managed_keys) GROUP BY api_key_id",
-                    fetch_all,
-                    since,
-                    self.start_ms
-                )
-            })
-            .await
-            .map_err(|_| format!("no answer within {:?}", self.timeout))?
-            .map_err(|e| e.to_string())?;
-            for (id, usd, tokens) in rows {
-                before.insert((period, id), (since, usd, tokens));
-            }
-        }
-        Ok(before)
     }
 }
 
