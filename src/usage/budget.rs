@@ -578,6 +578,27 @@ mod tests {
     }
 
     #[test]
+    fn a_keys_budget_names_the_key() {
+        let budgets = Arc::new(Budgets::new(WhenUnreachable::Open));
+        budgets.loaded(HashMap::new());
+        let budget = BudgetConfig {
+            usd: Some(0.01),
+            tokens: None,
+            period: Period::Total,
+        };
+        let key = budgets.reserve("key:key_0a1b", &budget).unwrap();
+        let group = budgets.reserve("team", &budget).unwrap();
+        // One settlement reaches both budgets.
+        Hold::join(group, key).unwrap().settle(0.02, 10);
+        for (name, says) in [("key:key_0a1b", "key 'key_0a1b'"), ("team", "group 'team'")] {
+            let err = budgets.reserve(name, &budget).unwrap_err();
+            let message = err.error_object()["message"].as_str().unwrap().to_owned();
+            assert!(message.contains(says), "{message}");
+            assert!(message.contains("does not reset"), "{message}");
+        }
+    }
+
+    #[test]
     fn closed_refuses_until_loaded() {
         let budgets = Arc::new(Budgets::new(WhenUnreachable::Closed));
         let budget = BudgetConfig {

@@ -61,6 +61,14 @@ pub const REFRESH: Duration = Duration::from_secs(2);
 pub const MISS_TTL: Duration = Duration::from_secs(2);
 /// The deadline of the lookup of a key not in memory (on the request path).
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
+/// Lookups of keys not in memory running at once.
+const MAX_LOOKUPS: usize = 4;
+
+/// What a lookup found.
+enum Found {
+    Known(Arc<ActiveKey>),
+    Stored(Stored),
+}
 /// The longest name and metadata accepted.
 const MAX_NAME: usize = 200;
 const MAX_METADATA_BYTES: usize = 16 * 1024;
@@ -651,6 +659,10 @@ pub struct ManagedKeys {
     known: ArcSwap<Known>,
     /// Digests looked up and found nowhere, for [`MISS_TTL`].
     misses: moka::sync::Cache<[u8; 32], ()>,
+    /// Lookups of keys not in memory at once: a client trying many made-up keys
+    /// costs the database at most this many queries at a time (the others wait,
+    /// within the lookup's deadline).
+    lookups: tokio::sync::Semaphore,
     timeout: Duration,
     refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -685,6 +697,7 @@ impl ManagedKeys {
                 .max_capacity(100_000)
                 .time_to_live(MISS_TTL)
                 .build(),
+            lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
             timeout,
             refresher: Mutex::new(None),
         });
@@ -713,9 +726,21 @@ impl ManagedKeys {
         let sql = format!(
             "SELECT {COLUMNS} FROM managed_keys WHERE key_digest = $1 AND revoked_at IS NULL"
         );
-        let lookup = async { fetch!(&self.db, Stored, &sql, fetch_optional, hex::encode(digest)) };
+        let lookup = async {
+            let _permit = self.lookups.acquire().await;
+            // Another lookup of the same key may have finished while this waited.
+            if let Some(found) = self.known.load().by_digest.get(&digest) {
+                return Ok(Some(Found::Known(found.clone())));
+            }
+            if self.misses.contains_key(&digest) {
+                return Ok(None);
+            }
+            fetch!(&self.db, Stored, &sql, fetch_optional, hex::encode(digest))
+                .map(|stored| stored.map(Found::Stored))
+        };
         match tokio::time::timeout(LOOKUP_TIMEOUT, lookup).await {
-            Ok(Ok(Some(stored))) => {
+            Ok(Ok(Some(Found::Known(found)))) => in_force(&found).then_some(found),
+            Ok(Ok(Some(Found::Stored(stored)))) => {
                 let active = Arc::new(active(record(stored)));
                 self.known.rcu(|known| {
                     let mut next = Known {
