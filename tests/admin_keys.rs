@@ -10,7 +10,9 @@
 //! - the admin API refuses a wrong or missing token and a client key (401), and
 //!   does not exist without `[admin]` (404);
 //! - a key's budget stops it with 429 `budget_exceeded` while its group's other
-//!   keys go on;
+//!   keys go on, across a restart (SQLite) and shared by two replicas
+//!   (PostgreSQL);
+//! - a key check of your own replaces config and managed keys;
 //! - `GET /admin/usage` sums match the requests sent;
 //! - the command line creates, lists and revokes keys and prints usage, and fails
 //!   clearly without `[database]` or with a database it cannot reach.
@@ -885,5 +887,50 @@ fn postgres_two_replicas_share_a_keys_budget() {
     for proc in [&a, &b] {
         assert!(!proc.log().contains(&key));
     }
+    drop(rt.runtime);
+}
+
+#[test]
+fn a_key_check_of_your_own_replaces_config_and_managed_keys() {
+    let rt = Rt::start();
+    let dir = tempfile::tempdir().unwrap();
+    write(
+        dir.path(),
+        "config.toml",
+        &config(&rt.upstream, &sqlite_section("ledger.db"), true),
+    );
+    let (code, out, err) = cli(
+        dir.path(),
+        &["keys", "create", "--group", "default", "--name", "k"],
+    );
+    assert_eq!(code, 0, "{err}");
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("key: "))
+        .unwrap()
+        .to_owned();
+    // A service that accepts no key (the mock answers GET with 405).
+    let own_check = format!(
+        "[api_key_check]\nclass = \"lm_proxy.api_key_check.CheckAPIKeyWithRequest\"\n\
+         url = \"{}/check/{{api_key}}\"\n",
+        rt.upstream
+    );
+    write(
+        dir.path(),
+        "config.toml",
+        &(config(&rt.upstream, &sqlite_section("ledger.db"), true) + &own_check),
+    );
+    let gw = start(dir.path());
+    assert_eq!(chat(&gw.url, &key, "priced-1").0, 401);
+    assert_eq!(chat(&gw.url, KEY, "priced-1").0, 401);
+    // The admin API is still there: it has its own token.
+    let (status, text) = admin(
+        reqwest::Method::GET,
+        &gw.url,
+        "/admin/keys",
+        Some(ADMIN_TOKEN),
+        None,
+    );
+    assert_eq!(status, 200, "{text}");
     drop(rt.runtime);
 }
