@@ -63,6 +63,11 @@ pub const MISS_TTL: Duration = Duration::from_secs(2);
 const LOOKUP_TIMEOUT: Duration = Duration::from_secs(1);
 /// Lookups of keys not in memory running at once.
 const MAX_LOOKUPS: usize = 4;
+/// How long a replica remembers the keys it revoked: longer than a read of the
+/// database can take (its deadline is `[database] timeout_seconds`).
+const REVOKED_MEMORY: Duration = Duration::from_secs(60);
+
+static ORPHANED: Throttled = Throttled::new(Duration::from_secs(30));
 
 /// What a lookup found.
 enum Found {
@@ -663,6 +668,10 @@ pub struct ManagedKeys {
     /// costs the database at most this many queries at a time (the others wait,
     /// within the lookup's deadline).
     lookups: tokio::sync::Semaphore,
+    /// Keys this replica revoked lately: a read of the database that began before
+    /// the revocation must not bring them back (until [`REVOKED_MEMORY`] later,
+    /// when every read since has seen it).
+    revoked: Mutex<HashMap<String, std::time::Instant>>,
     timeout: Duration,
     refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
@@ -698,6 +707,7 @@ impl ManagedKeys {
                 .time_to_live(MISS_TTL)
                 .build(),
             lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
+            revoked: Mutex::new(HashMap::new()),
             timeout,
             refresher: Mutex::new(None),
         });
@@ -742,6 +752,9 @@ impl ManagedKeys {
             Ok(Ok(Some(Found::Known(found)))) => in_force(&found).then_some(found),
             Ok(Ok(Some(Found::Stored(stored)))) => {
                 let active = Arc::new(active(record(stored)));
+                if self.revoked_here(&active.id) {
+                    return None;
+                }
                 self.known.rcu(|known| {
                     let mut next = Known {
                         by_digest: known.by_digest.clone(),
@@ -773,8 +786,21 @@ impl ManagedKeys {
         self.known.load().by_id.get(id).cloned()
     }
 
+    /// Whether this replica revoked the key lately (see `revoked`).
+    fn revoked_here(&self, id: &str) -> bool {
+        let mut revoked = self.revoked.lock().unwrap_or_else(|e| e.into_inner());
+        // Longer than any read of the database may take (its deadline).
+        let memory = REVOKED_MEMORY.max(self.timeout * 2 + REFRESH);
+        revoked.retain(|_, at| at.elapsed() < memory);
+        revoked.contains_key(id)
+    }
+
     /// Revoked by this replica: refused here at once, not at the next read.
     pub fn forget(&self, id: &str) {
+        self.revoked
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.to_owned(), std::time::Instant::now());
         self.known.rcu(|known| Known {
             by_digest: known
                 .by_digest
@@ -801,7 +827,7 @@ impl ManagedKeys {
     pub async fn grant(&self, key: &str, config: &Config) -> Option<KeyGrant> {
         let active = self.check(key).await?;
         if !config.settings.groups.contains_key(&active.group) {
-            UNREADABLE.warn(|| {
+            ORPHANED.warn(|| {
                 format!(
                     "managed key {} belongs to group '{}', which the config no longer has: \
                      it is refused",
@@ -849,7 +875,10 @@ impl ManagedKeys {
                 continue;
             }
             let stored = (r.0, r.1, r.2, r.3, r.4, r.5, r.6, r.7, r.8, r.9);
-            known.insert(d, Arc::new(active(record(stored))));
+            let active = active(record(stored));
+            if !self.revoked_here(&active.id) {
+                known.insert(d, Arc::new(active));
+            }
         }
         self.known.store(Arc::new(known));
         Ok(())
