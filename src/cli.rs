@@ -21,12 +21,19 @@ use crate::server::{RunningServer, Serving};
 #[command(name = "lm-proxy-server", version, about, long_about = None)]
 pub struct Cli {
     /// Config file (.toml, .json, .yml/.yaml; .py with the Python package).
-    #[arg(long, short = 'c', default_value = "config.toml", value_name = "PATH")]
+    // Global: `keys list --config prod.toml` reads as well as the other order.
+    #[arg(
+        long,
+        short = 'c',
+        default_value = "config.toml",
+        value_name = "PATH",
+        global = true
+    )]
     pub config: PathBuf,
 
     /// .env file to load before reading the config; "" disables loading.
     /// Default: .env in the working directory, if present.
-    #[arg(long, visible_aliases = ["env-file", "env_file"], value_name = "PATH")]
+    #[arg(long, visible_aliases = ["env-file", "env_file"], value_name = "PATH", global = true)]
     pub env: Option<String>,
 
     /// Debug mode: DEBUG log level and error details (overrides LM_PROXY_DEBUG).
@@ -50,6 +57,10 @@ pub struct Cli {
     /// binary; 0 for the Python package (where Python code runs on the shared runtime).
     #[arg(long, env = "LM_PROXY_THREADS", value_name = "N")]
     pub threads: Option<usize>,
+
+    /// Without a command: serve. Commands work on the configured `[database]`.
+    #[command(subcommand)]
+    pub command: Option<crate::usage::commands::Command>,
 }
 
 /// The reference's truthy words (case-insensitive): 1, true, yes, on, enabled, y, +.
@@ -110,6 +121,8 @@ pub struct Launch {
     pub debug: bool,
     /// `--threads` (or `LM_PROXY_THREADS`), when given.
     pub threads: Option<usize>,
+    /// A command instead of serving (`keys ...`, `usage`): see [`run_command`].
+    pub command: Option<crate::usage::commands::Command>,
 }
 
 /// Parse `args` (program name first), load `.env`, set debug mode and logging, and
@@ -160,6 +173,7 @@ where
         overrides,
         debug,
         threads: cli.threads,
+        command: cli.command,
     })
 }
 
@@ -195,6 +209,9 @@ where
             return ExitCode::from(1);
         }
     };
+    if let Some(command) = launch.command {
+        return ExitCode::from(runtime.block_on(run_command(command, &launch.config)));
+    }
     let serving = launch
         .threads
         .map_or_else(Serving::per_cpu, Serving::threads);
@@ -212,6 +229,12 @@ where
             ExitCode::from(1)
         }
     }
+}
+
+/// Run a command (`keys ...`, `usage`) against the config's database; the exit
+/// status (errors are printed as one line on stderr).
+pub async fn run_command(command: crate::usage::commands::Command, config: &Config) -> u8 {
+    crate::usage::commands::run(command, config).await
 }
 
 /// The line that says the server is ready (tests and scripts wait for it).

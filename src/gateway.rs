@@ -48,6 +48,12 @@ pub struct Gateway {
     pub client_spellings: bool,
     /// Removes configured secrets from errors before they are answered or logged.
     pub redactor: Arc<Redactor>,
+    /// The key check is the default one (the config's keys), which also accepts
+    /// managed keys; a key check of the user's own replaces both.
+    pub default_key_check: bool,
+    /// The managed keys (`usage::keys`, with `[database]`): set by the server's
+    /// state, which keeps them across reloads.
+    pub managed_keys: Option<Arc<crate::usage::keys::ManagedKeys>>,
     /// Connection name → the model ids its upstream offers (`expand_wildcards`).
     model_lists: moka::future::Cache<String, Arc<Vec<String>>>,
 }
@@ -75,6 +81,12 @@ impl Gateway {
             resolver.component(spec, &config)?;
         }
         let key_check = build_key_check(&config, client, resolver)?;
+        let default_key_check = config.api_key_check.as_ref().is_none_or(|spec| {
+            matches!(
+                crate::extensions::builtin_name(&spec.target),
+                Some(crate::extensions::Builtin::CheckApiKeyInConfig)
+            )
+        });
         let trusted_proxies =
             TrustedProxies::parse(&config.settings.trusted_proxies).map_err(|entry| {
                 ConfigError::new(
@@ -125,6 +137,8 @@ impl Gateway {
             log_dispatcher,
             router,
             key_check,
+            default_key_check,
+            managed_keys: None,
             groups,
             connections,
             handlers,

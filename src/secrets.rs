@@ -241,6 +241,7 @@ impl Redactor {
             local.extend(group.api_keys.iter().cloned());
         }
         local.extend(config.settings.metrics.token.iter().cloned());
+        local.extend(config.settings.admin.iter().map(|a| a.token.clone()));
         let mut upstream = Vec::new();
         // The key-check service's own credentials (`[api_key_check.headers]`, e.g.
         // a service token next to the client key's placeholder) go upstream too.

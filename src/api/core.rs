@@ -153,6 +153,21 @@ pub async fn run_handlers(
             ctx.budget_hold = ledger.budgets.reserve(group, budget)?;
         }
     }
+    // A managed key's own budget (`usage::keys`): the same reserve / settle, under
+    // the name `key:<id>`, held together with the group's so that the request's
+    // one settlement reaches both. Refused here, the group's hold is released.
+    if let (Some(ledger), Some(managed), Some(id), true) = (
+        state.ledger(),
+        gateway.managed_keys.as_ref(),
+        ctx.api_key_id.as_deref(),
+        gateway.default_key_check && ctx.endpoint != Endpoint::CountTokens,
+    ) {
+        if let Some(budget) = managed.by_id(id).and_then(|k| k.budget.clone()) {
+            let name = format!("{}{id}", crate::usage::budget::KEY_PREFIX);
+            let hold = ledger.budgets.reserve(&name, &budget)?;
+            ctx.budget_hold = crate::usage::budget::Hold::join(ctx.budget_hold.take(), hold);
+        }
+    }
     Ok(keep_request)
 }
 

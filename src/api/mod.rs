@@ -1,5 +1,6 @@
 //! The HTTP endpoints: thin functions that extract, call the core, and respond.
 
+pub mod admin;
 pub mod chat;
 pub mod completions;
 pub mod core;

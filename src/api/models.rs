@@ -39,13 +39,20 @@ pub async fn authenticate_key(
     ctx: &mut RequestContext,
     key: &str,
 ) -> Result<(), ApiError> {
-    let grant = gateway
-        .key_check
-        .check(key)
-        .await?
-        .ok_or_else(|| ApiError::InvalidApiKey {
-            status: gateway.config.invalid_api_key_status(),
-        })?;
+    let grant = match gateway.key_check.check(key).await? {
+        Some(grant) => Some(grant),
+        // The default key check knows the managed keys too (`usage::keys`): after
+        // the config's, so those never wait on anything. A key check of the user's
+        // own replaces both.
+        None if gateway.default_key_check => match &gateway.managed_keys {
+            Some(managed) => managed.grant(key, &gateway.config).await,
+            None => None,
+        },
+        None => None,
+    };
+    let grant = grant.ok_or_else(|| ApiError::InvalidApiKey {
+        status: gateway.config.invalid_api_key_status(),
+    })?;
     ctx.api_key_id = Some(match grant.api_key_id {
         Some(id) => id.to_string(),
         None => api_key_id(&gateway.config.settings.encryption_key, key),

@@ -425,6 +425,15 @@ impl Config {
             database.check(path)?;
         }
         for (group, cfg) in &self.settings.groups {
+            // Managed keys' budgets are named `key:<id>` among the groups' (the
+            // ledger's sums, PostgreSQL's `budget_usage`).
+            if group.starts_with(crate::usage::budget::KEY_PREFIX) {
+                return Err(ConfigError::new(
+                    path,
+                    key_of("groups", group),
+                    "group names may not start with \"key:\" (it names managed keys' budgets)",
+                ));
+            }
             if let Some(budget) = &cfg.budget {
                 let key = format!("{}.budget", key_of("groups", group));
                 budget.check(path, &key)?;
@@ -436,6 +445,13 @@ impl Config {
                     ));
                 }
             }
+        }
+        if self.settings.admin.is_some() && self.settings.database.is_none() {
+            return Err(ConfigError::new(
+                path,
+                "admin",
+                "the admin API keeps managed keys in the usage database: add a [database] section",
+            ));
         }
         crate::usage::prices::Prices::check(&self.settings.pricing, path)?;
         self.check_metrics_path()
@@ -452,6 +468,9 @@ impl Config {
             "/health".to_owned(),
             format!("{}/chat/completions", self.api_prefix),
             format!("{}/models", self.api_prefix),
+            // The admin API's (`api::admin`), routed with `[admin]`.
+            "/admin/keys".to_owned(),
+            "/admin/usage".to_owned(),
         ];
         let problem = if !p.starts_with('/') || p.len() < 2 {
             Some(format!(
@@ -461,6 +480,8 @@ impl Config {
             Some(format!("'{p}' is not a valid URL path"))
         } else if taken.iter().any(|t| t == p) {
             Some(format!("'{p}' is already used by another endpoint"))
+        } else if p.starts_with("/admin/keys/") {
+            Some(format!("'{p}' is under /admin/keys/, the admin API's"))
         } else if p.starts_with(&format!("{}/models/", self.api_prefix)) {
             // `{api_prefix}/models/{id}` takes every path below it (ids may hold `/`).
             Some(format!(
@@ -514,6 +535,27 @@ fn check_gate_secrets(settings: &mut FileConfig, path: &Path) -> Result<(), Conf
             path,
             "leave `token` out to serve metrics without one",
         )?;
+    }
+    if let Some(admin) = settings.admin.as_mut() {
+        admin.token = gate_secret(
+            &admin.token,
+            "admin.token",
+            path,
+            "leave [admin] out to serve no admin API",
+        )?;
+        // The admin token must not open the client doors, nor a client key the
+        // admin API.
+        if settings
+            .groups
+            .values()
+            .any(|g| g.api_keys.contains(&admin.token))
+        {
+            return Err(ConfigError::new(
+                path,
+                "admin.token",
+                "is also a client key in [groups]; give the admin API a token of its own",
+            ));
+        }
     }
     Ok(())
 }

@@ -101,6 +101,10 @@ pub struct FileConfig {
     /// Prices by model glob (`[pricing]`), before the built-in table.
     #[serde(default)]
     pub pricing: IndexMap<String, crate::usage::prices::PriceConfig>,
+    /// The admin API (`[admin] token`): managed keys and usage reports; needs
+    /// `[database]`. Absent: no `/admin/...` endpoint.
+    #[serde(default)]
+    pub admin: Option<crate::usage::keys::AdminConfig>,
 }
 
 impl FileConfig {

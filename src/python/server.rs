@@ -338,6 +338,23 @@ fn run_cli_until_stopped(
         Ok(launch) => launch,
         Err(code) => return Ok(i32::from(code)),
     };
+    if let Some(command) = launch.command {
+        let config = launch.config;
+        return py.detach(move || {
+            match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => Ok(i32::from(
+                    runtime.block_on(crate::cli::run_command(command, &config)),
+                )),
+                Err(e) => {
+                    eprintln!("lm-proxy-server: cannot start the async runtime: {e}");
+                    Ok(1)
+                }
+            }
+        });
+    }
     // Python code runs on the shared runtime; serving threads only when asked for.
     let serving = Serving::threads(launch.threads.unwrap_or(0));
     let running = match Running::start(py, launch.config, resolver, launch.overrides, serving) {

@@ -34,6 +34,8 @@ pub struct AppState {
     /// The usage ledger (`[database]`, read at startup: a change needs a restart;
     /// `[pricing]` follows reloads).
     ledger: Option<Arc<Ledger>>,
+    /// Managed keys (`[database]`, read at startup); every gateway in force gets them.
+    managed_keys: Option<Arc<crate::usage::keys::ManagedKeys>>,
     /// Request body bytes being received or held now (`limits.max_body_memory_mb`).
     bodies: body::BodyBudget,
     /// The gateway in force reads the client's header name spellings: connections
@@ -50,12 +52,12 @@ impl AppState {
             .metrics
             .enabled
             .then(|| Arc::new(Metrics::new()));
-        Self::with_metrics(gateway, client, metrics, None)
+        Self::with_metrics(gateway, client, metrics, None, None)
     }
 
     /// The state of a server, with its usage ledger when `[database]` is set: the
     /// ledger's writer starts on the current runtime.
-    pub fn with_ledger(gateway: Gateway, client: UpstreamClient) -> Result<Self, ConfigError> {
+    pub fn with_ledger(mut gateway: Gateway, client: UpstreamClient) -> Result<Self, ConfigError> {
         let settings = &gateway.config.settings;
         let metrics = settings.metrics.enabled.then(|| Arc::new(Metrics::new()));
         let ledger = match &settings.database {
@@ -67,7 +69,21 @@ impl AppState {
             )?),
             None => None,
         };
-        Ok(Self::with_metrics(gateway, client, metrics, ledger))
+        let managed_keys = match &gateway.config.settings.database {
+            Some(database) => Some(crate::usage::keys::ManagedKeys::start(
+                database,
+                &gateway.config.path,
+            )?),
+            None => None,
+        };
+        gateway.managed_keys = managed_keys.clone();
+        Ok(Self::with_metrics(
+            gateway,
+            client,
+            metrics,
+            ledger,
+            managed_keys,
+        ))
     }
 
     fn with_metrics(
@@ -75,10 +91,12 @@ impl AppState {
         client: UpstreamClient,
         metrics: Option<Arc<Metrics>>,
         ledger: Option<Arc<Ledger>>,
+        managed_keys: Option<Arc<crate::usage::keys::ManagedKeys>>,
     ) -> Self {
         count_log_drops(&gateway, metrics.as_deref());
         AppState {
             ledger,
+            managed_keys,
             client_spellings: Arc::new(AtomicBool::new(gateway.client_spellings)),
             gateway: ArcSwap::from_pointee(gateway),
             client,
@@ -100,13 +118,18 @@ impl AppState {
         self.ledger.as_ref()
     }
 
+    pub fn managed_keys(&self) -> Option<&Arc<crate::usage::keys::ManagedKeys>> {
+        self.managed_keys.as_ref()
+    }
+
     /// The gateway in force now (a cheap `Arc` clone; a reload swaps it whole).
     pub fn gateway(&self) -> Arc<Gateway> {
         self.gateway.load_full()
     }
 
     /// Replace the gateway; requests already running keep the one they started with.
-    pub fn replace_gateway(&self, gateway: Gateway) {
+    pub fn replace_gateway(&self, mut gateway: Gateway) {
+        gateway.managed_keys = self.managed_keys.clone();
         count_log_drops(&gateway, self.metrics.as_deref());
         let database = |g: &Gateway| g.config.settings.database.clone();
         if database(&gateway) != database(&self.gateway.load()) {
@@ -188,6 +211,21 @@ pub fn app(state: Arc<AppState>) -> axum::Router {
             get(api::models::retrieve_model),
         )
         .route("/health", get(api::health));
+    // The admin API exists only with `[admin]` at startup (and `[database]`, which
+    // the config requires with it); a reload that removes `[admin]` makes its
+    // routes answer 404 (`api::admin`).
+    if state.managed_keys.is_some() && gateway.config.settings.admin.is_some() {
+        router = router
+            .route(
+                "/admin/keys",
+                get(api::admin::list_keys).post(api::admin::create_key),
+            )
+            .route(
+                "/admin/keys/{id}",
+                axum::routing::delete(api::admin::revoke_key),
+            )
+            .route("/admin/usage", get(api::admin::usage));
+    }
     if state.metrics.is_some() {
         router = router.route(
             &gateway.config.settings.metrics.path,

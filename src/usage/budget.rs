@@ -202,6 +202,19 @@ pub struct Budgets {
     groups: Mutex<HashMap<String, Spend>>,
 }
 
+/// The budget name of a managed key (`usage::keys`): its id behind a prefix no
+/// config group may start with, so keys and groups share one set of budgets, the
+/// ledger's spend sums and PostgreSQL's shared figures (`budget_usage`).
+pub const KEY_PREFIX: &str = "key:";
+
+/// `key:<id>` → ("key", id); a group's name → ("group", name): for messages.
+fn subject(name: &str) -> (&'static str, &str) {
+    match name.strip_prefix(KEY_PREFIX) {
+        Some(id) => ("key", id),
+        None => ("group", name),
+    }
+}
+
 const PERIODS: [Period; 4] = [Period::Day, Period::Week, Period::Month, Period::Total];
 
 /// One group's running figures. What this process settled is kept for every kind
@@ -309,8 +322,10 @@ impl Budgets {
                 ErrorBody::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     format!(
-                        "The budget of group '{group}' cannot be checked: the usage database \
-                         has not been reached yet (budgets fail closed)."
+                        "The budget of {} '{}' cannot be checked: the usage database \
+                         has not been reached yet (budgets fail closed).",
+                        subject(group).0,
+                        subject(group).1
                     ),
                     "server_error",
                 )
@@ -354,7 +369,9 @@ impl Budgets {
             let mut body = ErrorBody::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 format!(
-                    "The budget of group '{group}' is exhausted: {} of {} used {}; {resets}.",
+                    "The budget of {} '{}' is exhausted: {} of {} used {}; {resets}.",
+                    subject(group).0,
+                    subject(group).1,
                     budget.unit(used),
                     budget.unit(limit),
                     budget.period.as_str(),
@@ -378,6 +395,7 @@ impl Budgets {
             group: group.to_owned(),
             estimate,
             settled: false,
+            then: None,
         }))
     }
 }
@@ -390,6 +408,9 @@ pub struct Hold {
     /// USD, tokens.
     estimate: (f64, f64),
     settled: bool,
+    /// Another budget the same request holds (a managed key's, next to its
+    /// group's): settled or released with this one.
+    then: Option<Box<Hold>>,
 }
 
 impl std::fmt::Debug for Hold {
@@ -405,6 +426,23 @@ impl Hold {
     /// The request's real spend: `cost` USD, `tokens` prompt + completion.
     pub fn settle(mut self, cost: f64, tokens: u64) {
         self.finish(Some((cost, tokens as f64)));
+        if let Some(then) = self.then.take() {
+            then.settle(cost, tokens);
+        }
+    }
+
+    /// One hold for two budgets (`a`'s and then `b`'s), so that the request's
+    /// single settlement reaches both; either may be absent.
+    pub fn join(a: Option<Hold>, b: Option<Hold>) -> Option<Hold> {
+        match (a, b) {
+            (Some(mut a), b) => {
+                // `a` holds at most one other budget: a group's and a key's.
+                debug_assert!(a.then.is_none());
+                a.then = b.map(Box::new);
+                Some(a)
+            }
+            (None, b) => b,
+        }
     }
 
     fn finish(&mut self, actual: Option<(f64, f64)>) {
@@ -537,6 +575,27 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("3600 tokens of 3000 tokens used today"));
+    }
+
+    #[test]
+    fn a_keys_budget_names_the_key() {
+        let budgets = Arc::new(Budgets::new(WhenUnreachable::Open));
+        budgets.loaded(HashMap::new());
+        let budget = BudgetConfig {
+            usd: Some(0.01),
+            tokens: None,
+            period: Period::Total,
+        };
+        let key = budgets.reserve("key:key_0a1b", &budget).unwrap();
+        let group = budgets.reserve("team", &budget).unwrap();
+        // One settlement reaches both budgets.
+        Hold::join(group, key).unwrap().settle(0.02, 10);
+        for (name, says) in [("key:key_0a1b", "key 'key_0a1b'"), ("team", "group 'team'")] {
+            let err = budgets.reserve(name, &budget).unwrap_err();
+            let message = err.error_object()["message"].as_str().unwrap().to_owned();
+            assert!(message.contains(says), "{message}");
+            assert!(message.contains("does not reset"), "{message}");
+        }
     }
 
     #[test]

@@ -111,11 +111,19 @@ fn statement(postgres: bool, rows: usize) -> &'static str {
 }
 
 /// Embedded migrations: (version, description, SQL) per backend.
-const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "usage ledger",
-    include_str!("../../migrations/sqlite/0001_usage_ledger.sql"),
-)];
+const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "usage ledger",
+        include_str!("../../migrations/sqlite/0001_usage_ledger.sql"),
+    ),
+    // Managed keys (usage::keys); version 10 leaves 2-9 to the ledger's own.
+    (
+        10,
+        "managed keys",
+        include_str!("../../migrations/sqlite/0010_managed_keys.sql"),
+    ),
+];
 const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
         1,
@@ -126,6 +134,12 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "budget usage",
         include_str!("../../migrations/postgres/0002_budget_usage.sql"),
+    ),
+    // Managed keys (usage::keys); version 10 leaves 2-9 to the ledger's own.
+    (
+        10,
+        "managed keys",
+        include_str!("../../migrations/postgres/0010_managed_keys.sql"),
     ),
 ];
 
@@ -392,14 +406,19 @@ const INSERT: &str = "INSERT INTO usage_ledger (created_at, request_id, api_key_
     completion_tokens, cached_tokens, reasoning_tokens, cost_usd, duration_ms, ttft_ms, error_type) ";
 
 /// The rest of the PostgreSQL insert: the inserted rows' spend added to
-/// `budget_usage` for each kind of period (in key order, so that two replicas'
+/// `budget_usage` for each kind of period, per group and per managed key
+/// (`key:<id>`, `budget::KEY_PREFIX`) (in key order, so that two replicas'
 /// batches lock the figures they share in the same order).
-const POSTGRES_BUDGET_USAGE: &str = " RETURNING group_name, cost_usd, \
-    COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) AS tokens, created_at) \
+const POSTGRES_BUDGET_USAGE: &str = " RETURNING group_name, api_key_id, cost_usd, \
+    COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) AS tokens, created_at), \
+    spent AS (SELECT group_name AS name, cost_usd, tokens, created_at FROM inserted \
+    WHERE group_name IS NOT NULL \
+    UNION ALL SELECT 'key:' || api_key_id, cost_usd, tokens, created_at FROM inserted \
+    WHERE substr(api_key_id, 1, 4) = 'key_') \
     INSERT INTO budget_usage (group_name, period, period_start, usd, tokens) \
-    SELECT group_name, p.period, lm_proxy_period_start(p.period, created_at), SUM(cost_usd), \
-    SUM(tokens) FROM inserted CROSS JOIN (VALUES ('day'), ('week'), ('month'), ('total')) \
-    AS p (period) WHERE group_name IS NOT NULL GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 \
+    SELECT name, p.period, lm_proxy_period_start(p.period, created_at), SUM(cost_usd), \
+    SUM(tokens) FROM spent CROSS JOIN (VALUES ('day'), ('week'), ('month'), ('total')) \
+    AS p (period) GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 \
     ON CONFLICT (group_name, period, period_start) DO UPDATE SET \
     usd = budget_usage.usd + EXCLUDED.usd, tokens = budget_usage.tokens + EXCLUDED.tokens";
 
@@ -410,10 +429,17 @@ const POSTGRES_FIGURES: &str = "SELECT group_name, period, period_start, usd, \
     OR period = 'total'";
 
 /// Spend per group in `[$1, $2)`; both backends read `DOUBLE PRECISION` as a float.
+///
+/// Managed keys' spend comes with it, named `key:<id>` (`budget::KEY_PREFIX`):
+/// their ids (`key_...`) are the rows' `api_key_id`.
 const SPEND: &str = "SELECT group_name, CAST(SUM(cost_usd) AS DOUBLE PRECISION), \
     CAST(SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)) AS DOUBLE PRECISION) \
     FROM usage_ledger WHERE created_at >= $1 AND created_at < $2 AND group_name IS NOT NULL \
-    GROUP BY group_name";
+    GROUP BY group_name \
+    UNION ALL SELECT 'key:' || api_key_id, CAST(SUM(cost_usd) AS DOUBLE PRECISION), \
+    CAST(SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)) AS DOUBLE PRECISION) \
+    FROM usage_ledger WHERE created_at >= $1 AND created_at < $2 \
+    AND substr(api_key_id, 1, 4) = 'key_' GROUP BY api_key_id";
 
 /// PostgreSQL: a batch written twice (its first write timed out after the database
 /// took it) adds nothing the second time.

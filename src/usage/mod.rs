@@ -17,7 +17,9 @@
 //! cost), so a batch is either committed or rolled back.
 
 pub mod budget;
+pub mod commands;
 pub mod db;
+pub mod keys;
 pub mod prices;
 
 use std::collections::{HashMap, VecDeque};
@@ -481,10 +483,17 @@ impl Writer {
                         backoff = Duration::ZERO;
                         if database.is_shared() {
                             for row in &batch {
-                                if let Some(group) = &row.group {
-                                    let tokens = row.prompt_tokens.unwrap_or(0)
-                                        + row.completion_tokens.unwrap_or(0);
-                                    let entry = written.entry(group.clone()).or_default();
+                                let tokens = row.prompt_tokens.unwrap_or(0)
+                                    + row.completion_tokens.unwrap_or(0);
+                                // The group's, and a managed key's (`key:<id>`), as
+                                // the insert added them to the figures.
+                                let key = row
+                                    .api_key_id
+                                    .as_deref()
+                                    .filter(|id| id.starts_with("key_"))
+                                    .map(|id| format!("{}{id}", budget::KEY_PREFIX));
+                                for name in row.group.iter().cloned().chain(key) {
+                                    let entry = written.entry(name).or_default();
                                     entry.0 += row.cost_usd;
                                     entry.1 += tokens as f64;
                                 }
