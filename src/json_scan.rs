@@ -336,6 +336,34 @@ fn string_stops_16(chunk: &[u8]) -> u32 {
     }
 }
 
+/// Whether `bytes` can be written between quotes as a JSON string as they are:
+/// no quote, backslash or control character (the only bytes serde_json escapes).
+pub fn needs_no_escaping(bytes: &[u8]) -> bool {
+    let mut rest = bytes;
+    #[cfg(target_arch = "x86_64")]
+    while rest.len() >= 16 {
+        if string_stops_16(rest) != 0 {
+            return false;
+        }
+        rest = &rest[16..];
+    }
+    rest.iter().all(|&b| b >= 0x20 && b != b'"' && b != b'\\')
+}
+
+/// `text` as a JSON string, exactly as serde_json writes it; the usual string,
+/// with nothing to escape, is copied as it is instead of byte by byte.
+pub fn write_json_str(out: &mut Vec<u8>, text: &str) {
+    if needs_no_escaping(text.as_bytes()) {
+        out.reserve(text.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(text.as_bytes());
+        out.push(b'"');
+    } else {
+        // Writing into a Vec cannot fail.
+        serde_json::to_writer(out, text).expect("a string always serializes");
+    }
+}
+
 impl<'a> Scanner<'a> {
     fn new(text: &'a [u8]) -> Self {
         Scanner {
@@ -805,6 +833,23 @@ mod tests {
         r#"{"usage":{"prompt_tokens":18446744073709551616,"completion_tokens":1e2,"\u0070rompt_tokens":3}}"#,
         r#"{"usage":{"prompt_tokens":"5","completion_tokens":-1},"choices":[]}"#,
     ];
+
+    #[test]
+    fn strings_are_written_as_serde_json_writes_them() {
+        for len in 0..40 {
+            for at in 0..len.max(1) {
+                for special in ["\"", "\\", "\n", "\u{1}", "\u{1f}", " ", "é", "/", "\u{7f}", "😀"] {
+                    let mut text = "x".repeat(len);
+                    if len > 0 {
+                        text.replace_range(at..at + 1, special);
+                    }
+                    let mut ours = Vec::new();
+                    write_json_str(&mut ours, &text);
+                    assert_eq!(ours, serde_json::to_vec(&text).unwrap(), "{text:?}");
+                }
+            }
+        }
+    }
 
     /// Long strings go 16 bytes at a time: a quote, an escape, a control character
     /// or a non-ASCII character at every position of strings up to 80 bytes long

@@ -58,8 +58,7 @@ pub fn text_or_empty<'b>(text: &'b Option<Text<'_>>) -> &'b str {
 
 /// Append `text` as a JSON string, escaped as serde_json escapes it.
 pub fn write_str(out: &mut Vec<u8>, text: &str) {
-    // Writing into a Vec cannot fail.
-    serde_json::to_writer(out, text).expect("a string always serializes");
+    crate::json_scan::write_json_str(out, text);
 }
 
 /// Writes the `chat.completion.chunk`s of one stream as text.

@@ -229,7 +229,7 @@ fn push_str_field(data: &mut Vec<u8>, name: &str, value: &str) {
     data.push(b'"');
     data.extend_from_slice(name.as_bytes());
     data.extend_from_slice(b"\":");
-    serde_json::to_writer(&mut *data, value).expect("strings always serialize");
+    crate::json_scan::write_json_str(data, value);
 }
 
 /// `,"name":` and JSON text as it is.
@@ -348,7 +348,7 @@ impl Translator {
         let mut data = event_head(kind, self.sequence, capacity);
         self.sequence += 1;
         data.extend_from_slice(members);
-        serde_json::to_writer(&mut data, delta).expect("strings always serialize");
+        crate::json_scan::write_json_str(&mut data, delta);
         if logprobs {
             data.extend_from_slice(b",\"logprobs\":[]");
         }
