@@ -838,7 +838,9 @@ mod tests {
     fn strings_are_written_as_serde_json_writes_them() {
         for len in 0..40 {
             for at in 0..len.max(1) {
-                for special in ["\"", "\\", "\n", "\u{1}", "\u{1f}", " ", "é", "/", "\u{7f}", "😀"] {
+                for special in [
+                    "\"", "\\", "\n", "\u{1}", "\u{1f}", " ", "é", "/", "\u{7f}", "😀",
+                ] {
                     let mut text = "x".repeat(len);
                     if len > 0 {
                         text.replace_range(at..at + 1, special);

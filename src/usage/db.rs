@@ -61,53 +61,35 @@ fn pieces(batch: &[Row]) -> impl Iterator<Item = &[Row]> {
     })
 }
 
-/// The insert of `rows` rows, SQLite's (`?` placeholders) or PostgreSQL's (`$n`; a
-/// row already written is skipped, and the shared budget figures are updated in
-/// the same statement).
-fn insert_sql(postgres: bool, rows: usize) -> String {
-    let mut sql = String::with_capacity(INSERT.len() + rows * COLUMNS * 5 + 1024);
-    if postgres {
-        sql.push_str("WITH inserted AS (");
-    }
+/// SQLite's insert of `rows` rows (`?` placeholders).
+fn insert_sql(rows: usize) -> String {
+    let mut sql = String::with_capacity(INSERT.len() + rows * COLUMNS * 3 + 16);
     sql.push_str(INSERT);
     sql.push_str("VALUES ");
     for row in 0..rows {
         sql.push_str(if row == 0 { "(" } else { ", (" });
         for column in 0..COLUMNS {
-            if column > 0 {
-                sql.push_str(", ");
-            }
-            if postgres {
-                sql.push('$');
-                sql.push_str(&(row * COLUMNS + column + 1).to_string());
-            } else {
-                sql.push('?');
-            }
+            sql.push_str(if column == 0 { "?" } else { ", ?" });
         }
         sql.push(')');
-    }
-    if postgres {
-        sql.push_str(ON_CONFLICT);
-        sql.push_str(POSTGRES_BUDGET_USAGE);
     }
     sql
 }
 
 /// [`insert_sql`] for each of the [`STATEMENT_ROWS`] sizes, made once.
-fn statements(postgres: bool) -> &'static [String; 4] {
-    static SQLITE: std::sync::OnceLock<[String; 4]> = std::sync::OnceLock::new();
-    static POSTGRES: std::sync::OnceLock<[String; 4]> = std::sync::OnceLock::new();
-    let cell = if postgres { &POSTGRES } else { &SQLITE };
-    cell.get_or_init(|| STATEMENT_ROWS.map(|rows| insert_sql(postgres, rows)))
-}
-
-/// The statement for a piece of `rows` rows.
-fn statement(postgres: bool, rows: usize) -> &'static str {
+fn statement(rows: usize) -> &'static str {
+    static STATEMENTS: std::sync::OnceLock<[String; 4]> = std::sync::OnceLock::new();
     let at = STATEMENT_ROWS
         .iter()
         .position(|&n| n == rows)
         .expect("pieces have the sizes of STATEMENT_ROWS");
-    &statements(postgres)[at]
+    &STATEMENTS.get_or_init(|| STATEMENT_ROWS.map(insert_sql))[at]
+}
+
+/// [`POSTGRES_INSERT`] and [`POSTGRES_BUDGET_USAGE`], joined once.
+fn postgres_insert() -> &'static str {
+    static STATEMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    STATEMENT.get_or_init(|| format!("{POSTGRES_INSERT}{POSTGRES_BUDGET_USAGE}"))
 }
 
 /// Embedded migrations: (version, description, SQL) per backend.
@@ -267,8 +249,9 @@ impl Db {
         }
     }
 
-    /// Insert a batch in one transaction, as pieces of the [`STATEMENT_ROWS`] sizes
-    /// (prepared statements reused from one batch to the next).
+    /// Insert a batch: SQLite in one transaction, as pieces of the
+    /// [`STATEMENT_ROWS`] sizes (prepared statements reused from one batch to the
+    /// next); PostgreSQL in one statement of arrays.
     pub async fn insert(&self, rows: &[Row], timeout: Duration) -> Result<(), String> {
         match self {
             // No timeout: abandoning a write whose COMMIT is already running in
@@ -279,7 +262,7 @@ impl Db {
                 let write = async {
                     let mut transaction = pool.begin().await?;
                     for piece in pieces(rows) {
-                        let mut query = sqlx::query(statement(false, piece.len()));
+                        let mut query = sqlx::query(statement(piece.len()));
                         for row in piece {
                             query = bind_row!(query, row);
                         }
@@ -289,17 +272,42 @@ impl Db {
                 };
                 write.await.map_err(|e: sqlx::Error| e.to_string())
             }
+            // One statement per batch, whatever its length: each column goes as one
+            // array parameter and UNNEST turns them back into rows, so the budget
+            // figures are updated once per batch (pieces of fixed sizes made the
+            // database run that upsert once per piece).
             Db::Postgres(pool) => {
                 let write = async {
-                    let mut transaction = pool.begin().await?;
-                    for piece in pieces(rows) {
-                        let mut query = sqlx::query(statement(true, piece.len()));
-                        for row in piece {
-                            query = bind_row!(query, row);
-                        }
-                        query.execute(&mut *transaction).await?;
-                    }
-                    transaction.commit().await
+                    let column = |f: &dyn Fn(&Row) -> Option<&str>| -> Vec<Option<&str>> {
+                        rows.iter().map(f).collect()
+                    };
+                    sqlx::query(postgres_insert())
+                        .bind(rows.iter().map(|r| r.created_at_ms).collect::<Vec<i64>>())
+                        .bind(
+                            rows.iter()
+                                .map(|r| r.request_id.as_str())
+                                .collect::<Vec<&str>>(),
+                        )
+                        .bind(column(&|r| r.api_key_id.as_deref()))
+                        .bind(column(&|r| r.key_name.as_deref()))
+                        .bind(column(&|r| r.group.as_deref()))
+                        .bind(column(&|r| r.connection.as_deref()))
+                        .bind(column(&|r| r.requested_model.as_deref()))
+                        .bind(column(&|r| r.model.as_deref()))
+                        .bind(rows.iter().map(|r| r.door).collect::<Vec<&str>>())
+                        .bind(rows.iter().map(|r| r.status).collect::<Vec<i32>>())
+                        .bind(rows.iter().map(|r| r.stream).collect::<Vec<bool>>())
+                        .bind(rows.iter().map(|r| r.prompt_tokens).collect::<Vec<_>>())
+                        .bind(rows.iter().map(|r| r.completion_tokens).collect::<Vec<_>>())
+                        .bind(rows.iter().map(|r| r.cached_tokens).collect::<Vec<_>>())
+                        .bind(rows.iter().map(|r| r.reasoning_tokens).collect::<Vec<_>>())
+                        .bind(rows.iter().map(|r| r.cost_usd).collect::<Vec<f64>>())
+                        .bind(rows.iter().map(|r| r.duration_ms).collect::<Vec<f64>>())
+                        .bind(rows.iter().map(|r| r.ttft_ms).collect::<Vec<_>>())
+                        .bind(column(&|r| r.error_type.as_deref()))
+                        .execute(pool)
+                        .await
+                        .map(drop)
                 };
                 match tokio::time::timeout(timeout, write).await {
                     Ok(result) => result.map_err(|e: sqlx::Error| e.to_string()),
@@ -441,9 +449,17 @@ const SPEND: &str = "SELECT group_name, CAST(SUM(cost_usd) AS DOUBLE PRECISION),
     FROM usage_ledger WHERE created_at >= $1 AND created_at < $2 \
     AND substr(api_key_id, 1, 4) = 'key_' GROUP BY api_key_id";
 
-/// PostgreSQL: a batch written twice (its first write timed out after the database
-/// took it) adds nothing the second time.
-const ON_CONFLICT: &str = " ON CONFLICT (request_id) DO NOTHING";
+/// PostgreSQL's insert of a whole batch: one array per column ([`INSERT`]'s order).
+/// A batch written twice (its first write timed out after the database took it)
+/// adds nothing the second time. [`POSTGRES_BUDGET_USAGE`] follows it.
+const POSTGRES_INSERT: &str = "WITH inserted AS (INSERT INTO usage_ledger (created_at, \
+    request_id, api_key_id, key_name, group_name, connection, requested_model, model, door, \
+    status, stream, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cost_usd, \
+    duration_ms, ttft_ms, error_type) SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], \
+    $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], \
+    $10::INTEGER[], $11::BOOLEAN[], $12::BIGINT[], $13::BIGINT[], $14::BIGINT[], $15::BIGINT[], \
+    $16::DOUBLE PRECISION[], $17::DOUBLE PRECISION[], $18::DOUBLE PRECISION[], $19::TEXT[]) \
+    ON CONFLICT (request_id) DO NOTHING";
 
 /// Columns per row in [`INSERT`] (the largest piece binds 128 x 19 values, under
 /// SQLite's 32766 parameters).
@@ -479,13 +495,11 @@ mod tests {
     #[test]
     fn statements_have_one_placeholder_per_value() {
         for rows in STATEMENT_ROWS {
-            let sqlite = statement(false, rows);
-            assert_eq!(sqlite.matches('?').count(), rows * COLUMNS);
-            let postgres = statement(true, rows);
-            let last = format!("${}", rows * COLUMNS);
-            assert!(postgres.contains(&format!("{last})")), "{rows}");
-            assert!(!postgres.contains(&format!("${}", rows * COLUMNS + 1)));
-            assert!(postgres.contains("INSERT INTO budget_usage"));
+            assert_eq!(statement(rows).matches('?').count(), rows * COLUMNS);
         }
+        let postgres = postgres_insert();
+        assert!(postgres.contains(&format!("${COLUMNS}::TEXT[]")));
+        assert!(!postgres.contains(&format!("${}", COLUMNS + 1)));
+        assert!(postgres.contains("INSERT INTO budget_usage"));
     }
 }
