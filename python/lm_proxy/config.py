@@ -25,8 +25,10 @@ from pydantic import (
     ConfigDict,
     Field,
     PrivateAttr,
+    SerializerFunctionWrapHandler,
     field_serializer,
     field_validator,
+    model_serializer,
     model_validator,
 )
 
@@ -58,6 +60,9 @@ class Group(BaseModel):
 
     api_keys: list[str] = Field(default_factory=list)
     allowed_connections: str | list[str] = "*"
+    # This project's addition: the group's spend cap, as a config file writes it
+    # (``{"usd": 50, "period": "month"}`` or ``tokens``; needs ``database``).
+    budget: dict[str, Any] | None = None
 
     def __init__(
         self,
@@ -84,6 +89,14 @@ class Group(BaseModel):
                 data["api_keys"] = []
         return data
 
+    @model_serializer(mode="wrap")
+    def _without_unset_budget(self, handler: SerializerFunctionWrapHandler) -> Any:
+        # A group without a budget dumps as the reference's did (two keys).
+        dumped = handler(self)
+        if isinstance(dumped, dict) and dumped.get("budget") is None:
+            dumped.pop("budget", None)
+        return dumped
+
     def allows_connecting_to(self, connection_name: str) -> bool:
         names = self.allowed_connections
         if isinstance(names, str):
@@ -93,17 +106,22 @@ class Group(BaseModel):
 
     def to_dict(self) -> dict[str, Any]:
         allowed = self.allowed_connections
-        return {
+        out: dict[str, Any] = {
             "api_keys": list(self.api_keys),
             "allowed_connections": list(allowed) if not isinstance(allowed, str) else allowed,
         }
+        if self.budget is not None:
+            out["budget"] = dict(self.budget)
+        return out
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Group) and self.to_dict() == other.to_dict()
 
     def __repr__(self) -> str:
+        budget = "" if self.budget is None else f", budget={self.budget!r}"
         return (
-            f"Group(api_keys={self.api_keys!r}, allowed_connections={self.allowed_connections!r})"
+            f"Group(api_keys={self.api_keys!r}, "
+            f"allowed_connections={self.allowed_connections!r}{budget})"
         )
 
 
@@ -170,6 +188,11 @@ class Config(BaseModel):
     metrics: dict[str, Any] = Field(default_factory=dict)
     limits: dict[str, Any] = Field(default_factory=dict)
     log_queue: dict[str, Any] = Field(default_factory=dict)
+    # The usage ledger, prices and the admin API (README, "Usage, budgets and
+    # keys"): tables as a config file writes them; ``None``: no such section.
+    database: dict[str, Any] | None = None
+    pricing: dict[str, Any] = Field(default_factory=dict)
+    admin: dict[str, Any] | None = None
 
     _source: str | None = PrivateAttr(default=None)
 

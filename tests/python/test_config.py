@@ -508,3 +508,36 @@ def test_sighup_reloads_a_py_config(tmp_path: Path, start_python_gateway: Any) -
     assert new.choices[0].message.content == "second"
     with pytest.raises(openai.AuthenticationError):
         client_for(gateway.url, "old-key").chat.completions.create(model="m", messages=MESSAGES)
+
+
+def test_ledger_pricing_budget_and_admin_in_a_python_config(
+    tmp_path: Path, serve_config: Any
+) -> None:
+    """`database`, `pricing`, a group's `budget` and `admin` reach the core from a
+    ``Config`` object as from a file: the budget stops the group's key."""
+    config = Config(
+        host="127.0.0.1",
+        port=0,
+        connections={"mock": {"api_type": "mock"}},
+        routing={"*": "mock.*"},
+        groups={"default": Group(api_keys=[CLIENT_KEY], budget={"tokens": 1, "period": "total"})},
+        database={"url": f"sqlite://{tmp_path / 'ledger.db'}"},
+        pricing={"mock-*": {"input": 1, "output": 2}},
+        admin={"token": "an-admin-token-for-tests"},
+    )
+    assert config.groups["default"].to_dict()["budget"] == {"tokens": 1, "period": "total"}
+    assert "budget" not in Group().to_dict()
+    tree, _ = config._to_tree()
+    assert tree["database"] == {"url": f"sqlite://{tmp_path / 'ledger.db'}"}
+    assert tree["groups"]["default"]["budget"] == {"tokens": 1, "period": "total"}
+    assert Config.model_validate(config.model_dump()) == config
+    server = serve_config(config)
+    with client_for(server.url) as client:
+        client.chat.completions.create(
+            model="mock-model", messages=[{"role": "user", "content": "hi"}]
+        )
+        with pytest.raises(openai.RateLimitError) as refused:
+            client.chat.completions.create(
+                model="mock-model", messages=[{"role": "user", "content": "hi"}]
+            )
+    assert refused.value.code == "budget_exceeded"
