@@ -19,8 +19,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
@@ -28,6 +27,7 @@ use axum::http::Uri;
 use axum::response::{IntoResponse, Response};
 use serde_json::{json, Value};
 
+use common::postgres::Postgres;
 use common::process::{run_to_exit, write, Proc};
 
 const ADMIN_TOKEN: &str = "admin-token-7c1d9e";
@@ -682,134 +682,6 @@ fn within_cli(dir: &Path, args: &[&str], ready: impl Fn(&str) -> bool) -> (i32, 
             "{args:?}: {code}\n{out}\n{err}"
         );
         std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A throwaway PostgreSQL cluster (as in tests/usage_ledger.rs): initdb in a
-/// temporary folder, pg_ctl on a free port; stopped and removed on drop.
-struct Postgres {
-    bindir: PathBuf,
-    root: tempfile::TempDir,
-    port: u16,
-    as_postgres: bool,
-}
-
-impl Postgres {
-    fn bindir() -> PathBuf {
-        let mut candidates: Vec<PathBuf> = Vec::new();
-        if let Ok(path) = std::env::var("PATH") {
-            candidates.extend(std::env::split_paths(&path));
-        }
-        let mut debian: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-            .map(|d| d.flatten().map(|e| e.path().join("bin")).collect())
-            .unwrap_or_default();
-        debian.sort();
-        debian.reverse();
-        candidates.extend(debian);
-        candidates
-            .into_iter()
-            .find(|dir| ["initdb", "pg_ctl"].iter().all(|t| dir.join(t).exists()))
-            .unwrap_or_else(|| {
-                panic!(
-                    "PostgreSQL is not installed (initdb and pg_ctl are on neither PATH nor \
-                     /usr/lib/postgresql/*/bin): scripts/test installs it"
-                )
-            })
-    }
-
-    fn run(&self, tool: &str, args: &[&str]) -> std::process::Output {
-        let program = self.bindir.join(tool);
-        let mut cmd = if self.as_postgres {
-            let mut cmd = Command::new("runuser");
-            cmd.args(["-u", "postgres", "--"]).arg(&program);
-            cmd
-        } else {
-            Command::new(&program)
-        };
-        cmd.args(args)
-            .current_dir(self.root.path())
-            .output()
-            .unwrap()
-    }
-
-    fn data(&self) -> String {
-        self.root.path().join("data").display().to_string()
-    }
-
-    fn start() -> Postgres {
-        let bindir = Self::bindir();
-        let root = tempfile::Builder::new()
-            .prefix("lm-proxy-pg-")
-            .tempdir()
-            .unwrap();
-        // PostgreSQL refuses to run as root: as root, its tools run as `postgres`.
-        let as_postgres = unsafe { libc::geteuid() } == 0;
-        if as_postgres {
-            let chown = Command::new("chown")
-                .args(["postgres:", &root.path().display().to_string()])
-                .status()
-                .unwrap();
-            assert!(chown.success(), "chown to postgres");
-        }
-        let mut pg = Postgres {
-            bindir,
-            root,
-            port: 0,
-            as_postgres,
-        };
-        let data = pg.data();
-        let out = pg.run(
-            "initdb",
-            &[
-                "-D",
-                &data,
-                "-U",
-                "lmproxy",
-                "--auth=trust",
-                "-E",
-                "UTF8",
-                "--no-sync",
-            ],
-        );
-        assert!(out.status.success(), "initdb: {out:?}");
-        for _ in 0..3 {
-            pg.port = free_port();
-            let options = format!(
-                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
-                pg.port,
-                pg.root.path().display()
-            );
-            let log = pg.root.path().join("server.log").display().to_string();
-            let out = pg.run(
-                "pg_ctl",
-                &[
-                    "-D", &data, "-l", &log, "-w", "-t", "60", "-o", &options, "start",
-                ],
-            );
-            if out.status.success() {
-                return pg;
-            }
-        }
-        panic!("PostgreSQL did not start");
-    }
-
-    fn url(&self) -> String {
-        format!("postgres://lmproxy@127.0.0.1:{}/postgres", self.port)
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let data = self.data();
-        let _ = self.run("pg_ctl", &["-D", &data, "-w", "-m", "immediate", "stop"]);
     }
 }
 
