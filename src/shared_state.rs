@@ -156,11 +156,7 @@ impl RedisStore {
                     .await
             })
             .await?;
-        Ok(if admitted == 1 {
-            Ok(())
-        } else {
-            Err(Duration::from_millis(wait_ms.max(0) as u64))
-        })
+        Ok(window_verdict(admitted, wait_ms))
     }
 
     /// Whether the token window `key` is under `limit`: `Ok(Err(wait))` when it is
@@ -182,11 +178,7 @@ impl RedisStore {
                     .await
             })
             .await?;
-        Ok(if under == 1 {
-            Ok(())
-        } else {
-            Err(Duration::from_millis(wait_ms.max(0) as u64))
-        })
+        Ok(window_verdict(under, wait_ms))
     }
 
     /// Add `tokens` spent now to the token window `key`.
@@ -239,6 +231,15 @@ impl RedisStore {
                 .await
         })
         .await
+    }
+}
+
+/// A window script's `{1, 0}` (admitted) or `{0, wait_ms}` (over the limit).
+fn window_verdict(admitted: i64, wait_ms: i64) -> Result<(), Duration> {
+    if admitted == 1 {
+        Ok(())
+    } else {
+        Err(Duration::from_millis(wait_ms.max(0) as u64))
     }
 }
 
