@@ -157,7 +157,11 @@ pub async fn create_key(
         }
     };
     let gateway = state.gateway();
-    match keys::create(managed.db(), &gateway.config, &new).await {
+    let db = match managed.migrated_db().await {
+        Ok(db) => db,
+        Err(e) => return key_error(e),
+    };
+    match keys::create(db, &gateway.config, &new).await {
         Ok((record, key)) => {
             tracing::info!(
                 "admin API: {} created managed key {} (name {:?}, group '{}')",
@@ -187,7 +191,11 @@ pub async fn list_keys(
         Ok(m) => m,
         Err(answer) => return *answer,
     };
-    match keys::list(managed.db()).await {
+    let db = match managed.migrated_db().await {
+        Ok(db) => db,
+        Err(e) => return key_error(e),
+    };
+    match keys::list(db).await {
         Ok(list) => {
             tracing::info!("admin API: {} listed managed keys ({})", who, list.len());
             let data: Vec<Value> = list
@@ -215,7 +223,11 @@ pub async fn revoke_key(
         Ok(m) => m,
         Err(answer) => return *answer,
     };
-    match keys::revoke(managed.db(), &id).await {
+    let db = match managed.migrated_db().await {
+        Ok(db) => db,
+        Err(e) => return key_error(e),
+    };
+    match keys::revoke(db, &id).await {
         Ok(record) => {
             managed.forget(&record.id);
             tracing::info!(
@@ -287,7 +299,11 @@ pub async fn usage(
         Ok(t) => t,
         Err(e) => return bad(e),
     };
-    match keys::usage(managed.db(), by, since, until).await {
+    let db = match managed.migrated_db().await {
+        Ok(db) => db,
+        Err(e) => return key_error(e),
+    };
+    match keys::usage(db, by, since, until).await {
         Ok(lines) => {
             tracing::info!(
                 "admin API: {} read usage by {} ({} to {})",

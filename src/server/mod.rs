@@ -69,12 +69,13 @@ impl AppState {
             )?),
             None => None,
         };
-        let managed_keys = match &gateway.config.settings.database {
-            Some(database) => Some(crate::usage::keys::ManagedKeys::start(
+        let managed_keys = match (&gateway.config.settings.database, &ledger) {
+            (Some(database), Some(ledger)) => Some(crate::usage::keys::ManagedKeys::start(
                 database,
                 &gateway.config.path,
+                ledger.schema_ready(),
             )?),
-            None => None,
+            _ => None,
         };
         gateway.managed_keys = managed_keys.clone();
         Ok(Self::with_metrics(

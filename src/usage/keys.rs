@@ -673,14 +673,20 @@ pub struct ManagedKeys {
     /// when every read since has seen it).
     revoked: Mutex<HashMap<String, std::time::Instant>>,
     timeout: Duration,
+    /// From the ledger's writer: true once the schema is in place.
+    schema_ready: tokio::sync::watch::Receiver<bool>,
     refresher: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl ManagedKeys {
     /// Start reading the keys, on the current tokio runtime. The pool connects
-    /// lazily and applies no migration: the ledger's writer does, and a read that
-    /// finds no table yet is tried again at the next refresh.
-    pub fn start(config: &DatabaseConfig, file: &Path) -> Result<Arc<ManagedKeys>, ConfigError> {
+    /// lazily and applies no migration: the ledger's writer does, and says so on
+    /// `schema_ready`; reads and writes wait for it.
+    pub fn start(
+        config: &DatabaseConfig,
+        file: &Path,
+        schema_ready: tokio::sync::watch::Receiver<bool>,
+    ) -> Result<Arc<ManagedKeys>, ConfigError> {
         let target = config
             .target(file)
             .map_err(|problem| ConfigError::new(file, "database.url", problem))?;
@@ -709,6 +715,7 @@ impl ManagedKeys {
             lookups: tokio::sync::Semaphore::new(MAX_LOOKUPS),
             revoked: Mutex::new(HashMap::new()),
             timeout,
+            schema_ready,
             refresher: Mutex::new(None),
         });
         // The task holds the keys weakly: dropping the server's state ends it.
@@ -817,9 +824,22 @@ impl ManagedKeys {
         });
     }
 
-    /// The database, for the admin API (its calls may wait on it).
-    pub fn db(&self) -> &Db {
-        &self.db
+    /// The database, for the admin API, once the ledger's writer has migrated it
+    /// (a gateway just started may not have yet): waits up to `[database]
+    /// timeout_seconds`.
+    pub async fn migrated_db(&self) -> Result<&Db, KeyError> {
+        let mut ready = self.schema_ready.clone();
+        let waited = tokio::time::timeout(self.timeout, ready.wait_for(|ready| *ready))
+            .await
+            .map(|result| result.map(|_| ()));
+        match waited {
+            Ok(Ok(())) => Ok(&self.db),
+            Ok(Err(_)) => Err(db_error("the usage ledger has stopped")),
+            Err(_) => Err(db_error(format!(
+                "the database was not connected and migrated within {:?}",
+                self.timeout
+            ))),
+        }
     }
 
     /// The grant of a managed key, for the default key check: its group must still
@@ -919,8 +939,15 @@ fn warn_unreadable(e: &str) {
 }
 
 async fn refresh_loop(keys: Weak<ManagedKeys>) {
-    // The first reads may find no table yet (the ledger's writer migrates at the
-    // same time): only failures that last are worth a warning.
+    // No read before the ledger's writer has put the schema in place (it warns
+    // itself while the database cannot be reached).
+    let Some(mut ready) = keys.upgrade().map(|keys| keys.schema_ready.clone()) else {
+        return;
+    };
+    if ready.wait_for(|ready| *ready).await.is_err() {
+        return;
+    }
+    // Only failures that last are worth a warning.
     let mut failures = 0u32;
     loop {
         let Some(keys) = keys.upgrade() else {
@@ -945,6 +972,43 @@ async fn refresh_loop(keys: Weak<ManagedKeys>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The admin API's calls wait for the ledger's writer to migrate the database
+    /// (a key made just after start once found no table: a 503), up to
+    /// `timeout_seconds`, and then say the database is unavailable.
+    #[tokio::test]
+    async fn admin_calls_wait_for_the_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let config: DatabaseConfig =
+            serde_json::from_value(serde_json::json!({"timeout_seconds": 0.2})).unwrap();
+        let (ready, schema_ready) = tokio::sync::watch::channel(false);
+        let keys =
+            ManagedKeys::start(&config, &dir.path().join("config.toml"), schema_ready).unwrap();
+        let waited = keys.migrated_db().await.err().unwrap();
+        assert!(matches!(waited, KeyError::Database(_)), "{waited}");
+        assert!(
+            waited.to_string().contains("not connected and migrated"),
+            "{waited}"
+        );
+        // Migrated while a call waits: it goes on at once.
+        let waiting = tokio::spawn({
+            let keys = keys.clone();
+            async move { keys.migrated_db().await.is_ok() }
+        });
+        tokio::task::yield_now().await;
+        ready.send_replace(true);
+        assert!(waiting.await.unwrap());
+        // The writer stopped after migrating: the schema stays in place.
+        drop(ready);
+        assert!(keys.migrated_db().await.is_ok());
+        // The writer stopped before: unavailable at once, not after the deadline.
+        let (never, schema_ready) = tokio::sync::watch::channel(false);
+        drop(never);
+        let keys =
+            ManagedKeys::start(&config, &dir.path().join("config.toml"), schema_ready).unwrap();
+        let stopped = keys.migrated_db().await.err().unwrap();
+        assert!(stopped.to_string().contains("has stopped"), "{stopped}");
+    }
 
     #[test]
     fn keys_are_long_random_and_prefixed() {

@@ -188,6 +188,9 @@ pub struct Ledger {
     prices: ArcSwap<Prices>,
     writer: Mutex<Option<tokio::task::JoinHandle<()>>>,
     flush_timeout: Duration,
+    /// True once the writer has connected and applied the migrations: the admin
+    /// API's writes wait on it rather than race the first migration.
+    schema_ready: tokio::sync::watch::Receiver<bool>,
 }
 
 /// What the request path and the writer task share.
@@ -238,7 +241,9 @@ impl Ledger {
             written_metric,
         });
         let budgets = Arc::new(budget::Budgets::new(config.budgets_when_unreachable));
+        let (schema_sender, schema_ready) = tokio::sync::watch::channel(false);
         let writer = Writer {
+            schema_ready: schema_sender,
             shared: shared.clone(),
             budgets: budgets.clone(),
             target,
@@ -253,7 +258,13 @@ impl Ledger {
             prices: ArcSwap::from_pointee(Prices::new(pricing)),
             writer: Mutex::new(Some(handle)),
             flush_timeout: Duration::from_secs_f64(config.flush_timeout_seconds),
+            schema_ready,
         }))
+    }
+
+    /// Turns true once the database is connected and migrated (and stays so).
+    pub fn schema_ready(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.schema_ready.clone()
     }
 
     /// New `[pricing]` (a reload).
@@ -413,6 +424,7 @@ struct Writer {
     max_connections: u32,
     interval: Duration,
     timeout: Duration,
+    schema_ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl Writer {
@@ -434,6 +446,7 @@ impl Writer {
                 Some(database) => database,
                 None => match Db::connect(&self.target, self.max_connections, self.timeout).await {
                     Ok(connected) => {
+                        self.schema_ready.send_replace(true);
                         // The budgets' spend to date, before any row is written.
                         if let Err(e) = self.read_spend(&connected, &mut written).await {
                             let e = crate::config::strip_userinfo(&e);
