@@ -70,6 +70,21 @@ pub enum Period {
 }
 
 impl Period {
+    /// The name in the config and in the database (`budget_usage.period`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Period::Day => "day",
+            Period::Week => "week",
+            Period::Month => "month",
+            Period::Total => "total",
+        }
+    }
+
+    /// The name from [`Period::name`].
+    pub fn from_name(name: &str) -> Option<Period> {
+        PERIODS.into_iter().find(|p| p.name() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Period::Day => "today",
@@ -184,9 +199,10 @@ pub enum WhenUnreachable {
     Closed,
 }
 
-/// Spend of each group in the period of each kind: (period start, USD, tokens).
-/// SQLite: the rows written before this process started; PostgreSQL: the shared
-/// figures of every replica's written rows, read again about once a second.
+/// Spend of each group in the period of each kind: (period start, USD, tokens),
+/// from the database's `budget_usage`. SQLite: read once, before this process
+/// writes a row; PostgreSQL: every replica's written rows, read again about once
+/// a second.
 pub type Before = HashMap<(Period, String), (i64, f64, f64)>;
 
 /// The budgets of one server.
@@ -215,7 +231,7 @@ fn subject(name: &str) -> (&'static str, &str) {
     }
 }
 
-const PERIODS: [Period; 4] = [Period::Day, Period::Week, Period::Month, Period::Total];
+pub const PERIODS: [Period; 4] = [Period::Day, Period::Week, Period::Month, Period::Total];
 
 /// One group's running figures. What this process settled is kept for every kind
 /// of period at once, so that a reload that changes the budget's period or unit
@@ -257,15 +273,7 @@ impl Budgets {
         }
     }
 
-    /// The period starts whose earlier rows must be summed: those holding the start.
-    pub fn periods_to_load(&self) -> Vec<(Period, i64)> {
-        PERIODS
-            .into_iter()
-            .map(|p| (p, p.bounds(self.start_ms).0))
-            .collect()
-    }
-
-    /// The sums of the rows written before the start, once read (SQLite).
+    /// SQLite: the figures written before this process, read once.
     pub fn loaded(&self, before: Before) {
         *self.base.lock().unwrap_or_else(|e| e.into_inner()) = before;
         self.loaded.store(1, Ordering::Release);

@@ -3,9 +3,16 @@
 //! the SQL of the migrations differs). Migrations live in `migrations/<backend>/`,
 //! are embedded in the binary and applied on the first connection (sqlx's
 //! `_sqlx_migrations` table keeps track of them).
+//!
+//! The ledger's rows go through a [`RowSink`]: PostgreSQL's is the pool; SQLite's
+//! is one rusqlite connection of its own, used on tokio's blocking threads, so
+//! that each value is bound straight from the row (sqlx copies every argument to
+//! hand it to its worker thread, which cost as much CPU as SQLite's own insert).
 
 use std::borrow::Cow;
+use std::collections::HashMap;
 use std::str::FromStr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::migrate::{Migration, MigrationSource, MigrationType, Migrator};
@@ -15,75 +22,16 @@ use sqlx::{PgPool, SqlitePool};
 
 use super::Row;
 
-/// Bind one row's values, in [`INSERT`]'s column order, to either backend's query.
-/// Strings are bound by reference: the rows outlive the statement.
-macro_rules! bind_row {
-    ($query:expr, $row:expr) => {{
-        let row: &Row = $row;
-        $query
-            .bind(row.created_at_ms)
-            .bind(row.request_id.as_str())
-            .bind(row.api_key_id.as_deref())
-            .bind(row.key_name.as_deref())
-            .bind(row.group.as_deref())
-            .bind(row.connection.as_deref())
-            .bind(row.requested_model.as_deref())
-            .bind(row.model.as_deref())
-            .bind(row.door)
-            .bind(row.status)
-            .bind(row.stream)
-            .bind(row.prompt_tokens)
-            .bind(row.completion_tokens)
-            .bind(row.cached_tokens)
-            .bind(row.reasoning_tokens)
-            .bind(row.cost_usd)
-            .bind(row.duration_ms)
-            .bind(row.ttft_ms)
-            .bind(row.error_type.as_deref())
-    }};
-}
-
-/// The sizes of the statements a batch is written with, largest first: a batch of
-/// any length is cut into pieces of these sizes, so that only these few statements
-/// exist and each is prepared once per connection and then reused (a statement
-/// for every batch length was parsed anew nearly every time: SQLite's parser was a
-/// fifth of the ledger's cost per row).
-const STATEMENT_ROWS: [usize; 4] = [128, 16, 4, 1];
-
-/// `batch` cut into pieces of the [`STATEMENT_ROWS`] sizes.
-fn pieces(batch: &[Row]) -> impl Iterator<Item = &[Row]> {
-    let mut rest = batch;
-    std::iter::from_fn(move || {
-        let size = *STATEMENT_ROWS.iter().find(|&&n| n <= rest.len())?;
-        let (piece, tail) = rest.split_at(size);
-        rest = tail;
-        Some(piece)
+/// SQLite's insert of one row (`?` placeholders, [`INSERT`]'s column order): one
+/// prepared statement run once per row inside the batch's transaction, which is
+/// what SQLite does with a multi-row `VALUES` too, without binding 19 x N values
+/// to a statement first.
+fn sqlite_insert() -> &'static str {
+    static STATEMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    STATEMENT.get_or_init(|| {
+        let placeholders = vec!["?"; COLUMNS].join(", ");
+        format!("{INSERT}VALUES ({placeholders})")
     })
-}
-
-/// SQLite's insert of `rows` rows (`?` placeholders).
-fn insert_sql(rows: usize) -> String {
-    let mut sql = String::with_capacity(INSERT.len() + rows * COLUMNS * 3 + 16);
-    sql.push_str(INSERT);
-    sql.push_str("VALUES ");
-    for row in 0..rows {
-        sql.push_str(if row == 0 { "(" } else { ", (" });
-        for column in 0..COLUMNS {
-            sql.push_str(if column == 0 { "?" } else { ", ?" });
-        }
-        sql.push(')');
-    }
-    sql
-}
-
-/// [`insert_sql`] for each of the [`STATEMENT_ROWS`] sizes, made once.
-fn statement(rows: usize) -> &'static str {
-    static STATEMENTS: std::sync::OnceLock<[String; 4]> = std::sync::OnceLock::new();
-    let at = STATEMENT_ROWS
-        .iter()
-        .position(|&n| n == rows)
-        .expect("pieces have the sizes of STATEMENT_ROWS");
-    &STATEMENTS.get_or_init(|| STATEMENT_ROWS.map(insert_sql))[at]
 }
 
 /// [`POSTGRES_INSERT`] and [`POSTGRES_BUDGET_USAGE`], joined once.
@@ -98,6 +46,16 @@ const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
         1,
         "usage ledger",
         include_str!("../../migrations/sqlite/0001_usage_ledger.sql"),
+    ),
+    (
+        2,
+        "ledger indexes",
+        include_str!("../../migrations/sqlite/0002_ledger_indexes.sql"),
+    ),
+    (
+        3,
+        "budget usage",
+        include_str!("../../migrations/sqlite/0003_budget_usage.sql"),
     ),
     // Managed keys (usage::keys); version 10 leaves 2-9 to the ledger's own.
     (
@@ -116,6 +74,11 @@ const POSTGRES_MIGRATIONS: &[(i64, &str, &str)] = &[
         2,
         "budget usage",
         include_str!("../../migrations/postgres/0002_budget_usage.sql"),
+    ),
+    (
+        3,
+        "ledger indexes",
+        include_str!("../../migrations/postgres/0003_ledger_indexes.sql"),
     ),
     // Managed keys (usage::keys); version 10 leaves 2-9 to the ledger's own.
     (
@@ -175,7 +138,7 @@ impl Target {
                 // (the database stays consistent; a power cut may lose the last
                 // batches), which a ledger written every second can afford.
                 .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(5));
+                .busy_timeout(SQLITE_BUSY_TIMEOUT);
             Ok(Target::Sqlite(options))
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
             let options = PgConnectOptions::from_str(url).map_err(|e| {
@@ -249,34 +212,132 @@ impl Db {
         }
     }
 
-    /// Insert a batch: SQLite in one transaction, as pieces of the
-    /// [`STATEMENT_ROWS`] sizes (prepared statements reused from one batch to the
-    /// next); PostgreSQL in one statement of arrays.
-    pub async fn insert(&self, rows: &[Row], timeout: Duration) -> Result<(), String> {
+    /// The `budget_usage` figures of the periods holding `now` (Unix ms): per
+    /// group and managed key, (period start, USD, tokens).
+    pub async fn figures(
+        &self,
+        now: i64,
+        timeout: Duration,
+    ) -> Result<super::budget::Before, String> {
+        use super::budget::Period;
+        let start = |p: Period| p.bounds(now).0;
+        let read = async {
+            match self {
+                Db::Sqlite(pool) => {
+                    sqlx::query_as::<_, (String, String, i64, f64, f64)>(&sqlite_sql(FIGURES))
+                        .bind(start(Period::Day))
+                        .bind(start(Period::Week))
+                        .bind(start(Period::Month))
+                        .fetch_all(pool)
+                        .await
+                }
+                Db::Postgres(pool) => {
+                    sqlx::query_as::<_, (String, String, i64, f64, f64)>(FIGURES)
+                        .bind(start(Period::Day))
+                        .bind(start(Period::Week))
+                        .bind(start(Period::Month))
+                        .fetch_all(pool)
+                        .await
+                }
+            }
+        };
+        let rows = match tokio::time::timeout(timeout, read).await {
+            Ok(rows) => rows.map_err(|e| e.to_string())?,
+            Err(_) => return Err(format!("no answer within {timeout:?}")),
+        };
+        let mut figures = super::budget::Before::new();
+        for (name, period, period_start, usd, tokens) in rows {
+            if let Some(period) = Period::from_name(&period) {
+                figures.insert((period, name), (period_start, usd, tokens));
+            }
+        }
+        Ok(figures)
+    }
+
+    pub fn is_shared(&self) -> bool {
+        matches!(self, Db::Postgres(_))
+    }
+
+    pub async fn close(&self) {
         match self {
-            // No timeout: abandoning a write whose COMMIT is already running in
-            // sqlx's SQLite thread could commit it anyway, and the retry would write
-            // the rows twice (SQLite's schema has no unique request_id to stop that,
-            // see its migration). Lock waits are bounded by the busy timeout.
-            Db::Sqlite(pool) => {
-                let write = async {
-                    let mut transaction = pool.begin().await?;
-                    for piece in pieces(rows) {
-                        let mut query = sqlx::query(statement(piece.len()));
-                        for row in piece {
-                            query = bind_row!(query, row);
-                        }
-                        query.execute(&mut *transaction).await?;
+            Db::Sqlite(pool) => pool.close().await,
+            Db::Postgres(pool) => pool.close().await,
+        }
+    }
+}
+
+/// SQL written with PostgreSQL's `$N` for SQLite (`?N`); no `$` stands in the
+/// queries' text otherwise.
+pub(crate) fn sqlite_sql(sql: &str) -> String {
+    sql.replace('$', "?")
+}
+
+/// How long a write waits on another connection's lock (another replica on the
+/// same file, the command line) before it fails and the batch is tried again.
+const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where the ledger's batches are written (see the module's notes).
+pub enum RowSink {
+    /// A connection of its own to the ledger's file, used by one blocking thread
+    /// at a time.
+    Sqlite(Arc<Mutex<rusqlite::Connection>>),
+    /// The pool's connections.
+    Postgres(PgPool),
+}
+
+impl RowSink {
+    /// The sink for `db`, connected and migrated from `target`.
+    pub async fn open(target: &Target, db: &Db) -> Result<RowSink, String> {
+        match (target, db) {
+            (Target::Sqlite(options), Db::Sqlite(_)) => {
+                let path = options.get_filename().to_owned();
+                let connection = tokio::task::spawn_blocking(move || open_sqlite_writer(&path))
+                    .await
+                    .map_err(|e| e.to_string())?
+                    .map_err(|e| e.to_string())?;
+                Ok(RowSink::Sqlite(Arc::new(Mutex::new(connection))))
+            }
+            (Target::Postgres(_), Db::Postgres(pool)) => Ok(RowSink::Postgres(pool.clone())),
+            _ => Err("the database is not the configured one".into()),
+        }
+    }
+
+    /// Write a batch: SQLite in one transaction, PostgreSQL in one statement. The
+    /// batch comes back with the outcome (to be put back in the buffer on failure).
+    pub async fn insert(
+        &self,
+        rows: Vec<Row>,
+        timeout: Duration,
+    ) -> (Vec<Row>, Result<(), String>) {
+        match self {
+            // No timeout: abandoning a write whose COMMIT is already running could
+            // commit it anyway, and the retry would write the rows twice (SQLite's
+            // schema has no unique request_id to stop that, see its migration).
+            // Lock waits are bounded by the busy timeout.
+            RowSink::Sqlite(connection) => {
+                let connection = connection.clone();
+                let rows = Arc::new(rows);
+                let written = tokio::task::spawn_blocking({
+                    let rows = rows.clone();
+                    move || {
+                        let mut connection = connection.lock().unwrap_or_else(|e| e.into_inner());
+                        write_sqlite(&mut connection, &rows)
                     }
-                    transaction.commit().await
+                })
+                .await;
+                let result = match written {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    // A panic rolled the transaction back (its drop): nothing written.
+                    Err(e) => Err(format!("the writing thread failed: {e}")),
                 };
-                write.await.map_err(|e: sqlx::Error| e.to_string())
+                // The thread's handle on the rows is gone once it has ended.
+                (Arc::unwrap_or_clone(rows), result)
             }
             // One statement per batch, whatever its length: each column goes as one
             // array parameter and UNNEST turns them back into rows, so the budget
             // figures are updated once per batch (pieces of fixed sizes made the
             // database run that upsert once per piece).
-            Db::Postgres(pool) => {
+            RowSink::Postgres(pool) => {
                 let write = async {
                     let column = |f: &dyn Fn(&Row) -> Option<&str>| -> Vec<Option<&str>> {
                         rows.iter().map(f).collect()
@@ -309,98 +370,106 @@ impl Db {
                         .await
                         .map(drop)
                 };
-                match tokio::time::timeout(timeout, write).await {
+                let result = match tokio::time::timeout(timeout, write).await {
                     Ok(result) => result.map_err(|e: sqlx::Error| e.to_string()),
                     Err(_) => Err(format!("no answer within {timeout:?}")),
-                }
+                };
+                (rows, result)
             }
         }
     }
+}
 
-    /// Per group, the USD and tokens (prompt + completion) of the rows from each
-    /// period's start to `until` (Unix ms): the budgets' spend before this process.
-    pub async fn spend_before(
-        &self,
-        periods: &[(super::budget::Period, i64)],
-        until: i64,
-        timeout: Duration,
-    ) -> Result<super::budget::Before, String> {
-        let read = async {
-            let mut before = super::budget::Before::new();
-            for &(period, since) in periods {
-                let rows: Vec<(String, f64, f64)> = match self {
-                    Db::Sqlite(pool) => {
-                        sqlx::query_as(&SPEND.replace("$1", "?1").replace("$2", "?2"))
-                            .bind(since)
-                            .bind(until)
-                            .fetch_all(pool)
-                            .await
-                    }
-                    Db::Postgres(pool) => {
-                        sqlx::query_as(SPEND)
-                            .bind(since)
-                            .bind(until)
-                            .fetch_all(pool)
-                            .await
-                    }
-                }
-                .map_err(|e| e.to_string())?;
-                for (group, usd, tokens) in rows {
-                    before.insert((period, group), (since, usd, tokens));
-                }
-            }
-            Ok(before)
-        };
-        match tokio::time::timeout(timeout, read).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("no answer within {timeout:?}")),
+/// The ledger's own SQLite connection: the file exists and is migrated (sqlx's
+/// pool did that, and set WAL mode, which the file keeps).
+fn open_sqlite_writer(path: &std::path::Path) -> rusqlite::Result<rusqlite::Connection> {
+    let connection = rusqlite::Connection::open_with_flags(
+        path,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    connection.busy_timeout(SQLITE_BUSY_TIMEOUT)?;
+    // As the pool's connections (see `Target::parse`): a setting per connection.
+    connection.pragma_update(None, "synchronous", "NORMAL")?;
+    Ok(connection)
+}
+
+/// SQLite's addition of a batch's spend to `budget_usage` (one statement per
+/// name, period and period start in the batch).
+const SQLITE_BUDGET_USAGE: &str = "INSERT INTO budget_usage (group_name, period, period_start, \
+    usd, tokens) VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (group_name, period, period_start) \
+    DO UPDATE SET usd = usd + excluded.usd, tokens = tokens + excluded.tokens";
+
+/// A batch's spend per budget name (a group, or `key:` and a managed key's id) and
+/// UTC day: a batch mostly holds one day, so the periods are worked out once per
+/// name and day rather than per row.
+fn spend_by_day(rows: &[Row]) -> HashMap<(bool, &str, i64), (f64, i64)> {
+    let mut spend: HashMap<(bool, &str, i64), (f64, i64)> = HashMap::new();
+    for row in rows {
+        let day = row.created_at_ms.div_euclid(DAY_MS);
+        let tokens = row.prompt_tokens.unwrap_or(0) + row.completion_tokens.unwrap_or(0);
+        let group = row.group.as_deref().map(|g| (false, g));
+        let key = row
+            .api_key_id
+            .as_deref()
+            .filter(|id| id.starts_with("key_"))
+            .map(|id| (true, id));
+        for (is_key, name) in group.into_iter().chain(key) {
+            let entry = spend.entry((is_key, name, day)).or_default();
+            entry.0 += row.cost_usd;
+            entry.1 += tokens;
         }
     }
+    spend
+}
 
-    /// PostgreSQL: the shared figures of the periods holding `now` (Unix ms):
-    /// (group, period, period start, USD, tokens). `None` for SQLite.
-    pub async fn shared_figures(
-        &self,
-        now: i64,
-        timeout: Duration,
-    ) -> Result<Option<super::budget::Before>, String> {
-        use super::budget::Period;
-        let Db::Postgres(pool) = self else {
-            return Ok(None);
-        };
-        let start = |p: Period| p.bounds(now).0;
-        let read = sqlx::query_as::<_, (String, String, i64, f64, f64)>(POSTGRES_FIGURES)
-            .bind(start(Period::Day))
-            .bind(start(Period::Week))
-            .bind(start(Period::Month))
-            .fetch_all(pool);
-        let rows = match tokio::time::timeout(timeout, read).await {
-            Ok(rows) => rows.map_err(|e| e.to_string())?,
-            Err(_) => return Err(format!("no answer within {timeout:?}")),
-        };
-        let mut figures = super::budget::Before::new();
-        for (group, period, period_start, usd, tokens) in rows {
-            let period = match period.as_str() {
-                "day" => Period::Day,
-                "week" => Period::Week,
-                "month" => Period::Month,
-                _ => Period::Total,
+const DAY_MS: i64 = 86_400_000;
+
+/// One batch in one transaction, taking the write lock first (a deferred one that
+/// upgrades could fail at once instead of waiting when another writer is active).
+fn write_sqlite(connection: &mut rusqlite::Connection, rows: &[Row]) -> rusqlite::Result<()> {
+    let transaction =
+        connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+    {
+        let mut insert = transaction.prepare_cached(sqlite_insert())?;
+        for row in rows {
+            insert.execute(rusqlite::params![
+                row.created_at_ms,
+                row.request_id,
+                row.api_key_id,
+                row.key_name,
+                row.group,
+                row.connection,
+                row.requested_model,
+                row.model,
+                row.door,
+                row.status,
+                row.stream,
+                row.prompt_tokens,
+                row.completion_tokens,
+                row.cached_tokens,
+                row.reasoning_tokens,
+                row.cost_usd,
+                row.duration_ms,
+                row.ttft_ms,
+                row.error_type,
+            ])?;
+        }
+        // The budgets' figures, in the same transaction: a restart reads them
+        // instead of summing the ledger's rows.
+        let mut add = transaction.prepare_cached(SQLITE_BUDGET_USAGE)?;
+        for ((is_key, name, day), (usd, tokens)) in spend_by_day(rows) {
+            let name: Cow<str> = if is_key {
+                Cow::Owned(format!("{}{name}", super::budget::KEY_PREFIX))
+            } else {
+                Cow::Borrowed(name)
             };
-            figures.insert((period, group), (period_start, usd, tokens));
-        }
-        Ok(Some(figures))
-    }
-
-    pub fn is_shared(&self) -> bool {
-        matches!(self, Db::Postgres(_))
-    }
-
-    pub async fn close(&self) {
-        match self {
-            Db::Sqlite(pool) => pool.close().await,
-            Db::Postgres(pool) => pool.close().await,
+            for period in super::budget::PERIODS {
+                let start = period.bounds(day * DAY_MS).0;
+                add.execute(rusqlite::params![name, period.name(), start, usd, tokens])?;
+            }
         }
     }
+    transaction.commit()
 }
 
 async fn migrator(set: &'static [(i64, &'static str, &'static str)]) -> Result<Migrator, String> {
@@ -416,38 +485,30 @@ const INSERT: &str = "INSERT INTO usage_ledger (created_at, request_id, api_key_
 /// The rest of the PostgreSQL insert: the inserted rows' spend added to
 /// `budget_usage` for each kind of period, per group and per managed key
 /// (`key:<id>`, `budget::KEY_PREFIX`) (in key order, so that two replicas'
-/// batches lock the figures they share in the same order).
+/// batches lock the figures they share in the same order). The rows are summed
+/// per name and UTC day first: every period starts at a midnight, so the period
+/// starts are worked out per day rather than per row.
 const POSTGRES_BUDGET_USAGE: &str = " RETURNING group_name, api_key_id, cost_usd, \
     COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) AS tokens, created_at), \
     spent AS (SELECT group_name AS name, cost_usd, tokens, created_at FROM inserted \
     WHERE group_name IS NOT NULL \
     UNION ALL SELECT 'key:' || api_key_id, cost_usd, tokens, created_at FROM inserted \
-    WHERE substr(api_key_id, 1, 4) = 'key_') \
+    WHERE substr(api_key_id, 1, 4) = 'key_'), \
+    daily AS (SELECT name, created_at / 86400000 AS day, SUM(cost_usd) AS usd, \
+    SUM(tokens) AS tokens FROM spent GROUP BY 1, 2) \
     INSERT INTO budget_usage (group_name, period, period_start, usd, tokens) \
-    SELECT name, p.period, lm_proxy_period_start(p.period, created_at), SUM(cost_usd), \
-    SUM(tokens) FROM spent CROSS JOIN (VALUES ('day'), ('week'), ('month'), ('total')) \
+    SELECT name, p.period, lm_proxy_period_start(p.period, day * 86400000), SUM(usd), \
+    SUM(tokens) FROM daily CROSS JOIN (VALUES ('day'), ('week'), ('month'), ('total')) \
     AS p (period) GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 \
     ON CONFLICT (group_name, period, period_start) DO UPDATE SET \
     usd = budget_usage.usd + EXCLUDED.usd, tokens = budget_usage.tokens + EXCLUDED.tokens";
 
-/// The shared figures of the current periods (PostgreSQL).
-const POSTGRES_FIGURES: &str = "SELECT group_name, period, period_start, usd, \
+/// The figures of the current periods (`$1`..`$3`: the day's, week's and month's
+/// starts).
+const FIGURES: &str = "SELECT group_name, period, period_start, usd, \
     CAST(tokens AS DOUBLE PRECISION) FROM budget_usage WHERE (period = 'day' AND period_start = $1) \
     OR (period = 'week' AND period_start = $2) OR (period = 'month' AND period_start = $3) \
     OR period = 'total'";
-
-/// Spend per group in `[$1, $2)`; both backends read `DOUBLE PRECISION` as a float.
-///
-/// Managed keys' spend comes with it, named `key:<id>` (`budget::KEY_PREFIX`):
-/// their ids (`key_...`) are the rows' `api_key_id`.
-const SPEND: &str = "SELECT group_name, CAST(SUM(cost_usd) AS DOUBLE PRECISION), \
-    CAST(SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)) AS DOUBLE PRECISION) \
-    FROM usage_ledger WHERE created_at >= $1 AND created_at < $2 AND group_name IS NOT NULL \
-    GROUP BY group_name \
-    UNION ALL SELECT 'key:' || api_key_id, CAST(SUM(cost_usd) AS DOUBLE PRECISION), \
-    CAST(SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)) AS DOUBLE PRECISION) \
-    FROM usage_ledger WHERE created_at >= $1 AND created_at < $2 \
-    AND substr(api_key_id, 1, 4) = 'key_' GROUP BY api_key_id";
 
 /// PostgreSQL's insert of a whole batch: one array per column ([`INSERT`]'s order).
 /// A batch written twice (its first write timed out after the database took it)
@@ -469,34 +530,141 @@ pub const COLUMNS: usize = 19;
 mod tests {
     use super::*;
 
-    #[test]
-    fn batches_of_any_length_are_cut_into_the_few_prepared_sizes() {
-        let row = |i: usize| Row {
-            request_id: format!("r{i}"),
-            ..Row::default()
-        };
-        for len in [0, 1, 3, 4, 5, 16, 17, 127, 128, 129, 300, 1000] {
-            let batch: Vec<Row> = (0..len).map(row).collect();
-            let sizes: Vec<usize> = pieces(&batch).map(<[Row]>::len).collect();
-            assert!(
-                sizes.iter().all(|n| STATEMENT_ROWS.contains(n)),
-                "{len}: {sizes:?}"
-            );
-            assert!(sizes.windows(2).all(|w| w[0] >= w[1]), "{len}: {sizes:?}");
-            let ids: Vec<&str> = pieces(&batch)
-                .flatten()
-                .map(|r| r.request_id.as_str())
-                .collect();
-            let expected: Vec<String> = (0..len).map(|i| format!("r{i}")).collect();
-            assert_eq!(ids, expected, "every row once, in order");
+    fn apply(connection: &rusqlite::Connection, versions: &[i64]) {
+        for (version, _, sql) in SQLITE_MIGRATIONS {
+            if versions.contains(version) {
+                connection.execute_batch(sql).unwrap();
+            }
         }
+    }
+
+    fn figures(connection: &rusqlite::Connection) -> Vec<(String, String, i64, f64, i64)> {
+        let mut read = connection
+            .prepare("SELECT * FROM budget_usage ORDER BY 1, 2, 3")
+            .unwrap();
+        let rows = read
+            .query_map([], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+            })
+            .unwrap();
+        rows.map(Result::unwrap).collect()
+    }
+
+    /// SQLite's `budget_usage` as the writer keeps it equals what the migration
+    /// that made it sums from the rows already written: the same period starts
+    /// (budget::Period::bounds and the migration's SQL) around days, weeks from
+    /// Monday, months, leap days and years.
+    #[test]
+    fn sqlite_figures_written_equal_figures_migrated() {
+        let times = [
+            0,                 // 1970-01-01, a Thursday
+            951_782_400_000,   // 2000-02-29 00:00
+            951_868_799_999,   // 2000-02-29 23:59:59.999
+            1_764_460_799_999, // 2025-11-29 23:59:59.999, a Saturday
+            1_764_547_200_000, // 2025-12-01 00:00, a Monday
+            1_798_761_599_999, // 2026-12-31 23:59:59.999
+            1_798_761_600_000, // 2027-01-01 00:00
+        ];
+        let rows: Vec<Row> = times
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &at)| {
+                let row = move |group: Option<&str>, key: &str| Row {
+                    created_at_ms: at,
+                    request_id: format!("r{i}-{key}"),
+                    api_key_id: Some(key.to_owned()),
+                    group: group.map(str::to_owned),
+                    door: "chat/completions",
+                    prompt_tokens: Some(10 + i as i64),
+                    completion_tokens: Some(1),
+                    cost_usd: 0.25 * (i + 1) as f64,
+                    ..Row::default()
+                };
+                [
+                    row(Some("team"), "0123abcd"),
+                    row(Some("team"), "key_00000000000000aa"),
+                    row(None, "key_00000000000000bb"),
+                ]
+            })
+            .collect();
+
+        let mut written = rusqlite::Connection::open_in_memory().unwrap();
+        apply(&written, &[1, 2, 3, 10]);
+        write_sqlite(&mut written, &rows[..9]).unwrap();
+        write_sqlite(&mut written, &rows[9..]).unwrap();
+
+        let migrated = rusqlite::Connection::open_in_memory().unwrap();
+        apply(&migrated, &[1, 2]);
+        {
+            let mut insert = migrated.prepare(sqlite_insert()).unwrap();
+            for row in &rows {
+                insert
+                    .execute(rusqlite::params![
+                        row.created_at_ms,
+                        row.request_id,
+                        row.api_key_id,
+                        row.key_name,
+                        row.group,
+                        row.connection,
+                        row.requested_model,
+                        row.model,
+                        row.door,
+                        row.status,
+                        row.stream,
+                        row.prompt_tokens,
+                        row.completion_tokens,
+                        row.cached_tokens,
+                        row.reasoning_tokens,
+                        row.cost_usd,
+                        row.duration_ms,
+                        row.ttft_ms,
+                        row.error_type,
+                    ])
+                    .unwrap();
+            }
+        }
+        apply(&migrated, &[3]);
+
+        let (written, migrated) = (figures(&written), figures(&migrated));
+        assert_eq!(written, migrated);
+        // Every name and period: the group, both managed keys, not the config key.
+        let names: std::collections::BTreeSet<&str> =
+            written.iter().map(|f| f.0.as_str()).collect();
+        assert_eq!(
+            names.into_iter().collect::<Vec<_>>(),
+            [
+                "key:key_00000000000000aa",
+                "key:key_00000000000000bb",
+                "team"
+            ]
+        );
+        let total = written
+            .iter()
+            .find(|f| f.0 == "team" && f.1 == "total")
+            .unwrap();
+        assert_eq!((total.3, total.4), (0.25 * 28.0 * 2.0, 2 * (7 * 11 + 21)));
+        let months: Vec<i64> = written
+            .iter()
+            .filter(|f| f.0 == "team" && f.1 == "month")
+            .map(|f| f.2)
+            .collect();
+        // 1970-01, 2000-02, 2025-11, 2025-12, 2026-12, 2027-01.
+        assert_eq!(
+            months,
+            [
+                0,
+                949_363_200_000,
+                1_761_955_200_000,
+                1_764_547_200_000,
+                1_796_083_200_000,
+                1_798_761_600_000
+            ]
+        );
     }
 
     #[test]
     fn statements_have_one_placeholder_per_value() {
-        for rows in STATEMENT_ROWS {
-            assert_eq!(statement(rows).matches('?').count(), rows * COLUMNS);
-        }
+        assert_eq!(sqlite_insert().matches('?').count(), COLUMNS);
         let postgres = postgres_insert();
         assert!(postgres.contains(&format!("${COLUMNS}::TEXT[]")));
         assert!(!postgres.contains(&format!("${}", COLUMNS + 1)));

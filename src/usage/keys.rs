@@ -38,7 +38,7 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::sqlite::SqlitePoolOptions;
 
 use super::budget::{BudgetConfig, Period};
-use super::db::{Db, Target};
+use super::db::{sqlite_sql, Db, Target};
 use super::DatabaseConfig;
 use crate::auth::KeyGrant;
 use crate::config::{Config, ConfigError};
@@ -137,15 +137,6 @@ pub fn parse_expiry(text: &str, now: i64) -> Result<i64, String> {
     }
 }
 
-fn period_name(period: Period) -> &'static str {
-    match period {
-        Period::Day => "day",
-        Period::Week => "week",
-        Period::Month => "month",
-        Period::Total => "total",
-    }
-}
-
 fn parse_period(name: &str) -> Option<Period> {
     serde_json::from_value(Value::String(name.to_owned())).ok()
 }
@@ -159,7 +150,7 @@ pub fn budget_json(budget: &BudgetConfig) -> Value {
     if let Some(tokens) = budget.tokens {
         object.insert("tokens".into(), json!(tokens));
     }
-    object.insert("period".into(), json!(period_name(budget.period)));
+    object.insert("period".into(), json!(Period::name(budget.period)));
     Value::Object(object)
 }
 
@@ -303,12 +294,6 @@ fn record(stored: Stored) -> KeyRecord {
     }
 }
 
-/// SQL written with PostgreSQL's `$N` for SQLite (`?N`); no `$` stands in the
-/// queries' text otherwise.
-fn sqlite_sql(sql: &str) -> String {
-    sql.replace('$', "?")
-}
-
 /// One query on either backend, its binds the same.
 macro_rules! fetch {
     ($db:expr, $ty:ty, $sql:expr, $fetch:ident $(, $bind:expr)*) => {
@@ -424,12 +409,27 @@ pub async fn create(
         budget
             .and_then(|b| b.tokens)
             .map(|t| t.min(i64::MAX as u64) as i64),
-        budget.map(|b| period_name(b.period)),
+        budget.map(|b| Period::name(b.period)),
         Value::Object(record.metadata.clone()).to_string()
     )
     .map_err(db_error)?;
     Ok((record, key))
 }
+
+/// Every managed key with its spend to date ([`list`]).
+// The `substr` term is what lets both databases use the ledger's partial index
+// on managed keys (every managed key's id has that prefix anyway).
+pub(crate) const LIST: &str = "SELECT k.id, k.name, k.group_name, k.created_at, k.expires_at, k.revoked_at, \
+        k.budget_usd, k.budget_tokens, k.budget_period, k.metadata, \
+        COALESCE(s.requests, 0), COALESCE(s.tokens, 0), COALESCE(s.usd, 0.0) \
+        FROM managed_keys k LEFT JOIN (\
+            SELECT api_key_id, COUNT(*) AS requests, \
+            CAST(SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)) AS BIGINT) AS tokens, \
+            CAST(SUM(cost_usd) AS DOUBLE PRECISION) AS usd \
+            FROM usage_ledger WHERE api_key_id IN (SELECT id FROM managed_keys) \
+            AND substr(api_key_id, 1, 4) = 'key_' \
+            GROUP BY api_key_id) s ON s.api_key_id = k.id \
+        ORDER BY k.created_at, k.id";
 
 /// Every key (revoked and expired too), oldest first, with its spend to date.
 pub async fn list(db: &Db) -> Result<Vec<(KeyRecord, Spend)>, KeyError> {
@@ -448,16 +448,7 @@ pub async fn list(db: &Db) -> Result<Vec<(KeyRecord, Spend)>, KeyError> {
         i64,
         f64,
     );
-    let sql = "SELECT k.id, k.name, k.group_name, k.created_at, k.expires_at, k.revoked_at, \
-        k.budget_usd, k.budget_tokens, k.budget_period, k.metadata, \
-        COALESCE(s.requests, 0), COALESCE(s.tokens, 0), COALESCE(s.usd, 0.0) \
-        FROM managed_keys k LEFT JOIN (\
-            SELECT api_key_id, COUNT(*) AS requests, \
-            CAST(SUM(COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0)) AS BIGINT) AS tokens, \
-            CAST(SUM(cost_usd) AS DOUBLE PRECISION) AS usd \
-            FROM usage_ledger WHERE api_key_id IN (SELECT id FROM managed_keys) \
-            GROUP BY api_key_id) s ON s.api_key_id = k.id \
-        ORDER BY k.created_at, k.id";
+    let sql = LIST;
     let rows: Vec<Listed> = fetch!(db, Listed, sql, fetch_all).map_err(db_error)?;
     Ok(rows
         .into_iter()
@@ -1008,6 +999,38 @@ mod tests {
             ManagedKeys::start(&config, &dir.path().join("config.toml"), schema_ready).unwrap();
         let stopped = keys.migrated_db().await.err().unwrap();
         assert!(stopped.to_string().contains("has stopped"), "{stopped}");
+    }
+
+    /// The listing reads managed keys' rows through the partial index (migration
+    /// 2): no scan of the whole ledger, whose other rows have no index entry.
+    #[tokio::test]
+    async fn the_listing_uses_the_managed_keys_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let target = Target::parse("sqlite://ledger.db", dir.path()).unwrap();
+        let db = Db::connect(&target, 1, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let Db::Sqlite(pool) = &db else {
+            unreachable!()
+        };
+        let plan: Vec<(i64, i64, i64, String)> =
+            sqlx::query_as(&format!("EXPLAIN QUERY PLAN {LIST}"))
+                .fetch_all(pool)
+                .await
+                .unwrap();
+        let plan: Vec<&str> = plan.iter().map(|row| row.3.as_str()).collect();
+        assert!(
+            plan.iter()
+                .any(|step| step.contains("USING INDEX usage_ledger_managed_key")),
+            "{plan:?}"
+        );
+        assert!(
+            !plan
+                .iter()
+                .any(|step| step.starts_with("SCAN usage_ledger")),
+            "{plan:?}"
+        );
+        db.close().await;
     }
 
     #[test]

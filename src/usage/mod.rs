@@ -42,7 +42,7 @@ use crate::error::ApiError;
 use crate::json_scan::TokenCounts;
 use crate::logging::throttle::Throttled;
 use crate::payload::{Payload, PayloadStream};
-use db::{Db, Target};
+use db::{Db, RowSink, Target};
 use prices::{Prices, Tokens};
 
 /// The `[database]` table. Present (even empty): the ledger is on.
@@ -430,7 +430,7 @@ struct Writer {
 impl Writer {
     async fn run(self) {
         let shared = &self.shared;
-        let mut db: Option<Db> = None;
+        let mut db: Option<(Db, RowSink)> = None;
         // PostgreSQL: this process's spend written since the shared budget figures
         // were last read (per group: USD, tokens).
         let mut written: HashMap<String, (f64, f64)> = HashMap::new();
@@ -442,10 +442,10 @@ impl Writer {
             }
             // Connected (and migrated) first, so that the schema is in place from
             // startup on when the database is up.
-            let database = match &db {
-                Some(database) => database,
-                None => match Db::connect(&self.target, self.max_connections, self.timeout).await {
-                    Ok(connected) => {
+            let (database, sink) = match &db {
+                Some((database, sink)) => (database, sink),
+                None => match self.connect().await {
+                    Ok((connected, sink)) => {
                         self.schema_ready.send_replace(true);
                         // The budgets' spend to date, before any row is written.
                         if let Err(e) = self.read_spend(&connected, &mut written).await {
@@ -460,7 +460,8 @@ impl Writer {
                         }
                         tracing::info!("usage ledger: {} database ready", self.target.backend());
                         backoff = Duration::ZERO;
-                        db.insert(connected)
+                        let (database, sink) = db.insert((connected, sink));
+                        (&*database, &*sink)
                     }
                     Err(e) => {
                         let e = crate::config::strip_userinfo(&e);
@@ -491,7 +492,8 @@ impl Writer {
                     break;
                 }
                 let n = batch.len() as u64;
-                match database.insert(&batch, self.timeout).await {
+                let (batch, written_or_not) = sink.insert(batch, self.timeout).await;
+                match written_or_not {
                     Ok(()) => {
                         backoff = Duration::ZERO;
                         if database.is_shared() {
@@ -554,8 +556,20 @@ impl Writer {
                 }
             }
         }
-        if let Some(db) = db {
+        if let Some((db, _)) = db {
             db.close().await;
+        }
+    }
+
+    /// Connect and migrate; then the sink the rows are written through.
+    async fn connect(&self) -> Result<(Db, RowSink), String> {
+        let db = Db::connect(&self.target, self.max_connections, self.timeout).await?;
+        match RowSink::open(&self.target, &db).await {
+            Ok(sink) => Ok((db, sink)),
+            Err(e) => {
+                db.close().await;
+                Err(e)
+            }
         }
     }
 
@@ -566,15 +580,13 @@ impl Writer {
         db: &Db,
         written: &mut HashMap<String, (f64, f64)>,
     ) -> Result<(), String> {
-        if let Some(figures) = db.shared_figures(budget_now(), self.timeout).await? {
+        if db.is_shared() {
+            let figures = db.figures(budget_now(), self.timeout).await?;
             self.budgets.refreshed(figures, written);
             written.clear();
         } else if !self.budgets.is_loaded() {
-            let periods = self.budgets.periods_to_load();
-            let before = db
-                .spend_before(&periods, self.budgets.start_ms, self.timeout)
-                .await?;
-            self.budgets.loaded(before);
+            let figures = db.figures(self.budgets.start_ms, self.timeout).await?;
+            self.budgets.loaded(figures);
         }
         Ok(())
     }
