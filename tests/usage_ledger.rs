@@ -1072,3 +1072,99 @@ fn two_replicas_on_one_postgres_database_share_one_budget() {
     c.wait_for_log("usage ledger: postgres database ready");
     assert_eq!(chat(&client, &c.url, KEY).0, 429);
 }
+
+/// A batch written again (its first write's answer lost, or the first write still
+/// running) adds no row and no spend twice: one id per batch in
+/// `ledger_batches`, no unique index on the rows. Two writes one after the
+/// other, then two at once on two connections, then a new batch of the same
+/// rows (a new id: written, as it should be).
+#[test]
+fn a_postgres_batch_written_twice_adds_its_rows_and_spend_once() {
+    use lm_proxy::usage::db::{Batch, Db, RowSink, Target};
+    use lm_proxy::usage::Row;
+
+    let pg = Postgres::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let target = Target::parse(&pg.url(), Path::new("/")).unwrap();
+        let timeout = Duration::from_secs(10);
+        let db = Db::connect(&target, 4, timeout).await.unwrap();
+        let sinks = [
+            RowSink::open(&target, &db).await.unwrap(),
+            RowSink::open(&target, &db).await.unwrap(),
+        ];
+        let rows: Vec<Row> = (0..5)
+            .map(|i| Row {
+                created_at_ms: 1_764_547_200_000 + i,
+                request_id: format!("req-{i}"),
+                group: Some("team".into()),
+                door: "chat/completions",
+                status: 200,
+                prompt_tokens: Some(10),
+                completion_tokens: Some(2),
+                cost_usd: 0.5,
+                ..Row::default()
+            })
+            .collect();
+        let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+        let counts = || async {
+            let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM usage_ledger")
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+            let (usd, tokens): (f64, i64) = sqlx::query_as(
+                "SELECT usd, tokens FROM budget_usage WHERE group_name = 'team' \
+                 AND period = 'total'",
+            )
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+            (rows, usd, tokens)
+        };
+
+        let batch = Batch::new(rows.clone());
+        let (batch, first) = sinks[0].insert(batch, timeout).await;
+        first.unwrap();
+        let (batch, again) = sinks[0].insert(batch, timeout).await;
+        again.unwrap();
+        assert_eq!(counts().await, (5, 2.5, 60));
+
+        // The same batch twice at once: the second waits for the first's outcome.
+        let twice = Batch::new(rows.clone());
+        let copy = Batch {
+            id: twice.id.clone(),
+            rows: twice.rows.clone(),
+        };
+        let (a, b) = tokio::join!(
+            sinks[0].insert(twice, timeout),
+            sinks[1].insert(copy, timeout)
+        );
+        a.1.unwrap();
+        b.1.unwrap();
+        assert_eq!(counts().await, (10, 5.0, 120));
+
+        // Ids sort by time and old ones are forgotten; recent ones are kept.
+        assert!(
+            batch.id.len() == 30 && batch.id.as_bytes()[13] == b'-',
+            "{}",
+            batch.id
+        );
+        let now: i64 = batch.id[..13].parse().unwrap();
+        db.forget_batches(now, timeout).await.unwrap();
+        let (kept,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM ledger_batches")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(kept, 2);
+        db.forget_batches(now + 7 * 3_600_000, timeout)
+            .await
+            .unwrap();
+        let (kept,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM ledger_batches")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(kept, 0);
+        pool.close().await;
+        db.close().await;
+    });
+}

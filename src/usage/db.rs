@@ -254,6 +254,22 @@ impl Db {
         Ok(figures)
     }
 
+    /// PostgreSQL: delete the ids of the batches written more than
+    /// [`BATCH_IDS_KEPT_MS`] before `now` (Unix ms).
+    pub async fn forget_batches(&self, now: i64, timeout: Duration) -> Result<(), String> {
+        let Db::Postgres(pool) = self else {
+            return Ok(());
+        };
+        let before = format!("{:013}", now - BATCH_IDS_KEPT_MS);
+        let delete = sqlx::query("DELETE FROM ledger_batches WHERE id < $1")
+            .bind(before)
+            .execute(pool);
+        match tokio::time::timeout(timeout, delete).await {
+            Ok(result) => result.map(drop).map_err(|e| e.to_string()),
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        }
+    }
+
     pub fn is_shared(&self) -> bool {
         matches!(self, Db::Postgres(_))
     }
@@ -275,6 +291,37 @@ pub(crate) fn sqlite_sql(sql: &str) -> String {
 /// How long a write waits on another connection's lock (another replica on the
 /// same file, the command line) before it fails and the batch is tried again.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long PostgreSQL keeps the id of a batch written: a batch is retried as
+/// long as its write fails, and a retry after a write whose answer was lost must
+/// find the id. Hours: far longer than any retry of a database that answers.
+const BATCH_IDS_KEPT_MS: i64 = 6 * 3_600_000;
+/// How often a replica deletes the ids older than that.
+pub const FORGET_BATCHES_EVERY: Duration = Duration::from_secs(600);
+
+/// A batch of rows and its id. A batch that failed is written again as it was,
+/// under the same id, so that PostgreSQL can tell a second write of a batch whose
+/// first write went through (its answer lost to a timeout or a broken connection,
+/// or the first still running) and add nothing: one unique id per batch in
+/// `ledger_batches` instead of a unique index on every row's `request_id`.
+pub struct Batch {
+    /// Unix ms (13 digits, so that ids sort by time), `-`, 16 random hex digits.
+    pub id: String,
+    pub rows: Vec<Row>,
+}
+
+impl Batch {
+    pub fn new(rows: Vec<Row>) -> Batch {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as i64)
+            .unwrap_or(0);
+        Batch {
+            id: format!("{now:013}-{:016x}", rand::random::<u64>()),
+            rows,
+        }
+    }
+}
 
 /// Where the ledger's batches are written (see the module's notes).
 pub enum RowSink {
@@ -303,9 +350,16 @@ impl RowSink {
     }
 
     /// Write a batch: SQLite in one transaction, PostgreSQL in one statement. The
-    /// batch comes back with the outcome (to be put back in the buffer on failure).
-    pub async fn insert(
+    /// batch comes back with the outcome (held and written again as it is on failure).
+    pub async fn insert(&self, batch: Batch, timeout: Duration) -> (Batch, Result<(), String>) {
+        let Batch { id, rows } = batch;
+        let (rows, result) = self.insert_rows(&id, rows, timeout).await;
+        (Batch { id, rows }, result)
+    }
+
+    async fn insert_rows(
         &self,
+        batch_id: &str,
         rows: Vec<Row>,
         timeout: Duration,
     ) -> (Vec<Row>, Result<(), String>) {
@@ -366,6 +420,7 @@ impl RowSink {
                         .bind(rows.iter().map(|r| r.duration_ms).collect::<Vec<f64>>())
                         .bind(rows.iter().map(|r| r.ttft_ms).collect::<Vec<_>>())
                         .bind(column(&|r| r.error_type.as_deref()))
+                        .bind(batch_id)
                         .execute(pool)
                         .await
                         .map(drop)
@@ -510,17 +565,21 @@ const FIGURES: &str = "SELECT group_name, period, period_start, usd, \
     OR (period = 'week' AND period_start = $2) OR (period = 'month' AND period_start = $3) \
     OR period = 'total'";
 
-/// PostgreSQL's insert of a whole batch: one array per column ([`INSERT`]'s order).
-/// A batch written twice (its first write timed out after the database took it)
-/// adds nothing the second time. [`POSTGRES_BUDGET_USAGE`] follows it.
-const POSTGRES_INSERT: &str = "WITH inserted AS (INSERT INTO usage_ledger (created_at, \
+/// PostgreSQL's insert of a whole batch: one array per column ([`INSERT`]'s order),
+/// `$20` the batch's id. A batch written twice (its first write timed out after
+/// the database took it) adds nothing the second time: its id is in
+/// `ledger_batches` already, or is being added by the first write still running,
+/// which this one then waits for. [`POSTGRES_BUDGET_USAGE`] follows it.
+const POSTGRES_INSERT: &str = "WITH batch AS (INSERT INTO ledger_batches (id) VALUES ($20) \
+    ON CONFLICT (id) DO NOTHING RETURNING id), \
+    inserted AS (INSERT INTO usage_ledger (created_at, \
     request_id, api_key_id, key_name, group_name, connection, requested_model, model, door, \
     status, stream, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cost_usd, \
     duration_ms, ttft_ms, error_type) SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], \
     $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], \
     $10::INTEGER[], $11::BOOLEAN[], $12::BIGINT[], $13::BIGINT[], $14::BIGINT[], $15::BIGINT[], \
     $16::DOUBLE PRECISION[], $17::DOUBLE PRECISION[], $18::DOUBLE PRECISION[], $19::TEXT[]) \
-    ON CONFLICT (request_id) DO NOTHING";
+    WHERE EXISTS (SELECT 1 FROM batch)";
 
 /// Columns per row in [`INSERT`] (the largest piece binds 128 x 19 values, under
 /// SQLite's 32766 parameters).
@@ -667,7 +726,9 @@ mod tests {
         assert_eq!(sqlite_insert().matches('?').count(), COLUMNS);
         let postgres = postgres_insert();
         assert!(postgres.contains(&format!("${COLUMNS}::TEXT[]")));
-        assert!(!postgres.contains(&format!("${}", COLUMNS + 1)));
+        // The batch's id comes after the columns.
+        assert!(postgres.contains(&format!("VALUES (${})", COLUMNS + 1)));
+        assert!(!postgres.contains(&format!("${}", COLUMNS + 2)));
         assert!(postgres.contains("INSERT INTO budget_usage"));
     }
 }

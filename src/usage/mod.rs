@@ -11,10 +11,10 @@
 //! `flush_timeout_seconds`.
 //!
 //! No row is written twice. PostgreSQL: a batch whose outcome is unknown (a
-//! timeout after the database took it) is written again, and the unique
-//! `request_id` makes the second copy a no-op. SQLite: writes are never abandoned
-//! (its schema has no request_id index, which random ids made the writer's largest
-//! cost), so a batch is either committed or rolled back.
+//! timeout after the database took it) is held and written again as it was, under
+//! its id, which makes the second copy a no-op (`db::Batch`). SQLite: writes are
+//! never abandoned, so a batch is either committed or rolled back. Neither schema
+//! indexes `request_id`: random ids made that index the writer's largest cost.
 
 pub mod budget;
 pub mod commands;
@@ -42,7 +42,7 @@ use crate::error::ApiError;
 use crate::json_scan::TokenCounts;
 use crate::logging::throttle::Throttled;
 use crate::payload::{Payload, PayloadStream};
-use db::{Db, RowSink, Target};
+use db::{Batch, Db, RowSink, Target};
 use prices::{Prices, Tokens};
 
 /// The `[database]` table. Present (even empty): the ledger is on.
@@ -196,6 +196,11 @@ pub struct Ledger {
 /// What the request path and the writer task share.
 struct Shared {
     queue: Mutex<VecDeque<Row>>,
+    /// A batch that failed, waiting to be written again as it was (same id, same
+    /// rows: see `db::Batch`), before any row of the queue.
+    held: Mutex<Option<Batch>>,
+    /// Rows of the batch being written (neither in the queue nor held).
+    in_flight: AtomicU64,
     capacity: usize,
     batch_rows: usize,
     /// Wakes the writer: a batch is full, or the server is stopping.
@@ -231,6 +236,8 @@ impl Ledger {
         let (dropped_metric, written_metric) = counters.unzip();
         let shared = Arc::new(Shared {
             queue: Mutex::new(VecDeque::new()),
+            held: Mutex::new(None),
+            in_flight: AtomicU64::new(0),
             capacity: config.buffer_rows,
             batch_rows: config.batch_rows.min(MAX_BATCH_ROWS),
             wake: Notify::new(),
@@ -364,7 +371,9 @@ impl Ledger {
                 let mut queue = self.shared.queue.lock().unwrap_or_else(|e| e.into_inner());
                 let n = queue.len();
                 queue.clear();
-                n
+                let held = self.shared.held.lock().unwrap_or_else(|e| e.into_inner());
+                n + held.as_ref().map_or(0, |b| b.rows.len())
+                    + self.shared.in_flight.swap(0, Ordering::Relaxed) as usize
             };
             if left > 0 {
                 self.shared
@@ -391,21 +400,36 @@ impl Shared {
         DROPPED.warn(|| format!("usage ledger: rows dropped: {why}; {total} so far"));
     }
 
-    /// Up to one batch from the front of the buffer.
-    fn take_batch(&self) -> Vec<Row> {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        let n = queue.len().min(self.batch_rows);
-        queue.drain(..n).collect()
+    /// The held batch if there is one, else up to one batch from the front of the
+    /// buffer (a new batch, with a new id).
+    fn take_batch(&self) -> Batch {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let batch = held.unwrap_or_else(|| {
+            let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
+            let n = queue.len().min(self.batch_rows);
+            Batch::new(queue.drain(..n).collect())
+        });
+        self.in_flight
+            .store(batch.rows.len() as u64, Ordering::Relaxed);
+        batch
     }
 
-    /// A batch that could not be written goes back to the front, in its order. The
+    /// A batch written: its rows are no longer the writer's.
+    fn written(&self, batch: &Batch) {
+        self.in_flight.store(0, Ordering::Relaxed);
+        let n = batch.rows.len() as u64;
+        self.written.fetch_add(n, Ordering::Relaxed);
+        if let Some(metric) = &self.written_metric {
+            metric.inc_by(n);
+        }
+    }
+
+    /// A batch that could not be written is held, to be written again first. The
     /// buffer may then hold up to one batch more than its bound until written: the
     /// rows already taken are not dropped for rows that came later.
-    fn put_back(&self, batch: Vec<Row>) {
-        let mut queue = self.queue.lock().unwrap_or_else(|e| e.into_inner());
-        for row in batch.into_iter().rev() {
-            queue.push_front(row);
-        }
+    fn hold(&self, batch: Batch) {
+        *self.held.lock().unwrap_or_else(|e| e.into_inner()) = Some(batch);
+        self.in_flight.store(0, Ordering::Relaxed);
     }
 
     fn is_empty(&self) -> bool {
@@ -413,6 +437,11 @@ impl Shared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_empty()
+            && self
+                .held
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .is_none()
     }
 }
 
@@ -436,6 +465,8 @@ impl Writer {
         let mut written: HashMap<String, (f64, f64)> = HashMap::new();
         // Retry delay after a failure: doubles from 100 ms up to 5 s; 0 once it works.
         let mut backoff = Duration::ZERO;
+        // PostgreSQL: when the ids of old batches were last forgotten.
+        let mut forgotten_at = Instant::now();
         loop {
             if shared.stopping.load(Ordering::Acquire) && shared.is_empty() {
                 break;
@@ -488,16 +519,17 @@ impl Writer {
             let mut failed = false;
             loop {
                 let batch = shared.take_batch();
-                if batch.is_empty() {
+                if batch.rows.is_empty() {
+                    shared.in_flight.store(0, Ordering::Relaxed);
                     break;
                 }
-                let n = batch.len() as u64;
+                let n = batch.rows.len() as u64;
                 let (batch, written_or_not) = sink.insert(batch, self.timeout).await;
                 match written_or_not {
                     Ok(()) => {
                         backoff = Duration::ZERO;
                         if database.is_shared() {
-                            for row in &batch {
+                            for row in &batch.rows {
                                 let tokens = row.prompt_tokens.unwrap_or(0)
                                     + row.completion_tokens.unwrap_or(0);
                                 // The group's, and a managed key's (`key:<id>`), as
@@ -514,13 +546,10 @@ impl Writer {
                                 }
                             }
                         }
-                        shared.written.fetch_add(n, Ordering::Relaxed);
-                        if let Some(metric) = &shared.written_metric {
-                            metric.inc_by(n);
-                        }
+                        shared.written(&batch);
                     }
                     Err(e) => {
-                        shared.put_back(batch);
+                        shared.hold(batch);
                         let e = crate::config::strip_userinfo(&e);
                         UNREACHABLE.warn(|| {
                             format!(
@@ -542,6 +571,13 @@ impl Writer {
                 backoff = next_backoff(backoff);
                 tokio::time::sleep(backoff).await;
             } else if database.is_shared() && !shared.stopping.load(Ordering::Acquire) {
+                if forgotten_at.elapsed() >= db::FORGET_BATCHES_EVERY {
+                    forgotten_at = Instant::now();
+                    if let Err(e) = database.forget_batches(budget_now(), self.timeout).await {
+                        let e = crate::config::strip_userinfo(&e);
+                        tracing::debug!("usage ledger: old batch ids not deleted ({e})");
+                    }
+                }
                 // Every replica's spend, this one's just written included.
                 if let Err(e) = self.read_spend(database, &mut written).await {
                     let e = crate::config::strip_userinfo(&e);
