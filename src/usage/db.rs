@@ -10,7 +10,7 @@
 //! hand it to its worker thread, which cost as much CPU as SQLite's own insert).
 
 use std::borrow::Cow;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::str::FromStr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -392,6 +392,7 @@ impl RowSink {
             // figures are updated once per batch (pieces of fixed sizes made the
             // database run that upsert once per piece).
             RowSink::Postgres(pool) => {
+                let additions = budget_additions(&rows);
                 let write = async {
                     let column = |f: &dyn Fn(&Row) -> Option<&str>| -> Vec<Option<&str>> {
                         rows.iter().map(f).collect()
@@ -421,6 +422,16 @@ impl RowSink {
                         .bind(rows.iter().map(|r| r.ttft_ms).collect::<Vec<_>>())
                         .bind(column(&|r| r.error_type.as_deref()))
                         .bind(batch_id)
+                        .bind(
+                            additions
+                                .keys()
+                                .map(|k| k.0.as_str())
+                                .collect::<Vec<&str>>(),
+                        )
+                        .bind(additions.keys().map(|k| k.1).collect::<Vec<&str>>())
+                        .bind(additions.keys().map(|k| k.2).collect::<Vec<i64>>())
+                        .bind(additions.values().map(|v| v.0).collect::<Vec<f64>>())
+                        .bind(additions.values().map(|v| v.1).collect::<Vec<i64>>())
                         .execute(pool)
                         .await
                         .map(drop)
@@ -479,6 +490,29 @@ fn spend_by_day(rows: &[Row]) -> HashMap<(bool, &str, i64), (f64, i64)> {
 
 const DAY_MS: i64 = 86_400_000;
 
+/// What a batch adds to `budget_usage`: (name, period, period start) → (USD,
+/// tokens), in key order (two PostgreSQL replicas' batches then lock the figures
+/// they share in the same order).
+fn budget_additions(rows: &[Row]) -> BTreeMap<(String, &'static str, i64), (f64, i64)> {
+    let mut additions: BTreeMap<(String, &'static str, i64), (f64, i64)> = BTreeMap::new();
+    for ((is_key, name, day), (usd, tokens)) in spend_by_day(rows) {
+        let name = if is_key {
+            format!("{}{name}", super::budget::KEY_PREFIX)
+        } else {
+            name.to_owned()
+        };
+        for period in super::budget::PERIODS {
+            let start = period.bounds(day * DAY_MS).0;
+            let entry = additions
+                .entry((name.clone(), period.name(), start))
+                .or_default();
+            entry.0 += usd;
+            entry.1 += tokens;
+        }
+    }
+    additions
+}
+
 /// One batch in one transaction, taking the write lock first (a deferred one that
 /// upgrades could fail at once instead of waiting when another writer is active).
 fn write_sqlite(connection: &mut rusqlite::Connection, rows: &[Row]) -> rusqlite::Result<()> {
@@ -512,16 +546,8 @@ fn write_sqlite(connection: &mut rusqlite::Connection, rows: &[Row]) -> rusqlite
         // The budgets' figures, in the same transaction: a restart reads them
         // instead of summing the ledger's rows.
         let mut add = transaction.prepare_cached(SQLITE_BUDGET_USAGE)?;
-        for ((is_key, name, day), (usd, tokens)) in spend_by_day(rows) {
-            let name: Cow<str> = if is_key {
-                Cow::Owned(format!("{}{name}", super::budget::KEY_PREFIX))
-            } else {
-                Cow::Borrowed(name)
-            };
-            for period in super::budget::PERIODS {
-                let start = period.bounds(day * DAY_MS).0;
-                add.execute(rusqlite::params![name, period.name(), start, usd, tokens])?;
-            }
+        for ((name, period, start), (usd, tokens)) in budget_additions(rows) {
+            add.execute(rusqlite::params![name, period, start, usd, tokens])?;
         }
     }
     transaction.commit()
@@ -537,24 +563,13 @@ const INSERT: &str = "INSERT INTO usage_ledger (created_at, request_id, api_key_
     group_name, connection, requested_model, model, door, status, stream, prompt_tokens, \
     completion_tokens, cached_tokens, reasoning_tokens, cost_usd, duration_ms, ttft_ms, error_type) ";
 
-/// The rest of the PostgreSQL insert: the inserted rows' spend added to
-/// `budget_usage` for each kind of period, per group and per managed key
-/// (`key:<id>`, `budget::KEY_PREFIX`) (in key order, so that two replicas'
-/// batches lock the figures they share in the same order). The rows are summed
-/// per name and UTC day first: every period starts at a midnight, so the period
-/// starts are worked out per day rather than per row.
-const POSTGRES_BUDGET_USAGE: &str = " RETURNING group_name, api_key_id, cost_usd, \
-    COALESCE(prompt_tokens, 0) + COALESCE(completion_tokens, 0) AS tokens, created_at), \
-    spent AS (SELECT group_name AS name, cost_usd, tokens, created_at FROM inserted \
-    WHERE group_name IS NOT NULL \
-    UNION ALL SELECT 'key:' || api_key_id, cost_usd, tokens, created_at FROM inserted \
-    WHERE substr(api_key_id, 1, 4) = 'key_'), \
-    daily AS (SELECT name, created_at / 86400000 AS day, SUM(cost_usd) AS usd, \
-    SUM(tokens) AS tokens FROM spent GROUP BY 1, 2) \
-    INSERT INTO budget_usage (group_name, period, period_start, usd, tokens) \
-    SELECT name, p.period, lm_proxy_period_start(p.period, day * 86400000), SUM(usd), \
-    SUM(tokens) FROM daily CROSS JOIN (VALUES ('day'), ('week'), ('month'), ('total')) \
-    AS p (period) GROUP BY 1, 2, 3 ORDER BY 1, 2, 3 \
+/// The rest of the PostgreSQL insert: the batch's spend added to `budget_usage`
+/// per group and per managed key (`key:<id>`, `budget::KEY_PREFIX`), worked out
+/// here ([`budget_additions`], `$21`..`$25`, in key order), and only when the
+/// batch's id was new (a batch written twice adds nothing twice).
+const POSTGRES_BUDGET_USAGE: &str = " INSERT INTO budget_usage (group_name, period, \
+    period_start, usd, tokens) SELECT * FROM UNNEST($21::TEXT[], $22::TEXT[], $23::BIGINT[], \
+    $24::DOUBLE PRECISION[], $25::BIGINT[]) WHERE EXISTS (SELECT 1 FROM batch) \
     ON CONFLICT (group_name, period, period_start) DO UPDATE SET \
     usd = budget_usage.usd + EXCLUDED.usd, tokens = budget_usage.tokens + EXCLUDED.tokens";
 
@@ -579,10 +594,9 @@ const POSTGRES_INSERT: &str = "WITH batch AS (INSERT INTO ledger_batches (id) VA
     $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], \
     $10::INTEGER[], $11::BOOLEAN[], $12::BIGINT[], $13::BIGINT[], $14::BIGINT[], $15::BIGINT[], \
     $16::DOUBLE PRECISION[], $17::DOUBLE PRECISION[], $18::DOUBLE PRECISION[], $19::TEXT[]) \
-    WHERE EXISTS (SELECT 1 FROM batch)";
+    WHERE EXISTS (SELECT 1 FROM batch))";
 
-/// Columns per row in [`INSERT`] (the largest piece binds 128 x 19 values, under
-/// SQLite's 32766 parameters).
+/// Columns per row in [`INSERT`].
 pub const COLUMNS: usize = 19;
 
 #[cfg(test)]
@@ -726,9 +740,10 @@ mod tests {
         assert_eq!(sqlite_insert().matches('?').count(), COLUMNS);
         let postgres = postgres_insert();
         assert!(postgres.contains(&format!("${COLUMNS}::TEXT[]")));
-        // The batch's id comes after the columns.
+        // The batch's id comes after the columns, then the budget additions.
         assert!(postgres.contains(&format!("VALUES (${})", COLUMNS + 1)));
-        assert!(!postgres.contains(&format!("${}", COLUMNS + 2)));
+        assert!(postgres.contains(&format!("${}::BIGINT[])", COLUMNS + 6)));
+        assert!(!postgres.contains(&format!("${}", COLUMNS + 7)));
         assert!(postgres.contains("INSERT INTO budget_usage"));
     }
 }
