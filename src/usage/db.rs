@@ -388,9 +388,7 @@ impl RowSink {
                 (Arc::unwrap_or_clone(rows), result)
             }
             // One statement per batch, whatever its length: each column goes as one
-            // array parameter and UNNEST turns them back into rows, so the budget
-            // figures are updated once per batch (pieces of fixed sizes made the
-            // database run that upsert once per piece).
+            // array parameter and UNNEST turns them back into rows.
             RowSink::Postgres(pool) => {
                 let additions = budget_additions(&rows);
                 let write = async {

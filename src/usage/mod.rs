@@ -119,8 +119,10 @@ fn default_flush_timeout() -> f64 {
 /// The URL used when `[database]` has none.
 pub const DEFAULT_URL: &str = "sqlite://lm-proxy.db";
 
-/// SQLite takes at most 32766 bound parameters per statement.
-const MAX_BATCH_ROWS: usize = 32766 / db::COLUMNS;
+/// A batch is one transaction (SQLite: holding the file's write lock) and one
+/// statement of column arrays (PostgreSQL): past this size, larger batches only
+/// make each write longer.
+const MAX_BATCH_ROWS: usize = 10_000;
 
 impl DatabaseConfig {
     /// At config load: the URL parses, the batch fits one statement.
@@ -131,7 +133,7 @@ impl DatabaseConfig {
             return Err(ConfigError::new(
                 file,
                 "database.batch_rows",
-                format!("must be at most {MAX_BATCH_ROWS} (one INSERT statement)"),
+                format!("must be at most {MAX_BATCH_ROWS} (one transaction)"),
             ));
         }
         if self.max_connections > u32::MAX as usize {
@@ -802,7 +804,7 @@ mod tests {
         let defaults: DatabaseConfig = serde_json::from_value(serde_json::json!({})).unwrap();
         assert!(matches!(defaults.target(file).unwrap(), Target::Sqlite(_)));
         let big: DatabaseConfig =
-            serde_json::from_value(serde_json::json!({ "batch_rows": 5000 })).unwrap();
+            serde_json::from_value(serde_json::json!({ "batch_rows": 20_000 })).unwrap();
         let err = big.check(file).unwrap_err().to_string();
         assert!(err.contains("database.batch_rows"), "{err}");
     }
