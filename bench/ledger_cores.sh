@@ -39,8 +39,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-# cpu_ticks_of_user USER: the summed utime + stime of that user's postgres processes.
+# pg_ticks USER: the summed utime + stime of that user's postgres processes.
 pg_ticks() {
     local total=0 pid
     for pid in $(pgrep -u "$1" -x postgres || true); do

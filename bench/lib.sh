@@ -1,5 +1,8 @@
 # Shared by the bench shell scripts (sourced, not run).
 
+# cpu_ticks PID: utime + stime of the process (all threads), in clock ticks.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
 # wait_for URL: poll until it answers (60 s at most).
 wait_for() { for _ in $(seq 600); do curl -s -o /dev/null "$1" && return 0; sleep 0.1; done; return 1; }
 

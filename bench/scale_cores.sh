@@ -30,8 +30,6 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# cpu_ticks PID: utime + stime of the process (all threads), in clock ticks.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 TICK=$(getconf CLK_TCK)
 
 # Cores: the mock gets the last quarter, wrk the quarter before it, the gateway

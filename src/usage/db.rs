@@ -466,7 +466,7 @@ const SQLITE_BUDGET_USAGE: &str = "INSERT INTO budget_usage (group_name, period,
 /// A batch's spend per budget name (a group, or `key:` and a managed key's id) and
 /// UTC day: a batch mostly holds one day, so the periods are worked out once per
 /// name and day rather than per row.
-fn spend_by_day(rows: &[Row]) -> HashMap<(bool, &str, i64), (f64, i64)> {
+pub(super) fn spend_by_day(rows: &[Row]) -> HashMap<(bool, &str, i64), (f64, i64)> {
     let mut spend: HashMap<(bool, &str, i64), (f64, i64)> = HashMap::new();
     for row in rows {
         let day = row.created_at_ms.div_euclid(DAY_MS);
@@ -488,17 +488,22 @@ fn spend_by_day(rows: &[Row]) -> HashMap<(bool, &str, i64), (f64, i64)> {
 
 const DAY_MS: i64 = 86_400_000;
 
+/// The budget name of a [`spend_by_day`] entry: the group's, or `key:<id>`.
+pub(super) fn budget_name(is_key: bool, name: &str) -> String {
+    if is_key {
+        format!("{}{name}", super::budget::KEY_PREFIX)
+    } else {
+        name.to_owned()
+    }
+}
+
 /// What a batch adds to `budget_usage`: (name, period, period start) → (USD,
 /// tokens), in key order (two PostgreSQL replicas' batches then lock the figures
 /// they share in the same order).
 fn budget_additions(rows: &[Row]) -> BTreeMap<(String, &'static str, i64), (f64, i64)> {
     let mut additions: BTreeMap<(String, &'static str, i64), (f64, i64)> = BTreeMap::new();
     for ((is_key, name, day), (usd, tokens)) in spend_by_day(rows) {
-        let name = if is_key {
-            format!("{}{name}", super::budget::KEY_PREFIX)
-        } else {
-            name.to_owned()
-        };
+        let name = budget_name(is_key, name);
         for period in super::budget::PERIODS {
             let start = period.bounds(day * DAY_MS).0;
             let entry = additions
@@ -511,6 +516,31 @@ fn budget_additions(rows: &[Row]) -> BTreeMap<(String, &'static str, i64), (f64,
     additions
 }
 
+/// Run [`sqlite_insert`] for one row.
+fn insert_sqlite_row(insert: &mut rusqlite::Statement<'_>, row: &Row) -> rusqlite::Result<usize> {
+    insert.execute(rusqlite::params![
+        row.created_at_ms,
+        row.request_id,
+        row.api_key_id,
+        row.key_name,
+        row.group,
+        row.connection,
+        row.requested_model,
+        row.model,
+        row.door,
+        row.status,
+        row.stream,
+        row.prompt_tokens,
+        row.completion_tokens,
+        row.cached_tokens,
+        row.reasoning_tokens,
+        row.cost_usd,
+        row.duration_ms,
+        row.ttft_ms,
+        row.error_type,
+    ])
+}
+
 /// One batch in one transaction, taking the write lock first (a deferred one that
 /// upgrades could fail at once instead of waiting when another writer is active).
 fn write_sqlite(connection: &mut rusqlite::Connection, rows: &[Row]) -> rusqlite::Result<()> {
@@ -519,27 +549,7 @@ fn write_sqlite(connection: &mut rusqlite::Connection, rows: &[Row]) -> rusqlite
     {
         let mut insert = transaction.prepare_cached(sqlite_insert())?;
         for row in rows {
-            insert.execute(rusqlite::params![
-                row.created_at_ms,
-                row.request_id,
-                row.api_key_id,
-                row.key_name,
-                row.group,
-                row.connection,
-                row.requested_model,
-                row.model,
-                row.door,
-                row.status,
-                row.stream,
-                row.prompt_tokens,
-                row.completion_tokens,
-                row.cached_tokens,
-                row.reasoning_tokens,
-                row.cost_usd,
-                row.duration_ms,
-                row.ttft_ms,
-                row.error_type,
-            ])?;
+            insert_sqlite_row(&mut insert, row)?;
         }
         // The budgets' figures, in the same transaction: a restart reads them
         // instead of summing the ledger's rows.
@@ -669,29 +679,7 @@ mod tests {
         {
             let mut insert = migrated.prepare(sqlite_insert()).unwrap();
             for row in &rows {
-                insert
-                    .execute(rusqlite::params![
-                        row.created_at_ms,
-                        row.request_id,
-                        row.api_key_id,
-                        row.key_name,
-                        row.group,
-                        row.connection,
-                        row.requested_model,
-                        row.model,
-                        row.door,
-                        row.status,
-                        row.stream,
-                        row.prompt_tokens,
-                        row.completion_tokens,
-                        row.cached_tokens,
-                        row.reasoning_tokens,
-                        row.cost_usd,
-                        row.duration_ms,
-                        row.ttft_ms,
-                        row.error_type,
-                    ])
-                    .unwrap();
+                insert_sqlite_row(&mut insert, row).unwrap();
             }
         }
         apply(&migrated, &[3]);

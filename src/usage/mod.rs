@@ -531,21 +531,14 @@ impl Writer {
                     Ok(()) => {
                         backoff = Duration::ZERO;
                         if database.is_shared() {
-                            for row in &batch.rows {
-                                let tokens = row.prompt_tokens.unwrap_or(0)
-                                    + row.completion_tokens.unwrap_or(0);
-                                // The group's, and a managed key's (`key:<id>`), as
-                                // the insert added them to the figures.
-                                let key = row
-                                    .api_key_id
-                                    .as_deref()
-                                    .filter(|id| id.starts_with("key_"))
-                                    .map(|id| format!("{}{id}", budget::KEY_PREFIX));
-                                for name in row.group.iter().cloned().chain(key) {
-                                    let entry = written.entry(name).or_default();
-                                    entry.0 += row.cost_usd;
-                                    entry.1 += tokens as f64;
-                                }
+                            // Per group and managed key (`key:<id>`), as the
+                            // insert added them to the figures.
+                            for ((is_key, name, _), (usd, tokens)) in db::spend_by_day(&batch.rows)
+                            {
+                                let entry =
+                                    written.entry(db::budget_name(is_key, name)).or_default();
+                                entry.0 += usd;
+                                entry.1 += tokens as f64;
                             }
                         }
                         shared.written(&batch);
