@@ -1168,3 +1168,120 @@ fn a_postgres_batch_written_twice_adds_its_rows_and_spend_once() {
         db.close().await;
     });
 }
+
+/// Every column of a row comes back from PostgreSQL as it was written (the rows go
+/// in PostgreSQL's binary COPY format, encoded by the gateway): NULLs, extremes,
+/// text beyond ASCII, and a NUL (which PostgreSQL's text cannot hold: it becomes
+/// U+FFFD rather than failing the batch on every retry).
+#[test]
+fn postgres_rows_come_back_column_for_column() {
+    use lm_proxy::usage::db::{Batch, Db, RowSink, Target};
+    use lm_proxy::usage::Row;
+
+    let pg = Postgres::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let target = Target::parse(&pg.url(), Path::new("/")).unwrap();
+        let timeout = Duration::from_secs(10);
+        let db = Db::connect(&target, 2, timeout).await.unwrap();
+        let sink = RowSink::open(&target, &db).await.unwrap();
+        let full = Row {
+            created_at_ms: 1_764_547_200_123,
+            request_id: "req-full".into(),
+            api_key_id: Some("key_0123".into()),
+            key_name: Some("Zoë's key ✓".into()),
+            group: Some("team".into()),
+            connection: Some("claude".into()),
+            requested_model: Some("claude-*".into()),
+            model: Some("claude-sonnet-4".into()),
+            door: "messages",
+            status: 502,
+            stream: true,
+            prompt_tokens: Some(i64::MAX),
+            completion_tokens: Some(0),
+            cached_tokens: Some(7),
+            reasoning_tokens: Some(-1),
+            cost_usd: 0.125,
+            duration_ms: 1234.5,
+            ttft_ms: Some(f64::MIN_POSITIVE),
+            error_type: Some("bad\0code".into()),
+        };
+        let bare = Row {
+            created_at_ms: -1,
+            request_id: String::new(),
+            door: "chat/completions",
+            ..Row::default()
+        };
+        let (_, written) = sink
+            .insert(Batch::new(vec![full.clone(), bare.clone()]), timeout)
+            .await;
+        written.unwrap();
+
+        let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+        let read: Vec<_> = sqlx::query(
+            "SELECT created_at, request_id, api_key_id, key_name, group_name, connection, \
+             requested_model, model, door, status, stream, prompt_tokens, completion_tokens, \
+             cached_tokens, reasoning_tokens, cost_usd, duration_ms, ttft_ms, error_type \
+             FROM usage_ledger ORDER BY id",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| {
+            use sqlx::Row as _;
+            let text = |i: usize| r.get::<Option<String>, _>(i);
+            let int = |i: usize| r.get::<Option<i64>, _>(i);
+            (
+                r.get::<i64, _>(0),
+                r.get::<String, _>(1),
+                (text(2), text(3), text(4), text(5), text(6), text(7)),
+                r.get::<String, _>(8),
+                r.get::<i32, _>(9),
+                r.get::<bool, _>(10),
+                (int(11), int(12), int(13), int(14)),
+                (
+                    r.get::<f64, _>(15),
+                    r.get::<f64, _>(16),
+                    r.get::<Option<f64>, _>(17),
+                ),
+                text(18),
+            )
+        })
+        .collect();
+        let expected = |row: &Row, error_type: Option<&str>| {
+            (
+                row.created_at_ms,
+                row.request_id.clone(),
+                (
+                    row.api_key_id.clone(),
+                    row.key_name.clone(),
+                    row.group.clone(),
+                    row.connection.clone(),
+                    row.requested_model.clone(),
+                    row.model.clone(),
+                ),
+                row.door.to_string(),
+                row.status,
+                row.stream,
+                (
+                    row.prompt_tokens,
+                    row.completion_tokens,
+                    row.cached_tokens,
+                    row.reasoning_tokens,
+                ),
+                (row.cost_usd, row.duration_ms, row.ttft_ms),
+                error_type.map(str::to_owned),
+            )
+        };
+        assert_eq!(
+            read,
+            [
+                expected(&full, Some("bad\u{FFFD}code")),
+                expected(&bare, None)
+            ]
+        );
+        pool.close().await;
+        db.close().await;
+    });
+}

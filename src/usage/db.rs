@@ -34,12 +34,6 @@ fn sqlite_insert() -> &'static str {
     })
 }
 
-/// [`POSTGRES_INSERT`] and [`POSTGRES_BUDGET_USAGE`], joined once.
-fn postgres_insert() -> &'static str {
-    static STATEMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    STATEMENT.get_or_init(|| format!("{POSTGRES_INSERT}{POSTGRES_BUDGET_USAGE}"))
-}
-
 /// Embedded migrations: (version, description, SQL) per backend.
 const SQLITE_MIGRATIONS: &[(i64, &str, &str)] = &[
     (
@@ -387,52 +381,38 @@ impl RowSink {
                 // The thread's handle on the rows is gone once it has ended.
                 (Arc::unwrap_or_clone(rows), result)
             }
-            // One statement per batch, whatever its length: each column goes as one
-            // array parameter and UNNEST turns them back into rows.
+            // One transaction per batch: the batch's id, then (only when the id is
+            // new) its rows in one binary COPY and its spend added to the figures.
+            // COPY costs the server about 60 % of the CPU per row of an INSERT
+            // from arrays (no array decoding, no UNNEST, no tuple store).
             RowSink::Postgres(pool) => {
-                let additions = budget_additions(&rows);
                 let write = async {
-                    let column = |f: &dyn Fn(&Row) -> Option<&str>| -> Vec<Option<&str>> {
-                        rows.iter().map(f).collect()
-                    };
-                    sqlx::query(postgres_insert())
-                        .bind(rows.iter().map(|r| r.created_at_ms).collect::<Vec<i64>>())
-                        .bind(
-                            rows.iter()
-                                .map(|r| r.request_id.as_str())
-                                .collect::<Vec<&str>>(),
-                        )
-                        .bind(column(&|r| r.api_key_id.as_deref()))
-                        .bind(column(&|r| r.key_name.as_deref()))
-                        .bind(column(&|r| r.group.as_deref()))
-                        .bind(column(&|r| r.connection.as_deref()))
-                        .bind(column(&|r| r.requested_model.as_deref()))
-                        .bind(column(&|r| r.model.as_deref()))
-                        .bind(rows.iter().map(|r| r.door).collect::<Vec<&str>>())
-                        .bind(rows.iter().map(|r| r.status).collect::<Vec<i32>>())
-                        .bind(rows.iter().map(|r| r.stream).collect::<Vec<bool>>())
-                        .bind(rows.iter().map(|r| r.prompt_tokens).collect::<Vec<_>>())
-                        .bind(rows.iter().map(|r| r.completion_tokens).collect::<Vec<_>>())
-                        .bind(rows.iter().map(|r| r.cached_tokens).collect::<Vec<_>>())
-                        .bind(rows.iter().map(|r| r.reasoning_tokens).collect::<Vec<_>>())
-                        .bind(rows.iter().map(|r| r.cost_usd).collect::<Vec<f64>>())
-                        .bind(rows.iter().map(|r| r.duration_ms).collect::<Vec<f64>>())
-                        .bind(rows.iter().map(|r| r.ttft_ms).collect::<Vec<_>>())
-                        .bind(column(&|r| r.error_type.as_deref()))
+                    let mut transaction = pool.begin().await?;
+                    let new_batch = sqlx::query(POSTGRES_NEW_BATCH)
                         .bind(batch_id)
-                        .bind(
-                            additions
-                                .keys()
-                                .map(|k| k.0.as_str())
-                                .collect::<Vec<&str>>(),
-                        )
-                        .bind(additions.keys().map(|k| k.1).collect::<Vec<&str>>())
-                        .bind(additions.keys().map(|k| k.2).collect::<Vec<i64>>())
-                        .bind(additions.values().map(|v| v.0).collect::<Vec<f64>>())
-                        .bind(additions.values().map(|v| v.1).collect::<Vec<i64>>())
-                        .execute(pool)
-                        .await
-                        .map(drop)
+                        .fetch_optional(&mut *transaction)
+                        .await?
+                        .is_some();
+                    if new_batch {
+                        let mut copy = transaction.copy_in_raw(POSTGRES_COPY).await?;
+                        copy.send(copy_binary(&rows)).await?;
+                        copy.finish().await?;
+                        let additions = budget_additions(&rows);
+                        sqlx::query(POSTGRES_BUDGET_USAGE)
+                            .bind(
+                                additions
+                                    .keys()
+                                    .map(|k| k.0.as_str())
+                                    .collect::<Vec<&str>>(),
+                            )
+                            .bind(additions.keys().map(|k| k.1).collect::<Vec<&str>>())
+                            .bind(additions.keys().map(|k| k.2).collect::<Vec<i64>>())
+                            .bind(additions.values().map(|v| v.0).collect::<Vec<f64>>())
+                            .bind(additions.values().map(|v| v.1).collect::<Vec<i64>>())
+                            .execute(&mut *transaction)
+                            .await?;
+                    }
+                    transaction.commit().await
                 };
                 let result = match tokio::time::timeout(timeout, write).await {
                     Ok(result) => result.map_err(|e: sqlx::Error| e.to_string()),
@@ -571,13 +551,12 @@ const INSERT: &str = "INSERT INTO usage_ledger (created_at, request_id, api_key_
     group_name, connection, requested_model, model, door, status, stream, prompt_tokens, \
     completion_tokens, cached_tokens, reasoning_tokens, cost_usd, duration_ms, ttft_ms, error_type) ";
 
-/// The rest of the PostgreSQL insert: the batch's spend added to `budget_usage`
-/// per group and per managed key (`key:<id>`, `budget::KEY_PREFIX`), worked out
-/// here ([`budget_additions`], `$21`..`$25`, in key order), and only when the
-/// batch's id was new (a batch written twice adds nothing twice).
-const POSTGRES_BUDGET_USAGE: &str = " INSERT INTO budget_usage (group_name, period, \
-    period_start, usd, tokens) SELECT * FROM UNNEST($21::TEXT[], $22::TEXT[], $23::BIGINT[], \
-    $24::DOUBLE PRECISION[], $25::BIGINT[]) WHERE EXISTS (SELECT 1 FROM batch) \
+/// PostgreSQL's addition of a batch's spend to `budget_usage` per group and per
+/// managed key (`key:<id>`, `budget::KEY_PREFIX`), worked out here
+/// ([`budget_additions`], in key order).
+const POSTGRES_BUDGET_USAGE: &str = "INSERT INTO budget_usage (group_name, period, \
+    period_start, usd, tokens) SELECT * FROM UNNEST($1::TEXT[], $2::TEXT[], $3::BIGINT[], \
+    $4::DOUBLE PRECISION[], $5::BIGINT[]) \
     ON CONFLICT (group_name, period, period_start) DO UPDATE SET \
     usd = budget_usage.usd + EXCLUDED.usd, tokens = budget_usage.tokens + EXCLUDED.tokens";
 
@@ -588,21 +567,83 @@ const FIGURES: &str = "SELECT group_name, period, period_start, usd, \
     OR (period = 'week' AND period_start = $2) OR (period = 'month' AND period_start = $3) \
     OR period = 'total'";
 
-/// PostgreSQL's insert of a whole batch: one array per column ([`INSERT`]'s order),
-/// `$20` the batch's id. A batch written twice (its first write timed out after
-/// the database took it) adds nothing the second time: its id is in
-/// `ledger_batches` already, or is being added by the first write still running,
-/// which this one then waits for. [`POSTGRES_BUDGET_USAGE`] follows it.
-const POSTGRES_INSERT: &str = "WITH batch AS (INSERT INTO ledger_batches (id) VALUES ($20) \
-    ON CONFLICT (id) DO NOTHING RETURNING id), \
-    inserted AS (INSERT INTO usage_ledger (created_at, \
-    request_id, api_key_id, key_name, group_name, connection, requested_model, model, door, \
-    status, stream, prompt_tokens, completion_tokens, cached_tokens, reasoning_tokens, cost_usd, \
-    duration_ms, ttft_ms, error_type) SELECT * FROM UNNEST($1::BIGINT[], $2::TEXT[], \
-    $3::TEXT[], $4::TEXT[], $5::TEXT[], $6::TEXT[], $7::TEXT[], $8::TEXT[], $9::TEXT[], \
-    $10::INTEGER[], $11::BOOLEAN[], $12::BIGINT[], $13::BIGINT[], $14::BIGINT[], $15::BIGINT[], \
-    $16::DOUBLE PRECISION[], $17::DOUBLE PRECISION[], $18::DOUBLE PRECISION[], $19::TEXT[]) \
-    WHERE EXISTS (SELECT 1 FROM batch))";
+/// A PostgreSQL batch's id, added in the batch's transaction: a row back when it
+/// is new. A batch written twice (its first write timed out after the database
+/// took it) adds nothing the second time: its id is in `ledger_batches` already,
+/// or is being added by the first write still running, which this one then waits
+/// for.
+const POSTGRES_NEW_BATCH: &str =
+    "INSERT INTO ledger_batches (id) VALUES ($1) ON CONFLICT (id) DO NOTHING RETURNING id";
+
+/// PostgreSQL's load of a batch's rows ([`copy_binary`] encodes them, in
+/// [`INSERT`]'s column order).
+const POSTGRES_COPY: &str = "COPY usage_ledger (created_at, request_id, api_key_id, key_name, \
+    group_name, connection, requested_model, model, door, status, stream, prompt_tokens, \
+    completion_tokens, cached_tokens, reasoning_tokens, cost_usd, duration_ms, ttft_ms, \
+    error_type) FROM STDIN (FORMAT BINARY)";
+
+/// Rows in PostgreSQL's binary COPY format: a signature and two zero words, then
+/// per row the field count and each field as its length (-1 for NULL) and its
+/// bytes in network order; -1 at the end.
+fn copy_binary(rows: &[Row]) -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, bytes: &[u8]) {
+        out.extend_from_slice(&(bytes.len() as i32).to_be_bytes());
+        out.extend_from_slice(bytes);
+    }
+    fn null(out: &mut Vec<u8>) {
+        out.extend_from_slice(&(-1i32).to_be_bytes());
+    }
+    // PostgreSQL's text cannot hold NUL: a NUL in an upstream's error code or a
+    // key check's name would fail the batch on every retry and stop the ledger.
+    fn text(out: &mut Vec<u8>, value: Option<&str>) {
+        match value {
+            None => null(out),
+            Some(value) if value.contains('\0') => {
+                field(out, value.replace('\0', "\u{FFFD}").as_bytes())
+            }
+            Some(value) => field(out, value.as_bytes()),
+        }
+    }
+    fn int8(out: &mut Vec<u8>, value: Option<i64>) {
+        match value {
+            None => null(out),
+            Some(value) => field(out, &value.to_be_bytes()),
+        }
+    }
+    fn float8(out: &mut Vec<u8>, value: Option<f64>) {
+        match value {
+            None => null(out),
+            Some(value) => field(out, &value.to_be_bytes()),
+        }
+    }
+    let mut out = Vec::with_capacity(19 + rows.len() * 300 + 2);
+    out.extend_from_slice(b"PGCOPY\n\xff\r\n\0");
+    out.extend_from_slice(&[0; 8]);
+    for row in rows {
+        out.extend_from_slice(&(COLUMNS as i16).to_be_bytes());
+        int8(&mut out, Some(row.created_at_ms));
+        text(&mut out, Some(&row.request_id));
+        text(&mut out, row.api_key_id.as_deref());
+        text(&mut out, row.key_name.as_deref());
+        text(&mut out, row.group.as_deref());
+        text(&mut out, row.connection.as_deref());
+        text(&mut out, row.requested_model.as_deref());
+        text(&mut out, row.model.as_deref());
+        text(&mut out, Some(row.door));
+        field(&mut out, &row.status.to_be_bytes());
+        field(&mut out, &[u8::from(row.stream)]);
+        int8(&mut out, row.prompt_tokens);
+        int8(&mut out, row.completion_tokens);
+        int8(&mut out, row.cached_tokens);
+        int8(&mut out, row.reasoning_tokens);
+        float8(&mut out, Some(row.cost_usd));
+        float8(&mut out, Some(row.duration_ms));
+        float8(&mut out, row.ttft_ms);
+        text(&mut out, row.error_type.as_deref());
+    }
+    out.extend_from_slice(&(-1i16).to_be_bytes());
+    out
+}
 
 /// Columns per row in [`INSERT`].
 pub const COLUMNS: usize = 19;
@@ -724,12 +765,7 @@ mod tests {
     #[test]
     fn statements_have_one_placeholder_per_value() {
         assert_eq!(sqlite_insert().matches('?').count(), COLUMNS);
-        let postgres = postgres_insert();
-        assert!(postgres.contains(&format!("${COLUMNS}::TEXT[]")));
-        // The batch's id comes after the columns, then the budget additions.
-        assert!(postgres.contains(&format!("VALUES (${})", COLUMNS + 1)));
-        assert!(postgres.contains(&format!("${}::BIGINT[])", COLUMNS + 6)));
-        assert!(!postgres.contains(&format!("${}", COLUMNS + 7)));
-        assert!(postgres.contains("INSERT INTO budget_usage"));
+        assert_eq!(POSTGRES_COPY.matches(',').count() + 1, COLUMNS);
+        assert!(POSTGRES_COPY.starts_with(INSERT.replace("INSERT INTO", "COPY").trim_end()));
     }
 }
