@@ -434,6 +434,15 @@ impl Shared {
         self.in_flight.store(0, Ordering::Relaxed);
     }
 
+    /// A held batch, or a whole batch's rows in the buffer.
+    fn has_full_batch(&self) -> bool {
+        self.held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some()
+            || self.queue.lock().unwrap_or_else(|e| e.into_inner()).len() >= self.batch_rows
+    }
+
     fn is_empty(&self) -> bool {
         self.queue
             .lock()
@@ -514,9 +523,18 @@ impl Writer {
                     }
                 },
             };
-            if !shared.stopping.load(Ordering::Acquire) {
-                // A full batch, the interval, or the stop.
-                let _ = tokio::time::timeout(self.interval, shared.wake.notified()).await;
+            // A full batch, the interval, or the stop. A wake-up left over from a
+            // batch already taken does not end the wait: under load every batch is
+            // then a full one (each costs the database a transaction and several
+            // round trips whatever its length).
+            let deadline = tokio::time::Instant::now() + self.interval;
+            while !shared.stopping.load(Ordering::Acquire) && !shared.has_full_batch() {
+                if tokio::time::timeout_at(deadline, shared.wake.notified())
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
             }
             let mut failed = false;
             loop {
@@ -557,8 +575,11 @@ impl Writer {
                         break;
                     }
                 }
-                // A partial batch: the buffer is empty for now.
-                if n < shared.batch_rows as u64 {
+                // Another batch at once only when it is a full one (or at the
+                // stop); a partial one waits for the interval or more rows.
+                if n < shared.batch_rows as u64
+                    || !(shared.stopping.load(Ordering::Acquire) || shared.has_full_batch())
+                {
                     break;
                 }
             }
