@@ -96,6 +96,11 @@ impl Period {
 
     /// The start of the period holding `now`, and the start of the next one (Unix
     /// milliseconds, UTC).
+    /// The position in [`PERIODS`].
+    fn index(self) -> usize {
+        self as usize
+    }
+
     pub fn bounds(self, now: i64) -> (i64, Option<i64>) {
         let today = now.div_euclid(DAY);
         match self {
@@ -213,9 +218,23 @@ pub struct Budgets {
     policy: WhenUnreachable,
     /// 0: not loaded yet; 1: loaded.
     loaded: AtomicU8,
-    /// The spend not counted in `groups`: see [`Before`].
-    base: Mutex<Before>,
-    groups: Mutex<HashMap<String, Spend>>,
+    /// The spend not counted in `groups`: see [`Before`]. Per name, then per kind
+    /// of period (in `PERIODS` order), so the request path looks it up by `&str`.
+    base: Mutex<Base>,
+    /// (foldhash: names come from the config and the admin API, and a lookup is
+    /// on every budgeted request.)
+    groups: Mutex<hashbrown::HashMap<String, Spend>>,
+}
+
+/// [`Before`] by name: (period start, USD, tokens) per kind of period.
+type Base = hashbrown::HashMap<String, [Option<(i64, f64, f64)>; 4]>;
+
+fn base_of(before: Before) -> Base {
+    let mut base = Base::new();
+    for ((period, name), figures) in before {
+        base.entry(name).or_default()[period.index()] = Some(figures);
+    }
+    base
 }
 
 /// The budget name of a managed key (`usage::keys`): its id behind a prefix no
@@ -238,9 +257,9 @@ pub const PERIODS: [Period; 4] = [Period::Day, Period::Week, Period::Month, Peri
 /// keeps counting what was spent since the start.
 #[derive(Debug, Default)]
 struct Spend {
-    /// Per kind of period (in `PERIODS` order): the start of the period the
-    /// figures belong to, USD, tokens settled by this process in it.
-    settled: [(i64, f64, f64); 4],
+    /// Per kind of period (in `PERIODS` order): what this process settled in
+    /// the current one.
+    settled: [Figures; 4],
     /// Reserved by requests in flight: USD, tokens.
     reserved: (f64, f64),
     /// Moving average of a settled request (USD, tokens): what the next one
@@ -249,14 +268,41 @@ struct Spend {
     settled_requests: u64,
 }
 
+/// USD and tokens settled in the period from `start` (inclusive) to `end`
+/// (exclusive; `i64::MAX` for `total`), Unix ms.
+#[derive(Debug, Clone, Copy)]
+struct Figures {
+    start: i64,
+    end: i64,
+    usd: f64,
+    tokens: f64,
+}
+
+impl Default for Figures {
+    /// No period yet: the first use works out the current one.
+    fn default() -> Figures {
+        Figures {
+            start: i64::MAX,
+            end: i64::MIN,
+            usd: 0.0,
+            tokens: 0.0,
+        }
+    }
+}
+
 impl Spend {
-    /// The figures of `period` now (a new period starts at 0).
-    fn settled(&mut self, period: Period, now: i64) -> &mut (i64, f64, f64) {
-        let index = PERIODS.iter().position(|p| *p == period).unwrap_or(0);
-        let start = period.bounds(now).0;
-        let figures = &mut self.settled[index];
-        if figures.0 != start {
-            *figures = (start, 0.0, 0.0);
+    /// The figures of `period` now (a new period starts at 0). The calendar is
+    /// worked out only when `now` leaves the period the figures belong to.
+    fn settled(&mut self, period: Period, now: i64) -> &mut Figures {
+        let figures = &mut self.settled[period.index()];
+        if !(figures.start <= now && now < figures.end) {
+            let (start, end) = period.bounds(now);
+            *figures = Figures {
+                start,
+                end: end.unwrap_or(i64::MAX),
+                usd: 0.0,
+                tokens: 0.0,
+            };
         }
         figures
     }
@@ -268,14 +314,14 @@ impl Budgets {
             start_ms: now_ms(),
             policy,
             loaded: AtomicU8::new(0),
-            base: Mutex::new(HashMap::new()),
-            groups: Mutex::new(HashMap::new()),
+            base: Mutex::new(Base::new()),
+            groups: Mutex::new(hashbrown::HashMap::new()),
         }
     }
 
     /// SQLite: the figures written before this process, read once.
     pub fn loaded(&self, before: Before) {
-        *self.base.lock().unwrap_or_else(|e| e.into_inner()) = before;
+        *self.base.lock().unwrap_or_else(|e| e.into_inner()) = base_of(before);
         self.loaded.store(1, Ordering::Release);
     }
 
@@ -290,13 +336,14 @@ impl Budgets {
             if let Some(spend) = groups.get_mut(group) {
                 for period in PERIODS {
                     let figures = spend.settled(period, now);
-                    figures.1 = (figures.1 - usd).max(0.0);
-                    figures.2 = (figures.2 - tokens).max(0.0);
+                    figures.usd = (figures.usd - usd).max(0.0);
+                    figures.tokens = (figures.tokens - tokens).max(0.0);
                 }
             }
         }
+        let figures_by_name = base_of(figures.clone());
         let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
-        if *base != figures && tracing::enabled!(tracing::Level::DEBUG) {
+        if *base != figures_by_name && tracing::enabled!(tracing::Level::DEBUG) {
             let mut list: Vec<String> = figures
                 .iter()
                 .map(|((period, group), (_, usd, tokens))| {
@@ -306,7 +353,7 @@ impl Budgets {
             list.sort();
             tracing::debug!("usage ledger: shared budget figures: {}", list.join(", "));
         }
-        *base = figures;
+        *base = figures_by_name;
         drop(base);
         drop(groups);
         self.loaded.store(1, Ordering::Release);
@@ -323,7 +370,6 @@ impl Budgets {
         budget: &BudgetConfig,
     ) -> Result<Option<Hold>, ApiError> {
         let now = now_ms();
-        let (start, next) = budget.period.bounds(now);
         let loaded = self.is_loaded();
         if !loaded && self.policy == WhenUnreachable::Closed {
             return Err(ApiError::Custom(Box::new(
@@ -344,32 +390,43 @@ impl Budgets {
         // does: a refresh moves spend from one to the other, and a check between
         // its two halves would miss it.
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
+        if !groups.contains_key(group) {
+            groups.insert(group.to_owned(), Spend::default());
+        }
+        let Some(spend) = groups.get_mut(group) else {
+            return Ok(None);
+        };
+        let usd = budget.usd.is_some();
+        let Figures {
+            start,
+            usd: settled_usd,
+            tokens: settled_tokens,
+            ..
+        } = *spend.settled(budget.period, now);
         // Figures of an earlier period count for nothing now.
         let before = if loaded {
             let base = self.base.lock().unwrap_or_else(|e| e.into_inner());
-            let (_, usd, tokens) = base
-                .get(&(budget.period, group.to_owned()))
-                .copied()
+            let (_, usd_before, tokens_before) = base
+                .get(group)
+                .and_then(|periods| periods[budget.period.index()])
                 .filter(|(period_start, _, _)| *period_start == start)
                 .unwrap_or_default();
-            if budget.usd.is_some() {
-                usd
+            if usd {
+                usd_before
             } else {
-                tokens
+                tokens_before
             }
         } else {
             0.0
         };
         let limit = budget.limit();
-        let spend = groups.entry(group.to_owned()).or_default();
-        let usd = budget.usd.is_some();
-        let &mut (_, settled_usd, settled_tokens) = spend.settled(budget.period, now);
         let (used, reserved) = if usd {
             (before + settled_usd, spend.reserved.0)
         } else {
             (before + settled_tokens, spend.reserved.1)
         };
         if used + reserved >= limit {
+            let next = budget.period.bounds(now).1;
             let resets = match next {
                 Some(next) => format!("it resets at {}", rfc3339(next)),
                 None => "it does not reset (period \"total\")".to_owned(),
@@ -473,8 +530,8 @@ impl Hold {
         };
         for period in PERIODS {
             let figures = spend.settled(period, now);
-            figures.1 += usd;
-            figures.2 += tokens;
+            figures.usd += usd;
+            figures.tokens += tokens;
         }
         // Failed requests (no usage) do not pull the estimate down.
         if usd > 0.0 || tokens > 0.0 {
@@ -502,6 +559,13 @@ mod tests {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()
             .as_millis() as i64
+    }
+
+    #[test]
+    fn a_periods_index_is_its_place_in_periods() {
+        for (place, period) in PERIODS.into_iter().enumerate() {
+            assert_eq!(period.index(), place, "{period:?}");
+        }
     }
 
     #[test]

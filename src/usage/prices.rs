@@ -4,8 +4,10 @@
 //! specific patterns first). The upstream model name is looked up first, then the
 //! model the client asked for.
 
+use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
 use globset::{Glob, GlobSet, GlobSetBuilder};
@@ -64,6 +66,9 @@ impl PriceConfig {
 
 /// The compiled price list.
 pub struct Prices {
+    /// Tells the tables apart in each thread's cache of lookups ([`FOUND`]): a
+    /// reload makes a new table.
+    id: u64,
     patterns: GlobSet,
     prices: Vec<PriceConfig>,
     /// Models already warned about (one warning per model and process run).
@@ -82,7 +87,9 @@ impl Prices {
                 prices.push(*price);
             }
         }
+        static NEXT_ID: AtomicU64 = AtomicU64::new(1);
         Prices {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             patterns: builder.build().unwrap_or_else(|_| GlobSet::empty()),
             prices,
             warned: Mutex::new(HashSet::new()),
@@ -102,9 +109,41 @@ impl Prices {
 
     /// The price of the first pattern matching one of `models` (in order).
     pub fn find(&self, models: &[&str]) -> Option<PriceConfig> {
-        models.iter().filter(|m| !m.is_empty()).find_map(|model| {
+        models
+            .iter()
+            .filter(|m| !m.is_empty())
+            .find_map(|model| self.find_one(model))
+    }
+
+    /// The first pattern's price that matches `model`. Matching the glob set costs
+    /// about 1,000 instructions; a request's model is nearly always one seen
+    /// before, so each thread remembers its answers (no lock: one cache per
+    /// serving thread).
+    fn find_one(&self, model: &str) -> Option<PriceConfig> {
+        let look_up = || {
             let first = self.patterns.matches(model).into_iter().min()?;
             Some(self.prices[first])
+        };
+        // A client names any model it likes: long names are not kept.
+        if model.len() > MAX_CACHED_NAME {
+            return look_up();
+        }
+        FOUND.with(|found| {
+            let mut found = found.borrow_mut();
+            let (table, answers) = &mut *found;
+            if *table != self.id {
+                *table = self.id;
+                answers.clear();
+            }
+            if let Some(price) = answers.get(model) {
+                return *price;
+            }
+            let price = look_up();
+            if answers.len() >= MAX_CACHED_MODELS {
+                answers.clear();
+            }
+            answers.insert(model.into(), price);
+            price
         })
     }
 
@@ -130,6 +169,18 @@ impl Prices {
 
 /// The built-in table, parsed (it is part of the source: a broken file fails the
 /// unit tests, and is treated as empty rather than stopping a server).
+/// Per thread: the answers of [`Prices::find_one`] for the table with this id.
+type Answers = (u64, hashbrown::HashMap<Box<str>, Option<PriceConfig>>);
+
+thread_local! {
+    static FOUND: RefCell<Answers> = RefCell::new((0, hashbrown::HashMap::new()));
+}
+
+/// Bounds of each thread's [`FOUND`]: at most this many names (then it starts
+/// over), each at most this long.
+const MAX_CACHED_MODELS: usize = 512;
+const MAX_CACHED_NAME: usize = 128;
+
 fn built_in() -> IndexMap<String, PriceConfig> {
     toml::from_str(BUILT_IN).unwrap_or_default()
 }
@@ -158,6 +209,35 @@ mod tests {
         ] {
             assert!(prices.find(&[model]).is_some(), "{model}");
         }
+    }
+
+    #[test]
+    fn each_table_answers_for_itself_on_one_thread() {
+        let price = |input: f64| PriceConfig {
+            input,
+            output: input,
+            cached_input: None,
+        };
+        let table = |input: f64| {
+            let mut pricing = IndexMap::new();
+            pricing.insert("team-*".to_owned(), price(input));
+            Prices::new(&pricing)
+        };
+        let (old, new) = (table(1.0), table(2.0));
+        // Asked in turns on this thread: a cached answer of one table never comes
+        // back from the other (a reload makes a new table).
+        for _ in 0..3 {
+            assert_eq!(old.find(&["team-model"]), Some(price(1.0)));
+            assert_eq!(new.find(&["team-model"]), Some(price(2.0)));
+            assert_eq!(new.find(&["other"]), None);
+        }
+        // Names past the cache's bounds are still matched.
+        let long = format!("team-{}", "x".repeat(MAX_CACHED_NAME));
+        assert_eq!(new.find(&[&long]), Some(price(2.0)));
+        for i in 0..MAX_CACHED_MODELS + 10 {
+            assert_eq!(old.find(&[&format!("team-{i}")]), Some(price(1.0)));
+        }
+        assert_eq!(old.find(&["team-model"]), Some(price(1.0)));
     }
 
     #[test]
