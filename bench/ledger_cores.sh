@@ -15,7 +15,10 @@
 # requests/s, the gateway's CPU per request, the database server's CPU per row (its
 # processes' utime+stime from /proc over the run) and errors; then the median of
 # each configuration and its ratio to the ledger off. Below 8 cores nothing is
-# pinned apart (a smoke test only: ROUNDS=1 SECONDS_PER_RUN=1). Not part of CI.
+# pinned apart (a smoke test only: ROUNDS=1 SECONDS_PER_RUN=1), unless DB_APART=1:
+# then PostgreSQL has the last core to itself and everything else shares the rest
+# (on 2 CPUs: the gateway, wrk and the mock on one, the database on the other).
+# Not part of CI.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source bench/lib.sh
@@ -56,6 +59,16 @@ if [[ $CORES -ge 8 ]]; then
     mock_cores="$((GATEWAY_CORES + quarter))-$((GATEWAY_CORES + 2 * quarter - 1))"
     db_cores="$((GATEWAY_CORES + 2 * quarter))-$((CORES - 1))"
     wrk_threads=$quarter
+elif [[ ${DB_APART:-0} == 1 && $CORES -ge 2 ]]; then
+    # The database alone on the last core; the gateway, wrk and the mock share the
+    # others: the shape of a deployment whose database has a machine of its own,
+    # on a small machine (the ledger off leaves that core idle).
+    gateway_cores="0-$((CORES - 2))"
+    GATEWAY_CORES=$((CORES - 1))
+    wrk_cores=$gateway_cores
+    mock_cores=$gateway_cores
+    db_cores=$((CORES - 1))
+    wrk_threads=1
 else
     echo "fewer than 8 cores ($CORES): nothing pinned apart, figures mean little" >&2
     gateway_cores="0-$((CORES - 1))"

@@ -7,7 +7,7 @@
 //! plus what this process has settled since (rows of this process all have
 //! `created_at` at or after the start, so none is counted twice). With PostgreSQL:
 //! the shared figures of `budget_usage` (every replica adds its rows' spend in the
-//! statement that inserts them; each writer reads the current periods' figures back
+//! transaction that inserts them; each writer reads the current periods' figures back
 //! after each write, every `flush_interval_seconds`), plus what this process settled
 //! and has not written yet. So replicas share one budget, each seeing the others'
 //! spend about two flush intervals late. The request path never waits on the
@@ -20,7 +20,8 @@
 //! admitted requests spend beyond their estimates, and never more than the
 //! requests in flight. Reservations are per replica: replicas with requests in
 //! flight at once may together overshoot by those requests, plus what the others
-//! spent in their last flush intervals. Not built yet: budgets on managed keys.
+//! spent in their last flush intervals. A managed key's budget is kept the same
+//! way under the name `key:<id>` ([`KEY_PREFIX`]).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, Ordering};

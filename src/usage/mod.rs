@@ -119,13 +119,13 @@ fn default_flush_timeout() -> f64 {
 /// The URL used when `[database]` has none.
 pub const DEFAULT_URL: &str = "sqlite://lm-proxy.db";
 
-/// A batch is one transaction (SQLite: holding the file's write lock) and one
-/// statement of column arrays (PostgreSQL): past this size, larger batches only
-/// make each write longer.
+/// A batch is one transaction (SQLite: holding the file's write lock;
+/// PostgreSQL: one COPY): past this size, larger batches only make each write
+/// longer.
 const MAX_BATCH_ROWS: usize = 10_000;
 
 impl DatabaseConfig {
-    /// At config load: the URL parses, the batch fits one statement.
+    /// At config load: the URL parses, the batch size is within its bound.
     pub fn check(&self, file: &Path) -> Result<(), ConfigError> {
         self.target(file)
             .map_err(|problem| ConfigError::new(file, "database.url", problem))?;
