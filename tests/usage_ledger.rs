@@ -1285,3 +1285,65 @@ fn postgres_rows_come_back_column_for_column() {
         db.close().await;
     });
 }
+
+/// A PostgreSQL write that times out (here: its COPY waits on a lock another
+/// session holds on the table) leaves nothing behind, and the same batch written
+/// again on the same pool afterwards lands once, spend included.
+#[test]
+fn a_postgres_write_that_timed_out_is_written_once_when_retried() {
+    use lm_proxy::usage::db::{Batch, Db, RowSink, Target};
+    use lm_proxy::usage::Row;
+
+    let pg = Postgres::start();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let target = Target::parse(&pg.url(), Path::new("/")).unwrap();
+        // One connection: the retry reuses the one the timed-out write left.
+        let db = Db::connect(&target, 1, Duration::from_secs(10))
+            .await
+            .unwrap();
+        let sink = RowSink::open(&target, &db).await.unwrap();
+        let rows: Vec<Row> = (0..3)
+            .map(|i| Row {
+                created_at_ms: 1_764_547_200_000 + i,
+                request_id: format!("req-{i}"),
+                group: Some("team".into()),
+                door: "chat/completions",
+                status: 200,
+                prompt_tokens: Some(1),
+                completion_tokens: Some(1),
+                cost_usd: 0.25,
+                ..Row::default()
+            })
+            .collect();
+
+        let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
+        let mut locker = pool.begin().await.unwrap();
+        sqlx::query("LOCK TABLE usage_ledger IN EXCLUSIVE MODE")
+            .execute(&mut *locker)
+            .await
+            .unwrap();
+        let (batch, timed_out) = sink
+            .insert(Batch::new(rows), Duration::from_millis(300))
+            .await;
+        let error = timed_out.unwrap_err();
+        assert!(error.contains("no answer within"), "{error}");
+        locker.rollback().await.unwrap();
+
+        let (_, again) = sink.insert(batch, Duration::from_secs(10)).await;
+        again.unwrap();
+        let (count,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM usage_ledger")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let (usd,): (f64,) = sqlx::query_as(
+            "SELECT usd FROM budget_usage WHERE group_name = 'team' AND period = 'total'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!((count, usd), (3, 0.75));
+        pool.close().await;
+        db.close().await;
+    });
+}
