@@ -28,6 +28,8 @@ use sqlx::Row as _;
 
 use common::postgres::{free_port, Postgres};
 use common::process::{run_to_exit, write, Proc};
+use lm_proxy::usage::db::{Batch, Db, RowSink, Target};
+use lm_proxy::usage::Row;
 
 const KEY: &str = "client-key-ledger-1";
 /// A key of the group without a budget.
@@ -1077,12 +1079,36 @@ fn two_replicas_on_one_postgres_database_share_one_budget() {
 /// running) adds no row and no spend twice: one id per batch in
 /// `ledger_batches`, no unique index on the rows. Two writes one after the
 /// other, then two at once on two connections, then a new batch of the same
+/// The ledger's database on `pg` (a pool of `connections`) and a sink writing to it.
+async fn postgres_sink(pg: &Postgres, connections: u32) -> (Db, RowSink) {
+    let target = Target::parse(&pg.url(), Path::new("/")).unwrap();
+    let db = Db::connect(&target, connections, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let sink = RowSink::open(&target, &db).await.unwrap();
+    (db, sink)
+}
+
+/// `n` rows of group `team`, each 10 prompt and 2 completion tokens costing `usd`.
+fn team_rows(n: i64, usd: f64) -> Vec<Row> {
+    (0..n)
+        .map(|i| Row {
+            created_at_ms: 1_764_547_200_000 + i,
+            request_id: format!("req-{i}"),
+            group: Some("team".into()),
+            door: "chat/completions",
+            status: 200,
+            prompt_tokens: Some(10),
+            completion_tokens: Some(2),
+            cost_usd: usd,
+            ..Row::default()
+        })
+        .collect()
+}
+
 /// rows (a new id: written, as it should be).
 #[test]
 fn a_postgres_batch_written_twice_adds_its_rows_and_spend_once() {
-    use lm_proxy::usage::db::{Batch, Db, RowSink, Target};
-    use lm_proxy::usage::Row;
-
     let pg = Postgres::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -1093,19 +1119,7 @@ fn a_postgres_batch_written_twice_adds_its_rows_and_spend_once() {
             RowSink::open(&target, &db).await.unwrap(),
             RowSink::open(&target, &db).await.unwrap(),
         ];
-        let rows: Vec<Row> = (0..5)
-            .map(|i| Row {
-                created_at_ms: 1_764_547_200_000 + i,
-                request_id: format!("req-{i}"),
-                group: Some("team".into()),
-                door: "chat/completions",
-                status: 200,
-                prompt_tokens: Some(10),
-                completion_tokens: Some(2),
-                cost_usd: 0.5,
-                ..Row::default()
-            })
-            .collect();
+        let rows = team_rows(5, 0.5);
         let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
         let counts = || async {
             let (rows,): (i64,) = sqlx::query_as("SELECT COUNT(*) FROM usage_ledger")
@@ -1175,16 +1189,11 @@ fn a_postgres_batch_written_twice_adds_its_rows_and_spend_once() {
 /// U+FFFD rather than failing the batch on every retry).
 #[test]
 fn postgres_rows_come_back_column_for_column() {
-    use lm_proxy::usage::db::{Batch, Db, RowSink, Target};
-    use lm_proxy::usage::Row;
-
     let pg = Postgres::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let target = Target::parse(&pg.url(), Path::new("/")).unwrap();
         let timeout = Duration::from_secs(10);
-        let db = Db::connect(&target, 2, timeout).await.unwrap();
-        let sink = RowSink::open(&target, &db).await.unwrap();
+        let (db, sink) = postgres_sink(&pg, 2).await;
         let full = Row {
             created_at_ms: 1_764_547_200_123,
             request_id: "req-full".into(),
@@ -1291,31 +1300,12 @@ fn postgres_rows_come_back_column_for_column() {
 /// again on the same pool afterwards lands once, spend included.
 #[test]
 fn a_postgres_write_that_timed_out_is_written_once_when_retried() {
-    use lm_proxy::usage::db::{Batch, Db, RowSink, Target};
-    use lm_proxy::usage::Row;
-
     let pg = Postgres::start();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let target = Target::parse(&pg.url(), Path::new("/")).unwrap();
         // One connection: the retry reuses the one the timed-out write left.
-        let db = Db::connect(&target, 1, Duration::from_secs(10))
-            .await
-            .unwrap();
-        let sink = RowSink::open(&target, &db).await.unwrap();
-        let rows: Vec<Row> = (0..3)
-            .map(|i| Row {
-                created_at_ms: 1_764_547_200_000 + i,
-                request_id: format!("req-{i}"),
-                group: Some("team".into()),
-                door: "chat/completions",
-                status: 200,
-                prompt_tokens: Some(1),
-                completion_tokens: Some(1),
-                cost_usd: 0.25,
-                ..Row::default()
-            })
-            .collect();
+        let (db, sink) = postgres_sink(&pg, 1).await;
+        let rows = team_rows(3, 0.25);
 
         let pool = sqlx::PgPool::connect(&pg.url()).await.unwrap();
         let mut locker = pool.begin().await.unwrap();
