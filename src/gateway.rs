@@ -5,7 +5,6 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::auth::{build_key_check, KeyCheck};
 use crate::client_addr::TrustedProxies;
@@ -124,8 +123,8 @@ impl Gateway {
         }
         let model_lists = moka::future::Cache::builder()
             .max_capacity(1024)
-            .time_to_live(Duration::from_secs_f64(
-                config.settings.model_listing_cache_seconds.max(0.001),
+            .time_to_live(crate::config::cache_ttl(
+                config.settings.model_listing_cache_seconds,
             ))
             .build();
         let redactor = Arc::new(Redactor::from_config(&config));

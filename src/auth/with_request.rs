@@ -226,7 +226,7 @@ impl CheckApiKeyWithRequest {
         let cache = args.use_cache.then(|| {
             moka::future::Cache::builder()
                 .max_capacity(args.cache_size.max(1))
-                .time_to_live(Duration::from_secs_f64(args.cache_ttl.max(0.001)))
+                .time_to_live(crate::config::cache_ttl(args.cache_ttl))
                 .build()
         });
         let shared = match args.cache_backend.as_deref().map(str::trim) {
@@ -344,7 +344,7 @@ impl CheckApiKeyWithRequest {
         }
         let grant = self.ask(api_key).await?;
         let text = serde_json::to_string(&grant).unwrap_or_else(|_| "null".into());
-        let ttl = Duration::from_secs_f64(self.args.cache_ttl.max(0.001));
+        let ttl = crate::config::cache_ttl(self.args.cache_ttl);
         if let Err(e) = store.set_with_ttl(&key, &text, ttl).await {
             tracing::warn!("key check cache: {e}; the answer is cached in this process only");
         }

@@ -735,6 +735,13 @@ fn normalize_prefix(prefix: &str) -> String {
     }
 }
 
+/// A cache's time to live from a number of seconds in the config: at least 1 ms,
+/// and at most about 31 years (moka refuses, by panicking, lifetimes past 1,000
+/// years; the config accepts numbers up to `lenient::MAX_NUMBER`).
+pub fn cache_ttl(seconds: f64) -> std::time::Duration {
+    std::time::Duration::from_secs_f64(seconds.clamp(0.001, 1e9))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -961,6 +968,22 @@ mod tests {
                 json!({"connections": {"m": mock}, "max_request_body_mb": -1.5}),
                 "max_request_body_mb",
                 "expected a non-negative number",
+            ),
+            // Numbers too large for a Duration or a deadline: named, never a panic.
+            (
+                json!({"connections": {"m": mock}, "shutdown_grace_seconds": 1e300}),
+                "shutdown_grace_seconds",
+                "no larger than 1e15",
+            ),
+            (
+                json!({"connections": {"m": {"api_type": "mock", "timeout": 1e16}}}),
+                "connections.m.timeout",
+                "no larger than 1e15",
+            ),
+            (
+                json!({"connections": {"m": mock}, "database": {"flush_interval_seconds": 1e300}}),
+                "database.flush_interval_seconds",
+                "no larger than 1e15",
             ),
         ];
         for (tree, key, problem) in cases {

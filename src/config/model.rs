@@ -485,12 +485,20 @@ pub(crate) mod lenient {
         parse(d, "a port number (0-65535)")
     }
 
+    /// The largest number a config value may hold. Seconds, MiB, prices, budgets
+    /// and token limits all stay far below it; past it, turning seconds into a
+    /// `Duration` (at most about 1.8e19 s) or a deadline could overflow and panic
+    /// at startup instead of naming the key.
+    pub const MAX_NUMBER: f64 = 1e15;
+
     pub fn f64<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
         let v: f64 = parse(d, "a number")?;
-        if v.is_finite() && v >= 0.0 {
+        if v.is_finite() && (0.0..=MAX_NUMBER).contains(&v) {
             Ok(v)
         } else {
-            Err(serde::de::Error::custom("expected a non-negative number"))
+            Err(serde::de::Error::custom(
+                "expected a non-negative number no larger than 1e15",
+            ))
         }
     }
 

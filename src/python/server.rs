@@ -278,8 +278,7 @@ impl Server {
         flag: Option<&SignalFlag>,
     ) -> PyResult<Option<i32>> {
         let grace = grace
-            .filter(|g| g.is_finite() && *g >= 0.0)
-            .map(Duration::from_secs_f64)
+            .and_then(|g| Duration::try_from_secs_f64(g).ok())
             .unwrap_or(self.running.grace);
         self.running.request_stop(grace);
         finished_or_signal(self.running.wait(py, flag)?)
