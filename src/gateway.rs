@@ -3,7 +3,6 @@
 //! reload) so that the request path does no work that could be done in advance.
 //! The server holds it behind an `ArcSwap` and swaps it whole.
 
-use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::auth::{build_key_check, KeyCheck};
@@ -21,7 +20,7 @@ use crate::secrets::Redactor;
 #[derive(Debug, Clone)]
 pub enum GroupAccess {
     All,
-    Only(HashSet<String>),
+    Only(hashbrown::HashSet<String>),
 }
 
 impl GroupAccess {
@@ -40,8 +39,10 @@ pub struct Gateway {
     pub log_dispatcher: Option<Arc<LogDispatcher>>,
     pub router: Router,
     pub key_check: Arc<dyn KeyCheck>,
-    pub groups: HashMap<String, GroupAccess>,
-    pub connections: HashMap<String, Connection>,
+    /// (foldhash, as the maps below: each request looks up its group and its
+    /// connection by name.)
+    pub groups: hashbrown::HashMap<String, GroupAccess>,
+    pub connections: hashbrown::HashMap<String, Connection>,
     pub handlers: Vec<Arc<dyn RequestHandler>>,
     /// A handler reads the client's header name spellings: the server records them.
     pub client_spellings: bool,
@@ -139,7 +140,7 @@ impl Gateway {
             default_key_check,
             managed_keys: None,
             groups,
-            connections,
+            connections: connections.into_iter().collect(),
             handlers,
             client_spellings,
         };

@@ -4,7 +4,6 @@
 //! rejection. Keys from the config live in a hash map keyed by the SHA-256 digest of
 //! the key, so a lookup is O(1) and no plain-text key list is scanned or kept around.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -41,13 +40,14 @@ pub trait KeyCheck: Send + Sync {
 /// `lm_proxy.api_key_check.check_api_key_in_config`: the first group (in config
 /// order) whose `api_keys` contains the key.
 pub struct InConfigKeys {
-    /// Digest of the key → (group, `api_key_id`).
-    by_digest: HashMap<[u8; 32], (Arc<str>, Arc<str>)>,
+    /// Digest of the key → (group, `api_key_id`); foldhash (the digests are
+    /// SHA-256 outputs, and one is looked up per request).
+    by_digest: hashbrown::HashMap<[u8; 32], (Arc<str>, Arc<str>)>,
 }
 
 impl InConfigKeys {
     pub fn from_config(config: &Config) -> Self {
-        let mut by_digest = HashMap::new();
+        let mut by_digest = hashbrown::HashMap::new();
         for (group, settings) in &config.settings.groups {
             let group: Arc<str> = Arc::from(group.as_str());
             // The config refuses empty keys; skipping them here as well keeps a
