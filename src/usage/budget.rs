@@ -342,19 +342,25 @@ impl Budgets {
                 }
             }
         }
-        let figures_by_name = base_of(figures.clone());
+        let figures = base_of(figures);
         let mut base = self.base.lock().unwrap_or_else(|e| e.into_inner());
-        if *base != figures_by_name && tracing::enabled!(tracing::Level::DEBUG) {
+        if *base != figures && tracing::enabled!(tracing::Level::DEBUG) {
             let mut list: Vec<String> = figures
                 .iter()
-                .map(|((period, group), (_, usd, tokens))| {
-                    format!("{group} {period:?} usd={usd:.6} tokens={tokens}")
+                .flat_map(|(group, periods)| {
+                    PERIODS
+                        .iter()
+                        .zip(periods)
+                        .filter_map(move |(period, found)| {
+                            let (_, usd, tokens) = (*found)?;
+                            Some(format!("{group} {period:?} usd={usd:.6} tokens={tokens}"))
+                        })
                 })
                 .collect();
             list.sort();
             tracing::debug!("usage ledger: shared budget figures: {}", list.join(", "));
         }
-        *base = figures_by_name;
+        *base = figures;
         drop(base);
         drop(groups);
         self.loaded.store(1, Ordering::Release);
@@ -391,12 +397,8 @@ impl Budgets {
         // does: a refresh moves spend from one to the other, and a check between
         // its two halves would miss it.
         let mut groups = self.groups.lock().unwrap_or_else(|e| e.into_inner());
-        if !groups.contains_key(group) {
-            groups.insert(group.to_owned(), Spend::default());
-        }
-        let Some(spend) = groups.get_mut(group) else {
-            return Ok(None);
-        };
+        // The name is copied only the first time it is seen.
+        let spend = groups.entry_ref(group).or_default();
         let usd = budget.usd.is_some();
         let Figures {
             start,

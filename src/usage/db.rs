@@ -343,9 +343,14 @@ impl RowSink {
         }
     }
 
-    /// Write a batch: SQLite in one transaction, PostgreSQL in one statement. The
-    /// batch comes back with the outcome (held and written again as it is on failure).
-    pub async fn insert(&self, batch: Batch, timeout: Duration) -> (Batch, Result<(), String>) {
+    /// Write a batch, in one transaction. The batch comes back with the outcome
+    /// (held and written again as it is on failure); written, with what it added to
+    /// the budgets' figures.
+    pub async fn insert(
+        &self,
+        batch: Batch,
+        timeout: Duration,
+    ) -> (Batch, Result<BatchSpend, String>) {
         let Batch { id, rows } = batch;
         let (rows, result) = self.insert_rows(&id, rows, timeout).await;
         (Batch { id, rows }, result)
@@ -356,7 +361,9 @@ impl RowSink {
         batch_id: &str,
         rows: Vec<Row>,
         timeout: Duration,
-    ) -> (Vec<Row>, Result<(), String>) {
+    ) -> (Vec<Row>, Result<BatchSpend, String>) {
+        let additions = budget_additions(&rows);
+        let spend = batch_spend(&additions);
         match self {
             // No timeout: abandoning a write whose COMMIT is already running could
             // commit it anyway, and the retry would write the rows twice (SQLite's
@@ -369,12 +376,12 @@ impl RowSink {
                     let rows = rows.clone();
                     move || {
                         let mut connection = connection.lock().unwrap_or_else(|e| e.into_inner());
-                        write_sqlite(&mut connection, &rows)
+                        write_sqlite(&mut connection, &rows, &additions)
                     }
                 })
                 .await;
                 let result = match written {
-                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Ok(result) => result.map(|()| spend).map_err(|e| e.to_string()),
                     // A panic rolled the transaction back (its drop): nothing written.
                     Err(e) => Err(format!("the writing thread failed: {e}")),
                 };
@@ -397,7 +404,6 @@ impl RowSink {
                         let mut copy = transaction.copy_in_raw(POSTGRES_COPY).await?;
                         copy.send(copy_binary(&rows)).await?;
                         copy.finish().await?;
-                        let additions = budget_additions(&rows);
                         sqlx::query(POSTGRES_BUDGET_USAGE)
                             .bind(
                                 additions
@@ -415,7 +421,9 @@ impl RowSink {
                     transaction.commit().await
                 };
                 let result = match tokio::time::timeout(timeout, write).await {
-                    Ok(result) => result.map_err(|e: sqlx::Error| e.to_string()),
+                    Ok(result) => result
+                        .map(|()| spend)
+                        .map_err(|e: sqlx::Error| e.to_string()),
                     Err(_) => Err(format!("no answer within {timeout:?}")),
                 };
                 (rows, result)
@@ -446,7 +454,7 @@ const SQLITE_BUDGET_USAGE: &str = "INSERT INTO budget_usage (group_name, period,
 /// A batch's spend per budget name (a group, or `key:` and a managed key's id) and
 /// UTC day: a batch mostly holds one day, so the periods are worked out once per
 /// name and day rather than per row.
-pub(super) fn spend_by_day(rows: &[Row]) -> hashbrown::HashMap<(bool, &str, i64), (f64, i64)> {
+fn spend_by_day(rows: &[Row]) -> hashbrown::HashMap<(bool, &str, i64), (f64, i64)> {
     // foldhash: one lookup per row of every batch.
     let mut spend = hashbrown::HashMap::<(bool, &str, i64), (f64, i64)>::new();
     for row in rows {
@@ -470,7 +478,7 @@ pub(super) fn spend_by_day(rows: &[Row]) -> hashbrown::HashMap<(bool, &str, i64)
 const DAY_MS: i64 = 86_400_000;
 
 /// The budget name of a [`spend_by_day`] entry: the group's, or `key:<id>`.
-pub(super) fn budget_name(is_key: bool, name: &str) -> String {
+fn budget_name(is_key: bool, name: &str) -> String {
     if is_key {
         format!("{}{name}", super::budget::KEY_PREFIX)
     } else {
@@ -481,8 +489,13 @@ pub(super) fn budget_name(is_key: bool, name: &str) -> String {
 /// What a batch adds to `budget_usage`: (name, period, period start) → (USD,
 /// tokens), in key order (two PostgreSQL replicas' batches then lock the figures
 /// they share in the same order).
-fn budget_additions(rows: &[Row]) -> BTreeMap<(String, &'static str, i64), (f64, i64)> {
-    let mut additions: BTreeMap<(String, &'static str, i64), (f64, i64)> = BTreeMap::new();
+type Additions = BTreeMap<(String, &'static str, i64), (f64, i64)>;
+
+/// What a written batch added to the budgets: (budget name, USD, tokens).
+pub type BatchSpend = Vec<(String, f64, i64)>;
+
+fn budget_additions(rows: &[Row]) -> Additions {
+    let mut additions = Additions::new();
     for ((is_key, name, day), (usd, tokens)) in spend_by_day(rows) {
         let name = budget_name(is_key, name);
         for period in super::budget::PERIODS {
@@ -495,6 +508,16 @@ fn budget_additions(rows: &[Row]) -> BTreeMap<(String, &'static str, i64), (f64,
         }
     }
     additions
+}
+
+/// A batch's spend per budget name: its additions to the `total` period, which
+/// every row counts in once.
+fn batch_spend(additions: &Additions) -> BatchSpend {
+    additions
+        .iter()
+        .filter(|((_, period, _), _)| *period == super::budget::Period::Total.name())
+        .map(|((name, _, _), &(usd, tokens))| (name.clone(), usd, tokens))
+        .collect()
 }
 
 /// Run [`sqlite_insert`] for one row.
@@ -524,7 +547,11 @@ fn insert_sqlite_row(insert: &mut rusqlite::Statement<'_>, row: &Row) -> rusqlit
 
 /// One batch in one transaction, taking the write lock first (a deferred one that
 /// upgrades could fail at once instead of waiting when another writer is active).
-fn write_sqlite(connection: &mut rusqlite::Connection, rows: &[Row]) -> rusqlite::Result<()> {
+fn write_sqlite(
+    connection: &mut rusqlite::Connection,
+    rows: &[Row],
+    additions: &Additions,
+) -> rusqlite::Result<()> {
     let transaction =
         connection.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
     {
@@ -535,7 +562,7 @@ fn write_sqlite(connection: &mut rusqlite::Connection, rows: &[Row]) -> rusqlite
         // The budgets' figures, in the same transaction: a restart reads them
         // instead of summing the ledger's rows.
         let mut add = transaction.prepare_cached(SQLITE_BUDGET_USAGE)?;
-        for ((name, period, start), (usd, tokens)) in budget_additions(rows) {
+        for ((name, period, start), (usd, tokens)) in additions {
             add.execute(rusqlite::params![name, period, start, usd, tokens])?;
         }
     }
@@ -713,8 +740,9 @@ mod tests {
 
         let mut written = rusqlite::Connection::open_in_memory().unwrap();
         apply(&written, &[1, 2, 3, 10]);
-        write_sqlite(&mut written, &rows[..9]).unwrap();
-        write_sqlite(&mut written, &rows[9..]).unwrap();
+        for part in [&rows[..9], &rows[9..]] {
+            write_sqlite(&mut written, part, &budget_additions(part)).unwrap();
+        }
 
         let migrated = rusqlite::Connection::open_in_memory().unwrap();
         apply(&migrated, &[1, 2]);

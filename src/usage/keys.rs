@@ -137,10 +137,6 @@ pub fn parse_expiry(text: &str, now: i64) -> Result<i64, String> {
     }
 }
 
-fn parse_period(name: &str) -> Option<Period> {
-    serde_json::from_value(Value::String(name.to_owned())).ok()
-}
-
 /// A budget as the API shows it.
 pub fn budget_json(budget: &BudgetConfig) -> Value {
     let mut object = Map::new();
@@ -150,7 +146,7 @@ pub fn budget_json(budget: &BudgetConfig) -> Value {
     if let Some(tokens) = budget.tokens {
         object.insert("tokens".into(), json!(tokens));
     }
-    object.insert("period".into(), json!(Period::name(budget.period)));
+    object.insert("period".into(), json!(budget.period.name()));
     Value::Object(object)
 }
 
@@ -272,7 +268,7 @@ fn record(stored: Stored) -> KeyRecord {
         stored;
     let budget = period
         .as_deref()
-        .and_then(parse_period)
+        .and_then(Period::from_name)
         .map(|period| BudgetConfig {
             usd,
             tokens: tokens.map(|t| t.max(0) as u64),
@@ -409,7 +405,7 @@ pub async fn create(
         budget
             .and_then(|b| b.tokens)
             .map(|t| t.min(i64::MAX as u64) as i64),
-        budget.map(|b| Period::name(b.period)),
+        budget.map(|b| b.period.name()),
         Value::Object(record.metadata.clone()).to_string()
     )
     .map_err(db_error)?;

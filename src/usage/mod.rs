@@ -546,15 +546,13 @@ impl Writer {
                 let n = batch.rows.len() as u64;
                 let (batch, written_or_not) = sink.insert(batch, self.timeout).await;
                 match written_or_not {
-                    Ok(()) => {
+                    Ok(spent) => {
                         backoff = Duration::ZERO;
                         if database.is_shared() {
                             // Per group and managed key (`key:<id>`), as the
                             // insert added them to the figures.
-                            for ((is_key, name, _), (usd, tokens)) in db::spend_by_day(&batch.rows)
-                            {
-                                let entry =
-                                    written.entry(db::budget_name(is_key, name)).or_default();
+                            for (name, usd, tokens) in spent {
+                                let entry = written.entry(name).or_default();
                                 entry.0 += usd;
                                 entry.1 += tokens as f64;
                             }
