@@ -2,30 +2,24 @@
 //!
 //! `http::HeaderMap` keeps names lowercase, so the spelling an operator wrote in a
 //! connection's `http_headers` (`X-API-key`, `x-lower-case`) or a handler used in
-//! `llm_params.extra_headers` is gone by the time a request is written. hyper's
-//! HTTP/1.1 client writes a request's names as spelled in a `HeaderCaseMap` found
-//! in the request's extensions (names missing from it fall back to title case, the
-//! connection's `title_case_headers`), but that type is private to hyper: the only
-//! way to get one is to have hyper's HTTP/1.1 server parse a request head with
-//! `preserve_header_case`. [`HeaderCase::of`] does exactly that, once per set of
-//! spellings, over an in-memory pipe (no socket, no runtime), and keeps the parsed
-//! request's extensions to be cloned into each request that needs them.
+//! `llm_params.extra_headers` is gone by the time a request is written. A
+//! [`HeaderCase`] keeps those spellings beside the map; the in-task pool's
+//! connection (`http1.rs`) writes each name as spelled there, title case otherwise.
 //!
-//! The client's own spellings, which the server records in that same private map
-//! while an HTTPHeadersForwarder is configured, are read back the other way round
-//! ([`client_spellings`]): hyper's HTTP/1.1 client writes a head from the map.
+//! The client's own spellings, which hyper's HTTP/1.1 server records while an
+//! HTTPHeadersForwarder is configured, are in a map private to hyper; they are read
+//! back through hyper's HTTP/1.1 client, which writes a head from that map
+//! ([`client_spellings`]).
 //!
 //! Only names whose spelling differs from title case are kept: the common case (no
 //! configured or handler-set name, or all in title case) is [`HeaderCase::NONE`],
 //! and sending then costs nothing more than before.
 //!
-//! Which transports honour this: only the in-task pool (plain `http://` upstreams
-//! without a proxy in the environment). reqwest (https, proxies) builds its own
-//! hyper request and drops the caller's extensions, so it sends title case; HTTP/2
-//! sends lowercase names by specification.
+//! Which transports honour this: the in-task pool (`http://` and `https://`
+//! upstreams, through an `http://` proxy too). reqwest (origins behind an https or
+//! SOCKS proxy) builds its own request, so it sends title case.
 
 use std::collections::HashMap;
-use std::convert::Infallible;
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
@@ -33,10 +27,7 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName};
 use http_body_util::Empty;
-use hyper::body::Incoming;
-use hyper::server::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWrite;
 
 /// The spellings of some header names for one upstream request, with hyper's map of
 /// them ready to be put into the request. Cheap to clone.
@@ -46,8 +37,6 @@ pub struct HeaderCase(Option<Arc<Spelled>>);
 struct Spelled {
     /// Lowercase name and spelling, in the order given; no spelling is title case.
     names: Vec<(HeaderName, Box<str>)>,
-    /// The extensions of a request parsed by hyper: its `HeaderCaseMap` of `names`.
-    extensions: http::Extensions,
 }
 
 impl std::fmt::Debug for HeaderCase {
@@ -144,11 +133,14 @@ impl HeaderCase {
         Self::cached(key)
     }
 
-    /// Put hyper's map into a request that is about to be sent.
-    pub fn apply<B>(&self, request: &mut http::Request<B>) {
-        if let Some(spelled) = &self.0 {
-            *request.extensions_mut() = spelled.extensions.clone();
-        }
+    /// How `name` is spelled, if not in title case.
+    pub fn spelling_of(&self, name: &HeaderName) -> Option<&str> {
+        let spelled = self.0.as_ref()?;
+        spelled
+            .names
+            .iter()
+            .find(|(known, _)| known == name)
+            .map(|(_, spelling)| &**spelling)
     }
 
     /// The case for `key`: spellings, each followed by a newline (never part of a
@@ -171,10 +163,10 @@ impl HeaderCase {
                 Some((name, spelling.into()))
             })
             .collect();
-        let Some(extensions) = parsed_case_map(&names) else {
+        if names.is_empty() {
             return HeaderCase::NONE;
-        };
-        let case = HeaderCase(Some(Arc::new(Spelled { names, extensions })));
+        }
+        let case = HeaderCase(Some(Arc::new(Spelled { names })));
         let mut cache = cache.lock().unwrap_or_else(|e| e.into_inner());
         if cache.len() >= CACHE_LIMIT {
             cache.clear();
@@ -199,8 +191,8 @@ fn is_title_case(name: &str) -> bool {
     })
 }
 
-/// Names whose placeholder value in the synthesized head would change how hyper
-/// parses it (framing, upgrades): they keep title case.
+/// Names that frame or upgrade the exchange keep title case: the connection writes
+/// the body's framing itself, and the others are not for handlers to spell.
 fn spellable(name: &str) -> bool {
     ![
         "content-length",
@@ -223,10 +215,16 @@ fn is_token(name: &str) -> bool {
 }
 
 /// hyper's `HeaderCaseMap` for `names`, inside the extensions of a request that its
-/// HTTP/1.1 server parsed with `preserve_header_case`. The head is written whole into
+/// HTTP/1.1 server parsed with `preserve_header_case` (what the server records for a
+/// client's request; the tests of [`client_spellings`] make one this way). The head is written whole into
 /// an in-memory pipe before the connection is polled, so each poll finishes without
 /// waiting; no runtime is needed. `None` if hyper did not hand over a request.
+#[cfg(test)]
 fn parsed_case_map(names: &[(HeaderName, Box<str>)]) -> Option<http::Extensions> {
+    use hyper::body::Incoming;
+    use hyper::server::conn::http1;
+    use std::convert::Infallible;
+    use tokio::io::AsyncWrite;
     let mut head = b"GET / HTTP/1.1\r\nHost: x\r\n".to_vec();
     for (_, spelling) in names {
         head.extend_from_slice(spelling.as_bytes());
@@ -447,14 +445,5 @@ mod tests {
         let spelled = client_spellings(&names, &http::Extensions::new());
         assert_eq!(spelled.iter().map(|s| &**s).collect::<Vec<_>>(), names);
         assert!(client_spellings(&[], &recorded).is_empty());
-    }
-
-    #[test]
-    fn the_parsed_map_is_hyper_s() {
-        let case = HeaderCase::of(["x-lower-case"]);
-        let mut request = http::Request::new(());
-        case.apply(&mut request);
-        // Opaque, but present: one extension (hyper's map).
-        assert_eq!(request.extensions().len(), 1);
     }
 }

@@ -24,6 +24,7 @@
 //! [`Target::post`].
 
 mod case;
+mod http1;
 mod pool;
 
 use std::collections::HashMap;
@@ -37,10 +38,10 @@ use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
 use http::{HeaderMap, HeaderValue, StatusCode};
-use http_body_util::Full;
 
 use crate::error::ApiError;
 pub use case::{client_spellings, HeaderCase};
+pub use http1::Http1Error;
 pub use pool::set_pool_shard;
 use pool::{Pool, PooledBody};
 
@@ -314,11 +315,11 @@ impl UpstreamClient {
                     path.push('?');
                     path.push_str(query);
                 }
+                path.parse::<http::Uri>()
+                    .map_err(|e| format!("'{url}': bad path: {e}"))?;
                 Route::Pooled {
                     pool,
-                    uri: path
-                        .parse()
-                        .map_err(|e| format!("'{url}': bad path: {e}"))?,
+                    uri: path.into(),
                     host: HeaderValue::from_str(&authority)
                         .map_err(|e| format!("'{url}': bad host: {e}"))?,
                     proxy_authorization: through_proxy.flatten(),
@@ -378,8 +379,9 @@ pub struct Target {
 enum Route {
     Pooled {
         pool: Arc<Pool>,
-        /// Path and query (origin form, as HTTP/1.1 sends it).
-        uri: http::Uri,
+        /// Path and query (origin form, as HTTP/1.1 sends it; absolute form to an
+        /// `http://` proxy), checked to be a valid request target.
+        uri: Box<str>,
         /// The `Host` header: the URL's host and port as written.
         host: HeaderValue,
         /// `Proxy-Authorization` for a plain-http origin reached through a proxy.
@@ -439,12 +441,7 @@ impl Target {
                 if !headers.contains_key(http::header::ACCEPT) {
                     headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
                 }
-                let mut request = http::Request::new(Full::new(body));
-                *request.method_mut() = method;
-                *request.uri_mut() = uri.clone();
-                *request.headers_mut() = headers;
-                case.apply(&mut request);
-                let (head, body) = pool.send(request).await?;
+                let (head, body) = pool.send(&method, uri, &headers, case, &body).await?;
                 Ok(UpstreamResponse {
                     status: head.status,
                     headers: head.headers,
@@ -583,11 +580,9 @@ pub enum UpstreamError {
     Connect(std::io::Error),
     ConnectTimeout(Duration),
     /// Sending the request or reading the response head.
-    Request(hyper::Error),
-    /// The upstream closed the connection before answering.
-    Closed,
+    Request(Http1Error),
     /// Reading the body.
-    Body(hyper::Error),
+    Body(Http1Error),
     /// From the reqwest transport, with the URL taken out.
     Reqwest(reqwest::Error),
     /// The answer is larger than the most a request may hold (`max_response_body_mb`).
@@ -610,7 +605,6 @@ impl std::fmt::Display for UpstreamError {
         }
         match self {
             UpstreamError::BadUrl(problem) => f.write_str(problem),
-            UpstreamError::Closed => f.write_str("the upstream closed the connection"),
             UpstreamError::Connect(e) => chain(f, e),
             UpstreamError::ConnectTimeout(t) => {
                 write!(f, "no connection within {:.1}s", t.as_secs_f64())
@@ -659,7 +653,6 @@ impl UpstreamError {
             }
             UpstreamError::BadUrl(_)
             | UpstreamError::Request(_)
-            | UpstreamError::Closed
             | UpstreamError::Reqwest(_) => "upstream request failed",
         };
         ApiError::upstream_failure(format!("{kind}: {self}"))

@@ -1,16 +1,13 @@
 //! Keep-alive HTTP/1.1 connections to one upstream origin (`http`, or `https` over
 //! TLS with ALPN `http/1.1`), driven from the task of the request that uses them.
 //!
-//! hyper's client connection is two halves: a `SendRequest` handle and the
-//! `Connection` future that reads and writes the socket. reqwest (through
-//! hyper-util's pool) spawns the `Connection` as its own task, so every request and
-//! every body frame crosses from that task to the request's task and back: a wake-up,
-//! often on the other CPU, per hand-off. Here nobody spawns it: whoever holds a
-//! [`PooledConnection`] polls its `Connection` next to what it waits for (the
-//! response, then each body frame), so the socket is read and written by the
-//! request's own task. On the benchmark machine that took a do-nothing proxy from
-//! 30 % to 45 % of a direct call's throughput and its streams from 14 % to 50 %
-//! (bench/README.md).
+//! Nobody else reads or writes a pooled connection's socket: whoever holds a
+//! [`PooledConnection`] writes the request and reads the answer itself, so the
+//! socket is served by the request's own task, without a connection task to hand
+//! every body piece across (what reqwest, through hyper-util's pool, does: a wake-up,
+//! often on the other CPU, per hand-off; bench/README.md has what that cost). The
+//! connection is our own HTTP/1.1 client (`http1.rs`), which holds no buffer while
+//! it waits.
 //!
 //! A connection is checked out for one request and its whole answer, then put
 //! back; an answer that is dropped before its end takes the connection with it
@@ -18,27 +15,23 @@
 
 use std::cell::Cell;
 use std::collections::VecDeque;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::Full;
-use hyper::body::{Body as _, Incoming};
-use hyper::client::conn::http1;
-use hyper_util::rt::TokioIo;
+use http::{HeaderMap, Method};
 use tokio::net::TcpStream;
 
+use super::case::HeaderCase;
+use super::http1::{self, Connection};
 use super::UpstreamError;
-
-type Connection = http1::Connection<TokioIo<Socket>, Full<Bytes>>;
 
 /// What a pooled connection reads and writes: the TCP socket, or TLS over it for
 /// an `https` origin (boxed: the TLS state is large and plain origins are the
 /// common case here).
-enum Socket {
+pub(super) enum Socket {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
@@ -166,68 +159,8 @@ pub(super) struct TlsOrigin {
     pub(super) connector: tokio_rustls::TlsConnector,
     pub(super) server_name: rustls::pki_types::ServerName<'static>,
 }
-type Request = http::Request<Full<Bytes>>;
-
-/// A request that failed, and the request itself when it was never sent.
-struct Unsent {
-    request: Option<Request>,
-    error: UpstreamError,
-}
-
-/// One keep-alive connection: the request handle and the socket's state machine.
-pub(super) struct PooledConnection {
-    sender: http1::SendRequest<Full<Bytes>>,
-    connection: Connection,
-    /// The `Connection` future has finished (closed or failed): never poll it again.
-    finished: bool,
-}
-
-impl PooledConnection {
-    /// Poll the socket's state machine unless it has finished.
-    fn drive(&mut self, cx: &mut Context<'_>) {
-        if !self.finished && Pin::new(&mut self.connection).poll(cx).is_ready() {
-            self.finished = true;
-        }
-    }
-
-    /// Wait until the connection can take a request; an error means it was closed
-    /// (by the upstream, while idle) and cannot be used.
-    async fn ready(&mut self) -> Result<(), UpstreamError> {
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            if self.finished {
-                // The state machine has stopped: nothing will ever make it ready.
-                return Poll::Ready(Err(UpstreamError::Closed));
-            }
-            self.sender.poll_ready(cx).map_err(UpstreamError::Request)
-        })
-        .await
-    }
-
-    /// Send a request and wait for the response head, driving the socket meanwhile.
-    /// On failure, the request comes back if it was not sent at all.
-    async fn send(&mut self, request: Request) -> Result<http::Response<Incoming>, Unsent> {
-        let mut response = std::pin::pin!(self.sender.try_send_request(request));
-        std::future::poll_fn(|cx| {
-            self.drive(cx);
-            match response.as_mut().poll(cx) {
-                Poll::Ready(Ok(answer)) => Poll::Ready(Ok(answer)),
-                Poll::Ready(Err(mut failed)) => Poll::Ready(Err(Unsent {
-                    request: failed.take_message(),
-                    error: UpstreamError::Request(failed.into_error()),
-                })),
-                // Every failure is reported to the waiting request before the state
-                // machine stops; this is only a guard against waiting forever.
-                Poll::Pending if self.finished => Poll::Ready(Err(Unsent {
-                    request: None,
-                    error: UpstreamError::Closed,
-                })),
-                Poll::Pending => Poll::Pending,
-            }
-        })
-        .await
-    }
-}
+/// One keep-alive connection (boxed in the pool: it moves in and out of it).
+pub(super) type PooledConnection = Connection<Socket>;
 
 struct Idle {
     connection: Box<PooledConnection>,
@@ -320,9 +253,6 @@ impl Pool {
     }
 
     fn checkin(&self, connection: Box<PooledConnection>) {
-        if connection.finished {
-            return;
-        }
         let now = Instant::now();
         let mut idle = self.idle();
         while idle
@@ -370,33 +300,23 @@ impl Pool {
             Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
             Ok(Ok(socket)) => socket,
         };
-        // Header names go out in title case (`X-Custom-Header`), as the reference's
-        // clients sent the names users write, not lowercased (see `UpstreamClient`),
-        // unless the request's extensions carry hyper's map of exact spellings
-        // (`HeaderCase::apply`): hyper 1.x writes a request's names from that map
-        // whatever the connection's settings, title case for names not in it.
-        // `preserve_header_case` is not set: it only makes hyper record the spellings
-        // of every *response* it parses, a map per answer that nothing reads.
-        let (sender, connection) = http1::Builder::new()
-            .title_case_headers(true)
-            .handshake(TokioIo::new(socket))
-            .await
-            .map_err(UpstreamError::Request)?;
-        Ok(Box::new(PooledConnection {
-            sender,
-            connection,
-            finished: false,
-        }))
+        Ok(Box::new(Connection::new(socket)))
     }
 
     /// Send a request on an idle connection (or a new one) and return the response
-    /// head with a body that keeps driving the connection. A request that an idle
-    /// connection could not even start to send (the upstream had closed it) is sent
-    /// again on another; one that was written is never sent twice.
+    /// head with a body that reads on through the connection. A request that an
+    /// idle connection could not even start to send (the upstream had closed it) is
+    /// sent again on another; one that was written, even in part, is never sent
+    /// twice (the upstream may have acted on it).
     pub(super) async fn send(
         self: &std::sync::Arc<Self>,
-        mut request: Request,
+        method: &Method,
+        target: &str,
+        headers: &HeaderMap,
+        case: &HeaderCase,
+        body: &Bytes,
     ) -> Result<(http::response::Parts, PooledBody), UpstreamError> {
+        let head = http1::request_head(method, target, headers, case, body.len());
         loop {
             let (mut connection, reused) = match self.checkout() {
                 Some(connection) => (connection, true),
@@ -404,28 +324,23 @@ impl Pool {
                 // request's future larger.
                 None => (Box::pin(self.connect()).await?, false),
             };
-            if let Err(e) = connection.ready().await {
-                if reused {
-                    continue;
-                }
-                return Err(e);
+            if reused && !connection.is_reusable() {
+                continue; // closed while idle: dropped
             }
-            match connection.send(request).await {
-                Ok(response) => {
-                    let (head, body) = response.into_parts();
-                    let body = PooledBody {
-                        body,
-                        connection: Some(connection),
-                        pool: self.clone(),
-                    };
-                    return Ok((head, body));
-                }
-                Err(Unsent {
-                    request: Some(unsent),
-                    ..
-                }) if reused => request = unsent,
-                Err(failed) => return Err(failed.error),
+            match connection.write_request(&head, body).await {
+                Ok(()) => {}
+                Err(failed) if reused && failed.written == 0 => continue,
+                Err(failed) => return Err(UpstreamError::Request(http1::Http1Error::Io(failed.error))),
             }
+            let head = connection
+                .read_head(method)
+                .await
+                .map_err(UpstreamError::Request)?;
+            let body = PooledBody {
+                connection: Some(connection),
+                pool: self.clone(),
+            };
+            return Ok((head, body));
         }
     }
 }
@@ -433,8 +348,7 @@ impl Pool {
 /// A response body read through its pooled connection, which goes back to the pool
 /// when the body has been read to its end.
 pub(super) struct PooledBody {
-    body: Incoming,
-    /// `None` once the body has ended (the connection is back in the pool).
+    /// `None` once the body has ended (the connection is back in the pool) or failed.
     connection: Option<Box<PooledConnection>>,
     pool: std::sync::Arc<Pool>,
 }
@@ -448,36 +362,22 @@ impl PooledBody {
         let Some(connection) = self.connection.as_mut() else {
             return Poll::Ready(None);
         };
-        connection.drive(cx);
-        loop {
-            match Pin::new(&mut self.body).poll_frame(cx) {
-                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => return Poll::Ready(Some(Ok(data))),
-                    Err(_trailers) => continue,
-                },
-                Poll::Ready(Some(Err(e))) => {
-                    // The connection is in an unknown state: drop it.
-                    self.connection = None;
-                    return Poll::Ready(Some(Err(UpstreamError::Body(e))));
-                }
-                Poll::Ready(None) => {
-                    if let Some(connection) = self.connection.take() {
+        match connection.poll_body(cx) {
+            Poll::Ready(Some(Ok(data))) => Poll::Ready(Some(Ok(data))),
+            Poll::Ready(Some(Err(e))) => {
+                // The connection is in an unknown state: drop it.
+                self.connection = None;
+                Poll::Ready(Some(Err(UpstreamError::Body(e))))
+            }
+            Poll::Ready(None) => {
+                if let Some(mut connection) = self.connection.take() {
+                    if connection.is_reusable() {
                         self.pool.checkin(connection);
                     }
-                    return Poll::Ready(None);
                 }
-                // A stopped state machine reports a cut body before it stops; this
-                // only guards against waiting forever.
-                Poll::Pending if connection_finished(&self.connection) => {
-                    self.connection = None;
-                    return Poll::Ready(Some(Err(UpstreamError::Closed)));
-                }
-                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None)
             }
+            Poll::Pending => Poll::Pending,
         }
     }
-}
-
-fn connection_finished(connection: &Option<Box<PooledConnection>>) -> bool {
-    connection.as_ref().is_some_and(|c| c.finished)
 }

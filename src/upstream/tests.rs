@@ -310,7 +310,7 @@ fn upstreams_are_pooled_through_http_proxies_and_others_go_through_reqwest() {
             proxy_authorization,
             ..
         } => {
-            assert_eq!(uri, "http://vllm.lan:8000/v1/chat/completions?x=1");
+            assert_eq!(&*uri, "http://vllm.lan:8000/v1/chat/completions?x=1");
             assert_eq!(host, "vllm.lan:8000");
             assert_eq!(proxy_authorization.unwrap(), "Basic dXNlcjpwYXNz");
         }
@@ -327,14 +327,14 @@ fn upstreams_are_pooled_through_http_proxies_and_others_go_through_reqwest() {
             proxy_authorization,
             ..
         } => {
-            assert_eq!(uri, "/v1/models");
+            assert_eq!(&*uri, "/v1/models");
             assert!(proxy_authorization.is_none());
         }
         Route::Reqwest(_) => panic!("an http proxy is the pool's"),
     }
     // NO_PROXY: direct, in its own pool.
     match proxied.target("http://gpu.corp.example/v1").unwrap().route {
-        Route::Pooled { uri, .. } => assert_eq!(uri, "/v1"),
+        Route::Pooled { uri, .. } => assert_eq!(&*uri, "/v1"),
         Route::Reqwest(_) => panic!("a direct origin is the pool's"),
     }
     let socks = Matcher::builder()

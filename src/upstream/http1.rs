@@ -1,0 +1,558 @@
+//! One HTTP/1.1 client connection of the in-task pool: writes a request, reads the
+//! response head (parsed by `httparse`, as hyper parses it) and the body's framing
+//! (`Content-Length`, chunked, or until the upstream closes).
+//!
+//! Why not hyper's client connection: it keeps an 8 KiB read buffer and an 8 KiB
+//! buffer for request heads for as long as the connection lives, so a slow stream
+//! held a page of each while it waited for the next event (bench/README.md, "where
+//! an open stream's memory goes"); and it decodes chunked bodies reading the size
+//! line a byte at a time. Here nothing is buffered while the connection waits: a
+//! read lands on the stack and only the bytes that arrived are copied to the heap,
+//! where the pieces handed out share them; a request head is written from a buffer
+//! made for it and dropped once sent.
+//!
+//! Only what an upstream call needs: one request at a time (no pipelining), bodies
+//! known in full when sent, no upgrades. Everything the upstream sends is bounded:
+//! the head (64 KiB, 128 lines), a chunk-size line, the trailers.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll, Waker};
+
+use bytes::{Buf, Bytes, BytesMut};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::case::HeaderCase;
+
+/// The longest response head read: status line and header lines.
+const MAX_HEAD: usize = 64 * 1024;
+/// The most header lines in a response head.
+const MAX_HEADERS: usize = 128;
+/// The most read from the socket at a time (on the stack, then copied).
+const READ_SIZE: usize = 16 * 1024;
+/// The longest chunk-size line (with its extensions) accepted.
+const MAX_CHUNK_LINE: usize = 4 * 1024;
+/// The longest trailer section accepted (trailers are read and dropped).
+const MAX_TRAILERS: usize = 64 * 1024;
+
+/// Why a request or its answer failed on the connection.
+#[derive(Debug)]
+pub enum Http1Error {
+    /// The socket failed.
+    Io(io::Error),
+    /// The upstream closed the connection before `what` was complete.
+    Closed { what: &'static str },
+    /// The upstream sent something that is not HTTP/1.1.
+    Invalid(String),
+}
+
+impl std::fmt::Display for Http1Error {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Http1Error::Io(e) => write!(f, "{e}"),
+            Http1Error::Closed { what } => {
+                write!(f, "the upstream closed the connection before the end of {what}")
+            }
+            Http1Error::Invalid(what) => write!(f, "the upstream's answer is not HTTP/1.1: {what}"),
+        }
+    }
+}
+
+impl std::error::Error for Http1Error {}
+
+fn invalid(what: impl Into<String>) -> Http1Error {
+    Http1Error::Invalid(what.into())
+}
+
+/// Read more into `pending` in `poll_body`, returning its error (the upstream
+/// closing the connection is one: the body was not complete).
+macro_rules! fill {
+    ($connection:ident, $cx:ident) => {
+        if let Err(e) = ready!($connection.fill_or_closed($cx)) {
+            return Poll::Ready(Some(Err(e)));
+        }
+    };
+}
+
+/// What the start of `pending` holds.
+enum Head {
+    /// Not yet a whole head.
+    Partial,
+    /// A 1xx head, now dropped.
+    Interim,
+    /// The answer's head.
+    Final(http::response::Parts),
+}
+
+fn head_too_long() -> Http1Error {
+    invalid(format!("the response head is longer than {} KiB", MAX_HEAD / 1024))
+}
+
+/// Where the connection is in reading an answer's body.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Body {
+    /// This many bytes still to come.
+    Length(u64),
+    /// A chunk-size line is next.
+    ChunkSize,
+    /// This many bytes of the current chunk still to come.
+    ChunkData(u64),
+    /// The CRLF that ends a chunk's data is next.
+    ChunkEnd,
+    /// The trailer section (maybe empty) after the last chunk is next.
+    Trailers,
+    /// Everything until the upstream closes the connection.
+    UntilClose,
+    /// The body has ended (or there was none).
+    Done,
+}
+
+/// A request failed while it was written: how much of it had gone out.
+pub struct WriteFailed {
+    /// Bytes of the request the socket took (0: none, so it may be sent elsewhere).
+    pub written: usize,
+    pub error: io::Error,
+}
+
+/// A client connection over `S` (a TCP or TLS socket; an in-memory pipe in tests).
+pub struct Connection<S> {
+    io: S,
+    /// Bytes read and not yet handed out: part of a head, a chunk-size line, the
+    /// rest of what one read brought. Holds no allocation while empty.
+    pending: BytesMut,
+    body: Body,
+    /// How much of `pending` was searched for the end of the trailers.
+    scanned: usize,
+    /// Whether another request may follow once this answer has been read.
+    keep_alive: bool,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    pub fn new(io: S) -> Self {
+        Connection {
+            io,
+            pending: BytesMut::new(),
+            body: Body::Done,
+            scanned: 0,
+            keep_alive: true,
+        }
+    }
+
+    /// Whether the connection can carry another request now: the last answer was
+    /// read to its end, nothing more arrived, and the upstream has not closed it (as
+    /// far as the runtime has seen: a close it has not noticed yet shows up as a
+    /// request that fails).
+    pub fn is_reusable(&mut self) -> bool {
+        if !self.keep_alive || self.body != Body::Done || !self.pending.is_empty() {
+            return false;
+        }
+        // A read that would wait means the socket is quiet and open; end of file
+        // (closed while idle), bytes nobody asked for, or an error mean it is not.
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut byte = [MaybeUninit::<u8>::uninit(); 1];
+        let mut buf = ReadBuf::uninit(&mut byte);
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut buf),
+            Poll::Pending
+        )
+    }
+
+    /// Write a request (head and whole body). On failure, how much went out.
+    pub async fn write_request(&mut self, head: &[u8], body: &[u8]) -> Result<(), WriteFailed> {
+        let total = head.len() + body.len();
+        let mut written = 0;
+        let failed = |written, error| WriteFailed { written, error };
+        while written < total {
+            let n = std::future::poll_fn(|cx| {
+                let io = Pin::new(&mut self.io);
+                if written < head.len() {
+                    let parts = [
+                        io::IoSlice::new(&head[written..]),
+                        io::IoSlice::new(body),
+                    ];
+                    io.poll_write_vectored(cx, &parts)
+                } else {
+                    io.poll_write(cx, &body[written - head.len()..])
+                }
+            })
+            .await
+            .map_err(|e| failed(written, e))?;
+            if n == 0 {
+                return Err(failed(written, io::ErrorKind::WriteZero.into()));
+            }
+            written += n;
+        }
+        std::future::poll_fn(|cx| Pin::new(&mut self.io).poll_flush(cx))
+            .await
+            .map_err(|e| failed(written, e))
+    }
+
+    /// Read the answer's head (skipping interim 1xx answers) and learn how its body
+    /// is framed; the body is then read with [`Connection::poll_body`].
+    pub async fn read_head(
+        &mut self,
+        method: &Method,
+    ) -> Result<http::response::Parts, Http1Error> {
+        // How much of `pending` was searched for the head's end: an upstream that
+        // sends its head a byte at a time must not make every byte a parse of all
+        // that came before it.
+        let mut scanned = 0;
+        loop {
+            if ends_head(&self.pending, scanned) {
+                match self.parse_head(method)? {
+                    Head::Final(parts) => return Ok(parts),
+                    // Another head may have come with it.
+                    Head::Interim => {
+                        scanned = 0;
+                        continue;
+                    }
+                    Head::Partial => {}
+                }
+            }
+            if self.pending.len() >= MAX_HEAD {
+                return Err(head_too_long());
+            }
+            scanned = self.pending.len();
+            let read = std::future::poll_fn(|cx| self.poll_fill(cx)).await;
+            if read.map_err(Http1Error::Io)? == 0 {
+                return Err(Http1Error::Closed {
+                    what: "the response head",
+                });
+            }
+        }
+    }
+
+    /// Parse a head from the start of `pending`; an interim (1xx) one is dropped.
+    fn parse_head(&mut self, method: &Method) -> Result<Head, Http1Error> {
+        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Response::new(&mut lines);
+        let length = match parsed.parse(&self.pending) {
+            // Bounded whole, whatever the reads it came in.
+            Ok(httparse::Status::Complete(length)) if length > MAX_HEAD => {
+                return Err(head_too_long())
+            }
+            Ok(httparse::Status::Complete(length)) => length,
+            Ok(httparse::Status::Partial) => return Ok(Head::Partial),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err(invalid(format!(
+                    "the response head has more than {MAX_HEADERS} header lines"
+                )))
+            }
+            Err(e) => return Err(invalid(format!("the response head: {e}"))),
+        };
+        let code = parsed.code.unwrap_or_default();
+        let status = StatusCode::from_u16(code)
+            .map_err(|_| invalid(format!("status code {code}")))?;
+        let version = if parsed.version == Some(0) {
+            Version::HTTP_10
+        } else {
+            Version::HTTP_11
+        };
+        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+        for line in parsed.headers.iter() {
+            let name = HeaderName::from_bytes(line.name.as_bytes())
+                .map_err(|_| invalid(format!("header name {:?}", line.name)))?;
+            let value = HeaderValue::from_bytes(line.value)
+                .map_err(|_| invalid(format!("the value of header {:?}", line.name)))?;
+            headers.append(name, value);
+        }
+        self.pending.advance(length);
+        if status.is_informational() {
+            if status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(invalid("101 Switching Protocols, which was not asked for"));
+            }
+            return Ok(Head::Interim);
+        }
+        self.body = framing(method, status, &headers)?;
+        self.keep_alive = keeps_alive(version, &headers) && self.body != Body::UntilClose;
+        if headers.contains_key(http::header::TRANSFER_ENCODING)
+            && headers.contains_key(http::header::CONTENT_LENGTH)
+        {
+            // Both framings named: chunked wins, and the connection must not carry
+            // another request (RFC 9112, 6.3), whatever the upstream meant.
+            self.keep_alive = false;
+        }
+        let (mut parts, ()) = http::Response::new(()).into_parts();
+        parts.status = status;
+        parts.version = version;
+        parts.headers = headers;
+        Ok(Head::Final(parts))
+    }
+
+    /// The next piece of the body, `None` at its end (or an error). A connection
+    /// whose body ended is ready for the next request if [`Connection::is_reusable`].
+    pub fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Http1Error>>> {
+        loop {
+            match self.body {
+                Body::Done => return Poll::Ready(None),
+                Body::Length(0) => {
+                    self.body = Body::Done;
+                    return Poll::Ready(None);
+                }
+                Body::Length(left) | Body::ChunkData(left) => {
+                    if self.pending.is_empty() {
+                        fill!(self, cx);
+                        continue;
+                    }
+                    let take = (self.pending.len() as u64).min(left);
+                    let piece = self.take(take as usize);
+                    self.body = match self.body {
+                        Body::Length(_) => Body::Length(left - take),
+                        _ if take == left => Body::ChunkEnd,
+                        _ => Body::ChunkData(left - take),
+                    };
+                    return Poll::Ready(Some(Ok(piece)));
+                }
+                Body::UntilClose => {
+                    if self.pending.is_empty() {
+                        let read = ready!(self.poll_fill(cx)).map_err(Http1Error::Io);
+                        match read {
+                            Err(e) => return Poll::Ready(Some(Err(e))),
+                            Ok(0) => {
+                                self.body = Body::Done;
+                                return Poll::Ready(None);
+                            }
+                            Ok(_) => {}
+                        }
+                    }
+                    let piece = self.take(self.pending.len());
+                    return Poll::Ready(Some(Ok(piece)));
+                }
+                // Parsed once its line has ended (see `read_head`).
+                Body::ChunkSize if memchr::memchr(b'\n', &self.pending).is_none() => {
+                    if self.pending.len() > MAX_CHUNK_LINE {
+                        return Poll::Ready(Some(Err(invalid("a chunk-size line is too long"))));
+                    }
+                    fill!(self, cx);
+                }
+                Body::ChunkSize => match httparse::parse_chunk_size(&self.pending) {
+                    Ok(httparse::Status::Complete((used, _))) if used > MAX_CHUNK_LINE => {
+                        return Poll::Ready(Some(Err(invalid("a chunk-size line is too long"))));
+                    }
+                    Ok(httparse::Status::Complete((used, size))) => {
+                        self.pending.advance(used);
+                        self.body = if size == 0 {
+                            Body::Trailers
+                        } else {
+                            Body::ChunkData(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) => {
+                        if self.pending.len() > MAX_CHUNK_LINE {
+                            return Poll::Ready(Some(Err(invalid("a chunk-size line is too long"))));
+                        }
+                        fill!(self, cx);
+                    }
+                    Err(_) => return Poll::Ready(Some(Err(invalid("a chunk size is not hex")))),
+                },
+                Body::ChunkEnd => {
+                    if self.pending.len() < 2 {
+                        fill!(self, cx);
+                        continue;
+                    }
+                    if !self.pending.starts_with(b"\r\n") {
+                        return Poll::Ready(Some(Err(invalid(
+                            "a chunk's data is longer than its size says",
+                        ))));
+                    }
+                    self.pending.advance(2);
+                    self.body = Body::ChunkSize;
+                }
+                Body::Trailers => {
+                    let end = if self.pending.starts_with(b"\r\n") {
+                        Some(2)
+                    } else {
+                        // Searched from where the last search stopped (see `read_head`).
+                        let from = self.scanned.saturating_sub(3);
+                        self.scanned = self.pending.len();
+                        memchr::memmem::find(&self.pending[from..], b"\r\n\r\n")
+                            .map(|at| from + at + 4)
+                    };
+                    match end {
+                        Some(end) if end > MAX_TRAILERS => {
+                            return Poll::Ready(Some(Err(invalid("the trailers are too long"))))
+                        }
+                        Some(end) => {
+                            self.scanned = 0;
+                            self.pending.advance(end);
+                            self.release_if_empty();
+                            self.body = Body::Done;
+                            return Poll::Ready(None);
+                        }
+                        None if self.pending.len() > MAX_TRAILERS => {
+                            return Poll::Ready(Some(Err(invalid("the trailers are too long"))))
+                        }
+                        None => {
+                            fill!(self, cx);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Read more of the body into `pending`; the upstream closing the connection
+    /// is an error here (the body was not complete).
+    fn fill_or_closed(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Http1Error>> {
+        match ready!(self.poll_fill(cx)) {
+            Ok(0) => Poll::Ready(Err(Http1Error::Closed { what: "the body" })),
+            Ok(_) => Poll::Ready(Ok(())),
+            Err(e) => Poll::Ready(Err(Http1Error::Io(e))),
+        }
+    }
+
+    /// Hand out the first `n` pending bytes; they share the read's allocation.
+    fn take(&mut self, n: usize) -> Bytes {
+        let piece = if n == self.pending.len() {
+            std::mem::take(&mut self.pending).freeze()
+        } else {
+            self.pending.split_to(n).freeze()
+        };
+        self.release_if_empty();
+        piece
+    }
+
+    /// An empty `pending` lets go of its allocation, so that a connection waiting
+    /// for the next event holds none (the pieces handed out keep what they need).
+    fn release_if_empty(&mut self) {
+        if self.pending.is_empty() && self.pending.capacity() > 0 {
+            self.pending = BytesMut::new();
+        }
+    }
+
+    /// One read from the socket, appended to `pending`: the bytes land on the stack
+    /// and only as many as arrived are copied to the heap. `Ok(0)`: end of file.
+    fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
+        let mut scratch = [MaybeUninit::<u8>::uninit(); READ_SIZE];
+        let mut buf = ReadBuf::uninit(&mut scratch);
+        ready!(Pin::new(&mut self.io).poll_read(cx, &mut buf))?;
+        let read = buf.filled();
+        self.pending.extend_from_slice(read);
+        Poll::Ready(Ok(read.len()))
+    }
+}
+
+/// Whether `bytes` holds the empty line that ends a head, searched from `from` (and
+/// the two bytes before it, where a line end may have begun). httparse, like hyper,
+/// takes a bare LF as a line end too.
+fn ends_head(bytes: &[u8], from: usize) -> bool {
+    let start = from.saturating_sub(2);
+    memchr::memchr_iter(b'\n', &bytes[start..]).any(|at| {
+        let rest = &bytes[start + at + 1..];
+        rest.starts_with(b"\n") || rest.starts_with(b"\r\n")
+    })
+}
+
+/// How the body of an answer to `method` with `status` and `headers` is framed
+/// (RFC 9112, section 6.3).
+fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Body, Http1Error> {
+    if method == Method::HEAD
+        || status.is_informational()
+        || status == StatusCode::NO_CONTENT
+        || status == StatusCode::NOT_MODIFIED
+    {
+        return Ok(Body::Done);
+    }
+    let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter().peekable();
+    if codings.peek().is_some() {
+        // Chunked only when it is the last coding; anything else runs to the close.
+        let last = codings
+            .flat_map(|value| value.as_bytes().split(|&b| b == b','))
+            .map(|coding| coding.trim_ascii())
+            .rfind(|coding| !coding.is_empty());
+        return Ok(match last {
+            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => Body::ChunkSize,
+            _ => Body::UntilClose,
+        });
+    }
+    let mut length = None;
+    for value in headers.get_all(http::header::CONTENT_LENGTH) {
+        // `Content-Length: 5, 5` and repeated lines are one length if they agree.
+        for part in value.as_bytes().split(|&b| b == b',') {
+            let part = part.trim_ascii();
+            let n = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
+                .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
+                .flatten()
+                .ok_or_else(|| invalid("Content-Length is not a number"))?;
+            if length.is_some_and(|seen| seen != n) {
+                return Err(invalid("Content-Length has two different values"));
+            }
+            length = Some(n);
+        }
+    }
+    Ok(length.map_or(Body::UntilClose, Body::Length))
+}
+
+/// Whether the upstream keeps the connection open after this answer: HTTP/1.1
+/// unless it says `Connection: close`, HTTP/1.0 only if it says `keep-alive`.
+fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
+    let says = |token: &[u8]| {
+        headers.get_all(http::header::CONNECTION).iter().any(|value| {
+            value
+                .as_bytes()
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        })
+    };
+    if version == Version::HTTP_10 {
+        says(b"keep-alive")
+    } else {
+        !says(b"close")
+    }
+}
+
+/// The head of a request: `method target HTTP/1.1`, the headers (names spelled as
+/// `case` says, title case otherwise: `X-Custom-Header`, as the reference's clients
+/// sent them) and `Content-Length` for the body, which is always sent whole. Any
+/// `Content-Length` or `Transfer-Encoding` among `headers` is left out: the
+/// gateway frames the body it sends, a stale or forwarded length must not.
+pub fn request_head(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    case: &HeaderCase,
+    body_length: usize,
+) -> Vec<u8> {
+    let mut size = method.as_str().len() + target.len() + 40;
+    for (name, value) in headers {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    let mut head = Vec::with_capacity(size);
+    head.extend_from_slice(method.as_str().as_bytes());
+    head.push(b' ');
+    head.extend_from_slice(target.as_bytes());
+    head.extend_from_slice(b" HTTP/1.1\r\n");
+    for (name, value) in headers {
+        if name == http::header::CONTENT_LENGTH || name == http::header::TRANSFER_ENCODING {
+            continue;
+        }
+        match case.spelling_of(name) {
+            Some(spelling) => head.extend_from_slice(spelling.as_bytes()),
+            None => title_case(&mut head, name.as_str()),
+        }
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    if body_length > 0 || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
+        head.extend_from_slice(b"Content-Length: ");
+        head.extend_from_slice(itoa::Buffer::new().format(body_length).as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    head
+}
+
+/// `name` (lowercase) with its first letter and each one after a `-` upper case.
+fn title_case(out: &mut Vec<u8>, name: &str) {
+    let mut upper = true;
+    for b in name.bytes() {
+        out.push(if upper { b.to_ascii_uppercase() } else { b });
+        upper = b == b'-';
+    }
+}
+
+#[cfg(test)]
+mod tests;
