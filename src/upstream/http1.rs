@@ -32,6 +32,8 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 /// The most read from the socket at a time (on the stack, then copied).
 const READ_SIZE: usize = 16 * 1024;
+/// The most of a body or chunk gathered before it is handed out.
+const GATHER_MAX: usize = 64 * 1024;
 /// The longest chunk-size line (with its extensions) accepted.
 const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// The longest trailer section accepted (trailers are read and dropped).
@@ -53,7 +55,10 @@ impl std::fmt::Display for Http1Error {
         match self {
             Http1Error::Io(e) => write!(f, "{e}"),
             Http1Error::Closed { what } => {
-                write!(f, "the upstream closed the connection before the end of {what}")
+                write!(
+                    f,
+                    "the upstream closed the connection before the end of {what}"
+                )
             }
             Http1Error::Invalid(what) => write!(f, "the upstream's answer is not HTTP/1.1: {what}"),
         }
@@ -87,7 +92,10 @@ enum Head {
 }
 
 fn head_too_long() -> Http1Error {
-    invalid(format!("the response head is longer than {} KiB", MAX_HEAD / 1024))
+    invalid(format!(
+        "the response head is longer than {} KiB",
+        MAX_HEAD / 1024
+    ))
 }
 
 /// Where the connection is in reading an answer's body.
@@ -140,12 +148,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
     }
 
-    /// Whether the connection can carry another request now: the last answer was
-    /// read to its end, nothing more arrived, and the upstream has not closed it (as
-    /// far as the runtime has seen: a close it has not noticed yet shows up as a
-    /// request that fails).
+    /// Whether the last answer was read to its end with nothing after it and the
+    /// upstream keeps the connection open: it may go back to the pool.
+    pub fn answer_complete(&self) -> bool {
+        self.keep_alive && self.body == Body::Done && self.pending.is_empty()
+    }
+
+    /// Whether the connection can carry another request now: the last answer is
+    /// complete, nothing more arrived, and the upstream has not closed it (as far as
+    /// the runtime has seen: a close it has not noticed yet shows up as a request
+    /// that fails).
     pub fn is_reusable(&mut self) -> bool {
-        if !self.keep_alive || self.body != Body::Done || !self.pending.is_empty() {
+        if !self.answer_complete() {
             return false;
         }
         // A read that would wait means the socket is quiet and open; end of file
@@ -168,10 +182,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             let n = std::future::poll_fn(|cx| {
                 let io = Pin::new(&mut self.io);
                 if written < head.len() {
-                    let parts = [
-                        io::IoSlice::new(&head[written..]),
-                        io::IoSlice::new(body),
-                    ];
+                    let parts = [io::IoSlice::new(&head[written..]), io::IoSlice::new(body)];
                     io.poll_write_vectored(cx, &parts)
                 } else {
                     io.poll_write(cx, &body[written - head.len()..])
@@ -243,8 +254,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Err(e) => return Err(invalid(format!("the response head: {e}"))),
         };
         let code = parsed.code.unwrap_or_default();
-        let status = StatusCode::from_u16(code)
-            .map_err(|_| invalid(format!("status code {code}")))?;
+        let status =
+            StatusCode::from_u16(code).map_err(|_| invalid(format!("status code {code}")))?;
         let version = if parsed.version == Some(0) {
             Version::HTTP_10
         } else {
@@ -292,12 +303,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     return Poll::Ready(None);
                 }
                 Body::Length(left) | Body::ChunkData(left) => {
-                    if self.pending.is_empty() {
-                        fill!(self, cx);
-                        continue;
+                    // What is due has been announced and is in flight: gather it (up
+                    // to a bound) in a buffer of its size and hand it out whole, so
+                    // that a body or an event comes as one piece, read in place.
+                    let due = left.min(GATHER_MAX as u64) as usize;
+                    if self.pending.len() < due {
+                        self.pending.reserve(due - self.pending.len());
+                        let io = Pin::new(&mut self.io);
+                        match ready!(tokio_util::io::poll_read_buf(io, cx, &mut self.pending)) {
+                            Ok(0) => {
+                                let closed = Http1Error::Closed { what: "the body" };
+                                return Poll::Ready(Some(Err(closed)));
+                            }
+                            Ok(_) => continue,
+                            Err(e) => return Poll::Ready(Some(Err(Http1Error::Io(e)))),
+                        }
                     }
-                    let take = (self.pending.len() as u64).min(left);
-                    let piece = self.take(take as usize);
+                    let piece = self.take(due);
+                    let take = piece.len() as u64;
                     self.body = match self.body {
                         Body::Length(_) => Body::Length(left - take),
                         _ if take == left => Body::ChunkEnd,
@@ -341,7 +364,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                     Ok(httparse::Status::Partial) => {
                         if self.pending.len() > MAX_CHUNK_LINE {
-                            return Poll::Ready(Some(Err(invalid("a chunk-size line is too long"))));
+                            return Poll::Ready(Some(Err(invalid(
+                                "a chunk-size line is too long",
+                            ))));
                         }
                         fill!(self, cx);
                     }
@@ -455,7 +480,10 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<B
     {
         return Ok(Body::Done);
     }
-    let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter().peekable();
+    let mut codings = headers
+        .get_all(http::header::TRANSFER_ENCODING)
+        .iter()
+        .peekable();
     if codings.peek().is_some() {
         // Chunked only when it is the last coding; anything else runs to the close.
         let last = codings
@@ -489,12 +517,15 @@ fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<B
 /// unless it says `Connection: close`, HTTP/1.0 only if it says `keep-alive`.
 fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
     let says = |token: &[u8]| {
-        headers.get_all(http::header::CONNECTION).iter().any(|value| {
-            value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-        })
+        headers
+            .get_all(http::header::CONNECTION)
+            .iter()
+            .any(|value| {
+                value
+                    .as_bytes()
+                    .split(|&b| b == b',')
+                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+            })
     };
     if version == Version::HTTP_10 {
         says(b"keep-alive")

@@ -651,9 +651,9 @@ impl UpstreamError {
             UpstreamError::Reqwest(e) if e.is_body() || e.is_decode() => {
                 "upstream answer broke off"
             }
-            UpstreamError::BadUrl(_)
-            | UpstreamError::Request(_)
-            | UpstreamError::Reqwest(_) => "upstream request failed",
+            UpstreamError::BadUrl(_) | UpstreamError::Request(_) | UpstreamError::Reqwest(_) => {
+                "upstream request failed"
+            }
         };
         ApiError::upstream_failure(format!("{kind}: {self}"))
     }

@@ -330,7 +330,9 @@ impl Pool {
             match connection.write_request(&head, body).await {
                 Ok(()) => {}
                 Err(failed) if reused && failed.written == 0 => continue,
-                Err(failed) => return Err(UpstreamError::Request(http1::Http1Error::Io(failed.error))),
+                Err(failed) => {
+                    return Err(UpstreamError::Request(http1::Http1Error::Io(failed.error)))
+                }
             }
             let head = connection
                 .read_head(method)
@@ -370,8 +372,9 @@ impl PooledBody {
                 Poll::Ready(Some(Err(UpstreamError::Body(e))))
             }
             Poll::Ready(None) => {
-                if let Some(mut connection) = self.connection.take() {
-                    if connection.is_reusable() {
+                // Whether the upstream has closed it since is checked at checkout.
+                if let Some(connection) = self.connection.take() {
+                    if connection.answer_complete() {
                         self.pool.checkin(connection);
                     }
                 }

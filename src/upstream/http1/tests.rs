@@ -89,7 +89,9 @@ async fn body_of(answer: &[u8]) -> Result<(http::response::Parts, Vec<u8>, bool)
 
 /// [`body_of`] with the upstream closing the connection after the answer.
 async fn body_before_close(answer: &[u8]) -> Result<(http::response::Parts, Vec<u8>), Http1Error> {
-    answered(answer, false).await.map(|(head, body, _)| (head, body))
+    answered(answer, false)
+        .await
+        .map(|(head, body, _)| (head, body))
 }
 
 async fn answered(
@@ -109,7 +111,7 @@ async fn answered(
         )
         .await
         .unwrap_or_else(|_| panic!("step {step}: still waiting for the answer's end"))
-            .map(|(head, pieces)| (head, pieces.concat(), connection.is_reusable()));
+        .map(|(head, pieces)| (head, pieces.concat(), connection.is_reusable()));
         match (&outcome, result) {
             (None, result) => outcome = Some(result),
             (Some(Ok((_, body, reusable))), Ok((_, again, reusable_again))) => {
@@ -135,6 +137,24 @@ async fn a_length_framed_body_is_read_to_its_length_and_the_connection_kept() {
     assert_eq!(head.headers["content-type"], "application/json");
     assert_eq!(body, b"{\"n\": 1234}");
     assert!(reusable);
+    // Large enough to be read straight into buffers of the size still due.
+    let large: Vec<u8> = (0..40_000u32).map(|i| b'a' + (i % 26) as u8).collect();
+    let mut answer =
+        format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", large.len()).into_bytes();
+    answer.extend_from_slice(&large);
+    let (_, body, reusable) = body_of(&answer).await.unwrap();
+    assert_eq!(body, large);
+    assert!(reusable);
+    let mut chunked = format!(
+        "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+        large.len()
+    )
+    .into_bytes();
+    chunked.extend_from_slice(&large);
+    chunked.extend_from_slice(b"\r\n0\r\n\r\n");
+    let (_, body, reusable) = body_of(&chunked).await.unwrap();
+    assert_eq!(body, large);
+    assert!(reusable);
 }
 
 #[tokio::test]
@@ -144,9 +164,11 @@ async fn chunked_bodies_lose_their_framing_extensions_and_trailers() {
     let (_, body, reusable) = body_of(answer).await.unwrap();
     assert_eq!(body, b"hello 0123456789");
     assert!(reusable);
-    let (_, body, _) = body_of(b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n")
-        .await
-        .unwrap();
+    let (_, body, _) = body_of(
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: gzip, chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+    )
+    .await
+    .unwrap();
     assert_eq!(body, b"abc");
 }
 
@@ -185,7 +207,10 @@ async fn a_body_until_close_ends_the_connection() {
     let mut connection = Connection::new(Scripted::new(answer, usize::MAX).open());
     connection.read_head(&Method::POST).await.unwrap();
     let mut cx = Context::from_waker(Waker::noop());
-    assert!(matches!(connection.poll_body(&mut cx), Poll::Ready(Some(Ok(_)))));
+    assert!(matches!(
+        connection.poll_body(&mut cx),
+        Poll::Ready(Some(Ok(_)))
+    ));
     assert!(connection.poll_body(&mut cx).is_pending());
     assert!(!connection.keep_alive);
 }
@@ -194,10 +219,19 @@ async fn a_body_until_close_ends_the_connection() {
 async fn which_answers_keep_the_connection() {
     for (answer, kept) in [
         (&b"HTTP/1.1 204 No Content\r\n\r\n"[..], true),
-        (b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n", false),
-        (b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, CLOSE\r\nContent-Length: 0\r\n\r\n", false),
+        (
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 0\r\n\r\n",
+            false,
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nConnection: Keep-Alive, CLOSE\r\nContent-Length: 0\r\n\r\n",
+            false,
+        ),
         (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", false),
-        (b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n", true),
+        (
+            b"HTTP/1.0 200 OK\r\nConnection: keep-alive\r\nContent-Length: 0\r\n\r\n",
+            true,
+        ),
         // Two framings: chunked is read, and the connection is not trusted after.
         (
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
@@ -235,10 +269,9 @@ async fn interim_answers_are_skipped_and_head_answers_have_no_body() {
     assert!(!head.headers.contains_key("link"));
     assert_eq!(body, b"ok");
 
-    let mut connection = Connection::new(Scripted::new(
-        b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n",
-        usize::MAX,
-    ).open());
+    let mut connection = Connection::new(
+        Scripted::new(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", usize::MAX).open(),
+    );
     let (head, pieces) = read_answer(&mut connection, &Method::HEAD).await.unwrap();
     assert_eq!(head.headers["content-length"], "99");
     assert!(pieces.is_empty());
@@ -247,11 +280,11 @@ async fn interim_answers_are_skipped_and_head_answers_have_no_body() {
 
 #[tokio::test]
 async fn broken_answers_are_errors_that_say_what_was_wrong() {
-    let long_head = format!(
-        "HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n",
-        "a".repeat(MAX_HEAD)
+    let long_head = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\n\r\n", "a".repeat(MAX_HEAD));
+    let many_lines = format!(
+        "HTTP/1.1 200 OK\r\n{}\r\n",
+        "X-A: b\r\n".repeat(MAX_HEADERS + 1)
     );
-    let many_lines = format!("HTTP/1.1 200 OK\r\n{}\r\n", "X-A: b\r\n".repeat(MAX_HEADERS + 1));
     let long_size_line = format!(
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;{}\r\nhello\r\n0\r\n\r\n",
         "x".repeat(MAX_CHUNK_LINE)
@@ -261,24 +294,58 @@ async fn broken_answers_are_errors_that_say_what_was_wrong() {
         "t".repeat(MAX_TRAILERS)
     );
     let cases: [(&[u8], &str); 12] = [
-        (b"", "closed the connection before the end of the response head"),
-        (b"HTTP/1.1 200 OK\r\nContent-Le", "closed the connection before the end of the response head"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "closed the connection before the end of the body"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", "closed the connection before the end of the body"),
+        (
+            b"",
+            "closed the connection before the end of the response head",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Le",
+            "closed the connection before the end of the response head",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+            "closed the connection before the end of the body",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel",
+            "closed the connection before the end of the body",
+        ),
         (b"SMTP ready\r\n\r\n", "not HTTP/1.1: the response head"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "Content-Length is not a number"),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", "two different values"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "a chunk size is not hex"),
-        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n", "longer than its size says"),
-        (b"HTTP/1.1 101 Switching Protocols\r\n\r\n", "101 Switching Protocols"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n",
+            "Content-Length is not a number",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok",
+            "two different values",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            "a chunk size is not hex",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n",
+            "longer than its size says",
+        ),
+        (
+            b"HTTP/1.1 101 Switching Protocols\r\n\r\n",
+            "101 Switching Protocols",
+        ),
         (many_lines.as_bytes(), "more than 128 header lines"),
         (long_trailers.as_bytes(), "the trailers are too long"),
     ];
     for (answer, expected) in cases {
         let error = body_before_close(answer).await.unwrap_err().to_string();
-        assert!(error.contains(expected), "{error:?} for {:?}", String::from_utf8_lossy(answer));
+        assert!(
+            error.contains(expected),
+            "{error:?} for {:?}",
+            String::from_utf8_lossy(answer)
+        );
     }
-    let error = body_before_close(long_head.as_bytes()).await.unwrap_err().to_string();
+    let error = body_before_close(long_head.as_bytes())
+        .await
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("longer than 64 KiB"), "{error}");
     let error = body_before_close(long_size_line.as_bytes())
         .await
@@ -286,9 +353,10 @@ async fn broken_answers_are_errors_that_say_what_was_wrong() {
         .to_string();
     assert!(error.contains("chunk-size line is too long"), "{error}");
     // Lengths that agree are one length.
-    let (_, body, _) = body_of(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\r\nok")
-        .await
-        .unwrap();
+    let (_, body, _) =
+        body_of(b"HTTP/1.1 200 OK\r\nContent-Length: 2, 2\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
     assert_eq!(body, b"ok");
 }
 
@@ -303,7 +371,13 @@ fn request_heads_spell_names_and_frame_the_body_themselves() {
     headers.insert("content-length", HeaderValue::from_static("999"));
     headers.insert("transfer-encoding", HeaderValue::from_static("chunked"));
     let case = HeaderCase::of(["X-API-key"]);
-    let head = request_head(&Method::POST, "/v1/chat/completions?x=1", &headers, &case, 2);
+    let head = request_head(
+        &Method::POST,
+        "/v1/chat/completions?x=1",
+        &headers,
+        &case,
+        2,
+    );
     assert_eq!(
         String::from_utf8(head).unwrap(),
         "POST /v1/chat/completions?x=1 HTTP/1.1\r\nX-API-key: k\r\nX-Custom-Header: v\r\n\
@@ -312,7 +386,13 @@ fn request_heads_spell_names_and_frame_the_body_themselves() {
     // An empty POST says so; a GET without a body says nothing.
     let empty = request_head(&Method::POST, "/", &HeaderMap::new(), &HeaderCase::NONE, 0);
     assert_eq!(empty, b"POST / HTTP/1.1\r\nContent-Length: 0\r\n\r\n");
-    let get = request_head(&Method::GET, "/v1/models", &HeaderMap::new(), &HeaderCase::NONE, 0);
+    let get = request_head(
+        &Method::GET,
+        "/v1/models",
+        &HeaderMap::new(),
+        &HeaderCase::NONE,
+        0,
+    );
     assert_eq!(get, b"GET /v1/models HTTP/1.1\r\n\r\n");
 }
 
