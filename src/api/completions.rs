@@ -43,7 +43,8 @@ pub async fn completions(
         &mut incoming.upstream_time,
     )
     .await;
-    let (gateway, ctx, ending) = incoming.finish(&state).await;
+    incoming.discard_unread_body().await;
+    let (gateway, ctx, ending) = incoming.finish(&state);
     match result {
         Ok((TextCompletion::Complete(answer), _)) => {
             let answer = gateway.redactor.redact_payload(answer);

@@ -47,7 +47,8 @@ pub async fn embeddings(
         &mut incoming.upstream_time,
     )
     .await;
-    let (gateway, ctx, ending) = incoming.finish(&state).await;
+    incoming.discard_unread_body().await;
+    let (gateway, ctx, ending) = incoming.finish(&state);
     match result {
         Ok(answer) => {
             let answer = gateway.redactor.redact_payload(answer);

@@ -89,7 +89,8 @@ async fn serve(
         &mut incoming.upstream_time,
     )
     .await;
-    let (gateway, ctx, ending) = incoming.finish(&state).await;
+    incoming.discard_unread_body().await;
+    let (gateway, ctx, ending) = incoming.finish(&state);
     let assemble = gateway
         .log_dispatcher
         .as_ref()

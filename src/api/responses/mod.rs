@@ -71,7 +71,8 @@ pub async fn responses(
         &mut incoming.upstream_time,
     )
     .await;
-    let (gateway, ctx, ending) = incoming.finish(&state).await;
+    incoming.discard_unread_body().await;
+    let (gateway, ctx, ending) = incoming.finish(&state);
     let assemble = gateway.log_dispatcher.is_some();
     match result {
         Ok(DoorReply::Json { answer, usage }) => {
