@@ -8,9 +8,12 @@
 # bench-upstream; a few streams to warm it up; its idle VmRSS; then N slow streams
 # opened at once by bench/open_streams.py (raw sockets, asyncio), each CHUNKS chunks
 # DELAY_MS apart (20 and 500: ten seconds a stream, longer than it takes to open
-# them all). Reported: the gateway's peak RSS (VmHWM) minus idle, divided by N; the
-# RSS when all N were open; `lm_proxy_open_streams` then (N when they really were
-# all open at once); errors. Each count runs in well under a minute.
+# them all). Reported: the gateway's peak RSS (VmHWM) minus idle, divided by N
+# (per_stream_KiB); the RSS when all N were open, and that minus idle divided by N
+# (open_per_KiB: the peak also holds the requests still in flight while the
+# streams open, which on a machine whose CPUs the load generator and the mock share
+# can be hundreds); `lm_proxy_open_streams` then (N when they really were all open
+# at once); errors. Each count runs in well under a minute.
 #
 # Needs a release build (`cargo build --release --bins` makes bench-upstream too).
 # GATEWAY (target/release/lm-proxy-server), THREADS (2), CHUNKS, DELAY_MS,
@@ -45,8 +48,8 @@ model="bench-s$CHUNKS-d$DELAY_MS"
 
 kib() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
 
-printf '%-8s %-10s %-10s %-12s %-14s %-10s %-8s %s\n' \
-    streams idle_MB peak_MB all_open_MB per_stream_KiB gauge errors "ramp/total s"
+printf '%-8s %-10s %-10s %-12s %-14s %-14s %-10s %-8s %s\n' \
+    streams idle_MB peak_MB all_open_MB per_stream_KiB open_per_KiB gauge errors "ramp/total s"
 for n in "${counts[@]}"; do
     RUST_LOG=warn "$GATEWAY" --config "$work/gateway.toml" --threads "$THREADS" \
         >"$work/gateway.log" 2>&1 &
@@ -65,7 +68,8 @@ for n in "${counts[@]}"; do
 import json, sys
 n, idle, peak, r = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), json.loads(sys.argv[4])
 print(f"{n:<8} {idle/1024:<10.1f} {peak/1024:<10.1f} {r['rss_all_open_kib']/1024:<12.1f} "
-      f"{(peak-idle)/n:<14.1f} {r['open_streams_gauge']:<10.0f} {r['errors']:<8} "
+      f"{(peak-idle)/n:<14.1f} {(r['rss_all_open_kib']-idle)/n:<14.1f} "
+      f"{r['open_streams_gauge']:<10.0f} {r['errors']:<8} "
       f"{r['ramp_s']}/{r['total_s']}")
 if r["errors"]:
     print("  errors:", r["first_errors"])
