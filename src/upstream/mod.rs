@@ -7,8 +7,9 @@
 //!   (TLS with ALPN `http/1.1` and the platform's certificates, as reqwest checks
 //!   them): local and LAN OpenAI-compatible servers (vLLM, llama.cpp, Ollama, LM
 //!   Studio), where the upstream is fast and the proxy's own cost shows, and the
-//!   providers. The request's task reads and writes the upstream socket itself; no
-//!   hand-off to a connection task. HTTP/1.1, as the reference's httpx client spoke
+//!   providers. The request's task reads and writes the upstream socket itself
+//!   through a connection of our own ([`http1`]), with no hand-off to a connection
+//!   task and no buffer held while it waits. HTTP/1.1, as the reference's httpx client spoke
 //!   it, is what lets header names keep the spelling the config, a handler or the
 //!   client gave them (`case.rs`); HTTP/2 would send them in lowercase.
 //!   The proxies the environment names (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`,
@@ -105,9 +106,8 @@ impl UpstreamClient {
             // names as users wrote them, and some servers match names by case.
             // Exact spellings (`X-API-key`, `x-lower-case`; see `case.rs`) reach only
             // the in-task pool's upstreams (every `http` and `https` one, through an
-            // `http://` proxy too): reqwest 0.13 builds its own hyper request and drops
-            // the caller's extensions, where hyper's map of spellings would have to
-            // travel. HTTP/2 (https by ALPN) is lowercase by spec.
+            // `http://` proxy too): reqwest builds its request from a `HeaderMap`, which
+            // keeps no spellings. HTTP/2 (https by ALPN) is lowercase by spec.
             .http1_title_case_headers()
             // Never follow redirects: reqwest would resend the provider key headers
             // (`x-api-key`, `x-goog-api-key`, static `http_headers`) and the prompt to
