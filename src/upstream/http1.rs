@@ -98,6 +98,10 @@ fn head_too_long() -> Http1Error {
     ))
 }
 
+fn chunk_line_too_long() -> Http1Error {
+    invalid("a chunk-size line is too long")
+}
+
 /// Where the connection is in reading an answer's body.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Body {
@@ -270,6 +274,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             headers.append(name, value);
         }
         self.pending.advance(length);
+        // Usually all there was: the connection then waits for the body holding
+        // nothing (the header values above are copies).
+        self.release_if_empty();
         if status.is_informational() {
             if status == StatusCode::SWITCHING_PROTOCOLS {
                 return Err(invalid("101 Switching Protocols, which was not asked for"));
@@ -310,14 +317,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     if self.pending.len() < due {
                         self.pending.reserve(due - self.pending.len());
                         let io = Pin::new(&mut self.io);
-                        match ready!(tokio_util::io::poll_read_buf(io, cx, &mut self.pending)) {
-                            Ok(0) => {
-                                let closed = Http1Error::Closed { what: "the body" };
-                                return Poll::Ready(Some(Err(closed)));
-                            }
-                            Ok(_) => continue,
-                            Err(e) => return Poll::Ready(Some(Err(Http1Error::Io(e)))),
+                        let read = ready!(tokio_util::io::poll_read_buf(io, cx, &mut self.pending));
+                        if let Err(e) = body_read(read) {
+                            return Poll::Ready(Some(Err(e)));
                         }
+                        continue;
                     }
                     let piece = self.take(due);
                     let take = piece.len() as u64;
@@ -346,13 +350,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 // Parsed once its line has ended (see `read_head`).
                 Body::ChunkSize if memchr::memchr(b'\n', &self.pending).is_none() => {
                     if self.pending.len() > MAX_CHUNK_LINE {
-                        return Poll::Ready(Some(Err(invalid("a chunk-size line is too long"))));
+                        return Poll::Ready(Some(Err(chunk_line_too_long())));
                     }
                     fill!(self, cx);
                 }
                 Body::ChunkSize => match httparse::parse_chunk_size(&self.pending) {
                     Ok(httparse::Status::Complete((used, _))) if used > MAX_CHUNK_LINE => {
-                        return Poll::Ready(Some(Err(invalid("a chunk-size line is too long"))));
+                        return Poll::Ready(Some(Err(chunk_line_too_long())));
                     }
                     Ok(httparse::Status::Complete((used, size))) => {
                         self.pending.advance(used);
@@ -364,9 +368,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     }
                     Ok(httparse::Status::Partial) => {
                         if self.pending.len() > MAX_CHUNK_LINE {
-                            return Poll::Ready(Some(Err(invalid(
-                                "a chunk-size line is too long",
-                            ))));
+                            return Poll::Ready(Some(Err(chunk_line_too_long())));
                         }
                         fill!(self, cx);
                     }
@@ -421,11 +423,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Read more of the body into `pending`; the upstream closing the connection
     /// is an error here (the body was not complete).
     fn fill_or_closed(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Http1Error>> {
-        match ready!(self.poll_fill(cx)) {
-            Ok(0) => Poll::Ready(Err(Http1Error::Closed { what: "the body" })),
-            Ok(_) => Poll::Ready(Ok(())),
-            Err(e) => Poll::Ready(Err(Http1Error::Io(e))),
-        }
+        self.poll_fill(cx).map(body_read)
     }
 
     /// Hand out the first `n` pending bytes; they share the read's allocation.
@@ -456,6 +454,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let read = buf.filled();
         self.pending.extend_from_slice(read);
         Poll::Ready(Ok(read.len()))
+    }
+}
+
+/// A read of body bytes: end of file is an error (the body was not complete).
+fn body_read(read: io::Result<usize>) -> Result<(), Http1Error> {
+    match read {
+        Ok(0) => Err(Http1Error::Closed { what: "the body" }),
+        Ok(_) => Ok(()),
+        Err(e) => Err(Http1Error::Io(e)),
     }
 }
 
