@@ -58,13 +58,20 @@ impl Reservation<'_> {
         if extra == 0 {
             return true;
         }
-        let before = self.budget.held.fetch_add(extra, Ordering::AcqRel);
-        if before.saturating_add(extra) > cap {
-            self.budget.held.fetch_sub(extra, Ordering::AcqRel);
-            return false;
+        // Added only if it fits: an add that went over and was taken back would,
+        // for that moment, make other requests' small reservations fail too (under
+        // a flood of large declared bodies, ordinary requests got 503).
+        let added = self
+            .budget
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(extra).filter(|&total| total <= cap)
+            })
+            .is_ok();
+        if added {
+            self.bytes += extra;
         }
-        self.bytes += extra;
-        true
+        added
     }
 }
 
