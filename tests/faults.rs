@@ -221,6 +221,56 @@ async fn a_client_that_leaves_mid_stream_closes_the_upstream_and_is_logged() {
     assert_eq!(entries[1]["extra"]["client_disconnected"], true);
 }
 
+/// A client that hangs up while the upstream is still working on a non-streamed
+/// answer: nothing will be written to it before the answer, so only watching the
+/// socket can notice; the upstream call must be dropped then, not 60 s later.
+#[tokio::test]
+async fn a_client_that_leaves_before_the_answer_cancels_the_upstream_call() {
+    use tokio::io::AsyncWriteExt;
+    let upstream = MockUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    // Timeouts far above the test's bound: only the client leaving can end the call.
+    let text = config(&upstream, &dir.path().join("l.log"), "")
+        .replace("\ntimeout = 2\n", "\ntimeout = 60\n")
+        .replace("first_byte_timeout = 0.5", "first_byte_timeout = 60");
+    let gw = TestGateway::start(&text).await;
+    let body = user("slow", "x").to_string();
+    let mut socket = tokio::net::TcpStream::connect(gw.server.addr)
+        .await
+        .unwrap();
+    socket
+        .write_all(
+            format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: t\r\nauthorization: Bearer k\r\n\
+                 content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while upstream.requests().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the request never reached the upstream"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(upstream.abandoned_waits(), 0);
+    drop(socket);
+    while upstream.abandoned_waits() == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the upstream call outlived its client by more than 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The gateway serves on.
+    let (status, _) = gw.chat_json("k", user("fine", "x")).await;
+    assert_eq!(status, 200);
+}
+
 #[test]
 fn timeouts_must_be_positive() {
     for key in [

@@ -161,6 +161,65 @@ async fn an_unfinished_body_gets_408_after_the_body_timeout() {
     read_until_closed(&mut stream).await;
 }
 
+/// A request pipelined while a slow stream is being answered waits in the socket
+/// (hyper reads nothing mid-response) and is answered after it, on the same
+/// connection: the watch for the client leaving must not take those waiting bytes
+/// for a departure, nor spin on them.
+#[tokio::test]
+async fn a_request_pipelined_during_a_stream_is_answered_after_it() {
+    let gateway = TestGateway::start(&config(SHORT).replace(
+        "[routing]",
+        "[connections.slow]\napi_type = \"mock\"\nchunk_delay_ms = 100\n\
+         [routing]\n\"slow\" = \"slow.*\"",
+    ))
+    .await;
+    let mut stream = connect(&gateway).await;
+    let first = json!({"model": "slow", "stream": true,
+        "messages": [{"role": "user", "content": "one two three"}]})
+    .to_string();
+    let second =
+        json!({"model": "m", "messages": [{"role": "user", "content": "second"}]}).to_string();
+    stream
+        .write_all(format!("{}{first}", chat_head("good-key", first.len(), "")).as_bytes())
+        .await
+        .unwrap();
+    // Read the stream, chunked, to its last (empty) chunk; send the second request
+    // once the first event has come.
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    let mut sent = false;
+    tokio::time::timeout(BOUND, async {
+        while !seen.ends_with(b"\r\n0\r\n\r\n") {
+            assert_eq!(
+                stream.read(&mut byte).await.unwrap(),
+                1,
+                "closed mid-stream"
+            );
+            seen.push(byte[0]);
+            if !sent && seen.ends_with(b"\n\n") && seen.windows(5).any(|w| w == b"data:") {
+                let head = chat_head("good-key", second.len(), "");
+                stream
+                    .write_all(format!("{head}{second}").as_bytes())
+                    .await
+                    .unwrap();
+                sent = true;
+            }
+        }
+    })
+    .await
+    .expect("the stream should have ended");
+    let streamed = String::from_utf8_lossy(&seen);
+    assert!(sent, "{streamed}");
+    assert!(streamed.starts_with("HTTP/1.1 200"), "{streamed}");
+    assert!(
+        streamed.contains("three") && streamed.contains("[DONE]"),
+        "{streamed}"
+    );
+    let (head, body) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(body.contains("You said: second"), "{body}");
+}
+
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed() {
     let gateway = TestGateway::start(&config(SHORT)).await;

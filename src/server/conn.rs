@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
@@ -169,6 +169,9 @@ struct ConnState {
     http2: AtomicBool,
     close: AtomicU8,
     waker: AtomicWaker,
+    /// Reads that brought bytes, for [`ClientLeft`] (written by the connection's
+    /// task only).
+    reads: AtomicU32,
 }
 
 impl ConnState {
@@ -181,6 +184,7 @@ impl ConnState {
             http2: AtomicBool::new(false),
             close: AtomicU8::new(KEEP),
             waker: AtomicWaker::new(),
+            reads: AtomicU32::new(0),
         }
     }
 
@@ -202,6 +206,7 @@ impl ConnState {
     /// Bytes arrived: after an idle time, the head of a next request has begun.
     #[inline]
     fn bytes_read(&self) {
+        self.reads.fetch_add(1, Ordering::Relaxed);
         if self.phase.load(Ordering::Relaxed) == IDLE {
             self.since.store(self.shared.now(), Ordering::Relaxed);
             self.phase.store(HEAD, Ordering::Relaxed);
@@ -388,8 +393,14 @@ fn builders(limits: &ConnLimits, client_spellings: bool) -> Builders {
             .keep_alive_timeout(limits.http2_keepalive_timeout);
     }
     let mut http1 = hyper::server::conn::http1::Builder::new();
+    // `half_close`: hyper does not read while a response is in progress. Without it,
+    // hyper reads to notice a client that leaves mid-response, and as the request's
+    // header values still hold its first read buffer, that read takes a second 8 KiB
+    // buffer for every open stream. [`ClientLeft`] notices the client leaving instead,
+    // with a peek.
     http1
         .timer(TokioTimer::new())
+        .half_close(true)
         .header_read_timeout(None)
         .preserve_header_case(client_spellings);
     Builders { auto, http1 }
@@ -530,8 +541,9 @@ pub(crate) async fn serve(
             peer,
             conn: conn.clone(),
         };
+        let socket = Arc::new(stream);
         let io = TrackedIo {
-            inner: stream,
+            socket: socket.clone(),
             conn: conn.clone(),
         };
         let builder = builders[usize::from(client_spellings.load(Ordering::Relaxed))].clone();
@@ -543,7 +555,7 @@ pub(crate) async fn serve(
                 let _registration = registration;
                 // A client that sends nothing is closed by the sweeper (`FIRST`).
                 let sniffed = tokio::select! {
-                    sniffed = sniff(&io.inner) => sniffed,
+                    sniffed = sniff(&socket) => sniffed,
                     _ = conn.closing(CLOSE_IDLE) => return,
                 };
                 match sniffed {
@@ -552,13 +564,13 @@ pub(crate) async fn serve(
                             .http1
                             .serve_connection(TokioIo::new(io), service)
                             .with_upgrades();
-                        drive(connection, &conn).await;
+                        drive(connection, &conn, Some(&socket)).await;
                     }
                     Sniffed::MaybeHttp2 => {
                         let connection = builder
                             .auto
                             .serve_connection_with_upgrades(TokioIo::new(io), service);
-                        drive(connection, &conn).await;
+                        drive(connection, &conn, None).await;
                     }
                     Sniffed::Closed => {}
                 }
@@ -573,7 +585,7 @@ pub(crate) async fn serve(
                     let connection = builder
                         .auto
                         .serve_connection_with_upgrades(TokioIo::new(stream), service);
-                    drive(connection, &conn).await;
+                    drive(connection, &conn, None).await;
                 }
             }),
         };
@@ -618,13 +630,22 @@ where
     }
 }
 
-/// Serve HTTP on one connection until it ends or is told to close.
-async fn drive(connection: impl ServedConnection, conn: &ConnState) {
+/// Serve HTTP on one connection until it ends, is told to close, or (`client`: a
+/// plain HTTP/1 connection served with `half_close`) its client leaves.
+async fn drive(connection: impl ServedConnection, conn: &ConnState, client: Option<&TcpStream>) {
     tokio::pin!(connection);
+    let mut left = ClientLeft {
+        socket: client,
+        conn,
+        unread_at: None,
+    };
+    // Dropping the connection drops the request in progress with it: its upstream
+    // call is abandoned and its stream is logged as the client disconnecting.
     let how = tokio::select! {
         biased;
         _ = connection.as_mut() => return,
         how = conn.closing(CLOSE_IDLE) => how,
+        () = &mut left => return,
     };
     if how == CLOSE_NOW {
         return;
@@ -639,7 +660,65 @@ async fn drive(connection: impl ServedConnection, conn: &ConnState) {
     tokio::select! {
         _ = connection.as_mut() => {}
         _ = conn.closing(CLOSE_NOW) => {}
+        () = &mut left => {}
         _ = tokio::time::sleep(bound) => {}
+    }
+}
+
+/// Resolves when the client of a plain HTTP/1 connection has gone (end of file or
+/// an error on its socket), found with a one-byte peek whenever the socket turns
+/// readable; never resolves without a socket.
+///
+/// What hyper does with `half_close` off, minus its buffer: it reads mid-response
+/// to see end of file. As the peek consumes nothing, bytes that wait in the socket
+/// (a pipelined request, a body hyper has not read yet) are hyper's to read, and
+/// hide whatever comes after them: the watch then pauses until hyper has read, which
+/// happens in this same task, so the next poll after that read looks again. (hyper,
+/// too, stops watching while unread bytes wait in its buffer.) The watch shares the
+/// socket's read-readiness waker with hyper's reads; both are this task's.
+struct ClientLeft<'a> {
+    socket: Option<&'a TcpStream>,
+    conn: &'a ConnState,
+    /// `ConnState::reads` when bytes were last seen waiting in the socket.
+    unread_at: Option<u32>,
+}
+
+impl Future for ClientLeft<'_> {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let Some(socket) = self.socket else {
+            return Poll::Pending;
+        };
+        if let Some(at) = self.unread_at {
+            if self.conn.reads.load(Ordering::Relaxed) == at {
+                return Poll::Pending;
+            }
+            self.unread_at = None;
+        }
+        loop {
+            if ready!(socket.poll_read_ready(cx)).is_err() {
+                return Poll::Ready(());
+            }
+            let mut byte = [std::mem::MaybeUninit::<u8>::uninit()];
+            let peeked = socket.try_io(tokio::io::Interest::READABLE, || {
+                socket2::SockRef::from(socket).peek(&mut byte)
+            });
+            match peeked {
+                Ok(0) => return Poll::Ready(()),
+                Ok(_) => {
+                    self.unread_at = Some(self.conn.reads.load(Ordering::Relaxed));
+                    return Poll::Pending;
+                }
+                // Nothing there: `try_io` cleared the readiness; wait for the next.
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(_) => return Poll::Ready(()),
+            }
+        }
     }
 }
 
@@ -659,54 +738,103 @@ async fn sweep(registry: Arc<Registry>, shared: Arc<Shared>) {
     }
 }
 
-/// The socket, noting when bytes arrive on an idle connection.
+/// The socket, noting when bytes arrive on an idle connection. Shared (`Arc`) with
+/// the connection's [`ClientLeft`] watch, so it is read and written through `&self`.
 struct TrackedIo {
-    inner: TcpStream,
+    socket: Arc<TcpStream>,
     conn: Arc<ConnState>,
 }
 
 impl AsyncRead for TrackedIo {
     fn poll_read(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
-        if matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
-            self.conn.bytes_read();
+        let socket = &*self.socket;
+        loop {
+            ready!(socket.poll_read_ready(cx))?;
+            // SAFETY: `recv` only writes into the slice; `assume_init` below covers
+            // exactly the bytes it wrote.
+            let unfilled = unsafe { buf.unfilled_mut() };
+            let room = unfilled.len();
+            let mut received = None;
+            let outcome = socket.try_io(tokio::io::Interest::READABLE, || {
+                let n = socket2::SockRef::from(socket).recv(unfilled)?;
+                received = Some(n);
+                // Fewer bytes than there was room for: the socket is drained (Linux,
+                // edge-triggered epoll). Answering `WouldBlock` has `try_io` clear the
+                // readiness, as tokio's own reads do after a short read, against the
+                // readiness seen before this read (one that came meanwhile is kept);
+                // it spares a read that would find nothing, and lets `ClientLeft`
+                // wait without a peek after each request.
+                if n > 0 && n < room {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(())
+                }
+            });
+            if let Some(n) = received {
+                // SAFETY: `recv` initialised the first `n` bytes of `unfilled`.
+                unsafe { buf.assume_init(n) };
+                buf.advance(n);
+                if n > 0 {
+                    self.conn.bytes_read();
+                }
+                return Poll::Ready(Ok(()));
+            }
+            match outcome {
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+                    ) => {}
+                Err(e) => return Poll::Ready(Err(e)),
+                Ok(()) => unreachable!("a successful read sets `received`"),
+            }
         }
-        polled
     }
 }
 
 impl AsyncWrite for TrackedIo {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        loop {
+            ready!(self.socket.poll_write_ready(cx))?;
+            match self.socket.try_write(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                written => return Poll::Ready(written),
+            }
+        }
     }
 
     fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        loop {
+            ready!(self.socket.poll_write_ready(cx))?;
+            match self.socket.try_write_vectored(bufs) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                written => return Poll::Ready(written),
+            }
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        true
     }
 
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Write))
     }
 }
 

@@ -39,6 +39,9 @@ struct UpstreamState {
     /// Streamed answers whose body was dropped before it was fully sent (the
     /// gateway closed the connection).
     aborted_streams: std::sync::atomic::AtomicUsize,
+    /// `slow` answers whose request was dropped while the mock waited (the gateway
+    /// closed the connection).
+    abandoned_waits: std::sync::atomic::AtomicUsize,
 }
 
 /// A mock OpenAI-compatible server. Behaviour by the `model` it receives:
@@ -91,6 +94,13 @@ impl MockUpstream {
     pub fn aborted_streams(&self) -> usize {
         self.state
             .aborted_streams
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// How many `slow` (non-streamed) requests the gateway abandoned while waiting.
+    pub fn abandoned_waits(&self) -> usize {
+        self.state
+            .abandoned_waits
             .load(std::sync::atomic::Ordering::SeqCst)
     }
 
@@ -166,7 +176,18 @@ async fn chat(
         ),
         "status-503-empty" => StatusCode::SERVICE_UNAVAILABLE.into_response(),
         "slow" => {
+            // Dropped with the handler when the gateway closes the connection.
+            struct Waiting(Arc<UpstreamState>);
+            impl Drop for Waiting {
+                fn drop(&mut self) {
+                    self.0
+                        .abandoned_waits
+                        .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                }
+            }
+            let waiting = Waiting(state.clone());
             tokio::time::sleep(Duration::from_secs(60)).await;
+            std::mem::forget(waiting);
             axum::Json(completion(&model, "late")).into_response()
         }
         "not-json" => (StatusCode::OK, "this is not json").into_response(),
