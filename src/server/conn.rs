@@ -570,7 +570,7 @@ pub(crate) async fn serve(
                         // Boxed: hyper-util's auto connection has room for both
                         // protocols' states (twice the HTTP/1 connection); inline, it
                         // would make every plain connection's task that large
-                        // (`-Zprint-type-sizes`: 3,464 bytes against 1,703).
+                        // (`-Zprint-type-sizes`: 3,464 bytes against 1,048).
                         let mut connection = Box::pin(
                             builder
                                 .auto
