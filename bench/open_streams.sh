@@ -36,6 +36,8 @@ ulimit -n "$(ulimit -Hn)"
 work=$(mktemp -d)
 cleanup() {
     kill "${gateway_pid:-}" "${upstream_pid:-}" 2>/dev/null || true
+    # Gone before the script ends, so that a run right after can bind the same ports.
+    wait 2>/dev/null || true
     rm -rf "$work"
 }
 trap cleanup EXIT
