@@ -273,7 +273,7 @@ impl Pool {
     /// connect timeout covers the TLS handshake of an `https` origin too.
     async fn connect(&self) -> Result<Box<PooledConnection>, UpstreamError> {
         let open = async {
-            let mut tcp = match &self.proxy {
+            let tcp = match &self.proxy {
                 None => TcpStream::connect((self.host.as_str(), self.port)).await?,
                 Some(proxy) => TcpStream::connect((proxy.host.as_str(), proxy.port)).await?,
             };
@@ -281,18 +281,9 @@ impl Pool {
             tcp.set_nodelay(true)?;
             match &self.tls {
                 None => Ok(Socket::Plain(tcp)),
-                Some(tls) => {
-                    if let Some(proxy) = &self.proxy {
-                        let authority = if self.host.contains(':') {
-                            format!("[{}]:{}", self.host, self.port)
-                        } else {
-                            format!("{}:{}", self.host, self.port)
-                        };
-                        tunnel(&mut tcp, &authority, proxy.authorization.as_ref()).await?;
-                    }
-                    let stream = tls.connector.connect(tls.server_name.clone(), tcp).await?;
-                    Ok(Socket::Tls(Box::new(stream)))
-                }
+                // Boxed: the TLS states (the proxy tunnel, the handshake) are most of
+                // this future, and inline they would make a plain connect as large.
+                Some(tls) => Box::pin(self.secure(tcp, tls)).await,
             }
         };
         let socket = match tokio::time::timeout(self.connect_timeout, open).await {
@@ -301,6 +292,21 @@ impl Pool {
             Ok(Ok(socket)) => socket,
         };
         Ok(Box::new(Connection::new(socket)))
+    }
+
+    /// TLS over a connected socket: through the proxy's tunnel first when there is
+    /// one.
+    async fn secure(&self, mut tcp: TcpStream, tls: &TlsOrigin) -> std::io::Result<Socket> {
+        if let Some(proxy) = &self.proxy {
+            let authority = if self.host.contains(':') {
+                format!("[{}]:{}", self.host, self.port)
+            } else {
+                format!("{}:{}", self.host, self.port)
+            };
+            tunnel(&mut tcp, &authority, proxy.authorization.as_ref()).await?;
+        }
+        let stream = tls.connector.connect(tls.server_name.clone(), tcp).await?;
+        Ok(Socket::Tls(Box::new(stream)))
     }
 
     /// Send a request on an idle connection (or a new one) and return the response
