@@ -513,6 +513,12 @@ impl RequestMetrics {
         self.finish(200, self.upstream);
     }
 
+    /// The client left before any byte of an answer was sent (`499`, nginx's
+    /// status for it).
+    pub fn abandoned(self) {
+        self.finish(499, self.upstream);
+    }
+
     /// The request failed before any byte of an answer was sent.
     pub fn failed(self, error: &ApiError) {
         if self.upstream.is_some() {

@@ -223,14 +223,16 @@ async fn a_client_that_leaves_mid_stream_closes_the_upstream_and_is_logged() {
 
 /// A client that hangs up while the upstream is still working on a non-streamed
 /// answer: nothing will be written to it before the answer, so only watching the
-/// socket can notice; the upstream call must be dropped then, not 60 s later.
+/// socket can notice; the upstream call must be dropped then, not 60 s later, and
+/// the request logged as abandoned.
 #[tokio::test]
 async fn a_client_that_leaves_before_the_answer_cancels_the_upstream_call() {
     use tokio::io::AsyncWriteExt;
     let upstream = MockUpstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     // Timeouts far above the test's bound: only the client leaving can end the call.
-    let text = config(&upstream, &dir.path().join("l.log"), "")
+    let log = dir.path().join("l.log");
+    let text = config(&upstream, &log, "")
         .replace("\ntimeout = 2\n", "\ntimeout = 60\n")
         .replace("first_byte_timeout = 0.5", "first_byte_timeout = 60");
     let gw = TestGateway::start(&text).await;
@@ -266,9 +268,14 @@ async fn a_client_that_leaves_before_the_answer_cancels_the_upstream_call() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    // The gateway serves on.
+    // The gateway serves on, and the abandoned request is in the log.
     let (status, _) = gw.chat_json("k", user("fine", "x")).await;
     assert_eq!(status, 200);
+    let entries = stop_and_read_log(gw, &log).await;
+    assert_eq!(entries.len(), 2, "{entries:?}");
+    assert_eq!(entries[0]["extra"]["client_disconnected"], true);
+    assert_eq!(entries[0]["response"], Value::Null);
+    assert_eq!(entries[1]["extra"].get("client_disconnected"), None);
 }
 
 #[test]

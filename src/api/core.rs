@@ -14,6 +14,7 @@
 //! metrics and hands the context to the loggers exactly once. The context knows its
 //! door (`ctx.endpoint`), so handlers, loggers, the log line and `/metrics` see it.
 
+use std::mem::ManuallyDrop;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -355,16 +356,21 @@ pub fn extra_headers(value: &Value) -> Result<HeaderMap, ApiError> {
 /// [`Incoming::finish`] deals with a body left unread and starts the [`Ending`].
 pub struct Incoming {
     pub gateway: Arc<Gateway>,
-    pub ctx: RequestContext,
+    /// Taken by [`Incoming::finish`]; while it is here, dropping the `Incoming`
+    /// means the request was abandoned (see the `Drop` impl).
+    pub ctx: ManuallyDrop<RequestContext>,
     /// Taken when it is read; left there, the request was refused before.
     pub body: Option<Body>,
     pub upstream_time: Option<Duration>,
     version: axum::http::Version,
+    /// For the ending of a request abandoned before `finish`.
+    state: Arc<AppState>,
+    finished: bool,
 }
 
 impl Incoming {
     pub fn new(
-        state: &AppState,
+        state: &Arc<AppState>,
         peer: std::net::SocketAddr,
         request: axum::extract::Request,
         endpoint: Endpoint,
@@ -384,10 +390,12 @@ impl Incoming {
         }
         Incoming {
             gateway,
-            ctx,
+            ctx: ManuallyDrop::new(ctx),
             body: Some(body),
             upstream_time: None,
             version: parts.version,
+            state: state.clone(),
+            finished: false,
         }
     }
 
@@ -406,9 +414,11 @@ impl Incoming {
     }
 
     /// The request's [`Ending`] begins (after [`Incoming::discard_unread_body`]).
-    pub fn finish(self, state: &AppState) -> (Arc<Gateway>, RequestContext, Ending) {
+    pub fn finish(mut self, state: &AppState) -> (Arc<Gateway>, RequestContext, Ending) {
         debug_assert!(self.body.is_none(), "the unread body was not discarded");
-        let mut ctx = self.ctx;
+        self.finished = true;
+        // SAFETY: taken once; `finished` tells `Drop` it is gone.
+        let mut ctx = unsafe { ManuallyDrop::take(&mut self.ctx) };
         let hold = ctx.budget_hold.take();
         let mut ending = Ending::new(state, &ctx, self.upstream_time, hold);
         ending.meters = self
@@ -417,7 +427,24 @@ impl Incoming {
             .iter()
             .filter_map(|handler| handler.token_meter(&ctx))
             .collect();
-        (self.gateway, ctx, ending)
+        (self.gateway.clone(), ctx, ending)
+    }
+}
+
+/// A door's handler dropped before [`Incoming::finish`]: its connection was closed
+/// (the client left, or the server's grace period ran out) while the request was
+/// in progress. It ends as abandoned (request line, metrics, usage row and loggers'
+/// entry with `client_disconnected`), so that it is not lost from the records.
+impl Drop for Incoming {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // SAFETY: `finished` is false, so `finish` did not take it; taken once here.
+        let mut ctx = unsafe { ManuallyDrop::take(&mut self.ctx) };
+        let hold = ctx.budget_hold.take();
+        let ending = Ending::new(&self.state, &ctx, self.upstream_time, hold);
+        ending.abandoned(&self.gateway, ctx);
     }
 }
 
@@ -509,6 +536,21 @@ impl Ending {
             dispatcher.submit(ctx.to_log_json());
         }
         error
+    }
+
+    /// The client left before any byte of an answer (see `Drop for Incoming`).
+    fn abandoned(self, gateway: &Gateway, mut ctx: RequestContext) {
+        self.summary.log(499, None, " (client disconnected)");
+        if let Some(metrics) = self.metrics {
+            metrics.abandoned();
+        }
+        if let Some(row) = self.ledger {
+            row.abandoned();
+        }
+        if let Some(dispatcher) = &gateway.log_dispatcher {
+            ctx.extra.insert("client_disconnected".into(), true.into());
+            dispatcher.submit(ctx.to_log_json());
+        }
     }
 
     /// A whole answer is being sent. `log_answer` makes the loggers' copy of it (in

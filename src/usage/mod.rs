@@ -668,6 +668,11 @@ impl PendingRow {
         self.finish(error.status().as_u16(), None, None, Some(code));
     }
 
+    /// The client left before any byte of an answer (`499`, `client_disconnected`).
+    pub fn abandoned(self) {
+        self.finish(499, None, None, Some("client_disconnected".to_owned()));
+    }
+
     /// A whole answer was sent.
     pub fn completed(self, usage: Option<TokenCounts>) {
         self.finish(200, usage, None, None);
