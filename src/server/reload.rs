@@ -125,21 +125,22 @@ pub fn spawn_reloader(
 ) {
     let (tx, mut rx) = mpsc::channel::<()>(1);
 
+    // The handler is installed here, before the server says it is listening, not in
+    // the task: until it is installed a SIGHUP still has its default effect and ends
+    // the process (a reload sent right after startup did, when the task had not run
+    // yet).
     #[cfg(unix)]
-    {
-        let tx = tx.clone();
-        tokio::spawn(async move {
-            let Ok(mut hangup) =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            else {
-                tracing::warn!("cannot listen for SIGHUP; reload on signal is off");
-                return;
-            };
-            while hangup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading the config");
-                let _ = tx.try_send(());
-            }
-        });
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+        Ok(mut hangup) => {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                while hangup.recv().await.is_some() {
+                    tracing::info!("SIGHUP: reloading the config");
+                    let _ = tx.try_send(());
+                }
+            });
+        }
+        Err(_) => tracing::warn!("cannot listen for SIGHUP; reload on signal is off"),
     }
 
     let gateway = state.gateway();
