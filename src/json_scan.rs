@@ -292,7 +292,12 @@ pub fn member_spans(text: &str, key: &str, limit: usize) -> Option<Vec<std::ops:
 /// (escapes decoded only when there are any).
 pub fn member_str<'a>(text: &'a str, key: &str) -> Option<std::borrow::Cow<'a, str>> {
     let span = member_spans(text, key, 1)?.pop()?;
-    let raw = &text[span];
+    string_value(&text[span])
+}
+
+/// The string a JSON string literal (`raw`, quotes included, already checked)
+/// stands for: borrowed when it has no escapes; `None` when `raw` is not a string.
+pub fn string_value(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
     let inner = raw.strip_prefix('"')?.strip_suffix('"')?;
     if inner.contains('\\') {
         serde_json::from_str::<String>(raw)
@@ -301,6 +306,94 @@ pub fn member_str<'a>(text: &'a str, key: &str) -> Option<std::borrow::Cow<'a, s
     } else {
         Some(std::borrow::Cow::Borrowed(inner))
     }
+}
+
+/// Walk the members of `text`, which must be one JSON object (whitespace around it
+/// allowed), valid throughout as [`scan_object`] would have it: `each` gets each key
+/// as written between its quotes (escapes not decoded, so a key with a backslash is
+/// for the caller to refuse) and the text of its value. `None` when `text` is not
+/// such an object, or as soon as `each` answers `None`. For readers that want a few
+/// members of a small object without building it (`api::responses::stream`).
+pub fn walk_object<'a>(
+    text: &'a str,
+    mut each: impl FnMut(&'a str, &'a str) -> Option<()>,
+) -> Option<()> {
+    let mut scan = Scanner::new(text.as_bytes());
+    scan.skip_whitespace();
+    if scan.peek()? != b'{' {
+        return None;
+    }
+    scan.at += 1;
+    scan.skip_whitespace();
+    if scan.peek()? == b'}' {
+        scan.at += 1;
+    } else {
+        loop {
+            if scan.peek()? != b'"' {
+                return None;
+            }
+            let key_start = scan.at;
+            scan.string()?;
+            let key = &text[key_start + 1..scan.at - 1];
+            scan.skip_whitespace();
+            if scan.peek()? != b':' {
+                return None;
+            }
+            scan.at += 1;
+            scan.skip_whitespace();
+            let value_start = scan.at;
+            scan.value()?;
+            each(key, &text[value_start..scan.at])?;
+            scan.skip_whitespace();
+            match scan.peek()? {
+                b',' => {
+                    scan.at += 1;
+                    scan.skip_whitespace();
+                }
+                b'}' => {
+                    scan.at += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    scan.skip_whitespace();
+    (scan.at == text.len()).then_some(())
+}
+
+/// [`walk_object`] for a JSON array: `each` gets the text of each element.
+pub fn walk_array<'a>(text: &'a str, mut each: impl FnMut(&'a str) -> Option<()>) -> Option<()> {
+    let mut scan = Scanner::new(text.as_bytes());
+    scan.skip_whitespace();
+    if scan.peek()? != b'[' {
+        return None;
+    }
+    scan.at += 1;
+    scan.skip_whitespace();
+    if scan.peek()? == b']' {
+        scan.at += 1;
+    } else {
+        loop {
+            let start = scan.at;
+            scan.value()?;
+            each(&text[start..scan.at])?;
+            scan.skip_whitespace();
+            match scan.peek()? {
+                b',' => {
+                    scan.at += 1;
+                    scan.skip_whitespace();
+                }
+                b']' => {
+                    scan.at += 1;
+                    break;
+                }
+                _ => return None,
+            }
+        }
+    }
+    scan.skip_whitespace();
+    (scan.at == text.len()).then_some(())
 }
 
 /// A position in text that is already known to be UTF-8, so only the ASCII structure

@@ -29,7 +29,7 @@ use serde_json::{json, Map, Value};
 
 use super::answer;
 use crate::error::ApiError;
-use crate::json_scan::member_str;
+use crate::json_scan::{self, member_str};
 use crate::payload::{Payload, PayloadStream};
 use crate::streaming::StreamSummary;
 
@@ -37,6 +37,7 @@ use crate::streaming::StreamSummary;
 /// (strings borrowed where they have no escapes): a tree of the whole chunk costs
 /// several times more, most of it hashing its keys.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 pub struct Chunk<'a> {
     #[serde(borrow, default)]
     choices: Option<Vec<ChoiceDelta<'a>>>,
@@ -45,6 +46,7 @@ pub struct Chunk<'a> {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct ChoiceDelta<'a> {
     #[serde(borrow, default)]
     delta: Option<Delta<'a>>,
@@ -53,6 +55,7 @@ struct ChoiceDelta<'a> {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct Delta<'a> {
     #[serde(borrow, default)]
     content: Option<MaybeText<'a>>,
@@ -69,6 +72,7 @@ struct Delta<'a> {
 }
 
 /// A text member, or anything else (ignored, as the tree path ignored it).
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct MaybeText<'a>(Option<Cow<'a, str>>);
 
 impl MaybeText<'_> {
@@ -135,6 +139,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for MaybeText<'a> {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct ToolCallDelta<'a> {
     #[serde(default)]
     index: Option<u64>,
@@ -145,6 +150,7 @@ struct ToolCallDelta<'a> {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 struct FunctionDelta<'a> {
     #[serde(borrow, default)]
     name: Option<Cow<'a, str>>,
@@ -171,7 +177,119 @@ impl<'a> Chunk<'a> {
                 "connection '{connection}': a streamed chunk is not UTF-8: {e}"
             ))
         })?;
+        if let Some(chunk) = Chunk::scanned(text) {
+            return Ok(chunk);
+        }
         serde_json::from_str(text).map_err(|e| Self::not_understood(connection, e))
+    }
+
+    /// The usual chunk (text, reasoning or refusal deltas, a finish reason) read by
+    /// walking its text with `json_scan` instead of serde's typed parse (about a third
+    /// of the instructions). `None` leaves the chunk to serde, which then reads it or
+    /// says what is wrong: tool calls, a `usage` object, a key with escapes, a member
+    /// twice, a member of a type serde would refuse. What it returns is what serde
+    /// returns for the same text (`scanned_chunks_read_as_serde_reads_them`).
+    fn scanned(text: &'a str) -> Option<Chunk<'a>> {
+        let (mut choices, mut seen) = (None, [false; 2]);
+        json_scan::walk_object(text, |key, value| {
+            match key {
+                "choices" => {
+                    once(&mut seen[0])?;
+                    if value != "null" {
+                        let mut list = Vec::new();
+                        json_scan::walk_array(value, |choice| {
+                            list.push(ChoiceDelta::scanned(choice)?);
+                            Some(())
+                        })?;
+                        choices = Some(list);
+                    }
+                }
+                "usage" => {
+                    once(&mut seen[1])?;
+                    if value != "null" {
+                        return None;
+                    }
+                }
+                key if key.contains('\\') => return None,
+                _ => {}
+            }
+            Some(())
+        })?;
+        Some(Chunk {
+            choices,
+            usage: None,
+        })
+    }
+}
+
+/// A member seen for the first time (serde refuses a struct's member given twice).
+fn once(seen: &mut bool) -> Option<()> {
+    (!std::mem::replace(seen, true)).then_some(())
+}
+
+impl<'a> ChoiceDelta<'a> {
+    fn scanned(text: &'a str) -> Option<ChoiceDelta<'a>> {
+        let (mut delta, mut finish_reason, mut seen) = (None, None, [false; 2]);
+        json_scan::walk_object(text, |key, value| {
+            match key {
+                "delta" => {
+                    once(&mut seen[0])?;
+                    if value != "null" {
+                        delta = Some(Delta::scanned(value)?);
+                    }
+                }
+                "finish_reason" => {
+                    once(&mut seen[1])?;
+                    if value != "null" {
+                        finish_reason = Some(json_scan::string_value(value)?);
+                    }
+                }
+                key if key.contains('\\') => return None,
+                _ => {}
+            }
+            Some(())
+        })?;
+        Some(ChoiceDelta {
+            delta,
+            finish_reason,
+        })
+    }
+}
+
+impl<'a> Delta<'a> {
+    fn scanned(text: &'a str) -> Option<Delta<'a>> {
+        let mut delta = Delta {
+            content: None,
+            refusal: None,
+            reasoning_content: None,
+            reasoning: None,
+            tool_calls: None,
+        };
+        let mut seen = [false; 4];
+        json_scan::walk_object(text, |key, value| {
+            let (slot, seen) = match key {
+                "content" => (&mut delta.content, &mut seen[0]),
+                "refusal" => (&mut delta.refusal, &mut seen[1]),
+                "reasoning_content" => (&mut delta.reasoning_content, &mut seen[2]),
+                "reasoning" => (&mut delta.reasoning, &mut seen[3]),
+                "tool_calls" if value == "null" => return Some(()),
+                "tool_calls" => return None,
+                key if key.contains('\\') => return None,
+                _ => return Some(()),
+            };
+            once(seen)?;
+            // As `MaybeText`: `null` is no member; a string its text; anything else
+            // a member without text.
+            if value != "null" {
+                *slot = Some(MaybeText(if value.starts_with('"') {
+                    Some(json_scan::string_value(value)?)
+                } else {
+                    None
+                }));
+            }
+            Some(())
+        })?;
+        Some(delta)
     }
 }
 
@@ -993,6 +1111,91 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The walk reads a chunk exactly as serde's typed parse does, or leaves it to
+    /// serde: samples of every shape, then every truncation, one-byte deletion and
+    /// one-byte replacement of each (most no longer JSON, some still chunks).
+    #[test]
+    fn scanned_chunks_read_as_serde_reads_them() {
+        let samples = [
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"Hel"},"finish_reason":null}]}"#,
+            r#"{"choices":[{"delta":{"content":"say \"hi\"\n\u00e9\ud83d\ude00"},"finish_reason":null,"logprobs":null}],"usage":null}"#,
+            r#"{"choices":[{"delta":{},"finish_reason":"stop"}]}"#,
+            r#"{"choices":[{"delta":{"reasoning_content":"think","reasoning":null,"refusal":"no"}}]}"#,
+            r#"{"choices":[{"delta":{"content":7,"refusal":[1,{"a":"b"}],"reasoning":{"x":1}}}]}"#,
+            r#"{"choices":[{"delta":{"content":"a"}},{"delta":{"content":"b"},"finish_reason":"length"}]}"#,
+            r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":5}}"#,
+            r#"{"choices":null}"#,
+            r#" { "choices" : [ { "delta" : { "content" : "x" } , "finish_reason" : null } ] } "#,
+            r#"{"choices":[{"delta":{"tool_calls":[{"index":0,"id":"t","function":{"name":"f","arguments":"{}"}}]}}]}"#,
+            r#"{"choices":[{"delta":{"tool_calls":null,"content":"y"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"a","content":"b"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"a"}}],"choices":[]}"#,
+            r#"{"choic\u0065s":[{"delta":{"content":"a"}}]}"#,
+            r#"{"choices":[{"delta":{"cont\u0065nt":"a"}}]}"#,
+            r#"{"choices":[{"delta":{"content":"a"},"finish_reason":3}]}"#,
+            r#"{"choices":{"delta":{}}}"#,
+            r#"{"choices":["x"]}"#,
+            r#"{"choices":[{"delta":"x"}]}"#,
+            r#"{"choices":[{"delta":{"content":"\ud800"}}]}"#,
+            r#"{"created":1e400,"choices":[{"delta":{"content":"big"}}]}"#,
+            r#"[]"#,
+        ];
+        let mut texts: Vec<String> = Vec::new();
+        for sample in samples {
+            texts.push(sample.to_owned());
+            for cut in 0..sample.len() {
+                texts.push(sample[..cut].to_owned());
+            }
+            let bytes = sample.as_bytes();
+            for at in 0..bytes.len() {
+                let mut deleted = bytes.to_vec();
+                deleted.remove(at);
+                for replacement in [
+                    None,
+                    Some(b'"'),
+                    Some(b'\\'),
+                    Some(b'{'),
+                    Some(b'1'),
+                    Some(b' '),
+                ] {
+                    let mut edited = bytes.to_vec();
+                    match replacement {
+                        None => edited = deleted.clone(),
+                        Some(byte) => edited[at] = byte,
+                    }
+                    if let Ok(text) = String::from_utf8(edited) {
+                        texts.push(text);
+                    }
+                }
+            }
+        }
+        let mut scanned = 0;
+        for text in &texts {
+            let serde = serde_json::from_str::<Chunk>(text);
+            match Chunk::scanned(text) {
+                Some(chunk) => {
+                    scanned += 1;
+                    assert_eq!(Some(chunk), serde.ok(), "{text}");
+                }
+                None => {}
+            }
+            // Whichever path reads it, `of_text` agrees with serde.
+            assert_eq!(
+                Chunk::of_text(text.as_bytes(), "c").ok(),
+                serde_json::from_str::<Chunk>(text).ok(),
+                "{text}"
+            );
+        }
+        // The walk does read the usual chunks (not everything left to serde).
+        assert!(scanned > 500, "{scanned} of {}", texts.len());
+        for sample in &samples[..9] {
+            assert!(
+                Chunk::scanned(sample).is_some() || sample.contains("usage\":{"),
+                "{sample}"
+            );
+        }
+    }
 
     fn chunk(delta: Value, finish: Option<&str>) -> Value {
         json!({"id": "chatcmpl-9", "model": "up", "object": "chat.completion.chunk", "created": 1,
