@@ -308,92 +308,129 @@ pub fn string_value(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
     }
 }
 
-/// Walk the members of `text`, which must be one JSON object (whitespace around it
-/// allowed), valid throughout as [`scan_object`] would have it: `each` gets each key
-/// as written between its quotes (escapes not decoded, so a key with a backslash is
-/// for the caller to refuse) and the text of its value. `None` when `text` is not
-/// such an object, or as soon as `each` answers `None`. For readers that want a few
-/// members of a small object without building it (`api::responses::stream`).
-pub fn walk_object<'a>(
+/// A walk through one JSON value, for readers that want a few members of a small
+/// object without building it (`api::responses::stream`): each value is scanned
+/// once, either skipped (and checked as [`scan_object`] checks values) or walked
+/// into. Every method answers `None` when the text is not what it expects; the
+/// walk is then over.
+pub struct Walk<'a> {
     text: &'a str,
-    mut each: impl FnMut(&'a str, &'a str) -> Option<()>,
-) -> Option<()> {
-    let mut scan = Scanner::new(text.as_bytes());
-    scan.skip_whitespace();
-    if scan.peek()? != b'{' {
-        return None;
-    }
-    scan.at += 1;
-    scan.skip_whitespace();
-    if scan.peek()? == b'}' {
-        scan.at += 1;
-    } else {
-        loop {
-            if scan.peek()? != b'"' {
-                return None;
-            }
-            let key_start = scan.at;
-            scan.string()?;
-            let key = &text[key_start + 1..scan.at - 1];
-            scan.skip_whitespace();
-            if scan.peek()? != b':' {
-                return None;
-            }
-            scan.at += 1;
-            scan.skip_whitespace();
-            let value_start = scan.at;
-            scan.value()?;
-            each(key, &text[value_start..scan.at])?;
-            scan.skip_whitespace();
-            match scan.peek()? {
-                b',' => {
-                    scan.at += 1;
-                    scan.skip_whitespace();
-                }
-                b'}' => {
-                    scan.at += 1;
-                    break;
-                }
-                _ => return None,
-            }
-        }
-    }
-    scan.skip_whitespace();
-    (scan.at == text.len()).then_some(())
+    scan: Scanner<'a>,
 }
 
-/// [`walk_object`] for a JSON array: `each` gets the text of each element.
-pub fn walk_array<'a>(text: &'a str, mut each: impl FnMut(&'a str) -> Option<()>) -> Option<()> {
-    let mut scan = Scanner::new(text.as_bytes());
-    scan.skip_whitespace();
-    if scan.peek()? != b'[' {
-        return None;
+impl<'a> Walk<'a> {
+    pub fn new(text: &'a str) -> Walk<'a> {
+        let mut scan = Scanner::new(text.as_bytes());
+        scan.skip_whitespace();
+        Walk { text, scan }
     }
-    scan.at += 1;
-    scan.skip_whitespace();
-    if scan.peek()? == b']' {
-        scan.at += 1;
-    } else {
-        loop {
-            let start = scan.at;
-            scan.value()?;
-            each(&text[start..scan.at])?;
-            scan.skip_whitespace();
-            match scan.peek()? {
-                b',' => {
-                    scan.at += 1;
-                    scan.skip_whitespace();
+
+    /// At an object: `each` gets each key as written between its quotes (escapes
+    /// not decoded, so a key with a backslash is for the caller to refuse) and must
+    /// take its value (`skip`, `string`, `object` or `array`) before answering.
+    pub fn object(
+        &mut self,
+        mut each: impl FnMut(&mut Walk<'a>, &'a str) -> Option<()>,
+    ) -> Option<()> {
+        self.open(b'{', b'}', |walk| {
+            if walk.scan.peek()? != b'"' {
+                return None;
+            }
+            let key_start = walk.scan.at;
+            walk.scan.string()?;
+            let key = &walk.text[key_start + 1..walk.scan.at - 1];
+            walk.scan.skip_whitespace();
+            if walk.scan.peek()? != b':' {
+                return None;
+            }
+            walk.scan.at += 1;
+            walk.scan.skip_whitespace();
+            let before = walk.scan.at;
+            each(walk, key)?;
+            // A value must have been taken.
+            (walk.scan.at > before).then_some(())
+        })
+    }
+
+    /// At an array: `each` must take each element.
+    pub fn array(&mut self, mut each: impl FnMut(&mut Walk<'a>) -> Option<()>) -> Option<()> {
+        self.open(b'[', b']', |walk| {
+            let before = walk.scan.at;
+            each(walk)?;
+            (walk.scan.at > before).then_some(())
+        })
+    }
+
+    fn open(
+        &mut self,
+        opening: u8,
+        closing: u8,
+        mut item: impl FnMut(&mut Walk<'a>) -> Option<()>,
+    ) -> Option<()> {
+        if self.scan.peek()? != opening {
+            return None;
+        }
+        self.scan.at += 1;
+        self.scan.skip_whitespace();
+        if self.scan.peek()? == closing {
+            self.scan.at += 1;
+        } else {
+            loop {
+                item(self)?;
+                self.scan.skip_whitespace();
+                match self.scan.peek()? {
+                    b',' => {
+                        self.scan.at += 1;
+                        self.scan.skip_whitespace();
+                    }
+                    byte if byte == closing => {
+                        self.scan.at += 1;
+                        break;
+                    }
+                    _ => return None,
                 }
-                b']' => {
-                    scan.at += 1;
-                    break;
-                }
-                _ => return None,
             }
         }
+        self.scan.skip_whitespace();
+        Some(())
     }
-    scan.skip_whitespace();
-    (scan.at == text.len()).then_some(())
+
+    /// Takes one value, checked; its text.
+    pub fn skip(&mut self) -> Option<&'a str> {
+        let start = self.scan.at;
+        self.scan.value()?;
+        let text = &self.text[start..self.scan.at];
+        self.scan.skip_whitespace();
+        Some(text)
+    }
+
+    /// Takes a `null` if that is what comes: whether it was one.
+    pub fn null(&mut self) -> bool {
+        let is_null = self.text.as_bytes()[self.scan.at..].starts_with(b"null");
+        if is_null {
+            self.scan.at += 4;
+            self.scan.skip_whitespace();
+        }
+        is_null
+    }
+
+    /// Whether a string comes next.
+    pub fn at_string(&self) -> bool {
+        self.scan.peek() == Some(b'"')
+    }
+
+    /// Takes a string: the text it stands for (see [`string_value`]).
+    pub fn string(&mut self) -> Option<std::borrow::Cow<'a, str>> {
+        if !self.at_string() {
+            return None;
+        }
+        string_value(self.skip()?)
+    }
+
+    /// The walk took the whole text (whitespace aside).
+    pub fn done(&self) -> Option<()> {
+        (self.scan.at == self.text.len()).then_some(())
+    }
 }
 
 /// A position in text that is already known to be UTF-8, so only the ASCII structure

@@ -190,15 +190,16 @@ impl<'a> Chunk<'a> {
     /// twice, a member of a type serde would refuse. What it returns is what serde
     /// returns for the same text (`scanned_chunks_read_as_serde_reads_them`).
     fn scanned(text: &'a str) -> Option<Chunk<'a>> {
+        let mut walk = json_scan::Walk::new(text);
         let (mut choices, mut seen) = (None, [false; 2]);
-        json_scan::walk_object(text, |key, value| {
+        walk.object(|walk, key| {
             match key {
                 "choices" => {
                     once(&mut seen[0])?;
-                    if value != "null" {
+                    if !walk.null() {
                         let mut list = Vec::new();
-                        json_scan::walk_array(value, |choice| {
-                            list.push(ChoiceDelta::scanned(choice)?);
+                        walk.array(|walk| {
+                            list.push(ChoiceDelta::scanned(walk)?);
                             Some(())
                         })?;
                         choices = Some(list);
@@ -206,15 +207,18 @@ impl<'a> Chunk<'a> {
                 }
                 "usage" => {
                     once(&mut seen[1])?;
-                    if value != "null" {
+                    if !walk.null() {
                         return None;
                     }
                 }
                 key if key.contains('\\') => return None,
-                _ => {}
+                _ => {
+                    walk.skip()?;
+                }
             }
             Some(())
         })?;
+        walk.done()?;
         Some(Chunk {
             choices,
             usage: None,
@@ -228,24 +232,26 @@ fn once(seen: &mut bool) -> Option<()> {
 }
 
 impl<'a> ChoiceDelta<'a> {
-    fn scanned(text: &'a str) -> Option<ChoiceDelta<'a>> {
+    fn scanned(walk: &mut json_scan::Walk<'a>) -> Option<ChoiceDelta<'a>> {
         let (mut delta, mut finish_reason, mut seen) = (None, None, [false; 2]);
-        json_scan::walk_object(text, |key, value| {
+        walk.object(|walk, key| {
             match key {
                 "delta" => {
                     once(&mut seen[0])?;
-                    if value != "null" {
-                        delta = Some(Delta::scanned(value)?);
+                    if !walk.null() {
+                        delta = Some(Delta::scanned(walk)?);
                     }
                 }
                 "finish_reason" => {
                     once(&mut seen[1])?;
-                    if value != "null" {
-                        finish_reason = Some(json_scan::string_value(value)?);
+                    if !walk.null() {
+                        finish_reason = Some(walk.string()?);
                     }
                 }
                 key if key.contains('\\') => return None,
-                _ => {}
+                _ => {
+                    walk.skip()?;
+                }
             }
             Some(())
         })?;
@@ -257,7 +263,7 @@ impl<'a> ChoiceDelta<'a> {
 }
 
 impl<'a> Delta<'a> {
-    fn scanned(text: &'a str) -> Option<Delta<'a>> {
+    fn scanned(walk: &mut json_scan::Walk<'a>) -> Option<Delta<'a>> {
         let mut delta = Delta {
             content: None,
             refusal: None,
@@ -266,24 +272,28 @@ impl<'a> Delta<'a> {
             tool_calls: None,
         };
         let mut seen = [false; 4];
-        json_scan::walk_object(text, |key, value| {
+        walk.object(|walk, key| {
             let (slot, seen) = match key {
                 "content" => (&mut delta.content, &mut seen[0]),
                 "refusal" => (&mut delta.refusal, &mut seen[1]),
                 "reasoning_content" => (&mut delta.reasoning_content, &mut seen[2]),
                 "reasoning" => (&mut delta.reasoning, &mut seen[3]),
-                "tool_calls" if value == "null" => return Some(()),
+                "tool_calls" if walk.null() => return Some(()),
                 "tool_calls" => return None,
                 key if key.contains('\\') => return None,
-                _ => return Some(()),
+                _ => {
+                    walk.skip()?;
+                    return Some(());
+                }
             };
             once(seen)?;
             // As `MaybeText`: `null` is no member; a string its text; anything else
             // a member without text.
-            if value != "null" {
-                *slot = Some(MaybeText(if value.starts_with('"') {
-                    Some(json_scan::string_value(value)?)
+            if !walk.null() {
+                *slot = Some(MaybeText(if walk.at_string() {
+                    Some(walk.string()?)
                 } else {
+                    walk.skip()?;
                     None
                 }));
             }
