@@ -1183,12 +1183,9 @@ mod tests {
         let mut scanned = 0;
         for text in &texts {
             let serde = serde_json::from_str::<Chunk>(text);
-            match Chunk::scanned(text) {
-                Some(chunk) => {
-                    scanned += 1;
-                    assert_eq!(Some(chunk), serde.ok(), "{text}");
-                }
-                None => {}
+            if let Some(chunk) = Chunk::scanned(text) {
+                scanned += 1;
+                assert_eq!(Some(chunk), serde.ok(), "{text}");
             }
             // Whichever path reads it, `of_text` agrees with serde.
             assert_eq!(
