@@ -37,7 +37,7 @@ pub async fn chat_completions(
     )
     .await;
     incoming.discard_unread_body().await;
-    let (gateway, ctx, ending) = incoming.finish(&state);
+    let (gateway, ctx, ending) = incoming.finish();
     match result {
         Ok((Reply::Complete(answer), _)) => {
             let answer = gateway.redactor.redact_payload(answer);

@@ -44,7 +44,7 @@ pub async fn completions(
     )
     .await;
     incoming.discard_unread_body().await;
-    let (gateway, ctx, ending) = incoming.finish(&state);
+    let (gateway, ctx, ending) = incoming.finish();
     match result {
         Ok((TextCompletion::Complete(answer), _)) => {
             let answer = gateway.redactor.redact_payload(answer);

@@ -414,13 +414,9 @@ impl Incoming {
     }
 
     /// The request's [`Ending`] begins (after [`Incoming::discard_unread_body`]).
-    pub fn finish(mut self, state: &AppState) -> (Arc<Gateway>, RequestContext, Ending) {
+    pub fn finish(mut self) -> (Arc<Gateway>, RequestContext, Ending) {
         debug_assert!(self.body.is_none(), "the unread body was not discarded");
-        self.finished = true;
-        // SAFETY: taken once; `finished` tells `Drop` it is gone.
-        let mut ctx = unsafe { ManuallyDrop::take(&mut self.ctx) };
-        let hold = ctx.budget_hold.take();
-        let mut ending = Ending::new(state, &ctx, self.upstream_time, hold);
+        let (ctx, mut ending) = self.end();
         ending.meters = self
             .gateway
             .handlers
@@ -428,6 +424,18 @@ impl Incoming {
             .filter_map(|handler| handler.token_meter(&ctx))
             .collect();
         (self.gateway.clone(), ctx, ending)
+    }
+
+    /// The context taken out, once, with its [`Ending`] begun (the budget
+    /// reservation goes with it).
+    fn end(&mut self) -> (RequestContext, Ending) {
+        debug_assert!(!self.finished, "the request was ended twice");
+        self.finished = true;
+        // SAFETY: taken only here, once: `finished` is set and checked by `Drop`.
+        let mut ctx = unsafe { ManuallyDrop::take(&mut self.ctx) };
+        let hold = ctx.budget_hold.take();
+        let ending = Ending::new(&self.state, &ctx, self.upstream_time, hold);
+        (ctx, ending)
     }
 }
 
@@ -440,10 +448,7 @@ impl Drop for Incoming {
         if self.finished {
             return;
         }
-        // SAFETY: `finished` is false, so `finish` did not take it; taken once here.
-        let mut ctx = unsafe { ManuallyDrop::take(&mut self.ctx) };
-        let hold = ctx.budget_hold.take();
-        let ending = Ending::new(&self.state, &ctx, self.upstream_time, hold);
+        let (ctx, ending) = self.end();
         ending.abandoned(&self.gateway, ctx);
     }
 }

@@ -48,7 +48,7 @@ pub async fn embeddings(
     )
     .await;
     incoming.discard_unread_body().await;
-    let (gateway, ctx, ending) = incoming.finish(&state);
+    let (gateway, ctx, ending) = incoming.finish();
     match result {
         Ok(answer) => {
             let answer = gateway.redactor.redact_payload(answer);

@@ -90,7 +90,7 @@ async fn serve(
     )
     .await;
     incoming.discard_unread_body().await;
-    let (gateway, ctx, ending) = incoming.finish(&state);
+    let (gateway, ctx, ending) = incoming.finish();
     let assemble = gateway
         .log_dispatcher
         .as_ref()

@@ -72,7 +72,7 @@ pub async fn responses(
     )
     .await;
     incoming.discard_unread_body().await;
-    let (gateway, ctx, ending) = incoming.finish(&state);
+    let (gateway, ctx, ending) = incoming.finish();
     let assemble = gateway.log_dispatcher.is_some();
     match result {
         Ok(DoorReply::Json { answer, usage }) => {
