@@ -238,26 +238,54 @@ pub fn scan_object(text: &str) -> Option<TopLevel> {
 /// object; the text is expected to have been checked already (by serde_json or
 /// [`scan_object`]).
 pub fn member_spans(text: &str, key: &str, limit: usize) -> Option<Vec<std::ops::Range<usize>>> {
+    let bytes = text.as_bytes();
+    let mut scan = Scanner::new(bytes);
     let mut spans = Vec::new();
-    let walked = Walk::new(text).object(|walk, raw_key| {
-        let matches = if raw_key.contains('\\') {
-            let decoded: String = serde_json::from_str(&format!("\"{raw_key}\"")).ok()?;
+    scan.skip_whitespace();
+    if scan.peek()? != b'{' {
+        return None;
+    }
+    scan.at += 1;
+    scan.skip_whitespace();
+    if scan.peek()? == b'}' {
+        return Some(spans);
+    }
+    loop {
+        if scan.peek()? != b'"' {
+            return None;
+        }
+        let key_start = scan.at;
+        let escaped = scan.string()?;
+        let matches = if escaped {
+            let decoded: String = serde_json::from_slice(&bytes[key_start..scan.at]).ok()?;
             decoded == key
         } else {
-            raw_key == key
+            &bytes[key_start + 1..scan.at - 1] == key.as_bytes()
         };
-        let value = walk.skip()?;
+        scan.skip_whitespace();
+        if scan.peek()? != b':' {
+            return None;
+        }
+        scan.at += 1;
+        scan.skip_whitespace();
+        let value_start = scan.at;
+        scan.value()?;
         if matches {
-            // `value` is a slice of `text`: its place there.
-            let start = value.as_ptr() as usize - text.as_ptr() as usize;
-            spans.push(start..start + value.len());
+            spans.push(value_start..scan.at);
             if spans.len() >= limit {
-                return None; // all that was asked for: stop the walk here
+                return Some(spans);
             }
         }
-        Some(())
-    });
-    (walked.is_some() || spans.len() >= limit).then_some(spans)
+        scan.skip_whitespace();
+        match scan.peek()? {
+            b',' => {
+                scan.at += 1;
+                scan.skip_whitespace();
+            }
+            b'}' => return Some(spans),
+            _ => return None,
+        }
+    }
 }
 
 /// The string value of `text`'s first top-level member `key`, when it is a string
