@@ -237,6 +237,10 @@ pub fn scan_object(text: &str) -> Option<TopLevel> {
 /// the body, `type` of each event). `None` when `text` does not start as a JSON
 /// object; the text is expected to have been checked already (by serde_json or
 /// [`scan_object`]).
+///
+/// Its own loop rather than a [`Walk`]: it runs per event on pass-through streams,
+/// and through `Walk` it cost about 85 more instructions a call (callgrind,
+/// messages-passthrough-20: 172,092 → 173,833 a stream).
 pub fn member_spans(text: &str, key: &str, limit: usize) -> Option<Vec<std::ops::Range<usize>>> {
     let bytes = text.as_bytes();
     let mut scan = Scanner::new(bytes);
