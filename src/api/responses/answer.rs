@@ -275,6 +275,32 @@ pub fn response(
     Ok(Value::Object(skeleton))
 }
 
+/// Ids and the creation time of a written event or response, made constant (for
+/// tests that compare whole texts).
+#[cfg(test)]
+pub fn normalized(text: &str) -> String {
+    let mut out = text.to_owned();
+    for prefix in ["resp_", "msg_", "fc_", "rs_", "call_"] {
+        let mut from = 0;
+        while let Some(at) = out[from..].find(prefix).map(|i| i + from) {
+            let id = at + prefix.len();
+            let hex = out[id..].bytes().take_while(u8::is_ascii_hexdigit).count();
+            if hex == 32 {
+                out.replace_range(id..id + 32, "ID");
+            }
+            from = id;
+        }
+    }
+    while let Some(at) = out.find("\"created_at\":1") {
+        let digits = out[at + 13..]
+            .bytes()
+            .take_while(u8::is_ascii_digit)
+            .count();
+        out.replace_range(at + 13..at + 13 + digits, "0");
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +337,11 @@ mod tests {
         let params = json!({"instructions": "x", "max_output_tokens": 9, "metadata": {"k": "v"}});
         let skeleton = skeleton(params.as_object().unwrap(), "up-1");
         let response = response(&completion, skeleton, "c").unwrap();
+        let written = normalized(&serde_json::to_string(&response).unwrap());
+        assert_eq!(
+            written + "\n",
+            include_str!("../../../tests/fixtures/responses_answer.txt")
+        );
         assert!(response["id"].as_str().unwrap().starts_with("resp_"));
         assert_eq!(response["object"], "response");
         assert_eq!(response["status"], "completed");

@@ -1225,6 +1225,55 @@ mod tests {
         out.iter().map(tree).collect()
     }
 
+    /// Every event of a stream with each kind of item, and its final response, as
+    /// written: key order and spelling are what the SDKs were tested against.
+    #[test]
+    fn events_are_written_exactly_so() {
+        let params = json!({"instructions": "Be brief.", "max_output_tokens": 50,
+            "metadata": {"k": "v"}, "reasoning": {"effort": "low"}, "temperature": 0.5,
+            "tools": [{"type": "function", "name": "get"}], "user": "u1", "top_p": 1});
+        let skeleton = answer::skeleton(params.as_object().unwrap(), "up-1");
+        let mut t = Translator::new(skeleton, "c", 1 << 20);
+        let mut out = Vec::new();
+        let chunks = [
+            chunk(
+                json!({"role": "assistant", "reasoning_content": "Hm"}),
+                None,
+            ),
+            chunk(json!({"content": "Hi \"you\""}), None),
+            chunk(json!({"refusal": "no"}), None),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "id": "call_1", "function": {"name": "get", "arguments": "{\"q\":"}}]}),
+                None,
+            ),
+            chunk(
+                json!({"tool_calls": [{"index": 0, "function": {"arguments": "1}"}}]}),
+                Some("length"),
+            ),
+            json!({"id": "chatcmpl-9", "choices": [], "usage": {"prompt_tokens": 5, "completion_tokens": 7,
+                "prompt_tokens_details": {"cached_tokens": 2}}}),
+        ];
+        for c in &chunks {
+            t.chunk_value(c, &mut out).unwrap();
+        }
+        t.finish(&mut out);
+        let written: Vec<String> = out
+            .iter()
+            .map(|e| answer::normalized(std::str::from_utf8(&e.data).unwrap()))
+            .collect();
+        let expected = include_str!("../../../tests/fixtures/responses_events.txt");
+        assert_eq!(written.join("\n") + "\n", expected);
+
+        let mut t = Translator::new(answer::skeleton(&Map::new(), "m"), "c", 1 << 20);
+        let mut out = Vec::new();
+        t.chunk_value(&chunk(json!({"content": "Hi"}), None), &mut out)
+            .unwrap();
+        t.fail(&ApiError::upstream_failure("gone"), &mut out);
+        let failed = answer::normalized(std::str::from_utf8(&out.last().unwrap().data).unwrap());
+        let expected = include_str!("../../../tests/fixtures/responses_failed.txt");
+        assert_eq!(failed + "\n", expected);
+    }
+
     #[test]
     fn reasoning_text_and_tool_calls_follow_the_grammar() {
         let events = events_of(&[
