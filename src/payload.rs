@@ -310,6 +310,19 @@ impl RawJson {
         }
     }
 
+    /// A whole answer the gateway wrote itself in a door's own API (a translated
+    /// Responses API `response`): one JSON object by construction, so not checked
+    /// again; its usage is counted by the door, not read from it.
+    pub fn built_object(text: Bytes) -> RawJson {
+        RawJson {
+            text,
+            usage: None,
+            usage_only: false,
+            usage_member: None,
+            may_hold_escapes: true,
+        }
+    }
+
     /// [`RawJson::object`] for an SSE event's data, which the SSE reader has already
     /// checked to be UTF-8. `Err` gives the text back.
     pub fn object_str(text: String, usage: Option<TokenCounts>) -> Result<RawJson, String> {

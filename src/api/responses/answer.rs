@@ -1,83 +1,157 @@
 //! Canonical answers (`chat.completion`) → Responses API `response` objects, for
 //! connections whose upstream does not speak the Responses API; shared with the
 //! stream translation (the skeleton, items, usage and status).
+//!
+//! Everything here is written as JSON text, member by member in OpenAI's order:
+//! a translated stream writes the response three times and each item twice, and
+//! building them as trees first (a map insert, with its key hashed, per member) and
+//! serializing them cost more than the rest of the translation. Trees are made
+//! only for the loggers, by reading the text the client got.
 
-use serde_json::{json, Map, Value};
+use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::json_scan::TokenCounts;
+use crate::json_scan::{write_json_str, TokenCounts};
 
 /// A new id with OpenAI's prefix for its kind (`resp`, `msg`, `fc`, `rs`).
 pub fn new_id(prefix: &str) -> String {
     format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
 }
 
-/// The members of the `response` object that echo the request (as OpenAI's do),
-/// made once from the request as the handlers left it.
-pub fn skeleton(params: &Map<String, Value>, model: &str) -> Map<String, Value> {
-    let get = |key: &str| params.get(key).filter(|v| !v.is_null()).cloned();
-    // Sized for every member below (and `output_text` / `usage` added later), so the
-    // map is never grown.
-    let mut out = Map::with_capacity(28);
-    out.insert("id".into(), new_id("resp").into());
-    out.insert("object".into(), "response".into());
-    out.insert("created_at".into(), crate::streaming::unix_now().into());
-    out.insert("status".into(), "in_progress".into());
-    out.insert("background".into(), false.into());
-    out.insert("error".into(), Value::Null);
-    out.insert("incomplete_details".into(), Value::Null);
-    out.insert(
-        "instructions".into(),
-        get("instructions").unwrap_or(Value::Null),
-    );
-    out.insert(
-        "max_output_tokens".into(),
-        get("max_output_tokens").unwrap_or(Value::Null),
-    );
-    out.insert(
-        "metadata".into(),
-        get("metadata").unwrap_or_else(|| json!({})),
-    );
-    out.insert("model".into(), model.into());
-    out.insert("output".into(), Value::Array(Vec::new()));
-    out.insert(
-        "parallel_tool_calls".into(),
-        get("parallel_tool_calls").unwrap_or(Value::Bool(true)),
-    );
-    out.insert("previous_response_id".into(), Value::Null);
-    let effort = params
-        .get("reasoning")
-        .and_then(|r| r.get("effort"))
-        .cloned()
-        .unwrap_or(Value::Null);
-    out.insert(
-        "reasoning".into(),
-        json!({"effort": effort, "summary": null}),
-    );
-    // A translated response is never stored (the gateway keeps no state).
-    out.insert("store".into(), false.into());
-    out.insert(
-        "temperature".into(),
-        get("temperature").unwrap_or(Value::Null),
-    );
-    out.insert(
-        "text".into(),
-        get("text").unwrap_or_else(|| json!({"format": {"type": "text"}})),
-    );
-    out.insert(
-        "tool_choice".into(),
-        get("tool_choice").unwrap_or_else(|| "auto".into()),
-    );
-    out.insert("tools".into(), get("tools").unwrap_or_else(|| json!([])));
-    out.insert("top_p".into(), get("top_p").unwrap_or(Value::Null));
-    out.insert("truncation".into(), "disabled".into());
-    out.insert("usage".into(), Value::Null);
-    out.insert("user".into(), get("user").unwrap_or(Value::Null));
-    out
+/// The members of a `response` that change as the answer comes, as JSON text.
+pub struct Outcome<'a> {
+    /// `in_progress`, `completed`, `incomplete` or `failed`.
+    pub status: &'a str,
+    pub error: &'a [u8],
+    pub incomplete_details: &'a [u8],
+    /// The whole `output` array.
+    pub output: &'a [u8],
+    pub usage: &'a [u8],
 }
 
-/// OpenAI chat `usage` → the Responses API's.
-pub fn usage(usage: Option<&Value>) -> Value {
+impl Outcome<'static> {
+    /// A response that has only begun.
+    pub const IN_PROGRESS: Outcome<'static> = Outcome {
+        status: "in_progress",
+        error: b"null",
+        incomplete_details: b"null",
+        output: b"[]",
+        usage: b"null",
+    };
+}
+
+/// A `response` object's text without the members of its [`Outcome`]: the
+/// members that echo the request (as OpenAI's do), written once per request from
+/// the request as the handlers left it.
+#[derive(Clone)]
+pub struct Skeleton {
+    text: Vec<u8>,
+    /// Where the outcome's five members go in `text`, in the order of [`Outcome`]'s
+    /// fields (`status`, `error`, `incomplete_details`, `output`, `usage`).
+    holes: [usize; 5],
+}
+
+impl Skeleton {
+    pub fn new(params: &serde_json::Map<String, Value>, model: &str) -> Skeleton {
+        let given = |key: &str| params.get(key).filter(|v| !v.is_null());
+        let mut text = Vec::with_capacity(640);
+        let mut holes = [0; 5];
+        let member = |text: &mut Vec<u8>, key: &str| {
+            text.extend_from_slice(if text.is_empty() { b"{\"" } else { b",\"" });
+            text.extend_from_slice(key.as_bytes());
+            text.extend_from_slice(b"\":");
+        };
+        // A member the request may set, or its default (JSON text).
+        let echoed = |text: &mut Vec<u8>, key: &str, default: &[u8]| {
+            member(text, key);
+            match given(key) {
+                Some(value) => write_value(text, value),
+                None => text.extend_from_slice(default),
+            }
+        };
+        member(&mut text, "id");
+        write_json_str(&mut text, &new_id("resp"));
+        member(&mut text, "object");
+        text.extend_from_slice(b"\"response\"");
+        member(&mut text, "created_at");
+        text.extend_from_slice(
+            itoa::Buffer::new()
+                .format(crate::streaming::unix_now())
+                .as_bytes(),
+        );
+        member(&mut text, "status");
+        holes[0] = text.len();
+        member(&mut text, "background");
+        text.extend_from_slice(b"false");
+        member(&mut text, "error");
+        holes[1] = text.len();
+        member(&mut text, "incomplete_details");
+        holes[2] = text.len();
+        echoed(&mut text, "instructions", b"null");
+        echoed(&mut text, "max_output_tokens", b"null");
+        echoed(&mut text, "metadata", b"{}");
+        member(&mut text, "model");
+        write_json_str(&mut text, model);
+        member(&mut text, "output");
+        holes[3] = text.len();
+        echoed(&mut text, "parallel_tool_calls", b"true");
+        member(&mut text, "previous_response_id");
+        text.extend_from_slice(b"null");
+        member(&mut text, "reasoning");
+        text.extend_from_slice(b"{\"effort\":");
+        match params.get("reasoning").and_then(|r| r.get("effort")) {
+            Some(effort) => write_value(&mut text, effort),
+            None => text.extend_from_slice(b"null"),
+        }
+        text.extend_from_slice(b",\"summary\":null}");
+        // A translated response is never stored (the gateway keeps no state).
+        member(&mut text, "store");
+        text.extend_from_slice(b"false");
+        echoed(&mut text, "temperature", b"null");
+        echoed(&mut text, "text", br#"{"format":{"type":"text"}}"#);
+        echoed(&mut text, "tool_choice", b"\"auto\"");
+        echoed(&mut text, "tools", b"[]");
+        echoed(&mut text, "top_p", b"null");
+        member(&mut text, "truncation");
+        text.extend_from_slice(b"\"disabled\"");
+        member(&mut text, "usage");
+        holes[4] = text.len();
+        echoed(&mut text, "user", b"null");
+        text.push(b'}');
+        Skeleton { text, holes }
+    }
+
+    /// The whole response with `outcome`'s members.
+    pub fn write(&self, outcome: &Outcome<'_>, out: &mut Vec<u8>) {
+        let [status, error, incomplete, output, usage] = self.holes;
+        let text = &self.text;
+        out.reserve(text.len() + outcome.output.len() + outcome.usage.len() + 64);
+        out.extend_from_slice(&text[..status]);
+        write_json_str(out, outcome.status);
+        out.extend_from_slice(&text[status..error]);
+        out.extend_from_slice(outcome.error);
+        out.extend_from_slice(&text[error..incomplete]);
+        out.extend_from_slice(outcome.incomplete_details);
+        out.extend_from_slice(&text[incomplete..output]);
+        out.extend_from_slice(outcome.output);
+        out.extend_from_slice(&text[output..usage]);
+        out.extend_from_slice(outcome.usage);
+        out.extend_from_slice(&text[usage..]);
+    }
+
+    /// The length of the text without the outcome (to size buffers).
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+}
+
+fn write_value(out: &mut Vec<u8>, value: &Value) {
+    serde_json::to_writer(out, value).expect("JSON values always serialize");
+}
+
+/// OpenAI chat `usage` → the Responses API's, as text (counts the upstream left out
+/// are 0; the total, their sum).
+pub fn write_usage(usage: Option<&Value>, out: &mut Vec<u8>) {
     let count = |object: Option<&Value>, key: &str| {
         object
             .and_then(|o| o.get(key))
@@ -91,32 +165,21 @@ pub fn usage(usage: Option<&Value>) -> Value {
         .and_then(|u| u.get("total_tokens"))
         .and_then(Value::as_u64)
         .unwrap_or(input + output);
-    // Built member by member into maps of their final size (`json!` grows each map
-    // as it goes): this runs at the end of every translated stream.
-    let one = |key: &str, value: u64| {
-        let mut map = Map::with_capacity(1);
-        map.insert(key.into(), value.into());
-        Value::Object(map)
+    let cached = count(details("prompt_tokens_details"), "cached_tokens");
+    let reasoning = count(details("completion_tokens_details"), "reasoning_tokens");
+    let mut number = |before: &[u8], n: u64| {
+        out.extend_from_slice(before);
+        out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
     };
-    let mut out = Map::with_capacity(5);
-    out.insert("input_tokens".into(), input.into());
-    out.insert(
-        "input_tokens_details".into(),
-        one(
-            "cached_tokens",
-            count(details("prompt_tokens_details"), "cached_tokens"),
-        ),
+    number(b"{\"input_tokens\":", input);
+    number(b",\"input_tokens_details\":{\"cached_tokens\":", cached);
+    number(b"},\"output_tokens\":", output);
+    number(
+        b",\"output_tokens_details\":{\"reasoning_tokens\":",
+        reasoning,
     );
-    out.insert("output_tokens".into(), output.into());
-    out.insert(
-        "output_tokens_details".into(),
-        one(
-            "reasoning_tokens",
-            count(details("completion_tokens_details"), "reasoning_tokens"),
-        ),
-    );
-    out.insert("total_tokens".into(), total.into());
-    Value::Object(out)
+    number(b"},\"total_tokens\":", total);
+    out.push(b'}');
 }
 
 /// The Responses API's `usage` in the metrics' terms.
@@ -135,81 +198,101 @@ pub fn token_counts(usage: &Value) -> TokenCounts {
     }
 }
 
-/// `status` and `incomplete_details` for a chat `finish_reason`: a length stop is
-/// `incomplete` (`max_output_tokens`), a content filter too (`content_filter`).
-pub fn status(finish_reason: Option<&str>) -> (&'static str, Value) {
+/// `status` and `incomplete_details` (JSON text) for a chat `finish_reason`: a
+/// length stop is `incomplete` (`max_output_tokens`), a content filter too
+/// (`content_filter`).
+pub fn status(finish_reason: Option<&str>) -> (&'static str, &'static [u8]) {
     match finish_reason {
-        Some("length") => ("incomplete", json!({"reason": "max_output_tokens"})),
-        Some("content_filter") => ("incomplete", json!({"reason": "content_filter"})),
-        _ => ("completed", Value::Null),
+        Some("length") => ("incomplete", br#"{"reason":"max_output_tokens"}"#),
+        Some("content_filter") => ("incomplete", br#"{"reason":"content_filter"}"#),
+        _ => ("completed", b"null"),
     }
 }
 
-/// A JSON object of these members in this order, its map allocated at its size
-/// (`json!` grows the map as it inserts; these are made for every streamed item).
-fn object<const N: usize>(members: [(&str, Value); N]) -> Value {
-    let mut map = Map::with_capacity(N);
-    for (key, value) in members {
-        map.insert(key.to_owned(), value);
+/// One part of a message's `content`, or of a reasoning item's `summary`.
+#[derive(Clone, Copy)]
+pub enum Part<'a> {
+    Text(&'a str),
+    Refusal(&'a str),
+    Summary(&'a str),
+}
+
+impl Part<'_> {
+    pub fn write(self, out: &mut Vec<u8>) {
+        match self {
+            Part::Text(text) => {
+                out.extend_from_slice(br#"{"type":"output_text","text":"#);
+                write_json_str(out, text);
+                out.extend_from_slice(br#","annotations":[],"logprobs":[]}"#);
+            }
+            Part::Refusal(text) => {
+                out.extend_from_slice(br#"{"type":"refusal","refusal":"#);
+                write_json_str(out, text);
+                out.push(b'}');
+            }
+            Part::Summary(text) => {
+                out.extend_from_slice(br#"{"type":"summary_text","text":"#);
+                write_json_str(out, text);
+                out.push(b'}');
+            }
+        }
     }
-    Value::Object(map)
 }
 
-pub fn reasoning_item(id: &str, text: &str) -> Value {
-    let summary = object([("type", "summary_text".into()), ("text", text.into())]);
-    object([
-        ("id", id.into()),
-        ("type", "reasoning".into()),
-        ("summary", Value::Array(vec![summary])),
-    ])
+/// A reasoning item; its summary is empty while it streams (`None`).
+pub fn write_reasoning_item(id: &str, summary: Option<&str>, out: &mut Vec<u8>) {
+    out.extend_from_slice(br#"{"id":"#);
+    write_json_str(out, id);
+    out.extend_from_slice(br#","type":"reasoning","summary":["#);
+    if let Some(text) = summary {
+        Part::Summary(text).write(out);
+    }
+    out.extend_from_slice(b"]}");
 }
 
-pub fn text_part(text: &str) -> Value {
-    object([
-        ("type", "output_text".into()),
-        ("text", text.into()),
-        ("annotations", Value::Array(Vec::new())),
-        ("logprobs", Value::Array(Vec::new())),
-    ])
+pub fn write_message_item(id: &str, status: &str, content: &[Part<'_>], out: &mut Vec<u8>) {
+    out.extend_from_slice(br#"{"id":"#);
+    write_json_str(out, id);
+    out.extend_from_slice(br#","type":"message","role":"assistant","status":"#);
+    write_json_str(out, status);
+    out.extend_from_slice(br#","content":["#);
+    for (i, part) in content.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        part.write(out);
+    }
+    out.extend_from_slice(b"]}");
 }
 
-pub fn refusal_part(text: &str) -> Value {
-    object([("type", "refusal".into()), ("refusal", text.into())])
-}
-
-pub fn message_item(id: &str, status: &str, content: Vec<Value>) -> Value {
-    object([
-        ("id", id.into()),
-        ("type", "message".into()),
-        ("role", "assistant".into()),
-        ("status", status.into()),
-        ("content", Value::Array(content)),
-    ])
-}
-
-pub fn function_call_item(
+pub fn write_function_call_item(
     id: &str,
     call_id: &str,
     name: &str,
     arguments: &str,
     status: &str,
-) -> Value {
-    object([
-        ("id", id.into()),
-        ("type", "function_call".into()),
-        ("call_id", call_id.into()),
-        ("name", name.into()),
-        ("arguments", arguments.into()),
-        ("status", status.into()),
-    ])
+    out: &mut Vec<u8>,
+) {
+    out.extend_from_slice(br#"{"id":"#);
+    write_json_str(out, id);
+    out.extend_from_slice(br#","type":"function_call","call_id":"#);
+    write_json_str(out, call_id);
+    out.extend_from_slice(br#","name":"#);
+    write_json_str(out, name);
+    out.extend_from_slice(br#","arguments":"#);
+    write_json_str(out, arguments);
+    out.extend_from_slice(br#","status":"#);
+    write_json_str(out, status);
+    out.push(b'}');
 }
 
-/// A `chat.completion` → a `response` (its first choice), on the request's skeleton.
+/// A `chat.completion` → a `response` (its first choice) on the request's
+/// skeleton, as text.
 pub fn response(
     completion: &Value,
-    mut skeleton: Map<String, Value>,
+    skeleton: &Skeleton,
     connection: &str,
-) -> Result<Value, ApiError> {
+) -> Result<Vec<u8>, ApiError> {
     let choice = completion
         .get("choices")
         .and_then(|c| c.get(0))
@@ -220,27 +303,35 @@ pub fn response(
         })?;
     let message = choice.get("message").unwrap_or(&Value::Null);
     let finish = choice.get("finish_reason").and_then(Value::as_str);
-    let (status, incomplete) = status(finish);
+    let (status, incomplete_details) = status(finish);
     let item_status = if status == "completed" {
         "completed"
     } else {
         "incomplete"
     };
-    let mut output = Vec::new();
+    let mut output = Vec::with_capacity(256);
+    output.push(b'[');
+    // `,` between items.
+    let next = |output: &mut Vec<u8>| {
+        if output.len() > 1 {
+            output.push(b',');
+        }
+    };
     if let Some(thinking) = crate::api::messages::answer::reasoning_text(message) {
-        output.push(reasoning_item(&new_id("rs"), thinking));
+        write_reasoning_item(&new_id("rs"), Some(thinking), &mut output);
     }
     let mut content = Vec::new();
     if let Some(text) = message.get("content").and_then(Value::as_str) {
         if !text.is_empty() {
-            content.push(text_part(text));
+            content.push(Part::Text(text));
         }
     }
     if let Some(refusal) = message.get("refusal").and_then(Value::as_str) {
-        content.push(refusal_part(refusal));
+        content.push(Part::Refusal(refusal));
     }
     if !content.is_empty() {
-        output.push(message_item(&new_id("msg"), item_status, content));
+        next(&mut output);
+        write_message_item(&new_id("msg"), item_status, &content, &mut output);
     }
     for call in message
         .get("tool_calls")
@@ -249,30 +340,39 @@ pub fn response(
         .unwrap_or(&[])
     {
         let function = call.get("function").unwrap_or(&Value::Null);
-        let call_id = call
-            .get("id")
-            .and_then(Value::as_str)
-            .map(str::to_owned)
-            .unwrap_or_else(|| new_id("call"));
-        output.push(function_call_item(
+        let text = |key: &str| {
+            function
+                .get(key)
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+        };
+        let call_id = match call.get("id").and_then(Value::as_str) {
+            Some(id) => id.to_owned(),
+            None => new_id("call"),
+        };
+        next(&mut output);
+        write_function_call_item(
             &new_id("fc"),
             &call_id,
-            function
-                .get("name")
-                .and_then(Value::as_str)
-                .unwrap_or_default(),
-            function
-                .get("arguments")
-                .and_then(Value::as_str)
-                .unwrap_or_default(),
+            text("name"),
+            text("arguments"),
             "completed",
-        ));
+            &mut output,
+        );
     }
-    skeleton.insert("status".into(), status.into());
-    skeleton.insert("incomplete_details".into(), incomplete);
-    skeleton.insert("output".into(), Value::Array(output));
-    skeleton.insert("usage".into(), usage(completion.get("usage")));
-    Ok(Value::Object(skeleton))
+    output.push(b']');
+    let mut usage = Vec::with_capacity(160);
+    write_usage(completion.get("usage"), &mut usage);
+    let mut out = Vec::with_capacity(skeleton.text_len() + output.len() + usage.len() + 64);
+    let outcome = Outcome {
+        status,
+        error: b"null",
+        incomplete_details,
+        output: &output,
+        usage: &usage,
+    };
+    skeleton.write(&outcome, &mut out);
+    Ok(out)
 }
 
 /// Ids and the creation time of a written event or response, made constant (for
@@ -304,6 +404,13 @@ pub fn normalized(text: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::{json, Map};
+
+    fn usage(usage: Option<&Value>) -> Value {
+        let mut out = Vec::new();
+        write_usage(usage, &mut out);
+        serde_json::from_slice(&out).unwrap()
+    }
 
     #[test]
     fn usage_counts_default_to_zero_and_the_total_to_their_sum() {
@@ -335,13 +442,14 @@ mod tests {
                       "completion_tokens_details": {"reasoning_tokens": 2}},
         });
         let params = json!({"instructions": "x", "max_output_tokens": 9, "metadata": {"k": "v"}});
-        let skeleton = skeleton(params.as_object().unwrap(), "up-1");
-        let response = response(&completion, skeleton, "c").unwrap();
-        let written = normalized(&serde_json::to_string(&response).unwrap());
+        let skeleton = Skeleton::new(params.as_object().unwrap(), "up-1");
+        let text = response(&completion, &skeleton, "c").unwrap();
+        let written = normalized(std::str::from_utf8(&text).unwrap());
         assert_eq!(
             written + "\n",
             include_str!("../../../tests/fixtures/responses_answer.txt")
         );
+        let response: Value = serde_json::from_slice(&text).unwrap();
         assert!(response["id"].as_str().unwrap().starts_with("resp_"));
         assert_eq!(response["object"], "response");
         assert_eq!(response["status"], "completed");
@@ -364,7 +472,9 @@ mod tests {
         );
 
         let cut = json!({"choices": [{"finish_reason": "length", "message": {"content": "Hel"}}]});
-        let response = super::response(&cut, Map::new(), "c").unwrap();
+        let skeleton = Skeleton::new(&Map::new(), "m");
+        let text = super::response(&cut, &skeleton, "c").unwrap();
+        let response: Value = serde_json::from_slice(&text).unwrap();
         assert_eq!(response["status"], "incomplete");
         assert_eq!(
             response["incomplete_details"],
@@ -373,9 +483,7 @@ mod tests {
         assert_eq!(response["output"][0]["status"], "incomplete");
         let none = json!({"choices": []});
         assert_eq!(
-            super::response(&none, Map::new(), "c")
-                .unwrap_err()
-                .status(),
+            super::response(&none, &skeleton, "c").unwrap_err().status(),
             502
         );
     }

@@ -31,14 +31,14 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::response::{IntoResponse, Response};
-use serde_json::Value;
+use bytes::Bytes;
 
 use super::core::{self, Reply};
 use crate::context::{Endpoint, RequestContext};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::json_scan::TokenCounts;
-use crate::payload::{Payload, PayloadStream};
+use crate::payload::{Payload, PayloadStream, RawJson};
 use crate::providers::doors::TextCompletion;
 use crate::providers::UpstreamCall;
 use crate::server::AppState;
@@ -135,19 +135,22 @@ async fn handle(
     drop((bytes, held));
     let (call, skeleton) = translated_call(ctx, keep_request)?;
     let limit = gateway.config.settings.max_response_body_bytes();
-    let translator = stream::Translator::new(skeleton.clone(), &connection.name, limit);
     let name = connection.name.clone();
     match core::call_provider(connection, call, upstream_time).await? {
         Reply::Complete(canonical) => {
             let usage = canonical.usage();
             let canonical = gateway.redactor.redact_payload(canonical).into_value();
-            let response = answer::response(&canonical, skeleton, &name)?;
+            let response = answer::response(&canonical, &skeleton, &name)?;
             Ok(DoorReply::Json {
-                answer: Payload::Value(response),
+                answer: Payload::Raw(RawJson::built_object(Bytes::from(response))),
                 usage,
             })
         }
-        Reply::Stream(chunks) => Ok(DoorReply::Chunks(chunks, Box::new(translator))),
+        Reply::Stream(chunks) => {
+            let keep_tree = gateway.log_dispatcher.is_some();
+            let translator = stream::Translator::new(skeleton, &name, limit, keep_tree);
+            Ok(DoorReply::Chunks(chunks, Box::new(translator)))
+        }
     }
 }
 
@@ -157,7 +160,7 @@ async fn handle(
 fn translated_call(
     ctx: &mut RequestContext,
     keep_request: bool,
-) -> Result<(UpstreamCall, serde_json::Map<String, Value>), ApiError> {
+) -> Result<(UpstreamCall, answer::Skeleton), ApiError> {
     let mut params = if keep_request {
         ctx.llm_params.clone()
     } else {
@@ -169,7 +172,7 @@ fn translated_call(
     )?;
     params.shift_remove("model");
     let model = ctx.model.clone().unwrap_or_default();
-    let skeleton = answer::skeleton(&params, &model);
+    let skeleton = answer::Skeleton::new(&params, &model);
     let params = request::to_canonical(params)?;
     Ok((
         UpstreamCall {

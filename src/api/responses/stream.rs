@@ -25,7 +25,7 @@ use futures_util::{FutureExt, Stream, StreamExt};
 use std::borrow::Cow;
 
 use serde::Deserialize;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use super::answer;
 use crate::error::ApiError;
@@ -369,15 +369,6 @@ fn push_raw_field(data: &mut Vec<u8>, name: &str, json: &[u8]) {
     data.extend_from_slice(json);
 }
 
-/// `,"name":` and a tree.
-fn push_value_field(data: &mut Vec<u8>, name: &str, value: &Value) {
-    data.push(b',');
-    data.push(b'"');
-    data.extend_from_slice(name.as_bytes());
-    data.extend_from_slice(b"\":");
-    serde_json::to_writer(&mut *data, value).expect("JSON values always serialize");
-}
-
 /// `,"name":` and a number.
 fn push_number_field(data: &mut Vec<u8>, name: &str, value: u64) {
     data.push(b',');
@@ -389,12 +380,15 @@ fn push_number_field(data: &mut Vec<u8>, name: &str, value: u64) {
 
 /// Chunks → events, one chunk at a time.
 pub struct Translator {
-    /// The response object as it stands (its `output` filled at the end).
-    response: Map<String, Value>,
+    /// The response object but for what the answer decides.
+    skeleton: answer::Skeleton,
     connection: String,
     sequence: u64,
     started: bool,
-    output: Vec<Value>,
+    /// The finished items, as the `output` array's text so far (`[` and the items,
+    /// comma-separated), and how many there are.
+    output: Vec<u8>,
+    items: u64,
     open: Open,
     /// Tool calls already closed (their arguments can no longer be added).
     closed_tools: Vec<u64>,
@@ -406,16 +400,28 @@ pub struct Translator {
     /// The members every delta event of one item repeats, written once per item:
     /// the item's id, and `,"item_id":..,"output_index":..,"<part>":0,"delta":`.
     delta_members: (String, Vec<u8>),
+    /// Give the terminal event the final response as a tree (for the loggers).
+    keep_tree: bool,
 }
 
 impl Translator {
-    pub fn new(skeleton: Map<String, Value>, connection: &str, limit: usize) -> Self {
+    /// `keep_tree`: the terminal event carries the final response as a tree too,
+    /// read from its text (only loggers need it).
+    pub fn new(
+        skeleton: answer::Skeleton,
+        connection: &str,
+        limit: usize,
+        keep_tree: bool,
+    ) -> Self {
+        let mut output = Vec::with_capacity(512);
+        output.push(b'[');
         Translator {
-            response: skeleton,
+            skeleton,
             connection: connection.to_owned(),
             sequence: 0,
             started: false,
-            output: Vec::new(),
+            output,
+            items: 0,
             open: Open::None,
             closed_tools: Vec::new(),
             finish_reason: None,
@@ -423,18 +429,17 @@ impl Translator {
             kept: 0,
             limit,
             delta_members: (String::new(), Vec::new()),
+            keep_tree,
         }
     }
 
     /// One event: its `type` and `sequence_number` first, then what `fields`
-    /// writes (members, each after a comma), written directly as text. A terminal
-    /// event keeps its `response` tree for the loggers.
+    /// writes (members, each after a comma), written directly as text.
     fn event(
         &mut self,
         kind: &'static str,
         capacity: usize,
         fields: impl FnOnce(&mut Vec<u8>),
-        response: Option<Value>,
         out: &mut Vec<Event>,
     ) {
         let mut data = event_head(kind, self.sequence, capacity);
@@ -444,7 +449,7 @@ impl Translator {
         out.push(Event {
             kind: Cow::Borrowed(kind),
             data: Bytes::from(data),
-            response,
+            response: None,
         });
     }
 
@@ -464,7 +469,7 @@ impl Translator {
         if self.delta_members.0 != item_id {
             let mut members = Vec::with_capacity(item_id.len() + 64);
             push_str_field(&mut members, "item_id", item_id);
-            push_number_field(&mut members, "output_index", self.output.len() as u64);
+            push_number_field(&mut members, "output_index", self.items);
             if let Some(part_field) = part_field {
                 push_number_field(&mut members, part_field, 0);
             }
@@ -494,10 +499,12 @@ impl Translator {
         }
         self.started = true;
         // Written once for both events.
-        let snapshot = serde_json::to_vec(&self.response).expect("JSON maps always serialize");
+        let mut snapshot = Vec::with_capacity(self.skeleton.text_len() + 64);
+        self.skeleton
+            .write(&answer::Outcome::IN_PROGRESS, &mut snapshot);
         for kind in ["response.created", "response.in_progress"] {
             let fields = |d: &mut Vec<u8>| push_raw_field(d, "response", &snapshot);
-            self.event(kind, snapshot.len() + 64, fields, None, out);
+            self.event(kind, snapshot.len() + 64, fields, out);
         }
     }
 
@@ -516,52 +523,65 @@ impl Translator {
         }
     }
 
-    /// Open an item (closing the one before); `item` is its `added` form.
-    fn open(&mut self, open: Open, item: Value, out: &mut Vec<Event>) {
+    /// Open an item (closing the one before): `response.output_item.added` with
+    /// the item as it begins, and for text its part's `added` event.
+    fn open(&mut self, open: Open, out: &mut Vec<Event>) {
         self.close(out);
-        let index = self.output.len() as u64;
+        let index = self.items;
+        let mut item = Vec::with_capacity(160);
+        match &open {
+            Open::None => {}
+            Open::Reasoning { id, .. } => answer::write_reasoning_item(id, None, &mut item),
+            Open::Text { id, .. } | Open::Refusal { id, .. } => {
+                answer::write_message_item(id, "in_progress", &[], &mut item)
+            }
+            Open::Tool {
+                id, call_id, name, ..
+            } => answer::write_function_call_item(id, call_id, name, "", "in_progress", &mut item),
+        }
         let fields = |d: &mut Vec<u8>| {
             push_number_field(d, "output_index", index);
-            push_value_field(d, "item", &item);
+            push_raw_field(d, "item", &item);
         };
-        self.event("response.output_item.added", 256, fields, None, out);
-        let (kind, part_field, part): (_, _, &[u8]) = match &open {
-            Open::Reasoning { .. } => (
+        self.event("response.output_item.added", item.len() + 96, fields, out);
+        let (kind, part_field, id, part) = match &open {
+            Open::Reasoning { id, .. } => (
                 "response.reasoning_summary_part.added",
                 "summary_index",
-                br#"{"type":"summary_text","text":""}"#,
+                id,
+                answer::Part::Summary(""),
             ),
-            Open::Text { .. } => (
+            Open::Text { id, .. } => (
                 "response.content_part.added",
                 "content_index",
-                br#"{"type":"output_text","text":"","annotations":[],"logprobs":[]}"#,
+                id,
+                answer::Part::Text(""),
             ),
-            Open::Refusal { .. } => (
+            Open::Refusal { id, .. } => (
                 "response.content_part.added",
                 "content_index",
-                br#"{"type":"refusal","refusal":""}"#,
+                id,
+                answer::Part::Refusal(""),
             ),
             Open::Tool { .. } | Open::None => {
                 self.open = open;
                 return;
             }
         };
-        if let Open::Reasoning { id, .. } | Open::Text { id, .. } | Open::Refusal { id, .. } = &open
-        {
-            let fields = |d: &mut Vec<u8>| {
-                push_str_field(d, "item_id", id);
-                push_number_field(d, "output_index", index);
-                push_number_field(d, part_field, 0);
-                push_raw_field(d, "part", part);
-            };
-            self.event(kind, 256, fields, None, out);
-        }
+        let fields = |d: &mut Vec<u8>| {
+            push_str_field(d, "item_id", id);
+            push_number_field(d, "output_index", index);
+            push_number_field(d, part_field, 0);
+            d.extend_from_slice(b",\"part\":");
+            part.write(d);
+        };
+        self.event(kind, 256, fields, out);
         self.open = open;
     }
 
     /// Close the open item: its `.done` events and `response.output_item.done`.
     fn close(&mut self, out: &mut Vec<Event>) {
-        let index = self.output.len() as u64;
+        let index = self.items;
         let status = self.item_status();
         // `"item_id":..,"output_index":..` and the part's index.
         let head = |d: &mut Vec<u8>, id: &str, part_field: Option<&str>| {
@@ -571,7 +591,8 @@ impl Translator {
                 push_number_field(d, part_field, 0);
             }
         };
-        let item = match std::mem::replace(&mut self.open, Open::None) {
+        let mut item = Vec::new();
+        match std::mem::replace(&mut self.open, Open::None) {
             Open::None => return,
             Open::Reasoning { id, text } => {
                 let capacity = text.len() + 128;
@@ -579,27 +600,17 @@ impl Translator {
                     head(d, &id, Some("summary_index"));
                     push_str_field(d, "text", &text);
                 };
-                self.event(
-                    "response.reasoning_summary_text.done",
-                    capacity,
-                    fields,
-                    None,
-                    out,
-                );
+                let kind = "response.reasoning_summary_text.done";
+                self.event(kind, capacity, fields, out);
                 let fields = |d: &mut Vec<u8>| {
                     head(d, &id, Some("summary_index"));
-                    d.extend_from_slice(br#","part":{"type":"summary_text""#);
-                    push_str_field(d, "text", &text);
-                    d.push(b'}');
+                    d.extend_from_slice(b",\"part\":");
+                    answer::Part::Summary(&text).write(d);
                 };
-                self.event(
-                    "response.reasoning_summary_part.done",
-                    capacity,
-                    fields,
-                    None,
-                    out,
-                );
-                answer::reasoning_item(&id, &text)
+                let kind = "response.reasoning_summary_part.done";
+                self.event(kind, capacity, fields, out);
+                item.reserve(text.len() + 128);
+                answer::write_reasoning_item(&id, Some(&text), &mut item);
             }
             Open::Text { id, text } => {
                 let capacity = text.len() + 160;
@@ -608,15 +619,16 @@ impl Translator {
                     push_str_field(d, "text", &text);
                     d.extend_from_slice(br#","logprobs":[]"#);
                 };
-                self.event("response.output_text.done", capacity, fields, None, out);
+                self.event("response.output_text.done", capacity, fields, out);
+                let part = answer::Part::Text(&text);
                 let fields = |d: &mut Vec<u8>| {
                     head(d, &id, Some("content_index"));
-                    d.extend_from_slice(br#","part":{"type":"output_text""#);
-                    push_str_field(d, "text", &text);
-                    d.extend_from_slice(br#","annotations":[],"logprobs":[]}"#);
+                    d.extend_from_slice(b",\"part\":");
+                    part.write(d);
                 };
-                self.event("response.content_part.done", capacity, fields, None, out);
-                answer::message_item(&id, status, vec![answer::text_part(&text)])
+                self.event("response.content_part.done", capacity, fields, out);
+                item.reserve(text.len() + 192);
+                answer::write_message_item(&id, status, &[part], &mut item);
             }
             Open::Refusal { id, text } => {
                 let capacity = text.len() + 160;
@@ -624,15 +636,16 @@ impl Translator {
                     head(d, &id, Some("content_index"));
                     push_str_field(d, "refusal", &text);
                 };
-                self.event("response.refusal.done", capacity, fields, None, out);
+                self.event("response.refusal.done", capacity, fields, out);
+                let part = answer::Part::Refusal(&text);
                 let fields = |d: &mut Vec<u8>| {
                     head(d, &id, Some("content_index"));
-                    d.extend_from_slice(br#","part":{"type":"refusal""#);
-                    push_str_field(d, "refusal", &text);
-                    d.push(b'}');
+                    d.extend_from_slice(b",\"part\":");
+                    part.write(d);
                 };
-                self.event("response.content_part.done", capacity, fields, None, out);
-                answer::message_item(&id, status, vec![answer::refusal_part(&text)])
+                self.event("response.content_part.done", capacity, fields, out);
+                item.reserve(text.len() + 160);
+                answer::write_message_item(&id, status, &[part], &mut item);
             }
             Open::Tool {
                 index: k,
@@ -648,22 +661,25 @@ impl Translator {
                     push_str_field(d, "arguments", &arguments);
                 };
                 let capacity = arguments.len() + 160;
-                self.event(
-                    "response.function_call_arguments.done",
-                    capacity,
-                    fields,
-                    None,
-                    out,
+                let kind = "response.function_call_arguments.done";
+                self.event(kind, capacity, fields, out);
+                item.reserve(arguments.len() + 192);
+                let status = "completed";
+                answer::write_function_call_item(
+                    &id, &call_id, &name, &arguments, status, &mut item,
                 );
-                answer::function_call_item(&id, &call_id, &name, &arguments, "completed")
             }
         };
         let fields = |d: &mut Vec<u8>| {
             push_number_field(d, "output_index", index);
-            push_value_field(d, "item", &item);
+            push_raw_field(d, "item", &item);
         };
-        self.event("response.output_item.done", 512, fields, None, out);
-        self.output.push(item);
+        self.event("response.output_item.done", item.len() + 96, fields, out);
+        if self.items > 0 {
+            self.output.push(b',');
+        }
+        self.output.extend_from_slice(&item);
+        self.items += 1;
     }
 
     /// A piece of text for the open reasoning, text or refusal item.
@@ -691,42 +707,21 @@ impl Translator {
                 (event, "content_index", false, std::mem::take(id))
             }
             _ => {
-                let (open, item) = match kind {
-                    "reasoning" => {
-                        let id = answer::new_id("rs");
-                        let item = json!({"id": id, "type": "reasoning", "summary": []});
-                        (
-                            Open::Reasoning {
-                                id,
-                                text: String::new(),
-                            },
-                            item,
-                        )
-                    }
-                    "text" => {
-                        let id = answer::new_id("msg");
-                        let item = answer::message_item(&id, "in_progress", Vec::new());
-                        (
-                            Open::Text {
-                                id,
-                                text: String::new(),
-                            },
-                            item,
-                        )
-                    }
-                    _ => {
-                        let id = answer::new_id("msg");
-                        let item = answer::message_item(&id, "in_progress", Vec::new());
-                        (
-                            Open::Refusal {
-                                id,
-                                text: String::new(),
-                            },
-                            item,
-                        )
-                    }
+                let open = match kind {
+                    "reasoning" => Open::Reasoning {
+                        id: answer::new_id("rs"),
+                        text: String::new(),
+                    },
+                    "text" => Open::Text {
+                        id: answer::new_id("msg"),
+                        text: String::new(),
+                    },
+                    _ => Open::Refusal {
+                        id: answer::new_id("msg"),
+                        text: String::new(),
+                    },
                 };
-                self.open(open, item, out);
+                self.open(open, out);
                 self.kept -= delta.len();
                 return self.text_delta(kind, delta, out);
             }
@@ -808,7 +803,6 @@ impl Translator {
                 .unwrap_or_default()
                 .to_owned();
             self.keep(&name)?;
-            let item = answer::function_call_item(&id, &call_id, &name, "", "in_progress");
             let open = Open::Tool {
                 index: k,
                 id,
@@ -816,7 +810,7 @@ impl Translator {
                 name,
                 arguments: String::new(),
             };
-            self.open(open, item, out);
+            self.open(open, out);
         }
         if let Some(fragment) = function
             .and_then(|f| f.arguments.as_deref())
@@ -841,33 +835,53 @@ impl Translator {
     pub fn finish(&mut self, out: &mut Vec<Event>) {
         self.start(out);
         self.close(out);
-        let (status, incomplete) = answer::status(self.finish_reason.as_deref());
-        let mut response = std::mem::take(&mut self.response);
-        response.insert("status".into(), status.into());
-        response.insert("incomplete_details".into(), incomplete);
-        response.insert(
-            "output".into(),
-            Value::Array(std::mem::take(&mut self.output)),
-        );
-        response.insert("usage".into(), answer::usage(self.usage.as_ref()));
+        let (status, incomplete_details) = answer::status(self.finish_reason.as_deref());
+        let mut usage = Vec::with_capacity(160);
+        answer::write_usage(self.usage.as_ref(), &mut usage);
         let kind = if status == "completed" {
             "response.completed"
         } else {
             "response.incomplete"
         };
-        self.terminal(kind, response, out);
+        self.terminal(kind, status, b"null", incomplete_details, &usage, out);
     }
 
-    /// A terminal event: the whole response, kept as a tree for the loggers too.
-    fn terminal(&mut self, kind: &'static str, response: Map<String, Value>, out: &mut Vec<Event>) {
-        let response = Value::Object(response);
-        let fields = |d: &mut Vec<u8>| push_value_field(d, "response", &response);
-        let mut events = Vec::with_capacity(1);
-        self.event(kind, 2048, fields, None, &mut events);
-        if let Some(mut event) = events.pop() {
-            event.response = Some(response);
-            out.push(event);
-        }
+    /// A terminal event: the whole response with the items finished, and for the
+    /// loggers, when they need it, the response as a tree.
+    fn terminal(
+        &mut self,
+        kind: &'static str,
+        status: &str,
+        error: &[u8],
+        incomplete_details: &[u8],
+        usage: &[u8],
+        out: &mut Vec<Event>,
+    ) {
+        let mut output = std::mem::take(&mut self.output);
+        output.push(b']');
+        let outcome = answer::Outcome {
+            status,
+            error,
+            incomplete_details,
+            output: &output,
+            usage,
+        };
+        let capacity = self.skeleton.text_len() + output.len() + usage.len() + error.len() + 128;
+        let mut data = event_head(kind, self.sequence, capacity);
+        self.sequence += 1;
+        data.extend_from_slice(b",\"response\":");
+        let start = data.len();
+        self.skeleton.write(&outcome, &mut data);
+        let response = self
+            .keep_tree
+            .then(|| serde_json::from_slice(&data[start..]).ok())
+            .flatten();
+        data.push(b'}');
+        out.push(Event {
+            kind: Cow::Borrowed(kind),
+            data: Bytes::from(data),
+            response,
+        });
     }
 
     /// `response.failed` for a failure after the stream started: the items already
@@ -876,20 +890,18 @@ impl Translator {
         self.start(out);
         self.open = Open::None;
         let object = error.error_object();
-        let mut response = std::mem::take(&mut self.response);
-        response.insert("status".into(), "failed".into());
-        response.insert(
-            "error".into(),
-            json!({"code": failure_code(error), "message": object["message"]}),
-        );
-        response.insert(
-            "output".into(),
-            Value::Array(std::mem::take(&mut self.output)),
-        );
-        if let Some(usage) = &self.usage {
-            response.insert("usage".into(), answer::usage(Some(usage)));
+        let mut failure = Vec::with_capacity(128);
+        failure.extend_from_slice(b"{\"code\":");
+        crate::json_scan::write_json_str(&mut failure, failure_code(error));
+        failure.extend_from_slice(b",\"message\":");
+        serde_json::to_writer(&mut failure, &object["message"]).expect("JSON always serializes");
+        failure.push(b'}');
+        let mut usage = Vec::with_capacity(160);
+        match &self.usage {
+            Some(counts) => answer::write_usage(Some(counts), &mut usage),
+            None => usage.extend_from_slice(b"null"),
         }
-        self.terminal("response.failed", response, out);
+        self.terminal("response.failed", "failed", &failure, b"null", &usage, out);
     }
 }
 
@@ -1215,8 +1227,14 @@ mod tests {
         value
     }
 
+    /// A translator for a request that set nothing, keeping the final tree.
+    fn translator(limit: usize) -> Translator {
+        let skeleton = answer::Skeleton::new(&serde_json::Map::new(), "m");
+        Translator::new(skeleton, "c", limit, true)
+    }
+
     fn events_of(chunks: &[Value]) -> Vec<Value> {
-        let mut t = Translator::new(Map::new(), "c", 1 << 20);
+        let mut t = translator(1 << 20);
         let mut out = Vec::new();
         for chunk in chunks {
             t.chunk_value(chunk, &mut out).unwrap();
@@ -1232,8 +1250,8 @@ mod tests {
         let params = json!({"instructions": "Be brief.", "max_output_tokens": 50,
             "metadata": {"k": "v"}, "reasoning": {"effort": "low"}, "temperature": 0.5,
             "tools": [{"type": "function", "name": "get"}], "user": "u1", "top_p": 1});
-        let skeleton = answer::skeleton(params.as_object().unwrap(), "up-1");
-        let mut t = Translator::new(skeleton, "c", 1 << 20);
+        let skeleton = answer::Skeleton::new(params.as_object().unwrap(), "up-1");
+        let mut t = Translator::new(skeleton, "c", 1 << 20, false);
         let mut out = Vec::new();
         let chunks = [
             chunk(
@@ -1263,13 +1281,20 @@ mod tests {
             .collect();
         let expected = include_str!("../../../tests/fixtures/responses_events.txt");
         assert_eq!(written.join("\n") + "\n", expected);
+        assert!(
+            out.iter().all(|e| e.response.is_none()),
+            "no tree was asked for"
+        );
 
-        let mut t = Translator::new(answer::skeleton(&Map::new(), "m"), "c", 1 << 20);
+        let mut t = translator(1 << 20);
         let mut out = Vec::new();
         t.chunk_value(&chunk(json!({"content": "Hi"}), None), &mut out)
             .unwrap();
         t.fail(&ApiError::upstream_failure("gone"), &mut out);
-        let failed = answer::normalized(std::str::from_utf8(&out.last().unwrap().data).unwrap());
+        let last = out.last().unwrap();
+        let failed = answer::normalized(std::str::from_utf8(&last.data).unwrap());
+        // The loggers' tree is the response the client got.
+        assert_eq!(last.response.as_ref(), Some(&tree(last)["response"]));
         let expected = include_str!("../../../tests/fixtures/responses_failed.txt");
         assert_eq!(failed + "\n", expected);
     }
@@ -1355,7 +1380,7 @@ mod tests {
         );
         assert_eq!(last["response"]["output"][0]["status"], "incomplete");
 
-        let mut t = Translator::new(Map::new(), "c", 4);
+        let mut t = translator(4);
         let mut out = Vec::new();
         assert!(t
             .chunk_value(&chunk(json!({"content": "12345"}), None), &mut out)
@@ -1373,7 +1398,7 @@ mod tests {
                 None,
             ))),
         ]));
-        let events: Vec<Value> = translate(chunks, Translator::new(Map::new(), "c", 8))
+        let events: Vec<Value> = translate(chunks, translator(8))
             .filter_map(|e| async move { e.ok().map(|e| tree(&e)) })
             .collect()
             .await;
@@ -1391,7 +1416,7 @@ mod tests {
             Ok(Payload::Value(chunk(json!({"content": "Hi"}), None))),
             Err(ApiError::upstream_failure("gone")),
         ]));
-        let events = translate(chunks, Translator::new(Map::new(), "c", 1 << 20));
+        let events = translate(chunks, translator(1 << 20));
         let body: Vec<u8> = encode(events, false, |summary| assert!(summary.error.is_some()))
             .map(|b| b.unwrap().to_vec())
             .concat()
