@@ -5,8 +5,11 @@
 #
 # For 1, 2, 4 and 6 serving threads (--threads N, pinned with taskset to N cores of
 # their own) it drives the gateway with wrk (pinned to other cores; the mock on
-# others again) for SECONDS each: non-streamed, a 20-chunk pass-through stream and a
-# 20-chunk Anthropic stream translated to OpenAI chunks. It prints requests per
+# others again) for SECONDS each: non-streamed, a 20-chunk pass-through stream, and
+# the translated 20-chunk streams: Anthropic and Gemini upstreams translated to
+# OpenAI chunks (Vertex AI speaks Gemini's format through the same translation), an
+# OpenAI stream translated to Anthropic events (/v1/messages) and to Responses API
+# events (/v1/responses); SCENARIOS="..." picks some. It prints requests per
 # second and the gateway's CPU time per request (utime+stime of its process over the
 # run, from /proc), so a contended path shows as CPU per request that grows with
 # cores instead of staying flat. Needs >= 12 cores, wrk and taskset; not part of CI.
@@ -56,15 +59,28 @@ declare -A bodies=(
     [non-streamed]='{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
     [stream-20]='{"model":"bench-s20","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [anthropic-stream-20]='{"model":"claude-bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
+    [gemini-stream-20]='{"model":"gemini-bench-s20","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    [messages-translated-20]='{"model":"bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
+    [responses-translated-20]='{"model":"bench-s20","stream":true,"input":"hi"}'
 )
+declare -A paths=(
+    [non-streamed]=/v1/chat/completions
+    [stream-20]=/v1/chat/completions
+    [anthropic-stream-20]=/v1/chat/completions
+    [gemini-stream-20]=/v1/chat/completions
+    [messages-translated-20]=/v1/messages
+    [responses-translated-20]=/v1/responses
+)
+SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-translated-20 responses-translated-20}
 
-printf '%-20s %5s %12s %14s %8s %7s\n' scenario cores "req/s" "CPU us/req" "p99 ms" errors
+printf '%-24s %5s %12s %14s %8s %7s\n' scenario cores "req/s" "CPU us/req" "p99 ms" errors
 for threads in $THREAD_COUNTS; do
     taskset -c "$(gateway_cores "$threads")" "$GATEWAY" --config "$work/gateway.toml" --threads "$threads" \
         >"$work/gateway.log" 2>&1 &
     gateway_pid=$!
     wait_for "http://127.0.0.1:$gateway_port/health"
-    for scenario in non-streamed stream-20 anthropic-stream-20; do
+    for scenario in $SCENARIOS; do
+        url="http://127.0.0.1:$gateway_port${paths[$scenario]}"
         cat >"$work/wrk.lua" <<LUA
 wrk.method = "POST"
 wrk.body = [==[${bodies[$scenario]}]==]
@@ -77,17 +93,16 @@ done = function(summary, latency, requests)
 end
 LUA
         # Warm up (connections, pools), then measure.
-        taskset -c "$wrk_cores" "$WRK" -t"$wrk_threads" -c256 -d1s -s "$work/wrk.lua" \
-            "http://127.0.0.1:$gateway_port/v1/chat/completions" >/dev/null
+        taskset -c "$wrk_cores" "$WRK" -t"$wrk_threads" -c256 -d1s -s "$work/wrk.lua" "$url" >/dev/null
         before=$(cpu_ticks $gateway_pid)
         line=$(taskset -c "$wrk_cores" "$WRK" -t"$wrk_threads" -c256 -d"${SECONDS_PER_RUN}s" \
-            --timeout 10s -s "$work/wrk.lua" "http://127.0.0.1:$gateway_port/v1/chat/completions" |
+            --timeout 10s -s "$work/wrk.lua" "$url" |
             grep '^BENCH')
         after=$(cpu_ticks $gateway_pid)
         read -r _ requests duration_us p99_us errors <<<"$line"
         awk -v s="$scenario" -v t="$threads" -v r="$requests" -v d="$duration_us" \
             -v p="$p99_us" -v e="$errors" -v c=$((after - before)) -v tick="$TICK" \
-            'BEGIN { printf "%-20s %5d %12.0f %14.1f %8.1f %7d\n", s, t, r / (d / 1e6),
+            'BEGIN { printf "%-24s %5d %12.0f %14.1f %8.1f %7d\n", s, t, r / (d / 1e6),
                      (c / tick * 1e6) / r, p / 1000, e }'
     done
     kill -INT $gateway_pid
