@@ -132,97 +132,169 @@ impl Member {
 /// parser would accept it), in which none of the members above appears twice, and
 /// report those members. `None` for anything else.
 pub fn scan_object(text: &str) -> Option<TopLevel> {
+    scan_members(text, None)
+}
+
+/// [`scan_object`] for the texts of one stream, in order: when `text` starts with
+/// the same bytes as an earlier text up to the `choices` key, the scan starts there
+/// with what it knew at that point. OpenAI-compatible servers write the same `id`,
+/// `object`, `created`, `model` and `system_fingerprint` at the front of every chunk
+/// of a stream, about half of a text chunk. The answer is the same as
+/// [`scan_object`]'s for every text: what the scan knows at the start of a
+/// top-level member depends only on the bytes before it.
+pub fn scan_object_resuming(text: &str, memo: &mut ScanMemo) -> Option<TopLevel> {
+    scan_members(text, Some(memo))
+}
+
+/// What [`scan_object_resuming`] keeps between the texts of a stream: the last
+/// text's bytes before its top-level `choices` key, and the scan's state there.
+#[derive(Default)]
+pub struct ScanMemo {
+    prefix: Vec<u8>,
+    state: Option<AtMember>,
+}
+
+/// The state of the scan at the start of a top-level member (before its key).
+#[derive(Clone)]
+struct AtMember {
+    at: usize,
+    found: TopLevel,
+    /// The known members seen so far, one bit each.
+    seen: u8,
+    escapes: bool,
+}
+
+fn scan_members(text: &str, mut memo: Option<&mut ScanMemo>) -> Option<TopLevel> {
     let bytes = text.as_bytes();
     let mut scan = Scanner::new(bytes);
     let mut found = TopLevel::default();
     let mut seen = 0u8;
-    scan.skip_whitespace();
-    if scan.peek()? != b'{' {
-        return None;
-    }
-    scan.at += 1;
-    scan.skip_whitespace();
-    if scan.peek()? == b'}' {
-        scan.at += 1;
+    let resumed = memo
+        .as_deref()
+        .and_then(|memo| {
+            memo.state
+                .as_ref()
+                .filter(|_| bytes.starts_with(&memo.prefix))
+        })
+        .cloned();
+    if let Some(state) = &resumed {
+        scan.at = state.at;
+        scan.escapes = state.escapes;
+        found = state.found.clone();
+        seen = state.seen;
+        // The earlier text may have had less whitespace before the key.
+        scan.skip_whitespace();
     } else {
-        loop {
-            if scan.peek()? != b'"' {
-                return None;
-            }
-            let key_start = scan.at;
-            let escaped = scan.string()?;
-            let member = if escaped {
-                // Rare: let serde_json decode the escapes.
-                let key: String = serde_json::from_slice(&bytes[key_start..scan.at]).ok()?;
-                Member::of(key.as_bytes())
-            } else {
-                Member::of(&bytes[key_start + 1..scan.at - 1])
-            };
-            if member != Member::Other {
-                let bit = 1u8 << (member as u8);
-                if seen & bit != 0 {
-                    return None;
-                }
-                seen |= bit;
-            }
-            scan.skip_whitespace();
-            if scan.peek()? != b':' {
-                return None;
-            }
+        scan.skip_whitespace();
+        if scan.peek()? != b'{' {
+            return None;
+        }
+        scan.at += 1;
+        scan.skip_whitespace();
+        if scan.peek()? == b'}' {
             scan.at += 1;
             scan.skip_whitespace();
-            let value_start = scan.at;
-            let first = scan.peek()?;
-            scan.value()?;
-            // A value that starts with `n` and passed is `null`.
-            let present = first != b'n';
-            match member {
-                Member::Id => found.id = present,
-                Member::Object => found.object = present,
-                Member::Created => found.created = present,
-                Member::Model => found.model = present,
-                Member::Error => found.error = present,
-                Member::Choices => {
-                    found.choices = match first {
-                        b'n' => Shape::Absent,
-                        // Empty when only whitespace lies between the brackets.
-                        b'[' => Shape::Expected(
-                            bytes[value_start + 1..scan.at - 1]
-                                .iter()
-                                .all(u8::is_ascii_whitespace),
-                        ),
-                        _ => Shape::Other,
-                    }
+            found.escapes = scan.escapes;
+            return (scan.at == bytes.len()).then_some(found);
+        }
+    }
+    let mut first_member = resumed.is_none();
+    loop {
+        if scan.peek()? != b'"' {
+            return None;
+        }
+        let key_start = scan.at;
+        let escapes_before_key = scan.escapes;
+        let escaped = scan.string()?;
+        let member = if escaped {
+            // Rare: let serde_json decode the escapes.
+            let key: String = serde_json::from_slice(&bytes[key_start..scan.at]).ok()?;
+            Member::of(key.as_bytes())
+        } else {
+            Member::of(&bytes[key_start + 1..scan.at - 1])
+        };
+        // Not at the first member: a text that has only `{` in common with the last
+        // may be `{}`, which the resumed scan would not see.
+        if member == Member::Choices && !first_member {
+            if let Some(memo) = memo.as_deref_mut() {
+                // Kept unless the scan resumed at this very key.
+                if resumed.as_ref().map(|state| state.at) != Some(key_start) {
+                    memo.prefix.clear();
+                    memo.prefix.extend_from_slice(&bytes[..key_start]);
+                    memo.state = Some(AtMember {
+                        at: key_start,
+                        found: found.clone(),
+                        seen,
+                        escapes: escapes_before_key,
+                    });
                 }
-                Member::Usage => {
-                    found.usage_member = Some((key_start, scan.at));
-                    found.usage = match first {
-                        b'n' => Shape::Absent,
-                        b'{' => {
-                            let mut usage = Scanner {
-                                text: &bytes[..scan.at],
-                                at: value_start,
-                                escapes: false,
-                            };
-                            Shape::Expected(usage.token_counts()?)
-                        }
-                        _ => Shape::Other,
-                    }
-                }
-                Member::Other => {}
             }
-            scan.skip_whitespace();
-            match scan.peek()? {
-                b',' => {
-                    scan.at += 1;
-                    scan.skip_whitespace();
-                }
-                b'}' => {
-                    scan.at += 1;
-                    break;
-                }
-                _ => return None,
+        }
+        if member != Member::Other {
+            let bit = 1u8 << (member as u8);
+            if seen & bit != 0 {
+                return None;
             }
+            seen |= bit;
+        }
+        scan.skip_whitespace();
+        if scan.peek()? != b':' {
+            return None;
+        }
+        scan.at += 1;
+        scan.skip_whitespace();
+        let value_start = scan.at;
+        let first = scan.peek()?;
+        scan.value()?;
+        // A value that starts with `n` and passed is `null`.
+        let present = first != b'n';
+        match member {
+            Member::Id => found.id = present,
+            Member::Object => found.object = present,
+            Member::Created => found.created = present,
+            Member::Model => found.model = present,
+            Member::Error => found.error = present,
+            Member::Choices => {
+                found.choices = match first {
+                    b'n' => Shape::Absent,
+                    // Empty when only whitespace lies between the brackets.
+                    b'[' => Shape::Expected(
+                        bytes[value_start + 1..scan.at - 1]
+                            .iter()
+                            .all(u8::is_ascii_whitespace),
+                    ),
+                    _ => Shape::Other,
+                }
+            }
+            Member::Usage => {
+                found.usage_member = Some((key_start, scan.at));
+                found.usage = match first {
+                    b'n' => Shape::Absent,
+                    b'{' => {
+                        let mut usage = Scanner {
+                            text: &bytes[..scan.at],
+                            at: value_start,
+                            escapes: false,
+                        };
+                        Shape::Expected(usage.token_counts()?)
+                    }
+                    _ => Shape::Other,
+                }
+            }
+            Member::Other => {}
+        }
+        first_member = false;
+        scan.skip_whitespace();
+        match scan.peek()? {
+            b',' => {
+                scan.at += 1;
+                scan.skip_whitespace();
+            }
+            b'}' => {
+                scan.at += 1;
+                break;
+            }
+            _ => return None,
         }
     }
     scan.skip_whitespace();
@@ -1022,6 +1094,80 @@ mod tests {
                     edited[at] = edit;
                     agrees(&edited);
                 }
+            }
+        }
+    }
+
+    /// Every text and every truncation and byte edit of it, for differential tests.
+    fn variants(sample: &str) -> Vec<Vec<u8>> {
+        let edits: &[u8] = b"\"\\,}]{[:x\x01\xff 0e-.";
+        let bytes = sample.as_bytes();
+        let mut out = vec![bytes.to_vec()];
+        for at in 0..bytes.len() {
+            out.push(bytes[..at].to_vec());
+            let mut deleted = bytes.to_vec();
+            deleted.remove(at);
+            out.push(deleted);
+            for &edit in edits {
+                let mut edited = bytes.to_vec();
+                edited[at] = edit;
+                out.push(edited);
+            }
+        }
+        out
+    }
+
+    /// A scan that resumes where the last text of the stream had the same bytes
+    /// answers as a scan of the whole text, whatever came before: every sample,
+    /// then every variant of every sample after it, and every sample after every
+    /// variant (the memo then holds the variant's state, if any).
+    #[test]
+    fn a_resumed_scan_answers_as_a_whole_scan() {
+        let mut samples: Vec<&str> = SAMPLES.to_vec();
+        samples.extend([
+            "{}",
+            r#"{"choices":[]}"#,
+            r#"{"id":"c","choices":[]}"#,
+            r#"{"id":"c",  "choices" : [ ] , "usage":{"prompt_tokens":1}}"#,
+            r#"{"id":"c","usage":{"prompt_tokens":2},"choices":[{"delta":{}}],"usage":null}"#,
+            r#"{"id":"c\u0041","object":"o","choices":[],"x":1}"#,
+            r#"{"id":"c","object":"o","\u0063hoices":[],"choices":1}"#,
+            r#"{"id":"c","\u0063hoices":[]}"#,
+        ]);
+        let whole = |text: &[u8]| std::str::from_utf8(text).ok().and_then(scan_object);
+        let resumed = |text: &[u8], memo: &mut ScanMemo| {
+            std::str::from_utf8(text)
+                .ok()
+                .and_then(|text| scan_object_resuming(text, memo))
+        };
+        let variants: Vec<Vec<u8>> = samples.iter().flat_map(|s| variants(s)).collect();
+        for sample in &samples {
+            let mut memo = ScanMemo::default();
+            resumed(sample.as_bytes(), &mut memo);
+            for variant in &variants {
+                let mut memo_after_sample = ScanMemo {
+                    prefix: memo.prefix.clone(),
+                    state: memo.state.clone(),
+                };
+                assert_eq!(
+                    resumed(variant, &mut memo_after_sample),
+                    whole(variant),
+                    "{sample} then {:?}",
+                    String::from_utf8_lossy(variant)
+                );
+            }
+        }
+        for variant in &variants {
+            let mut memo = ScanMemo::default();
+            resumed(variant, &mut memo);
+            for sample in &samples {
+                let text = sample.as_bytes();
+                assert_eq!(
+                    resumed(text, &mut memo),
+                    whole(text),
+                    "{:?} then {sample}",
+                    String::from_utf8_lossy(variant)
+                );
             }
         }
     }

@@ -20,7 +20,7 @@ use futures_util::{Stream, StreamExt};
 use serde_json::Value;
 
 use crate::error::ApiError;
-use crate::json_scan::{scan_object, Shape, TokenCounts, TopLevel};
+use crate::json_scan::{scan_object, scan_object_resuming, ScanMemo, Shape, TokenCounts, TopLevel};
 use crate::streaming::ChunkStream;
 
 /// One JSON object for the client (a `chat.completion` or a `chat.completion.chunk`).
@@ -245,10 +245,13 @@ impl RawJson {
         }
     }
 
-    /// [`RawJson::chunk`] for an SSE event's data, which the SSE reader has already
-    /// checked to be UTF-8.
-    pub fn chunk_str(text: String) -> Result<RawJson, String> {
-        match Self::chunk_usage(Probe::of_str(&text)) {
+    /// [`RawJson::chunk`] for an SSE event's data (which the SSE reader has already
+    /// checked to be UTF-8), the chunks of one stream in order with the stream's
+    /// `memo`: the part of a chunk that repeats the last one's front is not checked
+    /// again ([`scan_object_resuming`]; the same answer, about half the work on a
+    /// usual text chunk).
+    pub fn stream_chunk_str(text: String, memo: &mut ScanMemo) -> Result<RawJson, String> {
+        match Self::chunk_usage(scan_object_resuming(&text, memo).map(Probe)) {
             Some(found) => Ok(found.with_text(Bytes::from(text))),
             None => Err(text),
         }
@@ -419,7 +422,7 @@ mod tests {
     /// Both entry points (bytes, and SSE data already checked as UTF-8) decide alike
     /// and give rejected text back whole.
     fn raw_chunk(text: &str) -> Option<RawJson> {
-        let from_str = RawJson::chunk_str(text.to_owned());
+        let from_str = RawJson::stream_chunk_str(text.to_owned(), &mut ScanMemo::default());
         match &from_str {
             Ok(raw) => assert_eq!(raw.text, text.as_bytes()),
             Err(back) => assert_eq!(back, text, "the text comes back whole"),

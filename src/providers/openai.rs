@@ -15,6 +15,7 @@ use serde_json::{Map, Value};
 use super::upstream_http::{check_status, data_ids, get_json, send, timeout_error};
 use super::{HttpSettings, Provider, UpstreamCall};
 use crate::error::ApiError;
+use crate::json_scan::ScanMemo;
 use crate::payload::{into_chunk_stream, Payload, PayloadStream, RawJson};
 use crate::streaming::{
     completion_id, completion_to_chunks, end_after_error, json_chunk, sse_data_events,
@@ -258,9 +259,10 @@ impl Provider for OpenAiProvider {
         }
         // Chunks that have every field go to the client as the upstream wrote them;
         // the others are parsed, filled in, or end the stream with their error.
+        let mut memo = ScanMemo::default();
         let chunks =
             sse_data_events(response.bytes_stream(), self.chunk_timeout).map(move |item| {
-                item.and_then(|data| match RawJson::chunk_str(data) {
+                item.and_then(|data| match RawJson::stream_chunk_str(data, &mut memo) {
                     Ok(raw) => Ok(Payload::Raw(raw)),
                     Err(text) => {
                         json_chunk(&text).map(|chunk| Payload::Value(identity.fill(chunk)))

@@ -11,7 +11,7 @@ use super::super::doors::{DoorCall, Embeddings, TextCompletion};
 use super::super::upstream_http::{check_status, send, timeout_error};
 use super::{declares, refuses_stream_options, OpenAiProvider};
 use crate::error::ApiError;
-use crate::json_scan::{member_spans, member_str, TokenCounts};
+use crate::json_scan::{member_spans, member_str, ScanMemo, TokenCounts};
 use crate::payload::{Payload, RawJson};
 use crate::streaming::{end_after_error, json_chunk, sse_data_events};
 use crate::upstream::{Target, UpstreamError, UpstreamResponse};
@@ -127,9 +127,10 @@ impl OpenAiProvider {
         }
         // Events with every field go on as written; others are read as JSON (an
         // `error` event ends the stream with its error).
+        let mut memo = ScanMemo::default();
         let chunks =
             sse_data_events(response.bytes_stream(), self.chunk_timeout).map(move |item| {
-                item.and_then(|data| match RawJson::chunk_str(data) {
+                item.and_then(|data| match RawJson::stream_chunk_str(data, &mut memo) {
                     Ok(raw) => Ok(Payload::Raw(raw)),
                     Err(text) => json_chunk(&text).map(Payload::Value),
                 })
