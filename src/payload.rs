@@ -300,23 +300,12 @@ impl RawJson {
         })
     }
 
-    /// A chunk the gateway wrote itself (a translated stream's, see
-    /// `providers::chunk_text`): one JSON object by construction and without a
-    /// `usage` member, so it is not checked again.
-    pub fn built_chunk(text: Bytes) -> RawJson {
-        RawJson {
-            text,
-            usage: None,
-            usage_only: false,
-            usage_member: None,
-            may_hold_escapes: true,
-        }
-    }
-
-    /// A whole answer the gateway wrote itself in a door's own API (a translated
-    /// Responses API `response`): one JSON object by construction, so not checked
-    /// again; its usage is counted by the door, not read from it.
-    pub fn built_object(text: Bytes) -> RawJson {
+    /// JSON the gateway wrote itself: a translated stream's chunk (see
+    /// `providers::chunk_text`) or a whole answer in a door's own API (a translated
+    /// Responses API `response`). One JSON object by construction, so not checked
+    /// again; a chunk has no `usage` member, and an answer's usage is counted by its
+    /// door, not read from it.
+    pub fn built(text: Bytes) -> RawJson {
         RawJson {
             text,
             usage: None,

@@ -113,7 +113,7 @@ impl ChunkWriter {
             None => out.extend_from_slice(b"null"),
         }
         out.extend_from_slice(b"}]}");
-        Payload::Raw(RawJson::built_chunk(Bytes::from(out)))
+        Payload::Raw(RawJson::built(Bytes::from(out)))
     }
 }
 

@@ -142,7 +142,7 @@ async fn handle(
             let canonical = gateway.redactor.redact_payload(canonical).into_value();
             let response = answer::response(&canonical, &skeleton, &name)?;
             Ok(DoorReply::Json {
-                answer: Payload::Raw(RawJson::built_object(Bytes::from(response))),
+                answer: Payload::Raw(RawJson::built(Bytes::from(response))),
                 usage,
             })
         }
