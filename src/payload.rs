@@ -315,10 +315,15 @@ impl RawJson {
         }
     }
 
-    /// [`RawJson::object`] for an SSE event's data, which the SSE reader has already
-    /// checked to be UTF-8. `Err` gives the text back.
-    pub fn object_str(text: String, usage: Option<TokenCounts>) -> Result<RawJson, String> {
-        match Probe::of_str(&text) {
+    /// [`RawJson::object`] for the events of one stream (SSE data, which the SSE
+    /// reader has already checked to be UTF-8), in order, with the stream's `memo`
+    /// (see [`RawJson::stream_chunk_str`]). `Err` gives the text back.
+    pub fn stream_object_str(
+        text: String,
+        usage: Option<TokenCounts>,
+        memo: &mut ScanMemo,
+    ) -> Result<RawJson, String> {
+        match scan_object_resuming(&text, memo) {
             Some(_) => Ok(RawJson {
                 text: Bytes::from(text),
                 usage,

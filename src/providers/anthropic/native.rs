@@ -16,7 +16,7 @@ use super::upstream_http::{check_status_with, send, timeout_error};
 use super::{response, AnthropicProvider};
 use crate::api::messages::fast::event_type;
 use crate::error::ApiError;
-use crate::json_scan::{member_spans, member_str, TokenCounts};
+use crate::json_scan::{member_spans, member_str, ScanMemo, TokenCounts};
 use crate::payload::{Payload, PayloadStream, RawJson};
 use crate::streaming::sse_data_events;
 use crate::upstream::{json_post_headers, HeaderCase, Target, UpstreamError};
@@ -193,6 +193,7 @@ impl AnthropicProvider {
         // the latter carries both, as the metrics keep a stream's last counts.
         let mut prompt = None;
         let mut cached = None;
+        let mut memo = ScanMemo::default();
         let events = events.map(move |item| {
             let text = item?;
             let mut usage = None;
@@ -224,7 +225,7 @@ impl AnthropicProvider {
                 }
                 _ => {}
             }
-            RawJson::object_str(text, usage)
+            RawJson::stream_object_str(text, usage, &mut memo)
                 .map(Payload::Raw)
                 .map_err(|_| {
                     ApiError::upstream_failure(format!(

@@ -167,11 +167,12 @@ impl OpenAiProvider {
             )));
         }
         let name = self.name.clone();
+        let mut memo = ScanMemo::default();
         let events =
             sse_data_events(response.bytes_stream(), self.chunk_timeout).map(move |item| {
                 item.and_then(|data| {
                     let usage = final_usage(&data);
-                    RawJson::object(Bytes::from(data), usage)
+                    RawJson::stream_object_str(data, usage, &mut memo)
                         .map(Payload::Raw)
                         .map_err(|_| {
                             ApiError::upstream_failure(format!(
