@@ -468,13 +468,24 @@ pub fn string_value(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
 pub struct Walk<'a> {
     text: &'a str,
     scan: Scanner<'a>,
+    /// Where the key of the member being taken starts (its quote).
+    key_at: usize,
 }
 
 impl<'a> Walk<'a> {
     pub fn new(text: &'a str) -> Walk<'a> {
         let mut scan = Scanner::new(text.as_bytes());
         scan.skip_whitespace();
-        Walk { text, scan }
+        Walk {
+            text,
+            scan,
+            key_at: 0,
+        }
+    }
+
+    /// Where the key of the member being taken starts (in [`Walk::object`]'s `each`).
+    pub fn key_at(&self) -> usize {
+        self.key_at
     }
 
     /// At an object: `each` gets each key as written between its quotes (escapes
@@ -484,24 +495,42 @@ impl<'a> Walk<'a> {
         &mut self,
         mut each: impl FnMut(&mut Walk<'a>, &'a str) -> Option<()>,
     ) -> Option<()> {
-        self.open(b'{', b'}', |walk| {
-            if walk.scan.peek()? != b'"' {
-                return None;
-            }
-            let key_start = walk.scan.at;
-            walk.scan.string()?;
-            let key = &walk.text[key_start + 1..walk.scan.at - 1];
-            walk.scan.skip_whitespace();
-            if walk.scan.peek()? != b':' {
-                return None;
-            }
-            walk.scan.at += 1;
-            walk.scan.skip_whitespace();
-            let before = walk.scan.at;
-            each(walk, key)?;
-            // A value must have been taken.
-            (walk.scan.at > before).then_some(())
-        })
+        self.open(b'{', b'}', |walk| walk.member(&mut each))
+    }
+
+    /// The rest of the top-level object from its member at `at`, a text that starts
+    /// with the same bytes as one walked before up to `at`, whose walk went past
+    /// them: what that walk did with them, it would do again (the caller keeps what
+    /// it took from them). `at` must not be the first member's: the object might
+    /// now be `{}`.
+    pub fn object_from(
+        &mut self,
+        at: usize,
+        mut each: impl FnMut(&mut Walk<'a>, &'a str) -> Option<()>,
+    ) -> Option<()> {
+        self.scan.at = at;
+        // The earlier text may have had less whitespace before the key.
+        self.scan.skip_whitespace();
+        self.items(b'}', |walk| walk.member(&mut each))
+    }
+
+    /// One member of an object: its key, then `each` takes its value.
+    fn member(
+        &mut self,
+        each: &mut impl FnMut(&mut Walk<'a>, &'a str) -> Option<()>,
+    ) -> Option<()> {
+        if self.scan.peek()? != b'"' {
+            return None;
+        }
+        let key_start = self.scan.at;
+        self.key_at = key_start;
+        self.scan.string()?;
+        let key = &self.text[key_start + 1..self.scan.at - 1];
+        self.scan.colon()?;
+        let before = self.scan.at;
+        each(self, key)?;
+        // A value must have been taken.
+        (self.scan.at > before).then_some(())
     }
 
     /// At an array: `each` must take each element.
@@ -517,7 +546,7 @@ impl<'a> Walk<'a> {
         &mut self,
         opening: u8,
         closing: u8,
-        mut item: impl FnMut(&mut Walk<'a>) -> Option<()>,
+        item: impl FnMut(&mut Walk<'a>) -> Option<()>,
     ) -> Option<()> {
         if self.scan.peek()? != opening {
             return None;
@@ -526,21 +555,31 @@ impl<'a> Walk<'a> {
         self.scan.skip_whitespace();
         if self.scan.peek()? == closing {
             self.scan.at += 1;
-        } else {
-            loop {
-                item(self)?;
-                self.scan.skip_whitespace();
-                match self.scan.peek()? {
-                    b',' => {
-                        self.scan.at += 1;
-                        self.scan.skip_whitespace();
-                    }
-                    byte if byte == closing => {
-                        self.scan.at += 1;
-                        break;
-                    }
-                    _ => return None,
+            self.scan.skip_whitespace();
+            return Some(());
+        }
+        self.items(closing, item)
+    }
+
+    /// The items of a container from one that starts here, to its `closing` bracket.
+    fn items(
+        &mut self,
+        closing: u8,
+        mut item: impl FnMut(&mut Walk<'a>) -> Option<()>,
+    ) -> Option<()> {
+        loop {
+            item(self)?;
+            self.scan.skip_whitespace();
+            match self.scan.peek()? {
+                b',' => {
+                    self.scan.at += 1;
+                    self.scan.skip_whitespace();
                 }
+                byte if byte == closing => {
+                    self.scan.at += 1;
+                    break;
+                }
+                _ => return None,
             }
         }
         self.scan.skip_whitespace();

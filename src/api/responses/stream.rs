@@ -169,7 +169,11 @@ impl<'a> Chunk<'a> {
         Chunk::deserialize(value).map_err(|e| Self::not_understood(connection, e))
     }
 
-    pub fn of_text(text: &'a [u8], connection: &str) -> Result<Chunk<'a>, ApiError> {
+    pub fn of_text(
+        text: &'a [u8],
+        connection: &str,
+        front: &mut ChunkFront,
+    ) -> Result<Chunk<'a>, ApiError> {
         // One UTF-8 check for the whole chunk: read as `str`, serde_json does not
         // check each string and key again (it did, once per string, from bytes).
         let text = std::str::from_utf8(text).map_err(|e| {
@@ -177,7 +181,7 @@ impl<'a> Chunk<'a> {
                 "connection '{connection}': a streamed chunk is not UTF-8: {e}"
             ))
         })?;
-        if let Some(chunk) = Chunk::scanned(text) {
+        if let Some(chunk) = Chunk::scanned(text, front) {
             return Ok(chunk);
         }
         serde_json::from_str(text).map_err(|e| Self::not_understood(connection, e))
@@ -189,12 +193,28 @@ impl<'a> Chunk<'a> {
     /// says what is wrong: tool calls, a `usage` object, a key with escapes, a member
     /// twice, a member of a type serde would refuse. What it returns is what serde
     /// returns for the same text (`scanned_chunks_read_as_serde_reads_them`).
-    fn scanned(text: &'a str) -> Option<Chunk<'a>> {
+    ///
+    /// A chunk that starts as the last one walked did up to its `choices` key is
+    /// walked from there (`front`): the members before it (`id`, `object`, `created`,
+    /// `model`, `system_fingerprint`, the same in every chunk of a stream) are only
+    /// stepped over, and the walk of the same bytes would step over them again.
+    fn scanned(text: &'a str, front: &mut ChunkFront) -> Option<Chunk<'a>> {
         let mut walk = json_scan::Walk::new(text);
         let (mut choices, mut seen) = (None, [false; 2]);
-        walk.object(|walk, key| {
+        let resume_at =
+            (!front.0.is_empty() && text.as_bytes().starts_with(&front.0)).then_some(front.0.len());
+        let mut first_member = resume_at.is_none();
+        let mut choices_at = None;
+        let each = |walk: &mut json_scan::Walk<'a>, key: &'a str| {
+            let first = std::mem::replace(&mut first_member, false);
             match key {
                 "choices" => {
+                    // Nothing but other members before it (a `usage` there would
+                    // count as seen); as the first member, a front of `{` saves
+                    // nothing.
+                    if !first && !seen[0] && !seen[1] {
+                        choices_at = Some(walk.key_at());
+                    }
                     once(&mut seen[0])?;
                     if !walk.null() {
                         let mut list = Vec::new();
@@ -217,14 +237,27 @@ impl<'a> Chunk<'a> {
                 }
             }
             Some(())
-        })?;
+        };
+        match resume_at {
+            Some(at) => walk.object_from(at, each)?,
+            None => walk.object(each)?,
+        }
         walk.done()?;
+        if let Some(at) = choices_at.filter(|&at| resume_at != Some(at)) {
+            front.0.clear();
+            front.0.extend_from_slice(&text.as_bytes()[..at]);
+        }
         Some(Chunk {
             choices,
             usage: None,
         })
     }
 }
+
+/// What [`Chunk::scanned`] keeps between the chunks of a stream: the last chunk's
+/// bytes before its `choices` key, when it walked them.
+#[derive(Default, Clone)]
+pub struct ChunkFront(Vec<u8>);
 
 /// A member seen for the first time (serde refuses a struct's member given twice).
 fn once(seen: &mut bool) -> Option<()> {
@@ -402,6 +435,8 @@ pub struct Translator {
     delta_members: (String, Vec<u8>),
     /// Give the terminal event the final response as a tree (for the loggers).
     keep_tree: bool,
+    /// What the reading of the last chunk keeps for the next.
+    front: ChunkFront,
 }
 
 impl Translator {
@@ -430,6 +465,7 @@ impl Translator {
             limit,
             delta_members: (String::new(), Vec::new()),
             keep_tree,
+            front: ChunkFront::default(),
         }
     }
 
@@ -945,7 +981,11 @@ pub fn translate(chunks: PayloadStream, translator: Translator) -> EventStream {
                     Some(Ok(payload)) => {
                         let translator = &mut state.translator;
                         let parsed = match &payload {
-                            Payload::Raw(raw) => Chunk::of_text(raw.text(), &translator.connection),
+                            Payload::Raw(raw) => Chunk::of_text(
+                                raw.text(),
+                                &translator.connection,
+                                &mut translator.front,
+                            ),
                             Payload::Value(value) => Chunk::of_value(value, &translator.connection),
                         };
                         parsed
@@ -1162,6 +1202,10 @@ mod tests {
             r#"{"choices":[{"delta":{"content":"\ud800"}}]}"#,
             r#"{"created":1e400,"choices":[{"delta":{"content":"big"}}]}"#,
             r#"[]"#,
+            r#"{}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"delta":{"content":"x"}}],"choices":[]}"#,
+            r#"{"id":"c","usage":null,"choices":[{"delta":{"content":"x"}}],"usage":null}"#,
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",  "choices":[{"delta":{"content":"y"}}]}"#,
         ];
         let mut texts: Vec<String> = Vec::new();
         for sample in samples {
@@ -1192,16 +1236,17 @@ mod tests {
                 }
             }
         }
+        let fresh = || ChunkFront::default();
         let mut scanned = 0;
         for text in &texts {
             let serde = serde_json::from_str::<Chunk>(text);
-            if let Some(chunk) = Chunk::scanned(text) {
+            if let Some(chunk) = Chunk::scanned(text, &mut fresh()) {
                 scanned += 1;
                 assert_eq!(Some(chunk), serde.ok(), "{text}");
             }
             // Whichever path reads it, `of_text` agrees with serde.
             assert_eq!(
-                Chunk::of_text(text.as_bytes(), "c").ok(),
+                Chunk::of_text(text.as_bytes(), "c", &mut fresh()).ok(),
                 serde_json::from_str::<Chunk>(text).ok(),
                 "{text}"
             );
@@ -1210,10 +1255,32 @@ mod tests {
         assert!(scanned > 500, "{scanned} of {}", texts.len());
         for sample in &samples[..9] {
             assert!(
-                Chunk::scanned(sample).is_some() || sample.contains("usage\":{"),
+                Chunk::scanned(sample, &mut fresh()).is_some() || sample.contains("usage\":{"),
                 "{sample}"
             );
         }
+        // After a chunk with members before `choices`, every text reads as serde
+        // reads it, and after every text, every sample does.
+        let mut after_first = fresh();
+        Chunk::scanned(samples[0], &mut after_first).unwrap();
+        assert!(!after_first.0.is_empty(), "the front was kept");
+        let mut resumed = 0;
+        for text in &texts {
+            let serde = serde_json::from_str::<Chunk>(text).ok();
+            let mut front = after_first.clone();
+            if let Some(chunk) = Chunk::scanned(text, &mut front) {
+                assert_eq!(Some(chunk), serde, "{} then {text}", samples[0]);
+                resumed += usize::from(text.as_bytes().starts_with(&after_first.0));
+            }
+            for sample in samples {
+                let serde = serde_json::from_str::<Chunk>(sample).ok();
+                if let Some(chunk) = Chunk::scanned(sample, &mut front.clone()) {
+                    assert_eq!(Some(chunk), serde, "{text} then {sample}");
+                }
+            }
+        }
+        // Texts that start with the front were read from it.
+        assert!(resumed > 300, "{resumed}");
     }
 
     fn chunk(delta: Value, finish: Option<&str>) -> Value {
