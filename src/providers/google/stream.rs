@@ -28,6 +28,7 @@ use super::response::{
 };
 use super::signatures::SignatureStore;
 use crate::error::ApiError;
+use crate::json_scan::Walk;
 use crate::payload::Payload;
 use crate::providers::chunk_text::{empty_delta, role_delta, string_delta, ChunkWriter, Text};
 use crate::streaming::{json_chunk, unix_now};
@@ -53,6 +54,7 @@ struct Identity {
 /// The typed view of an event of text or reasoning. Unknown members or members of
 /// another type make it fail, and the event then takes the tree path.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct FastResponse<'a> {
     #[serde(borrow)]
@@ -71,6 +73,7 @@ fn present<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<V
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct FastCandidate<'a> {
     #[serde(borrow)]
@@ -81,6 +84,7 @@ struct FastCandidate<'a> {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 #[serde(deny_unknown_fields)]
 struct FastContent<'a> {
     /// Admitted as a string or null, not used.
@@ -92,6 +96,7 @@ struct FastContent<'a> {
 }
 
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct FastPart<'a> {
     #[serde(borrow)]
@@ -101,6 +106,175 @@ struct FastPart<'a> {
     #[serde(borrow)]
     #[allow(dead_code)]
     thought_signature: Option<Text<'a>>,
+}
+
+impl<'a> FastResponse<'a> {
+    /// The usual event (text or reasoning parts, a finish reason, an index, the
+    /// identity members) read by walking its text with `json_scan` instead of
+    /// serde's typed parse. `None` leaves the event to serde, which reads it or
+    /// refuses it as before: `usageMetadata`, a key with escapes, a member twice, an
+    /// unknown member, a value of another type. What it returns is what serde
+    /// returns for the same text (`walked_events_read_as_serde_reads_them`).
+    fn walked(text: &'a str) -> Option<FastResponse<'a>> {
+        let mut walk = Walk::new(text);
+        let mut event = FastResponse {
+            candidates: None,
+            model_version: None,
+            response_id: None,
+            usage_metadata: None,
+        };
+        let mut seen = [false; 3];
+        walk.object(|walk, key| {
+            match key {
+                "candidates" => {
+                    once(&mut seen[0])?;
+                    if !walk.null() {
+                        let mut list = Vec::new();
+                        walk.array(|walk| {
+                            list.push(FastCandidate::walked(walk)?);
+                            Some(())
+                        })?;
+                        event.candidates = Some(list);
+                    }
+                }
+                "modelVersion" => {
+                    once(&mut seen[1])?;
+                    event.model_version = text_or_null(walk)?;
+                }
+                "responseId" => {
+                    once(&mut seen[2])?;
+                    event.response_id = text_or_null(walk)?;
+                }
+                _ => return None,
+            }
+            Some(())
+        })?;
+        walk.done()?;
+        Some(event)
+    }
+}
+
+impl<'a> FastCandidate<'a> {
+    fn walked(walk: &mut Walk<'a>) -> Option<FastCandidate<'a>> {
+        let mut candidate = FastCandidate {
+            content: None,
+            index: None,
+            finish_reason: None,
+        };
+        let mut seen = [false; 3];
+        walk.object(|walk, key| {
+            match key {
+                "content" => {
+                    once(&mut seen[0])?;
+                    if !walk.null() {
+                        candidate.content = Some(FastContent::walked(walk)?);
+                    }
+                }
+                "index" => {
+                    once(&mut seen[1])?;
+                    if !walk.null() {
+                        candidate.index = Some(unsigned(walk.skip()?)?);
+                    }
+                }
+                "finishReason" => {
+                    once(&mut seen[2])?;
+                    candidate.finish_reason = text_or_null(walk)?;
+                }
+                _ => return None,
+            }
+            Some(())
+        })?;
+        Some(candidate)
+    }
+}
+
+impl<'a> FastContent<'a> {
+    fn walked(walk: &mut Walk<'a>) -> Option<FastContent<'a>> {
+        let mut content = FastContent {
+            role: None,
+            parts: None,
+        };
+        let mut seen = [false; 2];
+        walk.object(|walk, key| {
+            match key {
+                "role" => {
+                    once(&mut seen[0])?;
+                    content.role = text_or_null(walk)?;
+                }
+                "parts" => {
+                    once(&mut seen[1])?;
+                    if !walk.null() {
+                        let mut list = Vec::new();
+                        walk.array(|walk| {
+                            list.push(FastPart::walked(walk)?);
+                            Some(())
+                        })?;
+                        content.parts = Some(list);
+                    }
+                }
+                _ => return None,
+            }
+            Some(())
+        })?;
+        Some(content)
+    }
+}
+
+impl<'a> FastPart<'a> {
+    fn walked(walk: &mut Walk<'a>) -> Option<FastPart<'a>> {
+        let mut part = FastPart {
+            text: None,
+            thought: None,
+            thought_signature: None,
+        };
+        let mut seen = [false; 3];
+        walk.object(|walk, key| {
+            match key {
+                "text" => {
+                    once(&mut seen[0])?;
+                    part.text = text_or_null(walk)?;
+                }
+                "thought" => {
+                    once(&mut seen[1])?;
+                    part.thought = match walk.skip()? {
+                        "null" => None,
+                        "true" => Some(true),
+                        "false" => Some(false),
+                        _ => return None,
+                    };
+                }
+                "thoughtSignature" => {
+                    once(&mut seen[2])?;
+                    part.thought_signature = text_or_null(walk)?;
+                }
+                _ => return None,
+            }
+            Some(())
+        })?;
+        Some(part)
+    }
+}
+
+/// A member seen for the first time (serde refuses a member given twice).
+fn once(seen: &mut bool) -> Option<()> {
+    (!std::mem::replace(seen, true)).then_some(())
+}
+
+/// `null` or a string, as `Option<Text>` reads them; `None` for anything else.
+fn text_or_null<'a>(walk: &mut Walk<'a>) -> Option<Option<Text<'a>>> {
+    if walk.null() {
+        return Some(None);
+    }
+    walk.string().map(|text| Some(Text(text)))
+}
+
+/// A number's text (checked JSON) as `u64` reads it: digits only (no sign,
+/// fraction or exponent), in range.
+fn unsigned(number: &str) -> Option<u64> {
+    if !number.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    number.parse().ok()
 }
 
 impl FastCandidate<'_> {
@@ -206,7 +380,8 @@ impl StreamTranslator {
 
     /// Translate one upstream event's data (one SSE `data`) into zero or more chunks.
     pub fn on_data(&mut self, data: &str, out: &mut Out) -> Result<(), ApiError> {
-        if let Ok(event) = serde_json::from_str::<FastResponse>(data) {
+        let fast = FastResponse::walked(data).or_else(|| serde_json::from_str(data).ok());
+        if let Some(event) = fast {
             return self.on_fast(event, out);
         }
         self.on_value(&json_chunk(data)?, out)
@@ -368,6 +543,70 @@ impl StreamTranslator {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The walk reads an event exactly as serde's typed parse does, or leaves it
+    /// to serde: samples of every shape, then every truncation, one-byte deletion
+    /// and one-byte replacement of each.
+    #[test]
+    fn walked_events_read_as_serde_reads_them() {
+        let samples = [
+            r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"tok"}]},"index":0}],"modelVersion":"gemini-2.5-flash","responseId":"r1"}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"Hm","thought":true},{"text":"Hi","thought":false,"thoughtSignature":"c2ln"}],"role":"model"},"finishReason":"STOP","index":1}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"say \"hi\"\n\u00e9\ud83d\ude00"}]}}],"responseId":null,"modelVersion":null}"#,
+            r#"{"candidates":null}"#,
+            r#"{"candidates":[]}"#,
+            r#"{}"#,
+            r#" { "candidates" : [ { "content" : { "parts" : [ { "text" : "x" } ] } , "index" : 2 } ] } "#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"a","text":"b"}]}}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"te\u0078t":"a"}]}}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":{}}}]}}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"a"}]}}],"usageMetadata":{"promptTokenCount":3}}"#,
+            r#"{"candidates":[{"index":-1}]}"#,
+            r#"{"candidates":[{"index":1.0}]}"#,
+            r#"{"candidates":[{"index":1e2}]}"#,
+            r#"{"candidates":[{"index":18446744073709551615}]}"#,
+            r#"{"candidates":[{"index":18446744073709551616}]}"#,
+            r#"{"candidates":[{"index":007}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"thought":"yes"}]}}]}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":7}]}}]}"#,
+            r#"{"candidates":[{"content":{"role":["model"],"parts":null}}]}"#,
+            r#"{"candidates":[{"finishReason":"MAX_TOKENS","safetyRatings":[]}]}"#,
+            r#"{"candidates":{"index":0}}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"\ud800"}]}}]}"#,
+            r#"[]"#,
+        ];
+        let mut texts: Vec<String> = Vec::new();
+        for sample in samples {
+            texts.push(sample.to_owned());
+            for cut in 0..sample.len() {
+                texts.push(sample[..cut].to_owned());
+            }
+            let bytes = sample.as_bytes();
+            for at in 0..bytes.len() {
+                let mut deleted = bytes.to_vec();
+                deleted.remove(at);
+                texts.extend(String::from_utf8(deleted).ok());
+                for byte in [b'"', b'\\', b'{', b'[', b'1', b'0', b'-', b' ', b'n'] {
+                    let mut edited = bytes.to_vec();
+                    edited[at] = byte;
+                    texts.extend(String::from_utf8(edited).ok());
+                }
+            }
+        }
+        let mut walked = 0;
+        for text in &texts {
+            if let Some(event) = FastResponse::walked(text) {
+                walked += 1;
+                let serde = serde_json::from_str::<FastResponse>(text);
+                assert_eq!(Some(event), serde.ok(), "{text}");
+            }
+        }
+        // The walk does read the usual events (not everything left to serde).
+        assert!(walked > 500, "{walked} of {}", texts.len());
+        for sample in &samples[..7] {
+            assert!(FastResponse::walked(sample).is_some(), "{sample}");
+        }
+    }
 
     fn values(out: Out) -> Vec<Value> {
         out.into_iter().map(Payload::into_value).collect()
