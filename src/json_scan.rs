@@ -605,6 +605,27 @@ impl<'a> Walk<'a> {
         is_null
     }
 
+    /// Takes `null`, or a number as serde reads a `u64`: digits only (a checked
+    /// JSON number that `str::parse` takes has no sign, fraction or exponent), in
+    /// range. `None` for anything else.
+    pub fn u64_or_null(&mut self) -> Option<Option<u64>> {
+        if self.null() {
+            return Some(None);
+        }
+        self.skip()?.parse().ok().map(Some)
+    }
+
+    /// Takes `null`, `true` or `false` (as serde reads an `Option<bool>`). `None`
+    /// for anything else.
+    pub fn bool_or_null(&mut self) -> Option<Option<bool>> {
+        match self.skip()? {
+            "null" => Some(None),
+            "true" => Some(Some(true)),
+            "false" => Some(Some(false)),
+            _ => None,
+        }
+    }
+
     /// Whether a string comes next.
     pub fn at_string(&self) -> bool {
         self.scan.peek() == Some(b'"')
@@ -622,6 +643,12 @@ impl<'a> Walk<'a> {
     pub fn done(&self) -> Option<()> {
         (self.scan.at == self.text.len()).then_some(())
     }
+}
+
+/// For walks that read a struct's members: a member seen for the first time (serde
+/// refuses a member given twice), `None` the second time.
+pub fn first_time(seen: &mut bool) -> Option<()> {
+    (!std::mem::replace(seen, true)).then_some(())
 }
 
 /// A position in text that is already known to be UTF-8, so only the ASCII structure

@@ -29,6 +29,17 @@ impl Text<'_> {
     }
 }
 
+impl<'a> Text<'a> {
+    /// Takes `null` or a string from a walk, as serde reads an `Option<Text>`;
+    /// `None` for anything else.
+    pub fn or_null(walk: &mut crate::json_scan::Walk<'a>) -> Option<Option<Text<'a>>> {
+        if walk.null() {
+            return Some(None);
+        }
+        walk.string().map(|text| Some(Text(text)))
+    }
+}
+
 impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct TextVisitor;

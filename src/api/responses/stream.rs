@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 
 use super::answer;
 use crate::error::ApiError;
-use crate::json_scan::{self, member_str};
+use crate::json_scan::{self, first_time, member_str};
 use crate::payload::{Payload, PayloadStream};
 use crate::streaming::StreamSummary;
 
@@ -215,7 +215,7 @@ impl<'a> Chunk<'a> {
                     if !first && !seen[0] && !seen[1] {
                         choices_at = Some(walk.key_at());
                     }
-                    once(&mut seen[0])?;
+                    first_time(&mut seen[0])?;
                     if !walk.null() {
                         let mut list = Vec::new();
                         walk.array(|walk| {
@@ -226,7 +226,7 @@ impl<'a> Chunk<'a> {
                     }
                 }
                 "usage" => {
-                    once(&mut seen[1])?;
+                    first_time(&mut seen[1])?;
                     if !walk.null() {
                         return None;
                     }
@@ -259,24 +259,19 @@ impl<'a> Chunk<'a> {
 #[derive(Default, Clone)]
 pub struct ChunkFront(Vec<u8>);
 
-/// A member seen for the first time (serde refuses a struct's member given twice).
-fn once(seen: &mut bool) -> Option<()> {
-    (!std::mem::replace(seen, true)).then_some(())
-}
-
 impl<'a> ChoiceDelta<'a> {
     fn scanned(walk: &mut json_scan::Walk<'a>) -> Option<ChoiceDelta<'a>> {
         let (mut delta, mut finish_reason, mut seen) = (None, None, [false; 2]);
         walk.object(|walk, key| {
             match key {
                 "delta" => {
-                    once(&mut seen[0])?;
+                    first_time(&mut seen[0])?;
                     if !walk.null() {
                         delta = Some(Delta::scanned(walk)?);
                     }
                 }
                 "finish_reason" => {
-                    once(&mut seen[1])?;
+                    first_time(&mut seen[1])?;
                     if !walk.null() {
                         finish_reason = Some(walk.string()?);
                     }
@@ -319,7 +314,7 @@ impl<'a> Delta<'a> {
                     return Some(());
                 }
             };
-            once(seen)?;
+            first_time(seen)?;
             // As `MaybeText`: `null` is no member; a string its text; anything else
             // a member without text.
             if !walk.null() {

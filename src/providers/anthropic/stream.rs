@@ -26,6 +26,7 @@ use super::response::{
     error_event, finish_reason, json_answer, mid_stream_error, Usage, UsageCounts,
 };
 use crate::error::ApiError;
+use crate::json_scan::{first_time, Walk};
 use crate::payload::{Payload, PayloadStream};
 use crate::providers::chunk_text::{
     empty_delta, role_delta, string_delta, text_or_empty, write_str, ChunkWriter, Text,
@@ -62,6 +63,7 @@ enum Block {
 /// (`message`, `content_block`, `error`, `choices`, ...) or members of another type
 /// make it fail, and the event then takes the tree path.
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 #[serde(deny_unknown_fields)]
 struct FastEvent<'a> {
     #[serde(rename = "type", borrow)]
@@ -75,6 +77,7 @@ struct FastEvent<'a> {
 /// `delta` of a `content_block_delta` (text, thinking, signature, tool arguments)
 /// or of a `message_delta` (stop reason).
 #[derive(Deserialize)]
+#[cfg_attr(test, derive(Debug, PartialEq))]
 #[serde(deny_unknown_fields)]
 struct FastDelta<'a> {
     #[serde(rename = "type", borrow)]
@@ -94,6 +97,78 @@ struct FastDelta<'a> {
     #[serde(borrow)]
     #[allow(dead_code)]
     stop_sequence: Option<Text<'a>>,
+}
+
+impl<'a> FastEvent<'a> {
+    /// The usual event (a delta, a block's or the message's end, a stop reason)
+    /// read by walking its text with `json_scan` instead of serde's typed parse.
+    /// `None` leaves the event to serde, which reads it or refuses it as before: a
+    /// `usage`, a key with escapes, a member twice, an unknown member, a value of
+    /// another type. What it returns is what serde returns for the same text
+    /// (`walked_events_read_as_serde_reads_them`).
+    fn walked(text: &'a str) -> Option<FastEvent<'a>> {
+        let mut walk = Walk::new(text);
+        let mut event = FastEvent {
+            kind: None,
+            index: None,
+            delta: None,
+            usage: None,
+        };
+        let mut seen = [false; 3];
+        walk.object(|walk, key| {
+            match key {
+                "type" => {
+                    first_time(&mut seen[0])?;
+                    event.kind = Text::or_null(walk)?;
+                }
+                "index" => {
+                    first_time(&mut seen[1])?;
+                    event.index = walk.u64_or_null()?;
+                }
+                "delta" => {
+                    first_time(&mut seen[2])?;
+                    if !walk.null() {
+                        event.delta = Some(FastDelta::walked(walk)?);
+                    }
+                }
+                _ => return None,
+            }
+            Some(())
+        })?;
+        walk.done()?;
+        Some(event)
+    }
+}
+
+impl<'a> FastDelta<'a> {
+    fn walked(walk: &mut Walk<'a>) -> Option<FastDelta<'a>> {
+        let mut delta = FastDelta {
+            kind: None,
+            text: None,
+            thinking: None,
+            signature: None,
+            partial_json: None,
+            stop_reason: None,
+            stop_sequence: None,
+        };
+        let mut seen = [false; 7];
+        walk.object(|walk, key| {
+            let (slot, seen) = match key {
+                "type" => (&mut delta.kind, &mut seen[0]),
+                "text" => (&mut delta.text, &mut seen[1]),
+                "thinking" => (&mut delta.thinking, &mut seen[2]),
+                "signature" => (&mut delta.signature, &mut seen[3]),
+                "partial_json" => (&mut delta.partial_json, &mut seen[4]),
+                "stop_reason" => (&mut delta.stop_reason, &mut seen[5]),
+                "stop_sequence" => (&mut delta.stop_sequence, &mut seen[6]),
+                _ => return None,
+            };
+            first_time(seen)?;
+            *slot = Text::or_null(walk)?;
+            Some(())
+        })?;
+        Some(delta)
+    }
 }
 
 /// The fields of a `content_block_delta`'s delta, `""` where absent.
@@ -228,7 +303,8 @@ impl Translator {
         if self.finished {
             return Ok(());
         }
-        if let Ok(event) = serde_json::from_str::<FastEvent>(data) {
+        let fast = FastEvent::walked(data).or_else(|| serde_json::from_str(data).ok());
+        if let Some(event) = fast {
             if self.on_fast(&event, out) {
                 return self.check_size();
             }
@@ -675,6 +751,68 @@ mod tests {
     /// The typed view and the tree path translate every event alike: same chunks,
     /// byte for byte, same errors, same state after it (events of a whole stream,
     /// and odd ones that the view must leave to the tree or read the same way).
+    /// The walk reads an event exactly as serde's typed parse does, or leaves it
+    /// to serde: samples of every shape, then every truncation, one-byte deletion
+    /// and one-byte replacement of each.
+    #[test]
+    fn walked_events_read_as_serde_reads_them() {
+        let samples = [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"tok"}}"#,
+            r#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"q\":"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hm"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"c2ln"}}"#,
+            r#"{"type":"content_block_stop","index":0}"#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null}}"#,
+            r#"{"type":"message_stop"}"#,
+            r#"{"type":"ping"}"#,
+            r#" { "type" : "content_block_delta" , "index" : 2 , "delta" : { "text" : "x\u00e9\n" } } "#,
+            r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":5}}"#,
+            r#"{"type":"message_start","message":{"id":"m"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"text":"a","text":"b"}}"#,
+            r#"{"ty\u0070e":"ping"}"#,
+            r#"{"type":"content_block_delta","index":-1,"delta":null}"#,
+            r#"{"type":"content_block_delta","index":1.5}"#,
+            r#"{"type":"content_block_delta","index":18446744073709551616}"#,
+            r#"{"type":7}"#,
+            r#"{"type":"content_block_delta","delta":{"text":["x"]}}"#,
+            r#"{"type":"content_block_delta","delta":{"text":"\ud800"}}"#,
+            r#"{"type":null,"index":null,"delta":{"type":null}}"#,
+            r#"{}"#,
+            r#"[]"#,
+        ];
+        let mut texts: Vec<String> = Vec::new();
+        for sample in samples {
+            texts.push(sample.to_owned());
+            for cut in 0..sample.len() {
+                texts.push(sample[..cut].to_owned());
+            }
+            let bytes = sample.as_bytes();
+            for at in 0..bytes.len() {
+                let mut deleted = bytes.to_vec();
+                deleted.remove(at);
+                texts.extend(String::from_utf8(deleted).ok());
+                for byte in [b'"', b'\\', b'{', b'[', b'1', b'0', b'-', b' ', b'n'] {
+                    let mut edited = bytes.to_vec();
+                    edited[at] = byte;
+                    texts.extend(String::from_utf8(edited).ok());
+                }
+            }
+        }
+        let mut walked = 0;
+        for text in &texts {
+            if let Some(event) = FastEvent::walked(text) {
+                walked += 1;
+                let serde = serde_json::from_str::<FastEvent>(text);
+                assert_eq!(Some(event), serde.ok(), "{text}");
+            }
+        }
+        // The walk does read the usual events (not everything left to serde).
+        assert!(walked > 500, "{walked} of {}", texts.len());
+        for sample in &samples[..9] {
+            assert!(FastEvent::walked(sample).is_some(), "{sample}");
+        }
+    }
+
     #[test]
     fn typed_view_and_tree_path_agree() {
         let events = [

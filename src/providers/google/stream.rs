@@ -28,7 +28,7 @@ use super::response::{
 };
 use super::signatures::SignatureStore;
 use crate::error::ApiError;
-use crate::json_scan::Walk;
+use crate::json_scan::{first_time, Walk};
 use crate::payload::Payload;
 use crate::providers::chunk_text::{empty_delta, role_delta, string_delta, ChunkWriter, Text};
 use crate::streaming::{json_chunk, unix_now};
@@ -127,7 +127,7 @@ impl<'a> FastResponse<'a> {
         walk.object(|walk, key| {
             match key {
                 "candidates" => {
-                    once(&mut seen[0])?;
+                    first_time(&mut seen[0])?;
                     if !walk.null() {
                         let mut list = Vec::new();
                         walk.array(|walk| {
@@ -138,12 +138,12 @@ impl<'a> FastResponse<'a> {
                     }
                 }
                 "modelVersion" => {
-                    once(&mut seen[1])?;
-                    event.model_version = text_or_null(walk)?;
+                    first_time(&mut seen[1])?;
+                    event.model_version = Text::or_null(walk)?;
                 }
                 "responseId" => {
-                    once(&mut seen[2])?;
-                    event.response_id = text_or_null(walk)?;
+                    first_time(&mut seen[2])?;
+                    event.response_id = Text::or_null(walk)?;
                 }
                 _ => return None,
             }
@@ -165,20 +165,18 @@ impl<'a> FastCandidate<'a> {
         walk.object(|walk, key| {
             match key {
                 "content" => {
-                    once(&mut seen[0])?;
+                    first_time(&mut seen[0])?;
                     if !walk.null() {
                         candidate.content = Some(FastContent::walked(walk)?);
                     }
                 }
                 "index" => {
-                    once(&mut seen[1])?;
-                    if !walk.null() {
-                        candidate.index = Some(unsigned(walk.skip()?)?);
-                    }
+                    first_time(&mut seen[1])?;
+                    candidate.index = walk.u64_or_null()?;
                 }
                 "finishReason" => {
-                    once(&mut seen[2])?;
-                    candidate.finish_reason = text_or_null(walk)?;
+                    first_time(&mut seen[2])?;
+                    candidate.finish_reason = Text::or_null(walk)?;
                 }
                 _ => return None,
             }
@@ -198,11 +196,11 @@ impl<'a> FastContent<'a> {
         walk.object(|walk, key| {
             match key {
                 "role" => {
-                    once(&mut seen[0])?;
-                    content.role = text_or_null(walk)?;
+                    first_time(&mut seen[0])?;
+                    content.role = Text::or_null(walk)?;
                 }
                 "parts" => {
-                    once(&mut seen[1])?;
+                    first_time(&mut seen[1])?;
                     if !walk.null() {
                         let mut list = Vec::new();
                         walk.array(|walk| {
@@ -231,21 +229,16 @@ impl<'a> FastPart<'a> {
         walk.object(|walk, key| {
             match key {
                 "text" => {
-                    once(&mut seen[0])?;
-                    part.text = text_or_null(walk)?;
+                    first_time(&mut seen[0])?;
+                    part.text = Text::or_null(walk)?;
                 }
                 "thought" => {
-                    once(&mut seen[1])?;
-                    part.thought = match walk.skip()? {
-                        "null" => None,
-                        "true" => Some(true),
-                        "false" => Some(false),
-                        _ => return None,
-                    };
+                    first_time(&mut seen[1])?;
+                    part.thought = walk.bool_or_null()?;
                 }
                 "thoughtSignature" => {
-                    once(&mut seen[2])?;
-                    part.thought_signature = text_or_null(walk)?;
+                    first_time(&mut seen[2])?;
+                    part.thought_signature = Text::or_null(walk)?;
                 }
                 _ => return None,
             }
@@ -253,28 +246,6 @@ impl<'a> FastPart<'a> {
         })?;
         Some(part)
     }
-}
-
-/// A member seen for the first time (serde refuses a member given twice).
-fn once(seen: &mut bool) -> Option<()> {
-    (!std::mem::replace(seen, true)).then_some(())
-}
-
-/// `null` or a string, as `Option<Text>` reads them; `None` for anything else.
-fn text_or_null<'a>(walk: &mut Walk<'a>) -> Option<Option<Text<'a>>> {
-    if walk.null() {
-        return Some(None);
-    }
-    walk.string().map(|text| Some(Text(text)))
-}
-
-/// A number's text (checked JSON) as `u64` reads it: digits only (no sign,
-/// fraction or exponent), in range.
-fn unsigned(number: &str) -> Option<u64> {
-    if !number.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    number.parse().ok()
 }
 
 impl FastCandidate<'_> {
