@@ -645,6 +645,32 @@ impl<'a> Walk<'a> {
     }
 }
 
+/// Texts for the differential tests of the readers built on [`Walk`]: each sample,
+/// every truncation of it, and every one-byte deletion and replacement by each of
+/// `edits` (those that are still UTF-8).
+#[cfg(test)]
+pub fn cut_and_edited(samples: &[&str], edits: &[u8]) -> Vec<String> {
+    let mut texts = Vec::new();
+    for sample in samples {
+        texts.push((*sample).to_owned());
+        for cut in 0..sample.len() {
+            texts.extend(sample.get(..cut).map(str::to_owned));
+        }
+        let bytes = sample.as_bytes();
+        for at in 0..bytes.len() {
+            let mut deleted = bytes.to_vec();
+            deleted.remove(at);
+            texts.extend(String::from_utf8(deleted).ok());
+            for &byte in edits {
+                let mut edited = bytes.to_vec();
+                edited[at] = byte;
+                texts.extend(String::from_utf8(edited).ok());
+            }
+        }
+    }
+    texts
+}
+
 /// For walks that read a struct's members: a member seen for the first time (serde
 /// refuses a member given twice), `None` the second time.
 pub fn first_time(seen: &mut bool) -> Option<()> {

@@ -1202,35 +1202,7 @@ mod tests {
             r#"{"id":"c","usage":null,"choices":[{"delta":{"content":"x"}}],"usage":null}"#,
             r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m",  "choices":[{"delta":{"content":"y"}}]}"#,
         ];
-        let mut texts: Vec<String> = Vec::new();
-        for sample in samples {
-            texts.push(sample.to_owned());
-            for cut in 0..sample.len() {
-                texts.push(sample[..cut].to_owned());
-            }
-            let bytes = sample.as_bytes();
-            for at in 0..bytes.len() {
-                let mut deleted = bytes.to_vec();
-                deleted.remove(at);
-                for replacement in [
-                    None,
-                    Some(b'"'),
-                    Some(b'\\'),
-                    Some(b'{'),
-                    Some(b'1'),
-                    Some(b' '),
-                ] {
-                    let mut edited = bytes.to_vec();
-                    match replacement {
-                        None => edited = deleted.clone(),
-                        Some(byte) => edited[at] = byte,
-                    }
-                    if let Ok(text) = String::from_utf8(edited) {
-                        texts.push(text);
-                    }
-                }
-            }
-        }
+        let texts = crate::json_scan::cut_and_edited(&samples, b"\"\\{1 ");
         let fresh = || ChunkFront::default();
         let mut scanned = 0;
         for text in &texts {

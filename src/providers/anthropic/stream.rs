@@ -780,24 +780,8 @@ mod tests {
             r#"{}"#,
             r#"[]"#,
         ];
-        let mut texts: Vec<String> = Vec::new();
-        for sample in samples {
-            texts.push(sample.to_owned());
-            for cut in 0..sample.len() {
-                texts.push(sample[..cut].to_owned());
-            }
-            let bytes = sample.as_bytes();
-            for at in 0..bytes.len() {
-                let mut deleted = bytes.to_vec();
-                deleted.remove(at);
-                texts.extend(String::from_utf8(deleted).ok());
-                for byte in [b'"', b'\\', b'{', b'[', b'1', b'0', b'-', b' ', b'n'] {
-                    let mut edited = bytes.to_vec();
-                    edited[at] = byte;
-                    texts.extend(String::from_utf8(edited).ok());
-                }
-            }
-        }
+        let edits = b"\"\\{[10- n";
+        let texts = crate::json_scan::cut_and_edited(&samples, edits);
         let mut walked = 0;
         for text in &texts {
             if let Some(event) = FastEvent::walked(text) {
