@@ -305,22 +305,21 @@ fn scan_members(text: &str, mut memo: Option<&mut ScanMemo>) -> Option<TopLevel>
         } else {
             Member::of(&bytes[key_start + 1..scan.at - 1])
         };
-        // Not at the first member: a text that has only `{` in common with the last
-        // may be `{}`, which the resumed scan would not see.
-        if member == Member::Choices && !first_member {
-            if let Some(memo) = memo.as_deref_mut() {
-                // Kept unless the scan resumed at this very key.
-                if resumed.as_ref().map(|state| state.at) != Some(key_start) {
-                    memo.prefix.clear();
-                    memo.prefix.extend_from_slice(&bytes[..key_start]);
-                    memo.state = Some(AtMember {
-                        at: key_start,
-                        found: found.clone(),
-                        seen,
-                        escapes: escapes_before_key,
-                    });
-                }
-            }
+        // Kept at the `choices` key unless the scan resumed there; not at the first
+        // member: a text that has only `{` in common with the last may be `{}`,
+        // which the resumed scan would not see.
+        let keep = member == Member::Choices
+            && !first_member
+            && resumed.as_ref().map(|state| state.at) != Some(key_start);
+        if let Some(memo) = memo.as_deref_mut().filter(|_| keep) {
+            memo.prefix.clear();
+            memo.prefix.extend_from_slice(&bytes[..key_start]);
+            memo.state = Some(AtMember {
+                at: key_start,
+                found: found.clone(),
+                seen,
+                escapes: escapes_before_key,
+            });
         }
         if member != Member::Other {
             let bit = 1u8 << (member as u8);

@@ -247,9 +247,9 @@ impl RawJson {
 
     /// [`RawJson::chunk`] for an SSE event's data (which the SSE reader has already
     /// checked to be UTF-8), the chunks of one stream in order with the stream's
-    /// `memo`: the part of a chunk that repeats the last one's front is not checked
-    /// again ([`scan_object_resuming`]; the same answer, about half the work on a
-    /// usual text chunk).
+    /// `memo`: what a chunk repeats of the last one is not checked again
+    /// ([`scan_object_resuming`]: the same answer, a fraction of the work on a usual
+    /// text chunk).
     pub fn stream_chunk_str(text: String, memo: &mut ScanMemo) -> Result<RawJson, String> {
         match Self::chunk_usage(scan_object_resuming(&text, memo).map(Probe)) {
             Some(found) => Ok(found.with_text(Bytes::from(text))),

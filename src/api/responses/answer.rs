@@ -145,7 +145,7 @@ impl Skeleton {
     }
 }
 
-fn write_value(out: &mut Vec<u8>, value: &Value) {
+pub fn write_value(out: &mut Vec<u8>, value: &Value) {
     serde_json::to_writer(out, value).expect("JSON values always serialize");
 }
 
@@ -198,9 +198,9 @@ pub fn token_counts(usage: &Value) -> TokenCounts {
     }
 }
 
-/// `status` and `incomplete_details` (JSON text) for a chat `finish_reason`: a
-/// length stop is `incomplete` (`max_output_tokens`), a content filter too
-/// (`content_filter`).
+/// `status` (`completed` or `incomplete`, which is also the status of the items)
+/// and `incomplete_details` (JSON text) for a chat `finish_reason`: a length stop
+/// is `incomplete` (`max_output_tokens`), a content filter too (`content_filter`).
 pub fn status(finish_reason: Option<&str>) -> (&'static str, &'static [u8]) {
     match finish_reason {
         Some("length") => ("incomplete", br#"{"reason":"max_output_tokens"}"#),
@@ -303,12 +303,8 @@ pub fn response(
         })?;
     let message = choice.get("message").unwrap_or(&Value::Null);
     let finish = choice.get("finish_reason").and_then(Value::as_str);
+    // An item's status is the response's: `completed` or `incomplete`.
     let (status, incomplete_details) = status(finish);
-    let item_status = if status == "completed" {
-        "completed"
-    } else {
-        "incomplete"
-    };
     let mut output = Vec::with_capacity(256);
     output.push(b'[');
     // `,` between items.
@@ -331,7 +327,7 @@ pub fn response(
     }
     if !content.is_empty() {
         next(&mut output);
-        write_message_item(&new_id("msg"), item_status, &content, &mut output);
+        write_message_item(&new_id("msg"), status, &content, &mut output);
     }
     for call in message
         .get("tool_calls")

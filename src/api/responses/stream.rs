@@ -547,11 +547,10 @@ impl Translator {
         Ok(())
     }
 
+    /// The status of an item closed now: the response's as the finish reason
+    /// known so far makes it.
     fn item_status(&self) -> &'static str {
-        match answer::status(self.finish_reason.as_deref()).0 {
-            "completed" => "completed",
-            _ => "incomplete",
-        }
+        answer::status(self.finish_reason.as_deref()).0
     }
 
     /// Open an item (closing the one before): `response.output_item.added` with
@@ -925,7 +924,7 @@ impl Translator {
         failure.extend_from_slice(b"{\"code\":");
         crate::json_scan::write_json_str(&mut failure, failure_code(error));
         failure.extend_from_slice(b",\"message\":");
-        serde_json::to_writer(&mut failure, &object["message"]).expect("JSON always serializes");
+        answer::write_value(&mut failure, &object["message"]);
         failure.push(b'}');
         let mut usage = Vec::with_capacity(160);
         match &self.usage {
