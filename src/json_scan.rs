@@ -361,6 +361,7 @@ fn scan_members(text: &str, mut memo: Option<&mut ScanMemo>) -> Option<TopLevel>
                             text: &bytes[..scan.at],
                             at: value_start,
                             escapes: false,
+                            level: 1,
                         };
                         Shape::Expected(usage.token_counts()?)
                     }
@@ -474,6 +475,8 @@ pub struct Walk<'a> {
 impl<'a> Walk<'a> {
     pub fn new(text: &'a str) -> Walk<'a> {
         let mut scan = Scanner::new(text.as_bytes());
+        // Nothing is open yet: the first container walked into is level 1.
+        scan.level = 0;
         scan.skip_whitespace();
         Walk {
             text,
@@ -485,6 +488,11 @@ impl<'a> Walk<'a> {
     /// Where the key of the member being taken starts (in [`Walk::object`]'s `each`).
     pub fn key_at(&self) -> usize {
         self.key_at
+    }
+
+    /// Where the walk is: the start of the value to take next.
+    pub fn at(&self) -> usize {
+        self.scan.at
     }
 
     /// At an object: `each` gets each key as written between its quotes (escapes
@@ -508,9 +516,12 @@ impl<'a> Walk<'a> {
         mut each: impl FnMut(&mut Walk<'a>, &'a str) -> Option<()>,
     ) -> Option<()> {
         self.scan.at = at;
+        self.scan.level = 1;
         // The earlier text may have had less whitespace before the key.
         self.scan.skip_whitespace();
-        self.items(b'}', |walk| walk.member(&mut each))
+        self.items(b'}', |walk| walk.member(&mut each))?;
+        self.scan.level = 0;
+        Some(())
     }
 
     /// One member of an object: its key, then `each` takes its value.
@@ -547,17 +558,20 @@ impl<'a> Walk<'a> {
         closing: u8,
         item: impl FnMut(&mut Walk<'a>) -> Option<()>,
     ) -> Option<()> {
-        if self.scan.peek()? != opening {
+        if self.scan.peek()? != opening || self.scan.level >= MAX_DEPTH {
             return None;
         }
         self.scan.at += 1;
+        self.scan.level += 1;
         self.scan.skip_whitespace();
         if self.scan.peek()? == closing {
             self.scan.at += 1;
             self.scan.skip_whitespace();
-            return Some(());
+        } else {
+            self.items(closing, item)?;
         }
-        self.items(closing, item)
+        self.scan.level -= 1;
+        Some(())
     }
 
     /// The items of a container from one that starts here, to its `closing` bracket.
@@ -683,6 +697,10 @@ struct Scanner<'a> {
     at: usize,
     /// A string seen so far held a backslash escape.
     escapes: bool,
+    /// The nesting level of the container that holds the value scanned next (1: a
+    /// member of the top-level object), so that a value skipped deep inside a
+    /// [`Walk`] is held to serde_json's depth limit counted from the top.
+    level: u32,
 }
 
 /// Bit `n` is set when byte `n` of `chunk` (16 bytes or more) ends the run of plain
@@ -743,6 +761,7 @@ impl<'a> Scanner<'a> {
             text,
             at: 0,
             escapes: false,
+            level: 1,
         }
     }
 
@@ -998,6 +1017,7 @@ impl<'a> Scanner<'a> {
             text: &self.text[..self.at],
             at: start + 1,
             escapes: false,
+            level: 2,
         };
         let mut found = None;
         scan.skip_whitespace();
@@ -1066,8 +1086,9 @@ impl<'a> Scanner<'a> {
     /// of `open` (1 = object), so hostile nesting cannot exhaust the stack.
     fn container(&mut self) -> Option<()> {
         let mut open: u128 = 0;
-        // The top-level object is level 1.
-        let mut depth: u32 = 1;
+        // The top-level object is level 1; this container is one below its holder.
+        let holder = self.level;
+        let mut depth: u32 = holder;
         loop {
             match self.peek()? {
                 b'"' => {
@@ -1101,7 +1122,7 @@ impl<'a> Scanner<'a> {
             }
             // After a complete value: a comma and the next one, or closing brackets.
             loop {
-                if depth == 1 {
+                if depth == holder {
                     return Some(());
                 }
                 self.skip_whitespace();

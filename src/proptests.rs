@@ -164,6 +164,7 @@ fn call_of(request: &Map<String, Value>) -> UpstreamCall {
         headers: http::HeaderMap::new(),
         header_case: Default::default(),
         gateway_usage: false,
+        raw_body: None,
     }
 }
 

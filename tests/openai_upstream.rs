@@ -91,6 +91,51 @@ async fn every_request_field_reaches_the_upstream_intact() {
     );
 }
 
+/// With no handler and no JSON logger, nothing reads the request but the gateway:
+/// its bytes go upstream as the client wrote them (number spellings, escapes,
+/// member order, whitespace), with only the `model` value replaced when routing
+/// renames it. Members the gateway acts on (here `tools`) take the parsed path.
+#[tokio::test]
+async fn requests_nobody_inspects_go_upstream_as_written() {
+    let (upstream, gw) = setup().await;
+    let written = |model: &str| {
+        format!(
+            r#"{{ "messages" : [{{"role":"user","content":"caf\u00e9 \n1"}}], "temperature": 1.0E0, "model":"{model}", "x":[1.50, -0.0] }}"#
+        )
+    };
+    let send = |body: String| {
+        gw.client
+            .post(gw.url("/v1/chat/completions"))
+            .bearer_auth("client-key")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+    };
+    let response = send(written("some-client-model")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        upstream.last().bytes,
+        written("some-client-model").as_bytes()
+    );
+
+    let response = send(written("renamed")).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(upstream.last().bytes, written("upstream-name").as_bytes());
+
+    // A member the fast path leaves to the parsed path: the same request, parsed
+    // and written again (the model first, numbers as serde_json writes them).
+    let with_tools = written("renamed").replacen("{ ", r#"{"tools":[], "#, 1);
+    let response = send(with_tools).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let last = upstream.last();
+    assert!(
+        last.bytes.starts_with(br#"{"model":"upstream-name""#),
+        "{:?}",
+        last.bytes
+    );
+    assert_eq!(last.body["temperature"], 1.0);
+}
+
 #[tokio::test]
 async fn model_passthrough_default_and_openai_alias() {
     let (upstream, gw) = setup().await;

@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
 use super::core::{self, Reply};
+use super::raw_chat;
 use crate::context::{Endpoint, RequestContext};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
@@ -84,6 +85,23 @@ async fn handle(
     upstream_time: &mut Option<std::time::Duration>,
 ) -> Result<(Reply, bool), ApiError> {
     let (bytes, held) = core::admit(state, gateway, ctx, body).await?;
+    // Nobody will look at the request: it may go on as the client sent it.
+    if gateway.handlers.is_empty() && gateway.log_dispatcher.is_none() {
+        json_content_type(&ctx.http_headers)?;
+        if let Some(raw) = raw_chat::read(&bytes) {
+            ctx.request = raw.summary();
+            let connection = core::route(gateway, ctx)?;
+            if connection.provider.takes_raw_chat() {
+                core::run_handlers(state, gateway, ctx).await?;
+                let call = core::raw_upstream_call(ctx, raw, state.metrics().is_some());
+                let hide_usage = call.is_stream();
+                let reply = core::call_provider(connection, call, upstream_time).await?;
+                // The body's share of the memory budget is held until it was sent.
+                drop((bytes, held));
+                return Ok((reply, hide_usage));
+            }
+        }
+    }
     ctx.request = parse_request(&ctx.http_headers, &bytes)?;
     // The parsed request is what is kept from here on.
     drop((bytes, held));
@@ -108,6 +126,28 @@ pub fn parse_request(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Va
 
 /// The body as a JSON object, sent as JSON (every door's first check).
 pub fn json_object_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String, Value>, ApiError> {
+    json_content_type(headers)?;
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::invalid_request(
+            "The request body is empty; expected a JSON object with `model` and `messages`.",
+        ));
+    }
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidRequest {
+        message: format!("We could not parse the JSON body of your request: {e}"),
+        param: None,
+        code: Some("invalid_json"),
+    })?;
+    let Value::Object(request) = value else {
+        return Err(ApiError::invalid_request(format!(
+            "The request body must be a JSON object, not {}.",
+            crate::config::json_type(&value)
+        )));
+    };
+    Ok(request)
+}
+
+/// The body is declared JSON (the first check of every door's body).
+pub fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     // A JSON content type is required, not just accepted: a web page can make a
     // browser send a cross-site POST without a preflight only with no content type
     // or a form/text one, so requiring JSON keeps such requests off a gateway that
@@ -141,23 +181,7 @@ pub fn json_object_body(headers: &HeaderMap, bytes: &[u8]) -> Result<Map<String,
             });
         }
     }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(ApiError::invalid_request(
-            "The request body is empty; expected a JSON object with `model` and `messages`.",
-        ));
-    }
-    let value: Value = serde_json::from_slice(bytes).map_err(|e| ApiError::InvalidRequest {
-        message: format!("We could not parse the JSON body of your request: {e}"),
-        param: None,
-        code: Some("invalid_json"),
-    })?;
-    let Value::Object(request) = value else {
-        return Err(ApiError::invalid_request(format!(
-            "The request body must be a JSON object, not {}.",
-            crate::config::json_type(&value)
-        )));
-    };
-    Ok(request)
+    Ok(())
 }
 
 #[cfg(test)]

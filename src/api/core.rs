@@ -261,7 +261,29 @@ pub fn upstream_call(
         // Streams bring usage to loggers and metrics whether or not the client asked;
         // the door hides what the client did not ask for.
         gateway_usage: want_usage,
+        raw_body: None,
     })
+}
+
+/// The upstream call of a request that goes on as the client sent it
+/// (`api::raw_chat`): no handler ran, so there are no parameters or headers to add.
+pub fn raw_upstream_call(
+    ctx: &RequestContext,
+    raw: crate::api::raw_chat::RawChatRequest,
+    want_usage: bool,
+) -> UpstreamCall {
+    let mut params = Map::new();
+    if let Some(stream) = raw.stream {
+        params.insert("stream".into(), stream.into());
+    }
+    UpstreamCall {
+        model: ctx.model.clone().unwrap_or_default(),
+        params,
+        headers: HeaderMap::new(),
+        header_case: HeaderCase::NONE,
+        gateway_usage: want_usage,
+        raw_body: Some(raw),
+    }
 }
 
 /// Headers that describe the upstream request's framing or connection, which hyper

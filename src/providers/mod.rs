@@ -59,6 +59,10 @@ pub struct UpstreamCall {
     /// ([`UpstreamCall::include_usage`]), and the core keeps it from a client that
     /// did not ask ([`UpstreamCall::client_include_usage`]).
     pub gateway_usage: bool,
+    /// The client's chat request as it came (`api::raw_chat`), for a provider that
+    /// sends it on as it is ([`Provider::takes_raw_chat`]); `params` then holds
+    /// `stream` only. Never set for a call to any other provider.
+    pub raw_body: Option<crate::api::raw_chat::RawChatRequest>,
 }
 
 impl UpstreamCall {
@@ -126,6 +130,13 @@ pub trait Provider: Send + Sync {
         self.stream(call)
             .await
             .map(crate::payload::from_chunk_stream)
+    }
+
+    /// Whether this provider sends a chat call's `raw_body` (the client's bytes,
+    /// `model` replaced) instead of writing `params`: OpenAI-compatible upstreams.
+    /// Providers that translate the request need the tree, and say no.
+    fn takes_raw_chat(&self) -> bool {
+        false
     }
 
     /// The connection as an Anthropic Messages API upstream, for the Anthropic

@@ -103,17 +103,21 @@ impl OpenAiProvider {
         call: &UpstreamCall,
         stream: bool,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let body = UpstreamBody {
-            model: &call.model,
-            params: &call.params,
-            stream,
-            add_usage: stream && self.adds_usage(call),
+        let add_usage = stream && self.adds_usage(call);
+        let bytes = match &call.raw_body {
+            Some(raw) => raw.upstream_body(&call.model, add_usage),
+            None => {
+                let body = UpstreamBody {
+                    model: &call.model,
+                    params: &call.params,
+                    stream,
+                    add_usage,
+                };
+                Bytes::from(serde_json::to_vec(&body).expect("JSON values always serialize"))
+            }
         };
-        let bytes = serde_json::to_vec(&body).expect("JSON values always serialize");
         let (headers, case) = self.headers_for(&call.headers, &call.header_case, stream);
-        self.chat
-            .post_spelled(headers, &case, Bytes::from(bytes))
-            .await
+        self.chat.post_spelled(headers, &case, bytes).await
     }
 
     /// The headers of a request to this upstream (a call's, the connection's, the
@@ -153,6 +157,10 @@ impl Provider for OpenAiProvider {
 
     async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
         self.complete_payload(call).await.map(Payload::into_value)
+    }
+
+    fn takes_raw_chat(&self) -> bool {
+        true
     }
 
     async fn embeddings(

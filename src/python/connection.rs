@@ -109,6 +109,7 @@ impl RustConnection {
             header_case,
             // Python asked for what it wants; the gateway adds nothing.
             gateway_usage: false,
+            raw_body: None,
         })
     }
 }

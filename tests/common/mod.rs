@@ -31,6 +31,8 @@ pub struct Recorded {
     pub path: String,
     pub headers: HeaderMap,
     pub body: Value,
+    /// The body's bytes as they arrived.
+    pub bytes: Bytes,
 }
 
 #[derive(Default)]
@@ -114,13 +116,14 @@ impl MockUpstream {
 async fn chat(
     State(state): State<Arc<UpstreamState>>,
     headers: HeaderMap,
-    body: Bytes,
+    bytes: Bytes,
 ) -> Response {
-    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
     state.requests.lock().unwrap().push(Recorded {
         path: "/v1/chat/completions".into(),
         headers,
         body: body.clone(),
+        bytes,
     });
     let model = body["model"].as_str().unwrap_or("").to_owned();
     let stream = body["stream"].as_bool().unwrap_or(false);

@@ -347,6 +347,7 @@ fn translated_call(ctx: &mut RequestContext, keep_request: bool) -> Result<Upstr
         // The canonical request already asks for usage (`stream_options`): the
         // Messages API's `message_delta` carries it, so nothing is hidden here.
         gateway_usage: false,
+        raw_body: None,
     })
 }
 

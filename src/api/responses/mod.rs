@@ -183,6 +183,7 @@ fn translated_call(
             // The canonical request already asks for usage (`stream_options`):
             // `response.completed` carries it, so nothing is hidden here.
             gateway_usage: false,
+            raw_body: None,
         },
         skeleton,
     ))

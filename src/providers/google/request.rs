@@ -957,6 +957,7 @@ mod tests {
             headers: http::HeaderMap::new(),
             header_case: Default::default(),
             gateway_usage: false,
+            raw_body: None,
         }
     }
 

@@ -220,6 +220,7 @@ mod tests {
             headers: http::HeaderMap::new(),
             header_case: Default::default(),
             gateway_usage: false,
+            raw_body: None,
         };
         let restored = store.restore(&call).await.expect("one id restored");
         let messages = restored.messages();

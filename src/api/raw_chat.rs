@@ -1,0 +1,413 @@
+//! The chat request passed through without a tree: when nothing will look at the
+//! request (no handler, no JSON logger) and the routed connection speaks OpenAI's
+//! chat API, the client's bytes go upstream as they came, with only the `model`
+//! value replaced when routing renamed it (and `stream_options.include_usage` added
+//! when the gateway needs a stream's usage). Parsing the body into a
+//! `serde_json::Value` tree, validating the tree and writing it out again was about
+//! a sixth of the instructions of a non-streamed request.
+//!
+//! [`read`] walks the body once (`json_scan::Walk`, which checks every byte as
+//! serde_json's parser does) and answers only for a request that
+//! [`validate::validate_request`](super::validate::validate_request) surely accepts,
+//! in the subset of shapes it knows: a member it does not check the way the
+//! validator does (`tools`, `tool_calls`, content parts other than text, a key
+//! written with escapes, a member given twice, `stream_options`, ...) makes it
+//! answer `None`, and the door takes the tree path, which gives every error and
+//! every edge its answer as before. So the fast path changes no verdict: the
+//! differential test below holds it to "accepted here ⇒ accepted there, with the
+//! same model and `stream`".
+
+use std::ops::Range;
+
+use bytes::Bytes;
+
+use super::validate::{MAX_MODEL_LEN, MAX_N, MAX_TOKENS};
+use crate::json_scan::{first_time, string_value, Walk};
+
+/// A chat request checked without a tree.
+#[derive(Debug, Clone)]
+pub struct RawChatRequest {
+    /// The client's body: a JSON object, UTF-8, checked.
+    body: Bytes,
+    /// The `model` value in `body`, quotes included.
+    model_span: Range<usize>,
+    /// The requested model (its escapes decoded).
+    pub model: String,
+    /// `stream` when it is `true` or `false` (absent or `null`: `None`).
+    pub stream: Option<bool>,
+}
+
+/// The roles [`validate`](super::validate) accepts.
+const ROLES: [&str; 6] = [
+    "system",
+    "developer",
+    "user",
+    "assistant",
+    "tool",
+    "function",
+];
+
+impl RawChatRequest {
+    /// The body to send upstream: the client's bytes, with `model` written as
+    /// `model` when routing renamed it, and `stream_options.include_usage: true`
+    /// added as the last member when `add_usage` (the reader let no request with
+    /// `stream_options` through, so there is none to extend).
+    pub fn upstream_body(&self, model: &str, add_usage: bool) -> Bytes {
+        if model == self.model && !add_usage {
+            return self.body.clone();
+        }
+        const USAGE: &[u8] = br#","stream_options":{"include_usage":true}"#;
+        let mut out = Vec::with_capacity(self.body.len() + model.len() + USAGE.len());
+        out.extend_from_slice(&self.body[..self.model_span.start]);
+        crate::json_scan::write_json_str(&mut out, model);
+        out.extend_from_slice(&self.body[self.model_span.end..]);
+        if add_usage {
+            // The object's closing brace: the last `}` (only whitespace follows it),
+            // after at least `model` and `messages`.
+            let close = out
+                .iter()
+                .rposition(|&b| b == b'}')
+                .expect("a checked object ends with a brace");
+            out.splice(close..close, USAGE.iter().copied());
+        }
+        Bytes::from(out)
+    }
+
+    /// What the rest of the gateway reads of the request (the request line, the
+    /// metrics): `model`, and `stream` when it was given.
+    pub fn summary(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut summary = serde_json::Map::with_capacity(2);
+        summary.insert("model".into(), self.model.clone().into());
+        if let Some(stream) = self.stream {
+            summary.insert("stream".into(), stream.into());
+        }
+        summary
+    }
+}
+
+/// Members the body may have at most this many of; more, and the tree path takes it
+/// (the duplicate check below compares each key with the ones before it).
+const MAX_MEMBERS: usize = 64;
+
+/// The request in `body` when the validator surely accepts it and the fast path
+/// knows every member it must act on; `None` sends it down the tree path.
+pub fn read(body: &Bytes) -> Option<RawChatRequest> {
+    let text = std::str::from_utf8(body).ok()?;
+    let mut walk = Walk::new(text);
+    let mut keys: Vec<&str> = Vec::with_capacity(8);
+    let mut model = None;
+    let mut stream = None;
+    let mut messages = false;
+    walk.object(|walk, key| {
+        // A key with an escape might spell a member checked here; given twice, the
+        // tree keeps the last and this walk would have judged the first.
+        if key.contains('\\') || keys.len() == MAX_MEMBERS || keys.contains(&key) {
+            return None;
+        }
+        keys.push(key);
+        member(walk, key, &mut model, &mut stream, &mut messages)
+    })?;
+    walk.done()?;
+    let (model_span, model) = model?;
+    messages.then_some(RawChatRequest {
+        body: body.clone(),
+        model_span,
+        model,
+        stream,
+    })
+}
+
+/// One top-level member, checked as `validate::check_field` checks it (or refused).
+fn member(
+    walk: &mut Walk<'_>,
+    key: &str,
+    model: &mut Option<(Range<usize>, String)>,
+    stream: &mut Option<bool>,
+    messages: &mut bool,
+) -> Option<()> {
+    match key {
+        "model" => {
+            let start = walk.at();
+            if !walk.at_string() {
+                return None;
+            }
+            let written = walk.skip()?;
+            let name = string_value(written)?;
+            let fine = !name.is_empty()
+                && name.len() <= MAX_MODEL_LEN
+                && !name.chars().any(char::is_control);
+            fine.then_some(())?;
+            *model = Some((start..start + written.len(), name.into_owned()));
+            Some(())
+        }
+        "messages" => {
+            let mut count = 0;
+            walk.array(|walk| {
+                count += 1;
+                message(walk)
+            })?;
+            *messages = count > 0;
+            Some(())
+        }
+        "stream" => {
+            *stream = walk.bool_or_null()?;
+            Some(())
+        }
+        "logprobs" | "parallel_tool_calls" | "store" => walk.bool_or_null().map(drop),
+        "temperature" | "top_p" | "presence_penalty" | "frequency_penalty" => {
+            let value = walk.skip()?;
+            (value == "null" || value.starts_with(|c: char| c == '-' || c.is_ascii_digit()))
+                .then_some(())
+        }
+        "seed" => {
+            let value = walk.skip()?;
+            // An integer serde_json reads as i64 or u64 (not one it turns into f64).
+            // `-0` is read as a float.
+            let integer = value.parse::<i64>().is_ok() || value.parse::<u64>().is_ok();
+            (value == "null" || (integer && value != "-0")).then_some(())
+        }
+        "user" => string_or_null(walk),
+        "metadata" | "logit_bias" | "tool_choice" => {
+            // An object (or, for `tool_choice`, a string), or null.
+            let value = walk.skip()?;
+            let string_allowed = key == "tool_choice";
+            (value == "null"
+                || value.starts_with('{')
+                || (string_allowed && value.starts_with('"')))
+            .then_some(())
+        }
+        "n" => integer_in(walk, 1, MAX_N),
+        "max_tokens" | "max_completion_tokens" => integer_in(walk, 1, MAX_TOKENS),
+        "top_logprobs" => integer_in(walk, 0, 20),
+        "stop" => {
+            if walk.null() {
+                return Some(());
+            }
+            if walk.at_string() {
+                return string(walk);
+            }
+            walk.array(string)
+        }
+        "response_format" => {
+            if walk.null() {
+                return Some(());
+            }
+            let mut kind = false;
+            walk.object(|walk, key| match key {
+                "type" => {
+                    first_time(&mut kind)?;
+                    string(walk)
+                }
+                _ if key.contains('\\') => None,
+                _ => walk.skip().map(drop),
+            })?;
+            kind.then_some(())
+        }
+        // Members the tree path handles: `extra_headers` is refused there;
+        // `stream_options` is dropped or extended; `tools` has its own checks.
+        "extra_headers" | "stream_options" | "tools" => None,
+        _ => walk.skip().map(drop),
+    }
+}
+
+fn string_or_null(walk: &mut Walk<'_>) -> Option<()> {
+    if walk.null() {
+        return Some(());
+    }
+    string(walk)
+}
+
+/// A string, checked but not decoded (a prompt can be long).
+fn string(walk: &mut Walk<'_>) -> Option<()> {
+    walk.at_string().then_some(())?;
+    walk.skip().map(drop)
+}
+
+/// `null`, or an integer in `min..=max` as `Value::as_u64` reads it.
+fn integer_in(walk: &mut Walk<'_>, min: u64, max: u64) -> Option<()> {
+    match walk.u64_or_null()? {
+        None => Some(()),
+        Some(n) => (min..=max).contains(&n).then_some(()),
+    }
+}
+
+/// One message, checked as `validate::validate_message` checks it: a role it
+/// knows, content as a string or a list of text parts (absent or `null` only for
+/// the roles that may omit it), `tool_call_id` a string for a tool message.
+/// `tool_calls` and other content parts are for the tree path.
+fn message(walk: &mut Walk<'_>) -> Option<()> {
+    let mut role: Option<&str> = None;
+    // `Some(true)`: a string or a list; `Some(false)`: `null`.
+    let mut content: Option<bool> = None;
+    let mut call_id_is_string = false;
+    let (mut seen_role, mut seen_call_id) = (false, false);
+    walk.object(|walk, key| match key {
+        "role" => {
+            first_time(&mut seen_role)?;
+            let name = walk.string()?;
+            role = Some(ROLES.iter().find(|known| **known == name)?);
+            Some(())
+        }
+        "content" => {
+            content.is_none().then_some(())?;
+            content = Some(if walk.null() {
+                false
+            } else if walk.at_string() {
+                walk.skip()?;
+                true
+            } else {
+                walk.array(text_part)?;
+                true
+            });
+            Some(())
+        }
+        "tool_call_id" => {
+            first_time(&mut seen_call_id)?;
+            call_id_is_string = walk.at_string();
+            walk.skip().map(drop)
+        }
+        "tool_calls" => None,
+        _ if key.contains('\\') => None,
+        _ => walk.skip().map(drop),
+    })?;
+    let role = role?;
+    let may_omit_content = matches!(role, "assistant" | "function");
+    (content == Some(true) || may_omit_content).then_some(())?;
+    (role != "tool" || call_id_is_string).then_some(())
+}
+
+/// One content part: text (with its string), or a type the validator lets through
+/// unchecked; the types it checks (`image_url`, `input_audio`, `file`, `refusal`)
+/// are for the tree path.
+fn text_part(walk: &mut Walk<'_>) -> Option<()> {
+    let mut kind = None;
+    let mut text_is_string = None;
+    walk.object(|walk, key| match key {
+        "type" => {
+            kind.is_none().then_some(())?;
+            kind = Some(walk.string()?);
+            Some(())
+        }
+        "text" => {
+            text_is_string.is_none().then_some(())?;
+            text_is_string = Some(walk.at_string());
+            walk.skip().map(drop)
+        }
+        _ if key.contains('\\') => None,
+        _ => walk.skip().map(drop),
+    })?;
+    match kind?.as_ref() {
+        "text" => (text_is_string == Some(true)).then_some(()),
+        "image_url" | "input_audio" | "file" | "refusal" => None,
+        _ => Some(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::validate::validate_request;
+    use crate::json_scan::cut_and_edited;
+    use serde_json::{json, Value};
+
+    const SAMPLES: &[&str] = &[
+        r#"{"model":"gpt-4o","messages":[{"role":"user","content":"hi"}]}"#,
+        r#" { "model" : "m" , "stream" : true , "messages" : [ { "role" : "system" , "content" : "be brief" } , { "role" : "user" , "content" : "a\nb\u00e9\"" } ] , "temperature" : 0.5 } "#,
+        r#"{"messages":[{"role":"assistant","content":null},{"role":"user","content":[{"type":"text","text":"t"},{"type":"new_kind","x":1}]}],"model":"m","stream":false,"max_tokens":10,"n":1,"seed":-3,"stop":["x","y"],"user":"u","metadata":{"a":"b"},"logprobs":null,"top_logprobs":0,"tool_choice":"auto","response_format":{"type":"json_object"},"unknown":[1,{"d":[2]}]}"#,
+        r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"c1","content":"r"},{"role":"function","name":"f"}],"stop":"s","presence_penalty":-1e2,"logit_bias":{"1":2}}"#,
+        r#"{"model":"m\u0041","messages":[{"role":"developer","content":[]}],"seed":18446744073709551615,"max_completion_tokens":100000000}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"x","tool_calls":null}],"stream_options":{"include_usage":true},"tools":[]}"#,
+        r#"{"model":"m","model":"n","messages":[{"role":"user","content":"x"}]}"#,
+        r#"{"model":"m","messages":[{"role":"user","role":"wizard","content":"x"}],"extra_headers":{"a":"b"}}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":""}},{"type":"text","text":5}]}]}"#,
+        r#"{"model":"m","messages":[{"role":"tool","content":"r","tool_call_id":7}],"n":0,"seed":1.5,"top_p":"1"}"#,
+    ];
+
+    /// What the tree path decides: the validated request's model and `stream`.
+    fn tree_verdict(text: &str) -> Option<(String, Option<bool>)> {
+        let Ok(Value::Object(request)) = serde_json::from_str::<Value>(text) else {
+            return None;
+        };
+        validate_request(&request).ok()?;
+        Some((
+            request["model"].as_str()?.to_owned(),
+            request.get("stream").and_then(Value::as_bool),
+        ))
+    }
+
+    #[test]
+    fn what_the_reader_accepts_the_validator_accepts_alike() {
+        let texts = cut_and_edited(SAMPLES, b"\"\\{}[],:0a-e. \x01");
+        let (mut accepted, mut trees) = (0, 0);
+        for text in &texts {
+            let tree = tree_verdict(text);
+            trees += usize::from(tree.is_some());
+            let Some(raw) = read(&Bytes::from(text.clone())) else {
+                continue;
+            };
+            accepted += 1;
+            assert_eq!(
+                Some((raw.model.clone(), raw.stream)),
+                tree,
+                "the reader accepted what the tree path judges otherwise: {text}"
+            );
+        }
+        // The fast path is taken for most requests the validator accepts here.
+        assert!(accepted * 2 > trees, "{accepted} of {trees}");
+    }
+
+    #[test]
+    fn ordinary_requests_take_the_fast_path_and_members_for_the_tree_do_not() {
+        for text in &SAMPLES[..5] {
+            assert!(read(&Bytes::from(*text)).is_some(), "{text}");
+        }
+        for text in &SAMPLES[5..] {
+            assert!(read(&Bytes::from(*text)).is_none(), "{text}");
+        }
+    }
+
+    #[test]
+    fn nesting_is_limited_as_the_tree_parser_limits_it() {
+        for depth in 120..132 {
+            let deep = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+            for text in [
+                format!(
+                    r#"{{"model":"m","messages":[{{"role":"user","content":"x"}}],"x":{deep}}}"#
+                ),
+                format!(
+                    r#"{{"model":"m","messages":[{{"role":"user","content":"x","x":{deep}}}]}}"#
+                ),
+                format!(
+                    r#"{{"model":"m","messages":[{{"role":"user","content":[{{"type":"text","text":"t","x":{deep}}}]}}]}}"#
+                ),
+            ] {
+                let raw = read(&Bytes::from(text.clone())).map(|r| (r.model, r.stream));
+                assert_eq!(raw, tree_verdict(&text), "depth {depth}: {}", &text[..90]);
+            }
+        }
+    }
+
+    #[test]
+    fn the_upstream_body_is_the_request_with_model_replaced_and_usage_asked() {
+        for text in &SAMPLES[..5] {
+            let raw = read(&Bytes::from(*text)).unwrap();
+            let original: Value = serde_json::from_str(text).unwrap();
+            // The model as it came: the very bytes.
+            assert_eq!(raw.upstream_body(&raw.model, false), text.as_bytes());
+            for (model, add_usage) in [
+                ("up-model", false),
+                ("a\"b\u{1}é", true),
+                (&raw.model[..], true),
+            ] {
+                let body = raw.upstream_body(model, add_usage);
+                let sent: Value = serde_json::from_slice(&body).unwrap();
+                let mut expected = original.clone();
+                expected["model"] = json!(model);
+                if add_usage {
+                    expected["stream_options"] = json!({"include_usage": true});
+                }
+                assert_eq!(sent, expected, "{text}");
+            }
+        }
+    }
+}
