@@ -241,8 +241,23 @@ mod tests {
             "a\\b*", "claude-*", "é*", "x]*", "org/*", "a**b",
         ];
         let names = [
-            "", "gpt", "gpt-4o", "gpt*", "gp", "claude-3", "claude-", "cgpt", "{g}x", "a\\bc",
-            "é", "éa", "x]y", "org/team/m", "a/c/b", "g\nt", "GPT",
+            "",
+            "gpt",
+            "gpt-4o",
+            "gpt*",
+            "gp",
+            "claude-3",
+            "claude-",
+            "cgpt",
+            "{g}x",
+            "a\\bc",
+            "é",
+            "éa",
+            "x]y",
+            "org/team/m",
+            "a/c/b",
+            "g\nt",
+            "GPT",
         ];
         for pattern in patterns {
             let router = Router::new([(pattern, "c.*")]).unwrap();

@@ -22,8 +22,8 @@ use crate::streaming::{
     sse_json_events, unix_now, ChunkStream, StreamAccumulator,
 };
 use crate::upstream::{
-    json_post_headers, too_large_error, HeaderCase, Target, UpstreamClient, UpstreamError,
-    UpstreamResponse,
+    json_post_headers, too_large_error, HeaderCase, PreparedPost, Target, UpstreamClient,
+    UpstreamError, UpstreamResponse,
 };
 
 pub struct OpenAiProvider {
@@ -49,6 +49,9 @@ pub struct OpenAiProvider {
     /// door passes requests through (`doors.rs`).
     pub(super) responses_api: bool,
     client: UpstreamClient,
+    /// The chat POST's head for a call that adds no header, non-streamed and
+    /// streamed (`Target::prepare_post`); `None` where the pool does not carry it.
+    prepared_chat: [Option<PreparedPost>; 2],
 }
 
 /// Whether an `api_base` is OpenAI's own API (the default `responses_api = true`).
@@ -71,7 +74,7 @@ impl OpenAiProvider {
             value.set_sensitive(true);
             Some(value)
         });
-        OpenAiProvider {
+        let mut provider = OpenAiProvider {
             name: name.to_owned(),
             chat: client
                 .target(&format!("{}/chat/completions", settings.base))
@@ -88,7 +91,14 @@ impl OpenAiProvider {
             stream_usage,
             responses_api: false,
             client,
-        }
+            prepared_chat: [None, None],
+        };
+        provider.prepared_chat = [false, true].map(|stream| {
+            let (headers, case) =
+                provider.headers_for(&HeaderMap::new(), &HeaderCase::NONE, stream);
+            provider.chat.prepare_post(headers, &case)
+        });
+        provider
     }
 
     /// Whether this streamed call gets `stream_options.include_usage` added: the
@@ -116,6 +126,11 @@ impl OpenAiProvider {
                 Bytes::from(serde_json::to_vec(&body).expect("JSON values always serialize"))
             }
         };
+        if call.headers.is_empty() {
+            if let Some(prepared) = &self.prepared_chat[usize::from(stream)] {
+                return self.chat.post_prepared(prepared, bytes).await;
+            }
+        }
         let (headers, case) = self.headers_for(&call.headers, &call.header_case, stream);
         self.chat.post_spelled(headers, &case, bytes).await
     }

@@ -553,6 +553,20 @@ pub fn request_head(
     case: &HeaderCase,
     body_length: usize,
 ) -> Vec<u8> {
+    let mut head = request_head_start(method, target, headers, case);
+    finish_request_head(&mut head, method, body_length);
+    head
+}
+
+/// [`request_head`] up to its framing: the request line and the headers. What a
+/// caller that sends the same headers every time writes once ([`finish_request_head`]
+/// completes a copy per request).
+pub fn request_head_start(
+    method: &Method,
+    target: &str,
+    headers: &HeaderMap,
+    case: &HeaderCase,
+) -> Vec<u8> {
     let mut size = method.as_str().len() + target.len() + 40;
     for (name, value) in headers {
         size += name.as_str().len() + value.len() + 4;
@@ -574,13 +588,18 @@ pub fn request_head(
         head.extend_from_slice(value.as_bytes());
         head.extend_from_slice(b"\r\n");
     }
+    head
+}
+
+/// The end of a request head begun by [`request_head_start`]: `Content-Length`
+/// (for a body, or any POST, PUT or PATCH) and the blank line.
+pub fn finish_request_head(head: &mut Vec<u8>, method: &Method, body_length: usize) {
     if body_length > 0 || matches!(*method, Method::POST | Method::PUT | Method::PATCH) {
         head.extend_from_slice(b"Content-Length: ");
         head.extend_from_slice(itoa::Buffer::new().format(body_length).as_bytes());
         head.extend_from_slice(b"\r\n");
     }
     head.extend_from_slice(b"\r\n");
-    head
 }
 
 /// `name` (lowercase) with its first letter and each one after a `-` upper case.

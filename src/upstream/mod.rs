@@ -38,7 +38,7 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
 use futures_util::{Stream, StreamExt};
-use http::{HeaderMap, HeaderValue, StatusCode};
+use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::error::ApiError;
 pub use case::{client_spellings, HeaderCase};
@@ -428,20 +428,9 @@ impl Target {
                 host,
                 proxy_authorization,
             } => {
-                headers.insert(http::header::HOST, host.clone());
-                if let Some(credentials) = proxy_authorization {
-                    headers.insert(http::header::PROXY_AUTHORIZATION, credentials.clone());
-                }
-                if !headers.contains_key(http::header::USER_AGENT) {
-                    headers.insert(
-                        http::header::USER_AGENT,
-                        HeaderValue::from_static(USER_AGENT),
-                    );
-                }
-                if !headers.contains_key(http::header::ACCEPT) {
-                    headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
-                }
-                let (head, body) = pool.send(&method, uri, &headers, case, &body).await?;
+                pooled_headers(&mut headers, host, proxy_authorization.as_ref());
+                let head = http1::request_head(&method, uri, &headers, case, body.len());
+                let (head, body) = pool.send(&method, &head, &body).await?;
                 Ok(UpstreamResponse {
                     status: head.status,
                     headers: head.headers,
@@ -461,6 +450,78 @@ impl Target {
                 Ok(UpstreamResponse::from_reqwest(response))
             }
         }
+    }
+}
+
+impl Target {
+    /// The head of every POST with `headers` spelled as `case` says, written once:
+    /// a connection that adds no header per call sends the same head each time but
+    /// for its `Content-Length` ([`Target::post_prepared`]). Building the header map,
+    /// adding the transport's headers and writing the head cost about 2,500
+    /// instructions per request. `None` where the pool does not carry the request.
+    pub fn prepare_post(&self, mut headers: HeaderMap, case: &HeaderCase) -> Option<PreparedPost> {
+        match &self.route {
+            Route::Pooled {
+                uri,
+                host,
+                proxy_authorization,
+                ..
+            } => {
+                pooled_headers(&mut headers, host, proxy_authorization.as_ref());
+                Some(PreparedPost {
+                    start: http1::request_head_start(&Method::POST, uri, &headers, case),
+                })
+            }
+            Route::Reqwest(_) => None,
+        }
+    }
+
+    /// POST `body` with a head prepared by [`Target::prepare_post`] on this target.
+    pub async fn post_prepared(
+        &self,
+        prepared: &PreparedPost,
+        body: Bytes,
+    ) -> Result<UpstreamResponse, UpstreamError> {
+        let Route::Pooled { pool, .. } = &self.route else {
+            unreachable!("heads are prepared only for pooled routes");
+        };
+        let mut head = Vec::with_capacity(prepared.start.len() + 32);
+        head.extend_from_slice(&prepared.start);
+        http1::finish_request_head(&mut head, &Method::POST, body.len());
+        let (head, body) = pool.send(&Method::POST, &head, &body).await?;
+        Ok(UpstreamResponse {
+            status: head.status,
+            headers: head.headers,
+            body: ResponseBody::Pooled(body),
+        })
+    }
+}
+
+/// A POST's head up to its `Content-Length` (see [`Target::prepare_post`]).
+#[derive(Debug)]
+pub struct PreparedPost {
+    start: Vec<u8>,
+}
+
+/// The headers the pool's transport adds to a request: `Host`, the proxy's
+/// credentials, and the client's defaults where the request has none.
+fn pooled_headers(
+    headers: &mut HeaderMap,
+    host: &HeaderValue,
+    proxy_authorization: Option<&HeaderValue>,
+) {
+    headers.insert(http::header::HOST, host.clone());
+    if let Some(credentials) = proxy_authorization {
+        headers.insert(http::header::PROXY_AUTHORIZATION, credentials.clone());
+    }
+    if !headers.contains_key(http::header::USER_AGENT) {
+        headers.insert(
+            http::header::USER_AGENT,
+            HeaderValue::from_static(USER_AGENT),
+        );
+    }
+    if !headers.contains_key(http::header::ACCEPT) {
+        headers.insert(http::header::ACCEPT, HeaderValue::from_static("*/*"));
     }
 }
 

@@ -21,10 +21,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http::{HeaderMap, Method};
+use http::Method;
 use tokio::net::TcpStream;
 
-use super::case::HeaderCase;
 use super::http1::{self, Connection};
 use super::UpstreamError;
 
@@ -314,15 +313,13 @@ impl Pool {
     /// idle connection could not even start to send (the upstream had closed it) is
     /// sent again on another; one that was written, even in part, is never sent
     /// twice (the upstream may have acted on it).
+    /// `head`: the request's head as `http1::request_head` writes it.
     pub(super) async fn send(
         self: &std::sync::Arc<Self>,
         method: &Method,
-        target: &str,
-        headers: &HeaderMap,
-        case: &HeaderCase,
+        head: &[u8],
         body: &Bytes,
     ) -> Result<(http::response::Parts, PooledBody), UpstreamError> {
-        let head = http1::request_head(method, target, headers, case, body.len());
         loop {
             let (mut connection, reused) = match self.checkout() {
                 Some(connection) => (connection, true),
@@ -333,7 +330,7 @@ impl Pool {
             if reused && !connection.is_reusable() {
                 continue; // closed while idle: dropped
             }
-            match connection.write_request(&head, body).await {
+            match connection.write_request(head, body).await {
                 Ok(()) => {}
                 Err(failed) if reused && failed.written == 0 => continue,
                 Err(failed) => {

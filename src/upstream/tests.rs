@@ -194,6 +194,38 @@ async fn requests_carry_host_user_agent_and_the_given_headers() {
     assert!(head.contains("content-length: 2\r\n"), "{head}");
 }
 
+/// A head written once and completed per request is the head a request with the
+/// same headers and spellings gets written whole.
+#[tokio::test]
+async fn a_prepared_head_is_the_head_written_whole() {
+    let upstream = raw_upstream(After::KeepAlive).await;
+    let target = client().target(&upstream.url).unwrap();
+    let mut headers = HeaderMap::new();
+    headers.insert("x-tenant", HeaderValue::from_static("acme"));
+    headers.append("x-tenant", HeaderValue::from_static("second"));
+    headers.insert(http::header::USER_AGENT, HeaderValue::from_static("own/1"));
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    let case = HeaderCase::of(["X-TENANT"]);
+    let prepared = target.prepare_post(headers.clone(), &case).unwrap();
+    for body in ["{}", "{\"a\":1}"] {
+        let body = Bytes::from_static(body.as_bytes());
+        let whole = target.post_spelled(headers.clone(), &case, body.clone());
+        whole.await.unwrap().bytes(usize::MAX).await.unwrap();
+        let once = target.post_prepared(&prepared, body);
+        once.await.unwrap().bytes(usize::MAX).await.unwrap();
+    }
+    let heads = upstream.heads.lock().unwrap().clone();
+    assert_eq!(heads.len(), 4);
+    assert_eq!(heads[0], heads[1]);
+    assert_eq!(heads[2], heads[3]);
+    assert_ne!(heads[0], heads[2], "each with its own length");
+    assert!(heads[0].contains("X-TENANT: acme\r\n"), "{}", heads[0]);
+    assert!(heads[0].contains("User-Agent: own/1\r\n"), "{}", heads[0]);
+}
+
 #[tokio::test]
 async fn a_connection_the_upstream_announced_closing_is_not_reused() {
     let upstream = raw_upstream(After::AnnounceClose).await;
