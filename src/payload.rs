@@ -162,7 +162,7 @@ impl Probe {
     fn of(text: &[u8]) -> Option<Probe> {
         // Text that goes to the client unchanged must be valid JSON throughout,
         // UTF-8 included.
-        Probe::of_str(std::str::from_utf8(text).ok()?)
+        Probe::of_str(crate::json_scan::utf8(text)?)
     }
 
     /// [`Probe::of`] for text already known to be UTF-8.

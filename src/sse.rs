@@ -177,7 +177,7 @@ where
 {
     /// What a dispatched event's data becomes: `None` to skip it, or the item.
     fn deliver(&mut self, data: Vec<u8>) -> Option<Option<Result<String, ApiError>>> {
-        let data = match String::from_utf8(data) {
+        let data = match crate::json_scan::utf8_string(data) {
             Ok(data) => data,
             Err(_) => {
                 self.end();

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, HeaderValue};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
@@ -45,14 +45,7 @@ pub async fn chat_completions(
             ending.completed(&gateway, ctx, answer.usage(), || {
                 answer.to_value().into_owned()
             });
-            (
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                answer.into_json_bytes(),
-            )
-                .into_response()
+            core::json_response(answer.into_json_bytes())
         }
         Ok((Reply::Stream(chunks), hide_usage)) => {
             let identity = StreamIdentity {

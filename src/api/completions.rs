@@ -51,7 +51,7 @@ pub async fn completions(
             ending.completed(&gateway, ctx, answer.usage(), || {
                 answer.to_value().into_owned()
             });
-            super::embeddings::json_response(answer.into_json_bytes())
+            super::core::json_response(answer.into_json_bytes())
         }
         Ok((TextCompletion::Stream(chunks), hide_usage)) => {
             let identity = StreamIdentity {

@@ -668,6 +668,17 @@ impl Ending {
     }
 }
 
+/// A 200 with a JSON body. Built directly: through `IntoResponse` for a
+/// (headers, bytes) pair the content type is set twice (`Bytes` sets its own).
+pub fn json_response(body: Bytes) -> axum::response::Response {
+    let mut response = axum::response::Response::new(Body::from(body));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
 /// The headers of a client SSE answer.
 pub fn sse_headers() -> [(HeaderName, HeaderValue); 3] {
     [

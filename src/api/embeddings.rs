@@ -16,7 +16,6 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderValue};
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use bytes::Bytes;
@@ -55,21 +54,10 @@ pub async fn embeddings(
             ending.completed(&gateway, ctx, answer.usage(), || {
                 answer.to_value().into_owned()
             });
-            json_response(answer.into_json_bytes())
+            super::core::json_response(answer.into_json_bytes())
         }
         Err(error) => ending.failed(&gateway, ctx, error).into_response(),
     }
-}
-
-pub(crate) fn json_response(bytes: Bytes) -> Response {
-    (
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
-        bytes,
-    )
-        .into_response()
 }
 
 async fn handle(

@@ -92,7 +92,7 @@ const MAX_MEMBERS: usize = 64;
 /// The request in `body` when the validator surely accepts it and the fast path
 /// knows every member it must act on; `None` sends it down the tree path.
 pub fn read(body: &Bytes) -> Option<RawChatRequest> {
-    let text = std::str::from_utf8(body).ok()?;
+    let text = crate::json_scan::utf8(body)?;
     let mut walk = Walk::new(text);
     let mut keys: Vec<&str> = Vec::with_capacity(8);
     let mut model = None;

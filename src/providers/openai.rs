@@ -209,7 +209,15 @@ impl Provider for OpenAiProvider {
 
     async fn complete_payload(&self, call: UpstreamCall) -> Result<Payload, ApiError> {
         let work = async {
-            let response = send(self.post(&call, false), self.first_byte_timeout).await?;
+            // The whole call is bounded by `timeout` below: a first-byte deadline as
+            // long or longer could never be the one to pass, and a timer costs.
+            let response = if self.first_byte_timeout < self.timeout {
+                send(self.post(&call, false), self.first_byte_timeout).await?
+            } else {
+                self.post(&call, false)
+                    .await
+                    .map_err(UpstreamError::into_api_error)?
+            };
             let response = check_status(response, self.timeout).await?;
             if declares(&response, "text/event-stream") {
                 // Some servers stream whatever was asked: put the answer together.

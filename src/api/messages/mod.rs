@@ -30,7 +30,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, HeaderName, HeaderValue};
+use axum::http::{HeaderMap, HeaderName};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::{Map, Value};
@@ -99,14 +99,7 @@ async fn serve(
         Ok(DoorReply::Json { answer, usage }) => {
             let answer = gateway.redactor.redact_payload(answer);
             ending.completed(&gateway, ctx, usage, || answer.to_value().into_owned());
-            (
-                [(
-                    header::CONTENT_TYPE,
-                    HeaderValue::from_static("application/json"),
-                )],
-                answer.into_json_bytes(),
-            )
-                .into_response()
+            core::json_response(answer.into_json_bytes())
         }
         Ok(DoorReply::Events(events)) => {
             let (events, finish) = ending.stream(&gateway, ctx, events);

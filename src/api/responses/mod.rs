@@ -78,7 +78,7 @@ pub async fn responses(
         Ok(DoorReply::Json { answer, usage }) => {
             let answer = gateway.redactor.redact_payload(answer);
             ending.completed(&gateway, ctx, usage, || answer.to_value().into_owned());
-            super::embeddings::json_response(answer.into_json_bytes())
+            super::core::json_response(answer.into_json_bytes())
         }
         Ok(DoorReply::Events(events)) => {
             let (events, finish) = ending.stream(&gateway, ctx, events);
