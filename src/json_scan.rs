@@ -226,12 +226,18 @@ impl ScanMemo {
     }
 }
 
-/// How many bytes `a` and `b` have in common at their start.
+/// How many bytes `a` and `b` have in common at their start. Eight bytes at a
+/// time: the first differing byte is the lowest set byte of their XOR (little
+/// endian), a fifth of the instructions of comparing slices of 16.
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
     let mut i = 0;
-    while i + 16 <= n && a[i..i + 16] == b[i..i + 16] {
-        i += 16;
+    while i + 8 <= n {
+        let x = word(a, i) ^ word(b, i);
+        if x != 0 {
+            return i + (x.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
     }
     while i < n && a[i] == b[i] {
         i += 1;
@@ -239,18 +245,29 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     i
 }
 
-/// How many bytes `a` and `b` have in common at their end.
+/// How many bytes `a` and `b` have in common at their end (as [`common_prefix`],
+/// from the end: the highest set byte of the XOR is the last differing one).
 fn common_suffix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
     let (a, b) = (&a[a.len() - n..], &b[b.len() - n..]);
     let mut i = 0;
-    while i + 16 <= n && a[n - i - 16..n - i] == b[n - i - 16..n - i] {
-        i += 16;
+    while i + 8 <= n {
+        let x = word(a, n - i - 8) ^ word(b, n - i - 8);
+        if x != 0 {
+            return i + (x.leading_zeros() / 8) as usize;
+        }
+        i += 8;
     }
     while i < n && a[n - i - 1] == b[n - i - 1] {
         i += 1;
     }
     i
+}
+
+/// The eight bytes of `bytes` from `at`, little endian.
+#[inline(always)]
+fn word(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("eight bytes"))
 }
 
 /// The state of the scan at the start of a top-level member (before its key).
@@ -1540,6 +1557,23 @@ mod tests {
         assert_eq!(top.choices, Shape::Expected(true));
         let top = scan_object(r#"{"choices":[{}]}"#).unwrap();
         assert_eq!(top.choices, Shape::Expected(false));
+    }
+
+    #[test]
+    fn common_ends_are_counted_byte_for_byte() {
+        let base: Vec<u8> = (0..40u8).map(|b| b'a' + b % 26).collect();
+        for len in 0..base.len() {
+            for at in 0..len {
+                let a = &base[..len];
+                let mut b = a.to_vec();
+                b[at] ^= 0x20;
+                assert_eq!(common_prefix(a, &b), at, "{len} {at}");
+                assert_eq!(common_suffix(a, &b), len - at - 1, "{len} {at}");
+                // Of different lengths: what the shorter shares with the longer.
+                assert_eq!(common_prefix(a, &base), len);
+                assert_eq!(common_suffix(&base[at..], &base), base.len() - at);
+            }
+        }
     }
 
     #[test]
