@@ -114,6 +114,16 @@ impl<S> SseDataEvents<S> {
                 _ => line_end + 1,
             };
             let line = &unread[..line_end];
+            // The usual event, `data: ...` then a blank line: the blank line is taken
+            // with its data line rather than by another search (a search costs
+            // more than the one byte it would look at).
+            if line.starts_with(b"data: ") && unread.get(next_line) == Some(&b'\n') {
+                take_data(&mut self.data, &mut self.data_lines, &line[6..]);
+                self.start += next_line + 1;
+                self.scanned = 0;
+                self.data_lines = 0;
+                return Some(std::mem::take(&mut self.data));
+            }
             if line.is_empty() {
                 self.start += next_line;
                 self.scanned = 0;
@@ -132,15 +142,7 @@ impl<S> SseDataEvents<S> {
                     None => (line, &[][..]),
                 };
                 if field == b"data" {
-                    if self.data_lines == 0 {
-                        // The usual one-line event fills its buffer exactly, so that
-                        // it becomes the chunk's `Bytes` without another allocation.
-                        self.data.reserve_exact(value.len());
-                    } else {
-                        self.data.push(b'\n');
-                    }
-                    self.data.extend_from_slice(value);
-                    self.data_lines += 1;
+                    take_data(&mut self.data, &mut self.data_lines, value);
                 }
             }
             self.start += next_line;
@@ -168,6 +170,19 @@ impl<S> SseDataEvents<S> {
         self.data_lines = 0;
         self.body.take()
     }
+}
+
+/// One `data` line's value, joined to the event's data so far (`lines` of them).
+fn take_data(data: &mut Vec<u8>, lines: &mut usize, value: &[u8]) {
+    if *lines == 0 {
+        // The usual one-line event fills its buffer exactly, so that it becomes the
+        // chunk's `Bytes` without another allocation.
+        data.reserve_exact(value.len());
+    } else {
+        data.push(b'\n');
+    }
+    data.extend_from_slice(value);
+    *lines += 1;
 }
 
 impl<S, E> SseDataEvents<S>
