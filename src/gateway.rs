@@ -56,6 +56,19 @@ pub struct Gateway {
     pub managed_keys: Option<Arc<crate::usage::keys::ManagedKeys>>,
     /// Connection name → the model ids its upstream offers (`expand_wildcards`).
     model_lists: moka::future::Cache<String, Arc<Vec<String>>>,
+    /// Which connections take a chat request as the client wrote it
+    /// (`Provider::takes_raw_chat`, `api::raw_chat`).
+    pub raw_chat: RawChatReach,
+}
+
+/// Which of a gateway's connections take a chat request as the client wrote it: the
+/// chat door tries the tree-free path for all, none, or (some) those its model is
+/// routed to, so that a request for a translating connection is not read twice.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RawChatReach {
+    Every,
+    No,
+    Some,
 }
 
 impl Gateway {
@@ -140,6 +153,14 @@ impl Gateway {
             default_key_check,
             managed_keys: None,
             groups,
+            raw_chat: match (
+                connections.iter().all(|(_, c)| c.provider.takes_raw_chat()),
+                connections.iter().any(|(_, c)| c.provider.takes_raw_chat()),
+            ) {
+                (true, _) => RawChatReach::Every,
+                (false, false) => RawChatReach::No,
+                (false, true) => RawChatReach::Some,
+            },
             connections: connections.into_iter().collect(),
             handlers,
             client_spellings,

@@ -19,7 +19,7 @@ use super::core::{self, Reply};
 use super::raw_chat;
 use crate::context::{Endpoint, RequestContext};
 use crate::error::ApiError;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, RawChatReach};
 use crate::server::AppState;
 use crate::streaming::{completion_id, encode_sse_assembling, unix_now, StreamIdentity};
 
@@ -79,7 +79,10 @@ async fn handle(
 ) -> Result<(Reply, bool), ApiError> {
     let (bytes, held) = core::admit(state, gateway, ctx, body).await?;
     // Nobody will look at the request: it may go on as the client sent it.
-    if gateway.handlers.is_empty() && gateway.log_dispatcher.is_none() {
+    if gateway.handlers.is_empty()
+        && gateway.log_dispatcher.is_none()
+        && may_pass_raw(gateway, &bytes)
+    {
         json_content_type(&ctx.http_headers)?;
         if let Some(raw) = raw_chat::read(&bytes) {
             ctx.request = raw.summary();
@@ -107,6 +110,21 @@ async fn handle(
     let hide_usage = call.is_stream() && !call.client_include_usage();
     let reply = core::call_provider(connection, call, upstream_time).await?;
     Ok((reply, hide_usage))
+}
+
+/// Whether the connection this body is for may take it as written: with some
+/// connections that do and some that do not, the body's first `model` member (not
+/// checked yet: only a guess, the request is routed again once it is) picks one.
+fn may_pass_raw(gateway: &Gateway, body: &[u8]) -> bool {
+    match gateway.raw_chat {
+        RawChatReach::Every => true,
+        RawChatReach::No => false,
+        RawChatReach::Some => crate::json_scan::utf8(body)
+            .and_then(|text| crate::json_scan::member_str(text, "model"))
+            .and_then(|model| gateway.router.route(&model))
+            .and_then(|rule| gateway.connections.get(&rule.connection))
+            .is_some_and(|connection| connection.provider.takes_raw_chat()),
+    }
 }
 
 /// Check the body: JSON object with a string `model`, a list of message objects,
