@@ -137,7 +137,7 @@ struct Scanner {
 }
 
 enum ScanGroup {
-    One(memchr::memmem::Finder<'static>),
+    One(Box<memchr::memmem::Finder<'static>>),
     Many(AhoCorasick),
 }
 
@@ -145,9 +145,9 @@ impl Scanner {
     fn new(secrets: impl IntoIterator<Item = String>) -> Option<Scanner> {
         let patterns = patterns_of(secrets);
         let groups: Vec<ScanGroup> = match &patterns[..] {
-            [one] => vec![ScanGroup::One(
+            [one] => vec![ScanGroup::One(Box::new(
                 memchr::memmem::Finder::new(one.as_bytes()).into_owned(),
-            )],
+            ))],
             _ => patterns
                 .chunks(SCAN_GROUP)
                 .map(|group| {
