@@ -21,7 +21,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::validate::{MAX_MODEL_LEN, MAX_N, MAX_TOKENS};
+use super::validate::{MAX_MODEL_LEN, MAX_N, MAX_TOKENS, ROLES};
 use crate::json_scan::{first_time, string_value, Walk};
 
 /// A chat request checked without a tree.
@@ -36,16 +36,6 @@ pub struct RawChatRequest {
     /// `stream` when it is `true` or `false` (absent or `null`: `None`).
     pub stream: Option<bool>,
 }
-
-/// The roles [`validate`](super::validate) accepts.
-const ROLES: [&str; 6] = [
-    "system",
-    "developer",
-    "user",
-    "assistant",
-    "tool",
-    "function",
-];
 
 impl RawChatRequest {
     /// The body to send upstream: the client's bytes, with `model` written as

@@ -17,7 +17,8 @@ pub const MAX_TOKENS: u64 = 100_000_000;
 /// Longest accepted `model` name.
 pub const MAX_MODEL_LEN: usize = 256;
 
-const ROLES: &[&str] = &[
+/// The message roles accepted.
+pub const ROLES: &[&str] = &[
     "system",
     "developer",
     "user",
