@@ -153,13 +153,14 @@ impl Gateway {
             default_key_check,
             managed_keys: None,
             groups,
-            raw_chat: match (
-                connections.iter().all(|(_, c)| c.provider.takes_raw_chat()),
-                connections.iter().any(|(_, c)| c.provider.takes_raw_chat()),
-            ) {
-                (true, _) => RawChatReach::Every,
-                (false, false) => RawChatReach::No,
-                (false, true) => RawChatReach::Some,
+            raw_chat: match connections
+                .iter()
+                .filter(|(_, c)| c.provider.takes_raw_chat())
+                .count()
+            {
+                takers if takers == connections.len() => RawChatReach::Every,
+                0 => RawChatReach::No,
+                _ => RawChatReach::Some,
             },
             connections: connections.into_iter().collect(),
             handlers,

@@ -226,15 +226,11 @@ impl ScanMemo {
     }
 }
 
-/// How many bytes `a` and `b` have in common at their start, sixteen at a time.
+/// How many bytes `a` and `b` have in common at their start.
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
     let mut i = 0;
-    while i + 16 <= n {
-        let differing = differing_16(&a[i..], &b[i..]);
-        if differing != 0 {
-            return i + differing.trailing_zeros() as usize;
-        }
+    while i + 16 <= n && a[i..i + 16] == b[i..i + 16] {
         i += 16;
     }
     while i < n && a[i] == b[i] {
@@ -243,47 +239,18 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     i
 }
 
-/// How many bytes `a` and `b` have in common at their end (as [`common_prefix`],
-/// from the end: the highest set bit of a block's mask is its last differing byte).
+/// How many bytes `a` and `b` have in common at their end.
 fn common_suffix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
     let (a, b) = (&a[a.len() - n..], &b[b.len() - n..]);
     let mut i = 0;
-    while i + 16 <= n {
-        let differing = differing_16(&a[n - i - 16..], &b[n - i - 16..]);
-        if differing != 0 {
-            // The mask has 16 bits in a u32: its 16 high bits are always clear.
-            return i + (differing.leading_zeros() - 16) as usize;
-        }
+    while i + 16 <= n && a[n - i - 16..n - i] == b[n - i - 16..n - i] {
         i += 16;
     }
     while i < n && a[n - i - 1] == b[n - i - 1] {
         i += 1;
     }
     i
-}
-
-/// Bit `n` is set when byte `n` of `a` and `b` (16 bytes or more each) differ.
-#[cfg(target_arch = "x86_64")]
-#[inline(always)]
-fn differing_16(a: &[u8], b: &[u8]) -> u32 {
-    use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8};
-    assert!(a.len() >= 16 && b.len() >= 16);
-    // SAFETY: SSE2 is in the x86_64 baseline; the unaligned loads read the first 16
-    // bytes of each slice, checked just above.
-    let equal = unsafe {
-        let (x, y) = (
-            _mm_loadu_si128(a.as_ptr().cast()),
-            _mm_loadu_si128(b.as_ptr().cast()),
-        );
-        _mm_movemask_epi8(_mm_cmpeq_epi8(x, y)) as u32
-    };
-    !equal & 0xFFFF
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn differing_16(a: &[u8], b: &[u8]) -> u32 {
-    (0..16).fold(0, |mask, i| mask | (u32::from(a[i] != b[i]) << i))
 }
 
 /// The state of the scan at the start of a top-level member (before its key).

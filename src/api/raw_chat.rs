@@ -21,7 +21,9 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
-use super::validate::{MAX_MODEL_LEN, MAX_N, MAX_TOKENS, ROLES};
+use super::validate::{
+    may_omit_content, MAX_MODEL_LEN, MAX_N, MAX_TOKENS, MAX_TOP_LOGPROBS, ROLES,
+};
 use crate::json_scan::{first_time, string_value, Walk};
 
 /// A chat request checked without a tree.
@@ -168,7 +170,7 @@ fn member(
         }
         "n" => integer_in(walk, 1, MAX_N),
         "max_tokens" | "max_completion_tokens" => integer_in(walk, 1, MAX_TOKENS),
-        "top_logprobs" => integer_in(walk, 0, 20),
+        "top_logprobs" => integer_in(walk, 0, MAX_TOP_LOGPROBS),
         "stop" => {
             if walk.null() {
                 return Some(());
@@ -243,7 +245,7 @@ fn message(walk: &mut Walk<'_>) -> Option<()> {
             content = Some(if walk.null() {
                 false
             } else if walk.at_string() {
-                walk.skip()?;
+                string(walk)?;
                 true
             } else {
                 walk.array(text_part)?;
@@ -261,8 +263,7 @@ fn message(walk: &mut Walk<'_>) -> Option<()> {
         _ => walk.skip().map(drop),
     })?;
     let role = role?;
-    let may_omit_content = matches!(role, "assistant" | "function");
-    (content == Some(true) || may_omit_content).then_some(())?;
+    (content == Some(true) || may_omit_content(role)).then_some(())?;
     (role != "tool" || call_id_is_string).then_some(())
 }
 

@@ -14,6 +14,8 @@ use crate::error::ApiError;
 pub const MAX_N: u64 = 128;
 /// Largest token limit accepted (no model comes near it; larger is a mistake).
 pub const MAX_TOKENS: u64 = 100_000_000;
+/// Most `top_logprobs` a request may ask for.
+pub const MAX_TOP_LOGPROBS: u64 = 20;
 /// Longest accepted `model` name.
 pub const MAX_MODEL_LEN: usize = 256;
 
@@ -26,6 +28,12 @@ pub const ROLES: &[&str] = &[
     "tool",
     "function",
 ];
+
+/// Whether a message in this role may come without `content`: an assistant turn
+/// (with tool calls) or a legacy function turn.
+pub fn may_omit_content(role: &str) -> bool {
+    matches!(role, "assistant" | "function")
+}
 
 fn bad(param: &str, message: impl Into<String>) -> ApiError {
     ApiError::invalid_param(param, message)
@@ -101,7 +109,7 @@ fn check_field(key: &str, value: &Value) -> Result<(), ApiError> {
         ),
         "n" => integer_in(key, value, 1, MAX_N),
         "max_tokens" | "max_completion_tokens" => integer_in(key, value, 1, MAX_TOKENS),
-        "top_logprobs" => integer_in(key, value, 0, 20),
+        "top_logprobs" => integer_in(key, value, 0, MAX_TOP_LOGPROBS),
         "stop" => match value {
             Value::String(_) => Ok(()),
             Value::Array(items) if items.iter().all(Value::is_string) => Ok(()),
@@ -205,7 +213,7 @@ fn validate_message(message: &Value, param: &str) -> Result<(), ApiError> {
         None | Some(Value::Null) => {
             // Only an assistant turn (with tool calls) or a legacy function turn may
             // come without content.
-            if !matches!(role, "assistant" | "function") {
+            if !may_omit_content(role) {
                 return Err(bad(
                     &format!("{param}.content"),
                     format!("{param}.content is required for role '{role}'"),

@@ -430,12 +430,7 @@ impl Target {
             } => {
                 pooled_headers(&mut headers, host, proxy_authorization.as_ref());
                 let head = http1::request_head(&method, uri, &headers, case, body.len());
-                let (head, body) = pool.send(&method, &head, &body).await?;
-                Ok(UpstreamResponse {
-                    status: head.status,
-                    headers: head.headers,
-                    body: ResponseBody::Pooled(body),
-                })
+                send_pooled(pool, &method, &head, &body).await
             }
             Route::Reqwest(client) => {
                 // Boxed: reqwest's future is large, and inline it would make every
@@ -488,13 +483,23 @@ impl Target {
         let mut head = Vec::with_capacity(prepared.start.len() + 32);
         head.extend_from_slice(&prepared.start);
         http1::finish_request_head(&mut head, &Method::POST, body.len());
-        let (head, body) = pool.send(&Method::POST, &head, &body).await?;
-        Ok(UpstreamResponse {
-            status: head.status,
-            headers: head.headers,
-            body: ResponseBody::Pooled(body),
-        })
+        send_pooled(pool, &Method::POST, &head, &body).await
     }
+}
+
+/// A request whose head is written, sent on the pool; its answer.
+async fn send_pooled(
+    pool: &Arc<Pool>,
+    method: &Method,
+    head: &[u8],
+    body: &Bytes,
+) -> Result<UpstreamResponse, UpstreamError> {
+    let (head, body) = pool.send(method, head, body).await?;
+    Ok(UpstreamResponse {
+        status: head.status,
+        headers: head.headers,
+        body: ResponseBody::Pooled(body),
+    })
 }
 
 /// A POST's head up to its `Content-Length` (see [`Target::prepare_post`]).
