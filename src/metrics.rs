@@ -12,16 +12,14 @@
 //! ones are counted as `other`, so a client cannot grow the series without bound.
 
 use std::collections::HashMap;
-use std::pin::Pin;
 use std::sync::{Arc, OnceLock, RwLock};
-use std::task::{Context, Poll};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
-use futures_util::Stream;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
@@ -33,7 +31,7 @@ use serde_json::Value;
 use crate::context::RequestContext;
 use crate::error::{ApiError, ErrorBody};
 use crate::json_scan::TokenCounts;
-use crate::payload::{Payload, PayloadStream};
+use crate::payload::Payload;
 use crate::server::AppState;
 
 /// Most distinct values kept per capped label (model, group, connection).
@@ -527,17 +525,18 @@ impl RequestMetrics {
         self.finish(error.status().as_u16(), self.upstream);
     }
 
-    /// Wrap a stream's chunks so that the stream reports when it is dropped.
-    pub fn stream(self, chunks: PayloadStream) -> PayloadStream {
+    /// A stream is starting: what watches its chunks and reports when it is
+    /// dropped (the door's stream adapter calls [`StreamObserver::observe`] with
+    /// each poll of the chunks, so that no adapter of its own stands between).
+    pub fn stream(self) -> StreamObserver {
         self.metrics.open_streams.inc();
-        Box::pin(ObservedStream {
-            chunks,
+        StreamObserver {
             report: self,
             waiting_since: None,
             upstream_wait: Duration::ZERO,
             first_chunk: false,
             usage: None,
-        })
+        }
     }
 
     fn upstream_error(&self, error: &ApiError) {
@@ -667,10 +666,9 @@ fn failure_kind(detail: &str) -> &'static str {
     }
 }
 
-/// The chunk stream of one answer, timed: how long it waits on the upstream, when
+/// Watches the chunk stream of one answer: how long it waits on the upstream, when
 /// the first chunk comes, the usage it carries. Reports once, when dropped.
-struct ObservedStream {
-    chunks: PayloadStream,
+pub struct StreamObserver {
     report: RequestMetrics,
     waiting_since: Option<Instant>,
     upstream_wait: Duration,
@@ -678,40 +676,35 @@ struct ObservedStream {
     usage: Option<TokenCounts>,
 }
 
-impl Stream for ObservedStream {
-    type Item = Result<Payload, ApiError>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
+impl StreamObserver {
+    /// One poll of the chunk stream and what it gave.
+    pub fn observe(&mut self, item: &Poll<Option<Result<Payload, ApiError>>>) {
         // Upstream wait: from the first poll that found nothing ready to the end of
         // the poll that delivered the next item (reading that one chunk counts as
         // waiting). The clock is read twice per wait, not at every poll in between:
         // a stream is polled several times per chunk.
-        let item = this.chunks.as_mut().poll_next(cx);
         if item.is_pending() {
-            this.waiting_since.get_or_insert_with(Instant::now);
-        } else if let Some(since) = this.waiting_since.take() {
-            this.upstream_wait += since.elapsed();
+            self.waiting_since.get_or_insert_with(Instant::now);
+        } else if let Some(since) = self.waiting_since.take() {
+            self.upstream_wait += since.elapsed();
         }
-        match &item {
-            Poll::Pending => {}
+        match item {
+            Poll::Pending | Poll::Ready(None) => {}
             Poll::Ready(Some(Ok(chunk))) => {
-                if !this.first_chunk {
-                    this.first_chunk = true;
-                    this.report.first_chunk();
+                if !self.first_chunk {
+                    self.first_chunk = true;
+                    self.report.first_chunk();
                 }
                 if let Some(usage) = chunk.usage() {
-                    this.usage = Some(usage);
+                    self.usage = Some(usage);
                 }
             }
-            Poll::Ready(Some(Err(err))) => this.report.upstream_error(err),
-            Poll::Ready(None) => {}
+            Poll::Ready(Some(Err(err))) => self.report.upstream_error(err),
         }
-        item
     }
 }
 
-impl Drop for ObservedStream {
+impl Drop for StreamObserver {
     fn drop(&mut self) {
         let report = &self.report;
         if let Some(usage) = self.usage {

@@ -21,6 +21,7 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::json_scan::{scan_object, scan_object_resuming, ScanMemo, Shape, TokenCounts, TopLevel};
+use crate::sse::EventData;
 use crate::streaming::ChunkStream;
 
 /// One JSON object for the client (a `chat.completion` or a `chat.completion.chunk`).
@@ -250,9 +251,9 @@ impl RawJson {
     /// `memo`: what a chunk repeats of the last one is not checked again
     /// ([`scan_object_resuming`]: the same answer, a fraction of the work on a usual
     /// text chunk).
-    pub fn stream_chunk_str(text: String, memo: &mut ScanMemo) -> Result<RawJson, String> {
+    pub fn stream_chunk(text: EventData, memo: &mut ScanMemo) -> Result<RawJson, EventData> {
         match Self::chunk_usage(scan_object_resuming(&text, memo).map(Probe)) {
-            Some(found) => Ok(found.with_text(Bytes::from(text))),
+            Some(found) => Ok(found.with_text(text.into_bytes())),
             None => Err(text),
         }
     }
@@ -317,15 +318,15 @@ impl RawJson {
 
     /// [`RawJson::object`] for the events of one stream (SSE data, which the SSE
     /// reader has already checked to be UTF-8), in order, with the stream's `memo`
-    /// (see [`RawJson::stream_chunk_str`]). `Err` gives the text back.
-    pub fn stream_object_str(
-        text: String,
+    /// (see [`RawJson::stream_chunk`]). `Err` gives the text back.
+    pub fn stream_object(
+        text: EventData,
         usage: Option<TokenCounts>,
         memo: &mut ScanMemo,
-    ) -> Result<RawJson, String> {
+    ) -> Result<RawJson, EventData> {
         match scan_object_resuming(&text, memo) {
             Some(_) => Ok(RawJson {
-                text: Bytes::from(text),
+                text: text.into_bytes(),
                 usage,
                 usage_only: false,
                 usage_member: None,
@@ -416,10 +417,10 @@ mod tests {
     /// Both entry points (bytes, and SSE data already checked as UTF-8) decide alike
     /// and give rejected text back whole.
     fn raw_chunk(text: &str) -> Option<RawJson> {
-        let from_str = RawJson::stream_chunk_str(text.to_owned(), &mut ScanMemo::default());
+        let from_str = RawJson::stream_chunk(text.to_owned().into(), &mut ScanMemo::default());
         match &from_str {
             Ok(raw) => assert_eq!(raw.text, text.as_bytes()),
-            Err(back) => assert_eq!(back, text, "the text comes back whole"),
+            Err(back) => assert_eq!(back.as_str(), text, "the text comes back whole"),
         }
         let from_bytes = RawJson::chunk(Bytes::from(text.to_owned()));
         assert_eq!(from_str.is_ok(), from_bytes.is_ok(), "{text}");

@@ -1,5 +1,5 @@
-//! Reading an upstream's SSE body: the `data` of each event, one `String` per event,
-//! with an idle timeout between events. Every provider's stream goes through here.
+//! Reading an upstream's SSE body: the `data` of each event ([`EventData`]), with an
+//! idle timeout between events. Every provider's stream goes through here.
 //!
 //! It follows the event-stream parser of the HTML standard (what `EventSource` does):
 //! lines end with LF, CRLF or CR; a blank line dispatches the event; lines that start
@@ -14,15 +14,19 @@
 //! still compare the two on random bodies cut at random places) copies the whole
 //! rest of its buffer for each line it reads and builds owned `event`/`id` strings
 //! per event: about 1,850 instructions per 220-byte event against about 400 here
-//! (bench/README.md). Reading, framing and the idle clock are one poll function,
-//! with no adapter streams between them.
+//! (bench/README.md). Reading, framing, the idle clock and the provider's reading of
+//! each event ([`SseDataEvents::decode`]) are one poll function, with no adapter
+//! streams between them, and an event that came in one piece of the body (the usual
+//! case: upstreams write an event at a time) is handed on as a slice of that piece,
+//! neither copied nor allocated.
 
 use std::future::Future;
+use std::ops::Deref;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use futures_util::{FutureExt, Stream, StreamExt};
 
 use crate::error::ApiError;
@@ -37,6 +41,64 @@ const BOM: &[u8] = b"\xEF\xBB\xBF";
 /// few hundred bytes; even a whole answer in one event is far below this.
 pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
+/// One event's data, trimmed: text known to be UTF-8, held as bytes so that it can
+/// go to the client as a slice of what the upstream sent. Reads as a `str`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventData(Bytes);
+
+impl EventData {
+    /// `bytes` if they are UTF-8.
+    pub fn from_utf8(bytes: Bytes) -> Option<EventData> {
+        crate::json_scan::utf8(&bytes)?;
+        Some(EventData(bytes))
+    }
+
+    pub fn as_str(&self) -> &str {
+        // SAFETY: every way of making an `EventData` checks (or, from a `String`,
+        // already has) UTF-8, and the bytes are never changed.
+        unsafe { std::str::from_utf8_unchecked(&self.0) }
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// The data without surrounding white space (as `str::trim` has it), still
+    /// sharing the bytes.
+    fn trimmed(self) -> EventData {
+        let edge_is_plain = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_graphic());
+        if edge_is_plain(self.0.first()) && edge_is_plain(self.0.last()) {
+            return self;
+        }
+        let text = self.as_str();
+        let trimmed = text.trim();
+        if trimmed.len() == text.len() {
+            return self;
+        }
+        let from = trimmed.as_ptr() as usize - text.as_ptr() as usize;
+        EventData(self.0.slice(from..from + trimmed.len()))
+    }
+}
+
+impl Deref for EventData {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl From<String> for EventData {
+    fn from(text: String) -> Self {
+        EventData(Bytes::from(text))
+    }
+}
+
+impl From<&'static str> for EventData {
+    fn from(text: &'static str) -> Self {
+        EventData(Bytes::from_static(text.as_bytes()))
+    }
+}
+
 /// The `data` of each event of an upstream SSE body, trimmed, as written. Ends at
 /// `[DONE]` (what is left of the body is then read in the background so that its
 /// connection can be reused) or at the end of the body; events whose data is empty
@@ -46,13 +108,17 @@ pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 pub struct SseDataEvents<S> {
     /// `None` once the stream has ended.
     body: Option<Pin<Box<S>>>,
-    /// Bytes received and not yet framed start at `start`.
-    buf: Vec<u8>,
-    start: usize,
-    /// How far past `start` is known to hold no line end: where the next search
-    /// resumes, so a long line arriving in many pieces is searched once.
+    /// The unread bytes while they are the end of one piece of the body: events
+    /// wholly inside are handed on as slices of it. Empty while `joined` is not.
+    piece: Bytes,
+    /// The unread bytes once an event spans pieces: the rest of one piece and
+    /// those after it, joined.
+    joined: BytesMut,
+    /// How far into the unread bytes is known to hold no line end: where the next
+    /// search resumes, so a long line arriving in many pieces is searched once.
     scanned: usize,
-    /// The `data` lines of the event being read, joined with LF.
+    /// The `data` lines of the event being read, joined with LF (when they are
+    /// not handed on as one slice).
     data: Vec<u8>,
     /// How many `data` lines that is (an empty one still makes an event).
     data_lines: usize,
@@ -67,8 +133,8 @@ impl<S> SseDataEvents<S> {
     pub fn new(body: S, idle_timeout: Duration) -> Self {
         SseDataEvents {
             body: Some(Box::pin(body)),
-            buf: Vec::new(),
-            start: 0,
+            piece: Bytes::new(),
+            joined: BytesMut::new(),
             scanned: 0,
             data: Vec::new(),
             data_lines: 0,
@@ -78,33 +144,91 @@ impl<S> SseDataEvents<S> {
         }
     }
 
+    /// Each event's data read by `decode` (a provider's reading of its events) in
+    /// the same poll: the stream ends after the first error, `decode`'s included.
+    pub fn decode<T, F>(self, decode: F) -> DecodedEvents<S, F>
+    where
+        F: FnMut(EventData) -> Result<T, ApiError>,
+    {
+        DecodedEvents {
+            events: self,
+            decode,
+        }
+    }
+
+    fn unread(&self) -> &[u8] {
+        if self.joined.is_empty() {
+            &self.piece
+        } else {
+            &self.joined
+        }
+    }
+
+    /// Drop the first `n` unread bytes (framed). An emptied buffer lets go of its
+    /// memory: a stream waiting for its next event holds none.
+    fn consume(&mut self, n: usize) {
+        if self.joined.is_empty() {
+            if n == self.piece.len() {
+                self.piece = Bytes::new();
+            } else {
+                self.piece.advance(n);
+            }
+        } else if n == self.joined.len() {
+            self.joined = BytesMut::new();
+        } else {
+            self.joined.advance(n);
+        }
+        self.scanned = 0;
+    }
+
+    /// Bytes `from..to` of the unread ones, then everything up to `next` consumed.
+    fn take_slice(&mut self, from: usize, to: usize, next: usize) -> Bytes {
+        let slice = if self.joined.is_empty() {
+            self.piece.slice(from..to)
+        } else {
+            self.joined.advance(from);
+            let slice = self.joined.split_to(to - from).freeze();
+            self.consume(next - to);
+            return slice;
+        };
+        self.consume(next);
+        slice
+    }
+
     /// The bytes held for the event being read, once every complete event in the
     /// buffer has been framed: its unfinished line and its `data` so far.
     fn pending_event_bytes(&self) -> usize {
-        self.buf.len() - self.start + self.data.len()
+        self.unread().len() + self.data.len()
     }
 
     /// Frame the buffered bytes up to the next dispatched event's data, if they hold
     /// one. `at_end`: the body has ended, so a CR last in the buffer ends its line
     /// (otherwise it waits, as an LF may follow in the next piece).
-    fn next_event(&mut self, at_end: bool) -> Option<Vec<u8>> {
+    fn next_event(&mut self, at_end: bool) -> Option<Bytes> {
         if !self.bom_checked {
-            let unread = &self.buf[self.start..];
+            let unread = self.unread();
             if unread.len() < BOM.len() && BOM.starts_with(unread) && !at_end {
                 return None;
             }
             if unread.starts_with(BOM) {
-                self.start += BOM.len();
+                self.consume(BOM.len());
             }
             self.bom_checked = true;
         }
         loop {
-            let unread = &self.buf[self.start..];
-            let Some(found) = memchr::memchr2(b'\n', b'\r', &unread[self.scanned..]) else {
+            let scanned = self.scanned;
+            // Borrowed by field (not through `unread()`), so that `data` can be
+            // written while a line of it is read.
+            let unread: &[u8] = if self.joined.is_empty() {
+                &self.piece
+            } else {
+                &self.joined
+            };
+            let Some(found) = memchr::memchr2(b'\n', b'\r', &unread[scanned..]) else {
                 self.scanned = unread.len();
                 return None;
             };
-            let line_end = self.scanned + found;
+            let line_end = scanned + found;
             let next_line = match (unread[line_end], unread.get(line_end + 1)) {
                 (b'\r', Some(b'\n')) => line_end + 2,
                 (b'\r', None) if !at_end => {
@@ -114,24 +238,30 @@ impl<S> SseDataEvents<S> {
                 _ => line_end + 1,
             };
             let line = &unread[..line_end];
-            // The usual event, `data: ...` then a blank line: the blank line is taken
-            // with its data line rather than by another search (a search costs
-            // more than the one byte it would look at).
-            if line.starts_with(b"data: ") && unread.get(next_line) == Some(&b'\n') {
-                take_data(&mut self.data, &mut self.data_lines, &line[6..]);
-                self.start += next_line + 1;
-                self.scanned = 0;
-                self.data_lines = 0;
-                return Some(std::mem::take(&mut self.data));
+            // The usual event, `data: ...` then a blank line (LF or CRLF), and no
+            // data before it: its value is handed on as it lies in the buffer, and
+            // the blank line is taken with it rather than by another search (a
+            // search costs more than the bytes it would look at).
+            if self.data_lines == 0 {
+                if let Some(value) = line.strip_prefix(b"data:") {
+                    let blank = match (unread.get(next_line), unread.get(next_line + 1)) {
+                        (Some(b'\n'), _) => Some(1),
+                        (Some(b'\r'), Some(b'\n')) => Some(2),
+                        _ => None,
+                    };
+                    if let Some(blank) = blank {
+                        let from = line_end - value.strip_prefix(b" ").unwrap_or(value).len();
+                        return Some(self.take_slice(from, line_end, next_line + blank));
+                    }
+                }
             }
             if line.is_empty() {
-                self.start += next_line;
-                self.scanned = 0;
+                self.consume(next_line);
                 if self.data_lines == 0 {
                     continue;
                 }
                 self.data_lines = 0;
-                return Some(std::mem::take(&mut self.data));
+                return Some(Bytes::from(std::mem::take(&mut self.data)));
             }
             if line[0] != b':' {
                 let (field, value) = match memchr::memchr(b':', line) {
@@ -145,26 +275,29 @@ impl<S> SseDataEvents<S> {
                     take_data(&mut self.data, &mut self.data_lines, value);
                 }
             }
-            self.start += next_line;
-            self.scanned = 0;
+            self.consume(next_line);
         }
     }
 
-    /// Append a piece of the body, first dropping the bytes already framed.
-    fn take_in(&mut self, piece: &[u8]) {
-        if self.start == self.buf.len() {
-            self.buf.clear();
-        } else if self.start > 0 {
-            self.buf.drain(..self.start);
+    /// Take in a piece of the body: kept as it is when nothing is unread, joined to
+    /// what is otherwise.
+    fn take_in(&mut self, piece: Bytes) {
+        if self.joined.is_empty() {
+            if self.piece.is_empty() {
+                self.piece = piece;
+                return;
+            }
+            self.joined.reserve(self.piece.len() + piece.len());
+            self.joined.extend_from_slice(&self.piece);
+            self.piece = Bytes::new();
         }
-        self.start = 0;
-        self.buf.extend_from_slice(piece);
+        self.joined.extend_from_slice(&piece);
     }
 
     /// The stream's end: nothing more is read or reported.
     fn end(&mut self) -> Option<Pin<Box<S>>> {
-        self.buf = Vec::new();
-        self.start = 0;
+        self.piece = Bytes::new();
+        self.joined = BytesMut::new();
         self.scanned = 0;
         self.data = Vec::new();
         self.data_lines = 0;
@@ -175,8 +308,8 @@ impl<S> SseDataEvents<S> {
 /// One `data` line's value, joined to the event's data so far (`lines` of them).
 fn take_data(data: &mut Vec<u8>, lines: &mut usize, value: &[u8]) {
     if *lines == 0 {
-        // The usual one-line event fills its buffer exactly, so that it becomes the
-        // chunk's `Bytes` without another allocation.
+        // A one-line event fills its buffer exactly, so that it becomes the
+        // event's `Bytes` without another allocation.
         data.reserve_exact(value.len());
     } else {
         data.push(b'\n');
@@ -191,32 +324,25 @@ where
     E: std::fmt::Display,
 {
     /// What a dispatched event's data becomes: `None` to skip it, or the item.
-    fn deliver(&mut self, data: Vec<u8>) -> Option<Option<Result<String, ApiError>>> {
-        let data = match crate::json_scan::utf8_string(data) {
-            Ok(data) => data,
-            Err(_) => {
-                self.end();
-                return Some(Some(Err(ApiError::upstream_failure(
-                    "upstream sent a stream event that is not UTF-8",
-                ))));
-            }
+    fn deliver(&mut self, data: Bytes) -> Option<Option<Result<EventData, ApiError>>> {
+        let Some(data) = EventData::from_utf8(data) else {
+            self.end();
+            return Some(Some(Err(ApiError::upstream_failure(
+                "upstream sent a stream event that is not UTF-8",
+            ))));
         };
-        let trimmed = data.trim();
-        if trimmed.is_empty() {
+        let data = data.trimmed();
+        if data.is_empty() {
             return None;
         }
-        if trimmed == "[DONE]" {
+        if data.as_str() == "[DONE]" {
             if let Some(body) = self.end() {
                 finish_body(body);
             }
             return Some(None);
         }
         self.idle.activity();
-        Some(Some(Ok(if trimmed.len() == data.len() {
-            data
-        } else {
-            trimmed.to_owned()
-        })))
+        Some(Some(Ok(data)))
     }
 }
 
@@ -225,7 +351,7 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::fmt::Display,
 {
-    type Item = Result<String, ApiError>;
+    type Item = Result<EventData, ApiError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -249,7 +375,7 @@ where
                 return Poll::Ready(None);
             };
             match body.as_mut().poll_next(cx) {
-                Poll::Ready(Some(Ok(piece))) => this.take_in(&piece),
+                Poll::Ready(Some(Ok(piece))) => this.take_in(piece),
                 Poll::Ready(Some(Err(e))) => {
                     this.end();
                     let err = ApiError::upstream_failure(format!("upstream stream broke off: {e}"));
@@ -281,6 +407,36 @@ where
                 }
             }
         }
+    }
+}
+
+/// [`SseDataEvents`] with each event read by a provider's `decode`
+/// ([`SseDataEvents::decode`]).
+pub struct DecodedEvents<S, F> {
+    events: SseDataEvents<S>,
+    decode: F,
+}
+
+impl<S, E, T, F> Stream for DecodedEvents<S, F>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display,
+    F: FnMut(EventData) -> Result<T, ApiError> + Unpin,
+{
+    type Item = Result<T, ApiError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        let item = match futures_util::ready!(Pin::new(&mut this.events).poll_next(cx)) {
+            Some(Ok(data)) => (this.decode)(data),
+            Some(Err(error)) => Err(error),
+            None => return Poll::Ready(None),
+        };
+        if item.is_err() {
+            // Nothing after an error (the reader ends itself after its own).
+            this.events.end();
+        }
+        Poll::Ready(Some(item))
     }
 }
 
@@ -384,7 +540,14 @@ mod tests {
 
     fn read_all(parts: Vec<Vec<u8>>) -> Vec<Result<String, String>> {
         let events = SseDataEvents::new(body(parts), Duration::from_secs(5));
-        block_on(events.map(|item| item.map_err(|e| e.to_string())).collect())
+        block_on(
+            events
+                .map(|item| {
+                    item.map(|data| data.as_str().to_owned())
+                        .map_err(|e| e.to_string())
+                })
+                .collect(),
+        )
     }
 
     /// The same body read by `eventsource-stream2` with the rules this stream adds
@@ -480,7 +643,14 @@ mod tests {
                 Duration::from_secs(5),
             );
             events.max_event = 64;
-            block_on(events.map(|item| item.map_err(|e| e.to_string())).collect())
+            block_on(
+                events
+                    .map(|item| {
+                        item.map(|data| data.as_str().to_owned())
+                            .map_err(|e| e.to_string())
+                    })
+                    .collect(),
+            )
         };
         let line = b"data: 0123456789abcdef\n\n";
         // Many complete events in one piece, far more than the limit together: fine.
@@ -505,6 +675,48 @@ mod tests {
         // Under the limit, the same shapes are read.
         let all = read_capped(vec![b"data: ", &[b'x'; 20], &[b'x'; 20], b"\n\n"]);
         assert_eq!(all, [Ok("x".repeat(40))]);
+    }
+
+    #[test]
+    fn an_event_in_one_piece_is_handed_on_as_a_slice_of_it() {
+        let piece = Bytes::from_static(
+            b"data: {\"a\":1}\n\nevent: x\r\ndata:{\"b\":2}\r\n\r\ndata: {\"c\"",
+        );
+        let rest = Bytes::from_static(b":3}\n\n");
+        let within = piece.as_ptr_range();
+        let pieces = vec![Ok::<_, std::io::Error>(piece.clone()), Ok(rest)];
+        let events = SseDataEvents::new(futures_util::stream::iter(pieces), Duration::from_secs(5));
+        let all: Vec<EventData> = block_on(events.map(Result::unwrap).collect());
+        assert_eq!(
+            all.iter().map(EventData::as_str).collect::<Vec<_>>(),
+            ["{\"a\":1}", "{\"b\":2}", "{\"c\":3}"]
+        );
+        for data in &all[..2] {
+            assert!(
+                within.contains(&data.as_ptr()),
+                "{data:?} is a slice of the piece"
+            );
+        }
+        // The event split between two pieces was joined, so it is a copy.
+        assert!(!within.contains(&all[2].as_ptr()));
+    }
+
+    #[test]
+    fn decoded_events_end_after_the_first_error_of_the_decoder() {
+        let text = "data: 1\n\ndata: x\n\ndata: 3\n\n";
+        let decoded =
+            SseDataEvents::new(body(vec![text.into()]), Duration::from_secs(5)).decode(|data| {
+                data.parse::<u32>()
+                    .map_err(|_| ApiError::upstream_failure(format!("not a number: {}", &*data)))
+            });
+        let all: Vec<_> = block_on(decoded.collect());
+        assert_eq!(all.len(), 2, "nothing after the error");
+        assert_eq!(all[0].as_ref().ok(), Some(&1));
+        assert!(all[1]
+            .as_ref()
+            .unwrap_err()
+            .to_string()
+            .contains("not a number: x"));
     }
 
     #[tokio::test(start_paused = true)]

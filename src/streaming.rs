@@ -18,13 +18,13 @@ use serde_json::{json, Value};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::payload::{Payload, PayloadStream};
-use crate::sse::SseDataEvents;
+use crate::sse::{EventData, SseDataEvents};
 
 /// A stream of OpenAI `chat.completion.chunk` objects, or a failure that ends it.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Value, ApiError>> + Send>>;
 
 /// A stream of upstream SSE event data, or a failure that ends it.
-pub type DataStream = Pin<Box<dyn Stream<Item = Result<String, ApiError>> + Send>>;
+pub type DataStream = Pin<Box<dyn Stream<Item = Result<EventData, ApiError>> + Send>>;
 
 /// The `data` of each event of an upstream SSE body (see [`SseDataEvents`]).
 pub fn sse_data_events<S, E>(body: S, idle_timeout: Duration) -> DataStream
@@ -35,6 +35,23 @@ where
     Box::pin(SseDataEvents::new(body, idle_timeout))
 }
 
+/// The events of an upstream SSE body, each read by `decode` as it is framed (in
+/// the reader's own poll, see [`SseDataEvents::decode`]); the stream ends after
+/// the first error.
+pub fn sse_decoded<S, E, T, F>(
+    body: S,
+    idle_timeout: Duration,
+    decode: F,
+) -> Pin<Box<dyn Stream<Item = Result<T, ApiError>> + Send>>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+    T: Send + 'static,
+    F: FnMut(EventData) -> Result<T, ApiError> + Send + Unpin + 'static,
+{
+    Box::pin(SseDataEvents::new(body, idle_timeout).decode(decode))
+}
+
 /// Read an upstream SSE body as JSON chunks. Each `data:` payload must be JSON;
 /// `[DONE]` ends the stream; an event carrying a top-level `error` object ends it
 /// with that error. `idle_timeout` bounds the silence between two events.
@@ -43,26 +60,7 @@ where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::fmt::Display + Send + 'static,
 {
-    let chunks =
-        sse_data_events(body, idle_timeout).map(|item| item.and_then(|data| json_chunk(&data)));
-    Box::pin(end_after_error(chunks))
-}
-
-/// Ends a stream after the first error it yields (the error is passed on).
-pub fn end_after_error<S, T>(stream: S) -> impl Stream<Item = Result<T, ApiError>> + Send
-where
-    S: Stream<Item = Result<T, ApiError>> + Send,
-    T: Send,
-{
-    stream.scan(false, |failed, item| {
-        let next = if *failed {
-            None
-        } else {
-            *failed = item.is_err();
-            Some(item)
-        };
-        std::future::ready(next)
-    })
+    sse_decoded(body, idle_timeout, |data| json_chunk(&data))
 }
 
 /// One upstream event's data as a JSON chunk, or the error it reports.

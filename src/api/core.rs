@@ -29,10 +29,11 @@ use crate::gateway::Gateway;
 use crate::handlers::TokenMeter;
 use crate::json_scan::TokenCounts;
 use crate::logging::RequestSummary;
-use crate::metrics::RequestMetrics;
+use crate::metrics::{RequestMetrics, StreamObserver};
 use crate::payload::{Payload, PayloadStream};
 use crate::providers::{Connection, UpstreamCall};
 use crate::routing::RouteModel;
+use crate::secrets::Redactor;
 use crate::server::{body, AppState};
 use crate::streaming::StreamSummary;
 use crate::upstream::HeaderCase;
@@ -495,6 +496,38 @@ fn tokens_spent(usage: &TokenCounts) -> u64 {
         .saturating_add(usage.completion.unwrap_or(0))
 }
 
+/// A stream's payloads as the provider gives them, watched by the metrics (which
+/// count upstream errors as the upstream gave them) and then with secrets removed:
+/// one adapter for both, as it runs for every poll of every chunk.
+struct ServedStream {
+    payloads: PayloadStream,
+    observer: Option<StreamObserver>,
+    redactor: Arc<Redactor>,
+}
+
+impl futures_util::Stream for ServedStream {
+    type Item = Result<Payload, ApiError>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        let polled = this.payloads.as_mut().poll_next(cx);
+        if let Some(observer) = &mut this.observer {
+            observer.observe(&polled);
+        }
+        match polled {
+            Poll::Ready(Some(Ok(payload))) => {
+                Poll::Ready(Some(Ok(this.redactor.redact_payload(payload))))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(this.redactor.redact(error)))),
+            other => other,
+        }
+    }
+}
+
 /// A stream's payloads, passed on unchanged; the last usage among them goes to the
 /// token meters when the stream ends or is dropped (the client left).
 struct MeteredStream {
@@ -617,16 +650,11 @@ impl Ending {
         ctx: RequestContext,
         payloads: PayloadStream,
     ) -> (PayloadStream, impl FnOnce(StreamSummary) + Send + 'static) {
-        use futures_util::StreamExt;
-        let payloads = match self.metrics {
-            Some(metrics) => metrics.stream(payloads),
-            None => payloads,
-        };
-        let redactor = gateway.redactor.clone();
-        let payloads: PayloadStream = Box::pin(payloads.map(move |item| match item {
-            Ok(payload) => Ok(redactor.redact_payload(payload)),
-            Err(e) => Err(redactor.redact(e)),
-        }));
+        let payloads: PayloadStream = Box::pin(ServedStream {
+            payloads,
+            observer: self.metrics.map(RequestMetrics::stream),
+            redactor: gateway.redactor.clone(),
+        });
         // Outside the redaction: the row records errors as the client sees them.
         // Like the metrics' wrapper, it reports when dropped, with the stream.
         let payloads = match self.ledger {

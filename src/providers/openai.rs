@@ -18,8 +18,8 @@ use crate::error::ApiError;
 use crate::json_scan::ScanMemo;
 use crate::payload::{into_chunk_stream, Payload, PayloadStream, RawJson};
 use crate::streaming::{
-    completion_id, completion_to_chunks, end_after_error, json_chunk, sse_data_events,
-    sse_json_events, unix_now, ChunkStream, StreamAccumulator,
+    completion_id, completion_to_chunks, json_chunk, sse_decoded, sse_json_events, unix_now,
+    ChunkStream, StreamAccumulator,
 };
 use crate::upstream::{
     json_post_headers, too_large_error, HeaderCase, PreparedPost, Target, UpstreamClient,
@@ -291,16 +291,14 @@ impl Provider for OpenAiProvider {
         // Chunks that have every field go to the client as the upstream wrote them;
         // the others are parsed, filled in, or end the stream with their error.
         let mut memo = ScanMemo::default();
-        let chunks =
-            sse_data_events(response.bytes_stream(), self.chunk_timeout).map(move |item| {
-                item.and_then(|data| match RawJson::stream_chunk_str(data, &mut memo) {
-                    Ok(raw) => Ok(Payload::Raw(raw)),
-                    Err(text) => {
-                        json_chunk(&text).map(|chunk| Payload::Value(identity.fill(chunk)))
-                    }
-                })
-            });
-        Ok(Box::pin(end_after_error(chunks)))
+        Ok(sse_decoded(
+            response.bytes_stream(),
+            self.chunk_timeout,
+            move |data| match RawJson::stream_chunk(data, &mut memo) {
+                Ok(raw) => Ok(Payload::Raw(raw)),
+                Err(text) => json_chunk(&text).map(|chunk| Payload::Value(identity.fill(chunk))),
+            },
+        ))
     }
 }
 

@@ -7,7 +7,6 @@
 //! signatures, citations, server tools, beta fields) survive byte for byte.
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{HeaderMap, HeaderName};
 use serde::Deserialize;
 use serde_json::Value;
@@ -18,7 +17,7 @@ use crate::api::messages::fast::event_type;
 use crate::error::ApiError;
 use crate::json_scan::{member_spans, member_str, ScanMemo, TokenCounts};
 use crate::payload::{Payload, PayloadStream, RawJson};
-use crate::streaming::sse_data_events;
+use crate::streaming::sse_decoded;
 use crate::upstream::{json_post_headers, HeaderCase, Target, UpstreamError};
 
 /// Client headers an Anthropic upstream is told about: the API version the client
@@ -187,15 +186,13 @@ impl AnthropicProvider {
         .await?;
         let response =
             check_status_with(response, self.chunk_timeout, response::status_to_error).await?;
-        let events = sse_data_events(response.bytes_stream(), self.chunk_timeout);
         let name = self.name.clone();
         // Input tokens come in `message_start`, output tokens in `message_delta`:
         // the latter carries both, as the metrics keep a stream's last counts.
         let mut prompt = None;
         let mut cached = None;
         let mut memo = ScanMemo::default();
-        let events = events.map(move |item| {
-            let text = item?;
+        let events = sse_decoded(response.bytes_stream(), self.chunk_timeout, move |text| {
             let mut usage = None;
             match event_type(text.as_bytes()).as_deref() {
                 Some("message_start") => {
@@ -225,7 +222,7 @@ impl AnthropicProvider {
                 }
                 _ => {}
             }
-            RawJson::stream_object_str(text, usage, &mut memo)
+            RawJson::stream_object(text, usage, &mut memo)
                 .map(Payload::Raw)
                 .map_err(|_| {
                     ApiError::upstream_failure(format!(
@@ -233,7 +230,7 @@ impl AnthropicProvider {
                     ))
                 })
         });
-        Ok(Box::pin(crate::streaming::end_after_error(events)))
+        Ok(events)
     }
 }
 

@@ -1090,8 +1090,9 @@ mod tests {
 
     #[tokio::test]
     async fn early_end_is_an_error() {
-        let events: DataStream =
-            Box::pin(futures_util::stream::iter(vec![Ok(start().to_string())]));
+        let events: DataStream = Box::pin(futures_util::stream::iter(vec![Ok(start()
+            .to_string()
+            .into())]));
         let out: Vec<Result<Payload, ApiError>> =
             translate(events, Translator::new("m", "c", false, None))
                 .collect()

@@ -4,7 +4,6 @@
 //! the door), answers and stream events passed on as the upstream wrote them.
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use serde_json::Value;
 
 use super::super::doors::{DoorCall, Embeddings, TextCompletion};
@@ -13,7 +12,7 @@ use super::{declares, refuses_stream_options, OpenAiProvider};
 use crate::error::ApiError;
 use crate::json_scan::{member_spans, member_str, ScanMemo, TokenCounts};
 use crate::payload::{Payload, RawJson};
-use crate::streaming::{end_after_error, json_chunk, sse_data_events};
+use crate::streaming::{json_chunk, sse_decoded};
 use crate::upstream::{Target, UpstreamError, UpstreamResponse};
 
 /// The two doors' upstream URLs, prepared once.
@@ -128,14 +127,13 @@ impl OpenAiProvider {
         // Events with every field go on as written; others are read as JSON (an
         // `error` event ends the stream with its error).
         let mut memo = ScanMemo::default();
-        let chunks =
-            sse_data_events(response.bytes_stream(), self.chunk_timeout).map(move |item| {
-                item.and_then(|data| match RawJson::stream_chunk_str(data, &mut memo) {
-                    Ok(raw) => Ok(Payload::Raw(raw)),
-                    Err(text) => json_chunk(&text).map(Payload::Value),
-                })
-            });
-        Ok(TextCompletion::Stream(Box::pin(end_after_error(chunks))))
+        let chunks = sse_decoded(response.bytes_stream(), self.chunk_timeout, move |data| {
+            match RawJson::stream_chunk(data, &mut memo) {
+                Ok(raw) => Ok(Payload::Raw(raw)),
+                Err(text) => json_chunk(&text).map(Payload::Value),
+            }
+        });
+        Ok(TextCompletion::Stream(chunks))
     }
 
     /// `POST /responses` passed through: the response object, or each event as
@@ -168,20 +166,17 @@ impl OpenAiProvider {
         }
         let name = self.name.clone();
         let mut memo = ScanMemo::default();
-        let events =
-            sse_data_events(response.bytes_stream(), self.chunk_timeout).map(move |item| {
-                item.and_then(|data| {
-                    let usage = final_usage(&data);
-                    RawJson::stream_object_str(data, usage, &mut memo)
-                        .map(Payload::Raw)
-                        .map_err(|_| {
-                            ApiError::upstream_failure(format!(
-                                "connection '{name}': a Responses event is not a JSON object"
-                            ))
-                        })
+        let events = sse_decoded(response.bytes_stream(), self.chunk_timeout, move |data| {
+            let usage = final_usage(&data);
+            RawJson::stream_object(data, usage, &mut memo)
+                .map(Payload::Raw)
+                .map_err(|_| {
+                    ApiError::upstream_failure(format!(
+                        "connection '{name}': a Responses event is not a JSON object"
+                    ))
                 })
-            });
-        Ok(TextCompletion::Stream(Box::pin(end_after_error(events))))
+        });
+        Ok(TextCompletion::Stream(events))
     }
 
     fn not_json(&self, what: &str) -> ApiError {
