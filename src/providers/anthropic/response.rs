@@ -8,6 +8,7 @@ use serde_json::{json, Map, Value};
 use super::request::{JsonMode, JSON_TOOL_NAME};
 use super::thinking;
 use crate::error::{ApiError, ErrorBody};
+use crate::json_scan::{first_time, Walk};
 use crate::providers::upstream_http::{parse_error_body, status_error};
 use crate::streaming::unix_now;
 
@@ -30,6 +31,30 @@ pub struct UsageCounts {
     cache_read_input_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
     output_tokens: Option<u64>,
+}
+
+impl UsageCounts {
+    /// A `usage` object read by a walk as serde reads this struct (see
+    /// `stream::FastEvent::walked`; `refused` as there).
+    pub(super) fn walked(walk: &mut Walk<'_>, refused: &mut bool) -> Option<UsageCounts> {
+        let mut counts = UsageCounts::default();
+        let mut seen = [false; 4];
+        walk.object(|walk, key| {
+            let (slot, seen) = match key {
+                "input_tokens" => (&mut counts.input_tokens, &mut seen[0]),
+                "cache_read_input_tokens" => (&mut counts.cache_read_input_tokens, &mut seen[1]),
+                "cache_creation_input_tokens" => {
+                    (&mut counts.cache_creation_input_tokens, &mut seen[2])
+                }
+                "output_tokens" => (&mut counts.output_tokens, &mut seen[3]),
+                _ => return super::stream::refuse_unknown(key, refused),
+            };
+            first_time(seen)?;
+            *slot = walk.u64_or_null()?;
+            Some(())
+        })?;
+        Some(counts)
+    }
 }
 
 impl Usage {

@@ -105,8 +105,11 @@ impl<'a> FastEvent<'a> {
     /// `None` leaves the event to serde, which reads it or refuses it as before: a
     /// `usage`, a key with escapes, a member twice, an unknown member, a value of
     /// another type. What it returns is what serde returns for the same text
-    /// (`walked_events_read_as_serde_reads_them`).
-    fn walked(text: &'a str) -> Option<FastEvent<'a>> {
+    /// (`walked_events_read_as_serde_reads_them`). `refused` is set when the text
+    /// has a member serde's view refuses too (a key it does not know, written
+    /// without escapes: `message`, `content_block`, ...), so that serde is not asked
+    /// (making its error cost more than reading the event as a tree).
+    fn walked(text: &'a str, refused: &mut bool) -> Option<FastEvent<'a>> {
         let mut walk = Walk::new(text);
         let mut event = FastEvent {
             kind: None,
@@ -114,7 +117,7 @@ impl<'a> FastEvent<'a> {
             delta: None,
             usage: None,
         };
-        let mut seen = [false; 3];
+        let mut seen = [false; 4];
         walk.object(|walk, key| {
             match key {
                 "type" => {
@@ -128,10 +131,16 @@ impl<'a> FastEvent<'a> {
                 "delta" => {
                     first_time(&mut seen[2])?;
                     if !walk.null() {
-                        event.delta = Some(FastDelta::walked(walk)?);
+                        event.delta = Some(FastDelta::walked(walk, refused)?);
                     }
                 }
-                _ => return None,
+                "usage" => {
+                    first_time(&mut seen[3])?;
+                    if !walk.null() {
+                        event.usage = Some(UsageCounts::walked(walk, refused)?);
+                    }
+                }
+                _ => return refuse_unknown(key, refused),
             }
             Some(())
         })?;
@@ -140,8 +149,17 @@ impl<'a> FastEvent<'a> {
     }
 }
 
+/// A key a typed view does not know: serde refuses it too (`deny_unknown_fields`)
+/// unless it has escapes, which might spell a known one.
+pub(super) fn refuse_unknown(key: &str, refused: &mut bool) -> Option<()> {
+    if !key.contains('\\') {
+        *refused = true;
+    }
+    None
+}
+
 impl<'a> FastDelta<'a> {
-    fn walked(walk: &mut Walk<'a>) -> Option<FastDelta<'a>> {
+    fn walked(walk: &mut Walk<'a>, refused: &mut bool) -> Option<FastDelta<'a>> {
         let mut delta = FastDelta {
             kind: None,
             text: None,
@@ -161,7 +179,7 @@ impl<'a> FastDelta<'a> {
                 "partial_json" => (&mut delta.partial_json, &mut seen[4]),
                 "stop_reason" => (&mut delta.stop_reason, &mut seen[5]),
                 "stop_sequence" => (&mut delta.stop_sequence, &mut seen[6]),
-                _ => return None,
+                _ => return refuse_unknown(key, refused),
             };
             first_time(seen)?;
             *slot = Text::or_null(walk)?;
@@ -303,7 +321,12 @@ impl Translator {
         if self.finished {
             return Ok(());
         }
-        let fast = FastEvent::walked(data).or_else(|| serde_json::from_str(data).ok());
+        let mut refused = false;
+        let fast = FastEvent::walked(data, &mut refused).or_else(|| {
+            (!refused)
+                .then(|| serde_json::from_str(data).ok())
+                .flatten()
+        });
         if let Some(event) = fast {
             if self.on_fast(&event, out) {
                 return self.check_size();
@@ -767,7 +790,10 @@ mod tests {
             r#"{"type":"ping"}"#,
             r#" { "type" : "content_block_delta" , "index" : 2 , "delta" : { "text" : "x\u00e9\n" } } "#,
             r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":5}}"#,
+            r#"{"type":"message_delta","usage":{"input_tokens":1,"cache_read_input_tokens":null,"cache_creation_input_tokens":2,"output_tokens":3},"delta":{"stop_reason":null}}"#,
             r#"{"type":"message_start","message":{"id":"m"}}"#,
+            r#"{"type":"message_delta","usage":{"output_tokens":5,"server_tool_use":{}}}"#,
+            r#"{"type":"message_delta","usage":null,"usage":null}"#,
             r#"{"type":"content_block_delta","index":0,"delta":{"text":"a","text":"b"}}"#,
             r#"{"ty\u0070e":"ping"}"#,
             r#"{"type":"content_block_delta","index":-1,"delta":null}"#,
@@ -782,18 +808,24 @@ mod tests {
         ];
         let edits = b"\"\\{[10- n";
         let texts = crate::json_scan::cut_and_edited(&samples, edits);
-        let mut walked = 0;
+        let (mut walked, mut refused_both) = (0, 0);
         for text in &texts {
-            if let Some(event) = FastEvent::walked(text) {
+            let mut refused = false;
+            let serde = serde_json::from_str::<FastEvent>(text);
+            if let Some(event) = FastEvent::walked(text, &mut refused) {
                 walked += 1;
-                let serde = serde_json::from_str::<FastEvent>(text);
                 assert_eq!(Some(event), serde.ok(), "{text}");
+            } else if refused {
+                // What the walk calls refused, serde refuses: it is not asked.
+                assert!(serde.is_err(), "{text}");
+                refused_both += 1;
             }
         }
         // The walk does read the usual events (not everything left to serde).
         assert!(walked > 500, "{walked} of {}", texts.len());
-        for sample in &samples[..9] {
-            assert!(FastEvent::walked(sample).is_some(), "{sample}");
+        assert!(refused_both > 100, "{refused_both}");
+        for sample in &samples[..11] {
+            assert!(FastEvent::walked(sample, &mut false).is_some(), "{sample}");
         }
     }
 
