@@ -539,15 +539,19 @@ mod tests {
     }
 
     fn read_all(parts: Vec<Vec<u8>>) -> Vec<Result<String, String>> {
-        let events = SseDataEvents::new(body(parts), Duration::from_secs(5));
-        block_on(
-            events
-                .map(|item| {
-                    item.map(|data| data.as_str().to_owned())
-                        .map_err(|e| e.to_string())
-                })
-                .collect(),
-        )
+        read_events(SseDataEvents::new(body(parts), Duration::from_secs(5)))
+    }
+
+    /// Every item of `events`, as text.
+    fn read_events<S>(events: SseDataEvents<S>) -> Vec<Result<String, String>>
+    where
+        S: Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static,
+    {
+        let as_text = |item: Result<EventData, ApiError>| {
+            item.map(|data| data.as_str().to_owned())
+                .map_err(|e| e.to_string())
+        };
+        block_on(events.map(as_text).collect())
     }
 
     /// The same body read by `eventsource-stream2` with the rules this stream adds
@@ -643,14 +647,7 @@ mod tests {
                 Duration::from_secs(5),
             );
             events.max_event = 64;
-            block_on(
-                events
-                    .map(|item| {
-                        item.map(|data| data.as_str().to_owned())
-                            .map_err(|e| e.to_string())
-                    })
-                    .collect(),
-            )
+            read_events(events)
         };
         let line = b"data: 0123456789abcdef\n\n";
         // Many complete events in one piece, far more than the limit together: fine.
