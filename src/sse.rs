@@ -43,7 +43,7 @@ pub const MAX_EVENT_BYTES: usize = 16 * 1024 * 1024;
 
 /// One event's data, trimmed: text known to be UTF-8, held as bytes so that it can
 /// go to the client as a slice of what the upstream sent. Reads as a `str`.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventData(Bytes);
 
 impl EventData {
@@ -90,12 +90,6 @@ impl Deref for EventData {
 impl From<String> for EventData {
     fn from(text: String) -> Self {
         EventData(Bytes::from(text))
-    }
-}
-
-impl From<&'static str> for EventData {
-    fn from(text: &'static str) -> Self {
-        EventData(Bytes::from_static(text.as_bytes()))
     }
 }
 
@@ -157,11 +151,7 @@ impl<S> SseDataEvents<S> {
     }
 
     fn unread(&self) -> &[u8] {
-        if self.joined.is_empty() {
-            &self.piece
-        } else {
-            &self.joined
-        }
+        unread(&self.piece, &self.joined)
     }
 
     /// Drop the first `n` unread bytes (framed). An emptied buffer lets go of its
@@ -183,16 +173,16 @@ impl<S> SseDataEvents<S> {
 
     /// Bytes `from..to` of the unread ones, then everything up to `next` consumed.
     fn take_slice(&mut self, from: usize, to: usize, next: usize) -> Bytes {
-        let slice = if self.joined.is_empty() {
-            self.piece.slice(from..to)
+        if self.joined.is_empty() {
+            let slice = self.piece.slice(from..to);
+            self.consume(next);
+            slice
         } else {
             self.joined.advance(from);
             let slice = self.joined.split_to(to - from).freeze();
             self.consume(next - to);
-            return slice;
-        };
-        self.consume(next);
-        slice
+            slice
+        }
     }
 
     /// The bytes held for the event being read, once every complete event in the
@@ -217,13 +207,9 @@ impl<S> SseDataEvents<S> {
         }
         loop {
             let scanned = self.scanned;
-            // Borrowed by field (not through `unread()`), so that `data` can be
+            // Borrowed by field (not through the method), so that `data` can be
             // written while a line of it is read.
-            let unread: &[u8] = if self.joined.is_empty() {
-                &self.piece
-            } else {
-                &self.joined
-            };
+            let unread = unread(&self.piece, &self.joined);
             let Some(found) = memchr::memchr2(b'\n', b'\r', &unread[scanned..]) else {
                 self.scanned = unread.len();
                 return None;
@@ -302,6 +288,16 @@ impl<S> SseDataEvents<S> {
         self.data = Vec::new();
         self.data_lines = 0;
         self.body.take()
+    }
+}
+
+/// The unread bytes: `piece`, or `joined` once an event spans pieces (at most one
+/// of them holds any).
+fn unread<'a>(piece: &'a Bytes, joined: &'a BytesMut) -> &'a [u8] {
+    if joined.is_empty() {
+        piece
+    } else {
+        joined
     }
 }
 

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use super::request::{JsonMode, JSON_TOOL_NAME};
 use super::thinking;
 use crate::error::{ApiError, ErrorBody};
-use crate::json_scan::{first_time, Walk};
+use crate::json_scan::{first_time, refuse_unknown, Walk};
 use crate::providers::upstream_http::{parse_error_body, status_error};
 use crate::streaming::unix_now;
 
@@ -47,7 +47,7 @@ impl UsageCounts {
                     (&mut counts.cache_creation_input_tokens, &mut seen[2])
                 }
                 "output_tokens" => (&mut counts.output_tokens, &mut seen[3]),
-                _ => return super::stream::refuse_unknown(key, refused),
+                _ => return refuse_unknown(key, refused),
             };
             first_time(seen)?;
             *slot = walk.u64_or_null()?;

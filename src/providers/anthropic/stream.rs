@@ -26,7 +26,7 @@ use super::response::{
     error_event, finish_reason, json_answer, mid_stream_error, Usage, UsageCounts,
 };
 use crate::error::ApiError;
-use crate::json_scan::{first_time, Walk};
+use crate::json_scan::{first_time, refuse_unknown, Walk};
 use crate::payload::{Payload, PayloadStream};
 use crate::providers::chunk_text::{
     empty_delta, role_delta, string_delta, text_or_empty, write_str, ChunkWriter, Text,
@@ -147,15 +147,6 @@ impl<'a> FastEvent<'a> {
         walk.done()?;
         Some(event)
     }
-}
-
-/// A key a typed view does not know: serde refuses it too (`deny_unknown_fields`)
-/// unless it has escapes, which might spell a known one.
-pub(super) fn refuse_unknown(key: &str, refused: &mut bool) -> Option<()> {
-    if !key.contains('\\') {
-        *refused = true;
-    }
-    None
 }
 
 impl<'a> FastDelta<'a> {
