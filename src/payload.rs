@@ -316,6 +316,23 @@ impl RawJson {
         }
     }
 
+    /// A usage-only chunk the gateway wrote itself (a translated stream's last
+    /// chunk, see `providers::chunk_text::ChunkWriter::usage_only`): its counts and
+    /// where its `usage` member lies are known from the writing.
+    pub fn built_usage_only(
+        text: Bytes,
+        usage: TokenCounts,
+        usage_member: (usize, usize),
+    ) -> RawJson {
+        RawJson {
+            text,
+            usage: Some(usage),
+            usage_only: true,
+            usage_member: Some(usage_member),
+            may_hold_escapes: true,
+        }
+    }
+
     /// [`RawJson::object`] for the events of one stream (SSE data, which the SSE
     /// reader has already checked to be UTF-8), in order, with the stream's `memo`
     /// (see [`RawJson::stream_chunk`]). `Err` gives the text back.

@@ -65,6 +65,28 @@ impl RawChatRequest {
         Bytes::from(out)
     }
 
+    /// The client's body (a JSON object, checked), for a provider that writes its
+    /// own request from it (`providers::anthropic::raw_request`).
+    pub fn text(&self) -> &str {
+        // Checked as UTF-8 by `read`; a second check rather than an unchecked view.
+        crate::json_scan::utf8(&self.body).unwrap_or_default()
+    }
+
+    /// The request as the tree path has it for a provider: every member but
+    /// `model` (which the call carries, routed), in the client's order.
+    pub fn params(
+        &self,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, crate::error::ApiError> {
+        let mut params: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&self.body).map_err(|e| {
+                crate::error::ApiError::invalid_request(format!(
+                    "the request body is not a JSON object: {e}"
+                ))
+            })?;
+        params.shift_remove("model");
+        Ok(params)
+    }
+
     /// What the rest of the gateway reads of the request (the request line, the
     /// metrics): `model`, and `stream` when it was given.
     pub fn summary(&self) -> serde_json::Map<String, serde_json::Value> {

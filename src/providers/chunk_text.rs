@@ -16,6 +16,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use serde::de::{Deserialize, Deserializer, Visitor};
 
+use crate::json_scan::TokenCounts;
 use crate::payload::{Payload, RawJson};
 
 /// A JSON string of an upstream event, borrowed from its text when it has no
@@ -126,6 +127,26 @@ impl ChunkWriter {
         out.extend_from_slice(b"}]}");
         Payload::Raw(RawJson::built(Bytes::from(out)))
     }
+
+    /// The usage-only chunk that ends a stream whose client asked for usage:
+    /// `{"id":…,…,"choices":[],"usage":<usage>}`, the usage object written by
+    /// `usage`, which returns the counts metrics take from it.
+    pub fn usage_only(
+        &mut self,
+        (id, created, model): (&str, u64, &str),
+        usage: impl FnOnce(&mut Vec<u8>) -> TokenCounts,
+    ) -> Payload {
+        let head = self.head(id, created, model);
+        let mut out = Vec::with_capacity(head.len() + 160);
+        out.extend_from_slice(head);
+        out.extend_from_slice(b"],");
+        let member_start = out.len();
+        out.extend_from_slice(b"\"usage\":");
+        let counts = usage(&mut out);
+        let member = (member_start, out.len());
+        out.push(b'}');
+        Payload::Raw(RawJson::built_usage_only(Bytes::from(out), counts, member))
+    }
 }
 
 /// A delta with one string member: `{"<key>":<text>}` (`key` needs no escaping).
@@ -185,6 +206,30 @@ mod tests {
             text(&chunk),
             tree(json!({"reasoning_content": ""}), Value::Null)
         );
+        // The usage-only chunk: the tree's text, and read as a raw usage chunk is.
+        let counts = TokenCounts {
+            prompt: Some(5),
+            ..TokenCounts::default()
+        };
+        let usage_chunk = writer.usage_only(id, |out| {
+            out.extend_from_slice(br#"{"prompt_tokens":5}"#);
+            counts
+        });
+        let usage_tree = |usage: Option<Value>| {
+            let mut tree = json!({"id": id.0, "object": "chat.completion.chunk", "created": id.1,
+                                  "model": id.2, "choices": []});
+            if let Some(usage) = usage {
+                tree["usage"] = usage;
+            }
+            tree.to_string()
+        };
+        assert_eq!(
+            text(&usage_chunk),
+            usage_tree(Some(json!({"prompt_tokens": 5})))
+        );
+        assert!(usage_chunk.is_usage_only() && usage_chunk.has_usage_member());
+        assert_eq!(usage_chunk.usage(), Some(counts));
+        assert_eq!(text(&usage_chunk.clone().without_usage()), usage_tree(None));
         // Written chunks carry no usage: nothing to hide, nothing to count.
         assert!(!chunk.has_usage_member() && chunk.usage().is_none());
         assert!(!chunk.is_usage_only());

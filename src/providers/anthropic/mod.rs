@@ -2,10 +2,12 @@
 //!
 //! This module owns the connection (settings, headers, sending, `n` fan-out);
 //! `request` translates the OpenAI request, `response` the answer and errors,
-//! `stream` the event stream (`messages` and `tools` are parts of `request`). User documentation: `docs/providers/anthropic.md`.
+//! `stream` the event stream (`messages` and `tools` are parts of `request`);
+//! `raw_request` writes the common requests straight from the client's bytes. User documentation: `docs/providers/anthropic.md`.
 
 mod messages;
 pub mod native;
+mod raw_request;
 pub(crate) mod request;
 mod response;
 mod stream;
@@ -146,21 +148,33 @@ impl AnthropicProvider {
         })
     }
 
+    /// A call that came as the client's bytes (`raw_body`, see
+    /// [`Provider::takes_raw_chat`]): its body written from them when
+    /// `raw_request` knows every member; otherwise the call is given the tree of
+    /// its request (what `request::translate` reads) and `None` comes back.
+    fn written_from_raw(
+        &self,
+        call: &mut UpstreamCall,
+        stream: bool,
+    ) -> Result<Option<Bytes>, ApiError> {
+        let Some(raw) = call.raw_body.take() else {
+            return Ok(None);
+        };
+        let text = raw.text();
+        if let Some(body) = raw_request::write(text, &call.model, self.default_max_tokens, stream) {
+            return Ok(Some(Bytes::from(body)));
+        }
+        call.params = raw.params()?;
+        Ok(None)
+    }
+
     /// The translated body, with `stream` set, as bytes shared by every fan-out call.
     fn body(
         &self,
         call: &UpstreamCall,
         stream: bool,
     ) -> Result<(Bytes, request::Translated), ApiError> {
-        let mut translated =
-            request::translate(&call.model, &call.params, self.default_max_tokens)?;
-        if stream {
-            translated.body.insert("stream".into(), Value::Bool(true));
-        }
-        let bytes = serde_json::to_vec(&translated.body).map_err(|e| {
-            ApiError::internal(format!("could not serialize the Anthropic request: {e}"))
-        })?;
-        Ok((Bytes::from(bytes), translated))
+        request::serialized(&call.model, &call.params, self.default_max_tokens, stream)
     }
 
     async fn post(
@@ -232,6 +246,12 @@ impl Provider for AnthropicProvider {
         Some(self)
     }
 
+    /// The common requests are written straight from the client's bytes
+    /// (`raw_request`); the others are parsed and translated as trees.
+    fn takes_raw_chat(&self) -> bool {
+        true
+    }
+
     /// `GET /v1/models`, following `has_more` / `last_id` pages (at most 20).
     async fn list_models(&self) -> Result<Vec<String>, ApiError> {
         let mut ids = Vec::new();
@@ -265,10 +285,15 @@ impl Provider for AnthropicProvider {
         Ok(ids)
     }
 
-    async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
+    async fn complete(&self, mut call: UpstreamCall) -> Result<Value, ApiError> {
+        let written = self.written_from_raw(&mut call, false)?;
         let n = fanout::requested_n(&call.params, MAX_CHOICES)?;
-        let (body, translated) = self.body(&call, false)?;
-        let json_mode = translated.json_mode;
+        let (body, json_mode) = match written {
+            Some(body) => (body, None),
+            None => self
+                .body(&call, false)
+                .map(|(body, translated)| (body, translated.json_mode))?,
+        };
         if n == 1 {
             return self.complete_one(&call, body, json_mode).await;
         }
@@ -283,10 +308,15 @@ impl Provider for AnthropicProvider {
 
     /// The chunks as written by the translator (text, see `stream`); `n > 1` merges
     /// the choices' streams as trees.
-    async fn stream_payload(&self, call: UpstreamCall) -> Result<PayloadStream, ApiError> {
+    async fn stream_payload(&self, mut call: UpstreamCall) -> Result<PayloadStream, ApiError> {
+        let written = self.written_from_raw(&mut call, true)?;
         let n = fanout::requested_n(&call.params, MAX_CHOICES)?;
-        let (body, translated) = self.body(&call, true)?;
-        let json_mode = translated.json_mode;
+        let (body, json_mode) = match written {
+            Some(body) => (body, None),
+            None => self
+                .body(&call, true)
+                .map(|(body, translated)| (body, translated.json_mode))?,
+        };
         let include_usage = call.include_usage();
         if n == 1 {
             return self.open_one(&call, body, json_mode, include_usage).await;

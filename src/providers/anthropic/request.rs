@@ -273,6 +273,23 @@ pub fn translate(
     Ok(Translated { body, json_mode })
 }
 
+/// [`translate`]'s body with `stream` set, as the bytes sent upstream.
+pub fn serialized(
+    model: &str,
+    params: &Map<String, Value>,
+    default_max_tokens: u64,
+    stream: bool,
+) -> Result<(bytes::Bytes, Translated), ApiError> {
+    let mut translated = translate(model, params, default_max_tokens)?;
+    if stream {
+        translated.body.insert("stream".into(), Value::Bool(true));
+    }
+    let bytes = serde_json::to_vec(&translated.body).map_err(|e| {
+        ApiError::internal(format!("could not serialize the Anthropic request: {e}"))
+    })?;
+    Ok((bytes::Bytes::from(bytes), translated))
+}
+
 /// `reasoning_effort` → Anthropic's `budget_tokens` (the inverse of the Anthropic
 /// door's mapping: below 4096 is `low`, below 16384 `medium`).
 pub const THINKING_BUDGETS: [(&str, u64); 5] = [
@@ -353,7 +370,7 @@ fn thinking(params: &Map<String, Value>, max: Option<u64>) -> Result<Option<Thin
     }))
 }
 
-fn json_f64(x: f64) -> Value {
+pub(super) fn json_f64(x: f64) -> Value {
     serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
 }
 
@@ -410,7 +427,7 @@ fn stop_sequences(stop: Option<&Value>) -> Result<Option<Value>, ApiError> {
 }
 
 /// An e-mail address or a phone number (which Anthropic refuses as `user_id`).
-fn looks_personal(user: &str) -> bool {
+pub(super) fn looks_personal(user: &str) -> bool {
     if user.contains('@') {
         return true;
     }

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use super::request::{JsonMode, JSON_TOOL_NAME};
 use super::thinking;
 use crate::error::{ApiError, ErrorBody};
-use crate::json_scan::{first_time, refuse_unknown, Walk};
+use crate::json_scan::{first_time, refuse_unknown, TokenCounts, Walk};
 use crate::providers::upstream_http::{parse_error_body, status_error};
 use crate::streaming::unix_now;
 
@@ -90,10 +90,7 @@ impl Usage {
     /// read and cache write), `cached_tokens` the cache reads, and the total is
     /// prompt + completion.
     pub fn to_openai(self) -> Value {
-        let prompt = self
-            .input
-            .saturating_add(self.cache_read)
-            .saturating_add(self.cache_creation);
+        let prompt = self.prompt();
         let mut details = Map::new();
         details.insert("cached_tokens".into(), self.cache_read.into());
         if self.cache_creation > 0 {
@@ -105,6 +102,44 @@ impl Usage {
             "total_tokens": prompt.saturating_add(self.output),
             "prompt_tokens_details": details,
         })
+    }
+
+    /// Every input token: fresh, cache read and cache write.
+    fn prompt(self) -> u64 {
+        self.input
+            .saturating_add(self.cache_read)
+            .saturating_add(self.cache_creation)
+    }
+
+    /// [`Usage::to_openai`] written as JSON text, as serializing that tree writes
+    /// it, with the counts metrics read from it: a stream's last chunk is written
+    /// without building and serializing a tree (about 10,000 instructions).
+    pub fn write_openai(self, out: &mut Vec<u8>) -> TokenCounts {
+        let prompt = self.prompt();
+        let total = prompt.saturating_add(self.output);
+        let mut number = itoa::Buffer::new();
+        let mut member = |out: &mut Vec<u8>, key: &[u8], n: u64| {
+            out.extend_from_slice(key);
+            out.extend_from_slice(number.format(n).as_bytes());
+        };
+        member(out, b"{\"prompt_tokens\":", prompt);
+        member(out, b",\"completion_tokens\":", self.output);
+        member(out, b",\"total_tokens\":", total);
+        member(
+            out,
+            b",\"prompt_tokens_details\":{\"cached_tokens\":",
+            self.cache_read,
+        );
+        if self.cache_creation > 0 {
+            member(out, b",\"cache_write_tokens\":", self.cache_creation);
+        }
+        out.extend_from_slice(b"}}");
+        TokenCounts {
+            prompt: Some(prompt),
+            completion: Some(self.output),
+            cached: Some(self.cache_read),
+            reasoning: None,
+        }
     }
 }
 
@@ -351,6 +386,30 @@ mod tests {
             Usage::default().to_openai()["prompt_tokens_details"],
             json!({"cached_tokens": 0})
         );
+    }
+
+    /// The text is what serializing the tree writes, and the counts are what metrics
+    /// read from that tree.
+    #[test]
+    fn usage_written_as_text_is_the_tree_serialized() {
+        for (input, cache_read, cache_creation, output) in [
+            (0, 0, 0, 0),
+            (42, 1200, 10, 96),
+            (7, 0, 3, 1),
+            (u64::MAX, 1, 0, u64::MAX),
+        ] {
+            let usage = Usage {
+                input,
+                cache_read,
+                cache_creation,
+                output,
+            };
+            let mut text = Vec::new();
+            let counts = usage.write_openai(&mut text);
+            let tree = usage.to_openai();
+            assert_eq!(String::from_utf8(text).unwrap(), tree.to_string());
+            assert_eq!(counts, TokenCounts::of(&tree));
+        }
     }
 
     #[test]

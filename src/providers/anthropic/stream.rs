@@ -590,14 +590,13 @@ impl Translator {
         let chunk = self.chunk(0, empty_delta, Some(finish));
         out.push_back(chunk);
         if self.include_usage {
-            out.push_back(Payload::Value(json!({
-                "id": self.id,
-                "object": "chat.completion.chunk",
-                "created": self.created,
-                "model": self.model,
-                "choices": [],
-                "usage": self.usage.to_openai(),
-            })));
+            let usage = self.usage;
+            let chunk = self
+                .writer
+                .usage_only((&self.id, self.created, &self.model), |out| {
+                    usage.write_openai(out)
+                });
+            out.push_back(chunk);
         }
     }
 
