@@ -16,6 +16,7 @@ use serde_json::{json, Map, Value};
 
 use super::ids;
 use crate::error::{ApiError, ErrorBody};
+use crate::json_scan::TokenCounts;
 use crate::streaming::completion_id;
 
 /// What a translation needs besides the Gemini answer.
@@ -186,23 +187,80 @@ fn count(meta: &Value, key: &str) -> u64 {
 /// already includes the thoughts (prompt + candidates == total); cached tokens and
 /// reasoning tokens in the details; total = prompt + completion.
 pub fn usage(meta: &Value) -> Value {
-    let prompt = count(meta, "promptTokenCount") + count(meta, "toolUsePromptTokenCount");
-    let candidates = count(meta, "candidatesTokenCount");
-    let thoughts = count(meta, "thoughtsTokenCount");
-    let inclusive = thoughts > 0
-        && meta.get("totalTokenCount").and_then(Value::as_u64) == Some(prompt + candidates);
-    let completion = if inclusive {
-        candidates
-    } else {
-        candidates + thoughts
-    };
+    let counts = UsageCounts::of(meta);
     json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt + completion,
-        "prompt_tokens_details": {"cached_tokens": count(meta, "cachedContentTokenCount")},
-        "completion_tokens_details": {"reasoning_tokens": thoughts},
+        "prompt_tokens": counts.prompt,
+        "completion_tokens": counts.completion,
+        "total_tokens": counts.total(),
+        "prompt_tokens_details": {"cached_tokens": counts.cached},
+        "completion_tokens_details": {"reasoning_tokens": counts.thoughts},
     })
+}
+
+/// [`usage`] written as JSON text, as serializing that tree writes it, with the
+/// counts metrics read from it: a stream's last chunk is written without a tree.
+pub fn write_usage(meta: &Value, out: &mut Vec<u8>) -> TokenCounts {
+    let counts = UsageCounts::of(meta);
+    let mut number = itoa::Buffer::new();
+    let mut member = |out: &mut Vec<u8>, key: &[u8], n: u64| {
+        out.extend_from_slice(key);
+        out.extend_from_slice(number.format(n).as_bytes());
+    };
+    member(out, b"{\"prompt_tokens\":", counts.prompt);
+    member(out, b",\"completion_tokens\":", counts.completion);
+    member(out, b",\"total_tokens\":", counts.total());
+    member(
+        out,
+        b",\"prompt_tokens_details\":{\"cached_tokens\":",
+        counts.cached,
+    );
+    member(
+        out,
+        b"},\"completion_tokens_details\":{\"reasoning_tokens\":",
+        counts.thoughts,
+    );
+    out.extend_from_slice(b"}}");
+    TokenCounts {
+        prompt: Some(counts.prompt),
+        completion: Some(counts.completion),
+        cached: Some(counts.cached),
+        reasoning: Some(counts.thoughts),
+    }
+}
+
+/// The OpenAI counts of a `usageMetadata` object (see [`usage`]).
+struct UsageCounts {
+    prompt: u64,
+    completion: u64,
+    cached: u64,
+    thoughts: u64,
+}
+
+impl UsageCounts {
+    fn of(meta: &Value) -> UsageCounts {
+        let prompt =
+            count(meta, "promptTokenCount").saturating_add(count(meta, "toolUsePromptTokenCount"));
+        let candidates = count(meta, "candidatesTokenCount");
+        let thoughts = count(meta, "thoughtsTokenCount");
+        let inclusive = thoughts > 0
+            && meta.get("totalTokenCount").and_then(Value::as_u64)
+                == Some(prompt.saturating_add(candidates));
+        let completion = if inclusive {
+            candidates
+        } else {
+            candidates.saturating_add(thoughts)
+        };
+        UsageCounts {
+            prompt,
+            completion,
+            cached: count(meta, "cachedContentTokenCount"),
+            thoughts,
+        }
+    }
+
+    fn total(&self) -> u64 {
+        self.prompt.saturating_add(self.completion)
+    }
 }
 
 /// `chatcmpl-<responseId>`, or a fresh id.
@@ -427,6 +485,27 @@ mod tests {
         assert_eq!(tool_use["total_tokens"], 10);
         let empty = usage(&json!({"trafficType": "ON_DEMAND"}));
         assert_eq!(empty["total_tokens"], 0);
+    }
+
+    /// The text is what serializing the tree writes, and the counts are what metrics
+    /// read from that tree (overflowing counts saturate in both).
+    #[test]
+    fn usage_written_as_text_is_the_tree_serialized() {
+        for meta in [
+            Value::Null,
+            json!({"trafficType": "ON_DEMAND"}),
+            json!({"promptTokenCount": 5, "candidatesTokenCount": 3, "thoughtsTokenCount": 40,
+                   "totalTokenCount": 48, "cachedContentTokenCount": 2}),
+            json!({"promptTokenCount": 5, "candidatesTokenCount": 43, "thoughtsTokenCount": 40, "totalTokenCount": 48}),
+            json!({"promptTokenCount": u64::MAX, "toolUsePromptTokenCount": 2, "candidatesTokenCount": u64::MAX,
+                   "thoughtsTokenCount": 1}),
+        ] {
+            let mut text = Vec::new();
+            let counts = write_usage(&meta, &mut text);
+            let tree = usage(&meta);
+            assert_eq!(String::from_utf8(text).unwrap(), tree.to_string(), "{meta}");
+            assert_eq!(counts, TokenCounts::of(&tree), "{meta}");
+        }
     }
 
     #[test]

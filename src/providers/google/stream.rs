@@ -24,7 +24,7 @@ use serde_json::{json, Value};
 use super::ids;
 use super::response::{
     blocked_prompt_error, candidate_index, completion_id_of, finish_reason, model_name_of,
-    read_parts, tool_call_values, usage, validation_error, AnswerContext, Parts,
+    read_parts, tool_call_values, validation_error, write_usage, AnswerContext, Parts,
 };
 use super::signatures::SignatureStore;
 use crate::error::ApiError;
@@ -316,27 +316,9 @@ impl StreamTranslator {
         delta: impl FnOnce(&mut Vec<u8>),
         finish: Option<&str>,
     ) -> Payload {
-        let (id, model) = self
-            .identity
-            .as_ref()
-            .map_or(("", ""), |i| (i.id.as_str(), i.model.as_str()));
+        let (id, model) = id_and_model(&self.identity);
         self.writer
             .choice((id, self.created, model), index, hint, delta, finish)
-    }
-
-    /// The chunk as a tree (the usage chunk).
-    fn chunk_value(&self, index: u64, delta: Value, finish: Option<&str>) -> Value {
-        let (id, model) = self
-            .identity
-            .as_ref()
-            .map_or(("", ""), |i| (i.id.as_str(), i.model.as_str()));
-        json!({
-            "id": id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": model,
-            "choices": [{"index": index, "delta": delta, "logprobs": null, "finish_reason": finish}],
-        })
     }
 
     fn set_identity(&mut self, response_id: Option<&str>, model_version: Option<&str>) {
@@ -495,20 +477,25 @@ impl StreamTranslator {
             out.push_back(chunk);
         }
         if self.include_usage {
-            let usage = match &self.last_usage {
-                Some(meta) => usage(meta),
-                None => {
-                    tracing::warn!("Gemini stream carried no usageMetadata; reporting zero usage");
-                    usage(&Value::Null)
-                }
-            };
-            let mut chunk = self.chunk_value(0, json!({}), None);
-            chunk["choices"] = json!([]);
-            chunk["usage"] = usage;
-            out.push_back(Payload::Value(chunk));
+            let meta = self.last_usage.take().unwrap_or_else(|| {
+                tracing::warn!("Gemini stream carried no usageMetadata; reporting zero usage");
+                Value::Null
+            });
+            let (id, model) = id_and_model(&self.identity);
+            let chunk = self
+                .writer
+                .usage_only((id, self.created, model), |out| write_usage(&meta, out));
+            out.push_back(chunk);
         }
         Ok(())
     }
+}
+
+/// The chunks' `id` and `model` (empty before the first event set them).
+fn id_and_model(identity: &Option<Identity>) -> (&str, &str) {
+    identity
+        .as_ref()
+        .map_or(("", ""), |i| (i.id.as_str(), i.model.as_str()))
 }
 
 #[cfg(test)]
