@@ -57,17 +57,56 @@ impl UsageCounts {
     }
 }
 
-impl Usage {
-    /// Take every count present in an Anthropic `usage` object. Streams report the
-    /// cumulative output in each `message_delta`, so values replace, never add.
-    pub fn update(&mut self, usage: &Value) {
+impl UsageCounts {
+    /// The counts of a `usage` tree that are unsigned integers (anything else in it
+    /// is ignored).
+    pub(super) fn of(usage: &Value) -> UsageCounts {
         let field = |k: &str| usage.get(k).and_then(Value::as_u64);
-        self.merge(UsageCounts {
+        UsageCounts {
             input_tokens: field("input_tokens"),
             cache_read_input_tokens: field("cache_read_input_tokens"),
             cache_creation_input_tokens: field("cache_creation_input_tokens"),
             output_tokens: field("output_tokens"),
-        });
+        }
+    }
+
+    /// A `usage` object read by a walk as [`UsageCounts::of`] reads its tree: the
+    /// counts that are unsigned integers, every other member and value ignored (a
+    /// `message_start`'s usage has more members than the typed view knows). `None`
+    /// leaves it to the tree: not an object, a count given twice, a key with
+    /// escapes, a negative count.
+    pub(super) fn lenient(walk: &mut Walk<'_>) -> Option<UsageCounts> {
+        let mut counts = UsageCounts::default();
+        let mut seen = [false; 4];
+        walk.object(|walk, key| {
+            let (slot, seen) = match key {
+                "input_tokens" => (&mut counts.input_tokens, &mut seen[0]),
+                "cache_read_input_tokens" => (&mut counts.cache_read_input_tokens, &mut seen[1]),
+                "cache_creation_input_tokens" => {
+                    (&mut counts.cache_creation_input_tokens, &mut seen[2])
+                }
+                "output_tokens" => (&mut counts.output_tokens, &mut seen[3]),
+                _ if key.contains('\\') => return None,
+                _ => return walk.skip().map(drop),
+            };
+            first_time(seen)?;
+            let value = walk.skip()?;
+            if value.starts_with('-') {
+                return None;
+            }
+            // A float, a string, `null` or an object is not a count, as in the tree.
+            *slot = value.parse().ok();
+            Some(())
+        })?;
+        Some(counts)
+    }
+}
+
+impl Usage {
+    /// Take every count present in an Anthropic `usage` object. Streams report the
+    /// cumulative output in each `message_delta`, so values replace, never add.
+    pub fn update(&mut self, usage: &Value) {
+        self.merge(UsageCounts::of(usage));
     }
 
     /// [`Usage::update`] with the counts already read.

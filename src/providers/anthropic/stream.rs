@@ -13,6 +13,7 @@
 //! view admits only members it knows, of the types it expects, so whatever it
 //! accepts the tree path would have read the same way.
 
+use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -180,6 +181,137 @@ impl<'a> FastDelta<'a> {
     }
 }
 
+/// `message_start`, and `content_block_start` of a text block, read by walking
+/// their text: what the tree path (`Translator::on_value`) reads of them, every
+/// other member skipped as it ignores them. The typed view refuses both (their
+/// `message` and `content_block` members), and reading a `message_start` as a tree
+/// cost about 10,000 instructions.
+#[cfg_attr(test, derive(Debug, PartialEq))]
+enum StartEvent<'a> {
+    Message {
+        id: Option<Text<'a>>,
+        model: Option<Text<'a>>,
+        usage: Option<UsageCounts>,
+    },
+    TextBlock {
+        index: u64,
+        text: Text<'a>,
+    },
+}
+
+impl<'a> StartEvent<'a> {
+    /// `None` leaves the event to the tree path: another event, a block other than
+    /// text, a member given twice, a key with escapes, a top-level member other
+    /// than `type`, `index`, `message` and `content_block` (the tree path reads
+    /// `error`), a value of a type this walk does not take.
+    fn walked(text: &'a str) -> Option<StartEvent<'a>> {
+        let mut walk = Walk::new(text);
+        let (mut kind, mut index, mut message, mut block) = (None, None, None, None);
+        walk.object(|walk, key| {
+            match key {
+                "type" => {
+                    kind.is_none().then_some(())?;
+                    kind = Some(walk.string()?);
+                }
+                "index" => {
+                    index.is_none().then_some(())?;
+                    index = Some(walk.u64_or_null()?.unwrap_or(0));
+                }
+                "message" => {
+                    message.is_none().then_some(())?;
+                    message = Some(Self::message(walk)?);
+                }
+                "content_block" => {
+                    block.is_none().then_some(())?;
+                    block = Some(Self::text_block(walk)?);
+                }
+                _ => return None,
+            }
+            Some(())
+        })?;
+        walk.done()?;
+        match kind?.as_ref() {
+            "message_start" => {
+                let (id, model, usage) = message.unwrap_or_default();
+                Some(StartEvent::Message { id, model, usage })
+            }
+            "content_block_start" => Some(StartEvent::TextBlock {
+                index: index.unwrap_or(0),
+                text: block?,
+            }),
+            _ => None,
+        }
+    }
+
+    /// A `message_start`'s message: its `id` and `model` where they are strings,
+    /// its usage counts.
+    #[allow(clippy::type_complexity)]
+    fn message(
+        walk: &mut Walk<'a>,
+    ) -> Option<(Option<Text<'a>>, Option<Text<'a>>, Option<UsageCounts>)> {
+        let (mut id, mut model, mut usage) = (None, None, None);
+        let mut seen = [false; 3];
+        walk.object(|walk, key| {
+            let slot = match key {
+                "id" => {
+                    first_time(&mut seen[0])?;
+                    &mut id
+                }
+                "model" => {
+                    first_time(&mut seen[1])?;
+                    &mut model
+                }
+                "usage" => {
+                    first_time(&mut seen[2])?;
+                    if !walk.null() {
+                        usage = Some(UsageCounts::lenient(walk)?);
+                    }
+                    return Some(());
+                }
+                _ if key.contains('\\') => return None,
+                _ => return walk.skip().map(drop),
+            };
+            // Not a string: not read, as in the tree path.
+            *slot = if walk.at_string() {
+                Some(Text(walk.string()?))
+            } else {
+                walk.skip()?;
+                None
+            };
+            Some(())
+        })?;
+        Some((id, model, usage))
+    }
+
+    /// A `content_block` of type `text`: its text (`""` when it is not a string).
+    fn text_block(walk: &mut Walk<'a>) -> Option<Text<'a>> {
+        let (mut kind, mut text) = (None, None);
+        walk.object(|walk, key| {
+            match key {
+                "type" => {
+                    kind.is_none().then_some(())?;
+                    kind = Some(walk.string()?);
+                }
+                "text" => {
+                    text.is_none().then_some(())?;
+                    text = Some(if walk.at_string() {
+                        walk.string()?
+                    } else {
+                        walk.skip()?;
+                        Cow::Borrowed("")
+                    });
+                }
+                _ if key.contains('\\') => return None,
+                _ => {
+                    walk.skip()?;
+                }
+            }
+            Some(())
+        })?;
+        (kind? == "text").then(|| Text(text.unwrap_or_default()))
+    }
+}
+
 /// The fields of a `content_block_delta`'s delta, `""` where absent.
 struct DeltaFields<'a> {
     kind: &'a str,
@@ -322,6 +454,19 @@ impl Translator {
             if self.on_fast(&event, out) {
                 return self.check_size();
             }
+        } else if refused {
+            if let Some(start) = StartEvent::walked(data) {
+                match start {
+                    StartEvent::Message { id, model, usage } => {
+                        let text = |t: &Option<Text>| t.as_ref().map(|t| t.as_str().to_owned());
+                        self.on_message_start(text(&id), text(&model), usage, out);
+                    }
+                    StartEvent::TextBlock { index, text } => {
+                        self.on_text_block_start(index, text.as_str(), out)
+                    }
+                }
+                return self.check_size();
+            }
         }
         // What the shared reader decided for every provider: not JSON is a failure,
         // a top-level `error` member (without `choices`) reports the upstream's error.
@@ -333,6 +478,37 @@ impl Translator {
             Err(err) => return Err(err),
         };
         self.on_value(&event, out)
+    }
+
+    /// `message_start`: the answer's id and model (unless chunks went out already),
+    /// its first usage counts, and the role chunk.
+    fn on_message_start(
+        &mut self,
+        id: Option<String>,
+        model: Option<String>,
+        usage: Option<UsageCounts>,
+        out: &mut Out,
+    ) {
+        if !self.started {
+            if let Some(id) = id {
+                self.id = id;
+                self.writer.reset();
+            }
+            if let Some(model) = model {
+                self.model = model;
+                self.writer.reset();
+            }
+        }
+        if let Some(usage) = usage {
+            self.usage.merge(usage);
+        }
+        self.start(out);
+    }
+
+    /// `content_block_start` of a text block (with any text it starts with).
+    fn on_text_block_start(&mut self, index: u64, text: &str, out: &mut Out) {
+        self.blocks.insert(index, Block::Text);
+        self.content(text, out);
     }
 
     /// The events the typed view reads; false (nothing done) for the others.
@@ -372,20 +548,12 @@ impl Translator {
         match event.get("type").and_then(Value::as_str).unwrap_or("") {
             "message_start" => {
                 let message = event.get("message").unwrap_or(&Value::Null);
-                if !self.started {
-                    if let Some(id) = str_of(message, "id") {
-                        self.id = id;
-                        self.writer.reset();
-                    }
-                    if let Some(model) = str_of(message, "model") {
-                        self.model = model;
-                        self.writer.reset();
-                    }
-                }
-                if let Some(usage) = message.get("usage") {
-                    self.usage.update(usage);
-                }
-                self.start(out);
+                self.on_message_start(
+                    str_of(message, "id"),
+                    str_of(message, "model"),
+                    message.get("usage").map(UsageCounts::of),
+                    out,
+                );
             }
             "content_block_start" => {
                 let block = event.get("content_block").unwrap_or(&Value::Null);
@@ -397,10 +565,7 @@ impl Translator {
                     .filter(|i| i.as_object().is_some_and(|m| !m.is_empty()))
                     .map(Value::to_string);
                 match kind {
-                    "text" => {
-                        self.blocks.insert(index, Block::Text);
-                        self.content(text_of("text"), out);
-                    }
+                    "text" => self.on_text_block_start(index, text_of("text"), out),
                     "thinking" => {
                         self.blocks.insert(
                             index,
@@ -916,6 +1081,67 @@ mod tests {
             );
         }
         assert!(fast.is_finished());
+    }
+
+    /// `message_start` and text `content_block_start` events read by the walk give
+    /// what the tree path gives (chunks byte for byte, errors, and the state
+    /// after: id, model, usage, blocks), for samples and every truncation, one-byte
+    /// deletion and replacement of each; and the walk reads a good share of them.
+    #[test]
+    fn walked_start_events_translate_as_the_tree_path_does() {
+        let samples = [
+            r#"{"type":"message_start","message":{"id":"msg_01","type":"message","role":"assistant","model":"claude-x-1","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":25,"cache_creation_input_tokens":0,"cache_read_input_tokens":3,"cache_creation":{"ephemeral_5m_input_tokens":0},"output_tokens":1,"service_tier":"standard"}}}"#,
+            r#"{"message":{"usage":{"input_tokens":7.5,"output_tokens":"2"},"model":5,"id":null},"type":"message_start","index":3}"#,
+            r#"{"type":"message_start","message":{"id":"m\u00e9\"","usage":null}}"#,
+            r#"{"type":"message_start"}"#,
+            r#"{"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+            r#"{"type":"content_block_start","index":2,"content_block":{"type":"text","text":"Hi \"x\"\n","citations":[]}}"#,
+            r#"{"content_block":{"text":7,"type":"text"},"type":"content_block_start","index":null}"#,
+            r#"{"type":"content_block_start","index":1,"content_block":{"type":"thinking","thinking":""}}"#,
+        ];
+        let edits = b"\"\\{[10-: n";
+        let variants = crate::json_scan::cut_and_edited(&samples, edits);
+        let mut walked = 0;
+        for text in &variants {
+            if StartEvent::walked(text).is_some() {
+                walked += 1;
+            }
+            let mut fast = Translator::new("m", "c", true, None);
+            let mut tree = Translator::new("m", "c", true, None);
+            tree.id = fast.id.clone();
+            tree.created = fast.created;
+            // Counts from before, which a count that is not one must leave alone.
+            fast.usage = Usage {
+                input: 9,
+                cache_read: 8,
+                cache_creation: 7,
+                output: 6,
+            };
+            tree.usage = fast.usage;
+            let (mut a, mut b) = (VecDeque::new(), VecDeque::new());
+            let ra = fast.on_data(text, &mut a);
+            let rb = match json_chunk(text) {
+                Ok(value) => tree.on_value(&value, &mut b),
+                Err(ApiError::UpstreamRejected(body)) => {
+                    Err(mid_stream_error(body.message, &body.error_type))
+                }
+                Err(err) => Err(err),
+            };
+            match (ra, rb) {
+                (Ok(()), Ok(())) => {}
+                (Err(ea), Err(eb)) => assert_eq!(ea.error_object(), eb.error_object(), "{text}"),
+                (ra, rb) => panic!("{text}: {ra:?} against {rb:?}"),
+            }
+            assert_eq!(texts(a), texts(b), "{text}");
+            let state =
+                |t: &Translator| format!("{:?}", (&t.id, &t.model, t.usage, &t.blocks, t.started));
+            assert_eq!(state(&fast), state(&tree), "{text}");
+        }
+        assert!(walked > 300, "{walked} of {}", variants.len());
+        for sample in &samples[..7] {
+            assert!(StartEvent::walked(sample).is_some(), "{sample}");
+        }
+        assert!(StartEvent::walked(samples[7]).is_none());
     }
 
     /// The events that make up most of a stream, as Anthropic writes them, are read
