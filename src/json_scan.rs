@@ -644,12 +644,23 @@ impl<'a> Walk<'a> {
         self.scan.peek() == Some(b'"')
     }
 
-    /// Takes a string: the text it stands for (see [`string_value`]).
+    /// Takes a string: the text it stands for (see [`string_value`]). The scan
+    /// says whether it has escapes, so a plain one is not searched again.
     pub fn string(&mut self) -> Option<std::borrow::Cow<'a, str>> {
         if !self.at_string() {
             return None;
         }
-        string_value(self.skip()?)
+        let start = self.scan.at;
+        let escaped = self.scan.string()?;
+        let raw = &self.text[start..self.scan.at];
+        self.scan.skip_whitespace();
+        if escaped {
+            serde_json::from_str::<String>(raw)
+                .ok()
+                .map(std::borrow::Cow::Owned)
+        } else {
+            Some(std::borrow::Cow::Borrowed(&raw[1..raw.len() - 1]))
+        }
     }
 
     /// The walk took the whole text (whitespace aside).
