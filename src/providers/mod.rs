@@ -16,6 +16,7 @@ pub(crate) mod fanout;
 pub(crate) mod google;
 mod mock;
 mod openai;
+pub(crate) mod raw_request;
 pub(crate) mod upstream_http;
 
 use std::collections::HashMap;

@@ -9,7 +9,7 @@
 use serde_json::{json, Value};
 
 use super::super::doors::{DoorCall, EmbeddingInput, Embeddings};
-use super::{model_path, Endpoint, GoogleProvider};
+use super::{json_bytes, model_path, Endpoint, GoogleProvider};
 use crate::error::ApiError;
 use crate::upstream::UpstreamError;
 
@@ -59,7 +59,12 @@ impl GoogleProvider {
         };
         let work = async {
             let response = self
-                .post_to(&url, &body, (&call.headers, &call.header_case), false)
+                .post_to(
+                    &url,
+                    json_bytes(&body)?,
+                    (&call.headers, &call.header_case),
+                    false,
+                )
                 .await?;
             response
                 .bytes(self.max_response_body)

@@ -15,6 +15,7 @@
 mod embed;
 mod errors;
 mod ids;
+mod raw_request;
 pub(crate) mod request;
 mod response;
 mod schema;
@@ -203,14 +204,45 @@ impl GoogleProvider {
 
     /// POST the translated request; on a Vertex 401 get a new token and retry once.
     /// Returns the 2xx response; anything else is mapped to an error.
-    async fn post(&self, call: &UpstreamCall, stream: bool) -> Result<UpstreamResponse, ApiError> {
-        // Signatures of calls whose ids came back without them (see `signatures`).
-        let restored = self.request_options.signatures.restore(call).await;
-        let body =
-            request::build_request(restored.as_ref().unwrap_or(call), &self.request_options)?;
+    /// Send the chat request: `written` when `raw_request` wrote it from the
+    /// client's bytes (see [`GoogleProvider::written_from_raw`]), else built from
+    /// the call's tree.
+    async fn post(
+        &self,
+        call: &UpstreamCall,
+        written: Option<Bytes>,
+        stream: bool,
+    ) -> Result<UpstreamResponse, ApiError> {
+        let body = match written {
+            Some(body) => body,
+            None => {
+                // Signatures of calls whose ids came back without them (see `signatures`).
+                let restored = self.request_options.signatures.restore(call).await;
+                let body = request::build_request(
+                    restored.as_ref().unwrap_or(call),
+                    &self.request_options,
+                )?;
+                json_bytes(&body)?
+            }
+        };
         let url = self.url(&call.model, stream).await?;
-        self.post_to(&url, &body, (&call.headers, &call.header_case), stream)
+        self.post_to(&url, body, (&call.headers, &call.header_case), stream)
             .await
+    }
+
+    /// A call that came as the client's bytes (`raw_body`, see
+    /// [`Provider::takes_raw_chat`]): its body written from them when
+    /// `raw_request` knows every member; otherwise the call is given the tree of its
+    /// request (what `build_request` reads) and `None` comes back.
+    fn written_from_raw(&self, call: &mut UpstreamCall) -> Result<Option<Bytes>, ApiError> {
+        let Some(raw) = call.raw_body.take() else {
+            return Ok(None);
+        };
+        if let Some(body) = raw_request::write(raw.text(), &self.request_options) {
+            return Ok(Some(Bytes::from(body)));
+        }
+        call.params = raw.params()?;
+        Ok(None)
     }
 
     /// POST `body` to `url` with the connection's credentials; on a Vertex 401 get a
@@ -218,14 +250,10 @@ impl GoogleProvider {
     async fn post_to(
         &self,
         url: &str,
-        body: &impl serde::Serialize,
+        body: Bytes,
         (call_headers, call_case): (&HeaderMap, &HeaderCase),
         stream: bool,
     ) -> Result<UpstreamResponse, ApiError> {
-        let body = Bytes::from(
-            serde_json::to_vec(body)
-                .map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))?,
-        );
         let mut retried = false;
         loop {
             let mut headers = json_post_headers(&self.headers, call_headers, stream);
@@ -294,6 +322,12 @@ fn model_path(model: &str) -> Result<(&'static str, &str), ApiError> {
 
 #[async_trait]
 impl Provider for GoogleProvider {
+    /// The common requests are written straight from the client's bytes
+    /// (`raw_request`); the others are built from the tree as before.
+    fn takes_raw_chat(&self) -> bool {
+        true
+    }
+
     async fn embeddings(
         &self,
         call: super::doors::DoorCall,
@@ -364,9 +398,10 @@ impl Provider for GoogleProvider {
         Ok(ids)
     }
 
-    async fn complete(&self, call: UpstreamCall) -> Result<Value, ApiError> {
+    async fn complete(&self, mut call: UpstreamCall) -> Result<Value, ApiError> {
+        let written = self.written_from_raw(&mut call)?;
         let work = async {
-            let response = self.post(&call, false).await?;
+            let response = self.post(&call, written, false).await?;
             let bytes = response
                 .bytes(self.max_response_body)
                 .await
@@ -392,8 +427,9 @@ impl Provider for GoogleProvider {
     }
 
     /// The chunks as the translator writes them (text; see `stream::StreamTranslator`).
-    async fn stream_payload(&self, call: UpstreamCall) -> Result<PayloadStream, ApiError> {
-        let response = self.post(&call, true).await?;
+    async fn stream_payload(&self, mut call: UpstreamCall) -> Result<PayloadStream, ApiError> {
+        let written = self.written_from_raw(&mut call)?;
+        let response = self.post(&call, written, true).await?;
         let mut events = sse_data_events(response.bytes_stream(), self.chunk_timeout);
         let mut translator =
             StreamTranslator::new(self.answer_context(&call), call.include_usage())
@@ -415,6 +451,13 @@ impl Provider for GoogleProvider {
             ended: false,
         }))
     }
+}
+
+/// A request body as JSON bytes.
+fn json_bytes(body: &impl serde::Serialize) -> Result<Bytes, ApiError> {
+    serde_json::to_vec(body)
+        .map(Bytes::from)
+        .map_err(|e| ApiError::internal(format!("cannot encode the request: {e}")))
 }
 
 /// The chunk stream of a Gemini stream: polled in place (an `unfold` moved its whole

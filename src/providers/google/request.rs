@@ -38,7 +38,7 @@ use crate::error::ApiError;
 use crate::providers::UpstreamCall;
 
 /// Gemini's limit on `stopSequences`.
-const MAX_STOP_SEQUENCES: usize = 5;
+pub(super) const MAX_STOP_SEQUENCES: usize = 5;
 
 /// Connection-level additions to every request.
 #[derive(Debug, Clone, Default)]

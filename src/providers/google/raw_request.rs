@@ -1,0 +1,328 @@
+//! The Gemini request written straight from the client's bytes, as
+//! `anthropic::raw_request` does for Anthropic: a chat request `api::raw_chat` let
+//! through whose every member this module knows becomes the `generateContent` body
+//! in one walk, with no request tree, no Gemini tree and no serializing (about
+//! 17,000 instructions a request; bench/README.md, session 19).
+//!
+//! It knows system, developer, user and assistant messages whose content is a string
+//! (or `null`), and the settings `temperature`, `top_p`, `presence_penalty`,
+//! `frequency_penalty`, `max_tokens`, `max_completion_tokens`, `stop`, `seed` and
+//! `n` (1). Tools, `response_format`, `reasoning_effort`, `top_k`, content parts and
+//! tool messages make [`write`] answer `None`, and `request::build_request` reads
+//! the request as a tree, as before (with every error). What [`write`] writes is
+//! byte for byte what that tree serializes to (the differential test below).
+
+use std::borrow::Cow;
+
+use serde_json::Value;
+
+use super::request::{RequestOptions, MAX_STOP_SEQUENCES};
+use crate::json_scan::write_json_str;
+use crate::providers::raw_request::{members, positive, stop_strings, text_messages};
+
+/// Members `build_request` acts on that this writer leaves to it.
+const LEFT_TO_THE_TREE: [&str; 8] = [
+    "tools",
+    "functions",
+    "tool_choice",
+    "function_call",
+    "top_k",
+    "response_format",
+    "reasoning_effort",
+    "stream_options",
+];
+
+/// Message members `build_request` reads besides `role` and `content`.
+const MESSAGE_MEMBERS_LEFT_TO_THE_TREE: [&str; 2] = ["tool_calls", "function_call"];
+
+/// One turn: its Gemini role and its texts.
+type Turn<'a> = (&'static str, Vec<Cow<'a, str>>);
+
+/// The Gemini body for the chat request `body` (a JSON object, checked); `None`
+/// when the request has something this writer leaves to the tree.
+pub fn write(body: &str, options: &RequestOptions) -> Option<Vec<u8>> {
+    let [messages, temperature, top_p, presence, frequency, max_completion_tokens, max_tokens, stop, seed] =
+        members(
+            body,
+            [
+                "messages",
+                "temperature",
+                "top_p",
+                "presence_penalty",
+                "frequency_penalty",
+                "max_completion_tokens",
+                "max_tokens",
+                "stop",
+                "seed",
+            ],
+            &LEFT_TO_THE_TREE,
+        )?;
+    let (system, turns) = conversation(messages?)?;
+
+    // `generationConfig`, in the order `build_request` inserts its members.
+    let mut config: Vec<(&str, Cow<'_, str>)> = Vec::new();
+    for (name, raw) in [
+        ("temperature", temperature),
+        ("topP", top_p),
+        ("presencePenalty", presence),
+        ("frequencyPenalty", frequency),
+    ] {
+        if let Some(number) = number(raw)? {
+            config.push((name, Cow::Owned(number)));
+        }
+    }
+    let max = match positive(max_completion_tokens, i64::MAX as u64)? {
+        Some(max) => Some(max),
+        None => positive(max_tokens, i64::MAX as u64)?,
+    };
+    if let Some(max) = max {
+        config.push(("maxOutputTokens", Cow::Owned(max.to_string())));
+    }
+    if let Some(sequences) = stop_sequences(stop)? {
+        config.push(("stopSequences", Cow::Owned(sequences)));
+    }
+    if let Some(seed) = integer(seed)? {
+        config.push(("seed", Cow::Owned(seed)));
+    }
+
+    let mut out = Vec::with_capacity(body.len() + 128);
+    out.extend_from_slice(b"{\"contents\":[");
+    for (i, (role, texts)) in turns.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"role\":");
+        write_json_str(&mut out, role);
+        out.extend_from_slice(b",\"parts\":");
+        text_parts(&mut out, texts);
+        out.push(b'}');
+    }
+    out.push(b']');
+    if !system.is_empty() {
+        out.extend_from_slice(b",\"systemInstruction\":{\"parts\":");
+        text_parts(&mut out, &system);
+        out.push(b'}');
+    }
+    if let Some(settings) = &options.safety_settings {
+        out.extend_from_slice(b",\"safetySettings\":");
+        serde_json::to_writer(&mut out, settings).expect("a JSON value always serializes");
+    }
+    if !config.is_empty() {
+        out.extend_from_slice(b",\"generationConfig\":{");
+        for (i, (name, value)) in config.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            write_json_str(&mut out, name);
+            out.push(b':');
+            out.extend_from_slice(value.as_bytes());
+        }
+        out.push(b'}');
+    }
+    out.push(b'}');
+    Some(out)
+}
+
+/// `messages` → (system texts, turns), as `build_request` makes them for messages
+/// whose content is a string or `null`: system and developer texts hoisted, empty
+/// texts left out, same-role neighbours merged. `None` for anything else, and for a
+/// conversation with nothing but system messages (refused by the tree).
+fn conversation(raw: &str) -> Option<(Vec<Cow<'_, str>>, Vec<Turn<'_>>)> {
+    let mut system = Vec::new();
+    let mut turns: Vec<Turn<'_>> = Vec::new();
+    for message in text_messages(raw, &MESSAGE_MEMBERS_LEFT_TO_THE_TREE)? {
+        let text = message.content.filter(|text| !text.is_empty());
+        let role = match message.role.as_ref() {
+            "system" | "developer" => {
+                system.extend(text);
+                continue;
+            }
+            "user" => "user",
+            "assistant" => "model",
+            // Tool results, and roles the tree refuses.
+            _ => return None,
+        };
+        if let Some(text) = text {
+            match turns.last_mut() {
+                Some((last, texts)) if *last == role => texts.push(text),
+                _ => turns.push((role, vec![text])),
+            }
+        }
+    }
+    (!turns.is_empty()).then_some((system, turns))
+}
+
+/// A number member as the tree writes it (read and written by serde_json, so `1.50`
+/// is `1.5` there too): absent or `null` is `Some(None)`; `None` for a value that is
+/// not a number.
+fn number(raw: Option<&str>) -> Option<Option<String>> {
+    match raw {
+        None | Some("null") => Some(None),
+        Some(text) => match serde_json::from_str::<Value>(text).ok()? {
+            value @ Value::Number(_) => Some(Some(value.to_string())),
+            _ => None,
+        },
+    }
+}
+
+/// `seed`: an integer (as the tree checks it), written as serde_json writes it.
+fn integer(raw: Option<&str>) -> Option<Option<String>> {
+    match number(raw)? {
+        Some(text) if text.parse::<i64>().is_ok() || text.parse::<u64>().is_ok() => {
+            Some(Some(text))
+        }
+        Some(_) => None,
+        None => Some(None),
+    }
+}
+
+/// `stop` as `stopSequences` (a JSON list, written): a string is kept as it is, a
+/// list without its empty strings; `Some(None)` when nothing is left; `None` for
+/// more sequences than Gemini takes, or a value of another type.
+fn stop_sequences(raw: Option<&str>) -> Option<Option<String>> {
+    let single = raw.is_some_and(|raw| raw.starts_with('"'));
+    let mut sequences = stop_strings(raw)?;
+    if !single {
+        sequences.retain(|text| !text.is_empty());
+    }
+    if sequences.len() > MAX_STOP_SEQUENCES {
+        return None;
+    }
+    if sequences.is_empty() {
+        return Some(None);
+    }
+    let mut out = Vec::new();
+    out.push(b'[');
+    for (i, sequence) in sequences.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_str(&mut out, sequence);
+    }
+    out.push(b']');
+    String::from_utf8(out).ok().map(Some)
+}
+
+/// `[{"text":…},…]`.
+fn text_parts(out: &mut Vec<u8>, texts: &[Cow<'_, str>]) {
+    out.push(b'[');
+    for (i, text) in texts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"text\":");
+        write_json_str(out, text);
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::raw_chat;
+    use crate::providers::google::request::build_request;
+    use crate::providers::UpstreamCall;
+    use proptest::strategy::{Strategy, ValueTree};
+    use proptest::test_runner::TestRunner;
+
+    /// What `build_request` sends for the request `text` (which `raw_chat` let
+    /// through), as `post` serializes it; `None` when it refuses the request.
+    fn tree_body(text: &str, model: &str, options: &RequestOptions) -> Option<String> {
+        let raw = raw_chat::read(&bytes::Bytes::from(text.to_owned())).expect("a raw request");
+        let call = UpstreamCall {
+            model: model.to_owned(),
+            params: raw.params().ok()?,
+            headers: http::HeaderMap::new(),
+            header_case: Default::default(),
+            gateway_usage: false,
+            raw_body: None,
+        };
+        let body = build_request(&call, options).ok()?;
+        Some(serde_json::to_string(&body).unwrap())
+    }
+
+    fn options(safety: bool) -> RequestOptions {
+        RequestOptions {
+            safety_settings: safety.then(|| {
+                serde_json::json!([{"category": "HARM_CATEGORY_HATE_SPEECH", "threshold": "BLOCK_NONE"}])
+            }),
+            ..RequestOptions::default()
+        }
+    }
+
+    #[test]
+    fn a_usual_request_is_written_as_the_tree_writes_it() {
+        let text = r#"{"model":"gemini","messages":[{"role":"system","content":"Be brief."},
+            {"role":"user","content":"Hi \"there\" \u00e9"},{"role":"user","content":" "},
+            {"role":"assistant","content":""},{"role":"assistant","content":"Hello"}],
+            "temperature":0.70,"top_p":1,"max_tokens":50,"stop":["END",""],"seed":-3,"n":1,"user":"u"}"#;
+        let expected = r#"{"contents":[{"role":"user","parts":[{"text":"Hi \"there\" é"},{"text":" "}]},{"role":"model","parts":[{"text":"Hello"}]}],"systemInstruction":{"parts":[{"text":"Be brief."}]},"generationConfig":{"temperature":0.7,"topP":1,"maxOutputTokens":50,"stopSequences":["END"],"seed":-3}}"#;
+        let options = options(false);
+        let written = write(text, &options).map(|b| String::from_utf8(b).unwrap());
+        assert_eq!(written.as_deref(), Some(expected));
+        assert_eq!(
+            tree_body(text, "gemini-2.5-flash", &options).as_deref(),
+            Some(expected)
+        );
+    }
+
+    #[test]
+    fn what_the_tree_acts_on_is_left_to_it() {
+        for text in [
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":"low"}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_k":3}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x"}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"c","content":"x"}]}"#,
+            r#"{"model":"m","messages":[{"role":"system","content":"only system"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":["1","2","3","4","5","6"]}"#,
+        ] {
+            assert!(
+                raw_chat::read(&bytes::Bytes::from(text)).is_some(),
+                "{text}"
+            );
+            assert_eq!(write(text, &options(false)), None, "{text}");
+        }
+    }
+
+    /// Whatever the writer writes is what `build_request` sends, byte for byte
+    /// (with and without configured safety settings, for Gemini 2 and 3 models); it
+    /// writes nothing for a request the tree refuses; and it writes a good share of
+    /// the requests.
+    #[test]
+    fn what_is_written_is_what_the_tree_sends() {
+        let mut runner = TestRunner::deterministic();
+        let strategy = crate::providers::raw_request::arb::request();
+        let (mut raw_requests, mut written_requests) = (0, 0);
+        for case in 0..4000 {
+            let text = strategy.new_tree(&mut runner).unwrap().current();
+            if raw_chat::read(&bytes::Bytes::from(text.clone())).is_none() {
+                continue;
+            }
+            raw_requests += 1;
+            let options = options(case % 3 == 0);
+            let model = if case % 2 == 0 {
+                "gemini-3-pro"
+            } else {
+                "gemini-2.5-flash"
+            };
+            let Some(body) = write(&text, &options) else {
+                continue;
+            };
+            written_requests += 1;
+            assert_eq!(
+                Some(String::from_utf8(body).unwrap()),
+                tree_body(&text, model, &options),
+                "{text}"
+            );
+        }
+        assert!(raw_requests > 1000, "{raw_requests} requests read raw");
+        assert!(
+            written_requests > 300,
+            "{written_requests} of {raw_requests} written"
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! What the providers that write their upstream request straight from the client's
+//! bytes share (`anthropic::raw_request`, `google::raw_request`): reading the
+//! members of a chat request that `api::raw_chat` let through, and its messages
+//! whose content is a string, without a tree. Each writer answers `None` for
+//! anything it leaves to its tree translation, which then reads the request as
+//! before; so do these readers, for anything not in the shape they know.
+
+use std::borrow::Cow;
+
+use crate::json_scan::Walk;
+
+/// The values of the top-level members named in `wanted`, as written (`null`
+/// included), in `wanted`'s order. `n` is taken when it is `1` or `null` (one
+/// choice, as without it). `None` for a member in `left_to_tree`, a member given
+/// twice or a key with an escape (which might spell one); every other member is
+/// skipped (`model` is the routed one, `stream` the call's, the rest dropped by
+/// both translations).
+pub fn members<'a, const N: usize>(
+    body: &'a str,
+    wanted: [&str; N],
+    left_to_tree: &[&str],
+) -> Option<[Option<&'a str>; N]> {
+    let mut values = [None; N];
+    let mut walk = Walk::new(body);
+    walk.object(|walk, key| {
+        if let Some(i) = wanted.iter().position(|w| *w == key) {
+            if values[i].is_some() {
+                return None;
+            }
+            values[i] = Some(walk.skip()?);
+            return Some(());
+        }
+        if key == "n" {
+            let n = walk.skip()?;
+            return (n == "1" || n == "null").then_some(());
+        }
+        if key.contains('\\') || left_to_tree.contains(&key) {
+            return None;
+        }
+        walk.skip().map(drop)
+    })?;
+    walk.done()?;
+    Some(values)
+}
+
+/// One message of a conversation whose contents are strings.
+pub struct TextMessage<'a> {
+    pub role: Cow<'a, str>,
+    /// `None` when absent or `null`.
+    pub content: Option<Cow<'a, str>>,
+}
+
+/// The messages of `messages` (a JSON list, checked), in order. `None` for a
+/// message whose content is neither a string nor `null`, with a member in
+/// `left_to_tree`, with a member given twice or a key with an escape, or without a
+/// string `role`. Other members are skipped (neither translation reads them).
+pub fn text_messages<'a>(messages: &'a str, left_to_tree: &[&str]) -> Option<Vec<TextMessage<'a>>> {
+    let mut list = Vec::new();
+    Walk::new(messages).array(|walk| {
+        let (mut role, mut content) = (None, None);
+        walk.object(|walk, key| match key {
+            "role" => {
+                role.is_none().then_some(())?;
+                role = Some(walk.string()?);
+                Some(())
+            }
+            "content" => {
+                content.is_none().then_some(())?;
+                content = Some(if walk.null() {
+                    None
+                } else {
+                    Some(walk.string()?)
+                });
+                Some(())
+            }
+            _ if key.contains('\\') || left_to_tree.contains(&key) => None,
+            _ => walk.skip().map(drop),
+        })?;
+        list.push(TextMessage {
+            role: role?,
+            content: content.flatten(),
+        });
+        Some(())
+    })?;
+    Some(list)
+}
+
+/// A positive integer as the translations read a token count: absent or `null`
+/// (`Some(None)`), or an integer from 1 to `max`; `None` for anything else (the
+/// translations refuse it).
+pub fn positive(raw: Option<&str>, max: u64) -> Option<Option<u64>> {
+    match raw {
+        None | Some("null") => Some(None),
+        Some(text) => text
+            .parse::<u64>()
+            .ok()
+            .filter(|n| (1..=max).contains(n))
+            .map(Some),
+    }
+}
+
+/// The strings of `stop` (a string or a list of strings) as written, or `None`
+/// when it is anything else; absent or `null` is no strings.
+pub fn stop_strings(raw: Option<&str>) -> Option<Vec<Cow<'_, str>>> {
+    let mut strings = Vec::new();
+    match raw {
+        None | Some("null") => {}
+        Some(raw) => {
+            let mut walk = Walk::new(raw);
+            if walk.at_string() {
+                strings.push(walk.string()?);
+            } else {
+                walk.array(|walk| {
+                    strings.push(walk.string()?);
+                    Some(())
+                })?;
+            }
+        }
+    }
+    Some(strings)
+}
+
+/// Chat requests for the writers' differential tests: messages and any of the
+/// members a writer reads, leaves to its tree or drops, with values it must write
+/// as the tree does, and values the tree refuses.
+#[cfg(test)]
+pub mod arb {
+    use proptest::prelude::*;
+
+    /// A JSON string as a client may write it: plain, blank, escaped, non-ASCII.
+    fn string() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            r#""hi""#,
+            r#""""#,
+            r#""  \n\t ""#,
+            r#""ends in space  \n""#,
+            r#"" lead""#,
+            r#""a\"b\\c\u00e9\ud83d\ude00\/""#,
+            "\"é 😀 </script>\u{2028}\"",
+            r#""\u0041\u0020""#,
+            r#""\u3000""#,
+        ])
+    }
+
+    fn message() -> impl Strategy<Value = String> {
+        let role = prop_oneof![
+            8 => Just(r#""user""#),
+            6 => Just(r#""assistant""#),
+            2 => Just(r#""system""#),
+            1 => Just(r#""developer""#),
+            1 => Just(r#""tool""#),
+            1 => Just(r#""wizard""#),
+        ];
+        let content = prop_oneof![
+            12 => string().prop_map(str::to_owned),
+            2 => Just("null".to_owned()),
+            1 => string().prop_map(|s| format!(r#"[{{"type":"text","text":{s}}}]"#)),
+        ];
+        let extra = prop_oneof![
+            16 => Just(""),
+            2 => Just(r#""name":"n""#),
+            1 => Just(r#""tool_call_id":"c1""#),
+            1 => Just(r#""reasoning_content":"r""#),
+            1 => Just(r#""tool_calls":null"#),
+            1 => Just(r#""function_call":null"#),
+        ];
+        (
+            role,
+            prop::option::weighted(0.9, content),
+            extra,
+            any::<bool>(),
+        )
+            .prop_map(|(role, content, extra, content_first)| {
+                let mut members = vec![format!(r#""role":{role}"#)];
+                if let Some(content) = content {
+                    let member = format!(r#""content":{content}"#);
+                    if content_first {
+                        members.insert(0, member);
+                    } else {
+                        members.push(member);
+                    }
+                }
+                if !extra.is_empty() {
+                    members.push(extra.to_owned());
+                }
+                format!("{{{}}}", members.join(","))
+            })
+    }
+
+    /// A chat request: messages and any of the members the writer reads, leaves to
+    /// the tree or drops, with values it must write, and values the tree refuses.
+    pub fn request() -> impl Strategy<Value = String> {
+        let member = |key: &'static str, values: Vec<&'static str>| {
+            prop::option::weighted(0.3, prop::sample::select(values))
+                .prop_map(move |value| value.map(|value| format!(r#""{key}":{value}"#)))
+                .boxed()
+        };
+        // Members the writer leaves to the tree, rarely: most requests are written.
+        let rare = |key: &'static str, value: &'static str| {
+            prop::option::weighted(0.03, Just(format!(r#""{key}":{value}"#))).boxed()
+        };
+        let members = vec![
+            member("max_tokens", vec!["null", "1", "100", "100000000"]),
+            member("max_completion_tokens", vec!["null", "7", "1"]),
+            member(
+                "temperature",
+                vec![
+                    "null",
+                    "0",
+                    "0.7",
+                    "1.5",
+                    "2",
+                    "0.1e1",
+                    "1E0",
+                    "0.30000000000000004",
+                ],
+            ),
+            member(
+                "top_p",
+                vec!["null", "0.9", "1", "5e-1", "0.123456789012345678"],
+            ),
+            member(
+                "stop",
+                vec![
+                    "null",
+                    r#""x""#,
+                    r#"" ""#,
+                    r#""""#,
+                    r#"["a"," ","\u0062",""]"#,
+                    r#"["1","2","3","4","5",""]"#,
+                    r#"["1","2","3","4","5","6"]"#,
+                    r#"[]"#,
+                    r#""\n""#,
+                ],
+            ),
+            member(
+                "user",
+                vec![
+                    "null",
+                    r#""""#,
+                    r#""u-1""#,
+                    r#""a@b.c""#,
+                    r#""+1 (555) 123-4567""#,
+                    r#""\u00e9l""#,
+                ],
+            ),
+            member("n", vec!["null", "1", "1", "1", "2"]),
+            member("stream", vec!["true", "false", "null"]),
+            member("seed", vec!["3", "-4", "18446744073709551615", "2.0"]),
+            member("presence_penalty", vec!["null", "0.5", "-1", "1.50", "2E0"]),
+            member("frequency_penalty", vec!["0", "1e-7"]),
+            member("metadata", vec![r#"{"k":"v"}"#]),
+            rare("response_format", r#"{"type":"text"}"#),
+            rare("tool_choice", r#""none""#),
+            rare("reasoning_effort", r#""low""#),
+            rare("top_k", "3"),
+            rare("functions", "[]"),
+            member("unknown_member", vec![r#"[1,{"a":null}]"#]),
+        ];
+        (
+            prop::collection::vec(message(), 0..5),
+            members,
+            prop::sample::select(vec![r#""gpt-4o""#, r#""m\u0031""#]),
+        )
+            .prop_flat_map(|(messages, members, model)| {
+                let mut all: Vec<String> = members.into_iter().flatten().collect();
+                all.push(format!(r#""messages":[{}]"#, messages.join(",")));
+                all.push(format!(r#""model":{model}"#));
+                Just(all).prop_shuffle()
+            })
+            .prop_map(|members| format!("{{{}}}", members.join(",")))
+    }
+}
