@@ -5,24 +5,23 @@
 //!   Anthropic writes it first (`{"type":"content_block_delta",...`), so it is read
 //!   straight off the front of the text; anything else takes [`member_str`].
 //! - [`Chunk`]: what the translation to Anthropic events reads from an OpenAI
-//!   chunk, deserialized from the upstream's text as a borrowed view (strings
+//!   chunk, read from the upstream's text by one walk (`json_scan::Walk`: strings
 //!   point into the text unless they hold escapes; members nobody reads are
 //!   skipped) instead of a `serde_json::Value` tree, which was about 40 % of a
-//!   translated stream's instructions. The view reads exactly what the tree reads
-//!   ([`Chunk::from_value`] is the tree reading, used for chunks that are trees
-//!   already): where the text has a shape the tree reading would tolerate but the
-//!   view does not (a number where a string was expected, a member twice), the
-//!   view fails and the caller falls back to the tree.
+//!   translated stream's instructions, or serde's typed parse, which was still
+//!   4,400 instructions a chunk (bench/README.md, session 19). The view reads
+//!   exactly what the tree reads ([`Chunk::from_value`] is the tree reading, used
+//!   for chunks that are trees already): where the text has a shape the tree
+//!   reading would tolerate but the view does not (a number where a string was
+//!   expected, a member twice), the view fails and the caller falls back to the
+//!   tree.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::ops::Deref;
 
-use serde::de::{self, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde::Deserialize;
 use serde_json::Value;
 
-use crate::json_scan::member_str;
+use crate::json_scan::{first_time, member_str, Walk};
 
 /// The value of an event's first top-level `type` member, when it is a string.
 /// `text` must be a JSON object already checked to be valid (and so UTF-8).
@@ -68,28 +67,6 @@ impl Deref for Text<'_> {
     type Target = str;
     fn deref(&self) -> &str {
         &self.0
-    }
-}
-
-impl<'de> Deserialize<'de> for Text<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v.to_owned())))
-            }
-            fn visit_string<E: de::Error>(self, v: String) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(v)))
-            }
-        }
-        deserializer.deserialize_str(V)
     }
 }
 
@@ -140,9 +117,39 @@ impl<'a> Chunk<'a> {
     /// The view of an upstream's chunk text; `None` when the text has a shape that
     /// only the tree reading ([`Chunk::from_value`]) takes.
     pub fn from_text(text: &'a [u8]) -> Option<Chunk<'a>> {
-        // One UTF-8 check of the whole text: read as bytes, serde_json would check
-        // each string (and each key) on its own, at a higher cost.
-        serde_json::from_str(std::str::from_utf8(text).ok()?).ok()
+        let mut walk = Walk::new(crate::json_scan::utf8(text)?);
+        let mut chunk = Chunk::default();
+        let mut seen = [false; 4];
+        walk.object(|walk, key| {
+            match &*key_name(key)? {
+                "id" => {
+                    first_time(&mut seen[0])?;
+                    chunk.id = text_or_null(walk)?;
+                }
+                "model" => {
+                    first_time(&mut seen[1])?;
+                    chunk.model = text_or_null(walk)?;
+                }
+                "usage" => {
+                    first_time(&mut seen[2])?;
+                    if !walk.null() {
+                        chunk.usage = Some(usage(walk)?);
+                    }
+                }
+                "choices" => {
+                    first_time(&mut seen[3])?;
+                    if !walk.null() {
+                        chunk.choice = first_choice(walk)?;
+                    }
+                }
+                _ => {
+                    walk.skip()?;
+                }
+            }
+            Some(())
+        })?;
+        walk.done()?;
+        Some(chunk)
     }
 
     /// The same reading from a tree.
@@ -190,243 +197,189 @@ impl<'a> Chunk<'a> {
     }
 }
 
-// The typed reading. Each object is read by a map visitor only (serde's derive
-// would also take an array as the fields in order, which the tree reading does
-// not), and a member seen twice is an error (the tree keeps the last one).
+// The walked reading. Each value is read as the tree reading takes it: a member
+// of another type than it expects (a number where a string was), or given twice
+// (the tree keeps the last one), fails the view, and the caller uses the tree.
 
-/// Read the next value into `slot` (`None` for `null`); an error if `slot` was
-/// filled before.
-#[inline]
-fn once<'de, A, T>(slot: &mut Option<Option<T>>, map: &mut A) -> Result<(), A::Error>
-where
-    A: MapAccess<'de>,
-    T: Deserialize<'de>,
-{
-    if slot.is_some() {
-        return Err(de::Error::custom("a member appears twice"));
+/// A key as the tree has it (escapes decoded).
+fn key_name(key: &str) -> Option<Cow<'_, str>> {
+    if key.contains('\\') {
+        serde_json::from_str::<String>(&format!("\"{key}\""))
+            .ok()
+            .map(Cow::Owned)
+    } else {
+        Some(Cow::Borrowed(key))
     }
-    *slot = Some(map.next_value::<Option<T>>()?);
-    Ok(())
 }
 
-macro_rules! map_visitor {
-    ($name:ident, $out:ty, $expecting:literal, |$map:ident| $body:block) => {
-        impl<'de> Deserialize<'de> for $out {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                struct $name;
-                impl<'de> Visitor<'de> for $name {
-                    type Value = $out;
-                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                        f.write_str($expecting)
-                    }
-                    fn visit_map<A: MapAccess<'de>>(
-                        self,
-                        mut $map: A,
-                    ) -> Result<Self::Value, A::Error> {
-                        $body
-                    }
+/// A string, or `null` (`None`).
+fn text_or_null<'a>(walk: &mut Walk<'a>) -> Option<Option<Text<'a>>> {
+    if walk.null() {
+        return Some(None);
+    }
+    walk.string().map(|text| Some(Text(text)))
+}
+
+/// `usage`: an object.
+fn usage(walk: &mut Walk<'_>) -> Option<Usage> {
+    let mut usage = Usage::default();
+    let mut seen = [false; 3];
+    walk.object(|walk, key| {
+        match &*key_name(key)? {
+            "prompt_tokens" => {
+                first_time(&mut seen[0])?;
+                usage.prompt_tokens = walk.u64_or_null()?;
+            }
+            "completion_tokens" => {
+                first_time(&mut seen[1])?;
+                usage.completion_tokens = walk.u64_or_null()?;
+            }
+            "prompt_tokens_details" => {
+                first_time(&mut seen[2])?;
+                if !walk.null() {
+                    usage.cached_tokens = cached_tokens(walk)?;
                 }
-                deserializer.deserialize_map($name)
+            }
+            _ => {
+                walk.skip()?;
             }
         }
-    };
+        Some(())
+    })?;
+    Some(usage)
 }
 
-map_visitor!(ChunkVisitor, Chunk<'de>, "a chunk object", |map| {
-    let (mut id, mut model, mut usage, mut choices) = (None, None, None, None);
-    while let Some(key) = map.next_key::<Text<'de>>()? {
-        match &*key {
-            "id" => once(&mut id, &mut map)?,
-            "model" => once(&mut model, &mut map)?,
-            "usage" => once::<_, UsageMember>(&mut usage, &mut map)?,
-            "choices" => once::<_, FirstChoice<'de>>(&mut choices, &mut map)?,
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-    }
-    Ok(Chunk {
-        id: id.flatten(),
-        model: model.flatten(),
-        usage: usage.flatten().map(|u| u.0),
-        choice: choices.flatten().and_then(|c| c.0),
-    })
-});
-
-/// `usage`: an object (any other non-null value fails the view).
-struct UsageMember(Usage);
-
-/// `prompt_tokens_details`.
-struct Details(Option<u64>);
-
-map_visitor!(UsageVisitor, UsageMember, "a usage object", |map| {
-    let (mut prompt, mut completion, mut details) = (None, None, None);
-    while let Some(key) = map.next_key::<Text<'de>>()? {
-        match &*key {
-            "prompt_tokens" => once(&mut prompt, &mut map)?,
-            "completion_tokens" => once(&mut completion, &mut map)?,
-            "prompt_tokens_details" => once::<_, Details>(&mut details, &mut map)?,
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-    }
-    Ok(UsageMember(Usage {
-        prompt_tokens: prompt.flatten(),
-        completion_tokens: completion.flatten(),
-        cached_tokens: details.flatten().and_then(|d| d.0),
-    }))
-});
-
-map_visitor!(DetailsVisitor, Details, "a details object", |map| {
+/// `prompt_tokens_details`: an object; its `cached_tokens`.
+fn cached_tokens(walk: &mut Walk<'_>) -> Option<Option<u64>> {
     let mut cached = None;
-    while let Some(key) = map.next_key::<Text<'de>>()? {
-        match &*key {
-            "cached_tokens" => once(&mut cached, &mut map)?,
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
+    let mut seen = false;
+    walk.object(|walk, key| {
+        if key_name(key)? == "cached_tokens" {
+            first_time(&mut seen)?;
+            cached = walk.u64_or_null()?;
+        } else {
+            walk.skip()?;
         }
-    }
-    Ok(Details(cached.flatten()))
-});
+        Some(())
+    })?;
+    Some(cached)
+}
 
 /// `choices`: a list, of which only the first element is read (an object, or
-/// `null`); the others are skipped.
-struct FirstChoice<'a>(Option<Choice<'a>>);
-
-impl<'de> Deserialize<'de> for FirstChoice<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = FirstChoice<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a list of choices")
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                // `null` reads as a choice with nothing in it, as in the tree.
-                let first = seq
-                    .next_element::<Option<Choice<'de>>>()?
-                    .map(Option::unwrap_or_default);
-                while seq.next_element::<IgnoredAny>()?.is_some() {}
-                Ok(FirstChoice(first))
-            }
+/// `null`, which reads as a choice with nothing in it, as in the tree); the others
+/// are skipped.
+fn first_choice<'a>(walk: &mut Walk<'a>) -> Option<Option<Choice<'a>>> {
+    let mut first = None;
+    walk.array(|walk| {
+        if first.is_some() {
+            walk.skip()?;
+        } else if walk.null() {
+            first = Some(Choice::default());
+        } else {
+            first = Some(choice(walk)?);
         }
-        deserializer.deserialize_seq(V)
-    }
+        Some(())
+    })?;
+    Some(first)
 }
 
-/// A delta as read: both reasoning members, resolved in [`Choice`].
-#[derive(Default)]
-struct Delta<'a> {
-    reasoning_content: Option<Text<'a>>,
-    reasoning: Option<Text<'a>>,
-    content: Option<Text<'a>>,
-    refusal: Option<Text<'a>>,
-    tool_calls: Vec<ToolCall<'a>>,
-}
-
-map_visitor!(ChoiceVisitor, Choice<'de>, "a choice object", |map| {
-    let (mut delta, mut finish_reason) = (None, None);
-    while let Some(key) = map.next_key::<Text<'de>>()? {
-        match &*key {
-            "delta" => once::<_, Delta<'de>>(&mut delta, &mut map)?,
-            "finish_reason" => once(&mut finish_reason, &mut map)?,
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-    }
-    let delta = delta.flatten().unwrap_or_default();
-    Ok(Choice {
-        // The first of the two that is a string, if it is not empty.
-        reasoning: delta
-            .reasoning_content
-            .or(delta.reasoning)
-            .filter(|t| !t.is_empty()),
-        content: delta.content,
-        refusal: delta.refusal,
-        tool_calls: delta.tool_calls,
-        finish_reason: finish_reason.flatten(),
-    })
-});
-
-map_visitor!(DeltaVisitor, Delta<'de>, "a delta object", |map| {
-    let (mut reasoning_content, mut reasoning, mut content, mut refusal, mut tool_calls) =
-        (None, None, None, None, None);
-    while let Some(key) = map.next_key::<Text<'de>>()? {
-        match &*key {
-            "reasoning_content" => once(&mut reasoning_content, &mut map)?,
-            "reasoning" => once(&mut reasoning, &mut map)?,
-            "content" => once(&mut content, &mut map)?,
-            "refusal" => once(&mut refusal, &mut map)?,
-            "tool_calls" => once::<_, Vec<ToolCall<'de>>>(&mut tool_calls, &mut map)?,
-            _ => {
-                map.next_value::<IgnoredAny>()?;
-            }
-        }
-    }
-    Ok(Delta {
-        reasoning_content: reasoning_content.flatten(),
-        reasoning: reasoning.flatten(),
-        content: content.flatten(),
-        refusal: refusal.flatten(),
-        tool_calls: tool_calls.flatten().unwrap_or_default(),
-    })
-});
-
-/// `function` of a tool call.
-struct Function<'a> {
-    name: Option<Text<'a>>,
-    arguments: Option<Text<'a>>,
-}
-
-map_visitor!(
-    ToolCallVisitor,
-    ToolCall<'de>,
-    "a tool call object",
-    |map| {
-        let (mut index, mut id, mut function) = (None, None, None);
-        while let Some(key) = map.next_key::<Text<'de>>()? {
-            match &*key {
-                "index" => once(&mut index, &mut map)?,
-                "id" => once(&mut id, &mut map)?,
-                "function" => once::<_, Function<'de>>(&mut function, &mut map)?,
-                _ => {
-                    map.next_value::<IgnoredAny>()?;
+fn choice<'a>(walk: &mut Walk<'a>) -> Option<Choice<'a>> {
+    let mut choice = Choice::default();
+    let (mut reasoning_content, mut reasoning) = (None, None);
+    let mut seen = [false; 2];
+    walk.object(|walk, key| {
+        match &*key_name(key)? {
+            "delta" => {
+                first_time(&mut seen[0])?;
+                if !walk.null() {
+                    delta(walk, &mut choice, &mut reasoning_content, &mut reasoning)?;
                 }
             }
-        }
-        let function = function.flatten();
-        let (name, arguments) = match function {
-            Some(f) => (f.name, f.arguments),
-            None => (None, None),
-        };
-        Ok(ToolCall {
-            index: index.flatten().unwrap_or(0),
-            id: id.flatten(),
-            name,
-            arguments,
-        })
-    }
-);
-
-map_visitor!(FunctionVisitor, Function<'de>, "a function object", |map| {
-    let (mut name, mut arguments) = (None, None);
-    while let Some(key) = map.next_key::<Text<'de>>()? {
-        match &*key {
-            "name" => once(&mut name, &mut map)?,
-            "arguments" => once(&mut arguments, &mut map)?,
+            "finish_reason" => {
+                first_time(&mut seen[1])?;
+                choice.finish_reason = text_or_null(walk)?;
+            }
             _ => {
-                map.next_value::<IgnoredAny>()?;
+                walk.skip()?;
             }
         }
-    }
-    Ok(Function {
-        name: name.flatten(),
-        arguments: arguments.flatten(),
+        Some(())
+    })?;
+    // The first of the two that is a string, if it is not empty.
+    choice.reasoning = reasoning_content.or(reasoning).filter(|t| !t.is_empty());
+    Some(choice)
+}
+
+/// A delta: an object, read into `choice` (both reasoning members kept apart for
+/// [`choice`] to pick from).
+fn delta<'a>(
+    walk: &mut Walk<'a>,
+    choice: &mut Choice<'a>,
+    reasoning_content: &mut Option<Text<'a>>,
+    reasoning: &mut Option<Text<'a>>,
+) -> Option<()> {
+    let mut seen = [false; 5];
+    walk.object(|walk, key| {
+        let (slot, seen) = match &*key_name(key)? {
+            "reasoning_content" => (&mut *reasoning_content, &mut seen[0]),
+            "reasoning" => (&mut *reasoning, &mut seen[1]),
+            "content" => (&mut choice.content, &mut seen[2]),
+            "refusal" => (&mut choice.refusal, &mut seen[3]),
+            "tool_calls" => {
+                first_time(&mut seen[4])?;
+                if !walk.null() {
+                    walk.array(|walk| {
+                        choice.tool_calls.push(tool_call(walk)?);
+                        Some(())
+                    })?;
+                }
+                return Some(());
+            }
+            _ => return walk.skip().map(drop),
+        };
+        first_time(seen)?;
+        *slot = text_or_null(walk)?;
+        Some(())
     })
-});
+}
+
+/// A tool call fragment: an object.
+fn tool_call<'a>(walk: &mut Walk<'a>) -> Option<ToolCall<'a>> {
+    let mut call = ToolCall::default();
+    let mut seen = [false; 5];
+    walk.object(|walk, key| {
+        match &*key_name(key)? {
+            "index" => {
+                first_time(&mut seen[0])?;
+                call.index = walk.u64_or_null()?.unwrap_or(0);
+            }
+            "id" => {
+                first_time(&mut seen[1])?;
+                call.id = text_or_null(walk)?;
+            }
+            "function" => {
+                first_time(&mut seen[2])?;
+                if !walk.null() {
+                    walk.object(|walk, key| {
+                        let (slot, seen) = match &*key_name(key)? {
+                            "name" => (&mut call.name, &mut seen[3]),
+                            "arguments" => (&mut call.arguments, &mut seen[4]),
+                            _ => return walk.skip().map(drop),
+                        };
+                        first_time(seen)?;
+                        *slot = text_or_null(walk)?;
+                        Some(())
+                    })?;
+                }
+            }
+            _ => {
+                walk.skip()?;
+            }
+        }
+        Some(())
+    })?;
+    Some(call)
+}
 
 #[cfg(test)]
 mod tests {
@@ -551,7 +504,8 @@ mod tests {
 
     /// Where the JSON value starting at `start` ends (the text is valid JSON).
     fn value_end(text: &str, start: usize) -> usize {
-        let mut de = serde_json::Deserializer::from_str(&text[start..]).into_iter::<IgnoredAny>();
+        let mut de =
+            serde_json::Deserializer::from_str(&text[start..]).into_iter::<serde::de::IgnoredAny>();
         de.next();
         start + de.byte_offset()
     }
