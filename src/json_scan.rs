@@ -709,12 +709,20 @@ pub fn first_time(seen: &mut bool) -> Option<()> {
     (!std::mem::replace(seen, true)).then_some(())
 }
 
+/// Whether a key (or other short text) holds a backslash, i.e. an escape: a plain
+/// loop, which for the few bytes of a key costs a fraction of `str::contains`'s
+/// searcher (that was 50 instructions a key, a tenth of reading a chunk).
+#[inline]
+pub fn has_escape(key: &str) -> bool {
+    key.bytes().any(|b| b == b'\\')
+}
+
 /// For the same walks: a key the struct does not know, so the walk gives way
 /// (`None`). `refused` is set when serde's typed parse of a struct that denies
 /// unknown fields refuses it too (a key without escapes, which might spell a
 /// known one), so that the caller need not ask serde.
 pub fn refuse_unknown(key: &str, refused: &mut bool) -> Option<()> {
-    if !key.contains('\\') {
+    if !has_escape(key) {
         *refused = true;
     }
     None

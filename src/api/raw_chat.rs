@@ -24,7 +24,7 @@ use bytes::Bytes;
 use super::validate::{
     may_omit_content, MAX_MODEL_LEN, MAX_N, MAX_TOKENS, MAX_TOP_LOGPROBS, ROLES,
 };
-use crate::json_scan::{first_time, string_value, Walk};
+use crate::json_scan::{first_time, has_escape, string_value, Walk};
 
 /// A chat request checked without a tree.
 #[derive(Debug, Clone)]
@@ -115,7 +115,7 @@ pub fn read(body: &Bytes) -> Option<RawChatRequest> {
     walk.object(|walk, key| {
         // A key with an escape might spell a member checked here; given twice, the
         // tree keeps the last and this walk would have judged the first.
-        if key.contains('\\') || keys.len() == MAX_MEMBERS || keys.contains(&key) {
+        if has_escape(key) || keys.len() == MAX_MEMBERS || keys.contains(&key) {
             return None;
         }
         keys.push(key);
@@ -212,7 +212,7 @@ fn member(
                     first_time(&mut kind)?;
                     string(walk)
                 }
-                _ if key.contains('\\') => None,
+                _ if has_escape(key) => None,
                 _ => walk.skip().map(drop),
             })?;
             kind.then_some(())
@@ -281,7 +281,7 @@ fn message(walk: &mut Walk<'_>) -> Option<()> {
             walk.skip().map(drop)
         }
         "tool_calls" => None,
-        _ if key.contains('\\') => None,
+        _ if has_escape(key) => None,
         _ => walk.skip().map(drop),
     })?;
     let role = role?;
@@ -306,7 +306,7 @@ fn text_part(walk: &mut Walk<'_>) -> Option<()> {
             text_is_string = Some(walk.at_string());
             walk.skip().map(drop)
         }
-        _ if key.contains('\\') => None,
+        _ if has_escape(key) => None,
         _ => walk.skip().map(drop),
     })?;
     match kind?.as_ref() {

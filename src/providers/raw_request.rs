@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use crate::json_scan::Walk;
+use crate::json_scan::{has_escape, Walk};
 
 /// The values of the top-level members named in `wanted`, as written (`null`
 /// included), in `wanted`'s order. `n` is taken when it is `1` or `null` (one
@@ -34,7 +34,7 @@ pub fn members<'a, const N: usize>(
             let n = walk.skip()?;
             return (n == "1" || n == "null").then_some(());
         }
-        if key.contains('\\') || left_to_tree.contains(&key) {
+        if has_escape(key) || left_to_tree.contains(&key) {
             return None;
         }
         walk.skip().map(drop)
@@ -73,7 +73,7 @@ pub fn text_messages<'a>(messages: &'a str, left_to_tree: &[&str]) -> Option<Vec
                 });
                 Some(())
             }
-            _ if key.contains('\\') || left_to_tree.contains(&key) => None,
+            _ if has_escape(key) || left_to_tree.contains(&key) => None,
             _ => walk.skip().map(drop),
         })?;
         list.push(TextMessage {

@@ -21,7 +21,7 @@ use std::ops::Deref;
 
 use serde_json::Value;
 
-use crate::json_scan::{first_time, member_str, Walk};
+use crate::json_scan::{first_time, has_escape, member_str, Walk};
 
 /// The value of an event's first top-level `type` member, when it is a string.
 /// `text` must be a JSON object already checked to be valid (and so UTF-8).
@@ -203,7 +203,7 @@ impl<'a> Chunk<'a> {
 
 /// A key as the tree has it (escapes decoded).
 fn key_name(key: &str) -> Option<Cow<'_, str>> {
-    if key.contains('\\') {
+    if has_escape(key) {
         serde_json::from_str::<String>(&format!("\"{key}\""))
             .ok()
             .map(Cow::Owned)

@@ -231,7 +231,7 @@ impl<'a> Chunk<'a> {
                         return None;
                     }
                 }
-                key if key.contains('\\') => return None,
+                key if json_scan::has_escape(key) => return None,
                 _ => {
                     walk.skip()?;
                 }
@@ -276,7 +276,7 @@ impl<'a> ChoiceDelta<'a> {
                         finish_reason = Some(walk.string()?);
                     }
                 }
-                key if key.contains('\\') => return None,
+                key if json_scan::has_escape(key) => return None,
                 _ => {
                     walk.skip()?;
                 }
@@ -308,7 +308,7 @@ impl<'a> Delta<'a> {
                 "reasoning" => (&mut delta.reasoning, &mut seen[3]),
                 "tool_calls" if walk.null() => return Some(()),
                 "tool_calls" => return None,
-                key if key.contains('\\') => return None,
+                key if json_scan::has_escape(key) => return None,
                 _ => {
                     walk.skip()?;
                     return Some(());

@@ -8,7 +8,7 @@ use serde_json::{json, Map, Value};
 use super::request::{JsonMode, JSON_TOOL_NAME};
 use super::thinking;
 use crate::error::{ApiError, ErrorBody};
-use crate::json_scan::{first_time, refuse_unknown, TokenCounts, Walk};
+use crate::json_scan::{first_time, has_escape, refuse_unknown, TokenCounts, Walk};
 use crate::providers::upstream_http::{parse_error_body, status_error};
 use crate::streaming::unix_now;
 
@@ -86,7 +86,7 @@ impl UsageCounts {
                     (&mut counts.cache_creation_input_tokens, &mut seen[2])
                 }
                 "output_tokens" => (&mut counts.output_tokens, &mut seen[3]),
-                _ if key.contains('\\') => return None,
+                _ if has_escape(key) => return None,
                 _ => return walk.skip().map(drop),
             };
             first_time(seen)?;

@@ -27,7 +27,7 @@ use super::response::{
     error_event, finish_reason, json_answer, mid_stream_error, Usage, UsageCounts,
 };
 use crate::error::ApiError;
-use crate::json_scan::{first_time, refuse_unknown, Walk};
+use crate::json_scan::{first_time, has_escape, refuse_unknown, Walk};
 use crate::payload::{Payload, PayloadStream};
 use crate::providers::chunk_text::{
     empty_delta, role_delta, string_delta, text_or_empty, write_str, ChunkWriter, Text,
@@ -268,7 +268,7 @@ impl<'a> StartEvent<'a> {
                     }
                     return Some(());
                 }
-                _ if key.contains('\\') => return None,
+                _ if has_escape(key) => return None,
                 _ => return walk.skip().map(drop),
             };
             // Not a string: not read, as in the tree path.
@@ -301,7 +301,7 @@ impl<'a> StartEvent<'a> {
                         Cow::Borrowed("")
                     });
                 }
-                _ if key.contains('\\') => return None,
+                _ if has_escape(key) => return None,
                 _ => {
                     walk.skip()?;
                 }
