@@ -121,7 +121,7 @@ impl<'a> Chunk<'a> {
         let mut chunk = Chunk::default();
         let mut seen = [false; 4];
         walk.object(|walk, key| {
-            match &*key_name(key)? {
+            match key {
                 "id" => {
                     first_time(&mut seen[0])?;
                     chunk.id = text_or_null(walk)?;
@@ -142,9 +142,7 @@ impl<'a> Chunk<'a> {
                         chunk.choice = first_choice(walk)?;
                     }
                 }
-                _ => {
-                    walk.skip()?;
-                }
+                _ => unknown(walk, key)?,
             }
             Some(())
         })?;
@@ -201,15 +199,13 @@ impl<'a> Chunk<'a> {
 // of another type than it expects (a number where a string was), or given twice
 // (the tree keeps the last one), fails the view, and the caller uses the tree.
 
-/// A key as the tree has it (escapes decoded).
-fn key_name(key: &str) -> Option<Cow<'_, str>> {
+/// A member the view does not read: skipped, unless its key has an escape (it might
+/// spell one the view reads; the tree decodes it).
+fn unknown(walk: &mut Walk<'_>, key: &str) -> Option<()> {
     if has_escape(key) {
-        serde_json::from_str::<String>(&format!("\"{key}\""))
-            .ok()
-            .map(Cow::Owned)
-    } else {
-        Some(Cow::Borrowed(key))
+        return None;
     }
+    walk.skip().map(drop)
 }
 
 /// A string, or `null` (`None`).
@@ -225,7 +221,7 @@ fn usage(walk: &mut Walk<'_>) -> Option<Usage> {
     let mut usage = Usage::default();
     let mut seen = [false; 3];
     walk.object(|walk, key| {
-        match &*key_name(key)? {
+        match key {
             "prompt_tokens" => {
                 first_time(&mut seen[0])?;
                 usage.prompt_tokens = walk.u64_or_null()?;
@@ -240,9 +236,7 @@ fn usage(walk: &mut Walk<'_>) -> Option<Usage> {
                     usage.cached_tokens = cached_tokens(walk)?;
                 }
             }
-            _ => {
-                walk.skip()?;
-            }
+            _ => unknown(walk, key)?,
         }
         Some(())
     })?;
@@ -254,11 +248,11 @@ fn cached_tokens(walk: &mut Walk<'_>) -> Option<Option<u64>> {
     let mut cached = None;
     let mut seen = false;
     walk.object(|walk, key| {
-        if key_name(key)? == "cached_tokens" {
+        if key == "cached_tokens" {
             first_time(&mut seen)?;
             cached = walk.u64_or_null()?;
         } else {
-            walk.skip()?;
+            unknown(walk, key)?;
         }
         Some(())
     })?;
@@ -288,7 +282,7 @@ fn choice<'a>(walk: &mut Walk<'a>) -> Option<Choice<'a>> {
     let (mut reasoning_content, mut reasoning) = (None, None);
     let mut seen = [false; 2];
     walk.object(|walk, key| {
-        match &*key_name(key)? {
+        match key {
             "delta" => {
                 first_time(&mut seen[0])?;
                 if !walk.null() {
@@ -299,9 +293,7 @@ fn choice<'a>(walk: &mut Walk<'a>) -> Option<Choice<'a>> {
                 first_time(&mut seen[1])?;
                 choice.finish_reason = text_or_null(walk)?;
             }
-            _ => {
-                walk.skip()?;
-            }
+            _ => unknown(walk, key)?,
         }
         Some(())
     })?;
@@ -320,7 +312,7 @@ fn delta<'a>(
 ) -> Option<()> {
     let mut seen = [false; 5];
     walk.object(|walk, key| {
-        let (slot, seen) = match &*key_name(key)? {
+        let (slot, seen) = match key {
             "reasoning_content" => (&mut *reasoning_content, &mut seen[0]),
             "reasoning" => (&mut *reasoning, &mut seen[1]),
             "content" => (&mut choice.content, &mut seen[2]),
@@ -335,7 +327,7 @@ fn delta<'a>(
                 }
                 return Some(());
             }
-            _ => return walk.skip().map(drop),
+            _ => return unknown(walk, key),
         };
         first_time(seen)?;
         *slot = text_or_null(walk)?;
@@ -348,7 +340,7 @@ fn tool_call<'a>(walk: &mut Walk<'a>) -> Option<ToolCall<'a>> {
     let mut call = ToolCall::default();
     let mut seen = [false; 5];
     walk.object(|walk, key| {
-        match &*key_name(key)? {
+        match key {
             "index" => {
                 first_time(&mut seen[0])?;
                 call.index = walk.u64_or_null()?.unwrap_or(0);
@@ -361,10 +353,10 @@ fn tool_call<'a>(walk: &mut Walk<'a>) -> Option<ToolCall<'a>> {
                 first_time(&mut seen[2])?;
                 if !walk.null() {
                     walk.object(|walk, key| {
-                        let (slot, seen) = match &*key_name(key)? {
+                        let (slot, seen) = match key {
                             "name" => (&mut call.name, &mut seen[3]),
                             "arguments" => (&mut call.arguments, &mut seen[4]),
-                            _ => return walk.skip().map(drop),
+                            _ => return unknown(walk, key),
                         };
                         first_time(seen)?;
                         *slot = text_or_null(walk)?;
@@ -372,9 +364,7 @@ fn tool_call<'a>(walk: &mut Walk<'a>) -> Option<ToolCall<'a>> {
                     })?;
                 }
             }
-            _ => {
-                walk.skip()?;
-            }
+            _ => unknown(walk, key)?,
         }
         Some(())
     })?;
@@ -403,7 +393,7 @@ mod tests {
         r#"{"id":"c","choices":[{"delta":{"tool_calls":[{"index":1,"id":"call_1","type":"function","function":{"name":"get","arguments":"{\"q\":"}},{"index":2,"function":{"arguments":"1}"}}]},"finish_reason":"tool_calls"},{"index":1,"delta":7}]}"#,
         r#"{"id":"c","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":3,"total_tokens":13,"prompt_tokens_details":{"cached_tokens":4,"audio_tokens":0}}}"#,
         r#"{"id":"c","choices":[{"delta":{"content":"","refusal":"no","reasoning":""},"finish_reason":"content_filter"}],"usage":null}"#,
-        r#"{"i\u0064":"a\"b","mod\u0065l":"\u00e9","choices":[{"delta":{"cont\u0065nt":"\ud83d\ude00 \n"}}]}"#,
+        r#"{"id":"a\"b","model":"\u00e9","choices":[{"delta":{"content":"\ud83d\ude00 \n"}}]}"#,
     ];
 
     #[test]
@@ -420,6 +410,14 @@ mod tests {
         assert!(matches!(view.model, Some(Text(Cow::Borrowed("up")))));
         let view = Chunk::from_text(SAMPLES[5].as_bytes()).unwrap();
         assert_eq!(view.id.as_deref(), Some("a\"b"));
+        // A key with an escape might spell one the view reads: left to the tree.
+        for text in [
+            r#"{"i\u0064":"x","choices":[]}"#,
+            r#"{"id":"x","choices":[{"delta":{"cont\u0065nt":"y"}}]}"#,
+            r#"{"id":"x","choices":[],"usage":{"\u0070rompt_tokens":1}}"#,
+        ] {
+            assert!(!agrees(text), "{text}");
+        }
     }
 
     /// Every member value of every sample, at every depth, replaced by values of
