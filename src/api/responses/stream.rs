@@ -176,9 +176,9 @@ impl<'a> Chunk<'a> {
     ) -> Result<Chunk<'a>, ApiError> {
         // One UTF-8 check for the whole chunk: read as `str`, serde_json does not
         // check each string and key again (it did, once per string, from bytes).
-        let text = std::str::from_utf8(text).map_err(|e| {
+        let text = crate::json_scan::utf8(text).ok_or_else(|| {
             ApiError::upstream_failure(format!(
-                "connection '{connection}': a streamed chunk is not UTF-8: {e}"
+                "connection '{connection}': a streamed chunk is not UTF-8"
             ))
         })?;
         if let Some(chunk) = Chunk::scanned(text, front) {
@@ -954,12 +954,14 @@ pub fn translate(chunks: PayloadStream, translator: Translator) -> EventStream {
         pending: VecDeque<Result<Event, ApiError>>,
         ended: bool,
     }
-    let state = State {
+    // Boxed: the unfold moves its state into and out of each item's future, and the
+    // translator is large (that was 56 copies a stream, 6,000 instructions).
+    let state = Box::new(State {
         chunks,
         translator,
         pending: VecDeque::new(),
         ended: false,
-    };
+    });
     Box::pin(futures_util::stream::unfold(
         state,
         |mut state| async move {
@@ -1014,8 +1016,7 @@ pub fn passed_through(events: PayloadStream, assemble: bool) -> EventStream {
     Box::pin(events.map(move |item| {
         item.map(|payload| {
             let kind = match &payload {
-                Payload::Raw(raw) => std::str::from_utf8(raw.text())
-                    .ok()
+                Payload::Raw(raw) => crate::json_scan::utf8(raw.text())
                     .and_then(|t| member_str(t, "type"))
                     .map(Cow::into_owned),
                 Payload::Value(value) => {
