@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use crate::json_scan::{has_escape, Walk};
+use crate::json_scan::{has_escape, write_json_str, Walk};
 
 /// The values of the top-level members named in `wanted`, as written (`null`
 /// included), in `wanted`'s order. `n` is taken when it is `1` or `null` (one
@@ -118,6 +118,33 @@ pub fn stop_strings(raw: Option<&str>) -> Option<Vec<Cow<'_, str>>> {
         }
     }
     Some(strings)
+}
+
+/// `[<head>"…"},…]`: each text as a JSON string in an object that `head` opens
+/// (Anthropic's `{"type":"text","text":`, Gemini's `{"text":`).
+pub fn write_text_objects(out: &mut Vec<u8>, head: &[u8], texts: &[Cow<'_, str>]) {
+    out.push(b'[');
+    for (i, text) in texts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(head);
+        write_json_str(out, text);
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
+/// `["…",…]`.
+pub fn write_strings(out: &mut Vec<u8>, texts: &[Cow<'_, str>]) {
+    out.push(b'[');
+    for (i, text) in texts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json_str(out, text);
+    }
+    out.push(b']');
 }
 
 /// Chat requests for the writers' differential tests: messages and any of the
@@ -269,5 +296,28 @@ pub mod arb {
                 Just(all).prop_shuffle()
             })
             .prop_map(|members| format!("{{{}}}", members.join(",")))
+    }
+
+    /// A writer's differential test: `check` gets each of 4,000 generated requests
+    /// that `raw_chat` reads (with its number) and answers whether the writer wrote
+    /// it, having held what it wrote to its tree; at least 1,000 must be read and
+    /// 300 written, so that the comparison is not vacuous.
+    pub fn each_raw_request(mut check: impl FnMut(usize, &str) -> bool) {
+        use proptest::strategy::ValueTree;
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let strategy = request();
+        let (mut raw_requests, mut written) = (0, 0);
+        for case in 0..4000 {
+            let text = strategy.new_tree(&mut runner).unwrap().current();
+            if crate::api::raw_chat::read(&bytes::Bytes::from(text.clone())).is_none() {
+                continue;
+            }
+            raw_requests += 1;
+            if check(case, &text) {
+                written += 1;
+            }
+        }
+        assert!(raw_requests > 1000, "{raw_requests} requests read raw");
+        assert!(written > 300, "{written} of {raw_requests} written");
     }
 }

@@ -34,30 +34,6 @@ pub struct UsageCounts {
 }
 
 impl UsageCounts {
-    /// A `usage` object read by a walk as serde reads this struct (see
-    /// `stream::FastEvent::walked`; `refused` as there).
-    pub(super) fn walked(walk: &mut Walk<'_>, refused: &mut bool) -> Option<UsageCounts> {
-        let mut counts = UsageCounts::default();
-        let mut seen = [false; 4];
-        walk.object(|walk, key| {
-            let (slot, seen) = match key {
-                "input_tokens" => (&mut counts.input_tokens, &mut seen[0]),
-                "cache_read_input_tokens" => (&mut counts.cache_read_input_tokens, &mut seen[1]),
-                "cache_creation_input_tokens" => {
-                    (&mut counts.cache_creation_input_tokens, &mut seen[2])
-                }
-                "output_tokens" => (&mut counts.output_tokens, &mut seen[3]),
-                _ => return refuse_unknown(key, refused),
-            };
-            first_time(seen)?;
-            *slot = walk.u64_or_null()?;
-            Some(())
-        })?;
-        Some(counts)
-    }
-}
-
-impl UsageCounts {
     /// The counts of a `usage` tree that are unsigned integers (anything else in it
     /// is ignored).
     pub(super) fn of(usage: &Value) -> UsageCounts {
@@ -70,12 +46,49 @@ impl UsageCounts {
         }
     }
 
+    /// A `usage` object read by a walk as serde reads this struct (see
+    /// `stream::FastEvent::walked`; `refused` as there).
+    pub(super) fn walked(walk: &mut Walk<'_>, refused: &mut bool) -> Option<UsageCounts> {
+        Self::walk(
+            walk,
+            |_, key| refuse_unknown(key, refused),
+            |walk| walk.u64_or_null(),
+        )
+    }
+
     /// A `usage` object read by a walk as [`UsageCounts::of`] reads its tree: the
     /// counts that are unsigned integers, every other member and value ignored (a
     /// `message_start`'s usage has more members than the typed view knows). `None`
     /// leaves it to the tree: not an object, a count given twice, a key with
     /// escapes, a negative count.
     pub(super) fn lenient(walk: &mut Walk<'_>) -> Option<UsageCounts> {
+        Self::walk(
+            walk,
+            |walk, key| {
+                if has_escape(key) {
+                    None
+                } else {
+                    walk.skip().map(drop)
+                }
+            },
+            |walk| {
+                let value = walk.skip()?;
+                if value.starts_with('-') {
+                    return None;
+                }
+                // A float, a string, `null` or an object is not a count, as in the tree.
+                Some(value.parse().ok())
+            },
+        )
+    }
+
+    /// The walk both readings share: the four counts, each at most once, read by
+    /// `count`; other members handed to `other`.
+    fn walk<'a>(
+        walk: &mut Walk<'a>,
+        mut other: impl FnMut(&mut Walk<'a>, &'a str) -> Option<()>,
+        mut count: impl FnMut(&mut Walk<'a>) -> Option<Option<u64>>,
+    ) -> Option<UsageCounts> {
         let mut counts = UsageCounts::default();
         let mut seen = [false; 4];
         walk.object(|walk, key| {
@@ -86,16 +99,10 @@ impl UsageCounts {
                     (&mut counts.cache_creation_input_tokens, &mut seen[2])
                 }
                 "output_tokens" => (&mut counts.output_tokens, &mut seen[3]),
-                _ if has_escape(key) => return None,
-                _ => return walk.skip().map(drop),
+                _ => return other(walk, key),
             };
             first_time(seen)?;
-            let value = walk.skip()?;
-            if value.starts_with('-') {
-                return None;
-            }
-            // A float, a string, `null` or an object is not a count, as in the tree.
-            *slot = value.parse().ok();
+            *slot = count(walk)?;
             Some(())
         })?;
         Some(counts)

@@ -920,6 +920,30 @@ mod tests {
         }
     }
 
+    /// `event` through `fast` by [`Translator::on_data`] (the walks and typed views
+    /// first) and through `tree` by the tree path: the same chunks, byte for byte,
+    /// or the same error.
+    fn translated_alike(fast: &mut Translator, tree: &mut Translator, event: &str) {
+        let (mut a, mut b) = (VecDeque::new(), VecDeque::new());
+        let ra = fast.on_data(event, &mut a);
+        let rb = match json_chunk(event) {
+            Ok(value) => tree.on_value(&value, &mut b),
+            Err(ApiError::UpstreamRejected(body)) => {
+                Err(mid_stream_error(body.message, &body.error_type))
+            }
+            Err(err) => Err(err),
+        };
+        match (ra, rb) {
+            (Ok(()), Ok(())) => {}
+            (Err(ea), Err(eb)) => {
+                assert_eq!(ea.status(), eb.status(), "{event}");
+                assert_eq!(ea.error_object(), eb.error_object(), "{event}");
+            }
+            (ra, rb) => panic!("{event}: {ra:?} against {rb:?}"),
+        }
+        assert_eq!(texts(a), texts(b), "{event}");
+    }
+
     fn texts(out: Out) -> Vec<String> {
         out.into_iter()
             .map(|p| String::from_utf8(p.into_json_bytes().to_vec()).unwrap())
@@ -1040,24 +1064,7 @@ mod tests {
         tree.id = fast.id.clone();
         tree.created = fast.created;
         for event in events {
-            let (mut a, mut b) = (VecDeque::new(), VecDeque::new());
-            let ra = fast.on_data(event, &mut a);
-            let rb = match json_chunk(event) {
-                Ok(value) => tree.on_value(&value, &mut b),
-                Err(ApiError::UpstreamRejected(body)) => {
-                    Err(mid_stream_error(body.message, &body.error_type))
-                }
-                Err(err) => Err(err),
-            };
-            match (ra, rb) {
-                (Ok(()), Ok(())) => {}
-                (Err(ea), Err(eb)) => {
-                    assert_eq!(ea.status(), eb.status(), "{event}");
-                    assert_eq!(ea.error_object(), eb.error_object(), "{event}");
-                }
-                (ra, rb) => panic!("{event}: {ra:?} against {rb:?}"),
-            }
-            assert_eq!(texts(a), texts(b), "{event}");
+            translated_alike(&mut fast, &mut tree, event);
             assert_eq!(
                 format!(
                     "{:?}",
@@ -1118,21 +1125,7 @@ mod tests {
                 output: 6,
             };
             tree.usage = fast.usage;
-            let (mut a, mut b) = (VecDeque::new(), VecDeque::new());
-            let ra = fast.on_data(text, &mut a);
-            let rb = match json_chunk(text) {
-                Ok(value) => tree.on_value(&value, &mut b),
-                Err(ApiError::UpstreamRejected(body)) => {
-                    Err(mid_stream_error(body.message, &body.error_type))
-                }
-                Err(err) => Err(err),
-            };
-            match (ra, rb) {
-                (Ok(()), Ok(())) => {}
-                (Err(ea), Err(eb)) => assert_eq!(ea.error_object(), eb.error_object(), "{text}"),
-                (ra, rb) => panic!("{text}: {ra:?} against {rb:?}"),
-            }
-            assert_eq!(texts(a), texts(b), "{text}");
+            translated_alike(&mut fast, &mut tree, text);
             let state =
                 |t: &Translator| format!("{:?}", (&t.id, &t.model, t.usage, &t.blocks, t.started));
             assert_eq!(state(&fast), state(&tree), "{text}");
