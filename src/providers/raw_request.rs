@@ -1,7 +1,7 @@
 //! What the providers that write their upstream request straight from the client's
 //! bytes share (`anthropic::raw_request`, `google::raw_request`): reading the
 //! members of a chat request that `api::raw_chat` let through, and its messages
-//! whose content is a string, without a tree. Each writer answers `None` for
+//! whose content is text, without a tree. Each writer answers `None` for
 //! anything it leaves to its tree translation, which then reads the request as
 //! before; so do these readers, for anything not in the shape they know.
 
@@ -43,21 +43,25 @@ pub fn members<'a, const N: usize>(
     Some(values)
 }
 
-/// One message of a conversation whose contents are strings.
+/// One message of a conversation whose content is text.
 pub struct TextMessage<'a> {
     pub role: Cow<'a, str>,
-    /// `None` when absent or `null`.
-    pub content: Option<Cow<'a, str>>,
+    /// Its texts: a string content is one, a list of text parts one per part,
+    /// `null` or no content none. Both translations treat each part's text as they
+    /// treat a string content.
+    pub texts: Vec<Cow<'a, str>>,
 }
 
 /// The messages of `messages` (a JSON list, checked), in order. `None` for a
-/// message whose content is neither a string nor `null`, with a member in
-/// `left_to_tree`, with a member given twice or a key with an escape, or without a
-/// string `role`. Other members are skipped (neither translation reads them).
+/// message whose content is not a string, `null` or a list of plain text parts
+/// (`{"type":"text","text":…}` and nothing else: a `cache_control` is for the tree),
+/// with a member in `left_to_tree`, with a member given twice or a key with an
+/// escape, or without a string `role`. Other members are skipped (neither
+/// translation reads them).
 pub fn text_messages<'a>(messages: &'a str, left_to_tree: &[&str]) -> Option<Vec<TextMessage<'a>>> {
     let mut list = Vec::new();
     Walk::new(messages).array(|walk| {
-        let (mut role, mut content) = (None, None);
+        let (mut role, mut texts) = (None, None);
         walk.object(|walk, key| match key {
             "role" => {
                 role.is_none().then_some(())?;
@@ -65,11 +69,13 @@ pub fn text_messages<'a>(messages: &'a str, left_to_tree: &[&str]) -> Option<Vec
                 Some(())
             }
             "content" => {
-                content.is_none().then_some(())?;
-                content = Some(if walk.null() {
-                    None
+                texts.is_none().then_some(())?;
+                texts = Some(if walk.null() {
+                    Vec::new()
+                } else if walk.at_string() {
+                    vec![walk.string()?]
                 } else {
-                    Some(walk.string()?)
+                    text_parts(walk)?
                 });
                 Some(())
             }
@@ -78,11 +84,37 @@ pub fn text_messages<'a>(messages: &'a str, left_to_tree: &[&str]) -> Option<Vec
         })?;
         list.push(TextMessage {
             role: role?,
-            content: content.flatten(),
+            texts: texts.unwrap_or_default(),
         });
         Some(())
     })?;
     Some(list)
+}
+
+/// A list of parts that are each `{"type":"text","text":"…"}` (members in any
+/// order, nothing else): their texts.
+fn text_parts<'a>(walk: &mut Walk<'a>) -> Option<Vec<Cow<'a, str>>> {
+    let mut texts = Vec::new();
+    walk.array(|walk| {
+        let (mut kind, mut text) = (None, None);
+        walk.object(|walk, key| match key {
+            "type" => {
+                kind.is_none().then_some(())?;
+                kind = Some(walk.string()?);
+                Some(())
+            }
+            "text" => {
+                text.is_none().then_some(())?;
+                text = Some(walk.string()?);
+                Some(())
+            }
+            _ => None,
+        })?;
+        (kind? == "text").then_some(())?;
+        texts.push(text?);
+        Some(())
+    })?;
+    Some(texts)
 }
 
 /// A positive integer as the translations read a token count: absent or `null`
@@ -178,10 +210,19 @@ pub mod arb {
             1 => Just(r#""tool""#),
             1 => Just(r#""wizard""#),
         ];
+        let part = prop_oneof![
+            8 => string().prop_map(|s| format!(r#"{{"type":"text","text":{s}}}"#)),
+            2 => string().prop_map(|s| format!(r#"{{"text":{s},"type":"text"}}"#)),
+            1 => string().prop_map(|s| {
+                format!(r#"{{"type":"text","text":{s},"cache_control":{{"type":"ephemeral"}}}}"#)
+            }),
+            1 => Just(r#"{"type":"refusal","refusal":"no"}"#.to_owned()),
+            1 => Just(r#"{"type":"new_kind","x":1}"#.to_owned()),
+        ];
         let content = prop_oneof![
-            12 => string().prop_map(str::to_owned),
+            10 => string().prop_map(str::to_owned),
             2 => Just("null".to_owned()),
-            1 => string().prop_map(|s| format!(r#"[{{"type":"text","text":{s}}}]"#)),
+            4 => prop::collection::vec(part, 0..4).prop_map(|parts| format!("[{}]", parts.join(","))),
         ];
         let extra = prop_oneof![
             16 => Just(""),

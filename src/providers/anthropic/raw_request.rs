@@ -6,10 +6,10 @@
 //! stream; bench/README.md, session 19).
 //!
 //! It knows the common shape: system, developer, user and assistant messages whose
-//! content is a string (or `null`), and the settings `max_tokens`,
+//! content is a string, `null` or a list of plain text parts, and the settings `max_tokens`,
 //! `max_completion_tokens`, `temperature`, `top_p`, `stop`, `user` and `n` (1).
 //! Anything else the translation acts on (tools, `response_format`, thinking,
-//! `top_k`, content parts, tool messages, an assistant's reasoning) makes [`write`]
+//! `top_k`, other content parts or a `cache_control`, tool messages, an assistant's reasoning) makes [`write`]
 //! answer `None`, and the request takes the tree translation
 //! (`request::translate`), which also gives every error its answer. Members the
 //! translation drops are dropped here too. What [`write`] writes is byte for byte
@@ -154,7 +154,7 @@ fn write_number(out: &mut Vec<u8>, value: f64) {
 }
 
 /// `messages` → (system texts, alternating turns), as `messages::convert_messages`
-/// makes them for messages whose content is a string or `null`: system and
+/// makes them for messages whose content is text (`text_messages`): system and
 /// developer messages hoisted, blank texts left out, same-role neighbours merged,
 /// a `"."` user turn before a leading assistant turn, a final assistant turn's
 /// trailing whitespace trimmed. `None` for anything else, and for a conversation
@@ -163,10 +163,13 @@ fn conversation(raw: &str) -> Option<(Vec<Cow<'_, str>>, Vec<Turn<'_>>)> {
     let mut system = Vec::new();
     let mut turns: Vec<Turn<'_>> = Vec::new();
     for message in text_messages(raw, &MESSAGE_MEMBERS_LEFT_TO_THE_TREE)? {
-        let text = message.content.filter(|text| !text.trim().is_empty());
+        let texts = message
+            .texts
+            .into_iter()
+            .filter(|text| !text.trim().is_empty());
         let role = match message.role.as_ref() {
             "system" | "developer" => {
-                system.extend(text);
+                system.extend(texts);
                 continue;
             }
             "user" => Role::User,
@@ -174,7 +177,7 @@ fn conversation(raw: &str) -> Option<(Vec<Cow<'_, str>>, Vec<Turn<'_>>)> {
             // Tool messages, and roles the translation refuses.
             _ => return None,
         };
-        if let Some(text) = text {
+        for text in texts {
             match turns.last_mut() {
                 Some((last, blocks)) if *last == role => blocks.push(text),
                 _ => turns.push((role, vec![text])),
@@ -255,7 +258,8 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":"low"}"#,
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_k":3}"#,
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
-            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x"}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x","cache_control":{"type":"ephemeral"}}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"new_kind","x":1}]}]}"#,
             r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"c","content":"x"}]}"#,
             r#"{"model":"m","messages":[{"role":"assistant","content":"x","reasoning_content":"r"}]}"#,
             r#"{"model":"m","messages":[{"role":"system","content":"only system"}]}"#,

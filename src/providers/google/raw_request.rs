@@ -4,10 +4,10 @@
 //! in one walk, with no request tree, no Gemini tree and no serializing (about
 //! 17,000 instructions a request; bench/README.md, session 19).
 //!
-//! It knows system, developer, user and assistant messages whose content is a string
-//! (or `null`), and the settings `temperature`, `top_p`, `presence_penalty`,
+//! It knows system, developer, user and assistant messages whose content is a string,
+//! `null` or a list of plain text parts, and the settings `temperature`, `top_p`, `presence_penalty`,
 //! `frequency_penalty`, `max_tokens`, `max_completion_tokens`, `stop`, `seed` and
-//! `n` (1). Tools, `response_format`, `reasoning_effort`, `top_k`, content parts and
+//! `n` (1). Tools, `response_format`, `reasoning_effort`, `top_k`, other content parts and
 //! tool messages make [`write`] answer `None`, and `request::build_request` reads
 //! the request as a tree, as before (with every error). What [`write`] writes is
 //! byte for byte what that tree serializes to (the differential test below).
@@ -126,17 +126,17 @@ pub fn write(body: &str, options: &RequestOptions) -> Option<Vec<u8>> {
 }
 
 /// `messages` → (system texts, turns), as `build_request` makes them for messages
-/// whose content is a string or `null`: system and developer texts hoisted, empty
+/// whose content is text (`text_messages`): system and developer texts hoisted, empty
 /// texts left out, same-role neighbours merged. `None` for anything else, and for a
 /// conversation with nothing but system messages (refused by the tree).
 fn conversation(raw: &str) -> Option<(Vec<Cow<'_, str>>, Vec<Turn<'_>>)> {
     let mut system = Vec::new();
     let mut turns: Vec<Turn<'_>> = Vec::new();
     for message in text_messages(raw, &MESSAGE_MEMBERS_LEFT_TO_THE_TREE)? {
-        let text = message.content.filter(|text| !text.is_empty());
+        let texts = message.texts.into_iter().filter(|text| !text.is_empty());
         let role = match message.role.as_ref() {
             "system" | "developer" => {
-                system.extend(text);
+                system.extend(texts);
                 continue;
             }
             "user" => "user",
@@ -144,7 +144,7 @@ fn conversation(raw: &str) -> Option<(Vec<Cow<'_, str>>, Vec<Turn<'_>>)> {
             // Tool results, and roles the tree refuses.
             _ => return None,
         };
-        if let Some(text) = text {
+        for text in texts {
             match turns.last_mut() {
                 Some((last, texts)) if *last == role => texts.push(text),
                 _ => turns.push((role, vec![text])),
@@ -259,7 +259,8 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":"low"}"#,
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_k":3}"#,
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
-            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x"}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x","cache_control":{"type":"ephemeral"}}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"new_kind","x":1}]}]}"#,
             r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"c","content":"x"}]}"#,
             r#"{"model":"m","messages":[{"role":"system","content":"only system"}]}"#,
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":["1","2","3","4","5","6"]}"#,
