@@ -339,6 +339,19 @@ pub mod arb {
             .prop_map(|members| format!("{{{}}}", members.join(",")))
     }
 
+    /// Requests `raw_chat` reads that both writers leave to their trees (each
+    /// writer's test adds its own).
+    pub const LEFT_TO_EVERY_TREE: [&str; 8] = [
+        r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":"low"}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_k":3}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x","cache_control":{"type":"ephemeral"}}]}]}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":[{"type":"new_kind","x":1}]}]}"#,
+        r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"c","content":"x"}]}"#,
+    ];
+
     /// A writer's differential test: `check` gets each of 4,000 generated requests
     /// that `raw_chat` reads (with its number) and answers whether the writer wrote
     /// it, having held what it wrote to its tree; at least 1,000 must be read and

@@ -252,18 +252,14 @@ mod tests {
 
     #[test]
     fn what_the_translation_acts_on_is_left_to_it() {
-        for text in [
-            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}"#,
-            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
-            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":"low"}"#,
-            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_k":3}"#,
-            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
-            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x","cache_control":{"type":"ephemeral"}}]}]}"#,
-            r#"{"model":"m","messages":[{"role":"user","content":[{"type":"new_kind","x":1}]}]}"#,
-            r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"c","content":"x"}]}"#,
+        let own = [
             r#"{"model":"m","messages":[{"role":"assistant","content":"x","reasoning_content":"r"}]}"#,
             r#"{"model":"m","messages":[{"role":"system","content":"only system"}]}"#,
-        ] {
+        ];
+        for text in crate::providers::raw_request::arb::LEFT_TO_EVERY_TREE
+            .into_iter()
+            .chain(own)
+        {
             assert!(
                 raw_chat::read(&bytes::Bytes::from(text)).is_some(),
                 "{text}"

@@ -202,11 +202,10 @@ impl GoogleProvider {
         }
     }
 
-    /// POST the translated request; on a Vertex 401 get a new token and retry once.
+    /// POST the chat request (on a Vertex 401 a new token and one retry): `written`
+    /// when `raw_request` wrote it from the client's bytes (see
+    /// [`GoogleProvider::written_from_raw`]), else built from the call's tree.
     /// Returns the 2xx response; anything else is mapped to an error.
-    /// Send the chat request: `written` when `raw_request` wrote it from the
-    /// client's bytes (see [`GoogleProvider::written_from_raw`]), else built from
-    /// the call's tree.
     async fn post(
         &self,
         call: &UpstreamCall,
