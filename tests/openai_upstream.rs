@@ -94,7 +94,8 @@ async fn every_request_field_reaches_the_upstream_intact() {
 /// With no handler and no JSON logger, nothing reads the request but the gateway:
 /// its bytes go upstream as the client wrote them (number spellings, escapes,
 /// member order, whitespace), with only the `model` value replaced when routing
-/// renames it. Members the gateway acts on (here `tools`) take the parsed path.
+/// renames it; an agent's `tools` too. Members the fast path leaves to the parsed
+/// path (here an image part) are parsed and written again.
 #[tokio::test]
 async fn requests_nobody_inspects_go_upstream_as_written() {
     let (upstream, gw) = setup().await;
@@ -122,10 +123,26 @@ async fn requests_nobody_inspects_go_upstream_as_written() {
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(upstream.last().bytes, written("upstream-name").as_bytes());
 
-    // A member the fast path leaves to the parsed path: the same request, parsed
-    // and written again (the model first, numbers as serde_json writes them).
-    let with_tools = written("renamed").replacen("{ ", r#"{"tools":[], "#, 1);
+    // An agent's tools go as written too (checked as the validator checks them).
+    let tools = r#"{"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{}}}}], "#;
+    let with_tools = written("renamed").replacen("{ ", tools, 1);
     let response = send(with_tools).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(
+        upstream.last().bytes,
+        written("upstream-name").replacen("{ ", tools, 1).as_bytes()
+    );
+
+    // A member the fast path leaves to the parsed path (an image part): the same
+    // request, parsed and written again (the model first, numbers as serde_json
+    // writes them).
+    let with_image = written("renamed").replacen(
+        r#""content":"caf\u00e9 \n1""#,
+        r#""content":[{"type":"image_url","image_url":{"url":"https://example.com/a.png"}}]"#,
+        1,
+    );
+    assert_ne!(with_image, written("renamed"));
+    let response = send(with_image).await.unwrap();
     assert_eq!(response.status(), StatusCode::OK);
     let last = upstream.last();
     assert!(

@@ -10,8 +10,8 @@
 //! serde_json's parser does) and answers only for a request that
 //! [`validate::validate_request`](super::validate::validate_request) surely accepts,
 //! in the subset of shapes it knows: a member it does not check the way the
-//! validator does (`tools`, `tool_calls`, content parts other than text, a key
-//! written with escapes, a member given twice, `stream_options`, ...) makes it
+//! validator does (content parts other than text, a key written with escapes, a
+//! member given twice, `stream_options`, `extra_headers`, ...) makes it
 //! answer `None`, and the door takes the tree path, which gives every error and
 //! every edge its answer as before. So the fast path changes no verdict: the
 //! differential test below holds it to "accepted here ⇒ accepted there, with the
@@ -217,11 +217,100 @@ fn member(
             })?;
             kind.then_some(())
         }
+        // An agent's request carries its tools (often many kilobytes of JSON
+        // schema): checked here, they go on as written instead of through a tree.
+        "tools" => tools(walk),
         // Members the tree path handles: `extra_headers` is refused there;
-        // `stream_options` is dropped or extended; `tools` has its own checks.
-        "extra_headers" | "stream_options" | "tools" => None,
+        // `stream_options` is dropped or extended.
+        "extra_headers" | "stream_options" => None,
         _ => walk.skip().map(drop),
     }
+}
+
+/// `tools`, checked as `validate::check_tools` checks it: a list of objects, each
+/// with a string `type` and, when that type is `function`, a string
+/// `function.name`. Whatever else a tool holds (its description, its parameters'
+/// schema) is only checked as JSON.
+fn tools(walk: &mut Walk<'_>) -> Option<()> {
+    walk.array(|walk| {
+        let mut kind = None;
+        let mut named = None;
+        walk.object(|walk, key| match key {
+            "type" => {
+                kind.is_none().then_some(())?;
+                kind = Some(walk.string()?);
+                Some(())
+            }
+            "function" => {
+                named.is_none().then_some(())?;
+                named = Some(has_string_name(walk)?);
+                Some(())
+            }
+            _ if has_escape(key) => None,
+            _ => walk.skip().map(drop),
+        })?;
+        (kind? != "function" || named == Some(true)).then_some(())
+    })
+}
+
+/// Takes any value: whether it is an object with a string `name` (as
+/// `value.get("name").is_some_and(Value::is_string)` reads it).
+fn has_string_name(walk: &mut Walk<'_>) -> Option<bool> {
+    if !walk.at_object() {
+        walk.skip()?;
+        return Some(false);
+    }
+    let mut name = None;
+    walk.object(|walk, key| match key {
+        "name" => {
+            name.is_none().then_some(())?;
+            name = Some(walk.at_string());
+            walk.skip().map(drop)
+        }
+        _ if has_escape(key) => None,
+        _ => walk.skip().map(drop),
+    })?;
+    Some(name == Some(true))
+}
+
+/// An assistant's `tool_calls`, checked as `validate::validate_message` checks
+/// them: `null`, or a list of objects whose `function` has a string `name` and an
+/// `arguments` that is a string, `null` or absent.
+fn tool_calls(walk: &mut Walk<'_>) -> Option<()> {
+    if walk.null() {
+        return Some(());
+    }
+    walk.array(|walk| {
+        let mut function = false;
+        walk.object(|walk, key| match key {
+            "function" => {
+                first_time(&mut function)?;
+                called_function(walk)
+            }
+            _ if has_escape(key) => None,
+            _ => walk.skip().map(drop),
+        })?;
+        function.then_some(())
+    })
+}
+
+/// A tool call's `function`: an object with a string `name` and an `arguments`
+/// that is a string or `null` when given.
+fn called_function(walk: &mut Walk<'_>) -> Option<()> {
+    let (mut name, mut arguments) = (false, false);
+    walk.object(|walk, key| match key {
+        "name" => {
+            first_time(&mut name)?;
+            string(walk)
+        }
+        "arguments" => {
+            first_time(&mut arguments)?;
+            string_or_null(walk)
+        }
+        _ if has_escape(key) => None,
+        _ => walk.skip().map(drop),
+    })?;
+    name.then_some(())
 }
 
 fn string_or_null(walk: &mut Walk<'_>) -> Option<()> {
@@ -247,14 +336,15 @@ fn integer_in(walk: &mut Walk<'_>, min: u64, max: u64) -> Option<()> {
 
 /// One message, checked as `validate::validate_message` checks it: a role it
 /// knows, content as a string or a list of text parts (absent or `null` only for
-/// the roles that may omit it), `tool_call_id` a string for a tool message.
-/// `tool_calls` and other content parts are for the tree path.
+/// the roles that may omit it), `tool_call_id` a string for a tool message,
+/// `tool_calls` as [`tool_calls`] reads them. Other content parts are for the tree
+/// path.
 fn message(walk: &mut Walk<'_>) -> Option<()> {
     let mut role: Option<&str> = None;
     // `Some(true)`: a string or a list; `Some(false)`: `null`.
     let mut content: Option<bool> = None;
     let mut call_id_is_string = false;
-    let (mut seen_role, mut seen_call_id) = (false, false);
+    let (mut seen_role, mut seen_call_id, mut seen_calls) = (false, false, false);
     walk.object(|walk, key| match key {
         "role" => {
             first_time(&mut seen_role)?;
@@ -280,7 +370,10 @@ fn message(walk: &mut Walk<'_>) -> Option<()> {
             call_id_is_string = walk.at_string();
             walk.skip().map(drop)
         }
-        "tool_calls" => None,
+        "tool_calls" => {
+            first_time(&mut seen_calls)?;
+            tool_calls(walk)
+        }
         _ if has_escape(key) => None,
         _ => walk.skip().map(drop),
     })?;
@@ -329,12 +422,19 @@ mod tests {
         r#"{"messages":[{"role":"assistant","content":null},{"role":"user","content":[{"type":"text","text":"t"},{"type":"new_kind","x":1}]}],"model":"m","stream":false,"max_tokens":10,"n":1,"seed":-3,"stop":["x","y"],"user":"u","metadata":{"a":"b"},"logprobs":null,"top_logprobs":0,"tool_choice":"auto","response_format":{"type":"json_object"},"unknown":[1,{"d":[2]}]}"#,
         r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"c1","content":"r"},{"role":"function","name":"f"}],"stop":"s","presence_penalty":-1e2,"logit_bias":{"1":2}}"#,
         r#"{"model":"m\u0041","messages":[{"role":"developer","content":[]}],"seed":18446744073709551615,"max_completion_tokens":100000000}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"weather?"},{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}},{"id":"c2","type":"function","function":{"arguments":null,"name":"f"}}]},{"role":"tool","tool_call_id":"call_1","content":"sunny"}],"tools":[{"type":"function","function":{"name":"get_weather","description":"d","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]},"strict":true}},{"type":"web_search"},{"function":7,"type":"custom"},{"type":"custom","function":{"name":1}}],"tool_choice":{"type":"function","function":{"name":"get_weather"}},"parallel_tool_calls":false}"#,
+        r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":"g"}}]},{"role":"user","content":"x"}],"tools":[]}"#,
         r#"{"model":"m","messages":[{"role":"user","content":"x","tool_calls":null}],"stream_options":{"include_usage":true},"tools":[]}"#,
         r#"{"model":"m","model":"n","messages":[{"role":"user","content":"x"}]}"#,
         r#"{"model":"m","messages":[{"role":"user","role":"wizard","content":"x"}],"extra_headers":{"a":"b"}}"#,
         r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":""}},{"type":"text","text":5}]}]}"#,
         r#"{"model":"m","messages":[{"role":"tool","content":"r","tool_call_id":7}],"n":0,"seed":1.5,"top_p":"1"}"#,
+        r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":"g","arguments":{}}}]}],"tools":[{"type":"function","function":{"name":5}}]}"#,
+        r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":[]},{"type":1}]}"#,
     ];
+
+    /// The first samples are read; the others are left to the tree.
+    const READ: usize = 7;
 
     /// What the tree path decides: the validated request's model and `stream`.
     fn tree_verdict(text: &str) -> Option<(String, Option<bool>)> {
@@ -371,10 +471,10 @@ mod tests {
 
     #[test]
     fn ordinary_requests_take_the_fast_path_and_members_for_the_tree_do_not() {
-        for text in &SAMPLES[..5] {
+        for text in &SAMPLES[..READ] {
             assert!(read(&Bytes::from(*text)).is_some(), "{text}");
         }
-        for text in &SAMPLES[5..] {
+        for text in &SAMPLES[READ..] {
             assert!(read(&Bytes::from(*text)).is_none(), "{text}");
         }
     }
@@ -402,7 +502,7 @@ mod tests {
 
     #[test]
     fn the_upstream_body_is_the_request_with_model_replaced_and_usage_asked() {
-        for text in &SAMPLES[..5] {
+        for text in &SAMPLES[..READ] {
             let raw = read(&Bytes::from(*text)).unwrap();
             let original: Value = serde_json::from_str(text).unwrap();
             // The model as it came: the very bytes.
