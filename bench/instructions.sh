@@ -10,7 +10,8 @@
 # chunks; on the Anthropic door
 # (/v1/messages) a 20-event stream from an Anthropic upstream passed through and a
 # 20-chunk OpenAI stream translated to Anthropic events; on the Responses door
-# (/v1/responses) a 20-chunk OpenAI stream translated to Responses events) the
+# (/v1/responses) a 20-chunk OpenAI stream translated to Responses events; a
+# non-streamed request with 20 tools, as agents send) the
 # gateway runs under
 # callgrind with one serving thread while sequential keep-alive requests go through
 # it; the instructions of N2 requests minus those of N1 requests, divided by N2-N1,
@@ -88,8 +89,13 @@ declare -A paths=(
     [responses-translated-20]=/v1/responses
     [embeddings-1536]=/v1/embeddings
     [embeddings-base64]=/v1/embeddings
+    [tools-20]=/v1/chat/completions
 )
-SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64}
+# bench/run.py's tools-c64 request: what an agent sends, 20 function tools with
+# their JSON schemas (about 11 KB).
+bodies[tools-20]=$(cd bench && python3 -c 'import json, run
+print(json.dumps({"model": "bench", "messages": run.PROMPT, "tools": run.TOOLS, "temperature": 0.2, "max_tokens": 256}))')
+SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20}
 printf '%-24s %-50s %s\n' scenario binary instructions/request
 for scenario in $SCENARIOS; do
     for binary in "$@"; do

@@ -204,8 +204,10 @@ SCENARIOS = [
         conns=64,
         targets=("direct", "floor", "nginx", "lm-proxy"),
         extra={"tools": TOOLS, "temperature": 0.2, "max_tokens": 256},
-        note="the mock ignores the tools; lm-proxy parses and checks them and writes them "
-        "to the upstream again, the floor and nginx forward the bytes",
+        note="the mock ignores the tools; lm-proxy checks them as it reads the request "
+        "and, with no handler or JSON logger configured, sends the client's bytes on "
+        "(before 4e15f5b it parsed them and wrote them again); the floor and nginx "
+        "forward the bytes",
     ),
     Scenario(
         "streams-1000",
