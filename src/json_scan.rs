@@ -770,6 +770,33 @@ fn string_stops_16(chunk: &[u8]) -> u32 {
     }
 }
 
+/// The index of the first byte at or after `i` that is not an ASCII digit
+/// (`text.len()` when there is none). Eight bytes at a time: the digits of a
+/// number were a byte-at-a-time loop, most of the check of an answer made of
+/// numbers (an embedding is 1,536 of them, ten digits each).
+#[inline(always)]
+fn past_digits(text: &[u8], mut i: usize) -> usize {
+    const HIGH_NIBBLES: u64 = 0xF0F0_F0F0_F0F0_F0F0;
+    const THREES: u64 = 0x3030_3030_3030_3030;
+    const SIXES: u64 = 0x0606_0606_0606_0606;
+    while let Some(word) = text.get(i..i + 8) {
+        let word = u64::from_le_bytes(word.try_into().expect("8 bytes"));
+        // A byte is a digit (0x30..=0x39) when its high nibble is 3 and still is
+        // with 6 added. Adding may carry into the next byte only from a byte above
+        // 0xF9, a non-digit: the lowest flagged byte is exact.
+        let not_digits =
+            ((word & HIGH_NIBBLES) ^ THREES) | ((word.wrapping_add(SIXES) & HIGH_NIBBLES) ^ THREES);
+        if not_digits != 0 {
+            return i + (not_digits.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while let Some(b'0'..=b'9') = text.get(i) {
+        i += 1;
+    }
+    i
+}
+
 /// Whether `bytes` can be written between quotes as a JSON string as they are:
 /// no quote, backslash or control character (the only bytes serde_json escapes).
 pub fn needs_no_escaping(bytes: &[u8]) -> bool {
@@ -908,12 +935,7 @@ impl<'a> Scanner<'a> {
         let digits_start = i;
         match *text.get(i)? {
             b'0' => i += 1,
-            b'1'..=b'9' => {
-                i += 1;
-                while let Some(b'0'..=b'9') = text.get(i) {
-                    i += 1;
-                }
-            }
+            b'1'..=b'9' => i = past_digits(text, i + 1),
             _ => return None,
         }
         let int_digits = i - digits_start;
@@ -924,9 +946,7 @@ impl<'a> Scanner<'a> {
             if !text.get(i)?.is_ascii_digit() {
                 return None;
             }
-            while let Some(b'0'..=b'9') = text.get(i) {
-                i += 1;
-            }
+            i = past_digits(text, i + 1);
         }
         if let Some(b'e' | b'E') = text.get(i) {
             i += 1;
@@ -937,9 +957,7 @@ impl<'a> Scanner<'a> {
             if !text.get(i)?.is_ascii_digit() {
                 return None;
             }
-            while let Some(b'0'..=b'9') = text.get(i) {
-                i += 1;
-            }
+            i = past_digits(text, i + 1);
             if i - exponent_start > 2 || int_digits > 200 {
                 check_range = true;
             }
@@ -1210,6 +1228,41 @@ fn hex4(text: &[u8], at: usize) -> Option<u32> {
 mod tests {
     use super::*;
     use serde::de::{IgnoredAny, MapAccess, Visitor};
+
+    #[test]
+    fn past_digits_stops_where_a_byte_loop_stops() {
+        let byte_loop = |text: &[u8], start: usize| {
+            start
+                + text[start..]
+                    .iter()
+                    .take_while(|b| b.is_ascii_digit())
+                    .count()
+        };
+        // Every byte value at every place of a run of digits longer than a word,
+        // from every start; and a second odd byte after it (a carry out of the
+        // first, from 0xFA-0xFF, must not hide it or move the answer).
+        for odd in 0..=u8::MAX {
+            for second in [b'5', b'x', 0xFF, 0x2F, 0x3A] {
+                for at in 0..20 {
+                    let mut text = *b"01234567890123456789";
+                    text[at] = odd;
+                    if at + 1 < text.len() {
+                        text[at + 1] = second;
+                    }
+                    for start in 0..text.len() {
+                        for end in start..=text.len() {
+                            assert_eq!(
+                                past_digits(&text[..end], start),
+                                byte_loop(&text[..end], start),
+                                "{:?} from {start}",
+                                &text[..end]
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
 
     /// What the scan must answer, worked out with serde_json: the text parses as a
     /// `Value`, is an object, and names none of the members twice.
