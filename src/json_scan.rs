@@ -714,6 +714,17 @@ pub fn first_time(seen: &mut bool) -> Option<()> {
     (!std::mem::replace(seen, true)).then_some(())
 }
 
+/// [`first_time`] for a member whose value the walk keeps: `slot` takes what
+/// `value` reads (nothing is read the second time: `None`), and a value `value`
+/// refuses (`None`) refuses the walk.
+pub fn first_value<T>(slot: &mut Option<T>, value: impl FnOnce() -> Option<T>) -> Option<()> {
+    if slot.is_some() {
+        return None;
+    }
+    *slot = Some(value()?);
+    Some(())
+}
+
 /// Whether a key (or other short text) holds a backslash, i.e. an escape: a plain
 /// loop, which for the few bytes of a key costs a fraction of `str::contains`'s
 /// searcher (that was 50 instructions a key, a tenth of reading a chunk).

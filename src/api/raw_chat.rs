@@ -24,7 +24,7 @@ use bytes::Bytes;
 use super::validate::{
     may_omit_content, MAX_MODEL_LEN, MAX_N, MAX_TOKENS, MAX_TOP_LOGPROBS, ROLES,
 };
-use crate::json_scan::{first_time, has_escape, string_value, Walk};
+use crate::json_scan::{first_time, first_value, has_escape, string_value, Walk};
 
 /// A chat request checked without a tree.
 #[derive(Debug, Clone)]
@@ -236,16 +236,8 @@ fn tools(walk: &mut Walk<'_>) -> Option<()> {
         let mut kind = None;
         let mut named = None;
         walk.object(|walk, key| match key {
-            "type" => {
-                kind.is_none().then_some(())?;
-                kind = Some(walk.string()?);
-                Some(())
-            }
-            "function" => {
-                named.is_none().then_some(())?;
-                named = Some(has_string_name(walk)?);
-                Some(())
-            }
+            "type" => first_value(&mut kind, || walk.string()),
+            "function" => first_value(&mut named, || has_string_name(walk)),
             _ if has_escape(key) => None,
             _ => walk.skip().map(drop),
         })?;
@@ -263,8 +255,7 @@ fn has_string_name(walk: &mut Walk<'_>) -> Option<bool> {
     let mut name = None;
     walk.object(|walk, key| match key {
         "name" => {
-            name.is_none().then_some(())?;
-            name = Some(walk.at_string());
+            first_value(&mut name, || Some(walk.at_string()))?;
             walk.skip().map(drop)
         }
         _ if has_escape(key) => None,
@@ -352,9 +343,8 @@ fn message(walk: &mut Walk<'_>) -> Option<()> {
             role = Some(ROLES.iter().find(|known| **known == name)?);
             Some(())
         }
-        "content" => {
-            content.is_none().then_some(())?;
-            content = Some(if walk.null() {
+        "content" => first_value(&mut content, || {
+            Some(if walk.null() {
                 false
             } else if walk.at_string() {
                 string(walk)?;
@@ -362,9 +352,8 @@ fn message(walk: &mut Walk<'_>) -> Option<()> {
             } else {
                 walk.array(text_part)?;
                 true
-            });
-            Some(())
-        }
+            })
+        }),
         "tool_call_id" => {
             first_time(&mut seen_call_id)?;
             call_id_is_string = walk.at_string();
@@ -389,14 +378,9 @@ fn text_part(walk: &mut Walk<'_>) -> Option<()> {
     let mut kind = None;
     let mut text_is_string = None;
     walk.object(|walk, key| match key {
-        "type" => {
-            kind.is_none().then_some(())?;
-            kind = Some(walk.string()?);
-            Some(())
-        }
+        "type" => first_value(&mut kind, || walk.string()),
         "text" => {
-            text_is_string.is_none().then_some(())?;
-            text_is_string = Some(walk.at_string());
+            first_value(&mut text_is_string, || Some(walk.at_string()))?;
             walk.skip().map(drop)
         }
         _ if has_escape(key) => None,

@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use crate::json_scan::{has_escape, write_json_str, Walk};
+use crate::json_scan::{first_value, has_escape, write_json_str, Walk};
 
 /// The values of the top-level members named in `wanted`, as written (`null`
 /// included), in `wanted`'s order. `n` is taken when it is `1` or `null` (one
@@ -63,22 +63,16 @@ pub fn text_messages<'a>(messages: &'a str, left_to_tree: &[&str]) -> Option<Vec
     Walk::new(messages).array(|walk| {
         let (mut role, mut texts) = (None, None);
         walk.object(|walk, key| match key {
-            "role" => {
-                role.is_none().then_some(())?;
-                role = Some(walk.string()?);
-                Some(())
-            }
-            "content" => {
-                texts.is_none().then_some(())?;
-                texts = Some(if walk.null() {
+            "role" => first_value(&mut role, || walk.string()),
+            "content" => first_value(&mut texts, || {
+                Some(if walk.null() {
                     Vec::new()
                 } else if walk.at_string() {
                     vec![walk.string()?]
                 } else {
                     text_parts(walk)?
-                });
-                Some(())
-            }
+                })
+            }),
             _ if has_escape(key) || left_to_tree.contains(&key) => None,
             _ => walk.skip().map(drop),
         })?;
@@ -98,16 +92,8 @@ fn text_parts<'a>(walk: &mut Walk<'a>) -> Option<Vec<Cow<'a, str>>> {
     walk.array(|walk| {
         let (mut kind, mut text) = (None, None);
         walk.object(|walk, key| match key {
-            "type" => {
-                kind.is_none().then_some(())?;
-                kind = Some(walk.string()?);
-                Some(())
-            }
-            "text" => {
-                text.is_none().then_some(())?;
-                text = Some(walk.string()?);
-                Some(())
-            }
+            "type" => first_value(&mut kind, || walk.string()),
+            "text" => first_value(&mut text, || walk.string()),
             _ => None,
         })?;
         (kind? == "text").then_some(())?;

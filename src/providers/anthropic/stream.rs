@@ -27,7 +27,7 @@ use super::response::{
     error_event, finish_reason, json_answer, mid_stream_error, Usage, UsageCounts,
 };
 use crate::error::ApiError;
-use crate::json_scan::{first_time, has_escape, refuse_unknown, Walk};
+use crate::json_scan::{first_time, first_value, has_escape, refuse_unknown, Walk};
 use crate::payload::{Payload, PayloadStream};
 use crate::providers::chunk_text::{
     empty_delta, role_delta, string_delta, text_or_empty, write_str, ChunkWriter, Text,
@@ -210,20 +210,16 @@ impl<'a> StartEvent<'a> {
         walk.object(|walk, key| {
             match key {
                 "type" => {
-                    kind.is_none().then_some(())?;
-                    kind = Some(walk.string()?);
+                    first_value(&mut kind, || walk.string())?;
                 }
                 "index" => {
-                    index.is_none().then_some(())?;
-                    index = Some(walk.u64_or_null()?.unwrap_or(0));
+                    first_value(&mut index, || Some(walk.u64_or_null()?.unwrap_or(0)))?;
                 }
                 "message" => {
-                    message.is_none().then_some(())?;
-                    message = Some(Self::message(walk)?);
+                    first_value(&mut message, || Self::message(walk))?;
                 }
                 "content_block" => {
-                    block.is_none().then_some(())?;
-                    block = Some(Self::text_block(walk)?);
+                    first_value(&mut block, || Self::text_block(walk))?;
                 }
                 _ => return None,
             }
@@ -289,17 +285,17 @@ impl<'a> StartEvent<'a> {
         walk.object(|walk, key| {
             match key {
                 "type" => {
-                    kind.is_none().then_some(())?;
-                    kind = Some(walk.string()?);
+                    first_value(&mut kind, || walk.string())?;
                 }
                 "text" => {
-                    text.is_none().then_some(())?;
-                    text = Some(if walk.at_string() {
-                        walk.string()?
-                    } else {
-                        walk.skip()?;
-                        Cow::Borrowed("")
-                    });
+                    first_value(&mut text, || {
+                        Some(if walk.at_string() {
+                            walk.string()?
+                        } else {
+                            walk.skip()?;
+                            Cow::Borrowed("")
+                        })
+                    })?;
                 }
                 _ if has_escape(key) => return None,
                 _ => {
