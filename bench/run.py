@@ -447,14 +447,16 @@ class Server:
                         total += int(line.split()[1])
         return total
 
-    def cpu_seconds(self) -> float:
-        ticks = 0
+    def cpu_seconds(self) -> tuple[float, float]:
+        """CPU time of the process tree so far: (user, kernel) seconds."""
+        user = kernel = 0
         for pid in self.pids():
             with contextlib.suppress(OSError, IndexError, ValueError):
                 with open(f"/proc/{pid}/stat") as f:
                     fields = f.read().rsplit(")", 1)[1].split()
-                ticks += int(fields[11]) + int(fields[12])  # utime, stime
-        return ticks / os.sysconf("SC_CLK_TCK")
+                user, kernel = user + int(fields[11]), kernel + int(fields[12])
+        ticks = os.sysconf("SC_CLK_TCK")
+        return user / ticks, kernel / ticks
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -791,6 +793,8 @@ class Result:
     peak_rss_kib: int = 0
     idle_rss_kib: int = 0
     cpu_us_per_req: float = 0.0
+    # The user-space part of it (the rest is the kernel's: system calls, TCP).
+    cpu_user_us_per_req: float = 0.0
     raw: dict = field(default_factory=dict)
     # Over the repeated runs: how many, and the range of requests/s.
     runs: int = 1
@@ -979,11 +983,13 @@ def run_one(
         sampler.start()
         cpu_before = measured.cpu_seconds()
         out = wrk(req, scenario.conns, scenario.threads, args.duration, scenario.timeout_s, work)
-        cpu = measured.cpu_seconds() - cpu_before
+        cpu_after = measured.cpu_seconds()
         result.peak_rss_kib = sampler.finish()
         result.rps, result.p50_us, result.p99_us = out["rps"], out["p50"], out["p99"]
         result.errors, result.requests, result.raw = out["errors"], out["requests"], out
-        result.cpu_us_per_req = cpu * 1e6 / max(out["requests"], 1)
+        per_request = 1e6 / max(out["requests"], 1)
+        result.cpu_us_per_req = (sum(cpu_after) - sum(cpu_before)) * per_request
+        result.cpu_user_us_per_req = (cpu_after[0] - cpu_before[0]) * per_request
         if target in OURS and not (target == "lm-proxy" and scenario.variant == "metrics_off"):
             # wrk cuts the streams still open when it stops; the gauge must come back
             # to 0 once the proxy has noticed (a leak would keep it up).
@@ -1079,6 +1085,11 @@ def pip_version(venv: Path, package: str) -> str:
     return "not installed"
 
 
+def fmt_cpu(r: Result) -> str:
+    """CPU per request, with its user-space part: `20 µs (user 9)`."""
+    return f"{fmt_us(r.cpu_us_per_req)} (user {r.cpu_user_us_per_req:.0f})"
+
+
 def fmt_us(us: float) -> str:
     return f"{us / 1000:.2f} ms" if us >= 1000 else f"{us:.0f} µs"
 
@@ -1138,7 +1149,8 @@ def report(results: dict[tuple[str, str], Result], meta: dict, args: argparse.Na
         "Columns: requests/s (median, range); latency p50 and p99 (wrk); errors (connect, "
         "read, write, timeout, non-2xx); peak RSS of the server's process tree during the "
         "run (VmRSS sampled every 20 ms; nginx's master and workers); CPU time of the "
-        "server's process tree per request; requests/s relative to direct and, for "
+        "server's process tree per request, user space's part of it in brackets (the "
+        "rest is the kernel's); requests/s relative to direct and, for "
         "lm-proxy, to the floor proxy and to each peer.",
         "",
         "What was changed after profiling and what limits lm-proxy on this machine: "
@@ -1190,7 +1202,7 @@ def report(results: dict[tuple[str, str], Result], meta: dict, args: argparse.Na
                 continue
             lines.append(
                 f"| {title} | {fmt_rps(r)} | {fmt_us(r.p50_us)} | {fmt_us(r.p99_us)} "
-                f"| {r.errors} | {fmt_rss(r.peak_rss_kib)} | {fmt_us(r.cpu_us_per_req)} "
+                f"| {r.errors} | {fmt_rss(r.peak_rss_kib)} | {fmt_cpu(r)} "
                 f"| {vs_direct} | {vs_floor} | {peer_cols[0]} | {peer_cols[1]} |"
             )
         lines.append("")
@@ -1430,7 +1442,7 @@ def main() -> int:
                         print(
                             f" {r.rps:,.0f} req/s, p50 {fmt_us(r.p50_us)}, p99 "
                             f"{fmt_us(r.p99_us)}, errors {r.errors}, peak RSS "
-                            f"{fmt_rss(r.peak_rss_kib)}",
+                            f"{fmt_rss(r.peak_rss_kib)}, CPU {fmt_cpu(r)} a request",
                             flush=True,
                         )
                     else:

@@ -82,10 +82,41 @@ pub struct RequestContext {
     pub budget_hold: Option<crate::usage::budget::Hold>,
 }
 
+/// `prefix` and a fresh random (v4) UUID in 32 hex digits: the ids the gateway
+/// makes up (`chatcmpl-…`, `msg_…`). Written without `format!`, which went through
+/// the formatting machinery for every request and stream.
+pub fn random_id(prefix: &str) -> String {
+    let mut id = String::with_capacity(prefix.len() + 32);
+    id.push_str(prefix);
+    push_random_hex(&mut id);
+    id
+}
+
+/// Append a fresh random (v4) UUID's 32 hex digits to `id`.
+pub fn push_random_hex(id: &mut String) {
+    let mut digits = uuid::Uuid::encode_buffer();
+    id.push_str(uuid::Uuid::new_v4().simple().encode_lower(&mut digits));
+}
+
+/// What the client asked for, as the request's records show it
+/// ([`RequestContext::asked`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Asked<'a> {
+    /// The `model` of the request, as the client wrote it.
+    pub model: Option<&'a str>,
+    pub stream: bool,
+}
+
 impl RequestContext {
     pub fn new(http_headers: HeaderMap, remote_addr: String) -> Self {
         RequestContext {
-            id: uuid::Uuid::new_v4().to_string(),
+            id: {
+                let mut text = uuid::Uuid::encode_buffer();
+                uuid::Uuid::new_v4()
+                    .hyphenated()
+                    .encode_lower(&mut text)
+                    .to_owned()
+            },
             endpoint: Endpoint::ChatCompletions,
             created_at: SystemTime::now(),
             started: Instant::now(),
@@ -164,6 +195,16 @@ impl RequestContext {
             .get("stream")
             .and_then(Value::as_bool)
             .unwrap_or(false)
+    }
+
+    /// The model the client asked for and whether it asked for a stream, read once
+    /// for the request's records (its line, metrics and usage row): each read of
+    /// `request` is a SipHash of the key.
+    pub fn asked(&self) -> Asked<'_> {
+        Asked {
+            model: self.request.get("model").and_then(Value::as_str),
+            stream: self.is_stream(),
+        }
     }
 }
 

@@ -26,7 +26,6 @@ use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
-use serde_json::Value;
 
 use crate::context::RequestContext;
 use crate::error::{ApiError, ErrorBody};
@@ -321,14 +320,15 @@ impl Metrics {
     pub fn request(
         self: &Arc<Self>,
         ctx: &RequestContext,
+        asked: crate::context::Asked<'_>,
         upstream: Option<Duration>,
     ) -> RequestMetrics {
         let key = SeriesRef {
             endpoint: ctx.endpoint.as_str(),
             connection: ctx.connection.as_deref(),
-            model: ctx.request.get("model").and_then(Value::as_str),
+            model: asked.model,
             group: ctx.group.as_deref(),
-            stream: ctx.is_stream(),
+            stream: asked.stream,
         };
         RequestMetrics {
             metrics: self.clone(),

@@ -672,7 +672,7 @@ pub fn error_chunk(identity: &StreamIdentity, err: &ApiError) -> Value {
 
 /// A fresh `chatcmpl-...` id.
 pub fn completion_id() -> String {
-    format!("chatcmpl-{}", uuid::Uuid::new_v4().simple())
+    crate::context::random_id("chatcmpl-")
 }
 
 /// Seconds since the Unix epoch.

@@ -173,15 +173,16 @@ pub fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
         });
     };
     {
-        let essence = content_type
-            .to_str()
-            .unwrap_or("")
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        if essence != "application/json" && !essence.ends_with("+json") {
+        // The media type before any parameters, compared without case (and without
+        // a lowercased copy: this runs for every request).
+        let value = content_type.as_bytes();
+        let essence = value[..memchr::memchr(b';', value).unwrap_or(value.len())].trim_ascii();
+        let is_json = essence.eq_ignore_ascii_case(b"application/json")
+            || essence
+                .len()
+                .checked_sub(5)
+                .is_some_and(|at| essence[at..].eq_ignore_ascii_case(b"+json"));
+        if !is_json {
             return Err(ApiError::InvalidRequest {
                 message: format!(
                     "Unsupported Content-Type '{}': send the request body as application/json.",
@@ -239,10 +240,23 @@ mod tests {
         .unwrap_err();
         assert_eq!(err.status(), StatusCode::BAD_REQUEST);
         assert_eq!(err.error_object()["code"], "invalid_content_type");
+        for bad in [
+            "application/jsonx",
+            "text/json",
+            "json",
+            "application/json-seq",
+        ] {
+            headers.insert(header::CONTENT_TYPE, bad.parse().unwrap());
+            let err = parse_request(&headers, br#"{"model":"m","messages":[]}"#).unwrap_err();
+            assert_eq!(err.error_object()["code"], "invalid_content_type", "{bad}");
+        }
         for ok in [
             "application/json",
             "application/json; charset=utf-8",
             "application/vnd.x+json",
+            "Application/JSON",
+            " application/problem+JSON ; charset=utf-8",
+            "+json",
         ] {
             headers.insert(header::CONTENT_TYPE, ok.parse().unwrap());
             assert!(

@@ -55,7 +55,7 @@ pub async fn completions(
         }
         Ok((TextCompletion::Stream(chunks), hide_usage)) => {
             let identity = StreamIdentity {
-                id: format!("cmpl-{}", uuid::Uuid::new_v4().simple()),
+                id: crate::context::random_id("cmpl-"),
                 created: unix_now(),
                 model: ctx.model.clone().unwrap_or_default(),
             };

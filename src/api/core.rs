@@ -380,8 +380,10 @@ pub fn extra_headers(value: &Value) -> Result<HeaderMap, ApiError> {
 pub struct Incoming {
     pub gateway: Arc<Gateway>,
     /// Taken by [`Incoming::finish`]; while it is here, dropping the `Incoming`
-    /// means the request was abandoned (see the `Drop` impl).
-    pub ctx: ManuallyDrop<RequestContext>,
+    /// means the request was abandoned (see the `Drop` impl). Boxed, as it goes on
+    /// to the [`Ending`]'s calls and their closures: moved between frames by value,
+    /// its 800 bytes were copied about seven times a request.
+    pub ctx: ManuallyDrop<Box<RequestContext>>,
     /// Taken when it is read; left there, the request was refused before.
     pub body: Option<Body>,
     pub upstream_time: Option<Duration>,
@@ -405,7 +407,7 @@ impl Incoming {
         let remote_addr = gateway
             .trusted_proxies
             .client_addr(&parts.headers, peer.ip());
-        let mut ctx = RequestContext::new(parts.headers, remote_addr);
+        let mut ctx = Box::new(RequestContext::new(parts.headers, remote_addr));
         ctx.endpoint = endpoint;
         // Where the forwarder will read the client's spellings (HTTP/2 has none).
         if gateway.client_spellings && parts.version <= axum::http::Version::HTTP_11 {
@@ -437,7 +439,7 @@ impl Incoming {
     }
 
     /// The request's [`Ending`] begins (after [`Incoming::discard_unread_body`]).
-    pub fn finish(mut self) -> (Arc<Gateway>, RequestContext, Ending) {
+    pub fn finish(mut self) -> (Arc<Gateway>, Box<RequestContext>, Ending) {
         debug_assert!(self.body.is_none(), "the unread body was not discarded");
         let (ctx, mut ending) = self.end();
         ending.meters = self
@@ -451,7 +453,7 @@ impl Incoming {
 
     /// The context taken out, once, with its [`Ending`] begun (the budget
     /// reservation goes with it).
-    fn end(&mut self) -> (RequestContext, Ending) {
+    fn end(&mut self) -> (Box<RequestContext>, Ending) {
         debug_assert!(!self.finished, "the request was ended twice");
         self.finished = true;
         // SAFETY: taken only here, once: `finished` is set and checked by `Drop`.
@@ -483,7 +485,8 @@ pub struct Ending {
     summary: RequestSummary,
     metrics: Option<RequestMetrics>,
     /// The usage ledger's row (`[database]`), written into its buffer at the end.
-    ledger: Option<PendingRow>,
+    /// Boxed: most of the `Ending`'s size, which is moved a few times a request.
+    ledger: Option<Box<PendingRow>>,
     /// Handlers that count the tokens spent (`RateLimiter` with `max_tokens`).
     meters: Vec<TokenMeter>,
 }
@@ -572,17 +575,25 @@ impl Ending {
         upstream_time: Option<Duration>,
         hold: Option<crate::usage::budget::Hold>,
     ) -> Self {
+        let asked = ctx.asked();
         Ending {
-            summary: RequestSummary::of(ctx),
-            metrics: state.metrics().map(|m| m.request(ctx, upstream_time)),
-            ledger: state.ledger().map(|l| l.begin(ctx, hold)),
+            summary: RequestSummary::of(ctx, asked),
+            metrics: state
+                .metrics()
+                .map(|m| m.request(ctx, asked, upstream_time)),
+            ledger: state.ledger().map(|l| Box::new(l.begin(ctx, asked, hold))),
             meters: Vec::new(),
         }
     }
 
     /// The request failed before any byte of an answer: the error with secrets
     /// removed, for the door to answer in its envelope.
-    pub fn failed(self, gateway: &Gateway, mut ctx: RequestContext, error: ApiError) -> ApiError {
+    pub fn failed(
+        self,
+        gateway: &Gateway,
+        mut ctx: Box<RequestContext>,
+        error: ApiError,
+    ) -> ApiError {
         let error = gateway.redactor.redact(error);
         self.summary.log(error.status().as_u16(), Some(&error), "");
         if let Some(metrics) = self.metrics {
@@ -599,7 +610,7 @@ impl Ending {
     }
 
     /// The client left before any byte of an answer (see `Drop for Incoming`).
-    fn abandoned(self, gateway: &Gateway, mut ctx: RequestContext) {
+    fn abandoned(self, gateway: &Gateway, mut ctx: Box<RequestContext>) {
         self.summary.log(499, None, " (client disconnected)");
         if let Some(metrics) = self.metrics {
             metrics.abandoned();
@@ -618,7 +629,7 @@ impl Ending {
     pub fn completed(
         self,
         gateway: &Gateway,
-        mut ctx: RequestContext,
+        mut ctx: Box<RequestContext>,
         usage: Option<TokenCounts>,
         log_answer: impl FnOnce() -> Value,
     ) {
@@ -647,7 +658,7 @@ impl Ending {
     pub fn stream(
         self,
         gateway: &Gateway,
-        ctx: RequestContext,
+        ctx: Box<RequestContext>,
         payloads: PayloadStream,
     ) -> (PayloadStream, impl FnOnce(StreamSummary) + Send + 'static) {
         let payloads: PayloadStream = Box::pin(ServedStream {

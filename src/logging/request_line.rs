@@ -32,19 +32,15 @@ pub struct RequestSummary {
 }
 
 impl RequestSummary {
-    pub fn of(ctx: &RequestContext) -> Self {
+    pub fn of(ctx: &RequestContext, asked: crate::context::Asked<'_>) -> Self {
         RequestSummary {
             id: ctx.id.clone(),
             endpoint: ctx.endpoint,
-            requested_model: ctx
-                .request
-                .get("model")
-                .and_then(|m| m.as_str())
-                .map(str::to_owned),
+            requested_model: asked.model.map(str::to_owned),
             connection: ctx.connection.clone(),
             upstream_model: ctx.model.clone(),
             group: ctx.group.clone(),
-            stream: ctx.is_stream(),
+            stream: asked.stream,
             started: ctx.started,
         }
     }

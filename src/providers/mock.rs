@@ -445,7 +445,7 @@ fn text_completion(
             choices.push((pieces.clone(), finish));
         }
     }
-    let id = format!("cmpl-{}", uuid::Uuid::new_v4().simple());
+    let id = crate::context::random_id("cmpl-");
     let created = unix_now();
     let model = call.model.clone();
     let usage = json!({

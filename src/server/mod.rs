@@ -179,32 +179,85 @@ pub fn upstream_client() -> anyhow::Result<UpstreamClient> {
 /// Time allowed to open an upstream connection when the connection sets none.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A client API door: the handler of the POSTs to one path. Boxed so that every
+/// door has this one type, for [`Doors`].
+pub(crate) type Door = fn(
+    axum::extract::State<Arc<AppState>>,
+    axum::extract::ConnectInfo<SocketAddr>,
+    axum::extract::Request,
+) -> futures_util::future::BoxFuture<'static, axum::response::Response>;
+
+/// The client API doors and their paths under one prefix: routed by [`app`], and
+/// called by each connection straight for a POST to one of these paths
+/// (`conn::ConnService`), without the router in between: its route lookup, the
+/// extension map a routed request needs for the peer address, and its boxed
+/// service and future layers were about 3,000 instructions of a request's 49,000
+/// (`bench/README.md`, "Session 21").
+#[derive(Clone)]
+pub(crate) struct Doors {
+    state: Arc<AppState>,
+    paths: Arc<[(Box<str>, Door)]>,
+}
+
+impl Doors {
+    pub(crate) fn new(state: Arc<AppState>) -> Doors {
+        let prefix = state.gateway().config.api_prefix.clone();
+        let door = |path: &str, door: Door| (format!("{prefix}{path}").into_boxed_str(), door);
+        let paths: Arc<[(Box<str>, Door)]> = Arc::new([
+            door("/chat/completions", |s, p, r| {
+                Box::pin(api::chat::chat_completions(s, p, r))
+            }),
+            door("/messages", |s, p, r| {
+                Box::pin(api::messages::messages(s, p, r))
+            }),
+            door("/messages/count_tokens", |s, p, r| {
+                Box::pin(api::messages::count_tokens(s, p, r))
+            }),
+            door("/embeddings", |s, p, r| {
+                Box::pin(api::embeddings::embeddings(s, p, r))
+            }),
+            door("/completions", |s, p, r| {
+                Box::pin(api::completions::completions(s, p, r))
+            }),
+            door("/responses", |s, p, r| {
+                Box::pin(api::responses::responses(s, p, r))
+            }),
+        ]);
+        Doors { state, paths }
+    }
+
+    /// The door a request goes to straight: a POST to one of the doors' paths
+    /// exactly (as the router matches them: no normalisation).
+    pub(crate) fn door_for<B>(&self, request: &http::Request<B>) -> Option<Door> {
+        if request.method() != http::Method::POST {
+            return None;
+        }
+        let path = request.uri().path();
+        self.paths
+            .iter()
+            .find(|(door_path, _)| **door_path == *path)
+            .map(|(_, door)| *door)
+    }
+
+    pub(crate) fn state(&self) -> &Arc<AppState> {
+        &self.state
+    }
+}
+
 /// The router for a prefix; tests serve it directly.
 pub fn app(state: Arc<AppState>) -> axum::Router {
+    app_with(&Doors::new(state))
+}
+
+fn app_with(doors: &Doors) -> axum::Router {
+    let state = doors.state.clone();
     let gateway = state.gateway();
     let prefix = &gateway.config.api_prefix;
-    let mut router = axum::Router::new()
-        .route(
-            &format!("{prefix}/chat/completions"),
-            post(api::chat::chat_completions),
-        )
-        .route(&format!("{prefix}/messages"), post(api::messages::messages))
-        .route(
-            &format!("{prefix}/messages/count_tokens"),
-            post(api::messages::count_tokens),
-        )
-        .route(
-            &format!("{prefix}/embeddings"),
-            post(api::embeddings::embeddings),
-        )
-        .route(
-            &format!("{prefix}/completions"),
-            post(api::completions::completions),
-        )
-        .route(
-            &format!("{prefix}/responses"),
-            post(api::responses::responses),
-        )
+    let mut router = axum::Router::new();
+    for (path, door) in doors.paths.iter() {
+        router = router.route(path, post(*door));
+    }
+    let mut router = router
         .route(&format!("{prefix}/models"), get(api::models::list_models))
         // A catch-all: model ids may contain `/`.
         .route(
@@ -480,7 +533,15 @@ fn serve(
     state: Arc<AppState>,
 ) -> impl std::future::Future<Output = std::io::Result<()>> + Send + 'static {
     let client_spellings = state.client_spellings.clone();
-    conn::serve(listener, tls, app(state), connections, client_spellings)
+    let doors = Doors::new(state);
+    conn::serve(
+        listener,
+        tls,
+        app_with(&doors),
+        doors,
+        connections,
+        client_spellings,
+    )
 }
 
 /// The connection settings from `[limits]`, with the open-files limit raised to its

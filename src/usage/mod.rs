@@ -292,7 +292,12 @@ impl Ledger {
     }
 
     /// Start the row of a request whose handling is over.
-    pub fn begin(self: &Arc<Self>, ctx: &RequestContext, hold: Option<budget::Hold>) -> PendingRow {
+    pub fn begin(
+        self: &Arc<Self>,
+        ctx: &RequestContext,
+        asked: crate::context::Asked<'_>,
+        hold: Option<budget::Hold>,
+    ) -> PendingRow {
         let created_at_ms = ctx
             .created_at
             .duration_since(UNIX_EPOCH)
@@ -314,15 +319,11 @@ impl Ledger {
                 key_name,
                 group: ctx.group.clone(),
                 connection: ctx.connection.clone(),
-                requested_model: ctx
-                    .request
-                    .get("model")
-                    .and_then(|m| m.as_str())
-                    .map(str::to_owned),
+                requested_model: asked.model.map(str::to_owned),
                 model: ctx.model.clone(),
                 door: ctx.endpoint.as_str(),
                 status: 0,
-                stream: ctx.is_stream(),
+                stream: asked.stream,
                 prompt_tokens: None,
                 completion_tokens: None,
                 cached_tokens: None,

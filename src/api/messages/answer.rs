@@ -20,7 +20,7 @@ pub fn message_id(upstream_id: Option<&str>) -> String {
     match upstream_id {
         Some(id) if id.starts_with("msg_") => id.to_owned(),
         Some(id) if !id.is_empty() => format!("msg_{id}"),
-        _ => format!("msg_{}", uuid::Uuid::new_v4().simple()),
+        _ => crate::context::random_id("msg_"),
     }
 }
 
@@ -105,7 +105,7 @@ pub fn message(completion: &Value, model: &str, connection: &str) -> Result<Valu
         content.push(json!({
             "type": "tool_use",
             "id": call.get("id").and_then(Value::as_str).map(str::to_owned)
-                .unwrap_or_else(|| format!("toolu_{}", uuid::Uuid::new_v4().simple())),
+                .unwrap_or_else(|| crate::context::random_id("toolu_")),
             "name": function.get("name").and_then(Value::as_str).unwrap_or_default(),
             "input": tool_input(arguments, connection)?,
         }));

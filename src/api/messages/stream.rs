@@ -351,7 +351,7 @@ impl Translator {
                 }
                 let id = match &call.id {
                     Some(id) => Cow::Borrowed(&**id),
-                    None => Cow::Owned(format!("toolu_{}", uuid::Uuid::new_v4().simple())),
+                    None => Cow::Owned(crate::context::random_id("toolu_")),
                 };
                 let name = call.name.as_deref().unwrap_or("");
                 self.open(Block::Tool(k), BlockStart::ToolUse { id: &id, name }, emit);

@@ -15,7 +15,11 @@ use crate::json_scan::{write_json_str, TokenCounts};
 
 /// A new id with OpenAI's prefix for its kind (`resp`, `msg`, `fc`, `rs`).
 pub fn new_id(prefix: &str) -> String {
-    format!("{prefix}_{}", uuid::Uuid::new_v4().simple())
+    let mut id = String::with_capacity(prefix.len() + 33);
+    id.push_str(prefix);
+    id.push('_');
+    crate::context::push_random_hex(&mut id);
+    id
 }
 
 /// The members of a `response` that change as the answer comes, as JSON text.
