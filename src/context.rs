@@ -82,6 +82,31 @@ pub struct RequestContext {
     pub budget_hold: Option<crate::usage::budget::Hold>,
 }
 
+/// `map[key]`, for the small objects of a request (its members, `usage`): up to
+/// [`FEW_MEMBERS`] members are compared in order instead of hashing `key`, which
+/// `serde_json::Map` does with SipHash (about 200 instructions a lookup, several
+/// lookups a request on the paths measured in bench/README.md).
+pub fn member<'a>(map: &'a Map<String, Value>, key: &str) -> Option<&'a Value> {
+    if map.len() <= FEW_MEMBERS {
+        map.iter()
+            .find(|(name, _)| *name == key)
+            .map(|(_, value)| value)
+    } else {
+        map.get(key)
+    }
+}
+
+/// [`member`] of a value that may be an object.
+pub fn member_of<'a>(value: &'a Value, key: &str) -> Option<&'a Value> {
+    match value {
+        Value::Object(map) => member(map, key),
+        _ => None,
+    }
+}
+
+/// Objects up to this many members are searched in order by [`member`].
+const FEW_MEMBERS: usize = 8;
+
 /// `prefix` and a fresh random (v4) UUID in 32 hex digits: the ids the gateway
 /// makes up (`chatcmpl-…`, `msg_…`). Written without `format!`, which went through
 /// the formatting machinery for every request and stream.
@@ -191,8 +216,7 @@ impl RequestContext {
 
     /// Whether the client asked for a streamed answer.
     pub fn is_stream(&self) -> bool {
-        self.request
-            .get("stream")
+        member(&self.request, "stream")
             .and_then(Value::as_bool)
             .unwrap_or(false)
     }
@@ -202,7 +226,7 @@ impl RequestContext {
     /// `request` is a SipHash of the key.
     pub fn asked(&self) -> Asked<'_> {
         Asked {
-            model: self.request.get("model").and_then(Value::as_str),
+            model: member(&self.request, "model").and_then(Value::as_str),
             stream: self.is_stream(),
         }
     }
@@ -219,5 +243,37 @@ mod tests {
         assert_eq!(ctx.to_log_json()["user_info"], serde_json::json!({}));
         ctx.user_info = serde_json::json!({"tier": "gold"});
         assert_eq!(ctx.to_log_json()["user_info"]["tier"], "gold");
+    }
+
+    /// `member` finds what `Map::get` finds, on either side of the size where it
+    /// stops searching in order.
+    #[test]
+    fn member_agrees_with_get() {
+        for size in 0..=FEW_MEMBERS + 3 {
+            let map: Map<String, Value> = (0..size).map(|i| (format!("k{i}"), i.into())).collect();
+            for key in (0..=size)
+                .map(|i| format!("k{i}"))
+                .chain(["".into(), "k".into()])
+            {
+                assert_eq!(member(&map, &key), map.get(&key), "{size} members, {key:?}");
+                let object = Value::Object(map.clone());
+                assert_eq!(member_of(&object, &key), map.get(&key));
+            }
+        }
+        assert_eq!(member_of(&Value::from("k0"), "k0"), None);
+        assert_eq!(member_of(&Value::Null, "k0"), None);
+    }
+
+    #[test]
+    fn random_ids_are_fresh_hex_after_their_prefix() {
+        let (a, b) = (random_id("chatcmpl-"), random_id("chatcmpl-"));
+        assert_ne!(a, b);
+        let digits = a.strip_prefix("chatcmpl-").unwrap();
+        assert_eq!(digits.len(), 32);
+        assert!(digits
+            .bytes()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        let id = RequestContext::new(HeaderMap::new(), "127.0.0.1".into()).id;
+        assert!(uuid::Uuid::parse_str(&id).is_ok() && id.len() == 36, "{id}");
     }
 }

@@ -92,9 +92,7 @@ pub fn route<'g>(
     gateway: &'g Gateway,
     ctx: &mut RequestContext,
 ) -> Result<&'g Connection, ApiError> {
-    let requested = ctx
-        .request
-        .get("model")
+    let requested = crate::context::member(&ctx.request, "model")
         .and_then(Value::as_str)
         .unwrap_or_default();
     let rule = gateway

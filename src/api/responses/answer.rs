@@ -10,6 +10,7 @@
 
 use serde_json::Value;
 
+use crate::context::member_of;
 use crate::error::ApiError;
 use crate::json_scan::{write_json_str, TokenCounts};
 
@@ -57,7 +58,7 @@ pub struct Skeleton {
 
 impl Skeleton {
     pub fn new(params: &serde_json::Map<String, Value>, model: &str) -> Skeleton {
-        let given = |key: &str| params.get(key).filter(|v| !v.is_null());
+        let given = |key: &str| crate::context::member(params, key).filter(|v| !v.is_null());
         let mut text = Vec::with_capacity(640);
         let mut holes = [0; 5];
         let member = |text: &mut Vec<u8>, key: &str| {
@@ -103,7 +104,7 @@ impl Skeleton {
         text.extend_from_slice(b"null");
         member(&mut text, "reasoning");
         text.extend_from_slice(b"{\"effort\":");
-        match params.get("reasoning").and_then(|r| r.get("effort")) {
+        match crate::context::member(params, "reasoning").and_then(|r| member_of(r, "effort")) {
             Some(effort) => write_value(&mut text, effort),
             None => text.extend_from_slice(b"null"),
         }
@@ -158,15 +159,15 @@ pub fn write_value(out: &mut Vec<u8>, value: &Value) {
 pub fn write_usage(usage: Option<&Value>, out: &mut Vec<u8>) {
     let count = |object: Option<&Value>, key: &str| {
         object
-            .and_then(|o| o.get(key))
+            .and_then(|o| member_of(o, key))
             .and_then(Value::as_u64)
             .unwrap_or(0)
     };
-    let details = |key: &str| usage.and_then(|u| u.get(key));
+    let details = |key: &str| usage.and_then(|u| member_of(u, key));
     let input = count(usage, "prompt_tokens");
     let output = count(usage, "completion_tokens");
     let total = usage
-        .and_then(|u| u.get("total_tokens"))
+        .and_then(|u| member_of(u, "total_tokens"))
         .and_then(Value::as_u64)
         .unwrap_or(input + output);
     let cached = count(details("prompt_tokens_details"), "cached_tokens");

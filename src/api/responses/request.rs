@@ -15,6 +15,7 @@
 
 use serde_json::{json, Map, Value};
 
+use crate::context::member;
 use crate::error::ApiError;
 
 fn type_name(value: &Value) -> &'static str {
@@ -102,12 +103,12 @@ pub fn validate(request: &Map<String, Value>) -> Result<(), ApiError> {
 pub fn to_canonical(params: Map<String, Value>) -> Result<Map<String, Value>, ApiError> {
     let mut out = Map::new();
     let mut chat = Vec::new();
-    if let Some(text) = params.get("instructions").and_then(Value::as_str) {
+    if let Some(text) = member(&params, "instructions").and_then(Value::as_str) {
         if !text.is_empty() {
             chat.push(json!({"role": "system", "content": text}));
         }
     }
-    match params.get("input") {
+    match member(&params, "input") {
         Some(Value::String(text)) => chat.push(json!({"role": "user", "content": text})),
         Some(Value::Array(items)) => {
             for (i, item) in items.iter().enumerate() {
