@@ -18,6 +18,8 @@
 # leave out startup and shutdown. Needs valgrind and a release build
 # (`cargo build --release --bins` makes bench-upstream too). Not part of CI.
 # UPSTREAM_PORT and GATEWAY_PORT (default 18431, 18432) let two runs share a machine.
+# UPSTREAM_ARGS are added to the mock's command line, e.g. `--openai-headers` (its
+# answers then carry the headers OpenAI's do).
 # EXTRA=FILE appends FILE's TOML to the gateway's config (`{work}` in it becomes the
 # run's scratch folder), e.g. bench/ledger-sqlite.toml: the usage ledger and a budget.
 set -euo pipefail
@@ -36,7 +38,8 @@ cleanup() { kill "${upstream_pid:-}" 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 
-"$UPSTREAM" --port $upstream_port >"$work/upstream.log" 2>&1 &
+# shellcheck disable=SC2086 # UPSTREAM_ARGS is split into arguments on purpose.
+"$UPSTREAM" --port $upstream_port ${UPSTREAM_ARGS:-} >"$work/upstream.log" 2>&1 &
 upstream_pid=$!
 wait_for "http://127.0.0.1:$upstream_port/health"
 write_gateway_config "$work/gateway.toml" $upstream_port $gateway_port

@@ -19,8 +19,12 @@
 //!
 //! Accepted sockets get `TCP_NODELAY`; answers are built with plain `format!`
 //! (no JSON tree), so the mock costs as little CPU as possible next to the proxy
-//! it measures. Usage: `bench-upstream [--port P] [--chunks N] [--threads T]`;
-//! prints `listening on 127.0.0.1:PORT` once it accepts connections.
+//! it measures. Usage: `bench-upstream [--port P] [--chunks N] [--threads T]
+//! [--openai-headers]`; prints `listening on 127.0.0.1:PORT` once it accepts
+//! connections. `--openai-headers` adds to every answer the headers OpenAI's API
+//! sends besides the framing (request id, processing time, rate-limit counters, the
+//! CDN's), so that what a proxy does with an answer's head is measured as it is
+//! against the real service.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -94,8 +98,13 @@ fn main() {
     let mut port: u16 = 0;
     let mut chunks: usize = 20;
     let mut threads: usize = 0;
+    let mut openai_headers = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
+        if arg == "--openai-headers" {
+            openai_headers = true;
+            continue;
+        }
         let mut value = |name: &str| {
             args.next()
                 .and_then(|v| v.parse::<usize>().ok())
@@ -114,19 +123,51 @@ fn main() {
         runtime.worker_threads(threads);
     }
     let runtime = runtime.enable_all().build().expect("tokio runtime");
-    runtime.block_on(serve(port, Defaults { chunks }));
+    runtime.block_on(serve(port, Defaults { chunks }, openai_headers));
 }
 
 fn usage(problem: &str) -> ! {
     if !problem.is_empty() {
         eprintln!("bench-upstream: {problem}");
     }
-    eprintln!("usage: bench-upstream [--port P] [--chunks N] [--threads T]");
+    eprintln!("usage: bench-upstream [--port P] [--chunks N] [--threads T] [--openai-headers]");
     std::process::exit(2)
 }
 
-async fn serve(port: u16, defaults: Defaults) {
-    let app = axum::Router::new()
+/// The headers OpenAI's API sends with an answer besides the framing and the
+/// content type, with values of their usual form and length.
+const OPENAI_HEADERS: [(&str, &str); 16] = [
+    ("date", "Sun, 06 Dec 2026 05:00:00 GMT"),
+    ("access-control-expose-headers", "X-Request-ID"),
+    ("openai-organization", "org-benchbenchbenchbenchbench"),
+    ("openai-processing-ms", "412"),
+    ("openai-project", "proj_benchbenchbenchbenchbench"),
+    ("openai-version", "2020-10-01"),
+    ("x-envoy-upstream-service-time", "415"),
+    ("x-ratelimit-limit-requests", "10000"),
+    ("x-ratelimit-limit-tokens", "30000000"),
+    ("x-ratelimit-remaining-requests", "9999"),
+    ("x-ratelimit-remaining-tokens", "29999976"),
+    ("x-ratelimit-reset-requests", "6ms"),
+    ("x-ratelimit-reset-tokens", "0s"),
+    ("x-request-id", "req_0123456789abcdef0123456789abcdef"),
+    (
+        "strict-transport-security",
+        "max-age=31536000; includeSubDomains; preload",
+    ),
+    ("cf-ray", "8f0123456789abcd-AMS"),
+];
+
+async fn with_openai_headers(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    for (name, value) in OPENAI_HEADERS {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+async fn serve(port: u16, defaults: Defaults, openai_headers: bool) {
+    let mut app = axum::Router::new()
         .route("/health", get(|| async { "ok" }))
         .route("/v1/chat/completions", post(openai))
         .route("/v1/models", get(models))
@@ -134,6 +175,9 @@ async fn serve(port: u16, defaults: Defaults) {
         .route("/v1/messages", post(anthropic))
         .route("/v1beta/models/{*call}", post(gemini))
         .with_state(defaults);
+    if openai_headers {
+        app = app.layer(axum::middleware::map_response(with_openai_headers));
+    }
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .unwrap_or_else(|e| {

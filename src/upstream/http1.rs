@@ -39,6 +39,28 @@ const MAX_CHUNK_LINE: usize = 4 * 1024;
 /// The longest trailer section accepted (trailers are read and dropped).
 const MAX_TRAILERS: usize = 64 * 1024;
 
+/// The response headers anything in the gateway reads: the framing and the
+/// connection's fate here, the media type of the answer (`providers::openai`), an
+/// error's `Retry-After` (`providers::upstream_http`). The others are not kept: an
+/// OpenAI answer carries twenty or so (request ids, rate-limit counters, the CDN's),
+/// each an allocated name and value in a map that nobody read. A header the gateway
+/// starts to read must be added here.
+const KEPT_HEADERS: [HeaderName; 5] = [
+    http::header::CONTENT_TYPE,
+    http::header::CONTENT_LENGTH,
+    http::header::TRANSFER_ENCODING,
+    http::header::CONNECTION,
+    http::header::RETRY_AFTER,
+];
+
+/// The kept header `name` spells (any case), if it is one.
+fn kept_header(name: &str) -> Option<HeaderName> {
+    KEPT_HEADERS
+        .iter()
+        .find(|kept| kept.as_str().eq_ignore_ascii_case(name))
+        .cloned()
+}
+
 /// Why a request or its answer failed on the connection.
 #[derive(Debug)]
 pub enum Http1Error {
@@ -265,10 +287,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         } else {
             Version::HTTP_11
         };
-        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
+        let mut headers = HeaderMap::new();
         for line in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(line.name.as_bytes())
-                .map_err(|_| invalid(format!("header name {:?}", line.name)))?;
+            let Some(name) = kept_header(line.name) else {
+                continue;
+            };
             let value = HeaderValue::from_bytes(line.value)
                 .map_err(|_| invalid(format!("the value of header {:?}", line.name)))?;
             headers.append(name, value);

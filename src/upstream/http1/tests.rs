@@ -126,6 +126,38 @@ async fn answered(
     outcome.unwrap()
 }
 
+/// Only the headers the gateway reads are kept from an answer's head (`KEPT_HEADERS`),
+/// whatever their spelling; the rest (an OpenAI answer's request ids and rate-limit
+/// counters) are dropped unread.
+#[tokio::test]
+async fn only_the_headers_the_gateway_reads_are_kept() {
+    let (head, body, reusable) = body_of(
+        b"HTTP/1.1 429 Too Many Requests\r\nDate: Sun, 06 Dec 2026 05:00:00 GMT\r\n\
+          x-request-id: req_123\r\nContent-TYPE: application/json\r\n\
+          x-ratelimit-remaining-requests: 0\r\nRETRY-AFTER: 7\r\n\
+          openai-processing-ms: 12\r\nConnection: keep-alive\r\nContent-Length: 2\r\n\r\n{}",
+    )
+    .await
+    .unwrap();
+    assert_eq!(head.status, StatusCode::TOO_MANY_REQUESTS);
+    let kept: Vec<(&str, &str)> = head
+        .headers
+        .iter()
+        .map(|(name, value)| (name.as_str(), value.to_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kept,
+        [
+            ("content-type", "application/json"),
+            ("retry-after", "7"),
+            ("connection", "keep-alive"),
+            ("content-length", "2"),
+        ]
+    );
+    assert_eq!(body, b"{}");
+    assert!(reusable);
+}
+
 #[tokio::test]
 async fn a_length_framed_body_is_read_to_its_length_and_the_connection_kept() {
     let (head, body, reusable) =
