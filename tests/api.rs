@@ -306,14 +306,7 @@ async fn health_and_unknown_paths() {
         ("/v1/chat%2Fcompletions", StatusCode::NOT_FOUND),
         ("/v1/embeddings/", StatusCode::NOT_FOUND),
     ] {
-        let response = gw
-            .client
-            .post(gw.url(path))
-            .bearer_auth("key-default")
-            .json(&user("gpt-4o", "hi"))
-            .send()
-            .await
-            .unwrap();
+        let response = gw.post(path, "key-default", user("gpt-4o", "hi")).await;
         assert_eq!(response.status(), status, "{path}");
     }
     for method in [reqwest::Method::PUT, reqwest::Method::DELETE] {
@@ -338,14 +331,7 @@ async fn api_prefix_is_configurable_including_empty() {
         ("/api/v2/", "/api/v2/chat/completions"),
     ] {
         let gw = TestGateway::start(&format!("api_prefix = \"{prefix}\"\n{BASE}")).await;
-        let response = gw
-            .client
-            .post(gw.url(path))
-            .bearer_auth("key-default")
-            .json(&user("gpt-4o", "hi"))
-            .send()
-            .await
-            .unwrap();
+        let response = gw.post(path, "key-default", user("gpt-4o", "hi")).await;
         assert_eq!(response.status(), StatusCode::OK, "prefix {prefix:?}");
         let models_path = path.replace("chat/completions", "models");
         let response = gw
@@ -356,14 +342,7 @@ async fn api_prefix_is_configurable_including_empty() {
             .await
             .unwrap();
         assert_eq!(response.status(), StatusCode::OK);
-        let old = gw
-            .client
-            .post(gw.url("/v1/chat/completions"))
-            .bearer_auth("key-default")
-            .json(&user("gpt-4o", "hi"))
-            .send()
-            .await
-            .unwrap();
+        let old = gw.chat("key-default", user("gpt-4o", "hi")).await;
         assert_eq!(old.status(), StatusCode::NOT_FOUND);
     }
 }

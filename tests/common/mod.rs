@@ -477,8 +477,13 @@ impl TestGateway {
 
     /// POST a JSON body to `/v1/chat/completions` with a Bearer key.
     pub async fn chat(&self, key: &str, body: Value) -> reqwest::Response {
+        self.post("/v1/chat/completions", key, body).await
+    }
+
+    /// POST a JSON body to `path` with a Bearer key.
+    pub async fn post(&self, path: &str, key: &str, body: Value) -> reqwest::Response {
         self.client
-            .post(self.url("/v1/chat/completions"))
+            .post(self.url(path))
             .bearer_auth(key)
             .json(&body)
             .send()
