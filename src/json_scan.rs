@@ -253,6 +253,88 @@ fn common_suffix(a: &[u8], b: &[u8]) -> usize {
     i
 }
 
+/// What a reader of a stream's events keeps to read the next event for the cost of a
+/// comparison when it is the last one but for the text of one string value: the
+/// usual streamed chunk, which repeats the last one's `id`, `model` and structure
+/// and differs only in its `content` (or an Anthropic `text_delta`'s `text`).
+///
+/// The reader walks an event as usual and, when everything it took from it was one
+/// plain string (no escapes), remembers the event and where that string lies
+/// ([`StringMemo::remember`]). For the next event, [`StringMemo::string_span`]
+/// answers where the string lies in it when the two texts differ only inside that
+/// string, by characters that need no escaping: the rest is byte for byte what was
+/// walked (so it is valid JSON with the same members and values), and the string
+/// still opens and closes where it did, so the reader's findings are the same but
+/// for the string's new value. Holding the last event is a reference count, not a
+/// copy.
+#[derive(Default, Clone)]
+pub struct StringMemo {
+    last: bytes::Bytes,
+    /// The remembered string's characters in `last` (between its quotes); `None`
+    /// when nothing is remembered.
+    span: Option<std::ops::Range<usize>>,
+}
+
+impl StringMemo {
+    /// Remember `text` (the event just walked) and the string whose characters are
+    /// `value`, a slice of `text` that the walk returned as written (a string without
+    /// escapes). Anything else forgets.
+    pub fn remember(&mut self, text: &bytes::Bytes, value: &str) {
+        let start = (value.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
+        let end = start.wrapping_add(value.len());
+        // The walk's strings without escapes are slices between their quotes; a
+        // value from anywhere else is not remembered.
+        let between_quotes = end < text.len()
+            && start > 0
+            && text[start - 1] == b'"'
+            && text[end] == b'"'
+            && !value.as_bytes().contains(&b'\\');
+        if between_quotes {
+            self.last = text.clone();
+            self.span = Some(start..end);
+        } else {
+            self.forget();
+        }
+    }
+
+    pub fn forget(&mut self) {
+        self.last = bytes::Bytes::new();
+        self.span = None;
+    }
+
+    /// Where the remembered string's characters lie in `text`, when `text` is the
+    /// remembered event but for characters inside that string that need no
+    /// escaping; `None` otherwise (the reader then walks `text`).
+    pub fn string_span(&self, text: &[u8]) -> Option<std::ops::Range<usize>> {
+        let span = self.span.as_ref()?;
+        let last = &self.last[..];
+        let start = common_prefix(last, text);
+        if start == last.len() && start == text.len() {
+            return Some(span.clone());
+        }
+        // The change begins inside the string (a change at its first character
+        // leaves `start` there)...
+        if start < span.start {
+            return None;
+        }
+        let room = last.len().min(text.len()) - start;
+        let tail = common_suffix(&last[start..], &text[start..]).min(room);
+        let last_end = last.len() - tail;
+        // ... and ends inside it: its closing quote is in the common tail.
+        if last_end > span.end {
+            return None;
+        }
+        let text_end = text.len() - tail;
+        // What came in is plain characters: no quote, backslash or control character
+        // (what went out was part of the string, which had none of the first two and
+        // could hold no control character).
+        if !needs_no_escaping(&text[start..text_end]) {
+            return None;
+        }
+        Some(span.start..span.end + text_end - last_end)
+    }
+}
+
 /// The state of the scan at the start of a top-level member (before its key).
 #[derive(Clone)]
 struct AtMember {
@@ -1238,6 +1320,65 @@ fn hex4(text: &[u8], at: usize) -> Option<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn string_memo_follows_one_plain_string() {
+        let last = bytes::Bytes::from_static(br#"{"a":"x","b":{"c":"hello"},"d":1}"#);
+        fn at(text: &[u8]) -> &str {
+            std::str::from_utf8(text).unwrap()
+        }
+        let hello = &at(&last)[19..24];
+        assert_eq!(hello, "hello");
+        let mut memo = StringMemo::default();
+        memo.remember(&last, hello);
+        assert_eq!(memo.string_span(&last), Some(19..24));
+        // Longer, shorter, emptied, changed at either end.
+        assert_eq!(
+            memo.string_span(br#"{"a":"x","b":{"c":"hello there"},"d":1}"#),
+            Some(19..30)
+        );
+        assert_eq!(
+            memo.string_span(br#"{"a":"x","b":{"c":"he"},"d":1}"#),
+            Some(19..21)
+        );
+        assert_eq!(
+            memo.string_span(br#"{"a":"x","b":{"c":""},"d":1}"#),
+            Some(19..19)
+        );
+        assert_eq!(
+            memo.string_span(br#"{"a":"x","b":{"c":"Jello!"},"d":1}"#),
+            Some(19..25)
+        );
+        // A change outside it, or one that brings a quote, escape or control character.
+        for other in [
+            &br#"{"a":"y","b":{"c":"hello"},"d":1}"#[..],
+            br#"{"a":"x","b":{"c":"hello"},"d":2}"#,
+            br#"{"a":"x","b":{"c":"hel"lo"},"d":1}"#,
+            br#"{"a":"x","b":{"c":"hel
+lo"},"d":1}"#,
+            b"{\"a\":\"x\",\"b\":{\"c\":\"hel\tlo\"},\"d\":1}",
+            br#"{"a":"x","b":{"c":"hello"},"d":1} "#,
+            br#"{"a":"x","b":{"c":"hello"#,
+        ] {
+            assert_eq!(
+                memo.string_span(other),
+                None,
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+        // Only a string of the text, between its quotes and without escapes, is kept.
+        let escaped = bytes::Bytes::from_static(
+            br#"{"c":"a
+b"}"#,
+        );
+        memo.remember(&escaped, &at(&escaped)[6..10]);
+        assert_eq!(memo.string_span(&escaped), None);
+        memo.remember(&last, &String::from("hello"));
+        assert_eq!(memo.string_span(&last), None);
+        memo.remember(&last, &at(&last)[18..24]);
+        assert_eq!(memo.string_span(&last), None);
+    }
     use serde::de::{IgnoredAny, MapAccess, Visitor};
 
     #[test]

@@ -404,6 +404,11 @@ impl RawJson {
         &self.text
     }
 
+    /// The same text, shared (to keep it without a copy).
+    pub fn bytes(&self) -> &Bytes {
+        &self.text
+    }
+
     /// Whether a string of the text may hold a backslash escape: `false` only when
     /// the check found none ([`RawJson::object_with_usage`]), so that a search of
     /// the text for a key as spelled cannot miss one spelled with escapes.

@@ -254,6 +254,71 @@ impl<'a> Chunk<'a> {
     }
 }
 
+impl<'a> Chunk<'a> {
+    /// The chunk whose one choice's delta is `content` and nothing else (the
+    /// characters of a JSON string without escapes); `None` if they are not UTF-8.
+    fn content_only(content: &'a [u8]) -> Option<Chunk<'a>> {
+        let content = std::str::from_utf8(content).ok()?;
+        let delta = Delta {
+            content: Some(MaybeText(Some(Cow::Borrowed(content)))),
+            refusal: None,
+            reasoning_content: None,
+            reasoning: None,
+            tool_calls: None,
+        };
+        Some(Chunk {
+            choices: Some(vec![ChoiceDelta {
+                delta: Some(delta),
+                finish_reason: None,
+            }]),
+            usage: None,
+        })
+    }
+
+    /// The text of the one choice's delta when that is all the chunk carries, as
+    /// written in it (no escapes): what [`Chunk::content_only`] makes again.
+    fn only_content(&self) -> Option<&'a str> {
+        let [choice] = self.choices.as_deref()? else {
+            return None;
+        };
+        if self.usage.is_some() || choice.finish_reason.is_some() {
+            return None;
+        }
+        match choice.delta.as_ref()? {
+            Delta {
+                content: Some(MaybeText(Some(Cow::Borrowed(content)))),
+                refusal: None,
+                reasoning_content: None,
+                reasoning: None,
+                tool_calls: None,
+            } => Some(content),
+            _ => None,
+        }
+    }
+}
+
+/// An upstream chunk as written: the usual text chunk, the last one but for its
+/// text, by a comparison with the last (`last_text_chunk`, see
+/// [`json_scan::StringMemo`]); any other by [`Chunk::of_text`].
+fn read_chunk<'a>(
+    text: &'a Bytes,
+    connection: &str,
+    front: &mut ChunkFront,
+    last_text_chunk: &mut json_scan::StringMemo,
+) -> Result<Chunk<'a>, ApiError> {
+    if let Some(span) = last_text_chunk.string_span(text) {
+        if let Some(chunk) = Chunk::content_only(&text[span]) {
+            return Ok(chunk);
+        }
+    }
+    let chunk = Chunk::of_text(text, connection, front)?;
+    match chunk.only_content() {
+        Some(content) => last_text_chunk.remember(text, content),
+        None => last_text_chunk.forget(),
+    }
+    Ok(chunk)
+}
+
 /// What [`Chunk::scanned`] keeps between the chunks of a stream: the last chunk's
 /// bytes before its `choices` key, when it walked them.
 #[derive(Default, Clone)]
@@ -432,6 +497,9 @@ pub struct Translator {
     keep_tree: bool,
     /// What the reading of the last chunk keeps for the next.
     front: ChunkFront,
+    /// The last chunk when all it carried was a piece of text: the next one that
+    /// differs from it only in that text is read by a comparison, not a walk.
+    last_text_chunk: json_scan::StringMemo,
 }
 
 impl Translator {
@@ -461,6 +529,7 @@ impl Translator {
             delta_members: (String::new(), Vec::new()),
             keep_tree,
             front: ChunkFront::default(),
+            last_text_chunk: json_scan::StringMemo::default(),
         }
     }
 
@@ -977,12 +1046,16 @@ pub fn translate(chunks: PayloadStream, translator: Translator) -> EventStream {
                     Some(Ok(payload)) => {
                         let translator = &mut state.translator;
                         let parsed = match &payload {
-                            Payload::Raw(raw) => Chunk::of_text(
-                                raw.text(),
+                            Payload::Raw(raw) => read_chunk(
+                                raw.bytes(),
                                 &translator.connection,
                                 &mut translator.front,
+                                &mut translator.last_text_chunk,
                             ),
-                            Payload::Value(value) => Chunk::of_value(value, &translator.connection),
+                            Payload::Value(value) => {
+                                translator.last_text_chunk.forget();
+                                Chunk::of_value(value, &translator.connection)
+                            }
                         };
                         parsed
                             .and_then(|chunk| translator.chunk(&chunk, &mut out))
@@ -1248,6 +1321,83 @@ mod tests {
         }
         // Texts that start with the front were read from it.
         assert!(resumed > 300, "{resumed}");
+    }
+
+    #[test]
+    fn text_chunks_read_by_comparison_read_as_walked() {
+        // `@` stands for the characters of the one string that varies.
+        let templates = [
+            r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","system_fingerprint":"fp","choices":[{"index":0,"delta":{"content":"@"},"logprobs":null,"finish_reason":null}]}"#,
+            r#"{"choices":[{"delta":{"role":"assistant","content":"@"}}]}"#,
+            r#" { "choices" : [ { "delta" : { "content" : "@" } } ] } "#,
+        ];
+        let contents = [
+            "Hello",
+            "",
+            "a",
+            "tok",
+            " a longer piece of text, longer than the last",
+            "é😀",
+            r#"say \"hi\""#,
+            r#"\n"#,
+            r#"\u00e9"#,
+            "\u{1}",
+            "x\ty",
+            "@\"",
+            "\"}],\"usage\":{",
+        ];
+        fn read<'a>(text: &'a Bytes, memo: &mut json_scan::StringMemo) -> Option<Chunk<'a>> {
+            read_chunk(text, "c", &mut ChunkFront::default(), memo).ok()
+        }
+        fn walked(text: &[u8]) -> Option<Chunk<'_>> {
+            Chunk::of_text(text, "c", &mut ChunkFront::default()).ok()
+        }
+        let mut compared = 0;
+        for template in templates {
+            let first = Bytes::from(template.replace('@', "Hello"));
+            let mut memo = json_scan::StringMemo::default();
+            assert_eq!(read(&first, &mut memo), walked(&first));
+            assert!(
+                memo.string_span(&first).is_some(),
+                "{template} was remembered"
+            );
+            // Another plain text in the same place is read by the comparison.
+            for plain in &contents[..6] {
+                let text = template.replace('@', plain);
+                assert!(memo.string_span(text.as_bytes()).is_some(), "{text}");
+            }
+            let mut followers: Vec<String> = contents
+                .iter()
+                .flat_map(|c| templates.iter().map(move |t| t.replace('@', c)))
+                .collect();
+            followers.extend(json_scan::cut_and_edited(&[first_str(&first)], b"\"\\{1 x"));
+            for text in followers {
+                let text = Bytes::from(text);
+                compared += usize::from(memo.string_span(&text).is_some());
+                let mut after = memo.clone();
+                assert_eq!(
+                    read(&text, &mut after),
+                    walked(&text),
+                    "{template} then {text:?}"
+                );
+                // Whatever the follower left in the memo, the next text reads right.
+                for next in &contents {
+                    let next = Bytes::from(template.replace('@', next));
+                    let mut memo = after.clone();
+                    assert_eq!(
+                        read(&next, &mut memo),
+                        walked(&next),
+                        "{text:?} then {next:?}"
+                    );
+                }
+            }
+        }
+        // And so were the edits of it that stay inside its text.
+        assert!(compared > 150, "{compared}");
+    }
+
+    fn first_str(bytes: &Bytes) -> &str {
+        std::str::from_utf8(bytes).unwrap()
     }
 
     fn chunk(delta: Value, finish: Option<&str>) -> Value {
