@@ -333,6 +333,32 @@ impl StringMemo {
         }
         Some(span.start..span.end + text_end - last_end)
     }
+
+    /// Where another string of the remembered event (`range` in it, outside the
+    /// remembered string) lies in the event whose remembered string lies at `span`
+    /// ([`StringMemo::string_span`]): where it was if it comes before that string,
+    /// moved by the change in its length if after.
+    pub fn moved(
+        &self,
+        range: std::ops::Range<usize>,
+        span: &std::ops::Range<usize>,
+    ) -> std::ops::Range<usize> {
+        match &self.span {
+            Some(last) if range.start >= last.end => {
+                let at = |i: usize| i + span.end - last.end;
+                at(range.start)..at(range.end)
+            }
+            _ => range,
+        }
+    }
+
+    /// Where `value`, a slice of the remembered event, lies in it; `None` for a
+    /// slice of anything else.
+    pub fn range_of(&self, value: &str) -> Option<std::ops::Range<usize>> {
+        let start = (value.as_ptr() as usize).checked_sub(self.last.as_ptr() as usize)?;
+        let end = start + value.len();
+        (end <= self.last.len()).then_some(start..end)
+    }
 }
 
 /// The state of the scan at the start of a top-level member (before its key).

@@ -17,11 +17,13 @@
 //!   tree.
 
 use std::borrow::Cow;
-use std::ops::Deref;
+use std::ops::{Deref, Range};
+
+use bytes::Bytes;
 
 use serde_json::Value;
 
-use crate::json_scan::{first_time, has_escape, member_str, Walk};
+use crate::json_scan::{first_time, has_escape, member_str, StringMemo, Walk};
 
 /// The value of an event's first top-level `type` member, when it is a string.
 /// `text` must be a JSON object already checked to be valid (and so UTF-8).
@@ -191,6 +193,93 @@ impl<'a> Chunk<'a> {
             model: text(chunk.get("model")),
             usage,
             choice,
+        }
+    }
+}
+
+/// [`Chunk::from_text`] for the chunks of one stream, in order: a chunk that is the
+/// last one but for its text (`choices[0].delta.content`, the usual text chunk) is
+/// read by a comparison with the last ([`StringMemo`]), not walked again.
+#[derive(Default)]
+pub struct ChunkReader {
+    /// The last chunk when all its choice carried was text.
+    last: StringMemo,
+    /// Where that chunk's `id` and `model` strings lie in it.
+    id: Option<Range<usize>>,
+    model: Option<Range<usize>>,
+}
+
+impl ChunkReader {
+    /// The view of the next chunk of the stream; `None` as [`Chunk::from_text`].
+    pub fn read<'a>(&mut self, text: &'a Bytes) -> Option<Chunk<'a>> {
+        if let Some(span) = self.last.string_span(text) {
+            if let Some(chunk) = self.repeated(text, span) {
+                return Some(chunk);
+            }
+        }
+        let chunk = Chunk::from_text(text);
+        self.keep(text, chunk.as_ref());
+        chunk
+    }
+
+    /// Forget the last chunk (the next one came another way).
+    pub fn forget(&mut self) {
+        self.last.forget();
+    }
+
+    /// The last chunk's reading, with the text at `span` of `text` and its `id`
+    /// and `model` where they lie in `text`.
+    fn repeated<'a>(&self, text: &'a [u8], span: Range<usize>) -> Option<Chunk<'a>> {
+        let string = |range: Range<usize>| {
+            let text = std::str::from_utf8(&text[range]).ok()?;
+            Some(Text(Cow::Borrowed(text)))
+        };
+        let moved = |range: &Option<Range<usize>>| match range {
+            Some(range) => string(self.last.moved(range.clone(), &span)).map(Some),
+            None => Some(None),
+        };
+        Some(Chunk {
+            id: moved(&self.id)?,
+            model: moved(&self.model)?,
+            usage: None,
+            choice: Some(Choice {
+                content: Some(string(span)?),
+                ..Choice::default()
+            }),
+        })
+    }
+
+    /// Remember `text` if what was read of it is a text chunk whose strings are
+    /// as written (no escapes); forget otherwise.
+    fn keep(&mut self, text: &Bytes, chunk: Option<&Chunk<'_>>) {
+        let Some(Chunk {
+            id,
+            model,
+            usage: None,
+            choice:
+                Some(Choice {
+                    reasoning: None,
+                    content: Some(Text(Cow::Borrowed(content))),
+                    refusal: None,
+                    tool_calls,
+                    finish_reason: None,
+                }),
+        }) = chunk
+        else {
+            return self.last.forget();
+        };
+        if !tool_calls.is_empty() {
+            return self.last.forget();
+        }
+        self.last.remember(text, content);
+        let range = |string: &Option<Text<'_>>| match string {
+            None => Some(None),
+            Some(Text(Cow::Borrowed(string))) => self.last.range_of(string).map(Some),
+            Some(Text(Cow::Owned(_))) => None,
+        };
+        match (range(id), range(model)) {
+            (Some(id), Some(model)) => (self.id, self.model) = (id, model),
+            _ => self.last.forget(),
         }
     }
 }
@@ -506,6 +595,71 @@ mod tests {
             serde_json::Deserializer::from_str(&text[start..]).into_iter::<serde::de::IgnoredAny>();
         de.next();
         start + de.byte_offset()
+    }
+
+    #[test]
+    fn text_chunks_read_by_comparison_read_as_walked() {
+        // `@` stands for the text that varies from chunk to chunk.
+        let templates = [
+            r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt","choices":[{"index":0,"delta":{"content":"@"},"logprobs":null,"finish_reason":null}]}"#,
+            r#"{"choices":[{"delta":{"content":"@"},"finish_reason":null}],"model":"m-after","id":"id-after"}"#,
+            r#"{"id":null,"choices":[{"delta":{"role":"assistant","content":"@","reasoning":""}}],"usage":null}"#,
+            r#"{"id":"a\u0062c","choices":[{"delta":{"content":"@"}}]}"#,
+        ];
+        let contents = [
+            "Hello",
+            "",
+            "a",
+            " a longer piece of text, longer than the last",
+            "é😀",
+            r#"say \"hi\""#,
+            r#"\n"#,
+            "\u{1}",
+            "\"}],\"usage\":{\"prompt_tokens\":1},\"x\":[{",
+        ];
+        fn walked(text: &[u8]) -> Option<Chunk<'_>> {
+            Chunk::from_text(text)
+        }
+        let mut compared = 0;
+        for template in templates {
+            let first = Bytes::from(template.replace('@', "Hello"));
+            let mut reader = ChunkReader::default();
+            assert_eq!(reader.read(&first), walked(&first));
+            let mut followers: Vec<String> = contents
+                .iter()
+                .flat_map(|c| templates.iter().map(move |t| t.replace('@', c)))
+                .collect();
+            let first_text = std::str::from_utf8(&first).unwrap();
+            followers.extend(crate::json_scan::cut_and_edited(&[first_text], b"\"\\{1 x"));
+            for text in followers {
+                let text = Bytes::from(text);
+                compared += usize::from(reader.last.string_span(&text).is_some());
+                let mut after = ChunkReader {
+                    last: reader.last.clone(),
+                    id: reader.id.clone(),
+                    model: reader.model.clone(),
+                };
+                assert_eq!(after.read(&text), walked(&text), "{template} then {text:?}");
+                for next in &contents {
+                    let next = Bytes::from(template.replace('@', next));
+                    let mut reader = ChunkReader {
+                        last: after.last.clone(),
+                        id: after.id.clone(),
+                        model: after.model.clone(),
+                    };
+                    assert_eq!(reader.read(&next), walked(&next), "{text:?} then {next:?}");
+                }
+            }
+            // A plain text in place of the last one's is read by the comparison
+            // (not where an escape in the id keeps the chunk from being kept).
+            let plain = template.replace('@', "plain text");
+            assert_eq!(
+                reader.last.string_span(plain.as_bytes()).is_some(),
+                !template.contains("\\u"),
+                "{template}"
+            );
+        }
+        assert!(compared > 150, "{compared}");
     }
 
     #[test]

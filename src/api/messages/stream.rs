@@ -246,6 +246,8 @@ pub struct Translator {
     closed_tools: Vec<u64>,
     finish_reason: Option<String>,
     usage: Option<fast::Usage>,
+    /// Reads the upstream's chunks as written.
+    reader: fast::ChunkReader,
 }
 
 impl Translator {
@@ -260,6 +262,7 @@ impl Translator {
             closed_tools: Vec::new(),
             finish_reason: None,
             usage: None,
+            reader: fast::ChunkReader::default(),
         }
     }
 
@@ -377,11 +380,14 @@ impl Translator {
         emit: &mut impl FnMut(Event<'_>),
     ) -> Result<(), ApiError> {
         match chunk {
-            Payload::Raw(raw) => match Chunk::from_text(raw.text()) {
+            Payload::Raw(raw) => match self.reader.read(raw.bytes()) {
                 Some(view) => self.chunk(&view, emit),
                 None => self.chunk(&Chunk::from_value(&raw.to_value()), emit),
             },
-            Payload::Value(value) => self.chunk(&Chunk::from_value(value), emit),
+            Payload::Value(value) => {
+                self.reader.forget();
+                self.chunk(&Chunk::from_value(value), emit)
+            }
         }
     }
 
