@@ -63,6 +63,11 @@ impl EventData {
         self.0
     }
 
+    /// The bytes, shared (to keep them without a copy).
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
     /// The data without surrounding white space (as `str::trim` has it), still
     /// sharing the bytes.
     fn trimmed(self) -> EventData {

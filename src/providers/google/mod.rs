@@ -439,7 +439,7 @@ impl Provider for GoogleProvider {
         // that fails in its first chunk.
         let mut pending = VecDeque::new();
         match events.next().await {
-            Some(Ok(event)) => translator.on_data(&event, &mut pending)?,
+            Some(Ok(event)) => translator.on_event_data(&event, &mut pending)?,
             Some(Err(error)) => return Err(error),
             None => translator.finish(&mut pending)?,
         }
@@ -485,7 +485,7 @@ impl futures_util::Stream for Translate {
                 return Poll::Ready(None);
             }
             let produced = match futures_util::ready!(st.events.poll_next_unpin(cx)) {
-                Some(Ok(event)) => st.translator.on_data(&event, &mut st.pending),
+                Some(Ok(event)) => st.translator.on_event_data(&event, &mut st.pending),
                 Some(Err(error)) => Err(error),
                 None => {
                     st.ended = true;

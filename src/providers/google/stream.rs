@@ -16,7 +16,9 @@
 //! decides exactly as before. The view admits only members it knows, of the types
 //! it expects, so whatever it accepts the tree path would have read the same way.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, VecDeque};
+use std::ops::Range;
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -28,9 +30,10 @@ use super::response::{
 };
 use super::signatures::SignatureStore;
 use crate::error::ApiError;
-use crate::json_scan::{first_time, Walk};
+use crate::json_scan::{first_time, StringMemo, Walk};
 use crate::payload::Payload;
 use crate::providers::chunk_text::{empty_delta, role_delta, string_delta, ChunkWriter, Text};
+use crate::sse::EventData;
 use crate::streaming::{json_chunk, unix_now};
 
 #[derive(Debug, Default)]
@@ -248,6 +251,109 @@ impl<'a> FastPart<'a> {
     }
 }
 
+/// Reads a stream's events into the typed view, in order: an event that is the last
+/// one but for the text of its one part (Gemini's usual event: the same candidate,
+/// role, model version, response id and usage, new text) is read by a comparison
+/// with the last ([`StringMemo`]), not walked or parsed again.
+#[derive(Default)]
+struct EventReader {
+    /// The last event when it was one candidate with one text part, not finished.
+    last: StringMemo,
+    /// Where that event's other strings lie in it.
+    role: Option<Range<usize>>,
+    model_version: Option<Range<usize>>,
+    response_id: Option<Range<usize>>,
+    index: Option<u64>,
+    thought: Option<bool>,
+    usage_metadata: Option<Value>,
+}
+
+impl EventReader {
+    /// The view of `event` (walked, else by serde), `None` when it does not fit
+    /// the view, as [`FastResponse::walked`] and serde would say.
+    fn read<'a>(&mut self, event: &'a EventData) -> Option<FastResponse<'a>> {
+        let text = event.bytes();
+        if let Some(span) = self.last.string_span(text) {
+            if let Some(view) = self.repeated(text, span) {
+                return Some(view);
+            }
+        }
+        let data = event.as_str();
+        let view = FastResponse::walked(data).or_else(|| serde_json::from_str(data).ok());
+        match &view {
+            Some(view) if self.keep(text, view).is_some() => {}
+            _ => self.last.forget(),
+        }
+        view
+    }
+
+    /// The last event's view, with its text at `span` of `text` and its other
+    /// strings where they lie in `text`.
+    fn repeated<'a>(&self, text: &'a [u8], span: Range<usize>) -> Option<FastResponse<'a>> {
+        let string = |range: Range<usize>| {
+            let text = std::str::from_utf8(&text[range]).ok()?;
+            Some(Text(Cow::Borrowed(text)))
+        };
+        let moved = |range: &Option<Range<usize>>| match range {
+            Some(range) => string(self.last.moved(range.clone(), &span)).map(Some),
+            None => Some(None),
+        };
+        let part = FastPart {
+            text: Some(string(span.clone())?),
+            thought: self.thought,
+            thought_signature: None,
+        };
+        let candidate = FastCandidate {
+            content: Some(FastContent {
+                role: moved(&self.role)?,
+                parts: Some(vec![part]),
+            }),
+            index: self.index,
+            finish_reason: None,
+        };
+        Some(FastResponse {
+            candidates: Some(vec![candidate]),
+            model_version: moved(&self.model_version)?,
+            response_id: moved(&self.response_id)?,
+            usage_metadata: self.usage_metadata.clone(),
+        })
+    }
+
+    /// Remember `text` when its view is one unfinished candidate with one text part
+    /// and its strings are as written (no escapes); `None` when it is not kept.
+    fn keep(&mut self, text: &bytes::Bytes, view: &FastResponse<'_>) -> Option<()> {
+        let [candidate] = view.candidates.as_deref()? else {
+            return None;
+        };
+        let content = candidate.content.as_ref()?;
+        let [part] = content.parts.as_deref()? else {
+            return None;
+        };
+        if candidate.finish_reason.is_some() || part.thought_signature.is_some() {
+            return None;
+        }
+        let Some(Text(Cow::Borrowed(value))) = &part.text else {
+            return None;
+        };
+        self.last.remember(text, value);
+        let range = |string: &Option<Text<'_>>| match string {
+            None => Some(None),
+            Some(Text(Cow::Borrowed(string))) => self.last.range_of(string).map(Some),
+            Some(Text(Cow::Owned(_))) => None,
+        };
+        let (role, model_version, response_id) = (
+            range(&content.role)?,
+            range(&view.model_version)?,
+            range(&view.response_id)?,
+        );
+        self.last.string_span(text)?;
+        (self.role, self.model_version, self.response_id) = (role, model_version, response_id);
+        (self.index, self.thought) = (candidate.index, part.thought);
+        self.usage_metadata = view.usage_metadata.clone();
+        Some(())
+    }
+}
+
 impl FastCandidate<'_> {
     /// `read_parts` for a candidate without function calls.
     fn parts(&self) -> Parts {
@@ -286,6 +392,7 @@ pub struct StreamTranslator {
     writer: ChunkWriter,
     /// Where the signatures of the tool calls handed out are remembered.
     signatures: Option<SignatureStore>,
+    reader: EventReader,
 }
 
 impl StreamTranslator {
@@ -300,6 +407,7 @@ impl StreamTranslator {
             events: 0,
             writer: ChunkWriter::default(),
             signatures: None,
+            reader: EventReader::default(),
         }
     }
 
@@ -331,13 +439,20 @@ impl StreamTranslator {
         }
     }
 
-    /// Translate one upstream event's data (one SSE `data`) into zero or more chunks.
-    pub fn on_data(&mut self, data: &str, out: &mut Out) -> Result<(), ApiError> {
-        let fast = FastResponse::walked(data).or_else(|| serde_json::from_str(data).ok());
-        if let Some(event) = fast {
-            return self.on_fast(event, out);
+    /// Translate the next upstream event of the stream into zero or more chunks:
+    /// [`StreamTranslator::on_data`], with the usual text event read by a
+    /// comparison with the last ([`EventReader`]).
+    pub fn on_event_data(&mut self, event: &EventData, out: &mut Out) -> Result<(), ApiError> {
+        match self.reader.read(event) {
+            Some(view) => self.on_fast(view, out),
+            None => self.on_value(&json_chunk(event)?, out),
         }
-        self.on_value(&json_chunk(data)?, out)
+    }
+
+    /// [`StreamTranslator::on_event_data`] for an event given as text (the tests).
+    #[cfg(test)]
+    pub fn on_data(&mut self, data: &str, out: &mut Out) -> Result<(), ApiError> {
+        self.on_event_data(&EventData::from(data.to_owned()), out)
     }
 
     /// An event of text and reasoning only, read by the typed view.
@@ -634,6 +749,73 @@ mod tests {
             tree.finish(&mut b).unwrap();
             assert_eq!(texts(a), texts(b));
         }
+    }
+
+    #[test]
+    fn text_events_read_by_comparison_read_as_walked() {
+        // `@` stands for the text that varies from event to event.
+        let templates = [
+            r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"@"}]},"index":0}],"modelVersion":"gemini-2.5-flash","responseId":"r1"}"#,
+            r#"{"candidates":[{"content":{"parts":[{"text":"@","thought":true}],"role":"model"}}],"usageMetadata":{"promptTokenCount":5},"responseId":"r2"}"#,
+            r#"{"usageMetadata":{"trafficType":"ON_DEMAND"},"candidates":[{"index":3,"content":{"parts":[{"text":"@"}]}}],"modelVersion":null}"#,
+            r#"{"candidates":[{"content":{"role":"mod\u0065l","parts":[{"text":"@"}]}}]}"#,
+        ];
+        let contents = [
+            "Hello",
+            "",
+            "a",
+            " a longer piece of text, longer than the last",
+            "é😀",
+            r#"say \"hi\""#,
+            r#"\n"#,
+            "\u{1}",
+            "\"}]},\"finishReason\":\"STOP\",\"x\":{\"y\":[\"",
+        ];
+        fn walked(text: &str) -> Option<FastResponse<'_>> {
+            FastResponse::walked(text).or_else(|| serde_json::from_str(text).ok())
+        }
+        fn copy(reader: &EventReader) -> EventReader {
+            EventReader {
+                last: reader.last.clone(),
+                role: reader.role.clone(),
+                model_version: reader.model_version.clone(),
+                response_id: reader.response_id.clone(),
+                index: reader.index,
+                thought: reader.thought,
+                usage_metadata: reader.usage_metadata.clone(),
+            }
+        }
+        let mut compared = 0;
+        for template in templates {
+            let first = EventData::from(template.replace('@', "Hello"));
+            let mut reader = EventReader::default();
+            assert_eq!(reader.read(&first), walked(&first));
+            let mut followers: Vec<String> = contents
+                .iter()
+                .flat_map(|c| templates.iter().map(move |t| t.replace('@', c)))
+                .collect();
+            followers.extend(crate::json_scan::cut_and_edited(&[&first], b"\"\\{1 x"));
+            for text in followers {
+                let text = EventData::from(text);
+                compared += usize::from(reader.last.string_span(text.bytes()).is_some());
+                let mut after = copy(&reader);
+                assert_eq!(after.read(&text), walked(&text), "{template} then {text:?}");
+                for next in &contents {
+                    let next = EventData::from(template.replace('@', next));
+                    let mut reader = copy(&after);
+                    assert_eq!(reader.read(&next), walked(&next), "{text:?} then {next:?}");
+                }
+            }
+            // A plain text in place of the last one's is read by the comparison
+            // (not where an escape in the role keeps the event from being kept).
+            let plain = template.replace('@', "plain text");
+            assert_eq!(
+                reader.last.string_span(plain.as_bytes()).is_some(),
+                !template.contains("\\u"),
+                "{template}"
+            );
+        }
+        assert!(compared > 150, "{compared}");
     }
 
     /// Events of text, as Gemini writes them, are read by the typed view.
