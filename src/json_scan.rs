@@ -267,7 +267,7 @@ fn common_suffix(a: &[u8], b: &[u8]) -> usize {
 /// still opens and closes where it did, so the reader's findings are the same but
 /// for the string's new value. Holding the last event is a reference count, not a
 /// copy.
-#[derive(Default, Clone)]
+#[derive(Default, Clone, Debug)]
 pub struct StringMemo {
     last: bytes::Bytes,
     /// The remembered string's characters in `last` (between its quotes); `None`

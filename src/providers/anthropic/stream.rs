@@ -15,6 +15,7 @@
 
 use std::borrow::Cow;
 use std::collections::{HashMap, VecDeque};
+use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -27,11 +28,12 @@ use super::response::{
     error_event, finish_reason, json_answer, mid_stream_error, Usage, UsageCounts,
 };
 use crate::error::ApiError;
-use crate::json_scan::{first_time, first_value, has_escape, refuse_unknown, Walk};
+use crate::json_scan::{first_time, first_value, has_escape, refuse_unknown, StringMemo, Walk};
 use crate::payload::{Payload, PayloadStream};
 use crate::providers::chunk_text::{
     empty_delta, role_delta, string_delta, text_or_empty, write_str, ChunkWriter, Text,
 };
+use crate::sse::EventData;
 use crate::streaming::{completion_id, json_chunk, unix_now, DataStream};
 
 /// What an Anthropic content block (by its block index) turned into.
@@ -178,6 +180,106 @@ impl<'a> FastDelta<'a> {
             Some(())
         })?;
         Some(delta)
+    }
+}
+
+/// Which piece of a `content_block_delta` an [`EventReader`] follows.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Piece {
+    Text,
+    Thinking,
+    PartialJson,
+}
+
+/// Reads a stream's delta events into the typed view: an event that is the last
+/// one but for its piece of text (`delta.text`, `.thinking` or `.partial_json`: the
+/// bulk of a stream, the same `type`, `index` and delta `type` each time) is read
+/// by a comparison with the last ([`StringMemo`]), not walked again.
+#[derive(Debug, Default)]
+struct EventReader {
+    /// The last event when it was a delta carrying one piece of text.
+    last: StringMemo,
+    piece: Option<Piece>,
+    /// Where the last event's `type` and its delta's `type` lie in it.
+    kind: Option<Range<usize>>,
+    delta_kind: Option<Range<usize>>,
+    index: Option<u64>,
+}
+
+impl EventReader {
+    /// The view of `text` when it is the last event but for its piece of text.
+    fn repeated<'a>(&self, text: &'a [u8]) -> Option<FastEvent<'a>> {
+        let span = self.last.string_span(text)?;
+        let string = |range: Range<usize>| {
+            let text = std::str::from_utf8(&text[range]).ok()?;
+            Some(Text(Cow::Borrowed(text)))
+        };
+        let moved = |range: &Option<Range<usize>>| match range {
+            Some(range) => string(self.last.moved(range.clone(), &span)).map(Some),
+            None => Some(None),
+        };
+        let mut delta = FastDelta {
+            kind: moved(&self.delta_kind)?,
+            text: None,
+            thinking: None,
+            signature: None,
+            partial_json: None,
+            stop_reason: None,
+            stop_sequence: None,
+        };
+        let piece = string(span.clone())?;
+        match self.piece? {
+            Piece::Text => delta.text = Some(piece),
+            Piece::Thinking => delta.thinking = Some(piece),
+            Piece::PartialJson => delta.partial_json = Some(piece),
+        }
+        Some(FastEvent {
+            kind: moved(&self.kind)?,
+            index: self.index,
+            delta: Some(delta),
+            usage: None,
+        })
+    }
+
+    /// Remember `text` when its view is a delta with one piece of text and its
+    /// strings are as written (no escapes); forget it otherwise.
+    fn keep(&mut self, text: &bytes::Bytes, view: Option<&FastEvent<'_>>) {
+        if self.kept(text, view).is_none() {
+            self.last.forget();
+            self.piece = None;
+        }
+    }
+
+    fn kept(&mut self, text: &bytes::Bytes, view: Option<&FastEvent<'_>>) -> Option<()> {
+        let view = view?;
+        let delta = view.delta.as_ref()?;
+        if view.usage.is_some()
+            || delta.signature.is_some()
+            || delta.stop_reason.is_some()
+            || delta.stop_sequence.is_some()
+        {
+            return None;
+        }
+        let (piece, value) = match (&delta.text, &delta.thinking, &delta.partial_json) {
+            (Some(value), None, None) => (Piece::Text, value),
+            (None, Some(value), None) => (Piece::Thinking, value),
+            (None, None, Some(value)) => (Piece::PartialJson, value),
+            _ => return None,
+        };
+        let Text(Cow::Borrowed(value)) = value else {
+            return None;
+        };
+        self.last.remember(text, value);
+        let range = |string: &Option<Text<'_>>| match string {
+            None => Some(None),
+            Some(Text(Cow::Borrowed(string))) => self.last.range_of(string).map(Some),
+            Some(Text(Cow::Owned(_))) => None,
+        };
+        let (kind, delta_kind) = (range(&view.kind)?, range(&delta.kind)?);
+        self.last.string_span(text)?;
+        (self.kind, self.delta_kind) = (kind, delta_kind);
+        (self.piece, self.index) = (Some(piece), view.index);
+        Some(())
     }
 }
 
@@ -342,6 +444,7 @@ pub struct Translator {
     buffer_limit: usize,
     too_large: bool,
     writer: ChunkWriter,
+    reader: EventReader,
 }
 
 type Out = VecDeque<Payload>;
@@ -377,6 +480,7 @@ impl Translator {
             buffer_limit: crate::config::DEFAULT_MAX_RESPONSE_BODY,
             too_large: false,
             writer: ChunkWriter::default(),
+            reader: EventReader::default(),
         }
     }
 
@@ -435,17 +539,32 @@ impl Translator {
         out.push_back(chunk);
     }
 
-    /// Translate one upstream event's data (one SSE `data`) into zero or more chunks.
+    /// [`Translator::on_event_data`] for an event given as text (the tests).
+    #[cfg(test)]
     pub fn on_data(&mut self, data: &str, out: &mut Out) -> Result<(), ApiError> {
+        self.on_event_data(&EventData::from(data.to_owned()), out)
+    }
+
+    /// Translate the next upstream event of the stream (one SSE `data`) into zero or
+    /// more chunks; a delta that is the last one but for its text is read by a
+    /// comparison with the last ([`EventReader`]).
+    pub fn on_event_data(&mut self, event: &EventData, out: &mut Out) -> Result<(), ApiError> {
         if self.finished {
             return Ok(());
         }
+        if let Some(view) = self.reader.repeated(event.bytes()) {
+            if self.on_fast(&view, out) {
+                return self.check_size();
+            }
+        }
+        let data = event.as_str();
         let mut refused = false;
         let fast = FastEvent::walked(data, &mut refused).or_else(|| {
             (!refused)
                 .then(|| serde_json::from_str(data).ok())
                 .flatten()
         });
+        self.reader.keep(event.bytes(), fast.as_ref());
         if let Some(event) = fast {
             if self.on_fast(&event, out) {
                 return self.check_size();
@@ -848,7 +967,7 @@ impl Stream for Translate {
                 return Poll::Ready(None);
             };
             let failure = match futures_util::ready!(events.poll_next_unpin(cx)) {
-                Some(Ok(data)) => match st.translator.on_data(&data, &mut st.pending) {
+                Some(Ok(data)) => match st.translator.on_event_data(&data, &mut st.pending) {
                     Ok(()) => {
                         // Nothing comes after message_stop: the client's stream ends
                         // without waiting for the body's end, which is read off the
@@ -914,6 +1033,93 @@ mod tests {
             self.on_data(&event.to_string(), &mut out)?;
             Ok(out.into_iter().map(Payload::into_value).collect())
         }
+    }
+
+    #[test]
+    fn delta_events_read_by_comparison_read_as_walked() {
+        // `@` stands for the piece of text that varies from event to event.
+        let templates = [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"@"}}"#,
+            r#"{"delta":{"thinking":"@","type":"thinking_delta"},"type":"content_block_delta","index":1}"#,
+            r#"{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"@"}}"#,
+            r#"{"type":"content_block_delta","delta":{"text":"@","type":null}}"#,
+            r#"{"type":"content_block_d\u0065lta","index":0,"delta":{"type":"text_delta","text":"@"}}"#,
+        ];
+        let contents = [
+            "Hello",
+            "",
+            "a",
+            " a longer piece of text, longer than the last",
+            "é😀",
+            r#"say \"hi\""#,
+            r#"\n"#,
+            "\u{1}",
+            "\",\"stop_reason\":\"end_turn",
+        ];
+        fn walked(text: &str) -> Option<FastEvent<'_>> {
+            let mut refused = false;
+            FastEvent::walked(text, &mut refused).or_else(|| {
+                (!refused)
+                    .then(|| serde_json::from_str(text).ok())
+                    .flatten()
+            })
+        }
+        fn read<'a>(reader: &mut EventReader, event: &'a EventData) -> Option<FastEvent<'a>> {
+            if let Some(view) = reader.repeated(event.bytes()) {
+                return Some(view);
+            }
+            let view = walked(event);
+            reader.keep(event.bytes(), view.as_ref());
+            view
+        }
+        fn copy(reader: &EventReader) -> EventReader {
+            EventReader {
+                last: reader.last.clone(),
+                piece: reader.piece,
+                kind: reader.kind.clone(),
+                delta_kind: reader.delta_kind.clone(),
+                index: reader.index,
+            }
+        }
+        let mut compared = 0;
+        for template in templates {
+            let first = EventData::from(template.replace('@', "Hello"));
+            let mut reader = EventReader::default();
+            assert_eq!(read(&mut reader, &first), walked(&first));
+            let mut followers: Vec<String> = contents
+                .iter()
+                .flat_map(|c| templates.iter().map(move |t| t.replace('@', c)))
+                .collect();
+            followers.extend(crate::json_scan::cut_and_edited(&[&first], b"\"\\{1 x"));
+            for text in followers {
+                let text = EventData::from(text);
+                compared += usize::from(reader.repeated(text.bytes()).is_some());
+                let mut after = copy(&reader);
+                assert_eq!(
+                    read(&mut after, &text),
+                    walked(&text),
+                    "{template} then {text:?}"
+                );
+                for next in &contents {
+                    let next = EventData::from(template.replace('@', next));
+                    let mut reader = copy(&after);
+                    assert_eq!(
+                        read(&mut reader, &next),
+                        walked(&next),
+                        "{text:?} then {next:?}"
+                    );
+                }
+            }
+            // A plain text in place of the last one's is read by the comparison
+            // (not where an escape in the type keeps the event from being kept).
+            let plain = EventData::from(template.replace('@', "plain text"));
+            assert_eq!(
+                reader.repeated(plain.bytes()).is_some(),
+                !template.contains("\\u"),
+                "{template}"
+            );
+        }
+        assert!(compared > 150, "{compared}");
     }
 
     /// `event` through `fast` by [`Translator::on_data`] (the walks and typed views
