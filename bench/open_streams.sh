@@ -17,7 +17,9 @@
 #
 # Needs a release build (`cargo build --release --bins` makes bench-upstream too).
 # GATEWAY (target/release/lm-proxy-server), THREADS (2), CHUNKS, DELAY_MS,
-# UPSTREAM_PORT and GATEWAY_PORT (18441, 18442) change the setup. Not part of CI.
+# UPSTREAM_PORT and GATEWAY_PORT (18441, 18442) change the setup. MODEL_PREFIX picks
+# the upstream the streams are translated from: `claude-` (Anthropic) or `gemini-`
+# (Gemini); unset, the OpenAI stream passed through. Not part of CI.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source bench/lib.sh
@@ -46,7 +48,7 @@ trap cleanup EXIT
 upstream_pid=$!
 wait_for "http://127.0.0.1:$upstream_port/health"
 write_gateway_config "$work/gateway.toml" "$upstream_port" "$gateway_port"
-model="bench-s$CHUNKS-d$DELAY_MS"
+model="${MODEL_PREFIX:-}bench-s$CHUNKS-d$DELAY_MS"
 
 kib() { awk -v f="$2:" '$1 == f {print $2}' "/proc/$1/status"; }
 
@@ -59,7 +61,7 @@ for n in "${counts[@]}"; do
     wait_for "http://127.0.0.1:$gateway_port/health"
     # Warm up: the first streams allocate what every later one reuses (pools,
     # caches, the allocator's arenas); that is idle cost, not per-stream cost.
-    python3 bench/open_streams.py "$gateway_port" "$gateway_pid" 50 "bench-s$CHUNKS-d1" >/dev/null
+    python3 bench/open_streams.py "$gateway_port" "$gateway_pid" 50 "${MODEL_PREFIX:-}bench-s$CHUNKS-d1" >/dev/null
     idle=$(kib "$gateway_pid" VmRSS)
     result=$(python3 bench/open_streams.py "$gateway_port" "$gateway_pid" "$n" "$model")
     peak=$(kib "$gateway_pid" VmHWM)
