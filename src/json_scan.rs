@@ -359,6 +359,42 @@ impl StringMemo {
         let end = start + value.len();
         (end <= self.last.len()).then_some(start..end)
     }
+
+    /// What a reader keeps of another string it read from the remembered event: the
+    /// range of a string read as written (see [`StringMemo::range_of`]), `Some(None)`
+    /// for none; `None` for one decoded from escapes (the event is not kept then).
+    pub fn range_of_read(
+        &self,
+        value: Option<&std::borrow::Cow<'_, str>>,
+    ) -> Option<Option<std::ops::Range<usize>>> {
+        match value {
+            None => Some(None),
+            Some(std::borrow::Cow::Borrowed(value)) => self.range_of(value).map(Some),
+            Some(std::borrow::Cow::Owned(_)) => None,
+        }
+    }
+
+    /// The characters at `range` of `text`; `None` where they do not fit or are not
+    /// UTF-8 (never, for the ranges this memo answers: the reader then walks).
+    pub fn text_at(text: &[u8], range: std::ops::Range<usize>) -> Option<&str> {
+        std::str::from_utf8(text.get(range)?).ok()
+    }
+
+    /// Another string the reader read from the remembered event (`range` in it,
+    /// `None` for none), where it lies in `text`, whose remembered string lies at
+    /// `span` ([`StringMemo::string_span`]): `Some(None)` for none, `None` when it
+    /// cannot be read (see [`StringMemo::text_at`]).
+    pub fn moved_text<'a>(
+        &self,
+        text: &'a [u8],
+        range: &Option<std::ops::Range<usize>>,
+        span: &std::ops::Range<usize>,
+    ) -> Option<Option<&'a str>> {
+        match range {
+            Some(range) => Self::text_at(text, self.moved(range.clone(), span)).map(Some),
+            None => Some(None),
+        }
+    }
 }
 
 /// The state of the scan at the start of a top-level member (before its key).
@@ -788,6 +824,75 @@ impl<'a> Walk<'a> {
 /// streamed chunk.
 pub fn utf8(bytes: &[u8]) -> Option<&str> {
     simdutf8::basic::from_utf8(bytes).ok()
+}
+
+/// The differential test of a reader that keeps a [`StringMemo`] to read an event
+/// that is the last one but for one string. Each template has `@` where that string's
+/// characters go. For each: the template filled with `Hello` is read first (and a
+/// plain text in its place must then be compared, unless the template has an
+/// escape, `\\u`, that keeps its event from being kept); then every follower (each
+/// template filled with each sample, the shared ones and `closers`, texts that end
+/// the string and go on in the event's own grammar, and every cut and one-byte edit
+/// of the first event) is read after it, and after each follower every filling of
+/// the template. Every reading must be what a fresh walk reads. `read` reads with
+/// the reader, `walked` without one, both as `Debug` text (readings borrow the text
+/// they read); `kept` tells whether the reader would compare a text with the event
+/// it keeps. Returns how many followers were compared.
+#[cfg(test)]
+pub fn check_string_memo_reader<R: Clone + Default>(
+    templates: &[&str],
+    closers: &[&str],
+    read: impl Fn(&mut R, &bytes::Bytes) -> String,
+    walked: impl Fn(&bytes::Bytes) -> String,
+    kept: impl Fn(&R, &bytes::Bytes) -> bool,
+) -> usize {
+    const SAMPLES: [&str; 9] = [
+        "Hello",
+        "",
+        "a",
+        " a longer piece of text, longer than the last",
+        "é😀",
+        r#"say \"hi\""#,
+        r#"\n"#,
+        "\u{1}",
+        "x\ty",
+    ];
+    let fill = |template: &str, text: &str| bytes::Bytes::from(template.replace('@', text));
+    let samples: Vec<&str> = SAMPLES.iter().chain(closers).copied().collect();
+    let mut compared = 0;
+    for template in templates {
+        let first = fill(template, "Hello");
+        let mut reader = R::default();
+        assert_eq!(read(&mut reader, &first), walked(&first), "{template}");
+        let plain = fill(template, "plain text");
+        assert_eq!(
+            kept(&reader, &plain),
+            !template.contains("\\u"),
+            "{template}"
+        );
+        let mut followers: Vec<bytes::Bytes> = samples
+            .iter()
+            .flat_map(|sample| templates.iter().map(|t| fill(t, sample)))
+            .collect();
+        let first_text = std::str::from_utf8(&first).expect("UTF-8");
+        let edits = cut_and_edited(&[first_text], b"\"\\{1 x");
+        followers.extend(edits.into_iter().map(bytes::Bytes::from));
+        for text in followers {
+            compared += usize::from(kept(&reader, &text));
+            let mut after = reader.clone();
+            assert_eq!(
+                read(&mut after, &text),
+                walked(&text),
+                "{template} then {text:?}"
+            );
+            for sample in &samples {
+                let next = fill(template, sample);
+                let reading = read(&mut after.clone(), &next);
+                assert_eq!(reading, walked(&next), "{text:?} then {next:?}");
+            }
+        }
+    }
+    compared
 }
 
 /// Texts for the differential tests of the readers built on [`Walk`]: each sample,

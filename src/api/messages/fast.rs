@@ -200,7 +200,7 @@ impl<'a> Chunk<'a> {
 /// [`Chunk::from_text`] for the chunks of one stream, in order: a chunk that is the
 /// last one but for its text (`choices[0].delta.content`, the usual text chunk) is
 /// read by a comparison with the last ([`StringMemo`]), not walked again.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct ChunkReader {
     /// The last chunk when all its choice carried was text.
     last: StringMemo,
@@ -230,20 +230,13 @@ impl ChunkReader {
     /// The last chunk's reading, with the text at `span` of `text` and its `id`
     /// and `model` where they lie in `text`.
     fn repeated<'a>(&self, text: &'a [u8], span: Range<usize>) -> Option<Chunk<'a>> {
-        let string = |range: Range<usize>| {
-            let text = std::str::from_utf8(&text[range]).ok()?;
-            Some(Text(Cow::Borrowed(text)))
-        };
-        let moved = |range: &Option<Range<usize>>| match range {
-            Some(range) => string(self.last.moved(range.clone(), &span)).map(Some),
-            None => Some(None),
-        };
+        let read = |string: &'a str| Text(Cow::Borrowed(string));
         Some(Chunk {
-            id: moved(&self.id)?,
-            model: moved(&self.model)?,
+            id: self.last.moved_text(text, &self.id, &span)?.map(read),
+            model: self.last.moved_text(text, &self.model, &span)?.map(read),
             usage: None,
             choice: Some(Choice {
-                content: Some(string(span)?),
+                content: Some(read(StringMemo::text_at(text, span)?)),
                 ..Choice::default()
             }),
         })
@@ -272,11 +265,8 @@ impl ChunkReader {
             return self.last.forget();
         }
         self.last.remember(text, content);
-        let range = |string: &Option<Text<'_>>| match string {
-            None => Some(None),
-            Some(Text(Cow::Borrowed(string))) => self.last.range_of(string).map(Some),
-            Some(Text(Cow::Owned(_))) => None,
-        };
+        let range =
+            |string: &Option<Text<'_>>| self.last.range_of_read(string.as_ref().map(|t| &t.0));
         match (range(id), range(model)) {
             (Some(id), Some(model)) => (self.id, self.model) = (id, model),
             _ => self.last.forget(),
@@ -599,66 +589,19 @@ mod tests {
 
     #[test]
     fn text_chunks_read_by_comparison_read_as_walked() {
-        // `@` stands for the text that varies from chunk to chunk.
         let templates = [
             r#"{"id":"chatcmpl-1","object":"chat.completion.chunk","created":1,"model":"gpt","choices":[{"index":0,"delta":{"content":"@"},"logprobs":null,"finish_reason":null}]}"#,
             r#"{"choices":[{"delta":{"content":"@"},"finish_reason":null}],"model":"m-after","id":"id-after"}"#,
             r#"{"id":null,"choices":[{"delta":{"role":"assistant","content":"@","reasoning":""}}],"usage":null}"#,
             r#"{"id":"a\u0062c","choices":[{"delta":{"content":"@"}}]}"#,
         ];
-        let contents = [
-            "Hello",
-            "",
-            "a",
-            " a longer piece of text, longer than the last",
-            "é😀",
-            r#"say \"hi\""#,
-            r#"\n"#,
-            "\u{1}",
-            "\"}],\"usage\":{\"prompt_tokens\":1},\"x\":[{",
-        ];
-        fn walked(text: &[u8]) -> Option<Chunk<'_>> {
-            Chunk::from_text(text)
-        }
-        let mut compared = 0;
-        for template in templates {
-            let first = Bytes::from(template.replace('@', "Hello"));
-            let mut reader = ChunkReader::default();
-            assert_eq!(reader.read(&first), walked(&first));
-            let mut followers: Vec<String> = contents
-                .iter()
-                .flat_map(|c| templates.iter().map(move |t| t.replace('@', c)))
-                .collect();
-            let first_text = std::str::from_utf8(&first).unwrap();
-            followers.extend(crate::json_scan::cut_and_edited(&[first_text], b"\"\\{1 x"));
-            for text in followers {
-                let text = Bytes::from(text);
-                compared += usize::from(reader.last.string_span(&text).is_some());
-                let mut after = ChunkReader {
-                    last: reader.last.clone(),
-                    id: reader.id.clone(),
-                    model: reader.model.clone(),
-                };
-                assert_eq!(after.read(&text), walked(&text), "{template} then {text:?}");
-                for next in &contents {
-                    let next = Bytes::from(template.replace('@', next));
-                    let mut reader = ChunkReader {
-                        last: after.last.clone(),
-                        id: after.id.clone(),
-                        model: after.model.clone(),
-                    };
-                    assert_eq!(reader.read(&next), walked(&next), "{text:?} then {next:?}");
-                }
-            }
-            // A plain text in place of the last one's is read by the comparison
-            // (not where an escape in the id keeps the chunk from being kept).
-            let plain = template.replace('@', "plain text");
-            assert_eq!(
-                reader.last.string_span(plain.as_bytes()).is_some(),
-                !template.contains("\\u"),
-                "{template}"
-            );
-        }
+        let compared = crate::json_scan::check_string_memo_reader(
+            &templates,
+            &["\"}],\"usage\":{\"prompt_tokens\":1},\"x\":[{"],
+            |reader: &mut ChunkReader, text| format!("{:?}", reader.read(text)),
+            |text| format!("{:?}", Chunk::from_text(text)),
+            |reader, text| reader.last.string_span(text).is_some(),
+        );
         assert!(compared > 150, "{compared}");
     }
 

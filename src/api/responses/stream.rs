@@ -307,7 +307,7 @@ fn read_chunk<'a>(
     last_text_chunk: &mut json_scan::StringMemo,
 ) -> Result<Chunk<'a>, ApiError> {
     if let Some(span) = last_text_chunk.string_span(text) {
-        if let Some(chunk) = Chunk::content_only(&text[span]) {
+        if let Some(chunk) = text.get(span).and_then(Chunk::content_only) {
             return Ok(chunk);
         }
     }
@@ -1325,79 +1325,29 @@ mod tests {
 
     #[test]
     fn text_chunks_read_by_comparison_read_as_walked() {
-        // `@` stands for the characters of the one string that varies.
         let templates = [
             r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","system_fingerprint":"fp","choices":[{"index":0,"delta":{"content":"@"},"logprobs":null,"finish_reason":null}]}"#,
             r#"{"choices":[{"delta":{"role":"assistant","content":"@"}}]}"#,
             r#" { "choices" : [ { "delta" : { "content" : "@" } } ] } "#,
         ];
-        let contents = [
-            "Hello",
-            "",
-            "a",
-            "tok",
-            " a longer piece of text, longer than the last",
-            "é😀",
-            r#"say \"hi\""#,
-            r#"\n"#,
-            r#"\u00e9"#,
-            "\u{1}",
-            "x\ty",
-            "@\"",
-            "\"}],\"usage\":{",
-        ];
-        fn read<'a>(text: &'a Bytes, memo: &mut json_scan::StringMemo) -> Option<Chunk<'a>> {
-            read_chunk(text, "c", &mut ChunkFront::default(), memo).ok()
-        }
-        fn walked(text: &[u8]) -> Option<Chunk<'_>> {
-            Chunk::of_text(text, "c", &mut ChunkFront::default()).ok()
-        }
-        let mut compared = 0;
-        for template in templates {
-            let first = Bytes::from(template.replace('@', "Hello"));
-            let mut memo = json_scan::StringMemo::default();
-            assert_eq!(read(&first, &mut memo), walked(&first));
-            assert!(
-                memo.string_span(&first).is_some(),
-                "{template} was remembered"
-            );
-            // Another plain text in the same place is read by the comparison.
-            for plain in &contents[..6] {
-                let text = template.replace('@', plain);
-                assert!(memo.string_span(text.as_bytes()).is_some(), "{text}");
-            }
-            let mut followers: Vec<String> = contents
-                .iter()
-                .flat_map(|c| templates.iter().map(move |t| t.replace('@', c)))
-                .collect();
-            followers.extend(json_scan::cut_and_edited(&[first_str(&first)], b"\"\\{1 x"));
-            for text in followers {
-                let text = Bytes::from(text);
-                compared += usize::from(memo.string_span(&text).is_some());
-                let mut after = memo.clone();
-                assert_eq!(
-                    read(&text, &mut after),
-                    walked(&text),
-                    "{template} then {text:?}"
-                );
-                // Whatever the follower left in the memo, the next text reads right.
-                for next in &contents {
-                    let next = Bytes::from(template.replace('@', next));
-                    let mut memo = after.clone();
-                    assert_eq!(
-                        read(&next, &mut memo),
-                        walked(&next),
-                        "{text:?} then {next:?}"
-                    );
-                }
-            }
-        }
-        // And so were the edits of it that stay inside its text.
+        let compared = json_scan::check_string_memo_reader(
+            &templates,
+            &["\"}],\"usage\":{", "@\"", r#"\u00e9"#],
+            |memo: &mut json_scan::StringMemo, text| {
+                format!(
+                    "{:?}",
+                    read_chunk(text, "c", &mut ChunkFront::default(), memo).ok()
+                )
+            },
+            |text| {
+                format!(
+                    "{:?}",
+                    Chunk::of_text(text, "c", &mut ChunkFront::default()).ok()
+                )
+            },
+            |memo, text| memo.string_span(text).is_some(),
+        );
         assert!(compared > 150, "{compared}");
-    }
-
-    fn first_str(bytes: &Bytes) -> &str {
-        std::str::from_utf8(bytes).unwrap()
     }
 
     fn chunk(delta: Value, finish: Option<&str>) -> Value {

@@ -79,7 +79,7 @@ struct FastEvent<'a> {
 
 /// `delta` of a `content_block_delta` (text, thinking, signature, tool arguments)
 /// or of a `message_delta` (stop reason).
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 #[cfg_attr(test, derive(Debug, PartialEq))]
 #[serde(deny_unknown_fields)]
 struct FastDelta<'a> {
@@ -154,15 +154,7 @@ impl<'a> FastEvent<'a> {
 
 impl<'a> FastDelta<'a> {
     fn walked(walk: &mut Walk<'a>, refused: &mut bool) -> Option<FastDelta<'a>> {
-        let mut delta = FastDelta {
-            kind: None,
-            text: None,
-            thinking: None,
-            signature: None,
-            partial_json: None,
-            stop_reason: None,
-            stop_sequence: None,
-        };
+        let mut delta = FastDelta::default();
         let mut seen = [false; 7];
         walk.object(|walk, key| {
             let (slot, seen) = match key {
@@ -195,7 +187,7 @@ enum Piece {
 /// one but for its piece of text (`delta.text`, `.thinking` or `.partial_json`: the
 /// bulk of a stream, the same `type`, `index` and delta `type` each time) is read
 /// by a comparison with the last ([`StringMemo`]), not walked again.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct EventReader {
     /// The last event when it was a delta carrying one piece of text.
     last: StringMemo,
@@ -210,24 +202,15 @@ impl EventReader {
     /// The view of `text` when it is the last event but for its piece of text.
     fn repeated<'a>(&self, text: &'a [u8]) -> Option<FastEvent<'a>> {
         let span = self.last.string_span(text)?;
-        let string = |range: Range<usize>| {
-            let text = std::str::from_utf8(&text[range]).ok()?;
-            Some(Text(Cow::Borrowed(text)))
-        };
-        let moved = |range: &Option<Range<usize>>| match range {
-            Some(range) => string(self.last.moved(range.clone(), &span)).map(Some),
-            None => Some(None),
+        let read = |string: &'a str| Text(Cow::Borrowed(string));
+        let moved = |range: &Option<Range<usize>>| {
+            Some(self.last.moved_text(text, range, &span)?.map(read))
         };
         let mut delta = FastDelta {
             kind: moved(&self.delta_kind)?,
-            text: None,
-            thinking: None,
-            signature: None,
-            partial_json: None,
-            stop_reason: None,
-            stop_sequence: None,
+            ..FastDelta::default()
         };
-        let piece = string(span.clone())?;
+        let piece = read(StringMemo::text_at(text, span.clone())?);
         match self.piece? {
             Piece::Text => delta.text = Some(piece),
             Piece::Thinking => delta.thinking = Some(piece),
@@ -270,11 +253,8 @@ impl EventReader {
             return None;
         };
         self.last.remember(text, value);
-        let range = |string: &Option<Text<'_>>| match string {
-            None => Some(None),
-            Some(Text(Cow::Borrowed(string))) => self.last.range_of(string).map(Some),
-            Some(Text(Cow::Owned(_))) => None,
-        };
+        let range =
+            |string: &Option<Text<'_>>| self.last.range_of_read(string.as_ref().map(|t| &t.0));
         let (kind, delta_kind) = (range(&view.kind)?, range(&delta.kind)?);
         self.last.string_span(text)?;
         (self.kind, self.delta_kind) = (kind, delta_kind);
@@ -1037,24 +1017,12 @@ mod tests {
 
     #[test]
     fn delta_events_read_by_comparison_read_as_walked() {
-        // `@` stands for the piece of text that varies from event to event.
         let templates = [
             r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"@"}}"#,
             r#"{"delta":{"thinking":"@","type":"thinking_delta"},"type":"content_block_delta","index":1}"#,
             r#"{"type":"content_block_delta","index":2,"delta":{"type":"input_json_delta","partial_json":"@"}}"#,
             r#"{"type":"content_block_delta","delta":{"text":"@","type":null}}"#,
             r#"{"type":"content_block_d\u0065lta","index":0,"delta":{"type":"text_delta","text":"@"}}"#,
-        ];
-        let contents = [
-            "Hello",
-            "",
-            "a",
-            " a longer piece of text, longer than the last",
-            "é😀",
-            r#"say \"hi\""#,
-            r#"\n"#,
-            "\u{1}",
-            "\",\"stop_reason\":\"end_turn",
         ];
         fn walked(text: &str) -> Option<FastEvent<'_>> {
             let mut refused = false;
@@ -1064,61 +1032,23 @@ mod tests {
                     .flatten()
             })
         }
-        fn read<'a>(reader: &mut EventReader, event: &'a EventData) -> Option<FastEvent<'a>> {
-            if let Some(view) = reader.repeated(event.bytes()) {
-                return Some(view);
-            }
-            let view = walked(event);
-            reader.keep(event.bytes(), view.as_ref());
-            view
+        fn text(bytes: &bytes::Bytes) -> &str {
+            std::str::from_utf8(bytes).expect("UTF-8")
         }
-        fn copy(reader: &EventReader) -> EventReader {
-            EventReader {
-                last: reader.last.clone(),
-                piece: reader.piece,
-                kind: reader.kind.clone(),
-                delta_kind: reader.delta_kind.clone(),
-                index: reader.index,
-            }
-        }
-        let mut compared = 0;
-        for template in templates {
-            let first = EventData::from(template.replace('@', "Hello"));
-            let mut reader = EventReader::default();
-            assert_eq!(read(&mut reader, &first), walked(&first));
-            let mut followers: Vec<String> = contents
-                .iter()
-                .flat_map(|c| templates.iter().map(move |t| t.replace('@', c)))
-                .collect();
-            followers.extend(crate::json_scan::cut_and_edited(&[&first], b"\"\\{1 x"));
-            for text in followers {
-                let text = EventData::from(text);
-                compared += usize::from(reader.repeated(text.bytes()).is_some());
-                let mut after = copy(&reader);
-                assert_eq!(
-                    read(&mut after, &text),
-                    walked(&text),
-                    "{template} then {text:?}"
-                );
-                for next in &contents {
-                    let next = EventData::from(template.replace('@', next));
-                    let mut reader = copy(&after);
-                    assert_eq!(
-                        read(&mut reader, &next),
-                        walked(&next),
-                        "{text:?} then {next:?}"
-                    );
+        let compared = crate::json_scan::check_string_memo_reader(
+            &templates,
+            &["\",\"stop_reason\":\"end_turn"],
+            |reader: &mut EventReader, bytes| {
+                if let Some(view) = reader.repeated(bytes) {
+                    return format!("{:?}", Some(view));
                 }
-            }
-            // A plain text in place of the last one's is read by the comparison
-            // (not where an escape in the type keeps the event from being kept).
-            let plain = EventData::from(template.replace('@', "plain text"));
-            assert_eq!(
-                reader.repeated(plain.bytes()).is_some(),
-                !template.contains("\\u"),
-                "{template}"
-            );
-        }
+                let view = walked(text(bytes));
+                reader.keep(bytes, view.as_ref());
+                format!("{view:?}")
+            },
+            |bytes| format!("{:?}", walked(text(bytes))),
+            |reader, bytes| reader.repeated(bytes).is_some(),
+        );
         assert!(compared > 150, "{compared}");
     }
 

@@ -255,7 +255,7 @@ impl<'a> FastPart<'a> {
 /// one but for the text of its one part (Gemini's usual event: the same candidate,
 /// role, model version, response id and usage, new text) is read by a comparison
 /// with the last ([`StringMemo`]), not walked or parsed again.
-#[derive(Default)]
+#[derive(Default, Clone)]
 struct EventReader {
     /// The last event when it was one candidate with one text part, not finished.
     last: StringMemo,
@@ -290,16 +290,12 @@ impl EventReader {
     /// The last event's view, with its text at `span` of `text` and its other
     /// strings where they lie in `text`.
     fn repeated<'a>(&self, text: &'a [u8], span: Range<usize>) -> Option<FastResponse<'a>> {
-        let string = |range: Range<usize>| {
-            let text = std::str::from_utf8(&text[range]).ok()?;
-            Some(Text(Cow::Borrowed(text)))
-        };
-        let moved = |range: &Option<Range<usize>>| match range {
-            Some(range) => string(self.last.moved(range.clone(), &span)).map(Some),
-            None => Some(None),
+        let read = |string: &'a str| Text(Cow::Borrowed(string));
+        let moved = |range: &Option<Range<usize>>| {
+            Some(self.last.moved_text(text, range, &span)?.map(read))
         };
         let part = FastPart {
-            text: Some(string(span.clone())?),
+            text: Some(read(StringMemo::text_at(text, span.clone())?)),
             thought: self.thought,
             thought_signature: None,
         };
@@ -336,11 +332,8 @@ impl EventReader {
             return None;
         };
         self.last.remember(text, value);
-        let range = |string: &Option<Text<'_>>| match string {
-            None => Some(None),
-            Some(Text(Cow::Borrowed(string))) => self.last.range_of(string).map(Some),
-            Some(Text(Cow::Owned(_))) => None,
-        };
+        let range =
+            |string: &Option<Text<'_>>| self.last.range_of_read(string.as_ref().map(|t| &t.0));
         let (role, model_version, response_id) = (
             range(&content.role)?,
             range(&view.model_version)?,
@@ -753,68 +746,24 @@ mod tests {
 
     #[test]
     fn text_events_read_by_comparison_read_as_walked() {
-        // `@` stands for the text that varies from event to event.
         let templates = [
             r#"{"candidates":[{"content":{"role":"model","parts":[{"text":"@"}]},"index":0}],"modelVersion":"gemini-2.5-flash","responseId":"r1"}"#,
             r#"{"candidates":[{"content":{"parts":[{"text":"@","thought":true}],"role":"model"}}],"usageMetadata":{"promptTokenCount":5},"responseId":"r2"}"#,
             r#"{"usageMetadata":{"trafficType":"ON_DEMAND"},"candidates":[{"index":3,"content":{"parts":[{"text":"@"}]}}],"modelVersion":null}"#,
             r#"{"candidates":[{"content":{"role":"mod\u0065l","parts":[{"text":"@"}]}}]}"#,
         ];
-        let contents = [
-            "Hello",
-            "",
-            "a",
-            " a longer piece of text, longer than the last",
-            "é😀",
-            r#"say \"hi\""#,
-            r#"\n"#,
-            "\u{1}",
-            "\"}]},\"finishReason\":\"STOP\",\"x\":{\"y\":[\"",
-        ];
-        fn walked(text: &str) -> Option<FastResponse<'_>> {
-            FastResponse::walked(text).or_else(|| serde_json::from_str(text).ok())
-        }
-        fn copy(reader: &EventReader) -> EventReader {
-            EventReader {
-                last: reader.last.clone(),
-                role: reader.role.clone(),
-                model_version: reader.model_version.clone(),
-                response_id: reader.response_id.clone(),
-                index: reader.index,
-                thought: reader.thought,
-                usage_metadata: reader.usage_metadata.clone(),
-            }
-        }
-        let mut compared = 0;
-        for template in templates {
-            let first = EventData::from(template.replace('@', "Hello"));
-            let mut reader = EventReader::default();
-            assert_eq!(reader.read(&first), walked(&first));
-            let mut followers: Vec<String> = contents
-                .iter()
-                .flat_map(|c| templates.iter().map(move |t| t.replace('@', c)))
-                .collect();
-            followers.extend(crate::json_scan::cut_and_edited(&[&first], b"\"\\{1 x"));
-            for text in followers {
-                let text = EventData::from(text);
-                compared += usize::from(reader.last.string_span(text.bytes()).is_some());
-                let mut after = copy(&reader);
-                assert_eq!(after.read(&text), walked(&text), "{template} then {text:?}");
-                for next in &contents {
-                    let next = EventData::from(template.replace('@', next));
-                    let mut reader = copy(&after);
-                    assert_eq!(reader.read(&next), walked(&next), "{text:?} then {next:?}");
-                }
-            }
-            // A plain text in place of the last one's is read by the comparison
-            // (not where an escape in the role keeps the event from being kept).
-            let plain = template.replace('@', "plain text");
-            assert_eq!(
-                reader.last.string_span(plain.as_bytes()).is_some(),
-                !template.contains("\\u"),
-                "{template}"
-            );
-        }
+        let event = |text: &bytes::Bytes| EventData::from_utf8(text.clone()).expect("UTF-8");
+        let compared = crate::json_scan::check_string_memo_reader(
+            &templates,
+            &["\"}]},\"finishReason\":\"STOP\",\"x\":{\"y\":[\""],
+            |reader: &mut EventReader, text| format!("{:?}", reader.read(&event(text))),
+            |text| {
+                let text = event(text);
+                let view = FastResponse::walked(&text).or_else(|| serde_json::from_str(&text).ok());
+                format!("{view:?}")
+            },
+            |reader, text| reader.last.string_span(text).is_some(),
+        );
         assert!(compared > 150, "{compared}");
     }
 
