@@ -480,7 +480,6 @@ impl Drop for Incoming {
 /// the loggers' entry, each exactly once. Made when the core's work is over (the
 /// context then has every field it will get before the answer).
 pub struct Ending {
-    summary: RequestSummary,
     metrics: Option<RequestMetrics>,
     /// The usage ledger's row (`[database]`), written into its buffer at the end.
     /// Boxed: most of the `Ending`'s size, which is moved a few times a request.
@@ -575,7 +574,6 @@ impl Ending {
     ) -> Self {
         let asked = ctx.asked();
         Ending {
-            summary: RequestSummary::of(ctx, asked),
             metrics: state
                 .metrics()
                 .map(|m| m.request(ctx, asked, upstream_time)),
@@ -593,7 +591,7 @@ impl Ending {
         error: ApiError,
     ) -> ApiError {
         let error = gateway.redactor.redact(error);
-        self.summary.log(error.status().as_u16(), Some(&error), "");
+        RequestSummary::of(&ctx).log(error.status().as_u16(), Some(&error), "");
         if let Some(metrics) = self.metrics {
             metrics.failed(&error);
         }
@@ -609,7 +607,7 @@ impl Ending {
 
     /// The client left before any byte of an answer (see `Drop for Incoming`).
     fn abandoned(self, gateway: &Gateway, mut ctx: Box<RequestContext>) {
-        self.summary.log(499, None, " (client disconnected)");
+        RequestSummary::of(&ctx).log(499, None, " (client disconnected)");
         if let Some(metrics) = self.metrics {
             metrics.abandoned();
         }
@@ -631,7 +629,7 @@ impl Ending {
         usage: Option<TokenCounts>,
         log_answer: impl FnOnce() -> Value,
     ) {
-        self.summary.log(200, None, "");
+        RequestSummary::of(&ctx).log(200, None, "");
         if let Some(metrics) = self.metrics {
             metrics.completed(usage);
         }
@@ -680,11 +678,12 @@ impl Ending {
             })
         };
         let dispatcher = gateway.log_dispatcher.clone();
+        // The request line's fields, copied: the line is written when the stream ends.
+        let summary = RequestSummary::of(&ctx).into_owned();
         // Only the loggers need the context at the end; without them it is dropped
         // now rather than held (the request tree, the client's headers and the read
         // buffer they share) for as long as the stream lasts.
         let ctx = dispatcher.is_some().then_some(ctx);
-        let summary = self.summary;
         let finish = move |outcome: StreamSummary| {
             let note = if outcome.completed {
                 ""

@@ -7,6 +7,7 @@
 //! what sends it through the batching stderr output ([`super::output`]): it reaches
 //! stderr up to 100 ms later, in one `write` with other request lines.
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use tracing_subscriber::fmt::format::{Format, FormatEvent, FormatFields, Full, Writer};
@@ -18,30 +19,49 @@ use super::output::REQUEST_TARGET;
 use crate::context::RequestContext;
 use crate::error::{debug_details, ApiError};
 
-/// The fields of a finished request that the log line shows.
+/// The fields of a finished request that the log line shows: borrowed from the
+/// request's context while it is at hand (a whole answer, a failure), owned for a
+/// stream, whose line is written when it ends ([`RequestSummary::into_owned`]).
 #[derive(Debug, Clone)]
-pub struct RequestSummary {
-    pub id: String,
+pub struct RequestSummary<'a> {
+    pub id: Cow<'a, str>,
     pub endpoint: crate::context::Endpoint,
-    pub requested_model: Option<String>,
-    pub connection: Option<String>,
-    pub upstream_model: Option<String>,
-    pub group: Option<String>,
+    pub requested_model: Option<Cow<'a, str>>,
+    pub connection: Option<Cow<'a, str>>,
+    pub upstream_model: Option<Cow<'a, str>>,
+    pub group: Option<Cow<'a, str>>,
     pub stream: bool,
     pub started: std::time::Instant,
 }
 
-impl RequestSummary {
-    pub fn of(ctx: &RequestContext, asked: crate::context::Asked<'_>) -> Self {
+impl<'a> RequestSummary<'a> {
+    pub fn of(ctx: &'a RequestContext) -> Self {
+        let asked = ctx.asked();
+        let borrowed = |text: &'a Option<String>| text.as_deref().map(Cow::Borrowed);
         RequestSummary {
-            id: ctx.id.clone(),
+            id: Cow::Borrowed(&ctx.id),
             endpoint: ctx.endpoint,
-            requested_model: asked.model.map(str::to_owned),
-            connection: ctx.connection.clone(),
-            upstream_model: ctx.model.clone(),
-            group: ctx.group.clone(),
+            requested_model: asked.model.map(Cow::Borrowed),
+            connection: borrowed(&ctx.connection),
+            upstream_model: borrowed(&ctx.model),
+            group: borrowed(&ctx.group),
             stream: asked.stream,
             started: ctx.started,
+        }
+    }
+
+    /// The summary with its strings copied, to outlive the context.
+    pub fn into_owned(self) -> RequestSummary<'static> {
+        let owned = |text: Option<Cow<'_, str>>| text.map(|t| Cow::Owned(t.into_owned()));
+        RequestSummary {
+            id: Cow::Owned(self.id.into_owned()),
+            endpoint: self.endpoint,
+            requested_model: owned(self.requested_model),
+            connection: owned(self.connection),
+            upstream_model: owned(self.upstream_model),
+            group: owned(self.group),
+            stream: self.stream,
+            started: self.started,
         }
     }
 
@@ -85,7 +105,7 @@ impl RequestSummary {
     /// `chat completion<note> id=... status=... model="..." connection="..."
     /// upstream_model="..." group="..." stream=... duration_ms=... error="..."`.
     fn line(&self, status: u16, error: Option<&str>, note: &str) -> String {
-        fn text(v: &Option<String>) -> &str {
+        fn text<'t>(v: &'t Option<Cow<'_, str>>) -> &'t str {
             v.as_deref().unwrap_or("-")
         }
         let mut line = String::with_capacity(200);

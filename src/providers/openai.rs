@@ -219,7 +219,7 @@ impl Provider for OpenAiProvider {
                     .map_err(UpstreamError::into_api_error)?
             };
             let response = check_status(response, self.timeout).await?;
-            if declares(&response, "text/event-stream") {
+            if declares(response.headers(), "text/event-stream") {
                 // Some servers stream whatever was asked: put the answer together.
                 let mut events = sse_json_events(response.bytes_stream(), self.chunk_timeout);
                 let mut answer = StreamAccumulator::with_limit(self.max_response_body);
@@ -267,7 +267,7 @@ impl Provider for OpenAiProvider {
             created: unix_now(),
             model: call.model.clone(),
         };
-        if declares(&response, "application/json") {
+        if declares(response.headers(), "application/json") {
             // A server that ignored `stream: true` and answered with one JSON object:
             // replay it as chunks rather than lose it.
             let bytes = tokio::time::timeout(self.timeout, response.bytes(self.max_response_body))
@@ -354,12 +354,15 @@ fn refuses_stream_options(error: &ApiError) -> bool {
 
 /// Whether the answer declares this media type (parameters ignored). Answers without
 /// a content type are taken as what was asked for.
-fn declares(response: &UpstreamResponse, media_type: &str) -> bool {
-    response
-        .headers()
+fn declares(headers: &http::HeaderMap, media_type: &str) -> bool {
+    headers
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| ct.trim_start().to_ascii_lowercase().starts_with(media_type))
+        .is_some_and(|ct| {
+            // Compared without case and without a lowercased copy (every answer).
+            let head = ct.trim_start().as_bytes().get(..media_type.len());
+            head.is_some_and(|head| head.eq_ignore_ascii_case(media_type.as_bytes()))
+        })
 }
 
 /// The upstream body: the client's fields in their order with `model` replaced
@@ -456,6 +459,29 @@ pub fn normalize_completion(value: Value, model: &str) -> Result<Value, ApiError
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_media_type_is_declared_whatever_its_case_and_parameters() {
+        use super::declares;
+        let with = |value: &str| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(http::header::CONTENT_TYPE, value.parse().unwrap());
+            headers
+        };
+        for value in [
+            "application/json",
+            "Application/JSON; charset=utf-8",
+            "  application/json;charset=UTF-8",
+        ] {
+            assert!(declares(&with(value), "application/json"), "{value}");
+            assert!(!declares(&with(value), "text/event-stream"), "{value}");
+        }
+        assert!(declares(&with("TEXT/Event-Stream"), "text/event-stream"));
+        for value in ["text/plain", "application/js", "json", ""] {
+            assert!(!declares(&with(value), "application/json"), "{value:?}");
+        }
+        assert!(!declares(&http::HeaderMap::new(), "application/json"));
+    }
+
     #[test]
     fn only_openai_itself_speaks_the_responses_api_by_default() {
         for (base, expected) in [

@@ -113,7 +113,7 @@ impl OpenAiProvider {
             }
             Err(error) => return Err(error),
         };
-        if declares(&response, "application/json") {
+        if declares(response.headers(), "application/json") {
             // A server that ignored `stream: true`: its one answer as the one chunk.
             let bytes = tokio::time::timeout(self.timeout, response.bytes(self.max_response_body))
                 .await
@@ -157,7 +157,7 @@ impl OpenAiProvider {
         )
         .await?;
         let response = check_status(response, self.chunk_timeout).await?;
-        if declares(&response, "application/json") {
+        if declares(response.headers(), "application/json") {
             return Err(ApiError::upstream_failure(format!(
                 "connection '{}': a streamed Responses request was answered with JSON, not \
                  events",
