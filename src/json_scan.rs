@@ -278,8 +278,8 @@ pub struct StringMemo {
 impl StringMemo {
     /// Remember `text` (the event just walked) and the string whose characters are
     /// `value`, a slice of `text` that the walk returned as written (a string without
-    /// escapes). Anything else forgets.
-    pub fn remember(&mut self, text: &bytes::Bytes, value: &str) {
+    /// escapes). Anything else forgets. Whether it was remembered.
+    pub fn remember(&mut self, text: &bytes::Bytes, value: &str) -> bool {
         let start = (value.as_ptr() as usize).wrapping_sub(text.as_ptr() as usize);
         let end = start.wrapping_add(value.len());
         // The walk's strings without escapes are slices between their quotes; a
@@ -295,6 +295,7 @@ impl StringMemo {
         } else {
             self.forget();
         }
+        between_quotes
     }
 
     pub fn forget(&mut self) {

@@ -264,7 +264,9 @@ impl ChunkReader {
         if !tool_calls.is_empty() {
             return self.last.forget();
         }
-        self.last.remember(text, content);
+        if !self.last.remember(text, content) {
+            return;
+        }
         let range =
             |string: &Option<Text<'_>>| self.last.range_of_read(string.as_ref().map(|t| &t.0));
         match (range(id), range(model)) {

@@ -313,7 +313,9 @@ fn read_chunk<'a>(
     }
     let chunk = Chunk::of_text(text, connection, front)?;
     match chunk.only_content() {
-        Some(content) => last_text_chunk.remember(text, content),
+        Some(content) => {
+            last_text_chunk.remember(text, content);
+        }
         None => last_text_chunk.forget(),
     }
     Ok(chunk)

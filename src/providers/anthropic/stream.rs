@@ -252,11 +252,12 @@ impl EventReader {
         let Text(Cow::Borrowed(value)) = value else {
             return None;
         };
-        self.last.remember(text, value);
+        if !self.last.remember(text, value) {
+            return None;
+        }
         let range =
             |string: &Option<Text<'_>>| self.last.range_of_read(string.as_ref().map(|t| &t.0));
         let (kind, delta_kind) = (range(&view.kind)?, range(&delta.kind)?);
-        self.last.string_span(text)?;
         (self.kind, self.delta_kind) = (kind, delta_kind);
         (self.piece, self.index) = (Some(piece), view.index);
         Some(())

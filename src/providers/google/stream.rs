@@ -331,7 +331,9 @@ impl EventReader {
         let Some(Text(Cow::Borrowed(value))) = &part.text else {
             return None;
         };
-        self.last.remember(text, value);
+        if !self.last.remember(text, value) {
+            return None;
+        }
         let range =
             |string: &Option<Text<'_>>| self.last.range_of_read(string.as_ref().map(|t| &t.0));
         let (role, model_version, response_id) = (
@@ -339,7 +341,6 @@ impl EventReader {
             range(&view.model_version)?,
             range(&view.response_id)?,
         );
-        self.last.string_span(text)?;
         (self.role, self.model_version, self.response_id) = (role, model_version, response_id);
         (self.index, self.thought) = (candidate.index, part.thought);
         self.usage_metadata = view.usage_metadata.clone();
