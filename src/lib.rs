@@ -21,6 +21,7 @@ pub mod error;
 pub mod extensions;
 pub mod gateway;
 pub mod handlers;
+pub mod http1;
 pub mod json_scan;
 pub mod logging;
 pub mod metrics;

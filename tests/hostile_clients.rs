@@ -660,3 +660,210 @@ fn the_binary_keeps_serving_when_descriptors_run_out() {
     assert!(reports <= 2, "{reports} reports: {}", log.lock().unwrap());
     drop(silent);
 }
+
+// The HTTP/1 server side's framing (`server::http1`): what a request may say about
+// its body, heads past the bounds, pipelining, HTTP/1.0, interim answers.
+
+/// Send `bytes` on a fresh connection and read the one answer that must come, then
+/// the close that must follow it.
+async fn refused(gateway: &TestGateway, bytes: &[u8]) -> (String, serde_json::Value) {
+    let mut stream = connect(gateway).await;
+    stream.write_all(bytes).await.unwrap();
+    let (head, body) = read_response(&mut stream).await;
+    assert!(
+        head.to_ascii_lowercase().contains("connection: close"),
+        "{head}"
+    );
+    assert_eq!(read_until_closed(&mut stream).await, "", "after {head}");
+    let body = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{e}: {body:?}"));
+    (head, body)
+}
+
+/// Requests that frame their body two ways, or in a way the gateway does not read,
+/// are how requests are smuggled past a proxy: each is refused with a 400 in the
+/// OpenAI envelope, and its connection closed (what follows the head cannot be
+/// trusted to be the next request).
+#[tokio::test]
+async fn ambiguous_or_broken_framing_is_refused_and_the_connection_closed() {
+    let gateway = TestGateway::start(&config("")).await;
+    let body = small_request();
+    let n = body.len();
+    let cases = [
+        format!("{}{body}", chat_head("good-key", n, "transfer-encoding: chunked\r\n")),
+        chat_head("good-key", n, "content-length: 3\r\n"),
+        chat_head("good-key", n, "").replace(&format!("content-length: {n}"), "content-length: 1x"),
+        chat_head("good-key", n, "").replace(&format!("content-length: {n}"), "transfer-encoding: gzip, chunked"),
+        chat_head("good-key", n, "").replace(&format!("content-length: {n}"), "transfer-encoding: chunked\r\ntransfer-encoding: chunked"),
+        chat_head("good-key", n, "")
+            .replace("HTTP/1.1", "HTTP/1.0")
+            .replace(&format!("content-length: {n}"), "transfer-encoding: chunked"),
+        "GARBAGE\r\n\r\n".to_owned(),
+        "POST /v1/chat/completions HTTP/1.1\r\nbad name: x\r\n\r\n".to_owned(),
+        "POST /v1/chat/completions HTTP/1.1\r\nx: a\0b\r\n\r\n".to_owned(),
+        "POST /v1/chat/completions HTTP/2.0\r\n\r\n".to_owned(),
+    ];
+    for case in cases {
+        let (head, body) = refused(&gateway, case.as_bytes()).await;
+        assert!(head.starts_with("HTTP/1.1 400"), "{case:?}: {head}");
+        assert_eq!(body["error"]["code"], "bad_request", "{case:?}: {body}");
+        assert_eq!(body["error"]["type"], "invalid_request_error", "{case:?}");
+        assert!(body["error"]["message"].as_str().unwrap().len() > 20, "{body}");
+    }
+    // The gateway serves on.
+    let mut stream = connect(&gateway).await;
+    stream
+        .write_all(format!("{}{body}", chat_head("good-key", n, "")).as_bytes())
+        .await
+        .unwrap();
+    assert!(read_response(&mut stream).await.0.starts_with("HTTP/1.1 200"));
+}
+
+#[tokio::test]
+async fn heads_past_the_bounds_get_431() {
+    let gateway = TestGateway::start(&config("")).await;
+    let long = chat_head("good-key", 0, &format!("x-long: {}\r\n", "a".repeat(70 * 1024)));
+    let many: String = (0..101).map(|i| format!("x-{i}: v\r\n")).collect();
+    let many = chat_head("good-key", 0, &many);
+    for case in [long, many] {
+        let (head, body) = refused(&gateway, case.as_bytes()).await;
+        assert!(head.starts_with("HTTP/1.1 431"), "{head}");
+        assert_eq!(body["error"]["code"], "request_header_fields_too_large");
+    }
+}
+
+/// Requests sent back to back in one write (the second one chunked, with a chunk
+/// extension and a trailer) are answered in order on the same connection.
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let gateway = TestGateway::start(&config("")).await;
+    let ask = |word: &str| {
+        json!({"model": "m", "messages": [{"role": "user", "content": word}]}).to_string()
+    };
+    let (one, two, three) = (ask("one"), ask("two"), ask("three"));
+    let (two_a, two_b) = two.split_at(10);
+    let chunked_head = chat_head("good-key", 0, "transfer-encoding: chunked\r\n")
+        .replace("content-length: 0\r\n", "");
+    let all = format!(
+        "{}{one}{chunked_head}{:x};ext=1\r\n{two_a}\r\n{:x}\r\n{two_b}\r\n0\r\nx-trailer: t\r\n\r\n{}{three}",
+        chat_head("good-key", one.len(), ""),
+        two_a.len(),
+        two_b.len(),
+        chat_head("good-key", three.len(), ""),
+    );
+    let mut stream = connect(&gateway).await;
+    stream.write_all(all.as_bytes()).await.unwrap();
+    for word in ["one", "two", "three"] {
+        let (head, body) = read_response(&mut stream).await;
+        assert!(head.starts_with("HTTP/1.1 200"), "{word}: {head}");
+        assert!(body.contains(&format!("You said: {word}")), "{word}: {body}");
+    }
+}
+
+/// A body that arrives a byte at a time, after its head, is read whole.
+#[tokio::test]
+async fn a_body_sent_a_byte_at_a_time_is_read_whole() {
+    let gateway = TestGateway::start(&config("")).await;
+    let body = small_request();
+    let mut stream = connect(&gateway).await;
+    stream.set_nodelay(true).unwrap();
+    stream
+        .write_all(chat_head("good-key", body.len(), "").as_bytes())
+        .await
+        .unwrap();
+    for byte in body.as_bytes() {
+        stream.write_all(&[*byte]).await.unwrap();
+        stream.flush().await.unwrap();
+    }
+    let (head, answer) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(answer.contains("You said: hi"), "{answer}");
+}
+
+/// HTTP/1.0 has no chunks: a stream runs to the close; keep-alive only when asked,
+/// and then said in the answer.
+#[tokio::test]
+async fn http10_clients_get_streams_to_the_close_and_keep_alive_when_asked() {
+    let gateway = TestGateway::start(&config("")).await;
+    let stream_body =
+        json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]})
+            .to_string();
+    let mut stream = connect(&gateway).await;
+    let head = chat_head("good-key", stream_body.len(), "").replace("HTTP/1.1", "HTTP/1.0");
+    stream
+        .write_all(format!("{head}{stream_body}").as_bytes())
+        .await
+        .unwrap();
+    let all = read_until_closed(&mut stream).await;
+    let (head, body) = all.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(!head.contains("transfer-encoding"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
+    assert!(body.starts_with("data: {") && body.ends_with("data: [DONE]\n\n"), "{body}");
+
+    let body = small_request();
+    let head = chat_head("good-key", body.len(), "connection: keep-alive\r\n")
+        .replace("HTTP/1.1", "HTTP/1.0");
+    let mut stream = connect(&gateway).await;
+    for _ in 0..2 {
+        stream
+            .write_all(format!("{head}{body}").as_bytes())
+            .await
+            .unwrap();
+        let (answer_head, answer) = read_response(&mut stream).await;
+        assert!(
+            answer_head.to_ascii_lowercase().contains("connection: keep-alive"),
+            "{answer_head}"
+        );
+        assert!(answer.contains("You said: hi"), "{answer}");
+    }
+}
+
+/// `Expect: 100-continue` within the limit: the interim answer comes when the
+/// gateway wants the body, then the answer.
+#[tokio::test]
+async fn expect_continue_within_the_limit_gets_100_then_the_answer() {
+    let gateway = TestGateway::start(&config("")).await;
+    let body = small_request();
+    let mut stream = connect(&gateway).await;
+    stream
+        .write_all(chat_head("good-key", body.len(), "expect: 100-continue\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut interim = [0u8; 25];
+    tokio::time::timeout(BOUND, stream.read_exact(&mut interim))
+        .await
+        .expect("100 Continue should come")
+        .unwrap();
+    assert_eq!(&interim, b"HTTP/1.1 100 Continue\r\n\r\n");
+    stream.write_all(body.as_bytes()).await.unwrap();
+    let (head, answer) = read_response(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert!(answer.contains("You said: hi"), "{answer}");
+}
+
+/// An answer to HEAD has a head only: the next request on the connection is read
+/// as the next request.
+#[tokio::test]
+async fn head_requests_get_no_body() {
+    let gateway = TestGateway::start(&config("")).await;
+    let mut stream = connect(&gateway).await;
+    stream
+        .write_all(b"HEAD /health HTTP/1.1\r\nhost: test\r\n\r\nGET /health HTTP/1.1\r\nhost: test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut seen = Vec::new();
+    let mut byte = [0u8; 1];
+    tokio::time::timeout(BOUND, async {
+        while seen.windows(4).filter(|w| *w == b"\r\n\r\n").count() < 2 {
+            assert_eq!(stream.read(&mut byte).await.unwrap(), 1);
+            seen.push(byte[0]);
+        }
+    })
+    .await
+    .expect("two heads");
+    let seen = String::from_utf8_lossy(&seen);
+    let (first, second) = seen.split_once("\r\n\r\n").unwrap();
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+}

@@ -53,19 +53,19 @@ use crate::logging::throttle::Throttled;
 use crate::metrics::Metrics;
 
 /// Connection phases (see the module documentation).
-const FIRST: u8 = 0;
+pub(super) const FIRST: u8 = 0;
 const BUSY: u8 = 1;
 const IDLE: u8 = 2;
 const HEAD: u8 = 3;
 
 /// Close requests, in increasing force.
-const KEEP: u8 = 0;
+pub(super) const KEEP: u8 = 0;
 /// Idle or overdue for its idle time: graceful close (HTTP/2 GOAWAY), bounded.
-const CLOSE_IDLE: u8 = 1;
+pub(super) const CLOSE_IDLE: u8 = 1;
 /// Server shutdown: graceful close, until the grace period ends.
 const CLOSE_SHUTDOWN: u8 = 2;
 /// Drop the connection now (header timeout, end of the grace period).
-const CLOSE_NOW: u8 = 3;
+pub(super) const CLOSE_NOW: u8 = 3;
 
 /// The client-connection settings of one server, fixed at startup.
 #[derive(Clone, Debug)]
@@ -159,7 +159,7 @@ impl Shared {
 }
 
 /// One connection's progress, written by the connection and read by the sweeper.
-struct ConnState {
+pub(super) struct ConnState {
     shared: Arc<Shared>,
     /// Requests in progress (HTTP/2: open streams being answered).
     active: AtomicU32,
@@ -188,7 +188,7 @@ impl ConnState {
         }
     }
 
-    fn request_started(&self, http2: bool) {
+    pub(super) fn request_started(&self, http2: bool) {
         self.active.fetch_add(1, Ordering::Relaxed);
         self.phase.store(BUSY, Ordering::Relaxed);
         if http2 {
@@ -222,17 +222,25 @@ impl ConnState {
 
     /// Resolves with the close request once it is at least `at_least`.
     fn closing(&self, at_least: u8) -> impl Future<Output = u8> + '_ {
-        std::future::poll_fn(move |cx| {
-            let how = self.close.load(Ordering::Acquire);
-            if how >= at_least {
-                return Poll::Ready(how);
-            }
-            self.waker.register(cx.waker());
-            match self.close.load(Ordering::Acquire) {
-                how if how >= at_least => Poll::Ready(how),
-                _ => Poll::Pending,
-            }
-        })
+        std::future::poll_fn(move |cx| self.poll_closing(cx, at_least))
+    }
+
+    /// Ready with the close request once it is at least `at_least`.
+    pub(super) fn poll_closing(&self, cx: &mut Context<'_>, at_least: u8) -> Poll<u8> {
+        let how = self.close.load(Ordering::Acquire);
+        if how >= at_least {
+            return Poll::Ready(how);
+        }
+        self.waker.register(cx.waker());
+        match self.close.load(Ordering::Acquire) {
+            how if how >= at_least => Poll::Ready(how),
+            _ => Poll::Pending,
+        }
+    }
+
+    /// The close asked of this connection so far (`KEEP`: none).
+    pub(super) fn close_requested(&self) -> u8 {
+        self.close.load(Ordering::Acquire)
     }
 
     /// Is the connection waiting for nothing but its client (no request in
@@ -548,7 +556,8 @@ pub(crate) async fn serve(
             socket: socket.clone(),
             conn: conn.clone(),
         };
-        let builder = builders[usize::from(client_spellings.load(Ordering::Relaxed))].clone();
+        let spellings = client_spellings.load(Ordering::Relaxed);
+        let builder = builders[usize::from(spellings)].clone();
         // One task type per transport: a task is as large as its future's largest
         // state, and the TLS states (handshake, TLS stream) would make every plain
         // connection's task that large too.
@@ -561,6 +570,10 @@ pub(crate) async fn serve(
                     _ = conn.closing(CLOSE_IDLE) => return,
                 };
                 match sniffed {
+                    // The gateway's own HTTP/1 server side (`super::http1`), unless
+                    // the client's header spellings are to be recorded (hyper's
+                    // `preserve_header_case`).
+                    Sniffed::Http1 if !spellings => super::http1::serve(io, service).await,
                     Sniffed::Http1 => {
                         let connection = std::pin::pin!(builder
                             .http1
@@ -648,11 +661,7 @@ async fn drive<C: ServedConnection>(
     conn: &ConnState,
     client: Option<&TcpStream>,
 ) {
-    let mut left = ClientLeft {
-        socket: client,
-        conn,
-        unread_at: None,
-    };
+    let mut left = ClientLeft::new(client, conn);
     // Dropping the connection drops the request in progress with it: its upstream
     // call is abandoned and its stream is logged as the client disconnecting.
     let how = tokio::select! {
@@ -690,11 +699,21 @@ async fn drive<C: ServedConnection>(
 /// happens in this same task, so the next poll after that read looks again. (hyper,
 /// too, stops watching while unread bytes wait in its buffer.) The watch shares the
 /// socket's read-readiness waker with hyper's reads; both are this task's.
-struct ClientLeft<'a> {
+pub(super) struct ClientLeft<'a> {
     socket: Option<&'a TcpStream>,
     conn: &'a ConnState,
     /// `ConnState::reads` when bytes were last seen waiting in the socket.
     unread_at: Option<u32>,
+}
+
+impl<'a> ClientLeft<'a> {
+    pub(super) fn new(socket: Option<&'a TcpStream>, conn: &'a ConnState) -> Self {
+        ClientLeft {
+            socket,
+            conn,
+            unread_at: None,
+        }
+    }
 }
 
 impl Future for ClientLeft<'_> {
@@ -754,14 +773,26 @@ async fn sweep(registry: Arc<Registry>, shared: Arc<Shared>) {
 
 /// The socket, noting when bytes arrive on an idle connection. Shared (`Arc`) with
 /// the connection's [`ClientLeft`] watch, so it is read and written through `&self`.
-struct TrackedIo {
-    socket: Arc<TcpStream>,
-    conn: Arc<ConnState>,
+pub(super) struct TrackedIo {
+    pub(super) socket: Arc<TcpStream>,
+    pub(super) conn: Arc<ConnState>,
 }
 
 impl AsyncRead for TrackedIo {
     fn poll_read(
         self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        self.poll_recv(cx, buf)
+    }
+}
+
+impl TrackedIo {
+    /// One read into `buf` once the socket has bytes (or end of file: nothing
+    /// added).
+    pub(super) fn poll_recv(
+        &self,
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
@@ -808,11 +839,14 @@ impl AsyncRead for TrackedIo {
             }
         }
     }
-}
 
-impl TrackedIo {
+    /// No more writes: the client reads end of file after what was sent.
+    pub(super) fn shutdown(&self) -> io::Result<()> {
+        socket2::SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Write)
+    }
+
     /// One write (`try_write` or `try_write_vectored`) once the socket can take it.
-    fn poll_written(
+    pub(super) fn poll_written(
         &self,
         cx: &mut Context<'_>,
         mut write: impl FnMut(&TcpStream) -> io::Result<usize>,
@@ -853,7 +887,7 @@ impl AsyncWrite for TrackedIo {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Poll::Ready(socket2::SockRef::from(&*self.socket).shutdown(std::net::Shutdown::Write))
+        Poll::Ready(self.shutdown())
     }
 }
 
@@ -862,7 +896,7 @@ impl AsyncWrite for TrackedIo {
 /// added (`ConnectInfo`); either way the request counts as in progress until its
 /// response body is done or dropped.
 #[derive(Clone)]
-struct ConnService {
+pub(super) struct ConnService {
     router: Router,
     doors: super::Doors,
     peer: SocketAddr,
@@ -874,7 +908,19 @@ impl hyper::service::Service<http::Request<Incoming>> for ConnService {
     type Error = Infallible;
     type Future = TrackedFuture;
 
-    fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
+    fn call(&self, request: http::Request<Incoming>) -> Self::Future {
+        self.handle(request)
+    }
+}
+
+impl ConnService {
+    /// Hand a request to its door or the router; it counts as in progress until its
+    /// answer's body is done or dropped.
+    pub(super) fn handle<B>(&self, mut request: http::Request<B>) -> TrackedFuture
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<axum::BoxError>,
+    {
         self.conn
             .request_started(request.version() == http::Version::HTTP_2);
         let guard = Some(InProgress(self.conn.clone()));
@@ -914,7 +960,7 @@ enum Handling {
     Routed(Box<axum::routing::future::RouteFuture<Infallible>>),
 }
 
-struct TrackedFuture {
+pub(super) struct TrackedFuture {
     inner: Handling,
     guard: Option<InProgress>,
 }

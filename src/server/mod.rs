@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 
 pub mod body;
 mod conn;
+mod http1;
 pub mod reload;
 
 use crate::api;

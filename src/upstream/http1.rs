@@ -25,6 +25,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::case::HeaderCase;
+use crate::http1::{self, ends_head, BodyDecoder, Decoded, Framing};
 
 /// The longest response head read: status line and header lines.
 const MAX_HEAD: usize = 64 * 1024;
@@ -32,12 +33,6 @@ const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 128;
 /// The most read from the socket at a time (on the stack, then copied).
 const READ_SIZE: usize = 16 * 1024;
-/// The most of a body or chunk gathered before it is handed out.
-const GATHER_MAX: usize = 64 * 1024;
-/// The longest chunk-size line (with its extensions) accepted.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
-/// The longest trailer section accepted (trailers are read and dropped).
-const MAX_TRAILERS: usize = 64 * 1024;
 
 /// The response headers anything in the gateway reads: the framing and the
 /// connection's fate here, the media type of the answer (`providers::openai`), an
@@ -93,16 +88,6 @@ fn invalid(what: impl Into<String>) -> Http1Error {
     Http1Error::Invalid(what.into())
 }
 
-/// Read more into `pending` in `poll_body`, returning its error (the upstream
-/// closing the connection is one: the body was not complete).
-macro_rules! fill {
-    ($connection:ident, $cx:ident) => {
-        if let Err(e) = ready!($connection.fill_or_closed($cx)) {
-            return Poll::Ready(Some(Err(e)));
-        }
-    };
-}
-
 /// What the start of `pending` holds.
 enum Head {
     /// Not yet a whole head.
@@ -120,29 +105,6 @@ fn head_too_long() -> Http1Error {
     ))
 }
 
-fn chunk_line_too_long() -> Http1Error {
-    invalid("a chunk-size line is too long")
-}
-
-/// Where the connection is in reading an answer's body.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Body {
-    /// This many bytes still to come.
-    Length(u64),
-    /// A chunk-size line is next.
-    ChunkSize,
-    /// This many bytes of the current chunk still to come.
-    ChunkData(u64),
-    /// The CRLF that ends a chunk's data is next.
-    ChunkEnd,
-    /// The trailer section (maybe empty) after the last chunk is next.
-    Trailers,
-    /// Everything until the upstream closes the connection.
-    UntilClose,
-    /// The body has ended (or there was none).
-    Done,
-}
-
 /// A request failed while it was written: how much of it had gone out.
 pub struct WriteFailed {
     /// Bytes of the request the socket took (0: none, so it may be sent elsewhere).
@@ -156,9 +118,7 @@ pub struct Connection<S> {
     /// Bytes read and not yet handed out: part of a head, a chunk-size line, the
     /// rest of what one read brought. Holds no allocation while empty.
     pending: BytesMut,
-    body: Body,
-    /// How much of `pending` was searched for the end of the trailers.
-    scanned: usize,
+    body: BodyDecoder,
     /// Whether another request may follow once this answer has been read.
     keep_alive: bool,
 }
@@ -168,8 +128,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         Connection {
             io,
             pending: BytesMut::new(),
-            body: Body::Done,
-            scanned: 0,
+            body: BodyDecoder::DONE,
             keep_alive: true,
         }
     }
@@ -177,7 +136,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// Whether the last answer was read to its end with nothing after it and the
     /// upstream keeps the connection open: it may go back to the pool.
     pub fn answer_complete(&self) -> bool {
-        self.keep_alive && self.body == Body::Done && self.pending.is_empty()
+        self.keep_alive && self.body.is_done() && self.pending.is_empty()
     }
 
     /// Whether the connection can carry another request now: the last answer is
@@ -306,8 +265,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             return Ok(Head::Interim);
         }
-        self.body = framing(method, status, &headers)?;
-        self.keep_alive = keeps_alive(version, &headers) && self.body != Body::UntilClose;
+        self.body = BodyDecoder::new(framing(method, status, &headers)?);
+        self.keep_alive =
+            http1::keeps_alive(version, &headers) && self.body.framing != Framing::UntilClose;
         if headers.contains_key(http::header::TRANSFER_ENCODING)
             && headers.contains_key(http::header::CONTENT_LENGTH)
         {
@@ -326,117 +286,38 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// whose body ended is ready for the next request if [`Connection::is_reusable`].
     pub fn poll_body(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Bytes, Http1Error>>> {
         loop {
-            match self.body {
-                Body::Done => return Poll::Ready(None),
-                Body::Length(0) => {
-                    self.body = Body::Done;
+            match self.body.decode(&mut self.pending) {
+                Decoded::Piece(piece) => {
+                    self.release_if_empty();
+                    return Poll::Ready(Some(Ok(piece)));
+                }
+                Decoded::End => {
+                    self.release_if_empty();
                     return Poll::Ready(None);
                 }
-                Body::Length(left) | Body::ChunkData(left) => {
-                    // What is due has been announced and is in flight: gather it (up
-                    // to a bound) in a buffer of its size and hand it out whole, so
-                    // that a body or an event comes as one piece, read in place.
-                    let due = left.min(GATHER_MAX as u64) as usize;
-                    if self.pending.len() < due {
-                        self.pending.reserve(due - self.pending.len());
-                        let io = Pin::new(&mut self.io);
-                        let read = ready!(tokio_util::io::poll_read_buf(io, cx, &mut self.pending));
-                        if let Err(e) = body_read(read) {
-                            return Poll::Ready(Some(Err(e)));
-                        }
-                        continue;
+                Decoded::Invalid(what) => return Poll::Ready(Some(Err(invalid(what)))),
+                // A piece whose size is known: read into a buffer of that size.
+                Decoded::More(Some(due)) => {
+                    self.pending.reserve(due - self.pending.len());
+                    let io = Pin::new(&mut self.io);
+                    let read = ready!(tokio_util::io::poll_read_buf(io, cx, &mut self.pending));
+                    if let Err(e) = body_read(read) {
+                        return Poll::Ready(Some(Err(e)));
                     }
-                    let piece = self.take(due);
-                    let take = piece.len() as u64;
-                    self.body = match self.body {
-                        Body::Length(_) => Body::Length(left - take),
-                        _ if take == left => Body::ChunkEnd,
-                        _ => Body::ChunkData(left - take),
-                    };
-                    return Poll::Ready(Some(Ok(piece)));
                 }
-                Body::UntilClose => {
-                    if self.pending.is_empty() {
-                        let read = ready!(self.poll_fill(cx)).map_err(Http1Error::Io);
-                        match read {
-                            Err(e) => return Poll::Ready(Some(Err(e))),
-                            Ok(0) => {
-                                self.body = Body::Done;
-                                return Poll::Ready(None);
-                            }
-                            Ok(_) => {}
-                        }
-                    }
-                    let piece = self.take(self.pending.len());
-                    return Poll::Ready(Some(Ok(piece)));
-                }
-                // Parsed once its line has ended (see `read_head`).
-                Body::ChunkSize if memchr::memchr(b'\n', &self.pending).is_none() => {
-                    if self.pending.len() > MAX_CHUNK_LINE {
-                        return Poll::Ready(Some(Err(chunk_line_too_long())));
-                    }
-                    fill!(self, cx);
-                }
-                Body::ChunkSize => match httparse::parse_chunk_size(&self.pending) {
-                    Ok(httparse::Status::Complete((used, _))) if used > MAX_CHUNK_LINE => {
-                        return Poll::Ready(Some(Err(chunk_line_too_long())));
-                    }
-                    Ok(httparse::Status::Complete((used, size))) => {
-                        self.pending.advance(used);
-                        self.body = if size == 0 {
-                            Body::Trailers
-                        } else {
-                            Body::ChunkData(size)
-                        };
-                    }
-                    Ok(httparse::Status::Partial) => {
-                        if self.pending.len() > MAX_CHUNK_LINE {
-                            return Poll::Ready(Some(Err(chunk_line_too_long())));
-                        }
-                        fill!(self, cx);
-                    }
-                    Err(_) => return Poll::Ready(Some(Err(invalid("a chunk size is not hex")))),
-                },
-                Body::ChunkEnd => {
-                    if self.pending.len() < 2 {
-                        fill!(self, cx);
-                        continue;
-                    }
-                    if !self.pending.starts_with(b"\r\n") {
-                        return Poll::Ready(Some(Err(invalid(
-                            "a chunk's data is longer than its size says",
-                        ))));
-                    }
-                    self.pending.advance(2);
-                    self.body = Body::ChunkSize;
-                }
-                Body::Trailers => {
-                    let end = if self.pending.starts_with(b"\r\n") {
-                        Some(2)
-                    } else {
-                        // Searched from where the last search stopped (see `read_head`).
-                        let from = self.scanned.saturating_sub(3);
-                        self.scanned = self.pending.len();
-                        memchr::memmem::find(&self.pending[from..], b"\r\n\r\n")
-                            .map(|at| from + at + 4)
-                    };
-                    match end {
-                        Some(end) if end > MAX_TRAILERS => {
-                            return Poll::Ready(Some(Err(invalid("the trailers are too long"))))
-                        }
-                        Some(end) => {
-                            self.scanned = 0;
-                            self.pending.advance(end);
-                            self.release_if_empty();
-                            self.body = Body::Done;
+                Decoded::More(None) if self.body.framing == Framing::UntilClose => {
+                    match ready!(self.poll_fill(cx)) {
+                        Err(e) => return Poll::Ready(Some(Err(Http1Error::Io(e)))),
+                        Ok(0) => {
+                            self.body = BodyDecoder::DONE;
                             return Poll::Ready(None);
                         }
-                        None if self.pending.len() > MAX_TRAILERS => {
-                            return Poll::Ready(Some(Err(invalid("the trailers are too long"))))
-                        }
-                        None => {
-                            fill!(self, cx);
-                        }
+                        Ok(_) => {}
+                    }
+                }
+                Decoded::More(None) => {
+                    if let Err(e) = ready!(self.fill_or_closed(cx)) {
+                        return Poll::Ready(Some(Err(e)));
                     }
                 }
             }
@@ -447,17 +328,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     /// is an error here (the body was not complete).
     fn fill_or_closed(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Http1Error>> {
         self.poll_fill(cx).map(body_read)
-    }
-
-    /// Hand out the first `n` pending bytes; they share the read's allocation.
-    fn take(&mut self, n: usize) -> Bytes {
-        let piece = if n == self.pending.len() {
-            std::mem::take(&mut self.pending).freeze()
-        } else {
-            self.pending.split_to(n).freeze()
-        };
-        self.release_if_empty();
-        piece
     }
 
     /// An empty `pending` lets go of its allocation, so that a connection waiting
@@ -489,79 +359,29 @@ fn body_read(read: io::Result<usize>) -> Result<(), Http1Error> {
     }
 }
 
-/// Whether `bytes` holds the empty line that ends a head, searched from `from` (and
-/// the two bytes before it, where a line end may have begun). httparse, like hyper,
-/// takes a bare LF as a line end too.
-fn ends_head(bytes: &[u8], from: usize) -> bool {
-    let start = from.saturating_sub(2);
-    memchr::memchr_iter(b'\n', &bytes[start..]).any(|at| {
-        let rest = &bytes[start + at + 1..];
-        rest.starts_with(b"\n") || rest.starts_with(b"\r\n")
-    })
-}
-
 /// How the body of an answer to `method` with `status` and `headers` is framed
 /// (RFC 9112, section 6.3).
-fn framing(method: &Method, status: StatusCode, headers: &HeaderMap) -> Result<Body, Http1Error> {
+fn framing(
+    method: &Method,
+    status: StatusCode,
+    headers: &HeaderMap,
+) -> Result<Framing, Http1Error> {
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED
     {
-        return Ok(Body::Done);
+        return Ok(Framing::Done);
     }
-    let mut codings = headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .peekable();
-    if codings.peek().is_some() {
+    if let Some(codings) = http1::transfer_codings(headers) {
         // Chunked only when it is the last coding; anything else runs to the close.
-        let last = codings
-            .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-            .map(|coding| coding.trim_ascii())
-            .rfind(|coding| !coding.is_empty());
-        return Ok(match last {
-            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => Body::ChunkSize,
-            _ => Body::UntilClose,
+        return Ok(match codings.last() {
+            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => Framing::ChunkSize,
+            _ => Framing::UntilClose,
         });
     }
-    let mut length = None;
-    for value in headers.get_all(http::header::CONTENT_LENGTH) {
-        // `Content-Length: 5, 5` and repeated lines are one length if they agree.
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            let n = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
-                .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
-                .flatten()
-                .ok_or_else(|| invalid("Content-Length is not a number"))?;
-            if length.is_some_and(|seen| seen != n) {
-                return Err(invalid("Content-Length has two different values"));
-            }
-            length = Some(n);
-        }
-    }
-    Ok(length.map_or(Body::UntilClose, Body::Length))
-}
-
-/// Whether the upstream keeps the connection open after this answer: HTTP/1.1
-/// unless it says `Connection: close`, HTTP/1.0 only if it says `keep-alive`.
-fn keeps_alive(version: Version, headers: &HeaderMap) -> bool {
-    let says = |token: &[u8]| {
-        headers
-            .get_all(http::header::CONNECTION)
-            .iter()
-            .any(|value| {
-                value
-                    .as_bytes()
-                    .split(|&b| b == b',')
-                    .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-            })
-    };
-    if version == Version::HTTP_10 {
-        says(b"keep-alive")
-    } else {
-        !says(b"close")
-    }
+    let length = http1::content_length(headers).map_err(invalid)?;
+    Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
 /// The head of a request: `method target HTTP/1.1`, the headers (names spelled as

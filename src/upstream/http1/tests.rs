@@ -319,11 +319,11 @@ async fn broken_answers_are_errors_that_say_what_was_wrong() {
     );
     let long_size_line = format!(
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5;{}\r\nhello\r\n0\r\n\r\n",
-        "x".repeat(MAX_CHUNK_LINE)
+        "x".repeat(crate::http1::MAX_CHUNK_LINE)
     );
     let long_trailers = format!(
         "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX-T: {}",
-        "t".repeat(MAX_TRAILERS)
+        "t".repeat(crate::http1::MAX_TRAILERS)
     );
     let cases: [(&[u8], &str); 12] = [
         (
