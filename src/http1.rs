@@ -6,7 +6,7 @@
 //! what an error means to the other side stay with each caller.
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::HeaderMap;
+use http::{header, HeaderName};
 
 /// The longest chunk-size line (with its extensions) accepted.
 pub const MAX_CHUNK_LINE: usize = 4 * 1024;
@@ -190,65 +190,103 @@ pub fn ends_head(bytes: &[u8], from: usize) -> bool {
     })
 }
 
-/// The length the `Content-Length` headers declare: `None` without one; an error
-/// when one is not a number or two disagree (`Content-Length: 5, 5` and repeated
-/// lines are one length if they agree).
-pub fn content_length(headers: &HeaderMap) -> Result<Option<u64>, &'static str> {
-    let mut length = None;
-    for value in headers.get_all(http::header::CONTENT_LENGTH) {
-        for part in value.as_bytes().split(|&b| b == b',') {
-            let part = part.trim_ascii();
-            let n = (!part.is_empty() && part.iter().all(u8::is_ascii_digit))
-                .then(|| std::str::from_utf8(part).ok()?.parse::<u64>().ok())
-                .flatten()
-                .ok_or("Content-Length is not a number")?;
-            if length.is_some_and(|seen| seen != n) {
-                return Err("Content-Length has two different values");
-            }
-            length = Some(n);
+/// What a head's framing and connection headers say, noted line by line as the
+/// head is read: one comparison of each name with a few standard ones, instead
+/// of a lookup in the header map (a hash of the name) for each question after.
+#[derive(Clone, Copy, Debug)]
+pub struct HeadFacts {
+    /// The `Content-Length` declared: `Ok(None)` without one; an error when one
+    /// is not a number or two disagree (`Content-Length: 5, 5` and repeated lines
+    /// are one length if they agree).
+    pub length: Result<Option<u64>, &'static str>,
+    /// The `Transfer-Encoding` codings listed, across its lines.
+    pub codings: u32,
+    /// Whether the last coding listed is `chunked`.
+    pub last_chunked: bool,
+    /// `Connection` lists `close` / `keep-alive`.
+    pub close: bool,
+    pub keep_alive: bool,
+    /// `Expect: 100-continue`.
+    pub expects_continue: bool,
+}
+
+impl Default for HeadFacts {
+    fn default() -> Self {
+        HeadFacts {
+            length: Ok(None),
+            codings: 0,
+            last_chunked: false,
+            close: false,
+            keep_alive: false,
+            expects_continue: false,
         }
     }
-    Ok(length)
 }
 
-/// The codings `Transfer-Encoding` lists, in order, across all its lines; `None`
-/// when there is no such header.
-pub fn transfer_codings(headers: &HeaderMap) -> Option<impl Iterator<Item = &[u8]>> {
-    let mut values = headers
-        .get_all(http::header::TRANSFER_ENCODING)
-        .iter()
-        .peekable();
-    values.peek()?;
-    Some(
-        values
-            .flat_map(|value| value.as_bytes().split(|&b| b == b','))
-            .map(|coding| coding.trim_ascii())
-            .filter(|coding| !coding.is_empty()),
-    )
-}
-
-/// Whether a `Connection` header lists `token` (any case).
-pub fn connection_says(headers: &HeaderMap, token: &[u8]) -> bool {
-    headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .any(|value| {
-            value
-                .as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-        })
-}
-
-/// Whether the connection stays open after a message of `version` with `headers`:
-/// HTTP/1.1 unless it says `Connection: close`, HTTP/1.0 only if it says
-/// `keep-alive`.
-pub fn keeps_alive(version: http::Version, headers: &HeaderMap) -> bool {
-    if version == http::Version::HTTP_10 {
-        connection_says(headers, b"keep-alive")
-    } else {
-        !connection_says(headers, b"close")
+impl HeadFacts {
+    /// Note one header line.
+    pub fn note(&mut self, name: &HeaderName, value: &[u8]) {
+        if *name == header::CONTENT_LENGTH {
+            for part in value.split(|&b| b == b',') {
+                let seen = self.length;
+                self.length = seen.and_then(|seen| match (digits(part.trim_ascii()), seen) {
+                    (None, _) => Err("Content-Length is not a number"),
+                    (Some(n), Some(seen)) if n != seen => {
+                        Err("Content-Length has two different values")
+                    }
+                    (Some(n), _) => Ok(Some(n)),
+                });
+            }
+        } else if *name == header::TRANSFER_ENCODING {
+            for coding in tokens(value) {
+                self.codings = self.codings.saturating_add(1);
+                self.last_chunked = coding.eq_ignore_ascii_case(b"chunked");
+            }
+        } else if *name == header::CONNECTION {
+            for token in tokens(value) {
+                self.close |= token.eq_ignore_ascii_case(b"close");
+                self.keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
+            }
+        } else if *name == header::EXPECT {
+            self.expects_continue |= value.trim_ascii().eq_ignore_ascii_case(b"100-continue");
+        }
     }
+
+    /// Whether the connection stays open after a message of `version` with these
+    /// headers: HTTP/1.1 unless it says `Connection: close`, HTTP/1.0 only if it
+    /// says `keep-alive`.
+    pub fn keeps_alive(&self, version: http::Version) -> bool {
+        if version == http::Version::HTTP_10 {
+            self.keep_alive
+        } else {
+            !self.close
+        }
+    }
+}
+
+/// The non-empty items of a comma-separated header value, trimmed.
+fn tokens(value: &[u8]) -> impl Iterator<Item = &[u8]> {
+    value
+        .split(|&b| b == b',')
+        .map(|item| item.trim_ascii())
+        .filter(|item| !item.is_empty())
+}
+
+/// A decimal number of ASCII digits only (no sign, no spaces), if it fits a u64.
+fn digits(text: &[u8]) -> Option<u64> {
+    if text.is_empty() {
+        return None;
+    }
+    text.iter().try_fold(0u64, |n, &b| {
+        b.is_ascii_digit()
+            .then(|| n.checked_mul(10)?.checked_add(u64::from(b - b'0')))
+            .flatten()
+    })
+}
+
+/// Whether a `Connection` header's value lists `close` (any case).
+pub fn connection_says_close(value: &[u8]) -> bool {
+    tokens(value).any(|t| t.eq_ignore_ascii_case(b"close"))
 }
 
 #[cfg(test)]
@@ -291,27 +329,36 @@ mod tests {
         assert_eq!(decode_all(Framing::ChunkSize, b"5\r\nhel"), Err("incomplete"));
     }
 
+    fn facts(lines: &[(&str, &str)]) -> HeadFacts {
+        let mut facts = HeadFacts::default();
+        for (name, value) in lines {
+            facts.note(&HeaderName::from_bytes(name.as_bytes()).unwrap(), value.as_bytes());
+        }
+        facts
+    }
+
     #[test]
-    fn lengths_and_tokens() {
-        let mut headers = HeaderMap::new();
-        assert_eq!(content_length(&headers), Ok(None));
-        headers.append("content-length", "5, 5".parse().unwrap());
-        headers.append("content-length", "5".parse().unwrap());
-        assert_eq!(content_length(&headers), Ok(Some(5)));
-        headers.append("content-length", "6".parse().unwrap());
-        assert!(content_length(&headers).is_err());
-        let mut headers = HeaderMap::new();
-        headers.append("content-length", "+5".parse().unwrap());
-        assert!(content_length(&headers).is_err());
-        headers.insert("connection", "Keep-Alive, Upgrade".parse().unwrap());
-        assert!(keeps_alive(http::Version::HTTP_10, &headers));
-        assert!(keeps_alive(http::Version::HTTP_11, &headers));
-        headers.insert("connection", "close".parse().unwrap());
-        assert!(!keeps_alive(http::Version::HTTP_11, &headers));
-        headers.append("transfer-encoding", "gzip, ".parse().unwrap());
-        headers.append("transfer-encoding", "Chunked".parse().unwrap());
-        let codings: Vec<&[u8]> = transfer_codings(&headers).unwrap().collect();
-        assert_eq!(codings, [&b"gzip"[..], &b"Chunked"[..]]);
-        assert!(transfer_codings(&HeaderMap::new()).is_none());
+    fn lengths_codings_and_tokens() {
+        assert_eq!(facts(&[]).length, Ok(None));
+        let agree = [("content-length", "5, 5"), ("Content-Length", "5")];
+        assert_eq!(facts(&agree).length, Ok(Some(5)));
+        for bad in ["5, 6", "+5", "5 5", "", "0x5", "99999999999999999999", "-1"] {
+            let lines = [("content-length", "5"), ("content-length", bad)];
+            assert!(facts(&lines).length.is_err(), "{bad:?}");
+        }
+        assert_eq!(facts(&[("content-length", " 0012 ")]).length, Ok(Some(12)));
+        let connection = [("connection", "Keep-Alive, Upgrade")];
+        assert!(facts(&connection).keeps_alive(http::Version::HTTP_10));
+        assert!(facts(&connection).keeps_alive(http::Version::HTTP_11));
+        let close = [("connection", "upgrade ,close")];
+        assert!(!facts(&close).keeps_alive(http::Version::HTTP_11));
+        assert!(!facts(&[]).keeps_alive(http::Version::HTTP_10));
+        let codings = facts(&[("transfer-encoding", "gzip, "), ("transfer-encoding", "Chunked")]);
+        assert_eq!((codings.codings, codings.last_chunked), (2, true));
+        let codings = facts(&[("transfer-encoding", "chunked, gzip")]);
+        assert_eq!((codings.codings, codings.last_chunked), (2, false));
+        assert!(facts(&[("expect", "100-Continue")]).expects_continue);
+        assert!(connection_says_close(b"x, Close"));
+        assert!(!connection_says_close(b"keep-alive, closed"));
     }
 }

@@ -40,7 +40,7 @@ use tokio::io::ReadBuf;
 use super::conn::{ClientLeft, ConnService, ConnState, TrackedIo, CLOSE_IDLE};
 use super::conn::{CLOSE_NOW, KEEP};
 use crate::error::{ApiError, ErrorBody};
-use crate::http1::{self, BodyDecoder, Decoded, Framing};
+use crate::http1::{self, BodyDecoder, Decoded, Framing, HeadFacts};
 
 /// The longest request head read: request line and header lines.
 const MAX_HEAD: usize = 64 * 1024;
@@ -144,6 +144,7 @@ struct Head {
     version: Version,
     headers: HeaderMap,
     framing: Framing,
+    keep_alive: bool,
     expects_continue: bool,
 }
 
@@ -159,7 +160,7 @@ impl Head {
     /// The request, its body made of what `pending` holds of it (the rest is read
     /// from the socket by the body's polls).
     fn into_request(self, link: &Arc<Link>, pending: &mut BytesMut) -> Request {
-        let keep_alive = http1::keeps_alive(self.version, &self.headers);
+        let keep_alive = self.keep_alive;
         let body = match self.framing {
             Framing::Done | Framing::Length(0) => {
                 link.returned.lock().expect("body return lock").complete = true;
@@ -276,33 +277,38 @@ fn parse_head(pending: &mut BytesMut) -> Result<Option<Head>, ApiError> {
         _ => Version::HTTP_11,
     };
     let target_range = subslice_range(pending, parsed.path.unwrap_or_default().as_bytes());
-    let mut named = Vec::with_capacity(0);
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    for line in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(line.name.as_bytes())
-            .map_err(|_| bad_request("a header name is not a valid token"))?;
-        named.push((name, subslice_range(pending, line.value)));
+    // Where each name and value lies: the parsed lines borrow `pending`, which must
+    // be split before the values can share its bytes.
+    const UNSET: (std::ops::Range<usize>, std::ops::Range<usize>) = (0..0, 0..0);
+    let mut lines = [UNSET; MAX_HEADERS];
+    let count = parsed.headers.len();
+    for (slot, line) in lines.iter_mut().zip(parsed.headers.iter()) {
+        *slot = (
+            subslice_range(pending, line.name.as_bytes()),
+            subslice_range(pending, line.value),
+        );
     }
     let head = pending.split_to(length).freeze();
-    for (name, range) in named {
-        let value = HeaderValue::from_maybe_shared(head.slice(range))
+    let mut headers = HeaderMap::with_capacity(count);
+    let mut facts = HeadFacts::default();
+    for (name, value) in lines[..count].iter().cloned() {
+        let name = HeaderName::from_bytes(&head[name])
+            .map_err(|_| bad_request("a header name is not a valid token"))?;
+        let value = HeaderValue::from_maybe_shared(head.slice(value))
             .map_err(|_| bad_request("a header value holds a control character"))?;
+        facts.note(&name, value.as_bytes());
         headers.append(name, value);
     }
     let uri = http::Uri::from_maybe_shared(head.slice(target_range))
         .map_err(|e| bad_request(&format!("the request target is not a valid URI ({e})")))?;
-    let framing = request_framing(version, &headers)?;
-    let expects_continue = version == Version::HTTP_11
-        && headers
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
     Ok(Some(Head {
+        framing: request_framing(version, &facts)?,
+        keep_alive: facts.keeps_alive(version),
+        expects_continue: version == Version::HTTP_11 && facts.expects_continue,
         method,
         uri,
         version,
         headers,
-        framing,
-        expects_continue,
     }))
 }
 
@@ -315,26 +321,24 @@ fn subslice_range(whole: &[u8], part: &[u8]) -> std::ops::Range<usize> {
 
 /// How a request's body is framed (RFC 9112, section 6.3), refusing what a
 /// request may not say.
-fn request_framing(version: Version, headers: &HeaderMap) -> Result<Framing, ApiError> {
-    if let Some(mut codings) = http1::transfer_codings(headers) {
+fn request_framing(version: Version, facts: &HeadFacts) -> Result<Framing, ApiError> {
+    if facts.codings > 0 {
         if version == Version::HTTP_10 {
             return Err(bad_request("HTTP/1.0 requests cannot use Transfer-Encoding"));
         }
-        if headers.contains_key(header::CONTENT_LENGTH) {
+        if facts.length != Ok(None) {
             return Err(bad_request(
                 "the request has both Content-Length and Transfer-Encoding",
             ));
         }
-        return match (codings.next(), codings.next()) {
-            (Some(coding), None) if coding.eq_ignore_ascii_case(b"chunked") => {
-                Ok(Framing::ChunkSize)
-            }
-            _ => Err(bad_request(
+        if facts.codings != 1 || !facts.last_chunked {
+            return Err(bad_request(
                 "Transfer-Encoding other than a single `chunked` is not supported",
-            )),
-        };
+            ));
+        }
+        return Ok(Framing::ChunkSize);
     }
-    match http1::content_length(headers) {
+    match facts.length {
         Ok(length) => Ok(Framing::Length(length.unwrap_or(0))),
         Err(why) => Err(bad_request(why)),
     }
@@ -522,7 +526,7 @@ where
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
         || status == StatusCode::NOT_MODIFIED;
-    let mut keep_alive = keep_alive && !http1::connection_says(&parts.headers, b"close");
+    let mut keep_alive = keep_alive;
     let length = body.size_hint().exact();
     // HTTP/1.0 has no chunks: a body of unknown length runs to the close.
     let chunked = !bodiless && length.is_none() && version != Version::HTTP_10;
@@ -543,6 +547,8 @@ where
             continue;
         }
         if *name == header::CONNECTION {
+            // Ours to write too; a handler's `close` is kept.
+            keep_alive &= !http1::connection_says_close(value.as_bytes());
             continue;
         }
         dated |= *name == header::DATE;
@@ -768,14 +774,11 @@ mod tests {
     #[test]
     fn framing_refuses_what_smuggles() {
         let headers = |lines: &[(&str, &str)]| {
-            let mut map = HeaderMap::new();
+            let mut facts = HeadFacts::default();
             for (name, value) in lines {
-                map.append(
-                    HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                    HeaderValue::from_str(value).unwrap(),
-                );
+                facts.note(&HeaderName::from_bytes(name.as_bytes()).unwrap(), value.as_bytes());
             }
-            map
+            facts
         };
         let v11 = Version::HTTP_11;
         assert_eq!(

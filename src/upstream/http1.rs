@@ -25,7 +25,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Version};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use super::case::HeaderCase;
-use crate::http1::{self, ends_head, BodyDecoder, Decoded, Framing};
+use crate::http1::{ends_head, BodyDecoder, Decoded, Framing, HeadFacts};
 
 /// The longest response head read: status line and header lines.
 const MAX_HEAD: usize = 64 * 1024;
@@ -247,12 +247,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             Version::HTTP_11
         };
         let mut headers = HeaderMap::new();
+        let mut facts = HeadFacts::default();
         for line in parsed.headers.iter() {
             let Some(name) = kept_header(line.name) else {
                 continue;
             };
             let value = HeaderValue::from_bytes(line.value)
                 .map_err(|_| invalid(format!("the value of header {:?}", line.name)))?;
+            facts.note(&name, line.value);
             headers.append(name, value);
         }
         self.pending.advance(length);
@@ -265,12 +267,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             }
             return Ok(Head::Interim);
         }
-        self.body = BodyDecoder::new(framing(method, status, &headers)?);
-        self.keep_alive =
-            http1::keeps_alive(version, &headers) && self.body.framing != Framing::UntilClose;
-        if headers.contains_key(http::header::TRANSFER_ENCODING)
-            && headers.contains_key(http::header::CONTENT_LENGTH)
-        {
+        self.body = BodyDecoder::new(framing(method, status, &facts)?);
+        self.keep_alive = facts.keeps_alive(version) && self.body.framing != Framing::UntilClose;
+        if facts.codings > 0 && facts.length != Ok(None) {
             // Both framings named: chunked wins, and the connection must not carry
             // another request (RFC 9112, 6.3), whatever the upstream meant.
             self.keep_alive = false;
@@ -361,11 +360,7 @@ fn body_read(read: io::Result<usize>) -> Result<(), Http1Error> {
 
 /// How the body of an answer to `method` with `status` and `headers` is framed
 /// (RFC 9112, section 6.3).
-fn framing(
-    method: &Method,
-    status: StatusCode,
-    headers: &HeaderMap,
-) -> Result<Framing, Http1Error> {
+fn framing(method: &Method, status: StatusCode, facts: &HeadFacts) -> Result<Framing, Http1Error> {
     if method == Method::HEAD
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -373,14 +368,14 @@ fn framing(
     {
         return Ok(Framing::Done);
     }
-    if let Some(codings) = http1::transfer_codings(headers) {
+    if facts.codings > 0 {
         // Chunked only when it is the last coding; anything else runs to the close.
-        return Ok(match codings.last() {
-            Some(coding) if coding.eq_ignore_ascii_case(b"chunked") => Framing::ChunkSize,
-            _ => Framing::UntilClose,
+        return Ok(match facts.last_chunked {
+            true => Framing::ChunkSize,
+            false => Framing::UntilClose,
         });
     }
-    let length = http1::content_length(headers).map_err(invalid)?;
+    let length = facts.length.map_err(invalid)?;
     Ok(length.map_or(Framing::UntilClose, Framing::Length))
 }
 
