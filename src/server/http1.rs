@@ -217,9 +217,10 @@ async fn read_head(
 ) -> Result<Option<Head>, ApiError> {
     // How much of `pending` was searched for the head's end: a client that sends
     // its head a byte at a time must not make every byte a parse of all before it.
+    // Most heads come whole in one read: that one is parsed at once.
     let mut scanned = 0;
     loop {
-        if http1::ends_head(pending, scanned) {
+        if (scanned == 0 && !pending.is_empty()) || http1::ends_head(pending, scanned) {
             if let Some(head) = parse_head(pending)? {
                 return Ok(Some(head));
             }
@@ -584,17 +585,74 @@ where
         write_all(&link.io, &mut [IoSlice::new(&head)]).await?;
         return Ok(keep_alive);
     }
+    let mut left = ClientLeft::new(Some(&link.io.socket), &link.io.conn);
+    if let Some(length) = length {
+        return write_known_length(link, head, body, length, &mut left, keep_alive).await;
+    }
+    // A stream: what the body has ready is gathered and written at once, the
+    // chunks' framing around each piece (the SSE encoder already puts the events
+    // that are ready into one piece; a burst may still come as a few).
+    let mut head = Some(head);
+    let mut batch = Batch::default();
+    loop {
+        let gathered = poll_fn(|cx| batch.gather(&mut body, cx, &mut left, &link.io.conn)).await;
+        if gathered == Gathered::Gone {
+            return Err(io::ErrorKind::ConnectionAborted.into());
+        }
+        let head_bytes = head.take().unwrap_or_default();
+        let mut sizes = [[0u8; 18]; BATCH];
+        let mut slices = [IoSlice::new(&[]); 2 + 3 * BATCH];
+        let mut used = 1;
+        slices[0] = IoSlice::new(&head_bytes);
+        for (piece, size) in batch.pieces[..batch.count].iter().zip(sizes.iter_mut()) {
+            if chunked {
+                slices[used] = IoSlice::new(chunk_size_line(size, piece.len()));
+                slices[used + 1] = IoSlice::new(piece);
+                slices[used + 2] = IoSlice::new(b"\r\n");
+                used += 3;
+            } else {
+                slices[used] = IoSlice::new(piece);
+                used += 1;
+            }
+        }
+        if chunked && gathered == Gathered::Ended {
+            slices[used] = IoSlice::new(b"0\r\n\r\n");
+            used += 1;
+        }
+        write_all(&link.io, &mut slices[..used]).await?;
+        batch.clear();
+        match gathered {
+            Gathered::Pieces => {}
+            // A body that runs to the close (HTTP/1.0) ends with the connection.
+            Gathered::Ended => return Ok(keep_alive),
+            // The body failed mid-way: what was sent cannot be taken back, and its
+            // framing cannot be completed truthfully. Close.
+            Gathered::Failed | Gathered::Gone => return Ok(false),
+        }
+    }
+}
+
+/// An answer whose length was announced: its pieces as they come, never past that
+/// length. Ok(whether the connection can carry another request).
+async fn write_known_length<B>(
+    link: &Link,
+    head: Vec<u8>,
+    mut body: B,
+    length: u64,
+    left: &mut ClientLeft<'_>,
+    mut keep_alive: bool,
+) -> io::Result<bool>
+where
+    B: HttpBody<Data = Bytes> + Unpin,
+{
     let mut head = Some(head);
     let mut sent: u64 = 0;
-    let mut left = ClientLeft::new(Some(&link.io.socket), &link.io.conn);
-    loop {
-        // The next piece of the answer; meanwhile, the client leaving or a hard
-        // close ends the connection.
+    while sent < length {
         let frame = poll_fn(|cx| {
             if let Poll::Ready(frame) = Pin::new(&mut body).poll_frame(cx) {
                 return Poll::Ready(Some(frame));
             }
-            if Pin::new(&mut left).poll(cx).is_ready()
+            if Pin::new(&mut *left).poll(cx).is_ready()
                 || link.io.conn.poll_closing(cx, CLOSE_NOW).is_ready()
             {
                 return Poll::Ready(None);
@@ -602,79 +660,107 @@ where
             Poll::Pending
         })
         .await;
-        let Some(frame) = frame else {
-            return Err(io::ErrorKind::ConnectionAborted.into());
-        };
         let data = match frame {
-            Some(Ok(frame)) => match frame.into_data() {
-                Ok(data) if !data.is_empty() => data,
-                // Trailers are not sent; empty pieces are not written.
-                _ => continue,
+            None => return Err(io::ErrorKind::ConnectionAborted.into()),
+            Some(Some(Ok(frame))) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_trailers) => continue,
             },
-            // The body failed mid-way: what was sent cannot be taken back, and its
-            // framing cannot be completed truthfully. Close.
-            Some(Err(_)) => {
-                if let Some(head) = head.take() {
-                    write_all(&link.io, &mut [IoSlice::new(&head)]).await?;
-                }
-                return Ok(false);
+            // Failed, or shorter than announced: the client must not take what
+            // follows as the rest of it. Close.
+            Some(Some(Err(_)) | None) => {
+                keep_alive = false;
+                break;
             }
-            None => break,
         };
+        let data = &data[..data.len().min((length - sent) as usize)];
         let head_bytes = head.take().unwrap_or_default();
-        if chunked {
-            let mut size = [0u8; 18];
-            let size = chunk_size_line(&mut size, data.len());
-            write_all(
-                &link.io,
-                &mut [
-                    IoSlice::new(&head_bytes),
-                    IoSlice::new(size),
-                    IoSlice::new(&data),
-                    IoSlice::new(b"\r\n"),
-                ],
-            )
-            .await?;
-        } else if until_close {
-            write_all(
-                &link.io,
-                &mut [IoSlice::new(&head_bytes), IoSlice::new(&data)],
-            )
-            .await?;
-        } else {
-            // Never past the length announced.
-            let room = length.unwrap_or(0).saturating_sub(sent);
-            let data = &data[..data.len().min(room as usize)];
-            write_all(
-                &link.io,
-                &mut [IoSlice::new(&head_bytes), IoSlice::new(data)],
-            )
-            .await?;
-            sent += data.len() as u64;
-            if sent >= length.unwrap_or(0) {
-                // Whatever else the body has is not sent; its end need not be waited for.
-                if !body.is_end_stream() {
-                    keep_alive = false;
-                }
-                return Ok(keep_alive);
-            }
-        }
-    }
-    let head_bytes = head.take().unwrap_or_default();
-    if chunked {
         write_all(
             &link.io,
-            &mut [IoSlice::new(&head_bytes), IoSlice::new(b"0\r\n\r\n")],
+            &mut [IoSlice::new(&head_bytes), IoSlice::new(data)],
         )
         .await?;
-    } else {
-        write_all(&link.io, &mut [IoSlice::new(&head_bytes)]).await?;
-        // Shorter than announced (0 for a body that runs to the close): the client must not take what follows as its rest.
-        if sent < length.unwrap_or(0) {
-            keep_alive = false;
-        }
+        sent += data.len() as u64;
     }
-    Ok(keep_alive)
+    if let Some(head) = head {
+        write_all(&link.io, &mut [IoSlice::new(&head)]).await?;
+    }
+    // Whatever else the body has is not sent; its end need not be waited for.
+    Ok(keep_alive && (length == 0 || body.is_end_stream()))
+}
+
+/// The most pieces of a stream gathered into one write.
+const BATCH: usize = 8;
+/// ... and the most bytes, past which no more are gathered.
+const BATCH_BYTES: usize = 64 * 1024;
+
+/// Pieces of a stream ready to be written together.
+#[derive(Default)]
+struct Batch {
+    pieces: [Bytes; BATCH],
+    count: usize,
+    bytes: usize,
+}
+
+/// What [`Batch::gather`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Gathered {
+    /// Pieces, and more may come.
+    Pieces,
+    /// The body ended (after the pieces gathered, if any).
+    Ended,
+    /// The body failed (after the pieces gathered, if any).
+    Failed,
+    /// The client left, or the connection must close now.
+    Gone,
+}
+
+impl Batch {
+    /// Take what the body has ready, up to the batch's bounds: ready once there is
+    /// a piece, or the body ended or failed.
+    fn gather<B>(
+        &mut self,
+        body: &mut B,
+        cx: &mut Context<'_>,
+        left: &mut ClientLeft<'_>,
+        conn: &ConnState,
+    ) -> Poll<Gathered>
+    where
+        B: HttpBody<Data = Bytes> + Unpin,
+    {
+        while self.count < BATCH && self.bytes < BATCH_BYTES {
+            match Pin::new(&mut *body).poll_frame(cx) {
+                Poll::Ready(Some(Ok(frame))) => {
+                    // Trailers are not sent; empty pieces are not written.
+                    if let Ok(data) = frame.into_data() {
+                        if !data.is_empty() {
+                            self.bytes += data.len();
+                            self.pieces[self.count] = data;
+                            self.count += 1;
+                        }
+                    }
+                }
+                Poll::Ready(Some(Err(_))) => return Poll::Ready(Gathered::Failed),
+                Poll::Ready(None) => return Poll::Ready(Gathered::Ended),
+                Poll::Pending => break,
+            }
+        }
+        if self.count > 0 {
+            return Poll::Ready(Gathered::Pieces);
+        }
+        if Pin::new(left).poll(cx).is_ready() || conn.poll_closing(cx, CLOSE_NOW).is_ready() {
+            return Poll::Ready(Gathered::Gone);
+        }
+        Poll::Pending
+    }
+
+    fn clear(&mut self) {
+        for piece in &mut self.pieces[..self.count] {
+            *piece = Bytes::new();
+        }
+        self.count = 0;
+        self.bytes = 0;
+    }
 }
 
 /// Close a connection the server gives up on (a refused request, a body left
