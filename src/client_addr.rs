@@ -62,6 +62,15 @@ impl TrustedProxies {
         if !self.trusts(peer) {
             return Found::Peer(peer);
         }
+        // Most requests name no forwarding header: one look at each name (a
+        // comparison of the header kinds, for the usual standard ones) settles it,
+        // where the searches below hash each of the three names.
+        let forwarding = |name: &http::HeaderName| {
+            name == X_FORWARDED_FOR || name == X_REAL_IP || name == http::header::FORWARDED
+        };
+        if !headers.keys().any(forwarding) {
+            return Found::Peer(peer);
+        }
         let forwarded_for: Vec<Found<'h>> = headers
             .get_all(X_FORWARDED_FOR)
             .iter()

@@ -152,7 +152,9 @@ impl BodyDecoder {
                         memchr::memmem::find(&pending[from..], b"\r\n\r\n").map(|at| from + at + 4)
                     };
                     return match end {
-                        Some(end) if end > MAX_TRAILERS => Decoded::Invalid("the trailers are too long"),
+                        Some(end) if end > MAX_TRAILERS => {
+                            Decoded::Invalid("the trailers are too long")
+                        }
                         Some(end) => {
                             self.scanned = 0;
                             pending.advance(end);
@@ -326,13 +328,19 @@ mod tests {
             decode_all(Framing::ChunkSize, b"zz\r\n"),
             Err("a chunk size is not hex")
         );
-        assert_eq!(decode_all(Framing::ChunkSize, b"5\r\nhel"), Err("incomplete"));
+        assert_eq!(
+            decode_all(Framing::ChunkSize, b"5\r\nhel"),
+            Err("incomplete")
+        );
     }
 
     fn facts(lines: &[(&str, &str)]) -> HeadFacts {
         let mut facts = HeadFacts::default();
         for (name, value) in lines {
-            facts.note(&HeaderName::from_bytes(name.as_bytes()).unwrap(), value.as_bytes());
+            facts.note(
+                &HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                value.as_bytes(),
+            );
         }
         facts
     }
@@ -353,7 +361,10 @@ mod tests {
         let close = [("connection", "upgrade ,close")];
         assert!(!facts(&close).keeps_alive(http::Version::HTTP_11));
         assert!(!facts(&[]).keeps_alive(http::Version::HTTP_10));
-        let codings = facts(&[("transfer-encoding", "gzip, "), ("transfer-encoding", "Chunked")]);
+        let codings = facts(&[
+            ("transfer-encoding", "gzip, "),
+            ("transfer-encoding", "Chunked"),
+        ]);
         assert_eq!((codings.codings, codings.last_chunked), (2, true));
         let codings = facts(&[("transfer-encoding", "chunked, gzip")]);
         assert_eq!((codings.codings, codings.last_chunked), (2, false));

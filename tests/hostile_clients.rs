@@ -689,14 +689,26 @@ async fn ambiguous_or_broken_framing_is_refused_and_the_connection_closed() {
     let body = small_request();
     let n = body.len();
     let cases = [
-        format!("{}{body}", chat_head("good-key", n, "transfer-encoding: chunked\r\n")),
+        format!(
+            "{}{body}",
+            chat_head("good-key", n, "transfer-encoding: chunked\r\n")
+        ),
         chat_head("good-key", n, "content-length: 3\r\n"),
         chat_head("good-key", n, "").replace(&format!("content-length: {n}"), "content-length: 1x"),
-        chat_head("good-key", n, "").replace(&format!("content-length: {n}"), "transfer-encoding: gzip, chunked"),
-        chat_head("good-key", n, "").replace(&format!("content-length: {n}"), "transfer-encoding: chunked\r\ntransfer-encoding: chunked"),
+        chat_head("good-key", n, "").replace(
+            &format!("content-length: {n}"),
+            "transfer-encoding: gzip, chunked",
+        ),
+        chat_head("good-key", n, "").replace(
+            &format!("content-length: {n}"),
+            "transfer-encoding: chunked\r\ntransfer-encoding: chunked",
+        ),
         chat_head("good-key", n, "")
             .replace("HTTP/1.1", "HTTP/1.0")
-            .replace(&format!("content-length: {n}"), "transfer-encoding: chunked"),
+            .replace(
+                &format!("content-length: {n}"),
+                "transfer-encoding: chunked",
+            ),
         "GARBAGE\r\n\r\n".to_owned(),
         "POST /v1/chat/completions HTTP/1.1\r\nbad name: x\r\n\r\n".to_owned(),
         "POST /v1/chat/completions HTTP/1.1\r\nx: a\0b\r\n\r\n".to_owned(),
@@ -707,7 +719,10 @@ async fn ambiguous_or_broken_framing_is_refused_and_the_connection_closed() {
         assert!(head.starts_with("HTTP/1.1 400"), "{case:?}: {head}");
         assert_eq!(body["error"]["code"], "bad_request", "{case:?}: {body}");
         assert_eq!(body["error"]["type"], "invalid_request_error", "{case:?}");
-        assert!(body["error"]["message"].as_str().unwrap().len() > 20, "{body}");
+        assert!(
+            body["error"]["message"].as_str().unwrap().len() > 20,
+            "{body}"
+        );
     }
     // The gateway serves on.
     let mut stream = connect(&gateway).await;
@@ -715,13 +730,20 @@ async fn ambiguous_or_broken_framing_is_refused_and_the_connection_closed() {
         .write_all(format!("{}{body}", chat_head("good-key", n, "")).as_bytes())
         .await
         .unwrap();
-    assert!(read_response(&mut stream).await.0.starts_with("HTTP/1.1 200"));
+    assert!(read_response(&mut stream)
+        .await
+        .0
+        .starts_with("HTTP/1.1 200"));
 }
 
 #[tokio::test]
 async fn heads_past_the_bounds_get_431() {
     let gateway = TestGateway::start(&config("")).await;
-    let long = chat_head("good-key", 0, &format!("x-long: {}\r\n", "a".repeat(70 * 1024)));
+    let long = chat_head(
+        "good-key",
+        0,
+        &format!("x-long: {}\r\n", "a".repeat(70 * 1024)),
+    );
     let many: String = (0..101).map(|i| format!("x-{i}: v\r\n")).collect();
     let many = chat_head("good-key", 0, &many);
     for case in [long, many] {
@@ -755,7 +777,10 @@ async fn pipelined_requests_are_answered_in_order() {
     for word in ["one", "two", "three"] {
         let (head, body) = read_response(&mut stream).await;
         assert!(head.starts_with("HTTP/1.1 200"), "{word}: {head}");
-        assert!(body.contains(&format!("You said: {word}")), "{word}: {body}");
+        assert!(
+            body.contains(&format!("You said: {word}")),
+            "{word}: {body}"
+        );
     }
 }
 
@@ -799,7 +824,10 @@ async fn http10_clients_get_streams_to_the_close_and_keep_alive_when_asked() {
     let head = head.to_ascii_lowercase();
     assert!(!head.contains("transfer-encoding"), "{head}");
     assert!(head.contains("connection: close"), "{head}");
-    assert!(body.starts_with("data: {") && body.ends_with("data: [DONE]\n\n"), "{body}");
+    assert!(
+        body.starts_with("data: {") && body.ends_with("data: [DONE]\n\n"),
+        "{body}"
+    );
 
     let body = small_request();
     let head = chat_head("good-key", body.len(), "connection: keep-alive\r\n")
@@ -812,7 +840,9 @@ async fn http10_clients_get_streams_to_the_close_and_keep_alive_when_asked() {
             .unwrap();
         let (answer_head, answer) = read_response(&mut stream).await;
         assert!(
-            answer_head.to_ascii_lowercase().contains("connection: keep-alive"),
+            answer_head
+                .to_ascii_lowercase()
+                .contains("connection: keep-alive"),
             "{answer_head}"
         );
         assert!(answer.contains("You said: hi"), "{answer}");

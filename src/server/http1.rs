@@ -82,7 +82,8 @@ pub(super) async fn serve(io: TrackedIo, service: ConnService) {
             Ok(None) => return,
             Err(refusal) => {
                 let response = refusal.into_response();
-                let _ = write_response(&link, response, &Method::GET, Version::HTTP_11, false).await;
+                let _ =
+                    write_response(&link, response, &Method::GET, Version::HTTP_11, false).await;
                 linger(&link).await;
                 return;
             }
@@ -101,7 +102,8 @@ pub(super) async fn serve(io: TrackedIo, service: ConnService) {
             if let Poll::Ready(Ok(response)) = handling.as_mut().poll(cx) {
                 return Poll::Ready(Some(response));
             }
-            if Pin::new(&mut left).poll(cx).is_ready() || conn.poll_closing(cx, CLOSE_NOW).is_ready()
+            if Pin::new(&mut left).poll(cx).is_ready()
+                || conn.poll_closing(cx, CLOSE_NOW).is_ready()
             {
                 return Poll::Ready(None);
             }
@@ -254,9 +256,7 @@ fn parse_head(pending: &mut BytesMut) -> Result<Option<Head>, ApiError> {
     let mut parsed = httparse::Request::new(&mut lines);
     let length = match parsed.parse(pending) {
         // Bounded whole, whatever the reads it came in.
-        Ok(httparse::Status::Complete(length)) if length > MAX_HEAD => {
-            return Err(head_too_large())
-        }
+        Ok(httparse::Status::Complete(length)) if length > MAX_HEAD => return Err(head_too_large()),
         Ok(httparse::Status::Complete(length)) => length,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => {
@@ -325,7 +325,9 @@ fn subslice_range(whole: &[u8], part: &[u8]) -> std::ops::Range<usize> {
 fn request_framing(version: Version, facts: &HeadFacts) -> Result<Framing, ApiError> {
     if facts.codings > 0 {
         if version == Version::HTTP_10 {
-            return Err(bad_request("HTTP/1.0 requests cannot use Transfer-Encoding"));
+            return Err(bad_request(
+                "HTTP/1.0 requests cannot use Transfer-Encoding",
+            ));
         }
         if facts.length != Ok(None) {
             return Err(bad_request(
@@ -360,10 +362,7 @@ fn head_too_large() -> ApiError {
     ApiError::Custom(Box::new(
         ErrorBody::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            format!(
-                "The request head is longer than {} KiB.",
-                MAX_HEAD / 1024
-            ),
+            format!("The request head is longer than {} KiB.", MAX_HEAD / 1024),
             "invalid_request_error",
         )
         .code(Some("request_header_fields_too_large".into())),
@@ -805,8 +804,8 @@ async fn write_all(io: &TrackedIo, slices: &mut [IoSlice<'_>]) -> io::Result<()>
     let mut slices = slices;
     IoSlice::advance_slices(&mut slices, 0);
     while !slices.is_empty() {
-        let written = poll_fn(|cx| io.poll_written(cx, |socket| socket.try_write_vectored(slices)))
-            .await?;
+        let written =
+            poll_fn(|cx| io.poll_written(cx, |socket| socket.try_write_vectored(slices))).await?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -862,7 +861,10 @@ mod tests {
         let headers = |lines: &[(&str, &str)]| {
             let mut facts = HeadFacts::default();
             for (name, value) in lines {
-                facts.note(&HeaderName::from_bytes(name.as_bytes()).unwrap(), value.as_bytes());
+                facts.note(
+                    &HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                    value.as_bytes(),
+                );
             }
             facts
         };
@@ -882,7 +884,10 @@ mod tests {
         for refused in [
             &[("content-length", "1"), ("transfer-encoding", "chunked")][..],
             &[("transfer-encoding", "gzip, chunked")],
-            &[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")],
+            &[
+                ("transfer-encoding", "chunked"),
+                ("transfer-encoding", "chunked"),
+            ],
             &[("transfer-encoding", "identity")],
             &[("content-length", "1"), ("content-length", "2")],
             &[("content-length", "-1")],
