@@ -291,6 +291,17 @@ pub fn connection_says_close(value: &[u8]) -> bool {
     tokens(value).any(|t| t.eq_ignore_ascii_case(b"close"))
 }
 
+/// The facts of a head with these header lines (tests of both sides).
+#[cfg(test)]
+pub(crate) fn facts_of(lines: &[(&str, &str)]) -> HeadFacts {
+    let mut facts = HeadFacts::default();
+    for (name, value) in lines {
+        let name = HeaderName::from_bytes(name.as_bytes()).expect("a header name");
+        facts.note(&name, value.as_bytes());
+    }
+    facts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,16 +345,7 @@ mod tests {
         );
     }
 
-    fn facts(lines: &[(&str, &str)]) -> HeadFacts {
-        let mut facts = HeadFacts::default();
-        for (name, value) in lines {
-            facts.note(
-                &HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                value.as_bytes(),
-            );
-        }
-        facts
-    }
+    use super::facts_of as facts;
 
     #[test]
     fn lengths_codings_and_tokens() {

@@ -858,16 +858,7 @@ mod tests {
 
     #[test]
     fn framing_refuses_what_smuggles() {
-        let headers = |lines: &[(&str, &str)]| {
-            let mut facts = HeadFacts::default();
-            for (name, value) in lines {
-                facts.note(
-                    &HeaderName::from_bytes(name.as_bytes()).unwrap(),
-                    value.as_bytes(),
-                );
-            }
-            facts
-        };
+        let headers = crate::http1::facts_of;
         let v11 = Version::HTTP_11;
         assert_eq!(
             request_framing(v11, &headers(&[])).unwrap(),
