@@ -921,4 +921,85 @@ mod tests {
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
         );
     }
+
+    proptest::proptest! {
+        /// Whatever bytes a client sends as a head: an answer (a head, more to
+        /// come, or a refusal), never a panic; a head that is taken leaves what
+        /// followed it.
+        #[test]
+        fn any_head_bytes_are_parsed_or_refused(
+            start in proptest::sample::select(vec![
+                "POST /v1/chat/completions HTTP/1.1\r\n",
+                "GET / HTTP/1.0\r\n",
+                "",
+            ]),
+            lines in proptest::collection::vec(
+                "(content-length|transfer-encoding|connection|expect|x-[a-z]{1,4}|[ -~]{0,6}): ?[ -~\t]{0,12}",
+                0..6,
+            ),
+            noise in proptest::collection::vec(proptest::num::u8::ANY, 0..24),
+            end in proptest::sample::select(vec!["\r\n", "\n", ""]),
+        ) {
+            let mut text = start.as_bytes().to_vec();
+            for line in &lines {
+                text.extend_from_slice(line.as_bytes());
+                text.extend_from_slice(b"\r\n");
+            }
+            text.extend_from_slice(&noise);
+            text.extend_from_slice(end.as_bytes());
+            text.extend_from_slice(b"REST");
+            let mut pending = BytesMut::from(&text[..]);
+            if let Ok(Some(head)) = parse_head(&mut pending) {
+                proptest::prop_assert!(pending.ends_with(b"REST"));
+                proptest::prop_assert!(matches!(
+                    head.framing,
+                    Framing::Length(_) | Framing::ChunkSize
+                ));
+            }
+        }
+
+        /// A chunked body read in any pieces reads as it does whole.
+        #[test]
+        fn a_chunked_body_reads_the_same_in_any_pieces(
+            chunks in proptest::collection::vec("[a-z]{0,9}", 0..5),
+            junk in proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+            cut in 0usize..64,
+        ) {
+            let mut wire = Vec::new();
+            for chunk in chunks.iter().filter(|c| !c.is_empty()) {
+                wire.extend_from_slice(format!("{:x}\r\n{chunk}\r\n", chunk.len()).as_bytes());
+            }
+            wire.extend_from_slice(b"0\r\n\r\n");
+            wire.extend_from_slice(&junk);
+            let read = |pieces: &[&[u8]]| {
+                let mut decoder = BodyDecoder::new(Framing::ChunkSize);
+                let mut pending = BytesMut::new();
+                let mut body = Vec::new();
+                for (i, piece) in pieces.iter().enumerate() {
+                    pending.extend_from_slice(piece);
+                    loop {
+                        match decoder.decode(&mut pending) {
+                            Decoded::Piece(piece) => body.extend_from_slice(&piece),
+                            // What is left after the end: the rest of this read and
+                            // the reads after it.
+                            Decoded::End => {
+                                let mut rest = pending.to_vec();
+                                pieces[i + 1..].iter().for_each(|p| rest.extend_from_slice(p));
+                                return Some((body, rest));
+                            }
+                            Decoded::More(_) => break,
+                            Decoded::Invalid(_) => return None,
+                        }
+                    }
+                }
+                None
+            };
+            let cut = cut.min(wire.len());
+            let whole = read(&[&wire]);
+            proptest::prop_assert_eq!(read(&[&wire[..cut], &wire[cut..]]), whole.clone());
+            let (body, rest) = whole.expect("a well-formed body ends");
+            proptest::prop_assert_eq!(body, chunks.concat().into_bytes());
+            proptest::prop_assert_eq!(rest, junk);
+        }
+    }
 }
