@@ -174,10 +174,16 @@ impl BodyDecoder {
 
 /// The first `n` pending bytes, handed out; they share the read's allocation.
 fn take(pending: &mut BytesMut, n: usize) -> Bytes {
+    split_front(pending, n).freeze()
+}
+
+/// The first `n` bytes of `pending`, split off (sharing its allocation; all of
+/// them leaves `pending` holding none).
+pub fn split_front(pending: &mut BytesMut, n: usize) -> BytesMut {
     if n == pending.len() {
-        std::mem::take(pending).freeze()
+        std::mem::take(pending)
     } else {
-        pending.split_to(n).freeze()
+        pending.split_to(n)
     }
 }
 

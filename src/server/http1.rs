@@ -173,7 +173,7 @@ impl Head {
                     // Never past the body's end: what follows is the next request's.
                     Framing::Length(n) => {
                         let n = n.min(pending.len() as u64) as usize;
-                        split_pending(pending, n)
+                        http1::split_front(pending, n)
                     }
                     // Its end is found by reading: all of it goes, and what is left
                     // after the end comes back (`Returned::surplus`).
@@ -201,15 +201,6 @@ impl Head {
     }
 }
 
-/// The first `n` bytes of `pending`, split off (sharing its allocation).
-fn split_pending(pending: &mut BytesMut, n: usize) -> BytesMut {
-    if n == pending.len() {
-        std::mem::take(pending)
-    } else {
-        pending.split_to(n)
-    }
-}
-
 /// Read until `pending` starts with a whole request head, and parse it. `None`:
 /// the client closed the connection (or it was told to close) between requests.
 async fn read_head(
@@ -232,7 +223,7 @@ async fn read_head(
         }
         scanned = pending.len();
         let read = poll_fn(|cx| {
-            if let Poll::Ready(read) = link.poll_fill(cx, pending, READ_SIZE) {
+            if let Poll::Ready(read) = link.poll_fill(cx, pending) {
                 return Poll::Ready(Some(read));
             }
             // Told to close while waiting for a head (idle, or the head is overdue,
@@ -371,16 +362,10 @@ fn head_too_large() -> ApiError {
 
 impl Link {
     /// One read from the socket, appended to `pending`: the bytes land on the stack
-    /// and only as many as arrived are copied to the heap. At most `limit` bytes.
-    /// `Ok(0)`: end of file.
-    fn poll_fill(
-        &self,
-        cx: &mut Context<'_>,
-        pending: &mut BytesMut,
-        limit: usize,
-    ) -> Poll<io::Result<usize>> {
+    /// and only as many as arrived are copied to the heap. `Ok(0)`: end of file.
+    fn poll_fill(&self, cx: &mut Context<'_>, pending: &mut BytesMut) -> Poll<io::Result<usize>> {
         let mut scratch = [MaybeUninit::<u8>::uninit(); READ_SIZE];
-        let mut buf = ReadBuf::uninit(&mut scratch[..limit.min(READ_SIZE)]);
+        let mut buf = ReadBuf::uninit(&mut scratch);
         ready!(self.io.poll_recv(cx, &mut buf))?;
         let read = buf.filled();
         pending.extend_from_slice(read);
@@ -448,7 +433,7 @@ impl HttpBody for RequestBody {
                 (Framing::Length(_), Some(due)) => {
                     ready!(this.link.poll_fill_due(cx, &mut this.pending, due))
                 }
-                _ => ready!(this.link.poll_fill(cx, &mut this.pending, READ_SIZE)),
+                _ => ready!(this.link.poll_fill(cx, &mut this.pending)),
             };
             if read? == 0 {
                 return Poll::Ready(Some(Err(io::Error::new(
@@ -775,7 +760,7 @@ async fn linger(link: &Link) {
         let mut left = LINGER_BYTES;
         while left > 0 {
             let mut scratch = BytesMut::new();
-            match poll_fn(|cx| link.poll_fill(cx, &mut scratch, READ_SIZE)).await {
+            match poll_fn(|cx| link.poll_fill(cx, &mut scratch)).await {
                 Ok(n) if n > 0 => left = left.saturating_sub(n),
                 _ => return,
             }
