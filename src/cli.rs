@@ -100,12 +100,9 @@ pub fn init_tracing(debug: bool) {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(crate::logging::output::stderr_output())
-        .with_ansi(false)
-        .event_format(crate::logging::RequestLineFormat::default())
-        .try_init();
+    let subscriber = crate::logging::subscriber(filter, crate::logging::output::stderr_output());
+    // `try_init` as the builder's: also routes the `log` crate's records into it.
+    let _ = tracing_subscriber::util::SubscriberInitExt::try_init(subscriber);
 }
 
 /// Run the native binary.

@@ -226,11 +226,18 @@ impl ScanMemo {
     }
 }
 
-/// How many bytes `a` and `b` have in common at their start.
+/// How many bytes `a` and `b` have in common at their start. Sixteen bytes at a
+/// time as one integer: the first differing byte is the lowest set byte of their
+/// XOR (little-endian), with no byte loop after a mismatch (the byte-at-a-time
+/// version was about 100 instructions an event of a stream: callgrind, stream-20).
 fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
     let mut i = 0;
-    while i + 16 <= n && a[i..i + 16] == b[i..i + 16] {
+    while i + 16 <= n {
+        let diff = u128_at(a, i) ^ u128_at(b, i);
+        if diff != 0 {
+            return i + (diff.trailing_zeros() / 8) as usize;
+        }
         i += 16;
     }
     while i < n && a[i] == b[i] {
@@ -239,18 +246,29 @@ fn common_prefix(a: &[u8], b: &[u8]) -> usize {
     i
 }
 
-/// How many bytes `a` and `b` have in common at their end.
+/// How many bytes `a` and `b` have in common at their end (as [`common_prefix`],
+/// from the back: the last differing byte is the highest set byte of the XOR).
 fn common_suffix(a: &[u8], b: &[u8]) -> usize {
     let n = a.len().min(b.len());
     let (a, b) = (&a[a.len() - n..], &b[b.len() - n..]);
     let mut i = 0;
-    while i + 16 <= n && a[n - i - 16..n - i] == b[n - i - 16..n - i] {
+    while i + 16 <= n {
+        let diff = u128_at(a, n - i - 16) ^ u128_at(b, n - i - 16);
+        if diff != 0 {
+            return i + (diff.leading_zeros() / 8) as usize;
+        }
         i += 16;
     }
     while i < n && a[n - i - 1] == b[n - i - 1] {
         i += 1;
     }
     i
+}
+
+/// The 16 bytes of `bytes` from `at`, as a little-endian integer.
+#[inline(always)]
+fn u128_at(bytes: &[u8], at: usize) -> u128 {
+    u128::from_le_bytes(bytes[at..at + 16].try_into().expect("16 bytes"))
 }
 
 /// What a reader of a stream's events keeps to read the next event for the cost of a

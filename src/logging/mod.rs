@@ -39,6 +39,21 @@ pub use output::flush_request_log;
 pub use request_line::{RequestLineFormat, RequestSummary};
 pub use transformer::{lookup_path, EntryTransformer};
 
+/// The process's `tracing` subscriber: `filter`'s events as text on `output`, request
+/// lines batched. `RequestSummary::log` finds `output` in it (by downcasting) and
+/// writes its lines there directly.
+pub fn subscriber<S: std::io::Write + Send + 'static>(
+    filter: tracing_subscriber::EnvFilter,
+    output: output::LogOutput<S>,
+) -> impl tracing::Subscriber + Send + Sync {
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(output)
+        .with_ansi(false)
+        .event_format(RequestLineFormat::default())
+        .finish()
+}
+
 /// At most one warning about dropped entries per this period (the count of all
 /// dropped since the last warning is in it).
 pub const DROP_WARNING_PERIOD: Duration = Duration::from_secs(10);

@@ -130,6 +130,13 @@ impl<S: Write + Send + 'static> LogOutput<S> {
         Ok(())
     }
 
+    /// Add one whole request line (newline included) to the batch, as the fmt layer's
+    /// writer does for an event of [`REQUEST_TARGET`] (`RequestSummary::log` writes
+    /// its lines here directly). A failed write (stderr closed) drops it.
+    pub fn add_request_line(&self, line: &[u8]) {
+        let _ = self.shared.add_request_line(line);
+    }
+
     /// Write the request lines that are waiting.
     pub fn flush(&self) {
         self.shared.lock().write_batch();
