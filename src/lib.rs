@@ -30,6 +30,7 @@ pub mod providers;
 pub mod routing;
 pub mod secrets;
 pub mod server;
+pub mod shard;
 pub mod shared_state;
 pub mod sse;
 pub mod streaming;

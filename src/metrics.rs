@@ -23,8 +23,6 @@ use axum::response::{IntoResponse, Response};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::{Family, MetricConstructor};
-use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::{Registry, Unit};
 
 use crate::context::RequestContext;
@@ -32,6 +30,10 @@ use crate::error::{ApiError, ErrorBody};
 use crate::json_scan::TokenCounts;
 use crate::payload::Payload;
 use crate::server::AppState;
+use crate::shard::Sharded;
+
+mod sharded;
+pub use sharded::{DurationHistogram, ShardedCounter, ShardedGauge};
 
 /// Most distinct values kept per capped label (model, group, connection).
 pub const MAX_LABEL_VALUES: usize = 100;
@@ -102,9 +104,9 @@ struct CauseLabel {
 #[derive(Clone)]
 struct Buckets(&'static [f64]);
 
-impl MetricConstructor<Histogram> for Buckets {
-    fn new_metric(&self) -> Histogram {
-        Histogram::new(self.0.iter().copied())
+impl MetricConstructor<DurationHistogram> for Buckets {
+    fn new_metric(&self) -> DurationHistogram {
+        DurationHistogram::new(self.0)
     }
 }
 
@@ -152,15 +154,7 @@ impl LabelCap {
 /// The metrics of one server.
 pub struct Metrics {
     registry: Registry,
-    requests: Family<RequestLabels, Counter>,
-    request_duration: Family<TimingLabels, Histogram, Buckets>,
-    upstream_duration: Family<TimingLabels, Histogram, Buckets>,
-    overhead: Family<StreamLabel, Histogram, Buckets>,
-    time_to_first_token: Family<ConnectionLabel, Histogram, Buckets>,
-    tokens: Family<TokenLabels, Counter>,
-    open_streams: Gauge,
-    upstream_errors: Family<UpstreamErrorLabels, Counter>,
-    upstream_connect_errors: Family<CauseLabel, Counter>,
+    families: Arc<RequestFamilies>,
     accept_errors: Family<CauseLabel, Counter>,
     log_entries_dropped: Counter,
     ledger_rows_dropped: Counter,
@@ -169,6 +163,20 @@ pub struct Metrics {
     groups: LabelCap,
     connections: LabelCap,
     series: SeriesCache,
+}
+
+/// The families that requests report to (through their [`Series`], which hold
+/// them, so that a request touches nothing shared with other serving threads).
+struct RequestFamilies {
+    requests: Family<RequestLabels, ShardedCounter>,
+    request_duration: Family<TimingLabels, DurationHistogram, Buckets>,
+    upstream_duration: Family<TimingLabels, DurationHistogram, Buckets>,
+    overhead: Family<StreamLabel, DurationHistogram, Buckets>,
+    time_to_first_token: Family<ConnectionLabel, DurationHistogram, Buckets>,
+    tokens: Family<TokenLabels, ShardedCounter>,
+    open_streams: ShardedGauge,
+    upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    upstream_connect_errors: Family<CauseLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -180,7 +188,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("lm_proxy");
-        let requests = Family::<RequestLabels, Counter>::default();
+        let requests = Family::<RequestLabels, ShardedCounter>::default();
         registry.register(
             "requests",
             "Requests by door (endpoint), HTTP status, connection, requested model, group and stream",
@@ -214,13 +222,13 @@ impl Metrics {
             Unit::Seconds,
             time_to_first_token.clone(),
         );
-        let tokens = Family::<TokenLabels, Counter>::default();
+        let tokens = Family::<TokenLabels, ShardedCounter>::default();
         registry.register(
             "tokens",
             "Tokens reported in the upstream's usage, by type (prompt, completion)",
             tokens.clone(),
         );
-        let open_streams = Gauge::default();
+        let open_streams = ShardedGauge::default();
         registry.register(
             "open_streams",
             "Streamed answers in progress",
@@ -270,15 +278,17 @@ impl Metrics {
             ledger_rows_dropped,
             ledger_rows_written,
             registry,
-            requests,
-            request_duration,
-            upstream_duration,
-            overhead,
-            time_to_first_token,
-            tokens,
-            open_streams,
-            upstream_errors,
-            upstream_connect_errors,
+            families: Arc::new(RequestFamilies {
+                requests,
+                request_duration,
+                upstream_duration,
+                overhead,
+                time_to_first_token,
+                tokens,
+                open_streams,
+                upstream_errors,
+                upstream_connect_errors,
+            }),
             accept_errors,
             models: LabelCap::new(),
             groups: LabelCap::new(),
@@ -331,7 +341,6 @@ impl Metrics {
             stream: asked.stream,
         };
         RequestMetrics {
-            metrics: self.clone(),
             series: self.series.get(key, || self.new_series(key)),
             started: ctx.started,
             upstream,
@@ -341,6 +350,7 @@ impl Metrics {
     /// The series of requests with these labels, none of them made yet.
     fn new_series(&self, key: SeriesRef<'_>) -> Series {
         Series {
+            families: self.families.clone(),
             endpoint: key.endpoint,
             connection: self.connections.get(key.connection),
             model: self.models.get(key.model),
@@ -363,16 +373,19 @@ const MAX_CACHED_SERIES: usize = 1000;
 
 /// The [`Series`] of each combination of the raw label values seen, so that a request
 /// finds all its metrics with one lookup (with `foldhash`) instead of one SipHash
-/// lookup and lock per metric family and capped label.
+/// lookup and lock per metric family and capped label. One map per serving thread
+/// ([`crate::shard`]), each with its own `Series` (they share the metrics they count
+/// into): a request takes only its own thread's lock and reference counts.
 #[derive(Default)]
 struct SeriesCache {
-    map: RwLock<hashbrown::HashMap<SeriesKey, Arc<Series>>>,
+    maps: Sharded<RwLock<hashbrown::HashMap<SeriesKey, Arc<Series>>>>,
 }
 
 impl SeriesCache {
     fn get(&self, key: SeriesRef<'_>, make: impl FnOnce() -> Series) -> Arc<Series> {
+        let shard = self.maps.local();
         // A poisoned lock only means a panic elsewhere mid-insert of a whole entry.
-        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        let map = shard.read().unwrap_or_else(|e| e.into_inner());
         if let Some(series) = map.get(&key) {
             return series.clone();
         }
@@ -380,7 +393,7 @@ impl SeriesCache {
         drop(map);
         let series = Arc::new(make());
         if !full {
-            let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+            let mut map = shard.write().unwrap_or_else(|e| e.into_inner());
             if map.len() < MAX_CACHED_SERIES {
                 return map.entry(key.to_owned()).or_insert(series).clone();
             }
@@ -449,19 +462,20 @@ impl hashbrown::Equivalent<SeriesKey> for SeriesRef<'_> {
 /// the families the first time each is needed (so a series shows in the exposition
 /// only once it has something in it), then kept.
 struct Series {
+    families: Arc<RequestFamilies>,
     endpoint: &'static str,
     connection: Label,
     model: Label,
     group: Label,
     stream: bool,
     /// `requests` with status 200 (other statuses go through the family).
-    ok: OnceLock<Counter>,
-    request_duration: OnceLock<Histogram>,
-    upstream_duration: OnceLock<Histogram>,
-    overhead: OnceLock<Histogram>,
-    time_to_first_token: OnceLock<Histogram>,
-    prompt_tokens: OnceLock<Counter>,
-    completion_tokens: OnceLock<Counter>,
+    ok: OnceLock<ShardedCounter>,
+    request_duration: OnceLock<DurationHistogram>,
+    upstream_duration: OnceLock<DurationHistogram>,
+    overhead: OnceLock<DurationHistogram>,
+    time_to_first_token: OnceLock<DurationHistogram>,
+    prompt_tokens: OnceLock<ShardedCounter>,
+    completion_tokens: OnceLock<ShardedCounter>,
 }
 
 impl Series {
@@ -483,8 +497,9 @@ impl Series {
         }
     }
 
-    fn token_counter(&self, family: &Family<TokenLabels, Counter>, kind: &'static str) -> Counter {
-        family
+    fn token_counter(&self, kind: &'static str) -> ShardedCounter {
+        self.families
+            .tokens
             .get_or_create(&TokenLabels {
                 connection: self.connection.clone(),
                 model: self.model.clone(),
@@ -496,7 +511,6 @@ impl Series {
 
 /// What one request reports; see [`Metrics::request`].
 pub struct RequestMetrics {
-    metrics: Arc<Metrics>,
     series: Arc<Series>,
     started: Instant,
     upstream: Option<Duration>,
@@ -529,7 +543,7 @@ impl RequestMetrics {
     /// dropped (the door's stream adapter calls [`StreamObserver::observe`] with
     /// each poll of the chunks, so that no adapter of its own stands between).
     pub fn stream(self) -> StreamObserver {
-        self.metrics.open_streams.inc();
+        self.series.families.open_streams.inc();
         StreamObserver {
             report: self,
             waiting_since: None,
@@ -541,13 +555,15 @@ impl RequestMetrics {
 
     fn upstream_error(&self, error: &ApiError) {
         if let Some(cause) = connect_error_cause(error) {
-            self.metrics
+            self.series
+                .families
                 .upstream_connect_errors
                 .get_or_create(&CauseLabel { cause })
                 .inc();
         }
         if let Some(kind) = upstream_error_kind(error) {
-            self.metrics
+            self.series
+                .families
                 .upstream_errors
                 .get_or_create(&UpstreamErrorLabels {
                     connection: self.series.connection.clone(),
@@ -558,21 +574,21 @@ impl RequestMetrics {
     }
 
     fn count_tokens(&self, usage: TokenCounts) {
-        let (m, s) = (&self.metrics, &self.series);
+        let s = &self.series;
         if let Some(n) = usage.prompt {
             s.prompt_tokens
-                .get_or_init(|| s.token_counter(&m.tokens, "prompt"))
+                .get_or_init(|| s.token_counter("prompt"))
                 .inc_by(n);
         }
         if let Some(n) = usage.completion {
             s.completion_tokens
-                .get_or_init(|| s.token_counter(&m.tokens, "completion"))
+                .get_or_init(|| s.token_counter("completion"))
                 .inc_by(n);
         }
     }
 
     fn first_chunk(&self) {
-        let (m, s) = (&self.metrics, &self.series);
+        let (s, m) = (&self.series, &self.series.families);
         s.time_to_first_token
             .get_or_init(|| {
                 m.time_to_first_token
@@ -581,11 +597,11 @@ impl RequestMetrics {
                     })
                     .clone()
             })
-            .observe(self.started.elapsed().as_secs_f64());
+            .observe(self.started.elapsed());
     }
 
     fn finish(&self, status: u16, upstream: Option<Duration>) {
-        let (m, s) = (&self.metrics, &self.series);
+        let (s, m) = (&self.series, &self.series.families);
         let total = self.started.elapsed();
         if status == 200 {
             s.ok.get_or_init(|| m.requests.get_or_create(&s.request_labels(200)).clone())
@@ -595,7 +611,7 @@ impl RequestMetrics {
         }
         s.request_duration
             .get_or_init(|| m.request_duration.get_or_create(&s.timing_labels()).clone())
-            .observe(total.as_secs_f64());
+            .observe(total);
         if let Some(upstream) = upstream {
             s.upstream_duration
                 .get_or_init(|| {
@@ -603,14 +619,14 @@ impl RequestMetrics {
                         .get_or_create(&s.timing_labels())
                         .clone()
                 })
-                .observe(upstream.as_secs_f64());
+                .observe(upstream);
             s.overhead
                 .get_or_init(|| {
                     m.overhead
                         .get_or_create(&StreamLabel { stream: s.stream })
                         .clone()
                 })
-                .observe(total.saturating_sub(upstream).as_secs_f64());
+                .observe(total.saturating_sub(upstream));
         }
     }
 }
@@ -712,7 +728,7 @@ impl Drop for StreamObserver {
         }
         let upstream = report.upstream.map(|u| u + self.upstream_wait);
         report.finish(200, upstream);
-        report.metrics.open_streams.dec();
+        report.series.families.open_streams.dec();
     }
 }
 
@@ -825,7 +841,57 @@ mod tests {
             };
             assert_eq!(&*series.model, expected, "{i}");
         }
-        assert_eq!(m.series.map.read().unwrap().len(), MAX_CACHED_SERIES);
+        assert_eq!(
+            m.series.maps.local().read().unwrap().len(),
+            MAX_CACHED_SERIES
+        );
+    }
+
+    /// Each serving thread finds its own `Series` for the same labels; what they
+    /// count shows as one series.
+    #[test]
+    fn threads_count_into_the_same_series_through_their_own() {
+        let m = Metrics::new();
+        let key = SeriesRef {
+            endpoint: "chat/completions",
+            connection: Some("c"),
+            model: Some("a"),
+            group: Some("g"),
+            stream: false,
+        };
+        let here = m.series.get(key, || m.new_series(key));
+        let elsewhere = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    crate::shard::set_thread_shard(1);
+                    m.series.get(key, || m.new_series(key))
+                })
+                .join()
+                .unwrap()
+        });
+        assert!(!Arc::ptr_eq(&here, &elsewhere));
+        for series in [here, elsewhere] {
+            let report = RequestMetrics {
+                series,
+                started: Instant::now(),
+                upstream: Some(Duration::ZERO),
+            };
+            report.completed(Some(TokenCounts {
+                prompt: Some(3),
+                completion: Some(4),
+                ..TokenCounts::default()
+            }));
+        }
+        let text = m.encode();
+        for expected in [
+            r#"lm_proxy_requests_total{endpoint="chat/completions",status="200",connection="c",model="a",group="g",stream="false"} 2"#,
+            r#"lm_proxy_request_duration_seconds_count{connection="c",stream="false"} 2"#,
+            r#"lm_proxy_upstream_duration_seconds_bucket{le="0.0005",connection="c",stream="false"} 2"#,
+            r#"lm_proxy_tokens_total{connection="c",model="a",type="prompt"} 6"#,
+            r#"lm_proxy_tokens_total{connection="c",model="a",type="completion"} 8"#,
+        ] {
+            assert!(text.contains(expected), "{expected} in {text}");
+        }
     }
 
     #[test]
@@ -865,7 +931,7 @@ mod tests {
     #[test]
     fn exposition_names() {
         let m = Metrics::new();
-        m.open_streams.inc();
+        m.families.open_streams.inc();
         let text = m.encode();
         assert!(
             text.contains("# TYPE lm_proxy_open_streams gauge"),

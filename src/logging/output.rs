@@ -13,6 +13,10 @@
 //!   thread [`FLUSH_PERIOD`] after the first line of the batch arrived. That thread
 //!   sleeps (parked, no timer) while there is nothing to write, and is woken once per
 //!   batch, not per line (the wake-up is an atomic store unless it is parked);
+//! - each serving thread has its own batch ([`crate::shard`]), so that requests on
+//!   different cores do not take turns at one lock: lines of one thread keep their
+//!   order, lines of different threads may come out up to [`FLUSH_PERIOD`] apart
+//!   from the order of their times (as with nginx's buffered access logs);
 //! - every other line (startup, "listening on", warnings, errors, debug output) is
 //!   written at once, as before, after whatever request lines are waiting: the output
 //!   keeps the order in which lines were logged, and only request lines can be late.
@@ -22,7 +26,7 @@
 //! most [`BATCH_LIMIT`] = `PIPE_BUF` (4 KiB) bytes, unless one line alone is longer:
 //! on a pipe (docker, a shell) such a write is atomic, so other writers of the same
 //! stderr (Python code in the package, `eprintln!`) can never land inside one.
-//! Writes happen under the same mutex, so batches go out in order, each exactly once.
+//! Writes happen under one lock of the sink, each batch exactly once.
 //!
 //! Request lines may therefore appear up to [`FLUSH_PERIOD`] late. Clean exits write
 //! what is waiting ([`flush_request_log`]: the binary's exit paths, a Python server's
@@ -33,6 +37,8 @@
 
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
+
+use crate::shard::Sharded;
 use std::thread::Thread;
 use std::time::Duration;
 
@@ -66,25 +72,25 @@ impl<S: Write + Send + 'static> Clone for LogOutput<S> {
 }
 
 struct Shared<S> {
-    inner: Mutex<Inner<S>>,
+    /// Whole request lines not written yet (at most `BATCH_LIMIT` bytes each), one
+    /// batch per serving thread. A batch's lock is taken before the sink's.
+    batches: Sharded<Mutex<Vec<u8>>>,
+    sink: Mutex<S>,
     /// The background thread, woken when a batch starts (none: `flush` only).
     flusher: OnceLock<Thread>,
 }
 
-struct Inner<S> {
-    sink: S,
-    /// Whole request lines not written yet (at most `BATCH_LIMIT` bytes).
-    batch: Vec<u8>,
+/// A poisoned lock: a panic while writing leaves nothing half-done that matters here.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-impl<S: Write> Inner<S> {
-    /// Write the batch, if any. A failed write (stderr closed) drops it, as a failed
-    /// write of a single line drops that line.
-    fn write_batch(&mut self) {
-        if !self.batch.is_empty() {
-            let _ = self.sink.write_all(&self.batch);
-            self.batch.clear();
-        }
+/// Write `batch`, if anything is in it, and empty it. A failed write (stderr
+/// closed) drops it, as a failed write of a single line drops that line.
+fn write_batch<S: Write>(sink: &mut S, batch: &mut Vec<u8>) {
+    if !batch.is_empty() {
+        let _ = sink.write_all(batch);
+        batch.clear();
     }
 }
 
@@ -94,10 +100,9 @@ impl<S: Write + Send + 'static> LogOutput<S> {
     pub fn new(sink: S) -> Self {
         LogOutput {
             shared: Arc::new(Shared {
-                inner: Mutex::new(Inner {
-                    sink,
-                    batch: Vec::with_capacity(BATCH_LIMIT),
-                }),
+                // A batch's memory is taken by its first line.
+                batches: Sharded::default(),
+                sink: Mutex::new(sink),
                 flusher: OnceLock::new(),
             }),
         }
@@ -115,12 +120,12 @@ impl<S: Write + Send + 'static> LogOutput<S> {
             .spawn(move || loop {
                 // Nothing to write: sleep until a request line starts a batch. (A
                 // stale wake-up only makes this check again.)
-                while shared.lock().batch.is_empty() {
+                while shared.nothing_waits() {
                     std::thread::park();
                 }
                 // Let the batch fill for `period`, then write it.
                 std::thread::sleep(period);
-                shared.lock().write_batch();
+                shared.flush();
             })?;
         // Known from now on, so lines that start a batch wake it. One wake-up now for
         // a line that came before this, which the thread may have missed by parking
@@ -139,42 +144,48 @@ impl<S: Write + Send + 'static> LogOutput<S> {
 
     /// Write the request lines that are waiting.
     pub fn flush(&self) {
-        self.shared.lock().write_batch();
+        self.shared.flush();
     }
 
-    /// As `flush`, but gives up instead of waiting if the output is busy (for the
-    /// panic hook: the panicking thread may be the one holding it).
+    /// As `flush`, but gives up on a batch or the sink instead of waiting if it is
+    /// busy (for the panic hook: the panicking thread may be the one holding it).
     fn try_flush(&self) {
-        match self.shared.inner.try_lock() {
-            Ok(mut inner) => inner.write_batch(),
-            Err(TryLockError::Poisoned(e)) => e.into_inner().write_batch(),
-            Err(TryLockError::WouldBlock) => {}
+        fn try_lock<T>(mutex: &Mutex<T>) -> Option<MutexGuard<'_, T>> {
+            match mutex.try_lock() {
+                Ok(guard) => Some(guard),
+                Err(TryLockError::Poisoned(e)) => Some(e.into_inner()),
+                Err(TryLockError::WouldBlock) => None,
+            }
         }
-    }
-}
-
-impl<S> Shared<S> {
-    fn lock(&self) -> MutexGuard<'_, Inner<S>> {
-        // A panic while writing leaves nothing half-done that matters here.
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+        for batch in self.shared.batches.iter() {
+            if let Some(mut batch) = try_lock(batch) {
+                if let Some(mut sink) = try_lock(&self.shared.sink) {
+                    write_batch(&mut *sink, &mut batch);
+                }
+            }
+        }
     }
 }
 
 impl<S: Write> Shared<S> {
-    /// Add one request line to the batch (writing the batch first if the line does not
-    /// fit in it).
+    /// Add one request line to this thread's batch (writing the batch first if the
+    /// line does not fit in it).
     fn add_request_line(&self, line: &[u8]) -> io::Result<()> {
-        let mut inner = self.lock();
-        if inner.batch.len() + line.len() > BATCH_LIMIT {
-            inner.write_batch();
+        let mut batch = lock(self.batches.local());
+        if batch.len() + line.len() > BATCH_LIMIT {
+            let mut sink = lock(&self.sink);
+            write_batch(&mut *sink, &mut batch);
             if line.len() >= BATCH_LIMIT {
                 // Too long for a batch: alone, at once.
-                return inner.sink.write_all(line);
+                return sink.write_all(line);
             }
         }
-        let starts_batch = inner.batch.is_empty();
-        inner.batch.extend_from_slice(line);
-        drop(inner);
+        let starts_batch = batch.is_empty();
+        if batch.capacity() == 0 {
+            batch.reserve_exact(BATCH_LIMIT);
+        }
+        batch.extend_from_slice(line);
+        drop(batch);
         if starts_batch {
             if let Some(flusher) = self.flusher.get() {
                 flusher.unpark();
@@ -183,11 +194,25 @@ impl<S: Write> Shared<S> {
         Ok(())
     }
 
+    /// Write every thread's waiting request lines.
+    fn flush(&self) {
+        for batch in self.batches.iter() {
+            let mut batch = lock(batch);
+            if !batch.is_empty() {
+                write_batch(&mut *lock(&self.sink), &mut batch);
+            }
+        }
+    }
+
+    /// Whether no request line waits (for the background thread).
+    fn nothing_waits(&self) -> bool {
+        self.batches.iter().all(|batch| lock(batch).is_empty())
+    }
+
     /// Write any other line at once, after the request lines waiting.
     fn write_line(&self, line: &[u8]) -> io::Result<()> {
-        let mut inner = self.lock();
-        inner.write_batch();
-        inner.sink.write_all(line)
+        self.flush();
+        lock(&self.sink).write_all(line)
     }
 }
 
@@ -440,6 +465,8 @@ mod tests {
             .map(|t| {
                 let output = output.clone();
                 std::thread::spawn(move || {
+                    // Threads 1-3 have batches of their own, thread 0 the shared one.
+                    crate::shard::set_thread_shard(t);
                     for n in 0..500 {
                         let meta = if n % 50 == 0 { OTHER } else { REQUEST };
                         log(&output, meta, &line(t * 1000 + n, 120));
@@ -454,6 +481,19 @@ mod tests {
         let text = sink.writes().concat();
         let mut seen: Vec<&str> = text.lines().collect();
         assert!(seen.iter().all(|l| l.len() == 119), "whole lines only");
+        // Each thread's lines in the order it logged them.
+        let numbers: Vec<usize> = seen
+            .iter()
+            .map(|l| l.split(' ').nth(1).unwrap().parse().unwrap())
+            .collect();
+        for t in 0..4 {
+            let own: Vec<usize> = numbers.iter().copied().filter(|n| n / 1000 == t).collect();
+            assert_eq!(
+                own,
+                (t * 1000..t * 1000 + 500).collect::<Vec<_>>(),
+                "thread {t}"
+            );
+        }
         seen.sort_unstable();
         let mut expected: Vec<String> = (0..4)
             .flat_map(|t| (0..500).map(move |n| line(t * 1000 + n, 120)))

@@ -513,8 +513,9 @@ fn serve_on_own_runtime(
     connections: Arc<conn::Shared>,
     state: Arc<AppState>,
 ) -> std::io::Result<()> {
-    // Upstream connections made here are kept for this thread's requests.
-    crate::upstream::set_pool_shard(index + 1);
+    // Upstream connections made here are kept for this thread's requests, and
+    // what its requests count and log is kept apart from other threads'.
+    crate::shard::set_thread_shard(index + 1);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -43,7 +43,6 @@ use http::{HeaderMap, HeaderValue, Method, StatusCode};
 use crate::error::ApiError;
 pub use case::{client_spellings, HeaderCase};
 pub use http1::Http1Error;
-pub use pool::set_pool_shard;
 use pool::{Pool, PooledBody};
 
 /// How long an unused keep-alive connection is kept.

@@ -13,10 +13,9 @@
 //! back; an answer that is dropped before its end takes the connection with it
 //! (closing the socket, which is how an upstream learns that the client left).
 
-use std::cell::Cell;
 use std::collections::VecDeque;
 use std::pin::Pin;
-use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::sync::{Mutex, MutexGuard};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -26,6 +25,7 @@ use tokio::net::TcpStream;
 
 use super::http1::{self, Connection};
 use super::UpstreamError;
+use crate::shard::Sharded;
 
 /// What a pooled connection reads and writes: the TCP socket, or TLS over it for
 /// an `https` origin (boxed: the TLS state is large and plain origins are the
@@ -166,34 +166,11 @@ struct Idle {
     since: Instant,
 }
 
-thread_local! {
-    /// Which of a pool's shards this thread uses (see [`set_pool_shard`]).
-    static SHARD: Cell<usize> = const { Cell::new(0) };
-}
-
-/// Shards per pool: one for each serving thread a machine is likely to run, and
-/// shard 0 for every other thread.
-fn shard_count() -> usize {
-    static COUNT: OnceLock<usize> = OnceLock::new();
-    *COUNT.get_or_init(|| {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .min(63)
-            + 1
-    })
-}
-
-/// Keep this thread's idle upstream connections apart from other threads' (a
-/// serving thread of `server::Serving::ThreadPerCore` calls this with its number,
-/// from 1). A socket belongs to the runtime whose I/O driver it was registered with:
-/// used from another thread's runtime it still works, but every readiness event
-/// then has to cross threads, which is what thread-per-core serving avoids.
-pub fn set_pool_shard(index: usize) {
-    SHARD.with(|shard| shard.set(index));
-}
-
 /// The idle connections to one origin (host and port), most recently used last,
-/// per shard (see [`set_pool_shard`]).
+/// per serving thread ([`crate::shard`]). A socket belongs to the runtime whose I/O
+/// driver it was registered with: used from another thread's runtime it still
+/// works, but every readiness event then has to cross threads, which is what
+/// thread-per-core serving avoids.
 pub(super) struct Pool {
     host: String,
     port: u16,
@@ -205,7 +182,7 @@ pub(super) struct Pool {
     idle_timeout: Duration,
     /// Per shard.
     max_idle: usize,
-    shards: Box<[Mutex<VecDeque<Idle>>]>,
+    shards: Sharded<Mutex<VecDeque<Idle>>>,
 }
 
 impl Pool {
@@ -226,15 +203,13 @@ impl Pool {
             connect_timeout,
             idle_timeout,
             max_idle,
-            shards: (0..shard_count())
-                .map(|_| Mutex::new(VecDeque::new()))
-                .collect(),
+            shards: Sharded::default(),
         }
     }
 
     /// This thread's idle connections.
     fn idle(&self) -> MutexGuard<'_, VecDeque<Idle>> {
-        let shard = &self.shards[SHARD.with(Cell::get) % self.shards.len()];
+        let shard = self.shards.local();
         shard.lock().unwrap_or_else(|e| e.into_inner())
     }
 

@@ -1,0 +1,113 @@
+//! Per-thread shards of what every request writes.
+//!
+//! A serving thread (`server::Serving::ThreadPerCore`) handles its connections from
+//! accept to close on its own runtime; what a request writes to memory that other
+//! serving threads write too (a shared counter, a lock word, a reference count)
+//! makes that memory's cache line travel between cores on every request, and
+//! queues the cores on it as their number grows. So state that every request
+//! updates (idle upstream connections, metrics, the request log's batch) is kept
+//! in one shard per serving thread, each on cache lines of its own, and is put
+//! together only where it is read (a scrape, a flush).
+//!
+//! Serving threads take shards 1 to N ([`set_thread_shard`]); every other thread
+//! (a shared multi-threaded runtime, Python's threads, tests) shares shard 0, so
+//! a shard's contents must still be safe to use from several threads: atomics or
+//! a lock, uncontended in the thread-per-core case.
+
+use std::cell::Cell;
+use std::sync::OnceLock;
+
+use crossbeam_utils::CachePadded;
+
+thread_local! {
+    /// This thread's shard (see [`set_thread_shard`]).
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Shards per [`Sharded`]: one for each serving thread a machine is likely to run
+/// (its CPUs, at most 63), and shard 0 for every other thread.
+pub fn shard_count() -> usize {
+    static COUNT: OnceLock<usize> = OnceLock::new();
+    *COUNT.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(63)
+            + 1
+    })
+}
+
+/// Make this thread use shard `index` of every [`Sharded`] (a serving thread calls
+/// this with its number, from 1; more serving threads than shards share them).
+pub fn set_thread_shard(index: usize) {
+    SHARD.with(|shard| shard.set(index));
+}
+
+/// This thread's shard number (0 unless [`set_thread_shard`] was called).
+pub fn thread_shard() -> usize {
+    SHARD.with(Cell::get)
+}
+
+/// One `T` per shard, each on its own cache lines.
+pub struct Sharded<T> {
+    shards: Box<[CachePadded<T>]>,
+}
+
+impl<T> Sharded<T> {
+    /// [`shard_count`] shards, each made by `make`.
+    pub fn new(make: impl FnMut() -> T) -> Self {
+        Self::with_count(shard_count(), make)
+    }
+
+    fn with_count(count: usize, mut make: impl FnMut() -> T) -> Self {
+        Sharded {
+            shards: (0..count.max(1))
+                .map(|_| CachePadded::new(make()))
+                .collect(),
+        }
+    }
+
+    /// The calling thread's shard.
+    pub fn local(&self) -> &T {
+        &self.shards[thread_shard() % self.shards.len()]
+    }
+
+    /// Every shard, to read them together.
+    pub fn iter(&self) -> impl Iterator<Item = &T> {
+        self.shards.iter().map(|shard| &**shard)
+    }
+}
+
+impl<T: Default> Default for Sharded<T> {
+    fn default() -> Self {
+        Sharded::new(T::default)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn each_thread_writes_its_own_shard_and_shards_do_not_share_cache_lines() {
+        let sharded = Sharded::<AtomicUsize>::with_count(4, AtomicUsize::default);
+        std::thread::scope(|scope| {
+            for index in 0..6 {
+                let sharded = &sharded;
+                scope.spawn(move || {
+                    set_thread_shard(index);
+                    sharded.local().fetch_add(index + 1, Ordering::Relaxed);
+                });
+            }
+        });
+        // Threads 4 and 5 wrap around onto shards 0 and 1.
+        let values: Vec<usize> = sharded.iter().map(|s| s.load(Ordering::Relaxed)).collect();
+        assert_eq!(values, [1 + 5, 2 + 6, 3, 4]);
+        // A thread that never chose a shard uses shard 0.
+        assert_eq!(std::thread::spawn(thread_shard).join().unwrap(), 0);
+        let addresses: Vec<usize> = sharded.iter().map(|s| s as *const _ as usize).collect();
+        for pair in addresses.windows(2) {
+            assert!(pair[1] - pair[0] >= 64, "{addresses:?}");
+        }
+    }
+}
