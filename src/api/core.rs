@@ -34,7 +34,7 @@ use crate::payload::{Payload, PayloadStream};
 use crate::providers::{Connection, UpstreamCall};
 use crate::routing::RouteModel;
 use crate::secrets::Redactor;
-use crate::server::{body, AppState};
+use crate::server::{body, AppState, GatewayHandle};
 use crate::streaming::StreamSummary;
 use crate::upstream::HeaderCase;
 use crate::usage::PendingRow;
@@ -177,7 +177,7 @@ pub async fn call_provider(
     call: UpstreamCall,
     upstream_time: &mut Option<Duration>,
 ) -> Result<Reply, ApiError> {
-    let provider = connection.provider.clone();
+    let provider = &connection.provider;
     let upstream_started = std::time::Instant::now();
     let reply = if call.is_stream() {
         provider.stream_payload(call).await.map(Reply::Stream)
@@ -376,7 +376,7 @@ pub fn extra_headers(value: &Value) -> Result<HeaderMap, ApiError> {
 /// A door's handler reads `body` (through [`admit`]) and sets `upstream_time`; then
 /// [`Incoming::finish`] deals with a body left unread and starts the [`Ending`].
 pub struct Incoming {
-    pub gateway: Arc<Gateway>,
+    pub gateway: GatewayHandle,
     /// Taken by [`Incoming::finish`]; while it is here, dropping the `Incoming`
     /// means the request was abandoned (see the `Drop` impl). Boxed, as it goes on
     /// to the [`Ending`]'s calls and their closures: moved between frames by value,
@@ -401,7 +401,7 @@ impl Incoming {
         // Taken whole and split, so that the headers are moved, not copied (the
         // `HeaderMap` extractor clones them).
         let (parts, body) = request.into_parts();
-        let gateway = state.gateway();
+        let gateway = state.gateway_handle();
         let remote_addr = gateway
             .trusted_proxies
             .client_addr(&parts.headers, peer.ip());
@@ -437,7 +437,7 @@ impl Incoming {
     }
 
     /// The request's [`Ending`] begins (after [`Incoming::discard_unread_body`]).
-    pub fn finish(mut self) -> (Arc<Gateway>, Box<RequestContext>, Ending) {
+    pub fn finish(mut self) -> (GatewayHandle, Box<RequestContext>, Ending) {
         debug_assert!(self.body.is_none(), "the unread body was not discarded");
         let (ctx, mut ending) = self.end();
         ending.meters = self

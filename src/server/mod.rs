@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -23,12 +23,18 @@ use crate::config::{Config, ConfigError};
 use crate::extensions::ExtensionResolver;
 use crate::gateway::Gateway;
 use crate::metrics::Metrics;
+use crate::shard::Sharded;
 use crate::upstream::UpstreamClient;
 use crate::usage::Ledger;
 
-/// State shared by every request.
+/// State shared by every request. Each serving thread has its own copy
+/// ([`AppState::fork`]): the same gateway, metrics, budget and client, under reference
+/// counts of its own, since every request clones the state it is handed.
 pub struct AppState {
-    gateway: ArcSwap<Gateway>,
+    gateway: Arc<ArcSwap<Gateway>>,
+    /// Per serving thread ([`crate::shard`]): a handle on the gateway in force,
+    /// which the thread's requests clone (see [`GatewayHandle`]).
+    gateway_handles: Arc<Sharded<Mutex<Option<GatewayHandle>>>>,
     client: UpstreamClient,
     /// This server's metrics (`[metrics] enabled`, read at startup); they outlive reloads.
     metrics: Option<Arc<Metrics>>,
@@ -38,7 +44,7 @@ pub struct AppState {
     /// Managed keys (`[database]`, read at startup); every gateway in force gets them.
     managed_keys: Option<Arc<crate::usage::keys::ManagedKeys>>,
     /// Request body bytes being received or held now (`limits.max_body_memory_mb`).
-    bodies: body::BodyBudget,
+    bodies: Arc<body::BodyBudget>,
     /// The gateway in force reads the client's header name spellings: connections
     /// accepted while it is set record them (`conn::serve`).
     client_spellings: Arc<AtomicBool>,
@@ -100,10 +106,11 @@ impl AppState {
             ledger,
             managed_keys,
             client_spellings: Arc::new(AtomicBool::new(gateway.client_spellings)),
-            gateway: ArcSwap::from_pointee(gateway),
+            gateway: Arc::new(ArcSwap::from_pointee(gateway)),
+            gateway_handles: Arc::default(),
             client,
             metrics,
-            bodies: body::BodyBudget::default(),
+            bodies: Arc::default(),
         }
     }
 
@@ -124,9 +131,42 @@ impl AppState {
         self.managed_keys.as_ref()
     }
 
+    /// This state again, sharing everything with it (for one serving thread).
+    pub fn fork(&self) -> AppState {
+        AppState {
+            gateway: self.gateway.clone(),
+            gateway_handles: self.gateway_handles.clone(),
+            client: self.client.clone(),
+            metrics: self.metrics.clone(),
+            ledger: self.ledger.clone(),
+            managed_keys: self.managed_keys.clone(),
+            bodies: self.bodies.clone(),
+            client_spellings: self.client_spellings.clone(),
+        }
+    }
+
     /// The gateway in force now (a cheap `Arc` clone; a reload swaps it whole).
     pub fn gateway(&self) -> Arc<Gateway> {
         self.gateway.load_full()
+    }
+
+    /// The gateway in force now, as the request path holds it: through this
+    /// thread's handle, made again after a reload.
+    pub fn gateway_handle(&self) -> GatewayHandle {
+        let current = self.gateway.load();
+        let mut handle = self
+            .gateway_handles
+            .local()
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match &*handle {
+            Some(kept) if Arc::ptr_eq(&*kept.0, &*current) => kept.clone(),
+            _ => handle
+                .insert(GatewayHandle(Arc::new(arc_swap::Guard::into_inner(
+                    current,
+                ))))
+                .clone(),
+        }
     }
 
     /// Replace the gateway; requests already running keep the one they started with.
@@ -146,6 +186,11 @@ impl AppState {
         self.client_spellings
             .store(gateway.client_spellings, Ordering::Relaxed);
         self.gateway.store(Arc::new(gateway));
+        // Handles on the old gateway are made again at their thread's next request;
+        // let go of them now, so that an idle thread does not keep it alive.
+        for handle in self.gateway_handles.iter() {
+            let _ = handle.lock().unwrap_or_else(|e| e.into_inner()).take();
+        }
     }
 
     /// Whether connections accepted now record the client's header name spellings.
@@ -155,6 +200,23 @@ impl AppState {
 
     pub fn client(&self) -> &UpstreamClient {
         &self.client
+    }
+}
+
+/// The gateway as a request holds it. Cloning it writes only the reference count
+/// of its serving thread's handle: the gateway's own count is written by every
+/// thread, and taking and dropping it twice a request made that memory move
+/// between cores on every request.
+// The extra allocation is the point: a reference count of the thread's own.
+#[derive(Clone)]
+#[allow(clippy::redundant_allocation)]
+pub struct GatewayHandle(Arc<Arc<Gateway>>);
+
+impl std::ops::Deref for GatewayHandle {
+    type Target = Gateway;
+
+    fn deref(&self) -> &Gateway {
+        &self.0
     }
 }
 
@@ -516,6 +578,7 @@ fn serve_on_own_runtime(
     // Upstream connections made here are kept for this thread's requests, and
     // what its requests count and log is kept apart from other threads'.
     crate::shard::set_thread_shard(index + 1);
+    let state = Arc::new(state.fork());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -635,4 +698,58 @@ fn bind_all(addr: SocketAddr, count: usize) -> std::io::Result<Vec<std::net::Tcp
         listeners.push(socket.into());
     }
     Ok(listeners)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gateway(dir: &std::path::Path, name: &str) -> Gateway {
+        let path = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "[connections.{name}]\napi_type = \"open_ai\"\n\
+                 api_base = \"http://127.0.0.1:9/v1\"\napi_key = \"k\"\n\
+                 [routing]\n\"*\" = \"{name}.*\"\n[groups.default]\napi_keys = [\"c\"]\n"
+            ),
+        )
+        .unwrap();
+        let config = Config::load(&path).unwrap();
+        let client = upstream_client().unwrap();
+        Gateway::build(config, &client, &crate::extensions::NativeResolver).unwrap()
+    }
+
+    /// A serving thread's requests share one handle on the gateway, its own; after a
+    /// reload every thread's next request gets the new gateway, and the old one is
+    /// let go once the requests holding it are over, whether or not a thread serves
+    /// another request.
+    #[test]
+    fn gateway_handles_are_per_thread_and_follow_reloads() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = AppState::new(gateway(dir.path(), "first"), upstream_client().unwrap());
+        let fork = state.fork();
+        let (a, b) = (state.gateway_handle(), fork.gateway_handle());
+        assert!(Arc::ptr_eq(&a.0, &b.0), "one thread, one handle");
+        let elsewhere = std::thread::scope(|scope| {
+            scope
+                .spawn(|| {
+                    crate::shard::set_thread_shard(1);
+                    fork.gateway_handle()
+                })
+                .join()
+                .unwrap()
+        });
+        assert!(!Arc::ptr_eq(&a.0, &elsewhere.0), "a handle per thread");
+        assert!(Arc::ptr_eq(&*a.0, &*elsewhere.0), "on the same gateway");
+        let old = Arc::downgrade(&*a.0);
+
+        state.replace_gateway(gateway(dir.path(), "second"));
+        let after = fork.gateway_handle();
+        assert!(after.config.settings.connections.contains_key("second"));
+        // Requests still running keep theirs.
+        assert!(a.config.settings.connections.contains_key("first"));
+        drop((a, b, elsewhere));
+        assert!(old.upgrade().is_none(), "the old gateway is let go");
+    }
 }
