@@ -376,9 +376,18 @@ const MAX_CACHED_SERIES: usize = 1000;
 /// lookup and lock per metric family and capped label. One map per serving thread
 /// ([`crate::shard`]), each with its own `Series` (they share the metrics they count
 /// into): a request takes only its own thread's lock and reference counts.
-#[derive(Default)]
 struct SeriesCache {
     maps: Sharded<RwLock<hashbrown::HashMap<SeriesKey, Arc<Series>>>>,
+}
+
+impl Default for SeriesCache {
+    fn default() -> Self {
+        // As many maps as the metrics have shards: a map holds up to
+        // `MAX_CACHED_SERIES` entries.
+        SeriesCache {
+            maps: Sharded::at_most(sharded::SHARDS, Default::default),
+        }
+    }
 }
 
 impl SeriesCache {

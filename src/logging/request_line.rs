@@ -32,6 +32,8 @@ pub struct RequestSummary<'a> {
     pub group: Option<Cow<'a, str>>,
     pub stream: bool,
     pub started: std::time::Instant,
+    /// The wall-clock time at `started`.
+    pub created_at: std::time::SystemTime,
 }
 
 impl<'a> RequestSummary<'a> {
@@ -47,6 +49,7 @@ impl<'a> RequestSummary<'a> {
             group: borrowed(&ctx.group),
             stream: asked.stream,
             started: ctx.started,
+            created_at: ctx.created_at,
         }
     }
 
@@ -62,6 +65,7 @@ impl<'a> RequestSummary<'a> {
             group: owned(self.group),
             stream: self.stream,
             started: self.started,
+            created_at: self.created_at,
         }
     }
 
@@ -115,9 +119,18 @@ impl<'a> RequestSummary<'a> {
         let error_text = error_text.as_deref();
         let written = tracing::dispatcher::get_default(|dispatch| {
             let output = dispatch.downcast_ref::<LogOutput<S>>()?;
+            let elapsed = self.started.elapsed();
+            // The line's time from the request's start and its duration: one clock
+            // read for both. Past a second the wall clock is read, as it may have
+            // been set meanwhile.
+            let time = if elapsed < std::time::Duration::from_secs(1) {
+                self.created_at + elapsed
+            } else {
+                std::time::SystemTime::now()
+            };
             let mut text = String::with_capacity(256);
-            let _ = push_prefix(&mut text, level);
-            self.push_line(&mut text, status, error_text, note);
+            let _ = push_prefix(&mut text, level, time);
+            self.push_line(&mut text, status, error_text, note, elapsed);
             text.push('\n');
             output.add_request_line(text.as_bytes());
             Some(())
@@ -126,7 +139,7 @@ impl<'a> RequestSummary<'a> {
             return;
         }
         let mut line = String::with_capacity(200);
-        self.push_line(&mut line, status, error_text, note);
+        self.push_line(&mut line, status, error_text, note, self.started.elapsed());
         if server_side {
             tracing::warn!(target: REQUEST_TARGET, line = line.as_str());
         } else {
@@ -137,7 +150,14 @@ impl<'a> RequestSummary<'a> {
     /// `chat completion<note> id=... status=... model="..." connection="..."
     /// upstream_model="..." group="..." stream=... duration_ms=... error="..."`.
     /// Appended to `line`.
-    fn push_line(&self, line: &mut String, status: u16, error: Option<&str>, note: &str) {
+    fn push_line(
+        &self,
+        line: &mut String,
+        status: u16,
+        error: Option<&str>,
+        note: &str,
+        elapsed: std::time::Duration,
+    ) {
         fn text<'t>(v: &'t Option<Cow<'_, str>>) -> &'t str {
             v.as_deref().unwrap_or("-")
         }
@@ -170,7 +190,7 @@ impl<'a> RequestSummary<'a> {
             " stream=false"
         });
         // Milliseconds with one decimal, rounded, without float formatting.
-        let tenths = (self.started.elapsed().as_micros() + 50) / 100;
+        let tenths = (elapsed.as_micros() + 50) / 100;
         line.push_str(" duration_ms=");
         line.push_str(itoa::Buffer::new().format(tenths / 10));
         line.push('.');
@@ -182,7 +202,7 @@ impl<'a> RequestSummary<'a> {
     #[cfg(test)]
     fn line(&self, status: u16, error: Option<&str>, note: &str) -> String {
         let mut line = String::new();
-        self.push_line(&mut line, status, error, note);
+        self.push_line(&mut line, status, error, note, self.started.elapsed());
         line
     }
 }
@@ -190,8 +210,12 @@ impl<'a> RequestSummary<'a> {
 /// What the default format puts before an event's text: `<RFC 3339 time, µs>
 /// <level padded to 5> lm_proxy::request: ` (without its generic formatting, which
 /// was a quarter of the cost of a request line).
-fn push_prefix(out: &mut impl std::fmt::Write, level: tracing::Level) -> std::fmt::Result {
-    push_time(out, std::time::SystemTime::now())?;
+fn push_prefix(
+    out: &mut impl std::fmt::Write,
+    level: tracing::Level,
+    time: std::time::SystemTime,
+) -> std::fmt::Result {
+    push_time(out, time)?;
     out.write_str(match level {
         tracing::Level::WARN => "  WARN ",
         tracing::Level::ERROR => " ERROR ",
@@ -273,7 +297,7 @@ where
         if !is_request_line {
             return write_escaped_event(&self.default, ctx, writer, event);
         }
-        push_prefix(&mut writer, *metadata.level())?;
+        push_prefix(&mut writer, *metadata.level(), std::time::SystemTime::now())?;
         let mut visitor = LineVisitor {
             writer: &mut writer,
             result: Ok(()),
@@ -383,6 +407,7 @@ mod tests {
             group: None,
             stream: true,
             started: std::time::Instant::now(),
+            created_at: std::time::SystemTime::now(),
         };
         let line = summary.line(502, Some("upstream_error"), " (stream)");
         let (head, tail) = line.split_once(" duration_ms=").unwrap();
@@ -431,6 +456,7 @@ mod tests {
             group: Some(forged.into()),
             stream: false,
             started: std::time::Instant::now(),
+            created_at: std::time::SystemTime::now(),
         };
         tracing::subscriber::with_default(subscriber, || {
             tracing::warn!("unknown Gemini finishReason '{forged}'");
@@ -480,6 +506,7 @@ mod tests {
             group: None,
             stream: false,
             started: std::time::Instant::now(),
+            created_at: std::time::SystemTime::now(),
         };
         tracing::subscriber::with_default(subscriber, || {
             summary.log(200, None, "");
@@ -591,6 +618,7 @@ mod tests {
             group: Some("default".into()),
             stream: true,
             started: std::time::Instant::now(),
+            created_at: std::time::SystemTime::now(),
         };
         let failure = ApiError::upstream_failure("down");
         tracing::dispatcher::with_default(&dispatch, || {

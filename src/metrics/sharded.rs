@@ -17,10 +17,23 @@ use prometheus_client::metrics::{MetricType, TypedMetric};
 
 use crate::shard::Sharded;
 
+/// Shards of one metric series: a counter takes 128 bytes a shard and a histogram
+/// 256, and a busy server has hundreds of series; on a machine with more cores,
+/// serving threads share shards (a write contended by a few threads, not by all).
+pub(super) const SHARDS: usize = 17;
+
 /// A monotonic counter (OpenMetrics `counter`).
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ShardedCounter {
     shards: Arc<Sharded<AtomicU64>>,
+}
+
+impl Default for ShardedCounter {
+    fn default() -> Self {
+        ShardedCounter {
+            shards: Arc::new(Sharded::at_most(SHARDS, AtomicU64::default)),
+        }
+    }
 }
 
 impl ShardedCounter {
@@ -61,9 +74,17 @@ impl EncodeMetric for ShardedCounter {
 
 /// A gauge that goes up and down (OpenMetrics `gauge`); a shard may go below zero
 /// when another thread's shard took the increment, the total does not.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct ShardedGauge {
     shards: Arc<Sharded<AtomicI64>>,
+}
+
+impl Default for ShardedGauge {
+    fn default() -> Self {
+        ShardedGauge {
+            shards: Arc::new(Sharded::at_most(SHARDS, AtomicI64::default)),
+        }
+    }
 }
 
 impl ShardedGauge {
@@ -145,7 +166,7 @@ impl DurationHistogram {
             inner: Arc::new(HistogramInner {
                 bounds,
                 bound_nanos,
-                shards: Sharded::new(|| HistogramShard {
+                shards: Sharded::at_most(SHARDS, || HistogramShard {
                     buckets: Default::default(),
                     sum_nanos: AtomicU64::new(0),
                 }),
