@@ -3,13 +3,15 @@
 //! shared reference count, a shared counter) against the same work on per-thread
 //! shards (`lm_proxy::shard`), on 1 to N threads.
 //!
-//!     cargo build --release --bins && target/release/bench-contention [max threads]
+//!     cargo build --release --bins && target/release/bench-contention [max threads] [work]
 //!
 //! Each thread records the metrics of a request the way the request path did before
 //! session 25 (three prometheus-client histograms, a counter and two token counters,
 //! an `Arc` of the shared state and of the gateway cloned and dropped) and the way it
 //! does now (lm-proxy's sharded counters and histograms, per-thread reference
-//! counts), with a little local work between requests. Printed: nanoseconds per
+//! counts), with some local work between requests (`work` rounds of arithmetic,
+//! 300 by default, about 0.4 µs; 10000, about 13 µs, is a request's own CPU time or
+//! more, at which collisions are rarer). Printed: nanoseconds per
 //! request and thread; flat from 1 thread up means nothing is contended.
 //! Timing, not a test: run it on an otherwise idle machine (bench/README.md).
 
@@ -42,12 +44,16 @@ struct Sharded {
     tokens: [ShardedCounter; 2],
 }
 
-/// A request's own work between two bookkeepings (about 0.3 µs of arithmetic), so
-/// that threads do not only fight over the shared lines.
+/// Rounds of arithmetic between two bookkeepings (the second argument).
+static WORK: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+
+/// A request's own work between two bookkeepings, so that threads do not only
+/// fight over the shared lines.
 fn local_work(seed: u64) -> u64 {
     let mut x = seed;
-    for i in 0..300u64 {
-        x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+    for i in 0..*WORK.get().unwrap_or(&300) {
+        // Opaque to the optimizer, which would otherwise fold the loop.
+        x = std::hint::black_box(x.wrapping_mul(6364136223846793005).wrapping_add(i));
     }
     x
 }
@@ -87,6 +93,11 @@ fn main() {
         .nth(1)
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()));
+    let work = std::env::args()
+        .nth(2)
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(300);
+    WORK.set(work).unwrap();
     let shared = Shared {
         histograms: std::array::from_fn(|_| Histogram::new(BOUNDS.iter().copied())),
         requests: Counter::default(),
@@ -133,24 +144,27 @@ fn main() {
         std::hint::black_box((state, gateway));
     };
     let seconds = 1.0;
-    println!("ns per request and thread (1 s per figure, 3 runs each: min / median)");
+    println!(
+        "ns per request and thread ({work} rounds of work between; 1 s per figure, 3 runs \
+         each: min / median)"
+    );
     println!("| threads | local work only | shared (before) | sharded (now) |");
     println!("|---|---|---|---|");
     let mut threads = 1;
     while threads <= most {
-        let figures: Vec<String> = [
-            &local_only as &(dyn Fn(u64) + Sync),
-            &before,
-            &now,
-        ]
-        .iter()
-        .map(|request| {
-            let mut runs: Vec<f64> = (0..3).map(|_| run(threads, seconds, request)).collect();
-            runs.sort_by(f64::total_cmp);
-            format!("{:.0} / {:.0}", runs[0], runs[1])
-        })
-        .collect();
+        let figures: Vec<String> = [&local_only as &(dyn Fn(u64) + Sync), &before, &now]
+            .iter()
+            .map(|request| {
+                let mut runs: Vec<f64> = (0..3).map(|_| run(threads, seconds, request)).collect();
+                runs.sort_by(f64::total_cmp);
+                format!("{:.0} / {:.0}", runs[0], runs[1])
+            })
+            .collect();
         println!("| {threads} | {} |", figures.join(" | "));
-        threads = if threads * 2 > most && threads < most { most } else { threads * 2 };
+        threads = if threads * 2 > most && threads < most {
+            most
+        } else {
+            threads * 2
+        };
     }
 }
