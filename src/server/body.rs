@@ -8,6 +8,7 @@
 //! body is first polled).
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use bytes::BytesMut;
 use http_body_util::BodyExt;
 
 use crate::error::{ApiError, ErrorBody};
+use crate::shard::Sharded;
 
 /// Largest body of a refused HTTP/1 request that is read and dropped so that its
 /// connection can be reused; larger ones are left unread and the connection closes.
@@ -26,15 +28,56 @@ pub const REFUSED_BODY_DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// The request body bytes held by one server's requests, counted against
 /// `limits.max_body_memory_mb`.
-#[derive(Debug, Default)]
+///
+/// Every request with a body takes from this budget and gives back, on whichever
+/// serving thread it runs: one counter for all of them would be memory that every
+/// thread writes twice a request. So bytes are taken from the cap ahead, a little
+/// more than a small body needs, and kept as a thread's spare ([`SPARE`]); the
+/// thread's next small bodies take from its spare, and what a body gives back goes
+/// to the spare of the thread that frees it (beyond twice [`SPARE`], back to the
+/// cap). Spare bytes count against the cap, so before a body is refused every
+/// thread's spare goes back to it and the body is tried again: a body is refused
+/// only when the bodies held leave no room for it.
 pub struct BodyBudget {
-    held: AtomicUsize,
+    /// Bytes taken from the cap: held by bodies, or spare.
+    taken: AtomicUsize,
+    /// Per serving thread ([`crate::shard`]): bytes taken and held by no body.
+    spare: Sharded<Mutex<usize>>,
+}
+
+/// A thread's spare: a few requests' bodies (chat requests are a few KiB).
+const SPARE: usize = 64 * 1024;
+
+impl std::fmt::Debug for BodyBudget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BodyBudget")
+            .field("held", &self.held())
+            .finish()
+    }
+}
+
+impl Default for BodyBudget {
+    fn default() -> Self {
+        BodyBudget {
+            taken: AtomicUsize::new(0),
+            spare: Sharded::new(|| Mutex::new(0)),
+        }
+    }
+}
+
+fn lock(spare: &Mutex<usize>) -> MutexGuard<'_, usize> {
+    spare.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl BodyBudget {
-    /// Bytes held now.
+    /// Bytes held by bodies now: exact while no body is being taken or given back
+    /// (a spare being made may count as held for that moment).
     pub fn held(&self) -> usize {
-        self.held.load(Ordering::Relaxed)
+        // Every spare locked at once: bytes moving between a spare and the cap are
+        // seen on one side.
+        let spares: Vec<MutexGuard<'_, usize>> = self.spare.iter().map(lock).collect();
+        let spare: usize = spares.iter().map(|s| **s).sum();
+        self.taken.load(Ordering::Acquire).saturating_sub(spare)
     }
 
     fn reserve(&self, bytes: usize, cap: usize) -> Option<Reservation<'_>> {
@@ -43,6 +86,54 @@ impl BodyBudget {
             bytes: 0,
         };
         reservation.grow(bytes, cap).then_some(reservation)
+    }
+
+    /// Take `bytes` for a body: from this thread's spare, else from the cap (with
+    /// a new spare when the body is small and there is room).
+    fn take(&self, bytes: usize, cap: usize) -> bool {
+        {
+            let mut spare = lock(self.spare.local());
+            if *spare >= bytes {
+                *spare -= bytes;
+                return true;
+            }
+        }
+        if bytes <= SPARE && self.take_from_cap(bytes + SPARE, cap) {
+            *lock(self.spare.local()) += SPARE;
+            return true;
+        }
+        if self.take_from_cap(bytes, cap) {
+            return true;
+        }
+        // Refused only if the bodies held leave no room: spares back to the cap.
+        for spare in self.spare.iter() {
+            let mut spare = lock(spare);
+            self.taken.fetch_sub(*spare, Ordering::AcqRel);
+            *spare = 0;
+        }
+        self.take_from_cap(bytes, cap)
+    }
+
+    /// Taken from the cap only if it fits: an add that went over and was taken back
+    /// would, for that moment, make other requests' small reservations fail too
+    /// (under a flood of large declared bodies, ordinary requests got 503).
+    fn take_from_cap(&self, bytes: usize, cap: usize) -> bool {
+        self.taken
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                taken.checked_add(bytes).filter(|&total| total <= cap)
+            })
+            .is_ok()
+    }
+
+    /// A body's bytes given back: to this thread's spare, and past twice [`SPARE`]
+    /// to the cap.
+    fn give_back(&self, bytes: usize) {
+        let mut spare = lock(self.spare.local());
+        *spare += bytes;
+        if *spare > 2 * SPARE {
+            self.taken.fetch_sub(*spare - SPARE, Ordering::AcqRel);
+            *spare = SPARE;
+        }
     }
 }
 
@@ -58,16 +149,7 @@ impl Reservation<'_> {
         if extra == 0 {
             return true;
         }
-        // Added only if it fits: an add that went over and was taken back would,
-        // for that moment, make other requests' small reservations fail too (under
-        // a flood of large declared bodies, ordinary requests got 503).
-        let added = self
-            .budget
-            .held
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
-                held.checked_add(extra).filter(|&total| total <= cap)
-            })
-            .is_ok();
+        let added = self.budget.take(extra, cap);
         if added {
             self.bytes += extra;
         }
@@ -78,7 +160,7 @@ impl Reservation<'_> {
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if self.bytes > 0 {
-            self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
+            self.budget.give_back(self.bytes);
         }
     }
 }
@@ -269,6 +351,52 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(err.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(budget.held(), 0);
+    }
+
+    /// Runs `work` on a thread that uses shard `index`.
+    fn on_shard<T: Send>(index: usize, work: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    crate::shard::set_thread_shard(index);
+                    work()
+                })
+                .join()
+                .unwrap()
+        })
+    }
+
+    /// Small bodies take from their thread's spare without writing the shared
+    /// count; spare bytes never make a body that fits be refused; what is given
+    /// back past twice the spare returns to the cap.
+    #[test]
+    fn spares_serve_small_bodies_and_never_refuse_one_that_fits() {
+        let budget = BodyBudget::default();
+        let cap = 3 * SPARE;
+        let taken = || budget.taken.load(Ordering::Acquire);
+        on_shard(1, || {
+            let first = budget.reserve(1000, cap).unwrap();
+            assert_eq!((budget.held(), taken()), (1000, 1000 + SPARE));
+            let second = budget.reserve(1000, cap).unwrap();
+            assert_eq!(
+                (budget.held(), taken()),
+                (2000, 1000 + SPARE),
+                "from the spare"
+            );
+            drop((first, second));
+        });
+        assert_eq!((budget.held(), taken()), (0, 1000 + SPARE), "a spare kept");
+        // Another thread asks for the whole cap: the idle spare goes back for it.
+        on_shard(2, || {
+            let all = budget.reserve(cap, cap).expect("nothing is held");
+            assert_eq!(budget.held(), cap);
+            assert!(budget.reserve(1, cap).is_none(), "the cap is held whole");
+            drop(all);
+        });
+        // Given back on thread 2: past twice the spare, the rest went to the cap.
+        assert_eq!((budget.held(), taken()), (0, SPARE));
+        on_shard(2, || assert!(budget.reserve(cap, cap).is_some()));
         assert_eq!(budget.held(), 0);
     }
 
