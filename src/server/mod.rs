@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
@@ -34,7 +34,7 @@ pub struct AppState {
     gateway: Arc<ArcSwap<Gateway>>,
     /// Per serving thread ([`crate::shard`]): a handle on the gateway in force,
     /// which the thread's requests clone (see [`GatewayHandle`]).
-    gateway_handles: Arc<Sharded<Mutex<Option<GatewayHandle>>>>,
+    gateway_handles: Arc<Sharded<arc_swap::ArcSwapOption<Arc<Gateway>>>>,
     client: UpstreamClient,
     /// This server's metrics (`[metrics] enabled`, read at startup); they outlive reloads.
     metrics: Option<Arc<Metrics>>,
@@ -152,20 +152,18 @@ impl AppState {
 
     /// The gateway in force now, as the request path holds it: through this
     /// thread's handle, made again after a reload.
+    /// (Threads that are not serving threads share one handle, shard 0: for them
+    /// this costs what taking the gateway itself did.)
     pub fn gateway_handle(&self) -> GatewayHandle {
         let current = self.gateway.load();
-        let mut handle = self
-            .gateway_handles
-            .local()
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        match &*handle {
-            Some(kept) if Arc::ptr_eq(&*kept.0, &*current) => kept.clone(),
-            _ => handle
-                .insert(GatewayHandle(Arc::new(arc_swap::Guard::into_inner(
-                    current,
-                ))))
-                .clone(),
+        let kept = self.gateway_handles.local();
+        match kept.load_full() {
+            Some(handle) if Arc::ptr_eq(&*handle, &*current) => GatewayHandle(handle),
+            _ => {
+                let handle = Arc::new(arc_swap::Guard::into_inner(current));
+                kept.store(Some(handle.clone()));
+                GatewayHandle(handle)
+            }
         }
     }
 
@@ -189,7 +187,7 @@ impl AppState {
         // Handles on the old gateway are made again at their thread's next request;
         // let go of them now, so that an idle thread does not keep it alive.
         for handle in self.gateway_handles.iter() {
-            let _ = handle.lock().unwrap_or_else(|e| e.into_inner()).take();
+            handle.store(None);
         }
     }
 
