@@ -585,6 +585,23 @@ fn every_serving_thread_count_serves_and_stops_cleanly() {
                 "threads={threads:?} env={env:?}"
             );
         }
+        // What the threads counted, each in its own shards, adds up in one scrape.
+        let metrics = reqwest::blocking::get(format!("{}/metrics", proc.url))
+            .unwrap()
+            .text()
+            .unwrap();
+        for (series, expected) in [
+            ("lm_proxy_requests_total{", 8.0),
+            ("lm_proxy_request_duration_seconds_count{", 8.0),
+            ("lm_proxy_request_duration_seconds_bucket{le=\"+Inf\"", 8.0),
+        ] {
+            let total: f64 = metrics
+                .lines()
+                .filter(|line| line.starts_with(series))
+                .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+                .sum();
+            assert_eq!(total, expected, "{series} threads={threads:?}: {metrics}");
+        }
         proc.signal("-TERM");
         assert!(proc.wait_exit(Duration::from_secs(15)).success());
         let log = proc.log_after_exit();
