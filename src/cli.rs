@@ -196,9 +196,10 @@ where
         Ok(launch) => launch,
         Err(code) => return ExitCode::from(code),
     };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    let runtime = match crate::shard::number_runtime_threads(
+        tokio::runtime::Builder::new_multi_thread().enable_all(),
+    )
+    .build()
     {
         Ok(rt) => rt,
         Err(e) => {

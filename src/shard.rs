@@ -9,9 +9,11 @@
 //! in one shard per serving thread, each on cache lines of its own, and is put
 //! together only where it is read (a scrape, a flush).
 //!
-//! Serving threads take shards 1 to N ([`set_thread_shard`]); every other thread
-//! (a shared multi-threaded runtime, Python's threads, tests) shares shard 0, so
-//! a shard's contents must still be safe to use from several threads: atomics or
+//! Serving threads take shards 1 to N ([`set_thread_shard`]); so do the threads of
+//! a shared multi-threaded runtime ([`number_runtime_threads`]: the Python package's
+//! and `--threads 0`), whose tasks move between threads, so a request may write
+//! two shards in turn; every other thread (Python's, tests) shares shard 0. A
+//! shard's contents must therefore be safe to use from several threads: atomics or
 //! a lock, uncontended in the thread-per-core case.
 
 use std::cell::Cell;
@@ -22,6 +24,8 @@ use crossbeam_utils::CachePadded;
 thread_local! {
     /// This thread's shard (see [`set_thread_shard`]).
     static SHARD: Cell<usize> = const { Cell::new(0) };
+    /// Whether this thread runs a runtime of its own (a serving thread).
+    static OWN_RUNTIME: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Shards per [`Sharded`]: one for each serving thread a machine is likely to run
@@ -45,6 +49,27 @@ pub fn set_thread_shard(index: usize) {
 /// This thread's shard number (0 unless [`set_thread_shard`] was called).
 pub fn thread_shard() -> usize {
     SHARD.with(Cell::get)
+}
+
+/// Mark this thread as one that runs a runtime of its own (a serving thread of
+/// `server::Serving::ThreadPerCore`), using shard `index`: what belongs to its
+/// runtime, such as sockets registered with its I/O driver, is kept in its shard
+/// ([`Sharded::local_to_runtime`]).
+pub fn set_serving_thread(index: usize) {
+    set_thread_shard(index);
+    OWN_RUNTIME.with(|own| own.set(true));
+}
+
+/// Give each thread of a multi-threaded runtime a shard of its own (1, 2, ...,
+/// wrapping around), as it starts.
+pub fn number_runtime_threads(
+    builder: &mut tokio::runtime::Builder,
+) -> &mut tokio::runtime::Builder {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    builder.on_thread_start(|| {
+        let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        set_thread_shard(1 + next % (shard_count() - 1).max(1));
+    })
 }
 
 /// One `T` per shard, each on its own cache lines.
@@ -82,6 +107,18 @@ impl<T> Sharded<T> {
         &self.shards[if index < count { index } else { index % count }]
     }
 
+    /// The shard of this thread's runtime: the thread's own on a serving thread,
+    /// shard 0 on any other (the threads of a shared runtime share its I/O driver,
+    /// and what is registered with it, such as an idle connection, serves all of
+    /// them best from one place).
+    pub fn local_to_runtime(&self) -> &T {
+        if OWN_RUNTIME.with(Cell::get) {
+            self.local()
+        } else {
+            &self.shards[0]
+        }
+    }
+
     /// Every shard, to read them together.
     pub fn iter(&self) -> impl Iterator<Item = &T> {
         self.shards.iter().map(|shard| &**shard)
@@ -116,11 +153,49 @@ mod tests {
         assert_eq!(values, [1 + 5, 2 + 6, 3, 4]);
         // A thread that never chose a shard uses shard 0.
         assert_eq!(std::thread::spawn(thread_shard).join().unwrap(), 0);
+        // What belongs to a runtime is kept in the thread's shard only on a thread
+        // with a runtime of its own.
+        let (on_worker, on_serving) = std::thread::scope(|scope| {
+            let worker = scope.spawn(|| {
+                set_thread_shard(2);
+                sharded.local_to_runtime() as *const _ as usize
+            });
+            let serving = scope.spawn(|| {
+                set_serving_thread(2);
+                sharded.local_to_runtime() as *const _ as usize
+            });
+            (worker.join().unwrap(), serving.join().unwrap())
+        });
+        let at = |i: usize| sharded.iter().nth(i).unwrap() as *const _ as usize;
+        assert_eq!((on_worker, on_serving), (at(0), at(2)));
         let fewer = Sharded::<AtomicUsize>::at_most(2, AtomicUsize::default);
         assert_eq!(fewer.iter().count(), shard_count().min(2));
         let addresses: Vec<usize> = sharded.iter().map(|s| s as *const _ as usize).collect();
         for pair in addresses.windows(2) {
             assert!(pair[1] - pair[0] >= 64, "{addresses:?}");
         }
+    }
+
+    /// The threads of a shared runtime get shards of their own, not shard 0.
+    #[test]
+    fn a_shared_runtimes_threads_are_numbered() {
+        let runtime =
+            number_runtime_threads(tokio::runtime::Builder::new_multi_thread().worker_threads(2))
+                .build()
+                .unwrap();
+        let shards: Vec<usize> = runtime.block_on(async {
+            let tasks: Vec<_> = (0..4)
+                .map(|_| tokio::spawn(async { thread_shard() }))
+                .collect();
+            let mut shards = Vec::new();
+            for task in tasks {
+                shards.push(task.await.unwrap());
+            }
+            shards
+        });
+        assert!(
+            shards.iter().all(|&s| (1..shard_count()).contains(&s)),
+            "{shards:?}"
+        );
     }
 }

@@ -15,15 +15,15 @@ pub fn runtime() -> PyResult<&'static tokio::runtime::Runtime> {
     if let Some(rt) = RUNTIME.get() {
         return Ok(rt);
     }
-    let built = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name("lm-proxy-worker")
-        .build()
-        .map_err(|e| {
-            pyo3::exceptions::PyRuntimeError::new_err(format!(
-                "cannot start the async runtime: {e}"
-            ))
-        })?;
+    let built = crate::shard::number_runtime_threads(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .thread_name("lm-proxy-worker"),
+    )
+    .build()
+    .map_err(|e| {
+        pyo3::exceptions::PyRuntimeError::new_err(format!("cannot start the async runtime: {e}"))
+    })?;
     // A concurrent first use may have won; its runtime is used and ours dropped.
     let _ = RUNTIME.set(built);
     Ok(RUNTIME.get().expect("the runtime was just set"))

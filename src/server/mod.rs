@@ -575,7 +575,7 @@ fn serve_on_own_runtime(
 ) -> std::io::Result<()> {
     // Upstream connections made here are kept for this thread's requests, and
     // what its requests count and log is kept apart from other threads'.
-    crate::shard::set_thread_shard(index + 1);
+    crate::shard::set_serving_thread(index + 1);
     let state = Arc::new(state.fork());
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -209,7 +209,7 @@ impl Pool {
 
     /// This thread's idle connections.
     fn idle(&self) -> MutexGuard<'_, VecDeque<Idle>> {
-        let shard = self.shards.local();
+        let shard = self.shards.local_to_runtime();
         shard.lock().unwrap_or_else(|e| e.into_inner())
     }
 
