@@ -9,7 +9,7 @@
 //! in one shard per serving thread, each on cache lines of its own, and is put
 //! together only where it is read (a scrape, a flush).
 //!
-//! Serving threads take shards 1 to N ([`set_thread_shard`]); so do the threads of
+//! Serving threads take shards 1 to N ([`set_serving_thread`]); so do the threads of
 //! a shared multi-threaded runtime ([`number_runtime_threads`]: the Python package's
 //! and `--threads 0`), whose tasks move between threads, so a request may write
 //! two shards in turn; every other thread (Python's, tests) shares shard 0. A
@@ -17,7 +17,7 @@
 //! a lock, uncontended in the thread-per-core case.
 
 use std::cell::Cell;
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 
 use crossbeam_utils::CachePadded;
 
@@ -70,6 +70,14 @@ pub fn number_runtime_threads(
         let next = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         set_thread_shard(1 + next % (shard_count() - 1).max(1));
     })
+}
+
+/// Lock a shard's mutex (or any whose holders leave nothing half-updated that
+/// matters): a poisoned lock is used as it is.
+pub fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// One `T` per shard, each on its own cache lines.

@@ -38,7 +38,8 @@
 use std::io::{self, Write};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock, TryLockError};
 
-use crate::shard::Sharded;
+// A panic while writing leaves nothing half-done that matters here.
+use crate::shard::{lock, Sharded};
 use std::thread::Thread;
 use std::time::Duration;
 
@@ -78,11 +79,6 @@ struct Shared<S> {
     sink: Mutex<S>,
     /// The background thread, woken when a batch starts (none: `flush` only).
     flusher: OnceLock<Thread>,
-}
-
-/// A poisoned lock: a panic while writing leaves nothing half-done that matters here.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Write `batch`, if anything is in it, and empty it. A failed write (stderr

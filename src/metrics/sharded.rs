@@ -8,7 +8,7 @@
 //! writes) and encode as the metric types they replace, with the same names and
 //! labels.
 
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,33 +22,44 @@ use crate::shard::Sharded;
 /// serving threads share shards (a write contended by a few threads, not by all).
 pub(super) const SHARDS: usize = 17;
 
-/// A monotonic counter (OpenMetrics `counter`).
+/// A sum kept per shard, added up when read (in two's complement, so that a gauge's
+/// decrements, adds of `u64::MAX`, come out right).
 #[derive(Clone)]
-pub struct ShardedCounter {
-    shards: Arc<Sharded<AtomicU64>>,
-}
+struct ShardedSum(Arc<Sharded<AtomicU64>>);
 
-impl Default for ShardedCounter {
+impl Default for ShardedSum {
     fn default() -> Self {
-        ShardedCounter {
-            shards: Arc::new(Sharded::at_most(SHARDS, AtomicU64::default)),
-        }
+        ShardedSum(Arc::new(Sharded::at_most(SHARDS, AtomicU64::default)))
     }
 }
+
+impl ShardedSum {
+    fn add(&self, n: u64) {
+        self.0.local().fetch_add(n, Ordering::Relaxed);
+    }
+
+    fn total(&self) -> u64 {
+        self.0.iter().fold(0u64, |total, shard| {
+            total.wrapping_add(shard.load(Ordering::Relaxed))
+        })
+    }
+}
+
+/// A monotonic counter (OpenMetrics `counter`).
+#[derive(Clone, Default)]
+pub struct ShardedCounter(ShardedSum);
 
 impl ShardedCounter {
     pub fn inc(&self) {
-        self.inc_by(1);
+        self.0.add(1);
     }
 
     pub fn inc_by(&self, n: u64) {
-        self.shards.local().fetch_add(n, Ordering::Relaxed);
+        self.0.add(n);
     }
 
     pub fn get(&self) -> u64 {
-        self.shards.iter().fold(0u64, |total, shard| {
-            total.wrapping_add(shard.load(Ordering::Relaxed))
-        })
+        self.0.total()
     }
 }
 
@@ -74,33 +85,20 @@ impl EncodeMetric for ShardedCounter {
 
 /// A gauge that goes up and down (OpenMetrics `gauge`); a shard may go below zero
 /// when another thread's shard took the increment, the total does not.
-#[derive(Clone)]
-pub struct ShardedGauge {
-    shards: Arc<Sharded<AtomicI64>>,
-}
-
-impl Default for ShardedGauge {
-    fn default() -> Self {
-        ShardedGauge {
-            shards: Arc::new(Sharded::at_most(SHARDS, AtomicI64::default)),
-        }
-    }
-}
+#[derive(Clone, Default)]
+pub struct ShardedGauge(ShardedSum);
 
 impl ShardedGauge {
     pub fn inc(&self) {
-        self.shards.local().fetch_add(1, Ordering::Relaxed);
+        self.0.add(1);
     }
 
     pub fn dec(&self) {
-        self.shards.local().fetch_sub(1, Ordering::Relaxed);
+        self.0.add(u64::MAX);
     }
 
     pub fn get(&self) -> i64 {
-        self.shards
-            .iter()
-            .map(|shard| shard.load(Ordering::Relaxed))
-            .sum()
+        self.0.total() as i64
     }
 }
 

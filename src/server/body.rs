@@ -18,7 +18,7 @@ use bytes::BytesMut;
 use http_body_util::BodyExt;
 
 use crate::error::{ApiError, ErrorBody};
-use crate::shard::Sharded;
+use crate::shard::{lock, Sharded};
 
 /// Largest body of a refused HTTP/1 request that is read and dropped so that its
 /// connection can be reused; larger ones are left unread and the connection closes.
@@ -63,10 +63,6 @@ impl Default for BodyBudget {
             spare: Sharded::new(|| Mutex::new(0)),
         }
     }
-}
-
-fn lock(spare: &Mutex<usize>) -> MutexGuard<'_, usize> {
-    spare.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl BodyBudget {
