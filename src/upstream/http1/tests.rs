@@ -205,12 +205,13 @@ async fn chunked_bodies_lose_their_framing_extensions_and_trailers() {
 }
 
 #[tokio::test]
-async fn each_chunk_is_handed_out_as_it_arrives() {
+async fn chunks_that_arrived_together_are_handed_out_together() {
     let answer = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\
         6\r\ndata:1\r\n6\r\ndata:2\r\n0\r\n\r\n";
     let mut connection = Connection::new(Scripted::new(answer, usize::MAX).open());
     let (_, pieces) = read_answer(&mut connection, &Method::POST).await.unwrap();
-    assert_eq!(pieces, ["data:1", "data:2"]);
+    assert_eq!(pieces, ["data:1data:2"]);
+    assert!(connection.is_reusable());
 }
 
 #[tokio::test]
