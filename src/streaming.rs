@@ -207,6 +207,9 @@ where
         let mut ended = encoder.write(first, &mut buf);
         // Turns of the scheduler taken so far without a new event.
         let mut idle_turns = 0;
+        // Whether room for a burst has been taken: once, when a second event comes,
+        // rather than growing by doubling (each growth copies what was written).
+        let mut burst = false;
         while !ended && buf.len() < COALESCE_LIMIT {
             // Everything that is ready now, without waiting: taken before the first
             // yield, so that events that came together (and, at the start, the
@@ -215,6 +218,10 @@ where
             let mut got = false;
             while let Some(item) = chunks.next().now_or_never() {
                 got = true;
+                if !burst {
+                    burst = true;
+                    buf.reserve(COALESCE_LIMIT);
+                }
                 ended = encoder.write(item, &mut buf);
                 if ended || buf.len() >= COALESCE_LIMIT {
                     break;
