@@ -667,12 +667,14 @@ where
                 }
             },
         };
-        // Room for a typical burst without growing.
         let mut buf = Vec::with_capacity(4096);
         let mut ended = write(first, &mut finish, &mut buf);
-        while !ended && buf.len() < 16 * 1024 {
+        while !ended && buf.len() < crate::streaming::COALESCE_LIMIT {
             match items.next().now_or_never() {
-                Some(item) => ended = write(item, &mut finish, &mut buf),
+                Some(item) => {
+                    crate::streaming::room_for_burst(&mut buf);
+                    ended = write(item, &mut finish, &mut buf);
+                }
                 None => break,
             }
         }

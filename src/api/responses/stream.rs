@@ -1023,6 +1023,9 @@ pub fn translate(chunks: PayloadStream, translator: Translator) -> EventStream {
         chunks: PayloadStream,
         translator: Translator,
         pending: VecDeque<Result<Event, ApiError>>,
+        /// The events of one chunk as the translator writes them: kept (empty)
+        /// between chunks, so that a chunk's events do not take an allocation.
+        out: Vec<Event>,
         ended: bool,
     }
     // Boxed: the unfold moves its state into and out of each item's future, and the
@@ -1031,6 +1034,7 @@ pub fn translate(chunks: PayloadStream, translator: Translator) -> EventStream {
         chunks,
         translator,
         pending: VecDeque::new(),
+        out: Vec::new(),
         ended: false,
     });
     Box::pin(futures_util::stream::unfold(
@@ -1043,7 +1047,7 @@ pub fn translate(chunks: PayloadStream, translator: Translator) -> EventStream {
                 if state.ended {
                     return None;
                 }
-                let mut out = Vec::new();
+                let mut out = std::mem::take(&mut state.out);
                 let failure = match state.chunks.next().await {
                     Some(Ok(payload)) => {
                         let translator = &mut state.translator;
@@ -1079,7 +1083,8 @@ pub fn translate(chunks: PayloadStream, translator: Translator) -> EventStream {
                     state.pending.push_back(Err(error));
                     continue;
                 }
-                state.pending.extend(out.into_iter().map(Ok));
+                state.pending.extend(out.drain(..).map(Ok));
+                state.out = out;
             }
         },
     ))
@@ -1229,9 +1234,12 @@ where
         let mut buf = Vec::with_capacity(2048);
         let first = events.next().await;
         let mut ended = encoder.write(first, &mut buf);
-        while !ended && buf.len() < 16 * 1024 {
+        while !ended && buf.len() < crate::streaming::COALESCE_LIMIT {
             match events.next().now_or_never() {
-                Some(item) => ended = encoder.write(item, &mut buf),
+                Some(item) => {
+                    crate::streaming::room_for_burst(&mut buf);
+                    ended = encoder.write(item, &mut buf);
+                }
                 None => break,
             }
         }
