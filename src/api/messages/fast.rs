@@ -213,7 +213,8 @@ impl ChunkReader {
     /// The view of the next chunk of the stream; `None` as [`Chunk::from_text`].
     pub fn read<'a>(&mut self, text: &'a Bytes) -> Option<Chunk<'a>> {
         if let Some(span) = self.last.string_span(text) {
-            if let Some(chunk) = self.repeated(text, span) {
+            // Checked once here for the strings read out of it below.
+            if let Some(chunk) = crate::json_scan::utf8(text).and_then(|t| self.repeated(t, span)) {
                 return Some(chunk);
             }
         }
@@ -229,7 +230,7 @@ impl ChunkReader {
 
     /// The last chunk's reading, with the text at `span` of `text` and its `id`
     /// and `model` where they lie in `text`.
-    fn repeated<'a>(&self, text: &'a [u8], span: Range<usize>) -> Option<Chunk<'a>> {
+    fn repeated<'a>(&self, text: &'a str, span: Range<usize>) -> Option<Chunk<'a>> {
         let read = |string: &'a str| Text(Cow::Borrowed(string));
         Some(Chunk {
             id: self.last.moved_text(text, &self.id, &span)?.map(read),

@@ -200,8 +200,8 @@ struct EventReader {
 
 impl EventReader {
     /// The view of `text` when it is the last event but for its piece of text.
-    fn repeated<'a>(&self, text: &'a [u8]) -> Option<FastEvent<'a>> {
-        let span = self.last.string_span(text)?;
+    fn repeated<'a>(&self, text: &'a str) -> Option<FastEvent<'a>> {
+        let span = self.last.string_span(text.as_bytes())?;
         let read = |string: &'a str| Text(Cow::Borrowed(string));
         let moved = |range: &Option<Range<usize>>| {
             Some(self.last.moved_text(text, range, &span)?.map(read))
@@ -533,7 +533,7 @@ impl Translator {
         if self.finished {
             return Ok(());
         }
-        if let Some(view) = self.reader.repeated(event.bytes()) {
+        if let Some(view) = self.reader.repeated(event.as_str()) {
             if self.on_fast(&view, out) {
                 return self.check_size();
             }
@@ -1040,7 +1040,7 @@ mod tests {
             &templates,
             &["\",\"stop_reason\":\"end_turn"],
             |reader: &mut EventReader, bytes| {
-                if let Some(view) = reader.repeated(bytes) {
+                if let Some(view) = reader.repeated(text(bytes)) {
                     return format!("{:?}", Some(view));
                 }
                 let view = walked(text(bytes));
@@ -1048,7 +1048,7 @@ mod tests {
                 format!("{view:?}")
             },
             |bytes| format!("{:?}", walked(text(bytes))),
-            |reader, bytes| reader.repeated(bytes).is_some(),
+            |reader, bytes| reader.repeated(text(bytes)).is_some(),
         );
         assert!(compared > 150, "{compared}");
     }

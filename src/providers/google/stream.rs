@@ -274,7 +274,7 @@ impl EventReader {
     fn read<'a>(&mut self, event: &'a EventData) -> Option<FastResponse<'a>> {
         let text = event.bytes();
         if let Some(span) = self.last.string_span(text) {
-            if let Some(view) = self.repeated(text, span) {
+            if let Some(view) = self.repeated(event.as_str(), span) {
                 return Some(view);
             }
         }
@@ -289,7 +289,7 @@ impl EventReader {
 
     /// The last event's view, with its text at `span` of `text` and its other
     /// strings where they lie in `text`.
-    fn repeated<'a>(&self, text: &'a [u8], span: Range<usize>) -> Option<FastResponse<'a>> {
+    fn repeated<'a>(&self, text: &'a str, span: Range<usize>) -> Option<FastResponse<'a>> {
         let read = |string: &'a str| Text(Cow::Borrowed(string));
         let moved = |range: &Option<Range<usize>>| {
             Some(self.last.moved_text(text, range, &span)?.map(read))
