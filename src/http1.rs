@@ -232,7 +232,8 @@ fn parse_chunk_size(
     line: &[u8],
 ) -> Result<httparse::Status<(usize, u64)>, httparse::InvalidChunkSize> {
     let mut size: u64 = 0;
-    // At most 15 digits, so the size cannot overflow.
+    // Sixteen bytes at most: up to 15 digits and the CR (httparse's own limit is
+    // 16 digits, which still fit a u64); a longer line goes to httparse.
     for (at, &byte) in line.iter().enumerate().take(16) {
         let digit = match byte {
             b'0'..=b'9' => byte - b'0',
