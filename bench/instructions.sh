@@ -74,6 +74,8 @@ instructions() {
 declare -A bodies=(
     [non-streamed]='{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
     [stream-20]='{"model":"bench-s20","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    [stream-1]='{"model":"bench-s1","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    [stream-120]='{"model":"bench-s120","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [anthropic-stream-20]='{"model":"claude-bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
     [gemini-stream-20]='{"model":"gemini-bench-s20","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [messages-passthrough-20]='{"model":"claude-bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
@@ -85,6 +87,8 @@ declare -A bodies=(
 declare -A paths=(
     [non-streamed]=/v1/chat/completions
     [stream-20]=/v1/chat/completions
+    [stream-1]=/v1/chat/completions
+    [stream-120]=/v1/chat/completions
     [anthropic-stream-20]=/v1/chat/completions
     [gemini-stream-20]=/v1/chat/completions
     [messages-passthrough-20]=/v1/messages
@@ -98,6 +102,8 @@ declare -A paths=(
 # their JSON schemas (about 11 KB).
 bodies[tools-20]=$(cd bench && python3 -c 'import json, run
 print(json.dumps({"model": "bench", "messages": run.PROMPT, "tools": run.TOOLS, "temperature": 0.2, "max_tokens": 256}))')
+# Not run unless named: stream-1 and stream-120 (with stream-20, what a stream costs
+# apart from its events, and what each event costs).
 SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20}
 printf '%-24s %-50s %s\n' scenario binary instructions/request
 for scenario in $SCENARIOS; do

@@ -137,9 +137,26 @@ impl<F: FnOnce(StreamSummary)> Drop for FinishGuard<F> {
 /// Identity of a stream, for the error chunk when the failure comes mid-way.
 #[derive(Debug, Clone)]
 pub struct StreamIdentity {
-    pub id: String,
+    /// The upstream's id once a chunk named one; until then none is made: a fresh
+    /// id (`id_prefix` and random hex) is only needed for an error chunk before any
+    /// chunk of the upstream's, and making one for every stream was two random
+    /// UUIDs' worth of work (about 500 instructions a stream, callgrind).
+    pub id: Option<String>,
+    pub id_prefix: &'static str,
     pub created: u64,
     pub model: String,
+}
+
+impl StreamIdentity {
+    /// A stream starting now, its ids made with `id_prefix` (`chatcmpl-`, `cmpl-`).
+    pub fn new(id_prefix: &'static str, model: String) -> Self {
+        StreamIdentity {
+            id: None,
+            id_prefix,
+            created: unix_now(),
+            model,
+        }
+    }
 }
 
 /// Encode chunks as the client's SSE body. `identity` fills the error chunk when the
@@ -657,8 +674,8 @@ fn write_event(payload: &Payload, out: &mut Vec<u8>) {
 
 fn remember_identity(identity: &mut StreamIdentity, chunk: &Value) {
     if let Some(id) = chunk.get("id").and_then(Value::as_str) {
-        if id != identity.id {
-            identity.id = id.to_owned();
+        if identity.id.as_deref() != Some(id) {
+            identity.id = Some(id.to_owned());
         }
     }
     if let Some(created) = chunk.get("created").and_then(Value::as_u64) {
@@ -674,8 +691,12 @@ fn remember_identity(identity: &mut StreamIdentity, chunk: &Value) {
 /// The chunk that reports a mid-stream failure: readable by the OpenAI SDK (which
 /// raises on a top-level `error`) and by clients that only look at `finish_reason`.
 pub fn error_chunk(identity: &StreamIdentity, err: &ApiError) -> Value {
+    let id = match &identity.id {
+        Some(id) => id.clone(),
+        None => crate::context::random_id(identity.id_prefix),
+    };
     json!({
-        "id": identity.id,
+        "id": id,
         "object": "chat.completion.chunk",
         "created": identity.created,
         "model": identity.model,
@@ -806,7 +827,8 @@ mod tests {
 
     fn identity() -> StreamIdentity {
         StreamIdentity {
-            id: "x".into(),
+            id: Some("x".into()),
+            id_prefix: "chatcmpl-",
             created: 1,
             model: "m0".into(),
         }
@@ -897,6 +919,38 @@ mod tests {
         assert!(summary.completed && summary.error.is_some());
         assert_eq!(summary.chunks, 1);
         assert_eq!(summary.response.unwrap()["id"], "chatcmpl-1");
+    }
+
+    #[tokio::test]
+    async fn an_error_before_any_chunk_gets_a_fresh_id_of_the_doors_kind() {
+        let fails_at_once = || -> PayloadStream {
+            Box::pin(futures_util::stream::iter(vec![Err(
+                ApiError::upstream_failure("boom"),
+            )]))
+        };
+        let mut ids = Vec::new();
+        for _ in 0..2 {
+            let identity = StreamIdentity::new("cmpl-", "m".into());
+            let out: Vec<Bytes> = encode_sse(fails_at_once(), identity, false, |_| {})
+                .map(Result::unwrap)
+                .collect()
+                .await;
+            let text: String = out.iter().map(|b| String::from_utf8_lossy(b)).collect();
+            let data = text
+                .strip_prefix("data: ")
+                .unwrap()
+                .split("\n\n")
+                .next()
+                .unwrap();
+            let chunk: Value = serde_json::from_str(data).unwrap();
+            assert_eq!(chunk["model"], "m");
+            assert!(chunk["created"].as_u64().unwrap() > 1_700_000_000);
+            let id = chunk["id"].as_str().unwrap().to_owned();
+            let digits = id.strip_prefix("cmpl-").unwrap();
+            assert!(digits.len() == 32 && digits.bytes().all(|b| b.is_ascii_hexdigit()));
+            ids.push(id);
+        }
+        assert_ne!(ids[0], ids[1]);
     }
 }
 

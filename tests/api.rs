@@ -53,6 +53,9 @@ async fn streamed_answer_is_sse_with_role_content_finish_usage_and_done() {
     let response = gw.chat("key-default", req).await;
     assert_eq!(response.status(), StatusCode::OK);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
+    // Not to be cached, nor held back by a buffering proxy in front.
+    assert_eq!(response.headers()["cache-control"], "no-cache");
+    assert_eq!(response.headers()["x-accel-buffering"], "no");
     let text = response.text().await.unwrap();
     let (chunks, done) = sse_chunks(&text);
     assert!(done, "stream ends with [DONE]: {text}");

@@ -21,7 +21,7 @@ use crate::context::{Endpoint, RequestContext};
 use crate::error::ApiError;
 use crate::gateway::{Gateway, RawChatReach};
 use crate::server::AppState;
-use crate::streaming::{completion_id, encode_sse_assembling, unix_now, StreamIdentity};
+use crate::streaming::{encode_sse_assembling, StreamIdentity};
 
 pub async fn chat_completions(
     State(state): State<Arc<AppState>>,
@@ -48,11 +48,7 @@ pub async fn chat_completions(
             core::json_response(answer.into_json_bytes())
         }
         Ok((Reply::Stream(chunks), hide_usage)) => {
-            let identity = StreamIdentity {
-                id: completion_id(),
-                created: unix_now(),
-                model: ctx.model.clone().unwrap_or_default(),
-            };
+            let identity = StreamIdentity::new("chatcmpl-", ctx.model.clone().unwrap_or_default());
             // The loggers' copy of the answer is capped like any answer held whole.
             let assemble = gateway
                 .log_dispatcher
@@ -60,7 +56,7 @@ pub async fn chat_completions(
                 .map(|_| gateway.config.settings.max_response_body_bytes());
             let (chunks, finish) = ending.stream(&gateway, ctx, chunks);
             let body = encode_sse_assembling(chunks, identity, assemble, hide_usage, finish);
-            (core::sse_headers(), Body::from_stream(body)).into_response()
+            core::sse_response(Body::from_stream(body))
         }
         Err(error) => ending.failed(&gateway, ctx, error).into_response(),
     }
@@ -88,7 +84,8 @@ async fn handle(
             ctx.request = raw.summary();
             let connection = core::route(gateway, ctx)?;
             if connection.provider.takes_raw_chat() {
-                core::run_handlers(state, gateway, ctx).await?;
+                // No handler and no logger: nobody reads `llm_params`.
+                core::hold_budgets(state, gateway, ctx)?;
                 let call = core::raw_upstream_call(ctx, raw, state.metrics().is_some());
                 let hide_usage = call.is_stream();
                 let reply = core::call_provider(connection, call, upstream_time).await?;

@@ -27,7 +27,7 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::providers::doors::TextCompletion;
 use crate::server::AppState;
-use crate::streaming::{encode_sse_assembling, unix_now, StreamIdentity};
+use crate::streaming::{encode_sse_assembling, StreamIdentity};
 
 pub async fn completions(
     State(state): State<Arc<AppState>>,
@@ -54,11 +54,7 @@ pub async fn completions(
             super::core::json_response(answer.into_json_bytes())
         }
         Ok((TextCompletion::Stream(chunks), hide_usage)) => {
-            let identity = StreamIdentity {
-                id: crate::context::random_id("cmpl-"),
-                created: unix_now(),
-                model: ctx.model.clone().unwrap_or_default(),
-            };
+            let identity = StreamIdentity::new("cmpl-", ctx.model.clone().unwrap_or_default());
             // Loggers get the answer put together (a `text_completion`), capped like
             // any answer held whole.
             let assemble = gateway
@@ -67,7 +63,7 @@ pub async fn completions(
                 .map(|_| gateway.config.settings.max_response_body_bytes());
             let (chunks, finish) = ending.stream(&gateway, ctx, chunks);
             let body = encode_sse_assembling(chunks, identity, assemble, hide_usage, finish);
-            (core::sse_headers(), Body::from_stream(body)).into_response()
+            core::sse_response(Body::from_stream(body))
         }
         Err(error) => ending.failed(&gateway, ctx, error).into_response(),
     }

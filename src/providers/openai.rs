@@ -263,7 +263,7 @@ impl Provider for OpenAiProvider {
             Err(error) => return Err(error),
         };
         let mut identity = ChunkDefaults {
-            id: completion_id(),
+            id: None,
             created: unix_now(),
             model: call.model.clone(),
         };
@@ -406,7 +406,9 @@ impl serde::Serialize for UpstreamBody<'_> {
 
 /// Defaults for chunk fields that some OpenAI-compatible servers leave out.
 struct ChunkDefaults {
-    id: String,
+    /// Made when a chunk first lacks one (most upstreams name theirs), then the
+    /// same for the rest of the stream.
+    id: Option<String>,
     created: u64,
     model: String,
 }
@@ -415,7 +417,8 @@ impl ChunkDefaults {
     fn fill(&mut self, mut chunk: Value) -> Value {
         if let Value::Object(map) = &mut chunk {
             if !map.contains_key("id") {
-                map.insert("id".into(), Value::String(self.id.clone()));
+                let id = self.id.get_or_insert_with(completion_id);
+                map.insert("id".into(), Value::String(id.clone()));
             }
             if !map.contains_key("object") {
                 map.insert(
@@ -459,6 +462,28 @@ pub fn normalize_completion(value: Value, model: &str) -> Result<Value, ApiError
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn chunks_without_an_id_share_one_made_when_first_needed() {
+        use serde_json::json;
+        let mut defaults = super::ChunkDefaults {
+            id: None,
+            created: 7,
+            model: "m".into(),
+        };
+        let own = defaults.fill(json!({"id": "up-1", "choices": []}));
+        assert_eq!(own["id"], "up-1");
+        assert!(defaults.id.is_none(), "an upstream id makes none");
+        let first = defaults.fill(json!({"choices": []}));
+        let second = defaults.fill(json!({"choices": []}));
+        let id = first["id"].as_str().unwrap();
+        assert!(id.starts_with("chatcmpl-") && id.len() == "chatcmpl-".len() + 32);
+        assert_eq!(second["id"], first["id"]);
+        assert_eq!(
+            (&first["created"], &first["model"]),
+            (&json!(7), &json!("m"))
+        );
+    }
+
     #[test]
     fn a_media_type_is_declared_whatever_its_case_and_parameters() {
         use super::declares;

@@ -31,7 +31,7 @@ use std::sync::Arc;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{HeaderMap, HeaderName};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
@@ -105,7 +105,7 @@ async fn serve(
             let (events, finish) = ending.stream(&gateway, ctx, events);
             // Anthropic sends its own pings; they are passed on like any event.
             let body = stream::encode(events, assemble, None, finish);
-            (core::sse_headers(), Body::from_stream(body)).into_response()
+            core::sse_response(Body::from_stream(body))
         }
         Ok(DoorReply::Chunks(chunks, translator)) => {
             // Metrics and redaction see the canonical chunks (their usage).
@@ -117,7 +117,7 @@ async fn serve(
                 Some(stream::PING_EVERY),
                 finish,
             );
-            (core::sse_headers(), Body::from_stream(body)).into_response()
+            core::sse_response(Body::from_stream(body))
         }
         Err(error) => errors::response(ending.failed(&gateway, ctx, error)),
     }

@@ -84,14 +84,14 @@ pub async fn responses(
             let (events, finish) = ending.stream(&gateway, ctx, events);
             let events = stream::passed_through(events, assemble);
             let body = stream::encode(events, assemble, finish);
-            (core::sse_headers(), Body::from_stream(body)).into_response()
+            core::sse_response(Body::from_stream(body))
         }
         Ok(DoorReply::Chunks(chunks, translator)) => {
             // Metrics and redaction see the canonical chunks (their usage).
             let (chunks, finish) = ending.stream(&gateway, ctx, chunks);
             let events = stream::translate(chunks, *translator);
             let body = stream::encode(events, assemble, finish);
-            (core::sse_headers(), Body::from_stream(body)).into_response()
+            core::sse_response(Body::from_stream(body))
         }
         Err(error) => ending.failed(&gateway, ctx, error).into_response(),
     }
