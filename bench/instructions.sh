@@ -75,6 +75,8 @@ declare -A bodies=(
     [non-streamed]='{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
     [stream-20]='{"model":"bench-s20","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [stream-1]='{"model":"bench-s1","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    [stream-20-varied]='{"model":"bench-s20-v","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    [anthropic-stream-20-varied]='{"model":"claude-bench-s20-v","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
     [stream-120]='{"model":"bench-s120","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [anthropic-stream-20]='{"model":"claude-bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
     [gemini-stream-20]='{"model":"gemini-bench-s20","stream":true,"messages":[{"role":"user","content":"hi"}]}'
@@ -88,6 +90,8 @@ declare -A paths=(
     [non-streamed]=/v1/chat/completions
     [stream-20]=/v1/chat/completions
     [stream-1]=/v1/chat/completions
+    [stream-20-varied]=/v1/chat/completions
+    [anthropic-stream-20-varied]=/v1/chat/completions
     [stream-120]=/v1/chat/completions
     [anthropic-stream-20]=/v1/chat/completions
     [gemini-stream-20]=/v1/chat/completions
@@ -103,7 +107,9 @@ declare -A paths=(
 bodies[tools-20]=$(cd bench && python3 -c 'import json, run
 print(json.dumps({"model": "bench", "messages": run.PROMPT, "tools": run.TOOLS, "temperature": 0.2, "max_tokens": 256}))')
 # Not run unless named: stream-1 and stream-120 (with stream-20, what a stream costs
-# apart from its events, and what each event costs).
+# apart from its events, and what each event costs); stream-20-varied and
+# anthropic-stream-20-varied, whose chunks differ in their text as a model's do (the
+# mock's `-v`; the other scenarios' chunks all carry the same text).
 SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20}
 printf '%-24s %-50s %s\n' scenario binary instructions/request
 for scenario in $SCENARIOS; do

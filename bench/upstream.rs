@@ -14,8 +14,12 @@
 //! name works through any proxy: `-s<N>` gives N content chunks (default
 //! `--chunks`, 20), `-d<MS>` waits MS milliseconds before each content chunk
 //! (default 0), `-w<MS>` waits MS milliseconds before answering at all (a model's
-//! latency for non-streamed answers; default 0). Example: `bench-s20-d10`,
-//! `bench-w20`. Non-streamed answers carry N words.
+//! latency for non-streamed answers; default 0), `-v` varies the text of each chunk
+//! (words of different lengths, now and then an escaped newline, as a model writes;
+//! without it every chunk carries ` tok`, so that consecutive chunks differ in
+//! nothing, which a proxy comparing each event with the last would find cheaper
+//! than real streams). Example: `bench-s20-d10`, `bench-w20`, `bench-s20-v`.
+//! Non-streamed answers carry N words.
 //!
 //! Accepted sockets get `TCP_NODELAY`; answers are built with plain `format!`
 //! (no JSON tree), so the mock costs as little CPU as possible next to the proxy
@@ -65,6 +69,7 @@ struct Plan {
     chunks: usize,
     delay: Duration,
     wait: Duration,
+    varied: bool,
 }
 
 impl Plan {
@@ -73,6 +78,7 @@ impl Plan {
             chunks: defaults.chunks,
             delay: Duration::ZERO,
             wait: Duration::ZERO,
+            varied: false,
         };
         for part in model.split('-') {
             if let Some(n) = part.strip_prefix('s').and_then(|n| n.parse().ok()) {
@@ -81,9 +87,34 @@ impl Plan {
                 plan.delay = Duration::from_millis(ms);
             } else if let Some(ms) = part.strip_prefix('w').and_then(|n| n.parse().ok()) {
                 plan.wait = Duration::from_millis(ms);
+            } else if part == "v" {
+                plan.varied = true;
             }
         }
         plan
+    }
+
+    /// The text of content chunk `i`, as written inside a JSON string.
+    fn token(&self, i: usize) -> &'static str {
+        // A model's deltas: a word or two with its leading space, punctuation, a
+        // line break now and then (escaped in JSON).
+        const VARIED: [&str; 16] = [
+            " The", " gateway", " checks", " each", " virtual", " key,", " routes", " the",
+            " model", " name", " and", " streams", " its", " answer.", "\\n\\n", "Then",
+        ];
+        match (self.varied, i) {
+            (true, _) => VARIED[i % VARIED.len()],
+            (false, 0) => "tok",
+            (false, _) => " tok",
+        }
+    }
+
+    fn words(&self) -> String {
+        let mut text = String::with_capacity(self.chunks * 8);
+        for i in 0..self.chunks {
+            text.push_str(self.token(i));
+        }
+        text
     }
 
     /// The `-w` wait, before any answer (the head of a stream included).
@@ -244,14 +275,6 @@ fn safe(model: &str) -> String {
         .collect()
 }
 
-fn words(n: usize) -> String {
-    let mut text = String::with_capacity(n * 4);
-    for i in 0..n {
-        text.push_str(if i == 0 { "tok" } else { " tok" });
-    }
-    text
-}
-
 async fn models() -> Response {
     json(r#"{"object":"list","data":[{"id":"bench","object":"model","created":1700000000,"owned_by":"bench"}]}"#.into())
 }
@@ -268,7 +291,7 @@ async fn openai(State(defaults): State<Defaults>, body: Bytes) -> Response {
     if !request.stream {
         return json(format!(
             r#"{{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"{model}","system_fingerprint":"fp_bench","choices":[{{"index":0,"message":{{"role":"assistant","content":"{text}"}},"logprobs":null,"finish_reason":"stop"}}],"usage":{{"prompt_tokens":10,"completion_tokens":{n},"total_tokens":{total}}}}}"#,
-            text = words(n),
+            text = plan.words(),
             total = 10 + n,
         ));
     }
@@ -283,7 +306,7 @@ async fn openai(State(defaults): State<Defaults>, body: Bytes) -> Response {
         false,
     ));
     for i in 0..n {
-        let text = if i == 0 { "tok" } else { " tok" };
+        let text = plan.token(i);
         events.push((
             format!(
                 "data: {head}{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
@@ -406,7 +429,7 @@ async fn anthropic(State(defaults): State<Defaults>, body: Bytes) -> Response {
     if !request.stream {
         return json(format!(
             r#"{{"id":"msg_bench","type":"message","role":"assistant","model":"{model}","content":[{{"type":"text","text":"{text}"}}],"stop_reason":"end_turn","stop_sequence":null,"usage":{{"input_tokens":10,"cache_creation_input_tokens":0,"cache_read_input_tokens":0,"output_tokens":{n}}}}}"#,
-            text = words(n),
+            text = plan.words(),
         ));
     }
     let event = |name: &str, data: String| format!("event: {name}\ndata: {data}\n\n");
@@ -429,7 +452,7 @@ async fn anthropic(State(defaults): State<Defaults>, body: Bytes) -> Response {
         false,
     ));
     for i in 0..n {
-        let text = if i == 0 { "tok" } else { " tok" };
+        let text = plan.token(i);
         events.push((
             event(
                 "content_block_delta",
@@ -485,7 +508,7 @@ async fn gemini(
     match method {
         "generateContent" => json(format!(
             r#"{{"candidates":[{{"content":{{"role":"model","parts":[{{"text":"{text}"}}]}},"finishReason":"STOP","index":0}}],{usage},"modelVersion":"{model}","responseId":"bench"}}"#,
-            text = words(n),
+            text = plan.words(),
             usage = usage(n),
         )),
         "streamGenerateContent" => {
@@ -499,7 +522,7 @@ async fn gemini(
             let _ = body;
             let mut events = Vec::with_capacity(n + 1);
             for i in 0..n {
-                let text = if i == 0 { "tok" } else { " tok" };
+                let text = plan.token(i);
                 events.push((
                     format!(
                         "data: {{\"candidates\":[{{\"content\":{{\"role\":\"model\",\"parts\":[{{\"text\":\"{text}\"}}]}},\"index\":0}}],\"modelVersion\":\"{model}\",\"responseId\":\"bench\"}}\r\n\r\n"

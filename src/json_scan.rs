@@ -152,15 +152,16 @@ pub fn scan_object(text: &str) -> Option<TopLevel> {
 ///   `model` and `system_fingerprint` at the front of every chunk of a stream,
 ///   about half of a text chunk.
 pub fn scan_object_resuming(text: &str, memo: &mut ScanMemo) -> Option<TopLevel> {
-    let found = match memo.same_but_one_string(text.as_bytes()) {
-        Some(found) => Some(found),
-        None => scan_members(text, Some(memo)),
+    let (found, string) = match memo.same_but_one_string(text.as_bytes()) {
+        Some((found, string)) => (Some(found), string),
+        None => (scan_members(text, Some(memo)), None),
     };
     memo.last.clear();
     match &found {
         Some(top) if !top.escapes && text.len() <= ScanMemo::MAX_LAST => {
             memo.last.extend_from_slice(text.as_bytes());
             memo.last_found = Some(top.clone());
+            memo.last_string = string;
         }
         _ => memo.last_found = None,
     }
@@ -175,6 +176,11 @@ pub struct ScanMemo {
     last: Vec<u8>,
     /// `Some` when `last` was accepted and holds no escape.
     last_found: Option<TopLevel>,
+    /// Where the string value that the last text changed lies in it: the positions
+    /// of its opening and closing quotes. The next chunk usually changes the same
+    /// string (the `content`), and a change between these quotes is known to be
+    /// inside a value without counting the quotes before it.
+    last_string: Option<(usize, usize)>,
     prefix: Vec<u8>,
     state: Option<AtMember>,
 }
@@ -185,45 +191,76 @@ impl ScanMemo {
     const MAX_LAST: usize = 4096;
 
     /// What the scan finds in `text` when it is the last text but for plain
-    /// characters inside one string value; `None` when that is not known.
-    fn same_but_one_string(&self, text: &[u8]) -> Option<TopLevel> {
+    /// characters inside one string value, with where that string's quotes are in
+    /// `text` (`None` when the texts are the same); `None` when that is not known.
+    fn same_but_one_string(&self, text: &[u8]) -> Option<(TopLevel, Option<(usize, usize)>)> {
         let found = self.last_found.as_ref()?;
         let last = &self.last[..];
         let start = common_prefix(last, text);
         if start == last.len() && start == text.len() {
-            return Some(found.clone());
+            return Some((found.clone(), self.last_string));
         }
         let room = last.len().min(text.len()) - start;
         let tail = common_suffix(&last[start..], &text[start..]).min(room);
         let (last_end, text_end) = (last.len() - tail, text.len() - tail);
-        // Plain characters out and in: no quote, backslash or control character.
-        if !needs_no_escaping(&last[start..last_end]) || !needs_no_escaping(&text[start..text_end])
-        {
+        // Plain characters in: no quote, backslash or control character.
+        if !plain(text, start, text_end) {
             return None;
         }
-        // Inside a string of the last text: an odd number of quotes before `start`
-        // (it had no escapes, so each quote opens or closes a string).
-        if memchr::memchr_iter(b'"', &last[..start]).count() % 2 == 0 {
-            return None;
-        }
-        let close = last_end + memchr::memchr(b'"', &last[last_end..])?;
-        // A value, not a key (a key's spelling decides which member it is).
-        let after = last[close + 1..].iter().find(|b| !b.is_ascii_whitespace());
-        if after == Some(&b':') {
-            return None;
-        }
+        let known = self
+            .last_string
+            .filter(|&(open, close)| open < start && last_end <= close);
+        let (open, close) = match known {
+            // Between the quotes of the value the last change was in (a value, it
+            // was checked then): the usual chunk. What went out was part of that
+            // string, plain (the last text had no escapes).
+            Some(string) => string,
+            None => {
+                // Plain characters out.
+                if !plain(last, start, last_end) {
+                    return None;
+                }
+                // Inside a string of the last text: an odd number of quotes before
+                // `start` (it had no escapes, so each quote opens or closes a string).
+                if memchr::memchr_iter(b'"', &last[..start]).count() % 2 == 0 {
+                    return None;
+                }
+                let open = memchr::memrchr(b'"', &last[..start])?;
+                let close = last_end + memchr::memchr(b'"', &last[last_end..])?;
+                // A value, not a key (a key's spelling decides which member it is).
+                let after = last[close + 1..].iter().find(|b| !b.is_ascii_whitespace());
+                if after == Some(&b':') {
+                    return None;
+                }
+                (open, close)
+            }
+        };
+        let moved = |at: usize| at - last_end + text_end;
         let mut found = found.clone();
         if let Some((from, to)) = found.usage_member {
             if from > close {
-                let moved = |at: usize| at + text_end - last_end;
                 found.usage_member = Some((moved(from), moved(to)));
             } else if to > start {
                 // Inside `usage`: its keys and numbers are read.
                 return None;
             }
         }
-        Some(found)
+        Some((found, Some((open, moved(close)))))
     }
+}
+
+/// Whether `text[start..end]` holds no quote, backslash or control character. A
+/// short range (a chunk's new word) is looked at through one 16-byte window of
+/// `text` around it, its other bytes masked off, instead of byte by byte.
+#[inline(always)]
+fn plain(text: &[u8], start: usize, end: usize) -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if end - start < 16 && text.len() >= 16 {
+        let at = start.min(text.len() - 16);
+        let range = ((1u32 << (end - start)) - 1) << (start - at);
+        return string_stops_16(&text[at..]) & range == 0;
+    }
+    needs_no_escaping(&text[start..end])
 }
 
 /// How many bytes `a` and `b` have in common at their start. Thirty-two bytes at a
@@ -386,7 +423,7 @@ impl StringMemo {
         // What came in is plain characters: no quote, backslash or control character
         // (what went out was part of the string, which had none of the first two and
         // could hold no control character).
-        if !needs_no_escaping(&text[start..text_end]) {
+        if !plain(text, start, text_end) {
             return None;
         }
         Some(span.start..span.end + text_end - last_end)
@@ -1827,6 +1864,56 @@ b"}"#,
                     String::from_utf8_lossy(variant)
                 );
             }
+        }
+    }
+
+    /// After a chunk that differed from the one before only inside its `content`
+    /// (the memo then knows where that string's quotes are), any text is judged as
+    /// the whole scan judges it: every variant of the chunk (edits inside the
+    /// string, on its quotes, before and after it, in the `usage` behind it) and
+    /// chunks whose new text is short, long, empty or not plain.
+    #[test]
+    fn after_a_change_inside_one_string_every_text_is_judged_as_a_whole_scan() {
+        let front = r#"{"id":"chatcmpl-7","object":"chat.completion.chunk","created":1700000000,"model":"m","choices":"#;
+        let chunk = |content: &str| {
+            format!(
+                r#"{front}[{{"index":0,"delta":{{"content":"{content}"}},"finish_reason":null}}],"usage":{{"prompt_tokens":1,"completion_tokens":2}}}}"#
+            )
+        };
+        let (first, second) = (chunk("Hello"), chunk(" world, a longer piece"));
+        let mut memo = ScanMemo::default();
+        for text in [&first, &second] {
+            assert_eq!(scan_object_resuming(text, &mut memo), scan_object(text));
+        }
+        assert!(
+            memo.last_string.is_some(),
+            "the second chunk went by comparison"
+        );
+        let mut thirds = variants(&second);
+        for content in [
+            "",
+            "x",
+            " world",
+            "a much longer piece of new text",
+            r"
+",
+            r#"""#,
+            "é",
+        ] {
+            thirds.push(chunk(content).into_bytes());
+        }
+        for third in &thirds {
+            let text = std::str::from_utf8(third);
+            let mut memo = memo.clone();
+            assert_eq!(
+                text.ok()
+                    .and_then(|text| scan_object_resuming(text, &mut memo)),
+                text.ok().and_then(scan_object),
+                "{:?}",
+                String::from_utf8_lossy(third)
+            );
+            // And the text after it, through the memo it left.
+            assert_eq!(scan_object_resuming(&first, &mut memo), scan_object(&first));
         }
     }
 
