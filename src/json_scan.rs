@@ -138,13 +138,16 @@ pub fn scan_object(text: &str) -> Option<TopLevel> {
 /// [`scan_object`] for the texts of one stream, in order, with the same answer for
 /// every text but less work for the usual one. Two ways, tried in turn:
 ///
-/// - a text that differs from the last one (accepted, without escapes) only inside
-///   one string value, by plain characters, is that text again: in a text without
-///   escapes every quote delimits a string, so the quotes before a position say
-///   whether it lies in one, and the scan's findings do not depend on what plain
+/// - a text that differs from the last one (accepted) only inside one string value
+///   is that text again if that string, read anew, is a valid string that closes
+///   where the changed bytes end: the scan's findings do not depend on what
 ///   characters a value string holds (only on where `usage` lies, moved by the
-///   change in length). A stream's text chunks differ from each other only in
-///   their `content`;
+///   change in length). Where that string lies is known from the change before
+///   (a stream's text chunks differ from each other only in their `content`), or
+///   else found by counting quotes in a last text without escapes (each quote then
+///   opens or closes a string, so the quotes before a position say whether it lies
+///   in one). A string that needed escapes (a line break in the text) may be the
+///   one that changes: the last text's escapes are then all inside it;
 /// - a text that starts with the same bytes as an earlier text up to the `choices`
 ///   key is scanned from there, with what the scan knew at that point (what it
 ///   knows at the start of a top-level member depends only on the bytes before
@@ -158,7 +161,8 @@ pub fn scan_object_resuming(text: &str, memo: &mut ScanMemo) -> Option<TopLevel>
     };
     memo.last.clear();
     match &found {
-        Some(top) if !top.escapes && text.len() <= ScanMemo::MAX_LAST => {
+        // Kept when its escapes, if any, are all inside the string it changed.
+        Some(top) if (!top.escapes || string.is_some()) && text.len() <= ScanMemo::MAX_LAST => {
             memo.last.extend_from_slice(text.as_bytes());
             memo.last_found = Some(top.clone());
             memo.last_string = string;
@@ -174,15 +178,25 @@ pub fn scan_object_resuming(text: &str, memo: &mut ScanMemo) -> Option<TopLevel>
 #[derive(Default, Clone)]
 pub struct ScanMemo {
     last: Vec<u8>,
-    /// `Some` when `last` was accepted and holds no escape.
+    /// `Some` when `last` was accepted and holds no escape outside `last_string`
+    /// (none at all when that is `None`).
     last_found: Option<TopLevel>,
-    /// Where the string value that the last text changed lies in it: the positions
-    /// of its opening and closing quotes. The next chunk usually changes the same
-    /// string (the `content`), and a change between these quotes is known to be
-    /// inside a value without counting the quotes before it.
-    last_string: Option<(usize, usize)>,
+    /// The string value that the last text changed, where it lies in that text.
+    /// The next chunk usually changes the same string (the `content`), and a change
+    /// between its quotes is known to be inside a value without counting the quotes
+    /// before it.
+    last_string: Option<StringAt>,
     prefix: Vec<u8>,
     state: Option<AtMember>,
+}
+
+/// A top-level text's string value (not a key): the positions of its quotes, and
+/// whether it holds escapes.
+#[derive(Clone, Copy, Debug)]
+struct StringAt {
+    open: usize,
+    close: usize,
+    escaped: bool,
 }
 
 impl ScanMemo {
@@ -190,10 +204,10 @@ impl ScanMemo {
     /// scanned whole and not copied.
     const MAX_LAST: usize = 4096;
 
-    /// What the scan finds in `text` when it is the last text but for plain
-    /// characters inside one string value, with where that string's quotes are in
-    /// `text` (`None` when the texts are the same); `None` when that is not known.
-    fn same_but_one_string(&self, text: &[u8]) -> Option<(TopLevel, Option<(usize, usize)>)> {
+    /// What the scan finds in `text` when it is the last text but inside one string
+    /// value, with where that string lies in `text` (`None` when the texts are the
+    /// same and the last one's was not known); `None` when that is not known.
+    fn same_but_one_string(&self, text: &[u8]) -> Option<(TopLevel, Option<StringAt>)> {
         let found = self.last_found.as_ref()?;
         let last = &self.last[..];
         let start = common_prefix(last, text);
@@ -203,25 +217,20 @@ impl ScanMemo {
         let room = last.len().min(text.len()) - start;
         let tail = common_suffix(&last[start..], &text[start..]).min(room);
         let (last_end, text_end) = (last.len() - tail, text.len() - tail);
-        // Plain characters in: no quote, backslash or control character.
-        if !plain(text, start, text_end) {
-            return None;
-        }
         let known = self
             .last_string
-            .filter(|&(open, close)| open < start && last_end <= close);
-        let (open, close) = match known {
+            .filter(|string| string.open < start && last_end <= string.close);
+        let string = match known {
             // Between the quotes of the value the last change was in (a value, it
-            // was checked then): the usual chunk. What went out was part of that
-            // string, plain (the last text had no escapes).
+            // was checked then): the usual chunk.
             Some(string) => string,
             None => {
-                // Plain characters out.
-                if !plain(last, start, last_end) {
+                // Plain characters out of a string of a last text without escapes:
+                // an odd number of quotes before `start` (each quote opens or
+                // closes a string).
+                if found.escapes || !plain(last, start, last_end) {
                     return None;
                 }
-                // Inside a string of the last text: an odd number of quotes before
-                // `start` (it had no escapes, so each quote opens or closes a string).
                 if memchr::memchr_iter(b'"', &last[..start]).count() % 2 == 0 {
                     return None;
                 }
@@ -232,20 +241,47 @@ impl ScanMemo {
                 if after == Some(&b':') {
                     return None;
                 }
-                (open, close)
+                StringAt {
+                    open,
+                    close,
+                    escaped: false,
+                }
             }
         };
         let moved = |at: usize| at - last_end + text_end;
+        let close = moved(string.close);
+        // Plain characters into a plain string leave it a plain string; otherwise
+        // the string is read anew (its escapes whole and valid, no control
+        // character) and must close where it did.
+        let escaped = if !string.escaped && plain(text, start, text_end) {
+            false
+        } else {
+            let mut scan = Scanner::new(text);
+            scan.at = string.open;
+            let escaped = scan.string()?;
+            if scan.at != close + 1 {
+                return None;
+            }
+            escaped
+        };
         let mut found = found.clone();
+        // Escapes are only ever in the changed string (or the last text would
+        // not have been kept).
+        found.escapes = escaped;
         if let Some((from, to)) = found.usage_member {
-            if from > close {
+            if from > string.close {
                 found.usage_member = Some((moved(from), moved(to)));
             } else if to > start {
                 // Inside `usage`: its keys and numbers are read.
                 return None;
             }
         }
-        Some((found, Some((open, moved(close)))))
+        let string = StringAt {
+            open: string.open,
+            close,
+            escaped,
+        };
+        Some((found, Some(string)))
     }
 }
 
@@ -1871,7 +1907,8 @@ b"}"#,
     /// (the memo then knows where that string's quotes are), any text is judged as
     /// the whole scan judges it: every variant of the chunk (edits inside the
     /// string, on its quotes, before and after it, in the `usage` behind it) and
-    /// chunks whose new text is short, long, empty or not plain.
+    /// chunks whose new text is short, long, empty or escaped; with a plain string
+    /// and with one that holds escapes.
     #[test]
     fn after_a_change_inside_one_string_every_text_is_judged_as_a_whole_scan() {
         let front = r#"{"id":"chatcmpl-7","object":"chat.completion.chunk","created":1700000000,"model":"m","choices":"#;
@@ -1880,40 +1917,44 @@ b"}"#,
                 r#"{front}[{{"index":0,"delta":{{"content":"{content}"}},"finish_reason":null}}],"usage":{{"prompt_tokens":1,"completion_tokens":2}}}}"#
             )
         };
-        let (first, second) = (chunk("Hello"), chunk(" world, a longer piece"));
-        let mut memo = ScanMemo::default();
-        for text in [&first, &second] {
-            assert_eq!(scan_object_resuming(text, &mut memo), scan_object(text));
-        }
-        assert!(
-            memo.last_string.is_some(),
-            "the second chunk went by comparison"
-        );
-        let mut thirds = variants(&second);
-        for content in [
-            "",
-            "x",
-            " world",
-            "a much longer piece of new text",
-            r"
-",
-            r#"""#,
-            "é",
-        ] {
-            thirds.push(chunk(content).into_bytes());
-        }
-        for third in &thirds {
-            let text = std::str::from_utf8(third);
-            let mut memo = memo.clone();
-            assert_eq!(
-                text.ok()
-                    .and_then(|text| scan_object_resuming(text, &mut memo)),
-                text.ok().and_then(scan_object),
-                "{:?}",
-                String::from_utf8_lossy(third)
-            );
-            // And the text after it, through the memo it left.
-            assert_eq!(scan_object_resuming(&first, &mut memo), scan_object(&first));
+        let first = chunk("Hello");
+        for second in [" world, a longer piece", r#"a\nb \"q\" \u00e9\\"#] {
+            let second = chunk(second);
+            let mut memo = ScanMemo::default();
+            for text in [&first, &second] {
+                assert_eq!(scan_object_resuming(text, &mut memo), scan_object(text));
+            }
+            assert!(memo.last_found.is_some() && memo.last_string.is_some());
+            let mut thirds = variants(&second);
+            for content in [
+                "",
+                "x",
+                " world",
+                "a much longer piece of new text",
+                r"\n",
+                r#"\""#,
+                r"\u00e9",
+                "é",
+                r"a\nb",
+                r"\\",
+            ] {
+                thirds.push(chunk(content).into_bytes());
+            }
+            for third in &thirds {
+                let text = std::str::from_utf8(third);
+                let mut memo = memo.clone();
+                assert_eq!(
+                    text.ok()
+                        .and_then(|text| scan_object_resuming(text, &mut memo)),
+                    text.ok().and_then(scan_object),
+                    "{second} then {:?}",
+                    String::from_utf8_lossy(third)
+                );
+                // And the text after it, through the memo it left.
+                for fourth in [&first, &second] {
+                    assert_eq!(scan_object_resuming(fourth, &mut memo), scan_object(fourth));
+                }
+            }
         }
     }
 
