@@ -608,7 +608,14 @@ fn scan_members(text: &str, mut memo: Option<&mut ScanMemo>) -> Option<TopLevel>
         scan.colon()?;
         let value_start = scan.at;
         let first = scan.peek()?;
-        scan.value()?;
+        // A `usage` object is checked and read in one pass (checked, then read
+        // again, it was about 450 instructions of an answer).
+        let counts = if member == Member::Usage && first == b'{' {
+            Some(scan.token_counts()?)
+        } else {
+            scan.value()?;
+            None
+        };
         // A value that starts with `n` and passed is `null`.
         let present = first != b'n';
         match member {
@@ -631,17 +638,9 @@ fn scan_members(text: &str, mut memo: Option<&mut ScanMemo>) -> Option<TopLevel>
             }
             Member::Usage => {
                 found.usage_member = Some((key_start, scan.at));
-                found.usage = match first {
-                    b'n' => Shape::Absent,
-                    b'{' => {
-                        let mut usage = Scanner {
-                            text: &bytes[..scan.at],
-                            at: value_start,
-                            escapes: false,
-                            level: 1,
-                        };
-                        Shape::Expected(usage.token_counts()?)
-                    }
+                found.usage = match (first, counts) {
+                    (_, Some(counts)) => Shape::Expected(counts),
+                    (b'n', None) => Shape::Absent,
                     _ => Shape::Other,
                 }
             }
@@ -1378,16 +1377,24 @@ impl<'a> Scanner<'a> {
         Some(())
     }
 
-    /// At the `{` of an object already checked by [`Scanner::value`]: the token
-    /// counts among its members (the last of a repeated key, as in a `Value`).
+    /// At the `{` of a top-level member's object: past the object, checked as
+    /// [`Scanner::value`] checks it, with the token counts among its members (the
+    /// last of a repeated key, as in a `Value`).
     fn token_counts(&mut self) -> Option<TokenCounts> {
         let mut counts = TokenCounts::default();
         self.at += 1;
         self.skip_whitespace();
         if self.peek()? == b'}' {
+            self.at += 1;
             return Some(counts);
         }
+        // Its members' values are one level down (for the nesting bound).
+        let holder = self.level;
+        self.level = holder + 1;
         loop {
+            if self.peek()? != b'"' {
+                return None;
+            }
             let key_start = self.at;
             let escaped = self.string()?;
             let key = &self.text[key_start..self.at];
@@ -1397,9 +1404,7 @@ impl<'a> Scanner<'a> {
             } else {
                 key[1..key.len() - 1].into()
             };
-            self.skip_whitespace();
-            self.at += 1; // the colon
-            self.skip_whitespace();
+            self.colon()?;
             let value_start = self.at;
             self.value()?;
             match &*key {
@@ -1414,12 +1419,18 @@ impl<'a> Scanner<'a> {
                 _ => {}
             }
             self.skip_whitespace();
-            let next = self.peek()?;
-            self.at += 1;
-            if next == b'}' {
-                return Some(counts);
+            match self.peek()? {
+                b',' => {
+                    self.at += 1;
+                    self.skip_whitespace();
+                }
+                b'}' => {
+                    self.at += 1;
+                    self.level = holder;
+                    return Some(counts);
+                }
+                _ => return None,
             }
-            self.skip_whitespace();
         }
     }
 
@@ -1750,6 +1761,19 @@ b"}"#,
             "{:?}",
             String::from_utf8_lossy(text)
         );
+    }
+
+    /// Nesting as deep as serde_json takes and one level deeper, inside `usage`
+    /// (read by its own loop) and inside another member: the same verdicts.
+    #[test]
+    fn nesting_at_the_bound_is_judged_as_serde_json_judges_it() {
+        for member in ["usage", "other"] {
+            for depth in 120..=130 {
+                let nested = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+                agrees(format!(r#"{{"{member}":{{"x":{nested}}},"choices":[]}}"#).as_bytes());
+                agrees(format!(r#"{{"{member}":{nested}}}"#).as_bytes());
+            }
+        }
     }
 
     const SAMPLES: &[&str] = &[

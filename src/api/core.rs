@@ -692,12 +692,17 @@ impl Ending {
             })
         };
         let dispatcher = gateway.log_dispatcher.clone();
-        // The request line's fields, copied: the line is written when the stream ends.
-        let summary = RequestSummary::of(&ctx).into_owned();
         // Only the loggers need the context at the end; without them it is dropped
         // now rather than held (the request tree, the client's headers and the read
-        // buffer they share) for as long as the stream lasts.
-        let ctx = dispatcher.is_some().then_some(ctx);
+        // buffer they share) for as long as the stream lasts, and the request line's
+        // fields are moved out of it (the line is written when the stream ends).
+        let (summary, ctx) = match dispatcher {
+            Some(_) => (RequestSummary::of(&ctx).into_owned(), Some(ctx)),
+            None => {
+                let mut ctx = ctx;
+                (RequestSummary::taken_from(&mut ctx), None)
+            }
+        };
         let finish = move |outcome: StreamSummary| {
             let note = if outcome.completed {
                 ""

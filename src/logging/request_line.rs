@@ -53,6 +53,30 @@ impl<'a> RequestSummary<'a> {
         }
     }
 
+    /// The summary of a context that is dropped after it, its strings moved out
+    /// of it rather than copied (a stream's line is written at its end, when the
+    /// context is long gone unless a logger holds it).
+    pub fn taken_from(ctx: &mut RequestContext) -> RequestSummary<'static> {
+        let asked = ctx.asked();
+        let stream = asked.stream;
+        let requested_model = match ctx.request.get_mut("model") {
+            Some(serde_json::Value::String(model)) => Some(Cow::Owned(std::mem::take(model))),
+            _ => None,
+        };
+        let taken = |text: &mut Option<String>| text.take().map(Cow::Owned);
+        RequestSummary {
+            id: Cow::Owned(std::mem::take(&mut ctx.id)),
+            endpoint: ctx.endpoint,
+            requested_model,
+            connection: taken(&mut ctx.connection),
+            upstream_model: taken(&mut ctx.model),
+            group: taken(&mut ctx.group),
+            stream,
+            started: ctx.started,
+            created_at: ctx.created_at,
+        }
+    }
+
     /// The summary with its strings copied, to outlive the context.
     pub fn into_owned(self) -> RequestSummary<'static> {
         let owned = |text: Option<Cow<'_, str>>| text.map(|t| Cow::Owned(t.into_owned()));
@@ -419,6 +443,31 @@ mod tests {
         assert!(duration.parse::<f64>().is_ok(), "{duration}");
         assert_eq!(error, r#"error="upstream_error""#);
         assert!(summary.line(200, None, "").ends_with(r#" error="""#));
+    }
+
+    /// A stream's line from the context's strings moved out of it reads as the
+    /// line from copies of them.
+    #[test]
+    fn a_summary_taken_from_its_context_reads_as_one_copied() {
+        let mut ctx = RequestContext::new(http::HeaderMap::new(), "127.0.0.1".into());
+        ctx.endpoint = crate::context::Endpoint::Messages;
+        ctx.request = serde_json::json!({"model": "claude-x", "stream": true})
+            .as_object()
+            .unwrap()
+            .clone();
+        ctx.connection = Some("anthropic".into());
+        ctx.model = Some("claude-x-2".into());
+        ctx.group = Some("team".into());
+        let id = ctx.id.clone();
+        let before_duration = |line: String| line.split(" duration_ms=").next().unwrap().to_owned();
+        let copied = before_duration(RequestSummary::of(&ctx).into_owned().line(200, None, ""));
+        let taken = before_duration(RequestSummary::taken_from(&mut ctx).line(200, None, ""));
+        assert_eq!(taken, copied);
+        assert!(copied.contains(r#"model="claude-x" connection="anthropic" upstream_model="claude-x-2" group="team" stream=true"#), "{copied}");
+        assert!(
+            copied.starts_with(&format!("messages id={id} status=200 ")),
+            "{copied}"
+        );
     }
 
     /// A `Write` into a shared buffer, for a subscriber under test.
