@@ -517,6 +517,8 @@ struct ServedStream {
     payloads: PayloadStream,
     observer: Option<StreamObserver>,
     redactor: Arc<Redactor>,
+    /// What the search for echoed secrets knows of the chunk before.
+    clean: crate::secrets::StreamClean,
 }
 
 impl futures_util::Stream for ServedStream {
@@ -534,7 +536,10 @@ impl futures_util::Stream for ServedStream {
         }
         match polled {
             Poll::Ready(Some(Ok(payload))) => {
-                Poll::Ready(Some(Ok(this.redactor.redact_payload(payload))))
+                let payload = this
+                    .redactor
+                    .redact_stream_payload(payload, &mut this.clean);
+                Poll::Ready(Some(Ok(payload)))
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(this.redactor.redact(error)))),
             other => other,
@@ -675,6 +680,7 @@ impl Ending {
             payloads,
             observer: self.metrics.map(RequestMetrics::stream),
             redactor: gateway.redactor.clone(),
+            clean: Default::default(),
         });
         // Outside the redaction: the row records errors as the client sees them.
         // Like the metrics' wrapper, it reports when dropped, with the stream.
