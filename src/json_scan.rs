@@ -727,17 +727,8 @@ fn scan_members(text: &str, mut memo: Option<&mut ScanMemo>) -> Option<TopLevel>
             Member::Other => {}
         }
         first_member = false;
-        scan.skip_whitespace();
-        match scan.peek()? {
-            b',' => {
-                scan.at += 1;
-                scan.skip_whitespace();
-            }
-            b'}' => {
-                scan.at += 1;
-                break;
-            }
-            _ => return None,
+        if scan.member_ends_object()? {
+            break;
         }
     }
     scan.skip_whitespace();
@@ -1498,19 +1489,29 @@ impl<'a> Scanner<'a> {
                 }
                 _ => {}
             }
-            self.skip_whitespace();
-            match self.peek()? {
-                b',' => {
-                    self.at += 1;
-                    self.skip_whitespace();
-                }
-                b'}' => {
-                    self.at += 1;
-                    self.level = holder;
-                    return Some(counts);
-                }
-                _ => return None,
+            if self.member_ends_object()? {
+                self.level = holder;
+                return Some(counts);
             }
+        }
+    }
+
+    /// After an object member's value: past the comma and the whitespace after it
+    /// (`false`), or past the closing brace (`true`); `None` for anything else.
+    #[inline(always)]
+    fn member_ends_object(&mut self) -> Option<bool> {
+        self.skip_whitespace();
+        match self.peek()? {
+            b',' => {
+                self.at += 1;
+                self.skip_whitespace();
+                Some(false)
+            }
+            b'}' => {
+                self.at += 1;
+                Some(true)
+            }
+            _ => None,
         }
     }
 
