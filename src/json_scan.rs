@@ -1463,18 +1463,7 @@ impl<'a> Scanner<'a> {
         let holder = self.level;
         self.level = holder + 1;
         loop {
-            if self.peek()? != b'"' {
-                return None;
-            }
-            let key_start = self.at;
-            let escaped = self.string()?;
-            let key = &self.text[key_start..self.at];
-            let key: std::borrow::Cow<'_, [u8]> = if escaped {
-                let decoded: String = serde_json::from_slice(key).ok()?;
-                decoded.into_bytes().into()
-            } else {
-                key[1..key.len() - 1].into()
-            };
+            let key = self.key()?;
             self.colon()?;
             let value_start = self.at;
             self.value()?;
@@ -1535,32 +1524,35 @@ impl<'a> Scanner<'a> {
             return Some(None);
         }
         loop {
-            let key_start = scan.at;
-            let escaped = scan.string()?;
-            let key = &scan.text[key_start..scan.at];
-            let key: std::borrow::Cow<'_, [u8]> = if escaped {
-                let decoded: String = serde_json::from_slice(key).ok()?;
-                decoded.into_bytes().into()
-            } else {
-                key[1..key.len() - 1].into()
-            };
-            scan.skip_whitespace();
-            scan.at += 1; // the colon
-            scan.skip_whitespace();
+            let key = scan.key()?;
+            scan.colon()?;
             let value_start = scan.at;
             scan.value()?;
             if *key == *name {
                 // The last of a repeated key, as in a `Value`.
                 found = scan.unsigned(value_start);
             }
-            scan.skip_whitespace();
-            let next = scan.peek()?;
-            scan.at += 1;
-            if next == b'}' {
+            if scan.member_ends_object()? {
                 return Some(found);
             }
-            scan.skip_whitespace();
         }
+    }
+
+    /// At an object member's key: past it, with its bytes (escapes decoded, which
+    /// is rare: serde_json decodes them).
+    fn key(&mut self) -> Option<std::borrow::Cow<'a, [u8]>> {
+        if self.peek()? != b'"' {
+            return None;
+        }
+        let start = self.at;
+        let escaped = self.string()?;
+        let key = &self.text[start..self.at];
+        Some(if escaped {
+            let decoded: String = serde_json::from_slice(key).ok()?;
+            decoded.into_bytes().into()
+        } else {
+            key[1..key.len() - 1].into()
+        })
     }
 
     /// The checked value from `start` to here as `Value::as_u64` reads it: digits

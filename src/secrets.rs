@@ -462,7 +462,6 @@ impl Redactor {
         let place = raw.place();
         let text = raw.text();
         let found = match (&self.upstream, place) {
-            (None, _) if REGISTERED.load(Ordering::Acquire) == 0 => false,
             (Some(scanner), Some(place)) if REGISTERED.load(Ordering::Acquire) == 0 => {
                 match &place.changed {
                     Some(changed) if clean.0 == Some((place.memo, place.seq - 1)) => {
