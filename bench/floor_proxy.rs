@@ -24,7 +24,7 @@ use axum::routing::{get, post};
 use axum_server::accept::NoDelayAcceptor;
 
 #[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static ALLOCATOR: lm_proxy::allocator::Allocator = lm_proxy::allocator::Allocator;
 
 struct Upstream {
     client: reqwest::Client,

@@ -155,17 +155,53 @@ pub fn scan_object(text: &str) -> Option<TopLevel> {
 ///   `model` and `system_fingerprint` at the front of every chunk of a stream,
 ///   about half of a text chunk.
 pub fn scan_object_resuming(text: &str, memo: &mut ScanMemo) -> Option<TopLevel> {
+    // Known to be UTF-8: the reading cannot fail.
+    scan_resuming(text.as_bytes(), memo, true).unwrap_or(None)
+}
+
+/// The text given to [`scan_bytes_resuming`] is not UTF-8.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotUtf8;
+
+/// [`scan_object_resuming`] for bytes not yet known to be UTF-8 (an SSE event's
+/// data as the upstream sent it): `Err` when they are not; `Ok` means they are. When
+/// the text is found to be the last one but inside one string, only the bytes that
+/// changed are checked, with those of the characters they cut into (a text chunk's
+/// new word, where checking all of its bytes cost about 100 instructions); the
+/// whole text otherwise.
+pub fn scan_bytes_resuming(text: &[u8], memo: &mut ScanMemo) -> Result<Option<TopLevel>, NotUtf8> {
+    scan_resuming(text, memo, false)
+}
+
+fn scan_resuming(
+    text: &[u8],
+    memo: &mut ScanMemo,
+    utf8_known: bool,
+) -> Result<Option<TopLevel>, NotUtf8> {
     if memo.id == 0 {
         memo.id = next_memo_id();
     }
     memo.seq += 1;
-    let (found, string) = match memo.same_but_one_string(text.as_bytes()) {
+    let (found, string) = match memo.same_but_one_string(text) {
         Some((found, string, changed)) => {
+            if !utf8_known && !memo.utf8_around(text, &changed) {
+                memo.forget();
+                return Err(NotUtf8);
+            }
             memo.changed = Some(changed);
             (Some(found), string)
         }
         None => {
             memo.changed = None;
+            let text = if utf8_known {
+                // SAFETY: the caller had it as a `str`.
+                unsafe { std::str::from_utf8_unchecked(text) }
+            } else if let Some(text) = utf8(text) {
+                text
+            } else {
+                memo.forget();
+                return Err(NotUtf8);
+            };
             (scan_members(text, Some(memo)), None)
         }
     };
@@ -173,18 +209,19 @@ pub fn scan_object_resuming(text: &str, memo: &mut ScanMemo) -> Option<TopLevel>
     match &found {
         // Kept when its escapes, if any, are all inside the string it changed.
         Some(top) if (!top.escapes || string.is_some()) && text.len() <= ScanMemo::MAX_LAST => {
-            memo.last.extend_from_slice(text.as_bytes());
+            memo.last.extend_from_slice(text);
             memo.last_found = Some(top.clone());
             memo.last_string = string;
         }
         _ => memo.last_found = None,
     }
-    found
+    Ok(found)
 }
 
 /// What [`scan_object_resuming`] keeps between the texts of a stream: the last
 /// text and what the scan found in it, and that text's bytes before its top-level
-/// `choices` key with the scan's state there.
+/// `choices` key with the scan's state there. Every text kept is UTF-8 (checked,
+/// or given as a `str`), which [`ScanMemo::utf8_around`] relies on.
 #[derive(Default)]
 pub struct ScanMemo {
     /// This memo among all of the process's ([`next_memo_id`]; 0 until its first
@@ -279,6 +316,42 @@ impl ScanMemo {
             seq: self.seq,
             changed: self.changed.clone(),
         })
+    }
+
+    /// Nothing known of a last text (after one that ends its stream).
+    fn forget(&mut self) {
+        self.changed = None;
+        self.last.clear();
+        self.last_found = None;
+        self.last_string = None;
+    }
+
+    /// Whether `text`, the last text (which is UTF-8) but for its bytes `changed`,
+    /// is UTF-8. The bytes before the change are the last text's up to a character
+    /// boundary of it at or before the change's start (the start backed over the
+    /// last text's continuation bytes); the bytes after the change are the end of
+    /// the last text, which is UTF-8 from any byte that is not a continuation byte
+    /// (the change's end moved past those). So the text is UTF-8 when the bytes
+    /// between those two places are: the change and at most three bytes either side.
+    fn utf8_around(&self, text: &[u8], changed: &std::ops::Range<usize>) -> bool {
+        let continuation = |byte: u8| byte & 0xC0 == 0x80;
+        let last = &self.last;
+        let mut from = changed.start;
+        while from > 0 && from < last.len() && continuation(last[from]) {
+            from -= 1;
+        }
+        let mut to = changed.end;
+        while to < text.len() && continuation(text[to]) {
+            to += 1;
+        }
+        let window = &text[from..to];
+        // The usual window is a word: std's byte loop costs less than the SIMD
+        // check's fixed work.
+        if window.len() < 64 {
+            std::str::from_utf8(window).is_ok()
+        } else {
+            utf8(window).is_some()
+        }
     }
 
     /// What the scan finds in `text` when it is the last text but inside one string
@@ -2053,6 +2126,63 @@ b"}"#,
                 }
             }
         }
+    }
+
+    /// Bytes not known to be UTF-8, read after a text through the memo, are judged
+    /// as a check of all of them and a whole scan judge them: for chunks whose text
+    /// has characters of two, three and four bytes, every byte of the text and the
+    /// bytes around it replaced by, or joined with, bytes that start, continue or
+    /// cannot be in a character, and every byte taken out; then the next text
+    /// through the memo they left.
+    #[test]
+    fn bytes_read_through_the_memo_are_utf8_exactly_when_all_of_them_are() {
+        let chunk = |content: &str| {
+            format!(
+                r#"{{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{{"index":0,"delta":{{"content":"{content}"}}}}]}}"#
+            )
+            .into_bytes()
+        };
+        let whole = |text: &[u8]| {
+            std::str::from_utf8(text)
+                .map_err(|_| NotUtf8)
+                .map(scan_object)
+        };
+        let odd = [0x80u8, 0xA9, 0xBF, 0xC3, 0xE6, 0xF0, 0xF5, 0xFF, b'a', b' '];
+        let (mut compared, mut total) = (0, 0);
+        for (first, second) in [("café", "cafè au"), ("日本", "日本語"), ("a😀", "a😀b😁")]
+        {
+            let (first, second) = (chunk(first), chunk(second));
+            let mut memo = ScanMemo::default();
+            for text in [&first, &second] {
+                assert_eq!(scan_bytes_resuming(text, &mut memo), whole(text));
+            }
+            let content = second.windows(9).position(|w| w == b"content\":").unwrap() + 10;
+            let mut thirds = Vec::new();
+            for at in content - 2..second.len() - 3 {
+                for &byte in &odd {
+                    let mut replaced = second.clone();
+                    replaced[at] = byte;
+                    let mut inserted = second.clone();
+                    inserted.insert(at, byte);
+                    thirds.extend([replaced, inserted]);
+                }
+                let mut removed = second.clone();
+                removed.remove(at);
+                thirds.push(removed);
+            }
+            for third in &thirds {
+                let mut memo = memo.clone();
+                compared += usize::from(memo.same_but_one_string(third).is_some());
+                total += 1;
+                let read = scan_bytes_resuming(third, &mut memo);
+                assert_eq!(read, whole(third), "{:?}", String::from_utf8_lossy(third));
+                for fourth in [&first, &second] {
+                    assert_eq!(scan_bytes_resuming(fourth, &mut memo), whole(fourth));
+                }
+            }
+        }
+        // Most of them went by the comparison, not the whole check.
+        assert!(compared * 2 > total, "{compared} of {total}");
     }
 
     /// The memo numbers its texts and says which bytes changed when it compared a

@@ -11,6 +11,7 @@
 //! - [`extensions`]: built-in names and the resolver for Python callables
 //! - [`error`]: the error type and the OpenAI error envelope
 
+pub mod allocator;
 pub mod api;
 pub mod auth;
 pub mod cli;

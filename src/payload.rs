@@ -21,9 +21,10 @@ use serde_json::Value;
 
 use crate::error::ApiError;
 use crate::json_scan::{
-    scan_object, scan_object_resuming, ScanMemo, Shape, TextPlace, TokenCounts, TopLevel,
+    scan_bytes_resuming, scan_object, scan_object_resuming, NotUtf8, ScanMemo, Shape, TextPlace,
+    TokenCounts, TopLevel,
 };
-use crate::sse::EventData;
+use crate::sse::{not_utf8, EventBytes, EventData};
 use crate::streaming::ChunkStream;
 
 /// One JSON object for the client (a `chat.completion` or a `chat.completion.chunk`).
@@ -143,6 +144,15 @@ impl Payload {
     }
 }
 
+/// What [`RawJson::stream_chunk`] makes of a chunk's text.
+#[derive(Debug)]
+pub enum StreamChunk {
+    /// It goes to the client as written.
+    Raw(RawJson),
+    /// UTF-8, to be read as JSON (and filled in, or its error reported).
+    Other(EventData),
+}
+
 /// An upstream's JSON text that passed the check for being sent on unchanged.
 #[derive(Debug, Clone)]
 pub struct RawJson {
@@ -256,19 +266,23 @@ impl RawJson {
         }
     }
 
-    /// [`RawJson::chunk`] for an SSE event's data (which the SSE reader has already
-    /// checked to be UTF-8), the chunks of one stream in order with the stream's
-    /// `memo`: what a chunk repeats of the last one is not checked again
-    /// ([`scan_object_resuming`]: the same answer, a fraction of the work on a usual
-    /// text chunk).
-    pub fn stream_chunk(text: EventData, memo: &mut ScanMemo) -> Result<RawJson, EventData> {
-        match Self::chunk_usage(scan_object_resuming(&text, memo).map(Probe)) {
-            Some(found) => Ok(RawJson {
+    /// [`RawJson::chunk`] for an SSE event's data, the chunks of one stream in order
+    /// with the stream's `memo`: what a chunk repeats of the last one is not checked
+    /// again, for UTF-8 ([`EventBytes`]: the SSE reader leaves that to this) or as
+    /// JSON ([`scan_bytes_resuming`]: the same answer, a fraction of the work on a
+    /// usual text chunk). A text that is UTF-8 but not a chunk that can pass as
+    /// written comes back as [`StreamChunk::Other`]; one that is not UTF-8 is the
+    /// stream's failure.
+    pub fn stream_chunk(text: EventBytes, memo: &mut ScanMemo) -> Result<StreamChunk, ApiError> {
+        let found = scan_bytes_resuming(text.as_bytes(), memo).map_err(|NotUtf8| not_utf8())?;
+        Ok(match Self::chunk_usage(found.map(Probe)) {
+            Some(found) => StreamChunk::Raw(RawJson {
                 place: memo.last_change(),
                 ..found.with_text(text.into_bytes())
             }),
-            None => Err(text),
-        }
+            // SAFETY: `scan_bytes_resuming` answers `Ok` only for UTF-8.
+            None => StreamChunk::Other(unsafe { text.checked_by_caller() }),
+        })
     }
 
     /// Which text of its stream's memo this chunk is, and what changed since the
@@ -461,16 +475,22 @@ mod tests {
         result.ok()
     }
 
-    /// Both entry points (bytes, and SSE data already checked as UTF-8) decide alike
-    /// and give rejected text back whole.
+    /// Both entry points (bytes, and SSE data) decide alike and give rejected text
+    /// back whole.
     fn raw_chunk(text: &str) -> Option<RawJson> {
-        let from_str = RawJson::stream_chunk(text.to_owned().into(), &mut ScanMemo::default());
-        match &from_str {
-            Ok(raw) => assert_eq!(raw.text, text.as_bytes()),
-            Err(back) => assert_eq!(back.as_str(), text, "the text comes back whole"),
-        }
+        let streamed = RawJson::stream_chunk(text.to_owned().into(), &mut ScanMemo::default());
+        let passes = match streamed.expect("UTF-8") {
+            StreamChunk::Raw(raw) => {
+                assert_eq!(raw.text, text.as_bytes());
+                true
+            }
+            StreamChunk::Other(back) => {
+                assert_eq!(back.as_str(), text, "the text comes back whole");
+                false
+            }
+        };
         let from_bytes = RawJson::chunk(Bytes::from(text.to_owned()));
-        assert_eq!(from_str.is_ok(), from_bytes.is_ok(), "{text}");
+        assert_eq!(passes, from_bytes.is_ok(), "{text}");
         from_bytes.ok()
     }
 

@@ -798,7 +798,11 @@ X-Service-Token = "service-token-9a8b"
             r.redact_payload(Payload::Raw(raw)).into_json_bytes()
         };
         let streamed = |text: &str, memo: &mut ScanMemo, clean: &mut StreamClean| {
-            let raw = crate::payload::RawJson::stream_chunk(text.to_owned().into(), memo).unwrap();
+            let crate::payload::StreamChunk::Raw(raw) =
+                crate::payload::RawJson::stream_chunk(text.to_owned().into(), memo).unwrap()
+            else {
+                panic!("{text} passes as written");
+            };
             r.redact_stream_payload(Payload::Raw(raw), clean)
                 .into_json_bytes()
         };

@@ -21,6 +21,7 @@
 //! neither copied nor allocated.
 
 use std::future::Future;
+use std::marker::PhantomData;
 use std::ops::Deref;
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -71,8 +72,7 @@ impl EventData {
     /// The data without surrounding white space (as `str::trim` has it), still
     /// sharing the bytes.
     fn trimmed(self) -> EventData {
-        let edge_is_plain = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_graphic());
-        if edge_is_plain(self.0.first()) && edge_is_plain(self.0.last()) {
+        if plain_edges(&self.0) {
             return self;
         }
         let text = self.as_str();
@@ -98,13 +98,93 @@ impl From<String> for EventData {
     }
 }
 
+/// One event's data, trimmed, whose UTF-8 is left to the reader it goes to: for a
+/// reader that checks it as part of its own reading ([`crate::payload::RawJson::stream_chunk`]
+/// checks only the bytes that changed since the event before, a few in a text
+/// chunk, where the SSE reader's check looked at all of them: about 100
+/// instructions an event). Data whose first or last byte is not a printable ASCII
+/// character is checked here whole, as it must be to be trimmed as text.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventBytes(Bytes);
+
+impl EventBytes {
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The data as [`EventData`] once all of it is checked to be UTF-8.
+    pub fn checked(self) -> Result<EventData, ApiError> {
+        EventData::from_utf8(self.0).ok_or_else(not_utf8)
+    }
+
+    /// The data as [`EventData`], its UTF-8 checked by the caller.
+    ///
+    /// # Safety
+    /// The bytes must be UTF-8 ([`EventData::as_str`] reads them unchecked).
+    pub unsafe fn checked_by_caller(self) -> EventData {
+        EventData(self.0)
+    }
+
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+}
+
+impl From<String> for EventBytes {
+    fn from(text: String) -> Self {
+        EventBytes(Bytes::from(text))
+    }
+}
+
+/// What an SSE reader hands on for each event: its data, trimmed, with UTF-8
+/// checked ([`EventData`]) or left to the reader of it ([`EventBytes`]).
+pub trait EventText: Sized {
+    /// The event's data trimmed; `None` when it is found not to be UTF-8.
+    fn read(data: Bytes) -> Option<Self>;
+    fn data(&self) -> &[u8];
+}
+
+impl EventText for EventData {
+    fn read(data: Bytes) -> Option<Self> {
+        EventData::from_utf8(data).map(EventData::trimmed)
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl EventText for EventBytes {
+    fn read(data: Bytes) -> Option<Self> {
+        if plain_edges(&data) {
+            return Some(EventBytes(data));
+        }
+        EventData::read(data).map(|text| EventBytes(text.0))
+    }
+
+    fn data(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Whether `data`'s first and last bytes are printable ASCII: nothing to trim.
+fn plain_edges(data: &[u8]) -> bool {
+    let plain = |b: Option<&u8>| b.is_some_and(|b| b.is_ascii_graphic());
+    plain(data.first()) && plain(data.last())
+}
+
+/// The failure of a stream with an event that is not UTF-8.
+pub fn not_utf8() -> ApiError {
+    ApiError::upstream_failure("upstream sent a stream event that is not UTF-8")
+}
+
 /// The `data` of each event of an upstream SSE body, trimmed, as written. Ends at
 /// `[DONE]` (what is left of the body is then read in the background so that its
 /// connection can be reused) or at the end of the body; events whose data is empty
 /// or only whitespace are skipped. A failure (the body breaking off, an event that
 /// is not UTF-8 or longer than [`MAX_EVENT_BYTES`], `idle_timeout` without an event)
 /// is the stream's last item.
-pub struct SseDataEvents<S> {
+pub struct SseDataEvents<S, T = EventData> {
     /// `None` once the stream has ended.
     body: Option<Pin<Box<S>>>,
     /// The unread bytes while they are the end of one piece of the body: events
@@ -126,10 +206,27 @@ pub struct SseDataEvents<S> {
     /// [`MAX_EVENT_BYTES`], smaller in tests.
     max_event: usize,
     idle: IdleClock,
+    /// What each event's data is handed on as.
+    text: PhantomData<fn() -> T>,
 }
 
-impl<S> SseDataEvents<S> {
+impl<S> SseDataEvents<S, EventData> {
+    /// Each event's data checked to be UTF-8.
     pub fn new(body: S, idle_timeout: Duration) -> Self {
+        Self::reading(body, idle_timeout)
+    }
+}
+
+impl<S> SseDataEvents<S, EventBytes> {
+    /// Each event's data with its UTF-8 left to the reader it goes to
+    /// ([`EventBytes`]).
+    pub fn unchecked(body: S, idle_timeout: Duration) -> Self {
+        Self::reading(body, idle_timeout)
+    }
+}
+
+impl<S, T> SseDataEvents<S, T> {
+    fn reading(body: S, idle_timeout: Duration) -> Self {
         SseDataEvents {
             body: Some(Box::pin(body)),
             piece: Bytes::new(),
@@ -140,14 +237,15 @@ impl<S> SseDataEvents<S> {
             bom_checked: false,
             max_event: MAX_EVENT_BYTES,
             idle: IdleClock::new(idle_timeout),
+            text: PhantomData,
         }
     }
 
     /// Each event's data read by `decode` (a provider's reading of its events) in
     /// the same poll: the stream ends after the first error, `decode`'s included.
-    pub fn decode<T, F>(self, decode: F) -> DecodedEvents<S, F>
+    pub fn decode<U, F>(self, decode: F) -> DecodedEvents<S, F, T>
     where
-        F: FnMut(EventData) -> Result<T, ApiError>,
+        F: FnMut(T) -> Result<U, ApiError>,
     {
         DecodedEvents {
             events: self,
@@ -179,6 +277,17 @@ impl<S> SseDataEvents<S> {
     /// Bytes `from..to` of the unread ones, then everything up to `next` consumed.
     fn take_slice(&mut self, from: usize, to: usize, next: usize) -> Bytes {
         if self.joined.is_empty() {
+            if next == self.piece.len() {
+                // The piece's last event (its only one, when the upstream sends an
+                // event at a time): the piece itself, cut down, rather than a slice
+                // of it and then the piece dropped (two atomic updates of its count
+                // of owners).
+                let mut event = std::mem::take(&mut self.piece);
+                event.truncate(to);
+                event.advance(from);
+                self.scanned = 0;
+                return event;
+            }
             let slice = self.piece.slice(from..to);
             self.consume(next);
             slice
@@ -319,24 +428,22 @@ fn take_data(data: &mut Vec<u8>, lines: &mut usize, value: &[u8]) {
     *lines += 1;
 }
 
-impl<S, E> SseDataEvents<S>
+impl<S, E, T> SseDataEvents<S, T>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::fmt::Display,
+    T: EventText,
 {
     /// What a dispatched event's data becomes: `None` to skip it, or the item.
-    fn deliver(&mut self, data: Bytes) -> Option<Option<Result<EventData, ApiError>>> {
-        let Some(data) = EventData::from_utf8(data) else {
+    fn deliver(&mut self, data: Bytes) -> Option<Option<Result<T, ApiError>>> {
+        let Some(data) = T::read(data) else {
             self.end();
-            return Some(Some(Err(ApiError::upstream_failure(
-                "upstream sent a stream event that is not UTF-8",
-            ))));
+            return Some(Some(Err(not_utf8())));
         };
-        let data = data.trimmed();
-        if data.is_empty() {
+        if data.data().is_empty() {
             return None;
         }
-        if data.as_str() == "[DONE]" {
+        if data.data() == b"[DONE]" {
             if let Some(body) = self.end() {
                 finish_body(body);
             }
@@ -347,12 +454,13 @@ where
     }
 }
 
-impl<S, E> Stream for SseDataEvents<S>
+impl<S, E, T> Stream for SseDataEvents<S, T>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::fmt::Display,
+    T: EventText,
 {
-    type Item = Result<EventData, ApiError>;
+    type Item = Result<T, ApiError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;
@@ -413,18 +521,19 @@ where
 
 /// [`SseDataEvents`] with each event read by a provider's `decode`
 /// ([`SseDataEvents::decode`]).
-pub struct DecodedEvents<S, F> {
-    events: SseDataEvents<S>,
+pub struct DecodedEvents<S, F, T = EventData> {
+    events: SseDataEvents<S, T>,
     decode: F,
 }
 
-impl<S, E, T, F> Stream for DecodedEvents<S, F>
+impl<S, E, T, U, F> Stream for DecodedEvents<S, F, T>
 where
     S: Stream<Item = Result<Bytes, E>> + Send + 'static,
     E: std::fmt::Display,
-    F: FnMut(EventData) -> Result<T, ApiError> + Unpin,
+    T: EventText,
+    F: FnMut(T) -> Result<U, ApiError> + Unpin,
 {
-    type Item = Result<T, ApiError>;
+    type Item = Result<U, ApiError>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = &mut *self;

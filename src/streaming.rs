@@ -18,7 +18,7 @@ use serde_json::{json, Value};
 
 use crate::error::{ApiError, ErrorBody};
 use crate::payload::{Payload, PayloadStream};
-use crate::sse::{EventData, SseDataEvents};
+use crate::sse::{EventBytes, EventData, SseDataEvents};
 
 /// A stream of OpenAI `chat.completion.chunk` objects, or a failure that ends it.
 pub type ChunkStream = Pin<Box<dyn Stream<Item = Result<Value, ApiError>> + Send>>;
@@ -50,6 +50,21 @@ where
     F: FnMut(EventData) -> Result<T, ApiError> + Send + Unpin + 'static,
 {
     Box::pin(SseDataEvents::new(body, idle_timeout).decode(decode))
+}
+
+/// [`sse_decoded`] whose `decode` checks each event's UTF-8 itself ([`EventBytes`]).
+pub fn sse_decoded_unchecked<S, E, T, F>(
+    body: S,
+    idle_timeout: Duration,
+    decode: F,
+) -> Pin<Box<dyn Stream<Item = Result<T, ApiError>> + Send>>
+where
+    S: Stream<Item = Result<Bytes, E>> + Send + 'static,
+    E: std::fmt::Display + Send + 'static,
+    T: Send + 'static,
+    F: FnMut(EventBytes) -> Result<T, ApiError> + Send + Unpin + 'static,
+{
+    Box::pin(SseDataEvents::unchecked(body, idle_timeout).decode(decode))
 }
 
 /// Read an upstream SSE body as JSON chunks. Each `data:` payload must be JSON;

@@ -389,6 +389,40 @@ async fn failures_after_the_stream_began_become_an_error_chunk_then_done() {
     }
 }
 
+/// A chunk that is not UTF-8 ends the stream with an error chunk, whether it differs
+/// from the chunk before only in its text (checked where it changed) or more
+/// (checked whole); the chunks before it were delivered.
+#[tokio::test]
+async fn a_chunk_that_is_not_utf8_ends_the_stream_with_an_error() {
+    let (_upstream, gw) = setup().await;
+    for (model, delivered) in [("bad-utf8", "Hello"), ("bad-utf8-first", "")] {
+        let mut req = user(model, "x");
+        req["stream"] = json!(true);
+        let response = gw.chat("client-key", req).await;
+        assert_eq!(response.status(), StatusCode::OK, "{model}");
+        let text = response.text().await.unwrap();
+        let (chunks, done) = sse_chunks(&text);
+        assert!(done, "{model}: [DONE] after the error: {text}");
+        let content: String = chunks
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert_eq!(content, delivered, "{model}: {text}");
+        let last = chunks.last().unwrap();
+        assert_eq!(
+            last["error"]["message"], "Error processing upstream provider response",
+            "{model}: {text}"
+        );
+        assert_eq!(last["choices"][0]["finish_reason"], "error");
+        assert!(
+            chunks
+                .iter()
+                .all(|c| c["choices"][0]["finish_reason"] != "stop"),
+            "{model}: nothing after the bad chunk: {text}"
+        );
+    }
+}
+
 /// Complete answers and chunks are handed on as the upstream wrote them (no
 /// re-serialization: spacing, key order and number spelling survive); chunks that
 /// lack fields are still filled in. Logging and metrics read them all the same.

@@ -285,13 +285,11 @@ pub fn raw_upstream_call(
     raw: crate::api::raw_chat::RawChatRequest,
     want_usage: bool,
 ) -> UpstreamCall {
-    let mut params = Map::new();
-    if let Some(stream) = raw.stream {
-        params.insert("stream".into(), stream.into());
-    }
     UpstreamCall {
         model: ctx.model.clone().unwrap_or_default(),
-        params,
+        // Empty: `raw_body` says whether it streams (a map with `stream` in it cost
+        // a hashed insert and a hashed lookup a request).
+        params: Map::new(),
         headers: HeaderMap::new(),
         header_case: HeaderCase::NONE,
         gateway_usage: want_usage,

@@ -61,17 +61,22 @@ pub struct UpstreamCall {
     /// did not ask ([`UpstreamCall::client_include_usage`]).
     pub gateway_usage: bool,
     /// The client's chat request as it came (`api::raw_chat`), for a provider that
-    /// sends it on as it is ([`Provider::takes_raw_chat`]); `params` then holds
-    /// `stream` only. Never set for a call to any other provider.
+    /// sends it on as it is ([`Provider::takes_raw_chat`]); `params` is then empty
+    /// (this tells whether the call streams). Never set for a call to any other
+    /// provider.
     pub raw_body: Option<crate::api::raw_chat::RawChatRequest>,
 }
 
 impl UpstreamCall {
     pub fn is_stream(&self) -> bool {
-        self.params
-            .get("stream")
-            .and_then(Value::as_bool)
-            .unwrap_or(false)
+        match &self.raw_body {
+            Some(raw) => raw.stream == Some(true),
+            None => self
+                .params
+                .get("stream")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+        }
     }
 
     pub fn messages(&self) -> &[Value] {

@@ -16,10 +16,10 @@ use super::upstream_http::{check_status, data_ids, get_json, send, timeout_error
 use super::{HttpSettings, Provider, UpstreamCall};
 use crate::error::ApiError;
 use crate::json_scan::ScanMemo;
-use crate::payload::{into_chunk_stream, Payload, PayloadStream, RawJson};
+use crate::payload::{into_chunk_stream, Payload, PayloadStream, RawJson, StreamChunk};
 use crate::streaming::{
-    completion_id, completion_to_chunks, json_chunk, sse_decoded, sse_json_events, unix_now,
-    ChunkStream, StreamAccumulator,
+    completion_id, completion_to_chunks, json_chunk, sse_decoded_unchecked, sse_json_events,
+    unix_now, ChunkStream, StreamAccumulator,
 };
 use crate::upstream::{
     json_post_headers, too_large_error, HeaderCase, PreparedPost, Target, UpstreamClient,
@@ -291,12 +291,14 @@ impl Provider for OpenAiProvider {
         // Chunks that have every field go to the client as the upstream wrote them;
         // the others are parsed, filled in, or end the stream with their error.
         let mut memo = ScanMemo::default();
-        Ok(sse_decoded(
+        Ok(sse_decoded_unchecked(
             response.bytes_stream(),
             self.chunk_timeout,
-            move |data| match RawJson::stream_chunk(data, &mut memo) {
-                Ok(raw) => Ok(Payload::Raw(raw)),
-                Err(text) => json_chunk(&text).map(|chunk| Payload::Value(identity.fill(chunk))),
+            move |data| match RawJson::stream_chunk(data, &mut memo)? {
+                StreamChunk::Raw(raw) => Ok(Payload::Raw(raw)),
+                StreamChunk::Other(text) => {
+                    json_chunk(&text).map(|chunk| Payload::Value(identity.fill(chunk)))
+                }
             },
         ))
     }

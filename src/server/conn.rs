@@ -206,7 +206,12 @@ impl ConnState {
     /// Bytes arrived: after an idle time, the head of a next request has begun.
     #[inline]
     fn bytes_read(&self) {
-        self.reads.fetch_add(1, Ordering::Relaxed);
+        // One writer: a load and a store, not an atomic add (a locked instruction,
+        // some 20 cycles, on every read).
+        self.reads.store(
+            self.reads.load(Ordering::Relaxed).wrapping_add(1),
+            Ordering::Relaxed,
+        );
         if self.phase.load(Ordering::Relaxed) == IDLE {
             self.since.store(self.shared.now(), Ordering::Relaxed);
             self.phase.store(HEAD, Ordering::Relaxed);

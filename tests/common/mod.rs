@@ -59,6 +59,8 @@ struct UpstreamState {
 /// - `no-done`: chunks without `[DONE]`;
 /// - `crlf`: SSE framed with CRLF and a keep-alive comment;
 /// - `error-event`: one chunk, then an OpenAI `error` event;
+/// - `bad-utf8`: a text chunk, then one like it whose text is not UTF-8;
+///   `bad-utf8-first`: the first text chunk is not UTF-8;
 /// - anything else: a normal answer whose content names the model.
 pub struct MockUpstream {
     pub addr: SocketAddr,
@@ -349,6 +351,20 @@ fn sse_events(model: &str, body: &Value) -> Vec<(String, Duration)> {
             events.push((format!("data: {}\r\n\r\n", finish(0, "stop")), now));
             events.push(("data: [DONE]\r\n\r\n".into(), now));
         }
+        // The marker becomes bytes that are not UTF-8 (`sse_response`).
+        "bad-utf8" => {
+            events.push((data(&role(0)), now));
+            events.push((data(&text(0, "Hello")), now));
+            events.push((data(&text(0, &format!(" w{BAD_UTF8_MARKER}rld"))), now));
+            events.push((data(&finish(0, "stop")), now));
+            events.push(("data: [DONE]\n\n".into(), now));
+        }
+        "bad-utf8-first" => {
+            events.push((data(&role(0)), now));
+            events.push((data(&text(0, BAD_UTF8_MARKER)), now));
+            events.push((data(&finish(0, "stop")), now));
+            events.push(("data: [DONE]\n\n".into(), now));
+        }
         "error-event" => {
             events.push((data(&role(0)), now));
             events.push((data(&json!({"error": {"message": "upstream overloaded", "type": "server_error", "param": null, "code": "overloaded"}})), now));
@@ -365,6 +381,22 @@ fn sse_events(model: &str, body: &Value) -> Vec<(String, Duration)> {
         }
     }
     events
+}
+
+/// Where `bad-utf8` streams have bytes that are not UTF-8.
+const BAD_UTF8_MARKER: &str = "<not UTF-8>";
+
+/// An event's bytes, the marker replaced by a byte that starts a two-byte
+/// character followed by one that cannot continue it.
+fn event_bytes(text: String) -> Bytes {
+    match text.find(BAD_UTF8_MARKER) {
+        Some(at) => {
+            let mut bytes = text.into_bytes();
+            bytes.splice(at..at + BAD_UTF8_MARKER.len(), [0xC3, b'r']);
+            Bytes::from(bytes)
+        }
+        None => Bytes::from(text),
+    }
 }
 
 /// Counts a streamed body as aborted when it is dropped before its last event.
@@ -398,7 +430,7 @@ fn sse_response(model: &str, body: &Value, state: Arc<UpstreamState>) -> Respons
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
-            Ok::<Bytes, std::io::Error>(Bytes::from(text))
+            Ok::<Bytes, std::io::Error>(event_bytes(text))
         })
         .chain(
             futures_util::stream::iter(fail_at_end.then_some(())).then(|()| async {

@@ -11,8 +11,8 @@ use super::super::upstream_http::{check_status, send, timeout_error};
 use super::{declares, refuses_stream_options, OpenAiProvider};
 use crate::error::ApiError;
 use crate::json_scan::{member_spans, member_str, ScanMemo, TokenCounts};
-use crate::payload::{Payload, RawJson};
-use crate::streaming::{json_chunk, sse_decoded};
+use crate::payload::{Payload, RawJson, StreamChunk};
+use crate::streaming::{json_chunk, sse_decoded, sse_decoded_unchecked};
 use crate::upstream::{Target, UpstreamError, UpstreamResponse};
 
 /// The two doors' upstream URLs, prepared once.
@@ -127,12 +127,13 @@ impl OpenAiProvider {
         // Events with every field go on as written; others are read as JSON (an
         // `error` event ends the stream with its error).
         let mut memo = ScanMemo::default();
-        let chunks = sse_decoded(response.bytes_stream(), self.chunk_timeout, move |data| {
-            match RawJson::stream_chunk(data, &mut memo) {
-                Ok(raw) => Ok(Payload::Raw(raw)),
-                Err(text) => json_chunk(&text).map(Payload::Value),
-            }
-        });
+        let chunks =
+            sse_decoded_unchecked(response.bytes_stream(), self.chunk_timeout, move |data| {
+                match RawJson::stream_chunk(data, &mut memo)? {
+                    StreamChunk::Raw(raw) => Ok(Payload::Raw(raw)),
+                    StreamChunk::Other(text) => json_chunk(&text).map(Payload::Value),
+                }
+            });
         Ok(TextCompletion::Stream(chunks))
     }
 
