@@ -182,40 +182,63 @@ fn scan_resuming(
         memo.id = next_memo_id();
     }
     memo.seq += 1;
-    let (found, string) = match memo.same_but_one_string(text) {
-        Some((found, string, changed)) => {
-            if !utf8_known && !memo.utf8_around(text, &changed) {
-                memo.forget();
-                return Err(NotUtf8);
-            }
-            memo.changed = Some(changed);
-            (Some(found), string)
+    if let Some(change) = memo.same_but_one_string(text) {
+        if !utf8_known && !memo.utf8_around(text, &change.bytes) {
+            memo.forget();
+            return Err(NotUtf8);
         }
-        None => {
-            memo.changed = None;
-            let text = if utf8_known {
-                // SAFETY: the caller had it as a `str`.
-                unsafe { std::str::from_utf8_unchecked(text) }
-            } else if let Some(text) = utf8(text) {
-                text
-            } else {
-                memo.forget();
-                return Err(NotUtf8);
-            };
-            (scan_members(text, Some(memo)), None)
+        // The last text's findings, moved to where this text has them: kept for
+        // the next text when this one can be (one copy of them a chunk, the answer).
+        let mut found = memo.last_found.take().expect("compared with a last text");
+        found.escapes = change.escapes;
+        found.usage_member = change.usage_member;
+        memo.changed = Some(change.bytes);
+        memo.last.clear();
+        if text.len() <= ScanMemo::MAX_LAST {
+            // Its escapes, if any, are all inside the string it changed.
+            memo.last.extend_from_slice(text);
+            memo.last_string = change.string;
+            memo.last_found = Some(found.clone());
         }
+        return Ok(Some(found));
+    }
+    memo.changed = None;
+    let text = if utf8_known {
+        // SAFETY: the caller had it as a `str`.
+        unsafe { std::str::from_utf8_unchecked(text) }
+    } else if let Some(text) = utf8(text) {
+        text
+    } else {
+        memo.forget();
+        return Err(NotUtf8);
     };
+    let found = scan_members(text, Some(memo));
     memo.last.clear();
     match &found {
-        // Kept when its escapes, if any, are all inside the string it changed.
-        Some(top) if (!top.escapes || string.is_some()) && text.len() <= ScanMemo::MAX_LAST => {
-            memo.last.extend_from_slice(text);
+        // Kept when it has no escapes (where the next text changes it, they would
+        // have to be found again).
+        Some(top) if !top.escapes && text.len() <= ScanMemo::MAX_LAST => {
+            memo.last.extend_from_slice(text.as_bytes());
             memo.last_found = Some(top.clone());
-            memo.last_string = string;
+            memo.last_string = None;
         }
         _ => memo.last_found = None,
     }
     Ok(found)
+}
+
+/// How a text differs from the memo's last one when only inside one string
+/// ([`ScanMemo::same_but_one_string`]): what the scan's findings become.
+struct StringChange {
+    /// The text's bytes outside which it is the last text.
+    bytes: std::ops::Range<usize>,
+    /// Where the changed string lies in the text (`None` when the texts are the
+    /// same and the last one's was not known).
+    string: Option<StringAt>,
+    /// Whether the text has escapes (only ever inside that string).
+    escapes: bool,
+    /// Where its `usage` member lies.
+    usage_member: Option<(usize, usize)>,
 }
 
 /// What [`scan_object_resuming`] keeps between the texts of a stream: the last
@@ -354,18 +377,20 @@ impl ScanMemo {
         }
     }
 
-    /// What the scan finds in `text` when it is the last text but inside one string
-    /// value, with where that string lies in `text` (`None` when the texts are the
-    /// same and the last one's was not known); `None` when that is not known.
-    fn same_but_one_string(
-        &self,
-        text: &[u8],
-    ) -> Option<(TopLevel, Option<StringAt>, std::ops::Range<usize>)> {
+    /// How `text` differs from the last text when only inside one string value, and
+    /// so how the scan's findings for it differ from the last ones ([`StringChange`]);
+    /// `None` when that is not known.
+    fn same_but_one_string(&self, text: &[u8]) -> Option<StringChange> {
         let found = self.last_found.as_ref()?;
         let last = &self.last[..];
         let start = common_prefix(last, text);
         if start == last.len() && start == text.len() {
-            return Some((found.clone(), self.last_string, start..start));
+            return Some(StringChange {
+                bytes: start..start,
+                string: self.last_string,
+                escapes: found.escapes,
+                usage_member: found.usage_member,
+            });
         }
         let room = last.len().min(text.len()) - start;
         let tail = common_suffix(&last[start..], &text[start..]).min(room);
@@ -417,24 +442,27 @@ impl ScanMemo {
             }
             escaped
         };
-        let mut found = found.clone();
         // Escapes are only ever in the changed string (or the last text would
         // not have been kept).
-        found.escapes = escaped;
-        if let Some((from, to)) = found.usage_member {
+        let mut usage_member = found.usage_member;
+        if let Some((from, to)) = usage_member {
             if from > string.close {
-                found.usage_member = Some((moved(from), moved(to)));
+                usage_member = Some((moved(from), moved(to)));
             } else if to > start {
                 // Inside `usage`: its keys and numbers are read.
                 return None;
             }
         }
-        let string = StringAt {
-            open: string.open,
-            close,
-            escaped,
-        };
-        Some((found, Some(string), start..text_end))
+        Some(StringChange {
+            bytes: start..text_end,
+            string: Some(StringAt {
+                open: string.open,
+                close,
+                escaped,
+            }),
+            escapes: escaped,
+            usage_member,
+        })
     }
 }
 
