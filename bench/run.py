@@ -149,7 +149,16 @@ SCENARIOS = [
         model="bench",
         conns=1,
         threads=1,
-        targets=("direct", "floor", "nginx", "lm-proxy", "lm-proxy-shared", "reference", "litellm"),
+        targets=(
+            "direct",
+            "floor",
+            "nginx",
+            "nginx-log",
+            "lm-proxy",
+            "lm-proxy-shared",
+            "reference",
+            "litellm",
+        ),
         note=SHARED_NOTE,
     ),
     Scenario(
@@ -158,7 +167,16 @@ SCENARIOS = [
         stream=False,
         model="bench",
         conns=64,
-        targets=("direct", "floor", "nginx", "lm-proxy", "lm-proxy-shared", "reference", "litellm"),
+        targets=(
+            "direct",
+            "floor",
+            "nginx",
+            "nginx-log",
+            "lm-proxy",
+            "lm-proxy-shared",
+            "reference",
+            "litellm",
+        ),
         note=SHARED_NOTE,
     ),
     Scenario(
@@ -167,7 +185,16 @@ SCENARIOS = [
         stream=True,
         model=f"bench-s{CHUNKS}",
         conns=64,
-        targets=("direct", "floor", "nginx", "lm-proxy", "lm-proxy-shared", "reference", "litellm"),
+        targets=(
+            "direct",
+            "floor",
+            "nginx",
+            "nginx-log",
+            "lm-proxy",
+            "lm-proxy-shared",
+            "reference",
+            "litellm",
+        ),
         note=SHARED_NOTE,
     ),
     Scenario(
@@ -312,7 +339,7 @@ VARIANT_TITLES = {
 PEERS = ("reference", "litellm")
 OURS = ("lm-proxy", "lm-proxy-shared", "lm-proxy-default", "lm-proxy-python")
 # Proxies without application logic, run in every round like the mock and lm-proxy.
-BARE = ("floor", "nginx")
+BARE = ("floor", "nginx", "nginx-log")
 
 
 @functools.cache
@@ -338,6 +365,7 @@ def title_of(target: str, scenario: Scenario) -> str:
         "direct": "direct (mock)",
         "floor": "floor: do-nothing proxy, axum + reqwest (bench-floor-proxy)",
         "nginx": f"nginx {nginx} reverse proxy (C, no app logic)",
+        "nginx-log": f"nginx {nginx}, with a buffered access log (a line a request, as lm-proxy)",
         "lm-proxy": f"lm-proxy ({variant})" if variant else "lm-proxy",
         "lm-proxy-shared": "lm-proxy, shared runtime (--threads 0)",
         "lm-proxy-default": "lm-proxy (default config)",
@@ -596,11 +624,15 @@ def lm_proxy_config(port: int, upstream: int, variant: str, work: Path) -> Path:
     return path
 
 
-def nginx_config(port: int, upstream: int, work: Path) -> Path:
+def nginx_config(port: int, upstream: int, work: Path, access_log: bool = False) -> Path:
     """A plain reverse proxy to the mock: no logging, upstream keep-alive, no buffering.
 
-    Everything it writes (pid, temp directories) stays in its own directory under the
-    run's work dir; the error log is stderr (the server's log file here)."""
+    With `access_log` (target `nginx-log`), a line per request into a file, written
+    in batches as lm-proxy writes its request lines (64 KB buffer, flushed at least
+    every 100 ms): the same job as lm-proxy's default config, which logs every
+    request. Everything it writes (pid, temp directories, the access log) stays in
+    its own directory under the run's work dir; the error log is stderr (the
+    server's log file here)."""
     prefix = work / f"nginx-{port}"
     prefix.mkdir()
     lines = [f"worker_processes {os.cpu_count() or 1};", "daemon off;"]
@@ -619,7 +651,11 @@ def nginx_config(port: int, upstream: int, work: Path) -> Path:
         # Two connections per proxied request (client and upstream), up to 1,000 clients.
         "events { worker_connections 4096; }",
         "http {",
-        "    access_log off;",
+        (
+            f"    access_log {prefix / 'access.log'} combined buffer=64k flush=100ms;"
+            if access_log
+            else "    access_log off;"
+        ),
         # Never close a client or upstream connection after N requests (the default
         # 1,000 would make wrk reconnect; the other servers keep connections open).
         "    keepalive_requests 1000000;",
@@ -864,8 +900,8 @@ def start_target(
         server = Server(tag, argv, port, "/health", log_dir)
         server.wait_ready(30)
         return server, Request(port, path, body, {})
-    if target == "nginx":
-        config = nginx_config(port, upstream, work)
+    if target in ("nginx", "nginx-log"):
+        config = nginx_config(port, upstream, work, access_log=target == "nginx-log")
         # In the foreground (daemon off in the config): the master is this script's
         # child and its workers are the master's children, so the process-tree
         # sampling sees them all. -e: the error log before the config is read.
@@ -951,7 +987,7 @@ def available(target: str, args: argparse.Namespace) -> str | None:
         return python_ext_support(args.ext_python)
     if target == "floor" and not FLOOR_BIN.exists():
         return f"missing {FLOOR_BIN.relative_to(ROOT)} (cargo build --release --bins)"
-    if target == "nginx" and not nginx_bin():
+    if target in ("nginx", "nginx-log") and not nginx_bin():
         return "not installed (bench/run.sh --install-peers runs apt-get install nginx-light)"
     return None
 
@@ -1349,7 +1385,7 @@ def main() -> int:
         "--targets",
         type=lambda s: s.split(","),
         default=None,
-        help="comma-separated: direct, floor, nginx, lm-proxy, lm-proxy-shared, "
+        help="comma-separated: direct, floor, nginx, nginx-log, lm-proxy, lm-proxy-shared, "
         "lm-proxy-default, lm-proxy-python, reference, litellm",
     )
     parser.add_argument(

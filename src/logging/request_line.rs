@@ -290,9 +290,11 @@ fn push_time(out: &mut impl std::fmt::Write, time: std::time::SystemTime) -> std
         *digit = b'0' + (n % 10) as u8;
         n /= 10;
     }
-    // Both parts are ASCII digits and punctuation.
-    out.write_str(std::str::from_utf8(&text).unwrap_or_default())?;
-    out.write_str(std::str::from_utf8(&micros).unwrap_or_default())
+    // SAFETY: both parts are ASCII digits and punctuation (humantime's RFC 3339
+    // text and the digits above), so UTF-8; checking them again cost about 140
+    // instructions a request line.
+    out.write_str(unsafe { std::str::from_utf8_unchecked(&text) })?;
+    out.write_str(unsafe { std::str::from_utf8_unchecked(&micros) })
 }
 
 /// The `tracing` event format of the process: request lines (a `line` field on
