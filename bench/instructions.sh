@@ -22,6 +22,8 @@
 # answers then carry the headers OpenAI's do).
 # EXTRA=FILE appends FILE's TOML to the gateway's config (`{work}` in it becomes the
 # run's scratch folder), e.g. bench/ledger-sqlite.toml: the usage ledger and a budget.
+# DUMP_INSTR=1 writes the profiles with each instruction's count (callgrind's
+# --dump-instr=yes), for bench/atomics.py (with KEEP).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source bench/lib.sh
@@ -60,6 +62,7 @@ PY
 # instructions BINARY BODY N PATH: the callgrind total of a run serving N requests.
 instructions() {
     valgrind --tool=callgrind --callgrind-out-file="$work/cg.out" \
+        ${DUMP_INSTR:+--dump-instr=yes} \
         "$1" --config "$work/gateway.toml" --threads 1 >"$work/gateway.log" 2>&1 &
     local pid=$!
     wait_for "http://127.0.0.1:$gateway_port/health"
