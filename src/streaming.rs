@@ -268,6 +268,20 @@ where
     })
 }
 
+/// `text` as `Bytes` without the second allocation `Bytes::from(Vec)` makes for a
+/// vector with room to spare (a box for its reference count, and an atomic update
+/// of it when dropped): when the text fills most of its vector, the vector is cut
+/// to size (the allocator shrinks a block in place when at least half of it stays
+/// in use), and the `Bytes` owns it alone. A text written into a vector sized from
+/// an estimate, such as a Responses event's, is the usual case.
+pub fn vec_into_bytes(text: Vec<u8>) -> Bytes {
+    if text.len() >= text.capacity() / 4 * 3 {
+        Bytes::from(text.into_boxed_slice())
+    } else {
+        Bytes::from(text)
+    }
+}
+
 /// Most bytes gathered into one write.
 pub const COALESCE_LIMIT: usize = 16 * 1024;
 
@@ -736,6 +750,20 @@ pub fn unix_now() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vector_becomes_bytes_with_its_text_whatever_its_spare_room() {
+        for (len, capacity) in [(0, 0), (0, 16), (5, 5), (300, 320), (300, 400), (300, 4096)] {
+            let mut text = Vec::with_capacity(capacity);
+            text.extend((0..len).map(|i| (i % 251) as u8));
+            let expected = text.clone();
+            assert_eq!(
+                &vec_into_bytes(text)[..],
+                &expected[..],
+                "{len} in {capacity}"
+            );
+        }
+    }
 
     #[test]
     fn a_burst_takes_its_room_once_and_a_lone_event_keeps_a_small_frame() {
