@@ -187,7 +187,15 @@ impl StreamIdentity {
 /// gathering while that brings more. The events gathered are sent after
 /// [`COALESCE_IDLE_TURNS`] turns in a row bring nothing, or at [`COALESCE_LIMIT`]
 /// bytes: a lone event waits a few scheduler turns (microseconds), never a timer
-/// tick.
+/// tick. Those turns bring the next event of an upstream whose connection runs as
+/// a task of its own (reqwest's, for HTTPS), which hands its frames over one at a
+/// time; where the body is read in this task (the gateway's own HTTP/1 connections)
+/// everything that has come is read before the first turn, and a turn brings
+/// nothing. So once [`FRUITLESS_FRAMES`] frames in a row waited their turns for
+/// nothing, the stream's frames go out as soon as nothing more is ready (a model's
+/// stream, an event every few ms: each turn was a poll of the whole task and a
+/// look at the sockets, about 2,500 instructions and an `epoll_wait`, twice an
+/// event); a turn that brings an event starts the count again.
 pub fn encode_sse<F>(
     chunks: PayloadStream,
     identity: StreamIdentity,
@@ -221,6 +229,7 @@ where
     // and the encoder (with the closure and what it captured) is large.
     let encoder = Box::new(SseEncoder {
         identity,
+        fruitless_frames: 0,
         hide_usage,
         last_raw: None,
         guard: FinishGuard {
@@ -236,8 +245,14 @@ where
         // (most of a slow stream's life) holds no buffer.
         let mut buf = Vec::with_capacity(4096);
         let mut ended = encoder.write(first, &mut buf);
-        // Turns of the scheduler taken so far without a new event.
+        // Turns of the scheduler taken so far without a new event, and how many
+        // this frame may take.
         let mut idle_turns = 0;
+        let turns = if encoder.fruitless_frames < FRUITLESS_FRAMES {
+            COALESCE_IDLE_TURNS
+        } else {
+            0
+        };
         while !ended && buf.len() < COALESCE_LIMIT {
             // Everything that is ready now, without waiting: taken before the first
             // yield, so that events that came together (and, at the start, the
@@ -256,8 +271,15 @@ where
                 break;
             }
             if got {
+                if idle_turns > 0 {
+                    // A turn brought it: waiting pays off with this upstream.
+                    encoder.fruitless_frames = 0;
+                }
                 idle_turns = 0;
-            } else if idle_turns == COALESCE_IDLE_TURNS {
+            } else if idle_turns == turns {
+                if turns > 0 {
+                    encoder.fruitless_frames = encoder.fruitless_frames.saturating_add(1);
+                }
                 break;
             }
             idle_turns += 1;
@@ -266,20 +288,6 @@ where
         let next = (!ended).then_some((chunks, encoder));
         Some((Ok(Bytes::from(buf)), next))
     })
-}
-
-/// `text` as `Bytes` without the second allocation `Bytes::from(Vec)` makes for a
-/// vector with room to spare (a box for its reference count, and an atomic update
-/// of it when dropped): when the text fills most of its vector, the vector is cut
-/// to size (the allocator shrinks a block in place when at least half of it stays
-/// in use), and the `Bytes` owns it alone. A text written into a vector sized from
-/// an estimate, such as a Responses event's, is the usual case.
-pub fn vec_into_bytes(text: Vec<u8>) -> Bytes {
-    if text.len() >= text.capacity() / 4 * 3 {
-        Bytes::from(text.into_boxed_slice())
-    } else {
-        Bytes::from(text)
-    }
 }
 
 /// Most bytes gathered into one write.
@@ -301,9 +309,16 @@ pub fn room_for_burst(frame: &mut Vec<u8>) {
 /// Scheduler turns without a new event after which the gathered events are sent.
 const COALESCE_IDLE_TURNS: u32 = 2;
 
+/// Frames in a row whose turns brought nothing, after which a stream's frames no
+/// longer wait for turns (until a turn brings an event).
+const FRUITLESS_FRAMES: u8 = 3;
+
 /// Writes a client stream's events and keeps what its end needs.
 struct SseEncoder<F: FnOnce(StreamSummary)> {
     identity: StreamIdentity,
+    /// Frames in a row whose turns of waiting brought no event (see
+    /// [`encode_sse`]).
+    fruitless_frames: u8,
     /// Keep usage the client did not ask for out of its stream.
     hide_usage: bool,
     /// The last chunk passed through as upstream text: its identity is read only if
@@ -752,20 +767,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_vector_becomes_bytes_with_its_text_whatever_its_spare_room() {
-        for (len, capacity) in [(0, 0), (0, 16), (5, 5), (300, 320), (300, 400), (300, 4096)] {
-            let mut text = Vec::with_capacity(capacity);
-            text.extend((0..len).map(|i| (i % 251) as u8));
-            let expected = text.clone();
-            assert_eq!(
-                &vec_into_bytes(text)[..],
-                &expected[..],
-                "{len} in {capacity}"
-            );
-        }
-    }
-
-    #[test]
     fn a_burst_takes_its_room_once_and_a_lone_event_keeps_a_small_frame() {
         let mut frame = Vec::with_capacity(4096);
         frame.extend_from_slice(&[b'x'; 300]);
@@ -919,6 +920,101 @@ mod tests {
             std::task::Poll::Ready(Some(Ok(bytes))) => assert!(bytes.ends_with(DONE)),
             other => panic!("the first poll gave {other:?}"),
         }
+    }
+
+    use std::future::Future;
+    use std::sync::atomic::Ordering;
+    use std::sync::Arc;
+
+    /// A chunk stream that counts the polls that found nothing ready, and gives an
+    /// item only every other poll when `every_other` (as an upstream connection's
+    /// own task hands its frames over: the next one comes after a turn).
+    struct Counted {
+        items: std::collections::VecDeque<Payload>,
+        paced: Option<Pin<Box<tokio::time::Sleep>>>,
+        every_other: bool,
+        ready_now: bool,
+        pending: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Stream for Counted {
+        type Item = Result<Payload, ApiError>;
+        fn poll_next(
+            mut self: Pin<&mut Self>,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Self::Item>> {
+            use std::task::Poll;
+            let this = &mut *self;
+            if let Some(sleep) = &mut this.paced {
+                if sleep.as_mut().poll(cx).is_pending() {
+                    this.pending.fetch_add(1, Ordering::Relaxed);
+                    return Poll::Pending;
+                }
+                let next = tokio::time::Instant::now() + Duration::from_millis(5);
+                sleep.as_mut().reset(next);
+            }
+            if this.every_other {
+                this.ready_now = !this.ready_now;
+                if !this.ready_now {
+                    this.pending.fetch_add(1, Ordering::Relaxed);
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+            }
+            Poll::Ready(this.items.pop_front().map(Ok))
+        }
+    }
+
+    fn counted(
+        n: u64,
+        paced: bool,
+        every_other: bool,
+    ) -> (PayloadStream, Arc<std::sync::atomic::AtomicUsize>) {
+        let pending = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let stream = Counted {
+            items: (0..n).map(|i| json!({ "n": i }).into()).collect(),
+            paced: paced.then(|| Box::pin(tokio::time::sleep(Duration::from_millis(5)))),
+            every_other,
+            ready_now: false,
+            pending: pending.clone(),
+        };
+        (Box::pin(stream), pending)
+    }
+
+    /// A stream whose events come apart (a model's) stops waiting for scheduler
+    /// turns after a few frames whose turns brought nothing: each of its later
+    /// events is looked for once after it is written, not three times.
+    #[tokio::test]
+    async fn lone_events_stop_waiting_for_turns_that_bring_nothing() {
+        let (paced, pending) = counted(10, true, false);
+        let out: Vec<Bytes> = encode_sse(paced, identity(), false, |_| {})
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        assert_eq!(out.len(), 11, "each event its own write, then the end");
+        // Each event and the end: one poll waiting for it; after each event the
+        // looks for more: three in the first frames (now and after two turns), one
+        // in the others.
+        let waits = pending.load(Ordering::Relaxed);
+        let fruitless = usize::from(FRUITLESS_FRAMES);
+        let most = 11 + fruitless * 3 + (10 - fruitless);
+        assert!(
+            waits <= most,
+            "{waits} polls found nothing (at most {most})"
+        );
+    }
+
+    /// Events that each come a turn after the one before (an upstream connection
+    /// of its own task) still go out together: the turns bring them.
+    #[tokio::test]
+    async fn events_a_turn_apart_go_out_together() {
+        let (stream, _) = counted(12, false, true);
+        let out: Vec<Bytes> = encode_sse(stream, identity(), false, |_| {})
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        assert_eq!(out.len(), 1, "{out:?}");
+        assert!(out[0].ends_with(DONE));
     }
 
     #[tokio::test]

@@ -550,7 +550,7 @@ impl Translator {
         data.push(b'}');
         out.push(Event {
             kind: Cow::Borrowed(kind),
-            data: crate::streaming::vec_into_bytes(data),
+            data: Bytes::from(data),
             response: None,
         });
     }
@@ -590,7 +590,7 @@ impl Translator {
         data.push(b'}');
         out.push(Event {
             kind: std::borrow::Cow::Borrowed(kind),
-            data: crate::streaming::vec_into_bytes(data),
+            data: Bytes::from(data),
             response: None,
         });
     }
@@ -980,7 +980,7 @@ impl Translator {
         data.push(b'}');
         out.push(Event {
             kind: Cow::Borrowed(kind),
-            data: crate::streaming::vec_into_bytes(data),
+            data: Bytes::from(data),
             response,
         });
     }
