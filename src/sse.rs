@@ -588,6 +588,10 @@ struct IdleClock {
     event_since_tick: bool,
     quiet_ticks: u32,
     timer: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The waker the timer was last polled with: while the timer has not elapsed,
+    /// it wakes that task, and polling it again for the same task (at every wait
+    /// of a stream, several an event) only registered the same waker again.
+    registered: Option<std::task::Waker>,
 }
 
 /// Quiet ticks in a row that make `idle`.
@@ -600,6 +604,7 @@ impl IdleClock {
             event_since_tick: false,
             quiet_ticks: 0,
             timer: None,
+            registered: None,
         }
     }
 
@@ -610,6 +615,11 @@ impl IdleClock {
     /// Called when the body has nothing ready: true once `idle` has passed without an
     /// event; otherwise the task is woken at the next tick.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        if let (Some(timer), Some(registered)) = (&self.timer, &self.registered) {
+            if !timer.is_elapsed() && registered.will_wake(cx.waker()) {
+                return false;
+            }
+        }
         let tick = self.idle / IDLE_TICKS;
         let timer = self
             .timer
@@ -625,6 +635,13 @@ impl IdleClock {
             }
             // Polled again by the loop, so that it registers for the next tick.
             timer.as_mut().reset(tokio::time::Instant::now() + tick);
+        }
+        if !self
+            .registered
+            .as_ref()
+            .is_some_and(|registered| registered.will_wake(cx.waker()))
+        {
+            self.registered = Some(cx.waker().clone());
         }
         false
     }
@@ -852,6 +869,35 @@ mod tests {
         assert_eq!(items.len(), 3);
         assert!(matches!(items[2], Err(ApiError::UpstreamTimeout { .. })));
         assert!(waited >= idle && waited <= idle * 5 / 4, "{waited:?}");
+    }
+
+    /// The idle clock's timer is not polled again for the task it already wakes,
+    /// but a stream polled from another task (a new waker) registers that one: the
+    /// silence is reported to whoever polls it last.
+    #[tokio::test(start_paused = true)]
+    async fn the_idle_clock_wakes_the_task_that_polled_it_last() {
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl std::task::Wake for Flag {
+            fn wake(self: std::sync::Arc<Self>) {
+                self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+            }
+        }
+        let flag = || std::sync::Arc::new(Flag(std::sync::atomic::AtomicBool::new(false)));
+        let silent = futures_util::stream::pending::<Result<Bytes, std::io::Error>>();
+        let mut events = SseDataEvents::new(silent, Duration::from_secs(8));
+        let (first, second) = (flag(), flag());
+        for (flag, times) in [(&first, 3), (&second, 1)] {
+            let waker = std::task::Waker::from(flag.clone());
+            let mut cx = Context::from_waker(&waker);
+            for _ in 0..times {
+                assert!(Pin::new(&mut events).poll_next(&mut cx).is_pending());
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert!(
+            second.0.load(std::sync::atomic::Ordering::SeqCst),
+            "the last task to poll is woken at the tick"
+        );
     }
 
     /// The pieces random bodies are made of: every kind of line and line end.
