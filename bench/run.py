@@ -141,6 +141,17 @@ SHARED_NOTE = (
     "(the native binary's default); `lm-proxy, shared runtime` is the same binary with "
     "`--threads 0`: one multi-threaded work-stealing tokio runtime, as the Python package serves"
 )
+# The three scenarios every server is compared in.
+EVERY_SERVER = (
+    "direct",
+    "floor",
+    "nginx",
+    "nginx-log",
+    "lm-proxy",
+    "lm-proxy-shared",
+    "reference",
+    "litellm",
+)
 SCENARIOS = [
     Scenario(
         "latency-c1",
@@ -149,16 +160,7 @@ SCENARIOS = [
         model="bench",
         conns=1,
         threads=1,
-        targets=(
-            "direct",
-            "floor",
-            "nginx",
-            "nginx-log",
-            "lm-proxy",
-            "lm-proxy-shared",
-            "reference",
-            "litellm",
-        ),
+        targets=EVERY_SERVER,
         note=SHARED_NOTE,
     ),
     Scenario(
@@ -167,16 +169,7 @@ SCENARIOS = [
         stream=False,
         model="bench",
         conns=64,
-        targets=(
-            "direct",
-            "floor",
-            "nginx",
-            "nginx-log",
-            "lm-proxy",
-            "lm-proxy-shared",
-            "reference",
-            "litellm",
-        ),
+        targets=EVERY_SERVER,
         note=SHARED_NOTE,
     ),
     Scenario(
@@ -185,16 +178,7 @@ SCENARIOS = [
         stream=True,
         model=f"bench-s{CHUNKS}",
         conns=64,
-        targets=(
-            "direct",
-            "floor",
-            "nginx",
-            "nginx-log",
-            "lm-proxy",
-            "lm-proxy-shared",
-            "reference",
-            "litellm",
-        ),
+        targets=EVERY_SERVER,
         note=SHARED_NOTE,
     ),
     Scenario(

@@ -371,22 +371,30 @@ async fn failures_after_the_stream_began_become_an_error_chunk_then_done() {
             "The upstream provider did not answer in time",
         ),
     ] {
-        let mut req = user(model, "x");
-        req["stream"] = json!(true);
-        let response = gw.chat("client-key", req).await;
-        assert_eq!(response.status(), StatusCode::OK, "{model}");
-        let text = response.text().await.unwrap();
-        let (chunks, done) = sse_chunks(&text);
-        assert!(done, "{model}: [DONE] after the error: {text}");
-        let last = chunks.last().unwrap();
-        assert_eq!(last["error"]["message"], expect_message, "{model}: {text}");
-        assert_eq!(last["choices"][0]["finish_reason"], "error");
+        let chunks = failed_stream(&gw, model, expect_message).await;
         assert!(chunks.len() >= 2, "{model}: earlier chunks were delivered");
         assert_eq!(
-            last["id"], chunks[0]["id"],
+            chunks.last().unwrap()["id"],
+            chunks[0]["id"],
             "the error chunk belongs to the same stream"
         );
     }
+}
+
+/// A streamed request for `model` whose stream fails: a 200 whose last chunk is an
+/// error chunk with `message`, then `[DONE]`. The chunks.
+async fn failed_stream(gw: &TestGateway, model: &str, message: &str) -> Vec<Value> {
+    let mut req = user(model, "x");
+    req["stream"] = json!(true);
+    let response = gw.chat("client-key", req).await;
+    assert_eq!(response.status(), StatusCode::OK, "{model}");
+    let text = response.text().await.unwrap();
+    let (chunks, done) = sse_chunks(&text);
+    assert!(done, "{model}: [DONE] after the error: {text}");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["error"]["message"], message, "{model}: {text}");
+    assert_eq!(last["choices"][0]["finish_reason"], "error", "{model}");
+    chunks
 }
 
 /// A chunk that is not UTF-8 ends the stream with an error chunk, whether it differs
@@ -396,29 +404,17 @@ async fn failures_after_the_stream_began_become_an_error_chunk_then_done() {
 async fn a_chunk_that_is_not_utf8_ends_the_stream_with_an_error() {
     let (_upstream, gw) = setup().await;
     for (model, delivered) in [("bad-utf8", "Hello"), ("bad-utf8-first", "")] {
-        let mut req = user(model, "x");
-        req["stream"] = json!(true);
-        let response = gw.chat("client-key", req).await;
-        assert_eq!(response.status(), StatusCode::OK, "{model}");
-        let text = response.text().await.unwrap();
-        let (chunks, done) = sse_chunks(&text);
-        assert!(done, "{model}: [DONE] after the error: {text}");
+        let chunks = failed_stream(&gw, model, "Error processing upstream provider response").await;
         let content: String = chunks
             .iter()
             .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
             .collect();
-        assert_eq!(content, delivered, "{model}: {text}");
-        let last = chunks.last().unwrap();
-        assert_eq!(
-            last["error"]["message"], "Error processing upstream provider response",
-            "{model}: {text}"
-        );
-        assert_eq!(last["choices"][0]["finish_reason"], "error");
+        assert_eq!(content, delivered, "{model}");
         assert!(
             chunks
                 .iter()
                 .all(|c| c["choices"][0]["finish_reason"] != "stop"),
-            "{model}: nothing after the bad chunk: {text}"
+            "{model}: nothing after the bad chunk"
         );
     }
 }
