@@ -195,7 +195,8 @@ impl StreamIdentity {
 /// nothing, the stream's frames go out as soon as nothing more is ready (a model's
 /// stream, an event every few ms: each turn was a poll of the whole task and a
 /// look at the sockets, about 2,500 instructions and an `epoll_wait`, twice an
-/// event); a turn that brings an event starts the count again.
+/// event). A turn that brings an event, while frames still wait, starts the count
+/// again; once they stop, they do not wait again for the rest of the stream.
 pub fn encode_sse<F>(
     chunks: PayloadStream,
     identity: StreamIdentity,
@@ -310,7 +311,7 @@ pub fn room_for_burst(frame: &mut Vec<u8>) {
 const COALESCE_IDLE_TURNS: u32 = 2;
 
 /// Frames in a row whose turns brought nothing, after which a stream's frames no
-/// longer wait for turns (until a turn brings an event).
+/// longer wait for turns.
 const FRUITLESS_FRAMES: u8 = 3;
 
 /// Writes a client stream's events and keeps what its end needs.
