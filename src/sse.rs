@@ -112,11 +112,6 @@ impl EventBytes {
         &self.0
     }
 
-    /// The data as [`EventData`] once all of it is checked to be UTF-8.
-    pub fn checked(self) -> Result<EventData, ApiError> {
-        EventData::from_utf8(self.0).ok_or_else(not_utf8)
-    }
-
     /// The data as [`EventData`], its UTF-8 checked by the caller.
     ///
     /// # Safety
