@@ -18,8 +18,6 @@
 //! text of the answer is kept, up to `max_response_body_mb` (past it the stream
 //! fails).
 
-use std::collections::VecDeque;
-
 use bytes::Bytes;
 use futures_util::{FutureExt, Stream, StreamExt};
 use std::borrow::Cow;
@@ -255,10 +253,10 @@ impl<'a> Chunk<'a> {
 }
 
 impl<'a> Chunk<'a> {
-    /// The chunk whose one choice's delta is `content` and nothing else (the
-    /// characters of a JSON string without escapes); `None` if they are not UTF-8.
-    fn content_only(content: &'a [u8]) -> Option<Chunk<'a>> {
-        let content = std::str::from_utf8(content).ok()?;
+    /// The chunk whose one choice's delta is `content` and nothing else (what
+    /// [`ReadChunk::Content`] stands for).
+    #[cfg(test)]
+    fn content_only(content: &'a str) -> Chunk<'a> {
         let delta = Delta {
             content: Some(MaybeText(Some(Cow::Borrowed(content)))),
             refusal: None,
@@ -266,17 +264,17 @@ impl<'a> Chunk<'a> {
             reasoning: None,
             tool_calls: None,
         };
-        Some(Chunk {
+        Chunk {
             choices: Some(vec![ChoiceDelta {
                 delta: Some(delta),
                 finish_reason: None,
             }]),
             usage: None,
-        })
+        }
     }
 
     /// The text of the one choice's delta when that is all the chunk carries, as
-    /// written in it (no escapes): what [`Chunk::content_only`] makes again.
+    /// written in it (no escapes): what [`ReadChunk::Content`] carries.
     fn only_content(&self) -> Option<&'a str> {
         let [choice] = self.choices.as_deref()? else {
             return None;
@@ -305,10 +303,10 @@ fn read_chunk<'a>(
     connection: &str,
     front: &mut ChunkFront,
     last_text_chunk: &mut json_scan::StringMemo,
-) -> Result<Chunk<'a>, ApiError> {
+) -> Result<ReadChunk<'a>, ApiError> {
     if let Some(span) = last_text_chunk.string_span(text) {
-        if let Some(chunk) = text.get(span).and_then(Chunk::content_only) {
-            return Ok(chunk);
+        if let Some(content) = text.get(span).and_then(|s| std::str::from_utf8(s).ok()) {
+            return Ok(ReadChunk::Content(content));
         }
     }
     let chunk = Chunk::of_text(text, connection, front)?;
@@ -318,7 +316,28 @@ fn read_chunk<'a>(
         }
         None => last_text_chunk.forget(),
     }
-    Ok(chunk)
+    Ok(ReadChunk::Chunk(chunk))
+}
+
+/// What [`read_chunk`] made of a chunk.
+#[cfg_attr(test, derive(Debug))]
+enum ReadChunk<'a> {
+    /// A chunk whose one choice's delta is this text and nothing else (the
+    /// characters of a JSON string without escapes): most of a stream's chunks,
+    /// translated without a `Chunk` (its `choices` is an allocation).
+    Content(&'a str),
+    Chunk(Chunk<'a>),
+}
+
+impl<'a> ReadChunk<'a> {
+    /// The chunk it stands for.
+    #[cfg(test)]
+    fn into_chunk(self) -> Chunk<'a> {
+        match self {
+            ReadChunk::Content(content) => Chunk::content_only(content),
+            ReadChunk::Chunk(chunk) => chunk,
+        }
+    }
 }
 
 /// What [`Chunk::scanned`] keeps between the chunks of a stream: the last chunk's
@@ -424,11 +443,32 @@ enum Open {
 }
 
 /// One event for the client: its type and its JSON text; the terminal events also
-/// carry the final response as a tree (for the loggers).
+/// carry the final response as a tree (for the loggers), boxed: every event is
+/// moved from the translator to the encoder, most of them without one.
 pub struct Event {
     pub kind: std::borrow::Cow<'static, str>,
-    pub data: Bytes,
-    pub response: Option<Value>,
+    pub data: EventText,
+    pub response: Option<Box<Value>>,
+}
+
+/// An event's JSON text: written here by the translator (kept as the `Vec` it was
+/// written in: made into `Bytes`, a `Vec` with room to spare took an allocation of
+/// its own, and the encoder only copies it into the client's frame), or an
+/// upstream's event as it came (a slice of what was read).
+pub enum EventText {
+    Written(Vec<u8>),
+    Passed(Bytes),
+}
+
+impl std::ops::Deref for EventText {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        match self {
+            EventText::Written(text) => text,
+            EventText::Passed(text) => text,
+        }
+    }
 }
 
 /// A stream of events for the client, or a failure that ends it.
@@ -550,7 +590,7 @@ impl Translator {
         data.push(b'}');
         out.push(Event {
             kind: Cow::Borrowed(kind),
-            data: Bytes::from(data),
+            data: EventText::Written(data),
             response: None,
         });
     }
@@ -590,7 +630,7 @@ impl Translator {
         data.push(b'}');
         out.push(Event {
             kind: std::borrow::Cow::Borrowed(kind),
-            data: Bytes::from(data),
+            data: EventText::Written(data),
             response: None,
         });
     }
@@ -839,6 +879,16 @@ impl Translator {
     }
 
     /// The events one chunk becomes.
+    /// A chunk whose one choice's delta is `content` and nothing else: what
+    /// [`Translator::chunk`] does with it.
+    fn content(&mut self, content: &str, out: &mut Vec<Event>) -> Result<(), ApiError> {
+        self.start(out);
+        if content.is_empty() {
+            return Ok(());
+        }
+        self.text_delta("text", content, out)
+    }
+
     pub fn chunk(&mut self, chunk: &Chunk<'_>, out: &mut Vec<Event>) -> Result<(), ApiError> {
         self.start(out);
         if let Some(usage) = chunk.usage.as_ref().filter(|u| u.is_object()) {
@@ -975,12 +1025,12 @@ impl Translator {
         self.skeleton.write(&outcome, &mut data);
         let response = self
             .keep_tree
-            .then(|| serde_json::from_slice(&data[start..]).ok())
+            .then(|| serde_json::from_slice(&data[start..]).ok().map(Box::new))
             .flatten();
         data.push(b'}');
         out.push(Event {
             kind: Cow::Borrowed(kind),
-            data: Bytes::from(data),
+            data: EventText::Written(data),
             response,
         });
     }
@@ -1022,10 +1072,12 @@ pub fn translate(chunks: PayloadStream, translator: Translator) -> EventStream {
     struct State {
         chunks: PayloadStream,
         translator: Translator,
-        pending: VecDeque<Result<Event, ApiError>>,
-        /// The events of one chunk as the translator writes them: kept (empty)
-        /// between chunks, so that a chunk's events do not take an allocation.
-        out: Vec<Event>,
+        /// The events of the last chunk not yet handed out, last first (each is
+        /// moved once, by `pop`); kept (empty) between chunks, so that a chunk's
+        /// events do not take an allocation.
+        pending: Vec<Event>,
+        /// The failure that ends the stream, handed out after `pending`.
+        failure: Option<ApiError>,
         ended: bool,
     }
     // Boxed: the unfold moves its state into and out of each item's future, and the
@@ -1033,21 +1085,24 @@ pub fn translate(chunks: PayloadStream, translator: Translator) -> EventStream {
     let state = Box::new(State {
         chunks,
         translator,
-        pending: VecDeque::new(),
-        out: Vec::new(),
+        pending: Vec::new(),
+        failure: None,
         ended: false,
     });
     Box::pin(futures_util::stream::unfold(
         state,
         |mut state| async move {
             loop {
-                if let Some(item) = state.pending.pop_front() {
-                    return Some((item, state));
+                if let Some(event) = state.pending.pop() {
+                    return Some((Ok(event), state));
+                }
+                if let Some(error) = state.failure.take() {
+                    return Some((Err(error), state));
                 }
                 if state.ended {
                     return None;
                 }
-                let mut out = std::mem::take(&mut state.out);
+                let mut out = std::mem::take(&mut state.pending);
                 let failure = match state.chunks.next().await {
                     Some(Ok(payload)) => {
                         let translator = &mut state.translator;
@@ -1060,11 +1115,16 @@ pub fn translate(chunks: PayloadStream, translator: Translator) -> EventStream {
                             ),
                             Payload::Value(value) => {
                                 translator.last_text_chunk.forget();
-                                Chunk::of_value(value, &translator.connection)
+                                Chunk::of_value(value, &translator.connection).map(ReadChunk::Chunk)
                             }
                         };
                         parsed
-                            .and_then(|chunk| translator.chunk(&chunk, &mut out))
+                            .and_then(|read| match read {
+                                ReadChunk::Content(content) => {
+                                    translator.content(content, &mut out)
+                                }
+                                ReadChunk::Chunk(chunk) => translator.chunk(&chunk, &mut out),
+                            })
                             .err()
                     }
                     Some(Err(e)) => Some(e),
@@ -1079,12 +1139,10 @@ pub fn translate(chunks: PayloadStream, translator: Translator) -> EventStream {
                     // are numbered already), then the failure.
                     state.translator.fail(&error, &mut out);
                     state.ended = true;
-                    state.pending.extend(out.drain(..).map(Ok));
-                    state.pending.push_back(Err(error));
-                    continue;
+                    state.failure = Some(error);
                 }
-                state.pending.extend(out.drain(..).map(Ok));
-                state.out = out;
+                out.reverse();
+                state.pending = out;
             }
         },
     ))
@@ -1105,13 +1163,13 @@ pub fn passed_through(events: PayloadStream, assemble: bool) -> EventStream {
             };
             let kind = kind.unwrap_or_else(|| "message".to_owned());
             let response = if assemble && is_terminal(&kind) {
-                payload.to_value().get("response").cloned()
+                payload.to_value().get("response").cloned().map(Box::new)
             } else {
                 None
             };
             Event {
                 kind: Cow::Owned(kind),
-                data: payload.into_json_bytes(),
+                data: EventText::Passed(payload.into_json_bytes()),
                 response,
             }
         })
@@ -1168,7 +1226,7 @@ impl<F: FnOnce(StreamSummary)> Encoder<F> {
                 if is_terminal(&event.kind) {
                     self.terminal = true;
                     if self.assemble {
-                        self.finish.summary.response = event.response;
+                        self.finish.summary.response = event.response.map(|response| *response);
                     }
                 }
                 write_event(&event.kind, &event.data, out);
@@ -1346,7 +1404,9 @@ mod tests {
             |memo: &mut json_scan::StringMemo, text| {
                 format!(
                     "{:?}",
-                    read_chunk(text, "c", &mut ChunkFront::default(), memo).ok()
+                    read_chunk(text, "c", &mut ChunkFront::default(), memo)
+                        .map(ReadChunk::into_chunk)
+                        .ok()
                 )
             },
             |text| {
@@ -1438,7 +1498,7 @@ mod tests {
         let last = out.last().unwrap();
         let failed = answer::normalized(std::str::from_utf8(&last.data).unwrap());
         // The loggers' tree is the response the client got.
-        assert_eq!(last.response.as_ref(), Some(&tree(last)["response"]));
+        assert_eq!(last.response.as_deref(), Some(&tree(last)["response"]));
         let expected = include_str!("../../../tests/fixtures/responses_failed.txt");
         assert_eq!(failed + "\n", expected);
     }
