@@ -231,6 +231,7 @@ where
     let encoder = Box::new(SseEncoder {
         identity,
         fruitless_frames: 0,
+        in_burst: false,
         hide_usage,
         last_raw: None,
         guard: FinishGuard {
@@ -243,8 +244,15 @@ where
         let (mut chunks, mut encoder) = state?;
         let first = chunks.next().await;
         // Taken once there is an event to write: a stream waiting for its next event
-        // (most of a slow stream's life) holds no buffer.
-        let mut buf = Vec::with_capacity(4096);
+        // (most of a slow stream's life) holds no buffer. A small one, unless the
+        // frame before filled its own with events that were all ready at once: then
+        // room for the rest of the burst.
+        let capacity = match encoder.in_burst {
+            true => COALESCE_LIMIT + NEARLY_FULL,
+            false => FRAME_START,
+        };
+        encoder.in_burst = false;
+        let mut buf = Vec::with_capacity(capacity);
         let mut ended = encoder.write(first, &mut buf);
         // Turns of the scheduler taken so far without a new event, and how many
         // this frame may take.
@@ -260,15 +268,24 @@ where
             // response head, which hyper writes when the body first waits) go out
             // in one write.
             let mut got = false;
-            while let Some(item) = chunks.next().now_or_never() {
+            // A frame nearly full goes out as it is rather than be grown (which
+            // copies what it holds): the connection writes the frames that are
+            // ready together, and the next one is made with room for the burst.
+            while buf.capacity() - buf.len() >= NEARLY_FULL || buf.capacity() >= COALESCE_LIMIT {
+                let Some(item) = chunks.next().now_or_never() else {
+                    break;
+                };
                 got = true;
-                room_for_burst(&mut buf);
                 ended = encoder.write(item, &mut buf);
                 if ended || buf.len() >= COALESCE_LIMIT {
                     break;
                 }
             }
             if ended || buf.len() >= COALESCE_LIMIT {
+                break;
+            }
+            if buf.capacity() - buf.len() < NEARLY_FULL && buf.capacity() < COALESCE_LIMIT {
+                encoder.in_burst = true;
                 break;
             }
             if got {
@@ -294,15 +311,21 @@ where
 /// Most bytes gathered into one write.
 pub const COALESCE_LIMIT: usize = 16 * 1024;
 
-/// Before each event after a frame's first: once the frame is nearly full, room
+/// A chat stream's frame as first made: a lone event, or a short burst.
+const FRAME_START: usize = 4096;
+
+/// Less room than this left in a frame, and the next event may not fit (events are
+/// a few hundred bytes).
+const NEARLY_FULL: usize = 1024;
+
+/// For the Messages and Responses doors' encoders (the chat encoder sends a nearly
+/// full frame as it is instead, see `SseEncoder::in_burst`). Before each event
+/// after a frame's first: once the frame is nearly full, room
 /// for a burst up to [`COALESCE_LIMIT`], taken at once rather than by doubling
 /// (each growth copied what was written: 4, 8 and 16 KiB for one 16 KiB frame).
 /// A frame that its events fit (a slow stream's one event, a short burst) keeps
 /// the buffer it was made with.
 pub fn room_for_burst(frame: &mut Vec<u8>) {
-    /// Less room than this left, and the next event may not fit (events are a few
-    /// hundred bytes).
-    const NEARLY_FULL: usize = 1024;
     if frame.capacity() - frame.len() < NEARLY_FULL && frame.capacity() < COALESCE_LIMIT {
         frame.reserve(COALESCE_LIMIT);
     }
@@ -320,6 +343,9 @@ struct SseEncoder<F: FnOnce(StreamSummary)> {
     /// Frames in a row whose turns of waiting brought no event (see
     /// [`encode_sse`]).
     fruitless_frames: u8,
+    /// The last frame went out nearly full with events that were ready at once:
+    /// more are likely ready, and the next frame is made with room for them.
+    in_burst: bool,
     /// Keep usage the client did not ask for out of its stream.
     hide_usage: bool,
     /// The last chunk passed through as upstream text: its identity is read only if
@@ -1035,6 +1061,32 @@ mod tests {
             total,
             40 * (1000 + "data: {\"t\":\"\"}\n\n".len()) + DONE.len()
         );
+    }
+
+    #[tokio::test]
+    async fn a_burst_fills_a_small_frame_then_frames_made_for_it() {
+        // 60 events of about 200 bytes, all ready at once (an upstream's burst).
+        let text = "z".repeat(180);
+        let chunks: PayloadStream = Box::pin(futures_util::stream::iter(
+            (0..60).map(move |_| Ok(json!({ "t": text }).into())),
+        ));
+        let frames: Vec<Bytes> = encode_sse(chunks, identity(), false, |_| {})
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        let event = "data: {\"t\":\"\"}\n\n".len() + 180;
+        // The first frame is the small one, sent once nearly full (not grown)...
+        assert!(frames[0].len() <= FRAME_START, "{}", frames[0].len());
+        assert!(frames[0].len() > FRAME_START - NEARLY_FULL - event);
+        // ...the next holds the rest of the burst: made with room for it.
+        assert_eq!(
+            frames.len(),
+            2,
+            "{:?}",
+            frames.iter().map(Bytes::len).collect::<Vec<_>>()
+        );
+        assert_eq!(frames[0].len() + frames[1].len(), 60 * event + DONE.len());
+        assert!(frames[1].ends_with(DONE));
     }
 
     #[tokio::test]
