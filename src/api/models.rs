@@ -54,7 +54,8 @@ pub async fn authenticate_key(
         status: gateway.config.invalid_api_key_status(),
     })?;
     ctx.api_key_id = Some(match grant.api_key_id {
-        Some(id) => id.to_string(),
+        // Copied as a `str` (`to_string` on an `Arc<str>` goes through `Display`).
+        Some(id) => String::from(&*id),
         None => api_key_id(&gateway.config.settings.encryption_key, key),
     });
     ctx.group = Some(grant.group);

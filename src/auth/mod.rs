@@ -103,7 +103,9 @@ impl KeyCheck for InConfigKeys {
             .by_tag
             .get(&self.tag.of(api_key))
             .map(|(group, id)| KeyGrant {
-                group: group.to_string(),
+                // Not `to_string`: for an `Arc<str>` that goes through `Display`
+                // and a growing `String` (about 170 instructions against 40).
+                group: String::from(&**group),
                 user_info: Value::Null,
                 api_key_id: Some(id.clone()),
             }))
