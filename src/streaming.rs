@@ -271,7 +271,7 @@ where
             // A frame nearly full goes out as it is rather than be grown (which
             // copies what it holds): the connection writes the frames that are
             // ready together, and the next one is made with room for the burst.
-            while buf.capacity() - buf.len() >= NEARLY_FULL || buf.capacity() >= COALESCE_LIMIT {
+            while !small_and_nearly_full(&buf) {
                 let Some(item) = chunks.next().now_or_never() else {
                     break;
                 };
@@ -284,7 +284,7 @@ where
             if ended || buf.len() >= COALESCE_LIMIT {
                 break;
             }
-            if buf.capacity() - buf.len() < NEARLY_FULL && buf.capacity() < COALESCE_LIMIT {
+            if small_and_nearly_full(&buf) {
                 encoder.in_burst = true;
                 break;
             }
@@ -326,9 +326,16 @@ const NEARLY_FULL: usize = 1024;
 /// A frame that its events fit (a slow stream's one event, a short burst) keeps
 /// the buffer it was made with.
 pub fn room_for_burst(frame: &mut Vec<u8>) {
-    if frame.capacity() - frame.len() < NEARLY_FULL && frame.capacity() < COALESCE_LIMIT {
+    if small_and_nearly_full(frame) {
         frame.reserve(COALESCE_LIMIT);
     }
+}
+
+/// A frame made smaller than a burst's room with too little left for another event:
+/// the point where a burst's frame is grown ([`room_for_burst`]) or sent (the chat
+/// encoder).
+fn small_and_nearly_full(frame: &Vec<u8>) -> bool {
+    frame.capacity() - frame.len() < NEARLY_FULL && frame.capacity() < COALESCE_LIMIT
 }
 /// Scheduler turns without a new event after which the gathered events are sent.
 const COALESCE_IDLE_TURNS: u32 = 2;
@@ -1044,16 +1051,22 @@ mod tests {
         assert!(out[0].ends_with(DONE));
     }
 
-    #[tokio::test]
-    async fn a_big_burst_goes_out_in_writes_of_bounded_size() {
-        let text = "y".repeat(1000);
+    /// The frames of a burst of `count` events, all ready at once, each carrying
+    /// `text_len` bytes of text.
+    async fn frames_of_burst(count: usize, text_len: usize) -> Vec<Bytes> {
+        let text = "y".repeat(text_len);
         let chunks: PayloadStream = Box::pin(futures_util::stream::iter(
-            (0..40).map(move |_| Ok(json!({ "t": text }).into())),
+            (0..count).map(move |_| Ok(json!({ "t": text }).into())),
         ));
-        let out: Vec<Bytes> = encode_sse(chunks, identity(), false, |_| {})
+        encode_sse(chunks, identity(), false, |_| {})
             .map(Result::unwrap)
             .collect()
-            .await;
+            .await
+    }
+
+    #[tokio::test]
+    async fn a_big_burst_goes_out_in_writes_of_bounded_size() {
+        let out = frames_of_burst(40, 1000).await;
         assert!(out.len() >= 3, "{} writes", out.len());
         assert!(out.iter().all(|b| b.len() < COALESCE_LIMIT + 1100));
         let total: usize = out.iter().map(Bytes::len).sum();
@@ -1066,14 +1079,7 @@ mod tests {
     #[tokio::test]
     async fn a_burst_fills_a_small_frame_then_frames_made_for_it() {
         // 60 events of about 200 bytes, all ready at once (an upstream's burst).
-        let text = "z".repeat(180);
-        let chunks: PayloadStream = Box::pin(futures_util::stream::iter(
-            (0..60).map(move |_| Ok(json!({ "t": text }).into())),
-        ));
-        let frames: Vec<Bytes> = encode_sse(chunks, identity(), false, |_| {})
-            .map(Result::unwrap)
-            .collect()
-            .await;
+        let frames = frames_of_burst(60, 180).await;
         let event = "data: {\"t\":\"\"}\n\n".len() + 180;
         // The first frame is the small one, sent once nearly full (not grown)...
         assert!(frames[0].len() <= FRAME_START, "{}", frames[0].len());
