@@ -251,9 +251,11 @@ where
             true => COALESCE_LIMIT + NEARLY_FULL,
             false => FRAME_START,
         };
-        encoder.in_burst = false;
         let mut buf = Vec::with_capacity(capacity);
         let mut ended = encoder.write(first, &mut buf);
+        // Whether events after the first went into this frame: a frame filled by
+        // one big event is no burst, and the next need not be made for one.
+        let mut gathered = false;
         // Turns of the scheduler taken so far without a new event, and how many
         // this frame may take.
         let mut idle_turns = 0;
@@ -276,16 +278,13 @@ where
                     break;
                 };
                 got = true;
+                gathered = true;
                 ended = encoder.write(item, &mut buf);
                 if ended || buf.len() >= COALESCE_LIMIT {
                     break;
                 }
             }
-            if ended || buf.len() >= COALESCE_LIMIT {
-                break;
-            }
-            if small_and_nearly_full(&buf) {
-                encoder.in_burst = true;
+            if ended || buf.len() >= COALESCE_LIMIT || small_and_nearly_full(&buf) {
                 break;
             }
             if got {
@@ -303,6 +302,11 @@ where
             idle_turns += 1;
             tokio::task::yield_now().await;
         }
+        // Events that were ready together filled this frame (the small one nearly,
+        // or a burst's to the limit): more are likely ready, and the next frame is
+        // made with room for them.
+        encoder.in_burst =
+            !ended && gathered && (buf.len() >= COALESCE_LIMIT || small_and_nearly_full(&buf));
         let next = (!ended).then_some((chunks, encoder));
         Some((Ok(Bytes::from(buf)), next))
     })
@@ -350,8 +354,9 @@ struct SseEncoder<F: FnOnce(StreamSummary)> {
     /// Frames in a row whose turns of waiting brought no event (see
     /// [`encode_sse`]).
     fruitless_frames: u8,
-    /// The last frame went out nearly full with events that were ready at once:
-    /// more are likely ready, and the next frame is made with room for them.
+    /// The last frame went out full, or small and nearly full, with events that
+    /// were ready at once: more are likely ready, and the next frame is made with
+    /// room for them.
     in_burst: bool,
     /// Keep usage the client did not ask for out of its stream.
     hide_usage: bool,
@@ -1093,6 +1098,45 @@ mod tests {
         );
         assert_eq!(frames[0].len() + frames[1].len(), 60 * event + DONE.len());
         assert!(frames[1].ends_with(DONE));
+    }
+
+    #[tokio::test]
+    async fn a_long_burst_keeps_frames_made_for_it() {
+        // 200 events of about 200 bytes (40 KB), all ready at once: after the small
+        // first frame, every frame but the last is a burst's, filled to the limit
+        // (not a small frame again after each full one).
+        let frames = frames_of_burst(200, 180).await;
+        let lengths: Vec<usize> = frames.iter().map(Bytes::len).collect();
+        assert!(lengths.len() >= 4, "{lengths:?}");
+        assert!(lengths[0] <= FRAME_START, "{lengths:?}");
+        let middle = &lengths[1..lengths.len() - 1];
+        assert!(middle.iter().all(|&n| n >= COALESCE_LIMIT), "{lengths:?}");
+    }
+
+    #[tokio::test]
+    async fn one_big_event_is_no_burst() {
+        // A lone event that nearly fills the small frame, then (once that frame was
+        // sent) a burst: the burst's first frame is a small one again, not one made
+        // for a burst that never came.
+        let (sender, receiver) =
+            tokio::sync::mpsc::unbounded_channel::<Result<Payload, ApiError>>();
+        let chunks: PayloadStream = Box::pin(futures_util::stream::unfold(
+            receiver,
+            |mut receiver| async move { receiver.recv().await.map(|item| (item, receiver)) },
+        ));
+        let mut frames = std::pin::pin!(encode_sse(chunks, identity(), false, |_| {}));
+        let big = "y".repeat(FRAME_START - NEARLY_FULL / 2 - 20);
+        sender.send(Ok(json!({ "t": big }).into())).unwrap();
+        let first = frames.next().await.unwrap().unwrap();
+        // It went out alone, leaving its small frame less room than another event.
+        assert!(first.len() <= FRAME_START && FRAME_START - first.len() < NEARLY_FULL);
+        let small = "y".repeat(180);
+        for _ in 0..60 {
+            sender.send(Ok(json!({ "t": small }).into())).unwrap();
+        }
+        drop(sender);
+        let second = frames.next().await.unwrap().unwrap();
+        assert!(second.len() <= FRAME_START, "{}", second.len());
     }
 
     #[tokio::test]

@@ -284,8 +284,12 @@ fn parse_head(pending: &mut BytesMut) -> Result<Option<Head>, ApiError> {
     let mut headers = HeaderMap::with_capacity(count);
     let mut facts = HeadFacts::default();
     for (name, value) in lines[..count].iter().cloned() {
-        let name = HeaderName::from_bytes(&head[name])
-            .map_err(|_| bad_request("a header name is not a valid token"))?;
+        let name = &head[name];
+        let name = match common_header_name(name) {
+            Some(name) => name,
+            None => HeaderName::from_bytes(name)
+                .map_err(|_| bad_request("a header name is not a valid token"))?,
+        };
         let value = HeaderValue::from_maybe_shared(head.slice(value))
             .map_err(|_| bad_request("a header value holds a control character"))?;
         facts.note(&name, value.as_bytes());
@@ -302,6 +306,49 @@ fn parse_head(pending: &mut BytesMut) -> Result<Option<Head>, ApiError> {
         version,
         headers,
     }))
+}
+
+/// The standard header `name` spells (in any case) when it is one of those most
+/// requests carry; `None` for any other (`HeaderName::from_bytes` then reads it).
+/// `from_bytes` copies every name through a lower-casing table before it looks it
+/// up, about 130 instructions a name and five names a usual request; a length
+/// switch and two word comparisons find these.
+///
+/// `name` is a token (httparse refuses any other header name): for a token byte,
+/// `byte | 0x20` equals a lower-case letter only when the byte is that letter in
+/// either case, and equals `-` only when it is `-` (0x0D, a carriage return, is
+/// not a token byte), so the comparison below is exact.
+fn common_header_name(name: &[u8]) -> Option<HeaderName> {
+    let candidate = match name.len() {
+        4 => header::HOST,
+        6 => header::ACCEPT,
+        10 if name[0] | 0x20 == b'u' => header::USER_AGENT,
+        10 => header::CONNECTION,
+        12 => header::CONTENT_TYPE,
+        13 => header::AUTHORIZATION,
+        14 => header::CONTENT_LENGTH,
+        15 => header::ACCEPT_ENCODING,
+        _ => return None,
+    };
+    let lower = candidate.as_str().as_bytes();
+    // The first and the last (overlapping) words of the name: every byte of a name
+    // of 4 to 16 bytes.
+    let same = if name.len() >= 8 {
+        let word = |bytes: &[u8], at: usize| {
+            u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+        };
+        let last = name.len() - 8;
+        word(name, 0) | 0x2020_2020_2020_2020 == word(lower, 0)
+            && word(name, last) | 0x2020_2020_2020_2020 == word(lower, last)
+    } else {
+        let word = |bytes: &[u8], at: usize| {
+            u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"))
+        };
+        let last = name.len() - 4;
+        word(name, 0) | 0x2020_2020 == word(lower, 0)
+            && word(name, last) | 0x2020_2020 == word(lower, last)
+    };
+    same.then_some(candidate)
 }
 
 /// Where `part` (a slice of `whole`) lies in it.
@@ -839,6 +886,49 @@ mod tests {
             chunk_size_line(&mut out, usize::MAX),
             b"ffffffffffffffff\r\n"
         );
+    }
+
+    #[test]
+    fn common_header_names_are_the_names_from_bytes_reads() {
+        for common in [
+            "Host",
+            "accept",
+            "User-Agent",
+            "CONNECTION",
+            "Content-Type",
+            "authorization",
+            "Content-length",
+            "Accept-Encoding",
+            "hosT",
+            "ACCEPT-ENCODING",
+            "uSER-aGENT",
+        ] {
+            let read = HeaderName::from_bytes(common.as_bytes()).unwrap();
+            assert_eq!(
+                common_header_name(common.as_bytes()),
+                Some(read),
+                "{common}"
+            );
+        }
+        // Same lengths, other names (standard, custom, invalid): left to from_bytes.
+        for other in [
+            "hozt",
+            "cookie",
+            "user-agenT!",
+            "user_agent",
+            "user-agenu",
+            "accepted",
+            "acceps",
+            "keep-alive",
+            "x-request-id",
+            "cache-control",
+            "content-range",
+            "accept-language",
+            "content-type ",
+            "",
+        ] {
+            assert_eq!(common_header_name(other.as_bytes()), None, "{other}");
+        }
     }
 
     #[test]
