@@ -106,18 +106,40 @@ declare -A paths=(
     [embeddings-1536]=/v1/embeddings
     [embeddings-base64]=/v1/embeddings
     [tools-20]=/v1/chat/completions
+    [messages-agent-20]=/v1/messages
 )
 # bench/run.py's tools-c64 request: what an agent sends, 20 function tools with
 # their JSON schemas (about 11 KB).
 bodies[tools-20]=$(cd bench && python3 -c 'import json, run
 print(json.dumps({"model": "bench", "messages": run.PROMPT, "tools": run.TOOLS, "temperature": 0.2, "max_tokens": 256}))')
+# What an agent such as Claude Code sends the Messages door, passed through to an
+# Anthropic upstream (a 20-event stream back): a system prompt, the same 20 tools as
+# Anthropic tools, and a conversation with a tool call and its result (about 16 KB).
+bodies[messages-agent-20]=$(cd bench && python3 -c 'import json, run
+tools = [{"name": t["function"]["name"], "description": t["function"]["description"],
+          "input_schema": t["function"]["parameters"]} for t in run.TOOLS]
+system = [{"type": "text", "text": "You are a coding agent working in a repository. " * 60,
+           "cache_control": {"type": "ephemeral"}}]
+messages = [
+    {"role": "user", "content": "Find the records of the platform team."},
+    {"role": "assistant", "content": [
+        {"type": "text", "text": "I will look them up."},
+        {"type": "tool_use", "id": "toolu_01", "name": tools[0]["name"],
+         "input": {"query": "platform team", "limit": 20, "fields": ["name", "email"]}}]},
+    {"role": "user", "content": [
+        {"type": "tool_result", "tool_use_id": "toolu_01",
+         "content": json.dumps([{"name": f"person {i}", "email": f"p{i}@example.com"} for i in range(20)])}]},
+    {"role": "user", "content": "Summarise them in one line."},
+]
+print(json.dumps({"model": "claude-bench-s20", "max_tokens": 1024, "stream": True,
+                  "system": system, "tools": tools, "messages": messages}))')
 # Not run unless named: stream-1 and stream-120 (with stream-20, what a stream costs
 # apart from its events, and what each event costs); stream-20-varied and
 # anthropic-stream-20-varied, whose chunks differ in their text as a model's do (the
 # mock's `-v`; the other scenarios' chunks all carry the same text); stream-20-slow,
 # its chunks 5 ms apart, as a model's come: each event read, framed and written on
 # its own (use a small N1 and N2: a stream takes 100 ms).
-SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20}
+SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20 messages-agent-20}
 printf '%-24s %-50s %s\n' scenario binary instructions/request
 for scenario in $SCENARIOS; do
     for binary in "$@"; do

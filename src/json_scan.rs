@@ -1097,6 +1097,11 @@ impl<'a> Walk<'a> {
         self.scan.peek() == Some(b'{')
     }
 
+    /// Whether an array comes next.
+    pub fn at_array(&self) -> bool {
+        self.scan.peek() == Some(b'[')
+    }
+
     /// Takes a string: the text it stands for (see [`string_value`]). The scan
     /// says whether it has escapes, so a plain one is not searched again.
     pub fn string(&mut self) -> Option<std::borrow::Cow<'a, str>> {

@@ -10,7 +10,9 @@
 //!   The client's bytes go upstream with only `model` replaced (unless a handler
 //!   changed the request: then it is written out again from the context), and the
 //!   answer or each stream event comes back as the upstream wrote it
-//!   (`providers::anthropic::native`);
+//!   (`providers::anthropic::native`). With no handler and no logger to see the
+//!   request, the body is checked by one walk instead of a tree (`raw`): an
+//!   agent's request is tens of kilobytes, and the tree was most of its cost;
 //! - any other connection: **translation**. The request becomes the canonical
 //!   (chat-completions) request (`request::to_canonical`), the provider answers as
 //!   it does for the chat door, and the answer (`answer`) or the chunk stream
@@ -22,6 +24,7 @@ pub mod answer;
 pub mod count;
 pub mod errors;
 pub mod fast;
+pub mod raw;
 pub mod request;
 pub mod stream;
 
@@ -132,6 +135,28 @@ async fn handle(
 ) -> Result<DoorReply, ApiError> {
     let (bytes, held) = core::admit(state, gateway, ctx, body).await?;
     let count_tokens = ctx.endpoint == Endpoint::CountTokens;
+    // Nobody will look at the request: checked without a tree, it goes to an
+    // Anthropic upstream as the client sent it (`raw`).
+    if gateway.handlers.is_empty() && gateway.log_dispatcher.is_none() {
+        super::chat::json_content_type(&ctx.http_headers)?;
+        if let Some(raw) = raw::read(&bytes, count_tokens) {
+            ctx.request = raw.summary();
+            let connection = core::route(gateway, ctx)?;
+            if let Some(native) = connection.provider.anthropic() {
+                // No handler and no logger: nobody reads `llm_params`.
+                core::hold_budgets(state, gateway, ctx)?;
+                let call = raw_native_call(ctx, raw, count_tokens)?;
+                let reply = timed(
+                    upstream_time,
+                    Box::pin(native_reply(native, call, count_tokens)),
+                )
+                .await;
+                // The body's share of the memory budget is held until it was sent.
+                drop((bytes, held));
+                return reply;
+            }
+        }
+    }
     ctx.request = super::chat::json_object_body(&ctx.http_headers, &bytes)?;
     request::validate(&ctx.request, count_tokens)?;
     let connection = core::route(gateway, ctx)?;
@@ -236,12 +261,7 @@ fn native_call(
             .or_else(|| ctx.request.get("stream"))
             .and_then(Value::as_bool)
             .unwrap_or(false);
-    let mut client_headers = HeaderMap::new();
-    for name in CLIENT_HEADERS {
-        for value in ctx.http_headers.get_all(name) {
-            client_headers.append(HeaderName::from_static(name), value.clone());
-        }
-    }
+    let client_headers = client_headers(ctx);
     let body = if gateway.handlers.is_empty() {
         with_model(bytes, &model)?
     } else {
@@ -264,6 +284,38 @@ fn native_call(
         extra_headers,
         extra_header_case,
     })
+}
+
+/// The pass-through call for a request checked without a tree (no handler, no
+/// logger): [`native_call`]'s, with the body from the walk.
+fn raw_native_call(
+    ctx: &RequestContext,
+    raw: raw::RawMessagesRequest,
+    count_tokens: bool,
+) -> Result<NativeCall, ApiError> {
+    // No handler added any (the walk sent requests that name some to the tree).
+    let (extra_headers, extra_header_case) =
+        core::spelled_extra_headers(None, &ctx.forwarded_spellings)?;
+    let stream = !count_tokens && raw.stream.unwrap_or(false);
+    Ok(NativeCall {
+        client_headers: client_headers(ctx),
+        body: raw.upstream_body(ctx.model.as_deref().unwrap_or_default()),
+        stream,
+        extra_headers,
+        extra_header_case,
+    })
+}
+
+/// The client's `anthropic-version` and `anthropic-beta` headers, passed on as they
+/// came.
+fn client_headers(ctx: &RequestContext) -> HeaderMap {
+    let mut client_headers = HeaderMap::new();
+    for name in CLIENT_HEADERS {
+        for value in ctx.http_headers.get_all(name) {
+            client_headers.append(HeaderName::from_static(name), value.clone());
+        }
+    }
+    client_headers
 }
 
 /// The request as handlers left it: `model` (the upstream's), `messages`, and
