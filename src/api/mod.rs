@@ -7,6 +7,7 @@ pub mod core;
 pub mod embeddings;
 pub mod messages;
 pub mod models;
+pub mod raw_body;
 pub mod raw_chat;
 pub mod responses;
 pub mod validate;

@@ -90,12 +90,7 @@ impl RawChatRequest {
     /// What the rest of the gateway reads of the request (the request line, the
     /// metrics): `model`, and `stream` when it was given.
     pub fn summary(&self) -> serde_json::Map<String, serde_json::Value> {
-        let mut summary = serde_json::Map::with_capacity(2);
-        summary.insert("model".into(), self.model.clone().into());
-        if let Some(stream) = self.stream {
-            summary.insert("stream".into(), stream.into());
-        }
-        summary
+        super::raw_body::summary(&self.model, self.stream)
     }
 }
 

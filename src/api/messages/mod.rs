@@ -290,7 +290,7 @@ fn native_call(
 /// logger): [`native_call`]'s, with the body from the walk.
 fn raw_native_call(
     ctx: &RequestContext,
-    raw: raw::RawMessagesRequest,
+    raw: super::raw_body::RawBody,
     count_tokens: bool,
 ) -> Result<NativeCall, ApiError> {
     // No handler added any (the walk sent requests that name some to the tree).

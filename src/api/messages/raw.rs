@@ -1,4 +1,4 @@
-//! The Messages request checked without a tree, for the pass-through to an
+//! The Messages request checked without a tree (`api::raw_body`), for the pass-through to an
 //! Anthropic upstream when nothing will look at the request (no handler, no JSON
 //! logger): the client's bytes go upstream with only `model` replaced, so the tree
 //! that `json_object_body` built and `request::validate` read was thrown away
@@ -15,89 +15,25 @@
 //! before. The differential test below holds it to "accepted here ⇒ accepted there,
 //! with the same model and `stream`".
 
-use std::ops::Range;
-
 use bytes::Bytes;
-use serde_json::{Map, Value};
 
-use crate::json_scan::{first_time, first_value, has_escape, string_value, Walk};
-
-/// A Messages request checked without a tree.
-#[derive(Debug)]
-pub struct RawMessagesRequest {
-    /// The client's body: a JSON object, UTF-8, checked.
-    body: Bytes,
-    /// The `model` value in `body`, quotes included.
-    model_span: Range<usize>,
-    /// The requested model (its escapes decoded).
-    pub model: String,
-    /// `stream` when it was given (it can only be `true` or `false` here).
-    pub stream: Option<bool>,
-}
-
-impl RawMessagesRequest {
-    /// What the rest of the gateway reads of the request (routing, the request
-    /// line, the metrics, the pass-through's `stream`): `model`, and `stream` when
-    /// it was given.
-    pub fn summary(&self) -> Map<String, Value> {
-        let mut summary = Map::with_capacity(2);
-        summary.insert("model".into(), self.model.clone().into());
-        if let Some(stream) = self.stream {
-            summary.insert("stream".into(), stream.into());
-        }
-        summary
-    }
-
-    /// The body to send upstream: the client's bytes, with `model` written as
-    /// `model` when routing renamed it (the same bytes as `with_model` gives,
-    /// without a second walk over the body to find the member).
-    pub fn upstream_body(self, model: &str) -> Bytes {
-        if model == self.model {
-            return self.body;
-        }
-        let mut out = Vec::with_capacity(self.body.len() + model.len() + 2);
-        out.extend_from_slice(&self.body[..self.model_span.start]);
-        crate::json_scan::write_json_str(&mut out, model);
-        out.extend_from_slice(&self.body[self.model_span.end..]);
-        Bytes::from(out)
-    }
-}
-
-/// Members the body may have at most this many of; more, and the tree path takes it
-/// (the duplicate check below compares each key with the ones before it).
-const MAX_MEMBERS: usize = 64;
+use crate::api::raw_body::{number, object, objects, string, strings, walk_body, RawBody};
+use crate::json_scan::{first_time, first_value, has_escape, Walk};
 
 /// The request in `body` when the validator surely accepts it (`count_tokens`: for
 /// `/v1/messages/count_tokens`, where `max_tokens` is not required); `None` sends
 /// it down the tree path.
-pub fn read(body: &Bytes, count_tokens: bool) -> Option<RawMessagesRequest> {
-    let text = crate::json_scan::utf8(body)?;
-    let mut walk = Walk::new(text);
-    let mut keys: Vec<&str> = Vec::with_capacity(8);
+pub fn read(body: &Bytes, count_tokens: bool) -> Option<RawBody> {
     let mut found = Found::default();
-    walk.object(|walk, key| {
-        // A key with an escape might spell a member checked here; given twice, the
-        // tree keeps the last and this walk would have judged the first.
-        if has_escape(key) || keys.len() == MAX_MEMBERS || keys.contains(&key) {
-            return None;
-        }
-        keys.push(key);
-        member(walk, key, &mut found)
-    })?;
-    walk.done()?;
-    let (model_span, model) = found.model?;
-    (found.messages && (count_tokens || found.max_tokens)).then_some(RawMessagesRequest {
-        body: body.clone(),
-        model_span,
-        model,
-        stream: found.stream,
-    })
+    let mut raw = walk_body(body, |walk, key| member(walk, key, &mut found))?;
+    (found.messages && (count_tokens || found.max_tokens)).then_some(())?;
+    raw.stream = found.stream;
+    Some(raw)
 }
 
 /// What the top-level members brought.
 #[derive(Default)]
 struct Found {
-    model: Option<(Range<usize>, String)>,
     stream: Option<bool>,
     /// A non-empty list of valid messages.
     messages: bool,
@@ -105,20 +41,10 @@ struct Found {
     max_tokens: bool,
 }
 
-/// One top-level member, checked as `request::validate` checks it (or refused).
+/// One top-level member but `model`, checked as `request::validate` checks it (or
+/// refused).
 fn member(walk: &mut Walk<'_>, key: &str, found: &mut Found) -> Option<()> {
     match key {
-        "model" => {
-            let start = walk.at();
-            if !walk.at_string() {
-                return None;
-            }
-            let written = walk.skip()?;
-            let name = string_value(written)?;
-            (!name.trim().is_empty()).then_some(())?;
-            found.model = Some((start..start + written.len(), name.into_owned()));
-            Some(())
-        }
         "max_tokens" => {
             // `Value::as_u64` of the value at least 1; anything else is for the tree
             // (which refuses it, unless this is a count).
@@ -135,26 +61,21 @@ fn member(walk: &mut Walk<'_>, key: &str, found: &mut Found) -> Option<()> {
             found.messages = count > 0;
             Some(())
         }
+        // A boolean (`null` is refused by the validator).
         "stream" => {
             found.stream = Some(walk.bool_or_null()??);
             Some(())
         }
         "system" => {
-            (walk.at_string() || walk.at_array()).then_some(())?;
-            walk.skip().map(drop)
+            if walk.at_string() {
+                return string(walk);
+            }
+            walk.array(|walk| walk.skip().map(drop))
         }
-        "temperature" | "top_p" => {
-            let value = walk.skip()?;
-            value
-                .starts_with(|c: char| c == '-' || c.is_ascii_digit())
-                .then_some(())
-        }
+        "temperature" | "top_p" => number(walk),
         "top_k" => walk.u64_or_null()?.map(drop),
-        "stop_sequences" => walk.array(string),
-        "tools" => walk.array(|walk| {
-            walk.at_object().then_some(())?;
-            walk.skip().map(drop)
-        }),
+        "stop_sequences" => strings(walk),
+        "tools" => objects(walk),
         "tool_choice" => {
             let mut kind = false;
             walk.object(|walk, key| match key {
@@ -167,10 +88,7 @@ fn member(walk: &mut Walk<'_>, key: &str, found: &mut Found) -> Option<()> {
             })?;
             kind.then_some(())
         }
-        "metadata" | "thinking" => {
-            walk.at_object().then_some(())?;
-            walk.skip().map(drop)
-        }
+        "metadata" | "thinking" => object(walk),
         // Turned into headers on the tree path.
         "extra_headers" => None,
         _ => walk.skip().map(drop),
@@ -215,18 +133,18 @@ fn block(walk: &mut Walk<'_>) -> Option<()> {
     kind.then_some(())
 }
 
-/// A string, checked but not decoded (a prompt can be long).
-fn string(walk: &mut Walk<'_>) -> Option<()> {
-    walk.at_string().then_some(())?;
-    walk.skip().map(drop)
+/// The tree path's verdict, for the differential tests.
+#[cfg(test)]
+fn tree_verdict(text: &str, count_tokens: bool) -> Option<(String, Option<bool>)> {
+    use crate::api::messages::request::validate;
+    crate::api::raw_body::tree_verdict(text, |request| validate(request, count_tokens).is_ok())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::messages::request::validate;
     use crate::json_scan::cut_and_edited;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     const SAMPLES: &[&str] = &[
         r#"{"model":"claude-x","max_tokens":100,"messages":[{"role":"user","content":"hi"}]}"#,
@@ -240,22 +158,17 @@ mod tests {
         r#"{"model":"m","max_tokens":0,"messages":[{"role":"user","content":[{"type":1}]}],"stream":null}"#,
         r#"{"model":" ","max_tokens":1.5,"messages":[],"top_k":-1,"system":7,"tools":[1],"tool_choice":{"name":"f"}}"#,
         r#"{"model":"m","messages":[{"role":"user","content":null}],"stop_sequences":[1],"metadata":[]}"#,
+        // One member wrong each.
+        r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"stop_sequences":["a",1]}"#,
+        r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"tools":[{},1]}"#,
+        r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"system":{}}"#,
+        r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":[{"type":"text"},{}]}]}"#,
+        r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"top_k":1.5}"#,
+        r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"thinking":"on"}"#,
     ];
 
     /// The first samples are read; the others are left to the tree.
     const READ: usize = 5;
-
-    /// What the tree path decides: the validated request's model and `stream`.
-    fn tree_verdict(text: &str, count_tokens: bool) -> Option<(String, Option<bool>)> {
-        let Ok(Value::Object(request)) = serde_json::from_str::<Value>(text) else {
-            return None;
-        };
-        validate(&request, count_tokens).ok()?;
-        Some((
-            request["model"].as_str()?.to_owned(),
-            request.get("stream").and_then(Value::as_bool),
-        ))
-    }
 
     #[test]
     fn what_the_reader_accepts_the_validator_accepts_alike() {

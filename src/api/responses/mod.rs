@@ -11,7 +11,9 @@
 //!   client's bytes go upstream with only `model` replaced (unless a handler changed
 //!   the request: then it is written out again from the context), and the answer
 //!   or each stream event comes back as the upstream wrote it, so built-in tools,
-//!   `previous_response_id` and `store` work there;
+//!   `previous_response_id` and `store` work there. With no handler and no logger
+//!   to see the request, the body is checked by one walk instead of a tree
+//!   (`raw`);
 //! - any other connection: **translation**. The request becomes the canonical
 //!   (chat-completions) request (`request::to_canonical`; what needs server-side
 //!   state is a 400 that says so), the provider answers as it does for the chat
@@ -22,6 +24,7 @@
 //! `response.failed` (translated) or an `error` event (pass-through).
 
 pub mod answer;
+pub mod raw;
 pub mod request;
 pub mod stream;
 
@@ -39,7 +42,7 @@ use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::json_scan::TokenCounts;
 use crate::payload::{Payload, PayloadStream, RawJson};
-use crate::providers::doors::TextCompletion;
+use crate::providers::doors::{DoorCall, TextCompletion};
 use crate::providers::UpstreamCall;
 use crate::server::AppState;
 
@@ -105,6 +108,22 @@ async fn handle(
     upstream_time: &mut Option<std::time::Duration>,
 ) -> Result<DoorReply, ApiError> {
     let (bytes, held) = core::admit(state, gateway, ctx, body).await?;
+    // Nobody will look at the request: checked without a tree, it goes to an
+    // upstream that speaks the Responses API as the client sent it (`raw`).
+    if gateway.handlers.is_empty() && gateway.log_dispatcher.is_none() {
+        super::chat::json_content_type(&ctx.http_headers)?;
+        if let Some(raw) = raw::read(&bytes) {
+            ctx.request = raw.summary();
+            let connection = core::route(gateway, ctx)?;
+            if connection.provider.speaks_responses() {
+                // No handler and no logger: nobody reads `llm_params`.
+                core::hold_budgets(state, gateway, ctx)?;
+                let call = raw_door_call(ctx, raw, &connection.name)?;
+                drop((bytes, held));
+                return pass_through(connection, call, upstream_time).await;
+            }
+        }
+    }
     ctx.request = super::chat::json_object_body(&ctx.http_headers, &bytes)?;
     request::validate(&ctx.request)?;
     let connection = core::route(gateway, ctx)?;
@@ -119,17 +138,7 @@ async fn handle(
             false,
         )?;
         drop(held);
-        let provider = connection.provider.clone();
-        let started = std::time::Instant::now();
-        let reply = provider.responses(call).await;
-        *upstream_time = Some(started.elapsed());
-        return Ok(match reply? {
-            TextCompletion::Complete(answer) => DoorReply::Json {
-                usage: answer.usage(),
-                answer,
-            },
-            TextCompletion::Stream(events) => DoorReply::Events(events),
-        });
+        return pass_through(connection, call, upstream_time).await;
     }
     // Only the parsed request is kept from here on.
     drop((bytes, held));
@@ -152,6 +161,50 @@ async fn handle(
             Ok(DoorReply::Chunks(chunks, Box::new(translator)))
         }
     }
+}
+
+/// The call for an upstream that speaks the Responses API, answered as it answers.
+async fn pass_through(
+    connection: &crate::providers::Connection,
+    call: DoorCall,
+    upstream_time: &mut Option<std::time::Duration>,
+) -> Result<DoorReply, ApiError> {
+    let provider = connection.provider.clone();
+    let started = std::time::Instant::now();
+    let reply = provider.responses(call).await;
+    *upstream_time = Some(started.elapsed());
+    Ok(match reply? {
+        TextCompletion::Complete(answer) => DoorReply::Json {
+            usage: answer.usage(),
+            answer,
+        },
+        TextCompletion::Stream(events) => DoorReply::Events(events),
+    })
+}
+
+/// The pass-through call for a request checked without a tree (no handler, no
+/// logger): `embeddings::door_call`'s, with the body from the walk.
+fn raw_door_call(
+    ctx: &RequestContext,
+    raw: crate::api::raw_body::RawBody,
+    connection: &str,
+) -> Result<DoorCall, ApiError> {
+    // No handler added any (the walk sent requests that name some to the tree).
+    let (headers, header_case) = core::spelled_extra_headers(None, &ctx.forwarded_spellings)?;
+    let model = ctx.model.clone().unwrap_or_default();
+    let stream = raw.stream.unwrap_or(false);
+    Ok(DoorCall {
+        connection: connection.to_owned(),
+        body: raw.upstream_body(&model),
+        model,
+        // Nothing on this path reads them (they are for completions' usage).
+        params: serde_json::Map::new(),
+        inputs: Vec::new(),
+        headers,
+        header_case,
+        stream,
+        gateway_usage: false,
+    })
 }
 
 /// The canonical call for a translated connection and the response's skeleton,

@@ -1,0 +1,154 @@
+//! What the doors' tree-free readers share (`messages::raw`, `responses::raw`; the
+//! chat door's `raw_chat` has its own, with `stream_options` to add): a request
+//! body checked by one walk, kept as the client's bytes, that goes upstream as
+//! written with only `model` replaced, and the walk of its top-level members.
+//!
+//! A reader answers only for a body its door's validator surely accepts; anything
+//! it does not check the way the validator does makes it answer `None`, and the
+//! door takes the tree path, which gives every error its answer.
+
+use std::ops::Range;
+
+use bytes::Bytes;
+use serde_json::{Map, Value};
+
+use crate::json_scan::{has_escape, string_value, Walk};
+
+/// A request body checked without a tree.
+#[derive(Debug)]
+pub struct RawBody {
+    /// The client's body: a JSON object, UTF-8, checked.
+    body: Bytes,
+    /// The `model` value in `body`, quotes included.
+    model_span: Range<usize>,
+    /// The requested model (its escapes decoded).
+    pub model: String,
+    /// `stream` when it was given as `true` or `false`.
+    pub stream: Option<bool>,
+}
+
+impl RawBody {
+    /// What the rest of the gateway reads of the request (routing, the request
+    /// line, the metrics, the pass-through's `stream`).
+    pub fn summary(&self) -> Map<String, Value> {
+        summary(&self.model, self.stream)
+    }
+
+    /// The body to send upstream: the client's bytes, with `model` written as
+    /// `model` when routing renamed it (the bytes `messages::with_model` gives,
+    /// without a second walk to find the member).
+    pub fn upstream_body(self, model: &str) -> Bytes {
+        if model == self.model {
+            return self.body;
+        }
+        let mut out = Vec::with_capacity(self.body.len() + model.len() + 2);
+        out.extend_from_slice(&self.body[..self.model_span.start]);
+        crate::json_scan::write_json_str(&mut out, model);
+        out.extend_from_slice(&self.body[self.model_span.end..]);
+        Bytes::from(out)
+    }
+}
+
+/// The request members a tree-free body shows the rest of the gateway: `model`,
+/// and `stream` when it was given.
+pub fn summary(model: &str, stream: Option<bool>) -> Map<String, Value> {
+    let mut summary = Map::with_capacity(2);
+    summary.insert("model".into(), model.into());
+    if let Some(stream) = stream {
+        summary.insert("stream".into(), stream.into());
+    }
+    summary
+}
+
+/// Members a body may have at most this many of; more, and the tree path takes it
+/// (the duplicate check below compares each key with the ones before it).
+const MAX_MEMBERS: usize = 64;
+
+/// Walks the JSON object in `body`: `model` must be a string that is not blank
+/// (what the Messages and Responses validators ask), every other member goes to
+/// `member`, which checks it or answers `None`. A key with an escape (it might
+/// spell a member that is checked) or given twice (the tree keeps the last, the
+/// walk would have judged the first) is refused too. `stream` is the door's own
+/// (`member`'s) to read: the doors differ on `null`.
+pub fn walk_body<'a>(
+    body: &'a Bytes,
+    mut member: impl FnMut(&mut Walk<'a>, &'a str) -> Option<()>,
+) -> Option<RawBody> {
+    let text = crate::json_scan::utf8(body)?;
+    let mut walk = Walk::new(text);
+    let mut keys: Vec<&str> = Vec::with_capacity(8);
+    let mut model = None;
+    walk.object(|walk, key| {
+        if has_escape(key) || keys.len() == MAX_MEMBERS || keys.contains(&key) {
+            return None;
+        }
+        keys.push(key);
+        if key != "model" {
+            return member(walk, key);
+        }
+        let start = walk.at();
+        if !walk.at_string() {
+            return None;
+        }
+        let written = walk.skip()?;
+        let name = string_value(written)?;
+        (!name.trim().is_empty()).then_some(())?;
+        model = Some((start..start + written.len(), name.into_owned()));
+        Some(())
+    })?;
+    walk.done()?;
+    let (model_span, model) = model?;
+    Some(RawBody {
+        body: body.clone(),
+        model_span,
+        model,
+        stream: None,
+    })
+}
+
+/// A string, checked but not decoded (a prompt can be long).
+pub fn string(walk: &mut Walk<'_>) -> Option<()> {
+    walk.at_string().then_some(())?;
+    walk.skip().map(drop)
+}
+
+/// An object, checked as JSON and not read.
+pub fn object(walk: &mut Walk<'_>) -> Option<()> {
+    walk.at_object().then_some(())?;
+    walk.skip().map(drop)
+}
+
+/// A number (`Value::is_number`), checked and not read.
+pub fn number(walk: &mut Walk<'_>) -> Option<()> {
+    let value = walk.skip()?;
+    value
+        .starts_with(|c: char| c == '-' || c.is_ascii_digit())
+        .then_some(())
+}
+
+/// A list of objects.
+pub fn objects(walk: &mut Walk<'_>) -> Option<()> {
+    walk.array(object)
+}
+
+/// A list of strings.
+pub fn strings(walk: &mut Walk<'_>) -> Option<()> {
+    walk.array(string)
+}
+
+/// A differential-test helper: the verdict a door's tree path gives a body (its
+/// validator's, with the model and `stream` it would read) next to the reader's.
+#[cfg(test)]
+pub fn tree_verdict(
+    text: &str,
+    validate: impl Fn(&Map<String, Value>) -> bool,
+) -> Option<(String, Option<bool>)> {
+    let Ok(Value::Object(request)) = serde_json::from_str::<Value>(text) else {
+        return None;
+    };
+    validate(&request).then_some(())?;
+    Some((
+        request["model"].as_str()?.to_owned(),
+        request.get("stream").and_then(Value::as_bool),
+    ))
+}
