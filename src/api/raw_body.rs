@@ -12,7 +12,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::json_scan::{has_escape, string_value, Walk};
+use crate::json_scan::{first_time, has_escape, string_value, Walk};
 
 /// A request body checked without a tree.
 #[derive(Debug)]
@@ -126,6 +126,34 @@ pub fn number(walk: &mut Walk<'_>) -> Option<()> {
         .then_some(())
 }
 
+/// An object with a string `type` (given once), whatever else it holds: a content
+/// block, a `tool_choice`, a `response_format`.
+pub fn typed_object(walk: &mut Walk<'_>) -> Option<()> {
+    let mut kind = false;
+    walk.object(|walk, key| match key {
+        "type" => {
+            first_time(&mut kind)?;
+            string(walk)
+        }
+        _ if has_escape(key) => None,
+        _ => walk.skip().map(drop),
+    })?;
+    kind.then_some(())
+}
+
+/// A list whose items `each` checks: whether it had any.
+pub fn non_empty_list<'a>(
+    walk: &mut Walk<'a>,
+    mut each: impl FnMut(&mut Walk<'a>) -> Option<()>,
+) -> Option<bool> {
+    let mut count = 0usize;
+    walk.array(|walk| {
+        count += 1;
+        each(walk)
+    })?;
+    Some(count > 0)
+}
+
 /// A list of objects.
 pub fn objects(walk: &mut Walk<'_>) -> Option<()> {
     walk.array(object)
@@ -134,6 +162,45 @@ pub fn objects(walk: &mut Walk<'_>) -> Option<()> {
 /// A list of strings.
 pub fn strings(walk: &mut Walk<'_>) -> Option<()> {
     walk.array(string)
+}
+
+/// The differential test of a tree-free reader: over every sample, its truncations
+/// and its one-byte edits, what `read` accepts `tree` accepts with the same model
+/// and `stream`; and `read` takes most of what `tree` accepts.
+#[cfg(test)]
+pub fn assert_reader_agrees_with_tree(
+    samples: &[&str],
+    read: impl Fn(&str) -> Option<(String, Option<bool>)>,
+    tree: impl Fn(&str) -> Option<(String, Option<bool>)>,
+) {
+    let texts = crate::json_scan::cut_and_edited(samples, b"\"\\{}[],:0a-e. \x01");
+    let (mut accepted, mut trees) = (0, 0);
+    for text in &texts {
+        let verdict = tree(text);
+        trees += usize::from(verdict.is_some());
+        let Some(raw) = read(text) else {
+            continue;
+        };
+        accepted += 1;
+        assert_eq!(
+            Some(raw),
+            verdict,
+            "the reader accepted what the tree path judges otherwise: {text}"
+        );
+    }
+    assert!(accepted * 2 > trees, "{accepted} of {trees}");
+}
+
+/// The samples of a reader's tests: the first `read` of them are read, the others
+/// are left to the tree.
+#[cfg(test)]
+pub fn assert_samples_split(samples: &[&str], read: usize, reads: impl Fn(&str) -> bool) {
+    for text in &samples[..read] {
+        assert!(reads(text), "not read: {text}");
+    }
+    for text in &samples[read..] {
+        assert!(!reads(text), "read: {text}");
+    }
 }
 
 /// A differential-test helper: the verdict a door's tree path gives a body (its

@@ -21,6 +21,7 @@ use std::ops::Range;
 
 use bytes::Bytes;
 
+use super::raw_body::string;
 use super::validate::{
     may_omit_content, MAX_MODEL_LEN, MAX_N, MAX_TOKENS, MAX_TOP_LOGPROBS, ROLES,
 };
@@ -150,12 +151,7 @@ fn member(
             Some(())
         }
         "messages" => {
-            let mut count = 0;
-            walk.array(|walk| {
-                count += 1;
-                message(walk)
-            })?;
-            *messages = count > 0;
+            *messages = super::raw_body::non_empty_list(walk, message)?;
             Some(())
         }
         "stream" => {
@@ -201,16 +197,7 @@ fn member(
             if walk.null() {
                 return Some(());
             }
-            let mut kind = false;
-            walk.object(|walk, key| match key {
-                "type" => {
-                    first_time(&mut kind)?;
-                    string(walk)
-                }
-                _ if has_escape(key) => None,
-                _ => walk.skip().map(drop),
-            })?;
-            kind.then_some(())
+            super::raw_body::typed_object(walk)
         }
         // An agent's request carries its tools (often many kilobytes of JSON
         // schema): checked here, they go on as written instead of through a tree.
@@ -306,12 +293,6 @@ fn string_or_null(walk: &mut Walk<'_>) -> Option<()> {
     string(walk)
 }
 
-/// A string, checked but not decoded (a prompt can be long).
-fn string(walk: &mut Walk<'_>) -> Option<()> {
-    walk.at_string().then_some(())?;
-    walk.skip().map(drop)
-}
-
 /// `null`, or an integer in `min..=max` as `Value::as_u64` reads it.
 fn integer_in(walk: &mut Walk<'_>, min: u64, max: u64) -> Option<()> {
     match walk.u64_or_null()? {
@@ -392,7 +373,6 @@ fn text_part(walk: &mut Walk<'_>) -> Option<()> {
 mod tests {
     use super::*;
     use crate::api::validate::validate_request;
-    use crate::json_scan::cut_and_edited;
     use serde_json::{json, Value};
 
     const SAMPLES: &[&str] = &[
@@ -429,33 +409,18 @@ mod tests {
 
     #[test]
     fn what_the_reader_accepts_the_validator_accepts_alike() {
-        let texts = cut_and_edited(SAMPLES, b"\"\\{}[],:0a-e. \x01");
-        let (mut accepted, mut trees) = (0, 0);
-        for text in &texts {
-            let tree = tree_verdict(text);
-            trees += usize::from(tree.is_some());
-            let Some(raw) = read(&Bytes::from(text.clone())) else {
-                continue;
-            };
-            accepted += 1;
-            assert_eq!(
-                Some((raw.model.clone(), raw.stream)),
-                tree,
-                "the reader accepted what the tree path judges otherwise: {text}"
-            );
-        }
-        // The fast path is taken for most requests the validator accepts here.
-        assert!(accepted * 2 > trees, "{accepted} of {trees}");
+        crate::api::raw_body::assert_reader_agrees_with_tree(
+            SAMPLES,
+            |text| read(&Bytes::from(text.to_owned())).map(|r| (r.model, r.stream)),
+            tree_verdict,
+        );
     }
 
     #[test]
     fn ordinary_requests_take_the_fast_path_and_members_for_the_tree_do_not() {
-        for text in &SAMPLES[..READ] {
-            assert!(read(&Bytes::from(*text)).is_some(), "{text}");
-        }
-        for text in &SAMPLES[READ..] {
-            assert!(read(&Bytes::from(*text)).is_none(), "{text}");
-        }
+        crate::api::raw_body::assert_samples_split(SAMPLES, READ, |text| {
+            read(&Bytes::from(text.to_owned())).is_some()
+        });
     }
 
     #[test]

@@ -17,7 +17,9 @@
 
 use bytes::Bytes;
 
-use crate::api::raw_body::{number, object, objects, string, strings, walk_body, RawBody};
+use crate::api::raw_body::{
+    non_empty_list, number, object, objects, string, strings, typed_object, walk_body, RawBody,
+};
 use crate::json_scan::{first_time, first_value, has_escape, Walk};
 
 /// The request in `body` when the validator surely accepts it (`count_tokens`: for
@@ -53,12 +55,7 @@ fn member(walk: &mut Walk<'_>, key: &str, found: &mut Found) -> Option<()> {
             Some(())
         }
         "messages" => {
-            let mut count = 0;
-            walk.array(|walk| {
-                count += 1;
-                message(walk)
-            })?;
-            found.messages = count > 0;
+            found.messages = non_empty_list(walk, message)?;
             Some(())
         }
         // A boolean (`null` is refused by the validator).
@@ -76,18 +73,7 @@ fn member(walk: &mut Walk<'_>, key: &str, found: &mut Found) -> Option<()> {
         "top_k" => walk.u64_or_null()?.map(drop),
         "stop_sequences" => strings(walk),
         "tools" => objects(walk),
-        "tool_choice" => {
-            let mut kind = false;
-            walk.object(|walk, key| match key {
-                "type" => {
-                    first_time(&mut kind)?;
-                    string(walk)
-                }
-                _ if has_escape(key) => None,
-                _ => walk.skip().map(drop),
-            })?;
-            kind.then_some(())
-        }
+        "tool_choice" => typed_object(walk),
         "metadata" | "thinking" => object(walk),
         // Turned into headers on the tree path.
         "extra_headers" => None,
@@ -110,27 +96,14 @@ fn message(walk: &mut Walk<'_>) -> Option<()> {
             if walk.at_string() {
                 return string(walk);
             }
-            walk.array(block)
+            // Blocks: objects with a string `type` (what else they hold is the
+            // upstream's to judge, as on the tree path).
+            walk.array(typed_object)
         }
         _ if has_escape(key) => None,
         _ => walk.skip().map(drop),
     })?;
     (role_known == Some(true) && content).then_some(())
-}
-
-/// A content block: an object with a string `type` (what else it holds is the
-/// upstream's to judge, as on the tree path).
-fn block(walk: &mut Walk<'_>) -> Option<()> {
-    let mut kind = false;
-    walk.object(|walk, key| match key {
-        "type" => {
-            first_time(&mut kind)?;
-            string(walk)
-        }
-        _ if has_escape(key) => None,
-        _ => walk.skip().map(drop),
-    })?;
-    kind.then_some(())
 }
 
 /// The tree path's verdict, for the differential tests.
@@ -143,7 +116,6 @@ fn tree_verdict(text: &str, count_tokens: bool) -> Option<(String, Option<bool>)
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::json_scan::cut_and_edited;
     use serde_json::{json, Value};
 
     const SAMPLES: &[&str] = &[
@@ -172,36 +144,22 @@ mod tests {
 
     #[test]
     fn what_the_reader_accepts_the_validator_accepts_alike() {
-        let texts = cut_and_edited(SAMPLES, b"\"\\{}[],:0a-e. \x01");
         for count_tokens in [false, true] {
-            let (mut accepted, mut trees) = (0, 0);
-            for text in &texts {
-                let tree = tree_verdict(text, count_tokens);
-                trees += usize::from(tree.is_some());
-                let Some(raw) = read(&Bytes::from(text.clone()), count_tokens) else {
-                    continue;
-                };
-                accepted += 1;
-                assert_eq!(
-                    Some((raw.model.clone(), raw.stream)),
-                    tree,
-                    "the reader accepted what the tree path judges otherwise \
-                     (count_tokens {count_tokens}): {text}"
-                );
-            }
-            // The fast path is taken for most requests the validator accepts here.
-            assert!(accepted * 2 > trees, "{accepted} of {trees}");
+            crate::api::raw_body::assert_reader_agrees_with_tree(
+                SAMPLES,
+                |text| {
+                    read(&Bytes::from(text.to_owned()), count_tokens).map(|r| (r.model, r.stream))
+                },
+                |text| tree_verdict(text, count_tokens),
+            );
         }
     }
 
     #[test]
     fn ordinary_requests_take_the_fast_path_and_members_for_the_tree_do_not() {
-        for text in &SAMPLES[..READ] {
-            assert!(read(&Bytes::from(*text), false).is_some(), "{text}");
-        }
-        for text in &SAMPLES[READ..] {
-            assert!(read(&Bytes::from(*text), false).is_none(), "{text}");
-        }
+        crate::api::raw_body::assert_samples_split(SAMPLES, READ, |text| {
+            read(&Bytes::from(text.to_owned()), false).is_some()
+        });
         // A count needs no `max_tokens`; a message does.
         let count = r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#;
         assert!(read(&Bytes::from(count), true).is_some());

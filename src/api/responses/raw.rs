@@ -66,7 +66,6 @@ fn member(walk: &mut Walk<'_>, key: &str, stream: &mut Option<bool>) -> Option<(
 mod tests {
     use super::*;
     use crate::api::responses::request::validate;
-    use crate::json_scan::cut_and_edited;
     use serde_json::{json, Value};
 
     const SAMPLES: &[&str] = &[
@@ -99,33 +98,18 @@ mod tests {
 
     #[test]
     fn what_the_reader_accepts_the_validator_accepts_alike() {
-        let texts = cut_and_edited(SAMPLES, b"\"\\{}[],:0a-e. \x01");
-        let (mut accepted, mut trees) = (0, 0);
-        for text in &texts {
-            let tree = tree_verdict(text);
-            trees += usize::from(tree.is_some());
-            let Some(raw) = read(&Bytes::from(text.clone())) else {
-                continue;
-            };
-            accepted += 1;
-            assert_eq!(
-                Some((raw.model.clone(), raw.stream)),
-                tree,
-                "the reader accepted what the tree path judges otherwise: {text}"
-            );
-        }
-        // The fast path is taken for most requests the validator accepts here.
-        assert!(accepted * 2 > trees, "{accepted} of {trees}");
+        crate::api::raw_body::assert_reader_agrees_with_tree(
+            SAMPLES,
+            |text| read(&Bytes::from(text.to_owned())).map(|r| (r.model, r.stream)),
+            tree_verdict,
+        );
     }
 
     #[test]
     fn ordinary_requests_take_the_fast_path_and_members_for_the_tree_do_not() {
-        for text in &SAMPLES[..READ] {
-            assert!(read(&Bytes::from(*text)).is_some(), "{text}");
-        }
-        for text in &SAMPLES[READ..] {
-            assert!(read(&Bytes::from(*text)).is_none(), "{text}");
-        }
+        crate::api::raw_body::assert_samples_split(SAMPLES, READ, |text| {
+            read(&Bytes::from(text.to_owned())).is_some()
+        });
     }
 
     #[test]
