@@ -58,17 +58,38 @@ pub struct Gateway {
     model_lists: moka::future::Cache<String, Arc<Vec<String>>>,
     /// Which connections take a chat request as the client wrote it
     /// (`Provider::takes_raw_chat`, `api::raw_chat`).
-    pub raw_chat: RawChatReach,
+    pub raw_chat: RawReach,
+    /// Which take a Messages request as written (Anthropic's, `api::messages::raw`).
+    pub raw_messages: RawReach,
+    /// Which take a Responses request as written (`Provider::speaks_responses`,
+    /// `api::responses::raw`).
+    pub raw_responses: RawReach,
 }
 
-/// Which of a gateway's connections take a chat request as the client wrote it: the
-/// chat door tries the tree-free path for all, none, or (some) those its model is
-/// routed to, so that a request for a translating connection is not read twice.
+/// Which of a gateway's connections take a door's request as the client wrote it:
+/// the door tries its tree-free path for all, none, or (some) those its model is
+/// routed to, so that a request for a translating connection is not read twice
+/// (`api::core::may_take_raw`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RawChatReach {
+pub enum RawReach {
     Every,
     No,
     Some,
+}
+
+impl RawReach {
+    /// The reach of the connections that `takes`.
+    fn of<'c>(
+        connections: impl ExactSizeIterator<Item = &'c Connection>,
+        takes: impl Fn(&Connection) -> bool,
+    ) -> RawReach {
+        let all = connections.len();
+        match connections.filter(|c| takes(c)).count() {
+            takers if takers == all => RawReach::Every,
+            0 => RawReach::No,
+            _ => RawReach::Some,
+        }
+    }
 }
 
 impl Gateway {
@@ -153,15 +174,15 @@ impl Gateway {
             default_key_check,
             managed_keys: None,
             groups,
-            raw_chat: match connections
-                .iter()
-                .filter(|(_, c)| c.provider.takes_raw_chat())
-                .count()
-            {
-                takers if takers == connections.len() => RawChatReach::Every,
-                0 => RawChatReach::No,
-                _ => RawChatReach::Some,
-            },
+            raw_chat: RawReach::of(connections.iter().map(|(_, c)| c), |c| {
+                c.provider.takes_raw_chat()
+            }),
+            raw_messages: RawReach::of(connections.iter().map(|(_, c)| c), |c| {
+                c.provider.anthropic().is_some()
+            }),
+            raw_responses: RawReach::of(connections.iter().map(|(_, c)| c), |c| {
+                c.provider.speaks_responses()
+            }),
             connections: connections.into_iter().collect(),
             handlers,
             client_spellings,

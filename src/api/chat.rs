@@ -19,7 +19,7 @@ use super::core::{self, Reply};
 use super::raw_chat;
 use crate::context::{Endpoint, RequestContext};
 use crate::error::ApiError;
-use crate::gateway::{Gateway, RawChatReach};
+use crate::gateway::Gateway;
 use crate::server::AppState;
 use crate::streaming::{encode_sse_assembling, StreamIdentity};
 
@@ -77,7 +77,9 @@ async fn handle(
     // Nobody will look at the request: it may go on as the client sent it.
     if gateway.handlers.is_empty()
         && gateway.log_dispatcher.is_none()
-        && may_pass_raw(gateway, &bytes)
+        && core::may_take_raw(gateway, gateway.raw_chat, &bytes, |c| {
+            c.provider.takes_raw_chat()
+        })
     {
         json_content_type(&ctx.http_headers)?;
         if let Some(raw) = raw_chat::read(&bytes) {
@@ -107,21 +109,6 @@ async fn handle(
     let hide_usage = call.is_stream() && !call.client_include_usage();
     let reply = core::call_provider(connection, call, upstream_time).await?;
     Ok((reply, hide_usage))
-}
-
-/// Whether the connection this body is for may take it as written: with some
-/// connections that do and some that do not, the body's first `model` member (not
-/// checked yet: only a guess, the request is routed again once it is) picks one.
-fn may_pass_raw(gateway: &Gateway, body: &[u8]) -> bool {
-    match gateway.raw_chat {
-        RawChatReach::Every => true,
-        RawChatReach::No => false,
-        RawChatReach::Some => crate::json_scan::utf8(body)
-            .and_then(|text| crate::json_scan::member_str(text, "model"))
-            .and_then(|model| gateway.router.route(&model))
-            .and_then(|rule| gateway.connections.get(&rule.connection))
-            .is_some_and(|connection| connection.provider.takes_raw_chat()),
-    }
 }
 
 /// Check the body: JSON object with a string `model`, a list of message objects,

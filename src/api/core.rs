@@ -25,7 +25,7 @@ use serde_json::{Map, Value};
 
 use crate::context::{Endpoint, RequestContext};
 use crate::error::ApiError;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, RawReach};
 use crate::handlers::TokenMeter;
 use crate::json_scan::TokenCounts;
 use crate::logging::RequestSummary;
@@ -144,6 +144,28 @@ pub async fn run_handlers(
     }
     hold_budgets(state, gateway, ctx)?;
     Ok(keep_request)
+}
+
+/// Whether the connection this body is for may take it as the client wrote it (a
+/// door's tree-free path: `reach` is the door's `Gateway::raw_*`, `takes` what a
+/// connection must be): with some connections that do and some that do not, the
+/// body's first `model` member (not checked yet: only a guess, the request is
+/// routed again once it is) picks one.
+pub fn may_take_raw(
+    gateway: &Gateway,
+    reach: RawReach,
+    body: &[u8],
+    takes: impl Fn(&Connection) -> bool,
+) -> bool {
+    match reach {
+        RawReach::Every => true,
+        RawReach::No => false,
+        RawReach::Some => crate::json_scan::utf8(body)
+            .and_then(|text| crate::json_scan::member_str(text, "model"))
+            .and_then(|model| gateway.router.route(&model))
+            .and_then(|rule| gateway.connections.get(&rule.connection))
+            .is_some_and(takes),
+    }
 }
 
 /// Reserve the request's share of its group's budget and of its managed key's

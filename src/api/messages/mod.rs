@@ -137,7 +137,12 @@ async fn handle(
     let count_tokens = ctx.endpoint == Endpoint::CountTokens;
     // Nobody will look at the request: checked without a tree, it goes to an
     // Anthropic upstream as the client sent it (`raw`).
-    if gateway.handlers.is_empty() && gateway.log_dispatcher.is_none() {
+    if gateway.handlers.is_empty()
+        && gateway.log_dispatcher.is_none()
+        && core::may_take_raw(gateway, gateway.raw_messages, &bytes, |c| {
+            c.provider.anthropic().is_some()
+        })
+    {
         super::chat::json_content_type(&ctx.http_headers)?;
         if let Some(raw) = raw::read(&bytes, count_tokens) {
             ctx.request = raw.summary();

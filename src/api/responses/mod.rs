@@ -110,7 +110,12 @@ async fn handle(
     let (bytes, held) = core::admit(state, gateway, ctx, body).await?;
     // Nobody will look at the request: checked without a tree, it goes to an
     // upstream that speaks the Responses API as the client sent it (`raw`).
-    if gateway.handlers.is_empty() && gateway.log_dispatcher.is_none() {
+    if gateway.handlers.is_empty()
+        && gateway.log_dispatcher.is_none()
+        && core::may_take_raw(gateway, gateway.raw_responses, &bytes, |c| {
+            c.provider.speaks_responses()
+        })
+    {
         super::chat::json_content_type(&ctx.http_headers)?;
         if let Some(raw) = raw::read(&bytes) {
             ctx.request = raw.summary();
