@@ -174,15 +174,9 @@ impl Gateway {
             default_key_check,
             managed_keys: None,
             groups,
-            raw_chat: RawReach::of(connections.iter().map(|(_, c)| c), |c| {
-                c.provider.takes_raw_chat()
-            }),
-            raw_messages: RawReach::of(connections.iter().map(|(_, c)| c), |c| {
-                c.provider.anthropic().is_some()
-            }),
-            raw_responses: RawReach::of(connections.iter().map(|(_, c)| c), |c| {
-                c.provider.speaks_responses()
-            }),
+            raw_chat: RawReach::of(connections.values(), |c| c.provider.takes_raw_chat()),
+            raw_messages: RawReach::of(connections.values(), |c| c.provider.anthropic().is_some()),
+            raw_responses: RawReach::of(connections.values(), |c| c.provider.speaks_responses()),
             connections: connections.into_iter().collect(),
             handlers,
             client_spellings,
