@@ -107,6 +107,7 @@ declare -A paths=(
     [embeddings-base64]=/v1/embeddings
     [tools-20]=/v1/chat/completions
     [messages-agent-20]=/v1/messages
+    [messages-agent-translated-20]=/v1/messages
 )
 # bench/run.py's tools-c64 request: what an agent sends, 20 function tools with
 # their JSON schemas (about 11 KB).
@@ -133,13 +134,15 @@ messages = [
 ]
 print(json.dumps({"model": "claude-bench-s20", "max_tokens": 1024, "stream": True,
                   "system": system, "tools": tools, "messages": messages}))')
+# The same request for an OpenAI-compatible upstream: translated to a chat request.
+bodies[messages-agent-translated-20]=${bodies[messages-agent-20]/claude-bench-s20/bench-s20}
 # Not run unless named: stream-1 and stream-120 (with stream-20, what a stream costs
 # apart from its events, and what each event costs); stream-20-varied and
 # anthropic-stream-20-varied, whose chunks differ in their text as a model's do (the
 # mock's `-v`; the other scenarios' chunks all carry the same text); stream-20-slow,
 # its chunks 5 ms apart, as a model's come: each event read, framed and written on
 # its own (use a small N1 and N2: a stream takes 100 ms).
-SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20 messages-agent-20}
+SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20 messages-agent-20 messages-agent-translated-20}
 printf '%-24s %-50s %s\n' scenario binary instructions/request
 for scenario in $SCENARIOS; do
     for binary in "$@"; do

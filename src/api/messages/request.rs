@@ -165,7 +165,7 @@ pub fn to_canonical(
                 }
             }
             "tools" => {
-                let tools = tools(&value)?;
+                let tools = tools(value)?;
                 if !tools.is_empty() {
                     out.insert("tools".into(), Value::Array(tools));
                 }
@@ -428,15 +428,12 @@ fn tool_result(block: &Value, at: &str) -> Result<Value, ApiError> {
 
 /// Client tools → function tools. Anthropic's own server and computer-use tools
 /// (a `type` other than `custom`) run only on Anthropic.
-fn tools(value: &Value) -> Result<Vec<Value>, ApiError> {
-    let mut out = Vec::new();
-    for (i, tool) in value
-        .as_array()
-        .map(Vec::as_slice)
-        .unwrap_or(&[])
-        .iter()
-        .enumerate()
-    {
+fn tools(value: Value) -> Result<Vec<Value>, ApiError> {
+    let Value::Array(list) = value else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, tool) in list.into_iter().enumerate() {
         let at = format!("tools[{i}]");
         if let Some(kind) = tool.get("type").and_then(Value::as_str) {
             if kind != "custom" {
@@ -446,22 +443,29 @@ fn tools(value: &Value) -> Result<Vec<Value>, ApiError> {
                 ));
             }
         }
-        let name = tool
-            .get("name")
-            .and_then(Value::as_str)
-            .ok_or_else(|| bad(&format!("{at}.name"), format!("{at}.name must be a string")))?;
-        let mut function = Map::new();
-        function.insert("name".into(), name.into());
-        if let Some(description) = tool.get("description").filter(|d| !d.is_null()) {
-            function.insert("description".into(), description.clone());
+        // Its members are moved into the function tool, not copied: a tool's schema
+        // is often a few kilobytes, and an agent sends dozens of tools.
+        let name_error = || bad(&format!("{at}.name"), format!("{at}.name must be a string"));
+        let Value::Object(mut tool) = tool else {
+            return Err(name_error());
+        };
+        let Some(Value::String(name)) = tool.remove("name") else {
+            return Err(name_error());
+        };
+        let mut function = Map::with_capacity(3);
+        function.insert("name".into(), Value::String(name));
+        if let Some(description) = tool.remove("description").filter(|d| !d.is_null()) {
+            function.insert("description".into(), description);
         }
         function.insert(
             "parameters".into(),
-            tool.get("input_schema")
-                .cloned()
+            tool.remove("input_schema")
                 .unwrap_or_else(|| json!({"type": "object", "properties": {}})),
         );
-        out.push(json!({"type": "function", "function": function}));
+        let mut entry = Map::with_capacity(2);
+        entry.insert("type".into(), "function".into());
+        entry.insert("function".into(), Value::Object(function));
+        out.push(Value::Object(entry));
     }
     Ok(out)
 }
@@ -539,6 +543,54 @@ mod tests {
         map.shift_remove("model");
         let messages = map.shift_remove("messages").unwrap();
         to_canonical(&messages, map)
+    }
+
+    #[test]
+    fn client_tools_become_function_tools_and_others_are_refused() {
+        let schema = json!({"type": "object", "properties": {"city": {"type": "string"}}});
+        let out = canonical(json!({
+            "model": "m", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}],
+            "tools": [
+                {"name": "get_weather", "description": "The weather.", "input_schema": schema,
+                 "cache_control": {"type": "ephemeral"}},
+                {"type": "custom", "name": "bare", "description": null},
+                {"name": "", "input_schema": null},
+            ],
+        }))
+        .unwrap();
+        assert_eq!(
+            out["tools"],
+            json!([
+                {"type": "function", "function": {"name": "get_weather", "description": "The weather.", "parameters": schema}},
+                {"type": "function", "function": {"name": "bare", "parameters": {"type": "object", "properties": {}}}},
+                {"type": "function", "function": {"name": "", "parameters": null}},
+            ])
+        );
+        // The order of members as written out: name, description, parameters.
+        let first = serde_json::to_string(&out["tools"][0]["function"]).unwrap();
+        assert!(
+            first.starts_with(r#"{"name":"get_weather","description":"#),
+            "{first}"
+        );
+        let refused = |tools: Value| {
+            canonical(json!({"model": "m", "max_tokens": 10,
+                "messages": [{"role": "user", "content": "hi"}], "tools": tools}))
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(refused(json!([{"description": "no name"}])).contains("tools[0].name"));
+        assert!(refused(json!([{"name": "a"}, 7])).contains("tools[1].name"));
+        assert!(refused(json!([{"name": 5}])).contains("tools[0].name"));
+        assert!(
+            refused(json!([{"type": "web_search_20250305", "name": "web_search"}]))
+                .contains("runs only on Anthropic")
+        );
+        // No tools at all: no member.
+        let none = canonical(json!({"model": "m", "max_tokens": 10,
+            "messages": [{"role": "user", "content": "hi"}], "tools": []}))
+        .unwrap();
+        assert!(!none.contains_key("tools"));
     }
 
     #[test]
