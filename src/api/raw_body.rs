@@ -1,7 +1,7 @@
-//! What the doors' tree-free readers share (`messages::raw`, `responses::raw`; the
-//! chat door's `raw_chat` has its own, with `stream_options` to add): a request
-//! body checked by one walk, kept as the client's bytes, that goes upstream as
-//! written with only `model` replaced, and the walk of its top-level members.
+//! What the doors' tree-free readers share (`raw_chat`, `messages::raw`,
+//! `responses::raw`): a request body checked by one walk, kept as the client's
+//! bytes, that goes upstream as written with only `model` replaced, and the walk of
+//! its top-level members.
 //!
 //! A reader answers only for a body its door's validator surely accepts; anything
 //! it does not check the way the validator does makes it answer `None`, and the
@@ -15,7 +15,7 @@ use serde_json::{Map, Value};
 use crate::json_scan::{first_time, has_escape, string_value, Walk};
 
 /// A request body checked without a tree.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct RawBody {
     /// The client's body: a JSON object, UTF-8, checked.
     body: Bytes,
@@ -36,16 +36,48 @@ impl RawBody {
 
     /// The body to send upstream: the client's bytes, with `model` written as
     /// `model` when routing renamed it (the bytes `messages::with_model` gives,
-    /// without a second walk to find the member).
-    pub fn upstream_body(self, model: &str) -> Bytes {
-        if model == self.model {
-            return self.body;
+    /// without a second walk to find the member), and
+    /// `stream_options.include_usage: true` added as the last member when
+    /// `add_usage` (only the chat door asks, and its reader let no request with
+    /// `stream_options` through, so there is none to extend).
+    pub fn upstream_body(&self, model: &str, add_usage: bool) -> Bytes {
+        if model == self.model && !add_usage {
+            return self.body.clone();
         }
-        let mut out = Vec::with_capacity(self.body.len() + model.len() + 2);
+        const USAGE: &[u8] = br#","stream_options":{"include_usage":true}"#;
+        let mut out = Vec::with_capacity(self.body.len() + model.len() + USAGE.len());
         out.extend_from_slice(&self.body[..self.model_span.start]);
         crate::json_scan::write_json_str(&mut out, model);
         out.extend_from_slice(&self.body[self.model_span.end..]);
+        if add_usage {
+            // The object's closing brace: the last `}` (only whitespace follows it),
+            // after at least `model` and `messages`.
+            let close = out
+                .iter()
+                .rposition(|&b| b == b'}')
+                .expect("a checked object ends with a brace");
+            out.splice(close..close, USAGE.iter().copied());
+        }
         Bytes::from(out)
+    }
+
+    /// The client's body (a JSON object, checked), for a provider that writes its
+    /// own request from it (`providers::anthropic::raw_request`).
+    pub fn text(&self) -> &str {
+        // Checked as UTF-8 by the walk; a second check rather than an unchecked view.
+        crate::json_scan::utf8(&self.body).unwrap_or_default()
+    }
+
+    /// The request as the tree path has it for a provider: every member but
+    /// `model` (which the call carries, routed), in the client's order.
+    pub fn params(&self) -> Result<Map<String, Value>, crate::error::ApiError> {
+        let mut params: Map<String, Value> = serde_json::from_slice(&self.body).map_err(|e| {
+            crate::error::ApiError::invalid_request(format!(
+                "the request body is not a JSON object: {e}"
+            ))
+        })?;
+        params.shift_remove("model");
+        Ok(params)
     }
 }
 
@@ -64,14 +96,15 @@ pub fn summary(model: &str, stream: Option<bool>) -> Map<String, Value> {
 /// (the duplicate check below compares each key with the ones before it).
 const MAX_MEMBERS: usize = 64;
 
-/// Walks the JSON object in `body`: `model` must be a string that is not blank
-/// (what the Messages and Responses validators ask), every other member goes to
-/// `member`, which checks it or answers `None`. A key with an escape (it might
-/// spell a member that is checked) or given twice (the tree keeps the last, the
-/// walk would have judged the first) is refused too. `stream` is the door's own
-/// (`member`'s) to read: the doors differ on `null`.
+/// Walks the JSON object in `body`: `model` must be a string that `model_ok`
+/// accepts (its escapes decoded), every other member goes to `member`, which checks
+/// it or answers `None`. A key with an escape (it might spell a member that is
+/// checked) or given twice (the tree keeps the last, the walk would have judged the
+/// first) is refused too. `stream` is the door's own (`member`'s) to read: the
+/// doors differ on `null`.
 pub fn walk_body<'a>(
     body: &'a Bytes,
+    model_ok: impl Fn(&str) -> bool,
     mut member: impl FnMut(&mut Walk<'a>, &'a str) -> Option<()>,
 ) -> Option<RawBody> {
     let text = crate::json_scan::utf8(body)?;
@@ -92,7 +125,7 @@ pub fn walk_body<'a>(
         }
         let written = walk.skip()?;
         let name = string_value(written)?;
-        (!name.trim().is_empty()).then_some(())?;
+        model_ok(&name).then_some(())?;
         model = Some((start..start + written.len(), name.into_owned()));
         Some(())
     })?;
@@ -104,6 +137,11 @@ pub fn walk_body<'a>(
         model,
         stream: None,
     })
+}
+
+/// The Messages and Responses validators' rule for `model`: not blank.
+pub fn not_blank(model: &str) -> bool {
+    !model.trim().is_empty()
 }
 
 /// A string, checked but not decoded (a prompt can be long).

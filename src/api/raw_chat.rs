@@ -17,141 +17,43 @@
 //! differential test below holds it to "accepted here ⇒ accepted there, with the
 //! same model and `stream`".
 
-use std::ops::Range;
-
 use bytes::Bytes;
 
-use super::raw_body::string;
+use super::raw_body::{non_empty_list, string, typed_object, walk_body, RawBody};
 use super::validate::{
     may_omit_content, MAX_MODEL_LEN, MAX_N, MAX_TOKENS, MAX_TOP_LOGPROBS, ROLES,
 };
-use crate::json_scan::{first_time, first_value, has_escape, string_value, Walk};
+use crate::json_scan::{first_time, first_value, has_escape, Walk};
 
 /// A chat request checked without a tree.
-#[derive(Debug, Clone)]
-pub struct RawChatRequest {
-    /// The client's body: a JSON object, UTF-8, checked.
-    body: Bytes,
-    /// The `model` value in `body`, quotes included.
-    model_span: Range<usize>,
-    /// The requested model (its escapes decoded).
-    pub model: String,
-    /// `stream` when it is `true` or `false` (absent or `null`: `None`).
-    pub stream: Option<bool>,
-}
-
-impl RawChatRequest {
-    /// The body to send upstream: the client's bytes, with `model` written as
-    /// `model` when routing renamed it, and `stream_options.include_usage: true`
-    /// added as the last member when `add_usage` (the reader let no request with
-    /// `stream_options` through, so there is none to extend).
-    pub fn upstream_body(&self, model: &str, add_usage: bool) -> Bytes {
-        if model == self.model && !add_usage {
-            return self.body.clone();
-        }
-        const USAGE: &[u8] = br#","stream_options":{"include_usage":true}"#;
-        let mut out = Vec::with_capacity(self.body.len() + model.len() + USAGE.len());
-        out.extend_from_slice(&self.body[..self.model_span.start]);
-        crate::json_scan::write_json_str(&mut out, model);
-        out.extend_from_slice(&self.body[self.model_span.end..]);
-        if add_usage {
-            // The object's closing brace: the last `}` (only whitespace follows it),
-            // after at least `model` and `messages`.
-            let close = out
-                .iter()
-                .rposition(|&b| b == b'}')
-                .expect("a checked object ends with a brace");
-            out.splice(close..close, USAGE.iter().copied());
-        }
-        Bytes::from(out)
-    }
-
-    /// The client's body (a JSON object, checked), for a provider that writes its
-    /// own request from it (`providers::anthropic::raw_request`).
-    pub fn text(&self) -> &str {
-        // Checked as UTF-8 by `read`; a second check rather than an unchecked view.
-        crate::json_scan::utf8(&self.body).unwrap_or_default()
-    }
-
-    /// The request as the tree path has it for a provider: every member but
-    /// `model` (which the call carries, routed), in the client's order.
-    pub fn params(
-        &self,
-    ) -> Result<serde_json::Map<String, serde_json::Value>, crate::error::ApiError> {
-        let mut params: serde_json::Map<String, serde_json::Value> =
-            serde_json::from_slice(&self.body).map_err(|e| {
-                crate::error::ApiError::invalid_request(format!(
-                    "the request body is not a JSON object: {e}"
-                ))
-            })?;
-        params.shift_remove("model");
-        Ok(params)
-    }
-
-    /// What the rest of the gateway reads of the request (the request line, the
-    /// metrics): `model`, and `stream` when it was given.
-    pub fn summary(&self) -> serde_json::Map<String, serde_json::Value> {
-        super::raw_body::summary(&self.model, self.stream)
-    }
-}
-
-/// Members the body may have at most this many of; more, and the tree path takes it
-/// (the duplicate check below compares each key with the ones before it).
-const MAX_MEMBERS: usize = 64;
+pub type RawChatRequest = RawBody;
 
 /// The request in `body` when the validator surely accepts it and the fast path
 /// knows every member it must act on; `None` sends it down the tree path.
 pub fn read(body: &Bytes) -> Option<RawChatRequest> {
-    let text = crate::json_scan::utf8(body)?;
-    let mut walk = Walk::new(text);
-    let mut keys: Vec<&str> = Vec::with_capacity(8);
-    let mut model = None;
-    let mut stream = None;
-    let mut messages = false;
-    walk.object(|walk, key| {
-        // A key with an escape might spell a member checked here; given twice, the
-        // tree keeps the last and this walk would have judged the first.
-        if has_escape(key) || keys.len() == MAX_MEMBERS || keys.contains(&key) {
-            return None;
-        }
-        keys.push(key);
-        member(walk, key, &mut model, &mut stream, &mut messages)
+    let (mut stream, mut messages) = (None, false);
+    // `model` as `validate::check_field` checks it.
+    let model_ok = |name: &str| {
+        !name.is_empty() && name.len() <= MAX_MODEL_LEN && !name.chars().any(char::is_control)
+    };
+    let mut raw = walk_body(body, model_ok, |walk, key| {
+        member(walk, key, &mut stream, &mut messages)
     })?;
-    walk.done()?;
-    let (model_span, model) = model?;
-    messages.then_some(RawChatRequest {
-        body: body.clone(),
-        model_span,
-        model,
-        stream,
-    })
+    messages.then_some(())?;
+    raw.stream = stream;
+    Some(raw)
 }
 
 /// One top-level member, checked as `validate::check_field` checks it (or refused).
 fn member(
     walk: &mut Walk<'_>,
     key: &str,
-    model: &mut Option<(Range<usize>, String)>,
     stream: &mut Option<bool>,
     messages: &mut bool,
 ) -> Option<()> {
     match key {
-        "model" => {
-            let start = walk.at();
-            if !walk.at_string() {
-                return None;
-            }
-            let written = walk.skip()?;
-            let name = string_value(written)?;
-            let fine = !name.is_empty()
-                && name.len() <= MAX_MODEL_LEN
-                && !name.chars().any(char::is_control);
-            fine.then_some(())?;
-            *model = Some((start..start + written.len(), name.into_owned()));
-            Some(())
-        }
         "messages" => {
-            *messages = super::raw_body::non_empty_list(walk, message)?;
+            *messages = non_empty_list(walk, message)?;
             Some(())
         }
         "stream" => {
@@ -197,7 +99,7 @@ fn member(
             if walk.null() {
                 return Some(());
             }
-            super::raw_body::typed_object(walk)
+            typed_object(walk)
         }
         // An agent's request carries its tools (often many kilobytes of JSON
         // schema): checked here, they go on as written instead of through a tree.

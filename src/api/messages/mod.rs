@@ -304,7 +304,7 @@ fn raw_native_call(
     let stream = !count_tokens && raw.stream.unwrap_or(false);
     Ok(NativeCall {
         client_headers: client_headers(ctx),
-        body: raw.upstream_body(ctx.model.as_deref().unwrap_or_default()),
+        body: raw.upstream_body(ctx.model.as_deref().unwrap_or_default(), false),
         stream,
         extra_headers,
         extra_header_case,

@@ -18,7 +18,8 @@
 use bytes::Bytes;
 
 use crate::api::raw_body::{
-    non_empty_list, number, object, objects, string, strings, typed_object, walk_body, RawBody,
+    non_empty_list, not_blank, number, object, objects, string, strings, typed_object, walk_body,
+    RawBody,
 };
 use crate::json_scan::{first_time, first_value, has_escape, Walk};
 
@@ -27,7 +28,7 @@ use crate::json_scan::{first_time, first_value, has_escape, Walk};
 /// it down the tree path.
 pub fn read(body: &Bytes, count_tokens: bool) -> Option<RawBody> {
     let mut found = Found::default();
-    let mut raw = walk_body(body, |walk, key| member(walk, key, &mut found))?;
+    let mut raw = walk_body(body, not_blank, |walk, key| member(walk, key, &mut found))?;
     (found.messages && (count_tokens || found.max_tokens)).then_some(())?;
     raw.stream = found.stream;
     Some(raw)
@@ -106,13 +107,6 @@ fn message(walk: &mut Walk<'_>) -> Option<()> {
     (role_known == Some(true) && content).then_some(())
 }
 
-/// The tree path's verdict, for the differential tests.
-#[cfg(test)]
-fn tree_verdict(text: &str, count_tokens: bool) -> Option<(String, Option<bool>)> {
-    use crate::api::messages::request::validate;
-    crate::api::raw_body::tree_verdict(text, |request| validate(request, count_tokens).is_ok())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -141,6 +135,12 @@ mod tests {
 
     /// The first samples are read; the others are left to the tree.
     const READ: usize = 5;
+
+    /// The tree path's verdict.
+    fn tree_verdict(text: &str, count_tokens: bool) -> Option<(String, Option<bool>)> {
+        use crate::api::messages::request::validate;
+        crate::api::raw_body::tree_verdict(text, |request| validate(request, count_tokens).is_ok())
+    }
 
     #[test]
     fn what_the_reader_accepts_the_validator_accepts_alike() {
@@ -191,9 +191,9 @@ mod tests {
             // The model as it came: the very bytes, as `with_model` gives them.
             let same = read(&Bytes::from(*text), false).unwrap();
             let model = same.model.clone();
-            assert_eq!(same.upstream_body(&model), text.as_bytes());
+            assert_eq!(same.upstream_body(&model, false), text.as_bytes());
             let original: Value = serde_json::from_str(text).unwrap();
-            let body = raw.upstream_body("up-\"model\"\u{1}é");
+            let body = raw.upstream_body("up-\"model\"\u{1}é", false);
             let sent: Value = serde_json::from_slice(&body).unwrap();
             let mut expected = original.clone();
             expected["model"] = json!("up-\"model\"\u{1}é");

@@ -200,7 +200,7 @@ fn raw_door_call(
     let stream = raw.stream.unwrap_or(false);
     Ok(DoorCall {
         connection: connection.to_owned(),
-        body: raw.upstream_body(&model),
+        body: raw.upstream_body(&model, false),
         model,
         // Nothing on this path reads them (they are for completions' usage).
         params: serde_json::Map::new(),

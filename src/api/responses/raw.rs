@@ -13,14 +13,16 @@
 
 use bytes::Bytes;
 
-use crate::api::raw_body::{number, object, objects, string, strings, walk_body, RawBody};
+use crate::api::raw_body::{
+    not_blank, number, object, objects, string, strings, walk_body, RawBody,
+};
 use crate::json_scan::Walk;
 
 /// The request in `body` when the validator surely accepts it; `None` sends it
 /// down the tree path.
 pub fn read(body: &Bytes) -> Option<RawBody> {
     let mut stream = None;
-    let mut raw = walk_body(body, |walk, key| member(walk, key, &mut stream))?;
+    let mut raw = walk_body(body, not_blank, |walk, key| member(walk, key, &mut stream))?;
     raw.stream = stream;
     Some(raw)
 }
@@ -131,10 +133,10 @@ mod tests {
         for text in &SAMPLES[..READ] {
             let same = read(&Bytes::from(*text)).unwrap();
             let model = same.model.clone();
-            assert_eq!(same.upstream_body(&model), text.as_bytes());
+            assert_eq!(same.upstream_body(&model, false), text.as_bytes());
             let body = read(&Bytes::from(*text))
                 .unwrap()
-                .upstream_body("up-\"model\"\u{1}é");
+                .upstream_body("up-\"model\"\u{1}é", false);
             let sent: Value = serde_json::from_slice(&body).unwrap();
             let mut expected: Value = serde_json::from_str(text).unwrap();
             expected["model"] = json!("up-\"model\"\u{1}é");
