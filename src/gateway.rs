@@ -61,6 +61,10 @@ pub struct Gateway {
     pub raw_chat: RawReach,
     /// Which take a Messages request as written (Anthropic's, `api::messages::raw`).
     pub raw_messages: RawReach,
+    /// Which take the chat request written from a Messages request
+    /// (`api::messages::chat_body`): those that take a chat request as written and
+    /// do not speak the Messages API themselves.
+    pub raw_messages_translated: RawReach,
     /// Which take a Responses request as written (`Provider::speaks_responses`,
     /// `api::responses::raw`).
     pub raw_responses: RawReach,
@@ -176,6 +180,10 @@ impl Gateway {
             groups,
             raw_chat: RawReach::of(connections.values(), |c| c.provider.takes_raw_chat()),
             raw_messages: RawReach::of(connections.values(), |c| c.provider.anthropic().is_some()),
+            raw_messages_translated: RawReach::of(
+                connections.values(),
+                crate::api::messages::takes_written_chat,
+            ),
             raw_responses: RawReach::of(connections.values(), |c| c.provider.speaks_responses()),
             connections: connections.into_iter().collect(),
             handlers,

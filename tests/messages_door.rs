@@ -515,3 +515,50 @@ async fn with_handlers_the_body_still_goes_up_as_written_unless_changed() {
         body.replace("claude-alias", "claude-real")
     );
 }
+
+/// With no handler and no logger, the chat request for an OpenAI-compatible
+/// upstream is written from the client's bytes (`messages::chat_body`); with a
+/// handler it is built from the tree. Both send the same request, streamed or not.
+#[tokio::test]
+async fn the_chat_request_written_without_a_tree_is_the_translated_one() {
+    let (bare, _, bare_upstream) = setup("").await;
+    let extra = "[[before]]\nclass = \"lm_proxy.handlers.RateLimiter\"\nmax_requests = 100\nwindow_seconds = 60\nper = \"api_key\"\n";
+    let (handled, _, handled_upstream) = setup(extra).await;
+    let body = json!({"model": "gpt-agent", "max_tokens": 64,
+        "system": [{"type": "text", "text": "You are an agent.", "cache_control": {"type": "ephemeral"}}],
+        "tools": [{"name": "lookup", "description": "Find people.",
+                   "input_schema": {"type": "object", "properties": {"q": {"type": "string"}}}}],
+        "messages": [
+            {"role": "user", "content": "Find them."},
+            {"role": "assistant", "content": [{"type": "text", "text": "Looking."},
+                {"type": "tool_use", "id": "toolu_1", "name": "lookup", "input": {"q": "caf\u{e9}"}}]},
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "none"},
+                {"type": "text", "text": "Go on."}]}],
+        "metadata": {"user_id": "u-1"}, "tool_choice": {"type": "auto"}});
+    for stream in [false, true] {
+        let mut body = body.clone();
+        body["stream"] = json!(stream);
+        let mut sent = Vec::new();
+        for (gw, upstream) in [(&bare, &bare_upstream), (&handled, &handled_upstream)] {
+            let (status, _, answer) = post_raw(
+                gw,
+                "/v1/messages",
+                &[JSON, ("x-api-key", "k1")],
+                body.to_string(),
+            )
+            .await;
+            assert_eq!(status, 200, "{answer:?}");
+            sent.push(upstream.last().body);
+        }
+        assert_eq!(sent[0].to_string(), sent[1].to_string());
+        assert_eq!(
+            sent[0]["messages"][2]["tool_calls"][0]["function"]["arguments"],
+            "{\"q\":\"caf\u{e9}\"}"
+        );
+        assert_eq!(
+            sent[0]["messages"][3],
+            json!({"role": "tool", "tool_call_id": "toolu_1", "content": "none"})
+        );
+        assert_eq!(sent[0].get("stream_options").is_some(), stream);
+    }
+}

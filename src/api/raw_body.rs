@@ -28,6 +28,22 @@ pub struct RawBody {
 }
 
 impl RawBody {
+    /// A body the gateway wrote for the upstream from the client's (a door's
+    /// translation, `messages::chat_body`), `model` written at `model_span`.
+    pub fn written(
+        body: Bytes,
+        model_span: Range<usize>,
+        model: String,
+        stream: Option<bool>,
+    ) -> RawBody {
+        RawBody {
+            body,
+            model_span,
+            model,
+            stream,
+        }
+    }
+
     /// What the rest of the gateway reads of the request (routing, the request
     /// line, the metrics, the pass-through's `stream`).
     pub fn summary(&self) -> Map<String, Value> {

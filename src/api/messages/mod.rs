@@ -21,6 +21,7 @@
 //! Errors are answered in Anthropic's envelope (`errors`).
 
 pub mod answer;
+pub mod chat_body;
 pub mod count;
 pub mod errors;
 pub mod fast;
@@ -45,7 +46,7 @@ use crate::gateway::Gateway;
 use crate::json_scan::{member_spans, TokenCounts};
 use crate::payload::{Payload, PayloadStream};
 use crate::providers::anthropic::native::{NativeCall, NativeReply, CLIENT_HEADERS};
-use crate::providers::{AnthropicProvider, UpstreamCall};
+use crate::providers::{AnthropicProvider, Connection, UpstreamCall};
 use crate::server::AppState;
 
 /// What the door answers with.
@@ -162,6 +163,35 @@ async fn handle(
             }
         }
     }
+    // Nobody will look at the request, and its connection takes a chat request as
+    // written: the chat request is written from the client's bytes without a tree
+    // (`chat_body`).
+    if !count_tokens
+        && gateway.handlers.is_empty()
+        && gateway.log_dispatcher.is_none()
+        && core::may_take_raw(
+            gateway,
+            gateway.raw_messages_translated,
+            &bytes,
+            takes_written_chat,
+        )
+    {
+        super::chat::json_content_type(&ctx.http_headers)?;
+        if let Some(chat) = chat_body::write(&bytes) {
+            ctx.request = chat.summary();
+            let connection = core::route(gateway, ctx)?;
+            if takes_written_chat(connection) {
+                // No handler and no logger: nobody reads `llm_params`.
+                core::hold_budgets(state, gateway, ctx)?;
+                // The written request asks for a stream's usage itself.
+                let call = core::raw_upstream_call(ctx, chat, false);
+                let reply = translated_reply(gateway, ctx, connection, call, upstream_time).await;
+                // The body's share of the memory budget is held until it was sent.
+                drop((bytes, held));
+                return reply;
+            }
+        }
+    }
     ctx.request = super::chat::json_object_body(&ctx.http_headers, &bytes)?;
     request::validate(&ctx.request, count_tokens)?;
     let connection = core::route(gateway, ctx)?;
@@ -188,21 +218,7 @@ async fn handle(
         }
         let keep_request = core::run_handlers(state, gateway, ctx).await?;
         let call = translated_call(ctx, keep_request)?;
-        let translator = stream::Translator::new(&call.model, &connection.name);
-        let name = connection.name.clone();
-        return match core::call_provider(connection, call, upstream_time).await? {
-            Reply::Complete(canonical) => {
-                let usage = canonical.usage();
-                let canonical = gateway.redactor.redact_payload(canonical).into_value();
-                let model = ctx.model.as_deref().unwrap_or_default();
-                let message = answer::message(&canonical, model, &name)?;
-                Ok(DoorReply::Json {
-                    answer: Payload::Value(message),
-                    usage,
-                })
-            }
-            Reply::Stream(chunks) => Ok(DoorReply::Chunks(chunks, translator)),
-        };
+        return translated_reply(gateway, ctx, connection, call, upstream_time).await;
     };
     core::run_handlers(state, gateway, ctx).await?;
     let call = native_call(gateway, ctx, bytes, count_tokens)?;
@@ -216,6 +232,39 @@ async fn handle(
     .await;
     drop(held);
     reply
+}
+
+/// Whether a connection takes the chat request that `chat_body` writes: it takes a
+/// chat request as written, and the Messages door does not pass requests through
+/// to it.
+pub fn takes_written_chat(connection: &Connection) -> bool {
+    connection.provider.anthropic().is_none() && connection.provider.takes_raw_chat()
+}
+
+/// The answer of a connection that does not speak the Messages API to the
+/// canonical `call`: the whole answer translated, or the chunks with their
+/// translator.
+async fn translated_reply(
+    gateway: &Gateway,
+    ctx: &RequestContext,
+    connection: &Connection,
+    call: UpstreamCall,
+    upstream_time: &mut Option<std::time::Duration>,
+) -> Result<DoorReply, ApiError> {
+    let translator = stream::Translator::new(&call.model, &connection.name);
+    match core::call_provider(connection, call, upstream_time).await? {
+        Reply::Complete(canonical) => {
+            let usage = canonical.usage();
+            let canonical = gateway.redactor.redact_payload(canonical).into_value();
+            let model = ctx.model.as_deref().unwrap_or_default();
+            let message = answer::message(&canonical, model, &connection.name)?;
+            Ok(DoorReply::Json {
+                answer: Payload::Value(message),
+                usage,
+            })
+        }
+        Reply::Stream(chunks) => Ok(DoorReply::Chunks(chunks, translator)),
+    }
 }
 
 async fn timed<T>(

@@ -506,6 +506,17 @@ fn tool_choice(value: &Value, out: &mut Map<String, Value>) -> Result<(), ApiErr
 const LOW_BELOW: u64 = 4096;
 const MEDIUM_BELOW: u64 = 16384;
 
+/// The `reasoning_effort` for a thinking budget.
+pub(super) fn reasoning_effort(budget: u64) -> &'static str {
+    if budget < LOW_BELOW {
+        "low"
+    } else if budget < MEDIUM_BELOW {
+        "medium"
+    } else {
+        "high"
+    }
+}
+
 /// `thinking: {type: enabled, budget_tokens}` → `reasoning_effort`.
 fn thinking(value: &Value, out: &mut Map<String, Value>) -> Result<(), ApiError> {
     match value.get("type").and_then(Value::as_str) {
@@ -515,14 +526,7 @@ fn thinking(value: &Value, out: &mut Map<String, Value>) -> Result<(), ApiError>
                 .get("budget_tokens")
                 .and_then(Value::as_u64)
                 .ok_or_else(|| bad("thinking.budget_tokens", "must be a positive integer"))?;
-            let effort = if budget < LOW_BELOW {
-                "low"
-            } else if budget < MEDIUM_BELOW {
-                "medium"
-            } else {
-                "high"
-            };
-            out.insert("reasoning_effort".into(), effort.into());
+            out.insert("reasoning_effort".into(), reasoning_effort(budget).into());
             Ok(())
         }
         _ => Err(bad(
