@@ -136,13 +136,36 @@ print(json.dumps({"model": "claude-bench-s20", "max_tokens": 1024, "stream": Tru
                   "system": system, "tools": tools, "messages": messages}))')
 # The same request for an OpenAI-compatible upstream: translated to a chat request.
 bodies[messages-agent-translated-20]=${bodies[messages-agent-20]/claude-bench-s20/bench-s20}
+# What an agent such as Codex sends the Responses door, for an upstream that speaks
+# only chat completions (a local model): instructions, the same 20 tools as Responses
+# function tools, and a conversation with a reasoning item, a tool call and its
+# result (about 16 KB), translated to a chat request.
+bodies[responses-agent-translated-20]=$(cd bench && python3 -c 'import json, run
+tools = [{"type": "function", "name": t["function"]["name"], "description": t["function"]["description"],
+          "parameters": t["function"]["parameters"], "strict": False} for t in run.TOOLS]
+input = [
+    {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Find the records of the platform team."}]},
+    {"type": "reasoning", "id": "rs_01", "summary": [], "encrypted_content": "gAAAAB" * 40},
+    {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "I will look them up."}]},
+    {"type": "function_call", "call_id": "call_01", "name": tools[0]["name"],
+     "arguments": json.dumps({"query": "platform team", "limit": 20, "fields": ["name", "email"]})},
+    {"type": "function_call_output", "call_id": "call_01",
+     "output": json.dumps([{"name": f"person {i}", "email": f"p{i}@example.com"} for i in range(20)])},
+    {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Summarise them in one line."}]},
+]
+print(json.dumps({"model": "bench-s20", "stream": True, "store": False,
+                  "instructions": "You are a coding agent working in a repository. " * 60,
+                  "tools": tools, "tool_choice": "auto", "parallel_tool_calls": True,
+                  "reasoning": {"effort": "medium", "summary": "auto"},
+                  "include": ["reasoning.encrypted_content"], "input": input}))')
+paths[responses-agent-translated-20]=/v1/responses
 # Not run unless named: stream-1 and stream-120 (with stream-20, what a stream costs
 # apart from its events, and what each event costs); stream-20-varied and
 # anthropic-stream-20-varied, whose chunks differ in their text as a model's do (the
 # mock's `-v`; the other scenarios' chunks all carry the same text); stream-20-slow,
 # its chunks 5 ms apart, as a model's come: each event read, framed and written on
 # its own (use a small N1 and N2: a stream takes 100 ms).
-SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20 messages-agent-20 messages-agent-translated-20}
+SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20 messages-agent-20 messages-agent-translated-20 responses-agent-translated-20}
 printf '%-24s %-50s %s\n' scenario binary instructions/request
 for scenario in $SCENARIOS; do
     for binary in "$@"; do

@@ -68,6 +68,9 @@ pub struct Gateway {
     /// Which take a Responses request as written (`Provider::speaks_responses`,
     /// `api::responses::raw`).
     pub raw_responses: RawReach,
+    /// Which take the chat request written from a Responses request
+    /// (`api::responses::chat_body`).
+    pub raw_responses_translated: RawReach,
 }
 
 /// Which of a gateway's connections take a door's request as the client wrote it:
@@ -185,6 +188,10 @@ impl Gateway {
                 crate::api::messages::takes_written_chat,
             ),
             raw_responses: RawReach::of(connections.values(), |c| c.provider.speaks_responses()),
+            raw_responses_translated: RawReach::of(
+                connections.values(),
+                crate::api::responses::takes_written_chat,
+            ),
             connections: connections.into_iter().collect(),
             handlers,
             client_spellings,

@@ -943,6 +943,12 @@ impl<'a> Walk<'a> {
         self.scan.at
     }
 
+    /// The text of the value taken since the walk was [`at`](Walk::at) `start`, as
+    /// written (for a value walked into rather than skipped).
+    pub fn text_since(&self, start: usize) -> &'a str {
+        self.text[start..self.scan.at].trim_end_matches([' ', '\t', '\n', '\r'])
+    }
+
     /// At an object: `each` gets each key as written between its quotes (escapes
     /// not decoded, so a key with a backslash is for the caller to refuse) and must
     /// take its value (`skip`, `string`, `object` or `array`) before answering.

@@ -743,3 +743,53 @@ async fn the_log_entry_and_metrics_know_the_door() {
     let streamed = lines.iter().find(|l| l["connection"] == "chat").unwrap();
     assert_eq!(streamed["response"], "Hello there", "{streamed}");
 }
+
+/// With no handler and no logger, the chat request for a chat-only upstream is
+/// written from the client's bytes (`responses::chat_body`); with a handler it is
+/// built from the tree. Both send the same request and echo the same members,
+/// streamed or not.
+#[tokio::test]
+async fn the_chat_request_written_without_a_tree_is_the_translated_one() {
+    let (bare, bare_seen) = setup("").await;
+    let extra = "[[before]]\nclass = \"lm_proxy.handlers.RateLimiter\"\nmax_requests = 100\nwindow_seconds = 60\nper = \"api_key\"\n";
+    let (handled, handled_seen) = setup(extra).await;
+    let body = json!({"model": "chat-tools", "instructions": "You are an agent.", "store": false,
+        "tools": [{"type": "function", "name": "get_weather", "description": "Weather",
+                   "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}],
+        "tool_choice": "auto", "parallel_tool_calls": true, "reasoning": {"effort": "low"},
+        "metadata": {"k": "v"}, "temperature": 0.5, "max_output_tokens": 99,
+        "input": [
+            {"role": "user", "content": [{"type": "input_text", "text": "Weather in Paris?"}]},
+            {"type": "reasoning", "id": "rs_1", "summary": []},
+            {"type": "function_call", "call_id": "call_w1", "name": "get_weather", "arguments": "{\"city\":\"Paris\"}"},
+            {"type": "function_call_output", "call_id": "call_w1", "output": "sunny"}]});
+    for stream in [false, true] {
+        let mut body = body.clone();
+        body["stream"] = json!(stream);
+        let mut sent = Vec::new();
+        let mut answers = Vec::new();
+        for (gw, seen) in [(&bare, &bare_seen), (&handled, &handled_seen)] {
+            let (status, _, text) = post(gw, "k1", &body.to_string()).await;
+            assert_eq!(status, 200, "{text}");
+            sent.push(seen.last_json());
+            let mut response = if stream {
+                let events = sse_events(&text);
+                events.last().unwrap()["response"].clone()
+            } else {
+                serde_json::from_str::<Value>(&text).unwrap()
+            };
+            let response = response.as_object_mut().unwrap();
+            for varies in ["id", "created_at", "output"] {
+                response.shift_remove(varies);
+            }
+            answers.push(Value::Object(response.clone()));
+        }
+        assert_eq!(sent[0].to_string(), sent[1].to_string());
+        assert_eq!(answers[0], answers[1]);
+        assert_eq!(sent[0]["messages"][3]["role"], "tool");
+        assert_eq!(sent[0]["max_completion_tokens"], 99);
+        assert_eq!(answers[0]["metadata"], json!({"k": "v"}));
+        assert_eq!(answers[0]["tools"], body["tools"]);
+        assert_eq!(sent[0].get("stream_options").is_some(), stream);
+    }
+}

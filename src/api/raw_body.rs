@@ -218,6 +218,31 @@ pub fn strings(walk: &mut Walk<'_>) -> Option<()> {
     walk.array(string)
 }
 
+/// A walk of `text` (a value a walk checked and skipped) by `read`, which must take
+/// all of it.
+pub fn rewalk<'a>(text: &'a str, read: impl FnOnce(&mut Walk<'a>) -> Option<()>) -> Option<()> {
+    let mut walk = Walk::new(text);
+    read(&mut walk)?;
+    walk.done()
+}
+
+/// What is between the quotes of a string value as written (escapes kept: an
+/// escape stands for at least one character, so it is empty only when the string
+/// is); `None` for a value that is not a string.
+pub fn inner(value: &str) -> Option<&str> {
+    value.strip_prefix('"')?.strip_suffix('"')
+}
+
+/// `parts` (string contents as written) one after the other, `separator` between.
+pub fn join(out: &mut Vec<u8>, parts: &[&str], separator: &[u8]) {
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.extend_from_slice(separator);
+        }
+        out.extend_from_slice(part.as_bytes());
+    }
+}
+
 /// The differential test of a tree-free reader: over every sample, its truncations
 /// and its one-byte edits, what `read` accepts `tree` accepts with the same model
 /// and `stream`; and `read` takes most of what `tree` accepts.

@@ -25,7 +25,7 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::api::raw_body::{not_blank, walk_body, RawBody};
+use crate::api::raw_body::{inner, join, not_blank, rewalk, walk_body, RawBody};
 use crate::json_scan::{first_time, first_value, has_escape, string_value, write_json_str, Walk};
 
 /// The chat request for the Messages request in `body` (for `/v1/messages`, not
@@ -252,31 +252,6 @@ impl<'a> Request<'a> {
             }
             _ => None,
         }
-    }
-}
-
-/// A walk of `text` (a value a walk checked and skipped) by `read`, which must take
-/// all of it.
-fn rewalk<'a>(text: &'a str, read: impl FnOnce(&mut Walk<'a>) -> Option<()>) -> Option<()> {
-    let mut walk = Walk::new(text);
-    read(&mut walk)?;
-    walk.done()
-}
-
-/// What is between the quotes of a string value as written (escapes kept: an
-/// escape stands for at least one character, so it is empty only when the string
-/// is); `None` for a value that is not a string.
-fn inner(value: &str) -> Option<&str> {
-    value.strip_prefix('"')?.strip_suffix('"')
-}
-
-/// `parts` (string contents as written) one after the other, `separator` between.
-fn join(out: &mut Vec<u8>, parts: &[&str], separator: &[u8]) {
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            out.extend_from_slice(separator);
-        }
-        out.extend_from_slice(part.as_bytes());
     }
 }
 
@@ -673,6 +648,19 @@ mod tests {
         r#"{"model":"m","max_tokens":1,"messages":[]}"#,
         r#"{"model":"m","messages":[{"role":"user","content":"x"}]}"#,
         r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"stream":null}"#,
+        // One member of the wrong type each (the validator refuses them).
+        r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"stop_sequences":[1]}"#,
+        r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"top_k":1.5}"#,
+        r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"temperature":"1"}"#,
+        r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"metadata":[]}"#,
+        r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"tools":[1]}"#,
+        r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}"#,
+        r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"thinking":"on"}"#,
+        r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"system":{}}"#,
+        r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"stream":"true"}"#,
+        r#"{"model":"m","max_tokens":"1","messages":[{"role":"user","content":"x"}]}"#,
+        r#"{"model":"m","max_tokens":1,"messages":[{"role":"system","content":"x"}]}"#,
+        r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":5}]}"#,
         r#"{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"x"}],"tools":[{"name":"f","input_schema":{"maximum":1e400}}]}"#,
     ];
 

@@ -56,9 +56,43 @@ pub struct Skeleton {
     holes: [usize; 5],
 }
 
+/// A request member a skeleton echoes: from the request's tree, or its text as the
+/// client wrote it (`chat_body`, which reads the request without a tree).
+#[derive(Clone, Copy)]
+pub enum Echo<'a> {
+    Tree(&'a Value),
+    Text(&'a str),
+}
+
+impl Echo<'_> {
+    fn write(self, out: &mut Vec<u8>) {
+        match self {
+            Echo::Tree(value) => write_value(out, value),
+            Echo::Text(text) => out.extend_from_slice(text.as_bytes()),
+        }
+    }
+}
+
 impl Skeleton {
     pub fn new(params: &serde_json::Map<String, Value>, model: &str) -> Skeleton {
-        let given = |key: &str| crate::context::member(params, key).filter(|v| !v.is_null());
+        let given = |key: &str| {
+            crate::context::member(params, key)
+                .filter(|v| !v.is_null())
+                .map(Echo::Tree)
+        };
+        let effort = crate::context::member(params, "reasoning")
+            .and_then(|r| member_of(r, "effort"))
+            .map(Echo::Tree);
+        Skeleton::of(given, effort, model)
+    }
+
+    /// The skeleton for a request whose members (not `null`) `given` finds, with
+    /// `reasoning.effort` (`effort`, when given) and the upstream's `model`.
+    pub fn of<'a>(
+        given: impl Fn(&str) -> Option<Echo<'a>>,
+        effort: Option<Echo<'a>>,
+        model: &str,
+    ) -> Skeleton {
         let mut text = Vec::with_capacity(640);
         let mut holes = [0; 5];
         let member = |text: &mut Vec<u8>, key: &str| {
@@ -70,7 +104,7 @@ impl Skeleton {
         let echoed = |text: &mut Vec<u8>, key: &str, default: &[u8]| {
             member(text, key);
             match given(key) {
-                Some(value) => write_value(text, value),
+                Some(value) => value.write(text),
                 None => text.extend_from_slice(default),
             }
         };
@@ -104,8 +138,8 @@ impl Skeleton {
         text.extend_from_slice(b"null");
         member(&mut text, "reasoning");
         text.extend_from_slice(b"{\"effort\":");
-        match crate::context::member(params, "reasoning").and_then(|r| member_of(r, "effort")) {
-            Some(effort) => write_value(&mut text, effort),
+        match effort {
+            Some(effort) => effort.write(&mut text),
             None => text.extend_from_slice(b"null"),
         }
         text.extend_from_slice(b",\"summary\":null}");

@@ -24,6 +24,7 @@
 //! `response.failed` (translated) or an `error` event (pass-through).
 
 pub mod answer;
+pub mod chat_body;
 pub mod raw;
 pub mod request;
 pub mod stream;
@@ -129,6 +130,36 @@ async fn handle(
             }
         }
     }
+    // Nobody will look at the request, and its connection takes a chat request as
+    // written: the chat request is written from the client's bytes without a tree
+    // (`chat_body`).
+    if gateway.handlers.is_empty()
+        && gateway.log_dispatcher.is_none()
+        && core::may_take_raw(
+            gateway,
+            gateway.raw_responses_translated,
+            &bytes,
+            takes_written_chat,
+        )
+    {
+        super::chat::json_content_type(&ctx.http_headers)?;
+        if let Some((chat, echoes)) = chat_body::write(&bytes) {
+            ctx.request = chat.summary();
+            let connection = core::route(gateway, ctx)?;
+            if takes_written_chat(connection) {
+                // No handler and no logger: nobody reads `llm_params`.
+                core::hold_budgets(state, gateway, ctx)?;
+                let skeleton = echoes.skeleton(ctx.model.as_deref().unwrap_or_default());
+                // The written request asks for a stream's usage itself.
+                let call = core::raw_upstream_call(ctx, chat, false);
+                let reply =
+                    translated_reply(gateway, connection, call, skeleton, upstream_time).await;
+                // The body's share of the memory budget is held until it was sent.
+                drop((bytes, held));
+                return reply;
+            }
+        }
+    }
     ctx.request = super::chat::json_object_body(&ctx.http_headers, &bytes)?;
     request::validate(&ctx.request)?;
     let connection = core::route(gateway, ctx)?;
@@ -148,13 +179,32 @@ async fn handle(
     // Only the parsed request is kept from here on.
     drop((bytes, held));
     let (call, skeleton) = translated_call(ctx, keep_request)?;
+    translated_reply(gateway, connection, call, skeleton, upstream_time).await
+}
+
+/// Whether a connection takes the chat request that `chat_body` writes: it takes a
+/// chat request as written, and its upstream does not speak the Responses API
+/// (the door passes requests through to those).
+pub fn takes_written_chat(connection: &crate::providers::Connection) -> bool {
+    !connection.provider.speaks_responses() && connection.provider.takes_raw_chat()
+}
+
+/// The answer of a connection whose upstream does not speak the Responses API to
+/// the canonical `call`: the whole response written into `skeleton`, or the chunks
+/// with their translator.
+async fn translated_reply(
+    gateway: &Gateway,
+    connection: &crate::providers::Connection,
+    call: UpstreamCall,
+    skeleton: answer::Skeleton,
+    upstream_time: &mut Option<std::time::Duration>,
+) -> Result<DoorReply, ApiError> {
     let limit = gateway.config.settings.max_response_body_bytes();
-    let name = connection.name.clone();
     match core::call_provider(connection, call, upstream_time).await? {
         Reply::Complete(canonical) => {
             let usage = canonical.usage();
             let canonical = gateway.redactor.redact_payload(canonical).into_value();
-            let response = answer::response(&canonical, &skeleton, &name)?;
+            let response = answer::response(&canonical, &skeleton, &connection.name)?;
             Ok(DoorReply::Json {
                 answer: Payload::Raw(RawJson::built(Bytes::from(response))),
                 usage,
@@ -162,7 +212,7 @@ async fn handle(
         }
         Reply::Stream(chunks) => {
             let keep_tree = gateway.log_dispatcher.is_some();
-            let translator = stream::Translator::new(skeleton, &name, limit, keep_tree);
+            let translator = stream::Translator::new(skeleton, &connection.name, limit, keep_tree);
             Ok(DoorReply::Chunks(chunks, Box::new(translator)))
         }
     }
