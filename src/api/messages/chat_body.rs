@@ -32,7 +32,13 @@ use crate::json_scan::{first_time, first_value, has_escape, string_value, write_
 /// `count_tokens`), with the client's model; `None` sends the request down the tree
 /// path.
 pub fn write(body: &Bytes) -> Option<RawBody> {
-    let mut request = Request::default();
+    // The messages and the other members are written as they are read: with room
+    // for all of them from the start, neither is copied again as it grows.
+    let mut request = Request {
+        chat: Vec::with_capacity(body.len()),
+        params: Vec::with_capacity(body.len()),
+        ..Request::default()
+    };
     let raw = walk_body(body, not_blank, |walk, key| request.member(walk, key))?;
     (request.messages > 0 && request.max_tokens).then_some(())?;
 

@@ -65,6 +65,14 @@ pub enum Echo<'a> {
 }
 
 impl Echo<'_> {
+    /// The length of the text it writes, when known without writing it.
+    fn known_len(self) -> usize {
+        match self {
+            Echo::Tree(_) => 0,
+            Echo::Text(text) => text.len(),
+        }
+    }
+
     fn write(self, out: &mut Vec<u8>) {
         match self {
             Echo::Tree(value) => write_value(out, value),
@@ -93,7 +101,26 @@ impl Skeleton {
         effort: Option<Echo<'a>>,
         model: &str,
     ) -> Skeleton {
-        let mut text = Vec::with_capacity(640);
+        // The members' own text and room for the outcome's (an agent's tools and
+        // instructions are kilobytes: written into a buffer that grows, they were
+        // copied again at each doubling).
+        let echoed: usize = [
+            "instructions",
+            "max_output_tokens",
+            "metadata",
+            "parallel_tool_calls",
+            "temperature",
+            "text",
+            "tool_choice",
+            "tools",
+            "top_p",
+            "user",
+        ]
+        .into_iter()
+        .filter_map(&given)
+        .map(Echo::known_len)
+        .sum();
+        let mut text = Vec::with_capacity(640 + echoed);
         let mut holes = [0; 5];
         let member = |text: &mut Vec<u8>, key: &str| {
             text.extend_from_slice(if text.is_empty() { b"{\"" } else { b",\"" });

@@ -33,7 +33,13 @@ use crate::json_scan::{first_value, has_escape, string_value, Walk};
 /// and what its response echoes; `None` sends the request down the tree path.
 pub fn write(body: &Bytes) -> Option<(RawBody, Echoes<'_>)> {
     let text = crate::json_scan::utf8(body)?;
-    let mut request = Request::default();
+    // The messages and the other members are written as they are read: with room
+    // for all of them from the start, neither is copied again as it grows.
+    let mut request = Request {
+        chat: Vec::with_capacity(body.len()),
+        params: Vec::with_capacity(body.len()),
+        ..Request::default()
+    };
     let raw = walk_body(body, not_blank, |walk, key| request.member(walk, key))?;
     let input = request.input?;
     let mut out =
