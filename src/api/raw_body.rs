@@ -12,7 +12,7 @@ use std::ops::Range;
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::json_scan::{first_time, has_escape, string_value, Walk};
+use crate::json_scan::{first_time, first_value, has_escape, string_value, Walk};
 
 /// A request body checked without a tree.
 #[derive(Debug, Clone)]
@@ -226,6 +226,139 @@ pub fn rewalk<'a>(text: &'a str, read: impl FnOnce(&mut Walk<'a>) -> Option<()>)
     walk.done()
 }
 
+/// A chat-completions request that a door writes from the client's bytes as it
+/// walks them (`messages::chat_body`, `responses::chat_body`): the messages and the
+/// other members, each part written as it is read.
+pub struct ChatWriter {
+    /// The chat messages, each written after a comma.
+    pub messages: Vec<u8>,
+    /// The members after `messages`, `,"key":value` each, in the order written.
+    params: Vec<u8>,
+}
+
+impl ChatWriter {
+    /// A writer for a request of about `size` bytes: with room for all of it from
+    /// the start, neither part is copied again as it grows.
+    pub fn new(size: usize) -> ChatWriter {
+        ChatWriter {
+            messages: Vec::with_capacity(size),
+            params: Vec::with_capacity(size),
+        }
+    }
+
+    /// `,"key":value` with the value as written.
+    pub fn param(&mut self, key: &str, value: &str) {
+        self.params.extend_from_slice(b",\"");
+        self.params.extend_from_slice(key.as_bytes());
+        self.params.extend_from_slice(b"\":");
+        self.params.extend_from_slice(value.as_bytes());
+    }
+
+    /// `,"key":[…]` of what `each` writes for each item of the list at the walk;
+    /// nothing for an empty list (as the translations leave out an empty `tools`).
+    pub fn list<'a>(
+        &mut self,
+        key: &str,
+        walk: &mut Walk<'a>,
+        mut each: impl FnMut(&mut Walk<'a>, &mut Vec<u8>) -> Option<()>,
+    ) -> Option<()> {
+        let mark = self.params.len();
+        self.param(key, "[");
+        let params = &mut self.params;
+        let mut count = 0;
+        walk.array(|walk| {
+            if count > 0 {
+                params.push(b',');
+            }
+            count += 1;
+            each(walk, params)
+        })?;
+        if count == 0 {
+            self.params.truncate(mark);
+        } else {
+            self.params.push(b']');
+        }
+        Some(())
+    }
+
+    /// The request for `model` (the client's, spliced later by
+    /// [`RawBody::upstream_body`] when routing renamed it): a system message of
+    /// `system`'s texts (written between quotes as they are, `separator` between
+    /// them) first when there is one, then the messages and the other members, and
+    /// for a stream `stream_options.include_usage` (the door reports the usage that
+    /// the last chunk brings).
+    pub fn finish(
+        self,
+        model: String,
+        system: Option<(&[&str], &[u8])>,
+        stream: Option<bool>,
+    ) -> RawBody {
+        let system_len = system.map_or(0, |(texts, separator)| {
+            texts
+                .iter()
+                .map(|t| t.len() + separator.len())
+                .sum::<usize>()
+                + 32
+        });
+        let mut out = Vec::with_capacity(
+            self.messages.len() + self.params.len() + model.len() + system_len + 96,
+        );
+        out.extend_from_slice(b"{\"model\":");
+        let model_start = out.len();
+        crate::json_scan::write_json_str(&mut out, &model);
+        let model_span = model_start..out.len();
+        out.extend_from_slice(b",\"messages\":[");
+        let mut messages = &self.messages[..];
+        if let Some((texts, separator)) = system {
+            out.extend_from_slice(b"{\"role\":\"system\",\"content\":\"");
+            join(&mut out, texts, separator);
+            out.extend_from_slice(b"\"}");
+        } else if let Some(rest) = messages.strip_prefix(b",") {
+            // Each message was written after a comma: the first needs none.
+            messages = rest;
+        }
+        out.extend_from_slice(messages);
+        out.push(b']');
+        out.extend_from_slice(&self.params);
+        if stream == Some(true) {
+            out.extend_from_slice(br#","stream_options":{"include_usage":true}"#);
+        }
+        out.push(b'}');
+        RawBody::written(Bytes::from(out), model_span, model, stream)
+    }
+}
+
+/// The members of the object at the walk that are named in `names`, each as
+/// written (checked as JSON), `None` for those it does not have; the others are
+/// skipped. A name given twice (the tree keeps the last, a walk would read the
+/// first), or a key with an escape (it might spell one of `names`), refuses the
+/// object (`None`).
+pub fn named_members<'a, const N: usize>(
+    walk: &mut Walk<'a>,
+    names: [&str; N],
+) -> Option<[Option<&'a str>; N]> {
+    let mut values = [None; N];
+    walk.object(
+        |walk, key| match names.iter().position(|name| *name == key) {
+            Some(i) => first_value(&mut values[i], || walk.skip()),
+            None if has_escape(key) => None,
+            None => walk.skip().map(drop),
+        },
+    )?;
+    Some(values)
+}
+
+/// [`named_members`] of the object in `text` (a value a walk checked and skipped).
+pub fn named_members_of<'a, const N: usize>(
+    text: &'a str,
+    names: [&str; N],
+) -> Option<[Option<&'a str>; N]> {
+    let mut walk = Walk::new(text);
+    let values = named_members(&mut walk, names)?;
+    walk.done()?;
+    Some(values)
+}
+
 /// What is between the quotes of a string value as written (escapes kept: an
 /// escape stands for at least one character, so it is empty only when the string
 /// is); `None` for a value that is not a string.
@@ -240,6 +373,21 @@ pub fn join(out: &mut Vec<u8>, parts: &[&str], separator: &[u8]) {
             out.extend_from_slice(separator);
         }
         out.extend_from_slice(part.as_bytes());
+    }
+}
+
+/// A differential-test helper: the JSON a written body stands for, as serde writes
+/// it (members in order); a body nested deeper than serde reads (a schema at the
+/// reader's limit is a level deeper in a function tool, on the tree path too) as
+/// it is.
+#[cfg(test)]
+pub fn normal_json(body: &[u8]) -> String {
+    match serde_json::from_slice::<Value>(body) {
+        Ok(value) => value.to_string(),
+        Err(e) if e.to_string().starts_with("recursion limit") => {
+            String::from_utf8(body.to_vec()).unwrap()
+        }
+        Err(e) => panic!("a written body is JSON: {e}"),
     }
 }
 

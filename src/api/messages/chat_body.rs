@@ -25,72 +25,37 @@ use std::borrow::Cow;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::api::raw_body::{inner, join, not_blank, rewalk, walk_body, RawBody};
+use crate::api::raw_body::{
+    inner, join, named_members, named_members_of, not_blank, rewalk, walk_body, ChatWriter, RawBody,
+};
 use crate::json_scan::{first_time, first_value, has_escape, string_value, write_json_str, Walk};
 
 /// The chat request for the Messages request in `body` (for `/v1/messages`, not
 /// `count_tokens`), with the client's model; `None` sends the request down the tree
 /// path.
 pub fn write(body: &Bytes) -> Option<RawBody> {
-    // The messages and the other members are written as they are read: with room
-    // for all of them from the start, neither is copied again as it grows.
     let mut request = Request {
-        chat: Vec::with_capacity(body.len()),
-        params: Vec::with_capacity(body.len()),
-        ..Request::default()
+        writer: ChatWriter::new(body.len()),
+        messages: 0,
+        max_tokens: false,
+        stream: None,
+        system: None,
     };
     let raw = walk_body(body, not_blank, |walk, key| request.member(walk, key))?;
     (request.messages > 0 && request.max_tokens).then_some(())?;
-
     // Blocks are joined by a blank line: only a single empty text (or none) is no
     // system prompt.
     let system = request
         .system
         .filter(|parts| parts.len() > 1 || parts.first().is_some_and(|p| !p.is_empty()));
-    let mut out = Vec::with_capacity(
-        request.chat.len() + request.params.len() + raw.model.len() + 128 + system_len(&system),
-    );
-    out.extend_from_slice(b"{\"model\":");
-    let model_start = out.len();
-    write_json_str(&mut out, &raw.model);
-    let model_span = model_start..out.len();
-    out.extend_from_slice(b",\"messages\":[");
-    let mut chat = &request.chat[..];
-    if let Some(parts) = system {
-        out.extend_from_slice(b"{\"role\":\"system\",\"content\":\"");
-        join(&mut out, &parts, b"\\n\\n");
-        out.extend_from_slice(b"\"}");
-    } else if let Some(rest) = chat.strip_prefix(b",") {
-        // Each message was written after a comma: the first needs none.
-        chat = rest;
-    }
-    out.extend_from_slice(chat);
-    out.push(b']');
-    out.extend_from_slice(&request.params);
-    if request.stream == Some(true) {
-        // The usage comes in the last chunk; the door reports it in `message_delta`.
-        out.extend_from_slice(br#","stream_options":{"include_usage":true}"#);
-    }
-    out.push(b'}');
-    Some(RawBody::written(
-        Bytes::from(out),
-        model_span,
-        raw.model,
-        request.stream,
-    ))
+    let system = system.as_deref().map(|parts| (parts, &b"\\n\\n"[..]));
+    Some(request.writer.finish(raw.model, system, request.stream))
 }
 
-fn system_len(system: &Option<Vec<&str>>) -> usize {
-    system
-        .as_ref()
-        .map_or(0, |parts| parts.iter().map(|p| p.len() + 4).sum())
-}
-
-/// What the walk of the top-level members gathered and wrote.
-#[derive(Default)]
+/// What the walk of the top-level members gathered and wrote (the members after
+/// `messages` in the client's order, as `to_canonical` puts them).
 struct Request<'a> {
-    /// The chat messages, each written after a comma.
-    chat: Vec<u8>,
+    writer: ChatWriter,
     /// How many Anthropic messages there were.
     messages: usize,
     /// `max_tokens` was a positive integer.
@@ -98,9 +63,6 @@ struct Request<'a> {
     stream: Option<bool>,
     /// The system texts as written between their quotes (escapes kept), in order.
     system: Option<Vec<&'a str>>,
-    /// The other members of the chat request, `,"key":value` each, in the client's
-    /// order (as `to_canonical` puts them).
-    params: Vec<u8>,
 }
 
 impl<'a> Request<'a> {
@@ -109,7 +71,7 @@ impl<'a> Request<'a> {
     fn member(&mut self, walk: &mut Walk<'a>, key: &'a str) -> Option<()> {
         match key {
             "messages" => {
-                let chat = &mut self.chat;
+                let chat = &mut self.writer.messages;
                 let mut count = 0;
                 walk.array(|walk| {
                     count += 1;
@@ -122,12 +84,13 @@ impl<'a> Request<'a> {
                 let text = walk.skip()?;
                 (text.parse::<u64>().ok()? >= 1).then_some(())?;
                 self.max_tokens = true;
-                self.param(key, text);
+                self.writer.param(key, text);
             }
             "stream" => {
                 let stream = walk.bool_or_null()??;
                 self.stream = Some(stream);
-                self.param(key, if stream { "true" } else { "false" });
+                self.writer
+                    .param(key, if stream { "true" } else { "false" });
             }
             "system" => {
                 let parts = if walk.at_string() {
@@ -136,7 +99,7 @@ impl<'a> Request<'a> {
                     let mut parts = Vec::new();
                     walk.array(|walk| {
                         let block = Block::read(walk)?;
-                        (block.kind? == "text").then_some(())?;
+                        (block.kind() == "text").then_some(())?;
                         parts.push(inner(block.text?)?);
                         Some(())
                     })?;
@@ -148,49 +111,27 @@ impl<'a> Request<'a> {
                 let text = walk.skip()?;
                 text.starts_with(|c: char| c == '-' || c.is_ascii_digit())
                     .then_some(())?;
-                self.param(key, text);
+                self.writer.param(key, text);
             }
             "top_k" => {
                 let text = walk.skip()?;
                 text.parse::<u64>().ok()?;
-                self.param(key, text);
+                self.writer.param(key, text);
             }
             "stop_sequences" => {
                 let text = walk.skip()?;
                 rewalk(text, |walk| {
                     walk.array(|walk| inner(walk.skip()?).map(drop))
                 })?;
-                self.param("stop", text);
+                self.writer.param("stop", text);
             }
             "metadata" => {
-                let mut user = None;
-                walk.object(|walk, key| match key {
-                    "user_id" => first_value(&mut user, || walk.skip()),
-                    _ if has_escape(key) => None,
-                    _ => walk.skip().map(drop),
-                })?;
+                let [user] = named_members(walk, ["user_id"])?;
                 if let Some(user) = user.filter(|u| *u != "null") {
-                    self.param("user", user);
+                    self.writer.param("user", user);
                 }
             }
-            "tools" => {
-                let start = self.params.len();
-                self.params.extend_from_slice(b",\"tools\":[");
-                let mut count = 0;
-                let params = &mut self.params;
-                walk.array(|walk| {
-                    if count > 0 {
-                        params.push(b',');
-                    }
-                    count += 1;
-                    tool(walk, params)
-                })?;
-                if count == 0 {
-                    self.params.truncate(start);
-                } else {
-                    self.params.push(b']');
-                }
-            }
+            "tools" => self.writer.list("tools", walk, tool)?,
             "tool_choice" => self.tool_choice(walk)?,
             "thinking" => self.thinking(walk)?,
             // Anything else has no equivalent in a chat request: the tree path
@@ -200,26 +141,12 @@ impl<'a> Request<'a> {
         Some(())
     }
 
-    /// `,"key":value` with the value as written.
-    fn param(&mut self, key: &str, value: &str) {
-        self.params.extend_from_slice(b",\"");
-        self.params.extend_from_slice(key.as_bytes());
-        self.params.extend_from_slice(b"\":");
-        self.params.extend_from_slice(value.as_bytes());
-    }
-
     /// `tool_choice` → the chat `tool_choice`, and `parallel_tool_calls: false`
     /// for `disable_parallel_tool_use: true`.
     fn tool_choice(&mut self, walk: &mut Walk<'a>) -> Option<()> {
-        let (mut kind, mut name, mut disable_parallel) = (None, None, None);
-        walk.object(|walk, key| match key {
-            "type" => first_value(&mut kind, || walk.string()),
-            "name" => first_value(&mut name, || walk.skip()),
-            "disable_parallel_tool_use" => first_value(&mut disable_parallel, || walk.skip()),
-            _ if has_escape(key) => None,
-            _ => walk.skip().map(drop),
-        })?;
-        let choice = match kind?.as_ref() {
+        let [kind, name, disable_parallel] =
+            named_members(walk, ["type", "name", "disable_parallel_tool_use"])?;
+        let choice = match string_value(kind?)?.as_ref() {
             "auto" => Cow::Borrowed("\"auto\""),
             "any" => Cow::Borrowed("\"required\""),
             "none" => Cow::Borrowed("\"none\""),
@@ -232,28 +159,23 @@ impl<'a> Request<'a> {
             }
             _ => return None,
         };
-        self.param("tool_choice", &choice);
+        self.writer.param("tool_choice", &choice);
         if disable_parallel == Some("true") {
-            self.param("parallel_tool_calls", "false");
+            self.writer.param("parallel_tool_calls", "false");
         }
         Some(())
     }
 
     /// `thinking` → `reasoning_effort` by its budget (nothing when disabled).
     fn thinking(&mut self, walk: &mut Walk<'a>) -> Option<()> {
-        let (mut kind, mut budget) = (None, None);
-        walk.object(|walk, key| match key {
-            "type" => first_value(&mut kind, || walk.string()),
-            "budget_tokens" => first_value(&mut budget, || walk.skip()),
-            _ if has_escape(key) => None,
-            _ => walk.skip().map(drop),
-        })?;
-        match kind?.as_ref() {
+        let [kind, budget] = named_members(walk, ["type", "budget_tokens"])?;
+        match string_value(kind?)?.as_ref() {
             "disabled" => Some(()),
             "enabled" => {
                 let budget: u64 = budget?.parse().ok()?;
                 let effort = super::request::reasoning_effort(budget);
-                self.param("reasoning_effort", &format!("\"{effort}\""));
+                self.writer
+                    .param("reasoning_effort", &format!("\"{effort}\""));
                 Some(())
             }
             _ => None,
@@ -318,11 +240,11 @@ fn message_content<'a>(walk: &mut Walk<'a>, role: Role, chat: &mut Vec<u8>) -> O
 }
 
 /// A content block's members that the translation reads, as written (each checked
-/// as JSON), its `type` decoded. A member given twice or a key with an escape (it
-/// might spell one of these) refuses the block.
-#[derive(Default)]
+/// as JSON), its `type` decoded (every block has a string `type`:
+/// `request::validate`). A member given twice or a key with an escape (it might
+/// spell one of these) refuses the block.
 struct Block<'a> {
-    kind: Option<Cow<'a, str>>,
+    kind: Cow<'a, str>,
     text: Option<&'a str>,
     id: Option<&'a str>,
     name: Option<&'a str>,
@@ -336,30 +258,38 @@ struct Block<'a> {
 
 impl<'a> Block<'a> {
     fn read(walk: &mut Walk<'a>) -> Option<Block<'a>> {
-        let mut block = Block::default();
-        walk.object(|walk, key| {
-            let slot = match key {
-                "type" => return first_value(&mut block.kind, || walk.string()),
-                "text" => &mut block.text,
-                "id" => &mut block.id,
-                "name" => &mut block.name,
-                "input" => &mut block.input,
-                "source" => &mut block.source,
-                "title" => &mut block.title,
-                "tool_use_id" => &mut block.tool_use_id,
-                "content" => &mut block.content,
-                "is_error" => &mut block.is_error,
-                _ if has_escape(key) => return None,
-                _ => return walk.skip().map(drop),
-            };
-            first_value(slot, || walk.skip())
-        })?;
-        // Every block has a string `type` (`request::validate`).
-        block.kind.is_some().then_some(block)
+        let [kind, text, id, name, input, source, title, tool_use_id, content, is_error] =
+            named_members(
+                walk,
+                [
+                    "type",
+                    "text",
+                    "id",
+                    "name",
+                    "input",
+                    "source",
+                    "title",
+                    "tool_use_id",
+                    "content",
+                    "is_error",
+                ],
+            )?;
+        Some(Block {
+            kind: string_value(kind?)?,
+            text,
+            id,
+            name,
+            input,
+            source,
+            title,
+            tool_use_id,
+            content,
+            is_error,
+        })
     }
 
     fn kind(&self) -> &str {
-        self.kind.as_deref().unwrap_or_default()
+        &self.kind
     }
 }
 
@@ -466,7 +396,6 @@ fn user_blocks<'a>(walk: &mut Walk<'a>, chat: &mut Vec<u8>) -> Option<()> {
 }
 
 /// A `source` object's members, as written.
-#[derive(Default)]
 struct Source<'a> {
     kind: Option<Cow<'a, str>>,
     media_type: Option<&'a str>,
@@ -477,18 +406,14 @@ struct Source<'a> {
 impl<'a> Source<'a> {
     /// The block's `source` (`None` when it has none or it is not an object).
     fn of(block: &Block<'a>) -> Option<Source<'a>> {
-        let mut source = Source::default();
-        rewalk(block.source?, |walk| {
-            walk.object(|walk, key| match key {
-                "type" => first_value(&mut source.kind, || walk.string()),
-                "media_type" => first_value(&mut source.media_type, || walk.skip()),
-                "data" => first_value(&mut source.data, || walk.skip()),
-                "url" => first_value(&mut source.url, || walk.skip()),
-                _ if has_escape(key) => None,
-                _ => walk.skip().map(drop),
-            })
-        })?;
-        Some(source)
+        let [kind, media_type, data, url] =
+            named_members_of(block.source?, ["type", "media_type", "data", "url"])?;
+        Some(Source {
+            kind: kind.and_then(string_value),
+            media_type,
+            data,
+            url,
+        })
     }
 
     fn kind(&self) -> &str {
@@ -584,15 +509,8 @@ fn tool_result(block: &Block<'_>, chat: &mut Vec<u8>) -> Option<()> {
 /// input schema as written); Anthropic's own tools (a string `type` other than
 /// `custom`) are refused.
 fn tool(walk: &mut Walk<'_>, out: &mut Vec<u8>) -> Option<()> {
-    let (mut kind, mut name, mut description, mut schema) = (None, None, None, None);
-    walk.object(|walk, key| match key {
-        "type" => first_value(&mut kind, || walk.skip()),
-        "name" => first_value(&mut name, || walk.skip()),
-        "description" => first_value(&mut description, || walk.skip()),
-        "input_schema" => first_value(&mut schema, || walk.skip()),
-        _ if has_escape(key) => None,
-        _ => walk.skip().map(drop),
-    })?;
+    let [kind, name, description, schema] =
+        named_members(walk, ["type", "name", "description", "input_schema"])?;
     if let Some(kind) = kind.filter(|k| k.starts_with('"')) {
         (string_value(kind)? == "custom").then_some(())?;
     }
@@ -688,19 +606,6 @@ mod tests {
         Some(Value::Object(body))
     }
 
-    /// The JSON a body stands for, written as serde writes it (members in order).
-    /// A body nested deeper than serde reads (a schema at the reader's limit is one
-    /// level deeper in a function tool, on the tree path too) as it is.
-    fn normal(body: &[u8]) -> String {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(value) => value.to_string(),
-            Err(e) if e.to_string().starts_with("recursion limit") => {
-                String::from_utf8(body.to_vec()).unwrap()
-            }
-            Err(e) => panic!("a written body is JSON: {e}"),
-        }
-    }
-
     fn written(text: &str) -> Option<RawBody> {
         write(&Bytes::from(text.to_owned()))
     }
@@ -720,7 +625,7 @@ mod tests {
                 panic!("written, but the tree path refuses it: {text}");
             };
             assert_eq!(
-                normal(&raw.upstream_body(&raw.model, false)),
+                crate::api::raw_body::normal_json(&raw.upstream_body(&raw.model, false)),
                 tree.to_string(),
                 "{text}"
             );
@@ -796,7 +701,9 @@ mod tests {
                 let tree = tree_body(&text);
                 match written(&text) {
                     Some(raw) => assert_eq!(
-                        Some(normal(&raw.upstream_body("m", false))),
+                        Some(crate::api::raw_body::normal_json(
+                            &raw.upstream_body("m", false)
+                        )),
                         tree.map(|t| t.to_string()),
                         "depth {depth}"
                     ),

@@ -26,64 +26,31 @@ use std::borrow::Cow;
 use bytes::Bytes;
 
 use super::answer::{Echo, Skeleton};
-use crate::api::raw_body::{inner, join, not_blank, walk_body, RawBody};
+use crate::api::raw_body::{
+    inner, join, named_members, named_members_of, not_blank, walk_body, ChatWriter, RawBody,
+};
 use crate::json_scan::{first_value, has_escape, string_value, Walk};
 
 /// The chat request for the Responses request in `body`, with the client's model,
 /// and what its response echoes; `None` sends the request down the tree path.
 pub fn write(body: &Bytes) -> Option<(RawBody, Echoes<'_>)> {
-    let text = crate::json_scan::utf8(body)?;
-    // The messages and the other members are written as they are read: with room
-    // for all of them from the start, neither is copied again as it grows.
     let mut request = Request {
-        chat: Vec::with_capacity(body.len()),
-        params: Vec::with_capacity(body.len()),
-        ..Request::default()
+        writer: ChatWriter::new(body.len()),
+        input: false,
+        stream: None,
+        echoes: Echoes::default(),
     };
     let raw = walk_body(body, not_blank, |walk, key| request.member(walk, key))?;
-    let input = request.input?;
-    let mut out =
-        Vec::with_capacity(request.chat.len() + request.params.len() + text.len() / 8 + 128);
-    out.extend_from_slice(b"{\"model\":");
-    let model_start = out.len();
-    crate::json_scan::write_json_str(&mut out, &raw.model);
-    let model_span = model_start..out.len();
-    out.extend_from_slice(b",\"messages\":[");
-    let mut first = true;
-    let mut comma = |out: &mut Vec<u8>| {
-        if !std::mem::take(&mut first) {
-            out.push(b',');
-        }
-    };
-    if let Some(instructions) = request.echoes.instructions.filter(|i| *i != "\"\"") {
-        comma(&mut out);
-        out.extend_from_slice(b"{\"role\":\"system\",\"content\":");
-        out.extend_from_slice(instructions.as_bytes());
-        out.push(b'}');
-    }
-    match input {
-        Input::Text(text) => {
-            comma(&mut out);
-            out.extend_from_slice(b"{\"role\":\"user\",\"content\":");
-            out.extend_from_slice(text.as_bytes());
-            out.push(b'}');
-        }
-        Input::Items => {
-            if !request.chat.is_empty() {
-                comma(&mut out);
-                // Each message was written after a comma.
-                out.extend_from_slice(&request.chat[1..]);
-            }
-        }
-    }
-    out.push(b']');
-    out.extend_from_slice(&request.params);
-    if request.stream == Some(true) {
-        // The usage comes in the last chunk; `response.completed` carries it.
-        out.extend_from_slice(br#","stream_options":{"include_usage":true}"#);
-    }
-    out.push(b'}');
-    let chat = RawBody::written(Bytes::from(out), model_span, raw.model, request.stream);
+    request.input.then_some(())?;
+    let instructions = request
+        .echoes
+        .instructions
+        .and_then(inner)
+        .filter(|text| !text.is_empty());
+    let system = instructions
+        .as_ref()
+        .map(|text| (std::slice::from_ref(text), &b""[..]));
+    let chat = request.writer.finish(raw.model, system, request.stream);
     Some((chat, request.echoes))
 }
 
@@ -129,23 +96,13 @@ impl Echoes<'_> {
     }
 }
 
-enum Input<'a> {
-    /// A string, as written.
-    Text(&'a str),
-    /// A list of items (written to `Request::chat`).
-    Items,
-}
-
-/// What the walk of the top-level members gathered and wrote.
-#[derive(Default)]
+/// What the walk of the top-level members gathered and wrote (the members after
+/// `messages` in the client's order, as `to_canonical` puts them).
 struct Request<'a> {
-    input: Option<Input<'a>>,
-    /// The chat messages of the input items, each written after a comma.
-    chat: Vec<u8>,
+    writer: ChatWriter,
+    /// `input` was given (it is required).
+    input: bool,
     stream: Option<bool>,
-    /// The other members of the chat request, `,"key":value` each, in the client's
-    /// order (as `to_canonical` puts them).
-    params: Vec<u8>,
     echoes: Echoes<'a>,
 }
 
@@ -160,25 +117,29 @@ impl<'a> Request<'a> {
         }
         match key {
             "input" => {
+                let chat = &mut self.writer.messages;
                 if walk.at_string() {
-                    self.input = Some(Input::Text(walk.skip()?));
+                    chat.extend_from_slice(b",{\"role\":\"user\",\"content\":");
+                    chat.extend_from_slice(walk.skip()?.as_bytes());
+                    chat.push(b'}');
                 } else {
                     let mut items = Items::default();
-                    walk.array(|walk| items.item(walk, &mut self.chat))?;
-                    items.close(&mut self.chat);
-                    self.input = Some(Input::Items);
+                    walk.array(|walk| items.item(walk, chat))?;
+                    items.close(chat);
                 }
+                self.input = true;
             }
             "instructions" => self.echoes.instructions = Some(string(walk)?),
             "stream" => {
                 let stream = walk.bool_or_null()??;
                 self.stream = Some(stream);
-                self.param(key, if stream { "true" } else { "false" });
+                self.writer
+                    .param(key, if stream { "true" } else { "false" });
             }
             "parallel_tool_calls" => {
                 let text = boolean(walk)?;
                 self.echoes.parallel_tool_calls = Some(text);
-                self.param(key, text);
+                self.writer.param(key, text);
             }
             "store" => drop(boolean(walk)?),
             // `true` needs server-side state: the tree path says so.
@@ -186,7 +147,7 @@ impl<'a> Request<'a> {
             "user" => {
                 let text = string(walk)?;
                 self.echoes.user = Some(text);
-                self.param(key, text);
+                self.writer.param(key, text);
             }
             "safety_identifier" => drop(string(walk)?),
             "temperature" | "top_p" => {
@@ -198,18 +159,18 @@ impl<'a> Request<'a> {
                 } else {
                     self.echoes.top_p = Some(text);
                 }
-                self.param(key, text);
+                self.writer.param(key, text);
             }
             // Passed on whatever they hold, as on the tree path.
             "service_tier" | "top_logprobs" => {
                 let text = walk.skip()?;
-                self.param(key, text);
+                self.writer.param(key, text);
             }
             "max_output_tokens" => {
                 let text = walk.skip()?;
                 (text.parse::<u64>().ok()? >= 1).then_some(())?;
                 self.echoes.max_output_tokens = Some(text);
-                self.param("max_completion_tokens", text);
+                self.writer.param("max_completion_tokens", text);
             }
             "metadata" => self.echoes.metadata = Some(object(walk)?),
             "stream_options" => drop(object(walk)?),
@@ -222,29 +183,14 @@ impl<'a> Request<'a> {
             "truncation" | "prompt_cache_key" => drop(walk.skip()?),
             "tools" => {
                 let start = walk.at();
-                let mark = self.params.len();
-                self.params.extend_from_slice(b",\"tools\":[");
-                let mut count = 0;
-                let params = &mut self.params;
-                walk.array(|walk| {
-                    if count > 0 {
-                        params.push(b',');
-                    }
-                    count += 1;
-                    tool(walk, params)
-                })?;
-                if count == 0 {
-                    self.params.truncate(mark);
-                } else {
-                    self.params.push(b']');
-                }
+                self.writer.list("tools", walk, tool)?;
                 self.echoes.tools = Some(walk.text_since(start));
             }
             "tool_choice" => {
                 let text = walk.skip()?;
                 self.echoes.tool_choice = Some(text);
                 let choice = tool_choice(text)?;
-                self.param(key, &choice);
+                self.writer.param(key, &choice);
             }
             "text" => {
                 let text = object(walk)?;
@@ -252,19 +198,11 @@ impl<'a> Request<'a> {
                 self.text_config(text)?;
             }
             "reasoning" => {
-                let text = object(walk)?;
-                let mut effort = None;
-                crate::api::raw_body::rewalk(text, |walk| {
-                    walk.object(|walk, key| match key {
-                        "effort" => first_value(&mut effort, || walk.skip()),
-                        _ if has_escape(key) => None,
-                        _ => walk.skip().map(drop),
-                    })
-                })?;
+                let [effort] = named_members(walk, ["effort"])?;
                 self.echoes.effort = effort;
                 if let Some(effort) = effort.filter(|e| *e != "null") {
                     inner(effort)?;
-                    self.param("reasoning_effort", effort);
+                    self.writer.param("reasoning_effort", effort);
                 }
             }
             // What needs server-side state, what the tree path turns into headers,
@@ -275,47 +213,22 @@ impl<'a> Request<'a> {
         Some(())
     }
 
-    /// `,"key":value` with the value as written.
-    fn param(&mut self, key: &str, value: &str) {
-        self.params.extend_from_slice(b",\"");
-        self.params.extend_from_slice(key.as_bytes());
-        self.params.extend_from_slice(b"\":");
-        self.params.extend_from_slice(value.as_bytes());
-    }
-
     /// `text.verbosity` → `verbosity`; `text.format` → `response_format`.
     fn text_config(&mut self, text: &'a str) -> Option<()> {
-        let (mut verbosity, mut format) = (None, None);
-        crate::api::raw_body::rewalk(text, |walk| {
-            walk.object(|walk, key| match key {
-                "verbosity" => first_value(&mut verbosity, || walk.skip()),
-                "format" => first_value(&mut format, || walk.skip()),
-                _ if has_escape(key) => None,
-                _ => walk.skip().map(drop),
-            })
-        })?;
+        let [verbosity, format] = named_members_of(text, ["verbosity", "format"])?;
         if let Some(verbosity) = verbosity.filter(|v| *v != "null") {
-            self.param("verbosity", verbosity);
+            self.writer.param("verbosity", verbosity);
         }
         let Some(format) = format.filter(|f| *f != "null") else {
             return Some(());
         };
-        let (mut kind, mut name, mut description, mut schema, mut strict) =
-            (None, None, None, None, None);
-        crate::api::raw_body::rewalk(format, |walk| {
-            walk.object(|walk, key| match key {
-                "type" => first_value(&mut kind, || walk.string()),
-                "name" => first_value(&mut name, || walk.skip()),
-                "description" => first_value(&mut description, || walk.skip()),
-                "schema" => first_value(&mut schema, || walk.skip()),
-                "strict" => first_value(&mut strict, || walk.skip()),
-                _ if has_escape(key) => None,
-                _ => walk.skip().map(drop),
-            })
-        })?;
-        match kind?.as_ref() {
+        let [kind, name, description, schema, strict] =
+            named_members_of(format, ["type", "name", "description", "schema", "strict"])?;
+        match string_value(kind?)?.as_ref() {
             "text" => {}
-            "json_object" => self.param("response_format", r#"{"type":"json_object"}"#),
+            "json_object" => self
+                .writer
+                .param("response_format", r#"{"type":"json_object"}"#),
             "json_schema" => {
                 let name = name?;
                 inner(name)?;
@@ -334,7 +247,7 @@ impl<'a> Request<'a> {
                     }
                 }
                 value.push_str("}}");
-                self.param("response_format", &value);
+                self.writer.param("response_format", &value);
             }
             _ => return None,
         }
@@ -368,16 +281,8 @@ fn tool_choice(text: &str) -> Option<Cow<'_, str>> {
         return matches!(string_value(text)?.as_ref(), "auto" | "none" | "required")
             .then_some(Cow::Borrowed(text));
     }
-    let (mut kind, mut name) = (None, None);
-    crate::api::raw_body::rewalk(text, |walk| {
-        walk.object(|walk, key| match key {
-            "type" => first_value(&mut kind, || walk.string()),
-            "name" => first_value(&mut name, || walk.skip()),
-            _ if has_escape(key) => None,
-            _ => walk.skip().map(drop),
-        })
-    })?;
-    (kind? == "function").then_some(())?;
+    let [kind, name] = named_members_of(text, ["type", "name"])?;
+    (string_value(kind?)? == "function").then_some(())?;
     let name = name?;
     inner(name)?;
     Some(Cow::Owned(format!(
@@ -388,18 +293,11 @@ fn tool_choice(text: &str) -> Option<Cow<'_, str>> {
 /// A function tool → a chat function tool (its name, and its description,
 /// parameters and `strict` unless `null`); built-in tools are refused.
 fn tool(walk: &mut Walk<'_>, out: &mut Vec<u8>) -> Option<()> {
-    let (mut kind, mut name, mut description, mut parameters, mut strict) =
-        (None, None, None, None, None);
-    walk.object(|walk, key| match key {
-        "type" => first_value(&mut kind, || walk.string()),
-        "name" => first_value(&mut name, || walk.skip()),
-        "description" => first_value(&mut description, || walk.skip()),
-        "parameters" => first_value(&mut parameters, || walk.skip()),
-        "strict" => first_value(&mut strict, || walk.skip()),
-        _ if has_escape(key) => None,
-        _ => walk.skip().map(drop),
-    })?;
-    (kind? == "function").then_some(())?;
+    let [kind, name, description, parameters, strict] = named_members(
+        walk,
+        ["type", "name", "description", "parameters", "strict"],
+    )?;
+    (string_value(kind?)? == "function").then_some(())?;
     let name = name?;
     inner(name)?;
     out.extend_from_slice(b"{\"type\":\"function\",\"function\":{\"name\":");
@@ -661,7 +559,6 @@ impl<'a> Item<'a> {
 
 /// A content part's members that the translation reads, as written; `type`
 /// decoded (`None` when it is not a string).
-#[derive(Default)]
 struct Part<'a> {
     kind: Option<Cow<'a, str>>,
     text: Option<&'a str>,
@@ -674,31 +571,27 @@ struct Part<'a> {
 
 impl<'a> Part<'a> {
     fn read(walk: &mut Walk<'a>) -> Option<Part<'a>> {
-        let mut part = Part::default();
-        let mut type_given = false;
-        walk.object(|walk, key| {
-            let slot = match key {
-                "type" => {
-                    crate::json_scan::first_time(&mut type_given)?;
-                    if walk.at_string() {
-                        part.kind = Some(walk.string()?);
-                    } else {
-                        walk.skip()?;
-                    }
-                    return Some(());
-                }
-                "text" => &mut part.text,
-                "refusal" => &mut part.refusal,
-                "image_url" => &mut part.image_url,
-                "detail" => &mut part.detail,
-                "file_data" => &mut part.file_data,
-                "filename" => &mut part.filename,
-                _ if has_escape(key) => return None,
-                _ => return walk.skip().map(drop),
-            };
-            first_value(slot, || walk.skip())
-        })?;
-        Some(part)
+        let [kind, text, refusal, image_url, detail, file_data, filename] = named_members(
+            walk,
+            [
+                "type",
+                "text",
+                "refusal",
+                "image_url",
+                "detail",
+                "file_data",
+                "filename",
+            ],
+        )?;
+        Some(Part {
+            kind: kind.and_then(string_value),
+            text,
+            refusal,
+            image_url,
+            detail,
+            file_data,
+            filename,
+        })
     }
 }
 
@@ -789,24 +682,12 @@ mod tests {
         value
     }
 
-    /// The JSON a body stands for, written as serde writes it (members in order);
-    /// one nested deeper than serde reads, as it is.
-    fn normal(body: &[u8]) -> String {
-        match serde_json::from_slice::<Value>(body) {
-            Ok(value) => value.to_string(),
-            Err(e) if e.to_string().starts_with("recursion limit") => {
-                String::from_utf8(body.to_vec()).unwrap()
-            }
-            Err(e) => panic!("a written body is JSON: {e}"),
-        }
-    }
-
     /// `write`'s body (with the client's model) and skeleton, as JSON.
     fn written(text: &str) -> Option<(String, Value, String, Option<bool>)> {
         let bytes = Bytes::from(text.to_owned());
         let (chat, echoes) = write(&bytes)?;
         Some((
-            normal(&chat.upstream_body(&chat.model, false)),
+            crate::api::raw_body::normal_json(&chat.upstream_body(&chat.model, false)),
             skeleton_json(&echoes.skeleton("up")),
             chat.model.clone(),
             chat.stream,
