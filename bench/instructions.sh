@@ -5,7 +5,8 @@
 #
 #   bench/instructions.sh target/release/lm-proxy-server /tmp/old/lm-proxy-server
 #
-# For each binary and scenario (non-streamed, a 20-chunk pass-through stream, a
+# For each binary and scenario (non-streamed, a 20-chunk pass-through stream, the
+# same stream asked with `stream_options.include_usage` as many clients ask it, a
 # 20-chunk Anthropic stream and a Gemini stream of 20 text events translated to OpenAI
 # chunks; on the Anthropic door
 # (/v1/messages) a 20-event stream from an Anthropic upstream passed through and a
@@ -78,6 +79,7 @@ declare -A bodies=(
     [non-streamed]='{"model":"bench","messages":[{"role":"user","content":"hi"}]}'
     [stream-20]='{"model":"bench-s20","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [stream-1]='{"model":"bench-s1","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    [stream-20-usage]='{"model":"bench-s20","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}'
     [stream-20-varied]='{"model":"bench-s20-v","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [anthropic-stream-20-varied]='{"model":"claude-bench-s20-v","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
     [stream-120]='{"model":"bench-s120","stream":true,"messages":[{"role":"user","content":"hi"}]}'
@@ -94,6 +96,7 @@ declare -A paths=(
     [non-streamed]=/v1/chat/completions
     [stream-20]=/v1/chat/completions
     [stream-1]=/v1/chat/completions
+    [stream-20-usage]=/v1/chat/completions
     [stream-20-varied]=/v1/chat/completions
     [anthropic-stream-20-varied]=/v1/chat/completions
     [stream-120]=/v1/chat/completions
@@ -165,7 +168,7 @@ paths[responses-agent-translated-20]=/v1/responses
 # mock's `-v`; the other scenarios' chunks all carry the same text); stream-20-slow,
 # its chunks 5 ms apart, as a model's come: each event read, framed and written on
 # its own (use a small N1 and N2: a stream takes 100 ms).
-SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20 messages-agent-20 messages-agent-translated-20 responses-agent-translated-20}
+SCENARIOS=${SCENARIOS:-non-streamed stream-20 stream-20-usage anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20 messages-agent-20 messages-agent-translated-20 responses-agent-translated-20}
 printf '%-24s %-50s %s\n' scenario binary instructions/request
 for scenario in $SCENARIOS; do
     for binary in "$@"; do

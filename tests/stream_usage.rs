@@ -53,6 +53,15 @@ impl OpenAiLike {
 }
 
 async fn answer(State(bodies): State<Arc<Mutex<Vec<Value>>>>, body: Bytes) -> Response {
+    // A member written twice would be read once here (the last): refused instead.
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if text.matches("\"stream_options\"").count() > 1 {
+        return (
+            StatusCode::BAD_REQUEST,
+            format!("stream_options twice: {text}"),
+        )
+            .into_response();
+    }
     let body: Value = serde_json::from_slice(&body).unwrap();
     bodies.lock().unwrap().push(body.clone());
     let model = body["model"].as_str().unwrap_or_default();
@@ -314,6 +323,16 @@ async fn usage_is_asked_for_only_when_loggers_or_metrics_need_it() {
             asked,
             "{extra}"
         );
+        // A client that asks for the usage gets it, its `stream_options` sent as
+        // written (the request goes on without a tree: no handler, no logger).
+        let options = json!({"include_usage": true, "include_obfuscation": false});
+        let (chunks, _) = stream(&gw, streamed("gpt", Some(options.clone()))).await;
+        assert_eq!(text_of(&chunks), "Hello world");
+        assert!(
+            chunks.last().unwrap()["usage"]["total_tokens"].is_u64(),
+            "{extra}: {chunks:?}"
+        );
+        assert_eq!(upstream.last_body()["stream_options"], options, "{extra}");
         gw.server.shutdown(Duration::from_secs(5));
         gw.server.wait().await.unwrap();
     }

@@ -89,7 +89,7 @@ async fn handle(
                 // No handler and no logger: nobody reads `llm_params`.
                 core::hold_budgets(state, gateway, ctx)?;
                 let call = core::raw_upstream_call(ctx, raw, state.metrics().is_some());
-                let hide_usage = call.is_stream();
+                let hide_usage = call.is_stream() && !call.client_include_usage();
                 let reply = core::call_provider(connection, call, upstream_time).await?;
                 // The body's share of the memory budget is held until it was sent.
                 drop((bytes, held));

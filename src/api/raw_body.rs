@@ -25,11 +25,15 @@ pub struct RawBody {
     pub model: String,
     /// `stream` when it was given as `true` or `false`.
     pub stream: Option<bool>,
+    /// The body asks for a stream's usage itself (`stream_options.include_usage:
+    /// true`), so none is to be added and the client gets the usage chunk.
+    pub include_usage: bool,
 }
 
 impl RawBody {
     /// A body the gateway wrote for the upstream from the client's (a door's
-    /// translation, `messages::chat_body`), `model` written at `model_span`.
+    /// translation, `messages::chat_body`), `model` written at `model_span`; a
+    /// written stream asks for its usage ([`ChatWriter::finish`]).
     pub fn written(
         body: Bytes,
         model_span: Range<usize>,
@@ -41,6 +45,7 @@ impl RawBody {
             model_span,
             model,
             stream,
+            include_usage: stream == Some(true),
         }
     }
 
@@ -54,9 +59,11 @@ impl RawBody {
     /// `model` when routing renamed it (the bytes `messages::with_model` gives,
     /// without a second walk to find the member), and
     /// `stream_options.include_usage: true` added as the last member when
-    /// `add_usage` (only the chat door asks, and its reader let no request with
-    /// `stream_options` through, so there is none to extend).
+    /// `add_usage` and the body does not ask for the usage already (only the chat
+    /// door asks, and its reader let through no other `stream_options`, so there is
+    /// none to extend).
     pub fn upstream_body(&self, model: &str, add_usage: bool) -> Bytes {
+        let add_usage = add_usage && !self.include_usage;
         if model == self.model && !add_usage {
             return self.body.clone();
         }
@@ -152,6 +159,7 @@ pub fn walk_body<'a>(
         model_span,
         model,
         stream: None,
+        include_usage: false,
     })
 }
 

@@ -11,7 +11,8 @@
 //! [`validate::validate_request`](super::validate::validate_request) surely accepts,
 //! in the subset of shapes it knows: a member it does not check the way the
 //! validator does (content parts other than text, a key written with escapes, a
-//! member given twice, `stream_options`, `extra_headers`, ...) makes it
+//! member given twice, `stream_options` other than a stream's
+//! `{"include_usage": true, ...}`, `extra_headers`, ...) makes it
 //! answer `None`, and the door takes the tree path, which gives every error and
 //! every edge its answer as before. So the fast path changes no verdict: the
 //! differential test below holds it to "accepted here ⇒ accepted there, with the
@@ -19,7 +20,7 @@
 
 use bytes::Bytes;
 
-use super::raw_body::{non_empty_list, string, typed_object, walk_body, RawBody};
+use super::raw_body::{named_members, non_empty_list, string, typed_object, walk_body, RawBody};
 use super::validate::{
     may_omit_content, MAX_MODEL_LEN, MAX_N, MAX_TOKENS, MAX_TOP_LOGPROBS, ROLES,
 };
@@ -31,16 +32,27 @@ pub type RawChatRequest = RawBody;
 /// The request in `body` when the validator surely accepts it and the fast path
 /// knows every member it must act on; `None` sends it down the tree path.
 pub fn read(body: &Bytes) -> Option<RawChatRequest> {
-    let (mut stream, mut messages) = (None, false);
+    let (mut stream, mut messages, mut include_usage) = (None, false, false);
     // `model` as `validate::check_field` checks it.
     let model_ok = |name: &str| {
         !name.is_empty() && name.len() <= MAX_MODEL_LEN && !name.chars().any(char::is_control)
     };
     let mut raw = walk_body(body, model_ok, |walk, key| {
+        if key == "stream_options" {
+            // What most clients that want a stream's usage send (the Vercel AI SDK
+            // always, LangChain's `stream_usage`): it goes upstream as written. Any
+            // other (no usage asked, `null`) is the tree path's to drop or extend.
+            let [usage] = named_members(walk, ["include_usage"])?;
+            include_usage = usage == Some("true");
+            return include_usage.then_some(());
+        }
         member(walk, key, &mut stream, &mut messages)
     })?;
     messages.then_some(())?;
+    // The tree path leaves `stream_options` out of a request that does not stream.
+    (!include_usage || stream == Some(true)).then_some(())?;
     raw.stream = stream;
+    raw.include_usage = include_usage;
     Some(raw)
 }
 
@@ -104,9 +116,8 @@ fn member(
         // An agent's request carries its tools (often many kilobytes of JSON
         // schema): checked here, they go on as written instead of through a tree.
         "tools" => tools(walk),
-        // Members the tree path handles: `extra_headers` is refused there;
-        // `stream_options` is dropped or extended.
-        "extra_headers" | "stream_options" => None,
+        // Refused on the tree path.
+        "extra_headers" => None,
         _ => walk.skip().map(drop),
     }
 }
@@ -285,7 +296,11 @@ mod tests {
         r#"{"model":"m\u0041","messages":[{"role":"developer","content":[]}],"seed":18446744073709551615,"max_completion_tokens":100000000}"#,
         r#"{"model":"m","messages":[{"role":"user","content":"weather?"},{"role":"assistant","content":null,"tool_calls":[{"id":"call_1","type":"function","function":{"name":"get_weather","arguments":"{\"city\":\"Paris\"}"}},{"id":"c2","type":"function","function":{"arguments":null,"name":"f"}}]},{"role":"tool","tool_call_id":"call_1","content":"sunny"}],"tools":[{"type":"function","function":{"name":"get_weather","description":"d","parameters":{"type":"object","properties":{"city":{"type":"string"}},"required":["city"]},"strict":true}},{"type":"web_search"},{"function":7,"type":"custom"},{"type":"custom","function":{"name":1}}],"tool_choice":{"type":"function","function":{"name":"get_weather"}},"parallel_tool_calls":false}"#,
         r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":"g"}}]},{"role":"user","content":"x"}],"tools":[]}"#,
+        r#"{"model":"m","stream":true,"stream_options":{"include_obfuscation":false,"include_usage":true},"messages":[{"role":"user","content":"x"}]}"#,
+        // Left to the tree: `stream_options` without a stream, or not asking for usage.
         r#"{"model":"m","messages":[{"role":"user","content":"x","tool_calls":null}],"stream_options":{"include_usage":true},"tools":[]}"#,
+        r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":false}}"#,
+        r#"{"model":"m","stream":true,"messages":[{"role":"user","content":"x"}],"stream_options":null}"#,
         r#"{"model":"m","model":"n","messages":[{"role":"user","content":"x"}]}"#,
         r#"{"model":"m","messages":[{"role":"user","role":"wizard","content":"x"}],"extra_headers":{"a":"b"}}"#,
         r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url","image_url":{"url":""}},{"type":"text","text":5}]}]}"#,
@@ -295,7 +310,7 @@ mod tests {
     ];
 
     /// The first samples are read; the others are left to the tree.
-    const READ: usize = 7;
+    const READ: usize = 8;
 
     /// What the tree path decides: the validated request's model and `stream`.
     fn tree_verdict(text: &str) -> Option<(String, Option<bool>)> {
@@ -311,10 +326,22 @@ mod tests {
 
     #[test]
     fn what_the_reader_accepts_the_validator_accepts_alike() {
+        // Whether the client asked for a stream's usage (what
+        // `UpstreamCall::client_include_usage` reads from the tree's parameters)
+        // is compared too, after the model.
+        let asked = |model: String, usage: bool| format!("{model}\u{0}{usage}");
         crate::api::raw_body::assert_reader_agrees_with_tree(
             SAMPLES,
-            |text| read(&Bytes::from(text.to_owned())).map(|r| (r.model, r.stream)),
-            tree_verdict,
+            |text| {
+                read(&Bytes::from(text.to_owned()))
+                    .map(|r| (asked(r.model, r.include_usage), r.stream))
+            },
+            |text| {
+                let (model, stream) = tree_verdict(text)?;
+                let request: Value = serde_json::from_str(text).ok()?;
+                let usage = request["stream_options"]["include_usage"].as_bool() == Some(true);
+                Some((asked(model, usage), stream))
+            },
         );
     }
 
@@ -362,7 +389,8 @@ mod tests {
                 let sent: Value = serde_json::from_slice(&body).unwrap();
                 let mut expected = original.clone();
                 expected["model"] = json!(model);
-                if add_usage {
+                // A body that asks for the usage itself is left as it is.
+                if add_usage && !raw.include_usage {
                     expected["stream_options"] = json!({"include_usage": true});
                 }
                 assert_eq!(sent, expected, "{text}");

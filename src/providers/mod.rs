@@ -104,6 +104,9 @@ impl UpstreamCall {
 
     /// Whether the client asked for usage (`stream_options.include_usage`).
     pub fn client_include_usage(&self) -> bool {
+        if let Some(raw) = &self.raw_body {
+            return raw.include_usage;
+        }
         self.params
             .get("stream_options")
             .and_then(|o| o.get("include_usage"))
