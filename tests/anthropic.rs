@@ -847,9 +847,22 @@ async fn usage_chunk_only_when_asked_and_cache_tokens() {
     assert_eq!(last["id"], chunks[0]["id"]);
 
     req["stream_options"] = json!({"include_usage": false});
-    let (_, chunks, _) = stream(&gw, req).await;
+    let (_, chunks, _) = stream(&gw, req.clone()).await;
     assert!(chunks.iter().all(|c| c.get("usage").is_none()));
     assert_eq!(finish_of(&chunks, 0), ["stop"]);
+
+    // Without metrics only the client wants the usage: its request, written
+    // straight from its bytes, still brings the usage chunk.
+    let (upstream, _) = setup().await;
+    let bare = TestGateway::start(&format!(
+        "[metrics]\nenabled = false\n{}",
+        config(&upstream)
+    ))
+    .await;
+    req["stream_options"] = json!({"include_usage": true});
+    let (_, chunks, done) = stream(&bare, req).await;
+    assert!(done);
+    assert_eq!(chunks.last().unwrap()["usage"], expected);
 }
 
 #[tokio::test]

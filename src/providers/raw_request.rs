@@ -300,6 +300,16 @@ pub mod arb {
             ),
             member("n", vec!["null", "1", "1", "1", "2"]),
             member("stream", vec!["true", "false", "null"]),
+            // Read without a tree only on a stream, asking for the usage.
+            prop::option::weighted(
+                0.15,
+                prop::sample::select(vec![
+                    r#"{"include_usage":true}"#,
+                    r#"{"include_obfuscation":false,"include_usage":true}"#,
+                ]),
+            )
+            .prop_map(|value| value.map(|value| format!(r#""stream_options":{value}"#)))
+            .boxed(),
             member("seed", vec!["3", "-4", "18446744073709551615", "2.0"]),
             member("presence_penalty", vec!["null", "0.5", "-1", "1.50", "2E0"]),
             member("frequency_penalty", vec!["0", "1e-7"]),

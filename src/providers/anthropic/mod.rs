@@ -162,6 +162,9 @@ impl AnthropicProvider {
         };
         let text = raw.text();
         if let Some(body) = raw_request::write(text, &call.model, self.default_max_tokens, stream) {
+            // The raw body goes (it may be large and the stream long); whether the
+            // client asked for the usage stays, as the usage the call brings.
+            call.gateway_usage |= raw.include_usage;
             return Ok(Some(Bytes::from(body)));
         }
         call.params = raw.params()?;

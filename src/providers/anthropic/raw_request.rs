@@ -25,8 +25,10 @@ use crate::providers::raw_request::{
 };
 
 /// Members the tree translation acts on that this writer leaves to it (`n` other
-/// than 1 or `null` too, see `providers::raw_request::members`).
-const LEFT_TO_THE_TREE: [&str; 8] = [
+/// than 1 or `null` too, see `providers::raw_request::members`). A stream's
+/// `stream_options` (all `raw_chat` lets through: one that asks for the usage) is
+/// dropped, as the translation drops it: the usage asked stays with the call.
+const LEFT_TO_THE_TREE: [&str; 7] = [
     "top_k",
     "tools",
     "tool_choice",
@@ -34,7 +36,6 @@ const LEFT_TO_THE_TREE: [&str; 8] = [
     "response_format",
     "reasoning_effort",
     "thinking",
-    "stream_options",
 ];
 
 /// Message members the translation reads besides `role` and `content` (an

@@ -238,6 +238,9 @@ impl GoogleProvider {
             return Ok(None);
         };
         if let Some(body) = raw_request::write(raw.text(), &self.request_options) {
+            // The raw body goes (it may be large and the stream long); whether the
+            // client asked for the usage stays, as the usage the call brings.
+            call.gateway_usage |= raw.include_usage;
             return Ok(Some(Bytes::from(body)));
         }
         call.params = raw.params()?;

@@ -22,8 +22,10 @@ use crate::providers::raw_request::{
     members, positive, stop_strings, text_messages, write_strings, write_text_objects,
 };
 
-/// Members `build_request` acts on that this writer leaves to it.
-const LEFT_TO_THE_TREE: [&str; 8] = [
+/// Members `build_request` acts on that this writer leaves to it. A stream's
+/// `stream_options` (all `raw_chat` lets through: one that asks for the usage) is
+/// dropped, as `build_request` drops it: the usage asked stays with the call.
+const LEFT_TO_THE_TREE: [&str; 7] = [
     "tools",
     "functions",
     "tool_choice",
@@ -31,7 +33,6 @@ const LEFT_TO_THE_TREE: [&str; 8] = [
     "top_k",
     "response_format",
     "reasoning_effort",
-    "stream_options",
 ];
 
 /// Message members `build_request` reads besides `role` and `content`.
