@@ -85,6 +85,7 @@ declare -A bodies=(
     [stream-120]='{"model":"bench-s120","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [stream-20-slow]='{"model":"bench-s20-d5","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [anthropic-stream-20]='{"model":"claude-bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
+    [anthropic-stream-20-usage]='{"model":"claude-bench-s20","stream":true,"stream_options":{"include_usage":true},"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
     [gemini-stream-20]='{"model":"gemini-bench-s20","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [messages-passthrough-20]='{"model":"claude-bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
     [messages-translated-20]='{"model":"bench-s20","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
@@ -102,6 +103,7 @@ declare -A paths=(
     [stream-120]=/v1/chat/completions
     [stream-20-slow]=/v1/chat/completions
     [anthropic-stream-20]=/v1/chat/completions
+    [anthropic-stream-20-usage]=/v1/chat/completions
     [gemini-stream-20]=/v1/chat/completions
     [messages-passthrough-20]=/v1/messages
     [messages-translated-20]=/v1/messages
@@ -167,7 +169,8 @@ paths[responses-agent-translated-20]=/v1/responses
 # anthropic-stream-20-varied, whose chunks differ in their text as a model's do (the
 # mock's `-v`; the other scenarios' chunks all carry the same text); stream-20-slow,
 # its chunks 5 ms apart, as a model's come: each event read, framed and written on
-# its own (use a small N1 and N2: a stream takes 100 ms).
+# its own (use a small N1 and N2: a stream takes 100 ms); anthropic-stream-20-usage,
+# the Anthropic stream asked with `stream_options.include_usage`.
 SCENARIOS=${SCENARIOS:-non-streamed stream-20 stream-20-usage anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20 messages-agent-20 messages-agent-translated-20 responses-agent-translated-20}
 printf '%-24s %-50s %s\n' scenario binary instructions/request
 for scenario in $SCENARIOS; do
