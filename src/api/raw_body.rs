@@ -182,10 +182,15 @@ pub fn object(walk: &mut Walk<'_>) -> Option<()> {
 
 /// A number (`Value::is_number`), checked and not read.
 pub fn number(walk: &mut Walk<'_>) -> Option<()> {
+    number_text(walk).map(drop)
+}
+
+/// A number (`Value::is_number`), checked: its text as written.
+pub fn number_text<'a>(walk: &mut Walk<'a>) -> Option<&'a str> {
     let value = walk.skip()?;
     value
         .starts_with(|c: char| c == '-' || c.is_ascii_digit())
-        .then_some(())
+        .then_some(value)
 }
 
 /// An object with a string `type` (given once), whatever else it holds: a content

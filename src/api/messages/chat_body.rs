@@ -26,7 +26,8 @@ use bytes::Bytes;
 use serde_json::Value;
 
 use crate::api::raw_body::{
-    inner, join, named_members, named_members_of, not_blank, rewalk, walk_body, ChatWriter, RawBody,
+    inner, join, named_members, named_members_of, not_blank, number_text, rewalk, strings,
+    walk_body, ChatWriter, RawBody,
 };
 use crate::json_scan::{first_time, first_value, has_escape, string_value, write_json_str, Walk};
 
@@ -108,9 +109,7 @@ impl<'a> Request<'a> {
                 self.system = Some(parts);
             }
             "temperature" | "top_p" => {
-                let text = walk.skip()?;
-                text.starts_with(|c: char| c == '-' || c.is_ascii_digit())
-                    .then_some(())?;
+                let text = number_text(walk)?;
                 self.writer.param(key, text);
             }
             "top_k" => {
@@ -119,11 +118,9 @@ impl<'a> Request<'a> {
                 self.writer.param(key, text);
             }
             "stop_sequences" => {
-                let text = walk.skip()?;
-                rewalk(text, |walk| {
-                    walk.array(|walk| inner(walk.skip()?).map(drop))
-                })?;
-                self.writer.param("stop", text);
+                let start = walk.at();
+                strings(walk)?;
+                self.writer.param("stop", walk.text_since(start));
             }
             "metadata" => {
                 let [user] = named_members(walk, ["user_id"])?;

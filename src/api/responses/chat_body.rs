@@ -27,7 +27,8 @@ use bytes::Bytes;
 
 use super::answer::{Echo, Skeleton};
 use crate::api::raw_body::{
-    inner, join, named_members, named_members_of, not_blank, walk_body, ChatWriter, RawBody,
+    inner, join, named_members, named_members_of, not_blank, number_text, strings, walk_body,
+    ChatWriter, RawBody,
 };
 use crate::json_scan::{first_value, has_escape, string_value, Walk};
 
@@ -151,9 +152,7 @@ impl<'a> Request<'a> {
             }
             "safety_identifier" => drop(string(walk)?),
             "temperature" | "top_p" => {
-                let text = walk.skip()?;
-                text.starts_with(|c: char| c == '-' || c.is_ascii_digit())
-                    .then_some(())?;
+                let text = number_text(walk)?;
                 if key == "temperature" {
                     self.echoes.temperature = Some(text);
                 } else {
@@ -174,12 +173,7 @@ impl<'a> Request<'a> {
             }
             "metadata" => self.echoes.metadata = Some(object(walk)?),
             "stream_options" => drop(object(walk)?),
-            "include" => {
-                let text = walk.skip()?;
-                crate::api::raw_body::rewalk(text, |walk| {
-                    walk.array(|walk| string(walk).map(drop))
-                })?;
-            }
+            "include" => strings(walk)?,
             "truncation" | "prompt_cache_key" => drop(walk.skip()?),
             "tools" => {
                 let start = walk.at();
@@ -193,9 +187,10 @@ impl<'a> Request<'a> {
                 self.writer.param(key, &choice);
             }
             "text" => {
-                let text = object(walk)?;
-                self.echoes.text = Some(text);
-                self.text_config(text)?;
+                let start = walk.at();
+                let [verbosity, format] = named_members(walk, ["verbosity", "format"])?;
+                self.echoes.text = Some(walk.text_since(start));
+                self.text_config(verbosity, format)?;
             }
             "reasoning" => {
                 let [effort] = named_members(walk, ["effort"])?;
@@ -214,8 +209,7 @@ impl<'a> Request<'a> {
     }
 
     /// `text.verbosity` → `verbosity`; `text.format` → `response_format`.
-    fn text_config(&mut self, text: &'a str) -> Option<()> {
-        let [verbosity, format] = named_members_of(text, ["verbosity", "format"])?;
+    fn text_config(&mut self, verbosity: Option<&'a str>, format: Option<&'a str>) -> Option<()> {
         if let Some(verbosity) = verbosity.filter(|v| *v != "null") {
             self.writer.param("verbosity", verbosity);
         }
