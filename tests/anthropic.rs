@@ -708,6 +708,67 @@ async fn multi_turn_tool_use_with_two_parallel_calls() {
     }
 }
 
+/// An agent's request (tools, tool calls, their results, one result missing) with
+/// nothing to look at it is written from the client's bytes without a tree; what
+/// goes upstream is what the tree translation sends, as a gateway with a handler
+/// (which takes the tree path) shows, streamed and not.
+#[tokio::test]
+async fn an_agents_request_written_without_a_tree_is_the_translated_one() {
+    let (bare_upstream, bare) = setup().await;
+    let handled_upstream = Anthropic::start().await;
+    let handled = TestGateway::start(&format!(
+        "{}\n[[before]]\nclass = \"lm_proxy.handlers.RateLimiter\"\nmax_requests = 100\nwindow_seconds = 60\nper = \"api_key\"\n",
+        config(&handled_upstream)
+    ))
+    .await;
+    let body = json!({"model": "tools", "max_tokens": 300, "temperature": 1.4,
+        "tools": [
+            {"type": "function", "function": {"name": "get_weather", "description": "Current weather",
+                "parameters": {"properties": {"city": {"type": "string"}}, "required": ["city"]}, "strict": true},
+             "cache_control": {"type": "ephemeral"}},
+            {"type": "function", "function": {"name": "get_time", "description": ""}}],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "parallel_tool_calls": false,
+        "messages": [
+            {"role": "system", "content": "You are an agent."},
+            {"role": "user", "content": "Weather in Oslo and the time?"},
+            {"role": "assistant", "content": "Checking.", "tool_calls": [
+                {"id": "call:01A", "type": "function", "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}},
+                {"id": "call_01B", "type": "function", "function": {"name": "get_time", "arguments": ""}}]},
+            {"role": "user", "content": "Quickly."},
+            {"role": "tool", "tool_call_id": "call:01A", "content": [{"type": "text", "text": "3°C"}]}]});
+    for stream in [false, true] {
+        let mut body = body.clone();
+        body["stream"] = json!(stream);
+        let mut sent = Vec::new();
+        for (gw, upstream) in [(&bare, &bare_upstream), (&handled, &handled_upstream)] {
+            let (status, answer) = if stream {
+                let (status, chunks, _) = self::stream(gw, body.clone()).await;
+                (status, json!(chunks.len()))
+            } else {
+                gw.chat_json("client-key", body.clone()).await
+            };
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            sent.push(upstream.last().body);
+        }
+        assert_eq!(sent[0].to_string(), sent[1].to_string());
+        assert_eq!(
+            sent[0]["messages"][2]["content"],
+            json!([
+                {"type": "tool_result", "tool_use_id": "call_01A", "content": [{"type": "text", "text": "3°C"}]},
+                {"type": "tool_result", "tool_use_id": "call_01B",
+                 "content": "No result was provided for this tool call.", "is_error": true},
+                {"type": "text", "text": "Quickly."}])
+        );
+        assert_eq!(
+            sent[0]["tool_choice"],
+            json!({"type": "tool", "name": "get_weather", "disable_parallel_tool_use": true})
+        );
+        assert_eq!(sent[0]["tools"][0]["input_schema"]["type"], "object");
+        assert_eq!(sent[0].get("stream").is_some(), stream);
+    }
+}
+
 #[tokio::test]
 async fn invalid_tool_arguments_are_a_400_before_any_upstream_call() {
     let (upstream, gw) = setup().await;

@@ -50,6 +50,9 @@ pub struct TextMessage<'a> {
     /// `null` or no content none. Both translations treat each part's text as they
     /// treat a string content.
     pub texts: Vec<Cow<'a, str>>,
+    /// Whether the content was a string (a tool message's is kept as a string, its
+    /// parts as blocks).
+    pub string: bool,
 }
 
 /// The messages of `messages` (a JSON list, checked), in order. `None` for a
@@ -59,27 +62,50 @@ pub struct TextMessage<'a> {
 /// escape, or without a string `role`. Other members are skipped (neither
 /// translation reads them).
 pub fn text_messages<'a>(messages: &'a str, left_to_tree: &[&str]) -> Option<Vec<TextMessage<'a>>> {
+    let messages = text_messages_and(messages, left_to_tree, [])?;
+    Some(messages.into_iter().map(|(message, [])| message).collect())
+}
+
+/// A message and the members [`text_messages_and`] was asked for.
+pub type MessageAnd<'a, const N: usize> = (TextMessage<'a>, [Option<&'a str>; N]);
+
+/// [`text_messages`] with the members of each message named in `also`, as written
+/// (`None` for those it does not have).
+pub fn text_messages_and<'a, const N: usize>(
+    messages: &'a str,
+    left_to_tree: &[&str],
+    also: [&str; N],
+) -> Option<Vec<MessageAnd<'a, N>>> {
     let mut list = Vec::new();
     Walk::new(messages).array(|walk| {
-        let (mut role, mut texts) = (None, None);
+        let (mut role, mut texts, mut string) = (None, None, false);
+        let mut values = [None; N];
         walk.object(|walk, key| match key {
             "role" => first_value(&mut role, || walk.string()),
             "content" => first_value(&mut texts, || {
                 Some(if walk.null() {
                     Vec::new()
                 } else if walk.at_string() {
+                    string = true;
                     vec![walk.string()?]
                 } else {
                     text_parts(walk)?
                 })
             }),
             _ if has_escape(key) || left_to_tree.contains(&key) => None,
-            _ => walk.skip().map(drop),
+            _ => match also.iter().position(|name| *name == key) {
+                Some(i) => first_value(&mut values[i], || walk.skip()),
+                None => walk.skip().map(drop),
+            },
         })?;
-        list.push(TextMessage {
-            role: role?,
-            texts: texts.unwrap_or_default(),
-        });
+        list.push((
+            TextMessage {
+                role: role?,
+                texts: texts.unwrap_or_default(),
+                string,
+            },
+            values,
+        ));
         Some(())
     })?;
     Some(list)
@@ -337,26 +363,34 @@ pub mod arb {
 
     /// Requests `raw_chat` reads that both writers leave to their trees (each
     /// writer's test adds its own).
-    pub const LEFT_TO_EVERY_TREE: [&str; 8] = [
-        r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}"#,
+    pub const LEFT_TO_EVERY_TREE: [&str; 6] = [
         r#"{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
         r#"{"model":"m","messages":[{"role":"user","content":"x"}],"reasoning_effort":"low"}"#,
         r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_k":3}"#,
         r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
         r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text","text":"x","cache_control":{"type":"ephemeral"}}]}]}"#,
         r#"{"model":"m","messages":[{"role":"user","content":[{"type":"new_kind","x":1}]}]}"#,
-        r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"c","content":"x"}]}"#,
     ];
 
     /// A writer's differential test: `check` gets each of 4,000 generated requests
     /// that `raw_chat` reads (with its number) and answers whether the writer wrote
     /// it, having held what it wrote to its tree; at least 1,000 must be read and
     /// 300 written, so that the comparison is not vacuous.
-    pub fn each_raw_request(mut check: impl FnMut(usize, &str) -> bool) {
+    pub fn each_raw_request(check: impl FnMut(usize, &str) -> bool) {
+        each_raw_request_of(request(), 1000, 300, check);
+    }
+
+    /// [`each_raw_request`] over `strategy`'s requests, at least `read` of them read
+    /// by `raw_chat` and `written` written.
+    pub fn each_raw_request_of(
+        strategy: impl Strategy<Value = String>,
+        read: usize,
+        written: usize,
+        mut check: impl FnMut(usize, &str) -> bool,
+    ) {
         use proptest::strategy::ValueTree;
         let mut runner = proptest::test_runner::TestRunner::deterministic();
-        let strategy = request();
-        let (mut raw_requests, mut written) = (0, 0);
+        let (mut raw_requests, mut wrote) = (0, 0);
         for case in 0..4000 {
             let text = strategy.new_tree(&mut runner).unwrap().current();
             if crate::api::raw_chat::read(&bytes::Bytes::from(text.clone())).is_none() {
@@ -364,10 +398,218 @@ pub mod arb {
             }
             raw_requests += 1;
             if check(case, &text) {
-                written += 1;
+                wrote += 1;
             }
         }
-        assert!(raw_requests > 1000, "{raw_requests} requests read raw");
-        assert!(written > 300, "{written} of {raw_requests} written");
+        assert!(raw_requests > read, "{raw_requests} requests read raw");
+        assert!(wrote > written, "{wrote} of {raw_requests} written");
+    }
+
+    /// `"key":value` with one of `values`, in about a third of the requests.
+    fn sometimes(key: &'static str, values: Vec<&'static str>) -> BoxedStrategy<Option<String>> {
+        prop::option::weighted(0.35, prop::sample::select(values))
+            .prop_map(move |value| value.map(|value| format!(r#""{key}":{value}"#)))
+            .boxed()
+    }
+
+    /// `{…}` of the members that are there, in the order given.
+    fn object(members: Vec<Option<String>>) -> String {
+        let members: Vec<String> = members.into_iter().flatten().collect();
+        format!("{{{}}}", members.join(","))
+    }
+
+    /// A function tool as agents send them, and tools the translations refuse or
+    /// read in their own way: no or odd `type`, an empty or escaped name, a
+    /// description that is not a string, a schema without a `type` (or with a key
+    /// that might spell it), written with spaces, `null`, or not an object.
+    fn tool() -> impl Strategy<Value = String> {
+        let name = prop_oneof![
+            24 => Just(r#""name":"lookup""#),
+            1 => Just(r#""name":"f\u0031""#),
+            1 => Just(r#""name":"""#),
+            1 => Just(r#""name":5"#),
+        ];
+        let schema = prop_oneof![
+            8 => Just(r#"{"type":"object","properties":{"q":{"type":"string","description":"free text"},"n":{"type":"integer","minimum":1}},"required":["q"]}"#),
+            3 => Just(r#"{"properties":{"q":{"type":"string"}},"required":["q"]}"#),
+            1 => Just(r#"{"type":"object","properties":{}}"#),
+            1 => Just("{}"),
+            1 => Just("{ }"),
+            1 => Just(r#"{ "properties" : { "n" : { "maximum" : 1e3 } } }"#),
+            1 => Just(r#"{"type":"object","type":"object"}"#),
+            1 => Just("null"),
+            1 => Just(r#"{"\u0074ype":"object"}"#),
+            1 => Just("[]"),
+            1 => Just(r#""object""#),
+        ];
+        (
+            name,
+            sometimes(
+                "description",
+                vec![r#""Find people.""#, r#""""#, "null", "3", r#""say \"hi\"""#],
+            ),
+            prop::option::weighted(0.9, schema),
+            sometimes("strict", vec!["true"]),
+            prop_oneof![
+                20 => Just(Some(r#""type":"function""#.to_owned())),
+                1 => Just(Some(r#""type":"custom""#.to_owned())),
+                1 => Just(Some(r#""type":"\u0066unction""#.to_owned())),
+                1 => Just(None),
+            ],
+            sometimes("cache_control", vec![r#"{"type":"ephemeral"}"#, "null"]),
+            prop::option::weighted(0.97, Just(())),
+        )
+            .prop_map(
+                |(name, description, schema, strict, kind, cache, with_function)| {
+                    let function = object(vec![
+                        Some(name.to_owned()),
+                        description,
+                        schema.map(|schema| format!(r#""parameters":{schema}"#)),
+                        strict,
+                    ]);
+                    object(vec![
+                        kind,
+                        with_function.map(|()| format!(r#""function":{function}"#)),
+                        cache,
+                    ])
+                },
+            )
+    }
+
+    /// A tool call's or a tool message's id: usual, with characters Anthropic does
+    /// not take in ids, empty, or not a string.
+    fn call_id() -> impl Strategy<Value = &'static str> {
+        prop_oneof![
+            6 => Just(r#""call_1""#),
+            3 => Just(r#""call_2""#),
+            2 => Just(r#""call:3/x""#),
+            1 => Just(r#""""#),
+            1 => Just("7"),
+        ]
+    }
+
+    /// An assistant message with tool calls (their arguments a JSON object as a
+    /// string, blank, an object, `null`, or what the translations refuse).
+    fn assistant_with_calls() -> impl Strategy<Value = String> {
+        let arguments = prop::sample::select(vec![
+            r#""{\"q\": \"platform team\", \"n\": 2.50, \"f\": [\"a\u0041\"]}""#,
+            r#""{}""#,
+            r#""""#,
+            r#"" ""#,
+            "null",
+            r#""[1]""#,
+            r#""not json""#,
+        ]);
+        let call = (
+            call_id(),
+            prop_oneof![8 => Just(r#""lookup""#), 1 => Just(r#""""#)],
+            prop::option::weighted(0.9, arguments),
+            prop::option::weighted(0.9, Just(r#""type":"function""#)),
+        )
+            .prop_map(|(id, name, arguments, kind)| {
+                let function = object(vec![
+                    Some(format!(r#""name":{name}"#)),
+                    arguments.map(|a| format!(r#""arguments":{a}"#)),
+                ]);
+                object(vec![
+                    Some(format!(r#""id":{id}"#)),
+                    kind.map(str::to_owned),
+                    Some(format!(r#""function":{function}"#)),
+                ])
+            });
+        (
+            prop::option::weighted(
+                0.7,
+                prop::sample::select(vec!["null", r#""Looking.""#, r#""  ""#, r#"[{"type":"text","text":"On it. "}]"#]),
+            ),
+            prop_oneof![
+                8 => prop::collection::vec(call, 0..3).prop_map(|calls| format!("[{}]", calls.join(","))),
+                1 => Just("null".to_owned()),
+                1 => Just("[{}]".to_owned()),
+            ],
+        )
+            .prop_map(|(content, calls)| {
+                object(vec![
+                    Some(r#""role":"assistant""#.to_owned()),
+                    content.map(|c| format!(r#""content":{c}"#)),
+                    Some(format!(r#""tool_calls":{calls}"#)),
+                ])
+            })
+    }
+
+    /// A tool message: its result a string (blank too), text parts, `null`, or none.
+    fn tool_message() -> impl Strategy<Value = String> {
+        let content = prop::sample::select(vec![
+            r#""[{\"name\":\"p\"}]""#,
+            r#""  ""#,
+            "null",
+            r#"[{"type":"text","text":"found"},{"type":"text","text":" "}]"#,
+            "[]",
+        ]);
+        (
+            prop::option::weighted(0.98, call_id()),
+            prop::option::weighted(0.97, content),
+        )
+            .prop_map(|(id, content)| {
+                object(vec![
+                    Some(r#""role":"tool""#.to_owned()),
+                    id.map(|id| format!(r#""tool_call_id":{id}"#)),
+                    content.map(|c| format!(r#""content":{c}"#)),
+                ])
+            })
+    }
+
+    /// An agent's chat request: a conversation with tool calls and their results
+    /// (some missing, some out of place), tools, a `tool_choice` and
+    /// `parallel_tool_calls`, with values the translations take and values they
+    /// refuse.
+    pub fn agent_request() -> impl Strategy<Value = String> {
+        let message = prop_oneof![
+            3 => message(),
+            2 => assistant_with_calls(),
+            2 => tool_message(),
+        ];
+        let tools = prop_oneof![
+            8 => prop::collection::vec(tool(), 0..4).prop_map(|tools| format!("[{}]", tools.join(","))),
+            1 => Just("null".to_owned()),
+            1 => Just("{}".to_owned()),
+        ];
+        let members = vec![
+            prop::option::weighted(0.7, tools)
+                .prop_map(|tools| tools.map(|t| format!(r#""tools":{t}"#)))
+                .boxed(),
+            sometimes(
+                "tool_choice",
+                vec![
+                    r#""auto""#,
+                    r#""none""#,
+                    r#""required""#,
+                    r#""sometimes""#,
+                    r#"{"type":"function","function":{"name":"lookup"}}"#,
+                    r#"{"function":{"name":"lookup"}}"#,
+                    r#"{"type":5,"function":{"name":"lookup"}}"#,
+                    r#"{"type":"function","function":{"name":""}}"#,
+                    r#"{"type":"tool","function":{"name":"lookup"}}"#,
+                    r#"{"type":"function"}"#,
+                    "null",
+                    "3",
+                ],
+            ),
+            sometimes(
+                "parallel_tool_calls",
+                vec!["true", "false", "false", "null", "0"],
+            ),
+            sometimes("max_tokens", vec!["100", "null"]),
+            sometimes("temperature", vec!["0.5", "1.5"]),
+            sometimes("stream", vec!["true", "false"]),
+        ];
+        (prop::collection::vec(message, 1..7), members)
+            .prop_flat_map(|(messages, members)| {
+                let mut all: Vec<String> = members.into_iter().flatten().collect();
+                all.push(format!(r#""messages":[{}]"#, messages.join(",")));
+                all.push(r#""model":"gpt-4o""#.to_owned());
+                Just(all).prop_shuffle()
+            })
+            .prop_map(|members| format!("{{{}}}", members.join(",")))
     }
 }

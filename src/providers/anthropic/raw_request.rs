@@ -3,49 +3,50 @@
 //! every member this module knows is written as an Anthropic Messages body in one
 //! walk of its text: no tree is parsed, translated into another tree and serialized
 //! (that was about 25,000 instructions a request, a tenth of a translated 20-chunk
-//! stream; bench/README.md, session 19).
+//! stream; bench/README.md, session 19; for an agent's 16 KB request with 20 tools,
+//! 1.6 million: session 32).
 //!
-//! It knows the common shape: system, developer, user and assistant messages whose
-//! content is a string, `null` or a list of plain text parts, and the settings `max_tokens`,
+//! It knows the common shape, an agent's included: system, developer, user and
+//! assistant messages whose content is a string, `null` or a list of plain text
+//! parts, an assistant's `tool_calls`, tool messages, function `tools`,
+//! `tool_choice`, `parallel_tool_calls`, and the settings `max_tokens`,
 //! `max_completion_tokens`, `temperature`, `top_p`, `stop`, `user` and `n` (1).
-//! Anything else the translation acts on (tools, `response_format`, thinking,
-//! `top_k`, other content parts or a `cache_control`, tool messages, an assistant's reasoning) makes [`write`]
-//! answer `None`, and the request takes the tree translation
-//! (`request::translate`), which also gives every error its answer. Members the
-//! translation drops are dropped here too. What [`write`] writes is byte for byte
-//! what the tree translation serializes to: the differential test below holds it
-//! to that.
+//! Anything else the translation acts on (`response_format`, thinking, `top_k`,
+//! other content parts or a `cache_control` on a part, an assistant's reasoning, a
+//! tool call whose signed thinking the gateway kept) makes [`write`] answer `None`,
+//! and the request takes the tree translation (`request::translate`), which also
+//! gives every error its answer. Members the translation drops are dropped here too.
+//!
+//! What [`write`] writes is what the tree translation serializes to, byte for byte,
+//! but for the JSON values it copies as the client wrote them: a tool's
+//! `parameters` schema and `cache_control` (the same values, not always the same
+//! bytes as serde would write them). The differential tests below hold it to that.
 
 use std::borrow::Cow;
 
+use serde_json::Value;
+
+use super::messages::sanitize_tool_id;
 use super::request::{json_f64, looks_personal};
-use crate::json_scan::{write_json_str, Walk};
+use crate::api::raw_body::named_members_of;
+use crate::json_scan::{first_value, has_escape, string_value, write_json_str, Walk};
 use crate::providers::raw_request::{
-    members, positive, stop_strings, text_messages, write_strings, write_text_objects,
+    members, positive, stop_strings, text_messages_and, write_strings, write_text_objects,
 };
 
 /// Members the tree translation acts on that this writer leaves to it (`n` other
 /// than 1 or `null` too, see `providers::raw_request::members`). A stream's
 /// `stream_options` (all `raw_chat` lets through: one that asks for the usage) is
 /// dropped, as the translation drops it: the usage asked stays with the call.
-const LEFT_TO_THE_TREE: [&str; 7] = [
-    "top_k",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "response_format",
-    "reasoning_effort",
-    "thinking",
-];
+const LEFT_TO_THE_TREE: [&str; 4] = ["top_k", "response_format", "reasoning_effort", "thinking"];
 
-/// Message members the translation reads besides `role` and `content` (an
-/// assistant's tool calls and earlier reasoning).
-const MESSAGE_MEMBERS_LEFT_TO_THE_TREE: [&str; 4] = [
-    "tool_calls",
-    "thinking_blocks",
-    "reasoning_content",
-    "reasoning",
-];
+/// Message members the translation reads besides `role`, `content`, `tool_calls`
+/// and `tool_call_id` (an assistant's earlier reasoning).
+const MESSAGE_MEMBERS_LEFT_TO_THE_TREE: [&str; 3] =
+    ["thinking_blocks", "reasoning_content", "reasoning"];
+
+/// The content of the error result the translation gives a tool call that has none.
+const NO_RESULT: &str = "No result was provided for this tool call.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -53,31 +54,77 @@ enum Role {
     Assistant,
 }
 
-/// One turn of the conversation: its role and its text blocks.
-type Turn<'a> = (Role, Vec<Cow<'a, str>>);
+/// One content block of a turn, as the translation makes it.
+enum Block<'a> {
+    Text(Cow<'a, str>),
+    /// A tool call: its id made safe for Anthropic, its name, and its input as
+    /// serde writes it.
+    ToolUse {
+        id: String,
+        name: Cow<'a, str>,
+        input: Vec<u8>,
+    },
+    /// A tool message's result (its id made safe) or, for a call without one, the
+    /// translation's error result.
+    ToolResult {
+        id: String,
+        content: ResultContent<'a>,
+    },
+}
+
+enum ResultContent<'a> {
+    None,
+    /// A string content, as it was (blank ones are `None`).
+    String(Cow<'a, str>),
+    /// Text parts, as text blocks (blank ones left out; none at all is `None`).
+    Texts(Vec<Cow<'a, str>>),
+    /// The call had no result.
+    Missing,
+}
+
+/// One turn of the conversation: its role and its blocks.
+type Turn<'a> = (Role, Vec<Block<'a>>);
 
 /// The Anthropic body for the chat request `body` (a JSON object, checked), sent to
 /// `model`, with `"stream": true` when `stream`; `None` when the request has
 /// something this writer leaves to the tree translation.
 pub fn write(body: &str, model: &str, default_max_tokens: u64, stream: bool) -> Option<Vec<u8>> {
-    let [messages, max_tokens, max_completion_tokens, temperature, top_p, stop, user] = members(
-        body,
-        [
-            "messages",
-            "max_tokens",
-            "max_completion_tokens",
-            "temperature",
-            "top_p",
-            "stop",
-            "user",
-        ],
-        &LEFT_TO_THE_TREE,
-    )?;
+    let [messages, max_tokens, max_completion_tokens, temperature, top_p, stop, user, tools, tool_choice, parallel] =
+        members(
+            body,
+            [
+                "messages",
+                "max_tokens",
+                "max_completion_tokens",
+                "temperature",
+                "top_p",
+                "stop",
+                "user",
+                "tools",
+                "tool_choice",
+                "parallel_tool_calls",
+            ],
+            &LEFT_TO_THE_TREE,
+        )?;
+    let (system, turns) = conversation(messages?)?;
+    let mut client_tools = Vec::new();
+    let tools = match tools {
+        None | Some("null") => 0,
+        Some(raw) => write_tools(&mut client_tools, raw)?,
+    };
+    let client_choice = match tool_choice {
+        None | Some("null") => None,
+        Some(raw) => Some(tool_choice_of(raw)?),
+    };
+    let parallel = match parallel {
+        None | Some("null") | Some("true") => true,
+        Some("false") => false,
+        Some(_) => return None,
+    };
     let max_tokens = match positive(max_completion_tokens, u64::MAX)? {
         Some(max) => max,
         None => positive(max_tokens, u64::MAX)?.unwrap_or(default_max_tokens),
     };
-    let (system, turns) = conversation(messages?)?;
     let mut stop = stop_strings(stop)?;
     stop.retain(|text| !text.trim().is_empty());
     let temperature = number(temperature)?;
@@ -89,6 +136,26 @@ pub fn write(body: &str, model: &str, default_max_tokens: u64, stream: bool) -> 
             (!user.is_empty() && !looks_personal(&user)).then_some(user)
         }
     };
+    // The tools and the choice among them, as the translation settles them: the
+    // client's choice only with its tools; with none, a placeholder that lets the
+    // model read earlier tool calls, and the choice `none`.
+    let history_has_tools = turns.iter().any(|(_, blocks)| {
+        blocks
+            .iter()
+            .any(|b| matches!(b, Block::ToolUse { .. } | Block::ToolResult { .. }))
+    });
+    let (tools, mut choice) = if tools > 0 {
+        (Some(&client_tools[..]), client_choice)
+    } else if history_has_tools {
+        (Some(PLACEHOLDER_TOOLS), Some(Choice::None))
+    } else {
+        (None, None)
+    };
+    let mut disable_parallel = false;
+    if !parallel && tools.is_some() {
+        let choice = choice.get_or_insert(Choice::Auto);
+        disable_parallel = !matches!(choice, Choice::None);
+    }
 
     let mut out = Vec::with_capacity(body.len() + 128);
     out.extend_from_slice(b"{\"model\":");
@@ -105,13 +172,38 @@ pub fn write(body: &str, model: &str, default_max_tokens: u64, stream: bool) -> 
             out.push(b',');
         }
         out.extend_from_slice(match role {
-            Role::User => b"{\"role\":\"user\",\"content\":",
-            Role::Assistant => b"{\"role\":\"assistant\",\"content\":",
+            Role::User => b"{\"role\":\"user\",\"content\":[",
+            Role::Assistant => b"{\"role\":\"assistant\",\"content\":[",
         });
-        text_blocks(&mut out, blocks);
-        out.push(b'}');
+        for (j, block) in blocks.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            write_block(&mut out, block);
+        }
+        out.extend_from_slice(b"]}");
     }
     out.push(b']');
+    if let Some(tools) = tools {
+        out.extend_from_slice(b",\"tools\":");
+        out.extend_from_slice(tools);
+        if let Some(choice) = choice {
+            out.extend_from_slice(b",\"tool_choice\":{\"type\":");
+            match choice {
+                Choice::Auto => out.extend_from_slice(b"\"auto\""),
+                Choice::None => out.extend_from_slice(b"\"none\""),
+                Choice::Any => out.extend_from_slice(b"\"any\""),
+                Choice::Tool(name) => {
+                    out.extend_from_slice(b"\"tool\",\"name\":");
+                    write_json_str(&mut out, &name);
+                }
+            }
+            if disable_parallel {
+                out.extend_from_slice(b",\"disable_parallel_tool_use\":true");
+            }
+            out.push(b'}');
+        }
+    }
     if !stop.is_empty() {
         out.extend_from_slice(b",\"stop_sequences\":");
         write_strings(&mut out, &stop);
@@ -137,6 +229,196 @@ pub fn write(body: &str, model: &str, default_max_tokens: u64, stream: bool) -> 
     Some(out)
 }
 
+/// The tools the translation sends when the conversation has tool calls and the
+/// client no tools: one placeholder, never to be called.
+const PLACEHOLDER_TOOLS: &[u8] = br#"[{"name":"no_tools_available","description":"Placeholder so that earlier tool calls can be replayed; never call it.","input_schema":{"type":"object","properties":{}}}]"#;
+
+/// A client's `tool_choice`, as `tools::convert_tool_choice` reads it.
+enum Choice<'a> {
+    Auto,
+    None,
+    Any,
+    Tool(Cow<'a, str>),
+}
+
+/// `auto`, `none`, `required`, or `{"type": "function", "function": {"name": …}}`
+/// (the `type` may be left out or not be a string); `None` for anything else.
+fn tool_choice_of(raw: &str) -> Option<Choice<'_>> {
+    if raw.starts_with('"') {
+        return match &*string_value(raw)? {
+            "auto" => Some(Choice::Auto),
+            "none" => Some(Choice::None),
+            "required" => Some(Choice::Any),
+            _ => None,
+        };
+    }
+    let [kind, function] = named_members_of(raw, ["type", "function"])?;
+    if let Some(kind) = kind.filter(|kind| kind.starts_with('"')) {
+        (string_value(kind)? == "function").then_some(())?;
+    }
+    let [name] = named_members_of(function?, ["name"])?;
+    let name = string_value(name?)?;
+    (!name.is_empty()).then_some(Choice::Tool(name))
+}
+
+/// The client's `tools` (a list of function tools) as Anthropic tools, written to
+/// `out` as `tools::convert_tools` makes them: how many there were. A tool's
+/// `parameters` schema and its `cache_control` are copied as written (a schema
+/// without a top-level `type` gets `"type":"object"` after its members, as the
+/// translation inserts it).
+fn write_tools(out: &mut Vec<u8>, raw: &str) -> Option<usize> {
+    let mut count = 0;
+    out.push(b'[');
+    Walk::new(raw).array(|walk| {
+        if count > 0 {
+            out.push(b',');
+        }
+        count += 1;
+        let (mut kind, mut function, mut cache) = (None, None, None);
+        walk.object(|walk, key| match key {
+            "type" => first_value(&mut kind, || walk.skip()),
+            "cache_control" => first_value(&mut cache, || walk.skip()),
+            "function" => first_value(&mut function, || {
+                walk.at_object().then_some(())?;
+                function_tool(walk)
+            }),
+            _ if has_escape(key) => None,
+            _ => walk.skip().map(drop),
+        })?;
+        if let Some(kind) = kind.filter(|kind| kind.starts_with('"')) {
+            (string_value(kind)? == "function").then_some(())?;
+        }
+        let FunctionTool {
+            name,
+            description,
+            schema,
+        } = function?;
+        out.extend_from_slice(b"{\"name\":");
+        write_json_str(out, &name);
+        if let Some(description) = description {
+            out.extend_from_slice(b",\"description\":");
+            write_json_str(out, &description);
+        }
+        out.extend_from_slice(b",\"input_schema\":");
+        match schema {
+            None => out.extend_from_slice(br#"{"type":"object","properties":{}}"#),
+            Some((schema, true)) => out.extend_from_slice(schema.as_bytes()),
+            Some((schema, false)) => {
+                // Its members, then the `type` the translation adds.
+                let members = schema[..schema.len() - 1].trim_end_matches([' ', '\t', '\n', '\r']);
+                out.extend_from_slice(members.as_bytes());
+                if !members.ends_with('{') {
+                    out.push(b',');
+                }
+                out.extend_from_slice(br#""type":"object"}"#);
+            }
+        }
+        if let Some(cache) = cache {
+            out.extend_from_slice(b",\"cache_control\":");
+            out.extend_from_slice(cache.as_bytes());
+        }
+        out.push(b'}');
+        Some(())
+    })?;
+    out.push(b']');
+    Some(count)
+}
+
+/// What the translation takes from a function tool's `function`.
+struct FunctionTool<'a> {
+    name: Cow<'a, str>,
+    description: Option<Cow<'a, str>>,
+    /// The `parameters` schema as written, and whether it has a top-level `type`.
+    schema: Option<(&'a str, bool)>,
+}
+
+/// A function tool's `function` (at its `{`): its name (a non-empty string), its
+/// description when that is a non-empty string (otherwise the translation leaves it
+/// out), and its `parameters` schema when it is an object, as written, with whether
+/// it has a top-level `type`; `None` for a schema that is neither an object nor
+/// `null`.
+fn function_tool<'a>(walk: &mut Walk<'a>) -> Option<FunctionTool<'a>> {
+    let (mut name, mut description, mut schema) = (None, None, None);
+    walk.object(|walk, key| match key {
+        "name" => first_value(&mut name, || walk.string()),
+        "description" => first_value(&mut description, || {
+            Some(if walk.at_string() {
+                Some(walk.string()?).filter(|d| !d.is_empty())
+            } else {
+                walk.skip()?;
+                None
+            })
+        }),
+        "parameters" => first_value(&mut schema, || {
+            if walk.null() {
+                return Some(None);
+            }
+            walk.at_object().then_some(())?;
+            let start = walk.at();
+            let mut typed = false;
+            walk.object(|walk, key| {
+                if key == "type" {
+                    typed = true;
+                } else if has_escape(key) {
+                    // It might spell `type`.
+                    return None;
+                }
+                walk.skip().map(drop)
+            })?;
+            Some(Some((walk.text_since(start), typed)))
+        }),
+        _ if has_escape(key) => None,
+        _ => walk.skip().map(drop),
+    })?;
+    let name = name?;
+    (!name.is_empty()).then_some(())?;
+    Some(FunctionTool {
+        name,
+        description: description.flatten(),
+        schema: schema.flatten(),
+    })
+}
+
+fn write_block(out: &mut Vec<u8>, block: &Block<'_>) {
+    match block {
+        Block::Text(text) => {
+            out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
+            write_json_str(out, text);
+            out.push(b'}');
+        }
+        Block::ToolUse { id, name, input } => {
+            out.extend_from_slice(b"{\"type\":\"tool_use\",\"id\":");
+            write_json_str(out, id);
+            out.extend_from_slice(b",\"name\":");
+            write_json_str(out, name);
+            out.extend_from_slice(b",\"input\":");
+            out.extend_from_slice(input);
+            out.push(b'}');
+        }
+        Block::ToolResult { id, content } => {
+            out.extend_from_slice(b"{\"type\":\"tool_result\",\"tool_use_id\":");
+            write_json_str(out, id);
+            match content {
+                ResultContent::None => {}
+                ResultContent::String(text) => {
+                    out.extend_from_slice(b",\"content\":");
+                    write_json_str(out, text);
+                }
+                ResultContent::Texts(texts) => {
+                    out.extend_from_slice(b",\"content\":");
+                    text_blocks(out, texts);
+                }
+                ResultContent::Missing => {
+                    out.extend_from_slice(b",\"content\":");
+                    write_json_str(out, NO_RESULT);
+                    out.extend_from_slice(b",\"is_error\":true");
+                }
+            }
+            out.push(b'}');
+        }
+    }
+}
+
 /// A finite number as the translation reads it (serde_json's reading, so the same
 /// `f64`); `None` for anything else.
 fn number(raw: Option<&str>) -> Option<Option<f64>> {
@@ -155,57 +437,200 @@ fn write_number(out: &mut Vec<u8>, value: f64) {
 }
 
 /// `messages` → (system texts, alternating turns), as `messages::convert_messages`
-/// makes them for messages whose content is text (`text_messages`): system and
-/// developer messages hoisted, blank texts left out, same-role neighbours merged,
-/// a `"."` user turn before a leading assistant turn, a final assistant turn's
-/// trailing whitespace trimmed. `None` for anything else, and for a conversation
-/// the translation refuses (nothing but system messages).
+/// makes them for messages whose content is text (`text_messages_and`), an
+/// assistant's tool calls and tool messages: system and developer messages hoisted,
+/// blank texts left out, same-role neighbours merged, tool results first in a user
+/// turn, an error result for each tool call without one, a `"."` user turn before a
+/// leading assistant turn, a final assistant turn's trailing whitespace trimmed.
+/// `None` for anything else, and for a conversation the translation refuses
+/// (nothing but system messages).
 fn conversation(raw: &str) -> Option<(Vec<Cow<'_, str>>, Vec<Turn<'_>>)> {
     let mut system = Vec::new();
     let mut turns: Vec<Turn<'_>> = Vec::new();
-    for message in text_messages(raw, &MESSAGE_MEMBERS_LEFT_TO_THE_TREE)? {
+    for (message, [tool_calls, tool_call_id]) in text_messages_and(
+        raw,
+        &MESSAGE_MEMBERS_LEFT_TO_THE_TREE,
+        ["tool_calls", "tool_call_id"],
+    )? {
         let texts = message
             .texts
             .into_iter()
             .filter(|text| !text.trim().is_empty());
-        let role = match message.role.as_ref() {
+        let (role, blocks) = match message.role.as_ref() {
             "system" | "developer" => {
                 system.extend(texts);
                 continue;
             }
-            "user" => Role::User,
-            "assistant" => Role::Assistant,
-            // Tool messages, and roles the translation refuses.
+            "user" => (Role::User, texts.map(Block::Text).collect::<Vec<_>>()),
+            "assistant" => {
+                let mut blocks: Vec<Block<'_>> = texts.map(Block::Text).collect();
+                if let Some(calls) = tool_calls.filter(|calls| *calls != "null") {
+                    tool_uses(calls, &mut blocks)?;
+                }
+                (Role::Assistant, blocks)
+            }
+            "tool" => {
+                let id = string_value(tool_call_id?)?;
+                (!id.is_empty()).then_some(())?;
+                let content = if message.string {
+                    // As it was, unless blank.
+                    match texts.into_iter().next() {
+                        Some(text) => ResultContent::String(text),
+                        None => ResultContent::None,
+                    }
+                } else {
+                    let texts: Vec<_> = texts.collect();
+                    if texts.is_empty() {
+                        ResultContent::None
+                    } else {
+                        ResultContent::Texts(texts)
+                    }
+                };
+                let id = sanitize_tool_id(&id);
+                (Role::User, vec![Block::ToolResult { id, content }])
+            }
+            // Roles the translation refuses.
             _ => return None,
         };
-        for text in texts {
-            match turns.last_mut() {
-                Some((last, blocks)) if *last == role => blocks.push(text),
-                _ => turns.push((role, vec![text])),
-            }
+        if blocks.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((last, last_blocks)) if *last == role => last_blocks.extend(blocks),
+            _ => turns.push((role, blocks)),
         }
     }
+    for (role, blocks) in &mut turns {
+        if *role == Role::User && blocks.iter().any(|b| matches!(b, Block::ToolResult { .. })) {
+            // Tool results before any other block of the turn, in order.
+            let (mut results, rest): (Vec<_>, Vec<_>) = std::mem::take(blocks)
+                .into_iter()
+                .partition(|b| matches!(b, Block::ToolResult { .. }));
+            results.extend(rest);
+            *blocks = results;
+        }
+    }
+    add_missing_tool_results(&mut turns);
     if turns
         .first()
         .is_some_and(|(role, _)| *role == Role::Assistant)
     {
-        turns.insert(0, (Role::User, vec![Cow::Borrowed(".")]));
+        turns.insert(0, (Role::User, vec![Block::Text(Cow::Borrowed("."))]));
     }
     if let Some((Role::Assistant, blocks)) = turns.last_mut() {
-        if let Some(text) = blocks.last_mut() {
+        if let Some(Block::Text(text)) = blocks.last_mut() {
             match text {
                 Cow::Borrowed(text) => *text = text.trim_end(),
                 Cow::Owned(text) => text.truncate(text.trim_end().len()),
             }
-        }
-        if blocks.last().is_some_and(|text| text.is_empty()) {
-            blocks.pop();
+            if text.is_empty() {
+                blocks.pop();
+            }
         }
         if blocks.is_empty() {
             turns.pop();
         }
     }
     (!turns.is_empty()).then_some((system, turns))
+}
+
+/// An assistant's `tool_calls` (a list, as written) → `tool_use` blocks, as
+/// `messages::tool_use_block` makes them; `None` for a call the translation refuses,
+/// and for calls whose signed thinking the gateway kept (the translation puts it
+/// back before them).
+fn tool_uses<'a>(raw: &'a str, blocks: &mut Vec<Block<'a>>) -> Option<()> {
+    let mut ids = Vec::new();
+    Walk::new(raw).array(|walk| {
+        let (mut id, mut function) = (None, None);
+        walk.object(|walk, key| match key {
+            "id" => first_value(&mut id, || walk.string()),
+            "function" => first_value(&mut function, || {
+                let [name, arguments] = named_members_of(walk.skip()?, ["name", "arguments"])?;
+                let name = string_value(name?)?;
+                (!name.is_empty()).then_some((name, input(arguments)?))
+            }),
+            _ if has_escape(key) => None,
+            _ => walk.skip().map(drop),
+        })?;
+        let id = id?;
+        (!id.is_empty()).then_some(())?;
+        let (name, input) = function?;
+        blocks.push(Block::ToolUse {
+            id: sanitize_tool_id(&id),
+            name,
+            input,
+        });
+        ids.push(id);
+        Some(())
+    })?;
+    let kept = super::thinking::recall(ids.iter().map(|id| id.as_ref()), None);
+    kept.is_none_or(|blocks| blocks.is_empty()).then_some(())
+}
+
+/// A tool call's `arguments` → the `input` object as serde writes it: absent,
+/// `null` or a blank string is `{}`; a string must hold a JSON object; an object is
+/// taken as it is. `None` for anything else (the translation refuses it).
+fn input(arguments: Option<&str>) -> Option<Vec<u8>> {
+    let object = match arguments {
+        None | Some("null") => return Some(b"{}".to_vec()),
+        Some(raw) if raw.starts_with('"') => {
+            let text = string_value(raw)?;
+            if text.trim().is_empty() {
+                return Some(b"{}".to_vec());
+            }
+            serde_json::from_str::<Value>(&text).ok()?
+        }
+        Some(raw) if raw.starts_with('{') => serde_json::from_str::<Value>(raw).ok()?,
+        Some(_) => return None,
+    };
+    object
+        .is_object()
+        .then(|| serde_json::to_vec(&object).expect("a JSON value always serializes"))
+}
+
+/// Every `tool_use` needs a `tool_result` in the very next user turn: as
+/// `messages::add_missing_tool_results` does, a user turn is made where there is
+/// none, and the missing results go after the results it has.
+fn add_missing_tool_results(turns: &mut Vec<Turn<'_>>) {
+    let mut i = 0;
+    while i < turns.len() {
+        let ids: Vec<String> = match &turns[i] {
+            (Role::Assistant, blocks) => blocks
+                .iter()
+                .filter_map(|b| match b {
+                    Block::ToolUse { id, .. } => Some(id.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        if ids.is_empty() {
+            i += 1;
+            continue;
+        }
+        if turns.get(i + 1).is_none_or(|(role, _)| *role != Role::User) {
+            turns.insert(i + 1, (Role::User, Vec::new()));
+        }
+        let next = &mut turns[i + 1].1;
+        let missing: Vec<Block<'_>> = ids
+            .into_iter()
+            .filter(|id| {
+                !next
+                    .iter()
+                    .any(|b| matches!(b, Block::ToolResult { id: answered, .. } if answered == id))
+            })
+            .map(|id| Block::ToolResult {
+                id,
+                content: ResultContent::Missing,
+            })
+            .collect();
+        let at = next
+            .iter()
+            .take_while(|b| matches!(b, Block::ToolResult { .. }))
+            .count();
+        next.splice(at..at, missing);
+        i += 2;
+    }
 }
 
 /// `[{"type":"text","text":…},…]`.
@@ -216,6 +641,7 @@ fn text_blocks(out: &mut Vec<u8>, texts: &[Cow<'_, str>]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::api::raw_body::normal_json;
     use crate::api::raw_chat;
     use crate::providers::anthropic::request::serialized;
     use crate::providers::anthropic::MAX_CHOICES;
@@ -256,6 +682,16 @@ mod tests {
         let own = [
             r#"{"model":"m","messages":[{"role":"assistant","content":"x","reasoning_content":"r"}]}"#,
             r#"{"model":"m","messages":[{"role":"system","content":"only system"}]}"#,
+            // Tools and calls the translation refuses: it gives them their errors.
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"web_search"}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":""}}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f","parameters":[]}}]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tool_choice":"sometimes"}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c","function":{"name":"f","arguments":"[1]"}}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"function":{"name":"f"}}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"","content":"x"}]}"#,
+            // A key with an escape might spell `type`, which the schema needs.
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"\u0074ype":"object"}}}]}"#,
         ];
         for text in crate::providers::raw_request::arb::LEFT_TO_EVERY_TREE
             .into_iter()
@@ -267,6 +703,63 @@ mod tests {
             );
             assert_eq!(written(text, false), None, "{text}");
         }
+    }
+
+    /// An agent's conversation through the chat door: its tools, its tool call (the
+    /// id made safe, the arguments an object), the result first in its user turn,
+    /// an error result for the call left without one, and the choice of tool with
+    /// parallel calls turned off.
+    #[test]
+    fn an_agents_request_becomes_this_anthropic_request() {
+        let text = r#"{"model":"gpt","stream":true,"messages":[
+            {"role":"system","content":"You are an agent."},
+            {"role":"user","content":"Find them."},
+            {"role":"assistant","content":null,"tool_calls":[
+                {"id":"call:1","type":"function","function":{"name":"lookup","arguments":"{\"q\": \"a\"}"}},
+                {"id":"call_2","type":"function","function":{"name":"lookup","arguments":" "}}]},
+            {"role":"user","content":"Also this."},
+            {"role":"tool","tool_call_id":"call:1","content":"[{\"name\":\"p\"}]"}],
+            "tools":[{"type":"function","function":{"name":"lookup","description":"Find people.",
+                "parameters":{"properties":{"q":{"type":"string"}}},"strict":true},
+                "cache_control":{"type":"ephemeral"}}],
+            "tool_choice":{"type":"function","function":{"name":"lookup"}},
+            "parallel_tool_calls":false}"#;
+        let expected = r#"{"model":"claude-x","max_tokens":4096,"system":[{"type":"text","text":"You are an agent."}],"messages":[{"role":"user","content":[{"type":"text","text":"Find them."}]},{"role":"assistant","content":[{"type":"tool_use","id":"call_1","name":"lookup","input":{"q":"a"}},{"type":"tool_use","id":"call_2","name":"lookup","input":{}}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"call_1","content":"[{\"name\":\"p\"}]"},{"type":"tool_result","tool_use_id":"call_2","content":"No result was provided for this tool call.","is_error":true},{"type":"text","text":"Also this."}]}],"tools":[{"name":"lookup","description":"Find people.","input_schema":{"properties":{"q":{"type":"string"}},"type":"object"},"cache_control":{"type":"ephemeral"}}],"tool_choice":{"type":"tool","name":"lookup","disable_parallel_tool_use":true},"stream":true}"#;
+        assert_eq!(written(text, true).as_deref(), Some(expected));
+        assert_eq!(
+            tree_body(text, "claude-x", true),
+            Some(expected.as_bytes().to_vec())
+        );
+    }
+
+    /// Earlier tool calls and no tools: the placeholder tool, and no tool use.
+    #[test]
+    fn tool_calls_without_tools_get_the_placeholder() {
+        let text = r#"{"model":"gpt","messages":[{"role":"user","content":"x"},
+            {"role":"assistant","tool_calls":[{"id":"c","function":{"name":"f","arguments":"{\"a\":[1, 2.0]}"}}]},
+            {"role":"tool","tool_call_id":"c","content":[{"type":"text","text":"done"}]}],
+            "parallel_tool_calls":false}"#;
+        let body = written(text, false).expect("written");
+        assert!(
+            body.contains(r#""tools":[{"name":"no_tools_available""#)
+                && body.ends_with(r#""tool_choice":{"type":"none"}}"#),
+            "{body}"
+        );
+        assert_eq!(Some(body.into_bytes()), tree_body(text, "claude-x", false));
+    }
+
+    /// A tool call whose signed thinking the gateway kept goes to the tree, which
+    /// puts that thinking back before it.
+    #[test]
+    fn calls_with_kept_thinking_are_left_to_the_tree() {
+        let text = r#"{"model":"gpt","messages":[{"role":"user","content":"x"},
+            {"role":"assistant","tool_calls":[{"id":"toolu_raw_kept","function":{"name":"f","arguments":"{}"}}]}]}"#;
+        assert!(written(text, false).is_some());
+        super::super::thinking::remember(
+            vec![serde_json::json!({"type": "thinking", "thinking": "t", "signature": "sig-raw"})],
+            ["toolu_raw_kept"],
+        );
+        assert_eq!(written(text, false), None);
     }
 
     /// Whatever the writer writes is what the tree translation sends, byte for
@@ -287,5 +780,27 @@ mod tests {
             );
             true
         });
+    }
+
+    /// The same for agents' requests (tools, tool calls, tool results): the same
+    /// JSON as the tree translation sends, members in the same order (schemas are
+    /// copied as written, so not always the same bytes).
+    #[test]
+    fn what_is_written_for_an_agent_is_what_the_tree_translation_sends() {
+        let strategy = crate::providers::raw_request::arb::agent_request();
+        crate::providers::raw_request::arb::each_raw_request_of(
+            strategy,
+            1000,
+            350,
+            |case, text| {
+                let stream = case % 2 == 0;
+                let Some(body) = write(text, "claude-x", DEFAULT_MAX_TOKENS, stream) else {
+                    return false;
+                };
+                let tree = tree_body(text, "claude-x", stream).expect("the tree translates it");
+                assert_eq!(normal_json(&body), normal_json(&tree), "{text}");
+                true
+            },
+        );
     }
 }

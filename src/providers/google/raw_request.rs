@@ -257,6 +257,8 @@ mod tests {
         let own = [
             r#"{"model":"m","messages":[{"role":"system","content":"only system"}]}"#,
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":["1","2","3","4","5","6"]}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tool_choice":"auto"}"#,
+            r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"c","content":"x"}]}"#,
         ];
         for text in crate::providers::raw_request::arb::LEFT_TO_EVERY_TREE
             .into_iter()
