@@ -1992,6 +1992,34 @@ b"}"#,
         }
     }
 
+    /// Every ASCII character, alone or two next to each other, anywhere in strings
+    /// shorter and longer than a 16-byte block, and JSON text (a quote every few
+    /// bytes), is written as serde writes it.
+    #[test]
+    fn every_character_is_escaped_as_serde_json_escapes_it() {
+        let mut texts = vec![
+            r#"[{"name":"person 1","email":"p1@example.com"},{"a":"\\"}]"#.repeat(5),
+            "\u{8}\u{c}\n\r\t\u{0}\u{7}\u{1b}".to_owned(),
+        ];
+        for byte in 0u8..0x80 {
+            let c = char::from(byte);
+            for len in [1, 15, 16, 17, 40] {
+                for at in [0, len / 2, len - 1] {
+                    let mut text = "y".repeat(len);
+                    text.replace_range(at..at + 1, &c.to_string());
+                    texts.push(text.clone());
+                    text.insert(at, c);
+                    texts.push(text);
+                }
+            }
+        }
+        for text in texts {
+            let mut ours = Vec::new();
+            write_json_str(&mut ours, &text);
+            assert_eq!(ours, serde_json::to_vec(&text).unwrap(), "{text:?}");
+        }
+    }
+
     /// Long strings go 16 bytes at a time: a quote, an escape, a control character
     /// or a non-ASCII character at every position of strings up to 80 bytes long
     /// is found where serde_json finds it.

@@ -20,6 +20,19 @@ pub fn members<'a, const N: usize>(
     wanted: [&str; N],
     left_to_tree: &[&str],
 ) -> Option<[Option<&'a str>; N]> {
+    members_and(body, wanted, left_to_tree, |_, _| Some(false))
+}
+
+/// [`members`], with the members that `take` takes (it answers `Some(true)` for
+/// them, having walked their value: a large member read in the one walk, not
+/// skipped and walked again) left to it; `take` answers `Some(false)` for the
+/// others, `None` to refuse the request.
+pub fn members_and<'a, const N: usize>(
+    body: &'a str,
+    wanted: [&str; N],
+    left_to_tree: &[&str],
+    mut take: impl FnMut(&mut Walk<'a>, &'a str) -> Option<bool>,
+) -> Option<[Option<&'a str>; N]> {
     let mut values = [None; N];
     let mut walk = Walk::new(body);
     walk.object(|walk, key| {
@@ -36,6 +49,9 @@ pub fn members<'a, const N: usize>(
         }
         if has_escape(key) || left_to_tree.contains(&key) {
             return None;
+        }
+        if take(walk, key)? {
+            return Some(());
         }
         walk.skip().map(drop)
     })?;
@@ -62,22 +78,24 @@ pub struct TextMessage<'a> {
 /// escape, or without a string `role`. Other members are skipped (neither
 /// translation reads them).
 pub fn text_messages<'a>(messages: &'a str, left_to_tree: &[&str]) -> Option<Vec<TextMessage<'a>>> {
-    let messages = text_messages_and(messages, left_to_tree, [])?;
+    let mut walk = Walk::new(messages);
+    let messages = text_messages_and(&mut walk, left_to_tree, [])?;
+    walk.done()?;
     Some(messages.into_iter().map(|(message, [])| message).collect())
 }
 
 /// A message and the members [`text_messages_and`] was asked for.
 pub type MessageAnd<'a, const N: usize> = (TextMessage<'a>, [Option<&'a str>; N]);
 
-/// [`text_messages`] with the members of each message named in `also`, as written
-/// (`None` for those it does not have).
+/// [`text_messages`] of the list at the walk, with the members of each message
+/// named in `also`, as written (`None` for those it does not have).
 pub fn text_messages_and<'a, const N: usize>(
-    messages: &'a str,
+    walk: &mut Walk<'a>,
     left_to_tree: &[&str],
     also: [&str; N],
 ) -> Option<Vec<MessageAnd<'a, N>>> {
     let mut list = Vec::new();
-    Walk::new(messages).array(|walk| {
+    walk.array(|walk| {
         let (mut role, mut texts, mut string) = (None, None, false);
         let mut values = [None; N];
         walk.object(|walk, key| match key {

@@ -31,7 +31,7 @@ use super::request::{json_f64, looks_personal};
 use crate::api::raw_body::named_members_of;
 use crate::json_scan::{first_value, has_escape, string_value, write_json_str, Walk};
 use crate::providers::raw_request::{
-    members, positive, stop_strings, text_messages_and, write_strings, write_text_objects,
+    members_and, positive, stop_strings, text_messages_and, write_strings, write_text_objects,
 };
 
 /// Members the tree translation acts on that this writer leaves to it (`n` other
@@ -89,29 +89,41 @@ type Turn<'a> = (Role, Vec<Block<'a>>);
 /// `model`, with `"stream": true` when `stream`; `None` when the request has
 /// something this writer leaves to the tree translation.
 pub fn write(body: &str, model: &str, default_max_tokens: u64, stream: bool) -> Option<Vec<u8>> {
-    let [messages, max_tokens, max_completion_tokens, temperature, top_p, stop, user, tools, tool_choice, parallel] =
-        members(
+    // The messages and the tools, most of an agent's request, are read where the
+    // walk of the body meets them.
+    let (mut conversation_read, mut tools_read) = (None, None);
+    let mut client_tools = Vec::new();
+    let [max_tokens, max_completion_tokens, temperature, top_p, stop, user, tool_choice, parallel] =
+        members_and(
             body,
             [
-                "messages",
                 "max_tokens",
                 "max_completion_tokens",
                 "temperature",
                 "top_p",
                 "stop",
                 "user",
-                "tools",
                 "tool_choice",
                 "parallel_tool_calls",
             ],
             &LEFT_TO_THE_TREE,
+            |walk, key| match key {
+                "messages" => {
+                    first_value(&mut conversation_read, || conversation(walk)).map(|()| true)
+                }
+                "tools" => first_value(&mut tools_read, || {
+                    if walk.null() {
+                        Some(0)
+                    } else {
+                        write_tools(&mut client_tools, walk)
+                    }
+                })
+                .map(|()| true),
+                _ => Some(false),
+            },
         )?;
-    let (system, turns) = conversation(messages?)?;
-    let mut client_tools = Vec::new();
-    let tools = match tools {
-        None | Some("null") => 0,
-        Some(raw) => write_tools(&mut client_tools, raw)?,
-    };
+    let (system, turns) = conversation_read?;
+    let tools = tools_read.unwrap_or(0);
     let client_choice = match tool_choice {
         None | Some("null") => None,
         Some(raw) => Some(tool_choice_of(raw)?),
@@ -266,10 +278,10 @@ fn tool_choice_of(raw: &str) -> Option<Choice<'_>> {
 /// `parameters` schema and its `cache_control` are copied as written (a schema
 /// without a top-level `type` gets `"type":"object"` after its members, as the
 /// translation inserts it).
-fn write_tools(out: &mut Vec<u8>, raw: &str) -> Option<usize> {
+fn write_tools(out: &mut Vec<u8>, walk: &mut Walk<'_>) -> Option<usize> {
     let mut count = 0;
     out.push(b'[');
-    Walk::new(raw).array(|walk| {
+    walk.array(|walk| {
         if count > 0 {
             out.push(b',');
         }
@@ -444,11 +456,11 @@ fn write_number(out: &mut Vec<u8>, value: f64) {
 /// leading assistant turn, a final assistant turn's trailing whitespace trimmed.
 /// `None` for anything else, and for a conversation the translation refuses
 /// (nothing but system messages).
-fn conversation(raw: &str) -> Option<(Vec<Cow<'_, str>>, Vec<Turn<'_>>)> {
+fn conversation<'a>(walk: &mut Walk<'a>) -> Option<(Vec<Cow<'a, str>>, Vec<Turn<'a>>)> {
     let mut system = Vec::new();
     let mut turns: Vec<Turn<'_>> = Vec::new();
     for (message, [tool_calls, tool_call_id]) in text_messages_and(
-        raw,
+        walk,
         &MESSAGE_MEMBERS_LEFT_TO_THE_TREE,
         ["tool_calls", "tool_call_id"],
     )? {
