@@ -47,6 +47,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 PROXY_BIN = ROOT / "target" / "release" / "lm-proxy-server"
+# A second lm-proxy build (`--compare PATH`, target `lm-proxy-b`), run with the same
+# config and taking turns with the first wherever `lm-proxy` runs: two builds
+# compared in one run on one machine (e.g. bench/pgo.sh's against the plain one).
+COMPARED_BIN: Path | None = None
 UPSTREAM_BIN = ROOT / "target" / "release" / "bench-upstream"
 FLOOR_BIN = ROOT / "target" / "release" / "bench-floor-proxy"
 REF_VENV = BENCH / ".venv-ref"
@@ -321,7 +325,7 @@ VARIANT_TITLES = {
     "metrics_off": "metrics off",
 }
 PEERS = ("reference", "litellm")
-OURS = ("lm-proxy", "lm-proxy-shared", "lm-proxy-default", "lm-proxy-python")
+OURS = ("lm-proxy", "lm-proxy-b", "lm-proxy-shared", "lm-proxy-default", "lm-proxy-python")
 # Proxies without application logic, run in every round like the mock and lm-proxy.
 BARE = ("floor", "nginx", "nginx-log")
 
@@ -351,6 +355,7 @@ def title_of(target: str, scenario: Scenario) -> str:
         "nginx": f"nginx {nginx} reverse proxy (C, no app logic)",
         "nginx-log": f"nginx {nginx}, with a buffered access log (a line a request, as lm-proxy)",
         "lm-proxy": f"lm-proxy ({variant})" if variant else "lm-proxy",
+        "lm-proxy-b": f"lm-proxy B ({COMPARED_BIN})",
         "lm-proxy-shared": "lm-proxy, shared runtime (--threads 0)",
         "lm-proxy-default": "lm-proxy (default config)",
         "lm-proxy-python": "lm-proxy Python package",
@@ -900,7 +905,8 @@ def start_target(
         if target == "lm-proxy-python":
             argv = [args.ext_python, "-m", "lm_proxy", "--config", str(config), "--env", ""]
         else:
-            argv = [str(PROXY_BIN), "--config", str(config), "--env", ""]
+            binary = COMPARED_BIN if target == "lm-proxy-b" else PROXY_BIN
+            argv = [str(binary), "--config", str(config), "--env", ""]
         if target == "lm-proxy-shared":
             argv += ["--threads", "0"]
         server = Server(tag, argv, port, "/health", log_dir, env=env)
@@ -1196,6 +1202,8 @@ def report(results: dict[tuple[str, str], Result], meta: dict, args: argparse.Na
         targets = list(scenario.targets)
         if "direct" not in targets:
             targets.insert(0, "direct")
+        if "lm-proxy" in targets:
+            targets.insert(targets.index("lm-proxy") + 1, "lm-proxy-b")
         for target in targets:
             r = results.get((scenario.name, target))
             if r is None and target == "direct":
@@ -1378,11 +1386,20 @@ def main() -> int:
         help="interpreter whose lm_proxy package runs the Python-extension scenario "
         "(default: python3 on PATH)",
     )
+    parser.add_argument(
+        "--compare",
+        type=Path,
+        default=None,
+        help="a second lm-proxy-server binary, run as target lm-proxy-b after lm-proxy "
+        "wherever it runs (same config, taking turns)",
+    )
     parser.add_argument("--out", default=str(BENCH / "RESULTS.md"))
     parser.add_argument("--command", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    global COMPARED_BIN
+    COMPARED_BIN = args.compare.resolve() if args.compare else None
 
-    for binary in (PROXY_BIN, UPSTREAM_BIN):
+    for binary in (PROXY_BIN, UPSTREAM_BIN, *([COMPARED_BIN] if COMPARED_BIN else [])):
         if not binary.exists():
             print(f"missing {binary}: run `cargo build --release` first", file=sys.stderr)
             return 1
@@ -1432,6 +1449,8 @@ def main() -> int:
             if args.only and scenario.name not in args.only:
                 continue
             targets = [t for t in scenario.targets if wanted(t)]
+            if COMPARED_BIN and "lm-proxy" in targets:
+                targets.insert(targets.index("lm-proxy") + 1, "lm-proxy-b")
             base = scenario.baseline
             if base and wanted("direct"):
                 # The direct run of the baseline's request, taking turns with the others
