@@ -131,6 +131,9 @@ pub fn convert_messages(messages: &[Value]) -> Result<(Vec<Value>, Vec<Turn>), A
     Ok((system, turns))
 }
 
+/// The content of the error result given to a tool call that has none.
+pub const NO_RESULT: &str = "No result was provided for this tool call.";
+
 /// Every `tool_use` needs a `tool_result` in the very next user turn; missing ones
 /// get an error result so that the request is not rejected as a whole.
 fn add_missing_tool_results(turns: &mut Vec<Turn>) {
@@ -174,7 +177,7 @@ fn add_missing_tool_results(turns: &mut Vec<Turn>) {
             .filter(|id| !answered.contains(id))
             .map(|id| {
                 json!({"type": "tool_result", "tool_use_id": id,
-                       "content": "No result was provided for this tool call.", "is_error": true})
+                       "content": NO_RESULT, "is_error": true})
             })
             .collect();
         let at = next

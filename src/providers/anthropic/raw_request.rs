@@ -26,7 +26,7 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
-use super::messages::sanitize_tool_id;
+use super::messages::{sanitize_tool_id, NO_RESULT};
 use super::request::{json_f64, looks_personal};
 use crate::api::raw_body::named_members_of;
 use crate::json_scan::{first_value, has_escape, string_value, write_json_str, Walk};
@@ -44,9 +44,6 @@ const LEFT_TO_THE_TREE: [&str; 4] = ["top_k", "response_format", "reasoning_effo
 /// and `tool_call_id` (an assistant's earlier reasoning).
 const MESSAGE_MEMBERS_LEFT_TO_THE_TREE: [&str; 3] =
     ["thinking_blocks", "reasoning_content", "reasoning"];
-
-/// The content of the error result the translation gives a tool call that has none.
-const NO_RESULT: &str = "No result was provided for this tool call.";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Role {
@@ -159,7 +156,7 @@ pub fn write(body: &str, model: &str, default_max_tokens: u64, stream: bool) -> 
     let (tools, mut choice) = if tools > 0 {
         (Some(&client_tools[..]), client_choice)
     } else if history_has_tools {
-        (Some(PLACEHOLDER_TOOLS), Some(Choice::None))
+        (Some(&PLACEHOLDER_TOOLS[..]), Some(Choice::None))
     } else {
         (None, None)
     };
@@ -242,8 +239,11 @@ pub fn write(body: &str, model: &str, default_max_tokens: u64, stream: bool) -> 
 }
 
 /// The tools the translation sends when the conversation has tool calls and the
-/// client no tools: one placeholder, never to be called.
-const PLACEHOLDER_TOOLS: &[u8] = br#"[{"name":"no_tools_available","description":"Placeholder so that earlier tool calls can be replayed; never call it.","input_schema":{"type":"object","properties":{}}}]"#;
+/// client no tools (`request::placeholder_tool`), written once.
+static PLACEHOLDER_TOOLS: std::sync::LazyLock<Vec<u8>> = std::sync::LazyLock::new(|| {
+    serde_json::to_vec(&[super::request::placeholder_tool()])
+        .expect("a JSON value always serializes")
+});
 
 /// A client's `tool_choice`, as `tools::convert_tool_choice` reads it.
 enum Choice<'a> {
@@ -675,6 +675,16 @@ mod tests {
         write(text, "claude-x", DEFAULT_MAX_TOKENS, stream).map(|b| String::from_utf8(b).unwrap())
     }
 
+    /// `text`, streamed, is written as `expected`, byte for byte what the tree
+    /// translation sends.
+    fn assert_written_as_the_tree_writes(text: &str, expected: &str) {
+        assert_eq!(written(text, true).as_deref(), Some(expected));
+        assert_eq!(
+            tree_body(text, "claude-x", true),
+            Some(expected.as_bytes().to_vec())
+        );
+    }
+
     #[test]
     fn a_usual_request_is_written_as_the_translation_writes_it() {
         let text = r#"{"model":"gpt","messages":[{"role":"system","content":"Be brief."},
@@ -682,11 +692,7 @@ mod tests {
             {"role":"assistant","content":"Hello  "}],"temperature":1.5,"top_p":0.5,
             "stop":["\n"," ","END"],"user":"u-1","seed":7,"n":1}"#;
         let expected = r#"{"model":"claude-x","max_tokens":4096,"system":[{"type":"text","text":"Be brief."}],"messages":[{"role":"user","content":[{"type":"text","text":"Hi \"there\" é"}]},{"role":"assistant","content":[{"type":"text","text":"Hello"}]}],"stop_sequences":["END"],"temperature":1.0,"metadata":{"user_id":"u-1"},"stream":true}"#;
-        assert_eq!(written(text, true).as_deref(), Some(expected));
-        assert_eq!(
-            tree_body(text, "claude-x", true),
-            Some(expected.as_bytes().to_vec())
-        );
+        assert_written_as_the_tree_writes(text, expected);
     }
 
     #[test]
@@ -737,11 +743,7 @@ mod tests {
             "tool_choice":{"type":"function","function":{"name":"lookup"}},
             "parallel_tool_calls":false}"#;
         let expected = r#"{"model":"claude-x","max_tokens":4096,"system":[{"type":"text","text":"You are an agent."}],"messages":[{"role":"user","content":[{"type":"text","text":"Find them."}]},{"role":"assistant","content":[{"type":"tool_use","id":"call_1","name":"lookup","input":{"q":"a"}},{"type":"tool_use","id":"call_2","name":"lookup","input":{}}]},{"role":"user","content":[{"type":"tool_result","tool_use_id":"call_1","content":"[{\"name\":\"p\"}]"},{"type":"tool_result","tool_use_id":"call_2","content":"No result was provided for this tool call.","is_error":true},{"type":"text","text":"Also this."}]}],"tools":[{"name":"lookup","description":"Find people.","input_schema":{"properties":{"q":{"type":"string"}},"type":"object"},"cache_control":{"type":"ephemeral"}}],"tool_choice":{"type":"tool","name":"lookup","disable_parallel_tool_use":true},"stream":true}"#;
-        assert_eq!(written(text, true).as_deref(), Some(expected));
-        assert_eq!(
-            tree_body(text, "claude-x", true),
-            Some(expected.as_bytes().to_vec())
-        );
+        assert_written_as_the_tree_writes(text, expected);
     }
 
     /// Earlier tool calls and no tools: the placeholder tool, and no tool use.

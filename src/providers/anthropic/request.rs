@@ -140,11 +140,7 @@ pub fn translate(
     } else if client_has_tools {
         tool_choice = client_tool_choice;
     } else if history_has_tools {
-        tools.push(json!({
-            "name": PLACEHOLDER_TOOL_NAME,
-            "description": "Placeholder so that earlier tool calls can be replayed; never call it.",
-            "input_schema": {"type": "object", "properties": {}},
-        }));
+        tools.push(placeholder_tool());
         tool_choice = Some(Map::from_iter([("type".to_owned(), json!("none"))]));
     }
     // `tool_choice` without tools is meaningless (and rejected upstream): dropped.
@@ -271,6 +267,16 @@ pub fn translate(
         tracing::debug!(fields = ?dropped, "request fields Anthropic has no equivalent for are dropped");
     }
     Ok(Translated { body, json_mode })
+}
+
+/// The tool sent when the conversation has tool calls and the client no tools
+/// (Anthropic refuses tool blocks without a tool list): never to be called.
+pub fn placeholder_tool() -> Value {
+    json!({
+        "name": PLACEHOLDER_TOOL_NAME,
+        "description": "Placeholder so that earlier tool calls can be replayed; never call it.",
+        "input_schema": {"type": "object", "properties": {}},
+    })
 }
 
 /// [`translate`]'s body with `stream` set, as the bytes sent upstream.
