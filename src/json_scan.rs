@@ -908,6 +908,110 @@ pub fn string_value(raw: &str) -> Option<std::borrow::Cow<'_, str>> {
     }
 }
 
+/// A JSON string taken from a checked text to be written out again (the upstream
+/// requests that `providers::*::raw_request` write from a client's). A client's
+/// long texts (a tool's result, which is JSON in a string, a prompt with newlines)
+/// are mostly escapes, and decoding them only to escape them again was a good part
+/// of writing an agent's request (bench/README.md, session 33): a literal whose
+/// escapes are all the ones serde_json writes is copied as it is, byte for byte
+/// what serde_json would write for its value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JsonText<'a> {
+    /// A string literal, quotes included, exactly as serde_json writes its value.
+    Written(&'a str),
+    /// The value of a literal written otherwise (`\/`, `\u00e9`, ...), or a text
+    /// the writer made.
+    Value(std::borrow::Cow<'a, str>),
+}
+
+impl<'a> JsonText<'a> {
+    /// The text it stands for.
+    pub fn value(&self) -> std::borrow::Cow<'a, str> {
+        match self {
+            JsonText::Written(literal) => {
+                string_value(literal).expect("a literal checked by the walk")
+            }
+            JsonText::Value(value) => value.clone(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        match self {
+            JsonText::Written(literal) => literal.len() == 2,
+            JsonText::Value(value) => value.is_empty(),
+        }
+    }
+
+    /// Whether it is empty or only whitespace (`str::trim`'s). Most texts start with
+    /// a printable ASCII character and are answered without decoding.
+    pub fn is_blank(&self) -> bool {
+        match self {
+            JsonText::Written(literal) => match literal.as_bytes()[1] {
+                b'"' => true,
+                byte if byte > b' ' && byte < 0x7f && byte != b'\\' => false,
+                _ => self.value().trim().is_empty(),
+            },
+            JsonText::Value(value) => value.trim().is_empty(),
+        }
+    }
+
+    /// Its trailing whitespace (`str::trim_end`'s) taken off.
+    pub fn trim_end(&mut self) {
+        let value = self.value();
+        let trimmed = value.trim_end();
+        if trimmed.len() != value.len() {
+            *self = JsonText::Value(match value {
+                std::borrow::Cow::Borrowed(value) => std::borrow::Cow::Borrowed(value.trim_end()),
+                std::borrow::Cow::Owned(value) => {
+                    std::borrow::Cow::Owned(value.trim_end().to_owned())
+                }
+            });
+        }
+    }
+
+    /// Writes it to `out` as a JSON string, as serde_json writes its value.
+    pub fn write(&self, out: &mut Vec<u8>) {
+        match self {
+            JsonText::Written(literal) => out.extend_from_slice(literal.as_bytes()),
+            JsonText::Value(value) => write_json_str(out, value),
+        }
+    }
+}
+
+/// Whether every escape in `inside` (a checked string literal's inside) is the one
+/// serde_json writes for its character: `\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`,
+/// and `\u00xx` (lowercase hex) for the other control characters. Not `\/`, nor a
+/// `\u` escape of anything else: serde_json writes those characters as they are.
+fn escapes_as_serde_writes(inside: &[u8]) -> bool {
+    let mut at = 0;
+    while let Some(found) = memchr::memchr(b'\\', &inside[at..]) {
+        let escape = at + found;
+        match inside.get(escape + 1) {
+            Some(b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't') => at = escape + 2,
+            Some(b'u') => {
+                let Some(&[b'0', b'0', high @ (b'0' | b'1'), low]) =
+                    inside.get(escape + 2..escape + 6)
+                else {
+                    return false;
+                };
+                let low = match low {
+                    b'0'..=b'9' => low - b'0',
+                    b'a'..=b'f' => low - b'a' + 10,
+                    _ => return false,
+                };
+                let unit = (high - b'0') * 16 + low;
+                // These have short escapes.
+                if matches!(unit, 0x08 | 0x09 | 0x0a | 0x0c | 0x0d) {
+                    return false;
+                }
+                at = escape + 6;
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
 /// A walk through one JSON value, for readers that want a few members of a small
 /// object without building it (`api::responses::stream`): each value is scanned
 /// once, either skipped (and checked as [`scan_object`] checks values) or walked
@@ -918,6 +1022,9 @@ pub struct Walk<'a> {
     scan: Scanner<'a>,
     /// Where the key of the member being taken starts (its quote).
     key_at: usize,
+    /// The text was checked before (see [`Walk::checked`]): values are skipped
+    /// without checking them again.
+    checked: bool,
 }
 
 impl<'a> Walk<'a> {
@@ -930,6 +1037,21 @@ impl<'a> Walk<'a> {
             text,
             scan,
             key_at: 0,
+            checked: false,
+        }
+    }
+
+    /// A walk through a text that was checked as JSON before, all of it (a
+    /// `RawBody`'s, which its door's reader walked, or a part of one): what it walks
+    /// into is read as [`Walk::new`]'s walk reads it, but what it skips is only
+    /// measured, by its brackets and its strings' quotes, not checked a second time
+    /// (an agent's tool schemas are most of its request; bench/README.md, session
+    /// 33). On a text that was not checked, a skip ends at some place in the text or
+    /// answers `None`.
+    pub fn checked(text: &'a str) -> Walk<'a> {
+        Walk {
+            checked: true,
+            ..Walk::new(text)
         }
     }
 
@@ -1056,7 +1178,11 @@ impl<'a> Walk<'a> {
     /// Takes one value, checked; its text.
     pub fn skip(&mut self) -> Option<&'a str> {
         let start = self.scan.at;
-        self.scan.value()?;
+        if self.checked {
+            self.scan.at = past_checked_value(self.scan.text, start)?;
+        } else {
+            self.scan.value()?;
+        }
         let text = &self.text[start..self.scan.at];
         self.scan.skip_whitespace();
         Some(text)
@@ -1124,6 +1250,26 @@ impl<'a> Walk<'a> {
                 .map(std::borrow::Cow::Owned)
         } else {
             Some(std::borrow::Cow::Borrowed(&raw[1..raw.len() - 1]))
+        }
+    }
+
+    /// Takes a string as a writer that copies it out again wants it: the literal as
+    /// written when that is how serde_json writes its value (see [`JsonText`]), so
+    /// that it is not decoded here and escaped again there.
+    pub fn text(&mut self) -> Option<JsonText<'a>> {
+        if !self.at_string() {
+            return None;
+        }
+        let start = self.scan.at;
+        let escaped = self.scan.string()?;
+        let literal = &self.text[start..self.scan.at];
+        self.scan.skip_whitespace();
+        if !escaped || escapes_as_serde_writes(&literal.as_bytes()[1..literal.len() - 1]) {
+            Some(JsonText::Written(literal))
+        } else {
+            serde_json::from_str::<String>(literal)
+                .ok()
+                .map(|value| JsonText::Value(std::borrow::Cow::Owned(value)))
         }
     }
 
@@ -1307,6 +1453,218 @@ fn string_stops_16(chunk: &[u8]) -> u32 {
         let control = _mm_cmpeq_epi8(_mm_min_epu8(bytes, _mm_set1_epi8(0x1f)), bytes);
         _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(quote, backslash), control)) as u32
     }
+}
+
+/// Bit `n` is set when byte `n` of `chunk` (16 bytes or more) is a bracket or a
+/// quote: what [`past_checked_value`] looks for. `[` and `{` differ only in bit 5,
+/// as `]` and `}` do, so each pair is one comparison with that bit set.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn structure_stops_16(chunk: &[u8]) -> u32 {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    assert!(chunk.len() >= 16);
+    // SAFETY: as in `string_stops_16`: SSE2 is baseline, the load is unaligned and
+    // within `chunk`.
+    unsafe {
+        let bytes = _mm_loadu_si128(chunk.as_ptr().cast());
+        let folded = _mm_or_si128(bytes, _mm_set1_epi8(0x20));
+        let open = _mm_cmpeq_epi8(folded, _mm_set1_epi8(b'{' as i8));
+        let close = _mm_cmpeq_epi8(folded, _mm_set1_epi8(b'}' as i8));
+        let quote = _mm_cmpeq_epi8(bytes, _mm_set1_epi8(b'"' as i8));
+        _mm_movemask_epi8(_mm_or_si128(_mm_or_si128(open, close), quote)) as u32
+    }
+}
+
+/// Bit `n` is set when byte `n` of `chunk` (16 bytes or more) is a quote or a
+/// backslash.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn quote_or_backslash_16(chunk: &[u8]) -> u32 {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    assert!(chunk.len() >= 16);
+    // SAFETY: as in `string_stops_16`.
+    unsafe {
+        let bytes = _mm_loadu_si128(chunk.as_ptr().cast());
+        let quote = _mm_cmpeq_epi8(bytes, _mm_set1_epi8(b'"' as i8));
+        let backslash = _mm_cmpeq_epi8(bytes, _mm_set1_epi8(b'\\' as i8));
+        _mm_movemask_epi8(_mm_or_si128(quote, backslash)) as u32
+    }
+}
+
+/// The index of the first bracket or quote at or after `i`.
+#[inline(always)]
+fn next_bracket_or_quote(text: &[u8], mut i: usize) -> Option<usize> {
+    #[cfg(target_arch = "x86_64")]
+    while let Some(chunk) = text.get(i..i + 16) {
+        let stops = structure_stops_16(chunk);
+        if stops != 0 {
+            return Some(i + stops.trailing_zeros() as usize);
+        }
+        i += 16;
+    }
+    text.get(i..)?
+        .iter()
+        .position(|&b| matches!(b, b'"' | b'[' | b']' | b'{' | b'}'))
+        .map(|found| i + found)
+}
+
+/// Past the string whose opening quote is before `i`, in a checked text: the index
+/// after its closing quote.
+#[inline(always)]
+fn past_checked_string(text: &[u8], mut i: usize) -> Option<usize> {
+    loop {
+        #[cfg(target_arch = "x86_64")]
+        while let Some(chunk) = text.get(i..i + 16) {
+            let stops = quote_or_backslash_16(chunk);
+            if stops != 0 {
+                i += stops.trailing_zeros() as usize;
+                break;
+            }
+            i += 16;
+        }
+        match *text.get(i)? {
+            b'"' => return Some(i + 1),
+            // An escape: the byte after the backslash is not the string's end.
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+}
+
+/// Past the value at `start` of a text that was checked before (a
+/// [`Walk::checked`]'s): the index after it. Only a container's brackets and its
+/// strings' quotes and backslashes are looked at; a number or literal ends at the
+/// first byte that cannot be in one.
+fn past_checked_value(text: &[u8], start: usize) -> Option<usize> {
+    match *text.get(start)? {
+        b'"' => past_checked_string(text, start + 1),
+        b'{' | b'[' => past_checked_container(text, start),
+        _ => Some(
+            start
+                + text[start..]
+                    .iter()
+                    .position(|&b| matches!(b, b',' | b']' | b'}') || b <= b' ')
+                    .unwrap_or(text.len() - start),
+        ),
+    }
+}
+
+/// Past the container whose opening bracket is at `start`, in a checked text: the
+/// index after its closing bracket. 64 bytes at a time where they hold no
+/// backslash: the quotes say which bytes are inside strings (each quote opens or
+/// closes one, so a running XOR of the quote bits marks them), the brackets outside
+/// them are counted, and only a block where the count may come back to zero is
+/// looked at bracket by bracket. A tool's schema, short strings and brackets, is a
+/// quote every few bytes: one at a time that was some 30 instructions each.
+/// Blocks with an escape, and the text's last bytes, are taken stop by stop.
+fn past_checked_container(text: &[u8], start: usize) -> Option<usize> {
+    // Past the opening bracket: one container open, outside any string.
+    let (mut depth, mut i, mut in_string) = (1usize, start + 1, false);
+    loop {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(block) = text.get(i..i + 64) {
+            let [quotes, backslashes, opens, closes] = structure_64(block);
+            if backslashes == 0 {
+                let mut inside = running_xor(quotes);
+                if in_string {
+                    inside = !inside;
+                }
+                in_string = inside >> 63 == 1;
+                let (opens, closes) = (opens & !inside, closes & !inside);
+                if (closes.count_ones() as usize) >= depth {
+                    // The container may end here.
+                    let mut brackets = opens | closes;
+                    while brackets != 0 {
+                        let at = brackets.trailing_zeros();
+                        brackets &= brackets - 1;
+                        if opens >> at & 1 == 1 {
+                            depth += 1;
+                        } else {
+                            depth -= 1;
+                            if depth == 0 {
+                                return Some(i + at as usize + 1);
+                            }
+                        }
+                    }
+                } else {
+                    depth = depth + opens.count_ones() as usize - closes.count_ones() as usize;
+                }
+                i += 64;
+                continue;
+            }
+        }
+        if in_string {
+            i = past_checked_string(text, i)?;
+            in_string = false;
+        }
+        // Stop by stop to past this block (always outside a string between stops),
+        // then blocks again.
+        let end = i + 64;
+        while i < end {
+            i = next_bracket_or_quote(text, i)?;
+            match text[i] {
+                b'"' => i = past_checked_string(text, i + 1)?,
+                b'{' | b'[' => {
+                    depth += 1;
+                    i += 1;
+                }
+                _ => {
+                    depth -= 1;
+                    i += 1;
+                    if depth == 0 {
+                        return Some(i);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The quotes, backslashes, opening and closing brackets of the 64 bytes of
+/// `block`, a bit per byte each.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn structure_64(block: &[u8]) -> [u64; 4] {
+    use std::arch::x86_64::{
+        _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
+    };
+    assert!(block.len() >= 64);
+    let mut masks = [0u64; 4];
+    for part in 0..4 {
+        // SAFETY: as in `string_stops_16`: SSE2 is baseline, the load is unaligned
+        // and within `block` (64 bytes, checked above).
+        let found = unsafe {
+            let bytes = _mm_loadu_si128(block.as_ptr().add(16 * part).cast());
+            // `[` and `{` differ only in bit 5, as `]` and `}` do.
+            let folded = _mm_or_si128(bytes, _mm_set1_epi8(0x20));
+            [
+                _mm_cmpeq_epi8(bytes, _mm_set1_epi8(b'"' as i8)),
+                _mm_cmpeq_epi8(bytes, _mm_set1_epi8(b'\\' as i8)),
+                _mm_cmpeq_epi8(folded, _mm_set1_epi8(b'{' as i8)),
+                _mm_cmpeq_epi8(folded, _mm_set1_epi8(b'}' as i8)),
+            ]
+            .map(|mask| _mm_movemask_epi8(mask) as u16)
+        };
+        for (mask, bits) in masks.iter_mut().zip(found) {
+            *mask |= u64::from(bits) << (16 * part);
+        }
+    }
+    masks
+}
+
+/// Bit `n` of the answer is the XOR of bits `0..=n` of `bits`: with quote bits, set
+/// from each opening quote up to (not including) its closing one.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn running_xor(mut bits: u64) -> u64 {
+    for shift in [1, 2, 4, 8, 16, 32] {
+        bits ^= bits << shift;
+    }
+    bits
 }
 
 /// The index of the first byte at or after `i` that is not an ASCII digit
@@ -1840,6 +2198,181 @@ b"}"#,
         assert_eq!(memo.string_span(&last), None);
     }
     use serde::de::{IgnoredAny, MapAccess, Visitor};
+
+    /// Every way a JSON text may write each ASCII character (and a few others),
+    /// alone and among other escapes: `Walk::text` keeps the literal exactly when it
+    /// is what serde_json writes for the value, and what it writes and stands for is
+    /// always serde_json's.
+    #[test]
+    fn a_text_is_copied_only_when_serde_json_writes_it_so() {
+        let mut forms: Vec<(char, String)> = Vec::new();
+        for c in (0u8..0x80).map(char::from).chain(['é', '\u{2028}', '😀']) {
+            if c >= ' ' && c != '"' && c != '\\' {
+                forms.push((c, c.to_string()));
+            }
+            let short = match c {
+                '"' => Some('"'),
+                '\\' => Some('\\'),
+                '/' => Some('/'),
+                '\u{8}' => Some('b'),
+                '\u{c}' => Some('f'),
+                '\n' => Some('n'),
+                '\r' => Some('r'),
+                '\t' => Some('t'),
+                _ => None,
+            };
+            if let Some(short) = short {
+                forms.push((c, format!("\\{short}")));
+            }
+            let mut units = [0u16; 2];
+            let units = c.encode_utf16(&mut units);
+            let lower: String = units.iter().map(|u| format!("\\u{u:04x}")).collect();
+            let upper: String = units.iter().map(|u| format!("\\u{u:04X}")).collect();
+            forms.push((c, lower.clone()));
+            if upper != lower {
+                forms.push((c, upper));
+            }
+        }
+        let mut copied = 0;
+        for (c, form) in &forms {
+            for (value, written) in [
+                (format!("a{c}b"), format!("\"a{form}b\"")),
+                (format!("{c}"), format!("\"{form}\"")),
+                (
+                    format!("x\"\n{c}\\\u{1f}"),
+                    format!("\"x\\\"\\n{form}\\\\\\u001f\""),
+                ),
+            ] {
+                let text = Walk::new(&written).text().expect("a string");
+                let serde_writes = serde_json::to_string(&value).unwrap();
+                assert_eq!(text.value(), value, "{written}");
+                let mut out = Vec::new();
+                text.write(&mut out);
+                assert_eq!(String::from_utf8(out).unwrap(), serde_writes, "{written}");
+                assert_eq!(
+                    matches!(text, JsonText::Written(_)),
+                    written == serde_writes,
+                    "{written}"
+                );
+                copied += usize::from(written == serde_writes);
+            }
+        }
+        assert!(copied > 3 * 100, "{copied}");
+        assert_eq!(Walk::new("1").text(), None);
+        assert_eq!(Walk::new(r#""\u00""#).text(), None);
+    }
+
+    #[test]
+    fn a_texts_blankness_and_trimmed_end_are_its_values() {
+        for written in [
+            r#""""#,
+            r#"" ""#,
+            r#""\n\t \r""#,
+            r#""\u000b\f""#,
+            "\"\u{3000}\u{2028}\"",
+            r#""\u3000""#,
+            r#""a""#,
+            r#""\"""#,
+            r#"" a ""#,
+            r#""a \n""#,
+            r#""a\u3000""#,
+            "\"a\u{3000}\"",
+            r#""\\""#,
+            r#""é\n""#,
+        ] {
+            let value: String = serde_json::from_str(written).unwrap();
+            let mut text = Walk::new(written).text().unwrap();
+            assert_eq!(text.is_blank(), value.trim().is_empty(), "{written}");
+            assert_eq!(text.is_empty(), value.is_empty(), "{written}");
+            text.trim_end();
+            assert_eq!(text.value(), value.trim_end(), "{written}");
+            let mut out = Vec::new();
+            text.write(&mut out);
+            assert_eq!(
+                out,
+                serde_json::to_vec(value.trim_end()).unwrap(),
+                "{written}"
+            );
+        }
+    }
+
+    /// Any JSON value a few levels deep, its strings full of what a skip must see
+    /// past: quotes, backslashes, brackets, non-ASCII.
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            1 => Just(Value::Null),
+            1 => any::<bool>().prop_map(Value::Bool),
+            1 => any::<i64>().prop_map(|n| serde_json::json!(n)),
+            1 => any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(|f| serde_json::json!(f)),
+            // Mostly without escapes, which a checked skip takes 64 bytes at a time.
+            6 => "[a-z \\[\\]{}:,\u{e9}\u{1F600}]{0,24}".prop_map(Value::String),
+            2 => "[a-z \\\\\"\\[\\]{}:,\u{e9}\u{1F600}\n\u{1}]{0,20}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(5, 64, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec(("[a-z\"\\\\\\[{]{0,4}", inner), 0..6)
+                    .prop_map(|pairs| Value::Object(pairs.into_iter().collect())),
+            ]
+        })
+    }
+
+    /// What a walk skips of each member of an object (of each item, for a list).
+    fn skipped(mut walk: Walk<'_>) -> Option<Vec<&str>> {
+        let mut values = Vec::new();
+        walk.object(|walk, _| {
+            if walk.at_array() {
+                walk.array(|walk| {
+                    values.push(walk.skip()?);
+                    Some(())
+                })
+            } else {
+                values.push(walk.skip()?);
+                Some(())
+            }
+        })?;
+        walk.done()?;
+        Some(values)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(1000))]
+
+        /// A checked walk skips each value of a valid text exactly as far as the
+        /// checking walk does, written compactly or with spaces and newlines.
+        #[test]
+        fn a_checked_skip_ends_where_the_checking_skip_ends(
+            values in proptest::collection::vec(any_json(), 1..5),
+            pretty in proptest::bool::ANY,
+        ) {
+            let object: serde_json::Map<String, Value> = values
+                .into_iter()
+                .enumerate()
+                .map(|(i, value)| (format!("k{i}"), value))
+                .collect();
+            let text = if pretty {
+                serde_json::to_string_pretty(&object).unwrap()
+            } else {
+                serde_json::to_string(&object).unwrap()
+            };
+            let checking = skipped(Walk::new(&text));
+            proptest::prop_assert!(checking.is_some(), "{}", text);
+            proptest::prop_assert_eq!(skipped(Walk::checked(&text)), checking);
+        }
+
+        /// On a text that was not checked, a checked walk's skips end somewhere or
+        /// answer `None`: no panic, no reading outside the text.
+        #[test]
+        fn a_checked_skip_of_a_bad_text_does_not_panic(
+            text in "[ \"\\\\\\[\\]{}:,a1e.\\-tn\u{e9}]{0,40}",
+        ) {
+            let _ = skipped(Walk::checked(&format!("{{\"k\":{text}")));
+            let _ = skipped(Walk::checked(&text));
+        }
+    }
 
     #[test]
     fn past_digits_stops_where_a_byte_loop_stops() {

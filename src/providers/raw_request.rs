@@ -7,10 +7,11 @@
 
 use std::borrow::Cow;
 
-use crate::json_scan::{first_value, has_escape, write_json_str, Walk};
+use crate::json_scan::{first_value, has_escape, write_json_str, JsonText, Walk};
 
-/// The values of the top-level members named in `wanted`, as written (`null`
-/// included), in `wanted`'s order. `n` is taken when it is `1` or `null` (one
+/// The values of the top-level members of `body` (a chat request a door's reader
+/// checked, all of it: its values are skipped unchecked, see `Walk::checked`)
+/// named in `wanted`, as written (`null` included), in `wanted`'s order. `n` is taken when it is `1` or `null` (one
 /// choice, as without it). `None` for a member in `left_to_tree`, a member given
 /// twice or a key with an escape (which might spell one); every other member is
 /// skipped (`model` is the routed one, `stream` the call's, the rest dropped by
@@ -34,7 +35,7 @@ pub fn members_and<'a, const N: usize>(
     mut take: impl FnMut(&mut Walk<'a>, &'a str) -> Option<bool>,
 ) -> Option<[Option<&'a str>; N]> {
     let mut values = [None; N];
-    let mut walk = Walk::new(body);
+    let mut walk = Walk::checked(body);
     walk.object(|walk, key| {
         if let Some(i) = wanted.iter().position(|w| *w == key) {
             if values[i].is_some() {
@@ -65,7 +66,7 @@ pub struct TextMessage<'a> {
     /// Its texts: a string content is one, a list of text parts one per part,
     /// `null` or no content none. Both translations treat each part's text as they
     /// treat a string content.
-    pub texts: Vec<Cow<'a, str>>,
+    pub texts: Vec<JsonText<'a>>,
     /// Whether the content was a string (a tool message's is kept as a string, its
     /// parts as blocks).
     pub string: bool,
@@ -78,7 +79,7 @@ pub struct TextMessage<'a> {
 /// escape, or without a string `role`. Other members are skipped (neither
 /// translation reads them).
 pub fn text_messages<'a>(messages: &'a str, left_to_tree: &[&str]) -> Option<Vec<TextMessage<'a>>> {
-    let mut walk = Walk::new(messages);
+    let mut walk = Walk::checked(messages);
     let messages = text_messages_and(&mut walk, left_to_tree, [])?;
     walk.done()?;
     Some(messages.into_iter().map(|(message, [])| message).collect())
@@ -105,7 +106,7 @@ pub fn text_messages_and<'a, const N: usize>(
                     Vec::new()
                 } else if walk.at_string() {
                     string = true;
-                    vec![walk.string()?]
+                    vec![walk.text()?]
                 } else {
                     text_parts(walk)?
                 })
@@ -131,13 +132,13 @@ pub fn text_messages_and<'a, const N: usize>(
 
 /// A list of parts that are each `{"type":"text","text":"…"}` (members in any
 /// order, nothing else): their texts.
-fn text_parts<'a>(walk: &mut Walk<'a>) -> Option<Vec<Cow<'a, str>>> {
+fn text_parts<'a>(walk: &mut Walk<'a>) -> Option<Vec<JsonText<'a>>> {
     let mut texts = Vec::new();
     walk.array(|walk| {
         let (mut kind, mut text) = (None, None);
         walk.object(|walk, key| match key {
             "type" => first_value(&mut kind, || walk.string()),
-            "text" => first_value(&mut text, || walk.string()),
+            "text" => first_value(&mut text, || walk.text()),
             _ => None,
         })?;
         (kind? == "text").then_some(())?;
@@ -184,14 +185,14 @@ pub fn stop_strings(raw: Option<&str>) -> Option<Vec<Cow<'_, str>>> {
 
 /// `[<head>"…"},…]`: each text as a JSON string in an object that `head` opens
 /// (Anthropic's `{"type":"text","text":`, Gemini's `{"text":`).
-pub fn write_text_objects(out: &mut Vec<u8>, head: &[u8], texts: &[Cow<'_, str>]) {
+pub fn write_text_objects(out: &mut Vec<u8>, head: &[u8], texts: &[JsonText<'_>]) {
     out.push(b'[');
     for (i, text) in texts.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(head);
-        write_json_str(out, text);
+        text.write(out);
         out.push(b'}');
     }
     out.push(b']');
@@ -228,6 +229,9 @@ pub mod arb {
             "\"é 😀 </script>\u{2028}\"",
             r#""\u0041\u0020""#,
             r#""\u3000""#,
+            // Escapes as serde_json writes them (copied as written), and not.
+            r#""{\"a\": \"b\\\\c\"}\u001f\b\f""#,
+            r#""line\u000a\u001F""#,
         ])
     }
 

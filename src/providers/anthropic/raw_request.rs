@@ -29,7 +29,7 @@ use serde_json::Value;
 use super::messages::{sanitize_tool_id, NO_RESULT};
 use super::request::{json_f64, looks_personal};
 use crate::api::raw_body::named_members_of;
-use crate::json_scan::{first_value, has_escape, string_value, write_json_str, Walk};
+use crate::json_scan::{first_value, has_escape, string_value, write_json_str, JsonText, Walk};
 use crate::providers::raw_request::{
     members_and, positive, stop_strings, text_messages_and, write_strings, write_text_objects,
 };
@@ -53,7 +53,7 @@ enum Role {
 
 /// One content block of a turn, as the translation makes it.
 enum Block<'a> {
-    Text(Cow<'a, str>),
+    Text(JsonText<'a>),
     /// A tool call: its id made safe for Anthropic, its name, and its input as
     /// serde writes it.
     ToolUse {
@@ -72,9 +72,9 @@ enum Block<'a> {
 enum ResultContent<'a> {
     None,
     /// A string content, as it was (blank ones are `None`).
-    String(Cow<'a, str>),
+    String(JsonText<'a>),
     /// Text parts, as text blocks (blank ones left out; none at all is `None`).
-    Texts(Vec<Cow<'a, str>>),
+    Texts(Vec<JsonText<'a>>),
     /// The call had no result.
     Missing,
 }
@@ -112,6 +112,8 @@ pub fn write(body: &str, model: &str, default_max_tokens: u64, stream: bool) -> 
                     if walk.null() {
                         Some(0)
                     } else {
+                        // No longer than the rest of the body: no growing and copying.
+                        client_tools.reserve(body.len() - walk.at());
                         write_tools(&mut client_tools, walk)
                     }
                 })
@@ -309,7 +311,7 @@ fn write_tools(out: &mut Vec<u8>, walk: &mut Walk<'_>) -> Option<usize> {
         write_json_str(out, &name);
         if let Some(description) = description {
             out.extend_from_slice(b",\"description\":");
-            write_json_str(out, &description);
+            description.write(out);
         }
         out.extend_from_slice(b",\"input_schema\":");
         match schema {
@@ -339,7 +341,7 @@ fn write_tools(out: &mut Vec<u8>, walk: &mut Walk<'_>) -> Option<usize> {
 /// What the translation takes from a function tool's `function`.
 struct FunctionTool<'a> {
     name: Cow<'a, str>,
-    description: Option<Cow<'a, str>>,
+    description: Option<JsonText<'a>>,
     /// The `parameters` schema as written, and whether it has a top-level `type`.
     schema: Option<(&'a str, bool)>,
 }
@@ -355,7 +357,7 @@ fn function_tool<'a>(walk: &mut Walk<'a>) -> Option<FunctionTool<'a>> {
         "name" => first_value(&mut name, || walk.string()),
         "description" => first_value(&mut description, || {
             Some(if walk.at_string() {
-                Some(walk.string()?).filter(|d| !d.is_empty())
+                Some(walk.text()?).filter(|d| !d.is_empty())
             } else {
                 walk.skip()?;
                 None
@@ -395,7 +397,7 @@ fn write_block(out: &mut Vec<u8>, block: &Block<'_>) {
     match block {
         Block::Text(text) => {
             out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
-            write_json_str(out, text);
+            text.write(out);
             out.push(b'}');
         }
         Block::ToolUse { id, name, input } => {
@@ -414,7 +416,7 @@ fn write_block(out: &mut Vec<u8>, block: &Block<'_>) {
                 ResultContent::None => {}
                 ResultContent::String(text) => {
                     out.extend_from_slice(b",\"content\":");
-                    write_json_str(out, text);
+                    text.write(out);
                 }
                 ResultContent::Texts(texts) => {
                     out.extend_from_slice(b",\"content\":");
@@ -456,7 +458,7 @@ fn write_number(out: &mut Vec<u8>, value: f64) {
 /// leading assistant turn, a final assistant turn's trailing whitespace trimmed.
 /// `None` for anything else, and for a conversation the translation refuses
 /// (nothing but system messages).
-fn conversation<'a>(walk: &mut Walk<'a>) -> Option<(Vec<Cow<'a, str>>, Vec<Turn<'a>>)> {
+fn conversation<'a>(walk: &mut Walk<'a>) -> Option<(Vec<JsonText<'a>>, Vec<Turn<'a>>)> {
     let mut system = Vec::new();
     let mut turns: Vec<Turn<'_>> = Vec::new();
     for (message, [tool_calls, tool_call_id]) in text_messages_and(
@@ -464,10 +466,7 @@ fn conversation<'a>(walk: &mut Walk<'a>) -> Option<(Vec<Cow<'a, str>>, Vec<Turn<
         &MESSAGE_MEMBERS_LEFT_TO_THE_TREE,
         ["tool_calls", "tool_call_id"],
     )? {
-        let texts = message
-            .texts
-            .into_iter()
-            .filter(|text| !text.trim().is_empty());
+        let texts = message.texts.into_iter().filter(|text| !text.is_blank());
         let (role, blocks) = match message.role.as_ref() {
             "system" | "developer" => {
                 system.extend(texts);
@@ -527,14 +526,17 @@ fn conversation<'a>(walk: &mut Walk<'a>) -> Option<(Vec<Cow<'a, str>>, Vec<Turn<
         .first()
         .is_some_and(|(role, _)| *role == Role::Assistant)
     {
-        turns.insert(0, (Role::User, vec![Block::Text(Cow::Borrowed("."))]));
+        turns.insert(
+            0,
+            (
+                Role::User,
+                vec![Block::Text(JsonText::Value(Cow::Borrowed(".")))],
+            ),
+        );
     }
     if let Some((Role::Assistant, blocks)) = turns.last_mut() {
         if let Some(Block::Text(text)) = blocks.last_mut() {
-            match text {
-                Cow::Borrowed(text) => *text = text.trim_end(),
-                Cow::Owned(text) => text.truncate(text.trim_end().len()),
-            }
+            text.trim_end();
             if text.is_empty() {
                 blocks.pop();
             }
@@ -552,7 +554,8 @@ fn conversation<'a>(walk: &mut Walk<'a>) -> Option<(Vec<Cow<'a, str>>, Vec<Turn<
 /// back before them).
 fn tool_uses<'a>(raw: &'a str, blocks: &mut Vec<Block<'a>>) -> Option<()> {
     let mut ids = Vec::new();
-    Walk::new(raw).array(|walk| {
+    // A part of the checked body.
+    Walk::checked(raw).array(|walk| {
         let (mut id, mut function) = (None, None);
         walk.object(|walk, key| match key {
             "id" => first_value(&mut id, || walk.string()),
@@ -646,7 +649,7 @@ fn add_missing_tool_results(turns: &mut Vec<Turn<'_>>) {
 }
 
 /// `[{"type":"text","text":…},…]`.
-fn text_blocks(out: &mut Vec<u8>, texts: &[Cow<'_, str>]) {
+fn text_blocks(out: &mut Vec<u8>, texts: &[JsonText<'_>]) {
     write_text_objects(out, b"{\"type\":\"text\",\"text\":", texts);
 }
 

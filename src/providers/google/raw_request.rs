@@ -17,7 +17,7 @@ use std::borrow::Cow;
 use serde_json::Value;
 
 use super::request::{RequestOptions, MAX_STOP_SEQUENCES};
-use crate::json_scan::write_json_str;
+use crate::json_scan::{write_json_str, JsonText};
 use crate::providers::raw_request::{
     members, positive, stop_strings, text_messages, write_strings, write_text_objects,
 };
@@ -39,7 +39,7 @@ const LEFT_TO_THE_TREE: [&str; 7] = [
 const MESSAGE_MEMBERS_LEFT_TO_THE_TREE: [&str; 2] = ["tool_calls", "function_call"];
 
 /// One turn: its Gemini role and its texts.
-type Turn<'a> = (&'static str, Vec<Cow<'a, str>>);
+type Turn<'a> = (&'static str, Vec<JsonText<'a>>);
 
 /// The Gemini body for the chat request `body` (a JSON object, checked); `None`
 /// when the request has something this writer leaves to the tree.
@@ -130,7 +130,7 @@ pub fn write(body: &str, options: &RequestOptions) -> Option<Vec<u8>> {
 /// whose content is text (`text_messages`): system and developer texts hoisted, empty
 /// texts left out, same-role neighbours merged. `None` for anything else, and for a
 /// conversation with nothing but system messages (refused by the tree).
-fn conversation(raw: &str) -> Option<(Vec<Cow<'_, str>>, Vec<Turn<'_>>)> {
+fn conversation(raw: &str) -> Option<(Vec<JsonText<'_>>, Vec<Turn<'_>>)> {
     let mut system = Vec::new();
     let mut turns: Vec<Turn<'_>> = Vec::new();
     for message in text_messages(raw, &MESSAGE_MEMBERS_LEFT_TO_THE_TREE)? {
@@ -200,7 +200,7 @@ fn stop_sequences(raw: Option<&str>) -> Option<Option<String>> {
 }
 
 /// `[{"text":…},…]`.
-fn text_parts(out: &mut Vec<u8>, texts: &[Cow<'_, str>]) {
+fn text_parts(out: &mut Vec<u8>, texts: &[JsonText<'_>]) {
     write_text_objects(out, b"{\"text\":", texts);
 }
 
