@@ -130,6 +130,23 @@ paths[chat-agent-anthropic-20]=/v1/chat/completions
 # The same request for an OpenAI-compatible upstream: passed through as written.
 bodies[chat-agent-20]=${bodies[chat-agent-anthropic-20]/claude-bench-s20/bench-s20}
 paths[chat-agent-20]=/v1/chat/completions
+# The same request for a Gemini model: translated to a Gemini request, a stream of
+# 20 text events back (the tool call and its result take the tree translation).
+bodies[chat-agent-gemini-20]=${bodies[chat-agent-anthropic-20]/claude-bench-s20/gemini-bench-s20}
+paths[chat-agent-gemini-20]=/v1/chat/completions
+# An agent's first request (the system prompt, a question and the 20 tools, no tool
+# call yet; about 15 KB), passed through to the OpenAI mock, and translated for
+# Gemini (the tools as function declarations, their schemas cleaned).
+bodies[chat-tools-20]=$(cd bench && python3 -c 'import json, run
+messages = [
+    {"role": "system", "content": "You are a coding agent working in a repository. " * 60},
+    {"role": "user", "content": "Find the records of the platform team."},
+]
+print(json.dumps({"model": "bench-s20", "stream": True, "max_tokens": 1024,
+                  "messages": messages, "tools": run.TOOLS, "tool_choice": "auto"}))')
+paths[chat-tools-20]=/v1/chat/completions
+bodies[chat-tools-gemini-20]=${bodies[chat-tools-20]/bench-s20/gemini-bench-s20}
+paths[chat-tools-gemini-20]=/v1/chat/completions
 
 # The scenarios run unless others are named. Not among them: stream-1 and
 # stream-120 (with stream-20, what a stream costs apart from its events, and what
@@ -138,5 +155,6 @@ paths[chat-agent-20]=/v1/chat/completions
 # mock's `-v`; the other scenarios' chunks all carry the same text); stream-20-slow,
 # its chunks 5 ms apart, as a model's come: each event read, framed and written on
 # its own (use a small N1 and N2: a stream takes 100 ms); anthropic-stream-20-usage,
-# the Anthropic stream asked with `stream_options.include_usage`.
-DEFAULT_SCENARIOS="non-streamed stream-20 stream-20-usage anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20 messages-agent-20 messages-agent-translated-20 responses-agent-translated-20 chat-agent-20 chat-agent-anthropic-20"
+# the Anthropic stream asked with `stream_options.include_usage`; chat-agent-gemini-20,
+# whose tool call and result take the Gemini tree translation.
+DEFAULT_SCENARIOS="non-streamed stream-20 stream-20-usage anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20 messages-agent-20 messages-agent-translated-20 responses-agent-translated-20 chat-agent-20 chat-agent-anthropic-20 chat-tools-20 chat-tools-gemini-20"

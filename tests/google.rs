@@ -505,6 +505,64 @@ async fn safety_blocks() {
 // ---------------------------------------------------------------------------------
 // AI Studio: streams
 
+/// An agent's first request (tools with schemas to clean, a `tool_choice`) with
+/// nothing to look at it is written from the client's bytes without a tree; what
+/// goes upstream is what the tree translation sends, as a gateway with a handler
+/// (which takes the tree path) shows, streamed and not.
+#[tokio::test]
+async fn an_agents_tools_written_without_a_tree_are_the_translated_ones() {
+    let (bare_upstream, bare) = studio("").await;
+    let (handled_upstream, handled) = studio(
+        "[[before]]\nclass = \"lm_proxy.handlers.RateLimiter\"\nmax_requests = 100\nwindow_seconds = 60\nper = \"api_key\"\n",
+    )
+    .await;
+    let body = json!({"model": "gemini-2.5-flash", "max_tokens": 300, "temperature": 0.4,
+        "tools": [
+            {"type": "function", "function": {"name": "get_weather", "description": "Current weather",
+                "parameters": {"$schema": "http://json-schema.org/draft-07/schema#",
+                    "additionalProperties": false,
+                    "properties": {"city": {"type": "string", "format": "hostname"},
+                        "unit": {"type": "string", "enum": ["c", "f"]},
+                        "days": {"type": "integer", "minimum": 1.0, "exclusiveMaximum": 8}},
+                    "required": ["city", "country"]}, "strict": true}},
+            {"type": "function", "function": {"name": "get_time", "description": "",
+                "parameters": {"type": "object", "properties": {}}}}],
+        "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+        "messages": [
+            {"role": "system", "content": "You are an agent."},
+            {"role": "user", "content": "Weather in Oslo?\n"}]});
+    for stream in [false, true] {
+        let mut body = body.clone();
+        body["stream"] = json!(stream);
+        let mut sent = Vec::new();
+        for (gw, upstream) in [(&bare, &bare_upstream), (&handled, &handled_upstream)] {
+            let (status, answer) = if stream {
+                let (status, chunks, _) = self::stream(gw, body.clone()).await;
+                (status, json!(chunks.len()))
+            } else {
+                gw.chat_json(KEY, body.clone()).await
+            };
+            assert_eq!(status, StatusCode::OK, "{answer}");
+            sent.push(upstream.last().body);
+        }
+        assert_eq!(sent[0].to_string(), sent[1].to_string());
+        assert_eq!(
+            sent[0]["tools"],
+            json!([{"functionDeclarations": [
+                {"name": "get_weather", "description": "Current weather", "parameters": {
+                    "properties": {"city": {"type": "string"},
+                        "unit": {"type": "string", "enum": ["c", "f"]},
+                        "days": {"type": "integer", "minimum": 1.0}},
+                    "required": ["city"], "type": "object"}},
+                {"name": "get_time"}]}])
+        );
+        assert_eq!(
+            sent[0]["toolConfig"],
+            json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}})
+        );
+    }
+}
+
 #[tokio::test]
 async fn streamed_text_with_and_without_usage() {
     let (mock, gw) = studio("").await;

@@ -11,23 +11,14 @@ use crate::json_scan::{first_value, has_escape, write_json_str, JsonText, Walk};
 
 /// The values of the top-level members of `body` (a chat request a door's reader
 /// checked, all of it: its values are skipped unchecked, see `Walk::checked`)
-/// named in `wanted`, as written (`null` included), in `wanted`'s order. `n` is taken when it is `1` or `null` (one
-/// choice, as without it). `None` for a member in `left_to_tree`, a member given
-/// twice or a key with an escape (which might spell one); every other member is
-/// skipped (`model` is the routed one, `stream` the call's, the rest dropped by
-/// both translations).
-pub fn members<'a, const N: usize>(
-    body: &'a str,
-    wanted: [&str; N],
-    left_to_tree: &[&str],
-) -> Option<[Option<&'a str>; N]> {
-    members_and(body, wanted, left_to_tree, |_, _| Some(false))
-}
-
-/// [`members`], with the members that `take` takes (it answers `Some(true)` for
-/// them, having walked their value: a large member read in the one walk, not
-/// skipped and walked again) left to it; `take` answers `Some(false)` for the
-/// others, `None` to refuse the request.
+/// named in `wanted`, as written (`null` included), in `wanted`'s order, and the
+/// members that `take` takes (it answers `Some(true)` for them, having walked their
+/// value: a large member read in the one walk, not skipped and walked again);
+/// `take` answers `Some(false)` for the others, `None` to refuse the request. `n`
+/// is taken when it is `1` or `null` (one choice, as without it). `None` for a
+/// member in `left_to_tree`, a member given twice or a key with an escape (which
+/// might spell one); every other member is skipped (`model` is the routed one,
+/// `stream` the call's, the rest dropped by both translations).
 pub fn members_and<'a, const N: usize>(
     body: &'a str,
     wanted: [&str; N],

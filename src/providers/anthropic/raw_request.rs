@@ -35,7 +35,7 @@ use crate::providers::raw_request::{
 };
 
 /// Members the tree translation acts on that this writer leaves to it (`n` other
-/// than 1 or `null` too, see `providers::raw_request::members`). A stream's
+/// than 1 or `null` too, see `providers::raw_request::members_and`). A stream's
 /// `stream_options` (all `raw_chat` lets through: one that asks for the usage) is
 /// dropped, as the translation drops it: the usage asked stays with the call.
 const LEFT_TO_THE_TREE: [&str; 4] = ["top_k", "response_format", "reasoning_effort", "thinking"];

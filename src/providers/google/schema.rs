@@ -30,6 +30,8 @@
 
 use serde_json::{Map, Value};
 
+use crate::json_scan::{has_escape, JsonText, Walk};
+
 /// Deepest nesting accepted (Gemini has its own, lower limits; this guards the
 /// recursion against hostile input).
 const MAX_DEPTH: usize = 64;
@@ -396,10 +398,394 @@ fn merge_into(out: &mut Map<String, Value>, part: Map<String, Value>) {
     }
 }
 
+/// [`sanitize_parameters`] for a function's `parameters` at `walk` (a checked
+/// request's, see `json_scan::Walk::checked`), written from the walk into `out`:
+/// the cleaned schema as serde_json writes the tree `sanitize_parameters` makes
+/// (members in the same order, the same bytes); `Some(false)`, with nothing
+/// written, where that is `None`. `None` gives way to the tree for what this writer
+/// leaves to it: `$ref`, `allOf`, `anyOf`, `oneOf`, `const`, a `type` list, a
+/// schema that is `true` or not an object, a key with an escape or given twice,
+/// deep nesting, and every schema the tree refuses. Used by `raw_request` (an
+/// agent's tools without a tree; bench/README.md, session 33).
+pub fn write_parameters(walk: &mut Walk<'_>, out: &mut Vec<u8>) -> Option<bool> {
+    if walk.null() {
+        return Some(false);
+    }
+    let start = out.len();
+    let mut stack = Vec::new();
+    let written = write_schema(walk, out, &mut stack, 0)?;
+    match &written.kind {
+        None => {
+            // After the other members, as the tree inserts it.
+            out.pop();
+            if out.len() > start + 1 {
+                out.push(b',');
+            }
+            out.extend_from_slice(br#""type":"object"}"#);
+        }
+        Some(kind) => kind.eq_ignore_ascii_case("object").then_some(())?,
+    }
+    if !written.has_properties {
+        out.truncate(start);
+    }
+    Some(written.has_properties)
+}
+
+/// What the caller of [`write_schema`] needs to know of a cleaned schema.
+struct Written<'a> {
+    /// Its `type`.
+    kind: Option<std::borrow::Cow<'a, str>>,
+    /// It kept a `properties` member (not empty).
+    has_properties: bool,
+}
+
+/// A member [`write_schema`] wrote: its key, and where `"key":value` is in `out`.
+struct Slot<'a> {
+    key: &'a str,
+    at: std::ops::Range<usize>,
+}
+
+/// [`clean`] of the schema object at `walk`, written to `out`: its members in the
+/// order the tree's map keeps them (the client's order; an emptied `properties`
+/// or `required` taken out as the map's `remove` takes it out, the last member
+/// moved into its place). `keys` is scratch space shared by the nested calls.
+fn write_schema<'a>(
+    walk: &mut Walk<'a>,
+    out: &mut Vec<u8>,
+    keys: &mut Vec<&'a str>,
+    depth: usize,
+) -> Option<Written<'a>> {
+    // Well within `MAX_DEPTH`: deeper schemas are the tree's to judge.
+    (depth <= MAX_DEPTH / 2 && walk.at_object()).then_some(())?;
+    let start = out.len();
+    out.push(b'{');
+    let keys_base = keys.len();
+    let mut slots: Vec<Slot<'a>> = Vec::new();
+    let mut kind = None;
+    let mut property_names: Vec<&'a str> = Vec::new();
+    // `required`'s names (strings, each once) as read and as written.
+    let mut required: Vec<(std::borrow::Cow<'a, str>, JsonText<'a>)> = Vec::new();
+    walk.object(|walk, key| {
+        if has_escape(key) || keys[keys_base..].contains(&key) {
+            return None;
+        }
+        keys.push(key);
+        // A member is written as `"key":value` after a comma when one came before;
+        // `keep` says whether the value was kept (else it is taken back out).
+        let member_start = out.len();
+        if !slots.is_empty() {
+            out.push(b',');
+        }
+        let at = out.len();
+        out.push(b'"');
+        out.extend_from_slice(key.as_bytes());
+        out.extend_from_slice(b"\":");
+        let keep = match key {
+            "$ref" | "allOf" | "anyOf" | "oneOf" | "const" => return None,
+            "type" if walk.at_string() => {
+                let text = walk.text()?;
+                text.write(out);
+                kind = Some(text.value());
+                true
+            }
+            "type" if walk.at_array() => return None,
+            "format" | "title" | "description" | "pattern" if walk.at_string() => {
+                let text = walk.text()?;
+                text.write(out);
+                key != "format" || STRING_FORMATS.contains(&text.value().as_ref())
+            }
+            "nullable" => {
+                let value = walk.skip()?;
+                out.extend_from_slice(value.as_bytes());
+                value == "true" || value == "false"
+            }
+            "minItems" | "maxItems" | "minLength" | "maxLength" | "minProperties"
+            | "maxProperties" | "minimum" | "maximum" => {
+                let value = walk.skip()?;
+                let number = value.starts_with(|c: char| c == '-' || c.is_ascii_digit());
+                if number {
+                    write_as_serde_writes(out, value)?;
+                }
+                number
+            }
+            "default" | "example" => write_as_serde_writes(out, walk.skip()?).is_some(),
+            "propertyOrdering" if walk.at_array() => {
+                write_as_serde_writes(out, walk.skip()?).is_some()
+            }
+            "enum" => write_string_list(out, walk.skip()?).is_some(),
+            "properties" => {
+                walk.at_object().then_some(())?;
+                out.push(b'{');
+                walk.object(|walk, name| {
+                    if has_escape(name) || property_names.contains(&name) {
+                        return None;
+                    }
+                    if !property_names.is_empty() {
+                        out.push(b',');
+                    }
+                    property_names.push(name);
+                    out.push(b'"');
+                    out.extend_from_slice(name.as_bytes());
+                    out.extend_from_slice(b"\":");
+                    write_schema(walk, out, keys, depth + 1).map(drop)
+                })?;
+                out.push(b'}');
+                true
+            }
+            "required" => {
+                // Written at the end, when the properties are known; a value that
+                // is not a list is no names.
+                if walk.at_array() {
+                    walk.array(|walk| {
+                        if !walk.at_string() {
+                            return walk.skip().map(drop);
+                        }
+                        let text = walk.text()?;
+                        let name = text.value();
+                        if !required.iter().any(|(seen, _)| *seen == name) {
+                            required.push((name, text));
+                        }
+                        Some(())
+                    })?;
+                } else {
+                    walk.skip()?;
+                }
+                // Its place is kept (a slot without bytes); its comma goes.
+                out.truncate(member_start);
+                slots.push(Slot {
+                    key,
+                    at: member_start..member_start,
+                });
+                return Some(());
+            }
+            "items" if walk.at_object() => write_schema(walk, out, keys, depth + 1).is_some(),
+            _ => {
+                walk.skip()?;
+                false
+            }
+        };
+        if keep {
+            slots.push(Slot {
+                key,
+                at: at..out.len(),
+            });
+        } else {
+            out.truncate(member_start);
+        }
+        Some(())
+    })?;
+    keys.truncate(keys_base);
+    required.retain(|(name, _)| property_names.contains(&name.as_ref()));
+    // The tree's map, member by member; then what it takes out, as it takes it out.
+    let mut order: Vec<usize> = (0..slots.len()).collect();
+    let mut swap_remove = |key: &str| {
+        if let Some(i) = order.iter().position(|&slot| slots[slot].key == key) {
+            order.swap_remove(i);
+        }
+    };
+    if property_names.is_empty() {
+        swap_remove("properties");
+    }
+    if required.is_empty() {
+        swap_remove("required");
+    }
+    let mut written_required = Vec::new();
+    if !required.is_empty() {
+        written_required.extend_from_slice(br#""required":["#);
+        for (i, (_, text)) in required.iter().enumerate() {
+            if i > 0 {
+                written_required.push(b',');
+            }
+            text.write(&mut written_required);
+        }
+        written_required.push(b']');
+    }
+    // The usual schema: every member in place, `required` (empty or kept) last if
+    // there is one.
+    let in_order = order.iter().enumerate().all(|(i, &slot)| i == slot);
+    let required_slot = slots.iter().position(|slot| slot.key == "required");
+    let usual = in_order
+        && match required_slot {
+            None => order.len() == slots.len(),
+            Some(slot) => {
+                slot + 1 == slots.len()
+                    && order.len() + usize::from(required.is_empty()) == slots.len()
+            }
+        };
+    if usual {
+        // What was written stands; `required` goes at the end.
+        if !required.is_empty() {
+            if order.len() > 1 {
+                out.push(b',');
+            }
+            out.extend_from_slice(&written_required);
+        }
+    } else {
+        // Members moved or `required` in the middle: written again in the map's order.
+        let members = out[start..].to_vec();
+        out.truncate(start + 1);
+        for (i, &slot) in order.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let Slot { key, at } = &slots[slot];
+            if *key == "required" {
+                out.extend_from_slice(&written_required);
+            } else {
+                out.extend_from_slice(&members[at.start - start..at.end - start]);
+            }
+        }
+    }
+    out.push(b'}');
+    Some(Written {
+        kind,
+        has_properties: !property_names.is_empty(),
+    })
+}
+
+/// `value` (checked JSON) written as serde_json writes it once read into a
+/// `Value`: an unsigned integer as it is (the usual `minimum`), anything else read
+/// and written by serde_json.
+fn write_as_serde_writes(out: &mut Vec<u8>, value: &str) -> Option<()> {
+    if value.len() < 20 && value.bytes().all(|b| b.is_ascii_digit()) {
+        out.extend_from_slice(value.as_bytes());
+        return Some(());
+    }
+    let value: Value = serde_json::from_str(value).ok()?;
+    serde_json::to_writer(out, &value).ok()
+}
+
+/// `enum`'s value (checked JSON) written as the tree keeps it: a list of strings,
+/// not empty; `None` for anything else (the tree drops it; what was written is
+/// then taken back by the caller).
+fn write_string_list(out: &mut Vec<u8>, value: &str) -> Option<()> {
+    let mut walk = Walk::checked(value);
+    let start = out.len();
+    out.push(b'[');
+    walk.array(|walk| {
+        if out.len() > start + 1 {
+            out.push(b',');
+        }
+        walk.text()?.write(out);
+        Some(())
+    })?;
+    (out.len() > start + 1).then_some(())?;
+    out.push(b']');
+    Some(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Schemas as tools' `parameters` come, with every keyword the cleaning keeps,
+    /// drops, rewrites or refuses, values of the right and the wrong type, names
+    /// that `required` has or lacks, empty `properties`.
+    fn any_schema() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let scalar = prop_oneof![
+            Just(json!("text")),
+            Just(json!("a\"b\n")),
+            Just(json!(3)),
+            Just(json!(-2.50)),
+            Just(json!(1e21)),
+            Just(json!(true)),
+            Just(Value::Null),
+            Just(json!(["x", "y"])),
+            Just(json!({"k": [1, "v"]})),
+        ];
+        let member = move |inner: BoxedStrategy<Value>| {
+            let names = prop::sample::select(vec!["q", "n", "tags", "é"]);
+            prop_oneof![
+                3 => prop::sample::select(vec![json!("object"), json!("string"), json!("OBJECT"), json!("integer"), json!(5)])
+                    .prop_map(|v| ("type".to_owned(), v)),
+                1 => Just(("type".to_owned(), json!(["string", "null"]))),
+                1 => prop::sample::select(vec!["date-time", "email", "int32", "enum"])
+                    .prop_map(|f| ("format".to_owned(), json!(f))),
+                2 => (prop::sample::select(vec!["title", "description", "pattern", "nullable",
+                        "minimum", "maximum", "minItems", "maxLength", "default", "example",
+                        "propertyOrdering", "additionalProperties", "$schema", "examples"]),
+                      scalar.clone())
+                    .prop_map(|(k, v)| (k.to_owned(), v)),
+                1 => prop::sample::select(vec![json!(["a", "b"]), json!([]), json!(["a", 1]), json!("a")])
+                    .prop_map(|v| ("enum".to_owned(), v)),
+                3 => prop::collection::vec((names.clone(), inner.clone()), 0..4)
+                    .prop_map(|props| ("properties".to_owned(), Value::Object(
+                        props.into_iter().map(|(n, s)| (n.to_owned(), s)).collect()))),
+                2 => prop::collection::vec(prop_oneof![
+                        4 => names.prop_map(|n| json!(n)),
+                        1 => Just(json!("missing")),
+                        1 => Just(json!(7)),
+                    ], 0..4)
+                    .prop_map(|r| ("required".to_owned(), Value::Array(r))),
+                1 => inner.prop_map(|s| ("items".to_owned(), s)),
+                1 => prop::sample::select(vec![
+                        ("$ref", json!("#/$defs/A")),
+                        ("anyOf", json!([{"type": "string"}, {"type": "null"}])),
+                        ("const", json!("c")),
+                        ("properties", json!("not an object")),
+                    ])
+                    .prop_map(|(k, v)| (k.to_owned(), v)),
+            ]
+        };
+        let leaf = prop_oneof![
+            Just(json!({})),
+            Just(json!({"type": "string"})),
+            Just(json!({"type": "integer", "minimum": 0})),
+            Just(json!(true)),
+        ];
+        leaf.prop_recursive(4, 40, 6, move |inner| {
+            prop::collection::vec(member(inner.boxed()), 0..6)
+                .prop_map(|members| Value::Object(members.into_iter().collect()))
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+
+        /// Whatever `write_parameters` writes is what `sanitize_parameters` makes,
+        /// as serde_json writes it, byte for byte; it writes nothing for a schema
+        /// the cleaning refuses.
+        #[test]
+        fn written_parameters_are_the_sanitized_tree(schema in any_schema(), pretty in proptest::bool::ANY) {
+            let text = if pretty {
+                serde_json::to_string_pretty(&schema).unwrap()
+            } else {
+                serde_json::to_string(&schema).unwrap()
+            };
+            let mut out = Vec::new();
+            if let Some(written) = write_parameters(&mut Walk::checked(&text), &mut out) {
+                let tree = sanitize_parameters(&schema, &mut Budget::default());
+                proptest::prop_assert!(tree.is_ok(), "{} {:?}", text, tree);
+                proptest::prop_assert_eq!(
+                    written.then(|| String::from_utf8(out).unwrap()),
+                    tree.unwrap().map(|v| v.to_string()),
+                    "{}", text
+                );
+            }
+        }
+    }
+
+    /// The generated schemas are mostly written (the test above is not vacuous).
+    #[test]
+    fn most_generated_parameters_are_written() {
+        use proptest::strategy::{Strategy, ValueTree};
+        let mut runner = proptest::test_runner::TestRunner::deterministic();
+        let (mut written, mut with_properties) = (0, 0);
+        for _ in 0..1000 {
+            let schema = any_schema().new_tree(&mut runner).unwrap().current();
+            let text = serde_json::to_string(&schema).unwrap();
+            if let Some(parameters) = write_parameters(&mut Walk::checked(&text), &mut Vec::new()) {
+                written += 1;
+                with_properties += usize::from(parameters);
+            }
+        }
+        assert!(
+            written > 300 && with_properties > 60,
+            "{written} {with_properties}"
+        );
+    }
 
     #[test]
     fn drops_unknown_keywords_and_rewrites_nullable_types() {
