@@ -412,8 +412,7 @@ pub fn write_parameters(walk: &mut Walk<'_>, out: &mut Vec<u8>) -> Option<bool> 
         return Some(false);
     }
     let start = out.len();
-    let mut stack = Vec::new();
-    let written = write_schema(walk, out, &mut stack, 0)?;
+    let written = write_schema(walk, out, &mut Scratch::default(), 0)?;
     match &written.kind {
         None => {
             // After the other members, as the tree inserts it.
@@ -445,35 +444,47 @@ struct Slot<'a> {
     at: std::ops::Range<usize>,
 }
 
+/// Lists [`write_schema`] keeps for each schema object, shared by the nested calls
+/// as stacks (each call uses the entries above where it found them and leaves them
+/// as it found them): no allocation per schema object.
+#[derive(Default)]
+struct Scratch<'a> {
+    /// The keys read (each once).
+    keys: Vec<&'a str>,
+    /// The members kept, in the client's order.
+    slots: Vec<Slot<'a>>,
+    /// `properties`' names.
+    names: Vec<&'a str>,
+}
+
 /// [`clean`] of the schema object at `walk`, written to `out`: its members in the
 /// order the tree's map keeps them (the client's order; an emptied `properties`
 /// or `required` taken out as the map's `remove` takes it out, the last member
-/// moved into its place). `keys` is scratch space shared by the nested calls.
+/// moved into its place). Its `type` is read at the top (`depth` 0) only.
 fn write_schema<'a>(
     walk: &mut Walk<'a>,
     out: &mut Vec<u8>,
-    keys: &mut Vec<&'a str>,
+    scratch: &mut Scratch<'a>,
     depth: usize,
 ) -> Option<Written<'a>> {
     // Well within `MAX_DEPTH`: deeper schemas are the tree's to judge.
     (depth <= MAX_DEPTH / 2 && walk.at_object()).then_some(())?;
     let start = out.len();
     out.push(b'{');
-    let keys_base = keys.len();
-    let mut slots: Vec<Slot<'a>> = Vec::new();
+    let (keys_base, slots_base, names_base) =
+        (scratch.keys.len(), scratch.slots.len(), scratch.names.len());
     let mut kind = None;
-    let mut property_names: Vec<&'a str> = Vec::new();
     // `required`'s names (strings, each once) as read and as written.
     let mut required: Vec<(std::borrow::Cow<'a, str>, JsonText<'a>)> = Vec::new();
     walk.object(|walk, key| {
-        if has_escape(key) || keys[keys_base..].contains(&key) {
+        if has_escape(key) || scratch.keys[keys_base..].contains(&key) {
             return None;
         }
-        keys.push(key);
+        scratch.keys.push(key);
         // A member is written as `"key":value` after a comma when one came before;
         // `keep` says whether the value was kept (else it is taken back out).
         let member_start = out.len();
-        if !slots.is_empty() {
+        if scratch.slots.len() > slots_base {
             out.push(b',');
         }
         let at = out.len();
@@ -485,14 +496,20 @@ fn write_schema<'a>(
             "type" if walk.at_string() => {
                 let text = walk.text()?;
                 text.write(out);
-                kind = Some(text.value());
+                if depth == 0 {
+                    kind = Some(text.value());
+                }
                 true
             }
             "type" if walk.at_array() => return None,
-            "format" | "title" | "description" | "pattern" if walk.at_string() => {
+            "format" if walk.at_string() => {
                 let text = walk.text()?;
                 text.write(out);
-                key != "format" || STRING_FORMATS.contains(&text.value().as_ref())
+                STRING_FORMATS.contains(&text.value().as_ref())
+            }
+            "title" | "description" | "pattern" if walk.at_string() => {
+                walk.text()?.write(out);
+                true
             }
             "nullable" => {
                 let value = walk.skip()?;
@@ -517,17 +534,17 @@ fn write_schema<'a>(
                 walk.at_object().then_some(())?;
                 out.push(b'{');
                 walk.object(|walk, name| {
-                    if has_escape(name) || property_names.contains(&name) {
+                    if has_escape(name) || scratch.names[names_base..].contains(&name) {
                         return None;
                     }
-                    if !property_names.is_empty() {
+                    if scratch.names.len() > names_base {
                         out.push(b',');
                     }
-                    property_names.push(name);
+                    scratch.names.push(name);
                     out.push(b'"');
                     out.extend_from_slice(name.as_bytes());
                     out.extend_from_slice(b"\":");
-                    write_schema(walk, out, keys, depth + 1).map(drop)
+                    write_schema(walk, out, scratch, depth + 1).map(drop)
                 })?;
                 out.push(b'}');
                 true
@@ -552,20 +569,20 @@ fn write_schema<'a>(
                 }
                 // Its place is kept (a slot without bytes); its comma goes.
                 out.truncate(member_start);
-                slots.push(Slot {
+                scratch.slots.push(Slot {
                     key,
                     at: member_start..member_start,
                 });
                 return Some(());
             }
-            "items" if walk.at_object() => write_schema(walk, out, keys, depth + 1).is_some(),
+            "items" if walk.at_object() => write_schema(walk, out, scratch, depth + 1).is_some(),
             _ => {
                 walk.skip()?;
                 false
             }
         };
         if keep {
-            slots.push(Slot {
+            scratch.slots.push(Slot {
                 key,
                 at: at..out.len(),
             });
@@ -574,73 +591,72 @@ fn write_schema<'a>(
         }
         Some(())
     })?;
-    keys.truncate(keys_base);
-    required.retain(|(name, _)| property_names.contains(&name.as_ref()));
-    // The tree's map, member by member; then what it takes out, as it takes it out.
-    let mut order: Vec<usize> = (0..slots.len()).collect();
-    let mut swap_remove = |key: &str| {
-        if let Some(i) = order.iter().position(|&slot| slots[slot].key == key) {
-            order.swap_remove(i);
-        }
-    };
-    if property_names.is_empty() {
-        swap_remove("properties");
-    }
-    if required.is_empty() {
-        swap_remove("required");
-    }
-    let mut written_required = Vec::new();
-    if !required.is_empty() {
-        written_required.extend_from_slice(br#""required":["#);
-        for (i, (_, text)) in required.iter().enumerate() {
-            if i > 0 {
-                written_required.push(b',');
-            }
-            text.write(&mut written_required);
-        }
-        written_required.push(b']');
-    }
-    // The usual schema: every member in place, `required` (empty or kept) last if
-    // there is one.
-    let in_order = order.iter().enumerate().all(|(i, &slot)| i == slot);
-    let required_slot = slots.iter().position(|slot| slot.key == "required");
-    let usual = in_order
-        && match required_slot {
-            None => order.len() == slots.len(),
-            Some(slot) => {
-                slot + 1 == slots.len()
-                    && order.len() + usize::from(required.is_empty()) == slots.len()
-            }
-        };
+    let names = &scratch.names[names_base..];
+    let has_properties = !names.is_empty();
+    required.retain(|(name, _)| names.contains(&name.as_ref()));
+    let slots = &scratch.slots[slots_base..];
+    let position = |key: &str| slots.iter().position(|slot| slot.key == key);
+    let (properties_at, required_at) = (position("properties"), position("required"));
+    // The usual schema: nothing taken out but a `required` that is last, so what was
+    // written stands and `required` goes at the end.
+    let usual = (has_properties || properties_at.is_none())
+        && required_at.is_none_or(|at| at + 1 == slots.len());
     if usual {
-        // What was written stands; `required` goes at the end.
         if !required.is_empty() {
-            if order.len() > 1 {
+            if slots.len() > 1 {
                 out.push(b',');
             }
-            out.extend_from_slice(&written_required);
+            write_required(out, &required);
         }
     } else {
-        // Members moved or `required` in the middle: written again in the map's order.
+        // The tree's map, member by member; then what it takes out, as it takes it
+        // out; written again in that order.
+        let mut order: Vec<usize> = (0..slots.len()).collect();
+        let mut swap_remove = |taken: Option<usize>| {
+            if let Some(i) = order.iter().position(|&slot| Some(slot) == taken) {
+                order.swap_remove(i);
+            }
+        };
+        if !has_properties {
+            swap_remove(properties_at);
+        }
+        if required.is_empty() {
+            swap_remove(required_at);
+        }
         let members = out[start..].to_vec();
         out.truncate(start + 1);
         for (i, &slot) in order.iter().enumerate() {
             if i > 0 {
                 out.push(b',');
             }
-            let Slot { key, at } = &slots[slot];
-            if *key == "required" {
-                out.extend_from_slice(&written_required);
+            if Some(slot) == required_at {
+                write_required(out, &required);
             } else {
+                let at = &slots[slot].at;
                 out.extend_from_slice(&members[at.start - start..at.end - start]);
             }
         }
     }
     out.push(b'}');
+    scratch.keys.truncate(keys_base);
+    scratch.slots.truncate(slots_base);
+    scratch.names.truncate(names_base);
     Some(Written {
         kind,
-        has_properties: !property_names.is_empty(),
+        has_properties,
     })
+}
+
+/// `"required":[…]`.
+fn write_required(out: &mut Vec<u8>, required: &[(std::borrow::Cow<'_, str>, JsonText<'_>)]) {
+    out.extend_from_slice(br#""required":["#);
+    for (i, (_, text)) in required.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        text.write(out);
+    }
+    out.push(b']');
 }
 
 /// `value` (checked JSON) written as serde_json writes it once read into a
