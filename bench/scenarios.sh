@@ -147,6 +147,10 @@ print(json.dumps({"model": "bench-s20", "stream": True, "max_tokens": 1024,
 paths[chat-tools-20]=/v1/chat/completions
 bodies[chat-tools-gemini-20]=${bodies[chat-tools-20]/bench-s20/gemini-bench-s20}
 paths[chat-tools-gemini-20]=/v1/chat/completions
+# The same with `"functions": null`, which the writer leaves to the tree translation
+# (the same Gemini request): what the tree costs.
+bodies[chat-tools-gemini-tree-20]=${bodies[chat-tools-gemini-20]/\"stream\": true,/\"stream\": true, \"functions\": null,}
+paths[chat-tools-gemini-tree-20]=/v1/chat/completions
 
 # The scenarios run unless others are named. Not among them: stream-1 and
 # stream-120 (with stream-20, what a stream costs apart from its events, and what
@@ -156,5 +160,6 @@ paths[chat-tools-gemini-20]=/v1/chat/completions
 # its chunks 5 ms apart, as a model's come: each event read, framed and written on
 # its own (use a small N1 and N2: a stream takes 100 ms); anthropic-stream-20-usage,
 # the Anthropic stream asked with `stream_options.include_usage`; chat-agent-gemini-20,
-# whose tool call and result take the Gemini tree translation.
+# whose tool call and result take the Gemini tree translation; chat-tools-gemini-tree-20,
+# chat-tools-gemini-20 left to the tree translation.
 DEFAULT_SCENARIOS="non-streamed stream-20 stream-20-usage anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20 messages-agent-20 messages-agent-translated-20 responses-agent-translated-20 chat-agent-20 chat-agent-anthropic-20 chat-tools-20 chat-tools-gemini-20"

@@ -139,6 +139,17 @@ fn text_parts<'a>(walk: &mut Walk<'a>) -> Option<Vec<JsonText<'a>>> {
     Some(texts)
 }
 
+/// A function tool's `description` (at the walk) as both translations take it: a
+/// non-empty string, or nothing (another value is dropped).
+pub fn description<'a>(walk: &mut Walk<'a>) -> Option<Option<JsonText<'a>>> {
+    Some(if walk.at_string() {
+        Some(walk.text()?).filter(|d| !d.is_empty())
+    } else {
+        walk.skip()?;
+        None
+    })
+}
+
 /// A positive integer as the translations read a token count: absent or `null`
 /// (`Some(None)`), or an integer from 1 to `max`; `None` for anything else (the
 /// translations refuse it).

@@ -31,7 +31,8 @@ use super::request::{json_f64, looks_personal};
 use crate::api::raw_body::named_members_of;
 use crate::json_scan::{first_value, has_escape, string_value, write_json_str, JsonText, Walk};
 use crate::providers::raw_request::{
-    members_and, positive, stop_strings, text_messages_and, write_strings, write_text_objects,
+    description as description_of, members_and, positive, stop_strings, text_messages_and,
+    write_strings, write_text_objects,
 };
 
 /// Members the tree translation acts on that this writer leaves to it (`n` other
@@ -355,14 +356,7 @@ fn function_tool<'a>(walk: &mut Walk<'a>) -> Option<FunctionTool<'a>> {
     let (mut name, mut description, mut schema) = (None, None, None);
     walk.object(|walk, key| match key {
         "name" => first_value(&mut name, || walk.string()),
-        "description" => first_value(&mut description, || {
-            Some(if walk.at_string() {
-                Some(walk.text()?).filter(|d| !d.is_empty())
-            } else {
-                walk.skip()?;
-                None
-            })
-        }),
+        "description" => first_value(&mut description, || description_of(walk)),
         "parameters" => first_value(&mut schema, || {
             if walk.null() {
                 return Some(None);

@@ -26,7 +26,8 @@ use super::schema;
 use crate::api::raw_body::named_members_of;
 use crate::json_scan::{first_value, has_escape, string_value, write_json_str, JsonText, Walk};
 use crate::providers::raw_request::{
-    members_and, positive, stop_strings, text_messages, write_strings, write_text_objects,
+    description as description_of, members_and, positive, stop_strings, text_messages,
+    write_strings, write_text_objects,
 };
 
 /// Members `build_request` acts on that this writer leaves to it. A stream's
@@ -283,14 +284,7 @@ fn declaration<'a>(
     parameters.clear();
     walk.object(|walk, key| match key {
         "name" => first_value(&mut name, || walk.text()),
-        "description" => first_value(&mut description, || {
-            Some(if walk.at_string() {
-                Some(walk.text()?).filter(|d| !d.is_empty())
-            } else {
-                walk.skip()?;
-                None
-            })
-        }),
+        "description" => first_value(&mut description, || description_of(walk)),
         "parameters" => first_value(&mut has_parameters, || {
             schema::write_parameters(walk, parameters)
         }),
@@ -384,13 +378,8 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_usual_request_is_written_as_the_tree_writes_it() {
-        let text = r#"{"model":"gemini","messages":[{"role":"system","content":"Be brief."},
-            {"role":"user","content":"Hi \"there\" \u00e9"},{"role":"user","content":" "},
-            {"role":"assistant","content":""},{"role":"assistant","content":"Hello"}],
-            "temperature":0.70,"top_p":1,"max_tokens":50,"stop":["END",""],"seed":-3,"n":1,"user":"u"}"#;
-        let expected = r#"{"contents":[{"role":"user","parts":[{"text":"Hi \"there\" é"},{"text":" "}]},{"role":"model","parts":[{"text":"Hello"}]}],"systemInstruction":{"parts":[{"text":"Be brief."}]},"generationConfig":{"temperature":0.7,"topP":1,"maxOutputTokens":50,"stopSequences":["END"],"seed":-3}}"#;
+    /// `text` is written as `expected`, and so is it by the tree.
+    fn assert_written_as_the_tree_writes(text: &str, expected: &str) {
         let options = options(false);
         let written = write(text, &options).map(|b| String::from_utf8(b).unwrap());
         assert_eq!(written.as_deref(), Some(expected));
@@ -398,6 +387,16 @@ mod tests {
             tree_body(text, "gemini-2.5-flash", &options).as_deref(),
             Some(expected)
         );
+    }
+
+    #[test]
+    fn a_usual_request_is_written_as_the_tree_writes_it() {
+        let text = r#"{"model":"gemini","messages":[{"role":"system","content":"Be brief."},
+            {"role":"user","content":"Hi \"there\" \u00e9"},{"role":"user","content":" "},
+            {"role":"assistant","content":""},{"role":"assistant","content":"Hello"}],
+            "temperature":0.70,"top_p":1,"max_tokens":50,"stop":["END",""],"seed":-3,"n":1,"user":"u"}"#;
+        let expected = r#"{"contents":[{"role":"user","parts":[{"text":"Hi \"there\" é"},{"text":" "}]},{"role":"model","parts":[{"text":"Hello"}]}],"systemInstruction":{"parts":[{"text":"Be brief."}]},"generationConfig":{"temperature":0.7,"topP":1,"maxOutputTokens":50,"stopSequences":["END"],"seed":-3}}"#;
+        assert_written_as_the_tree_writes(text, expected);
     }
 
     #[test]
@@ -443,13 +442,7 @@ mod tests {
               {"function":{"name":"now","description":"","parameters":{"properties":{}}},"type":"function"}],
             "tool_choice":{"type":"function","function":{"name":"lookup"}}}"#;
         let expected = r#"{"contents":[{"role":"user","parts":[{"text":"Find \"them\""}]}],"systemInstruction":{"parts":[{"text":"Be brief."}]},"tools":[{"functionDeclarations":[{"name":"lookup","description":"Looks up.","parameters":{"type":"object","properties":{"q":{"type":"string","minLength":1.0},"kind":{"type":"string","enum":["a","b\n"]},"n":{"type":"integer","maximum":100.0},"tags":{"type":"array","items":{"type":"string","description":"a tag"}},"empty":{"type":"object","title":"E"}},"required":["q"],"description":"Args"}},{"name":"now"}]}],"toolConfig":{"functionCallingConfig":{"mode":"ANY","allowedFunctionNames":["lookup"]}}}"#;
-        let options = options(false);
-        let written = write(text, &options).map(|b| String::from_utf8(b).unwrap());
-        assert_eq!(written.as_deref(), Some(expected));
-        assert_eq!(
-            tree_body(text, "gemini-2.5-flash", &options).as_deref(),
-            Some(expected)
-        );
+        assert_written_as_the_tree_writes(text, expected);
     }
 
     /// The same for agents' requests (tools, a `tool_choice`; those with tool calls
