@@ -928,9 +928,15 @@ impl<'a> JsonText<'a> {
     /// The text it stands for.
     pub fn value(&self) -> std::borrow::Cow<'a, str> {
         match self {
-            JsonText::Written(literal) => {
-                string_value(literal).expect("a literal checked by the walk")
-            }
+            // Only a walk makes a `Written`, of a literal it checked; were it not one,
+            // its inside as written is the nearest answer (no panic on a request).
+            JsonText::Written(literal) => string_value(literal).unwrap_or_else(|| {
+                std::borrow::Cow::Borrowed(
+                    literal
+                        .get(1..literal.len().saturating_sub(1))
+                        .unwrap_or(""),
+                )
+            }),
             JsonText::Value(value) => value.clone(),
         }
     }

@@ -529,7 +529,7 @@ fn write_schema<'a>(
             "propertyOrdering" if walk.at_array() => {
                 write_as_serde_writes(out, walk.skip()?).is_some()
             }
-            "enum" => write_string_list(out, walk.skip()?).is_some(),
+            "enum" => write_string_list(out, walk)?,
             "properties" => {
                 walk.at_object().then_some(())?;
                 out.push(b'{');
@@ -671,23 +671,33 @@ fn write_as_serde_writes(out: &mut Vec<u8>, value: &str) -> Option<()> {
     serde_json::to_writer(out, &value).ok()
 }
 
-/// `enum`'s value (checked JSON) written as the tree keeps it: a list of strings,
-/// not empty; `None` for anything else (the tree drops it; what was written is
-/// then taken back by the caller).
-fn write_string_list(out: &mut Vec<u8>, value: &str) -> Option<()> {
-    let mut walk = Walk::checked(value);
+/// `enum`'s value (at the walk) written as the tree keeps it, a list of strings,
+/// not empty: whether it was one (else the tree drops it, and the caller takes
+/// back what was written).
+fn write_string_list(out: &mut Vec<u8>, walk: &mut Walk<'_>) -> Option<bool> {
+    if !walk.at_array() {
+        walk.skip()?;
+        return Some(false);
+    }
     let start = out.len();
     out.push(b'[');
+    let mut strings = true;
     walk.array(|walk| {
+        if !strings || !walk.at_string() {
+            strings = false;
+            return walk.skip().map(drop);
+        }
         if out.len() > start + 1 {
             out.push(b',');
         }
         walk.text()?.write(out);
         Some(())
     })?;
-    (out.len() > start + 1).then_some(())?;
-    out.push(b']');
-    Some(())
+    let kept = strings && out.len() > start + 1;
+    if kept {
+        out.push(b']');
+    }
+    Some(kept)
 }
 
 #[cfg(test)]
