@@ -9,7 +9,7 @@
 //! `schema::write_parameters`, as `schema::sanitize_parameters` cleans them),
 //! `tool_choice` (but `allowed_tools`), and the settings `temperature`, `top_p`,
 //! `presence_penalty`, `frequency_penalty`, `max_tokens`, `max_completion_tokens`,
-//! `stop`, `seed` and `n` (1): an agent's first request (an 11 KB request with 20
+//! `stop`, `seed` and `n` (1): an agent's first request (a 15 KB request with 20
 //! tools: bench/README.md, session 33). An assistant's tool calls, tool messages
 //! (their names and thought signatures are the tree's to find), legacy `functions`,
 //! `response_format`, `reasoning_effort`, `top_k` and other content parts make
