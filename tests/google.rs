@@ -505,12 +505,13 @@ async fn safety_blocks() {
 // ---------------------------------------------------------------------------------
 // AI Studio: streams
 
-/// An agent's first request (tools with schemas to clean, a `tool_choice`) with
-/// nothing to look at it is written from the client's bytes without a tree; what
-/// goes upstream is what the tree translation sends, as a gateway with a handler
-/// (which takes the tree path) shows, streamed and not.
+/// An agent's request (tools with schemas to clean, a `tool_choice`, a tool call
+/// signed in its id and its result) with nothing to look at it is written from the
+/// client's bytes without a tree; what goes upstream is what the tree translation
+/// sends, as a gateway with a handler (which takes the tree path) shows, streamed
+/// and not, for Gemini 2 and 3 (the placeholder signature).
 #[tokio::test]
-async fn an_agents_tools_written_without_a_tree_are_the_translated_ones() {
+async fn an_agents_requests_written_without_a_tree_are_the_translated_ones() {
     let (bare_upstream, bare) = studio("").await;
     let (handled_upstream, handled) = studio(
         "[[before]]\nclass = \"lm_proxy.handlers.RateLimiter\"\nmax_requests = 100\nwindow_seconds = 60\nper = \"api_key\"\n",
@@ -530,10 +531,23 @@ async fn an_agents_tools_written_without_a_tree_are_the_translated_ones() {
         "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
         "messages": [
             {"role": "system", "content": "You are an agent."},
-            {"role": "user", "content": "Weather in Oslo?\n"}]});
-    for stream in [false, true] {
+            {"role": "user", "content": "Weather in Oslo?\n"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "call_a_0_0__thought__c2lnbmF0dXJlLTE", "type": "function",
+                 "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+            {"role": "tool", "tool_call_id": "call_a_0_0__thought__c2lnbmF0dXJlLTE",
+             "content": "{\"temperature\": 4.0}"},
+            {"role": "assistant", "content": "Checking the time.", "tool_calls": [
+                {"id": "t1", "type": "function", "function": {"name": "get_time", "arguments": ""}}]},
+            {"role": "tool", "tool_call_id": "t1", "content": "12:00"}]});
+    for (stream, model) in [
+        (false, "gemini-2.5-flash"),
+        (true, "gemini-2.5-flash"),
+        (true, "gemini-3-pro-preview"),
+    ] {
         let mut body = body.clone();
         body["stream"] = json!(stream);
+        body["model"] = json!(model);
         let mut sent = Vec::new();
         for (gw, upstream) in [(&bare, &bare_upstream), (&handled, &handled_upstream)] {
             let (status, answer) = if stream {
@@ -559,6 +573,26 @@ async fn an_agents_tools_written_without_a_tree_are_the_translated_ones() {
         assert_eq!(
             sent[0]["toolConfig"],
             json!({"functionCallingConfig": {"mode": "ANY", "allowedFunctionNames": ["get_weather"]}})
+        );
+        let placeholder = model.starts_with("gemini-3");
+        assert_eq!(
+            sent[0]["contents"][1],
+            json!({"role": "model", "parts": [
+                {"functionCall": {"name": "get_weather", "args": {"city": "Oslo"}},
+                 "thoughtSignature": "c2lnbmF0dXJlLTE="}]})
+        );
+        assert_eq!(
+            sent[0]["contents"][3]["parts"][1]["thoughtSignature"],
+            if placeholder {
+                json!("skip_thought_signature_validator")
+            } else {
+                Value::Null
+            }
+        );
+        assert_eq!(
+            sent[0]["contents"][4],
+            json!({"role": "user", "parts": [
+                {"functionResponse": {"name": "get_time", "response": {"content": "12:00"}}}]})
         );
     }
 }

@@ -63,24 +63,16 @@ pub struct TextMessage<'a> {
     pub string: bool,
 }
 
-/// The messages of `messages` (a JSON list, checked), in order. `None` for a
-/// message whose content is not a string, `null` or a list of plain text parts
-/// (`{"type":"text","text":…}` and nothing else: a `cache_control` is for the tree),
-/// with a member in `left_to_tree`, with a member given twice or a key with an
-/// escape, or without a string `role`. Other members are skipped (neither
-/// translation reads them).
-pub fn text_messages<'a>(messages: &'a str, left_to_tree: &[&str]) -> Option<Vec<TextMessage<'a>>> {
-    let mut walk = Walk::checked(messages);
-    let messages = text_messages_and(&mut walk, left_to_tree, [])?;
-    walk.done()?;
-    Some(messages.into_iter().map(|(message, [])| message).collect())
-}
-
 /// A message and the members [`text_messages_and`] was asked for.
 pub type MessageAnd<'a, const N: usize> = (TextMessage<'a>, [Option<&'a str>; N]);
 
-/// [`text_messages`] of the list at the walk, with the members of each message
-/// named in `also`, as written (`None` for those it does not have).
+/// The messages of the list at the walk (a checked body's), in order, with the
+/// members of each message named in `also`, as written (`None` for those it does
+/// not have). `None` for a message whose content is not a string, `null` or a list
+/// of plain text parts (`{"type":"text","text":…}` and nothing else: a
+/// `cache_control` is for the tree), with a member in `left_to_tree`, with a member
+/// given twice or a key with an escape, or without a string `role`. Other members
+/// are skipped (neither translation reads them).
 pub fn text_messages_and<'a, const N: usize>(
     walk: &mut Walk<'a>,
     left_to_tree: &[&str],
@@ -501,7 +493,9 @@ pub mod arb {
     }
 
     /// A tool call's or a tool message's id: usual, with characters Anthropic does
-    /// not take in ids, empty, or not a string.
+    /// not take in ids, empty, or not a string, and the gateway's ids for Gemini
+    /// calls: with a thought signature (good base64 or not), and without one (which
+    /// the gateway never kept: no test remembers this stem).
     fn call_id() -> impl Strategy<Value = &'static str> {
         prop_oneof![
             6 => Just(r#""call_1""#),
@@ -509,6 +503,9 @@ pub mod arb {
             2 => Just(r#""call:3/x""#),
             1 => Just(r#""""#),
             1 => Just("7"),
+            2 => Just(r#""call_arbstem_0_0__thought__CiQB4_H-abc""#),
+            1 => Just(r#""call_arbstem_0_1__thought__%%""#),
+            2 => Just(r#""call_arbstem_0_2""#),
         ]
     }
 
@@ -518,6 +515,7 @@ pub mod arb {
         let arguments = prop::sample::select(vec![
             r#""{\"q\": \"platform team\", \"n\": 2.50, \"f\": [\"a\u0041\"]}""#,
             r#""{}""#,
+            r#""null""#,
             r#""""#,
             r#"" ""#,
             "null",
@@ -561,24 +559,32 @@ pub mod arb {
             })
     }
 
-    /// A tool message: its result a string (blank too), text parts, `null`, or none.
+    /// A tool message (or, rarely, a legacy function result): its result a string
+    /// (blank too, JSON or not), text parts, `null`, or none; sometimes a `name`.
     fn tool_message() -> impl Strategy<Value = String> {
         let content = prop::sample::select(vec![
             r#""[{\"name\":\"p\"}]""#,
+            r#""{\"a\": 1.50, \"a\": \"\\u0041\"}""#,
+            r#""12""#,
+            r#""not \"json\"""#,
             r#""  ""#,
             "null",
             r#"[{"type":"text","text":"found"},{"type":"text","text":" "}]"#,
+            r#"[{"type":"text","text":"{\"a\":"},{"type":"text","text":"1}"}]"#,
             "[]",
         ]);
         (
+            prop_oneof![12 => Just("tool"), 1 => Just("function")],
             prop::option::weighted(0.98, call_id()),
             prop::option::weighted(0.97, content),
+            sometimes("name", vec![r#""lookup""#, r#""""#, "5", r#""n\u0031""#]),
         )
-            .prop_map(|(id, content)| {
+            .prop_map(|(role, id, content, name)| {
                 object(vec![
-                    Some(r#""role":"tool""#.to_owned()),
+                    Some(format!(r#""role":"{role}""#)),
                     id.map(|id| format!(r#""tool_call_id":{id}"#)),
                     content.map(|c| format!(r#""content":{c}"#)),
+                    name,
                 ])
             })
     }

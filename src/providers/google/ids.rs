@@ -21,7 +21,7 @@ use base64::Engine as _;
 use serde_json::Value;
 
 pub(super) const SIGNATURE_SEPARATOR: &str = "__thought__";
-const SIGNATURE_PLACEHOLDER: &str = "skip_thought_signature_validator";
+pub(super) const SIGNATURE_PLACEHOLDER: &str = "skip_thought_signature_validator";
 
 /// The stem shared by the ids of one answer: Gemini's `responseId` with anything
 /// outside `[A-Za-z0-9_-]` dropped, or a random one when there is none.

@@ -237,7 +237,7 @@ impl GoogleProvider {
         let Some(raw) = call.raw_body.take() else {
             return Ok(None);
         };
-        if let Some(body) = raw_request::write(raw.text(), &self.request_options) {
+        if let Some(body) = raw_request::write(raw.text(), &call.model, &self.request_options) {
             // The raw body goes (it may be large and the stream long); whether the
             // client asked for the usage stays, as the usage the call brings.
             call.gateway_usage |= raw.include_usage;

@@ -5,13 +5,15 @@
 //! 17,000 instructions a request; bench/README.md, session 19).
 //!
 //! It knows system, developer, user and assistant messages whose content is a string,
-//! `null` or a list of plain text parts, function `tools` (their schemas cleaned by
+//! `null` or a list of plain text parts, an assistant's `tool_calls` (with the thought
+//! signatures their ids carry or the gateway kept for them, see `signatures`), tool
+//! and legacy function results, function `tools` (their schemas cleaned by
 //! `schema::write_parameters`, as `schema::sanitize_parameters` cleans them),
 //! `tool_choice` (but `allowed_tools`), and the settings `temperature`, `top_p`,
 //! `presence_penalty`, `frequency_penalty`, `max_tokens`, `max_completion_tokens`,
-//! `stop`, `seed` and `n` (1): an agent's first request (a 15 KB request with 20
-//! tools: bench/README.md, session 33). An assistant's tool calls, tool messages
-//! (their names and thought signatures are the tree's to find), legacy `functions`,
+//! `stop`, `seed` and `n` (1): an agent's requests (15 KB with 20 tools:
+//! bench/README.md, sessions 33 and 34). A gateway tool-call id whose signature only
+//! the shared backend could tell, a legacy `function_call`, `functions`,
 //! `response_format`, `reasoning_effort`, `top_k` and other content parts make
 //! [`write`] answer `None`, and `request::build_request` reads the request as a
 //! tree, as before (with every error). What [`write`] writes is byte for byte what
@@ -21,12 +23,14 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
+use std::collections::HashMap;
+
 use super::request::{RequestOptions, MAX_STOP_SEQUENCES};
-use super::schema;
+use super::{ids, schema};
 use crate::api::raw_body::named_members_of;
 use crate::json_scan::{first_value, has_escape, string_value, write_json_str, JsonText, Walk};
 use crate::providers::raw_request::{
-    description as description_of, members_and, positive, stop_strings, text_messages,
+    description as description_of, members_and, positive, stop_strings, text_messages_and,
     write_strings, write_text_objects,
 };
 
@@ -41,15 +45,34 @@ const LEFT_TO_THE_TREE: [&str; 5] = [
     "reasoning_effort",
 ];
 
-/// Message members `build_request` reads besides `role` and `content`.
-const MESSAGE_MEMBERS_LEFT_TO_THE_TREE: [&str; 2] = ["tool_calls", "function_call"];
+/// Message members `build_request` reads besides `role`, `content`, `tool_calls`,
+/// `tool_call_id` and `name`.
+const MESSAGE_MEMBERS_LEFT_TO_THE_TREE: [&str; 1] = ["function_call"];
 
-/// One turn: its Gemini role and its texts.
-type Turn<'a> = (&'static str, Vec<JsonText<'a>>);
+/// One part of a turn, as `build_request` makes it.
+enum Part<'a> {
+    /// `{"text":…}`.
+    Text(JsonText<'a>),
+    /// `{"functionCall":{"name":…,"args":…}}`, and its `thoughtSignature`.
+    Call {
+        name: Cow<'a, str>,
+        /// The arguments object, written.
+        args: Vec<u8>,
+        signature: Option<Cow<'static, str>>,
+    },
+    /// `{"functionResponse":{"name":…,"response":…}}`, the response written.
+    Response {
+        name: Cow<'a, str>,
+        response: Vec<u8>,
+    },
+}
+
+/// One turn: its Gemini role and its parts.
+type Turn<'a> = (&'static str, Vec<Part<'a>>);
 
 /// The Gemini body for the chat request `body` (a JSON object, checked); `None`
 /// when the request has something this writer leaves to the tree.
-pub fn write(body: &str, options: &RequestOptions) -> Option<Vec<u8>> {
+pub fn write(body: &str, model: &str, options: &RequestOptions) -> Option<Vec<u8>> {
     // The tools, most of an agent's first request, are written where the walk of
     // the body meets them.
     let mut tools_read = None;
@@ -88,7 +111,7 @@ pub fn write(body: &str, options: &RequestOptions) -> Option<Vec<u8>> {
         None | Some("null") => None,
         Some(raw) => Some(tool_config(raw, &names)?),
     };
-    let (system, turns) = conversation(messages?)?;
+    let (system, turns) = conversation(messages?, model, options)?;
 
     // `generationConfig`, in the order `build_request` inserts its members.
     let mut config: Vec<(&str, Cow<'_, str>)> = Vec::new();
@@ -118,14 +141,14 @@ pub fn write(body: &str, options: &RequestOptions) -> Option<Vec<u8>> {
 
     let mut out = Vec::with_capacity(body.len() + 128);
     out.extend_from_slice(b"{\"contents\":[");
-    for (i, (role, texts)) in turns.iter().enumerate() {
+    for (i, (role, parts)) in turns.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
         out.extend_from_slice(b"{\"role\":");
         write_json_str(&mut out, role);
         out.extend_from_slice(b",\"parts\":");
-        text_parts(&mut out, texts);
+        write_parts(&mut out, parts);
         out.push(b'}');
     }
     out.push(b']');
@@ -165,32 +188,211 @@ pub fn write(body: &str, options: &RequestOptions) -> Option<Vec<u8>> {
 }
 
 /// `messages` → (system texts, turns), as `build_request` makes them for messages
-/// whose content is text (`text_messages`): system and developer texts hoisted, empty
-/// texts left out, same-role neighbours merged. `None` for anything else, and for a
+/// whose content is text (`text_messages_and`), an assistant's tool calls and tool
+/// (or function) results: system and developer texts hoisted, empty texts left out,
+/// same-role neighbours merged, and for Gemini 3 models the placeholder signature on
+/// a model turn with calls but no signature. `None` for anything else, and for a
 /// conversation with nothing but system messages (refused by the tree).
-fn conversation(raw: &str) -> Option<(Vec<JsonText<'_>>, Vec<Turn<'_>>)> {
+fn conversation<'a>(
+    raw: &'a str,
+    model: &str,
+    options: &RequestOptions,
+) -> Option<(Vec<JsonText<'a>>, Vec<Turn<'a>>)> {
     let mut system = Vec::new();
-    let mut turns: Vec<Turn<'_>> = Vec::new();
-    for message in text_messages(raw, &MESSAGE_MEMBERS_LEFT_TO_THE_TREE)? {
-        let texts = message.texts.into_iter().filter(|text| !text.is_empty());
-        let role = match message.role.as_ref() {
+    let mut turns: Vec<Turn<'a>> = Vec::new();
+    // Tool-call id → function name, from the assistant messages so far.
+    let mut call_names: HashMap<Cow<'a, str>, Cow<'a, str>> = HashMap::new();
+    let mut walk = Walk::checked(raw);
+    let messages = text_messages_and(
+        &mut walk,
+        &MESSAGE_MEMBERS_LEFT_TO_THE_TREE,
+        ["tool_calls", "tool_call_id", "name"],
+    )?;
+    walk.done()?;
+    for (message, [tool_calls, tool_call_id, name]) in messages {
+        let role = message.role.as_ref();
+        let (role, parts) = match role {
             "system" | "developer" => {
-                system.extend(texts);
+                system.extend(message.texts.into_iter().filter(|text| !text.is_empty()));
                 continue;
             }
-            "user" => "user",
-            "assistant" => "model",
-            // Tool results, and roles the tree refuses.
+            "user" | "assistant" => {
+                let mut parts: Vec<Part<'a>> = message
+                    .texts
+                    .into_iter()
+                    .filter(|text| !text.is_empty())
+                    .map(Part::Text)
+                    .collect();
+                if role == "user" {
+                    ("user", parts)
+                } else {
+                    if let Some(calls) = tool_calls.filter(|calls| *calls != "null") {
+                        function_calls(calls, &mut parts, &mut call_names, options)?;
+                    }
+                    ("model", parts)
+                }
+            }
+            "tool" | "function" => {
+                // A name given as something else than a string is no name.
+                let given = name
+                    .filter(|name| name.starts_with('"'))
+                    .map(string_value)
+                    .map(Option::unwrap_or_default)
+                    .filter(|name| !name.is_empty());
+                let name = if role == "tool" {
+                    let id = match tool_call_id.filter(|id| id.starts_with('"')) {
+                        Some(id) => string_value(id)?,
+                        None => Cow::Borrowed(""),
+                    };
+                    call_names.get(&id).cloned().or(given)?
+                } else {
+                    given?
+                };
+                let response = tool_response(&message.texts);
+                ("user", vec![Part::Response { name, response }])
+            }
+            // Roles the tree refuses.
             _ => return None,
         };
-        for text in texts {
-            match turns.last_mut() {
-                Some((last, texts)) if *last == role => texts.push(text),
-                _ => turns.push((role, vec![text])),
+        if parts.is_empty() {
+            continue;
+        }
+        match turns.last_mut() {
+            Some((last, last_parts)) if *last == role => last_parts.extend(parts),
+            _ => turns.push((role, parts)),
+        }
+    }
+    if ids::needs_signature_placeholder(model) {
+        for (role, parts) in &mut turns {
+            if *role == "model" {
+                add_signature_placeholder(parts);
             }
         }
     }
     (!turns.is_empty()).then_some((system, turns))
+}
+
+/// An assistant's `tool_calls` (a list, as written) → `functionCall` parts, as
+/// `request::assistant_parts` makes them, each call's name kept under its id for the
+/// results. `None` for a call the tree refuses, and for a gateway id whose signature
+/// only the shared backend can tell.
+fn function_calls<'a>(
+    raw: &'a str,
+    parts: &mut Vec<Part<'a>>,
+    call_names: &mut HashMap<Cow<'a, str>, Cow<'a, str>>,
+    options: &RequestOptions,
+) -> Option<()> {
+    // A part of the checked body.
+    Walk::checked(raw).array(|walk| {
+        let (mut id, mut function) = (None, None);
+        walk.object(|walk, key| match key {
+            "id" => first_value(&mut id, || walk.skip()),
+            "function" => first_value(&mut function, || {
+                let [name, arguments] = named_members_of(walk.skip()?, ["name", "arguments"])?;
+                let name = string_value(name.filter(|name| name.starts_with('"'))?)?;
+                (!name.is_empty()).then_some((name, args(arguments)?))
+            }),
+            _ if has_escape(key) => None,
+            _ => walk.skip().map(drop),
+        })?;
+        let (name, args) = function?;
+        // An id that is not a string is taken for none, as the tree does.
+        let id = match id.filter(|id| id.starts_with('"')) {
+            Some(id) => string_value(id)?,
+            None => Cow::Borrowed(""),
+        };
+        let signature = options.signatures.signature_now(&id)?.map(Cow::Owned);
+        if !id.is_empty() {
+            call_names.insert(id, name.clone());
+        }
+        parts.push(Part::Call {
+            name,
+            args,
+            signature,
+        });
+        Some(())
+    })
+}
+
+/// A tool call's `arguments` (`raw_chat` lets through a string, `null` or none) →
+/// the `args` object as serde writes it, as `request::parse_arguments` takes them:
+/// absent, `null`, a blank string or a string holding `null` is `{}`; a string must
+/// hold a JSON object. `None` for anything else (the tree refuses it, or takes it).
+fn args(arguments: Option<&str>) -> Option<Vec<u8>> {
+    let object = match arguments {
+        None | Some("null") => return Some(b"{}".to_vec()),
+        Some(raw) if raw.starts_with('"') => {
+            let text = string_value(raw)?;
+            if text.trim().is_empty() {
+                return Some(b"{}".to_vec());
+            }
+            match serde_json::from_str::<Value>(&text).ok()? {
+                Value::Null => return Some(b"{}".to_vec()),
+                object => object,
+            }
+        }
+        Some(_) => return None,
+    };
+    object
+        .is_object()
+        .then(|| serde_json::to_vec(&object).expect("a JSON value always serializes"))
+}
+
+/// A tool result's texts (joined) as `functionResponse.response`, written as
+/// `request::tool_response` makes it: a JSON object as it is, other JSON as
+/// `{"content":<it>}`, anything else as `{"content":"<the text>"}`.
+fn tool_response(texts: &[JsonText<'_>]) -> Vec<u8> {
+    let joined;
+    let text = match texts {
+        [text] => text,
+        _ => {
+            joined = JsonText::Value(Cow::Owned(
+                texts.iter().map(|text| text.value()).collect::<String>(),
+            ));
+            &joined
+        }
+    };
+    let value = text.value();
+    let mut out = Vec::with_capacity(value.len() + 16);
+    match serde_json::from_str::<Value>(&value) {
+        Ok(object @ Value::Object(_)) => {
+            serde_json::to_writer(&mut out, &object).expect("a JSON value always serializes");
+        }
+        Ok(other) if !value.trim().is_empty() => {
+            out.extend_from_slice(b"{\"content\":");
+            serde_json::to_writer(&mut out, &other).expect("a JSON value always serializes");
+            out.push(b'}');
+        }
+        _ => {
+            out.extend_from_slice(b"{\"content\":");
+            text.write(&mut out);
+            out.push(b'}');
+        }
+    }
+    out
+}
+
+/// As `ids::add_signature_placeholder`: the placeholder on the first function call
+/// of a model turn that has calls but no signature at all.
+fn add_signature_placeholder(parts: &mut [Part<'_>]) {
+    let signed = parts.iter().any(|part| {
+        matches!(
+            part,
+            Part::Call {
+                signature: Some(_),
+                ..
+            }
+        )
+    });
+    if signed {
+        return;
+    }
+    if let Some(Part::Call { signature, .. }) = parts
+        .iter_mut()
+        .find(|part| matches!(part, Part::Call { .. }))
+    {
+        *signature = Some(Cow::Borrowed(ids::SIGNATURE_PLACEHOLDER));
+    }
 }
 
 /// A number member as the tree writes it (read and written by serde_json, so `1.50`
@@ -346,6 +548,46 @@ fn text_parts(out: &mut Vec<u8>, texts: &[JsonText<'_>]) {
     write_text_objects(out, b"{\"text\":", texts);
 }
 
+/// A turn's parts, `[…]`.
+fn write_parts(out: &mut Vec<u8>, parts: &[Part<'_>]) {
+    out.push(b'[');
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match part {
+            Part::Text(text) => {
+                out.extend_from_slice(b"{\"text\":");
+                text.write(out);
+            }
+            Part::Call {
+                name,
+                args,
+                signature,
+            } => {
+                out.extend_from_slice(b"{\"functionCall\":{\"name\":");
+                write_json_str(out, name);
+                out.extend_from_slice(b",\"args\":");
+                out.extend_from_slice(args);
+                out.push(b'}');
+                if let Some(signature) = signature {
+                    out.extend_from_slice(b",\"thoughtSignature\":");
+                    write_json_str(out, signature);
+                }
+            }
+            Part::Response { name, response } => {
+                out.extend_from_slice(b"{\"functionResponse\":{\"name\":");
+                write_json_str(out, name);
+                out.extend_from_slice(b",\"response\":");
+                out.extend_from_slice(response);
+                out.push(b'}');
+            }
+        }
+        out.push(b'}');
+    }
+    out.push(b']');
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -353,8 +595,9 @@ mod tests {
     use crate::providers::google::request::build_request;
     use crate::providers::UpstreamCall;
 
-    /// What `build_request` sends for the request `text` (which `raw_chat` let
-    /// through), as `post` serializes it; `None` when it refuses the request.
+    /// What `post` sends for the request `text` (which `raw_chat` let through) on
+    /// the tree path, the kept signatures restored; `None` when the tree refuses the
+    /// request.
     fn tree_body(text: &str, model: &str, options: &RequestOptions) -> Option<String> {
         let raw = raw_chat::read(&bytes::Bytes::from(text.to_owned())).expect("a raw request");
         let call = UpstreamCall {
@@ -365,7 +608,12 @@ mod tests {
             gateway_usage: false,
             raw_body: None,
         };
-        let body = build_request(&call, options).ok()?;
+        // The default store keeps signatures in this process only: no wait.
+        let restored = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(options.signatures.restore(&call));
+        let body = build_request(restored.as_ref().unwrap_or(&call), options).ok()?;
         Some(serde_json::to_string(&body).unwrap())
     }
 
@@ -378,15 +626,16 @@ mod tests {
         }
     }
 
-    /// `text` is written as `expected`, and so is it by the tree.
-    fn assert_written_as_the_tree_writes(text: &str, expected: &str) {
+    /// `text` is written as `expected` for `model`, and so is it by the tree.
+    fn assert_written_for_as_the_tree_writes(text: &str, model: &str, expected: &str) {
         let options = options(false);
-        let written = write(text, &options).map(|b| String::from_utf8(b).unwrap());
+        let written = write(text, model, &options).map(|b| String::from_utf8(b).unwrap());
         assert_eq!(written.as_deref(), Some(expected));
-        assert_eq!(
-            tree_body(text, "gemini-2.5-flash", &options).as_deref(),
-            Some(expected)
-        );
+        assert_eq!(tree_body(text, model, &options).as_deref(), Some(expected));
+    }
+
+    fn assert_written_as_the_tree_writes(text: &str, expected: &str) {
+        assert_written_for_as_the_tree_writes(text, "gemini-2.5-flash", expected);
     }
 
     #[test]
@@ -411,8 +660,14 @@ mod tests {
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"web_search"}]}"#,
             r##"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"object","properties":{"a":{"$ref":"#/$defs/A"}},"$defs":{"A":{"type":"string"}}}}}]}"##,
             r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function","function":{"name":"f","parameters":{"type":"string"}}}]}"#,
-            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]}]}"#,
             r#"{"model":"m","messages":[{"role":"tool","tool_call_id":"c","content":"x"}]}"#,
+            r#"{"model":"m","messages":[{"role":"function","content":"x"}]}"#,
+            // An empty id names no call: its result needs a name.
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"","function":{"name":"f"}}]},{"role":"tool","tool_call_id":"","content":"x"}]}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c","function":{"name":"f","arguments":"[1]"}}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c","function":{"name":"f","arguments":"1"}}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"c","function":{"name":""}}]}]}"#,
+            r#"{"model":"m","messages":[{"role":"assistant","content":"x","function_call":{"name":"f"}}]}"#,
         ];
         for text in crate::providers::raw_request::arb::LEFT_TO_EVERY_TREE
             .into_iter()
@@ -422,7 +677,7 @@ mod tests {
                 raw_chat::read(&bytes::Bytes::from(text)).is_some(),
                 "{text}"
             );
-            assert_eq!(write(text, &options(false)), None, "{text}");
+            assert_eq!(write(text, "gemini-3-pro", &options(false)), None, "{text}");
         }
     }
 
@@ -445,19 +700,87 @@ mod tests {
         assert_written_as_the_tree_writes(text, expected);
     }
 
-    /// The same for agents' requests (tools, a `tool_choice`; those with tool calls
-    /// or results are left to the tree), byte for byte.
+    /// An agent's later request: tool calls (one signed in its id, one whose
+    /// signature the gateway kept, one unsigned) and their results (a JSON object,
+    /// other JSON, text, joined text parts, a legacy function result), for Gemini 2
+    /// and for Gemini 3 (the placeholder on a turn without signatures).
+    #[test]
+    fn an_agents_conversation_is_written_as_the_tree_writes_it() {
+        let kept = ids::tool_call_id("rawkept", 0, 1, Some("CiQB4/H+abc="));
+        super::super::signatures::SignatureStore::default().remember(
+            &serde_json::json!({"choices": [{"message": {"tool_calls": [{"id": kept}]}}]}),
+        );
+        let text = r#"{"model":"gemini","messages":[{"role":"user","content":"Find them"},
+            {"role":"assistant","content":"Looking.","tool_calls":[
+              {"id":"call_s_0_0__thought__CiQB4_H-abc","type":"function","function":{"name":"lookup","arguments":"{\"q\": \"a\", \"n\": 2.50}"}},
+              {"id":"call_rawkept_0_1","type":"function","function":{"arguments":" ","name":"now"}},
+              {"id":"call_3","type":"function","function":{"name":"now","arguments":"null"}}]},
+            {"role":"tool","tool_call_id":"call_s_0_0__thought__CiQB4_H-abc","content":"{\"found\": [1, 2]}"},
+            {"role":"tool","tool_call_id":"call_rawkept_0_1","content":[{"type":"text","text":"12"},{"type":"text","text":":00"}]},
+            {"role":"user","content":"And now?"},
+            {"role":"assistant","tool_calls":[{"id":"c9","function":{"name":"lookup","arguments":"{\"q\":\"b\"}"}}]},
+            {"role":"tool","tool_call_id":"c9","name":"ignored","content":"[1]"},
+            {"role":"function","name":"legacy","content":"not \"json\"\n"},
+            {"role":"tool","tool_call_id":"unknown","name":"named","content":""}]}"#;
+        let results = r#"{"role":"user","parts":[{"functionResponse":{"name":"lookup","response":{"found":[1,2]}}},{"functionResponse":{"name":"now","response":{"content":"12:00"}}},{"text":"And now?"}]}"#;
+        let last_results = r#"{"role":"user","parts":[{"functionResponse":{"name":"lookup","response":{"content":[1]}}},{"functionResponse":{"name":"legacy","response":{"content":"not \"json\"\n"}}},{"functionResponse":{"name":"named","response":{"content":""}}}]}"#;
+        let first_calls = r#"{"role":"model","parts":[{"text":"Looking."},{"functionCall":{"name":"lookup","args":{"q":"a","n":2.5}},"thoughtSignature":"CiQB4/H+abc="},{"functionCall":{"name":"now","args":{}},"thoughtSignature":"CiQB4/H+abc="},{"functionCall":{"name":"now","args":{}}}]}"#;
+        for (model, placeholder) in [
+            ("gemini-2.5-flash", ""),
+            (
+                "gemini-3-pro",
+                r#","thoughtSignature":"skip_thought_signature_validator""#,
+            ),
+        ] {
+            let expected = format!(
+                r#"{{"contents":[{{"role":"user","parts":[{{"text":"Find them"}}]}},{first_calls},{results},{{"role":"model","parts":[{{"functionCall":{{"name":"lookup","args":{{"q":"b"}}}}{placeholder}}}]}},{last_results}]}}"#
+            );
+            assert_written_for_as_the_tree_writes(text, model, &expected);
+        }
+    }
+
+    /// A gateway id without its signature, which only the shared backend could
+    /// know: left to the tree, which waits for the backend (`signatures::restore`).
+    #[test]
+    fn a_signature_only_the_shared_backend_knows_is_left_to_the_tree() {
+        let shared = crate::shared_state::RedisStore::new("redis://127.0.0.1:9/").unwrap();
+        let options = RequestOptions {
+            signatures: super::super::signatures::SignatureStore::new(Some(shared)),
+            ..RequestOptions::default()
+        };
+        let call = |id: &str| {
+            format!(
+                r#"{{"model":"g","messages":[{{"role":"user","content":"x"}},{{"role":"assistant","tool_calls":[{{"id":"{id}","function":{{"name":"f"}}}}]}}]}}"#
+            )
+        };
+        assert_eq!(
+            write(&call("call_rawnotkept_0_0"), "gemini-3-pro", &options),
+            None
+        );
+        // Ids that carry their signature, or are not the gateway's, need no backend.
+        for id in ["call_s_0_0__thought__CiQB4_H-abc", "call_1", "toolu_1"] {
+            assert!(write(&call(id), "gemini-3-pro", &options).is_some(), "{id}");
+        }
+    }
+
+    /// The same for agents' requests (tools, a `tool_choice`, tool calls and
+    /// results), byte for byte, for Gemini 2 and 3.
     #[test]
     fn what_is_written_for_an_agent_is_what_the_tree_sends() {
         use crate::providers::raw_request::arb;
-        arb::each_raw_request_of(arb::agent_request(), 1000, 60, |case, text| {
+        arb::each_raw_request_of(arb::agent_request(), 1000, 200, |case, text| {
             let options = options(case % 3 == 0);
-            let Some(body) = write(text, &options) else {
+            let model = if case % 2 == 0 {
+                "gemini-3-pro"
+            } else {
+                "gemini-2.5-flash"
+            };
+            let Some(body) = write(text, model, &options) else {
                 return false;
             };
             assert_eq!(
                 Some(String::from_utf8(body).unwrap()),
-                tree_body(text, "gemini-2.5-flash", &options),
+                tree_body(text, model, &options),
                 "{text}"
             );
             true
@@ -477,7 +800,7 @@ mod tests {
             } else {
                 "gemini-2.5-flash"
             };
-            let Some(body) = write(text, &options) else {
+            let Some(body) = write(text, model, &options) else {
                 return false;
             };
             assert_eq!(

@@ -125,6 +125,24 @@ impl SignatureStore {
         }
     }
 
+    /// The thought signature `build_request` sends with the tool call `id` once
+    /// [`Self::restore`] has run: the one the id carries, or the one kept in this
+    /// process for a gateway id that came back without it. `None` when only the
+    /// shared backend can tell (a gateway id not kept here), which is a wait the
+    /// caller leaves to `restore`.
+    pub fn signature_now(&self, id: &str) -> Option<Option<String>> {
+        if id.contains(SIGNATURE_SEPARATOR) || !is_gateway_id(id) {
+            return Some(signature_from_call_id(id));
+        }
+        match local().get(id) {
+            Some(signature) => Some(signature_from_call_id(&super::ids::with_signature(
+                id, &signature,
+            ))),
+            None if self.shared.is_some() => None,
+            None => Some(None),
+        }
+    }
+
     /// The call with the signatures of its assistant tool calls restored where the
     /// client sent the ids back without them; `None` when nothing needed restoring.
     /// The ids are rewritten consistently in the assistant's calls and in the tool
