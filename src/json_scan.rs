@@ -930,13 +930,17 @@ impl<'a> JsonText<'a> {
         match self {
             // Only a walk makes a `Written`, of a literal it checked; were it not one,
             // its inside as written is the nearest answer (no panic on a request).
-            JsonText::Written(literal) => string_value(literal).unwrap_or_else(|| {
-                std::borrow::Cow::Borrowed(
-                    literal
-                        .get(1..literal.len().saturating_sub(1))
-                        .unwrap_or(""),
-                )
-            }),
+            JsonText::Written(literal) => {
+                let inside = literal
+                    .get(1..literal.len().saturating_sub(1))
+                    .unwrap_or("");
+                if !inside.contains('\\') {
+                    return std::borrow::Cow::Borrowed(inside);
+                }
+                unescape_canonical(inside)
+                    .or_else(|| string_value(literal).map(std::borrow::Cow::into_owned))
+                    .map_or(std::borrow::Cow::Borrowed(inside), std::borrow::Cow::Owned)
+            }
             JsonText::Value(value) => value.clone(),
         }
     }
@@ -982,6 +986,43 @@ impl<'a> JsonText<'a> {
             JsonText::Value(value) => write_json_str(out, value),
         }
     }
+}
+
+/// The text a literal's `inside` stands for when its escapes are the ones serde_json
+/// writes (see [`escapes_as_serde_writes`]), decoded run by run between
+/// backslashes: a tool's result (JSON in a string, an escape every few bytes)
+/// decoded at a tenth of what serde_json's string reader takes. `None` for any
+/// other escape.
+fn unescape_canonical(inside: &str) -> Option<String> {
+    let bytes = inside.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while let Some(found) = memchr::memchr(b'\\', &bytes[at..]) {
+        let escape = at + found;
+        out.extend_from_slice(&bytes[at..escape]);
+        let (byte, length) = match bytes.get(escape + 1)? {
+            b'"' => (b'"', 2),
+            b'\\' => (b'\\', 2),
+            b'b' => (0x08, 2),
+            b'f' => (0x0c, 2),
+            b'n' => (b'\n', 2),
+            b'r' => (b'\r', 2),
+            b't' => (b'\t', 2),
+            b'u' => match bytes.get(escape + 2..escape + 6)? {
+                &[b'0', b'0', high @ (b'0' | b'1'), low] => {
+                    let low = (low as char).to_digit(16)? as u8;
+                    ((high - b'0') * 16 + low, 6)
+                }
+                _ => return None,
+            },
+            _ => return None,
+        };
+        out.push(byte);
+        at = escape + length;
+    }
+    out.extend_from_slice(&bytes[at..]);
+    // Valid: the inside was text, and each escape became an ASCII character.
+    String::from_utf8(out).ok()
 }
 
 /// Whether every escape in `inside` (a checked string literal's inside) is the one

@@ -204,6 +204,78 @@ pub fn write_strings(out: &mut Vec<u8>, texts: &[Cow<'_, str>]) {
     out.push(b']');
 }
 
+/// What a writer made of a part of a request, kept on this thread for the next
+/// request that sends the same bytes: agents send the same tools with every turn,
+/// and cleaning 20 schemas for Gemini cost more than the rest of the request
+/// (bench/README.md, session 34). Per thread, so that no core waits for another
+/// (issue 18); small (`MAX_ENTRIES` parts, `MAX_BYTES` of keys and values), the
+/// least recently used going first; keyed by the bytes themselves (a length check,
+/// then `memcmp`: no hashing of a 12 KB list, and no collisions).
+pub struct Recent<V> {
+    entries: Vec<RecentEntry<V>>,
+    bytes: usize,
+    clock: u64,
+}
+
+struct RecentEntry<V> {
+    key: Box<[u8]>,
+    value: std::rc::Rc<V>,
+    /// Its key's and value's bytes.
+    weight: usize,
+    used: u64,
+}
+
+impl<V> Recent<V> {
+    const MAX_ENTRIES: usize = 16;
+    const MAX_BYTES: usize = 1 << 20;
+
+    pub const fn new() -> Recent<V> {
+        Recent {
+            entries: Vec::new(),
+            bytes: 0,
+            clock: 0,
+        }
+    }
+
+    /// What was kept for `key`, else what `make` makes of it (kept unless the
+    /// key and `weight` of what was made are more than a quarter of the budget).
+    pub fn get_or_make(
+        &mut self,
+        key: &[u8],
+        make: impl FnOnce() -> V,
+        weight: impl FnOnce(&V) -> usize,
+    ) -> std::rc::Rc<V> {
+        self.clock += 1;
+        if let Some(entry) = self
+            .entries
+            .iter_mut()
+            .find(|entry| entry.key.len() == key.len() && *entry.key == *key)
+        {
+            entry.used = self.clock;
+            return entry.value.clone();
+        }
+        let value = std::rc::Rc::new(make());
+        let weight = key.len() + weight(&value);
+        if weight > Self::MAX_BYTES / 4 {
+            return value;
+        }
+        while self.entries.len() >= Self::MAX_ENTRIES || self.bytes + weight > Self::MAX_BYTES {
+            let oldest = (0..self.entries.len())
+                .min_by_key(|&i| self.entries[i].used)
+                .expect("a full cache has entries");
+            self.bytes -= self.entries.swap_remove(oldest).weight;
+        }
+        self.bytes += weight;
+        self.entries.push(RecentEntry {
+            key: key.into(),
+            value: value.clone(),
+            weight,
+            used: self.clock,
+        });
+        value
+    }
+}
+
 /// Chat requests for the writers' differential tests: messages and any of the
 /// members a writer reads, leaves to its tree or drops, with values it must write
 /// as the tree does, and values the tree refuses.
@@ -567,6 +639,9 @@ pub mod arb {
             r#""{\"a\": 1.50, \"a\": \"\\u0041\"}""#,
             r#""12""#,
             r#""not \"json\"""#,
+            r#""Error: \"x\" failed\n""#,
+            r#"" [1]""#,
+            r#""\n{\"a\":1}""#,
             r#""  ""#,
             "null",
             r#"[{"type":"text","text":"found"},{"type":"text","text":" "}]"#,
@@ -641,5 +716,61 @@ pub mod arb {
                 Just(all).prop_shuffle()
             })
             .prop_map(|members| format!("{{{}}}", members.join(",")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Recent;
+    use std::cell::Cell;
+
+    /// What is kept is found by its bytes alone; the least recently used goes
+    /// first when the entries or the bytes run out; what weighs more than a
+    /// quarter of the budget is made each time.
+    #[test]
+    fn recent_parts_are_kept_by_their_bytes_within_bounds() {
+        type Kept = Recent<String>;
+        let made = Cell::new(0);
+        let mut recent = Kept::new();
+        let mut get = |recent: &mut Kept, key: &[u8], weight: usize| {
+            recent
+                .get_or_make(
+                    key,
+                    || {
+                        made.set(made.get() + 1);
+                        String::from_utf8_lossy(key).into_owned()
+                    },
+                    |_| weight,
+                )
+                .to_string()
+        };
+        assert_eq!(get(&mut recent, b"ab", 1), "ab");
+        assert_eq!(get(&mut recent, b"ba", 1), "ba");
+        assert_eq!(get(&mut recent, b"ab", 1), "ab");
+        assert_eq!(made.get(), 2);
+        // Sixteen more keys: "ba" (least recently used) goes first, then "ab".
+        for i in 0..15 {
+            get(&mut recent, format!("key {i}").as_bytes(), 1);
+        }
+        assert_eq!(made.get(), 17);
+        get(&mut recent, b"ab", 1);
+        assert_eq!(made.get(), 17, "ab kept");
+        get(&mut recent, b"ba", 1);
+        assert_eq!(made.get(), 18, "ba made again");
+        assert!(recent.entries.len() <= Kept::MAX_ENTRIES);
+        // Heavy values push out as many as they need.
+        let heavy = Kept::MAX_BYTES / 4 - 10;
+        for i in 0..4 {
+            get(&mut recent, format!("heavy {i}").as_bytes(), heavy);
+        }
+        assert!(recent.bytes <= Kept::MAX_BYTES);
+        assert_eq!(
+            recent.bytes,
+            recent.entries.iter().map(|e| e.weight).sum::<usize>()
+        );
+        let before = made.get();
+        get(&mut recent, b"too heavy", Kept::MAX_BYTES);
+        get(&mut recent, b"too heavy", Kept::MAX_BYTES);
+        assert_eq!(made.get(), before + 2);
     }
 }

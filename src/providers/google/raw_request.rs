@@ -20,10 +20,11 @@
 //! that tree serializes to (the differential tests below).
 
 use std::borrow::Cow;
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 
 use serde_json::Value;
-
-use std::collections::HashMap;
 
 use super::request::{RequestOptions, MAX_STOP_SEQUENCES};
 use super::{ids, schema};
@@ -31,7 +32,7 @@ use crate::api::raw_body::named_members_of;
 use crate::json_scan::{first_value, has_escape, string_value, write_json_str, JsonText, Walk};
 use crate::providers::raw_request::{
     description as description_of, members_and, positive, stop_strings, text_messages_and,
-    write_strings, write_text_objects,
+    write_strings, write_text_objects, Recent,
 };
 
 /// Members `build_request` acts on that this writer leaves to it. A stream's
@@ -73,8 +74,8 @@ type Turn<'a> = (&'static str, Vec<Part<'a>>);
 /// The Gemini body for the chat request `body` (a JSON object, checked); `None`
 /// when the request has something this writer leaves to the tree.
 pub fn write(body: &str, model: &str, options: &RequestOptions) -> Option<Vec<u8>> {
-    // The tools, most of an agent's first request, are written where the walk of
-    // the body meets them.
+    // The tools, most of an agent's request, are written as the last request with
+    // the same tools had them written (see `declared`).
     let mut tools_read = None;
     let [messages, temperature, top_p, presence, frequency, max_completion_tokens, max_tokens, stop, seed, tool_choice] =
         members_and(
@@ -100,16 +101,20 @@ pub fn write(body: &str, model: &str, options: &RequestOptions) -> Option<Vec<u8
                     if walk.null() {
                         Some(None)
                     } else {
-                        declarations(walk).map(Some)
+                        declared(walk.skip()?).map(Some)
                     }
                 })
                 .map(|()| true)
             },
         )?;
-    let (declarations, names) = tools_read.flatten().unwrap_or_default();
+    let declared = tools_read.flatten();
+    let (declarations, names): (&[u8], &[String]) = match declared.as_deref() {
+        Some(Some(declared)) => (&declared.written, &declared.names),
+        _ => (&[], &[]),
+    };
     let tool_config = match tool_choice {
         None | Some("null") => None,
-        Some(raw) => Some(tool_config(raw, &names)?),
+        Some(raw) => Some(tool_config(raw, names)?),
     };
     let (system, turns) = conversation(messages?, model, options)?;
 
@@ -159,7 +164,7 @@ pub fn write(body: &str, model: &str, options: &RequestOptions) -> Option<Vec<u8
     }
     if !names.is_empty() {
         out.extend_from_slice(b",\"tools\":[{\"functionDeclarations\":");
-        out.extend_from_slice(&declarations);
+        out.extend_from_slice(declarations);
         out.extend_from_slice(b"}]");
         if let Some(config) = tool_config {
             out.extend_from_slice(b",\"toolConfig\":{\"functionCallingConfig\":");
@@ -352,8 +357,26 @@ fn tool_response(texts: &[JsonText<'_>]) -> Vec<u8> {
             &joined
         }
     };
+    // Most results that are not JSON (a file, a command's output) say so in their
+    // first byte, and are not decoded to find out.
+    let (first, length) = match text {
+        JsonText::Written(literal) => (literal.as_bytes().get(1), literal.len()),
+        JsonText::Value(value) => (value.as_bytes().first(), value.len() + 2),
+    };
+    let mut out = Vec::with_capacity(length + 16);
+    if !matches!(
+        first,
+        Some(
+            b'{' | b'[' | b'"' | b'-' | b'0'
+                ..=b'9' | b't' | b'f' | b'n' | b'\\' | b' ' | b'\t' | b'\n' | b'\r'
+        )
+    ) {
+        out.extend_from_slice(b"{\"content\":");
+        text.write(&mut out);
+        out.push(b'}');
+        return out;
+    }
     let value = text.value();
-    let mut out = Vec::with_capacity(value.len() + 16);
     match serde_json::from_str::<Value>(&value) {
         Ok(object @ Value::Object(_)) => {
             serde_json::to_writer(&mut out, &object).expect("a JSON value always serializes");
@@ -439,11 +462,48 @@ fn stop_sequences(raw: Option<&str>) -> Option<Option<String>> {
     String::from_utf8(out).ok().map(Some)
 }
 
+/// A request's tools as [`declarations`] writes them.
+struct Declared {
+    /// The list of function declarations, written.
+    written: Vec<u8>,
+    /// The functions' names.
+    names: Vec<String>,
+}
+
+thread_local! {
+    /// The tools of this thread's last requests (by their bytes), as declared, or
+    /// `None` where the tree must declare them.
+    static DECLARED: RefCell<Recent<Option<Declared>>> = const { RefCell::new(Recent::new()) };
+}
+
+/// The tools `raw` (the `tools` member as written, checked) as [`declarations`]
+/// writes them, from the thread's [`Recent`] when a request sent the same bytes
+/// before. `None` as for [`declarations`].
+fn declared(raw: &str) -> Option<Rc<Option<Declared>>> {
+    let declared = DECLARED.with(|recent| {
+        recent.borrow_mut().get_or_make(
+            raw.as_bytes(),
+            || {
+                let mut walk = Walk::checked(raw);
+                let declared = declarations(&mut walk)?;
+                walk.done()?;
+                Some(declared)
+            },
+            |declared| {
+                declared.as_ref().map_or(0, |declared| {
+                    declared.written.len() + declared.names.iter().map(String::len).sum::<usize>()
+                })
+            },
+        )
+    });
+    declared.is_some().then_some(declared)
+}
+
 /// The client's `tools` (a list of function tools) as Gemini's function
 /// declarations, as `request::tools_and_choice` makes them: the written list and
 /// the functions' names. `None` for a tool the tree refuses (another type, no
 /// `function`, no name) and a schema `schema::write_parameters` leaves to it.
-fn declarations<'a>(walk: &mut Walk<'a>) -> Option<(Vec<u8>, Vec<Cow<'a, str>>)> {
+fn declarations(walk: &mut Walk<'_>) -> Option<Declared> {
     let mut written = vec![b'['];
     let mut names = Vec::new();
     // A function's cleaned schema, written before its name when it comes first.
@@ -466,11 +526,11 @@ fn declarations<'a>(walk: &mut Walk<'a>) -> Option<(Vec<u8>, Vec<Cow<'a, str>>)>
         if let Some(kind) = kind.filter(|kind| kind.starts_with('"')) {
             (string_value(kind)? == "function").then_some(())?;
         }
-        names.push(function?);
+        names.push(function?.into_owned());
         Some(())
     })?;
     written.push(b']');
-    Some((written, names))
+    Some(Declared { written, names })
 }
 
 /// A function tool's `function` (at its `{`) as a declaration, written to `out`:
@@ -513,7 +573,7 @@ fn declaration<'a>(
 /// makes of it for the functions `names`: `auto`, `none`, `required` (with tools),
 /// or a function among them by name. `None` for anything else (the tree refuses it
 /// or, for `allowed_tools`, reads it itself).
-fn tool_config(raw: &str, names: &[Cow<'_, str>]) -> Option<String> {
+fn tool_config(raw: &str, names: &[String]) -> Option<String> {
     if raw.starts_with('"') {
         return match &*string_value(raw)? {
             "auto" => Some(r#"{"mode":"AUTO"}"#.to_owned()),
@@ -536,7 +596,7 @@ fn tool_config(raw: &str, names: &[Cow<'_, str>]) -> Option<String> {
         _ => name,
     }?;
     let name = string_value(name.starts_with('"').then_some(name)?)?;
-    names.contains(&name).then_some(())?;
+    names.iter().any(|known| *known == name).then_some(())?;
     let mut config = br#"{"mode":"ANY","allowedFunctionNames":["#.to_vec();
     write_json_str(&mut config, &name);
     config.extend_from_slice(b"]}");
@@ -626,11 +686,14 @@ mod tests {
         }
     }
 
-    /// `text` is written as `expected` for `model`, and so is it by the tree.
+    /// `text` is written as `expected` for `model` (the second time with the tools
+    /// declared the first time), and so is it by the tree.
     fn assert_written_for_as_the_tree_writes(text: &str, model: &str, expected: &str) {
         let options = options(false);
-        let written = write(text, model, &options).map(|b| String::from_utf8(b).unwrap());
-        assert_eq!(written.as_deref(), Some(expected));
+        for _ in 0..2 {
+            let written = write(text, model, &options).map(|b| String::from_utf8(b).unwrap());
+            assert_eq!(written.as_deref(), Some(expected));
+        }
         assert_eq!(tree_body(text, model, &options).as_deref(), Some(expected));
     }
 
