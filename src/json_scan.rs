@@ -1025,6 +1025,76 @@ fn unescape_canonical(inside: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// `text` (a JSON value, whitespace around it allowed) written to `out` compactly,
+/// as serde_json writes the `Value` it reads from it, without building that value:
+/// a tool's result that is JSON is sent to Gemini as JSON (`google::raw_request`),
+/// and reading it into a tree took 40 instructions a byte. `None`, with `out` as
+/// it was, for what is not JSON and for what this writer leaves to serde_json: a
+/// number other than an unsigned integer (serde writes floats its own way), a key
+/// with an escape or given twice (serde keeps the last value in the first one's
+/// place), an object of more than 64 members, nesting past the walk's depth.
+pub fn write_compact(text: &str, out: &mut Vec<u8>) -> Option<()> {
+    let start = out.len();
+    let mut walk = Walk::new(text);
+    let written = compact_value(&mut walk, out, &mut Vec::new()).and_then(|()| walk.done());
+    if written.is_none() {
+        out.truncate(start);
+    }
+    written
+}
+
+/// [`write_compact`] of the value at the walk; `keys` is a stack of the keys of
+/// the objects being written.
+fn compact_value<'a>(
+    walk: &mut Walk<'a>,
+    out: &mut Vec<u8>,
+    keys: &mut Vec<&'a str>,
+) -> Option<()> {
+    if walk.at_string() {
+        walk.text()?.write(out);
+    } else if walk.at_object() {
+        let base = keys.len();
+        out.push(b'{');
+        walk.object(|walk, key| {
+            let members = &keys[base..];
+            if has_escape(key) || members.len() >= 64 || members.contains(&key) {
+                return None;
+            }
+            if !members.is_empty() {
+                out.push(b',');
+            }
+            keys.push(key);
+            // A key without escapes is written by serde as it is.
+            out.push(b'"');
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            compact_value(walk, out, keys)
+        })?;
+        keys.truncate(base);
+        out.push(b'}');
+    } else if walk.at_array() {
+        out.push(b'[');
+        let mut first = true;
+        walk.array(|walk| {
+            if !first {
+                out.push(b',');
+            }
+            first = false;
+            compact_value(walk, out, keys)
+        })?;
+        out.push(b']');
+    } else {
+        let scalar = walk.skip()?;
+        let kept = matches!(scalar, "true" | "false" | "null")
+            || (scalar.len() < 20
+                && scalar.bytes().all(|b| b.is_ascii_digit())
+                && (scalar.len() == 1 || !scalar.starts_with('0')));
+        kept.then_some(())?;
+        out.extend_from_slice(scalar.as_bytes());
+    }
+    Some(())
+}
+
 /// Whether every escape in `inside` (a checked string literal's inside) is the one
 /// serde_json writes for its character: `\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`,
 /// and `\u00xx` (lowercase hex) for the other control characters. Not `\/`, nor a
@@ -2418,6 +2488,80 @@ b"}"#,
         ) {
             let _ = skipped(Walk::checked(&format!("{{\"k\":{text}")));
             let _ = skipped(Walk::checked(&text));
+        }
+    }
+
+    /// What serde_json writes of the `Value` it reads from `text`, if it reads one.
+    fn serde_rewrites(text: &str) -> Option<Vec<u8>> {
+        serde_json::from_str::<Value>(text)
+            .ok()
+            .map(|value| serde_json::to_vec(&value).unwrap())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(2000))]
+
+        /// What `write_compact` writes is what serde_json writes of the value it
+        /// reads, for JSON written compactly, with spaces, and with keys given
+        /// twice; it writes nothing for what serde refuses.
+        #[test]
+        fn a_compact_text_is_what_serde_writes(
+            value in any_json(),
+            pretty in proptest::bool::ANY,
+            twice in proptest::bool::ANY,
+        ) {
+            let mut text = if pretty {
+                serde_json::to_string_pretty(&value).unwrap()
+            } else {
+                serde_json::to_string(&value).unwrap()
+            };
+            if twice && text.starts_with('{') && text.len() > 2 {
+                text.insert_str(1, r#""a":1.0,"a":[2],"#);
+            }
+            let mut out = b"x".to_vec();
+            if write_compact(&text, &mut out).is_some() {
+                proptest::prop_assert_eq!(Some(out[1..].to_vec()), serde_rewrites(&text), "{}", text);
+            } else {
+                proptest::prop_assert_eq!(out, b"x".to_vec());
+            }
+        }
+
+        /// And for texts that may not be JSON at all.
+        #[test]
+        fn a_compact_text_of_anything_is_what_serde_writes_or_nothing(
+            text in "[ \"\\\\\\[\\]{}:,a1e.\\-tnrulf0\u{e9}]{0,24}",
+        ) {
+            let mut out = Vec::new();
+            if write_compact(&text, &mut out).is_some() {
+                proptest::prop_assert_eq!(Some(out), serde_rewrites(&text), "{}", text);
+            }
+        }
+    }
+
+    #[test]
+    fn most_json_results_are_written_compact() {
+        for (text, written) in [
+            (
+                r#" [{"name": "p 0", "email": "p0@example.com", "n": 12, "ok": true}, null] "#,
+                Some(r#"[{"name":"p 0","email":"p0@example.com","n":12,"ok":true},null]"#),
+            ),
+            (
+                r#"{"a": "\u00e9\/", "b": {}}"#,
+                Some(r#"{"a":"é/","b":{}}"#),
+            ),
+            (r#"{"a": 1.5}"#, None),
+            (r#"{"a": -1}"#, None),
+            (r#"{"a": 1, "a": 2}"#, None),
+            (r#"{"\u0061": 1}"#, None),
+            ("[1] x", None),
+            ("not json", None),
+        ] {
+            let mut out = Vec::new();
+            let result = write_compact(text, &mut out).map(|()| String::from_utf8(out).unwrap());
+            assert_eq!(result.as_deref(), written, "{text}");
+            if let Some(written) = written {
+                assert_eq!(serde_rewrites(text).unwrap(), written.as_bytes());
+            }
         }
     }
 

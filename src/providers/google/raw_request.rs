@@ -29,7 +29,9 @@ use serde_json::Value;
 use super::request::{RequestOptions, MAX_STOP_SEQUENCES};
 use super::{ids, schema};
 use crate::api::raw_body::named_members_of;
-use crate::json_scan::{first_value, has_escape, string_value, write_json_str, JsonText, Walk};
+use crate::json_scan::{
+    first_value, has_escape, string_value, write_compact, write_json_str, JsonText, Walk,
+};
 use crate::providers::raw_request::{
     description as description_of, members_and, positive, stop_strings, text_messages_and,
     write_strings, write_text_objects, Recent,
@@ -377,6 +379,20 @@ fn tool_response(texts: &[JsonText<'_>]) -> Vec<u8> {
         return out;
     }
     let value = text.value();
+    // JSON is written back as serde writes it, mostly without reading it into a tree.
+    let object = value
+        .trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{');
+    if !object {
+        out.extend_from_slice(b"{\"content\":");
+    }
+    if write_compact(&value, &mut out).is_some() {
+        if !object {
+            out.push(b'}');
+        }
+        return out;
+    }
+    out.clear();
     match serde_json::from_str::<Value>(&value) {
         Ok(object @ Value::Object(_)) => {
             serde_json::to_writer(&mut out, &object).expect("a JSON value always serializes");
