@@ -732,7 +732,7 @@ mod tests {
         type Kept = Recent<String>;
         let made = Cell::new(0);
         let mut recent = Kept::new();
-        let mut get = |recent: &mut Kept, key: &[u8], weight: usize| {
+        let get = |recent: &mut Kept, key: &[u8], weight: usize| {
             recent
                 .get_or_make(
                     key,
