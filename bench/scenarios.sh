@@ -130,8 +130,9 @@ paths[chat-agent-anthropic-20]=/v1/chat/completions
 # The same request for an OpenAI-compatible upstream: passed through as written.
 bodies[chat-agent-20]=${bodies[chat-agent-anthropic-20]/claude-bench-s20/bench-s20}
 paths[chat-agent-20]=/v1/chat/completions
-# The same request for a Gemini model: translated to a Gemini request, a stream of
-# 20 text events back (the tool call and its result take the tree translation).
+# The same request for a Gemini model: translated to a Gemini request (the tool
+# call with its result, and the tools, declared once per server thread), a stream
+# of 20 text events back.
 bodies[chat-agent-gemini-20]=${bodies[chat-agent-anthropic-20]/claude-bench-s20/gemini-bench-s20}
 paths[chat-agent-gemini-20]=/v1/chat/completions
 # An agent's first request (the system prompt, a question and the 20 tools, no tool
@@ -159,7 +160,6 @@ paths[chat-tools-gemini-tree-20]=/v1/chat/completions
 # mock's `-v`; the other scenarios' chunks all carry the same text); stream-20-slow,
 # its chunks 5 ms apart, as a model's come: each event read, framed and written on
 # its own (use a small N1 and N2: a stream takes 100 ms); anthropic-stream-20-usage,
-# the Anthropic stream asked with `stream_options.include_usage`; chat-agent-gemini-20,
-# whose tool call and result take the Gemini tree translation; chat-tools-gemini-tree-20,
-# chat-tools-gemini-20 left to the tree translation.
-DEFAULT_SCENARIOS="non-streamed stream-20 stream-20-usage anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20 messages-agent-20 messages-agent-translated-20 responses-agent-translated-20 chat-agent-20 chat-agent-anthropic-20 chat-tools-20 chat-tools-gemini-20"
+# the Anthropic stream asked with `stream_options.include_usage`;
+# chat-tools-gemini-tree-20, chat-tools-gemini-20 left to the tree translation.
+DEFAULT_SCENARIOS="non-streamed stream-20 stream-20-usage anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20 messages-agent-20 messages-agent-translated-20 responses-agent-translated-20 chat-agent-20 chat-agent-anthropic-20 chat-agent-gemini-20 chat-tools-20 chat-tools-gemini-20"

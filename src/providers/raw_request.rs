@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use crate::json_scan::{first_value, has_escape, write_json_str, JsonText, Walk};
+use crate::json_scan::{first_value, has_escape, write_compact, write_json_str, JsonText, Walk};
 
 /// The values of the top-level members of `body` (a chat request a door's reader
 /// checked, all of it: its values are skipped unchecked, see `Walk::checked`)
@@ -175,6 +175,18 @@ pub fn stop_strings(raw: Option<&str>) -> Option<Vec<Cow<'_, str>>> {
         }
     }
     Some(strings)
+}
+
+/// A tool call's arguments (`text`, decoded) when they are a JSON object that
+/// `json_scan::write_compact` writes as serde writes it: that object, written.
+/// `None` for the rest, which the writers read with serde.
+pub fn compact_object(text: &str) -> Option<Vec<u8>> {
+    text.trim_start_matches([' ', '\t', '\n', '\r'])
+        .starts_with('{')
+        .then_some(())?;
+    let mut out = Vec::with_capacity(text.len());
+    write_compact(text, &mut out)?;
+    Some(out)
 }
 
 /// `[<head>"…"},…]`: each text as a JSON string in an object that `head` opens
@@ -587,6 +599,8 @@ pub mod arb {
         let arguments = prop::sample::select(vec![
             r#""{\"q\": \"platform team\", \"n\": 2.50, \"f\": [\"a\u0041\"]}""#,
             r#""{}""#,
+            r#""{\"path\": \"src/main.rs\", \"limit\": 20, \"all\": false}""#,
+            r#"" {\"a\":1,\"a\":[2]}""#,
             r#""null""#,
             r#""""#,
             r#"" ""#,

@@ -31,8 +31,8 @@ use super::request::{json_f64, looks_personal};
 use crate::api::raw_body::named_members_of;
 use crate::json_scan::{first_value, has_escape, string_value, write_json_str, JsonText, Walk};
 use crate::providers::raw_request::{
-    description as description_of, members_and, positive, stop_strings, text_messages_and,
-    write_strings, write_text_objects,
+    compact_object, description as description_of, members_and, positive, stop_strings,
+    text_messages_and, write_strings, write_text_objects,
 };
 
 /// Members the tree translation acts on that this writer leaves to it (`n` other
@@ -586,6 +586,9 @@ fn input(arguments: Option<&str>) -> Option<Vec<u8>> {
             let text = string_value(raw)?;
             if text.trim().is_empty() {
                 return Some(b"{}".to_vec());
+            }
+            if let Some(object) = compact_object(&text) {
+                return Some(object);
             }
             serde_json::from_str::<Value>(&text).ok()?
         }

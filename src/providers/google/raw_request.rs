@@ -33,8 +33,8 @@ use crate::json_scan::{
     first_value, has_escape, string_value, write_compact, write_json_str, JsonText, Walk,
 };
 use crate::providers::raw_request::{
-    description as description_of, members_and, positive, stop_strings, text_messages_and,
-    write_strings, write_text_objects, Recent,
+    compact_object, description as description_of, members_and, positive, stop_strings,
+    text_messages_and, write_strings, write_text_objects, Recent,
 };
 
 /// Members `build_request` acts on that this writer leaves to it. A stream's
@@ -332,6 +332,9 @@ fn args(arguments: Option<&str>) -> Option<Vec<u8>> {
             let text = string_value(raw)?;
             if text.trim().is_empty() {
                 return Some(b"{}".to_vec());
+            }
+            if let Some(object) = compact_object(&text) {
+                return Some(object);
             }
             match serde_json::from_str::<Value>(&text).ok()? {
                 Value::Null => return Some(b"{}".to_vec()),
