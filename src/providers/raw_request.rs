@@ -238,8 +238,10 @@ struct RecentEntry<V> {
 }
 
 impl<V> Recent<V> {
-    const MAX_ENTRIES: usize = 16;
-    const MAX_BYTES: usize = 1 << 20;
+    /// Room for the tool lists of the agents a thread serves (an agent's 20
+    /// tools: 12 KB as sent, about as much declared).
+    const MAX_ENTRIES: usize = 64;
+    const MAX_BYTES: usize = 2 << 20;
 
     pub const fn new() -> Recent<V> {
         Recent {
@@ -762,15 +764,17 @@ mod tests {
         assert_eq!(get(&mut recent, b"ba", 1), "ba");
         assert_eq!(get(&mut recent, b"ab", 1), "ab");
         assert_eq!(made.get(), 2);
-        // Sixteen more keys: "ba" (least recently used) goes first, then "ab".
-        for i in 0..15 {
+        // As many more keys as leave room for one of the two: "ba" (least
+        // recently used) goes first.
+        let more = Kept::MAX_ENTRIES - 1;
+        for i in 0..more {
             get(&mut recent, format!("key {i}").as_bytes(), 1);
         }
-        assert_eq!(made.get(), 17);
+        assert_eq!(made.get(), 2 + more);
         get(&mut recent, b"ab", 1);
-        assert_eq!(made.get(), 17, "ab kept");
+        assert_eq!(made.get(), 2 + more, "ab kept");
         get(&mut recent, b"ba", 1);
-        assert_eq!(made.get(), 18, "ba made again");
+        assert_eq!(made.get(), 3 + more, "ba made again");
         assert!(recent.entries.len() <= Kept::MAX_ENTRIES);
         // Heavy values push out as many as they need.
         let heavy = Kept::MAX_BYTES / 4 - 10;
