@@ -1187,6 +1187,22 @@ impl<'a> Walk<'a> {
         self.scan.at
     }
 
+    /// The text from the walk on: the value to take next, and what follows it.
+    pub fn rest(&self) -> &'a str {
+        &self.text[self.scan.at..]
+    }
+
+    /// Takes the value at the walk that is known to be its next `len` bytes (a
+    /// whole list or object an earlier walk of the same bytes took and checked,
+    /// see `recent::Recent::get_prefix`), without walking it again.
+    pub fn skip_known(&mut self, len: usize) -> Option<&'a str> {
+        let start = self.scan.at;
+        let text = self.text.get(start..start.checked_add(len)?)?;
+        self.scan.at = start + len;
+        self.scan.skip_whitespace();
+        Some(text)
+    }
+
     /// The text of the value taken since the walk was [`at`](Walk::at) `start`, as
     /// written (for a value walked into rather than skipped).
     pub fn text_since(&self, start: usize) -> &'a str {

@@ -28,6 +28,7 @@ pub mod logging;
 pub mod metrics;
 pub mod payload;
 pub mod providers;
+pub mod recent;
 pub mod routing;
 pub mod secrets;
 pub mod server;

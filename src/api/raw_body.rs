@@ -13,6 +13,7 @@ use bytes::Bytes;
 use serde_json::{Map, Value};
 
 use crate::json_scan::{first_time, first_value, has_escape, string_value, Walk};
+use crate::recent::Recent;
 
 /// A request body checked without a tree.
 #[derive(Debug, Clone)]
@@ -291,6 +292,37 @@ impl ChatWriter {
         } else {
             self.params.push(b']');
         }
+        Some(())
+    }
+
+    /// [`ChatWriter::list`] for a list whose translation depends on its bytes
+    /// alone, kept in the thread's `recent` by those bytes: a list sent again (an
+    /// agent's tools, every turn) is found by `memcmp` and its translation copied,
+    /// neither walked nor checked again (the same bytes passed the same checks).
+    /// Lists the translation refuses are not kept.
+    pub fn kept_list<'a>(
+        &mut self,
+        key: &str,
+        walk: &mut Walk<'a>,
+        recent: &'static std::thread::LocalKey<std::cell::RefCell<Recent<Vec<u8>>>>,
+        each: impl FnMut(&mut Walk<'a>, &mut Vec<u8>) -> Option<()>,
+    ) -> Option<()> {
+        let kept = recent.with(|recent| recent.borrow_mut().get_prefix(walk.rest().as_bytes()));
+        if let Some((length, written)) = kept {
+            walk.skip_known(length)?;
+            self.params.extend_from_slice(&written);
+            return Some(());
+        }
+        let (start, mark) = (walk.at(), self.params.len());
+        walk.at_array().then_some(())?;
+        self.list(key, walk, each)?;
+        let written = self.params[mark..].to_vec();
+        let weight = written.len();
+        recent.with(|recent| {
+            recent
+                .borrow_mut()
+                .insert(walk.text_since(start).as_bytes(), written, weight)
+        });
         Some(())
     }
 

@@ -177,7 +177,7 @@ impl<'a> Request<'a> {
             "truncation" | "prompt_cache_key" => drop(walk.skip()?),
             "tools" => {
                 let start = walk.at();
-                self.writer.list("tools", walk, tool)?;
+                self.writer.kept_list("tools", walk, &TOOLS, tool)?;
                 self.echoes.tools = Some(walk.text_since(start));
             }
             "tool_choice" => {
@@ -282,6 +282,12 @@ fn tool_choice(text: &str) -> Option<Cow<'_, str>> {
     Some(Cow::Owned(format!(
         r#"{{"type":"function","function":{{"name":{name}}}}}"#
     )))
+}
+
+thread_local! {
+    /// The tools of this thread's last requests (by their bytes), as chat tools.
+    static TOOLS: std::cell::RefCell<crate::recent::Recent<Vec<u8>>> =
+        const { std::cell::RefCell::new(crate::recent::Recent::new()) };
 }
 
 /// A function tool → a chat function tool (its name, and its description,
@@ -713,7 +719,10 @@ mod tests {
     #[test]
     fn the_usual_requests_are_written_and_the_others_left_to_the_tree() {
         for text in WRITTEN {
-            assert!(written(text).is_some(), "not written: {text}");
+            let first = written(text);
+            assert!(first.is_some(), "not written: {text}");
+            // The second time with the tools as the thread kept them.
+            assert_eq!(written(text), first, "{text}");
         }
         for text in LEFT {
             assert!(written(text).is_none(), "written: {text}");

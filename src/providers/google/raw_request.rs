@@ -34,8 +34,9 @@ use crate::json_scan::{
 };
 use crate::providers::raw_request::{
     compact_object, description as description_of, members_and, positive, stop_strings,
-    text_messages_and, write_strings, write_text_objects, Recent,
+    text_messages_and, write_strings, write_text_objects,
 };
+use crate::recent::Recent;
 
 /// Members `build_request` acts on that this writer leaves to it. A stream's
 /// `stream_options` (all `raw_chat` lets through: one that asks for the usage) is
