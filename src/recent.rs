@@ -23,6 +23,12 @@ struct RecentEntry<V> {
     used: u64,
 }
 
+impl<V> Default for Recent<V> {
+    fn default() -> Self {
+        Recent::new()
+    }
+}
+
 impl<V> Recent<V> {
     /// Room for the tool lists of the agents a thread serves (an agent's 20
     /// tools: 12 KB as sent, about as much declared).
