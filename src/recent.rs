@@ -2,10 +2,11 @@
 //! next request that sends the same bytes (agents send the same tools with every
 //! turn): see [`Recent`].
 
-/// What a writer made of a part of a request, kept on this thread for the next
-/// request that sends the same bytes: agents send the same tools with every turn,
-/// and cleaning 20 schemas for Gemini cost more than the rest of the request
-/// (bench/README.md, session 34). Per thread, so that no core waits for another
+/// What a reader or writer made of a part of a request (a check passed, a
+/// translation), kept on this thread for the next request that sends the same
+/// bytes: agents send the same tools with every turn, and checking them was a third
+/// of reading an agent's request, cleaning 20 schemas for Gemini more than the rest
+/// of translating it (bench/README.md, session 34). Per thread, so that no core waits for another
 /// (issue 18); small (`MAX_ENTRIES` parts, `MAX_BYTES` of keys and values), the
 /// least recently used going first; keyed by the bytes themselves (a length check,
 /// then `memcmp`: no hashing of a 12 KB list, and no collisions).
@@ -31,9 +32,12 @@ impl<V> Default for Recent<V> {
 
 impl<V> Recent<V> {
     /// Room for the tool lists of the agents a thread serves (an agent's 20
-    /// tools: 12 KB as sent, about as much declared).
-    const MAX_ENTRIES: usize = 64;
-    const MAX_BYTES: usize = 2 << 20;
+    /// tools: 12 KB as sent, about as much declared), in each of the five places
+    /// that keep them (the chat and Messages doors' checks, the Messages and
+    /// Responses doors' tools as chat tools, Gemini's declarations): at most
+    /// 2.5 MiB a thread however many lists clients send.
+    const MAX_ENTRIES: usize = 32;
+    const MAX_BYTES: usize = 512 << 10;
 
     pub const fn new() -> Recent<V> {
         Recent {

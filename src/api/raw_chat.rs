@@ -20,7 +20,9 @@
 
 use bytes::Bytes;
 
-use super::raw_body::{named_members, non_empty_list, string, typed_object, walk_body, RawBody};
+use super::raw_body::{
+    kept_check, named_members, non_empty_list, string, typed_object, walk_body, RawBody,
+};
 use super::validate::{
     may_omit_content, MAX_MODEL_LEN, MAX_N, MAX_TOKENS, MAX_TOP_LOGPROBS, ROLES,
 };
@@ -115,7 +117,7 @@ fn member(
         }
         // An agent's request carries its tools (often many kilobytes of JSON
         // schema): checked here, they go on as written instead of through a tree.
-        "tools" => checked_tools(walk),
+        "tools" => kept_check(walk, &CHECKED_TOOLS, tools),
         // Refused on the tree path.
         "extra_headers" => None,
         _ => walk.skip().map(drop),
@@ -123,27 +125,10 @@ fn member(
 }
 
 thread_local! {
-    /// The tool lists this thread's last requests sent that [`tools`] passed.
+    /// The tool lists this thread's last requests sent that [`tools`] passed (see
+    /// `raw_body::kept_check`).
     static CHECKED_TOOLS: std::cell::RefCell<crate::recent::Recent<()>> =
         const { std::cell::RefCell::new(crate::recent::Recent::new()) };
-}
-
-/// [`tools`], for a list this thread has not checked before: an agent sends the
-/// same list with every turn, and the same bytes pass the same checks, so a list
-/// kept in [`CHECKED_TOOLS`] is found by `memcmp` and taken without a second walk
-/// (a third of reading an agent's 16 KB request; bench/README.md, session 34).
-fn checked_tools(walk: &mut Walk<'_>) -> Option<()> {
-    let kept = CHECKED_TOOLS.with(|kept| kept.borrow_mut().get_prefix(walk.rest().as_bytes()));
-    if let Some((length, _)) = kept {
-        return walk.skip_known(length).map(drop);
-    }
-    // Only whole lists are kept: they end where their brackets close.
-    walk.at_array().then_some(())?;
-    let start = walk.at();
-    tools(walk)?;
-    let text = walk.text_since(start);
-    CHECKED_TOOLS.with(|kept| kept.borrow_mut().insert(text.as_bytes(), (), 0));
-    Some(())
 }
 
 /// `tools`, checked as `validate::check_tools` checks it: a list of objects, each

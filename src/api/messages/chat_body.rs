@@ -128,7 +128,7 @@ impl<'a> Request<'a> {
                     self.writer.param("user", user);
                 }
             }
-            "tools" => self.writer.list("tools", walk, tool)?,
+            "tools" => self.writer.kept_list("tools", walk, &TOOLS, tool)?,
             "tool_choice" => self.tool_choice(walk)?,
             "thinking" => self.thinking(walk)?,
             // Anything else has no equivalent in a chat request: the tree path
@@ -502,6 +502,12 @@ fn tool_result(block: &Block<'_>, chat: &mut Vec<u8>) -> Option<()> {
     Some(())
 }
 
+thread_local! {
+    /// The tools of this thread's last requests (by their bytes), as chat tools.
+    static TOOLS: std::cell::RefCell<crate::recent::Recent<Vec<u8>>> =
+        const { std::cell::RefCell::new(crate::recent::Recent::new()) };
+}
+
 /// A client tool → a function tool (its name, description unless `null`, and
 /// input schema as written); Anthropic's own tools (a string `type` other than
 /// `custom`) are refused.
@@ -635,7 +641,11 @@ mod tests {
     #[test]
     fn the_usual_requests_are_written_and_the_others_left_to_the_tree() {
         for text in WRITTEN {
-            assert!(written(text).is_some(), "not written: {text}");
+            let body = |raw: RawBody| raw.upstream_body(&raw.model, false);
+            let first = written(text).map(body);
+            assert!(first.is_some(), "not written: {text}");
+            // The second time with the tools as the thread kept them.
+            assert_eq!(written(text).map(body), first, "{text}");
         }
         for text in LEFT {
             assert!(written(text).is_none(), "written: {text}");

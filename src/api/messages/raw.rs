@@ -18,8 +18,8 @@
 use bytes::Bytes;
 
 use crate::api::raw_body::{
-    non_empty_list, not_blank, number, object, objects, string, strings, typed_object, walk_body,
-    RawBody,
+    kept_check, non_empty_list, not_blank, number, object, objects, string, strings, typed_object,
+    walk_body, RawBody,
 };
 use crate::json_scan::{first_time, first_value, has_escape, Walk};
 
@@ -73,13 +73,20 @@ fn member(walk: &mut Walk<'_>, key: &str, found: &mut Found) -> Option<()> {
         "temperature" | "top_p" => number(walk),
         "top_k" => walk.u64_or_null()?.map(drop),
         "stop_sequences" => strings(walk),
-        "tools" => objects(walk),
+        "tools" => kept_check(walk, &CHECKED_TOOLS, objects),
         "tool_choice" => typed_object(walk),
         "metadata" | "thinking" => object(walk),
         // Turned into headers on the tree path.
         "extra_headers" => None,
         _ => walk.skip().map(drop),
     }
+}
+
+thread_local! {
+    /// The tool lists this thread's last requests sent that passed (see
+    /// `raw_body::kept_check`).
+    static CHECKED_TOOLS: std::cell::RefCell<crate::recent::Recent<()>> =
+        const { std::cell::RefCell::new(crate::recent::Recent::new()) };
 }
 
 /// One message: an object whose `role` is `user` or `assistant` and whose
