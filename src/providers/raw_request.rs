@@ -7,7 +7,11 @@
 
 use std::borrow::Cow;
 
-use crate::json_scan::{first_value, has_escape, write_compact, write_json_str, JsonText, Walk};
+use serde_json::Value;
+
+use crate::json_scan::{
+    first_value, has_escape, string_value, write_compact, write_json_str, JsonText, Walk,
+};
 
 /// The values of the top-level members of `body` (a chat request a door's reader
 /// checked, all of it: its values are skipped unchecked, see `Walk::checked`)
@@ -177,10 +181,41 @@ pub fn stop_strings(raw: Option<&str>) -> Option<Vec<Cow<'_, str>>> {
     Some(strings)
 }
 
-/// A tool call's arguments (`text`, decoded) when they are a JSON object that
-/// `json_scan::write_compact` writes as serde writes it: that object, written.
-/// `None` for the rest, which the writers read with serde.
-pub fn compact_object(text: &str) -> Option<Vec<u8>> {
+/// A tool call's `arguments` (a string, `null` or none, as `raw_chat` lets them
+/// through; an object is taken as it is) → the arguments object as serde writes
+/// it, as both translations take them: absent, `null` or a blank string is `{}`; a
+/// string must hold a JSON object or, where `null_is_empty` (Gemini's
+/// `request::parse_arguments`), JSON `null` (`{}` too). `None` for anything else
+/// (the translation refuses it).
+pub fn arguments_object(arguments: Option<&str>, null_is_empty: bool) -> Option<Vec<u8>> {
+    let object = match arguments {
+        None | Some("null") => return Some(b"{}".to_vec()),
+        Some(raw) if raw.starts_with('"') => {
+            let text = string_value(raw)?;
+            if text.trim().is_empty() {
+                return Some(b"{}".to_vec());
+            }
+            if let Some(object) = compact_object(&text) {
+                return Some(object);
+            }
+            serde_json::from_str::<Value>(&text).ok()?
+        }
+        Some(raw) if raw.starts_with('{') => serde_json::from_str::<Value>(raw).ok()?,
+        Some(_) => return None,
+    };
+    match object {
+        Value::Null if null_is_empty => Some(b"{}".to_vec()),
+        Value::Object(_) => {
+            Some(serde_json::to_vec(&object).expect("a JSON value always serializes"))
+        }
+        _ => None,
+    }
+}
+
+/// Arguments (`text`, decoded) that are a JSON object `json_scan::write_compact`
+/// writes as serde writes it: that object, written. `None` for the rest, which
+/// [`arguments_object`] reads with serde.
+fn compact_object(text: &str) -> Option<Vec<u8>> {
     text.trim_start_matches([' ', '\t', '\n', '\r'])
         .starts_with('{')
         .then_some(())?;

@@ -24,14 +24,12 @@
 
 use std::borrow::Cow;
 
-use serde_json::Value;
-
 use super::messages::{sanitize_tool_id, NO_RESULT};
 use super::request::{json_f64, looks_personal};
 use crate::api::raw_body::named_members_of;
 use crate::json_scan::{first_value, has_escape, string_value, write_json_str, JsonText, Walk};
 use crate::providers::raw_request::{
-    compact_object, description as description_of, members_and, positive, stop_strings,
+    arguments_object, description as description_of, members_and, positive, stop_strings,
     text_messages_and, write_strings, write_text_objects,
 };
 
@@ -556,7 +554,7 @@ fn tool_uses<'a>(raw: &'a str, blocks: &mut Vec<Block<'a>>) -> Option<()> {
             "function" => first_value(&mut function, || {
                 let [name, arguments] = named_members_of(walk.skip()?, ["name", "arguments"])?;
                 let name = string_value(name?)?;
-                (!name.is_empty()).then_some((name, input(arguments)?))
+                (!name.is_empty()).then_some((name, arguments_object(arguments, false)?))
             }),
             _ if has_escape(key) => None,
             _ => walk.skip().map(drop),
@@ -574,30 +572,6 @@ fn tool_uses<'a>(raw: &'a str, blocks: &mut Vec<Block<'a>>) -> Option<()> {
     })?;
     let kept = super::thinking::recall(ids.iter().map(|id| id.as_ref()), None);
     kept.is_none_or(|blocks| blocks.is_empty()).then_some(())
-}
-
-/// A tool call's `arguments` → the `input` object as serde writes it: absent,
-/// `null` or a blank string is `{}`; a string must hold a JSON object; an object is
-/// taken as it is. `None` for anything else (the translation refuses it).
-fn input(arguments: Option<&str>) -> Option<Vec<u8>> {
-    let object = match arguments {
-        None | Some("null") => return Some(b"{}".to_vec()),
-        Some(raw) if raw.starts_with('"') => {
-            let text = string_value(raw)?;
-            if text.trim().is_empty() {
-                return Some(b"{}".to_vec());
-            }
-            if let Some(object) = compact_object(&text) {
-                return Some(object);
-            }
-            serde_json::from_str::<Value>(&text).ok()?
-        }
-        Some(raw) if raw.starts_with('{') => serde_json::from_str::<Value>(raw).ok()?,
-        Some(_) => return None,
-    };
-    object
-        .is_object()
-        .then(|| serde_json::to_vec(&object).expect("a JSON value always serializes"))
 }
 
 /// Every `tool_use` needs a `tool_result` in the very next user turn: as

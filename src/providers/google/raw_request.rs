@@ -33,7 +33,7 @@ use crate::json_scan::{
     first_value, has_escape, string_value, write_compact, write_json_str, JsonText, Walk,
 };
 use crate::providers::raw_request::{
-    compact_object, description as description_of, members_and, positive, stop_strings,
+    arguments_object, description as description_of, members_and, positive, stop_strings,
     text_messages_and, write_strings, write_text_objects,
 };
 use crate::recent::Recent;
@@ -298,7 +298,7 @@ fn function_calls<'a>(
             "function" => first_value(&mut function, || {
                 let [name, arguments] = named_members_of(walk.skip()?, ["name", "arguments"])?;
                 let name = string_value(name.filter(|name| name.starts_with('"'))?)?;
-                (!name.is_empty()).then_some((name, args(arguments)?))
+                (!name.is_empty()).then_some((name, arguments_object(arguments, true)?))
             }),
             _ if has_escape(key) => None,
             _ => walk.skip().map(drop),
@@ -320,33 +320,6 @@ fn function_calls<'a>(
         });
         Some(())
     })
-}
-
-/// A tool call's `arguments` (`raw_chat` lets through a string, `null` or none) →
-/// the `args` object as serde writes it, as `request::parse_arguments` takes them:
-/// absent, `null`, a blank string or a string holding `null` is `{}`; a string must
-/// hold a JSON object. `None` for anything else (the tree refuses it, or takes it).
-fn args(arguments: Option<&str>) -> Option<Vec<u8>> {
-    let object = match arguments {
-        None | Some("null") => return Some(b"{}".to_vec()),
-        Some(raw) if raw.starts_with('"') => {
-            let text = string_value(raw)?;
-            if text.trim().is_empty() {
-                return Some(b"{}".to_vec());
-            }
-            if let Some(object) = compact_object(&text) {
-                return Some(object);
-            }
-            match serde_json::from_str::<Value>(&text).ok()? {
-                Value::Null => return Some(b"{}".to_vec()),
-                object => object,
-            }
-        }
-        Some(_) => return None,
-    };
-    object
-        .is_object()
-        .then(|| serde_json::to_vec(&object).expect("a JSON value always serializes"))
 }
 
 /// A tool result's texts (joined) as `functionResponse.response`, written as
