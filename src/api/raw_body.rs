@@ -240,27 +240,41 @@ pub fn rewalk<'a>(text: &'a str, read: impl FnOnce(&mut Walk<'a>) -> Option<()>)
     walk.done()
 }
 
-/// The list at the walk, checked by `check` unless this thread's `recent` holds
-/// its bytes: an agent sends the same tools with every turn, and the same bytes
-/// pass the same checks, so a list kept there is found by `memcmp` and taken
-/// without a second walk (a third of reading an agent's 16 KB request;
-/// bench/README.md, session 34). A list that passes is kept.
-pub fn kept_check<'a>(
+/// What a thread's `recent` keeps for a list: its place in the thread-local.
+pub type KeptLists<V> = &'static std::thread::LocalKey<std::cell::RefCell<Recent<V>>>;
+
+/// What `make` makes of the list at the walk (and its weight in bytes), or what it
+/// made of the same bytes before on this thread: an agent sends the same tools
+/// with every turn, so a list kept in `recent` is found by `memcmp` where the walk
+/// stands and stepped over, neither walked nor checked again (the same bytes pass
+/// the same checks). Only whole lists are kept (they end where their brackets
+/// close, so no other kept list is a prefix too), and only what `make` accepts.
+fn kept<'a, V>(
     walk: &mut Walk<'a>,
-    recent: &'static std::thread::LocalKey<std::cell::RefCell<Recent<()>>>,
-    check: impl FnOnce(&mut Walk<'a>) -> Option<()>,
-) -> Option<()> {
+    recent: KeptLists<V>,
+    make: impl FnOnce(&mut Walk<'a>) -> Option<(V, usize)>,
+) -> Option<std::rc::Rc<V>> {
     let kept = recent.with(|recent| recent.borrow_mut().get_prefix(walk.rest().as_bytes()));
-    if let Some((length, _)) = kept {
-        return walk.skip_known(length).map(drop);
+    if let Some((length, value)) = kept {
+        walk.skip_known(length)?;
+        return Some(value);
     }
-    // Only whole lists are kept: they end where their brackets close.
     walk.at_array().then_some(())?;
     let start = walk.at();
-    check(walk)?;
-    let text = walk.text_since(start);
-    recent.with(|recent| recent.borrow_mut().insert(text.as_bytes(), (), 0));
-    Some(())
+    let (value, weight) = make(walk)?;
+    let key = walk.text_since(start).as_bytes();
+    Some(recent.with(|recent| recent.borrow_mut().insert(key, value, weight)))
+}
+
+/// The list at the walk, checked by `check` unless this thread passed the same
+/// bytes before (see [`kept`]: a third of reading an agent's 16 KB request;
+/// bench/README.md, session 34).
+pub fn kept_check<'a>(
+    walk: &mut Walk<'a>,
+    recent: KeptLists<()>,
+    check: impl FnOnce(&mut Walk<'a>) -> Option<()>,
+) -> Option<()> {
+    kept(walk, recent, |walk| check(walk).map(|()| ((), 0))).map(drop)
 }
 
 /// A chat-completions request that a door writes from the client's bytes as it
@@ -319,33 +333,23 @@ impl ChatWriter {
     }
 
     /// [`ChatWriter::list`] for a list whose translation depends on its bytes
-    /// alone, kept in the thread's `recent` by those bytes: a list sent again (an
-    /// agent's tools, every turn) is found by `memcmp` and its translation copied,
-    /// neither walked nor checked again (the same bytes passed the same checks).
-    /// Lists the translation refuses are not kept.
+    /// alone: a list this thread translated before is copied as translated (see
+    /// [`kept`]). Lists the translation refuses are not kept.
     pub fn kept_list<'a>(
         &mut self,
         key: &str,
         walk: &mut Walk<'a>,
-        recent: &'static std::thread::LocalKey<std::cell::RefCell<Recent<Vec<u8>>>>,
+        recent: KeptLists<Vec<u8>>,
         each: impl FnMut(&mut Walk<'a>, &mut Vec<u8>) -> Option<()>,
     ) -> Option<()> {
-        let kept = recent.with(|recent| recent.borrow_mut().get_prefix(walk.rest().as_bytes()));
-        if let Some((length, written)) = kept {
-            walk.skip_known(length)?;
-            self.params.extend_from_slice(&written);
-            return Some(());
-        }
-        let (start, mark) = (walk.at(), self.params.len());
-        walk.at_array().then_some(())?;
-        self.list(key, walk, each)?;
-        let written = self.params[mark..].to_vec();
-        let weight = written.len();
-        recent.with(|recent| {
-            recent
-                .borrow_mut()
-                .insert(walk.text_since(start).as_bytes(), written, weight)
-        });
+        let written = kept(walk, recent, |walk| {
+            let mark = self.params.len();
+            self.list(key, walk, each)?;
+            let written = self.params.split_off(mark);
+            let weight = written.len();
+            Some((written, weight))
+        })?;
+        self.params.extend_from_slice(&written);
         Some(())
     }
 

@@ -9,6 +9,8 @@ use std::borrow::Cow;
 
 use serde_json::Value;
 
+use crate::api::raw_body::named_members_of;
+
 use crate::json_scan::{
     first_value, has_escape, string_value, write_compact, write_json_str, JsonText, Walk,
 };
@@ -179,6 +181,18 @@ pub fn stop_strings(raw: Option<&str>) -> Option<Vec<Cow<'_, str>>> {
         }
     }
     Some(strings)
+}
+
+/// A tool call's `function` (at the walk) as both translations read it: its name (a
+/// non-empty string) and its arguments object, written (see [`arguments_object`]).
+/// `None` for a function the translation refuses.
+pub fn called_function<'a>(
+    walk: &mut Walk<'a>,
+    null_is_empty: bool,
+) -> Option<(Cow<'a, str>, Vec<u8>)> {
+    let [name, arguments] = named_members_of(walk.skip()?, ["name", "arguments"])?;
+    let name = string_value(name?)?;
+    (!name.is_empty()).then_some((name, arguments_object(arguments, null_is_empty)?))
 }
 
 /// A tool call's `arguments` (a string, `null` or none, as `raw_chat` lets them

@@ -29,7 +29,7 @@ use super::request::{json_f64, looks_personal};
 use crate::api::raw_body::named_members_of;
 use crate::json_scan::{first_value, has_escape, string_value, write_json_str, JsonText, Walk};
 use crate::providers::raw_request::{
-    arguments_object, description as description_of, members_and, positive, stop_strings,
+    called_function, description as description_of, members_and, positive, stop_strings,
     text_messages_and, write_strings, write_text_objects,
 };
 
@@ -551,11 +551,7 @@ fn tool_uses<'a>(raw: &'a str, blocks: &mut Vec<Block<'a>>) -> Option<()> {
         let (mut id, mut function) = (None, None);
         walk.object(|walk, key| match key {
             "id" => first_value(&mut id, || walk.string()),
-            "function" => first_value(&mut function, || {
-                let [name, arguments] = named_members_of(walk.skip()?, ["name", "arguments"])?;
-                let name = string_value(name?)?;
-                (!name.is_empty()).then_some((name, arguments_object(arguments, false)?))
-            }),
+            "function" => first_value(&mut function, || called_function(walk, false)),
             _ if has_escape(key) => None,
             _ => walk.skip().map(drop),
         })?;
