@@ -249,7 +249,7 @@ pub type KeptLists<V> = &'static std::thread::LocalKey<std::cell::RefCell<Recent
 /// stands and stepped over, neither walked nor checked again (the same bytes pass
 /// the same checks). Only whole lists are kept (they end where their brackets
 /// close, so no other kept list is a prefix too), and only what `make` accepts.
-fn kept<'a, V>(
+pub fn kept<'a, V>(
     walk: &mut Walk<'a>,
     recent: KeptLists<V>,
     make: impl FnOnce(&mut Walk<'a>) -> Option<(V, usize)>,

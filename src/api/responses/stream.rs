@@ -451,12 +451,20 @@ pub struct Event {
     pub response: Option<Box<Value>>,
 }
 
-/// An event's JSON text: written here by the translator (kept as the `Vec` it was
-/// written in: made into `Bytes`, a `Vec` with room to spare took an allocation of
-/// its own, and the encoder only copies it into the client's frame), or an
+/// An event's JSON text (what it derefs to): written here by the translator, or an
 /// upstream's event as it came (a slice of what was read).
 pub enum EventText {
-    Written(Vec<u8>),
+    /// The whole SSE event as the client gets it, `event: <type>\ndata: ` + the
+    /// JSON + a blank line, the JSON from `json_start`: written framed, so that
+    /// an event that echoes the request (`response.created`, the terminal event:
+    /// an agent's instructions and tools, 13 KB and more) goes out in the buffer it
+    /// was written in instead of being copied into the client's frame (see
+    /// [`encode`]). Kept as the `Vec` it was written in: made into `Bytes`, a `Vec`
+    /// with room to spare took an allocation of its own.
+    Framed {
+        text: Vec<u8>,
+        json_start: usize,
+    },
     Passed(Bytes),
 }
 
@@ -465,25 +473,65 @@ impl std::ops::Deref for EventText {
 
     fn deref(&self) -> &[u8] {
         match self {
-            EventText::Written(text) => text,
+            EventText::Framed { text, json_start } => {
+                &text[*json_start..text.len() - FRAME_END.len()]
+            }
             EventText::Passed(text) => text,
         }
     }
 }
 
+impl Event {
+    /// Whether it is sent as a write of its own, in the buffer it was written in.
+    fn own_frame(&self) -> bool {
+        matches!(&self.data, EventText::Framed { text, .. } if text.len() >= OWN_FRAME)
+    }
+}
+
+/// What ends each SSE event.
+const FRAME_END: &[u8] = b"\n\n";
+
+/// An event written framed from at least this many bytes is sent in its own
+/// buffer (see [`encode`]); smaller ones are copied into a frame with their
+/// neighbours, one write for many.
+const OWN_FRAME: usize = 4096;
+
 /// A stream of events for the client, or a failure that ends it.
 pub type EventStream = std::pin::Pin<Box<dyn Stream<Item = Result<Event, ApiError>> + Send>>;
 
-/// The start of an event's JSON text: its `type` and `sequence_number`, written
-/// directly (the text deltas are most of a stream's events; building a tree per
-/// event and serializing it was most of the translation's cost).
-fn event_head(kind: &str, sequence: u64, capacity: usize) -> Vec<u8> {
-    let mut data = Vec::with_capacity(capacity);
-    data.extend_from_slice(b"{\"type\":\"");
-    data.extend_from_slice(kind.as_bytes());
-    data.extend_from_slice(b"\",\"sequence_number\":");
-    data.extend_from_slice(itoa::Buffer::new().format(sequence).as_bytes());
-    data
+/// An event being written framed ([`EventText::Framed`]).
+struct FramedEvent {
+    text: Vec<u8>,
+    json_start: usize,
+}
+
+impl FramedEvent {
+    /// The event's SSE head and the start of its JSON text, its `type` and
+    /// `sequence_number`, with room for `capacity` bytes of JSON: written directly
+    /// (the text deltas are most of a stream's events; building a tree per event
+    /// and serializing it was most of the translation's cost).
+    fn start(kind: &str, sequence: u64, capacity: usize) -> FramedEvent {
+        let mut text = Vec::with_capacity(capacity + 2 * kind.len() + 16);
+        text.extend_from_slice(b"event: ");
+        text.extend_from_slice(kind.as_bytes());
+        text.extend_from_slice(b"\ndata: ");
+        let json_start = text.len();
+        text.extend_from_slice(b"{\"type\":\"");
+        text.extend_from_slice(kind.as_bytes());
+        text.extend_from_slice(b"\",\"sequence_number\":");
+        text.extend_from_slice(itoa::Buffer::new().format(sequence).as_bytes());
+        FramedEvent { text, json_start }
+    }
+
+    /// The JSON object closed and the SSE event ended.
+    fn finish(mut self) -> EventText {
+        self.text.push(b'}');
+        self.text.extend_from_slice(FRAME_END);
+        EventText::Framed {
+            text: self.text,
+            json_start: self.json_start,
+        }
+    }
 }
 
 /// `,"name":` and the value as a JSON string (escaped as serde_json does).
@@ -584,13 +632,12 @@ impl Translator {
         fields: impl FnOnce(&mut Vec<u8>),
         out: &mut Vec<Event>,
     ) {
-        let mut data = event_head(kind, self.sequence, capacity);
+        let mut event = FramedEvent::start(kind, self.sequence, capacity);
         self.sequence += 1;
-        fields(&mut data);
-        data.push(b'}');
+        fields(&mut event.text);
         out.push(Event {
             kind: Cow::Borrowed(kind),
-            data: EventText::Written(data),
+            data: event.finish(),
             response: None,
         });
     }
@@ -620,17 +667,16 @@ impl Translator {
         }
         let members = &self.delta_members.1;
         let capacity = 64 + kind.len() + members.len() + delta.len() + 16;
-        let mut data = event_head(kind, self.sequence, capacity);
+        let mut event = FramedEvent::start(kind, self.sequence, capacity);
         self.sequence += 1;
-        data.extend_from_slice(members);
-        crate::json_scan::write_json_str(&mut data, delta);
+        event.text.extend_from_slice(members);
+        crate::json_scan::write_json_str(&mut event.text, delta);
         if logprobs {
-            data.extend_from_slice(b",\"logprobs\":[]");
+            event.text.extend_from_slice(b",\"logprobs\":[]");
         }
-        data.push(b'}');
         out.push(Event {
             kind: std::borrow::Cow::Borrowed(kind),
-            data: EventText::Written(data),
+            data: event.finish(),
             response: None,
         });
     }
@@ -640,13 +686,20 @@ impl Translator {
             return;
         }
         self.started = true;
-        // Written once for both events.
-        let mut snapshot = Vec::with_capacity(self.skeleton.text_len() + 64);
-        self.skeleton
-            .write(&answer::Outcome::IN_PROGRESS, &mut snapshot);
+        // The response is written into each event where it goes (not once and
+        // copied into both: it echoes the request, 13 KB for an agent).
         for kind in ["response.created", "response.in_progress"] {
-            let fields = |d: &mut Vec<u8>| push_raw_field(d, "response", &snapshot);
-            self.event(kind, snapshot.len() + 64, fields, out);
+            let capacity = self.skeleton.text_len() + 128;
+            let mut event = FramedEvent::start(kind, self.sequence, capacity);
+            self.sequence += 1;
+            event.text.extend_from_slice(b",\"response\":");
+            self.skeleton
+                .write(&answer::Outcome::IN_PROGRESS, &mut event.text);
+            out.push(Event {
+                kind: Cow::Borrowed(kind),
+                data: event.finish(),
+                response: None,
+            });
         }
     }
 
@@ -1018,19 +1071,22 @@ impl Translator {
             usage,
         };
         let capacity = self.skeleton.text_len() + output.len() + usage.len() + error.len() + 128;
-        let mut data = event_head(kind, self.sequence, capacity);
+        let mut event = FramedEvent::start(kind, self.sequence, capacity);
         self.sequence += 1;
-        data.extend_from_slice(b",\"response\":");
-        let start = data.len();
-        self.skeleton.write(&outcome, &mut data);
+        event.text.extend_from_slice(b",\"response\":");
+        let start = event.text.len();
+        self.skeleton.write(&outcome, &mut event.text);
         let response = self
             .keep_tree
-            .then(|| serde_json::from_slice(&data[start..]).ok().map(Box::new))
+            .then(|| {
+                serde_json::from_slice(&event.text[start..])
+                    .ok()
+                    .map(Box::new)
+            })
             .flatten();
-        data.push(b'}');
         out.push(Event {
             kind: Cow::Borrowed(kind),
-            data: EventText::Written(data),
+            data: event.finish(),
             response,
         });
     }
@@ -1229,7 +1285,15 @@ impl<F: FnOnce(StreamSummary)> Encoder<F> {
                         self.finish.summary.response = event.response.map(|response| *response);
                     }
                 }
-                write_event(&event.kind, &event.data, out);
+                match event.data {
+                    // Written framed: sent in its own buffer when it is one to
+                    // (see `encode`), otherwise copied whole.
+                    EventText::Framed { text, .. } if out.is_empty() && text.len() >= OWN_FRAME => {
+                        *out = text;
+                    }
+                    EventText::Framed { text, .. } => out.extend_from_slice(&text),
+                    EventText::Passed(data) => write_event(&event.kind, &data, out),
+                }
                 false
             }
             Some(Err(error)) => {
@@ -1259,6 +1323,7 @@ impl<F: FnOnce(StreamSummary)> Encoder<F> {
 
 /// Append one event: `event: <type>` and its data as written.
 fn write_event(kind: &str, data: &[u8], out: &mut Vec<u8>) {
+    out.reserve(kind.len() + data.len() + 16);
     out.extend_from_slice(b"event: ");
     out.extend_from_slice(kind.as_bytes());
     out.extend_from_slice(b"\ndata: ");
@@ -1270,6 +1335,12 @@ fn write_event(kind: &str, data: &[u8], out: &mut Vec<u8>) {
 /// (events that are ready together share a write). `assemble`: hand the final
 /// response to `on_finish` (for the loggers). A failure before any terminal event
 /// is an `error` event. No `[DONE]`: the Responses API ends with its terminal event.
+///
+/// An event the translator wrote framed and big ([`OWN_FRAME`]: those that echo
+/// the request) is a write of its own, sent in the buffer it was written in: copied
+/// into a frame it was copied again each time the frame grew (13 KB events, three
+/// a stream, were a third of the instructions of an agent's translated stream;
+/// bench/README.md, session 35).
 pub fn encode<F>(
     events: EventStream,
     assemble: bool,
@@ -1287,13 +1358,29 @@ where
         written: 0,
         terminal: false,
     });
-    futures_util::stream::unfold(Some((events, encoder)), |state| async move {
-        let (mut events, mut encoder) = state?;
-        let mut buf = Vec::with_capacity(2048);
-        let first = events.next().await;
+    // The state: the events, the encoder, and an event of its own frame that came
+    // while the last frame was gathered (the next frame's).
+    let held: Option<Event> = None;
+    futures_util::stream::unfold(Some((events, encoder, held)), |state| async move {
+        let (mut events, mut encoder, held) = state?;
+        let first = match held {
+            Some(event) => Some(Ok(event)),
+            None => events.next().await,
+        };
+        let own_frame = matches!(&first, Some(Ok(event)) if event.own_frame());
+        let mut buf = if own_frame {
+            Vec::new()
+        } else {
+            Vec::with_capacity(2048)
+        };
         let mut ended = encoder.write(first, &mut buf);
-        while !ended && buf.len() < crate::streaming::COALESCE_LIMIT {
+        let mut held = None;
+        while !ended && !own_frame && buf.len() < crate::streaming::COALESCE_LIMIT {
             match events.next().now_or_never() {
+                Some(Some(Ok(event))) if event.own_frame() => {
+                    held = Some(event);
+                    break;
+                }
                 Some(item) => {
                     crate::streaming::room_for_burst(&mut buf);
                     ended = encoder.write(item, &mut buf);
@@ -1301,7 +1388,7 @@ where
                 None => break,
             }
         }
-        let next = (!ended).then_some((events, encoder));
+        let next = (!ended).then_some((events, encoder, held));
         Some((Ok(Bytes::from(buf)), next))
     })
 }
@@ -1612,6 +1699,82 @@ mod tests {
         let last = events.last().unwrap();
         assert_eq!(last["type"], "response.failed");
         assert_eq!(last["response"]["error"]["code"], "server_error");
+    }
+
+    /// A request whose echo is big (an agent's instructions): each event that
+    /// echoes it is a frame of its own, sent as written, and the body is every
+    /// event framed in order, whatever the frames.
+    #[tokio::test]
+    async fn events_that_echo_a_big_request_are_frames_of_their_own() {
+        let params = json!({"instructions": "Work in the repository. ".repeat(400)});
+        let skeleton = answer::Skeleton::new(params.as_object().unwrap(), "up-1");
+        let translator = Translator::new(skeleton, "c", 1 << 20, true);
+        let chunks = || -> PayloadStream {
+            let mut chunks: Vec<_> = ["Hi", " there", "."]
+                .iter()
+                .map(|text| Ok(Payload::Value(chunk(json!({"content": text}), None))))
+                .collect();
+            chunks.push(Ok(Payload::Value(chunk(json!({}), Some("stop")))));
+            Box::pin(futures_util::stream::iter(chunks))
+        };
+        let events: Vec<Event> = translate(chunks(), translator)
+            .map(Result::unwrap)
+            .collect()
+            .await;
+        let framed = |event: &Event| {
+            let json = std::str::from_utf8(&event.data).unwrap();
+            format!("event: {}\ndata: {json}\n\n", event.kind)
+        };
+        let expected: String = events.iter().map(framed).collect();
+        let big: Vec<String> = events
+            .iter()
+            .filter(|e| e.own_frame())
+            .map(framed)
+            .collect();
+        let kinds: Vec<&str> = events
+            .iter()
+            .filter(|e| e.own_frame())
+            .map(|e| e.kind.as_ref())
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                "response.created",
+                "response.in_progress",
+                "response.completed"
+            ]
+        );
+
+        let count = events.len();
+        let events: EventStream = Box::pin(futures_util::stream::iter(events.into_iter().map(Ok)));
+        let (summary_sender, summary) = std::sync::mpsc::channel();
+        let frames: Vec<String> = encode(events, true, move |summary| {
+            summary_sender.send(summary).unwrap();
+        })
+        .map(|frame| String::from_utf8(frame.unwrap().to_vec()).unwrap())
+        .collect()
+        .await;
+        // Not `assert_eq!`: the texts are 30 KB.
+        assert!(
+            frames.concat() == expected,
+            "the body is not the events framed in order"
+        );
+        for event in &big {
+            assert!(
+                frames.contains(event),
+                "not a frame of its own: {}",
+                &event[..40]
+            );
+        }
+        // The small events between them still share frames.
+        assert!(frames.len() < count, "{} frames", frames.len());
+        let summary = summary.recv().unwrap();
+        assert_eq!(summary.chunks, count);
+        assert!(summary.completed);
+        assert_eq!(
+            summary.response.unwrap()["instructions"],
+            params["instructions"]
+        );
     }
 
     #[tokio::test]

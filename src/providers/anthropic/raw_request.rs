@@ -23,15 +23,17 @@
 //! bytes as serde would write them). The differential tests below hold it to that.
 
 use std::borrow::Cow;
+use std::cell::RefCell;
 
 use super::messages::{sanitize_tool_id, NO_RESULT};
 use super::request::{json_f64, looks_personal};
-use crate::api::raw_body::named_members_of;
+use crate::api::raw_body::{kept, named_members_of};
 use crate::json_scan::{first_value, has_escape, string_value, write_json_str, JsonText, Walk};
 use crate::providers::raw_request::{
     called_function, description as description_of, members_and, positive, stop_strings,
     text_messages_and, write_strings, write_text_objects,
 };
+use crate::recent::Recent;
 
 /// Members the tree translation acts on that this writer leaves to it (`n` other
 /// than 1 or `null` too, see `providers::raw_request::members_and`). A stream's
@@ -88,7 +90,6 @@ pub fn write(body: &str, model: &str, default_max_tokens: u64, stream: bool) -> 
     // The messages and the tools, most of an agent's request, are read where the
     // walk of the body meets them.
     let (mut conversation_read, mut tools_read) = (None, None);
-    let mut client_tools = Vec::new();
     let [max_tokens, max_completion_tokens, temperature, top_p, stop, user, tool_choice, parallel] =
         members_and(
             body,
@@ -109,11 +110,14 @@ pub fn write(body: &str, model: &str, default_max_tokens: u64, stream: bool) -> 
                 }
                 "tools" => first_value(&mut tools_read, || {
                     if walk.null() {
-                        Some(0)
+                        Some(None)
                     } else {
-                        // No longer than the rest of the body: no growing and copying.
-                        client_tools.reserve(body.len() - walk.at());
-                        write_tools(&mut client_tools, walk)
+                        kept(walk, &TOOLS, |walk| {
+                            let tools = write_tools(walk)?;
+                            let weight = tools.written.len();
+                            Some((tools, weight))
+                        })
+                        .map(Some)
                     }
                 })
                 .map(|()| true),
@@ -121,7 +125,7 @@ pub fn write(body: &str, model: &str, default_max_tokens: u64, stream: bool) -> 
             },
         )?;
     let (system, turns) = conversation_read?;
-    let tools = tools_read.unwrap_or(0);
+    let client_tools = tools_read.flatten();
     let client_choice = match tool_choice {
         None | Some("null") => None,
         Some(raw) => Some(tool_choice_of(raw)?),
@@ -154,13 +158,14 @@ pub fn write(body: &str, model: &str, default_max_tokens: u64, stream: bool) -> 
             .iter()
             .any(|b| matches!(b, Block::ToolUse { .. } | Block::ToolResult { .. }))
     });
-    let (tools, mut choice) = if tools > 0 {
-        (Some(&client_tools[..]), client_choice)
-    } else if history_has_tools {
-        (Some(&PLACEHOLDER_TOOLS[..]), Some(Choice::None))
-    } else {
-        (None, None)
-    };
+    let (tools, mut choice) =
+        if let Some(client_tools) = client_tools.as_ref().filter(|t| t.count > 0) {
+            (Some(&client_tools.written[..]), client_choice)
+        } else if history_has_tools {
+            (Some(&PLACEHOLDER_TOOLS[..]), Some(Choice::None))
+        } else {
+            (None, None)
+        };
     let mut disable_parallel = false;
     if !parallel && tools.is_some() {
         let choice = choice.get_or_insert(Choice::Auto);
@@ -274,14 +279,28 @@ fn tool_choice_of(raw: &str) -> Option<Choice<'_>> {
     (!name.is_empty()).then_some(Choice::Tool(name))
 }
 
-/// The client's `tools` (a list of function tools) as Anthropic tools, written to
-/// `out` as `tools::convert_tools` makes them: how many there were. A tool's
-/// `parameters` schema and its `cache_control` are copied as written (a schema
-/// without a top-level `type` gets `"type":"object"` after its members, as the
-/// translation inserts it).
-fn write_tools(out: &mut Vec<u8>, walk: &mut Walk<'_>) -> Option<usize> {
+/// A client's tools as [`write_tools`] wrote them.
+struct WrittenTools {
+    /// The list of Anthropic tools.
+    written: Vec<u8>,
+    /// How many tools it has.
+    count: usize,
+}
+
+thread_local! {
+    /// The tools of this thread's last requests (by their bytes), as written: an
+    /// agent sends the same tools with every turn (`raw_body::kept`).
+    static TOOLS: RefCell<Recent<WrittenTools>> = const { RefCell::new(Recent::new()) };
+}
+
+/// The client's `tools` (a list of function tools) as Anthropic tools, written as
+/// `tools::convert_tools` makes them. A tool's `parameters` schema and its
+/// `cache_control` are copied as written (a schema without a top-level `type` gets
+/// `"type":"object"` after its members, as the translation inserts it).
+fn write_tools(walk: &mut Walk<'_>) -> Option<WrittenTools> {
     let mut count = 0;
-    out.push(b'[');
+    let mut written = vec![b'['];
+    let out = &mut written;
     walk.array(|walk| {
         if count > 0 {
             out.push(b',');
@@ -334,7 +353,7 @@ fn write_tools(out: &mut Vec<u8>, walk: &mut Walk<'_>) -> Option<usize> {
         Some(())
     })?;
     out.push(b']');
-    Some(count)
+    Some(WrittenTools { written, count })
 }
 
 /// What the translation takes from a function tool's `function`.
@@ -641,8 +660,17 @@ mod tests {
         Some(body.to_vec())
     }
 
+    /// [`write`]'s body, written twice: the second time with the tools this
+    /// thread kept from the first (`TOOLS`), which must not change a byte.
+    fn written_twice(text: &str, stream: bool) -> Option<Vec<u8>> {
+        let first = write(text, "claude-x", DEFAULT_MAX_TOKENS, stream);
+        let again = write(text, "claude-x", DEFAULT_MAX_TOKENS, stream);
+        assert_eq!(first, again, "written again from the kept tools: {text}");
+        first
+    }
+
     fn written(text: &str, stream: bool) -> Option<String> {
-        write(text, "claude-x", DEFAULT_MAX_TOKENS, stream).map(|b| String::from_utf8(b).unwrap())
+        written_twice(text, stream).map(|b| String::from_utf8(b).unwrap())
     }
 
     /// `text`, streamed, is written as `expected`, byte for byte what the tree
@@ -753,7 +781,7 @@ mod tests {
     fn what_is_written_is_what_the_tree_translation_sends() {
         crate::providers::raw_request::arb::each_raw_request(|case, text| {
             let stream = case % 2 == 0;
-            let Some(body) = write(text, "claude-x", DEFAULT_MAX_TOKENS, stream) else {
+            let Some(body) = written_twice(text, stream) else {
                 return false;
             };
             let tree = tree_body(text, "claude-x", stream);
@@ -778,7 +806,7 @@ mod tests {
             350,
             |case, text| {
                 let stream = case % 2 == 0;
-                let Some(body) = write(text, "claude-x", DEFAULT_MAX_TOKENS, stream) else {
+                let Some(body) = written_twice(text, stream) else {
                     return false;
                 };
                 let tree = tree_body(text, "claude-x", stream).expect("the tree translates it");

@@ -28,7 +28,7 @@ use serde_json::Value;
 
 use super::request::{RequestOptions, MAX_STOP_SEQUENCES};
 use super::{ids, schema};
-use crate::api::raw_body::named_members_of;
+use crate::api::raw_body::{kept, named_members_of};
 use crate::json_scan::{
     first_value, has_escape, string_value, write_compact, write_json_str, JsonText, Walk,
 };
@@ -79,12 +79,11 @@ type Turn<'a> = (&'static str, Vec<Part<'a>>);
 pub fn write(body: &str, model: &str, options: &RequestOptions) -> Option<Vec<u8>> {
     // The tools, most of an agent's request, are written as the last request with
     // the same tools had them written (see `declared`).
-    let mut tools_read = None;
-    let [messages, temperature, top_p, presence, frequency, max_completion_tokens, max_tokens, stop, seed, tool_choice] =
+    let (mut conversation_read, mut tools_read) = (None, None);
+    let [temperature, top_p, presence, frequency, max_completion_tokens, max_tokens, stop, seed, tool_choice] =
         members_and(
             body,
             [
-                "messages",
                 "temperature",
                 "top_p",
                 "presence_penalty",
@@ -96,20 +95,23 @@ pub fn write(body: &str, model: &str, options: &RequestOptions) -> Option<Vec<u8
                 "tool_choice",
             ],
             &LEFT_TO_THE_TREE,
-            |walk, key| {
-                if key != "tools" {
-                    return Some(false);
-                }
-                first_value(&mut tools_read, || {
+            |walk, key| match key {
+                "messages" => first_value(&mut conversation_read, || {
+                    conversation(walk, model, options)
+                })
+                .map(|()| true),
+                "tools" => first_value(&mut tools_read, || {
                     if walk.null() {
                         Some(None)
                     } else {
-                        declared(walk.skip()?).map(Some)
+                        declared(walk).map(Some)
                     }
                 })
-                .map(|()| true)
+                .map(|()| true),
+                _ => Some(false),
             },
         )?;
+    let (system, turns) = conversation_read?;
     let declared = tools_read.flatten();
     let (declarations, names): (&[u8], &[String]) = match declared.as_deref() {
         Some(Some(declared)) => (&declared.written, &declared.names),
@@ -119,7 +121,6 @@ pub fn write(body: &str, model: &str, options: &RequestOptions) -> Option<Vec<u8
         None | Some("null") => None,
         Some(raw) => Some(tool_config(raw, names)?),
     };
-    let (system, turns) = conversation(messages?, model, options)?;
 
     // `generationConfig`, in the order `build_request` inserts its members.
     let mut config: Vec<(&str, Cow<'_, str>)> = Vec::new();
@@ -202,7 +203,7 @@ pub fn write(body: &str, model: &str, options: &RequestOptions) -> Option<Vec<u8
 /// a model turn with calls but no signature. `None` for anything else, and for a
 /// conversation with nothing but system messages (refused by the tree).
 fn conversation<'a>(
-    raw: &'a str,
+    walk: &mut Walk<'a>,
     model: &str,
     options: &RequestOptions,
 ) -> Option<(Vec<JsonText<'a>>, Vec<Turn<'a>>)> {
@@ -210,13 +211,11 @@ fn conversation<'a>(
     let mut turns: Vec<Turn<'a>> = Vec::new();
     // Tool-call id → function name, from the assistant messages so far.
     let mut call_names: HashMap<Cow<'a, str>, Cow<'a, str>> = HashMap::new();
-    let mut walk = Walk::checked(raw);
     let messages = text_messages_and(
-        &mut walk,
+        walk,
         &MESSAGE_MEMBERS_LEFT_TO_THE_TREE,
         ["tool_calls", "tool_call_id", "name"],
     )?;
-    walk.done()?;
     for (message, [tool_calls, tool_call_id, name]) in messages {
         let role = message.role.as_ref();
         let (role, parts) = match role {
@@ -465,27 +464,30 @@ thread_local! {
     static DECLARED: RefCell<Recent<Option<Declared>>> = const { RefCell::new(Recent::new()) };
 }
 
-/// The tools `raw` (the `tools` member as written, checked) as [`declarations`]
-/// writes them, from the thread's [`Recent`] when a request sent the same bytes
-/// before. `None` as for [`declarations`].
-fn declared(raw: &str) -> Option<Rc<Option<Declared>>> {
-    let declared = DECLARED.with(|recent| {
-        recent.borrow_mut().get_or_make(
-            raw.as_bytes(),
-            || {
-                let mut walk = Walk::checked(raw);
-                let declared = declarations(&mut walk)?;
-                walk.done()?;
-                Some(declared)
-            },
-            |declared| {
-                declared.as_ref().map_or(0, |declared| {
-                    declared.written.len() + declared.names.iter().map(String::len).sum::<usize>()
-                })
-            },
-        )
-    });
+/// The tools at the walk (the `tools` member of a checked body) as
+/// [`declarations`] writes them, from the thread's [`Recent`] when a request sent
+/// the same bytes before: found where the walk stands and stepped over, not walked
+/// again (`raw_body::kept`). What the tree must declare is kept too (as `None`), so
+/// that the next request with those tools goes to the tree without walking them.
+/// `None` as for [`declarations`].
+fn declared(walk: &mut Walk<'_>) -> Option<Rc<Option<Declared>>> {
+    let declared = kept(walk, &DECLARED, |walk| {
+        let raw = walk.skip()?;
+        let declared = declarations_of(raw);
+        let weight = declared.as_ref().map_or(0, |declared| {
+            declared.written.len() + declared.names.iter().map(String::len).sum::<usize>()
+        });
+        Some((declared, weight))
+    })?;
     declared.is_some().then_some(declared)
+}
+
+/// [`declarations`] of the whole of `raw`, a checked list.
+fn declarations_of(raw: &str) -> Option<Declared> {
+    let mut walk = Walk::checked(raw);
+    let declared = declarations(&mut walk)?;
+    walk.done()?;
+    Some(declared)
 }
 
 /// The client's `tools` (a list of function tools) as Gemini's function
@@ -696,7 +698,10 @@ mod tests {
         } else {
             "gemini-2.5-flash"
         };
-        let Some(body) = write(text, model, &options) else {
+        let body = write(text, model, &options);
+        // Again, with the tools this thread kept from the first time.
+        assert_eq!(write(text, model, &options), body, "{text}");
+        let Some(body) = body else {
             return false;
         };
         assert_eq!(
@@ -750,7 +755,11 @@ mod tests {
                 raw_chat::read(&bytes::Bytes::from(text)).is_some(),
                 "{text}"
             );
-            assert_eq!(write(text, "gemini-3-pro", &options(false)), None, "{text}");
+            // The second time from what this thread kept of its tools (a refusal
+            // is kept too).
+            for _ in 0..2 {
+                assert_eq!(write(text, "gemini-3-pro", &options(false)), None, "{text}");
+            }
         }
     }
 
