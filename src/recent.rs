@@ -32,10 +32,10 @@ impl<V> Default for Recent<V> {
 
 impl<V> Recent<V> {
     /// Room for the tool lists of the agents a thread serves (an agent's 20
-    /// tools: 12 KB as sent, about as much declared), in each of the five places
+    /// tools: 12 KB as sent, about as much declared), in each of the six places
     /// that keep them (the chat and Messages doors' checks, the Messages and
-    /// Responses doors' tools as chat tools, Gemini's declarations): at most
-    /// 2.5 MiB a thread however many lists clients send.
+    /// Responses doors' tools as chat tools, Gemini's declarations, Anthropic's
+    /// tools): at most 3 MiB a thread however many lists clients send.
     const MAX_ENTRIES: usize = 32;
     const MAX_BYTES: usize = 512 << 10;
 
