@@ -114,7 +114,7 @@ pub fn write(body: &str, model: &str, default_max_tokens: u64, stream: bool) -> 
                     } else {
                         kept(walk, &TOOLS, |walk| {
                             let tools = write_tools(walk)?;
-                            let weight = tools.written.len();
+                            let weight = tools.len();
                             Some((tools, weight))
                         })
                         .map(Some)
@@ -159,8 +159,9 @@ pub fn write(body: &str, model: &str, default_max_tokens: u64, stream: bool) -> 
             .any(|b| matches!(b, Block::ToolUse { .. } | Block::ToolResult { .. }))
     });
     let (tools, mut choice) =
-        if let Some(client_tools) = client_tools.as_ref().filter(|t| t.count > 0) {
-            (Some(&client_tools.written[..]), client_choice)
+        // A list with a tool in it (`[]` is none).
+        if let Some(client_tools) = client_tools.as_ref().filter(|t| t.as_slice() != b"[]") {
+            (Some(&client_tools[..]), client_choice)
         } else if history_has_tools {
             (Some(&PLACEHOLDER_TOOLS[..]), Some(Choice::None))
         } else {
@@ -279,33 +280,22 @@ fn tool_choice_of(raw: &str) -> Option<Choice<'_>> {
     (!name.is_empty()).then_some(Choice::Tool(name))
 }
 
-/// A client's tools as [`write_tools`] wrote them.
-struct WrittenTools {
-    /// The list of Anthropic tools.
-    written: Vec<u8>,
-    /// How many tools it has.
-    count: usize,
-}
-
 thread_local! {
     /// The tools of this thread's last requests (by their bytes), as written: an
     /// agent sends the same tools with every turn (`raw_body::kept`).
-    static TOOLS: RefCell<Recent<WrittenTools>> = const { RefCell::new(Recent::new()) };
+    static TOOLS: RefCell<Recent<Vec<u8>>> = const { RefCell::new(Recent::new()) };
 }
 
 /// The client's `tools` (a list of function tools) as Anthropic tools, written as
 /// `tools::convert_tools` makes them. A tool's `parameters` schema and its
 /// `cache_control` are copied as written (a schema without a top-level `type` gets
 /// `"type":"object"` after its members, as the translation inserts it).
-fn write_tools(walk: &mut Walk<'_>) -> Option<WrittenTools> {
-    let mut count = 0;
-    let mut written = vec![b'['];
-    let out = &mut written;
+fn write_tools(walk: &mut Walk<'_>) -> Option<Vec<u8>> {
+    let mut out = vec![b'['];
     walk.array(|walk| {
-        if count > 0 {
+        if out.len() > 1 {
             out.push(b',');
         }
-        count += 1;
         let (mut kind, mut function, mut cache) = (None, None, None);
         walk.object(|walk, key| match key {
             "type" => first_value(&mut kind, || walk.skip()),
@@ -326,10 +316,10 @@ fn write_tools(walk: &mut Walk<'_>) -> Option<WrittenTools> {
             schema,
         } = function?;
         out.extend_from_slice(b"{\"name\":");
-        write_json_str(out, &name);
+        write_json_str(&mut out, &name);
         if let Some(description) = description {
             out.extend_from_slice(b",\"description\":");
-            description.write(out);
+            description.write(&mut out);
         }
         out.extend_from_slice(b",\"input_schema\":");
         match schema {
@@ -353,7 +343,7 @@ fn write_tools(walk: &mut Walk<'_>) -> Option<WrittenTools> {
         Some(())
     })?;
     out.push(b']');
-    Some(WrittenTools { written, count })
+    Some(out)
 }
 
 /// What the translation takes from a function tool's `function`.
