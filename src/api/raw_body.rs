@@ -285,6 +285,10 @@ pub struct ChatWriter {
     pub messages: Vec<u8>,
     /// The members after `messages`, `,"key":value` each, in the order written.
     params: Vec<u8>,
+    /// Lists kept per thread ([`ChatWriter::kept_list`]) and where in `params` each
+    /// goes: copied once, into the request, rather than into `params` and then
+    /// with it (an agent's tools are 12 KB; bench/README.md, session 36).
+    kept: Vec<(usize, std::rc::Rc<Vec<u8>>)>,
 }
 
 impl ChatWriter {
@@ -294,6 +298,7 @@ impl ChatWriter {
         ChatWriter {
             messages: Vec::with_capacity(size),
             params: Vec::with_capacity(size),
+            kept: Vec::new(),
         }
     }
 
@@ -349,7 +354,7 @@ impl ChatWriter {
             let weight = written.len();
             Some((written, weight))
         })?;
-        self.params.extend_from_slice(&written);
+        self.kept.push((self.params.len(), written));
         Some(())
     }
 
@@ -372,8 +377,9 @@ impl ChatWriter {
                 .sum::<usize>()
                 + 32
         });
+        let kept_len: usize = self.kept.iter().map(|(_, list)| list.len()).sum();
         let mut out = Vec::with_capacity(
-            self.messages.len() + self.params.len() + model.len() + system_len + 96,
+            self.messages.len() + self.params.len() + kept_len + model.len() + system_len + 96,
         );
         out.extend_from_slice(b"{\"model\":");
         let model_start = out.len();
@@ -391,7 +397,13 @@ impl ChatWriter {
         }
         out.extend_from_slice(messages);
         out.push(b']');
-        out.extend_from_slice(&self.params);
+        let mut written = 0;
+        for (at, list) in &self.kept {
+            out.extend_from_slice(&self.params[written..*at]);
+            out.extend_from_slice(list);
+            written = *at;
+        }
+        out.extend_from_slice(&self.params[written..]);
         if stream == Some(true) {
             out.extend_from_slice(br#","stream_options":{"include_usage":true}"#);
         }

@@ -22,7 +22,9 @@
 //!   take the pool ([`UpstreamClient::get_spelled`], [`UpstreamClient::request_spelled`]).
 //!
 //! A provider turns its URL into a [`Target`] once, at startup, and sends with
-//! [`Target::post`].
+//! [`Target::post`]; one whose URL is made per call from the model's name (Gemini,
+//! Vertex AI) sends with [`UpstreamClient::post_spelled`], which keeps each URL's
+//! `Target` per serving thread.
 
 mod case;
 mod http1;
@@ -41,6 +43,7 @@ use futures_util::{Stream, StreamExt};
 use http::{HeaderMap, HeaderValue, Method, StatusCode};
 
 use crate::error::ApiError;
+use crate::shard::Sharded;
 pub use case::{client_spellings, HeaderCase};
 pub use http1::Http1Error;
 use pool::{Pool, PooledBody};
@@ -74,6 +77,40 @@ struct ClientInner {
     /// `NO_PROXY`, either case, read as curl and reqwest read them).
     proxies: hyper_util::client::proxy::matcher::Matcher,
     connect_timeout: Duration,
+    /// The targets of URLs that change from call to call, per serving thread
+    /// ([`UpstreamClient::post_spelled`]).
+    recent_targets: Sharded<Mutex<RecentTargets>>,
+}
+
+/// The [`Target`]s of the last URLs a serving thread sent to that were not prepared
+/// at startup: a Gemini or Vertex model's URL, made per call from the model's name.
+/// Preparing one (parsing the URL, finding its pool under the lock all threads
+/// share, the proxy the environment names for it) was about 24,000 instructions, a
+/// tenth of a translated agent's request (bench/README.md, session 36); a model is
+/// asked again and again. Bounded, as a client chooses the model names: the oldest
+/// entry goes first.
+#[derive(Default)]
+struct RecentTargets {
+    entries: std::collections::VecDeque<(Box<str>, Arc<Target>)>,
+}
+
+impl RecentTargets {
+    /// Enough for the models one gateway's clients ask for.
+    const MAX_ENTRIES: usize = 32;
+
+    fn get(&self, url: &str) -> Option<Arc<Target>> {
+        self.entries
+            .iter()
+            .find(|(kept, _)| **kept == *url)
+            .map(|(_, target)| target.clone())
+    }
+
+    fn keep(&mut self, url: &str, target: Arc<Target>) {
+        if self.entries.len() == Self::MAX_ENTRIES {
+            self.entries.pop_front();
+        }
+        self.entries.push_back((url.into(), target));
+    }
 }
 
 impl UpstreamClient {
@@ -122,8 +159,22 @@ impl UpstreamClient {
                 pools: (!reqwest_only).then(Default::default),
                 proxies,
                 connect_timeout,
+                recent_targets: Sharded::default(),
             }),
         })
+    }
+
+    /// The [`Target`] of a URL that changes from call to call, prepared once per
+    /// serving thread (see [`RecentTargets`]). A URL that is not one is refused each
+    /// time.
+    fn recent_target(&self, url: &str) -> Result<Arc<Target>, UpstreamError> {
+        let recent = self.inner.recent_targets.local();
+        if let Some(target) = crate::shard::lock(recent).get(url) {
+            return Ok(target);
+        }
+        let target = Arc::new(self.target(url).map_err(UpstreamError::BadUrl)?);
+        crate::shard::lock(recent).keep(url, target.clone());
+        Ok(target)
     }
 
     /// The reqwest client, for calls off the chat path (model lists, key checks,
@@ -165,12 +216,15 @@ impl UpstreamClient {
         case: &HeaderCase,
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
+        // Not kept (see `recent_target`): a key check's URL may carry the client's
+        // key, and a model list's page token changes from call to call.
         let target = self.target(url).map_err(UpstreamError::BadUrl)?;
         target.send_spelled(method, headers, case, body).await
     }
 
     /// [`UpstreamClient::post`] with header names spelled as `case` says (see
-    /// [`Target::post_spelled`]).
+    /// [`Target::post_spelled`]). The URL's [`Target`] is kept per serving thread
+    /// for the next call to it (a provider's URL made from the model's name).
     pub async fn post_spelled(
         &self,
         url: &str,
@@ -178,7 +232,7 @@ impl UpstreamClient {
         case: &HeaderCase,
         body: Bytes,
     ) -> Result<UpstreamResponse, UpstreamError> {
-        let target = self.target(url).map_err(UpstreamError::BadUrl)?;
+        let target = self.recent_target(url)?;
         target.post_spelled(headers, case, body).await
     }
 

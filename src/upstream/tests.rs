@@ -559,3 +559,65 @@ async fn a_request_written_upstream_is_never_sent_twice() {
     assert_eq!(post_text(&target, "third").await.unwrap(), "{\"n\":1}");
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
 }
+
+/// A URL made per call (a Gemini model's) is prepared once per thread: the next
+/// call to it sends through the same `Target`, each URL to its own path; the
+/// thread keeps a bounded number of them, the oldest going first; a URL that is
+/// not one is refused every time, never kept.
+#[tokio::test]
+async fn urls_made_per_call_are_prepared_once_per_thread() {
+    let upstream = raw_upstream(After::KeepAlive).await;
+    let client = client();
+    let base = upstream.url.trim_end_matches("/chat/completions").to_owned();
+    let url = |n: usize| format!("{base}/models/m{n}:generate");
+    let post = |url: String| {
+        let client = client.clone();
+        async move {
+            let response = client
+                .post_spelled(&url, HeaderMap::new(), &HeaderCase::NONE, Bytes::from_static(b"{}"))
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::OK);
+            response.bytes(usize::MAX).await.unwrap();
+        }
+    };
+    post(url(0)).await;
+    let first = client.recent_target(&url(0)).unwrap();
+    post(url(0)).await;
+    assert!(Arc::ptr_eq(&first, &client.recent_target(&url(0)).unwrap()));
+    for n in 1..=RecentTargets::MAX_ENTRIES {
+        post(url(n)).await;
+    }
+    let heads = upstream.heads.lock().unwrap().clone();
+    let paths: Vec<&str> = heads
+        .iter()
+        .map(|head| head.split(' ').nth(1).unwrap())
+        .collect();
+    let expected: Vec<String> = [0, 0]
+        .into_iter()
+        .chain(1..=RecentTargets::MAX_ENTRIES)
+        .map(|n| format!("/v1/models/m{n}:generate"))
+        .collect();
+    assert_eq!(paths, expected);
+    // One connection for all of them: every target found the origin's one pool.
+    assert_eq!(upstream.accepted.load(Ordering::SeqCst), 1);
+    // The first URL, the oldest, made room for the last; the rest are kept.
+    let kept = crate::shard::lock(client.inner.recent_targets.local())
+        .entries
+        .len();
+    assert_eq!(kept, RecentTargets::MAX_ENTRIES);
+    assert!(!Arc::ptr_eq(&first, &client.recent_target(&url(0)).unwrap()));
+    let last = client.recent_target(&url(RecentTargets::MAX_ENTRIES)).unwrap();
+    assert!(Arc::ptr_eq(
+        &last,
+        &client.recent_target(&url(RecentTargets::MAX_ENTRIES)).unwrap()
+    ));
+    for _ in 0..2 {
+        let refused = client
+            .post_spelled("not a url", HeaderMap::new(), &HeaderCase::NONE, Bytes::new())
+            .await;
+        assert!(matches!(refused, Err(UpstreamError::BadUrl(_))));
+    }
+    let kept = crate::shard::lock(client.inner.recent_targets.local());
+    assert!(kept.entries.iter().all(|(url, _)| url.starts_with("http://")));
+}
