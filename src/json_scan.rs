@@ -2465,7 +2465,10 @@ b"}"#,
         assert_eq!(decoded, 3 * 40 * 6 * 5);
         // An escape serde_json does not write is left to serde_json.
         assert_eq!(unescape_canonical(&format!("{}\\/", "x".repeat(20))), None);
-        assert_eq!(unescape_canonical(&format!("{}\\u00e9", "x".repeat(20))), None);
+        assert_eq!(
+            unescape_canonical(&format!("{}\\u00e9", "x".repeat(20))),
+            None
+        );
     }
 
     #[test]

@@ -568,13 +568,21 @@ async fn a_request_written_upstream_is_never_sent_twice() {
 async fn urls_made_per_call_are_prepared_once_per_thread() {
     let upstream = raw_upstream(After::KeepAlive).await;
     let client = client();
-    let base = upstream.url.trim_end_matches("/chat/completions").to_owned();
+    let base = upstream
+        .url
+        .trim_end_matches("/chat/completions")
+        .to_owned();
     let url = |n: usize| format!("{base}/models/m{n}:generate");
     let post = |url: String| {
         let client = client.clone();
         async move {
             let response = client
-                .post_spelled(&url, HeaderMap::new(), &HeaderCase::NONE, Bytes::from_static(b"{}"))
+                .post_spelled(
+                    &url,
+                    HeaderMap::new(),
+                    &HeaderCase::NONE,
+                    Bytes::from_static(b"{}"),
+                )
                 .await
                 .unwrap();
             assert_eq!(response.status(), StatusCode::OK);
@@ -606,18 +614,33 @@ async fn urls_made_per_call_are_prepared_once_per_thread() {
         .entries
         .len();
     assert_eq!(kept, RecentTargets::MAX_ENTRIES);
-    assert!(!Arc::ptr_eq(&first, &client.recent_target(&url(0)).unwrap()));
-    let last = client.recent_target(&url(RecentTargets::MAX_ENTRIES)).unwrap();
+    assert!(!Arc::ptr_eq(
+        &first,
+        &client.recent_target(&url(0)).unwrap()
+    ));
+    let last = client
+        .recent_target(&url(RecentTargets::MAX_ENTRIES))
+        .unwrap();
     assert!(Arc::ptr_eq(
         &last,
-        &client.recent_target(&url(RecentTargets::MAX_ENTRIES)).unwrap()
+        &client
+            .recent_target(&url(RecentTargets::MAX_ENTRIES))
+            .unwrap()
     ));
     for _ in 0..2 {
         let refused = client
-            .post_spelled("not a url", HeaderMap::new(), &HeaderCase::NONE, Bytes::new())
+            .post_spelled(
+                "not a url",
+                HeaderMap::new(),
+                &HeaderCase::NONE,
+                Bytes::new(),
+            )
             .await;
         assert!(matches!(refused, Err(UpstreamError::BadUrl(_))));
     }
     let kept = crate::shard::lock(client.inner.recent_targets.local());
-    assert!(kept.entries.iter().all(|(url, _)| url.starts_with("http://")));
+    assert!(kept
+        .entries
+        .iter()
+        .all(|(url, _)| url.starts_with("http://")));
 }
