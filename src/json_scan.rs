@@ -1388,7 +1388,7 @@ impl<'a> Walk<'a> {
         }
         let start = self.scan.at;
         self.scan.other_escapes = false;
-        let escaped = self.scan.string()?;
+        let escaped = self.scan.string_noting::<true>()?;
         let literal = &self.text[start..self.scan.at];
         self.scan.skip_whitespace();
         if !escaped || !self.scan.other_escapes {
@@ -1883,6 +1883,15 @@ impl<'a> Scanner<'a> {
     /// At a `"`: moves past the string. `Some(true)` when it contains escapes.
     #[inline(always)]
     fn string(&mut self) -> Option<bool> {
+        self.string_noting::<false>()
+    }
+
+    /// [`Scanner::string`]; with `NOTE_OTHER`, an escape serde_json does not write
+    /// sets `other_escapes` (for [`Walk::text`] alone: the check's code, inlined
+    /// wherever a string is scanned, changed how the rest of those functions was
+    /// compiled, about 1,000 instructions a stream on the Messages door's).
+    #[inline(always)]
+    fn string_noting<const NOTE_OTHER: bool>(&mut self) -> Option<bool> {
         const ONES: u64 = 0x0101_0101_0101_0101;
         const HIGH: u64 = 0x8080_8080_8080_8080;
         let text = self.text;
@@ -1928,16 +1937,19 @@ impl<'a> Scanner<'a> {
                     match *text.get(i + 1)? {
                         b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
                         b'/' => {
-                            self.other_escapes = true;
+                            if NOTE_OTHER {
+                                self.other_escapes = true;
+                            }
                             i += 2;
                         }
                         b'u' => {
                             let unit = hex4(text, i + 2)?;
                             // serde_json writes `\u00xx`, lowercase, for the control
                             // characters without a short escape, and nothing else.
-                            if unit >= 0x20
-                                || matches!(unit, 0x08..=0x0a | 0x0c | 0x0d)
-                                || text[i + 5].is_ascii_uppercase()
+                            if NOTE_OTHER
+                                && (unit >= 0x20
+                                    || matches!(unit, 0x08..=0x0a | 0x0c | 0x0d)
+                                    || text[i + 5].is_ascii_uppercase())
                             {
                                 self.other_escapes = true;
                             }
