@@ -35,7 +35,8 @@ impl<V> Recent<V> {
     /// tools: 12 KB as sent, about as much declared), in each of the six places
     /// that keep them (the chat and Messages doors' checks, the Messages and
     /// Responses doors' tools as chat tools, Gemini's declarations, Anthropic's
-    /// tools): at most 3 MiB a thread however many lists clients send.
+    /// tools), and for the JSON tool results written for Gemini (a seventh): at
+    /// most 3.5 MiB a thread however many lists and results clients send.
     const MAX_ENTRIES: usize = 32;
     const MAX_BYTES: usize = 512 << 10;
 

@@ -64,10 +64,11 @@ enum Part<'a> {
         args: Vec<u8>,
         signature: Option<Cow<'static, str>>,
     },
-    /// `{"functionResponse":{"name":…,"response":…}}`, the response written.
+    /// `{"functionResponse":{"name":…,"response":…}}`, the response written
+    /// (shared with the thread's [`RESULTS`] when kept there).
     Response {
         name: Cow<'a, str>,
-        response: Vec<u8>,
+        response: Rc<Vec<u8>>,
     },
 }
 
@@ -317,10 +318,50 @@ fn function_calls<'a>(
     })
 }
 
+thread_local! {
+    /// The JSON tool results of this thread's last requests (by the string literal
+    /// that carried each), as responses: an agent sends every earlier result again
+    /// with each turn, and decoding one from its string and writing it compactly
+    /// took some 28,000 instructions for 1.3 KB (bench/README.md, session 36).
+    static RESULTS: RefCell<Recent<Vec<u8>>> = const { RefCell::new(Recent::new()) };
+}
+
 /// A tool result's texts (joined) as `functionResponse.response`, written as
 /// `request::tool_response` makes it: a JSON object as it is, other JSON as
-/// `{"content":<it>}`, anything else as `{"content":"<the text>"}`.
-fn tool_response(texts: &[JsonText<'_>]) -> Vec<u8> {
+/// `{"content":<it>}`, anything else as `{"content":"<the text>"}`. A result given
+/// as one string that may be JSON is written once per thread ([`RESULTS`]); the
+/// others are copied as they are, which is no more work than finding them.
+fn tool_response(texts: &[JsonText<'_>]) -> Rc<Vec<u8>> {
+    match texts {
+        [text @ JsonText::Written(literal)] if may_be_json(text) => RESULTS.with(|recent| {
+            recent.borrow_mut().get_or_make(
+                literal.as_bytes(),
+                || write_tool_response(texts),
+                Vec::len,
+            )
+        }),
+        _ => Rc::new(write_tool_response(texts)),
+    }
+}
+
+/// Whether a result's text might be JSON by its first character (most results
+/// that are not, a file or a command's output, say so there).
+fn may_be_json(text: &JsonText<'_>) -> bool {
+    let first = match text {
+        JsonText::Written(literal) => literal.as_bytes().get(1),
+        JsonText::Value(value) => value.as_bytes().first(),
+    };
+    matches!(
+        first,
+        Some(
+            b'{' | b'[' | b'"' | b'-' | b'0'
+                ..=b'9' | b't' | b'f' | b'n' | b'\\' | b' ' | b'\t' | b'\n' | b'\r'
+        )
+    )
+}
+
+/// [`tool_response`], written.
+fn write_tool_response(texts: &[JsonText<'_>]) -> Vec<u8> {
     let joined;
     let text = match texts {
         [text] => text,
@@ -331,20 +372,13 @@ fn tool_response(texts: &[JsonText<'_>]) -> Vec<u8> {
             &joined
         }
     };
-    // Most results that are not JSON (a file, a command's output) say so in their
-    // first byte, and are not decoded to find out.
-    let (first, length) = match text {
-        JsonText::Written(literal) => (literal.as_bytes().get(1), literal.len()),
-        JsonText::Value(value) => (value.as_bytes().first(), value.len() + 2),
+    let length = match text {
+        JsonText::Written(literal) => literal.len(),
+        JsonText::Value(value) => value.len() + 2,
     };
     let mut out = Vec::with_capacity(length + 16);
-    if !matches!(
-        first,
-        Some(
-            b'{' | b'[' | b'"' | b'-' | b'0'
-                ..=b'9' | b't' | b'f' | b'n' | b'\\' | b' ' | b'\t' | b'\n' | b'\r'
-        )
-    ) {
+    // Not decoded to find out that it is not JSON.
+    if !may_be_json(text) {
         out.extend_from_slice(b"{\"content\":");
         text.write(&mut out);
         out.push(b'}');
@@ -819,6 +853,41 @@ mod tests {
             );
             assert_written_for_as_the_tree_writes(text, model, &expected);
         }
+    }
+
+    /// A JSON tool result is written once per thread and then found by its
+    /// literal's bytes: results that differ only in their last bytes each get their
+    /// own response, in whatever order they come, and the tree writes the same;
+    /// a result that is not JSON is copied each time, not kept.
+    #[test]
+    fn json_tool_results_are_kept_per_thread_by_their_bytes() {
+        let request = |result: &str| {
+            format!(
+                r#"{{"model":"m","messages":[{{"role":"assistant","tool_calls":[{{"id":"c","function":{{"name":"f","arguments":"{{}}"}}}}]}},{{"role":"tool","tool_call_id":"c","content":{}}}]}}"#,
+                serde_json::to_string(result).unwrap()
+            )
+        };
+        let results = [
+            (r#"{"n": [1, 2], "s": "a\"b"}"#, r#"{"n":[1,2],"s":"a\"b"}"#),
+            (r#"{"n": [1, 2], "s": "a\"c"}"#, r#"{"n":[1,2],"s":"a\"c"}"#),
+            (r#"[{"n": 1}]"#, r#"{"content":[{"n":1}]}"#),
+            (r#"[{"n": 1}] "#, r#"{"content":[{"n":1}]}"#),
+            (r#"[{"n": 1.5}]"#, r#"{"content":[{"n":1.5}]}"#),
+            ("plain text", r#"{"content":"plain text"}"#),
+        ];
+        for _ in 0..2 {
+            for (result, response) in results.iter().chain(results.iter().rev()) {
+                let expected = format!(
+                    r#"{{"contents":[{{"role":"model","parts":[{{"functionCall":{{"name":"f","args":{{}}}}}}]}},{{"role":"user","parts":[{{"functionResponse":{{"name":"f","response":{response}}}}}]}}]}}"#
+                );
+                assert_written_as_the_tree_writes(&request(result), &expected);
+            }
+        }
+        let literal = |result: &str| serde_json::to_string(result).unwrap();
+        let (json, plain) = (literal(results[0].0), literal("plain text"));
+        let response = |literal: &str| tool_response(&[JsonText::Written(literal)]);
+        assert!(Rc::ptr_eq(&response(&json), &response(&json)));
+        assert!(!Rc::ptr_eq(&response(&plain), &response(&plain)));
     }
 
     /// A gateway id without its signature, which only the shared backend could
