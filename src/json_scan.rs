@@ -989,10 +989,10 @@ impl<'a> JsonText<'a> {
 }
 
 /// The text a literal's `inside` stands for when its escapes are the ones serde_json
-/// writes (`\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, and `\u00xx` in lowercase for
-/// the other control characters; see [`Walk::text`]): a tool's result (JSON in a string, an
-/// escape every few bytes) decoded at a fraction of what serde_json's string reader
-/// takes. Plain bytes are copied sixteen at a time, each block stored whole before
+/// writes (`\"`, `\\`, `\b`, `\f`, `\n`, `\r`, `\t`, and `\u00xx` in lowercase
+/// for the other control characters; see [`Walk::text`]): a tool's result (JSON in
+/// a string, an escape every few bytes) decoded at a fraction of what serde_json's
+/// string reader takes. Plain bytes are copied sixteen at a time, each block stored whole before
 /// its first backslash is looked for (a byte loop, with a copy for each run between
 /// escapes, took 12,000 instructions for an agent's 1.3 KB result: bench/README.md,
 /// session 36). `None` for any other escape.

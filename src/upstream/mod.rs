@@ -85,9 +85,10 @@ struct ClientInner {
 /// The [`Target`]s of the last URLs a serving thread sent to that were not prepared
 /// at startup: a Gemini or Vertex model's URL, made per call from the model's name.
 /// Preparing one (parsing the URL, finding its pool under the lock all threads
-/// share, the proxy the environment names for it) was about 24,000 instructions, a
-/// tenth of a translated agent's request (bench/README.md, session 36); a model is
-/// asked again and again. Bounded, as a client chooses the model names: the oldest
+/// share, the proxy the environment names for it) was about 13,000 instructions, a
+/// tenth of a translated Gemini stream, and the only lock every serving thread took
+/// per call on that path (bench/README.md, session 36); a model is asked again and
+/// again. Bounded, as a client chooses the model names: the oldest
 /// entry goes first.
 #[derive(Default)]
 struct RecentTargets {

@@ -329,8 +329,9 @@ thread_local! {
 /// A tool result's texts (joined) as `functionResponse.response`, written as
 /// `request::tool_response` makes it: a JSON object as it is, other JSON as
 /// `{"content":<it>}`, anything else as `{"content":"<the text>"}`. A result given
-/// as one string that may be JSON is written once per thread ([`RESULTS`]); the
-/// others are copied as they are, which is no more work than finding them.
+/// as one string that may be JSON is written once per thread ([`RESULTS`]); one
+/// that cannot be is copied as it is (no more work than finding it in the thread's
+/// results), and one given in parts is written each time.
 fn tool_response(texts: &[JsonText<'_>]) -> Rc<Vec<u8>> {
     match texts {
         [text @ JsonText::Written(literal)] if may_be_json(text) => RESULTS.with(|recent| {
