@@ -1387,11 +1387,10 @@ impl<'a> Walk<'a> {
             return None;
         }
         let start = self.scan.at;
-        self.scan.other_escapes = false;
-        let escaped = self.scan.string_noting::<true>()?;
+        let (escaped, other_escapes) = self.scan.string_noting::<true>()?;
         let literal = &self.text[start..self.scan.at];
         self.scan.skip_whitespace();
-        if !escaped || !self.scan.other_escapes {
+        if !escaped || !other_escapes {
             Some(JsonText::Written(literal))
         } else {
             serde_json::from_str::<String>(literal)
@@ -1552,10 +1551,6 @@ struct Scanner<'a> {
     at: usize,
     /// A string seen so far held a backslash escape.
     escapes: bool,
-    /// A string seen so far held an escape that serde_json does not write (`\/`, or
-    /// a `\u` escape of a character it writes otherwise): what [`Walk::text`] asks
-    /// of the string it takes, found in the same pass.
-    other_escapes: bool,
     /// The nesting level of the container that holds the value scanned next (1: a
     /// member of the top-level object), so that a value skipped deep inside a
     /// [`Walk`] is held to serde_json's depth limit counted from the top.
@@ -1859,7 +1854,6 @@ impl<'a> Scanner<'a> {
             text,
             at: 0,
             escapes: false,
-            other_escapes: false,
             level: 1,
         }
     }
@@ -1883,20 +1877,22 @@ impl<'a> Scanner<'a> {
     /// At a `"`: moves past the string. `Some(true)` when it contains escapes.
     #[inline(always)]
     fn string(&mut self) -> Option<bool> {
-        self.string_noting::<false>()
+        self.string_noting::<false>().map(|(escaped, _)| escaped)
     }
 
-    /// [`Scanner::string`]; with `NOTE_OTHER`, an escape serde_json does not write
-    /// sets `other_escapes` (for [`Walk::text`] alone: the check's code, inlined
-    /// wherever a string is scanned, changed how the rest of those functions was
-    /// compiled, about 1,000 instructions a stream on the Messages door's).
+    /// [`Scanner::string`], and with `NOTE_OTHER` whether the string holds an escape
+    /// that serde_json does not write (`\/`, or a `\u` escape of a character it
+    /// writes otherwise): what [`Walk::text`] asks, found in the same pass (for it
+    /// alone: the check's code, inlined wherever a string is scanned, changed how
+    /// the rest of those functions was compiled, about 1,000 instructions a stream
+    /// on the Messages door's).
     #[inline(always)]
-    fn string_noting<const NOTE_OTHER: bool>(&mut self) -> Option<bool> {
+    fn string_noting<const NOTE_OTHER: bool>(&mut self) -> Option<(bool, bool)> {
         const ONES: u64 = 0x0101_0101_0101_0101;
         const HIGH: u64 = 0x8080_8080_8080_8080;
         let text = self.text;
         let mut i = self.at + 1;
-        let mut escaped = false;
+        let (mut escaped, mut other_escapes) = (false, false);
         loop {
             // Past the plain bytes, to the next quote, backslash or control character.
             'plain: {
@@ -1929,7 +1925,7 @@ impl<'a> Scanner<'a> {
             match *text.get(i)? {
                 b'"' => {
                     self.at = i + 1;
-                    return Some(escaped);
+                    return Some((escaped, other_escapes));
                 }
                 b'\\' => {
                     escaped = true;
@@ -1938,7 +1934,7 @@ impl<'a> Scanner<'a> {
                         b'"' | b'\\' | b'b' | b'f' | b'n' | b'r' | b't' => i += 2,
                         b'/' => {
                             if NOTE_OTHER {
-                                self.other_escapes = true;
+                                other_escapes = true;
                             }
                             i += 2;
                         }
@@ -1951,7 +1947,7 @@ impl<'a> Scanner<'a> {
                                     || matches!(unit, 0x08..=0x0a | 0x0c | 0x0d)
                                     || text[i + 5].is_ascii_uppercase())
                             {
-                                self.other_escapes = true;
+                                other_escapes = true;
                             }
                             i += 6;
                             if (0xD800..0xDC00).contains(&unit) {
@@ -2164,7 +2160,6 @@ impl<'a> Scanner<'a> {
             text: &self.text[..self.at],
             at: start + 1,
             escapes: false,
-            other_escapes: false,
             level: 2,
         };
         let mut found = None;
