@@ -13,7 +13,10 @@
 # second and the gateway's CPU time per request (utime+stime of its process over the
 # run, from /proc), so a contended path shows as CPU per request that grows with
 # cores instead of staying flat. Needs >= 12 cores, wrk and taskset; not part of CI.
-# WRK=path overrides the wrk binary (e.g. one carried to a machine without it).
+# TARGETS="lm-proxy nginx" adds nginx (N workers on the same N cores) as the
+# reference for the scenarios it can serve (non-streamed and the pass-through stream:
+# it forwards, it does not translate); NGINX=path and WRK=path override the binaries
+# (e.g. ones carried to a machine without them: bench/device.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 source bench/lib.sh
@@ -27,7 +30,7 @@ work=$(mktemp -d)
 upstream_port=18531
 gateway_port=18532
 cleanup() {
-    kill "${gateway_pid:-}" "${upstream_pid:-}" 2>/dev/null || true
+    kill "${server_pid:-}" "${upstream_pid:-}" 2>/dev/null || true
     wait 2>/dev/null || true
     rm -rf "$work"
 }
@@ -73,15 +76,82 @@ declare -A paths=(
 )
 SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-translated-20 responses-translated-20}
 
-printf '%-24s %5s %12s %14s %8s %7s\n' scenario cores "req/s" "CPU us/req" "p99 ms" errors
-for threads in $THREAD_COUNTS; do
-    taskset -c "$(gateway_cores "$threads")" "$GATEWAY" --config "$work/gateway.toml" --threads "$threads" \
-        >"$work/gateway.log" 2>&1 &
-    gateway_pid=$!
-    wait_for "http://127.0.0.1:$gateway_port/health"
-    for scenario in $SCENARIOS; do
-        url="http://127.0.0.1:$gateway_port${paths[$scenario]}"
-        cat >"$work/wrk.lua" <<LUA
+# nginx_config FILE WORKERS: nginx as a plain reverse proxy to the mock (no logging,
+# upstream keep-alive, no buffering: bench/run.py's `nginx` target), everything it
+# writes under $work, so that it runs where /var/lib/nginx does not exist.
+nginx_config() {
+    local configure temp=""
+    configure=$("$NGINX" -V 2>&1)
+    for module in client_body proxy fastcgi uwsgi scgi; do
+        local option=${module/_/-}
+        if [[ $configure == *"--http-$option-temp-path"* && $configure != *"--without-http_${module}_module"* ]]; then
+            temp+="    ${module}_temp_path $work/nginx-$module;"$'\n'
+        fi
+    done
+    local user=""
+    [[ $(id -u) -eq 0 ]] && user="user nobody $(id -gn nobody);"
+    cat >"$1" <<CONF
+worker_processes $2;
+daemon off;
+$user
+pid $work/nginx.pid;
+error_log stderr warn;
+events { worker_connections 8192; }
+http {
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_buffer_size 64k;
+$temp    upstream mock {
+        server 127.0.0.1:$upstream_port;
+        keepalive 256;
+        keepalive_requests 1000000;
+    }
+    server {
+        listen 127.0.0.1:$gateway_port;
+        location / {
+            proxy_pass http://mock;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_buffering off;
+        }
+    }
+}
+CONF
+}
+
+# start_server TARGET THREADS: the gateway (--threads N) or nginx (N workers), pinned
+# to the gateway's cores; sets server_pid.
+start_server() {
+    if [[ $1 == nginx ]]; then
+        nginx_config "$work/nginx.conf" "$2"
+        taskset -c "$(gateway_cores "$2")" "$NGINX" -e stderr -p "$work" -c "$work/nginx.conf" \
+            >"$work/server.log" 2>&1 &
+    else
+        taskset -c "$(gateway_cores "$2")" "$GATEWAY" --config "$work/gateway.toml" --threads "$2" \
+            >"$work/server.log" 2>&1 &
+    fi
+    server_pid=$!
+    wait_for "http://127.0.0.1:$gateway_port/health" || {
+        echo "$1 did not start:" >&2
+        cat "$work/server.log" >&2
+        exit 1
+    }
+}
+
+# TARGETS: lm-proxy, and nginx as the reference for the scenarios it can serve
+# (it forwards; it does not translate). NGINX=path overrides the binary.
+TARGETS=${TARGETS:-lm-proxy}
+NGINX=${NGINX:-nginx}
+nginx_serves() { [[ $1 == non-streamed || $1 == stream-20 ]]; }
+
+printf '%-10s %-24s %5s %12s %14s %8s %7s\n' server scenario cores "req/s" "CPU us/req" "p99 ms" errors
+for target in $TARGETS; do
+    for threads in $THREAD_COUNTS; do
+        start_server "$target" "$threads"
+        for scenario in $SCENARIOS; do
+            if [[ $target == nginx ]] && ! nginx_serves "$scenario"; then continue; fi
+            url="http://127.0.0.1:$gateway_port${paths[$scenario]}"
+            cat >"$work/wrk.lua" <<LUA
 wrk.method = "POST"
 wrk.body = [==[${bodies[$scenario]}]==]
 wrk.headers["Content-Type"] = "application/json"
@@ -92,20 +162,21 @@ done = function(summary, latency, requests)
     latency:percentile(99), e.connect + e.read + e.write + e.status + e.timeout))
 end
 LUA
-        # Warm up (connections, pools), then measure.
-        taskset -c "$wrk_cores" "$WRK" -t"$wrk_threads" -c256 -d1s -s "$work/wrk.lua" "$url" >/dev/null
-        before=$(cpu_ticks $gateway_pid)
-        line=$(taskset -c "$wrk_cores" "$WRK" -t"$wrk_threads" -c256 -d"${SECONDS_PER_RUN}s" \
-            --timeout 10s -s "$work/wrk.lua" "$url" |
-            grep '^BENCH')
-        after=$(cpu_ticks $gateway_pid)
-        read -r _ requests duration_us p99_us errors <<<"$line"
-        awk -v s="$scenario" -v t="$threads" -v r="$requests" -v d="$duration_us" \
-            -v p="$p99_us" -v e="$errors" -v c=$((after - before)) -v tick="$TICK" \
-            'BEGIN { printf "%-24s %5d %12.0f %14.1f %8.1f %7d\n", s, t, r / (d / 1e6),
-                     (c / tick * 1e6) / r, p / 1000, e }'
+            # Warm up (connections, pools), then measure.
+            taskset -c "$wrk_cores" "$WRK" -t"$wrk_threads" -c256 -d1s -s "$work/wrk.lua" "$url" >/dev/null
+            before=$(tree_ticks $server_pid)
+            line=$(taskset -c "$wrk_cores" "$WRK" -t"$wrk_threads" -c256 -d"${SECONDS_PER_RUN}s" \
+                --timeout 10s -s "$work/wrk.lua" "$url" |
+                grep '^BENCH')
+            after=$(tree_ticks $server_pid)
+            read -r _ requests duration_us p99_us errors <<<"$line"
+            awk -v g="$target" -v s="$scenario" -v t="$threads" -v r="$requests" -v d="$duration_us" \
+                -v p="$p99_us" -v e="$errors" -v c=$((after - before)) -v tick="$TICK" \
+                'BEGIN { printf "%-10s %-24s %5d %12.0f %14.1f %8.1f %7d\n", g, s, t, r / (d / 1e6),
+                         (c / tick * 1e6) / r, p / 1000, e }'
+        done
+        kill -INT $server_pid
+        wait $server_pid 2>/dev/null || true
+        server_pid=
     done
-    kill -INT $gateway_pid
-    wait $gateway_pid 2>/dev/null || true
-    gateway_pid=
 done
