@@ -57,10 +57,10 @@ fi
 
 [[ -x $KIT/bin/lm-proxy-server ]] || { echo "no $KIT: run bench/device.sh --pack first and carry it" >&2; exit 1; }
 OUT=${OUT:-bench/out/device-$(date -u +%Y%m%d-%H%M%S)}
-mkdir -p "$OUT" target/release
-# Where the other bench scripts look for them.
-for bin in "${BINARIES[@]}"; do cp "$KIT/bin/$bin" target/release/; done
-export PATH="$PWD/$KIT/bin:$PATH" LD_LIBRARY_PATH="$PWD/$KIT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+mkdir -p "$OUT"
+BIN=$PWD/$KIT/bin
+# The kit's binaries, not target/release's (bench/run.py and field.py read BENCH_BIN_DIR).
+export BENCH_BIN_DIR=$BIN PATH="$BIN:$PATH" LD_LIBRARY_PATH="$PWD/$KIT/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export WRK="$PWD/$KIT/bin/wrk" NGINX="$PWD/$KIT/bin/nginx"
 ulimit -n "$(ulimit -Hn)"
 
@@ -77,11 +77,11 @@ fi
 
 echo "== scale_cores" >&2
 TARGETS="lm-proxy nginx" THREAD_COUNTS=${THREAD_COUNTS:-1 2 4 6} SECONDS_PER_RUN=${SECONDS_PER_RUN:-3} \
-    timeout 300 bash bench/scale_cores.sh target/release/lm-proxy-server target/release/bench-upstream \
+    timeout 300 bash bench/scale_cores.sh "$BIN/lm-proxy-server" "$BIN/bench-upstream" \
     2>&1 | tee "$OUT/scale_cores.txt" || echo "scale_cores.sh failed or ran out of time" | tee -a "$OUT/scale_cores.txt"
 
 echo "== bench-contention" >&2
-timeout 90 target/release/bench-contention "${CONTENTION_THREADS:-16}" 2>&1 | tee "$OUT/contention.txt" || true
+timeout 90 "$BIN/bench-contention" "${CONTENTION_THREADS:-16}" 2>&1 | tee "$OUT/contention.txt" || true
 
 echo "== field latency" >&2
 if timeout 120 python3 bench/field.py --quick --scenarios latency --targets direct,nginx,lm-proxy \

@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import run as bench  # the servers, configs and machine facts of bench/run.py
 
-LOAD_BIN = bench.ROOT / "target" / "release" / "bench-load"
+LOAD_BIN = bench.BIN_DIR / "bench-load"
 TARGETS = ("direct", "floor", "nginx", "lm-proxy")
 BOARD = {  # the board's best published figures, 4 cores
     "latency": "107 µs added p99",

@@ -46,13 +46,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
-PROXY_BIN = ROOT / "target" / "release" / "lm-proxy-server"
+# The release binaries; BENCH_BIN_DIR names another folder (bench/device.sh's kit).
+BIN_DIR = Path(os.environ.get("BENCH_BIN_DIR") or ROOT / "target" / "release")
+PROXY_BIN = BIN_DIR / "lm-proxy-server"
 # A second lm-proxy build (`--compare PATH`, target `lm-proxy-b`), run with the same
 # config and taking turns with the first wherever `lm-proxy` runs: two builds
 # compared in one run on one machine (e.g. bench/pgo.sh's against the plain one).
 COMPARED_BIN: Path | None = None
-UPSTREAM_BIN = ROOT / "target" / "release" / "bench-upstream"
-FLOOR_BIN = ROOT / "target" / "release" / "bench-floor-proxy"
+UPSTREAM_BIN = BIN_DIR / "bench-upstream"
+FLOOR_BIN = BIN_DIR / "bench-floor-proxy"
 REF_VENV = BENCH / ".venv-ref"
 LITELLM_VENV = BENCH / ".venv-litellm"
 

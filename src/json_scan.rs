@@ -187,19 +187,25 @@ fn scan_resuming(
             memo.forget();
             return Err(NotUtf8);
         }
-        // The last text's findings, moved to where this text has them: kept for
-        // the next text when this one can be (one copy of them a chunk, the answer).
+        let start = change.bytes.start;
+        memo.changed = Some(change.bytes);
+        if text.len() <= ScanMemo::MAX_LAST {
+            // Kept for the next text: its bytes before the change are the last
+            // text's already; its escapes, if any, are all inside the string it
+            // changed. The last text's findings, moved to where this text has them,
+            // are updated where they are kept (one copy of them a chunk, the answer).
+            memo.last.truncate(start);
+            memo.last.extend_from_slice(&text[start..]);
+            memo.last_string = change.string;
+            let found = memo.last_found.as_mut().expect("compared with a last text");
+            found.escapes = change.escapes;
+            found.usage_member = change.usage_member;
+            return Ok(Some(found.clone()));
+        }
         let mut found = memo.last_found.take().expect("compared with a last text");
         found.escapes = change.escapes;
         found.usage_member = change.usage_member;
-        memo.changed = Some(change.bytes);
         memo.last.clear();
-        if text.len() <= ScanMemo::MAX_LAST {
-            // Its escapes, if any, are all inside the string it changed.
-            memo.last.extend_from_slice(text);
-            memo.last_string = change.string;
-            memo.last_found = Some(found.clone());
-        }
         return Ok(Some(found));
     }
     memo.changed = None;
