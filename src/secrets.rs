@@ -454,10 +454,15 @@ impl Redactor {
     /// was searched every time (about 185 instructions a chunk, callgrind). Secrets
     /// obtained at run time can change between chunks: with any registered, every
     /// chunk is searched whole.
-    pub fn redact_stream_payload(&self, payload: Payload, clean: &mut StreamClean) -> Payload {
+    ///
+    /// In place: a stream's item is handed on in the slot it was polled into (moving
+    /// the 112-byte item in and out of this call and its stage was about 24 of the
+    /// stage's 150 instructions a chunk, callgrind).
+    pub fn redact_stream_payload(&self, payload: &mut Payload, clean: &mut StreamClean) {
         let Payload::Raw(raw) = payload else {
             clean.0 = None;
-            return self.redact_payload(payload);
+            self.redact_in_place(payload);
+            return;
         };
         let place = raw.place();
         let text = raw.text();
@@ -477,10 +482,16 @@ impl Redactor {
         };
         if found {
             clean.0 = None;
-            return self.redact_payload(Payload::Raw(raw));
+            self.redact_in_place(payload);
+            return;
         }
         clean.0 = place.map(|place| (place.memo, place.seq));
-        Payload::Raw(raw)
+    }
+
+    /// [`Redactor::redact_payload`] of the payload in `slot`.
+    fn redact_in_place(&self, slot: &mut Payload) {
+        let payload = std::mem::replace(slot, Payload::Value(Value::Null));
+        *slot = self.redact_payload(payload);
     }
 
     /// Redact the error members of an answer or chunk; true when anything changed.
@@ -803,8 +814,9 @@ X-Service-Token = "service-token-9a8b"
             else {
                 panic!("{text} passes as written");
             };
-            r.redact_stream_payload(Payload::Raw(raw), clean)
-                .into_json_bytes()
+            let mut payload = Payload::Raw(raw);
+            r.redact_stream_payload(&mut payload, clean);
+            payload.into_json_bytes()
         };
         for (before, after) in &pairs {
             let (before, after) = (chunk(before), chunk(after));

@@ -371,20 +371,18 @@ impl<F: FnOnce(StreamSummary)> SseEncoder<F> {
     /// the stream has ended (`[DONE]` written).
     fn write(&mut self, item: Option<Result<Payload, ApiError>>, out: &mut Vec<u8>) -> bool {
         match item {
-            Some(Ok(chunk)) => {
+            Some(Ok(mut chunk)) => {
                 self.guard.summary.chunks += 1;
                 if let Some(acc) = &mut self.guard.accumulator {
                     acc.add(&chunk.to_value());
                 }
                 // One field test per chunk when nothing is to be hidden.
-                let chunk = if self.hide_usage && chunk.has_usage_member() {
+                if self.hide_usage && chunk.has_usage_member() {
                     if chunk.is_usage_only() {
                         return false;
                     }
-                    chunk.without_usage()
-                } else {
-                    chunk
-                };
+                    chunk = chunk.without_usage();
+                }
                 write_event(&chunk, out);
                 match chunk {
                     Payload::Value(value) => {

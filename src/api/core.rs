@@ -550,20 +550,24 @@ impl futures_util::Stream for ServedStream {
     ) -> std::task::Poll<Option<Self::Item>> {
         use std::task::Poll;
         let this = &mut *self;
-        let polled = this.payloads.as_mut().poll_next(cx);
+        // Changed where it lies and handed on as it is: taken apart and put back
+        // together, the 112-byte item was moved twice more for each chunk.
+        let mut polled = this.payloads.as_mut().poll_next(cx);
         if let Some(observer) = &mut this.observer {
             observer.observe(&polled);
         }
-        match polled {
+        match &mut polled {
             Poll::Ready(Some(Ok(payload))) => {
-                let payload = this
-                    .redactor
+                this.redactor
                     .redact_stream_payload(payload, &mut this.clean);
-                Poll::Ready(Some(Ok(payload)))
             }
-            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(this.redactor.redact(error)))),
-            other => other,
+            Poll::Ready(Some(Err(error))) => {
+                let taken = std::mem::replace(error, ApiError::ServiceDisabled);
+                *error = this.redactor.redact(taken);
+            }
+            _ => {}
         }
+        polled
     }
 }
 
