@@ -26,6 +26,7 @@ declare -A bodies=(
     [stream-1]='{"model":"bench-s1","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [stream-20-usage]='{"model":"bench-s20","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}'
     [stream-20-varied]='{"model":"bench-s20-v","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    [stream-20-openai]='{"model":"bench-s20-v-nu","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [anthropic-stream-20-varied]='{"model":"claude-bench-s20-v","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
     [stream-120]='{"model":"bench-s120","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [stream-20-slow]='{"model":"bench-s20-d5","stream":true,"messages":[{"role":"user","content":"hi"}]}'
@@ -44,6 +45,7 @@ declare -A paths=(
     [stream-1]=/v1/chat/completions
     [stream-20-usage]=/v1/chat/completions
     [stream-20-varied]=/v1/chat/completions
+    [stream-20-openai]=/v1/chat/completions
     [anthropic-stream-20-varied]=/v1/chat/completions
     [stream-120]=/v1/chat/completions
     [stream-20-slow]=/v1/chat/completions
@@ -159,7 +161,10 @@ paths[chat-tools-gemini-tree-20]=/v1/chat/completions
 # anthropic-stream-20-varied, whose chunks differ in their text as a model's do (the
 # mock's `-v`; the other scenarios' chunks all carry the same text); stream-20-slow,
 # its chunks 5 ms apart, as a model's come: each event read, framed and written on
-# its own (use a small N1 and N2: a stream takes 100 ms); anthropic-stream-20-usage,
+# its own (use a small N1 and N2: a stream takes 100 ms); stream-20-openai, the
+# varied stream as OpenAI's API writes it when asked for usage, which the gateway
+# asks for its metrics and hides from a client that did not (`"usage":null` in
+# every chunk, cut out of each; the mock's `-nu`); anthropic-stream-20-usage,
 # the Anthropic stream asked with `stream_options.include_usage`;
 # chat-tools-gemini-tree-20, chat-tools-gemini-20 left to the tree translation.
 DEFAULT_SCENARIOS="non-streamed stream-20 stream-20-usage anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20 messages-agent-20 messages-agent-translated-20 responses-agent-translated-20 chat-agent-20 chat-agent-anthropic-20 chat-agent-gemini-20 chat-tools-20 chat-tools-gemini-20"

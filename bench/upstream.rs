@@ -19,6 +19,8 @@
 //! without it every chunk carries ` tok`, so that consecutive chunks differ in
 //! nothing, which a proxy comparing each event with the last would find cheaper
 //! than real streams). Example: `bench-s20-d10`, `bench-w20`, `bench-s20-v`.
+//! `-nu` writes `"usage":null` into every chunk before the usage chunk when the
+//! request asks for usage (`stream_options.include_usage`), as OpenAI's API does.
 //! Non-streamed answers carry N words.
 //!
 //! Accepted sockets get `TCP_NODELAY`; answers are built with plain `format!`
@@ -70,6 +72,8 @@ struct Plan {
     delay: Duration,
     wait: Duration,
     varied: bool,
+    /// `-nu`: OpenAI's `"usage":null` in each chunk of a stream that asked for usage.
+    usage_null: bool,
 }
 
 impl Plan {
@@ -79,6 +83,7 @@ impl Plan {
             delay: Duration::ZERO,
             wait: Duration::ZERO,
             varied: false,
+            usage_null: false,
         };
         for part in model.split('-') {
             if let Some(n) = part.strip_prefix('s').and_then(|n| n.parse().ok()) {
@@ -89,6 +94,8 @@ impl Plan {
                 plan.wait = Duration::from_millis(ms);
             } else if part == "v" {
                 plan.varied = true;
+            } else if part == "nu" {
+                plan.usage_null = true;
             }
         }
         plan
@@ -298,10 +305,18 @@ async fn openai(State(defaults): State<Defaults>, body: Bytes) -> Response {
     let head = format!(
         r#"{{"id":"chatcmpl-bench","object":"chat.completion.chunk","created":1700000000,"model":"{model}","system_fingerprint":"fp_bench","choices":["#
     );
+    let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
+    // What closes a chunk: its `choices` list, then OpenAI's `"usage":null` when the
+    // stream ends with a usage chunk and the plan asks for it.
+    let end = if include_usage && plan.usage_null {
+        r#"],"usage":null}"#
+    } else {
+        "]}"
+    };
     let mut events = Vec::with_capacity(n + 4);
     events.push((
         format!(
-            "data: {head}{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
+            "data: {head}{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":null}}{end}\n\n"
         ),
         false,
     ));
@@ -309,18 +324,18 @@ async fn openai(State(defaults): State<Defaults>, body: Bytes) -> Response {
         let text = plan.token(i);
         events.push((
             format!(
-                "data: {head}{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"logprobs\":null,\"finish_reason\":null}}]}}\n\n"
+                "data: {head}{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"logprobs\":null,\"finish_reason\":null}}{end}\n\n"
             ),
             true,
         ));
     }
     events.push((
         format!(
-            "data: {head}{{\"index\":0,\"delta\":{{}},\"logprobs\":null,\"finish_reason\":\"stop\"}}]}}\n\n"
+            "data: {head}{{\"index\":0,\"delta\":{{}},\"logprobs\":null,\"finish_reason\":\"stop\"}}{end}\n\n"
         ),
         false,
     ));
-    if request.stream_options.is_some_and(|o| o.include_usage) {
+    if include_usage {
         events.push((
             format!(
                 "data: {head}],\"usage\":{{\"prompt_tokens\":10,\"completion_tokens\":{n},\"total_tokens\":{}}}}}\n\n",

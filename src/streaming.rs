@@ -381,9 +381,24 @@ impl<F: FnOnce(StreamSummary)> SseEncoder<F> {
                     if chunk.is_usage_only() {
                         return false;
                     }
-                    chunk = chunk.without_usage();
+                    match &chunk {
+                        // Written without the member, not copied without it first
+                        // (every chunk of OpenAI's has `"usage":null` when usage was
+                        // asked for). The chunk is kept as it came: its identity is
+                        // what an error chunk reads from it.
+                        Payload::Raw(raw) => {
+                            out.extend_from_slice(b"data: ");
+                            raw.write_without_usage(out);
+                            out.extend_from_slice(b"\n\n");
+                        }
+                        Payload::Value(_) => {
+                            chunk = chunk.without_usage();
+                            write_event(&chunk, out);
+                        }
+                    }
+                } else {
+                    write_event(&chunk, out);
                 }
-                write_event(&chunk, out);
                 match chunk {
                     Payload::Value(value) => {
                         remember_identity(&mut self.identity, &value);
