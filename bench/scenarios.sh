@@ -27,6 +27,7 @@ declare -A bodies=(
     [stream-20-usage]='{"model":"bench-s20","stream":true,"stream_options":{"include_usage":true},"messages":[{"role":"user","content":"hi"}]}'
     [stream-20-varied]='{"model":"bench-s20-v","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [stream-20-openai]='{"model":"bench-s20-v-nu","stream":true,"messages":[{"role":"user","content":"hi"}]}'
+    [stream-20-obfuscated]='{"model":"bench-s20-v-nu-ob","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [anthropic-stream-20-varied]='{"model":"claude-bench-s20-v","stream":true,"max_tokens":100,"messages":[{"role":"user","content":"hi"}]}'
     [stream-120]='{"model":"bench-s120","stream":true,"messages":[{"role":"user","content":"hi"}]}'
     [stream-20-slow]='{"model":"bench-s20-d5","stream":true,"messages":[{"role":"user","content":"hi"}]}'
@@ -46,6 +47,7 @@ declare -A paths=(
     [stream-20-usage]=/v1/chat/completions
     [stream-20-varied]=/v1/chat/completions
     [stream-20-openai]=/v1/chat/completions
+    [stream-20-obfuscated]=/v1/chat/completions
     [anthropic-stream-20-varied]=/v1/chat/completions
     [stream-120]=/v1/chat/completions
     [stream-20-slow]=/v1/chat/completions
@@ -164,7 +166,9 @@ paths[chat-tools-gemini-tree-20]=/v1/chat/completions
 # its own (use a small N1 and N2: a stream takes 100 ms); stream-20-openai, the
 # varied stream as OpenAI's API writes it when asked for usage, which the gateway
 # asks for its metrics and hides from a client that did not (`"usage":null` in
-# every chunk, cut out of each; the mock's `-nu`); anthropic-stream-20-usage,
+# every chunk, cut out of each; the mock's `-nu`); stream-20-obfuscated, the same
+# with OpenAI's `"obfuscation"` padding in every chunk (the mock's `-ob`: each chunk
+# then differs from the last in two strings); anthropic-stream-20-usage,
 # the Anthropic stream asked with `stream_options.include_usage`;
 # chat-tools-gemini-tree-20, chat-tools-gemini-20 left to the tree translation.
 DEFAULT_SCENARIOS="non-streamed stream-20 stream-20-usage anthropic-stream-20 gemini-stream-20 messages-passthrough-20 messages-translated-20 responses-translated-20 embeddings-1536 embeddings-base64 tools-20 messages-agent-20 messages-agent-translated-20 responses-agent-translated-20 chat-agent-20 chat-agent-anthropic-20 chat-agent-gemini-20 chat-tools-20 chat-tools-gemini-20"

@@ -20,7 +20,9 @@
 //! nothing, which a proxy comparing each event with the last would find cheaper
 //! than real streams). Example: `bench-s20-d10`, `bench-w20`, `bench-s20-v`.
 //! `-nu` writes `"usage":null` into every chunk before the usage chunk when the
-//! request asks for usage (`stream_options.include_usage`), as OpenAI's API does.
+//! request asks for usage (`stream_options.include_usage`), as OpenAI's API does;
+//! `-ob` writes OpenAI's `"obfuscation"` member into every chunk, a padding string
+//! whose text and length change from chunk to chunk.
 //! Non-streamed answers carry N words.
 //!
 //! Accepted sockets get `TCP_NODELAY`; answers are built with plain `format!`
@@ -74,6 +76,8 @@ struct Plan {
     varied: bool,
     /// `-nu`: OpenAI's `"usage":null` in each chunk of a stream that asked for usage.
     usage_null: bool,
+    /// `-ob`: OpenAI's `"obfuscation"` padding in each chunk.
+    obfuscation: bool,
 }
 
 impl Plan {
@@ -84,6 +88,7 @@ impl Plan {
             wait: Duration::ZERO,
             varied: false,
             usage_null: false,
+            obfuscation: false,
         };
         for part in model.split('-') {
             if let Some(n) = part.strip_prefix('s').and_then(|n| n.parse().ok()) {
@@ -96,6 +101,8 @@ impl Plan {
                 plan.varied = true;
             } else if part == "nu" {
                 plan.usage_null = true;
+            } else if part == "ob" {
+                plan.obfuscation = true;
             }
         }
         plan
@@ -308,15 +315,28 @@ async fn openai(State(defaults): State<Defaults>, body: Bytes) -> Response {
     let include_usage = request.stream_options.is_some_and(|o| o.include_usage);
     // What closes a chunk: its `choices` list, then OpenAI's `"usage":null` when the
     // stream ends with a usage chunk and the plan asks for it.
-    let end = if include_usage && plan.usage_null {
+    let close = if include_usage && plan.usage_null {
         r#"],"usage":null}"#
     } else {
         "]}"
     };
+    // Chunk `i`'s ending: with `-ob`, OpenAI's padding before the closing brace, a
+    // string of 2 to 14 letters and digits that differs from the last chunk's.
+    let ending = |i: usize| -> String {
+        if !plan.obfuscation {
+            return close.to_owned();
+        }
+        const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+        let pad: String = (0..2 + (i * 7) % 13)
+            .map(|k| LETTERS[(i * 31 + k * 17) % LETTERS.len()] as char)
+            .collect();
+        format!(r#"{},"obfuscation":"{pad}"}}"#, &close[..close.len() - 1])
+    };
     let mut events = Vec::with_capacity(n + 4);
     events.push((
         format!(
-            "data: {head}{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":null}}{end}\n\n"
+            "data: {head}{{\"index\":0,\"delta\":{{\"role\":\"assistant\",\"content\":\"\"}},\"logprobs\":null,\"finish_reason\":null}}{end}\n\n",
+            end = ending(0)
         ),
         false,
     ));
@@ -324,14 +344,16 @@ async fn openai(State(defaults): State<Defaults>, body: Bytes) -> Response {
         let text = plan.token(i);
         events.push((
             format!(
-                "data: {head}{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"logprobs\":null,\"finish_reason\":null}}{end}\n\n"
+                "data: {head}{{\"index\":0,\"delta\":{{\"content\":\"{text}\"}},\"logprobs\":null,\"finish_reason\":null}}{end}\n\n",
+                end = ending(i + 1)
             ),
             true,
         ));
     }
     events.push((
         format!(
-            "data: {head}{{\"index\":0,\"delta\":{{}},\"logprobs\":null,\"finish_reason\":\"stop\"}}{end}\n\n"
+            "data: {head}{{\"index\":0,\"delta\":{{}},\"logprobs\":null,\"finish_reason\":\"stop\"}}{end}\n\n",
+            end = ending(n + 1)
         ),
         false,
     ));
