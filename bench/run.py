@@ -615,7 +615,9 @@ def lm_proxy_config(port: int, upstream: int, variant: str, work: Path) -> Path:
     return path
 
 
-def nginx_config(port: int, upstream: int, work: Path, access_log: bool = False) -> Path:
+def nginx_config(
+    port: int, upstream: int, work: Path, access_log: bool = False, workers: int | None = None
+) -> Path:
     """A plain reverse proxy to the mock: no logging, upstream keep-alive, no buffering.
 
     With `access_log` (target `nginx-log`), a line per request into a file, written
@@ -623,10 +625,11 @@ def nginx_config(port: int, upstream: int, work: Path, access_log: bool = False)
     every 100 ms): the same job as lm-proxy's default config, which logs every
     request. Everything it writes (pid, temp directories, the access log) stays in
     its own directory under the run's work dir; the error log is stderr (the
-    server's log file here)."""
+    server's log file here). `workers`: one per CPU unless given (bench/scale_cores.sh
+    gives the cores it pins nginx to)."""
     prefix = work / f"nginx-{port}"
     prefix.mkdir()
-    lines = [f"worker_processes {os.cpu_count() or 1};", "daemon off;"]
+    lines = [f"worker_processes {workers or os.cpu_count() or 1};", "daemon off;"]
     if os.geteuid() == 0:
         # Workers as an unprivileged user (nginx's compiled-in default group, "nobody",
         # does not exist everywhere); request bodies stay in memory (below), never in
@@ -665,7 +668,9 @@ def nginx_config(port: int, upstream: int, work: Path, access_log: bool = False)
     lines += [
         "    upstream mock {",
         f"        server 127.0.0.1:{upstream};",
-        "        keepalive 128;",
+        # Idle upstream connections kept: more than the most clients at once
+        # (bench/scale_cores.sh's 256), so that none is closed and opened again.
+        "        keepalive 512;",
         "        keepalive_requests 1000000;",
         "    }",
         "    server {",

@@ -76,55 +76,24 @@ declare -A paths=(
 )
 SCENARIOS=${SCENARIOS:-non-streamed stream-20 anthropic-stream-20 gemini-stream-20 messages-translated-20 responses-translated-20}
 
-# nginx_config FILE WORKERS: nginx as a plain reverse proxy to the mock (no logging,
-# upstream keep-alive, no buffering: bench/run.py's `nginx` target), everything it
-# writes under $work, so that it runs where /var/lib/nginx does not exist.
+# nginx_config WORKERS: bench/run.py's config for its `nginx` target (a plain reverse
+# proxy to the mock, everything it writes in a folder of its own under $work), with
+# WORKERS workers; prints the config's path.
 nginx_config() {
-    local configure temp=""
-    configure=$("$NGINX" -V 2>&1)
-    for module in client_body proxy fastcgi uwsgi scgi; do
-        local option=${module/_/-}
-        if [[ $configure == *"--http-$option-temp-path"* && $configure != *"--without-http_${module}_module"* ]]; then
-            temp+="    ${module}_temp_path $work/nginx-$module;"$'\n'
-        fi
-    done
-    local user=""
-    [[ $(id -u) -eq 0 ]] && user="user nobody $(id -gn nobody);"
-    cat >"$1" <<CONF
-worker_processes $2;
-daemon off;
-$user
-pid $work/nginx.pid;
-error_log stderr warn;
-events { worker_connections 8192; }
-http {
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_buffer_size 64k;
-$temp    upstream mock {
-        server 127.0.0.1:$upstream_port;
-        keepalive 256;
-        keepalive_requests 1000000;
-    }
-    server {
-        listen 127.0.0.1:$gateway_port;
-        location / {
-            proxy_pass http://mock;
-            proxy_http_version 1.1;
-            proxy_set_header Connection "";
-            proxy_buffering off;
-        }
-    }
-}
-CONF
+    local dir
+    dir=$(mktemp -d -p "$work")
+    python3 -c 'import sys; from pathlib import Path; sys.path.insert(0, "bench"); import run
+print(run.nginx_config(int(sys.argv[1]), int(sys.argv[2]), Path(sys.argv[3]), workers=int(sys.argv[4])))' \
+        "$gateway_port" "$upstream_port" "$dir" "$1"
 }
 
 # start_server TARGET THREADS: the gateway (--threads N) or nginx (N workers), pinned
 # to the gateway's cores; sets server_pid.
 start_server() {
     if [[ $1 == nginx ]]; then
-        nginx_config "$work/nginx.conf" "$2"
-        taskset -c "$(gateway_cores "$2")" "$NGINX" -e stderr -p "$work" -c "$work/nginx.conf" \
+        local config
+        config=$(nginx_config "$2")
+        taskset -c "$(gateway_cores "$2")" "$NGINX" -e stderr -p "$(dirname "$config")" -c "$config" \
             >"$work/server.log" 2>&1 &
     else
         taskset -c "$(gateway_cores "$2")" "$GATEWAY" --config "$work/gateway.toml" --threads "$2" \

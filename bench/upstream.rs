@@ -322,15 +322,15 @@ async fn openai(State(defaults): State<Defaults>, body: Bytes) -> Response {
     };
     // Chunk `i`'s ending: with `-ob`, OpenAI's padding before the closing brace, a
     // string of 2 to 14 letters and digits that differs from the last chunk's.
-    let ending = |i: usize| -> String {
+    let ending = |i: usize| -> std::borrow::Cow<'static, str> {
         if !plan.obfuscation {
-            return close.to_owned();
+            return close.into();
         }
         const LETTERS: &[u8] = b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
         let pad: String = (0..2 + (i * 7) % 13)
             .map(|k| LETTERS[(i * 31 + k * 17) % LETTERS.len()] as char)
             .collect();
-        format!(r#"{},"obfuscation":"{pad}"}}"#, &close[..close.len() - 1])
+        format!(r#"{},"obfuscation":"{pad}"}}"#, &close[..close.len() - 1]).into()
     };
     let mut events = Vec::with_capacity(n + 4);
     events.push((

@@ -403,13 +403,11 @@ impl RawJson {
     /// The text with its `usage` member cut out (with the comma that joined it to
     /// its neighbour), the rest as written.
     fn without_usage(self) -> RawJson {
-        let Some((cut_from, cut_to)) = self.usage_cut() else {
+        if self.usage_member.is_none() {
             return self;
-        };
-        let text = &self.text;
-        let mut out = Vec::with_capacity(text.len() - (cut_to - cut_from));
-        out.extend_from_slice(&text[..cut_from]);
-        out.extend_from_slice(&text[cut_to..]);
+        }
+        let mut out = Vec::with_capacity(self.text.len());
+        self.write_without_usage(&mut out);
         RawJson {
             text: Bytes::from(out),
             usage: None,
